@@ -1,0 +1,26 @@
+//! Domain types shared by every flashrack crate: digests, sizes, stages, verdicts,
+//! the image manifest and the events the engine emits.
+//!
+//! This crate does no I/O and knows nothing of devices, HTTP or SQL. Values that
+//! must be valid are newtypes with a `parse` constructor (`Sha256Digest`,
+//! `ByteSize`); states and verdicts are closed enums, never strings.
+//!
+//! Layout:
+//! - [`digest`]: [`Sha256Digest`], the content address of images and chunks;
+//! - [`size`]: [`ByteSize`], parsed from and shown as human sizes;
+//! - [`manifest`]: [`ImageManifest`], what is known about a cached image;
+//! - [`verdict`]: [`Stage`], [`FailReason`], [`Verdict`] and their figures;
+//! - [`event`]: [`EngineEvent`], the closed set of things the engine reports.
+#![deny(missing_docs)]
+
+pub mod digest;
+pub mod event;
+pub mod manifest;
+pub mod size;
+pub mod verdict;
+
+pub use digest::{DigestParseError, Sha256Digest};
+pub use event::{EngineEvent, EngineEventKind, TargetId};
+pub use manifest::{ChunkKind, ImageManifest, ManifestError};
+pub use size::{ByteSize, ByteSizeParseError};
+pub use verdict::{AttemptFigures, FailReason, Failure, Stage, Verdict, VerifyMethod};

@@ -1,0 +1,316 @@
+//! Stages of an attempt, the closed set of failure reasons, and verdicts.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ByteSize, Sha256Digest};
+
+/// Where in its pipeline an attempt is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Opening the target, checking its size and probing its real capacity.
+    Preparing,
+    /// Writing the image.
+    Writing,
+    /// Waiting for the target to commit what was written.
+    Flushing,
+    /// Reading the target back from the medium and comparing.
+    Verifying,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Preparing => "preparing",
+            Stage::Writing => "writing",
+            Stage::Flushing => "flushing",
+            Stage::Verifying => "verifying",
+        })
+    }
+}
+
+/// Why an attempt failed. A closed set: every failure a person sees is one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum FailReason {
+    /// The target is smaller than the image.
+    TooSmall {
+        /// What the target reports.
+        capacity: ByteSize,
+        /// What the image needs.
+        needed: ByteSize,
+    },
+    /// The target refuses writes (write-protect switch, read-only device).
+    ReadOnly,
+    /// The target claims more capacity than it really stores (a fake stick): data
+    /// written at one place came back from another, or not at all.
+    CapacityLie {
+        /// What the target reports.
+        claimed: ByteSize,
+        /// The first probed offset that did not hold what was written there.
+        first_bad_offset: u64,
+    },
+    /// A write failed.
+    WriteError {
+        /// Byte offset of the failed write.
+        offset: u64,
+        /// What the operating system said.
+        detail: String,
+    },
+    /// Committing the written data failed.
+    FlushError {
+        /// What the operating system said.
+        detail: String,
+    },
+    /// Reading back failed.
+    ReadError {
+        /// Byte offset of the failed read.
+        offset: u64,
+        /// What the operating system said.
+        detail: String,
+    },
+    /// What was read back differs from the image.
+    VerifyMismatch {
+        /// Byte offset of the first differing byte.
+        offset: u64,
+    },
+    /// The target went away.
+    Removed {
+        /// What the attempt was doing.
+        during: Stage,
+    },
+    /// The target stopped responding and the attempt timed out.
+    Stalled {
+        /// What the attempt was doing.
+        during: Stage,
+        /// How far it had got.
+        offset: u64,
+        /// Seconds without progress before giving up.
+        after_secs: u64,
+    },
+    /// The target guard refused the target; nothing was written.
+    Refused {
+        /// The guard's reason, for a person.
+        detail: String,
+    },
+    /// The target could not be opened for another reason.
+    Unavailable {
+        /// What the operating system said.
+        detail: String,
+    },
+    /// The attempt was stopped by the operator or by a shutdown.
+    Interrupted,
+}
+
+impl FailReason {
+    /// A short stable code: `too_small`, `write_error`, … (the serde tag).
+    pub fn code(&self) -> &'static str {
+        match self {
+            FailReason::TooSmall { .. } => "too_small",
+            FailReason::ReadOnly => "read_only",
+            FailReason::CapacityLie { .. } => "capacity_lie",
+            FailReason::WriteError { .. } => "write_error",
+            FailReason::FlushError { .. } => "flush_error",
+            FailReason::ReadError { .. } => "read_error",
+            FailReason::VerifyMismatch { .. } => "verify_mismatch",
+            FailReason::Removed { .. } => "removed",
+            FailReason::Stalled { .. } => "stalled",
+            FailReason::Refused { .. } => "refused",
+            FailReason::Unavailable { .. } => "unavailable",
+            FailReason::Interrupted => "interrupted",
+        }
+    }
+
+    /// The byte offset the failure is tied to, where there is one.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            FailReason::WriteError { offset, .. }
+            | FailReason::ReadError { offset, .. }
+            | FailReason::VerifyMismatch { offset }
+            | FailReason::Stalled { offset, .. } => Some(*offset),
+            FailReason::CapacityLie {
+                first_bad_offset, ..
+            } => Some(*first_bad_offset),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailReason::TooSmall { capacity, needed } => {
+                write!(f, "too small: holds {capacity}, image needs {needed}")
+            }
+            FailReason::ReadOnly => f.write_str("read-only: the stick refuses writes"),
+            FailReason::CapacityLie {
+                claimed,
+                first_bad_offset,
+            } => write!(
+                f,
+                "capacity lie: claims {claimed} but does not keep data at offset {first_bad_offset}"
+            ),
+            FailReason::WriteError { offset, detail } => {
+                write!(f, "write error at offset {offset}: {detail}")
+            }
+            FailReason::FlushError { detail } => write!(f, "flush failed: {detail}"),
+            FailReason::ReadError { offset, detail } => {
+                write!(f, "read error at offset {offset}: {detail}")
+            }
+            FailReason::VerifyMismatch { offset } => {
+                write!(f, "verify mismatch at offset {offset}")
+            }
+            FailReason::Removed { during } => write!(f, "removed during {during}"),
+            FailReason::Stalled {
+                during,
+                offset,
+                after_secs,
+            } => write!(
+                f,
+                "stopped responding during {during} at offset {offset} (no progress for {after_secs} s)"
+            ),
+            FailReason::Refused { detail } => write!(f, "refused by the target guard: {detail}"),
+            FailReason::Unavailable { detail } => write!(f, "cannot open: {detail}"),
+            FailReason::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+/// A failed attempt: the reason and the stage it happened in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// What went wrong.
+    #[serde(flatten)]
+    pub reason: FailReason,
+    /// The stage the attempt was in.
+    pub stage: Stage,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.reason.fmt(f)
+    }
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The target holds the image, proven by reading it back from the medium (or
+    /// written without verification, when the run asked for that: see
+    /// [`AttemptFigures::verify_method`]).
+    Pass,
+    /// The attempt failed.
+    Fail(Failure),
+}
+
+impl Verdict {
+    /// Whether this is a pass.
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Verdict::Pass)
+    }
+
+    /// The failure, if any.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Verdict::Pass => None,
+            Verdict::Fail(f) => Some(f),
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Pass => f.write_str("pass"),
+            Verdict::Fail(failure) => write!(f, "fail: {failure}"),
+        }
+    }
+}
+
+/// How the read-back of a target was checked, and so how its sha256 is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMethod {
+    /// Not verified (the run asked for no verification).
+    None,
+    /// Every byte read back from the medium was compared with the cached image,
+    /// whose chunks were checked against their import-time sha256 in the same run;
+    /// byte equality makes the read-back's sha256 the image's.
+    Compare,
+    /// Every byte read back was hashed with sha256 and compared with the image's
+    /// chunk digests.
+    Hash,
+}
+
+/// The figures of one attempt, for the summary table and the records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttemptFigures {
+    /// Reported capacity of the target.
+    pub capacity: ByteSize,
+    /// Bytes written to the target.
+    pub bytes_written: u64,
+    /// Seconds spent writing, flush included.
+    pub write_secs: f64,
+    /// Bytes read back from the medium.
+    pub bytes_verified: u64,
+    /// Seconds spent reading back.
+    pub verify_secs: f64,
+    /// The sha256 of what was read back: the image's on a pass, the digest of what
+    /// the medium really returned on a mismatch.
+    pub read_back_sha256: Option<Sha256Digest>,
+    /// How the read-back was checked.
+    pub verify_method: Option<VerifyMethod>,
+}
+
+impl AttemptFigures {
+    /// Write speed in MB/s (10^6 bytes a second), flush included.
+    pub fn write_mb_per_sec(&self) -> Option<f64> {
+        rate(self.bytes_written, self.write_secs)
+    }
+
+    /// Read-back speed in MB/s.
+    pub fn verify_mb_per_sec(&self) -> Option<f64> {
+        rate(self.bytes_verified, self.verify_secs)
+    }
+}
+
+fn rate(bytes: u64, secs: f64) -> Option<f64> {
+    (bytes > 0 && secs > 0.0).then(|| bytes as f64 / secs / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_serialize_with_a_stable_reason_code_and_offset() {
+        let fail = Verdict::Fail(Failure {
+            reason: FailReason::VerifyMismatch { offset: 4096 },
+            stage: Stage::Verifying,
+        });
+        let json = serde_json::to_value(&fail).unwrap();
+        assert_eq!(json["verdict"], "fail");
+        assert_eq!(json["reason"], "verify_mismatch");
+        assert_eq!(json["offset"], 4096);
+        assert_eq!(json["stage"], "verifying");
+        assert_eq!(serde_json::from_value::<Verdict>(json).unwrap(), fail);
+        assert_eq!(fail.to_string(), "fail: verify mismatch at offset 4096");
+    }
+
+    #[test]
+    fn codes_match_the_serde_tags() {
+        let reasons = [
+            FailReason::ReadOnly,
+            FailReason::Interrupted,
+            FailReason::Removed { during: Stage::Writing },
+            FailReason::TooSmall { capacity: ByteSize(1), needed: ByteSize(2) },
+        ];
+        for r in reasons {
+            let json = serde_json::to_value(&r).unwrap();
+            assert_eq!(json["reason"], r.code());
+        }
+    }
+}

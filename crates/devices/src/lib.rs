@@ -1,0 +1,119 @@
+//! Targets the engine writes to, behind one seam: the [`Target`] trait.
+//!
+//! The engine never sees `/dev` paths or udev types; it sees a `Target` that can be
+//! opened for writing and, separately, opened *fresh* for reading back from the
+//! medium. Implementations:
+//! - [`block::PathTarget`]: a block device or a regular file, with exclusive open and
+//!   direct I/O on aligned buffers;
+//! - [`sim::SimStick`]: a file-backed virtual stick with deterministic fault
+//!   injection (slow, failing, lying about capacity, read-only, removed, stalled),
+//!   used by the tests and the demo so that they exercise the real engine.
+//!
+//! Blocking calls: every method here blocks. Callers run them on dedicated threads,
+//! never on async workers.
+#![deny(missing_docs)]
+
+pub mod aligned;
+pub mod block;
+pub mod sim;
+
+use std::io;
+
+pub use aligned::AlignedBuf;
+
+/// What a target says about itself when it is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetGeometry {
+    /// Reported capacity in bytes (what the stick *claims*).
+    pub capacity: u64,
+    /// Logical block size: offsets and lengths of direct I/O are multiples of it.
+    pub logical_block_size: u32,
+}
+
+/// Why a target operation failed. The engine turns each into a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The target is gone (unplugged, `ENODEV`, `ENXIO`, `ENOMEDIUM`).
+    #[error("device removed")]
+    Removed,
+    /// The target refuses writes (`EROFS`, write-protect).
+    #[error("device is read-only")]
+    ReadOnly,
+    /// Someone else holds the device: mounted, used as swap or opened exclusively
+    /// by another process (`EBUSY` on an exclusive open).
+    #[error("device is busy: {0}")]
+    Busy(String),
+    /// The attempt was cancelled while a call was in progress.
+    #[error("cancelled")]
+    Cancelled,
+    /// Any other I/O error, with the offset it happened at.
+    #[error("{source} (at offset {offset})")]
+    Io {
+        /// Byte offset of the failed operation.
+        offset: u64,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The target could not be opened or inspected.
+    #[error("{0}")]
+    Open(String),
+}
+
+impl TargetError {
+    /// Classifies an OS error from an operation at `offset`.
+    pub fn from_io(offset: u64, error: io::Error) -> Self {
+        match error.raw_os_error() {
+            Some(code)
+                if code == rustix::io::Errno::NODEV.raw_os_error()
+                    || code == rustix::io::Errno::NXIO.raw_os_error()
+                    || code == rustix::io::Errno::NOMEDIUM.raw_os_error() =>
+            {
+                TargetError::Removed
+            }
+            Some(code) if code == rustix::io::Errno::ROFS.raw_os_error() => TargetError::ReadOnly,
+            _ => TargetError::Io {
+                offset,
+                source: error,
+            },
+        }
+    }
+}
+
+/// A place an image can be written to and read back from.
+///
+/// `Send + Sync` so one target can be shared between the thread that writes it
+/// and the supervisor that watches it.
+pub trait Target: Send + Sync {
+    /// A name for people and logs (a device path, a file path, a stick's label).
+    fn name(&self) -> String;
+
+    /// Capacity and block size, without opening for writing.
+    fn geometry(&self) -> Result<TargetGeometry, TargetError>;
+
+    /// Opens the target for writing, exclusively where the target supports it.
+    fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError>;
+
+    /// Opens a *fresh* handle for reading back from the medium: direct I/O or an
+    /// equivalent that no cache of this process or the kernel can answer.
+    fn open_reader(&self) -> Result<Box<dyn TargetReader>, TargetError>;
+}
+
+/// A handle that writes to a target. Offsets and lengths are multiples of the
+/// logical block size and buffers are [`AlignedBuf`]-aligned, except that the
+/// final write of an image may be shorter (implementations pad it as needed).
+pub trait TargetWriter: Send {
+    /// Writes all of `data` at `offset`.
+    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError>;
+
+    /// Makes everything written durable on the medium.
+    fn flush(&mut self) -> Result<(), TargetError>;
+}
+
+/// A handle that reads a target back from the medium.
+pub trait TargetReader: Send {
+    /// Fills `buf` from `offset`; `buf.len()` is a multiple of the logical block
+    /// size and `buf` is aligned. Returns how many bytes were read (fewer only at
+    /// the end of the target).
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, TargetError>;
+}
