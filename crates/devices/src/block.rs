@@ -1,1 +1,413 @@
 //! Block devices and regular files as targets.
+//!
+//! A block device is opened exclusively (`O_EXCL`, which the kernel refuses while
+//! the device or a partition of it is mounted or claimed) with `O_DIRECT`, and only
+//! after the [`GuardCheck`] given at construction has accepted it, at the moment of
+//! opening. Reads for verification come through a fresh `O_DIRECT` handle. For a
+//! loop device the medium is its backing file, so its page cache is dropped before
+//! reading back.
+//!
+//! A regular file target is created if missing and grown to the image size. It is
+//! written with `O_DIRECT` where the file system supports it; otherwise (tmpfs)
+//! with buffered I/O, and its page cache is dropped after the flush so the
+//! read-back comes from the file system's storage.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{Advice, OFlags};
+
+use crate::{AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
+
+/// Decides, at the moment a block device is opened for writing, whether it may be
+/// written. Returns the guard's refusal as a sentence for people.
+pub type GuardCheck = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
+
+/// A block device or a regular file given by path.
+pub struct PathTarget {
+    path: PathBuf,
+    kind: PathKind,
+}
+
+enum PathKind {
+    /// A block device; `guard` runs before every open for writing.
+    Block { guard: GuardCheck },
+    /// A regular file that is grown to at least `min_size` bytes.
+    File { min_size: u64 },
+}
+
+impl PathTarget {
+    /// A block device target. Every open for writing first asks `guard`.
+    pub fn block_device(path: impl Into<PathBuf>, guard: GuardCheck) -> Self {
+        Self {
+            path: path.into(),
+            kind: PathKind::Block { guard },
+        }
+    }
+
+    /// A regular file target, created if missing and grown to `min_size` bytes
+    /// (the image size) when opened for writing.
+    pub fn file(path: impl Into<PathBuf>, min_size: u64) -> Self {
+        Self {
+            path: path.into(),
+            kind: PathKind::File { min_size },
+        }
+    }
+
+    /// Whether `path` names a block device (following symlinks).
+    pub fn is_block_device(path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+    }
+
+    /// The path this target writes to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The sysfs directory of the block device with device number `rdev`.
+fn sysfs_dir(rdev: u64) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        rustix::fs::major(rdev),
+        rustix::fs::minor(rdev)
+    ))
+}
+
+fn read_sysfs_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Capacity and logical block size of a block device, from sysfs.
+fn block_geometry(path: &Path) -> Result<TargetGeometry, TargetError> {
+    let meta = std::fs::metadata(path).map_err(|e| open_error(path, e))?;
+    if !meta.file_type().is_block_device() {
+        return Err(TargetError::Open(format!(
+            "{} is not a block device",
+            path.display()
+        )));
+    }
+    let dir = sysfs_dir(meta.rdev());
+    let sectors = read_sysfs_u64(&dir.join("size"))
+        .ok_or_else(|| TargetError::Open(format!("cannot read the size of {}", path.display())))?;
+    // A partition has no queue directory of its own; its disk's applies.
+    let logical_block_size = read_sysfs_u64(&dir.join("queue/logical_block_size"))
+        .or_else(|| read_sysfs_u64(&dir.join("../queue/logical_block_size")))
+        .unwrap_or(512) as u32;
+    Ok(TargetGeometry {
+        capacity: sectors * 512,
+        logical_block_size,
+    })
+}
+
+/// Maps an error from opening `path` to a target error.
+fn open_error(path: &Path, error: io::Error) -> TargetError {
+    match error.kind() {
+        io::ErrorKind::NotFound => TargetError::Removed,
+        io::ErrorKind::PermissionDenied => {
+            TargetError::Open(format!("{}: permission denied", path.display()))
+        }
+        _ if error.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+            TargetError::Busy(format!(
+                "{} is in use (mounted, swap, or opened exclusively by another process)",
+                path.display()
+            ))
+        }
+        _ => match TargetError::from_io(0, error) {
+            TargetError::Io { source, .. } => {
+                TargetError::Open(format!("{}: {source}", path.display()))
+            }
+            other => other,
+        },
+    }
+}
+
+/// File systems without `O_DIRECT` answer `EINVAL` at open.
+fn is_direct_io_unsupported(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+}
+
+/// The logical block size used for regular files: a page covers the direct-I/O
+/// alignment of every common file system.
+const FILE_BLOCK_SIZE: u32 = 4096;
+
+impl Target for PathTarget {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn geometry(&self) -> Result<TargetGeometry, TargetError> {
+        match &self.kind {
+            PathKind::Block { .. } => block_geometry(&self.path),
+            PathKind::File { min_size } => {
+                let len = match std::fs::metadata(&self.path) {
+                    Ok(meta) if meta.is_file() => meta.len(),
+                    Ok(_) => {
+                        return Err(TargetError::Open(format!(
+                            "{} is neither a regular file nor a block device",
+                            self.path.display()
+                        )))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(open_error(&self.path, e)),
+                };
+                Ok(TargetGeometry {
+                    capacity: len.max(*min_size),
+                    logical_block_size: FILE_BLOCK_SIZE,
+                })
+            }
+        }
+    }
+
+    fn may_misreport_capacity(&self) -> bool {
+        matches!(self.kind, PathKind::Block { .. })
+    }
+
+    fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
+        match &self.kind {
+            PathKind::Block { guard } => {
+                guard(&self.path).map_err(TargetError::Refused)?;
+                let geometry = block_geometry(&self.path)?;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags((OFlags::DIRECT | OFlags::EXCL).bits() as i32)
+                    .open(&self.path)
+                    .map_err(|e| open_error(&self.path, e))?;
+                Ok(Box::new(PathWriter {
+                    file,
+                    block_size: geometry.logical_block_size as usize,
+                    direct: true,
+                    file_len: None,
+                }))
+            }
+            PathKind::File { min_size } => {
+                let open = |flags: OFlags| {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .custom_flags(flags.bits() as i32)
+                        .open(&self.path)
+                };
+                let (file, direct) = match open(OFlags::DIRECT) {
+                    Ok(file) => (file, true),
+                    Err(e) if is_direct_io_unsupported(&e) => {
+                        (open(OFlags::empty()).map_err(|e| open_error(&self.path, e))?, false)
+                    }
+                    Err(e) => return Err(open_error(&self.path, e)),
+                };
+                let len = file.metadata().map_err(|e| open_error(&self.path, e))?.len();
+                if len < *min_size {
+                    file.set_len(*min_size).map_err(|e| TargetError::from_io(len, e))?;
+                }
+                Ok(Box::new(PathWriter {
+                    file,
+                    block_size: FILE_BLOCK_SIZE as usize,
+                    direct,
+                    file_len: Some(len.max(*min_size)),
+                }))
+            }
+        }
+    }
+
+    fn open_reader(&self) -> Result<Box<dyn TargetReader>, TargetError> {
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlags::DIRECT.bits() as i32)
+            .open(&self.path);
+        let file = match direct {
+            Ok(file) => file,
+            Err(e) if is_direct_io_unsupported(&e) => {
+                File::open(&self.path).map_err(|e| open_error(&self.path, e))?
+            }
+            Err(e) => return Err(open_error(&self.path, e)),
+        };
+        // Nothing this process or the kernel cached may answer the read-back: drop
+        // the device's (or file's) clean cached pages, and for a loop device those
+        // of its backing file, which is the loop device's real medium.
+        let _ = rustix::fs::fadvise(&file, 0, None, Advice::DontNeed);
+        if let PathKind::Block { .. } = self.kind {
+            drop_loop_backing_cache(&file);
+        }
+        Ok(Box::new(PathReader { file }))
+    }
+}
+
+/// For a loop device, drops the page cache of its backing file so that reads
+/// through the loop device come from the backing file's storage.
+fn drop_loop_backing_cache(device: &File) {
+    let Ok(meta) = device.metadata() else { return };
+    let backing = sysfs_dir(meta.rdev()).join("loop/backing_file");
+    let Ok(path) = std::fs::read_to_string(backing) else {
+        return; // not a loop device
+    };
+    if let Ok(file) = File::open(path.trim()) {
+        let _ = file.sync_data();
+        let _ = rustix::fs::fadvise(&file, 0, None, Advice::DontNeed);
+    }
+}
+
+struct PathWriter {
+    file: File,
+    /// Direct-I/O offsets and lengths are multiples of this.
+    block_size: usize,
+    /// Whether `file` was opened with `O_DIRECT`.
+    direct: bool,
+    /// For regular files: the length to restore after a padded final write.
+    file_len: Option<u64>,
+}
+
+impl PathWriter {
+    /// Writes a final piece whose length is not a multiple of the block size: the
+    /// aligned head directly, the partial last block by read-modify-write so the
+    /// device's bytes after the image are kept.
+    fn write_unaligned_tail(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        let head = data.len() / self.block_size * self.block_size;
+        if head > 0 {
+            pwrite_all(&self.file, offset, &data[..head])?;
+        }
+        let tail = &data[head..];
+        let tail_offset = offset + head as u64;
+        let mut block = AlignedBuf::zeroed(self.block_size);
+        // A short read at the end of a file leaves zeros, as the file would read.
+        let _ = self.file.read_at(&mut block, tail_offset);
+        block[..tail.len()].copy_from_slice(tail);
+        pwrite_all(&self.file, tail_offset, &block)?;
+        if let Some(len) = self.file_len {
+            // The padded block may have grown the file beyond what it should be.
+            let end = tail_offset + tail.len() as u64;
+            self.file
+                .set_len(len.max(end))
+                .map_err(|e| TargetError::from_io(end, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn pwrite_all(file: &File, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+    let mut done = 0;
+    while done < data.len() {
+        match file.write_at(&data[done..], offset + done as u64) {
+            Ok(0) => {
+                return Err(TargetError::from_io(
+                    offset + done as u64,
+                    io::Error::new(io::ErrorKind::WriteZero, "no space left on the target"),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(TargetError::from_io(offset + done as u64, e)),
+        }
+    }
+    Ok(())
+}
+
+impl TargetWriter for PathWriter {
+    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        if self.direct && data.len() % self.block_size != 0 {
+            return self.write_unaligned_tail(offset, data);
+        }
+        pwrite_all(&self.file, offset, data)
+    }
+
+    fn flush(&mut self) -> Result<(), TargetError> {
+        self.file.sync_all().map_err(|e| {
+            let end = self.file.seek(SeekFrom::Current(0)).unwrap_or(0);
+            TargetError::from_io(end, e)
+        })?;
+        if !self.direct {
+            // Buffered writes: drop the now clean pages so the read-back cannot
+            // be answered from the page cache.
+            let _ = rustix::fs::fadvise(&self.file, 0, None, Advice::DontNeed);
+        }
+        Ok(())
+    }
+}
+
+struct PathReader {
+    file: File,
+}
+
+impl TargetReader for PathReader {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TargetError::from_io(offset + done as u64, e)),
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_target_is_created_grown_and_keeps_an_unaligned_tail_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("target.img");
+        let size = 3 * 4096 + 100;
+        let target = PathTarget::file(&path, size);
+        assert_eq!(target.geometry().unwrap().capacity, size);
+        assert!(!target.may_misreport_capacity());
+
+        let mut data = AlignedBuf::zeroed(4 * 4096);
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        let mut writer = target.open_writer().unwrap();
+        writer.write_all_at(0, &data[..size as usize]).unwrap();
+        writer.flush().unwrap();
+        drop(writer);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+
+        let mut reader = target.open_reader().unwrap();
+        let mut back = AlignedBuf::zeroed(4 * 4096);
+        let n = reader.read_at(0, &mut back).unwrap();
+        assert_eq!(n, size as usize);
+        assert_eq!(&back[..n], &data[..n]);
+    }
+
+    #[test]
+    fn a_larger_file_keeps_its_length_and_bytes_after_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.img");
+        std::fs::write(&path, vec![0xAAu8; 8 * 4096]).unwrap();
+        let target = PathTarget::file(&path, 4096 + 1);
+        let mut writer = target.open_writer().unwrap();
+        let data = AlignedBuf::zeroed(2 * 4096);
+        writer.write_all_at(0, &data[..4097]).unwrap();
+        writer.flush().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 8 * 4096);
+        assert!(bytes[..4097].iter().all(|&b| b == 0));
+        assert!(bytes[4097..].iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn a_block_device_refused_by_the_guard_is_never_opened() {
+        let guard: GuardCheck = Arc::new(|p| Err(format!("{} is not allowed", p.display())));
+        let target = PathTarget::block_device("/dev/null-does-not-exist", guard);
+        match target.open_writer() {
+            Err(TargetError::Refused(why)) => assert!(why.contains("not allowed")),
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn a_directory_is_not_a_file_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = PathTarget::file(dir.path(), 10);
+        assert!(matches!(target.geometry(), Err(TargetError::Open(_))));
+    }
+}

@@ -58,6 +58,9 @@ pub enum TargetError {
     /// The target could not be opened or inspected.
     #[error("{0}")]
     Open(String),
+    /// The target guard refused the target; nothing was written.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl TargetError {
@@ -90,6 +93,13 @@ pub trait Target: Send + Sync {
 
     /// Capacity and block size, without opening for writing.
     fn geometry(&self) -> Result<TargetGeometry, TargetError>;
+
+    /// Whether the target is a medium that may misreport its capacity (a stick,
+    /// real or simulated), so that the engine should probe it before writing. A
+    /// regular file cannot lie, and probing it would scribble over its tail.
+    fn may_misreport_capacity(&self) -> bool {
+        true
+    }
 
     /// Opens the target for writing, exclusively where the target supports it.
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError>;

@@ -1,1 +1,111 @@
-//! placeholder
+//! The flashing engine: one cached image fanned out to many targets, each at its
+//! own pace, each verified from the medium.
+//!
+//! The engine knows nothing of HTTP, SQL or udev. It is given a [`SourceImage`]
+//! (a raw image file and its manifest) and targets behind the
+//! [`flashrack_devices::Target`] seam, and it reports through a channel of
+//! [`flashrack_core::EngineEvent`]s.
+//!
+//! Layout:
+//! - [`source`]: the shared, bounded chunk cache over the image file; every chunk
+//!   is read from the file once per pass however many targets want it, and its
+//!   sha256 is checked against the manifest before anything is verified against it;
+//! - [`attempt`]: one target's blocking pipeline (prepare → probe → write → flush →
+//!   verify) run on a dedicated OS thread;
+//! - [`probe`]: the capacity probe that catches sticks lying about their size;
+//! - [`fanout`]: starts attempts, watches them for stalls, and turns their ends
+//!   into verdicts; [`flash_all`] is the one-shot entry point.
+//!
+//! **Architecture invariant:** a failed target is data (a [`flashrack_core::Verdict`]),
+//! never an `Err`; only a failure of the source image aborts a fan-out.
+#![deny(missing_docs)]
+
+pub mod attempt;
+pub mod fanout;
+pub mod probe;
+pub mod source;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flashrack_core::ImageManifest;
+
+pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Fanout};
+pub use source::SharedSource;
+
+/// The image to write: a raw image file and what is known about it.
+#[derive(Debug, Clone)]
+pub struct SourceImage {
+    /// The raw image file (in the image cache).
+    pub path: PathBuf,
+    /// Its manifest: digest, size, chunk digests and zero chunks.
+    pub manifest: ImageManifest,
+}
+
+/// How targets are checked after writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyMode {
+    /// No read-back (the operator asked for speed over proof).
+    None,
+    /// Read back from the medium and compare byte for byte with the cached image,
+    /// whose chunks are checked against their sha256 once per run (the default).
+    #[default]
+    Compare,
+    /// Read back from the medium and hash every chunk with sha256.
+    Hash,
+}
+
+/// Knobs of a fan-out.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How to verify.
+    pub verify: VerifyMode,
+    /// A target that makes no progress for this long fails as stalled.
+    pub stall_timeout: Duration,
+    /// Minimum time between two progress events of one target.
+    pub progress_interval: Duration,
+    /// How many chunks the shared source cache keeps (memory: this × chunk size).
+    pub source_cache_chunks: usize,
+    /// Whether to probe media that may lie about their capacity before writing.
+    pub probe_capacity: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            verify: VerifyMode::Compare,
+            stall_timeout: Duration::from_secs(60),
+            progress_interval: Duration::from_millis(250),
+            source_cache_chunks: 8,
+            probe_capacity: true,
+        }
+    }
+}
+
+/// A failure of the source image: the only thing that aborts a fan-out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The image file could not be opened or does not match its manifest's size.
+    #[error("cannot open the source image {path}: {detail}")]
+    SourceOpen {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Reading a chunk of the image failed.
+    #[error("reading the source image failed at offset {offset}: {detail}")]
+    SourceRead {
+        /// Byte offset of the chunk.
+        offset: u64,
+        /// What the operating system said.
+        detail: String,
+    },
+    /// A chunk of the cached image no longer matches its sha256 (the cache is
+    /// corrupt): nothing can be verified against it.
+    #[error("the cached image is corrupt: chunk at offset {offset} does not match its sha256")]
+    SourceCorrupt {
+        /// Byte offset of the chunk.
+        offset: u64,
+    },
+}

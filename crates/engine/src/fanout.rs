@@ -1,0 +1,261 @@
+//! Starting attempts, watching them, and turning their ends into verdicts.
+//!
+//! Each attempt runs its blocking pipeline on a dedicated OS thread (never on an
+//! async worker). Its supervisor is an async task that waits for the thread's
+//! result and, meanwhile, watches its heartbeat: a target that makes no progress
+//! for the stall timeout fails as `stalled`, its thread is told to stop and left
+//! behind (a write stuck in the kernel cannot be cancelled), and nothing else waits
+//! for it. Targets can be started at any time while the fan-out lives, so a stick
+//! plugged in late starts at once.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashrack_core::{
+    AttemptFigures, EngineEvent, EngineEventKind, FailReason, Failure, TargetId, Verdict,
+};
+use flashrack_devices::Target;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
+
+use crate::attempt::{run_attempt, AttemptContext, AttemptProgress};
+use crate::source::SharedSource;
+use crate::{EngineError, EngineOptions, SourceImage};
+
+/// How one attempt ended.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    /// The target.
+    pub id: TargetId,
+    /// Pass or fail; `Err` when the source failed under this attempt.
+    pub result: Result<(Verdict, AttemptFigures), EngineError>,
+}
+
+/// One image being written to any number of targets.
+pub struct Fanout {
+    source: Arc<SharedSource>,
+    options: EngineOptions,
+    events: UnboundedSender<EngineEvent>,
+}
+
+impl Fanout {
+    /// Opens the image and prepares to start attempts. Fails only if the source
+    /// cannot be opened.
+    pub fn new(
+        image: &SourceImage,
+        options: EngineOptions,
+        events: UnboundedSender<EngineEvent>,
+    ) -> Result<Self, EngineError> {
+        let source = Arc::new(SharedSource::open(image, options.source_cache_chunks)?);
+        Ok(Self {
+            source,
+            options,
+            events,
+        })
+    }
+
+    /// The shared source (its manifest, for instance).
+    pub fn source(&self) -> &Arc<SharedSource> {
+        &self.source
+    }
+
+    /// Starts writing `target` at once, on its own thread. Must be called within
+    /// a tokio runtime (the supervisor is a task).
+    pub fn start(&self, id: TargetId, target: Arc<dyn Target>) -> AttemptHandle {
+        let progress = Arc::new(AttemptProgress::default());
+        let ctx = AttemptContext {
+            id: id.clone(),
+            target,
+            source: self.source.clone(),
+            progress: progress.clone(),
+            events: self.events.clone(),
+            verify: self.options.verify,
+            probe_capacity: self.options.probe_capacity,
+            progress_interval: self.options.progress_interval,
+        };
+        let (result_tx, result_rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("flash {id}"))
+            .spawn(move || {
+                let _span = tracing::info_span!("attempt", target = %ctx.id).entered();
+                let result = run_attempt(&ctx);
+                let _ = result_tx.send(result);
+            });
+        let supervisor = tokio::spawn(supervise(
+            id.clone(),
+            progress.clone(),
+            result_rx,
+            spawned.is_ok(),
+            self.options.stall_timeout,
+            self.events.clone(),
+        ));
+        AttemptHandle {
+            id,
+            progress,
+            supervisor,
+        }
+    }
+}
+
+/// A running attempt.
+pub struct AttemptHandle {
+    id: TargetId,
+    progress: Arc<AttemptProgress>,
+    supervisor: tokio::task::JoinHandle<AttemptOutcome>,
+}
+
+impl AttemptHandle {
+    /// The target.
+    pub fn id(&self) -> &TargetId {
+        &self.id
+    }
+
+    /// Asks the attempt to stop at the next safe point (between two I/Os); it
+    /// then ends as `interrupted`, or `removed` if its target is gone.
+    pub fn cancel(&self) {
+        self.progress.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the verdict.
+    pub async fn finish(self) -> AttemptOutcome {
+        let id = self.id.clone();
+        self.supervisor.await.unwrap_or_else(|join_error| AttemptOutcome {
+            id,
+            result: Ok((
+                Verdict::Fail(Failure {
+                    reason: FailReason::Unavailable {
+                        detail: format!("the attempt's supervisor failed: {join_error}"),
+                    },
+                    stage: flashrack_core::Stage::Preparing,
+                }),
+                AttemptFigures::default(),
+            )),
+        })
+    }
+}
+
+async fn supervise(
+    id: TargetId,
+    progress: Arc<AttemptProgress>,
+    mut result_rx: oneshot::Receiver<Result<(Verdict, AttemptFigures), EngineError>>,
+    thread_started: bool,
+    stall_timeout: Duration,
+    events: UnboundedSender<EngineEvent>,
+) -> AttemptOutcome {
+    let check_every = (stall_timeout / 8).max(Duration::from_millis(10));
+    let mut last_beat = progress.heartbeat.load(Ordering::Relaxed);
+    let mut quiet = Duration::ZERO;
+    let result = loop {
+        if !thread_started {
+            break Ok((
+                Verdict::Fail(Failure {
+                    reason: FailReason::Unavailable {
+                        detail: "could not start a thread for the attempt".into(),
+                    },
+                    stage: flashrack_core::Stage::Preparing,
+                }),
+                AttemptFigures::default(),
+            ));
+        }
+        tokio::select! {
+            result = &mut result_rx => {
+                break result.unwrap_or_else(|_| Ok((
+                    Verdict::Fail(Failure {
+                        reason: FailReason::Unavailable { detail: "the attempt's thread died".into() },
+                        stage: progress.stage(),
+                    }),
+                    AttemptFigures::default(),
+                )));
+            }
+            _ = tokio::time::sleep(check_every) => {
+                let beat = progress.heartbeat.load(Ordering::Relaxed);
+                if beat != last_beat {
+                    last_beat = beat;
+                    quiet = Duration::ZERO;
+                    continue;
+                }
+                quiet += check_every;
+                if quiet >= stall_timeout {
+                    // The thread may be stuck in the kernel; tell it to stop if it
+                    // ever comes back, and give the verdict now.
+                    progress.cancel.store(true, Ordering::Relaxed);
+                    let stage = progress.stage();
+                    tracing::warn!(target = %id, %stage, "target stalled");
+                    break Ok((
+                        Verdict::Fail(Failure {
+                            reason: FailReason::Stalled {
+                                during: stage,
+                                offset: progress.done.load(Ordering::Relaxed),
+                                after_secs: stall_timeout.as_secs(),
+                            },
+                            stage,
+                        }),
+                        AttemptFigures::default(),
+                    ));
+                }
+            }
+        }
+    };
+    if let Ok((verdict, figures)) = &result {
+        let _ = events.send(EngineEvent {
+            target: id.clone(),
+            kind: EngineEventKind::Finished {
+                verdict: verdict.clone(),
+                figures: figures.clone(),
+            },
+        });
+    }
+    AttemptOutcome { id, result }
+}
+
+/// Writes `image` to every target concurrently, each at its own pace, and waits
+/// for all verdicts. Returns them in the order of `targets`. Fails only when the
+/// source fails, after stopping every other attempt.
+pub async fn flash_all(
+    image: &SourceImage,
+    targets: Vec<(TargetId, Arc<dyn Target>)>,
+    options: EngineOptions,
+    events: UnboundedSender<EngineEvent>,
+) -> Result<Vec<(TargetId, Verdict, AttemptFigures)>, EngineError> {
+    let fanout = Fanout::new(image, options, events)?;
+    let handles: Vec<AttemptHandle> = targets
+        .into_iter()
+        .map(|(id, target)| fanout.start(id, target))
+        .collect();
+    let cancels: Vec<Arc<AttemptProgress>> = handles.iter().map(|h| h.progress.clone()).collect();
+    // Unordered, so that a source failure under any target stops the others at
+    // once rather than after the targets before it have finished.
+    let mut pending: futures::stream::FuturesUnordered<_> = handles
+        .into_iter()
+        .enumerate()
+        .map(|(position, handle)| async move { (position, handle.finish().await) })
+        .collect();
+    let mut results = Vec::new();
+    let mut source_error = None;
+    use futures::StreamExt;
+    while let Some((position, outcome)) = pending.next().await {
+        match outcome.result {
+            Ok((verdict, figures)) => results.push((position, outcome.id, verdict, figures)),
+            Err(error) => {
+                if source_error.is_none() {
+                    tracing::error!(%error, "source failed; stopping every attempt");
+                    for progress in &cancels {
+                        progress.cancel.store(true, Ordering::Relaxed);
+                    }
+                    source_error = Some(error);
+                }
+            }
+        }
+    }
+    match source_error {
+        Some(error) => Err(error),
+        None => {
+            results.sort_by_key(|(position, ..)| *position);
+            Ok(results
+                .into_iter()
+                .map(|(_, id, verdict, figures)| (id, verdict, figures))
+                .collect())
+        }
+    }
+}
