@@ -86,7 +86,7 @@ impl ImageManifest {
         chunk_digests: Vec<Sha256Digest>,
         zero: Vec<bool>,
     ) -> Result<Self, ManifestError> {
-        if chunk_size == 0 || chunk_size % 4096 != 0 {
+        if chunk_size == 0 || !chunk_size.is_multiple_of(4096) {
             return Err(ManifestError::BadChunkSize(chunk_size));
         }
         let expected = size.div_ceil(u64::from(chunk_size));
@@ -214,7 +214,14 @@ mod tests {
 
     fn sample() -> ImageManifest {
         let d = Sha256Digest::of(b"x");
-        ImageManifest::new(d, 3 * 4096 + 10, 4096, vec![d; 4], vec![true, false, true, true]).unwrap()
+        ImageManifest::new(
+            d,
+            3 * 4096 + 10,
+            4096,
+            vec![d; 4],
+            vec![true, false, true, true],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -231,7 +238,10 @@ mod tests {
     fn serializes_zero_chunks_as_ranges_and_round_trips() {
         let m = sample();
         let json = serde_json::to_string(&m).unwrap();
-        assert!(json.contains("\"zero_chunk_ranges\":[[0,1],[2,4]]"), "{json}");
+        assert!(
+            json.contains("\"zero_chunk_ranges\":[[0,1],[2,4]]"),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<ImageManifest>(&json).unwrap(), m);
     }
 
@@ -240,9 +250,16 @@ mod tests {
         let d = Sha256Digest::of(b"x");
         assert!(ImageManifest::new(d, 10, 1000, vec![d], vec![false]).is_err());
         assert!(ImageManifest::new(d, 8192, 4096, vec![d], vec![false]).is_err());
-        let json = serde_json::to_string(&sample()).unwrap().replace("[2,4]", "[2,9]");
+        let json = serde_json::to_string(&sample())
+            .unwrap()
+            .replace("[2,4]", "[2,9]");
         assert!(serde_json::from_str::<ImageManifest>(&json).is_err());
-        let json = serde_json::to_string(&sample()).unwrap().replace("\"format\":1", "\"format\":7");
-        assert!(serde_json::from_str::<ImageManifest>(&json).unwrap_err().to_string().contains("format 7"));
+        let json = serde_json::to_string(&sample())
+            .unwrap()
+            .replace("\"format\":1", "\"format\":7");
+        assert!(serde_json::from_str::<ImageManifest>(&json)
+            .unwrap_err()
+            .to_string()
+            .contains("format 7"));
     }
 }

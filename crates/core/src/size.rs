@@ -67,12 +67,19 @@ impl ByteSize {
             }
             let frac_value: u64 = frac.parse().map_err(|_| err("bad fraction"))?;
             let scale = 10u64.pow(frac.len() as u32);
-            let whole_bytes = whole.checked_mul(multiplier).ok_or_else(|| err("too large"))?;
-            let frac_bytes = (u128::from(frac_value) * u128::from(multiplier) / u128::from(scale)) as u64;
-            whole_bytes.checked_add(frac_bytes).ok_or_else(|| err("too large"))?
+            let whole_bytes = whole
+                .checked_mul(multiplier)
+                .ok_or_else(|| err("too large"))?;
+            let frac_bytes =
+                (u128::from(frac_value) * u128::from(multiplier) / u128::from(scale)) as u64;
+            whole_bytes
+                .checked_add(frac_bytes)
+                .ok_or_else(|| err("too large"))?
         } else {
             let whole: u64 = number.parse().map_err(|_| err("bad number"))?;
-            whole.checked_mul(multiplier).ok_or_else(|| err("too large"))?
+            whole
+                .checked_mul(multiplier)
+                .ok_or_else(|| err("too large"))?
         };
         Ok(Self(bytes))
     }
@@ -143,7 +150,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_overflow() {
-        for bad in ["", "G", "12X", "1.G", "99999999999999999999", "20000000000T", "-1"] {
+        for bad in [
+            "",
+            "G",
+            "12X",
+            "1.G",
+            "99999999999999999999",
+            "20000000000T",
+            "-1",
+        ] {
             assert!(ByteSize::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

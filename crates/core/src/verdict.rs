@@ -305,8 +305,13 @@ mod tests {
         let reasons = [
             FailReason::ReadOnly,
             FailReason::Interrupted,
-            FailReason::Removed { during: Stage::Writing },
-            FailReason::TooSmall { capacity: ByteSize(1), needed: ByteSize(2) },
+            FailReason::Removed {
+                during: Stage::Writing,
+            },
+            FailReason::TooSmall {
+                capacity: ByteSize(1),
+                needed: ByteSize(2),
+            },
         ];
         for r in reasons {
             let json = serde_json::to_value(&r).unwrap();

@@ -13,7 +13,7 @@
 //! read-back comes from the file system's storage.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -196,14 +196,19 @@ impl Target for PathTarget {
                 };
                 let (file, direct) = match open(OFlags::DIRECT) {
                     Ok(file) => (file, true),
-                    Err(e) if is_direct_io_unsupported(&e) => {
-                        (open(OFlags::empty()).map_err(|e| open_error(&self.path, e))?, false)
-                    }
+                    Err(e) if is_direct_io_unsupported(&e) => (
+                        open(OFlags::empty()).map_err(|e| open_error(&self.path, e))?,
+                        false,
+                    ),
                     Err(e) => return Err(open_error(&self.path, e)),
                 };
-                let len = file.metadata().map_err(|e| open_error(&self.path, e))?.len();
+                let len = file
+                    .metadata()
+                    .map_err(|e| open_error(&self.path, e))?
+                    .len();
                 if len < *min_size {
-                    file.set_len(*min_size).map_err(|e| TargetError::from_io(len, e))?;
+                    file.set_len(*min_size)
+                        .map_err(|e| TargetError::from_io(len, e))?;
                 }
                 Ok(Box::new(PathWriter {
                     file,
@@ -309,17 +314,18 @@ fn pwrite_all(file: &File, offset: u64, data: &[u8]) -> Result<(), TargetError> 
 
 impl TargetWriter for PathWriter {
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
-        if self.direct && data.len() % self.block_size != 0 {
+        if self.direct && !data.len().is_multiple_of(self.block_size) {
             return self.write_unaligned_tail(offset, data);
         }
         pwrite_all(&self.file, offset, data)
     }
 
     fn flush(&mut self) -> Result<(), TargetError> {
-        self.file.sync_all().map_err(|e| {
-            let end = self.file.seek(SeekFrom::Current(0)).unwrap_or(0);
-            TargetError::from_io(end, e)
-        })?;
+        // A failed flush has no meaningful offset; the engine reports it as a
+        // flush error, not a write error at an offset.
+        self.file
+            .sync_all()
+            .map_err(|e| TargetError::from_io(0, e))?;
         if !self.direct {
             // Buffered writes: drop the now clean pages so the read-back cannot
             // be answered from the page cache.

@@ -15,6 +15,7 @@
 
 pub mod aligned;
 pub mod block;
+pub mod guard;
 pub mod sim;
 
 use std::io;

@@ -331,14 +331,9 @@ fn verify_image(
                 .zip(expected)
                 .position(|(a, b)| a != b)
                 .unwrap_or(0) as u64;
-            figures.read_back_sha256 = read_back_digest_after_mismatch(
-                source,
-                &mut *reader,
-                index,
-                &buf[..len],
-                block,
-            )
-            .ok();
+            figures.read_back_sha256 =
+                read_back_digest_after_mismatch(source, &mut *reader, index, &buf[..len], block)
+                    .ok();
             figures.verify_secs = started.elapsed().as_secs_f64();
             return Err(fail(
                 Stage::Verifying,
@@ -391,5 +386,8 @@ fn probe_nonce() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    time ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9)
+    time ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9)
 }

@@ -120,18 +120,20 @@ impl AttemptHandle {
     /// Waits for the verdict.
     pub async fn finish(self) -> AttemptOutcome {
         let id = self.id.clone();
-        self.supervisor.await.unwrap_or_else(|join_error| AttemptOutcome {
-            id,
-            result: Ok((
-                Verdict::Fail(Failure {
-                    reason: FailReason::Unavailable {
-                        detail: format!("the attempt's supervisor failed: {join_error}"),
-                    },
-                    stage: flashrack_core::Stage::Preparing,
-                }),
-                AttemptFigures::default(),
-            )),
-        })
+        self.supervisor
+            .await
+            .unwrap_or_else(|join_error| AttemptOutcome {
+                id,
+                result: Ok((
+                    Verdict::Fail(Failure {
+                        reason: FailReason::Unavailable {
+                            detail: format!("the attempt's supervisor failed: {join_error}"),
+                        },
+                        stage: flashrack_core::Stage::Preparing,
+                    }),
+                    AttemptFigures::default(),
+                )),
+            })
     }
 }
 

@@ -71,6 +71,15 @@ fn fill_marker(buf: &mut [u8], nonce: u64, offset: u64) {
     buf[8..16].copy_from_slice(&nonce.to_le_bytes());
 }
 
+/// Whether `back` is a different block altogether (another marker, zeros, stale
+/// data) rather than the marker with a few damaged bytes. A lying stick returns
+/// the former; the latter is media corruption, which the verify pass reports with
+/// its exact offset when it lies inside the image.
+fn is_replaced(back: &[u8], marker: &[u8]) -> bool {
+    let differing = back.iter().zip(marker).filter(|(a, b)| a != b).count();
+    differing > marker.len() / 2
+}
+
 /// Writes the markers through `writer`, flushes, and reads them back through a
 /// fresh reader of `target`.
 pub fn probe_capacity(
@@ -91,7 +100,7 @@ pub fn probe_capacity(
     for &offset in &offsets {
         fill_marker(&mut marker, nonce, offset);
         let n = reader.read_at(offset, &mut back)?;
-        if n != MARKER_SIZE || back[..] != marker[..] {
+        if n != MARKER_SIZE || is_replaced(&back, &marker) {
             return Ok(ProbeResult::Lie { offset });
         }
     }
@@ -110,9 +119,24 @@ mod tests {
         assert!(offsets.contains(&(1 << 20)));
         assert!(offsets.contains(&(32 << 20)));
         assert!(offsets.contains(&(capacity - 4096)));
-        assert!(offsets.iter().all(|o| o % 4096 == 0 && o + 4096 <= capacity));
+        assert!(offsets
+            .iter()
+            .all(|o| o % 4096 == 0 && o + 4096 <= capacity));
         let unique: std::collections::BTreeSet<_> = offsets.iter().collect();
         assert_eq!(unique.len(), offsets.len());
+    }
+
+    #[test]
+    fn a_few_damaged_bytes_are_not_a_replaced_block() {
+        let mut marker = vec![0u8; MARKER_SIZE];
+        fill_marker(&mut marker, 9, 4096);
+        let mut back = marker.clone();
+        back[100] ^= 0xFF;
+        assert!(!is_replaced(&back, &marker));
+        assert!(is_replaced(&vec![0u8; MARKER_SIZE], &marker));
+        let mut other = vec![0u8; MARKER_SIZE];
+        fill_marker(&mut other, 9, 0);
+        assert!(is_replaced(&other, &marker));
     }
 
     #[test]

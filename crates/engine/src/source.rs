@@ -55,7 +55,10 @@ impl SharedSource {
             detail,
         };
         let file = File::open(&image.path).map_err(|e| open_error(e.to_string()))?;
-        let len = file.metadata().map_err(|e| open_error(e.to_string()))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| open_error(e.to_string()))?
+            .len();
         if len != image.manifest.size() {
             return Err(open_error(format!(
                 "the file holds {len} bytes but the manifest says {}",

@@ -1,0 +1,321 @@
+//! The target guard against real block devices: loop devices this test creates, and
+//! the disk under the root filesystem (which is only inspected, never opened).
+//!
+//! These tests need root, `losetup`, `mkfs.ext4` and `mount`. They fail, not skip,
+//! without them: CI runs as root and must run them. Every loop device is created
+//! here and detached (and unmounted) by a `Drop` guard, also when a test panics.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flashrack_devices::guard::{
+    evaluate, refusals, Authorization, DiskFacts, GuardPolicy, GuardRequest, Refusal,
+};
+
+const BACKING_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Runs a command and returns its stdout, panicking with its stderr on failure.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is it installed?)"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Fails the test unless it runs as root with the tools it needs.
+fn require_root_and_tools(tools: &[&str]) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "guard_loop tests need root (loop devices, mkfs, mount); CI runs them as root"
+    );
+    for tool in tools {
+        let found = Command::new(tool).arg("--version").output().is_ok();
+        assert!(found, "guard_loop tests need `{tool}` on PATH");
+    }
+}
+
+/// A loop device over a temporary backing file, detached on drop.
+struct LoopDev {
+    path: PathBuf,
+    /// Holds the backing file; dropped after the device is detached.
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDev {
+    fn new() -> Self {
+        require_root_and_tools(&["losetup"]);
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing.img");
+        fs::File::create(&backing)
+            .unwrap()
+            .set_len(BACKING_SIZE)
+            .unwrap();
+        let out = run("losetup", &["--find", "--show", backing.to_str().unwrap()]);
+        let path = PathBuf::from(out.trim());
+        assert!(
+            path.to_string_lossy().starts_with("/dev/loop"),
+            "losetup printed {out:?}"
+        );
+        LoopDev { path, _dir: dir }
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        // Best effort: a failure here must not hide the test's own panic.
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// A file system made on a loop device and mounted on a temporary directory,
+/// unmounted on drop (declare it after its `LoopDev` so it drops first).
+struct MountedFs {
+    dir: tempfile::TempDir,
+}
+
+impl MountedFs {
+    fn new(device: &LoopDev) -> Self {
+        require_root_and_tools(&["mkfs.ext4", "mount", "umount"]);
+        let dev = device.path.to_str().unwrap();
+        run("mkfs.ext4", &["-q", "-F", dev]);
+        let dir = tempfile::tempdir().unwrap();
+        run("mount", &[dev, dir.path().to_str().unwrap()]);
+        MountedFs { dir }
+    }
+}
+
+impl Drop for MountedFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// The policy of a test station: loop devices allowed, ports not mapped.
+fn loop_policy() -> GuardPolicy {
+    GuardPolicy {
+        allowed_buses: BTreeSet::from(["loop".to_owned()]),
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    }
+}
+
+fn armed(image_size: u64) -> GuardRequest {
+    GuardRequest {
+        image_size,
+        armed_run: true,
+        explicit_operator_request: false,
+    }
+}
+
+#[test]
+fn a_clean_loop_device_is_accepted_when_loop_is_allowed_and_refused_by_default() {
+    let dev = LoopDev::new();
+    let facts = DiskFacts::inspect(&dev.path).unwrap();
+    assert_eq!(facts.bus.as_deref(), Some("loop"));
+    assert!(!facts.is_partition);
+    assert_eq!(facts.size_bytes, BACKING_SIZE);
+    assert_eq!(
+        Path::new("/dev").join(&facts.kernel_name),
+        dev.path,
+        "kernel name should match the device losetup gave"
+    );
+    assert!(facts.mounted.is_empty(), "{facts:?}");
+    assert_eq!(facts.system_disk, None);
+
+    let accepted = evaluate(&facts, &loop_policy(), &armed(1024 * 1024)).unwrap();
+    assert_eq!(accepted.authorized_by, Authorization::ArmedRun);
+
+    assert_eq!(
+        evaluate(&facts, &GuardPolicy::default(), &armed(1024 * 1024)),
+        Err(Refusal::BusNotAllowed {
+            bus: "loop".to_owned()
+        })
+    );
+    // The same device is too small for an image bigger than it.
+    assert_eq!(
+        evaluate(&facts, &loop_policy(), &armed(BACKING_SIZE + 1)),
+        Err(Refusal::TooSmall {
+            size: BACKING_SIZE,
+            needed: BACKING_SIZE + 1
+        })
+    );
+}
+
+#[test]
+fn a_loop_device_with_a_mounted_file_system_is_refused_as_mounted() {
+    let dev = LoopDev::new();
+    let mounted = MountedFs::new(&dev);
+    let facts = DiskFacts::inspect(&dev.path).unwrap();
+    let mount_point = mounted.dir.path().to_str().unwrap().to_owned();
+    let refusal = evaluate(&facts, &loop_policy(), &armed(1024)).unwrap_err();
+    assert_eq!(
+        refusal,
+        Refusal::Mounted {
+            what: facts.kernel_name.clone(),
+            mount_point: mount_point.clone(),
+        }
+    );
+    assert_eq!(
+        refusal.to_string(),
+        format!("{} is mounted at {mount_point}", facts.kernel_name)
+    );
+    // It also holds a mounted file system, so rule 4 refuses it as well.
+    assert!(refusals(&facts, &loop_policy(), &armed(1024))
+        .iter()
+        .any(|r| matches!(r, Refusal::SystemDisk { .. })));
+}
+
+/// The sysfs directory of block device `major:minor`.
+fn sysfs_dir(major: u32, minor: u32) -> Option<PathBuf> {
+    fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
+}
+
+/// Follows a block device down to a whole disk, independently of the guard's own
+/// code: a partition to its parent, a dm/md device to its first slave.
+fn whole_disk_of(mut dir: PathBuf) -> PathBuf {
+    for _ in 0..16 {
+        if dir.join("partition").exists() {
+            dir = dir.parent().unwrap().to_owned();
+            continue;
+        }
+        let first_slave = fs::read_dir(dir.join("slaves"))
+            .ok()
+            .and_then(|mut entries| entries.next())
+            .and_then(|entry| entry.ok());
+        match first_slave {
+            Some(slave) => dir = fs::canonicalize(slave.path()).unwrap(),
+            None => return dir,
+        }
+    }
+    panic!(
+        "block device stack deeper than 16 levels at {}",
+        dir.display()
+    );
+}
+
+/// The whole disk under the root filesystem, as (major, minor). When `/` is not on a
+/// block device (overlay, tmpfs in a container), the first mount that is (bind mounts
+/// such as `/etc/hosts` usually are) stands in for it: what matters is that a disk
+/// carrying a mounted file system is refused.
+fn root_or_first_mounted_disk() -> (u32, u32, String) {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut candidates: Vec<(bool, u32, u32, String)> = Vec::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (major, minor) = fields[2].split_once(':').unwrap();
+        let (major, minor): (u32, u32) = (major.parse().unwrap(), minor.parse().unwrap());
+        let mount_point = fields[4].to_owned();
+        let dir = match sysfs_dir(major, minor) {
+            Some(dir) if major != 0 => dir,
+            _ => continue,
+        };
+        let disk = whole_disk_of(dir);
+        let (dmaj, dmin) = fs::read_to_string(disk.join("dev"))
+            .unwrap()
+            .trim()
+            .split_once(':')
+            .map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap()))
+            .unwrap();
+        candidates.push((mount_point == "/", dmaj, dmin, mount_point));
+    }
+    candidates.sort_by_key(|c| !c.0);
+    let (_, major, minor, mount_point) = candidates
+        .into_iter()
+        .next()
+        .expect("no mounted file system lives on a block device: nothing to test against");
+    (major, minor, mount_point)
+}
+
+/// A path with device number `major:minor`: its `/dev` node when there is one, else
+/// a node made in `dir` (containers often lack `/dev` nodes for the host's disks).
+fn device_node(major: u32, minor: u32, dir: &Path) -> PathBuf {
+    let name = sysfs_dir(major, minor)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_owned();
+    let dev_path = Path::new("/dev").join(&name);
+    let rdev = rustix::fs::makedev(major, minor);
+    if let Ok(meta) = fs::metadata(&dev_path) {
+        if meta.file_type().is_block_device() && meta.rdev() == rdev {
+            return dev_path;
+        }
+    }
+    let node = dir.join(&name);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &node,
+        rustix::fs::FileType::BlockDevice,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        rdev,
+    )
+    .unwrap();
+    node
+}
+
+#[test]
+fn the_disk_under_the_root_file_system_is_refused_as_a_system_disk() {
+    require_root_and_tools(&[]);
+    let (major, minor, mount_point) = root_or_first_mounted_disk();
+    let tmp = tempfile::tempdir().unwrap();
+    let node = device_node(major, minor, tmp.path());
+    let facts = DiskFacts::inspect(&node).unwrap();
+    assert_eq!((facts.major, facts.minor), (major, minor));
+    assert!(!facts.is_partition, "{facts:?}");
+
+    // Allow its bus, its port and any size, arm a run: only rules 3 and 4 remain.
+    let policy = GuardPolicy {
+        allowed_buses: BTreeSet::from([facts.bus.clone().expect("bus of the root disk")]),
+        allow_unmapped_ports: true,
+        max_size_bytes: u64::MAX,
+        ..GuardPolicy::default()
+    };
+    let request = armed(0);
+    let all = refusals(&facts, &policy, &request);
+    let why = all
+        .iter()
+        .find_map(|r| match r {
+            Refusal::SystemDisk { why } => Some(why.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} not refused as a system disk: {all:?}",
+                facts.kernel_name
+            )
+        });
+    assert!(
+        why.starts_with(&format!("holds {mount_point} ")),
+        "{why:?} should name {mount_point}"
+    );
+    // evaluate reports the first failing rule: mounted (rule 3) when the disk itself
+    // or a partition is mounted, else the system-disk rule.
+    let first = evaluate(&facts, &policy, &request).unwrap_err();
+    assert!(
+        matches!(
+            first,
+            Refusal::Mounted { .. } | Refusal::Held { .. } | Refusal::SystemDisk { .. }
+        ),
+        "{first}"
+    );
+    // With the direct evidence removed, rule 4 alone still refuses it.
+    let only_system = DiskFacts {
+        mounted: vec![],
+        swap: vec![],
+        holders: vec![],
+        ..facts
+    };
+    assert_eq!(
+        evaluate(&only_system, &policy, &request),
+        Err(Refusal::SystemDisk { why })
+    );
+}

@@ -1,0 +1,367 @@
+//! The engine against the simulated rack: every fault gives its verdict and
+//! reason while the healthy sticks of the same run pass.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flashrack_core::{
+    EngineEvent, EngineEventKind, FailReason, Stage, TargetId, Verdict, VerifyMethod,
+};
+use flashrack_devices::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
+use flashrack_devices::Target;
+use flashrack_engine::{flash_all, EngineError, EngineOptions, Fanout, VerifyMode};
+use tokio::sync::mpsc;
+
+const MIB: u64 = 1 << 20;
+
+fn targets(rack: &SimRack) -> Vec<(TargetId, Arc<dyn Target>)> {
+    rack.sticks()
+        .iter()
+        .map(|s| {
+            (
+                TargetId::new(s.name()),
+                Arc::new(s.clone()) as Arc<dyn Target>,
+            )
+        })
+        .collect()
+}
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        stall_timeout: Duration::from_millis(800),
+        progress_interval: Duration::from_millis(20),
+        ..EngineOptions::default()
+    }
+}
+
+fn reason_of(verdict: &Verdict) -> Option<&FailReason> {
+    verdict.failure().map(|f| &f.reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_sticks_pass_and_hold_the_image_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = common::make_image(dir.path(), 3 * MIB as usize + 1234, 1);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        (0..4).map(|_| SimStickSpec::new("", 8 * MIB)),
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, targets(&rack), options(), tx)
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    for ((id, verdict, figures), stick) in results.iter().zip(rack.sticks()) {
+        assert_eq!(verdict, &Verdict::Pass, "{id}");
+        assert_eq!(figures.read_back_sha256, Some(image.manifest.sha256()));
+        assert_eq!(figures.verify_method, Some(VerifyMethod::Compare));
+        assert_eq!(figures.bytes_written, bytes.len() as u64);
+        assert_eq!(figures.bytes_verified, bytes.len() as u64);
+        let medium = std::fs::read(stick.path()).unwrap();
+        assert_eq!(&medium[..bytes.len()], &bytes[..], "{id} holds the image");
+        // Verification read the whole image back from the medium.
+        assert!(stick.counters().bytes_read >= bytes.len() as u64);
+    }
+    let mut finished = 0;
+    let mut stages = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        match event.kind {
+            EngineEventKind::Finished { .. } => finished += 1,
+            EngineEventKind::Stage { stage } if event.target.0 == "S01" => stages.push(stage),
+            _ => {}
+        }
+    }
+    assert_eq!(finished, 4);
+    assert_eq!(
+        stages,
+        [
+            Stage::Preparing,
+            Stage::Writing,
+            Stage::Flushing,
+            Stage::Verifying
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_gets_its_own_verdict_and_the_healthy_sticks_still_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let image_size = 2 * MIB as usize;
+    let (image, _) = common::make_image(dir.path(), image_size, 2);
+    // Put a non-zero byte at a known offset so the corruption is visible whatever
+    // the random content is there.
+    let corrupt_offset = 1_000_003u64;
+    let capacity = 8 * MIB;
+    let specs = vec![
+        SimStickSpec::new("healthy-1", capacity),
+        SimStickSpec::new("slow", capacity)
+            .write_speed(8 * MIB)
+            .read_speed(16 * MIB),
+        SimStickSpec::new("write-error", capacity).write_error_after(MIB + 4096 * 40),
+        SimStickSpec::new("corrupt", capacity).corrupt_at(corrupt_offset),
+        SimStickSpec::new("fake-wrap", 64 * MIB).fake_capacity(4 * MIB, FakeMode::Wrap),
+        SimStickSpec::new("fake-vanish", 64 * MIB).fake_capacity(6 * MIB, FakeMode::Vanish),
+        SimStickSpec::new("read-only", capacity).read_only(),
+        SimStickSpec::new("pulled-writing", capacity).remove_after_written(MIB),
+        SimStickSpec::new("pulled-verifying", capacity).remove_after_read(MIB + 300 * 1024),
+        SimStickSpec::new("too-small", MIB),
+        SimStickSpec::new("stalled", capacity).stall_after_written(MIB),
+        SimStickSpec::new("healthy-2", capacity),
+    ];
+    let rack = SimRack::create(dir.path().join("rack"), specs).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, targets(&rack), options(), tx)
+        .await
+        .unwrap();
+    let by_name = |name: &str| {
+        results
+            .iter()
+            .find(|(id, ..)| id.0 == name)
+            .map(|(_, v, f)| (v.clone(), f.clone()))
+            .unwrap()
+    };
+    for healthy in ["healthy-1", "healthy-2", "slow"] {
+        assert_eq!(by_name(healthy).0, Verdict::Pass, "{healthy}");
+    }
+    let (verdict, _) = by_name("write-error");
+    assert!(
+        matches!(reason_of(&verdict), Some(FailReason::WriteError { offset, .. }) if *offset > 0 && *offset < image_size as u64),
+        "{verdict:?}"
+    );
+    let (verdict, figures) = by_name("corrupt");
+    let expected_byte = std::fs::read(&image.path).unwrap()[corrupt_offset as usize];
+    let _ = expected_byte;
+    assert_eq!(
+        reason_of(&verdict),
+        Some(&FailReason::VerifyMismatch {
+            offset: corrupt_offset
+        })
+    );
+    let read_back = figures.read_back_sha256.expect("digest of what was read");
+    assert_ne!(read_back, image.manifest.sha256());
+    for fake in ["fake-wrap", "fake-vanish"] {
+        let (verdict, _) = by_name(fake);
+        assert!(
+            matches!(reason_of(&verdict), Some(FailReason::CapacityLie { .. })),
+            "{fake}: {verdict:?}"
+        );
+        assert_eq!(verdict.failure().unwrap().stage, Stage::Preparing);
+    }
+    assert_eq!(
+        reason_of(&by_name("read-only").0),
+        Some(&FailReason::ReadOnly)
+    );
+    assert_eq!(
+        reason_of(&by_name("pulled-writing").0),
+        Some(&FailReason::Removed {
+            during: Stage::Writing
+        })
+    );
+    assert_eq!(
+        reason_of(&by_name("pulled-verifying").0),
+        Some(&FailReason::Removed {
+            during: Stage::Verifying
+        })
+    );
+    assert!(matches!(
+        reason_of(&by_name("too-small").0),
+        Some(FailReason::TooSmall { .. })
+    ));
+    assert!(matches!(
+        reason_of(&by_name("stalled").0),
+        Some(FailReason::Stalled {
+            during: Stage::Writing,
+            ..
+        })
+    ));
+    // Nothing was written to the sticks that failed before writing.
+    for untouched in ["read-only", "too-small"] {
+        assert_eq!(rack.stick(untouched).unwrap().counters().bytes_written, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_stick_is_caught_even_when_the_image_fits_in_its_real_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 3);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [SimStickSpec::new("fake", 1 << 34).fake_capacity(16 * MIB, FakeMode::Wrap)],
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, targets(&rack), options(), tx)
+        .await
+        .unwrap();
+    assert!(matches!(
+        reason_of(&results[0].1),
+        Some(FailReason::CapacityLie { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_verification_passes_good_sticks_and_catches_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize + 512, 4);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [
+            SimStickSpec::new("good", 4 * MIB),
+            SimStickSpec::new("bad", 4 * MIB).corrupt_at(MIB),
+        ],
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let options = EngineOptions {
+        verify: VerifyMode::Hash,
+        ..options()
+    };
+    let results = flash_all(&image, targets(&rack), options, tx)
+        .await
+        .unwrap();
+    assert_eq!(results[0].1, Verdict::Pass);
+    assert_eq!(results[0].2.verify_method, Some(VerifyMethod::Hash));
+    assert_eq!(
+        reason_of(&results[1].1),
+        Some(&FailReason::VerifyMismatch { offset: MIB })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_verification_nothing_is_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 5);
+    let rack = SimRack::create(dir.path().join("rack"), [SimStickSpec::new("s", 4 * MIB)]).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let options = EngineOptions {
+        verify: VerifyMode::None,
+        probe_capacity: false,
+        ..options()
+    };
+    let results = flash_all(&image, targets(&rack), options, tx)
+        .await
+        .unwrap();
+    assert_eq!(results[0].1, Verdict::Pass);
+    assert_eq!(results[0].2.verify_method, Some(VerifyMethod::None));
+    assert_eq!(results[0].2.read_back_sha256, None);
+    assert_eq!(rack.sticks()[0].counters().bytes_read, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_cache_aborts_the_run_with_a_source_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, mut bytes) = common::make_image(dir.path(), 2 * MIB as usize, 6);
+    // Damage a data chunk of the cached image after its manifest was made.
+    let chunk = (0..image.manifest.chunk_count())
+        .find(|&i| {
+            !matches!(
+                image.manifest.chunk_kind(i),
+                flashrack_core::ChunkKind::Zero
+            )
+        })
+        .unwrap();
+    let offset = image.manifest.chunk_span(chunk).0 as usize;
+    bytes[offset] ^= 0xFF;
+    std::fs::write(&image.path, &bytes).unwrap();
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        (0..3).map(|_| SimStickSpec::new("", 4 * MIB)),
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    match flash_all(&image, targets(&rack), options(), tx).await {
+        Err(EngineError::SourceCorrupt { offset: at }) => assert_eq!(at, offset as u64),
+        other => panic!("expected a corrupt source, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_truncated_cache_file_is_a_source_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = common::make_image(dir.path(), MIB as usize, 7);
+    std::fs::write(&image.path, &bytes[..1000]).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    assert!(matches!(
+        flash_all(&image, Vec::new(), options(), tx.clone()).await,
+        Err(EngineError::SourceOpen { .. })
+    ));
+    std::fs::remove_file(&image.path).unwrap();
+    assert!(matches!(
+        flash_all(&image, Vec::new(), options(), tx).await,
+        Err(EngineError::SourceOpen { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stick_does_not_hold_back_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 8);
+    let fast = 64 * MIB;
+    let mut specs: Vec<SimStickSpec> = (0..3)
+        .map(|i| {
+            SimStickSpec::new(format!("fast{i}"), 8 * MIB)
+                .write_speed(fast)
+                .read_speed(fast)
+        })
+        .collect();
+    specs.push(
+        SimStickSpec::new("slow", 8 * MIB)
+            .write_speed(fast / 10)
+            .read_speed(fast / 10),
+    );
+    let rack = SimRack::create(dir.path().join("rack"), specs).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let run = tokio::spawn({
+        let targets = targets(&rack);
+        let image = image.clone();
+        async move { flash_all(&image, targets, options(), tx).await }
+    });
+    let mut finish_times = std::collections::HashMap::new();
+    while let Some(EngineEvent { target, kind }) = rx.recv().await {
+        if let EngineEventKind::Finished { verdict, .. } = kind {
+            assert_eq!(verdict, Verdict::Pass, "{target}");
+            finish_times.insert(target.0, started.elapsed());
+        }
+    }
+    run.await.unwrap().unwrap();
+    let slow = finish_times["slow"];
+    for i in 0..3 {
+        let fast = finish_times[&format!("fast{i}")];
+        // The slow stick needs ten times as long; the fast ones must not wait for
+        // it (a generous bound: they finish before it is a third of the way).
+        assert!(fast * 3 < slow, "fast{i} took {fast:?}, slow took {slow:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_started_late_runs_at_once_and_an_operator_stop_interrupts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 9);
+    let early = SimStick::create(
+        SimStickSpec::new("early", 4 * MIB).write_speed(2 * MIB),
+        dir.path().join("early.img"),
+    )
+    .unwrap();
+    let late = SimStick::create(
+        SimStickSpec::new("late", 4 * MIB),
+        dir.path().join("late.img"),
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let fanout = Fanout::new(&image, options(), tx).unwrap();
+    let early_handle = fanout.start(TargetId::new("early"), Arc::new(early.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late_handle = fanout.start(TargetId::new("late"), Arc::new(late));
+    let late_outcome = late_handle.finish().await;
+    assert_eq!(late_outcome.result.unwrap().0, Verdict::Pass);
+    early_handle.cancel();
+    let early_outcome = early_handle.finish().await;
+    assert_eq!(
+        reason_of(&early_outcome.result.unwrap().0),
+        Some(&FailReason::Interrupted)
+    );
+}
