@@ -1,0 +1,274 @@
+//! The engine on real block devices: loop devices this test attaches itself (as
+//! root, like CI) and detaches on drop. Covers the direct-I/O path with an
+//! unaligned image tail, exclusive open, the guard, and verification from the
+//! medium.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashrack_core::{FailReason, TargetId, Verdict};
+use flashrack_devices::block::{GuardCheck, PathTarget};
+use flashrack_devices::guard::{check_path, GuardPolicy, GuardRequest};
+use flashrack_devices::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
+use flashrack_engine::{flash_all, EngineOptions};
+use flashrack_testkit::{require_root, run, LoopDevice};
+use tokio::sync::mpsc;
+
+const MIB: u64 = 1 << 20;
+
+/// The real guard, with loop devices allowed as the tests' explicit choice.
+fn loop_guard(image_size: u64) -> GuardCheck {
+    Arc::new(move |path: &Path| {
+        let mut policy = GuardPolicy {
+            allow_unmapped_ports: true,
+            ..GuardPolicy::default()
+        };
+        policy.allowed_buses.insert("loop".into());
+        let request = GuardRequest {
+            image_size,
+            armed_run: false,
+            explicit_operator_request: true,
+        };
+        check_path(path, &policy, &request)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        stall_timeout: Duration::from_secs(30),
+        ..EngineOptions::default()
+    }
+}
+
+/// Sectors read from a block device so far (`/sys/block/X/stat`, field 3).
+fn sectors_read(device: &LoopDevice) -> u64 {
+    let stat =
+        std::fs::read_to_string(format!("/sys/block/{}/stat", device.kernel_name())).unwrap();
+    stat.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_devices_are_written_with_direct_io_and_read_back_from_the_device() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    // An image whose size is not a multiple of the block size: the tail is
+    // written by read-modify-write, keeping the stick's bytes after the image.
+    let size = 9 * MIB as usize + 1234;
+    let (image, bytes) = common::make_image(dir.path(), size, 11);
+    let devices: Vec<LoopDevice> = (0..2).map(|_| LoopDevice::new(16 * MIB)).collect();
+    for device in &devices {
+        std::fs::write(device.backing(), vec![0xEEu8; 16 * MIB as usize]).unwrap();
+    }
+    let before: Vec<u64> = devices.iter().map(sectors_read).collect();
+    let targets = devices
+        .iter()
+        .map(|d| {
+            let target: Arc<dyn Target> =
+                Arc::new(PathTarget::block_device(d.path(), loop_guard(size as u64)));
+            (TargetId::new(d.path().display().to_string()), target)
+        })
+        .collect();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    // The capacity probe would leave a marker in the tail block; it has its own
+    // test below.
+    let options = EngineOptions {
+        probe_capacity: false,
+        ..options()
+    };
+    let results = flash_all(&image, targets, options, tx).await.unwrap();
+    for ((id, verdict, figures), (device, before)) in results.iter().zip(devices.iter().zip(before))
+    {
+        assert_eq!(verdict, &Verdict::Pass, "{id}");
+        assert_eq!(figures.read_back_sha256, Some(image.manifest.sha256()));
+        let medium = std::fs::read(device.backing()).unwrap();
+        assert_eq!(&medium[..size], &bytes[..], "{id} holds the image");
+        let block_end = size.div_ceil(512) * 512;
+        assert!(
+            medium[size..block_end].iter().all(|&b| b == 0xEE),
+            "{id}: the bytes after the image in its last block are kept"
+        );
+        let read = (sectors_read(device) - before) * 512;
+        assert!(
+            read >= size as u64,
+            "{id}: verification read {read} bytes from the device"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_loop_device_passes_the_capacity_probe() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = common::make_image(dir.path(), 3 * MIB as usize, 15);
+    let device = LoopDevice::new(64 * MIB);
+    let target: Arc<dyn Target> =
+        Arc::new(PathTarget::block_device(device.path(), loop_guard(3 * MIB)));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(
+        &image,
+        vec![(TargetId::new("honest"), target)],
+        options(),
+        tx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(results[0].1, Verdict::Pass);
+    let medium = std::fs::read(device.backing()).unwrap();
+    assert_eq!(&medium[..bytes.len()], &bytes[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_device_held_open_exclusively_elsewhere_is_refused_and_untouched() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 12);
+    let device = LoopDevice::new(8 * MIB);
+    // Another holder: an exclusive open, as a mounted file system or another
+    // flashing tool would hold it.
+    let _holder = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(device.path())
+        .unwrap();
+    let target: Arc<dyn Target> =
+        Arc::new(PathTarget::block_device(device.path(), loop_guard(MIB)));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, vec![(TargetId::new("held"), target)], options(), tx)
+        .await
+        .unwrap();
+    match results[0].1.failure().map(|f| &f.reason) {
+        Some(FailReason::Refused { detail }) => assert!(detail.contains("in use"), "{detail}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let medium = std::fs::read(device.backing()).unwrap();
+    assert!(medium.iter().all(|&b| b == 0), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_loop_device_is_refused_by_the_guard() {
+    require_root(&["losetup", "mkfs.ext4", "mount"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 13);
+    let device = LoopDevice::new(32 * MIB);
+    run("mkfs.ext4", &["-q", device.path().to_str().unwrap()]);
+    let mount_point = tempfile::tempdir().unwrap();
+    run(
+        "mount",
+        &[
+            device.path().to_str().unwrap(),
+            mount_point.path().to_str().unwrap(),
+        ],
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount_point.path().to_path_buf());
+    let target: Arc<dyn Target> =
+        Arc::new(PathTarget::block_device(device.path(), loop_guard(MIB)));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(
+        &image,
+        vec![(TargetId::new("mounted"), target)],
+        options(),
+        tx,
+    )
+    .await
+    .unwrap();
+    let (_, verdict, figures) = &results[0];
+    match verdict.failure() {
+        Some(failure) => {
+            assert!(
+                matches!(&failure.reason, FailReason::Refused { detail } if detail.contains("mounted")),
+                "{failure:?}"
+            );
+            assert_eq!(failure.stage, flashrack_core::Stage::Preparing);
+        }
+        None => panic!("a mounted device was written"),
+    }
+    assert_eq!(figures.bytes_written, 0);
+}
+
+/// A real block device whose medium is damaged after the write and before the
+/// read-back, as a failing stick would.
+struct DamagedBeforeVerify {
+    inner: PathTarget,
+    backing: PathBuf,
+    offset: u64,
+}
+
+impl Target for DamagedBeforeVerify {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn geometry(&self) -> Result<TargetGeometry, TargetError> {
+        self.inner.geometry()
+    }
+    fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
+        self.inner.open_writer()
+    }
+    fn open_reader(&self) -> Result<Box<dyn TargetReader>, TargetError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.backing)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, self.offset).unwrap();
+        file.write_all_at(&[!byte[0]], self.offset).unwrap();
+        file.sync_all().unwrap();
+        self.inner.open_reader()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_reads_the_medium_and_reports_the_first_bad_offset() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 6 * MIB as usize, 14);
+    let device = LoopDevice::new(16 * MIB);
+    let offset = 5 * MIB + 777;
+    let target: Arc<dyn Target> = Arc::new(DamagedBeforeVerify {
+        inner: PathTarget::block_device(device.path(), loop_guard(6 * MIB)),
+        backing: device.backing().to_path_buf(),
+        offset,
+    });
+    let (tx, _rx) = mpsc::unbounded_channel();
+    // No probe: its own read-back would open a reader (and damage the medium)
+    // before the image is written.
+    let options = EngineOptions {
+        probe_capacity: false,
+        ..options()
+    };
+    let results = flash_all(
+        &image,
+        vec![(TargetId::new("damaged"), target)],
+        options,
+        tx,
+    )
+    .await
+    .unwrap();
+    let (_, verdict, figures) = &results[0];
+    assert_eq!(
+        verdict.failure().map(|f| &f.reason),
+        Some(&FailReason::VerifyMismatch { offset })
+    );
+    let read_back = figures
+        .read_back_sha256
+        .expect("digest of what the medium holds");
+    assert_ne!(read_back, image.manifest.sha256());
+    let medium = std::fs::read(device.backing()).unwrap();
+    assert_eq!(
+        read_back,
+        flashrack_core::Sha256Digest::of(&medium[..6 * MIB as usize])
+    );
+}

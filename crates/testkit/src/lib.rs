@@ -1,0 +1,145 @@
+//! Test fixtures shared by flashrack's test suites. Never a dependency of the
+//! product, only a `dev-dependency`.
+//!
+//! - [`LoopDevice`]: a loop device over a backing file the test created, detached
+//!   when dropped (also when the test panics);
+//! - [`require_root`]: tests that need root fail, never skip, without it: CI runs
+//!   as root and must run them;
+//! - [`image_bytes`] / [`image_from_bytes`]: deterministic test images with random
+//!   runs and zero holes, with their manifests.
+#![deny(missing_docs)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flashrack_core::{ImageManifest, Sha256Digest};
+use rand::{Rng, RngCore, SeedableRng};
+
+/// Runs a command and returns its stdout; panics with its stderr on failure.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is it installed?)"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Fails the test unless it runs as root with `tools` on the PATH.
+pub fn require_root(tools: &[&str]) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (loop devices, mounts); CI runs it as root"
+    );
+    for tool in tools {
+        let found = Command::new(tool).arg("--version").output().is_ok();
+        assert!(found, "this test needs `{tool}` on PATH");
+    }
+}
+
+/// A loop device over a sparse backing file in a temporary directory; detached on
+/// drop, and the backing file removed after it.
+pub struct LoopDevice {
+    path: PathBuf,
+    backing: PathBuf,
+    /// Holds the backing file; dropped after the device is detached.
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDevice {
+    /// Attaches a new loop device over a fresh `size`-byte backing file.
+    pub fn new(size: u64) -> Self {
+        require_root(&["losetup"]);
+        let dir = tempfile::tempdir_in(scratch_dir()).expect("temporary directory");
+        let backing = dir.path().join("backing.img");
+        fs::File::create(&backing)
+            .and_then(|f| f.set_len(size))
+            .expect("backing file");
+        let out = run("losetup", &["--find", "--show", backing.to_str().unwrap()]);
+        let path = PathBuf::from(out.trim());
+        assert!(
+            path.to_string_lossy().starts_with("/dev/loop"),
+            "losetup printed {out:?}"
+        );
+        Self {
+            path,
+            backing,
+            _dir: dir,
+        }
+    }
+
+    /// The device node, e.g. `/dev/loop3`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The backing file: the loop device's medium.
+    pub fn backing(&self) -> &Path {
+        &self.backing
+    }
+
+    /// The kernel name, e.g. `loop3`.
+    pub fn kernel_name(&self) -> String {
+        self.path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        // Best effort: a failure here must not hide the test's own panic.
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// Where backing files go: a disk-backed directory, because `/tmp` may be a
+/// tmpfs, and a loop device over a tmpfs file does not exercise a disk.
+fn scratch_dir() -> PathBuf {
+    let dir = PathBuf::from("/var/tmp");
+    if dir.is_dir() {
+        dir
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Bytes of a test image: `size` bytes of random runs and zero holes (runs of 1
+/// to `max_run` bytes, about 60% data), deterministic for `seed`.
+pub fn image_bytes(size: usize, seed: u64, max_run: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut bytes = vec![0u8; size];
+    let mut pos = 0;
+    while pos < size {
+        let run = rng.random_range(1..=max_run.max(1)).min(size - pos);
+        if rng.random_bool(0.6) {
+            rng.fill_bytes(&mut bytes[pos..pos + run]);
+        }
+        pos += run;
+    }
+    bytes
+}
+
+/// Stores `bytes` as `image.raw` under `dir` and builds its manifest with chunks
+/// of `chunk_size` bytes.
+pub fn image_from_bytes(dir: &Path, bytes: &[u8], chunk_size: u32) -> (PathBuf, ImageManifest) {
+    let path = dir.join("image.raw");
+    fs::write(&path, bytes).expect("write test image");
+    let chunks: Vec<&[u8]> = bytes.chunks(chunk_size as usize).collect();
+    let manifest = ImageManifest::new(
+        Sha256Digest::of(bytes),
+        bytes.len() as u64,
+        chunk_size,
+        chunks.iter().map(|c| Sha256Digest::of(c)).collect(),
+        chunks.iter().map(|c| c.iter().all(|&b| b == 0)).collect(),
+    )
+    .expect("consistent manifest");
+    (path, manifest)
+}
