@@ -16,7 +16,9 @@
 pub mod aligned;
 pub mod block;
 pub mod guard;
+pub mod hotplug;
 pub mod sim;
+pub mod sim_hotplug;
 
 use std::io;
 

@@ -117,6 +117,12 @@ impl AttemptHandle {
         self.progress.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// A handle that can cancel the attempt after [`finish`](Self::finish) has
+    /// taken this one.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.progress.clone())
+    }
+
     /// Waits for the verdict.
     pub async fn finish(self) -> AttemptOutcome {
         let id = self.id.clone();
@@ -134,6 +140,17 @@ impl AttemptHandle {
                     AttemptFigures::default(),
                 )),
             })
+    }
+}
+
+/// Cancels one attempt; cheap to clone.
+#[derive(Clone)]
+pub struct Canceller(Arc<AttemptProgress>);
+
+impl Canceller {
+    /// Asks the attempt to stop at the next safe point.
+    pub fn cancel(&self) {
+        self.0.cancel.store(true, Ordering::Relaxed);
     }
 }
 

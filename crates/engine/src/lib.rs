@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use flashrack_core::ImageManifest;
 
-pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Fanout};
+pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout};
 pub use source::SharedSource;
 
 /// The image to write: a raw image file and what is known about it.

@@ -1,0 +1,362 @@
+//! The simulated rack as a hotplug source: sticks plugged into and pulled out of
+//! simulated ports, reported as the same [`Hotplug`] events the udev monitor
+//! sends, so that every station feature runs without hardware.
+//!
+//! [`sim_rack`] returns three parts that share one rack:
+//! - [`SimHotplug`], the [`HotplugSource`] (run it on its own thread);
+//! - [`SimRackControl`], which plugs and pulls sticks (tests, the demo);
+//! - [`SimAccess`], the [`DeviceAccess`]: synthesized guard facts (a USB disk,
+//!   never mounted), the stick itself as the target behind the guard, and eject.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use crate::block::GuardCheck;
+use crate::guard::{DiskFacts, GuardError};
+use crate::hotplug::{
+    DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
+};
+use crate::sim::{SimStick, SimStickSpec};
+use crate::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
+
+/// One present simulated stick.
+struct Present {
+    device: PluggedDevice,
+    stick: SimStick,
+}
+
+/// The rack's shared state. A `std` mutex: held only to look up or change the map,
+/// never across I/O.
+#[derive(Default)]
+struct Rack {
+    present: HashMap<String, Present>,
+    next_index: u32,
+}
+
+enum Command {
+    Plug(PluggedDevice),
+    Pull(String),
+}
+
+/// Creates a simulated rack whose sticks' media live in `dir`.
+pub fn sim_rack(dir: impl Into<PathBuf>) -> (SimHotplug, SimRackControl, SimAccess) {
+    let rack = Arc::new(Mutex::new(Rack::default()));
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        SimHotplug { commands: rx },
+        SimRackControl {
+            rack: rack.clone(),
+            commands: tx,
+            dir: dir.into(),
+        },
+        SimAccess { rack },
+    )
+}
+
+/// The hotplug source of a simulated rack.
+pub struct SimHotplug {
+    commands: UnboundedReceiver<Command>,
+}
+
+impl HotplugSource for SimHotplug {
+    fn run(
+        mut self: Box<Self>,
+        events: UnboundedSender<Hotplug>,
+        stop: StopSignal,
+    ) -> Result<(), HotplugError> {
+        // A new rack is empty: enumeration is immediate.
+        if events.send(Hotplug::Enumerated).is_err() {
+            return Ok(());
+        }
+        while !stop.is_stopped() {
+            match self.commands.try_recv() {
+                Ok(Command::Plug(device)) => {
+                    if events.send(Hotplug::Added(device)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(Command::Pull(kernel_name)) => {
+                    if events.send(Hotplug::Removed { kernel_name }).is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    // Nobody can plug anything any more; wait for stop.
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Plugs and pulls simulated sticks. Cheap to clone.
+#[derive(Clone)]
+pub struct SimRackControl {
+    rack: Arc<Mutex<Rack>>,
+    commands: UnboundedSender<Command>,
+    dir: PathBuf,
+}
+
+/// Why a simulated stick could not be plugged.
+#[derive(Debug, thiserror::Error)]
+pub enum SimRackError {
+    /// Something is already plugged into that port.
+    #[error("port {0} is occupied")]
+    PortOccupied(String),
+    /// The stick's medium could not be created.
+    #[error("cannot create the simulated stick: {0}")]
+    Create(#[from] std::io::Error),
+    /// No stick with that kernel name is present.
+    #[error("no simulated stick {0} is plugged in")]
+    NotPresent(String),
+}
+
+impl SimRackControl {
+    /// Plugs a stick built from `spec` into the port with `port_path`, with the
+    /// given serial (vendor "Flashrack", model "Sim Stick"). Returns its kernel name.
+    pub fn plug(
+        &self,
+        port_path: &str,
+        serial: &str,
+        spec: SimStickSpec,
+    ) -> Result<String, SimRackError> {
+        let mut rack = self.rack.lock().unwrap_or_else(|p| p.into_inner());
+        if rack
+            .present
+            .values()
+            .any(|p| p.device.port_path.as_deref() == Some(port_path))
+        {
+            return Err(SimRackError::PortOccupied(port_path.to_string()));
+        }
+        rack.next_index += 1;
+        let kernel_name = format!("sim{}", rack.next_index);
+        std::fs::create_dir_all(&self.dir)?;
+        let backing = self.dir.join(format!("{kernel_name}.img"));
+        let read_only = spec.read_only;
+        let capacity = spec.capacity;
+        let stick = SimStick::create(spec.name(kernel_name.clone()), &backing)?;
+        let device = PluggedDevice {
+            kernel_name: kernel_name.clone(),
+            dev_path: backing,
+            port_path: Some(port_path.to_string()),
+            bus: Some("usb".into()),
+            identity: DeviceIdentity {
+                serial: Some(serial.to_string()),
+                vendor: Some("Flashrack".into()),
+                model: Some("Sim Stick".into()),
+                capacity,
+            },
+            removable: true,
+            read_only,
+        };
+        rack.present.insert(
+            kernel_name.clone(),
+            Present {
+                device: device.clone(),
+                stick,
+            },
+        );
+        let _ = self.commands.send(Command::Plug(device));
+        Ok(kernel_name)
+    }
+
+    /// Pulls the stick out: its in-flight I/O fails as removed, its medium is
+    /// deleted, and the source reports it gone.
+    pub fn pull(&self, kernel_name: &str) -> Result<(), SimRackError> {
+        let present = self
+            .rack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .present
+            .remove(kernel_name)
+            .ok_or_else(|| SimRackError::NotPresent(kernel_name.to_string()))?;
+        present.stick.remove();
+        let _ = std::fs::remove_file(&present.device.dev_path);
+        let _ = self.commands.send(Command::Pull(kernel_name.to_string()));
+        Ok(())
+    }
+
+    /// The stick in the port with `port_path`, if any: its kernel name and handle.
+    pub fn stick_at(&self, port_path: &str) -> Option<(String, SimStick)> {
+        let rack = self.rack.lock().unwrap_or_else(|p| p.into_inner());
+        rack.present
+            .values()
+            .find(|p| p.device.port_path.as_deref() == Some(port_path))
+            .map(|p| (p.device.kernel_name.clone(), p.stick.clone()))
+    }
+
+    /// Pulls every stick (used at shutdown and by tests).
+    pub fn pull_all(&self) {
+        let names: Vec<String> = self
+            .rack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .present
+            .keys()
+            .cloned()
+            .collect();
+        for name in names {
+            let _ = self.pull(&name);
+        }
+    }
+}
+
+/// The [`DeviceAccess`] of a simulated rack.
+#[derive(Clone)]
+pub struct SimAccess {
+    rack: Arc<Mutex<Rack>>,
+}
+
+impl SimAccess {
+    fn stick(&self, device: &PluggedDevice) -> Option<SimStick> {
+        self.rack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .present
+            .get(&device.kernel_name)
+            .map(|p| p.stick.clone())
+    }
+}
+
+impl DeviceAccess for SimAccess {
+    fn facts(&self, device: &PluggedDevice) -> Result<DiskFacts, GuardError> {
+        // A simulated stick is a whole USB disk that nothing mounts.
+        Ok(DiskFacts {
+            dev_path: device.dev_path.clone(),
+            kernel_name: device.kernel_name.clone(),
+            major: 0,
+            minor: 0,
+            is_partition: false,
+            parent_disk: None,
+            bus: device.bus.clone(),
+            port_path: device.port_path.clone(),
+            size_bytes: device.identity.capacity,
+            mounted: Vec::new(),
+            swap: Vec::new(),
+            holders: Vec::new(),
+            system_disk: None,
+            read_only: device.read_only,
+        })
+    }
+
+    fn target(&self, device: &PluggedDevice, guard: GuardCheck) -> Arc<dyn Target> {
+        let inner: Arc<dyn Target> = match self.stick(device) {
+            Some(stick) => Arc::new(stick),
+            None => Arc::new(Gone(device.kernel_name.clone())),
+        };
+        Arc::new(GuardedTarget {
+            inner,
+            guard,
+            path: device.dev_path.clone(),
+        })
+    }
+
+    fn eject(&self, device: &PluggedDevice) -> Result<(), TargetError> {
+        // Ejecting a simulated stick is what the kernel does to a real one: it
+        // goes away from the system (the "operator" still has to pull it).
+        match self.stick(device) {
+            Some(stick) => {
+                stick.remove();
+                Ok(())
+            }
+            None => Err(TargetError::Removed),
+        }
+    }
+}
+
+/// A target that runs the guard before every open for writing, for targets that
+/// do not do so themselves.
+pub struct GuardedTarget {
+    inner: Arc<dyn Target>,
+    guard: GuardCheck,
+    path: PathBuf,
+}
+
+impl Target for GuardedTarget {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn geometry(&self) -> Result<TargetGeometry, TargetError> {
+        self.inner.geometry()
+    }
+    fn may_misreport_capacity(&self) -> bool {
+        self.inner.may_misreport_capacity()
+    }
+    fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
+        (self.guard)(Path::new(&self.path)).map_err(TargetError::Refused)?;
+        self.inner.open_writer()
+    }
+    fn open_reader(&self) -> Result<Box<dyn TargetReader>, TargetError> {
+        self.inner.open_reader()
+    }
+}
+
+/// A stick that was pulled before its target was made.
+struct Gone(String);
+
+impl Target for Gone {
+    fn name(&self) -> String {
+        self.0.clone()
+    }
+    fn geometry(&self) -> Result<TargetGeometry, TargetError> {
+        Err(TargetError::Removed)
+    }
+    fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
+        Err(TargetError::Removed)
+    }
+    fn open_reader(&self) -> Result<Box<dyn TargetReader>, TargetError> {
+        Err(TargetError::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugging_and_pulling_are_reported_as_hotplug_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, control, access) = sim_rack(dir.path());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stop = StopSignal::new();
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || Box::new(source).run(tx, stop)
+        });
+        assert_eq!(rx.blocking_recv(), Some(Hotplug::Enumerated));
+        let name = control
+            .plug("sim-port-1", "SER1", SimStickSpec::new("", 1 << 20))
+            .unwrap();
+        let Some(Hotplug::Added(device)) = rx.blocking_recv() else {
+            panic!("expected an add")
+        };
+        assert_eq!(device.kernel_name, name);
+        assert_eq!(device.identity.serial.as_deref(), Some("SER1"));
+        assert!(matches!(
+            control.plug("sim-port-1", "SER2", SimStickSpec::new("", 1 << 20)),
+            Err(SimRackError::PortOccupied(_))
+        ));
+        let facts = access.facts(&device).unwrap();
+        assert_eq!(facts.bus.as_deref(), Some("usb"));
+        let refuse: GuardCheck = Arc::new(|_| Err("no".into()));
+        assert!(matches!(
+            access.target(&device, refuse).open_writer(),
+            Err(TargetError::Refused(_))
+        ));
+        control.pull(&name).unwrap();
+        assert_eq!(
+            rx.blocking_recv(),
+            Some(Hotplug::Removed { kernel_name: name })
+        );
+        stop.stop();
+        thread.join().unwrap().unwrap();
+    }
+}

@@ -1,0 +1,32 @@
+//! The duplication station: sticks arrive in physical ports, an armed run writes
+//! and verifies every one that the target guard accepts, and each port shows its
+//! state and verdict.
+//!
+//! The station sits between a hotplug source (the real udev monitor or the
+//! simulated rack: the station cannot tell them apart) and the engine. It owns the
+//! per-port state machines, the armed run and the guard, and it publishes a
+//! [`Snapshot`] and a stream of [`StationEvent`]s for the command line and the web
+//! side. Records go through the [`Journal`] seam; the station never sees SQL.
+//!
+//! Layout:
+//! - [`model`]: ports, runs, snapshots and events, as plain serializable values;
+//! - [`journal`]: the records seam and an in-memory journal;
+//! - [`station`]: the event loop ([`Station::run_until_stopped`]) and the
+//!   [`StationHandle`] that commands it.
+//!
+//! **Architecture invariant:** no stick is written unless the guard accepted it at
+//! insertion *and* accepts it again at the moment its target is opened, and an
+//! attempt's start is recorded before its first byte is written; its verdict is
+//! committed before its port shows it.
+#![deny(missing_docs)]
+
+pub mod journal;
+pub mod model;
+pub mod station;
+
+pub use journal::{AttemptStart, Journal, JournalError, JournalEvent, MemoryJournal, RunStart};
+pub use model::{
+    DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
+    VerifyChoice,
+};
+pub use station::{ArmRequest, PortSpec, Station, StationError, StationHandle, StationSettings};

@@ -1,0 +1,250 @@
+//! What the station shows: ports, runs, and the events that change them. Plain
+//! serializable values, for the command line, the web side and the records.
+
+use flashrack_core::{AttemptFigures, Sha256Digest, Stage, Verdict};
+use flashrack_devices::hotplug::PluggedDevice;
+use serde::{Deserialize, Serialize};
+
+/// The state of one port, as in DESIGN.md: `empty → detected → (refused |
+/// preparing → writing → flushing → verifying) → passed | failed`, and back to
+/// `empty` on removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortState {
+    /// No stick.
+    Empty,
+    /// A stick is present and identified; nothing is armed for it.
+    Detected,
+    /// The target guard refused the stick; see `refusal`.
+    Refused,
+    /// Opening, size check, capacity probe.
+    Preparing,
+    /// Writing the image.
+    Writing,
+    /// Committing the write.
+    Flushing,
+    /// Reading back from the medium.
+    Verifying,
+    /// The stick holds the image, proven (see `verdict`, `figures`).
+    Passed,
+    /// The attempt failed; see `verdict`.
+    Failed,
+}
+
+impl PortState {
+    /// The busy state for an engine stage.
+    pub fn for_stage(stage: Stage) -> Self {
+        match stage {
+            Stage::Preparing => PortState::Preparing,
+            Stage::Writing => PortState::Writing,
+            Stage::Flushing => PortState::Flushing,
+            Stage::Verifying => PortState::Verifying,
+        }
+    }
+
+    /// Whether an attempt is running in this state.
+    pub fn is_busy(self) -> bool {
+        matches!(
+            self,
+            PortState::Preparing | PortState::Writing | PortState::Flushing | PortState::Verifying
+        )
+    }
+}
+
+/// A stick as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// Serial, or the vendor/model/size fallback key.
+    pub key: String,
+    /// Serial number, if any.
+    pub serial: Option<String>,
+    /// Vendor.
+    pub vendor: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Reported capacity in bytes.
+    pub capacity: u64,
+    /// The kernel's name (`sdb`).
+    pub kernel_name: String,
+}
+
+impl From<&PluggedDevice> for DeviceView {
+    fn from(d: &PluggedDevice) -> Self {
+        Self {
+            key: d.identity.key(),
+            serial: d.identity.serial.clone(),
+            vendor: d.identity.vendor.clone(),
+            model: d.identity.model.clone(),
+            capacity: d.identity.capacity,
+            kernel_name: d.kernel_name.clone(),
+        }
+    }
+}
+
+/// Progress of the current stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Bytes done in this stage.
+    pub done: u64,
+    /// Bytes the stage will do.
+    pub total: u64,
+    /// Recent speed.
+    pub bytes_per_sec: f64,
+}
+
+/// One port as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortView {
+    /// The label ("A1"), or `?<kernel name>` for a stick in an unmapped port.
+    pub label: String,
+    /// The physical port path (udev `ID_PATH`).
+    pub port_path: Option<String>,
+    /// Whether the port is in the port map.
+    pub mapped: bool,
+    /// Grid position from the configuration (row, column), if any.
+    pub position: Option<(u32, u32)>,
+    /// What the port is doing.
+    pub state: PortState,
+    /// The stick in it.
+    pub device: Option<DeviceView>,
+    /// Progress of the running stage.
+    pub progress: Option<Progress>,
+    /// The verdict of the last attempt on the stick in this port.
+    pub verdict: Option<Verdict>,
+    /// Figures of the last attempt.
+    pub figures: Option<AttemptFigures>,
+    /// Why the guard refused the stick.
+    pub refusal: Option<String>,
+    /// Whether a passed stick was ejected and may be pulled.
+    pub ejected: bool,
+    /// The record of the current or last attempt.
+    pub attempt_id: Option<i64>,
+}
+
+impl PortView {
+    /// An empty port.
+    pub fn empty(
+        label: String,
+        port_path: Option<String>,
+        mapped: bool,
+        position: Option<(u32, u32)>,
+    ) -> Self {
+        Self {
+            label,
+            port_path,
+            mapped,
+            position,
+            state: PortState::Empty,
+            device: None,
+            progress: None,
+            verdict: None,
+            figures: None,
+            refusal: None,
+            ejected: false,
+            attempt_id: None,
+        }
+    }
+
+    /// Back to empty, keeping the port's identity.
+    pub fn clear(&mut self) {
+        *self = Self::empty(
+            std::mem::take(&mut self.label),
+            self.port_path.take(),
+            self.mapped,
+            self.position,
+        );
+    }
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// How to verify: `compare` (default), `hash` or `none`.
+    pub verify: VerifyChoice,
+    /// Eject each stick after it passes.
+    pub eject_on_pass: bool,
+    /// Stop the run by itself after this many passes.
+    pub target_count: Option<u32>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            verify: VerifyChoice::Compare,
+            eject_on_pass: false,
+            target_count: None,
+        }
+    }
+}
+
+/// Verification of a run, as configured by the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyChoice {
+    /// Byte-compare the read-back with the cached image (default).
+    #[default]
+    Compare,
+    /// Hash every byte read back.
+    Hash,
+    /// No read-back.
+    None,
+}
+
+/// A run as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    /// Its record id.
+    pub id: i64,
+    /// The image's sha256.
+    pub image_sha256: Sha256Digest,
+    /// The image's name.
+    pub image_name: String,
+    /// Image size in bytes.
+    pub image_size: u64,
+    /// The run's options.
+    pub options: RunOptions,
+    /// Whether new sticks are still being written.
+    pub armed: bool,
+    /// Passes so far.
+    pub passed: u32,
+    /// Failures so far.
+    pub failed: u32,
+    /// Attempts running now.
+    pub active: u32,
+    /// Passes still wanted, when there is a target count.
+    pub remaining: Option<u32>,
+    /// Why the run stopped, once it has.
+    pub stop_reason: Option<String>,
+}
+
+/// Everything the station shows, at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The station's id.
+    pub station_id: String,
+    /// Every mapped port in configuration order, then sticks in unmapped ports.
+    pub ports: Vec<PortView>,
+    /// The current (or last) run.
+    pub run: Option<RunView>,
+}
+
+/// A change the station publishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StationEvent {
+    /// A port changed.
+    Port {
+        /// The port as it is now.
+        port: PortView,
+    },
+    /// A port went away (an unmapped one, emptied).
+    PortGone {
+        /// Its label.
+        label: String,
+    },
+    /// The run changed (armed, counters, stopped).
+    Run {
+        /// The run as it is now.
+        run: Option<RunView>,
+    },
+}

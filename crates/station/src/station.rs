@@ -1,0 +1,953 @@
+//! The station's event loop and the handle that commands it.
+//!
+//! One task owns all station state (ports, present devices, the run, running
+//! attempts) and reacts to four inputs: hotplug events, operator commands, engine
+//! events (stage changes, progress) and finished attempts. Nothing else mutates
+//! state, so there are no locks around it; readers get a [`Snapshot`] through a
+//! `watch` channel and changes through a `broadcast` channel.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashrack_core::{
+    AttemptFigures, EngineEvent, EngineEventKind, FailReason, Failure, Stage, TargetId, Verdict,
+};
+use flashrack_devices::block::GuardCheck;
+use flashrack_devices::guard::{evaluate, GuardPolicy, GuardRequest};
+use flashrack_devices::hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, StopSignal};
+use flashrack_engine::{
+    AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
+};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::journal::{AttemptStart, Journal, JournalError, JournalEvent, RunStart};
+use crate::model::{
+    DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
+    VerifyChoice,
+};
+
+/// A mapped port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// What operators call it ("A1").
+    pub label: String,
+    /// Its stable physical path (udev `ID_PATH`).
+    pub path: String,
+    /// Where it sits in the rack's grid (row, column), for the dashboard.
+    pub position: Option<(u32, u32)>,
+}
+
+/// Everything the station is configured with.
+#[derive(Debug, Clone)]
+pub struct StationSettings {
+    /// Records carry it (several stations may share one database).
+    pub station_id: String,
+    /// The port map, in display order.
+    pub ports: Vec<PortSpec>,
+    /// The guard's policy; its `mapped_ports` are filled from `ports`.
+    pub policy: GuardPolicy,
+    /// Engine knobs (the verify mode comes from each run).
+    pub engine: EngineOptions,
+    /// How long shutdown waits for running attempts to stop at a safe point.
+    pub shutdown_grace: Duration,
+}
+
+/// An image to arm a run with.
+#[derive(Debug, Clone)]
+pub struct ArmRequest {
+    /// The cached image.
+    pub image: SourceImage,
+    /// Its name for people.
+    pub image_name: String,
+    /// Run options.
+    pub options: RunOptions,
+}
+
+/// Why a station command failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StationError {
+    /// A run is already armed; stop it first.
+    #[error("a run is already armed (run {0}); stop it first")]
+    AlreadyArmed(i64),
+    /// No run is armed.
+    #[error("no run is armed")]
+    NotArmed,
+    /// No port has that label.
+    #[error("no port is labelled {0:?}")]
+    UnknownPort(String),
+    /// The port cannot start now.
+    #[error("port {label} cannot start: it is {state:?}")]
+    PortNotReady {
+        /// The port.
+        label: String,
+        /// Its state.
+        state: PortState,
+    },
+    /// A record could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The image cannot be read.
+    #[error(transparent)]
+    Source(#[from] EngineError),
+    /// The station has stopped.
+    #[error("the station has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Arm(
+        Box<ArmRequest>,
+        oneshot::Sender<Result<RunView, StationError>>,
+    ),
+    Stop(String, oneshot::Sender<Result<(), StationError>>),
+    StartPort(String, oneshot::Sender<Result<(), StationError>>),
+}
+
+/// Commands a running station and watches it. Cheap to clone.
+#[derive(Clone)]
+pub struct StationHandle {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<StationEvent>,
+    snapshot: watch::Receiver<Snapshot>,
+}
+
+impl StationHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StationError>>) -> Command,
+    ) -> Result<T, StationError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| StationError::Stopped)?;
+        rx.await.map_err(|_| StationError::Stopped)?
+    }
+
+    /// Arms a run: every accepted stick present or inserted from now on is written.
+    pub async fn arm(&self, request: ArmRequest) -> Result<RunView, StationError> {
+        self.ask(|tx| Command::Arm(Box::new(request), tx)).await
+    }
+
+    /// Stops the armed run; running attempts stop at a safe point as interrupted.
+    pub async fn stop_run(&self, reason: &str) -> Result<(), StationError> {
+        self.ask(|tx| Command::Stop(reason.to_string(), tx)).await
+    }
+
+    /// Writes the stick in `label` now, as the operator's explicit request (also a
+    /// stick that already passed or failed in this run).
+    pub async fn start_port(&self, label: &str) -> Result<(), StationError> {
+        self.ask(|tx| Command::StartPort(label.to_string(), tx))
+            .await
+    }
+
+    /// The station as it is now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver of snapshots, for waiting on changes.
+    pub fn watch(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.clone()
+    }
+
+    /// Changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StationEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// A port as the station tracks it.
+struct Port {
+    view: PortView,
+    /// Kernel name of the stick in it.
+    kernel_name: Option<String>,
+}
+
+/// A stick that is present.
+struct Present {
+    device: PluggedDevice,
+    device_id: i64,
+    port: usize,
+}
+
+/// The armed (or last) run.
+struct ActiveRun {
+    view: RunView,
+    fanout: Option<Fanout>,
+    image_size: u64,
+    /// Keys of the sticks that passed in this run: not written again on
+    /// re-insertion unless the operator asks.
+    passed_keys: HashSet<String>,
+}
+
+/// A running attempt.
+struct Slot {
+    run_id: i64,
+    attempt_id: i64,
+    port: usize,
+    kernel_name: String,
+    device_key: String,
+    canceller: Canceller,
+    stage: Stage,
+    /// Set when the stick was pulled while the attempt ran.
+    removed_during: Option<Stage>,
+}
+
+struct Done {
+    target: TargetId,
+    outcome: AttemptOutcome,
+}
+
+/// The station. Build it with [`Station::new`], then run
+/// [`Station::run_until_stopped`] on a task.
+pub struct Station {
+    settings: StationSettings,
+    access: Arc<dyn DeviceAccess>,
+    journal: Arc<dyn Journal>,
+    ports: Vec<Port>,
+    present: HashMap<String, Present>,
+    run: Option<ActiveRun>,
+    slots: HashMap<TargetId, Slot>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<StationEvent>,
+    snapshot: watch::Sender<Snapshot>,
+    engine_tx: mpsc::UnboundedSender<EngineEvent>,
+    engine_rx: mpsc::UnboundedReceiver<EngineEvent>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+impl Station {
+    /// A station over `access` (how to inspect, write and eject sticks), recording
+    /// into `journal`.
+    pub fn new(
+        mut settings: StationSettings,
+        access: Arc<dyn DeviceAccess>,
+        journal: Arc<dyn Journal>,
+    ) -> (Self, StationHandle) {
+        settings
+            .policy
+            .mapped_ports
+            .extend(settings.ports.iter().map(|p| p.path.clone()));
+        let ports: Vec<Port> = settings
+            .ports
+            .iter()
+            .map(|p| Port {
+                view: PortView::empty(p.label.clone(), Some(p.path.clone()), true, p.position),
+                kernel_name: None,
+            })
+            .collect();
+        let snapshot = Snapshot {
+            station_id: settings.station_id.clone(),
+            ports: ports.iter().map(|p| p.view.clone()).collect(),
+            run: None,
+        };
+        let (commands_tx, commands) = mpsc::channel(32);
+        let (events, _) = broadcast::channel(1024);
+        let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
+        let (engine_tx, engine_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let handle = StationHandle {
+            commands: commands_tx,
+            events: events.clone(),
+            snapshot: snapshot_rx,
+        };
+        let station = Self {
+            settings,
+            access,
+            journal,
+            ports,
+            present: HashMap::new(),
+            run: None,
+            slots: HashMap::new(),
+            commands,
+            events,
+            snapshot: snapshot_tx,
+            engine_tx,
+            engine_rx,
+            done_tx,
+            done_rx,
+        };
+        (station, handle)
+    }
+
+    /// Runs the station until `shutdown` completes: watches `source` on a
+    /// dedicated thread and reacts to everything. At shutdown, running attempts
+    /// are stopped at a safe point and recorded as interrupted, the run is
+    /// stopped, and the hotplug thread is joined.
+    pub async fn run_until_stopped(
+        mut self,
+        source: Box<dyn HotplugSource>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let (hotplug_tx, mut hotplug_rx) = mpsc::unbounded_channel();
+        let stop = StopSignal::new();
+        let watcher = std::thread::Builder::new().name("hotplug".into()).spawn({
+            let stop = stop.clone();
+            move || {
+                if let Err(error) = source.run(hotplug_tx, stop) {
+                    tracing::error!(%error, "the hotplug source stopped");
+                }
+            }
+        });
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(event) = hotplug_rx.recv() => self.on_hotplug(event).await,
+                Some(command) = self.commands.recv() => self.on_command(command).await,
+                Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
+                Some(done) = self.done_rx.recv() => self.on_done(done).await,
+            }
+        }
+        self.shut_down().await;
+        stop.stop();
+        if let Ok(watcher) = watcher {
+            let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
+        }
+    }
+
+    async fn shut_down(&mut self) {
+        for slot in self.slots.values() {
+            slot.canceller.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        while !self.slots.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
+                Some(done) = self.done_rx.recv() => self.on_done(done).await,
+            }
+        }
+        // Attempts stuck in the kernel past the grace period: recorded as
+        // interrupted now (their threads are abandoned).
+        let stuck: Vec<TargetId> = self.slots.keys().cloned().collect();
+        for target in stuck {
+            if let Some(slot) = self.slots.remove(&target) {
+                let verdict = Verdict::Fail(Failure {
+                    reason: FailReason::Interrupted,
+                    stage: slot.stage,
+                });
+                self.record_finish(slot.attempt_id, &verdict, &AttemptFigures::default())
+                    .await;
+            }
+        }
+        if self.run.as_ref().is_some_and(|r| r.view.armed) {
+            let _ = self.disarm("station shut down").await;
+        }
+        self.publish_snapshot();
+    }
+
+    // ----- hotplug ---------------------------------------------------------
+
+    async fn on_hotplug(&mut self, event: Hotplug) {
+        match event {
+            Hotplug::Added(device) => self.on_added(device).await,
+            Hotplug::Changed(device) => {
+                if let Some(present) = self.present.get_mut(&device.kernel_name) {
+                    let port = present.port;
+                    present.device = device.clone();
+                    self.ports[port].view.device = Some(DeviceView::from(&device));
+                    self.publish_port(port);
+                } else {
+                    self.on_added(device).await;
+                }
+            }
+            Hotplug::Removed { kernel_name } => self.on_removed(&kernel_name).await,
+            Hotplug::Enumerated => tracing::info!("hotplug enumeration done"),
+        }
+    }
+
+    async fn on_added(&mut self, device: PluggedDevice) {
+        if self.present.contains_key(&device.kernel_name) {
+            self.on_removed(&device.kernel_name.clone()).await;
+        }
+        let port = match self.port_for(&device) {
+            Some(port) => port,
+            None => return,
+        };
+        let device_id = match self.journal.device_seen(&device.identity).await {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(%error, "cannot record a device");
+                -1
+            }
+        };
+        let key = device.identity.key();
+        let label = self.ports[port].view.label.clone();
+        self.log(JournalEvent::DeviceAdded {
+            port: label.clone(),
+            device: key.clone(),
+        })
+        .await;
+        let slot = &mut self.ports[port];
+        slot.view.clear();
+        slot.view.state = PortState::Detected;
+        slot.view.device = Some(DeviceView::from(&device));
+        slot.kernel_name = Some(device.kernel_name.clone());
+        self.present.insert(
+            device.kernel_name.clone(),
+            Present {
+                device,
+                device_id,
+                port,
+            },
+        );
+        if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
+            if run.passed_keys.contains(&key) {
+                let view = &mut self.ports[port].view;
+                view.state = PortState::Passed;
+                view.verdict = Some(Verdict::Pass);
+                self.publish_port(port);
+                tracing::info!(port = %label, device = %key, "already passed in this run; not rewritten");
+                return;
+            }
+            self.try_start(port, false).await;
+        }
+        self.publish_port(port);
+    }
+
+    /// The port a device sits in: its mapped port, or a new unmapped entry when
+    /// its bus is one the station may write (so the operator sees it and can map
+    /// it). Other disks (the system's own) are ignored.
+    fn port_for(&mut self, device: &PluggedDevice) -> Option<usize> {
+        if let Some(path) = &device.port_path {
+            if let Some(index) = self
+                .ports
+                .iter()
+                .position(|p| p.view.mapped && p.view.port_path.as_deref() == Some(path))
+            {
+                return Some(index);
+            }
+        }
+        let bus_allowed = device
+            .bus
+            .as_ref()
+            .is_some_and(|b| self.settings.policy.allowed_buses.contains(b));
+        if !bus_allowed {
+            return None;
+        }
+        self.ports.push(Port {
+            view: PortView::empty(
+                format!("?{}", device.kernel_name),
+                device.port_path.clone(),
+                false,
+                None,
+            ),
+            kernel_name: None,
+        });
+        Some(self.ports.len() - 1)
+    }
+
+    async fn on_removed(&mut self, kernel_name: &str) {
+        let Some(present) = self.present.remove(kernel_name) else {
+            return;
+        };
+        let port = present.port;
+        for slot in self.slots.values_mut() {
+            if slot.kernel_name == kernel_name && slot.removed_during.is_none() {
+                slot.removed_during = Some(slot.stage);
+                slot.canceller.cancel();
+            }
+        }
+        let label = self.ports[port].view.label.clone();
+        self.log(JournalEvent::DeviceRemoved {
+            port: label.clone(),
+            device: present.device.identity.key(),
+        })
+        .await;
+        if self.ports[port].view.mapped {
+            self.ports[port].view.clear();
+            self.ports[port].kernel_name = None;
+            self.publish_port(port);
+        } else {
+            self.remove_unmapped_port(port);
+            let _ = self.events.send(StationEvent::PortGone { label });
+            self.publish_snapshot();
+        }
+    }
+
+    /// Removes an unmapped port entry, renumbering what points past it.
+    fn remove_unmapped_port(&mut self, port: usize) {
+        self.ports.remove(port);
+        for present in self.present.values_mut() {
+            if present.port > port {
+                present.port -= 1;
+            }
+        }
+        for slot in self.slots.values_mut() {
+            if slot.port > port {
+                slot.port -= 1;
+            } else if slot.port == port {
+                slot.port = usize::MAX;
+            }
+        }
+    }
+
+    // ----- commands ----------------------------------------------------------
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Arm(request, reply) => {
+                let result = self.arm(*request).await;
+                let _ = reply.send(result);
+            }
+            Command::Stop(reason, reply) => {
+                let result = match self.run.as_ref() {
+                    Some(run) if run.view.armed => {
+                        for slot in self.slots.values() {
+                            slot.canceller.cancel();
+                        }
+                        self.log(JournalEvent::OperatorAction {
+                            action: "stop".into(),
+                            detail: reason.clone(),
+                        })
+                        .await;
+                        self.disarm(&reason).await
+                    }
+                    _ => Err(StationError::NotArmed),
+                };
+                let _ = reply.send(result);
+            }
+            Command::StartPort(label, reply) => {
+                let result = self.start_port(&label).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn arm(&mut self, request: ArmRequest) -> Result<RunView, StationError> {
+        if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
+            return Err(StationError::AlreadyArmed(run.view.id));
+        }
+        let mut engine = self.settings.engine.clone();
+        engine.verify = match request.options.verify {
+            VerifyChoice::Compare => VerifyMode::Compare,
+            VerifyChoice::Hash => VerifyMode::Hash,
+            VerifyChoice::None => VerifyMode::None,
+        };
+        let fanout = Fanout::new(&request.image, engine, self.engine_tx.clone())?;
+        let manifest = &request.image.manifest;
+        let id = self
+            .journal
+            .run_started(&RunStart {
+                image_sha256: manifest.sha256(),
+                image_name: request.image_name.clone(),
+                image_size: manifest.size(),
+                options: request.options.clone(),
+            })
+            .await?;
+        self.log(JournalEvent::OperatorAction {
+            action: "arm".into(),
+            detail: format!("run {id}: {} ({})", request.image_name, manifest.sha256()),
+        })
+        .await;
+        let view = RunView {
+            id,
+            image_sha256: manifest.sha256(),
+            image_name: request.image_name,
+            image_size: manifest.size(),
+            remaining: request.options.target_count,
+            options: request.options,
+            armed: true,
+            passed: 0,
+            failed: 0,
+            active: 0,
+            stop_reason: None,
+        };
+        self.run = Some(ActiveRun {
+            view: view.clone(),
+            fanout: Some(fanout),
+            image_size: manifest.size(),
+            passed_keys: HashSet::new(),
+        });
+        self.publish_run();
+        // Sticks already present and waiting are written too.
+        let waiting: Vec<usize> = (0..self.ports.len())
+            .filter(|&p| {
+                matches!(
+                    self.ports[p].view.state,
+                    PortState::Detected | PortState::Refused
+                )
+            })
+            .collect();
+        for port in waiting {
+            self.try_start(port, false).await;
+            self.publish_port(port);
+        }
+        Ok(self.run.as_ref().map(|r| r.view.clone()).unwrap_or(view))
+    }
+
+    async fn disarm(&mut self, reason: &str) -> Result<(), StationError> {
+        let Some(run) = self.run.as_mut() else {
+            return Err(StationError::NotArmed);
+        };
+        run.view.armed = false;
+        run.view.stop_reason = Some(reason.to_string());
+        run.fanout = None;
+        let id = run.view.id;
+        self.publish_run();
+        self.journal.run_stopped(id, reason).await?;
+        Ok(())
+    }
+
+    async fn start_port(&mut self, label: &str) -> Result<(), StationError> {
+        let port = self
+            .ports
+            .iter()
+            .position(|p| p.view.label == label)
+            .ok_or_else(|| StationError::UnknownPort(label.to_string()))?;
+        if !self.run.as_ref().is_some_and(|r| r.view.armed) {
+            return Err(StationError::NotArmed);
+        }
+        let state = self.ports[port].view.state;
+        if state == PortState::Empty || state.is_busy() {
+            return Err(StationError::PortNotReady {
+                label: label.to_string(),
+                state,
+            });
+        }
+        self.log(JournalEvent::OperatorAction {
+            action: "start_port".into(),
+            detail: label.to_string(),
+        })
+        .await;
+        self.try_start(port, true).await;
+        self.publish_port(port);
+        Ok(())
+    }
+
+    // ----- attempts ----------------------------------------------------------
+
+    /// Guards and starts the stick in `port` under the armed run. `explicit`:
+    /// the operator asked for this port (guard rule 6).
+    async fn try_start(&mut self, port: usize, explicit: bool) {
+        let Some(kernel_name) = self.ports[port].kernel_name.clone() else {
+            return;
+        };
+        let Some(present) = self.present.get(&kernel_name) else {
+            return;
+        };
+        let device = present.device.clone();
+        let device_id = present.device_id;
+        let Some(run) = self.run.as_ref().filter(|r| r.view.armed) else {
+            return;
+        };
+        let run_id = run.view.id;
+        let request = GuardRequest {
+            image_size: run.image_size,
+            armed_run: true,
+            explicit_operator_request: explicit,
+        };
+        let label = self.ports[port].view.label.clone();
+        let key = device.identity.key();
+        if let Err(reason) = guard_device(&*self.access, &device, &self.settings.policy, &request) {
+            tracing::warn!(port = %label, device = %key, %reason, "refused by the target guard");
+            let view = &mut self.ports[port].view;
+            view.state = PortState::Refused;
+            view.refusal = Some(reason.clone());
+            self.log(JournalEvent::GuardRefused {
+                port: label,
+                device: key,
+                reason,
+            })
+            .await;
+            return;
+        }
+        // Recorded before the first byte is written.
+        let attempt_id = match self
+            .journal
+            .attempt_started(&AttemptStart {
+                run_id,
+                device_id,
+                port_label: label.clone(),
+                port_path: device.port_path.clone(),
+            })
+            .await
+        {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(%error, port = %label, "cannot record the attempt; not writing");
+                let view = &mut self.ports[port].view;
+                view.state = PortState::Failed;
+                view.verdict = Some(Verdict::Fail(Failure {
+                    reason: FailReason::Unavailable {
+                        detail: error.to_string(),
+                    },
+                    stage: Stage::Preparing,
+                }));
+                return;
+            }
+        };
+        let guard = open_time_guard(
+            self.access.clone(),
+            device.clone(),
+            self.settings.policy.clone(),
+            request,
+        );
+        let target = self.access.target(&device, guard);
+        let target_id = TargetId::new(format!("{label}#{attempt_id}"));
+        let Some(fanout) = self.run.as_ref().and_then(|r| r.fanout.as_ref()) else {
+            return;
+        };
+        let handle = fanout.start(target_id.clone(), target);
+        let canceller = handle.canceller();
+        let done_tx = self.done_tx.clone();
+        tokio::spawn({
+            let target = target_id.clone();
+            async move {
+                let outcome = handle.finish().await;
+                let _ = done_tx.send(Done { target, outcome });
+            }
+        });
+        self.slots.insert(
+            target_id,
+            Slot {
+                run_id,
+                attempt_id,
+                port,
+                kernel_name,
+                device_key: key,
+                canceller,
+                stage: Stage::Preparing,
+                removed_during: None,
+            },
+        );
+        let view = &mut self.ports[port].view;
+        view.state = PortState::Preparing;
+        view.verdict = None;
+        view.figures = None;
+        view.refusal = None;
+        view.progress = None;
+        view.ejected = false;
+        view.attempt_id = Some(attempt_id);
+        if let Some(run) = self.run.as_mut() {
+            run.view.active += 1;
+        }
+        self.publish_run();
+    }
+
+    async fn on_engine_event(&mut self, event: EngineEvent) {
+        let Some(slot) = self.slots.get_mut(&event.target) else {
+            return;
+        };
+        let port = slot.port;
+        let attempt_id = slot.attempt_id;
+        let live = slot.removed_during.is_none() && port != usize::MAX;
+        match event.kind {
+            EngineEventKind::Stage { stage } => {
+                slot.stage = stage;
+                if let Err(error) = self.journal.attempt_stage(attempt_id, stage).await {
+                    tracing::error!(%error, "cannot record a stage change");
+                }
+                if live {
+                    let view = &mut self.ports[port].view;
+                    view.state = PortState::for_stage(stage);
+                    view.progress = None;
+                    self.publish_port(port);
+                }
+            }
+            EngineEventKind::Progress {
+                done,
+                total,
+                bytes_per_sec,
+                ..
+            } => {
+                if live {
+                    self.ports[port].view.progress = Some(Progress {
+                        done,
+                        total,
+                        bytes_per_sec,
+                    });
+                    self.publish_port(port);
+                }
+            }
+            // Verdicts arrive through `on_done`, with source failures too.
+            EngineEventKind::Finished { .. } => {}
+        }
+    }
+
+    async fn on_done(&mut self, done: Done) {
+        let Some(slot) = self.slots.remove(&done.target) else {
+            return;
+        };
+        let (verdict, figures, source_error) = match done.outcome.result {
+            Ok((verdict, figures)) => (verdict, figures, None),
+            Err(error) => (
+                Verdict::Fail(Failure {
+                    reason: FailReason::Interrupted,
+                    stage: slot.stage,
+                }),
+                AttemptFigures::default(),
+                Some(error),
+            ),
+        };
+        // A stick pulled mid-attempt failed because it was removed, whatever
+        // error the kernel gave for the I/O it interrupted.
+        let verdict = match (slot.removed_during, verdict) {
+            (Some(during), Verdict::Fail(_)) => Verdict::Fail(Failure {
+                reason: FailReason::Removed { during },
+                stage: during,
+            }),
+            (_, verdict) => verdict,
+        };
+        // Committed before the port shows it.
+        self.record_finish(slot.attempt_id, &verdict, &figures)
+            .await;
+        let passed = verdict.is_pass();
+        let mut target_reached = false;
+        if let Some(run) = self.run.as_mut().filter(|r| r.view.id == slot.run_id) {
+            run.view.active = run.view.active.saturating_sub(1);
+            if passed {
+                run.view.passed += 1;
+                run.passed_keys.insert(slot.device_key.clone());
+            } else {
+                run.view.failed += 1;
+            }
+            if let Some(target) = run.view.options.target_count {
+                run.view.remaining = Some(target.saturating_sub(run.view.passed));
+                target_reached = run.view.armed && run.view.passed >= target;
+            }
+        }
+        let still_here = slot.port != usize::MAX
+            && slot.removed_during.is_none()
+            && self.ports[slot.port].kernel_name.as_deref() == Some(slot.kernel_name.as_str());
+        if still_here {
+            let view = &mut self.ports[slot.port].view;
+            view.state = if passed {
+                PortState::Passed
+            } else {
+                PortState::Failed
+            };
+            view.verdict = Some(verdict);
+            view.figures = Some(figures);
+            view.progress = None;
+            self.publish_port(slot.port);
+            let eject = passed
+                && self
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.view.id == slot.run_id && r.view.options.eject_on_pass);
+            if eject {
+                self.eject(slot.port, &slot.kernel_name).await;
+            }
+        }
+        self.publish_run();
+        if let Some(error) = source_error {
+            tracing::error!(%error, "the image source failed; stopping the run");
+            if self.run.as_ref().is_some_and(|r| r.view.armed) {
+                for slot in self.slots.values() {
+                    slot.canceller.cancel();
+                }
+                let _ = self.disarm(&format!("source failed: {error}")).await;
+            }
+        } else if target_reached {
+            let _ = self.disarm("target count reached").await;
+        }
+    }
+
+    async fn record_finish(&self, attempt_id: i64, verdict: &Verdict, figures: &AttemptFigures) {
+        if let Err(error) = self
+            .journal
+            .attempt_finished(attempt_id, verdict, figures)
+            .await
+        {
+            tracing::error!(%error, attempt_id, "cannot record a verdict");
+        }
+    }
+
+    async fn eject(&mut self, port: usize, kernel_name: &str) {
+        let Some(present) = self.present.get(kernel_name) else {
+            return;
+        };
+        let device = present.device.clone();
+        let access = self.access.clone();
+        let result = tokio::task::spawn_blocking(move || access.eject(&device)).await;
+        let label = self.ports[port].view.label.clone();
+        match result {
+            Ok(Ok(())) => {
+                self.ports[port].view.ejected = true;
+                self.log(JournalEvent::Ejected {
+                    port: label,
+                    device: present_key(&self.present, kernel_name),
+                })
+                .await;
+                self.publish_port(port);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, port = %label, "eject failed"),
+            Err(error) => tracing::warn!(%error, port = %label, "eject task failed"),
+        }
+    }
+
+    // ----- publishing --------------------------------------------------------
+
+    async fn log(&self, event: JournalEvent) {
+        if let Err(error) = self.journal.event(&event).await {
+            tracing::error!(%error, "cannot record an event");
+        }
+    }
+
+    fn publish_port(&mut self, port: usize) {
+        let _ = self.events.send(StationEvent::Port {
+            port: self.ports[port].view.clone(),
+        });
+        self.publish_snapshot();
+    }
+
+    fn publish_run(&mut self) {
+        let _ = self.events.send(StationEvent::Run {
+            run: self.run.as_ref().map(|r| r.view.clone()),
+        });
+        self.publish_snapshot();
+    }
+
+    fn publish_snapshot(&mut self) {
+        let snapshot = Snapshot {
+            station_id: self.settings.station_id.clone(),
+            ports: self.ports.iter().map(|p| p.view.clone()).collect(),
+            run: self.run.as_ref().map(|r| r.view.clone()),
+        };
+        self.snapshot.send_replace(snapshot);
+    }
+}
+
+fn present_key(present: &HashMap<String, Present>, kernel_name: &str) -> String {
+    present
+        .get(kernel_name)
+        .map(|p| p.device.identity.key())
+        .unwrap_or_default()
+}
+
+/// The guard's verdict on `device` now: its facts gathered fresh, judged by the
+/// rules. A refusal comes back as the sentence the operator sees.
+fn guard_device(
+    access: &dyn DeviceAccess,
+    device: &PluggedDevice,
+    policy: &GuardPolicy,
+    request: &GuardRequest,
+) -> Result<(), String> {
+    let mut facts = access
+        .facts(device)
+        .map_err(|e| format!("cannot inspect the device: {e}"))?;
+    // The port path comes from hotplug (udev), not from sysfs.
+    if facts.port_path.is_none() {
+        facts.port_path = device.port_path.clone();
+    }
+    evaluate(&facts, policy, request)
+        .map(|_| ())
+        .map_err(|refusal| refusal.to_string())
+}
+
+/// The guard again, at the moment the target is opened for writing.
+fn open_time_guard(
+    access: Arc<dyn DeviceAccess>,
+    device: PluggedDevice,
+    policy: GuardPolicy,
+    request: GuardRequest,
+) -> GuardCheck {
+    Arc::new(move |_: &Path| guard_device(&*access, &device, &policy, &request))
+}

@@ -1,0 +1,429 @@
+//! The station on the simulated rack: the same code path as real hardware, only
+//! the hotplug source differs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashrack_core::{FailReason, Stage, Verdict};
+use flashrack_devices::guard::GuardPolicy;
+use flashrack_devices::sim::SimStickSpec;
+use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
+use flashrack_engine::{EngineOptions, SourceImage};
+use flashrack_station::{
+    ArmRequest, JournalEvent, MemoryJournal, PortSpec, PortState, RunOptions, Snapshot, Station,
+    StationError, StationHandle, StationSettings,
+};
+use tokio::sync::oneshot;
+
+const MIB: u64 = 1 << 20;
+
+struct Rig {
+    handle: StationHandle,
+    control: SimRackControl,
+    journal: Arc<MemoryJournal>,
+    image: SourceImage,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn port_path(n: usize) -> String {
+    format!("sim-port-{n}")
+}
+
+async fn rig(ports: usize, policy: GuardPolicy) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(3 * MIB as usize, 7, 256 * 1024);
+    let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 256 * 1024);
+    let image = SourceImage { path, manifest };
+    let (source, control, access) = sim_rack(dir.path().join("rack"));
+    let journal = Arc::new(MemoryJournal::default());
+    let settings = StationSettings {
+        station_id: "test-station".into(),
+        ports: (1..=ports)
+            .map(|n| PortSpec {
+                label: format!("A{n}"),
+                path: port_path(n),
+                position: Some((0, n as u32 - 1)),
+            })
+            .collect(),
+        policy,
+        engine: EngineOptions {
+            stall_timeout: Duration::from_secs(5),
+            progress_interval: Duration::from_millis(20),
+            ..EngineOptions::default()
+        },
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let (station, handle) = Station::new(settings, Arc::new(access), journal.clone());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(station.run_until_stopped(Box::new(source), async {
+        let _ = stop_rx.await;
+    }));
+    Rig {
+        handle,
+        control,
+        journal,
+        image,
+        stop: Some(stop_tx),
+        task,
+        _dir: dir,
+    }
+}
+
+impl Rig {
+    fn plug(&self, port: usize, serial: &str, spec: SimStickSpec) -> String {
+        self.control.plug(&port_path(port), serial, spec).unwrap()
+    }
+
+    async fn arm(&self, options: RunOptions) -> Result<flashrack_station::RunView, StationError> {
+        self.handle
+            .arm(ArmRequest {
+                image: self.image.clone(),
+                image_name: "test.img".into(),
+                options,
+            })
+            .await
+    }
+
+    /// Waits until the snapshot satisfies `check` (10 s at most).
+    async fn until(&self, what: &str, check: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let mut watch = self.handle.watch();
+        let wait = async {
+            loop {
+                if check(&watch.borrow_and_update()) {
+                    return watch.borrow().clone();
+                }
+                watch.changed().await.unwrap();
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), wait).await {
+            Ok(snapshot) => snapshot,
+            Err(_) => panic!(
+                "timed out waiting for {what}: {:#?}",
+                self.handle.snapshot()
+            ),
+        }
+    }
+
+    async fn shutdown(mut self) -> Arc<MemoryJournal> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+        self.journal.clone()
+    }
+}
+
+fn port<'a>(snapshot: &'a Snapshot, label: &str) -> &'a flashrack_station::PortView {
+    snapshot.ports.iter().find(|p| p.label == label).unwrap()
+}
+
+fn state(snapshot: &Snapshot, label: &str) -> PortState {
+    port(snapshot, label).state
+}
+
+fn healthy() -> SimStickSpec {
+    SimStickSpec::new("", 16 * MIB)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_run_armed_sticks_are_identified_but_never_written() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.plug(1, "SER-1", healthy());
+    let snap = rig
+        .until("detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    let device = port(&snap, "A1").device.clone().unwrap();
+    assert_eq!(device.serial.as_deref(), Some("SER-1"));
+    assert_eq!(device.vendor.as_deref(), Some("Flashrack"));
+    assert_eq!(device.capacity, 16 * MIB);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0);
+    assert_eq!(state(&rig.handle.snapshot(), "A1"), PortState::Detected);
+    let journal = rig.shutdown().await;
+    assert!(journal.records().attempts.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_armed_run_writes_present_and_inserted_sticks_and_records_them() {
+    let rig = rig(3, GuardPolicy::default()).await;
+    rig.plug(1, "SER-1", healthy());
+    rig.until("detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    let run = rig.arm(RunOptions::default()).await.unwrap();
+    assert!(run.armed);
+    rig.plug(2, "SER-2", healthy());
+    rig.plug(3, "SER-3", healthy().write_speed(8 * MIB));
+    let snap = rig
+        .until("all passed", |s| {
+            ["A1", "A2", "A3"]
+                .iter()
+                .all(|l| state(s, l) == PortState::Passed)
+        })
+        .await;
+    let run = snap.run.clone().unwrap();
+    assert_eq!((run.passed, run.failed, run.active), (3, 0, 0));
+    let figures = port(&snap, "A3").figures.clone().unwrap();
+    assert_eq!(figures.read_back_sha256, Some(rig.image.manifest.sha256()));
+    let image = std::fs::read(&rig.image.path).unwrap();
+    for n in 1..=3 {
+        let (_, stick) = rig.control.stick_at(&port_path(n)).unwrap();
+        let medium = std::fs::read(stick.path()).unwrap();
+        assert_eq!(&medium[..image.len()], &image[..]);
+    }
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    assert_eq!(records.attempts.len(), 3);
+    for attempt in &records.attempts {
+        assert_eq!(attempt.verdict, Some(Verdict::Pass));
+        assert_eq!(
+            attempt.stages,
+            [
+                Stage::Preparing,
+                Stage::Writing,
+                Stage::Flushing,
+                Stage::Verifying
+            ]
+        );
+    }
+    assert_eq!(records.devices.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulling_a_stick_mid_write_fails_it_as_removed_and_the_others_carry_on() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    let slow = rig.plug(1, "SLOW", healthy().write_speed(MIB));
+    rig.plug(2, "FAST", healthy());
+    rig.until("writing", |s| state(s, "A1") == PortState::Writing)
+        .await;
+    rig.control.pull(&slow).unwrap();
+    let snap = rig
+        .until("A1 empty, A2 passed", |s| {
+            state(s, "A1") == PortState::Empty && state(s, "A2") == PortState::Passed
+        })
+        .await;
+    let run = rig
+        .until("removed counted", |s| {
+            s.run.as_ref().is_some_and(|r| r.failed == 1)
+        })
+        .await
+        .run
+        .unwrap();
+    assert_eq!(run.passed, 1);
+    assert!(port(&snap, "A1").device.is_none());
+    let journal = rig.shutdown().await;
+    let verdicts: Vec<_> = journal
+        .records()
+        .attempts
+        .into_iter()
+        .map(|a| a.verdict)
+        .collect();
+    assert!(
+        verdicts.contains(&Some(Verdict::Fail(flashrack_core::Failure {
+            reason: FailReason::Removed {
+                during: Stage::Writing
+            },
+            stage: Stage::Writing,
+        })))
+    );
+    assert!(verdicts.contains(&Some(Verdict::Pass)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_that_passed_is_not_rewritten_when_reinserted_unless_the_operator_asks() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    let first = rig.plug(1, "SER-1", healthy());
+    rig.until("passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    rig.control.pull(&first).unwrap();
+    rig.until("empty", |s| state(s, "A1") == PortState::Empty)
+        .await;
+    // The same stick (same serial) in another port.
+    rig.plug(2, "SER-1", healthy());
+    let snap = rig
+        .until("shown as passed", |s| state(s, "A2") == PortState::Passed)
+        .await;
+    assert_eq!(port(&snap, "A2").verdict, Some(Verdict::Pass));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, stick) = rig.control.stick_at(&port_path(2)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0, "not rewritten");
+    assert_eq!(rig.journal.records().attempts.len(), 1);
+    // The operator asks: it is written again.
+    rig.handle.start_port("A2").await.unwrap();
+    rig.until("rewritten", |s| {
+        state(s, "A2") == PortState::Passed && s.run.as_ref().is_some_and(|r| r.passed == 2)
+    })
+    .await;
+    assert!(stick.counters().bytes_written > 0);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_stops_by_itself_when_the_target_count_is_reached() {
+    let rig = rig(3, GuardPolicy::default()).await;
+    rig.arm(RunOptions {
+        target_count: Some(2),
+        ..RunOptions::default()
+    })
+    .await
+    .unwrap();
+    rig.plug(1, "S1", healthy());
+    rig.plug(2, "S2", healthy());
+    let snap = rig
+        .until("disarmed", |s| s.run.as_ref().is_some_and(|r| !r.armed))
+        .await;
+    let run = snap.run.unwrap();
+    assert_eq!(run.passed, 2);
+    assert_eq!(run.remaining, Some(0));
+    assert_eq!(run.stop_reason.as_deref(), Some("target count reached"));
+    rig.plug(3, "S3", healthy());
+    rig.until("detected", |s| state(s, "A3") == PortState::Detected)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(state(&rig.handle.snapshot(), "A3"), PortState::Detected);
+    let journal = rig.shutdown().await;
+    assert_eq!(
+        journal.records().runs[0].2.as_deref(),
+        Some("target count reached")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_refuses_oversized_sticks_and_unmapped_ports_and_says_why() {
+    let policy = GuardPolicy {
+        max_size_bytes: 64 * MIB,
+        ..GuardPolicy::default()
+    };
+    let rig = rig(1, policy).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "BIG", SimStickSpec::new("", 128 * MIB));
+    // A stick in a port that is not in the map.
+    rig.control
+        .plug("sim-port-unmapped", "STRAY", healthy())
+        .unwrap();
+    let snap = rig
+        .until("refused", |s| {
+            state(s, "A1") == PortState::Refused
+                && s.ports
+                    .iter()
+                    .any(|p| !p.mapped && p.state == PortState::Refused)
+        })
+        .await;
+    let big = port(&snap, "A1").refusal.clone().unwrap();
+    assert!(big.contains("too large"), "{big}");
+    let stray = snap.ports.iter().find(|p| !p.mapped).unwrap();
+    assert!(
+        stray.refusal.as_deref().unwrap().contains("not mapped"),
+        "{stray:?}"
+    );
+    for path in [port_path(1), "sim-port-unmapped".to_string()] {
+        let (_, stick) = rig.control.stick_at(&path).unwrap();
+        assert_eq!(stick.counters().bytes_written, 0);
+    }
+    let journal = rig.shutdown().await;
+    let refusals = journal
+        .records()
+        .events
+        .iter()
+        .filter(|e| matches!(e, JournalEvent::GuardRefused { .. }))
+        .count();
+    assert_eq!(refusals, 2);
+    assert!(journal.records().attempts.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_stick_is_ejected_when_the_run_asks() {
+    let rig = rig(1, GuardPolicy::default()).await;
+    rig.arm(RunOptions {
+        eject_on_pass: true,
+        ..RunOptions::default()
+    })
+    .await
+    .unwrap();
+    rig.plug(1, "S1", healthy());
+    let snap = rig
+        .until("ejected", |s| {
+            state(s, "A1") == PortState::Passed && port(s, "A1").ejected
+        })
+        .await;
+    assert!(port(&snap, "A1").ejected);
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert!(stick.is_removed(), "the system let go of it");
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_run_and_shutting_down_interrupt_running_attempts() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "S1", healthy().write_speed(MIB));
+    rig.until("writing", |s| state(s, "A1") == PortState::Writing)
+        .await;
+    rig.handle.stop_run("operator stop").await.unwrap();
+    let snap = rig
+        .until("interrupted", |s| state(s, "A1") == PortState::Failed)
+        .await;
+    assert!(matches!(
+        port(&snap, "A1")
+            .verdict
+            .as_ref()
+            .and_then(|v| v.failure())
+            .map(|f| &f.reason),
+        Some(FailReason::Interrupted)
+    ));
+    assert!(matches!(
+        rig.handle.stop_run("again").await,
+        Err(StationError::NotArmed)
+    ));
+
+    // A second run, then a shutdown in the middle of a write.
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(2, "S2", healthy().write_speed(MIB));
+    rig.until("writing", |s| state(s, "A2") == PortState::Writing)
+        .await;
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    assert_eq!(records.attempts.len(), 2);
+    for attempt in &records.attempts {
+        assert!(
+            matches!(
+                attempt
+                    .verdict
+                    .as_ref()
+                    .and_then(|v| v.failure())
+                    .map(|f| &f.reason),
+                Some(FailReason::Interrupted)
+            ),
+            "{attempt:?}"
+        );
+    }
+    assert_eq!(records.runs[1].2.as_deref(), Some("station shut down"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arming_twice_and_starting_unknown_ports_are_clear_errors() {
+    let rig = rig(1, GuardPolicy::default()).await;
+    assert!(matches!(
+        rig.handle.start_port("A1").await,
+        Err(StationError::NotArmed)
+    ));
+    rig.arm(RunOptions::default()).await.unwrap();
+    assert!(matches!(
+        rig.arm(RunOptions::default()).await,
+        Err(StationError::AlreadyArmed(1))
+    ));
+    assert!(matches!(
+        rig.handle.start_port("Z9").await,
+        Err(StationError::UnknownPort(_))
+    ));
+    assert!(matches!(
+        rig.handle.start_port("A1").await,
+        Err(StationError::PortNotReady {
+            state: PortState::Empty,
+            ..
+        })
+    ));
+    rig.shutdown().await;
+}
