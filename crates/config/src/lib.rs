@@ -1,0 +1,404 @@
+//! The station configuration: one TOML file (`config/station.toml`), read and
+//! validated once at start-up into a typed [`StationConfig`] that is passed
+//! explicitly to whatever needs it.
+//!
+//! A malformed file is rejected with the file, the line and the reason
+//! (`station.toml:12: duplicate port label "A1"`); nothing starts on a bad config.
+//! [`write_port_map`] rewrites only the `[[port]]` tables of a file, keeping its
+//! comments, for `flashrack ports learn`.
+#![deny(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use flashrack_core::ByteSize;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The example configuration shipped in `config/station.toml`, also the
+/// embedded default.
+pub const EXAMPLE: &str = include_str!("../../../config/station.toml");
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid, at a line.
+    #[error("{path}:{line}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file could not be written.
+    #[error("cannot write {path}: {reason}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One mapped port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    /// What operators call it ("A1").
+    pub label: String,
+    /// Its udev `ID_PATH`.
+    pub path: String,
+    /// Grid position (row, column), 0-based.
+    pub position: Option<(u32, u32)>,
+}
+
+/// Who may change things over the web.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Where the dashboard and API listen.
+    pub listen: SocketAddr,
+    /// The operator token; required to change anything when `listen` is not a
+    /// loopback address.
+    pub token: Option<String>,
+    /// Whether viewing needs no token when not on loopback.
+    pub public_read: bool,
+}
+
+/// The validated station configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StationConfig {
+    /// Records carry it.
+    pub station_id: String,
+    /// Where the image cache and the database live.
+    pub data_dir: PathBuf,
+    /// Buses the guard lets through (`usb` by default).
+    pub allowed_buses: BTreeSet<String>,
+    /// Largest device the guard lets through.
+    pub max_size: ByteSize,
+    /// Whether sticks in ports missing from the map may be written.
+    pub allow_unmapped_ports: bool,
+    /// Seconds without progress before a stick fails as stalled.
+    pub stall_timeout_secs: u64,
+    /// The port map, in file order.
+    pub ports: Vec<PortConfig>,
+    /// Grid size (rows, columns) for the dashboard.
+    pub layout: Option<(u32, u32)>,
+    /// The web side.
+    pub web: WebConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    station_id: Option<Spanned<String>>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    guard: RawGuard,
+    #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
+    web: RawWeb,
+    layout: Option<RawLayout>,
+    #[serde(default)]
+    port: Vec<RawPort>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    allowed_buses: Option<Spanned<Vec<String>>>,
+    max_size: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    allow_unmapped_ports: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    stall_timeout_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<Spanned<String>>,
+    token: Option<String>,
+    #[serde(default)]
+    public_read: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayout {
+    rows: u32,
+    columns: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    label: Spanned<String>,
+    path: Spanned<String>,
+    row: Option<u32>,
+    column: Option<u32>,
+}
+
+impl StationConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The embedded example configuration.
+    pub fn example() -> Self {
+        Self::parse(EXAMPLE, Path::new("config/station.toml")).expect("the example config is valid")
+    }
+
+    /// Validates configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |offset: usize, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, offset),
+            reason,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            invalid(offset, e.message().trim().to_string())
+        })?;
+
+        let station_id = match raw.station_id {
+            Some(id) => {
+                let value = id.get_ref().trim();
+                if value.is_empty() || value.len() > 64 || !value.chars().all(is_name_char) {
+                    return Err(invalid(
+                        id.span().start,
+                        format!(
+                            "station_id {value:?} must be 1-64 letters, digits, '-', '_' or '.'"
+                        ),
+                    ));
+                }
+                value.to_string()
+            }
+            None => "station-1".to_string(),
+        };
+
+        let allowed_buses = match raw.guard.allowed_buses {
+            Some(buses) => {
+                let mut set = BTreeSet::new();
+                for bus in buses.get_ref() {
+                    let bus = bus.trim().to_ascii_lowercase();
+                    if bus.is_empty() || !bus.chars().all(|c| c.is_ascii_alphanumeric()) {
+                        return Err(invalid(
+                            buses.span().start,
+                            format!("bus {bus:?} is not a bus name"),
+                        ));
+                    }
+                    set.insert(bus);
+                }
+                if set.is_empty() {
+                    return Err(invalid(
+                        buses.span().start,
+                        "allowed_buses is empty: nothing could ever be written".into(),
+                    ));
+                }
+                set
+            }
+            None => BTreeSet::from(["usb".to_string()]),
+        };
+
+        let max_size = match raw.guard.max_size {
+            Some(size) if size.get_ref().bytes() == 0 => {
+                return Err(invalid(
+                    size.span().start,
+                    "max_size must be more than 0".into(),
+                ))
+            }
+            Some(size) => *size.get_ref(),
+            None => ByteSize(256_000_000_000),
+        };
+
+        let stall_timeout_secs = match raw.engine.stall_timeout_secs {
+            Some(secs) if *secs.get_ref() == 0 || *secs.get_ref() > 3600 => {
+                return Err(invalid(
+                    secs.span().start,
+                    "stall_timeout_secs must be 1 to 3600".into(),
+                ))
+            }
+            Some(secs) => *secs.get_ref(),
+            None => 60,
+        };
+
+        let layout = raw.layout.map(|l| (l.rows, l.columns));
+        let mut labels = BTreeMap::new();
+        let mut paths = BTreeMap::new();
+        let mut ports = Vec::new();
+        for port in raw.port {
+            let label = port.label.get_ref().trim().to_string();
+            if label.is_empty() || label.len() > 16 || !label.chars().all(is_name_char) {
+                return Err(invalid(
+                    port.label.span().start,
+                    format!("port label {label:?} must be 1-16 letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            if labels.insert(label.clone(), ()).is_some() {
+                return Err(invalid(
+                    port.label.span().start,
+                    format!("duplicate port label {label:?}"),
+                ));
+            }
+            let port_path = port.path.get_ref().trim().to_string();
+            if port_path.is_empty() {
+                return Err(invalid(
+                    port.path.span().start,
+                    format!("port {label} has an empty path"),
+                ));
+            }
+            if let Some(other) = paths.insert(port_path.clone(), label.clone()) {
+                return Err(invalid(
+                    port.path.span().start,
+                    format!("port {label} has the same path as port {other}"),
+                ));
+            }
+            let position = match (port.row, port.column) {
+                (Some(r), Some(c)) => {
+                    if let Some((rows, columns)) = layout {
+                        if r >= rows || c >= columns {
+                            return Err(invalid(
+                                port.label.span().start,
+                                format!("port {label} at row {r}, column {c} is outside the {rows}x{columns} layout"),
+                            ));
+                        }
+                    }
+                    Some((r, c))
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        port.label.span().start,
+                        format!("port {label} needs both row and column, or neither"),
+                    ))
+                }
+            };
+            ports.push(PortConfig {
+                label,
+                path: port_path,
+                position,
+            });
+        }
+
+        let listen_text = raw
+            .web
+            .listen
+            .as_ref()
+            .map_or("127.0.0.1:8080", |l| l.get_ref().as_str());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                raw.web.listen.as_ref().map_or(0, |l| l.span().start),
+                format!("listen {listen_text:?} is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        let token = raw.web.token.filter(|t| !t.trim().is_empty());
+        if !listen.ip().is_loopback() && token.is_none() {
+            return Err(invalid(
+                raw.web.listen.as_ref().map_or(0, |l| l.span().start),
+                format!(
+                    "listening on {listen} (not loopback) needs an operator token in [web] token"
+                ),
+            ));
+        }
+        if let Some(token) = &token {
+            if token.len() < 12 {
+                return Err(invalid(
+                    raw.web.listen.as_ref().map_or(0, |l| l.span().start),
+                    "the operator token must be at least 12 characters".into(),
+                ));
+            }
+        }
+
+        Ok(Self {
+            station_id,
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/flashrack")),
+            allowed_buses,
+            max_size,
+            allow_unmapped_ports: raw.guard.allow_unmapped_ports,
+            stall_timeout_secs,
+            ports,
+            layout,
+            web: WebConfig {
+                listen,
+                token,
+                public_read: raw.web.public_read,
+            },
+        })
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Replaces the `[[port]]` tables of the file at `path` with `ports`, keeping
+/// everything else (comments included), and checks that the result is valid
+/// before writing it atomically (temporary file, then rename).
+pub fn write_port_map(path: &Path, ports: &[PortConfig]) -> Result<(), ConfigError> {
+    let write_error = |reason: String| ConfigError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => EXAMPLE.to_string(),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| write_error(e.to_string()))?;
+    let mut tables = toml_edit::ArrayOfTables::new();
+    for port in ports {
+        let mut table = toml_edit::Table::new();
+        table["label"] = toml_edit::value(port.label.as_str());
+        table["path"] = toml_edit::value(port.path.as_str());
+        if let Some((row, column)) = port.position {
+            table["row"] = toml_edit::value(i64::from(row));
+            table["column"] = toml_edit::value(i64::from(column));
+        }
+        tables.push(table);
+    }
+    doc["port"] = toml_edit::Item::ArrayOfTables(tables);
+    let new_text = doc.to_string();
+    StationConfig::parse(&new_text, path)?;
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, &new_text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            write_error(e.to_string())
+        })
+}

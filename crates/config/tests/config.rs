@@ -1,0 +1,136 @@
+//! The station configuration: the example is valid, and every malformed file is
+//! rejected with its line and a reason.
+
+use std::path::Path;
+
+use flashrack_config::{write_port_map, ConfigError, PortConfig, StationConfig, EXAMPLE};
+
+fn parse(text: &str) -> Result<StationConfig, ConfigError> {
+    StationConfig::parse(text, Path::new("station.toml"))
+}
+
+fn error_of(text: &str) -> (usize, String) {
+    match parse(text) {
+        Err(ConfigError::Invalid { line, reason, path }) => {
+            assert_eq!(path, Path::new("station.toml"));
+            (line, reason)
+        }
+        other => panic!("expected an invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_example_config_is_valid_and_loopback_by_default() {
+    let config = StationConfig::example();
+    assert_eq!(config.station_id, "station-1");
+    assert_eq!(config.ports.len(), 4);
+    assert_eq!(config.ports[1].label, "A2");
+    assert_eq!(config.ports[1].position, Some((0, 1)));
+    assert!(config.web.listen.ip().is_loopback());
+    assert!(config.allowed_buses.contains("usb") && config.allowed_buses.len() == 1);
+    assert_eq!(config.max_size.bytes(), 256_000_000_000);
+}
+
+#[test]
+fn an_empty_file_gets_safe_defaults() {
+    let config = parse("").unwrap();
+    assert!(config.ports.is_empty());
+    assert!(!config.allow_unmapped_ports);
+    assert_eq!(config.stall_timeout_secs, 60);
+}
+
+#[test]
+fn malformed_files_name_the_line_and_the_reason() {
+    let cases: &[(&str, usize, &str)] = &[
+        ("station_id = \"a\"\n[guard\n", 2, ""),
+        ("station_id = \"a\"\nsurprise = 1\n", 2, "unknown field"),
+        ("[guard]\nmax_size = \"12 parsecs\"\n", 2, "byte size"),
+        ("[guard]\nmax_size = 0\n", 2, "more than 0"),
+        ("[guard]\nallowed_buses = []\n", 2, "empty"),
+        ("[guard]\nallowed_buses = [\"us b\"]\n", 2, "not a bus"),
+        ("[engine]\nstall_timeout_secs = 0\n", 2, "1 to 3600"),
+        ("station_id = \"has space\"\n", 1, "station_id"),
+        (
+            "[[port]]\nlabel = \"A1\"\npath = \"p1\"\n\n[[port]]\nlabel = \"A1\"\npath = \"p2\"\n",
+            6,
+            "duplicate port label",
+        ),
+        (
+            "[[port]]\nlabel = \"A1\"\npath = \"p1\"\n[[port]]\nlabel = \"A2\"\npath = \"p1\"\n",
+            6,
+            "same path as port A1",
+        ),
+        ("[[port]]\nlabel = \"\"\npath = \"p\"\n", 2, "port label"),
+        ("[[port]]\nlabel = \"A1\"\npath = \"  \"\n", 3, "empty path"),
+        ("[[port]]\nlabel = \"A1\"\n", 1, "missing field `path`"),
+        ("[[port]]\nlabel = \"A1\"\npath = \"p\"\nrow = 1\n", 2, "both row and column"),
+        (
+            "[layout]\nrows = 1\ncolumns = 2\n[[port]]\nlabel = \"A1\"\npath = \"p\"\nrow = 0\ncolumn = 2\n",
+            5,
+            "outside the 1x2 layout",
+        ),
+        ("[web]\nlisten = \"localhost\"\n", 2, "not an address"),
+        ("[web]\nlisten = \"0.0.0.0:8080\"\n", 2, "needs an operator token"),
+        ("[web]\nlisten = \"0.0.0.0:8080\"\ntoken = \"short\"\n", 2, "at least 12"),
+    ];
+    for (text, line, reason) in cases {
+        let (got_line, got_reason) = error_of(text);
+        assert_eq!(got_line, *line, "{text:?}: {got_reason}");
+        assert!(got_reason.contains(reason), "{text:?}: {got_reason}");
+    }
+}
+
+#[test]
+fn the_error_message_reads_file_line_reason() {
+    let error = parse("[guard]\nmax_size = 0\n").unwrap_err().to_string();
+    assert_eq!(error, "station.toml:2: max_size must be more than 0");
+}
+
+#[test]
+fn a_missing_file_is_a_read_error_naming_it() {
+    let error = StationConfig::load(Path::new("/nonexistent/station.toml")).unwrap_err();
+    assert!(
+        error.to_string().starts_with("/nonexistent/station.toml:"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_public_listener_with_a_token_is_accepted() {
+    let config = parse(
+        "[web]\nlisten = \"0.0.0.0:9000\"\ntoken = \"correct-horse-battery\"\npublic_read = true\n",
+    )
+    .unwrap();
+    assert_eq!(config.web.token.as_deref(), Some("correct-horse-battery"));
+    assert!(config.web.public_read);
+}
+
+#[test]
+fn writing_the_port_map_keeps_comments_and_the_rest_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("station.toml");
+    std::fs::write(&path, EXAMPLE).unwrap();
+    let ports = vec![
+        PortConfig {
+            label: "B1".into(),
+            path: "pci-x-usb-0:2.1".into(),
+            position: Some((1, 0)),
+        },
+        PortConfig {
+            label: "B2".into(),
+            path: "pci-x-usb-0:2.2".into(),
+            position: None,
+        },
+    ];
+    write_port_map(&path, &ports).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("# Refuse anything bigger"), "comments kept");
+    let config = StationConfig::load(&path).unwrap();
+    assert_eq!(config.ports, ports);
+    assert_eq!(config.station_id, "station-1");
+    // An invalid map is refused and the file is left as it was.
+    let dup = vec![ports[0].clone(), ports[0].clone()];
+    assert!(write_port_map(&path, &dup).is_err());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    assert!(!path.with_extension("toml.tmp").exists());
+}
