@@ -1,1 +1,55 @@
-fn main() {}
+//! `flashrack`: the command line of the flashrack duplication station.
+//!
+//! A thin shell over the library crates: it parses arguments, installs logging,
+//! builds the runtime, and maps outcomes to exit statuses (0: every target passed;
+//! 1: at least one target failed; 2: the command could not run).
+
+mod cli;
+mod demo;
+mod flash;
+mod image_cmd;
+mod progress;
+mod summary;
+mod targets;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    init_logging(args.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("flashrack-async")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flashrack: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("flashrack: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level chosen by `-v`.
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

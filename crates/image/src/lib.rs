@@ -1,1 +1,61 @@
-//! placeholder
+//! The content-addressed image cache: importing disk images once, and finding
+//! them again by digest, prefix or name.
+//!
+//! An import detects the file's format by its magic bytes (gzip, xz, zstd,
+//! bzip2, a zip holding one file, or else a raw `.img`/`.iso`), decompresses it
+//! once, and in the same pass computes the sha256 of the raw image, of every
+//! fixed-size chunk, and which chunks are all zero (the [`ImageManifest`]), and
+//! the sha256 of the file as given. An expected digest may be either one. A
+//! corrupt, truncated or mismatching input leaves nothing behind.
+//!
+//! # On-disk layout
+//! ```text
+//! <dir>/images/<sha256>.img    the raw image, sparse: all-zero chunks are holes
+//! <dir>/images/<sha256>.json   {"manifest": ImageManifest, "import": ImportMeta}
+//! <dir>/sources/<sha256 of canonical path>.json
+//!                              identity (dev, inode, size, mtime ns) of the file
+//!                              last imported from that path, with its digests
+//! <dir>/aliases/<file size>/<file sha256>.json
+//!                              the raw digest a file with that digest holds
+//! <dir>/tmp/                   files being written, renamed into place when done
+//! ```
+//! `<sha256>` is the lower-case hex digest of the raw image. An image is present
+//! when its `.json` exists and its `.img` has the size the manifest says. Files
+//! are written to `tmp/`, flushed and renamed, the `.img` before the `.json`, so
+//! a crash never leaves an entry without its image; temporary files left by a
+//! crashed import are removed by the next [`ImageCache::open`]. `sources/` and
+//! `aliases/` are hints that make re-imports instant; they are checked against
+//! the images and may be deleted at any time.
+//!
+//! # Code map
+//! - [`cache`]: [`ImageCache`] (open, get, find, list, remove), [`CachedImage`];
+//! - [`import`]: [`ImageCache::import`], [`ImportOptions`], [`ImportOutcome`];
+//! - [`detect`]: [`ImageFormat`] and magic-byte detection;
+//! - [`error`]: [`ImageError`], the one error type;
+//! - private: `pass` (the single pass: sparse store, whole and chunk digests,
+//!   chunk hashing on a second thread), `input` (hashing the file as it is read,
+//!   decoders), `index` (sources and aliases), `fsutil` (temp files, atomic
+//!   writes).
+//!
+//! **API boundary**: this crate does file I/O in the cache directory and on the
+//! imported file only; it knows nothing of devices, the engine or HTTP.
+//! Importing is blocking: call it from a blocking thread.
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod detect;
+pub mod error;
+pub mod import;
+
+mod fsutil;
+mod index;
+mod input;
+mod pass;
+
+pub use cache::{CachedImage, ImageCache, ImportMeta, MIN_PREFIX};
+pub use detect::ImageFormat;
+pub use error::ImageError;
+pub use import::{CacheHit, ImportOptions, ImportOutcome, MAX_CHUNK_SIZE};
+
+#[doc(no_inline)]
+pub use flashrack_core::{ImageManifest, Sha256Digest};

@@ -234,8 +234,9 @@ pub struct Snapshot {
 pub enum StationEvent {
     /// A port changed.
     Port {
-        /// The port as it is now.
-        port: PortView,
+        /// The port as it is now (boxed: a port view is much larger than the
+        /// other events).
+        port: Box<PortView>,
     },
     /// A port went away (an unmapped one, emptied).
     PortGone {

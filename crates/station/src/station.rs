@@ -893,7 +893,7 @@ impl Station {
 
     fn publish_port(&mut self, port: usize) {
         let _ = self.events.send(StationEvent::Port {
-            port: self.ports[port].view.clone(),
+            port: Box::new(self.ports[port].view.clone()),
         });
         self.publish_snapshot();
     }

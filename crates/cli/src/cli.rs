@@ -1,0 +1,154 @@
+//! Command-line arguments and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use flashrack_core::ByteSize;
+
+/// flashrack: turn one disk image into many verified USB sticks.
+#[derive(Debug, Parser)]
+#[command(name = "flashrack", version, about, long_about = None)]
+pub struct Args {
+    /// Where the image cache and records live [default: $FLASHRACK_DATA_DIR, else
+    /// /var/lib/flashrack as root, else ~/.local/share/flashrack].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// More log output on stderr (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the image cache.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Write an image to targets concurrently and verify each from the medium.
+    Flash(FlashArgs),
+    /// Run the whole flashing path on a simulated rack (no hardware needed).
+    Demo(DemoArgs),
+}
+
+/// `flashrack demo …`
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How many simulated sticks.
+    #[arg(long, default_value_t = 12)]
+    pub sticks: usize,
+    /// Size of the generated demo image.
+    #[arg(long, default_value = "128MiB")]
+    pub image_size: ByteSize,
+}
+
+/// `flashrack image …`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an image (raw .img/.iso, or gzip, xz, zstd, bzip2, zip): decompress
+    /// once, hash, and cache it under its sha256.
+    Import {
+        /// The file to import.
+        file: PathBuf,
+        /// Expected sha256, of the file as given or of the raw image.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List cached images.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image from the cache.
+    Remove {
+        /// Its sha256 or a unique prefix of at least 6 hex digits.
+        image: String,
+    },
+}
+
+/// How to verify after writing.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum VerifyArg {
+    /// Compare every byte read back with the cached image (default; the image's
+    /// chunks are checked against their sha256 once per run).
+    Compare,
+    /// Hash every byte read back with sha256.
+    Hash,
+    /// Do not read back (no proof: the verdict says so).
+    None,
+}
+
+/// `flashrack flash …`
+#[derive(Debug, clap::Args)]
+pub struct FlashArgs {
+    /// The image: a file (imported into the cache first) or the sha256 (or a
+    /// unique prefix) of a cached image.
+    pub image: String,
+    /// Targets: block devices (/dev/sdX, through the target guard), regular files
+    /// (created or grown), or simulated sticks `sim:NAME[:key=value,...]` with keys
+    /// capacity, write, read (B/s), fail_after, corrupt_at, fake (real size),
+    /// read_only, remove_after, stall_after.
+    #[arg(required = true, value_name = "TARGET")]
+    pub targets: Vec<String>,
+    /// Expected sha256 of the image file (when IMAGE is a file).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// How to verify.
+    #[arg(long, value_enum, default_value_t = VerifyArg::Compare)]
+    pub verify: VerifyArg,
+    /// Also allow block devices on this bus (usb is always allowed); e.g. `loop`
+    /// for loop devices. Repeatable.
+    #[arg(long = "allow-bus", value_name = "BUS")]
+    pub allow_buses: Vec<String>,
+    /// Refuse block devices larger than this (bigger is probably a hard disk).
+    #[arg(long, default_value = "256G", value_name = "SIZE")]
+    pub max_size: ByteSize,
+    /// Seconds without progress before a target fails as stalled.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub stall_timeout: u64,
+    /// Skip the capacity probe of sticks (fake-capacity detection).
+    #[arg(long)]
+    pub no_probe: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No live progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Runs the parsed command and returns the exit status.
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let data_dir = data_dir(args.data_dir);
+    match args.command {
+        Command::Image(cmd) => crate::image_cmd::run(&data_dir, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Flash(flash) => crate::flash::run(&data_dir, flash).await,
+        Command::Demo(demo) => crate::demo::run(&data_dir, demo).await,
+    }
+}
+
+/// The data directory: the flag, then `$FLASHRACK_DATA_DIR`, then a default
+/// that depends on whether we run as root.
+fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(dir) = flag.or_else(|| std::env::var_os("FLASHRACK_DATA_DIR").map(PathBuf::from)) {
+        return dir;
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/flashrack");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("flashrack")
+}

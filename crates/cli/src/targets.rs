@@ -1,0 +1,178 @@
+//! Turning the targets named on the command line into [`Target`]s.
+//!
+//! - a block device goes through the target guard at the moment it is opened;
+//! - a regular file (existing or not) is grown to the image size;
+//! - `sim:NAME[:key=value,...]` is a simulated stick whose medium is a sparse file
+//!   in a temporary directory under the data directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use flashrack_core::{ByteSize, TargetId};
+use flashrack_devices::block::{GuardCheck, PathTarget};
+use flashrack_devices::guard::{check_path, GuardPolicy, GuardRequest};
+use flashrack_devices::sim::{FakeMode, SimStick, SimStickSpec};
+use flashrack_devices::Target;
+
+/// The targets of one command, and what must live as long as they do.
+pub struct Targets {
+    /// Named targets, in the order given.
+    pub list: Vec<(TargetId, Arc<dyn Target>)>,
+    /// Holds the simulated sticks' media; removed when dropped.
+    _sim_dir: Option<tempfile::TempDir>,
+}
+
+/// How block devices are guarded.
+pub struct GuardSettings {
+    /// The guard's policy.
+    pub policy: GuardPolicy,
+    /// The image size (the guard refuses smaller devices).
+    pub image_size: u64,
+}
+
+/// Parses every target spec; fails on the first malformed one, before anything
+/// is written anywhere.
+pub fn parse_targets(
+    specs: &[String],
+    image_size: u64,
+    data_dir: &Path,
+    guard: GuardSettings,
+) -> Result<Targets> {
+    let mut list = Vec::new();
+    let mut sim_dir = None;
+    let mut seen = std::collections::BTreeSet::new();
+    let guard = Arc::new(guard);
+    for spec in specs {
+        if !seen.insert(spec.as_str()) {
+            bail!("target {spec} is named twice");
+        }
+        // A simulated stick is named by its name alone, without its options.
+        let mut id = spec.clone();
+        let target: Arc<dyn Target> = if let Some(sim) = spec.strip_prefix("sim:") {
+            if sim_dir.is_none() {
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("cannot create {}", data_dir.display()))?;
+                sim_dir = Some(
+                    tempfile::Builder::new()
+                        .prefix("sim-")
+                        .tempdir_in(data_dir)
+                        .context("cannot create a directory for simulated sticks")?,
+                );
+            }
+            let dir = sim_dir.as_ref().expect("created above").path();
+            let spec = parse_sim_spec(sim, image_size)?;
+            id = format!("sim:{}", spec.name);
+            let path = dir.join(format!("{}.img", spec.name));
+            Arc::new(
+                SimStick::create(spec, &path)
+                    .with_context(|| format!("cannot create simulated stick {sim}"))?,
+            )
+        } else {
+            let path = Path::new(spec);
+            if PathTarget::is_block_device(path) {
+                let guard = guard.clone();
+                let check: GuardCheck = Arc::new(move |device: &Path| {
+                    let request = GuardRequest {
+                        image_size: guard.image_size,
+                        armed_run: false,
+                        // Naming the device on the command line is the operator's
+                        // explicit request (rule 6).
+                        explicit_operator_request: true,
+                    };
+                    check_path(device, &guard.policy, &request)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                });
+                Arc::new(PathTarget::block_device(path, check))
+            } else if path.starts_with("/dev") {
+                bail!("{spec} is not a block device");
+            } else {
+                Arc::new(PathTarget::file(path, image_size))
+            }
+        };
+        if list
+            .iter()
+            .any(|(existing, _)| existing == &TargetId::new(id.clone()))
+        {
+            bail!("target {id} is named twice");
+        }
+        list.push((TargetId::new(id), target));
+    }
+    Ok(Targets {
+        list,
+        _sim_dir: sim_dir,
+    })
+}
+
+/// Parses `NAME[:key=value,...]`.
+fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec> {
+    let (name, options) = text.split_once(':').unwrap_or((text, ""));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("simulated stick name {name:?} must be letters, digits, - or _");
+    }
+    // Default: a stick comfortably larger than the image (sparse, so free).
+    let default_capacity = (image_size * 2).max(64 << 20).div_ceil(1 << 20) << 20;
+    let mut spec = SimStickSpec::new(name, default_capacity);
+    let size = |key: &str, value: &str| -> Result<u64> {
+        Ok(ByteSize::parse(value)
+            .with_context(|| format!("sim:{name}: bad value for {key}"))?
+            .bytes())
+    };
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        spec = match key {
+            "capacity" => SimStickSpec {
+                capacity: size(key, value)? / 512 * 512,
+                ..spec
+            },
+            "write" => spec.write_speed(size(key, value)?),
+            "read" => spec.read_speed(size(key, value)?),
+            "fail_after" => spec.write_error_after(size(key, value)?),
+            "corrupt_at" => spec.corrupt_at(size(key, value)?),
+            "fake" => spec.fake_capacity(size(key, value)?, FakeMode::Wrap),
+            "read_only" => spec.read_only(),
+            "remove_after" => spec.remove_after_written(size(key, value)?),
+            "stall_after" => spec.stall_after_written(size(key, value)?),
+            _ => bail!(
+                "sim:{name}: unknown option {key:?} (known: capacity, write, read, fail_after, \
+                 corrupt_at, fake, read_only, remove_after, stall_after)"
+            ),
+        };
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_specs_parse_sizes_and_faults() {
+        let spec =
+            parse_sim_spec("s1:capacity=2GiB,write=20MB,read=40MB,read_only", 1 << 20).unwrap();
+        assert_eq!(spec.name, "s1");
+        assert_eq!(spec.capacity, 2 << 30);
+        assert_eq!(spec.write_bytes_per_sec, Some(20_000_000));
+        assert_eq!(spec.read_bytes_per_sec, Some(40_000_000));
+        assert!(spec.read_only);
+        assert_eq!(parse_sim_spec("s2", 1 << 30).unwrap().capacity, 2 << 30);
+    }
+
+    #[test]
+    fn malformed_sim_specs_are_rejected_with_the_reason() {
+        for (bad, why) in [
+            ("", "name"),
+            ("a/b", "name"),
+            ("s:speed=1", "unknown option"),
+            ("s:write=fast", "bad value for write"),
+        ] {
+            let error = format!("{:#}", parse_sim_spec(bad, 1 << 20).unwrap_err());
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
+    }
+}

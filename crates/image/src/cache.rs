@@ -1,0 +1,324 @@
+//! The cache directory and what is in it: looking images up, listing and
+//! removing them. Importing is in [`crate::import`].
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use flashrack_core::{ImageManifest, Sha256Digest};
+use serde::{Deserialize, Serialize};
+
+use crate::detect::ImageFormat;
+use crate::error::ImageError;
+use crate::fsutil::{self, remove_stale_temp_files};
+use crate::index::Index;
+
+/// The fewest hex digits [`ImageCache::find`] accepts as a prefix.
+pub const MIN_PREFIX: usize = 6;
+
+/// How an image came into the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportMeta {
+    /// The file name (last path component) of the imported file.
+    pub original_name: String,
+    /// The name of the file inside the zip archive, for a zip import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zip_entry: Option<String>,
+    /// The detected format of the imported file.
+    pub format: ImageFormat,
+    /// Size in bytes of the imported file as given (compressed size).
+    pub input_size: u64,
+    /// The sha256 of the imported file as given (equal to the raw digest for a
+    /// raw import).
+    pub input_sha256: Sha256Digest,
+    /// When the import finished, in seconds since the Unix epoch.
+    pub imported_at: u64,
+}
+
+/// An image present in the cache: its manifest, where its raw bytes are, and how
+/// it was imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedImage {
+    /// Size, digest, chunk digests and zero chunks of the raw image.
+    pub manifest: ImageManifest,
+    /// The raw image file (`images/<sha256>.img`), sparse where chunks are zero.
+    /// Open it read-only: the cache shares it with every reader.
+    pub path: PathBuf,
+    /// Where the image came from.
+    pub meta: ImportMeta,
+}
+
+impl CachedImage {
+    /// The sha256 of the raw image, its name in the cache.
+    pub fn sha256(&self) -> Sha256Digest {
+        self.manifest.sha256()
+    }
+
+    /// Raw image size in bytes.
+    pub fn size(&self) -> u64 {
+        self.manifest.size()
+    }
+}
+
+/// The content of `images/<sha256>.json`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct EntryFile {
+    pub(crate) manifest: ImageManifest,
+    pub(crate) import: ImportMeta,
+}
+
+/// A content-addressed cache of raw disk images in one directory.
+///
+/// Cheap to clone; all methods take `&self` and keep no state in memory, so
+/// several handles (or processes) can use one directory. Every change is made by
+/// renaming complete files into place.
+#[derive(Debug, Clone)]
+pub struct ImageCache {
+    pub(crate) root: PathBuf,
+    /// `images/`: `<sha256>.img` and `<sha256>.json` pairs.
+    pub(crate) images: PathBuf,
+    /// `tmp/`: files under construction, renamed from here into place (same
+    /// file system, so renames are atomic).
+    pub(crate) tmp: PathBuf,
+    /// `sources/` and `aliases/`.
+    pub(crate) index: Index,
+}
+
+impl ImageCache {
+    /// Opens the cache in `dir`, creating the directory and its layout if
+    /// needed, and removes temporary files left by imports that crashed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, ImageError> {
+        let root = dir.as_ref().to_path_buf();
+        let images = root.join("images");
+        let sources = root.join("sources");
+        let aliases = root.join("aliases");
+        let tmp = root.join("tmp");
+        for path in [&images, &sources, &aliases, &tmp] {
+            fs::create_dir_all(path).map_err(|source| ImageError::CacheIo {
+                action: "create",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        remove_stale_temp_files(&tmp);
+        Ok(Self {
+            root,
+            images,
+            index: Index::new(sources, aliases, tmp.clone()),
+            tmp,
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn image_path(&self, digest: &Sha256Digest) -> PathBuf {
+        self.images.join(format!("{}.img", digest.to_hex()))
+    }
+
+    pub(crate) fn entry_path(&self, digest: &Sha256Digest) -> PathBuf {
+        self.images.join(format!("{}.json", digest.to_hex()))
+    }
+
+    /// The image with this raw digest, if it is present: its entry exists and its
+    /// image file has the size the manifest says.
+    pub fn get(&self, digest: &Sha256Digest) -> Result<Option<CachedImage>, ImageError> {
+        let entry_path = self.entry_path(digest);
+        let bytes = match fs::read(&entry_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ImageError::CacheIo {
+                    action: "read",
+                    path: entry_path,
+                    source,
+                })
+            }
+        };
+        let entry: EntryFile =
+            serde_json::from_slice(&bytes).map_err(|e| ImageError::BadEntry {
+                path: entry_path.clone(),
+                reason: e.to_string(),
+            })?;
+        if entry.manifest.sha256() != *digest {
+            return Err(ImageError::BadEntry {
+                path: entry_path,
+                reason: format!("it describes image {}", entry.manifest.sha256()),
+            });
+        }
+        let path = self.image_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == entry.manifest.size() => {}
+            Ok(meta) => {
+                tracing::debug!(
+                    image = %digest.short(),
+                    size = meta.len(),
+                    expected = entry.manifest.size(),
+                    "image file has the wrong size: not present"
+                );
+                return Ok(None);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ImageError::CacheIo {
+                    action: "inspect",
+                    path,
+                    source,
+                })
+            }
+        }
+        Ok(Some(CachedImage {
+            manifest: entry.manifest,
+            path,
+            meta: entry.import,
+        }))
+    }
+
+    /// The digests named by entries in `images/` (present or not).
+    fn entry_digests(&self) -> Result<Vec<Sha256Digest>, ImageError> {
+        let entries = fs::read_dir(&self.images).map_err(|source| ImageError::CacheIo {
+            action: "list",
+            path: self.images.clone(),
+            source,
+        })?;
+        let mut digests = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| ImageError::CacheIo {
+                action: "list",
+                path: self.images.clone(),
+                source,
+            })?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Ok(digest) = Sha256Digest::parse(hex) {
+                digests.push(digest);
+            }
+        }
+        digests.sort();
+        Ok(digests)
+    }
+
+    /// Every image present, oldest import first. An unreadable entry is skipped
+    /// (and logged) so one damaged file does not hide the others.
+    pub fn list(&self) -> Result<Vec<CachedImage>, ImageError> {
+        let mut images = Vec::new();
+        for digest in self.entry_digests()? {
+            match self.get(&digest) {
+                Ok(Some(image)) => images.push(image),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "skipping unreadable cache entry"),
+            }
+        }
+        images.sort_by_key(|i| (i.meta.imported_at, i.sha256()));
+        Ok(images)
+    }
+
+    /// Finds one image by what a person would type: a hex prefix of its raw
+    /// digest (at least [`MIN_PREFIX`] digits), the full sha256 of the file it
+    /// was imported from, or that file's name (or the name inside its zip).
+    /// More than one match is [`ImageError::Ambiguous`].
+    pub fn find(&self, query: &str) -> Result<CachedImage, ImageError> {
+        let text = query.trim();
+        let is_hex = !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_hex && text.len() >= MIN_PREFIX {
+            let prefix = text.to_ascii_lowercase();
+            let mut matches = Vec::new();
+            for digest in self.entry_digests()? {
+                if digest.to_hex().starts_with(&prefix) {
+                    if let Some(image) = self.get(&digest)? {
+                        matches.push(image);
+                    }
+                }
+            }
+            if matches.is_empty() {
+                if let Ok(file_digest) = Sha256Digest::parse(text) {
+                    for raw in self.index.aliases_of_file(&file_digest) {
+                        if let Some(image) = self.get(&raw)? {
+                            if !matches.iter().any(|m| m.sha256() == raw) {
+                                matches.push(image);
+                            }
+                        }
+                    }
+                }
+            }
+            if !matches.is_empty() {
+                return one(query, matches);
+            }
+        }
+        let by_name: Vec<_> = self
+            .list()?
+            .into_iter()
+            .filter(|i| i.meta.original_name == text || i.meta.zip_entry.as_deref() == Some(text))
+            .collect();
+        if !by_name.is_empty() {
+            return one(query, by_name);
+        }
+        if is_hex && text.len() < MIN_PREFIX {
+            return Err(ImageError::PrefixTooShort {
+                query: query.to_string(),
+            });
+        }
+        Err(ImageError::NotFound {
+            query: query.to_string(),
+        })
+    }
+
+    /// Removes an image: its entry first (so it stops counting as present), then
+    /// its raw file, then every hint that leads to it. Readers that already have
+    /// the image file open keep reading it.
+    pub fn remove(&self, digest: &Sha256Digest) -> Result<(), ImageError> {
+        let entry = self.entry_path(digest);
+        let image = self.image_path(digest);
+        if !entry.exists() && !image.exists() {
+            return Err(ImageError::NotFound {
+                query: digest.to_hex(),
+            });
+        }
+        for path in [&entry, &image] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ImageError::CacheIo {
+                        action: "remove",
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+            if path == &entry {
+                fsutil::sync_parent(&entry)?;
+            }
+        }
+        self.index.forget(digest);
+        Ok(())
+    }
+}
+
+/// The single match, or [`ImageError::Ambiguous`].
+fn one(query: &str, mut matches: Vec<CachedImage>) -> Result<CachedImage, ImageError> {
+    if matches.len() == 1 {
+        return Ok(matches.remove(0));
+    }
+    Err(ImageError::Ambiguous {
+        query: query.to_string(),
+        candidates: matches.iter().map(CachedImage::sha256).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_and_images_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<ImageCache>();
+        shareable::<CachedImage>();
+        shareable::<crate::ImportOutcome>();
+    }
+}

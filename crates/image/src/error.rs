@@ -1,0 +1,192 @@
+//! The one error type of this crate.
+
+use std::io;
+use std::path::PathBuf;
+
+use flashrack_core::Sha256Digest;
+
+use crate::detect::ImageFormat;
+
+/// Everything that can go wrong while importing into, or reading from, the image
+/// cache. Every variant names the file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A file or directory of the cache itself could not be created, read or written.
+    #[error("image cache: cannot {action} {}: {source}", path.display())]
+    CacheIo {
+        /// What was being done, e.g. "create", "write", "rename".
+        action: &'static str,
+        /// The cache file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A cache entry exists but cannot be understood.
+    #[error("image cache: {} is unreadable: {reason}", path.display())]
+    BadEntry {
+        /// The entry's file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file to import could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadInput {
+        /// The file being imported.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file to import has no bytes at all.
+    #[error("{} is empty", path.display())]
+    EmptyInput {
+        /// The file being imported.
+        path: PathBuf,
+    },
+    /// The file to import decompresses to nothing.
+    #[error("{}: the {format} data holds an empty image", path.display())]
+    EmptyImage {
+        /// The file being imported.
+        path: PathBuf,
+        /// Its detected format.
+        format: ImageFormat,
+    },
+    /// The compressed data is damaged or cut short.
+    #[error("{}: corrupt {format} data: {reason}", path.display())]
+    Corrupt {
+        /// The file being imported.
+        path: PathBuf,
+        /// Its detected format.
+        format: ImageFormat,
+        /// What the decoder found wrong ("truncated: …" when the data ends early).
+        reason: String,
+    },
+    /// The data is valid but uses a feature this build cannot read (e.g. an
+    /// encrypted zip entry or an unsupported zip compression method).
+    #[error("{}: unsupported {format} data: {reason}", path.display())]
+    Unsupported {
+        /// The file being imported.
+        path: PathBuf,
+        /// Its detected format.
+        format: ImageFormat,
+        /// What is not supported.
+        reason: String,
+    },
+    /// A zip archive must hold exactly one file (directories are ignored).
+    #[error(
+        "{}: a zip archive must hold exactly one file, this one holds {}{}",
+        path.display(),
+        .files.len(),
+        list_names(.files)
+    )]
+    ZipFileCount {
+        /// The archive.
+        path: PathBuf,
+        /// The names of the files it holds (none, or more than one).
+        files: Vec<String>,
+    },
+    /// The digest the user expected matches neither the file as given nor its raw
+    /// image. Nothing was added to the cache.
+    #[error(
+        "{}: checksum mismatch: expected sha256 {expected}, but the file is {file} and its raw image is {raw}",
+        path.display()
+    )]
+    ChecksumMismatch {
+        /// The file being imported.
+        path: PathBuf,
+        /// The digest the user gave.
+        expected: Sha256Digest,
+        /// The sha256 of the raw (decompressed) image.
+        raw: Sha256Digest,
+        /// The sha256 of the file as given.
+        file: Sha256Digest,
+    },
+    /// The requested chunk size cannot be used.
+    #[error(
+        "chunk size {chunk_size} is not a positive multiple of 4096 of at most {} bytes",
+        crate::import::MAX_CHUNK_SIZE
+    )]
+    InvalidChunkSize {
+        /// The rejected chunk size.
+        chunk_size: u32,
+    },
+    /// No cached image matches a digest, prefix or name.
+    #[error("no cached image matches {query:?}")]
+    NotFound {
+        /// What was looked for.
+        query: String,
+    },
+    /// A prefix or name matches several cached images.
+    #[error(
+        "{query:?} matches {} cached images: {}",
+        .candidates.len(),
+        list_digests(.candidates)
+    )]
+    Ambiguous {
+        /// What was looked for.
+        query: String,
+        /// The images it matches.
+        candidates: Vec<Sha256Digest>,
+    },
+    /// A hex prefix too short to name an image safely.
+    #[error(
+        "{query:?} is too short: give at least {} hex digits",
+        crate::cache::MIN_PREFIX
+    )]
+    PrefixTooShort {
+        /// What was looked for.
+        query: String,
+    },
+}
+
+fn list_names(names: &[String]) -> String {
+    if names.is_empty() {
+        " (none)".to_string()
+    } else {
+        format!(" ({})", names.join(", "))
+    }
+}
+
+fn list_digests(digests: &[Sha256Digest]) -> String {
+    digests
+        .iter()
+        .map(Sha256Digest::short)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_file_and_are_lowercase_without_trailing_period() {
+        let errors = [
+            ImageError::EmptyInput {
+                path: "/x/a.img".into(),
+            },
+            ImageError::Corrupt {
+                path: "/x/a.img.gz".into(),
+                format: ImageFormat::Gzip,
+                reason: "invalid gzip header".into(),
+            },
+            ImageError::ZipFileCount {
+                path: "/x/a.zip".into(),
+                files: vec!["a.img".into(), "b.img".into()],
+            },
+        ];
+        for error in errors {
+            let text = error.to_string();
+            assert!(text.contains("/x/a"), "{text}");
+            assert!(!text.ends_with('.'), "{text}");
+            assert!(!text.starts_with(char::is_uppercase), "{text}");
+        }
+        let zip = ImageError::ZipFileCount {
+            path: "/x/a.zip".into(),
+            files: vec!["a.img".into(), "b.img".into()],
+        };
+        assert!(zip.to_string().contains("holds 2 (a.img, b.img)"), "{zip}");
+    }
+}

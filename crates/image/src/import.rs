@@ -1,0 +1,407 @@
+//! Importing a file into the cache: recognise it cheaply if it is known,
+//! otherwise decompress it once while digesting it, check the expected digest,
+//! and move the result into place.
+
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flashrack_core::{ImageManifest, Sha256Digest};
+use zip::result::ZipError;
+use zip::ZipArchive;
+
+use crate::cache::{CachedImage, EntryFile, ImageCache, ImportMeta};
+use crate::detect::{ImageFormat, MAGIC_LEN};
+use crate::error::ImageError;
+use crate::fsutil::{write_json_atomic, TempFile};
+use crate::index::{FileIdentity, SourceEntry};
+use crate::input::{hash_all, read_full, stream_decoder, InputError, InputReader};
+use crate::pass::{digest_and_store, ChunkHashing, PassError, RawDigests};
+
+/// The largest chunk size accepted: the import holds three chunk buffers, and
+/// the engine one per target, so chunks must stay a few MiB.
+pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
+
+/// How to import a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// A digest the user expects: of the file as given, or of the raw image
+    /// inside it. If it matches neither, the import fails and nothing is kept.
+    pub expected_sha256: Option<Sha256Digest>,
+    /// Chunk size of the manifest: a positive multiple of 4096, at most
+    /// [`MAX_CHUNK_SIZE`]. An image already in the cache keeps the chunk size it
+    /// was imported with.
+    pub chunk_size: u32,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            expected_sha256: None,
+            chunk_size: ImageManifest::DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Why an import found its image already in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheHit {
+    /// The same file (path, device, inode, size and modification time) was
+    /// imported before: it was not read at all.
+    SameFile,
+    /// A file with the same sha256 was imported before: this one was hashed,
+    /// not decompressed.
+    SameFileDigest,
+    /// The file was new, but the raw image it holds was already cached (for
+    /// example the same image compressed another way).
+    SameImage,
+}
+
+/// The result of an import.
+#[derive(Debug, Clone)]
+pub struct ImportOutcome {
+    /// The image, now in the cache.
+    pub image: CachedImage,
+    /// `None` if this import added the image; otherwise how it was recognised.
+    pub hit: Option<CacheHit>,
+}
+
+impl ImportOutcome {
+    /// Whether the image was in the cache before this import.
+    pub fn already_cached(&self) -> bool {
+        self.hit.is_some()
+    }
+}
+
+/// What a full pass over the file yields.
+struct Decoded {
+    raw: RawDigests,
+    file_sha256: Sha256Digest,
+    input_size: u64,
+    zip_entry: Option<String>,
+}
+
+impl ImageCache {
+    /// Imports the image in the file at `path` (raw, or compressed with gzip, xz,
+    /// zstd, bzip2, or a zip archive holding one file; detected by content).
+    ///
+    /// A file imported before is recognised by its identity without being read;
+    /// a copy of one is recognised after hashing it, without decompressing it.
+    /// Otherwise it is decompressed once into a temporary file, digested on the
+    /// way, checked against `options.expected_sha256`, and moved into the cache.
+    /// On any error nothing is left in the cache.
+    pub fn import(
+        &self,
+        path: impl AsRef<Path>,
+        options: ImportOptions,
+    ) -> Result<ImportOutcome, ImageError> {
+        let path = path.as_ref();
+        let chunk_size = options.chunk_size;
+        if chunk_size == 0 || !chunk_size.is_multiple_of(4096) || chunk_size > MAX_CHUNK_SIZE {
+            return Err(ImageError::InvalidChunkSize { chunk_size });
+        }
+        let read_error = |source| ImageError::ReadInput {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(read_error)?;
+        let metadata = file.metadata().map_err(read_error)?;
+        if metadata.is_dir() {
+            return Err(read_error(io::ErrorKind::IsADirectory.into()));
+        }
+        let identity = fs::canonicalize(path)
+            .ok()
+            .and_then(|canonical| FileIdentity::new(canonical, &metadata));
+
+        if let Some(identity) = &identity {
+            if let Some(source) = self.index.source(identity) {
+                if let Some(image) = self.get(&source.raw_sha256)? {
+                    tracing::debug!(path = %path.display(), image = %image.sha256().short(), "known file");
+                    check_expected(path, &options, source.raw_sha256, source.file_sha256)?;
+                    return Ok(ImportOutcome {
+                        image,
+                        hit: Some(CacheHit::SameFile),
+                    });
+                }
+            }
+        }
+
+        let mut head = [0u8; MAGIC_LEN];
+        let head_len = read_full(&mut file, &mut head).map_err(read_error)?;
+        if head_len == 0 {
+            return Err(ImageError::EmptyInput {
+                path: path.to_path_buf(),
+            });
+        }
+        let format = ImageFormat::detect(&head[..head_len]);
+        file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+
+        // Hashing first costs one extra read of the file, so it is done only
+        // when a known file has exactly this size.
+        if let Some(identity) = &identity {
+            if self.index.has_alias_of_size(identity.size) {
+                let (hasher, size) = hash_all(&mut file).map_err(read_error)?;
+                let file_sha256 = Sha256Digest::from_hasher(hasher);
+                if let Some(raw) = self.index.alias(size, &file_sha256) {
+                    if let Some(image) = self.get(&raw)? {
+                        tracing::debug!(path = %path.display(), image = %raw.short(), "known file digest");
+                        check_expected(path, &options, raw, file_sha256)?;
+                        self.remember(identity, &file, file_sha256, raw, size);
+                        return Ok(ImportOutcome {
+                            image,
+                            hit: Some(CacheHit::SameFileDigest),
+                        });
+                    }
+                }
+                file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+            }
+        }
+
+        tracing::debug!(path = %path.display(), %format, "importing");
+        let mut temp = TempFile::create_in(&self.tmp, "img")?;
+        let decoded = decode(path, format, &mut file, &mut temp, chunk_size as usize)?;
+        let raw = decoded.raw.sha256;
+        if decoded.raw.size == 0 {
+            return Err(ImageError::EmptyImage {
+                path: path.to_path_buf(),
+                format,
+            });
+        }
+        check_expected(path, &options, raw, decoded.file_sha256)?;
+        let remember = |file: &File| {
+            if let Some(identity) = &identity {
+                self.remember(identity, file, decoded.file_sha256, raw, decoded.input_size);
+            }
+        };
+        if let Some(image) = self.get(&raw)? {
+            tracing::debug!(path = %path.display(), image = %raw.short(), "image already cached");
+            remember(&file);
+            return Ok(ImportOutcome {
+                image,
+                hit: Some(CacheHit::SameImage),
+            });
+        }
+
+        let manifest = ImageManifest::new(
+            raw,
+            decoded.raw.size,
+            chunk_size,
+            decoded.raw.chunk_digests,
+            decoded.raw.zero,
+        )
+        .expect("the pass yields one digest and one zero flag per chunk of a valid size");
+        let meta = ImportMeta {
+            original_name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            zip_entry: decoded.zip_entry,
+            format,
+            input_size: decoded.input_size,
+            input_sha256: decoded.file_sha256,
+            imported_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let image_path = self.image_path(&raw);
+        // The image first, the entry last: an entry is never without its image.
+        temp.persist(&image_path)?;
+        let entry = EntryFile {
+            manifest: manifest.clone(),
+            import: meta.clone(),
+        };
+        if let Err(error) = write_json_atomic(&self.tmp, &self.entry_path(&raw), &entry) {
+            // Without its entry the image is not in the cache; do not leave it.
+            let _ = fs::remove_file(&image_path);
+            return Err(error);
+        }
+        tracing::debug!(image = %raw.short(), size = manifest.size(), "imported");
+        remember(&file);
+        Ok(ImportOutcome {
+            image: CachedImage {
+                manifest,
+                path: image_path,
+                meta,
+            },
+            hit: None,
+        })
+    }
+
+    /// Records how to recognise this file next time. The identity is recorded
+    /// only if the file did not change while it was read (it may still have been
+    /// downloading); failures are logged and otherwise ignored, since these are
+    /// only hints.
+    fn remember(
+        &self,
+        identity: &FileIdentity,
+        file: &File,
+        file_sha256: Sha256Digest,
+        raw: Sha256Digest,
+        size: u64,
+    ) {
+        if let Err(error) = self.index.record_alias(size, &file_sha256, &raw) {
+            tracing::warn!(%error, "cannot record file digest");
+        }
+        if !file.metadata().is_ok_and(|m| identity.matches(&m)) || identity.size != size {
+            tracing::debug!(path = %identity.path.display(), "file changed while read: identity not recorded");
+            return;
+        }
+        let entry = SourceEntry {
+            identity: identity.clone(),
+            file_sha256,
+            raw_sha256: raw,
+        };
+        if let Err(error) = self.index.record_source(&entry) {
+            tracing::warn!(%error, "cannot record imported file");
+        }
+    }
+}
+
+/// Accepts `expected` if it is the digest of the file as given or of its raw image.
+fn check_expected(
+    path: &Path,
+    options: &ImportOptions,
+    raw: Sha256Digest,
+    file: Sha256Digest,
+) -> Result<(), ImageError> {
+    match options.expected_sha256 {
+        Some(expected) if expected != raw && expected != file => {
+            Err(ImageError::ChecksumMismatch {
+                path: path.to_path_buf(),
+                expected,
+                raw,
+                file,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Decompresses `file` into `out` in one pass, digesting both.
+fn decode(
+    path: &Path,
+    format: ImageFormat,
+    file: &mut File,
+    out: &mut TempFile,
+    chunk_size: usize,
+) -> Result<Decoded, ImageError> {
+    let hashing = ChunkHashing::for_input(format != ImageFormat::Raw);
+    let out_path = out.path().to_path_buf();
+    let pass_error = |error| match error {
+        PassError::Input(e) => input_error(path, format, e),
+        PassError::Output(source) => ImageError::CacheIo {
+            action: "write",
+            path: out_path.clone(),
+            source,
+        },
+    };
+    match format {
+        ImageFormat::Raw => {
+            // The file is the image: its digest is the raw digest.
+            let mut input = InputReader::new(file, false);
+            let raw = digest_and_store(&mut input, out.file_mut(), chunk_size, hashing)
+                .map_err(pass_error)?;
+            Ok(Decoded {
+                file_sha256: raw.sha256,
+                input_size: raw.size,
+                raw,
+                zip_entry: None,
+            })
+        }
+        ImageFormat::Gzip | ImageFormat::Xz | ImageFormat::Zstd | ImageFormat::Bzip2 => {
+            let mut input = InputReader::new(file, true);
+            let raw = {
+                let mut decoder =
+                    stream_decoder(format, &mut input).map_err(|e| input_error(path, format, e))?;
+                digest_and_store(&mut *decoder, out.file_mut(), chunk_size, hashing)
+                    .map_err(pass_error)?
+            };
+            let (hasher, input_size) = input.finish().map_err(|e| input_error(path, format, e))?;
+            Ok(Decoded {
+                raw,
+                file_sha256: Sha256Digest::from_hasher(hasher.expect("hashing was asked for")),
+                input_size,
+                zip_entry: None,
+            })
+        }
+        ImageFormat::Zip => {
+            let mut input = InputReader::new(file, true);
+            let (raw, zip_entry) = {
+                let mut archive = ZipArchive::new(&mut input).map_err(|e| zip_error(path, e))?;
+                let files: Vec<(usize, String)> = (0..archive.len())
+                    .filter_map(|i| archive.name_for_index(i).map(|n| (i, n.to_string())))
+                    .filter(|(_, name)| !name.ends_with('/') && !name.ends_with('\\'))
+                    .collect();
+                let [(index, name)] = files.as_slice() else {
+                    return Err(ImageError::ZipFileCount {
+                        path: path.to_path_buf(),
+                        files: files.into_iter().map(|(_, name)| name).collect(),
+                    });
+                };
+                let mut entry = archive.by_index(*index).map_err(|e| zip_error(path, e))?;
+                let raw = digest_and_store(&mut entry, out.file_mut(), chunk_size, hashing)
+                    .map_err(pass_error)?;
+                (raw, name.clone())
+            };
+            let (hasher, input_size) = input.finish().map_err(|e| input_error(path, format, e))?;
+            Ok(Decoded {
+                raw,
+                file_sha256: Sha256Digest::from_hasher(hasher.expect("hashing was asked for")),
+                input_size,
+                zip_entry: Some(zip_entry),
+            })
+        }
+    }
+}
+
+/// An error reading through a decoder: the file's fault or the data's.
+fn input_error(path: &Path, format: ImageFormat, error: io::Error) -> ImageError {
+    match InputError::classify(error) {
+        InputError::Read(source) => ImageError::ReadInput {
+            path: path.to_path_buf(),
+            source,
+        },
+        InputError::Corrupt(reason) => ImageError::Corrupt {
+            path: path.to_path_buf(),
+            format,
+            reason,
+        },
+    }
+}
+
+fn zip_error(path: &Path, error: ZipError) -> ImageError {
+    let unsupported = |reason: String| ImageError::Unsupported {
+        path: path.to_path_buf(),
+        format: ImageFormat::Zip,
+        reason,
+    };
+    let corrupt = |reason: String| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: ImageFormat::Zip,
+        reason,
+    };
+    match error {
+        ZipError::Io(e) => input_error(path, ImageFormat::Zip, e),
+        ZipError::UnsupportedArchive(reason) => unsupported(lowercase_first(reason)),
+        ZipError::InvalidPassword => unsupported("the entry is encrypted".to_string()),
+        // The end record is the last thing in an archive, so a cut-off archive
+        // fails here; say so rather than "could not find EOCD".
+        ZipError::InvalidArchive(reason) if reason.contains("EOCD") => corrupt(format!(
+            "truncated or damaged: no end of central directory record ({})",
+            lowercase_first(&reason)
+        )),
+        ZipError::InvalidArchive(reason) => corrupt(lowercase_first(&reason)),
+        other => corrupt(other.to_string()),
+    }
+}
+
+/// Decoder messages start with a capital now and then; ours never do.
+pub(crate) fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,264 @@
+//! Reading the file to import: a reader that hashes the file as given while a
+//! decoder consumes it, and the decoders for each compressed format.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+
+use sha2::{Digest, Sha256};
+
+use crate::detect::ImageFormat;
+
+/// Size of the buffer between the file and a stream decoder: large enough that
+/// reading costs few system calls, small next to the chunk buffers.
+const INPUT_BUFFER: usize = 1 << 20;
+
+/// An error of the file being imported itself (as opposed to its content being
+/// damaged). Decoders pass the errors of their source through, so this marker
+/// lets [`InputError::classify`] tell "cannot read the file" from "corrupt data".
+#[derive(Debug)]
+struct InputReadError(io::Error);
+
+impl fmt::Display for InputReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for InputReadError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.0)
+    }
+}
+
+fn mark(error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), InputReadError(error))
+}
+
+/// What an error met while decoding turns out to be.
+#[derive(Debug)]
+pub(crate) enum InputError {
+    /// The file could not be read.
+    Read(io::Error),
+    /// The file was read but its content is damaged or cut short.
+    Corrupt(String),
+}
+
+impl InputError {
+    /// Sorts an error returned by a decoder reading from an [`InputReader`].
+    pub(crate) fn classify(error: io::Error) -> Self {
+        if error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<InputReadError>())
+        {
+            let inner = error.into_inner().expect("checked above");
+            let read = inner.downcast::<InputReadError>().expect("checked above");
+            return Self::Read(read.0);
+        }
+        let reason = crate::import::lowercase_first(&error.to_string());
+        if error.kind() == io::ErrorKind::UnexpectedEof {
+            Self::Corrupt(format!("truncated: {reason}"))
+        } else {
+            Self::Corrupt(reason)
+        }
+    }
+}
+
+/// Reads the file being imported, optionally hashing it as it goes.
+///
+/// Stream decoders read it front to back, so every byte is hashed exactly once,
+/// as it passes. The zip reader jumps around (it reads the central directory at
+/// the end first), so the hash follows a *frontier*: bytes are hashed only when a
+/// read starts at or before the frontier and extends it; [`InputReader::finish`]
+/// hashes whatever lies beyond. In a common zip (entry data right after its local
+/// header, central directory last) that still reads the file about once.
+pub(crate) struct InputReader<R> {
+    inner: R,
+    /// `None` when the file's digest is not needed (a raw image, whose file digest
+    /// is its raw digest, computed elsewhere).
+    hasher: Option<Sha256>,
+    /// Offset of the next read in `inner`.
+    pos: u64,
+    /// Bytes `0..hashed` have been fed to the hasher.
+    hashed: u64,
+}
+
+impl<R> InputReader<R> {
+    /// Wraps `inner`, positioned at its start.
+    pub(crate) fn new(inner: R, hash: bool) -> Self {
+        Self {
+            inner,
+            hasher: hash.then(Sha256::new),
+            pos: 0,
+            hashed: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for InputReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf).map_err(mark)?;
+        let end = self.pos + n as u64;
+        if self.pos <= self.hashed && end > self.hashed {
+            let skip = (self.hashed - self.pos) as usize;
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(&buf[skip..n]);
+            }
+            self.hashed = end;
+        }
+        self.pos = end;
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for InputReader<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.pos = self.inner.seek(to).map_err(mark)?;
+        Ok(self.pos)
+    }
+}
+
+impl<R: Read + Seek> InputReader<R> {
+    /// Hashes the rest of the file (trailing bytes no decoder wanted, or the
+    /// parts a zip reader skipped) and returns its digest, if hashing, and size.
+    pub(crate) fn finish(mut self) -> io::Result<(Option<Sha256>, u64)> {
+        if self.pos != self.hashed {
+            self.seek(SeekFrom::Start(self.hashed))?;
+        }
+        let mut buf = vec![0u8; INPUT_BUFFER];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((self.hasher, self.hashed))
+    }
+}
+
+/// A decoder for one of the stream formats (all but zip and raw) reading from
+/// `input`. Every format decodes all of its members, streams or frames.
+pub(crate) fn stream_decoder<'a, R: Read + 'a>(
+    format: ImageFormat,
+    input: R,
+) -> io::Result<Box<dyn Read + 'a>> {
+    let buffered = BufReader::with_capacity(INPUT_BUFFER, input);
+    Ok(match format {
+        ImageFormat::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        ImageFormat::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(buffered)),
+        ImageFormat::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        ImageFormat::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
+        ImageFormat::Raw | ImageFormat::Zip => {
+            unreachable!("{format} is not a stream format")
+        }
+    })
+}
+
+/// Reads up to `buf.len()` bytes, fewer only at the end of the stream.
+pub(crate) fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Hashes everything `src` yields; used to recognise a copy of a known file
+/// without decompressing it.
+pub(crate) fn hash_all(src: &mut dyn Read) -> io::Result<(Sha256, u64)> {
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; INPUT_BUFFER];
+    loop {
+        let n = read_full(src, &mut buf)?;
+        if n == 0 {
+            return Ok((hasher, total));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use flashrack_core::Sha256Digest;
+
+    use super::*;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn sequential_reads_hash_every_byte_once() {
+        let bytes = data(100_000);
+        let mut reader = InputReader::new(Cursor::new(bytes.clone()), true);
+        let mut buf = [0u8; 777];
+        while reader.read(&mut buf).unwrap() > 0 {}
+        let (hasher, size) = reader.finish().unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(
+            Sha256Digest::from_hasher(hasher.unwrap()),
+            Sha256Digest::of(&bytes)
+        );
+    }
+
+    #[test]
+    fn jumps_back_and_forth_still_hash_the_file_in_order() {
+        let bytes = data(50_000);
+        let mut reader = InputReader::new(Cursor::new(bytes.clone()), true);
+        let mut buf = [0u8; 1000];
+        // Like a zip reader: the end first, then from the start, with a re-read
+        // of an already hashed range and a partial overlap.
+        reader.seek(SeekFrom::End(-1000)).unwrap();
+        reader.read_exact(&mut buf).unwrap();
+        reader.seek(SeekFrom::Start(0)).unwrap();
+        reader.read_exact(&mut buf).unwrap();
+        reader.seek(SeekFrom::Start(500)).unwrap();
+        reader.read_exact(&mut buf).unwrap();
+        reader.seek(SeekFrom::Start(10_000)).unwrap();
+        reader.read_exact(&mut buf).unwrap();
+        let (hasher, size) = reader.finish().unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(
+            Sha256Digest::from_hasher(hasher.unwrap()),
+            Sha256Digest::of(&bytes)
+        );
+    }
+
+    #[test]
+    fn errors_of_the_file_are_told_apart_from_corrupt_data() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk on fire"))
+            }
+        }
+        let mut decoder =
+            stream_decoder(ImageFormat::Gzip, InputReader::new(Failing, true)).unwrap();
+        let error = decoder.read(&mut [0u8; 10]).unwrap_err();
+        assert!(
+            matches!(InputError::classify(error), InputError::Read(e) if e.to_string() == "disk on fire")
+        );
+
+        let mut decoder = stream_decoder(
+            ImageFormat::Gzip,
+            InputReader::new(Cursor::new(b"\x1f\x8bxxxxxxxxxxxxxx"), true),
+        )
+        .unwrap();
+        let error = decoder.read(&mut [0u8; 10]).unwrap_err();
+        assert!(matches!(
+            InputError::classify(error),
+            InputError::Corrupt(_)
+        ));
+    }
+}

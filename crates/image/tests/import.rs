@@ -1,0 +1,366 @@
+//! Importing every format, the digests and zero map an import computes, the
+//! expected-checksum rule, and that a failed import leaves nothing behind.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use common::*;
+use flashrack_core::ChunkKind;
+use flashrack_image::{CachedImage, ImageError, ImageFormat, ImportOptions, Sha256Digest};
+
+/// Checks an imported image against the raw bytes it must hold, with digests
+/// computed independently here.
+fn assert_image_is(image: &CachedImage, data: &[u8], chunk: u32) {
+    let manifest = &image.manifest;
+    assert_eq!(manifest.sha256(), Sha256Digest::of(data));
+    assert_eq!(image.sha256(), Sha256Digest::of(data));
+    assert_eq!(manifest.size(), data.len() as u64);
+    assert_eq!(manifest.chunk_size(), chunk);
+    let chunks: Vec<&[u8]> = data.chunks(chunk as usize).collect();
+    assert_eq!(manifest.chunk_count(), chunks.len() as u64);
+    for (i, bytes) in chunks.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(
+            manifest.chunk_digest(i),
+            Sha256Digest::of(bytes),
+            "chunk {i}"
+        );
+        let expected = if bytes.iter().all(|&b| b == 0) {
+            ChunkKind::Zero
+        } else {
+            ChunkKind::Data(Sha256Digest::of(bytes))
+        };
+        assert_eq!(manifest.chunk_kind(i), expected, "chunk {i}");
+    }
+    assert_eq!(fs::read(&image.path).unwrap(), data, "cached bytes differ");
+}
+
+#[test]
+fn a_raw_image_is_imported_with_independent_digests_and_zero_map() {
+    let fx = Fixture::new();
+    let data = sample_image();
+    let input = fx.input("disk.img", &data);
+    let outcome = fx.cache.import(&input, options()).unwrap();
+    assert!(!outcome.already_cached());
+    let image = outcome.image;
+    assert_image_is(&image, &data, CHUNK);
+
+    let zero: Vec<u64> = (0..image.manifest.chunk_count())
+        .filter(|&i| image.manifest.chunk_kind(i) == ChunkKind::Zero)
+        .collect();
+    assert_eq!(zero, [2, 3, 4, 9]);
+    assert_eq!(image.manifest.chunk_span(20), (20 * u64::from(CHUNK), 1000));
+
+    assert_eq!(image.meta.format, ImageFormat::Raw);
+    assert_eq!(image.meta.original_name, "disk.img");
+    assert_eq!(image.meta.input_size, data.len() as u64);
+    assert_eq!(image.meta.input_sha256, image.sha256());
+    assert_eq!(image.meta.zip_entry, None);
+
+    let hex = image.sha256().to_hex();
+    assert_eq!(
+        image.path,
+        fx.cache_dir.path().join(format!("images/{hex}.img"))
+    );
+    assert_eq!(
+        fx.files_under("images"),
+        [format!("images/{hex}.img"), format!("images/{hex}.json")]
+    );
+    assert!(fx.files_under("tmp").is_empty());
+    assert_eq!(fx.cache.get(&image.sha256()).unwrap(), Some(image));
+}
+
+#[test]
+fn every_compressed_format_yields_the_same_image_as_the_raw_import() {
+    let data = sample_image();
+    let raw = {
+        let fx = Fixture::new();
+        let input = fx.input("disk.img", &data);
+        fx.cache.import(&input, options()).unwrap().image
+    };
+    for (format, compress, name) in compressed_formats() {
+        let fx = Fixture::new();
+        let compressed = compress(&data);
+        let input = fx.input(name, &compressed);
+        let outcome = fx
+            .cache
+            .import(&input, options())
+            .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert!(!outcome.already_cached(), "{format}");
+        let image = outcome.image;
+        assert_image_is(&image, &data, CHUNK);
+        assert_eq!(image.manifest, raw.manifest, "{format}");
+        assert_eq!(image.meta.format, format);
+        assert_eq!(image.meta.original_name, name);
+        assert_eq!(image.meta.input_size, compressed.len() as u64, "{format}");
+        assert_eq!(
+            image.meta.input_sha256,
+            Sha256Digest::of(&compressed),
+            "{format}"
+        );
+        let entry = (format == ImageFormat::Zip).then(|| "images/disk.img".to_string());
+        assert_eq!(image.meta.zip_entry, entry);
+        assert!(fx.files_under("tmp").is_empty(), "{format}");
+    }
+}
+
+#[test]
+fn zip_entries_stored_or_compressed_otherwise_are_read_too() {
+    let data = image(6, 100, &[1], 3);
+    for method in [
+        zip::CompressionMethod::Stored,
+        zip::CompressionMethod::Zstd,
+        zip::CompressionMethod::Bzip2,
+    ] {
+        let fx = Fixture::new();
+        let archive = zip_with(&[("disk.img", Some(&data))], method);
+        let input = fx.input("disk.zip", &archive);
+        let image = fx.cache.import(&input, options()).unwrap().image;
+        assert_image_is(&image, &data, CHUNK);
+        assert_eq!(
+            image.meta.input_sha256,
+            Sha256Digest::of(&archive),
+            "{method}"
+        );
+    }
+}
+
+#[test]
+fn zero_chunks_are_holes_in_the_cached_file() {
+    let fx = Fixture::new();
+    // Six zero chunks out of nine, the short tail among them.
+    let data = image(8, 3000, &[1, 2, 3, 4, 5, 8], 11);
+    let input = fx.input("disk.img.gz", &gzip(&data));
+    let image = fx.cache.import(&input, options()).unwrap().image;
+    assert_image_is(&image, &data, CHUNK);
+    assert_eq!(image.manifest.chunk_kind(8), ChunkKind::Zero);
+    assert_eq!(image.manifest.zero_bytes(), 5 * u64::from(CHUNK) + 3000);
+    let meta = fs::metadata(&image.path).unwrap();
+    assert_eq!(meta.len(), data.len() as u64);
+    let allocated = meta.blocks() * 512;
+    let data_bytes = 3 * u64::from(CHUNK);
+    assert!(
+        allocated < meta.len() && allocated <= data_bytes + 64 * 1024,
+        "{allocated} bytes allocated for {data_bytes} bytes of data in a {} byte image",
+        meta.len()
+    );
+}
+
+#[test]
+fn the_default_chunk_size_is_four_mib() {
+    let fx = Fixture::new();
+    let mut data = noise(5 << 20, 5);
+    data[0] = 0;
+    let input = fx.input("disk.iso", &data);
+    let image = fx
+        .cache
+        .import(&input, ImportOptions::default())
+        .unwrap()
+        .image;
+    assert_image_is(&image, &data, 4 << 20);
+    assert_eq!(image.manifest.chunk_count(), 2);
+}
+
+#[test]
+fn the_expected_digest_may_be_of_the_file_as_given_or_of_the_raw_image() {
+    let data = sample_image();
+    let compressed = xz(&data);
+    for expected in [Sha256Digest::of(&compressed), Sha256Digest::of(&data)] {
+        let fx = Fixture::new();
+        let input = fx.input("disk.img.xz", &compressed);
+        let image = fx.cache.import(&input, expecting(expected)).unwrap().image;
+        assert_eq!(image.sha256(), Sha256Digest::of(&data));
+    }
+}
+
+#[test]
+fn a_wrong_expected_digest_is_rejected_and_nothing_is_kept() {
+    let fx = Fixture::new();
+    let data = sample_image();
+    let compressed = zstd(&data);
+    let input = fx.input("disk.img.zst", &compressed);
+    let wrong = Sha256Digest::of(b"something else");
+    let error = fx.cache.import(&input, expecting(wrong)).unwrap_err();
+    match &error {
+        ImageError::ChecksumMismatch {
+            path,
+            expected,
+            raw,
+            file,
+        } => {
+            assert_eq!(path, &input);
+            assert_eq!(*expected, wrong);
+            assert_eq!(*raw, Sha256Digest::of(&data));
+            assert_eq!(*file, Sha256Digest::of(&compressed));
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains("disk.img.zst") && message.contains(&wrong.to_hex()),
+        "{message}"
+    );
+    fx.assert_cache_empty();
+}
+
+/// Asserts that importing `bytes` fails as corrupt `format` data, names the
+/// file, and leaves the cache empty.
+fn assert_rejected_as_corrupt(bytes: &[u8], format: ImageFormat, what: &str) -> String {
+    let fx = Fixture::new();
+    let input = fx.input("broken.bin", bytes);
+    let error = fx
+        .cache
+        .import(&input, options())
+        .expect_err(&format!("{format} {what} must be rejected"));
+    match &error {
+        ImageError::Corrupt {
+            path, format: f, ..
+        } => {
+            assert_eq!(path, &input, "{format} {what}");
+            assert_eq!(*f, format, "{format} {what}");
+        }
+        other => panic!("{format} {what}: expected corrupt data, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains("broken.bin") && message.contains(format.name()),
+        "{message}"
+    );
+    fx.assert_cache_empty();
+    message
+}
+
+#[test]
+fn damaged_data_in_each_format_is_rejected_and_nothing_is_kept() {
+    let data = sample_image();
+    for (format, compress, _) in compressed_formats() {
+        let mut bytes = compress(&data);
+        let middle = bytes.len() / 2;
+        for byte in &mut bytes[middle..middle + 16] {
+            *byte ^= 0x5a;
+        }
+        assert_rejected_as_corrupt(&bytes, format, "with damaged data");
+    }
+}
+
+#[test]
+fn truncated_data_in_each_format_is_rejected_and_nothing_is_kept() {
+    let data = sample_image();
+    for (format, compress, _) in compressed_formats() {
+        let bytes = compress(&data);
+        for keep in [bytes.len() * 3 / 5, bytes.len() - 1, 10] {
+            assert_rejected_as_corrupt(&bytes[..keep], format, &format!("cut to {keep} bytes"));
+        }
+    }
+}
+
+#[test]
+fn a_damaged_header_is_rejected() {
+    let mut gz = gzip(b"hello");
+    gz[2] = 0x63; // The compression method must be 8 (deflate).
+    assert_rejected_as_corrupt(&gz, ImageFormat::Gzip, "with a bad header");
+    let mut bz = bzip2(b"hello");
+    bz[4] = b'X'; // Block magic.
+    assert_rejected_as_corrupt(&bz, ImageFormat::Bzip2, "with a bad header");
+}
+
+#[test]
+fn a_zip_entry_with_a_wrong_crc_is_rejected() {
+    let data = image(4, 0, &[], 9);
+    let mut archive = zip_with(&[("d.img", Some(&data))], zip::CompressionMethod::Stored);
+    // Stored data starts after the 30-byte local header and the name.
+    archive[30 + "d.img".len() + 1000] ^= 1;
+    let message = assert_rejected_as_corrupt(&archive, ImageFormat::Zip, "with a bad crc");
+    assert!(message.to_lowercase().contains("checksum"), "{message}");
+}
+
+#[test]
+fn a_zip_must_hold_exactly_one_file() {
+    let data = image(2, 10, &[], 4);
+    let two = zip_with(
+        &[
+            ("a.img", Some(&data)),
+            ("dir/", None),
+            ("b.img", Some(&data)),
+        ],
+        zip::CompressionMethod::Deflated,
+    );
+    let only_dirs = zip_with(&[("dir/", None)], zip::CompressionMethod::Deflated);
+    let empty = zip_with(&[], zip::CompressionMethod::Deflated);
+    for (bytes, files) in [
+        (two, vec!["a.img", "b.img"]),
+        (only_dirs, vec![]),
+        (empty, vec![]),
+    ] {
+        let fx = Fixture::new();
+        let input = fx.input("many.zip", &bytes);
+        let error = fx.cache.import(&input, options()).unwrap_err();
+        match &error {
+            ImageError::ZipFileCount { path, files: got } => {
+                assert_eq!(path, &input);
+                assert_eq!(got, &files);
+            }
+            other => panic!("expected a zip file count error, got {other:?}"),
+        }
+        assert!(error.to_string().contains("exactly one file"), "{error}");
+        fx.assert_cache_empty();
+    }
+}
+
+#[test]
+fn an_empty_file_or_an_empty_compressed_image_is_rejected() {
+    let fx = Fixture::new();
+    let input = fx.input("empty.img", b"");
+    let error = fx.cache.import(&input, options()).unwrap_err();
+    assert!(
+        matches!(&error, ImageError::EmptyInput { path } if *path == input),
+        "{error:?}"
+    );
+
+    for (format, compress, name) in compressed_formats() {
+        let input = fx.input(name, &compress(b""));
+        let error = fx.cache.import(&input, options()).unwrap_err();
+        assert!(
+            matches!(&error, ImageError::EmptyImage { path, format: f } if *path == input && *f == format),
+            "{format}: {error:?}"
+        );
+    }
+    fx.assert_cache_empty();
+}
+
+#[test]
+fn a_missing_file_or_a_directory_is_a_read_error_naming_it() {
+    let fx = Fixture::new();
+    let missing = fx.inputs.path().join("nope.img");
+    let error = fx.cache.import(&missing, options()).unwrap_err();
+    assert!(
+        matches!(&error, ImageError::ReadInput { path, .. } if *path == missing),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("nope.img"));
+    let error = fx.cache.import(fx.inputs.path(), options()).unwrap_err();
+    assert!(matches!(error, ImageError::ReadInput { .. }), "{error:?}");
+    fx.assert_cache_empty();
+}
+
+#[test]
+fn a_chunk_size_that_is_not_a_multiple_of_4096_is_rejected() {
+    let fx = Fixture::new();
+    let input = fx.input("disk.img", &sample_image());
+    for chunk_size in [0, 1000, 4096 + 512, 128 << 20] {
+        let error = fx
+            .cache
+            .import(
+                &input,
+                ImportOptions {
+                    chunk_size,
+                    ..options()
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(error, ImageError::InvalidChunkSize { chunk_size: c } if c == chunk_size));
+    }
+    fx.assert_cache_empty();
+}

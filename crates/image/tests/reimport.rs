@@ -1,0 +1,219 @@
+//! Re-importing: a known file is not read again, a copy of one is hashed but not
+//! decompressed, and the expected digest is checked on every such shortcut.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use flashrack_image::{CacheHit, ImageError, Sha256Digest};
+
+#[test]
+fn reimporting_an_unchanged_file_returns_at_once() {
+    let fx = Fixture::new();
+    let input = fx.input("disk.img.gz", &gzip(&sample_image()));
+    let first = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(first.hit, None);
+    let files = fx.cache_files();
+
+    let again = fx.cache.import(&input, options()).unwrap();
+    assert!(again.already_cached());
+    assert_eq!(again.hit, Some(CacheHit::SameFile));
+    assert_eq!(again.image, first.image);
+    assert_eq!(fx.cache_files(), files, "a fast re-import writes nothing");
+}
+
+#[test]
+fn a_file_with_the_same_identity_is_not_read_again() {
+    let fx = Fixture::new();
+    let data = sample_image();
+    let input = fx.input("disk.img.xz", &xz(&data));
+    let first = fx.cache.import(&input, options()).unwrap().image;
+
+    // Rewrite the file in place (same inode, same size) with other content and
+    // put its modification time back: its identity is unchanged, so an import
+    // that read it would find other bytes, and one that does not finds the image.
+    let before = fs::metadata(&input).unwrap();
+    let mut file = OpenOptions::new().write(true).open(&input).unwrap();
+    file.write_all(&vec![0x42; before.len() as usize]).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    let after = fs::metadata(&input).unwrap();
+    assert_eq!((after.ino(), after.len()), (before.ino(), before.len()));
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+
+    let again = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(again.hit, Some(CacheHit::SameFile));
+    assert_eq!(again.image, first);
+    assert_eq!(again.image.sha256(), Sha256Digest::of(&data));
+    assert!(fx.files_under("tmp").is_empty());
+}
+
+#[test]
+fn a_changed_file_at_the_same_path_is_imported_again() {
+    let fx = Fixture::new();
+    let input = fx.input("disk.img", &sample_image());
+    let first = fx.cache.import(&input, options()).unwrap().image;
+
+    let other = image(3, 5, &[], 99);
+    fs::write(&input, &other).unwrap();
+    // Make sure the modification time moves even on a coarse clock.
+    let file = OpenOptions::new().write(true).open(&input).unwrap();
+    file.set_modified(SystemTime::now() + Duration::from_secs(10))
+        .unwrap();
+    drop(file);
+
+    let second = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(second.hit, None);
+    assert_eq!(second.image.sha256(), Sha256Digest::of(&other));
+    assert_eq!(fx.cache.list().unwrap().len(), 2);
+    assert!(fx.cache.get(&first.sha256()).unwrap().is_some());
+}
+
+#[test]
+fn a_copy_elsewhere_is_recognised_by_its_digest_then_by_its_identity() {
+    for (format, compress, name) in compressed_formats() {
+        let fx = Fixture::new();
+        let data = sample_image();
+        let bytes = compress(&data);
+        let original = fx.input(name, &bytes);
+        let first = fx.cache.import(&original, options()).unwrap().image;
+
+        let copy_dir = tempfile::tempdir().unwrap();
+        let copy = copy_dir.path().join("copy");
+        fs::write(&copy, &bytes).unwrap();
+        let outcome = fx.cache.import(&copy, options()).unwrap();
+        assert_eq!(outcome.hit, Some(CacheHit::SameFileDigest), "{format}");
+        assert_eq!(outcome.image, first, "{format}");
+
+        let outcome = fx.cache.import(&copy, options()).unwrap();
+        assert_eq!(outcome.hit, Some(CacheHit::SameFile), "{format}");
+        assert!(fx.files_under("tmp").is_empty());
+    }
+}
+
+#[test]
+fn a_copy_of_a_raw_image_is_recognised_by_its_digest() {
+    let fx = Fixture::new();
+    let data = sample_image();
+    fx.cache
+        .import(fx.input("a.img", &data), options())
+        .unwrap();
+    let outcome = fx
+        .cache
+        .import(fx.input("b.img", &data), options())
+        .unwrap();
+    assert_eq!(outcome.hit, Some(CacheHit::SameFileDigest));
+}
+
+#[test]
+fn the_same_image_compressed_otherwise_is_recognised_after_decoding() {
+    let fx = Fixture::new();
+    let data = sample_image();
+    let first = fx
+        .cache
+        .import(fx.input("disk.img.gz", &gzip(&data)), options())
+        .unwrap()
+        .image;
+    let bz = fx.input("disk.img.bz2", &bzip2(&data));
+    let outcome = fx.cache.import(&bz, options()).unwrap();
+    assert_eq!(outcome.hit, Some(CacheHit::SameImage));
+    assert_eq!(outcome.image, first, "the first import's record is kept");
+    assert_eq!(fx.cache.list().unwrap().len(), 1);
+    assert!(fx.files_under("tmp").is_empty());
+    // The new file is remembered too.
+    let outcome = fx.cache.import(&bz, options()).unwrap();
+    assert_eq!(outcome.hit, Some(CacheHit::SameFile));
+}
+
+/// Asserts a checksum mismatch that leaves the cached image in place.
+fn assert_mismatch(
+    fx: &Fixture,
+    result: Result<flashrack_image::ImportOutcome, ImageError>,
+    raw: Sha256Digest,
+    file: Sha256Digest,
+) {
+    match result {
+        Err(ImageError::ChecksumMismatch {
+            raw: r, file: f, ..
+        }) => {
+            assert_eq!((r, f), (raw, file));
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+    assert!(
+        fx.cache.get(&raw).unwrap().is_some(),
+        "the cached image stays"
+    );
+}
+
+#[test]
+fn the_expected_digest_is_checked_on_every_shortcut() {
+    let fx = Fixture::new();
+    let data = sample_image();
+    let bytes = zstd(&data);
+    let raw = Sha256Digest::of(&data);
+    let file = Sha256Digest::of(&bytes);
+    let wrong = Sha256Digest::of(b"wrong");
+    let input = fx.input("disk.img.zst", &bytes);
+    fx.cache.import(&input, options()).unwrap();
+
+    // Known file.
+    assert_mismatch(&fx, fx.cache.import(&input, expecting(wrong)), raw, file);
+    for right in [raw, file] {
+        let outcome = fx.cache.import(&input, expecting(right)).unwrap();
+        assert_eq!(outcome.hit, Some(CacheHit::SameFile));
+    }
+
+    // Known file digest.
+    let copy = fx.input("copy.zst", &bytes);
+    assert_mismatch(&fx, fx.cache.import(&copy, expecting(wrong)), raw, file);
+    let outcome = fx.cache.import(&copy, expecting(file)).unwrap();
+    assert_eq!(outcome.hit, Some(CacheHit::SameFileDigest));
+
+    // Known image.
+    let other = gzip(&data);
+    let recompressed = fx.input("disk.img.gz", &other);
+    assert_mismatch(
+        &fx,
+        fx.cache.import(&recompressed, expecting(wrong)),
+        raw,
+        Sha256Digest::of(&other),
+    );
+    let outcome = fx.cache.import(&recompressed, expecting(raw)).unwrap();
+    assert_eq!(outcome.hit, Some(CacheHit::SameImage));
+    assert!(fx.files_under("tmp").is_empty());
+}
+
+#[test]
+fn a_removed_image_is_imported_again_in_full() {
+    let fx = Fixture::new();
+    let input = fx.input("disk.img.gz", &gzip(&sample_image()));
+    let first = fx.cache.import(&input, options()).unwrap().image;
+    fx.cache.remove(&first.sha256()).unwrap();
+    fx.assert_cache_empty();
+
+    let again = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(again.hit, None);
+    assert_eq!(again.image.manifest, first.manifest);
+}
+
+#[test]
+fn an_image_file_of_the_wrong_size_is_absent_and_imported_again() {
+    let fx = Fixture::new();
+    let data = sample_image();
+    let input = fx.input("disk.img", &data);
+    let first = fx.cache.import(&input, options()).unwrap().image;
+    let file = OpenOptions::new().write(true).open(&first.path).unwrap();
+    file.set_len(1000).unwrap();
+    drop(file);
+    assert_eq!(fx.cache.get(&first.sha256()).unwrap(), None);
+    assert!(fx.cache.list().unwrap().is_empty());
+
+    let again = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(again.hit, None);
+    assert_eq!(fs::read(&again.image.path).unwrap(), data);
+}
