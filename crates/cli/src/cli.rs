@@ -33,19 +33,39 @@ pub enum Command {
     Image(ImageCommand),
     /// Write an image to targets concurrently and verify each from the medium.
     Flash(FlashArgs),
-    /// Run the whole flashing path on a simulated rack (no hardware needed).
+    /// The station and its dashboard over a simulated rack (no hardware, no
+    /// configuration): sticks are plugged in and pulled out over time.
     Demo(DemoArgs),
+    /// Run the station: watch the rack, write armed runs, serve the dashboard.
+    Serve(ServeArgs),
 }
 
 /// `flashrack demo …`
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// How many simulated sticks.
-    #[arg(long, default_value_t = 12)]
-    pub sticks: usize,
+    /// Where the dashboard listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// How many simulated ports (8 to a row).
+    #[arg(long, default_value_t = 16)]
+    pub ports: usize,
     /// Size of the generated demo image.
-    #[arg(long, default_value = "128MiB")]
+    #[arg(long, default_value = "64MiB")]
     pub image_size: ByteSize,
+    /// Seed of the simulated operator's choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `flashrack serve …`
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The station configuration [default: the example, config/station.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen here instead of the configured address.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `flashrack image …`
@@ -129,11 +149,16 @@ pub struct FlashArgs {
 
 /// Runs the parsed command and returns the exit status.
 pub async fn run(args: Args) -> Result<ExitCode> {
+    let data_dir_flag = args
+        .data_dir
+        .clone()
+        .or_else(|| std::env::var_os("FLASHRACK_DATA_DIR").map(PathBuf::from));
     let data_dir = data_dir(args.data_dir);
     match args.command {
         Command::Image(cmd) => crate::image_cmd::run(&data_dir, cmd).map(|()| ExitCode::SUCCESS),
         Command::Flash(flash) => crate::flash::run(&data_dir, flash).await,
         Command::Demo(demo) => crate::demo::run(&data_dir, demo).await,
+        Command::Serve(serve) => crate::serve::run(data_dir_flag, serve).await,
     }
 }
 

@@ -1,67 +1,204 @@
-//! `flashrack demo`: the whole flashing path on a simulated rack, no hardware and
-//! no configuration needed. A demo image is generated, imported into a cache and
-//! written to a rack of simulated sticks, some of them faulty, with live progress
-//! and the summary a real run prints. It exercises the same engine as real sticks;
-//! only the targets are simulated.
+//! `flashrack demo`: the station and its dashboard over a simulated rack, no
+//! hardware and no configuration needed.
+//!
+//! A demo image is generated and imported, a 16-port rack is simulated, a run is
+//! armed, and sticks (most healthy; some slow, failing, lying about their
+//! capacity, corrupting, read-only or too small) are plugged in over time and
+//! pulled out a while after their verdict, as an operator would. Everything runs
+//! through the same station, engine and web code as a real rack; only the
+//! hotplug source is simulated.
 
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use flashrack_config::{PortConfig, StationConfig, WebConfig};
+use flashrack_core::ByteSize;
+use flashrack_devices::sim::{FakeMode, SimStickSpec};
+use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
+use flashrack_engine::SourceImage;
+use flashrack_image::ImportOptions;
+use flashrack_station::{ArmRequest, MemoryJournal, PortState, RunOptions, StationHandle};
 use rand::{Rng, RngCore, SeedableRng};
 
-use crate::cli::{DemoArgs, FlashArgs, VerifyArg};
+use crate::cli::DemoArgs;
+use crate::serve::{run_station, Parts, Shutdown};
 
-/// Runs the demo.
+/// Runs the demo until SIGTERM or Ctrl-C.
 pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let image_path = data_dir.join(format!("demo-{}.img", args.image_size.bytes()));
-    if std::fs::metadata(&image_path).map(|m| m.len()).ok() != Some(args.image_size.bytes()) {
+    let image_size = args.image_size.bytes();
+    let image_path = data_dir.join(format!("demo-{image_size}.img"));
+    if std::fs::metadata(&image_path).map(|m| m.len()).ok() != Some(image_size) {
         eprintln!("generating a {} demo image …", args.image_size);
-        write_demo_image(&image_path, args.image_size.bytes())?;
+        write_demo_image(&image_path, image_size)?;
     }
-    let sticks = args.sticks.max(1);
-    let mut targets = Vec::new();
-    for n in 1..=sticks {
-        let label = format!(
-            "sim:{}{}",
-            (b'A' + ((n - 1) / 8) as u8) as char,
-            (n - 1) % 8 + 1
-        );
-        let extra = match n {
-            3 => ":write=8MB,read=16MB".to_string(),      // a slow stick
-            5 => ":fail_after=40MiB".to_string(),         // dies while writing
-            7 => ":capacity=32GiB,fake=8GiB".to_string(), // lies about its size
-            10 => ":corrupt_at=20000000".to_string(),     // returns a bad byte
-            _ => format!(
-                ":write={}MB,read={}MB",
-                20 + (n * 7) % 20,
-                60 + (n * 13) % 40
-            ),
-        };
-        targets.push(format!("{label}{extra}"));
-    }
-    eprintln!(
-        "flashing {} to {sticks} simulated sticks (3: slow, 5: failing, 7: fake capacity, 10: corrupting)",
-        image_path.display()
-    );
-    crate::flash::run(
+    let cache = crate::image_cmd::open_cache(data_dir)?;
+    let image = cache
+        .import(&image_path, ImportOptions::default())
+        .context("cannot import the demo image")?
+        .image;
+
+    let columns = 8u32;
+    let port_count = args.ports.clamp(1, 26 * 8) as u32;
+    let ports: Vec<PortConfig> = (0..port_count)
+        .map(|i| {
+            let (row, column) = (i / columns, i % columns);
+            PortConfig {
+                label: format!("{}{}", (b'A' + row as u8) as char, column + 1),
+                path: format!("sim-usb-0:{}.{}", row + 1, column + 1),
+                position: Some((row, column)),
+            }
+        })
+        .collect();
+    let rows = port_count.div_ceil(columns);
+    let config = StationConfig {
+        station_id: "demo".into(),
+        data_dir: data_dir.to_path_buf(),
+        allowed_buses: BTreeSet::from(["usb".to_string()]),
+        max_size: ByteSize(256_000_000_000),
+        allow_unmapped_ports: false,
+        stall_timeout_secs: 20,
+        layout: Some((rows, columns)),
+        web: WebConfig {
+            listen: args.listen,
+            token: None,
+            public_read: false,
+        },
+        ports: ports.clone(),
+    };
+    let (source, control, access) = sim_rack(data_dir.join("sim-rack"));
+    let shutdown = Shutdown::on_signals();
+    let source_image = SourceImage {
+        path: image.path.clone(),
+        manifest: image.manifest.clone(),
+    };
+    let image_name = image.meta.original_name.clone();
+    let seed = args.seed;
+    let scenario_control = control.clone();
+    let result = run_station(
+        &config,
         data_dir,
-        FlashArgs {
-            image: image_path.display().to_string(),
-            targets,
-            sha256: None,
-            verify: VerifyArg::Compare,
-            allow_buses: Vec::new(),
-            max_size: flashrack_core::ByteSize::parse("256G").expect("valid size"),
-            stall_timeout: 60,
-            no_probe: false,
-            json: false,
-            quiet: false,
+        Parts {
+            source: Box::new(source),
+            access: Arc::new(access),
+        },
+        Arc::new(MemoryJournal::default()),
+        None,
+        shutdown,
+        move |address: SocketAddr, handle: StationHandle| {
+            println!("dashboard: http://{address}/");
+            tokio::spawn(scenario(
+                handle,
+                scenario_control,
+                ports,
+                source_image,
+                image_name,
+                seed,
+            ));
         },
     )
-    .await
+    .await;
+    control.pull_all();
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Arms a run, then keeps the rack busy like an operator would.
+async fn scenario(
+    station: StationHandle,
+    rack: SimRackControl,
+    ports: Vec<PortConfig>,
+    image: SourceImage,
+    image_name: String,
+    seed: u64,
+) {
+    let image_size = image.manifest.size();
+    if let Err(error) = station
+        .arm(ArmRequest {
+            image,
+            image_name,
+            options: RunOptions::default(),
+        })
+        .await
+    {
+        tracing::error!(%error, "the demo could not arm its run");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut plugged = 0u32;
+    let mut done_since: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let snapshot = station.snapshot();
+        let empty: Vec<&PortConfig> = ports
+            .iter()
+            .filter(|p| {
+                snapshot
+                    .ports
+                    .iter()
+                    .any(|v| v.label == p.label && v.state == PortState::Empty)
+            })
+            .collect();
+        // Plug a couple of sticks at a time into empty ports.
+        for port in empty.iter().take(if plugged < 8 { 8 } else { 1 }) {
+            plugged += 1;
+            let spec = stick_spec(plugged, image_size, &mut rng);
+            let serial = format!("DEMO-{plugged:04}");
+            if let Err(error) = rack.plug(&port.path, &serial, spec) {
+                tracing::warn!(%error, "demo could not plug a stick");
+            }
+        }
+        // Pull sticks some seconds after their verdict (or refusal).
+        for view in &snapshot.ports {
+            let finished = matches!(
+                view.state,
+                PortState::Passed | PortState::Failed | PortState::Refused
+            );
+            if !finished {
+                done_since.remove(&view.label);
+                continue;
+            }
+            let since = *done_since
+                .entry(view.label.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(12) {
+                if let Some(path) = &view.port_path {
+                    if let Some((kernel_name, _)) = rack.stick_at(path) {
+                        let _ = rack.pull(&kernel_name);
+                    }
+                }
+                done_since.remove(&view.label);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+/// The `n`-th stick of the demo: mostly healthy, sometimes faulty.
+fn stick_spec(n: u32, image_size: u64, rng: &mut impl Rng) -> SimStickSpec {
+    let capacity = 8u64 << 30;
+    let healthy = || {
+        SimStickSpec::new("", capacity)
+            .write_speed(rng_speed(n, 12, 40))
+            .read_speed(rng_speed(n, 40, 90))
+    };
+    match n % 12 {
+        3 => healthy().write_speed(3_000_000),
+        5 => healthy().write_error_after(image_size / 3 + u64::from(n) * 4096),
+        7 => SimStickSpec::new("", 32 << 30).fake_capacity(64 << 20, FakeMode::Wrap),
+        9 => healthy().corrupt_at(rng.random_range(0..image_size)),
+        10 => healthy().read_only(),
+        11 => SimStickSpec::new("", (image_size / 2).div_ceil(512) * 512),
+        _ => healthy(),
+    }
+}
+
+fn rng_speed(n: u32, low_mb: u64, high_mb: u64) -> u64 {
+    (low_mb + u64::from(n * 7) % (high_mb - low_mb)) * 1_000_000
 }
 
 /// Writes an image like a real installer image: random runs and zero holes.

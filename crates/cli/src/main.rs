@@ -9,6 +9,7 @@ mod demo;
 mod flash;
 mod image_cmd;
 mod progress;
+mod serve;
 mod summary;
 mod targets;
 

@@ -9,6 +9,15 @@
 //!   injection (slow, failing, lying about capacity, read-only, removed, stalled),
 //!   used by the tests and the demo so that they exercise the real engine.
 //!
+//! Around the targets:
+//! - [`guard`]: the target guard, the six rules of DESIGN.md as pure functions
+//!   over [`guard::DiskFacts`] gathered from sysfs and `/proc`;
+//! - [`hotplug`]: sticks arriving and leaving as owned [`hotplug::Hotplug`]
+//!   events, behind the [`hotplug::HotplugSource`] and [`hotplug::DeviceAccess`]
+//!   traits;
+//! - [`udev`]: the real hotplug source (the udev monitor, on its own thread);
+//! - [`sim_hotplug`]: the simulated rack as a hotplug source.
+//!
 //! Blocking calls: every method here blocks. Callers run them on dedicated threads,
 //! never on async workers.
 #![deny(missing_docs)]
@@ -19,6 +28,7 @@ pub mod guard;
 pub mod hotplug;
 pub mod sim;
 pub mod sim_hotplug;
+pub mod udev;
 
 use std::io;
 

@@ -211,6 +211,8 @@ pub struct RunView {
     pub failed: u32,
     /// Attempts running now.
     pub active: u32,
+    /// Bytes written to sticks by finished attempts of this run.
+    pub bytes_written: u64,
     /// Passes still wanted, when there is a target count.
     pub remaining: Option<u32>,
     /// Why the run stopped, once it has.

@@ -557,6 +557,7 @@ impl Station {
             passed: 0,
             failed: 0,
             active: 0,
+            bytes_written: 0,
             stop_reason: None,
         };
         self.run = Some(ActiveRun {
@@ -802,6 +803,7 @@ impl Station {
         let mut target_reached = false;
         if let Some(run) = self.run.as_mut().filter(|r| r.view.id == slot.run_id) {
             run.view.active = run.view.active.saturating_sub(1);
+            run.view.bytes_written += figures.bytes_written;
             if passed {
                 run.view.passed += 1;
                 run.passed_keys.insert(slot.device_key.clone());

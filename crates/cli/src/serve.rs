@@ -1,0 +1,173 @@
+//! `flashrack serve`: the station with its web side, until SIGTERM or Ctrl-C.
+//!
+//! Also the engine room of `flashrack demo`, which runs the same code over the
+//! simulated rack: the only difference is the hotplug source.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use flashrack_config::StationConfig;
+use flashrack_devices::guard::GuardPolicy;
+use flashrack_devices::hotplug::{DeviceAccess, HotplugSource};
+use flashrack_engine::EngineOptions;
+use flashrack_station::{
+    Journal, MemoryJournal, PortSpec, Station, StationHandle, StationSettings,
+};
+use flashrack_web::{AccessPolicy, Reports, WebState};
+use tokio::sync::watch;
+
+use crate::cli::ServeArgs;
+
+/// Where the station's parts come from.
+pub struct Parts {
+    /// The hotplug source.
+    pub source: Box<dyn HotplugSource>,
+    /// How to inspect, write and eject what it reports.
+    pub access: Arc<dyn DeviceAccess>,
+}
+
+/// Raised once on SIGTERM or Ctrl-C; everything long-running watches it.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Listens for SIGTERM and Ctrl-C.
+    pub fn on_signals() -> Self {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Completes when shutdown is asked.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Runs the station and its web server until `shutdown`; calls `listening` with
+/// the bound address once the server accepts connections.
+pub async fn run_station(
+    config: &StationConfig,
+    data_dir: &Path,
+    parts: Parts,
+    journal: Arc<dyn Journal>,
+    reports: Option<Arc<dyn Reports>>,
+    shutdown: Shutdown,
+    listening: impl FnOnce(SocketAddr, StationHandle),
+) -> Result<()> {
+    let images = crate::image_cmd::open_cache(data_dir)?;
+    let mut policy = GuardPolicy {
+        allowed_buses: config.allowed_buses.clone(),
+        max_size_bytes: config.max_size.bytes(),
+        allow_unmapped_ports: config.allow_unmapped_ports,
+        ..GuardPolicy::default()
+    };
+    policy.mapped_ports.clear();
+    let settings = StationSettings {
+        station_id: config.station_id.clone(),
+        ports: config
+            .ports
+            .iter()
+            .map(|p| PortSpec {
+                label: p.label.clone(),
+                path: p.path.clone(),
+                position: p.position,
+            })
+            .collect(),
+        policy,
+        engine: EngineOptions {
+            stall_timeout: Duration::from_secs(config.stall_timeout_secs),
+            ..EngineOptions::default()
+        },
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let (station, handle) = Station::new(settings, parts.access, journal);
+    let listener = tokio::net::TcpListener::bind(config.web.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.web.listen))?;
+    let address = listener.local_addr()?;
+    let state = WebState {
+        station: handle.clone(),
+        images,
+        reports,
+        access: AccessPolicy {
+            token: if address.ip().is_loopback() {
+                None
+            } else {
+                config.web.token.clone()
+            },
+            public_read: config.web.public_read,
+        },
+        upload_dir: data_dir.join("uploads"),
+        max_upload_bytes: 64 << 30,
+    };
+    let station_task =
+        tokio::spawn(station.run_until_stopped(parts.source, shutdown.clone().wait()));
+    listening(address, handle);
+    flashrack_web::serve(listener, state, shutdown.wait())
+        .await
+        .context("the web server failed")?;
+    station_task.await.context("the station task failed")?;
+    Ok(())
+}
+
+/// The data directory: the flag wins over the configuration.
+pub fn data_dir_for(flag: Option<PathBuf>, config: &StationConfig) -> PathBuf {
+    flag.unwrap_or_else(|| config.data_dir.clone())
+}
+
+/// Runs `flashrack serve`.
+pub async fn run(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => StationConfig::load(path)?,
+        None => {
+            eprintln!("no --config given: using the example configuration (config/station.toml)");
+            StationConfig::example()
+        }
+    };
+    let mut config = config;
+    if let Some(listen) = args.listen {
+        config.web.listen = listen;
+        if !listen.ip().is_loopback() && config.web.token.is_none() {
+            anyhow::bail!("refusing to listen on {listen} (not loopback) without an operator token in the configuration");
+        }
+    }
+    let data_dir = data_dir_for(data_dir_flag, &config);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let parts = Parts {
+        source: Box::new(flashrack_devices::udev::UdevSource::new()),
+        access: Arc::new(flashrack_devices::udev::UdevAccess::new()),
+    };
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::default());
+    let shutdown = Shutdown::on_signals();
+    run_station(
+        &config,
+        &data_dir,
+        parts,
+        journal,
+        None,
+        shutdown,
+        |address, _| {
+            println!("dashboard: http://{address}/");
+        },
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}

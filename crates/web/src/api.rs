@@ -1,0 +1,550 @@
+//! The JSON API handlers.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use flashrack_core::Sha256Digest;
+use flashrack_engine::SourceImage;
+use flashrack_image::{CachedImage, ImageError, ImportOptions};
+use flashrack_station::{ArmRequest, RunOptions, StationError, VerifyChoice};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::{AppError, ReportFormat, WebState};
+
+/// JSON bodies whose rejections (malformed JSON, wrong fields, wrong content
+/// type) become [`AppError`]s with a clear message.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(AppError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
+fn station_error(error: StationError) -> AppError {
+    match error {
+        StationError::AlreadyArmed(_)
+        | StationError::NotArmed
+        | StationError::PortNotReady { .. } => AppError::conflict(error.to_string()),
+        StationError::UnknownPort(_) => AppError::not_found(error.to_string()),
+        StationError::Source(_) => AppError::unprocessable(error.to_string()),
+        StationError::Stopped => AppError::unavailable(error.to_string()),
+        StationError::Journal(_) => AppError::internal(error),
+    }
+}
+
+fn image_error(error: ImageError) -> AppError {
+    match &error {
+        ImageError::NotFound { .. } => AppError::not_found(error.to_string()),
+        ImageError::Ambiguous { .. } | ImageError::PrefixTooShort { .. } => {
+            AppError::bad_request(error.to_string())
+        }
+        ImageError::CacheIo { .. } | ImageError::BadEntry { .. } => AppError::internal(error),
+        _ => AppError::unprocessable(error.to_string()),
+    }
+}
+
+fn image_json(image: &CachedImage) -> Value {
+    json!({
+        "sha256": image.sha256(),
+        "size": image.size(),
+        "name": image.meta.original_name,
+        "format": image.meta.format.name(),
+        "file_sha256": image.meta.input_sha256,
+        "zero_bytes": image.manifest.zero_bytes(),
+        "imported_at": image.meta.imported_at,
+    })
+}
+
+/// `GET /api/v1/health`
+pub async fn health(State(state): State<WebState>) -> Json<Value> {
+    Json(json!({ "status": "ok", "station_id": state.station.snapshot().station_id }))
+}
+
+/// `GET /api/v1/station`: every port and the run.
+pub async fn station(State(state): State<WebState>) -> Json<flashrack_station::Snapshot> {
+    Json(state.station.snapshot())
+}
+
+/// `GET /api/v1/ports`
+pub async fn ports(State(state): State<WebState>) -> Json<Vec<flashrack_station::PortView>> {
+    Json(state.station.snapshot().ports)
+}
+
+/// `GET /api/v1/ports/{label}`
+pub async fn port(
+    State(state): State<WebState>,
+    UrlPath(label): UrlPath<String>,
+) -> Result<Json<flashrack_station::PortView>, AppError> {
+    state
+        .station
+        .snapshot()
+        .ports
+        .into_iter()
+        .find(|p| p.label == label)
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("no port is labelled {label:?}")))
+}
+
+/// `POST /api/v1/ports/{label}/start`: write the stick in this port now.
+pub async fn start_port(
+    State(state): State<WebState>,
+    UrlPath(label): UrlPath<String>,
+) -> Result<StatusCode, AppError> {
+    state
+        .station
+        .start_port(&label)
+        .await
+        .map_err(station_error)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// The body of `POST /api/v1/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmBody {
+    /// The image: sha256, a unique prefix, or its name.
+    pub image: String,
+    /// `compare` (default), `hash` or `none`.
+    #[serde(default)]
+    pub verify: VerifyChoice,
+    /// Eject each stick after it passes.
+    #[serde(default)]
+    pub eject_on_pass: bool,
+    /// Stop after this many passes.
+    pub target_count: Option<u32>,
+}
+
+/// `GET /api/v1/runs`: every recorded run (or the current one without records).
+pub async fn runs(State(state): State<WebState>) -> Result<Json<Value>, AppError> {
+    match &state.reports {
+        Some(reports) => reports.runs().await.map(Json).map_err(AppError::internal),
+        None => Ok(Json(json!(state
+            .station
+            .snapshot()
+            .run
+            .into_iter()
+            .collect::<Vec<_>>()))),
+    }
+}
+
+/// `POST /api/v1/runs`: arm a run.
+pub async fn arm(
+    State(state): State<WebState>,
+    ApiJson(body): ApiJson<ArmBody>,
+) -> Result<(StatusCode, Json<flashrack_station::RunView>), AppError> {
+    if body.target_count == Some(0) {
+        return Err(AppError::bad_request("target_count must be at least 1"));
+    }
+    let cache = state.images.clone();
+    let query = body.image.clone();
+    let image = tokio::task::spawn_blocking(move || cache.find(&query))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(image_error)?;
+    let run = state
+        .station
+        .arm(ArmRequest {
+            image: SourceImage {
+                path: image.path.clone(),
+                manifest: image.manifest.clone(),
+            },
+            image_name: image.meta.original_name.clone(),
+            options: RunOptions {
+                verify: body.verify,
+                eject_on_pass: body.eject_on_pass,
+                target_count: body.target_count,
+            },
+        })
+        .await
+        .map_err(station_error)?;
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+/// `GET /api/v1/runs/current`
+pub async fn current_run(
+    State(state): State<WebState>,
+) -> Result<Json<flashrack_station::RunView>, AppError> {
+    state
+        .station
+        .snapshot()
+        .run
+        .map(Json)
+        .ok_or_else(|| AppError::not_found("no run has been armed"))
+}
+
+/// The body of `POST /api/v1/runs/current/stop`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StopBody {
+    /// Why, for the records.
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/runs/current/stop`
+pub async fn stop_run(
+    State(state): State<WebState>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, AppError> {
+    // The body is optional: none means "stopped by the operator".
+    let body: StopBody = if body.iter().all(u8::is_ascii_whitespace) {
+        StopBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::bad_request(format!("malformed JSON body: {e}")))?
+    };
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "stopped by the operator".into());
+    if reason.len() > 500 {
+        return Err(AppError::bad_request(
+            "reason is longer than 500 characters",
+        ));
+    }
+    state
+        .station
+        .stop_run(&reason)
+        .await
+        .map_err(station_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?format=csv|json|html`
+#[derive(Debug, Deserialize)]
+pub struct FormatQuery {
+    format: Option<String>,
+}
+
+fn report_response(format: ReportFormat, name: &str, body: (String, String)) -> Response {
+    let (content_type, text) = body;
+    let mut response =
+        (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text).into_response();
+    if format != ReportFormat::Html {
+        let extension = if format == ReportFormat::Csv {
+            "csv"
+        } else {
+            "json"
+        };
+        if let Ok(value) = format!("attachment; filename=\"{name}.{extension}\"").parse() {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, value);
+        }
+    }
+    response
+}
+
+fn parse_format(query: &FormatQuery) -> Result<ReportFormat, AppError> {
+    let text = query.format.as_deref().unwrap_or("json");
+    ReportFormat::parse(text)
+        .ok_or_else(|| AppError::bad_request(format!("format {text:?} is not csv, json or html")))
+}
+
+/// `GET /api/v1/runs/{id}/report?format=csv|json|html`
+pub async fn run_report(
+    State(state): State<WebState>,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<FormatQuery>,
+) -> Result<Response, AppError> {
+    let id: i64 =
+        id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+            AppError::bad_request(format!("run id {id:?} is not a positive number"))
+        })?;
+    let format = parse_format(&query)?;
+    let reports = state
+        .reports
+        .as_ref()
+        .ok_or_else(|| AppError::unavailable("this station keeps no records"))?;
+    match reports
+        .run_report(id, format)
+        .await
+        .map_err(AppError::internal)?
+    {
+        Some(body) => Ok(report_response(
+            format,
+            &format!("flashrack-run-{id}"),
+            body,
+        )),
+        None => Err(AppError::not_found(format!("no run {id}"))),
+    }
+}
+
+/// `GET /api/v1/devices`
+pub async fn devices(State(state): State<WebState>) -> Result<Json<Value>, AppError> {
+    let reports = state
+        .reports
+        .as_ref()
+        .ok_or_else(|| AppError::unavailable("this station keeps no records"))?;
+    reports
+        .devices()
+        .await
+        .map(Json)
+        .map_err(AppError::internal)
+}
+
+/// `GET /api/v1/devices/{key}/report?format=…`
+pub async fn device_report(
+    State(state): State<WebState>,
+    UrlPath(key): UrlPath<String>,
+    Query(query): Query<FormatQuery>,
+) -> Result<Response, AppError> {
+    if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+        return Err(AppError::bad_request(
+            "device key is empty, too long or has control characters",
+        ));
+    }
+    let format = parse_format(&query)?;
+    let reports = state
+        .reports
+        .as_ref()
+        .ok_or_else(|| AppError::unavailable("this station keeps no records"))?;
+    match reports
+        .device_report(&key, format)
+        .await
+        .map_err(AppError::internal)?
+    {
+        Some(body) => {
+            let safe: String = key
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(64)
+                .collect();
+            Ok(report_response(
+                format,
+                &format!("flashrack-device-{safe}"),
+                body,
+            ))
+        }
+        None => Err(AppError::not_found(format!(
+            "no device {key:?} in the records"
+        ))),
+    }
+}
+
+/// `GET /api/v1/images`
+pub async fn images(State(state): State<WebState>) -> Result<Json<Vec<Value>>, AppError> {
+    let cache = state.images.clone();
+    let images = tokio::task::spawn_blocking(move || cache.list())
+        .await
+        .map_err(AppError::internal)?
+        .map_err(image_error)?;
+    Ok(Json(images.iter().map(image_json).collect()))
+}
+
+fn parse_digest(text: &str) -> Result<Sha256Digest, AppError> {
+    Sha256Digest::parse(text).map_err(|e| AppError::bad_request(e.to_string()))
+}
+
+/// `GET /api/v1/images/{sha256}`
+pub async fn image(
+    State(state): State<WebState>,
+    UrlPath(sha256): UrlPath<String>,
+) -> Result<Json<Value>, AppError> {
+    let digest = parse_digest(&sha256)?;
+    let cache = state.images.clone();
+    let image = tokio::task::spawn_blocking(move || cache.get(&digest))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(image_error)?
+        .ok_or_else(|| AppError::not_found(format!("no image {sha256}")))?;
+    Ok(Json(image_json(&image)))
+}
+
+/// `DELETE /api/v1/images/{sha256}`
+pub async fn delete_image(
+    State(state): State<WebState>,
+    UrlPath(sha256): UrlPath<String>,
+) -> Result<StatusCode, AppError> {
+    let digest = parse_digest(&sha256)?;
+    if let Some(run) = state.station.snapshot().run {
+        if run.armed && run.image_sha256 == digest {
+            return Err(AppError::conflict(
+                "the armed run uses this image; stop it first",
+            ));
+        }
+    }
+    let cache = state.images.clone();
+    let present = tokio::task::spawn_blocking(move || {
+        cache
+            .get(&digest)?
+            .map(|_| cache.remove(&digest))
+            .transpose()
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(image_error)?;
+    match present {
+        Some(()) => Ok(StatusCode::NO_CONTENT),
+        None => Err(AppError::not_found(format!("no image {sha256}"))),
+    }
+}
+
+/// The body of `POST /api/v1/images/import`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// An absolute path on the station.
+    pub path: PathBuf,
+    /// The expected sha256 of the file or of the raw image.
+    pub sha256: Option<String>,
+}
+
+async fn import_file(
+    state: &WebState,
+    path: PathBuf,
+    expected: Option<String>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let expected = expected.as_deref().map(parse_digest).transpose()?;
+    let cache = state.images.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        cache.import(
+            &path,
+            ImportOptions {
+                expected_sha256: expected,
+                ..ImportOptions::default()
+            },
+        )
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(image_error)?;
+    let status = if outcome.already_cached() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut body = image_json(&outcome.image);
+    body["already_cached"] = json!(outcome.already_cached());
+    Ok((status, Json(body)))
+}
+
+/// `POST /api/v1/images/import`: import a file that is on the station.
+pub async fn import_path(
+    State(state): State<WebState>,
+    ApiJson(body): ApiJson<ImportBody>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    if !body.path.is_absolute() {
+        return Err(AppError::bad_request("path must be absolute"));
+    }
+    match tokio::fs::metadata(&body.path).await {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(AppError::bad_request(format!(
+                "{} is not a regular file",
+                body.path.display()
+            )))
+        }
+        Err(_) => {
+            return Err(AppError::not_found(format!(
+                "{} does not exist",
+                body.path.display()
+            )))
+        }
+    }
+    import_file(&state, body.path, body.sha256).await
+}
+
+/// `?name=&sha256=` of an upload.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    name: Option<String>,
+    sha256: Option<String>,
+}
+
+/// A file name safe to create: its last component, only `[A-Za-z0-9._-]`.
+fn safe_file_name(name: &str) -> Result<String, AppError> {
+    let last = Path::new(name)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    if cleaned.is_empty() || cleaned.starts_with('.') {
+        return Err(AppError::bad_request(format!(
+            "{name:?} is not a usable file name"
+        )));
+    }
+    Ok(cleaned)
+}
+
+/// `POST /api/v1/images/upload?name=ubuntu.iso.xz[&sha256=…]`: the body is the
+/// file. It is written to a temporary file in the cache's file system, imported,
+/// and removed; an upload larger than the limit is refused as it arrives.
+pub async fn upload(
+    State(state): State<WebState>,
+    Query(query): Query<UploadQuery>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let name = safe_file_name(query.name.as_deref().unwrap_or("upload.img"))?;
+    tokio::fs::create_dir_all(&state.upload_dir)
+        .await
+        .map_err(AppError::internal)?;
+    let dir = tempfile::Builder::new()
+        .prefix("upload-")
+        .tempdir_in(&state.upload_dir)
+        .map_err(AppError::internal)?;
+    let path = dir.path().join(&name);
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(AppError::internal)?;
+    let mut stream = body.into_data_stream();
+    let mut received: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            if e.to_string().contains("length limit") {
+                AppError::too_large(format!(
+                    "the upload is larger than {} bytes",
+                    state.max_upload_bytes
+                ))
+            } else {
+                AppError::bad_request(format!("the upload broke off: {e}"))
+            }
+        })?;
+        received += chunk.len() as u64;
+        if received > state.max_upload_bytes {
+            return Err(AppError::too_large(format!(
+                "the upload is larger than {} bytes",
+                state.max_upload_bytes
+            )));
+        }
+        file.write_all(&chunk).await.map_err(AppError::internal)?;
+    }
+    file.flush().await.map_err(AppError::internal)?;
+    drop(file);
+    if received == 0 {
+        return Err(AppError::bad_request("the upload is empty"));
+    }
+    let result = import_file(&state, path, query.sha256).await;
+    drop(dir);
+    result
+}
+
+/// Unknown API paths.
+pub async fn not_found() -> AppError {
+    AppError::not_found("no such API endpoint")
+}

@@ -1,0 +1,57 @@
+//! The operator token.
+//!
+//! On loopback (no token configured) everything is open: only this machine can
+//! reach it. Otherwise every request that changes something (any method but GET
+//! and HEAD) needs `Authorization: Bearer <token>`, and reading needs it too
+//! unless the configuration opens reading. The token travels in a header, never
+//! in a cookie alone, so a page on another site cannot make a browser send it
+//! (no CSRF). The dashboard asks for the token once and keeps it in the tab.
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::{AppError, WebState};
+
+/// Middleware: lets a request through or answers 401.
+pub async fn check(State(state): State<WebState>, request: Request, next: Next) -> Response {
+    let Some(token) = state.access.token.as_deref() else {
+        return next.run(request).await;
+    };
+    let reading = matches!(*request.method(), Method::GET | Method::HEAD);
+    let path = request.uri().path();
+    // The dashboard's own files and the health check are always readable, so
+    // the page can load and ask for the token.
+    let always_open =
+        reading && (!path.starts_with("/api/") && path != "/metrics" || path == "/api/v1/health");
+    if always_open || (reading && state.access.public_read) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // The SSE stream is opened by EventSource, which cannot set headers: it may
+    // carry the token as a query parameter (read-only, never for changes).
+    let query_token = reading
+        .then(|| request.uri().query())
+        .flatten()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    match presented.or(query_token) {
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => AppError::unauthorized().into_response(),
+    }
+}
+
+/// Compares without leaking, through timing, how much of the token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

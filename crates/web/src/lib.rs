@@ -1,0 +1,171 @@
+//! The station's web side: a JSON API under `/api/v1`, a server-sent-event stream
+//! of live changes, Prometheus metrics, and the dashboard from `web/`, embedded in
+//! the binary.
+//!
+//! [`router`] builds the whole app from a [`WebState`]; tests call it with
+//! `oneshot`, and [`serve`] runs it on a listener until shutdown. The web side
+//! only talks to the station through its handle and to the image cache; it never
+//! touches devices.
+//!
+//! Layout:
+//! - [`api`]: the JSON handlers;
+//! - [`auth`]: the operator token (required to change anything once the server
+//!   listens beyond loopback);
+//! - [`error`]: [`AppError`], JSON errors that never leak internals;
+//! - [`events`]: the SSE stream;
+//! - [`assets`]: the embedded dashboard.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod assets;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use flashrack_image::ImageCache;
+use flashrack_station::StationHandle;
+use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::AppError;
+
+/// Reports for the web side, provided by whoever owns the records (the store),
+/// so this crate needs no SQL.
+pub trait Reports: Send + Sync {
+    /// Every run: JSON rows.
+    fn runs(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// One run's report in a format (`csv`, `json`, `html`): content type and body.
+    /// `Ok(None)` when there is no such run.
+    fn run_report(
+        &self,
+        run_id: i64,
+        format: ReportFormat,
+    ) -> futures::future::BoxFuture<'_, Result<Option<(String, String)>, String>>;
+    /// Every attempt ever made on a device (by serial or key), in a format.
+    fn device_report(
+        &self,
+        key: &str,
+        format: ReportFormat,
+    ) -> futures::future::BoxFuture<'_, Result<Option<(String, String)>, String>>;
+    /// Known devices: JSON rows.
+    fn devices(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// Comma-separated values.
+    Csv,
+    /// JSON.
+    Json,
+    /// Printable HTML.
+    Html,
+}
+
+impl ReportFormat {
+    /// Parses `csv`, `json`, `html`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "csv" => Some(Self::Csv),
+            "json" => Some(Self::Json),
+            "html" => Some(Self::Html),
+            _ => None,
+        }
+    }
+}
+
+/// Who may do what.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    /// The operator token; `None` means no token is needed (loopback only).
+    pub token: Option<String>,
+    /// Whether reading needs no token.
+    pub public_read: bool,
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct WebState {
+    /// The station.
+    pub station: StationHandle,
+    /// The image cache.
+    pub images: ImageCache,
+    /// The records, if there are any.
+    pub reports: Option<Arc<dyn Reports>>,
+    /// Who may do what.
+    pub access: AccessPolicy,
+    /// Where uploads are staged before import (inside the cache's file system,
+    /// so the import can read them without a copy across devices).
+    pub upload_dir: std::path::PathBuf,
+    /// Largest accepted upload.
+    pub max_upload_bytes: u64,
+}
+
+/// The whole app: API, events, metrics, dashboard.
+pub fn router(state: WebState) -> Router {
+    let max_upload = state.max_upload_bytes;
+    let api = Router::new()
+        .route("/health", get(api::health))
+        .route("/station", get(api::station))
+        .route("/ports", get(api::ports))
+        .route("/ports/{label}", get(api::port))
+        .route("/ports/{label}/start", post(api::start_port))
+        .route("/runs", get(api::runs).post(api::arm))
+        .route("/runs/current", get(api::current_run))
+        .route("/runs/current/stop", post(api::stop_run))
+        .route("/runs/{id}/report", get(api::run_report))
+        .route("/images", get(api::images))
+        .route("/images/import", post(api::import_path))
+        .route(
+            "/images/upload",
+            post(api::upload).layer(DefaultBodyLimit::max(
+                max_upload.min(usize::MAX as u64) as usize
+            )),
+        )
+        .route(
+            "/images/{sha256}",
+            get(api::image).delete(api::delete_image),
+        )
+        .route("/devices", get(api::devices))
+        .route("/devices/{key}/report", get(api::device_report))
+        .route("/events", get(events::stream))
+        .fallback(api::not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(metrics::metrics))
+        .merge(assets::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::check,
+        ))
+        .layer(CompressionLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(600),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes; requests in
+/// flight finish first (graceful shutdown).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: WebState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

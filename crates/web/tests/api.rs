@@ -1,0 +1,605 @@
+//! The web API through `oneshot` (no server) and through a real server on port 0:
+//! every endpoint, with good and bad input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use flashrack_devices::guard::GuardPolicy;
+use flashrack_devices::sim::SimStickSpec;
+use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
+use flashrack_engine::EngineOptions;
+use flashrack_image::{ImageCache, ImportOptions};
+use flashrack_station::{MemoryJournal, PortSpec, Station, StationHandle, StationSettings};
+use flashrack_web::{router, AccessPolicy, WebState};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct Rig {
+    state: WebState,
+    control: SimRackControl,
+    image_sha: String,
+    image_file: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    dir: tempfile::TempDir,
+}
+
+const MIB: u64 = 1 << 20;
+
+async fn rig(access: AccessPolicy) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImageCache::open(dir.path().join("cache")).unwrap();
+    let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 3, 256 * 1024);
+    let image_file = dir.path().join("test.img");
+    std::fs::write(&image_file, &bytes).unwrap();
+    let image = images
+        .import(&image_file, ImportOptions::default())
+        .unwrap()
+        .image;
+    let (source, control, access_dev) = sim_rack(dir.path().join("rack"));
+    let settings = StationSettings {
+        station_id: "web-test".into(),
+        ports: (1..=2)
+            .map(|n| PortSpec {
+                label: format!("A{n}"),
+                path: format!("p{n}"),
+                position: Some((0, n - 1)),
+            })
+            .collect(),
+        policy: GuardPolicy::default(),
+        engine: EngineOptions::default(),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let (station, handle) = Station::new(
+        settings,
+        Arc::new(access_dev),
+        Arc::new(MemoryJournal::default()),
+    );
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(station.run_until_stopped(Box::new(source), async {
+        let _ = stop_rx.await;
+    }));
+    let state = WebState {
+        station: handle,
+        images,
+        reports: None,
+        access,
+        upload_dir: dir.path().join("uploads"),
+        max_upload_bytes: 4 * MIB,
+    };
+    Rig {
+        state,
+        control,
+        image_sha: image.sha256().to_hex(),
+        image_file,
+        stop: Some(stop),
+        dir,
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Rig {
+    fn app(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    fn station(&self) -> &StationHandle {
+        &self.state.station
+    }
+}
+
+async fn call(
+    app: Router,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = match body {
+        Some(body) => request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+    (status, value)
+}
+
+async fn get(rig: &Rig, uri: &str) -> (StatusCode, Value) {
+    call(rig.app(), Method::GET, uri, None, None).await
+}
+
+async fn post(rig: &Rig, uri: &str, body: Value) -> (StatusCode, Value) {
+    call(rig.app(), Method::POST, uri, Some(body), None).await
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_station_ports_and_health() {
+    let rig = rig(AccessPolicy::default()).await;
+    let (status, body) = get(&rig, "/api/v1/health").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, body) = get(&rig, "/api/v1/station").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["ports"].as_array().unwrap().len(), 2);
+    assert_eq!(body["run"], Value::Null);
+    let (status, body) = get(&rig, "/api/v1/ports/A2").await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("empty"))
+    );
+    let (status, body) = get(&rig, "/api/v1/ports/Z9").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, body) = get(&rig, "/api/v1/runs/current").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, body) = get(&rig, "/api/v1/no/such/thing").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, body) = get(&rig, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.as_str().unwrap().contains("<html"));
+    let (status, body) = get(&rig, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body
+        .as_str()
+        .unwrap()
+        .contains("flashrack_ports{station=\"web-test\",state=\"empty\"} 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
+    let rig = rig(AccessPolicy::default()).await;
+    // Malformed and wrong bodies.
+    let bad = Request::post("/api/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let response = rig.app().oneshot(bad).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    for (body, code) in [
+        (
+            json!({"image": rig.image_sha, "surprise": 1}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"image": rig.image_sha, "verify": "maybe"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"verify": "hash"}), StatusCode::BAD_REQUEST),
+        (
+            json!({"image": rig.image_sha, "target_count": 0}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"image": "ffffffffffff"}), StatusCode::NOT_FOUND),
+        (json!({"image": "ab"}), StatusCode::BAD_REQUEST),
+    ] {
+        let (status, reply) = post(&rig, "/api/v1/runs", body.clone()).await;
+        assert_eq!(status, code, "{body}: {reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{reply}"
+        );
+    }
+    let (status, body) = post(&rig, "/api/v1/ports/A1/start", json!({})).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "conflict")
+    );
+
+    let (status, run) = post(
+        &rig,
+        "/api/v1/runs",
+        json!({"image": &rig.image_sha[..10], "target_count": 5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["armed"], true);
+    assert_eq!(run["remaining"], 5);
+    let (status, _) = post(&rig, "/api/v1/runs", json!({"image": rig.image_sha})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = post(&rig, "/api/v1/ports/Z9/start", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = post(&rig, "/api/v1/ports/A1/start", json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "an empty port cannot start");
+
+    // A stick arrives and is written; the API shows it.
+    rig.control
+        .plug("p1", "SER-1", SimStickSpec::new("", 8 * MIB))
+        .unwrap();
+    let mut watch = rig.station().watch();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        watch.wait_for(|s| s.ports[0].state == flashrack_station::PortState::Passed),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (_, port) = get(&rig, "/api/v1/ports/A1").await;
+    assert_eq!(port["verdict"]["verdict"], "pass");
+    assert_eq!(port["device"]["serial"], "SER-1");
+    let (status, _) = post(&rig, "/api/v1/ports/A1/start", json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "rewrite on request");
+
+    // Stop: malformed body, then no body, then again.
+    let (status, _) = call(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs/current/stop",
+        Some(json!({"reason": 5})),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs/current/stop",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs/current/stop",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, run) = get(&rig, "/api/v1/runs/current").await;
+    assert_eq!(run["armed"], false);
+    assert_eq!(run["stop_reason"], "stopped by the operator");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_import_upload_lookup_and_delete() {
+    let rig = rig(AccessPolicy::default()).await;
+    let (status, list) = get(&rig, "/api/v1/images").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (status, image) = get(&rig, &format!("/api/v1/images/{}", rig.image_sha)).await;
+    assert_eq!(
+        (status, image["size"].as_u64()),
+        (StatusCode::OK, Some(2 * MIB))
+    );
+    let (status, _) = get(&rig, "/api/v1/images/not-a-digest").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = get(&rig, &format!("/api/v1/images/{}", "0".repeat(64))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Import by path: relative, missing, a directory, corrupt, good, again.
+    let (status, _) = post(
+        &rig,
+        "/api/v1/images/import",
+        json!({"path": "relative.img"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(
+        &rig,
+        "/api/v1/images/import",
+        json!({"path": "/nonexistent/x.img"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = post(
+        &rig,
+        "/api/v1/images/import",
+        json!({"path": rig.dir.path()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let corrupt = rig.dir.path().join("corrupt.img.gz");
+    std::fs::write(&corrupt, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4]).unwrap();
+    let (status, body) = post(&rig, "/api/v1/images/import", json!({"path": corrupt})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = post(
+        &rig,
+        "/api/v1/images/import",
+        json!({"path": rig.image_file, "sha256": "0".repeat(64)}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = post(
+        &rig,
+        "/api/v1/images/import",
+        json!({"path": rig.image_file}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["already_cached"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+
+    // Uploads: good, empty, oversized, bad name.
+    let upload = |uri: &str, bytes: Vec<u8>| Request::post(uri).body(Body::from(bytes)).unwrap();
+    let new_image = flashrack_testkit::image_bytes(MIB as usize, 9, 64 * 1024);
+    let response = rig
+        .app()
+        .oneshot(upload(
+            "/api/v1/images/upload?name=new.img",
+            new_image.clone(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["name"], "new.img");
+    assert_eq!(
+        body["sha256"],
+        flashrack_core::Sha256Digest::of(&new_image).to_hex()
+    );
+    let response = rig
+        .app()
+        .oneshot(upload("/api/v1/images/upload?name=empty.img", Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = rig
+        .app()
+        .oneshot(upload(
+            "/api/v1/images/upload?name=big.img",
+            vec![1u8; 5 * MIB as usize],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let response = rig
+        .app()
+        .oneshot(upload("/api/v1/images/upload?name=..", vec![1u8; 10]))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Nothing is left behind in the upload directory.
+    let leftovers = std::fs::read_dir(rig.dir.path().join("uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0);
+
+    // Delete: refused while the armed run uses it, then allowed.
+    post(&rig, "/api/v1/runs", json!({"image": rig.image_sha})).await;
+    let (status, _) = call(
+        rig.app(),
+        Method::DELETE,
+        &format!("/api/v1/images/{}", rig.image_sha),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    call(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs/current/stop",
+        None,
+        None,
+    )
+    .await;
+    let (status, _) = call(
+        rig.app(),
+        Method::DELETE,
+        &format!("/api/v1/images/{}", rig.image_sha),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        rig.app(),
+        Method::DELETE,
+        &format!("/api/v1/images/{}", rig.image_sha),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_without_records_and_with_bad_parameters() {
+    let rig = rig(AccessPolicy::default()).await;
+    let (status, _) = get(&rig, "/api/v1/runs/1/report?format=csv").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = get(&rig, "/api/v1/runs/abc/report").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = get(&rig, "/api/v1/runs/1/report?format=pdf").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = get(&rig, "/api/v1/devices").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_changes_need_the_operator_token() {
+    let token = "correct-horse-battery";
+    let rig = rig(AccessPolicy {
+        token: Some(token.into()),
+        public_read: false,
+    })
+    .await;
+    let app = || rig.app();
+    assert_eq!(
+        call(app(), Method::GET, "/api/v1/station", None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            app(),
+            Method::GET,
+            "/api/v1/station",
+            None,
+            Some("wrong-token-here")
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(app(), Method::GET, "/api/v1/station", None, Some(token))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(app(), Method::GET, "/api/v1/health", None, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(app(), Method::GET, "/", None, None).await.0,
+        StatusCode::OK,
+        "the page loads to ask for the token"
+    );
+    let arm = json!({"image": rig.image_sha});
+    assert_eq!(
+        call(app(), Method::POST, "/api/v1/runs", Some(arm.clone()), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A token in the query string is for reading (EventSource) only.
+    assert_eq!(
+        call(
+            app(),
+            Method::POST,
+            &format!("/api/v1/runs?token={token}"),
+            Some(arm.clone()),
+            None
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            app(),
+            Method::GET,
+            &format!("/api/v1/station?token={token}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(app(), Method::POST, "/api/v1/runs", Some(arm), Some(token))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+
+    let open = rig.state.clone();
+    let open = router(WebState {
+        access: AccessPolicy {
+            token: Some(token.into()),
+            public_read: true,
+        },
+        ..open
+    });
+    assert_eq!(
+        call(open.clone(), Method::GET, "/api/v1/station", None, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(open, Method::POST, "/api/v1/runs/current/stop", None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_server_on_port_zero_streams_a_snapshot_then_changes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rig = rig(AccessPolicy::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(flashrack_web::serve(listener, rig.state.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            b"GET /api/v1/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 16384];
+    // The first event is the snapshot.
+    while !seen.contains("event: snapshot") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen
+        .to_ascii_lowercase()
+        .contains("content-type: text/event-stream"));
+    // A change arrives as an event without asking again.
+    rig.control
+        .plug("p2", "SER-2", SimStickSpec::new("", 8 * MIB))
+        .unwrap();
+    while !seen.contains("event: port") || !seen.contains("SER-2") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(stream);
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
