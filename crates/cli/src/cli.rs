@@ -38,6 +38,79 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the station: watch the rack, write armed runs, serve the dashboard.
     Serve(ServeArgs),
+    /// Show the ports of a running station.
+    Status {
+        /// Which station.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Arm or stop a run on a running station.
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Build the port map.
+    #[command(subcommand)]
+    Ports(PortsCommand),
+}
+
+/// How to reach a running station.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The station's address [default: $FLASHRACK_SERVER, else http://127.0.0.1:8080].
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The operator token [default: $FLASHRACK_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+/// `flashrack run …`
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Arm a run: every accepted stick plugged into a mapped port is written and
+    /// verified.
+    Start {
+        /// Which station.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The image: sha256, a unique prefix, or its name in the cache.
+        image: String,
+        /// Stop by itself after this many passes.
+        #[arg(long)]
+        target_count: Option<u32>,
+        /// How to verify.
+        #[arg(long, value_enum, default_value_t = VerifyArg::Compare)]
+        verify: VerifyArg,
+        /// Do not verify (same as --verify none).
+        #[arg(long, conflicts_with = "verify")]
+        no_verify: bool,
+        /// Eject each stick after it passes.
+        #[arg(long)]
+        eject_on_pass: bool,
+    },
+    /// Stop the armed run; running attempts stop as interrupted.
+    Stop {
+        /// Which station.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Why, for the records.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `flashrack ports …`
+#[derive(Debug, Subcommand)]
+pub enum PortsCommand {
+    /// Plug a stick into each port in turn and name it; writes the port map into
+    /// the configuration file.
+    Learn {
+        /// The configuration file to update (created from the example if missing).
+        #[arg(long, value_name = "FILE", default_value = "config/station.toml")]
+        config: PathBuf,
+    },
 }
 
 /// `flashrack demo …`
@@ -159,6 +232,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Flash(flash) => crate::flash::run(&data_dir, flash).await,
         Command::Demo(demo) => crate::demo::run(&data_dir, demo).await,
         Command::Serve(serve) => crate::serve::run(data_dir_flag, serve).await,
+        Command::Status { client, json } => {
+            tokio::task::spawn_blocking(move || crate::client::status(&client, json)).await?
+        }
+        Command::Run(command) => {
+            tokio::task::spawn_blocking(move || crate::client::run(command)).await?
+        }
+        Command::Ports(PortsCommand::Learn { config }) => {
+            tokio::task::spawn_blocking(move || crate::learn::learn(&config)).await?
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //! 1: at least one target failed; 2: the command could not run).
 
 mod cli;
+mod client;
 mod demo;
 mod flash;
 mod image_cmd;
+mod learn;
 mod progress;
 mod serve;
 mod summary;
