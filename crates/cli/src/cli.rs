@@ -53,6 +53,53 @@ pub enum Command {
     /// Build the port map.
     #[command(subcommand)]
     Ports(PortsCommand),
+    /// Per-run and per-device reports from the records.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormatArg {
+    /// Comma-separated values, one row per attempt.
+    Csv,
+    /// JSON (format "flashrack-report/1").
+    Json,
+    /// Printable HTML.
+    Html,
+}
+
+/// `flashrack report …`
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// List runs: image, start, passes and failures.
+    Runs {
+        /// The station id the records are opened as.
+        #[arg(long, default_value = "station-1")]
+        station: String,
+    },
+    /// One run, a row per device.
+    Run {
+        /// The run id.
+        id: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormatArg::Csv)]
+        format: ReportFormatArg,
+        /// The station id the records are opened as.
+        #[arg(long, default_value = "station-1")]
+        station: String,
+    },
+    /// Every attempt ever made on a stick.
+    Device {
+        /// Its serial (or key).
+        serial: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormatArg::Csv)]
+        format: ReportFormatArg,
+        /// The station id the records are opened as.
+        #[arg(long, default_value = "station-1")]
+        station: String,
+    },
 }
 
 /// How to reach a running station.
@@ -238,6 +285,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Run(command) => {
             tokio::task::spawn_blocking(move || crate::client::run(command)).await?
         }
+        Command::Report(command) => crate::report_cmd::run(&data_dir, command).await,
         Command::Ports(PortsCommand::Learn { config }) => {
             tokio::task::spawn_blocking(move || crate::learn::learn(&config)).await?
         }

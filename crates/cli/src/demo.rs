@@ -22,7 +22,7 @@ use flashrack_devices::sim::{FakeMode, SimStickSpec};
 use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_engine::SourceImage;
 use flashrack_image::ImportOptions;
-use flashrack_station::{ArmRequest, MemoryJournal, PortState, RunOptions, StationHandle};
+use flashrack_station::{ArmRequest, PortState, RunOptions, StationHandle};
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::cli::DemoArgs;
@@ -88,8 +88,6 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
             source: Box::new(source),
             access: Arc::new(access),
         },
-        Arc::new(MemoryJournal::default()),
-        None,
         shutdown,
         move |address: SocketAddr, handle: StationHandle| {
             println!("dashboard: http://{address}/");

@@ -11,6 +11,8 @@ mod flash;
 mod image_cmd;
 mod learn;
 mod progress;
+mod records;
+mod report_cmd;
 mod serve;
 mod summary;
 mod targets;

@@ -14,13 +14,12 @@ use flashrack_config::StationConfig;
 use flashrack_devices::guard::GuardPolicy;
 use flashrack_devices::hotplug::{DeviceAccess, HotplugSource};
 use flashrack_engine::EngineOptions;
-use flashrack_station::{
-    Journal, MemoryJournal, PortSpec, Station, StationHandle, StationSettings,
-};
+use flashrack_station::{Journal, PortSpec, Station, StationHandle, StationSettings};
 use flashrack_web::{AccessPolicy, Reports, WebState};
 use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
+use crate::records::StoreRecords;
 
 /// Where the station's parts come from.
 pub struct Parts {
@@ -66,12 +65,14 @@ pub async fn run_station(
     config: &StationConfig,
     data_dir: &Path,
     parts: Parts,
-    journal: Arc<dyn Journal>,
-    reports: Option<Arc<dyn Reports>>,
     shutdown: Shutdown,
     listening: impl FnOnce(SocketAddr, StationHandle),
 ) -> Result<()> {
     let images = crate::image_cmd::open_cache(data_dir)?;
+    let records = StoreRecords::open(data_dir, &config.station_id, images.clone()).await?;
+    let heartbeat = tokio::spawn(records.clone().heartbeat_forever());
+    let journal: Arc<dyn Journal> = Arc::new(records.clone());
+    let reports: Option<Arc<dyn Reports>> = Some(Arc::new(records.clone()));
     let mut policy = GuardPolicy {
         allowed_buses: config.allowed_buses.clone(),
         max_size_bytes: config.max_size.bytes(),
@@ -124,6 +125,8 @@ pub async fn run_station(
         .await
         .context("the web server failed")?;
     station_task.await.context("the station task failed")?;
+    heartbeat.abort();
+    records.store().clone().close().await;
     Ok(())
 }
 
@@ -155,19 +158,10 @@ pub async fn run(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> Result<Exit
         source: Box::new(flashrack_devices::udev::UdevSource::new()),
         access: Arc::new(flashrack_devices::udev::UdevAccess::new()),
     };
-    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::default());
     let shutdown = Shutdown::on_signals();
-    run_station(
-        &config,
-        &data_dir,
-        parts,
-        journal,
-        None,
-        shutdown,
-        |address, _| {
-            println!("dashboard: http://{address}/");
-        },
-    )
+    run_station(&config, &data_dir, parts, shutdown, |address, _| {
+        println!("dashboard: http://{address}/");
+    })
     .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use flashrack_core::{ByteSize, TargetId};
 use flashrack_devices::block::{GuardCheck, PathTarget};
 use flashrack_devices::guard::{check_path, GuardPolicy, GuardRequest};
+use flashrack_devices::hotplug::DeviceIdentity;
 use flashrack_devices::sim::{FakeMode, SimStick, SimStickSpec};
 use flashrack_devices::Target;
 
@@ -19,6 +20,8 @@ use flashrack_devices::Target;
 pub struct Targets {
     /// Named targets, in the order given.
     pub list: Vec<(TargetId, Arc<dyn Target>)>,
+    /// Who each target is, for the records (same order).
+    pub identities: Vec<(DeviceIdentity, Option<String>)>,
     /// Holds the simulated sticks' media; removed when dropped.
     _sim_dir: Option<tempfile::TempDir>,
 }
@@ -40,6 +43,7 @@ pub fn parse_targets(
     guard: GuardSettings,
 ) -> Result<Targets> {
     let mut list = Vec::new();
+    let mut identities = Vec::new();
     let mut sim_dir = None;
     let mut seen = std::collections::BTreeSet::new();
     let guard = Arc::new(guard);
@@ -97,12 +101,57 @@ pub fn parse_targets(
         {
             bail!("target {id} is named twice");
         }
+        identities.push(identity_of(&id, &*target));
         list.push((TargetId::new(id), target));
     }
     Ok(Targets {
         list,
+        identities,
         _sim_dir: sim_dir,
     })
+}
+
+/// Who a target is, for the records, and its physical port path when known: a
+/// block device's vendor and model from sysfs and its serial and `ID_PATH` from
+/// the udev database; a file or simulated stick is known by its name.
+fn identity_of(name: &str, target: &dyn Target) -> (DeviceIdentity, Option<String>) {
+    let capacity = target.geometry().map(|g| g.capacity).unwrap_or(0);
+    let mut identity = DeviceIdentity {
+        serial: Some(name.to_string()),
+        vendor: None,
+        model: None,
+        capacity,
+    };
+    let mut port_path = None;
+    if let Ok(meta) = std::fs::metadata(name) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if meta.file_type().is_block_device() {
+            let (major, minor) = (
+                rustix::fs::major(meta.rdev()),
+                rustix::fs::minor(meta.rdev()),
+            );
+            let sys = format!("/sys/dev/block/{major}:{minor}/device");
+            let read = |file: &str| {
+                std::fs::read_to_string(format!("{sys}/{file}"))
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            };
+            identity.vendor = read("vendor");
+            identity.model = read("model");
+            identity.serial = None;
+            if let Ok(db) = std::fs::read_to_string(format!("/run/udev/data/b{major}:{minor}")) {
+                for line in db.lines() {
+                    if let Some(serial) = line.strip_prefix("E:ID_SERIAL_SHORT=") {
+                        identity.serial = Some(serial.to_string());
+                    } else if let Some(path) = line.strip_prefix("E:ID_PATH=") {
+                        port_path = Some(path.to_string());
+                    }
+                }
+            }
+        }
+    }
+    (identity, port_path)
 }
 
 /// Parses `NAME[:key=value,...]`.

@@ -1,0 +1,91 @@
+//! Conversions between domain values and what the database columns hold.
+
+use flashrack_core::{Stage, VerifyMethod};
+
+use crate::StoreError;
+
+/// SQLite integers are signed 64-bit; byte counts beyond that cannot be recorded.
+pub(crate) fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
+}
+
+/// Reads back a count or offset, which is never negative when this crate wrote it.
+pub(crate) fn to_u64(column: &'static str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::BadValue {
+        column,
+        value: value.to_string(),
+    })
+}
+
+const STAGES: [Stage; 4] = [
+    Stage::Preparing,
+    Stage::Writing,
+    Stage::Flushing,
+    Stage::Verifying,
+];
+
+pub(crate) fn stage_str(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Preparing => "preparing",
+        Stage::Writing => "writing",
+        Stage::Flushing => "flushing",
+        Stage::Verifying => "verifying",
+    }
+}
+
+pub(crate) fn parse_stage(text: &str) -> Result<Stage, StoreError> {
+    STAGES
+        .into_iter()
+        .find(|&s| stage_str(s) == text)
+        .ok_or_else(|| StoreError::BadValue {
+            column: "attempts.stage",
+            value: text.to_string(),
+        })
+}
+
+pub(crate) fn verify_method_str(method: VerifyMethod) -> &'static str {
+    match method {
+        VerifyMethod::None => "none",
+        VerifyMethod::Compare => "compare",
+        VerifyMethod::Hash => "hash",
+    }
+}
+
+pub(crate) fn parse_verify_method(text: &str) -> Result<VerifyMethod, StoreError> {
+    [
+        VerifyMethod::None,
+        VerifyMethod::Compare,
+        VerifyMethod::Hash,
+    ]
+    .into_iter()
+    .find(|&m| verify_method_str(m) == text)
+    .ok_or_else(|| StoreError::BadValue {
+        column: "attempts.verify_method",
+        value: text.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_and_method_texts_match_the_serde_names() {
+        for stage in STAGES {
+            assert_eq!(serde_json::json!(stage), stage_str(stage));
+            assert_eq!(parse_stage(stage_str(stage)).unwrap(), stage);
+        }
+        for method in [
+            VerifyMethod::None,
+            VerifyMethod::Compare,
+            VerifyMethod::Hash,
+        ] {
+            assert_eq!(serde_json::json!(method), verify_method_str(method));
+            assert_eq!(
+                parse_verify_method(verify_method_str(method)).unwrap(),
+                method
+            );
+        }
+        assert!(parse_stage("sleeping").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! The schema migrations, embedded in the binary.
+//!
+//! `sqlx::migrate!` would embed them too, but it needs sqlx's `macros` feature, which
+//! builds a second copy of sqlx and SQLite for the compiler; a list of `include_str!`
+//! costs nothing and yields the same [`Migrator`] (same versions, descriptions and
+//! checksums, so the `sqlx` command-line tool sees the same history). A test checks
+//! that the list matches the files in `migrations/`.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+/// Every migration, in order: version, description, SQL. Append-only, like the
+/// directory: a new file `migrations/NNNN_description.sql` gets a new line here.
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../../migrations/0001_initial.sql"),
+)];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// The embedded migrations as a source for sqlx's migrator.
+#[derive(Debug)]
+struct Embedded;
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// The migrator for the embedded migrations.
+pub(crate) async fn migrator() -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(Embedded).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_list_matches_the_migrations_directory() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations");
+        let mut on_disk: Vec<(i64, String, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_str().unwrap().to_string();
+                let stem = name
+                    .strip_suffix(".sql")
+                    .unwrap_or_else(|| panic!("{name}: not a .sql file"));
+                let (version, description) = stem
+                    .split_once('_')
+                    .unwrap_or_else(|| panic!("{name}: expected NNNN_description.sql"));
+                let sql = std::fs::read_to_string(&path).unwrap();
+                (version.parse().unwrap(), description.replace('_', " "), sql)
+            })
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<(i64, String, String)> = MIGRATIONS
+            .iter()
+            .map(|&(v, d, s)| (v, d.to_string(), s.to_string()))
+            .collect();
+        assert_eq!(embedded, on_disk);
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.0).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]));
+    }
+}

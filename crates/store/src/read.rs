@@ -1,0 +1,472 @@
+//! Everything the store reads, as named queries on the read-only connections.
+
+use flashrack_core::{AttemptFigures, ByteSize, Failure, Sha256Digest, Verdict};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Connection, Row};
+
+use crate::convert::{parse_stage, parse_verify_method, to_u64};
+use crate::{
+    AttemptId, AttemptRecord, AttemptState, Counts, DeviceId, DeviceRecord, DeviceReport, Event,
+    EventId, EventKind, EventRow, ImageRow, ReportRow, Run, RunId, RunReport, RunSummary, Store,
+    StoreError,
+};
+
+/// The columns of a run with its counts; `FROM runs r LEFT JOIN attempts a`.
+const RUN_SUMMARY: &str = "SELECT r.id, r.station_id, r.image_sha256, r.image_name, r.options,
+        r.started_at, r.stopped_at, r.stop_reason,
+        COUNT(a.id) AS attempts,
+        SUM(CASE WHEN a.state = 'passed' THEN 1 ELSE 0 END) AS passed,
+        SUM(CASE WHEN a.state = 'failed' THEN 1 ELSE 0 END) AS failed,
+        SUM(CASE WHEN a.state = 'interrupted' THEN 1 ELSE 0 END) AS interrupted,
+        SUM(CASE WHEN a.state = 'running' THEN 1 ELSE 0 END) AS running
+    FROM runs r LEFT JOIN attempts a ON a.run_id = r.id";
+
+/// The columns of a report row; `WHERE` and `ORDER BY` follow.
+const REPORT_ROW: &str = "SELECT a.id, a.station_id, a.run_id, a.port_label, a.port_path,
+        d.key, d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
+        a.started_at, a.finished_at, a.state, a.stage, a.reason_code, a.reason_detail,
+        a.fail_offset, a.capacity, a.bytes_written, a.write_secs, a.bytes_verified,
+        a.verify_secs, a.read_back_sha256, a.verify_method
+    FROM attempts a
+    JOIN devices d ON d.id = a.device_id
+    JOIN runs r ON r.id = a.run_id";
+
+/// The columns of an attempt record.
+const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port_label, port_path,
+        started_at, finished_at, state, stage, failure, capacity, bytes_written, write_secs,
+        bytes_verified, verify_secs, read_back_sha256, verify_method
+    FROM attempts";
+
+const DEVICE: &str = "SELECT id, key, serial, vendor, model, capacity, first_seen, last_seen
+    FROM devices";
+
+const EVENT: &str = "SELECT id, station_id, at, kind, port_label, device_id, run_id, attempt_id,
+        detail
+    FROM events";
+
+impl Store {
+    /// Every run of every station sharing the database, newest first, with counts.
+    pub async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        let sql = format!("{RUN_SUMMARY} GROUP BY r.id ORDER BY r.started_at DESC, r.id DESC");
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        rows.iter().map(run_summary).collect()
+    }
+
+    /// One run with its counts.
+    pub async fn run(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
+        let sql = format!("{RUN_SUMMARY} WHERE r.id = ? GROUP BY r.id");
+        let row = sqlx::query(&sql)
+            .bind(run.0)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(run_summary).transpose()
+    }
+
+    /// This station's open run (the newest, should there be several), if any.
+    pub async fn active_run(&self) -> Result<Option<RunSummary>, StoreError> {
+        let sql = format!(
+            "{RUN_SUMMARY} WHERE r.station_id = ? AND r.stopped_at IS NULL
+             GROUP BY r.id ORDER BY r.started_at DESC, r.id DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(self.station_id())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(run_summary).transpose()
+    }
+
+    /// A run's report: the run and one row per attempt in the order they started,
+    /// read from one consistent snapshot.
+    pub async fn run_report(&self, run: RunId) -> Result<Option<RunReport>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT id, station_id, image_sha256, image_name, options, started_at, stopped_at,
+                    stop_reason
+             FROM runs WHERE id = ?",
+        )
+        .bind(run.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let run_record = run_columns(&row)?;
+        let sql = format!("{REPORT_ROW} WHERE a.run_id = ? ORDER BY a.id");
+        let rows = sqlx::query(&sql)
+            .bind(run.0)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(report_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        let mut counts = Counts::default();
+        rows.iter().for_each(|r| counts.add(r.state));
+        Ok(Some(RunReport {
+            run: RunSummary {
+                run: run_record,
+                counts,
+            },
+            rows,
+        }))
+    }
+
+    /// One attempt.
+    pub async fn attempt(&self, attempt: AttemptId) -> Result<Option<AttemptRecord>, StoreError> {
+        let sql = format!("{ATTEMPT} WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(attempt.0)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(attempt_record).transpose()
+    }
+
+    /// This station's attempts that are running now, oldest first.
+    pub async fn running_attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
+        let sql = format!("{ATTEMPT} WHERE station_id = ? AND state = 'running' ORDER BY id");
+        let rows = sqlx::query(&sql)
+            .bind(self.station_id())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(attempt_record).collect()
+    }
+
+    /// The device recorded under this key, or else with this serial.
+    pub async fn device(&self, serial_or_key: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let sql =
+            format!("{DEVICE} WHERE key = ?1 OR serial = ?1 ORDER BY key = ?1 DESC, id LIMIT 1");
+        let row = sqlx::query(&sql)
+            .bind(serial_or_key)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(device_record).transpose()
+    }
+
+    /// Every device ever seen, most recently seen first, at most `limit`.
+    pub async fn devices(&self, limit: u32) -> Result<Vec<DeviceRecord>, StoreError> {
+        let sql = format!("{DEVICE} ORDER BY last_seen DESC, id DESC LIMIT ?1");
+        let rows = sqlx::query(&sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(device_record).collect()
+    }
+
+    /// Every attempt made with a device (found by key, or else by serial), across
+    /// runs and stations, oldest first. Empty if there is no such device.
+    pub async fn device_history(&self, serial_or_key: &str) -> Result<Vec<ReportRow>, StoreError> {
+        Ok(self
+            .device_report(serial_or_key)
+            .await?
+            .map(|report| report.rows)
+            .unwrap_or_default())
+    }
+
+    /// A device's report: the device, its counts and its history.
+    pub async fn device_report(
+        &self,
+        serial_or_key: &str,
+    ) -> Result<Option<DeviceReport>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let sql =
+            format!("{DEVICE} WHERE key = ?1 OR serial = ?1 ORDER BY key = ?1 DESC, id LIMIT 1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(serial_or_key)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let device = device_record(&row)?;
+        let sql = format!("{REPORT_ROW} WHERE a.device_id = ? ORDER BY a.started_at, a.id");
+        let rows = sqlx::query(&sql)
+            .bind(device.id.0)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(report_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        let mut counts = Counts::default();
+        rows.iter().for_each(|r| counts.add(r.state));
+        Ok(Some(DeviceReport {
+            device,
+            counts,
+            rows,
+        }))
+    }
+
+    /// One recorded image.
+    pub async fn image(&self, sha256: Sha256Digest) -> Result<Option<ImageRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT sha256, name, size, format, imported_at FROM images WHERE sha256 = ?",
+        )
+        .bind(sha256.to_hex())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(image_row).transpose()
+    }
+
+    /// Every recorded image, newest import first.
+    pub async fn images(&self) -> Result<Vec<ImageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sha256, name, size, format, imported_at FROM images
+             ORDER BY imported_at DESC, sha256",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(image_row).collect()
+    }
+
+    /// The last `limit` events of this station, oldest first.
+    pub async fn recent_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM ({EVENT} WHERE station_id = ? ORDER BY id DESC LIMIT ?) ORDER BY id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(self.station_id())
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(event).collect()
+    }
+
+    /// Every event about an attempt, oldest first.
+    pub async fn attempt_events(&self, attempt: AttemptId) -> Result<Vec<Event>, StoreError> {
+        let sql = format!("{EVENT} WHERE attempt_id = ? ORDER BY id");
+        let rows = sqlx::query(&sql)
+            .bind(attempt.0)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(event).collect()
+    }
+}
+
+fn digest(column: &'static str, text: &str) -> Result<Sha256Digest, StoreError> {
+    Sha256Digest::parse(text).map_err(|_| StoreError::BadValue {
+        column,
+        value: text.to_string(),
+    })
+}
+
+fn json(column: &'static str, text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|_| StoreError::BadValue {
+        column,
+        value: text.to_string(),
+    })
+}
+
+fn count(row: &SqliteRow, column: &'static str) -> Result<u64, StoreError> {
+    // SUM over no rows is NULL.
+    let value: Option<i64> = row.try_get(column)?;
+    to_u64(column, value.unwrap_or(0))
+}
+
+fn run_columns(row: &SqliteRow) -> Result<Run, StoreError> {
+    Ok(Run {
+        id: RunId(row.try_get("id")?),
+        station_id: row.try_get("station_id")?,
+        image_sha256: digest("runs.image_sha256", row.try_get("image_sha256")?)?,
+        image_name: row.try_get("image_name")?,
+        options: json("runs.options", row.try_get("options")?)?,
+        started_at: row.try_get("started_at")?,
+        stopped_at: row.try_get("stopped_at")?,
+        stop_reason: row
+            .try_get::<Option<&str>, _>("stop_reason")?
+            .map(str::parse)
+            .transpose()?,
+    })
+}
+
+fn run_summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
+    Ok(RunSummary {
+        run: run_columns(row)?,
+        counts: Counts {
+            attempts: count(row, "attempts")?,
+            passed: count(row, "passed")?,
+            failed: count(row, "failed")?,
+            interrupted: count(row, "interrupted")?,
+            running: count(row, "running")?,
+        },
+    })
+}
+
+fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
+    Ok(AttemptFigures {
+        capacity: ByteSize(to_u64("attempts.capacity", row.try_get("capacity")?)?),
+        bytes_written: to_u64("attempts.bytes_written", row.try_get("bytes_written")?)?,
+        write_secs: row.try_get("write_secs")?,
+        bytes_verified: to_u64("attempts.bytes_verified", row.try_get("bytes_verified")?)?,
+        verify_secs: row.try_get("verify_secs")?,
+        read_back_sha256: row
+            .try_get::<Option<&str>, _>("read_back_sha256")?
+            .map(|t| digest("attempts.read_back_sha256", t))
+            .transpose()?,
+        verify_method: row
+            .try_get::<Option<&str>, _>("verify_method")?
+            .map(parse_verify_method)
+            .transpose()?,
+    })
+}
+
+fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
+    Ok(ReportRow {
+        attempt_id: AttemptId(row.try_get("id")?),
+        station_id: row.try_get("station_id")?,
+        run_id: RunId(row.try_get("run_id")?),
+        port_label: row.try_get("port_label")?,
+        port_path: row.try_get("port_path")?,
+        device_key: row.try_get("key")?,
+        serial: row.try_get("serial")?,
+        vendor: row.try_get("vendor")?,
+        model: row.try_get("model")?,
+        image_name: row.try_get("image_name")?,
+        image_sha256: digest("runs.image_sha256", row.try_get("image_sha256")?)?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        state: row.try_get::<&str, _>("state")?.parse()?,
+        stage: parse_stage(row.try_get("stage")?)?,
+        reason_code: row.try_get("reason_code")?,
+        reason_detail: row.try_get("reason_detail")?,
+        fail_offset: row
+            .try_get::<Option<i64>, _>("fail_offset")?
+            .map(|o| to_u64("attempts.fail_offset", o))
+            .transpose()?,
+        figures: figures(row)?,
+    })
+}
+
+fn attempt_record(row: &SqliteRow) -> Result<AttemptRecord, StoreError> {
+    let state: AttemptState = row.try_get::<&str, _>("state")?.parse()?;
+    let failure = row
+        .try_get::<Option<&str>, _>("failure")?
+        .map(|text| {
+            serde_json::from_str::<Failure>(text).map_err(|_| StoreError::BadValue {
+                column: "attempts.failure",
+                value: text.to_string(),
+            })
+        })
+        .transpose()?;
+    let verdict = match (state, failure) {
+        (AttemptState::Running, _) => None,
+        (AttemptState::Passed, _) => Some(Verdict::Pass),
+        (_, Some(failure)) => Some(Verdict::Fail(failure)),
+        (_, None) => {
+            return Err(StoreError::BadValue {
+                column: "attempts.failure",
+                value: "NULL".to_string(),
+            })
+        }
+    };
+    Ok(AttemptRecord {
+        id: AttemptId(row.try_get("id")?),
+        station_id: row.try_get("station_id")?,
+        run_id: RunId(row.try_get("run_id")?),
+        device_id: DeviceId(row.try_get("device_id")?),
+        port_label: row.try_get("port_label")?,
+        port_path: row.try_get("port_path")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        state,
+        stage: parse_stage(row.try_get("stage")?)?,
+        verdict,
+        figures: figures(row)?,
+    })
+}
+
+fn device_record(row: &SqliteRow) -> Result<DeviceRecord, StoreError> {
+    Ok(DeviceRecord {
+        id: DeviceId(row.try_get("id")?),
+        key: row.try_get("key")?,
+        serial: row.try_get("serial")?,
+        vendor: row.try_get("vendor")?,
+        model: row.try_get("model")?,
+        capacity: ByteSize(to_u64("devices.capacity", row.try_get("capacity")?)?),
+        first_seen: row.try_get("first_seen")?,
+        last_seen: row.try_get("last_seen")?,
+    })
+}
+
+fn image_row(row: &SqliteRow) -> Result<ImageRow, StoreError> {
+    Ok(ImageRow {
+        sha256: digest("images.sha256", row.try_get("sha256")?)?,
+        name: row.try_get("name")?,
+        size: ByteSize(to_u64("images.size", row.try_get("size")?)?),
+        format: row.try_get("format")?,
+        imported_at: row.try_get("imported_at")?,
+    })
+}
+
+fn event(row: &SqliteRow) -> Result<Event, StoreError> {
+    let kind: EventKind = row.try_get::<&str, _>("kind")?.parse()?;
+    Ok(Event {
+        id: EventId(row.try_get("id")?),
+        station_id: row.try_get("station_id")?,
+        at: row.try_get("at")?,
+        row: EventRow {
+            kind,
+            port_label: row.try_get("port_label")?,
+            device_id: row.try_get::<Option<i64>, _>("device_id")?.map(DeviceId),
+            run_id: row.try_get::<Option<i64>, _>("run_id")?.map(RunId),
+            attempt_id: row.try_get::<Option<i64>, _>("attempt_id")?.map(AttemptId),
+            detail: json("events.detail", row.try_get("detail")?)?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Clock, ManualClock};
+
+    /// What SQLite plans for a query, one line per step.
+    async fn plan(store: &Store, sql: &str) -> String {
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind(1i64)
+            .fetch_all(&store.reader)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn reports_are_read_through_indexes_not_table_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_clock(
+            &dir.path().join("plan.db"),
+            "rack-1",
+            Clock::Manual(ManualClock::new(0)),
+        )
+        .await
+        .unwrap();
+
+        let by_run = plan(
+            &store,
+            &format!("{REPORT_ROW} WHERE a.run_id = ? ORDER BY a.id"),
+        )
+        .await;
+        assert!(by_run.contains("attempts_by_run"), "{by_run}");
+        assert!(!by_run.contains("SCAN"), "{by_run}");
+        assert!(!by_run.contains("TEMP B-TREE"), "no sort step: {by_run}");
+
+        let by_device = plan(
+            &store,
+            &format!("{REPORT_ROW} WHERE a.device_id = ? ORDER BY a.started_at, a.id"),
+        )
+        .await;
+        assert!(by_device.contains("attempts_by_device"), "{by_device}");
+        assert!(!by_device.contains("SCAN"), "{by_device}");
+
+        let run = plan(
+            &store,
+            &format!("{RUN_SUMMARY} WHERE r.id = ? GROUP BY r.id"),
+        )
+        .await;
+        assert!(run.contains("attempts_by_run"), "{run}");
+    }
+}

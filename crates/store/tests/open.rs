@@ -1,0 +1,337 @@
+//! Opening the store: a new file gets the right settings and schema; a file the
+//! store must not touch is refused with a clear error and left byte for byte as it
+//! was. Every test uses a real file in its own temporary directory.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{TestStore, T0};
+use flashrack_store::{Clock, ManualClock, Store, StoreError, SCHEMA_VERSION};
+use sqlx::{Connection, SqliteConnection};
+use tempfile::TempDir;
+
+async fn raw(path: &Path) -> SqliteConnection {
+    SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
+    let t = TestStore::new("rack-1").await;
+    assert!(t.path().is_file());
+    let health = t.store.health().await.unwrap();
+    assert_eq!(health.journal_mode, "wal");
+    assert_eq!(health.synchronous, 2, "synchronous must be FULL");
+    assert!(health.foreign_keys);
+    assert_eq!(health.integrity, "ok");
+    assert_eq!(health.schema_version, SCHEMA_VERSION);
+
+    let mut conn = raw(&t.path()).await;
+    let applied: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(applied, vec![(1, true)]);
+    let mut tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    tables.sort();
+    assert_eq!(
+        tables,
+        ["attempts", "devices", "events", "images", "runs", "stations"]
+    );
+    let station: (String, i64, i64) =
+        sqlx::query_as("SELECT id, first_seen, last_seen FROM stations")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(station, ("rack-1".to_string(), T0, T0));
+}
+
+#[tokio::test]
+async fn reopening_keeps_the_records_and_applies_nothing_twice() {
+    let t = TestStore::new("rack-1").await;
+    t.store.record_image(&common::image()).await.unwrap();
+    t.clock.advance(60_000);
+    let again = t.reopen("rack-1").await;
+    assert_eq!(
+        again.image(common::image().sha256).await.unwrap(),
+        Some(common::image())
+    );
+    assert_eq!(again.health().await.unwrap().schema_version, SCHEMA_VERSION);
+    let mut conn = raw(&t.path()).await;
+    let (first, last): (i64, i64) =
+        sqlx::query_as("SELECT first_seen, last_seen FROM stations WHERE id = 'rack-1'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((first, last), (T0, T0 + 60_000));
+}
+
+#[tokio::test]
+async fn an_empty_file_is_taken_as_an_empty_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.db");
+    fs::write(&path, b"").unwrap();
+    let store = Store::open(&path, "rack-1").await.unwrap();
+    assert_eq!(store.health().await.unwrap().integrity, "ok");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_sqlite_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flashrack.db");
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 13) as u8).collect();
+    fs::write(&path, &garbage).unwrap();
+
+    let err = Store::open(&path, "rack-1").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotADatabase { path: p } if p == &path),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&path.display().to_string()));
+    assert_eq!(fs::read(&path).unwrap(), garbage);
+    assert_only_file(dir.path(), "flashrack.db");
+}
+
+#[tokio::test]
+async fn a_short_text_file_is_refused_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.db");
+    fs::write(&path, b"SQLite").unwrap();
+    let err = Store::open(&path, "rack-1").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotADatabase { .. }), "{err:?}");
+    assert_eq!(fs::read(&path).unwrap(), b"SQLite");
+}
+
+#[tokio::test]
+async fn another_programs_database_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let mut conn = SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE recipes (name TEXT)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let before = fs::read(&path).unwrap();
+    let err = Store::open(&path, "rack-1").await.unwrap_err();
+    assert!(matches!(err, StoreError::ForeignDatabase { .. }), "{err:?}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_build_is_refused_and_left_as_it_was() {
+    let t = TestStore::new("rack-1").await;
+    t.store.record_image(&common::image()).await.unwrap();
+    t.store.clone().close().await;
+    // What a newer flashrack would have left: a migration this build does not know.
+    {
+        let mut conn = raw(&t.path()).await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (?, 'from the future', TRUE, x'00', 0)",
+        )
+        .bind(SCHEMA_VERSION + 1)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let before = fs::read(t.path()).unwrap();
+
+    let err = Store::open(&t.path(), "rack-1").await.unwrap_err();
+    match &err {
+        StoreError::NewerSchema {
+            path,
+            found,
+            supported,
+        } => {
+            assert_eq!(path, &t.path());
+            assert_eq!((*found, *supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+        }
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+    assert!(err.to_string().contains("upgrade flashrack"), "{err}");
+    assert_eq!(fs::read(t.path()).unwrap(), before);
+}
+
+#[tokio::test]
+async fn an_invalid_station_id_is_refused_before_the_file_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flashrack.db");
+    for bad in ["", " rack", "rack\n1", &"x".repeat(65)] {
+        let err = Store::open(&path, bad).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidStationId { .. }),
+            "{bad:?}: {err:?}"
+        );
+    }
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-there");
+    let err = Store::open(&missing.join("flashrack.db"), "rack-1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Open { path, .. } if path == &missing),
+        "{err:?}"
+    );
+    assert!(!missing.exists());
+}
+
+#[tokio::test]
+async fn a_read_only_directory_is_refused_with_its_path() {
+    let dir = ReadOnly::empty_dir();
+    let path = dir.path.join("flashrack.db");
+    let err = Store::open(&path, "rack-1").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::ReadOnly { path, .. } if path == &dir.path),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&dir.path.display().to_string()));
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_database_in_a_directory_made_read_only_is_refused_and_left_as_it_was() {
+    let dir = ReadOnly::dir_with_database().await;
+    let path = dir.path.join("flashrack.db");
+    let before = fs::read(&path).unwrap();
+    let err = Store::open(&path, "rack-1").await.unwrap_err();
+    assert!(matches!(err, StoreError::ReadOnly { .. }), "{err:?}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+#[tokio::test]
+async fn an_unwritable_database_file_is_refused_with_its_path_and_left_as_it_was() {
+    let file = ReadOnly::database_file().await;
+    let before = fs::read(&file.path).unwrap();
+    let err = Store::open(&file.path, "rack-1").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::ReadOnly { path, .. } if path == &file.path),
+        "{err:?}"
+    );
+    assert_eq!(fs::read(&file.path).unwrap(), before);
+}
+
+fn assert_only_file(dir: &Path, name: &str) {
+    let names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, [name], "nothing else may be created next to it");
+}
+
+/// Something that cannot be written, even by root, undone on drop. Root ignores
+/// permission bits, so as root this is a read-only mount (a tmpfs for directories, a
+/// read-only bind mount for a file); otherwise it is a mode without write bits. The
+/// tests run both ways and skip neither.
+struct ReadOnly {
+    path: PathBuf,
+    mounted: bool,
+    _tmp: TempDir,
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let status = Command::new(cmd).args(args).status().unwrap();
+    assert!(status.success(), "{cmd} {args:?} failed: {status}");
+}
+
+async fn write_database(path: &Path) {
+    let store = Store::open_with_clock(path, "rack-1", Clock::Manual(ManualClock::new(T0)))
+        .await
+        .unwrap();
+    store.record_image(&common::image()).await.unwrap();
+    store.close().await;
+}
+
+impl ReadOnly {
+    fn empty_dir() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("data");
+        fs::create_dir(&path).unwrap();
+        let p = path.to_str().unwrap();
+        if is_root() {
+            run("mount", &["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", p]);
+        } else {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        Self {
+            path,
+            mounted: is_root(),
+            _tmp: tmp,
+        }
+    }
+
+    async fn dir_with_database() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("data");
+        fs::create_dir(&path).unwrap();
+        let p = path.to_str().unwrap().to_string();
+        if is_root() {
+            run("mount", &["-t", "tmpfs", "-o", "size=16m", "tmpfs", &p]);
+        }
+        let guard = Self {
+            path: path.clone(),
+            mounted: is_root(),
+            _tmp: tmp,
+        };
+        write_database(&path.join("flashrack.db")).await;
+        if is_root() {
+            run("mount", &["-o", "remount,ro", &p]);
+        } else {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        guard
+    }
+
+    async fn database_file() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("flashrack.db");
+        write_database(&path).await;
+        let p = path.to_str().unwrap();
+        if is_root() {
+            run("mount", &["--bind", p, p]);
+            run("mount", &["-o", "remount,bind,ro", p]);
+        } else {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).unwrap();
+        }
+        Self {
+            path,
+            mounted: is_root(),
+            _tmp: tmp,
+        }
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.path).status();
+        } else {
+            let _ = fs::set_permissions(&self.path, fs::Permissions::from_mode(0o755));
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! Writing and reading records through the store's API, each test on its own real
+//! SQLite file: every function round-trips, the invariants hold, and start-up
+//! recovery turns what a crash left running into `interrupted`.
+
+mod common;
+
+use common::{device, fail, image, pass_figures, TestStore, T0};
+use flashrack_core::{AttemptFigures, ByteSize, FailReason, Failure, Sha256Digest, Stage, Verdict};
+use flashrack_store::{
+    AttemptState, Counts, DeviceRow, EventKind, EventRow, RunId, StopReason, StoreError,
+};
+use serde_json::json;
+use sqlx::{Connection, SqliteConnection};
+
+#[tokio::test]
+async fn images_are_recorded_once_and_renamed_on_reimport() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    assert_eq!(t.store.image(img.sha256).await.unwrap(), Some(img.clone()));
+
+    let mut again = img.clone();
+    again.name = "renamed.img".to_string();
+    again.imported_at = T0 + 1;
+    t.store.record_image(&again).await.unwrap();
+    let stored = t.store.image(img.sha256).await.unwrap().unwrap();
+    assert_eq!(stored.name, "renamed.img");
+    assert_eq!(
+        stored.imported_at, img.imported_at,
+        "first import time is kept"
+    );
+    assert_eq!(t.store.images().await.unwrap(), vec![stored]);
+    assert_eq!(
+        t.store.image(Sha256Digest::of(b"other")).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn runs_start_stop_and_are_listed_with_counts() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    let unknown = t
+        .store
+        .start_run(Sha256Digest::of(b"never imported"), "x", &json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unknown, StoreError::NotFound { what: "image", .. }),
+        "{unknown:?}"
+    );
+
+    t.store.record_image(&img).await.unwrap();
+    let options = json!({ "verify": "hash", "eject_on_pass": true, "target_count": 4 });
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &options)
+        .await
+        .unwrap();
+    let summary = t.store.run(run).await.unwrap().unwrap();
+    assert_eq!(summary.run.id, run);
+    assert_eq!(summary.run.station_id, "rack-1");
+    assert_eq!(summary.run.image_sha256, img.sha256);
+    assert_eq!(summary.run.options, options);
+    assert_eq!(summary.run.started_at, T0);
+    assert_eq!(summary.run.stopped_at, None);
+    assert_eq!(summary.counts, Counts::default());
+    assert_eq!(t.store.active_run().await.unwrap().unwrap().run.id, run);
+
+    t.clock.advance(1000);
+    t.store.stop_run(run, StopReason::Operator).await.unwrap();
+    let stopped = t.store.run(run).await.unwrap().unwrap();
+    assert_eq!(stopped.run.stopped_at, Some(T0 + 1000));
+    assert_eq!(stopped.run.stop_reason, Some(StopReason::Operator));
+    assert_eq!(t.store.active_run().await.unwrap(), None);
+    assert!(matches!(
+        t.store.stop_run(run, StopReason::Shutdown).await,
+        Err(StoreError::RunStopped { run: r }) if r == run
+    ));
+    assert!(matches!(
+        t.store.stop_run(RunId(99), StopReason::Shutdown).await,
+        Err(StoreError::NotFound { what: "run", .. })
+    ));
+
+    t.clock.advance(1000);
+    let second = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let listed: Vec<RunId> = t
+        .store
+        .list_runs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.run.id)
+        .collect();
+    assert_eq!(listed, vec![second, run], "newest first");
+}
+
+#[tokio::test]
+async fn devices_are_upserted_by_serial_or_by_vendor_model_and_size() {
+    let t = TestStore::new("rack-1").await;
+    let first = t.store.upsert_device(&device("AA01")).await.unwrap();
+    t.clock.advance(5000);
+    let mut changed = device("AA01");
+    changed.model = Some("Cruzer Blade 2".to_string());
+    changed.capacity = ByteSize(16_000_000_000);
+    assert_eq!(t.store.upsert_device(&changed).await.unwrap(), first);
+    let record = t.store.device("AA01").await.unwrap().unwrap();
+    assert_eq!(record.id, first);
+    assert_eq!(record.key, "AA01");
+    assert_eq!(record.model.as_deref(), Some("Cruzer Blade 2"));
+    assert_eq!(record.capacity, ByteSize(16_000_000_000));
+    assert_eq!((record.first_seen, record.last_seen), (T0, T0 + 5000));
+
+    let no_serial = DeviceRow {
+        serial: Some("  ".to_string()),
+        vendor: Some("Generic".to_string()),
+        model: None,
+        capacity: ByteSize(8_000_000_000),
+    };
+    assert_eq!(no_serial.key(), "Generic/?/8000000000");
+    let other = t.store.upsert_device(&no_serial).await.unwrap();
+    assert_ne!(other, first);
+    let record = t
+        .store
+        .device("Generic/?/8000000000")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.serial, None, "a blank serial is recorded as none");
+    assert_eq!(t.store.device("nope").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+
+    t.clock.advance(100);
+    let attempt = t
+        .store
+        .start_attempt(run, dev, "A1", "pci-0000:00:14.0-usb-0:1:1.0")
+        .await
+        .unwrap();
+    let started = t.store.attempt(attempt).await.unwrap().unwrap();
+    assert_eq!(started.state, AttemptState::Running);
+    assert_eq!(started.stage, Stage::Preparing);
+    assert_eq!(started.verdict, None);
+    assert_eq!(started.started_at, T0 + 100);
+    assert_eq!(started.finished_at, None);
+    assert_eq!(
+        started.figures.capacity,
+        ByteSize(16_008_609_792),
+        "the device's capacity"
+    );
+    assert_eq!(started.port_path, "pci-0000:00:14.0-usb-0:1:1.0");
+    assert_eq!(t.store.running_attempts().await.unwrap(), vec![started]);
+
+    for stage in [Stage::Writing, Stage::Flushing, Stage::Verifying] {
+        t.clock.advance(1000);
+        t.store.attempt_stage(attempt, stage).await.unwrap();
+        assert_eq!(
+            t.store.attempt(attempt).await.unwrap().unwrap().stage,
+            stage
+        );
+    }
+    t.clock.advance(1000);
+    t.store
+        .finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+        .await
+        .unwrap();
+
+    let done = t.store.attempt(attempt).await.unwrap().unwrap();
+    assert_eq!(done.state, AttemptState::Passed);
+    assert_eq!(done.verdict, Some(Verdict::Pass));
+    assert_eq!(done.figures, pass_figures(), "figures read back exactly");
+    assert_eq!(done.stage, Stage::Verifying);
+    assert_eq!(done.finished_at, Some(T0 + 4100));
+    assert!(t.store.running_attempts().await.unwrap().is_empty());
+
+    let kinds: Vec<EventKind> = t
+        .store
+        .attempt_events(attempt)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.row.kind)
+        .collect();
+    use EventKind::*;
+    assert_eq!(
+        kinds,
+        [
+            AttemptStarted,
+            StageChanged,
+            StageChanged,
+            StageChanged,
+            AttemptFinished
+        ]
+    );
+
+    // A verdict is final.
+    let again = t
+        .store
+        .finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::AttemptNotRunning {
+                state: AttemptState::Passed,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    assert!(matches!(
+        t.store.attempt_stage(attempt, Stage::Writing).await,
+        Err(StoreError::AttemptNotRunning { .. })
+    ));
+}
+
+#[tokio::test]
+async fn failures_keep_their_reason_stage_and_offset() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+
+    let cases = [
+        (
+            fail(
+                FailReason::VerifyMismatch { offset: 4_194_304 },
+                Stage::Verifying,
+            ),
+            AttemptState::Failed,
+        ),
+        (
+            fail(
+                FailReason::WriteError {
+                    offset: 1 << 20,
+                    detail: "Input/output error (os error 5)".into(),
+                },
+                Stage::Writing,
+            ),
+            AttemptState::Failed,
+        ),
+        (
+            fail(
+                FailReason::Removed {
+                    during: Stage::Flushing,
+                },
+                Stage::Flushing,
+            ),
+            AttemptState::Failed,
+        ),
+        (
+            fail(FailReason::Interrupted, Stage::Writing),
+            AttemptState::Interrupted,
+        ),
+    ];
+    for (verdict, state) in cases {
+        let attempt = t.store.start_attempt(run, dev, "B2", "path").await.unwrap();
+        let figures = AttemptFigures {
+            capacity: ByteSize(0), // not measured: the device's capacity stays
+            bytes_written: 1 << 20,
+            write_secs: 0.5,
+            read_back_sha256: Some(Sha256Digest::of(b"what came back")),
+            ..AttemptFigures::default()
+        };
+        t.store
+            .finish_attempt(attempt, &verdict, &figures)
+            .await
+            .unwrap();
+        let record = t.store.attempt(attempt).await.unwrap().unwrap();
+        assert_eq!(record.verdict.as_ref(), Some(&verdict));
+        assert_eq!(record.state, state);
+        assert_eq!(record.stage, verdict.failure().unwrap().stage);
+        assert_eq!(record.figures.capacity, ByteSize(16_008_609_792));
+        assert_eq!(record.figures.read_back_sha256, figures.read_back_sha256);
+
+        let row = t
+            .store
+            .run_report(run)
+            .await
+            .unwrap()
+            .unwrap()
+            .rows
+            .pop()
+            .unwrap();
+        let reason = &verdict.failure().unwrap().reason;
+        assert_eq!(row.reason_code.as_deref(), Some(reason.code()));
+        assert_eq!(row.reason_detail, Some(reason.to_string()));
+        assert_eq!(row.fail_offset, reason.offset());
+    }
+    let counts = t.store.run(run).await.unwrap().unwrap().counts;
+    assert_eq!(
+        counts,
+        Counts {
+            attempts: 4,
+            passed: 0,
+            failed: 3,
+            interrupted: 1,
+            running: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn attempts_need_an_open_run_and_a_known_device() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+
+    let no_device = t
+        .store
+        .start_attempt(run, flashrack_store::DeviceId(42), "A1", "p")
+        .await;
+    assert!(
+        matches!(no_device, Err(StoreError::NotFound { what: "device", .. })),
+        "{no_device:?}"
+    );
+    let no_run = t.store.start_attempt(RunId(42), dev, "A1", "p").await;
+    assert!(
+        matches!(no_run, Err(StoreError::NotFound { what: "run", .. })),
+        "{no_run:?}"
+    );
+    t.store.stop_run(run, StopReason::Completed).await.unwrap();
+    let stopped = t.store.start_attempt(run, dev, "A1", "p").await;
+    assert!(
+        matches!(stopped, Err(StoreError::RunStopped { .. })),
+        "{stopped:?}"
+    );
+    assert!(t
+        .store
+        .run_report(run)
+        .await
+        .unwrap()
+        .unwrap()
+        .rows
+        .is_empty());
+}
+
+#[tokio::test]
+async fn events_are_appended_with_their_references() {
+    let t = TestStore::new("rack-1").await;
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    t.clock.advance(10);
+    let mut refusal = EventRow::new(
+        EventKind::GuardRefused,
+        json!({ "reason": "sdb1 is mounted at /media/usb" }),
+    );
+    refusal.port_label = Some("C3".to_string());
+    refusal.device_id = Some(dev);
+    let id = t.store.record_event(&refusal).await.unwrap();
+    t.clock.advance(10);
+    let action = EventRow::new(EventKind::OperatorAction, json!({ "action": "arm" }));
+    t.store.record_event(&action).await.unwrap();
+
+    let events = t.store.recent_events(2).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].id, id);
+    assert_eq!(events[0].at, T0 + 10);
+    assert_eq!(events[0].station_id, "rack-1");
+    assert_eq!(events[0].row, refusal);
+    assert_eq!(events[1].row, action);
+
+    let mut dangling = EventRow::new(EventKind::PortChanged, json!({}));
+    dangling.run_id = Some(RunId(77));
+    let err = t.store.record_event(&dangling).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::DanglingReference { .. }),
+        "{err:?}"
+    );
+
+    for kind in EventKind::ALL {
+        assert_eq!(kind.as_str().parse::<EventKind>().unwrap(), *kind);
+    }
+}
+
+#[tokio::test]
+async fn a_finished_attempt_is_visible_to_another_connection_when_the_call_returns() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let attempt = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
+
+    let mut other = SqliteConnection::connect(&format!("sqlite://{}", t.path().display()))
+        .await
+        .unwrap();
+    let state: String = sqlx::query_scalar("SELECT state FROM attempts WHERE id = ?")
+        .bind(attempt.0)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(
+        state, "running",
+        "the start is committed before the first byte"
+    );
+    t.store
+        .finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+        .await
+        .unwrap();
+    let state: String = sqlx::query_scalar("SELECT state FROM attempts WHERE id = ?")
+        .bind(attempt.0)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(state, "passed");
+}
+
+#[tokio::test]
+async fn recovery_interrupts_what_the_last_session_left_running_and_nothing_else() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let old_run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev_a = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let dev_b = t.store.upsert_device(&device("BB02")).await.unwrap();
+    let finished = t
+        .store
+        .start_attempt(old_run, dev_a, "A1", "p1")
+        .await
+        .unwrap();
+    t.store
+        .finish_attempt(finished, &Verdict::Pass, &pass_figures())
+        .await
+        .unwrap();
+    t.clock.advance(1000);
+    let left_running = t
+        .store
+        .start_attempt(old_run, dev_b, "A2", "p2")
+        .await
+        .unwrap();
+    t.clock.advance(1000);
+    t.store
+        .attempt_stage(left_running, Stage::Writing)
+        .await
+        .unwrap();
+    t.clock.advance(30_000);
+    t.store.heartbeat().await.unwrap();
+    let crash_at = t.store.now();
+
+    // Another station shares the database; its running attempt is its own business.
+    let other = t.reopen("rack-2").await;
+    let other_run = other
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let others_attempt = other
+        .start_attempt(other_run, dev_a, "Z9", "pz")
+        .await
+        .unwrap();
+
+    // Power cut: nothing is closed or finished. The station comes back later.
+    drop(t.store.clone());
+    t.clock.advance(3_600_000);
+    let restarted = t.reopen("rack-1").await;
+    // Work this session records before recovery runs is not the crash's.
+    let new_run = restarted
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let new_attempt = restarted
+        .start_attempt(new_run, dev_a, "A1", "p1")
+        .await
+        .unwrap();
+
+    let recovery = restarted.recover_interrupted().await.unwrap();
+    assert_eq!(recovery.attempts, vec![left_running]);
+    assert_eq!(recovery.runs, vec![old_run]);
+    assert_eq!(recovery.presumed_crash_at, Some(crash_at));
+
+    let record = restarted.attempt(left_running).await.unwrap().unwrap();
+    assert_eq!(record.state, AttemptState::Interrupted);
+    assert_eq!(
+        record.finished_at,
+        Some(crash_at),
+        "ended when last known alive"
+    );
+    assert_eq!(
+        record.verdict,
+        Some(Verdict::Fail(Failure {
+            reason: FailReason::Interrupted,
+            stage: Stage::Writing
+        }))
+    );
+    assert_eq!(
+        restarted.attempt(finished).await.unwrap().unwrap().verdict,
+        Some(Verdict::Pass)
+    );
+    let old = restarted.run(old_run).await.unwrap().unwrap();
+    assert_eq!(old.run.stop_reason, Some(StopReason::Interrupted));
+    assert_eq!(old.run.stopped_at, Some(crash_at));
+    assert_eq!(old.counts.interrupted, 1);
+    assert_eq!(old.counts.passed, 1);
+
+    assert_eq!(
+        restarted.attempt(new_attempt).await.unwrap().unwrap().state,
+        AttemptState::Running
+    );
+    assert_eq!(
+        restarted.active_run().await.unwrap().unwrap().run.id,
+        new_run
+    );
+    assert_eq!(
+        other.attempt(others_attempt).await.unwrap().unwrap().state,
+        AttemptState::Running
+    );
+    assert_eq!(
+        other.run(other_run).await.unwrap().unwrap().run.stopped_at,
+        None
+    );
+
+    let events = restarted.attempt_events(left_running).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.row.kind, EventKind::AttemptInterrupted);
+    assert_eq!(last.row.detail["presumed_crash_at"], crash_at);
+
+    // Running it again finds nothing more to do.
+    let again = restarted.recover_interrupted().await.unwrap();
+    assert_eq!(again, flashrack_store::Recovery::default());
+    assert_eq!(restarted.health().await.unwrap().integrity, "ok");
+}
+
+#[tokio::test]
+async fn without_a_heartbeat_the_crash_time_is_the_last_record() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    t.clock.advance(2000);
+    let attempt = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
+    t.clock.advance(5000);
+    t.store
+        .attempt_stage(attempt, Stage::Verifying)
+        .await
+        .unwrap();
+    let last_write = t.store.now();
+    t.clock.advance(600_000);
+    let restarted = t.reopen("rack-1").await;
+    let recovery = restarted.recover_interrupted().await.unwrap();
+    assert_eq!(recovery.presumed_crash_at, Some(last_write));
+    let record = restarted.attempt(attempt).await.unwrap().unwrap();
+    assert_eq!(record.finished_at, Some(last_write));
+    assert_eq!(record.stage, Stage::Verifying);
+}
+
+#[tokio::test]
+async fn a_report_of_ten_thousand_attempts_comes_back_whole() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let other_run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let mut batch = t.store.batch().await.unwrap();
+    for i in 0..10_000u32 {
+        let dev = batch
+            .upsert_device(&device(&format!("SN{i:05}")))
+            .await
+            .unwrap();
+        for r in [run, other_run] {
+            let a = batch
+                .start_attempt(r, dev, &format!("P{}", i % 48), "p")
+                .await
+                .unwrap();
+            let verdict = if i % 10 == 0 {
+                fail(
+                    FailReason::VerifyMismatch {
+                        offset: u64::from(i) * 4096,
+                    },
+                    Stage::Verifying,
+                )
+            } else {
+                Verdict::Pass
+            };
+            batch
+                .finish_attempt(a, &verdict, &pass_figures())
+                .await
+                .unwrap();
+        }
+    }
+    batch.commit().await.unwrap();
+
+    let report = t.store.run_report(run).await.unwrap().unwrap();
+    assert_eq!(report.rows.len(), 10_000);
+    assert!(report.rows.iter().all(|r| r.run_id == run));
+    assert_eq!(
+        report.run.counts,
+        Counts {
+            attempts: 10_000,
+            passed: 9_000,
+            failed: 1_000,
+            interrupted: 0,
+            running: 0
+        }
+    );
+    assert!(report
+        .rows
+        .windows(2)
+        .all(|w| w[0].attempt_id < w[1].attempt_id));
+    assert_eq!(t.store.device_history("SN00010").await.unwrap().len(), 2);
+    assert_eq!(t.store.health().await.unwrap().integrity, "ok");
+}
+
+#[tokio::test]
+async fn a_dropped_batch_records_nothing() {
+    let t = TestStore::new("rack-1").await;
+    {
+        let mut batch = t.store.batch().await.unwrap();
+        batch.upsert_device(&device("AA01")).await.unwrap();
+    }
+    assert_eq!(t.store.device("AA01").await.unwrap(), None);
+    // The write connection is free again.
+    t.store.upsert_device(&device("AA01")).await.unwrap();
+    assert!(t.store.device("AA01").await.unwrap().is_some());
+}
