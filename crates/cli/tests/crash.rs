@@ -1,0 +1,171 @@
+//! Records survive a crash: the station (the demo, on the simulated rack) is
+//! killed with SIGKILL in the middle of writing, restarted, and stopped cleanly;
+//! every attempt must then be accounted for — passed, failed or interrupted —
+//! none lost, none duplicated, the database intact.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flashrack_store::{AttemptId, AttemptState, Store};
+
+struct Demo {
+    child: Child,
+    address: String,
+}
+
+impl Demo {
+    fn start(data_dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--image-size",
+                "32MiB",
+                "--ports",
+                "8",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start flashrack demo");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines
+            .next()
+            .expect("the demo prints its address")
+            .expect("readable stdout");
+        let address = line
+            .strip_prefix("dashboard: http://")
+            .and_then(|rest| rest.strip_suffix('/'))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Demo { child, address }
+    }
+
+    fn station(&self) -> serde_json::Value {
+        let mut stream = TcpStream::connect(&self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(stream, "GET /api/v1/station HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("bad answer {e}: {text}"))
+    }
+
+    /// Attempt ids the ports show, and how many are busy writing or verifying.
+    fn attempts(&self) -> (BTreeSet<i64>, usize) {
+        let station = self.station();
+        let ports = station["ports"].as_array().unwrap();
+        let ids = ports
+            .iter()
+            .filter_map(|p| p["attempt_id"].as_i64())
+            .collect();
+        let busy = ports
+            .iter()
+            .filter(|p| matches!(p["state"].as_str(), Some("writing" | "verifying")))
+            .count();
+        (ids, busy)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_station_killed_mid_write_loses_and_duplicates_no_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+
+    // First life: wait until several sticks are being written, then SIGKILL.
+    let demo = Demo::start(&data_dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = BTreeSet::new();
+    loop {
+        let (ids, busy) = demo.attempts();
+        seen.extend(ids);
+        if busy >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sticks were being written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut demo = demo;
+    demo.child.kill().unwrap(); // SIGKILL: no chance to record anything more
+    demo.child.wait().unwrap();
+    drop(demo);
+
+    // Second life: recovery runs at start-up; then a clean stop (SIGTERM).
+    let demo = Demo::start(&data_dir);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (after_restart, _) = demo.attempts();
+    let pid = rustix::process::Pid::from_raw(demo.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let mut demo = demo;
+    let status = demo.child.wait().unwrap();
+    assert!(status.success(), "a clean stop exits 0: {status}");
+    drop(demo);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&data_dir.join("flashrack.db"), "demo")
+            .await
+            .unwrap();
+        let health = store.health().await.unwrap();
+        assert_eq!(health.integrity, "ok", "{health:?}");
+        let runs = store.list_runs().await.unwrap();
+        assert_eq!(runs.len(), 2, "one run per life");
+        let mut all = BTreeSet::new();
+        let mut interrupted = 0;
+        for summary in &runs {
+            assert_eq!(
+                summary.counts.running, 0,
+                "nothing is left running: {summary:?}"
+            );
+            let report = store.run_report(summary.run.id).await.unwrap().unwrap();
+            for row in &report.rows {
+                assert!(
+                    all.insert(row.attempt_id.0),
+                    "attempt {} twice",
+                    row.attempt_id.0
+                );
+                if row.state == AttemptState::Interrupted {
+                    interrupted += 1;
+                }
+            }
+            assert_eq!(
+                summary.counts.attempts,
+                summary.counts.passed + summary.counts.failed + summary.counts.interrupted
+            );
+        }
+        for id in seen.iter().chain(&after_restart) {
+            let record = store.attempt(AttemptId(*id)).await.unwrap();
+            let record =
+                record.unwrap_or_else(|| panic!("attempt {id} was shown but not recorded"));
+            assert!(
+                matches!(
+                    record.state,
+                    AttemptState::Passed | AttemptState::Failed | AttemptState::Interrupted
+                ),
+                "attempt {id}: {:?}",
+                record.state
+            );
+        }
+        assert!(
+            interrupted >= 3,
+            "the sticks being written at the kill are interrupted ({interrupted})"
+        );
+        // The first run was closed by the recovery, the second by the clean stop.
+        assert!(runs.iter().all(|r| r.run.stopped_at.is_some()));
+    });
+}
