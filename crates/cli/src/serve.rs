@@ -68,6 +68,14 @@ pub async fn run_station(
     shutdown: Shutdown,
     listening: impl FnOnce(SocketAddr, StationHandle),
 ) -> Result<()> {
+    // Checked here, where every way of starting the station passes, and not only
+    // in the configuration file's validation.
+    if !config.web.listen.ip().is_loopback() && config.web.token.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {} (not loopback) without an operator token",
+            config.web.listen
+        );
+    }
     let images = crate::image_cmd::open_cache(data_dir)?;
     let records = StoreRecords::open(data_dir, &config.station_id, images.clone()).await?;
     let heartbeat = tokio::spawn(records.clone().heartbeat_forever());

@@ -1,0 +1,160 @@
+//! The `flashrack` binary's contracts: exit statuses, `--json`, and clear errors
+//! for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run flashrack")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn write_image(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("image.img");
+    std::fs::write(&path, flashrack_testkit::image_bytes(3 << 20, 5, 1 << 18)).unwrap();
+    path
+}
+
+#[test]
+fn flash_exits_0_when_all_pass_1_when_one_fails_and_prints_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path());
+    let image = image.to_str().unwrap();
+    let data = dir.path().join("data");
+    let target = dir.path().join("out.img");
+    let ok = flashrack(
+        &data,
+        &[
+            "flash",
+            image,
+            target.to_str().unwrap(),
+            "sim:a",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let summary: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(
+        (summary["passed"].as_u64(), summary["failed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(summary["targets"][1]["target"], "sim:a");
+    assert_eq!(
+        summary["targets"][1]["read_back_sha256"],
+        summary["image_sha256"]
+    );
+
+    let failing = flashrack(
+        &data,
+        &[
+            "flash",
+            image,
+            "sim:b",
+            "sim:c:fail_after=1MiB",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(failing.status.code(), Some(1), "{}", stderr(&failing));
+    let summary: serde_json::Value = serde_json::from_slice(&failing.stdout).unwrap();
+    assert_eq!(summary["failed"], 1);
+    assert_eq!(summary["targets"][1]["reason"], "write_error");
+    assert!(summary["targets"][1]["offset"].as_u64().is_some());
+
+    // Both flashes are recorded runs.
+    let runs = flashrack(&data, &["report", "runs"]);
+    assert_eq!(runs.status.code(), Some(0), "{}", stderr(&runs));
+    assert_eq!(
+        String::from_utf8_lossy(&runs.stdout).lines().count(),
+        3,
+        "a header and two runs"
+    );
+    let csv = flashrack(&data, &["report", "run", "2", "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
+    assert!(
+        csv.starts_with("attempt_id,station_id,run_id,port_label"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains(",sim:c,") && csv.contains(",write_error,"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_a_clear_message_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A corrupt compressed image.
+    let corrupt = dir.path().join("broken.img.xz");
+    std::fs::write(&corrupt, [0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2, 3, 4, 5]).unwrap();
+    let out = flashrack(&data, &["image", "import", corrupt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("broken.img.xz"), "{}", stderr(&out));
+    let listed = flashrack(&data, &["image", "list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
+    // A wrong checksum.
+    let image = write_image(dir.path());
+    let out = flashrack(
+        &data,
+        &[
+            "image",
+            "import",
+            image.to_str().unwrap(),
+            "--sha256",
+            &"ab".repeat(32),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("sha256"), "{}", stderr(&out));
+    // Unknown image, malformed simulated stick, a /dev path that is no device.
+    for args in [
+        vec!["flash", "nosuchimage", "sim:a"],
+        vec!["flash", image.to_str().unwrap(), "sim:a:speed=fast"],
+        vec!["flash", image.to_str().unwrap(), "/dev/not-a-device"],
+        vec!["flash", image.to_str().unwrap(), "sim:a", "sim:a"],
+    ] {
+        let out = flashrack(&data, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let last = stderr(&out).lines().last().unwrap_or("").to_string();
+        assert!(
+            last.starts_with("flashrack: "),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // A malformed configuration names the file and the line.
+    let config = dir.path().join("station.toml");
+    std::fs::write(
+        &config,
+        "station_id = \"x\"\n[guard]\nmax_size = \"lots\"\n",
+    )
+    .unwrap();
+    let out = flashrack(&data, &["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("station.toml:3:"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_station_refuses_to_listen_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = flashrack(
+        dir.path(),
+        &["demo", "--listen", "0.0.0.0:0", "--image-size", "4MiB"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("without an operator token"),
+        "{}",
+        stderr(&out)
+    );
+}
