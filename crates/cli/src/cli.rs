@@ -175,6 +175,23 @@ pub struct DemoArgs {
     /// Seed of the simulated operator's choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Instead of the operator scenario, plug this many healthy sticks at once
+    /// (a measurement: how the station starts a burst of sticks).
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u32>,
+    /// Write speed of the burst's sticks.
+    #[arg(long, default_value = "20MB", requires = "burst")]
+    pub write_speed: ByteSize,
+    /// Read speed of the burst's sticks.
+    #[arg(long, default_value = "40MB", requires = "burst")]
+    pub read_speed: ByteSize,
+    /// Exit when every stick of the burst has its verdict, printing a JSON line
+    /// with the finish times.
+    #[arg(long, requires = "burst")]
+    pub exit_when_done: bool,
+    /// Keep records in memory only (to measure what recording costs).
+    #[arg(long)]
+    pub no_records: bool,
 }
 
 /// `flashrack serve …`

@@ -73,13 +73,21 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         ports: ports.clone(),
     };
     let (source, control, access) = sim_rack(data_dir.join("sim-rack"));
-    let shutdown = Shutdown::on_signals();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = Shutdown::on_signals_or(stop_rx);
     let source_image = SourceImage {
         path: image.path.clone(),
         manifest: image.manifest.clone(),
     };
     let image_name = image.meta.original_name.clone();
     let seed = args.seed;
+    let burst = args.burst.map(|sticks| Burst {
+        sticks,
+        write_speed: args.write_speed.bytes(),
+        read_speed: args.read_speed.bytes(),
+        exit_when_done: args.exit_when_done,
+        stop: stop_tx,
+    });
     let scenario_control = control.clone();
     let result = run_station(
         &config,
@@ -88,17 +96,29 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
             source: Box::new(source),
             access: Arc::new(access),
         },
+        !args.no_records,
         shutdown,
         move |address: SocketAddr, handle: StationHandle| {
             println!("dashboard: http://{address}/");
-            tokio::spawn(scenario(
-                handle,
-                scenario_control,
-                ports,
-                source_image,
-                image_name,
-                seed,
-            ));
+            let rack = scenario_control;
+            match burst {
+                Some(burst) => tokio::spawn(burst_scenario(
+                    handle,
+                    rack,
+                    ports,
+                    source_image,
+                    image_name,
+                    burst,
+                )),
+                None => tokio::spawn(scenario(
+                    handle,
+                    rack,
+                    ports,
+                    source_image,
+                    image_name,
+                    seed,
+                )),
+            };
         },
     )
     .await;
@@ -173,6 +193,94 @@ async fn scenario(
             }
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+/// A measurement: many healthy sticks plugged at once.
+struct Burst {
+    sticks: u32,
+    write_speed: u64,
+    read_speed: u64,
+    exit_when_done: bool,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Arms a run, plugs `burst.sticks` sticks within a moment, and reports when each
+/// got its verdict, measured from the first plug.
+async fn burst_scenario(
+    station: StationHandle,
+    rack: SimRackControl,
+    ports: Vec<PortConfig>,
+    image: SourceImage,
+    image_name: String,
+    burst: Burst,
+) {
+    let image_size = image.manifest.size();
+    if let Err(error) = station
+        .arm(ArmRequest {
+            image,
+            image_name,
+            options: RunOptions::default(),
+        })
+        .await
+    {
+        tracing::error!(%error, "the burst could not arm its run");
+        let _ = burst.stop.send(true);
+        return;
+    }
+    let mut watch = station.watch();
+    let started = Instant::now();
+    let labels: Vec<String> = ports
+        .iter()
+        .take(burst.sticks as usize)
+        .map(|p| p.label.clone())
+        .collect();
+    for (n, port) in ports.iter().take(burst.sticks as usize).enumerate() {
+        let spec = SimStickSpec::new("", 8u64 << 30)
+            .write_speed(burst.write_speed)
+            .read_speed(burst.read_speed);
+        if let Err(error) = rack.plug(&port.path, &format!("BURST-{:04}", n + 1), spec) {
+            tracing::error!(%error, "the burst could not plug a stick");
+        }
+    }
+    let mut finished: HashMap<String, (f64, bool)> = HashMap::new();
+    while finished.len() < labels.len() {
+        if watch.changed().await.is_err() {
+            return;
+        }
+        let snapshot = watch.borrow_and_update().clone();
+        for view in snapshot.ports.iter().filter(|v| labels.contains(&v.label)) {
+            if matches!(
+                view.state,
+                PortState::Passed | PortState::Failed | PortState::Refused
+            ) {
+                finished.entry(view.label.clone()).or_insert((
+                    started.elapsed().as_secs_f64(),
+                    view.state == PortState::Passed,
+                ));
+            }
+        }
+    }
+    let ideal =
+        image_size as f64 / burst.write_speed as f64 + image_size as f64 / burst.read_speed as f64;
+    let slowest = finished.values().map(|(t, _)| *t).fold(0.0, f64::max);
+    let mut times: Vec<(String, f64, bool)> =
+        finished.into_iter().map(|(l, (t, p))| (l, t, p)).collect();
+    times.sort_by(|a, b| a.1.total_cmp(&b.1));
+    println!(
+        "{}",
+        serde_json::json!({
+            "sticks": labels.len(),
+            "passed": times.iter().filter(|t| t.2).count(),
+            "image_size": image_size,
+            "ideal_secs": ideal,
+            "slowest_secs": slowest,
+            "ratio": slowest / ideal,
+            "finish_secs": times.iter().map(|t| serde_json::json!({"port": t.0, "secs": t.1, "passed": t.2})).collect::<Vec<_>>(),
+        })
+    );
+    if burst.exit_when_done {
+        let _ = burst.stop.send(true);
     }
 }
 

@@ -53,6 +53,21 @@ impl Shutdown {
         Self(rx)
     }
 
+    /// A shutdown raised by `trigger` (and by the signals too).
+    pub fn on_signals_or(trigger: watch::Receiver<bool>) -> Self {
+        let signals = Self::on_signals();
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut trigger = trigger;
+            tokio::select! {
+                _ = signals.wait() => {}
+                _ = trigger.wait_for(|stop| *stop) => {}
+            }
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
     /// Completes when shutdown is asked.
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
@@ -65,6 +80,7 @@ pub async fn run_station(
     config: &StationConfig,
     data_dir: &Path,
     parts: Parts,
+    keep_records: bool,
     shutdown: Shutdown,
     listening: impl FnOnce(SocketAddr, StationHandle),
 ) -> Result<()> {
@@ -77,10 +93,16 @@ pub async fn run_station(
         );
     }
     let images = crate::image_cmd::open_cache(data_dir)?;
-    let records = StoreRecords::open(data_dir, &config.station_id, images.clone()).await?;
-    let heartbeat = tokio::spawn(records.clone().heartbeat_forever());
-    let journal: Arc<dyn Journal> = Arc::new(records.clone());
-    let reports: Option<Arc<dyn Reports>> = Some(Arc::new(records.clone()));
+    let records = if keep_records {
+        Some(StoreRecords::open(data_dir, &config.station_id, images.clone()).await?)
+    } else {
+        None
+    };
+    let heartbeat = records.clone().map(|r| tokio::spawn(r.heartbeat_forever()));
+    let (journal, reports): (Arc<dyn Journal>, Option<Arc<dyn Reports>>) = match &records {
+        Some(records) => (Arc::new(records.clone()), Some(Arc::new(records.clone()))),
+        None => (Arc::new(flashrack_station::MemoryJournal::default()), None),
+    };
     let mut policy = GuardPolicy {
         allowed_buses: config.allowed_buses.clone(),
         max_size_bytes: config.max_size.bytes(),
@@ -133,8 +155,12 @@ pub async fn run_station(
         .await
         .context("the web server failed")?;
     station_task.await.context("the station task failed")?;
-    heartbeat.abort();
-    records.store().clone().close().await;
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.abort();
+    }
+    if let Some(records) = records {
+        records.store().clone().close().await;
+    }
     Ok(())
 }
 
@@ -167,7 +193,7 @@ pub async fn run(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> Result<Exit
         access: Arc::new(flashrack_devices::udev::UdevAccess::new()),
     };
     let shutdown = Shutdown::on_signals();
-    run_station(&config, &data_dir, parts, shutdown, |address, _| {
+    run_station(&config, &data_dir, parts, true, shutdown, |address, _| {
         println!("dashboard: http://{address}/");
     })
     .await?;
