@@ -5,9 +5,12 @@
 //!   when dropped (also when the test panics);
 //! - [`require_root`]: tests that need root fail, never skip, without it: CI runs
 //!   as root and must run them;
+//! - [`udev_stick::TestStick`]: a loop device that udev presents as a USB stick;
 //! - [`image_bytes`] / [`image_from_bytes`]: deterministic test images with random
 //!   runs and zero holes, with their manifests.
 #![deny(missing_docs)]
+
+pub mod udev_stick;
 
 use std::fs;
 use std::path::{Path, PathBuf};
