@@ -130,22 +130,7 @@ pub fn status_table(snapshot: &Snapshot) -> String {
             verdict,
         ]);
     }
-    let mut widths = [0usize; 5];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = crate::table::render(&rows);
     match &snapshot.run {
         Some(run) => out.push_str(&format!(
             "run {}: {} ({}), {} — {} passed, {} failed, {} active{}\n",

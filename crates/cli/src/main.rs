@@ -15,6 +15,7 @@ mod records;
 mod report_cmd;
 mod serve;
 mod summary;
+mod table;
 mod targets;
 
 use std::process::ExitCode;

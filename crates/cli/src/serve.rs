@@ -59,9 +59,16 @@ impl Shutdown {
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
             let mut trigger = trigger;
+            let triggered = async move {
+                // A trigger whose sender is gone can never fire: wait for the
+                // signals alone rather than shutting down at once.
+                if trigger.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = signals.wait() => {}
-                _ = trigger.wait_for(|stop| *stop) => {}
+                _ = triggered => {}
             }
             let _ = tx.send(true);
         });

@@ -111,22 +111,7 @@ impl Summary {
                     .map_or("-".to_string(), |d| d.to_hex()),
             ]);
         }
-        let mut widths = [0usize; 7];
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in &rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+        let mut out = crate::table::render(&rows);
         out.push_str(&format!(
             "{} passed, {} failed in {:.1} s (image {} , {})\n",
             self.passed,

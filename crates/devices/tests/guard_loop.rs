@@ -11,81 +11,24 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use flashrack_testkit::{require_root, run, LoopDevice};
+
 use flashrack_devices::guard::{
     evaluate, refusals, Authorization, DiskFacts, GuardPolicy, GuardRequest, Refusal,
 };
 
 const BACKING_SIZE: u64 = 64 * 1024 * 1024;
 
-/// Runs a command and returns its stdout, panicking with its stderr on failure.
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is it installed?)"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Fails the test unless it runs as root with the tools it needs.
-fn require_root_and_tools(tools: &[&str]) {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "guard_loop tests need root (loop devices, mkfs, mount); CI runs them as root"
-    );
-    for tool in tools {
-        let found = Command::new(tool).arg("--version").output().is_ok();
-        assert!(found, "guard_loop tests need `{tool}` on PATH");
-    }
-}
-
-/// A loop device over a temporary backing file, detached on drop.
-struct LoopDev {
-    path: PathBuf,
-    /// Holds the backing file; dropped after the device is detached.
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDev {
-    fn new() -> Self {
-        require_root_and_tools(&["losetup"]);
-        let dir = tempfile::tempdir().unwrap();
-        let backing = dir.path().join("backing.img");
-        fs::File::create(&backing)
-            .unwrap()
-            .set_len(BACKING_SIZE)
-            .unwrap();
-        let out = run("losetup", &["--find", "--show", backing.to_str().unwrap()]);
-        let path = PathBuf::from(out.trim());
-        assert!(
-            path.to_string_lossy().starts_with("/dev/loop"),
-            "losetup printed {out:?}"
-        );
-        LoopDev { path, _dir: dir }
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        // Best effort: a failure here must not hide the test's own panic.
-        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
-    }
-}
-
 /// A file system made on a loop device and mounted on a temporary directory,
-/// unmounted on drop (declare it after its `LoopDev` so it drops first).
+/// unmounted on drop (declare it after its `LoopDevice` so it drops first).
 struct MountedFs {
     dir: tempfile::TempDir,
 }
 
 impl MountedFs {
-    fn new(device: &LoopDev) -> Self {
-        require_root_and_tools(&["mkfs.ext4", "mount", "umount"]);
-        let dev = device.path.to_str().unwrap();
+    fn new(device: &LoopDevice) -> Self {
+        require_root(&["mkfs.ext4", "mount", "umount"]);
+        let dev = device.path().to_str().unwrap();
         run("mkfs.ext4", &["-q", "-F", dev]);
         let dir = tempfile::tempdir().unwrap();
         run("mount", &[dev, dir.path().to_str().unwrap()]);
@@ -118,14 +61,14 @@ fn armed(image_size: u64) -> GuardRequest {
 
 #[test]
 fn a_clean_loop_device_is_accepted_when_loop_is_allowed_and_refused_by_default() {
-    let dev = LoopDev::new();
-    let facts = DiskFacts::inspect(&dev.path).unwrap();
+    let dev = LoopDevice::new(BACKING_SIZE);
+    let facts = DiskFacts::inspect(dev.path()).unwrap();
     assert_eq!(facts.bus.as_deref(), Some("loop"));
     assert!(!facts.is_partition);
     assert_eq!(facts.size_bytes, BACKING_SIZE);
     assert_eq!(
         Path::new("/dev").join(&facts.kernel_name),
-        dev.path,
+        dev.path(),
         "kernel name should match the device losetup gave"
     );
     assert!(facts.mounted.is_empty(), "{facts:?}");
@@ -152,9 +95,9 @@ fn a_clean_loop_device_is_accepted_when_loop_is_allowed_and_refused_by_default()
 
 #[test]
 fn a_loop_device_with_a_mounted_file_system_is_refused_as_mounted() {
-    let dev = LoopDev::new();
+    let dev = LoopDevice::new(BACKING_SIZE);
     let mounted = MountedFs::new(&dev);
-    let facts = DiskFacts::inspect(&dev.path).unwrap();
+    let facts = DiskFacts::inspect(dev.path()).unwrap();
     let mount_point = mounted.dir.path().to_str().unwrap().to_owned();
     let refusal = evaluate(&facts, &loop_policy(), &armed(1024)).unwrap_err();
     assert_eq!(
@@ -264,7 +207,7 @@ fn device_node(major: u32, minor: u32, dir: &Path) -> PathBuf {
 
 #[test]
 fn the_disk_under_the_root_file_system_is_refused_as_a_system_disk() {
-    require_root_and_tools(&[]);
+    require_root(&[]);
     let (major, minor, mount_point) = root_or_first_mounted_disk();
     let tmp = tempfile::tempdir().unwrap();
     let node = device_node(major, minor, tmp.path());
