@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use flashrack_core::{ByteSize, TargetId};
 use flashrack_devices::block::{GuardCheck, PathTarget};
-use flashrack_devices::guard::{check_path, GuardPolicy, GuardRequest};
+use flashrack_devices::guard::{check_path, GuardError, GuardPolicy, GuardRequest, Refusal};
 use flashrack_devices::hotplug::DeviceIdentity;
 use flashrack_devices::sim::{FakeMode, SimStick, SimStickSpec};
 use flashrack_devices::Target;
@@ -86,7 +86,12 @@ pub fn parse_targets(
                     };
                     check_path(device, &guard.policy, &request)
                         .map(|_| ())
-                        .map_err(|e| e.to_string())
+                        .map_err(|error| match &error {
+                            GuardError::Refused(Refusal::BusNotAllowed { bus }) => {
+                                format!("{error} (to write it anyway: --allow-bus {bus})")
+                            }
+                            _ => error.to_string(),
+                        })
                 });
                 Arc::new(PathTarget::block_device(path, check))
             } else if path.starts_with("/dev") {
