@@ -98,7 +98,7 @@
     switch (v.reason) {
       case 'too_small': return `too small: holds ${fmtBytes(v.capacity)}, the image needs ${fmtBytes(v.needed)}`;
       case 'read_only': return 'read-only: the stick refuses writes';
-      case 'capacity_lie': return `fake capacity: claims ${fmtBytes(v.claimed)} but loses data written at ${fmtBytes(v.first_bad_offset)}`;
+      case 'capacity_lie': return `fake capacity: claims ${fmtBytes(v.claimed)} but loses data written ${v.first_bad_offset ? `at ${fmtBytes(v.first_bad_offset)}` : 'from the first byte'}`;
       case 'write_error': return `write error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;
       case 'flush_error': return `flush failed: ${v.detail || 'no detail'}`;
       case 'read_error': return `read error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;
@@ -107,7 +107,7 @@
       case 'stalled': return `stopped responding during ${stageName(v.during)} at ${fmtBytes(v.offset)} (no progress for ${v.after_secs} s)`;
       case 'refused': return `refused by the target guard: ${v.detail || 'no detail'}`;
       case 'unavailable': return `cannot open the stick: ${v.detail || 'no detail'}`;
-      case 'interrupted': return 'interrupted (run stopped or station shut down); says nothing about the stick';
+      case 'interrupted': return 'interrupted (stop or shutdown): the stick is untested';
       default: return `failed: ${v.reason || 'unknown reason'}`;
     }
   }
@@ -303,7 +303,10 @@
     } else {
       renderRack();
     }
-    if (port.verdict && (!before || !before.verdict)) refreshDevicesSoon();
+    if (port.verdict && (!before || !before.verdict)) {
+      refreshDevicesSoon();
+      refreshRunsSoon();
+    }
   }
 
   function removePort(label) {
@@ -396,11 +399,12 @@
   function renderSummary() {
     const counts = {};
     for (const port of model.ports.values()) {
-      const key = BUSY.has(port.state) ? 'busy' : port.state;
+      let key = BUSY.has(port.state) ? 'busy' : port.state;
+      if (isInterrupted(port)) key = 'interrupted';
       counts[key] = (counts[key] || 0) + 1;
     }
     const parts = [`${model.ports.size} ports`];
-    for (const key of ['busy', 'passed', 'failed', 'refused', 'detected']) {
+    for (const key of ['busy', 'passed', 'failed', 'interrupted', 'refused', 'detected']) {
       if (counts[key]) parts.push(`${counts[key]} ${key}`);
     }
     const run = model.run;
@@ -408,7 +412,11 @@
     $('rack-summary').textContent = parts.join(' · ');
   }
 
+  /** An interrupted attempt is a `failed` port, but says nothing about the stick. */
+  const isInterrupted = (port) => port.state === 'failed' && port.verdict && port.verdict.reason === 'interrupted';
+
   function stateLabel(port) {
+    if (isInterrupted(port)) return 'Interrupted';
     const name = STATE_NAMES[port.state] || port.state;
     const pct = percent(port.progress);
     if (BUSY.has(port.state) && pct != null) return `${name} ${pct}%`;
@@ -422,7 +430,8 @@
 
   function buildTile(port) {
     const busy = BUSY.has(port.state);
-    const group = busy ? 'busy' : port.state;
+    let group = busy ? 'busy' : port.state;
+    if (isInterrupted(port)) group = 'interrupted';
     return el('article', {
       class: `tile tile-${group}`,
       dataset: { state: port.state, label: port.label },
@@ -479,19 +488,29 @@
   function verdictBlock(port) {
     const v = port.verdict;
     if (!v || BUSY.has(port.state)) return null;
-    if (v.verdict === 'pass') return el('p', { class: 'verdict verdict-pass', text: passText(port.figures) });
+    if (v.verdict === 'pass') {
+      return el('div', { class: 'verdict verdict-pass' },
+        el('p', { class: 'pass', text: passText(port.figures) }),
+        speedsText(port.figures) ? el('p', { class: 'muted', text: speedsText(port.figures) }) : null);
+    }
     return el('div', { class: 'verdict verdict-fail' },
       el('p', { class: 'reason', text: reasonText(v) }),
       v.stage ? el('p', { class: 'muted', text: `stage: ${v.stage}` }) : null);
   }
 
   function passText(f) {
+    const method = f && f.verify_method;
     if (!f) return 'written and verified';
-    const method = f.verify_method;
-    const write = f.write_secs > 0 ? ` at ${fmtRate(f.bytes_written / f.write_secs)}` : '';
-    if (!method || method === 'none') return `written (${fmtBytes(f.bytes_written)}${write}), not verified`;
-    const read = f.verify_secs > 0 ? ` at ${fmtRate(f.bytes_verified / f.verify_secs)}` : '';
-    return `verified (${method}): ${fmtBytes(f.bytes_verified)} read back${read}`;
+    if (!method || method === 'none') return 'written, not verified';
+    return `verified (${method})`;
+  }
+
+  function speedsText(f) {
+    if (!f) return '';
+    const parts = [];
+    if (f.write_secs > 0) parts.push(`write ${fmtRate(f.bytes_written / f.write_secs)}`);
+    if (f.verify_secs > 0) parts.push(`read ${fmtRate(f.bytes_verified / f.verify_secs)}`);
+    return parts.join(' · ');
   }
 
   function actionsBlock(port) {
@@ -747,7 +766,7 @@
 
   // ---------------------------------------------------------------- runs and reports
 
-  const refreshRunsSoon = debounce(loadRuns, 800);
+  const refreshRunsSoon = debounce(loadRuns, 300);
 
   async function loadRuns() {
     try {
@@ -795,8 +814,12 @@
     for (const key of ['passed', 'failed', 'interrupted', 'running']) {
       if (run[key] != null && (run[key] !== 0 || key === 'passed' || key === 'failed')) counts.push(`${run[key]} ${key}`);
     }
-    const stopped = run.stopped_at != null || run.stop_reason
-      ? `stopped${run.stop_reason ? ` (${run.stop_reason})` : ''}` : 'open';
+    let stopped = 'open';
+    const current = model.run && model.run.id === id ? model.run : null;
+    if (run.armed === true || (current && current.armed && run.stopped_at == null)) stopped = 'armed';
+    else if (run.armed === false || run.stopped_at != null || run.stop_reason) {
+      stopped = `stopped${run.stop_reason ? ` (${run.stop_reason})` : ''}`;
+    }
     return el('li', { class: 'row', dataset: { runId: String(id) } },
       el('div', { class: 'row-main' },
         el('strong', { text: `Run #${id}` }), ` ${image}`,
@@ -831,8 +854,9 @@
       list.replaceChildren(el('li', { class: 'muted', text: model.devices.length ? 'No device matches.' : 'No devices recorded yet.' }));
       return;
     }
-    const shown = matches.slice(0, 50).map(deviceRow);
-    if (matches.length > 50) shown.push(el('li', { class: 'muted', text: `${matches.length - 50} more: refine the search` }));
+    const limit = query ? 50 : 10;
+    const shown = matches.slice(0, limit).map(deviceRow);
+    if (matches.length > limit) shown.push(el('li', { class: 'muted', text: `${matches.length - limit} more: search by serial` }));
     list.replaceChildren(...shown);
   }
 

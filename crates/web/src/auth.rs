@@ -34,9 +34,11 @@ pub async fn check(State(state): State<WebState>, request: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    // The SSE stream is opened by EventSource, which cannot set headers: it may
-    // carry the token as a query parameter (read-only, never for changes).
-    let query_token = reading
+    // EventSource and plain download links cannot set headers: the event stream
+    // and report downloads may carry the token as a query parameter. Nothing else
+    // may (a token in a URL lands in histories and logs), and never a change.
+    let query_allowed = reading && (path == "/api/v1/events" || path.ends_with("/report"));
+    let query_token = query_allowed
         .then(|| request.uri().query())
         .flatten()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));

@@ -520,7 +520,21 @@ async fn beyond_loopback_changes_need_the_operator_token() {
         )
         .await
         .0,
-        StatusCode::OK
+        StatusCode::UNAUTHORIZED,
+        "only the event stream and report downloads take a token in the URL"
+    );
+    // A report download may (no records here: 503, but not 401).
+    assert_eq!(
+        call(
+            app(),
+            Method::GET,
+            &format!("/api/v1/runs/1/report?format=csv&token={token}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(
         call(app(), Method::POST, "/api/v1/runs", Some(arm), Some(token))

@@ -1,0 +1,220 @@
+// End-to-end test of the dashboard against `flashrack demo`, in Debian's chromium.
+//
+//   cargo build --release -p flashrack-cli
+//   npm ci --prefix tests/e2e
+//   node --test tests/e2e/
+//
+// Environment: FLASHRACK_BIN (default target/release/flashrack), CHROMIUM_PATH
+// (default /usr/bin/chromium). Screenshots go to tests/e2e/artifacts/.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { accessSync, constants, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const BIN = process.env.FLASHRACK_BIN
+  ? path.resolve(process.env.FLASHRACK_BIN)
+  : path.join(ROOT, 'target', 'release', 'flashrack');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARTIFACTS = path.join(HERE, 'artifacts');
+const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+/** Fails (never skips) when a needed program is missing. */
+function requireExecutable(file, hint) {
+  try {
+    accessSync(file, constants.X_OK);
+  } catch {
+    assert.fail(`${file} is missing or not executable: ${hint}`);
+  }
+}
+
+/** Starts the demo; resolves with the process and its dashboard URL. */
+function startDemo(dataDir) {
+  const child = spawn(BIN, ['--data-dir', dataDir, 'demo', '--listen', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const log = [];
+  const keep = (chunk) => {
+    log.push(chunk.toString());
+    if (log.length > 200) log.shift();
+  };
+  child.stderr.on('data', keep);
+  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  child.log = () => log.join('').slice(-4000);
+  const url = new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`no "dashboard:" line within 60 s\n${child.log()}`)), 60_000);
+    child.stdout.on('data', (chunk) => {
+      keep(chunk);
+      out += chunk.toString();
+      const match = out.match(/dashboard: (http:\/\/\S+)/);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1].endsWith('/') ? match[1] : `${match[1]}/`);
+      }
+    });
+    child.once('error', (error) => { clearTimeout(timer); reject(error); });
+    child.exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`the demo exited early (code ${code}, signal ${signal})\n${child.log()}`));
+    });
+  });
+  return { child, url };
+}
+
+/** SIGTERM, then waits; SIGKILL after 20 s. Says whether it had to force it. */
+async function stopDemo(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return { forced: false };
+  child.kill('SIGTERM');
+  let timer;
+  const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve('timeout'), 20_000); });
+  const outcome = await Promise.race([child.exited, timeout]);
+  clearTimeout(timer);
+  if (outcome !== 'timeout') return { forced: false, ...outcome };
+  child.kill('SIGKILL');
+  await child.exited;
+  return { forced: true };
+}
+
+/** RFC 4180 rows (quoted fields, doubled quotes). */
+function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let field = '';
+  let quoted = false;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') { field += '"'; i += 1; }
+      else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ',') { row.push(field); field = ''; }
+    else if (c === '\n' || c === '\r') {
+      if (c === '\r' && text[i + 1] === '\n') i += 1;
+      row.push(field); rows.push(row); row = []; field = '';
+    } else field += c;
+  }
+  if (field || row.length) { row.push(field); rows.push(row); }
+  return rows;
+}
+
+const runStateText = (page) => page.locator('#run-state').textContent();
+
+async function waitForRunState(page, pattern, what) {
+  await page.waitForFunction(
+    ([source, flags]) => new RegExp(source, flags).test(document.querySelector('#run-state')?.textContent || ''),
+    [pattern.source, pattern.flags],
+    { timeout: 15_000 },
+  ).catch(async () => assert.fail(`#run-state never said ${what}: ${JSON.stringify(await runStateText(page))}`));
+}
+
+test('the dashboard shows a live rack, stops and arms runs, and exports reports', { timeout: 300_000 }, async () => {
+  requireExecutable(BIN, 'build it with `cargo build --release -p flashrack-cli` or set FLASHRACK_BIN');
+  requireExecutable(CHROMIUM, 'install it with `apt-get install -y chromium` or set CHROMIUM_PATH');
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'flashrack-e2e-'));
+  const { child, url: urlPromise } = startDemo(dataDir);
+  let browser;
+  let page;
+  let stopped;
+  try {
+    const url = await urlPromise;
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
+    page = await context.newPage();
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(error.message));
+
+    // The run the demo armed by itself.
+    const station = await (await page.request.get(`${url}api/v1/station`)).json();
+    assert.ok(station.run && station.run.armed, 'the demo should arm a run');
+    const firstRun = station.run.id;
+
+    await page.goto(url);
+    await page.locator('.tile[data-state][data-label]').first().waitFor({ timeout: 15_000 });
+    await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
+
+    // A pass and a failure with its reason, as the simulated sticks come and go.
+    await page.waitForFunction(() => {
+      const passed = document.querySelector('.tile[data-state="passed"]');
+      const failed = [...document.querySelectorAll('.tile[data-state="failed"]')]
+        .some((tile) => /error|mismatch|fake capacity|removed|stopped responding|too small|read-only|refused|cannot open|interrupted|flush/i
+          .test(tile.querySelector('.reason')?.textContent || ''));
+      return Boolean(passed) && failed;
+    }, null, { timeout: 90_000, polling: 250 });
+    const reasons = await page.locator('.tile[data-state="failed"] .reason').allTextContents();
+    console.log(`failure reasons on screen: ${JSON.stringify(reasons)}`);
+    const tiles = await page.locator('.tile').count();
+    assert.equal(await page.locator('.tile[data-state][data-label]').count(), tiles, 'every tile has data-state and data-label');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard.png'), fullPage: true });
+
+    // Stop the run through the UI.
+    assert.match(await runStateText(page), /\barmed\b/i);
+    await page.click('#stop-button');
+    await waitForRunState(page, /stopped/i, '"stopped"');
+
+    // Arm a new one through the UI.
+    await page.waitForFunction(() => document.querySelector('#arm-image option[value]:not([value=""])'), null, { timeout: 15_000 });
+    await page.selectOption('#arm-image', { index: 0 });
+    await page.click('#arm-button');
+    await waitForRunState(page, /^(?!.*stopped).*\barmed\b/i, '"armed"');
+    const armedRun = await (await page.request.get(`${url}api/v1/station`)).json();
+    assert.ok(armedRun.run.armed && armedRun.run.id !== firstRun, 'a new run is armed');
+
+    // The first run's CSV report, through its link.
+    const link = page.locator(`#run-list [data-run-id="${firstRun}"] a.report-csv`);
+    await link.waitFor({ timeout: 15_000 });
+    const href = new URL(await link.getAttribute('href'), url).href;
+    const response = await page.request.get(href);
+    assert.equal(response.status(), 200, `GET ${href}: ${await response.text()}`);
+    const rows = parseCsv(await response.text()).filter((row) => row.some((cell) => cell !== ''));
+    const header = rows[0];
+    for (const column of ['attempt_id', 'run_id', 'port_label', 'serial', 'verdict', 'reason_code']) {
+      assert.ok(header.includes(column), `CSV header has ${column}: ${header.join(',')}`);
+    }
+    const verdicts = rows.slice(1).map((row) => row[header.indexOf('verdict')]);
+    assert.ok(verdicts.includes('pass'), `the CSV has a pass row: ${verdicts.join(' ')}`);
+    assert.ok(verdicts.includes('fail'), `the CSV has a fail row: ${verdicts.join(' ')}`);
+    console.log(`run ${firstRun} CSV: ${rows.length - 1} attempts, ${verdicts.filter((v) => v === 'pass').length} pass, ${verdicts.filter((v) => v === 'fail').length} fail`);
+
+    // The runs panel follows: the new run is listed, the first one stopped.
+    await page.locator(`#run-list [data-run-id="${armedRun.run.id}"]`).waitFor({ timeout: 15_000 });
+    await page.waitForTimeout(1000);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-after.png'), fullPage: true });
+
+    // A phone.
+    const phone = await browser.newContext({ viewport: { width: 360, height: 800 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+    const phonePage = await phone.newPage();
+    phonePage.on('pageerror', (error) => pageErrors.push(error.message));
+    await phonePage.goto(url);
+    await phonePage.locator('.tile[data-state]').first().waitFor({ timeout: 15_000 });
+    await phonePage.waitForTimeout(1500);
+    const overflow = await phonePage.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `no sideways scrolling at 360 px (overflow ${overflow} px)`);
+    await phonePage.screenshot({ path: path.join(ARTIFACTS, 'dashboard-phone.png') });
+    await phonePage.screenshot({ path: path.join(ARTIFACTS, 'dashboard-phone-full.png'), fullPage: true });
+
+    assert.deepEqual(pageErrors, [], 'no JavaScript errors on the page');
+  } catch (error) {
+    if (page) await page.screenshot({ path: path.join(ARTIFACTS, 'failure.png'), fullPage: true }).catch(() => {});
+    const status = child.exitCode !== null || child.signalCode !== null
+      ? `the demo has exited (code ${child.exitCode}, signal ${child.signalCode})` : 'the demo is still running';
+    error.message += `\n--- ${status}; its last output:\n${child.log()}`;
+    throw error;
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    stopped = await stopDemo(child);
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+  assert.ok(!stopped.forced, 'the demo exits on SIGTERM');
+});
