@@ -134,6 +134,7 @@ pub async fn run_station(
             ..EngineOptions::default()
         },
         shutdown_grace: Duration::from_secs(10),
+        removal_grace: Duration::from_secs(2),
     };
     let (station, handle) = Station::new(settings, parts.access, journal);
     let listener = tokio::net::TcpListener::bind(config.web.listen)
@@ -154,6 +155,7 @@ pub async fn run_station(
         },
         upload_dir: data_dir.join("uploads"),
         max_upload_bytes: 64 << 30,
+        shutting_down: None,
     };
     let station_task =
         tokio::spawn(station.run_until_stopped(parts.source, shutdown.clone().wait()));

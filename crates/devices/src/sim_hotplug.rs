@@ -46,6 +46,7 @@ enum Command {
 pub fn sim_rack(dir: impl Into<PathBuf>) -> (SimHotplug, SimRackControl, SimAccess) {
     let rack = Arc::new(Mutex::new(Rack::default()));
     let (tx, rx) = mpsc::unbounded_channel();
+    let tx_for_access = tx.clone();
     (
         SimHotplug { commands: rx },
         SimRackControl {
@@ -53,7 +54,10 @@ pub fn sim_rack(dir: impl Into<PathBuf>) -> (SimHotplug, SimRackControl, SimAcce
             commands: tx,
             dir: dir.into(),
         },
-        SimAccess { rack },
+        SimAccess {
+            rack,
+            commands: tx_for_access,
+        },
     )
 }
 
@@ -213,6 +217,8 @@ impl SimRackControl {
 #[derive(Clone)]
 pub struct SimAccess {
     rack: Arc<Mutex<Rack>>,
+    /// To report an ejected stick gone from the system, as the kernel does.
+    commands: UnboundedSender<Command>,
 }
 
 impl SimAccess {
@@ -264,7 +270,12 @@ impl DeviceAccess for SimAccess {
         // goes away from the system (the "operator" still has to pull it).
         match self.stick(device) {
             Some(stick) => {
+                // The system lets go of it (a removal event) while it stays in
+                // its port until the operator pulls it.
                 stick.remove();
+                let _ = self
+                    .commands
+                    .send(Command::Pull(device.kernel_name.clone()));
                 Ok(())
             }
             None => Err(TargetError::Removed),

@@ -53,6 +53,11 @@ pub struct StationSettings {
     pub engine: EngineOptions,
     /// How long shutdown waits for running attempts to stop at a safe point.
     pub shutdown_grace: Duration,
+    /// How long an I/O failure waits for a removal before it becomes the verdict:
+    /// a pulled stick's in-flight I/O fails with EIO before udev reports the
+    /// removal, and such a stick failed because it was pulled, not because it
+    /// is bad.
+    pub removal_grace: Duration,
 }
 
 /// An image to arm a run with.
@@ -200,6 +205,8 @@ struct Slot {
 struct Done {
     target: TargetId,
     outcome: AttemptOutcome,
+    /// Whether this verdict already waited for a possible removal.
+    waited: bool,
 }
 
 /// The station. Build it with [`Station::new`], then run
@@ -461,7 +468,13 @@ impl Station {
         })
         .await;
         if self.ports[port].view.mapped {
-            self.ports[port].view.clear();
+            // An ejected stick leaves the system but is still in its port: keep
+            // showing "passed, ejected: pull it" until another stick arrives.
+            let ejected =
+                self.ports[port].view.ejected && self.ports[port].view.state == PortState::Passed;
+            if !ejected {
+                self.ports[port].view.clear();
+            }
             self.ports[port].kernel_name = None;
             self.publish_port(port);
         } else {
@@ -702,7 +715,11 @@ impl Station {
             let target = target_id.clone();
             async move {
                 let outcome = handle.finish().await;
-                let _ = done_tx.send(Done { target, outcome });
+                let _ = done_tx.send(Done {
+                    target,
+                    outcome,
+                    waited: false,
+                });
             }
         });
         self.slots.insert(
@@ -773,6 +790,20 @@ impl Station {
     }
 
     async fn on_done(&mut self, done: Done) {
+        // An I/O error may be the first sign of a pulled stick: give udev's
+        // removal event a moment to arrive before deciding.
+        if !done.waited && self.may_be_a_removal(&done) {
+            let done_tx = self.done_tx.clone();
+            let grace = self.settings.removal_grace;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = done_tx.send(Done {
+                    waited: true,
+                    ..done
+                });
+            });
+            return;
+        }
         let Some(slot) = self.slots.remove(&done.target) else {
             return;
         };
@@ -850,6 +881,29 @@ impl Station {
         } else if target_reached {
             let _ = self.disarm("target count reached").await;
         }
+    }
+
+    /// Whether `done` is an I/O failure of a stick that has not (yet) been
+    /// reported removed.
+    fn may_be_a_removal(&self, done: &Done) -> bool {
+        let Some(slot) = self.slots.get(&done.target) else {
+            return false;
+        };
+        let io_failure = matches!(
+            &done.outcome.result,
+            Ok((
+                Verdict::Fail(Failure {
+                    reason: FailReason::WriteError { .. }
+                        | FailReason::ReadError { .. }
+                        | FailReason::FlushError { .. }
+                        | FailReason::Unavailable { .. }
+                        | FailReason::Stalled { .. },
+                    ..
+                }),
+                _
+            ))
+        );
+        io_failure && slot.removed_during.is_none() && !self.settings.removal_grace.is_zero()
     }
 
     async fn record_finish(&self, attempt_id: i64, verdict: &Verdict, figures: &AttemptFigures) {

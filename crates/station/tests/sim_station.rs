@@ -54,6 +54,7 @@ async fn rig(ports: usize, policy: GuardPolicy) -> Rig {
             ..EngineOptions::default()
         },
         shutdown_grace: Duration::from_secs(5),
+        removal_grace: Duration::from_millis(300),
     };
     let (station, handle) = Station::new(settings, Arc::new(access), journal.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -231,6 +232,45 @@ async fn pulling_a_stick_mid_write_fails_it_as_removed_and_the_others_carry_on()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_followed_by_the_removal_is_a_removed_stick_not_a_bad_one() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    // Both sticks fail a write with EIO at once, as a pulled USB stick does
+    // before udev reports it gone; one of them is then reported gone.
+    let pulled = rig.plug(1, "PULLED", healthy().write_error_after(512 * 1024));
+    rig.plug(2, "BAD", healthy().write_error_after(512 * 1024));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rig.control.pull(&pulled).unwrap();
+    let snap = rig
+        .until("the bad one failed", |s| {
+            state(s, "A2") == PortState::Failed
+        })
+        .await;
+    assert!(matches!(
+        port(&snap, "A2")
+            .verdict
+            .as_ref()
+            .and_then(|v| v.failure())
+            .map(|f| &f.reason),
+        Some(FailReason::WriteError { .. })
+    ));
+    let journal = rig.shutdown().await;
+    let reasons: Vec<_> = journal
+        .records()
+        .attempts
+        .iter()
+        .map(|a| {
+            a.verdict
+                .as_ref()
+                .and_then(|v| v.failure())
+                .map(|f| f.reason.code())
+        })
+        .collect();
+    assert!(reasons.contains(&Some("removed")), "{reasons:?}");
+    assert!(reasons.contains(&Some("write_error")), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stick_that_passed_is_not_rewritten_when_reinserted_unless_the_operator_asks() {
     let rig = rig(2, GuardPolicy::default()).await;
     rig.arm(RunOptions::default()).await.unwrap();
@@ -349,8 +389,26 @@ async fn a_passed_stick_is_ejected_when_the_run_asks() {
         })
         .await;
     assert!(port(&snap, "A1").ejected);
-    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    let (kernel_name, stick) = rig.control.stick_at(&port_path(1)).unwrap();
     assert!(stick.is_removed(), "the system let go of it");
+    // The system reports it gone, but the port keeps saying "pull it" until the
+    // operator does and another stick arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snap = rig.handle.snapshot();
+    assert_eq!(state(&snap, "A1"), PortState::Passed);
+    assert!(port(&snap, "A1").ejected);
+    assert!(port(&snap, "A1").device.is_some());
+    rig.control.pull(&kernel_name).unwrap();
+    rig.plug(1, "S2", healthy());
+    rig.until("the next stick written", |s| {
+        state(s, "A1") == PortState::Passed
+            && port(s, "A1")
+                .device
+                .as_ref()
+                .and_then(|d| d.serial.as_deref())
+                == Some("S2")
+    })
+    .await;
     rig.shutdown().await;
 }
 

@@ -76,6 +76,7 @@ async fn the_station_writes_sticks_that_real_udev_announces_and_does_not_rewrite
         policy,
         engine: EngineOptions::default(),
         shutdown_grace: Duration::from_secs(5),
+        removal_grace: Duration::from_millis(300),
     };
     let journal = Arc::new(MemoryJournal::default());
     let (station, handle) = Station::new(settings, Arc::new(UdevAccess::new()), journal.clone());

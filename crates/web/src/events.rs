@@ -41,6 +41,7 @@ pub async fn stream(
     State(state): State<WebState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let receiver = state.station.subscribe();
+    let state_shutdown = state.shutting_down.clone();
     let first = snapshot_event(&state);
     let rest = stream::unfold((receiver, state), |(mut receiver, state)| async move {
         let event = match receiver.recv().await {
@@ -50,6 +51,21 @@ pub async fn stream(
         };
         Some((Ok(event), (receiver, state)))
     });
-    Sse::new(stream::once(async move { Ok(first) }).chain(rest))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    // The stream ends when the server shuts down (else graceful shutdown would
+    // wait for it forever).
+    let mut shutting_down = state_shutdown;
+    let ended = async move {
+        match shutting_down.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    Sse::new(
+        stream::once(async move { Ok(first) })
+            .chain(rest)
+            .take_until(Box::pin(ended)),
+    )
+    .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

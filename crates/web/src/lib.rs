@@ -109,6 +109,9 @@ pub struct WebState {
     pub upload_dir: std::path::PathBuf,
     /// Largest accepted upload.
     pub max_upload_bytes: u64,
+    /// Raised when the server shuts down, so that endless responses (the event
+    /// stream) end and the graceful shutdown can complete. [`serve`] sets it.
+    pub shutting_down: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The whole app: API, events, metrics, dashboard.
@@ -164,8 +167,20 @@ pub async fn serve(
     state: WebState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (raise, shutting_down) = tokio::sync::watch::channel(false);
+    let state = WebState {
+        shutting_down: Some(shutting_down.clone()),
+        ..state
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = raise.send(true);
+    });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut stopped = shutting_down;
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
         .await
 }

@@ -52,6 +52,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         policy: GuardPolicy::default(),
         engine: EngineOptions::default(),
         shutdown_grace: Duration::from_secs(5),
+        removal_grace: Duration::from_millis(300),
     };
     let (station, handle) = Station::new(
         settings,
@@ -69,6 +70,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         access,
         upload_dir: dir.path().join("uploads"),
         max_upload_bytes: 4 * MIB,
+        shutting_down: None,
     };
     Rig {
         state,
@@ -609,11 +611,22 @@ async fn a_real_server_on_port_zero_streams_a_snapshot_then_changes() {
         assert!(n > 0);
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    drop(stream);
+    // Shutting down with the client still listening: the stream ends and the
+    // server stops (an endless stream must not hold the shutdown up).
     let _ = stop_tx.send(());
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
-        .unwrap()
+        .expect("the server stops with an event stream open")
         .unwrap()
         .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the client sees its stream end");
 }
