@@ -226,6 +226,9 @@ pub struct Station {
     engine_rx: mpsc::UnboundedReceiver<EngineEvent>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Verdicts of I/O failures waiting (at most `removal_grace`) for a removal
+    /// that would explain them; settled by the removal or by the timer.
+    pending: HashMap<TargetId, Done>,
 }
 
 impl Station {
@@ -278,6 +281,7 @@ impl Station {
             engine_rx,
             done_tx,
             done_rx,
+            pending: HashMap::new(),
         };
         (station, handle)
     }
@@ -455,10 +459,18 @@ impl Station {
             return;
         };
         let port = present.port;
-        for slot in self.slots.values_mut() {
+        let mut explained = Vec::new();
+        for (target, slot) in self.slots.iter_mut() {
             if slot.kernel_name == kernel_name && slot.removed_during.is_none() {
                 slot.removed_during = Some(slot.stage);
                 slot.canceller.cancel();
+                explained.push(target.clone());
+            }
+        }
+        // Failures that were waiting for a removal get their verdict now.
+        for target in explained {
+            if let Some(waiting) = self.pending.remove(&target) {
+                Box::pin(self.settle(waiting)).await;
             }
         }
         let label = self.ports[port].view.label.clone();
@@ -795,15 +807,40 @@ impl Station {
         if !done.waited && self.may_be_a_removal(&done) {
             let done_tx = self.done_tx.clone();
             let grace = self.settings.removal_grace;
+            let target = done.target.clone();
+            self.pending.insert(target.clone(), done);
+            // The timer only says "time is up"; the verdict waits in `pending`.
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 let _ = done_tx.send(Done {
+                    target,
+                    outcome: AttemptOutcome {
+                        id: TargetId::new(""),
+                        result: Err(EngineError::SourceRead {
+                            offset: 0,
+                            detail: "grace timer".into(),
+                        }),
+                    },
                     waited: true,
-                    ..done
                 });
             });
             return;
         }
+        let done = if done.waited {
+            // The grace is over: settle the waiting verdict, unless a removal
+            // already did.
+            match self.pending.remove(&done.target) {
+                Some(waiting) => waiting,
+                None => return,
+            }
+        } else {
+            done
+        };
+        self.settle(done).await;
+    }
+
+    /// Gives an attempt its verdict: recorded, counted, shown.
+    async fn settle(&mut self, done: Done) {
         let Some(slot) = self.slots.remove(&done.target) else {
             return;
         };

@@ -1,0 +1,710 @@
+#!/usr/bin/env python3
+"""Real USB end to end: flashrack serving inside a QEMU guest, emulated USB sticks
+hot-plugged over QMP, everything checked from the host over the web API and in
+the sticks' backing files.
+
+    sudo python3 tests/vm/run.py            # see tests/vm/README.md
+
+Standard library only. Exit status 0 when every check passed, 1 otherwise.
+"""
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from guest import build_initramfs, ensure_host_packages, log  # noqa: E402
+from vm import Stick, Vm  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MiB = 1 << 20
+IMAGE_SIZE = 16 * MiB
+STICK_SIZE = 48 * MiB
+LABELS = ["A1", "A2", "A3", "A4", "A5", "A6"]
+
+
+class CheckFailed(Exception):
+    pass
+
+
+FAILED_CHECKS = []
+
+
+def check(condition, what, fatal=False):
+    """A check: a failure is reported and the suite goes on (the later scenarios
+    do not depend on it), unless `fatal`."""
+    if condition:
+        log(f"ok: {what}")
+        return True
+    log(f"FAILED CHECK: {what}")
+    FAILED_CHECKS.append(what)
+    if fatal:
+        raise CheckFailed(what)
+    return False
+
+
+# ----- the web API -------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, port, token):
+        self.port = port
+        self.token = token
+
+    def request(self, method, path, body=None, content_type="application/json",
+                timeout=60, expect=(200, 201, 204)):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            if not isinstance(body, (bytes, bytearray)):
+                body = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        if resp.status not in expect:
+            raise CheckFailed(f"{method} {path}: HTTP {resp.status}: {data[:500]!r}")
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data.decode(errors="replace")
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body=body if body is not None else {}, **kw)
+
+    def ports(self):
+        return {p["label"]: p for p in self.get("/api/v1/station")["ports"]}
+
+    def wait_healthy(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.get("/api/v1/health", timeout=5)
+            except (OSError, http.client.HTTPException, CheckFailed):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+
+class EventLog(threading.Thread):
+    """Follows GET /api/v1/events (server-sent events) and keeps every event."""
+
+    def __init__(self, port, token):
+        super().__init__(daemon=True)
+        self.port, self.token = port, token
+        self.events = []  # (monotonic time, event name, data)
+        self.lock = threading.Lock()
+        self.stopped = False
+        self.conn = None
+
+    def run(self):
+        try:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=None)
+            self.conn.request("GET", "/api/v1/events",
+                              headers={"Authorization": f"Bearer {self.token}",
+                                       "Accept": "text/event-stream"})
+            resp = self.conn.getresponse()
+            name, data = None, []
+            while not self.stopped:
+                line = resp.readline()
+                if not line:
+                    return
+                line = line.decode(errors="replace").rstrip("\r\n")
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+                elif line == "":
+                    if data:
+                        try:
+                            value = json.loads("\n".join(data))
+                        except ValueError:
+                            value = "\n".join(data)
+                        with self.lock:
+                            self.events.append((time.monotonic(), name, value))
+                    name, data = None, []
+        except Exception:
+            pass
+
+    def port_events(self, label=None):
+        with self.lock:
+            out = [v["port"] for _, n, v in self.events if n == "port"]
+        return [p for p in out if label is None or p["label"] == label]
+
+    def close(self):
+        self.stopped = True
+        try:
+            if self.conn and self.conn.sock:
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+# ----- images ------------------------------------------------------------------
+
+
+def random_image(seed, size):
+    return random.Random(seed).randbytes(size)
+
+
+def mbr_image(seed, size):
+    """A disk image with an MBR and two primary partitions (built by hand)."""
+    sectors = size // 512
+    parts = [(2048, 12288, 0x83), (2048 + 12288, sectors - 2048 - 12288, 0x0C)]
+    data = bytearray(random_image(seed, size))
+    data[:2048 * 512] = bytes(2048 * 512)
+    mbr = bytearray(512)
+    mbr[440:444] = (0x464C5652).to_bytes(4, "little")  # disk signature "FLVR"
+    for i, (start, count, kind) in enumerate(parts):
+        entry = bytearray(16)
+        entry[1:4] = b"\xfe\xff\xff"  # CHS: use LBA
+        entry[4] = kind
+        entry[5:8] = b"\xfe\xff\xff"
+        entry[8:12] = start.to_bytes(4, "little")
+        entry[12:16] = count.to_bytes(4, "little")
+        mbr[446 + 16 * i:462 + 16 * i] = entry
+    mbr[510:512] = b"\x55\xaa"
+    data[:512] = mbr
+    return bytes(data)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_head(path, size):
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+# ----- the suite -------------------------------------------------------------------
+
+
+class Suite:
+    def __init__(self, args):
+        self.args = args
+        remove_stale_workdirs()
+        self.workdir = tempfile.mkdtemp(prefix=f"flashrack-vm-{os.getpid()}-")
+        self.share = os.path.join(self.workdir, "share")
+        self.sticks_dir = os.path.join(self.workdir, "sticks")
+        os.makedirs(self.share)
+        os.makedirs(self.sticks_dir)
+        self.token = secrets.token_hex(16)
+        self.host_port = free_port()
+        self.vm = None
+        self.api = Api(self.host_port, self.token)
+        self.events = None
+        self.port_paths = {}  # label -> ID_PATH learned in the guest
+        self.hub_ports = {label: i + 1 for i, label in enumerate(LABELS)}
+        self.timings = {}
+
+    def stick(self, name, label, serial, size=STICK_SIZE, **kw):
+        return Stick(name, os.path.join(self.sticks_dir, name + ".img"), size, serial,
+                     self.hub_ports[label], **kw)
+
+    # ----- set-up --------------------------------------------------------------
+
+    def boot(self):
+        t = time.monotonic()
+        flashrack = self.args.binary
+        try:
+            os.link(flashrack, os.path.join(self.share, "flashrack"))
+        except OSError:
+            shutil.copy(flashrack, os.path.join(self.share, "flashrack"))
+        initrd = os.path.join(self.workdir, "initrd.cpio")
+        kernel = build_initramfs(self.args.cache, flashrack, initrd)
+        self.timings["prepare"] = time.monotonic() - t
+        log(f"guest prepared in {self.timings['prepare']:.1f} s")
+        t = time.monotonic()
+        self.vm = Vm(self.workdir, kernel, initrd, self.share, self.host_port)
+        self.vm.start()
+        self.timings["boot"] = time.monotonic() - t
+
+    def learn_ports(self):
+        """Plugs a probe stick into each hub port and reads its udev ID_PATH in the
+        guest: the port map comes from the guest's real udev."""
+        probes = [self.stick(f"probe{i}", label, f"PROBE{i}", size=MiB)
+                  for i, label in enumerate(LABELS, 1)]
+        for p in probes:
+            self.vm.plug(p)
+        found = self.vm.wait_disks([p.serial for p in probes])
+        log("udev properties of the probe sticks in the guest:")
+        for p, label in zip(probes, LABELS):
+            name, props = found[p.serial]
+            log(f"  hub port 1.{p.hub_port} -> /dev/{name}: ID_BUS={props.get('ID_BUS')} "
+                f"ID_SERIAL_SHORT={props['ID_SERIAL_SHORT']} ID_PATH={props['ID_PATH']}")
+            check(props.get("ID_BUS") == "usb", f"{name} has ID_BUS=usb")
+            self.port_paths[label] = props["ID_PATH"]
+        check(len(set(self.port_paths.values())) == len(LABELS), "every hub port has its own ID_PATH", fatal=True)
+        for p in probes:
+            self.vm.unplug(p)
+        self.wait_guest_disks(set())
+
+    def wait_guest_disks(self, names, timeout=20):
+        deadline = time.monotonic() + timeout
+        while True:
+            now = set(self.vm.disks())
+            if now == set(names):
+                return
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"guest disks are {sorted(now)}, expected {sorted(names)}")
+            time.sleep(0.3)
+
+    def write_config(self):
+        lines = [
+            'station_id = "vm-station"',
+            'data_dir = "/var/lib/flashrack"',
+            "[guard]",
+            'allowed_buses = ["usb"]',
+            'max_size = "1G"',
+            "allow_unmapped_ports = false",
+            "[engine]",
+            "stall_timeout_secs = 60",
+            "[web]",
+            'listen = "0.0.0.0:8080"',
+            f'token = "{self.token}"',
+            "public_read = false",
+            "[layout]",
+            "rows = 2",
+            "columns = 3",
+        ]
+        for i, label in enumerate(LABELS):
+            lines += ["[[port]]", f'label = "{label}"', f'path = "{self.port_paths[label]}"',
+                      f"row = {i // 3}", f"column = {i % 3}"]
+        with open(os.path.join(self.share, "station.toml"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def start_flashrack(self):
+        t = time.monotonic()
+        # Its output goes to the second serial port, logged by QEMU on the host.
+        self.vm.console.run(
+            "setsid sh -c 'NO_COLOR=1 RUST_LOG=info,tower_http=warn /mnt/host/flashrack serve "
+            "--config /mnt/host/station.toml --listen 0.0.0.0:8080 & "
+            "echo $! >/run/flashrack.pid; wait $!; echo VM-FLASHRACK-EXITED status $?' "
+            "</dev/null >/dev/ttyS1 2>&1 &")
+        deadline = time.monotonic() + 60
+        while "dashboard: http://" not in self.flashrack_log():
+            if time.monotonic() > deadline:
+                raise CheckFailed("flashrack serve did not print its dashboard address")
+            if "VM-FLASHRACK-EXITED" in self.flashrack_log():
+                raise CheckFailed("flashrack serve exited")
+            time.sleep(0.2)
+        self.api.wait_healthy(30)
+        log(f"flashrack serve is up in the guest ({time.monotonic() - t:.1f} s); API on "
+            f"127.0.0.1:{self.host_port}")
+        self.events = EventLog(self.host_port, self.token)
+        self.events.start()
+        ports = self.api.ports()
+        check(sorted(ports) == LABELS, f"the API shows the mapped ports {LABELS}", fatal=True)
+        for label in LABELS:
+            check(ports[label]["port_path"] == self.port_paths[label] and ports[label]["mapped"],
+                  f"port {label} is mapped to {self.port_paths[label]}")
+
+    def flashrack_log(self):
+        try:
+            with open(self.vm.flashrack_log, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop_flashrack(self):
+        stop = ("kill -TERM $(cat /run/flashrack.pid); for i in $(seq 1 100); do "
+                "kill -0 $(cat /run/flashrack.pid) 2>/dev/null || { echo stopped; break; }; "
+                "sleep 0.1; done")
+        if self.args.check_sse_shutdown:
+            out = self.vm.console.run(stop, timeout=30)
+            check("stopped" in out,
+                  "flashrack serve stopped on SIGTERM within 10 s with an event stream open")
+        # A graceful shutdown waits for open connections, and an event stream
+        # never ends by itself: the client closes it first (see README.md).
+        self.events.close()
+        out = self.vm.console.run(stop, timeout=30)
+        check("stopped" in out, "flashrack serve stopped on SIGTERM in the guest")
+        deadline = time.monotonic() + 5
+        while "VM-FLASHRACK-EXITED" not in self.flashrack_log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        check("VM-FLASHRACK-EXITED status 0" in self.flashrack_log(),
+              "flashrack serve exited with status 0")
+
+    # ----- helpers ---------------------------------------------------------------
+
+    def import_image(self, name, data, upload):
+        if upload:
+            view = self.api.post(f"/api/v1/images/upload?name={name}", data,
+                                 content_type="application/octet-stream", timeout=120)
+            how = "uploaded"
+        else:
+            with open(os.path.join(self.share, name), "wb") as f:
+                f.write(data)
+            view = self.api.post("/api/v1/images/import", {"path": f"/mnt/host/{name}"},
+                                 timeout=120)
+            how = "imported from the 9p share"
+        digest = sha256(data)
+        check(digest in json.dumps(view), f"{name} {how}: sha256 {digest[:16]}…")
+        return digest
+
+    def arm(self, digest, **options):
+        run = self.api.post("/api/v1/runs", {"image": digest, **options})
+        log(f"armed run {run['id']} ({run['image_name']}, options {run['options']})")
+        return run
+
+    def stop_run(self):
+        self.api.post("/api/v1/runs/current/stop", {"reason": "vm suite: next scenario"})
+
+    def wait_ports(self, done, timeout, tick=None):
+        """Polls the station until `done(ports)`; calls `tick(ports)` each time."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            ports = self.api.ports()
+            summary = " ".join(
+                f"{label}={p['state']}" + (
+                    f"({p['progress']['done'] // MiB}M)" if p.get("progress") else "")
+                for label, p in sorted(ports.items()) if p["state"] != "empty")
+            if summary != last:
+                log(f"  ports: {summary or 'all empty'}")
+                last = summary
+            if tick:
+                tick(ports)
+            if done(ports):
+                return ports
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"ports not as expected after {timeout} s: "
+                                  f"{json.dumps(ports, indent=1)[:4000]}")
+            time.sleep(0.5)
+
+    def check_image_on(self, stick, image, what):
+        head = read_head(stick.path, len(image))
+        check(sha256(head) == sha256(image),
+              f"{what}: the backing file of {stick.serial} holds the image")
+
+    # ----- scenarios -------------------------------------------------------------
+
+    def scenario_run(self, image, digest):
+        """Two healthy sticks (one throttled), one failing write, one too small,
+        one pulled while writing."""
+        log("== scenario 1: healthy, slow, failing, too small, pulled")
+        bad_sector = 10 * MiB // 512 + 8
+        sticks = {
+            "A1": self.stick("ok1", "A1", "VMOK1"),
+            "A2": self.stick("slow2", "A2", "VMSLOW2", throttle_bps=4 * MiB),
+            "A3": self.stick("bad3", "A3", "VMBAD3", write_error_sector=bad_sector),
+            "A4": self.stick("tiny4", "A4", "VMTINY4", size=8 * MiB),
+            "A5": self.stick("pull5", "A5", "VMPULL5", throttle_bps=1 * MiB),
+        }
+        run = self.arm(digest)
+        t = time.monotonic()
+        for s in sticks.values():
+            self.vm.plug(s)
+        pulled = {}
+
+        def tick(ports):
+            p = ports["A5"]
+            if not pulled and p["state"] == "writing" and p.get("progress") and \
+                    p["progress"]["done"] >= 3 * MiB:
+                log(f"  pulling VMPULL5 from A5 at {p['progress']['done'] // MiB} MiB written")
+                pulled["at"] = p["progress"]["done"]
+                pulled["kernel_name"] = p["device"]["kernel_name"]
+                self.vm.unplug(sticks["A5"])
+
+        def done(ports):
+            return pulled and ports["A5"]["state"] == "empty" and all(
+                ports[l]["state"] in ("passed", "failed", "refused")
+                for l in ("A1", "A2", "A3", "A4"))
+
+        ports = self.wait_ports(done, 150, tick)
+        self.timings["scenario 1 (5 sticks)"] = time.monotonic() - t
+        for label in ("A1", "A2", "A3", "A4"):
+            p = ports[label]
+            log(f"  {label}: {p['device']['serial']} /dev/{p['device']['kernel_name']} "
+                f"{p['state']} {json.dumps(p['verdict'] or p['refusal'])}")
+            check(p["device"]["serial"] == sticks[label].serial,
+                  f"port {label} (ID_PATH {p['port_path']}) shows stick {sticks[label].serial}")
+        for label in ("A1", "A2"):
+            check(ports[label]["verdict"] == {"verdict": "pass"}, f"{label} passed")
+            self.check_image_on(sticks[label], image, label)
+        v = ports["A3"]["verdict"] or {}
+        bad = bad_sector * 512
+        check(v.get("verdict") == "fail" and v.get("reason") == "write_error"
+              and v.get("stage") == "writing", f"A3 failed with write_error while writing: {v}")
+        off = v.get("offset")
+        if check(isinstance(off, int) and off <= bad < off + 8 * MiB,
+                 f"A3's write_error offset {off} is that of the write covering byte {bad} "
+                 f"(blkdebug fails sector {bad_sector})"):
+            check(read_head(sticks["A3"].path, off) == image[:off],
+                  f"A3: everything before offset {off} was written")
+        # Too small is caught by the target guard when the stick is detected
+        # (guard rule 5): a refusal with the reason, no attempt.
+        p = ports["A4"]
+        check(p["state"] == "refused" and "too small" in (p["refusal"] or "")
+              and p["verdict"] is None, f"A4 (8 MiB) was refused as too small: {p['refusal']}")
+        check(read_head(sticks["A4"].path, 8 * MiB) == bytes(8 * MiB),
+              "A4: nothing was written to the too-small stick")
+        # The pulled stick's port is empty again: its verdict is in the records.
+        deadline = time.monotonic() + 30
+        while True:
+            report = self.api.get(f"/api/v1/runs/{run['id']}/report?format=json")
+            rows = [r for r in report["attempts"] if r.get("serial") == "VMPULL5"]
+            if (rows and rows[0].get("verdict")) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        log(f"  run report, VMPULL5: {json.dumps(rows)}")
+        row = rows[0] if len(rows) == 1 else {}
+        check(row.get("verdict") == "fail" and row.get("reason_code") == "removed"
+              and row.get("stage") == "writing",
+              "the run's report records VMPULL5 (pulled while writing) as removed during "
+              f"writing (got {row.get('reason_code')}: {row.get('reason_detail')})")
+        written = read_head(sticks["A5"].path, IMAGE_SIZE)
+        prefix = 1 * MiB
+        check(written[:prefix] == image[:prefix] and written != image,
+              "A5: the pulled stick holds the image's start, not the whole image")
+        current = self.api.get("/api/v1/runs/current")
+        log(f"  run {current['id']}: passed {current['passed']}, failed {current['failed']}")
+        check(current["passed"] == 2 and current["failed"] == 2 and current["active"] == 0,
+              "the run counts 2 passed (A1, A2), 2 failed (A3, A5)")
+        for label in ("A1", "A2", "A3", "A4"):
+            self.vm.unplug(sticks[label])
+        self.wait_ports(lambda ps: all(p["state"] == "empty" for p in ps.values()), 30)
+        self.stop_run()
+
+    def scenario_partitions(self, image, digest):
+        """A partitioned image: the partitions the kernel finds after the write are
+        not new sticks."""
+        log("== scenario 2: a partitioned image")
+        run = self.arm(digest)
+        stick = self.stick("part6", "A6", "VMPART6")
+        t = time.monotonic()
+        self.vm.plug(stick)
+        ports = self.wait_ports(lambda ps: ps["A6"]["state"] in ("passed", "failed"), 90)
+        self.timings["scenario 2 (partitioned)"] = time.monotonic() - t
+        check(ports["A6"]["verdict"] == {"verdict": "pass"}, "A6 passed")
+        self.check_image_on(stick, image, "A6")
+        name = ports["A6"]["device"]["kernel_name"]
+        # Wait for the kernel's and udev's view of the new partition table.
+        deadline = time.monotonic() + 20
+        while True:
+            out = self.vm.console.run(
+                f"udevadm settle; ls /sys/block/{name}; for p in /sys/block/{name}/{name}[0-9]*; "
+                f"do [ -e $p ] && udevadm info -q property -p $p | grep -E '^(DEVNAME|DEVTYPE)='; "
+                "done; true")
+            if f"DEVNAME=/dev/{name}2" in out:
+                break
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"no partitions of {name} in the guest: {out}")
+            time.sleep(0.5)
+        log("  guest, after the write: "
+            + " ".join(w for w in out.split() if w.startswith(("DEVNAME=", "DEVTYPE="))))
+        time.sleep(1)  # let flashrack see (and ignore) the partitions' add events
+        ports = self.api.ports()
+        check(sorted(ports) == LABELS, f"the API still shows exactly the ports {LABELS}")
+        kernel_names = [p["device"]["kernel_name"] for p in ports.values() if p.get("device")]
+        check(kernel_names == [name], f"only /dev/{name} is a port's device: {kernel_names}")
+        devices = self.api.get("/api/v1/devices")
+        text = json.dumps(devices)
+        check(f'"{name}1"' not in text and f'"{name}2"' not in text,
+              "no partition among the API's devices")
+        seen = {p["device"]["kernel_name"] for p in self.events.port_events() if p.get("device")}
+        check(not any(n.startswith(name) and n != name for n in seen),
+              f"no port event ever showed a partition of {name}")
+        current = self.api.get("/api/v1/runs/current")
+        check(current["passed"] == 1 and current["failed"] == 0 and current["active"] == 0,
+              "the run counts 1 passed, nothing else")
+        self.vm.unplug(stick)
+        self.wait_ports(lambda ps: ps["A6"]["state"] == "empty", 30)
+        self.stop_run()
+        log(f"  run {run['id']} done")
+
+    def scenario_eject(self, image, digest):
+        """Eject on pass: the guest kernel lets go of the passed stick."""
+        log("== scenario 3: eject on pass")
+        self.arm(digest, eject_on_pass=True)
+        stick = self.stick("eject7", "A1", "VMEJECT7")
+        t = time.monotonic()
+        self.vm.plug(stick)
+        # The port is emptied as soon as the kernel has let go of the stick, so
+        # the moment it shows `ejected: true` is caught on the event stream.
+        deadline = time.monotonic() + 90
+        while True:
+            mine = [p for p in self.events.port_events("A1")
+                    if (p.get("device") or {}).get("serial") == "VMEJECT7"]
+            ejected = [p for p in mine if p.get("ejected")]
+            if ejected:
+                break
+            if any(p["state"] in ("failed", "refused") for p in mine) or \
+                    time.monotonic() > deadline:
+                raise CheckFailed(f"A1 was not ejected: {json.dumps(mine[-3:])}")
+            time.sleep(0.2)
+        self.timings["scenario 3 (eject)"] = time.monotonic() - t
+        p = ejected[0]
+        name = p["device"]["kernel_name"]
+        check(p["state"] == "passed" and p["verdict"] == {"verdict": "pass"}
+              and p["ejected"] is True,
+              f"the API showed A1 (VMEJECT7, /dev/{name}) passed and ejected: true")
+        deadline = time.monotonic() + 20
+        while True:
+            out = self.vm.console.run(f"ls /sys/block; [ -e /sys/block/{name} ] && echo STILL-THERE; true")
+            if "STILL-THERE" not in out:
+                break
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"/sys/block/{name} is still there after the eject")
+            time.sleep(0.3)
+        check(True, f"the guest kernel let go of {name}: /sys/block has {out.split() or 'nothing'}")
+        a1 = self.api.ports()["A1"]
+        log(f"  A1 after the eject: state={a1['state']} ejected={a1['ejected']} "
+            f"device={a1['device'] and a1['device']['serial']}")
+        self.check_image_on(stick, image, "A1 (ejected)")
+        # The stick is still in its (virtual) port: the operator pulls it now.
+        self.vm.unplug(stick)
+        self.stop_run()
+
+    # ----- main --------------------------------------------------------------------
+
+    def run(self):
+        t0 = time.monotonic()
+        self.boot()
+        t = time.monotonic()
+        self.learn_ports()
+        self.timings["learn ports"] = time.monotonic() - t
+        self.write_config()
+        self.start_flashrack()
+        image = random_image(1, IMAGE_SIZE)
+        parts = mbr_image(2, IMAGE_SIZE)
+        digest = self.import_image("test.img", image, upload=False)
+        parts_digest = self.import_image("parts.img", parts, upload=True)
+        self.scenario_run(image, digest)
+        self.scenario_partitions(parts, parts_digest)
+        self.scenario_eject(image, digest)
+        self.stop_flashrack()
+        self.timings["total"] = time.monotonic() - t0
+
+    def dump_logs(self):
+        print("\n===== guest console log (last 20000 characters) =====", flush=True)
+        if self.vm:
+            try:
+                print(open(self.vm.console_log, errors="replace").read()[-20000:])
+            except OSError as e:
+                print(e)
+            if self.vm.alive() and self.vm.console:
+                try:
+                    print("===== guest dmesg (tail) =====")
+                    print(self.vm.console.run("dmesg | tail -n 60", timeout=10))
+                except Exception as e:
+                    print(f"(no dmesg: {e})")
+            print("===== flashrack log =====")
+            print(self.flashrack_log()[-20000:])
+            try:
+                print("===== qemu log =====")
+                print(open(self.vm.qemu_log, errors="replace").read()[-5000:])
+            except OSError as e:
+                print(e)
+        print("===== end of logs =====", flush=True)
+
+    def cleanup(self):
+        if self.events:
+            self.events.close()
+        if self.vm:
+            self.vm.stop()
+        if self.args.keep:
+            # Renamed so that later runs do not take it for a stale one.
+            kept = tempfile.mkdtemp(prefix="flashrack-vm-kept-")
+            os.rmdir(kept)
+            os.rename(self.workdir, kept)
+            log(f"kept {kept}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def remove_stale_workdirs():
+    """Removes the work directories of drivers that were killed (SIGKILL leaves
+    no chance to clean up; their QEMU died with them)."""
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        parts = name.split("-")
+        if not name.startswith("flashrack-vm-") or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except OSError:
+            pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", default=os.path.join(ROOT, "target", "vm-cache"),
+                        help="downloads and the unpacked kernel (default: target/vm-cache)")
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "flashrack"),
+                        help="the flashrack binary to test (default: target/release/flashrack)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="do not run `cargo build --release -p flashrack-cli` first")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (logs, backing files)")
+    parser.add_argument("--check-sse-shutdown", action="store_true",
+                        help="also require flashrack to stop on SIGTERM while an event "
+                             "stream (GET /api/v1/events) is open (fails today)")
+    args = parser.parse_args()
+    # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C: QEMU is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    t0 = time.monotonic()
+    ensure_host_packages()
+    if not args.no_build:
+        log("cargo build --release -p flashrack-cli")
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "flashrack-cli"],
+                       cwd=ROOT, check=True)
+    build_secs = time.monotonic() - t0
+    suite = Suite(args)
+    ok = False
+    try:
+        suite.run()
+        ok = not FAILED_CHECKS
+    except (Exception, KeyboardInterrupt):
+        traceback.print_exc()
+    finally:
+        if not ok:
+            print("\nVM SUITE FAILED", flush=True)
+            suite.dump_logs()
+        suite.cleanup()
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in suite.timings.items())
+    log(f"timings: packages+build {build_secs:.1f} s, {timings}")
+    for what in FAILED_CHECKS:
+        log(f"failed check: {what}")
+    log("VM SUITE PASSED" if ok else "VM SUITE FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
