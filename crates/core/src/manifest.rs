@@ -1,5 +1,21 @@
 //! What is known about a cached image: its size, its digest, the digest of every
-//! fixed-size chunk and which chunks are all zero. Computed once at import.
+//! fixed-size chunk, a cheap fingerprint of every chunk and which chunks are all
+//! zero. Computed once at import.
+//!
+//! Two kinds of per-chunk facts, for two jobs:
+//! - the **sha256** of every chunk (what DESIGN.md asks for, and what
+//!   `--verify hash` checks read-back chunks against);
+//! - an **XXH3-128 fingerprint** of every chunk (manifest format 2), which the
+//!   engine uses to check that the *cached file* still holds the bytes the
+//!   import hashed (bit rot, a bad disk) before it compares read-backs with them.
+//!   Non-cryptographic is enough for that job: it guards against accidents to a
+//!   file only root can write, not against an attacker. This crate only stores
+//!   the fingerprints (as 128-bit numbers, serialized as 32 hex digits); the
+//!   image crate computes them and the engine checks them.
+//!
+//! A format-1 manifest (written before fingerprints existed) still reads; it
+//! has no fingerprints, and the engine then checks cached chunks against their
+//! sha256 instead. Re-importing such an image upgrades its manifest.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +49,14 @@ pub enum ManifestError {
         /// How many the manifest lists.
         got: u64,
     },
+    /// The number of chunk fingerprints does not match the number of chunks.
+    #[error("{got} chunk fingerprints for {expected} chunks")]
+    FingerprintCount {
+        /// How many chunks the image has.
+        expected: u64,
+        /// How many fingerprints were given.
+        got: u64,
+    },
     /// A zero range lies outside the image's chunks or is empty.
     #[error("zero range {start}..{end} is outside 0..{chunks}")]
     BadZeroRange {
@@ -54,6 +78,9 @@ pub struct ImageManifest {
     size: u64,
     chunk_size: u32,
     chunk_digests: Vec<Sha256Digest>,
+    /// XXH3-128 of every chunk (zero chunks included); `None` for a manifest read
+    /// from format 1.
+    chunk_fingerprints: Option<Vec<u128>>,
     zero: Vec<bool>,
 }
 
@@ -66,11 +93,43 @@ struct ManifestRecord {
     size: u64,
     chunk_size: u32,
     chunk_digests: Vec<Sha256Digest>,
+    /// Format 2 only: the XXH3-128 of every chunk, as 32 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunk_fingerprints: Option<Vec<HexU128>>,
     zero_chunk_ranges: Vec<(u64, u64)>,
 }
 
-/// The manifest format this build writes and reads.
-const MANIFEST_FORMAT: u32 = 1;
+/// The manifest format of a manifest with chunk fingerprints: what this build
+/// writes for every image it imports.
+const MANIFEST_FORMAT: u32 = 2;
+/// The format before chunk fingerprints: still read (and written back as such
+/// for a manifest without fingerprints, so that it round-trips).
+const MANIFEST_FORMAT_V1: u32 = 1;
+
+/// A 128-bit fingerprint in its serialized form: 32 lowercase hex digits, most
+/// significant first (XXH3-128's canonical byte order).
+#[derive(Clone, Copy)]
+struct HexU128(u128);
+
+impl Serialize for HexU128 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:032x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HexU128 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(serde::de::Error::custom(format!(
+                "chunk fingerprint {text:?} is not 32 hex digits"
+            )));
+        }
+        u128::from_str_radix(&text, 16)
+            .map(HexU128)
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 impl ImageManifest {
     /// The chunk size images are imported with: large enough for efficient direct
@@ -105,8 +164,40 @@ impl ImageManifest {
             size,
             chunk_size,
             chunk_digests,
+            chunk_fingerprints: None,
             zero,
         })
+    }
+
+    /// Adds the XXH3-128 fingerprint of every chunk (zero chunks included), in
+    /// chunk order. The caller computes them over the same bytes as the chunk
+    /// digests; the manifest then serializes as format 2.
+    pub fn with_chunk_fingerprints(
+        mut self,
+        fingerprints: Vec<u128>,
+    ) -> Result<Self, ManifestError> {
+        let got = fingerprints.len() as u64;
+        if got != self.chunk_count() {
+            return Err(ManifestError::FingerprintCount {
+                expected: self.chunk_count(),
+                got,
+            });
+        }
+        self.chunk_fingerprints = Some(fingerprints);
+        Ok(self)
+    }
+
+    /// The XXH3-128 fingerprint of chunk `index`, if the manifest has them (a
+    /// manifest read from format 1 has none).
+    pub fn chunk_fingerprint(&self, index: u64) -> Option<u128> {
+        self.chunk_fingerprints
+            .as_ref()
+            .map(|fingerprints| fingerprints[index as usize])
+    }
+
+    /// Whether the manifest has a fingerprint for every chunk (format 2).
+    pub fn has_chunk_fingerprints(&self) -> bool {
+        self.chunk_fingerprints.is_some()
     }
 
     /// The SHA-256 of the raw image: its name in the cache.
@@ -177,11 +268,18 @@ impl From<ImageManifest> for ManifestRecord {
             ranges.push((s, m.zero.len() as u64));
         }
         ManifestRecord {
-            format: MANIFEST_FORMAT,
+            format: if m.chunk_fingerprints.is_some() {
+                MANIFEST_FORMAT
+            } else {
+                MANIFEST_FORMAT_V1
+            },
             sha256: m.sha256,
             size: m.size,
             chunk_size: m.chunk_size,
             chunk_digests: m.chunk_digests,
+            chunk_fingerprints: m
+                .chunk_fingerprints
+                .map(|f| f.into_iter().map(HexU128).collect()),
             zero_chunk_ranges: ranges,
         }
     }
@@ -190,11 +288,24 @@ impl From<ImageManifest> for ManifestRecord {
 impl TryFrom<ManifestRecord> for ImageManifest {
     type Error = String;
     fn try_from(r: ManifestRecord) -> Result<Self, Self::Error> {
-        if r.format != MANIFEST_FORMAT {
-            return Err(format!(
-                "manifest format {} is not supported (this build reads {MANIFEST_FORMAT})",
-                r.format
-            ));
+        match (r.format, &r.chunk_fingerprints) {
+            (MANIFEST_FORMAT, Some(_)) | (MANIFEST_FORMAT_V1, None) => {}
+            (MANIFEST_FORMAT, None) => {
+                return Err(format!(
+                    "manifest format {MANIFEST_FORMAT} without chunk fingerprints"
+                ))
+            }
+            (MANIFEST_FORMAT_V1, Some(_)) => {
+                return Err(format!(
+                    "manifest format {MANIFEST_FORMAT_V1} with chunk fingerprints"
+                ))
+            }
+            (format, _) => {
+                return Err(format!(
+                    "manifest format {format} is not supported (this build reads \
+                     {MANIFEST_FORMAT_V1} and {MANIFEST_FORMAT})"
+                ))
+            }
         }
         let chunks = r.chunk_digests.len() as u64;
         let mut zero = vec![false; r.chunk_digests.len()];
@@ -204,7 +315,14 @@ impl TryFrom<ManifestRecord> for ImageManifest {
             }
             zero[start as usize..end as usize].fill(true);
         }
-        Self::new(r.sha256, r.size, r.chunk_size, r.chunk_digests, zero).map_err(|e| e.to_string())
+        let manifest = Self::new(r.sha256, r.size, r.chunk_size, r.chunk_digests, zero)
+            .map_err(|e| e.to_string())?;
+        match r.chunk_fingerprints {
+            None => Ok(manifest),
+            Some(fingerprints) => manifest
+                .with_chunk_fingerprints(fingerprints.into_iter().map(|h| h.0).collect())
+                .map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -261,5 +379,74 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("format 7"));
+    }
+
+    fn fingerprinted() -> ImageManifest {
+        sample()
+            .with_chunk_fingerprints(vec![
+                0,
+                1,
+                u128::MAX,
+                0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+            ])
+            .unwrap()
+    }
+
+    #[test]
+    fn fingerprints_serialize_as_format_2_with_32_hex_digits_and_round_trip() {
+        let m = fingerprinted();
+        assert!(m.has_chunk_fingerprints());
+        assert_eq!(m.chunk_fingerprint(2), Some(u128::MAX));
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"format\":2"), "{json}");
+        assert!(
+            json.contains(&format!(
+                "\"chunk_fingerprints\":[\"{}\",\"{}\",\"{}\",\"{}\"]",
+                "0".repeat(32),
+                format_args!("{}1", "0".repeat(31)),
+                "f".repeat(32),
+                "0123456789abcdef0011223344556677"
+            )),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<ImageManifest>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn a_format_1_manifest_still_reads_without_fingerprints() {
+        let m = sample();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"format\":1"), "{json}");
+        assert!(!json.contains("chunk_fingerprints"), "{json}");
+        let read: ImageManifest = serde_json::from_str(&json).unwrap();
+        assert!(!read.has_chunk_fingerprints());
+        assert_eq!(read.chunk_fingerprint(0), None);
+        assert_eq!(read, m);
+    }
+
+    #[test]
+    fn fingerprints_must_match_the_format_and_the_chunks() {
+        assert!(matches!(
+            sample().with_chunk_fingerprints(vec![1, 2, 3]),
+            Err(ManifestError::FingerprintCount {
+                expected: 4,
+                got: 3
+            })
+        ));
+        let v2 = serde_json::to_string(&fingerprinted()).unwrap();
+        // Format 2 needs fingerprints, format 1 has none.
+        let without = serde_json::to_string(&sample())
+            .unwrap()
+            .replace("\"format\":1", "\"format\":2");
+        assert!(serde_json::from_str::<ImageManifest>(&without).is_err());
+        let v1_with = v2.replace("\"format\":2", "\"format\":1");
+        assert!(serde_json::from_str::<ImageManifest>(&v1_with).is_err());
+        // Not 32 hex digits, or one fingerprint short.
+        let short = v2.replace(&"f".repeat(32), &"f".repeat(31));
+        assert!(serde_json::from_str::<ImageManifest>(&short).is_err());
+        let not_hex = v2.replace(&"f".repeat(32), &"g".repeat(32));
+        assert!(serde_json::from_str::<ImageManifest>(&not_hex).is_err());
+        let missing = v2.replace(&format!(",\"{}\"", "f".repeat(32)), "");
+        assert!(serde_json::from_str::<ImageManifest>(&missing).is_err());
     }
 }

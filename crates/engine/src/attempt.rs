@@ -5,14 +5,16 @@
 //! out as an `Err`, because it is not this target's fault and aborts the fan-out.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    AttemptFigures, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure, Sha256Digest,
-    Stage, TargetId, Verdict, VerifyMethod,
+    AttemptFigures, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure, ImageManifest,
+    Sha256Digest, Stage, TargetId, Verdict, VerifyMethod,
 };
-use flashrack_devices::{AlignedBuf, Target, TargetError, TargetWriter};
+use flashrack_devices::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -245,6 +247,36 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
     }
 }
 
+/// Starts `produce` on the attempt's helper thread, handing its items to the
+/// attempt's thread over a channel with room for `depth` of them. The helper
+/// borrows from the attempt (scoped thread): the scope joins it when the pass
+/// ends, after the attempt's side of the channels has been dropped, which stops
+/// it at its next hand-over.
+fn spawn_helper<'scope, T: Send + 'scope>(
+    scope: &'scope thread::Scope<'scope, '_>,
+    ctx: &AttemptContext,
+    stage: Stage,
+    depth: usize,
+    produce: impl FnOnce(SyncSender<T>) + Send + 'scope,
+) -> Result<Receiver<T>, Stop> {
+    let (tx, rx) = mpsc::sync_channel(depth);
+    thread::Builder::new()
+        .name(format!("flash {} io", ctx.id))
+        .spawn_scoped(scope, move || produce(tx))
+        .map_err(|e| {
+            fail(
+                stage,
+                FailReason::Unavailable {
+                    detail: format!("cannot start a thread for the attempt: {e}"),
+                },
+            )
+        })?;
+    Ok(rx)
+}
+
+/// The write pass. A helper thread fetches the next chunk from the shared
+/// source while this thread writes the current one to the target, so the
+/// target never waits for the source's read (page-cache copy or disk).
 fn write_image(
     ctx: &AttemptContext,
     writer: &mut dyn TargetWriter,
@@ -252,21 +284,44 @@ fn write_image(
 ) -> Result<(), Stop> {
     let source = &*ctx.source;
     let manifest = source.manifest();
+    let count = manifest.chunk_count();
+    let cancel = &ctx.progress.cancel;
     let started = Instant::now();
     let mut report = Reporter::enter(ctx, Stage::Writing, manifest.size());
-    for index in 0..manifest.chunk_count() {
-        let (offset, len) = manifest.chunk_span(index);
-        let chunk = source.chunk(index)?;
-        let data: &[u8] = match &chunk {
-            Chunk::Zero => &source.zeros()[..len],
-            Chunk::Data(data) => &data[..len],
-        };
-        writer
-            .write_all_at(offset, data)
-            .map_err(|e| device_failure(Stage::Writing, e))?;
-        figures.bytes_written = offset + len as u64;
-        report.advance(figures.bytes_written)?;
-    }
+    thread::scope(|scope| -> Result<(), Stop> {
+        // A rendezvous channel: the helper holds at most the next chunk while
+        // this thread writes one, so an attempt holds at most two chunks.
+        let chunks = spawn_helper(scope, ctx, Stage::Writing, 0, move |tx| {
+            for index in 0..count {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                let chunk = source.chunk(index);
+                let failed = chunk.is_err();
+                if tx.send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+        })?;
+        for index in 0..count {
+            let (offset, len) = manifest.chunk_span(index);
+            // The helper stops early only when the attempt is cancelled.
+            let chunk = chunks
+                .recv()
+                .map_err(|_| fail(Stage::Writing, FailReason::Interrupted))??;
+            let data: &[u8] = match &chunk {
+                Chunk::Zero => &source.zeros()[..len],
+                Chunk::Data(data) => data,
+            };
+            writer
+                .write_all_at(offset, data)
+                .map_err(|e| device_failure(Stage::Writing, e))?;
+            drop(chunk);
+            figures.bytes_written = offset + len as u64;
+            report.advance(figures.bytes_written)?;
+        }
+        Ok(())
+    })?;
     let _ = Reporter::enter(ctx, Stage::Flushing, 0);
     writer
         .flush()
@@ -275,6 +330,125 @@ fn write_image(
     Ok(())
 }
 
+/// Read-back buffers per attempt: one being filled from the target while the
+/// other is checked.
+const READ_BUFFERS: usize = 2;
+
+/// Where one read of the verify pass lies: a piece of chunk `index`.
+#[derive(Debug, Clone, Copy)]
+struct PieceSpan {
+    index: u64,
+    chunk_offset: u64,
+    chunk_len: usize,
+    /// Start of the piece within its chunk.
+    at: usize,
+    /// Bytes of the image in the piece.
+    len: usize,
+}
+
+impl PieceSpan {
+    fn offset(&self) -> u64 {
+        self.chunk_offset + self.at as u64
+    }
+
+    fn ends_chunk(&self) -> bool {
+        self.at + self.len == self.chunk_len
+    }
+}
+
+/// The pieces of the read-back, in order: every chunk cut into pieces of
+/// `piece` bytes (the last piece of a chunk may be shorter).
+fn piece_spans(manifest: &ImageManifest, piece: usize) -> impl Iterator<Item = PieceSpan> + '_ {
+    (0..manifest.chunk_count()).flat_map(move |index| {
+        let (chunk_offset, chunk_len) = manifest.chunk_span(index);
+        (0..chunk_len.div_ceil(piece)).map(move |p| PieceSpan {
+            index,
+            chunk_offset,
+            chunk_len,
+            at: p * piece,
+            len: (chunk_len - p * piece).min(piece),
+        })
+    })
+}
+
+/// How much the verify pass reads at once. Comparing needs the source chunk
+/// next to the read-back, so the read-back is read in half chunks: the two
+/// read-back buffers then take one chunk of memory, and with the source chunk
+/// an attempt holds two chunks, as in the write pass. Hashing needs no source
+/// chunk (but the whole chunk read back, to find the first bad byte), so it
+/// reads whole chunks.
+fn piece_size(chunk_size: usize, block: usize, mode: VerifyMode) -> usize {
+    let half = chunk_size / 2 / 4096 * 4096;
+    if mode != VerifyMode::Hash && half > 0 && half.is_multiple_of(block) {
+        half
+    } else {
+        chunk_size
+    }
+}
+
+/// One read of the verify pass, as the reader thread hands it over.
+struct Piece {
+    buf: AlignedBuf,
+    /// What `read_at` returned for the piece's span.
+    read: Result<usize, TargetError>,
+}
+
+/// The attempt's side of the reader thread: filled pieces come in order, and
+/// their buffers go back to be filled again.
+struct PieceFeed<'a> {
+    pieces: Receiver<Piece>,
+    free: Sender<AlignedBuf>,
+    progress: &'a AttemptProgress,
+}
+
+impl PieceFeed<'_> {
+    /// The next piece. The reader stops before the end only when the attempt
+    /// is cancelled or after handing over a read error.
+    fn next(&self) -> Result<Piece, Stop> {
+        self.pieces
+            .recv()
+            .map_err(|_| fail(Stage::Verifying, FailReason::Interrupted))
+    }
+
+    /// Hands a buffer back to be filled, and counts the piece as progress.
+    fn done(&self, buf: AlignedBuf) {
+        let _ = self.free.send(buf);
+        self.progress.beat();
+    }
+}
+
+/// The reader thread of the verify pass: reads the pieces in order, each into a
+/// free buffer, and hands them over. It stops when the attempt is cancelled,
+/// after a read error, or when the attempt stops taking pieces.
+fn read_pieces(
+    reader: &mut dyn TargetReader,
+    spans: impl Iterator<Item = PieceSpan>,
+    block: usize,
+    cancel: &AtomicBool,
+    free: Receiver<AlignedBuf>,
+    pieces: SyncSender<Piece>,
+) {
+    for span in spans {
+        if cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(mut buf) = free.recv() else {
+            return;
+        };
+        // Direct I/O reads whole logical blocks; the bytes past the image in
+        // the last block belong to the stick and are not compared.
+        let read_len = span.len.div_ceil(block) * block;
+        let read = reader.read_at(span.offset(), &mut buf[..read_len]);
+        let failed = read.is_err();
+        if pieces.send(Piece { buf, read }).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The verify pass. A reader thread reads the target into two buffers in turn
+/// while this thread checks the previous piece (double buffering): the target
+/// is kept busy while the CPU compares or hashes.
 fn verify_image(
     ctx: &AttemptContext,
     mode: VerifyMode,
@@ -289,91 +463,154 @@ fn verify_image(
         .target
         .open_reader()
         .map_err(|e| device_failure(Stage::Verifying, e))?;
-    let mut buf = AlignedBuf::zeroed(manifest.chunk_size() as usize);
     figures.verify_method = Some(match mode {
         VerifyMode::Hash => VerifyMethod::Hash,
         _ => VerifyMethod::Compare,
     });
-    for index in 0..manifest.chunk_count() {
-        let (offset, len) = manifest.chunk_span(index);
-        // Direct I/O reads whole logical blocks; the bytes past the image in the
-        // last block belong to the stick and are not compared.
-        let read_len = len.div_ceil(block) * block;
-        let n = reader
-            .read_at(offset, &mut buf[..read_len])
-            .map_err(|e| device_failure(Stage::Verifying, e))?;
-        figures.bytes_verified = offset + n.min(len) as u64;
-        if n < len {
-            return Err(fail(
-                Stage::Verifying,
-                FailReason::ReadError {
-                    offset: offset + n as u64,
-                    detail: "the target ended before the image did".into(),
-                },
-            ));
+    let piece = piece_size(manifest.chunk_size() as usize, block, mode);
+    let reader = &mut *reader;
+    let cancel = &ctx.progress.cancel;
+    thread::scope(|scope| -> Result<(), Stop> {
+        let (free, free_rx) = mpsc::channel();
+        for _ in 0..READ_BUFFERS {
+            let _ = free.send(AlignedBuf::zeroed(piece.div_ceil(block) * block));
         }
-        let back = &buf[..len];
-        let matches = match mode {
-            VerifyMode::Hash => Sha256Digest::of(back) == manifest.chunk_digest(index),
-            _ => match source.checked_chunk(index)? {
-                Chunk::Zero => back == &source.zeros()[..len],
-                Chunk::Data(data) => back == &data[..len],
-            },
+        let pieces = spawn_helper(scope, ctx, Stage::Verifying, READ_BUFFERS, move |tx| {
+            read_pieces(
+                reader,
+                piece_spans(manifest, piece),
+                block,
+                cancel,
+                free_rx,
+                tx,
+            )
+        })?;
+        let feed = PieceFeed {
+            pieces,
+            free,
+            progress: &ctx.progress,
         };
-        if !matches {
-            let expected = source.checked_chunk(index)?;
-            let expected: &[u8] = match &expected {
-                Chunk::Zero => &source.zeros()[..len],
-                Chunk::Data(data) => &data[..len],
+        let mut spans = piece_spans(manifest, piece);
+        // The source chunk the current chunk is compared with (compare mode).
+        let mut expected: Option<Chunk> = None;
+        // The current chunk's read-back so far (hash mode).
+        let mut hasher = Sha256::new();
+        while let Some(span) = spans.next() {
+            let Piece { buf, read } = feed.next()?;
+            let n = read.map_err(|e| device_failure(Stage::Verifying, e))?;
+            figures.bytes_verified = span.offset() + n.min(span.len) as u64;
+            if n < span.len {
+                return Err(fail(
+                    Stage::Verifying,
+                    FailReason::ReadError {
+                        offset: span.offset() + n as u64,
+                        detail: "the target ended before the image did".into(),
+                    },
+                ));
+            }
+            let back = &buf[..span.len];
+            let matches = match mode {
+                VerifyMode::Hash => {
+                    hasher.update(back);
+                    !span.ends_chunk()
+                        || Sha256Digest::from_hasher(std::mem::take(&mut hasher))
+                            == manifest.chunk_digest(span.index)
+                }
+                _ => {
+                    if span.at == 0 {
+                        expected = Some(source.checked_chunk(span.index)?);
+                    }
+                    match expected
+                        .as_ref()
+                        .expect("fetched at the chunk's first piece")
+                    {
+                        Chunk::Zero => is_zero(back),
+                        Chunk::Data(data) => back == &data[span.at..span.at + span.len],
+                    }
+                }
             };
-            let first = back
-                .iter()
-                .zip(expected)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0) as u64;
-            figures.read_back_sha256 =
-                read_back_digest_after_mismatch(source, &mut *reader, index, &buf[..len], block)
-                    .ok();
-            figures.verify_secs = started.elapsed().as_secs_f64();
-            return Err(fail(
-                Stage::Verifying,
-                FailReason::VerifyMismatch {
-                    offset: offset + first,
-                },
-            ));
+            if !matches {
+                let chunk = match expected.take() {
+                    Some(chunk) => chunk,
+                    None => source.checked_chunk(span.index)?,
+                };
+                let image: &[u8] = match &chunk {
+                    Chunk::Zero => &source.zeros()[..span.chunk_len],
+                    Chunk::Data(data) => data,
+                };
+                // Hash mode reads whole chunks, so the bad byte is in this piece.
+                let first = back
+                    .iter()
+                    .zip(&image[span.at..])
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0) as u64;
+                figures.read_back_sha256 = read_back_digest_after_mismatch(
+                    source,
+                    &feed,
+                    &mut spans,
+                    span,
+                    &image[..span.at],
+                    buf,
+                )
+                .ok();
+                figures.verify_secs = started.elapsed().as_secs_f64();
+                return Err(fail(
+                    Stage::Verifying,
+                    FailReason::VerifyMismatch {
+                        offset: span.offset() + first,
+                    },
+                ));
+            }
+            feed.done(buf);
+            if span.ends_chunk() {
+                expected = None;
+                report.advance(span.chunk_offset + span.chunk_len as u64)?;
+            }
         }
-        report.advance(figures.bytes_verified)?;
-    }
+        Ok(())
+    })?;
     figures.verify_secs = started.elapsed().as_secs_f64();
     // Every byte read back equals the image (compared with chunks proven against
-    // their sha256, or hashed chunk by chunk), so the read-back's sha256 is the
-    // image's.
+    // their import-time fingerprint or sha256, or hashed chunk by chunk), so the
+    // read-back's sha256 is the image's.
     figures.read_back_sha256 = Some(manifest.sha256());
     Ok(())
 }
 
+/// Whether every byte is zero (block by block, so that it vectorizes and a data
+/// block stops it early).
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
 /// The sha256 of what the target holds where the image should be, after a
-/// mismatch in chunk `bad`: the chunks before it matched the image, so they are
-/// hashed from the source; from `bad` on, what the target returns is hashed.
+/// mismatch in the piece `bad`: the chunks before it and the pieces of its chunk
+/// before it (`matched`) equal the image, so they are hashed from the source;
+/// from the bad piece on, what the target returns is hashed (the reader thread
+/// carries on to the end of the image). `None` (an `Err`) if a read fails or
+/// the attempt is cancelled on the way.
 fn read_back_digest_after_mismatch(
     source: &SharedSource,
-    reader: &mut dyn flashrack_devices::TargetReader,
-    bad: u64,
-    bad_chunk: &[u8],
-    block: usize,
+    feed: &PieceFeed<'_>,
+    spans: &mut dyn Iterator<Item = PieceSpan>,
+    bad: PieceSpan,
+    matched: &[u8],
+    bad_piece: AlignedBuf,
 ) -> Result<Sha256Digest, Stop> {
-    let manifest = source.manifest();
     let mut hasher = Sha256::new();
-    source.for_each_prefix_chunk(bad, |bytes| hasher.update(bytes))?;
-    hasher.update(bad_chunk);
-    let mut buf = AlignedBuf::zeroed(manifest.chunk_size() as usize);
-    for index in bad + 1..manifest.chunk_count() {
-        let (offset, len) = manifest.chunk_span(index);
-        let read_len = len.div_ceil(block) * block;
-        let n = reader
-            .read_at(offset, &mut buf[..read_len])
-            .map_err(|e| device_failure(Stage::Verifying, e))?;
-        hasher.update(&buf[..n.min(len)]);
+    source.for_each_prefix_chunk(bad.index, |bytes| {
+        hasher.update(bytes);
+        feed.progress.beat();
+    })?;
+    hasher.update(matched);
+    hasher.update(&bad_piece[..bad.len]);
+    feed.done(bad_piece);
+    for span in spans {
+        let Piece { buf, read } = feed.next()?;
+        let n = read.map_err(|e| device_failure(Stage::Verifying, e))?;
+        hasher.update(&buf[..n.min(span.len)]);
+        feed.done(buf);
     }
     Ok(Sha256Digest::from_hasher(hasher))
 }

@@ -7,11 +7,15 @@
 //! [`flashrack_core::EngineEvent`]s.
 //!
 //! Layout:
-//! - [`source`]: the shared, bounded chunk cache over the image file; every chunk
-//!   is read from the file once per pass however many targets want it, and its
-//!   sha256 is checked against the manifest before anything is verified against it;
+//! - [`source`]: the shared, bounded chunk cache over the image file, in recycled
+//!   buffers; every chunk is read from the file once per pass however many
+//!   targets want it, and is checked against the manifest (its XXH3-128
+//!   fingerprint, or its sha256 for a format-1 manifest) before anything is
+//!   verified against it;
 //! - [`attempt`]: one target's blocking pipeline (prepare → probe → write → flush →
-//!   verify) run on a dedicated OS thread;
+//!   verify) run on a dedicated OS thread, with one helper thread per pass that
+//!   keeps the device busy while the CPU works (next source chunk fetched during a
+//!   write, next piece read back during a compare);
 //! - [`probe`]: the capacity probe that catches sticks lying about their size;
 //! - [`fanout`]: starts attempts, watches them for stalls, and turns their ends
 //!   into verdicts; [`flash_all`] is the one-shot entry point.
@@ -48,7 +52,10 @@ pub enum VerifyMode {
     /// No read-back (the operator asked for speed over proof).
     None,
     /// Read back from the medium and compare byte for byte with the cached image,
-    /// whose chunks are checked against their sha256 once per run (the default).
+    /// whose chunks are checked once per run against the XXH3-128 fingerprint the
+    /// import computed over the same bytes as the image's sha256 (their sha256 for
+    /// a format-1 manifest). Byte equality with checked chunks makes the
+    /// read-back's sha256 the image's (the default).
     #[default]
     Compare,
     /// Read back from the medium and hash every chunk with sha256.
@@ -101,9 +108,11 @@ pub enum EngineError {
         /// What the operating system said.
         detail: String,
     },
-    /// A chunk of the cached image no longer matches its sha256 (the cache is
-    /// corrupt): nothing can be verified against it.
-    #[error("the cached image is corrupt: chunk at offset {offset} does not match its sha256")]
+    /// A chunk of the cached image no longer matches its fingerprint (or sha256)
+    /// from the import (the cache is corrupt): nothing can be verified against it.
+    #[error(
+        "the cached image is corrupt: chunk at offset {offset} does not match its digest from the import"
+    )]
     SourceCorrupt {
         /// Byte offset of the chunk.
         offset: u64,

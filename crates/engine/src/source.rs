@@ -4,17 +4,35 @@
 //! same time; the first asks the file and the others share its buffer (`Arc`). A
 //! target that falls behind finds its chunks evicted and reads them again, from the
 //! page cache in practice: the disk is read once, and memory stays bounded by
-//! `(cache chunks + targets) × chunk size` whatever the image size.
+//! `(cache chunks + 2 × targets + 2) × chunk size` whatever the image size (see
+//! [`SharedSource`]).
+//!
+//! Chunk buffers are recycled: a buffer goes back to a small pool when the last
+//! `Arc` of its chunk drops, and the next read fills it without clearing it (a
+//! read overwrites the chunk's bytes, and nothing past them is ever exposed), so a
+//! chunk read costs neither page faults nor a memset.
+//!
+//! Before anything is verified against a cached chunk, the chunk is checked once
+//! against the manifest: its XXH3-128 fingerprint (manifest format 2), or its
+//! sha256 when the manifest has no fingerprints (format 1). See
+//! [`SharedSource::checked_chunk`] for why a fingerprint is enough there.
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use flashrack_core::{ChunkKind, ImageManifest, Sha256Digest};
 use flashrack_devices::AlignedBuf;
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::{EngineError, SourceImage};
+
+/// Idle buffers the pool keeps for the next reads; more are freed. Two cover
+/// the usual pattern (an evicted chunk's buffer refilled by the next read) with
+/// room for a read racing an eviction.
+const POOL_IDLE_BUFFERS: usize = 2;
 
 /// A chunk as the source serves it.
 #[derive(Clone)]
@@ -22,24 +40,78 @@ pub enum Chunk {
     /// All zero: use [`SharedSource::zeros`].
     Zero,
     /// Data, shared between targets.
-    Data(Arc<AlignedBuf>),
+    Data(Arc<PooledBuf>),
+}
+
+/// The bytes of one chunk in a recycled, direct-I/O-aligned buffer. Derefs to
+/// exactly the chunk's bytes; the buffer goes back to the source's pool when
+/// this is dropped.
+pub struct PooledBuf {
+    /// Always `Some` until dropped.
+    buf: Option<AlignedBuf>,
+    /// How many bytes of `buf` are the chunk; the rest is stale.
+    len: usize,
+    pool: Arc<BufPool>,
+}
+
+impl Deref for PooledBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf.as_ref().expect("present until dropped")[..self.len]
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.give_back(buf);
+        }
+    }
+}
+
+/// Chunk-sized buffers waiting to be refilled, at most [`POOL_IDLE_BUFFERS`].
+struct BufPool {
+    size: usize,
+    idle: Mutex<Vec<AlignedBuf>>,
+}
+
+impl BufPool {
+    /// A chunk-sized buffer: recycled (not cleared) if one is idle.
+    fn take(&self) -> AlignedBuf {
+        let recycled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        recycled.unwrap_or_else(|| AlignedBuf::zeroed(self.size))
+    }
+
+    fn give_back(&self, buf: AlignedBuf) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_IDLE_BUFFERS {
+            idle.push(buf);
+        }
+    }
 }
 
 /// One cached chunk: read at most once, checked at most once.
 #[derive(Default)]
 struct ChunkCell {
     /// The bytes, read by the first target that asks.
-    data: OnceLock<Result<Arc<AlignedBuf>, EngineError>>,
-    /// Whether the bytes match the manifest's sha256, checked by the first target
-    /// that verifies against this chunk.
+    data: OnceLock<Result<Arc<PooledBuf>, EngineError>>,
+    /// Whether the bytes are still what the import digested (fingerprint, or
+    /// sha256 for a format-1 manifest), checked by the first target that
+    /// verifies against this chunk.
     checked: OnceLock<Result<(), EngineError>>,
 }
 
 /// The image file and a bounded, shared cache of its chunks.
+///
+/// Memory: at most `capacity` chunks in the cache, [`POOL_IDLE_BUFFERS`] idle
+/// buffers, one zero chunk, and whatever chunks the targets hold outside the
+/// cache (an attempt holds at most two: the one it writes and the next, or the
+/// one it verifies against).
 pub struct SharedSource {
     file: File,
     manifest: ImageManifest,
     zeros: AlignedBuf,
+    pool: Arc<BufPool>,
     capacity: usize,
     /// Most recently used first. A `std` mutex: it is held only to look up and
     /// reorder a handful of entries, never across I/O (reads happen in the cell's
@@ -65,9 +137,14 @@ impl SharedSource {
                 image.manifest.size()
             )));
         }
+        let chunk_size = image.manifest.chunk_size() as usize;
         Ok(Self {
             file,
-            zeros: AlignedBuf::zeroed(image.manifest.chunk_size() as usize),
+            zeros: AlignedBuf::zeroed(chunk_size),
+            pool: Arc::new(BufPool {
+                size: chunk_size,
+                idle: Mutex::new(Vec::new()),
+            }),
             manifest: image.manifest.clone(),
             capacity: capacity.max(1),
             cells: Mutex::new(VecDeque::new()),
@@ -84,14 +161,24 @@ impl SharedSource {
         &self.zeros
     }
 
-    /// Chunk `index` for writing: not checked against its sha256 (the read-back
-    /// will be compared with checked chunks, so a bad source cannot pass).
+    /// Chunk `index` for writing: not checked (the read-back will be compared
+    /// with checked chunks, so a bad source cannot pass).
     pub fn chunk(&self, index: u64) -> Result<Chunk, EngineError> {
         self.get(index, false)
     }
 
-    /// Chunk `index` for verification: its bytes are proven to match the
-    /// manifest's sha256 (checked once per cached copy).
+    /// Chunk `index` for verification: its bytes are proven to be the ones the
+    /// import digested (checked once per cached copy, not once per target).
+    ///
+    /// The check is the chunk's XXH3-128 fingerprint from the manifest, or its
+    /// sha256 for a manifest without fingerprints (format 1). A
+    /// non-cryptographic fingerprint is enough here: it guards against the
+    /// cached file changing since the import (bit rot, a bad disk), not against
+    /// an attacker, who would need root to write the cache and could then
+    /// rewrite the manifest too. The import computed the image's sha256, every
+    /// chunk's sha256 and every chunk's fingerprint over exactly the same bytes,
+    /// so a read-back byte-equal to fingerprint-checked chunks has the image's
+    /// sha256.
     pub fn checked_chunk(&self, index: u64) -> Result<Chunk, EngineError> {
         self.get(index, true)
     }
@@ -106,10 +193,14 @@ impl SharedSource {
         if check {
             cell.checked
                 .get_or_init(|| {
-                    let (offset, len) = self.manifest.chunk_span(index);
-                    if Sha256Digest::of(&data[..len]) == digest {
+                    let intact = match self.manifest.chunk_fingerprint(index) {
+                        Some(fingerprint) => xxh3_128(&data) == fingerprint,
+                        None => Sha256Digest::of(&data) == digest,
+                    };
+                    if intact {
                         Ok(())
                     } else {
+                        let (offset, _) = self.manifest.chunk_span(index);
                         Err(EngineError::SourceCorrupt { offset })
                     }
                 })
@@ -132,16 +223,27 @@ impl SharedSource {
         cell
     }
 
-    fn read(&self, index: u64) -> Result<Arc<AlignedBuf>, EngineError> {
+    fn read(&self, index: u64) -> Result<Arc<PooledBuf>, EngineError> {
         let (offset, len) = self.manifest.chunk_span(index);
-        let mut buf = AlignedBuf::zeroed(self.manifest.chunk_size() as usize);
-        self.file
-            .read_exact_at(&mut buf[..len], offset)
-            .map_err(|e| EngineError::SourceRead {
-                offset,
-                detail: e.to_string(),
-            })?;
-        Ok(Arc::new(buf))
+        let mut buf = self.pool.take();
+        let read = self.file.read_exact_at(&mut buf[..len], offset);
+        // Back to the pool on an error too.
+        let chunk = PooledBuf {
+            buf: Some(buf),
+            len,
+            pool: self.pool.clone(),
+        };
+        read.map_err(|e| EngineError::SourceRead {
+            offset,
+            detail: e.to_string(),
+        })?;
+        Ok(Arc::new(chunk))
+    }
+
+    /// Idle buffers in the pool (for tests of the memory bound).
+    #[cfg(test)]
+    fn idle_buffers(&self) -> usize {
+        self.pool.idle.lock().unwrap().len()
     }
 
     /// Bytes `[0, end)` of the image, fed to `sink` chunk by chunk; used to hash the
@@ -155,9 +257,155 @@ impl SharedSource {
             let (_, len) = self.manifest.chunk_span(index);
             match self.checked_chunk(index)? {
                 Chunk::Zero => sink(&self.zeros[..len]),
-                Chunk::Data(data) => sink(&data[..len]),
+                Chunk::Data(data) => sink(&data),
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: usize = 8192;
+
+    /// Three data chunks, a zero chunk and a short data chunk, with the manifest
+    /// the import would write (fingerprints or not).
+    fn image(dir: &std::path::Path, fingerprints: bool) -> (SourceImage, Vec<u8>) {
+        let bytes: Vec<u8> = (0..4 * CHUNK + 100)
+            .map(|i| {
+                if (3 * CHUNK..4 * CHUNK).contains(&i) {
+                    0
+                } else {
+                    (i % 251) as u8 + 1
+                }
+            })
+            .collect();
+        let path = dir.join("image.raw");
+        std::fs::write(&path, &bytes).unwrap();
+        let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
+        let mut manifest = ImageManifest::new(
+            Sha256Digest::of(&bytes),
+            bytes.len() as u64,
+            CHUNK as u32,
+            chunks.iter().map(|c| Sha256Digest::of(c)).collect(),
+            chunks.iter().map(|c| c.iter().all(|&b| b == 0)).collect(),
+        )
+        .unwrap();
+        if fingerprints {
+            manifest = manifest
+                .with_chunk_fingerprints(chunks.iter().map(|c| xxh3_128(c)).collect())
+                .unwrap();
+        }
+        (SourceImage { path, manifest }, bytes)
+    }
+
+    fn data(chunk: Chunk) -> Arc<PooledBuf> {
+        match chunk {
+            Chunk::Data(data) => data,
+            Chunk::Zero => panic!("a data chunk was expected"),
+        }
+    }
+
+    #[test]
+    fn buffers_are_recycled_and_only_the_chunk_bytes_are_exposed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, bytes) = image(dir.path(), true);
+        // A cache of one chunk: every new chunk evicts the previous one.
+        let source = SharedSource::open(&image, 1).unwrap();
+        let first = data(source.checked_chunk(0).unwrap());
+        let recycled = first.as_ptr();
+        assert_eq!(&first[..], &bytes[..CHUNK]);
+        drop(first);
+        assert_eq!(source.idle_buffers(), 0, "chunk 0 is still cached");
+        // Chunk 1 evicts chunk 0, whose buffer goes to the pool and is refilled.
+        let second = data(source.checked_chunk(1).unwrap());
+        assert_eq!(second.as_ptr(), recycled);
+        assert_eq!(&second[..], &bytes[CHUNK..2 * CHUNK]);
+        drop(second);
+        // The short last chunk lands in the same buffer: its stale tail (chunk
+        // 1's bytes) is not part of the chunk.
+        let short = data(source.checked_chunk(4).unwrap());
+        assert_eq!(short.as_ptr(), recycled);
+        assert_eq!(short.len(), 100);
+        assert_eq!(&short[..], &bytes[4 * CHUNK..]);
+        assert!(matches!(source.chunk(3).unwrap(), Chunk::Zero));
+        drop(short);
+        assert!(source.idle_buffers() <= POOL_IDLE_BUFFERS);
+    }
+
+    #[test]
+    fn the_pool_keeps_a_bounded_number_of_idle_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, _) = image(dir.path(), true);
+        let source = SharedSource::open(&image, 1).unwrap();
+        // Hold four chunks at once (the cache keeps only the last), then let go.
+        let held: Vec<_> = [0, 1, 2, 4]
+            .into_iter()
+            .map(|i| data(source.chunk(i).unwrap()))
+            .collect();
+        drop(held);
+        assert_eq!(source.idle_buffers(), POOL_IDLE_BUFFERS);
+    }
+
+    fn damage(image: &SourceImage, at: usize) {
+        let mut bytes = std::fs::read(&image.path).unwrap();
+        bytes[at] ^= 0x40;
+        std::fs::write(&image.path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_changed_cache_file_fails_the_fingerprint_check_but_not_the_write_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, _) = image(dir.path(), true);
+        damage(&image, CHUNK + 77);
+        let source = SharedSource::open(&image, 8).unwrap();
+        assert!(source.checked_chunk(0).is_ok());
+        assert!(source.chunk(1).is_ok(), "writing does not check");
+        assert!(matches!(
+            source.checked_chunk(1),
+            Err(EngineError::SourceCorrupt { offset }) if offset == CHUNK as u64
+        ));
+        // Checked once per cached copy: the verdict is remembered.
+        assert!(source.checked_chunk(1).is_err());
+    }
+
+    #[test]
+    fn without_fingerprints_the_check_falls_back_to_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, bytes) = image(dir.path(), false);
+        assert!(!image.manifest.has_chunk_fingerprints());
+        let source = SharedSource::open(&image, 8).unwrap();
+        assert_eq!(
+            &data(source.checked_chunk(4).unwrap())[..],
+            &bytes[4 * CHUNK..]
+        );
+        damage(&image, 2 * CHUNK + 5);
+        let source = SharedSource::open(&image, 8).unwrap();
+        assert!(matches!(
+            source.checked_chunk(2),
+            Err(EngineError::SourceCorrupt { offset }) if offset == 2 * CHUNK as u64
+        ));
+    }
+
+    #[test]
+    fn a_wrong_fingerprint_in_the_manifest_is_a_corrupt_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut image, _) = image(dir.path(), true);
+        let mut fingerprints: Vec<u128> = (0..image.manifest.chunk_count())
+            .map(|i| image.manifest.chunk_fingerprint(i).unwrap())
+            .collect();
+        fingerprints[0] ^= 1;
+        image.manifest = image
+            .manifest
+            .clone()
+            .with_chunk_fingerprints(fingerprints)
+            .unwrap();
+        let source = SharedSource::open(&image, 8).unwrap();
+        assert!(matches!(
+            source.checked_chunk(0),
+            Err(EngineError::SourceCorrupt { offset: 0 })
+        ));
     }
 }

@@ -365,3 +365,199 @@ async fn a_stick_started_late_runs_at_once_and_an_operator_stop_interrupts() {
         Some(&FailReason::Interrupted)
     );
 }
+
+/// The image with a fingerprint for every chunk (manifest format 2), as the
+/// image cache imports it today; the other tests use format-1 manifests.
+fn with_fingerprints(image: &flashrack_engine::SourceImage) -> flashrack_engine::SourceImage {
+    let bytes = std::fs::read(&image.path).unwrap();
+    let chunk = image.manifest.chunk_size() as usize;
+    let manifest = image
+        .manifest
+        .clone()
+        .with_chunk_fingerprints(
+            bytes
+                .chunks(chunk)
+                .map(xxhash_rust::xxh3::xxh3_128)
+                .collect(),
+        )
+        .unwrap();
+    flashrack_engine::SourceImage {
+        path: image.path.clone(),
+        manifest,
+    }
+}
+
+/// What a stick corrupting `bad` on read-back returns for the image.
+fn read_back_with_flips(bytes: &[u8], bad: &[u64]) -> flashrack_core::Sha256Digest {
+    let mut back = bytes.to_vec();
+    for &b in bad {
+        back[b as usize] ^= 0xff;
+    }
+    flashrack_core::Sha256Digest::of(&back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatch_reports_its_first_offset_and_the_exact_read_back_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = common::make_image(dir.path(), 2 * MIB as usize + 3000, 10);
+    let image = with_fingerprints(&image);
+    let chunk = u64::from(common::CHUNK);
+    // A byte in the first half of a chunk, one in the second half (the compare
+    // pass reads half chunks), and a second bad byte further on that the
+    // digest must include.
+    let cases = [
+        ("first-half", vec![5 * chunk + 100, 20 * chunk + 3]),
+        (
+            "second-half",
+            vec![7 * chunk + chunk / 2 + 9, 7 * chunk + chunk - 1],
+        ),
+        ("last-byte", vec![bytes.len() as u64 - 1]),
+        ("first-byte", vec![0, MIB]),
+    ];
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        cases.iter().map(|(name, bad)| {
+            bad.iter()
+                .fold(SimStickSpec::new(*name, 4 * MIB), |spec, &b| {
+                    spec.corrupt_at(b)
+                })
+        }),
+    )
+    .unwrap();
+    for verify in [VerifyMode::Compare, VerifyMode::Hash] {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let options = EngineOptions {
+            verify,
+            ..options()
+        };
+        let results = flash_all(&image, targets(&rack), options, tx)
+            .await
+            .unwrap();
+        for ((id, verdict, figures), (_, bad)) in results.iter().zip(&cases) {
+            assert_eq!(
+                reason_of(verdict),
+                Some(&FailReason::VerifyMismatch { offset: bad[0] }),
+                "{verify:?} {id}"
+            );
+            assert_eq!(verdict.failure().unwrap().stage, Stage::Verifying);
+            assert_eq!(
+                figures.read_back_sha256,
+                Some(read_back_with_flips(&bytes, bad)),
+                "{verify:?} {id}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprinted_images_pass_and_a_changed_cache_is_still_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, mut bytes) = common::make_image(dir.path(), 3 * MIB as usize + 512, 11);
+    let image = with_fingerprints(&image);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        (0..3).map(|_| SimStickSpec::new("", 8 * MIB)),
+    )
+    .unwrap();
+    for verify in [VerifyMode::Compare, VerifyMode::Hash] {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let options = EngineOptions {
+            verify,
+            ..options()
+        };
+        for (id, verdict, figures) in flash_all(&image, targets(&rack), options, tx)
+            .await
+            .unwrap()
+        {
+            assert_eq!(verdict, Verdict::Pass, "{verify:?} {id}");
+            assert_eq!(figures.read_back_sha256, Some(image.manifest.sha256()));
+            assert_eq!(figures.bytes_verified, bytes.len() as u64);
+        }
+    }
+    // The cached file changes after the import: the fingerprint check fails the
+    // source, whatever the sticks hold.
+    let chunk = (0..image.manifest.chunk_count())
+        .rev()
+        .find(|&i| {
+            !matches!(
+                image.manifest.chunk_kind(i),
+                flashrack_core::ChunkKind::Zero
+            )
+        })
+        .unwrap();
+    let offset = image.manifest.chunk_span(chunk).0;
+    bytes[offset as usize + 1] ^= 0x01;
+    std::fs::write(&image.path, &bytes).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    match flash_all(&image, targets(&rack), options(), tx).await {
+        Err(EngineError::SourceCorrupt { offset: at }) => assert_eq!(at, offset),
+        other => panic!("expected a corrupt source, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_that_stalls_while_read_back_fails_as_stalled_during_verifying() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 12);
+    let image = with_fingerprints(&image);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [
+            SimStickSpec::new("healthy", 8 * MIB),
+            // Past the probe's reads, in the middle of the read-back.
+            SimStickSpec::new("stalls", 8 * MIB).stall_after_read(MIB + 100 * 1024),
+        ],
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let results = flash_all(&image, targets(&rack), options(), tx)
+        .await
+        .unwrap();
+    assert_eq!(results[0].1, Verdict::Pass);
+    assert!(matches!(
+        reason_of(&results[1].1),
+        Some(FailReason::Stalled {
+            during: Stage::Verifying,
+            ..
+        })
+    ));
+    // The verdict came from the watchdog, not from waiting for the stick.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(rack.stick("stalls").unwrap().stalled_calls() <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_stop_during_the_read_back_interrupts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 13);
+    let stick = SimStick::create(
+        SimStickSpec::new("slow-reader", 8 * MIB).read_speed(2 * MIB),
+        dir.path().join("stick.img"),
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let fanout = Fanout::new(&image, options(), tx).unwrap();
+    let handle = fanout.start(TargetId::new("slow-reader"), Arc::new(stick.clone()));
+    // Wait until it verifies, then stop it.
+    while let Some(event) = rx.recv().await {
+        if matches!(
+            event.kind,
+            EngineEventKind::Progress {
+                stage: Stage::Verifying,
+                ..
+            }
+        ) {
+            break;
+        }
+    }
+    handle.cancel();
+    let outcome = handle.finish().await;
+    let (verdict, _) = outcome.result.unwrap();
+    assert_eq!(reason_of(&verdict), Some(&FailReason::Interrupted));
+    assert_eq!(verdict.failure().unwrap().stage, Stage::Verifying);
+    assert!(
+        stick.counters().bytes_read < 4 * MIB,
+        "stopped before the end"
+    );
+}

@@ -114,9 +114,15 @@ impl ImageCache {
             .ok()
             .and_then(|canonical| FileIdentity::new(canonical, &metadata));
 
+        // A cached image whose manifest predates chunk fingerprints (format 1)
+        // is not taken by a shortcut: the full pass below computes them, and
+        // the manifest is upgraded.
         if let Some(identity) = &identity {
             if let Some(source) = self.index.source(identity) {
-                if let Some(image) = self.get(&source.raw_sha256)? {
+                if let Some(image) = self
+                    .get(&source.raw_sha256)?
+                    .filter(|i| i.manifest.has_chunk_fingerprints())
+                {
                     tracing::debug!(path = %path.display(), image = %image.sha256().short(), "known file");
                     check_expected(path, &options, source.raw_sha256, source.file_sha256)?;
                     return Ok(ImportOutcome {
@@ -144,7 +150,10 @@ impl ImageCache {
                 let (hasher, size) = hash_all(&mut file).map_err(read_error)?;
                 let file_sha256 = Sha256Digest::from_hasher(hasher);
                 if let Some(raw) = self.index.alias(size, &file_sha256) {
-                    if let Some(image) = self.get(&raw)? {
+                    if let Some(image) = self
+                        .get(&raw)?
+                        .filter(|i| i.manifest.has_chunk_fingerprints())
+                    {
                         tracing::debug!(path = %path.display(), image = %raw.short(), "known file digest");
                         check_expected(path, &options, raw, file_sha256)?;
                         self.remember(identity, &file, file_sha256, raw, size);
@@ -176,6 +185,7 @@ impl ImageCache {
         };
         if let Some(image) = self.get(&raw)? {
             tracing::debug!(path = %path.display(), image = %raw.short(), "image already cached");
+            let image = self.add_fingerprints(image, &decoded.raw);
             remember(&file);
             return Ok(ImportOutcome {
                 image,
@@ -190,7 +200,8 @@ impl ImageCache {
             decoded.raw.chunk_digests,
             decoded.raw.zero,
         )
-        .expect("the pass yields one digest and one zero flag per chunk of a valid size");
+        .and_then(|m| m.with_chunk_fingerprints(decoded.raw.chunk_fingerprints))
+        .expect("the pass yields one digest, fingerprint and zero flag per chunk of a valid size");
         let meta = ImportMeta {
             original_name: path
                 .file_name()
@@ -227,6 +238,46 @@ impl ImageCache {
             },
             hit: None,
         })
+    }
+
+    /// Upgrades the manifest of a cached image that has no chunk fingerprints
+    /// (format 1) with those of a pass over the same image, if that pass used
+    /// the same chunks. Best effort: on any failure the image keeps its old
+    /// manifest, which the engine still uses (checking cached chunks against
+    /// their sha256 instead).
+    fn add_fingerprints(&self, image: CachedImage, raw: &RawDigests) -> CachedImage {
+        let old = &image.manifest;
+        let same_chunks = old.size() == raw.size
+            && old.chunk_count() == raw.chunk_digests.len() as u64
+            && raw
+                .chunk_digests
+                .iter()
+                .enumerate()
+                .all(|(i, d)| old.chunk_digest(i as u64) == *d);
+        if old.has_chunk_fingerprints() || !same_chunks {
+            return image;
+        }
+        let Ok(manifest) = old
+            .clone()
+            .with_chunk_fingerprints(raw.chunk_fingerprints.clone())
+        else {
+            return image;
+        };
+        let entry = EntryFile {
+            manifest: manifest.clone(),
+            import: image.meta.clone(),
+        };
+        let digest = image.sha256();
+        match write_json_atomic(&self.tmp, &self.entry_path(&digest), &entry) {
+            Ok(()) => {
+                tracing::debug!(image = %digest.short(), "manifest upgraded with chunk fingerprints");
+                CachedImage { manifest, ..image }
+            }
+            Err(error) => {
+                tracing::warn!(%error, image = %digest.short(), "cannot upgrade the manifest");
+                image
+            }
+        }
     }
 
     /// Records how to recognise this file next time. The identity is recorded

@@ -1,5 +1,11 @@
 //! The one pass over a decompressed image: it stores the image (sparse) and
-//! computes its digest, the digest of every chunk and which chunks are all zero.
+//! computes its digest, the digest of every chunk, the XXH3-128 fingerprint of
+//! every chunk and which chunks are all zero.
+//!
+//! The fingerprints are what the engine checks cached chunks against before it
+//! compares read-backs with them (see `flashrack_core::manifest`): computed here
+//! over exactly the bytes the chunk digests and the image digest cover, next to
+//! the chunk digest (XXH3 costs a few percent of a sha256).
 //!
 //! The raw image is hashed twice (whole, and chunk by chunk), which is the bulk
 //! of the CPU work for an uncompressed or fast-to-decompress image. So hashing
@@ -15,6 +21,7 @@ use std::thread;
 
 use flashrack_core::Sha256Digest;
 use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::input::read_full;
 
@@ -31,6 +38,8 @@ pub(crate) struct RawDigests {
     pub(crate) size: u64,
     /// Digest of every chunk, zero chunks included.
     pub(crate) chunk_digests: Vec<Sha256Digest>,
+    /// XXH3-128 of every chunk, zero chunks included.
+    pub(crate) chunk_fingerprints: Vec<u128>,
     /// Whether each chunk is all zero.
     pub(crate) zero: Vec<bool>,
 }
@@ -86,7 +95,7 @@ pub(crate) fn digest_and_store(
             let mut sink = InlineSink {
                 buf: None,
                 chunk_size,
-                digests: Vec::new(),
+                digests: ChunkDigests::default(),
                 zeros: ZeroDigests::default(),
             };
             let whole = run(src, out, chunk_size, &mut sink)?;
@@ -130,18 +139,15 @@ struct Whole {
 }
 
 impl Whole {
-    fn with_chunk_digests(
-        self,
-        chunk_digests: Vec<Sha256Digest>,
-        sha256: Option<Sha256Digest>,
-    ) -> RawDigests {
+    fn with_chunk_digests(self, chunks: ChunkDigests, sha256: Option<Sha256Digest>) -> RawDigests {
         RawDigests {
             sha256: self
                 .sha256
                 .or(sha256)
                 .expect("the loop or the sink digests the whole image"),
             size: self.size,
-            chunk_digests,
+            chunk_digests: chunks.sha256,
+            chunk_fingerprints: chunks.xxh3,
             zero: self.zero,
         }
     }
@@ -211,29 +217,54 @@ pub(crate) fn is_all_zero(data: &[u8]) -> bool {
         .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// Digests of all-zero chunks, computed once per length (there are at most two:
-/// the chunk size and a short last chunk).
+/// The per-chunk digests, in chunk order.
+#[derive(Default)]
+struct ChunkDigests {
+    sha256: Vec<Sha256Digest>,
+    xxh3: Vec<u128>,
+}
+
+impl ChunkDigests {
+    /// Digests one data chunk.
+    fn push_data(&mut self, data: &[u8]) {
+        self.sha256.push(Sha256Digest::of(data));
+        self.xxh3.push(xxh3_128(data));
+    }
+
+    /// Records an all-zero chunk of `len` bytes.
+    fn push_zero(&mut self, zeros: &mut ZeroDigests, len: usize) {
+        let (sha256, xxh3) = zeros.get(len);
+        self.sha256.push(sha256);
+        self.xxh3.push(xxh3);
+    }
+}
+
+/// Digests and fingerprints of all-zero chunks, computed once per length (there
+/// are at most two: the chunk size and a short last chunk).
 #[derive(Default)]
 struct ZeroDigests {
-    known: Vec<(usize, Sha256Digest)>,
+    known: Vec<(usize, Sha256Digest, u128)>,
 }
 
 impl ZeroDigests {
-    fn get(&mut self, len: usize) -> Sha256Digest {
-        if let Some(&(_, digest)) = self.known.iter().find(|(l, _)| *l == len) {
-            return digest;
+    fn get(&mut self, len: usize) -> (Sha256Digest, u128) {
+        if let Some(&(_, digest, xxh3)) = self.known.iter().find(|(l, ..)| *l == len) {
+            return (digest, xxh3);
         }
         let mut hasher = Sha256::new();
         feed_zeros(&mut hasher, len);
         let digest = Sha256Digest::from_hasher(hasher);
-        self.known.push((len, digest));
-        digest
+        let xxh3 = xxh3_of_zeros(len);
+        self.known.push((len, digest, xxh3));
+        (digest, xxh3)
     }
 }
 
+/// Zeros to feed hashers with, a piece at a time.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 /// Feeds `len` zero bytes to `hasher` without a buffer of that size.
 fn feed_zeros(hasher: &mut Sha256, len: usize) {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let mut left = len;
     while left > 0 {
         let n = left.min(ZEROS.len());
@@ -242,11 +273,23 @@ fn feed_zeros(hasher: &mut Sha256, len: usize) {
     }
 }
 
+/// The XXH3-128 of `len` zero bytes, without a buffer of that size.
+fn xxh3_of_zeros(len: usize) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(ZEROS.len());
+        hasher.update(&ZEROS[..n]);
+        left -= n;
+    }
+    hasher.digest128()
+}
+
 /// Hashes each chunk right after the loop has written it, on the same thread.
 struct InlineSink {
     buf: Option<Vec<u8>>,
     chunk_size: usize,
-    digests: Vec<Sha256Digest>,
+    digests: ChunkDigests,
     zeros: ZeroDigests,
 }
 
@@ -262,11 +305,11 @@ impl ChunkSink for InlineSink {
     }
 
     fn chunk(&mut self, buf: Vec<u8>, len: usize, zero: bool) {
-        self.digests.push(if zero {
-            self.zeros.get(len)
+        if zero {
+            self.digests.push_zero(&mut self.zeros, len);
         } else {
-            Sha256Digest::of(&buf[..len])
-        });
+            self.digests.push_data(&buf[..len]);
+        }
         self.buf = Some(buf);
     }
 }
@@ -330,14 +373,14 @@ impl ChunkSink for WorkerSink {
     }
 }
 
-/// The hashing thread: digests chunks in the order they come and hands each
-/// buffer back.
+/// The hashing thread: digests and fingerprints chunks in the order they come
+/// and hands each buffer back.
 fn hash_chunks(
     jobs: Receiver<Job>,
     back: mpsc::Sender<Vec<u8>>,
     hash_whole: bool,
-) -> (Vec<Sha256Digest>, Option<Sha256Digest>) {
-    let mut digests = Vec::new();
+) -> (ChunkDigests, Option<Sha256Digest>) {
+    let mut digests = ChunkDigests::default();
     let mut zeros = ZeroDigests::default();
     let mut whole = hash_whole.then(Sha256::new);
     for job in jobs {
@@ -346,7 +389,7 @@ fn hash_chunks(
                 if let Some(whole) = &mut whole {
                     whole.update(&buf[..len]);
                 }
-                digests.push(Sha256Digest::of(&buf[..len]));
+                digests.push_data(&buf[..len]);
                 // The loop may have stopped (an error); then nobody wants it back.
                 let _ = back.send(buf);
             }
@@ -354,7 +397,7 @@ fn hash_chunks(
                 if let Some(whole) = &mut whole {
                     feed_zeros(whole, len);
                 }
-                digests.push(zeros.get(len));
+                digests.push_zero(&mut zeros, len);
             }
         }
     }
@@ -405,6 +448,8 @@ mod tests {
         assert_eq!(got.sha256, Sha256Digest::of(&data));
         assert_eq!(got.size, data.len() as u64);
         assert_eq!(got.chunk_digests, expected_chunks);
+        let expected_fingerprints: Vec<u128> = data.chunks(CHUNK).map(xxh3_128).collect();
+        assert_eq!(got.chunk_fingerprints, expected_fingerprints);
         assert_eq!(got.zero, zero);
         assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), data);
     }
@@ -444,6 +489,13 @@ mod tests {
             let error = digest_and_store(&mut FailsAfter(5 * CHUNK + 3), &mut out, CHUNK, hashing)
                 .unwrap_err();
             assert!(matches!(error, PassError::Input(e) if e.to_string() == "boom"));
+        }
+    }
+
+    #[test]
+    fn fingerprints_of_zero_chunks_are_those_of_the_bytes() {
+        for len in [1, 1000, 64 * 1024, 64 * 1024 + 1, 4 << 20] {
+            assert_eq!(xxh3_of_zeros(len), xxh3_128(&vec![0u8; len]), "{len}");
         }
     }
 

@@ -33,6 +33,11 @@ fn assert_image_is(image: &CachedImage, data: &[u8], chunk: u32) {
             ChunkKind::Data(Sha256Digest::of(bytes))
         };
         assert_eq!(manifest.chunk_kind(i), expected, "chunk {i}");
+        assert_eq!(
+            manifest.chunk_fingerprint(i),
+            Some(xxhash_rust::xxh3::xxh3_128(bytes)),
+            "chunk {i}"
+        );
     }
     assert_eq!(fs::read(&image.path).unwrap(), data, "cached bytes differ");
 }

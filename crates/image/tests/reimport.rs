@@ -217,3 +217,46 @@ fn an_image_file_of_the_wrong_size_is_absent_and_imported_again() {
     assert_eq!(again.hit, None);
     assert_eq!(fs::read(&again.image.path).unwrap(), data);
 }
+
+/// Rewrites the cache entry of `digest` as a format-1 manifest (no chunk
+/// fingerprints), as a build from before fingerprints wrote it.
+fn downgrade_to_format_1(fx: &Fixture, digest: Sha256Digest) {
+    let path = fx
+        .cache_dir
+        .path()
+        .join("images")
+        .join(format!("{}.json", digest.to_hex()));
+    let mut entry: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let manifest = entry["manifest"].as_object_mut().unwrap();
+    assert_eq!(manifest["format"], 2);
+    manifest.insert("format".into(), 1.into());
+    manifest.remove("chunk_fingerprints").unwrap();
+    fs::write(&path, serde_json::to_vec_pretty(&entry).unwrap()).unwrap();
+}
+
+#[test]
+fn a_format_1_entry_still_reads_and_a_reimport_adds_its_fingerprints() {
+    let fx = Fixture::new();
+    let data = sample_image();
+    let input = fx.input("disk.img.gz", &gzip(&data));
+    let first = fx.cache.import(&input, options()).unwrap().image;
+    assert!(first.manifest.has_chunk_fingerprints());
+    downgrade_to_format_1(&fx, first.sha256());
+
+    let old = fx.cache.get(&first.sha256()).unwrap().unwrap();
+    assert!(!old.manifest.has_chunk_fingerprints());
+    assert_eq!(old.manifest.chunk_fingerprint(0), None);
+    assert_eq!(old.manifest.chunk_digest(0), first.manifest.chunk_digest(0));
+
+    // The known-file shortcut is not taken for a format-1 entry: the file is
+    // decoded again and the entry gets the fingerprints, nothing else changes.
+    let again = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(again.hit, Some(CacheHit::SameImage));
+    assert_eq!(again.image, first);
+    assert_eq!(fx.cache.get(&first.sha256()).unwrap().unwrap(), first);
+    assert!(fx.files_under("tmp").is_empty());
+
+    // Upgraded: the shortcut applies again.
+    let third = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(third.hit, Some(CacheHit::SameFile));
+}
