@@ -237,7 +237,7 @@ pub enum ImageCommand {
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum VerifyArg {
     /// Compare every byte read back with the cached image (default; the image's
-    /// chunks are checked against their sha256 once per run).
+    /// chunks are checked once per run against their import-time fingerprints).
     Compare,
     /// Hash every byte read back with sha256.
     Hash,

@@ -237,8 +237,9 @@ pub enum VerifyMethod {
     /// Not verified (the run asked for no verification).
     None,
     /// Every byte read back from the medium was compared with the cached image,
-    /// whose chunks were checked against their import-time sha256 in the same run;
-    /// byte equality makes the read-back's sha256 the image's.
+    /// whose chunks were checked in the same run against the fingerprints taken in
+    /// the import pass that computed the image's sha256; byte equality makes the
+    /// read-back's sha256 the image's.
     Compare,
     /// Every byte read back was hashed with sha256 and compared with the image's
     /// chunk digests.
