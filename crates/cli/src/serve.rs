@@ -156,6 +156,7 @@ pub async fn run_station(
         upload_dir: data_dir.join("uploads"),
         max_upload_bytes: 64 << 30,
         shutting_down: None,
+        events: Default::default(),
     };
     let station_task =
         tokio::spawn(station.run_until_stopped(parts.source, shutdown.clone().wait()));

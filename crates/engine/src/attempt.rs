@@ -252,6 +252,21 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
 /// borrows from the attempt (scoped thread): the scope joins it when the pass
 /// ends, after the attempt's side of the channels has been dropped, which stops
 /// it at its next hand-over.
+/// How much lower than the rest of the process the flashing threads run. They
+/// mostly sleep in I/O on real sticks; when they do compete for CPU (many fast
+/// targets on a small machine), the station's event loop, dashboard and API come
+/// first, so the operator's view stays live.
+pub const IO_THREAD_NICENESS: i32 = 5;
+
+/// Lowers the calling thread's CPU priority by [`IO_THREAD_NICENESS`] (Linux
+/// applies `setpriority` to a single thread when given its thread id). Best
+/// effort: a failure leaves the priority as it was.
+pub fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    let _ = rustix::process::setpriority_process(Some(tid), current + IO_THREAD_NICENESS);
+}
+
 fn spawn_helper<'scope, T: Send + 'scope>(
     scope: &'scope thread::Scope<'scope, '_>,
     ctx: &AttemptContext,
@@ -262,7 +277,10 @@ fn spawn_helper<'scope, T: Send + 'scope>(
     let (tx, rx) = mpsc::sync_channel(depth);
     thread::Builder::new()
         .name(format!("flash {} io", ctx.id))
-        .spawn_scoped(scope, move || produce(tx))
+        .spawn_scoped(scope, move || {
+            lower_priority();
+            produce(tx)
+        })
         .map_err(|e| {
             fail(
                 stage,

@@ -78,6 +78,7 @@ impl Fanout {
         let spawned = std::thread::Builder::new()
             .name(format!("flash {id}"))
             .spawn(move || {
+                crate::attempt::lower_priority();
                 let _span = tracing::info_span!("attempt", target = %ctx.id).entered();
                 let result = run_attempt(&ctx);
                 let _ = result_tx.send(result);

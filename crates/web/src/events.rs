@@ -7,15 +7,60 @@
 //! reconnects by itself and starts again from a snapshot.
 
 use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use flashrack_station::StationEvent;
 use futures::stream::{self, Stream, StreamExt};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::WebState;
+
+/// A station event serialized once for every client; `None` asks the clients to
+/// send themselves a fresh snapshot (the hub fell behind the station).
+type Shared = Option<Arc<(&'static str, String)>>;
+
+/// Turns each station event into JSON once, however many clients listen: with
+/// dozens of dashboards open, serializing per client would cost more than the
+/// events themselves. Started by the first client; cheap to clone.
+#[derive(Clone, Default)]
+pub struct EventHub(Arc<OnceLock<broadcast::Sender<Shared>>>);
+
+impl EventHub {
+    fn subscribe(&self, state: &WebState) -> broadcast::Receiver<Shared> {
+        self.0
+            .get_or_init(|| {
+                let (tx, _) = broadcast::channel(1024);
+                let mut station = state.station.subscribe();
+                let hub = tx.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let shared = match station.recv().await {
+                            Ok(event) => Some(Arc::new(serialize(&event))),
+                            Err(RecvError::Lagged(_)) => None,
+                            Err(RecvError::Closed) => break,
+                        };
+                        // No client listening is fine: the next one starts
+                        // from a snapshot anyway.
+                        let _ = hub.send(shared);
+                    }
+                });
+                tx
+            })
+            .subscribe()
+    }
+}
+
+fn serialize(event: &StationEvent) -> (&'static str, String) {
+    let name = match event {
+        StationEvent::Port { .. } => "port",
+        StationEvent::PortGone { .. } => "port_gone",
+        StationEvent::Run { .. } => "run",
+    };
+    (name, serde_json::to_string(event).unwrap_or_default())
+}
 
 fn snapshot_event(state: &WebState) -> Event {
     Event::default()
@@ -24,29 +69,17 @@ fn snapshot_event(state: &WebState) -> Event {
         .unwrap_or_else(|_| Event::default().comment("snapshot unavailable"))
 }
 
-fn station_event(event: &StationEvent) -> Event {
-    let name = match event {
-        StationEvent::Port { .. } => "port",
-        StationEvent::PortGone { .. } => "port_gone",
-        StationEvent::Run { .. } => "run",
-    };
-    Event::default()
-        .event(name)
-        .json_data(event)
-        .unwrap_or_else(|_| Event::default().comment("event unavailable"))
-}
-
 /// The handler.
 pub async fn stream(
     State(state): State<WebState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let receiver = state.station.subscribe();
+    let receiver = state.events.subscribe(&state);
     let state_shutdown = state.shutting_down.clone();
     let first = snapshot_event(&state);
     let rest = stream::unfold((receiver, state), |(mut receiver, state)| async move {
         let event = match receiver.recv().await {
-            Ok(event) => station_event(&event),
-            Err(RecvError::Lagged(_)) => snapshot_event(&state),
+            Ok(Some(shared)) => Event::default().event(shared.0).data(shared.1.as_str()),
+            Ok(None) | Err(RecvError::Lagged(_)) => snapshot_event(&state),
             Err(RecvError::Closed) => return None,
         };
         Some((Ok(event), (receiver, state)))

@@ -112,6 +112,8 @@ pub struct WebState {
     /// Raised when the server shuts down, so that endless responses (the event
     /// stream) end and the graceful shutdown can complete. [`serve`] sets it.
     pub shutting_down: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Serializes each live event once for all event-stream clients.
+    pub events: events::EventHub,
 }
 
 /// The whole app: API, events, metrics, dashboard.

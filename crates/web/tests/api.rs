@@ -71,6 +71,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         upload_dir: dir.path().join("uploads"),
         max_upload_bytes: 4 * MIB,
         shutting_down: None,
+        events: Default::default(),
     };
     Rig {
         state,
