@@ -126,6 +126,22 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// Arms the demo's run with default options; logs and says so when it cannot.
+async fn arm(station: &StationHandle, image: SourceImage, image_name: String) -> bool {
+    let request = ArmRequest {
+        image,
+        image_name,
+        options: RunOptions::default(),
+    };
+    match station.arm(request).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::error!(%error, "the demo could not arm its run");
+            false
+        }
+    }
+}
+
 /// Arms a run, then keeps the rack busy like an operator would.
 async fn scenario(
     station: StationHandle,
@@ -136,15 +152,7 @@ async fn scenario(
     seed: u64,
 ) {
     let image_size = image.manifest.size();
-    if let Err(error) = station
-        .arm(ArmRequest {
-            image,
-            image_name,
-            options: RunOptions::default(),
-        })
-        .await
-    {
-        tracing::error!(%error, "the demo could not arm its run");
+    if !arm(&station, image, image_name).await {
         return;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -216,15 +224,7 @@ async fn burst_scenario(
     burst: Burst,
 ) {
     let image_size = image.manifest.size();
-    if let Err(error) = station
-        .arm(ArmRequest {
-            image,
-            image_name,
-            options: RunOptions::default(),
-        })
-        .await
-    {
-        tracing::error!(%error, "the burst could not arm its run");
+    if !arm(&station, image, image_name).await {
         let _ = burst.stop.send(true);
         return;
     }
