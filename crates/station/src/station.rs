@@ -205,8 +205,6 @@ struct Slot {
 struct Done {
     target: TargetId,
     outcome: AttemptOutcome,
-    /// Whether this verdict already waited for a possible removal.
-    waited: bool,
 }
 
 /// The station. Build it with [`Station::new`], then run
@@ -226,6 +224,9 @@ pub struct Station {
     engine_rx: mpsc::UnboundedReceiver<EngineEvent>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Tells the loop that a waiting verdict's removal grace is over.
+    grace_tx: mpsc::UnboundedSender<TargetId>,
+    grace_rx: mpsc::UnboundedReceiver<TargetId>,
     /// Verdicts of I/O failures waiting (at most `removal_grace`) for a removal
     /// that would explain them; settled by the removal or by the timer.
     pending: HashMap<TargetId, Done>,
@@ -261,6 +262,7 @@ impl Station {
         let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
         let (engine_tx, engine_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (grace_tx, grace_rx) = mpsc::unbounded_channel();
         let handle = StationHandle {
             commands: commands_tx,
             events: events.clone(),
@@ -281,6 +283,8 @@ impl Station {
             engine_rx,
             done_tx,
             done_rx,
+            grace_tx,
+            grace_rx,
             pending: HashMap::new(),
         };
         (station, handle)
@@ -313,6 +317,7 @@ impl Station {
                 Some(command) = self.commands.recv() => self.on_command(command).await,
                 Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
+                Some(target) = self.grace_rx.recv() => self.on_grace_over(target).await,
             }
         }
         self.shut_down().await;
@@ -332,6 +337,7 @@ impl Station {
                 _ = tokio::time::sleep_until(deadline) => break,
                 Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
+                Some(target) = self.grace_rx.recv() => self.on_grace_over(target).await,
             }
         }
         // Attempts stuck in the kernel past the grace period: recorded as
@@ -727,11 +733,7 @@ impl Station {
             let target = target_id.clone();
             async move {
                 let outcome = handle.finish().await;
-                let _ = done_tx.send(Done {
-                    target,
-                    outcome,
-                    waited: false,
-                });
+                let _ = done_tx.send(Done { target, outcome });
             }
         });
         self.slots.insert(
@@ -803,40 +805,28 @@ impl Station {
 
     async fn on_done(&mut self, done: Done) {
         // An I/O error may be the first sign of a pulled stick: give udev's
-        // removal event a moment to arrive before deciding.
-        if !done.waited && self.may_be_a_removal(&done) {
-            let done_tx = self.done_tx.clone();
+        // removal event a moment to arrive before deciding. The verdict waits
+        // in `pending`; a removal settles it at once, else the timer does.
+        if self.may_be_a_removal(&done) {
+            let grace_tx = self.grace_tx.clone();
             let grace = self.settings.removal_grace;
             let target = done.target.clone();
             self.pending.insert(target.clone(), done);
-            // The timer only says "time is up"; the verdict waits in `pending`.
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                let _ = done_tx.send(Done {
-                    target,
-                    outcome: AttemptOutcome {
-                        id: TargetId::new(""),
-                        result: Err(EngineError::SourceRead {
-                            offset: 0,
-                            detail: "grace timer".into(),
-                        }),
-                    },
-                    waited: true,
-                });
+                let _ = grace_tx.send(target);
             });
             return;
         }
-        let done = if done.waited {
-            // The grace is over: settle the waiting verdict, unless a removal
-            // already did.
-            match self.pending.remove(&done.target) {
-                Some(waiting) => waiting,
-                None => return,
-            }
-        } else {
-            done
-        };
         self.settle(done).await;
+    }
+
+    /// The grace of a waiting verdict is over: settle it, unless a removal
+    /// already did.
+    async fn on_grace_over(&mut self, target: TargetId) {
+        if let Some(waiting) = self.pending.remove(&target) {
+            self.settle(waiting).await;
+        }
     }
 
     /// Gives an attempt its verdict: recorded, counted, shown.
