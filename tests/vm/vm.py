@@ -28,6 +28,21 @@ def _die_with_parent():
         pass
 
 
+
+def connect_unix(path, timeout):
+    """Connects to a Unix socket that QEMU may not have created yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
 class QmpError(Exception):
     pass
 
@@ -36,17 +51,7 @@ class Qmp:
     """A QMP client; events are kept in `events` (with arrival times)."""
 
     def __init__(self, path, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.sock = connect_unix(path, timeout)
         self.rbuf = b""
         self.events = []
         self.lock = threading.Lock()
@@ -102,17 +107,7 @@ class Console:
 
     def __init__(self, sock_path, log_path, timeout=30):
         self.log_path = log_path
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(sock_path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.sock = connect_unix(sock_path, timeout)
         self.buf = b""
         self.cond = threading.Condition()
         self.closed = False
