@@ -417,10 +417,9 @@
 
   function stateLabel(port) {
     if (isInterrupted(port)) return 'Interrupted';
-    const name = STATE_NAMES[port.state] || port.state;
-    const pct = percent(port.progress);
-    if (BUSY.has(port.state) && pct != null) return `${name} ${pct}%`;
-    return (STATE_MARKS[port.state] || '') + name;
+    // The stage alone: the percentage is on the progress line, where a narrow
+    // tile has room for it.
+    return (STATE_MARKS[port.state] || '') + (STATE_NAMES[port.state] || port.state);
   }
 
   function percent(progress) {
@@ -465,6 +464,7 @@
     const pct = percent(p);
     const parts = [];
     if (p) {
+      if (pct != null) parts.push(`${pct}%`);
       parts.push(`${fmtBytes(p.done)} / ${fmtBytes(p.total)}`);
       const rate = fmtRate(p.bytes_per_sec);
       if (rate) parts.push(rate);
