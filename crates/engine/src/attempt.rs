@@ -294,7 +294,7 @@ fn spawn_helper<'scope, T: Send + 'scope>(
 
 /// The write pass. A helper thread fetches the next chunk from the shared
 /// source while this thread writes the current one to the target, so the
-/// target never waits for the source's read (page-cache copy or disk).
+/// target never waits for the source (mapping the chunk, or the disk).
 fn write_image(
     ctx: &AttemptContext,
     writer: &mut dyn TargetWriter,

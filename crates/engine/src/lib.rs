@@ -7,9 +7,9 @@
 //! [`flashrack_core::EngineEvent`]s.
 //!
 //! Layout:
-//! - [`source`]: the shared, bounded chunk cache over the image file, in recycled
-//!   buffers; every chunk is read from the file once per pass however many
-//!   targets want it, and is checked against the manifest (its XXH3-128
+//! - [`source`]: the shared, bounded chunk cache over the image file, whose
+//!   chunks are the file's page-cache pages mapped in place ([`mapped`]); every
+//!   chunk is read from the file once per pass however many targets want it, and is checked against the manifest (its XXH3-128
 //!   fingerprint, or its sha256 for a format-1 manifest) before anything is
 //!   verified against it;
 //! - [`attempt`]: one target's blocking pipeline (prepare → probe → write → flush →
@@ -26,6 +26,7 @@
 
 pub mod attempt;
 pub mod fanout;
+pub mod mapped;
 pub mod probe;
 pub mod source;
 

@@ -1,16 +1,17 @@
 //! The shared source: a bounded cache of image chunks that all targets read from.
 //!
 //! Targets that move at about the same pace ask for the same chunks at about the
-//! same time; the first asks the file and the others share its buffer (`Arc`). A
-//! target that falls behind finds its chunks evicted and reads them again, from the
-//! page cache in practice: the disk is read once, and memory stays bounded by
-//! `(cache chunks + 2 × targets + 2) × chunk size` whatever the image size (see
-//! [`SharedSource`]).
+//! same time; the first asks the file and the others share its bytes (`Arc`). A
+//! target that falls behind finds its chunks evicted and maps them again, from the
+//! page cache in practice: the disk is read once, and the chunks mapped at once
+//! (resident in the process) stay bounded by `(cache chunks + 2 × targets) ×
+//! chunk size` whatever the image size (see [`SharedSource`]).
 //!
-//! Chunk buffers are recycled: a buffer goes back to a small pool when the last
-//! `Arc` of its chunk drops, and the next read fills it without clearing it (a
-//! read overwrites the chunk's bytes, and nothing past them is ever exposed), so a
-//! chunk read costs neither page faults nor a memset.
+//! A chunk's bytes are the image file's pages in the page cache, mapped
+//! read-only ([`MappedChunk`]): writing a chunk to a target and comparing a
+//! read-back with it cost no copy of the source, whatever the number of targets.
+//! On a file system that cannot map files, the chunk is read into a buffer
+//! instead.
 //!
 //! Before anything is verified against a cached chunk, the chunk is checked once
 //! against the manifest: its XXH3-128 fingerprint (manifest format 2), or its
@@ -27,12 +28,8 @@ use flashrack_core::{ChunkKind, ImageManifest, Sha256Digest};
 use flashrack_devices::AlignedBuf;
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::mapped::{MapError, MappedChunk};
 use crate::{EngineError, SourceImage};
-
-/// Idle buffers the pool keeps for the next reads; more are freed. Two cover
-/// the usual pattern (an evicted chunk's buffer refilled by the next read) with
-/// room for a read racing an eviction.
-const POOL_IDLE_BUFFERS: usize = 2;
 
 /// A chunk as the source serves it.
 #[derive(Clone)]
@@ -40,52 +37,28 @@ pub enum Chunk {
     /// All zero: use [`SharedSource::zeros`].
     Zero,
     /// Data, shared between targets.
-    Data(Arc<PooledBuf>),
+    Data(Arc<ChunkBytes>),
 }
 
-/// The bytes of one chunk in a recycled, direct-I/O-aligned buffer. Derefs to
-/// exactly the chunk's bytes; the buffer goes back to the source's pool when
-/// this is dropped.
-pub struct PooledBuf {
-    /// Always `Some` until dropped.
-    buf: Option<AlignedBuf>,
-    /// How many bytes of `buf` are the chunk; the rest is stale.
-    len: usize,
-    pool: Arc<BufPool>,
+/// The bytes of one data chunk. Derefs to exactly the chunk's bytes.
+pub enum ChunkBytes {
+    /// The image file's own pages, mapped.
+    Mapped(MappedChunk),
+    /// A copy, where the file cannot be mapped.
+    Read {
+        /// Holds the chunk at its start.
+        buf: AlignedBuf,
+        /// How many bytes of `buf` are the chunk.
+        len: usize,
+    },
 }
 
-impl Deref for PooledBuf {
+impl Deref for ChunkBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf.as_ref().expect("present until dropped")[..self.len]
-    }
-}
-
-impl Drop for PooledBuf {
-    fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            self.pool.give_back(buf);
-        }
-    }
-}
-
-/// Chunk-sized buffers waiting to be refilled, at most [`POOL_IDLE_BUFFERS`].
-struct BufPool {
-    size: usize,
-    idle: Mutex<Vec<AlignedBuf>>,
-}
-
-impl BufPool {
-    /// A chunk-sized buffer: recycled (not cleared) if one is idle.
-    fn take(&self) -> AlignedBuf {
-        let recycled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        recycled.unwrap_or_else(|| AlignedBuf::zeroed(self.size))
-    }
-
-    fn give_back(&self, buf: AlignedBuf) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < POOL_IDLE_BUFFERS {
-            idle.push(buf);
+        match self {
+            ChunkBytes::Mapped(mapped) => mapped,
+            ChunkBytes::Read { buf, len } => &buf[..*len],
         }
     }
 }
@@ -94,7 +67,7 @@ impl BufPool {
 #[derive(Default)]
 struct ChunkCell {
     /// The bytes, read by the first target that asks.
-    data: OnceLock<Result<Arc<PooledBuf>, EngineError>>,
+    data: OnceLock<Result<Arc<ChunkBytes>, EngineError>>,
     /// Whether the bytes are still what the import digested (fingerprint, or
     /// sha256 for a format-1 manifest), checked by the first target that
     /// verifies against this chunk.
@@ -103,15 +76,14 @@ struct ChunkCell {
 
 /// The image file and a bounded, shared cache of its chunks.
 ///
-/// Memory: at most `capacity` chunks in the cache, [`POOL_IDLE_BUFFERS`] idle
-/// buffers, one zero chunk, and whatever chunks the targets hold outside the
-/// cache (an attempt holds at most two: the one it writes and the next, or the
-/// one it verifies against).
+/// Memory: at most `capacity` chunks in the cache, one zero chunk, and whatever
+/// chunks the targets hold outside the cache (an attempt holds at most two: the
+/// one it writes and the next, or the one it verifies against). A mapped chunk
+/// counts in the process's resident memory while it is mapped, like a buffer.
 pub struct SharedSource {
     file: File,
     manifest: ImageManifest,
     zeros: AlignedBuf,
-    pool: Arc<BufPool>,
     capacity: usize,
     /// Most recently used first. A `std` mutex: it is held only to look up and
     /// reorder a handful of entries, never across I/O (reads happen in the cell's
@@ -141,10 +113,6 @@ impl SharedSource {
         Ok(Self {
             file,
             zeros: AlignedBuf::zeroed(chunk_size),
-            pool: Arc::new(BufPool {
-                size: chunk_size,
-                idle: Mutex::new(Vec::new()),
-            }),
             manifest: image.manifest.clone(),
             capacity: capacity.max(1),
             cells: Mutex::new(VecDeque::new()),
@@ -223,27 +191,20 @@ impl SharedSource {
         cell
     }
 
-    fn read(&self, index: u64) -> Result<Arc<PooledBuf>, EngineError> {
+    /// Maps chunk `index` (reads it where the file cannot be mapped).
+    fn read(&self, index: u64) -> Result<Arc<ChunkBytes>, EngineError> {
         let (offset, len) = self.manifest.chunk_span(index);
-        let mut buf = self.pool.take();
-        let read = self.file.read_exact_at(&mut buf[..len], offset);
-        // Back to the pool on an error too.
-        let chunk = PooledBuf {
-            buf: Some(buf),
-            len,
-            pool: self.pool.clone(),
-        };
-        read.map_err(|e| EngineError::SourceRead {
-            offset,
-            detail: e.to_string(),
-        })?;
-        Ok(Arc::new(chunk))
-    }
-
-    /// Idle buffers in the pool (for tests of the memory bound).
-    #[cfg(test)]
-    fn idle_buffers(&self) -> usize {
-        self.pool.idle.lock().unwrap().len()
+        let read_error = |detail: String| EngineError::SourceRead { offset, detail };
+        match MappedChunk::map(&self.file, offset, len) {
+            Ok(mapped) => return Ok(Arc::new(ChunkBytes::Mapped(mapped))),
+            Err(MapError::Unreadable(e)) => return Err(read_error(e.to_string())),
+            Err(MapError::Unsupported(_)) => {}
+        }
+        let mut buf = AlignedBuf::zeroed(len);
+        self.file
+            .read_exact_at(&mut buf[..len], offset)
+            .map_err(|e| read_error(e.to_string()))?;
+        Ok(Arc::new(ChunkBytes::Read { buf, len }))
     }
 
     /// Bytes `[0, end)` of the image, fed to `sink` chunk by chunk; used to hash the
@@ -301,7 +262,7 @@ mod tests {
         (SourceImage { path, manifest }, bytes)
     }
 
-    fn data(chunk: Chunk) -> Arc<PooledBuf> {
+    fn data(chunk: Chunk) -> Arc<ChunkBytes> {
         match chunk {
             Chunk::Data(data) => data,
             Chunk::Zero => panic!("a data chunk was expected"),
@@ -309,44 +270,53 @@ mod tests {
     }
 
     #[test]
-    fn buffers_are_recycled_and_only_the_chunk_bytes_are_exposed() {
+    fn chunks_are_the_image_bytes_mapped_in_place_and_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, bytes) = image(dir.path(), true);
+        let source = SharedSource::open(&image, 2).unwrap();
+        let first = data(source.checked_chunk(0).unwrap());
+        assert!(matches!(*first, ChunkBytes::Mapped(_)));
+        assert_eq!(&first[..], &bytes[..CHUNK]);
+        // A second request while the chunk is cached shares the same bytes.
+        let again = data(source.chunk(0).unwrap());
+        assert!(Arc::ptr_eq(&first, &again));
+        // The short last chunk exposes exactly its bytes.
+        let short = data(source.checked_chunk(4).unwrap());
+        assert_eq!(short.len(), 100);
+        assert_eq!(&short[..], &bytes[4 * CHUNK..]);
+        assert!(matches!(source.chunk(3).unwrap(), Chunk::Zero));
+    }
+
+    #[test]
+    fn an_evicted_chunk_is_mapped_again_with_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let (image, bytes) = image(dir.path(), true);
         // A cache of one chunk: every new chunk evicts the previous one.
         let source = SharedSource::open(&image, 1).unwrap();
         let first = data(source.checked_chunk(0).unwrap());
-        let recycled = first.as_ptr();
-        assert_eq!(&first[..], &bytes[..CHUNK]);
-        drop(first);
-        assert_eq!(source.idle_buffers(), 0, "chunk 0 is still cached");
-        // Chunk 1 evicts chunk 0, whose buffer goes to the pool and is refilled.
-        let second = data(source.checked_chunk(1).unwrap());
-        assert_eq!(second.as_ptr(), recycled);
-        assert_eq!(&second[..], &bytes[CHUNK..2 * CHUNK]);
-        drop(second);
-        // The short last chunk lands in the same buffer: its stale tail (chunk
-        // 1's bytes) is not part of the chunk.
-        let short = data(source.checked_chunk(4).unwrap());
-        assert_eq!(short.as_ptr(), recycled);
-        assert_eq!(short.len(), 100);
-        assert_eq!(&short[..], &bytes[4 * CHUNK..]);
-        assert!(matches!(source.chunk(3).unwrap(), Chunk::Zero));
-        drop(short);
-        assert!(source.idle_buffers() <= POOL_IDLE_BUFFERS);
+        let _second = data(source.checked_chunk(1).unwrap());
+        let again = data(source.checked_chunk(0).unwrap());
+        assert!(!Arc::ptr_eq(&first, &again), "chunk 0 was evicted");
+        assert_eq!(&again[..], &bytes[..CHUNK]);
     }
 
     #[test]
-    fn the_pool_keeps_a_bounded_number_of_idle_buffers() {
+    fn a_cache_file_cut_short_after_opening_is_a_source_error() {
         let dir = tempfile::tempdir().unwrap();
         let (image, _) = image(dir.path(), true);
         let source = SharedSource::open(&image, 1).unwrap();
-        // Hold four chunks at once (the cache keeps only the last), then let go.
-        let held: Vec<_> = [0, 1, 2, 4]
-            .into_iter()
-            .map(|i| data(source.chunk(i).unwrap()))
-            .collect();
-        drop(held);
-        assert_eq!(source.idle_buffers(), POOL_IDLE_BUFFERS);
+        // The cache file loses its last two chunks after the run opened it.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image.path)
+            .unwrap();
+        file.set_len(3 * CHUNK as u64).unwrap();
+        assert!(data(source.chunk(2).unwrap()).len() == CHUNK);
+        match source.chunk(4) {
+            Err(EngineError::SourceRead { offset, .. }) => assert_eq!(offset, 4 * CHUNK as u64),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a chunk past the end of the file was served"),
+        }
     }
 
     fn damage(image: &SourceImage, at: usize) {
