@@ -236,24 +236,68 @@ impl Target for PathTarget {
         // the device's (or file's) clean cached pages, and for a loop device those
         // of its backing file, which is the loop device's real medium.
         let _ = rustix::fs::fadvise(&file, 0, None, Advice::DontNeed);
-        if let PathKind::Block { .. } = self.kind {
-            drop_loop_backing_cache(&file);
-        }
-        Ok(Box::new(PathReader { file }))
+        let backing = match self.kind {
+            PathKind::Block { .. } => LoopBacking::of(&file),
+            _ => None,
+        };
+        Ok(Box::new(PathReader { file, backing }))
     }
 }
 
-/// For a loop device, drops the page cache of its backing file so that reads
-/// through the loop device come from the backing file's storage.
-fn drop_loop_backing_cache(device: &File) {
-    let Ok(meta) = device.metadata() else { return };
-    let backing = sysfs_dir(meta.rdev()).join("loop/backing_file");
-    let Ok(path) = std::fs::read_to_string(backing) else {
-        return; // not a loop device
-    };
-    if let Ok(file) = File::open(path.trim()) {
+/// A loop device's backing file: the loop device's real medium, whose page
+/// cache stands between a read of the loop device and the storage.
+struct LoopBacking {
+    file: File,
+    /// Where the loop device starts in the backing file.
+    offset: u64,
+    /// The read-back has consumed (and dropped from the cache) the device's
+    /// bytes before this.
+    dropped_until: u64,
+}
+
+/// Cached pages of the backing file behind the read-back are dropped in steps
+/// of this much.
+const DROP_BEHIND_STEP: u64 = 8 << 20;
+
+impl LoopBacking {
+    /// For a loop device: its backing file, flushed and with its whole page
+    /// cache dropped, so that reads through the loop device come from the
+    /// backing file's storage. `None` for other devices.
+    fn of(device: &File) -> Option<Self> {
+        let meta = device.metadata().ok()?;
+        let dir = sysfs_dir(meta.rdev()).join("loop");
+        let path = std::fs::read_to_string(dir.join("backing_file")).ok()?;
+        let offset = read_sysfs_u64(&dir.join("offset")).unwrap_or(0);
+        let file = File::open(path.trim()).ok()?;
         let _ = file.sync_data();
         let _ = rustix::fs::fadvise(&file, 0, None, Advice::DontNeed);
+        Some(Self {
+            file,
+            offset,
+            dropped_until: 0,
+        })
+    }
+
+    /// The read-back has consumed the device up to `end`: drops the backing
+    /// file's pages before it. They were read from the storage for this
+    /// read-back and are of no further use; dropping them as it goes keeps the
+    /// read-back from filling the page cache (a verify of many sticks would
+    /// otherwise evict the image), and the next reads reuse the freed pages
+    /// instead of allocating new ones — on a VM that returns freed memory to
+    /// its host, first touches of new memory made a read-back several times
+    /// slower (bench/README.md).
+    fn drop_behind(&mut self, end: u64) {
+        if end < self.dropped_until + DROP_BEHIND_STEP {
+            return;
+        }
+        let len = std::num::NonZeroU64::new(end - self.dropped_until);
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            self.offset + self.dropped_until,
+            len,
+            Advice::DontNeed,
+        );
+        self.dropped_until = end;
     }
 }
 
@@ -337,6 +381,8 @@ impl TargetWriter for PathWriter {
 
 struct PathReader {
     file: File,
+    /// For a loop device.
+    backing: Option<LoopBacking>,
 }
 
 impl TargetReader for PathReader {
@@ -349,6 +395,9 @@ impl TargetReader for PathReader {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(TargetError::from_io(offset + done as u64, e)),
             }
+        }
+        if let Some(backing) = &mut self.backing {
+            backing.drop_behind(offset + done as u64);
         }
         Ok(done)
     }
