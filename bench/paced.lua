@@ -4,8 +4,7 @@
 -- connections x (1000 / WRK_DELAY_MS) is the offered rate (the bench picks the
 -- delay for 200 requests/s). done() prints one JSON line with the latency
 -- percentiles in microseconds, the request count and the errors: answers other
--- than 2xx, timeouts, and socket errors (connect/read/write; the bench's runs
--- end by shutting the server down, and wrk's reconnects after that count here).
+-- than 2xx, timeouts, and socket errors (connect/read/write).
 
 local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "40")
 

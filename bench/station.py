@@ -43,7 +43,11 @@ def run_burst(binary, args, extra, load=None):
         cmd = [binary, "--data-dir", data, "demo", "--listen", "127.0.0.1:0",
                "--ports", str(args.sticks), "--burst", str(args.sticks),
                "--image-size", args.image_size, "--write-speed", args.write_speed,
-               "--read-speed", args.read_speed, "--exit-when-done"] + extra
+               "--read-speed", args.read_speed] + extra
+        # Under load the station is stopped by the bench, after the load: a
+        # station exiting on its own would leave wrk reconnecting to nothing.
+        if not load:
+            cmd.append("--exit-when-done")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         first = proc.stdout.readline().strip()
         if not first.startswith("dashboard: http://"):
@@ -55,10 +59,11 @@ def run_burst(binary, args, extra, load=None):
             loader = Load(address, sse_clients=load[0], rate=load[1])
             loader.start()
         summary_line = proc.stdout.readline().strip()
-        # The summary comes just before the station shuts down: stop the load
-        # first, so that requests to a closing server are not counted as errors.
+        # The summary comes when every stick has its verdict: stop the load
+        # first, then the station, so that no request meets a closing server.
         if loader:
             loader.stop()
+            proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=600)
         summary = json.loads(summary_line)
         if summary["passed"] != summary["sticks"]:
@@ -149,8 +154,8 @@ class Load:
     def figures(self):
         w = self.wrk_summary
         secs = w["duration_us"] / 1e6
-        return {"requests": w["requests"], "errors": w["status_errors"] + w["timeouts"],
-                "socket_errors": w["socket_errors"],
+        return {"requests": w["requests"],
+                "errors": w["status_errors"] + w["timeouts"] + w["socket_errors"],
                 "rate": w["requests"] / secs if secs else float("nan"),
                 "p50_ms": w["p50_us"] / 1000, "p90_ms": w["p90_us"] / 1000,
                 "p99_ms": w["p99_us"] / 1000, "p999_ms": w["p999_us"] / 1000,
