@@ -35,8 +35,8 @@ unsafe impl Sync for MappedChunk {}
 /// Why a chunk could not be mapped.
 #[derive(Debug)]
 pub enum MapError {
-    /// This file cannot be mapped at all (a file system without `mmap`): read it
-    /// instead.
+    /// This file cannot be mapped here (a file system without `mmap`, or a
+    /// kernel without `MADV_POPULATE_READ`): read it instead.
     Unsupported(rustix::io::Errno),
     /// The mapping was made but its pages could not be read: the file is
     /// unreadable there (or shorter than expected).
@@ -66,8 +66,15 @@ impl MappedChunk {
             len,
         };
         // SAFETY: the range is exactly the mapping made above.
-        unsafe { mm::madvise(raw, len, Advice::LinuxPopulateRead) }
-            .map_err(MapError::Unreadable)?;
+        unsafe { mm::madvise(raw, len, Advice::LinuxPopulateRead) }.map_err(|e| {
+            if e == rustix::io::Errno::INVAL {
+                // A kernel older than 5.14 does not know the advice: without a
+                // way to fault in with an error, the file is read instead.
+                MapError::Unsupported(e)
+            } else {
+                MapError::Unreadable(e)
+            }
+        })?;
         // Best effort: without the privilege (or over RLIMIT_MEMLOCK) the pages
         // are still mapped and populated, only evictable under memory pressure.
         // SAFETY: the range is exactly the mapping made above.

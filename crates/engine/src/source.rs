@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use flashrack_core::{ChunkKind, ImageManifest, Sha256Digest};
@@ -89,6 +90,9 @@ pub struct SharedSource {
     /// reorder a handful of entries, never across I/O (reads happen in the cell's
     /// `OnceLock`, outside the lock).
     cells: Mutex<VecDeque<(u64, Arc<ChunkCell>)>>,
+    /// Whether chunks are mapped; cleared at the first sign that this file (or
+    /// kernel) cannot map them, after which chunks are read.
+    mapping: AtomicBool,
 }
 
 impl SharedSource {
@@ -116,6 +120,7 @@ impl SharedSource {
             manifest: image.manifest.clone(),
             capacity: capacity.max(1),
             cells: Mutex::new(VecDeque::new()),
+            mapping: AtomicBool::new(true),
         })
     }
 
@@ -195,10 +200,15 @@ impl SharedSource {
     fn read(&self, index: u64) -> Result<Arc<ChunkBytes>, EngineError> {
         let (offset, len) = self.manifest.chunk_span(index);
         let read_error = |detail: String| EngineError::SourceRead { offset, detail };
-        match MappedChunk::map(&self.file, offset, len) {
-            Ok(mapped) => return Ok(Arc::new(ChunkBytes::Mapped(mapped))),
-            Err(MapError::Unreadable(e)) => return Err(read_error(e.to_string())),
-            Err(MapError::Unsupported(_)) => {}
+        if self.mapping.load(Ordering::Relaxed) {
+            match MappedChunk::map(&self.file, offset, len) {
+                Ok(mapped) => return Ok(Arc::new(ChunkBytes::Mapped(mapped))),
+                Err(MapError::Unreadable(e)) => return Err(read_error(e.to_string())),
+                Err(MapError::Unsupported(e)) => {
+                    tracing::debug!(error = %e, "the image cannot be mapped; reading chunks instead");
+                    self.mapping.store(false, Ordering::Relaxed);
+                }
+            }
         }
         let mut buf = AlignedBuf::zeroed(len);
         self.file
@@ -285,6 +295,20 @@ mod tests {
         assert_eq!(short.len(), 100);
         assert_eq!(&short[..], &bytes[4 * CHUNK..]);
         assert!(matches!(source.chunk(3).unwrap(), Chunk::Zero));
+    }
+
+    #[test]
+    fn where_mapping_is_unsupported_chunks_are_read_with_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, bytes) = image(dir.path(), true);
+        let source = SharedSource::open(&image, 2).unwrap();
+        // As after a first mapping failed with "unsupported".
+        source.mapping.store(false, Ordering::Relaxed);
+        let first = data(source.checked_chunk(0).unwrap());
+        assert!(matches!(*first, ChunkBytes::Read { .. }));
+        assert_eq!(&first[..], &bytes[..CHUNK]);
+        let short = data(source.checked_chunk(4).unwrap());
+        assert_eq!(&short[..], &bytes[4 * CHUNK..]);
     }
 
     #[test]
