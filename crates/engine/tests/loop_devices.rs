@@ -1,7 +1,7 @@
 //! The engine on real block devices: loop devices this test attaches itself (as
 //! root, like CI) and detaches on drop. Covers the direct-I/O path with an
-//! unaligned image tail, exclusive open, the guard, and verification from the
-//! medium.
+//! unaligned image tail, exclusive open, the guard, verification from the
+//! medium, and what a loop read-back leaves in the page cache (`fincore`).
 
 mod common;
 
@@ -14,7 +14,9 @@ use std::time::Duration;
 use flashrack_core::{FailReason, TargetId, Verdict};
 use flashrack_devices::block::{GuardCheck, PathTarget};
 use flashrack_devices::guard::{check_path, GuardPolicy, GuardRequest};
-use flashrack_devices::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
+use flashrack_devices::{
+    AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter,
+};
 use flashrack_engine::{flash_all, EngineOptions};
 use flashrack_testkit::{require_root, run, LoopDevice};
 use tokio::sync::mpsc;
@@ -270,5 +272,62 @@ async fn verification_reads_the_medium_and_reports_the_first_bad_offset() {
     assert_eq!(
         read_back,
         flashrack_core::Sha256Digest::of(&medium[..6 * MIB as usize])
+    );
+}
+
+/// Bytes of `path` resident in the page cache.
+fn resident_bytes(path: &Path) -> u64 {
+    let out = run(
+        "fincore",
+        &[
+            "--bytes",
+            "--noheadings",
+            "--raw",
+            "--output",
+            "RES",
+            path.to_str().unwrap(),
+        ],
+    );
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("fincore printed {out:?}"))
+}
+
+#[test]
+fn a_loop_read_back_drops_the_backing_file_pages_behind_it() {
+    require_root(&["losetup", "fincore"]);
+    let written = 48 * MIB as usize;
+    let device = LoopDevice::new(64 * MIB);
+    let target = PathTarget::block_device(device.path(), loop_guard(written as u64));
+
+    let mut piece = AlignedBuf::zeroed(4 * MIB as usize);
+    let mut writer = target.open_writer().unwrap();
+    for (index, offset) in (0..written).step_by(piece.len()).enumerate() {
+        piece.fill(index as u8 + 1);
+        writer.write_all_at(offset as u64, &piece).unwrap();
+    }
+    writer.flush().unwrap();
+
+    // The read-back, as the engine does it: a fresh reader, sequential pieces.
+    let mut reader = target.open_reader().unwrap();
+    let mut back = AlignedBuf::zeroed(2 * MIB as usize);
+    for offset in (0..written).step_by(back.len()) {
+        assert_eq!(
+            reader.read_at(offset as u64, &mut back).unwrap(),
+            back.len()
+        );
+        let expected = (offset / (4 * MIB as usize)) as u8 + 1;
+        assert!(
+            back.iter().all(|&b| b == expected),
+            "the bytes at {offset} are the ones written"
+        );
+    }
+
+    // Without dropping behind, all 48 MiB just read would be cached; what may
+    // remain is the last step not yet dropped and the kernel's read-ahead.
+    let resident = resident_bytes(device.backing());
+    assert!(
+        resident <= 24 * MIB,
+        "{resident} bytes of the backing file are still cached after the read-back"
     );
 }
