@@ -112,6 +112,19 @@
     }
   }
 
+  /** Why a run stopped, in words (the API gives a stable code). */
+  function stopReasonText(code) {
+    switch (code) {
+      case 'operator': return 'stopped by the operator';
+      case 'target_reached': return 'target count reached';
+      case 'completed': return 'every target has its verdict';
+      case 'shutdown': return 'station shut down';
+      case 'source_failed': return 'the image could not be read';
+      case 'interrupted': return 'station stopped unexpectedly';
+      default: return code;
+    }
+  }
+
   // ---------------------------------------------------------------- messages
 
   let messageTimer = null;
@@ -549,7 +562,7 @@
       state.textContent = '● Armed: sticks plugged into mapped ports are written';
       state.className = 'run-state run-armed';
     } else {
-      state.textContent = `■ Stopped${run.stop_reason ? `: ${run.stop_reason}` : ''}`;
+      state.textContent = `■ Stopped${run.stop_reason ? `: ${stopReasonText(run.stop_reason)}` : ''}`;
       state.className = 'run-state run-stopped';
     }
     $('run-view').replaceChildren(run ? runDetails(run) : '');
@@ -818,7 +831,7 @@
     const current = model.run && model.run.id === id ? model.run : null;
     if (run.armed === true || (current && current.armed && run.stopped_at == null)) stopped = 'armed';
     else if (run.armed === false || run.stopped_at != null || run.stop_reason) {
-      stopped = `stopped${run.stop_reason ? ` (${run.stop_reason})` : ''}`;
+      stopped = `stopped${run.stop_reason ? ` (${stopReasonText(run.stop_reason)})` : ''}`;
     }
     return el('li', { class: 'row', dataset: { runId: String(id) } },
       el('div', { class: 'row-main' },

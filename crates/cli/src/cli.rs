@@ -81,7 +81,7 @@ pub enum ReportCommand {
     /// One run, a row per device.
     Run {
         /// The run id.
-        id: i64,
+        id: flashrack_core::RunId,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormatArg::Csv)]
         format: ReportFormatArg,

@@ -140,7 +140,7 @@ pub fn status_table(snapshot: &Snapshot) -> String {
             if run.armed {
                 "armed".to_string()
             } else {
-                format!("stopped: {}", run.stop_reason.as_deref().unwrap_or(""))
+                format!("stopped: {}", run.stop_reason.map_or("", |r| r.describe()))
             },
             run.passed,
             run.failed,

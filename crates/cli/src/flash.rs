@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 
 use std::collections::HashMap;
 
-use flashrack_core::{EngineEvent, EngineEventKind, FailReason, Failure, Stage, Verdict};
+use flashrack_core::{
+    EngineEvent, EngineEventKind, FailReason, Failure, Stage, StopReason, Verdict,
+};
 use flashrack_station::{AttemptStart, Journal, RunOptions, RunStart, VerifyChoice};
 
 use crate::cli::{FlashArgs, VerifyArg};
@@ -140,7 +142,7 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
                     .await;
             }
             let _ = records
-                .run_stopped(run_id, &format!("source failed: {error}"))
+                .run_stopped(run_id, StopReason::SourceFailed, Some(&error.to_string()))
                 .await;
             return Err(anyhow::Error::new(error).context("the run was aborted"));
         }
@@ -150,7 +152,9 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
             records.attempt_finished(attempt, verdict, figures).await?;
         }
     }
-    records.run_stopped(run_id, "completed").await?;
+    records
+        .run_stopped(run_id, StopReason::Completed, None)
+        .await?;
     let summary = Summary::new(
         manifest.sha256(),
         manifest.size(),

@@ -113,22 +113,9 @@ fn journal_error(error: flashrack_store::StoreError) -> JournalError {
     JournalError(error.to_string())
 }
 
-/// How a stop reason reads in the records.
-fn stop_reason(reason: &str) -> StopReason {
-    if reason == "target count reached" || reason == "completed" {
-        StopReason::Completed
-    } else if reason == "station shut down" {
-        StopReason::Shutdown
-    } else if reason.starts_with("source failed") {
-        StopReason::Interrupted
-    } else {
-        StopReason::Operator
-    }
-}
-
 #[async_trait]
 impl Journal for StoreRecords {
-    async fn run_started(&self, run: &RunStart) -> Result<i64, JournalError> {
+    async fn run_started(&self, run: &RunStart) -> Result<RunId, JournalError> {
         self.record_image(run.image_sha256, &run.image_name, run.image_size)
             .await?;
         let options =
@@ -138,24 +125,29 @@ impl Journal for StoreRecords {
             .start_run(run.image_sha256, &run.image_name, &options)
             .await
             .map_err(journal_error)?;
-        Ok(id.0)
+        Ok(id)
     }
 
-    async fn run_stopped(&self, run_id: i64, reason: &str) -> Result<(), JournalError> {
+    async fn run_stopped(
+        &self,
+        run_id: RunId,
+        reason: StopReason,
+        note: Option<&str>,
+    ) -> Result<(), JournalError> {
         self.store
-            .stop_run(RunId(run_id), stop_reason(reason))
+            .stop_run(run_id, reason)
             .await
             .map_err(journal_error)?;
         let mut row = EventRow::new(
             EventKind::OperatorAction,
-            json!({ "action": "run_stopped", "reason": reason }),
+            json!({ "action": "run_stopped", "reason": reason, "note": note }),
         );
-        row.run_id = Some(RunId(run_id));
+        row.run_id = Some(run_id);
         self.store.record_event(&row).await.map_err(journal_error)?;
         Ok(())
     }
 
-    async fn device_seen(&self, identity: &DeviceIdentity) -> Result<i64, JournalError> {
+    async fn device_seen(&self, identity: &DeviceIdentity) -> Result<DeviceId, JournalError> {
         let id = self
             .store
             .upsert_device(&DeviceRow {
@@ -166,38 +158,36 @@ impl Journal for StoreRecords {
             })
             .await
             .map_err(journal_error)?;
-        Ok(id.0)
+        Ok(id)
     }
 
-    async fn attempt_started(&self, attempt: &AttemptStart) -> Result<i64, JournalError> {
-        let id = self
-            .store
+    async fn attempt_started(&self, attempt: &AttemptStart) -> Result<AttemptId, JournalError> {
+        self.store
             .start_attempt(
-                RunId(attempt.run_id),
-                DeviceId(attempt.device_id),
+                attempt.run_id,
+                attempt.device_id,
                 &attempt.port_label,
                 attempt.port_path.as_deref().unwrap_or(""),
             )
             .await
-            .map_err(journal_error)?;
-        Ok(id.0)
+            .map_err(journal_error)
     }
 
-    async fn attempt_stage(&self, attempt_id: i64, stage: Stage) -> Result<(), JournalError> {
+    async fn attempt_stage(&self, attempt_id: AttemptId, stage: Stage) -> Result<(), JournalError> {
         self.store
-            .attempt_stage(AttemptId(attempt_id), stage)
+            .attempt_stage(attempt_id, stage)
             .await
             .map_err(journal_error)
     }
 
     async fn attempt_finished(
         &self,
-        attempt_id: i64,
+        attempt_id: AttemptId,
         verdict: &Verdict,
         figures: &AttemptFigures,
     ) -> Result<(), JournalError> {
         self.store
-            .finish_attempt(AttemptId(attempt_id), verdict, figures)
+            .finish_attempt(attempt_id, verdict, figures)
             .await
             .map_err(journal_error)
     }
@@ -228,13 +218,13 @@ impl Reports for StoreRecords {
 
     fn run_report(
         &self,
-        run_id: i64,
+        run_id: RunId,
         format: ReportFormat,
     ) -> BoxFuture<'_, Result<Option<(String, String)>, String>> {
         async move {
             let Some(run) = self
                 .store
-                .run_report(RunId(run_id))
+                .run_report(run_id)
                 .await
                 .map_err(|e| e.to_string())?
             else {

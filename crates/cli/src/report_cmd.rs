@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use flashrack_store::{report, RunId, Store};
+use flashrack_store::{report, Store};
 
 use crate::cli::{ReportCommand, ReportFormatArg};
 use crate::records::database_path;
@@ -60,7 +60,7 @@ pub async fn run(data_dir: &Path, command: ReportCommand) -> Result<ExitCode> {
             station,
         } => {
             let store = open(data_dir, &station).await?;
-            let Some(run) = store.run_report(RunId(id)).await? else {
+            let Some(run) = store.run_report(id).await? else {
                 bail!("no run {id} in the records");
             };
             print!(

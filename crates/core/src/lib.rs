@@ -10,17 +10,21 @@
 //! - [`size`]: [`ByteSize`], parsed from and shown as human sizes;
 //! - [`manifest`]: [`ImageManifest`], what is known about a cached image;
 //! - [`verdict`]: [`Stage`], [`FailReason`], [`Verdict`] and their figures;
-//! - [`event`]: [`EngineEvent`], the closed set of things the engine reports.
+//! - [`event`]: [`EngineEvent`], the closed set of things the engine reports;
+//! - [`record`]: the records' ids ([`RunId`], [`DeviceId`], [`AttemptId`]) and
+//!   [`StopReason`].
 #![deny(missing_docs)]
 
 pub mod digest;
 pub mod event;
 pub mod manifest;
+pub mod record;
 pub mod size;
 pub mod verdict;
 
 pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
+pub use record::{AttemptId, DeviceId, IdParseError, RunId, StopReason, StopReasonParseError};
 pub use size::{ByteSize, ByteSizeParseError};
 pub use verdict::{AttemptFigures, FailReason, Failure, Stage, Verdict, VerifyMethod};

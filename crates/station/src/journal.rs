@@ -9,7 +9,9 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use flashrack_core::{AttemptFigures, Sha256Digest, Stage, Verdict};
+use flashrack_core::{
+    AttemptFigures, AttemptId, DeviceId, RunId, Sha256Digest, Stage, StopReason, Verdict,
+};
 use flashrack_devices::hotplug::DeviceIdentity;
 use serde::Serialize;
 
@@ -37,9 +39,9 @@ pub struct RunStart {
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptStart {
     /// The run.
-    pub run_id: i64,
+    pub run_id: RunId,
     /// The device's record.
-    pub device_id: i64,
+    pub device_id: DeviceId,
     /// The port label.
     pub port_label: String,
     /// The port path.
@@ -93,19 +95,25 @@ pub enum JournalEvent {
 #[async_trait]
 pub trait Journal: Send + Sync {
     /// A run starts; returns its id.
-    async fn run_started(&self, run: &RunStart) -> Result<i64, JournalError>;
-    /// A run stopped.
-    async fn run_stopped(&self, run_id: i64, reason: &str) -> Result<(), JournalError>;
+    async fn run_started(&self, run: &RunStart) -> Result<RunId, JournalError>;
+    /// A run stopped, for `reason`; `note` says more for people (the
+    /// operator's words, the source's error), if there is more to say.
+    async fn run_stopped(
+        &self,
+        run_id: RunId,
+        reason: StopReason,
+        note: Option<&str>,
+    ) -> Result<(), JournalError>;
     /// A stick was seen; returns its device id (the same for the same key).
-    async fn device_seen(&self, identity: &DeviceIdentity) -> Result<i64, JournalError>;
+    async fn device_seen(&self, identity: &DeviceIdentity) -> Result<DeviceId, JournalError>;
     /// An attempt is about to write; returns its id. Durable before it returns.
-    async fn attempt_started(&self, attempt: &AttemptStart) -> Result<i64, JournalError>;
+    async fn attempt_started(&self, attempt: &AttemptStart) -> Result<AttemptId, JournalError>;
     /// An attempt entered a stage.
-    async fn attempt_stage(&self, attempt_id: i64, stage: Stage) -> Result<(), JournalError>;
+    async fn attempt_stage(&self, attempt_id: AttemptId, stage: Stage) -> Result<(), JournalError>;
     /// An attempt ended. Durable before it returns.
     async fn attempt_finished(
         &self,
-        attempt_id: i64,
+        attempt_id: AttemptId,
         verdict: &Verdict,
         figures: &AttemptFigures,
     ) -> Result<(), JournalError>;
@@ -117,7 +125,7 @@ pub trait Journal: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryAttempt {
     /// Its id.
-    pub id: i64,
+    pub id: AttemptId,
     /// What was recorded at its start.
     pub start: AttemptStartRecord,
     /// Stages entered.
@@ -130,9 +138,9 @@ pub struct MemoryAttempt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptStartRecord {
     /// The run.
-    pub run_id: i64,
+    pub run_id: RunId,
     /// The device.
-    pub device_id: i64,
+    pub device_id: DeviceId,
     /// The port label.
     pub port_label: String,
 }
@@ -140,8 +148,8 @@ pub struct AttemptStartRecord {
 /// Everything [`MemoryJournal`] has recorded.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryRecords {
-    /// Runs: id, start, stop reason.
-    pub runs: Vec<(i64, String, Option<String>)>,
+    /// Runs: id, image name, stop reason.
+    pub runs: Vec<(RunId, String, Option<StopReason>)>,
     /// Device keys by id (id = index + 1).
     pub devices: Vec<String>,
     /// Attempts by id (id = index + 1).
@@ -170,34 +178,39 @@ impl MemoryJournal {
 
 #[async_trait]
 impl Journal for MemoryJournal {
-    async fn run_started(&self, run: &RunStart) -> Result<i64, JournalError> {
+    async fn run_started(&self, run: &RunStart) -> Result<RunId, JournalError> {
         let mut r = self.lock();
-        let id = r.runs.len() as i64 + 1;
+        let id = RunId(r.runs.len() as i64 + 1);
         r.runs.push((id, run.image_name.clone(), None));
         Ok(id)
     }
 
-    async fn run_stopped(&self, run_id: i64, reason: &str) -> Result<(), JournalError> {
+    async fn run_stopped(
+        &self,
+        run_id: RunId,
+        reason: StopReason,
+        _note: Option<&str>,
+    ) -> Result<(), JournalError> {
         let mut r = self.lock();
         if let Some(run) = r.runs.iter_mut().find(|(id, ..)| *id == run_id) {
-            run.2 = Some(reason.to_string());
+            run.2 = Some(reason);
         }
         Ok(())
     }
 
-    async fn device_seen(&self, identity: &DeviceIdentity) -> Result<i64, JournalError> {
+    async fn device_seen(&self, identity: &DeviceIdentity) -> Result<DeviceId, JournalError> {
         let mut r = self.lock();
         let key = identity.key();
         if let Some(pos) = r.devices.iter().position(|k| *k == key) {
-            return Ok(pos as i64 + 1);
+            return Ok(DeviceId(pos as i64 + 1));
         }
         r.devices.push(key);
-        Ok(r.devices.len() as i64)
+        Ok(DeviceId(r.devices.len() as i64))
     }
 
-    async fn attempt_started(&self, attempt: &AttemptStart) -> Result<i64, JournalError> {
+    async fn attempt_started(&self, attempt: &AttemptStart) -> Result<AttemptId, JournalError> {
         let mut r = self.lock();
-        let id = r.attempts.len() as i64 + 1;
+        let id = AttemptId(r.attempts.len() as i64 + 1);
         r.attempts.push(MemoryAttempt {
             id,
             start: AttemptStartRecord {
@@ -211,9 +224,9 @@ impl Journal for MemoryJournal {
         Ok(id)
     }
 
-    async fn attempt_stage(&self, attempt_id: i64, stage: Stage) -> Result<(), JournalError> {
+    async fn attempt_stage(&self, attempt_id: AttemptId, stage: Stage) -> Result<(), JournalError> {
         let mut r = self.lock();
-        if let Some(a) = r.attempts.get_mut(attempt_id as usize - 1) {
+        if let Some(a) = r.attempts.iter_mut().find(|a| a.id == attempt_id) {
             a.stages.push(stage);
         }
         Ok(())
@@ -221,12 +234,12 @@ impl Journal for MemoryJournal {
 
     async fn attempt_finished(
         &self,
-        attempt_id: i64,
+        attempt_id: AttemptId,
         verdict: &Verdict,
         _figures: &AttemptFigures,
     ) -> Result<(), JournalError> {
         let mut r = self.lock();
-        match r.attempts.get_mut(attempt_id as usize - 1) {
+        match r.attempts.iter_mut().find(|a| a.id == attempt_id) {
             Some(a) if a.verdict.is_none() => {
                 a.verdict = Some(verdict.clone());
                 Ok(())

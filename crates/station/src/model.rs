@@ -1,7 +1,7 @@
 //! What the station shows: ports, runs, and the events that change them. Plain
 //! serializable values, for the command line, the web side and the records.
 
-use flashrack_core::{AttemptFigures, Sha256Digest, Stage, Verdict};
+use flashrack_core::{AttemptFigures, AttemptId, RunId, Sha256Digest, Stage, StopReason, Verdict};
 use flashrack_devices::hotplug::PluggedDevice;
 use serde::{Deserialize, Serialize};
 
@@ -118,7 +118,7 @@ pub struct PortView {
     /// Whether a passed stick was ejected and may be pulled.
     pub ejected: bool,
     /// The record of the current or last attempt.
-    pub attempt_id: Option<i64>,
+    pub attempt_id: Option<AttemptId>,
 }
 
 impl PortView {
@@ -194,7 +194,7 @@ pub enum VerifyChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunView {
     /// Its record id.
-    pub id: i64,
+    pub id: RunId,
     /// The image's sha256.
     pub image_sha256: Sha256Digest,
     /// The image's name.
@@ -216,7 +216,7 @@ pub struct RunView {
     /// Passes still wanted, when there is a target count.
     pub remaining: Option<u32>,
     /// Why the run stopped, once it has.
-    pub stop_reason: Option<String>,
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Everything the station shows, at one moment.

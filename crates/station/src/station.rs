@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashrack_core::{
-    AttemptFigures, EngineEvent, EngineEventKind, FailReason, Failure, Stage, TargetId, Verdict,
+    AttemptFigures, AttemptId, DeviceId, EngineEvent, EngineEventKind, FailReason, Failure, RunId,
+    Stage, StopReason, TargetId, Verdict,
 };
 use flashrack_devices::block::GuardCheck;
 use flashrack_devices::guard::{evaluate, GuardPolicy, GuardRequest};
@@ -76,7 +77,7 @@ pub struct ArmRequest {
 pub enum StationError {
     /// A run is already armed; stop it first.
     #[error("a run is already armed (run {0}); stop it first")]
-    AlreadyArmed(i64),
+    AlreadyArmed(RunId),
     /// No run is armed.
     #[error("no run is armed")]
     NotArmed,
@@ -137,9 +138,10 @@ impl StationHandle {
         self.ask(|tx| Command::Arm(Box::new(request), tx)).await
     }
 
-    /// Stops the armed run; running attempts stop at a safe point as interrupted.
-    pub async fn stop_run(&self, reason: &str) -> Result<(), StationError> {
-        self.ask(|tx| Command::Stop(reason.to_string(), tx)).await
+    /// Stops the armed run as the operator's decision (`note`: their words, for
+    /// the records); running attempts stop at a safe point as interrupted.
+    pub async fn stop_run(&self, note: &str) -> Result<(), StationError> {
+        self.ask(|tx| Command::Stop(note.to_string(), tx)).await
     }
 
     /// Writes the stick in `label` now, as the operator's explicit request (also a
@@ -175,7 +177,9 @@ struct Port {
 /// A stick that is present.
 struct Present {
     device: PluggedDevice,
-    device_id: i64,
+    /// Its record; `None` while the records could not take it (asked again
+    /// before any attempt, which needs it).
+    device_id: Option<DeviceId>,
     port: usize,
 }
 
@@ -191,8 +195,8 @@ struct ActiveRun {
 
 /// A running attempt.
 struct Slot {
-    run_id: i64,
-    attempt_id: i64,
+    run_id: RunId,
+    attempt_id: AttemptId,
     port: usize,
     kernel_name: String,
     device_key: String,
@@ -354,7 +358,7 @@ impl Station {
             }
         }
         if self.run.as_ref().is_some_and(|r| r.view.armed) {
-            let _ = self.disarm("station shut down").await;
+            let _ = self.disarm(StopReason::Shutdown, None).await;
         }
         self.publish_snapshot();
     }
@@ -388,10 +392,10 @@ impl Station {
             None => return,
         };
         let device_id = match self.journal.device_seen(&device.identity).await {
-            Ok(id) => id,
+            Ok(id) => Some(id),
             Err(error) => {
                 tracing::error!(%error, "cannot record a device");
-                -1
+                None
             }
         };
         let key = device.identity.key();
@@ -527,7 +531,7 @@ impl Station {
                 let result = self.arm(*request).await;
                 let _ = reply.send(result);
             }
-            Command::Stop(reason, reply) => {
+            Command::Stop(note, reply) => {
                 let result = match self.run.as_ref() {
                     Some(run) if run.view.armed => {
                         for slot in self.slots.values() {
@@ -535,10 +539,10 @@ impl Station {
                         }
                         self.log(JournalEvent::OperatorAction {
                             action: "stop".into(),
-                            detail: reason.clone(),
+                            detail: note.clone(),
                         })
                         .await;
-                        self.disarm(&reason).await
+                        self.disarm(StopReason::Operator, Some(&note)).await
                     }
                     _ => Err(StationError::NotArmed),
                 };
@@ -614,16 +618,16 @@ impl Station {
         Ok(self.run.as_ref().map(|r| r.view.clone()).unwrap_or(view))
     }
 
-    async fn disarm(&mut self, reason: &str) -> Result<(), StationError> {
+    async fn disarm(&mut self, reason: StopReason, note: Option<&str>) -> Result<(), StationError> {
         let Some(run) = self.run.as_mut() else {
             return Err(StationError::NotArmed);
         };
         run.view.armed = false;
-        run.view.stop_reason = Some(reason.to_string());
+        run.view.stop_reason = Some(reason);
         run.fanout = None;
         let id = run.view.id;
         self.publish_run();
-        self.journal.run_stopped(id, reason).await?;
+        self.journal.run_stopped(id, reason, note).await?;
         Ok(())
     }
 
@@ -692,13 +696,7 @@ impl Station {
         }
         // Recorded before the first byte is written.
         let attempt_id = match self
-            .journal
-            .attempt_started(&AttemptStart {
-                run_id,
-                device_id,
-                port_label: label.clone(),
-                port_path: device.port_path.clone(),
-            })
+            .record_attempt_start(&kernel_name, device_id, run_id, &label, &device)
             .await
         {
             Ok(id) => id,
@@ -761,6 +759,36 @@ impl Station {
             run.view.active += 1;
         }
         self.publish_run();
+    }
+
+    /// Records the start of an attempt on the stick `kernel_name`, recording
+    /// the device first if the records could not take it when it arrived.
+    async fn record_attempt_start(
+        &mut self,
+        kernel_name: &str,
+        device_id: Option<DeviceId>,
+        run_id: RunId,
+        label: &str,
+        device: &PluggedDevice,
+    ) -> Result<AttemptId, JournalError> {
+        let device_id = match device_id {
+            Some(id) => id,
+            None => {
+                let id = self.journal.device_seen(&device.identity).await?;
+                if let Some(present) = self.present.get_mut(kernel_name) {
+                    present.device_id = Some(id);
+                }
+                id
+            }
+        };
+        self.journal
+            .attempt_started(&AttemptStart {
+                run_id,
+                device_id,
+                port_label: label.to_string(),
+                port_path: device.port_path.clone(),
+            })
+            .await
     }
 
     async fn on_engine_event(&mut self, event: EngineEvent) {
@@ -903,10 +931,11 @@ impl Station {
                 for slot in self.slots.values() {
                     slot.canceller.cancel();
                 }
-                let _ = self.disarm(&format!("source failed: {error}")).await;
+                let note = error.to_string();
+                let _ = self.disarm(StopReason::SourceFailed, Some(&note)).await;
             }
         } else if target_reached {
-            let _ = self.disarm("target count reached").await;
+            let _ = self.disarm(StopReason::TargetReached, None).await;
         }
     }
 
@@ -933,13 +962,18 @@ impl Station {
         io_failure && slot.removed_during.is_none() && !self.settings.removal_grace.is_zero()
     }
 
-    async fn record_finish(&self, attempt_id: i64, verdict: &Verdict, figures: &AttemptFigures) {
+    async fn record_finish(
+        &self,
+        attempt_id: AttemptId,
+        verdict: &Verdict,
+        figures: &AttemptFigures,
+    ) {
         if let Err(error) = self
             .journal
             .attempt_finished(attempt_id, verdict, figures)
             .await
         {
-            tracing::error!(%error, attempt_id, "cannot record a verdict");
+            tracing::error!(%error, %attempt_id, "cannot record a verdict");
         }
     }
 

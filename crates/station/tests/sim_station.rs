@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashrack_core::{FailReason, Stage, Verdict};
+use flashrack_core::{FailReason, RunId, Stage, StopReason, Verdict};
 use flashrack_devices::guard::GuardPolicy;
 use flashrack_devices::sim::SimStickSpec;
 use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
@@ -317,17 +317,14 @@ async fn the_run_stops_by_itself_when_the_target_count_is_reached() {
     let run = snap.run.unwrap();
     assert_eq!(run.passed, 2);
     assert_eq!(run.remaining, Some(0));
-    assert_eq!(run.stop_reason.as_deref(), Some("target count reached"));
+    assert_eq!(run.stop_reason, Some(StopReason::TargetReached));
     rig.plug(3, "S3", healthy());
     rig.until("detected", |s| state(s, "A3") == PortState::Detected)
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(state(&rig.handle.snapshot(), "A3"), PortState::Detected);
     let journal = rig.shutdown().await;
-    assert_eq!(
-        journal.records().runs[0].2.as_deref(),
-        Some("target count reached")
-    );
+    assert_eq!(journal.records().runs[0].2, Some(StopReason::TargetReached));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +454,7 @@ async fn stopping_the_run_and_shutting_down_interrupt_running_attempts() {
             "{attempt:?}"
         );
     }
-    assert_eq!(records.runs[1].2.as_deref(), Some("station shut down"));
+    assert_eq!(records.runs[1].2, Some(StopReason::Shutdown));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,7 +467,7 @@ async fn arming_twice_and_starting_unknown_ports_are_clear_errors() {
     rig.arm(RunOptions::default()).await.unwrap();
     assert!(matches!(
         rig.arm(RunOptions::default()).await,
-        Err(StationError::AlreadyArmed(1))
+        Err(StationError::AlreadyArmed(RunId(1)))
     ));
     assert!(matches!(
         rig.handle.start_port("Z9").await,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use flashrack_core::{AttemptFigures, ByteSize, Sha256Digest, Stage, Verdict};
+pub use flashrack_core::{AttemptId, DeviceId, RunId, StopReason};
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -24,18 +25,6 @@ macro_rules! id_type {
     };
 }
 
-id_type!(
-    /// Names a run.
-    RunId
-);
-id_type!(
-    /// Names a device record.
-    DeviceId
-);
-id_type!(
-    /// Names an attempt.
-    AttemptId
-);
 id_type!(
     /// Names an entry of the event log.
     EventId
@@ -92,21 +81,6 @@ text_enum!(
         Failed => "failed",
         /// Stopped by the operator, a shutdown or a crash: says nothing about the
         /// stick.
-        Interrupted => "interrupted",
-    }
-);
-
-text_enum!(
-    /// Why a run was stopped.
-    StopReason, "runs.stop_reason" {
-        /// The operator stopped it.
-        Operator => "operator",
-        /// It reached its target count.
-        Completed => "completed",
-        /// The station shut down cleanly.
-        Shutdown => "shutdown",
-        /// The station stopped without shutting down (crash, power loss); set at the
-        /// next start-up by [`Store::recover_interrupted`](crate::Store::recover_interrupted).
         Interrupted => "interrupted",
     }
 );

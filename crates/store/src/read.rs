@@ -275,7 +275,12 @@ fn run_columns(row: &SqliteRow) -> Result<Run, StoreError> {
         stopped_at: row.try_get("stopped_at")?,
         stop_reason: row
             .try_get::<Option<&str>, _>("stop_reason")?
-            .map(str::parse)
+            .map(|text| {
+                text.parse().map_err(|_| StoreError::BadValue {
+                    column: "runs.stop_reason",
+                    value: text.to_string(),
+                })
+            })
             .transpose()?,
     })
 }

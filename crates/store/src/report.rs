@@ -336,7 +336,7 @@ impl<'a> ExportRun<'a> {
             options: &run.options,
             started_at: format_time(run.started_at),
             stopped_at: run.stopped_at.map(format_time),
-            stop_reason: run.stop_reason.map(|r| r.as_str()),
+            stop_reason: run.stop_reason.map(|r| r.code()),
             counts: summary.counts,
         }
     }

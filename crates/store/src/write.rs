@@ -375,7 +375,7 @@ async fn stop_run(
     check_run_open(conn, run).await?;
     sqlx::query("UPDATE runs SET stopped_at = ?, stop_reason = ? WHERE id = ?")
         .bind(ctx.now)
-        .bind(reason.as_str())
+        .bind(reason.code())
         .bind(run.0)
         .execute(&mut *conn)
         .await?;
@@ -633,7 +633,7 @@ async fn recover(
         let stopped_at = crash_at.max(row.try_get("started_at")?);
         sqlx::query("UPDATE runs SET stopped_at = ?, stop_reason = ? WHERE id = ?")
             .bind(stopped_at)
-            .bind(StopReason::Interrupted.as_str())
+            .bind(StopReason::Interrupted.code())
             .bind(run.0)
             .execute(&mut *conn)
             .await?;

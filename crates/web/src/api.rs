@@ -262,10 +262,7 @@ pub async fn run_report(
     UrlPath(id): UrlPath<String>,
     Query(query): Query<FormatQuery>,
 ) -> Result<Response, AppError> {
-    let id: i64 =
-        id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
-            AppError::bad_request(format!("run id {id:?} is not a positive number"))
-        })?;
+    let id = flashrack_core::RunId::parse(&id).map_err(|e| AppError::bad_request(e.to_string()))?;
     let format = parse_format(&query)?;
     let reports = state
         .reports

@@ -48,7 +48,7 @@ pub trait Reports: Send + Sync {
     /// `Ok(None)` when there is no such run.
     fn run_report(
         &self,
-        run_id: i64,
+        run_id: flashrack_core::RunId,
         format: ReportFormat,
     ) -> futures::future::BoxFuture<'_, Result<Option<(String, String)>, String>>;
     /// Every attempt ever made on a device (by serial or key), in a format.

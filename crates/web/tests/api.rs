@@ -288,7 +288,7 @@ async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
     assert_eq!(status, StatusCode::CONFLICT);
     let (_, run) = get(&rig, "/api/v1/runs/current").await;
     assert_eq!(run["armed"], false);
-    assert_eq!(run["stop_reason"], "stopped by the operator");
+    assert_eq!(run["stop_reason"], "operator");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,175 @@
+//! The names records give to runs, devices and attempts, and why a run stopped.
+//!
+//! The store assigns the ids; everyone else (station, journal, web, command line)
+//! carries them as these types, so that a run id is never taken for an attempt
+//! id and no `-1` stands in for "not recorded".
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! record_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl $name {
+            /// Parses a record id as people and URLs write it: a positive number.
+            pub fn parse(text: &str) -> Result<Self, IdParseError> {
+                text.parse::<i64>()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .map($name)
+                    .ok_or_else(|| IdParseError {
+                        what: $what,
+                        text: text.to_string(),
+                    })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdParseError;
+            fn from_str(text: &str) -> Result<Self, IdParseError> {
+                Self::parse(text)
+            }
+        }
+    };
+}
+
+record_id!(
+    /// Names a run (a batch: one image, its options, its attempts).
+    RunId,
+    "run"
+);
+record_id!(
+    /// Names a device record (a stick, by its key).
+    DeviceId,
+    "device"
+);
+record_id!(
+    /// Names an attempt (one device in one port under one run).
+    AttemptId,
+    "attempt"
+);
+
+/// A record id that is not a positive number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} id {text:?} is not a positive number")]
+pub struct IdParseError {
+    what: &'static str,
+    text: String,
+}
+
+/// Why a run stopped. A closed set: the records store its code, the screens
+/// show its words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An operator stopped it.
+    Operator,
+    /// It reached its target count of passes.
+    TargetReached,
+    /// A one-shot run gave every target its verdict.
+    Completed,
+    /// The station or command shut down cleanly (SIGTERM, Ctrl-C).
+    Shutdown,
+    /// The image could not be read; every attempt was stopped.
+    SourceFailed,
+    /// The station stopped without shutting down (crash, kill, power loss);
+    /// set when the records are next opened.
+    Interrupted,
+}
+
+impl StopReason {
+    /// Every reason, in declaration order.
+    pub const ALL: &'static [StopReason] = &[
+        StopReason::Operator,
+        StopReason::TargetReached,
+        StopReason::Completed,
+        StopReason::Shutdown,
+        StopReason::SourceFailed,
+        StopReason::Interrupted,
+    ];
+
+    /// The stable code stored in the records and used in reports and the API.
+    pub fn code(self) -> &'static str {
+        match self {
+            StopReason::Operator => "operator",
+            StopReason::TargetReached => "target_reached",
+            StopReason::Completed => "completed",
+            StopReason::Shutdown => "shutdown",
+            StopReason::SourceFailed => "source_failed",
+            StopReason::Interrupted => "interrupted",
+        }
+    }
+
+    /// The reason in words, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::Operator => "stopped by the operator",
+            StopReason::TargetReached => "target count reached",
+            StopReason::Completed => "every target has its verdict",
+            StopReason::Shutdown => "station shut down",
+            StopReason::SourceFailed => "the image could not be read",
+            StopReason::Interrupted => "station stopped unexpectedly",
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A stop reason code that is not one of [`StopReason`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a stop reason")]
+pub struct StopReasonParseError(pub String);
+
+impl FromStr for StopReason {
+    type Err = StopReasonParseError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        StopReason::ALL
+            .iter()
+            .copied()
+            .find(|r| r.code() == text)
+            .ok_or_else(|| StopReasonParseError(text.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_only_positive_numbers() {
+        assert_eq!(RunId::parse("12"), Ok(RunId(12)));
+        assert!(RunId::parse("0").is_err());
+        assert!(AttemptId::parse("-3").is_err());
+        assert!(DeviceId::parse("x").is_err());
+        assert_eq!(
+            RunId::parse("abc").unwrap_err().to_string(),
+            "run id \"abc\" is not a positive number"
+        );
+    }
+
+    #[test]
+    fn stop_reason_codes_round_trip_and_match_serde() {
+        for &reason in StopReason::ALL {
+            assert_eq!(reason.code().parse::<StopReason>(), Ok(reason));
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json, reason.code());
+        }
+        assert!("completed!".parse::<StopReason>().is_err());
+    }
+}
