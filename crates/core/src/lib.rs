@@ -27,4 +27,6 @@ pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
 pub use record::{AttemptId, DeviceId, IdParseError, RunId, StopReason, StopReasonParseError};
 pub use size::{ByteSize, ByteSizeParseError};
-pub use verdict::{AttemptFigures, FailReason, Failure, Stage, Verdict, VerifyMethod};
+pub use verdict::{
+    AttemptFigures, FailReason, Failure, ProbeOperation, Stage, Verdict, VerifyMethod,
+};

@@ -31,6 +31,31 @@ impl fmt::Display for Stage {
     }
 }
 
+/// What the capacity probe was doing when the target failed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeOperation {
+    /// Writing a marker block.
+    Write,
+    /// Committing the markers to the medium.
+    Flush,
+    /// Opening a fresh handle to read the markers back.
+    Open,
+    /// Reading a marker back.
+    Read,
+}
+
+impl fmt::Display for ProbeOperation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProbeOperation::Write => "write",
+            ProbeOperation::Flush => "flush",
+            ProbeOperation::Open => "open",
+            ProbeOperation::Read => "read",
+        })
+    }
+}
+
 /// Why an attempt failed. A closed set: every failure a person sees is one of these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
@@ -42,6 +67,9 @@ pub enum FailReason {
         /// What the image needs.
         needed: ByteSize,
     },
+    /// The target holds no medium: it reports a capacity of zero (a card reader
+    /// without a card, a stick whose controller lost its flash). Nothing written.
+    NoMedium,
     /// The target refuses writes (write-protect switch, read-only device).
     ReadOnly,
     /// The target claims more capacity than it really stores (a fake stick): data
@@ -52,11 +80,25 @@ pub enum FailReason {
         /// The first probed offset that did not hold what was written there.
         first_bad_offset: u64,
     },
+    /// The capacity probe, before any of the image was written, failed on an
+    /// I/O error of the target (not on a lie: that is [`FailReason::CapacityLie`]).
+    ProbeError {
+        /// What the probe was doing.
+        operation: ProbeOperation,
+        /// Byte offset of the failed marker write or read; `None` for a flush or
+        /// an open.
+        offset: Option<u64>,
+        /// What the operating system said.
+        detail: String,
+    },
     /// A write failed.
     WriteError {
-        /// Byte offset of the failed write.
+        /// Byte offset of the failure: the first logical block that fails when
+        /// written on its own, when the failed request could be narrowed down to
+        /// it, else where the failed request failed (`detail` says which, and the
+        /// failed request's offset and length).
         offset: u64,
-        /// What the operating system said.
+        /// What the operating system said, and where the failed request lay.
         detail: String,
     },
     /// Committing the written data failed.
@@ -109,8 +151,10 @@ impl FailReason {
     pub fn code(&self) -> &'static str {
         match self {
             FailReason::TooSmall { .. } => "too_small",
+            FailReason::NoMedium => "no_medium",
             FailReason::ReadOnly => "read_only",
             FailReason::CapacityLie { .. } => "capacity_lie",
+            FailReason::ProbeError { .. } => "probe_error",
             FailReason::WriteError { .. } => "write_error",
             FailReason::FlushError { .. } => "flush_error",
             FailReason::ReadError { .. } => "read_error",
@@ -133,6 +177,7 @@ impl FailReason {
             FailReason::CapacityLie {
                 first_bad_offset, ..
             } => Some(*first_bad_offset),
+            FailReason::ProbeError { offset, .. } => *offset,
             _ => None,
         }
     }
@@ -144,6 +189,9 @@ impl fmt::Display for FailReason {
             FailReason::TooSmall { capacity, needed } => {
                 write!(f, "too small: holds {capacity}, image needs {needed}")
             }
+            FailReason::NoMedium => {
+                f.write_str("no medium: the device reports a capacity of 0 bytes")
+            }
             FailReason::ReadOnly => f.write_str("read-only: the stick refuses writes"),
             FailReason::CapacityLie {
                 claimed,
@@ -152,6 +200,27 @@ impl fmt::Display for FailReason {
                 f,
                 "capacity lie: claims {claimed} but does not keep data at offset {first_bad_offset}"
             ),
+            FailReason::ProbeError {
+                operation,
+                offset,
+                detail,
+            } => {
+                f.write_str("capacity probe failed: ")?;
+                match (operation, offset) {
+                    (ProbeOperation::Write, Some(at)) => {
+                        write!(f, "writing the marker at offset {at}")?
+                    }
+                    (ProbeOperation::Read, Some(at)) => {
+                        write!(f, "reading the marker back at offset {at}")?
+                    }
+                    (ProbeOperation::Flush, _) => f.write_str("committing the markers")?,
+                    (ProbeOperation::Open, _) => {
+                        f.write_str("opening the stick to read the markers back")?
+                    }
+                    (operation, None) => write!(f, "{operation}")?,
+                }
+                write!(f, ": {detail}")
+            }
             FailReason::WriteError { offset, detail } => {
                 write!(f, "write error at offset {offset}: {detail}")
             }
@@ -259,8 +328,11 @@ pub struct AttemptFigures {
     pub bytes_verified: u64,
     /// Seconds spent reading back.
     pub verify_secs: f64,
-    /// The sha256 of what was read back: the image's on a pass, the digest of what
-    /// the medium really returned on a mismatch.
+    /// The sha256 of what was read back: the image's on a pass; on a verify
+    /// mismatch, the digest of the stick's first image-size bytes as the medium
+    /// returned them (the read-back carries on to the end of the image after the
+    /// first difference). `None` when they could not all be read (a read error,
+    /// a removal or a stop after the mismatch) and when nothing was verified.
     pub read_back_sha256: Option<Sha256Digest>,
     /// How the read-back was checked.
     pub verify_method: Option<VerifyMethod>,
@@ -313,10 +385,70 @@ mod tests {
                 capacity: ByteSize(1),
                 needed: ByteSize(2),
             },
+            FailReason::NoMedium,
+            FailReason::ProbeError {
+                operation: ProbeOperation::Flush,
+                offset: None,
+                detail: "Input/output error (os error 5)".into(),
+            },
         ];
         for r in reasons {
             let json = serde_json::to_value(&r).unwrap();
             assert_eq!(json["reason"], r.code());
         }
+    }
+
+    #[test]
+    fn failures_stored_before_the_new_reasons_still_read_back_unchanged() {
+        // Records keep the failure as JSON: every earlier code must still parse
+        // to the same value and serialize to the same JSON.
+        let stored = [
+            r#"{"reason":"too_small","capacity":0,"needed":2048,"stage":"preparing"}"#,
+            r#"{"reason":"read_only","stage":"preparing"}"#,
+            r#"{"reason":"capacity_lie","claimed":64,"first_bad_offset":0,"stage":"preparing"}"#,
+            r#"{"reason":"write_error","offset":16777216,"detail":"Input/output error (os error 5)","stage":"writing"}"#,
+            r#"{"reason":"flush_error","detail":"x","stage":"flushing"}"#,
+            r#"{"reason":"read_error","offset":4096,"detail":"x","stage":"verifying"}"#,
+            r#"{"reason":"verify_mismatch","offset":4096,"stage":"verifying"}"#,
+            r#"{"reason":"removed","during":"writing","stage":"writing"}"#,
+            r#"{"reason":"stalled","during":"verifying","offset":1,"after_secs":60,"stage":"verifying"}"#,
+            r#"{"reason":"refused","detail":"x","stage":"preparing"}"#,
+            r#"{"reason":"unavailable","detail":"x","stage":"preparing"}"#,
+            r#"{"reason":"interrupted","stage":"writing"}"#,
+        ];
+        for json in stored {
+            let failure: Failure = serde_json::from_str(json).unwrap();
+            let again: serde_json::Value = serde_json::to_value(&failure).unwrap();
+            assert_eq!(again, serde_json::from_str::<serde_json::Value>(json).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_probe_failure_says_it_was_the_probe_what_it_did_and_where() {
+        let reason = FailReason::ProbeError {
+            operation: ProbeOperation::Write,
+            offset: Some(16_777_216),
+            detail: "Input/output error (os error 5)".into(),
+        };
+        assert_eq!(reason.code(), "probe_error");
+        assert_eq!(reason.offset(), Some(16_777_216));
+        assert_eq!(
+            reason.to_string(),
+            "capacity probe failed: writing the marker at offset 16777216: \
+             Input/output error (os error 5)"
+        );
+        let json = serde_json::to_value(&reason).unwrap();
+        assert_eq!(json["operation"], "write");
+        assert_eq!(json["offset"], 16_777_216);
+        assert_eq!(serde_json::from_value::<FailReason>(json).unwrap(), reason);
+    }
+
+    #[test]
+    fn a_device_without_medium_is_not_called_too_small() {
+        assert_eq!(FailReason::NoMedium.code(), "no_medium");
+        assert_eq!(
+            FailReason::NoMedium.to_string(),
+            "no medium: the device reports a capacity of 0 bytes"
+        );
     }
 }
