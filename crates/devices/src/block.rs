@@ -81,9 +81,27 @@ fn read_sysfs_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Whether the kernel marks the block device `rdev` read-only: its sysfs `ro`
+/// flag, set by a write-protect switch (the SCSI layer reads it from the
+/// stick), `losetup -r` or `blockdev --setro`.
+fn is_read_only(rdev: u64) -> bool {
+    read_sysfs_u64(&sysfs_dir(rdev).join("ro")) == Some(1)
+}
+
+/// Whether an error is the kernel refusing a write for lack of permission
+/// (`EPERM`, `EACCES`). A read-only block device answers a write with `EPERM`;
+/// whether that is what happened is told by the device's `ro` flag, not by the
+/// error, which other causes share (a device cgroup, a security module).
+fn is_permission_error(error: &io::Error) -> bool {
+    error.raw_os_error().is_some_and(|code| {
+        code == rustix::io::Errno::PERM.raw_os_error()
+            || code == rustix::io::Errno::ACCESS.raw_os_error()
+    })
+}
+
 /// Capacity and logical block size of a block device, from sysfs.
 fn block_geometry(path: &Path) -> Result<TargetGeometry, TargetError> {
-    let meta = std::fs::metadata(path).map_err(|e| open_error(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| open_error(path, e, true))?;
     if !meta.file_type().is_block_device() {
         return Err(TargetError::Open(format!(
             "{} is not a block device",
@@ -103,13 +121,15 @@ fn block_geometry(path: &Path) -> Result<TargetGeometry, TargetError> {
     })
 }
 
-/// Maps an error from opening `path` to a target error.
-fn open_error(path: &Path, error: io::Error) -> TargetError {
+/// Maps an error from opening `path` to a target error. A device node that is
+/// gone (`device`) means the stick was pulled; a file target that cannot be
+/// found (its directory is missing) was never there, and is unavailable with
+/// the operating system's error. A permission error is unavailable too: it is
+/// the station's problem, not the stick's (a read-only device is told by its
+/// `ro` flag, see [`is_read_only`]).
+fn open_error(path: &Path, error: io::Error, device: bool) -> TargetError {
     match error.kind() {
-        io::ErrorKind::NotFound => TargetError::Removed,
-        io::ErrorKind::PermissionDenied => {
-            TargetError::Open(format!("{}: permission denied", path.display()))
-        }
+        io::ErrorKind::NotFound if device => TargetError::Removed,
         _ if error.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
             TargetError::Busy(format!(
                 "{} is in use (mounted, swap, or opened exclusively by another process)",
@@ -152,7 +172,7 @@ impl Target for PathTarget {
                         )))
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-                    Err(e) => return Err(open_error(&self.path, e)),
+                    Err(e) => return Err(open_error(&self.path, e, false)),
                 };
                 Ok(TargetGeometry {
                     capacity: len.max(*min_size),
@@ -176,12 +196,32 @@ impl Target for PathTarget {
                     .write(true)
                     .custom_flags((OFlags::DIRECT | OFlags::EXCL).bits() as i32)
                     .open(&self.path)
-                    .map_err(|e| open_error(&self.path, e))?;
+                    .map_err(|e| {
+                        let read_only = is_permission_error(&e)
+                            && std::fs::metadata(&self.path)
+                                .is_ok_and(|meta| is_read_only(meta.rdev()));
+                        if read_only {
+                            TargetError::ReadOnly
+                        } else {
+                            open_error(&self.path, e, true)
+                        }
+                    })?;
+                // The kernel opens a read-only device for writing and refuses
+                // only the writes (`EPERM`): ask the opened device itself, so
+                // that not a byte (not even the capacity probe's) is tried.
+                let rdev = file
+                    .metadata()
+                    .map_err(|e| open_error(&self.path, e, true))?
+                    .rdev();
+                if is_read_only(rdev) {
+                    return Err(TargetError::ReadOnly);
+                }
                 Ok(Box::new(PathWriter {
                     file,
                     block_size: geometry.logical_block_size as usize,
                     direct: true,
                     file_len: None,
+                    device: Some(rdev),
                 }))
             }
             PathKind::File { min_size } => {
@@ -197,14 +237,14 @@ impl Target for PathTarget {
                 let (file, direct) = match open(OFlags::DIRECT) {
                     Ok(file) => (file, true),
                     Err(e) if is_direct_io_unsupported(&e) => (
-                        open(OFlags::empty()).map_err(|e| open_error(&self.path, e))?,
+                        open(OFlags::empty()).map_err(|e| open_error(&self.path, e, false))?,
                         false,
                     ),
-                    Err(e) => return Err(open_error(&self.path, e)),
+                    Err(e) => return Err(open_error(&self.path, e, false)),
                 };
                 let len = file
                     .metadata()
-                    .map_err(|e| open_error(&self.path, e))?
+                    .map_err(|e| open_error(&self.path, e, false))?
                     .len();
                 if len < *min_size {
                     file.set_len(*min_size)
@@ -215,6 +255,7 @@ impl Target for PathTarget {
                     block_size: FILE_BLOCK_SIZE as usize,
                     direct,
                     file_len: Some(len.max(*min_size)),
+                    device: None,
                 }))
             }
         }
@@ -225,12 +266,13 @@ impl Target for PathTarget {
             .read(true)
             .custom_flags(OFlags::DIRECT.bits() as i32)
             .open(&self.path);
+        let device = matches!(self.kind, PathKind::Block { .. });
         let file = match direct {
             Ok(file) => file,
             Err(e) if is_direct_io_unsupported(&e) => {
-                File::open(&self.path).map_err(|e| open_error(&self.path, e))?
+                File::open(&self.path).map_err(|e| open_error(&self.path, e, device))?
             }
-            Err(e) => return Err(open_error(&self.path, e)),
+            Err(e) => return Err(open_error(&self.path, e, device)),
         };
         // Nothing this process or the kernel cached may answer the read-back: drop
         // the device's (or file's) clean cached pages, and for a loop device those
@@ -309,6 +351,9 @@ struct PathWriter {
     direct: bool,
     /// For regular files: the length to restore after a padded final write.
     file_len: Option<u64>,
+    /// For block devices: the device number, whose `ro` flag tells a write
+    /// refused for being read-only from other permission errors.
+    device: Option<u64>,
 }
 
 impl PathWriter {
@@ -318,7 +363,7 @@ impl PathWriter {
     fn write_unaligned_tail(&mut self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
         let head = data.len() / self.block_size * self.block_size;
         if head > 0 {
-            pwrite_all(&self.file, offset, &data[..head])?;
+            self.pwrite_all(offset, &data[..head])?;
         }
         let tail = &data[head..];
         let tail_offset = offset + head as u64;
@@ -326,7 +371,7 @@ impl PathWriter {
         // A short read at the end of a file leaves zeros, as the file would read.
         let _ = self.file.read_at(&mut block, tail_offset);
         block[..tail.len()].copy_from_slice(tail);
-        pwrite_all(&self.file, tail_offset, &block)?;
+        self.pwrite_all(tail_offset, &block)?;
         if let Some(len) = self.file_len {
             // The padded block may have grown the file beyond what it should be.
             let end = tail_offset + tail.len() as u64;
@@ -336,24 +381,37 @@ impl PathWriter {
         }
         Ok(())
     }
-}
 
-fn pwrite_all(file: &File, offset: u64, data: &[u8]) -> Result<(), TargetError> {
-    let mut done = 0;
-    while done < data.len() {
-        match file.write_at(&data[done..], offset + done as u64) {
-            Ok(0) => {
-                return Err(TargetError::from_io(
-                    offset + done as u64,
-                    io::Error::new(io::ErrorKind::WriteZero, "no space left on the target"),
-                ))
+    /// Writes all of `data` at `offset`.
+    fn pwrite_all(&self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
+        let mut done = 0;
+        while done < data.len() {
+            match self.file.write_at(&data[done..], offset + done as u64) {
+                Ok(0) => {
+                    return Err(TargetError::from_io(
+                        offset + done as u64,
+                        io::Error::new(io::ErrorKind::WriteZero, "no space left on the target"),
+                    ))
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.write_error(offset + done as u64, e)),
             }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(TargetError::from_io(offset + done as u64, e)),
+        }
+        Ok(())
+    }
+
+    /// Classifies a failed write at `offset`. A block device that refuses it
+    /// (`EPERM`, as the kernel answers a write to a read-only device) and
+    /// whose `ro` flag is set is read-only, not a write error.
+    fn write_error(&self, offset: u64, error: io::Error) -> TargetError {
+        match self.device {
+            Some(rdev) if is_permission_error(&error) && is_read_only(rdev) => {
+                TargetError::ReadOnly
+            }
+            _ => TargetError::from_io(offset, error),
         }
     }
-    Ok(())
 }
 
 impl TargetWriter for PathWriter {
@@ -361,7 +419,7 @@ impl TargetWriter for PathWriter {
         if self.direct && !data.len().is_multiple_of(self.block_size) {
             return self.write_unaligned_tail(offset, data);
         }
-        pwrite_all(&self.file, offset, data)
+        self.pwrite_all(offset, data)
     }
 
     fn flush(&mut self) -> Result<(), TargetError> {
@@ -457,6 +515,22 @@ mod tests {
             Err(TargetError::Refused(why)) => assert!(why.contains("not allowed")),
             other => panic!("expected a refusal, got {:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn a_file_target_in_a_missing_directory_is_unavailable_with_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("target.img");
+        let target = PathTarget::file(&path, 4096);
+        match target.open_writer() {
+            Err(TargetError::Open(why)) => {
+                assert!(why.contains("no-such-dir"), "{why}");
+                assert!(why.contains("No such file or directory"), "{why}");
+            }
+            Err(other) => panic!("expected an open error, got {other:?}"),
+            Ok(_) => panic!("a file in a missing directory was opened"),
+        }
+        assert!(!path.exists());
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! 4. it is not a disk under the root filesystem or any other mounted filesystem,
 //!    followed through partitions and dm/md slaves ([`Refusal::SystemDisk`]);
 //! 5. its size is at most the maximum ([`Refusal::TooLarge`]) and at least the image
-//!    ([`Refusal::TooSmall`]);
+//!    ([`Refusal::TooSmall`]; a size of zero is [`Refusal::NoMedium`]: a card reader
+//!    without a card is not a small stick);
 //! 6. a run is armed, or the operator asked for this device ([`Refusal::NotArmed`]).
 //!
 //! Every rule is always checked. [`refusals`] returns every failing one in the order
@@ -336,6 +337,10 @@ pub enum Refusal {
         /// The image's size in bytes.
         needed: u64,
     },
+    /// Rule 5: the device reports a size of zero: it holds no medium (a card
+    /// reader without a card), which is not the same as a small stick.
+    #[error("the device holds no medium (it reports a size of 0 bytes)")]
+    NoMedium,
     /// Rule 6: no run is armed and the operator did not ask for this device.
     #[error("no run is armed and the operator did not ask for this device")]
     NotArmed,
@@ -361,6 +366,7 @@ impl Refusal {
             Refusal::SystemDisk { .. } => "system_disk",
             Refusal::TooLarge { .. } => "too_large",
             Refusal::TooSmall { .. } => "too_small",
+            Refusal::NoMedium => "no_medium",
             Refusal::NotArmed => "not_armed",
             Refusal::Busy { .. } => "busy",
         }
@@ -443,7 +449,9 @@ pub fn refusals(facts: &DiskFacts, policy: &GuardPolicy, request: &GuardRequest)
             max: policy.max_size_bytes,
         });
     }
-    if facts.size_bytes < request.image_size {
+    if facts.size_bytes == 0 {
+        out.push(Refusal::NoMedium);
+    } else if facts.size_bytes < request.image_size {
         out.push(Refusal::TooSmall {
             size: facts.size_bytes,
             needed: request.image_size,
@@ -1190,6 +1198,23 @@ mod tests {
             "the device is too small: 999 bytes is less than the image's 1.0 kB (1000 bytes)"
         );
         assert!(evaluate(&facts, &policy(), &armed(999)).is_ok());
+    }
+
+    #[test]
+    fn a_disk_of_size_zero_is_refused_as_holding_no_medium_not_as_too_small() {
+        let facts = DiskFacts {
+            size_bytes: 0,
+            ..healthy()
+        };
+        let r = refused(&facts, &policy(), &armed(1_000));
+        assert_eq!(r, Refusal::NoMedium);
+        assert_eq!(r.code(), "no_medium");
+        assert_eq!(
+            r.to_string(),
+            "the device holds no medium (it reports a size of 0 bytes)"
+        );
+        // Also with an empty image: no medium is never a place to write.
+        assert_eq!(refused(&facts, &policy(), &armed(0)), Refusal::NoMedium);
     }
 
     #[test]

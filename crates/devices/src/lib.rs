@@ -49,7 +49,9 @@ pub enum TargetError {
     /// The target is gone (unplugged, `ENODEV`, `ENXIO`, `ENOMEDIUM`).
     #[error("device removed")]
     Removed,
-    /// The target refuses writes (`EROFS`, write-protect).
+    /// The target refuses writes: `EROFS`, or a block device whose `ro` flag is
+    /// set (write-protect switch, `losetup -r`), which the kernel opens for
+    /// writing and then answers every write with `EPERM`.
     #[error("device is read-only")]
     ReadOnly,
     /// Someone else holds the device: mounted, used as swap or opened exclusively

@@ -6,7 +6,9 @@
 //! the file) and can misbehave in the ways real sticks do, as configured by a
 //! [`SimStickSpec`]:
 //! - **slow**: independent write and read speed limits, paced by sleeping;
-//! - **failing**: a write error once N bytes have been written;
+//! - **failing**: a write error once N bytes have been written; a bad block
+//!   that fails every write covering it, as a whole; a read error once N bytes
+//!   have been read back;
 //! - **corrupting**: chosen bytes come back flipped on read-back while the medium
 //!   holds the right data;
 //! - **lying about capacity**: claims more than it stores, wrapping or dropping
@@ -80,6 +82,11 @@ pub struct SimStickSpec {
     pub read_bytes_per_sec: Option<u64>,
     /// Writes fail with `EIO` once this many bytes have been written.
     pub write_error_after: Option<u64>,
+    /// Bad blocks: every write covering the logical block that holds one of
+    /// these offsets fails with `EIO` as a whole.
+    pub write_fails_at: Vec<u64>,
+    /// Reads fail with `EIO` once this many bytes have been read back.
+    pub read_error_after: Option<u64>,
     /// Offsets whose byte reads back flipped (`!byte`) while the medium is intact.
     pub corrupt_at: Vec<u64>,
     /// Stores less than it claims.
@@ -106,6 +113,8 @@ impl SimStickSpec {
             write_bytes_per_sec: None,
             read_bytes_per_sec: None,
             write_error_after: None,
+            write_fails_at: Vec::new(),
+            read_error_after: None,
             corrupt_at: Vec::new(),
             fake: None,
             read_only: false,
@@ -146,6 +155,23 @@ impl SimStickSpec {
     /// with `EIO` at its own offset.
     pub fn write_error_after(mut self, bytes: u64) -> Self {
         self.write_error_after = Some(bytes);
+        self
+    }
+
+    /// Makes the logical block holding `offset` a bad block: every write that
+    /// covers it fails with `EIO` at the write's own offset and puts none of its
+    /// bytes on the medium, as a direct-I/O write to a real device fails as a
+    /// whole without saying which block failed. Repeatable.
+    pub fn write_fails_at(mut self, offset: u64) -> Self {
+        self.write_fails_at.push(offset);
+        self
+    }
+
+    /// Makes the read that would take the total read back past `bytes` return
+    /// the bytes up to the threshold and fail with `EIO` at the first byte it did
+    /// not read; every later read fails with `EIO` at its own offset.
+    pub fn read_error_after(mut self, bytes: u64) -> Self {
+        self.read_error_after = Some(bytes);
         self
     }
 
@@ -533,6 +559,18 @@ impl Inner {
         u64::from(self.spec.logical_block_size)
     }
 
+    /// Whether a write of `len` bytes at `offset` covers a bad block (a short
+    /// final write covers the whole block it ends in, as it is padded to it).
+    fn covers_bad_block(&self, offset: u64, len: usize) -> bool {
+        let block = self.block();
+        let end = (offset + len as u64).div_ceil(block) * block;
+        self.spec
+            .write_fails_at
+            .iter()
+            .map(|bad| bad / block * block)
+            .any(|bad| offset < bad + block && bad < end)
+    }
+
     /// Plans the next piece of a call that still has `remaining` bytes to move.
     fn next_step(&self, direction: Direction, remaining: usize) -> Result<Step, TargetError> {
         let spec = &self.spec;
@@ -567,7 +605,7 @@ impl Inner {
                             .filter(|_| !state.read_stall_fired && !state.released),
                         Trigger::Stall,
                     ),
-                    (None, Trigger::Error),
+                    (spec.read_error_after, Trigger::Error),
                 ],
             ),
         };
@@ -791,6 +829,12 @@ impl TargetWriter for SimWriter {
         let capacity = inner.spec.capacity;
         if offset >= capacity {
             return Err(no_space(offset));
+        }
+        if inner.covers_bad_block(offset, data.len()) {
+            return Err(TargetError::Io {
+                offset,
+                source: io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()),
+            });
         }
         // Like a block device: what fits is written, the rest is ENOSPC.
         let fits = clamp(data.len(), capacity - offset);
@@ -1086,6 +1130,52 @@ mod tests {
         let back = read(&stick, 0, 8192);
         assert_eq!(&back[..6144], &pattern(0, 6144)[..]);
         assert!(back[6144..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_bad_block_fails_every_write_covering_it_as_a_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let stick = stick(
+            &dir,
+            SimStickSpec::new("s", MIB as u64)
+                .block_size(4096)
+                .write_fails_at(3 * 4096 + 100),
+        );
+        let mut writer = stick.open_writer().unwrap();
+        // A write covering the bad block fails at its own offset, writes nothing.
+        let err = writer.write_all_at(0, &pattern(0, 8 * 4096)).unwrap_err();
+        assert_eq!(errno(&err), (0, eio()));
+        assert_eq!(stick.counters().medium_bytes_written, 0);
+        // Around it, writes succeed, also later ones.
+        writer.write_all_at(0, &pattern(0, 3 * 4096)).unwrap();
+        writer
+            .write_all_at(4 * 4096, &pattern(4 * 4096, 4096))
+            .unwrap();
+        let err = writer
+            .write_all_at(3 * 4096, &pattern(3 * 4096, 4096))
+            .unwrap_err();
+        assert_eq!(errno(&err), (3 * 4096, eio()));
+        // A short final write ending inside the bad block covers it.
+        let err = writer
+            .write_all_at(2 * 4096, &pattern(2 * 4096, 4096 + 10))
+            .unwrap_err();
+        assert_eq!(errno(&err), (2 * 4096, eio()));
+    }
+
+    #[test]
+    fn a_read_error_hits_at_the_threshold_and_on_every_later_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let stick = stick(
+            &dir,
+            SimStickSpec::new("s", MIB as u64).read_error_after(6144),
+        );
+        let mut reader = stick.open_reader().unwrap();
+        let mut buf = AlignedBuf::zeroed(4096);
+        assert_eq!(reader.read_at(0, &mut buf).unwrap(), 4096);
+        let err = reader.read_at(4096, &mut buf).unwrap_err();
+        assert_eq!(errno(&err), (6144, eio()));
+        let err = reader.read_at(8192, &mut buf).unwrap_err();
+        assert_eq!(errno(&err), (8192, eio()));
     }
 
     #[test]
