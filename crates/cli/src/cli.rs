@@ -253,7 +253,8 @@ pub struct FlashArgs {
     pub image: String,
     /// Targets: block devices (/dev/sdX, through the target guard), regular files
     /// (created or grown), or simulated sticks `sim:NAME[:key=value,...]` with keys
-    /// capacity, write, read (B/s), fail_after, corrupt_at, fake (real size),
+    /// capacity, write, read (B/s), fail_after, bad_block (an offset whose block
+    /// fails every write), read_fail_after, corrupt_at, fake (real size),
     /// read_only, remove_after, stall_after.
     #[arg(required = true, value_name = "TARGET")]
     pub targets: Vec<String>,

@@ -95,7 +95,13 @@ pub fn parse_targets(
                 });
                 Arc::new(PathTarget::block_device(path, check))
             } else if path.starts_with("/dev") {
-                bail!("{spec} is not a block device");
+                match std::fs::metadata(path) {
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                        bail!("{spec} does not exist (no such device: is the stick plugged in?)")
+                    }
+                    Err(error) => bail!("{spec} cannot be inspected: {error}"),
+                    Ok(_) => bail!("{spec} is not a block device"),
+                }
             } else {
                 Arc::new(PathTarget::file(path, image_size))
             }
@@ -187,6 +193,8 @@ fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec> {
             "write" => spec.write_speed(size(key, value)?),
             "read" => spec.read_speed(size(key, value)?),
             "fail_after" => spec.write_error_after(size(key, value)?),
+            "bad_block" => spec.write_fails_at(size(key, value)?),
+            "read_fail_after" => spec.read_error_after(size(key, value)?),
             "corrupt_at" => spec.corrupt_at(size(key, value)?),
             "fake" => spec.fake_capacity(size(key, value)?, FakeMode::Wrap),
             "read_only" => spec.read_only(),
@@ -194,7 +202,8 @@ fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec> {
             "stall_after" => spec.stall_after_written(size(key, value)?),
             _ => bail!(
                 "sim:{name}: unknown option {key:?} (known: capacity, write, read, fail_after, \
-                 corrupt_at, fake, read_only, remove_after, stall_after)"
+                 bad_block, read_fail_after, corrupt_at, fake, read_only, remove_after, \
+                 stall_after)"
             ),
         };
     }

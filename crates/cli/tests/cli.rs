@@ -145,6 +145,82 @@ fn bad_input_exits_2_with_a_clear_message_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn each_target_that_cannot_be_written_fails_with_its_real_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path());
+    let data = dir.path().join("data");
+    let missing_dir_target = dir.path().join("no-such-dir").join("out.img");
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            image.to_str().unwrap(),
+            missing_dir_target.to_str().unwrap(),
+            "sim:empty:capacity=0",
+            "sim:probe:fail_after=4KiB",
+            "sim:bad:bad_block=2000001",
+            "sim:good",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |i: usize| &summary["targets"][i];
+    // A file target in a missing directory was never there: not `removed`.
+    assert_eq!(row(0)["reason"], "unavailable", "{}", row(0));
+    let detail = row(0)["detail"].as_str().unwrap();
+    assert!(detail.contains("No such file or directory"), "{detail}");
+    assert!(!missing_dir_target.parent().unwrap().exists());
+    // A device of zero bytes holds no medium; it is not "too small".
+    assert_eq!(row(1)["reason"], "no_medium", "{}", row(1));
+    assert_eq!(row(1)["stage"], "preparing");
+    // A write error in the capacity probe says it was the probe.
+    assert_eq!(row(2)["reason"], "probe_error", "{}", row(2));
+    assert_eq!(row(2)["stage"], "preparing");
+    assert_eq!(row(2)["offset"], 1 << 20);
+    let detail = row(2)["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("capacity probe failed: writing"),
+        "{detail}"
+    );
+    // A bad block names its own block, and the failed request it was found in.
+    assert_eq!(row(3)["reason"], "write_error", "{}", row(3));
+    assert_eq!(row(3)["offset"], 2_000_001 / 512 * 512);
+    let detail = row(3)["detail"].as_str().unwrap();
+    assert!(detail.contains("-byte write at offset 0"), "{detail}");
+    assert_eq!(row(4)["verdict"], "pass");
+}
+
+#[test]
+fn a_missing_dev_path_is_said_not_to_exist_and_a_non_block_one_not_to_be_a_block_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path());
+    let data = dir.path().join("data");
+    let missing = "/dev/flashrack-test-no-such-disk";
+    assert!(!Path::new(missing).exists());
+    let out = flashrack(&data, &["flash", image.to_str().unwrap(), missing]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{missing} does not exist")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("not a block device"),
+        "{}",
+        stderr(&out)
+    );
+    let out = flashrack(&data, &["flash", image.to_str().unwrap(), "/dev/null"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/null is not a block device"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn the_station_refuses_to_listen_beyond_loopback_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let out = flashrack(

@@ -419,7 +419,10 @@ mod tests {
         for json in stored {
             let failure: Failure = serde_json::from_str(json).unwrap();
             let again: serde_json::Value = serde_json::to_value(&failure).unwrap();
-            assert_eq!(again, serde_json::from_str::<serde_json::Value>(json).unwrap());
+            assert_eq!(
+                again,
+                serde_json::from_str::<serde_json::Value>(json).unwrap()
+            );
         }
     }
 

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use flashrack_core::{
     AttemptFigures, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure, ImageManifest,
-    Sha256Digest, Stage, TargetId, Verdict, VerifyMethod,
+    ProbeOperation, Sha256Digest, Stage, TargetId, Verdict, VerifyMethod,
 };
 use flashrack_devices::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::probe::{probe_capacity, ProbeResult};
+use crate::narrow::{narrow_failed_write, Narrowed};
+use crate::probe::{probe_capacity, ProbeFailure, ProbeResult};
 use crate::source::{Chunk, SharedSource};
 use crate::{EngineError, VerifyMode};
 
@@ -138,6 +139,87 @@ fn device_failure(stage: Stage, error: TargetError) -> Stop {
     fail(stage, reason)
 }
 
+/// Maps a target error during the capacity probe. An I/O error is the probe's
+/// own failure, named with what it was doing; a removal, a read-only stick or a
+/// stop is what it is in any stage.
+fn probe_failure(ProbeFailure { operation, error }: ProbeFailure) -> Stop {
+    let reason = match error {
+        TargetError::Io { offset, source } => FailReason::ProbeError {
+            operation,
+            offset: matches!(operation, ProbeOperation::Write | ProbeOperation::Read)
+                .then_some(offset),
+            detail: source.to_string(),
+        },
+        TargetError::Open(detail) => FailReason::ProbeError {
+            operation,
+            offset: None,
+            detail,
+        },
+        other => return device_failure(Stage::Preparing, other),
+    };
+    fail(Stage::Preparing, reason)
+}
+
+/// Maps a failed write of `data` at `offset` in the write pass. An I/O error is
+/// narrowed down to the block that fails (see [`crate::narrow`]): the verdict's
+/// offset is that block's, and its detail says which request failed (offset and
+/// length) and how the block was found, or why it was not.
+fn write_failure(
+    ctx: &AttemptContext,
+    writer: &mut dyn TargetWriter,
+    offset: u64,
+    data: &[u8],
+    block: usize,
+    error: TargetError,
+) -> Stop {
+    let TargetError::Io {
+        offset: failed_at,
+        source: original,
+    } = error
+    else {
+        return device_failure(Stage::Writing, error);
+    };
+    let progress = &ctx.progress;
+    let request = format!("{}-byte write at offset {offset}", data.len());
+    let narrowed = narrow_failed_write(
+        writer,
+        offset,
+        data,
+        failed_at,
+        block,
+        &progress.cancel,
+        || progress.beat(),
+    );
+    let (offset, detail) = match narrowed {
+        Narrowed::Block {
+            offset,
+            len,
+            source,
+        } => {
+            let mut detail = format!(
+                "{source} in the {len}-byte block there, narrowed down from the failed {request}"
+            );
+            if source.to_string() != original.to_string() {
+                detail.push_str(&format!(" (which failed with: {original})"));
+            }
+            (offset, detail)
+        }
+        Narrowed::NotRepeated => (
+            failed_at,
+            format!(
+                "{original} in the {request}; written again in smaller pieces it succeeded, \
+                 so the failing block is unknown"
+            ),
+        ),
+        Narrowed::Cancelled => (
+            failed_at,
+            format!("{original} in the {request} (stopped before the failing block was found)"),
+        ),
+        Narrowed::Target(other) => return device_failure(Stage::Writing, other),
+    };
+    fail(Stage::Writing, FailReason::WriteError { offset, detail })
+}
+
 struct Reporter<'a> {
     ctx: &'a AttemptContext,
     stage: Stage,
@@ -200,6 +282,11 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
         .geometry()
         .map_err(|e| device_failure(Stage::Preparing, e))?;
     figures.capacity = ByteSize(geometry.capacity);
+    // A card reader without a card (or a stick whose controller lost its
+    // flash) reports zero bytes: that is no medium, not a small one.
+    if geometry.capacity == 0 {
+        return Err(fail(Stage::Preparing, FailReason::NoMedium));
+    }
     if geometry.capacity < image_size {
         return Err(fail(
             Stage::Preparing,
@@ -227,14 +314,14 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
                     },
                 ))
             }
-            Err(e) => return Err(device_failure(Stage::Preparing, e)),
+            Err(failure) => return Err(probe_failure(failure)),
         }
     }
     if ctx.progress.cancel.load(Ordering::Relaxed) {
         return Err(fail(Stage::Preparing, FailReason::Interrupted));
     }
 
-    write_image(ctx, &mut *writer, figures)?;
+    write_image(ctx, &mut *writer, block, figures)?;
 
     // The writer (and with it the exclusive claim on a block device) is kept until
     // the read-back is done, so nobody can mount or write the stick in between.
@@ -298,6 +385,7 @@ fn spawn_helper<'scope, T: Send + 'scope>(
 fn write_image(
     ctx: &AttemptContext,
     writer: &mut dyn TargetWriter,
+    block: usize,
     figures: &mut AttemptFigures,
 ) -> Result<(), Stop> {
     let source = &*ctx.source;
@@ -331,9 +419,9 @@ fn write_image(
                 Chunk::Zero => &source.zeros()[..len],
                 Chunk::Data(data) => data,
             };
-            writer
-                .write_all_at(offset, data)
-                .map_err(|e| device_failure(Stage::Writing, e))?;
+            if let Err(error) = writer.write_all_at(offset, data) {
+                return Err(write_failure(ctx, writer, offset, data, block, error));
+            }
             drop(chunk);
             figures.bytes_written = offset + len as u64;
             report.advance(figures.bytes_written)?;
@@ -602,12 +690,13 @@ fn is_zero(data: &[u8]) -> bool {
         .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// The sha256 of what the target holds where the image should be, after a
-/// mismatch in the piece `bad`: the chunks before it and the pieces of its chunk
-/// before it (`matched`) equal the image, so they are hashed from the source;
-/// from the bad piece on, what the target returns is hashed (the reader thread
-/// carries on to the end of the image). `None` (an `Err`) if a read fails or
-/// the attempt is cancelled on the way.
+/// The sha256 of the target's first image-size bytes, after a mismatch in the
+/// piece `bad`: the chunks before it and the pieces of its chunk before it
+/// (`matched`) equal the image, so they are hashed from the source; from the bad
+/// piece on, what the target returns is hashed (the reader thread carries on to
+/// the end of the image). `None` (an `Err`) when they cannot all be hashed: a
+/// read fails, the target ends before the image does, or the attempt is
+/// cancelled on the way.
 fn read_back_digest_after_mismatch(
     source: &SharedSource,
     feed: &PieceFeed<'_>,
@@ -627,7 +716,17 @@ fn read_back_digest_after_mismatch(
     for span in spans {
         let Piece { buf, read } = feed.next()?;
         let n = read.map_err(|e| device_failure(Stage::Verifying, e))?;
-        hasher.update(&buf[..n.min(span.len)]);
+        if n < span.len {
+            // A digest of fewer bytes would pass for the stick's content.
+            return Err(fail(
+                Stage::Verifying,
+                FailReason::ReadError {
+                    offset: span.offset() + n as u64,
+                    detail: "the target ended before the image did".into(),
+                },
+            ));
+        }
+        hasher.update(&buf[..span.len]);
         feed.done(buf);
     }
     Ok(Sha256Digest::from_hasher(hasher))

@@ -17,6 +17,8 @@
 //!   keeps the device busy while the CPU works (next source chunk fetched during a
 //!   write, next piece read back during a compare);
 //! - [`probe`]: the capacity probe that catches sticks lying about their size;
+//! - `narrow`: a failed write written again in smaller pieces, down to the
+//!   block that fails, so that a write error names that block;
 //! - [`fanout`]: starts attempts, watches them for stalls, and turns their ends
 //!   into verdicts; [`flash_all`] is the one-shot entry point.
 //!
@@ -27,6 +29,7 @@
 pub mod attempt;
 pub mod fanout;
 pub mod mapped;
+mod narrow;
 pub mod probe;
 pub mod source;
 

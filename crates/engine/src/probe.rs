@@ -13,6 +13,7 @@
 //! The markers lie outside the image only where the image is smaller than the
 //! stick; inside it they are overwritten by the image itself.
 
+use flashrack_core::ProbeOperation;
 use flashrack_devices::{AlignedBuf, Target, TargetError, TargetWriter};
 
 /// Size of one marker block.
@@ -56,6 +57,22 @@ pub fn probe_offsets(capacity: u64) -> Vec<u64> {
     offsets
 }
 
+/// The target failed the probe before it could tell: what the probe was doing,
+/// and the target's error.
+#[derive(Debug)]
+pub struct ProbeFailure {
+    /// What the probe was doing.
+    pub operation: ProbeOperation,
+    /// What the target said.
+    pub error: TargetError,
+}
+
+impl ProbeFailure {
+    fn of(operation: ProbeOperation) -> impl FnOnce(TargetError) -> Self {
+        move |error| Self { operation, error }
+    }
+}
+
 /// Fills `buf` with the marker for `offset`: unique per attempt (`nonce`) and per
 /// offset, and not mistakable for zeros or for another marker.
 fn fill_marker(buf: &mut [u8], nonce: u64, offset: u64) {
@@ -81,25 +98,34 @@ fn is_replaced(back: &[u8], marker: &[u8]) -> bool {
 }
 
 /// Writes the markers through `writer`, flushes, and reads them back through a
-/// fresh reader of `target`.
+/// fresh reader of `target`. An error of the target comes back with what the
+/// probe was doing, so that the verdict can say it was the probe.
 pub fn probe_capacity(
     target: &dyn Target,
     writer: &mut dyn TargetWriter,
     capacity: u64,
     nonce: u64,
-) -> Result<ProbeResult, TargetError> {
+) -> Result<ProbeResult, ProbeFailure> {
     let offsets = probe_offsets(capacity);
     let mut marker = AlignedBuf::zeroed(MARKER_SIZE);
     for &offset in &offsets {
         fill_marker(&mut marker, nonce, offset);
-        writer.write_all_at(offset, &marker)?;
+        writer
+            .write_all_at(offset, &marker)
+            .map_err(ProbeFailure::of(ProbeOperation::Write))?;
     }
-    writer.flush()?;
-    let mut reader = target.open_reader()?;
+    writer
+        .flush()
+        .map_err(ProbeFailure::of(ProbeOperation::Flush))?;
+    let mut reader = target
+        .open_reader()
+        .map_err(ProbeFailure::of(ProbeOperation::Open))?;
     let mut back = AlignedBuf::zeroed(MARKER_SIZE);
     for &offset in &offsets {
         fill_marker(&mut marker, nonce, offset);
-        let n = reader.read_at(offset, &mut back)?;
+        let n = reader
+            .read_at(offset, &mut back)
+            .map_err(ProbeFailure::of(ProbeOperation::Read))?;
         if n != MARKER_SIZE || is_replaced(&back, &marker) {
             return Ok(ProbeResult::Lie { offset });
         }

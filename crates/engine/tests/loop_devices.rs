@@ -17,7 +17,7 @@ use flashrack_devices::guard::{check_path, GuardPolicy, GuardRequest};
 use flashrack_devices::{
     AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter,
 };
-use flashrack_engine::{flash_all, EngineOptions};
+use flashrack_engine::{flash_all, EngineOptions, VerifyMode};
 use flashrack_testkit::{require_root, run, LoopDevice};
 use tokio::sync::mpsc;
 
@@ -201,11 +201,13 @@ async fn a_mounted_loop_device_is_refused_by_the_guard() {
 }
 
 /// A real block device whose medium is damaged after the write and before the
-/// read-back, as a failing stick would.
+/// read-back, as a failing stick would; and, with `shrink_to`, that then ends
+/// early (its backing file cut to that size and the loop device resized).
 struct DamagedBeforeVerify {
     inner: PathTarget,
     backing: PathBuf,
     offset: u64,
+    shrink_to: Option<u64>,
 }
 
 impl Target for DamagedBeforeVerify {
@@ -227,7 +229,13 @@ impl Target for DamagedBeforeVerify {
         let mut byte = [0u8; 1];
         file.read_exact_at(&mut byte, self.offset).unwrap();
         file.write_all_at(&[!byte[0]], self.offset).unwrap();
+        if let Some(size) = self.shrink_to {
+            file.set_len(size).unwrap();
+        }
         file.sync_all().unwrap();
+        if self.shrink_to.is_some() {
+            run("losetup", &["-c", self.inner.path().to_str().unwrap()]);
+        }
         self.inner.open_reader()
     }
 }
@@ -237,42 +245,149 @@ async fn verification_reads_the_medium_and_reports_the_first_bad_offset() {
     require_root(&["losetup"]);
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 6 * MIB as usize, 14);
-    let device = LoopDevice::new(16 * MIB);
-    let offset = 5 * MIB + 777;
-    let target: Arc<dyn Target> = Arc::new(DamagedBeforeVerify {
-        inner: PathTarget::block_device(device.path(), loop_guard(6 * MIB)),
-        backing: device.backing().to_path_buf(),
-        offset,
-    });
+    for verify in [VerifyMode::Compare, VerifyMode::Hash] {
+        let device = LoopDevice::new(16 * MIB);
+        let offset = 5 * MIB + 777;
+        let target: Arc<dyn Target> = Arc::new(DamagedBeforeVerify {
+            inner: PathTarget::block_device(device.path(), loop_guard(6 * MIB)),
+            backing: device.backing().to_path_buf(),
+            offset,
+            shrink_to: None,
+        });
+        let (tx, _rx) = mpsc::unbounded_channel();
+        // No probe: its own read-back would open a reader (and damage the
+        // medium) before the image is written.
+        let options = EngineOptions {
+            probe_capacity: false,
+            verify,
+            ..options()
+        };
+        let results = flash_all(
+            &image,
+            vec![(TargetId::new("damaged"), target)],
+            options,
+            tx,
+        )
+        .await
+        .unwrap();
+        let (_, verdict, figures) = &results[0];
+        assert_eq!(
+            verdict.failure().map(|f| &f.reason),
+            Some(&FailReason::VerifyMismatch { offset }),
+            "{verify:?}"
+        );
+        let read_back = figures
+            .read_back_sha256
+            .expect("digest of what the medium holds");
+        assert_ne!(read_back, image.manifest.sha256());
+        // The digest of the stick's first image-size bytes: its medium.
+        let medium = std::fs::read(device.backing()).unwrap();
+        assert_eq!(
+            read_back,
+            flashrack_core::Sha256Digest::of(&medium[..6 * MIB as usize]),
+            "{verify:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_ends_before_the_image_after_a_mismatch_claims_no_digest() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 6 * MIB as usize, 17);
+    for verify in [VerifyMode::Compare, VerifyMode::Hash] {
+        let device = LoopDevice::new(16 * MIB);
+        let offset = MIB + 777;
+        // Damaged at 1 MiB, then cut to 3 MiB: the rest of the image cannot be
+        // read back, so no digest can be the stick's first image-size bytes.
+        let target: Arc<dyn Target> = Arc::new(DamagedBeforeVerify {
+            inner: PathTarget::block_device(device.path(), loop_guard(6 * MIB)),
+            backing: device.backing().to_path_buf(),
+            offset,
+            shrink_to: Some(3 * MIB),
+        });
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let options = EngineOptions {
+            probe_capacity: false,
+            verify,
+            ..options()
+        };
+        let results = flash_all(&image, vec![(TargetId::new("cut"), target)], options, tx)
+            .await
+            .unwrap();
+        let (_, verdict, figures) = &results[0];
+        assert_eq!(
+            verdict.failure().map(|f| &f.reason),
+            Some(&FailReason::VerifyMismatch { offset }),
+            "{verify:?}"
+        );
+        assert_eq!(figures.read_back_sha256, None, "{verify:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_protected_loop_device_fails_as_read_only_and_is_untouched() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 18);
+    let device = LoopDevice::new_read_only(8 * MIB);
+    std::fs::write(device.backing(), vec![0xEEu8; 8 * MIB as usize]).unwrap();
+    let target: Arc<dyn Target> =
+        Arc::new(PathTarget::block_device(device.path(), loop_guard(MIB)));
     let (tx, _rx) = mpsc::unbounded_channel();
-    // No probe: its own read-back would open a reader (and damage the medium)
-    // before the image is written.
-    let options = EngineOptions {
-        probe_capacity: false,
-        ..options()
-    };
+    // With the capacity probe: not even a marker may be tried.
+    let results = flash_all(&image, vec![(TargetId::new("ro"), target)], options(), tx)
+        .await
+        .unwrap();
+    let (_, verdict, figures) = &results[0];
+    let failure = verdict.failure().expect("a read-only device cannot pass");
+    assert_eq!(failure.reason, FailReason::ReadOnly, "{failure}");
+    assert_eq!(failure.stage, flashrack_core::Stage::Preparing);
+    assert_eq!(figures.bytes_written, 0);
+    let medium = std::fs::read(device.backing()).unwrap();
+    assert!(medium.iter().all(|&b| b == 0xEE), "nothing was written");
+}
+
+#[test]
+fn a_device_made_read_only_while_open_refuses_the_next_write_as_read_only() {
+    require_root(&["losetup", "blockdev"]);
+    let device = LoopDevice::new(4 * MIB);
+    let target = PathTarget::block_device(device.path(), loop_guard(MIB));
+    let mut writer = target.open_writer().unwrap();
+    let data = AlignedBuf::zeroed(64 * 1024);
+    writer.write_all_at(0, &data).unwrap();
+    // As a stick's write-protect switch flipped while it is written.
+    run("blockdev", &["--setro", device.path().to_str().unwrap()]);
+    let error = writer.write_all_at(64 * 1024, &data).unwrap_err();
+    assert!(matches!(error, TargetError::ReadOnly), "{error:?}");
+    drop(writer);
+    run("blockdev", &["--setrw", device.path().to_str().unwrap()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_device_of_zero_bytes_has_no_medium() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 19);
+    let device = LoopDevice::new(0);
+    let target: Arc<dyn Target> =
+        Arc::new(PathTarget::block_device(device.path(), loop_guard(MIB)));
+    let (tx, _rx) = mpsc::unbounded_channel();
     let results = flash_all(
         &image,
-        vec![(TargetId::new("damaged"), target)],
-        options,
+        vec![(TargetId::new("empty"), target)],
+        options(),
         tx,
     )
     .await
     .unwrap();
-    let (_, verdict, figures) = &results[0];
-    assert_eq!(
-        verdict.failure().map(|f| &f.reason),
-        Some(&FailReason::VerifyMismatch { offset })
-    );
-    let read_back = figures
-        .read_back_sha256
-        .expect("digest of what the medium holds");
-    assert_ne!(read_back, image.manifest.sha256());
-    let medium = std::fs::read(device.backing()).unwrap();
-    assert_eq!(
-        read_back,
-        flashrack_core::Sha256Digest::of(&medium[..6 * MIB as usize])
-    );
+    let failure = results[0]
+        .1
+        .failure()
+        .expect("no medium cannot pass")
+        .clone();
+    assert_eq!(failure.reason, FailReason::NoMedium, "{failure}");
+    assert_eq!(failure.stage, flashrack_core::Stage::Preparing);
 }
 
 /// Bytes of `path` resident in the page cache.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    EngineEvent, EngineEventKind, FailReason, Stage, TargetId, Verdict, VerifyMethod,
+    EngineEvent, EngineEventKind, FailReason, ProbeOperation, Stage, TargetId, Verdict,
+    VerifyMethod,
 };
 use flashrack_devices::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
 use flashrack_devices::Target;
@@ -560,4 +561,235 @@ async fn an_operator_stop_during_the_read_back_interrupts_it() {
         stick.counters().bytes_read < 4 * MIB,
         "stopped before the end"
     );
+}
+
+/// The first failure of a one-stick run.
+async fn only_failure(
+    image: &flashrack_engine::SourceImage,
+    spec: SimStickSpec,
+    dir: &std::path::Path,
+    options: EngineOptions,
+) -> (
+    flashrack_core::Failure,
+    flashrack_core::AttemptFigures,
+    SimRack,
+) {
+    let rack = SimRack::create(dir.join("rack"), [spec]).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut results = flash_all(image, targets(&rack), options, tx).await.unwrap();
+    let (_, verdict, figures) = results.remove(0);
+    let failure = verdict.failure().cloned().expect("the stick fails");
+    (failure, figures, rack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_error_names_the_failing_block_not_the_start_of_the_failed_write() {
+    // Chunks of 4 MiB, as the image cache makes them: one failed write covers
+    // 4 MiB, and a bad block 3.7 MB into it must not be reported 3.7 MB early.
+    let chunk = 4 << 20;
+    let bytes = flashrack_testkit::image_bytes(10 << 20, 21, 1 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, chunk);
+    let image = flashrack_engine::SourceImage { path, manifest };
+    let bad = u64::from(chunk) + 3_700_001;
+    for block in [512u32, 4096] {
+        let sub = tempfile::tempdir().unwrap();
+        let spec = SimStickSpec::new("bad-block", 64 * MIB)
+            .block_size(block)
+            .write_fails_at(bad);
+        let (failure, figures, _rack) = only_failure(&image, spec, sub.path(), options()).await;
+        assert_eq!(failure.stage, Stage::Writing);
+        let block_offset = bad / u64::from(block) * u64::from(block);
+        match &failure.reason {
+            FailReason::WriteError { offset, detail } => {
+                assert_eq!(*offset, block_offset, "{block}: {detail}");
+                assert!(
+                    detail.contains(&format!("{block}-byte block"))
+                        && detail.contains(&format!("{chunk}-byte write at offset {chunk}")),
+                    "{detail}"
+                );
+            }
+            other => panic!("{block}: expected a write error, got {other:?}"),
+        }
+        // The chunk before the bad one was written; the figure says so.
+        assert_eq!(figures.bytes_written, u64::from(chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_during_the_capacity_probe_says_it_was_the_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 22);
+    // The probe's first marker (at 0) is written, the second (at 1 MiB) fails.
+    let (failure, figures, rack) = only_failure(
+        &image,
+        SimStickSpec::new("probe-write", 64 * MIB).write_error_after(4096),
+        dir.path(),
+        options(),
+    )
+    .await;
+    assert_eq!(failure.stage, Stage::Preparing);
+    assert_eq!(
+        failure.reason,
+        FailReason::ProbeError {
+            operation: ProbeOperation::Write,
+            offset: Some(MIB),
+            detail: "Input/output error (os error 5)".into(),
+        }
+    );
+    assert_eq!(figures.bytes_written, 0);
+    drop(rack);
+    // Reading the markers back fails at the first one.
+    let (failure, _, _rack) = only_failure(
+        &image,
+        SimStickSpec::new("probe-read", 64 * MIB).read_error_after(0),
+        dir.path(),
+        options(),
+    )
+    .await;
+    assert_eq!(failure.stage, Stage::Preparing);
+    assert!(
+        matches!(
+            failure.reason,
+            FailReason::ProbeError {
+                operation: ProbeOperation::Read,
+                offset: Some(0),
+                ..
+            }
+        ),
+        "{failure:?}"
+    );
+    assert!(failure
+        .to_string()
+        .starts_with("capacity probe failed: reading"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_of_zero_bytes_has_no_medium_and_is_not_called_too_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 23);
+    let (failure, figures, rack) = only_failure(
+        &image,
+        SimStickSpec::new("empty-reader", 0),
+        dir.path(),
+        options(),
+    )
+    .await;
+    assert_eq!(failure.reason, FailReason::NoMedium);
+    assert_eq!(failure.stage, Stage::Preparing);
+    assert_eq!(figures.bytes_written, 0);
+    assert_eq!(rack.sticks()[0].counters().bytes_written, 0);
+}
+
+/// The sha256 of the stick's first `len` bytes, computed apart from the
+/// engine: its medium (the backing file) as a reader of the stick gets it,
+/// with the bytes it corrupts on the way out flipped.
+fn stick_digest(stick: &SimStick, len: usize) -> flashrack_core::Sha256Digest {
+    let mut medium = std::fs::read(stick.path()).unwrap();
+    medium.truncate(len);
+    for &bad in &stick.spec().corrupt_at {
+        if let Some(byte) = medium.get_mut(bad as usize) {
+            *byte ^= 0xff;
+        }
+    }
+    flashrack_core::Sha256Digest::of(&medium)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_mismatch_the_read_back_digest_is_the_sticks_first_image_size_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 2 * MIB as usize + 3000;
+    let (image, _) = common::make_image(dir.path(), size, 24);
+    let image = with_fingerprints(&image);
+    let manifest = &image.manifest;
+    let chunk = u64::from(common::CHUNK);
+    let zero_chunk = (0..manifest.chunk_count())
+        .find(|&i| matches!(manifest.chunk_kind(i), flashrack_core::ChunkKind::Zero))
+        .expect("the test image has a zero chunk");
+    let last = manifest.chunk_count() - 1;
+    let cases = [
+        // A byte in a hole of the image (a zero chunk is compared as zeros).
+        ("zero-chunk", vec![zero_chunk * chunk + chunk / 2 + 1]),
+        // The mismatch in the last, short piece, and nothing read after it.
+        ("last-piece", vec![last * chunk + 5]),
+        // The first byte of the second half of a chunk, and a later one.
+        ("half", vec![3 * chunk + chunk / 2, size as u64 - 2]),
+    ];
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        cases.iter().map(|(name, bad)| {
+            bad.iter()
+                .fold(SimStickSpec::new(*name, 4 * MIB), |spec, &b| {
+                    spec.corrupt_at(b)
+                })
+        }),
+    )
+    .unwrap();
+    for verify in [VerifyMode::Compare, VerifyMode::Hash] {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let options = EngineOptions {
+            verify,
+            ..options()
+        };
+        let results = flash_all(&image, targets(&rack), options, tx)
+            .await
+            .unwrap();
+        for ((id, verdict, figures), ((_, bad), stick)) in
+            results.iter().zip(cases.iter().zip(rack.sticks()))
+        {
+            assert_eq!(
+                reason_of(verdict),
+                Some(&FailReason::VerifyMismatch { offset: bad[0] }),
+                "{verify:?} {id}"
+            );
+            assert_eq!(
+                figures.read_back_sha256,
+                Some(stick_digest(stick, size)),
+                "{verify:?} {id}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_rest_cannot_be_read_after_a_mismatch_no_digest_is_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 2 * MIB as usize;
+    let (image, _) = common::make_image(dir.path(), size, 25);
+    let image = with_fingerprints(&image);
+    // Without the probe, the read-back is the only reader: the thresholds
+    // count from the image's first byte. The mismatch is early; the read
+    // error, or the pull, comes after it.
+    let options = EngineOptions {
+        probe_capacity: false,
+        ..options()
+    };
+    for verify in [VerifyMode::Compare, VerifyMode::Hash] {
+        // Fresh sticks per pass: the thresholds count over a stick's life.
+        let rack = SimRack::create(
+            dir.path().join(format!("rack-{verify:?}")),
+            [
+                SimStickSpec::new("read-error", 4 * MIB)
+                    .corrupt_at(1000)
+                    .read_error_after(MIB + 4096),
+                SimStickSpec::new("pulled", 4 * MIB)
+                    .corrupt_at(1000)
+                    .remove_after_read(MIB + 4096),
+            ],
+        )
+        .unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let options = EngineOptions { verify, ..options };
+        for (id, verdict, figures) in flash_all(&image, targets(&rack), options, tx)
+            .await
+            .unwrap()
+        {
+            assert_eq!(
+                reason_of(&verdict),
+                Some(&FailReason::VerifyMismatch { offset: 1000 }),
+                "{verify:?} {id}"
+            );
+            assert_eq!(figures.read_back_sha256, None, "{verify:?} {id}");
+        }
+    }
 }

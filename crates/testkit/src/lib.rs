@@ -55,15 +55,34 @@ pub struct LoopDevice {
 }
 
 impl LoopDevice {
-    /// Attaches a new loop device over a fresh `size`-byte backing file.
+    /// Attaches a new loop device over a fresh `size`-byte backing file. A size
+    /// of zero gives a block device of zero bytes, as a card reader without a
+    /// card reports.
     pub fn new(size: u64) -> Self {
+        Self::attach(size, false)
+    }
+
+    /// Attaches a new read-only loop device (`losetup -r`) over a fresh
+    /// `size`-byte backing file: the kernel sets the device's `ro` flag, opens
+    /// it for writing and refuses every write with `EPERM`, as it does for a
+    /// stick whose write-protect switch is on.
+    pub fn new_read_only(size: u64) -> Self {
+        Self::attach(size, true)
+    }
+
+    fn attach(size: u64, read_only: bool) -> Self {
         require_root(&["losetup"]);
         let dir = tempfile::tempdir_in(scratch_dir()).expect("temporary directory");
         let backing = dir.path().join("backing.img");
         fs::File::create(&backing)
             .and_then(|f| f.set_len(size))
             .expect("backing file");
-        let out = run("losetup", &["--find", "--show", backing.to_str().unwrap()]);
+        let mut args = vec!["--find", "--show"];
+        if read_only {
+            args.push("--read-only");
+        }
+        args.push(backing.to_str().unwrap());
+        let out = run("losetup", &args);
         let path = PathBuf::from(out.trim());
         assert!(
             path.to_string_lossy().starts_with("/dev/loop"),
@@ -84,6 +103,12 @@ impl LoopDevice {
     /// The backing file: the loop device's medium.
     pub fn backing(&self) -> &Path {
         &self.backing
+    }
+
+    /// Makes the kernel read the backing file's size again (`losetup -c`), as
+    /// after the test has truncated or grown it: the device changes size.
+    pub fn refresh_capacity(&self) {
+        run("losetup", &["-c", self.path.to_str().unwrap()]);
     }
 
     /// The kernel name, e.g. `loop3`.
