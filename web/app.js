@@ -97,8 +97,10 @@
   function reasonText(v) {
     switch (v.reason) {
       case 'too_small': return `too small: holds ${fmtBytes(v.capacity)}, the image needs ${fmtBytes(v.needed)}`;
+      case 'no_medium': return 'no medium: the device reports a capacity of 0 bytes';
       case 'read_only': return 'read-only: the stick refuses writes';
       case 'capacity_lie': return `fake capacity: claims ${fmtBytes(v.claimed)} but loses data written ${v.first_bad_offset ? `at ${fmtBytes(v.first_bad_offset)}` : 'from the first byte'}`;
+      case 'probe_error': return `capacity probe failed (${v.operation || 'unknown operation'}${v.offset != null ? ` at ${fmtBytes(v.offset)}` : ''}): ${v.detail || 'no detail'}`;
       case 'write_error': return `write error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;
       case 'flush_error': return `flush failed: ${v.detail || 'no detail'}`;
       case 'read_error': return `read error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;

@@ -356,12 +356,11 @@ fn a_device_made_read_only_while_open_refuses_the_next_write_as_read_only() {
     let mut writer = target.open_writer().unwrap();
     let data = AlignedBuf::zeroed(64 * 1024);
     writer.write_all_at(0, &data).unwrap();
-    // As a stick's write-protect switch flipped while it is written.
+    // As a stick's write-protect switch flipped while it is written. (The
+    // flag outlives the loop device: `LoopDevice` clears it when dropped.)
     run("blockdev", &["--setro", device.path().to_str().unwrap()]);
     let error = writer.write_all_at(64 * 1024, &data).unwrap_err();
     assert!(matches!(error, TargetError::ReadOnly), "{error:?}");
-    drop(writer);
-    run("blockdev", &["--setrw", device.path().to_str().unwrap()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

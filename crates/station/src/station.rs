@@ -950,6 +950,7 @@ impl Station {
             Ok((
                 Verdict::Fail(Failure {
                     reason: FailReason::WriteError { .. }
+                        | FailReason::ProbeError { .. }
                         | FailReason::ReadError { .. }
                         | FailReason::FlushError { .. }
                         | FailReason::Unavailable { .. }

@@ -233,14 +233,17 @@ async fn pulling_a_stick_mid_write_fails_it_as_removed_and_the_others_carry_on()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_io_error_followed_by_the_removal_is_a_removed_stick_not_a_bad_one() {
-    let rig = rig(2, GuardPolicy::default()).await;
+    let rig = rig(3, GuardPolicy::default()).await;
     rig.arm(RunOptions::default()).await.unwrap();
     // Both sticks fail a write with EIO at once, as a pulled USB stick does
-    // before udev reports it gone; one of them is then reported gone.
+    // before udev reports it gone; one of them is then reported gone. A third
+    // fails so in the capacity probe (its second marker), and is pulled too.
     let pulled = rig.plug(1, "PULLED", healthy().write_error_after(512 * 1024));
     rig.plug(2, "BAD", healthy().write_error_after(512 * 1024));
+    let pulled_in_probe = rig.plug(3, "PROBE", healthy().write_error_after(4096));
     tokio::time::sleep(Duration::from_millis(100)).await;
     rig.control.pull(&pulled).unwrap();
+    rig.control.pull(&pulled_in_probe).unwrap();
     let snap = rig
         .until("the bad one failed", |s| {
             state(s, "A2") == PortState::Failed
@@ -266,7 +269,11 @@ async fn an_io_error_followed_by_the_removal_is_a_removed_stick_not_a_bad_one() 
                 .map(|f| f.reason.code())
         })
         .collect();
-    assert!(reasons.contains(&Some("removed")), "{reasons:?}");
+    assert_eq!(
+        reasons.iter().filter(|r| **r == Some("removed")).count(),
+        2,
+        "{reasons:?}"
+    );
     assert!(reasons.contains(&Some("write_error")), "{reasons:?}");
 }
 

@@ -124,6 +124,13 @@ impl LoopDevice {
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         // Best effort: a failure here must not hide the test's own panic.
+        // A read-only flag a test set (`blockdev --setro`) outlives the
+        // attachment: clear it, or the next loop device under this name, in
+        // whatever test or process, would refuse every write.
+        let _ = Command::new("blockdev")
+            .arg("--setrw")
+            .arg(&self.path)
+            .status();
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
     }
 }
