@@ -29,7 +29,7 @@
 //! | `finished_at` | when it finished |
 //! | `verdict` | `pass`, `fail`, `interrupted` (operator, shutdown or crash: says nothing about the stick) or `running` |
 //! | `stage` | the last stage reached (the failing one for a failure): `preparing`, `writing`, `flushing`, `verifying` |
-//! | `reason_code` | the failure's stable code: `too_small`, `read_only`, `capacity_lie`, `write_error`, `flush_error`, `read_error`, `verify_mismatch`, `removed`, `stalled`, `refused`, `unavailable`, `interrupted` |
+//! | `reason_code` | the failure's stable code: `too_small`, `no_medium`, `read_only`, `capacity_lie`, `probe_error`, `write_error`, `flush_error`, `read_error`, `verify_mismatch`, `removed`, `stalled`, `refused`, `unavailable`, `interrupted` |
 //! | `reason_detail` | the failure in words |
 //! | `fail_offset` | the byte offset the failure is tied to |
 //! | `bytes_written` | bytes written |
@@ -38,7 +38,7 @@
 //! | `bytes_verified` | bytes read back from the medium |
 //! | `verify_secs` | seconds spent reading back (3 decimals) |
 //! | `verify_mb_s` | read-back speed in MB/s (2 decimals) |
-//! | `read_back_sha256` | the sha256 of what was read back |
+//! | `read_back_sha256` | the sha256 of what was read back: the image's on a pass; on a `verify_mismatch`, of the stick's first image-size bytes, absent when they could not all be read |
 //! | `verify_method` | how the read-back was checked: `none`, `compare`, `hash` |
 //!
 //! # JSON
