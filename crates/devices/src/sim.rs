@@ -17,7 +17,11 @@
 //! - **removed**: by [`SimStick::remove`] from any thread, or scripted after N bytes
 //!   written or read back;
 //! - **stalled**: a call stops responding after N bytes until the stick is removed,
-//!   [`SimStick::release`]d or dropped.
+//!   [`SimStick::release`]d or dropped;
+//! - **hung**: a call never returns after N bytes, whatever happens to the stick
+//!   (removal, the last handle dropped), until [`SimStick::release`] or the end of
+//!   the process: a `write()` or `read()` stuck in the kernel, which no one can
+//!   cancel.
 //!
 //! Byte counts that trigger faults ("after N bytes") are totals over the stick's life,
 //! across every writer (respectively reader) opened on it, so the engine's capacity
@@ -101,6 +105,10 @@ pub struct SimStickSpec {
     pub stall_after_written: Option<u64>,
     /// Stops responding once this many bytes have been read back.
     pub stall_after_read: Option<u64>,
+    /// Never returns (until released) once this many bytes have been written.
+    pub hang_after_written: Option<u64>,
+    /// Never returns (until released) once this many bytes have been read back.
+    pub hang_after_read: Option<u64>,
 }
 
 impl SimStickSpec {
@@ -122,6 +130,8 @@ impl SimStickSpec {
             remove_after_read: None,
             stall_after_written: None,
             stall_after_read: None,
+            hang_after_written: None,
+            hang_after_read: None,
         }
     }
 
@@ -220,6 +230,23 @@ impl SimStickSpec {
         self
     }
 
+    /// Hangs the write that would take the total written past `bytes`, after
+    /// writing the bytes up to the threshold: the call never returns, even when
+    /// the stick is removed or dropped, until [`SimStick::release`] (a write stuck
+    /// in the kernel).
+    pub fn hang_after_written(mut self, bytes: u64) -> Self {
+        self.hang_after_written = Some(bytes);
+        self
+    }
+
+    /// Hangs the read that would take the total read past `bytes`, after reading
+    /// the bytes up to the threshold, until [`SimStick::release`] (a read stuck in
+    /// the kernel).
+    pub fn hang_after_read(mut self, bytes: u64) -> Self {
+        self.hang_after_read = Some(bytes);
+        self
+    }
+
     /// Bytes the backing file really holds.
     fn stored_size(&self) -> u64 {
         self.fake.map_or(self.capacity, |fake| fake.real_size)
@@ -241,6 +268,13 @@ impl SimStickSpec {
             if fake.real_size == 0 || fake.real_size > self.capacity {
                 return invalid("real size must be non-zero and at most the capacity");
             }
+        }
+        // A file offset is signed: no file (and no block device) holds more.
+        if i64::try_from(self.stored_size()).is_err() {
+            return invalid(
+                "a simulated stick stores at most 8 EiB (2^63 - 1 bytes, the largest file); \
+                 a stick that claims more must store less (a fake capacity)",
+            );
         }
         Ok(())
     }
@@ -264,7 +298,8 @@ pub struct SimCounters {
 ///
 /// Cheap to clone: clones share one stick. When the last clone is dropped the stick
 /// counts as removed, so calls still blocked in a stall or a pacing sleep return
-/// [`TargetError::Removed`] instead of hanging forever.
+/// [`TargetError::Removed`] instead of hanging forever (a hang, by design, does not
+/// end that way: only [`SimStick::release`] or the end of the process ends it).
 #[derive(Clone)]
 pub struct SimStick {
     // The handle, not the inner state, is what clones share: its `Drop` marks the
@@ -307,7 +342,9 @@ struct State {
     read: u64,
     write_stall_fired: bool,
     read_stall_fired: bool,
-    /// Calls currently blocked in a stall.
+    write_hang_fired: bool,
+    read_hang_fired: bool,
+    /// Calls currently blocked in a stall or a hang.
     stalled: usize,
     write_pacer: Pacer,
     read_pacer: Pacer,
@@ -345,6 +382,7 @@ impl Pacer {
 enum Trigger {
     Remove,
     Stall,
+    Hang,
     Error,
 }
 
@@ -426,20 +464,21 @@ impl SimStick {
         self.inner().lock().removed
     }
 
-    /// Lets stalled calls carry on, and disarms stalls that have not fired yet.
+    /// Lets stalled and hung calls carry on, and disarms stalls and hangs that
+    /// have not fired yet.
     pub fn release(&self) {
         let inner = self.inner();
         inner.lock().released = true;
         inner.wake.notify_all();
     }
 
-    /// How many calls are blocked in a stall right now.
+    /// How many calls are blocked in a stall or a hang right now.
     pub fn stalled_calls(&self) -> usize {
         self.inner().lock().stalled
     }
 
-    /// Waits up to `timeout` for a call to be blocked in a stall; returns whether
-    /// one is.
+    /// Waits up to `timeout` for a call to be blocked in a stall or a hang;
+    /// returns whether one is.
     pub fn wait_until_stalled(&self, timeout: Duration) -> bool {
         let inner = self.inner();
         let deadline = Instant::now() + timeout;
@@ -591,6 +630,11 @@ impl Inner {
                             .filter(|_| !state.write_stall_fired && !state.released),
                         Trigger::Stall,
                     ),
+                    (
+                        spec.hang_after_written
+                            .filter(|_| !state.write_hang_fired && !state.released),
+                        Trigger::Hang,
+                    ),
                     (spec.write_error_after, Trigger::Error),
                 ],
             ),
@@ -605,12 +649,17 @@ impl Inner {
                             .filter(|_| !state.read_stall_fired && !state.released),
                         Trigger::Stall,
                     ),
+                    (
+                        spec.hang_after_read
+                            .filter(|_| !state.read_hang_fired && !state.released),
+                        Trigger::Hang,
+                    ),
                     (spec.read_error_after, Trigger::Error),
                 ],
             ),
         };
         // The lowest threshold this call would cross fires first; on a tie the
-        // order above decides (removal, then stall, then error).
+        // order above decides (removal, then stall, then hang, then error).
         let mut bytes = remaining as u64;
         let mut trigger = None;
         for (threshold, kind) in candidates {
@@ -633,6 +682,8 @@ impl Inner {
         match (trigger, direction) {
             (Some(Trigger::Stall), Direction::Write) => state.write_stall_fired = true,
             (Some(Trigger::Stall), Direction::Read) => state.read_stall_fired = true,
+            (Some(Trigger::Hang), Direction::Write) => state.write_hang_fired = true,
+            (Some(Trigger::Hang), Direction::Read) => state.read_hang_fired = true,
             _ => {}
         }
         Ok(Step {
@@ -684,6 +735,27 @@ impl Inner {
         }
     }
 
+    /// Blocks until the stick is released, whether or not it is removed (as a
+    /// call stuck in the kernel ignores the device going away); then fails as
+    /// removed if it was.
+    fn hang(&self) -> Result<(), TargetError> {
+        let mut state = self.lock();
+        state.stalled += 1;
+        self.wake.notify_all();
+        while !state.released {
+            state = self
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.stalled -= 1;
+        if state.removed {
+            Err(TargetError::Removed)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Acts on a fault after the bytes before it have been moved; `at` is the
     /// claimed offset of the first byte not moved.
     fn fire(&self, trigger: Trigger, at: u64) -> Result<(), TargetError> {
@@ -693,6 +765,7 @@ impl Inner {
                 Err(TargetError::Removed)
             }
             Trigger::Stall => self.stall(),
+            Trigger::Hang => self.hang(),
             Trigger::Error => Err(TargetError::Io {
                 offset: at,
                 source: io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()),
@@ -1341,6 +1414,43 @@ mod tests {
     }
 
     #[test]
+    fn a_hung_write_ignores_removal_and_the_stick_dropped_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let stick = stick(
+            &dir,
+            SimStickSpec::new("s", MIB as u64).hang_after_written(4096),
+        );
+        let mut writer = stick.open_writer().unwrap();
+        let worker = thread::spawn(move || writer.write_all_at(0, &pattern(0, 16 * KIB)));
+        assert!(stick.wait_until_stalled(Duration::from_secs(5)));
+        let keep = stick.clone();
+        stick.remove();
+        drop(stick);
+        // Removal would have woken a stall at once; a hang stays put.
+        thread::sleep(Duration::from_millis(50));
+        assert!(!worker.is_finished());
+        assert_eq!(keep.stalled_calls(), 1);
+        keep.release();
+        assert!(matches!(worker.join().unwrap(), Err(TargetError::Removed)));
+        assert_eq!(keep.stalled_calls(), 0);
+    }
+
+    #[test]
+    fn a_hung_read_returns_only_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let stick = stick(&dir, SimStickSpec::new("s", MIB as u64).hang_after_read(0));
+        let mut reader = stick.open_reader().unwrap();
+        let worker = thread::spawn(move || reader.read_at(0, &mut AlignedBuf::zeroed(4096)));
+        assert!(stick.wait_until_stalled(Duration::from_secs(5)));
+        thread::sleep(Duration::from_millis(50));
+        assert!(!worker.is_finished());
+        stick.release();
+        assert_eq!(worker.join().unwrap().unwrap(), 4096);
+        // Released: later reads are not hung again.
+        assert_eq!(read(&stick, 0, 4096).len(), 4096);
+    }
+
+    #[test]
     fn pacing_holds_writes_and_reads_to_their_own_speeds() {
         let dir = tempfile::tempdir().unwrap();
         let spec = SimStickSpec::new("s", 4 * MIB as u64)
@@ -1376,10 +1486,20 @@ mod tests {
             SimStickSpec::new("s", 4096).block_size(1000),
             SimStickSpec::new("s", 4096).write_speed(0),
             SimStickSpec::new("s", 4096).fake_capacity(8192, FakeMode::Wrap),
+            // No file holds 2^63 bytes or more.
+            SimStickSpec::new("s", 1 << 63),
         ] {
             let err = SimStick::create(spec, &path).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         }
+        // A stick may claim any capacity as long as it stores what a file holds.
+        let huge = (u64::MAX / 512) * 512;
+        let liar = SimStick::create(
+            SimStickSpec::new("s", huge).fake_capacity(MIB as u64, FakeMode::Wrap),
+            &path,
+        )
+        .unwrap();
+        assert_eq!(liar.geometry().unwrap().capacity, huge);
     }
 
     #[test]
