@@ -16,8 +16,8 @@ use flashrack_core::{
 };
 use flashrack_devices::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc::UnboundedSender;
 
+use crate::fanout::EventLink;
 use crate::narrow::{narrow_failed_write, Narrowed};
 use crate::probe::{probe_capacity, ProbeFailure, ProbeResult};
 use crate::source::{Chunk, SharedSource};
@@ -77,8 +77,9 @@ pub struct AttemptContext {
     pub source: Arc<SharedSource>,
     /// Shared with the supervisor.
     pub progress: Arc<AttemptProgress>,
-    /// Where stage and progress events go.
-    pub events: UnboundedSender<EngineEvent>,
+    /// Where stage and progress events go (until the supervisor abandons the
+    /// attempt and cuts the link).
+    pub events: Arc<EventLink>,
     /// How to verify.
     pub verify: VerifyMode,
     /// Whether to run the capacity probe on media that may lie.

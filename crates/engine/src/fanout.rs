@@ -4,12 +4,12 @@
 //! async worker). Its supervisor is an async task that waits for the thread's
 //! result and, meanwhile, watches its heartbeat: a target that makes no progress
 //! for the stall timeout fails as `stalled`, its thread is told to stop and left
-//! behind (a write stuck in the kernel cannot be cancelled), and nothing else waits
-//! for it. Targets can be started at any time while the fan-out lives, so a stick
+//! behind (a write stuck in the kernel cannot be cancelled), its link to the event
+//! channel is cut ([`EventLink`]), and nothing else waits for it. Targets can be started at any time while the fan-out lives, so a stick
 //! plugged in late starts at once.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flashrack_core::{
@@ -22,6 +22,43 @@ use tokio::sync::oneshot;
 use crate::attempt::{run_attempt, AttemptContext, AttemptProgress};
 use crate::source::SharedSource;
 use crate::{EngineError, EngineOptions, SourceImage};
+
+/// An attempt's link to the fan-out's event channel, which its supervisor cuts
+/// when the attempt ends, and in particular when it abandons a stalled thread.
+///
+/// A thread stuck in the kernel may never return; if it kept a sender of the
+/// channel, whoever waits for the channel to close once every verdict is in (a
+/// one-shot flash, a test) would wait for it forever. Cut, the link drops what
+/// the thread sends from then on: nothing it says after its verdict counts.
+pub struct EventLink {
+    // A std Mutex: held only for a non-blocking send or to take the sender,
+    // never across I/O, so the supervisor (async) never waits on a stuck thread.
+    sender: Mutex<Option<UnboundedSender<EngineEvent>>>,
+}
+
+impl EventLink {
+    /// A link to `sender`.
+    pub fn new(sender: UnboundedSender<EngineEvent>) -> Self {
+        Self {
+            sender: Mutex::new(Some(sender)),
+        }
+    }
+
+    /// Sends `event` unless the link has been cut (or the receiver is gone);
+    /// returns whether it was sent.
+    pub fn send(&self, event: EngineEvent) -> bool {
+        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        sender.as_ref().is_some_and(|tx| tx.send(event).is_ok())
+    }
+
+    /// Cuts the link: its sender is dropped now, whatever the thread does next.
+    pub fn cut(&self) {
+        self.sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
 
 /// How one attempt ended.
 #[derive(Debug, Clone)]
@@ -64,12 +101,13 @@ impl Fanout {
     /// a tokio runtime (the supervisor is a task).
     pub fn start(&self, id: TargetId, target: Arc<dyn Target>) -> AttemptHandle {
         let progress = Arc::new(AttemptProgress::default());
+        let link = Arc::new(EventLink::new(self.events.clone()));
         let ctx = AttemptContext {
             id: id.clone(),
             target,
             source: self.source.clone(),
             progress: progress.clone(),
-            events: self.events.clone(),
+            events: link.clone(),
             verify: self.options.verify,
             probe_capacity: self.options.probe_capacity,
             progress_interval: self.options.progress_interval,
@@ -89,6 +127,7 @@ impl Fanout {
             result_rx,
             spawned.is_ok(),
             self.options.stall_timeout,
+            link,
             self.events.clone(),
         ));
         AttemptHandle {
@@ -161,6 +200,7 @@ async fn supervise(
     mut result_rx: oneshot::Receiver<Result<(Verdict, AttemptFigures), EngineError>>,
     thread_started: bool,
     stall_timeout: Duration,
+    link: Arc<EventLink>,
     events: UnboundedSender<EngineEvent>,
 ) -> AttemptOutcome {
     let check_every = (stall_timeout / 8).max(Duration::from_millis(10));
@@ -217,6 +257,9 @@ async fn supervise(
             }
         }
     };
+    // Ended or abandoned: the thread's events stop here (a stalled thread may
+    // never return, and must not hold the channel open), before the verdict.
+    link.cut();
     if let Ok((verdict, figures)) = &result {
         let _ = events.send(EngineEvent {
             target: id.clone(),

@@ -41,10 +41,12 @@ pub fn probe_offsets(capacity: u64) -> Vec<u64> {
     }
     let last = (capacity - block) / block * block;
     let mut offsets = vec![0];
-    let mut power = 1u64 << 20;
-    while power <= last {
-        offsets.push(power);
-        power <<= 1;
+    // Doubling stops at the highest power of two a u64 holds: a claimed
+    // capacity of 2^63 bytes or more must not wrap it to 0 and loop forever.
+    let mut power = Some(1u64 << 20);
+    while let Some(p) = power.filter(|&p| p <= last) {
+        offsets.push(p);
+        power = p.checked_mul(2);
     }
     for i in 1..SPREAD_MARKERS {
         offsets.push(capacity / SPREAD_MARKERS * i / block * block);
@@ -150,6 +152,21 @@ mod tests {
             .all(|o| o % 4096 == 0 && o + 4096 <= capacity));
         let unique: std::collections::BTreeSet<_> = offsets.iter().collect();
         assert_eq!(unique.len(), offsets.len());
+    }
+
+    #[test]
+    fn a_claimed_capacity_of_2_to_the_63_or_more_is_probed_without_wrapping() {
+        for capacity in [(1u64 << 63) + (1 << 20), u64::MAX / 4096 * 4096] {
+            let offsets = probe_offsets(capacity);
+            assert_eq!(offsets[0], 0);
+            assert!(offsets.contains(&(1 << 63)), "{capacity}");
+            assert_eq!(*offsets.last().unwrap(), capacity - 4096);
+            assert!(offsets
+                .iter()
+                .all(|&o| o % 4096 == 0 && o <= capacity - 4096));
+            // 0, 44 powers of two (2^20 ..= 2^63), 15 spread markers, the last block.
+            assert!(offsets.len() <= 1 + 44 + 15 + 1, "{}", offsets.len());
+        }
     }
 
     #[test]

@@ -529,6 +529,96 @@ async fn a_stick_that_stalls_while_read_back_fails_as_stalled_during_verifying()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_that_never_return_from_write_or_read_are_abandoned_and_hold_nothing_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 14);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [
+            SimStickSpec::new("healthy", 8 * MIB),
+            // Past the probe's markers: in the write pass.
+            SimStickSpec::new("hangs-writing", 8 * MIB).hang_after_written(MIB),
+            // Past the probe's reads: in the middle of the read-back.
+            SimStickSpec::new("hangs-reading", 8 * MIB).hang_after_read(MIB + 100 * 1024),
+        ],
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        flash_all(&image, targets(&rack), options(), tx),
+    )
+    .await
+    .expect("flash_all returns although two threads never will")
+    .unwrap();
+    assert_eq!(results[0].1, Verdict::Pass);
+    for (result, stage) in results[1..].iter().zip([Stage::Writing, Stage::Verifying]) {
+        assert!(
+            matches!(
+                reason_of(&result.1),
+                Some(FailReason::Stalled { during, .. }) if *during == stage
+            ),
+            "{}: {:?}",
+            result.0,
+            result.1
+        );
+    }
+    for name in ["hangs-writing", "hangs-reading"] {
+        assert_eq!(
+            rack.stick(name).unwrap().stalled_calls(),
+            1,
+            "{name} is hung"
+        );
+    }
+    // The abandoned threads hold no sender: once flash_all has returned, the
+    // event channel closes, so whoever waits for it to close is not held up.
+    let mut finished = 0;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = rx.recv().await {
+            if matches!(event.kind, EngineEventKind::Finished { .. }) {
+                finished += 1;
+            }
+        }
+    })
+    .await
+    .expect("the event channel closes while the stuck threads still hang");
+    assert_eq!(finished, 3, "one verdict event per target");
+    for stick in rack.sticks() {
+        stick.release();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_claiming_2_to_the_63_bytes_or_more_gets_its_verdict_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 15);
+    // 9,000,000 TiB (above 2^63 bytes), storing 64 MiB: the probe must not
+    // wrap its powers of two to 0 and loop forever.
+    let claimed = 9_000_000u64 << 40;
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [SimStickSpec::new("huge", claimed).fake_capacity(64 * MIB, FakeMode::Wrap)],
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        flash_all(&image, targets(&rack), options(), tx),
+    )
+    .await
+    .expect("the probe ends")
+    .unwrap();
+    assert!(
+        matches!(
+            reason_of(&results[0].1),
+            Some(FailReason::CapacityLie { claimed: c, .. }) if c.bytes() == claimed
+        ),
+        "{:?}",
+        results[0].1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_stop_during_the_read_back_interrupts_it() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 13);
