@@ -108,15 +108,38 @@ fn block_geometry(path: &Path) -> Result<TargetGeometry, TargetError> {
             path.display()
         )));
     }
-    let dir = sysfs_dir(meta.rdev());
+    sysfs_geometry(&sysfs_dir(meta.rdev()), path)
+}
+
+/// Capacity and logical block size of the device `path` from its sysfs
+/// directory `dir`. What the device reports is checked, never wrapped: a size
+/// whose byte count overflows, or a block size that is not a power of two from
+/// 512 to 64 KiB, is an error naming the device.
+fn sysfs_geometry(dir: &Path, path: &Path) -> Result<TargetGeometry, TargetError> {
     let sectors = read_sysfs_u64(&dir.join("size"))
         .ok_or_else(|| TargetError::Open(format!("cannot read the size of {}", path.display())))?;
+    // sysfs counts 512-byte sectors whatever the logical block size.
+    let capacity = sectors.checked_mul(512).ok_or_else(|| {
+        TargetError::Open(format!(
+            "{} reports an impossible size: {sectors} sectors of 512 bytes overflow a byte count",
+            path.display()
+        ))
+    })?;
     // A partition has no queue directory of its own; its disk's applies.
-    let logical_block_size = read_sysfs_u64(&dir.join("queue/logical_block_size"))
+    let reported = read_sysfs_u64(&dir.join("queue/logical_block_size"))
         .or_else(|| read_sysfs_u64(&dir.join("../queue/logical_block_size")))
-        .unwrap_or(512) as u32;
+        .unwrap_or(512);
+    let logical_block_size = u32::try_from(reported)
+        .ok()
+        .filter(|b| b.is_power_of_two() && (512..=65536).contains(b))
+        .ok_or_else(|| {
+            TargetError::Open(format!(
+                "{} reports an impossible logical block size: {reported}",
+                path.display()
+            ))
+        })?;
     Ok(TargetGeometry {
-        capacity: sectors * 512,
+        capacity,
         logical_block_size,
     })
 }
@@ -464,6 +487,38 @@ impl TargetReader for PathReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reported_size_that_overflows_a_byte_count_is_an_error_not_a_wrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path();
+        std::fs::create_dir(sys.join("queue")).unwrap();
+        let geometry = |sectors: u64, block: u64| {
+            std::fs::write(sys.join("size"), format!("{sectors}\n")).unwrap();
+            std::fs::write(sys.join("queue/logical_block_size"), format!("{block}\n")).unwrap();
+            sysfs_geometry(sys, Path::new("/dev/sdz"))
+        };
+        let largest = u64::MAX / 512;
+        assert_eq!(geometry(largest, 4096).unwrap().capacity, largest * 512);
+        // One more sector: 2^64 bytes would wrap to 0 (or to a small size).
+        for sectors in [largest + 1, 1 << 55, u64::MAX] {
+            match geometry(sectors, 512) {
+                Err(TargetError::Open(detail)) => {
+                    assert!(detail.contains("/dev/sdz") && detail.contains("impossible size"))
+                }
+                other => panic!("{sectors} sectors: {other:?}"),
+            }
+        }
+        // A block size that does not fit (or is no block size) is refused too,
+        // not truncated to 0.
+        for block in [1 << 32, 0, 1000, 1 << 20] {
+            assert!(
+                matches!(geometry(2048, block), Err(TargetError::Open(_))),
+                "{block}"
+            );
+        }
+        assert_eq!(geometry(2048, 512).unwrap().logical_block_size, 512);
+    }
 
     #[test]
     fn a_file_target_is_created_grown_and_keeps_an_unaligned_tail_exact() {
