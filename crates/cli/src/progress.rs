@@ -9,10 +9,19 @@ use flashrack_core::{ByteSize, EngineEvent, EngineEventKind, Stage, TargetId};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// Consumes engine events until the channel closes, showing them on stderr, and
+/// What the live view is given to show.
+pub enum Shown {
+    /// An engine event (a verdict only once it is recorded).
+    Event(EngineEvent),
+    /// A line for the operator (shown even with `--quiet`): what the command
+    /// is doing about a signal, for instance.
+    Notice(String),
+}
+
+/// Consumes what to show until the channel closes, showing it on stderr, and
 /// returns when each target finished, in seconds after `started`.
 pub async fn show(
-    mut events: UnboundedReceiver<EngineEvent>,
+    mut events: UnboundedReceiver<Shown>,
     targets: Vec<TargetId>,
     quiet: bool,
     started: Instant,
@@ -25,7 +34,14 @@ pub async fn show(
     } else {
         Box::new(Lines::default())
     };
-    while let Some(event) = events.recv().await {
+    while let Some(shown) = events.recv().await {
+        let event = match shown {
+            Shown::Event(event) => event,
+            Shown::Notice(text) => {
+                view.notice(&text);
+                continue;
+            }
+        };
         if let EngineEventKind::Finished { .. } = event.kind {
             finished.insert(event.target.clone(), started.elapsed().as_secs_f64());
         }
@@ -37,6 +53,9 @@ pub async fn show(
 
 trait View: Send {
     fn show(&mut self, event: &EngineEvent);
+    fn notice(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
     fn finish(&mut self) {}
 }
 
@@ -90,11 +109,20 @@ impl View for Bars {
             EngineEventKind::Finished { verdict, .. } => {
                 bar.set_message(if verdict.is_pass() {
                     "passed"
+                } else if is_interrupted(verdict) {
+                    "interrupted"
                 } else {
                     "FAILED"
                 });
                 bar.abandon();
             }
+        }
+    }
+
+    fn notice(&mut self, text: &str) {
+        // Above the bars, which are redrawn below it.
+        if self.multi.println(text).is_err() {
+            eprintln!("{text}");
         }
     }
 
@@ -139,4 +167,11 @@ impl View for Lines {
             EngineEventKind::Finished { verdict, .. } => eprintln!("{target}: {verdict}"),
         }
     }
+}
+
+/// Whether `verdict` is an interruption (which says nothing about the stick).
+pub fn is_interrupted(verdict: &flashrack_core::Verdict) -> bool {
+    verdict
+        .failure()
+        .is_some_and(|f| matches!(f.reason, flashrack_core::FailReason::Interrupted))
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 pub struct Row {
     /// The target as given.
     pub target: TargetId,
-    /// `pass` or `fail`.
+    /// `pass`, `fail`, or `interrupted` (stopped by a signal or a failure of
+    /// the source: says nothing about the stick).
     pub verdict: &'static str,
     /// Stable reason code on failure.
     pub reason: Option<&'static str>,
@@ -40,6 +41,8 @@ pub struct Summary {
     pub passed: usize,
     /// Targets that failed.
     pub failed: usize,
+    /// Targets interrupted (by a signal, or a failure of the source).
+    pub interrupted: usize,
     /// Wall-clock seconds of the whole fan-out.
     pub elapsed_secs: f64,
     /// One row per target, in the order given.
@@ -62,7 +65,13 @@ impl Summary {
                 let finished_after_secs = finish_times.get(&target).copied();
                 Row {
                     target,
-                    verdict: if verdict.is_pass() { "pass" } else { "fail" },
+                    verdict: if verdict.is_pass() {
+                        "pass"
+                    } else if crate::progress::is_interrupted(&verdict) {
+                        "interrupted"
+                    } else {
+                        "fail"
+                    },
                     reason: failure.map(|f| f.reason.code()),
                     detail: failure.map(|f| f.reason.to_string()),
                     stage: failure.map(|f| f.stage),
@@ -74,12 +83,14 @@ impl Summary {
                 }
             })
             .collect();
-        let passed = targets.iter().filter(|r| r.verdict == "pass").count();
+        let count = |verdict: &str| targets.iter().filter(|r| r.verdict == verdict).count();
+        let (passed, interrupted) = (count("pass"), count("interrupted"));
         Self {
             image_sha256,
             image_size,
             passed,
-            failed: targets.len() - passed,
+            failed: targets.len() - passed - interrupted,
+            interrupted,
             elapsed_secs,
             targets,
         }
@@ -112,8 +123,13 @@ impl Summary {
             ]);
         }
         let mut out = crate::table::render(&rows);
+        let interrupted = if self.interrupted > 0 {
+            format!(", {} interrupted", self.interrupted)
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "{} passed, {} failed in {:.1} s (image {} , {})\n",
+            "{} passed, {} failed{interrupted} in {:.1} s (image {} , {})\n",
             self.passed,
             self.failed,
             self.elapsed_secs,

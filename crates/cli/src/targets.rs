@@ -175,8 +175,13 @@ fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec> {
     {
         bail!("simulated stick name {name:?} must be letters, digits, - or _");
     }
-    // Default: a stick comfortably larger than the image (sparse, so free).
-    let default_capacity = (image_size * 2).max(64 << 20).div_ceil(1 << 20) << 20;
+    // Default: a stick comfortably larger than the image (sparse, so free),
+    // or the largest whole MiB for an image too large to double.
+    let default_capacity = image_size
+        .saturating_mul(2)
+        .max(64 << 20)
+        .checked_next_multiple_of(1 << 20)
+        .unwrap_or(u64::MAX >> 20 << 20);
     let mut spec = SimStickSpec::new(name, default_capacity);
     let size = |key: &str, value: &str| -> Result<u64> {
         Ok(ByteSize::parse(value)
@@ -200,10 +205,12 @@ fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec> {
             "read_only" => spec.read_only(),
             "remove_after" => spec.remove_after_written(size(key, value)?),
             "stall_after" => spec.stall_after_written(size(key, value)?),
+            "hang_write_after" => spec.hang_after_written(size(key, value)?),
+            "hang_read_after" => spec.hang_after_read(size(key, value)?),
             _ => bail!(
                 "sim:{name}: unknown option {key:?} (known: capacity, write, read, fail_after, \
                  bad_block, read_fail_after, corrupt_at, fake, read_only, remove_after, \
-                 stall_after)"
+                 stall_after, hang_write_after, hang_read_after)"
             ),
         };
     }
