@@ -2,7 +2,7 @@
 //! the hotplug source differs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flashrack_core::{FailReason, RunId, Stage, StopReason, Verdict};
 use flashrack_devices::guard::GuardPolicy;
@@ -32,6 +32,13 @@ fn port_path(n: usize) -> String {
 }
 
 async fn rig(ports: usize, policy: GuardPolicy) -> Rig {
+    rig_with_stall_timeout(ports, policy, Duration::from_secs(5)).await
+}
+
+/// How long shutdown waits for attempts to reach a safe point.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+async fn rig_with_stall_timeout(ports: usize, policy: GuardPolicy, stall_timeout: Duration) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let bytes = flashrack_testkit::image_bytes(3 * MIB as usize, 7, 256 * 1024);
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 256 * 1024);
@@ -49,11 +56,11 @@ async fn rig(ports: usize, policy: GuardPolicy) -> Rig {
             .collect(),
         policy,
         engine: EngineOptions {
-            stall_timeout: Duration::from_secs(5),
+            stall_timeout,
             progress_interval: Duration::from_millis(20),
             ..EngineOptions::default()
         },
-        shutdown_grace: Duration::from_secs(5),
+        shutdown_grace: SHUTDOWN_GRACE,
         removal_grace: Duration::from_millis(300),
     };
     let (station, handle) = Station::new(settings, Arc::new(access), journal.clone());
@@ -488,4 +495,140 @@ async fn arming_twice_and_starting_unknown_ports_are_clear_errors() {
         })
     ));
     rig.shutdown().await;
+}
+
+fn reason<'a>(snapshot: &'a Snapshot, label: &str) -> Option<&'a FailReason> {
+    port(snapshot, label)
+        .verdict
+        .as_ref()
+        .and_then(|v| v.failure())
+        .map(|f| &f.reason)
+}
+
+/// Waits (off the async workers) until a call is stuck in the stick in port
+/// `n`, and returns the stick (to release it at the end of the test).
+async fn until_stuck(rig: &Rig, n: usize) -> flashrack_devices::sim::SimStick {
+    let (_, stick) = rig.control.stick_at(&port_path(n)).unwrap();
+    let waiting = stick.clone();
+    let stuck =
+        tokio::task::spawn_blocking(move || waiting.wait_until_stalled(Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(stuck, "the stick in A{n} never got stuck");
+    stick
+}
+
+/// Shuts the station down; fails if that takes more than the shutdown grace
+/// and a margin.
+async fn shut_down_in_time(rig: Rig) -> Arc<MemoryJournal> {
+    let asked = Instant::now();
+    let journal = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), rig.shutdown())
+        .await
+        .expect("the shutdown completes although a stick is stuck");
+    assert!(asked.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(5));
+    journal
+}
+
+fn reason_of(verdict: &Option<Verdict>) -> Option<&FailReason> {
+    verdict
+        .as_ref()
+        .and_then(|v| v.failure())
+        .map(|f| &f.reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_stuck_in_write_or_read_fail_as_stalled_while_another_port_passes() {
+    let rig = rig(3, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    // Never return, whatever happens to them: a write, and a read of the
+    // read-back (past the capacity probe's reads), stuck in the kernel.
+    rig.plug(1, "HANGS-WRITING", healthy().hang_after_written(MIB));
+    rig.plug(2, "HANGS-READING", healthy().hang_after_read(MIB));
+    rig.plug(3, "HEALTHY", healthy());
+    let stuck = [until_stuck(&rig, 1).await, until_stuck(&rig, 2).await];
+    rig.until("A3 passed", |s| state(s, "A3") == PortState::Passed)
+        .await;
+    // The stall timeout (5 s) and the removal grace, then the verdicts.
+    let snap = rig
+        .until("A1 and A2 stalled", |s| {
+            state(s, "A1") == PortState::Failed && state(s, "A2") == PortState::Failed
+        })
+        .await;
+    for (label, stage) in [("A1", Stage::Writing), ("A2", Stage::Verifying)] {
+        assert!(
+            matches!(reason(&snap, label), Some(FailReason::Stalled { during, .. }) if *during == stage),
+            "{label}: {:?}",
+            port(&snap, label).verdict
+        );
+    }
+    let run = snap.run.clone().unwrap();
+    assert_eq!((run.passed, run.failed, run.active), (1, 2, 0));
+    // The threads are still stuck; nothing waits for them.
+    assert!(stuck.iter().all(|stick| stick.stalled_calls() == 1));
+    let journal = shut_down_in_time(rig).await;
+    let records = journal.records();
+    let verdicts: Vec<_> = records
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a.start.port_label.as_str(),
+                reason_of(&a.verdict).map(|r| r.code()),
+                a.verdict.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("A1", Some("stalled"), true),
+            ("A2", Some("stalled"), true),
+            ("A3", None, true)
+        ],
+        "{records:?}"
+    );
+    assert_eq!(records.runs[0].2, Some(StopReason::Shutdown));
+    for stick in stuck {
+        stick.release();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_stuck_in_the_kernel_never_blocks_a_run_stop_another_port_or_a_shutdown() {
+    // The watchdog would speak only after ten minutes: all of this happens
+    // without it.
+    let rig = rig_with_stall_timeout(2, GuardPolicy::default(), Duration::from_secs(600)).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "STUCK", healthy().hang_after_written(MIB));
+    let stuck = until_stuck(&rig, 1).await;
+    // The operator stops the run: it is closed at once, though the stuck
+    // attempt cannot reach a safe point.
+    tokio::time::timeout(Duration::from_secs(5), rig.handle.stop_run("operator stop"))
+        .await
+        .expect("the stop returns")
+        .unwrap();
+    let snap = rig
+        .until("disarmed", |s| s.run.as_ref().is_some_and(|r| !r.armed))
+        .await;
+    assert_eq!(state(&snap, "A1"), PortState::Writing, "still stuck");
+    assert_eq!(rig.journal.records().runs[0].2, Some(StopReason::Operator));
+    // Another run: another port is written while A1 is still stuck.
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(2, "HEALTHY", healthy());
+    rig.until("A2 passed", |s| state(s, "A2") == PortState::Passed)
+        .await;
+    assert_eq!(stuck.stalled_calls(), 1);
+    // A shutdown waits the grace for a safe point, then records the stuck
+    // attempt as interrupted and leaves its thread behind.
+    let journal = shut_down_in_time(rig).await;
+    let records = journal.records();
+    assert_eq!(records.attempts.len(), 2, "{records:?}");
+    assert_eq!(
+        reason_of(&records.attempts[0].verdict),
+        Some(&FailReason::Interrupted),
+        "{records:?}"
+    );
+    assert_eq!(records.attempts[1].verdict, Some(Verdict::Pass));
+    assert_eq!(records.runs[1].2, Some(StopReason::Shutdown));
+    stuck.release();
 }
