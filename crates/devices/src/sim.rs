@@ -269,6 +269,10 @@ impl SimStickSpec {
                 return invalid("real size must be non-zero and at most the capacity");
             }
         }
+        // A bad block lies on the stick (and its end is then a u64).
+        if self.write_fails_at.iter().any(|&bad| bad >= self.capacity) {
+            return invalid("a bad block must lie within the capacity");
+        }
         // A file offset is signed: no file (and no block device) holds more.
         if i64::try_from(self.stored_size()).is_err() {
             return invalid(
@@ -1488,6 +1492,8 @@ mod tests {
             SimStickSpec::new("s", 4096).fake_capacity(8192, FakeMode::Wrap),
             // No file holds 2^63 bytes or more.
             SimStickSpec::new("s", 1 << 63),
+            // A bad block past the end (whose end would not fit a u64).
+            SimStickSpec::new("s", 4096).write_fails_at(u64::MAX),
         ] {
             let err = SimStick::create(spec, &path).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
