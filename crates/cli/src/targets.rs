@@ -1,17 +1,26 @@
 //! Turning the targets named on the command line into [`Target`]s.
 //!
-//! - a block device goes through the target guard at the moment it is opened;
-//! - a regular file (existing or not) is grown to the image size;
+//! - a block device is pinned to the disk it names now (device number and
+//!   `diskseq`) and goes through the target guard at the moment it is opened, on
+//!   the facts of the disk behind the opened descriptor, which must be that disk;
+//! - a regular file (existing or not) is grown to the image size; a file inside
+//!   the data directory (the records, the image cache) is refused, after symlinks
+//!   and `..` are resolved, and so is a loop device whose backing file is there;
+//! - two names of one file or one device in a command are refused;
 //! - `sim:NAME[:key=value,...]` is a simulated stick whose medium is a sparse file
 //!   in a temporary directory under the data directory.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use flashrack_core::{ByteSize, TargetId};
 use flashrack_devices::block::{GuardCheck, PathTarget};
-use flashrack_devices::guard::{check_path, GuardError, GuardPolicy, GuardRequest, Refusal};
+use flashrack_devices::guard::{
+    evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest, Refusal,
+};
 use flashrack_devices::hotplug::DeviceIdentity;
 use flashrack_devices::sim::{FakeMode, SimStick, SimStickSpec};
 use flashrack_devices::Target;
@@ -46,6 +55,19 @@ pub fn parse_targets(
     let mut identities = Vec::new();
     let mut sim_dir = None;
     let mut seen = std::collections::BTreeSet::new();
+    // Two names of one disk or one file (a symlink, `..`, /dev/disk/by-id/…).
+    let mut seen_devices = BTreeMap::new();
+    let mut seen_files = BTreeMap::new();
+    // The data directory as the kernel resolves it, and its records' files by
+    // inode (a hard link to the database elsewhere is the database).
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let own_dir = std::fs::canonicalize(data_dir)
+        .with_context(|| format!("cannot resolve the data directory {}", data_dir.display()))?;
+    let records_files: Vec<FileKey> = RECORDS_FILES
+        .iter()
+        .filter_map(|name| file_key(&own_dir.join(name)))
+        .collect();
     let guard = Arc::new(guard);
     for spec in specs {
         if !seen.insert(spec.as_str()) {
@@ -75,8 +97,24 @@ pub fn parse_targets(
         } else {
             let path = Path::new(spec);
             if PathTarget::is_block_device(path) {
+                let pin = DiskIdentity::of_path(path)
+                    .with_context(|| format!("cannot identify the device {spec}"))?;
+                if let Some(other) = seen_devices.insert((pin.major, pin.minor), spec.clone()) {
+                    bail!("{other} and {spec} are the same device, named twice");
+                }
+                if let Some(backing) = loop_backing_file(pin) {
+                    if let Some(inside) = resolve(&backing).ok().filter(|b| b.starts_with(&own_dir))
+                    {
+                        bail!(
+                            "{spec} is a loop device over {}, inside the data directory {} \
+                             (flashrack's records and image cache): refusing to write it",
+                            inside.display(),
+                            own_dir.display()
+                        );
+                    }
+                }
                 let guard = guard.clone();
-                let check: GuardCheck = Arc::new(move |device: &Path| {
+                let check: GuardCheck = Arc::new(move |facts: &DiskFacts| {
                     let request = GuardRequest {
                         image_size: guard.image_size,
                         armed_run: false,
@@ -84,16 +122,16 @@ pub fn parse_targets(
                         // explicit request (rule 6).
                         explicit_operator_request: true,
                     };
-                    check_path(device, &guard.policy, &request)
+                    evaluate(facts, &guard.policy, &request)
                         .map(|_| ())
-                        .map_err(|error| match &error {
-                            GuardError::Refused(Refusal::BusNotAllowed { bus }) => {
-                                format!("{error} (to write it anyway: --allow-bus {bus})")
+                        .map_err(|refusal| match &refusal {
+                            Refusal::BusNotAllowed { bus } => {
+                                format!("{refusal} (to write it anyway: --allow-bus {bus})")
                             }
-                            _ => error.to_string(),
+                            _ => refusal.to_string(),
                         })
                 });
-                Arc::new(PathTarget::block_device(path, check))
+                Arc::new(PathTarget::pinned_block_device(path, pin, check))
             } else if path.starts_with("/dev") {
                 match std::fs::metadata(path) {
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -103,7 +141,25 @@ pub fn parse_targets(
                     Ok(_) => bail!("{spec} is not a block device"),
                 }
             } else {
-                Arc::new(PathTarget::file(path, image_size))
+                let resolved =
+                    resolve(path).with_context(|| format!("cannot resolve the target {spec}"))?;
+                if resolved.starts_with(&own_dir)
+                    || file_key(&resolved).is_some_and(|key| records_files.contains(&key))
+                {
+                    bail!(
+                        "{spec} is inside the data directory {} (flashrack's records and image \
+                         cache): refusing to write it",
+                        own_dir.display()
+                    );
+                }
+                let mut keys = vec![FileKey::Path(resolved.clone())];
+                keys.extend(file_key(&resolved));
+                for key in keys {
+                    if let Some(other) = seen_files.insert(key, spec.clone()) {
+                        bail!("{other} and {spec} are the same file, named twice");
+                    }
+                }
+                Arc::new(PathTarget::file(resolved, image_size))
             }
         };
         if list
@@ -120,6 +176,72 @@ pub fn parse_targets(
         identities,
         _sim_dir: sim_dir,
     })
+}
+
+/// The files of the records in the data directory (a hard link to one of them
+/// elsewhere is refused as a target too).
+const RECORDS_FILES: [&str; 4] = [
+    "flashrack.db",
+    "flashrack.db-wal",
+    "flashrack.db-shm",
+    "flashrack.lock",
+];
+
+/// What makes two names one file target: its resolved path, or (for a file that
+/// exists) its inode.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum FileKey {
+    /// The path with symlinks and `..` resolved.
+    Path(PathBuf),
+    /// Device and inode of an existing file.
+    Inode(u64, u64),
+}
+
+/// The inode of an existing file, `None` when there is none.
+fn file_key(path: &Path) -> Option<FileKey> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| FileKey::Inode(meta.dev(), meta.ino()))
+}
+
+/// `path` as the kernel would resolve it: symlinks and `..` resolved in the part
+/// that exists (for a file not created yet: its directory), the rest appended as
+/// given (a path through a directory that does not exist cannot be opened anyway).
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::env::current_dir()?.join(path);
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(resolved) => {
+                return Ok(rest
+                    .iter()
+                    .rev()
+                    .fold(resolved, |acc: PathBuf, part: &Component| acc.join(part)));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let mut components = existing.components();
+                match components.next_back() {
+                    Some(last) => {
+                        rest.push(last);
+                        existing = components.as_path();
+                    }
+                    None => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The backing file of a loop device, if `disk` is one.
+fn loop_backing_file(disk: DiskIdentity) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!(
+        "/sys/dev/block/{}:{}/loop/backing_file",
+        disk.major, disk.minor
+    ))
+    .ok()?;
+    Some(PathBuf::from(text.trim_end_matches('\n')))
 }
 
 /// Who a target is, for the records, and its physical port path when known: a

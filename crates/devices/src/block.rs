@@ -1,11 +1,20 @@
 //! Block devices and regular files as targets.
 //!
-//! A block device is opened exclusively (`O_EXCL`, which the kernel refuses while
-//! the device or a partition of it is mounted or claimed) with `O_DIRECT`, and only
-//! after the [`GuardCheck`] given at construction has accepted it, at the moment of
-//! opening. Reads for verification come through a fresh `O_DIRECT` handle. For a
-//! loop device the medium is its backing file, so its page cache is dropped before
-//! reading back.
+//! A block device target is pinned to one disk when it is made: its
+//! [`DiskIdentity`] (device number and `diskseq`), taken from the hotplug event
+//! or read from the name at that moment. Opening it for writing opens first,
+//! exclusively (`O_EXCL`, which the kernel refuses while the device or a
+//! partition of it is mounted or claimed) and with `O_DIRECT`; then reads the
+//! identity of what was opened from the descriptor and refuses it unless it is
+//! the pinned disk ([`Refusal::IdentityChanged`]); then gathers the guard's facts
+//! for the descriptor's device ([`DiskFacts::of_opened`]) and asks the
+//! [`GuardCheck`] given at construction. Only then is anything written: the name
+//! is never judged in place of the device. Opening writes nothing (closing a
+//! device opened for writing makes udev re-read it, a change event that changes
+//! nothing). Reads for verification come through a fresh `O_DIRECT` handle,
+//! which must lead to the pinned disk too (else the disk is gone: removed). For a
+//! loop device the medium is its backing file, so its page cache is dropped
+//! before reading back.
 //!
 //! A regular file target is created if missing and grown to the image size. It is
 //! written with `O_DIRECT` where the file system supports it; otherwise (tmpfs)
@@ -20,11 +29,18 @@ use std::sync::Arc;
 
 use rustix::fs::{Advice, OFlags};
 
+use crate::guard::{DiskFacts, DiskIdentity, GuardError, Refusal};
 use crate::{AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
 
 /// Decides, at the moment a block device is opened for writing, whether it may be
-/// written. Returns the guard's refusal as a sentence for people.
-pub type GuardCheck = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
+/// written, from the facts of the device behind the opened descriptor (already
+/// checked to be the pinned disk). Returns the guard's refusal as a sentence for
+/// people.
+pub type GuardCheck = Arc<dyn Fn(&DiskFacts) -> Result<(), String> + Send + Sync>;
+
+/// A hook run at the start of every open for writing of a block device target,
+/// before the device is opened; see [`PathTarget::before_open`].
+pub type BeforeOpen = Arc<dyn Fn(&Path) + Send + Sync>;
 
 /// A block device or a regular file given by path.
 pub struct PathTarget {
@@ -34,18 +50,61 @@ pub struct PathTarget {
 
 enum PathKind {
     /// A block device; `guard` runs before every open for writing.
-    Block { guard: GuardCheck },
+    Block {
+        guard: GuardCheck,
+        /// The disk this target is for, or why it could not be identified when
+        /// the target was made (then nothing is ever opened for writing).
+        pin: Result<DiskIdentity, String>,
+        /// Runs before every open for writing (tests).
+        before_open: Option<BeforeOpen>,
+    },
     /// A regular file that is grown to at least `min_size` bytes.
     File { min_size: u64 },
 }
 
 impl PathTarget {
-    /// A block device target. Every open for writing first asks `guard`.
+    /// A block device target, pinned to the disk `path` leads to now. Every open
+    /// for writing checks that it still leads there, then asks `guard`.
     pub fn block_device(path: impl Into<PathBuf>, guard: GuardCheck) -> Self {
+        let path = path.into();
+        let pin = DiskIdentity::of_path(&path).map_err(|e| e.to_string());
+        Self {
+            path,
+            kind: PathKind::Block {
+                guard,
+                pin,
+                before_open: None,
+            },
+        }
+    }
+
+    /// A block device target pinned to `pin` (the identity the hotplug event
+    /// reported): every open for writing refuses any other disk behind `path`,
+    /// then asks `guard`.
+    pub fn pinned_block_device(
+        path: impl Into<PathBuf>,
+        pin: DiskIdentity,
+        guard: GuardCheck,
+    ) -> Self {
         Self {
             path: path.into(),
-            kind: PathKind::Block { guard },
+            kind: PathKind::Block {
+                guard,
+                pin: Ok(pin),
+                before_open: None,
+            },
         }
+    }
+
+    /// Runs `hook` at the start of every open for writing, before the device is
+    /// opened. For tests: a hook that hands the name to another disk (detaches a
+    /// loop device and attaches another file) shows that what is written is the
+    /// disk that was checked or nothing. No effect on a file target.
+    pub fn before_open(mut self, hook: BeforeOpen) -> Self {
+        if let PathKind::Block { before_open, .. } = &mut self.kind {
+            *before_open = Some(hook);
+        }
+        self
     }
 
     /// A regular file target, created if missing and grown to `min_size` bytes
@@ -66,6 +125,106 @@ impl PathTarget {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The disk a block device target is pinned to (`None` for a file, or when
+    /// the device could not be identified when the target was made).
+    pub fn pinned(&self) -> Option<DiskIdentity> {
+        match &self.kind {
+            PathKind::Block { pin, .. } => pin.as_ref().ok().copied(),
+            PathKind::File { .. } => None,
+        }
+    }
+
+    /// Opens the block device for writing: exclusively and with direct I/O, then
+    /// refuses it unless the descriptor leads to `pin` and `guard` accepts the
+    /// descriptor's device (see the module docs).
+    fn open_block_writer(
+        &self,
+        guard: &GuardCheck,
+        pin: &Result<DiskIdentity, String>,
+        before_open: Option<&BeforeOpen>,
+    ) -> Result<Box<dyn TargetWriter>, TargetError> {
+        if let Some(hook) = before_open {
+            hook(&self.path);
+        }
+        let pin = *pin.as_ref().map_err(|why| {
+            TargetError::Refused(format!(
+                "the device could not be identified when it was named: {why}"
+            ))
+        })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags((OFlags::DIRECT | OFlags::EXCL).bits() as i32)
+            .open(&self.path)
+            .map_err(|e| {
+                let read_only = is_permission_error(&e)
+                    && std::fs::metadata(&self.path).is_ok_and(|meta| is_read_only(meta.rdev()));
+                match open_error(&self.path, e, true) {
+                    _ if read_only => TargetError::ReadOnly,
+                    TargetError::Busy(detail) => self.explain_busy(guard, pin, detail),
+                    other => other,
+                }
+            })?;
+        let facts = DiskFacts::of_opened(&file, &self.path).map_err(|error| match error {
+            GuardError::Refused(refusal) => TargetError::Refused(refusal.to_string()),
+            other => TargetError::Refused(format!("cannot inspect the device: {other}")),
+        })?;
+        if facts.identity() != pin {
+            return Err(TargetError::Refused(
+                Refusal::IdentityChanged {
+                    expected: pin,
+                    found: facts.identity(),
+                }
+                .to_string(),
+            ));
+        }
+        guard(&facts).map_err(TargetError::Refused)?;
+        // The kernel opens a read-only device for writing and refuses only the
+        // writes (`EPERM`): ask the opened device itself, so that not a byte
+        // (not even the capacity probe's) is tried.
+        let rdev = file_rdev(&file, &self.path)?;
+        if is_read_only(rdev) {
+            return Err(TargetError::ReadOnly);
+        }
+        let geometry = block_geometry(&self.path, rdev)?;
+        Ok(Box::new(PathWriter {
+            file,
+            block_size: geometry.logical_block_size as usize,
+            direct: true,
+            file_len: None,
+            device: Some(rdev),
+        }))
+    }
+
+    /// Why an exclusive open failed with `EBUSY`, as precisely as can be told
+    /// without opening: the guard's refusal of the device the name leads to
+    /// (mounted at …, used as swap …) when it is still the pinned disk, else the
+    /// opener's `detail`. Nothing is opened for writing either way.
+    fn explain_busy(&self, guard: &GuardCheck, pin: DiskIdentity, detail: String) -> TargetError {
+        match DiskFacts::inspect(&self.path) {
+            Ok(facts) if facts.identity() != pin => TargetError::Refused(
+                Refusal::IdentityChanged {
+                    expected: pin,
+                    found: facts.identity(),
+                }
+                .to_string(),
+            ),
+            Ok(facts) => match guard(&facts) {
+                Err(why) => TargetError::Refused(why),
+                Ok(()) => TargetError::Busy(detail),
+            },
+            Err(_) => TargetError::Busy(detail),
+        }
+    }
+}
+
+/// The device number of an open block device.
+fn file_rdev(file: &File, path: &Path) -> Result<u64, TargetError> {
+    Ok(file
+        .metadata()
+        .map_err(|e| open_error(path, e, true))?
+        .rdev())
 }
 
 /// The sysfs directory of the block device with device number `rdev`.
@@ -99,8 +258,8 @@ fn is_permission_error(error: &io::Error) -> bool {
     })
 }
 
-/// Capacity and logical block size of a block device, from sysfs.
-fn block_geometry(path: &Path) -> Result<TargetGeometry, TargetError> {
+/// The device number of the block device at `path`.
+fn path_rdev(path: &Path) -> Result<u64, TargetError> {
     let meta = std::fs::metadata(path).map_err(|e| open_error(path, e, true))?;
     if !meta.file_type().is_block_device() {
         return Err(TargetError::Open(format!(
@@ -108,7 +267,13 @@ fn block_geometry(path: &Path) -> Result<TargetGeometry, TargetError> {
             path.display()
         )));
     }
-    sysfs_geometry(&sysfs_dir(meta.rdev()), path)
+    Ok(meta.rdev())
+}
+
+/// Capacity and logical block size of block device `rdev` (known as `path`),
+/// from sysfs.
+fn block_geometry(path: &Path, rdev: u64) -> Result<TargetGeometry, TargetError> {
+    sysfs_geometry(&sysfs_dir(rdev), path)
 }
 
 /// Capacity and logical block size of the device `path` from its sysfs
@@ -184,7 +349,7 @@ impl Target for PathTarget {
 
     fn geometry(&self) -> Result<TargetGeometry, TargetError> {
         match &self.kind {
-            PathKind::Block { .. } => block_geometry(&self.path),
+            PathKind::Block { .. } => block_geometry(&self.path, path_rdev(&self.path)?),
             PathKind::File { min_size } => {
                 let len = match std::fs::metadata(&self.path) {
                     Ok(meta) if meta.is_file() => meta.len(),
@@ -211,42 +376,11 @@ impl Target for PathTarget {
 
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
         match &self.kind {
-            PathKind::Block { guard } => {
-                guard(&self.path).map_err(TargetError::Refused)?;
-                let geometry = block_geometry(&self.path)?;
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags((OFlags::DIRECT | OFlags::EXCL).bits() as i32)
-                    .open(&self.path)
-                    .map_err(|e| {
-                        let read_only = is_permission_error(&e)
-                            && std::fs::metadata(&self.path)
-                                .is_ok_and(|meta| is_read_only(meta.rdev()));
-                        if read_only {
-                            TargetError::ReadOnly
-                        } else {
-                            open_error(&self.path, e, true)
-                        }
-                    })?;
-                // The kernel opens a read-only device for writing and refuses
-                // only the writes (`EPERM`): ask the opened device itself, so
-                // that not a byte (not even the capacity probe's) is tried.
-                let rdev = file
-                    .metadata()
-                    .map_err(|e| open_error(&self.path, e, true))?
-                    .rdev();
-                if is_read_only(rdev) {
-                    return Err(TargetError::ReadOnly);
-                }
-                Ok(Box::new(PathWriter {
-                    file,
-                    block_size: geometry.logical_block_size as usize,
-                    direct: true,
-                    file_len: None,
-                    device: Some(rdev),
-                }))
-            }
+            PathKind::Block {
+                guard,
+                pin,
+                before_open,
+            } => self.open_block_writer(guard, pin, before_open.as_ref()),
             PathKind::File { min_size } => {
                 let open = |flags: OFlags| {
                     OpenOptions::new()
@@ -297,6 +431,16 @@ impl Target for PathTarget {
             }
             Err(e) => return Err(open_error(&self.path, e, device)),
         };
+        if let PathKind::Block { pin, .. } = &self.kind {
+            // The read-back proves what the pinned disk holds, or nothing: a name
+            // that now leads to another disk means the written one is gone.
+            let pin = pin.as_ref().map_err(|why| TargetError::Open(why.clone()))?;
+            let opened = DiskIdentity::of_file(&file, &self.path)
+                .map_err(|e| TargetError::Open(format!("cannot identify the device: {e}")))?;
+            if opened != *pin {
+                return Err(TargetError::Removed);
+            }
+        }
         // Nothing this process or the kernel cached may answer the read-back: drop
         // the device's (or file's) clean cached pages, and for a loop device those
         // of its backing file, which is the loop device's real medium.
@@ -563,11 +707,14 @@ mod tests {
     }
 
     #[test]
-    fn a_block_device_refused_by_the_guard_is_never_opened() {
-        let guard: GuardCheck = Arc::new(|p| Err(format!("{} is not allowed", p.display())));
+    fn a_block_device_that_could_not_be_identified_when_named_is_never_opened() {
+        let guard: GuardCheck = Arc::new(|_| Ok(()));
         let target = PathTarget::block_device("/dev/null-does-not-exist", guard);
+        assert_eq!(target.pinned(), None);
         match target.open_writer() {
-            Err(TargetError::Refused(why)) => assert!(why.contains("not allowed")),
+            Err(TargetError::Refused(why)) => {
+                assert!(why.contains("could not be identified"), "{why}")
+            }
             other => panic!("expected a refusal, got {:?}", other.err()),
         }
     }

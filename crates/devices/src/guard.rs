@@ -39,12 +39,25 @@
 //! fails with `EBUSY` for all of them, and the opener turns that into
 //! [`Refusal::Busy`].
 //!
+//! # Whose facts: the device that is opened
+//! A name (`/dev/sdb`) can lead to another disk from one moment to the next: a
+//! stick pulled and another plugged in, a loop device detached and attached to
+//! another file. A device is therefore pinned by its [`DiskIdentity`] (device
+//! number and the kernel's disk sequence number, `diskseq`, which is new for every
+//! disk and every medium) when it is first seen, and the opener
+//! ([`crate::block::PathTarget`]) opens first, reads the identity of what it
+//! opened from the descriptor, refuses anything else ([`Refusal::IdentityChanged`])
+//! and gathers the facts for the descriptor's device ([`DiskFacts::of_opened`]), not
+//! for the name. Kernels before 5.15 have no `diskseq`; there only the device
+//! number is compared.
+//!
 //! Inspection fails closed: when the facts cannot be gathered ([`GuardError`]), the
 //! device is not written. Nothing here prints or logs; refusals are values whose
 //! `Display` is the sentence that the operator sees and the record keeps.
 
 use std::collections::BTreeSet;
-use std::fs;
+use std::fmt;
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -83,6 +96,9 @@ pub struct DiskFacts {
     pub major: u32,
     /// Device minor number.
     pub minor: u32,
+    /// The kernel's disk sequence number (sysfs `diskseq`), new for every disk and
+    /// every medium; `None` before Linux 5.15 (and in fake sysfs trees without it).
+    pub diskseq: Option<u64>,
     /// Whether this is a partition rather than a whole disk.
     pub is_partition: bool,
     /// For a partition, the kernel name of the disk it belongs to.
@@ -108,6 +124,122 @@ pub struct DiskFacts {
     /// Whether the kernel marks the device read-only. Not a guard rule: writing a
     /// read-only stick ends in a `read-only` verdict, which tells the operator more.
     pub read_only: bool,
+}
+
+/// Which disk a device node led to: its device number and the kernel's disk
+/// sequence number. Two identities are the same medium only when all three agree;
+/// a name reused by another disk, or a loop device attached to another file, keeps
+/// the number but gets a new `diskseq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DiskIdentity {
+    /// Device major number.
+    pub major: u32,
+    /// Device minor number.
+    pub minor: u32,
+    /// The kernel's disk sequence number (`diskseq`, Linux 5.15 and later; `None`
+    /// before, where only the device number can be compared).
+    pub diskseq: Option<u64>,
+}
+
+impl fmt::Display for DiskIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.diskseq {
+            Some(seq) => write!(
+                f,
+                "device {}:{} (disk sequence {seq})",
+                self.major, self.minor
+            ),
+            None => write!(
+                f,
+                "device {}:{} (no disk sequence number)",
+                self.major, self.minor
+            ),
+        }
+    }
+}
+
+impl DiskIdentity {
+    /// The identity of the block device `path` leads to now (`stat`, then the
+    /// `diskseq` of that device number in sysfs).
+    pub fn of_path(path: &Path) -> Result<DiskIdentity, GuardError> {
+        let meta = fs::metadata(path).map_err(|source| GuardError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.file_type().is_block_device() {
+            return Err(GuardError::NotBlockDevice {
+                path: path.to_owned(),
+            });
+        }
+        let (major, minor) = (
+            rustix::fs::major(meta.rdev()),
+            rustix::fs::minor(meta.rdev()),
+        );
+        Ok(DiskIdentity {
+            major,
+            minor,
+            diskseq: sysfs_diskseq(Path::new("/sys"), major, minor)?,
+        })
+    }
+
+    /// The identity of the block device behind an open descriptor (`fstat`, then
+    /// the `BLKGETDISKSEQ` ioctl on the descriptor itself, or sysfs on a kernel
+    /// without the ioctl). `path` is only for messages.
+    pub fn of_file(file: &File, path: &Path) -> Result<DiskIdentity, GuardError> {
+        let meta = file.metadata().map_err(|source| GuardError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.file_type().is_block_device() {
+            return Err(GuardError::NotBlockDevice {
+                path: path.to_owned(),
+            });
+        }
+        let (major, minor) = (
+            rustix::fs::major(meta.rdev()),
+            rustix::fs::minor(meta.rdev()),
+        );
+        let diskseq = match ioctl_diskseq(file) {
+            Ok(seq) => Some(seq),
+            // ENOTTY/EINVAL: a kernel without the ioctl (before 5.15).
+            Err(rustix::io::Errno::NOTTY | rustix::io::Errno::INVAL) => {
+                sysfs_diskseq(Path::new("/sys"), major, minor)?
+            }
+            Err(errno) => {
+                return Err(GuardError::Io {
+                    path: path.to_owned(),
+                    source: errno.into(),
+                })
+            }
+        };
+        Ok(DiskIdentity {
+            major,
+            minor,
+            diskseq,
+        })
+    }
+}
+
+/// `BLKGETDISKSEQ` (`<linux/fs.h>`: `_IOR(0x12, 128, __u64)`): the disk sequence
+/// number of the disk behind a block device descriptor.
+#[allow(unsafe_code)]
+fn ioctl_diskseq(file: &File) -> rustix::io::Result<u64> {
+    const BLKGETDISKSEQ: rustix::ioctl::Opcode = rustix::ioctl::opcode::read::<u64>(0x12, 128);
+    // SAFETY: BLKGETDISKSEQ takes a pointer to one u64 that the kernel fills in,
+    // which is exactly what `Getter<_, u64>` passes and reads back; the descriptor
+    // is a valid open file for the duration of the call.
+    unsafe { rustix::ioctl::ioctl(file, rustix::ioctl::Getter::<BLKGETDISKSEQ, u64>::new()) }
+}
+
+/// The `diskseq` of block device `major:minor` in the sysfs tree at `root`;
+/// `None` when the kernel has none (before 5.15).
+fn sysfs_diskseq(root: &Path, major: u32, minor: u32) -> Result<Option<u64>, GuardError> {
+    let path = root.join(format!("dev/block/{major}:{minor}/diskseq"));
+    match read_number(&path) {
+        Ok(seq) => Ok(Some(seq)),
+        Err(GuardError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(other) => Err(other),
+    }
 }
 
 /// Where inspection looks: a sysfs tree and the text of the proc files.
@@ -344,6 +476,16 @@ pub enum Refusal {
     /// Rule 6: no run is armed and the operator did not ask for this device.
     #[error("no run is armed and the operator did not ask for this device")]
     NotArmed,
+    /// The device that was opened is not the one that was judged: its name now
+    /// leads to another disk (another stick under the same name, a loop device
+    /// attached to another file). Produced by the opener, not by [`evaluate`].
+    #[error("the device is not the one that was checked: its name now leads to {found}, not {expected} (another disk took its name)")]
+    IdentityChanged {
+        /// The disk that was checked (pinned when it was first seen).
+        expected: DiskIdentity,
+        /// The disk behind the name, or behind the opened descriptor.
+        found: DiskIdentity,
+    },
     /// The exclusive open failed (`EBUSY`): something this guard cannot see holds the
     /// device. Produced by the opener, not by [`evaluate`].
     #[error("the device is busy: {detail}")]
@@ -369,6 +511,7 @@ impl Refusal {
             Refusal::NoMedium => "no_medium",
             Refusal::NotArmed => "not_armed",
             Refusal::Busy { .. } => "busy",
+            Refusal::IdentityChanged { .. } => "identity_changed",
         }
     }
 }
@@ -498,6 +641,38 @@ pub fn check_path(
 }
 
 impl DiskFacts {
+    /// The identity of the disk these facts describe.
+    pub fn identity(&self) -> DiskIdentity {
+        DiskIdentity {
+            major: self.major,
+            minor: self.minor,
+            diskseq: self.diskseq,
+        }
+    }
+
+    /// Gathers the facts about the block device behind an open descriptor, on the
+    /// running system: the device number and disk sequence number come from the
+    /// descriptor, everything else from sysfs and `/proc` for that device number.
+    /// If sysfs describes another medium than the descriptor's (its `diskseq`
+    /// differs), the facts would be another disk's: that is refused as
+    /// [`Refusal::IdentityChanged`]. `path` is the name it was opened by, for
+    /// messages and [`dev_path`](Self::dev_path).
+    pub fn of_opened(file: &File, path: &Path) -> Result<DiskFacts, GuardError> {
+        let opened = DiskIdentity::of_file(file, path)?;
+        let facts = DiskFacts::from_view(path, opened.major, opened.minor, &SystemView::live()?)?;
+        if facts.diskseq.is_some() && facts.diskseq != opened.diskseq {
+            return Err(Refusal::IdentityChanged {
+                expected: opened,
+                found: facts.identity(),
+            }
+            .into());
+        }
+        Ok(DiskFacts {
+            diskseq: opened.diskseq,
+            ..facts
+        })
+    }
+
     /// Gathers the facts about the block device at `path` from the running system.
     pub fn inspect(path: &Path) -> Result<DiskFacts, GuardError> {
         DiskFacts::inspect_with(path, &SystemView::live()?)
@@ -555,6 +730,11 @@ impl DiskFacts {
                     detail: format!("{sectors} sectors overflow a byte count"),
                 })?;
         let read_only = read_number(&dir.join("ro"))? != 0;
+        let diskseq = match read_number(&dir.join("diskseq")) {
+            Ok(seq) => Some(seq),
+            Err(GuardError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+            Err(other) => return Err(other),
+        };
 
         // Rule 3 looks at the device and, for a disk, at its partitions.
         let mut scope = vec![(kernel_name.clone(), dir.clone())];
@@ -617,6 +797,7 @@ impl DiskFacts {
             kernel_name,
             major,
             minor,
+            diskseq,
             is_partition,
             parent_disk,
             bus,
@@ -947,6 +1128,7 @@ mod tests {
             kernel_name: "sdb".to_owned(),
             major: 8,
             minor: 16,
+            diskseq: Some(9),
             is_partition: false,
             parent_disk: None,
             bus: Some("usb".to_owned()),
@@ -1309,6 +1491,13 @@ mod tests {
             Refusal::Busy {
                 detail: "device or resource busy".into(),
             },
+            Refusal::IdentityChanged {
+                expected: healthy().identity(),
+                found: DiskIdentity {
+                    diskseq: None,
+                    ..healthy().identity()
+                },
+            },
         ];
         for r in all {
             let text = r.to_string();
@@ -1316,6 +1505,43 @@ mod tests {
             assert!(!first.is_uppercase(), "{text:?}");
             assert!(!text.ends_with('.'), "{text:?}");
         }
+    }
+
+    #[test]
+    fn an_identity_change_names_both_disks_and_has_its_own_code() {
+        let expected = healthy().identity();
+        let found = DiskIdentity {
+            diskseq: Some(10),
+            ..expected
+        };
+        assert_ne!(
+            expected, found,
+            "a new disk sequence number is another disk"
+        );
+        let r = Refusal::IdentityChanged { expected, found };
+        assert_eq!(r.code(), "identity_changed");
+        assert_eq!(
+            r.to_string(),
+            "the device is not the one that was checked: its name now leads to device 8:16 \
+             (disk sequence 10), not device 8:16 (disk sequence 9) (another disk took its name)"
+        );
+    }
+
+    #[test]
+    fn the_disk_sequence_number_is_read_from_sysfs_when_there_is_one() {
+        let sys = FakeSys::new();
+        let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+        assert_eq!(sys.facts((8, 16), "", "").diskseq, None);
+        fs::write(disk.join("diskseq"), "42\n").unwrap();
+        let facts = sys.facts((8, 16), "", "");
+        assert_eq!(
+            facts.identity(),
+            DiskIdentity {
+                major: 8,
+                minor: 16,
+                diskseq: Some(42)
+            }
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block::GuardCheck;
-use crate::guard::{DiskFacts, GuardError};
+use crate::guard::{DiskFacts, DiskIdentity, GuardError};
 use crate::{Target, TargetError};
 
 /// Who a stick is, as the system reports it.
@@ -68,6 +68,11 @@ pub struct PluggedDevice {
     pub removable: bool,
     /// Whether the kernel reports it read-only.
     pub read_only: bool,
+    /// Which disk this is: device number and the kernel's disk sequence number,
+    /// read when the event was handled. Every check and every open of the device
+    /// must find this disk behind its name, or refuse it (another disk took the
+    /// name). `None` for a simulated stick, which has no kernel device.
+    pub disk: Option<DiskIdentity>,
 }
 
 /// Something that happened on the rack.
@@ -122,10 +127,13 @@ pub trait HotplugSource: Send + 'static {
 
 /// What the station does with a plugged device.
 pub trait DeviceAccess: Send + Sync {
-    /// The facts the target guard judges, gathered now.
+    /// The facts the target guard judges, gathered now; refused
+    /// ([`Refusal::IdentityChanged`](crate::guard::Refusal::IdentityChanged)) when
+    /// the device's name no longer leads to [`PluggedDevice::disk`].
     fn facts(&self, device: &PluggedDevice) -> Result<DiskFacts, GuardError>;
 
-    /// A target for writing `device`; `guard` runs again at the moment it is opened.
+    /// A target for writing `device` (pinned to [`PluggedDevice::disk`]); `guard`
+    /// runs again at the moment it is opened, on the facts of the device opened.
     fn target(&self, device: &PluggedDevice, guard: GuardCheck) -> Arc<dyn Target>;
 
     /// Asks the system to let go of the device so it can be pulled safely.

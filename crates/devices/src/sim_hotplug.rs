@@ -9,7 +9,7 @@
 //!   never mounted), the stick itself as the target behind the guard, and eject.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -160,6 +160,7 @@ impl SimRackControl {
             },
             removable: true,
             read_only,
+            disk: None,
         };
         rack.present.insert(
             kernel_name.clone(),
@@ -222,6 +223,27 @@ pub struct SimAccess {
 }
 
 impl SimAccess {
+    /// A simulated stick is a whole USB disk that nothing mounts.
+    fn stick_facts(device: &PluggedDevice) -> DiskFacts {
+        DiskFacts {
+            dev_path: device.dev_path.clone(),
+            kernel_name: device.kernel_name.clone(),
+            major: 0,
+            minor: 0,
+            diskseq: None,
+            is_partition: false,
+            parent_disk: None,
+            bus: device.bus.clone(),
+            port_path: device.port_path.clone(),
+            size_bytes: device.identity.capacity,
+            mounted: Vec::new(),
+            swap: Vec::new(),
+            holders: Vec::new(),
+            system_disk: None,
+            read_only: device.read_only,
+        }
+    }
+
     fn stick(&self, device: &PluggedDevice) -> Option<SimStick> {
         self.rack
             .lock()
@@ -234,23 +256,7 @@ impl SimAccess {
 
 impl DeviceAccess for SimAccess {
     fn facts(&self, device: &PluggedDevice) -> Result<DiskFacts, GuardError> {
-        // A simulated stick is a whole USB disk that nothing mounts.
-        Ok(DiskFacts {
-            dev_path: device.dev_path.clone(),
-            kernel_name: device.kernel_name.clone(),
-            major: 0,
-            minor: 0,
-            is_partition: false,
-            parent_disk: None,
-            bus: device.bus.clone(),
-            port_path: device.port_path.clone(),
-            size_bytes: device.identity.capacity,
-            mounted: Vec::new(),
-            swap: Vec::new(),
-            holders: Vec::new(),
-            system_disk: None,
-            read_only: device.read_only,
-        })
+        Ok(SimAccess::stick_facts(device))
     }
 
     fn target(&self, device: &PluggedDevice, guard: GuardCheck) -> Arc<dyn Target> {
@@ -261,7 +267,7 @@ impl DeviceAccess for SimAccess {
         Arc::new(GuardedTarget {
             inner,
             guard,
-            path: device.dev_path.clone(),
+            device: device.clone(),
         })
     }
 
@@ -284,11 +290,13 @@ impl DeviceAccess for SimAccess {
 }
 
 /// A target that runs the guard before every open for writing, for targets that
-/// do not do so themselves.
+/// do not do so themselves. A simulated stick is bound to its target when the
+/// target is made (kernel names are never reused on the simulated rack), so the
+/// facts judged are those of the stick that will be written.
 pub struct GuardedTarget {
     inner: Arc<dyn Target>,
     guard: GuardCheck,
-    path: PathBuf,
+    device: PluggedDevice,
 }
 
 impl Target for GuardedTarget {
@@ -302,7 +310,7 @@ impl Target for GuardedTarget {
         self.inner.may_misreport_capacity()
     }
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
-        (self.guard)(Path::new(&self.path)).map_err(TargetError::Refused)?;
+        (self.guard)(&SimAccess::stick_facts(&self.device)).map_err(TargetError::Refused)?;
         self.inner.open_writer()
     }
     fn open_reader(&self) -> Result<Box<dyn TargetReader>, TargetError> {

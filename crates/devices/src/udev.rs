@@ -85,7 +85,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block::{GuardCheck, PathTarget};
-use crate::guard::{DiskFacts, GuardError};
+use crate::guard::{DiskFacts, DiskIdentity, GuardError, Refusal};
 use crate::hotplug::{
     DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
 };
@@ -336,11 +336,21 @@ fn convert(device: &::udev::Device) -> Option<Seen> {
         removable: attribute("removable").as_deref() == Some("1"),
         read_only: attribute("ro").as_deref() == Some("1"),
         kernel_name: name,
+        disk: None,
     };
     // Live, like `size` (see the module docs): the event's `DISKSEQ` property may be
     // older than the size read above. Kernels before 5.16 have no `diskseq`: a new
     // medium is then only told by the size dropping to 0 in between.
     let diskseq = attribute("diskseq").and_then(|v| v.parse().ok());
+    let devnum = device.devnum()?;
+    let device_out = PluggedDevice {
+        disk: Some(DiskIdentity {
+            major: rustix::fs::major(devnum),
+            minor: rustix::fs::minor(devnum),
+            diskseq,
+        }),
+        ..device_out
+    };
     Some(Seen {
         diskseq,
         device: device_out,
@@ -386,15 +396,30 @@ impl UdevAccess {
 
 impl DeviceAccess for UdevAccess {
     /// [`DiskFacts::inspect`] of the device node, with the port path udev reported
-    /// (sysfs does not know it).
+    /// (sysfs does not know it); refused when the node leads to another disk than
+    /// the one reported.
     fn facts(&self, device: &PluggedDevice) -> Result<DiskFacts, GuardError> {
         let mut facts = DiskFacts::inspect(&device.dev_path)?;
+        if let Some(expected) = device.disk {
+            if facts.identity() != expected {
+                return Err(Refusal::IdentityChanged {
+                    expected,
+                    found: facts.identity(),
+                }
+                .into());
+            }
+        }
         facts.port_path = device.port_path.clone();
         Ok(facts)
     }
 
+    /// A block device target pinned to the reported disk (to the disk the node
+    /// leads to now for a device reported without one).
     fn target(&self, device: &PluggedDevice, guard: GuardCheck) -> Arc<dyn Target> {
-        Arc::new(PathTarget::block_device(device.dev_path.clone(), guard))
+        Arc::new(match device.disk {
+            Some(pin) => PathTarget::pinned_block_device(device.dev_path.clone(), pin, guard),
+            None => PathTarget::block_device(device.dev_path.clone(), guard),
+        })
     }
 
     /// Flushes the device, then asks the kernel to let go of it:
@@ -522,6 +547,11 @@ mod tests {
             },
             removable: true,
             read_only: false,
+            disk: Some(DiskIdentity {
+                major: 8,
+                minor: 16,
+                diskseq: Some(7),
+            }),
         }
     }
 

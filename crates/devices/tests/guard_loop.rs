@@ -11,11 +11,15 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flashrack_testkit::{require_root, run, LoopDevice};
+use std::sync::Arc;
 
+use flashrack_testkit::{reattach_loop, require_root, run, LoopDevice};
+
+use flashrack_devices::block::PathTarget;
 use flashrack_devices::guard::{
-    evaluate, refusals, Authorization, DiskFacts, GuardPolicy, GuardRequest, Refusal,
+    evaluate, refusals, Authorization, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest, Refusal,
 };
+use flashrack_devices::{Target, TargetError};
 
 const BACKING_SIZE: u64 = 64 * 1024 * 1024;
 
@@ -261,4 +265,47 @@ fn the_disk_under_the_root_file_system_is_refused_as_a_system_disk() {
         evaluate(&only_system, &policy, &request),
         Err(Refusal::SystemDisk { why })
     );
+}
+
+#[test]
+fn the_identity_of_an_opened_loop_device_is_its_number_and_disk_sequence() {
+    let dev = LoopDevice::new(BACKING_SIZE);
+    let by_name = DiskIdentity::of_path(dev.path()).unwrap();
+    let file = fs::File::open(dev.path()).unwrap();
+    let opened = DiskIdentity::of_file(&file, dev.path()).unwrap();
+    assert_eq!(opened, by_name);
+    let sys = Path::new("/sys/block").join(dev.kernel_name());
+    let diskseq: u64 = fs::read_to_string(sys.join("diskseq"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        opened.diskseq,
+        Some(diskseq),
+        "BLKGETDISKSEQ agrees with sysfs"
+    );
+    let facts = DiskFacts::of_opened(&file, dev.path()).unwrap();
+    assert_eq!(facts.identity(), opened);
+    assert_eq!(facts.size_bytes, BACKING_SIZE);
+    assert_eq!(facts.bus.as_deref(), Some("loop"));
+}
+
+#[test]
+fn a_read_back_through_a_name_given_to_another_disk_is_refused_as_removed() {
+    let dev = LoopDevice::new(BACKING_SIZE);
+    let target = PathTarget::block_device(dev.path(), Arc::new(|_| Ok(())));
+    assert!(target.open_reader().is_ok());
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("another-disk.img");
+    fs::File::create(&other)
+        .and_then(|f| f.set_len(BACKING_SIZE))
+        .unwrap();
+    reattach_loop(dev.path(), &other);
+    // The disk that was written is gone: reading another one back proves nothing.
+    assert!(matches!(target.open_reader(), Err(TargetError::Removed)));
+    assert!(matches!(
+        target.open_writer(),
+        Err(TargetError::Refused(why)) if why.contains("not the one that was checked")
+    ));
 }

@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flashrack_devices::block::GuardCheck;
-use flashrack_devices::guard::{evaluate, GuardPolicy, GuardRequest};
+use flashrack_devices::guard::{evaluate, DiskIdentity, GuardPolicy, GuardRequest};
 use flashrack_devices::hotplug::{
     DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
 };
@@ -61,6 +61,20 @@ fn expected(stick: &TestStick) -> PluggedDevice {
         },
         removable: false,
         read_only: false,
+        disk: Some(disk_of(stick)),
+    }
+}
+
+/// The stick's disk as sysfs says it is now: device number and `diskseq`.
+fn disk_of(stick: &TestStick) -> DiskIdentity {
+    let sys = std::path::Path::new("/sys/block").join(&stick.name);
+    let read = |file: &str| std::fs::read_to_string(sys.join(file)).unwrap();
+    let dev = read("dev");
+    let (major, minor) = dev.trim().split_once(':').unwrap();
+    DiskIdentity {
+        major: major.parse().unwrap(),
+        minor: minor.parse().unwrap(),
+        diskseq: Some(read("diskseq").trim().parse().unwrap()),
     }
 }
 
@@ -244,6 +258,7 @@ fn a_reinserted_stick_is_added_again_with_the_same_serial() {
     stick.plug();
     let second = added(watch.next());
     assert_eq!(second.identity.serial, first.identity.serial);
+    assert_ne!(second.disk, first.disk, "a new medium is another disk");
     assert_eq!(second.identity.key(), first.identity.key());
     assert_eq!(second, expected(&stick));
 }

@@ -13,19 +13,19 @@ use std::time::Duration;
 
 use flashrack_core::{FailReason, TargetId, Verdict};
 use flashrack_devices::block::{GuardCheck, PathTarget};
-use flashrack_devices::guard::{check_path, GuardPolicy, GuardRequest};
+use flashrack_devices::guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
 use flashrack_devices::{
     AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter,
 };
 use flashrack_engine::{flash_all, EngineOptions, VerifyMode};
-use flashrack_testkit::{require_root, run, LoopDevice};
+use flashrack_testkit::{reattach_loop, require_root, run, LoopDevice};
 use tokio::sync::mpsc;
 
 const MIB: u64 = 1 << 20;
 
 /// The real guard, with loop devices allowed as the tests' explicit choice.
 fn loop_guard(image_size: u64) -> GuardCheck {
-    Arc::new(move |path: &Path| {
+    Arc::new(move |facts: &DiskFacts| {
         let mut policy = GuardPolicy {
             allow_unmapped_ports: true,
             ..GuardPolicy::default()
@@ -36,7 +36,7 @@ fn loop_guard(image_size: u64) -> GuardCheck {
             armed_run: false,
             explicit_operator_request: true,
         };
-        check_path(path, &policy, &request)
+        evaluate(facts, &policy, &request)
             .map(|_| ())
             .map_err(|e| e.to_string())
     })
@@ -198,6 +198,66 @@ async fn a_mounted_loop_device_is_refused_by_the_guard() {
         None => panic!("a mounted device was written"),
     }
     assert_eq!(figures.bytes_written, 0);
+}
+
+/// The name of a checked disk is given to another disk before the target is
+/// opened (a loop device detached and attached to another file, as a stick
+/// pulled and another plugged in under the same name): the opened descriptor
+/// leads to another disk than the one pinned, so it is refused, and neither disk
+/// gets a byte. Judging the name at the open instead would write the new disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_given_to_another_disk_before_the_open_is_refused_and_neither_disk_is_written() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 16);
+    let device = LoopDevice::new(8 * MIB);
+    let other = dir.path().join("another-disk.img");
+    std::fs::File::create(&other)
+        .and_then(|f| f.set_len(8 * MIB))
+        .unwrap();
+    let checked = DiskIdentity::of_path(device.path()).unwrap();
+    let swap_to = other.clone();
+    let target = PathTarget::block_device(device.path(), loop_guard(MIB))
+        .before_open(Arc::new(move |path: &Path| reattach_loop(path, &swap_to)));
+    assert_eq!(target.pinned(), Some(checked));
+    let target: Arc<dyn Target> = Arc::new(target);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(
+        &image,
+        vec![(TargetId::new("swapped"), target)],
+        options(),
+        tx,
+    )
+    .await
+    .unwrap();
+
+    let now = DiskIdentity::of_path(device.path()).unwrap();
+    assert_eq!((now.major, now.minor), (checked.major, checked.minor));
+    assert_ne!(
+        now.diskseq, checked.diskseq,
+        "the name went to another disk"
+    );
+    let (_, verdict, figures) = &results[0];
+    match verdict.failure().map(|f| (&f.reason, f.stage)) {
+        Some((FailReason::Refused { detail }, flashrack_core::Stage::Preparing)) => {
+            assert!(
+                detail.contains("not the one that was checked"),
+                "the refusal names the identity change: {detail}"
+            );
+            assert!(detail.contains(&checked.to_string()), "{detail}");
+            assert!(detail.contains(&now.to_string()), "{detail}");
+        }
+        other => panic!("expected a refusal while preparing, got {other:?}"),
+    }
+    assert_eq!(figures.bytes_written, 0);
+    for medium in [&other, &device.backing().to_path_buf()] {
+        let bytes = std::fs::read(medium).unwrap();
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "{} was written",
+            medium.display()
+        );
+    }
 }
 
 /// A real block device whose medium is damaged after the write and before the

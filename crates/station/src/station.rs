@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use flashrack_core::{
     Stage, StopReason, TargetId, Verdict,
 };
 use flashrack_devices::block::GuardCheck;
-use flashrack_devices::guard::{evaluate, GuardPolicy, GuardRequest};
+use flashrack_devices::guard::{evaluate, DiskFacts, GuardError, GuardPolicy, GuardRequest};
 use flashrack_devices::hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, StopSignal};
 use flashrack_engine::{
     AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
@@ -713,12 +712,7 @@ impl Station {
                 return;
             }
         };
-        let guard = open_time_guard(
-            self.access.clone(),
-            device.clone(),
-            self.settings.policy.clone(),
-            request,
-        );
+        let guard = open_time_guard(device.clone(), self.settings.policy.clone(), request);
         let target = self.access.target(&device, guard);
         let target_id = TargetId::new(format!("{label}#{attempt_id}"));
         let Some(fanout) = self.run.as_ref().and_then(|r| r.fanout.as_ref()) else {
@@ -1048,10 +1042,23 @@ fn guard_device(
     policy: &GuardPolicy,
     request: &GuardRequest,
 ) -> Result<(), String> {
-    let mut facts = access
-        .facts(device)
-        .map_err(|e| format!("cannot inspect the device: {e}"))?;
-    // The port path comes from hotplug (udev), not from sysfs.
+    let facts = access.facts(device).map_err(|e| match e {
+        // Another disk behind the name: a refusal, not a failure to inspect.
+        GuardError::Refused(refusal) => refusal.to_string(),
+        other => format!("cannot inspect the device: {other}"),
+    })?;
+    judge(facts, device, policy, request)
+}
+
+/// Judges `facts` of `device` by the rules. The port path comes from hotplug
+/// (udev), not from sysfs: it is the port of the disk that was plugged, which
+/// the facts were checked to describe.
+fn judge(
+    mut facts: DiskFacts,
+    device: &PluggedDevice,
+    policy: &GuardPolicy,
+    request: &GuardRequest,
+) -> Result<(), String> {
     if facts.port_path.is_none() {
         facts.port_path = device.port_path.clone();
     }
@@ -1060,12 +1067,13 @@ fn guard_device(
         .map_err(|refusal| refusal.to_string())
 }
 
-/// The guard again, at the moment the target is opened for writing.
+/// The guard again, at the moment the target is opened for writing: on the facts
+/// of the device behind the opened descriptor, which the target has checked to be
+/// the disk that was plugged ([`PluggedDevice::disk`]).
 fn open_time_guard(
-    access: Arc<dyn DeviceAccess>,
     device: PluggedDevice,
     policy: GuardPolicy,
     request: GuardRequest,
 ) -> GuardCheck {
-    Arc::new(move |_: &Path| guard_device(&*access, &device, &policy, &request))
+    Arc::new(move |facts: &DiskFacts| judge(facts.clone(), &device, &policy, &request))
 }

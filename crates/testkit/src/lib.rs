@@ -2,7 +2,8 @@
 //! product, only a `dev-dependency`.
 //!
 //! - [`LoopDevice`]: a loop device over a backing file the test created, detached
-//!   when dropped (also when the test panics);
+//!   when dropped (also when the test panics); [`reattach_loop`] gives its name to
+//!   another disk;
 //! - [`require_root`]: tests that need root fail, never skip, without it: CI runs
 //!   as root and must run them;
 //! - [`udev_stick::TestStick`]: a loop device that udev presents as a USB stick;
@@ -118,6 +119,34 @@ impl LoopDevice {
             .unwrap()
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+/// Gives the name of loop device `device` to another disk: detaches its backing
+/// file and attaches `backing` to the same node, as another stick taking a pulled
+/// one's name would. The node keeps its device number; the kernel gives the new
+/// disk a new `diskseq`. A detach is deferred while anyone (udev's probe) holds the
+/// device, and the attach fails until it is done: it is retried for a while.
+pub fn reattach_loop(device: &Path, backing: &Path) {
+    run("losetup", &["-d", device.to_str().expect("a UTF-8 path")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let output = Command::new("losetup")
+            .arg(device)
+            .arg(backing)
+            .output()
+            .expect("cannot run losetup");
+        if output.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cannot attach {} to {}: {}",
+            backing.display(),
+            device.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

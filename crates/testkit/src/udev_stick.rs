@@ -161,6 +161,16 @@ fn next_index() -> u32 {
     .fetch_add(1, Ordering::Relaxed)
 }
 
+/// The udev rule that dresses loop device `name` as a USB stick in `port_path`
+/// with `serial`.
+fn rule(name: &str, port_path: &str, serial: &str) -> String {
+    format!(
+        "SUBSYSTEM==\"block\", KERNEL==\"{name}\", ENV{{ID_BUS}}=\"usb\", \
+         ENV{{ID_PATH}}=\"{port_path}\", ENV{{ID_SERIAL_SHORT}}=\"{serial}\", \
+         ENV{{ID_VENDOR}}=\"Flashrack\", ENV{{ID_MODEL}}=\"Test_Stick\"\n"
+    )
+}
+
 /// A loop device that udev presents as a USB stick (see the file's docs). Starts
 /// empty (unplugged); deleted with its rule on drop.
 pub struct TestStick {
@@ -210,11 +220,10 @@ impl TestStick {
             ));
             fs::write(
                 &rules,
-                format!(
-                    "SUBSYSTEM==\"block\", KERNEL==\"{name}\", ENV{{ID_BUS}}=\"usb\", \
-                     ENV{{ID_PATH}}=\"flashrack-test-port-{index}\", \
-                     ENV{{ID_SERIAL_SHORT}}=\"FRTEST{index}\", ENV{{ID_VENDOR}}=\"Flashrack\", \
-                     ENV{{ID_MODEL}}=\"Test_Stick\"\n"
+                rule(
+                    &name,
+                    &format!("flashrack-test-port-{index}"),
+                    &format!("FRTEST{index}"),
                 ),
             )
             .expect("cannot write the udev rule");
@@ -251,6 +260,17 @@ impl TestStick {
     /// Pulls the stick out: detaches the backing file (size N → 0).
     pub fn pull(&self) {
         run("losetup", &["-d", self.dev.to_str().unwrap()]);
+    }
+
+    /// Hands the stick's kernel name to another stick in another port: pulls this
+    /// one, dresses the device as a stick with `serial` in `port_path`, and plugs
+    /// `backing` in under the same name (a new disk, with a new `diskseq`). udev
+    /// reports it with its new dress from its next event on.
+    pub fn replace_with(&self, backing: &Path, port_path: &str, serial: &str) {
+        fs::write(&self.rules, rule(&self.name, port_path, serial))
+            .expect("cannot write the udev rule");
+        reload_rules().unwrap();
+        crate::reattach_loop(&self.dev, backing);
     }
 
     /// Deletes the empty device node, a real udev `remove` event.

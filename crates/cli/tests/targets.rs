@@ -1,0 +1,243 @@
+//! What `flashrack flash` accepts as targets: never a file of its own data
+//! directory (the records, the image cache), never one file or one device named
+//! twice, and block devices only through the target guard, pinned to the disk
+//! they named.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use flashrack_testkit::{require_root, run, LoopDevice};
+
+fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run flashrack")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn write_image(dir: &Path) -> PathBuf {
+    let path = dir.join("image.img");
+    std::fs::write(&path, flashrack_testkit::image_bytes(1 << 20, 7, 1 << 16)).unwrap();
+    path
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Every file below `dir`, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.push((path, bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_file_target_in_the_data_directory_is_refused_however_it_is_spelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path());
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            text(&image),
+            text(&dir.path().join("out.img")),
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cached = std::fs::read_dir(data.join("cache/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "img"))
+        .expect("the image is cached");
+    symlink(&data, dir.path().join("link")).unwrap();
+    symlink(data.join("flashrack.db"), dir.path().join("alias.db")).unwrap();
+    std::fs::hard_link(data.join("flashrack.db"), dir.path().join("hard.db")).unwrap();
+    let before = snapshot(&data);
+
+    let spellings = [
+        data.join("flashrack.db"),
+        data.join("../data/flashrack.db"),
+        dir.path().join("link/flashrack.db"),
+        dir.path().join("alias.db"),
+        dir.path().join("hard.db"),
+        cached,
+        // Not there yet: its directory is resolved.
+        data.join("new.img"),
+        dir.path().join("link/cache/images/new.img"),
+    ];
+    for target in &spellings {
+        let out = flashrack(&data, &["flash", text(&image), text(target), "-q"]);
+        assert_eq!(out.status.code(), Some(2), "{target:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("inside the data directory"),
+            "{target:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        snapshot(&data),
+        before,
+        "nothing in the data directory changed"
+    );
+    let runs = flashrack(&data, &["report", "runs"]);
+    assert_eq!(
+        String::from_utf8_lossy(&runs.stdout).lines().count(),
+        2,
+        "a header and the one run: {}",
+        String::from_utf8_lossy(&runs.stdout)
+    );
+}
+
+#[test]
+fn one_file_named_twice_in_a_command_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path());
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let fresh = dir.path().join("fresh.img");
+    let existing = dir.path().join("existing.img");
+    std::fs::write(&existing, b"old").unwrap();
+    symlink(&existing, dir.path().join("link.img")).unwrap();
+    for (a, b) in [
+        (fresh.clone(), dir.path().join("sub/../fresh.img")),
+        (existing.clone(), dir.path().join("link.img")),
+        (existing.clone(), dir.path().join("./existing.img")),
+    ] {
+        let out = flashrack(&data, &["flash", text(&image), text(&a), text(&b), "-q"]);
+        assert_eq!(out.status.code(), Some(2), "{a:?} {b:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("are the same file"),
+            "{a:?} {b:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!fresh.exists(), "nothing was created");
+    assert_eq!(
+        std::fs::read(&existing).unwrap(),
+        b"old",
+        "nothing was written"
+    );
+}
+
+#[test]
+fn a_block_device_is_written_through_the_guard_once_and_never_through_two_names() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path());
+    let device = LoopDevice::new(8 << 20);
+    let dev = text(device.path());
+
+    // Loop devices are not USB sticks: refused unless named, and nothing written.
+    let out = flashrack(&data, &["flash", text(&image), dev, "--json", "-q"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["targets"][0]["reason"], "refused");
+    let detail = summary["targets"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("--allow-bus loop"), "{detail}");
+    let medium = std::fs::read(device.backing()).unwrap();
+    assert!(
+        medium.iter().all(|&b| b == 0),
+        "a refused device is not written"
+    );
+
+    // Two names of the device in one command.
+    let alias = dir.path().join("alias");
+    symlink(device.path(), &alias).unwrap();
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            text(&image),
+            dev,
+            text(&alias),
+            "--allow-bus",
+            "loop",
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("are the same device"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Allowed, it is written and verified.
+    let out = flashrack(
+        &data,
+        &["flash", text(&image), dev, "--allow-bus", "loop", "-q"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let medium = std::fs::read(device.backing()).unwrap();
+    assert_eq!(&medium[..1 << 20], &std::fs::read(&image).unwrap()[..]);
+}
+
+/// A loop device this test attaches over a file of its own choosing.
+struct LoopOver(PathBuf);
+
+impl LoopOver {
+    fn new(backing: &Path) -> Self {
+        let out = run("losetup", &["--find", "--show", text(backing)]);
+        LoopOver(PathBuf::from(out.trim()))
+    }
+}
+
+impl Drop for LoopOver {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_loop_device_over_a_file_of_the_data_directory_is_refused() {
+    require_root(&["losetup"]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path());
+    std::fs::create_dir_all(&data).unwrap();
+    let inside = data.join("scratch.img");
+    std::fs::write(&inside, vec![0u8; 4 << 20]).unwrap();
+    let device = LoopOver::new(&inside);
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            text(&image),
+            text(&device.0),
+            "--allow-bus",
+            "loop",
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("inside the data directory"),
+        "{}",
+        stderr(&out)
+    );
+    let bytes = std::fs::read(&inside).unwrap();
+    assert!(bytes.iter().all(|&b| b == 0));
+}
