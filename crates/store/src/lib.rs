@@ -19,6 +19,9 @@
 //!   schema, not writable) is never written to: see [`Store::open`].
 //! - Every run, attempt and event carries the station that made it, so several
 //!   stations can share one database.
+//! - After [`Store::close`] the database file alone holds every record (the
+//!   write-ahead log is checkpointed into it), and [`Store::open_read_only`]
+//!   reads records without writing anything, also from a read-only copy.
 //!
 //! # Layout
 //! - [`store`](Store): opening, the file checks, connection settings, migrations;

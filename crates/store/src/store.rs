@@ -56,6 +56,9 @@ pub struct Store {
     /// What the previous session of this station left behind, measured at open
     /// before this session wrote anything. Recovery touches only those records.
     pub(crate) previous: PreviousSession,
+    /// Opened with [`open_read_only`](Store::open_read_only): `writer` is a
+    /// read-only pool too, and nothing is ever written.
+    pub(crate) read_only: bool,
 }
 
 /// High-water marks of the station's records as they were when the store was opened.
@@ -191,6 +194,7 @@ impl Store {
             writer,
             reader,
             previous,
+            read_only: false,
         })
     }
 
@@ -245,11 +249,108 @@ impl Store {
         })
     }
 
-    /// Closes every connection, checkpointing the WAL into the database file.
-    /// Dropping the store closes them too, but without waiting.
+    /// Copies every committed transaction from the write-ahead log
+    /// (`flashrack.db-wal`) into the database file and empties the log
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`), so that the database file alone holds
+    /// every record (what a backup that copies only the file saves). Returns
+    /// `false` when a reader of another process kept part of the log from being
+    /// copied (it is copied at a later checkpoint).
+    pub async fn checkpoint(&self) -> Result<bool, StoreError> {
+        let (busy, _log, _copied): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.writer)
+                .await?;
+        Ok(busy == 0)
+    }
+
+    /// Checkpoints the write-ahead log into the database file (see
+    /// [`checkpoint`](Self::checkpoint)) and closes every connection; when this
+    /// was the last connection to the file, SQLite removes the log. Closing a
+    /// store closes its clones too; closing it again does nothing. Dropping the
+    /// store closes the connections too, but without waiting and without the
+    /// checkpoint: a process that wrote must call this before it exits.
     pub async fn close(self) {
+        if self.writer.is_closed() {
+            // Closed already, through a clone.
+            return;
+        }
         self.reader.close().await;
+        match self.checkpoint().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                path = %self.path.display(),
+                "another process reads the records: part of the log stays beside the database"
+            ),
+            // A read-only store has nothing to checkpoint.
+            Err(error) if self.read_only => {
+                tracing::debug!(%error, "no checkpoint of read-only records")
+            }
+            Err(error) => {
+                tracing::warn!(%error, path = %self.path.display(), "cannot checkpoint the records")
+            }
+        }
         self.writer.close().await;
+    }
+
+    /// Opens the records at `path` for reading only, as station `station_id`
+    /// (for the queries that are per station), and writes nothing: no station
+    /// row, no event, no file beside the database. Works on a copy on a
+    /// read-only mount or without write permission.
+    ///
+    /// When a write-ahead log (`-wal`) lies beside the database, another process
+    /// may be writing (or the copy took the log along): the database is opened
+    /// read-only through SQLite's shared memory, which sees the log's records
+    /// (SQLite needs the `-shm` file beside it, or a directory where it can make
+    /// one). Without a log, every record is in the file: it is opened as
+    /// immutable, which reads the file and nothing else.
+    pub async fn open_read_only(path: &Path, station_id: &str) -> Result<Store, StoreError> {
+        let station = StationId::parse(station_id)?;
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut head = Vec::with_capacity(SQLITE_HEADER.len());
+        File::open(path)
+            .and_then(|f| f.take(SQLITE_HEADER.len() as u64).read_to_end(&mut head))
+            .map_err(open_err)?;
+        if head.as_slice() != SQLITE_HEADER {
+            return Err(StoreError::NotADatabase {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .create_if_missing(false)
+            .immutable(!Path::new(&wal).exists())
+            .busy_timeout(BUSY_TIMEOUT);
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|err| open_error(path, err))?;
+        let inspected = inspect_schema(&mut conn, path).await;
+        conn.close().await.ok();
+        inspected?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options)
+            .await
+            .map_err(|err| open_error(path, err))?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            station,
+            clock: Clock::System,
+            // Every write through a read-only connection fails (`SQLITE_READONLY`).
+            writer: reader.clone(),
+            reader,
+            previous: PreviousSession {
+                last_attempt: 0,
+                last_run: 0,
+                last_alive: None,
+            },
+            read_only: true,
+        })
     }
 }
 

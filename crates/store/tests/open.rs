@@ -232,6 +232,78 @@ async fn an_unwritable_database_file_is_refused_with_its_path_and_left_as_it_was
     assert_eq!(fs::read(&file.path).unwrap(), before);
 }
 
+#[tokio::test]
+async fn closing_leaves_every_record_in_the_database_file_alone() {
+    let t = TestStore::new("rack-1").await;
+    t.store.record_image(&common::image()).await.unwrap();
+    let wal = t.dir.path().join("flashrack.db-wal");
+    assert!(
+        fs::metadata(&wal).unwrap().len() > 0,
+        "committed into the log"
+    );
+    t.store.clone().close().await;
+    assert!(
+        fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the log was checkpointed into the database file"
+    );
+    // A backup that copies the database file alone has the record.
+    let copy = tempfile::tempdir().unwrap();
+    fs::copy(t.path(), copy.path().join("flashrack.db")).unwrap();
+    let store = Store::open_read_only(&copy.path().join("flashrack.db"), "rack-1")
+        .await
+        .unwrap();
+    assert_eq!(store.images().await.unwrap(), [common::image()]);
+    store.close().await;
+    assert_only_file(copy.path(), "flashrack.db");
+}
+
+#[tokio::test]
+async fn a_store_opened_read_only_reads_a_read_only_directory_and_writes_nothing() {
+    let dir = ReadOnly::dir_with_database().await;
+    let path = dir.path.join("flashrack.db");
+    let before = fs::read(&path).unwrap();
+    let store = Store::open_read_only(&path, "elsewhere").await.unwrap();
+    assert_eq!(store.images().await.unwrap(), [common::image()]);
+    assert!(
+        store.heartbeat().await.is_err(),
+        "a read-only store writes nothing"
+    );
+    store.close().await;
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert_only_file(&dir.path, "flashrack.db");
+}
+
+#[tokio::test]
+async fn reading_through_a_read_only_store_changes_no_byte_and_registers_no_station() {
+    let t = TestStore::new("rack-1").await;
+    t.store.record_image(&common::image()).await.unwrap();
+    t.store.clone().close().await;
+    let before = fs::read(t.path()).unwrap();
+    let store = Store::open_read_only(&t.path(), "elsewhere").await.unwrap();
+    store.list_runs().await.unwrap();
+    store.recent_events(10).await.unwrap();
+    store.close().await;
+    assert_eq!(fs::read(t.path()).unwrap(), before);
+    assert_only_file(t.dir.path(), "flashrack.db");
+    let mut conn = raw(&t.path()).await;
+    let stations: Vec<String> = sqlx::query_scalar("SELECT id FROM stations")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stations, ["rack-1"]);
+}
+
+#[tokio::test]
+async fn a_read_only_store_sees_what_a_live_writer_committed() {
+    let t = TestStore::new("rack-1").await;
+    t.store.record_image(&common::image()).await.unwrap();
+    let store = Store::open_read_only(&t.path(), "rack-1").await.unwrap();
+    assert_eq!(store.images().await.unwrap(), [common::image()]);
+    store.close().await;
+    // The writer carries on.
+    t.store.heartbeat().await.unwrap();
+}
+
 fn assert_only_file(dir: &Path, name: &str) {
     let names: Vec<String> = fs::read_dir(dir)
         .unwrap()
