@@ -16,6 +16,11 @@ pub struct Args {
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// When another flashrack is using the data directory, wait for it instead
+    /// of stopping (commands that write the records or the image cache).
+    #[arg(long, global = true)]
+    pub wait: bool,
+
     /// More log output on stderr (-v: info, -vv: debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -294,11 +299,22 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         .clone()
         .or_else(|| std::env::var_os("FLASHRACK_DATA_DIR").map(PathBuf::from));
     let data_dir = data_dir(args.data_dir);
-    match args.command {
+    // Commands that write the records or the image cache hold the data
+    // directory's lock for as long as they run (`serve` takes it once it knows its
+    // data directory from the configuration).
+    let _lock = match &args.command {
+        Command::Flash(_)
+        | Command::Demo(_)
+        | Command::Image(ImageCommand::Import { .. } | ImageCommand::Remove { .. }) => {
+            Some(crate::lock::DataDirLock::acquire(&data_dir, args.wait)?)
+        }
+        _ => None,
+    };
+    let status = match args.command {
         Command::Image(cmd) => crate::image_cmd::run(&data_dir, cmd).map(|()| ExitCode::SUCCESS),
         Command::Flash(flash) => crate::flash::run(&data_dir, flash).await,
         Command::Demo(demo) => crate::demo::run(&data_dir, demo).await,
-        Command::Serve(serve) => crate::serve::run(data_dir_flag, serve).await,
+        Command::Serve(serve) => crate::serve::run(data_dir_flag, args.wait, serve).await,
         Command::Status { client, json } => {
             tokio::task::spawn_blocking(move || crate::client::status(&client, json)).await?
         }
@@ -309,7 +325,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Ports(PortsCommand::Learn { config }) => {
             tokio::task::spawn_blocking(move || crate::learn::learn(&config)).await?
         }
-    }
+    };
+    // Whatever the outcome, the records a command wrote end up in the database
+    // file itself, not only in its write-ahead log.
+    crate::records::close_all().await;
+    status
 }
 
 /// The data directory: the flag, then `$FLASHRACK_DATA_DIR`, then a default

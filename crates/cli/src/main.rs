@@ -10,6 +10,7 @@ mod demo;
 mod flash;
 mod image_cmd;
 mod learn;
+mod lock;
 mod progress;
 mod records;
 mod report_cmd;

@@ -5,6 +5,7 @@
 //! depends on another.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -33,6 +34,20 @@ pub fn database_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("flashrack.db")
 }
 
+/// Every store this process opened for writing, to be closed before it exits.
+static OPENED: Mutex<Vec<Store>> = Mutex::new(Vec::new());
+
+/// Checkpoints and closes every store this process opened for writing, so that
+/// the records are in the database file itself (a backup that copies only
+/// `flashrack.db` has them all) and SQLite removes its write-ahead log. Called
+/// once a command is done, whether it succeeded or not.
+pub async fn close_all() {
+    let stores: Vec<Store> = std::mem::take(&mut *OPENED.lock().unwrap_or_else(|p| p.into_inner()));
+    for store in stores {
+        store.close().await;
+    }
+}
+
 impl StoreRecords {
     /// Opens the database in `data_dir` and accounts for attempts a crash left
     /// unfinished (they become `interrupted`).
@@ -41,6 +56,10 @@ impl StoreRecords {
         let store = Store::open(&path, station_id)
             .await
             .with_context(|| format!("cannot open the records in {}", path.display()))?;
+        OPENED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(store.clone());
         let recovery = store
             .recover_interrupted()
             .await

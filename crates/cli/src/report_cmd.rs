@@ -17,9 +17,11 @@ async fn open(data_dir: &Path, station_id: &str) -> Result<Store> {
             data_dir.display()
         );
     }
-    Store::open(&path, station_id)
+    // Read-only: a report never writes (no station row, no file beside the
+    // database), and reads a copy on a read-only mount as well.
+    Store::open_read_only(&path, station_id)
         .await
-        .with_context(|| format!("cannot open the records in {}", path.display()))
+        .with_context(|| format!("cannot read the records in {}", path.display()))
 }
 
 /// Runs a `report` subcommand; the report goes to stdout.

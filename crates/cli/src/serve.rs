@@ -180,7 +180,7 @@ pub fn data_dir_for(flag: Option<PathBuf>, config: &StationConfig) -> PathBuf {
 }
 
 /// Runs `flashrack serve`.
-pub async fn run(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
+pub async fn run(data_dir_flag: Option<PathBuf>, wait: bool, args: ServeArgs) -> Result<ExitCode> {
     let config = match &args.config {
         Some(path) => StationConfig::load(path)?,
         None => {
@@ -196,8 +196,7 @@ pub async fn run(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> Result<Exit
         }
     }
     let data_dir = data_dir_for(data_dir_flag, &config);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let _lock = crate::lock::DataDirLock::acquire(&data_dir, wait)?;
     let parts = Parts {
         source: Box::new(flashrack_devices::udev::UdevSource::new()),
         access: Arc::new(flashrack_devices::udev::UdevAccess::new()),

@@ -32,8 +32,9 @@ fn text(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Every file below `dir`, with its bytes.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+/// Every file below `dir` but the lock file (which names the last process that
+/// held the lock), with its length and a hash of its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
     let mut files = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(dir) = todo.pop() {
@@ -41,9 +42,11 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 todo.push(path);
-            } else {
+            } else if path.file_name().is_some_and(|n| n != "flashrack.lock") {
                 let bytes = std::fs::read(&path).unwrap();
-                files.push((path, bytes));
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&bytes, &mut hasher);
+                files.push((path, bytes.len(), std::hash::Hasher::finish(&hasher)));
             }
         }
     }

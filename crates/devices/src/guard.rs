@@ -35,9 +35,9 @@
 //! # What the guard cannot see, and who covers it
 //! Mounts in other mount namespaces, processes that merely hold the device open and
 //! the extra members of a multi-device filesystem (btrfs) are invisible here. The
-//! exclusive `O_EXCL` open in [`crate::block`], done right after the guard accepted,
-//! fails with `EBUSY` for all of them, and the opener turns that into
-//! [`Refusal::Busy`].
+//! exclusive `O_EXCL` open in [`crate::block`], done before the guard judges the
+//! opened device, fails with `EBUSY` for all of them, and the opener turns that
+//! into [`Refusal::Busy`] (or into the guard's own refusal when it can tell why).
 //!
 //! # Whose facts: the device that is opened
 //! A name (`/dev/sdb`) can lead to another disk from one moment to the next: a

@@ -1,0 +1,279 @@
+//! The data directory belongs to one flashrack at a time, its records are whole
+//! in the database file once a command is done, and reading them changes
+//! nothing (and works on a read-only copy).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
+
+use flashrack_testkit::{require_root, run};
+
+fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run flashrack")
+}
+
+/// Starts flashrack with its stderr piped, for reading line by line.
+fn spawn(data_dir: &Path, args: &[&str]) -> (KillOnDrop, std::io::Lines<BufReader<ChildStderr>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start flashrack");
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (KillOnDrop(child), lines)
+}
+
+/// Reads lines until one satisfies `wanted`; panics if the process ends first.
+fn read_until(lines: &mut impl Iterator<Item = std::io::Result<String>>, wanted: &str) {
+    for line in lines.by_ref() {
+        if line.unwrap().contains(wanted) {
+            return;
+        }
+    }
+    panic!("the process ended without saying {wanted:?}");
+}
+
+/// A process this test started, killed (by its pid) if the test ends first.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn write_image(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        flashrack_testkit::image_bytes(2 << 20, seed, 1 << 16),
+    )
+    .unwrap();
+    path
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Every file below `dir`, with its length and a hash of its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&bytes, &mut hasher);
+                files.push((path, bytes.len(), std::hash::Hasher::finish(&hasher)));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_second_flashrack_on_a_busy_data_directory_stops_naming_the_first_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path(), "image.img", 8);
+    let other_image = write_image(dir.path(), "other.img", 9);
+
+    // The first: a flash whose stick stalls half-way, so it is still running
+    // while the others try.
+    let (mut first, mut first_err) = spawn(
+        &data,
+        &[
+            "flash",
+            text(&image),
+            "sim:slow:stall_after=1MiB",
+            "--stall-timeout",
+            "3600",
+        ],
+    );
+    read_until(&mut first_err, "sim:slow: writing");
+    let pid = first.0.id();
+    let lock = std::fs::read_to_string(data.join("flashrack.lock")).unwrap();
+    assert_eq!(
+        lock.trim(),
+        pid.to_string(),
+        "the lock file names its holder"
+    );
+    let report_first = || {
+        json(&flashrack(
+            &data,
+            &["report", "run", "1", "--format", "json"],
+        ))
+    };
+    let before = report_first();
+    assert_eq!(before["attempts"][0]["verdict"], "running");
+    let images_before = flashrack(&data, &["image", "list", "--json"]).stdout;
+
+    let sha = before["run"]["image_sha256"].as_str().unwrap().to_owned();
+    for args in [
+        vec!["flash", text(&image), "sim:other", "-q"],
+        vec!["demo", "--listen", "127.0.0.1:0", "--image-size", "4MiB"],
+        vec!["image", "import", text(&other_image)],
+        vec!["image", "remove", &sha],
+    ] {
+        let out = flashrack(&data, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("in use by another flashrack (pid {pid})")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // The first one's records are as it left them: its attempt still running,
+    // not "recovered" as interrupted, and no second run; the cache unchanged.
+    assert_eq!(report_first(), before);
+    let runs = flashrack(&data, &["report", "runs"]);
+    assert_eq!(String::from_utf8_lossy(&runs.stdout).lines().count(), 2);
+    assert_eq!(
+        flashrack(&data, &["image", "list", "--json"]).stdout,
+        images_before
+    );
+
+    // With --wait, the next one waits for the first to be gone, then runs.
+    let (mut waiting, mut waiting_err) =
+        spawn(&data, &["flash", "--wait", text(&image), "sim:next", "-q"]);
+    read_until(
+        &mut waiting_err,
+        &format!("waiting for another flashrack (pid {pid})"),
+    );
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let status = waiting.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let runs = flashrack(&data, &["report", "runs"]);
+    assert_eq!(String::from_utf8_lossy(&runs.stdout).lines().count(), 3);
+}
+
+#[test]
+fn after_a_flash_the_database_file_alone_holds_the_run_and_a_read_only_copy_reports_it() {
+    require_root(&["mount", "umount"]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path(), "image.img", 10);
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            text(&image),
+            text(&dir.path().join("out.img")),
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let wal = data.join("flashrack.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the write-ahead log was checkpointed into the database"
+    );
+
+    // A backup that copies the database file alone, on a read-only mount.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::copy(data.join("flashrack.db"), copy.join("flashrack.db")).unwrap();
+    let view = dir.path().join("read-only");
+    std::fs::create_dir(&view).unwrap();
+    let _mount = ReadOnlyBind::new(&copy, &view);
+    assert!(
+        std::fs::write(view.join("probe"), b"x").is_err(),
+        "the view is read-only"
+    );
+
+    let runs = flashrack(&view, &["report", "runs"]);
+    assert_eq!(runs.status.code(), Some(0), "{}", stderr(&runs));
+    let listing = String::from_utf8_lossy(&runs.stdout).into_owned();
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    let report = json(&flashrack(
+        &view,
+        &["report", "run", "1", "--format", "json"],
+    ));
+    assert_eq!(report["attempts"][0]["verdict"], "pass");
+    assert_eq!(report["run"]["passed"], 1);
+    let files: Vec<_> = std::fs::read_dir(&copy)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        files,
+        ["flashrack.db"],
+        "nothing was created beside the copy"
+    );
+}
+
+#[test]
+fn report_commands_change_nothing_in_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path(), "image.img", 11);
+    let out = flashrack(&data, &["flash", text(&image), "sim:a", "sim:b", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let before = snapshot(&data);
+    for args in [
+        vec!["report", "runs", "--station", "elsewhere"],
+        vec!["report", "runs"],
+        vec![
+            "report",
+            "run",
+            "1",
+            "--station",
+            "elsewhere",
+            "--format",
+            "json",
+        ],
+        vec!["report", "run", "1", "--format", "html"],
+        vec!["report", "device", "sim:a", "--station", "elsewhere"],
+    ] {
+        let out = flashrack(&data, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(
+        snapshot(&data),
+        before,
+        "reports wrote to the data directory"
+    );
+}
+
+/// A read-only bind mount of `source` at `target`, unmounted on drop.
+struct ReadOnlyBind(PathBuf);
+
+impl ReadOnlyBind {
+    fn new(source: &Path, target: &Path) -> Self {
+        run("mount", &["--bind", text(source), text(target)]);
+        let bind = ReadOnlyBind(target.to_path_buf());
+        run("mount", &["-o", "remount,bind,ro", text(target)]);
+        bind
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
