@@ -27,6 +27,6 @@ pub mod station;
 pub use journal::{AttemptStart, Journal, JournalError, JournalEvent, MemoryJournal, RunStart};
 pub use model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
-    VerifyChoice,
+    VerdictRun, VerifyChoice,
 };
 pub use station::{ArmRequest, PortSpec, Station, StationError, StationHandle, StationSettings};

@@ -6,8 +6,9 @@ use flashrack_devices::hotplug::PluggedDevice;
 use serde::{Deserialize, Serialize};
 
 /// The state of one port, as in DESIGN.md: `empty → detected → (refused |
-/// preparing → writing → flushing → verifying) → passed | failed`, and back to
-/// `empty` on removal.
+/// waiting | preparing → writing → flushing → verifying) → passed | failed`, and
+/// back to `empty` when the stick is pulled (a stick pulled during an attempt
+/// leaves its port `failed`, verdict `removed`, until the next stick arrives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PortState {
@@ -17,6 +18,10 @@ pub enum PortState {
     Detected,
     /// The target guard refused the stick; see `refusal`.
     Refused,
+    /// The armed run would write the stick, but its passes plus the attempts in
+    /// flight already reach its target count: it starts if one of those fails,
+    /// and goes back to `detected` when the run stops.
+    Waiting,
     /// Opening, size check, capacity probe.
     Preparing,
     /// Writing the image.
@@ -92,6 +97,29 @@ pub struct Progress {
     pub bytes_per_sec: f64,
 }
 
+/// The run a verdict was given under: a verdict is only ever a statement about
+/// that run's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictRun {
+    /// The run.
+    pub run_id: RunId,
+    /// Its image's name.
+    pub image_name: String,
+    /// Its image's sha256.
+    pub image_sha256: Sha256Digest,
+}
+
+impl VerdictRun {
+    /// The run `run` as a verdict's origin.
+    pub fn of(run: &RunView) -> Self {
+        Self {
+            run_id: run.id,
+            image_name: run.image_name.clone(),
+            image_sha256: run.image_sha256,
+        }
+    }
+}
+
 /// One port as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PortView {
@@ -111,6 +139,10 @@ pub struct PortView {
     pub progress: Option<Progress>,
     /// The verdict of the last attempt on the stick in this port.
     pub verdict: Option<Verdict>,
+    /// The run (and image) that verdict was given under; set whenever `verdict`
+    /// is. A verdict of another run than the current one says nothing about the
+    /// current run's image (see [`PortView::verdict_is_of`]).
+    pub verdict_run: Option<VerdictRun>,
     /// Figures of the last attempt.
     pub figures: Option<AttemptFigures>,
     /// Why the guard refused the stick.
@@ -138,11 +170,22 @@ impl PortView {
             device: None,
             progress: None,
             verdict: None,
+            verdict_run: None,
             figures: None,
             refusal: None,
             ejected: false,
             attempt_id: None,
         }
+    }
+
+    /// Whether the port's verdict was given under `run` (same run, same image):
+    /// only then is a pass a pass of that run. `false` without a verdict.
+    pub fn verdict_is_of(&self, run: &RunView) -> bool {
+        self.verdict.is_some()
+            && self
+                .verdict_run
+                .as_ref()
+                .is_some_and(|v| v.run_id == run.id && v.image_sha256 == run.image_sha256)
     }
 
     /// Back to empty, keeping the port's identity.
@@ -207,8 +250,11 @@ pub struct RunView {
     pub armed: bool,
     /// Passes so far.
     pub passed: u32,
-    /// Failures so far.
+    /// Failures so far: sticks found bad (or pulled), not counting `interrupted`.
     pub failed: u32,
+    /// Attempts interrupted by a stop, a shutdown or a source failure: they say
+    /// nothing about the stick (the records count them apart too).
+    pub interrupted: u32,
     /// Attempts running now.
     pub active: u32,
     /// Bytes written to sticks by finished attempts of this run.

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::journal::{AttemptStart, Journal, JournalError, JournalEvent, RunStart};
 use crate::model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
-    VerifyChoice,
+    VerdictRun, VerifyChoice,
 };
 
 /// A mapped port.
@@ -171,6 +171,9 @@ struct Port {
     view: PortView,
     /// Kernel name of the stick in it.
     kernel_name: Option<String>,
+    /// While the port is `waiting`: its place in the queue (sticks start in the
+    /// order they began to wait).
+    waiting_since: Option<u64>,
 }
 
 /// A stick that is present.
@@ -192,9 +195,22 @@ struct ActiveRun {
     passed_keys: HashSet<String>,
 }
 
+impl ActiveRun {
+    /// Whether the passes so far plus the attempts in flight reach the target
+    /// count: another stick started now could only overshoot it.
+    fn target_covered(&self) -> bool {
+        self.view
+            .options
+            .target_count
+            .is_some_and(|target| self.view.passed + self.view.active >= target)
+    }
+}
+
 /// A running attempt.
 struct Slot {
     run_id: RunId,
+    /// The run and image the verdict will be about.
+    verdict_run: VerdictRun,
     attempt_id: AttemptId,
     port: usize,
     kernel_name: String,
@@ -230,6 +246,8 @@ pub struct Station {
     /// Tells the loop that a waiting verdict's removal grace is over.
     grace_tx: mpsc::UnboundedSender<TargetId>,
     grace_rx: mpsc::UnboundedReceiver<TargetId>,
+    /// Numbers the waits of `waiting` ports, for their queue order.
+    wait_seq: u64,
     /// Verdicts of I/O failures waiting (at most `removal_grace`) for a removal
     /// that would explain them; settled by the removal or by the timer.
     pending: HashMap<TargetId, Done>,
@@ -253,6 +271,7 @@ impl Station {
             .map(|p| Port {
                 view: PortView::empty(p.label.clone(), Some(p.path.clone()), true, p.position),
                 kernel_name: None,
+                waiting_since: None,
             })
             .collect();
         let snapshot = Snapshot {
@@ -288,6 +307,7 @@ impl Station {
             done_rx,
             grace_tx,
             grace_rx,
+            wait_seq: 0,
             pending: HashMap::new(),
         };
         (station, handle)
@@ -354,6 +374,10 @@ impl Station {
                 });
                 self.record_finish(slot.attempt_id, &verdict, &AttemptFigures::default())
                     .await;
+                if let Some(run) = self.run.as_mut().filter(|r| r.view.id == slot.run_id) {
+                    run.view.active = run.view.active.saturating_sub(1);
+                    run.view.interrupted += 1;
+                }
             }
         }
         if self.run.as_ref().is_some_and(|r| r.view.armed) {
@@ -406,6 +430,7 @@ impl Station {
         .await;
         let slot = &mut self.ports[port];
         slot.view.clear();
+        slot.waiting_since = None;
         slot.view.state = PortState::Detected;
         slot.view.device = Some(DeviceView::from(&device));
         slot.kernel_name = Some(device.kernel_name.clone());
@@ -419,9 +444,11 @@ impl Station {
         );
         if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
             if run.passed_keys.contains(&key) {
+                let verdict_run = VerdictRun::of(&run.view);
                 let view = &mut self.ports[port].view;
                 view.state = PortState::Passed;
                 view.verdict = Some(Verdict::Pass);
+                view.verdict_run = Some(verdict_run);
                 self.publish_port(port);
                 tracing::info!(port = %label, device = %key, "already passed in this run; not rewritten");
                 return;
@@ -459,6 +486,7 @@ impl Station {
                 None,
             ),
             kernel_name: None,
+            waiting_since: None,
         });
         Some(self.ports.len() - 1)
     }
@@ -476,12 +504,6 @@ impl Station {
                 explained.push(target.clone());
             }
         }
-        // Failures that were waiting for a removal get their verdict now.
-        for target in explained {
-            if let Some(waiting) = self.pending.remove(&target) {
-                Box::pin(self.settle(waiting)).await;
-            }
-        }
         let label = self.ports[port].view.label.clone();
         self.log(JournalEvent::DeviceRemoved {
             port: label.clone(),
@@ -489,16 +511,44 @@ impl Station {
         })
         .await;
         if self.ports[port].view.mapped {
+            let view = &self.ports[port].view;
             // An ejected stick leaves the system but is still in its port: keep
             // showing "passed, ejected: pull it" until another stick arrives.
-            let ejected =
-                self.ports[port].view.ejected && self.ports[port].view.state == PortState::Passed;
-            if !ejected {
+            let ejected = view.ejected && view.state == PortState::Passed;
+            // A stick pulled during its attempt: the port goes on to show the
+            // verdict (`removed`, once recorded) until another stick arrives,
+            // never `empty` as if nothing had happened. The engine may have
+            // seen the removal first and given that verdict already.
+            let mid_attempt = !explained.is_empty()
+                || matches!(
+                    view.verdict.as_ref().and_then(Verdict::failure),
+                    Some(Failure {
+                        reason: FailReason::Removed { .. },
+                        ..
+                    })
+                );
+            if mid_attempt && !ejected {
+                let view = &mut self.ports[port].view;
+                view.device = None;
+                view.progress = None;
+            } else if !ejected {
                 self.ports[port].view.clear();
             }
             self.ports[port].kernel_name = None;
+            self.ports[port].waiting_since = None;
             self.publish_port(port);
+            // Failures that were waiting for a removal get their verdict now.
+            for target in explained {
+                if let Some(waiting) = self.pending.remove(&target) {
+                    Box::pin(self.settle(waiting)).await;
+                }
+            }
         } else {
+            for target in explained {
+                if let Some(waiting) = self.pending.remove(&target) {
+                    Box::pin(self.settle(waiting)).await;
+                }
+            }
             self.remove_unmapped_port(port);
             let _ = self.events.send(StationEvent::PortGone { label });
             self.publish_snapshot();
@@ -590,6 +640,7 @@ impl Station {
             armed: true,
             passed: 0,
             failed: 0,
+            interrupted: 0,
             active: 0,
             bytes_written: 0,
             stop_reason: None,
@@ -601,16 +652,23 @@ impl Station {
             passed_keys: HashSet::new(),
         });
         self.publish_run();
-        // Sticks already present and waiting are written too.
-        let waiting: Vec<usize> = (0..self.ports.len())
+        // Sticks already present are written too: those that were only
+        // detected or refused, and those with a verdict of an earlier run (a
+        // pass of another run says nothing about this run's image). An ejected
+        // stick is no longer present and cannot be.
+        let candidates: Vec<usize> = (0..self.ports.len())
             .filter(|&p| {
-                matches!(
-                    self.ports[p].view.state,
-                    PortState::Detected | PortState::Refused
-                )
+                self.ports[p].kernel_name.is_some()
+                    && matches!(
+                        self.ports[p].view.state,
+                        PortState::Detected
+                            | PortState::Refused
+                            | PortState::Passed
+                            | PortState::Failed
+                    )
             })
             .collect();
-        for port in waiting {
+        for port in candidates {
             self.try_start(port, false).await;
             self.publish_port(port);
         }
@@ -625,6 +683,14 @@ impl Station {
         run.view.stop_reason = Some(reason);
         run.fanout = None;
         let id = run.view.id;
+        // Nothing waits for a run that is over.
+        for port in 0..self.ports.len() {
+            if self.ports[port].view.state == PortState::Waiting {
+                self.ports[port].view.state = PortState::Detected;
+                self.ports[port].waiting_since = None;
+                self.publish_port(port);
+            }
+        }
         self.publish_run();
         self.journal.run_stopped(id, reason, note).await?;
         Ok(())
@@ -682,6 +748,7 @@ impl Station {
         let key = device.identity.key();
         if let Err(reason) = guard_device(&*self.access, &device, &self.settings.policy, &request) {
             tracing::warn!(port = %label, device = %key, %reason, "refused by the target guard");
+            self.ports[port].waiting_since = None;
             let view = &mut self.ports[port].view;
             view.state = PortState::Refused;
             view.refusal = Some(reason.clone());
@@ -693,6 +760,20 @@ impl Station {
             .await;
             return;
         }
+        // With a target count, passes plus attempts in flight may already be
+        // enough: then the stick waits for one of them to fail.
+        if self.run.as_ref().is_some_and(ActiveRun::target_covered) {
+            let port_state = &mut self.ports[port];
+            if port_state.waiting_since.is_none() {
+                self.wait_seq += 1;
+                port_state.waiting_since = Some(self.wait_seq);
+            }
+            port_state.view.state = PortState::Waiting;
+            port_state.view.refusal = None;
+            tracing::info!(port = %label, device = %key, "waiting: the target count is nearly reached");
+            return;
+        }
+        self.ports[port].waiting_since = None;
         // Recorded before the first byte is written.
         let attempt_id = match self
             .record_attempt_start(&kernel_name, device_id, run_id, &label, &device)
@@ -701,6 +782,7 @@ impl Station {
             Ok(id) => id,
             Err(error) => {
                 tracing::error!(%error, port = %label, "cannot record the attempt; not writing");
+                let verdict_run = self.run.as_ref().map(|r| VerdictRun::of(&r.view));
                 let view = &mut self.ports[port].view;
                 view.state = PortState::Failed;
                 view.verdict = Some(Verdict::Fail(Failure {
@@ -709,13 +791,18 @@ impl Station {
                     },
                     stage: Stage::Preparing,
                 }));
+                view.verdict_run = verdict_run;
                 return;
             }
         };
         let guard = open_time_guard(device.clone(), self.settings.policy.clone(), request);
         let target = self.access.target(&device, guard);
         let target_id = TargetId::new(format!("{label}#{attempt_id}"));
-        let Some(fanout) = self.run.as_ref().and_then(|r| r.fanout.as_ref()) else {
+        let Some(run) = self.run.as_ref() else {
+            return;
+        };
+        let verdict_run = VerdictRun::of(&run.view);
+        let Some(fanout) = run.fanout.as_ref() else {
             return;
         };
         let handle = fanout.start(target_id.clone(), target);
@@ -732,6 +819,7 @@ impl Station {
             target_id,
             Slot {
                 run_id,
+                verdict_run,
                 attempt_id,
                 port,
                 kernel_name,
@@ -744,6 +832,7 @@ impl Station {
         let view = &mut self.ports[port].view;
         view.state = PortState::Preparing;
         view.verdict = None;
+        view.verdict_run = None;
         view.figures = None;
         view.refusal = None;
         view.progress = None;
@@ -880,6 +969,13 @@ impl Station {
         self.record_finish(slot.attempt_id, &verdict, &figures)
             .await;
         let passed = verdict.is_pass();
+        let interrupted = matches!(
+            verdict.failure(),
+            Some(Failure {
+                reason: FailReason::Interrupted,
+                ..
+            })
+        );
         let mut target_reached = false;
         if let Some(run) = self.run.as_mut().filter(|r| r.view.id == slot.run_id) {
             run.view.active = run.view.active.saturating_sub(1);
@@ -887,6 +983,9 @@ impl Station {
             if passed {
                 run.view.passed += 1;
                 run.passed_keys.insert(slot.device_key.clone());
+            } else if interrupted {
+                // Says nothing about the stick; the records count it apart.
+                run.view.interrupted += 1;
             } else {
                 run.view.failed += 1;
             }
@@ -895,10 +994,14 @@ impl Station {
                 target_reached = run.view.armed && run.view.passed >= target;
             }
         }
-        let still_here = slot.port != usize::MAX
+        // The port shows this attempt until another stick arrives (which
+        // clears it), also when its stick was pulled.
+        let shown_here = slot.port != usize::MAX
+            && self.ports[slot.port].view.attempt_id == Some(slot.attempt_id);
+        let still_here = shown_here
             && slot.removed_during.is_none()
             && self.ports[slot.port].kernel_name.as_deref() == Some(slot.kernel_name.as_str());
-        if still_here {
+        if shown_here {
             let view = &mut self.ports[slot.port].view;
             view.state = if passed {
                 PortState::Passed
@@ -906,9 +1009,12 @@ impl Station {
                 PortState::Failed
             };
             view.verdict = Some(verdict);
+            view.verdict_run = Some(slot.verdict_run.clone());
             view.figures = Some(figures);
             view.progress = None;
             self.publish_port(slot.port);
+        }
+        if still_here {
             let eject = passed
                 && self
                     .run
@@ -930,6 +1036,33 @@ impl Station {
             }
         } else if target_reached {
             let _ = self.disarm(StopReason::TargetReached, None).await;
+        } else if !passed {
+            // A failure leaves room under the target count.
+            self.start_waiting().await;
+        }
+    }
+
+    /// Starts waiting sticks, in the order they began to wait, while the armed
+    /// run's target count leaves room (each start re-checks it).
+    async fn start_waiting(&mut self) {
+        let mut queue: Vec<(u64, usize)> = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.view.state == PortState::Waiting)
+            .filter_map(|(i, p)| p.waiting_since.map(|since| (since, i)))
+            .collect();
+        queue.sort_unstable();
+        for (_, port) in queue {
+            if self
+                .run
+                .as_ref()
+                .is_none_or(|r| !r.view.armed || r.target_covered())
+            {
+                break;
+            }
+            self.try_start(port, false).await;
+            self.publish_port(port);
         }
     }
 
@@ -1003,18 +1136,21 @@ impl Station {
         }
     }
 
+    // The snapshot is updated before the event is sent: whoever receives an
+    // event and then reads the snapshot sees at least that change.
+
     fn publish_port(&mut self, port: usize) {
+        self.publish_snapshot();
         let _ = self.events.send(StationEvent::Port {
             port: Box::new(self.ports[port].view.clone()),
         });
-        self.publish_snapshot();
     }
 
     fn publish_run(&mut self) {
+        self.publish_snapshot();
         let _ = self.events.send(StationEvent::Run {
             run: self.run.as_ref().map(|r| r.view.clone()),
         });
-        self.publish_snapshot();
     }
 
     fn publish_snapshot(&mut self) {

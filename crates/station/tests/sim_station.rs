@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashrack_core::{FailReason, RunId, Stage, StopReason, Verdict};
+use flashrack_core::{FailReason, Failure, RunId, Stage, StopReason, Verdict};
 use flashrack_devices::guard::GuardPolicy;
 use flashrack_devices::sim::SimStickSpec;
 use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_engine::{EngineOptions, SourceImage};
 use flashrack_station::{
     ArmRequest, JournalEvent, MemoryJournal, PortSpec, PortState, RunOptions, Snapshot, Station,
-    StationError, StationHandle, StationSettings,
+    StationError, StationEvent, StationHandle, StationSettings, VerdictRun,
 };
 use tokio::sync::oneshot;
 
@@ -92,6 +92,15 @@ impl Rig {
                 options,
             })
             .await
+    }
+
+    /// A second image, other bytes than the rig's own.
+    fn other_image(&self) -> SourceImage {
+        let dir = self._dir.path().join("image-b");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 99, 256 * 1024);
+        let (path, manifest) = flashrack_testkit::image_from_bytes(&dir, &bytes, 256 * 1024);
+        SourceImage { path, manifest }
     }
 
     /// Waits until the snapshot satisfies `check` (10 s at most).
@@ -198,28 +207,72 @@ async fn an_armed_run_writes_present_and_inserted_sticks_and_records_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulling_a_stick_mid_write_fails_it_as_removed_and_the_others_carry_on() {
+async fn a_stick_pulled_mid_write_leaves_its_port_failed_as_removed_until_the_next_stick() {
     let rig = rig(2, GuardPolicy::default()).await;
     rig.arm(RunOptions::default()).await.unwrap();
     let slow = rig.plug(1, "SLOW", healthy().write_speed(MIB));
     rig.plug(2, "FAST", healthy());
     rig.until("writing", |s| state(s, "A1") == PortState::Writing)
         .await;
+    let mut events = rig.handle.subscribe();
     rig.control.pull(&slow).unwrap();
+    let removed = Verdict::Fail(Failure {
+        reason: FailReason::Removed {
+            during: Stage::Writing,
+        },
+        stage: Stage::Writing,
+    });
+    // The port says what happened to the stick that was in it, with no stick
+    // shown, until another one arrives; it never passes through `empty`.
+    let mut seen = Vec::new();
+    let wait_failed = async {
+        loop {
+            if let StationEvent::Port { port } = events.recv().await.unwrap() {
+                if port.label == "A1" {
+                    seen.push(port.state);
+                    // Failed, and the removal seen (udev may report it before
+                    // or after the attempt ends).
+                    if port.state == PortState::Failed && port.device.is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait_failed)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "A1 never failed without its stick; went through {seen:?}: {:#?}",
+                rig.handle.snapshot()
+            )
+        });
     let snap = rig
-        .until("A1 empty, A2 passed", |s| {
-            state(s, "A1") == PortState::Empty && state(s, "A2") == PortState::Passed
+        .until("A1 failed, A2 passed", |s| {
+            state(s, "A1") == PortState::Failed && state(s, "A2") == PortState::Passed
         })
         .await;
-    let run = rig
-        .until("removed counted", |s| {
-            s.run.as_ref().is_some_and(|r| r.failed == 1)
+    assert!(
+        !seen.contains(&PortState::Empty),
+        "A1 went through: {seen:?}"
+    );
+    let a1 = port(&snap, "A1");
+    assert_eq!(a1.verdict, Some(removed.clone()));
+    assert!(a1.device.is_none(), "no stick is shown: {a1:?}");
+    assert!(a1.progress.is_none());
+    assert_eq!(a1.verdict_run.as_ref().map(|v| v.run_id), Some(RunId(1)));
+    let run = snap.run.clone().unwrap();
+    assert_eq!((run.passed, run.failed, run.active), (1, 1, 0));
+    // The next stick replaces it.
+    rig.plug(1, "NEXT", healthy());
+    let snap = rig
+        .until("the next stick passed in A1", |s| {
+            state(s, "A1") == PortState::Passed
         })
-        .await
-        .run
-        .unwrap();
-    assert_eq!(run.passed, 1);
-    assert!(port(&snap, "A1").device.is_none());
+        .await;
+    let a1 = port(&snap, "A1");
+    assert_eq!(a1.device.as_ref().unwrap().serial.as_deref(), Some("NEXT"));
+    assert_eq!(a1.verdict, Some(Verdict::Pass));
     let journal = rig.shutdown().await;
     let verdicts: Vec<_> = journal
         .records()
@@ -227,15 +280,21 @@ async fn pulling_a_stick_mid_write_fails_it_as_removed_and_the_others_carry_on()
         .into_iter()
         .map(|a| a.verdict)
         .collect();
-    assert!(
-        verdicts.contains(&Some(Verdict::Fail(flashrack_core::Failure {
-            reason: FailReason::Removed {
-                during: Stage::Writing
-            },
-            stage: Stage::Writing,
-        })))
+    assert_eq!(verdicts.len(), 3, "{verdicts:?}");
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|v| **v == Some(removed.clone()))
+            .count(),
+        1
     );
-    assert!(verdicts.contains(&Some(Verdict::Pass)));
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|v| **v == Some(Verdict::Pass))
+            .count(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,14 +506,17 @@ async fn stopping_the_run_and_shutting_down_interrupt_running_attempts() {
         Err(StationError::NotArmed)
     ));
 
-    // A second run, then a shutdown in the middle of a write.
+    // A second run, then a shutdown in the middle of a write. The stick left
+    // untested in A1 is written by the new run too.
     rig.arm(RunOptions::default()).await.unwrap();
     rig.plug(2, "S2", healthy().write_speed(MIB));
-    rig.until("writing", |s| state(s, "A2") == PortState::Writing)
-        .await;
+    rig.until("writing", |s| {
+        state(s, "A1") == PortState::Writing && state(s, "A2") == PortState::Writing
+    })
+    .await;
     let journal = rig.shutdown().await;
     let records = journal.records();
-    assert_eq!(records.attempts.len(), 2);
+    assert_eq!(records.attempts.len(), 3);
     for attempt in &records.attempts {
         assert!(
             matches!(
@@ -631,4 +693,197 @@ async fn a_stick_stuck_in_the_kernel_never_blocks_a_run_stop_another_port_or_a_s
     assert_eq!(records.attempts[1].verdict, Some(Verdict::Pass));
     assert_eq!(records.runs[1].2, Some(StopReason::Shutdown));
     stuck.release();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_that_passed_in_an_earlier_run_is_written_by_the_next_run_and_says_which() {
+    let rig = rig(1, GuardPolicy::default()).await;
+    let first = rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "S1", healthy());
+    let snap = rig
+        .until("passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    let a1 = port(&snap, "A1");
+    assert_eq!(
+        a1.verdict_run,
+        Some(VerdictRun {
+            run_id: first.id,
+            image_name: "test.img".into(),
+            image_sha256: rig.image.manifest.sha256(),
+        })
+    );
+    assert!(a1.verdict_is_of(&first));
+    rig.handle.stop_run("next image").await.unwrap();
+
+    // Run 2 writes another image: the stick still in A1 holds image A, so the
+    // new run writes it, as it does any stick that has not passed in it.
+    let image_b = rig.other_image();
+    let second = rig
+        .handle
+        .arm(ArmRequest {
+            image: image_b.clone(),
+            image_name: "b.img".into(),
+            options: RunOptions::default(),
+        })
+        .await
+        .unwrap();
+    let stale = rig.handle.snapshot();
+    assert!(
+        !port(&stale, "A1").verdict_is_of(&second),
+        "run 1's pass is not a pass of run 2: {:?}",
+        port(&stale, "A1")
+    );
+    let snap = rig
+        .until("passed in run 2", |s| {
+            state(s, "A1") == PortState::Passed
+                && port(s, "A1").verdict_run.as_ref().map(|v| v.run_id) == Some(second.id)
+        })
+        .await;
+    let a1 = port(&snap, "A1");
+    assert!(a1.verdict_is_of(snap.run.as_ref().unwrap()));
+    assert_eq!(
+        a1.verdict_run.as_ref().unwrap().image_sha256,
+        image_b.manifest.sha256()
+    );
+    assert_eq!(a1.verdict_run.as_ref().unwrap().image_name, "b.img");
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    let medium = std::fs::read(stick.path()).unwrap();
+    let b = std::fs::read(&image_b.path).unwrap();
+    assert_eq!(&medium[..b.len()], &b[..], "the stick holds image B");
+    let journal = rig.shutdown().await;
+    let runs: Vec<RunId> = journal
+        .records()
+        .attempts
+        .iter()
+        .map(|a| a.start.run_id)
+        .collect();
+    assert_eq!(runs, [first.id, second.id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_pass_of_an_earlier_run_keeps_naming_that_run_under_the_next_one() {
+    let rig = rig(1, GuardPolicy::default()).await;
+    let first = rig
+        .arm(RunOptions {
+            eject_on_pass: true,
+            ..RunOptions::default()
+        })
+        .await
+        .unwrap();
+    rig.plug(1, "S1", healthy());
+    rig.until("ejected", |s| port(s, "A1").ejected).await;
+    rig.handle.stop_run("next image").await.unwrap();
+    let image_b = rig.other_image();
+    let second = rig
+        .handle
+        .arm(ArmRequest {
+            image: image_b,
+            image_name: "b.img".into(),
+            options: RunOptions::default(),
+        })
+        .await
+        .unwrap();
+    // The ejected stick cannot be written (the system let go of it); its port
+    // still shows run 1's pass, named as such.
+    let snap = rig.handle.snapshot();
+    let a1 = port(&snap, "A1");
+    assert_eq!(a1.state, PortState::Passed);
+    assert_eq!(
+        a1.verdict_run
+            .as_ref()
+            .map(|v| (v.run_id, v.image_name.as_str())),
+        Some((first.id, "test.img"))
+    );
+    assert!(!a1.verdict_is_of(&second));
+    assert!(a1.verdict_is_of(&first));
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_attempts_are_counted_apart_from_failures() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "BAD", healthy().write_error_after(512 * 1024));
+    rig.plug(2, "SLOW", healthy().write_speed(MIB));
+    rig.until("A1 failed, A2 writing", |s| {
+        state(s, "A1") == PortState::Failed && state(s, "A2") == PortState::Writing
+    })
+    .await;
+    rig.handle.stop_run("operator stop").await.unwrap();
+    let snap = rig
+        .until("A2 interrupted", |s| state(s, "A2") == PortState::Failed)
+        .await;
+    let run = snap.run.unwrap();
+    assert_eq!(
+        (run.passed, run.failed, run.interrupted, run.active),
+        (0, 1, 1, 0)
+    );
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_target_count_sticks_wait_while_passes_and_attempts_in_flight_reach_it() {
+    let rig = rig(5, GuardPolicy::default()).await;
+    rig.arm(RunOptions {
+        target_count: Some(2),
+        ..RunOptions::default()
+    })
+    .await
+    .unwrap();
+    // Two in flight: the target could be reached without another stick.
+    let pulled = rig.plug(1, "PULLED", healthy().write_speed(MIB));
+    rig.plug(2, "SLOW", healthy().write_speed(2 * MIB));
+    rig.until("two writing", |s| {
+        state(s, "A1") == PortState::Writing && state(s, "A2").is_busy()
+    })
+    .await;
+    // The next sticks wait, in the order they arrived.
+    rig.plug(3, "BAD", healthy().write_error_after(512 * 1024));
+    rig.until("A3 waiting", |s| state(s, "A3") == PortState::Waiting)
+        .await;
+    rig.plug(4, "GOOD", healthy());
+    rig.until("A4 waiting", |s| state(s, "A4") == PortState::Waiting)
+        .await;
+    rig.plug(5, "SPARE", healthy());
+    let snap = rig
+        .until("A5 waiting", |s| state(s, "A5") == PortState::Waiting)
+        .await;
+    assert_eq!(snap.run.as_ref().unwrap().active, 2);
+    assert_eq!(
+        rig.journal.records().attempts.len(),
+        2,
+        "no attempt for a waiting stick"
+    );
+    // One in flight fails (pulled): the first waiting stick starts; it fails
+    // too (a bad stick): the next one starts. The target is reached by A2 and
+    // A4; A5 is never written.
+    rig.control.pull(&pulled).unwrap();
+    let snap = rig
+        .until("the run stops at its target", |s| {
+            s.run.as_ref().is_some_and(|r| !r.armed)
+        })
+        .await;
+    let run = snap.run.clone().unwrap();
+    assert_eq!(run.stop_reason, Some(StopReason::TargetReached));
+    assert_eq!((run.passed, run.failed, run.active), (2, 2, 0));
+    assert_eq!(state(&snap, "A2"), PortState::Passed);
+    assert_eq!(state(&snap, "A3"), PortState::Failed);
+    assert_eq!(state(&snap, "A4"), PortState::Passed);
+    assert_eq!(state(&snap, "A5"), PortState::Detected, "back to detected");
+    let (_, spare) = rig.control.stick_at(&port_path(5)).unwrap();
+    assert_eq!(spare.counters().bytes_written, 0);
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    let labels: Vec<&str> = records
+        .attempts
+        .iter()
+        .map(|a| a.start.port_label.as_str())
+        .collect();
+    assert_eq!(labels, ["A1", "A2", "A3", "A4"]);
+    let passes = records
+        .attempts
+        .iter()
+        .filter(|a| a.verdict == Some(Verdict::Pass))
+        .count();
+    assert_eq!(passes, 2, "never more passes than the target");
 }
