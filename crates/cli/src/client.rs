@@ -115,6 +115,18 @@ pub fn status_table(snapshot: &Snapshot) -> String {
             (_, Some(refusal), PortState::Refused) => format!("refused: {refusal}"),
             (Some(verdict), _, _) => {
                 let mut text = verdict.to_string();
+                // A verdict always says which run (and image) it is about; one
+                // of another run is not a verdict of the current one.
+                if let Some(of) = &port.verdict_run {
+                    text.push_str(&format!(" (run {}, {})", of.run_id, of.image_name));
+                    if snapshot
+                        .run
+                        .as_ref()
+                        .is_some_and(|run| !port.verdict_is_of(run))
+                    {
+                        text.push_str(" — not this run");
+                    }
+                }
                 if port.ejected {
                     text.push_str(" (ejected)");
                 }
@@ -133,7 +145,7 @@ pub fn status_table(snapshot: &Snapshot) -> String {
     let mut out = crate::table::render(&rows);
     match &snapshot.run {
         Some(run) => out.push_str(&format!(
-            "run {}: {} ({}), {} — {} passed, {} failed, {} active{}\n",
+            "run {}: {} ({}), {} — {} passed, {} failed, {} interrupted, {} active{}\n",
             run.id,
             run.image_name,
             run.image_sha256.short(),
@@ -144,6 +156,7 @@ pub fn status_table(snapshot: &Snapshot) -> String {
             },
             run.passed,
             run.failed,
+            run.interrupted,
             run.active,
             run.remaining
                 .map_or(String::new(), |r| format!(", {r} to go")),

@@ -160,13 +160,14 @@ async fn scenario(
     let mut done_since: HashMap<String, Instant> = HashMap::new();
     loop {
         let snapshot = station.snapshot();
+        // A port is free when no stick is in it: empty, or showing the verdict
+        // of a stick pulled during its attempt.
         let empty: Vec<&PortConfig> = ports
             .iter()
             .filter(|p| {
-                snapshot
-                    .ports
-                    .iter()
-                    .any(|v| v.label == p.label && v.state == PortState::Empty)
+                snapshot.ports.iter().any(|v| {
+                    v.label == p.label && v.device.is_none() && !v.state.is_busy() && !v.ejected
+                })
             })
             .collect();
         // Plug a couple of sticks at a time into empty ports.

@@ -208,3 +208,7 @@ pub async fn run(data_dir_flag: Option<PathBuf>, wait: bool, args: ServeArgs) ->
     .await?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod tests;

@@ -2,9 +2,13 @@
 //!
 //! The stream opens with a `snapshot` event (every port and the run), then sends
 //! `port`, `port_gone` and `run` events as they happen. A client that falls too far
-//! behind gets a fresh `snapshot` instead of the events it missed. Keep-alive
-//! comments every 15 s keep proxies from closing an idle stream; `EventSource`
-//! reconnects by itself and starts again from a snapshot.
+//! behind gets a fresh `snapshot` instead of the events it missed. A `ping` event
+//! whenever the stream has been quiet for [`PING_INTERVAL`] keeps proxies from
+//! closing an idle stream and lets a client tell a quiet station from a lost one
+//! (`EventSource` does not surface comments, and a half-open connection raises no
+//! error): the dashboard calls its view stale when it has heard nothing for a
+//! few intervals. `EventSource` reconnects by itself and starts again from a
+//! snapshot.
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +21,10 @@ use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::WebState;
+
+/// The longest the event stream stays silent: a `ping` event is sent when
+/// nothing else was for this long.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A station event serialized once for every client; `None` asks the clients to
 /// send themselves a fresh snapshot (the hub fell behind the station).
@@ -100,5 +108,9 @@ pub async fn stream(
             .chain(rest)
             .take_until(Box::pin(ended)),
     )
-    .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    .keep_alive(
+        KeepAlive::new()
+            .interval(PING_INTERVAL)
+            .event(Event::default().event("ping").data("{}")),
+    )
 }

@@ -9,10 +9,11 @@ use flashrack_station::PortState;
 
 use crate::WebState;
 
-const STATES: [(PortState, &str); 9] = [
+const STATES: [(PortState, &str); 10] = [
     (PortState::Empty, "empty"),
     (PortState::Detected, "detected"),
     (PortState::Refused, "refused"),
+    (PortState::Waiting, "waiting"),
     (PortState::Preparing, "preparing"),
     (PortState::Writing, "writing"),
     (PortState::Flushing, "flushing"),
@@ -49,9 +50,15 @@ pub async fn metrics(State(state): State<WebState>) -> impl IntoResponse {
         ),
         (
             "flashrack_run_failed",
-            "Sticks that failed in the current run.",
+            "Sticks that failed in the current run (interrupted attempts not included).",
             "counter",
             run.map_or(0, |r| u64::from(r.failed)),
+        ),
+        (
+            "flashrack_run_interrupted",
+            "Attempts of the current run interrupted by a stop, a shutdown or a source failure.",
+            "counter",
+            run.map_or(0, |r| u64::from(r.interrupted)),
         ),
         (
             "flashrack_run_active",

@@ -631,3 +631,117 @@ async fn a_real_server_on_port_zero_streams_a_snapshot_then_changes() {
     .await;
     assert!(ended.is_ok(), "the client sees its stream end");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_view_names_the_run_and_image_of_its_verdict_and_metrics_count_apart() {
+    let rig = rig(AccessPolicy::default()).await;
+    let (status, run) = post(
+        &rig,
+        "/api/v1/runs",
+        json!({"image": rig.image_sha, "target_count": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["interrupted"], 0);
+    // A slow stick in flight covers the target: the next one waits.
+    rig.control
+        .plug(
+            "p1",
+            "SLOW",
+            SimStickSpec::new("", 8 * MIB).write_speed(MIB),
+        )
+        .unwrap();
+    let mut watch = rig.station().watch();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        watch.wait_for(|s| s.ports[0].state == flashrack_station::PortState::Writing),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    rig.control
+        .plug("p2", "NEXT", SimStickSpec::new("", 8 * MIB))
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        watch.wait_for(|s| s.ports[1].state == flashrack_station::PortState::Waiting),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (_, port) = get(&rig, "/api/v1/ports/A2").await;
+    assert_eq!(port["state"], "waiting");
+    let (_, metrics) = get(&rig, "/metrics").await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("flashrack_ports{station=\"web-test\",state=\"waiting\"} 1"),
+        "{metrics}"
+    );
+    // Stopped mid-write: interrupted, not failed, in the run view and metrics.
+    let (status, _) = call(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs/current/stop",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        watch.wait_for(|s| s.run.as_ref().is_some_and(|r| r.active == 0)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (_, run) = get(&rig, "/api/v1/runs/current").await;
+    assert_eq!(
+        (&run["failed"], &run["interrupted"]),
+        (&json!(0), &json!(1)),
+        "{run}"
+    );
+    let (_, metrics) = get(&rig, "/metrics").await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("flashrack_run_failed{station=\"web-test\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flashrack_run_interrupted{station=\"web-test\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flashrack_ports{station=\"web-test\",state=\"waiting\"} 0"),
+        "the waiting stick is detected again once the run is over: {metrics}"
+    );
+    // The interrupted verdict names its run and image.
+    let (_, port) = get(&rig, "/api/v1/ports/A1").await;
+    assert_eq!(port["verdict"]["reason"], "interrupted", "{port}");
+    assert_eq!(port["verdict_run"]["run_id"], run["id"], "{port}");
+    assert_eq!(port["verdict_run"]["image_name"], "test.img", "{port}");
+    assert_eq!(port["verdict_run"]["image_sha256"], rig.image_sha, "{port}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_event_stream_pings_so_that_a_client_can_tell_it_from_a_lost_one() {
+    use futures::StreamExt;
+    let rig = rig(AccessPolicy::default()).await;
+    let response = rig
+        .app()
+        .oneshot(Request::get("/api/v1/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = response.into_body().into_data_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("event: snapshot"));
+    let started = tokio::time::Instant::now();
+    // Nothing happens at the station: time runs until the ping.
+    let next = body.next().await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&next).into_owned();
+    assert!(text.contains("event: ping\n"), "{text:?}");
+    assert!(
+        text.contains("data: "),
+        "EventSource only dispatches events with data: {text:?}"
+    );
+    assert_eq!(started.elapsed(), flashrack_web::events::PING_INTERVAL);
+}
