@@ -7,14 +7,22 @@
   const TOKEN_KEY = 'flashrack.token';
   const BUSY = new Set(['preparing', 'writing', 'flushing', 'verifying']);
   const STATE_NAMES = {
-    empty: 'Empty', detected: 'Detected', refused: 'Refused', preparing: 'Preparing',
+    empty: 'Empty', detected: 'Detected', refused: 'Refused', waiting: 'Waiting', preparing: 'Preparing',
     writing: 'Writing', flushing: 'Flushing', verifying: 'Verifying',
     passed: 'Passed', failed: 'Failed',
   };
   const STATE_MARKS = { passed: '✓ ', failed: '✗ ', refused: '⊘ ' };
 
+  // The dashboard never passes off an old view as live: when the event stream
+  // is lost (or has been silent for STALE_AFTER_MS: the station pings every 5 s)
+  // or a request cannot reach the station, the view is marked stale until the
+  // stream is back with a fresh snapshot.
+  const STALE_AFTER_MS = 12000;
+
   const model = {
     stationId: '',
+    stale: false,
+    staleSince: null, // Date: when the view stopped being live
     ports: new Map(), // label -> PortView, in the station's order
     run: null,
     images: [],
@@ -213,6 +221,7 @@
           body: body === undefined ? undefined : JSON.stringify(body),
         });
       } catch (_) {
+        markStale();
         throw new ApiError(0, 'network', 'the station cannot be reached');
       }
       if (response.status === 401) {
@@ -241,6 +250,7 @@
   let source = null;
   let retryDelay = 1000;
   let retryTimer = null;
+  let lastHeard = 0; // Date.now() of the last message on the stream (or of its opening)
 
   function setConnection(kind, text) {
     const badge = $('conn');
@@ -259,35 +269,82 @@
   function connectEvents() {
     if (source) source.close();
     clearTimeout(retryTimer);
+    lastHeard = Date.now();
     source = new EventSource(withToken(`${API}/events`));
+    const heard = () => { lastHeard = Date.now(); };
     source.addEventListener('snapshot', (event) => {
+      heard();
       const snapshot = parseData(event);
       if (!snapshot) return;
+      // Only a fresh snapshot on a working stream makes the view live again.
+      model.stale = false;
+      model.staleSince = null;
       applySnapshot(snapshot);
+      renderStale();
       retryDelay = 1000;
       setConnection('live', '● Live');
     });
+    source.addEventListener('ping', heard);
     source.addEventListener('port', (event) => {
+      heard();
       const data = parseData(event);
       if (data && data.port) upsertPort(data.port);
     });
     source.addEventListener('port_gone', (event) => {
+      heard();
       const data = parseData(event);
       if (data) removePort(data.label);
     });
     source.addEventListener('run', (event) => {
+      heard();
       const data = parseData(event);
       if (data) setRun(data.run);
     });
     source.onerror = () => {
+      markStale();
       if (source.readyState === EventSource.CLOSED) scheduleReconnect();
-      else setConnection('reconnecting', 'Reconnecting…');
     };
+  }
+
+  /** A stream that says nothing, not even its pings, is as good as lost. */
+  function watchStream() {
+    setInterval(() => {
+      if (!source || Date.now() - lastHeard <= STALE_AFTER_MS) return;
+      markStale();
+      connectEvents();
+    }, 2000);
+  }
+
+  /** From now on the view is not live: say so, and since when. */
+  function markStale() {
+    if (!model.stale) {
+      model.stale = true;
+      model.staleSince = new Date();
+      renderStale();
+    }
+    setConnection('lost', '✕ Disconnected');
+  }
+
+  const fmtClock = (date) => [date.getHours(), date.getMinutes(), date.getSeconds()]
+    .map((n) => String(n).padStart(2, '0')).join(':');
+
+  /** Everything that depends on whether the view is live. */
+  function renderStale() {
+    document.body.classList.toggle('stale', model.stale);
+    const banner = $('stale-banner');
+    banner.hidden = !model.stale;
+    if (model.stale) {
+      banner.replaceChildren(
+        el('strong', { text: `Station unreachable: this view is stale since ${fmtClock(model.staleSince)}.` }),
+        ' Nothing below is live: sticks may have finished, failed or been pulled since. Reconnecting…');
+    }
+    renderRack();
+    renderRun();
+    renderRuns();
   }
 
   /** EventSource gives up on an HTTP error (401, 503): retry ourselves. */
   function scheduleReconnect() {
-    setConnection('reconnecting', 'Reconnecting…');
     clearTimeout(retryTimer);
     retryTimer = setTimeout(async () => {
       try {
@@ -331,6 +388,9 @@
   function setRun(run) {
     const before = model.run;
     model.run = run;
+    // Which verdicts are of the current run, and which controls can work,
+    // depend on the run: the tiles follow.
+    if ((before && before.id) !== (run && run.id) || Boolean(before && before.armed) !== Boolean(run && run.armed)) renderRack();
     renderRun();
     const changed = !before || !run || before.id !== run.id || before.armed !== run.armed
       || before.passed !== run.passed || before.failed !== run.failed;
@@ -416,25 +476,55 @@
     for (const port of model.ports.values()) {
       let key = BUSY.has(port.state) ? 'busy' : port.state;
       if (isInterrupted(port)) key = 'interrupted';
+      // A pass of another run is no pass of this one: counted apart.
+      if (isForeignOutcome(port)) key = 'of an earlier run';
       counts[key] = (counts[key] || 0) + 1;
     }
-    const parts = [`${model.ports.size} ports`];
-    for (const key of ['busy', 'passed', 'failed', 'interrupted', 'refused', 'detected']) {
+    const parts = [model.stale ? `${model.ports.size} ports (last known)` : `${model.ports.size} ports`];
+    for (const key of ['busy', 'waiting', 'passed', 'failed', 'interrupted', 'of an earlier run', 'refused', 'detected']) {
       if (counts[key]) parts.push(`${counts[key]} ${key}`);
     }
     const run = model.run;
-    if (run) parts.push(`run #${run.id} ${run.armed ? 'armed' : 'stopped'}: ${run.passed} ✓ ${run.failed} ✗`);
+    if (run) {
+      const state = model.stale ? 'state unknown' : run.armed ? 'armed' : 'stopped';
+      parts.push(`run #${run.id} ${state}: ${run.passed} passed, ${run.failed} failed, ${run.interrupted || 0} interrupted`);
+    }
     $('rack-summary').textContent = parts.join(' · ');
   }
 
   /** An interrupted attempt is a `failed` port, but says nothing about the stick. */
   const isInterrupted = (port) => port.state === 'failed' && port.verdict && port.verdict.reason === 'interrupted';
 
+  /**
+   * Whether the port's verdict was given under the current run (same run, same
+   * image). A verdict of another run says nothing about this run's image.
+   */
+  function verdictIsCurrent(port) {
+    const of = port.verdict_run;
+    const run = model.run;
+    return Boolean(port.verdict && of && run && of.run_id === run.id && of.image_sha256 === run.image_sha256);
+  }
+
+  /** "run #2 (ubuntu.img)": the run and image a verdict is about. */
+  function verdictRunText(port) {
+    const of = port.verdict_run;
+    if (!of) return 'an unknown run';
+    return `run #${of.run_id} (${of.image_name || shortSha(of.image_sha256)})`;
+  }
+
+  /** A verdict of another run, on a port that shows it as its outcome. */
+  const isForeignOutcome = (port) => (port.state === 'passed' || port.state === 'failed') && !verdictIsCurrent(port);
+
   function stateLabel(port) {
-    if (isInterrupted(port)) return 'Interrupted';
+    let label;
+    if (isForeignOutcome(port)) {
+      const what = port.verdict && port.verdict.verdict === 'pass' ? 'Passed' : 'Failed';
+      label = `${what} in run #${port.verdict_run ? port.verdict_run.run_id : '?'}: not this run`;
+    } else if (isInterrupted(port)) label = 'Interrupted';
     // The stage alone: the percentage is on the progress line, where a narrow
     // tile has room for it.
-    return (STATE_MARKS[port.state] || '') + (STATE_NAMES[port.state] || port.state);
+    else label = (STATE_MARKS[port.state] || '') + (STATE_NAMES[port.state] || port.state);
+    return model.stale ? `${label}?` : label;
   }
 
   function percent(progress) {
@@ -446,16 +536,25 @@
     const busy = BUSY.has(port.state);
     let group = busy ? 'busy' : port.state;
     if (isInterrupted(port)) group = 'interrupted';
+    if (isForeignOutcome(port)) group = 'foreign';
     return el('article', {
       class: `tile tile-${group}`,
-      dataset: { state: port.state, label: port.label },
+      dataset: {
+        state: port.state,
+        label: port.label,
+        verdictRun: port.verdict_run ? String(port.verdict_run.run_id) : null,
+        verdictCurrent: port.verdict ? String(verdictIsCurrent(port)) : null,
+      },
     },
     el('header', { class: 'tile-head' },
       el('span', { class: 'tile-label', text: port.label }),
       el('span', { class: 'tile-state', text: stateLabel(port) })),
     port.mapped === false ? el('p', { class: 'tag', text: 'unmapped port', title: port.port_path || '' }) : null,
     deviceBlock(port),
-    busy ? progressBlock(port) : null,
+    // A stale view claims no progress: the stick may be done, or gone.
+    busy && !model.stale ? progressBlock(port) : null,
+    busy && model.stale ? el('p', { class: 'stale-note', text: `last known: ${port.state}; progress unknown` }) : null,
+    port.state === 'waiting' ? el('p', { class: 'waiting-note', text: 'waiting: target nearly reached (starts if a stick in flight fails)' }) : null,
     verdictBlock(port),
     port.refusal && port.state === 'refused' ? el('p', { class: 'reason', text: port.refusal }) : null,
     port.ejected ? el('p', { class: 'badge-ejected', text: '⏏ ejected — pull it' }) : null,
@@ -464,7 +563,11 @@
 
   function deviceBlock(port) {
     const d = port.device;
-    if (!d) return el('p', { class: 'device muted', text: port.state === 'empty' ? 'no stick' : '' });
+    if (!d) {
+      // A stick pulled during its attempt: the port keeps its verdict.
+      const gone = port.state !== 'empty' && port.verdict;
+      return el('p', { class: 'device muted', text: gone ? 'stick removed' : port.state === 'empty' ? 'no stick' : '' });
+    }
     const name = [d.vendor, d.model].filter((s) => s && String(s).trim()).join(' ') || 'unknown stick';
     return el('div', { class: 'device' },
       el('p', { class: 'device-name', text: name }),
@@ -503,14 +606,25 @@
   function verdictBlock(port) {
     const v = port.verdict;
     if (!v || BUSY.has(port.state)) return null;
+    // Every verdict names its run and image; one of another run is history,
+    // not an outcome of the current run.
+    const current = verdictIsCurrent(port);
+    const origin = el('p', { class: 'verdict-run muted', text: current ? `${verdictRunText(port)}` : `${verdictRunText(port)}: not this run` });
+    if (!current) {
+      const what = v.verdict === 'pass' ? 'passed' : `failed (${reasonText(v)})`;
+      return el('div', { class: 'verdict verdict-foreign' },
+        el('p', { class: 'foreign', text: `${what} in ${verdictRunText(port)} — not this run` }));
+    }
     if (v.verdict === 'pass') {
       return el('div', { class: 'verdict verdict-pass' },
         el('p', { class: 'pass', text: passText(port.figures) }),
-        speedsText(port.figures) ? el('p', { class: 'muted', text: speedsText(port.figures) }) : null);
+        speedsText(port.figures) ? el('p', { class: 'muted', text: speedsText(port.figures) }) : null,
+        origin);
     }
     return el('div', { class: 'verdict verdict-fail' },
       el('p', { class: 'reason', text: reasonText(v) }),
-      v.stage ? el('p', { class: 'muted', text: `stage: ${v.stage}` }) : null);
+      v.stage ? el('p', { class: 'muted', text: `stage: ${v.stage}` }) : null,
+      origin);
   }
 
   function passText(f) {
@@ -528,8 +642,13 @@
     return parts.join(' · ');
   }
 
+  /**
+   * "Write again" only where it can work: a run is armed, the station is
+   * reachable, and the stick is still in the port.
+   */
   function actionsBlock(port) {
-    if ((port.state !== 'passed' && port.state !== 'failed') || port.ejected) return null;
+    if ((port.state !== 'passed' && port.state !== 'failed') || port.ejected || !port.device) return null;
+    if (model.stale || !model.run || !model.run.armed) return null;
     return el('div', { class: 'tile-actions' },
       el('button', {
         type: 'button',
@@ -557,7 +676,11 @@
     const run = model.run;
     const armed = Boolean(run && run.armed);
     const state = $('run-state');
-    if (!run) {
+    if (model.stale) {
+      // Armed or not, the station cannot say: never a green "Armed" here.
+      state.textContent = `? Run state unknown: the station is unreachable${run ? ` (last known: run #${run.id} ${run.armed ? 'armed' : 'stopped'})` : ''}`;
+      state.className = 'run-state run-unknown';
+    } else if (!run) {
       state.textContent = 'No run';
       state.className = 'run-state run-none';
     } else if (armed) {
@@ -568,8 +691,10 @@
       state.className = 'run-state run-stopped';
     }
     $('run-view').replaceChildren(run ? runDetails(run) : '');
-    $('stop-form').hidden = !armed;
-    $('arm-form').hidden = armed;
+    // Controls that cannot work are not offered: no stop without an armed
+    // run, nothing at all while the station cannot be reached.
+    $('stop-form').hidden = !armed || model.stale;
+    $('arm-form').hidden = armed || model.stale;
     renderSummary();
   }
 
@@ -585,9 +710,12 @@
         ` · run #${run.id}`),
       el('p', { class: 'muted', text: `verify: ${o.verify || '?'} · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
         + ` · target: ${o.target_count == null ? 'no limit' : o.target_count}` }),
+      // The same counts as the records (reports, runs list, /metrics):
+      // an interrupted attempt is not a failed stick.
       el('dl', { class: 'counters' },
         counter('passed', run.passed),
         counter('failed', run.failed),
+        counter('interrupted', run.interrupted ?? 0),
         counter('active', run.active),
         counter('remaining', run.remaining == null ? '∞' : run.remaining)),
       el('p', { class: 'muted', text: `${fmtBytes(run.bytes_written)} written in this run` }));
@@ -597,6 +725,14 @@
     event.preventDefault();
     const button = $('stop-button');
     const reason = $('stop-reason').value.trim();
+    // Stopping interrupts every stick being written: ask first.
+    const busy = [...model.ports.values()].filter((port) => BUSY.has(port.state)).map((port) => port.label);
+    if (busy.length) {
+      const sticks = busy.length === 1 ? '1 stick is' : `${busy.length} sticks are`;
+      const question = `${sticks} being written (${busy.join(', ')}). Stopping the run interrupts `
+        + `${busy.length === 1 ? 'it' : 'them'}: recorded as interrupted, the stick${busy.length === 1 ? ' is' : 's are'} left untested. Stop the run?`;
+      if (!window.confirm(question)) return;
+    }
     button.disabled = true;
     try {
       await api('POST', '/runs/current/stop', reason ? { reason } : {});
@@ -831,7 +967,7 @@
     }
     let stopped = 'open';
     const current = model.run && model.run.id === id ? model.run : null;
-    if (run.armed === true || (current && current.armed && run.stopped_at == null)) stopped = 'armed';
+    if (run.armed === true || (current && current.armed && run.stopped_at == null)) stopped = model.stale ? 'armed when last seen' : 'armed';
     else if (run.armed === false || run.stopped_at != null || run.stop_reason) {
       stopped = `stopped${run.stop_reason ? ` (${stopReasonText(run.stop_reason)})` : ''}`;
     }
@@ -902,6 +1038,7 @@
     $('devices-refresh').addEventListener('click', loadDevices);
     $('device-search').addEventListener('input', renderDevices);
     connectEvents();
+    watchStream();
     loadImages();
     loadRuns();
     loadDevices();

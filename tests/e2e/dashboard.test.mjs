@@ -110,6 +110,36 @@ function parseCsv(text) {
 
 const runStateText = (page) => page.locator('#run-state').textContent();
 
+/** Waits for a stick that will still be writing for a while (ETA of 5 s or more). */
+async function waitForLongWrite(page) {
+  await page.waitForFunction(() => [...document.querySelectorAll('.tile[data-state="writing"] .progress-text')]
+    .some((node) => {
+      const eta = /ETA (?:(\d+):)?(\d+):(\d\d)/.exec(node.textContent || '');
+      if (!eta) return false;
+      const secs = Number(eta[1] || 0) * 3600 + Number(eta[2]) * 60 + Number(eta[3]);
+      return secs >= 5;
+    }), null, { timeout: 120_000, polling: 200 });
+}
+
+/** Clicks "Stop run", answering the confirmation (if one is asked) with `accept`; returns its text. */
+async function clickStop(page, accept) {
+  let asked = null;
+  const answer = async (dialog) => {
+    asked = dialog.message();
+    if (accept) await dialog.accept(); else await dialog.dismiss();
+  };
+  page.once('dialog', answer);
+  await page.click('#stop-button');
+  // The dialog (if any) is answered before click() returns; drop the handler otherwise.
+  page.off('dialog', answer);
+  return asked;
+}
+
+/** The state of every tile that claims something live, for assertions. */
+const liveClaims = (page) => page.evaluate(() => [...document.querySelectorAll('.tile')]
+  .map((tile) => ({ label: tile.dataset.label, text: tile.textContent || '', progress: tile.querySelectorAll('.progress, [role="progressbar"]').length }))
+  .filter((tile) => tile.progress > 0 || /ETA|\d+\s?%/.test(tile.text)));
+
 async function waitForRunState(page, pattern, what) {
   await page.waitForFunction(
     ([source, flags]) => new RegExp(source, flags).test(document.querySelector('#run-state')?.textContent || ''),
@@ -158,18 +188,46 @@ test('the dashboard shows a live rack, stops and arms runs, and exports reports'
     assert.equal(await page.locator('.tile[data-state][data-label]').count(), tiles, 'every tile has data-state and data-label');
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard.png'), fullPage: true });
 
-    // Stop the run through the UI.
+    // Every verdict on screen names its run and image.
+    const origins = await page.locator('.tile .verdict .verdict-run').allTextContents();
+    assert.ok(origins.length > 0, 'verdicts name their run');
+    for (const origin of origins) assert.match(origin, new RegExp(`run #${firstRun} \\(`), 'a verdict of this run names it');
+
+    // With the run armed, a stick with a verdict can be written again.
+    await page.locator('.tile [data-action="again"]').first().waitFor({ timeout: 60_000 });
+
+    // Stopping a run with sticks mid-write asks first; "cancel" keeps it armed.
     assert.match(await runStateText(page), /\barmed\b/i);
-    await page.click('#stop-button');
+    await waitForLongWrite(page);
+    const question = await clickStop(page, false);
+    assert.match(question || '', /being written.*interrupt/is, `a confirmation is asked: ${question}`);
+    const stillArmed = await (await page.request.get(`${url}api/v1/station`)).json();
+    assert.ok(stillArmed.run.armed && stillArmed.run.id === firstRun, 'cancelled: the run is still armed');
+    await waitForLongWrite(page);
+    assert.ok(await clickStop(page, true), 'asked again, and confirmed');
     await waitForRunState(page, /stopped/i, '"stopped"');
 
-    // Arm a new one through the UI.
+    // No run armed: nothing offers to write or to stop.
+    await page.waitForFunction(() => !document.querySelector('[data-action="again"]'), null, { timeout: 5_000 })
+      .catch(() => assert.fail('"Write again" is still offered with no run armed'));
+    assert.equal(await page.locator('#stop-button').isVisible(), false, 'no stop button without an armed run');
+    assert.match(await page.locator('.counter-interrupted dt').textContent(), /interrupted/i);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-stopped.png'), fullPage: true });
+
+    // Arm a new one through the UI; it ejects every stick that passes.
     await page.waitForFunction(() => document.querySelector('#arm-image option[value]:not([value=""])'), null, { timeout: 15_000 });
     await page.selectOption('#arm-image', { index: 0 });
+    await page.check('#arm-eject');
     await page.click('#arm-button');
     await waitForRunState(page, /^(?!.*stopped).*\barmed\b/i, '"armed"');
     const armedRun = await (await page.request.get(`${url}api/v1/station`)).json();
     assert.ok(armedRun.run.armed && armedRun.run.id !== firstRun, 'a new run is armed');
+    // No tile passes off the first run's verdict as one of this run.
+    const plainPasses = await page.evaluate((run) => [...document.querySelectorAll('.tile .verdict-pass')]
+      .map((node) => node.closest('.tile'))
+      .filter((tile) => tile.dataset.verdictRun !== String(run))
+      .map((tile) => tile.dataset.label), armedRun.run.id);
+    assert.deepEqual(plainPasses, [], 'every plain pass on screen is of the armed run');
 
     // The first run's CSV report, through its link.
     const link = page.locator(`#run-list [data-run-id="${firstRun}"] a.report-csv`);
@@ -191,6 +249,28 @@ test('the dashboard shows a live rack, stops and arms runs, and exports reports'
     await page.locator(`#run-list [data-run-id="${armedRun.run.id}"]`).waitFor({ timeout: 15_000 });
     await page.waitForTimeout(1000);
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-after.png'), fullPage: true });
+
+    // A stick that passed (and was ejected) in this run, then a third run: the
+    // ejected stick cannot be written again, and its port says its pass is of
+    // the second run, not of the third.
+    const second = armedRun.run.id;
+    await page.locator(`.tile[data-state="passed"][data-verdict-run="${second}"] .badge-ejected`).first()
+      .waitFor({ timeout: 90_000 });
+    await clickStop(page, true);
+    await waitForRunState(page, /stopped/i, '"stopped"');
+    await page.uncheck('#arm-eject');
+    await page.click('#arm-button');
+    await waitForRunState(page, /^(?!.*stopped).*\barmed\b/i, '"armed"');
+    const third = (await (await page.request.get(`${url}api/v1/station`)).json()).run.id;
+    assert.ok(third !== second, 'a third run is armed');
+    const foreign = page.locator(`.tile[data-state="passed"][data-verdict-run="${second}"]`).first();
+    await foreign.waitFor({ timeout: 15_000 });
+    assert.equal(await foreign.getAttribute('data-verdict-current'), 'false');
+    assert.match(await foreign.locator('.tile-state').textContent(), new RegExp(`run #${second}: not this run`));
+    assert.match(await foreign.locator('.verdict').textContent(), new RegExp(`passed in run #${second} \\(.+\\) — not this run`));
+    assert.equal(await foreign.locator('.verdict-pass').count(), 0, 'no green pass for another run');
+    assert.ok((await foreign.getAttribute('class')).includes('tile-foreign'), 'muted styling');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-foreign.png'), fullPage: true });
 
     // A phone.
     const phone = await browser.newContext({ viewport: { width: 360, height: 800 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
@@ -218,3 +298,73 @@ test('the dashboard shows a live rack, stops and arms runs, and exports reports'
   }
   assert.ok(!stopped.forced, 'the demo exits on SIGTERM');
 });
+
+test('the dashboard says when its view is stale, and recovers with a fresh snapshot', { timeout: 240_000 }, async () => {
+  requireExecutable(BIN, 'build it with `cargo build --release -p flashrack-cli` or set FLASHRACK_BIN');
+  requireExecutable(CHROMIUM, 'install it with `apt-get install -y chromium` or set CHROMIUM_PATH');
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'flashrack-e2e-'));
+  const { child, url: urlPromise } = startDemo(dataDir);
+  let browser;
+  let page;
+  try {
+    const url = await urlPromise;
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    page = await (await browser.newContext({ viewport: { width: 1440, height: 1000 } })).newPage();
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(error.message));
+    await page.goto(url);
+    await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
+    await waitForRunState(page, /\barmed\b/i, '"armed"');
+    await waitForLongWrite(page);
+    assert.equal(await page.locator('#stale-banner').isVisible(), false, 'no banner while live');
+
+    // The station freezes (a hung process, or a network that drops packets):
+    // the stream goes silent, without an error. The view turns stale.
+    const frozenAt = Date.now();
+    process.kill(child.pid, 'SIGSTOP');
+    await page.locator('#stale-banner').waitFor({ state: 'visible', timeout: 30_000 });
+    console.log(`stale banner ${Date.now() - frozenAt} ms after the station froze`);
+    await assertStale(page, 'frozen');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-stale.png'), fullPage: true });
+
+    // It comes back: the stream reconnects with a fresh snapshot.
+    process.kill(child.pid, 'SIGCONT');
+    await page.locator('#stale-banner').waitFor({ state: 'hidden', timeout: 30_000 });
+    await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
+    await waitForRunState(page, /^(?!.*unknown).*\barmed\b/i, '"armed" again');
+    await waitForLongWrite(page);
+
+    // The station dies under the page.
+    process.kill(child.pid, 'SIGKILL');
+    await child.exited;
+    await page.locator('#stale-banner').waitFor({ state: 'visible', timeout: 15_000 });
+    await assertStale(page, 'killed');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-killed.png'), fullPage: true });
+    assert.deepEqual(pageErrors, [], 'no JavaScript errors on the page');
+  } catch (error) {
+    if (page) await page.screenshot({ path: path.join(ARTIFACTS, 'failure-stale.png'), fullPage: true }).catch(() => {});
+    error.message += `\n--- the demo's last output:\n${child.log()}`;
+    throw error;
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    if (child.exitCode === null && child.signalCode === null) {
+      process.kill(child.pid, 'SIGCONT');
+      await stopDemo(child);
+    }
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+/** The banner says since when; no tile claims live progress; the run is not "Armed". */
+async function assertStale(page, what) {
+  const banner = await page.locator('#stale-banner').textContent();
+  assert.match(banner, /stale since \d\d:\d\d:\d\d/, `${what}: the banner says since when: ${banner}`);
+  assert.deepEqual(await liveClaims(page), [], `${what}: no tile claims live progress`);
+  const run = await runStateText(page);
+  assert.match(run, /unknown/i, `${what}: the run state is unknown: ${run}`);
+  assert.doesNotMatch(run, /^\W*armed/i, `${what}: no "Armed": ${run}`);
+  assert.ok(await page.locator('body.stale').count(), `${what}: tiles greyed`);
+  assert.equal(await page.locator('[data-action="again"]').count(), 0, `${what}: no controls that cannot work`);
+  assert.equal(await page.locator('#stop-button').isVisible(), false, `${what}: no stop button`);
+}
