@@ -430,8 +430,15 @@ class Suite:
                 pulled["kernel_name"] = p["device"]["kernel_name"]
                 self.vm.unplug(sticks["A5"])
 
+        def pulled_port_shows_removed(port):
+            # A pulled stick's port keeps its verdict, with no device, until the
+            # next stick arrives.
+            v = port.get("verdict") or {}
+            return port["state"] == "failed" and port["device"] is None and \
+                v.get("reason") == "removed"
+
         def done(ports):
-            return pulled and ports["A5"]["state"] == "empty" and all(
+            return pulled and pulled_port_shows_removed(ports["A5"]) and all(
                 ports[l]["state"] in ("passed", "failed", "refused")
                 for l in ("A1", "A2", "A3", "A4"))
 
@@ -451,8 +458,10 @@ class Suite:
         check(v.get("verdict") == "fail" and v.get("reason") == "write_error"
               and v.get("stage") == "writing", f"A3 failed with write_error while writing: {v}")
         off = v.get("offset")
-        if check(isinstance(off, int) and off <= bad < off + 8 * MiB,
-                 f"A3's write_error offset {off} is that of the write covering byte {bad} "
+        # The engine narrows a failed write down to the failing block, so the
+        # offset is the bad sector itself, not the start of the failed request.
+        if check(off == bad,
+                 f"A3's write_error offset {off} is the failing sector's byte {bad} "
                  f"(blkdebug fails sector {bad_sector})"):
             check(read_head(sticks["A3"].path, off) == image[:off],
                   f"A3: everything before offset {off} was written")
@@ -463,7 +472,11 @@ class Suite:
               and p["verdict"] is None, f"A4 (8 MiB) was refused as too small: {p['refusal']}")
         check(read_head(sticks["A4"].path, 8 * MiB) == bytes(8 * MiB),
               "A4: nothing was written to the too-small stick")
-        # The pulled stick's port is empty again: its verdict is in the records.
+        p = ports["A5"]
+        check(pulled_port_shows_removed(p) and (p["verdict"] or {}).get("during") == "writing",
+              f"A5 (pulled while writing) shows 'removed during writing' with no stick: "
+              f"{json.dumps(p['verdict'])}")
+        # The verdict is in the records too.
         deadline = time.monotonic() + 30
         while True:
             report = self.api.get(f"/api/v1/runs/{run['id']}/report?format=json")
@@ -487,7 +500,8 @@ class Suite:
               "the run counts 2 passed (A1, A2), 2 failed (A3, A5)")
         for label in ("A1", "A2", "A3", "A4"):
             self.vm.unplug(sticks[label])
-        self.wait_ports(lambda ps: all(p["state"] == "empty" for p in ps.values()), 30)
+        self.wait_ports(lambda ps: pulled_port_shows_removed(ps["A5"]) and all(
+            p["state"] == "empty" for l, p in ps.items() if l != "A5"), 30)
         self.stop_run()
 
     def scenario_partitions(self, image, digest):
