@@ -556,7 +556,11 @@
     busy && model.stale ? el('p', { class: 'stale-note', text: `last known: ${port.state}; progress unknown` }) : null,
     port.state === 'waiting' ? el('p', { class: 'waiting-note', text: 'waiting: target nearly reached (starts if a stick in flight fails)' }) : null,
     verdictBlock(port),
-    port.refusal && port.state === 'refused' ? el('p', { class: 'reason', text: port.refusal }) : null,
+    // The guard's refusal: { code, message }. One refused at the moment of opening
+    // also has its verdict, which verdictBlock shows.
+    port.refusal && port.state === 'refused' && !port.verdict
+      ? el('p', { class: 'reason', text: port.refusal.message, title: port.refusal.code, dataset: { code: port.refusal.code } })
+      : null,
     port.ejected ? el('p', { class: 'badge-ejected', text: '⏏ ejected — pull it' }) : null,
     actionsBlock(port));
   }

@@ -12,10 +12,13 @@ use async_trait::async_trait;
 use flashrack_core::{AttemptFigures, ByteSize, Stage, Verdict};
 use flashrack_devices::hotplug::DeviceIdentity;
 use flashrack_image::ImageCache;
-use flashrack_station::{AttemptStart, Journal, JournalError, JournalEvent, RunStart};
+use flashrack_station::{
+    AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, RunStart,
+};
 use flashrack_store::report;
 use flashrack_store::{
-    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, RunId, StopReason, Store,
+    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, RefusalRow, RunId,
+    RunningFigures, StopReason, Store,
 };
 use flashrack_web::{ReportFormat, Reports};
 use futures::future::BoxFuture;
@@ -82,16 +85,6 @@ impl StoreRecords {
     /// The store itself.
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// Records that the station is alive, for dating a crash; every few seconds.
-    pub async fn heartbeat_forever(self) {
-        loop {
-            if let Err(error) = self.store.heartbeat().await {
-                tracing::warn!(%error, "cannot record a heartbeat");
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        }
     }
 
     /// Makes sure the store knows the image (its format and import time come
@@ -215,7 +208,27 @@ impl Journal for StoreRecords {
         let (kind, port) = match event {
             JournalEvent::DeviceAdded { port, .. } => (EventKind::DeviceAdded, Some(port)),
             JournalEvent::DeviceRemoved { port, .. } => (EventKind::DeviceRemoved, Some(port)),
-            JournalEvent::GuardRefused { port, .. } => (EventKind::GuardRefused, Some(port)),
+            // A refusal is a record of its own (it logs its event with it).
+            JournalEvent::GuardRefused {
+                port,
+                port_path,
+                device_id,
+                run_id,
+                refusal,
+                ..
+            } => {
+                self.store
+                    .record_refusal(&RefusalRow {
+                        run_id: *run_id,
+                        device_id: *device_id,
+                        port_label: port.clone(),
+                        port_path: port_path.clone().unwrap_or_default(),
+                        refusal: refusal.to_record(),
+                    })
+                    .await
+                    .map_err(journal_error)?;
+                return Ok(());
+            }
             JournalEvent::OperatorAction { .. } => (EventKind::OperatorAction, None),
             JournalEvent::Ejected { port, .. } => (EventKind::PortChanged, Some(port)),
         };
@@ -223,6 +236,21 @@ impl Journal for StoreRecords {
         row.port_label = port.cloned();
         self.store.record_event(&row).await.map_err(journal_error)?;
         Ok(())
+    }
+
+    async fn heartbeat(&self, running: &[AttemptSoFar]) -> Result<(), JournalError> {
+        let running: Vec<RunningFigures> = running
+            .iter()
+            .map(|so_far| RunningFigures {
+                attempt: so_far.attempt_id,
+                bytes_written: so_far.bytes_written,
+                bytes_verified: so_far.bytes_verified,
+            })
+            .collect();
+        self.store
+            .record_progress(&running)
+            .await
+            .map_err(journal_error)
     }
 }
 
@@ -294,5 +322,72 @@ impl Reports for StoreRecords {
             serde_json::to_value(devices).map_err(|e| e.to_string())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashrack_core::{RefusalCode, Sha256Digest};
+    use flashrack_devices::guard::Refusal;
+    use flashrack_station::model::RunOptions;
+
+    #[tokio::test]
+    async fn a_stick_refused_three_times_is_in_its_device_report_three_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageCache::open(dir.path().join("cache")).unwrap();
+        let records = StoreRecords::open(dir.path(), "rack-1", images)
+            .await
+            .unwrap();
+        let run = records
+            .run_started(&RunStart {
+                image_sha256: Sha256Digest::of(b"image"),
+                image_name: "image.img".into(),
+                image_size: 1 << 20,
+                options: RunOptions::default(),
+            })
+            .await
+            .unwrap();
+        let identity = DeviceIdentity {
+            serial: Some("HUGE-1".into()),
+            vendor: Some("Seagate".into()),
+            model: Some("Expansion".into()),
+            capacity: 2_000_000_000_000,
+        };
+        let device_id = records.device_seen(&identity).await.unwrap();
+        for _ in 0..3 {
+            records
+                .event(&JournalEvent::GuardRefused {
+                    port: "A1".into(),
+                    port_path: Some("pci-0000:00:14.0-usb-0:1:1.0".into()),
+                    device: identity.key(),
+                    device_id,
+                    run_id: Some(run),
+                    refusal: Refusal::TooLarge {
+                        size: identity.capacity,
+                        max: 256_000_000_000,
+                    },
+                })
+                .await
+                .unwrap();
+        }
+        let report = records
+            .store()
+            .device_report("HUGE-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.rows.len(), 3);
+        assert_eq!(report.counts.refused, 3);
+        assert!(report.rows.iter().all(|r| r.reason_code.as_deref()
+            == Some(RefusalCode::TooLarge.as_str())
+            && r.run_id == Some(run)
+            && r.port_label == "A1"));
+        let html = report::device_html(&report, 0);
+        assert!(html.contains("<b>3</b> refused"), "{html}");
+        assert!(html.contains("<b>3</b> in all"), "{html}");
+        let run_report = records.store().run_report(run).await.unwrap().unwrap();
+        assert_eq!(run_report.run.counts.refused, 3);
+        assert_eq!(run_report.run.counts.failed, 0);
     }
 }

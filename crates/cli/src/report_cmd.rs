@@ -31,8 +31,8 @@ pub async fn run(data_dir: &Path, command: ReportCommand) -> Result<ExitCode> {
             let store = open(data_dir, &station).await?;
             let runs = store.list_runs().await?;
             println!(
-                "{:>5}  {:<20}  {:<24}  {:>6}  {:>6}  {:>6}  {:>11}  STATUS",
-                "RUN", "STARTED", "IMAGE", "PASSED", "FAILED", "INTR", "RUNNING"
+                "{:>5}  {:<20}  {:<24}  {:>6}  {:>6}  {:>7}  {:>6}  {:>11}  STATUS",
+                "RUN", "STARTED", "IMAGE", "PASSED", "FAILED", "REFUSED", "INTR", "RUNNING"
             );
             for summary in runs {
                 let run = &summary.run;
@@ -42,7 +42,7 @@ pub async fn run(data_dir: &Path, command: ReportCommand) -> Result<ExitCode> {
                     (None, None) => "armed".into(),
                 };
                 println!(
-                    "{:>5}  {:<20}  {:<24}  {:>6}  {:>6}  {:>6}  {:>11}  {status}",
+                    "{:>5}  {:<20}  {:<24}  {:>6}  {:>6}  {:>7}  {:>6}  {:>11}  {status}",
                     run.id.0,
                     report::format_time(run.started_at)
                         .chars()
@@ -51,6 +51,7 @@ pub async fn run(data_dir: &Path, command: ReportCommand) -> Result<ExitCode> {
                     run.image_name.chars().take(24).collect::<String>(),
                     summary.counts.passed,
                     summary.counts.failed,
+                    summary.counts.refused,
                     summary.counts.interrupted,
                     summary.counts.running,
                 );

@@ -105,7 +105,6 @@ pub async fn run_station(
     } else {
         None
     };
-    let heartbeat = records.clone().map(|r| tokio::spawn(r.heartbeat_forever()));
     let (journal, reports): (Arc<dyn Journal>, Option<Arc<dyn Reports>>) = match &records {
         Some(records) => (Arc::new(records.clone()), Some(Arc::new(records.clone()))),
         None => (Arc::new(flashrack_station::MemoryJournal::default()), None),
@@ -135,6 +134,9 @@ pub async fn run_station(
         },
         shutdown_grace: Duration::from_secs(10),
         removal_grace: Duration::from_secs(2),
+        // The station's heartbeat also records how far each running attempt
+        // has got: after a crash, that much is known to be on each stick.
+        heartbeat: Duration::from_secs(2),
     };
     let (station, handle) = Station::new(settings, parts.access, journal);
     let listener = tokio::net::TcpListener::bind(config.web.listen)
@@ -165,9 +167,6 @@ pub async fn run_station(
         .await
         .context("the web server failed")?;
     station_task.await.context("the station task failed")?;
-    if let Some(heartbeat) = heartbeat {
-        heartbeat.abort();
-    }
     if let Some(records) = records {
         records.store().clone().close().await;
     }

@@ -1,6 +1,8 @@
 //! The end-of-run summary: a table for people, JSON for programs.
 
-use flashrack_core::{AttemptFigures, ByteSize, Sha256Digest, TargetId, Verdict};
+use flashrack_core::{
+    AttemptFigures, ByteSize, FailReason, RefusalCode, Sha256Digest, TargetId, Verdict,
+};
 use serde::Serialize;
 
 /// One row of the summary.
@@ -13,6 +15,8 @@ pub struct Row {
     pub verdict: &'static str,
     /// Stable reason code on failure.
     pub reason: Option<&'static str>,
+    /// The guard's reason code, when the target guard refused the target.
+    pub refusal: Option<RefusalCode>,
     /// The reason for people.
     pub detail: Option<String>,
     /// Stage the failure happened in.
@@ -63,6 +67,17 @@ impl Summary {
             .map(|(target, verdict, figures)| {
                 let failure = verdict.failure();
                 let finished_after_secs = finish_times.get(&target).copied();
+                let detail = failure.map(|f| {
+                    let mut detail = f.reason.to_string();
+                    if let FailReason::Refused {
+                        code: Some(RefusalCode::BusNotAllowed),
+                        ..
+                    } = f.reason
+                    {
+                        detail.push_str(&allow_bus_hint(&target));
+                    }
+                    detail
+                });
                 Row {
                     target,
                     verdict: if verdict.is_pass() {
@@ -73,7 +88,11 @@ impl Summary {
                         "fail"
                     },
                     reason: failure.map(|f| f.reason.code()),
-                    detail: failure.map(|f| f.reason.to_string()),
+                    refusal: match failure.map(|f| &f.reason) {
+                        Some(FailReason::Refused { code, .. }) => *code,
+                        _ => None,
+                    },
+                    detail,
                     stage: failure.map(|f| f.stage),
                     offset: failure.and_then(|f| f.reason.offset()),
                     write_mb_per_sec: figures.write_mb_per_sec(),
@@ -137,5 +156,18 @@ impl Summary {
             ByteSize(self.image_size)
         ));
         out
+    }
+}
+
+/// How to write a target the guard refused for its bus anyway: the flag that
+/// names the bus, which is read again from sysfs (the refusal carries its code
+/// and words; the flag is the command line's business).
+fn allow_bus_hint(target: &TargetId) -> String {
+    let bus = flashrack_devices::guard::DiskFacts::inspect(std::path::Path::new(&target.0))
+        .ok()
+        .and_then(|facts| facts.bus);
+    match bus {
+        Some(bus) => format!(" (to write it anyway: --allow-bus {bus})"),
+        None => " (to write it anyway: --allow-bus <bus>)".to_string(),
     }
 }

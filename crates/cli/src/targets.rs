@@ -18,9 +18,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use flashrack_core::{ByteSize, TargetId};
 use flashrack_devices::block::{GuardCheck, PathTarget};
-use flashrack_devices::guard::{
-    evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest, Refusal,
-};
+use flashrack_devices::guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
 use flashrack_devices::hotplug::DeviceIdentity;
 use flashrack_devices::sim::{FakeMode, SimStick, SimStickSpec};
 use flashrack_devices::Target;
@@ -122,14 +120,7 @@ pub fn parse_targets(
                         // explicit request (rule 6).
                         explicit_operator_request: true,
                     };
-                    evaluate(facts, &guard.policy, &request)
-                        .map(|_| ())
-                        .map_err(|refusal| match &refusal {
-                            Refusal::BusNotAllowed { bus } => {
-                                format!("{refusal} (to write it anyway: --allow-bus {bus})")
-                            }
-                            _ => refusal.to_string(),
-                        })
+                    evaluate(facts, &guard.policy, &request).map(|_| ())
                 });
                 Arc::new(PathTarget::pinned_block_device(path, pin, check))
             } else if path.starts_with("/dev") {

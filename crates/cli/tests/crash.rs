@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flashrack_store::{AttemptId, AttemptState, Store};
+use flashrack_core::{Bound, Stage};
+use flashrack_store::{AttemptId, AttemptState, ReportVerdict, StopReason, Store};
 
 struct Demo {
     child: Child,
@@ -61,6 +62,12 @@ impl Demo {
 
     /// Attempt ids the ports show, and how many are busy writing or verifying.
     fn attempts(&self) -> (BTreeSet<i64>, usize) {
+        let (ids, busy, _) = self.poll();
+        (ids, busy)
+    }
+
+    /// As [`attempts`](Self::attempts), with the ids of the attempts writing now.
+    fn poll(&self) -> (BTreeSet<i64>, usize, BTreeSet<i64>) {
         let station = self.station();
         let ports = station["ports"].as_array().unwrap();
         let ids = ports
@@ -71,7 +78,12 @@ impl Demo {
             .iter()
             .filter(|p| matches!(p["state"].as_str(), Some("writing" | "verifying")))
             .count();
-        (ids, busy)
+        let writing = ports
+            .iter()
+            .filter(|p| p["state"] == "writing")
+            .filter_map(|p| p["attempt_id"].as_i64())
+            .collect();
+        (ids, busy, writing)
     }
 }
 
@@ -87,19 +99,30 @@ fn a_station_killed_mid_write_loses_and_duplicates_no_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
 
-    // First life: wait until several sticks are being written, then SIGKILL.
+    // First life: wait until several sticks are being written, one of them for
+    // longer than the station's heartbeat (2 s), which records how far each
+    // running attempt has got; then SIGKILL.
     let demo = Demo::start(&data_dir);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = BTreeSet::new();
-    loop {
-        let (ids, busy) = demo.attempts();
+    let mut writing_since: std::collections::BTreeMap<i64, Instant> = Default::default();
+    let long_writer = loop {
+        let (ids, busy, writing) = demo.poll();
         seen.extend(ids);
-        if busy >= 3 {
-            break;
+        writing_since.retain(|id, _| writing.contains(id));
+        for id in writing {
+            writing_since.entry(id).or_insert_with(Instant::now);
+        }
+        let long = writing_since
+            .iter()
+            .find(|(_, since)| since.elapsed() > Duration::from_secs(3))
+            .map(|(id, _)| *id);
+        if let (true, Some(id)) = (busy >= 3, long) {
+            break id;
         }
         assert!(Instant::now() < deadline, "no sticks were being written");
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     let mut demo = demo;
     demo.child.kill().unwrap(); // SIGKILL: no chance to record anything more
     demo.child.wait().unwrap();
@@ -134,18 +157,19 @@ fn a_station_killed_mid_write_loses_and_duplicates_no_attempt() {
             );
             let report = store.run_report(summary.run.id).await.unwrap().unwrap();
             for row in &report.rows {
-                assert!(
-                    all.insert(row.attempt_id.0),
-                    "attempt {} twice",
-                    row.attempt_id.0
-                );
-                if row.state == AttemptState::Interrupted {
+                let Some(attempt) = row.attempt_id else {
+                    continue; // a refusal before any attempt
+                };
+                assert!(all.insert(attempt.0), "attempt {attempt} twice");
+                if row.verdict == ReportVerdict::Interrupted {
                     interrupted += 1;
                 }
             }
+            let counts = summary.counts;
             assert_eq!(
-                summary.counts.attempts,
-                summary.counts.passed + summary.counts.failed + summary.counts.interrupted
+                counts.passed + counts.failed + counts.refused + counts.interrupted,
+                report.rows.len() as u64,
+                "every record has its verdict: {counts:?}"
             );
         }
         for id in seen.iter().chain(&after_restart) {
@@ -165,6 +189,30 @@ fn a_station_killed_mid_write_loses_and_duplicates_no_attempt() {
             interrupted >= 3,
             "the sticks being written at the kill are interrupted ({interrupted})"
         );
+        // What reached the stick that was being written is recorded: the bytes
+        // the last heartbeat saw acknowledged, as a lower bound.
+        let record = store
+            .attempt(AttemptId(long_writer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.state, AttemptState::Interrupted, "{record:?}");
+        assert!(record.figures.bytes_written > 0, "{record:?}");
+        assert_eq!(record.figures.bytes_written_bound, Bound::LowerBound);
+        // Every attempt the kill interrupted after it had reached the write
+        // pass says what is known: a lower bound, or that nothing was recorded.
+        // (The clean stop's interruptions, at a safe point, are exact.)
+        let killed = runs
+            .iter()
+            .filter(|r| r.run.stop_reason == Some(StopReason::Interrupted));
+        for summary in killed {
+            let report = store.run_report(summary.run.id).await.unwrap().unwrap();
+            for row in report.rows.iter().filter(|r| {
+                r.verdict == ReportVerdict::Interrupted && r.stage != Some(Stage::Preparing)
+            }) {
+                assert_ne!(row.figures.bytes_written_bound, Bound::Exact, "{row:?}");
+            }
+        }
         // The first run was closed by the recovery, the second by the clean stop.
         assert!(runs.iter().all(|r| r.run.stopped_at.is_some()));
     });

@@ -12,13 +12,16 @@
 //! - [`verdict`]: [`Stage`], [`FailReason`], [`Verdict`] and their figures;
 //! - [`event`]: [`EngineEvent`], the closed set of things the engine reports;
 //! - [`record`]: the records' ids ([`RunId`], [`DeviceId`], [`AttemptId`]) and
-//!   [`StopReason`].
+//!   [`StopReason`];
+//! - [`refusal`]: [`RefusalCode`] and [`GuardRefusal`], the target guard's
+//!   refusals as records and screens carry them.
 #![deny(missing_docs)]
 
 pub mod digest;
 pub mod event;
 pub mod manifest;
 pub mod record;
+pub mod refusal;
 pub mod size;
 pub mod verdict;
 
@@ -26,7 +29,8 @@ pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
 pub use record::{AttemptId, DeviceId, IdParseError, RunId, StopReason, StopReasonParseError};
+pub use refusal::{GuardRefusal, RefusalCode, RefusalCodeParseError};
 pub use size::{ByteSize, ByteSizeParseError};
 pub use verdict::{
-    AttemptFigures, FailReason, Failure, ProbeOperation, Stage, Verdict, VerifyMethod,
+    AttemptFigures, Bound, FailReason, Failure, ProbeOperation, Stage, Verdict, VerifyMethod,
 };

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, Sha256Digest};
+use crate::{ByteSize, RefusalCode, Sha256Digest};
 
 /// Where in its pipeline an attempt is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,6 +134,10 @@ pub enum FailReason {
     },
     /// The target guard refused the target; nothing was written.
     Refused {
+        /// The guard's reason as its stable code. `None` only in records made
+        /// before refusals carried their code.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<RefusalCode>,
         /// The guard's reason, for a person.
         detail: String,
     },
@@ -240,7 +244,9 @@ impl fmt::Display for FailReason {
                 f,
                 "stopped responding during {during} at offset {offset} (no progress for {after_secs} s)"
             ),
-            FailReason::Refused { detail } => write!(f, "refused by the target guard: {detail}"),
+            FailReason::Refused { detail, .. } => {
+                write!(f, "refused by the target guard: {detail}")
+            }
             FailReason::Unavailable { detail } => write!(f, "cannot open: {detail}"),
             FailReason::Interrupted => f.write_str("interrupted"),
         }
@@ -336,6 +342,12 @@ pub struct AttemptFigures {
     pub read_back_sha256: Option<Sha256Digest>,
     /// How the read-back was checked.
     pub verify_method: Option<VerifyMethod>,
+    /// How far [`bytes_written`](Self::bytes_written) can be trusted: exact when
+    /// the attempt's own thread counted every write the target acknowledged to
+    /// the end, a lower bound when the verdict came from outside it (a stall, a
+    /// removal, a shutdown, a crash: a write in flight may have landed too).
+    #[serde(default)]
+    pub bytes_written_bound: Bound,
 }
 
 impl AttemptFigures {
@@ -347,6 +359,30 @@ impl AttemptFigures {
     /// Read-back speed in MB/s.
     pub fn verify_mb_per_sec(&self) -> Option<f64> {
         rate(self.bytes_verified, self.verify_secs)
+    }
+}
+
+/// How far a recorded byte count can be trusted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    /// The count is what happened.
+    #[default]
+    Exact,
+    /// At least this many bytes; more may have reached the target.
+    LowerBound,
+    /// Not known (the count says nothing).
+    Unknown,
+}
+
+impl Bound {
+    /// The stable text stored in the records and shown in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bound::Exact => "exact",
+            Bound::LowerBound => "lower_bound",
+            Bound::Unknown => "unknown",
+        }
     }
 }
 
@@ -371,6 +407,52 @@ mod tests {
         assert_eq!(json["stage"], "verifying");
         assert_eq!(serde_json::from_value::<Verdict>(json).unwrap(), fail);
         assert_eq!(fail.to_string(), "fail: verify mismatch at offset 4096");
+    }
+
+    #[test]
+    fn a_refusal_carries_the_guards_code_and_reads_older_records_without_one() {
+        let refused = Failure {
+            reason: FailReason::Refused {
+                code: Some(RefusalCode::Mounted),
+                detail: "sdb1 is mounted at /mnt".into(),
+            },
+            stage: Stage::Preparing,
+        };
+        let json = serde_json::to_value(&refused).unwrap();
+        assert_eq!(json["reason"], "refused");
+        assert_eq!(json["code"], "mounted");
+        assert_eq!(serde_json::from_value::<Failure>(json).unwrap(), refused);
+        let old: Failure =
+            serde_json::from_str(r#"{"reason":"refused","detail":"x","stage":"preparing"}"#)
+                .unwrap();
+        assert_eq!(
+            old.reason,
+            FailReason::Refused {
+                code: None,
+                detail: "x".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"reason":"refused","detail":"x","stage":"preparing"}"#
+        );
+    }
+
+    #[test]
+    fn figures_without_a_bound_read_as_exact() {
+        let figures: AttemptFigures = serde_json::from_str(
+            r#"{"capacity":1,"bytes_written":2,"write_secs":0.0,"bytes_verified":0,
+                "verify_secs":0.0,"read_back_sha256":null,"verify_method":null}"#,
+        )
+        .unwrap();
+        assert_eq!(figures.bytes_written_bound, Bound::Exact);
+        assert_eq!(
+            serde_json::to_value(Bound::LowerBound).unwrap(),
+            "lower_bound"
+        );
+        for bound in [Bound::Exact, Bound::LowerBound, Bound::Unknown] {
+            assert_eq!(serde_json::to_value(bound).unwrap(), bound.as_str());
+        }
     }
 
     #[test]

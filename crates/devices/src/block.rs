@@ -29,14 +29,14 @@ use std::sync::Arc;
 
 use rustix::fs::{Advice, OFlags};
 
-use crate::guard::{DiskFacts, DiskIdentity, GuardError, Refusal};
+use crate::guard::{DiskFacts, DiskIdentity, Refusal};
 use crate::{AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
 
 /// Decides, at the moment a block device is opened for writing, whether it may be
 /// written, from the facts of the device behind the opened descriptor (already
-/// checked to be the pinned disk). Returns the guard's refusal as a sentence for
-/// people.
-pub type GuardCheck = Arc<dyn Fn(&DiskFacts) -> Result<(), String> + Send + Sync>;
+/// checked to be the pinned disk). Returns the guard's typed refusal (its code and
+/// its sentence travel to the verdict).
+pub type GuardCheck = Arc<dyn Fn(&DiskFacts) -> Result<(), Refusal> + Send + Sync>;
 
 /// A hook run at the start of every open for writing of a block device target,
 /// before the device is opened; see [`PathTarget::before_open`].
@@ -148,9 +148,9 @@ impl PathTarget {
             hook(&self.path);
         }
         let pin = *pin.as_ref().map_err(|why| {
-            TargetError::Refused(format!(
-                "the device could not be identified when it was named: {why}"
-            ))
+            TargetError::Refused(Refusal::CannotInspect {
+                detail: format!("the device could not be identified when it was named: {why}"),
+            })
         })?;
         let file = OpenOptions::new()
             .read(true)
@@ -166,18 +166,13 @@ impl PathTarget {
                     other => other,
                 }
             })?;
-        let facts = DiskFacts::of_opened(&file, &self.path).map_err(|error| match error {
-            GuardError::Refused(refusal) => TargetError::Refused(refusal.to_string()),
-            other => TargetError::Refused(format!("cannot inspect the device: {other}")),
-        })?;
+        let facts = DiskFacts::of_opened(&file, &self.path)
+            .map_err(|error| TargetError::Refused(Refusal::from(error)))?;
         if facts.identity() != pin {
-            return Err(TargetError::Refused(
-                Refusal::IdentityChanged {
-                    expected: pin,
-                    found: facts.identity(),
-                }
-                .to_string(),
-            ));
+            return Err(TargetError::Refused(Refusal::IdentityChanged {
+                expected: pin,
+                found: facts.identity(),
+            }));
         }
         guard(&facts).map_err(TargetError::Refused)?;
         // The kernel opens a read-only device for writing and refuses only the
@@ -203,13 +198,12 @@ impl PathTarget {
     /// opener's `detail`. Nothing is opened for writing either way.
     fn explain_busy(&self, guard: &GuardCheck, pin: DiskIdentity, detail: String) -> TargetError {
         match DiskFacts::inspect(&self.path) {
-            Ok(facts) if facts.identity() != pin => TargetError::Refused(
-                Refusal::IdentityChanged {
+            Ok(facts) if facts.identity() != pin => {
+                TargetError::Refused(Refusal::IdentityChanged {
                     expected: pin,
                     found: facts.identity(),
-                }
-                .to_string(),
-            ),
+                })
+            }
             Ok(facts) => match guard(&facts) {
                 Err(why) => TargetError::Refused(why),
                 Ok(()) => TargetError::Busy(detail),
@@ -713,7 +707,8 @@ mod tests {
         assert_eq!(target.pinned(), None);
         match target.open_writer() {
             Err(TargetError::Refused(why)) => {
-                assert!(why.contains("could not be identified"), "{why}")
+                assert_eq!(why.kind(), flashrack_core::RefusalCode::CannotInspect);
+                assert!(why.to_string().contains("could not be identified"), "{why}")
             }
             other => panic!("expected a refusal, got {:?}", other.err()),
         }

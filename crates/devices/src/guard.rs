@@ -62,6 +62,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use flashrack_core::{GuardRefusal, RefusalCode};
+
 /// The default size limit: 256 GB (decimal). Bigger is probably a USB hard disk.
 pub const DEFAULT_MAX_SIZE_BYTES: u64 = 256_000_000_000;
 
@@ -493,25 +495,61 @@ pub enum Refusal {
         /// What the opener knows (the OS error).
         detail: String,
     },
+    /// The facts the rules need could not be gathered ([`GuardError`] other than a
+    /// refusal), so the guard does not write: it fails closed. Produced by callers
+    /// that inspect and evaluate in one step, not by [`evaluate`].
+    #[error("cannot inspect the device: {detail}")]
+    CannotInspect {
+        /// Why inspection failed.
+        detail: String,
+    },
 }
 
 impl Refusal {
-    /// A stable snake_case name for the kind of refusal (`"mounted"`, `"too_large"`…).
-    pub fn code(&self) -> &'static str {
+    /// The kind of refusal, as the stable code records and reports carry.
+    pub fn kind(&self) -> RefusalCode {
         match self {
-            Refusal::NotWholeDisk { .. } => "not_whole_disk",
-            Refusal::BusNotAllowed { .. } => "bus_not_allowed",
-            Refusal::PortNotMapped { .. } => "port_not_mapped",
-            Refusal::Mounted { .. } => "mounted",
-            Refusal::Swap { .. } => "swap",
-            Refusal::Held { .. } => "held",
-            Refusal::SystemDisk { .. } => "system_disk",
-            Refusal::TooLarge { .. } => "too_large",
-            Refusal::TooSmall { .. } => "too_small",
-            Refusal::NoMedium => "no_medium",
-            Refusal::NotArmed => "not_armed",
-            Refusal::Busy { .. } => "busy",
-            Refusal::IdentityChanged { .. } => "identity_changed",
+            Refusal::NotWholeDisk { .. } => RefusalCode::NotWholeDisk,
+            Refusal::BusNotAllowed { .. } => RefusalCode::BusNotAllowed,
+            Refusal::PortNotMapped { .. } => RefusalCode::PortNotMapped,
+            Refusal::Mounted { .. } => RefusalCode::Mounted,
+            Refusal::Swap { .. } => RefusalCode::Swap,
+            Refusal::Held { .. } => RefusalCode::Held,
+            Refusal::SystemDisk { .. } => RefusalCode::SystemDisk,
+            Refusal::TooLarge { .. } => RefusalCode::TooLarge,
+            Refusal::TooSmall { .. } => RefusalCode::TooSmall,
+            Refusal::NoMedium => RefusalCode::NoMedium,
+            Refusal::NotArmed => RefusalCode::NotArmed,
+            Refusal::IdentityChanged { .. } => RefusalCode::IdentityChanged,
+            Refusal::Busy { .. } => RefusalCode::Busy,
+            Refusal::CannotInspect { .. } => RefusalCode::CannotInspect,
+        }
+    }
+
+    /// A stable snake_case name for the kind of refusal (`"mounted"`, `"too_large"`…):
+    /// [`kind`](Self::kind) as text.
+    pub fn code(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The refusal as it travels beyond the guard: its code and its sentence.
+    pub fn to_record(&self) -> GuardRefusal {
+        GuardRefusal {
+            code: self.kind(),
+            message: self.to_string(),
+        }
+    }
+}
+
+impl From<GuardError> for Refusal {
+    /// A refusal stays itself; any other failure to decide is
+    /// [`Refusal::CannotInspect`]: the guard fails closed.
+    fn from(error: GuardError) -> Self {
+        match error {
+            GuardError::Refused(refusal) => refusal,
+            other => Refusal::CannotInspect {
+                detail: other.to_string(),
+            },
         }
     }
 }
@@ -1255,6 +1293,30 @@ mod tests {
         let mut p = policy();
         p.allowed_buses.insert("loop".to_owned());
         assert!(evaluate(&facts, &p, &armed(1)).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_travels_as_its_code_and_its_sentence() {
+        let r = Refusal::TooLarge {
+            size: 512_000_000_000,
+            max: 256_000_000_000,
+        };
+        let record = r.to_record();
+        assert_eq!(record.code, RefusalCode::TooLarge);
+        assert_eq!(record.code.as_str(), r.code());
+        assert_eq!(record.message, r.to_string());
+        // Failing to inspect is a refusal too: the guard fails closed.
+        let error = GuardError::NotBlockDevice {
+            path: PathBuf::from("/dev/null"),
+        };
+        let r = Refusal::from(error);
+        assert_eq!(r.kind(), RefusalCode::CannotInspect);
+        assert_eq!(
+            r.to_string(),
+            "cannot inspect the device: /dev/null is not a block device"
+        );
+        let r = Refusal::from(GuardError::Refused(Refusal::NotArmed));
+        assert_eq!(r, Refusal::NotArmed);
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub enum TargetError {
     Open(String),
     /// The target guard refused the target; nothing was written.
     #[error("{0}")]
-    Refused(String),
+    Refused(guard::Refusal),
 }
 
 impl TargetError {

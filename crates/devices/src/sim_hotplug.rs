@@ -365,7 +365,7 @@ mod tests {
         ));
         let facts = access.facts(&device).unwrap();
         assert_eq!(facts.bus.as_deref(), Some("usb"));
-        let refuse: GuardCheck = Arc::new(|_| Err("no".into()));
+        let refuse: GuardCheck = Arc::new(|_| Err(crate::guard::Refusal::NotArmed));
         assert!(matches!(
             access.target(&device, refuse).open_writer(),
             Err(TargetError::Refused(_))

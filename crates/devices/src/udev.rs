@@ -505,9 +505,9 @@ fn refuse_busy(facts: &DiskFacts) -> Result<(), TargetError> {
         )));
     }
     if let Some(why) = &facts.system_disk {
-        return Err(TargetError::Refused(format!(
-            "will not eject a system disk: it {why}"
-        )));
+        return Err(TargetError::Refused(Refusal::SystemDisk {
+            why: format!("{why}; it is not ejected"),
+        }));
     }
     Ok(())
 }

@@ -306,6 +306,7 @@ fn a_read_back_through_a_name_given_to_another_disk_is_refused_as_removed() {
     assert!(matches!(target.open_reader(), Err(TargetError::Removed)));
     assert!(matches!(
         target.open_writer(),
-        Err(TargetError::Refused(why)) if why.contains("not the one that was checked")
+        Err(TargetError::Refused(why))
+            if why.to_string().contains("not the one that was checked")
     ));
 }

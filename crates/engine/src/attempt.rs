@@ -11,9 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    AttemptFigures, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure, ImageManifest,
-    ProbeOperation, Sha256Digest, Stage, TargetId, Verdict, VerifyMethod,
+    AttemptFigures, Bound, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure,
+    ImageManifest, ProbeOperation, Sha256Digest, Stage, TargetId, Verdict, VerifyMethod,
 };
+use flashrack_devices::guard::Refusal;
 use flashrack_devices::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
 
@@ -37,6 +38,13 @@ pub struct AttemptProgress {
     /// Set by the supervisor (removal, stall, operator stop, shutdown); the thread
     /// checks it between I/Os and stops with `Interrupted`.
     pub cancel: AtomicBool,
+    /// The capacity the target reported, once known.
+    capacity: AtomicU64,
+    /// Bytes of the image the target has acknowledged (the write pass's
+    /// progress; it stays when the attempt moves on to flush and verify).
+    written: AtomicU64,
+    /// Bytes read back and checked so far.
+    verified: AtomicU64,
 }
 
 impl AttemptProgress {
@@ -64,6 +72,19 @@ impl AttemptProgress {
 
     fn beat(&self) {
         self.heartbeat.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures known from the counters, for a verdict given without the
+    /// attempt's thread (a stall): the bytes written are a lower bound, as a
+    /// write in flight may still land.
+    pub fn figures_so_far(&self) -> AttemptFigures {
+        AttemptFigures {
+            capacity: ByteSize(self.capacity.load(Ordering::Relaxed)),
+            bytes_written: self.written.load(Ordering::Relaxed),
+            bytes_verified: self.verified.load(Ordering::Relaxed),
+            bytes_written_bound: Bound::LowerBound,
+            ..AttemptFigures::default()
+        }
     }
 }
 
@@ -106,7 +127,14 @@ pub fn run_attempt(ctx: &AttemptContext) -> Result<(Verdict, AttemptFigures), En
     let mut figures = AttemptFigures::default();
     match pipeline(ctx, &mut figures) {
         Ok(()) => Ok((Verdict::Pass, figures)),
-        Err(Stop::Fail(failure)) => Ok((Verdict::Fail(failure), figures)),
+        Err(Stop::Fail(failure)) => {
+            // A stick that went away may hold more than it acknowledged: a
+            // write in flight may have landed.
+            if matches!(failure.reason, FailReason::Removed { .. }) {
+                figures.bytes_written_bound = Bound::LowerBound;
+            }
+            Ok((Verdict::Fail(failure), figures))
+        }
         Err(Stop::Source(e)) => Err(e),
     }
 }
@@ -121,7 +149,17 @@ fn device_failure(stage: Stage, error: TargetError) -> Stop {
         TargetError::Removed => FailReason::Removed { during: stage },
         TargetError::ReadOnly => FailReason::ReadOnly,
         TargetError::Cancelled => FailReason::Interrupted,
-        TargetError::Busy(detail) | TargetError::Refused(detail) => FailReason::Refused { detail },
+        TargetError::Busy(detail) => {
+            let refusal = Refusal::Busy { detail };
+            FailReason::Refused {
+                code: Some(refusal.kind()),
+                detail: refusal.to_string(),
+            }
+        }
+        TargetError::Refused(refusal) => FailReason::Refused {
+            code: Some(refusal.kind()),
+            detail: refusal.to_string(),
+        },
         TargetError::Open(detail) => FailReason::Unavailable { detail },
         TargetError::Io { offset, source } => match stage {
             Stage::Verifying => FailReason::ReadError {
@@ -249,6 +287,11 @@ impl<'a> Reporter<'a> {
     fn advance(&mut self, done: u64) -> Result<(), Stop> {
         let progress = &self.ctx.progress;
         progress.done.store(done, Ordering::Relaxed);
+        match self.stage {
+            Stage::Writing => progress.written.store(done, Ordering::Relaxed),
+            Stage::Verifying => progress.verified.store(done, Ordering::Relaxed),
+            Stage::Preparing | Stage::Flushing => {}
+        }
         progress.beat();
         if progress.cancel.load(Ordering::Relaxed) {
             return Err(fail(self.stage, FailReason::Interrupted));
@@ -283,6 +326,9 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
         .geometry()
         .map_err(|e| device_failure(Stage::Preparing, e))?;
     figures.capacity = ByteSize(geometry.capacity);
+    ctx.progress
+        .capacity
+        .store(geometry.capacity, Ordering::Relaxed);
     // A card reader without a card (or a stick whose controller lost its
     // flash) reports zero bytes: that is no medium, not a small one.
     if geometry.capacity == 0 {

@@ -251,7 +251,7 @@ async fn supervise(
                             },
                             stage,
                         }),
-                        AttemptFigures::default(),
+                        progress.figures_so_far(),
                     ));
                 }
             }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashrack_core::{FailReason, TargetId, Verdict};
+use flashrack_core::{FailReason, RefusalCode, TargetId, Verdict};
 use flashrack_devices::block::{GuardCheck, PathTarget};
 use flashrack_devices::guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
 use flashrack_devices::{
@@ -36,9 +36,7 @@ fn loop_guard(image_size: u64) -> GuardCheck {
             armed_run: false,
             explicit_operator_request: true,
         };
-        evaluate(facts, &policy, &request)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        evaluate(facts, &policy, &request).map(|_| ())
     })
 }
 
@@ -146,7 +144,11 @@ async fn a_loop_device_held_open_exclusively_elsewhere_is_refused_and_untouched(
         .await
         .unwrap();
     match results[0].1.failure().map(|f| &f.reason) {
-        Some(FailReason::Refused { detail }) => assert!(detail.contains("in use"), "{detail}"),
+        Some(FailReason::Refused { code, detail }) => {
+            // The exclusive open's refusal keeps its code on its way to the verdict.
+            assert_eq!(*code, Some(RefusalCode::Busy));
+            assert!(detail.contains("in use"), "{detail}");
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     let medium = std::fs::read(device.backing()).unwrap();
@@ -190,7 +192,7 @@ async fn a_mounted_loop_device_is_refused_by_the_guard() {
     match verdict.failure() {
         Some(failure) => {
             assert!(
-                matches!(&failure.reason, FailReason::Refused { detail } if detail.contains("mounted")),
+                matches!(&failure.reason, FailReason::Refused { code: Some(RefusalCode::Mounted), detail } if detail.contains("mounted")),
                 "{failure:?}"
             );
             assert_eq!(failure.stage, flashrack_core::Stage::Preparing);
@@ -239,7 +241,8 @@ async fn a_name_given_to_another_disk_before_the_open_is_refused_and_neither_dis
     );
     let (_, verdict, figures) = &results[0];
     match verdict.failure().map(|f| (&f.reason, f.stage)) {
-        Some((FailReason::Refused { detail }, flashrack_core::Stage::Preparing)) => {
+        Some((FailReason::Refused { code, detail }, flashrack_core::Stage::Preparing)) => {
+            assert_eq!(*code, Some(RefusalCode::IdentityChanged));
             assert!(
                 detail.contains("not the one that was checked"),
                 "the refusal names the identity change: {detail}"

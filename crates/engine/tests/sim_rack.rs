@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    EngineEvent, EngineEventKind, FailReason, ProbeOperation, Stage, TargetId, Verdict,
+    Bound, EngineEvent, EngineEventKind, FailReason, ProbeOperation, Stage, TargetId, Verdict,
     VerifyMethod,
 };
 use flashrack_devices::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
@@ -882,4 +882,62 @@ async fn when_the_rest_cannot_be_read_after_a_mismatch_no_digest_is_claimed() {
             assert_eq!(figures.read_back_sha256, None, "{verify:?} {id}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_verdict_carries_the_bytes_the_stick_acknowledged_so_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = common::make_image(dir.path(), 3 * MIB as usize, 14);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [
+            // Stuck in the write pass once 1 MiB (probe markers included) is on it.
+            SimStickSpec::new("stalls-writing", 8 * MIB).stall_after_written(MIB),
+            // Stuck in the read-back, after the whole image was written.
+            SimStickSpec::new("stalls-verifying", 8 * MIB).stall_after_read(MIB + 100 * 1024),
+        ],
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, targets(&rack), options(), tx)
+        .await
+        .unwrap();
+
+    let (_, verdict, figures) = &results[0];
+    assert!(matches!(
+        reason_of(verdict),
+        Some(FailReason::Stalled {
+            during: Stage::Writing,
+            ..
+        })
+    ));
+    // What the watchdog knew: the image bytes the stick had acknowledged, a
+    // lower bound (a write in flight may land), never more than reached it.
+    assert!(
+        figures.bytes_written > MIB / 2 && figures.bytes_written <= MIB,
+        "{figures:?}"
+    );
+    let on_stick = rack
+        .stick("stalls-writing")
+        .unwrap()
+        .counters()
+        .bytes_written;
+    assert!(
+        figures.bytes_written <= on_stick,
+        "{figures:?} vs {on_stick}"
+    );
+    assert_eq!(figures.bytes_written_bound, Bound::LowerBound);
+    assert_eq!(figures.capacity.bytes(), 8 * MIB);
+
+    let (_, verdict, figures) = &results[1];
+    assert!(matches!(
+        reason_of(verdict),
+        Some(FailReason::Stalled {
+            during: Stage::Verifying,
+            ..
+        })
+    ));
+    assert_eq!(figures.bytes_written, bytes.len() as u64, "{figures:?}");
+    assert!(figures.bytes_verified > 0, "{figures:?}");
+    assert_eq!(figures.bytes_written_bound, Bound::LowerBound);
 }

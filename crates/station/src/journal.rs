@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use flashrack_core::{
     AttemptFigures, AttemptId, DeviceId, RunId, Sha256Digest, Stage, StopReason, Verdict,
 };
+use flashrack_devices::guard::Refusal;
 use flashrack_devices::hotplug::DeviceIdentity;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::model::RunOptions;
 
@@ -66,19 +67,28 @@ pub enum JournalEvent {
         /// The device key.
         device: String,
     },
-    /// The guard refused a stick.
+    /// The guard refused a stick: nothing was written. Recorded as a refusal of
+    /// its own (not an attempt), with the guard's reason as its code and its
+    /// sentence.
     GuardRefused {
         /// The port label.
         port: String,
+        /// The port's physical path (udev `ID_PATH`), when known.
+        port_path: Option<String>,
         /// The device key.
         device: String,
-        /// The guard's reason.
-        reason: String,
+        /// The device's record.
+        device_id: DeviceId,
+        /// The armed run the stick was refused for, if any.
+        run_id: Option<RunId>,
+        /// The guard's reason; serialized as its code and its message.
+        #[serde(serialize_with = "refusal_as_record")]
+        refusal: Refusal,
     },
     /// An operator did something.
     OperatorAction {
-        /// What ("arm", "stop", "start_port").
-        action: String,
+        /// What.
+        action: OperatorAction,
         /// Details for people.
         detail: String,
     },
@@ -89,6 +99,34 @@ pub enum JournalEvent {
         /// The device key.
         device: String,
     },
+}
+
+/// What an operator did, for the event log. A closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorAction {
+    /// Armed a run.
+    Arm,
+    /// Stopped the armed run.
+    Stop,
+    /// Asked for the stick in one port to be written now.
+    StartPort,
+}
+
+fn refusal_as_record<S: Serializer>(refusal: &Refusal, serializer: S) -> Result<S::Ok, S::Error> {
+    refusal.to_record().serialize(serializer)
+}
+
+/// How far a running attempt has got, as the station last heard from the
+/// engine: what the records keep so that a crash leaves a true lower bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AttemptSoFar {
+    /// The attempt.
+    pub attempt_id: AttemptId,
+    /// Bytes of the image the target has acknowledged.
+    pub bytes_written: u64,
+    /// Bytes read back and checked.
+    pub bytes_verified: u64,
 }
 
 /// Where the station's records go.
@@ -119,6 +157,11 @@ pub trait Journal: Send + Sync {
     ) -> Result<(), JournalError>;
     /// Appends to the event log.
     async fn event(&self, event: &JournalEvent) -> Result<(), JournalError>;
+    /// The station is alive, and its running attempts have got this far. Called
+    /// every few seconds (not per progress tick) and when an attempt has written
+    /// the whole image, so that after a crash the records hold a lower bound of
+    /// what reached each stick, and the moment the station was last alive.
+    async fn heartbeat(&self, running: &[AttemptSoFar]) -> Result<(), JournalError>;
 }
 
 /// One attempt as [`MemoryJournal`] keeps it.
@@ -132,6 +175,10 @@ pub struct MemoryAttempt {
     pub stages: Vec<Stage>,
     /// The verdict, once finished.
     pub verdict: Option<Verdict>,
+    /// The figures recorded with the verdict.
+    pub figures: Option<AttemptFigures>,
+    /// The last figures a heartbeat recorded while it ran.
+    pub so_far: Option<AttemptSoFar>,
 }
 
 /// The start of an attempt as [`MemoryJournal`] keeps it.
@@ -156,6 +203,8 @@ pub struct MemoryRecords {
     pub attempts: Vec<MemoryAttempt>,
     /// The event log.
     pub events: Vec<JournalEvent>,
+    /// How many heartbeats were recorded.
+    pub heartbeats: u64,
 }
 
 /// A journal that keeps everything in memory: for tests, and for a station run
@@ -220,6 +269,8 @@ impl Journal for MemoryJournal {
             },
             stages: Vec::new(),
             verdict: None,
+            figures: None,
+            so_far: None,
         });
         Ok(id)
     }
@@ -236,12 +287,13 @@ impl Journal for MemoryJournal {
         &self,
         attempt_id: AttemptId,
         verdict: &Verdict,
-        _figures: &AttemptFigures,
+        figures: &AttemptFigures,
     ) -> Result<(), JournalError> {
         let mut r = self.lock();
         match r.attempts.iter_mut().find(|a| a.id == attempt_id) {
             Some(a) if a.verdict.is_none() => {
                 a.verdict = Some(verdict.clone());
+                a.figures = Some(figures.clone());
                 Ok(())
             }
             Some(_) => Err(JournalError(format!("attempt {attempt_id} finished twice"))),
@@ -251,6 +303,22 @@ impl Journal for MemoryJournal {
 
     async fn event(&self, event: &JournalEvent) -> Result<(), JournalError> {
         self.lock().events.push(event.clone());
+        Ok(())
+    }
+
+    async fn heartbeat(&self, running: &[AttemptSoFar]) -> Result<(), JournalError> {
+        let mut r = self.lock();
+        r.heartbeats += 1;
+        for so_far in running {
+            // Like the store: only a running attempt takes figures.
+            if let Some(a) = r
+                .attempts
+                .iter_mut()
+                .find(|a| a.id == so_far.attempt_id && a.verdict.is_none())
+            {
+                a.so_far = Some(*so_far);
+            }
+        }
         Ok(())
     }
 }

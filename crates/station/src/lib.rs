@@ -24,7 +24,10 @@ pub mod journal;
 pub mod model;
 pub mod station;
 
-pub use journal::{AttemptStart, Journal, JournalError, JournalEvent, MemoryJournal, RunStart};
+pub use journal::{
+    AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, MemoryJournal, OperatorAction,
+    RunStart,
+};
 pub use model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
     VerdictRun, VerifyChoice,

@@ -1,7 +1,9 @@
 //! What the station shows: ports, runs, and the events that change them. Plain
 //! serializable values, for the command line, the web side and the records.
 
-use flashrack_core::{AttemptFigures, AttemptId, RunId, Sha256Digest, Stage, StopReason, Verdict};
+use flashrack_core::{
+    AttemptFigures, AttemptId, GuardRefusal, RunId, Sha256Digest, Stage, StopReason, Verdict,
+};
 use flashrack_devices::hotplug::PluggedDevice;
 use serde::{Deserialize, Serialize};
 
@@ -145,8 +147,8 @@ pub struct PortView {
     pub verdict_run: Option<VerdictRun>,
     /// Figures of the last attempt.
     pub figures: Option<AttemptFigures>,
-    /// Why the guard refused the stick.
-    pub refusal: Option<String>,
+    /// Why the guard refused the stick: its code and its sentence.
+    pub refusal: Option<GuardRefusal>,
     /// Whether a passed stick was ejected and may be pulled.
     pub ejected: bool,
     /// The record of the current or last attempt.
@@ -250,11 +252,17 @@ pub struct RunView {
     pub armed: bool,
     /// Passes so far.
     pub passed: u32,
-    /// Failures so far: sticks found bad (or pulled), not counting `interrupted`.
+    /// Failures so far: sticks found bad (or pulled), not counting `interrupted`
+    /// nor refusals (see `refused`).
     pub failed: u32,
     /// Attempts interrupted by a stop, a shutdown or a source failure: they say
     /// nothing about the stick (the records count them apart too).
     pub interrupted: u32,
+    /// Sticks the target guard refused under this run, at insertion or at the
+    /// moment of opening: nothing was written to them (the records count them
+    /// apart too).
+    #[serde(default)]
+    pub refused: u32,
     /// Attempts running now.
     pub active: u32,
     /// Bytes written to sticks by finished attempts of this run.

@@ -12,18 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, DeviceId, EngineEvent, EngineEventKind, FailReason, Failure, RunId,
-    Stage, StopReason, TargetId, Verdict,
+    AttemptFigures, AttemptId, Bound, DeviceId, EngineEvent, EngineEventKind, FailReason, Failure,
+    GuardRefusal, RunId, Stage, StopReason, TargetId, Verdict,
 };
 use flashrack_devices::block::GuardCheck;
-use flashrack_devices::guard::{evaluate, DiskFacts, GuardError, GuardPolicy, GuardRequest};
+use flashrack_devices::guard::{evaluate, DiskFacts, GuardPolicy, GuardRequest, Refusal};
 use flashrack_devices::hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, StopSignal};
 use flashrack_engine::{
     AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::journal::{AttemptStart, Journal, JournalError, JournalEvent, RunStart};
+use crate::journal::{
+    AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, OperatorAction, RunStart,
+};
 use crate::model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
     VerdictRun, VerifyChoice,
@@ -58,6 +60,10 @@ pub struct StationSettings {
     /// removal, and such a stick failed because it was pulled, not because it
     /// is bad.
     pub removal_grace: Duration,
+    /// How often the station tells its records it is alive, with how far each
+    /// running attempt has got (a few seconds: after a crash, the records hold
+    /// what reached each stick up to then, and when the station was last alive).
+    pub heartbeat: Duration,
 }
 
 /// An image to arm a run with.
@@ -219,6 +225,34 @@ struct Slot {
     stage: Stage,
     /// Set when the stick was pulled while the attempt ran.
     removed_during: Option<Stage>,
+    /// Bytes of the image the stick has acknowledged, from the engine's write
+    /// progress (the whole image once the write pass is over).
+    written: u64,
+    /// Bytes read back and checked, from the engine's verify progress.
+    verified: u64,
+}
+
+impl Slot {
+    /// How far the attempt has got, for a heartbeat.
+    fn so_far(&self) -> AttemptSoFar {
+        AttemptSoFar {
+            attempt_id: self.attempt_id,
+            bytes_written: self.written,
+            bytes_verified: self.verified,
+        }
+    }
+
+    /// The figures the station knows without the attempt's thread: a lower
+    /// bound of what reached the stick (progress is reported now and then, and
+    /// a write in flight may still land).
+    fn figures_so_far(&self) -> AttemptFigures {
+        AttemptFigures {
+            bytes_written: self.written,
+            bytes_verified: self.verified,
+            bytes_written_bound: Bound::LowerBound,
+            ..AttemptFigures::default()
+        }
+    }
 }
 
 struct Done {
@@ -333,9 +367,12 @@ impl Station {
             }
         });
         tokio::pin!(shutdown);
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = heartbeat.tick() => self.on_heartbeat().await,
                 Some(event) = hotplug_rx.recv() => self.on_hotplug(event).await,
                 Some(command) = self.commands.recv() => self.on_command(command).await,
                 Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
@@ -364,7 +401,8 @@ impl Station {
             }
         }
         // Attempts stuck in the kernel past the grace period: recorded as
-        // interrupted now (their threads are abandoned).
+        // interrupted now (their threads are abandoned), with what the station
+        // knows reached the stick.
         let stuck: Vec<TargetId> = self.slots.keys().cloned().collect();
         for target in stuck {
             if let Some(slot) = self.slots.remove(&target) {
@@ -372,7 +410,7 @@ impl Station {
                     reason: FailReason::Interrupted,
                     stage: slot.stage,
                 });
-                self.record_finish(slot.attempt_id, &verdict, &AttemptFigures::default())
+                self.record_finish(slot.attempt_id, &verdict, &slot.figures_so_far())
                     .await;
                 if let Some(run) = self.run.as_mut().filter(|r| r.view.id == slot.run_id) {
                     run.view.active = run.view.active.saturating_sub(1);
@@ -587,7 +625,7 @@ impl Station {
                             slot.canceller.cancel();
                         }
                         self.log(JournalEvent::OperatorAction {
-                            action: "stop".into(),
+                            action: OperatorAction::Stop,
                             detail: note.clone(),
                         })
                         .await;
@@ -626,7 +664,7 @@ impl Station {
             })
             .await?;
         self.log(JournalEvent::OperatorAction {
-            action: "arm".into(),
+            action: OperatorAction::Arm,
             detail: format!("run {id}: {} ({})", request.image_name, manifest.sha256()),
         })
         .await;
@@ -641,6 +679,7 @@ impl Station {
             passed: 0,
             failed: 0,
             interrupted: 0,
+            refused: 0,
             active: 0,
             bytes_written: 0,
             stop_reason: None,
@@ -713,7 +752,7 @@ impl Station {
             });
         }
         self.log(JournalEvent::OperatorAction {
-            action: "start_port".into(),
+            action: OperatorAction::StartPort,
             detail: label.to_string(),
         })
         .await;
@@ -746,18 +785,19 @@ impl Station {
         };
         let label = self.ports[port].view.label.clone();
         let key = device.identity.key();
-        if let Err(reason) = guard_device(&*self.access, &device, &self.settings.policy, &request) {
-            tracing::warn!(port = %label, device = %key, %reason, "refused by the target guard");
+        if let Err(refusal) = guard_device(&*self.access, &device, &self.settings.policy, &request)
+        {
+            tracing::warn!(port = %label, device = %key, code = %refusal.kind(), %refusal, "refused by the target guard");
             self.ports[port].waiting_since = None;
             let view = &mut self.ports[port].view;
             view.state = PortState::Refused;
-            view.refusal = Some(reason.clone());
-            self.log(JournalEvent::GuardRefused {
-                port: label,
-                device: key,
-                reason,
-            })
-            .await;
+            view.refusal = Some(refusal.to_record());
+            if let Some(run) = self.run.as_mut() {
+                run.view.refused += 1;
+            }
+            self.record_refusal(&kernel_name, device_id, run_id, &label, &device, refusal)
+                .await;
+            self.publish_run();
             return;
         }
         // With a target count, passes plus attempts in flight may already be
@@ -827,6 +867,8 @@ impl Station {
                 canceller,
                 stage: Stage::Preparing,
                 removed_during: None,
+                written: 0,
+                verified: 0,
             },
         );
         let view = &mut self.ports[port].view;
@@ -844,6 +886,55 @@ impl Station {
         self.publish_run();
     }
 
+    /// The record of the stick `kernel_name`, recording the device now if the
+    /// records could not take it when it arrived.
+    async fn ensure_device_id(
+        &mut self,
+        kernel_name: &str,
+        device_id: Option<DeviceId>,
+        device: &PluggedDevice,
+    ) -> Result<DeviceId, JournalError> {
+        match device_id {
+            Some(id) => Ok(id),
+            None => {
+                let id = self.journal.device_seen(&device.identity).await?;
+                if let Some(present) = self.present.get_mut(kernel_name) {
+                    present.device_id = Some(id);
+                }
+                Ok(id)
+            }
+        }
+    }
+
+    /// Records that the guard refused the stick `kernel_name` in the port
+    /// `label` (under `run_id`, if a run is armed).
+    async fn record_refusal(
+        &mut self,
+        kernel_name: &str,
+        device_id: Option<DeviceId>,
+        run_id: RunId,
+        label: &str,
+        device: &PluggedDevice,
+        refusal: Refusal,
+    ) {
+        let device_id = match self.ensure_device_id(kernel_name, device_id, device).await {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(%error, port = %label, "cannot record a refusal");
+                return;
+            }
+        };
+        self.log(JournalEvent::GuardRefused {
+            port: label.to_string(),
+            port_path: device.port_path.clone(),
+            device: device.identity.key(),
+            device_id,
+            run_id: Some(run_id),
+            refusal,
+        })
+        .await;
+    }
+
     /// Records the start of an attempt on the stick `kernel_name`, recording
     /// the device first if the records could not take it when it arrived.
     async fn record_attempt_start(
@@ -854,16 +945,9 @@ impl Station {
         label: &str,
         device: &PluggedDevice,
     ) -> Result<AttemptId, JournalError> {
-        let device_id = match device_id {
-            Some(id) => id,
-            None => {
-                let id = self.journal.device_seen(&device.identity).await?;
-                if let Some(present) = self.present.get_mut(kernel_name) {
-                    present.device_id = Some(id);
-                }
-                id
-            }
-        };
+        let device_id = self
+            .ensure_device_id(kernel_name, device_id, device)
+            .await?;
         self.journal
             .attempt_started(&AttemptStart {
                 run_id,
@@ -884,8 +968,16 @@ impl Station {
         match event.kind {
             EngineEventKind::Stage { stage } => {
                 slot.stage = stage;
+                let so_far = slot.so_far();
                 if let Err(error) = self.journal.attempt_stage(attempt_id, stage).await {
                     tracing::error!(%error, "cannot record a stage change");
+                }
+                // The whole image has been written: worth recording now rather
+                // than at the next heartbeat.
+                if stage == Stage::Flushing {
+                    if let Err(error) = self.journal.heartbeat(&[so_far]).await {
+                        tracing::warn!(%error, "cannot record an attempt's progress");
+                    }
                 }
                 if live {
                     let view = &mut self.ports[port].view;
@@ -895,11 +987,16 @@ impl Station {
                 }
             }
             EngineEventKind::Progress {
+                stage,
                 done,
                 total,
                 bytes_per_sec,
-                ..
             } => {
+                match stage {
+                    Stage::Writing => slot.written = slot.written.max(done),
+                    Stage::Verifying => slot.verified = slot.verified.max(done),
+                    Stage::Preparing | Stage::Flushing => {}
+                }
                 if live {
                     self.ports[port].view.progress = Some(Progress {
                         done,
@@ -940,30 +1037,61 @@ impl Station {
         }
     }
 
+    /// Tells the records the station is alive and how far each running attempt
+    /// has got.
+    async fn on_heartbeat(&mut self) {
+        let running: Vec<AttemptSoFar> = self.slots.values().map(Slot::so_far).collect();
+        if let Err(error) = self.journal.heartbeat(&running).await {
+            tracing::warn!(%error, "cannot record a heartbeat");
+        }
+    }
+
     /// Gives an attempt its verdict: recorded, counted, shown.
     async fn settle(&mut self, done: Done) {
         let Some(slot) = self.slots.remove(&done.target) else {
             return;
         };
-        let (verdict, figures, source_error) = match done.outcome.result {
+        let (verdict, mut figures, source_error) = match done.outcome.result {
             Ok((verdict, figures)) => (verdict, figures, None),
+            // The thread's own figures are lost with the source error: what the
+            // station heard of its progress is what is known.
             Err(error) => (
                 Verdict::Fail(Failure {
                     reason: FailReason::Interrupted,
                     stage: slot.stage,
                 }),
-                AttemptFigures::default(),
+                slot.figures_so_far(),
                 Some(error),
             ),
         };
         // A stick pulled mid-attempt failed because it was removed, whatever
         // error the kernel gave for the I/O it interrupted.
         let verdict = match (slot.removed_during, verdict) {
-            (Some(during), Verdict::Fail(_)) => Verdict::Fail(Failure {
-                reason: FailReason::Removed { during },
-                stage: during,
-            }),
+            (Some(during), Verdict::Fail(_)) => {
+                // A write in flight when it went may have landed: what the
+                // stick acknowledged is a lower bound of what it holds.
+                figures.bytes_written = figures.bytes_written.max(slot.written);
+                if figures.bytes_written_bound == Bound::Exact {
+                    figures.bytes_written_bound = Bound::LowerBound;
+                }
+                Verdict::Fail(Failure {
+                    reason: FailReason::Removed { during },
+                    stage: during,
+                })
+            }
             (_, verdict) => verdict,
+        };
+        // Refused by the guard at the moment of opening: a refusal, not a
+        // failed write.
+        let refusal = match &verdict {
+            Verdict::Fail(Failure {
+                reason: FailReason::Refused { code, detail },
+                ..
+            }) => Some(code.map(|code| GuardRefusal {
+                code,
+                message: detail.clone(),
+            })),
+            _ => None,
         };
         // Committed before the port shows it.
         self.record_finish(slot.attempt_id, &verdict, &figures)
@@ -986,6 +1114,9 @@ impl Station {
             } else if interrupted {
                 // Says nothing about the stick; the records count it apart.
                 run.view.interrupted += 1;
+            } else if refusal.is_some() {
+                // Refused at the moment of opening: nothing was written.
+                run.view.refused += 1;
             } else {
                 run.view.failed += 1;
             }
@@ -1003,11 +1134,12 @@ impl Station {
             && self.ports[slot.port].kernel_name.as_deref() == Some(slot.kernel_name.as_str());
         if shown_here {
             let view = &mut self.ports[slot.port].view;
-            view.state = if passed {
-                PortState::Passed
-            } else {
-                PortState::Failed
+            view.state = match (passed, &refusal) {
+                (true, _) => PortState::Passed,
+                (false, Some(_)) => PortState::Refused,
+                (false, None) => PortState::Failed,
             };
+            view.refusal = refusal.flatten();
             view.verdict = Some(verdict);
             view.verdict_run = Some(slot.verdict_run.clone());
             view.figures = Some(figures);
@@ -1171,18 +1303,18 @@ fn present_key(present: &HashMap<String, Present>, kernel_name: &str) -> String 
 }
 
 /// The guard's verdict on `device` now: its facts gathered fresh, judged by the
-/// rules. A refusal comes back as the sentence the operator sees.
+/// rules. A refusal comes back typed (its code and its sentence travel to the
+/// port, the journal and the records); facts that cannot be gathered are a
+/// refusal too ([`Refusal::CannotInspect`]): the guard fails closed.
 fn guard_device(
     access: &dyn DeviceAccess,
     device: &PluggedDevice,
     policy: &GuardPolicy,
     request: &GuardRequest,
-) -> Result<(), String> {
-    let facts = access.facts(device).map_err(|e| match e {
-        // Another disk behind the name: a refusal, not a failure to inspect.
-        GuardError::Refused(refusal) => refusal.to_string(),
-        other => format!("cannot inspect the device: {other}"),
-    })?;
+) -> Result<(), Refusal> {
+    // Another disk behind the name is a refusal (identity changed); a failure
+    // to inspect is one too: the guard fails closed.
+    let facts = access.facts(device).map_err(Refusal::from)?;
     judge(facts, device, policy, request)
 }
 
@@ -1194,13 +1326,11 @@ fn judge(
     device: &PluggedDevice,
     policy: &GuardPolicy,
     request: &GuardRequest,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     if facts.port_path.is_none() {
         facts.port_path = device.port_path.clone();
     }
-    evaluate(&facts, policy, request)
-        .map(|_| ())
-        .map_err(|refusal| refusal.to_string())
+    evaluate(&facts, policy, request).map(|_| ())
 }
 
 /// The guard again, at the moment the target is opened for writing: on the facts

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashrack_core::{FailReason, Failure, RunId, Stage, StopReason, Verdict};
+use flashrack_core::{Bound, FailReason, Failure, RefusalCode, RunId, Stage, StopReason, Verdict};
 use flashrack_devices::guard::GuardPolicy;
 use flashrack_devices::sim::SimStickSpec;
 use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
@@ -32,13 +32,22 @@ fn port_path(n: usize) -> String {
 }
 
 async fn rig(ports: usize, policy: GuardPolicy) -> Rig {
-    rig_with_stall_timeout(ports, policy, Duration::from_secs(5)).await
+    rig_with(ports, policy, |_| {}).await
 }
 
 /// How long shutdown waits for attempts to reach a safe point.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn rig_with_stall_timeout(ports: usize, policy: GuardPolicy, stall_timeout: Duration) -> Rig {
+    rig_with(ports, policy, |s| s.engine.stall_timeout = stall_timeout).await
+}
+
+/// A rig whose settings `tweak` may change.
+async fn rig_with(
+    ports: usize,
+    policy: GuardPolicy,
+    tweak: impl FnOnce(&mut StationSettings),
+) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let bytes = flashrack_testkit::image_bytes(3 * MIB as usize, 7, 256 * 1024);
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 256 * 1024);
@@ -56,13 +65,16 @@ async fn rig_with_stall_timeout(ports: usize, policy: GuardPolicy, stall_timeout
             .collect(),
         policy,
         engine: EngineOptions {
-            stall_timeout,
+            stall_timeout: Duration::from_secs(5),
             progress_interval: Duration::from_millis(20),
             ..EngineOptions::default()
         },
         shutdown_grace: SHUTDOWN_GRACE,
         removal_grace: Duration::from_millis(300),
+        heartbeat: Duration::from_secs(2),
     };
+    let mut settings = settings;
+    tweak(&mut settings);
     let (station, handle) = Station::new(settings, Arc::new(access), journal.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(station.run_until_stopped(Box::new(source), async {
@@ -422,25 +434,78 @@ async fn the_guard_refuses_oversized_sticks_and_unmapped_ports_and_says_why() {
         })
         .await;
     let big = port(&snap, "A1").refusal.clone().unwrap();
-    assert!(big.contains("too large"), "{big}");
+    assert_eq!(big.code, RefusalCode::TooLarge);
+    assert!(big.message.contains("too large"), "{big}");
     let stray = snap.ports.iter().find(|p| !p.mapped).unwrap();
-    assert!(
-        stray.refusal.as_deref().unwrap().contains("not mapped"),
-        "{stray:?}"
-    );
+    let stray_label = stray.label.clone();
+    let stray_refusal = stray.refusal.clone().unwrap();
+    assert_eq!(stray_refusal.code, RefusalCode::PortNotMapped);
+    assert!(stray_refusal.message.contains("not mapped"), "{stray:?}");
+    // A refusal is counted as such, not as a failure.
+    let run = rig
+        .until("refusals counted", |s| {
+            s.run.as_ref().is_some_and(|r| r.refused == 2)
+        })
+        .await
+        .run
+        .unwrap();
+    assert_eq!((run.failed, run.passed), (0, 0));
     for path in [port_path(1), "sim-port-unmapped".to_string()] {
         let (_, stick) = rig.control.stick_at(&path).unwrap();
         assert_eq!(stick.counters().bytes_written, 0);
     }
     let journal = rig.shutdown().await;
-    let refusals = journal
-        .records()
+    let records = journal.records();
+    // Each refusal is recorded with its port, the stick's record, the run and
+    // the guard's typed reason.
+    let mut refusals: Vec<_> = records
         .events
         .iter()
-        .filter(|e| matches!(e, JournalEvent::GuardRefused { .. }))
-        .count();
-    assert_eq!(refusals, 2);
-    assert!(journal.records().attempts.is_empty());
+        .filter_map(|e| match e {
+            JournalEvent::GuardRefused {
+                port,
+                port_path,
+                device,
+                device_id,
+                run_id,
+                refusal,
+            } => Some((
+                port.clone(),
+                port_path.clone(),
+                device.clone(),
+                records.devices[device_id.0 as usize - 1].clone(),
+                *run_id,
+                refusal.kind(),
+            )),
+            _ => None,
+        })
+        .collect();
+    refusals.sort();
+    assert_eq!(
+        refusals,
+        [
+            (
+                stray_label,
+                Some("sim-port-unmapped".to_string()),
+                "STRAY".to_string(),
+                "STRAY".to_string(),
+                Some(RunId(1)),
+                RefusalCode::PortNotMapped
+            ),
+            (
+                "A1".to_string(),
+                Some(port_path(1)),
+                "BIG".to_string(),
+                "BIG".to_string(),
+                Some(RunId(1)),
+                RefusalCode::TooLarge
+            ),
+        ]
+    );
+    let json = serde_json::to_value(&records.events[records.events.len() - 1]).unwrap();
+    assert!(json["refusal"]["code"].is_string(), "{json}");
+    assert!(json["refusal"]["message"].is_string(), "{json}");
+    assert!(records.attempts.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -886,4 +951,127 @@ async fn with_a_target_count_sticks_wait_while_passes_and_attempts_in_flight_rea
         .filter(|a| a.verdict == Some(Verdict::Pass))
         .count();
     assert_eq!(passes, 2, "never more passes than the target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_attempts_acknowledged_bytes_are_recorded_with_the_heartbeat() {
+    let rig = rig_with(1, GuardPolicy::default(), |s| {
+        s.heartbeat = Duration::from_millis(100);
+    })
+    .await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    // 3 MiB at 1 MiB/s: seconds of writing, many heartbeats.
+    rig.plug(1, "SLOW", healthy().write_speed(MIB));
+    let journal = rig.journal.clone();
+    let recorded = move || {
+        journal
+            .records()
+            .attempts
+            .first()
+            .and_then(|a| a.so_far)
+            .map_or(0, |f| f.bytes_written)
+    };
+    let snap = rig
+        .until("a figure recorded while writing", |s| {
+            state(s, "A1") == PortState::Writing && recorded() > 0
+        })
+        .await;
+    // Recorded while the attempt still runs, and never more than reached the
+    // stick.
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert!(recorded() <= stick.counters().bytes_written);
+    assert_eq!(state(&snap, "A1"), PortState::Writing);
+    assert!(rig.journal.records().attempts[0].verdict.is_none());
+    assert!(rig.journal.records().heartbeats > 0);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_sticks_record_keeps_the_bytes_it_acknowledged_as_a_lower_bound() {
+    let rig = rig(1, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    let slow = rig.plug(1, "SLOW", healthy().write_speed(MIB));
+    rig.until("written a little", |s| {
+        port(s, "A1")
+            .progress
+            .as_ref()
+            .is_some_and(|p| state(s, "A1") == PortState::Writing && p.done >= MIB / 2)
+    })
+    .await;
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    rig.control.pull(&slow).unwrap();
+    rig.until("removed counted", |s| {
+        s.run.as_ref().is_some_and(|r| r.failed == 1)
+    })
+    .await;
+    let journal = rig.shutdown().await;
+    let attempt = journal.records().attempts[0].clone();
+    assert!(matches!(
+        attempt
+            .verdict
+            .as_ref()
+            .and_then(|v| v.failure())
+            .map(|f| &f.reason),
+        Some(FailReason::Removed {
+            during: Stage::Writing
+        })
+    ));
+    let figures = attempt.figures.unwrap();
+    assert!(figures.bytes_written >= MIB / 2, "{figures:?}");
+    assert!(
+        figures.bytes_written <= stick.counters().bytes_written,
+        "{figures:?} vs {:?}",
+        stick.counters()
+    );
+    assert_eq!(figures.bytes_written_bound, Bound::LowerBound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_stuck_at_shutdown_is_recorded_with_the_bytes_known_to_have_reached_it() {
+    let rig = rig_with(1, GuardPolicy::default(), |s| {
+        s.shutdown_grace = Duration::from_millis(300);
+        s.engine.stall_timeout = Duration::from_secs(60);
+    })
+    .await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    // Its writes never return once 2 MiB are on it (written at 4 MiB/s, so
+    // that the engine reports progress before).
+    rig.plug(
+        1,
+        "STUCK",
+        healthy().write_speed(4 * MIB).stall_after_written(2 * MIB),
+    );
+    rig.until("writing", |s| {
+        port(s, "A1")
+            .progress
+            .as_ref()
+            .is_some_and(|p| p.done >= MIB)
+    })
+    .await;
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    let waiting = stick.clone();
+    let stalled =
+        tokio::task::spawn_blocking(move || waiting.wait_until_stalled(Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert!(stalled, "the stick never stalled");
+    let journal = rig.shutdown().await;
+    stick.release();
+    let attempt = journal.records().attempts[0].clone();
+    assert!(matches!(
+        attempt
+            .verdict
+            .as_ref()
+            .and_then(|v| v.failure())
+            .map(|f| &f.reason),
+        Some(FailReason::Interrupted)
+    ));
+    let figures = attempt.figures.clone().unwrap();
+    assert!(figures.bytes_written >= MIB, "{figures:?}");
+    assert!(figures.bytes_written <= stick.counters().bytes_written);
+    assert_eq!(
+        figures.bytes_written_bound,
+        Bound::LowerBound,
+        "{attempt:?}"
+    );
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use flashrack_core::{FailReason, Verdict};
+use flashrack_core::{FailReason, RefusalCode, Verdict};
 use flashrack_devices::block::GuardCheck;
 use flashrack_devices::guard::{DiskFacts, GuardError, GuardPolicy};
 use flashrack_devices::hotplug::{
@@ -82,6 +82,7 @@ async fn the_station_writes_sticks_that_real_udev_announces_and_does_not_rewrite
         engine: EngineOptions::default(),
         shutdown_grace: Duration::from_secs(5),
         removal_grace: Duration::from_millis(300),
+        heartbeat: Duration::from_secs(2),
     };
     let journal = Arc::new(MemoryJournal::default());
     let (station, handle) = Station::new(settings, Arc::new(UdevAccess::new()), journal.clone());
@@ -292,6 +293,7 @@ async fn a_stick_whose_name_went_to_another_disk_before_the_open_is_not_written(
         engine: EngineOptions::default(),
         shutdown_grace: Duration::from_secs(5),
         removal_grace: Duration::from_millis(300),
+        heartbeat: Duration::from_secs(2),
     };
     let access = SwapBeforeOpen {
         inner: UdevAccess::new(),
@@ -317,18 +319,22 @@ async fn a_stick_whose_name_went_to_another_disk_before_the_open_is_not_written(
         .await
         .unwrap();
 
-    // The open refuses the disk that now carries the name.
+    // The open refuses the disk that now carries the name: the port shows a
+    // refusal (nothing was written), with the attempt's verdict.
     let snap = until(&handle, "T1's attempt refused", |s| {
-        state(s, "T1") == PortState::Failed
+        state(s, "T1") == PortState::Refused
     })
     .await;
     let port = snap.ports.iter().find(|p| p.label == "T1").unwrap();
     match port.verdict.as_ref().and_then(Verdict::failure) {
         Some(failure) => match &failure.reason {
-            FailReason::Refused { detail } => assert!(
-                detail.contains("not the one that was checked"),
-                "the refusal names the identity change: {detail}"
-            ),
+            FailReason::Refused { code, detail } => {
+                assert_eq!(*code, Some(RefusalCode::IdentityChanged));
+                assert!(
+                    detail.contains("not the one that was checked"),
+                    "the refusal names the identity change: {detail}"
+                )
+            }
             other => panic!("expected a refusal, got {other:?}"),
         },
         None => panic!("expected a failure, got {:?}", port.verdict),
@@ -353,7 +359,8 @@ async fn a_stick_whose_name_went_to_another_disk_before_the_open_is_not_written(
         .find(|p| p.label == unmapped)
         .and_then(|p| p.refusal.clone())
         .unwrap();
-    assert!(refusal.contains("not mapped"), "{refusal}");
+    assert_eq!(refusal.code, RefusalCode::PortNotMapped);
+    assert!(refusal.message.contains("not mapped"), "{refusal}");
     assert_eq!(journal.records().attempts.len(), 1, "no second attempt");
     for medium in [&other, &stick.backing] {
         let bytes = std::fs::read(medium).unwrap();

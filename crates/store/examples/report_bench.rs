@@ -84,6 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 verify_secs: 60.25,
                 read_back_sha256: Some(image.sha256),
                 verify_method: Some(VerifyMethod::Hash),
+                ..AttemptFigures::default()
             };
             batch.finish_attempt(attempt, &verdict, &figures).await?;
         }

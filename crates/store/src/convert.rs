@@ -1,6 +1,6 @@
 //! Conversions between domain values and what the database columns hold.
 
-use flashrack_core::{Stage, VerifyMethod};
+use flashrack_core::{Bound, RefusalCode, Stage, VerifyMethod};
 
 use crate::StoreError;
 
@@ -65,6 +65,23 @@ pub(crate) fn parse_verify_method(text: &str) -> Result<VerifyMethod, StoreError
     })
 }
 
+pub(crate) fn parse_bound(text: &str) -> Result<Bound, StoreError> {
+    [Bound::Exact, Bound::LowerBound, Bound::Unknown]
+        .into_iter()
+        .find(|b| b.as_str() == text)
+        .ok_or_else(|| StoreError::BadValue {
+            column: "attempts.bytes_written_bound",
+            value: text.to_string(),
+        })
+}
+
+pub(crate) fn parse_refusal_code(text: &str) -> Result<RefusalCode, StoreError> {
+    text.parse().map_err(|_| StoreError::BadValue {
+        column: "refusals.code",
+        value: text.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +104,10 @@ mod tests {
             );
         }
         assert!(parse_stage("sleeping").is_err());
+        for bound in [Bound::Exact, Bound::LowerBound, Bound::Unknown] {
+            assert_eq!(serde_json::json!(bound), bound.as_str());
+            assert_eq!(parse_bound(bound.as_str()).unwrap(), bound);
+        }
+        assert!(parse_bound("roughly").is_err());
     }
 }

@@ -13,6 +13,10 @@
 //! - An attempt is recorded as started before its first byte is written (callers
 //!   await [`Store::start_attempt`]) and its verdict is committed durably
 //!   (`synchronous=FULL` in WAL mode) before [`Store::finish_attempt`] returns.
+//! - Every refusal of the target guard is recorded ([`Store::record_refusal`])
+//!   and shows in run and device reports, counted apart from failures.
+//! - A running attempt's acknowledged bytes are recorded every few seconds
+//!   ([`Store::record_progress`]); recovery keeps them as a lower bound.
 //! - Attempts left running by a crash or power loss become `interrupted` at the next
 //!   start ([`Store::recover_interrupted`]).
 //! - A file the store refuses to open (not SQLite, another program's, a newer
@@ -56,8 +60,9 @@ pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
 pub use model::{
     AttemptId, AttemptRecord, AttemptState, Counts, DeviceId, DeviceRecord, DeviceReport,
-    DeviceRow, Event, EventId, EventKind, EventRow, Health, ImageRow, Recovery, ReportRow, Run,
-    RunId, RunReport, RunSummary, StationId, StopReason,
+    DeviceRow, Event, EventId, EventKind, EventRow, Health, ImageRow, Recovery, RefusalId,
+    RefusalRow, ReportRow, ReportVerdict, Run, RunId, RunReport, RunSummary, RunningFigures,
+    StationId, StopReason,
 };
 pub use store::Store;
 pub use write::Batch;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use flashrack_core::{AttemptFigures, ByteSize, Sha256Digest, Stage, Verdict};
+use flashrack_core::{AttemptFigures, ByteSize, GuardRefusal, Sha256Digest, Stage, Verdict};
 pub use flashrack_core::{AttemptId, DeviceId, RunId, StopReason};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,11 @@ macro_rules! id_type {
 id_type!(
     /// Names an entry of the event log.
     EventId
+);
+
+id_type!(
+    /// Names a refusal: a stick the target guard refused before any attempt.
+    RefusalId
 );
 
 /// Defines a closed set of states stored as text, with `as_str` and parsing.
@@ -102,7 +107,8 @@ text_enum!(
         DeviceRemoved => "device_removed",
         /// A port changed state in some other way.
         PortChanged => "port_changed",
-        /// The target guard refused a device; the detail holds its reason.
+        /// The target guard refused a device; the detail holds its reason (and the
+        /// refusal's id: the refusal itself is in the refusals table).
         GuardRefused => "guard_refused",
         /// An attempt started.
         AttemptStarted => "attempt_started",
@@ -300,15 +306,22 @@ pub struct Run {
     pub stop_reason: Option<StopReason>,
 }
 
-/// How many attempts of a run (or of a device) are in each state.
+/// How a run's (or a device's) records stand: attempts by verdict, and refusals.
+///
+/// `passed + failed + refused + interrupted + running` is the number of records
+/// (report rows): every attempt, and every refusal made before an attempt.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
-    /// All attempts.
+    /// Attempts (refusals before an attempt are not attempts).
     pub attempts: u64,
     /// Passed.
     pub passed: u64,
-    /// Failed.
+    /// Failed: the stick failed (or the station could not reach it). Refusals
+    /// are not failures.
     pub failed: u64,
+    /// Refused by the target guard, before an attempt or at the moment of
+    /// opening: nothing was written.
+    pub refused: u64,
     /// Interrupted.
     pub interrupted: u64,
     /// Still running.
@@ -316,16 +329,65 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Counts `state` once more.
-    pub fn add(&mut self, state: AttemptState) {
-        self.attempts += 1;
-        match state {
-            AttemptState::Running => self.running += 1,
-            AttemptState::Passed => self.passed += 1,
-            AttemptState::Failed => self.failed += 1,
-            AttemptState::Interrupted => self.interrupted += 1,
+    /// Counts a record with `verdict` once more; `attempt`: whether the record
+    /// is an attempt (a refusal before an attempt is not).
+    pub fn add(&mut self, verdict: ReportVerdict, attempt: bool) {
+        if attempt {
+            self.attempts += 1;
+        }
+        match verdict {
+            ReportVerdict::Running => self.running += 1,
+            ReportVerdict::Pass => self.passed += 1,
+            ReportVerdict::Fail => self.failed += 1,
+            ReportVerdict::Refused => self.refused += 1,
+            ReportVerdict::Interrupted => self.interrupted += 1,
         }
     }
+}
+
+text_enum!(
+    /// A report row's verdict: an attempt's, or `refused`.
+    ReportVerdict, "verdict" {
+        /// An attempt still running.
+        Running => "running",
+        /// An attempt that passed.
+        Pass => "pass",
+        /// An attempt that failed.
+        Fail => "fail",
+        /// The target guard refused the stick, before an attempt or at the
+        /// moment of opening: nothing was written.
+        Refused => "refused",
+        /// An attempt stopped by the operator, a shutdown or a crash: says
+        /// nothing about the stick.
+        Interrupted => "interrupted",
+    }
+);
+
+/// A refusal to record, for [`Store::record_refusal`](crate::Store::record_refusal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalRow {
+    /// The run that was armed, if any.
+    pub run_id: Option<RunId>,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The port's label.
+    pub port_label: String,
+    /// The port's kernel path (udev `ID_PATH`); empty when unknown.
+    pub port_path: String,
+    /// The guard's reason: its code and its sentence.
+    pub refusal: GuardRefusal,
+}
+
+/// How far a running attempt has got, for
+/// [`Store::record_progress`](crate::Store::record_progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningFigures {
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// Bytes of the image the target has acknowledged so far.
+    pub bytes_written: u64,
+    /// Bytes read back and checked so far.
+    pub bytes_verified: u64,
 }
 
 /// A run and how its attempts stand.
@@ -369,15 +431,19 @@ pub struct AttemptRecord {
     pub figures: AttemptFigures,
 }
 
-/// One attempt as a report shows it: the attempt joined with its device and run.
+/// One record as a report shows it: an attempt joined with its device and run,
+/// or a refusal made before any attempt (joined with its device and, if one was
+/// armed, its run).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportRow {
-    /// The attempt.
-    pub attempt_id: AttemptId,
+    /// The attempt; `None` for a refusal before any attempt.
+    pub attempt_id: Option<AttemptId>,
+    /// The refusal; `None` for an attempt.
+    pub refusal_id: Option<RefusalId>,
     /// The station that made it.
     pub station_id: String,
-    /// Its run.
-    pub run_id: RunId,
+    /// Its run; `None` for a refusal while no run was armed.
+    pub run_id: Option<RunId>,
     /// The port's label.
     pub port_label: String,
     /// The port's kernel path.
@@ -390,45 +456,51 @@ pub struct ReportRow {
     pub vendor: Option<String>,
     /// The device's model.
     pub model: Option<String>,
-    /// The image's name when the run started.
-    pub image_name: String,
-    /// The image's sha256.
-    pub image_sha256: Sha256Digest,
-    /// When the attempt started.
+    /// The image's name when the run started (`None` without a run).
+    pub image_name: Option<String>,
+    /// The image's sha256 (`None` without a run).
+    pub image_sha256: Option<Sha256Digest>,
+    /// When the attempt started (a refusal: when it was made).
     pub started_at: i64,
-    /// When it finished.
+    /// When it finished (a refusal: when it was made).
     pub finished_at: Option<i64>,
-    /// Where it stands.
-    pub state: AttemptState,
-    /// The last stage it reached.
-    pub stage: Stage,
-    /// The failure's stable code ([`FailReason::code`](flashrack_core::FailReason::code)).
+    /// The verdict.
+    pub verdict: ReportVerdict,
+    /// The last stage reached; `None` for a refusal before any attempt.
+    pub stage: Option<Stage>,
+    /// The failure's stable code ([`FailReason::code`](flashrack_core::FailReason::code)),
+    /// or for a refusal the guard's ([`RefusalCode`](flashrack_core::RefusalCode); an
+    /// attempt refused at opening that was recorded before refusals carried
+    /// their code says `refused`).
     pub reason_code: Option<String>,
     /// The failure for a person.
     pub reason_detail: Option<String>,
     /// The byte offset the failure is tied to.
     pub fail_offset: Option<u64>,
-    /// Capacity reported, bytes and times, read-back digest and method.
+    /// Capacity reported, bytes and times, read-back digest and method (a
+    /// refusal: the capacity, and nothing written).
     pub figures: AttemptFigures,
 }
 
-/// A run's report: the run and a row per attempt, in the order they started.
+/// A run's report: the run and a row per record (attempts and refusals), in the
+/// order they were made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     /// The run and its counts.
     pub run: RunSummary,
-    /// One row per attempt.
+    /// One row per record.
     pub rows: Vec<ReportRow>,
 }
 
-/// A device's report: the device and a row per attempt, across runs and stations.
+/// A device's report: the device and a row per record (attempts and refusals),
+/// across runs and stations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceReport {
     /// The device.
     pub device: DeviceRecord,
-    /// Its attempts by state.
+    /// Its records by verdict.
     pub counts: Counts,
-    /// One row per attempt, oldest first.
+    /// One row per record, oldest first.
     pub rows: Vec<ReportRow>,
 }
 

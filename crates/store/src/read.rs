@@ -1,40 +1,54 @@
 //! Everything the store reads, as named queries on the read-only connections.
 
-use flashrack_core::{AttemptFigures, ByteSize, Failure, Sha256Digest, Verdict};
+use flashrack_core::{AttemptFigures, Bound, ByteSize, FailReason, Failure, Sha256Digest, Verdict};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Connection, Row};
 
-use crate::convert::{parse_stage, parse_verify_method, to_u64};
+use crate::convert::{parse_bound, parse_refusal_code, parse_stage, parse_verify_method, to_u64};
 use crate::{
     AttemptId, AttemptRecord, AttemptState, Counts, DeviceId, DeviceRecord, DeviceReport, Event,
-    EventId, EventKind, EventRow, ImageRow, ReportRow, Run, RunId, RunReport, RunSummary, Store,
-    StoreError,
+    EventId, EventKind, EventRow, ImageRow, RefusalId, ReportRow, ReportVerdict, Run, RunId,
+    RunReport, RunSummary, Store, StoreError,
 };
 
-/// The columns of a run with its counts; `FROM runs r LEFT JOIN attempts a`.
+/// The columns of a run with its counts; `FROM runs r LEFT JOIN attempts a`. An
+/// attempt refused at the moment of opening counts as refused, not failed; the
+/// refusals made before any attempt are counted from their own table.
 const RUN_SUMMARY: &str = "SELECT r.id, r.station_id, r.image_sha256, r.image_name, r.options,
         r.started_at, r.stopped_at, r.stop_reason,
         COUNT(a.id) AS attempts,
         SUM(CASE WHEN a.state = 'passed' THEN 1 ELSE 0 END) AS passed,
-        SUM(CASE WHEN a.state = 'failed' THEN 1 ELSE 0 END) AS failed,
+        SUM(CASE WHEN a.state = 'failed' AND a.reason_code <> 'refused' THEN 1 ELSE 0 END)
+            AS failed,
+        SUM(CASE WHEN a.state = 'failed' AND a.reason_code = 'refused' THEN 1 ELSE 0 END)
+            + (SELECT COUNT(*) FROM refusals f WHERE f.run_id = r.id) AS refused,
         SUM(CASE WHEN a.state = 'interrupted' THEN 1 ELSE 0 END) AS interrupted,
         SUM(CASE WHEN a.state = 'running' THEN 1 ELSE 0 END) AS running
     FROM runs r LEFT JOIN attempts a ON a.run_id = r.id";
 
-/// The columns of a report row; `WHERE` and `ORDER BY` follow.
+/// The columns of an attempt's report row; `WHERE` and `ORDER BY` follow.
 const REPORT_ROW: &str = "SELECT a.id, a.station_id, a.run_id, a.port_label, a.port_path,
         d.key, d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
         a.started_at, a.finished_at, a.state, a.stage, a.reason_code, a.reason_detail,
-        a.fail_offset, a.capacity, a.bytes_written, a.write_secs, a.bytes_verified,
-        a.verify_secs, a.read_back_sha256, a.verify_method
+        a.fail_offset, a.failure, a.capacity, a.bytes_written, a.bytes_written_bound,
+        a.write_secs, a.bytes_verified, a.verify_secs, a.read_back_sha256, a.verify_method
     FROM attempts a
     JOIN devices d ON d.id = a.device_id
     JOIN runs r ON r.id = a.run_id";
 
+/// The columns of a refusal's report row; `WHERE` and `ORDER BY` follow.
+const REFUSAL_ROW: &str = "SELECT f.id, f.station_id, f.run_id, f.port_label, f.port_path,
+        d.key, d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
+        f.at, f.capacity, f.code, f.message
+    FROM refusals f
+    JOIN devices d ON d.id = f.device_id
+    LEFT JOIN runs r ON r.id = f.run_id";
+
 /// The columns of an attempt record.
 const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port_label, port_path,
-        started_at, finished_at, state, stage, failure, capacity, bytes_written, write_secs,
-        bytes_verified, verify_secs, read_back_sha256, verify_method
+        started_at, finished_at, state, stage, failure, capacity, bytes_written,
+        bytes_written_bound, write_secs, bytes_verified, verify_secs, read_back_sha256,
+        verify_method
     FROM attempts";
 
 const DEVICE: &str = "SELECT id, key, serial, vendor, model, capacity, first_seen, last_seen
@@ -75,8 +89,9 @@ impl Store {
         row.as_ref().map(run_summary).transpose()
     }
 
-    /// A run's report: the run and one row per attempt in the order they started,
-    /// read from one consistent snapshot.
+    /// A run's report: the run and one row per record (attempts, and refusals
+    /// made under the run before any attempt) in the order they were made, read
+    /// from one consistent snapshot.
     pub async fn run_report(&self, run: RunId) -> Result<Option<RunReport>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let mut tx = conn.begin().await?;
@@ -93,16 +108,24 @@ impl Store {
         };
         let run_record = run_columns(&row)?;
         let sql = format!("{REPORT_ROW} WHERE a.run_id = ? ORDER BY a.id");
-        let rows = sqlx::query(&sql)
+        let attempts = sqlx::query(&sql)
             .bind(run.0)
             .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(report_row)
             .collect::<Result<Vec<_>, _>>()?;
+        let sql = format!("{REFUSAL_ROW} WHERE f.run_id = ? ORDER BY f.id");
+        let refusals = sqlx::query(&sql)
+            .bind(run.0)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(refusal_row)
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
-        let mut counts = Counts::default();
-        rows.iter().for_each(|r| counts.add(r.state));
+        let rows = merge(attempts, refusals);
+        let counts = count(&rows);
         Ok(Some(RunReport {
             run: RunSummary {
                 run: run_record,
@@ -153,8 +176,9 @@ impl Store {
         rows.iter().map(device_record).collect()
     }
 
-    /// Every attempt made with a device (found by key, or else by serial), across
-    /// runs and stations, oldest first. Empty if there is no such device.
+    /// Every record of a device (found by key, or else by serial): its attempts
+    /// and refusals, across runs and stations, oldest first. Empty if there is
+    /// no such device.
     pub async fn device_history(&self, serial_or_key: &str) -> Result<Vec<ReportRow>, StoreError> {
         Ok(self
             .device_report(serial_or_key)
@@ -181,16 +205,24 @@ impl Store {
         };
         let device = device_record(&row)?;
         let sql = format!("{REPORT_ROW} WHERE a.device_id = ? ORDER BY a.started_at, a.id");
-        let rows = sqlx::query(&sql)
+        let attempts = sqlx::query(&sql)
             .bind(device.id.0)
             .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(report_row)
             .collect::<Result<Vec<_>, _>>()?;
+        let sql = format!("{REFUSAL_ROW} WHERE f.device_id = ? ORDER BY f.at, f.id");
+        let refusals = sqlx::query(&sql)
+            .bind(device.id.0)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(refusal_row)
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
-        let mut counts = Counts::default();
-        rows.iter().for_each(|r| counts.add(r.state));
+        let rows = merge(attempts, refusals);
+        let counts = count(&rows);
         Ok(Some(DeviceReport {
             device,
             counts,
@@ -258,7 +290,31 @@ fn json(column: &'static str, text: &str) -> Result<serde_json::Value, StoreErro
     })
 }
 
-fn count(row: &SqliteRow, column: &'static str) -> Result<u64, StoreError> {
+/// Attempts and refusals in one list, in the order they were made (each list
+/// is in that order already; on the same millisecond an attempt comes first).
+fn merge(attempts: Vec<ReportRow>, refusals: Vec<ReportRow>) -> Vec<ReportRow> {
+    let mut rows = Vec::with_capacity(attempts.len() + refusals.len());
+    let mut refusals = refusals.into_iter().peekable();
+    for attempt in attempts {
+        while let Some(refusal) = refusals.next_if(|r| r.started_at < attempt.started_at) {
+            rows.push(refusal);
+        }
+        rows.push(attempt);
+    }
+    rows.extend(refusals);
+    rows
+}
+
+/// The counts of a report's rows.
+fn count(rows: &[ReportRow]) -> Counts {
+    let mut counts = Counts::default();
+    for row in rows {
+        counts.add(row.verdict, row.attempt_id.is_some());
+    }
+    counts
+}
+
+fn count_column(row: &SqliteRow, column: &'static str) -> Result<u64, StoreError> {
     // SUM over no rows is NULL.
     let value: Option<i64> = row.try_get(column)?;
     to_u64(column, value.unwrap_or(0))
@@ -289,11 +345,12 @@ fn run_summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
     Ok(RunSummary {
         run: run_columns(row)?,
         counts: Counts {
-            attempts: count(row, "attempts")?,
-            passed: count(row, "passed")?,
-            failed: count(row, "failed")?,
-            interrupted: count(row, "interrupted")?,
-            running: count(row, "running")?,
+            attempts: count_column(row, "attempts")?,
+            passed: count_column(row, "passed")?,
+            failed: count_column(row, "failed")?,
+            refused: count_column(row, "refused")?,
+            interrupted: count_column(row, "interrupted")?,
+            running: count_column(row, "running")?,
         },
     })
 }
@@ -313,27 +370,63 @@ fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
             .try_get::<Option<&str>, _>("verify_method")?
             .map(parse_verify_method)
             .transpose()?,
+        bytes_written_bound: parse_bound(row.try_get("bytes_written_bound")?)?,
     })
 }
 
+fn failure(row: &SqliteRow) -> Result<Option<Failure>, StoreError> {
+    row.try_get::<Option<&str>, _>("failure")?
+        .map(|text| {
+            serde_json::from_str::<Failure>(text).map_err(|_| StoreError::BadValue {
+                column: "attempts.failure",
+                value: text.to_string(),
+            })
+        })
+        .transpose()
+}
+
 fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
+    let state: AttemptState = row.try_get::<&str, _>("state")?.parse()?;
+    let mut reason_code: Option<String> = row.try_get("reason_code")?;
+    let verdict = match state {
+        AttemptState::Running => ReportVerdict::Running,
+        AttemptState::Passed => ReportVerdict::Pass,
+        AttemptState::Interrupted => ReportVerdict::Interrupted,
+        AttemptState::Failed if reason_code.as_deref() == Some("refused") => {
+            // Refused at the moment of opening: the guard's own code, where the
+            // record has it.
+            if let Some(Failure {
+                reason:
+                    FailReason::Refused {
+                        code: Some(code), ..
+                    },
+                ..
+            }) = failure(row)?
+            {
+                reason_code = Some(code.as_str().to_string());
+            }
+            ReportVerdict::Refused
+        }
+        AttemptState::Failed => ReportVerdict::Fail,
+    };
     Ok(ReportRow {
-        attempt_id: AttemptId(row.try_get("id")?),
+        attempt_id: Some(AttemptId(row.try_get("id")?)),
+        refusal_id: None,
         station_id: row.try_get("station_id")?,
-        run_id: RunId(row.try_get("run_id")?),
+        run_id: Some(RunId(row.try_get("run_id")?)),
         port_label: row.try_get("port_label")?,
         port_path: row.try_get("port_path")?,
         device_key: row.try_get("key")?,
         serial: row.try_get("serial")?,
         vendor: row.try_get("vendor")?,
         model: row.try_get("model")?,
-        image_name: row.try_get("image_name")?,
-        image_sha256: digest("runs.image_sha256", row.try_get("image_sha256")?)?,
+        image_name: Some(row.try_get("image_name")?),
+        image_sha256: Some(digest("runs.image_sha256", row.try_get("image_sha256")?)?),
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
-        state: row.try_get::<&str, _>("state")?.parse()?,
-        stage: parse_stage(row.try_get("stage")?)?,
-        reason_code: row.try_get("reason_code")?,
+        verdict,
+        stage: Some(parse_stage(row.try_get("stage")?)?),
+        reason_code,
         reason_detail: row.try_get("reason_detail")?,
         fail_offset: row
             .try_get::<Option<i64>, _>("fail_offset")?
@@ -343,17 +436,44 @@ fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
     })
 }
 
+fn refusal_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
+    let at: i64 = row.try_get("at")?;
+    let code = parse_refusal_code(row.try_get("code")?)?;
+    Ok(ReportRow {
+        attempt_id: None,
+        refusal_id: Some(RefusalId(row.try_get("id")?)),
+        station_id: row.try_get("station_id")?,
+        run_id: row.try_get::<Option<i64>, _>("run_id")?.map(RunId),
+        port_label: row.try_get("port_label")?,
+        port_path: row.try_get("port_path")?,
+        device_key: row.try_get("key")?,
+        serial: row.try_get("serial")?,
+        vendor: row.try_get("vendor")?,
+        model: row.try_get("model")?,
+        image_name: row.try_get("image_name")?,
+        image_sha256: row
+            .try_get::<Option<&str>, _>("image_sha256")?
+            .map(|text| digest("runs.image_sha256", text))
+            .transpose()?,
+        started_at: at,
+        finished_at: Some(at),
+        verdict: ReportVerdict::Refused,
+        stage: None,
+        reason_code: Some(code.as_str().to_string()),
+        reason_detail: Some(row.try_get("message")?),
+        fail_offset: None,
+        // Nothing was written: that is exact.
+        figures: AttemptFigures {
+            capacity: ByteSize(to_u64("refusals.capacity", row.try_get("capacity")?)?),
+            bytes_written_bound: Bound::Exact,
+            ..AttemptFigures::default()
+        },
+    })
+}
+
 fn attempt_record(row: &SqliteRow) -> Result<AttemptRecord, StoreError> {
     let state: AttemptState = row.try_get::<&str, _>("state")?.parse()?;
-    let failure = row
-        .try_get::<Option<&str>, _>("failure")?
-        .map(|text| {
-            serde_json::from_str::<Failure>(text).map_err(|_| StoreError::BadValue {
-                column: "attempts.failure",
-                value: text.to_string(),
-            })
-        })
-        .transpose()?;
+    let failure = failure(row)?;
     let verdict = match (state, failure) {
         (AttemptState::Running, _) => None,
         (AttemptState::Passed, _) => Some(Verdict::Pass),
@@ -473,5 +593,26 @@ mod tests {
         )
         .await;
         assert!(run.contains("attempts_by_run"), "{run}");
+        assert!(run.contains("refusals_by_run"), "{run}");
+
+        let refusals_by_run = plan(
+            &store,
+            &format!("{REFUSAL_ROW} WHERE f.run_id = ? ORDER BY f.id"),
+        )
+        .await;
+        assert!(
+            refusals_by_run.contains("refusals_by_run"),
+            "{refusals_by_run}"
+        );
+        assert!(!refusals_by_run.contains("SCAN f"), "{refusals_by_run}");
+        let refusals_by_device = plan(
+            &store,
+            &format!("{REFUSAL_ROW} WHERE f.device_id = ? ORDER BY f.at, f.id"),
+        )
+        .await;
+        assert!(
+            refusals_by_device.contains("refusals_by_device"),
+            "{refusals_by_device}"
+        );
     }
 }

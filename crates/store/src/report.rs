@@ -4,18 +4,22 @@
 //! and [`Store::device_report`](crate::Store::device_report) return, so the same
 //! records always export to the same bytes.
 //!
-//! # Attempt fields
+//! # Record fields
 //!
-//! Every format has one record per attempt with these fields; the CSV header holds
-//! these names in this order, JSON objects hold these keys. Times are RFC 3339 in
-//! UTC with milliseconds (`2025-03-01T09:30:00.000Z`); an absent value is an empty
+//! Every format has one record per attempt **and one per refusal**: a stick the
+//! target guard refused before any attempt is a row with verdict `refused` among
+//! the attempts, in the order they were made (an attempt the guard refused at
+//! the moment of opening is a `refused` row too). The CSV header holds these
+//! names in this order, JSON objects hold these keys. Times are RFC 3339 in UTC
+//! with milliseconds (`2025-03-01T09:30:00.000Z`); an absent value is an empty
 //! CSV field and `null` in JSON.
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `attempt_id` | the attempt's number |
+//! | `attempt_id` | the attempt's number; absent for a refusal before any attempt |
+//! | `refusal_id` | the refusal's number, for a refusal before any attempt; else absent |
 //! | `station_id` | the station that made it |
-//! | `run_id` | its run |
+//! | `run_id` | its run; absent for a refusal while no run was armed |
 //! | `port_label` | the port, as labelled on the rack (`A1`) |
 //! | `port_path` | the port's kernel path (udev `ID_PATH`) |
 //! | `device_key` | the device's key: its serial, or `vendor/model/bytes` |
@@ -23,16 +27,17 @@
 //! | `vendor` | the device's vendor |
 //! | `model` | the device's model |
 //! | `capacity_bytes` | the capacity the device reported, in bytes |
-//! | `image_name` | the image's name when the run started |
-//! | `image_sha256` | the sha256 of the raw image |
-//! | `started_at` | when the attempt started |
-//! | `finished_at` | when it finished |
-//! | `verdict` | `pass`, `fail`, `interrupted` (operator, shutdown or crash: says nothing about the stick) or `running` |
-//! | `stage` | the last stage reached (the failing one for a failure): `preparing`, `writing`, `flushing`, `verifying` |
-//! | `reason_code` | the failure's stable code: `too_small`, `no_medium`, `read_only`, `capacity_lie`, `probe_error`, `write_error`, `flush_error`, `read_error`, `verify_mismatch`, `removed`, `stalled`, `refused`, `unavailable`, `interrupted` |
-//! | `reason_detail` | the failure in words |
+//! | `image_name` | the image's name when the run started (absent without a run) |
+//! | `image_sha256` | the sha256 of the raw image (absent without a run) |
+//! | `started_at` | when the attempt started (a refusal: when it was made) |
+//! | `finished_at` | when it finished (a refusal: when it was made) |
+//! | `verdict` | `pass`, `fail`, `refused` (by the target guard: nothing written, not a failure of the stick), `interrupted` (operator, shutdown or crash: says nothing about the stick) or `running` |
+//! | `stage` | the last stage reached (the failing one for a failure): `preparing`, `writing`, `flushing`, `verifying`; absent for a refusal before any attempt |
+//! | `reason_code` | for `fail` and `interrupted`, the failure's stable code: `too_small`, `no_medium`, `read_only`, `capacity_lie`, `probe_error`, `write_error`, `flush_error`, `read_error`, `verify_mismatch`, `removed`, `stalled`, `unavailable`, `interrupted`; for `refused`, the guard's: `not_whole_disk`, `bus_not_allowed`, `port_not_mapped`, `mounted`, `swap`, `held`, `system_disk`, `too_large`, `too_small`, `no_medium`, `not_armed`, `identity_changed`, `busy`, `cannot_inspect` (`refused` for a refusal at opening recorded before refusals carried their code) |
+//! | `reason_detail` | the failure or refusal in words |
 //! | `fail_offset` | the byte offset the failure is tied to |
-//! | `bytes_written` | bytes written |
+//! | `bytes_written` | bytes of the image the stick acknowledged; absent when unknown |
+//! | `bytes_written_bound` | how far `bytes_written` can be trusted: `exact`; `lower_bound` (more may be on the stick: it was pulled or stalled, the attempt was abandoned, or the figure is the last one recorded before a crash; a running attempt's figure too); `unknown` (nothing was recorded) |
 //! | `write_secs` | seconds spent writing, flush included (3 decimals) |
 //! | `write_mb_s` | write speed in MB/s, 10^6 bytes a second (2 decimals) |
 //! | `bytes_verified` | bytes read back from the medium |
@@ -43,13 +48,21 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/1"`, `"kind": "run"` or `"device"`, then
+//! One object: `"format": "flashrack-report/2"`, `"kind": "run"` or `"device"`, then
 //! `"run"` (fields `run_id`, `station_id`, `image_name`, `image_sha256`, `options`,
 //! `started_at`, `stopped_at`, `stop_reason`, `attempts`, `passed`, `failed`,
-//! `interrupted`, `running`) or `"device"` (fields `device_key`, `serial`, `vendor`,
-//! `model`, `capacity_bytes`, `first_seen`, `last_seen` and the same five counts),
-//! then `"attempts"`: the attempt records. A consumer should check `format`; a
-//! change to any name or meaning gets a new format version.
+//! `refused`, `interrupted`, `running`) or `"device"` (fields `device_key`,
+//! `serial`, `vendor`, `model`, `capacity_bytes`, `first_seen`, `last_seen` and the
+//! same six counts), then `"attempts"`: the records (attempts and refusals).
+//! `attempts` counts attempts; `passed + failed + refused + interrupted +
+//! running` counts records. A consumer should check `format`; a change to any
+//! name or meaning gets a new format version.
+//!
+//! Format 2 (from format 1): refusals are records (`refusal_id`, verdict
+//! `refused` with the guard's code), so `attempt_id`, `run_id`, `image_name`,
+//! `image_sha256` and `stage` may be absent; `bytes_written` may be absent and
+//! `bytes_written_bound` says how far it can be trusted; the counts gain
+//! `refused`, and `failed` no longer counts refusals.
 //!
 //! # CSV
 //!
@@ -68,14 +81,16 @@ use std::fmt::Write as _;
 use flashrack_core::ByteSize;
 use serde::Serialize;
 
-use crate::{AttemptState, Counts, DeviceReport, ReportRow, RunReport, RunSummary};
+use crate::{Counts, DeviceReport, ReportRow, RunReport, RunSummary};
+use flashrack_core::Bound;
 
 /// The version tag of the JSON export.
-pub const FORMAT: &str = "flashrack-report/1";
+pub const FORMAT: &str = "flashrack-report/2";
 
-/// The attempt fields, in CSV column order.
-pub const FIELDS: [&str; 27] = [
+/// The record fields, in CSV column order.
+pub const FIELDS: [&str; 29] = [
     "attempt_id",
+    "refusal_id",
     "station_id",
     "run_id",
     "port_label",
@@ -95,6 +110,7 @@ pub const FIELDS: [&str; 27] = [
     "reason_detail",
     "fail_offset",
     "bytes_written",
+    "bytes_written_bound",
     "write_secs",
     "write_mb_s",
     "bytes_verified",
@@ -104,12 +120,13 @@ pub const FIELDS: [&str; 27] = [
     "verify_method",
 ];
 
-/// One attempt as exported. The field names are the format: see the module docs.
+/// One record as exported. The field names are the format: see the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 struct ExportRow {
-    attempt_id: i64,
+    attempt_id: Option<i64>,
+    refusal_id: Option<i64>,
     station_id: String,
-    run_id: i64,
+    run_id: Option<i64>,
     port_label: String,
     port_path: String,
     device_key: String,
@@ -117,16 +134,17 @@ struct ExportRow {
     vendor: Option<String>,
     model: Option<String>,
     capacity_bytes: u64,
-    image_name: String,
-    image_sha256: String,
+    image_name: Option<String>,
+    image_sha256: Option<String>,
     started_at: String,
     finished_at: Option<String>,
     verdict: &'static str,
-    stage: &'static str,
+    stage: Option<&'static str>,
     reason_code: Option<String>,
     reason_detail: Option<String>,
     fail_offset: Option<u64>,
-    bytes_written: u64,
+    bytes_written: Option<u64>,
+    bytes_written_bound: &'static str,
     write_secs: f64,
     write_mb_s: Option<f64>,
     bytes_verified: u64,
@@ -146,9 +164,10 @@ impl ExportRow {
     fn new(row: &ReportRow) -> Self {
         let f = &row.figures;
         Self {
-            attempt_id: row.attempt_id.0,
+            attempt_id: row.attempt_id.map(|id| id.0),
+            refusal_id: row.refusal_id.map(|id| id.0),
             station_id: row.station_id.clone(),
-            run_id: row.run_id.0,
+            run_id: row.run_id.map(|id| id.0),
             port_label: row.port_label.clone(),
             port_path: row.port_path.clone(),
             device_key: row.device_key.clone(),
@@ -157,15 +176,16 @@ impl ExportRow {
             model: row.model.clone(),
             capacity_bytes: f.capacity.bytes(),
             image_name: row.image_name.clone(),
-            image_sha256: row.image_sha256.to_hex(),
+            image_sha256: row.image_sha256.map(|d| d.to_hex()),
             started_at: format_time(row.started_at),
             finished_at: row.finished_at.map(format_time),
-            verdict: verdict(row.state),
-            stage: crate::convert::stage_str(row.stage),
+            verdict: row.verdict.as_str(),
+            stage: row.stage.map(crate::convert::stage_str),
             reason_code: row.reason_code.clone(),
             reason_detail: row.reason_detail.clone(),
             fail_offset: row.fail_offset,
-            bytes_written: f.bytes_written,
+            bytes_written: (f.bytes_written_bound != Bound::Unknown).then_some(f.bytes_written),
+            bytes_written_bound: f.bytes_written_bound.as_str(),
             write_secs: round(f.write_secs, 3),
             write_mb_s: f.write_mb_per_sec().map(|r| round(r, 2)),
             bytes_verified: f.bytes_verified,
@@ -181,9 +201,10 @@ impl ExportRow {
         let num = Cell::Number;
         let text = Cell::Text;
         [
-            num(Some(self.attempt_id.to_string())),
+            num(self.attempt_id.map(|id| id.to_string())),
+            num(self.refusal_id.map(|id| id.to_string())),
             Cell::Text(Some(&self.station_id)),
-            num(Some(self.run_id.to_string())),
+            num(self.run_id.map(|id| id.to_string())),
             Cell::Text(Some(&self.port_label)),
             Cell::Text(Some(&self.port_path)),
             Cell::Text(Some(&self.device_key)),
@@ -191,16 +212,17 @@ impl ExportRow {
             text(self.vendor.as_deref()),
             text(self.model.as_deref()),
             num(Some(self.capacity_bytes.to_string())),
-            Cell::Text(Some(&self.image_name)),
-            Cell::Text(Some(&self.image_sha256)),
+            text(self.image_name.as_deref()),
+            text(self.image_sha256.as_deref()),
             Cell::Text(Some(&self.started_at)),
             text(self.finished_at.as_deref()),
             Cell::Text(Some(self.verdict)),
-            Cell::Text(Some(self.stage)),
+            text(self.stage),
             text(self.reason_code.as_deref()),
             text(self.reason_detail.as_deref()),
             num(self.fail_offset.map(|o| o.to_string())),
-            num(Some(self.bytes_written.to_string())),
+            num(self.bytes_written.map(|b| b.to_string())),
+            Cell::Text(Some(self.bytes_written_bound)),
             num(Some(float(self.write_secs))),
             num(self.write_mb_s.map(float)),
             num(Some(self.bytes_verified.to_string())),
@@ -209,16 +231,6 @@ impl ExportRow {
             text(self.read_back_sha256.as_deref()),
             text(self.verify_method),
         ]
-    }
-}
-
-/// The `verdict` field of an attempt in a state.
-fn verdict(state: AttemptState) -> &'static str {
-    match state {
-        AttemptState::Running => "running",
-        AttemptState::Passed => "pass",
-        AttemptState::Failed => "fail",
-        AttemptState::Interrupted => "interrupted",
     }
 }
 
@@ -456,6 +468,7 @@ td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-n
 tr.pass td.verdict { background: #d9f2d9; }
 tr.fail td.verdict { background: #f8d0d0; font-weight: bold; }
 tr.interrupted td.verdict, tr.running td.verdict { background: #fdf0c8; }
+tr.refused td.verdict { background: #e0e4f0; }
 footer { margin-top: 10px; font-size: 8pt; color: #555; }
 @media print {
   body { padding: 0; max-width: none; }
@@ -480,11 +493,19 @@ fn summary_block(items: &[(&str, String)], counts: &Counts) -> String {
     for (term, value) in items {
         let _ = writeln!(out, "<dt>{}</dt><dd>{}</dd>", html_escape(term), value);
     }
+    let records =
+        counts.passed + counts.failed + counts.refused + counts.interrupted + counts.running;
     let _ = writeln!(
         out,
-        "<dt>Attempts</dt><dd><b>{}</b> passed · <b>{}</b> failed · <b>{}</b> \
-         interrupted · <b>{}</b> running · <b>{}</b> in all</dd>",
-        counts.passed, counts.failed, counts.interrupted, counts.running, counts.attempts
+        "<dt>Records</dt><dd><b>{}</b> passed · <b>{}</b> failed · <b>{}</b> refused \
+         (nothing written) · <b>{}</b> interrupted · <b>{}</b> running · <b>{records}</b> \
+         in all ({} attempts)</dd>",
+        counts.passed,
+        counts.failed,
+        counts.refused,
+        counts.interrupted,
+        counts.running,
+        counts.attempts
     );
     out.push_str("</dl>\n");
     out
@@ -522,17 +543,23 @@ fn attempts_table(rows: &[ReportRow], with_run: bool) -> String {
     out.push_str("</tr></thead>\n<tbody>\n");
     for row in rows {
         let e = ExportRow::new(row);
+        // A refusal before any attempt has no attempt number: it shows its own.
+        let number = match (e.attempt_id, e.refusal_id) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(id)) => format!("refusal {id}"),
+            (None, None) => String::new(),
+        };
         let _ = write!(
             out,
             "<tr class=\"{}\"><td class=\"num\">{}</td>",
-            e.verdict, e.attempt_id
+            e.verdict, number
         );
         if with_run {
             let _ = write!(
                 out,
                 "<td class=\"num\">{}</td><td>{}</td>",
-                e.run_id,
-                html_escape(&e.image_name)
+                e.run_id.map(|id| id.to_string()).unwrap_or_default(),
+                opt(e.image_name.as_deref())
             );
         }
         let rate = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_default();
@@ -553,7 +580,11 @@ fn attempts_table(rows: &[ReportRow], with_run: bool) -> String {
                 .finished_at
                 .map(|t| html_escape(&format_time_short(t)))
                 .unwrap_or_default(),
-            written = html_escape(&ByteSize(e.bytes_written).to_string()),
+            written = html_escape(&match (e.bytes_written, row.figures.bytes_written_bound) {
+                (Some(bytes), Bound::LowerBound) => format!("≥ {}", ByteSize(bytes)),
+                (Some(bytes), _) => ByteSize(bytes).to_string(),
+                (None, _) => "unknown".to_string(),
+            }),
             write_rate = rate(e.write_mb_s),
             verify_rate = rate(e.verify_mb_s),
             sha = opt(e.read_back_sha256.as_deref()),
@@ -661,9 +692,10 @@ mod tests {
     #[test]
     fn the_json_keys_are_the_csv_columns() {
         let row = ExportRow {
-            attempt_id: 1,
+            attempt_id: Some(1),
+            refusal_id: None,
             station_id: String::new(),
-            run_id: 1,
+            run_id: Some(1),
             port_label: String::new(),
             port_path: String::new(),
             device_key: String::new(),
@@ -671,16 +703,17 @@ mod tests {
             vendor: None,
             model: None,
             capacity_bytes: 0,
-            image_name: String::new(),
-            image_sha256: String::new(),
+            image_name: None,
+            image_sha256: None,
             started_at: String::new(),
             finished_at: None,
             verdict: "running",
-            stage: "preparing",
+            stage: Some("preparing"),
             reason_code: None,
             reason_detail: None,
             fail_offset: None,
-            bytes_written: 0,
+            bytes_written: Some(0),
+            bytes_written_bound: "lower_bound",
             write_secs: 0.0,
             write_mb_s: None,
             bytes_verified: 0,

@@ -10,7 +10,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::convert::{stage_str, to_i64, verify_method_str};
 use crate::{
     AttemptId, AttemptState, DeviceId, DeviceRow, EventId, EventKind, EventRow, ImageRow, Recovery,
-    RunId, StopReason, Store, StoreError,
+    RefusalId, RefusalRow, RunId, RunningFigures, StopReason, Store, StoreError,
 };
 
 /// Who writes and when: the same for every statement of one transaction.
@@ -142,6 +142,49 @@ impl Store {
         Ok(())
     }
 
+    /// A [`heartbeat`](Self::heartbeat) that also records how far this station's
+    /// running attempts have got: the bytes each target acknowledged, and the
+    /// bytes read back. One commit for all of them; call it every few seconds,
+    /// not per progress tick. Counts never go down, and attempts that are no
+    /// longer running (or belong to another station) are left alone. After a
+    /// crash, [`recover_interrupted`](Self::recover_interrupted) keeps the last
+    /// recorded count as a lower bound.
+    pub async fn record_progress(&self, running: &[RunningFigures]) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("UPDATE stations SET last_seen = ?2 WHERE id = ?1")
+            .bind(self.station.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        for figures in running {
+            sqlx::query(
+                "UPDATE attempts SET bytes_written = MAX(bytes_written, ?1),
+                        bytes_verified = MAX(bytes_verified, ?2)
+                 WHERE id = ?3 AND station_id = ?4 AND state = 'running'",
+            )
+            .bind(to_i64("bytes written", figures.bytes_written)?)
+            .bind(to_i64("bytes verified", figures.bytes_verified)?)
+            .bind(figures.attempt.0)
+            .bind(self.station.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that the target guard refused a device before any attempt
+    /// (nothing was written), with the device's capacity as recorded, and logs
+    /// it. A refusal at the moment of opening is the attempt's verdict instead
+    /// ([`finish_attempt`](Self::finish_attempt) with reason `refused`).
+    pub async fn record_refusal(&self, refusal: &RefusalRow) -> Result<RefusalId, StoreError> {
+        let mut batch = self.batch().await?;
+        let id = batch.record_refusal(refusal).await?;
+        batch.commit().await?;
+        Ok(id)
+    }
+
     /// Cleans up after a crash or power loss; call it once at start-up, after
     /// [`open`](Self::open) and before starting any attempt.
     ///
@@ -261,6 +304,55 @@ impl<'s> Batch<'s> {
         let ctx = self.ctx();
         record_event(&mut self.tx, &ctx, event).await
     }
+
+    /// As [`Store::record_refusal`]; durable only once the batch is committed.
+    pub async fn record_refusal(&mut self, refusal: &RefusalRow) -> Result<RefusalId, StoreError> {
+        let ctx = self.ctx();
+        record_refusal(&mut self.tx, &ctx, refusal).await
+    }
+}
+
+async fn record_refusal(
+    conn: &mut SqliteConnection,
+    ctx: &Ctx<'_>,
+    refusal: &RefusalRow,
+) -> Result<RefusalId, StoreError> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO refusals
+            (station_id, at, run_id, device_id, port_label, port_path, capacity, code, message)
+         SELECT ?, ?, ?, id, ?, ?, capacity, ?, ? FROM devices WHERE id = ?
+         RETURNING id",
+    )
+    .bind(ctx.station)
+    .bind(ctx.now)
+    .bind(refusal.run_id.map(|id| id.0))
+    .bind(&refusal.port_label)
+    .bind(&refusal.port_path)
+    .bind(refusal.refusal.code.as_str())
+    .bind(&refusal.refusal.message)
+    .bind(refusal.device_id.0)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(StoreError::on_insert("a refusal"))?;
+    let id = RefusalId(id.ok_or_else(|| StoreError::NotFound {
+        what: "device",
+        id: refusal.device_id.to_string(),
+    })?);
+    let event = EventRow {
+        kind: EventKind::GuardRefused,
+        port_label: Some(refusal.port_label.clone()),
+        device_id: Some(refusal.device_id),
+        run_id: refusal.run_id,
+        attempt_id: None,
+        detail: json!({
+            "refusal_id": id,
+            "port_path": refusal.port_path,
+            "code": refusal.refusal.code,
+            "message": refusal.refusal.message,
+        }),
+    };
+    record_event(conn, ctx, &event).await?;
+    Ok(id)
 }
 
 pub(crate) async fn record_event(
@@ -420,8 +512,9 @@ async fn start_attempt(
 ) -> Result<AttemptId, StoreError> {
     check_run_open(conn, run).await?;
     let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO attempts (station_id, run_id, device_id, port_label, port_path, started_at, capacity)
-         SELECT ?, ?, id, ?, ?, ?, capacity FROM devices WHERE id = ?
+        "INSERT INTO attempts (station_id, run_id, device_id, port_label, port_path, started_at,
+                               capacity, bytes_written_bound)
+         SELECT ?, ?, id, ?, ?, ?, capacity, 'lower_bound' FROM devices WHERE id = ?
          RETURNING id",
     )
     .bind(ctx.station)
@@ -525,14 +618,19 @@ async fn finish_attempt(
     };
     let failure = verdict.failure();
     let capacity = figures.capacity.bytes();
+    let bytes_written = to_i64("bytes written", figures.bytes_written)?;
+    // Counts never go down: a heartbeat may have recorded more than a verdict
+    // given without the attempt's thread knows, and then that is a lower bound.
     sqlx::query(
         "UPDATE attempts SET
-            finished_at = ?, state = ?, stage = ?,
-            reason_code = ?, reason_detail = ?, fail_offset = ?, failure = ?,
-            capacity = CASE WHEN ? > 0 THEN ? ELSE capacity END,
-            bytes_written = ?, write_secs = ?, bytes_verified = ?, verify_secs = ?,
-            read_back_sha256 = ?, verify_method = ?
-         WHERE id = ?",
+            finished_at = ?1, state = ?2, stage = ?3,
+            reason_code = ?4, reason_detail = ?5, fail_offset = ?6, failure = ?7,
+            capacity = CASE WHEN ?8 > 0 THEN ?8 ELSE capacity END,
+            bytes_written_bound = CASE WHEN bytes_written > ?9 THEN 'lower_bound' ELSE ?10 END,
+            bytes_written = MAX(bytes_written, ?9), write_secs = ?11,
+            bytes_verified = MAX(bytes_verified, ?12),
+            verify_secs = ?13, read_back_sha256 = ?14, verify_method = ?15
+         WHERE id = ?16",
     )
     .bind(ctx.now)
     .bind(state.as_str())
@@ -547,8 +645,8 @@ async fn finish_attempt(
     )
     .bind(failure.map(|f| json!(f).to_string()))
     .bind(to_i64("capacity", capacity)?)
-    .bind(to_i64("capacity", capacity)?)
-    .bind(to_i64("bytes written", figures.bytes_written)?)
+    .bind(bytes_written)
+    .bind(figures.bytes_written_bound.as_str())
     .bind(figures.write_secs)
     .bind(to_i64("bytes verified", figures.bytes_verified)?)
     .bind(figures.verify_secs)
@@ -594,9 +692,16 @@ async fn recover(
             stage,
         };
         let finished_at = crash_at.max(started_at);
+        // The bytes last recorded while it ran (heartbeats) are kept: at least
+        // that much reached the stick; with none recorded after the write pass
+        // began, nobody knows.
         sqlx::query(
             "UPDATE attempts SET finished_at = ?, state = 'interrupted',
-                reason_code = ?, reason_detail = ?, failure = ?
+                reason_code = ?, reason_detail = ?, failure = ?,
+                bytes_written_bound = CASE
+                    WHEN stage = 'preparing' THEN 'exact'
+                    WHEN bytes_written > 0 THEN 'lower_bound'
+                    ELSE 'unknown' END
              WHERE id = ?",
         )
         .bind(finished_at)

@@ -37,7 +37,7 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(applied, vec![(1, true)]);
+    assert_eq!(applied, vec![(1, true), (2, true)]);
     let mut tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\'",
     )
@@ -47,7 +47,7 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
     tables.sort();
     assert_eq!(
         tables,
-        ["attempts", "devices", "events", "images", "runs", "stations"]
+        ["attempts", "devices", "events", "images", "refusals", "runs", "stations"]
     );
     let station: (String, i64, i64) =
         sqlx::query_as("SELECT id, first_seen, last_seen FROM stations")
@@ -75,6 +75,135 @@ async fn reopening_keeps_the_records_and_applies_nothing_twice() {
             .await
             .unwrap();
     assert_eq!((first, last), (T0, T0 + 60_000));
+}
+
+/// Creates a database at `path` as a build of schema version 1 left it, with
+/// records such a build made.
+async fn schema_1_database(path: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../migrations/0001_initial.sql"
+    );
+    fs::copy(migrations, dir.path().join("0001_initial.sql")).unwrap();
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    migrator.run(&mut conn).await.unwrap();
+    let sha = common::image().sha256.to_hex();
+    for sql in [
+        "INSERT INTO stations VALUES ('rack-1', 'rack-1', 1, 2)".to_string(),
+        format!("INSERT INTO images VALUES ('{sha}', 'old.img', 100, 'raw', 1)"),
+        format!(
+            "INSERT INTO runs (id, station_id, image_sha256, image_name, options, started_at,
+                               stopped_at, stop_reason)
+             VALUES (1, 'rack-1', '{sha}', 'old.img', '{{}}', 1, 2, 'interrupted')"
+        ),
+        "INSERT INTO devices VALUES (1, 'OLD1', 'OLD1', NULL, NULL, 1000, 1, 2)".to_string(),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    // id, state, stage, reason code, failure, bytes written.
+    let attempts = [
+        (1, "passed", "verifying", None, None, 100),
+        (
+            2,
+            "interrupted",
+            "writing",
+            Some("interrupted"),
+            Some(r#"{"reason":"interrupted","stage":"writing"}"#),
+            0,
+        ),
+        (
+            3,
+            "failed",
+            "writing",
+            Some("stalled"),
+            Some(
+                r#"{"reason":"stalled","during":"writing","offset":64,"after_secs":60,"stage":"writing"}"#,
+            ),
+            0,
+        ),
+        (
+            4,
+            "failed",
+            "writing",
+            Some("removed"),
+            Some(r#"{"reason":"removed","during":"writing","stage":"writing"}"#),
+            40,
+        ),
+        (
+            5,
+            "failed",
+            "preparing",
+            Some("refused"),
+            Some(r#"{"reason":"refused","detail":"sdb1 is mounted at /mnt","stage":"preparing"}"#),
+            0,
+        ),
+    ];
+    for (id, state, stage, code, failure, written) in attempts {
+        sqlx::query(
+            "INSERT INTO attempts (id, station_id, run_id, device_id, port_label, port_path,
+                started_at, finished_at, state, stage, reason_code, reason_detail, failure,
+                capacity, bytes_written)
+             VALUES (?, 'rack-1', 1, 1, 'A1', 'p', 1, 2, ?, ?, ?, ?, ?, 1000, ?)",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(stage)
+        .bind(code)
+        .bind(code)
+        .bind(failure)
+        .bind(written)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_schema_1_database_is_upgraded_and_its_records_say_what_they_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flashrack.db");
+    schema_1_database(&path).await;
+    let store = Store::open_with_clock(&path, "rack-1", Clock::Manual(ManualClock::new(T0)))
+        .await
+        .unwrap();
+    assert_eq!(store.health().await.unwrap().schema_version, SCHEMA_VERSION);
+    let report = store
+        .run_report(flashrack_store::RunId(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let bounds: Vec<(Option<u64>, &str, &str)> = report
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.attempt_id.map(|id| id.0 as u64),
+                r.verdict.as_str(),
+                r.figures.bytes_written_bound.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bounds,
+        [
+            (Some(1), "pass", "exact"),
+            // Recorded without figures by earlier builds: nobody knows.
+            (Some(2), "interrupted", "unknown"),
+            (Some(3), "fail", "unknown"),
+            // A pulled stick may hold more than it acknowledged.
+            (Some(4), "fail", "lower_bound"),
+            // A refusal at opening from before refusals carried their code.
+            (Some(5), "refused", "exact"),
+        ]
+    );
+    assert_eq!(report.rows[4].reason_code.as_deref(), Some("refused"));
+    assert_eq!(report.run.counts.refused, 1);
+    assert_eq!(report.run.counts.failed, 2);
 }
 
 #[tokio::test]

@@ -5,9 +5,13 @@
 mod common;
 
 use common::{device, fail, image, pass_figures, TestStore, T0};
-use flashrack_core::{AttemptFigures, ByteSize, FailReason, Failure, Sha256Digest, Stage, Verdict};
+use flashrack_core::{
+    AttemptFigures, Bound, ByteSize, FailReason, Failure, GuardRefusal, RefusalCode, Sha256Digest,
+    Stage, Verdict,
+};
 use flashrack_store::{
-    AttemptState, Counts, DeviceRow, EventKind, EventRow, RunId, StopReason, StoreError,
+    AttemptState, Counts, DeviceRow, EventKind, EventRow, RefusalRow, ReportVerdict, RunId,
+    RunningFigures, StopReason, StoreError,
 };
 use serde_json::json;
 use sqlx::{Connection, SqliteConnection};
@@ -314,6 +318,7 @@ async fn failures_keep_their_reason_stage_and_offset() {
             attempts: 4,
             passed: 0,
             failed: 3,
+            refused: 0,
             interrupted: 1,
             running: 0
         }
@@ -627,13 +632,14 @@ async fn a_report_of_ten_thousand_attempts_comes_back_whole() {
 
     let report = t.store.run_report(run).await.unwrap().unwrap();
     assert_eq!(report.rows.len(), 10_000);
-    assert!(report.rows.iter().all(|r| r.run_id == run));
+    assert!(report.rows.iter().all(|r| r.run_id == Some(run)));
     assert_eq!(
         report.run.counts,
         Counts {
             attempts: 10_000,
             passed: 9_000,
             failed: 1_000,
+            refused: 0,
             interrupted: 0,
             running: 0
         }
@@ -657,4 +663,290 @@ async fn a_dropped_batch_records_nothing() {
     // The write connection is free again.
     t.store.upsert_device(&device("AA01")).await.unwrap();
     assert!(t.store.device("AA01").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_refusal_is_recorded_with_its_port_device_run_and_code_and_counted_apart_from_failures() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let big = DeviceRow {
+        capacity: ByteSize(512_000_000_000),
+        ..device("BIG1")
+    };
+    let dev = t.store.upsert_device(&big).await.unwrap();
+    let too_large = GuardRefusal {
+        code: RefusalCode::TooLarge,
+        message: "the device is too large: 512.0 GB is more than the maximum of 256.0 GB".into(),
+    };
+    // The same stick refused three times: twice under the run, once with none.
+    let mut ids = Vec::new();
+    for run_id in [Some(run), Some(run), None] {
+        t.clock.advance(1_000);
+        ids.push(
+            t.store
+                .record_refusal(&RefusalRow {
+                    run_id,
+                    device_id: dev,
+                    port_label: "A4".into(),
+                    port_path: "pci-0000:00:14.0-usb-0:4:1.0".into(),
+                    refusal: too_large.clone(),
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+
+    let report = t.store.device_report("BIG1").await.unwrap().unwrap();
+    assert_eq!(
+        report.rows.len(),
+        3,
+        "every refusal is in the device's report"
+    );
+    assert_eq!(
+        report.counts,
+        Counts {
+            refused: 3,
+            ..Counts::default()
+        }
+    );
+    for (row, id) in report.rows.iter().zip(&ids) {
+        assert_eq!(row.refusal_id, Some(*id));
+        assert_eq!(row.attempt_id, None);
+        assert_eq!(row.verdict, ReportVerdict::Refused);
+        assert_eq!(row.reason_code.as_deref(), Some("too_large"));
+        assert_eq!(
+            row.reason_detail.as_deref(),
+            Some(too_large.message.as_str())
+        );
+        assert_eq!(row.port_label, "A4");
+        assert_eq!(row.port_path, "pci-0000:00:14.0-usb-0:4:1.0");
+        assert_eq!(row.station_id, "rack-1");
+        assert_eq!(row.stage, None);
+        assert_eq!(row.figures.capacity, ByteSize(512_000_000_000));
+        assert_eq!(row.figures.bytes_written, 0);
+    }
+    assert_eq!(report.rows[0].run_id, Some(run));
+    assert_eq!(
+        report.rows[0].image_name.as_deref(),
+        Some(img.name.as_str())
+    );
+    assert_eq!(report.rows[2].run_id, None);
+    assert_eq!(report.rows[2].image_sha256, None);
+    assert_eq!(report.rows[0].started_at, T0 + 1_000);
+
+    // The run's report holds the two made under it, counted as refusals, not
+    // failures.
+    let run_report = t.store.run_report(run).await.unwrap().unwrap();
+    assert_eq!(run_report.rows.len(), 2);
+    assert_eq!(run_report.run.counts.refused, 2);
+    assert_eq!(run_report.run.counts.failed, 0);
+    assert_eq!(run_report.run.counts.attempts, 0);
+    assert_eq!(
+        t.store.run(run).await.unwrap().unwrap().counts,
+        run_report.run.counts
+    );
+
+    // And the event log says so, with the code.
+    let events = t.store.recent_events(3).await.unwrap();
+    assert!(events.iter().all(|e| e.row.kind == EventKind::GuardRefused));
+    assert_eq!(events[0].row.detail["code"], "too_large");
+    assert_eq!(events[0].row.detail["refusal_id"], ids[0].0);
+    assert_eq!(events[0].row.device_id, Some(dev));
+    assert_eq!(events[0].row.run_id, Some(run));
+
+    let unknown = t
+        .store
+        .record_refusal(&RefusalRow {
+            run_id: None,
+            device_id: flashrack_store::DeviceId(99),
+            port_label: "A1".into(),
+            port_path: String::new(),
+            refusal: too_large,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unknown, StoreError::NotFound { what: "device", .. }),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_refused_at_opening_counts_as_refused_with_the_guards_code() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let attempt = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
+    let refused = fail(
+        FailReason::Refused {
+            code: Some(RefusalCode::Mounted),
+            detail: "sdb1 is mounted at /media/usb".into(),
+        },
+        Stage::Preparing,
+    );
+    t.store
+        .finish_attempt(attempt, &refused, &AttemptFigures::default())
+        .await
+        .unwrap();
+    // The verdict reads back exactly, its code included.
+    let record = t.store.attempt(attempt).await.unwrap().unwrap();
+    assert_eq!(record.verdict, Some(refused));
+    let report = t.store.run_report(run).await.unwrap().unwrap();
+    let row = &report.rows[0];
+    assert_eq!(row.attempt_id, Some(attempt));
+    assert_eq!(row.verdict, ReportVerdict::Refused);
+    assert_eq!(row.reason_code.as_deref(), Some("mounted"));
+    assert_eq!(
+        report.run.counts,
+        Counts {
+            attempts: 1,
+            refused: 1,
+            ..Counts::default()
+        }
+    );
+    assert_eq!(
+        t.store.run(run).await.unwrap().unwrap().counts,
+        report.run.counts
+    );
+}
+
+#[tokio::test]
+async fn progress_is_recorded_for_running_attempts_only_and_never_goes_down() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let running = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
+    let done = t.store.start_attempt(run, dev, "A2", "p").await.unwrap();
+    t.store
+        .finish_attempt(done, &Verdict::Pass, &pass_figures())
+        .await
+        .unwrap();
+    let so_far = |attempt, bytes_written| RunningFigures {
+        attempt,
+        bytes_written,
+        bytes_verified: 0,
+    };
+    t.clock.advance(5_000);
+    t.store
+        .record_progress(&[so_far(running, 16 << 20), so_far(done, 1)])
+        .await
+        .unwrap();
+    t.store
+        .record_progress(&[so_far(running, 8 << 20)])
+        .await
+        .unwrap();
+    let record = t.store.attempt(running).await.unwrap().unwrap();
+    assert_eq!(record.figures.bytes_written, 16 << 20);
+    assert_eq!(record.figures.bytes_written_bound, Bound::LowerBound);
+    let finished = t.store.attempt(done).await.unwrap().unwrap();
+    assert_eq!(
+        finished.figures,
+        pass_figures(),
+        "a finished attempt is left alone"
+    );
+
+    // A verdict given without the attempt's thread that knows less than was
+    // recorded keeps the recorded figure, as a lower bound.
+    t.store
+        .finish_attempt(
+            running,
+            &fail(FailReason::Interrupted, Stage::Writing),
+            &AttemptFigures::default(),
+        )
+        .await
+        .unwrap();
+    let record = t.store.attempt(running).await.unwrap().unwrap();
+    assert_eq!(record.figures.bytes_written, 16 << 20);
+    assert_eq!(record.figures.bytes_written_bound, Bound::LowerBound);
+}
+
+#[tokio::test]
+async fn recovery_keeps_the_bytes_last_recorded_as_a_lower_bound_or_says_they_are_unknown() {
+    let t = TestStore::new("rack-1").await;
+    let img = image();
+    t.store.record_image(&img).await.unwrap();
+    let run = t
+        .store
+        .start_run(img.sha256, &img.name, &json!({}))
+        .await
+        .unwrap();
+    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let writing = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
+    let unrecorded = t.store.start_attempt(run, dev, "A2", "p").await.unwrap();
+    let preparing = t.store.start_attempt(run, dev, "A3", "p").await.unwrap();
+    for a in [writing, unrecorded] {
+        t.store.attempt_stage(a, Stage::Writing).await.unwrap();
+    }
+    t.clock.advance(2_000);
+    t.store
+        .record_progress(&[RunningFigures {
+            attempt: writing,
+            bytes_written: 20 << 20,
+            bytes_verified: 0,
+        }])
+        .await
+        .unwrap();
+
+    // kill -9; the station comes back.
+    t.clock.advance(60_000);
+    let restarted = t.reopen("rack-1").await;
+    let recovery = restarted.recover_interrupted().await.unwrap();
+    assert_eq!(recovery.attempts, vec![writing, unrecorded, preparing]);
+
+    let record = restarted.attempt(writing).await.unwrap().unwrap();
+    assert_eq!(record.state, AttemptState::Interrupted);
+    assert_eq!(
+        record.figures.bytes_written,
+        20 << 20,
+        "the last recorded figure is kept"
+    );
+    assert_eq!(record.figures.bytes_written_bound, Bound::LowerBound);
+    let record = restarted.attempt(unrecorded).await.unwrap().unwrap();
+    assert_eq!(record.figures.bytes_written_bound, Bound::Unknown);
+    let record = restarted.attempt(preparing).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            record.figures.bytes_written,
+            record.figures.bytes_written_bound
+        ),
+        (0, Bound::Exact),
+        "nothing of the image is written while preparing"
+    );
+
+    // The report says so: a lower bound, and an unknown count left empty.
+    let report = restarted.run_report(run).await.unwrap().unwrap();
+    let csv = flashrack_store::report::csv(&report.rows);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[1].contains(",20971520,lower_bound,"), "{csv}");
+    assert!(lines[2].contains(",,unknown,"), "{csv}");
+    assert!(lines[3].contains(",0,exact,"), "{csv}");
+    let json: serde_json::Value =
+        serde_json::from_str(&flashrack_store::report::run_json(&report)).unwrap();
+    assert_eq!(
+        json["attempts"][1]["bytes_written"],
+        serde_json::Value::Null
+    );
+    assert_eq!(json["attempts"][1]["bytes_written_bound"], "unknown");
+    let html = flashrack_store::report::run_html(&report, T0);
+    assert!(html.contains("≥ 20.0 MiB"), "{html}");
+    assert!(html.contains(">unknown<"), "{html}");
 }

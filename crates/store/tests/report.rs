@@ -13,18 +13,26 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{fail, image, pass_figures, TestStore, T0};
-use flashrack_core::{AttemptFigures, ByteSize, FailReason, Sha256Digest, Stage, Verdict};
-use flashrack_store::AttemptId;
-use flashrack_store::{report, DeviceId, DeviceReport, DeviceRow, RunId, RunReport};
+use flashrack_core::{
+    AttemptFigures, Bound, ByteSize, FailReason, GuardRefusal, RefusalCode, Sha256Digest, Stage,
+    Verdict,
+};
+use flashrack_store::{
+    report, AttemptId, Counts, DeviceId, DeviceReport, DeviceRow, RefusalRow, RunId, RunReport,
+    RunningFigures,
+};
 use serde_json::json;
 
 /// When the exports say they were generated: 2025-03-01T12:00:00Z.
 const GENERATED_AT: i64 = T0 + 9_000_000;
 
-/// Records the golden dataset: one run of five attempts covering a pass, a verify
-/// mismatch, a removal, an operator interruption followed by a pass in another port,
-/// and one still running; devices with awkward strings (a formula, quotes, commas,
-/// markup, non-ASCII) and one without serial, vendor or model.
+/// Records the golden dataset: one run of seven attempts covering a pass, a verify
+/// mismatch, a removal (its bytes a lower bound), an operator interruption followed
+/// by a pass in another port, one still running (with the bytes a heartbeat
+/// recorded) and one refused by the guard at the moment of opening; two refusals
+/// before any attempt, one under the run and one while no run was armed; devices
+/// with awkward strings (a formula, quotes, commas, markup, non-ASCII) and one
+/// without serial, vendor or model.
 async fn dataset() -> (TestStore, RunReport, DeviceReport) {
     let t = TestStore::new("rack-1").await;
     let s = &t.store;
@@ -95,6 +103,7 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
             capacity: ByteSize(8_000_000_000),
             bytes_written: 100_000_000,
             write_secs: 10.0,
+            bytes_written_bound: Bound::LowerBound,
             ..AttemptFigures::default()
         },
     )
@@ -137,6 +146,7 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
             verify_secs: 1.2,
             read_back_sha256: Some(Sha256Digest::of(b"what the fake stick returned")),
             verify_method: Some(flashrack_core::VerifyMethod::Hash),
+            bytes_written_bound: Bound::Exact,
         },
     )
     .await
@@ -156,6 +166,62 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
     .unwrap();
     let a6 = start(&t, run, ids[4], "B2").await;
     s.attempt_stage(a6, Stage::Writing).await.unwrap();
+    t.clock.advance(3_000);
+    s.record_progress(&[RunningFigures {
+        attempt: a6,
+        bytes_written: 16_777_216,
+        bytes_verified: 0,
+    }])
+    .await
+    .unwrap();
+    // Refused when inserted under the run: nothing written, no attempt.
+    t.clock.advance(1_000);
+    s.record_refusal(&RefusalRow {
+        run_id: Some(run),
+        device_id: ids[3],
+        port_label: "B3".into(),
+        port_path: "pci-0000:00:14.0-usb-0:B3:1.0".into(),
+        refusal: GuardRefusal {
+            code: RefusalCode::Mounted,
+            message: "sdd1 is mounted at /media/operator/VERBATIM".into(),
+        },
+    })
+    .await
+    .unwrap();
+    // Refused at the moment of opening, after its attempt was recorded.
+    let a7 = start(&t, run, ids[3], "B3").await;
+    t.clock.advance(500);
+    s.finish_attempt(
+        a7,
+        &fail(
+            FailReason::Refused {
+                code: Some(RefusalCode::Busy),
+                detail: "the device is busy: Device or resource busy (os error 16)".into(),
+            },
+            Stage::Preparing,
+        ),
+        &AttemptFigures {
+            capacity: ByteSize(32_000_000_000),
+            ..AttemptFigures::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Refused in an unmapped port while no run was armed: only in the device's
+    // report.
+    t.clock.advance(60_000);
+    s.record_refusal(&RefusalRow {
+        run_id: None,
+        device_id: ids[3],
+        port_label: "?sdd".into(),
+        port_path: "pci-0000:00:14.0-usb-0:9:1.0".into(),
+        refusal: GuardRefusal {
+            code: RefusalCode::PortNotMapped,
+            message: "port pci-0000:00:14.0-usb-0:9:1.0 is not mapped in the configuration".into(),
+        },
+    })
+    .await
+    .unwrap();
 
     let run_report = s.run_report(run).await.unwrap().unwrap();
     let device_report = s.device_report("AA00000000001234").await.unwrap().unwrap();
@@ -214,7 +280,18 @@ fn check_golden(name: &str, actual: &str) {
 #[tokio::test]
 async fn run_exports_match_the_golden_files() {
     let (_t, run, _) = dataset().await;
-    assert_eq!(run.rows.len(), 6);
+    assert_eq!(run.rows.len(), 8);
+    assert_eq!(
+        run.run.counts,
+        Counts {
+            attempts: 7,
+            passed: 2,
+            failed: 2,
+            refused: 2,
+            interrupted: 1,
+            running: 1,
+        }
+    );
     check_golden("run.csv", &report::csv(&run.rows));
     check_golden("run.json", &report::run_json(&run));
     check_golden("run.html", &report::run_html(&run, GENERATED_AT));
@@ -223,7 +300,20 @@ async fn run_exports_match_the_golden_files() {
 #[tokio::test]
 async fn device_exports_match_the_golden_files() {
     let (_t, _, device) = dataset().await;
-    assert_eq!(device.rows.len(), 2);
+    // Its interruption, its pass, two refusals before an attempt (one without
+    // a run) and one at the moment of opening.
+    assert_eq!(device.rows.len(), 5);
+    assert_eq!(
+        device.counts,
+        Counts {
+            attempts: 3,
+            passed: 1,
+            failed: 0,
+            refused: 3,
+            interrupted: 1,
+            running: 0,
+        }
+    );
     check_golden("device.csv", &report::csv(&device.rows));
     check_golden("device.json", &report::device_json(&device));
     check_golden("device.html", &report::device_html(&device, GENERATED_AT));
@@ -233,11 +323,13 @@ async fn device_exports_match_the_golden_files() {
 async fn the_json_export_is_versioned_and_parses_back() {
     let (_t, run, _) = dataset().await;
     let value: serde_json::Value = serde_json::from_str(&report::run_json(&run)).unwrap();
-    assert_eq!(value["format"], "flashrack-report/1");
+    assert_eq!(value["format"], "flashrack-report/2");
     assert_eq!(value["kind"], "run");
-    assert_eq!(value["run"]["attempts"], 6);
+    assert_eq!(value["run"]["attempts"], 7);
+    assert_eq!(value["run"]["refused"], 2);
+    assert_eq!(value["run"]["failed"], 2);
     let rows = value["attempts"].as_array().unwrap();
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 8);
     let keys: Vec<&str> = rows[0]
         .as_object()
         .unwrap()
@@ -276,7 +368,13 @@ async fn the_html_report_is_self_contained_escaped_and_made_for_print() {
     assert!(html.contains("@page"));
     assert!(html.contains("break-inside: avoid"));
     assert!(html.contains("display: table-header-group"));
-    assert_eq!(html.matches("<tr class=").count(), 6);
+    assert_eq!(html.matches("<tr class=").count(), 8);
+    assert_eq!(html.matches("<tr class=\"refused\">").count(), 2);
+    assert!(html.contains("<b>2</b> refused"), "{html}");
+    assert!(
+        html.contains("≥ 95.4 MiB"),
+        "a pulled stick's bytes are a lower bound"
+    );
 }
 
 /// Prints the HTML report to PDF with headless Chromium. Chromium must be installed:

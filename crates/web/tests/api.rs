@@ -53,6 +53,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         engine: EngineOptions::default(),
         shutdown_grace: Duration::from_secs(5),
         removal_grace: Duration::from_millis(300),
+        heartbeat: Duration::from_secs(2),
     };
     let (station, handle) = Station::new(
         settings,
@@ -744,4 +745,39 @@ async fn a_quiet_event_stream_pings_so_that_a_client_can_tell_it_from_a_lost_one
         "EventSource only dispatches events with data: {text:?}"
     );
     assert_eq!(started.elapsed(), flashrack_web::events::PING_INTERVAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_port_shows_the_guards_code_and_its_sentence() {
+    let rig = rig(AccessPolicy::default()).await;
+    let (status, _) = post(&rig, "/api/v1/runs", json!({"image": rig.image_sha})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Larger than the guard's default maximum of 256 GB.
+    rig.control
+        .plug("p2", "HUGE", SimStickSpec::new("", 300_000_000_000))
+        .unwrap();
+    let mut watch = rig.station().watch();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        watch.wait_for(|s| s.ports[1].state == flashrack_station::PortState::Refused),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (status, port) = get(&rig, "/api/v1/ports/A2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(port["state"], "refused");
+    assert_eq!(port["refusal"]["code"], "too_large", "{port}");
+    assert!(
+        port["refusal"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too large"),
+        "{port}"
+    );
+    let (_, run) = get(&rig, "/api/v1/runs/current").await;
+    assert_eq!(
+        (run["refused"].as_u64(), run["failed"].as_u64()),
+        (Some(1), Some(0))
+    );
 }

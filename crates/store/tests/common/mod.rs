@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use flashrack_core::{
-    AttemptFigures, ByteSize, FailReason, Failure, Sha256Digest, Stage, Verdict, VerifyMethod,
+    AttemptFigures, Bound, ByteSize, FailReason, Failure, Sha256Digest, Stage, Verdict,
+    VerifyMethod,
 };
 use flashrack_store::{Clock, DeviceRow, ImageRow, ManualClock, Store};
 use tempfile::TempDir;
@@ -74,6 +75,7 @@ pub fn pass_figures() -> AttemptFigures {
         verify_secs: 12.5,
         read_back_sha256: Some(Sha256Digest::of(b"golden image")),
         verify_method: Some(VerifyMethod::Hash),
+        bytes_written_bound: Bound::Exact,
     }
 }
 
