@@ -557,8 +557,8 @@
     port.state === 'waiting' ? el('p', { class: 'waiting-note', text: 'waiting: target nearly reached (starts if a stick in flight fails)' }) : null,
     verdictBlock(port),
     // The guard's refusal: { code, message }. One refused at the moment of opening
-    // also has its verdict, which verdictBlock shows.
-    port.refusal && port.state === 'refused' && !port.verdict
+    // is also the verdict, which verdictBlock shows.
+    port.refusal && port.state === 'refused' && !(port.verdict && port.verdict.reason === 'refused')
       ? el('p', { class: 'reason', text: port.refusal.message, title: port.refusal.code, dataset: { code: port.refusal.code } })
       : null,
     port.ejected ? el('p', { class: 'badge-ejected', text: '⏏ ejected — pull it' }) : null,
