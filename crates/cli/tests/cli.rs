@@ -81,7 +81,7 @@ fn flash_exits_0_when_all_pass_1_when_one_fails_and_prints_json() {
     let csv = flashrack(&data, &["report", "run", "2", "--format", "csv"]);
     let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
     assert!(
-        csv.starts_with("attempt_id,station_id,run_id,port_label"),
+        csv.starts_with("attempt_id,refusal_id,station_id,run_id,port_label"),
         "{csv}"
     );
     assert!(
