@@ -50,7 +50,7 @@ pub async fn metrics(State(state): State<WebState>) -> impl IntoResponse {
         ),
         (
             "flashrack_run_failed",
-            "Sticks that failed in the current run (interrupted attempts not included).",
+            "Sticks that failed in the current run (interrupted attempts and refusals not included).",
             "counter",
             run.map_or(0, |r| u64::from(r.failed)),
         ),
@@ -59,6 +59,12 @@ pub async fn metrics(State(state): State<WebState>) -> impl IntoResponse {
             "Attempts of the current run interrupted by a stop, a shutdown or a source failure.",
             "counter",
             run.map_or(0, |r| u64::from(r.interrupted)),
+        ),
+        (
+            "flashrack_run_refused",
+            "Sticks the target guard refused in the current run (nothing written; not failures).",
+            "counter",
+            run.map_or(0, |r| u64::from(r.refused)),
         ),
         (
             "flashrack_run_active",

@@ -780,4 +780,14 @@ async fn a_refused_port_shows_the_guards_code_and_its_sentence() {
         (run["refused"].as_u64(), run["failed"].as_u64()),
         (Some(1), Some(0))
     );
+    let (_, metrics) = get(&rig, "/metrics").await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("flashrack_run_refused{station=\"web-test\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flashrack_run_failed{station=\"web-test\"} 0"),
+        "{metrics}"
+    );
 }
