@@ -487,7 +487,7 @@
     const run = model.run;
     if (run) {
       const state = model.stale ? 'state unknown' : run.armed ? 'armed' : 'stopped';
-      parts.push(`run #${run.id} ${state}: ${run.passed} passed, ${run.failed} failed, ${run.interrupted || 0} interrupted`);
+      parts.push(`run #${run.id} ${state}: ${run.passed} passed, ${run.failed} failed, ${run.refused || 0} refused, ${run.interrupted || 0} interrupted`);
     }
     $('rack-summary').textContent = parts.join(' · ');
   }
@@ -715,11 +715,12 @@
       el('p', { class: 'muted', text: `verify: ${o.verify || '?'} · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
         + ` · target: ${o.target_count == null ? 'no limit' : o.target_count}` }),
       // The same counts as the records (reports, runs list, /metrics):
-      // an interrupted attempt is not a failed stick.
+      // an interrupted attempt is not a failed stick, nor is a refused one.
       el('dl', { class: 'counters' },
         counter('passed', run.passed),
         counter('failed', run.failed),
         counter('interrupted', run.interrupted ?? 0),
+        counter('refused', run.refused ?? 0),
         counter('active', run.active),
         counter('remaining', run.remaining == null ? '∞' : run.remaining)),
       el('p', { class: 'muted', text: `${fmtBytes(run.bytes_written)} written in this run` }));
@@ -966,7 +967,7 @@
     const image = run.image_name || run.image || run.name || shortSha(run.image_sha256) || '';
     const started = fmtTime(run.started_at ?? run.started);
     const counts = [];
-    for (const key of ['passed', 'failed', 'interrupted', 'running']) {
+    for (const key of ['passed', 'failed', 'refused', 'interrupted', 'running']) {
       if (run[key] != null && (run[key] !== 0 || key === 'passed' || key === 'failed')) counts.push(`${run[key]} ${key}`);
     }
     let stopped = 'open';

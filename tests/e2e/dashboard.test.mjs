@@ -212,6 +212,8 @@ test('the dashboard shows a live rack, stops and arms runs, and exports reports'
       .catch(() => assert.fail('"Write again" is still offered with no run armed'));
     assert.equal(await page.locator('#stop-button').isVisible(), false, 'no stop button without an armed run');
     assert.match(await page.locator('.counter-interrupted dt').textContent(), /interrupted/i);
+    // Refusals are counted apart from failures, as in the records.
+    assert.match(await page.locator('.counter-refused dt').textContent(), /refused/i);
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-stopped.png'), fullPage: true });
 
     // Arm a new one through the UI; it ejects every stick that passes.
