@@ -468,7 +468,9 @@ class Suite:
         # Too small is caught by the target guard when the stick is detected
         # (guard rule 5): a refusal with the reason, no attempt.
         p = ports["A4"]
-        check(p["state"] == "refused" and "too small" in (p["refusal"] or "")
+        refusal = p["refusal"] or {}
+        check(p["state"] == "refused" and refusal.get("code") == "too_small"
+              and "too small" in refusal.get("message", "")
               and p["verdict"] is None, f"A4 (8 MiB) was refused as too small: {p['refusal']}")
         check(read_head(sticks["A4"].path, 8 * MiB) == bytes(8 * MiB),
               "A4: nothing was written to the too-small stick")
