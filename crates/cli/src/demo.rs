@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use flashrack_config::{PortConfig, StationConfig, WebConfig};
 use flashrack_core::ByteSize;
-use flashrack_devices::sim::{FakeMode, SimStickSpec};
-use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_engine::SourceImage;
 use flashrack_image::ImportOptions;
+use flashrack_simrack::sim::{FakeMode, SimStickSpec};
+use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_station::{ArmRequest, PortState, RunOptions, StationHandle};
 use rand::{Rng, RngCore, SeedableRng};
 

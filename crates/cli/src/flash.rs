@@ -26,12 +26,12 @@ use flashrack_core::{
     AttemptFigures, AttemptId, EngineEvent, EngineEventKind, FailReason, Failure, Sha256Digest,
     Stage, StopReason, TargetId, Verdict,
 };
-use flashrack_devices::guard::GuardPolicy;
-use flashrack_devices::Target;
 use flashrack_engine::{
     AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
 };
+use flashrack_guard::GuardPolicy;
 use flashrack_station::{AttemptStart, Journal, RunOptions, RunStart, VerifyChoice};
+use flashrack_target::Target;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;

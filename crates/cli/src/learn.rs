@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use flashrack_config::{write_port_map, PortConfig, StationConfig};
-use flashrack_devices::hotplug::{Hotplug, HotplugSource, StopSignal};
-use flashrack_devices::udev::UdevSource;
+use flashrack_hardware::udev::UdevSource;
+use flashrack_hotplug::{Hotplug, HotplugSource, StopSignal};
 
 /// Runs the interactive loop (blocking: call it off the async workers).
 pub fn learn(config_path: &Path) -> Result<ExitCode> {

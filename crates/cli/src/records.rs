@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use flashrack_core::{AttemptFigures, ByteSize, Stage, Verdict};
-use flashrack_devices::hotplug::DeviceIdentity;
+use flashrack_hotplug::DeviceIdentity;
 use flashrack_image::ImageCache;
 use flashrack_station::{
     AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, RunStart,
@@ -329,7 +329,7 @@ impl Reports for StoreRecords {
 mod tests {
     use super::*;
     use flashrack_core::{RefusalCode, Sha256Digest};
-    use flashrack_devices::guard::Refusal;
+    use flashrack_guard::Refusal;
     use flashrack_station::model::RunOptions;
 
     #[tokio::test]

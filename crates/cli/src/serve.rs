@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flashrack_config::StationConfig;
-use flashrack_devices::guard::GuardPolicy;
-use flashrack_devices::hotplug::{DeviceAccess, HotplugSource};
 use flashrack_engine::EngineOptions;
+use flashrack_guard::GuardPolicy;
+use flashrack_hotplug::{DeviceAccess, HotplugSource};
 use flashrack_station::{Journal, PortSpec, Station, StationHandle, StationSettings};
 use flashrack_web::{AccessPolicy, Reports, WebState};
 use tokio::sync::watch;
@@ -197,8 +197,8 @@ pub async fn run(data_dir_flag: Option<PathBuf>, wait: bool, args: ServeArgs) ->
     let data_dir = data_dir_for(data_dir_flag, &config);
     let _lock = crate::lock::DataDirLock::acquire(&data_dir, wait)?;
     let parts = Parts {
-        source: Box::new(flashrack_devices::udev::UdevSource::new()),
-        access: Arc::new(flashrack_devices::udev::UdevAccess::new()),
+        source: Box::new(flashrack_hardware::udev::UdevSource::new()),
+        access: Arc::new(flashrack_hardware::udev::UdevAccess::new()),
     };
     let shutdown = Shutdown::on_signals();
     run_station(&config, &data_dir, parts, true, shutdown, |address, _| {

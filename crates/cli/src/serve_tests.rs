@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use flashrack_config::{PortConfig, StationConfig, WebConfig};
 use flashrack_core::ByteSize;
-use flashrack_devices::sim::SimStickSpec;
-use flashrack_devices::sim_hotplug::sim_rack;
 use flashrack_engine::SourceImage;
 use flashrack_image::ImportOptions;
+use flashrack_simrack::sim::SimStickSpec;
+use flashrack_simrack::sim_hotplug::sim_rack;
 use flashrack_station::{ArmRequest, PortState, RunOptions, Snapshot, StationHandle};
 use serde_json::Value;
 

@@ -163,7 +163,7 @@ impl Summary {
 /// names the bus, which is read again from sysfs (the refusal carries its code
 /// and words; the flag is the command line's business).
 fn allow_bus_hint(target: &TargetId) -> String {
-    let bus = flashrack_devices::guard::DiskFacts::inspect(std::path::Path::new(&target.0))
+    let bus = flashrack_guard::DiskFacts::inspect(std::path::Path::new(&target.0))
         .ok()
         .and_then(|facts| facts.bus);
     match bus {

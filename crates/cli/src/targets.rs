@@ -17,11 +17,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use flashrack_core::{ByteSize, TargetId};
-use flashrack_devices::block::{GuardCheck, PathTarget};
-use flashrack_devices::guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
-use flashrack_devices::hotplug::DeviceIdentity;
-use flashrack_devices::sim::{FakeMode, SimStick, SimStickSpec};
-use flashrack_devices::Target;
+use flashrack_guard::GuardCheck;
+use flashrack_guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
+use flashrack_hardware::block::PathTarget;
+use flashrack_hotplug::DeviceIdentity;
+use flashrack_simrack::sim::{FakeMode, SimStick, SimStickSpec};
+use flashrack_target::Target;
 
 /// The targets of one command, and what must live as long as they do.
 pub struct Targets {

@@ -1,6 +1,6 @@
 //! Why the target guard refused a device, as records and screens carry it.
 //!
-//! The guard itself (`flashrack-devices`) decides, with a rich `Refusal` whose
+//! The guard itself (`flashrack-guard`) decides, with a rich `Refusal` whose
 //! variants hold the facts (sizes, mount points …). What travels beyond it — to
 //! the journal, the records, the reports and the dashboard — is the refusal's
 //! stable [`RefusalCode`] and the sentence the operator reads, together a

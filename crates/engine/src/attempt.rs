@@ -14,8 +14,8 @@ use flashrack_core::{
     AttemptFigures, Bound, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure,
     ImageManifest, ProbeOperation, Sha256Digest, Stage, TargetId, Verdict, VerifyMethod,
 };
-use flashrack_devices::guard::Refusal;
-use flashrack_devices::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
+use flashrack_guard::Refusal;
+use flashrack_target::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
 
 use crate::fanout::EventLink;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use flashrack_core::{
     AttemptFigures, EngineEvent, EngineEventKind, FailReason, Failure, TargetId, Verdict,
 };
-use flashrack_devices::Target;
+use flashrack_target::Target;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 

@@ -3,7 +3,7 @@
 //!
 //! The engine knows nothing of HTTP, SQL or udev. It is given a [`SourceImage`]
 //! (a raw image file and its manifest) and targets behind the
-//! [`flashrack_devices::Target`] seam, and it reports through a channel of
+//! [`flashrack_target::Target`] seam, and it reports through a channel of
 //! [`flashrack_core::EngineEvent`]s.
 //!
 //! Layout:

@@ -19,7 +19,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use flashrack_devices::{TargetError, TargetWriter};
+use flashrack_target::{TargetError, TargetWriter};
 
 /// What narrowing a failed write found.
 #[derive(Debug)]
@@ -98,8 +98,8 @@ pub(crate) fn narrow_failed_write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashrack_devices::sim::{SimStick, SimStickSpec};
-    use flashrack_devices::{AlignedBuf, Target};
+    use flashrack_simrack::sim::{SimStick, SimStickSpec};
+    use flashrack_target::{AlignedBuf, Target};
 
     fn data(len: usize) -> AlignedBuf {
         let mut buf = AlignedBuf::zeroed(len);

@@ -14,7 +14,7 @@
 //! stick; inside it they are overwritten by the image itself.
 
 use flashrack_core::ProbeOperation;
-use flashrack_devices::{AlignedBuf, Target, TargetError, TargetWriter};
+use flashrack_target::{AlignedBuf, Target, TargetError, TargetWriter};
 
 /// Size of one marker block.
 const MARKER_SIZE: usize = 4096;

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use flashrack_core::{ChunkKind, ImageManifest, Sha256Digest};
-use flashrack_devices::AlignedBuf;
+use flashrack_target::AlignedBuf;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::mapped::{MapError, MappedChunk};

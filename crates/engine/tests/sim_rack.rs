@@ -10,9 +10,9 @@ use flashrack_core::{
     Bound, EngineEvent, EngineEventKind, FailReason, ProbeOperation, Stage, TargetId, Verdict,
     VerifyMethod,
 };
-use flashrack_devices::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
-use flashrack_devices::Target;
 use flashrack_engine::{flash_all, EngineError, EngineOptions, Fanout, VerifyMode};
+use flashrack_simrack::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
+use flashrack_target::Target;
 use tokio::sync::mpsc;
 
 const MIB: u64 = 1 << 20;

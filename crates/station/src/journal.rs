@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use flashrack_core::{
     AttemptFigures, AttemptId, DeviceId, RunId, Sha256Digest, Stage, StopReason, Verdict,
 };
-use flashrack_devices::guard::Refusal;
-use flashrack_devices::hotplug::DeviceIdentity;
+use flashrack_guard::Refusal;
+use flashrack_hotplug::DeviceIdentity;
 use serde::{Serialize, Serializer};
 
 use crate::model::RunOptions;

@@ -4,7 +4,7 @@
 use flashrack_core::{
     AttemptFigures, AttemptId, GuardRefusal, RunId, Sha256Digest, Stage, StopReason, Verdict,
 };
-use flashrack_devices::hotplug::PluggedDevice;
+use flashrack_hotplug::PluggedDevice;
 use serde::{Deserialize, Serialize};
 
 /// The state of one port, as in DESIGN.md: `empty → detected → (refused |

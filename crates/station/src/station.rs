@@ -15,12 +15,12 @@ use flashrack_core::{
     AttemptFigures, AttemptId, Bound, DeviceId, EngineEvent, EngineEventKind, FailReason, Failure,
     GuardRefusal, RunId, Stage, StopReason, TargetId, Verdict,
 };
-use flashrack_devices::block::GuardCheck;
-use flashrack_devices::guard::{evaluate, DiskFacts, GuardPolicy, GuardRequest, Refusal};
-use flashrack_devices::hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, StopSignal};
 use flashrack_engine::{
     AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
 };
+use flashrack_guard::GuardCheck;
+use flashrack_guard::{evaluate, DiskFacts, GuardPolicy, GuardRequest, Refusal};
+use flashrack_hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, StopSignal};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::journal::{

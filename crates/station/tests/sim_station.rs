@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{Bound, FailReason, Failure, RefusalCode, RunId, Stage, StopReason, Verdict};
-use flashrack_devices::guard::GuardPolicy;
-use flashrack_devices::sim::SimStickSpec;
-use flashrack_devices::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_engine::{EngineOptions, SourceImage};
+use flashrack_guard::GuardPolicy;
+use flashrack_simrack::sim::SimStickSpec;
+use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_station::{
     ArmRequest, JournalEvent, MemoryJournal, PortSpec, PortState, RunOptions, Snapshot, Station,
     StationError, StationEvent, StationHandle, StationSettings, VerdictRun,
@@ -634,7 +634,7 @@ fn reason<'a>(snapshot: &'a Snapshot, label: &str) -> Option<&'a FailReason> {
 
 /// Waits (off the async workers) until a call is stuck in the stick in port
 /// `n`, and returns the stick (to release it at the end of the test).
-async fn until_stuck(rig: &Rig, n: usize) -> flashrack_devices::sim::SimStick {
+async fn until_stuck(rig: &Rig, n: usize) -> flashrack_simrack::sim::SimStick {
     let (_, stick) = rig.control.stick_at(&port_path(n)).unwrap();
     let waiting = stick.clone();
     let stuck =

@@ -11,17 +11,17 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use flashrack_core::{FailReason, RefusalCode, Verdict};
-use flashrack_devices::block::GuardCheck;
-use flashrack_devices::guard::{DiskFacts, GuardError, GuardPolicy};
-use flashrack_devices::hotplug::{
+use flashrack_engine::{EngineOptions, SourceImage};
+use flashrack_guard::GuardCheck;
+use flashrack_guard::{DiskFacts, GuardError, GuardPolicy};
+use flashrack_hardware::udev::{UdevAccess, UdevSource};
+use flashrack_hotplug::{
     DeviceAccess, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
 };
-use flashrack_devices::udev::{UdevAccess, UdevSource};
-use flashrack_devices::{Target, TargetError};
-use flashrack_engine::{EngineOptions, SourceImage};
 use flashrack_station::{
     ArmRequest, MemoryJournal, PortSpec, PortState, RunOptions, Snapshot, Station, StationSettings,
 };
+use flashrack_target::{Target, TargetError};
 use flashrack_testkit::udev_stick::{TestStick, STICK_SIZE};
 
 async fn until(

@@ -35,13 +35,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flashrack_devices::block::GuardCheck;
-use flashrack_devices::guard::{evaluate, DiskIdentity, GuardPolicy, GuardRequest};
-use flashrack_devices::hotplug::{
+use flashrack_guard::GuardCheck;
+use flashrack_guard::{evaluate, DiskIdentity, GuardPolicy, GuardRequest};
+use flashrack_hardware::udev::{UdevAccess, UdevSource};
+use flashrack_hotplug::{
     DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
 };
-use flashrack_devices::udev::{UdevAccess, UdevSource};
-use flashrack_devices::TargetError;
+use flashrack_target::TargetError;
 use flashrack_testkit::udev_stick::{ensure_udevd, settle, TestStick, STICK_SIZE, WAIT};
 use flashrack_testkit::{require_root, run};
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver};

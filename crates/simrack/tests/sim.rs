@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use flashrack_devices::sim::{FakeMode, SimRack, SimStickSpec};
-use flashrack_devices::{AlignedBuf, Target};
+use flashrack_simrack::sim::{FakeMode, SimRack, SimStickSpec};
+use flashrack_target::{AlignedBuf, Target};
 
 const MIB: u64 = 1024 * 1024;
 

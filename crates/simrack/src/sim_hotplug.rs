@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
-use crate::block::GuardCheck;
-use crate::guard::{DiskFacts, GuardError};
-use crate::hotplug::{
+use crate::sim::{SimStick, SimStickSpec};
+use flashrack_guard::GuardCheck;
+use flashrack_guard::{DiskFacts, GuardError};
+use flashrack_hotplug::{
     DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
 };
-use crate::sim::{SimStick, SimStickSpec};
-use crate::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
+use flashrack_target::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
 
 /// One present simulated stick.
 struct Present {
@@ -365,7 +365,7 @@ mod tests {
         ));
         let facts = access.facts(&device).unwrap();
         assert_eq!(facts.bus.as_deref(), Some("usb"));
-        let refuse: GuardCheck = Arc::new(|_| Err(crate::guard::Refusal::NotArmed));
+        let refuse: GuardCheck = Arc::new(|_| Err(flashrack_guard::Refusal::NotArmed));
         assert!(matches!(
             access.target(&device, refuse).open_writer(),
             Err(TargetError::Refused(_))

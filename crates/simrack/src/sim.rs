@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
+use flashrack_target::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
 
 /// What a stick that claims more than it stores does with bytes past its real size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1071,7 +1071,7 @@ impl Drop for SimRack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::AlignedBuf;
+    use flashrack_target::AlignedBuf;
     use std::thread;
 
     const KIB: usize = 1024;

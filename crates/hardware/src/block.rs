@@ -29,14 +29,10 @@ use std::sync::Arc;
 
 use rustix::fs::{Advice, OFlags};
 
-use crate::guard::{DiskFacts, DiskIdentity, Refusal};
-use crate::{AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
-
-/// Decides, at the moment a block device is opened for writing, whether it may be
-/// written, from the facts of the device behind the opened descriptor (already
-/// checked to be the pinned disk). Returns the guard's typed refusal (its code and
-/// its sentence travel to the verdict).
-pub type GuardCheck = Arc<dyn Fn(&DiskFacts) -> Result<(), Refusal> + Send + Sync>;
+use flashrack_guard::{DiskFacts, DiskIdentity, GuardCheck, Refusal};
+use flashrack_target::{
+    AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter,
+};
 
 /// A hook run at the start of every open for writing of a block device target,
 /// before the device is opened; see [`PathTarget::before_open`].

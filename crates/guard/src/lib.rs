@@ -1,6 +1,6 @@
 //! The target guard: whether a block device may be written at all.
 //!
-//! This module enforces the safety invariant of `DESIGN.md` ("The target guard"). It
+//! This crate enforces the safety invariant of `DESIGN.md` ("The target guard"). It
 //! is split in two halves so that the rules can be tested without hardware:
 //!
 //! - **facts**: [`DiskFacts`] says what a block device *is* (whole disk or partition,
@@ -35,7 +35,7 @@
 //! # What the guard cannot see, and who covers it
 //! Mounts in other mount namespaces, processes that merely hold the device open and
 //! the extra members of a multi-device filesystem (btrfs) are invisible here. The
-//! exclusive `O_EXCL` open in [`crate::block`], done before the guard judges the
+//! exclusive `O_EXCL` open in `flashrack-hardware`'s `block`, done before the guard judges the
 //! opened device, fails with `EBUSY` for all of them, and the opener turns that
 //! into [`Refusal::Busy`] (or into the guard's own refusal when it can tell why).
 //!
@@ -45,7 +45,7 @@
 //! another file. A device is therefore pinned by its [`DiskIdentity`] (device
 //! number and the kernel's disk sequence number, `diskseq`, which is new for every
 //! disk and every medium) when it is first seen, and the opener
-//! ([`crate::block::PathTarget`]) opens first, reads the identity of what it
+//! (`flashrack-hardware`'s `block::PathTarget`) opens first, reads the identity of what it
 //! opened from the descriptor, refuses anything else ([`Refusal::IdentityChanged`])
 //! and gathers the facts for the descriptor's device ([`DiskFacts::of_opened`]), not
 //! for the name. Kernels before 5.15 have no `diskseq`; there only the device
@@ -54,6 +54,7 @@
 //! Inspection fails closed: when the facts cannot be gathered ([`GuardError`]), the
 //! device is not written. Nothing here prints or logs; refusals are values whose
 //! `Display` is the sentence that the operator sees and the record keeps.
+#![deny(missing_docs)]
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -61,8 +62,15 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flashrack_core::{GuardRefusal, RefusalCode};
+
+/// Decides, at the moment a block device is opened for writing, whether it may be
+/// written, from the facts of the device behind the opened descriptor (already
+/// checked to be the pinned disk). Returns the guard's typed refusal (its code and
+/// its sentence travel to the verdict).
+pub type GuardCheck = Arc<dyn Fn(&DiskFacts) -> Result<(), Refusal> + Send + Sync>;
 
 /// The default size limit: 256 GB (decimal). Bigger is probably a USB hard disk.
 pub const DEFAULT_MAX_SIZE_BYTES: u64 = 256_000_000_000;

@@ -8,6 +8,7 @@
 //!
 //! A [`DeviceAccess`] turns a plugged device into what the station needs: the facts
 //! the target guard judges, a [`Target`] to write, and a way to eject it.
+#![deny(missing_docs)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +16,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::block::GuardCheck;
-use crate::guard::{DiskFacts, DiskIdentity, GuardError};
-use crate::{Target, TargetError};
+use flashrack_guard::GuardCheck;
+use flashrack_guard::{DiskFacts, DiskIdentity, GuardError};
+use flashrack_target::{Target, TargetError};
 
 /// Who a stick is, as the system reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -128,7 +129,7 @@ pub trait HotplugSource: Send + 'static {
 /// What the station does with a plugged device.
 pub trait DeviceAccess: Send + Sync {
     /// The facts the target guard judges, gathered now; refused
-    /// ([`Refusal::IdentityChanged`](crate::guard::Refusal::IdentityChanged)) when
+    /// ([`Refusal::IdentityChanged`](flashrack_guard::Refusal::IdentityChanged)) when
     /// the device's name no longer leads to [`PluggedDevice::disk`].
     fn facts(&self, device: &PluggedDevice) -> Result<DiskFacts, GuardError>;
 

@@ -84,12 +84,13 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::block::{GuardCheck, PathTarget};
-use crate::guard::{DiskFacts, DiskIdentity, GuardError, Refusal};
-use crate::hotplug::{
+use crate::block::PathTarget;
+use flashrack_guard::GuardCheck;
+use flashrack_guard::{DiskFacts, DiskIdentity, GuardError, Refusal};
+use flashrack_hotplug::{
     DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
 };
-use crate::{Target, TargetError};
+use flashrack_target::{Target, TargetError};
 
 /// Kernel name prefixes of disks that are never sticks and never reported: RAM
 /// disks (`ram`, `zram`), device-mapper and md stacks (`dm-`, `md`) and optical

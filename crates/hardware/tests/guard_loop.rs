@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use flashrack_testkit::{reattach_loop, require_root, run, LoopDevice};
 
-use flashrack_devices::block::PathTarget;
-use flashrack_devices::guard::{
+use flashrack_guard::{
     evaluate, refusals, Authorization, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest, Refusal,
 };
-use flashrack_devices::{Target, TargetError};
+use flashrack_hardware::block::PathTarget;
+use flashrack_target::{Target, TargetError};
 
 const BACKING_SIZE: u64 = 64 * 1024 * 1024;
 

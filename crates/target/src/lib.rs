@@ -2,33 +2,20 @@
 //!
 //! The engine never sees `/dev` paths or udev types; it sees a `Target` that can be
 //! opened for writing and, separately, opened *fresh* for reading back from the
-//! medium. Implementations:
-//! - [`block::PathTarget`]: a block device or a regular file, with exclusive open and
-//!   direct I/O on aligned buffers;
-//! - [`sim::SimStick`]: a file-backed virtual stick with deterministic fault
-//!   injection (slow, failing, lying about capacity, read-only, removed, stalled),
-//!   used by the tests and the demo so that they exercise the real engine.
+//! medium. This crate is the seam only: the traits, [`TargetGeometry`],
+//! [`TargetError`] and [`AlignedBuf`]. Implementations live elsewhere:
+//! - `flashrack-hardware`'s `block::PathTarget`: a block device or a regular
+//!   file, with exclusive open and direct I/O on aligned buffers;
+//! - `flashrack-simrack`'s `sim::SimStick`: a file-backed virtual stick with
+//!   deterministic fault injection (slow, failing, lying about capacity,
+//!   read-only, removed, stalled), used by the tests and the demo so that they
+//!   exercise the real engine.
 //!
-//! Around the targets:
-//! - [`guard`]: the target guard, the six rules of DESIGN.md as pure functions
-//!   over [`guard::DiskFacts`] gathered from sysfs and `/proc`;
-//! - [`hotplug`]: sticks arriving and leaving as owned [`hotplug::Hotplug`]
-//!   events, behind the [`hotplug::HotplugSource`] and [`hotplug::DeviceAccess`]
-//!   traits;
-//! - [`udev`]: the real hotplug source (the udev monitor, on its own thread);
-//! - [`sim_hotplug`]: the simulated rack as a hotplug source.
-//!
-//! Blocking calls: every method here blocks. Callers run them on dedicated threads,
-//! never on async workers.
+//! Blocking calls: every method of a target blocks. Callers run them on dedicated
+//! threads, never on async workers.
 #![deny(missing_docs)]
 
 pub mod aligned;
-pub mod block;
-pub mod guard;
-pub mod hotplug;
-pub mod sim;
-pub mod sim_hotplug;
-pub mod udev;
 
 use std::io;
 
@@ -75,7 +62,7 @@ pub enum TargetError {
     Open(String),
     /// The target guard refused the target; nothing was written.
     #[error("{0}")]
-    Refused(guard::Refusal),
+    Refused(flashrack_guard::Refusal),
 }
 
 impl TargetError {

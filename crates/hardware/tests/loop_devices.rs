@@ -2,7 +2,12 @@
 //! root, like CI) and detaches on drop. Covers the direct-I/O path with an
 //! unaligned image tail, exclusive open, the guard, verification from the
 //! medium, and what a loop read-back leaves in the page cache (`fincore`).
+//!
+//! They test block targets through the engine, so they live with the block
+//! targets (the engine does not depend on this crate) and share the engine's
+//! test images.
 
+#[path = "../../engine/tests/common/mod.rs"]
 mod common;
 
 use std::fs::OpenOptions;
@@ -12,12 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashrack_core::{FailReason, RefusalCode, TargetId, Verdict};
-use flashrack_devices::block::{GuardCheck, PathTarget};
-use flashrack_devices::guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
-use flashrack_devices::{
+use flashrack_engine::{flash_all, EngineOptions, VerifyMode};
+use flashrack_guard::GuardCheck;
+use flashrack_guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
+use flashrack_hardware::block::PathTarget;
+use flashrack_target::{
     AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter,
 };
-use flashrack_engine::{flash_all, EngineOptions, VerifyMode};
 use flashrack_testkit::{reattach_loop, require_root, run, LoopDevice};
 use tokio::sync::mpsc;
 
