@@ -121,6 +121,18 @@ pub struct GuardRefusal {
     pub message: String,
 }
 
+impl GuardRefusal {
+    /// An exclusive open that failed with `EBUSY`: something the guard cannot see
+    /// holds the device. The same code and sentence as the guard's own busy
+    /// refusal, for the engine, which meets a busy target without the guard.
+    pub fn busy(detail: impl fmt::Display) -> Self {
+        GuardRefusal {
+            code: RefusalCode::Busy,
+            message: format!("the device is busy: {detail}"),
+        }
+    }
+}
+
 impl fmt::Display for GuardRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use flashrack_core::{
     AttemptFigures, Bound, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure,
-    ImageManifest, ProbeOperation, Sha256Digest, Stage, TargetId, Verdict, VerifyMethod,
+    GuardRefusal, ImageManifest, ProbeOperation, Sha256Digest, Stage, TargetId, Verdict,
+    VerifyMethod,
 };
-use flashrack_guard::Refusal;
 use flashrack_target::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
 
@@ -150,15 +150,15 @@ fn device_failure(stage: Stage, error: TargetError) -> Stop {
         TargetError::ReadOnly => FailReason::ReadOnly,
         TargetError::Cancelled => FailReason::Interrupted,
         TargetError::Busy(detail) => {
-            let refusal = Refusal::Busy { detail };
+            let refusal = GuardRefusal::busy(detail);
             FailReason::Refused {
-                code: Some(refusal.kind()),
-                detail: refusal.to_string(),
+                code: Some(refusal.code),
+                detail: refusal.message,
             }
         }
         TargetError::Refused(refusal) => FailReason::Refused {
-            code: Some(refusal.kind()),
-            detail: refusal.to_string(),
+            code: Some(refusal.code),
+            detail: refusal.message,
         },
         TargetError::Open(detail) => FailReason::Unavailable { detail },
         TargetError::Io { offset, source } => match stage {

@@ -549,6 +549,12 @@ impl Refusal {
     }
 }
 
+impl From<Refusal> for GuardRefusal {
+    fn from(refusal: Refusal) -> Self {
+        refusal.to_record()
+    }
+}
+
 impl From<GuardError> for Refusal {
     /// A refusal stays itself; any other failure to decide is
     /// [`Refusal::CannotInspect`]: the guard fails closed.
@@ -1575,6 +1581,17 @@ mod tests {
             assert!(!first.is_uppercase(), "{text:?}");
             assert!(!text.ends_with('.'), "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_busy_target_met_by_the_engine_is_refused_as_the_guard_refuses_it() {
+        let detail = "device or resource busy";
+        assert_eq!(
+            GuardRefusal::from(Refusal::Busy {
+                detail: detail.into()
+            }),
+            GuardRefusal::busy(detail)
+        );
     }
 
     #[test]

@@ -144,9 +144,12 @@ impl PathTarget {
             hook(&self.path);
         }
         let pin = *pin.as_ref().map_err(|why| {
-            TargetError::Refused(Refusal::CannotInspect {
-                detail: format!("the device could not be identified when it was named: {why}"),
-            })
+            TargetError::Refused(
+                Refusal::CannotInspect {
+                    detail: format!("the device could not be identified when it was named: {why}"),
+                }
+                .into(),
+            )
         })?;
         let file = OpenOptions::new()
             .read(true)
@@ -163,14 +166,17 @@ impl PathTarget {
                 }
             })?;
         let facts = DiskFacts::of_opened(&file, &self.path)
-            .map_err(|error| TargetError::Refused(Refusal::from(error)))?;
+            .map_err(|error| TargetError::Refused(Refusal::from(error).into()))?;
         if facts.identity() != pin {
-            return Err(TargetError::Refused(Refusal::IdentityChanged {
-                expected: pin,
-                found: facts.identity(),
-            }));
+            return Err(TargetError::Refused(
+                Refusal::IdentityChanged {
+                    expected: pin,
+                    found: facts.identity(),
+                }
+                .into(),
+            ));
         }
-        guard(&facts).map_err(TargetError::Refused)?;
+        guard(&facts).map_err(|why| TargetError::Refused(why.into()))?;
         // The kernel opens a read-only device for writing and refuses only the
         // writes (`EPERM`): ask the opened device itself, so that not a byte
         // (not even the capacity probe's) is tried.
@@ -194,14 +200,15 @@ impl PathTarget {
     /// opener's `detail`. Nothing is opened for writing either way.
     fn explain_busy(&self, guard: &GuardCheck, pin: DiskIdentity, detail: String) -> TargetError {
         match DiskFacts::inspect(&self.path) {
-            Ok(facts) if facts.identity() != pin => {
-                TargetError::Refused(Refusal::IdentityChanged {
+            Ok(facts) if facts.identity() != pin => TargetError::Refused(
+                Refusal::IdentityChanged {
                     expected: pin,
                     found: facts.identity(),
-                })
-            }
+                }
+                .into(),
+            ),
             Ok(facts) => match guard(&facts) {
-                Err(why) => TargetError::Refused(why),
+                Err(why) => TargetError::Refused(why.into()),
                 Ok(()) => TargetError::Busy(detail),
             },
             Err(_) => TargetError::Busy(detail),
@@ -703,7 +710,7 @@ mod tests {
         assert_eq!(target.pinned(), None);
         match target.open_writer() {
             Err(TargetError::Refused(why)) => {
-                assert_eq!(why.kind(), flashrack_core::RefusalCode::CannotInspect);
+                assert_eq!(why.code, flashrack_core::RefusalCode::CannotInspect);
                 assert!(why.to_string().contains("could not be identified"), "{why}")
             }
             other => panic!("expected a refusal, got {:?}", other.err()),

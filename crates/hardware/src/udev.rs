@@ -506,9 +506,12 @@ fn refuse_busy(facts: &DiskFacts) -> Result<(), TargetError> {
         )));
     }
     if let Some(why) = &facts.system_disk {
-        return Err(TargetError::Refused(Refusal::SystemDisk {
-            why: format!("{why}; it is not ejected"),
-        }));
+        return Err(TargetError::Refused(
+            Refusal::SystemDisk {
+                why: format!("{why}; it is not ejected"),
+            }
+            .into(),
+        ));
     }
     Ok(())
 }

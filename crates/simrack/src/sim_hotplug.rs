@@ -310,7 +310,8 @@ impl Target for GuardedTarget {
         self.inner.may_misreport_capacity()
     }
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
-        (self.guard)(&SimAccess::stick_facts(&self.device)).map_err(TargetError::Refused)?;
+        (self.guard)(&SimAccess::stick_facts(&self.device))
+            .map_err(|why| TargetError::Refused(why.into()))?;
         self.inner.open_writer()
     }
     fn open_reader(&self) -> Result<Box<dyn TargetReader>, TargetError> {

@@ -19,6 +19,8 @@ pub mod aligned;
 
 use std::io;
 
+use flashrack_core::GuardRefusal;
+
 pub use aligned::AlignedBuf;
 
 /// What a target says about itself when it is opened.
@@ -60,9 +62,10 @@ pub enum TargetError {
     /// The target could not be opened or inspected.
     #[error("{0}")]
     Open(String),
-    /// The target guard refused the target; nothing was written.
+    /// The target guard refused the target; nothing was written. The guard's
+    /// typed refusal as it travels beyond the guard: its code and its sentence.
     #[error("{0}")]
-    Refused(flashrack_guard::Refusal),
+    Refused(GuardRefusal),
 }
 
 impl TargetError {
