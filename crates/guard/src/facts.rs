@@ -1,0 +1,309 @@
+//! The facts the rules judge, gathered from the running system (sysfs and the proc
+//! files) or from a [`SystemView`] that tests build: for a device by name, and for
+//! the device behind an opened descriptor.
+
+mod identity;
+mod sysfs;
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+pub use identity::DiskIdentity;
+use sysfs::{bus_of, file_name, list_names, partitions_of, read_number, SysfsTree};
+
+use crate::procfs::{parse_mountinfo, parse_swaps};
+use crate::{GuardError, Refusal};
+
+/// sysfs reports sizes in 512-byte sectors whatever the device's block size.
+const SYSFS_SECTOR: u64 = 512;
+
+/// One mount of the device or of one of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountUse {
+    /// Kernel name of what is mounted: the disk itself or one of its partitions.
+    pub device: String,
+    /// Where it is mounted.
+    pub mount_point: String,
+}
+
+/// What a block device is, as far as the guard is concerned.
+///
+/// Gathered by [`DiskFacts::inspect`]; the fields are public so that tests and other
+/// fact sources (udev, issue 3 fills in [`port_path`](Self::port_path)) can build or
+/// complete them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFacts {
+    /// The path the device was inspected through (`/dev/sdb`, `/dev/disk/by-path/…`).
+    pub dev_path: PathBuf,
+    /// The kernel's name for it (`sdb`, `loop3`, `nvme0n1p1`).
+    pub kernel_name: String,
+    /// Device major number.
+    pub major: u32,
+    /// Device minor number.
+    pub minor: u32,
+    /// The kernel's disk sequence number (sysfs `diskseq`), new for every disk and
+    /// every medium; `None` before Linux 5.15 (and in fake sysfs trees without it).
+    pub diskseq: Option<u64>,
+    /// Whether this is a partition rather than a whole disk.
+    pub is_partition: bool,
+    /// For a partition, the kernel name of the disk it belongs to.
+    pub parent_disk: Option<String>,
+    /// The bus it hangs off: `usb`, `loop`, `virtio`, `nvme`, `ata`, `mmc`, `scsi`,
+    /// `virtual` (dm, md, zram…) or `other`; `None` when unknown.
+    pub bus: Option<String>,
+    /// The stable port path (udev `ID_PATH`) when known. Sysfs inspection leaves it
+    /// `None`; the udev side fills it in.
+    pub port_path: Option<String>,
+    /// Capacity in bytes as the kernel reports it.
+    pub size_bytes: u64,
+    /// Mounts of the device or of its partitions.
+    pub mounted: Vec<MountUse>,
+    /// Swap areas on the device, its partitions or a stack on top of them, as listed
+    /// in `/proc/swaps`.
+    pub swap: Vec<String>,
+    /// Devices stacked on it or on its partitions, as `"dm-0 on sdb1"`.
+    pub holders: Vec<String>,
+    /// Why this is a system disk, when it is one: the disk (or the disk of this
+    /// partition) lies under a mounted filesystem, e.g. `"holds / (mounted from vda)"`.
+    pub system_disk: Option<String>,
+    /// Whether the kernel marks the device read-only. Not a guard rule: writing a
+    /// read-only stick ends in a `read-only` verdict, which tells the operator more.
+    pub read_only: bool,
+}
+
+/// Where inspection looks: a sysfs tree and the text of the proc files.
+///
+/// [`SystemView::live`] is the running system; [`SystemView::fake`] lets tests build a
+/// sysfs tree in a temporary directory and hand in their own `mountinfo` and `swaps`.
+#[derive(Debug, Clone)]
+pub struct SystemView {
+    /// Root of the sysfs tree (`/sys`); `dev/block`, `class/block` and `devices` are
+    /// looked up under it.
+    sysfs_root: PathBuf,
+    /// Contents of `/proc/self/mountinfo`.
+    mountinfo: String,
+    /// Contents of `/proc/swaps`.
+    swaps: String,
+    /// Whether mount and swap sources given as paths may be looked up on this host
+    /// (to follow `/dev/mapper/…` links to `dm-N`). Off for fake views, so that a test
+    /// never depends on what the host's `/dev` holds.
+    host_paths: bool,
+}
+
+impl SystemView {
+    /// The running system: `/sys`, `/proc/self/mountinfo` and `/proc/swaps` (read now;
+    /// a kernel without swap support has no `/proc/swaps`, which counts as no swap).
+    pub fn live() -> Result<Self, GuardError> {
+        let read = |path: &str| {
+            fs::read_to_string(path).map_err(|source| GuardError::Io {
+                path: PathBuf::from(path),
+                source,
+            })
+        };
+        let mountinfo = read("/proc/self/mountinfo")?;
+        let swaps = match read("/proc/swaps") {
+            Err(GuardError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                String::new()
+            }
+            other => other?,
+        };
+        Ok(SystemView {
+            sysfs_root: PathBuf::from("/sys"),
+            mountinfo,
+            swaps,
+            host_paths: true,
+        })
+    }
+
+    /// A view of a sysfs tree at `sysfs_root` with the given `mountinfo` and `swaps`
+    /// texts. Paths in them are resolved by name through `class/block`, never on the
+    /// host.
+    pub fn fake(
+        sysfs_root: impl Into<PathBuf>,
+        mountinfo: impl Into<String>,
+        swaps: impl Into<String>,
+    ) -> Self {
+        SystemView {
+            sysfs_root: sysfs_root.into(),
+            mountinfo: mountinfo.into(),
+            swaps: swaps.into(),
+            host_paths: false,
+        }
+    }
+}
+
+impl DiskFacts {
+    /// The identity of the disk these facts describe.
+    pub fn identity(&self) -> DiskIdentity {
+        DiskIdentity {
+            major: self.major,
+            minor: self.minor,
+            diskseq: self.diskseq,
+        }
+    }
+
+    /// Gathers the facts about the block device behind an open descriptor, on the
+    /// running system: the device number and disk sequence number come from the
+    /// descriptor, everything else from sysfs and `/proc` for that device number.
+    /// If sysfs describes another medium than the descriptor's (its `diskseq`
+    /// differs), the facts would be another disk's: that is refused as
+    /// [`Refusal::IdentityChanged`]. `path` is the name it was opened by, for
+    /// messages and [`dev_path`](Self::dev_path).
+    pub fn of_opened(file: &File, path: &Path) -> Result<DiskFacts, GuardError> {
+        let opened = DiskIdentity::of_file(file, path)?;
+        let facts = DiskFacts::from_view(path, opened.major, opened.minor, &SystemView::live()?)?;
+        if facts.diskseq.is_some() && facts.diskseq != opened.diskseq {
+            return Err(Refusal::IdentityChanged {
+                expected: opened,
+                found: facts.identity(),
+            }
+            .into());
+        }
+        Ok(DiskFacts {
+            diskseq: opened.diskseq,
+            ..facts
+        })
+    }
+
+    /// Gathers the facts about the block device at `path` from the running system.
+    pub fn inspect(path: &Path) -> Result<DiskFacts, GuardError> {
+        DiskFacts::inspect_with(path, &SystemView::live()?)
+    }
+
+    /// Gathers the facts about the block device at `path` (which must exist on this
+    /// host: its device number is read from it) from `view`.
+    pub fn inspect_with(path: &Path, view: &SystemView) -> Result<DiskFacts, GuardError> {
+        let meta = fs::metadata(path).map_err(|source| GuardError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.file_type().is_block_device() {
+            return Err(GuardError::NotBlockDevice {
+                path: path.to_owned(),
+            });
+        }
+        let rdev = meta.rdev();
+        DiskFacts::from_view(path, rustix::fs::major(rdev), rustix::fs::minor(rdev), view)
+    }
+
+    /// Gathers the facts about block device `major:minor`, known as `dev_path`, from
+    /// `view` alone (no device node needed: what tests of fake sysfs trees use).
+    pub fn from_view(
+        dev_path: &Path,
+        major: u32,
+        minor: u32,
+        view: &SystemView,
+    ) -> Result<DiskFacts, GuardError> {
+        let sys = SysfsTree::new(view)?;
+        let dir = match sys.dir_of_devno(major, minor)? {
+            Some(dir) => dir,
+            None => {
+                return Err(GuardError::NotInSysfs {
+                    path: dev_path.to_owned(),
+                    major,
+                    minor,
+                })
+            }
+        };
+        let kernel_name = file_name(&dir);
+        let is_partition = dir.join("partition").exists();
+        let parent_disk = if is_partition {
+            dir.parent().map(file_name)
+        } else {
+            None
+        };
+        let bus = Some(bus_of(&sys.relative(&dir)).to_owned());
+        let sectors = read_number(&dir.join("size"))?;
+        let size_bytes =
+            sectors
+                .checked_mul(SYSFS_SECTOR)
+                .ok_or_else(|| GuardError::Malformed {
+                    what: dir.join("size").display().to_string(),
+                    detail: format!("{sectors} sectors overflow a byte count"),
+                })?;
+        let read_only = read_number(&dir.join("ro"))? != 0;
+        let diskseq = match read_number(&dir.join("diskseq")) {
+            Ok(seq) => Some(seq),
+            Err(GuardError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+            Err(other) => return Err(other),
+        };
+
+        // Rule 3 looks at the device and, for a disk, at its partitions.
+        let mut scope = vec![(kernel_name.clone(), dir.clone())];
+        if !is_partition {
+            scope.extend(partitions_of(&dir, &kernel_name)?);
+        }
+        let in_scope = |name: &str| scope.iter().any(|(n, _)| n == name);
+
+        let mut holders = Vec::new();
+        for (name, d) in &scope {
+            for holder in list_names(&d.join("holders"))? {
+                holders.push(format!("{holder} on {name}"));
+            }
+        }
+
+        // Rule 4 asks about the whole disk, also when inspecting a partition of it.
+        let whole_disk = parent_disk.clone().unwrap_or_else(|| kernel_name.clone());
+        let mut mounted = Vec::new();
+        let mut system_reasons: Vec<(bool, String)> = Vec::new();
+        for entry in parse_mountinfo(&view.mountinfo)? {
+            let Some((name, mdir)) = sys.resolve_mount(&entry)? else {
+                continue;
+            };
+            if in_scope(&name) {
+                mounted.push(MountUse {
+                    device: name.clone(),
+                    mount_point: entry.mount_point.clone(),
+                });
+            }
+            if sys.whole_disks_under(&mdir, 0)?.contains(&whole_disk) {
+                system_reasons.push((
+                    entry.mount_point == "/",
+                    format!("holds {} (mounted from {name})", entry.mount_point),
+                ));
+            }
+        }
+        // The root filesystem is the reason people understand best; say it first.
+        let system_disk = system_reasons
+            .iter()
+            .find(|(root, _)| *root)
+            .or(system_reasons.first())
+            .map(|(_, why)| why.clone());
+
+        let mut swap = Vec::new();
+        for entry in parse_swaps(&view.swaps)? {
+            // A swap *file* lives on a mounted filesystem, which the mounts cover.
+            if entry.kind == "file" {
+                continue;
+            }
+            let Some((name, sdir)) = sys.resolve_path(&entry.filename)? else {
+                continue;
+            };
+            if in_scope(&name) || sys.whole_disks_under(&sdir, 0)?.contains(&whole_disk) {
+                swap.push(entry.filename);
+            }
+        }
+
+        Ok(DiskFacts {
+            dev_path: dev_path.to_owned(),
+            kernel_name,
+            major,
+            minor,
+            diskseq,
+            is_partition,
+            parent_disk,
+            bus,
+            port_path: None,
+            size_bytes,
+            mounted,
+            swap,
+            holders,
+            system_disk,
+            read_only,
+        })
+    }
+}

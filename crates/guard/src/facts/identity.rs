@@ -1,0 +1,127 @@
+//! Which disk a device node leads to: device number and the kernel's disk
+//! sequence number, by name or from an opened descriptor.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use super::sysfs::read_number;
+use crate::GuardError;
+
+/// Which disk a device node led to: its device number and the kernel's disk
+/// sequence number. Two identities are the same medium only when all three agree;
+/// a name reused by another disk, or a loop device attached to another file, keeps
+/// the number but gets a new `diskseq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DiskIdentity {
+    /// Device major number.
+    pub major: u32,
+    /// Device minor number.
+    pub minor: u32,
+    /// The kernel's disk sequence number (`diskseq`, Linux 5.15 and later; `None`
+    /// before, where only the device number can be compared).
+    pub diskseq: Option<u64>,
+}
+
+impl fmt::Display for DiskIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.diskseq {
+            Some(seq) => write!(
+                f,
+                "device {}:{} (disk sequence {seq})",
+                self.major, self.minor
+            ),
+            None => write!(
+                f,
+                "device {}:{} (no disk sequence number)",
+                self.major, self.minor
+            ),
+        }
+    }
+}
+
+impl DiskIdentity {
+    /// The identity of the block device `path` leads to now (`stat`, then the
+    /// `diskseq` of that device number in sysfs).
+    pub fn of_path(path: &Path) -> Result<DiskIdentity, GuardError> {
+        let meta = fs::metadata(path).map_err(|source| GuardError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.file_type().is_block_device() {
+            return Err(GuardError::NotBlockDevice {
+                path: path.to_owned(),
+            });
+        }
+        let (major, minor) = (
+            rustix::fs::major(meta.rdev()),
+            rustix::fs::minor(meta.rdev()),
+        );
+        Ok(DiskIdentity {
+            major,
+            minor,
+            diskseq: sysfs_diskseq(Path::new("/sys"), major, minor)?,
+        })
+    }
+
+    /// The identity of the block device behind an open descriptor (`fstat`, then
+    /// the `BLKGETDISKSEQ` ioctl on the descriptor itself, or sysfs on a kernel
+    /// without the ioctl). `path` is only for messages.
+    pub fn of_file(file: &File, path: &Path) -> Result<DiskIdentity, GuardError> {
+        let meta = file.metadata().map_err(|source| GuardError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.file_type().is_block_device() {
+            return Err(GuardError::NotBlockDevice {
+                path: path.to_owned(),
+            });
+        }
+        let (major, minor) = (
+            rustix::fs::major(meta.rdev()),
+            rustix::fs::minor(meta.rdev()),
+        );
+        let diskseq = match ioctl_diskseq(file) {
+            Ok(seq) => Some(seq),
+            // ENOTTY/EINVAL: a kernel without the ioctl (before 5.15).
+            Err(rustix::io::Errno::NOTTY | rustix::io::Errno::INVAL) => {
+                sysfs_diskseq(Path::new("/sys"), major, minor)?
+            }
+            Err(errno) => {
+                return Err(GuardError::Io {
+                    path: path.to_owned(),
+                    source: errno.into(),
+                })
+            }
+        };
+        Ok(DiskIdentity {
+            major,
+            minor,
+            diskseq,
+        })
+    }
+}
+
+/// `BLKGETDISKSEQ` (`<linux/fs.h>`: `_IOR(0x12, 128, __u64)`): the disk sequence
+/// number of the disk behind a block device descriptor.
+#[allow(unsafe_code)]
+fn ioctl_diskseq(file: &File) -> rustix::io::Result<u64> {
+    const BLKGETDISKSEQ: rustix::ioctl::Opcode = rustix::ioctl::opcode::read::<u64>(0x12, 128);
+    // SAFETY: BLKGETDISKSEQ takes a pointer to one u64 that the kernel fills in,
+    // which is exactly what `Getter<_, u64>` passes and reads back; the descriptor
+    // is a valid open file for the duration of the call.
+    unsafe { rustix::ioctl::ioctl(file, rustix::ioctl::Getter::<BLKGETDISKSEQ, u64>::new()) }
+}
+
+/// The `diskseq` of block device `major:minor` in the sysfs tree at `root`;
+/// `None` when the kernel has none (before 5.15).
+fn sysfs_diskseq(root: &Path, major: u32, minor: u32) -> Result<Option<u64>, GuardError> {
+    let path = root.join(format!("dev/block/{major}:{minor}/diskseq"));
+    match read_number(&path) {
+        Ok(seq) => Ok(Some(seq)),
+        Err(GuardError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(other) => Err(other),
+    }
+}

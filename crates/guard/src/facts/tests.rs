@@ -1,0 +1,406 @@
+//! Fact gathering on fake sysfs trees.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::sysfs::file_name;
+use super::*;
+use crate::test_support::{armed, refused};
+use crate::{evaluate, GuardPolicy, Refusal};
+
+// ---- fact gathering, on fake sysfs trees ----
+
+const USB_PARENT: &str =
+    "devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block";
+const SATA_PARENT: &str = "devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/block";
+
+/// A sysfs tree in a temporary directory: device directories under `devices/`,
+/// linked from `dev/block/MAJ:MIN` and `class/block/NAME` as in the real one.
+struct FakeSys {
+    dir: tempfile::TempDir,
+}
+
+impl FakeSys {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("dev/block")).unwrap();
+        fs::create_dir_all(dir.path().join("class/block")).unwrap();
+        FakeSys { dir }
+    }
+
+    fn node(&self, dir: &Path, name: &str, devno: (u32, u32), sectors: u64) {
+        fs::create_dir_all(dir.join("holders")).unwrap();
+        fs::write(dir.join("dev"), format!("{}:{}\n", devno.0, devno.1)).unwrap();
+        fs::write(dir.join("size"), format!("{sectors}\n")).unwrap();
+        fs::write(dir.join("ro"), "0\n").unwrap();
+        let root = self.dir.path();
+        symlink(dir, root.join(format!("dev/block/{}:{}", devno.0, devno.1))).unwrap();
+        symlink(dir, root.join("class/block").join(name)).unwrap();
+    }
+
+    /// A whole disk under `parent` (relative to the sysfs root).
+    fn disk(&self, parent: &str, name: &str, devno: (u32, u32), sectors: u64) -> PathBuf {
+        let dir = self.dir.path().join(parent).join(name);
+        fs::create_dir_all(dir.join("slaves")).unwrap();
+        // Links that real disks carry and that must not pass for partitions.
+        symlink(self.dir.path(), dir.join("subsystem")).unwrap();
+        fs::create_dir_all(dir.join("queue")).unwrap();
+        self.node(&dir, name, devno, sectors);
+        dir
+    }
+
+    fn partition(&self, disk: &Path, name: &str, devno: (u32, u32), sectors: u64) -> PathBuf {
+        let dir = disk.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("partition"), "1\n").unwrap();
+        self.node(&dir, name, devno, sectors);
+        dir
+    }
+
+    /// Stacks `upper` (a dm or md disk) on `lower`.
+    fn stack(&self, upper: &Path, lower: &Path) {
+        let lower_name = file_name(lower);
+        let upper_name = file_name(upper);
+        symlink(lower, upper.join("slaves").join(&lower_name)).unwrap();
+        symlink(upper, lower.join("holders").join(&upper_name)).unwrap();
+    }
+
+    fn facts(&self, devno: (u32, u32), mountinfo: &str, swaps: &str) -> DiskFacts {
+        let view = SystemView::fake(self.dir.path(), mountinfo, swaps);
+        DiskFacts::from_view(Path::new("/dev/x"), devno.0, devno.1, &view).unwrap()
+    }
+}
+
+fn mountinfo(lines: &[(&str, &str, &str)]) -> String {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, (devno, mount_point, source))| {
+            format!(
+                "{} 1 {devno} / {mount_point} rw,relatime shared:1 - fs {source} rw\n",
+                20 + i
+            )
+        })
+        .collect()
+}
+
+const NO_SWAP: &str = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+
+#[test]
+fn a_usb_disk_is_seen_as_a_whole_usb_disk_with_its_size() {
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 31_250_000);
+    sys.partition(&disk, "sdb1", (8, 17), 1000);
+    let facts = sys.facts((8, 16), "", NO_SWAP);
+    assert_eq!(facts.kernel_name, "sdb");
+    assert_eq!((facts.major, facts.minor), (8, 16));
+    assert!(!facts.is_partition);
+    assert_eq!(facts.bus.as_deref(), Some("usb"));
+    assert_eq!(facts.size_bytes, 16_000_000_000);
+    assert_eq!(facts.port_path, None);
+    assert!(facts.mounted.is_empty() && facts.swap.is_empty() && facts.holders.is_empty());
+    assert_eq!(facts.system_disk, None);
+    assert!(!facts.read_only);
+    let p = GuardPolicy {
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    };
+    assert!(evaluate(&facts, &p, &armed(1_000_000)).is_ok());
+}
+
+#[test]
+fn buses_are_told_from_the_sysfs_path() {
+    let sys = FakeSys::new();
+    sys.disk(SATA_PARENT, "sda", (8, 0), 100);
+    sys.disk("devices/virtual/block", "loop3", (7, 3), 100);
+    sys.disk(
+        "devices/pci0000:00/0000:00:02.0/virtio1/block",
+        "vda",
+        (254, 0),
+        100,
+    );
+    sys.disk(
+        "devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0",
+        "nvme0n1",
+        (259, 0),
+        100,
+    );
+    sys.disk("devices/virtual/block", "dm-0", (253, 0), 100);
+    sys.disk(
+        "devices/platform/soc/mmc_host/mmc0/mmc0:0001/block",
+        "mmcblk0",
+        (179, 0),
+        100,
+    );
+    sys.disk(
+        "devices/pci0000:00/0000:00:10.0/host2/target2:0:0/2:0:0:0/block",
+        "sdc",
+        (8, 32),
+        100,
+    );
+    for (devno, bus) in [
+        ((8, 0), "ata"),
+        ((7, 3), "loop"),
+        ((254, 0), "virtio"),
+        ((259, 0), "nvme"),
+        ((253, 0), "virtual"),
+        ((179, 0), "mmc"),
+        ((8, 32), "scsi"),
+    ] {
+        assert_eq!(
+            sys.facts(devno, "", "").bus.as_deref(),
+            Some(bus),
+            "{devno:?}"
+        );
+    }
+}
+
+#[test]
+fn a_partition_is_seen_as_one_and_refused() {
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    sys.partition(&disk, "sdb1", (8, 17), 900);
+    let facts = sys.facts((8, 17), "", "");
+    assert!(facts.is_partition);
+    assert_eq!(facts.parent_disk.as_deref(), Some("sdb"));
+    assert_eq!(facts.bus.as_deref(), Some("usb"));
+    assert_eq!(
+        refused(&facts, &GuardPolicy::default(), &armed(1)),
+        Refusal::NotWholeDisk {
+            device: "sdb1".to_owned(),
+            disk: Some("sdb".to_owned())
+        }
+    );
+}
+
+#[test]
+fn a_read_only_disk_is_reported() {
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    fs::write(disk.join("ro"), "1\n").unwrap();
+    assert!(sys.facts((8, 16), "", "").read_only);
+}
+
+#[test]
+fn a_mounted_partition_of_the_disk_is_found_and_refused() {
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    sys.partition(&disk, "sdb1", (8, 17), 400);
+    sys.partition(&disk, "sdb2", (8, 18), 400);
+    let mi = mountinfo(&[
+        ("254:0", "/", "/dev/vda"),
+        ("8:18", "/media/my\\040stick", "/dev/sdb2"),
+    ]);
+    let facts = sys.facts((8, 16), &mi, NO_SWAP);
+    assert_eq!(
+        facts.mounted,
+        [MountUse {
+            device: "sdb2".to_owned(),
+            mount_point: "/media/my stick".to_owned()
+        }]
+    );
+    let p = GuardPolicy {
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    };
+    assert_eq!(
+        refused(&facts, &p, &armed(1)).to_string(),
+        "sdb2 is mounted at /media/my stick"
+    );
+}
+
+#[test]
+fn a_mount_with_an_anonymous_device_number_is_matched_by_its_source() {
+    // btrfs shows 0:N in mountinfo; the source names the device.
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    sys.partition(&disk, "sdb1", (8, 17), 400);
+    let mi = mountinfo(&[("0:33", "/data", "/dev/sdb1"), ("0:21", "/proc", "proc")]);
+    let facts = sys.facts((8, 16), &mi, "");
+    assert_eq!(facts.mounted.len(), 1);
+    assert_eq!(facts.mounted[0].device, "sdb1");
+    assert_eq!(
+        facts.system_disk.as_deref(),
+        Some("holds /data (mounted from sdb1)")
+    );
+}
+
+#[test]
+fn a_swap_partition_of_the_disk_is_found_and_refused() {
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    sys.partition(&disk, "sdb2", (8, 18), 400);
+    let swaps = format!(
+        "{NO_SWAP}/swapfile                               file\t\t1048572\t\t0\t\t-2\n\
+         /dev/sdb2                               partition\t1048572\t\t0\t\t-3\n"
+    );
+    let facts = sys.facts((8, 16), "", &swaps);
+    assert_eq!(facts.swap, ["/dev/sdb2"]);
+    let p = GuardPolicy {
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    };
+    assert_eq!(refused(&facts, &p, &armed(1)).code(), "swap");
+}
+
+#[test]
+fn swap_on_a_stack_over_the_disk_counts_as_swap_on_the_disk() {
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    let part = sys.partition(&disk, "sdb1", (8, 17), 400);
+    let dm = sys.disk("devices/virtual/block", "dm-1", (253, 1), 400);
+    sys.stack(&dm, &part);
+    let swaps = format!("{NO_SWAP}/dev/dm-1 partition 1048572 0 -2\n");
+    let facts = sys.facts((8, 16), "", &swaps);
+    assert_eq!(facts.swap, ["/dev/dm-1"]);
+    assert_eq!(facts.holders, ["dm-1 on sdb1"]);
+}
+
+#[test]
+fn holders_of_the_disk_or_its_partitions_are_found_and_refused() {
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    let part = sys.partition(&disk, "sdb1", (8, 17), 400);
+    let md = sys.disk("devices/virtual/block", "md127", (9, 127), 400);
+    sys.stack(&md, &disk);
+    let dm = sys.disk("devices/virtual/block", "dm-0", (253, 0), 400);
+    sys.stack(&dm, &part);
+    let facts = sys.facts((8, 16), "", "");
+    assert_eq!(facts.holders, ["md127 on sdb", "dm-0 on sdb1"]);
+    let p = GuardPolicy {
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    };
+    assert_eq!(
+        refused(&facts, &p, &armed(1)).to_string(),
+        "the device is held by md127 on sdb, dm-0 on sdb1"
+    );
+}
+
+#[test]
+fn a_disk_under_the_root_filesystem_through_lvm_is_a_system_disk() {
+    // / on dm-0 (LVM) on sda2: sda is not mounted itself, but it is the system disk.
+    let sys = FakeSys::new();
+    let sda = sys.disk(USB_PARENT, "sda", (8, 0), 1000);
+    let sda1 = sys.partition(&sda, "sda1", (8, 1), 100);
+    let sda2 = sys.partition(&sda, "sda2", (8, 2), 800);
+    let dm = sys.disk("devices/virtual/block", "dm-0", (253, 0), 800);
+    sys.stack(&dm, &sda2);
+    let _ = sda1;
+    let mi = mountinfo(&[
+        ("8:1", "/boot", "/dev/sda1"),
+        ("253:0", "/", "/dev/mapper/vg-root"),
+    ]);
+    let facts = sys.facts((8, 0), &mi, "");
+    assert_eq!(
+        facts.system_disk.as_deref(),
+        Some("holds / (mounted from dm-0)")
+    );
+    // Even with nothing else against it, rule 4 refuses it.
+    let bare = DiskFacts {
+        mounted: vec![],
+        holders: vec![],
+        ..facts
+    };
+    let p = GuardPolicy {
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    };
+    assert_eq!(
+        refused(&bare, &p, &armed(1)).to_string(),
+        "this is a system disk: it holds / (mounted from dm-0)"
+    );
+}
+
+#[test]
+fn a_disk_under_an_md_array_mounted_anywhere_is_a_system_disk() {
+    let sys = FakeSys::new();
+    let sdc = sys.disk(SATA_PARENT, "sdc", (8, 32), 1000);
+    let sdd = sys.disk(USB_PARENT, "sdd", (8, 48), 1000);
+    let md = sys.disk("devices/virtual/block", "md0", (9, 0), 1000);
+    sys.stack(&md, &sdc);
+    sys.stack(&md, &sdd);
+    let mi = mountinfo(&[("9:0", "/srv", "/dev/md0")]);
+    for devno in [(8, 32), (8, 48)] {
+        let facts = sys.facts(devno, &mi, "");
+        assert_eq!(
+            facts.system_disk.as_deref(),
+            Some("holds /srv (mounted from md0)")
+        );
+        assert!(facts.mounted.is_empty());
+    }
+}
+
+#[test]
+fn an_unrelated_mount_does_not_touch_the_disk() {
+    let sys = FakeSys::new();
+    sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    sys.disk(
+        "devices/pci0000:00/0000:00:02.0/virtio1/block",
+        "vda",
+        (254, 0),
+        1000,
+    );
+    let mi = mountinfo(&[("254:0", "/", "/dev/vda"), ("0:21", "/proc", "proc")]);
+    let facts = sys.facts((8, 16), &mi, NO_SWAP);
+    assert!(facts.mounted.is_empty());
+    assert_eq!(facts.system_disk, None);
+    let root = sys.facts((254, 0), &mi, NO_SWAP);
+    assert_eq!(
+        root.system_disk.as_deref(),
+        Some("holds / (mounted from vda)")
+    );
+}
+
+#[test]
+fn a_device_missing_from_sysfs_is_an_error() {
+    let sys = FakeSys::new();
+    let view = SystemView::fake(sys.dir.path(), "", "");
+    let err = DiskFacts::from_view(Path::new("/dev/x"), 8, 99, &view).unwrap_err();
+    assert!(matches!(
+        err,
+        GuardError::NotInSysfs {
+            major: 8,
+            minor: 99,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_malformed_mountinfo_is_an_error_not_an_empty_list() {
+    let sys = FakeSys::new();
+    sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    let view = SystemView::fake(sys.dir.path(), "garbage line\n", "");
+    let err = DiskFacts::from_view(Path::new("/dev/x"), 8, 16, &view).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot understand mountinfo line 1: no major:minor in the third field"
+    );
+}
+
+#[test]
+fn a_regular_file_is_not_a_block_device() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let view = SystemView::fake("/nonexistent", "", "");
+    let err = DiskFacts::inspect_with(file.path(), &view).unwrap_err();
+    assert!(matches!(err, GuardError::NotBlockDevice { .. }), "{err}");
+}
+
+#[test]
+fn the_disk_sequence_number_is_read_from_sysfs_when_there_is_one() {
+    let sys = FakeSys::new();
+    let disk = sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    assert_eq!(sys.facts((8, 16), "", "").diskseq, None);
+    fs::write(disk.join("diskseq"), "42\n").unwrap();
+    let facts = sys.facts((8, 16), "", "");
+    assert_eq!(
+        facts.identity(),
+        DiskIdentity {
+            major: 8,
+            minor: 16,
+            diskseq: Some(42)
+        }
+    );
+}
