@@ -17,8 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use flashrack_core::{ByteSize, TargetId};
-use flashrack_guard::GuardCheck;
-use flashrack_guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
+use flashrack_guard::{evaluate, DiskFacts, DiskIdentity, GuardCheck, GuardPolicy, GuardRequest};
 use flashrack_hardware::block::PathTarget;
 use flashrack_hotplug::DeviceIdentity;
 use flashrack_simrack::sim::{FakeMode, SimStick, SimStickSpec};

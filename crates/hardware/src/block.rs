@@ -27,12 +27,11 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::{Advice, OFlags};
-
 use flashrack_guard::{DiskFacts, DiskIdentity, GuardCheck, Refusal};
 use flashrack_target::{
     AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter,
 };
+use rustix::fs::{Advice, OFlags};
 
 /// A hook run at the start of every open for writing of a block device target,
 /// before the device is opened; see [`PathTarget::before_open`].

@@ -81,16 +81,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags, Timespec};
-use tokio::sync::mpsc::UnboundedSender;
-
-use crate::block::PathTarget;
-use flashrack_guard::GuardCheck;
-use flashrack_guard::{DiskFacts, DiskIdentity, GuardError, Refusal};
+use flashrack_guard::{DiskFacts, DiskIdentity, GuardCheck, GuardError, Refusal};
 use flashrack_hotplug::{
     DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
 };
 use flashrack_target::{Target, TargetError};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::block::PathTarget;
 
 /// Kernel name prefixes of disks that are never sticks and never reported: RAM
 /// disks (`ram`, `zram`), device-mapper and md stacks (`dm-`, `md`) and optical

@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use flashrack_core::{FailReason, RefusalCode, TargetId, Verdict};
 use flashrack_engine::{flash_all, EngineOptions, VerifyMode};
-use flashrack_guard::GuardCheck;
-use flashrack_guard::{evaluate, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest};
+use flashrack_guard::{evaluate, DiskFacts, DiskIdentity, GuardCheck, GuardPolicy, GuardRequest};
 use flashrack_hardware::block::PathTarget;
 use flashrack_target::{
     AlignedBuf, Target, TargetError, TargetGeometry, TargetReader, TargetWriter,

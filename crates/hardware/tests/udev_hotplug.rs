@@ -35,8 +35,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flashrack_guard::GuardCheck;
-use flashrack_guard::{evaluate, DiskIdentity, GuardPolicy, GuardRequest};
+use flashrack_guard::{evaluate, DiskIdentity, GuardCheck, GuardPolicy, GuardRequest};
 use flashrack_hardware::udev::{UdevAccess, UdevSource};
 use flashrack_hotplug::{
     DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,

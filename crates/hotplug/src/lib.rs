@@ -14,11 +14,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedSender;
-
-use flashrack_guard::GuardCheck;
-use flashrack_guard::{DiskFacts, DiskIdentity, GuardError};
+use flashrack_guard::{DiskFacts, DiskIdentity, GuardCheck, GuardError};
 use flashrack_target::{Target, TargetError};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Who a stick is, as the system reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -13,15 +13,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
-
-use crate::sim::{SimStick, SimStickSpec};
-use flashrack_guard::GuardCheck;
-use flashrack_guard::{DiskFacts, GuardError};
+use flashrack_guard::{DiskFacts, GuardCheck, GuardError};
 use flashrack_hotplug::{
     DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
 };
 use flashrack_target::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use crate::sim::{SimStick, SimStickSpec};
 
 /// One present simulated stick.
 struct Present {

@@ -18,8 +18,7 @@ use flashrack_core::{
 use flashrack_engine::{
     AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
 };
-use flashrack_guard::GuardCheck;
-use flashrack_guard::{evaluate, DiskFacts, GuardPolicy, GuardRequest, Refusal};
+use flashrack_guard::{evaluate, DiskFacts, GuardCheck, GuardPolicy, GuardRequest, Refusal};
 use flashrack_hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, StopSignal};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use flashrack_core::{FailReason, RefusalCode, Verdict};
 use flashrack_engine::{EngineOptions, SourceImage};
-use flashrack_guard::GuardCheck;
-use flashrack_guard::{DiskFacts, GuardError, GuardPolicy};
+use flashrack_guard::{DiskFacts, GuardCheck, GuardError, GuardPolicy};
 use flashrack_hardware::udev::{UdevAccess, UdevSource};
 use flashrack_hotplug::{
     DeviceAccess, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
