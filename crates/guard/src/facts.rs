@@ -9,9 +9,9 @@ mod tests;
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use identity::block_devno;
 pub use identity::DiskIdentity;
 use sysfs::{bus_of, file_name, list_names, partitions_of, read_number, SysfsTree};
 
@@ -177,17 +177,8 @@ impl DiskFacts {
     /// Gathers the facts about the block device at `path` (which must exist on this
     /// host: its device number is read from it) from `view`.
     pub fn inspect_with(path: &Path, view: &SystemView) -> Result<DiskFacts, GuardError> {
-        let meta = fs::metadata(path).map_err(|source| GuardError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if !meta.file_type().is_block_device() {
-            return Err(GuardError::NotBlockDevice {
-                path: path.to_owned(),
-            });
-        }
-        let rdev = meta.rdev();
-        DiskFacts::from_view(path, rustix::fs::major(rdev), rustix::fs::minor(rdev), view)
+        let (major, minor) = block_devno(fs::metadata(path), path)?;
+        DiskFacts::from_view(path, major, minor, view)
     }
 
     /// Gathers the facts about block device `major:minor`, known as `dev_path`, from

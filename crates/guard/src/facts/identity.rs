@@ -46,19 +46,7 @@ impl DiskIdentity {
     /// The identity of the block device `path` leads to now (`stat`, then the
     /// `diskseq` of that device number in sysfs).
     pub fn of_path(path: &Path) -> Result<DiskIdentity, GuardError> {
-        let meta = fs::metadata(path).map_err(|source| GuardError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if !meta.file_type().is_block_device() {
-            return Err(GuardError::NotBlockDevice {
-                path: path.to_owned(),
-            });
-        }
-        let (major, minor) = (
-            rustix::fs::major(meta.rdev()),
-            rustix::fs::minor(meta.rdev()),
-        );
+        let (major, minor) = block_devno(fs::metadata(path), path)?;
         Ok(DiskIdentity {
             major,
             minor,
@@ -70,19 +58,7 @@ impl DiskIdentity {
     /// the `BLKGETDISKSEQ` ioctl on the descriptor itself, or sysfs on a kernel
     /// without the ioctl). `path` is only for messages.
     pub fn of_file(file: &File, path: &Path) -> Result<DiskIdentity, GuardError> {
-        let meta = file.metadata().map_err(|source| GuardError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if !meta.file_type().is_block_device() {
-            return Err(GuardError::NotBlockDevice {
-                path: path.to_owned(),
-            });
-        }
-        let (major, minor) = (
-            rustix::fs::major(meta.rdev()),
-            rustix::fs::minor(meta.rdev()),
-        );
+        let (major, minor) = block_devno(file.metadata(), path)?;
         let diskseq = match ioctl_diskseq(file) {
             Ok(seq) => Some(seq),
             // ENOTTY/EINVAL: a kernel without the ioctl (before 5.15).
@@ -102,6 +78,27 @@ impl DiskIdentity {
             diskseq,
         })
     }
+}
+
+/// The device number of a block device from its `stat` (`metadata`), or why
+/// there is none: the `stat` failed, or `path` is not a block device.
+pub(super) fn block_devno(
+    metadata: io::Result<fs::Metadata>,
+    path: &Path,
+) -> Result<(u32, u32), GuardError> {
+    let meta = metadata.map_err(|source| GuardError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(GuardError::NotBlockDevice {
+            path: path.to_owned(),
+        });
+    }
+    Ok((
+        rustix::fs::major(meta.rdev()),
+        rustix::fs::minor(meta.rdev()),
+    ))
 }
 
 /// `BLKGETDISKSEQ` (`<linux/fs.h>`: `_IOR(0x12, 128, __u64)`): the disk sequence
