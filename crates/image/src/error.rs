@@ -39,6 +39,60 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    /// The thing to import is not a regular file (a FIFO, a device, a socket, a
+    /// directory): refused before it is opened for reading, so a pipe cannot
+    /// hang the import and `/dev/zero` cannot fill the cache.
+    #[error("{}", not_regular_message(.path, *.kind))]
+    NotARegularFile {
+        /// What was given.
+        path: PathBuf,
+        /// What it is.
+        kind: FileKind,
+    },
+    /// The file lies outside the directories imports are allowed from (after
+    /// symbolic links and `..` are resolved).
+    #[error("{} is not inside a directory images may be imported from", path.display())]
+    OutsideImportDirs {
+        /// What was given.
+        path: PathBuf,
+    },
+    /// The raw image is larger than the largest target any run may write (the
+    /// target guard's maximum size): it could never be written, so it is not
+    /// kept. The import stops as soon as the image passes the limit.
+    #[error(
+        "{}: the image is larger than {}, the largest target the station may write (guard max_size)",
+        path.display(),
+        flashrack_core::ByteSize(*.limit)
+    )]
+    TooLarge {
+        /// The file being imported.
+        path: PathBuf,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The cache's file system has too little free space left to go on: the
+    /// import stops before the space the station needs (for its records) is used
+    /// up, and removes what it wrote.
+    #[error(
+        "image cache: not enough free space in {}: {} available, {} must stay free",
+        path.display(),
+        flashrack_core::ByteSize(*.available),
+        flashrack_core::ByteSize(*.reserve)
+    )]
+    CacheFull {
+        /// The cache directory.
+        path: PathBuf,
+        /// Bytes available to flashrack when the import stopped.
+        available: u64,
+        /// Bytes the import leaves free.
+        reserve: u64,
+    },
+    /// The import was cancelled (the station is shutting down); nothing was kept.
+    #[error("{}: import cancelled", path.display())]
+    Cancelled {
+        /// The file being imported.
+        path: PathBuf,
+    },
     /// The file to import has no bytes at all.
     #[error("{} is empty", path.display())]
     EmptyInput {
@@ -139,6 +193,72 @@ pub enum ImageError {
         /// What was looked for.
         query: String,
     },
+}
+
+/// What a path that is not a regular file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory.
+    Directory,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A character device (`/dev/zero`, `/dev/urandom`, a terminal).
+    CharDevice,
+    /// A block device (a disk): imaging a device is not what `import` does.
+    BlockDevice,
+    /// Anything else.
+    Other,
+}
+
+impl FileKind {
+    /// What `meta` describes, if it is not a regular file.
+    pub fn of(meta: &std::fs::Metadata) -> Option<Self> {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_file() {
+            None
+        } else if kind.is_dir() {
+            Some(Self::Directory)
+        } else if kind.is_fifo() {
+            Some(Self::Fifo)
+        } else if kind.is_socket() {
+            Some(Self::Socket)
+        } else if kind.is_char_device() {
+            Some(Self::CharDevice)
+        } else if kind.is_block_device() {
+            Some(Self::BlockDevice)
+        } else {
+            Some(Self::Other)
+        }
+    }
+
+    /// The kind in words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Directory => "directory",
+            Self::Fifo => "named pipe (FIFO)",
+            Self::Socket => "socket",
+            Self::CharDevice => "character device",
+            Self::BlockDevice => "block device",
+            Self::Other => "special file",
+        }
+    }
+}
+
+fn not_regular_message(path: &std::path::Path, kind: FileKind) -> String {
+    match kind {
+        FileKind::BlockDevice => format!(
+            "{} is a block device: import takes image files only (to image a disk, copy it to a file first)",
+            path.display()
+        ),
+        _ => format!(
+            "{} is a {}, not a regular file: only image files can be imported",
+            path.display(),
+            kind.name()
+        ),
+    }
 }
 
 fn list_names(names: &[String]) -> String {

@@ -2,9 +2,13 @@
 //! otherwise decompress it once while digesting it, check the expected digest,
 //! and move the result into place.
 
-use std::fs::{self, File};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashrack_core::{ImageManifest, Sha256Digest};
@@ -13,18 +17,27 @@ use zip::ZipArchive;
 
 use crate::cache::{CachedImage, EntryFile, ImageCache, ImportMeta};
 use crate::detect::{ImageFormat, MAGIC_LEN};
-use crate::error::ImageError;
+use crate::error::{FileKind, ImageError};
 use crate::fsutil::{write_json_atomic, TempFile};
 use crate::index::{FileIdentity, SourceEntry};
 use crate::input::{hash_all, read_full, stream_decoder, InputError, InputReader};
-use crate::pass::{digest_and_store, ChunkHashing, PassError, RawDigests};
+use crate::pass::{digest_and_store, ChunkHashing, PassError, RawDigests, Watch};
 
 /// The largest chunk size accepted: the import holds three chunk buffers, and
 /// the engine one per target, so chunks must stay a few MiB.
 pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
 
+/// The largest raw image accepted by default: the target guard's default
+/// maximum target size (256 GB). A larger image could never be written to a
+/// target the guard accepts.
+pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 256_000_000_000;
+
+/// The free space an import leaves in the cache's file system by default, for
+/// the records that live next to the cache.
+pub const DEFAULT_MIN_FREE_SPACE: u64 = 64 << 20;
+
 /// How to import a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ImportOptions {
     /// A digest the user expects: of the file as given, or of the raw image
     /// inside it. If it matches neither, the import fails and nothing is kept.
@@ -33,6 +46,22 @@ pub struct ImportOptions {
     /// [`MAX_CHUNK_SIZE`]. An image already in the cache keeps the chunk size it
     /// was imported with.
     pub chunk_size: u32,
+    /// The largest raw image accepted, in bytes: the target guard's maximum
+    /// target size. A compressed file is decompressed only up to this size (a
+    /// small file that expands without end is stopped there), and an image
+    /// already cached that is larger is refused too.
+    pub max_image_size: u64,
+    /// Bytes of the cache's file system the import leaves free. Checked before
+    /// the import starts and before each chunk is stored (`statvfs`); an import
+    /// that would go below it stops and removes what it wrote.
+    pub min_free_space: u64,
+    /// `Some`: only files whose real location (symbolic links and `..`
+    /// resolved, and checked again on the opened file) is inside one of these
+    /// directories may be imported. `None`: any file the caller can read.
+    pub allowed_dirs: Option<Vec<PathBuf>>,
+    /// Raised to abandon the import (the station shuts down); it stops before
+    /// the next chunk and removes what it wrote.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ImportOptions {
@@ -40,15 +69,27 @@ impl Default for ImportOptions {
         Self {
             expected_sha256: None,
             chunk_size: ImageManifest::DEFAULT_CHUNK_SIZE,
+            max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+            min_free_space: DEFAULT_MIN_FREE_SPACE,
+            allowed_dirs: None,
+            cancel: None,
         }
+    }
+}
+
+impl ImportOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 }
 
 /// Why an import found its image already in the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheHit {
-    /// The same file (path, device, inode, size and modification time) was
-    /// imported before: it was not read at all.
+    /// The same file (path, device, inode, size, modification and change
+    /// times) was imported before: it was not read at all.
     SameFile,
     /// A file with the same sha256 was imported before: this one was hashed,
     /// not decompressed.
@@ -105,14 +146,20 @@ impl ImageCache {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(read_error)?;
-        let metadata = file.metadata().map_err(read_error)?;
-        if metadata.is_dir() {
-            return Err(read_error(io::ErrorKind::IsADirectory.into()));
+        if let Some(dirs) = &options.allowed_dirs {
+            check_within(path, dirs)?;
         }
+        let (mut file, metadata) = open_input(path)?;
+        if let Some(dirs) = &options.allowed_dirs {
+            check_opened_within(path, &file, dirs)?;
+        }
+        // When the file was looked at: an identity is recorded only if the
+        // file's last change lies clearly before this (see `remember`).
+        let seen = SystemTime::now();
         let identity = fs::canonicalize(path)
             .ok()
             .and_then(|canonical| FileIdentity::new(canonical, &metadata));
+        let settled = identity.as_ref().is_some_and(|i| i.is_settled(seen));
 
         // A cached image whose manifest predates chunk fingerprints (format 1)
         // is not taken by a shortcut: the full pass below computes them, and
@@ -124,6 +171,7 @@ impl ImageCache {
                     .filter(|i| i.manifest.has_chunk_fingerprints())
                 {
                     tracing::debug!(path = %path.display(), image = %image.sha256().short(), "known file");
+                    check_size(path, image.size(), &options)?;
                     check_expected(path, &options, source.raw_sha256, source.file_sha256)?;
                     return Ok(ImportOutcome {
                         image,
@@ -142,12 +190,20 @@ impl ImageCache {
         }
         let format = ImageFormat::detect(&head[..head_len]);
         file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+        if format == ImageFormat::Raw {
+            // The file is the image: its size is known before anything is read.
+            check_size(path, metadata.len(), &options)?;
+        }
 
         // Hashing first costs one extra read of the file, so it is done only
         // when a known file has exactly this size.
         if let Some(identity) = &identity {
             if self.index.has_alias_of_size(identity.size) {
-                let (hasher, size) = hash_all(&mut file).map_err(read_error)?;
+                let (hasher, size) = hash_all(&mut file, &|| options.cancelled())
+                    .map_err(read_error)?
+                    .ok_or_else(|| ImageError::Cancelled {
+                        path: path.to_path_buf(),
+                    })?;
                 let file_sha256 = Sha256Digest::from_hasher(hasher);
                 if let Some(raw) = self.index.alias(size, &file_sha256) {
                     if let Some(image) = self
@@ -155,8 +211,9 @@ impl ImageCache {
                         .filter(|i| i.manifest.has_chunk_fingerprints())
                     {
                         tracing::debug!(path = %path.display(), image = %raw.short(), "known file digest");
+                        check_size(path, image.size(), &options)?;
                         check_expected(path, &options, raw, file_sha256)?;
-                        self.remember(identity, &file, file_sha256, raw, size);
+                        self.remember(identity, settled, &file, file_sha256, raw, size);
                         return Ok(ImportOutcome {
                             image,
                             hit: Some(CacheHit::SameFileDigest),
@@ -168,8 +225,34 @@ impl ImageCache {
         }
 
         tracing::debug!(path = %path.display(), %format, "importing");
+        // Before anything is written: a raw image needs room for its data (at
+        // most what the file holds on disk: holes stay holes); any import needs
+        // the reserve to be free. While decoding, the watch checks again before
+        // each chunk is stored, and stops at the size limit and on cancel.
+        let needed = match format {
+            ImageFormat::Raw => metadata.len().min(metadata.blocks().saturating_mul(512)),
+            _ => 0,
+        };
+        self.check_space(needed, options.min_free_space)?;
         let mut temp = TempFile::create_in(&self.tmp, "img")?;
-        let decoded = decode(path, format, &mut file, &mut temp, chunk_size as usize)?;
+        let mut watch = |raw_size: u64| -> Result<(), ImageError> {
+            if options.cancelled() {
+                return Err(ImageError::Cancelled {
+                    path: path.to_path_buf(),
+                });
+            }
+            check_size(path, raw_size, &options)?;
+            self.check_space(u64::from(chunk_size), options.min_free_space)
+        };
+        let decoded = decode(
+            path,
+            format,
+            &mut file,
+            &mut temp,
+            chunk_size as usize,
+            &mut watch,
+        )
+        .map_err(|error| self.out_of_space(error, options.min_free_space))?;
         let raw = decoded.raw.sha256;
         if decoded.raw.size == 0 {
             return Err(ImageError::EmptyImage {
@@ -180,7 +263,14 @@ impl ImageCache {
         check_expected(path, &options, raw, decoded.file_sha256)?;
         let remember = |file: &File| {
             if let Some(identity) = &identity {
-                self.remember(identity, file, decoded.file_sha256, raw, decoded.input_size);
+                self.remember(
+                    identity,
+                    settled,
+                    file,
+                    decoded.file_sha256,
+                    raw,
+                    decoded.input_size,
+                );
             }
         };
         if let Some(image) = self.get(&raw)? {
@@ -280,13 +370,59 @@ impl ImageCache {
         }
     }
 
+    /// Free space left in the cache's file system, checked against `needed`
+    /// more bytes plus the `reserve` that must stay free.
+    fn check_space(&self, needed: u64, reserve: u64) -> Result<(), ImageError> {
+        let available = self.available_space()?;
+        if available < needed.saturating_add(reserve) {
+            return Err(ImageError::CacheFull {
+                path: self.root.clone(),
+                available,
+                reserve,
+            });
+        }
+        Ok(())
+    }
+
+    fn available_space(&self) -> Result<u64, ImageError> {
+        let stat = rustix::fs::statvfs(&self.tmp).map_err(|e| ImageError::CacheIo {
+            action: "inspect the free space of",
+            path: self.tmp.clone(),
+            source: e.into(),
+        })?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// A write that failed for lack of space (another process filled the file
+    /// system between two checks) is the cache being full, not an internal error.
+    fn out_of_space(&self, error: ImageError, reserve: u64) -> ImageError {
+        match &error {
+            ImageError::CacheIo { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error()
+                        || code == rustix::io::Errno::DQUOT.raw_os_error()
+                ) =>
+            {
+                ImageError::CacheFull {
+                    path: self.root.clone(),
+                    available: self.available_space().unwrap_or(0),
+                    reserve,
+                }
+            }
+            _ => error,
+        }
+    }
+
     /// Records how to recognise this file next time. The identity is recorded
-    /// only if the file did not change while it was read (it may still have been
-    /// downloading); failures are logged and otherwise ignored, since these are
-    /// only hints.
+    /// only if it is `settled` (the file's last change lies clearly before it
+    /// was looked at) and the file did not change while it was read (it may
+    /// still have been downloading); failures are logged and otherwise
+    /// ignored, since these are only hints.
     fn remember(
         &self,
         identity: &FileIdentity,
+        settled: bool,
         file: &File,
         file_sha256: Sha256Digest,
         raw: Sha256Digest,
@@ -297,6 +433,10 @@ impl ImageCache {
         }
         if !file.metadata().is_ok_and(|m| identity.matches(&m)) || identity.size != size {
             tracing::debug!(path = %identity.path.display(), "file changed while read: identity not recorded");
+            return;
+        }
+        if !settled {
+            tracing::debug!(path = %identity.path.display(), "file changed just before it was read: identity not recorded");
             return;
         }
         let entry = SourceEntry {
@@ -330,13 +470,120 @@ fn check_expected(
     }
 }
 
-/// Decompresses `file` into `out` in one pass, digesting both.
+/// Refuses an image larger than the largest target the station may write.
+fn check_size(path: &Path, size: u64, options: &ImportOptions) -> Result<(), ImageError> {
+    if size > options.max_image_size {
+        return Err(ImageError::TooLarge {
+            path: path.to_path_buf(),
+            limit: options.max_image_size,
+        });
+    }
+    Ok(())
+}
+
+/// Opens the file to import, refusing anything that is not a regular file
+/// *before* opening it: opening a FIFO for reading waits for a writer, and
+/// opening some devices has effects of its own. The file is opened
+/// non-blocking (a FIFO swapped in between cannot hang the open either) and
+/// checked again on the descriptor.
+fn open_input(path: &Path) -> Result<(File, Metadata), ImageError> {
+    let read_error = |source| ImageError::ReadInput {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_regular = |meta: &Metadata| match FileKind::of(meta) {
+        Some(kind) => Err(ImageError::NotARegularFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
+        None => Ok(()),
+    };
+    not_regular(&fs::metadata(path).map_err(read_error)?)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)
+        .map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    not_regular(&metadata)?;
+    // Reads of a regular file never block anyway; the flag only guarded the open.
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+        .map_err(|e| read_error(e.into()))?;
+    Ok((file, metadata))
+}
+
+/// `path` with `.` and `..` taken out, without looking at the file system.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The allowed directories as they really are (links resolved); one that does
+/// not exist allows nothing.
+fn real_dirs(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .filter_map(|dir| fs::canonicalize(dir).ok())
+        .collect()
+}
+
+/// Refuses `path` unless it really lies in one of `dirs`: symbolic links and
+/// `..` resolved. A path that cannot be resolved is refused the same way when
+/// it is outside the directories even as written, so the answer does not tell
+/// whether a file outside exists.
+fn check_within(path: &Path, dirs: &[PathBuf]) -> Result<(), ImageError> {
+    let outside = || ImageError::OutsideImportDirs {
+        path: path.to_path_buf(),
+    };
+    let dirs = real_dirs(dirs);
+    match fs::canonicalize(path) {
+        Ok(real) if dirs.iter().any(|d| real.starts_with(d) && real != *d) => Ok(()),
+        Ok(_) => Err(outside()),
+        Err(source) => {
+            let written = lexically_normal(path);
+            let lexical_dirs: Vec<PathBuf> = dirs.iter().map(|d| lexically_normal(d)).collect();
+            if path.is_absolute() && lexical_dirs.iter().any(|d| written.starts_with(d)) {
+                Err(ImageError::ReadInput {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            } else {
+                Err(outside())
+            }
+        }
+    }
+}
+
+/// The same check on the opened file, as the kernel names it: a link swapped
+/// in after [`check_within`] looked cannot lead outside.
+fn check_opened_within(path: &Path, file: &File, dirs: &[PathBuf]) -> Result<(), ImageError> {
+    let opened = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let dirs = real_dirs(dirs);
+    match opened {
+        Ok(real) if dirs.iter().any(|d| real.starts_with(d)) => Ok(()),
+        _ => Err(ImageError::OutsideImportDirs {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Decompresses `file` into `out` in one pass, digesting both; `watch` sees
+/// the raw size before each chunk is stored and may stop the pass.
 fn decode(
     path: &Path,
     format: ImageFormat,
     file: &mut File,
     out: &mut TempFile,
     chunk_size: usize,
+    watch: Watch<'_>,
 ) -> Result<Decoded, ImageError> {
     let hashing = ChunkHashing::for_input(format != ImageFormat::Raw);
     let out_path = out.path().to_path_buf();
@@ -347,12 +594,13 @@ fn decode(
             path: out_path.clone(),
             source,
         },
+        PassError::Stopped(error) => error,
     };
     match format {
         ImageFormat::Raw => {
             // The file is the image: its digest is the raw digest.
             let mut input = InputReader::new(file, false);
-            let raw = digest_and_store(&mut input, out.file_mut(), chunk_size, hashing)
+            let raw = digest_and_store(&mut input, out.file_mut(), chunk_size, hashing, watch)
                 .map_err(pass_error)?;
             Ok(Decoded {
                 file_sha256: raw.sha256,
@@ -366,7 +614,7 @@ fn decode(
             let raw = {
                 let mut decoder =
                     stream_decoder(format, &mut input).map_err(|e| input_error(path, format, e))?;
-                digest_and_store(&mut *decoder, out.file_mut(), chunk_size, hashing)
+                digest_and_store(&mut *decoder, out.file_mut(), chunk_size, hashing, watch)
                     .map_err(pass_error)?
             };
             let (hasher, input_size) = input.finish().map_err(|e| input_error(path, format, e))?;
@@ -392,7 +640,7 @@ fn decode(
                     });
                 };
                 let mut entry = archive.by_index(*index).map_err(|e| zip_error(path, e))?;
-                let raw = digest_and_store(&mut entry, out.file_mut(), chunk_size, hashing)
+                let raw = digest_and_store(&mut entry, out.file_mut(), chunk_size, hashing, watch)
                     .map_err(pass_error)?;
                 (raw, name.clone())
             };

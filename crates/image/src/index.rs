@@ -2,8 +2,14 @@
 //! imported and which file digests lead to which images.
 //!
 //! - `sources/<sha256 of the canonical path>.json`: the identity of the file last
-//!   imported from that path (device, inode, size, mtime in ns) with its file and
-//!   raw digests. A file whose identity matches is not read at all.
+//!   imported from that path (device, inode, size, mtime and ctime in ns) with
+//!   its file and raw digests. A file whose identity matches is not read at all.
+//!   The ctime is what makes this safe: anyone can put a file's mtime back
+//!   (`touch -d`, `utimensat`), but every change of the file's content sets its
+//!   ctime to the present, and user space cannot set it back. An identity is
+//!   only recorded when the file's ctime lies clearly before the moment the file
+//!   was looked at (see [`FileIdentity::is_settled`]), so a change in the same
+//!   clock tick as the previous one cannot go unnoticed either.
 //! - `aliases/<file size>/<file sha256>.json`: the raw digest a file with that
 //!   digest decompresses to. A copy of a known file elsewhere is hashed once and
 //!   not decompressed. The size directory tells, without hashing, whether any
@@ -16,6 +22,7 @@ use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashrack_core::Sha256Digest;
 use serde::{Deserialize, Serialize};
@@ -33,7 +40,22 @@ pub(crate) struct FileIdentity {
     pub(crate) size: u64,
     pub(crate) mtime_sec: i64,
     pub(crate) mtime_nsec: i64,
+    /// The inode change time: set to the present by every write, truncate,
+    /// rename or attribute change, and never settable by user space. An entry
+    /// written before this field existed does not parse and is ignored.
+    pub(crate) ctime_sec: i64,
+    pub(crate) ctime_nsec: i64,
 }
+
+/// How long after its last change a file's identity can be trusted on a file
+/// system with nanosecond timestamps: the kernel stamps changes with a coarse
+/// clock (one scheduler tick, at most 10 ms), so two changes within one tick
+/// may carry the same ctime. Well above a tick.
+const SETTLE_FINE: Duration = Duration::from_millis(100);
+
+/// The same for a file system that keeps whole seconds (a ctime with no
+/// nanoseconds: FAT, ext3 with small inodes, some network file systems).
+const SETTLE_COARSE: Duration = Duration::from_secs(3);
 
 impl FileIdentity {
     /// The identity of a regular file; `None` for anything else (a block device
@@ -46,7 +68,31 @@ impl FileIdentity {
             size: meta.size(),
             mtime_sec: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+            ctime_sec: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
         })
+    }
+
+    /// Whether the file's last change (its ctime) lies far enough before `seen`
+    /// (when the identity was taken) that any later change must carry a later
+    /// ctime. Only a settled identity is recorded: otherwise the file could be
+    /// rewritten in the same clock tick as its previous change, after it was
+    /// read, and keep its identity.
+    pub(crate) fn is_settled(&self, seen: SystemTime) -> bool {
+        let Some(ctime) = u64::try_from(self.ctime_sec).ok().and_then(|s| {
+            UNIX_EPOCH.checked_add(Duration::new(
+                s,
+                self.ctime_nsec.clamp(0, 999_999_999) as u32,
+            ))
+        }) else {
+            return false;
+        };
+        let margin = if self.ctime_nsec == 0 {
+            SETTLE_COARSE
+        } else {
+            SETTLE_FINE
+        };
+        seen.duration_since(ctime).is_ok_and(|age| age > margin)
     }
 
     /// Whether `meta` still describes the same, unchanged file.
@@ -203,5 +249,59 @@ fn read_dir_paths(dir: &Path) -> Vec<PathBuf> {
     match fs::read_dir(dir) {
         Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
         Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changed_at(sec: i64, nsec: i64) -> FileIdentity {
+        FileIdentity {
+            path: PathBuf::from("/x/disk.img"),
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            ctime_sec: sec,
+            ctime_nsec: nsec,
+        }
+    }
+
+    fn at(sec: u64, nsec: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(sec, nsec)
+    }
+
+    #[test]
+    fn an_identity_is_settled_only_well_after_the_last_change() {
+        let file = changed_at(1000, 500_000_000);
+        assert!(!file.is_settled(at(1000, 500_000_000)), "changed just now");
+        assert!(
+            !file.is_settled(at(1000, 550_000_000)),
+            "within a few ticks"
+        );
+        assert!(file.is_settled(at(1000, 700_000_000)));
+        assert!(!file.is_settled(at(999, 0)), "a change in the future");
+    }
+
+    #[test]
+    fn whole_second_timestamps_need_longer_to_settle() {
+        let file = changed_at(1000, 0);
+        assert!(!file.is_settled(at(1001, 900_000_000)));
+        assert!(file.is_settled(at(1003, 100_000_000)));
+    }
+
+    #[test]
+    fn the_change_time_is_part_of_the_identity() {
+        let a = changed_at(1000, 1);
+        let b = changed_at(1000, 2);
+        assert_ne!(a, b);
+        // An entry recorded before the change time was part of it does not
+        // parse, so it is never taken for a match.
+        let old = r#"{"identity":{"path":"/x","dev":1,"ino":2,"size":3,"mtime_sec":0,"mtime_nsec":0},
+            "file_sha256":"0000000000000000000000000000000000000000000000000000000000000000",
+            "raw_sha256":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
+        assert!(serde_json::from_str::<SourceEntry>(old).is_err());
     }
 }

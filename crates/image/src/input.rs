@@ -171,15 +171,21 @@ pub(crate) fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize>
 }
 
 /// Hashes everything `src` yields; used to recognise a copy of a known file
-/// without decompressing it.
-pub(crate) fn hash_all(src: &mut dyn Read) -> io::Result<(Sha256, u64)> {
+/// without decompressing it. `None` if `stop` said so before the end.
+pub(crate) fn hash_all(
+    src: &mut dyn Read,
+    stop: &dyn Fn() -> bool,
+) -> io::Result<Option<(Sha256, u64)>> {
     let mut hasher = Sha256::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; INPUT_BUFFER];
     loop {
+        if stop() {
+            return Ok(None);
+        }
         let n = read_full(src, &mut buf)?;
         if n == 0 {
-            return Ok((hasher, total));
+            return Ok(Some((hasher, total)));
         }
         hasher.update(&buf[..n]);
         total += n as u64;

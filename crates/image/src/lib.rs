@@ -13,12 +13,23 @@
 //! <dir>/images/<sha256>.img    the raw image, sparse: all-zero chunks are holes
 //! <dir>/images/<sha256>.json   {"manifest": ImageManifest, "import": ImportMeta}
 //! <dir>/sources/<sha256 of canonical path>.json
-//!                              identity (dev, inode, size, mtime ns) of the file
-//!                              last imported from that path, with its digests
+//!                              identity (dev, inode, size, mtime and ctime ns) of
+//!                              the file last imported from that path, with its
+//!                              digests
 //! <dir>/aliases/<file size>/<file sha256>.json
 //!                              the raw digest a file with that digest holds
 //! <dir>/tmp/                   files being written, renamed into place when done
 //! ```
+//! Only regular files are imported: a FIFO, a device or a socket is refused
+//! before it is opened (a pipe would hang the import, `/dev/zero` would never
+//! end). A raw image larger than [`ImportOptions::max_image_size`] (the
+//! largest target the guard lets through) is refused, a compressed one as soon
+//! as it decompresses past it; the cache's free space is checked before and
+//! during the import ([`ImportOptions::min_free_space`]). An import may be
+//! limited to files inside given directories ([`ImportOptions::allowed_dirs`],
+//! for imports a remote client asks for) and cancelled
+//! ([`ImportOptions::cancel`]).
+//!
 //! `<sha256>` is the lower-case hex digest of the raw image. An image is present
 //! when its `.json` exists and its `.img` has the size the manifest says. Files
 //! are written to `tmp/`, flushed and renamed, the `.img` before the `.json`, so
@@ -54,8 +65,11 @@ mod pass;
 
 pub use cache::{CachedImage, ImageCache, ImportMeta, MIN_PREFIX};
 pub use detect::ImageFormat;
-pub use error::ImageError;
-pub use import::{CacheHit, ImportOptions, ImportOutcome, MAX_CHUNK_SIZE};
+pub use error::{FileKind, ImageError};
+pub use import::{
+    CacheHit, ImportOptions, ImportOutcome, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MIN_FREE_SPACE,
+    MAX_CHUNK_SIZE,
+};
 
 #[doc(no_inline)]
 pub use flashrack_core::{ImageManifest, Sha256Digest};

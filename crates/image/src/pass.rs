@@ -23,6 +23,7 @@ use flashrack_core::Sha256Digest;
 use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::error::ImageError;
 use crate::input::read_full;
 
 /// Chunk buffers in flight: one being filled, one being hashed, one queued
@@ -51,7 +52,13 @@ pub(crate) enum PassError {
     Input(io::Error),
     /// Writing the cache file.
     Output(io::Error),
+    /// The watch stopped the pass (a limit, no space left, cancelled).
+    Stopped(ImageError),
 }
+
+/// Called with the raw size read so far, after each chunk is read and before
+/// it is stored; an error stops the pass.
+pub(crate) type Watch<'a> = &'a mut dyn FnMut(u64) -> Result<(), ImageError>;
 
 /// How the chunk digests are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +96,7 @@ pub(crate) fn digest_and_store(
     out: &mut File,
     chunk_size: usize,
     hashing: ChunkHashing,
+    watch: Watch<'_>,
 ) -> Result<RawDigests, PassError> {
     match hashing {
         ChunkHashing::Inline => {
@@ -98,7 +106,7 @@ pub(crate) fn digest_and_store(
                 digests: ChunkDigests::default(),
                 zeros: ZeroDigests::default(),
             };
-            let whole = run(src, out, chunk_size, &mut sink)?;
+            let whole = run(src, out, chunk_size, &mut sink, watch)?;
             Ok(whole.with_chunk_digests(sink.digests, None))
         }
         ChunkHashing::Worker | ChunkHashing::WorkerBoth => {
@@ -117,7 +125,7 @@ pub(crate) fn digest_and_store(
                     allocated: 0,
                     chunk_size,
                 };
-                let whole = run(src, out, chunk_size, &mut sink);
+                let whole = run(src, out, chunk_size, &mut sink, watch);
                 // Closing the job channel lets the worker finish.
                 drop(sink);
                 let (digests, whole_digest) = match worker.join() {
@@ -169,6 +177,7 @@ fn run(
     out: &mut File,
     chunk_size: usize,
     sink: &mut dyn ChunkSink,
+    watch: Watch<'_>,
 ) -> Result<Whole, PassError> {
     let mut whole = (!sink.hashes_whole()).then(Sha256::new);
     let mut zero = Vec::new();
@@ -181,6 +190,7 @@ fn run(
         if len == 0 {
             break;
         }
+        watch(size + len as u64).map_err(PassError::Stopped)?;
         let data = &buf[..len];
         if let Some(whole) = &mut whole {
             whole.update(data);
@@ -443,7 +453,14 @@ mod tests {
             .truncate(true)
             .open(dir.path().join("out"))
             .unwrap();
-        let got = digest_and_store(&mut Cursor::new(&data), &mut out, CHUNK, hashing).unwrap();
+        let got = digest_and_store(
+            &mut Cursor::new(&data),
+            &mut out,
+            CHUNK,
+            hashing,
+            &mut |_| Ok(()),
+        )
+        .unwrap();
         let expected_chunks: Vec<_> = data.chunks(CHUNK).map(Sha256Digest::of).collect();
         assert_eq!(got.sha256, Sha256Digest::of(&data));
         assert_eq!(got.size, data.len() as u64);
@@ -486,8 +503,14 @@ mod tests {
             ChunkHashing::Worker,
             ChunkHashing::WorkerBoth,
         ] {
-            let error = digest_and_store(&mut FailsAfter(5 * CHUNK + 3), &mut out, CHUNK, hashing)
-                .unwrap_err();
+            let error = digest_and_store(
+                &mut FailsAfter(5 * CHUNK + 3),
+                &mut out,
+                CHUNK,
+                hashing,
+                &mut |_| Ok(()),
+            )
+            .unwrap_err();
             assert!(matches!(error, PassError::Input(e) if e.to_string() == "boom"));
         }
     }

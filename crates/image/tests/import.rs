@@ -336,7 +336,7 @@ fn an_empty_file_or_an_empty_compressed_image_is_rejected() {
 }
 
 #[test]
-fn a_missing_file_or_a_directory_is_a_read_error_naming_it() {
+fn a_missing_file_is_a_read_error_and_a_directory_is_not_a_regular_file() {
     let fx = Fixture::new();
     let missing = fx.inputs.path().join("nope.img");
     let error = fx.cache.import(&missing, options()).unwrap_err();
@@ -346,7 +346,10 @@ fn a_missing_file_or_a_directory_is_a_read_error_naming_it() {
     );
     assert!(error.to_string().contains("nope.img"));
     let error = fx.cache.import(fx.inputs.path(), options()).unwrap_err();
-    assert!(matches!(error, ImageError::ReadInput { .. }), "{error:?}");
+    assert!(
+        matches!(error, ImageError::NotARegularFile { .. }),
+        "{error:?}"
+    );
     fx.assert_cache_empty();
 }
 

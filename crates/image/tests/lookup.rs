@@ -145,10 +145,14 @@ fn an_image_is_found_by_file_name_zip_entry_or_file_digest() {
 fn list_shows_every_present_image_and_remove_deletes_one_with_its_hints() {
     let fx = Fixture::new();
     assert!(fx.cache.list().unwrap().is_empty());
+    let inputs: Vec<_> = (0..3)
+        .map(|seed| fx.input(&format!("{seed}.img.gz"), &gzip(&image(2, 10, &[], seed))))
+        .collect();
+    // Settled files get a `sources/` hint each (the last written settles last).
+    settle(inputs.last().unwrap());
     let mut imported = Vec::new();
-    for seed in 0..3 {
-        let input = fx.input(&format!("{seed}.img.gz"), &gzip(&image(2, 10, &[], seed)));
-        imported.push(fx.cache.import(&input, options()).unwrap().image);
+    for input in &inputs {
+        imported.push(fx.cache.import(input, options()).unwrap().image);
     }
     let mut listed = fx.cache.list().unwrap();
     listed.sort_by_key(|i| i.meta.original_name.clone());

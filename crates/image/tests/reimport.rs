@@ -15,6 +15,7 @@ use flashrack_image::{CacheHit, ImageError, Sha256Digest};
 fn reimporting_an_unchanged_file_returns_at_once() {
     let fx = Fixture::new();
     let input = fx.input("disk.img.gz", &gzip(&sample_image()));
+    settle(&input);
     let first = fx.cache.import(&input, options()).unwrap();
     assert_eq!(first.hit, None);
     let files = fx.cache_files();
@@ -26,29 +27,71 @@ fn reimporting_an_unchanged_file_returns_at_once() {
     assert_eq!(fx.cache_files(), files, "a fast re-import writes nothing");
 }
 
-#[test]
-fn a_file_with_the_same_identity_is_not_read_again() {
-    let fx = Fixture::new();
-    let data = sample_image();
-    let input = fx.input("disk.img.xz", &xz(&data));
-    let first = fx.cache.import(&input, options()).unwrap().image;
-
-    // Rewrite the file in place (same inode, same size) with other content and
-    // put its modification time back: its identity is unchanged, so an import
-    // that read it would find other bytes, and one that does not finds the image.
-    let before = fs::metadata(&input).unwrap();
-    let mut file = OpenOptions::new().write(true).open(&input).unwrap();
-    file.write_all(&vec![0x42; before.len() as usize]).unwrap();
-    file.set_modified(before.modified().unwrap()).unwrap();
+/// Rewrites `path` in place (same inode, same size) with `bytes` and puts its
+/// modification and access times back (`utimensat`), as a careless tool or a
+/// hostile user can: only the change time (ctime) tells.
+fn rewrite_in_place_keeping_mtime(path: &std::path::Path, bytes: &[u8]) {
+    let before = fs::metadata(path).unwrap();
+    assert_eq!(before.len(), bytes.len() as u64);
+    let mut file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all(bytes).unwrap();
+    file.set_times(
+        fs::FileTimes::new()
+            .set_modified(before.modified().unwrap())
+            .set_accessed(before.accessed().unwrap()),
+    )
+    .unwrap();
     drop(file);
-    let after = fs::metadata(&input).unwrap();
-    assert_eq!((after.ino(), after.len()), (before.ino(), before.len()));
-    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    let after = fs::metadata(path).unwrap();
+    assert_eq!(
+        (
+            after.dev(),
+            after.ino(),
+            after.len(),
+            after.mtime(),
+            after.mtime_nsec()
+        ),
+        (
+            before.dev(),
+            before.ino(),
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec()
+        ),
+        "path, device, inode, size and mtime are those of the old file"
+    );
+    assert_ne!(
+        (after.ctime(), after.ctime_nsec()),
+        (before.ctime(), before.ctime_nsec())
+    );
+}
 
+#[test]
+fn a_file_rewritten_in_place_with_its_mtime_put_back_is_read_again() {
+    let fx = Fixture::new();
+    let old = image(20, 1000, &[2, 3], 7);
+    let new = image(20, 1000, &[2, 3], 8);
+    let input = fx.input("disk.img", &old);
+    settle(&input);
+    let first = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(first.image.sha256(), Sha256Digest::of(&old));
+    let known = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(known.hit, Some(CacheHit::SameFile), "the shortcut works");
+
+    // Path, device, inode, size and mtime all say "the same file"; its content
+    // is another image. The import must say so, never the old digest.
+    rewrite_in_place_keeping_mtime(&input, &new);
     let again = fx.cache.import(&input, options()).unwrap();
-    assert_eq!(again.hit, Some(CacheHit::SameFile));
-    assert_eq!(again.image, first);
-    assert_eq!(again.image.sha256(), Sha256Digest::of(&data));
+    assert_eq!(again.hit, None);
+    assert_eq!(again.image.sha256(), Sha256Digest::of(&new));
+    assert_eq!(fs::read(&again.image.path).unwrap(), new);
+
+    // And once the rewritten file has settled, it is the shortcut's new answer.
+    settle(&input);
+    fx.cache.import(&input, options()).unwrap();
+    let known = fx.cache.import(&input, options()).unwrap();
+    assert_eq!(known.hit, Some(CacheHit::SameFile));
+    assert_eq!(known.image.sha256(), Sha256Digest::of(&new));
     assert!(fx.files_under("tmp").is_empty());
 }
 
@@ -85,6 +128,7 @@ fn a_copy_elsewhere_is_recognised_by_its_digest_then_by_its_identity() {
         let copy_dir = tempfile::tempdir().unwrap();
         let copy = copy_dir.path().join("copy");
         fs::write(&copy, &bytes).unwrap();
+        settle(&copy);
         let outcome = fx.cache.import(&copy, options()).unwrap();
         assert_eq!(outcome.hit, Some(CacheHit::SameFileDigest), "{format}");
         assert_eq!(outcome.image, first, "{format}");
@@ -119,6 +163,7 @@ fn the_same_image_compressed_otherwise_is_recognised_after_decoding() {
         .unwrap()
         .image;
     let bz = fx.input("disk.img.bz2", &bzip2(&data));
+    settle(&bz);
     let outcome = fx.cache.import(&bz, options()).unwrap();
     assert_eq!(outcome.hit, Some(CacheHit::SameImage));
     assert_eq!(outcome.image, first, "the first import's record is kept");
@@ -159,6 +204,7 @@ fn the_expected_digest_is_checked_on_every_shortcut() {
     let file = Sha256Digest::of(&bytes);
     let wrong = Sha256Digest::of(b"wrong");
     let input = fx.input("disk.img.zst", &bytes);
+    settle(&input);
     fx.cache.import(&input, options()).unwrap();
 
     // Known file.
@@ -239,6 +285,7 @@ fn a_format_1_entry_still_reads_and_a_reimport_adds_its_fingerprints() {
     let fx = Fixture::new();
     let data = sample_image();
     let input = fx.input("disk.img.gz", &gzip(&data));
+    settle(&input);
     let first = fx.cache.import(&input, options()).unwrap().image;
     assert!(first.manifest.has_chunk_fingerprints());
     downgrade_to_format_1(&fx, first.sha256());

@@ -4,6 +4,8 @@
 //! - [`LoopDevice`]: a loop device over a backing file the test created, detached
 //!   when dropped (also when the test panics); [`reattach_loop`] gives its name to
 //!   another disk;
+//! - [`Tmpfs`]: a small tmpfs the test mounts (a file system that fills up
+//!   quickly), unmounted when dropped;
 //! - [`require_root`]: tests that need root fail, never skip, without it: CI runs
 //!   as root and must run them;
 //! - [`udev_stick::TestStick`]: a loop device that udev presents as a USB stick;
@@ -161,6 +163,53 @@ impl Drop for LoopDevice {
             .arg(&self.path)
             .status();
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// A tmpfs of a given size mounted on a fresh temporary directory, for tests
+/// that need a file system to fill up; unmounted (lazily, so a test that
+/// panics with a file open still cleans up) when dropped.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes.
+    pub fn new(size: u64) -> Self {
+        require_root(&["mount", "umount"]);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "flashrack-test",
+                dir.path().to_str().unwrap(),
+            ],
+        );
+        Self { dir }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes available in it now.
+    pub fn available(&self) -> u64 {
+        let stat = rustix::fs::statvfs(self.dir.path()).expect("statvfs");
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status();
     }
 }
 

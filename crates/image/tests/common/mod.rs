@@ -4,7 +4,9 @@
 
 use std::fs;
 use std::io::{Cursor, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashrack_image::{ImageCache, ImageFormat, ImportOptions, Sha256Digest};
 
@@ -212,5 +214,27 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         } else {
             out.push(path.strip_prefix(root).unwrap().display().to_string());
         }
+    }
+}
+
+/// Waits until the last change of the file at `path` (its ctime) lies far
+/// enough in the past for the cache to record its identity (100 ms on a file
+/// system with nanosecond timestamps, 3 s on one with whole seconds: see
+/// `FileIdentity::is_settled`). A wait on the clock, which no test can set
+/// back for a ctime, not on another thread.
+pub fn settle(path: &Path) {
+    loop {
+        let meta = fs::metadata(path).unwrap();
+        let margin = if meta.ctime_nsec() == 0 {
+            Duration::from_millis(3200)
+        } else {
+            Duration::from_millis(150)
+        };
+        let ctime = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        let age = SystemTime::now().duration_since(ctime).unwrap_or_default();
+        if age > margin {
+            return;
+        }
+        std::thread::sleep(margin - age);
     }
 }
