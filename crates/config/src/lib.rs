@@ -20,6 +20,14 @@ use toml::Spanned;
 /// embedded default.
 pub const EXAMPLE: &str = include_str!("../../../config/station.toml");
 
+/// The largest configuration file read (1 MiB): a port map of thousands of
+/// ports is a few hundred KiB. Anything larger is refused unread.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Concurrent HTTP connections served by default; more wait, or push out
+/// connections that never sent a request.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,6 +49,22 @@ pub enum ConfigError {
         line: usize,
         /// What is wrong.
         reason: String,
+    },
+    /// The path is not a regular file (a FIFO, a device such as `/dev/zero`, a
+    /// directory): refused before it is read.
+    #[error("{path}: not a regular file; a configuration is a TOML file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file is larger than any configuration: refused rather than read
+    /// without bound.
+    #[error("{path}: larger than {limit} bytes; this is not a station configuration")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit, [`MAX_CONFIG_BYTES`].
+        limit: u64,
     },
     /// The file could not be written.
     #[error("cannot write {path}: {reason}")]
@@ -73,6 +97,16 @@ pub struct WebConfig {
     pub token: Option<String>,
     /// Whether viewing needs no token when not on loopback.
     pub public_read: bool,
+    /// Host names (besides loopback names and IP addresses, always accepted)
+    /// under which browsers may reach the station: a request whose `Host` is
+    /// anything else is refused (DNS rebinding), and so is a change whose
+    /// `Origin` is not the station itself.
+    pub allowed_hosts: Vec<String>,
+    /// Directories `POST /api/v1/images/import` may import from (besides the
+    /// upload area); empty by default: no file of the station can be named.
+    pub import_dirs: Vec<PathBuf>,
+    /// HTTP connections served at once.
+    pub max_connections: usize,
 }
 
 /// The validated station configuration.
@@ -136,6 +170,9 @@ struct RawWeb {
     token: Option<String>,
     #[serde(default)]
     public_read: bool,
+    allowed_hosts: Option<Spanned<Vec<String>>>,
+    import_dirs: Option<Spanned<Vec<String>>>,
+    max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -155,12 +192,10 @@ struct RawPort {
 }
 
 impl StationConfig {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file: a regular file of at most
+    /// [`MAX_CONFIG_BYTES`].
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config_file(path)?;
         Self::parse(&text, path)
     }
 
@@ -330,6 +365,70 @@ impl StationConfig {
             }
         }
 
+        let allowed_hosts = match raw.web.allowed_hosts {
+            Some(hosts) => {
+                let mut names = Vec::new();
+                for host in hosts.get_ref() {
+                    let name = host.trim().to_ascii_lowercase();
+                    let valid = !name.is_empty()
+                        && name.len() <= 253
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                        && !name.starts_with('.')
+                        && !name.starts_with('-');
+                    if !valid {
+                        return Err(invalid(
+                            hosts.span().start,
+                            format!("allowed_hosts: {host:?} is not a host name (no scheme, no port: \"station.lab\")"),
+                        ));
+                    }
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                names
+            }
+            None => Vec::new(),
+        };
+
+        let import_dirs = match raw.web.import_dirs {
+            Some(dirs) => {
+                let mut paths = Vec::new();
+                for dir in dirs.get_ref() {
+                    let path = PathBuf::from(dir.trim());
+                    if !path.is_absolute() {
+                        return Err(invalid(
+                            dirs.span().start,
+                            format!("import_dirs: {dir:?} is not an absolute path"),
+                        ));
+                    }
+                    if path.parent().is_none() {
+                        return Err(invalid(
+                            dirs.span().start,
+                            "import_dirs: \"/\" would let any file of the station be imported; name the directories that hold images".into(),
+                        ));
+                    }
+                    if !paths.contains(&path) {
+                        paths.push(path);
+                    }
+                }
+                paths
+            }
+            None => Vec::new(),
+        };
+
+        let max_connections = match raw.web.max_connections {
+            Some(n) if *n.get_ref() < 4 || *n.get_ref() > 65536 => {
+                return Err(invalid(
+                    n.span().start,
+                    "max_connections must be 4 to 65536".into(),
+                ))
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
+
         Ok(Self {
             station_id,
             data_dir: raw
@@ -345,6 +444,9 @@ impl StationConfig {
                 listen,
                 token,
                 public_read: raw.web.public_read,
+                allowed_hosts,
+                import_dirs,
+                max_connections,
             },
         })
     }
@@ -352,6 +454,49 @@ impl StationConfig {
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// Reads a configuration file: refuses anything but a regular file before
+/// opening it (a FIFO would block, `/dev/zero` never ends), and reads at most
+/// [`MAX_CONFIG_BYTES`].
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_a_file = || ConfigError::NotAFile {
+        path: path.to_path_buf(),
+    };
+    if !std::fs::metadata(path).map_err(read_error)?.is_file() {
+        return Err(not_a_file());
+    }
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    let too_large = || ConfigError::TooLarge {
+        path: path.to_path_buf(),
+        limit: MAX_CONFIG_BYTES,
+    };
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    // The file may grow after the check: never read more than the limit.
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: {e}"),
+        ))
+    })
 }
 
 /// The 1-based line of byte `offset` in `text`.
@@ -367,15 +512,12 @@ pub fn write_port_map(path: &Path, ports: &[PortConfig]) -> Result<(), ConfigErr
         path: path.to_path_buf(),
         reason,
     };
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_config_file(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => EXAMPLE.to_string(),
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
+        Err(ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            EXAMPLE.to_string()
         }
+        Err(error) => return Err(error),
     };
     let mut doc: toml_edit::DocumentMut = text
         .parse()

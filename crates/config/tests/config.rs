@@ -134,3 +134,106 @@ fn writing_the_port_map_keeps_comments_and_the_rest_of_the_file() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     assert!(!path.with_extension("toml.tmp").exists());
 }
+
+#[test]
+fn web_defaults_allow_no_import_directory_and_no_extra_host() {
+    let config = parse("").unwrap();
+    assert!(config.web.import_dirs.is_empty());
+    assert!(config.web.allowed_hosts.is_empty());
+    assert_eq!(
+        config.web.max_connections,
+        flashrack_config::DEFAULT_MAX_CONNECTIONS
+    );
+    assert_eq!(StationConfig::example().web.max_connections, 256);
+}
+
+#[test]
+fn import_directories_hosts_and_connections_are_read_and_checked() {
+    let config = parse(
+        "[web]\nimport_dirs = [\"/srv/images\", \"/srv/images\", \"/mnt/usb\"]\n\
+         allowed_hosts = [\"Station-1.Lab\", \"10.0.0.5\"]\nmax_connections = 64\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.web.import_dirs,
+        [Path::new("/srv/images"), Path::new("/mnt/usb")]
+    );
+    assert_eq!(config.web.allowed_hosts, ["station-1.lab", "10.0.0.5"]);
+    assert_eq!(config.web.max_connections, 64);
+
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "[web]\nimport_dirs = [\"images\"]\n",
+            2,
+            "not an absolute path",
+        ),
+        (
+            "[web]\nimport_dirs = [\"/\"]\n",
+            2,
+            "any file of the station",
+        ),
+        ("[web]\nimport_dirs = \"/srv\"\n", 2, "invalid type"),
+        (
+            "[web]\nallowed_hosts = [\"http://evil.example\"]\n",
+            2,
+            "not a host name",
+        ),
+        (
+            "[web]\nallowed_hosts = [\"a.example:8080\"]\n",
+            2,
+            "not a host name",
+        ),
+        ("[web]\nallowed_hosts = [\"\"]\n", 2, "not a host name"),
+        ("[web]\nmax_connections = 0\n", 2, "4 to 65536"),
+    ];
+    for (text, line, reason) in cases {
+        let (got_line, got_reason) = error_of(text);
+        assert_eq!(got_line, *line, "{text:?}: {got_reason}");
+        assert!(got_reason.contains(reason), "{text:?}: {got_reason}");
+    }
+}
+
+#[test]
+fn a_configuration_that_is_not_a_regular_file_is_refused_unread() {
+    for path in ["/dev/zero", "/dev/urandom", "/"] {
+        let error = StationConfig::load(Path::new(path)).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::NotAFile { path: p } if p == Path::new(path)),
+            "{path}: {error:?}"
+        );
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+    }
+    // A FIFO would block an open for reading until a writer came.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("station.toml");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let error = StationConfig::load(&fifo).unwrap_err();
+    assert!(matches!(error, ConfigError::NotAFile { .. }), "{error:?}");
+}
+
+#[test]
+fn a_configuration_larger_than_the_limit_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("station.toml");
+    let mut text = String::from("station_id = \"big\"\n");
+    while text.len() as u64 <= flashrack_config::MAX_CONFIG_BYTES {
+        text.push_str("# padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&path, &text).unwrap();
+    let error = StationConfig::load(&path).unwrap_err();
+    assert!(
+        matches!(error, ConfigError::TooLarge { limit, .. } if limit == flashrack_config::MAX_CONFIG_BYTES),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("larger than"), "{error}");
+    // Just under the limit is read.
+    text.truncate(flashrack_config::MAX_CONFIG_BYTES as usize - 100);
+    let cut = text.rfind('\n').unwrap() + 1;
+    text.truncate(cut);
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(StationConfig::load(&path).unwrap().station_id, "big");
+}
