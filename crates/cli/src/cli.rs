@@ -221,6 +221,11 @@ pub enum ImageCommand {
         /// Expected sha256, of the file as given or of the raw image.
         #[arg(long, value_name = "HEX")]
         sha256: Option<String>,
+        /// Refuse an image larger than this: the largest target the guard lets
+        /// through (`[guard] max_size`), since a larger image could never be
+        /// written.
+        #[arg(long, default_value = "256G", value_name = "SIZE")]
+        max_size: ByteSize,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -275,7 +280,8 @@ pub struct FlashArgs {
     /// for loop devices. Repeatable.
     #[arg(long = "allow-bus", value_name = "BUS")]
     pub allow_buses: Vec<String>,
-    /// Refuse block devices larger than this (bigger is probably a hard disk).
+    /// Refuse block devices larger than this (bigger is probably a hard disk),
+    /// and an image larger than this (it could never be written).
     #[arg(long, default_value = "256G", value_name = "SIZE")]
     pub max_size: ByteSize,
     /// Seconds without progress before a target fails as stalled.

@@ -62,7 +62,7 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
         .transpose()
         .context("--sha256")?;
     let cache = open_cache(data_dir)?;
-    let image = resolve_image(&cache, &args.image, expected, args.quiet)?;
+    let image = resolve_image(&cache, &args.image, expected, args.max_size, args.quiet)?;
     let manifest = image.manifest.clone();
     // From here on a signal stops the flash in order instead of killing it.
     let mut signals = Signals::listen()?;

@@ -16,15 +16,20 @@ pub fn open_cache(data_dir: &Path) -> Result<ImageCache> {
 }
 
 /// An image named on the command line: a file to import, or a cached digest.
+/// An image larger than `max_size` (the largest target that may be written) is
+/// refused: it could never be written.
 pub fn resolve_image(
     cache: &ImageCache,
     name: &str,
     expected: Option<Sha256Digest>,
+    max_size: ByteSize,
     quiet: bool,
 ) -> Result<CachedImage> {
     let path = Path::new(name);
-    if path.is_file() {
-        if !quiet {
+    // Anything that exists is given to the import, which takes regular files
+    // only and says what else it found (a FIFO, a device, a directory).
+    if path.exists() {
+        if !quiet && path.is_file() {
             eprintln!("importing {name} …");
         }
         let outcome = cache
@@ -32,14 +37,12 @@ pub fn resolve_image(
                 path,
                 ImportOptions {
                     expected_sha256: expected,
+                    max_image_size: max_size.bytes(),
                     ..ImportOptions::default()
                 },
             )
             .with_context(|| format!("cannot import {name}"))?;
         return Ok(outcome.image);
-    }
-    if path.exists() {
-        bail!("{name} is not a regular file");
     }
     let image = cache
         .find(name)
@@ -59,7 +62,12 @@ pub fn resolve_image(
 pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
     let cache = open_cache(data_dir)?;
     match command {
-        ImageCommand::Import { file, sha256, json } => {
+        ImageCommand::Import {
+            file,
+            sha256,
+            max_size,
+            json,
+        } => {
             let expected = sha256
                 .as_deref()
                 .map(Sha256Digest::parse)
@@ -70,6 +78,7 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     &file,
                     ImportOptions {
                         expected_sha256: expected,
+                        max_image_size: max_size.bytes(),
                         ..ImportOptions::default()
                     },
                 )
