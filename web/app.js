@@ -118,6 +118,7 @@
       case 'refused': return `refused by the target guard: ${v.detail || 'no detail'}`;
       case 'unavailable': return `cannot open the stick: ${v.detail || 'no detail'}`;
       case 'interrupted': return 'interrupted (stop or shutdown): the stick is untested';
+      case 'station_error': return `station error, not the stick's: ${v.detail || 'no detail'}; the stick is untested`;
       default: return `failed: ${v.reason || 'unknown reason'}`;
     }
   }
@@ -492,8 +493,9 @@
     $('rack-summary').textContent = parts.join(' · ');
   }
 
-  /** An interrupted attempt is a `failed` port, but says nothing about the stick. */
-  const isInterrupted = (port) => port.state === 'failed' && port.verdict && port.verdict.reason === 'interrupted';
+  /** An interrupted attempt (or one the station could not carry out) is a `failed` port, but says nothing about the stick. */
+  const isInterrupted = (port) => port.state === 'failed' && port.verdict
+    && (port.verdict.reason === 'interrupted' || port.verdict.reason === 'station_error');
 
   /**
    * Whether the port's verdict was given under the current run (same run, same

@@ -148,6 +148,15 @@ pub enum FailReason {
     },
     /// The attempt was stopped by the operator or by a shutdown.
     Interrupted,
+    /// The station itself could not go on with the attempt: it ran out of file
+    /// descriptors, memory or threads (`EMFILE`, `ENFILE`, `ENOMEM`, `EAGAIN`
+    /// when opening the stick or starting the attempt's thread). Says nothing
+    /// about the stick: it is recorded like an interruption, not as a failure
+    /// of the stick, and the stick may be written again.
+    StationError {
+        /// What the operating system said.
+        detail: String,
+    },
 }
 
 impl FailReason {
@@ -168,7 +177,18 @@ impl FailReason {
             FailReason::Refused { .. } => "refused",
             FailReason::Unavailable { .. } => "unavailable",
             FailReason::Interrupted => "interrupted",
+            FailReason::StationError { .. } => "station_error",
         }
+    }
+
+    /// Whether the outcome is the station's, not the stick's: an interruption
+    /// (operator, shutdown) or a station error. Such an attempt proves nothing
+    /// about the stick either way and is not counted as a failure.
+    pub fn is_station_side(&self) -> bool {
+        matches!(
+            self,
+            FailReason::Interrupted | FailReason::StationError { .. }
+        )
     }
 
     /// The byte offset the failure is tied to, where there is one.
@@ -249,6 +269,10 @@ impl fmt::Display for FailReason {
             }
             FailReason::Unavailable { detail } => write!(f, "cannot open: {detail}"),
             FailReason::Interrupted => f.write_str("interrupted"),
+            FailReason::StationError { detail } => write!(
+                f,
+                "station error, the stick was not judged: {detail}"
+            ),
         }
     }
 }
@@ -456,6 +480,26 @@ mod tests {
     }
 
     #[test]
+    fn only_interruptions_and_station_errors_are_the_stations_side() {
+        let station = FailReason::StationError {
+            detail: "Too many open files (os error 24)".into(),
+        };
+        assert!(station.is_station_side());
+        assert!(FailReason::Interrupted.is_station_side());
+        assert_eq!(station.code(), "station_error");
+        assert!(station.to_string().contains("not judged"), "{station}");
+        for stick in [
+            FailReason::ReadOnly,
+            FailReason::Unavailable { detail: "x".into() },
+            FailReason::Removed {
+                during: Stage::Writing,
+            },
+        ] {
+            assert!(!stick.is_station_side(), "{stick}");
+        }
+    }
+
+    #[test]
     fn codes_match_the_serde_tags() {
         let reasons = [
             FailReason::ReadOnly,
@@ -472,6 +516,9 @@ mod tests {
                 operation: ProbeOperation::Flush,
                 offset: None,
                 detail: "Input/output error (os error 5)".into(),
+            },
+            FailReason::StationError {
+                detail: "Too many open files".into(),
             },
         ];
         for r in reasons {

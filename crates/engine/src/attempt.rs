@@ -161,6 +161,8 @@ fn device_failure(stage: Stage, error: TargetError) -> Stop {
             detail: refusal.message,
         },
         TargetError::Open(detail) => FailReason::Unavailable { detail },
+        // The station's own shortage is never the stick's verdict.
+        TargetError::Station(detail) => FailReason::StationError { detail },
         TargetError::Io { offset, source } => match stage {
             Stage::Verifying => FailReason::ReadError {
                 offset,
@@ -418,7 +420,7 @@ fn spawn_helper<'scope, T: Send + 'scope>(
         .map_err(|e| {
             fail(
                 stage,
-                FailReason::Unavailable {
+                FailReason::StationError {
                     detail: format!("cannot start a thread for the attempt: {e}"),
                 },
             )

@@ -210,7 +210,7 @@ async fn supervise(
         if !thread_started {
             break Ok((
                 Verdict::Fail(Failure {
-                    reason: FailReason::Unavailable {
+                    reason: FailReason::StationError {
                         detail: "could not start a thread for the attempt".into(),
                     },
                     stage: flashrack_core::Stage::Preparing,

@@ -941,3 +941,42 @@ async fn a_stall_verdict_carries_the_bytes_the_stick_acknowledged_so_far() {
     assert!(figures.bytes_verified > 0, "{figures:?}");
     assert_eq!(figures.bytes_written_bound, Bound::LowerBound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_out_of_descriptors_is_a_station_error_not_the_sticks_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 31);
+    let emfile = rustix::io::Errno::MFILE.raw_os_error();
+    let enomem = rustix::io::Errno::NOMEM.raw_os_error();
+    let eacces = rustix::io::Errno::ACCESS.raw_os_error();
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [
+            SimStickSpec::new("", 8 * MIB).open_error(emfile),
+            SimStickSpec::new("", 8 * MIB).open_error(enomem),
+            SimStickSpec::new("", 8 * MIB).open_error(eacces),
+            SimStickSpec::new("", 8 * MIB),
+        ],
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, targets(&rack), options(), tx)
+        .await
+        .unwrap();
+    for (id, verdict, figures) in &results[..2] {
+        let failure = verdict.failure().expect("not a pass");
+        assert!(
+            matches!(&failure.reason, FailReason::StationError { .. }),
+            "{id}: {verdict}"
+        );
+        assert!(failure.reason.is_station_side(), "{id}");
+        assert_eq!(failure.stage, Stage::Preparing);
+        assert_eq!(figures.bytes_written, 0);
+    }
+    // Any other reason not to open stays the stick's.
+    assert!(matches!(
+        reason_of(&results[2].1),
+        Some(FailReason::Unavailable { .. })
+    ));
+    assert_eq!(results[3].1, Verdict::Pass);
+}

@@ -236,6 +236,23 @@ fn read_sysfs_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// A sysfs number that must be there: a failure to read it is the station's
+/// when it is out of descriptors or memory, else the device's.
+fn require_sysfs_u64(path: &Path, device: &Path, what: &str) -> Result<u64, TargetError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            TargetError::Open(format!("cannot read the {what} of {}", device.display()))
+        }),
+        Err(error) if flashrack_target::is_station_resource_error(&error) => Err(TargetError::Station(
+            format!("reading the {what} of {}: {error}", device.display()),
+        )),
+        Err(_) => Err(TargetError::Open(format!(
+            "cannot read the {what} of {}",
+            device.display()
+        ))),
+    }
+}
+
 /// Whether the kernel marks the block device `rdev` read-only: its sysfs `ro`
 /// flag, set by a write-protect switch (the SCSI layer reads it from the
 /// stick), `losetup -r` or `blockdev --setro`.
@@ -277,8 +294,7 @@ fn block_geometry(path: &Path, rdev: u64) -> Result<TargetGeometry, TargetError>
 /// whose byte count overflows, or a block size that is not a power of two from
 /// 512 to 64 KiB, is an error naming the device.
 fn sysfs_geometry(dir: &Path, path: &Path) -> Result<TargetGeometry, TargetError> {
-    let sectors = read_sysfs_u64(&dir.join("size"))
-        .ok_or_else(|| TargetError::Open(format!("cannot read the size of {}", path.display())))?;
+    let sectors = require_sysfs_u64(&dir.join("size"), path, "size")?;
     // sysfs counts 512-byte sectors whatever the logical block size.
     let capacity = sectors.checked_mul(512).ok_or_else(|| {
         TargetError::Open(format!(
@@ -312,6 +328,9 @@ fn sysfs_geometry(dir: &Path, path: &Path) -> Result<TargetGeometry, TargetError
 /// the station's problem, not the stick's (a read-only device is told by its
 /// `ro` flag, see [`is_read_only`]).
 fn open_error(path: &Path, error: io::Error, device: bool) -> TargetError {
+    if flashrack_target::is_station_resource_error(&error) {
+        return TargetError::Station(format!("{}: {error}", path.display()));
+    }
     match error.kind() {
         io::ErrorKind::NotFound if device => TargetError::Removed,
         _ if error.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {

@@ -109,6 +109,9 @@ pub struct SimStickSpec {
     pub hang_after_written: Option<u64>,
     /// Never returns (until released) once this many bytes have been read back.
     pub hang_after_read: Option<u64>,
+    /// Opening for writing fails with this OS error (`errno`), classified as a
+    /// real open failure would be: `EMFILE` plays a station out of descriptors.
+    pub open_error: Option<i32>,
 }
 
 impl SimStickSpec {
@@ -132,6 +135,7 @@ impl SimStickSpec {
             stall_after_read: None,
             hang_after_written: None,
             hang_after_read: None,
+            open_error: None,
         }
     }
 
@@ -244,6 +248,12 @@ impl SimStickSpec {
     /// the kernel).
     pub fn hang_after_read(mut self, bytes: u64) -> Self {
         self.hang_after_read = Some(bytes);
+        self
+    }
+
+    /// Makes opening for writing fail with the OS error `errno`.
+    pub fn open_error(mut self, errno: i32) -> Self {
+        self.open_error = Some(errno);
         self
     }
 
@@ -552,17 +562,18 @@ impl Target for SimStick {
             }
             state.writer_open = true;
         }
-        match OpenOptions::new().write(true).open(&inner.path) {
+        let opened = match inner.spec.open_error {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => OpenOptions::new().write(true).open(&inner.path),
+        };
+        match opened {
             Ok(file) => Ok(Box::new(SimWriter {
                 inner: Arc::clone(inner),
                 file,
             })),
             Err(error) => {
                 inner.lock().writer_open = false;
-                Err(TargetError::Open(format!(
-                    "{}: {error}",
-                    inner.path.display()
-                )))
+                Err(open_error(&inner.path, error))
             }
         }
     }
@@ -571,12 +582,21 @@ impl Target for SimStick {
         let inner = self.inner();
         inner.check_present()?;
         // A fresh handle on the file every time: nothing of ours is cached.
-        let file = File::open(&inner.path)
-            .map_err(|error| TargetError::Open(format!("{}: {error}", inner.path.display())))?;
+        let file = File::open(&inner.path).map_err(|error| open_error(&inner.path, error))?;
         Ok(Box::new(SimReader {
             inner: Arc::clone(inner),
             file,
         }))
+    }
+}
+
+/// Opening the stick's backing file failed: the station's shortage of
+/// descriptors or memory is the station's, anything else the stick's.
+fn open_error(path: &Path, error: io::Error) -> TargetError {
+    if flashrack_target::is_station_resource_error(&error) {
+        TargetError::Station(format!("{}: {error}", path.display()))
+    } else {
+        TargetError::Open(format!("{}: {error}", path.display()))
     }
 }
 

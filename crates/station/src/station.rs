@@ -1096,12 +1096,11 @@ impl Station {
         self.record_finish(slot.attempt_id, &verdict, &figures)
             .await;
         let passed = verdict.is_pass();
+        // Interrupted, or the station's own shortage (descriptors, memory):
+        // says nothing about the stick, counted apart from failures.
         let interrupted = matches!(
             verdict.failure(),
-            Some(Failure {
-                reason: FailReason::Interrupted,
-                ..
-            })
+            Some(Failure { reason, .. }) if reason.is_station_side()
         );
         let mut target_reached = false;
         if let Some(run) = self.run.as_mut().filter(|r| r.view.id == slot.run_id) {

@@ -1075,3 +1075,40 @@ async fn an_attempt_stuck_at_shutdown_is_recorded_with_the_bytes_known_to_have_r
         "{attempt:?}"
     );
 }
+
+/// "Too many open files" on Linux.
+const EMFILE: i32 = 24;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_out_of_descriptors_never_records_a_failed_stick() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    // Opening the first stick fails with EMFILE, as when a flood of
+    // connections used up the station's descriptors.
+    rig.plug(1, "HEALTHY-BUT-UNOPENED", healthy().open_error(EMFILE));
+    rig.plug(2, "HEALTHY", healthy());
+    let snap = rig
+        .until("both verdicts", |s| {
+            port(s, "A1").verdict.is_some() && state(s, "A2") == PortState::Passed
+        })
+        .await;
+    let verdict = port(&snap, "A1").verdict.clone().unwrap();
+    let failure = verdict.failure().unwrap();
+    assert!(
+        matches!(&failure.reason, FailReason::StationError { detail } if detail.contains("Too many open files")),
+        "{verdict}"
+    );
+    assert!(failure.reason.is_station_side());
+    let run = snap.run.clone().unwrap();
+    assert_eq!((run.passed, run.failed, run.active), (1, 0, 0));
+    assert_eq!(run.interrupted, 1, "counted with the interruptions");
+
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    let unopened = records
+        .attempts
+        .iter()
+        .find(|a| a.verdict.as_ref() != Some(&Verdict::Pass))
+        .unwrap();
+    assert_eq!(unopened.verdict.as_ref(), Some(&verdict));
+}

@@ -31,9 +31,9 @@
 //! | `image_sha256` | the sha256 of the raw image (absent without a run) |
 //! | `started_at` | when the attempt started (a refusal: when it was made) |
 //! | `finished_at` | when it finished (a refusal: when it was made) |
-//! | `verdict` | `pass`, `fail`, `refused` (by the target guard: nothing written, not a failure of the stick), `interrupted` (operator, shutdown or crash: says nothing about the stick) or `running` |
+//! | `verdict` | `pass`, `fail`, `refused` (by the target guard: nothing written, not a failure of the stick), `interrupted` (operator, shutdown, crash or a station error: says nothing about the stick) or `running` |
 //! | `stage` | the last stage reached (the failing one for a failure): `preparing`, `writing`, `flushing`, `verifying`; absent for a refusal before any attempt |
-//! | `reason_code` | for `fail` and `interrupted`, the failure's stable code: `too_small`, `no_medium`, `read_only`, `capacity_lie`, `probe_error`, `write_error`, `flush_error`, `read_error`, `verify_mismatch`, `removed`, `stalled`, `unavailable`, `interrupted`; for `refused`, the guard's: `not_whole_disk`, `bus_not_allowed`, `port_not_mapped`, `mounted`, `swap`, `held`, `system_disk`, `too_large`, `too_small`, `no_medium`, `not_armed`, `identity_changed`, `busy`, `cannot_inspect` (`refused` for a refusal at opening recorded before refusals carried their code) |
+//! | `reason_code` | for `fail` and `interrupted`, the failure's stable code: `too_small`, `no_medium`, `read_only`, `capacity_lie`, `probe_error`, `write_error`, `flush_error`, `read_error`, `verify_mismatch`, `removed`, `stalled`, `unavailable`, `interrupted`, `station_error` (the station ran out of descriptors, memory or threads: verdict `interrupted`); for `refused`, the guard's: `not_whole_disk`, `bus_not_allowed`, `port_not_mapped`, `mounted`, `swap`, `held`, `system_disk`, `too_large`, `too_small`, `no_medium`, `not_armed`, `identity_changed`, `busy`, `cannot_inspect` (`refused` for a refusal at opening recorded before refusals carried their code) |
 //! | `reason_detail` | the failure or refusal in words |
 //! | `fail_offset` | the byte offset the failure is tied to |
 //! | `bytes_written` | bytes of the image the stick acknowledged; absent when unknown |

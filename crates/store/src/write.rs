@@ -108,8 +108,9 @@ impl Store {
 
     /// Records a running attempt's verdict and figures; durable when this returns, so
     /// show the verdict only afterwards. A failure with reason
-    /// [`Interrupted`](FailReason::Interrupted) makes the attempt `interrupted`,
-    /// any other failure `failed`.
+    /// [`Interrupted`](FailReason::Interrupted) or
+    /// [`StationError`](FailReason::StationError) (the station's side, not the
+    /// stick's) makes the attempt `interrupted`, any other failure `failed`.
     pub async fn finish_attempt(
         &self,
         attempt: AttemptId,
@@ -611,7 +612,8 @@ async fn finish_attempt(
     let running = running_attempt(conn, attempt).await?;
     let (state, stage) = match verdict {
         Verdict::Pass => (AttemptState::Passed, running.stage),
-        Verdict::Fail(failure) if failure.reason == FailReason::Interrupted => {
+        // Interrupted, or the station's own error: not the stick's failure.
+        Verdict::Fail(failure) if failure.reason.is_station_side() => {
             (AttemptState::Interrupted, failure.stage)
         }
         Verdict::Fail(failure) => (AttemptState::Failed, failure.stage),

@@ -276,6 +276,16 @@ async fn failures_keep_their_reason_stage_and_offset() {
             fail(FailReason::Interrupted, Stage::Writing),
             AttemptState::Interrupted,
         ),
+        // The station ran out of descriptors: not the stick's failure.
+        (
+            fail(
+                FailReason::StationError {
+                    detail: "Too many open files (os error 24)".into(),
+                },
+                Stage::Preparing,
+            ),
+            AttemptState::Interrupted,
+        ),
     ];
     for (verdict, state) in cases {
         let attempt = t.store.start_attempt(run, dev, "B2", "path").await.unwrap();
@@ -315,11 +325,11 @@ async fn failures_keep_their_reason_stage_and_offset() {
     assert_eq!(
         counts,
         Counts {
-            attempts: 4,
+            attempts: 5,
             passed: 0,
             failed: 3,
             refused: 0,
-            interrupted: 1,
+            interrupted: 2,
             running: 0
         }
     );

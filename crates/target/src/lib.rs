@@ -66,11 +66,31 @@ pub enum TargetError {
     /// typed refusal as it travels beyond the guard: its code and its sentence.
     #[error("{0}")]
     Refused(GuardRefusal),
+    /// The station, not the target, ran out of something while operating on
+    /// it: file descriptors (`EMFILE`, `ENFILE`) or memory (`ENOMEM`). Never
+    /// the target's fault, never its verdict.
+    #[error("the station is out of resources: {0}")]
+    Station(String),
+}
+
+/// Whether an OS error says the *station* ran out of something (descriptors,
+/// memory), whatever the operation was applied to.
+pub fn is_station_resource_error(error: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        error.raw_os_error(),
+        Some(code) if code == Errno::MFILE.raw_os_error()
+            || code == Errno::NFILE.raw_os_error()
+            || code == Errno::NOMEM.raw_os_error()
+    )
 }
 
 impl TargetError {
     /// Classifies an OS error from an operation at `offset`.
     pub fn from_io(offset: u64, error: io::Error) -> Self {
+        if is_station_resource_error(&error) {
+            return TargetError::Station(error.to_string());
+        }
         match error.raw_os_error() {
             Some(code)
                 if code == rustix::io::Errno::NODEV.raw_os_error()
