@@ -69,6 +69,9 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
             listen: args.listen,
             token: None,
             public_read: false,
+            allowed_hosts: Vec::new(),
+            import_dirs: Vec::new(),
+            max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
         },
         ports: ports.clone(),
     };

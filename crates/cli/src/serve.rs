@@ -15,7 +15,7 @@ use flashrack_engine::EngineOptions;
 use flashrack_guard::GuardPolicy;
 use flashrack_hotplug::{DeviceAccess, HotplugSource};
 use flashrack_station::{Journal, PortSpec, Station, StationHandle, StationSettings};
-use flashrack_web::{AccessPolicy, Reports, WebState};
+use flashrack_web::{AccessPolicy, Reports, WebLimits, WebState};
 use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
@@ -99,6 +99,15 @@ pub async fn run_station(
             config.web.listen
         );
     }
+    let descriptors = raise_descriptor_limit();
+    let max_connections = connection_budget(config.web.max_connections, descriptors);
+    if max_connections < config.web.max_connections {
+        tracing::warn!(
+            descriptors,
+            max_connections,
+            "few file descriptors: serving fewer connections than configured, to keep descriptors for the sticks"
+        );
+    }
     let images = crate::image_cmd::open_cache(data_dir)?;
     let records = if keep_records {
         Some(StoreRecords::open(data_dir, &config.station_id, images.clone()).await?)
@@ -154,9 +163,17 @@ pub async fn run_station(
                 config.web.token.clone()
             },
             public_read: config.web.public_read,
+            allowed_hosts: config.web.allowed_hosts.clone(),
         },
         upload_dir: data_dir.join("uploads"),
-        max_upload_bytes: 64 << 30,
+        // An upload is an image file; a larger one could never be written.
+        max_upload_bytes: config.max_size.bytes(),
+        max_image_bytes: config.max_size.bytes(),
+        import_dirs: config.web.import_dirs.clone(),
+        limits: WebLimits {
+            max_connections,
+            ..WebLimits::default()
+        },
         shutting_down: None,
         events: Default::default(),
     };
@@ -171,6 +188,40 @@ pub async fn run_station(
         records.store().clone().close().await;
     }
     Ok(())
+}
+
+/// File descriptors kept for everything but web connections: each stick being
+/// written holds a few (its writer, a read-back handle, a loop device's backing
+/// file), and the image, the records and udev hold some too. Web connections
+/// get at most what is left, so a flood of them never costs a stick its open.
+const RESERVED_DESCRIPTORS: u64 = 512;
+
+/// Raises the soft limit on open files to the hard limit (systemd's default
+/// soft limit is 1024; the unit sets `LimitNOFILE`), and returns the soft limit
+/// now in force. Best effort: a failure keeps the limit as it was.
+fn raise_descriptor_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(error) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(%error, "cannot raise the open files limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// How many web connections to serve with `descriptors` open files allowed:
+/// the configured number, unless that would eat into the reserve for sticks
+/// (never fewer than a handful, so the dashboard still loads).
+fn connection_budget(configured: usize, descriptors: u64) -> usize {
+    let spare = descriptors.saturating_sub(RESERVED_DESCRIPTORS);
+    configured
+        .min(usize::try_from(spare).unwrap_or(usize::MAX))
+        .max(8)
 }
 
 /// The data directory: the flag wins over the configuration.

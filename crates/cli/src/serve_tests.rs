@@ -15,7 +15,7 @@ use flashrack_simrack::sim_hotplug::sim_rack;
 use flashrack_station::{ArmRequest, PortState, RunOptions, Snapshot, StationHandle};
 use serde_json::Value;
 
-use super::{run_station, Parts, Shutdown};
+use super::{connection_budget, run_station, Parts, Shutdown};
 
 const MIB: u64 = 1 << 20;
 
@@ -99,6 +99,9 @@ async fn the_run_view_metrics_and_records_count_passes_failures_and_interruption
             listen: "127.0.0.1:0".parse().unwrap(),
             token: None,
             public_read: false,
+            allowed_hosts: Vec::new(),
+            import_dirs: Vec::new(),
+            max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
         },
     };
     let (source, rack, access) = sim_rack(data_dir.join("rack"));
@@ -202,4 +205,14 @@ async fn the_run_view_metrics_and_records_count_passes_failures_and_interruption
 
     stop_tx.send(true).unwrap();
     station.await.unwrap().unwrap();
+}
+
+#[test]
+fn connections_leave_the_reserved_descriptors_to_the_sticks() {
+    assert_eq!(connection_budget(256, 524_288), 256);
+    assert_eq!(connection_budget(256, 1024), 256);
+    assert_eq!(connection_budget(1000, 1024), 1024 - 512);
+    assert_eq!(connection_budget(256, 600), 88);
+    assert_eq!(connection_budget(256, 100), 8);
+    assert_eq!(connection_budget(256, u64::MAX), 256);
 }

@@ -1,6 +1,8 @@
 //! The JSON API handlers.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
@@ -52,8 +54,19 @@ fn station_error(error: StationError) -> AppError {
 fn image_error(error: ImageError) -> AppError {
     match &error {
         ImageError::NotFound { .. } => AppError::not_found(error.to_string()),
-        ImageError::Ambiguous { .. } | ImageError::PrefixTooShort { .. } => {
-            AppError::bad_request(error.to_string())
+        ImageError::ReadInput { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            AppError::not_found(error.to_string())
+        }
+        ImageError::Ambiguous { .. }
+        | ImageError::PrefixTooShort { .. }
+        | ImageError::NotARegularFile { .. } => AppError::bad_request(error.to_string()),
+        ImageError::OutsideImportDirs { .. } => AppError::forbidden(format!(
+            "{error}: over the API, images are uploaded, or imported from the directories the configuration names ([web] import_dirs)"
+        )),
+        ImageError::TooLarge { .. } => AppError::too_large(error.to_string()),
+        ImageError::CacheFull { .. } => AppError::insufficient_storage(error.to_string()),
+        ImageError::Cancelled { .. } => {
+            AppError::unavailable("the station is shutting down; the import was abandoned")
         }
         ImageError::CacheIo { .. } | ImageError::BadEntry { .. } => AppError::internal(error),
         _ => AppError::unprocessable(error.to_string()),
@@ -402,23 +415,56 @@ pub struct ImportBody {
     pub sha256: Option<String>,
 }
 
+/// Raised when the request that started an import goes away (the client
+/// left, or the shutdown grace ran out), so the import stops too.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Completes when the server shuts down (never, without a server).
+async fn shutdown_of(state: &WebState) {
+    match state.shutting_down.clone() {
+        Some(mut rx) => {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Imports `path` on a blocking thread. `allowed_dirs`: where it may be
+/// (checked on the opened file). The import stops, keeping nothing, when the
+/// server shuts down or the request is dropped.
 async fn import_file(
     state: &WebState,
     path: PathBuf,
     expected: Option<String>,
+    allowed_dirs: Option<Vec<PathBuf>>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let expected = expected.as_deref().map(parse_digest).transpose()?;
     let cache = state.images.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        cache.import(
-            &path,
-            ImportOptions {
-                expected_sha256: expected,
-                ..ImportOptions::default()
-            },
-        )
-    })
-    .await
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancel));
+    let options = ImportOptions {
+        expected_sha256: expected,
+        max_image_size: state.max_image_bytes,
+        allowed_dirs,
+        cancel: Some(Arc::clone(&cancel)),
+        ..ImportOptions::default()
+    };
+    let import = tokio::task::spawn_blocking(move || cache.import(&path, options));
+    let outcome = tokio::select! {
+        result = import => result,
+        _ = shutdown_of(state) => {
+            cancel.store(true, Ordering::Relaxed);
+            return Err(AppError::unavailable(
+                "the station is shutting down; the import was abandoned",
+            ));
+        }
+    }
     .map_err(AppError::internal)?
     .map_err(image_error)?;
     let status = if outcome.already_cached() {
@@ -431,7 +477,10 @@ async fn import_file(
     Ok((status, Json(body)))
 }
 
-/// `POST /api/v1/images/import`: import a file that is on the station.
+/// `POST /api/v1/images/import`: import a file that is on the station. Only
+/// from the directories the configuration names (`[web] import_dirs`) and the
+/// upload area, with links and `..` resolved first: the service runs as root,
+/// and `/etc/shadow` is not an image.
 pub async fn import_path(
     State(state): State<WebState>,
     ApiJson(body): ApiJson<ImportBody>,
@@ -439,22 +488,9 @@ pub async fn import_path(
     if !body.path.is_absolute() {
         return Err(AppError::bad_request("path must be absolute"));
     }
-    match tokio::fs::metadata(&body.path).await {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => {
-            return Err(AppError::bad_request(format!(
-                "{} is not a regular file",
-                body.path.display()
-            )))
-        }
-        Err(_) => {
-            return Err(AppError::not_found(format!(
-                "{} does not exist",
-                body.path.display()
-            )))
-        }
-    }
-    import_file(&state, body.path, body.sha256).await
+    let mut dirs = state.import_dirs.clone();
+    dirs.push(state.upload_dir.clone());
+    import_file(&state, body.path, body.sha256, Some(dirs)).await
 }
 
 /// `?name=&sha256=` of an upload.
@@ -511,23 +547,50 @@ pub async fn upload(
         .map_err(AppError::internal)?;
     let mut stream = body.into_data_stream();
     let mut received: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if e.to_string().contains("length limit") {
-                AppError::too_large(format!(
-                    "the upload is larger than {} bytes",
-                    state.max_upload_bytes
-                ))
-            } else {
-                AppError::bad_request(format!("the upload broke off: {e}"))
+    let mut checked_space_at: u64 = 0;
+    let too_large = || {
+        AppError::too_large(format!(
+            "the upload is larger than {} bytes",
+            state.max_upload_bytes
+        ))
+    };
+    loop {
+        // An upload lasts as long as its data keeps coming: no total time
+        // limit, but a pause longer than the idle limit ends it, and so does a
+        // shutdown. Either way the temporary directory goes with `dir`.
+        let next = tokio::select! {
+            next = tokio::time::timeout(state.limits.upload_idle_timeout, stream.next()) => next,
+            _ = shutdown_of(&state) => {
+                return Err(AppError::unavailable(
+                    "the station is shutting down; upload again once it is back",
+                ));
             }
-        })?;
+        };
+        let chunk = match next {
+            Err(_) => {
+                return Err(AppError::request_timeout(format!(
+                    "the upload stalled: nothing arrived for {} s",
+                    state.limits.upload_idle_timeout.as_secs()
+                )))
+            }
+            Ok(None) => break,
+            Ok(Some(chunk)) => chunk.map_err(|e| {
+                if e.to_string().contains("length limit") {
+                    too_large()
+                } else {
+                    AppError::bad_request(format!("the upload broke off: {e}"))
+                }
+            })?,
+        };
         received += chunk.len() as u64;
         if received > state.max_upload_bytes {
-            return Err(AppError::too_large(format!(
-                "the upload is larger than {} bytes",
-                state.max_upload_bytes
-            )));
+            return Err(too_large());
+        }
+        // The upload lands next to the records: stop before it fills their
+        // file system (checked every few MiB).
+        if received - checked_space_at >= UPLOAD_SPACE_CHECK || checked_space_at == 0 {
+            checked_space_at = received;
+            check_upload_space(&state.upload_dir)?;
         }
         file.write_all(&chunk).await.map_err(AppError::internal)?;
     }
@@ -536,9 +599,27 @@ pub async fn upload(
     if received == 0 {
         return Err(AppError::bad_request("the upload is empty"));
     }
-    let result = import_file(&state, path, query.sha256).await;
+    let result = import_file(&state, path, query.sha256, None).await;
     drop(dir);
     result
+}
+
+/// How often (in bytes received) an upload checks the free space.
+const UPLOAD_SPACE_CHECK: u64 = 16 << 20;
+
+/// Refuses to go on with an upload when its file system is down to the space
+/// the station keeps free.
+fn check_upload_space(dir: &Path) -> Result<(), AppError> {
+    let stat = rustix::fs::statvfs(dir).map_err(|e| AppError::internal(e.to_string()))?;
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let reserve = flashrack_image::DEFAULT_MIN_FREE_SPACE;
+    if available < reserve + UPLOAD_SPACE_CHECK {
+        return Err(AppError::insufficient_storage(format!(
+            "no room for the upload: {} left on the station",
+            flashrack_core::ByteSize(available)
+        )));
+    }
+    Ok(())
 }
 
 /// Unknown API paths.

@@ -27,6 +27,19 @@ impl AppError {
             "an operator token is required (header: Authorization: Bearer <token>)",
         )
     }
+    /// 403: refused whoever asks (a foreign host name, a cross-site change, a
+    /// file outside the import directories).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    /// 408: the client stopped sending.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
+    }
+    /// 507: the station has no room for it.
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", message)
+    }
     /// 404: no such thing.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)

@@ -11,6 +11,10 @@
 //! - [`api`]: the JSON handlers;
 //! - [`auth`]: the operator token (required to change anything once the server
 //!   listens beyond loopback);
+//! - [`origin`]: only the station's own names and pages: `Host` checked against
+//!   them (DNS rebinding), changes refused from other sites (`Origin`);
+//! - `server`: the accept loop: a bound on connections (an idle flood cannot
+//!   take the descriptors the sticks need), header and shutdown time limits;
 //! - [`error`]: [`AppError`], JSON errors that never leak internals;
 //! - [`events`]: the SSE stream;
 //! - [`assets`]: the embedded dashboard.
@@ -22,9 +26,11 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod origin;
+mod server;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +97,40 @@ pub struct AccessPolicy {
     pub token: Option<String>,
     /// Whether reading needs no token.
     pub public_read: bool,
+    /// Host names the station answers to besides loopback names and IP
+    /// addresses (lower case, no port); see [`origin`].
+    pub allowed_hosts: Vec<String>,
+}
+
+/// Time and size limits of the web side, chosen so that a client can neither
+/// hold the station's resources nor its shutdown.
+#[derive(Debug, Clone)]
+pub struct WebLimits {
+    /// Connections served at once (see the `server` module).
+    pub max_connections: usize,
+    /// A connection must send a request's headers within this time.
+    pub header_timeout: Duration,
+    /// Ordinary requests must be answered within this time (408 otherwise).
+    /// Uploads and imports are not bound by it: they last as long as their
+    /// data keeps coming and the image takes to import.
+    pub request_timeout: Duration,
+    /// An upload whose body sends nothing for this long ends with 408.
+    pub upload_idle_timeout: Duration,
+    /// After shutdown is asked, how long requests in flight may take before
+    /// their connections are closed. Well within systemd's `TimeoutStopSec`.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WebLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(120),
+            upload_idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Everything the handlers share.
@@ -109,6 +149,13 @@ pub struct WebState {
     pub upload_dir: std::path::PathBuf,
     /// Largest accepted upload.
     pub max_upload_bytes: u64,
+    /// Largest image imported: the largest target the guard lets through.
+    pub max_image_bytes: u64,
+    /// Directories `POST /images/import` may import from, besides
+    /// `upload_dir` (the configuration's `import_dirs`; none by default).
+    pub import_dirs: Vec<PathBuf>,
+    /// Time limits and the connection bound.
+    pub limits: WebLimits,
     /// Raised when the server shuts down, so that endless responses (the event
     /// stream) end and the graceful shutdown can complete. [`serve`] sets it.
     pub shutting_down: Option<tokio::sync::watch::Receiver<bool>>,
@@ -119,6 +166,13 @@ pub struct WebState {
 /// The whole app: API, events, metrics, dashboard.
 pub fn router(state: WebState) -> Router {
     let max_upload = state.max_upload_bytes;
+    let timeout = TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        state.limits.request_timeout,
+    );
+    // Everything but uploads and imports answers within the request timeout;
+    // those two are bounded by their data instead (idle upload time, image
+    // size, free space) and end on shutdown.
     let api = Router::new()
         .route("/health", get(api::health))
         .route("/station", get(api::station))
@@ -130,13 +184,6 @@ pub fn router(state: WebState) -> Router {
         .route("/runs/current/stop", post(api::stop_run))
         .route("/runs/{id}/report", get(api::run_report))
         .route("/images", get(api::images))
-        .route("/images/import", post(api::import_path))
-        .route(
-            "/images/upload",
-            post(api::upload).layer(DefaultBodyLimit::max(
-                max_upload.min(usize::MAX as u64) as usize
-            )),
-        )
         .route(
             "/images/{sha256}",
             get(api::image).delete(api::delete_image),
@@ -144,32 +191,46 @@ pub fn router(state: WebState) -> Router {
         .route("/devices", get(api::devices))
         .route("/devices/{key}/report", get(api::device_report))
         .route("/events", get(events::stream))
+        .route_layer(timeout)
+        .route("/images/import", post(api::import_path))
+        .route(
+            "/images/upload",
+            post(api::upload).layer(DefaultBodyLimit::max(
+                max_upload.min(usize::MAX as u64) as usize
+            )),
+        )
         .fallback(api::not_found);
     Router::new()
         .nest("/api/v1", api)
-        .route("/metrics", get(metrics::metrics))
-        .merge(assets::routes())
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics::metrics))
+                .merge(assets::routes())
+                .route_layer(timeout),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::check,
         ))
-        .layer(CompressionLayer::new())
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(600),
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::check,
         ))
+        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes; requests in
-/// flight finish first (graceful shutdown).
+/// Serves `router(state)` on `listener` until `shutdown` completes, within
+/// `state.limits` (see the `server` module): requests in flight get the
+/// shutdown grace to finish, uploads and imports stop at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: WebState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (raise, shutting_down) = tokio::sync::watch::channel(false);
+    let limits = state.limits.clone();
     let state = WebState {
         shutting_down: Some(shutting_down.clone()),
         ..state
@@ -178,11 +239,5 @@ pub async fn serve(
         shutdown.await;
         let _ = raise.send(true);
     });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let mut stopped = shutting_down;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        })
-        .await
+    server::run(listener, router(state), limits, shutting_down).await
 }

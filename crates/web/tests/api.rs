@@ -33,7 +33,9 @@ async fn rig(access: AccessPolicy) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let images = ImageCache::open(dir.path().join("cache")).unwrap();
     let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 3, 256 * 1024);
-    let image_file = dir.path().join("test.img");
+    // The one directory imports by path may come from.
+    std::fs::create_dir(dir.path().join("import")).unwrap();
+    let image_file = dir.path().join("import/test.img");
     std::fs::write(&image_file, &bytes).unwrap();
     let image = images
         .import(&image_file, ImportOptions::default())
@@ -71,6 +73,9 @@ async fn rig(access: AccessPolicy) -> Rig {
         access,
         upload_dir: dir.path().join("uploads"),
         max_upload_bytes: 4 * MIB,
+        max_image_bytes: 8 * MIB,
+        import_dirs: vec![dir.path().join("import")],
+        limits: Default::default(),
         shutting_down: None,
         events: Default::default(),
     };
@@ -319,18 +324,18 @@ async fn images_import_upload_lookup_and_delete() {
     let (status, _) = post(
         &rig,
         "/api/v1/images/import",
-        json!({"path": "/nonexistent/x.img"}),
+        json!({"path": rig.dir.path().join("import/x.img")}),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = post(
         &rig,
         "/api/v1/images/import",
-        json!({"path": rig.dir.path()}),
+        json!({"path": rig.dir.path().join("import")}),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let corrupt = rig.dir.path().join("corrupt.img.gz");
+    let corrupt = rig.dir.path().join("import/corrupt.img.gz");
     std::fs::write(&corrupt, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4]).unwrap();
     let (status, body) = post(&rig, "/api/v1/images/import", json!({"path": corrupt})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -456,6 +461,7 @@ async fn beyond_loopback_changes_need_the_operator_token() {
     let rig = rig(AccessPolicy {
         token: Some(token.into()),
         public_read: false,
+        ..AccessPolicy::default()
     })
     .await;
     let app = || rig.app();
@@ -552,6 +558,7 @@ async fn beyond_loopback_changes_need_the_operator_token() {
         access: AccessPolicy {
             token: Some(token.into()),
             public_read: true,
+            ..AccessPolicy::default()
         },
         ..open
     });
@@ -569,6 +576,278 @@ async fn beyond_loopback_changes_need_the_operator_token() {
     );
 }
 
+/// A request with the headers a browser sends, and its status.
+async fn browser(
+    app: Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app.oneshot(request.body(body).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_site_can_neither_stop_the_run_nor_upload() {
+    // Loopback, no token: the case where only the browser stands between a
+    // page elsewhere and the station.
+    let rig = rig(AccessPolicy::default()).await;
+    let (status, _) = post(&rig, "/api/v1/runs", json!({"image": rig.image_sha})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let station = [("host", "127.0.0.1:8080")];
+    let foreign = [
+        ("host", "127.0.0.1:8080"),
+        ("origin", "http://evil.example"),
+        ("content-type", "text/plain"),
+    ];
+
+    // A simple request (no preflight): text/plain from a foreign origin.
+    let (status, body) = browser(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs/current/stop",
+        &foreign,
+        Body::from("{}"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    assert!(rig.station().snapshot().run.unwrap().armed, "still armed");
+
+    let new_image = flashrack_testkit::image_bytes(MIB as usize, 11, 64 * 1024);
+    let (status, _) = browser(
+        rig.app(),
+        Method::POST,
+        "/api/v1/images/upload?name=evil.img",
+        &foreign,
+        Body::from(new_image.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, list) = get(&rig, "/api/v1/images").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "nothing was uploaded");
+
+    // Without Origin, a foreign Referer or Sec-Fetch-Site gives it away too.
+    for headers in [
+        vec![
+            ("host", "127.0.0.1:8080"),
+            ("referer", "http://evil.example/x"),
+        ],
+        vec![("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")],
+        vec![("host", "127.0.0.1:8080"), ("origin", "null")],
+    ] {
+        let (status, _) = browser(
+            rig.app(),
+            Method::POST,
+            "/api/v1/ports/A1/start",
+            &headers,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+    }
+
+    // The station's own page may: same origin as the Host it asked.
+    let own = [
+        ("host", "127.0.0.1:8080"),
+        ("origin", "http://127.0.0.1:8080"),
+    ];
+    let (status, _) = browser(
+        rig.app(),
+        Method::POST,
+        "/api/v1/images/upload?name=own.img",
+        &own,
+        Body::from(new_image),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = browser(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs/current/stop",
+        &own,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!rig.station().snapshot().run.unwrap().armed);
+    // Reading from the station's names is open as before.
+    let (status, _) = browser(
+        rig.app(),
+        Method::GET,
+        "/api/v1/station",
+        &station,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_the_station_does_not_have_is_refused_dns_rebinding() {
+    let rig = rig(AccessPolicy {
+        allowed_hosts: vec!["station.lab".into()],
+        ..AccessPolicy::default()
+    })
+    .await;
+    // evil.example rebound to 127.0.0.1: the browser thinks the page and the
+    // API share an origin and sends Host: evil.example.
+    for uri in ["/api/v1/station", "/api/v1/events", "/", "/metrics"] {
+        let (status, body) = browser(
+            rig.app(),
+            Method::GET,
+            uri,
+            &[("host", "evil.example:8080")],
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{uri}"
+        );
+    }
+    let (status, _) = browser(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs",
+        &[
+            ("host", "evil.example:8080"),
+            ("origin", "http://evil.example:8080"),
+            ("content-type", "application/json"),
+        ],
+        Body::from(json!({"image": rig.image_sha}).to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(rig.station().snapshot().run.is_none());
+    for host in [
+        "127.0.0.1:8080",
+        "localhost:8080",
+        "[::1]:8080",
+        "station.lab:8080",
+    ] {
+        let (status, _) = browser(
+            rig.app(),
+            Method::GET,
+            "/api/v1/station",
+            &[("host", host)],
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_by_path_reads_only_the_configured_directories() {
+    let rig = rig(AccessPolicy::default()).await;
+    let import = rig.dir.path().join("import");
+    let outside = rig.dir.path().join("outside.img");
+    std::fs::write(
+        &outside,
+        flashrack_testkit::image_bytes(MIB as usize, 12, 4096),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, import.join("link.img")).unwrap();
+    std::os::unix::fs::symlink("/etc", import.join("etc")).unwrap();
+    for path in [
+        std::path::PathBuf::from("/etc/shadow"),
+        std::path::PathBuf::from("/proc/self/environ"),
+        std::path::PathBuf::from("/etc/passwd"),
+        std::path::PathBuf::from("/nonexistent/secret.img"),
+        outside.clone(),
+        import.join("link.img"),
+        import.join("etc/passwd"),
+        import.join("../outside.img"),
+        import.join("../../../../etc/shadow"),
+    ] {
+        let (status, body) = post(&rig, "/api/v1/images/import", json!({ "path": path })).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{path:?}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("import_dirs"),
+            "{body}"
+        );
+    }
+    let (_, list) = get(&rig, "/api/v1/images").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "nothing was imported");
+
+    // Inside: a FIFO is refused at once, a file is imported.
+    let fifo = import.join("pipe.img");
+    flashrack_testkit::run("mkfifo", &[fifo.to_str().unwrap()]);
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(60),
+        post(&rig, "/api/v1/images/import", json!({ "path": fifo })),
+    )
+    .await
+    .expect("a FIFO does not block the import");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not a regular file"));
+    let inside = import.join("new.img");
+    let bytes = flashrack_testkit::image_bytes(MIB as usize, 13, 4096);
+    std::fs::write(&inside, &bytes).unwrap();
+    let (status, body) = post(&rig, "/api/v1/images/import", json!({ "path": inside })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["sha256"],
+        flashrack_core::Sha256Digest::of(&bytes).to_hex()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_larger_than_the_largest_target_is_refused() {
+    let rig = rig(AccessPolicy::default()).await;
+    // 64 MiB of a pattern in a small gzip, against the rig's 8 MiB maximum.
+    let raw: Vec<u8> = (0..64 * MIB as usize)
+        .map(|i| (i / 4096) as u8 | 1)
+        .collect();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, &raw).unwrap();
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < MIB as usize);
+    let path = rig.dir.path().join("import/bomb.img.gz");
+    std::fs::write(&path, &bomb).unwrap();
+    let (status, body) = post(&rig, "/api/v1/images/import", json!({ "path": path })).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let response = rig
+        .app()
+        .oneshot(
+            Request::post("/api/v1/images/upload?name=bomb.img.gz")
+                .body(Body::from(bomb))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, list) = get(&rig, "/api/v1/images").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let leftovers = std::fs::read_dir(rig.dir.path().join("uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_server_on_port_zero_streams_a_snapshot_then_changes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -582,7 +861,7 @@ async fn a_real_server_on_port_zero_streams_a_snapshot_then_changes() {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream
         .write_all(
-            b"GET /api/v1/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n",
         )
         .await
         .unwrap();
