@@ -164,8 +164,7 @@ impl PathTarget {
                     other => other,
                 }
             })?;
-        let facts = DiskFacts::of_opened(&file, &self.path)
-            .map_err(|error| TargetError::Refused(Refusal::from(error).into()))?;
+        let facts = DiskFacts::of_opened(&file, &self.path).map_err(guard_failure)?;
         if facts.identity() != pin {
             return Err(TargetError::Refused(
                 Refusal::IdentityChanged {
@@ -243,9 +242,12 @@ fn require_sysfs_u64(path: &Path, device: &Path, what: &str) -> Result<u64, Targ
         Ok(text) => text.trim().parse().map_err(|_| {
             TargetError::Open(format!("cannot read the {what} of {}", device.display()))
         }),
-        Err(error) if flashrack_target::is_station_resource_error(&error) => Err(TargetError::Station(
-            format!("reading the {what} of {}: {error}", device.display()),
-        )),
+        Err(error) if flashrack_target::is_station_resource_error(&error) => {
+            Err(TargetError::Station(format!(
+                "reading the {what} of {}: {error}",
+                device.display()
+            )))
+        }
         Err(_) => Err(TargetError::Open(format!(
             "cannot read the {what} of {}",
             device.display()
@@ -319,6 +321,20 @@ fn sysfs_geometry(dir: &Path, path: &Path) -> Result<TargetGeometry, TargetError
         capacity,
         logical_block_size,
     })
+}
+
+/// The guard could not gather its facts: refused (it fails closed), unless the
+/// reason is the station's own shortage of descriptors or memory, which is
+/// the station's error and not a refusal of the stick (still nothing written).
+fn guard_failure(error: flashrack_guard::GuardError) -> TargetError {
+    match &error {
+        flashrack_guard::GuardError::Io { source, .. }
+            if flashrack_target::is_station_resource_error(source) =>
+        {
+            TargetError::Station(error.to_string())
+        }
+        _ => TargetError::Refused(Refusal::from(error).into()),
+    }
 }
 
 /// Maps an error from opening `path` to a target error. A device node that is

@@ -1,13 +1,14 @@
 //! A station out of file descriptors: opening a stick fails with `EMFILE`,
-//! and that is the station's error, never the stick's. A test binary of its
+//! and that is the station's error, never the stick's (simulated sticks
+//! classify with the same `flashrack_target::is_station_resource_error`). A test binary of its
 //! own, because it lowers the process's open-files limit and uses it up.
 
 use std::fs::File;
 use std::sync::Arc;
 
-use flashrack_devices::block::PathTarget;
-use flashrack_devices::sim::{SimStick, SimStickSpec};
-use flashrack_devices::{Target, TargetError};
+use flashrack_guard::DiskFacts;
+use flashrack_hardware::block::PathTarget;
+use flashrack_target::{Target, TargetError};
 use rustix::process::{getrlimit, setrlimit, Resource};
 
 const MIB: u64 = 1 << 20;
@@ -44,6 +45,13 @@ impl Exhausted {
     }
 }
 
+impl Exhausted {
+    /// Gives one descriptor back: the next open succeeds, the one after fails.
+    fn spare_one(&mut self) {
+        self.held.pop();
+    }
+}
+
 impl Drop for Exhausted {
     fn drop(&mut self) {
         self.held.clear();
@@ -66,25 +74,25 @@ fn opening_a_stick_without_a_descriptor_left_is_the_stations_error() {
     flashrack_testkit::require_root(&["losetup"]);
     let dir = tempfile::tempdir().unwrap();
     let file = PathTarget::file(dir.path().join("target.img"), MIB);
-    let stick = SimStick::create(
-        SimStickSpec::new("s", 4 * MIB),
-        dir.path().join("stick.img"),
-    )
-    .unwrap();
     let disk = flashrack_testkit::LoopDevice::new(4 * MIB);
-    let block = PathTarget::block_device(disk.path(), Arc::new(|_: &std::path::Path| Ok(())));
+    let block = PathTarget::block_device(disk.path(), Arc::new(|_: &DiskFacts| Ok(())));
 
     {
         let _exhausted = Exhausted::now();
         assert_station(file.open_writer(), "file writer");
-        assert_station(stick.open_writer(), "sim writer");
-        assert_station(stick.open_reader(), "sim reader");
         assert_station(block.geometry(), "block geometry");
         assert_station(block.open_writer(), "block writer");
+    }
+    {
+        // The device opens (with the last descriptor); the guard cannot read
+        // what it needs to judge it. Refused? No: the station's error, and
+        // still nothing written.
+        let mut exhausted = Exhausted::now();
+        exhausted.spare_one();
+        assert_station(block.open_writer(), "block writer, guard facts");
     }
 
     // With descriptors back, the same targets open.
     file.open_writer().unwrap();
-    stick.open_writer().unwrap();
     block.open_writer().unwrap();
 }

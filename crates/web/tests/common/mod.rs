@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashrack_guard::GuardPolicy;
-use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_engine::EngineOptions;
+use flashrack_guard::GuardPolicy;
 use flashrack_image::{ImageCache, ImportOptions};
+use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_station::{MemoryJournal, PortSpec, Station, StationHandle, StationSettings};
 use flashrack_web::{AccessPolicy, WebLimits, WebState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
