@@ -53,7 +53,11 @@ impl Demo {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        write!(stream, "GET /api/v1/station HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+        write!(
+            stream,
+            "GET /api/v1/station HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        .unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
