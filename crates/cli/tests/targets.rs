@@ -79,6 +79,10 @@ fn a_file_target_in_the_data_directory_is_refused_however_it_is_spelled() {
     std::fs::hard_link(data.join("flashrack.db"), dir.path().join("hard.db")).unwrap();
     let before = snapshot(&data);
 
+    // The image by its digest: naming the file would import it again, and a
+    // file that has settled since the first import gets its re-import hint
+    // recorded then (the image cache's rule), which is not what this test is about.
+    let digest = cached.file_stem().unwrap().to_str().unwrap().to_string();
     let spellings = [
         data.join("flashrack.db"),
         data.join("../data/flashrack.db"),
@@ -91,7 +95,7 @@ fn a_file_target_in_the_data_directory_is_refused_however_it_is_spelled() {
         dir.path().join("link/cache/images/new.img"),
     ];
     for target in &spellings {
-        let out = flashrack(&data, &["flash", text(&image), text(target), "-q"]);
+        let out = flashrack(&data, &["flash", &digest, text(target), "-q"]);
         assert_eq!(out.status.code(), Some(2), "{target:?}: {}", stderr(&out));
         assert!(
             stderr(&out).contains("inside the data directory"),
