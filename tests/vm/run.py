@@ -287,6 +287,8 @@ class Suite:
             'listen = "0.0.0.0:8080"',
             f'token = "{self.token}"',
             "public_read = false",
+            # Images are imported by path from the 9p share only.
+            'import_dirs = ["/mnt/host"]',
             "[layout]",
             "rows = 2",
             "columns = 3",
@@ -362,6 +364,12 @@ class Suite:
             view = self.api.post("/api/v1/images/import", {"path": f"/mnt/host/{name}"},
                                  timeout=120)
             how = "imported from the 9p share"
+            # Nothing outside the configured directories can be named, even by
+            # an operator with the token (the service runs as root).
+            for path in ("/etc/shadow", "/proc/self/environ", "/mnt/host/../../etc/passwd"):
+                self.api.post("/api/v1/images/import", {"path": path}, expect=(403,))
+            check(True, "import by path refuses /etc/shadow, /proc/self/environ and a .. "
+                  "escape from the share (403)")
         digest = sha256(data)
         check(digest in json.dumps(view), f"{name} {how}: sha256 {digest[:16]}…")
         return digest
