@@ -150,6 +150,12 @@ impl PathTarget {
                 .into(),
             )
         })?;
+        // Judged before the open as well as after it: a disk the guard refuses
+        // (the root disk, a mounted one) is never even opened for writing, and
+        // its refusal is what the operator reads, not whatever the kernel says
+        // to an open it would refuse anyway (EPERM for a mounted disk on
+        // kernels that protect them, EBUSY for an exclusive holder).
+        self.judge_by_name(guard, pin)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -190,6 +196,26 @@ impl PathTarget {
             file_len: None,
             device: Some(rdev),
         }))
+    }
+
+    /// The guard's judgment of the disk the name leads to now, before it is
+    /// opened: a refusal (or another disk behind the name) stops here. Facts
+    /// that cannot be gathered by name are no verdict yet: the open and the
+    /// judgment of the opened descriptor decide.
+    fn judge_by_name(&self, guard: &GuardCheck, pin: DiskIdentity) -> Result<(), TargetError> {
+        let Ok(facts) = DiskFacts::inspect(&self.path) else {
+            return Ok(());
+        };
+        if facts.identity() != pin {
+            return Err(TargetError::Refused(
+                Refusal::IdentityChanged {
+                    expected: pin,
+                    found: facts.identity(),
+                }
+                .into(),
+            ));
+        }
+        guard(&facts).map_err(|why| TargetError::Refused(why.into()))
     }
 
     /// Why an exclusive open failed with `EBUSY`, as precisely as can be told

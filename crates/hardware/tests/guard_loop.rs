@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use flashrack_testkit::{reattach_loop, require_root, run, LoopDevice};
 
+use flashrack_core::RefusalCode;
 use flashrack_guard::{
     evaluate, refusals, Authorization, DiskFacts, DiskIdentity, GuardPolicy, GuardRequest, Refusal,
 };
@@ -309,4 +310,40 @@ fn a_read_back_through_a_name_given_to_another_disk_is_refused_as_removed() {
         Err(TargetError::Refused(why))
             if why.to_string().contains("not the one that was checked")
     ));
+}
+
+#[test]
+fn the_root_disk_named_as_a_target_is_refused_by_the_guard_and_never_opened_for_writing() {
+    require_root(&[]);
+    let (major, minor, mount_point) = root_or_first_mounted_disk();
+    let tmp = tempfile::tempdir().unwrap();
+    let node = device_node(major, minor, tmp.path());
+    let facts = DiskFacts::inspect(&node).unwrap();
+    // Everything a careless operator could allow is allowed: its bus, any port,
+    // any size, an armed run. The mounted root file system must still stop it,
+    // and the refusal must be the guard's (not the kernel's answer to an open).
+    let policy = GuardPolicy {
+        allowed_buses: BTreeSet::from([facts.bus.clone().expect("bus of the root disk")]),
+        allow_unmapped_ports: true,
+        max_size_bytes: u64::MAX,
+        ..GuardPolicy::default()
+    };
+    let guard: flashrack_guard::GuardCheck =
+        Arc::new(move |facts: &DiskFacts| evaluate(facts, &policy, &armed(0)).map(|_| ()));
+    let target = PathTarget::block_device(&node, guard);
+    match target.open_writer() {
+        Err(TargetError::Refused(refusal)) => assert!(
+            matches!(
+                refusal.code,
+                RefusalCode::Mounted | RefusalCode::Held | RefusalCode::SystemDisk
+            ),
+            "{} (root file system at {mount_point}) refused for the wrong reason: {refusal:?}",
+            node.display()
+        ),
+        Err(other) => panic!(
+            "{} must be refused by the target guard, not fail to open: {other}",
+            node.display()
+        ),
+        Ok(_) => panic!("{} was opened for writing", node.display()),
+    }
 }
