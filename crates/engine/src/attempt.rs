@@ -22,15 +22,20 @@ use crate::fanout::EventLink;
 use crate::narrow::{narrow_failed_write, Narrowed};
 use crate::probe::{probe_capacity, ProbeFailure, ProbeResult};
 use crate::source::{Chunk, SharedSource};
-use crate::{EngineError, VerifyMode};
+use crate::{Clock, EngineError, VerifyMode};
 
 /// What an attempt shares with its supervisor: how far it is, and whether it
 /// should stop. Plain atomics: read by the watchdog while the thread writes.
-#[derive(Default)]
 pub struct AttemptProgress {
-    /// Bumped on every completed I/O; a watchdog that sees it unchanged for the
-    /// stall timeout declares the target stalled.
-    pub heartbeat: AtomicU64,
+    /// The clock heartbeats are stamped with (the watchdog's).
+    clock: Clock,
+    /// The clock's time when the attempt began; beats are stamped relative to it.
+    origin: Instant,
+    /// When the attempt last completed an I/O (or changed stage), in nanoseconds
+    /// since `origin`: a watchdog that finds it older than the stall timeout
+    /// declares the target stalled. Stamped by the thread itself, so the verdict
+    /// does not depend on when the watchdog looks.
+    last_beat: AtomicU64,
     /// The current [`Stage`], as `stage_code`.
     stage: AtomicU8,
     /// Bytes done in the current stage.
@@ -48,6 +53,21 @@ pub struct AttemptProgress {
 }
 
 impl AttemptProgress {
+    /// The progress of an attempt starting now on `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            origin: clock.now(),
+            clock,
+            last_beat: AtomicU64::new(0),
+            stage: AtomicU8::new(0),
+            done: AtomicU64::new(0),
+            cancel: AtomicBool::new(false),
+            capacity: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            verified: AtomicU64::new(0),
+        }
+    }
+
     /// The stage the attempt is in.
     pub fn stage(&self) -> Stage {
         match self.stage.load(Ordering::Relaxed) {
@@ -56,6 +76,11 @@ impl AttemptProgress {
             2 => Stage::Flushing,
             _ => Stage::Verifying,
         }
+    }
+
+    /// When the attempt last made progress (its start, if it has made none).
+    pub fn last_beat(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.last_beat.load(Ordering::Relaxed))
     }
 
     fn set_stage(&self, stage: Stage) {
@@ -71,7 +96,10 @@ impl AttemptProgress {
     }
 
     fn beat(&self) {
-        self.heartbeat.fetch_add(1, Ordering::Relaxed);
+        let since = self.clock.now().saturating_duration_since(self.origin);
+        // 2^64 ns is 584 years: an attempt never gets there.
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        self.last_beat.fetch_max(nanos, Ordering::Relaxed);
     }
 
     /// The figures known from the counters, for a verdict given without the

@@ -2,8 +2,9 @@
 //!
 //! Each attempt runs its blocking pipeline on a dedicated OS thread (never on an
 //! async worker). Its supervisor is an async task that waits for the thread's
-//! result and, meanwhile, watches its heartbeat: a target that makes no progress
-//! for the stall timeout fails as `stalled`, its thread is told to stop and left
+//! result and, meanwhile, watches its heartbeat (stamped by the thread on the
+//! engine's [`Clock`]): a target that makes no progress for the stall timeout
+//! fails as `stalled`, its thread is told to stop and left
 //! behind (a write stuck in the kernel cannot be cancelled), its link to the event
 //! channel is cut ([`EventLink`]), and nothing else waits for it. Targets can be started at any time while the fan-out lives, so a stick
 //! plugged in late starts at once.
@@ -21,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::attempt::{run_attempt, AttemptContext, AttemptProgress};
 use crate::source::SharedSource;
-use crate::{EngineError, EngineOptions, SourceImage};
+use crate::{Clock, EngineError, EngineOptions, SourceImage};
 
 /// An attempt's link to the fan-out's event channel, which its supervisor cuts
 /// when the attempt ends, and in particular when it abandons a stalled thread.
@@ -100,7 +101,7 @@ impl Fanout {
     /// Starts writing `target` at once, on its own thread. Must be called within
     /// a tokio runtime (the supervisor is a task).
     pub fn start(&self, id: TargetId, target: Arc<dyn Target>) -> AttemptHandle {
-        let progress = Arc::new(AttemptProgress::default());
+        let progress = Arc::new(AttemptProgress::new(self.options.clock.clone()));
         let link = Arc::new(EventLink::new(self.events.clone()));
         let ctx = AttemptContext {
             id: id.clone(),
@@ -127,6 +128,7 @@ impl Fanout {
             result_rx,
             spawned.is_ok(),
             self.options.stall_timeout,
+            self.options.clock.clone(),
             link,
             self.events.clone(),
         ));
@@ -194,18 +196,22 @@ impl Canceller {
     }
 }
 
+/// Waits for the attempt's result; gives the `stalled` verdict instead when the
+/// thread's last heartbeat is `stall_timeout` old on `clock`. The watchdog wakes
+/// at the deadline the last beat it saw sets, not on a polling interval: the
+/// verdict comes exactly `stall_timeout` after the last progress, and with a
+/// manual clock exactly when a test moves the clock past it.
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     id: TargetId,
     progress: Arc<AttemptProgress>,
     mut result_rx: oneshot::Receiver<Result<(Verdict, AttemptFigures), EngineError>>,
     thread_started: bool,
     stall_timeout: Duration,
+    clock: Clock,
     link: Arc<EventLink>,
     events: UnboundedSender<EngineEvent>,
 ) -> AttemptOutcome {
-    let check_every = (stall_timeout / 8).max(Duration::from_millis(10));
-    let mut last_beat = progress.heartbeat.load(Ordering::Relaxed);
-    let mut quiet = Duration::ZERO;
     let result = loop {
         if !thread_started {
             break Ok((
@@ -218,6 +224,7 @@ async fn supervise(
                 AttemptFigures::default(),
             ));
         }
+        let deadline = progress.last_beat() + stall_timeout;
         tokio::select! {
             result = &mut result_rx => {
                 break result.unwrap_or_else(|_| Ok((
@@ -228,32 +235,27 @@ async fn supervise(
                     AttemptFigures::default(),
                 )));
             }
-            _ = tokio::time::sleep(check_every) => {
-                let beat = progress.heartbeat.load(Ordering::Relaxed);
-                if beat != last_beat {
-                    last_beat = beat;
-                    quiet = Duration::ZERO;
+            _ = clock.sleep_until(deadline) => {
+                if clock.now() < progress.last_beat() + stall_timeout {
+                    // It beat while the watchdog slept: wait from that beat.
                     continue;
                 }
-                quiet += check_every;
-                if quiet >= stall_timeout {
-                    // The thread may be stuck in the kernel; tell it to stop if it
-                    // ever comes back, and give the verdict now.
-                    progress.cancel.store(true, Ordering::Relaxed);
-                    let stage = progress.stage();
-                    tracing::warn!(target = %id, %stage, "target stalled");
-                    break Ok((
-                        Verdict::Fail(Failure {
-                            reason: FailReason::Stalled {
-                                during: stage,
-                                offset: progress.done.load(Ordering::Relaxed),
-                                after_secs: stall_timeout.as_secs(),
-                            },
-                            stage,
-                        }),
-                        progress.figures_so_far(),
-                    ));
-                }
+                // The thread may be stuck in the kernel; tell it to stop if it
+                // ever comes back, and give the verdict now.
+                progress.cancel.store(true, Ordering::Relaxed);
+                let stage = progress.stage();
+                tracing::warn!(target = %id, %stage, "target stalled");
+                break Ok((
+                    Verdict::Fail(Failure {
+                        reason: FailReason::Stalled {
+                            during: stage,
+                            offset: progress.done.load(Ordering::Relaxed),
+                            after_secs: stall_timeout.as_secs(),
+                        },
+                        stage,
+                    }),
+                    progress.figures_so_far(),
+                ));
             }
         }
     };

@@ -20,13 +20,16 @@
 //! - `narrow`: a failed write written again in smaller pieces, down to the
 //!   block that fails, so that a write error names that block;
 //! - [`fanout`]: starts attempts, watches them for stalls, and turns their ends
-//!   into verdicts; [`flash_all`] is the one-shot entry point.
+//!   into verdicts; [`flash_all`] is the one-shot entry point;
+//! - [`clock`]: the time the stall watchdog (and the station's timers) go by:
+//!   the system's, or a manual clock that tests move past a timeout.
 //!
 //! **Architecture invariant:** a failed target is data (a [`flashrack_core::Verdict`]),
 //! never an `Err`; only a failure of the source image aborts a fan-out.
 #![deny(missing_docs)]
 
 pub mod attempt;
+pub mod clock;
 pub mod fanout;
 pub mod mapped;
 mod narrow;
@@ -38,6 +41,7 @@ use std::time::Duration;
 
 use flashrack_core::ImageManifest;
 
+pub use clock::{Clock, ManualClock};
 pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout};
 pub use source::SharedSource;
 
@@ -73,6 +77,9 @@ pub struct EngineOptions {
     pub verify: VerifyMode,
     /// A target that makes no progress for this long fails as stalled.
     pub stall_timeout: Duration,
+    /// The clock the stall timeout is measured on (the station's timers use it
+    /// too): the system's, or a manual one in tests.
+    pub clock: Clock,
     /// Minimum time between two progress events of one target.
     pub progress_interval: Duration,
     /// How many chunks the shared source cache keeps (memory: this × chunk size).
@@ -86,6 +93,7 @@ impl Default for EngineOptions {
         Self {
             verify: VerifyMode::Compare,
             stall_timeout: Duration::from_secs(60),
+            clock: Clock::System,
             progress_interval: Duration::from_millis(250),
             source_cache_chunks: 8,
             probe_capacity: true,
