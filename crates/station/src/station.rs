@@ -53,6 +53,8 @@ pub struct StationSettings {
     /// Engine knobs (the verify mode comes from each run).
     pub engine: EngineOptions,
     /// How long shutdown waits for running attempts to stop at a safe point.
+    /// This and `removal_grace` are measured on the engine's clock
+    /// (`engine.clock`), as the stall timeout is: one clock for the station.
     pub shutdown_grace: Duration,
     /// How long an I/O failure waits for a removal before it becomes the verdict:
     /// a pulled stick's in-flight I/O fails with EIO before udev reports the
@@ -390,10 +392,11 @@ impl Station {
         for slot in self.slots.values() {
             slot.canceller.cancel();
         }
-        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        let clock = self.settings.engine.clock.clone();
+        let deadline = clock.now() + self.settings.shutdown_grace;
         while !self.slots.is_empty() {
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = clock.sleep_until(deadline) => break,
                 Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 Some(target) = self.grace_rx.recv() => self.on_grace_over(target).await,
@@ -1016,11 +1019,12 @@ impl Station {
         // in `pending`; a removal settles it at once, else the timer does.
         if self.may_be_a_removal(&done) {
             let grace_tx = self.grace_tx.clone();
-            let grace = self.settings.removal_grace;
+            let clock = self.settings.engine.clock.clone();
+            let deadline = clock.now() + self.settings.removal_grace;
             let target = done.target.clone();
             self.pending.insert(target.clone(), done);
             tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
+                clock.sleep_until(deadline).await;
                 let _ = grace_tx.send(target);
             });
             return;
