@@ -4,13 +4,15 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flashrack_core::{
-    Bound, EngineEvent, EngineEventKind, FailReason, ProbeOperation, Stage, TargetId, Verdict,
-    VerifyMethod,
+    AttemptFigures, Bound, EngineEvent, EngineEventKind, FailReason, ProbeOperation, Stage,
+    TargetId, Verdict, VerifyMethod,
 };
-use flashrack_engine::{flash_all, EngineError, EngineOptions, Fanout, VerifyMode};
+use flashrack_engine::{
+    flash_all, Clock, EngineError, EngineOptions, Fanout, ManualClock, SourceImage, VerifyMode,
+};
 use flashrack_simrack::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
 use flashrack_target::Target;
 use tokio::sync::mpsc;
@@ -29,12 +31,88 @@ fn targets(rack: &SimRack) -> Vec<(TargetId, Arc<dyn Target>)> {
         .collect()
 }
 
+/// A stall timeout no test reaches on the system clock: however slowly a loaded
+/// machine runs a healthy stick, it is never judged stalled. Tests about stalls
+/// measure the stall timeout on a manual clock instead ([`flash_with_stuck`]).
+const NO_STALL: Duration = Duration::from_secs(3600);
+
+/// The stall timeout of the tests about stalls, on a manual clock.
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a test waits for something that must happen (a bound on a hang, never
+/// a synchronization).
+const WAIT: Duration = Duration::from_secs(30);
+
 fn options() -> EngineOptions {
     EngineOptions {
-        stall_timeout: Duration::from_millis(800),
+        stall_timeout: NO_STALL,
         progress_interval: Duration::from_millis(20),
         ..EngineOptions::default()
     }
+}
+
+/// Waits (off the async workers) until a call is stuck in `stick`.
+async fn until_stuck(stick: &SimStick) {
+    let waiting = stick.clone();
+    let stuck = tokio::task::spawn_blocking(move || waiting.wait_until_stalled(WAIT))
+        .await
+        .unwrap();
+    assert!(stuck, "{} never got stuck", stick.name());
+}
+
+type Results = Vec<(TargetId, Verdict, AttemptFigures)>;
+
+/// Writes `image` to every stick of `rack` with the stall timeout on a manual
+/// clock, which moves past the timeout only once every stick but those named in
+/// `stuck` has its verdict and each of those is stuck in a call: the stuck ones
+/// then get theirs from the watchdog, and no other stick can be taken for a
+/// stalled one, however slowly the machine runs it. Returns the verdicts and the
+/// event channel (still open if a thread holds a sender).
+async fn flash_with_stuck(
+    image: &SourceImage,
+    rack: &SimRack,
+    stuck: &[&str],
+    options: EngineOptions,
+) -> (Results, mpsc::UnboundedReceiver<EngineEvent>) {
+    let clock = ManualClock::new();
+    let options = EngineOptions {
+        stall_timeout: STALL_TIMEOUT,
+        clock: Clock::Manual(clock.clone()),
+        ..options
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let run = tokio::spawn({
+        let image = image.clone();
+        let targets = targets(rack);
+        async move { flash_all(&image, targets, options, tx).await }
+    });
+    let others = rack.len() - stuck.len();
+    let mut finished = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while finished.len() < others {
+            let event = rx.recv().await.expect("events until every verdict");
+            if let EngineEventKind::Finished { verdict, .. } = event.kind {
+                let name = event.target.0;
+                assert!(
+                    !stuck.contains(&name.as_str()),
+                    "{name} got a verdict before the clock moved: {verdict:?}"
+                );
+                finished.push(name);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {finished:?} got a verdict"));
+    for name in stuck {
+        until_stuck(rack.stick(name).unwrap()).await;
+    }
+    clock.advance(STALL_TIMEOUT);
+    let results = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("the watchdog gives the stuck sticks their verdicts")
+        .unwrap()
+        .unwrap();
+    (results, rx)
 }
 
 fn reason_of(verdict: &Verdict) -> Option<&FailReason> {
@@ -113,10 +191,7 @@ async fn every_fault_gets_its_own_verdict_and_the_healthy_sticks_still_pass() {
         SimStickSpec::new("healthy-2", capacity),
     ];
     let rack = SimRack::create(dir.path().join("rack"), specs).unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let results = flash_all(&image, targets(&rack), options(), tx)
-        .await
-        .unwrap();
+    let (results, _rx) = flash_with_stuck(&image, &rack, &["stalled"], options()).await;
     let by_name = |name: &str| {
         results
             .iter()
@@ -300,50 +375,50 @@ async fn a_missing_or_truncated_cache_file_is_a_source_error() {
 async fn a_slow_stick_does_not_hold_back_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 8);
-    let fast = 64 * MIB;
+    // The slowest stick there is: held in the middle of its write until the
+    // test lets it go. The others must pass while it is held.
     let mut specs: Vec<SimStickSpec> = (0..3)
-        .map(|i| {
-            SimStickSpec::new(format!("fast{i}"), 8 * MIB)
-                .write_speed(fast)
-                .read_speed(fast)
-        })
+        .map(|i| SimStickSpec::new(format!("fast{i}"), 8 * MIB))
         .collect();
-    specs.push(
-        SimStickSpec::new("slow", 8 * MIB)
-            .write_speed(fast / 10)
-            .read_speed(fast / 10),
-    );
+    specs.push(SimStickSpec::new("slow", 8 * MIB).stall_after_written(MIB));
     let rack = SimRack::create(dir.path().join("rack"), specs).unwrap();
+    let slow = rack.stick("slow").unwrap().clone();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let started = Instant::now();
     let run = tokio::spawn({
         let targets = targets(&rack);
         let image = image.clone();
         async move { flash_all(&image, targets, options(), tx).await }
     });
-    let mut finish_times = std::collections::HashMap::new();
-    while let Some(EngineEvent { target, kind }) = rx.recv().await {
+    let mut finished = Vec::new();
+    while let Some(EngineEvent { target, kind }) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no verdict after {finished:?}"))
+    {
         if let EngineEventKind::Finished { verdict, .. } = kind {
             assert_eq!(verdict, Verdict::Pass, "{target}");
-            finish_times.insert(target.0, started.elapsed());
+            finished.push(target.0);
+            if finished.len() == 3 {
+                // Every fast stick passed; the slow one is still held, a
+                // quarter of the way through its write.
+                until_stuck(&slow).await;
+                assert_eq!(slow.counters().bytes_written, MIB);
+                slow.release();
+            }
         }
     }
     run.await.unwrap().unwrap();
-    let slow = finish_times["slow"];
-    for i in 0..3 {
-        let fast = finish_times[&format!("fast{i}")];
-        // The slow stick needs ten times as long; the fast ones must not wait for
-        // it (a generous bound: they finish before it is a third of the way).
-        assert!(fast * 3 < slow, "fast{i} took {fast:?}, slow took {slow:?}");
-    }
+    // The fast ones, in whatever order, then the slow one.
+    finished[..3].sort();
+    assert_eq!(finished, ["fast0", "fast1", "fast2", "slow"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stick_started_late_runs_at_once_and_an_operator_stop_interrupts() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 9);
+    // Held in the middle of its write until the test lets it go.
     let early = SimStick::create(
-        SimStickSpec::new("early", 4 * MIB).write_speed(2 * MIB),
+        SimStickSpec::new("early", 4 * MIB).stall_after_written(MIB),
         dir.path().join("early.img"),
     )
     .unwrap();
@@ -355,16 +430,21 @@ async fn a_stick_started_late_runs_at_once_and_an_operator_stop_interrupts() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let fanout = Fanout::new(&image, options(), tx).unwrap();
     let early_handle = fanout.start(TargetId::new("early"), Arc::new(early.clone()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_stuck(&early).await;
+    // Started while the early one is mid-write, the late one passes while
+    // the early one is still there.
     let late_handle = fanout.start(TargetId::new("late"), Arc::new(late));
-    let late_outcome = late_handle.finish().await;
+    let late_outcome = tokio::time::timeout(WAIT, late_handle.finish())
+        .await
+        .expect("the late stick is not held up");
     assert_eq!(late_outcome.result.unwrap().0, Verdict::Pass);
+    assert_eq!(early.stalled_calls(), 1, "the early one is still mid-write");
     early_handle.cancel();
+    early.release();
     let early_outcome = early_handle.finish().await;
-    assert_eq!(
-        reason_of(&early_outcome.result.unwrap().0),
-        Some(&FailReason::Interrupted)
-    );
+    let (verdict, _) = early_outcome.result.unwrap();
+    assert_eq!(reason_of(&verdict), Some(&FailReason::Interrupted));
+    assert_eq!(verdict.failure().unwrap().stage, Stage::Writing);
 }
 
 /// The image with a fingerprint for every chunk (manifest format 2), as the
@@ -510,11 +590,7 @@ async fn a_stick_that_stalls_while_read_back_fails_as_stalled_during_verifying()
         ],
     )
     .unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let started = Instant::now();
-    let results = flash_all(&image, targets(&rack), options(), tx)
-        .await
-        .unwrap();
+    let (results, _rx) = flash_with_stuck(&image, &rack, &["stalls"], options()).await;
     assert_eq!(results[0].1, Verdict::Pass);
     assert!(matches!(
         reason_of(&results[1].1),
@@ -523,9 +599,9 @@ async fn a_stick_that_stalls_while_read_back_fails_as_stalled_during_verifying()
             ..
         })
     ));
-    // The verdict came from the watchdog, not from waiting for the stick.
-    assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(rack.stick("stalls").unwrap().stalled_calls() <= 1);
+    // The verdict came from the watchdog, not from waiting for the stick: the
+    // stick still holds the read it stalled in.
+    assert_eq!(rack.stick("stalls").unwrap().stalled_calls(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,14 +619,14 @@ async fn sticks_that_never_return_from_write_or_read_are_abandoned_and_hold_noth
         ],
     )
     .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let results = tokio::time::timeout(
-        Duration::from_secs(30),
-        flash_all(&image, targets(&rack), options(), tx),
+    // Returns although two threads never will.
+    let (results, mut rx) = flash_with_stuck(
+        &image,
+        &rack,
+        &["hangs-writing", "hangs-reading"],
+        options(),
     )
-    .await
-    .expect("flash_all returns although two threads never will")
-    .unwrap();
+    .await;
     assert_eq!(results[0].1, Verdict::Pass);
     for (result, stage) in results[1..].iter().zip([Stage::Writing, Stage::Verifying]) {
         assert!(
@@ -573,7 +649,7 @@ async fn sticks_that_never_return_from_write_or_read_are_abandoned_and_hold_noth
     // The abandoned threads hold no sender: once flash_all has returned, the
     // event channel closes, so whoever waits for it to close is not held up.
     let mut finished = 0;
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(WAIT, async {
         while let Some(event) = rx.recv().await {
             if matches!(event.kind, EngineEventKind::Finished { .. }) {
                 finished += 1;
@@ -582,7 +658,8 @@ async fn sticks_that_never_return_from_write_or_read_are_abandoned_and_hold_noth
     })
     .await
     .expect("the event channel closes while the stuck threads still hang");
-    assert_eq!(finished, 3, "one verdict event per target");
+    // The healthy stick's verdict event was read by `flash_with_stuck`.
+    assert_eq!(finished, 2, "one verdict event per stuck target");
     for stick in rack.sticks() {
         stick.release();
     }
@@ -601,13 +678,10 @@ async fn a_stick_claiming_2_to_the_63_bytes_or_more_gets_its_verdict_at_once() {
     )
     .unwrap();
     let (tx, _rx) = mpsc::unbounded_channel();
-    let results = tokio::time::timeout(
-        Duration::from_secs(30),
-        flash_all(&image, targets(&rack), options(), tx),
-    )
-    .await
-    .expect("the probe ends")
-    .unwrap();
+    let results = tokio::time::timeout(WAIT, flash_all(&image, targets(&rack), options(), tx))
+        .await
+        .expect("the probe ends")
+        .unwrap();
     assert!(
         matches!(
             reason_of(&results[0].1),
@@ -622,27 +696,34 @@ async fn a_stick_claiming_2_to_the_63_bytes_or_more_gets_its_verdict_at_once() {
 async fn an_operator_stop_during_the_read_back_interrupts_it() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 13);
+    // Held in the middle of its read-back (past the probe's reads) until the
+    // test lets it go.
     let stick = SimStick::create(
-        SimStickSpec::new("slow-reader", 8 * MIB).read_speed(2 * MIB),
+        SimStickSpec::new("held-reader", 8 * MIB).stall_after_read(MIB + 100 * 1024),
         dir.path().join("stick.img"),
     )
     .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let fanout = Fanout::new(&image, options(), tx).unwrap();
-    let handle = fanout.start(TargetId::new("slow-reader"), Arc::new(stick.clone()));
-    // Wait until it verifies, then stop it.
-    while let Some(event) = rx.recv().await {
-        if matches!(
-            event.kind,
-            EngineEventKind::Progress {
-                stage: Stage::Verifying,
-                ..
+    let handle = fanout.start(TargetId::new("held-reader"), Arc::new(stick.clone()));
+    // Wait until it verifies and is held there, then stop it.
+    tokio::time::timeout(WAIT, async {
+        while let Some(event) = rx.recv().await {
+            if event.kind
+                == (EngineEventKind::Stage {
+                    stage: Stage::Verifying,
+                })
+            {
+                return;
             }
-        ) {
-            break;
         }
-    }
+        panic!("the events ended before the read-back");
+    })
+    .await
+    .expect("the read-back begins");
+    until_stuck(&stick).await;
     handle.cancel();
+    stick.release();
     let outcome = handle.finish().await;
     let (verdict, _) = outcome.result.unwrap();
     assert_eq!(reason_of(&verdict), Some(&FailReason::Interrupted));
@@ -869,7 +950,10 @@ async fn when_the_rest_cannot_be_read_after_a_mismatch_no_digest_is_claimed() {
         )
         .unwrap();
         let (tx, _rx) = mpsc::unbounded_channel();
-        let options = EngineOptions { verify, ..options };
+        let options = EngineOptions {
+            verify,
+            ..options.clone()
+        };
         for (id, verdict, figures) in flash_all(&image, targets(&rack), options, tx)
             .await
             .unwrap()
@@ -898,10 +982,13 @@ async fn a_stall_verdict_carries_the_bytes_the_stick_acknowledged_so_far() {
         ],
     )
     .unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let results = flash_all(&image, targets(&rack), options(), tx)
-        .await
-        .unwrap();
+    let (results, _rx) = flash_with_stuck(
+        &image,
+        &rack,
+        &["stalls-writing", "stalls-verifying"],
+        options(),
+    )
+    .await;
 
     let (_, verdict, figures) = &results[0];
     assert!(matches!(
