@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{Bound, FailReason, Failure, RefusalCode, RunId, Stage, StopReason, Verdict};
-use flashrack_engine::{EngineOptions, SourceImage};
+use flashrack_engine::{Clock, EngineOptions, ManualClock, SourceImage};
 use flashrack_guard::GuardPolicy;
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
@@ -31,15 +31,36 @@ fn port_path(n: usize) -> String {
     format!("sim-port-{n}")
 }
 
-async fn rig(ports: usize, policy: GuardPolicy) -> Rig {
-    rig_with(ports, policy, |_| {}).await
-}
+/// A stall timeout no test reaches on the system clock: a healthy stick is never
+/// taken for a stalled one, however slowly a loaded machine runs it. The tests
+/// about stalls and grace periods run the station on a manual clock, which moves
+/// only when they have brought the station where they want it.
+const NO_STALL: Duration = Duration::from_secs(3600);
+
+/// The stall timeout of the tests about stalls (on a manual clock).
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long shutdown waits for attempts to reach a safe point.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-async fn rig_with_stall_timeout(ports: usize, policy: GuardPolicy, stall_timeout: Duration) -> Rig {
-    rig_with(ports, policy, |s| s.engine.stall_timeout = stall_timeout).await
+/// How long an I/O failure waits for a removal that would explain it.
+const REMOVAL_GRACE: Duration = Duration::from_millis(300);
+
+/// How long a test waits for something that must happen: a bound on a hang,
+/// never a synchronization.
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn rig(ports: usize, policy: GuardPolicy) -> Rig {
+    rig_with(ports, policy, |_| {}).await
+}
+
+/// A rig whose station (timers and stall watchdog) runs on `clock`.
+async fn rig_on(ports: usize, policy: GuardPolicy, clock: Clock, stall_timeout: Duration) -> Rig {
+    rig_with(ports, policy, |s| {
+        s.engine.clock = clock;
+        s.engine.stall_timeout = stall_timeout;
+    })
+    .await
 }
 
 /// A rig whose settings `tweak` may change.
@@ -65,12 +86,12 @@ async fn rig_with(
             .collect(),
         policy,
         engine: EngineOptions {
-            stall_timeout: Duration::from_secs(5),
+            stall_timeout: NO_STALL,
             progress_interval: Duration::from_millis(20),
             ..EngineOptions::default()
         },
         shutdown_grace: SHUTDOWN_GRACE,
-        removal_grace: Duration::from_millis(300),
+        removal_grace: REMOVAL_GRACE,
         heartbeat: Duration::from_secs(2),
     };
     let mut settings = settings;
@@ -115,7 +136,7 @@ impl Rig {
         SourceImage { path, manifest }
     }
 
-    /// Waits until the snapshot satisfies `check` (10 s at most).
+    /// Waits until the snapshot satisfies `check`.
     async fn until(&self, what: &str, check: impl Fn(&Snapshot) -> bool) -> Snapshot {
         let mut watch = self.handle.watch();
         let wait = async {
@@ -126,7 +147,7 @@ impl Rig {
                 watch.changed().await.unwrap();
             }
         };
-        match tokio::time::timeout(Duration::from_secs(10), wait).await {
+        match tokio::time::timeout(WAIT, wait).await {
             Ok(snapshot) => snapshot,
             Err(_) => panic!(
                 "timed out waiting for {what}: {:#?}",
@@ -135,11 +156,52 @@ impl Rig {
         }
     }
 
+    /// Proves that the station has handled everything that reached it before
+    /// this call: a command's answer comes from the station's loop, after the
+    /// events it had already taken. (Starting an unknown port changes nothing.)
+    async fn round_trip(&self) {
+        assert!(matches!(
+            self.handle.start_port("no such port").await,
+            Err(StationError::UnknownPort(_))
+        ));
+    }
+
     async fn shutdown(mut self) -> Arc<MemoryJournal> {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
+        self.stopped().await
+    }
+
+    /// Asks the station to stop and waits until it waits for its attempts to
+    /// reach a safe point: its shutdown grace is armed on the manual `clock`,
+    /// and every attempt has been told to stop. The clock stands still: the
+    /// grace ends only when the test moves it.
+    async fn begin_shutdown(&mut self, clock: &ManualClock) {
+        let grace_ends = clock.now() + SHUTDOWN_GRACE;
+        let _ = self.stop.take().unwrap().send(());
+        until_sleeping(clock, "the shutdown grace", |d| d.contains(&grace_ends)).await;
+    }
+
+    /// Waits for the station to stop.
+    async fn stopped(mut self) -> Arc<MemoryJournal> {
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("the station stops")
+            .unwrap();
         self.journal.clone()
     }
+}
+
+/// Waits until the sleeps on `clock` satisfy `check`: a timer the test is about
+/// has been armed.
+async fn until_sleeping(clock: &ManualClock, what: &str, check: impl FnMut(&[Instant]) -> bool) {
+    tokio::time::timeout(WAIT, clock.until_sleeps(check))
+        .await
+        .unwrap_or_else(|_| panic!("{what} was never armed: {:?}", clock.sleeps()));
+}
+
+/// How many sleeps on `clock` end at `deadline`.
+fn sleeping_until(deadlines: &[Instant], deadline: Instant) -> usize {
+    deadlines.iter().filter(|&&d| d == deadline).count()
 }
 
 fn port<'a>(snapshot: &'a Snapshot, label: &str) -> &'a flashrack_station::PortView {
@@ -165,7 +227,9 @@ async fn with_no_run_armed_sticks_are_identified_but_never_written() {
     assert_eq!(device.serial.as_deref(), Some("SER-1"));
     assert_eq!(device.vendor.as_deref(), Some("Flashrack"));
     assert_eq!(device.capacity, 16 * MIB);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // An attempt would have been recorded when the stick was handled.
+    rig.round_trip().await;
+    assert!(rig.journal.records().attempts.is_empty());
     let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
     assert_eq!(stick.counters().bytes_written, 0);
     assert_eq!(state(&rig.handle.snapshot(), "A1"), PortState::Detected);
@@ -222,10 +286,12 @@ async fn an_armed_run_writes_present_and_inserted_sticks_and_records_them() {
 async fn a_stick_pulled_mid_write_leaves_its_port_failed_as_removed_until_the_next_stick() {
     let rig = rig(2, GuardPolicy::default()).await;
     rig.arm(RunOptions::default()).await.unwrap();
-    let slow = rig.plug(1, "SLOW", healthy().write_speed(MIB));
+    // Held in the middle of its write until it is pulled.
+    let slow = rig.plug(1, "SLOW", healthy().stall_after_written(MIB));
     rig.plug(2, "FAST", healthy());
     rig.until("writing", |s| state(s, "A1") == PortState::Writing)
         .await;
+    until_stuck(&rig, 1).await;
     let mut events = rig.handle.subscribe();
     rig.control.pull(&slow).unwrap();
     let removed = Verdict::Fail(Failure {
@@ -251,7 +317,7 @@ async fn a_stick_pulled_mid_write_leaves_its_port_failed_as_removed_until_the_ne
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), wait_failed)
+    tokio::time::timeout(WAIT, wait_failed)
         .await
         .unwrap_or_else(|_| {
             panic!(
@@ -311,7 +377,16 @@ async fn a_stick_pulled_mid_write_leaves_its_port_failed_as_removed_until_the_ne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_io_error_followed_by_the_removal_is_a_removed_stick_not_a_bad_one() {
-    let rig = rig(3, GuardPolicy::default()).await;
+    // The removal grace is measured on a clock that stands still until the
+    // test moves it: the removals surely come within it.
+    let clock = ManualClock::new();
+    let rig = rig_on(
+        3,
+        GuardPolicy::default(),
+        Clock::Manual(clock.clone()),
+        STALL_TIMEOUT,
+    )
+    .await;
     rig.arm(RunOptions::default()).await.unwrap();
     // Both sticks fail a write with EIO at once, as a pulled USB stick does
     // before udev reports it gone; one of them is then reported gone. A third
@@ -319,9 +394,29 @@ async fn an_io_error_followed_by_the_removal_is_a_removed_stick_not_a_bad_one() 
     let pulled = rig.plug(1, "PULLED", healthy().write_error_after(512 * 1024));
     rig.plug(2, "BAD", healthy().write_error_after(512 * 1024));
     let pulled_in_probe = rig.plug(3, "PROBE", healthy().write_error_after(4096));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every failure waits for a removal that would explain it.
+    let grace_ends = clock.now() + REMOVAL_GRACE;
+    until_sleeping(&clock, "three removal graces", |d| {
+        sleeping_until(d, grace_ends) == 3
+    })
+    .await;
     rig.control.pull(&pulled).unwrap();
     rig.control.pull(&pulled_in_probe).unwrap();
+    let snap = rig
+        .until("the pulled ones failed", |s| {
+            state(s, "A1") == PortState::Failed && state(s, "A3") == PortState::Failed
+        })
+        .await;
+    for label in ["A1", "A3"] {
+        assert!(
+            matches!(reason(&snap, label), Some(FailReason::Removed { .. })),
+            "{label}: {:?}",
+            port(&snap, label).verdict
+        );
+    }
+    // The one nobody pulled is still waiting for its grace to end.
+    assert!(state(&snap, "A2").is_busy(), "{:?}", port(&snap, "A2"));
+    clock.advance(REMOVAL_GRACE);
     let snap = rig
         .until("the bad one failed", |s| {
             state(s, "A2") == PortState::Failed
@@ -371,7 +466,8 @@ async fn a_stick_that_passed_is_not_rewritten_when_reinserted_unless_the_operato
         .until("shown as passed", |s| state(s, "A2") == PortState::Passed)
         .await;
     assert_eq!(port(&snap, "A2").verdict, Some(Verdict::Pass));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // An attempt would have been recorded when the stick was handled.
+    rig.round_trip().await;
     let (_, stick) = rig.control.stick_at(&port_path(2)).unwrap();
     assert_eq!(stick.counters().bytes_written, 0, "not rewritten");
     assert_eq!(rig.journal.records().attempts.len(), 1);
@@ -406,9 +502,10 @@ async fn the_run_stops_by_itself_when_the_target_count_is_reached() {
     rig.plug(3, "S3", healthy());
     rig.until("detected", |s| state(s, "A3") == PortState::Detected)
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.round_trip().await;
     assert_eq!(state(&rig.handle.snapshot(), "A3"), PortState::Detected);
     let journal = rig.shutdown().await;
+    assert_eq!(journal.records().attempts.len(), 2, "none for S3");
     assert_eq!(journal.records().runs[0].2, Some(StopReason::TargetReached));
 }
 
@@ -517,6 +614,7 @@ async fn a_passed_stick_is_ejected_when_the_run_asks() {
     })
     .await
     .unwrap();
+    let mut events = rig.handle.subscribe();
     rig.plug(1, "S1", healthy());
     let snap = rig
         .until("ejected", |s| {
@@ -526,9 +624,32 @@ async fn a_passed_stick_is_ejected_when_the_run_asks() {
     assert!(port(&snap, "A1").ejected);
     let (kernel_name, stick) = rig.control.stick_at(&port_path(1)).unwrap();
     assert!(stick.is_removed(), "the system let go of it");
-    // The system reports it gone, but the port keeps saying "pull it" until the
-    // operator does and another stick arrives.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The system reports it gone (the station shows A1 again once it has
+    // handled that: the event after the one that says it was ejected), but
+    // the port keeps saying "pull it" until the operator does and another
+    // stick arrives.
+    let handled_removal = async {
+        let mut ejected = false;
+        loop {
+            if let StationEvent::Port { port } = events.recv().await.unwrap() {
+                if port.label == "A1" {
+                    if ejected {
+                        return;
+                    }
+                    ejected = port.ejected;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, handled_removal)
+        .await
+        .expect("the removal of the ejected stick is handled");
+    assert!(rig
+        .journal
+        .records()
+        .events
+        .iter()
+        .any(|e| matches!(e, JournalEvent::DeviceRemoved { port, .. } if port == "A1")));
     let snap = rig.handle.snapshot();
     assert_eq!(state(&snap, "A1"), PortState::Passed);
     assert!(port(&snap, "A1").ejected);
@@ -549,12 +670,33 @@ async fn a_passed_stick_is_ejected_when_the_run_asks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_run_and_shutting_down_interrupt_running_attempts() {
-    let rig = rig(2, GuardPolicy::default()).await;
+    // The shutdown grace on a clock that stands still: the attempts surely
+    // reach their safe points within it.
+    let clock = ManualClock::new();
+    let rig = rig_on(
+        2,
+        GuardPolicy::default(),
+        Clock::Manual(clock.clone()),
+        NO_STALL,
+    )
+    .await;
     rig.arm(RunOptions::default()).await.unwrap();
-    rig.plug(1, "S1", healthy().write_speed(MIB));
+    // Held in the middle of its write in the first run (a stall) and in the
+    // second (a hang, later on), each time until the test lets it go.
+    rig.plug(
+        1,
+        "S1",
+        healthy()
+            .stall_after_written(MIB)
+            .hang_after_written(3 * MIB),
+    );
     rig.until("writing", |s| state(s, "A1") == PortState::Writing)
         .await;
+    let s1 = until_stuck(&rig, 1).await;
+    // The answer comes once the attempts have been told to stop; let go, the
+    // attempt stops at its next safe point.
     rig.handle.stop_run("operator stop").await.unwrap();
+    s1.release();
     let snap = rig
         .until("interrupted", |s| state(s, "A1") == PortState::Failed)
         .await;
@@ -573,13 +715,21 @@ async fn stopping_the_run_and_shutting_down_interrupt_running_attempts() {
 
     // A second run, then a shutdown in the middle of a write. The stick left
     // untested in A1 is written by the new run too.
+    s1.rearm();
     rig.arm(RunOptions::default()).await.unwrap();
-    rig.plug(2, "S2", healthy().write_speed(MIB));
+    rig.plug(2, "S2", healthy().stall_after_written(MIB));
     rig.until("writing", |s| {
         state(s, "A1") == PortState::Writing && state(s, "A2") == PortState::Writing
     })
     .await;
-    let journal = rig.shutdown().await;
+    let s2 = until_stuck(&rig, 2).await;
+    until_stuck(&rig, 1).await;
+    let mut rig = rig;
+    rig.begin_shutdown(&clock).await;
+    s1.release();
+    s2.release();
+    // The clock never moves: both reach their safe points within the grace.
+    let journal = rig.stopped().await;
     let records = journal.records();
     assert_eq!(records.attempts.len(), 3);
     for attempt in &records.attempts {
@@ -637,23 +787,11 @@ fn reason<'a>(snapshot: &'a Snapshot, label: &str) -> Option<&'a FailReason> {
 async fn until_stuck(rig: &Rig, n: usize) -> flashrack_simrack::sim::SimStick {
     let (_, stick) = rig.control.stick_at(&port_path(n)).unwrap();
     let waiting = stick.clone();
-    let stuck =
-        tokio::task::spawn_blocking(move || waiting.wait_until_stalled(Duration::from_secs(10)))
-            .await
-            .unwrap();
+    let stuck = tokio::task::spawn_blocking(move || waiting.wait_until_stalled(WAIT))
+        .await
+        .unwrap();
     assert!(stuck, "the stick in A{n} never got stuck");
     stick
-}
-
-/// Shuts the station down; fails if that takes more than the shutdown grace
-/// and a margin.
-async fn shut_down_in_time(rig: Rig) -> Arc<MemoryJournal> {
-    let asked = Instant::now();
-    let journal = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), rig.shutdown())
-        .await
-        .expect("the shutdown completes although a stick is stuck");
-    assert!(asked.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(5));
-    journal
 }
 
 fn reason_of(verdict: &Option<Verdict>) -> Option<&FailReason> {
@@ -665,7 +803,16 @@ fn reason_of(verdict: &Option<Verdict>) -> Option<&FailReason> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticks_stuck_in_write_or_read_fail_as_stalled_while_another_port_passes() {
-    let rig = rig(3, GuardPolicy::default()).await;
+    // The stall timeout on a clock that moves only once A3 has passed and the
+    // others are stuck: A3 cannot be taken for a stalled stick.
+    let clock = ManualClock::new();
+    let rig = rig_on(
+        3,
+        GuardPolicy::default(),
+        Clock::Manual(clock.clone()),
+        STALL_TIMEOUT,
+    )
+    .await;
     rig.arm(RunOptions::default()).await.unwrap();
     // Never return, whatever happens to them: a write, and a read of the
     // read-back (past the capacity probe's reads), stuck in the kernel.
@@ -675,7 +822,16 @@ async fn sticks_stuck_in_write_or_read_fail_as_stalled_while_another_port_passes
     let stuck = [until_stuck(&rig, 1).await, until_stuck(&rig, 2).await];
     rig.until("A3 passed", |s| state(s, "A3") == PortState::Passed)
         .await;
-    // The stall timeout (5 s) and the removal grace, then the verdicts.
+    // The stall timeout, then the removal grace (a stalled stick may be one
+    // being pulled), then the verdicts.
+    clock.advance(STALL_TIMEOUT);
+    let grace_ends = clock.now() + REMOVAL_GRACE;
+    until_sleeping(&clock, "two removal graces", |d| {
+        sleeping_until(d, grace_ends) == 2
+    })
+    .await;
+    assert!(state(&rig.handle.snapshot(), "A1").is_busy());
+    clock.advance(REMOVAL_GRACE);
     let snap = rig
         .until("A1 and A2 stalled", |s| {
             state(s, "A1") == PortState::Failed && state(s, "A2") == PortState::Failed
@@ -690,9 +846,9 @@ async fn sticks_stuck_in_write_or_read_fail_as_stalled_while_another_port_passes
     }
     let run = snap.run.clone().unwrap();
     assert_eq!((run.passed, run.failed, run.active), (1, 2, 0));
-    // The threads are still stuck; nothing waits for them.
+    // The threads are still stuck; nothing waits for them, not the shutdown.
     assert!(stuck.iter().all(|stick| stick.stalled_calls() == 1));
-    let journal = shut_down_in_time(rig).await;
+    let journal = rig.shutdown().await;
     let records = journal.records();
     let verdicts: Vec<_> = records
         .attempts
@@ -722,15 +878,22 @@ async fn sticks_stuck_in_write_or_read_fail_as_stalled_while_another_port_passes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stick_stuck_in_the_kernel_never_blocks_a_run_stop_another_port_or_a_shutdown() {
-    // The watchdog would speak only after ten minutes: all of this happens
-    // without it.
-    let rig = rig_with_stall_timeout(2, GuardPolicy::default(), Duration::from_secs(600)).await;
+    // The watchdog would speak only after ten minutes of the station's clock,
+    // which moves only past the shutdown grace: all of this happens without it.
+    let clock = ManualClock::new();
+    let rig = rig_on(
+        2,
+        GuardPolicy::default(),
+        Clock::Manual(clock.clone()),
+        Duration::from_secs(600),
+    )
+    .await;
     rig.arm(RunOptions::default()).await.unwrap();
     rig.plug(1, "STUCK", healthy().hang_after_written(MIB));
     let stuck = until_stuck(&rig, 1).await;
     // The operator stops the run: it is closed at once, though the stuck
     // attempt cannot reach a safe point.
-    tokio::time::timeout(Duration::from_secs(5), rig.handle.stop_run("operator stop"))
+    tokio::time::timeout(WAIT, rig.handle.stop_run("operator stop"))
         .await
         .expect("the stop returns")
         .unwrap();
@@ -747,7 +910,12 @@ async fn a_stick_stuck_in_the_kernel_never_blocks_a_run_stop_another_port_or_a_s
     assert_eq!(stuck.stalled_calls(), 1);
     // A shutdown waits the grace for a safe point, then records the stuck
     // attempt as interrupted and leaves its thread behind.
-    let journal = shut_down_in_time(rig).await;
+    let mut rig = rig;
+    rig.begin_shutdown(&clock).await;
+    assert!(!rig.task.is_finished(), "waits for a safe point");
+    clock.advance(SHUTDOWN_GRACE);
+    let journal = rig.stopped().await;
+    assert_eq!(stuck.stalled_calls(), 1, "left behind");
     let records = journal.records();
     assert_eq!(records.attempts.len(), 2, "{records:?}");
     assert_eq!(
@@ -869,12 +1037,15 @@ async fn interrupted_attempts_are_counted_apart_from_failures() {
     let rig = rig(2, GuardPolicy::default()).await;
     rig.arm(RunOptions::default()).await.unwrap();
     rig.plug(1, "BAD", healthy().write_error_after(512 * 1024));
-    rig.plug(2, "SLOW", healthy().write_speed(MIB));
+    // Held in the middle of its write until the run is stopped.
+    rig.plug(2, "HELD", healthy().stall_after_written(MIB));
     rig.until("A1 failed, A2 writing", |s| {
         state(s, "A1") == PortState::Failed && state(s, "A2") == PortState::Writing
     })
     .await;
+    let held = until_stuck(&rig, 2).await;
     rig.handle.stop_run("operator stop").await.unwrap();
+    held.release();
     let snap = rig
         .until("A2 interrupted", |s| state(s, "A2") == PortState::Failed)
         .await;
@@ -895,13 +1066,16 @@ async fn with_a_target_count_sticks_wait_while_passes_and_attempts_in_flight_rea
     })
     .await
     .unwrap();
-    // Two in flight: the target could be reached without another stick.
-    let pulled = rig.plug(1, "PULLED", healthy().write_speed(MIB));
-    rig.plug(2, "SLOW", healthy().write_speed(2 * MIB));
+    // Two in flight, each held in the middle of its write until the test lets
+    // it go: the target could be reached without another stick.
+    let pulled = rig.plug(1, "PULLED", healthy().stall_after_written(MIB));
+    rig.plug(2, "SLOW", healthy().stall_after_written(MIB));
     rig.until("two writing", |s| {
         state(s, "A1") == PortState::Writing && state(s, "A2").is_busy()
     })
     .await;
+    until_stuck(&rig, 1).await;
+    let slow = until_stuck(&rig, 2).await;
     // The next sticks wait, in the order they arrived.
     rig.plug(3, "BAD", healthy().write_error_after(512 * 1024));
     rig.until("A3 waiting", |s| state(s, "A3") == PortState::Waiting)
@@ -923,6 +1097,7 @@ async fn with_a_target_count_sticks_wait_while_passes_and_attempts_in_flight_rea
     // too (a bad stick): the next one starts. The target is reached by A2 and
     // A4; A5 is never written.
     rig.control.pull(&pulled).unwrap();
+    slow.release();
     let snap = rig
         .until("the run stops at its target", |s| {
             s.run.as_ref().is_some_and(|r| !r.armed)
@@ -960,8 +1135,14 @@ async fn a_running_attempts_acknowledged_bytes_are_recorded_with_the_heartbeat()
     })
     .await;
     rig.arm(RunOptions::default()).await.unwrap();
-    // 3 MiB at 1 MiB/s: seconds of writing, many heartbeats.
-    rig.plug(1, "SLOW", healthy().write_speed(MIB));
+    // Written at 4 MiB/s (each piece takes long enough for the engine to
+    // report progress) and held once 2 MiB are on it, until the end of the
+    // test: heartbeats come while it writes.
+    rig.plug(
+        1,
+        "SLOW",
+        healthy().write_speed(4 * MIB).stall_after_written(2 * MIB),
+    );
     let journal = rig.journal.clone();
     let recorded = move || {
         journal
@@ -971,18 +1152,25 @@ async fn a_running_attempts_acknowledged_bytes_are_recorded_with_the_heartbeat()
             .and_then(|a| a.so_far)
             .map_or(0, |f| f.bytes_written)
     };
-    let snap = rig
-        .until("a figure recorded while writing", |s| {
-            state(s, "A1") == PortState::Writing && recorded() > 0
-        })
+    rig.until("writing", |s| state(s, "A1") == PortState::Writing)
         .await;
+    let stick = until_stuck(&rig, 1).await;
+    // The journal tells no one when it changes: poll it (for the state, not
+    // for time) until a heartbeat has recorded a figure.
+    tokio::time::timeout(WAIT, async {
+        while recorded() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a figure recorded while writing");
     // Recorded while the attempt still runs, and never more than reached the
     // stick.
-    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
     assert!(recorded() <= stick.counters().bytes_written);
-    assert_eq!(state(&snap, "A1"), PortState::Writing);
+    assert_eq!(state(&rig.handle.snapshot(), "A1"), PortState::Writing);
     assert!(rig.journal.records().attempts[0].verdict.is_none());
     assert!(rig.journal.records().heartbeats > 0);
+    stick.release();
     rig.shutdown().await;
 }
 
@@ -990,7 +1178,13 @@ async fn a_running_attempts_acknowledged_bytes_are_recorded_with_the_heartbeat()
 async fn a_pulled_sticks_record_keeps_the_bytes_it_acknowledged_as_a_lower_bound() {
     let rig = rig(1, GuardPolicy::default()).await;
     rig.arm(RunOptions::default()).await.unwrap();
-    let slow = rig.plug(1, "SLOW", healthy().write_speed(MIB));
+    // Written at 4 MiB/s (so that the engine reports progress) and held once
+    // 2 MiB are on it, until it is pulled.
+    let slow = rig.plug(
+        1,
+        "SLOW",
+        healthy().write_speed(4 * MIB).stall_after_written(2 * MIB),
+    );
     rig.until("written a little", |s| {
         port(s, "A1")
             .progress
@@ -1050,10 +1244,9 @@ async fn an_attempt_stuck_at_shutdown_is_recorded_with_the_bytes_known_to_have_r
     .await;
     let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
     let waiting = stick.clone();
-    let stalled =
-        tokio::task::spawn_blocking(move || waiting.wait_until_stalled(Duration::from_secs(10)))
-            .await
-            .unwrap();
+    let stalled = tokio::task::spawn_blocking(move || waiting.wait_until_stalled(WAIT))
+        .await
+        .unwrap();
     assert!(stalled, "the stick never stalled");
     let journal = rig.shutdown().await;
     stick.release();
