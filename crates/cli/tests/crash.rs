@@ -64,6 +64,11 @@ impl Demo {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("bad answer {e}: {text}"))
     }
 
+    /// Whether the station has armed its run.
+    fn armed(&self) -> bool {
+        self.station()["run"]["armed"].as_bool() == Some(true)
+    }
+
     /// Attempt ids the ports show, and how many are busy writing or verifying.
     fn attempts(&self) -> (BTreeSet<i64>, usize) {
         let (ids, busy, _) = self.poll();
@@ -132,9 +137,17 @@ fn a_station_killed_mid_write_loses_and_duplicates_no_attempt() {
     demo.child.wait().unwrap();
     drop(demo);
 
-    // Second life: recovery runs at start-up; then a clean stop (SIGTERM).
+    // Second life: recovery runs at start-up; once its run is armed, a clean
+    // stop (SIGTERM).
     let demo = Demo::start(&data_dir);
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !demo.armed() {
+        assert!(
+            Instant::now() < deadline,
+            "the second life never armed its run"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (after_restart, _) = demo.attempts();
     let pid = rustix::process::Pid::from_raw(demo.child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();

@@ -149,10 +149,18 @@ impl Watch {
         }
     }
 
-    /// Asserts that no event comes within `wait`.
-    fn assert_quiet(&mut self, wait: Duration) {
-        if let Some(event) = self.next_within(wait) {
-            panic!("unexpected event {event:?}");
+    /// Asserts that nothing more comes for what happened so far, without
+    /// waiting for time to pass: once udev has finished every queued event
+    /// (`settle`), it has handed them to the monitor; then `marker` (a stick
+    /// this watch reports, unused until now) is plugged, and its addition must
+    /// be the very next event. The monitor's socket keeps the order, and the
+    /// source reads it in order: any event still due would come first.
+    fn assert_quiet(&mut self, marker: &TestStick) {
+        settle();
+        marker.plug();
+        match self.next() {
+            Hotplug::Added(device) if device == expected(marker) => {}
+            event => panic!("unexpected event {event:?}"),
         }
     }
 }
@@ -207,7 +215,8 @@ fn a_stick_present_at_start_up_is_reported_before_enumerated_with_its_udev_ident
 #[test]
 fn a_stick_plugged_in_while_running_is_added_and_pulling_it_removes_it() {
     let stick = TestStick::create();
-    let mut watch = Watch::only(&[&stick]);
+    let marker = TestStick::create();
+    let mut watch = Watch::only(&[&stick, &marker]);
     // An empty loop device (a reader without a card) is not a stick.
     assert_eq!(watch.until_enumerated(), []);
 
@@ -218,14 +227,15 @@ fn a_stick_plugged_in_while_running_is_added_and_pulling_it_removes_it() {
 
     // The node's own `remove` event concerns a disk no longer present: nothing.
     stick.delete();
-    settle();
-    watch.assert_quiet(Duration::from_millis(300));
+    watch.assert_quiet(&marker);
 }
 
 #[test]
 fn four_sticks_plugged_in_at_once_are_all_added() {
     let sticks: Vec<TestStick> = (0..4).map(|_| TestStick::create()).collect();
-    let refs: Vec<&TestStick> = sticks.iter().collect();
+    let marker = TestStick::create();
+    let mut refs: Vec<&TestStick> = sticks.iter().collect();
+    refs.push(&marker);
     let mut watch = Watch::only(&refs);
     assert_eq!(watch.until_enumerated(), []);
 
@@ -240,8 +250,7 @@ fn four_sticks_plugged_in_at_once_are_all_added() {
     expected.sort_by(|a, b| a.kernel_name.cmp(&b.kernel_name));
     assert_eq!(seen, expected);
     // Each is reported once, not once per udev event it caused.
-    settle();
-    watch.assert_quiet(Duration::from_millis(300));
+    watch.assert_quiet(&marker);
 }
 
 #[test]
