@@ -923,12 +923,13 @@ async fn a_port_view_names_the_run_and_image_of_its_verdict_and_metrics_count_ap
     .await;
     assert_eq!(status, StatusCode::CREATED, "{run}");
     assert_eq!(run["interrupted"], 0);
-    // A slow stick in flight covers the target: the next one waits.
+    // A stick in flight (held in the middle of its write until the run is
+    // stopped) covers the target: the next one waits.
     rig.control
         .plug(
             "p1",
             "SLOW",
-            SimStickSpec::new("", 8 * MIB).write_speed(MIB),
+            SimStickSpec::new("", 8 * MIB).stall_after_written(MIB),
         )
         .unwrap();
     let mut watch = rig.station().watch();
@@ -967,6 +968,8 @@ async fn a_port_view_names_the_run_and_image_of_its_verdict_and_metrics_count_ap
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    // Told to stop, the stick let go stops at its next safe point.
+    rig.control.stick_at("p1").unwrap().1.release();
     tokio::time::timeout(
         Duration::from_secs(10),
         watch.wait_for(|s| s.run.as_ref().is_some_and(|r| r.active == 0)),
