@@ -174,7 +174,9 @@ fn a_second_flashrack_on_a_busy_data_directory_stops_naming_the_first_and_touche
 
 #[test]
 fn after_a_flash_the_database_file_alone_holds_the_run_and_a_read_only_copy_reports_it() {
-    require_root(&["mount", "umount"]);
+    if !require_root(&["mount", "umount"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let image = write_image(dir.path(), "image.img", 10);

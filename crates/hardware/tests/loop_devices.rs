@@ -61,7 +61,9 @@ fn sectors_read(device: &LoopDevice) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loop_devices_are_written_with_direct_io_and_read_back_from_the_device() {
-    require_root(&["losetup"]);
+    if !require_root(&["losetup"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     // An image whose size is not a multiple of the block size: the tail is
     // written by read-modify-write, keeping the stick's bytes after the image.
@@ -109,7 +111,9 @@ async fn loop_devices_are_written_with_direct_io_and_read_back_from_the_device()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_honest_loop_device_passes_the_capacity_probe() {
-    require_root(&["losetup"]);
+    if !require_root(&["losetup"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (image, bytes) = common::make_image(dir.path(), 3 * MIB as usize, 15);
     let device = LoopDevice::new(64 * MIB);
@@ -131,7 +135,9 @@ async fn an_honest_loop_device_passes_the_capacity_probe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_device_held_open_exclusively_elsewhere_is_refused_and_untouched() {
-    require_root(&["losetup"]);
+    if !require_root(&["losetup"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), MIB as usize, 12);
     let device = LoopDevice::new(8 * MIB);
@@ -162,7 +168,9 @@ async fn a_loop_device_held_open_exclusively_elsewhere_is_refused_and_untouched(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mounted_loop_device_is_refused_by_the_guard() {
-    require_root(&["losetup", "mkfs.ext4", "mount"]);
+    if !require_root(&["losetup", "mkfs.ext4", "mount"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), MIB as usize, 13);
     let device = LoopDevice::new(32 * MIB);
@@ -214,7 +222,9 @@ async fn a_mounted_loop_device_is_refused_by_the_guard() {
 /// gets a byte. Judging the name at the open instead would write the new disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_given_to_another_disk_before_the_open_is_refused_and_neither_disk_is_written() {
-    require_root(&["losetup"]);
+    if !require_root(&["losetup"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), MIB as usize, 16);
     let device = LoopDevice::new(8 * MIB);
@@ -310,7 +320,9 @@ impl Target for DamagedBeforeVerify {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verification_reads_the_medium_and_reports_the_first_bad_offset() {
-    require_root(&["losetup"]);
+    if !require_root(&["losetup"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 6 * MIB as usize, 14);
     for verify in [VerifyMode::Compare, VerifyMode::Hash] {
@@ -360,7 +372,9 @@ async fn verification_reads_the_medium_and_reports_the_first_bad_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_ends_before_the_image_after_a_mismatch_claims_no_digest() {
-    require_root(&["losetup"]);
+    if !require_root(&["losetup"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 6 * MIB as usize, 17);
     for verify in [VerifyMode::Compare, VerifyMode::Hash] {
@@ -395,7 +409,9 @@ async fn a_device_that_ends_before_the_image_after_a_mismatch_claims_no_digest()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_protected_loop_device_fails_as_read_only_and_is_untouched() {
-    require_root(&["losetup"]);
+    if !require_root(&["losetup"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), MIB as usize, 18);
     let device = LoopDevice::new_read_only(8 * MIB);
@@ -418,7 +434,9 @@ async fn a_write_protected_loop_device_fails_as_read_only_and_is_untouched() {
 
 #[test]
 fn a_device_made_read_only_while_open_refuses_the_next_write_as_read_only() {
-    require_root(&["losetup", "blockdev"]);
+    if !require_root(&["losetup", "blockdev"]) {
+        return;
+    }
     let device = LoopDevice::new(4 * MIB);
     let target = PathTarget::block_device(device.path(), loop_guard(MIB));
     let mut writer = target.open_writer().unwrap();
@@ -433,7 +451,9 @@ fn a_device_made_read_only_while_open_refuses_the_next_write_as_read_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_device_of_zero_bytes_has_no_medium() {
-    require_root(&["losetup"]);
+    if !require_root(&["losetup"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), MIB as usize, 19);
     let device = LoopDevice::new(0);
@@ -477,7 +497,9 @@ fn resident_bytes(path: &Path) -> u64 {
 
 #[test]
 fn a_loop_read_back_drops_the_backing_file_pages_behind_it() {
-    require_root(&["losetup", "fincore"]);
+    if !require_root(&["losetup", "fincore"]) {
+        return;
+    }
     let written = 48 * MIB as usize;
     let device = LoopDevice::new(64 * MIB);
     let target = PathTarget::block_device(device.path(), loop_guard(written as u64));

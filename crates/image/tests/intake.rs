@@ -72,6 +72,9 @@ fn character_devices_are_refused_before_anything_is_read() {
 
 #[test]
 fn a_block_device_or_a_directory_is_refused_with_what_it_is() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
     let fx = Fixture::new();
     let error = import_bounded(&fx.cache, fx.inputs.path(), options()).unwrap_err();
     assert_not_regular(error, fx.inputs.path(), FileKind::Directory);
@@ -194,6 +197,9 @@ fn reserve(bytes: u64) -> ImportOptions {
 
 #[test]
 fn decompressing_stops_before_the_cache_file_system_is_full() {
+    if !flashrack_testkit::require_root(&["mount", "umount"]) {
+        return;
+    }
     let small = SmallCache::new();
     let before = small.fs.available();
     // 32 MiB of data (not zeros: they would be holes) in a small gzip, into
@@ -218,6 +224,9 @@ fn decompressing_stops_before_the_cache_file_system_is_full() {
 
 #[test]
 fn an_import_that_cannot_fit_is_refused_before_it_writes() {
+    if !flashrack_testkit::require_root(&["mount", "umount"]) {
+        return;
+    }
     let small = SmallCache::new();
     // A raw image whose data is larger than the free space.
     let input = small.input("big.img", &noise(20 * MIB as usize, 3));

@@ -1,6 +1,8 @@
 //! The station over the real udev monitor, with loop devices that udev presents as
 //! USB sticks (see `flashrack_testkit::udev_stick`). Needs root and a running
-//! systemd-udevd (started if missing); fails, never skips, without them.
+//! systemd-udevd (started if missing); without root the tests are reported as
+//! not run (`flashrack_testkit::require_root`), unless
+//! `FLASHRACK_REQUIRE_ROOT_TESTS=1` (CI) makes that a failure.
 //!
 //! A stick cannot be pulled in the middle of a write here: the kernel defers the
 //! detach of an open loop device until it is closed. That case runs on the
@@ -22,6 +24,7 @@ use flashrack_station::{
     StationSettings,
 };
 use flashrack_target::{Target, TargetError};
+use flashrack_testkit::require_root;
 use flashrack_testkit::udev_stick::{TestStick, STICK_SIZE};
 
 async fn until(
@@ -55,6 +58,9 @@ fn state(snapshot: &Snapshot, label: &str) -> PortState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_station_writes_sticks_that_real_udev_announces_and_does_not_rewrite_a_passed_one() {
+    if !require_root(&["losetup", "udevadm"]) {
+        return;
+    }
     let sticks: Vec<TestStick> = (0..3).map(|_| TestStick::create()).collect();
     let dir = tempfile::tempdir().unwrap();
     let bytes = flashrack_testkit::image_bytes((STICK_SIZE / 2) as usize + 4096, 21, 1 << 18);
@@ -258,6 +264,9 @@ impl DeviceAccess for SwapBeforeOpen {
 /// stick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stick_whose_name_went_to_another_disk_before_the_open_is_not_written() {
+    if !require_root(&["losetup", "udevadm"]) {
+        return;
+    }
     let stick = Arc::new(TestStick::create());
     let dir = tempfile::tempdir().unwrap();
     let bytes = flashrack_testkit::image_bytes(1 << 20, 22, 1 << 18);

@@ -6,8 +6,14 @@
 //!   another disk;
 //! - [`Tmpfs`]: a small tmpfs the test mounts (a file system that fills up
 //!   quickly), unmounted when dropped;
-//! - [`require_root`]: tests that need root fail, never skip, without it: CI runs
-//!   as root and must run them;
+//! - [`require_root`]: the first line of every test that needs root (loop
+//!   devices, mounts, udev). Without root the test is reported as not run
+//!   (`not run: <test> needs root` on stderr) and returns at once, so a
+//!   contributor without root gets every other test from `cargo test`. With
+//!   [`REQUIRE_ROOT_TESTS`]`=1`, which `scripts/test` (and so CI) sets, a missing
+//!   root fails the test instead: nothing is skipped there. The fixtures that
+//!   need root ([`LoopDevice`], [`Tmpfs`], [`udev_stick`]) panic if a test uses them without
+//!   asking first;
 //! - [`udev_stick::TestStick`]: a loop device that udev presents as a USB stick;
 //! - [`image_bytes`] / [`image_from_bytes`]: deterministic test images with random
 //!   runs and zero holes, with their manifests.
@@ -16,6 +22,7 @@
 pub mod udev_stick;
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -36,16 +43,72 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Fails the test unless it runs as root with `tools` on the PATH.
-pub fn require_root(tools: &[&str]) {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test needs root (loop devices, mounts); CI runs it as root"
-    );
+/// The environment variable that turns a test needing root into a failure
+/// when it runs without root, instead of a test reported as not run. `scripts/test`
+/// sets it to `1`, and so does CI (`.ci/run` runs `scripts/test`).
+pub const REQUIRE_ROOT_TESTS: &str = "FLASHRACK_REQUIRE_ROOT_TESTS";
+
+/// Whether this test, which needs root and `tools` on the PATH, can run; its
+/// first line is `if !require_root(&[..]) { return; }`.
+///
+/// - As root: checks the tools (a missing one fails the test) and says `true`.
+/// - Without root: says `false` after printing `not run: <test> needs root` on
+///   the process's stderr, past the harness's capture, so that `cargo test`
+///   shows it (the test returns, and the harness counts it as passed).
+/// - Without root and with [`REQUIRE_ROOT_TESTS`] set to anything but `0` or
+///   nothing: fails the test, so that a run that must be complete (CI) never
+///   skips one silently.
+#[must_use = "a test that needs root returns at once when this is false"]
+pub fn require_root(tools: &[&str]) -> bool {
+    if !is_root() {
+        let test = std::thread::current()
+            .name()
+            .filter(|name| *name != "main")
+            .unwrap_or("this test")
+            .to_string();
+        assert!(
+            !root_tests_required(),
+            "{test} needs root (loop devices, mounts, udev), and {REQUIRE_ROOT_TESTS} \
+             says that every such test must run: run the tests as root"
+        );
+        // Straight to the process's stderr: the harness captures `eprintln!`
+        // of a passing test, and this line is for whoever runs the tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "not run: {test} needs root (loop devices, mounts, udev)"
+        );
+        return false;
+    }
+    check_tools(tools);
+    true
+}
+
+/// Whether [`REQUIRE_ROOT_TESTS`] asks for every test needing root to run.
+fn root_tests_required() -> bool {
+    std::env::var_os(REQUIRE_ROOT_TESTS).is_some_and(|value| !value.is_empty() && value != "0")
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Fails the test if one of `tools` is not on the PATH.
+fn check_tools(tools: &[&str]) {
     for tool in tools {
         let found = Command::new(tool).arg("--version").output().is_ok();
         assert!(found, "this test needs `{tool}` on PATH");
     }
+}
+
+/// For fixtures that need root: a test that did not ask [`require_root`] first
+/// fails here, with what to do.
+fn assert_root(tools: &[&str]) {
+    assert!(
+        is_root(),
+        "this fixture needs root: begin the test with \
+         `if !flashrack_testkit::require_root(&[..]) {{ return; }}`"
+    );
+    check_tools(tools);
 }
 
 /// A loop device over a sparse backing file in a temporary directory; detached on
@@ -74,7 +137,7 @@ impl LoopDevice {
     }
 
     fn attach(size: u64, read_only: bool) -> Self {
-        require_root(&["losetup"]);
+        assert_root(&["losetup"]);
         let dir = tempfile::tempdir_in(scratch_dir()).expect("temporary directory");
         let backing = dir.path().join("backing.img");
         fs::File::create(&backing)
@@ -176,7 +239,7 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// Mounts a tmpfs of `size` bytes.
     pub fn new(size: u64) -> Self {
-        require_root(&["mount", "umount"]);
+        assert_root(&["mount", "umount"]);
         let dir = tempfile::tempdir().expect("temporary directory");
         run(
             "mount",

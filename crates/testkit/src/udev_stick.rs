@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use rustix::ioctl::{IntegerSetter, Opcode};
 
-use crate::{require_root, run};
+use crate::{assert_root, run};
 
 /// Size of a test stick's backing file (sparse).
 pub const STICK_SIZE: u64 = 8 * 1024 * 1024;
@@ -52,7 +52,7 @@ const LOOP_CTL_REMOVE: Opcode = 0x4C81;
 pub fn ensure_udevd() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        require_root(&["losetup", "udevadm"]);
+        assert_root(&["losetup", "udevadm"]);
         lock_out_other_test_processes();
         if !udevd_running() {
             let _ = fs::remove_file("/run/udev/control");
