@@ -108,26 +108,39 @@ fn a_station_killed_mid_write_loses_and_duplicates_no_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
 
-    // First life: wait until several sticks are being written, one of them for
-    // longer than the station's heartbeat (2 s), which records how far each
-    // running attempt has got; then SIGKILL.
+    // First life: wait until several sticks are being written, and the
+    // records hold how far one of them has got (the station's heartbeat
+    // records each running attempt's progress every 2 s: read back from the
+    // database, not assumed from the time); then SIGKILL.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = data_dir.join("flashrack.db");
+    let recorded_bytes = |id: i64| {
+        runtime.block_on(async {
+            // Read-only, beside the running station: it sees what the
+            // station has committed.
+            let Ok(store) = Store::open_read_only(&database, "demo").await else {
+                return 0;
+            };
+            let written = store
+                .attempt(AttemptId(id))
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |record| record.figures.bytes_written);
+            store.close().await;
+            written
+        })
+    };
     let demo = Demo::start(&data_dir);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = BTreeSet::new();
-    let mut writing_since: std::collections::BTreeMap<i64, Instant> = Default::default();
     let long_writer = loop {
         let (ids, busy, writing) = demo.poll();
         seen.extend(ids);
-        writing_since.retain(|id, _| writing.contains(id));
-        for id in writing {
-            writing_since.entry(id).or_insert_with(Instant::now);
-        }
-        let long = writing_since
-            .iter()
-            .find(|(_, since)| since.elapsed() > Duration::from_secs(3))
-            .map(|(id, _)| *id);
-        if let (true, Some(id)) = (busy >= 3, long) {
-            break id;
+        if busy >= 3 {
+            if let Some(id) = writing.into_iter().find(|&id| recorded_bytes(id) > 0) {
+                break id;
+            }
         }
         assert!(Instant::now() < deadline, "no sticks were being written");
         std::thread::sleep(Duration::from_millis(100));
@@ -156,7 +169,6 @@ fn a_station_killed_mid_write_loses_and_duplicates_no_attempt() {
     assert!(status.success(), "a clean stop exits 0: {status}");
     drop(demo);
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let store = Store::open(&data_dir.join("flashrack.db"), "demo")
             .await
