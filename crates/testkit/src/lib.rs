@@ -61,26 +61,40 @@ pub const REQUIRE_ROOT_TESTS: &str = "FLASHRACK_REQUIRE_ROOT_TESTS";
 #[must_use = "a test that needs root returns at once when this is false"]
 pub fn require_root(tools: &[&str]) -> bool {
     if !is_root() {
-        let test = std::thread::current()
-            .name()
-            .filter(|name| *name != "main")
-            .unwrap_or("this test")
-            .to_string();
+        let test = test_name();
         assert!(
             !root_tests_required(),
             "{test} needs root (loop devices, mounts, udev), and {REQUIRE_ROOT_TESTS} \
              says that every such test must run: run the tests as root"
         );
-        // Straight to the process's stderr: the harness captures `eprintln!`
-        // of a passing test, and this line is for whoever runs the tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "not run: {test} needs root (loop devices, mounts, udev)"
-        );
+        // Straight to the process's stderr, past the harness's capture of a
+        // passing test's `eprintln!`: this line is for whoever runs the tests.
+        // One write, so that it is not cut by the harness's own output.
+        let line = format!("not run: {test} needs root (loop devices, mounts, udev)\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
         return false;
     }
     check_tools(tools);
     true
+}
+
+/// The running test's name: its thread's, as the test harness names it, or the
+/// test binary's (`guard_loop`, without cargo's hash) for a test with its own
+/// harness, on the main thread.
+fn test_name() -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_string(),
+        _ => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .map(|stem| match stem.rsplit_once('-') {
+                Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    name.to_string()
+                }
+                _ => stem,
+            })
+            .unwrap_or_else(|| "this test".to_string()),
+    }
 }
 
 /// Whether [`REQUIRE_ROOT_TESTS`] asks for every test needing root to run.
