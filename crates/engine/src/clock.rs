@@ -5,8 +5,14 @@
 //! product path uses it. [`Clock::Manual`] stands still until it is told to move
 //! ([`ManualClock::advance`]), for tests about a timeout (a stall, a grace period):
 //! the test brings the system into the state it is about, waits until the timer it
-//! tests is armed ([`ManualClock::until_sleeps`]), then moves the clock past it.
-//! Nothing then races the wall clock, however loaded the machine is.
+//! tests is armed ([`ManualClock::until_sleeps`]), then moves the clock past it,
+//! and can wait until every timer it reached has been handled
+//! ([`ManualClock::until_nothing_due`]). Nothing then races the wall clock,
+//! however loaded the machine is.
+//!
+//! A [`Sleep`] is listed among a manual clock's sleeps from the moment it is made
+//! until it is dropped, not until it ends: a sleep that ended is listed until its
+//! owner has acted on it (and, if it sleeps again, made its next sleep first).
 //!
 //! Why not tokio's paused time: a paused tokio clock moves by itself to the next
 //! timer whenever the runtime has nothing to do, and the runtime has nothing to do
@@ -16,7 +22,10 @@
 //! heartbeats with the time ([`Clock::now`] can be read from any thread).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -41,12 +50,40 @@ impl Clock {
         }
     }
 
-    /// Waits until the clock shows `deadline` or later.
-    pub async fn sleep_until(&self, deadline: Instant) {
+    /// A future that ends when the clock shows `deadline` or later.
+    pub fn sleep_until(&self, deadline: Instant) -> Sleep {
         match self {
-            Clock::System => tokio::time::sleep_until(deadline.into()).await,
-            Clock::Manual(clock) => clock.sleep_until(deadline).await,
+            Clock::System => Sleep {
+                wait: Box::pin(tokio::time::sleep_until(deadline.into())),
+                _listed: None,
+            },
+            Clock::Manual(clock) => clock.sleep_until(deadline),
         }
+    }
+}
+
+/// A sleep on a [`Clock`]: ends when the clock shows its deadline. On a manual
+/// clock it is listed among the clock's sleeps from when it is made until it is
+/// dropped.
+pub struct Sleep {
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Its entry among a manual clock's sleeps, removed on drop.
+    _listed: Option<Listed>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.wait.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sleep")
+            .field("deadline", &self._listed.as_ref().map(|l| l.deadline))
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,35 +126,42 @@ impl ManualClock {
         self.0.moved.send_modify(|moved| *moved += by);
     }
 
-    /// The deadlines of the sleeps waiting on the clock now, in the order they
-    /// began.
+    /// The deadlines of the sleeps on the clock (made and not dropped), in the
+    /// order they were made.
     pub fn sleeps(&self) -> Vec<Instant> {
         self.0.sleeps.borrow().clone()
     }
 
-    /// Waits until the deadlines of the sleeps waiting on the clock satisfy
-    /// `check` (for instance: a timer the test is about has been armed).
+    /// Waits until the deadlines of the sleeps on the clock satisfy `check`
+    /// (for instance: a timer the test is about has been armed).
     pub async fn until_sleeps(&self, mut check: impl FnMut(&[Instant]) -> bool) {
         let mut sleeps = self.0.sleeps.subscribe();
         // The sender lives as long as `self`: waiting cannot fail.
         let _ = sleeps.wait_for(|deadlines| check(deadlines)).await;
     }
 
-    /// Waits until the clock shows `deadline`, registered among the sleeps
-    /// while it waits.
-    async fn sleep_until(&self, deadline: Instant) {
-        let mut moved = self.0.moved.subscribe();
-        if self.0.origin + *moved.borrow_and_update() >= deadline {
-            return;
-        }
-        let _registered = Registered::new(&self.0, deadline);
-        loop {
-            if self.0.origin + *moved.borrow_and_update() >= deadline {
-                return;
+    /// Waits until no sleep on the clock is due: every sleep the clock has
+    /// reached has been dropped by its owner, which has acted on it (a
+    /// watchdog has given its verdict, or made its next sleep, which is later).
+    pub async fn until_nothing_due(&self) {
+        let now = self.now();
+        self.until_sleeps(|deadlines| deadlines.iter().all(|&d| d > now))
+            .await;
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Sleep {
+        let manual = self.0.clone();
+        let wait = async move {
+            let mut moved = manual.moved.subscribe();
+            while manual.origin + *moved.borrow_and_update() < deadline {
+                // The sender lives in `manual`, which this future holds:
+                // `changed` cannot fail.
+                let _ = moved.changed().await;
             }
-            // The sender lives in `self.0`, which this future holds: `changed`
-            // cannot fail.
-            let _ = moved.changed().await;
+        };
+        Sleep {
+            wait: Box::pin(wait),
+            _listed: Some(Listed::new(self.0.clone(), deadline)),
         }
     }
 }
@@ -137,21 +181,21 @@ impl fmt::Debug for ManualClock {
     }
 }
 
-/// One sleep's entry among a manual clock's sleeps, removed when the sleep ends
-/// or is dropped (a `select!` that took another branch).
-struct Registered<'a> {
-    clock: &'a Manual,
+/// One sleep's entry among a manual clock's sleeps, removed when the sleep is
+/// dropped.
+struct Listed {
+    clock: Arc<Manual>,
     deadline: Instant,
 }
 
-impl<'a> Registered<'a> {
-    fn new(clock: &'a Manual, deadline: Instant) -> Self {
+impl Listed {
+    fn new(clock: Arc<Manual>, deadline: Instant) -> Self {
         clock.sleeps.send_modify(|sleeps| sleeps.push(deadline));
         Self { clock, deadline }
     }
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Listed {
     fn drop(&mut self) {
         self.clock.sleeps.send_modify(|sleeps| {
             if let Some(at) = sleeps.iter().position(|d| *d == self.deadline) {
@@ -192,6 +236,32 @@ mod tests {
         assert_eq!(clock.now(), start + Duration::from_secs(5));
         // A deadline already reached does not wait.
         shared.sleep_until(start).await;
+    }
+
+    #[tokio::test]
+    async fn a_sleep_that_ended_is_listed_until_its_owner_drops_it() {
+        let clock = ManualClock::new();
+        let deadline = clock.now() + Duration::from_secs(1);
+        let shared = Clock::Manual(clock.clone());
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        let (drop_tx, drop_it) = tokio::sync::oneshot::channel::<()>();
+        let owner = tokio::spawn(async move {
+            let mut sleep = Box::pin(shared.sleep_until(deadline));
+            (&mut sleep).await;
+            let _ = ended_tx.send(());
+            // Sleeps again, the next sleep made before the first is dropped.
+            sleep.set(shared.sleep_until(deadline + Duration::from_secs(1)));
+            let _ = drop_it.await;
+        });
+        clock.until_sleeps(|d| d == [deadline]).await;
+        clock.advance(Duration::from_secs(1));
+        ended.await.unwrap();
+        // Handled: the next one is listed, and nothing is due.
+        clock.until_nothing_due().await;
+        assert_eq!(clock.sleeps(), [deadline + Duration::from_secs(1)]);
+        let _ = drop_tx.send(());
+        owner.await.unwrap();
+        assert!(clock.sleeps().is_empty());
     }
 
     #[tokio::test]

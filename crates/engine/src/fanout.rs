@@ -200,7 +200,9 @@ impl Canceller {
 /// thread's last heartbeat is `stall_timeout` old on `clock`. The watchdog wakes
 /// at the deadline the last beat it saw sets, not on a polling interval: the
 /// verdict comes exactly `stall_timeout` after the last progress, and with a
-/// manual clock exactly when a test moves the clock past it.
+/// manual clock exactly when a test moves the clock past it. When a beat came
+/// while it slept, the next sleep is made before the one that ended is dropped,
+/// so that a manual clock always lists the watchdog's sleep.
 #[allow(clippy::too_many_arguments)]
 async fn supervise(
     id: TargetId,
@@ -212,6 +214,7 @@ async fn supervise(
     link: Arc<EventLink>,
     events: UnboundedSender<EngineEvent>,
 ) -> AttemptOutcome {
+    let mut watchdog = clock.sleep_until(progress.last_beat() + stall_timeout);
     let result = loop {
         if !thread_started {
             break Ok((
@@ -224,7 +227,6 @@ async fn supervise(
                 AttemptFigures::default(),
             ));
         }
-        let deadline = progress.last_beat() + stall_timeout;
         tokio::select! {
             result = &mut result_rx => {
                 break result.unwrap_or_else(|_| Ok((
@@ -235,9 +237,11 @@ async fn supervise(
                     AttemptFigures::default(),
                 )));
             }
-            _ = clock.sleep_until(deadline) => {
-                if clock.now() < progress.last_beat() + stall_timeout {
+            _ = &mut watchdog => {
+                let deadline = progress.last_beat() + stall_timeout;
+                if clock.now() < deadline {
                     // It beat while the watchdog slept: wait from that beat.
+                    watchdog = clock.sleep_until(deadline);
                     continue;
                 }
                 // The thread may be stuck in the kernel; tell it to stop if it

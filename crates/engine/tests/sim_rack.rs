@@ -66,7 +66,8 @@ type Results = Vec<(TargetId, Verdict, AttemptFigures)>;
 /// clock, which moves past the timeout only once every stick but those named in
 /// `stuck` has its verdict and each of those is stuck in a call: the stuck ones
 /// then get theirs from the watchdog, and no other stick can be taken for a
-/// stalled one, however slowly the machine runs it. Returns the verdicts and the
+/// stalled one, however slowly the machine runs it (the clock moves in steps of
+/// the stall timeout, each once the watchdogs have acted on the last). Returns the verdicts and the
 /// event channel (still open if a thread holds a sender).
 async fn flash_with_stuck(
     image: &SourceImage,
@@ -106,7 +107,20 @@ async fn flash_with_stuck(
     for name in stuck {
         until_stuck(rack.stick(name).unwrap()).await;
     }
-    clock.advance(STALL_TIMEOUT);
+    // A stuck stick's attempt may still beat for the work it had in hand (the
+    // piece it checks while its reader is stuck on the next): each time the
+    // clock has moved past the stall timeout, every watchdog either gives its
+    // verdict or waits from that last beat, and the clock moves again until
+    // none waits.
+    for _ in 0..10 {
+        clock.advance(STALL_TIMEOUT);
+        tokio::time::timeout(WAIT, clock.until_nothing_due())
+            .await
+            .expect("the watchdogs act on the moved clock");
+        if clock.sleeps().is_empty() {
+            break;
+        }
+    }
     let results = tokio::time::timeout(WAIT, run)
         .await
         .expect("the watchdog gives the stuck sticks their verdicts")

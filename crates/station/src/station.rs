@@ -1019,12 +1019,14 @@ impl Station {
         // in `pending`; a removal settles it at once, else the timer does.
         if self.may_be_a_removal(&done) {
             let grace_tx = self.grace_tx.clone();
-            let clock = self.settings.engine.clock.clone();
-            let deadline = clock.now() + self.settings.removal_grace;
+            let clock = &self.settings.engine.clock;
+            // Made here, not in the task: the grace is armed (and a manual
+            // clock lists it) as soon as the verdict waits.
+            let grace = clock.sleep_until(clock.now() + self.settings.removal_grace);
             let target = done.target.clone();
             self.pending.insert(target.clone(), done);
             tokio::spawn(async move {
-                clock.sleep_until(deadline).await;
+                grace.await;
                 let _ = grace_tx.send(target);
             });
             return;
