@@ -11,8 +11,8 @@
 //! - [`manifest`]: [`ImageManifest`], what is known about a cached image;
 //! - [`verdict`]: [`Stage`], [`FailReason`], [`Verdict`] and their figures;
 //! - [`event`]: [`EngineEvent`], the closed set of things the engine reports;
-//! - [`record`]: the records' ids ([`RunId`], [`DeviceId`], [`AttemptId`]) and
-//!   [`StopReason`];
+//! - [`record`]: the records' ids ([`RunId`], [`DeviceId`], [`AttemptId`],
+//!   [`RefusalId`]) and [`StopReason`];
 //! - [`refusal`]: [`RefusalCode`] and [`GuardRefusal`], the target guard's
 //!   refusals as records and screens carry them.
 #![deny(missing_docs)]
@@ -28,7 +28,9 @@ pub mod verdict;
 pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
-pub use record::{AttemptId, DeviceId, IdParseError, RunId, StopReason, StopReasonParseError};
+pub use record::{
+    AttemptId, DeviceId, IdParseError, RefusalId, RunId, StopReason, StopReasonParseError,
+};
 pub use refusal::{GuardRefusal, RefusalCode, RefusalCodeParseError};
 pub use size::{ByteSize, ByteSizeParseError};
 pub use verdict::{

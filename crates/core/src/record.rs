@@ -1,4 +1,5 @@
-//! The names records give to runs, devices and attempts, and why a run stopped.
+//! The names records give to runs, devices, attempts and refusals, and why a run
+//! stopped.
 //!
 //! The store assigns the ids; everyone else (station, journal, web, command line)
 //! carries them as these types, so that a run id is never taken for an attempt
@@ -59,6 +60,11 @@ record_id!(
     /// Names an attempt (one device in one port under one run).
     AttemptId,
     "attempt"
+);
+record_id!(
+    /// Names a refusal: a stick the target guard refused before any attempt.
+    RefusalId,
+    "refusal"
 );
 
 /// A record id that is not a positive number.

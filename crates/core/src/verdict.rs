@@ -20,14 +20,22 @@ pub enum Stage {
     Verifying,
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Stage {
+    /// The stable text stored in the records and shown in reports (the serde
+    /// name).
+    pub fn as_str(self) -> &'static str {
+        match self {
             Stage::Preparing => "preparing",
             Stage::Writing => "writing",
             Stage::Flushing => "flushing",
             Stage::Verifying => "verifying",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -345,6 +353,18 @@ pub enum VerifyMethod {
     Hash,
 }
 
+impl VerifyMethod {
+    /// The stable text stored in the records and shown in reports (the serde
+    /// name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyMethod::None => "none",
+            VerifyMethod::Compare => "compare",
+            VerifyMethod::Hash => "hash",
+        }
+    }
+}
+
 /// The figures of one attempt, for the summary table and the records.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AttemptFigures {
@@ -496,6 +516,26 @@ mod tests {
             },
         ] {
             assert!(!stick.is_station_side(), "{stick}");
+        }
+    }
+
+    #[test]
+    fn stage_and_verify_method_texts_are_their_serde_names() {
+        for stage in [
+            Stage::Preparing,
+            Stage::Writing,
+            Stage::Flushing,
+            Stage::Verifying,
+        ] {
+            assert_eq!(serde_json::to_value(stage).unwrap(), stage.as_str());
+            assert_eq!(stage.to_string(), stage.as_str());
+        }
+        for method in [
+            VerifyMethod::None,
+            VerifyMethod::Compare,
+            VerifyMethod::Hash,
+        ] {
+            assert_eq!(serde_json::to_value(method).unwrap(), method.as_str());
         }
     }
 
