@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use flashrack_core::{AttemptFigures, ByteSize, Stage, Verdict};
 use flashrack_hotplug::DeviceIdentity;
 use flashrack_image::ImageCache;
+use flashrack_report as report;
 use flashrack_station::{
     AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, RunStart,
 };
-use flashrack_store::report;
 use flashrack_store::{
     AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, RefusalRow, RunId,
     RunningFigures, StopReason, Store,

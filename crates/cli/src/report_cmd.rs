@@ -4,7 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use flashrack_store::{report, Store};
+use flashrack_report as report;
+use flashrack_store::Store;
 
 use crate::cli::{ReportCommand, ReportFormatArg};
 use crate::records::database_path;

@@ -1,10 +1,12 @@
 //! flashrack's records: images, runs, devices, attempts and an append-only event
-//! log in one SQLite database, and the reports made from them.
+//! log in one SQLite database, and the report data read from them.
 //!
 //! The store knows nothing of devices, udev, HTTP or the engine: it takes and gives
 //! the domain types of `flashrack-core` ([`Verdict`](flashrack_core::Verdict),
-//! [`AttemptFigures`](flashrack_core::AttemptFigures), …) and its own rows and
-//! records. All SQL of flashrack lives in this crate, behind named functions.
+//! [`AttemptFigures`](flashrack_core::AttemptFigures), …), its own rows and
+//! records, and the report data of `flashrack-report` ([`RunReport`],
+//! [`DeviceReport`]), which that crate renders as CSV, JSON and HTML. All SQL of
+//! flashrack lives in this crate, behind named functions.
 //!
 //! The store is async and needs a tokio runtime (sqlx runs SQLite on its own worker
 //! threads, so no call blocks the async workers).
@@ -33,8 +35,8 @@
 //!   (append-only; schema version [`SCHEMA_VERSION`]);
 //! - `write`: every write, one transaction each, or several in a [`Batch`];
 //! - `read`: the queries: runs and their summaries, reports, devices, events;
-//! - [`model`]: ids, rows to write, records and reports read back;
-//! - [`report`]: CSV, JSON and printable HTML export, with the list of fields;
+//! - [`model`]: ids, rows to write, records read back (the report data
+//!   re-exported from `flashrack-report`);
 //! - [`clock`]: where timestamps come from (unix milliseconds, UTC), settable in
 //!   tests.
 //!
@@ -51,7 +53,6 @@ mod error;
 mod migrate;
 pub mod model;
 mod read;
-pub mod report;
 mod store;
 mod write;
 

@@ -1,11 +1,16 @@
 //! The values the store takes and gives back: ids, row types for writing, records
-//! and summaries for reading. Timestamps are unix milliseconds (UTC).
+//! and summaries for reading, whichever database is behind it. The report data
+//! (runs, devices and their records as reports show them) is
+//! `flashrack-report`'s, re-exported here. Timestamps are unix milliseconds (UTC).
 
 use std::fmt;
 use std::str::FromStr;
 
 use flashrack_core::{AttemptFigures, ByteSize, GuardRefusal, Sha256Digest, Stage, Verdict};
-pub use flashrack_core::{AttemptId, DeviceId, RunId, StopReason};
+pub use flashrack_core::{AttemptId, DeviceId, RefusalId, RunId, StopReason};
+pub use flashrack_report::{
+    Counts, DeviceRecord, DeviceReport, ReportRow, ReportVerdict, Run, RunReport, RunSummary,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -28,11 +33,6 @@ macro_rules! id_type {
 id_type!(
     /// Names an entry of the event log.
     EventId
-);
-
-id_type!(
-    /// Names a refusal: a stick the target guard refused before any attempt.
-    RefusalId
 );
 
 /// Defines a closed set of states stored as text, with `as_str` and parsing.
@@ -219,27 +219,6 @@ pub(crate) fn non_blank(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// A device as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceRecord {
-    /// Its id.
-    pub id: DeviceId,
-    /// Its key (see [`DeviceRow::key`]).
-    pub key: String,
-    /// The serial, if it has one.
-    pub serial: Option<String>,
-    /// The vendor string.
-    pub vendor: Option<String>,
-    /// The model string.
-    pub model: Option<String>,
-    /// The capacity it last reported.
-    pub capacity: ByteSize,
-    /// When it was first seen.
-    pub first_seen: i64,
-    /// When it was last seen.
-    pub last_seen: i64,
-}
-
 /// An entry for the event log, for [`Store::record_event`](crate::Store::record_event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRow {
@@ -285,84 +264,6 @@ pub struct Event {
     pub row: EventRow,
 }
 
-/// A run as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Run {
-    /// Its id.
-    pub id: RunId,
-    /// The station that ran it.
-    pub station_id: String,
-    /// The image's sha256.
-    pub image_sha256: Sha256Digest,
-    /// The image's name when the run started.
-    pub image_name: String,
-    /// The run's options as given to [`Store::start_run`](crate::Store::start_run).
-    pub options: serde_json::Value,
-    /// When it started.
-    pub started_at: i64,
-    /// When it stopped, if it has.
-    pub stopped_at: Option<i64>,
-    /// Why it stopped, if it has.
-    pub stop_reason: Option<StopReason>,
-}
-
-/// How a run's (or a device's) records stand: attempts by verdict, and refusals.
-///
-/// `passed + failed + refused + interrupted + running` is the number of records
-/// (report rows): every attempt, and every refusal made before an attempt.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    /// Attempts (refusals before an attempt are not attempts).
-    pub attempts: u64,
-    /// Passed.
-    pub passed: u64,
-    /// Failed: the stick failed (or the station could not reach it). Refusals
-    /// are not failures.
-    pub failed: u64,
-    /// Refused by the target guard, before an attempt or at the moment of
-    /// opening: nothing was written.
-    pub refused: u64,
-    /// Interrupted.
-    pub interrupted: u64,
-    /// Still running.
-    pub running: u64,
-}
-
-impl Counts {
-    /// Counts a record with `verdict` once more; `attempt`: whether the record
-    /// is an attempt (a refusal before an attempt is not).
-    pub fn add(&mut self, verdict: ReportVerdict, attempt: bool) {
-        if attempt {
-            self.attempts += 1;
-        }
-        match verdict {
-            ReportVerdict::Running => self.running += 1,
-            ReportVerdict::Pass => self.passed += 1,
-            ReportVerdict::Fail => self.failed += 1,
-            ReportVerdict::Refused => self.refused += 1,
-            ReportVerdict::Interrupted => self.interrupted += 1,
-        }
-    }
-}
-
-text_enum!(
-    /// A report row's verdict: an attempt's, or `refused`.
-    ReportVerdict, "verdict" {
-        /// An attempt still running.
-        Running => "running",
-        /// An attempt that passed.
-        Pass => "pass",
-        /// An attempt that failed.
-        Fail => "fail",
-        /// The target guard refused the stick, before an attempt or at the
-        /// moment of opening: nothing was written.
-        Refused => "refused",
-        /// An attempt stopped by the operator, a shutdown or a crash: says
-        /// nothing about the stick.
-        Interrupted => "interrupted",
-    }
-);
-
 /// A refusal to record, for [`Store::record_refusal`](crate::Store::record_refusal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusalRow {
@@ -388,17 +289,6 @@ pub struct RunningFigures {
     pub bytes_written: u64,
     /// Bytes read back and checked so far.
     pub bytes_verified: u64,
-}
-
-/// A run and how its attempts stand.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunSummary {
-    /// The run.
-    #[serde(flatten)]
-    pub run: Run,
-    /// Its attempts by state.
-    #[serde(flatten)]
-    pub counts: Counts,
 }
 
 /// An attempt as recorded.
@@ -429,79 +319,6 @@ pub struct AttemptRecord {
     pub verdict: Option<Verdict>,
     /// Its figures (zero while running).
     pub figures: AttemptFigures,
-}
-
-/// One record as a report shows it: an attempt joined with its device and run,
-/// or a refusal made before any attempt (joined with its device and, if one was
-/// armed, its run).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReportRow {
-    /// The attempt; `None` for a refusal before any attempt.
-    pub attempt_id: Option<AttemptId>,
-    /// The refusal; `None` for an attempt.
-    pub refusal_id: Option<RefusalId>,
-    /// The station that made it.
-    pub station_id: String,
-    /// Its run; `None` for a refusal while no run was armed.
-    pub run_id: Option<RunId>,
-    /// The port's label.
-    pub port_label: String,
-    /// The port's kernel path.
-    pub port_path: String,
-    /// The device's key.
-    pub device_key: String,
-    /// The device's serial.
-    pub serial: Option<String>,
-    /// The device's vendor.
-    pub vendor: Option<String>,
-    /// The device's model.
-    pub model: Option<String>,
-    /// The image's name when the run started (`None` without a run).
-    pub image_name: Option<String>,
-    /// The image's sha256 (`None` without a run).
-    pub image_sha256: Option<Sha256Digest>,
-    /// When the attempt started (a refusal: when it was made).
-    pub started_at: i64,
-    /// When it finished (a refusal: when it was made).
-    pub finished_at: Option<i64>,
-    /// The verdict.
-    pub verdict: ReportVerdict,
-    /// The last stage reached; `None` for a refusal before any attempt.
-    pub stage: Option<Stage>,
-    /// The failure's stable code ([`FailReason::code`](flashrack_core::FailReason::code)),
-    /// or for a refusal the guard's ([`RefusalCode`](flashrack_core::RefusalCode); an
-    /// attempt refused at opening that was recorded before refusals carried
-    /// their code says `refused`).
-    pub reason_code: Option<String>,
-    /// The failure for a person.
-    pub reason_detail: Option<String>,
-    /// The byte offset the failure is tied to.
-    pub fail_offset: Option<u64>,
-    /// Capacity reported, bytes and times, read-back digest and method (a
-    /// refusal: the capacity, and nothing written).
-    pub figures: AttemptFigures,
-}
-
-/// A run's report: the run and a row per record (attempts and refusals), in the
-/// order they were made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunReport {
-    /// The run and its counts.
-    pub run: RunSummary,
-    /// One row per record.
-    pub rows: Vec<ReportRow>,
-}
-
-/// A device's report: the device and a row per record (attempts and refusals),
-/// across runs and stations.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceReport {
-    /// The device.
-    pub device: DeviceRecord,
-    /// Its records by verdict.
-    pub counts: Counts,
-    /// One row per record, oldest first.
-    pub rows: Vec<ReportRow>,
 }
 
 /// What [`Store::recover_interrupted`](crate::Store::recover_interrupted) did.

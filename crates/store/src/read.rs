@@ -1,6 +1,7 @@
 //! Everything the store reads, as named queries on the read-only connections.
 
 use flashrack_core::{AttemptFigures, Bound, ByteSize, FailReason, Failure, Sha256Digest, Verdict};
+use flashrack_report::rows_in_order;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Connection, Row};
 
@@ -124,8 +125,8 @@ impl Store {
             .map(refusal_row)
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
-        let rows = merge(attempts, refusals);
-        let counts = count(&rows);
+        let rows = rows_in_order(attempts, refusals);
+        let counts = Counts::of(&rows);
         Ok(Some(RunReport {
             run: RunSummary {
                 run: run_record,
@@ -221,8 +222,8 @@ impl Store {
             .map(refusal_row)
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
-        let rows = merge(attempts, refusals);
-        let counts = count(&rows);
+        let rows = rows_in_order(attempts, refusals);
+        let counts = Counts::of(&rows);
         Ok(Some(DeviceReport {
             device,
             counts,
@@ -288,30 +289,6 @@ fn json(column: &'static str, text: &str) -> Result<serde_json::Value, StoreErro
         column,
         value: text.to_string(),
     })
-}
-
-/// Attempts and refusals in one list, in the order they were made (each list
-/// is in that order already; on the same millisecond an attempt comes first).
-fn merge(attempts: Vec<ReportRow>, refusals: Vec<ReportRow>) -> Vec<ReportRow> {
-    let mut rows = Vec::with_capacity(attempts.len() + refusals.len());
-    let mut refusals = refusals.into_iter().peekable();
-    for attempt in attempts {
-        while let Some(refusal) = refusals.next_if(|r| r.started_at < attempt.started_at) {
-            rows.push(refusal);
-        }
-        rows.push(attempt);
-    }
-    rows.extend(refusals);
-    rows
-}
-
-/// The counts of a report's rows.
-fn count(rows: &[ReportRow]) -> Counts {
-    let mut counts = Counts::default();
-    for row in rows {
-        counts.add(row.verdict, row.attempt_id.is_some());
-    }
-    counts
 }
 
 fn count_column(row: &SqliteRow, column: &'static str) -> Result<u64, StoreError> {

@@ -944,19 +944,19 @@ async fn recovery_keeps_the_bytes_last_recorded_as_a_lower_bound_or_says_they_ar
 
     // The report says so: a lower bound, and an unknown count left empty.
     let report = restarted.run_report(run).await.unwrap().unwrap();
-    let csv = flashrack_store::report::csv(&report.rows);
+    let csv = flashrack_report::csv(&report.rows);
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[1].contains(",20971520,lower_bound,"), "{csv}");
     assert!(lines[2].contains(",,unknown,"), "{csv}");
     assert!(lines[3].contains(",0,exact,"), "{csv}");
     let json: serde_json::Value =
-        serde_json::from_str(&flashrack_store::report::run_json(&report)).unwrap();
+        serde_json::from_str(&flashrack_report::run_json(&report)).unwrap();
     assert_eq!(
         json["attempts"][1]["bytes_written"],
         serde_json::Value::Null
     );
     assert_eq!(json["attempts"][1]["bytes_written_bound"], "unknown");
-    let html = flashrack_store::report::run_html(&report, T0);
+    let html = flashrack_report::run_html(&report, T0);
     assert!(html.contains("≥ 20.0 MiB"), "{html}");
     assert!(html.contains(">unknown<"), "{html}");
 }

@@ -1,0 +1,255 @@
+//! What a report holds: a run or a device, its counts, and one row per record
+//! (attempts and refusals). A database of records (the station's SQLite, a
+//! hub's PostgreSQL) fills these; the exports render them. Timestamps are unix
+//! milliseconds (UTC).
+
+use std::fmt;
+
+use flashrack_core::{
+    AttemptFigures, AttemptId, ByteSize, DeviceId, RefusalId, RunId, Sha256Digest, Stage,
+    StopReason,
+};
+use serde::{Deserialize, Serialize};
+
+/// A run as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Its id.
+    pub id: RunId,
+    /// The station that ran it.
+    pub station_id: String,
+    /// The image's sha256.
+    pub image_sha256: Sha256Digest,
+    /// The image's name when the run started.
+    pub image_name: String,
+    /// The run's options as recorded when it started (a JSON object: verify
+    /// mode, eject on pass, target count …).
+    pub options: serde_json::Value,
+    /// When it started.
+    pub started_at: i64,
+    /// When it stopped, if it has.
+    pub stopped_at: Option<i64>,
+    /// Why it stopped, if it has.
+    pub stop_reason: Option<StopReason>,
+}
+
+/// How a run's (or a device's) records stand: attempts by verdict, and refusals.
+///
+/// `passed + failed + refused + interrupted + running` is the number of records
+/// (report rows): every attempt, and every refusal made before an attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Attempts (refusals before an attempt are not attempts).
+    pub attempts: u64,
+    /// Passed.
+    pub passed: u64,
+    /// Failed: the stick failed (or the station could not reach it). Refusals
+    /// are not failures.
+    pub failed: u64,
+    /// Refused by the target guard, before an attempt or at the moment of
+    /// opening: nothing was written.
+    pub refused: u64,
+    /// Interrupted.
+    pub interrupted: u64,
+    /// Still running.
+    pub running: u64,
+}
+
+impl Counts {
+    /// Counts a record with `verdict` once more; `attempt`: whether the record
+    /// is an attempt (a refusal before an attempt is not).
+    pub fn add(&mut self, verdict: ReportVerdict, attempt: bool) {
+        if attempt {
+            self.attempts += 1;
+        }
+        match verdict {
+            ReportVerdict::Running => self.running += 1,
+            ReportVerdict::Pass => self.passed += 1,
+            ReportVerdict::Fail => self.failed += 1,
+            ReportVerdict::Refused => self.refused += 1,
+            ReportVerdict::Interrupted => self.interrupted += 1,
+        }
+    }
+
+    /// The counts of a report's rows.
+    pub fn of(rows: &[ReportRow]) -> Counts {
+        let mut counts = Counts::default();
+        for row in rows {
+            counts.add(row.verdict, row.attempt_id.is_some());
+        }
+        counts
+    }
+
+    /// The number of records: `passed + failed + refused + interrupted +
+    /// running`.
+    pub fn records(&self) -> u64 {
+        self.passed + self.failed + self.refused + self.interrupted + self.running
+    }
+}
+
+/// A report row's verdict: an attempt's, or `refused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportVerdict {
+    /// An attempt still running.
+    Running,
+    /// An attempt that passed.
+    Pass,
+    /// An attempt that failed.
+    Fail,
+    /// The target guard refused the stick, before an attempt or at the
+    /// moment of opening: nothing was written.
+    Refused,
+    /// An attempt stopped by the operator, a shutdown or a crash: says
+    /// nothing about the stick.
+    Interrupted,
+}
+
+impl ReportVerdict {
+    /// Every value, in declaration order.
+    pub const ALL: &'static [ReportVerdict] = &[
+        ReportVerdict::Running,
+        ReportVerdict::Pass,
+        ReportVerdict::Fail,
+        ReportVerdict::Refused,
+        ReportVerdict::Interrupted,
+    ];
+
+    /// The stable text reports show (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportVerdict::Running => "running",
+            ReportVerdict::Pass => "pass",
+            ReportVerdict::Fail => "fail",
+            ReportVerdict::Refused => "refused",
+            ReportVerdict::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for ReportVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A run and how its records stand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run.
+    #[serde(flatten)]
+    pub run: Run,
+    /// Its records by verdict.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// A device as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Its id.
+    pub id: DeviceId,
+    /// Its key: its serial, or `vendor/model/bytes` when it has none.
+    pub key: String,
+    /// The serial, if it has one.
+    pub serial: Option<String>,
+    /// The vendor string.
+    pub vendor: Option<String>,
+    /// The model string.
+    pub model: Option<String>,
+    /// The capacity it last reported.
+    pub capacity: ByteSize,
+    /// When it was first seen.
+    pub first_seen: i64,
+    /// When it was last seen.
+    pub last_seen: i64,
+}
+
+/// One record as a report shows it: an attempt joined with its device and run,
+/// or a refusal made before any attempt (joined with its device and, if one was
+/// armed, its run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    /// The attempt; `None` for a refusal before any attempt.
+    pub attempt_id: Option<AttemptId>,
+    /// The refusal; `None` for an attempt.
+    pub refusal_id: Option<RefusalId>,
+    /// The station that made it.
+    pub station_id: String,
+    /// Its run; `None` for a refusal while no run was armed.
+    pub run_id: Option<RunId>,
+    /// The port's label.
+    pub port_label: String,
+    /// The port's kernel path.
+    pub port_path: String,
+    /// The device's key.
+    pub device_key: String,
+    /// The device's serial.
+    pub serial: Option<String>,
+    /// The device's vendor.
+    pub vendor: Option<String>,
+    /// The device's model.
+    pub model: Option<String>,
+    /// The image's name when the run started (`None` without a run).
+    pub image_name: Option<String>,
+    /// The image's sha256 (`None` without a run).
+    pub image_sha256: Option<Sha256Digest>,
+    /// When the attempt started (a refusal: when it was made).
+    pub started_at: i64,
+    /// When it finished (a refusal: when it was made).
+    pub finished_at: Option<i64>,
+    /// The verdict.
+    pub verdict: ReportVerdict,
+    /// The last stage reached; `None` for a refusal before any attempt.
+    pub stage: Option<Stage>,
+    /// The failure's stable code ([`FailReason::code`](flashrack_core::FailReason::code)),
+    /// or for a refusal the guard's ([`RefusalCode`](flashrack_core::RefusalCode); an
+    /// attempt refused at opening that was recorded before refusals carried
+    /// their code says `refused`).
+    pub reason_code: Option<String>,
+    /// The failure for a person.
+    pub reason_detail: Option<String>,
+    /// The byte offset the failure is tied to.
+    pub fail_offset: Option<u64>,
+    /// Capacity reported, bytes and times, read-back digest and method (a
+    /// refusal: the capacity, and nothing written).
+    pub figures: AttemptFigures,
+}
+
+/// A run's report: the run and a row per record (attempts and refusals), in the
+/// order they were made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The run and its counts.
+    pub run: RunSummary,
+    /// One row per record.
+    pub rows: Vec<ReportRow>,
+}
+
+/// A device's report: the device and a row per record (attempts and refusals),
+/// across runs and stations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// The device.
+    pub device: DeviceRecord,
+    /// Its records by verdict.
+    pub counts: Counts,
+    /// One row per record, oldest first.
+    pub rows: Vec<ReportRow>,
+}
+
+/// Attempts and refusals in one list, in the order they were made. Each list
+/// must be in that order already (by `started_at`); on the same millisecond an
+/// attempt comes first.
+pub fn rows_in_order(attempts: Vec<ReportRow>, refusals: Vec<ReportRow>) -> Vec<ReportRow> {
+    let mut rows = Vec::with_capacity(attempts.len() + refusals.len());
+    let mut refusals = refusals.into_iter().peekable();
+    for attempt in attempts {
+        while let Some(refusal) = refusals.next_if(|r| r.started_at < attempt.started_at) {
+            rows.push(refusal);
+        }
+        rows.push(attempt);
+    }
+    rows.extend(refusals);
+    rows
+}
