@@ -17,8 +17,8 @@ use flashrack_station::{
     AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, RunStart,
 };
 use flashrack_store::{
-    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, RefusalRow, RunId,
-    RunningFigures, StopReason, Store,
+    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, Records, RefusalRow, RunId,
+    RunningFigures, StopReason, Store, Writes,
 };
 use flashrack_web::{ReportFormat, Reports};
 use futures::future::BoxFuture;
@@ -117,7 +117,10 @@ impl StoreRecords {
                 .as_ref()
                 .map_or_else(|| self.store.now(), |c| c.meta.imported_at as i64 * 1000),
         };
-        self.store.record_image(&row).await.map_err(journal_error)
+        self.store
+            .write(|batch| Box::pin(batch.record_image(&row)))
+            .await
+            .map_err(journal_error)
     }
 }
 
@@ -134,7 +137,7 @@ impl Journal for StoreRecords {
             serde_json::to_value(&run.options).map_err(|e| JournalError(e.to_string()))?;
         let id = self
             .store
-            .start_run(run.image_sha256, &run.image_name, &options)
+            .write(|batch| Box::pin(batch.start_run(run.image_sha256, &run.image_name, &options)))
             .await
             .map_err(journal_error)?;
         Ok(id)
@@ -147,7 +150,7 @@ impl Journal for StoreRecords {
         note: Option<&str>,
     ) -> Result<(), JournalError> {
         self.store
-            .stop_run(run_id, reason)
+            .write(|batch| Box::pin(batch.stop_run(run_id, reason)))
             .await
             .map_err(journal_error)?;
         let mut row = EventRow::new(
@@ -155,19 +158,23 @@ impl Journal for StoreRecords {
             json!({ "action": "run_stopped", "reason": reason, "note": note }),
         );
         row.run_id = Some(run_id);
-        self.store.record_event(&row).await.map_err(journal_error)?;
+        self.store
+            .write(|batch| Box::pin(batch.record_event(&row)))
+            .await
+            .map_err(journal_error)?;
         Ok(())
     }
 
     async fn device_seen(&self, identity: &DeviceIdentity) -> Result<DeviceId, JournalError> {
+        let row = DeviceRow {
+            serial: identity.serial.clone(),
+            vendor: identity.vendor.clone(),
+            model: identity.model.clone(),
+            capacity: ByteSize(identity.capacity),
+        };
         let id = self
             .store
-            .upsert_device(&DeviceRow {
-                serial: identity.serial.clone(),
-                vendor: identity.vendor.clone(),
-                model: identity.model.clone(),
-                capacity: ByteSize(identity.capacity),
-            })
+            .write(|batch| Box::pin(batch.upsert_device(&row)))
             .await
             .map_err(journal_error)?;
         Ok(id)
@@ -175,19 +182,21 @@ impl Journal for StoreRecords {
 
     async fn attempt_started(&self, attempt: &AttemptStart) -> Result<AttemptId, JournalError> {
         self.store
-            .start_attempt(
-                attempt.run_id,
-                attempt.device_id,
-                &attempt.port_label,
-                attempt.port_path.as_deref().unwrap_or(""),
-            )
+            .write(|batch| {
+                Box::pin(batch.start_attempt(
+                    attempt.run_id,
+                    attempt.device_id,
+                    &attempt.port_label,
+                    attempt.port_path.as_deref().unwrap_or(""),
+                ))
+            })
             .await
             .map_err(journal_error)
     }
 
     async fn attempt_stage(&self, attempt_id: AttemptId, stage: Stage) -> Result<(), JournalError> {
         self.store
-            .attempt_stage(attempt_id, stage)
+            .write(|batch| Box::pin(batch.attempt_stage(attempt_id, stage)))
             .await
             .map_err(journal_error)
     }
@@ -199,7 +208,7 @@ impl Journal for StoreRecords {
         figures: &AttemptFigures,
     ) -> Result<(), JournalError> {
         self.store
-            .finish_attempt(attempt_id, verdict, figures)
+            .write(|batch| Box::pin(batch.finish_attempt(attempt_id, verdict, figures)))
             .await
             .map_err(journal_error)
     }
@@ -217,14 +226,15 @@ impl Journal for StoreRecords {
                 refusal,
                 ..
             } => {
+                let row = RefusalRow {
+                    run_id: *run_id,
+                    device_id: *device_id,
+                    port_label: port.clone(),
+                    port_path: port_path.clone().unwrap_or_default(),
+                    refusal: refusal.to_record(),
+                };
                 self.store
-                    .record_refusal(&RefusalRow {
-                        run_id: *run_id,
-                        device_id: *device_id,
-                        port_label: port.clone(),
-                        port_path: port_path.clone().unwrap_or_default(),
-                        refusal: refusal.to_record(),
-                    })
+                    .write(|batch| Box::pin(batch.record_refusal(&row)))
                     .await
                     .map_err(journal_error)?;
                 return Ok(());
@@ -234,7 +244,10 @@ impl Journal for StoreRecords {
         };
         let mut row = EventRow::new(kind, serde_json::to_value(event).unwrap_or_default());
         row.port_label = port.cloned();
-        self.store.record_event(&row).await.map_err(journal_error)?;
+        self.store
+            .write(|batch| Box::pin(batch.record_event(&row)))
+            .await
+            .map_err(journal_error)?;
         Ok(())
     }
 
@@ -248,7 +261,7 @@ impl Journal for StoreRecords {
             })
             .collect();
         self.store
-            .record_progress(&running)
+            .write(|batch| Box::pin(batch.record_progress(&running)))
             .await
             .map_err(journal_error)
     }

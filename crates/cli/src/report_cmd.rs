@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use flashrack_report as report;
-use flashrack_store::Store;
+use flashrack_store::{Records, Store};
 
 use crate::cli::{ReportCommand, ReportFormatArg};
 use crate::records::database_path;

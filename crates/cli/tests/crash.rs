@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flashrack_core::{Bound, Stage};
-use flashrack_store::{AttemptId, AttemptState, ReportVerdict, StopReason, Store};
+use flashrack_store::{AttemptId, AttemptState, Records, ReportVerdict, StopReason, Store};
 
 struct Demo {
     child: Child,

@@ -13,7 +13,7 @@ use std::time::Instant;
 use flashrack_core::{
     AttemptFigures, ByteSize, FailReason, Failure, Sha256Digest, Stage, Verdict, VerifyMethod,
 };
-use flashrack_store::{DeviceRow, ImageRow, RunId, Store};
+use flashrack_store::{DeviceRow, ImageRow, Records, RunId, Store, Writes};
 
 const RUNS: u32 = 10;
 const ATTEMPTS_PER_RUN: u32 = 10_000;
@@ -36,60 +36,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         format: "raw".to_string(),
         imported_at: store.now(),
     };
-    store.record_image(&image).await?;
+    store.write(|b| Box::pin(b.record_image(&image))).await?;
 
+    let options = serde_json::json!({ "verify": "hash" });
     let started = Instant::now();
     let mut runs: Vec<RunId> = Vec::new();
     for r in 0..RUNS {
         let run = store
-            .start_run(
-                image.sha256,
-                &image.name,
-                &serde_json::json!({ "verify": "hash" }),
-            )
+            .write(|b| Box::pin(b.start_run(image.sha256, &image.name, &options)))
             .await?;
         runs.push(run);
         // One transaction per run: a commit per attempt would time the disk's fsync,
         // not the store.
-        let mut batch = store.batch().await?;
-        for i in 0..ATTEMPTS_PER_RUN {
-            let device = batch
-                .upsert_device(&DeviceRow {
-                    serial: Some(format!("SN{i:06}")),
-                    vendor: Some("Vendor".to_string()),
-                    model: Some("Model".to_string()),
-                    capacity: ByteSize(16_000_000_000),
+        let sha256 = image.sha256;
+        store
+            .write(|batch| {
+                Box::pin(async move {
+                    for i in 0..ATTEMPTS_PER_RUN {
+                        let device = batch
+                            .upsert_device(&DeviceRow {
+                                serial: Some(format!("SN{i:06}")),
+                                vendor: Some("Vendor".to_string()),
+                                model: Some("Model".to_string()),
+                                capacity: ByteSize(16_000_000_000),
+                            })
+                            .await?;
+                        let attempt = batch
+                            .start_attempt(
+                                run,
+                                device,
+                                &format!("P{}", i % 64),
+                                "pci-0000:00:14.0-usb",
+                            )
+                            .await?;
+                        for stage in [Stage::Writing, Stage::Flushing, Stage::Verifying] {
+                            batch.attempt_stage(attempt, stage).await?;
+                        }
+                        let verdict = if (i + r) % 20 == 0 {
+                            Verdict::Fail(Failure {
+                                reason: FailReason::VerifyMismatch {
+                                    offset: u64::from(i) * 4096,
+                                },
+                                stage: Stage::Verifying,
+                            })
+                        } else {
+                            Verdict::Pass
+                        };
+                        let figures = AttemptFigures {
+                            capacity: ByteSize(16_000_000_000),
+                            bytes_written: 4 << 30,
+                            write_secs: 180.5,
+                            bytes_verified: 4 << 30,
+                            verify_secs: 60.25,
+                            read_back_sha256: Some(sha256),
+                            verify_method: Some(VerifyMethod::Hash),
+                            ..AttemptFigures::default()
+                        };
+                        batch.finish_attempt(attempt, &verdict, &figures).await?;
+                    }
+                    Ok(())
                 })
-                .await?;
-            let attempt = batch
-                .start_attempt(run, device, &format!("P{}", i % 64), "pci-0000:00:14.0-usb")
-                .await?;
-            for stage in [Stage::Writing, Stage::Flushing, Stage::Verifying] {
-                batch.attempt_stage(attempt, stage).await?;
-            }
-            let verdict = if (i + r) % 20 == 0 {
-                Verdict::Fail(Failure {
-                    reason: FailReason::VerifyMismatch {
-                        offset: u64::from(i) * 4096,
-                    },
-                    stage: Stage::Verifying,
-                })
-            } else {
-                Verdict::Pass
-            };
-            let figures = AttemptFigures {
-                capacity: ByteSize(16_000_000_000),
-                bytes_written: 4 << 30,
-                write_secs: 180.5,
-                bytes_verified: 4 << 30,
-                verify_secs: 60.25,
-                read_back_sha256: Some(image.sha256),
-                verify_method: Some(VerifyMethod::Hash),
-                ..AttemptFigures::default()
-            };
-            batch.finish_attempt(attempt, &verdict, &figures).await?;
-        }
-        batch.commit().await?;
+            })
+            .await?;
     }
     let total = RUNS * ATTEMPTS_PER_RUN;
     let recorded = started.elapsed();

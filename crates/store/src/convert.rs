@@ -1,4 +1,5 @@
-//! Conversions between domain values and what the database columns hold.
+//! Conversions between domain values and what the database columns hold (the
+//! same for every database: integers, and text for stages, methods and codes).
 
 use flashrack_core::{Bound, RefusalCode, Stage, VerifyMethod};
 
@@ -24,31 +25,14 @@ const STAGES: [Stage; 4] = [
     Stage::Verifying,
 ];
 
-pub(crate) fn stage_str(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Preparing => "preparing",
-        Stage::Writing => "writing",
-        Stage::Flushing => "flushing",
-        Stage::Verifying => "verifying",
-    }
-}
-
 pub(crate) fn parse_stage(text: &str) -> Result<Stage, StoreError> {
     STAGES
         .into_iter()
-        .find(|&s| stage_str(s) == text)
+        .find(|s| s.as_str() == text)
         .ok_or_else(|| StoreError::BadValue {
             column: "attempts.stage",
             value: text.to_string(),
         })
-}
-
-pub(crate) fn verify_method_str(method: VerifyMethod) -> &'static str {
-    match method {
-        VerifyMethod::None => "none",
-        VerifyMethod::Compare => "compare",
-        VerifyMethod::Hash => "hash",
-    }
 }
 
 pub(crate) fn parse_verify_method(text: &str) -> Result<VerifyMethod, StoreError> {
@@ -58,7 +42,7 @@ pub(crate) fn parse_verify_method(text: &str) -> Result<VerifyMethod, StoreError
         VerifyMethod::Hash,
     ]
     .into_iter()
-    .find(|&m| verify_method_str(m) == text)
+    .find(|m| m.as_str() == text)
     .ok_or_else(|| StoreError::BadValue {
         column: "attempts.verify_method",
         value: text.to_string(),
@@ -89,19 +73,16 @@ mod tests {
     #[test]
     fn stage_and_method_texts_match_the_serde_names() {
         for stage in STAGES {
-            assert_eq!(serde_json::json!(stage), stage_str(stage));
-            assert_eq!(parse_stage(stage_str(stage)).unwrap(), stage);
+            assert_eq!(serde_json::json!(stage), stage.as_str());
+            assert_eq!(parse_stage(stage.as_str()).unwrap(), stage);
         }
         for method in [
             VerifyMethod::None,
             VerifyMethod::Compare,
             VerifyMethod::Hash,
         ] {
-            assert_eq!(serde_json::json!(method), verify_method_str(method));
-            assert_eq!(
-                parse_verify_method(verify_method_str(method)).unwrap(),
-                method
-            );
+            assert_eq!(serde_json::json!(method), method.as_str());
+            assert_eq!(parse_verify_method(method.as_str()).unwrap(), method);
         }
         assert!(parse_stage("sleeping").is_err());
         for bound in [Bound::Exact, Bound::LowerBound, Bound::Unknown] {

@@ -1,4 +1,4 @@
-//! The one error type of the store.
+//! The one error type of the store, whichever database is behind it.
 
 use std::io;
 use std::path::PathBuf;
@@ -130,31 +130,3 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
-
-impl StoreError {
-    /// The primary SQLite result code of a database error, if this is one
-    /// (`SQLITE_NOTADB` is 26, `SQLITE_CORRUPT` 11, `SQLITE_CONSTRAINT` 19).
-    pub(crate) fn sqlite_code(err: &sqlx::Error) -> Option<i32> {
-        let sqlx::Error::Database(db) = err else {
-            return None;
-        };
-        db.code()?.parse::<i32>().ok().map(|code| code & 0xff)
-    }
-
-    /// Maps a foreign-key failure to [`StoreError::DanglingReference`] and keeps
-    /// anything else as a database error.
-    pub(crate) fn on_insert(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-        move |err| {
-            let foreign_key = matches!(&err, sqlx::Error::Database(db)
-                if db.code().as_deref() == Some(SQLITE_CONSTRAINT_FOREIGNKEY));
-            if foreign_key {
-                StoreError::DanglingReference { what }
-            } else {
-                StoreError::Database(err)
-            }
-        }
-    }
-}
-
-/// SQLite's extended result code for a failed foreign-key constraint.
-const SQLITE_CONSTRAINT_FOREIGNKEY: &str = "787";

@@ -167,7 +167,7 @@ impl fmt::Display for StationId {
     }
 }
 
-/// An image as recorded: written by [`Store::record_image`](crate::Store::record_image)
+/// An image as recorded: written by [`Writes::record_image`](crate::Writes::record_image)
 /// and read back as it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRow {
@@ -184,7 +184,7 @@ pub struct ImageRow {
 }
 
 /// A device's identity as seen in a port, for
-/// [`Store::upsert_device`](crate::Store::upsert_device).
+/// [`Writes::upsert_device`](crate::Writes::upsert_device).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRow {
     /// The serial (udev `ID_SERIAL_SHORT`), if the stick has one.
@@ -219,7 +219,7 @@ pub(crate) fn non_blank(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// An entry for the event log, for [`Store::record_event`](crate::Store::record_event).
+/// An entry for the event log, for [`Writes::record_event`](crate::Writes::record_event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRow {
     /// What it is about.
@@ -264,7 +264,7 @@ pub struct Event {
     pub row: EventRow,
 }
 
-/// A refusal to record, for [`Store::record_refusal`](crate::Store::record_refusal).
+/// A refusal to record, for [`Writes::record_refusal`](crate::Writes::record_refusal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusalRow {
     /// The run that was armed, if any.
@@ -280,7 +280,7 @@ pub struct RefusalRow {
 }
 
 /// How far a running attempt has got, for
-/// [`Store::record_progress`](crate::Store::record_progress).
+/// [`Writes::record_progress`](crate::Writes::record_progress).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningFigures {
     /// The attempt.
@@ -321,7 +321,7 @@ pub struct AttemptRecord {
     pub figures: AttemptFigures,
 }
 
-/// What [`Store::recover_interrupted`](crate::Store::recover_interrupted) did.
+/// What [`Records::recover_interrupted`](crate::Records::recover_interrupted) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovery {
     /// The attempts that were left running and are now interrupted.
@@ -331,19 +331,4 @@ pub struct Recovery {
     /// The time recorded as their end: the last moment the station was known to be
     /// alive before this start-up. `None` when there was nothing to recover.
     pub presumed_crash_at: Option<i64>,
-}
-
-/// What [`Store::health`](crate::Store::health) finds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Health {
-    /// The journal mode: `wal` unless the file system refused it.
-    pub journal_mode: String,
-    /// The write connection's `synchronous` level: 2 is `FULL`.
-    pub synchronous: i64,
-    /// Whether the write connection enforces foreign keys.
-    pub foreign_keys: bool,
-    /// What `PRAGMA integrity_check` says: `ok`, or the problems it found.
-    pub integrity: String,
-    /// The newest migration applied to the file.
-    pub schema_version: i64,
 }

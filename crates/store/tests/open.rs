@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{TestStore, T0};
-use flashrack_store::{Clock, ManualClock, Store, StoreError, SCHEMA_VERSION};
+use flashrack_store::{Clock, ManualClock, Records, Store, StoreError, Writes, SCHEMA_VERSION};
 use sqlx::{Connection, SqliteConnection};
 use tempfile::TempDir;
 
@@ -60,7 +60,10 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
 #[tokio::test]
 async fn reopening_keeps_the_records_and_applies_nothing_twice() {
     let t = TestStore::new("rack-1").await;
-    t.store.record_image(&common::image()).await.unwrap();
+    t.store
+        .write(|b| Box::pin(async move { b.record_image(&common::image()).await }))
+        .await
+        .unwrap();
     t.clock.advance(60_000);
     let again = t.reopen("rack-1").await;
     assert_eq!(
@@ -265,7 +268,10 @@ async fn another_programs_database_is_refused_and_left_as_it_was() {
 #[tokio::test]
 async fn a_database_from_a_newer_build_is_refused_and_left_as_it_was() {
     let t = TestStore::new("rack-1").await;
-    t.store.record_image(&common::image()).await.unwrap();
+    t.store
+        .write(|b| Box::pin(async move { b.record_image(&common::image()).await }))
+        .await
+        .unwrap();
     t.store.clone().close().await;
     // What a newer flashrack would have left: a migration this build does not know.
     {
@@ -364,7 +370,10 @@ async fn an_unwritable_database_file_is_refused_with_its_path_and_left_as_it_was
 #[tokio::test]
 async fn closing_leaves_every_record_in_the_database_file_alone() {
     let t = TestStore::new("rack-1").await;
-    t.store.record_image(&common::image()).await.unwrap();
+    t.store
+        .write(|b| Box::pin(async move { b.record_image(&common::image()).await }))
+        .await
+        .unwrap();
     let wal = t.dir.path().join("flashrack.db-wal");
     assert!(
         fs::metadata(&wal).unwrap().len() > 0,
@@ -394,7 +403,7 @@ async fn a_store_opened_read_only_reads_a_read_only_directory_and_writes_nothing
     let store = Store::open_read_only(&path, "elsewhere").await.unwrap();
     assert_eq!(store.images().await.unwrap(), [common::image()]);
     assert!(
-        store.heartbeat().await.is_err(),
+        store.write(|b| Box::pin(b.heartbeat())).await.is_err(),
         "a read-only store writes nothing"
     );
     store.close().await;
@@ -405,7 +414,10 @@ async fn a_store_opened_read_only_reads_a_read_only_directory_and_writes_nothing
 #[tokio::test]
 async fn reading_through_a_read_only_store_changes_no_byte_and_registers_no_station() {
     let t = TestStore::new("rack-1").await;
-    t.store.record_image(&common::image()).await.unwrap();
+    t.store
+        .write(|b| Box::pin(async move { b.record_image(&common::image()).await }))
+        .await
+        .unwrap();
     t.store.clone().close().await;
     let before = fs::read(t.path()).unwrap();
     let store = Store::open_read_only(&t.path(), "elsewhere").await.unwrap();
@@ -425,12 +437,15 @@ async fn reading_through_a_read_only_store_changes_no_byte_and_registers_no_stat
 #[tokio::test]
 async fn a_read_only_store_sees_what_a_live_writer_committed() {
     let t = TestStore::new("rack-1").await;
-    t.store.record_image(&common::image()).await.unwrap();
+    t.store
+        .write(|b| Box::pin(async move { b.record_image(&common::image()).await }))
+        .await
+        .unwrap();
     let store = Store::open_read_only(&t.path(), "rack-1").await.unwrap();
     assert_eq!(store.images().await.unwrap(), [common::image()]);
     store.close().await;
     // The writer carries on.
-    t.store.heartbeat().await.unwrap();
+    t.store.write(|b| Box::pin(b.heartbeat())).await.unwrap();
 }
 
 fn assert_only_file(dir: &Path, name: &str) {
@@ -464,7 +479,10 @@ async fn write_database(path: &Path) {
     let store = Store::open_with_clock(path, "rack-1", Clock::Manual(ManualClock::new(T0)))
         .await
         .unwrap();
-    store.record_image(&common::image()).await.unwrap();
+    store
+        .write(|b| Box::pin(async move { b.record_image(&common::image()).await }))
+        .await
+        .unwrap();
     store.close().await;
 }
 

@@ -10,8 +10,8 @@ use flashrack_core::{
     Stage, Verdict,
 };
 use flashrack_store::{
-    AttemptState, Counts, DeviceRow, EventKind, EventRow, RefusalRow, ReportVerdict, RunId,
-    RunningFigures, StopReason, StoreError,
+    AttemptId, AttemptState, BoxFuture, Counts, DeviceRow, EventKind, EventRow, ImageRow, Records,
+    RefusalRow, ReportVerdict, RunId, RunningFigures, StopReason, StoreError, Writes,
 };
 use serde_json::json;
 use sqlx::{Connection, SqliteConnection};
@@ -20,13 +20,19 @@ use sqlx::{Connection, SqliteConnection};
 async fn images_are_recorded_once_and_renamed_on_reimport() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
+        .await
+        .unwrap();
     assert_eq!(t.store.image(img.sha256).await.unwrap(), Some(img.clone()));
 
     let mut again = img.clone();
     again.name = "renamed.img".to_string();
     again.imported_at = T0 + 1;
-    t.store.record_image(&again).await.unwrap();
+    t.store
+        .write(|b| Box::pin(b.record_image(&again)))
+        .await
+        .unwrap();
     let stored = t.store.image(img.sha256).await.unwrap().unwrap();
     assert_eq!(stored.name, "renamed.img");
     assert_eq!(
@@ -44,9 +50,15 @@ async fn images_are_recorded_once_and_renamed_on_reimport() {
 async fn runs_start_stop_and_are_listed_with_counts() {
     let t = TestStore::new("rack-1").await;
     let img = image();
+    let no_options = json!({});
     let unknown = t
         .store
-        .start_run(Sha256Digest::of(b"never imported"), "x", &json!({}))
+        .write(|b| {
+            Box::pin(async move {
+                b.start_run(Sha256Digest::of(b"never imported"), "x", &json!({}))
+                    .await
+            })
+        })
         .await
         .unwrap_err();
     assert!(
@@ -54,11 +66,14 @@ async fn runs_start_stop_and_are_listed_with_counts() {
         "{unknown:?}"
     );
 
-    t.store.record_image(&img).await.unwrap();
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
+        .await
+        .unwrap();
     let options = json!({ "verify": "hash", "eject_on_pass": true, "target_count": 4 });
     let run = t
         .store
-        .start_run(img.sha256, &img.name, &options)
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &options)))
         .await
         .unwrap();
     let summary = t.store.run(run).await.unwrap().unwrap();
@@ -72,24 +87,29 @@ async fn runs_start_stop_and_are_listed_with_counts() {
     assert_eq!(t.store.active_run().await.unwrap().unwrap().run.id, run);
 
     t.clock.advance(1000);
-    t.store.stop_run(run, StopReason::Operator).await.unwrap();
+    t.store
+        .write(|b| Box::pin(b.stop_run(run, StopReason::Operator)))
+        .await
+        .unwrap();
     let stopped = t.store.run(run).await.unwrap().unwrap();
     assert_eq!(stopped.run.stopped_at, Some(T0 + 1000));
     assert_eq!(stopped.run.stop_reason, Some(StopReason::Operator));
     assert_eq!(t.store.active_run().await.unwrap(), None);
     assert!(matches!(
-        t.store.stop_run(run, StopReason::Shutdown).await,
+        t.store.write(|b| Box::pin(b.stop_run(run, StopReason::Shutdown))).await,
         Err(StoreError::RunStopped { run: r }) if r == run
     ));
     assert!(matches!(
-        t.store.stop_run(RunId(99), StopReason::Shutdown).await,
+        t.store
+            .write(|b| Box::pin(b.stop_run(RunId(99), StopReason::Shutdown)))
+            .await,
         Err(StoreError::NotFound { what: "run", .. })
     ));
 
     t.clock.advance(1000);
     let second = t
         .store
-        .start_run(img.sha256, &img.name, &json!({}))
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
         .await
         .unwrap();
     let listed: Vec<RunId> = t
@@ -106,12 +126,22 @@ async fn runs_start_stop_and_are_listed_with_counts() {
 #[tokio::test]
 async fn devices_are_upserted_by_serial_or_by_vendor_model_and_size() {
     let t = TestStore::new("rack-1").await;
-    let first = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let first = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
     t.clock.advance(5000);
     let mut changed = device("AA01");
     changed.model = Some("Cruzer Blade 2".to_string());
     changed.capacity = ByteSize(16_000_000_000);
-    assert_eq!(t.store.upsert_device(&changed).await.unwrap(), first);
+    assert_eq!(
+        t.store
+            .write(|b| Box::pin(b.upsert_device(&changed)))
+            .await
+            .unwrap(),
+        first
+    );
     let record = t.store.device("AA01").await.unwrap().unwrap();
     assert_eq!(record.id, first);
     assert_eq!(record.key, "AA01");
@@ -126,7 +156,11 @@ async fn devices_are_upserted_by_serial_or_by_vendor_model_and_size() {
         capacity: ByteSize(8_000_000_000),
     };
     assert_eq!(no_serial.key(), "Generic/?/8000000000");
-    let other = t.store.upsert_device(&no_serial).await.unwrap();
+    let other = t
+        .store
+        .write(|b| Box::pin(b.upsert_device(&no_serial)))
+        .await
+        .unwrap();
     assert_ne!(other, first);
     let record = t
         .store
@@ -142,18 +176,26 @@ async fn devices_are_upserted_by_serial_or_by_vendor_model_and_size() {
 async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
 
     t.clock.advance(100);
     let attempt = t
         .store
-        .start_attempt(run, dev, "A1", "pci-0000:00:14.0-usb-0:1:1.0")
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "pci-0000:00:14.0-usb-0:1:1.0")))
         .await
         .unwrap();
     let started = t.store.attempt(attempt).await.unwrap().unwrap();
@@ -172,7 +214,10 @@ async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
 
     for stage in [Stage::Writing, Stage::Flushing, Stage::Verifying] {
         t.clock.advance(1000);
-        t.store.attempt_stage(attempt, stage).await.unwrap();
+        t.store
+            .write(|b| Box::pin(b.attempt_stage(attempt, stage)))
+            .await
+            .unwrap();
         assert_eq!(
             t.store.attempt(attempt).await.unwrap().unwrap().stage,
             stage
@@ -180,7 +225,12 @@ async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
     }
     t.clock.advance(1000);
     t.store
-        .finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+        .write(|b| {
+            Box::pin(async move {
+                b.finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+                    .await
+            })
+        })
         .await
         .unwrap();
 
@@ -215,7 +265,12 @@ async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
     // A verdict is final.
     let again = t
         .store
-        .finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+        .write(|b| {
+            Box::pin(async move {
+                b.finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+                    .await
+            })
+        })
         .await;
     assert!(
         matches!(
@@ -228,7 +283,9 @@ async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
         "{again:?}"
     );
     assert!(matches!(
-        t.store.attempt_stage(attempt, Stage::Writing).await,
+        t.store
+            .write(|b| Box::pin(b.attempt_stage(attempt, Stage::Writing)))
+            .await,
         Err(StoreError::AttemptNotRunning { .. })
     ));
 }
@@ -237,13 +294,21 @@ async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
 async fn failures_keep_their_reason_stage_and_offset() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
 
     let cases = [
         (
@@ -288,7 +353,11 @@ async fn failures_keep_their_reason_stage_and_offset() {
         ),
     ];
     for (verdict, state) in cases {
-        let attempt = t.store.start_attempt(run, dev, "B2", "path").await.unwrap();
+        let attempt = t
+            .store
+            .write(|b| Box::pin(b.start_attempt(run, dev, "B2", "path")))
+            .await
+            .unwrap();
         let figures = AttemptFigures {
             capacity: ByteSize(0), // not measured: the device's capacity stays
             bytes_written: 1 << 20,
@@ -297,7 +366,7 @@ async fn failures_keep_their_reason_stage_and_offset() {
             ..AttemptFigures::default()
         };
         t.store
-            .finish_attempt(attempt, &verdict, &figures)
+            .write(|b| Box::pin(b.finish_attempt(attempt, &verdict, &figures)))
             .await
             .unwrap();
         let record = t.store.attempt(attempt).await.unwrap().unwrap();
@@ -339,29 +408,46 @@ async fn failures_keep_their_reason_stage_and_offset() {
 async fn attempts_need_an_open_run_and_a_known_device() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
 
     let no_device = t
         .store
-        .start_attempt(run, flashrack_store::DeviceId(42), "A1", "p")
+        .write(|b| Box::pin(b.start_attempt(run, flashrack_store::DeviceId(42), "A1", "p")))
         .await;
     assert!(
         matches!(no_device, Err(StoreError::NotFound { what: "device", .. })),
         "{no_device:?}"
     );
-    let no_run = t.store.start_attempt(RunId(42), dev, "A1", "p").await;
+    let no_run = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(RunId(42), dev, "A1", "p")))
+        .await;
     assert!(
         matches!(no_run, Err(StoreError::NotFound { what: "run", .. })),
         "{no_run:?}"
     );
-    t.store.stop_run(run, StopReason::Completed).await.unwrap();
-    let stopped = t.store.start_attempt(run, dev, "A1", "p").await;
+    t.store
+        .write(|b| Box::pin(b.stop_run(run, StopReason::Completed)))
+        .await
+        .unwrap();
+    let stopped = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
+        .await;
     assert!(
         matches!(stopped, Err(StoreError::RunStopped { .. })),
         "{stopped:?}"
@@ -379,7 +465,11 @@ async fn attempts_need_an_open_run_and_a_known_device() {
 #[tokio::test]
 async fn events_are_appended_with_their_references() {
     let t = TestStore::new("rack-1").await;
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
     t.clock.advance(10);
     let mut refusal = EventRow::new(
         EventKind::GuardRefused,
@@ -387,10 +477,17 @@ async fn events_are_appended_with_their_references() {
     );
     refusal.port_label = Some("C3".to_string());
     refusal.device_id = Some(dev);
-    let id = t.store.record_event(&refusal).await.unwrap();
+    let id = t
+        .store
+        .write(|b| Box::pin(b.record_event(&refusal)))
+        .await
+        .unwrap();
     t.clock.advance(10);
     let action = EventRow::new(EventKind::OperatorAction, json!({ "action": "arm" }));
-    t.store.record_event(&action).await.unwrap();
+    t.store
+        .write(|b| Box::pin(b.record_event(&action)))
+        .await
+        .unwrap();
 
     let events = t.store.recent_events(2).await.unwrap();
     assert_eq!(events.len(), 2);
@@ -402,7 +499,11 @@ async fn events_are_appended_with_their_references() {
 
     let mut dangling = EventRow::new(EventKind::PortChanged, json!({}));
     dangling.run_id = Some(RunId(77));
-    let err = t.store.record_event(&dangling).await.unwrap_err();
+    let err = t
+        .store
+        .write(|b| Box::pin(b.record_event(&dangling)))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::DanglingReference { .. }),
         "{err:?}"
@@ -413,18 +514,85 @@ async fn events_are_appended_with_their_references() {
     }
 }
 
+/// Records an attempt from start to verdict through any backend, in one batch,
+/// from the caller's own (borrowed) values: what code written against the seam
+/// (a journal, a hub) does. It returns a boxed future, `Send` for any backend,
+/// as `async_trait` does: see [`Records::write`] on spawning generic code.
+fn record_a_pass<'a, R: Records>(
+    records: &'a R,
+    image: &'a ImageRow,
+    stick: &'a DeviceRow,
+    port: &'a str,
+) -> BoxFuture<'a, Result<AttemptId, StoreError>> {
+    Box::pin(async move {
+        let options = json!({ "verify": "hash" });
+        records
+            .write(|batch| {
+                Box::pin(async move {
+                    batch.record_image(image).await?;
+                    let run = batch.start_run(image.sha256, &image.name, &options).await?;
+                    let device = batch.upsert_device(stick).await?;
+                    let attempt = batch.start_attempt(run, device, port, "p").await?;
+                    batch
+                        .finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+                        .await?;
+                    Ok(attempt)
+                })
+            })
+            .await
+    })
+}
+
+/// Reads an attempt's verdict back through any backend.
+async fn verdict_of<R: Records>(records: &R, attempt: AttemptId) -> Option<Verdict> {
+    records.attempt(attempt).await.unwrap()?.verdict
+}
+
+#[tokio::test]
+async fn code_generic_over_the_records_writes_and_reads_them_from_any_task() {
+    let t = TestStore::new("rack-1").await;
+    let store = t.store.clone();
+    // `tokio::spawn` needs a future that may move between threads: the seam's
+    // futures say so, for any backend.
+    let attempt = tokio::spawn(async move {
+        let stick = device("AA01");
+        let attempt = record_a_pass(&store, &image(), &stick, "A1").await?;
+        Ok::<_, StoreError>((attempt, verdict_of(&store, attempt).await))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(attempt.1, Some(Verdict::Pass));
+    assert_eq!(
+        t.store.device_history("AA01").await.unwrap()[0].attempt_id,
+        Some(attempt.0)
+    );
+}
+
 #[tokio::test]
 async fn a_finished_attempt_is_visible_to_another_connection_when_the_call_returns() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
-    let attempt = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
+    let run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
+    let attempt = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
+        .await
+        .unwrap();
 
     let mut other = SqliteConnection::connect(&format!("sqlite://{}", t.path().display()))
         .await
@@ -439,7 +607,12 @@ async fn a_finished_attempt_is_visible_to_another_connection_when_the_call_retur
         "the start is committed before the first byte"
     );
     t.store
-        .finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+        .write(|b| {
+            Box::pin(async move {
+                b.finish_attempt(attempt, &Verdict::Pass, &pass_figures())
+                    .await
+            })
+        })
         .await
         .unwrap();
     let state: String = sqlx::query_scalar("SELECT state FROM attempts WHERE id = ?")
@@ -454,46 +627,63 @@ async fn a_finished_attempt_is_visible_to_another_connection_when_the_call_retur
 async fn recovery_interrupts_what_the_last_session_left_running_and_nothing_else() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let old_run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev_a = t.store.upsert_device(&device("AA01")).await.unwrap();
-    let dev_b = t.store.upsert_device(&device("BB02")).await.unwrap();
+    let old_run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev_a = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
+    let dev_b = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("BB02")).await }))
+        .await
+        .unwrap();
     let finished = t
         .store
-        .start_attempt(old_run, dev_a, "A1", "p1")
+        .write(|b| Box::pin(b.start_attempt(old_run, dev_a, "A1", "p1")))
         .await
         .unwrap();
     t.store
-        .finish_attempt(finished, &Verdict::Pass, &pass_figures())
+        .write(|b| {
+            Box::pin(async move {
+                b.finish_attempt(finished, &Verdict::Pass, &pass_figures())
+                    .await
+            })
+        })
         .await
         .unwrap();
     t.clock.advance(1000);
     let left_running = t
         .store
-        .start_attempt(old_run, dev_b, "A2", "p2")
+        .write(|b| Box::pin(b.start_attempt(old_run, dev_b, "A2", "p2")))
         .await
         .unwrap();
     t.clock.advance(1000);
     t.store
-        .attempt_stage(left_running, Stage::Writing)
+        .write(|b| Box::pin(b.attempt_stage(left_running, Stage::Writing)))
         .await
         .unwrap();
     t.clock.advance(30_000);
-    t.store.heartbeat().await.unwrap();
+    t.store.write(|b| Box::pin(b.heartbeat())).await.unwrap();
     let crash_at = t.store.now();
 
     // Another station shares the database; its running attempt is its own business.
     let other = t.reopen("rack-2").await;
     let other_run = other
-        .start_run(img.sha256, &img.name, &json!({}))
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
         .await
         .unwrap();
     let others_attempt = other
-        .start_attempt(other_run, dev_a, "Z9", "pz")
+        .write(|b| Box::pin(b.start_attempt(other_run, dev_a, "Z9", "pz")))
         .await
         .unwrap();
 
@@ -503,11 +693,11 @@ async fn recovery_interrupts_what_the_last_session_left_running_and_nothing_else
     let restarted = t.reopen("rack-1").await;
     // Work this session records before recovery runs is not the crash's.
     let new_run = restarted
-        .start_run(img.sha256, &img.name, &json!({}))
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
         .await
         .unwrap();
     let new_attempt = restarted
-        .start_attempt(new_run, dev_a, "A1", "p1")
+        .write(|b| Box::pin(b.start_attempt(new_run, dev_a, "A1", "p1")))
         .await
         .unwrap();
 
@@ -572,18 +762,30 @@ async fn recovery_interrupts_what_the_last_session_left_running_and_nothing_else
 async fn without_a_heartbeat_the_crash_time_is_the_last_record() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
+    let run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
     t.clock.advance(2000);
-    let attempt = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
+    let attempt = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
+        .await
+        .unwrap();
     t.clock.advance(5000);
     t.store
-        .attempt_stage(attempt, Stage::Verifying)
+        .write(|b| Box::pin(b.attempt_stage(attempt, Stage::Verifying)))
         .await
         .unwrap();
     let last_write = t.store.now();
@@ -600,45 +802,48 @@ async fn without_a_heartbeat_the_crash_time_is_the_last_record() {
 async fn a_report_of_ten_thousand_attempts_comes_back_whole() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
+        .await
+        .unwrap();
     let run = t
         .store
-        .start_run(img.sha256, &img.name, &json!({}))
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
         .await
         .unwrap();
     let other_run = t
         .store
-        .start_run(img.sha256, &img.name, &json!({}))
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
         .await
         .unwrap();
-    let mut batch = t.store.batch().await.unwrap();
-    for i in 0..10_000u32 {
-        let dev = batch
-            .upsert_device(&device(&format!("SN{i:05}")))
-            .await
-            .unwrap();
-        for r in [run, other_run] {
-            let a = batch
-                .start_attempt(r, dev, &format!("P{}", i % 48), "p")
-                .await
-                .unwrap();
-            let verdict = if i % 10 == 0 {
-                fail(
-                    FailReason::VerifyMismatch {
-                        offset: u64::from(i) * 4096,
-                    },
-                    Stage::Verifying,
-                )
-            } else {
-                Verdict::Pass
-            };
-            batch
-                .finish_attempt(a, &verdict, &pass_figures())
-                .await
-                .unwrap();
-        }
-    }
-    batch.commit().await.unwrap();
+    t.store
+        .write(|batch| {
+            Box::pin(async move {
+                for i in 0..10_000u32 {
+                    let dev = batch.upsert_device(&device(&format!("SN{i:05}"))).await?;
+                    for r in [run, other_run] {
+                        let a = batch
+                            .start_attempt(r, dev, &format!("P{}", i % 48), "p")
+                            .await?;
+                        let verdict = if i % 10 == 0 {
+                            fail(
+                                FailReason::VerifyMismatch {
+                                    offset: u64::from(i) * 4096,
+                                },
+                                Stage::Verifying,
+                            )
+                        } else {
+                            Verdict::Pass
+                        };
+                        batch.finish_attempt(a, &verdict, &pass_figures()).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
 
     let report = t.store.run_report(run).await.unwrap().unwrap();
     assert_eq!(report.rows.len(), 10_000);
@@ -663,15 +868,46 @@ async fn a_report_of_ten_thousand_attempts_comes_back_whole() {
 }
 
 #[tokio::test]
-async fn a_dropped_batch_records_nothing() {
+async fn a_failed_or_dropped_write_records_nothing() {
     let t = TestStore::new("rack-1").await;
-    {
-        let mut batch = t.store.batch().await.unwrap();
-        batch.upsert_device(&device("AA01")).await.unwrap();
+    // A batch whose closure fails: the device it recorded first is rolled back.
+    let failed = t
+        .store
+        .write(|batch| {
+            Box::pin(async move {
+                let dev = batch.upsert_device(&device("AA01")).await?;
+                batch.start_attempt(RunId(99), dev, "A1", "p").await
+            })
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failed, StoreError::NotFound { what: "run", .. }),
+        "{failed:?}"
+    );
+    assert_eq!(t.store.device("AA01").await.unwrap(), None);
+
+    // A batch dropped before it commits (its task cancelled), once its write is
+    // made.
+    let (made, was_made) = tokio::sync::oneshot::channel();
+    let write = t.store.write(|batch| {
+        Box::pin(async move {
+            batch.upsert_device(&device("AA01")).await?;
+            made.send(()).unwrap();
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    });
+    tokio::select! {
+        _ = write => unreachable!("the batch never finishes"),
+        made = was_made => made.unwrap(),
     }
     assert_eq!(t.store.device("AA01").await.unwrap(), None);
     // The write connection is free again.
-    t.store.upsert_device(&device("AA01")).await.unwrap();
+    t.store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
     assert!(t.store.device("AA01").await.unwrap().is_some());
 }
 
@@ -679,17 +915,25 @@ async fn a_dropped_batch_records_nothing() {
 async fn a_refusal_is_recorded_with_its_port_device_run_and_code_and_counted_apart_from_failures() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
+        .await
+        .unwrap();
     let run = t
         .store
-        .start_run(img.sha256, &img.name, &json!({}))
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
         .await
         .unwrap();
     let big = DeviceRow {
         capacity: ByteSize(512_000_000_000),
         ..device("BIG1")
     };
-    let dev = t.store.upsert_device(&big).await.unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(b.upsert_device(&big)))
+        .await
+        .unwrap();
     let too_large = GuardRefusal {
         code: RefusalCode::TooLarge,
         message: "the device is too large: 512.0 GB is more than the maximum of 256.0 GB".into(),
@@ -698,15 +942,16 @@ async fn a_refusal_is_recorded_with_its_port_device_run_and_code_and_counted_apa
     let mut ids = Vec::new();
     for run_id in [Some(run), Some(run), None] {
         t.clock.advance(1_000);
+        let refusal = RefusalRow {
+            run_id,
+            device_id: dev,
+            port_label: "A4".into(),
+            port_path: "pci-0000:00:14.0-usb-0:4:1.0".into(),
+            refusal: too_large.clone(),
+        };
         ids.push(
             t.store
-                .record_refusal(&RefusalRow {
-                    run_id,
-                    device_id: dev,
-                    port_label: "A4".into(),
-                    port_path: "pci-0000:00:14.0-usb-0:4:1.0".into(),
-                    refusal: too_large.clone(),
-                })
+                .write(|b| Box::pin(b.record_refusal(&refusal)))
                 .await
                 .unwrap(),
         );
@@ -773,12 +1018,17 @@ async fn a_refusal_is_recorded_with_its_port_device_run_and_code_and_counted_apa
 
     let unknown = t
         .store
-        .record_refusal(&RefusalRow {
-            run_id: None,
-            device_id: flashrack_store::DeviceId(99),
-            port_label: "A1".into(),
-            port_path: String::new(),
-            refusal: too_large,
+        .write(|b| {
+            Box::pin(async move {
+                b.record_refusal(&RefusalRow {
+                    run_id: None,
+                    device_id: flashrack_store::DeviceId(99),
+                    port_label: "A1".into(),
+                    port_path: String::new(),
+                    refusal: too_large,
+                })
+                .await
+            })
         })
         .await
         .unwrap_err();
@@ -792,14 +1042,26 @@ async fn a_refusal_is_recorded_with_its_port_device_run_and_code_and_counted_apa
 async fn an_attempt_refused_at_opening_counts_as_refused_with_the_guards_code() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
-    let attempt = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
+    let run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
+    let attempt = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
+        .await
+        .unwrap();
     let refused = fail(
         FailReason::Refused {
             code: Some(RefusalCode::Mounted),
@@ -807,8 +1069,9 @@ async fn an_attempt_refused_at_opening_counts_as_refused_with_the_guards_code() 
         },
         Stage::Preparing,
     );
+    let figures = AttemptFigures::default();
     t.store
-        .finish_attempt(attempt, &refused, &AttemptFigures::default())
+        .write(|b| Box::pin(b.finish_attempt(attempt, &refused, &figures)))
         .await
         .unwrap();
     // The verdict reads back exactly, its code included.
@@ -837,17 +1100,38 @@ async fn an_attempt_refused_at_opening_counts_as_refused_with_the_guards_code() 
 async fn progress_is_recorded_for_running_attempts_only_and_never_goes_down() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
-    let running = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
-    let done = t.store.start_attempt(run, dev, "A2", "p").await.unwrap();
+    let run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
+    let running = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
+        .await
+        .unwrap();
+    let done = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A2", "p")))
+        .await
+        .unwrap();
     t.store
-        .finish_attempt(done, &Verdict::Pass, &pass_figures())
+        .write(|b| {
+            Box::pin(async move {
+                b.finish_attempt(done, &Verdict::Pass, &pass_figures())
+                    .await
+            })
+        })
         .await
         .unwrap();
     let so_far = |attempt, bytes_written| RunningFigures {
@@ -857,11 +1141,16 @@ async fn progress_is_recorded_for_running_attempts_only_and_never_goes_down() {
     };
     t.clock.advance(5_000);
     t.store
-        .record_progress(&[so_far(running, 16 << 20), so_far(done, 1)])
+        .write(|b| {
+            Box::pin(async move {
+                b.record_progress(&[so_far(running, 16 << 20), so_far(done, 1)])
+                    .await
+            })
+        })
         .await
         .unwrap();
     t.store
-        .record_progress(&[so_far(running, 8 << 20)])
+        .write(|b| Box::pin(async move { b.record_progress(&[so_far(running, 8 << 20)]).await }))
         .await
         .unwrap();
     let record = t.store.attempt(running).await.unwrap().unwrap();
@@ -877,11 +1166,16 @@ async fn progress_is_recorded_for_running_attempts_only_and_never_goes_down() {
     // A verdict given without the attempt's thread that knows less than was
     // recorded keeps the recorded figure, as a lower bound.
     t.store
-        .finish_attempt(
-            running,
-            &fail(FailReason::Interrupted, Stage::Writing),
-            &AttemptFigures::default(),
-        )
+        .write(|b| {
+            Box::pin(async move {
+                b.finish_attempt(
+                    running,
+                    &fail(FailReason::Interrupted, Stage::Writing),
+                    &AttemptFigures::default(),
+                )
+                .await
+            })
+        })
         .await
         .unwrap();
     let record = t.store.attempt(running).await.unwrap().unwrap();
@@ -893,26 +1187,54 @@ async fn progress_is_recorded_for_running_attempts_only_and_never_goes_down() {
 async fn recovery_keeps_the_bytes_last_recorded_as_a_lower_bound_or_says_they_are_unknown() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    t.store.record_image(&img).await.unwrap();
-    let run = t
-        .store
-        .start_run(img.sha256, &img.name, &json!({}))
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
         .await
         .unwrap();
-    let dev = t.store.upsert_device(&device("AA01")).await.unwrap();
-    let writing = t.store.start_attempt(run, dev, "A1", "p").await.unwrap();
-    let unrecorded = t.store.start_attempt(run, dev, "A2", "p").await.unwrap();
-    let preparing = t.store.start_attempt(run, dev, "A3", "p").await.unwrap();
+    let run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t
+        .store
+        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
+        .await
+        .unwrap();
+    let writing = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
+        .await
+        .unwrap();
+    let unrecorded = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A2", "p")))
+        .await
+        .unwrap();
+    let preparing = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(run, dev, "A3", "p")))
+        .await
+        .unwrap();
     for a in [writing, unrecorded] {
-        t.store.attempt_stage(a, Stage::Writing).await.unwrap();
+        t.store
+            .write(|b| Box::pin(b.attempt_stage(a, Stage::Writing)))
+            .await
+            .unwrap();
     }
     t.clock.advance(2_000);
     t.store
-        .record_progress(&[RunningFigures {
-            attempt: writing,
-            bytes_written: 20 << 20,
-            bytes_verified: 0,
-        }])
+        .write(|b| {
+            Box::pin(async move {
+                b.record_progress(&[RunningFigures {
+                    attempt: writing,
+                    bytes_written: 20 << 20,
+                    bytes_verified: 0,
+                }])
+                .await
+            })
+        })
         .await
         .unwrap();
 

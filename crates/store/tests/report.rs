@@ -17,8 +17,8 @@ use flashrack_core::{
     Verdict,
 };
 use flashrack_store::{
-    AttemptId, Counts, DeviceId, DeviceReport, DeviceRow, RefusalRow, RunId, RunReport,
-    RunningFigures,
+    AttemptId, Counts, DeviceId, DeviceReport, DeviceRow, Records, RefusalRow, RunId, RunReport,
+    RunningFigures, Writes,
 };
 use serde_json::json;
 
@@ -33,13 +33,18 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
     let t = TestStore::new("rack-1").await;
     let s = &t.store;
     let img = image();
-    s.record_image(&img).await.unwrap();
+    s.write(|b| Box::pin(b.record_image(&img))).await.unwrap();
     let run = s
-        .start_run(
-            img.sha256,
-            &img.name,
-            &json!({ "verify": "hash", "eject_on_pass": true, "target_count": 4 }),
-        )
+        .write(|b| {
+            Box::pin(async move {
+                b.start_run(
+                    img.sha256,
+                    &img.name,
+                    &json!({ "verify": "hash", "eject_on_pass": true, "target_count": 4 }),
+                )
+                .await
+            })
+        })
         .await
         .unwrap();
     let devices = [
@@ -77,144 +82,199 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
     let mut ids = Vec::new();
     for d in &devices {
         t.clock.advance(1_000);
-        ids.push(s.upsert_device(d).await.unwrap());
+        ids.push(s.write(|b| Box::pin(b.upsert_device(d))).await.unwrap());
     }
+    // The Verbatim stick: the device report's.
+    let verbatim = ids[3];
     let a1 = start(&t, run, ids[0], "A1").await;
     let a2 = start(&t, run, ids[1], "A2").await;
     let a3 = start(&t, run, ids[2], "A3").await;
     let a4 = start(&t, run, ids[3], "A4").await;
     for a in [a1, a2, a3, a4] {
-        s.attempt_stage(a, Stage::Writing).await.unwrap();
+        s.write(|b| Box::pin(b.attempt_stage(a, Stage::Writing)))
+            .await
+            .unwrap();
     }
     t.clock.advance(10_000);
-    s.finish_attempt(
-        a3,
-        &fail(
-            FailReason::Removed {
-                during: Stage::Writing,
-            },
-            Stage::Writing,
-        ),
-        &AttemptFigures {
-            capacity: ByteSize(8_000_000_000),
-            bytes_written: 100_000_000,
-            write_secs: 10.0,
-            bytes_written_bound: Bound::LowerBound,
-            ..AttemptFigures::default()
-        },
-    )
+    s.write(|b| {
+        Box::pin(async move {
+            b.finish_attempt(
+                a3,
+                &fail(
+                    FailReason::Removed {
+                        during: Stage::Writing,
+                    },
+                    Stage::Writing,
+                ),
+                &AttemptFigures {
+                    capacity: ByteSize(8_000_000_000),
+                    bytes_written: 100_000_000,
+                    write_secs: 10.0,
+                    bytes_written_bound: Bound::LowerBound,
+                    ..AttemptFigures::default()
+                },
+            )
+            .await
+        })
+    })
     .await
     .unwrap();
     t.clock.advance(5_000);
-    s.finish_attempt(
-        a4,
-        &fail(FailReason::Interrupted, Stage::Writing),
-        &AttemptFigures {
-            capacity: ByteSize(32_000_000_000),
-            bytes_written: 150_994_944,
-            write_secs: 15.333_333,
-            ..AttemptFigures::default()
-        },
-    )
+    s.write(|b| {
+        Box::pin(async move {
+            b.finish_attempt(
+                a4,
+                &fail(FailReason::Interrupted, Stage::Writing),
+                &AttemptFigures {
+                    capacity: ByteSize(32_000_000_000),
+                    bytes_written: 150_994_944,
+                    write_secs: 15.333_333,
+                    ..AttemptFigures::default()
+                },
+            )
+            .await
+        })
+    })
     .await
     .unwrap();
     t.clock.advance(25_000);
     for a in [a1, a2] {
-        s.attempt_stage(a, Stage::Flushing).await.unwrap();
-        s.attempt_stage(a, Stage::Verifying).await.unwrap();
+        s.write(|b| Box::pin(b.attempt_stage(a, Stage::Flushing)))
+            .await
+            .unwrap();
+        s.write(|b| Box::pin(b.attempt_stage(a, Stage::Verifying)))
+            .await
+            .unwrap();
     }
     t.clock.advance(12_500);
-    s.finish_attempt(a1, &Verdict::Pass, &pass_figures())
-        .await
-        .unwrap();
+    s.write(|b| {
+        Box::pin(async move { b.finish_attempt(a1, &Verdict::Pass, &pass_figures()).await })
+    })
+    .await
+    .unwrap();
     t.clock.advance(1_200);
-    s.finish_attempt(
-        a2,
-        &fail(
-            FailReason::VerifyMismatch { offset: 4_194_304 },
-            Stage::Verifying,
-        ),
-        &AttemptFigures {
-            capacity: ByteSize(31_042_043_904),
-            bytes_written: 629_145_600,
-            write_secs: 80.0,
-            bytes_verified: 4_194_304,
-            verify_secs: 1.2,
-            read_back_sha256: Some(Sha256Digest::of(b"what the fake stick returned")),
-            verify_method: Some(flashrack_core::VerifyMethod::Hash),
-            bytes_written_bound: Bound::Exact,
-        },
-    )
+    s.write(|b| {
+        Box::pin(async move {
+            b.finish_attempt(
+                a2,
+                &fail(
+                    FailReason::VerifyMismatch { offset: 4_194_304 },
+                    Stage::Verifying,
+                ),
+                &AttemptFigures {
+                    capacity: ByteSize(31_042_043_904),
+                    bytes_written: 629_145_600,
+                    write_secs: 80.0,
+                    bytes_verified: 4_194_304,
+                    verify_secs: 1.2,
+                    read_back_sha256: Some(Sha256Digest::of(b"what the fake stick returned")),
+                    verify_method: Some(flashrack_core::VerifyMethod::Hash),
+                    bytes_written_bound: Bound::Exact,
+                },
+            )
+            .await
+        })
+    })
     .await
     .unwrap();
     let a5 = start(&t, run, ids[3], "B1").await;
-    s.attempt_stage(a5, Stage::Writing).await.unwrap();
+    s.write(|b| Box::pin(b.attempt_stage(a5, Stage::Writing)))
+        .await
+        .unwrap();
     t.clock.advance(52_750);
-    s.finish_attempt(
-        a5,
-        &Verdict::Pass,
-        &AttemptFigures {
-            capacity: ByteSize(32_000_000_000),
-            ..pass_figures()
-        },
-    )
+    s.write(|b| {
+        Box::pin(async move {
+            b.finish_attempt(
+                a5,
+                &Verdict::Pass,
+                &AttemptFigures {
+                    capacity: ByteSize(32_000_000_000),
+                    ..pass_figures()
+                },
+            )
+            .await
+        })
+    })
     .await
     .unwrap();
     let a6 = start(&t, run, ids[4], "B2").await;
-    s.attempt_stage(a6, Stage::Writing).await.unwrap();
+    s.write(|b| Box::pin(b.attempt_stage(a6, Stage::Writing)))
+        .await
+        .unwrap();
     t.clock.advance(3_000);
-    s.record_progress(&[RunningFigures {
-        attempt: a6,
-        bytes_written: 16_777_216,
-        bytes_verified: 0,
-    }])
+    s.write(|b| {
+        Box::pin(async move {
+            b.record_progress(&[RunningFigures {
+                attempt: a6,
+                bytes_written: 16_777_216,
+                bytes_verified: 0,
+            }])
+            .await
+        })
+    })
     .await
     .unwrap();
     // Refused when inserted under the run: nothing written, no attempt.
     t.clock.advance(1_000);
-    s.record_refusal(&RefusalRow {
-        run_id: Some(run),
-        device_id: ids[3],
-        port_label: "B3".into(),
-        port_path: "pci-0000:00:14.0-usb-0:B3:1.0".into(),
-        refusal: GuardRefusal {
-            code: RefusalCode::Mounted,
-            message: "sdd1 is mounted at /media/operator/VERBATIM".into(),
-        },
+    s.write(|b| {
+        Box::pin(async move {
+            b.record_refusal(&RefusalRow {
+                run_id: Some(run),
+                device_id: verbatim,
+                port_label: "B3".into(),
+                port_path: "pci-0000:00:14.0-usb-0:B3:1.0".into(),
+                refusal: GuardRefusal {
+                    code: RefusalCode::Mounted,
+                    message: "sdd1 is mounted at /media/operator/VERBATIM".into(),
+                },
+            })
+            .await
+        })
     })
     .await
     .unwrap();
     // Refused at the moment of opening, after its attempt was recorded.
     let a7 = start(&t, run, ids[3], "B3").await;
     t.clock.advance(500);
-    s.finish_attempt(
-        a7,
-        &fail(
-            FailReason::Refused {
-                code: Some(RefusalCode::Busy),
-                detail: "the device is busy: Device or resource busy (os error 16)".into(),
-            },
-            Stage::Preparing,
-        ),
-        &AttemptFigures {
-            capacity: ByteSize(32_000_000_000),
-            ..AttemptFigures::default()
-        },
-    )
+    s.write(|b| {
+        Box::pin(async move {
+            b.finish_attempt(
+                a7,
+                &fail(
+                    FailReason::Refused {
+                        code: Some(RefusalCode::Busy),
+                        detail: "the device is busy: Device or resource busy (os error 16)".into(),
+                    },
+                    Stage::Preparing,
+                ),
+                &AttemptFigures {
+                    capacity: ByteSize(32_000_000_000),
+                    ..AttemptFigures::default()
+                },
+            )
+            .await
+        })
+    })
     .await
     .unwrap();
     // Refused in an unmapped port while no run was armed: only in the device's
     // report.
     t.clock.advance(60_000);
-    s.record_refusal(&RefusalRow {
-        run_id: None,
-        device_id: ids[3],
-        port_label: "?sdd".into(),
-        port_path: "pci-0000:00:14.0-usb-0:9:1.0".into(),
-        refusal: GuardRefusal {
-            code: RefusalCode::PortNotMapped,
-            message: "port pci-0000:00:14.0-usb-0:9:1.0 is not mapped in the configuration".into(),
-        },
+    s.write(|b| {
+        Box::pin(async move {
+            b.record_refusal(&RefusalRow {
+                run_id: None,
+                device_id: verbatim,
+                port_label: "?sdd".into(),
+                port_path: "pci-0000:00:14.0-usb-0:9:1.0".into(),
+                refusal: GuardRefusal {
+                    code: RefusalCode::PortNotMapped,
+                    message: "port pci-0000:00:14.0-usb-0:9:1.0 is not mapped in the configuration"
+                        .into(),
+                },
+            })
+            .await
+        })
     })
     .await
     .unwrap();
@@ -227,12 +287,17 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
 async fn start(t: &TestStore, run: RunId, device: DeviceId, port: &str) -> AttemptId {
     t.clock.advance(2_000);
     t.store
-        .start_attempt(
-            run,
-            device,
-            port,
-            &format!("pci-0000:00:14.0-usb-0:{port}:1.0"),
-        )
+        .write(|b| {
+            Box::pin(async move {
+                b.start_attempt(
+                    run,
+                    device,
+                    port,
+                    &format!("pci-0000:00:14.0-usb-0:{port}:1.0"),
+                )
+                .await
+            })
+        })
         .await
         .unwrap()
 }

@@ -1,15 +1,18 @@
-//! Everything the store reads, as named queries on the read-only connections.
+//! [`Records`] for the SQLite store: the write transaction, start-up recovery,
+//! and every query, on the read-only connections.
 
 use flashrack_core::{AttemptFigures, Bound, ByteSize, FailReason, Failure, Sha256Digest, Verdict};
 use flashrack_report::rows_in_order;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Connection, Row};
 
+use super::writes::SqliteWrites;
+use crate::backend::BoxFuture;
 use crate::convert::{parse_bound, parse_refusal_code, parse_stage, parse_verify_method, to_u64};
 use crate::{
-    AttemptId, AttemptRecord, AttemptState, Counts, DeviceId, DeviceRecord, DeviceReport, Event,
-    EventId, EventKind, EventRow, ImageRow, RefusalId, ReportRow, ReportVerdict, Run, RunId,
-    RunReport, RunSummary, Store, StoreError,
+    AttemptId, AttemptRecord, AttemptState, Batch, Counts, DeviceId, DeviceRecord, DeviceReport,
+    Event, EventId, EventKind, EventRow, ImageRow, Records, Recovery, RefusalId, ReportRow,
+    ReportVerdict, Run, RunId, RunReport, RunSummary, Store, StoreError,
 };
 
 /// The columns of a run with its counts; `FROM runs r LEFT JOIN attempts a`. An
@@ -59,16 +62,60 @@ const EVENT: &str = "SELECT id, station_id, at, kind, port_label, device_id, run
         detail
     FROM events";
 
-impl Store {
-    /// Every run of every station sharing the database, newest first, with counts.
-    pub async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+impl Records for Store {
+    type Writes = SqliteWrites;
+
+    fn station_id(&self) -> &str {
+        self.station.as_str()
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    async fn write<'s, T, F>(&'s self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 's,
+        F: for<'b> FnOnce(&'b mut Batch<'s, SqliteWrites>) -> BoxFuture<'b, Result<T, StoreError>>
+            + Send
+            + 's,
+    {
+        let tx = self.writer.begin().await?;
+        let mut batch = Batch::new(SqliteWrites::new(
+            tx,
+            self.station.clone(),
+            self.clock.clone(),
+        ));
+        // On an error the batch is dropped here, and with it the transaction,
+        // which rolls back.
+        let value = f(&mut batch).await?;
+        batch.into_writes().commit().await?;
+        Ok(value)
+    }
+
+    async fn recover_interrupted(&self) -> Result<Recovery, StoreError> {
+        let previous = self.previous;
+        let recovery = self
+            .write(|batch| Box::pin(batch.recover(previous)))
+            .await?;
+        if !recovery.attempts.is_empty() || !recovery.runs.is_empty() {
+            tracing::warn!(
+                attempts = recovery.attempts.len(),
+                runs = recovery.runs.len(),
+                presumed_crash_at = recovery.presumed_crash_at,
+                "recorded work left unfinished by the previous session as interrupted"
+            );
+        }
+        Ok(recovery)
+    }
+
+    async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
         let sql = format!("{RUN_SUMMARY} GROUP BY r.id ORDER BY r.started_at DESC, r.id DESC");
         let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
         rows.iter().map(run_summary).collect()
     }
 
-    /// One run with its counts.
-    pub async fn run(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
+    async fn run(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
         let sql = format!("{RUN_SUMMARY} WHERE r.id = ? GROUP BY r.id");
         let row = sqlx::query(&sql)
             .bind(run.0)
@@ -77,8 +124,7 @@ impl Store {
         row.as_ref().map(run_summary).transpose()
     }
 
-    /// This station's open run (the newest, should there be several), if any.
-    pub async fn active_run(&self) -> Result<Option<RunSummary>, StoreError> {
+    async fn active_run(&self) -> Result<Option<RunSummary>, StoreError> {
         let sql = format!(
             "{RUN_SUMMARY} WHERE r.station_id = ? AND r.stopped_at IS NULL
              GROUP BY r.id ORDER BY r.started_at DESC, r.id DESC LIMIT 1"
@@ -90,10 +136,7 @@ impl Store {
         row.as_ref().map(run_summary).transpose()
     }
 
-    /// A run's report: the run and one row per record (attempts, and refusals
-    /// made under the run before any attempt) in the order they were made, read
-    /// from one consistent snapshot.
-    pub async fn run_report(&self, run: RunId) -> Result<Option<RunReport>, StoreError> {
+    async fn run_report(&self, run: RunId) -> Result<Option<RunReport>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let mut tx = conn.begin().await?;
         let Some(row) = sqlx::query(
@@ -136,8 +179,7 @@ impl Store {
         }))
     }
 
-    /// One attempt.
-    pub async fn attempt(&self, attempt: AttemptId) -> Result<Option<AttemptRecord>, StoreError> {
+    async fn attempt(&self, attempt: AttemptId) -> Result<Option<AttemptRecord>, StoreError> {
         let sql = format!("{ATTEMPT} WHERE id = ?");
         let row = sqlx::query(&sql)
             .bind(attempt.0)
@@ -146,8 +188,7 @@ impl Store {
         row.as_ref().map(attempt_record).transpose()
     }
 
-    /// This station's attempts that are running now, oldest first.
-    pub async fn running_attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
+    async fn running_attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
         let sql = format!("{ATTEMPT} WHERE station_id = ? AND state = 'running' ORDER BY id");
         let rows = sqlx::query(&sql)
             .bind(self.station_id())
@@ -156,8 +197,7 @@ impl Store {
         rows.iter().map(attempt_record).collect()
     }
 
-    /// The device recorded under this key, or else with this serial.
-    pub async fn device(&self, serial_or_key: &str) -> Result<Option<DeviceRecord>, StoreError> {
+    async fn device(&self, serial_or_key: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let sql =
             format!("{DEVICE} WHERE key = ?1 OR serial = ?1 ORDER BY key = ?1 DESC, id LIMIT 1");
         let row = sqlx::query(&sql)
@@ -167,8 +207,7 @@ impl Store {
         row.as_ref().map(device_record).transpose()
     }
 
-    /// Every device ever seen, most recently seen first, at most `limit`.
-    pub async fn devices(&self, limit: u32) -> Result<Vec<DeviceRecord>, StoreError> {
+    async fn devices(&self, limit: u32) -> Result<Vec<DeviceRecord>, StoreError> {
         let sql = format!("{DEVICE} ORDER BY last_seen DESC, id DESC LIMIT ?1");
         let rows = sqlx::query(&sql)
             .bind(i64::from(limit))
@@ -177,22 +216,7 @@ impl Store {
         rows.iter().map(device_record).collect()
     }
 
-    /// Every record of a device (found by key, or else by serial): its attempts
-    /// and refusals, across runs and stations, oldest first. Empty if there is
-    /// no such device.
-    pub async fn device_history(&self, serial_or_key: &str) -> Result<Vec<ReportRow>, StoreError> {
-        Ok(self
-            .device_report(serial_or_key)
-            .await?
-            .map(|report| report.rows)
-            .unwrap_or_default())
-    }
-
-    /// A device's report: the device, its counts and its history.
-    pub async fn device_report(
-        &self,
-        serial_or_key: &str,
-    ) -> Result<Option<DeviceReport>, StoreError> {
+    async fn device_report(&self, serial_or_key: &str) -> Result<Option<DeviceReport>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let mut tx = conn.begin().await?;
         let sql =
@@ -231,8 +255,7 @@ impl Store {
         }))
     }
 
-    /// One recorded image.
-    pub async fn image(&self, sha256: Sha256Digest) -> Result<Option<ImageRow>, StoreError> {
+    async fn image(&self, sha256: Sha256Digest) -> Result<Option<ImageRow>, StoreError> {
         let row = sqlx::query(
             "SELECT sha256, name, size, format, imported_at FROM images WHERE sha256 = ?",
         )
@@ -242,8 +265,7 @@ impl Store {
         row.as_ref().map(image_row).transpose()
     }
 
-    /// Every recorded image, newest import first.
-    pub async fn images(&self) -> Result<Vec<ImageRow>, StoreError> {
+    async fn images(&self) -> Result<Vec<ImageRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT sha256, name, size, format, imported_at FROM images
              ORDER BY imported_at DESC, sha256",
@@ -253,8 +275,7 @@ impl Store {
         rows.iter().map(image_row).collect()
     }
 
-    /// The last `limit` events of this station, oldest first.
-    pub async fn recent_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
+    async fn recent_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
         let sql = format!(
             "SELECT * FROM ({EVENT} WHERE station_id = ? ORDER BY id DESC LIMIT ?) ORDER BY id"
         );
@@ -266,8 +287,7 @@ impl Store {
         rows.iter().map(event).collect()
     }
 
-    /// Every event about an attempt, oldest first.
-    pub async fn attempt_events(&self, attempt: AttemptId) -> Result<Vec<Event>, StoreError> {
+    async fn attempt_events(&self, attempt: AttemptId) -> Result<Vec<Event>, StoreError> {
         let sql = format!("{EVENT} WHERE attempt_id = ? ORDER BY id");
         let rows = sqlx::query(&sql)
             .bind(attempt.0)

@@ -19,12 +19,12 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "initial",
-        include_str!("../../../migrations/0001_initial.sql"),
+        include_str!("../../../../migrations/0001_initial.sql"),
     ),
     (
         2,
         "refusals and written bounds",
-        include_str!("../../../migrations/0002_refusals_and_written_bounds.sql"),
+        include_str!("../../../../migrations/0002_refusals_and_written_bounds.sql"),
     ),
 ];
 

@@ -12,10 +12,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, SqlitePool};
 
-use crate::migrate::{self, SCHEMA_VERSION};
-use crate::model::Health;
-use crate::write::{self, Ctx};
-use crate::{Clock, EventKind, EventRow, StationId, StoreError};
+use serde::{Deserialize, Serialize};
+
+use super::migrate::{self, SCHEMA_VERSION};
+use super::{sqlite_code, SQLITE_CORRUPT, SQLITE_NOTADB};
+use crate::{Clock, Records, StationId, StoreError};
 
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -27,15 +28,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// two is enough for a dashboard and an export at once on a small station.
 const READERS: u32 = 2;
 
-/// SQLite result codes the store tells apart.
-const SQLITE_CORRUPT: i32 = 11;
-const SQLITE_NOTADB: i32 = 26;
-
 /// The station's records: one SQLite database file in WAL mode, shared by every
 /// task of the station (clone the `Store` freely: clones share the connections).
-///
-/// Every write is one transaction, committed with `synchronous=FULL` before the call
-/// returns, so a verdict that was awaited survives a power cut.
+/// It reads and writes through [`Records`]: every write is a
+/// [`write`](Records::write) transaction, committed with `synchronous=FULL`
+/// before the call returns, so a verdict that was awaited survives a power cut.
 #[derive(Debug, Clone)]
 pub struct Store {
     /// The database file, for messages.
@@ -161,33 +158,9 @@ impl Store {
 
         let mut conn = writer.acquire().await?;
         let previous = previous_session(&mut conn, station.as_str()).await?;
-        let now = clock.now_ms();
-        let mut tx = conn.begin().await?;
-        sqlx::query(
-            "INSERT INTO stations (id, name, first_seen, last_seen) VALUES (?1, ?1, ?2, ?2)
-             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
-        )
-        .bind(station.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let ctx = Ctx {
-            station: station.as_str(),
-            now,
-        };
-        write::record_event(
-            &mut tx,
-            &ctx,
-            &EventRow::new(
-                EventKind::StationStarted,
-                serde_json::json!({ "schema_version": SCHEMA_VERSION }),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
         drop(conn);
 
-        Ok(Store {
+        let store = Store {
             path: path.to_path_buf(),
             station,
             clock,
@@ -195,22 +168,16 @@ impl Store {
             reader,
             previous,
             read_only: false,
-        })
+        };
+        store
+            .write(|batch| Box::pin(batch.register_station(SCHEMA_VERSION)))
+            .await?;
+        Ok(store)
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The station this store writes for.
-    pub fn station_id(&self) -> &str {
-        self.station.as_str()
-    }
-
-    /// The store's clock, in unix milliseconds.
-    pub fn now(&self) -> i64 {
-        self.clock.now_ms()
     }
 
     /// The newest schema version this build knows.
@@ -472,7 +439,7 @@ async fn inspect_schema(conn: &mut SqliteConnection, path: &Path) -> Result<(), 
 
 /// Turns SQLite's verdict on a file into the store's.
 fn open_error(path: &Path, err: sqlx::Error) -> StoreError {
-    match StoreError::sqlite_code(&err) {
+    match sqlite_code(&err) {
         Some(SQLITE_NOTADB) => StoreError::NotADatabase {
             path: path.to_path_buf(),
         },
@@ -523,4 +490,19 @@ async fn previous_session(
         last_run: row.try_get("last_run")?,
         last_alive,
     })
+}
+
+/// What [`Store::health`] finds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The journal mode: `wal` unless the file system refused it.
+    pub journal_mode: String,
+    /// The write connection's `synchronous` level: 2 is `FULL`.
+    pub synchronous: i64,
+    /// Whether the write connection enforces foreign keys.
+    pub foreign_keys: bool,
+    /// What `PRAGMA integrity_check` says: `ok`, or the problems it found.
+    pub integrity: String,
+    /// The newest migration applied to the file.
+    pub schema_version: i64,
 }

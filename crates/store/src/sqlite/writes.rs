@@ -1,0 +1,527 @@
+//! Every write the store makes, as the methods of [`SqliteWrites`]: one open
+//! transaction on the store's write connection, committed by
+//! [`Records::write`](crate::Records::write).
+
+use flashrack_core::{AttemptFigures, FailReason, Failure, Sha256Digest, Stage, Verdict};
+use serde_json::json;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::on_insert;
+use super::store::PreviousSession;
+use crate::convert::{parse_stage, to_i64};
+use crate::model::non_blank;
+use crate::{
+    AttemptId, AttemptState, Clock, DeviceId, DeviceRow, EventId, EventKind, EventRow, ImageRow,
+    Recovery, RefusalId, RefusalRow, RunId, RunningFigures, StationId, StopReason, StoreError,
+    Writes,
+};
+
+/// One open transaction on the store's write connection, with the station and
+/// the clock every write is stamped with.
+///
+/// It holds the store's only write connection until it is committed or dropped
+/// (dropping rolls it back), so other writes wait for it.
+#[derive(Debug)]
+pub struct SqliteWrites {
+    /// The open transaction.
+    tx: Transaction<'static, Sqlite>,
+    /// The station every record written belongs to.
+    station: StationId,
+    /// Where each write's timestamp comes from.
+    clock: Clock,
+}
+
+impl SqliteWrites {
+    /// A transaction just begun on the write connection.
+    pub(super) fn new(tx: Transaction<'static, Sqlite>, station: StationId, clock: Clock) -> Self {
+        Self { tx, station, clock }
+    }
+
+    /// Commits every write, durably (`synchronous=FULL`).
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Registers the station at start-up (first seen, last seen) and logs it.
+    pub(super) async fn register_station(&mut self, schema_version: i64) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        sqlx::query(
+            "INSERT INTO stations (id, name, first_seen, last_seen) VALUES (?1, ?1, ?2, ?2)
+             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(self.station.as_str())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        let event = EventRow::new(
+            EventKind::StationStarted,
+            json!({ "schema_version": schema_version }),
+        );
+        self.log(now, &event).await?;
+        Ok(())
+    }
+
+    /// Appends `event` to the log, dated `now` (the time of the write it belongs
+    /// to).
+    async fn log(&mut self, now: i64, event: &EventRow) -> Result<EventId, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (station_id, at, kind, port_label, device_id, run_id, attempt_id, detail)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(self.station.as_str())
+        .bind(now)
+        .bind(event.kind.as_str())
+        .bind(event.port_label.as_deref())
+        .bind(event.device_id.map(|id| id.0))
+        .bind(event.run_id.map(|id| id.0))
+        .bind(event.attempt_id.map(|id| id.0))
+        .bind(event.detail.to_string())
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(on_insert("an event"))?;
+        Ok(EventId(id))
+    }
+
+    /// Turns what the previous session left running into `interrupted`: see
+    /// [`Records::recover_interrupted`](crate::Records::recover_interrupted).
+    pub(super) async fn recover(
+        &mut self,
+        previous: PreviousSession,
+    ) -> Result<Recovery, StoreError> {
+        let now = self.clock.now_ms();
+        let crash_at = previous.last_alive.unwrap_or(now);
+        let mut recovery = Recovery::default();
+
+        let rows = sqlx::query(
+            "SELECT id, stage, run_id, device_id, port_label, started_at FROM attempts
+             WHERE station_id = ? AND state = 'running' AND id <= ? ORDER BY id",
+        )
+        .bind(self.station.as_str())
+        .bind(previous.last_attempt)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for row in rows {
+            let attempt = AttemptId(row.try_get("id")?);
+            let stage = parse_stage(row.try_get("stage")?)?;
+            let started_at: i64 = row.try_get("started_at")?;
+            let failure = Failure {
+                reason: FailReason::Interrupted,
+                stage,
+            };
+            let finished_at = crash_at.max(started_at);
+            // The bytes last recorded while it ran (heartbeats) are kept: at least
+            // that much reached the stick; with none recorded after the write pass
+            // began, nobody knows.
+            sqlx::query(
+                "UPDATE attempts SET finished_at = ?, state = 'interrupted',
+                    reason_code = ?, reason_detail = ?, failure = ?,
+                    bytes_written_bound = CASE
+                        WHEN stage = 'preparing' THEN 'exact'
+                        WHEN bytes_written > 0 THEN 'lower_bound'
+                        ELSE 'unknown' END
+                 WHERE id = ?",
+            )
+            .bind(finished_at)
+            .bind(failure.reason.code())
+            .bind(format!(
+                "interrupted: the station stopped unexpectedly during {stage}"
+            ))
+            .bind(json!(failure).to_string())
+            .bind(attempt.0)
+            .execute(&mut *self.tx)
+            .await?;
+            let event = EventRow {
+                kind: EventKind::AttemptInterrupted,
+                port_label: Some(row.try_get("port_label")?),
+                device_id: Some(DeviceId(row.try_get("device_id")?)),
+                run_id: Some(RunId(row.try_get("run_id")?)),
+                attempt_id: Some(attempt),
+                detail: json!({ "stage": stage, "presumed_crash_at": finished_at }),
+            };
+            self.log(now, &event).await?;
+            recovery.attempts.push(attempt);
+        }
+
+        let runs = sqlx::query(
+            "SELECT id, started_at FROM runs
+             WHERE station_id = ? AND stopped_at IS NULL AND id <= ? ORDER BY id",
+        )
+        .bind(self.station.as_str())
+        .bind(previous.last_run)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for row in runs {
+            let run = RunId(row.try_get("id")?);
+            let stopped_at = crash_at.max(row.try_get("started_at")?);
+            sqlx::query("UPDATE runs SET stopped_at = ?, stop_reason = ? WHERE id = ?")
+                .bind(stopped_at)
+                .bind(StopReason::Interrupted.code())
+                .bind(run.0)
+                .execute(&mut *self.tx)
+                .await?;
+            let mut event = EventRow::new(
+                EventKind::RunStopped,
+                json!({ "reason": StopReason::Interrupted, "presumed_crash_at": stopped_at }),
+            );
+            event.run_id = Some(run);
+            self.log(now, &event).await?;
+            recovery.runs.push(run);
+        }
+
+        if !recovery.attempts.is_empty() || !recovery.runs.is_empty() {
+            recovery.presumed_crash_at = Some(crash_at);
+        }
+        Ok(recovery)
+    }
+}
+
+impl Writes for SqliteWrites {
+    async fn record_image(&mut self, image: &ImageRow) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        sqlx::query(
+            "INSERT INTO images (sha256, name, size, format, imported_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (sha256) DO UPDATE SET name = excluded.name, format = excluded.format",
+        )
+        .bind(image.sha256.to_hex())
+        .bind(&image.name)
+        .bind(to_i64("image size", image.size.bytes())?)
+        .bind(&image.format)
+        .bind(image.imported_at)
+        .execute(&mut *self.tx)
+        .await?;
+        let event = EventRow::new(
+            EventKind::ImageRecorded,
+            json!({ "sha256": image.sha256, "name": image.name, "size": image.size }),
+        );
+        self.log(now, &event).await?;
+        Ok(())
+    }
+
+    async fn start_run(
+        &mut self,
+        image_sha256: Sha256Digest,
+        image_name: &str,
+        options: &serde_json::Value,
+    ) -> Result<RunId, StoreError> {
+        let now = self.clock.now_ms();
+        let sha = image_sha256.to_hex();
+        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM images WHERE sha256 = ?")
+            .bind(&sha)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound {
+                what: "image",
+                id: sha,
+            });
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO runs (station_id, image_sha256, image_name, options, started_at)
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(self.station.as_str())
+        .bind(&sha)
+        .bind(image_name)
+        .bind(options.to_string())
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let run = RunId(id);
+        let mut event = EventRow::new(
+            EventKind::RunStarted,
+            json!({ "image_sha256": sha, "image_name": image_name, "options": options }),
+        );
+        event.run_id = Some(run);
+        self.log(now, &event).await?;
+        Ok(run)
+    }
+
+    async fn stop_run(&mut self, run: RunId, reason: StopReason) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        check_run_open(&mut self.tx, run).await?;
+        sqlx::query("UPDATE runs SET stopped_at = ?, stop_reason = ? WHERE id = ?")
+            .bind(now)
+            .bind(reason.code())
+            .bind(run.0)
+            .execute(&mut *self.tx)
+            .await?;
+        let mut event = EventRow::new(EventKind::RunStopped, json!({ "reason": reason }));
+        event.run_id = Some(run);
+        self.log(now, &event).await?;
+        Ok(())
+    }
+
+    async fn upsert_device(&mut self, device: &DeviceRow) -> Result<DeviceId, StoreError> {
+        let now = self.clock.now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO devices (key, serial, vendor, model, capacity, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT (key) DO UPDATE SET
+                 serial = excluded.serial, vendor = excluded.vendor, model = excluded.model,
+                 capacity = excluded.capacity, last_seen = excluded.last_seen
+             RETURNING id",
+        )
+        .bind(device.key())
+        .bind(non_blank(&device.serial))
+        .bind(non_blank(&device.vendor))
+        .bind(non_blank(&device.model))
+        .bind(to_i64("device capacity", device.capacity.bytes())?)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(DeviceId(id))
+    }
+
+    async fn start_attempt(
+        &mut self,
+        run: RunId,
+        device: DeviceId,
+        port_label: &str,
+        port_path: &str,
+    ) -> Result<AttemptId, StoreError> {
+        let now = self.clock.now_ms();
+        check_run_open(&mut self.tx, run).await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO attempts (station_id, run_id, device_id, port_label, port_path, started_at,
+                                   capacity, bytes_written_bound)
+             SELECT ?, ?, id, ?, ?, ?, capacity, 'lower_bound' FROM devices WHERE id = ?
+             RETURNING id",
+        )
+        .bind(self.station.as_str())
+        .bind(run.0)
+        .bind(port_label)
+        .bind(port_path)
+        .bind(now)
+        .bind(device.0)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(on_insert("an attempt"))?;
+        let attempt = AttemptId(id.ok_or_else(|| StoreError::NotFound {
+            what: "device",
+            id: device.to_string(),
+        })?);
+        let event = EventRow {
+            kind: EventKind::AttemptStarted,
+            port_label: Some(port_label.to_string()),
+            device_id: Some(device),
+            run_id: Some(run),
+            attempt_id: Some(attempt),
+            detail: json!({ "port_path": port_path }),
+        };
+        self.log(now, &event).await?;
+        Ok(attempt)
+    }
+
+    async fn attempt_stage(&mut self, attempt: AttemptId, stage: Stage) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let running = running_attempt(&mut self.tx, attempt).await?;
+        sqlx::query("UPDATE attempts SET stage = ? WHERE id = ?")
+            .bind(stage.as_str())
+            .bind(attempt.0)
+            .execute(&mut *self.tx)
+            .await?;
+        let event = EventRow {
+            kind: EventKind::StageChanged,
+            port_label: Some(running.port_label),
+            device_id: Some(running.device),
+            run_id: Some(running.run),
+            attempt_id: Some(attempt),
+            detail: json!({ "stage": stage }),
+        };
+        self.log(now, &event).await?;
+        Ok(())
+    }
+
+    async fn finish_attempt(
+        &mut self,
+        attempt: AttemptId,
+        verdict: &Verdict,
+        figures: &AttemptFigures,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let running = running_attempt(&mut self.tx, attempt).await?;
+        let (state, stage) = match verdict {
+            Verdict::Pass => (AttemptState::Passed, running.stage),
+            // Interrupted, or the station's own error: not the stick's failure.
+            Verdict::Fail(failure) if failure.reason.is_station_side() => {
+                (AttemptState::Interrupted, failure.stage)
+            }
+            Verdict::Fail(failure) => (AttemptState::Failed, failure.stage),
+        };
+        let failure = verdict.failure();
+        let capacity = figures.capacity.bytes();
+        let bytes_written = to_i64("bytes written", figures.bytes_written)?;
+        // Counts never go down: a heartbeat may have recorded more than a verdict
+        // given without the attempt's thread knows, and then that is a lower bound.
+        sqlx::query(
+            "UPDATE attempts SET
+                finished_at = ?1, state = ?2, stage = ?3,
+                reason_code = ?4, reason_detail = ?5, fail_offset = ?6, failure = ?7,
+                capacity = CASE WHEN ?8 > 0 THEN ?8 ELSE capacity END,
+                bytes_written_bound = CASE WHEN bytes_written > ?9 THEN 'lower_bound' ELSE ?10 END,
+                bytes_written = MAX(bytes_written, ?9), write_secs = ?11,
+                bytes_verified = MAX(bytes_verified, ?12),
+                verify_secs = ?13, read_back_sha256 = ?14, verify_method = ?15
+             WHERE id = ?16",
+        )
+        .bind(now)
+        .bind(state.as_str())
+        .bind(stage.as_str())
+        .bind(failure.map(|f| f.reason.code()))
+        .bind(failure.map(|f| f.reason.to_string()))
+        .bind(
+            failure
+                .and_then(|f| f.reason.offset())
+                .map(|o| to_i64("fail offset", o))
+                .transpose()?,
+        )
+        .bind(failure.map(|f| json!(f).to_string()))
+        .bind(to_i64("capacity", capacity)?)
+        .bind(bytes_written)
+        .bind(figures.bytes_written_bound.as_str())
+        .bind(figures.write_secs)
+        .bind(to_i64("bytes verified", figures.bytes_verified)?)
+        .bind(figures.verify_secs)
+        .bind(figures.read_back_sha256.map(|d| d.to_hex()))
+        .bind(figures.verify_method.map(|m| m.as_str()))
+        .bind(attempt.0)
+        .execute(&mut *self.tx)
+        .await?;
+        let event = EventRow {
+            kind: EventKind::AttemptFinished,
+            port_label: Some(running.port_label),
+            device_id: Some(running.device),
+            run_id: Some(running.run),
+            attempt_id: Some(attempt),
+            detail: json!(verdict),
+        };
+        self.log(now, &event).await?;
+        Ok(())
+    }
+
+    async fn record_event(&mut self, event: &EventRow) -> Result<EventId, StoreError> {
+        let now = self.clock.now_ms();
+        self.log(now, event).await
+    }
+
+    async fn record_refusal(&mut self, refusal: &RefusalRow) -> Result<RefusalId, StoreError> {
+        let now = self.clock.now_ms();
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO refusals
+                (station_id, at, run_id, device_id, port_label, port_path, capacity, code, message)
+             SELECT ?, ?, ?, id, ?, ?, capacity, ?, ? FROM devices WHERE id = ?
+             RETURNING id",
+        )
+        .bind(self.station.as_str())
+        .bind(now)
+        .bind(refusal.run_id.map(|id| id.0))
+        .bind(&refusal.port_label)
+        .bind(&refusal.port_path)
+        .bind(refusal.refusal.code.as_str())
+        .bind(&refusal.refusal.message)
+        .bind(refusal.device_id.0)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(on_insert("a refusal"))?;
+        let id = RefusalId(id.ok_or_else(|| StoreError::NotFound {
+            what: "device",
+            id: refusal.device_id.to_string(),
+        })?);
+        let event = EventRow {
+            kind: EventKind::GuardRefused,
+            port_label: Some(refusal.port_label.clone()),
+            device_id: Some(refusal.device_id),
+            run_id: refusal.run_id,
+            attempt_id: None,
+            detail: json!({
+                "refusal_id": id,
+                "port_path": refusal.port_path,
+                "code": refusal.refusal.code,
+                "message": refusal.refusal.message,
+            }),
+        };
+        self.log(now, &event).await?;
+        Ok(id)
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE stations SET last_seen = ?2 WHERE id = ?1")
+            .bind(self.station.as_str())
+            .bind(self.clock.now_ms())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_progress(&mut self, running: &[RunningFigures]) -> Result<(), StoreError> {
+        self.heartbeat().await?;
+        for figures in running {
+            sqlx::query(
+                "UPDATE attempts SET bytes_written = MAX(bytes_written, ?1),
+                        bytes_verified = MAX(bytes_verified, ?2)
+                 WHERE id = ?3 AND station_id = ?4 AND state = 'running'",
+            )
+            .bind(to_i64("bytes written", figures.bytes_written)?)
+            .bind(to_i64("bytes verified", figures.bytes_verified)?)
+            .bind(figures.attempt.0)
+            .bind(self.station.as_str())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails unless the run exists and is open.
+async fn check_run_open(conn: &mut SqliteConnection, run: RunId) -> Result<(), StoreError> {
+    let stopped: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT stopped_at FROM runs WHERE id = ?")
+            .bind(run.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match stopped {
+        None => Err(StoreError::NotFound {
+            what: "run",
+            id: run.to_string(),
+        }),
+        Some(Some(_)) => Err(StoreError::RunStopped { run }),
+        Some(None) => Ok(()),
+    }
+}
+
+/// What writing to a running attempt needs to know about it.
+struct Running {
+    run: RunId,
+    device: DeviceId,
+    port_label: String,
+    stage: Stage,
+}
+
+/// Fails unless the attempt exists and is running.
+async fn running_attempt(
+    conn: &mut SqliteConnection,
+    attempt: AttemptId,
+) -> Result<Running, StoreError> {
+    let row = sqlx::query(
+        "SELECT state, stage, run_id, device_id, port_label FROM attempts WHERE id = ?",
+    )
+    .bind(attempt.0)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        what: "attempt",
+        id: attempt.to_string(),
+    })?;
+    let state: AttemptState = row.try_get::<&str, _>("state")?.parse()?;
+    if state != AttemptState::Running {
+        return Err(StoreError::AttemptNotRunning { attempt, state });
+    }
+    Ok(Running {
+        run: RunId(row.try_get("run_id")?),
+        device: DeviceId(row.try_get("device_id")?),
+        port_label: row.try_get("port_label")?,
+        stage: parse_stage(row.try_get("stage")?)?,
+    })
+}
