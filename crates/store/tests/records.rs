@@ -126,11 +126,7 @@ async fn runs_start_stop_and_are_listed_with_counts() {
 #[tokio::test]
 async fn devices_are_upserted_by_serial_or_by_vendor_model_and_size() {
     let t = TestStore::new("rack-1").await;
-    let first = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
+    let first = t.stick("AA01").await;
     t.clock.advance(5000);
     let mut changed = device("AA01");
     changed.model = Some("Cruzer Blade 2".to_string());
@@ -176,21 +172,8 @@ async fn devices_are_upserted_by_serial_or_by_vendor_model_and_size() {
 async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
+    let dev = t.stick("AA01").await;
 
     t.clock.advance(100);
     let attempt = t
@@ -294,21 +277,8 @@ async fn an_attempt_round_trips_from_start_through_stages_to_its_verdict() {
 async fn failures_keep_their_reason_stage_and_offset() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
+    let dev = t.stick("AA01").await;
 
     let cases = [
         (
@@ -408,21 +378,8 @@ async fn failures_keep_their_reason_stage_and_offset() {
 async fn attempts_need_an_open_run_and_a_known_device() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
+    let dev = t.stick("AA01").await;
 
     let no_device = t
         .store
@@ -465,11 +422,7 @@ async fn attempts_need_an_open_run_and_a_known_device() {
 #[tokio::test]
 async fn events_are_appended_with_their_references() {
     let t = TestStore::new("rack-1").await;
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
+    let dev = t.stick("AA01").await;
     t.clock.advance(10);
     let mut refusal = EventRow::new(
         EventKind::GuardRefused,
@@ -573,26 +526,9 @@ async fn code_generic_over_the_records_writes_and_reads_them_from_any_task() {
 async fn a_finished_attempt_is_visible_to_another_connection_when_the_call_returns() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
-    let attempt = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
+    let dev = t.stick("AA01").await;
+    let attempt = t.start(run, dev, "A1").await;
 
     let mut other = SqliteConnection::connect(&format!("sqlite://{}", t.path().display()))
         .await
@@ -637,16 +573,8 @@ async fn recovery_interrupts_what_the_last_session_left_running_and_nothing_else
         .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
         .await
         .unwrap();
-    let dev_a = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
-    let dev_b = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("BB02")).await }))
-        .await
-        .unwrap();
+    let dev_a = t.stick("AA01").await;
+    let dev_b = t.stick("BB02").await;
     let finished = t
         .store
         .write(|b| Box::pin(b.start_attempt(old_run, dev_a, "A1", "p1")))
@@ -762,27 +690,10 @@ async fn recovery_interrupts_what_the_last_session_left_running_and_nothing_else
 async fn without_a_heartbeat_the_crash_time_is_the_last_record() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
+    let dev = t.stick("AA01").await;
     t.clock.advance(2000);
-    let attempt = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
-        .await
-        .unwrap();
+    let attempt = t.start(run, dev, "A1").await;
     t.clock.advance(5000);
     t.store
         .write(|b| Box::pin(b.attempt_stage(attempt, Stage::Verifying)))
@@ -803,15 +714,7 @@ async fn a_report_of_ten_thousand_attempts_comes_back_whole() {
     let t = TestStore::new("rack-1").await;
     let img = image();
     let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
     let other_run = t
         .store
         .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
@@ -915,16 +818,7 @@ async fn a_failed_or_dropped_write_records_nothing() {
 async fn a_refusal_is_recorded_with_its_port_device_run_and_code_and_counted_apart_from_failures() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
     let big = DeviceRow {
         capacity: ByteSize(512_000_000_000),
         ..device("BIG1")
@@ -1042,26 +936,9 @@ async fn a_refusal_is_recorded_with_its_port_device_run_and_code_and_counted_apa
 async fn an_attempt_refused_at_opening_counts_as_refused_with_the_guards_code() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
-    let attempt = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
+    let dev = t.stick("AA01").await;
+    let attempt = t.start(run, dev, "A1").await;
     let refused = fail(
         FailReason::Refused {
             code: Some(RefusalCode::Mounted),
@@ -1100,31 +977,10 @@ async fn an_attempt_refused_at_opening_counts_as_refused_with_the_guards_code() 
 async fn progress_is_recorded_for_running_attempts_only_and_never_goes_down() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
-    let running = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
-        .await
-        .unwrap();
-    let done = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(run, dev, "A2", "p")))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
+    let dev = t.stick("AA01").await;
+    let running = t.start(run, dev, "A1").await;
+    let done = t.start(run, dev, "A2").await;
     t.store
         .write(|b| {
             Box::pin(async move {
@@ -1187,36 +1043,11 @@ async fn progress_is_recorded_for_running_attempts_only_and_never_goes_down() {
 async fn recovery_keeps_the_bytes_last_recorded_as_a_lower_bound_or_says_they_are_unknown() {
     let t = TestStore::new("rack-1").await;
     let img = image();
-    let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
-    let dev = t
-        .store
-        .write(|b| Box::pin(async move { b.upsert_device(&device("AA01")).await }))
-        .await
-        .unwrap();
-    let writing = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))
-        .await
-        .unwrap();
-    let unrecorded = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(run, dev, "A2", "p")))
-        .await
-        .unwrap();
-    let preparing = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(run, dev, "A3", "p")))
-        .await
-        .unwrap();
+    let run = t.run_of(&img).await;
+    let dev = t.stick("AA01").await;
+    let writing = t.start(run, dev, "A1").await;
+    let unrecorded = t.start(run, dev, "A2").await;
+    let preparing = t.start(run, dev, "A3").await;
     for a in [writing, unrecorded] {
         t.store
             .write(|b| Box::pin(b.attempt_stage(a, Stage::Writing)))

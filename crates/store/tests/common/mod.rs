@@ -8,7 +8,9 @@ use flashrack_core::{
     AttemptFigures, Bound, ByteSize, FailReason, Failure, Sha256Digest, Stage, Verdict,
     VerifyMethod,
 };
-use flashrack_store::{Clock, DeviceRow, ImageRow, ManualClock, Store};
+use flashrack_store::{
+    AttemptId, Clock, DeviceId, DeviceRow, ImageRow, ManualClock, Records, RunId, Store, Writes,
+};
 use tempfile::TempDir;
 
 /// 2025-03-01T09:30:00Z.
@@ -37,6 +39,37 @@ impl TestStore {
 
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("flashrack.db")
+    }
+
+    /// Records `img` and starts a run of it without options (two commits, as a
+    /// station makes them).
+    pub async fn run_of(&self, img: &ImageRow) -> RunId {
+        self.store
+            .write(|b| Box::pin(b.record_image(img)))
+            .await
+            .unwrap();
+        let options = serde_json::json!({});
+        self.store
+            .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &options)))
+            .await
+            .unwrap()
+    }
+
+    /// Records the stick [`device`] with this serial.
+    pub async fn stick(&self, serial: &str) -> DeviceId {
+        let row = device(serial);
+        self.store
+            .write(|b| Box::pin(b.upsert_device(&row)))
+            .await
+            .unwrap()
+    }
+
+    /// Starts an attempt of `device` under `run` in `port` (port path `p`).
+    pub async fn start(&self, run: RunId, device: DeviceId, port: &str) -> AttemptId {
+        self.store
+            .write(|b| Box::pin(b.start_attempt(run, device, port, "p")))
+            .await
+            .unwrap()
     }
 
     /// Opens the same file again, as a restarted station would.
