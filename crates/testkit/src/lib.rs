@@ -15,10 +15,12 @@
 //!   need root ([`LoopDevice`], [`Tmpfs`], [`udev_stick`]) panic if a test uses them without
 //!   asking first;
 //! - [`udev_stick::TestStick`]: a loop device that udev presents as a USB stick;
+//! - [`pg::PgCluster`]: a throwaway PostgreSQL cluster (the fleet hub's tests);
 //! - [`image_bytes`] / [`image_from_bytes`]: deterministic test images with random
 //!   runs and zero holes, with their manifests.
 #![deny(missing_docs)]
 
+pub mod pg;
 pub mod udev_stick;
 
 use std::fs;
