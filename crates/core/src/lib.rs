@@ -29,7 +29,8 @@ pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
 pub use record::{
-    AttemptId, DeviceId, IdParseError, RefusalId, RunId, StopReason, StopReasonParseError,
+    AttemptId, AttemptState, AttemptStateParseError, DeviceId, IdParseError, RefusalId, RunId,
+    StopReason, StopReasonParseError,
 };
 pub use refusal::{GuardRefusal, RefusalCode, RefusalCodeParseError};
 pub use size::{ByteSize, ByteSizeParseError};

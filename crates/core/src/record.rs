@@ -153,6 +153,63 @@ impl FromStr for StopReason {
     }
 }
 
+/// Where an attempt stands in the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    /// Started and not yet finished.
+    Running,
+    /// Finished with a pass.
+    Passed,
+    /// Finished with a failure of the stick (or of the station's access to it).
+    Failed,
+    /// Stopped by the operator, a shutdown, a crash or a shortage of the
+    /// station's: says nothing about the stick.
+    Interrupted,
+}
+
+impl AttemptState {
+    /// Every state, in declaration order.
+    pub const ALL: &'static [AttemptState] = &[
+        AttemptState::Running,
+        AttemptState::Passed,
+        AttemptState::Failed,
+        AttemptState::Interrupted,
+    ];
+
+    /// The stable text stored in the records and shown in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Running => "running",
+            AttemptState::Passed => "passed",
+            AttemptState::Failed => "failed",
+            AttemptState::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for AttemptState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An attempt state's text that is not one of [`AttemptState`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an attempt state")]
+pub struct AttemptStateParseError(pub String);
+
+impl FromStr for AttemptState {
+    type Err = AttemptStateParseError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        AttemptState::ALL
+            .iter()
+            .copied()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| AttemptStateParseError(text.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +224,15 @@ mod tests {
             RunId::parse("abc").unwrap_err().to_string(),
             "run id \"abc\" is not a positive number"
         );
+    }
+
+    #[test]
+    fn attempt_states_round_trip_and_match_serde() {
+        for &state in AttemptState::ALL {
+            assert_eq!(state.as_str().parse::<AttemptState>(), Ok(state));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert!("done".parse::<AttemptState>().is_err());
     }
 
     #[test]

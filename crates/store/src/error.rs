@@ -130,3 +130,12 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
+
+impl From<flashrack_core::AttemptStateParseError> for StoreError {
+    fn from(error: flashrack_core::AttemptStateParseError) -> Self {
+        StoreError::BadValue {
+            column: "attempts.state",
+            value: error.0,
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use flashrack_core::{AttemptFigures, ByteSize, GuardRefusal, Sha256Digest, Stage, Verdict};
-pub use flashrack_core::{AttemptId, DeviceId, RefusalId, RunId, StopReason};
+pub use flashrack_core::{AttemptId, AttemptState, DeviceId, RefusalId, RunId, StopReason};
 pub use flashrack_report::{
     Counts, DeviceRecord, DeviceReport, ReportRow, ReportVerdict, Run, RunReport, RunSummary,
 };
@@ -74,21 +74,6 @@ macro_rules! text_enum {
         }
     };
 }
-
-text_enum!(
-    /// Where an attempt stands.
-    AttemptState, "attempts.state" {
-        /// Started and not yet finished.
-        Running => "running",
-        /// Finished with a pass.
-        Passed => "passed",
-        /// Finished with a failure of the stick (or of the station's access to it).
-        Failed => "failed",
-        /// Stopped by the operator, a shutdown or a crash: says nothing about the
-        /// stick.
-        Interrupted => "interrupted",
-    }
-);
 
 text_enum!(
     /// What an entry of the event log is about.

@@ -157,7 +157,13 @@ impl Drop for PgCluster {
         let _ = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
-            .args(["-D", &self.data_dir().to_string_lossy(), "-m", "immediate", "-w"])
+            .args([
+                "-D",
+                &self.data_dir().to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+            ])
             .arg("stop")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

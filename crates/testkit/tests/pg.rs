@@ -4,11 +4,17 @@ use flashrack_testkit::pg::PgCluster;
 
 #[test]
 fn a_throwaway_cluster_answers_queries_and_stops_when_dropped() {
-    flashrack_testkit::require_root(&["runuser"]);
+    if !flashrack_testkit::require_root(&["runuser", "psql"]) {
+        return;
+    }
     let cluster = PgCluster::start();
     let out = flashrack_testkit::run(
         "psql",
-        &[&cluster.url(), "-tAc", "SELECT current_database() || ':' || 41 + 1"],
+        &[
+            &cluster.url(),
+            "-tAc",
+            "SELECT current_database() || ':' || 41 + 1",
+        ],
     );
     assert_eq!(out.trim(), "flashrack:42");
     let port = cluster.port();

@@ -26,6 +26,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "refusals and written bounds",
         include_str!("../../../../migrations/0002_refusals_and_written_bounds.sql"),
     ),
+    (
+        3,
+        "fleet outbox",
+        include_str!("../../../../migrations/0003_fleet_outbox.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

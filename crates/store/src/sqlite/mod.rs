@@ -13,10 +13,13 @@
 //!   recovery and the queries;
 //! - `writes`: the [`Writes`](crate::Writes) implementation: the SQL of every
 //!   write;
+//! - `outbox`: the fleet outbox (every write's records queued for a hub in
+//!   the same transaction);
 //! - `migrate`: the embedded migrations (append-only; schema version
 //!   [`SCHEMA_VERSION`]).
 
 mod migrate;
+mod outbox;
 mod records;
 mod store;
 mod writes;

@@ -49,16 +49,18 @@ const REFUSAL_ROW: &str = "SELECT f.id, f.station_id, f.run_id, f.port_label, f.
     LEFT JOIN runs r ON r.id = f.run_id";
 
 /// The columns of an attempt record.
-const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port_label, port_path,
+pub(super) const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port_label, port_path,
         started_at, finished_at, state, stage, failure, capacity, bytes_written,
         bytes_written_bound, write_secs, bytes_verified, verify_secs, read_back_sha256,
         verify_method
     FROM attempts";
 
-const DEVICE: &str = "SELECT id, key, serial, vendor, model, capacity, first_seen, last_seen
+pub(super) const DEVICE: &str =
+    "SELECT id, key, serial, vendor, model, capacity, first_seen, last_seen
     FROM devices";
 
-const EVENT: &str = "SELECT id, station_id, at, kind, port_label, device_id, run_id, attempt_id,
+pub(super) const EVENT: &str =
+    "SELECT id, station_id, at, kind, port_label, device_id, run_id, attempt_id,
         detail
     FROM events";
 
@@ -85,6 +87,7 @@ impl Records for Store {
             tx,
             self.station.clone(),
             self.clock.clone(),
+            self.outbox.load(std::sync::atomic::Ordering::SeqCst),
         ));
         // On an error the batch is dropped here, and with it the transaction,
         // which rolls back.
@@ -297,14 +300,14 @@ impl Records for Store {
     }
 }
 
-fn digest(column: &'static str, text: &str) -> Result<Sha256Digest, StoreError> {
+pub(super) fn digest(column: &'static str, text: &str) -> Result<Sha256Digest, StoreError> {
     Sha256Digest::parse(text).map_err(|_| StoreError::BadValue {
         column,
         value: text.to_string(),
     })
 }
 
-fn json(column: &'static str, text: &str) -> Result<serde_json::Value, StoreError> {
+pub(super) fn json(column: &'static str, text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|_| StoreError::BadValue {
         column,
         value: text.to_string(),
@@ -317,7 +320,7 @@ fn count_column(row: &SqliteRow, column: &'static str) -> Result<u64, StoreError
     to_u64(column, value.unwrap_or(0))
 }
 
-fn run_columns(row: &SqliteRow) -> Result<Run, StoreError> {
+pub(super) fn run_columns(row: &SqliteRow) -> Result<Run, StoreError> {
     Ok(Run {
         id: RunId(row.try_get("id")?),
         station_id: row.try_get("station_id")?,
@@ -352,7 +355,7 @@ fn run_summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
     })
 }
 
-fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
+pub(super) fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
     Ok(AttemptFigures {
         capacity: ByteSize(to_u64("attempts.capacity", row.try_get("capacity")?)?),
         bytes_written: to_u64("attempts.bytes_written", row.try_get("bytes_written")?)?,
@@ -371,7 +374,7 @@ fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
     })
 }
 
-fn failure(row: &SqliteRow) -> Result<Option<Failure>, StoreError> {
+pub(super) fn failure(row: &SqliteRow) -> Result<Option<Failure>, StoreError> {
     row.try_get::<Option<&str>, _>("failure")?
         .map(|text| {
             serde_json::from_str::<Failure>(text).map_err(|_| StoreError::BadValue {
@@ -468,7 +471,7 @@ fn refusal_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
     })
 }
 
-fn attempt_record(row: &SqliteRow) -> Result<AttemptRecord, StoreError> {
+pub(super) fn attempt_record(row: &SqliteRow) -> Result<AttemptRecord, StoreError> {
     let state: AttemptState = row.try_get::<&str, _>("state")?.parse()?;
     let failure = failure(row)?;
     let verdict = match (state, failure) {
@@ -498,7 +501,7 @@ fn attempt_record(row: &SqliteRow) -> Result<AttemptRecord, StoreError> {
     })
 }
 
-fn device_record(row: &SqliteRow) -> Result<DeviceRecord, StoreError> {
+pub(super) fn device_record(row: &SqliteRow) -> Result<DeviceRecord, StoreError> {
     Ok(DeviceRecord {
         id: DeviceId(row.try_get("id")?),
         key: row.try_get("key")?,
@@ -511,7 +514,7 @@ fn device_record(row: &SqliteRow) -> Result<DeviceRecord, StoreError> {
     })
 }
 
-fn image_row(row: &SqliteRow) -> Result<ImageRow, StoreError> {
+pub(super) fn image_row(row: &SqliteRow) -> Result<ImageRow, StoreError> {
     Ok(ImageRow {
         sha256: digest("images.sha256", row.try_get("sha256")?)?,
         name: row.try_get("name")?,
@@ -521,7 +524,7 @@ fn image_row(row: &SqliteRow) -> Result<ImageRow, StoreError> {
     })
 }
 
-fn event(row: &SqliteRow) -> Result<Event, StoreError> {
+pub(super) fn event(row: &SqliteRow) -> Result<Event, StoreError> {
     let kind: EventKind = row.try_get::<&str, _>("kind")?.parse()?;
     Ok(Event {
         id: EventId(row.try_get("id")?),

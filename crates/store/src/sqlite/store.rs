@@ -4,6 +4,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::fs::Access;
@@ -56,6 +58,11 @@ pub struct Store {
     /// Opened with [`open_read_only`](Store::open_read_only): `writer` is a
     /// read-only pool too, and nothing is ever written.
     pub(crate) read_only: bool,
+    /// Whether writes queue their records in the fleet outbox: read from the
+    /// database at open, set by [`enable_outbox`](Store::enable_outbox).
+    /// Shared by clones; one flashrack process owns a data directory, so
+    /// nothing else changes it behind our back.
+    pub(crate) outbox: Arc<AtomicBool>,
 }
 
 /// High-water marks of the station's records as they were when the store was opened.
@@ -158,6 +165,7 @@ impl Store {
 
         let mut conn = writer.acquire().await?;
         let previous = previous_session(&mut conn, station.as_str()).await?;
+        let outbox = super::outbox::outbox_enabled(&mut conn).await?;
         drop(conn);
 
         let store = Store {
@@ -168,6 +176,7 @@ impl Store {
             reader,
             previous,
             read_only: false,
+            outbox: Arc::new(AtomicBool::new(outbox)),
         };
         store
             .write(|batch| Box::pin(batch.register_station(SCHEMA_VERSION)))
@@ -317,6 +326,7 @@ impl Store {
                 last_alive: None,
             },
             read_only: true,
+            outbox: Arc::new(AtomicBool::new(false)),
         })
     }
 }

@@ -25,17 +25,30 @@ use crate::{
 #[derive(Debug)]
 pub struct SqliteWrites {
     /// The open transaction.
-    tx: Transaction<'static, Sqlite>,
+    pub(super) tx: Transaction<'static, Sqlite>,
     /// The station every record written belongs to.
-    station: StationId,
+    pub(super) station: StationId,
     /// Where each write's timestamp comes from.
-    clock: Clock,
+    pub(super) clock: Clock,
+    /// Whether every write also queues its records in the fleet outbox (see
+    /// `outbox`), in this same transaction.
+    pub(super) outbox: bool,
 }
 
 impl SqliteWrites {
     /// A transaction just begun on the write connection.
-    pub(super) fn new(tx: Transaction<'static, Sqlite>, station: StationId, clock: Clock) -> Self {
-        Self { tx, station, clock }
+    pub(super) fn new(
+        tx: Transaction<'static, Sqlite>,
+        station: StationId,
+        clock: Clock,
+        outbox: bool,
+    ) -> Self {
+        Self {
+            tx,
+            station,
+            clock,
+            outbox,
+        }
     }
 
     /// Commits every write, durably (`synchronous=FULL`).
@@ -81,7 +94,9 @@ impl SqliteWrites {
         .fetch_one(&mut *self.tx)
         .await
         .map_err(on_insert("an event"))?;
-        Ok(EventId(id))
+        let id = EventId(id);
+        self.queue_event(now, id).await?;
+        Ok(id)
     }
 
     /// Turns what the previous session left running into `interrupted`: see
@@ -132,6 +147,7 @@ impl SqliteWrites {
             .bind(attempt.0)
             .execute(&mut *self.tx)
             .await?;
+            self.queue_attempt(now, attempt).await?;
             let event = EventRow {
                 kind: EventKind::AttemptInterrupted,
                 port_label: Some(row.try_get("port_label")?),
@@ -161,6 +177,7 @@ impl SqliteWrites {
                 .bind(run.0)
                 .execute(&mut *self.tx)
                 .await?;
+            self.queue_run(now, run).await?;
             let mut event = EventRow::new(
                 EventKind::RunStopped,
                 json!({ "reason": StopReason::Interrupted, "presumed_crash_at": stopped_at }),
@@ -191,6 +208,7 @@ impl Writes for SqliteWrites {
         .bind(image.imported_at)
         .execute(&mut *self.tx)
         .await?;
+        self.queue_image(now, image.sha256).await?;
         let event = EventRow::new(
             EventKind::ImageRecorded,
             json!({ "sha256": image.sha256, "name": image.name, "size": image.size }),
@@ -229,6 +247,7 @@ impl Writes for SqliteWrites {
         .fetch_one(&mut *self.tx)
         .await?;
         let run = RunId(id);
+        self.queue_run(now, run).await?;
         let mut event = EventRow::new(
             EventKind::RunStarted,
             json!({ "image_sha256": sha, "image_name": image_name, "options": options }),
@@ -247,6 +266,7 @@ impl Writes for SqliteWrites {
             .bind(run.0)
             .execute(&mut *self.tx)
             .await?;
+        self.queue_run(now, run).await?;
         let mut event = EventRow::new(EventKind::RunStopped, json!({ "reason": reason }));
         event.run_id = Some(run);
         self.log(now, &event).await?;
@@ -271,7 +291,9 @@ impl Writes for SqliteWrites {
         .bind(now)
         .fetch_one(&mut *self.tx)
         .await?;
-        Ok(DeviceId(id))
+        let id = DeviceId(id);
+        self.queue_device(now, id).await?;
+        Ok(id)
     }
 
     async fn start_attempt(
@@ -302,6 +324,7 @@ impl Writes for SqliteWrites {
             what: "device",
             id: device.to_string(),
         })?);
+        self.queue_attempt(now, attempt).await?;
         let event = EventRow {
             kind: EventKind::AttemptStarted,
             port_label: Some(port_label.to_string()),
@@ -322,6 +345,7 @@ impl Writes for SqliteWrites {
             .bind(attempt.0)
             .execute(&mut *self.tx)
             .await?;
+        self.queue_attempt(now, attempt).await?;
         let event = EventRow {
             kind: EventKind::StageChanged,
             port_label: Some(running.port_label),
@@ -389,6 +413,7 @@ impl Writes for SqliteWrites {
         .bind(attempt.0)
         .execute(&mut *self.tx)
         .await?;
+        self.queue_attempt(now, attempt).await?;
         let event = EventRow {
             kind: EventKind::AttemptFinished,
             port_label: Some(running.port_label),
@@ -429,6 +454,7 @@ impl Writes for SqliteWrites {
             what: "device",
             id: refusal.device_id.to_string(),
         })?);
+        self.queue_refusal(now, id).await?;
         let event = EventRow {
             kind: EventKind::GuardRefused,
             port_label: Some(refusal.port_label.clone()),
@@ -457,8 +483,9 @@ impl Writes for SqliteWrites {
 
     async fn record_progress(&mut self, running: &[RunningFigures]) -> Result<(), StoreError> {
         self.heartbeat().await?;
+        let now = self.clock.now_ms();
         for figures in running {
-            sqlx::query(
+            let done = sqlx::query(
                 "UPDATE attempts SET bytes_written = MAX(bytes_written, ?1),
                         bytes_verified = MAX(bytes_verified, ?2)
                  WHERE id = ?3 AND station_id = ?4 AND state = 'running'",
@@ -469,6 +496,9 @@ impl Writes for SqliteWrites {
             .bind(self.station.as_str())
             .execute(&mut *self.tx)
             .await?;
+            if done.rows_affected() > 0 {
+                self.queue_attempt(now, figures.attempt).await?;
+            }
         }
         Ok(())
     }
