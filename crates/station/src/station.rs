@@ -181,6 +181,66 @@ struct Port {
     /// While the port is `waiting`: its place in the queue (sticks start in the
     /// order they began to wait).
     waiting_since: Option<u64>,
+    /// The guard's inspection of the stick in this port, while it runs on a
+    /// blocking thread (see [`Inspection`]); `None` when none is awaited. A
+    /// newer request for the port, a removal or a new stick replace or clear
+    /// it, and an answer that no longer matches it is dropped.
+    inspecting: Option<Inspection>,
+}
+
+/// A request to start the stick in a port, waiting for the guard's answer.
+///
+/// Gathering the guard's facts reads sysfs and `/proc/self/mountinfo` (and a
+/// real device's files can take their time to answer): it runs on a thread of
+/// its own, never on the station's task, so one slow inspection holds up no
+/// command, no verdict, no progress and no other hotplug event: only the
+/// starts asked after it, which keep their order. The answer comes back as an [`Inspected`] message on the station's loop, where the
+/// rest of the start (refusal, waiting, recording, the engine) happens in
+/// order with everything else.
+struct Inspection {
+    /// Numbers requests in the order they were made (station-wide). Answers
+    /// are applied in this order, so that sticks start, wait or are refused
+    /// in the order they asked, as when the guard answered at once (attempts
+    /// are recorded in arrival order; under a target count, the first come
+    /// are the first written).
+    token: u64,
+    /// The run the start is for: an answer for a run that has been stopped
+    /// (or replaced) since starts nothing.
+    run_id: RunId,
+    /// The guard request it was judged under (explicit operator request or
+    /// not, the run's image size).
+    request: GuardRequest,
+    /// The guard's answer, once in (kept here until its turn comes).
+    answer: Option<Result<(), Refusal>>,
+}
+
+/// A command's reply that waits for the guard's answers to the requests made
+/// up to it: arming a run replies once the sticks present were guarded and
+/// started (or refused), starting a port once its stick was; as when the
+/// guard answered at once. Only the reply waits; the station goes on.
+struct DeferredReply {
+    /// The last inspection asked before the reply ([`Inspection::token`]).
+    after: u64,
+    reply: Reply,
+}
+
+/// A reply held back ([`DeferredReply`]).
+enum Reply {
+    /// To `arm`: the run's view once its present sticks are started.
+    Arm(RunView, oneshot::Sender<Result<RunView, StationError>>),
+    /// To `start_port`.
+    StartPort(oneshot::Sender<Result<(), StationError>>),
+}
+
+/// The guard's answer for a port, from its blocking thread.
+struct Inspected {
+    /// The stick it is about (the port is found through it: an unmapped port's
+    /// index may have moved meanwhile).
+    kernel_name: String,
+    /// Which request it answers ([`Inspection::token`]).
+    token: u64,
+    /// Accepted, or why not.
+    answer: Result<(), Refusal>,
 }
 
 /// A stick that is present.
@@ -283,6 +343,13 @@ pub struct Station {
     grace_rx: mpsc::UnboundedReceiver<TargetId>,
     /// Numbers the waits of `waiting` ports, for their queue order.
     wait_seq: u64,
+    /// The guard's answers from their blocking threads (see [`Inspection`]).
+    inspected_tx: mpsc::UnboundedSender<Inspected>,
+    inspected_rx: mpsc::UnboundedReceiver<Inspected>,
+    /// Numbers guard inspections ([`Inspection::token`]).
+    inspection_seq: u64,
+    /// Replies waiting for guard answers ([`DeferredReply`]), in order.
+    deferred: Vec<DeferredReply>,
     /// Verdicts of I/O failures waiting (at most `removal_grace`) for a removal
     /// that would explain them; settled by the removal or by the timer.
     pending: HashMap<TargetId, Done>,
@@ -307,6 +374,7 @@ impl Station {
                 view: PortView::empty(p.label.clone(), Some(p.path.clone()), true, p.position),
                 kernel_name: None,
                 waiting_since: None,
+                inspecting: None,
             })
             .collect();
         let snapshot = Snapshot {
@@ -320,6 +388,7 @@ impl Station {
         let (engine_tx, engine_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (grace_tx, grace_rx) = mpsc::unbounded_channel();
+        let (inspected_tx, inspected_rx) = mpsc::unbounded_channel();
         let handle = StationHandle {
             commands: commands_tx,
             events: events.clone(),
@@ -343,6 +412,10 @@ impl Station {
             grace_tx,
             grace_rx,
             wait_seq: 0,
+            inspected_tx,
+            inspected_rx,
+            inspection_seq: 0,
+            deferred: Vec::new(),
             pending: HashMap::new(),
         };
         (station, handle)
@@ -379,6 +452,7 @@ impl Station {
                 Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 Some(target) = self.grace_rx.recv() => self.on_grace_over(target).await,
+                Some(inspected) = self.inspected_rx.recv() => self.on_inspected(inspected).await,
             }
         }
         self.shut_down().await;
@@ -471,6 +545,7 @@ impl Station {
         let slot = &mut self.ports[port];
         slot.view.clear();
         slot.waiting_since = None;
+        slot.inspecting = None;
         slot.view.state = PortState::Detected;
         slot.view.device = Some(DeviceView::from(&device));
         slot.kernel_name = Some(device.kernel_name.clone());
@@ -482,6 +557,9 @@ impl Station {
                 port,
             },
         );
+        // A guard answer the port's last stick was waiting for is not awaited
+        // any more: later ones may go.
+        self.apply_inspections().await;
         if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
             if run.passed_keys.contains(&key) {
                 let verdict_run = VerdictRun::of(&run.view);
@@ -527,6 +605,7 @@ impl Station {
             ),
             kernel_name: None,
             waiting_since: None,
+            inspecting: None,
         });
         Some(self.ports.len() - 1)
     }
@@ -576,6 +655,9 @@ impl Station {
             }
             self.ports[port].kernel_name = None;
             self.ports[port].waiting_since = None;
+            // Its guard answer, if one is still coming, is about a stick that
+            // is gone: dropped when it arrives.
+            self.ports[port].inspecting = None;
             self.publish_port(port);
             // Failures that were waiting for a removal get their verdict now.
             for target in explained {
@@ -593,6 +675,8 @@ impl Station {
             let _ = self.events.send(StationEvent::PortGone { label });
             self.publish_snapshot();
         }
+        // A guard answer that waited for this stick's turn may go now.
+        self.apply_inspections().await;
     }
 
     /// Removes an unmapped port entry, renumbering what points past it.
@@ -616,10 +700,12 @@ impl Station {
 
     async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Arm(request, reply) => {
-                let result = self.arm(*request).await;
-                let _ = reply.send(result);
-            }
+            Command::Arm(request, reply) => match self.arm(*request).await {
+                Ok(view) => self.defer(Reply::Arm(view, reply)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
             Command::Stop(note, reply) => {
                 let result = match self.run.as_ref() {
                     Some(run) if run.view.armed => {
@@ -637,10 +723,12 @@ impl Station {
                 };
                 let _ = reply.send(result);
             }
-            Command::StartPort(label, reply) => {
-                let result = self.start_port(&label).await;
-                let _ = reply.send(result);
-            }
+            Command::StartPort(label, reply) => match self.start_port(&label).await {
+                Ok(()) => self.defer(Reply::StartPort(reply)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
         }
     }
 
@@ -654,7 +742,15 @@ impl Station {
             VerifyChoice::Hash => VerifyMode::Hash,
             VerifyChoice::None => VerifyMode::None,
         };
-        let fanout = Fanout::new(&request.image, engine, self.engine_tx.clone())?;
+        // Opening the image file is the engine's blocking work: off this task.
+        let fanout = {
+            let image = request.image.clone();
+            let events = self.engine_tx.clone();
+            match tokio::task::spawn_blocking(move || Fanout::new(&image, engine, events)).await {
+                Ok(fanout) => fanout?,
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            }
+        };
         let manifest = &request.image.manifest;
         let id = self
             .journal
@@ -724,7 +820,12 @@ impl Station {
         run.view.stop_reason = Some(reason);
         run.fanout = None;
         let id = run.view.id;
-        // Nothing waits for a run that is over.
+        // Nothing waits for a run that is over, nor starts under it: guard
+        // answers still out are dropped when they come.
+        for port in &mut self.ports {
+            port.inspecting = None;
+        }
+        self.release_replies();
         for port in 0..self.ports.len() {
             if self.ports[port].view.state == PortState::Waiting {
                 self.ports[port].view.state = PortState::Detected;
@@ -765,8 +866,10 @@ impl Station {
 
     // ----- attempts ----------------------------------------------------------
 
-    /// Guards and starts the stick in `port` under the armed run. `explicit`:
-    /// the operator asked for this port (guard rule 6).
+    /// Asks the guard about the stick in `port` under the armed run, on a
+    /// blocking thread; its answer starts the stick, makes it wait or refuses
+    /// it ([`Self::finish_start`]). `explicit`: the operator asked for this port
+    /// (guard rule 6).
     async fn try_start(&mut self, port: usize, explicit: bool) {
         let Some(kernel_name) = self.ports[port].kernel_name.clone() else {
             return;
@@ -775,7 +878,6 @@ impl Station {
             return;
         };
         let device = present.device.clone();
-        let device_id = present.device_id;
         let Some(run) = self.run.as_ref().filter(|r| r.view.armed) else {
             return;
         };
@@ -785,10 +887,161 @@ impl Station {
             armed_run: true,
             explicit_operator_request: explicit,
         };
+        // An inspection for this run is on its way already: its answer will
+        // do, unless the operator now asks explicitly and it was not asked so.
+        if let Some(awaited) = &self.ports[port].inspecting {
+            if awaited.run_id == run_id && (awaited.request.explicit_operator_request || !explicit)
+            {
+                return;
+            }
+        }
+        self.inspection_seq += 1;
+        let token = self.inspection_seq;
+        self.ports[port].inspecting = Some(Inspection {
+            token,
+            run_id,
+            request,
+            answer: None,
+        });
+        // Blocking: sysfs and the proc files (see `Inspection`), on a thread
+        // of its own rather than tokio's blocking pool: an inspection stuck in
+        // the kernel is abandoned like a stuck attempt thread, and nothing
+        // (not the runtime's shutdown) waits for it.
+        let access = self.access.clone();
+        let policy = self.settings.policy.clone();
+        let answers = self.inspected_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("guard-inspect".into())
+            .spawn(move || {
+                let answer = guard_device(&*access, &device, &policy, &request);
+                let _ = answers.send(Inspected {
+                    kernel_name: device.kernel_name,
+                    token,
+                    answer,
+                });
+            });
+        if let Err(error) = spawned {
+            // The station's own shortage, not the stick's: nothing is recorded
+            // against it; it stays detected (the operator may ask again).
+            tracing::error!(%error, port = %self.ports[port].view.label, "cannot start the guard's inspection; not writing the stick");
+            self.ports[port].inspecting = None;
+        }
+        // A request this one replaced may have held answers back.
+        self.apply_inspections().await;
+    }
+
+    /// The guard answered about a stick: kept on its port, if the port still
+    /// waits for this answer (the stick may have been pulled, replaced or asked
+    /// about again meanwhile), then applied when its turn comes.
+    async fn on_inspected(&mut self, inspected: Inspected) {
+        let Some(port) = self.present.get(&inspected.kernel_name).map(|p| p.port) else {
+            return;
+        };
+        match self.ports.get_mut(port).and_then(|p| p.inspecting.as_mut()) {
+            Some(awaited) if awaited.token == inspected.token => {
+                awaited.answer = Some(inspected.answer);
+            }
+            _ => return,
+        }
+        self.apply_inspections().await;
+    }
+
+    /// Applies the guard's answers that are in, in the order they were asked:
+    /// an answer still out holds back the later ones (not the station: only
+    /// their starts, and the replies that wait for them).
+    async fn apply_inspections(&mut self) {
+        while let Some((_, port, answered)) = self.oldest_inspection() {
+            if !answered {
+                break;
+            }
+            let Some(inspection) = self.ports[port].inspecting.take() else {
+                break;
+            };
+            self.finish_start(port, inspection).await;
+            self.publish_port(port);
+        }
+        self.release_replies();
+    }
+
+    /// The inspection asked first among those awaited: its token, its port,
+    /// and whether its answer is in.
+    fn oldest_inspection(&self) -> Option<(u64, usize, bool)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(port, p)| {
+                p.inspecting
+                    .as_ref()
+                    .map(|i| (i.token, port, i.answer.is_some()))
+            })
+            .min()
+    }
+
+    /// Holds `reply` back until the guard answered every request made so far.
+    fn defer(&mut self, reply: Reply) {
+        self.deferred.push(DeferredReply {
+            after: self.inspection_seq,
+            reply,
+        });
+        self.release_replies();
+    }
+
+    /// Sends the held replies whose guard answers have all been applied (or
+    /// are no longer awaited).
+    fn release_replies(&mut self) {
+        let oldest = self
+            .oldest_inspection()
+            .map_or(u64::MAX, |(token, _, _)| token);
+        let (ready, waiting) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|d| d.after < oldest);
+        self.deferred = waiting;
+        for deferred in ready {
+            match deferred.reply {
+                Reply::Arm(view, reply) => {
+                    // The run as it is now, with its sticks started, if it is
+                    // still the one armed.
+                    let view = self
+                        .run
+                        .as_ref()
+                        .filter(|r| r.view.id == view.id)
+                        .map_or(view, |r| r.view.clone());
+                    let _ = reply.send(Ok(view));
+                }
+                Reply::StartPort(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Starts the stick in `port`, makes it wait for the target count, or
+    /// records its refusal, by the guard's answer in `inspection`; nothing when
+    /// the run it was asked for is no longer armed.
+    async fn finish_start(&mut self, port: usize, inspection: Inspection) {
+        let Some(kernel_name) = self.ports[port].kernel_name.clone() else {
+            return;
+        };
+        let Some(present) = self.present.get(&kernel_name) else {
+            return;
+        };
+        let device = present.device.clone();
+        let device_id = present.device_id;
+        let Some(run) = self
+            .run
+            .as_ref()
+            .filter(|r| r.view.armed && r.view.id == inspection.run_id)
+        else {
+            return;
+        };
+        let run_id = run.view.id;
+        let request = inspection.request;
+        let Some(answer) = inspection.answer else {
+            return;
+        };
         let label = self.ports[port].view.label.clone();
         let key = device.identity.key();
-        if let Err(refusal) = guard_device(&*self.access, &device, &self.settings.policy, &request)
-        {
+        if let Err(refusal) = answer {
             tracing::warn!(port = %label, device = %key, code = %refusal.kind(), %refusal, "refused by the target guard");
             self.ports[port].waiting_since = None;
             let view = &mut self.ports[port].view;
