@@ -1,0 +1,148 @@
+//! A client of a running station's HTTP API (`flashrack status`, `flashrack run
+//! start|stop`): loopback by default; the operator token when the station
+//! listens elsewhere.
+
+use std::time::Duration;
+
+use flashrack_core::{RunId, Sha256Digest};
+use flashrack_station::{Snapshot, VerifyChoice};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Why a request to the station failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The station answered with an error.
+    #[error("the station answered {status}: {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The station's message (`error.message`).
+        message: String,
+    },
+    /// The station could not be reached.
+    #[error(
+        "cannot reach the station at {base}: {detail} (is `flashrack serve` running? --server URL)"
+    )]
+    Unreachable {
+        /// Its address.
+        base: String,
+        /// What went wrong, in words.
+        detail: String,
+    },
+    /// The answer could not be read.
+    #[error("unexpected answer from the station")]
+    Answer(#[source] std::io::Error),
+}
+
+/// A run the station armed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ArmedRun {
+    /// Its id.
+    pub id: RunId,
+    /// Its image's name.
+    pub image_name: String,
+    /// Its image.
+    pub image_sha256: Sha256Digest,
+}
+
+/// What to arm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArmRun {
+    /// The image: sha256, a unique prefix, or its name in the cache.
+    pub image: String,
+    /// How to verify.
+    pub verify: VerifyChoice,
+    /// Eject each stick after it passes.
+    pub eject_on_pass: bool,
+    /// Stop by itself after this many passes.
+    pub target_count: Option<u32>,
+}
+
+/// A client of one station. Its calls block (they are plain HTTP/1 requests
+/// with a 30 s timeout): call them off the async workers.
+#[derive(Debug, Clone)]
+pub struct StationClient {
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    /// The operator token, if any.
+    token: Option<String>,
+}
+
+impl StationClient {
+    /// A client of the station at `base` (`http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let request = ureq::request(method, &format!("{}/api/v1{path}", self.base))
+            .timeout(Duration::from_secs(30));
+        match &self.token {
+            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// Sends a request and returns the JSON answer (`null` for an empty one),
+    /// or the station's error message.
+    fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let request = self.request(method, path);
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => {
+                let text = response.into_string().map_err(ClientError::Answer)?;
+                if text.trim().is_empty() {
+                    return Ok(Value::Null);
+                }
+                serde_json::from_str(&text).map_err(|e| ClientError::Answer(e.into()))
+            }
+            Err(ureq::Error::Status(status, response)) => {
+                let body: Value = response.into_json().unwrap_or(Value::Null);
+                let message = body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("no details")
+                    .to_string();
+                Err(ClientError::Refused { status, message })
+            }
+            Err(error) => Err(ClientError::Unreachable {
+                base: self.base.clone(),
+                detail: error.to_string(),
+            }),
+        }
+    }
+
+    /// The station as it answers `GET /station`, verbatim.
+    pub fn station_json(&self) -> Result<Value, ClientError> {
+        self.send("GET", "/station", None)
+    }
+
+    /// The station: every port and the run.
+    pub fn station(&self) -> Result<Snapshot, ClientError> {
+        serde_json::from_value(self.station_json()?).map_err(|e| ClientError::Answer(e.into()))
+    }
+
+    /// Arms a run.
+    pub fn arm(&self, run: &ArmRun) -> Result<ArmedRun, ClientError> {
+        let body = json!({
+            "image": run.image,
+            "verify": run.verify,
+            "eject_on_pass": run.eject_on_pass,
+            "target_count": run.target_count,
+        });
+        let answer = self.send("POST", "/runs", Some(body))?;
+        serde_json::from_value(answer).map_err(|e| ClientError::Answer(e.into()))
+    }
+
+    /// Stops the armed run; `reason` goes to the records.
+    pub fn stop(&self, reason: Option<&str>) -> Result<(), ClientError> {
+        let body = reason.map(|r| json!({ "reason": r }));
+        self.send("POST", "/runs/current/stop", body).map(|_| ())
+    }
+}

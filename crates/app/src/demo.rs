@@ -1,0 +1,441 @@
+//! The demo (`flashrack demo`): the station and its dashboard over a simulated
+//! rack, no hardware and no configuration needed.
+//!
+//! A demo image is generated and imported, a rack of simulated ports is set up,
+//! a run is armed, and sticks (most healthy; some slow, failing, lying about
+//! their capacity, corrupting, read-only or too small) are plugged in over time
+//! and pulled out a while after their verdict, as an operator would: the
+//! scripted operator is a background task of the [`Application`]. Everything
+//! runs through the same station, engine and web code as a real rack; only
+//! the hotplug source is simulated. The browser test drives the dashboard
+//! against it.
+//!
+//! With a burst ([`Burst`]), many healthy sticks are plugged at once instead,
+//! and when each got its verdict is measured ([`BurstReport`]).
+//!
+//! [`Application`]: crate::Application
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flashrack_config::{PortConfig, StationConfig, WebConfig};
+use flashrack_core::ByteSize;
+use flashrack_engine::SourceImage;
+use flashrack_image::ImportOptions;
+use flashrack_simrack::sim::{FakeMode, SimStickSpec};
+use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
+use flashrack_station::{ArmRequest, PortState, RunOptions, StationHandle};
+use rand::{Rng, RngCore, SeedableRng};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::application::{AppContext, Parts, Recording};
+use crate::AppError;
+
+/// What the demo is asked for.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where the dashboard listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// How many simulated ports (8 to a row, at most 208).
+    pub ports: usize,
+    /// The size of the generated demo image.
+    pub image_size: ByteSize,
+    /// The seed of the simulated operator's choices.
+    pub seed: u64,
+    /// Instead of the operator, a burst of sticks (a measurement).
+    pub burst: Option<Burst>,
+    /// Where the records go.
+    pub recording: Recording,
+}
+
+/// A measurement: many healthy sticks plugged at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Burst {
+    /// How many sticks.
+    pub sticks: u32,
+    /// Their write speed, bytes per second.
+    pub write_speed: u64,
+    /// Their read speed, bytes per second.
+    pub read_speed: u64,
+    /// Stop the application once every stick has its verdict.
+    pub exit_when_done: bool,
+}
+
+/// When each stick of a burst got its verdict, from the first plug.
+#[derive(Debug, Clone, Serialize)]
+pub struct BurstReport {
+    /// Sticks plugged.
+    pub sticks: usize,
+    /// Sticks that passed.
+    pub passed: usize,
+    /// The image's size in bytes.
+    pub image_size: u64,
+    /// Writing then reading the image at the sticks' speeds, in seconds: the
+    /// least a stick could take.
+    pub ideal_secs: f64,
+    /// When the last verdict came.
+    pub slowest_secs: f64,
+    /// `slowest_secs / ideal_secs`.
+    pub ratio: f64,
+    /// Each stick's verdict time, earliest first.
+    pub finish_secs: Vec<BurstFinish>,
+}
+
+/// One stick of a burst.
+#[derive(Debug, Clone, Serialize)]
+pub struct BurstFinish {
+    /// Its port.
+    pub port: String,
+    /// When its verdict came.
+    pub secs: f64,
+    /// Whether it passed.
+    pub passed: bool,
+}
+
+/// A demo station, ready to be built into an [`Application`](crate::Application).
+pub struct Demo {
+    /// Its configuration (a generated rack, loopback, no token).
+    pub config: StationConfig,
+    /// Its parts: the simulated rack and the scripted operator (or the burst).
+    pub parts: Parts,
+    /// The rack, to pull every stick once the demo is over.
+    pub rack: SimRackControl,
+    /// The burst's report, once every stick has its verdict.
+    pub burst_report: Option<oneshot::Receiver<BurstReport>>,
+}
+
+/// The demo image's file for an image of `size` bytes.
+pub fn image_path(data_dir: &Path, size: ByteSize) -> PathBuf {
+    data_dir.join(format!("demo-{}.img", size.bytes()))
+}
+
+/// Whether the demo image at `path` must be (re)generated.
+pub fn needs_image(path: &Path, size: ByteSize) -> bool {
+    std::fs::metadata(path).map(|m| m.len()).ok() != Some(size.bytes())
+}
+
+impl Demo {
+    /// Imports the demo image (generate it first: [`write_image`]) and sets up
+    /// the rack, the configuration and the scripted operator.
+    pub fn prepare(data_dir: &Path, options: &DemoOptions) -> Result<Demo, AppError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| AppError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let image_file = image_path(data_dir, options.image_size);
+        let cache = crate::images::open_cache(data_dir)?;
+        let image = cache
+            .import(&image_file, ImportOptions::default())
+            .map_err(|source| AppError::Import {
+                name: "the demo image".into(),
+                source,
+            })?
+            .image;
+
+        let columns = 8u32;
+        let port_count = options.ports.clamp(1, 26 * 8) as u32;
+        let ports: Vec<PortConfig> = (0..port_count)
+            .map(|i| {
+                let (row, column) = (i / columns, i % columns);
+                PortConfig {
+                    label: format!("{}{}", (b'A' + row as u8) as char, column + 1),
+                    path: format!("sim-usb-0:{}.{}", row + 1, column + 1),
+                    position: Some((row, column)),
+                }
+            })
+            .collect();
+        let rows = port_count.div_ceil(columns);
+        let config = StationConfig {
+            station_id: "demo".into(),
+            data_dir: data_dir.to_path_buf(),
+            allowed_buses: BTreeSet::from(["usb".to_string()]),
+            max_size: ByteSize(256_000_000_000),
+            allow_unmapped_ports: false,
+            stall_timeout_secs: 20,
+            layout: Some((rows, columns)),
+            web: WebConfig {
+                listen: options.listen,
+                token: None,
+                public_read: false,
+                allowed_hosts: Vec::new(),
+                import_dirs: Vec::new(),
+                max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
+            },
+            ports: ports.clone(),
+        };
+        let (source, rack, access) = sim_rack(data_dir.join("sim-rack"));
+        let source_image = SourceImage {
+            path: image.path.clone(),
+            manifest: image.manifest.clone(),
+        };
+        let image_name = image.meta.original_name.clone();
+        let parts = Parts::new(Box::new(source), Arc::new(access), data_dir, options.listen)
+            .recording(options.recording);
+        let scenario_rack = rack.clone();
+        let (parts, burst_report) = match options.burst {
+            Some(burst) => {
+                let (report_tx, report_rx) = oneshot::channel();
+                let parts = parts.with_task(move |context: AppContext| {
+                    Box::pin(async move {
+                        let shutdown = context.shutdown.clone();
+                        tokio::select! {
+                            () = burst_scenario(
+                                &context,
+                                scenario_rack,
+                                ports,
+                                source_image,
+                                image_name,
+                                burst,
+                                report_tx,
+                            ) => {}
+                            () = shutdown.raised() => {}
+                        }
+                    })
+                });
+                (parts, Some(report_rx))
+            }
+            None => {
+                let seed = options.seed;
+                let parts = parts.with_task(move |context: AppContext| {
+                    Box::pin(async move {
+                        let shutdown = context.shutdown.clone();
+                        tokio::select! {
+                            () = scenario(
+                                context.station,
+                                scenario_rack,
+                                ports,
+                                source_image,
+                                image_name,
+                                seed,
+                            ) => {}
+                            () = shutdown.raised() => {}
+                        }
+                    })
+                });
+                (parts, None)
+            }
+        };
+        Ok(Demo {
+            config,
+            parts,
+            rack,
+            burst_report,
+        })
+    }
+}
+
+/// Arms the demo's run with default options; logs and says so when it cannot.
+async fn arm(station: &StationHandle, image: SourceImage, image_name: String) -> bool {
+    let request = ArmRequest {
+        image,
+        image_name,
+        options: RunOptions::default(),
+    };
+    match station.arm(request).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::error!(%error, "the demo could not arm its run");
+            false
+        }
+    }
+}
+
+/// Arms a run, then keeps the rack busy like an operator would.
+async fn scenario(
+    station: StationHandle,
+    rack: SimRackControl,
+    ports: Vec<PortConfig>,
+    image: SourceImage,
+    image_name: String,
+    seed: u64,
+) {
+    let image_size = image.manifest.size();
+    if !arm(&station, image, image_name).await {
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut plugged = 0u32;
+    let mut done_since: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let snapshot = station.snapshot();
+        // A port is free when no stick is in it: empty, or showing the verdict
+        // of a stick pulled during its attempt.
+        let empty: Vec<&PortConfig> = ports
+            .iter()
+            .filter(|p| {
+                snapshot.ports.iter().any(|v| {
+                    v.label == p.label && v.device.is_none() && !v.state.is_busy() && !v.ejected
+                })
+            })
+            .collect();
+        // Plug a couple of sticks at a time into empty ports.
+        for port in empty.iter().take(if plugged < 8 { 8 } else { 1 }) {
+            plugged += 1;
+            let spec = stick_spec(plugged, image_size, &mut rng);
+            let serial = format!("DEMO-{plugged:04}");
+            if let Err(error) = rack.plug(&port.path, &serial, spec) {
+                tracing::warn!(%error, "demo could not plug a stick");
+            }
+        }
+        // Pull sticks some seconds after their verdict (or refusal).
+        for view in &snapshot.ports {
+            let finished = matches!(
+                view.state,
+                PortState::Passed | PortState::Failed | PortState::Refused
+            );
+            if !finished {
+                done_since.remove(&view.label);
+                continue;
+            }
+            let since = *done_since
+                .entry(view.label.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(12) {
+                if let Some(path) = &view.port_path {
+                    if let Some((kernel_name, _)) = rack.stick_at(path) {
+                        let _ = rack.pull(&kernel_name);
+                    }
+                }
+                done_since.remove(&view.label);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+/// Arms a run, plugs `burst.sticks` sticks within a moment, and reports when each
+/// got its verdict, measured from the first plug.
+async fn burst_scenario(
+    context: &AppContext,
+    rack: SimRackControl,
+    ports: Vec<PortConfig>,
+    image: SourceImage,
+    image_name: String,
+    burst: Burst,
+    report: oneshot::Sender<BurstReport>,
+) {
+    let station = &context.station;
+    let image_size = image.manifest.size();
+    if !arm(station, image, image_name).await {
+        context.stop_application();
+        return;
+    }
+    let mut watch = station.watch();
+    let started = Instant::now();
+    let labels: Vec<String> = ports
+        .iter()
+        .take(burst.sticks as usize)
+        .map(|p| p.label.clone())
+        .collect();
+    for (n, port) in ports.iter().take(burst.sticks as usize).enumerate() {
+        let spec = SimStickSpec::new("", 8u64 << 30)
+            .write_speed(burst.write_speed)
+            .read_speed(burst.read_speed);
+        if let Err(error) = rack.plug(&port.path, &format!("BURST-{:04}", n + 1), spec) {
+            tracing::error!(%error, "the burst could not plug a stick");
+        }
+    }
+    let mut finished: HashMap<String, (f64, bool)> = HashMap::new();
+    while finished.len() < labels.len() {
+        if watch.changed().await.is_err() {
+            return;
+        }
+        let snapshot = watch.borrow_and_update().clone();
+        for view in snapshot.ports.iter().filter(|v| labels.contains(&v.label)) {
+            if matches!(
+                view.state,
+                PortState::Passed | PortState::Failed | PortState::Refused
+            ) {
+                finished.entry(view.label.clone()).or_insert((
+                    started.elapsed().as_secs_f64(),
+                    view.state == PortState::Passed,
+                ));
+            }
+        }
+    }
+    let ideal =
+        image_size as f64 / burst.write_speed as f64 + image_size as f64 / burst.read_speed as f64;
+    let slowest = finished.values().map(|(t, _)| *t).fold(0.0, f64::max);
+    let mut times: Vec<(String, f64, bool)> =
+        finished.into_iter().map(|(l, (t, p))| (l, t, p)).collect();
+    times.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let _ = report.send(BurstReport {
+        sticks: labels.len(),
+        passed: times.iter().filter(|t| t.2).count(),
+        image_size,
+        ideal_secs: ideal,
+        slowest_secs: slowest,
+        ratio: slowest / ideal,
+        finish_secs: times
+            .into_iter()
+            .map(|(port, secs, passed)| BurstFinish { port, secs, passed })
+            .collect(),
+    });
+    if burst.exit_when_done {
+        context.stop_application();
+    }
+}
+
+/// The `n`-th stick of the demo: mostly healthy, sometimes faulty.
+fn stick_spec(n: u32, image_size: u64, rng: &mut impl Rng) -> SimStickSpec {
+    let capacity = 8u64 << 30;
+    let healthy = || {
+        SimStickSpec::new("", capacity)
+            .write_speed(rng_speed(n, 12, 40))
+            .read_speed(rng_speed(n, 40, 90))
+    };
+    match n % 12 {
+        3 => healthy().write_speed(3_000_000),
+        5 => healthy().write_error_after(image_size / 3 + u64::from(n) * 4096),
+        7 => SimStickSpec::new("", 32 << 30).fake_capacity(64 << 20, FakeMode::Wrap),
+        9 => healthy().corrupt_at(rng.random_range(0..image_size)),
+        10 => healthy().read_only(),
+        11 => SimStickSpec::new("", (image_size / 2).div_ceil(512) * 512),
+        _ => healthy(),
+    }
+}
+
+fn rng_speed(n: u32, low_mb: u64, high_mb: u64) -> u64 {
+    (low_mb + u64::from(n * 7) % (high_mb - low_mb)) * 1_000_000
+}
+
+/// Writes the demo image to `path`: like a real installer image, random runs
+/// and zero holes, always the same for a size.
+pub fn write_image(path: &Path, size: ByteSize) -> Result<(), AppError> {
+    let tmp = path.with_extension("img.part");
+    write_image_to(&tmp, size.bytes())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| AppError::WriteFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn write_image_to(tmp: &Path, size: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::File::create(tmp)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        let run = rng.random_range(64 * 1024..8 << 20).min(size - pos);
+        if rng.random_bool(0.6) {
+            let mut left = run;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                rng.fill_bytes(&mut buf[..n]);
+                file.write_all(&buf[..n])?;
+                left -= n as u64;
+            }
+        } else {
+            file.seek(SeekFrom::Current(run as i64))?;
+        }
+        pos += run;
+    }
+    file.set_len(size)?;
+    file.sync_all()
+}

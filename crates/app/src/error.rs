@@ -1,0 +1,160 @@
+//! What can go wrong in the application: [`AppError`].
+//!
+//! Messages are lowercase sentences with the context (a path, a target, an
+//! address); the cause is the error's `source`, which the binary prints after
+//! it (`anyhow`'s `{:#}`: "cannot open the records in …: <cause>").
+
+use std::path::PathBuf;
+
+use flashrack_core::{RunId, Sha256Digest};
+use flashrack_station::JournalError;
+
+pub use crate::client::ClientError;
+pub use crate::lock::LockError;
+pub use crate::targets::TargetsError;
+
+/// Everything the application's operations can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A directory could not be created.
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file could not be written or read (the demo image, for instance).
+    #[error("cannot write {}", path.display())]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image cache could not be opened.
+    #[error("cannot open the image cache in {}", dir.display())]
+    OpenCache {
+        /// The cache's directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: flashrack_image::ImageError,
+    },
+    /// An image could not be imported.
+    #[error("cannot import {name}")]
+    Import {
+        /// The file as named.
+        name: String,
+        /// Why.
+        #[source]
+        source: flashrack_image::ImageError,
+    },
+    /// A name that is neither a file nor a cached image.
+    #[error("{name} is neither a file nor a cached image")]
+    UnknownImage {
+        /// The name given.
+        name: String,
+        /// What the cache said.
+        #[source]
+        source: flashrack_image::ImageError,
+    },
+    /// A cached image that is not the one the caller expected.
+    #[error("cached image {found} does not match --sha256 {expected}")]
+    ImageMismatch {
+        /// The cached image's digest.
+        found: Sha256Digest,
+        /// The digest expected.
+        expected: Sha256Digest,
+    },
+    /// Anything else the image cache refused (listing, removal).
+    #[error(transparent)]
+    Image(#[from] flashrack_image::ImageError),
+    /// The records could not be opened for writing.
+    #[error("cannot open the records in {}", path.display())]
+    OpenRecords {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: flashrack_store::StoreError,
+    },
+    /// Attempts a crash left unfinished could not be accounted for.
+    #[error("cannot recover unfinished attempts")]
+    Recover(#[source] flashrack_store::StoreError),
+    /// There are no records to report from.
+    #[error("no records in {} (nothing has been flashed with this data directory)", dir.display())]
+    NoRecords {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The records could not be opened for reading.
+    #[error("cannot read the records in {}", path.display())]
+    ReadRecords {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: flashrack_store::StoreError,
+    },
+    /// No run with that id in the records.
+    #[error("no run {0} in the records")]
+    NoSuchRun(RunId),
+    /// No device with that serial or key in the records.
+    #[error("no device {0:?} in the records")]
+    NoSuchDevice(String),
+    /// A read of the records failed.
+    #[error(transparent)]
+    Store(#[from] flashrack_store::StoreError),
+    /// A record could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A verdict could not be recorded (the flash stops: a verdict that is not
+    /// in the records is never shown).
+    #[error("cannot record the verdict of {target}")]
+    RecordVerdict {
+        /// The target.
+        target: String,
+        /// Why.
+        #[source]
+        source: JournalError,
+    },
+    /// The station would listen beyond loopback without a token.
+    #[error("refusing to listen on {0} (not loopback) without an operator token")]
+    NoToken(std::net::SocketAddr),
+    /// The listener could not be bound.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The web server stopped with an error.
+    #[error("the web server failed")]
+    Web(#[source] std::io::Error),
+    /// The station's task panicked.
+    #[error("the station task failed")]
+    StationTask(#[source] tokio::task::JoinError),
+    /// The image source failed under a flash: the run was aborted.
+    #[error("the run was aborted")]
+    SourceFailed(#[source] flashrack_engine::EngineError),
+    /// The configuration could not be read or written.
+    #[error(transparent)]
+    Config(#[from] flashrack_config::ConfigError),
+    /// The data directory's lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A target named on the command line.
+    #[error(transparent)]
+    Targets(#[from] TargetsError),
+    /// The station's HTTP API.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The hotplug source could not run (`ports learn`).
+    #[error(transparent)]
+    Hotplug(#[from] flashrack_hotplug::HotplugError),
+}

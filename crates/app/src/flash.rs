@@ -1,0 +1,474 @@
+//! One-shot flashing (`flashrack flash`): one image to many targets, verified,
+//! recorded, summed up.
+//!
+//! Every attempt is recorded before its first byte is written, and its verdict
+//! is committed the moment it is known, before the screen shows it (as the
+//! station does): a crash or a kill later loses no verdict already given.
+//!
+//! The command ends as soon as every target has a verdict. A target whose
+//! thread is stuck in the kernel gets its `stalled` verdict from the engine's
+//! watchdog and is abandoned; nothing waits for its thread.
+//!
+//! SIGINT and SIGTERM stop the running attempts at their next safe point (between
+//! two I/Os), where they end `interrupted`; the run is closed (stop reason
+//! `shutdown`), the summary printed, the simulated sticks' files removed, and the
+//! command exits 130 (SIGINT) or 143 (SIGTERM). An attempt that reaches no safe
+//! point within [`STOP_GRACE`] (or the stall timeout, if shorter) — or at once,
+//! on a second signal — is recorded `interrupted` and abandoned.
+//!
+//! The binary catches the signals and hands them in ([`flash`]'s `stops`), and
+//! shows what [`flash`] sends it ([`FlashEvent`]): engine events (a verdict only
+//! once it is recorded) and notices; [`flash`] returns the summary.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flashrack_core::{
+    AttemptFigures, AttemptId, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure, Stage,
+    StopReason, TargetId, Verdict,
+};
+use flashrack_engine::{
+    AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
+};
+use flashrack_guard::GuardPolicy;
+use flashrack_image::CachedImage;
+use flashrack_station::{AttemptStart, Journal, RunOptions, RunStart, VerifyChoice};
+use flashrack_target::Target;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::images::open_cache;
+use crate::records::{Recovered, StoreRecords};
+use crate::summary::Summary;
+use crate::targets::{parse_targets, GuardSettings};
+use crate::AppError;
+
+/// One-shot flashes are recorded under this station id.
+const STATION_ID: &str = "station-1";
+
+/// How long a stop (a signal, or a failure of the source) waits for running
+/// attempts to reach a safe point before recording them `interrupted` and
+/// abandoning them (as `serve` does at shutdown).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What to flash, and how.
+#[derive(Debug, Clone)]
+pub struct FlashRequest {
+    /// Targets as named: block devices, files, `sim:` sticks (see
+    /// [`crate::targets`]).
+    pub targets: Vec<String>,
+    /// How to verify.
+    pub verify: VerifyChoice,
+    /// Buses allowed besides USB (`loop` for loop devices).
+    pub allow_buses: Vec<String>,
+    /// The guard's largest target.
+    pub max_size: ByteSize,
+    /// Time without progress before a target fails as stalled.
+    pub stall_timeout: Duration,
+    /// Whether sticks get the capacity probe (fake-capacity detection).
+    pub probe_capacity: bool,
+}
+
+/// A signal that stops a flash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl StopSignal {
+    /// The signal's number (the exit status is 128 plus it, as shells report).
+    pub fn number(self) -> u8 {
+        match self {
+            StopSignal::Interrupt => 2,
+            StopSignal::Terminate => 15,
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Terminate => "SIGTERM",
+        }
+    }
+}
+
+/// What a flash tells whoever shows it, in order.
+#[derive(Debug, Clone)]
+pub enum FlashEvent {
+    /// An engine event; a verdict (`Finished`) only once it is recorded.
+    Engine(EngineEvent),
+    /// Something the operator should know (shown even when progress is not).
+    Notice(Notice),
+}
+
+/// What a flash has to say besides progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The records were left by an unclean stop, now accounted for.
+    Recovered(Recovered),
+    /// A signal: every target stops at its next safe point, within `grace`.
+    Stopping {
+        /// The signal.
+        signal: StopSignal,
+        /// How long the targets have.
+        grace: Duration,
+    },
+    /// A second signal: the targets still running are abandoned now.
+    NotWaitingLonger(StopSignal),
+    /// The grace is over: the targets still running are abandoned.
+    GraceOver,
+}
+
+/// How a flash ended, when it could run.
+#[derive(Debug)]
+pub struct FlashOutcome {
+    /// A row per target, and the counts.
+    pub summary: Summary,
+    /// The signal that stopped it, if one did.
+    pub stopped_by: Option<StopSignal>,
+}
+
+/// Flashes `image` to the targets of `request`, recording everything under
+/// the data directory's records, until every target has a verdict or a
+/// signal from `stops` ends it. Progress and notices go to `view`. A failure
+/// of the image source is an error (every attempt is stopped and recorded
+/// first); a failed target is a row of the summary.
+pub async fn flash(
+    data_dir: &Path,
+    image: CachedImage,
+    request: FlashRequest,
+    view: mpsc::UnboundedSender<FlashEvent>,
+    mut stops: mpsc::UnboundedReceiver<StopSignal>,
+) -> Result<FlashOutcome, AppError> {
+    let manifest = image.manifest.clone();
+    let mut policy = GuardPolicy {
+        max_size_bytes: request.max_size.bytes(),
+        // One-shot flashing names its devices; there is no port map to consult.
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    };
+    policy
+        .allowed_buses
+        .extend(request.allow_buses.iter().map(|b| b.to_ascii_lowercase()));
+    let targets = parse_targets(
+        &request.targets,
+        manifest.size(),
+        data_dir,
+        GuardSettings {
+            policy,
+            image_size: manifest.size(),
+        },
+    )?;
+
+    let stall_timeout = request.stall_timeout.max(Duration::from_secs(1));
+    let options = EngineOptions {
+        verify: match request.verify {
+            VerifyChoice::Compare => VerifyMode::Compare,
+            VerifyChoice::Hash => VerifyMode::Hash,
+            VerifyChoice::None => VerifyMode::None,
+        },
+        stall_timeout,
+        probe_capacity: request.probe_capacity,
+        ..EngineOptions::default()
+    };
+    let source = SourceImage {
+        path: image.path.clone(),
+        manifest: manifest.clone(),
+    };
+    // Every flash is recorded: a run of its own, and each attempt before its
+    // first byte is written.
+    let records = StoreRecords::open(data_dir, STATION_ID, open_cache(data_dir)?).await?;
+    if records.recovered().any() {
+        let _ = view.send(FlashEvent::Notice(Notice::Recovered(records.recovered())));
+    }
+    let run_id = records
+        .run_started(&RunStart {
+            image_sha256: manifest.sha256(),
+            image_name: image.meta.original_name.clone(),
+            image_size: manifest.size(),
+            options: RunOptions {
+                verify: request.verify,
+                eject_on_pass: false,
+                target_count: None,
+            },
+        })
+        .await?;
+    let mut attempts = HashMap::new();
+    for ((id, _), (identity, port_path)) in targets.list.iter().zip(&targets.identities) {
+        let device_id = records.device_seen(identity).await?;
+        let attempt_id = records
+            .attempt_started(&AttemptStart {
+                run_id,
+                device_id,
+                port_label: id.0.clone(),
+                port_path: port_path.clone(),
+            })
+            .await?;
+        attempts.insert(id.clone(), attempt_id);
+    }
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<EngineEvent>();
+    let started = Instant::now();
+    let mut flash = Flash {
+        records,
+        attempts,
+        stages: HashMap::new(),
+        verdicts: HashMap::new(),
+        finished_after: HashMap::new(),
+        started,
+        view,
+    };
+    let ended = match Fanout::new(&source, options, events_tx) {
+        Ok(fanout) => {
+            let grace = STOP_GRACE.min(stall_timeout);
+            flash
+                .drive(fanout, &targets.list, events_rx, &mut stops, grace)
+                .await?
+        }
+        Err(error) => Ended::SourceFailed(error),
+    };
+    // Attempts without a verdict (never started, or abandoned at a safe point
+    // they never reached) were interrupted.
+    for (id, _) in &targets.list {
+        if !flash.verdicts.contains_key(id) {
+            let stage = flash.stages.get(id).copied().unwrap_or(Stage::Preparing);
+            let interrupted = Verdict::Fail(Failure {
+                reason: FailReason::Interrupted,
+                stage,
+            });
+            flash
+                .settle(id.clone(), interrupted, AttemptFigures::default())
+                .await?;
+        }
+    }
+    let Flash {
+        records,
+        mut verdicts,
+        finished_after,
+        ..
+    } = flash;
+    let stopped_by = match ended {
+        Ended::SourceFailed(error) => {
+            let _ = records
+                .run_stopped(run_id, StopReason::SourceFailed, Some(&error.to_string()))
+                .await;
+            return Err(AppError::SourceFailed(error));
+        }
+        Ended::Signal(signal) => {
+            records
+                .run_stopped(run_id, StopReason::Shutdown, Some(signal.name()))
+                .await?;
+            Some(signal)
+        }
+        Ended::Completed => {
+            records
+                .run_stopped(run_id, StopReason::Completed, None)
+                .await?;
+            None
+        }
+    };
+    let results = targets
+        .list
+        .iter()
+        .filter_map(|(id, _)| {
+            let (verdict, figures) = verdicts.remove(id)?;
+            Some((id.clone(), verdict, figures))
+        })
+        .collect();
+    let summary = Summary::new(
+        manifest.sha256(),
+        manifest.size(),
+        started.elapsed().as_secs_f64(),
+        results,
+        &finished_after,
+    );
+    // Removes the simulated sticks' files (a stuck thread may still hold one
+    // open; the directory goes anyway).
+    drop(targets);
+    Ok(FlashOutcome {
+        summary,
+        stopped_by,
+    })
+}
+
+/// How the fan-out ended.
+enum Ended {
+    /// Every target has its verdict.
+    Completed,
+    /// Stopped by a signal.
+    Signal(StopSignal),
+    /// The image source failed (every other attempt was stopped).
+    SourceFailed(EngineError),
+}
+
+/// The state of one flash while its attempts run.
+struct Flash {
+    records: StoreRecords,
+    /// Each target's attempt in the records.
+    attempts: HashMap<TargetId, AttemptId>,
+    /// The last stage each target entered.
+    stages: HashMap<TargetId, Stage>,
+    /// Verdicts given (and committed) so far.
+    verdicts: HashMap<TargetId, (Verdict, AttemptFigures)>,
+    /// When each verdict was given, in seconds after `started`.
+    finished_after: HashMap<TargetId, f64>,
+    /// When the fan-out started.
+    started: Instant,
+    /// To the live view.
+    view: mpsc::UnboundedSender<FlashEvent>,
+}
+
+impl Flash {
+    /// Starts every target and gives each its verdict as it comes, until all
+    /// have one, or a stop's grace is over.
+    async fn drive(
+        &mut self,
+        fanout: Fanout,
+        targets: &[(TargetId, Arc<dyn Target>)],
+        mut events: mpsc::UnboundedReceiver<EngineEvent>,
+        stops: &mut mpsc::UnboundedReceiver<StopSignal>,
+        grace: Duration,
+    ) -> Result<Ended, AppError> {
+        let mut cancellers = Vec::new();
+        let mut pending = FuturesUnordered::new();
+        for (id, target) in targets {
+            let handle = fanout.start(id.clone(), target.clone());
+            cancellers.push(handle.canceller());
+            pending.push(handle.finish());
+        }
+        // The engine's side of the channel now lives only in the attempts,
+        // until each ends or is abandoned; nothing below waits for it to close.
+        drop(fanout);
+        let mut ended = Ended::Completed;
+        let mut stop_by: Option<tokio::time::Instant> = None;
+        while !pending.is_empty() {
+            let deadline = async move {
+                match stop_by {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let stop = tokio::select! {
+                Some(event) = events.recv() => {
+                    self.on_event(event).await?;
+                    None
+                }
+                Some(outcome) = pending.next() => {
+                    // What the attempt said before its end is in the channel
+                    // already: its stages are recorded before its verdict.
+                    while let Ok(event) = events.try_recv() {
+                        self.on_event(event).await?;
+                    }
+                    self.on_outcome(outcome).await?
+                }
+                Some(signal) = stops.recv() => {
+                    if stop_by.is_some() {
+                        self.notice(Notice::NotWaitingLonger(signal));
+                        break;
+                    }
+                    self.notice(Notice::Stopping { signal, grace });
+                    Some(Ended::Signal(signal))
+                }
+                () = deadline => {
+                    self.notice(Notice::GraceOver);
+                    break;
+                }
+            };
+            if let Some(stop) = stop {
+                for canceller in &cancellers {
+                    canceller.cancel();
+                }
+                stop_by.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+                // A source failure outranks a signal: the run was aborted.
+                if !matches!(ended, Ended::SourceFailed(_)) {
+                    ended = stop;
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    async fn on_event(&mut self, event: EngineEvent) -> Result<(), AppError> {
+        match event.kind {
+            EngineEventKind::Stage { stage } => {
+                self.stages.insert(event.target.clone(), stage);
+                if let Some(&attempt) = self.attempts.get(&event.target) {
+                    if let Err(error) = self.records.attempt_stage(attempt, stage).await {
+                        tracing::error!(%error, "cannot record a stage");
+                    }
+                }
+                let _ = self.view.send(FlashEvent::Engine(event));
+            }
+            EngineEventKind::Progress { .. } => {
+                let _ = self.view.send(FlashEvent::Engine(event));
+            }
+            // Shown once committed, in `settle`.
+            EngineEventKind::Finished { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Settles one attempt's end; a source failure asks to stop the others.
+    async fn on_outcome(&mut self, outcome: AttemptOutcome) -> Result<Option<Ended>, AppError> {
+        match outcome.result {
+            Ok((verdict, figures)) => {
+                self.settle(outcome.id, verdict, figures).await?;
+                Ok(None)
+            }
+            Err(error) => {
+                tracing::error!(%error, "source failed; stopping every attempt");
+                let stage = self
+                    .stages
+                    .get(&outcome.id)
+                    .copied()
+                    .unwrap_or(Stage::Preparing);
+                let interrupted = Verdict::Fail(Failure {
+                    reason: FailReason::Interrupted,
+                    stage,
+                });
+                self.settle(outcome.id, interrupted, AttemptFigures::default())
+                    .await?;
+                Ok(Some(Ended::SourceFailed(error)))
+            }
+        }
+    }
+
+    /// Commits a verdict to the records, then shows it.
+    async fn settle(
+        &mut self,
+        id: TargetId,
+        verdict: Verdict,
+        figures: AttemptFigures,
+    ) -> Result<(), AppError> {
+        if let Some(&attempt) = self.attempts.get(&id) {
+            self.records
+                .attempt_finished(attempt, &verdict, &figures)
+                .await
+                .map_err(|source| AppError::RecordVerdict {
+                    target: id.to_string(),
+                    source,
+                })?;
+        }
+        self.finished_after
+            .insert(id.clone(), self.started.elapsed().as_secs_f64());
+        let _ = self.view.send(FlashEvent::Engine(EngineEvent {
+            target: id.clone(),
+            kind: EngineEventKind::Finished {
+                verdict: verdict.clone(),
+                figures: figures.clone(),
+            },
+        }));
+        self.verdicts.insert(id, (verdict, figures));
+        Ok(())
+    }
+
+    fn notice(&self, notice: Notice) {
+        let _ = self.view.send(FlashEvent::Notice(notice));
+    }
+}

@@ -1,0 +1,46 @@
+//! The flashrack station application: everything between the command line and
+//! the library crates, as a library the binary calls and tests reuse.
+//!
+//! The binary (`crates/cli`) parses arguments, installs logging, takes the data
+//! directory's lock and prints; everything else is here:
+//! - [`application`]: [`Application::build`] (configuration and [`Parts`] in:
+//!   the hotplug source and device access, the data directory, the listener,
+//!   where records go, background tasks) and
+//!   [`Application::run_until_stopped`] (until a shutdown future completes);
+//!   `serve` and `demo` are thin calls into it;
+//! - [`records`]: [`StoreRecords`], the station's `Journal` and the web side's
+//!   `Reports` over the SQLite store (the one place where they meet);
+//! - [`reports`]: report rendering for the web side and `flashrack report`;
+//! - [`flash`]: one-shot flashing (the fan-out, its records, signals as a
+//!   stream, a typed summary: [`summary`]) over the targets of [`targets`];
+//! - [`images`]: the image cache under a data directory;
+//! - [`client`]: the HTTP client of a running station (`status`, `run`);
+//! - [`ports`]: learning the port map;
+//! - [`lock`]: one flashrack per data directory;
+//! - [`demo`]: the demo's rack, image and scripted operator;
+//! - `testing` (feature `testing`): `spawn_app`, a whole station for tests.
+//!
+//! **Architecture invariant:** the library never prints and never installs
+//! logging; it returns typed results ([`AppError`]) and reports progress
+//! through channels. Signals are the binary's: a shutdown arrives as a future,
+//! a flash's stop as a channel of [`flash::StopSignal`]s.
+#![deny(missing_docs)]
+
+pub mod application;
+pub mod client;
+pub mod demo;
+pub mod error;
+pub mod flash;
+pub mod images;
+pub mod lock;
+pub mod ports;
+pub mod records;
+pub mod reports;
+pub mod summary;
+pub mod targets;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use application::{AppContext, Application, BackgroundTask, Parts, Recording, ShutdownSignal};
+pub use error::AppError;
+pub use records::StoreRecords;

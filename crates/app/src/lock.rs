@@ -1,0 +1,209 @@
+//! One flashrack per data directory.
+//!
+//! Two processes writing one data directory corrupt each other's records: a
+//! second `flash` takes the first one's running attempts for leftovers of a crash
+//! and marks them interrupted; two stations record verdicts over each other. So
+//! every command that writes the records or the image cache (`flash`, `serve`,
+//! `demo`, `image import`, `image remove`) first takes an exclusive lock on the
+//! data directory's `flashrack.lock` (`flock(2)`, held for the life of the
+//! process and released by the kernel however it ends), and writes its pid into
+//! the file. A second process finds the lock taken and stops before touching
+//! anything, naming the holder's pid, or waits for it. Reading the records
+//! (`report …`) takes no lock and writes nothing.
+//!
+//! The binary takes the lock (before anything else touches the directory);
+//! [`Application::build`](crate::Application::build) does not, so that tests
+//! can build stations in directories of their own without one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+
+/// The lock file in a data directory.
+pub const LOCK_FILE: &str = "flashrack.lock";
+
+/// Who holds a data directory's lock, as the holder wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockHolder(pub Option<u32>);
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, "pid {pid}"),
+            None => f.write_str("pid unknown"),
+        }
+    }
+}
+
+/// Why the data directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lock file could not be opened.
+    #[error("cannot open the lock file {}", path.display())]
+    Open {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another flashrack holds the lock (and the caller would not wait).
+    #[error(
+        "the data directory {} is in use by another flashrack ({holder}); \
+         wait for it to finish, or pass --wait",
+        dir.display()
+    )]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+        /// Who holds it.
+        holder: LockHolder,
+    },
+    /// Locking failed otherwise.
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pid could not be written into the lock file.
+    #[error("cannot write {}", path.display())]
+    WritePid {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether to wait for a lock another process holds.
+pub enum Wait<'a> {
+    /// Stop at once with [`LockError::InUse`].
+    No,
+    /// Wait for it; `waiting` is told who holds it before the wait begins (the
+    /// binary says so on stderr).
+    Yes(&'a dyn Fn(LockHolder)),
+}
+
+/// The data directory's lock, held until dropped (or the process ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    /// The locked file; the lock lives as long as this descriptor.
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the lock of `data_dir` (created if missing). When another process
+    /// holds it: [`LockError::InUse`], or, with [`Wait::Yes`], waits until it is
+    /// released.
+    pub fn acquire(data_dir: &Path, wait: Wait<'_>) -> Result<DataDirLock, LockError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| LockError::CreateDir {
+            dir: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(LOCK_FILE);
+        // Neither `truncate` nor `create_new`: opening must not change a file
+        // another process holds.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| LockError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let lock_error = |errno: rustix::io::Errno| LockError::Lock {
+            path: path.clone(),
+            source: std::io::Error::from(errno),
+        };
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let holder = holder(&mut file);
+                match wait {
+                    Wait::No => {
+                        return Err(LockError::InUse {
+                            dir: data_dir.to_path_buf(),
+                            holder,
+                        })
+                    }
+                    Wait::Yes(waiting) => {
+                        waiting(holder);
+                        flock(&file, FlockOperation::LockExclusive).map_err(lock_error)?;
+                    }
+                }
+            }
+            Err(errno) => return Err(lock_error(errno)),
+        }
+        write_pid(&mut file).map_err(|source| LockError::WritePid {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// Who holds the lock, as the holder wrote it: its pid.
+fn holder(file: &mut File) -> LockHolder {
+    let mut text = String::new();
+    LockHolder(
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_string(&mut text))
+            .ok()
+            .and_then(|_| text.trim().parse::<u32>().ok()),
+    )
+}
+
+/// Replaces the file's contents with this process's pid.
+fn write_pid(file: &mut File) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    writeln!(file, "{}", std::process::id())?;
+    file.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_a_data_directory_names_the_holder_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let first = DataDirLock::acquire(&data_dir, Wait::No).unwrap();
+        // `flock` locks belong to an open file: a second open in this process
+        // is refused like another process would be.
+        let error = DataDirLock::acquire(&data_dir, Wait::No).unwrap_err();
+        match &error {
+            LockError::InUse { holder, .. } => {
+                assert_eq!(*holder, LockHolder(Some(std::process::id())))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            error.to_string().contains(&format!(
+                "is in use by another flashrack (pid {})",
+                std::process::id()
+            )),
+            "{error}"
+        );
+        drop(first);
+        DataDirLock::acquire(&data_dir, Wait::No).unwrap();
+    }
+}

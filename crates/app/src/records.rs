@@ -1,0 +1,372 @@
+//! The station's records in the SQLite store: the [`Journal`] the station writes
+//! through and the [`Reports`] the web side reads, over one [`Store`].
+//!
+//! This is the only place where station, web and store meet, so none of them
+//! depends on another.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use flashrack_core::{AttemptFigures, ByteSize, Stage, Verdict};
+use flashrack_hotplug::DeviceIdentity;
+use flashrack_image::ImageCache;
+use flashrack_station::{
+    AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, RunStart,
+};
+use flashrack_store::{
+    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, Records, RefusalRow, RunId,
+    RunningFigures, StopReason, Store, Writes,
+};
+use flashrack_web::{ReportFormat, Reports};
+
+use crate::reports::{render_device, render_run};
+use crate::AppError;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::json;
+
+/// The store, seen as the station's journal and the web's reports.
+#[derive(Clone)]
+pub struct StoreRecords {
+    store: Store,
+    /// The image cache, for what the records say of a run's image (its format
+    /// and import time).
+    images: ImageCache,
+    /// What opening found left unfinished by an unclean stop.
+    recovered: Recovered,
+}
+
+/// What opening the records found left unfinished by an unclean stop (a crash,
+/// a power cut, a `kill -9`), and has now closed: attempts marked
+/// `interrupted`, runs stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Attempts that were running.
+    pub attempts: usize,
+    /// Runs that were open.
+    pub runs: usize,
+}
+
+impl Recovered {
+    /// Whether there was anything to recover.
+    pub fn any(&self) -> bool {
+        self.attempts > 0 || self.runs > 0
+    }
+}
+
+/// The database file in a data directory.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("flashrack.db")
+}
+
+/// Every store this process opened for writing, to be closed before it exits.
+static OPENED: Mutex<Vec<Store>> = Mutex::new(Vec::new());
+
+/// Checkpoints and closes every store this process opened for writing, so that
+/// the records are in the database file itself (a backup that copies only
+/// `flashrack.db` has them all) and SQLite removes its write-ahead log. Called
+/// once a command is done, whether it succeeded or not.
+pub async fn close_all() {
+    let stores: Vec<Store> = std::mem::take(&mut *OPENED.lock().unwrap_or_else(|p| p.into_inner()));
+    for store in stores {
+        store.close().await;
+    }
+}
+
+impl StoreRecords {
+    /// Opens the database in `data_dir` and accounts for attempts a crash left
+    /// unfinished (they become `interrupted`; [`Self::recovered`] says how
+    /// many).
+    pub async fn open(
+        data_dir: &Path,
+        station_id: &str,
+        images: ImageCache,
+    ) -> Result<Self, AppError> {
+        let path = database_path(data_dir);
+        let store = Store::open(&path, station_id)
+            .await
+            .map_err(|source| AppError::OpenRecords { path, source })?;
+        OPENED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(store.clone());
+        let recovery = store
+            .recover_interrupted()
+            .await
+            .map_err(AppError::Recover)?;
+        let recovered = Recovered {
+            attempts: recovery.attempts.len(),
+            runs: recovery.runs.len(),
+        };
+        if recovered.any() {
+            tracing::warn!(
+                attempts = recovered.attempts,
+                runs = recovered.runs,
+                "records of an unclean stop: unfinished attempts are now interrupted"
+            );
+        }
+        Ok(Self {
+            store,
+            images,
+            recovered,
+        })
+    }
+
+    /// The store itself.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// What opening found left unfinished by an unclean stop.
+    pub fn recovered(&self) -> Recovered {
+        self.recovered
+    }
+
+    /// Makes sure the store knows the image (its format and import time come
+    /// from the cache).
+    pub async fn record_image(
+        &self,
+        sha256: flashrack_core::Sha256Digest,
+        name: &str,
+        size: u64,
+    ) -> Result<(), JournalError> {
+        if self
+            .store
+            .image(sha256)
+            .await
+            .map_err(journal_error)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        // Reading the cache's manifest is blocking file I/O: off the station's
+        // task (this runs inside `Journal::run_started`).
+        let images = self.images.clone();
+        let cached = tokio::task::spawn_blocking(move || images.get(&sha256).ok().flatten())
+            .await
+            .map_err(|error| JournalError(error.to_string()))?;
+        let row = ImageRow {
+            sha256,
+            name: name.to_string(),
+            size: ByteSize(size),
+            format: cached
+                .as_ref()
+                .map_or("raw", |c| c.meta.format.name())
+                .to_string(),
+            imported_at: cached
+                .as_ref()
+                .map_or_else(|| self.store.now(), |c| c.meta.imported_at as i64 * 1000),
+        };
+        self.store
+            .write(|batch| Box::pin(batch.record_image(&row)))
+            .await
+            .map_err(journal_error)
+    }
+}
+
+fn journal_error(error: flashrack_store::StoreError) -> JournalError {
+    JournalError(error.to_string())
+}
+
+#[async_trait]
+impl Journal for StoreRecords {
+    async fn run_started(&self, run: &RunStart) -> Result<RunId, JournalError> {
+        self.record_image(run.image_sha256, &run.image_name, run.image_size)
+            .await?;
+        let options =
+            serde_json::to_value(&run.options).map_err(|e| JournalError(e.to_string()))?;
+        let id = self
+            .store
+            .write(|batch| Box::pin(batch.start_run(run.image_sha256, &run.image_name, &options)))
+            .await
+            .map_err(journal_error)?;
+        Ok(id)
+    }
+
+    async fn run_stopped(
+        &self,
+        run_id: RunId,
+        reason: StopReason,
+        note: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.store
+            .write(|batch| Box::pin(batch.stop_run(run_id, reason)))
+            .await
+            .map_err(journal_error)?;
+        let mut row = EventRow::new(
+            EventKind::OperatorAction,
+            json!({ "action": "run_stopped", "reason": reason, "note": note }),
+        );
+        row.run_id = Some(run_id);
+        self.store
+            .write(|batch| Box::pin(batch.record_event(&row)))
+            .await
+            .map_err(journal_error)?;
+        Ok(())
+    }
+
+    async fn device_seen(&self, identity: &DeviceIdentity) -> Result<DeviceId, JournalError> {
+        let row = DeviceRow {
+            serial: identity.serial.clone(),
+            vendor: identity.vendor.clone(),
+            model: identity.model.clone(),
+            capacity: ByteSize(identity.capacity),
+        };
+        let id = self
+            .store
+            .write(|batch| Box::pin(batch.upsert_device(&row)))
+            .await
+            .map_err(journal_error)?;
+        Ok(id)
+    }
+
+    async fn attempt_started(&self, attempt: &AttemptStart) -> Result<AttemptId, JournalError> {
+        self.store
+            .write(|batch| {
+                Box::pin(batch.start_attempt(
+                    attempt.run_id,
+                    attempt.device_id,
+                    &attempt.port_label,
+                    attempt.port_path.as_deref().unwrap_or(""),
+                ))
+            })
+            .await
+            .map_err(journal_error)
+    }
+
+    async fn attempt_stage(&self, attempt_id: AttemptId, stage: Stage) -> Result<(), JournalError> {
+        self.store
+            .write(|batch| Box::pin(batch.attempt_stage(attempt_id, stage)))
+            .await
+            .map_err(journal_error)
+    }
+
+    async fn attempt_finished(
+        &self,
+        attempt_id: AttemptId,
+        verdict: &Verdict,
+        figures: &AttemptFigures,
+    ) -> Result<(), JournalError> {
+        self.store
+            .write(|batch| Box::pin(batch.finish_attempt(attempt_id, verdict, figures)))
+            .await
+            .map_err(journal_error)
+    }
+
+    async fn event(&self, event: &JournalEvent) -> Result<(), JournalError> {
+        let (kind, port) = match event {
+            JournalEvent::DeviceAdded { port, .. } => (EventKind::DeviceAdded, Some(port)),
+            JournalEvent::DeviceRemoved { port, .. } => (EventKind::DeviceRemoved, Some(port)),
+            // A refusal is a record of its own (it logs its event with it).
+            JournalEvent::GuardRefused {
+                port,
+                port_path,
+                device_id,
+                run_id,
+                refusal,
+                ..
+            } => {
+                let row = RefusalRow {
+                    run_id: *run_id,
+                    device_id: *device_id,
+                    port_label: port.clone(),
+                    port_path: port_path.clone().unwrap_or_default(),
+                    refusal: refusal.to_record(),
+                };
+                self.store
+                    .write(|batch| Box::pin(batch.record_refusal(&row)))
+                    .await
+                    .map_err(journal_error)?;
+                return Ok(());
+            }
+            JournalEvent::OperatorAction { .. } => (EventKind::OperatorAction, None),
+            JournalEvent::Ejected { port, .. } => (EventKind::PortChanged, Some(port)),
+        };
+        let mut row = EventRow::new(kind, serde_json::to_value(event).unwrap_or_default());
+        row.port_label = port.cloned();
+        self.store
+            .write(|batch| Box::pin(batch.record_event(&row)))
+            .await
+            .map_err(journal_error)?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, running: &[AttemptSoFar]) -> Result<(), JournalError> {
+        let running: Vec<RunningFigures> = running
+            .iter()
+            .map(|so_far| RunningFigures {
+                attempt: so_far.attempt_id,
+                bytes_written: so_far.bytes_written,
+                bytes_verified: so_far.bytes_verified,
+            })
+            .collect();
+        self.store
+            .write(|batch| Box::pin(batch.record_progress(&running)))
+            .await
+            .map_err(journal_error)
+    }
+}
+
+impl Reports for StoreRecords {
+    fn runs(&self) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        async move {
+            let runs = self.store.list_runs().await.map_err(|e| e.to_string())?;
+            serde_json::to_value(runs).map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn run_report(
+        &self,
+        run_id: RunId,
+        format: ReportFormat,
+    ) -> BoxFuture<'_, Result<Option<(String, String)>, String>> {
+        async move {
+            let Some(run) = self
+                .store
+                .run_report(run_id)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(None);
+            };
+            let rendered = render_run(&run, format, self.store.now());
+            Ok(Some((rendered.content_type.into(), rendered.body)))
+        }
+        .boxed()
+    }
+
+    fn device_report(
+        &self,
+        key: &str,
+        format: ReportFormat,
+    ) -> BoxFuture<'_, Result<Option<(String, String)>, String>> {
+        let key = key.to_string();
+        async move {
+            let Some(device) = self
+                .store
+                .device_report(&key)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(None);
+            };
+            let rendered = render_device(&device, format, self.store.now());
+            Ok(Some((rendered.content_type.into(), rendered.body)))
+        }
+        .boxed()
+    }
+
+    fn devices(&self) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        async move {
+            let devices = self.store.devices(1000).await.map_err(|e| e.to_string())?;
+            serde_json::to_value(devices).map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+#[path = "records_tests.rs"]
+mod tests;

@@ -1,0 +1,113 @@
+//! Reports from the records: the run list, a run's and a device's report in
+//! CSV, JSON or printable HTML. The web side gets them through
+//! [`StoreRecords`](crate::records::StoreRecords)' `Reports`; `flashrack
+//! report` through the functions here, over a store opened read-only.
+//!
+//! Every report format is rendered in this one module (`render_run`,
+//! `render_device`), whoever asks.
+
+use std::path::Path;
+
+use flashrack_core::RunId;
+use flashrack_report as report;
+use flashrack_store::{DeviceReport, Records, RunReport, RunSummary, Store};
+pub use flashrack_web::ReportFormat;
+
+use crate::records::database_path;
+use crate::AppError;
+
+/// A rendered report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Its HTTP content type (`text/csv; charset=utf-8`, …).
+    pub content_type: &'static str,
+    /// The report.
+    pub body: String,
+}
+
+/// The content type of a format.
+fn content_type(format: ReportFormat) -> &'static str {
+    match format {
+        ReportFormat::Csv => "text/csv; charset=utf-8",
+        ReportFormat::Json => "application/json",
+        ReportFormat::Html => "text/html; charset=utf-8",
+    }
+}
+
+/// A run's report; `generated_at` (ms since the epoch) is the HTML's date.
+pub fn render_run(run: &RunReport, format: ReportFormat, generated_at: i64) -> Rendered {
+    Rendered {
+        content_type: content_type(format),
+        body: match format {
+            ReportFormat::Csv => report::csv(&run.rows),
+            ReportFormat::Json => report::run_json(run),
+            ReportFormat::Html => report::run_html(run, generated_at),
+        },
+    }
+}
+
+/// A device's report; `generated_at` (ms since the epoch) is the HTML's date.
+pub fn render_device(device: &DeviceReport, format: ReportFormat, generated_at: i64) -> Rendered {
+    Rendered {
+        content_type: content_type(format),
+        body: match format {
+            ReportFormat::Csv => report::csv(&device.rows),
+            ReportFormat::Json => report::device_json(device),
+            ReportFormat::Html => report::device_html(device, generated_at),
+        },
+    }
+}
+
+/// A time of the records (ms since the epoch) as the reports write it
+/// (RFC 3339, UTC, milliseconds).
+pub fn format_time(ms: i64) -> String {
+    report::format_time(ms)
+}
+
+/// The records of `data_dir`, read-only: a report never writes (no station
+/// row, no file beside the database), and reads a copy on a read-only mount as
+/// well. No records at all is [`AppError::NoRecords`].
+pub async fn open_read_only(data_dir: &Path, station_id: &str) -> Result<Store, AppError> {
+    let path = database_path(data_dir);
+    if !path.exists() {
+        return Err(AppError::NoRecords {
+            dir: data_dir.to_path_buf(),
+        });
+    }
+    Store::open_read_only(&path, station_id)
+        .await
+        .map_err(|source| AppError::ReadRecords { path, source })
+}
+
+/// Every run in the records, oldest first.
+pub async fn runs(data_dir: &Path, station_id: &str) -> Result<Vec<RunSummary>, AppError> {
+    let store = open_read_only(data_dir, station_id).await?;
+    Ok(store.list_runs().await?)
+}
+
+/// Run `id`'s report.
+pub async fn run_report(
+    data_dir: &Path,
+    station_id: &str,
+    id: RunId,
+    format: ReportFormat,
+) -> Result<Rendered, AppError> {
+    let store = open_read_only(data_dir, station_id).await?;
+    let run = store.run_report(id).await?.ok_or(AppError::NoSuchRun(id))?;
+    Ok(render_run(&run, format, store.now()))
+}
+
+/// The report of every attempt on the device `key` (its serial or key).
+pub async fn device_report(
+    data_dir: &Path,
+    station_id: &str,
+    key: &str,
+    format: ReportFormat,
+) -> Result<Rendered, AppError> {
+    let store = open_read_only(data_dir, station_id).await?;
+    let device = store
+        .device_report(key)
+        .await?
+        .ok_or_else(|| AppError::NoSuchDevice(key.to_string()))?;
+    Ok(render_device(&device, format, store.now()))
+}

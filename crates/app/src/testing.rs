@@ -1,0 +1,320 @@
+//! A whole station for tests (feature `testing`): [`spawn_app`] builds the
+//! [`Application`] as `serve` does, over the simulated rack, with its records
+//! in a real SQLite file in a temporary data directory and its web side on a
+//! free port of 127.0.0.1; [`TestApp`] is the address, the rack, the data
+//! directory, and plain HTTP calls to the API.
+//!
+//! Tests wait for the station through its API's event stream
+//! ([`TestApp::events`]), not by sleeping.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flashrack_config::{PortConfig, StationConfig, WebConfig};
+use flashrack_core::ByteSize;
+use flashrack_image::CachedImage;
+use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
+use flashrack_station::StationHandle;
+use serde_json::Value;
+
+use crate::application::{Application, Parts};
+use crate::AppError;
+
+/// The image every test station has in its cache: 3 MiB of runs and holes.
+pub const IMAGE_SIZE: usize = 3 << 20;
+
+/// A running station for a test. Stop it with [`TestApp::stop`] to see how it
+/// ended; dropped, it stops too (the temporary directory goes with it).
+pub struct TestApp {
+    /// Where its web side listens.
+    pub address: SocketAddr,
+    /// The simulated rack: plug and pull sticks.
+    pub rack: SimRackControl,
+    /// The station itself (for what the API does not say).
+    pub station: StationHandle,
+    /// An image in its cache (`test.img`).
+    pub image: CachedImage,
+    /// Its data directory (records: `flashrack.db`; the cache: `cache/`).
+    pub data_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), AppError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a station with ports `A1`, `A2`, `A3` (port paths `t-1`, `t-2`,
+/// `t-3`), `test.img` in its cache, records in SQLite and the web side on a
+/// free port. Needs a multi-threaded runtime.
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = dir.path().join("data");
+    let image_file = dir.path().join("test.img");
+    std::fs::write(
+        &image_file,
+        flashrack_testkit::image_bytes(IMAGE_SIZE, 5, 256 * 1024),
+    )
+    .expect("the test image");
+    let cache = crate::images::open_cache(&data_dir).expect("the image cache");
+    let image = crate::images::import(&cache, &image_file, None, ByteSize(256_000_000_000))
+        .expect("the test image imported")
+        .image;
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let config = StationConfig {
+        station_id: "test-station".into(),
+        data_dir: data_dir.clone(),
+        allowed_buses: BTreeSet::from(["usb".to_string()]),
+        max_size: ByteSize(256_000_000_000),
+        allow_unmapped_ports: false,
+        stall_timeout_secs: 20,
+        ports: (1..=3)
+            .map(|n| PortConfig {
+                label: format!("A{n}"),
+                path: format!("t-{n}"),
+                position: Some((0, n - 1)),
+            })
+            .collect(),
+        layout: None,
+        web: WebConfig {
+            listen,
+            token: None,
+            public_read: false,
+            allowed_hosts: Vec::new(),
+            import_dirs: Vec::new(),
+            max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
+        },
+    };
+    let (source, rack, access) = sim_rack(dir.path().join("rack"));
+    let parts = Parts::new(
+        Box::new(source),
+        std::sync::Arc::new(access),
+        &data_dir,
+        listen,
+    );
+    let app = Application::build(config, parts)
+        .await
+        .expect("the station builds");
+    let address = app.address();
+    let station = app.station();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        rack,
+        station,
+        image,
+        data_dir,
+        stop: Some(stop),
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+/// An HTTP answer: status and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type` header.
+    pub content_type: String,
+    /// The body.
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl TestApp {
+    /// `http://address`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The path of the records' database file.
+    pub fn database(&self) -> PathBuf {
+        crate::records::database_path(&self.data_dir)
+    }
+
+    /// `GET path` (e.g. `/api/v1/station`).
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, None).await
+    }
+
+    /// `POST path` with a JSON body (or none).
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Answer {
+        self.call("POST", path, body).await
+    }
+
+    async fn call(&self, method: &'static str, path: &str, body: Option<Value>) -> Answer {
+        let url = format!("{}{path}", self.base());
+        tokio::task::spawn_blocking(move || {
+            let request = ureq::request(method, &url).timeout(Duration::from_secs(30));
+            let result = match body {
+                Some(body) => request.send_json(body),
+                None => request.call(),
+            };
+            let response = match result {
+                Ok(response) => response,
+                Err(ureq::Error::Status(_, response)) => response,
+                Err(error) => panic!("{method} {url}: {error}"),
+            };
+            Answer {
+                status: response.status(),
+                content_type: response.header("content-type").unwrap_or("").to_string(),
+                body: response.into_string().expect("a text body"),
+            }
+        })
+        .await
+        .expect("the request task")
+    }
+
+    /// The API's event stream (`/api/v1/events`), read on a thread of its own.
+    pub async fn events(&self) -> EventStream {
+        let url = format!("{}/api/v1/events", self.base());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let response = match ureq::get(&url).call() {
+                Ok(response) => response,
+                Err(error) => panic!("GET {url}: {error}"),
+            };
+            let _ = opened_tx.send(());
+            read_events(response.into_reader(), &tx);
+        });
+        opened.await.expect("the event stream opened");
+        EventStream {
+            events: rx,
+            view: View::default(),
+        }
+    }
+
+    /// Stops the station (as SIGTERM would) and returns how it ended.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        let _ = self.stop.take().expect("not stopped yet").send(());
+        let task = self.task.take().expect("not stopped yet");
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the station stops within a minute")
+            .expect("the application's task")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Server-sent events from `reader` to `tx`, as (event, data) pairs.
+fn read_events(reader: impl Read, tx: &tokio::sync::mpsc::UnboundedSender<(String, String)>) {
+    let mut event = String::new();
+    let mut data = String::new();
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { return };
+        if line.is_empty() {
+            if !data.is_empty()
+                && tx
+                    .send((std::mem::take(&mut event), std::mem::take(&mut data)))
+                    .is_err()
+            {
+                return;
+            }
+            event.clear();
+        } else if let Some(name) = line.strip_prefix("event:") {
+            event = name.trim().to_string();
+        } else if let Some(text) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(text.strip_prefix(' ').unwrap_or(text));
+        }
+    }
+}
+
+/// The station as its event stream shows it: ports by label, and the run.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Each port's JSON view, by label.
+    pub ports: std::collections::BTreeMap<String, Value>,
+    /// The run's JSON view (`null` without one).
+    pub run: Value,
+}
+
+impl View {
+    /// A port's `state`.
+    pub fn state(&self, label: &str) -> &str {
+        self.ports
+            .get(label)
+            .and_then(|p| p["state"].as_str())
+            .unwrap_or("")
+    }
+
+    fn apply(&mut self, event: &str, data: &str) {
+        let value: Value = match serde_json::from_str(data) {
+            Ok(value) => value,
+            Err(_) => return,
+        };
+        match event {
+            "snapshot" => {
+                self.ports = value["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| Some((p["label"].as_str()?.to_string(), p.clone())))
+                    .collect();
+                self.run = value["run"].clone();
+            }
+            "port" => {
+                if let Some(label) = value["port"]["label"].as_str() {
+                    self.ports.insert(label.to_string(), value["port"].clone());
+                }
+            }
+            "port_gone" => {
+                if let Some(label) = value["label"].as_str() {
+                    self.ports.remove(label);
+                }
+            }
+            "run" => self.run = value["run"].clone(),
+            _ => {}
+        }
+    }
+}
+
+/// The API's event stream, folded into a [`View`].
+pub struct EventStream {
+    events: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    view: View,
+}
+
+impl EventStream {
+    /// Reads events until the view satisfies `check` (20 s at most: a test
+    /// that waits longer has failed); returns it.
+    pub async fn until(&mut self, what: &str, check: impl Fn(&View) -> bool) -> View {
+        let wait = async {
+            while !check(&self.view) {
+                let (event, data) = self
+                    .events
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("the event stream ended waiting for {what}"));
+                self.view.apply(&event, &data);
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .is_err()
+        {
+            panic!("timed out waiting for {what}: {:#?}", self.view);
+        }
+        self.view.clone()
+    }
+}

@@ -1,0 +1,319 @@
+//! The whole station as `serve` builds it (records in a real SQLite file, the
+//! web side on a real port), over the simulated rack, through `spawn_app`:
+//! the production journal and reports, checked over HTTP against what the API
+//! shows.
+
+use std::time::Duration;
+
+use flashrack_app::reports::ReportFormat;
+use flashrack_app::testing::{spawn_app, TestApp, View};
+use flashrack_engine::SourceImage;
+use flashrack_simrack::sim::SimStickSpec;
+use flashrack_station::{ArmRequest, PortState, RunOptions, Snapshot, StationHandle};
+use serde_json::{json, Value};
+
+const MIB: u64 = 1 << 20;
+
+async fn until(handle: &StationHandle, what: &str, check: impl Fn(&Snapshot) -> bool) {
+    let mut watch = handle.watch();
+    let wait = watch.wait_for(|s| check(s));
+    if tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .is_err()
+    {
+        panic!("timed out waiting for {what}: {:#?}", handle.snapshot());
+    }
+}
+
+fn state(snapshot: &Snapshot, label: &str) -> PortState {
+    snapshot
+        .ports
+        .iter()
+        .find(|p| p.label == label)
+        .unwrap()
+        .state
+}
+
+/// The value of a metric line `name{station="…"} value`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+fn healthy() -> SimStickSpec {
+    SimStickSpec::new("", 16 * MIB)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_view_metrics_and_records_count_passes_failures_and_interruptions_alike() {
+    let app = spawn_app().await;
+    let handle = app.station.clone();
+    let run = handle
+        .arm(ArmRequest {
+            image: SourceImage {
+                path: app.image.path.clone(),
+                manifest: app.image.manifest.clone(),
+            },
+            image_name: "test.img".into(),
+            options: RunOptions::default(),
+        })
+        .await
+        .unwrap();
+
+    // A pass, a failure, and an attempt the operator's stop interrupts.
+    let rack = &app.rack;
+    rack.plug("t-1", "GOOD", healthy()).unwrap();
+    rack.plug("t-2", "BAD", healthy().write_error_after(256 * 1024))
+        .unwrap();
+    rack.plug("t-3", "SLOW", healthy().write_speed(MIB))
+        .unwrap();
+    until(&handle, "a pass, a failure and a write", |s| {
+        state(s, "A1") == PortState::Passed
+            && state(s, "A2") == PortState::Failed
+            && state(s, "A3") == PortState::Writing
+    })
+    .await;
+    app.post("/api/v1/runs/current/stop", None).await;
+    until(&handle, "the stop settled", |s| {
+        state(s, "A3") == PortState::Failed && s.run.as_ref().is_some_and(|r| r.active == 0)
+    })
+    .await;
+
+    let expected = (1, 1, 1);
+    let view = app.get("/api/v1/runs/current").await.json();
+    let counts = |v: &Value| {
+        (
+            v["passed"].as_u64().unwrap(),
+            v["failed"].as_u64().unwrap(),
+            v["interrupted"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(counts(&view), expected, "run view: {view}");
+    let metrics = app.get("/metrics").await.body;
+    assert_eq!(
+        (
+            metric(&metrics, "flashrack_run_passed"),
+            metric(&metrics, "flashrack_run_failed"),
+            metric(&metrics, "flashrack_run_interrupted"),
+        ),
+        expected,
+        "metrics:\n{metrics}"
+    );
+    let listed = app.get("/api/v1/runs").await.json();
+    let listed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == run.id.0)
+        .unwrap()
+        .clone();
+    assert_eq!(counts(&listed), expected, "runs list: {listed}");
+    let report = app
+        .get(&format!("/api/v1/runs/{}/report?format=json", run.id))
+        .await
+        .json();
+    assert_eq!(counts(&report["run"]), expected, "report: {report}");
+    let verdicts: Vec<&str> = report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["verdict"].as_str().unwrap())
+        .collect();
+    let count = |v: &str| verdicts.iter().filter(|x| **x == v).count() as u64;
+    assert_eq!(
+        (count("pass"), count("fail"), count("interrupted")),
+        expected,
+        "report rows: {verdicts:?}"
+    );
+
+    app.stop().await.unwrap();
+}
+
+/// Arms a run of the app's image over the API; returns its id.
+async fn arm_over_the_api(app: &TestApp) -> u64 {
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "image": app.image.sha256().to_hex() })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    armed.json()["id"].as_u64().unwrap()
+}
+
+/// The CSV's rows as maps of header to field (the test's fields hold no
+/// commas or quotes).
+fn csv_rows(csv: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|line| {
+            header
+                .iter()
+                .zip(line.split(','))
+                .map(|(h, f)| (h.to_string(), f.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_the_api_shows_are_the_ones_its_reports_give_in_every_format() {
+    let app = spawn_app().await;
+    let mut events = app.events().await;
+    let run_id = arm_over_the_api(&app).await;
+
+    // A pass, a write error, and a stick the guard refuses (smaller than the
+    // image).
+    app.rack.plug("t-1", "GOOD", healthy()).unwrap();
+    app.rack
+        .plug("t-2", "BAD", healthy().write_error_after(256 * 1024))
+        .unwrap();
+    app.rack
+        .plug("t-3", "TINY", SimStickSpec::new("", MIB))
+        .unwrap();
+    let view: View = events
+        .until("a pass, a failure and a refusal", |v| {
+            v.state("A1") == "passed" && v.state("A2") == "failed" && v.state("A3") == "refused"
+        })
+        .await;
+
+    // The run as the API counts it.
+    let run = app.get("/api/v1/runs/current").await.json();
+    assert_eq!(run["id"], run_id);
+    let counts = |v: &Value| {
+        (
+            v["passed"].as_u64().unwrap(),
+            v["failed"].as_u64().unwrap(),
+            v["refused"].as_u64().unwrap(),
+            v["interrupted"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(counts(&run), (1, 1, 1, 0), "{run}");
+    let a1 = &view.ports["A1"];
+    let a2 = &view.ports["A2"];
+    assert_eq!(a1["verdict_run"]["run_id"], run_id);
+
+    // JSON: the same counts, and each attempt as its port showed it.
+    let json = app
+        .get(&format!("/api/v1/runs/{run_id}/report?format=json"))
+        .await;
+    assert_eq!(
+        (json.status, json.content_type.as_str()),
+        (200, "application/json")
+    );
+    let report = json.json();
+    assert_eq!(report["format"], "flashrack-report/2");
+    assert_eq!(report["kind"], "run");
+    assert_eq!(counts(&report["run"]), counts(&run), "{report}");
+    let rows = report["attempts"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{report}");
+    let row = |serial: &str| {
+        rows.iter()
+            .find(|r| r["serial"] == serial)
+            .unwrap_or_else(|| panic!("no row for {serial}: {report}"))
+    };
+    let good = row("GOOD");
+    assert_eq!(good["verdict"], "pass");
+    assert_eq!(good["attempt_id"], a1["attempt_id"]);
+    assert_eq!(good["port_label"], "A1");
+    assert_eq!(good["bytes_written"], a1["figures"]["bytes_written"]);
+    assert_eq!(good["bytes_verified"], a1["figures"]["bytes_verified"]);
+    assert_eq!(good["read_back_sha256"], app.image.sha256().to_hex());
+    assert_eq!(good["read_back_sha256"], a1["figures"]["read_back_sha256"]);
+    let bad = row("BAD");
+    assert_eq!(bad["verdict"], "fail");
+    assert_eq!(bad["attempt_id"], a2["attempt_id"]);
+    assert_eq!(bad["reason_code"], "write_error");
+    assert_eq!(bad["fail_offset"], a2["verdict"]["offset"]);
+    let tiny = row("TINY");
+    assert_eq!(tiny["verdict"], "refused");
+    assert_eq!(tiny["reason_code"], view.ports["A3"]["refusal"]["code"]);
+    assert_eq!(
+        tiny["attempt_id"],
+        Value::Null,
+        "refused before any attempt"
+    );
+
+    // CSV: a row per record, the same verdicts.
+    let csv = app
+        .get(&format!("/api/v1/runs/{run_id}/report?format=csv"))
+        .await;
+    assert_eq!(csv.content_type, "text/csv; charset=utf-8");
+    let csv_rows = csv_rows(&csv.body);
+    let mut verdicts: Vec<(String, String)> = csv_rows
+        .iter()
+        .map(|r| (r["serial"].clone(), r["verdict"].clone()))
+        .collect();
+    verdicts.sort();
+    assert_eq!(
+        verdicts,
+        [
+            ("BAD".to_string(), "fail".to_string()),
+            ("GOOD".into(), "pass".into()),
+            ("TINY".into(), "refused".into()),
+        ]
+    );
+    let good_csv = csv_rows.iter().find(|r| r["serial"] == "GOOD").unwrap();
+    assert_eq!(good_csv["attempt_id"], a1["attempt_id"].to_string());
+    assert_eq!(
+        good_csv["read_back_sha256"],
+        app.image.sha256().to_hex(),
+        "{}",
+        csv.body
+    );
+
+    // HTML: the same summary.
+    let html = app
+        .get(&format!("/api/v1/runs/{run_id}/report?format=html"))
+        .await;
+    assert_eq!(html.content_type, "text/html; charset=utf-8");
+    for says in [
+        "<b>1</b> passed",
+        "<b>1</b> failed",
+        "<b>1</b> refused",
+        "<b>3</b> in all",
+    ] {
+        assert!(html.body.contains(says), "{says}: {}", html.body);
+    }
+
+    // A device's report: its one attempt, as the API showed it.
+    let device = app
+        .get("/api/v1/devices/GOOD/report?format=json")
+        .await
+        .json();
+    assert_eq!(device["kind"], "device");
+    let attempts = device["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{device}");
+    assert_eq!(attempts[0]["attempt_id"], a1["attempt_id"]);
+    assert_eq!(attempts[0]["run_id"], run_id);
+    assert_eq!(attempts[0]["verdict"], "pass");
+    let device_csv = app.get("/api/v1/devices/BAD/report?format=csv").await;
+    assert_eq!(device_csv.content_type, "text/csv; charset=utf-8");
+    let bad_rows = self::csv_rows(&device_csv.body);
+    assert_eq!(bad_rows.len(), 1);
+    assert_eq!(bad_rows[0]["reason_code"], "write_error");
+    let device_html = app.get("/api/v1/devices/TINY/report?format=html").await;
+    assert_eq!(device_html.content_type, "text/html; charset=utf-8");
+    assert!(
+        device_html.body.contains("<b>1</b> refused"),
+        "{}",
+        device_html.body
+    );
+
+    // The records are in the SQLite file: the report the command line reads
+    // from it (read-only, beside the running station) is the API's.
+    let from_file = flashrack_app::reports::run_report(
+        &app.data_dir,
+        "test-station",
+        flashrack_core::RunId(run_id as i64),
+        ReportFormat::Csv,
+    )
+    .await
+    .unwrap();
+    assert_eq!(from_file.body, csv.body);
+    app.stop().await.unwrap();
+}
