@@ -132,7 +132,7 @@ impl Demo {
             .import(&image_file, ImportOptions::default())
             .map_err(|source| AppError::Import {
                 name: "the demo image".into(),
-                source,
+                source: Box::new(source),
             })?
             .image;
 

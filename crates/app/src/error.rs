@@ -41,7 +41,7 @@ pub enum AppError {
         dir: PathBuf,
         /// Why.
         #[source]
-        source: flashrack_image::ImageError,
+        source: Box<flashrack_image::ImageError>,
     },
     /// An image could not be imported.
     #[error("cannot import {name}")]
@@ -50,7 +50,7 @@ pub enum AppError {
         name: String,
         /// Why.
         #[source]
-        source: flashrack_image::ImageError,
+        source: Box<flashrack_image::ImageError>,
     },
     /// A name that is neither a file nor a cached image.
     #[error("{name} is neither a file nor a cached image")]
@@ -59,7 +59,7 @@ pub enum AppError {
         name: String,
         /// What the cache said.
         #[source]
-        source: flashrack_image::ImageError,
+        source: Box<flashrack_image::ImageError>,
     },
     /// A cached image that is not the one the caller expected.
     #[error("cached image {found} does not match --sha256 {expected}")]
@@ -71,7 +71,7 @@ pub enum AppError {
     },
     /// Anything else the image cache refused (listing, removal).
     #[error(transparent)]
-    Image(#[from] flashrack_image::ImageError),
+    Image(Box<flashrack_image::ImageError>),
     /// The records could not be opened for writing.
     #[error("cannot open the records in {}", path.display())]
     OpenRecords {
@@ -157,4 +157,10 @@ pub enum AppError {
     /// The hotplug source could not run (`ports learn`).
     #[error(transparent)]
     Hotplug(#[from] flashrack_hotplug::HotplugError),
+}
+
+impl From<flashrack_image::ImageError> for AppError {
+    fn from(error: flashrack_image::ImageError) -> Self {
+        AppError::Image(Box::new(error))
+    }
 }

@@ -101,6 +101,9 @@ impl StopSignal {
 /// What a flash tells whoever shows it, in order.
 #[derive(Debug, Clone)]
 pub enum FlashEvent {
+    /// The targets, as they will be named, in the order given: sent once,
+    /// before anything about them.
+    Targets(Vec<TargetId>),
     /// An engine event; a verdict (`Finished`) only once it is recorded.
     Engine(EngineEvent),
     /// Something the operator should know (shown even when progress is not).
@@ -213,6 +216,9 @@ pub async fn flash(
         attempts.insert(id.clone(), attempt_id);
     }
 
+    let _ = view.send(FlashEvent::Targets(
+        targets.list.iter().map(|(id, _)| id.clone()).collect(),
+    ));
     let (events_tx, events_rx) = mpsc::unbounded_channel::<EngineEvent>();
     let started = Instant::now();
     let mut flash = Flash {

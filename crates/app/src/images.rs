@@ -16,7 +16,10 @@ pub fn cache_dir(data_dir: &Path) -> PathBuf {
 /// Opens (creating if needed) the cache under the data directory.
 pub fn open_cache(data_dir: &Path) -> Result<ImageCache, AppError> {
     let dir = cache_dir(data_dir);
-    ImageCache::open(&dir).map_err(|source| AppError::OpenCache { dir, source })
+    ImageCache::open(&dir).map_err(|source| AppError::OpenCache {
+        dir,
+        source: Box::new(source),
+    })
 }
 
 /// Imports `file` into the cache: checked against `expected` (of the file as
@@ -39,7 +42,7 @@ pub fn import(
         )
         .map_err(|source| AppError::Import {
             name: file.display().to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -59,7 +62,7 @@ pub fn resolve_image(
     }
     let image = cache.find(name).map_err(|source| AppError::UnknownImage {
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     if let Some(expected) = expected {
         if expected != image.sha256() && expected != image.meta.input_sha256 {

@@ -1,10 +1,12 @@
 //! Command-line arguments and dispatch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use flashrack_app::lock::{DataDirLock, LockHolder, Wait};
+use flashrack_app::records::Recovered;
 use flashrack_core::ByteSize;
 
 /// flashrack: turn one disk image into many verified USB sticks.
@@ -312,7 +314,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Flash(_)
         | Command::Demo(_)
         | Command::Image(ImageCommand::Import { .. } | ImageCommand::Remove { .. }) => {
-            Some(crate::lock::DataDirLock::acquire(&data_dir, args.wait)?)
+            Some(lock(&data_dir, args.wait)?)
         }
         _ => None,
     };
@@ -334,8 +336,35 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     };
     // Whatever the outcome, the records a command wrote end up in the database
     // file itself, not only in its write-ahead log.
-    crate::records::close_all().await;
+    flashrack_app::records::close_all().await;
     status
+}
+
+/// Takes the data directory's lock; with `wait`, says whose it is and waits.
+pub fn lock(data_dir: &Path, wait: bool) -> Result<DataDirLock> {
+    let waiting = |holder: LockHolder| {
+        eprintln!(
+            "waiting for another flashrack ({holder}) to release {} …",
+            data_dir.display()
+        );
+    };
+    let wait = if wait { Wait::Yes(&waiting) } else { Wait::No };
+    Ok(DataDirLock::acquire(data_dir, wait)?)
+}
+
+/// Says what opening the records found left by an unclean stop, if anything.
+pub fn say_recovered(recovered: Recovered) {
+    if recovered.any() {
+        eprintln!("{}", recovered_words(recovered));
+    }
+}
+
+/// What opening the records found left by an unclean stop, in words.
+pub fn recovered_words(recovered: Recovered) -> String {
+    format!(
+        "recovered from an unclean stop: {} attempt(s) marked interrupted, {} run(s) stopped",
+        recovered.attempts, recovered.runs
+    )
 }
 
 /// The data directory: the flag, then `$FLASHRACK_DATA_DIR`, then a default

@@ -1,84 +1,39 @@
 //! `flashrack status`, `flashrack run start|stop`: commands for a running
-//! station, over its HTTP API (loopback by default; the operator token from
-//! `--token` or `$FLASHRACK_TOKEN` when the station listens elsewhere).
+//! station, through `flashrack_app::client`.
 
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
+use flashrack_app::client::{ArmRun, StationClient};
 use flashrack_core::ByteSize;
-use flashrack_station::{PortState, Snapshot};
-use serde_json::{json, Value};
+use flashrack_station::{PortState, Snapshot, VerifyChoice};
 
 use crate::cli::{ClientArgs, RunCommand, VerifyArg};
 
-/// A client of one station.
-pub struct Client {
-    base: String,
-    token: Option<String>,
+/// The client `--server` and `--token` (or `$FLASHRACK_SERVER`,
+/// `$FLASHRACK_TOKEN`) name.
+fn client(args: &ClientArgs) -> StationClient {
+    let base = args
+        .server
+        .clone()
+        .or_else(|| std::env::var("FLASHRACK_SERVER").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("FLASHRACK_TOKEN").ok());
+    StationClient::new(&base, token)
 }
 
-impl Client {
-    /// From the command line (`--server`, `--token`) and the environment.
-    pub fn new(args: &ClientArgs) -> Self {
-        let base = args
-            .server
-            .clone()
-            .or_else(|| std::env::var("FLASHRACK_SERVER").ok())
-            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            token: args
-                .token
-                .clone()
-                .or_else(|| std::env::var("FLASHRACK_TOKEN").ok()),
-        }
-    }
-
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let request = ureq::request(method, &format!("{}/api/v1{path}", self.base))
-            .timeout(std::time::Duration::from_secs(30));
-        match &self.token {
-            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
-            None => request,
-        }
-    }
-
-    /// Sends a request and returns the JSON answer, or the server's error message.
-    fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let request = self.request(method, path);
-        let result = match body {
-            Some(body) => request.send_json(body),
-            None => request.call(),
-        };
-        match result {
-            Ok(response) => {
-                let text = response.into_string()?;
-                Ok(if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text)? })
-            }
-            Err(ureq::Error::Status(code, response)) => {
-                let body: Value = response.into_json().unwrap_or(Value::Null);
-                let message = body["error"]["message"].as_str().unwrap_or("no details");
-                Err(anyhow!("the station answered {code}: {message}"))
-            }
-            Err(error) => Err(anyhow!(
-                "cannot reach the station at {}: {error} (is `flashrack serve` running? --server URL)",
-                self.base
-            )),
-        }
-    }
-}
-
-/// `flashrack status`
+/// `flashrack status` (blocking: call it off the async workers).
 pub fn status(args: &ClientArgs, json_output: bool) -> Result<ExitCode> {
-    let client = Client::new(args);
-    let value = client.send("GET", "/station", None)?;
+    let client = client(args);
     if json_output {
+        let value = client.station_json()?;
         println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print!("{}", status_table(&client.station()?));
     }
-    let snapshot: Snapshot =
-        serde_json::from_value(value).context("unexpected answer from the station")?;
-    print!("{}", status_table(&snapshot));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -166,11 +121,11 @@ pub fn status_table(snapshot: &Snapshot) -> String {
     out
 }
 
-/// `flashrack run start|stop`
+/// `flashrack run start|stop` (blocking: call it off the async workers).
 pub fn run(command: RunCommand) -> Result<ExitCode> {
     match command {
         RunCommand::Start {
-            client,
+            client: args,
             image,
             target_count,
             verify,
@@ -180,26 +135,39 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
             if target_count == Some(0) {
                 bail!("--target-count must be at least 1");
             }
-            let verify = if no_verify { VerifyArg::None } else { verify };
-            let body = json!({
-                "image": image,
-                "verify": match verify { VerifyArg::Compare => "compare", VerifyArg::Hash => "hash", VerifyArg::None => "none" },
-                "eject_on_pass": eject_on_pass,
-                "target_count": target_count,
-            });
-            let run = Client::new(&client).send("POST", "/runs", Some(body))?;
+            let verify = if no_verify {
+                VerifyChoice::None
+            } else {
+                verify.into()
+            };
+            let run = client(&args).arm(&ArmRun {
+                image,
+                verify,
+                eject_on_pass,
+                target_count,
+            })?;
             println!(
                 "run {} armed: {} ({})",
-                run["id"],
-                run["image_name"].as_str().unwrap_or("?"),
-                run["image_sha256"].as_str().unwrap_or("?")
+                run.id, run.image_name, run.image_sha256
             );
         }
-        RunCommand::Stop { client, reason } => {
-            let body = reason.map(|r| json!({ "reason": r }));
-            Client::new(&client).send("POST", "/runs/current/stop", body)?;
+        RunCommand::Stop {
+            client: args,
+            reason,
+        } => {
+            client(&args).stop(reason.as_deref())?;
             println!("run stopped");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+impl From<VerifyArg> for VerifyChoice {
+    fn from(verify: VerifyArg) -> Self {
+        match verify {
+            VerifyArg::Compare => VerifyChoice::Compare,
+            VerifyArg::Hash => VerifyChoice::Hash,
+            VerifyArg::None => VerifyChoice::None,
+        }
+    }
 }

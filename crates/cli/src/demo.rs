@@ -1,342 +1,66 @@
 //! `flashrack demo`: the station and its dashboard over a simulated rack, no
-//! hardware and no configuration needed.
-//!
-//! A demo image is generated and imported, a 16-port rack is simulated, a run is
-//! armed, and sticks (most healthy; some slow, failing, lying about their
-//! capacity, corrupting, read-only or too small) are plugged in over time and
-//! pulled out a while after their verdict, as an operator would. Everything runs
-//! through the same station, engine and web code as a real rack; only the
-//! hotplug source is simulated.
+//! hardware and no configuration needed (see `flashrack_app::demo`).
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use flashrack_config::{PortConfig, StationConfig, WebConfig};
-use flashrack_core::ByteSize;
-use flashrack_engine::SourceImage;
-use flashrack_image::ImportOptions;
-use flashrack_simrack::sim::{FakeMode, SimStickSpec};
-use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
-use flashrack_station::{ArmRequest, PortState, RunOptions, StationHandle};
-use rand::{Rng, RngCore, SeedableRng};
+use anyhow::Result;
+use flashrack_app::demo::{self, Burst, Demo, DemoOptions};
+use flashrack_app::{Application, Recording};
 
 use crate::cli::DemoArgs;
-use crate::serve::{run_station, Parts, Shutdown};
 
-/// Runs the demo until SIGTERM or Ctrl-C.
+/// Runs the demo until SIGTERM or Ctrl-C (or, with `--exit-when-done`, until
+/// the burst is over).
 pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let image_size = args.image_size.bytes();
-    let image_path = data_dir.join(format!("demo-{image_size}.img"));
-    if std::fs::metadata(&image_path).map(|m| m.len()).ok() != Some(image_size) {
+    let image = demo::image_path(data_dir, args.image_size);
+    if demo::needs_image(&image, args.image_size) {
         eprintln!("generating a {} demo image …", args.image_size);
-        write_demo_image(&image_path, image_size)?;
+        demo::write_image(&image, args.image_size)?;
     }
-    let cache = crate::image_cmd::open_cache(data_dir)?;
-    let image = cache
-        .import(&image_path, ImportOptions::default())
-        .context("cannot import the demo image")?
-        .image;
-
-    let columns = 8u32;
-    let port_count = args.ports.clamp(1, 26 * 8) as u32;
-    let ports: Vec<PortConfig> = (0..port_count)
-        .map(|i| {
-            let (row, column) = (i / columns, i % columns);
-            PortConfig {
-                label: format!("{}{}", (b'A' + row as u8) as char, column + 1),
-                path: format!("sim-usb-0:{}.{}", row + 1, column + 1),
-                position: Some((row, column)),
-            }
-        })
-        .collect();
-    let rows = port_count.div_ceil(columns);
-    let config = StationConfig {
-        station_id: "demo".into(),
-        data_dir: data_dir.to_path_buf(),
-        allowed_buses: BTreeSet::from(["usb".to_string()]),
-        max_size: ByteSize(256_000_000_000),
-        allow_unmapped_ports: false,
-        stall_timeout_secs: 20,
-        layout: Some((rows, columns)),
-        web: WebConfig {
-            listen: args.listen,
-            token: None,
-            public_read: false,
-            allowed_hosts: Vec::new(),
-            import_dirs: Vec::new(),
-            max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
-        },
-        ports: ports.clone(),
-    };
-    let (source, control, access) = sim_rack(data_dir.join("sim-rack"));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = Shutdown::on_signals_or(stop_rx);
-    let source_image = SourceImage {
-        path: image.path.clone(),
-        manifest: image.manifest.clone(),
-    };
-    let image_name = image.meta.original_name.clone();
-    let seed = args.seed;
-    let burst = args.burst.map(|sticks| Burst {
-        sticks,
-        write_speed: args.write_speed.bytes(),
-        read_speed: args.read_speed.bytes(),
-        exit_when_done: args.exit_when_done,
-        stop: stop_tx,
-    });
-    let scenario_control = control.clone();
-    let result = run_station(
-        &config,
-        data_dir,
-        Parts {
-            source: Box::new(source),
-            access: Arc::new(access),
-        },
-        !args.no_records,
-        shutdown,
-        move |address: SocketAddr, handle: StationHandle| {
-            println!("dashboard: http://{address}/");
-            let rack = scenario_control;
-            match burst {
-                Some(burst) => tokio::spawn(burst_scenario(
-                    handle,
-                    rack,
-                    ports,
-                    source_image,
-                    image_name,
-                    burst,
-                )),
-                None => tokio::spawn(scenario(
-                    handle,
-                    rack,
-                    ports,
-                    source_image,
-                    image_name,
-                    seed,
-                )),
-            };
-        },
-    )
-    .await;
-    control.pull_all();
-    result.map(|()| ExitCode::SUCCESS)
-}
-
-/// Arms the demo's run with default options; logs and says so when it cannot.
-async fn arm(station: &StationHandle, image: SourceImage, image_name: String) -> bool {
-    let request = ArmRequest {
-        image,
-        image_name,
-        options: RunOptions::default(),
-    };
-    match station.arm(request).await {
-        Ok(_) => true,
-        Err(error) => {
-            tracing::error!(%error, "the demo could not arm its run");
-            false
-        }
-    }
-}
-
-/// Arms a run, then keeps the rack busy like an operator would.
-async fn scenario(
-    station: StationHandle,
-    rack: SimRackControl,
-    ports: Vec<PortConfig>,
-    image: SourceImage,
-    image_name: String,
-    seed: u64,
-) {
-    let image_size = image.manifest.size();
-    if !arm(&station, image, image_name).await {
-        return;
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut plugged = 0u32;
-    let mut done_since: HashMap<String, Instant> = HashMap::new();
-    loop {
-        let snapshot = station.snapshot();
-        // A port is free when no stick is in it: empty, or showing the verdict
-        // of a stick pulled during its attempt.
-        let empty: Vec<&PortConfig> = ports
-            .iter()
-            .filter(|p| {
-                snapshot.ports.iter().any(|v| {
-                    v.label == p.label && v.device.is_none() && !v.state.is_busy() && !v.ejected
-                })
-            })
-            .collect();
-        // Plug a couple of sticks at a time into empty ports.
-        for port in empty.iter().take(if plugged < 8 { 8 } else { 1 }) {
-            plugged += 1;
-            let spec = stick_spec(plugged, image_size, &mut rng);
-            let serial = format!("DEMO-{plugged:04}");
-            if let Err(error) = rack.plug(&port.path, &serial, spec) {
-                tracing::warn!(%error, "demo could not plug a stick");
-            }
-        }
-        // Pull sticks some seconds after their verdict (or refusal).
-        for view in &snapshot.ports {
-            let finished = matches!(
-                view.state,
-                PortState::Passed | PortState::Failed | PortState::Refused
-            );
-            if !finished {
-                done_since.remove(&view.label);
-                continue;
-            }
-            let since = *done_since
-                .entry(view.label.clone())
-                .or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_secs(12) {
-                if let Some(path) = &view.port_path {
-                    if let Some((kernel_name, _)) = rack.stick_at(path) {
-                        let _ = rack.pull(&kernel_name);
-                    }
-                }
-                done_since.remove(&view.label);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-    }
-}
-
-/// A measurement: many healthy sticks plugged at once.
-struct Burst {
-    sticks: u32,
-    write_speed: u64,
-    read_speed: u64,
-    exit_when_done: bool,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-/// Arms a run, plugs `burst.sticks` sticks within a moment, and reports when each
-/// got its verdict, measured from the first plug.
-async fn burst_scenario(
-    station: StationHandle,
-    rack: SimRackControl,
-    ports: Vec<PortConfig>,
-    image: SourceImage,
-    image_name: String,
-    burst: Burst,
-) {
-    let image_size = image.manifest.size();
-    if !arm(&station, image, image_name).await {
-        let _ = burst.stop.send(true);
-        return;
-    }
-    let mut watch = station.watch();
-    let started = Instant::now();
-    let labels: Vec<String> = ports
-        .iter()
-        .take(burst.sticks as usize)
-        .map(|p| p.label.clone())
-        .collect();
-    for (n, port) in ports.iter().take(burst.sticks as usize).enumerate() {
-        let spec = SimStickSpec::new("", 8u64 << 30)
-            .write_speed(burst.write_speed)
-            .read_speed(burst.read_speed);
-        if let Err(error) = rack.plug(&port.path, &format!("BURST-{:04}", n + 1), spec) {
-            tracing::error!(%error, "the burst could not plug a stick");
-        }
-    }
-    let mut finished: HashMap<String, (f64, bool)> = HashMap::new();
-    while finished.len() < labels.len() {
-        if watch.changed().await.is_err() {
-            return;
-        }
-        let snapshot = watch.borrow_and_update().clone();
-        for view in snapshot.ports.iter().filter(|v| labels.contains(&v.label)) {
-            if matches!(
-                view.state,
-                PortState::Passed | PortState::Failed | PortState::Refused
-            ) {
-                finished.entry(view.label.clone()).or_insert((
-                    started.elapsed().as_secs_f64(),
-                    view.state == PortState::Passed,
-                ));
-            }
-        }
-    }
-    let ideal =
-        image_size as f64 / burst.write_speed as f64 + image_size as f64 / burst.read_speed as f64;
-    let slowest = finished.values().map(|(t, _)| *t).fold(0.0, f64::max);
-    let mut times: Vec<(String, f64, bool)> =
-        finished.into_iter().map(|(l, (t, p))| (l, t, p)).collect();
-    times.sort_by(|a, b| a.1.total_cmp(&b.1));
-    println!(
-        "{}",
-        serde_json::json!({
-            "sticks": labels.len(),
-            "passed": times.iter().filter(|t| t.2).count(),
-            "image_size": image_size,
-            "ideal_secs": ideal,
-            "slowest_secs": slowest,
-            "ratio": slowest / ideal,
-            "finish_secs": times.iter().map(|t| serde_json::json!({"port": t.0, "secs": t.1, "passed": t.2})).collect::<Vec<_>>(),
-        })
-    );
-    if burst.exit_when_done {
-        let _ = burst.stop.send(true);
-    }
-}
-
-/// The `n`-th stick of the demo: mostly healthy, sometimes faulty.
-fn stick_spec(n: u32, image_size: u64, rng: &mut impl Rng) -> SimStickSpec {
-    let capacity = 8u64 << 30;
-    let healthy = || {
-        SimStickSpec::new("", capacity)
-            .write_speed(rng_speed(n, 12, 40))
-            .read_speed(rng_speed(n, 40, 90))
-    };
-    match n % 12 {
-        3 => healthy().write_speed(3_000_000),
-        5 => healthy().write_error_after(image_size / 3 + u64::from(n) * 4096),
-        7 => SimStickSpec::new("", 32 << 30).fake_capacity(64 << 20, FakeMode::Wrap),
-        9 => healthy().corrupt_at(rng.random_range(0..image_size)),
-        10 => healthy().read_only(),
-        11 => SimStickSpec::new("", (image_size / 2).div_ceil(512) * 512),
-        _ => healthy(),
-    }
-}
-
-fn rng_speed(n: u32, low_mb: u64, high_mb: u64) -> u64 {
-    (low_mb + u64::from(n * 7) % (high_mb - low_mb)) * 1_000_000
-}
-
-/// Writes an image like a real installer image: random runs and zero holes.
-fn write_demo_image(path: &Path, size: u64) -> Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    let tmp = path.with_extension("img.part");
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < size {
-        let run = rng.random_range(64 * 1024..8 << 20).min(size - pos);
-        if rng.random_bool(0.6) {
-            let mut left = run;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                rng.fill_bytes(&mut buf[..n]);
-                file.write_all(&buf[..n])?;
-                left -= n as u64;
-            }
+    let options = DemoOptions {
+        listen: args.listen,
+        ports: args.ports,
+        image_size: args.image_size,
+        seed: args.seed,
+        burst: args.burst.map(|sticks| Burst {
+            sticks,
+            write_speed: args.write_speed.bytes(),
+            read_speed: args.read_speed.bytes(),
+            exit_when_done: args.exit_when_done,
+        }),
+        recording: if args.no_records {
+            Recording::Memory
         } else {
-            file.seek(SeekFrom::Current(run as i64))?;
-        }
-        pos += run;
+            Recording::Store
+        },
+    };
+    let Demo {
+        config,
+        parts,
+        rack,
+        burst_report,
+    } = Demo::prepare(data_dir, &options)?;
+    let shutdown = crate::signals::shutdown()?;
+    let app = Application::build(config, parts).await?;
+    crate::cli::say_recovered(app.recovered());
+    println!("dashboard: http://{}/", app.address());
+    // The burst's figures, as one JSON line, as soon as they are in (a
+    // benchmark reads them while the demo runs on).
+    let printed = burst_report.map(|report| {
+        tokio::spawn(async move {
+            if let Ok(report) = report.await {
+                println!("{}", serde_json::json!(report));
+            }
+        })
+    });
+    let result = app.run_until_stopped(shutdown).await;
+    // Printed by now, or never will be (the demo stopped before the burst
+    // was over: its sender is gone).
+    if let Some(printed) = printed {
+        let _ = printed.await;
     }
-    file.set_len(size)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    rack.pull_all();
+    result?;
+    Ok(ExitCode::SUCCESS)
 }

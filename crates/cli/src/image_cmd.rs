@@ -2,61 +2,11 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use flashrack_app::images::{import, open_cache, remove};
 use flashrack_core::{ByteSize, Sha256Digest};
-use flashrack_image::{CachedImage, ImageCache, ImportOptions};
 
 use crate::cli::ImageCommand;
-
-/// Opens (creating if needed) the cache under the data directory.
-pub fn open_cache(data_dir: &Path) -> Result<ImageCache> {
-    let dir = data_dir.join("cache");
-    ImageCache::open(&dir)
-        .with_context(|| format!("cannot open the image cache in {}", dir.display()))
-}
-
-/// An image named on the command line: a file to import, or a cached digest.
-/// An image larger than `max_size` (the largest target that may be written) is
-/// refused: it could never be written.
-pub fn resolve_image(
-    cache: &ImageCache,
-    name: &str,
-    expected: Option<Sha256Digest>,
-    max_size: ByteSize,
-    quiet: bool,
-) -> Result<CachedImage> {
-    let path = Path::new(name);
-    // Anything that exists is given to the import, which takes regular files
-    // only and says what else it found (a FIFO, a device, a directory).
-    if path.exists() {
-        if !quiet && path.is_file() {
-            eprintln!("importing {name} …");
-        }
-        let outcome = cache
-            .import(
-                path,
-                ImportOptions {
-                    expected_sha256: expected,
-                    max_image_size: max_size.bytes(),
-                    ..ImportOptions::default()
-                },
-            )
-            .with_context(|| format!("cannot import {name}"))?;
-        return Ok(outcome.image);
-    }
-    let image = cache
-        .find(name)
-        .with_context(|| format!("{name} is neither a file nor a cached image"))?;
-    if let Some(expected) = expected {
-        if expected != image.sha256() && expected != image.meta.input_sha256 {
-            bail!(
-                "cached image {} does not match --sha256 {expected}",
-                image.sha256()
-            );
-        }
-    }
-    Ok(image)
-}
 
 /// Runs an `image` subcommand.
 pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
@@ -73,16 +23,7 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 .map(Sha256Digest::parse)
                 .transpose()
                 .context("--sha256")?;
-            let outcome = cache
-                .import(
-                    &file,
-                    ImportOptions {
-                        expected_sha256: expected,
-                        max_image_size: max_size.bytes(),
-                        ..ImportOptions::default()
-                    },
-                )
-                .with_context(|| format!("cannot import {}", file.display()))?;
+            let outcome = import(&cache, &file, expected, max_size)?;
             let image = &outcome.image;
             if json {
                 println!(
@@ -137,9 +78,8 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             }
         }
         ImageCommand::Remove { image } => {
-            let found = cache.find(&image)?;
-            cache.remove(&found.sha256())?;
-            eprintln!("removed {}", found.sha256());
+            let removed = remove(&cache, &image)?;
+            eprintln!("removed {removed}");
         }
     }
     Ok(())

@@ -1,8 +1,10 @@
 //! `flashrack`: the command line of the flashrack duplication station.
 //!
-//! A thin shell over the library crates: it parses arguments, installs logging,
-//! builds the runtime, and maps outcomes to exit statuses (0: every target passed;
-//! 1: at least one target failed; 2: the command could not run).
+//! A thin shell over `flashrack-app`: it parses arguments, installs logging,
+//! builds the runtime, takes the data directory's lock, catches signals, calls
+//! the library, prints what it returns (tables and progress bars for a
+//! terminal, JSON for programs), and maps outcomes to exit statuses (0: every
+//! target passed; 1: at least one target failed; 2: the command could not run).
 
 mod cli;
 mod client;
@@ -10,14 +12,12 @@ mod demo;
 mod flash;
 mod image_cmd;
 mod learn;
-mod lock;
 mod progress;
-mod records;
 mod report_cmd;
 mod serve;
+mod signals;
 mod summary;
 mod table;
-mod targets;
 
 use std::process::ExitCode;
 

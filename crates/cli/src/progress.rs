@@ -1,57 +1,56 @@
 //! Live progress of a fan-out: a bar per target on a terminal, plain lines
-//! otherwise (logs, CI, pipes).
+//! otherwise (logs, CI, pipes); the flash's notices in words.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use flashrack_app::flash::{FlashEvent, Notice};
 use flashrack_core::{ByteSize, EngineEvent, EngineEventKind, Stage, TargetId};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// What the live view is given to show.
-pub enum Shown {
-    /// An engine event (a verdict only once it is recorded).
-    Event(EngineEvent),
-    /// A line for the operator (shown even with `--quiet`): what the command
-    /// is doing about a signal, for instance.
-    Notice(String),
-}
-
-/// Consumes what to show until the channel closes, showing it on stderr, and
-/// returns when each target finished, in seconds after `started`.
-pub async fn show(
-    mut events: UnboundedReceiver<Shown>,
-    targets: Vec<TargetId>,
-    quiet: bool,
-    started: Instant,
-) -> HashMap<TargetId, f64> {
-    let mut finished = HashMap::new();
-    let mut view: Box<dyn View> = if quiet {
-        Box::new(Silent)
-    } else if std::io::stderr().is_terminal() {
-        Box::new(Bars::new(&targets))
+/// Shows what a flash sends on stderr until the channel closes.
+pub async fn show(mut events: UnboundedReceiver<FlashEvent>, quiet: bool) {
+    let mut view: Box<dyn View> = if quiet || !std::io::stderr().is_terminal() {
+        Box::new(Lines {
+            quiet,
+            ..Lines::default()
+        })
     } else {
-        Box::new(Lines::default())
+        Box::new(Bars::default())
     };
-    while let Some(shown) = events.recv().await {
-        let event = match shown {
-            Shown::Event(event) => event,
-            Shown::Notice(text) => {
-                view.notice(&text);
-                continue;
-            }
-        };
-        if let EngineEventKind::Finished { .. } = event.kind {
-            finished.insert(event.target.clone(), started.elapsed().as_secs_f64());
+    while let Some(event) = events.recv().await {
+        match event {
+            FlashEvent::Targets(targets) => view.targets(&targets),
+            FlashEvent::Engine(event) => view.show(&event),
+            FlashEvent::Notice(notice) => view.notice(&words(&notice)),
         }
-        view.show(&event);
     }
     view.finish();
-    finished
+}
+
+/// A notice for the operator (shown even with `--quiet`).
+fn words(notice: &Notice) -> String {
+    match notice {
+        Notice::Recovered(recovered) => crate::cli::recovered_words(*recovered),
+        Notice::Stopping { signal, grace } => format!(
+            "{}: stopping every target at its next safe point (up to {} s; \
+             signal again to stop at once)",
+            signal.name(),
+            grace.as_secs()
+        ),
+        Notice::NotWaitingLonger(signal) => {
+            format!("{}: not waiting any longer", signal.name())
+        }
+        Notice::GraceOver => "the stop's grace is over: the targets still running are \
+                              recorded as interrupted and abandoned"
+            .to_string(),
+    }
 }
 
 trait View: Send {
+    fn targets(&mut self, _targets: &[TargetId]) {}
     fn show(&mut self, event: &EngineEvent);
     fn notice(&mut self, text: &str) {
         eprintln!("{text}");
@@ -59,26 +58,30 @@ trait View: Send {
     fn finish(&mut self) {}
 }
 
-struct Silent;
-impl View for Silent {
-    fn show(&mut self, _: &EngineEvent) {}
-}
-
 struct Bars {
     multi: MultiProgress,
     bars: HashMap<TargetId, ProgressBar>,
 }
 
-impl Bars {
-    fn new(targets: &[TargetId]) -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+impl Default for Bars {
+    fn default() -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)),
+            bars: HashMap::new(),
+        }
+    }
+}
+
+impl View for Bars {
+    fn targets(&mut self, targets: &[TargetId]) {
+        let multi = &self.multi;
         let width = targets.iter().map(|t| t.0.len()).max().unwrap_or(8).min(32);
         let style = ProgressStyle::with_template(&format!(
             "{{prefix:<{width}}} {{msg:<10}} [{{bar:30}}] {{bytes:>10}}/{{total_bytes:<10}} {{bytes_per_sec:>12}} {{eta:>4}}"
         ))
         .expect("valid template")
         .progress_chars("=> ");
-        let bars = targets
+        self.bars = targets
             .iter()
             .map(|t| {
                 let bar = multi.add(ProgressBar::new(0).with_style(style.clone()));
@@ -87,11 +90,8 @@ impl Bars {
                 (t.clone(), bar)
             })
             .collect();
-        Self { multi, bars }
     }
-}
 
-impl View for Bars {
     fn show(&mut self, event: &EngineEvent) {
         let Some(bar) = self.bars.get(&event.target) else {
             return;
@@ -109,7 +109,7 @@ impl View for Bars {
             EngineEventKind::Finished { verdict, .. } => {
                 bar.set_message(if verdict.is_pass() {
                     "passed"
-                } else if is_interrupted(verdict) {
+                } else if flashrack_app::summary::is_interrupted(verdict) {
                     "interrupted"
                 } else {
                     "FAILED"
@@ -131,14 +131,19 @@ impl View for Bars {
     }
 }
 
-/// Plain lines: stage changes and verdicts always, progress every few seconds.
+/// Plain lines: stage changes and verdicts always, progress every few
+/// seconds; with `quiet`, nothing but notices.
 #[derive(Default)]
 struct Lines {
+    quiet: bool,
     last_progress: HashMap<TargetId, Instant>,
 }
 
 impl View for Lines {
     fn show(&mut self, event: &EngineEvent) {
+        if self.quiet {
+            return;
+        }
         let target = &event.target;
         match &event.kind {
             EngineEventKind::Stage { stage } => eprintln!("{target}: {stage}"),
@@ -167,11 +172,4 @@ impl View for Lines {
             EngineEventKind::Finished { verdict, .. } => eprintln!("{target}: {verdict}"),
         }
     }
-}
-
-/// Whether `verdict` is an interruption (which says nothing about the stick).
-pub fn is_interrupted(verdict: &flashrack_core::Verdict) -> bool {
-    verdict
-        .failure()
-        .is_some_and(|f| matches!(f.reason, flashrack_core::FailReason::Interrupted))
 }

@@ -1,36 +1,19 @@
-//! `flashrack report …`: the records, from the command line.
+//! `flashrack report …`: the records, from the command line (see
+//! `flashrack_app::reports`); the report goes to stdout.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use flashrack_report as report;
-use flashrack_store::{Records, Store};
+use anyhow::Result;
+use flashrack_app::reports::{self, format_time, ReportFormat};
 
 use crate::cli::{ReportCommand, ReportFormatArg};
-use crate::records::database_path;
 
-async fn open(data_dir: &Path, station_id: &str) -> Result<Store> {
-    let path = database_path(data_dir);
-    if !path.exists() {
-        bail!(
-            "no records in {} (nothing has been flashed with this data directory)",
-            data_dir.display()
-        );
-    }
-    // Read-only: a report never writes (no station row, no file beside the
-    // database), and reads a copy on a read-only mount as well.
-    Store::open_read_only(&path, station_id)
-        .await
-        .with_context(|| format!("cannot read the records in {}", path.display()))
-}
-
-/// Runs a `report` subcommand; the report goes to stdout.
+/// Runs a `report` subcommand.
 pub async fn run(data_dir: &Path, command: ReportCommand) -> Result<ExitCode> {
     match command {
         ReportCommand::Runs { station } => {
-            let store = open(data_dir, &station).await?;
-            let runs = store.list_runs().await?;
+            let runs = reports::runs(data_dir, &station).await?;
             println!(
                 "{:>5}  {:<20}  {:<24}  {:>6}  {:>6}  {:>7}  {:>6}  {:>11}  STATUS",
                 "RUN", "STARTED", "IMAGE", "PASSED", "FAILED", "REFUSED", "INTR", "RUNNING"
@@ -45,7 +28,7 @@ pub async fn run(data_dir: &Path, command: ReportCommand) -> Result<ExitCode> {
                 println!(
                     "{:>5}  {:<20}  {:<24}  {:>6}  {:>6}  {:>7}  {:>6}  {:>11}  {status}",
                     run.id.0,
-                    report::format_time(run.started_at)
+                    format_time(run.started_at)
                         .chars()
                         .take(19)
                         .collect::<String>(),
@@ -63,37 +46,27 @@ pub async fn run(data_dir: &Path, command: ReportCommand) -> Result<ExitCode> {
             format,
             station,
         } => {
-            let store = open(data_dir, &station).await?;
-            let Some(run) = store.run_report(id).await? else {
-                bail!("no run {id} in the records");
-            };
-            print!(
-                "{}",
-                match format {
-                    ReportFormatArg::Csv => report::csv(&run.rows),
-                    ReportFormatArg::Json => report::run_json(&run),
-                    ReportFormatArg::Html => report::run_html(&run, store.now()),
-                }
-            );
+            let report = reports::run_report(data_dir, &station, id, format.into()).await?;
+            print!("{}", report.body);
         }
         ReportCommand::Device {
             serial,
             format,
             station,
         } => {
-            let store = open(data_dir, &station).await?;
-            let Some(device) = store.device_report(&serial).await? else {
-                bail!("no device {serial:?} in the records");
-            };
-            print!(
-                "{}",
-                match format {
-                    ReportFormatArg::Csv => report::csv(&device.rows),
-                    ReportFormatArg::Json => report::device_json(&device),
-                    ReportFormatArg::Html => report::device_html(&device, store.now()),
-                }
-            );
+            let report = reports::device_report(data_dir, &station, &serial, format.into()).await?;
+            print!("{}", report.body);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+impl From<ReportFormatArg> for ReportFormat {
+    fn from(format: ReportFormatArg) -> Self {
+        match format {
+            ReportFormatArg::Csv => ReportFormat::Csv,
+            ReportFormatArg::Json => ReportFormat::Json,
+            ReportFormatArg::Html => ReportFormat::Html,
+        }
+    }
 }
