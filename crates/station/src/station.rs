@@ -866,18 +866,22 @@ impl Station {
 
     // ----- attempts ----------------------------------------------------------
 
+    /// The stick present in `port`: its kernel name, what hotplug said of it,
+    /// and its record.
+    fn stick_in(&self, port: usize) -> Option<(String, PluggedDevice, Option<DeviceId>)> {
+        let kernel_name = self.ports[port].kernel_name.clone()?;
+        let present = self.present.get(&kernel_name)?;
+        Some((kernel_name, present.device.clone(), present.device_id))
+    }
+
     /// Asks the guard about the stick in `port` under the armed run, on a
     /// blocking thread; its answer starts the stick, makes it wait or refuses
     /// it ([`Self::finish_start`]). `explicit`: the operator asked for this port
     /// (guard rule 6).
     async fn try_start(&mut self, port: usize, explicit: bool) {
-        let Some(kernel_name) = self.ports[port].kernel_name.clone() else {
+        let Some((_, device, _)) = self.stick_in(port) else {
             return;
         };
-        let Some(present) = self.present.get(&kernel_name) else {
-            return;
-        };
-        let device = present.device.clone();
         let Some(run) = self.run.as_ref().filter(|r| r.view.armed) else {
             return;
         };
@@ -1019,14 +1023,9 @@ impl Station {
     /// records its refusal, by the guard's answer in `inspection`; nothing when
     /// the run it was asked for is no longer armed.
     async fn finish_start(&mut self, port: usize, inspection: Inspection) {
-        let Some(kernel_name) = self.ports[port].kernel_name.clone() else {
+        let Some((kernel_name, device, device_id)) = self.stick_in(port) else {
             return;
         };
-        let Some(present) = self.present.get(&kernel_name) else {
-            return;
-        };
-        let device = present.device.clone();
-        let device_id = present.device_id;
         let Some(run) = self
             .run
             .as_ref()

@@ -208,6 +208,16 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// The ports of the attempts recorded, in the order they were started.
+fn started(journal: &MemoryJournal) -> Vec<String> {
+    journal
+        .records()
+        .attempts
+        .iter()
+        .map(|a| a.start.port_label.clone())
+        .collect()
+}
+
 fn state(snapshot: &Snapshot, label: &str) -> PortState {
     snapshot
         .ports
@@ -257,14 +267,11 @@ async fn the_station_goes_on_while_a_guard_inspection_blocks() {
         rig.handle.start_port("Z9").await,
         Err(StationError::UnknownPort(_))
     ));
-    let started: Vec<String> = rig
-        .journal
-        .records()
-        .attempts
-        .iter()
-        .map(|a| a.start.port_label.clone())
-        .collect();
-    assert_eq!(started, ["A2"], "no attempt before the guard answers");
+    assert_eq!(
+        started(&rig.journal),
+        ["A2"],
+        "no attempt before the guard answers"
+    );
 
     // The guard answers: the held stick starts, then the one that came after
     // it, in the order they arrived.
@@ -276,13 +283,7 @@ async fn the_station_goes_on_while_a_guard_inspection_blocks() {
         .await;
     assert_eq!(snap.run.unwrap().passed, 2);
     let journal = rig.shutdown().await;
-    let started: Vec<String> = journal
-        .records()
-        .attempts
-        .iter()
-        .map(|a| a.start.port_label.clone())
-        .collect();
-    assert_eq!(started, ["A2", "A1", "A3"]);
+    assert_eq!(started(&journal), ["A2", "A1", "A3"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,13 +317,7 @@ async fn a_stick_pulled_while_the_guard_inspects_it_is_never_written_and_holds_u
         .await;
     assert_eq!(snap.run.unwrap().active, 0);
     let journal = rig.shutdown().await;
-    let records = journal.records();
-    let started: Vec<&str> = records
-        .attempts
-        .iter()
-        .map(|a| a.start.port_label.as_str())
-        .collect();
-    assert_eq!(started, ["A2"]);
+    assert_eq!(started(&journal), ["A2"]);
     assert_eq!(held_stick.counters().bytes_written, 0);
 }
 
@@ -351,11 +346,5 @@ async fn under_a_target_count_sticks_start_in_the_order_they_arrived_whatever_or
     assert_eq!(state(&snap, "A1"), PortState::Passed);
     assert_eq!(state(&snap, "A2"), PortState::Detected, "never written");
     let journal = rig.shutdown().await;
-    let started: Vec<String> = journal
-        .records()
-        .attempts
-        .iter()
-        .map(|a| a.start.port_label.clone())
-        .collect();
-    assert_eq!(started, ["A1"]);
+    assert_eq!(started(&journal), ["A1"]);
 }
