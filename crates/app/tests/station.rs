@@ -63,12 +63,13 @@ async fn the_run_view_metrics_and_records_count_passes_failures_and_interruption
         .await
         .unwrap();
 
-    // A pass, a failure, and an attempt the operator's stop interrupts.
+    // A pass, a failure, and an attempt the operator's stop interrupts (held
+    // in the middle of its write until then).
     let rack = &app.rack;
     rack.plug("t-1", "GOOD", healthy()).unwrap();
     rack.plug("t-2", "BAD", healthy().write_error_after(256 * 1024))
         .unwrap();
-    rack.plug("t-3", "SLOW", healthy().write_speed(MIB))
+    rack.plug("t-3", "SLOW", healthy().stall_after_written(MIB))
         .unwrap();
     until(&handle, "a pass, a failure and a write", |s| {
         state(s, "A1") == PortState::Passed
@@ -77,6 +78,8 @@ async fn the_run_view_metrics_and_records_count_passes_failures_and_interruption
     })
     .await;
     app.post("/api/v1/runs/current/stop", None).await;
+    // Told to stop, the stick let go stops at its next safe point.
+    rack.stick_at("t-3").unwrap().1.release();
     until(&handle, "the stop settled", |s| {
         state(s, "A3") == PortState::Failed && s.run.as_ref().is_some_and(|r| r.active == 0)
     })
