@@ -411,26 +411,31 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
     }
 }
 
-/// Starts `produce` on the attempt's helper thread, handing its items to the
-/// attempt's thread over a channel with room for `depth` of them. The helper
-/// borrows from the attempt (scoped thread): the scope joins it when the pass
-/// ends, after the attempt's side of the channels has been dropped, which stops
-/// it at its next hand-over.
 /// How much lower than the rest of the process the flashing threads run. They
 /// mostly sleep in I/O on real sticks; when they do compete for CPU (many fast
 /// targets on a small machine), the station's event loop, dashboard and API come
 /// first, so the operator's view stays live.
 pub const IO_THREAD_NICENESS: i32 = 5;
 
-/// Lowers the calling thread's CPU priority by [`IO_THREAD_NICENESS`] (Linux
-/// applies `setpriority` to a single thread when given its thread id). Best
-/// effort: a failure leaves the priority as it was.
+/// Sets the calling thread's niceness to the process's (its main thread's) plus
+/// [`IO_THREAD_NICENESS`] (Linux applies `setpriority` to a single thread when
+/// given its thread id). The level is absolute, not relative to the calling
+/// thread's: a thread started by a thread that already runs lower (the attempt's
+/// helper, which inherits the attempt thread's niceness) ends at the same level,
+/// not lower again. Best effort: a failure leaves the priority as it was.
 pub fn lower_priority() {
+    let process = rustix::process::getpriority_process(Some(rustix::process::getpid()));
     let tid = rustix::thread::gettid();
-    let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-    let _ = rustix::process::setpriority_process(Some(tid), current + IO_THREAD_NICENESS);
+    if let Ok(base) = process {
+        let _ = rustix::process::setpriority_process(Some(tid), base + IO_THREAD_NICENESS);
+    }
 }
 
+/// Starts `produce` on the attempt's helper thread, handing its items to the
+/// attempt's thread over a channel with room for `depth` of them. The helper
+/// borrows from the attempt (scoped thread): the scope joins it when the pass
+/// ends, after the attempt's side of the channels has been dropped, which stops
+/// it at its next hand-over. It runs at the attempt thread's priority.
 fn spawn_helper<'scope, T: Send + 'scope>(
     scope: &'scope thread::Scope<'scope, '_>,
     ctx: &AttemptContext,

@@ -1081,3 +1081,63 @@ async fn a_station_out_of_descriptors_is_a_station_error_not_the_sticks_verdict(
     ));
     assert_eq!(results[3].1, Verdict::Pass);
 }
+
+/// The niceness in a `stat` file of `/proc` (field 19; the name before it, in
+/// parentheses, may hold spaces, so the fields are counted after its closing
+/// parenthesis).
+fn niceness_in_stat(stat: &str) -> i32 {
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    // After the name: the state (field 3) … the niceness (field 19).
+    after_name.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+/// The niceness of each of this process's threads named `name`, from
+/// `/proc/self/task/<tid>/stat`.
+fn niceness_of_threads_named(name: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        // A thread that ended while the list was read has no files left.
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end_matches('\n') != name {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+            found.push(niceness_in_stat(&stat));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempts_helper_thread_runs_at_the_attempts_priority_not_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 17);
+    // Held in the middle of its read-back, where the helper thread reads the
+    // stick while the attempt thread waits for the pieces.
+    let stick = SimStick::create(
+        SimStickSpec::new("nice", 8 * MIB).stall_after_read(MIB + 100 * 1024),
+        dir.path().join("stick.img"),
+    )
+    .unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let fanout = Fanout::new(&image, options(), tx).unwrap();
+    let handle = fanout.start(TargetId::new("nice"), Arc::new(stick.clone()));
+    until_stuck(&stick).await;
+    // The process's own line is its main thread's.
+    let process = niceness_in_stat(&std::fs::read_to_string("/proc/self/stat").unwrap());
+    let attempt = niceness_of_threads_named("flash nice");
+    let helper = niceness_of_threads_named("flash nice io");
+    handle.cancel();
+    stick.release();
+    handle.finish().await;
+    let expected = process + flashrack_engine::attempt::IO_THREAD_NICENESS;
+    assert_eq!(attempt, [expected.min(19)], "the attempt's thread");
+    assert_eq!(
+        helper,
+        [expected.min(19)],
+        "its helper, as low as the attempt"
+    );
+}
