@@ -6,41 +6,44 @@
 //! evicted page failed) raises `SIGBUS` instead of returning an error. So a
 //! chunk is faulted in whole when it is mapped, with `MADV_POPULATE_READ`, which
 //! reports an unreadable file as an error; and its pages are locked in memory
-//! (best effort) while it is mapped, so they cannot be evicted and re-read. What
-//! remains is another process truncating the image cache file during a run:
-//! flashrack never does (imports write a new file and rename it; removal
-//! unlinks, which leaves a mapping intact).
+//! (best effort) while it is mapped, so they cannot be evicted and re-read.
+//!
+//! What remains is outside this process's control, and is a contract with
+//! whoever else can write the image cache: nobody writes to or truncates a
+//! cached image file while a run maps it. The mapping is `MAP_SHARED`, so a
+//! write to the file shows through at once: the bytes behind a `&[u8]` this
+//! module hands out would change while it is borrowed (which Rust assumes never
+//! happens), and a truncation would end flashrack with `SIGBUS`. flashrack
+//! itself never does either: imports write a new file and rename it into place,
+//! and removal unlinks, which leaves a mapping intact. Were someone else to
+//! write the file, the chunk's fingerprint, checked once when it was mapped,
+//! would not see it; a read-back compared with the changed bytes could match
+//! what was written from them, or not.
+//!
+//! The mapping itself is `memmap2`'s: it owns the unmapping, the `Send`/`Sync`
+//! reasoning and the slice view, so the one unsafe step left here is the
+//! contract above.
 
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::ops::Deref;
-use std::ptr::NonNull;
 
-use rustix::mm::{self, Advice, MapFlags, ProtFlags};
+use memmap2::{Advice, Mmap, MmapOptions};
 
 /// `len` bytes of a file at a page-aligned offset, mapped read-only and faulted
 /// in. Derefs to exactly those bytes; unmapped on drop.
-pub struct MappedChunk {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and private to this value; sharing or moving
-// a `&[u8]` view of it between threads is sound.
-unsafe impl Send for MappedChunk {}
-// SAFETY: as above; nothing mutates the mapping.
-unsafe impl Sync for MappedChunk {}
+pub struct MappedChunk(Mmap);
 
 /// Why a chunk could not be mapped.
 #[derive(Debug)]
 pub enum MapError {
     /// This file cannot be mapped here (a file system without `mmap`, or a
     /// kernel without `MADV_POPULATE_READ`): read it instead.
-    Unsupported(rustix::io::Errno),
+    Unsupported(std::io::Error),
     /// The mapping was made but its pages could not be read: the file is
     /// unreadable there (or shorter than expected).
-    Unreadable(rustix::io::Errno),
+    Unreadable(std::io::Error),
 }
 
 impl MappedChunk {
@@ -48,26 +51,18 @@ impl MappedChunk {
     /// size) and faults them in.
     pub fn map(file: &File, offset: u64, len: usize) -> Result<Self, MapError> {
         assert!(len > 0, "an empty chunk is never mapped");
-        // SAFETY: a fresh mapping chosen by the kernel (null hint), read-only and
-        // shared with the page cache; it aliases no Rust memory.
-        let raw = unsafe {
-            mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ,
-                MapFlags::SHARED,
-                file,
-                offset,
-            )
-        }
-        .map_err(MapError::Unsupported)?;
-        let chunk = Self {
-            ptr: NonNull::new(raw.cast()).expect("mmap never returns null on success"),
-            len,
-        };
-        // SAFETY: the range is exactly the mapping made above.
-        unsafe { mm::madvise(raw, len, Advice::LinuxPopulateRead) }.map_err(|e| {
-            if e == rustix::io::Errno::INVAL {
+        // SAFETY: `Mmap` lets safe code read the file's pages through a `&[u8]`
+        // for as long as it lives, which is sound only if the file's bytes do not
+        // change and the file is not truncated meanwhile. The mapping is
+        // read-only but `MAP_SHARED`: nothing here stops another writer of the
+        // file. What holds is the contract in the module's docs: the file is a
+        // cached image, which flashrack never writes or truncates once it is in
+        // the cache (imports rename a new file into place, removal unlinks), and
+        // which no one else is to write while a run uses it.
+        let map = unsafe { MmapOptions::new().offset(offset).len(len).map(file) }
+            .map_err(MapError::Unsupported)?;
+        map.advise(Advice::PopulateRead).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
                 // A kernel older than 5.14 does not know the advice: without a
                 // way to fault in with an error, the file is read instead.
                 MapError::Unsupported(e)
@@ -77,26 +72,16 @@ impl MappedChunk {
         })?;
         // Best effort: without the privilege (or over RLIMIT_MEMLOCK) the pages
         // are still mapped and populated, only evictable under memory pressure.
-        // SAFETY: the range is exactly the mapping made above.
-        let _ = unsafe { mm::mlock(raw, len) };
-        Ok(chunk)
+        // Unmapping (on drop) unlocks them.
+        let _ = map.lock();
+        Ok(Self(map))
     }
 }
 
 impl Deref for MappedChunk {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: `len` bytes are mapped readable at `ptr` until drop, and were
-        // faulted in successfully.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for MappedChunk {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once; no view of it outlives
-        // `self` (views borrow it).
-        let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+        &self.0
     }
 }
 
