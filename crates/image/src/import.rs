@@ -629,10 +629,16 @@ fn decode(
             let mut input = InputReader::new(file, true);
             let (raw, zip_entry) = {
                 let mut archive = ZipArchive::new(&mut input).map_err(|e| zip_error(path, e))?;
-                let files: Vec<(usize, String)> = (0..archive.len())
-                    .filter_map(|i| archive.name_for_index(i).map(|n| (i, n.to_string())))
-                    .filter(|(_, name)| !name.ends_with('/') && !name.ends_with('\\'))
-                    .collect();
+                let mut files: Vec<(usize, String)> = Vec::new();
+                for index in 0..archive.len() {
+                    let name = archive
+                        .name_for_index(index)
+                        .expect("every index below the archive's length has a name")
+                        .map_err(|e| zip_error(path, e))?;
+                    if !name.ends_with('/') && !name.ends_with('\\') {
+                        files.push((index, name.into_owned()));
+                    }
+                }
                 let [(index, name)] = files.as_slice() else {
                     return Err(ImageError::ZipFileCount {
                         path: path.to_path_buf(),

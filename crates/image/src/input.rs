@@ -147,7 +147,7 @@ pub(crate) fn stream_decoder<'a, R: Read + 'a>(
     let buffered = BufReader::with_capacity(INPUT_BUFFER, input);
     Ok(match format {
         ImageFormat::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        ImageFormat::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(buffered)),
+        ImageFormat::Xz => Box::new(lzma_rust2::XzReader::new(buffered, true)),
         ImageFormat::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
         ImageFormat::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
         ImageFormat::Raw | ImageFormat::Zip => {

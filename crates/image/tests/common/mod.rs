@@ -68,7 +68,8 @@ pub fn xz(data: &[u8]) -> Vec<u8> {
     let (a, b) = data.split_at(data.len() / 3);
     let mut out = Vec::new();
     for part in [a, b] {
-        let mut encoder = xz2::write::XzEncoder::new(Vec::new(), 0);
+        let options = lzma_rust2::XzOptions::with_preset(0);
+        let mut encoder = lzma_rust2::XzWriter::new(Vec::new(), options).unwrap();
         encoder.write_all(part).unwrap();
         out.extend(encoder.finish().unwrap());
     }
