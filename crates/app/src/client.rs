@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use flashrack_core::{RunId, Sha256Digest};
-use flashrack_station::{Snapshot, VerifyChoice};
+use flashrack_core::{RunId, Sha256Digest, VerifyMode};
+use flashrack_station::Snapshot;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -52,7 +52,7 @@ pub struct ArmRun {
     /// The image: sha256, a unique prefix, or its name in the cache.
     pub image: String,
     /// How to verify.
-    pub verify: VerifyChoice,
+    pub verify: VerifyMode,
     /// Eject each stick after it passes.
     pub eject_on_pass: bool,
     /// Stop by itself after this many passes.

@@ -27,14 +27,12 @@ use std::time::{Duration, Instant};
 
 use flashrack_core::{
     AttemptFigures, AttemptId, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure, Stage,
-    StopReason, TargetId, Verdict,
+    StopReason, TargetId, Verdict, VerifyMode,
 };
-use flashrack_engine::{
-    AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
-};
+use flashrack_engine::{AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage};
 use flashrack_guard::GuardPolicy;
 use flashrack_image::CachedImage;
-use flashrack_station::{AttemptStart, Journal, RunOptions, RunStart, VerifyChoice};
+use flashrack_station::{AttemptStart, Journal, RunOptions, RunStart};
 use flashrack_target::Target;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -60,7 +58,7 @@ pub struct FlashRequest {
     /// [`crate::targets`]).
     pub targets: Vec<String>,
     /// How to verify.
-    pub verify: VerifyChoice,
+    pub verify: VerifyMode,
     /// Buses allowed besides USB (`loop` for loop devices).
     pub allow_buses: Vec<String>,
     /// The guard's largest target.
@@ -171,11 +169,7 @@ pub async fn flash(
 
     let stall_timeout = request.stall_timeout.max(Duration::from_secs(1));
     let options = EngineOptions {
-        verify: match request.verify {
-            VerifyChoice::Compare => VerifyMode::Compare,
-            VerifyChoice::Hash => VerifyMode::Hash,
-            VerifyChoice::None => VerifyMode::None,
-        },
+        verify: request.verify,
         stall_timeout,
         probe_capacity: request.probe_capacity,
         ..EngineOptions::default()

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use flashrack_app::lock::{DataDirLock, LockHolder, Wait};
 use flashrack_app::records::Recovered;
-use flashrack_core::ByteSize;
+use flashrack_core::{ByteSize, VerifyMode};
 
 /// flashrack: turn one disk image into many verified USB sticks.
 #[derive(Debug, Parser)]
@@ -135,8 +135,8 @@ pub enum RunCommand {
         #[arg(long)]
         target_count: Option<u32>,
         /// How to verify.
-        #[arg(long, value_enum, default_value_t = VerifyArg::Compare)]
-        verify: VerifyArg,
+        #[arg(long, value_parser = verify_modes(), default_value_t = VerifyMode::Compare)]
+        verify: VerifyMode,
         /// Do not verify (same as --verify none).
         #[arg(long, conflicts_with = "verify")]
         no_verify: bool,
@@ -245,16 +245,25 @@ pub enum ImageCommand {
     },
 }
 
-/// How to verify after writing.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum VerifyArg {
-    /// Compare every byte read back with the cached image (default; the image's
-    /// chunks are checked once per run against their import-time fingerprints).
-    Compare,
-    /// Hash every byte read back with sha256.
-    Hash,
-    /// Do not read back (no proof: the verdict says so).
-    None,
+/// `--verify`'s values: the core's [`VerifyMode`] by its stable names (the
+/// API's and the records' spelling), each with a line of help.
+fn verify_modes() -> impl clap::builder::TypedValueParser<Value = VerifyMode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let help = |mode: VerifyMode| match mode {
+        VerifyMode::Compare => {
+            "Compare every byte read back with the cached image (default; the image's \
+             chunks are checked once per run against their import-time fingerprints)"
+        }
+        VerifyMode::Hash => "Hash every byte read back with sha256",
+        VerifyMode::None => "Do not read back (no proof: the verdict says so)",
+    };
+    let values = VerifyMode::ALL
+        .iter()
+        .map(move |&mode| PossibleValue::new(mode.as_str()).help(help(mode)));
+    PossibleValuesParser::new(values).map(|text| {
+        text.parse::<VerifyMode>()
+            .expect("clap accepts only the possible values")
+    })
 }
 
 /// `flashrack flash …`
@@ -276,8 +285,8 @@ pub struct FlashArgs {
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
     /// How to verify.
-    #[arg(long, value_enum, default_value_t = VerifyArg::Compare)]
-    pub verify: VerifyArg,
+    #[arg(long, value_parser = verify_modes(), default_value_t = VerifyMode::Compare)]
+    pub verify: VerifyMode,
     /// Also allow block devices on this bus (usb is always allowed); e.g. `loop`
     /// for loop devices. Repeatable.
     #[arg(long = "allow-bus", value_name = "BUS")]

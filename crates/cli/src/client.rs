@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use flashrack_app::client::{ArmRun, StationClient};
-use flashrack_core::ByteSize;
-use flashrack_station::{PortState, Snapshot, VerifyChoice};
+use flashrack_core::{ByteSize, VerifyMode};
+use flashrack_station::{PortState, Snapshot};
 
-use crate::cli::{ClientArgs, RunCommand, VerifyArg};
+use crate::cli::{ClientArgs, RunCommand};
 
 /// The client `--server` and `--token` (or `$FLASHRACK_SERVER`,
 /// `$FLASHRACK_TOKEN`) name.
@@ -135,11 +135,7 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
             if target_count == Some(0) {
                 bail!("--target-count must be at least 1");
             }
-            let verify = if no_verify {
-                VerifyChoice::None
-            } else {
-                verify.into()
-            };
+            let verify = if no_verify { VerifyMode::None } else { verify };
             let run = client(&args).arm(&ArmRun {
                 image,
                 verify,
@@ -160,14 +156,4 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-impl From<VerifyArg> for VerifyChoice {
-    fn from(verify: VerifyArg) -> Self {
-        match verify {
-            VerifyArg::Compare => VerifyChoice::Compare,
-            VerifyArg::Hash => VerifyChoice::Hash,
-            VerifyArg::None => VerifyChoice::None,
-        }
-    }
 }

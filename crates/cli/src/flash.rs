@@ -33,7 +33,7 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
     let stops = crate::signals::stops()?;
     let request = FlashRequest {
         targets: args.targets,
-        verify: args.verify.into(),
+        verify: args.verify,
         allow_buses: args.allow_buses,
         max_size: args.max_size,
         stall_timeout: Duration::from_secs(args.stall_timeout),

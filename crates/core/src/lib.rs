@@ -36,4 +36,5 @@ pub use refusal::{GuardRefusal, RefusalCode, RefusalCodeParseError};
 pub use size::{ByteSize, ByteSizeParseError};
 pub use verdict::{
     AttemptFigures, Bound, FailReason, Failure, ProbeOperation, Stage, Verdict, VerifyMethod,
+    VerifyMode, VerifyModeParseError,
 };

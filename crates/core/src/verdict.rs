@@ -337,7 +337,74 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// How the read-back of a target was checked, and so how its sha256 is known.
+/// How a run asks its targets to be checked after writing: the operator's
+/// choice (a run's options, the API's `verify`, the command line's `--verify`)
+/// and the engine's instruction.
+///
+/// What was actually done to one target is its [`VerifyMethod`], a different
+/// type on purpose: a mode is a request made before anything is read, a method
+/// is a record of how a read-back was checked (kept with the attempt's figures,
+/// absent when the attempt ended before its read-back). Today each mode is
+/// carried out as the method of the same name; a method can come to differ from
+/// the mode asked for (a read-back that proves less than asked, as a sampled or
+/// sparse check would), and a record must say what was done, not what was
+/// asked. Both spell themselves the same way in JSON and the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Read back from the medium and compare byte for byte with the cached image,
+    /// whose chunks are checked once per run against the XXH3-128 fingerprint the
+    /// import computed over the same bytes as the image's sha256 (their sha256 for
+    /// a format-1 manifest). Byte equality with checked chunks makes the
+    /// read-back's sha256 the image's (the default).
+    #[default]
+    Compare,
+    /// Read back from the medium and hash every chunk with sha256.
+    Hash,
+    /// No read-back (the operator asked for speed over proof; the verdict says
+    /// so).
+    None,
+}
+
+impl VerifyMode {
+    /// Every mode, in declaration order.
+    pub const ALL: &'static [VerifyMode] =
+        &[VerifyMode::Compare, VerifyMode::Hash, VerifyMode::None];
+
+    /// The stable text of the mode (the serde name): `compare`, `hash`, `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyMode::Compare => "compare",
+            VerifyMode::Hash => "hash",
+            VerifyMode::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for VerifyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A text that is not one of [`VerifyMode`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a verify mode (compare, hash or none)")]
+pub struct VerifyModeParseError(pub String);
+
+impl std::str::FromStr for VerifyMode {
+    type Err = VerifyModeParseError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        VerifyMode::ALL
+            .iter()
+            .copied()
+            .find(|m| m.as_str() == text)
+            .ok_or_else(|| VerifyModeParseError(text.to_string()))
+    }
+}
+
+/// How the read-back of a target was checked, and so how its sha256 is known:
+/// what was done, where [`VerifyMode`] is what was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VerifyMethod {
@@ -537,6 +604,23 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(method).unwrap(), method.as_str());
         }
+    }
+
+    #[test]
+    fn verify_modes_keep_the_spellings_of_the_api_and_the_records() {
+        let spelled: Vec<&str> = VerifyMode::ALL.iter().map(|m| m.as_str()).collect();
+        assert_eq!(spelled, ["compare", "hash", "none"]);
+        for &mode in VerifyMode::ALL {
+            assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
+            assert_eq!(
+                serde_json::from_value::<VerifyMode>(mode.as_str().into()).unwrap(),
+                mode
+            );
+            assert_eq!(mode.as_str().parse::<VerifyMode>(), Ok(mode));
+            assert_eq!(mode.to_string(), mode.as_str());
+        }
+        assert_eq!(VerifyMode::default(), VerifyMode::Compare);
+        assert!("Compare".parse::<VerifyMode>().is_err());
     }
 
     #[test]

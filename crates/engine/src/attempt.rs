@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use flashrack_core::{
     AttemptFigures, Bound, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure,
     GuardRefusal, ImageManifest, ProbeOperation, Sha256Digest, Stage, TargetId, Verdict,
-    VerifyMethod,
+    VerifyMethod, VerifyMode,
 };
 use flashrack_target::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
@@ -22,7 +22,7 @@ use crate::fanout::EventLink;
 use crate::narrow::{narrow_failed_write, Narrowed};
 use crate::probe::{probe_capacity, ProbeFailure, ProbeResult};
 use crate::source::{Chunk, SharedSource};
-use crate::{Clock, EngineError, VerifyMode};
+use crate::{Clock, EngineError};
 
 /// What an attempt shares with its supervisor: how far it is, and whether it
 /// should stop. Plain atomics: read by the watchdog while the thread writes.

@@ -39,7 +39,7 @@ pub mod source;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flashrack_core::ImageManifest;
+use flashrack_core::{ImageManifest, VerifyMode};
 
 pub use clock::{Clock, ManualClock};
 pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout};
@@ -54,26 +54,11 @@ pub struct SourceImage {
     pub manifest: ImageManifest,
 }
 
-/// How targets are checked after writing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VerifyMode {
-    /// No read-back (the operator asked for speed over proof).
-    None,
-    /// Read back from the medium and compare byte for byte with the cached image,
-    /// whose chunks are checked once per run against the XXH3-128 fingerprint the
-    /// import computed over the same bytes as the image's sha256 (their sha256 for
-    /// a format-1 manifest). Byte equality with checked chunks makes the
-    /// read-back's sha256 the image's (the default).
-    #[default]
-    Compare,
-    /// Read back from the medium and hash every chunk with sha256.
-    Hash,
-}
-
 /// Knobs of a fan-out.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// How to verify.
+    /// How to verify (what each target's read-back then was is its figures'
+    /// `verify_method`).
     pub verify: VerifyMode,
     /// A target that makes no progress for this long fails as stalled.
     pub stall_timeout: Duration,

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use flashrack_core::{
     AttemptFigures, Bound, EngineEvent, EngineEventKind, FailReason, ProbeOperation, Stage,
-    TargetId, Verdict, VerifyMethod,
+    TargetId, Verdict, VerifyMethod, VerifyMode,
 };
 use flashrack_engine::{
-    flash_all, Clock, EngineError, EngineOptions, Fanout, ManualClock, SourceImage, VerifyMode,
+    flash_all, Clock, EngineError, EngineOptions, Fanout, ManualClock, SourceImage,
 };
 use flashrack_simrack::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
 use flashrack_target::Target;

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashrack_core::{FailReason, RefusalCode, TargetId, Verdict};
-use flashrack_engine::{flash_all, EngineOptions, VerifyMode};
+use flashrack_core::{FailReason, RefusalCode, TargetId, Verdict, VerifyMode};
+use flashrack_engine::{flash_all, EngineOptions};
 use flashrack_guard::{evaluate, DiskFacts, DiskIdentity, GuardCheck, GuardPolicy, GuardRequest};
 use flashrack_hardware::block::PathTarget;
 use flashrack_target::{

@@ -30,6 +30,6 @@ pub use journal::{
 };
 pub use model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
-    VerdictRun, VerifyChoice,
+    VerdictRun,
 };
 pub use station::{ArmRequest, PortSpec, Station, StationError, StationHandle, StationSettings};

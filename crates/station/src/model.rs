@@ -3,6 +3,7 @@
 
 use flashrack_core::{
     AttemptFigures, AttemptId, GuardRefusal, RunId, Sha256Digest, Stage, StopReason, Verdict,
+    VerifyMode,
 };
 use flashrack_hotplug::PluggedDevice;
 use serde::{Deserialize, Serialize};
@@ -205,7 +206,7 @@ impl PortView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunOptions {
     /// How to verify: `compare` (default), `hash` or `none`.
-    pub verify: VerifyChoice,
+    pub verify: VerifyMode,
     /// Eject each stick after it passes.
     pub eject_on_pass: bool,
     /// Stop the run by itself after this many passes.
@@ -215,24 +216,11 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
-            verify: VerifyChoice::Compare,
+            verify: VerifyMode::Compare,
             eject_on_pass: false,
             target_count: None,
         }
     }
-}
-
-/// Verification of a run, as configured by the operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum VerifyChoice {
-    /// Byte-compare the read-back with the cached image (default).
-    #[default]
-    Compare,
-    /// Hash every byte read back.
-    Hash,
-    /// No read-back.
-    None,
 }
 
 /// A run as the operator sees it.

@@ -16,7 +16,7 @@ use flashrack_core::{
     GuardRefusal, RunId, Stage, StopReason, TargetId, Verdict,
 };
 use flashrack_engine::{
-    AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage, VerifyMode,
+    AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage,
 };
 use flashrack_guard::{evaluate, DiskFacts, GuardCheck, GuardPolicy, GuardRequest, Refusal};
 use flashrack_hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, StopSignal};
@@ -27,7 +27,7 @@ use crate::journal::{
 };
 use crate::model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
-    VerdictRun, VerifyChoice,
+    VerdictRun,
 };
 
 /// A mapped port.
@@ -737,11 +737,7 @@ impl Station {
             return Err(StationError::AlreadyArmed(run.view.id));
         }
         let mut engine = self.settings.engine.clone();
-        engine.verify = match request.options.verify {
-            VerifyChoice::Compare => VerifyMode::Compare,
-            VerifyChoice::Hash => VerifyMode::Hash,
-            VerifyChoice::None => VerifyMode::None,
-        };
+        engine.verify = request.options.verify;
         // Opening the image file is the engine's blocking work: off this task.
         let fanout = {
             let image = request.image.clone();

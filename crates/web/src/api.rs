@@ -9,10 +9,10 @@ use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flashrack_core::Sha256Digest;
+use flashrack_core::{Sha256Digest, VerifyMode};
 use flashrack_engine::SourceImage;
 use flashrack_image::{CachedImage, ImageError, ImportOptions};
-use flashrack_station::{ArmRequest, RunOptions, StationError, VerifyChoice};
+use flashrack_station::{ArmRequest, RunOptions, StationError};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -136,7 +136,7 @@ pub struct ArmBody {
     pub image: String,
     /// `compare` (default), `hash` or `none`.
     #[serde(default)]
-    pub verify: VerifyChoice,
+    pub verify: VerifyMode,
     /// Eject each stick after it passes.
     #[serde(default)]
     pub eject_on_pass: bool,
