@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod record;
 pub mod refusal;
 pub mod size;
+mod text;
 pub mod verdict;
 
 pub use digest::{DigestParseError, Sha256Digest};

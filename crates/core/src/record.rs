@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::stable_text;
+
 macro_rules! record_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
@@ -131,27 +133,7 @@ impl StopReason {
     }
 }
 
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-/// A stop reason code that is not one of [`StopReason`]'s.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a stop reason")]
-pub struct StopReasonParseError(pub String);
-
-impl FromStr for StopReason {
-    type Err = StopReasonParseError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        StopReason::ALL
-            .iter()
-            .copied()
-            .find(|r| r.code() == text)
-            .ok_or_else(|| StopReasonParseError(text.to_string()))
-    }
-}
+stable_text!(StopReason, code, StopReasonParseError, "a stop reason");
 
 /// Where an attempt stands in the records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -188,27 +170,12 @@ impl AttemptState {
     }
 }
 
-impl fmt::Display for AttemptState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An attempt state's text that is not one of [`AttemptState`]'s.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an attempt state")]
-pub struct AttemptStateParseError(pub String);
-
-impl FromStr for AttemptState {
-    type Err = AttemptStateParseError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        AttemptState::ALL
-            .iter()
-            .copied()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| AttemptStateParseError(text.to_string()))
-    }
-}
+stable_text!(
+    AttemptState,
+    as_str,
+    AttemptStateParseError,
+    "an attempt state"
+);
 
 #[cfg(test)]
 mod tests {

@@ -8,9 +8,10 @@
 //! on the words.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::text::stable_text;
 
 /// The kind of a guard refusal: a closed set of stable codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -89,27 +90,7 @@ impl RefusalCode {
     }
 }
 
-impl fmt::Display for RefusalCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refusal code that is not one of [`RefusalCode`]'s.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a refusal code")]
-pub struct RefusalCodeParseError(pub String);
-
-impl FromStr for RefusalCode {
-    type Err = RefusalCodeParseError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        RefusalCode::ALL
-            .iter()
-            .copied()
-            .find(|c| c.as_str() == text)
-            .ok_or_else(|| RefusalCodeParseError(text.to_string()))
-    }
-}
+stable_text!(RefusalCode, as_str, RefusalCodeParseError, "a refusal code");
 
 /// A guard refusal as it travels beyond the guard: its code, and the sentence
 /// the operator reads. Serialized as `{"code": "too_large", "message": "…"}`.

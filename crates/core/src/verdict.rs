@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::stable_text;
 use crate::{ByteSize, RefusalCode, Sha256Digest};
 
 /// Where in its pipeline an attempt is.
@@ -381,27 +382,12 @@ impl VerifyMode {
     }
 }
 
-impl fmt::Display for VerifyMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A text that is not one of [`VerifyMode`]'s.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a verify mode (compare, hash or none)")]
-pub struct VerifyModeParseError(pub String);
-
-impl std::str::FromStr for VerifyMode {
-    type Err = VerifyModeParseError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        VerifyMode::ALL
-            .iter()
-            .copied()
-            .find(|m| m.as_str() == text)
-            .ok_or_else(|| VerifyModeParseError(text.to_string()))
-    }
-}
+stable_text!(
+    VerifyMode,
+    as_str,
+    VerifyModeParseError,
+    "a verify mode (compare, hash or none)"
+);
 
 /// How the read-back of a target was checked, and so how its sha256 is known:
 /// what was done, where [`VerifyMode`] is what was asked for.
