@@ -1,22 +1,22 @@
 //! The web API through `oneshot` (no server) and through a real server on port 0:
 //! every endpoint, with good and bad input.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use flashrack_engine::EngineOptions;
-use flashrack_guard::GuardPolicy;
-use flashrack_image::{ImageCache, ImportOptions};
 use flashrack_simrack::sim::SimStickSpec;
-use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
-use flashrack_station::{MemoryJournal, PortSpec, Station, StationHandle, StationSettings};
+use flashrack_simrack::sim_hotplug::SimRackControl;
+use flashrack_station::StationHandle;
 use flashrack_web::{router, AccessPolicy, WebState};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
+
+use common::{start_station, TestStation, MIB};
 
 struct Rig {
     state: WebState,
@@ -27,45 +27,18 @@ struct Rig {
     dir: tempfile::TempDir,
 }
 
-const MIB: u64 = 1 << 20;
-
 async fn rig(access: AccessPolicy) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let images = ImageCache::open(dir.path().join("cache")).unwrap();
-    let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 3, 256 * 1024);
     // The one directory imports by path may come from.
     std::fs::create_dir(dir.path().join("import")).unwrap();
     let image_file = dir.path().join("import/test.img");
-    std::fs::write(&image_file, &bytes).unwrap();
-    let image = images
-        .import(&image_file, ImportOptions::default())
-        .unwrap()
-        .image;
-    let (source, control, access_dev) = sim_rack(dir.path().join("rack"));
-    let settings = StationSettings {
-        station_id: "web-test".into(),
-        ports: (1..=2)
-            .map(|n| PortSpec {
-                label: format!("A{n}"),
-                path: format!("p{n}"),
-                position: Some((0, n - 1)),
-            })
-            .collect(),
-        policy: GuardPolicy::default(),
-        engine: EngineOptions::default(),
-        shutdown_grace: Duration::from_secs(5),
-        removal_grace: Duration::from_millis(300),
-        heartbeat: Duration::from_secs(2),
-    };
-    let (station, handle) = Station::new(
-        settings,
-        Arc::new(access_dev),
-        Arc::new(MemoryJournal::default()),
-    );
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(station.run_until_stopped(Box::new(source), async {
-        let _ = stop_rx.await;
-    }));
+    let TestStation {
+        images,
+        image_sha,
+        station: handle,
+        control,
+        stop,
+    } = start_station(dir.path(), &image_file);
     let state = WebState {
         station: handle,
         images,
@@ -82,7 +55,7 @@ async fn rig(access: AccessPolicy) -> Rig {
     Rig {
         state,
         control,
-        image_sha: image.sha256().to_hex(),
+        image_sha,
         image_file,
         stop: Some(stop),
         dir,

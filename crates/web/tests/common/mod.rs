@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,42 +31,72 @@ pub struct Served {
     stop_station: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// A station with two ports (`p1`, `p2` labelled A1, A2) over the simulated
+/// rack, with no records, and an image cache holding the test image (2 MiB,
+/// written to `image_file` and imported from there).
+pub struct TestStation {
+    pub images: ImageCache,
+    pub image_sha: String,
+    pub station: StationHandle,
+    pub control: SimRackControl,
+    /// Stops the station when sent or dropped.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a [`TestStation`] in `dir` (its cache and rack go there). Must be
+/// called within a tokio runtime.
+pub fn start_station(dir: &Path, image_file: &Path) -> TestStation {
+    let images = ImageCache::open(dir.join("cache")).unwrap();
+    let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 3, 256 * 1024);
+    std::fs::write(image_file, &bytes).unwrap();
+    let image = images
+        .import(image_file, ImportOptions::default())
+        .unwrap()
+        .image;
+    let (source, control, access) = sim_rack(dir.join("rack"));
+    let settings = StationSettings {
+        station_id: "web-test".into(),
+        ports: (1..=2)
+            .map(|n| PortSpec {
+                label: format!("A{n}"),
+                path: format!("p{n}"),
+                position: Some((0, n - 1)),
+            })
+            .collect(),
+        policy: GuardPolicy::default(),
+        engine: EngineOptions::default(),
+        shutdown_grace: Duration::from_secs(5),
+        removal_grace: Duration::from_millis(300),
+        heartbeat: Duration::from_secs(2),
+    };
+    let (station, handle) = Station::new(
+        settings,
+        Arc::new(access),
+        Arc::new(MemoryJournal::default()),
+    );
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(station.run_until_stopped(Box::new(source), async {
+        let _ = stop_rx.await;
+    }));
+    TestStation {
+        images,
+        image_sha: image.sha256().to_hex(),
+        station: handle,
+        control,
+        stop,
+    }
+}
+
 impl Served {
     pub async fn start(limits: WebLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let images = ImageCache::open(dir.path().join("cache")).unwrap();
-        let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 3, 256 * 1024);
-        let image_file = dir.path().join("test.img");
-        std::fs::write(&image_file, &bytes).unwrap();
-        let image = images
-            .import(&image_file, ImportOptions::default())
-            .unwrap()
-            .image;
-        let (source, control, access) = sim_rack(dir.path().join("rack"));
-        let settings = StationSettings {
-            station_id: "web-test".into(),
-            ports: (1..=2)
-                .map(|n| PortSpec {
-                    label: format!("A{n}"),
-                    path: format!("p{n}"),
-                    position: Some((0, n - 1)),
-                })
-                .collect(),
-            policy: GuardPolicy::default(),
-            engine: EngineOptions::default(),
-            shutdown_grace: Duration::from_secs(5),
-            removal_grace: Duration::from_millis(300),
-            heartbeat: Duration::from_secs(2),
-        };
-        let (station, handle) = Station::new(
-            settings,
-            Arc::new(access),
-            Arc::new(MemoryJournal::default()),
-        );
-        let (stop_station, station_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(station.run_until_stopped(Box::new(source), async {
-            let _ = station_rx.await;
-        }));
+        let TestStation {
+            images,
+            image_sha,
+            station: handle,
+            control,
+            stop: stop_station,
+        } = start_station(dir.path(), &dir.path().join("test.img"));
         let state = WebState {
             station: handle.clone(),
             images,
@@ -89,7 +120,7 @@ impl Served {
             address,
             station: handle,
             control,
-            image_sha: image.sha256().to_hex(),
+            image_sha,
             dir,
             server: Some(server),
             stop_server: Some(stop_server),
