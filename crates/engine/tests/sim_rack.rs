@@ -133,6 +133,27 @@ fn reason_of(verdict: &Verdict) -> Option<&FailReason> {
     verdict.failure().map(|f| &f.reason)
 }
 
+/// Writes `image` to every stick of `rack` with `options`; the events go unread.
+async fn flash_rack(image: &SourceImage, rack: &SimRack, options: EngineOptions) -> Results {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    flash_all(image, targets(rack), options, tx).await.unwrap()
+}
+
+/// A rack of 4 MiB sticks under `dir`, one per case, named after it and
+/// corrupting the bytes at its offsets.
+fn corrupting_rack(dir: &std::path::Path, cases: &[(&str, Vec<u64>)]) -> SimRack {
+    SimRack::create(
+        dir.join("rack"),
+        cases.iter().map(|(name, bad)| {
+            bad.iter()
+                .fold(SimStickSpec::new(*name, 4 * MIB), |spec, &b| {
+                    spec.corrupt_at(b)
+                })
+        }),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_sticks_pass_and_hold_the_image_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
@@ -282,10 +303,7 @@ async fn a_fake_stick_is_caught_even_when_the_image_fits_in_its_real_size() {
         [SimStickSpec::new("fake", 1 << 34).fake_capacity(16 * MIB, FakeMode::Wrap)],
     )
     .unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let results = flash_all(&image, targets(&rack), options(), tx)
-        .await
-        .unwrap();
+    let results = flash_rack(&image, &rack, options()).await;
     assert!(matches!(
         reason_of(&results[0].1),
         Some(FailReason::CapacityLie { .. })
@@ -304,14 +322,11 @@ async fn hash_verification_passes_good_sticks_and_catches_corruption() {
         ],
     )
     .unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
     let options = EngineOptions {
         verify: VerifyMode::Hash,
         ..options()
     };
-    let results = flash_all(&image, targets(&rack), options, tx)
-        .await
-        .unwrap();
+    let results = flash_rack(&image, &rack, options).await;
     assert_eq!(results[0].1, Verdict::Pass);
     assert_eq!(results[0].2.verify_method, Some(VerifyMethod::Hash));
     assert_eq!(
@@ -325,15 +340,12 @@ async fn without_verification_nothing_is_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), MIB as usize, 5);
     let rack = SimRack::create(dir.path().join("rack"), [SimStickSpec::new("s", 4 * MIB)]).unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
     let options = EngineOptions {
         verify: VerifyMode::None,
         probe_capacity: false,
         ..options()
     };
-    let results = flash_all(&image, targets(&rack), options, tx)
-        .await
-        .unwrap();
+    let results = flash_rack(&image, &rack, options).await;
     assert_eq!(results[0].1, Verdict::Pass);
     assert_eq!(results[0].2.verify_method, Some(VerifyMethod::None));
     assert_eq!(results[0].2.read_back_sha256, None);
@@ -509,25 +521,13 @@ async fn a_mismatch_reports_its_first_offset_and_the_exact_read_back_digest() {
         ("last-byte", vec![bytes.len() as u64 - 1]),
         ("first-byte", vec![0, MIB]),
     ];
-    let rack = SimRack::create(
-        dir.path().join("rack"),
-        cases.iter().map(|(name, bad)| {
-            bad.iter()
-                .fold(SimStickSpec::new(*name, 4 * MIB), |spec, &b| {
-                    spec.corrupt_at(b)
-                })
-        }),
-    )
-    .unwrap();
+    let rack = corrupting_rack(dir.path(), &cases);
     for verify in [VerifyMode::Compare, VerifyMode::Hash] {
-        let (tx, _rx) = mpsc::unbounded_channel();
         let options = EngineOptions {
             verify,
             ..options()
         };
-        let results = flash_all(&image, targets(&rack), options, tx)
-            .await
-            .unwrap();
+        let results = flash_rack(&image, &rack, options).await;
         for ((id, verdict, figures), (_, bad)) in results.iter().zip(&cases) {
             assert_eq!(
                 reason_of(verdict),
@@ -555,15 +555,11 @@ async fn fingerprinted_images_pass_and_a_changed_cache_is_still_caught() {
     )
     .unwrap();
     for verify in [VerifyMode::Compare, VerifyMode::Hash] {
-        let (tx, _rx) = mpsc::unbounded_channel();
         let options = EngineOptions {
             verify,
             ..options()
         };
-        for (id, verdict, figures) in flash_all(&image, targets(&rack), options, tx)
-            .await
-            .unwrap()
-        {
+        for (id, verdict, figures) in flash_rack(&image, &rack, options).await {
             assert_eq!(verdict, Verdict::Pass, "{verify:?} {id}");
             assert_eq!(figures.read_back_sha256, Some(image.manifest.sha256()));
             assert_eq!(figures.bytes_verified, bytes.len() as u64);
@@ -691,11 +687,9 @@ async fn a_stick_claiming_2_to_the_63_bytes_or_more_gets_its_verdict_at_once() {
         [SimStickSpec::new("huge", claimed).fake_capacity(64 * MIB, FakeMode::Wrap)],
     )
     .unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let results = tokio::time::timeout(WAIT, flash_all(&image, targets(&rack), options(), tx))
+    let results = tokio::time::timeout(WAIT, flash_rack(&image, &rack, options()))
         .await
-        .expect("the probe ends")
-        .unwrap();
+        .expect("the probe ends");
     assert!(
         matches!(
             reason_of(&results[0].1),
@@ -900,25 +894,13 @@ async fn on_a_mismatch_the_read_back_digest_is_the_sticks_first_image_size_bytes
         // The first byte of the second half of a chunk, and a later one.
         ("half", vec![3 * chunk + chunk / 2, size as u64 - 2]),
     ];
-    let rack = SimRack::create(
-        dir.path().join("rack"),
-        cases.iter().map(|(name, bad)| {
-            bad.iter()
-                .fold(SimStickSpec::new(*name, 4 * MIB), |spec, &b| {
-                    spec.corrupt_at(b)
-                })
-        }),
-    )
-    .unwrap();
+    let rack = corrupting_rack(dir.path(), &cases);
     for verify in [VerifyMode::Compare, VerifyMode::Hash] {
-        let (tx, _rx) = mpsc::unbounded_channel();
         let options = EngineOptions {
             verify,
             ..options()
         };
-        let results = flash_all(&image, targets(&rack), options, tx)
-            .await
-            .unwrap();
+        let results = flash_rack(&image, &rack, options).await;
         for ((id, verdict, figures), ((_, bad), stick)) in
             results.iter().zip(cases.iter().zip(rack.sticks()))
         {
@@ -963,15 +945,11 @@ async fn when_the_rest_cannot_be_read_after_a_mismatch_no_digest_is_claimed() {
             ],
         )
         .unwrap();
-        let (tx, _rx) = mpsc::unbounded_channel();
         let options = EngineOptions {
             verify,
             ..options.clone()
         };
-        for (id, verdict, figures) in flash_all(&image, targets(&rack), options, tx)
-            .await
-            .unwrap()
-        {
+        for (id, verdict, figures) in flash_rack(&image, &rack, options).await {
             assert_eq!(
                 reason_of(&verdict),
                 Some(&FailReason::VerifyMismatch { offset: 1000 }),
