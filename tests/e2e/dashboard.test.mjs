@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { accessSync, constants, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -354,6 +354,51 @@ test('the dashboard says when its view is stale, and recovers with a fresh snaps
       process.kill(child.pid, 'SIGCONT');
       await stopDemo(child);
     }
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+/**
+ * The cases of flashrack's one size notation, bytes and text, as ByteSize's
+ * tests read them (crates/core/src/byte_size_cases.txt).
+ */
+function byteSizeCases() {
+  return readFileSync(path.join(ROOT, 'crates', 'core', 'src', 'byte_size_cases.txt'), 'utf8')
+    .split('\n')
+    .filter((line) => line && !line.startsWith('#'))
+    .map((line) => {
+      const [bytes, text] = line.split('\t');
+      return { bytes: Number(bytes), text };
+    });
+}
+
+test('the dashboard writes sizes as the command line and the reports do', { timeout: 120_000 }, async () => {
+  requireExecutable(BIN, 'build it with `cargo build --release -p flashrack-cli` or set FLASHRACK_BIN');
+  requireExecutable(CHROMIUM, 'install it with `apt-get install -y chromium` or set CHROMIUM_PATH');
+  const cases = byteSizeCases();
+  assert.ok(cases.length > 20, 'the cases file is read');
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'flashrack-e2e-'));
+  const { child, url: urlPromise } = startDemo(dataDir);
+  let browser;
+  try {
+    const url = await urlPromise;
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(url);
+    // The page's own fmtBytes, as the dashboard served by the binary has it.
+    const shown = await page.evaluate((all) => all.map(({ bytes }) => window.flashrackFormat.fmtBytes(bytes)), cases);
+    assert.deepEqual(
+      cases.map(({ bytes }, i) => `${bytes}\t${shown[i]}`),
+      cases.map(({ bytes, text }) => `${bytes}\t${text}`),
+    );
+    const exact = await page.evaluate(() => [512, 256000000001].map((n) => window.flashrackFormat.fmtBytesExact(n)));
+    assert.deepEqual(exact, ['512 bytes', '256 GB (256000000001 bytes)'], 'as ByteSize::exact');
+  } catch (error) {
+    error.message += `\n--- the demo's last output:\n${child.log()}`;
+    throw error;
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    await stopDemo(child);
     rmSync(dataDir, { recursive: true, force: true });
   }
 });

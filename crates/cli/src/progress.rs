@@ -2,12 +2,13 @@
 //! otherwise (logs, CI, pipes); the flash's notices in words.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use flashrack_app::flash::{FlashEvent, Notice};
 use flashrack_core::{ByteSize, EngineEvent, EngineEventKind, Stage, TargetId};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Shows what a flash sends on stderr until the channel closes.
@@ -76,10 +77,21 @@ impl View for Bars {
     fn targets(&mut self, targets: &[TargetId]) {
         let multi = &self.multi;
         let width = targets.iter().map(|t| t.0.len()).max().unwrap_or(8).min(32);
+        // Sizes in flashrack's one notation (ByteSize), not indicatif's
+        // binary units; rates in MB/s as everywhere else.
         let style = ProgressStyle::with_template(&format!(
-            "{{prefix:<{width}}} {{msg:<10}} [{{bar:30}}] {{bytes:>10}}/{{total_bytes:<10}} {{bytes_per_sec:>12}} {{eta:>4}}"
+            "{{prefix:<{width}}} {{msg:<10}} [{{bar:30}}] {{done:>8}}/{{total:<8}} {{rate:>10}} {{eta:>4}}"
         ))
         .expect("valid template")
+        .with_key("done", |state: &ProgressState, w: &mut dyn fmt::Write| {
+            let _ = write!(w, "{}", ByteSize(state.pos()));
+        })
+        .with_key("total", |state: &ProgressState, w: &mut dyn fmt::Write| {
+            let _ = write!(w, "{}", ByteSize(state.len().unwrap_or(0)));
+        })
+        .with_key("rate", |state: &ProgressState, w: &mut dyn fmt::Write| {
+            let _ = write!(w, "{:.1} MB/s", state.per_sec() / 1e6);
+        })
         .progress_chars("=> ");
         self.bars = targets
             .iter()

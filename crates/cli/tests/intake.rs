@@ -88,7 +88,7 @@ fn an_image_larger_than_the_largest_target_is_refused() {
     let out = flashrack(&data, &["image", "import", bomb, "--max-size", "8MiB"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("larger than 8.0 MiB"),
+        stderr(&out).contains("larger than 8.39 MB (8388608 bytes)"),
         "{}",
         stderr(&out)
     );

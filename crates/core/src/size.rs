@@ -6,8 +6,16 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A number of bytes. Parses decimal (`k`, `M`, `G`, `T`: powers of 1000, as stick
-/// vendors count) and binary (`KiB`, `MiB`, `GiB`, `TiB`) suffixes; displays in
-/// binary units with one decimal.
+/// vendors count) and binary (`KiB`, `MiB`, `GiB`, `TiB`) suffixes.
+///
+/// Displays in decimal units, as sticks are sold and labelled (a "16 GB" stick
+/// holds 16,008,609,792 bytes and shows as `16 GB`), with three significant
+/// digits and no trailing zeros: `512 B`, `8.59 GB`, `41.9 MB`, `256 GB`. This is
+/// the one notation of sizes for people: the command line, reports, the guard's
+/// and the importer's messages use it, and the dashboard's `fmtBytes`
+/// (`web/app.js`) follows the same rule (`tests/e2e` checks both against
+/// `byte_size_cases.txt`). Where an exact comparison matters (the guard's size
+/// limits), [`ByteSize::exact`] adds the byte count.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ByteSize(pub u64);
 
@@ -87,18 +95,66 @@ impl ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-        let mut value = self.0 as f64;
+        // Whole numbers throughout, rounding half up: 9,995,000 bytes are
+        // 9.995 MB, shown as 10 MB (through a float, 9.995 is 9.99499… and
+        // would show as 9.99 MB). The dashboard's `fmtBytes` (web/app.js)
+        // takes the same steps; keep them in step.
+        const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+        let n = u128::from(self.0);
         let mut unit = 0;
-        while value >= 1024.0 && unit < UNITS.len() - 1 {
-            value /= 1024.0;
+        while unit < UNITS.len() - 1 && n >= 1000u128.pow(unit as u32 + 1) {
             unit += 1;
         }
         if unit == 0 {
-            write!(f, "{} B", self.0)
-        } else {
-            write!(f, "{value:.1} {}", UNITS[unit])
+            return write!(f, "{n} B");
         }
+        let base = 1000u128.pow(unit as u32);
+        // Three significant digits: 1.23, 12.3, 123.
+        let digits: u32 = if n < 10 * base {
+            2
+        } else if n < 100 * base {
+            1
+        } else {
+            0
+        };
+        let step = base / 10u128.pow(digits);
+        let scaled = n / step + u128::from(n % step * 2 >= step);
+        if scaled >= 1000 && digits == 0 && unit < UNITS.len() - 1 {
+            // 999.5 kB rounds to 1000 kB, which is written 1 MB.
+            return write!(f, "1 {}", UNITS[unit + 1]);
+        }
+        // A carry (9.996 → 10.00, 99.95 → 100.0) only adds zeros after the
+        // point, which are trimmed.
+        let whole = scaled / 10u128.pow(digits);
+        let fraction = format!(
+            "{:0width$}",
+            scaled % 10u128.pow(digits),
+            width = digits as usize
+        );
+        match fraction.trim_end_matches('0') {
+            "" => write!(f, "{whole} {}", UNITS[unit]),
+            fraction => write!(f, "{whole}.{fraction} {}", UNITS[unit]),
+        }
+    }
+}
+
+impl ByteSize {
+    /// The size as displayed, followed by the exact byte count where the
+    /// display rounds: `256 GB (256000000001 bytes)`, `512 bytes`. For messages
+    /// that compare sizes with a limit, where rounding could make two different
+    /// sizes look equal.
+    pub fn exact(self) -> impl fmt::Display {
+        struct Exact(u64);
+        impl fmt::Display for Exact {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                if self.0 < 1000 {
+                    write!(f, "{} bytes", self.0)
+                } else {
+                    write!(f, "{} ({} bytes)", ByteSize(self.0), self.0)
+                }
+            }
+        }
+        Exact(self.0)
     }
 }
 
@@ -163,9 +219,37 @@ mod tests {
         }
     }
 
+    /// The cases the dashboard's `fmtBytes` is checked against too (by the
+    /// browser test): one rule for both.
+    const CASES: &str = include_str!("byte_size_cases.txt");
+
+    fn cases() -> Vec<(u64, &'static str)> {
+        CASES
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                let (bytes, text) = line.split_once('\t').expect("bytes<TAB>text");
+                (bytes.parse().expect("a byte count"), text)
+            })
+            .collect()
+    }
+
     #[test]
-    fn displays_binary_units() {
-        assert_eq!(ByteSize(512).to_string(), "512 B");
-        assert_eq!(ByteSize(3 << 29).to_string(), "1.5 GiB");
+    fn displays_decimal_units_with_three_significant_digits_as_sticks_are_sold() {
+        let cases = cases();
+        assert!(cases.len() > 20, "the cases file is read");
+        for (bytes, text) in cases {
+            assert_eq!(ByteSize(bytes).to_string(), text, "{bytes} bytes");
+        }
+        assert_eq!(ByteSize(u64::MAX).to_string(), "18.4 EB");
+    }
+
+    #[test]
+    fn the_exact_form_adds_the_byte_count_where_the_display_rounds() {
+        assert_eq!(ByteSize(512).exact().to_string(), "512 bytes");
+        assert_eq!(
+            ByteSize(256_000_000_001).exact().to_string(),
+            "256 GB (256000000001 bytes)"
+        );
     }
 }

@@ -220,7 +220,14 @@ impl fmt::Display for FailReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FailReason::TooSmall { capacity, needed } => {
-                write!(f, "too small: holds {capacity}, image needs {needed}")
+                // Exact: a stick a few bytes short would otherwise show the
+                // image's size.
+                write!(
+                    f,
+                    "too small: holds {}, image needs {}",
+                    capacity.exact(),
+                    needed.exact()
+                )
             }
             FailReason::NoMedium => {
                 f.write_str("no medium: the device reports a capacity of 0 bytes")

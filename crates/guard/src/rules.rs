@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use flashrack_core::{GuardRefusal, RefusalCode};
+use flashrack_core::{ByteSize, GuardRefusal, RefusalCode};
 
 use crate::facts::{DiskFacts, DiskIdentity};
 use crate::GuardError;
@@ -223,19 +223,10 @@ impl From<GuardError> for Refusal {
     }
 }
 
-/// A byte count for people: `"67.1 MB (67108864 bytes)"`, decimal units as on the
-/// sticks' packaging.
+/// A byte count for people: `"67.1 MB (67108864 bytes)"`, the one notation of
+/// sizes with the exact count beside it (a limit is compared to the byte).
 fn bytes(n: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1_000_000_000_000, "TB"),
-        (1_000_000_000, "GB"),
-        (1_000_000, "MB"),
-        (1_000, "kB"),
-    ];
-    match UNITS.iter().find(|(unit, _)| n >= *unit) {
-        Some((unit, name)) => format!("{:.1} {name} ({n} bytes)", n as f64 / *unit as f64),
-        None => format!("{n} bytes"),
-    }
+    ByteSize(n).exact().to_string()
 }
 
 /// Every rule that `facts` fail, in rule order (empty when the device is accepted).
@@ -563,8 +554,8 @@ mod tests {
         );
         assert_eq!(
             r.to_string(),
-            "the device is too large: 256.0 GB (256000000001 bytes) is more than the \
-             maximum of 256.0 GB (256000000000 bytes)"
+            "the device is too large: 256 GB (256000000001 bytes) is more than the \
+             maximum of 256 GB (256000000000 bytes)"
         );
         let at_max = DiskFacts {
             size_bytes: DEFAULT_MAX_SIZE_BYTES,
@@ -582,7 +573,7 @@ mod tests {
         let r = refused(&facts, &policy(), &armed(1_000));
         assert_eq!(
             r.to_string(),
-            "the device is too small: 999 bytes is less than the image's 1.0 kB (1000 bytes)"
+            "the device is too small: 999 bytes is less than the image's 1 kB (1000 bytes)"
         );
         assert!(evaluate(&facts, &policy(), &armed(999)).is_ok());
     }

@@ -62,7 +62,7 @@ pub enum ImageError {
     #[error(
         "{}: the image is larger than {}, the largest target the station may write (guard max_size)",
         path.display(),
-        flashrack_core::ByteSize(*.limit)
+        flashrack_core::ByteSize(*.limit).exact()
     )]
     TooLarge {
         /// The file being imported.

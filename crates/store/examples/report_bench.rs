@@ -170,8 +170,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         recovery.attempts.len()
     );
     println!(
-        "database size: {:.1} MiB",
-        std::fs::metadata(&path)?.len() as f64 / f64::from(1 << 20)
+        "database size: {}",
+        ByteSize(std::fs::metadata(&path)?.len())
     );
     reopened.close().await;
     Ok(())

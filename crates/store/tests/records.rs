@@ -830,7 +830,7 @@ async fn a_refusal_is_recorded_with_its_port_device_run_and_code_and_counted_apa
         .unwrap();
     let too_large = GuardRefusal {
         code: RefusalCode::TooLarge,
-        message: "the device is too large: 512.0 GB is more than the maximum of 256.0 GB".into(),
+        message: "the device is too large: 512 GB (512000000000 bytes) is more than the maximum of 256 GB (256000000000 bytes)".into(),
     };
     // The same stick refused three times: twice under the run, once with none.
     let mut ids = Vec::new();
@@ -1110,6 +1110,6 @@ async fn recovery_keeps_the_bytes_last_recorded_as_a_lower_bound_or_says_they_ar
     );
     assert_eq!(json["attempts"][1]["bytes_written_bound"], "unknown");
     let html = flashrack_report::run_html(&report, T0);
-    assert!(html.contains("≥ 20.0 MiB"), "{html}");
+    assert!(html.contains("≥ 21 MB"), "{html}");
     assert!(html.contains(">unknown<"), "{html}");
 }
