@@ -11,7 +11,7 @@ use flashrack_core::{
     TargetId, Verdict, VerifyMethod, VerifyMode,
 };
 use flashrack_engine::{
-    flash_all, Clock, EngineError, EngineOptions, Fanout, ManualClock, SourceImage,
+    flash_all, AttemptHandle, Clock, EngineError, EngineOptions, Fanout, ManualClock, SourceImage,
 };
 use flashrack_simrack::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
 use flashrack_target::Target;
@@ -700,20 +700,35 @@ async fn a_stick_claiming_2_to_the_63_bytes_or_more_gets_its_verdict_at_once() {
     );
 }
 
+/// A one-stick run of a 4 MiB image (pattern `seed`) whose 8 MiB stick `name`
+/// is held in the middle of its read-back (past the probe's reads) until the
+/// test releases it; the fan-out is returned to be kept alive with the attempt.
+fn held_in_read_back(
+    dir: &std::path::Path,
+    name: &str,
+    seed: u64,
+) -> (
+    Fanout,
+    SimStick,
+    AttemptHandle,
+    mpsc::UnboundedReceiver<EngineEvent>,
+) {
+    let (image, _) = common::make_image(dir, 4 * MIB as usize, seed);
+    let stick = SimStick::create(
+        SimStickSpec::new(name, 8 * MIB).stall_after_read(MIB + 100 * 1024),
+        dir.join("stick.img"),
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let fanout = Fanout::new(&image, options(), tx).unwrap();
+    let handle = fanout.start(TargetId::new(name), Arc::new(stick.clone()));
+    (fanout, stick, handle, rx)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_stop_during_the_read_back_interrupts_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 13);
-    // Held in the middle of its read-back (past the probe's reads) until the
-    // test lets it go.
-    let stick = SimStick::create(
-        SimStickSpec::new("held-reader", 8 * MIB).stall_after_read(MIB + 100 * 1024),
-        dir.path().join("stick.img"),
-    )
-    .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let fanout = Fanout::new(&image, options(), tx).unwrap();
-    let handle = fanout.start(TargetId::new("held-reader"), Arc::new(stick.clone()));
+    let (_fanout, stick, handle, mut rx) = held_in_read_back(dir.path(), "held-reader", 13);
     // Wait until it verifies and is held there, then stop it.
     tokio::time::timeout(WAIT, async {
         while let Some(event) = rx.recv().await {
@@ -1092,17 +1107,9 @@ fn niceness_of_threads_named(name: &str) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempts_helper_thread_runs_at_the_attempts_priority_not_lower() {
     let dir = tempfile::tempdir().unwrap();
-    let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 17);
     // Held in the middle of its read-back, where the helper thread reads the
     // stick while the attempt thread waits for the pieces.
-    let stick = SimStick::create(
-        SimStickSpec::new("nice", 8 * MIB).stall_after_read(MIB + 100 * 1024),
-        dir.path().join("stick.img"),
-    )
-    .unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let fanout = Fanout::new(&image, options(), tx).unwrap();
-    let handle = fanout.start(TargetId::new("nice"), Arc::new(stick.clone()));
+    let (_fanout, stick, handle, _rx) = held_in_read_back(dir.path(), "nice", 17);
     until_stuck(&stick).await;
     // The process's own line is its main thread's.
     let process = niceness_in_stat(&std::fs::read_to_string("/proc/self/stat").unwrap());
