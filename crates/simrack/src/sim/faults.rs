@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use flashrack_target::TargetError;
 
-use super::stick::Inner;
+use super::stick::{Inner, State};
 
 /// A fault that fires at a byte threshold.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,46 +57,46 @@ impl Inner {
             return Err(TargetError::Removed);
         }
         let state = &mut *state;
-        let (done, rate, pacer, candidates) = match direction {
-            Direction::Write => (
-                state.written,
-                spec.write_bytes_per_sec,
-                &mut state.write_pacer,
-                [
-                    (spec.remove_after_written, Trigger::Remove),
-                    (
-                        spec.stall_after_written
-                            .filter(|_| !state.write_stall_fired && !state.released),
-                        Trigger::Stall,
-                    ),
-                    (
-                        spec.hang_after_written
-                            .filter(|_| !state.write_hang_fired && !state.released),
-                        Trigger::Hang,
-                    ),
-                    (spec.write_error_after, Trigger::Error),
-                ],
+        let (done, rate, pacer, [remove, stall, hang, error], (stall_fired, hang_fired)) =
+            match direction {
+                Direction::Write => (
+                    state.written,
+                    spec.write_bytes_per_sec,
+                    &mut state.write_pacer,
+                    [
+                        spec.remove_after_written,
+                        spec.stall_after_written,
+                        spec.hang_after_written,
+                        spec.write_error_after,
+                    ],
+                    (state.write_stall_fired, state.write_hang_fired),
+                ),
+                Direction::Read => (
+                    state.read,
+                    spec.read_bytes_per_sec,
+                    &mut state.read_pacer,
+                    [
+                        spec.remove_after_read,
+                        spec.stall_after_read,
+                        spec.hang_after_read,
+                        spec.read_error_after,
+                    ],
+                    (state.read_stall_fired, state.read_hang_fired),
+                ),
+            };
+        // A stall or a hang fires once, and none after a release.
+        let candidates = [
+            (remove, Trigger::Remove),
+            (
+                stall.filter(|_| !stall_fired && !state.released),
+                Trigger::Stall,
             ),
-            Direction::Read => (
-                state.read,
-                spec.read_bytes_per_sec,
-                &mut state.read_pacer,
-                [
-                    (spec.remove_after_read, Trigger::Remove),
-                    (
-                        spec.stall_after_read
-                            .filter(|_| !state.read_stall_fired && !state.released),
-                        Trigger::Stall,
-                    ),
-                    (
-                        spec.hang_after_read
-                            .filter(|_| !state.read_hang_fired && !state.released),
-                        Trigger::Hang,
-                    ),
-                    (spec.read_error_after, Trigger::Error),
-                ],
+            (
+                hang.filter(|_| !hang_fired && !state.released),
+                Trigger::Hang,
             ),
-        };
+            (error, Trigger::Error),
+        ];
         // The lowest threshold this call would cross fires first; on a tie the
         // order above decides (removal, then stall, then hang, then error).
         let mut bytes = remaining as u64;
@@ -135,31 +135,24 @@ impl Inner {
 
     /// Blocks until the stick is removed (an error) or released.
     pub(super) fn stall(&self) -> Result<(), TargetError> {
-        let mut state = self.lock();
-        state.stalled += 1;
-        self.wake.notify_all();
-        while !state.removed && !state.released {
-            state = self
-                .wake
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        state.stalled -= 1;
-        if state.removed {
-            Err(TargetError::Removed)
-        } else {
-            Ok(())
-        }
+        self.hold(true)
     }
 
     /// Blocks until the stick is released, whether or not it is removed (as a
     /// call stuck in the kernel ignores the device going away); then fails as
     /// removed if it was.
     pub(super) fn hang(&self) -> Result<(), TargetError> {
+        self.hold(false)
+    }
+
+    /// Holds the call, counted in `stalled`, until a release, or a removal too
+    /// when `ends_on_removal`; fails as removed if the stick was.
+    fn hold(&self, ends_on_removal: bool) -> Result<(), TargetError> {
         let mut state = self.lock();
         state.stalled += 1;
         self.wake.notify_all();
-        while !state.released {
+        let ended = |state: &State| state.released || (ends_on_removal && state.removed);
+        while !ended(&state) {
             state = self
                 .wake
                 .wait(state)
