@@ -99,6 +99,16 @@ pub enum AppError {
         #[source]
         source: flashrack_store::StoreError,
     },
+    /// A run asked for as one station's that another station made.
+    #[error("run {run} was made by station {station:?}, not {asked:?} (--station)")]
+    RunOfAnotherStation {
+        /// The run.
+        run: RunId,
+        /// Its station.
+        station: String,
+        /// The station asked about.
+        asked: String,
+    },
     /// No run with that id in the records.
     #[error("no run {0} in the records")]
     NoSuchRun(RunId),

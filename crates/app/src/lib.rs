@@ -14,6 +14,7 @@
 //! - [`flash`]: one-shot flashing (the fan-out, its records, signals as a
 //!   stream, a typed summary: [`summary`]) over the targets of [`targets`];
 //! - [`images`]: the image cache under a data directory;
+//! - [`devices`]: the block devices attached now, as the guard judges them;
 //! - [`client`]: the HTTP client of a running station (`status`, `run`);
 //! - [`ports`]: learning the port map;
 //! - [`lock`]: one flashrack per data directory;
@@ -29,6 +30,7 @@
 pub mod application;
 pub mod client;
 pub mod demo;
+pub mod devices;
 pub mod error;
 pub mod flash;
 pub mod images;

@@ -79,35 +79,59 @@ pub async fn open_read_only(data_dir: &Path, station_id: &str) -> Result<Store, 
         .map_err(|source| AppError::ReadRecords { path, source })
 }
 
-/// Every run in the records, oldest first.
-pub async fn runs(data_dir: &Path, station_id: &str) -> Result<Vec<RunSummary>, AppError> {
-    let store = open_read_only(data_dir, station_id).await?;
-    Ok(store.list_runs().await?)
+/// The station id a report opens the records as: it writes nothing, so any
+/// will do; the one asked about, else the default.
+fn reader_id(station: Option<&str>) -> &str {
+    station.unwrap_or("station-1")
 }
 
-/// Run `id`'s report.
+/// Every run in the records, oldest first; with `station`, only its runs.
+pub async fn runs(data_dir: &Path, station: Option<&str>) -> Result<Vec<RunSummary>, AppError> {
+    let store = open_read_only(data_dir, reader_id(station)).await?;
+    let mut runs = store.list_runs().await?;
+    if let Some(station) = station {
+        runs.retain(|r| r.run.station_id == station);
+    }
+    Ok(runs)
+}
+
+/// Run `id`'s report; with `station`, a run of another station is an error.
 pub async fn run_report(
     data_dir: &Path,
-    station_id: &str,
+    station: Option<&str>,
     id: RunId,
     format: ReportFormat,
 ) -> Result<Rendered, AppError> {
-    let store = open_read_only(data_dir, station_id).await?;
+    let store = open_read_only(data_dir, reader_id(station)).await?;
     let run = store.run_report(id).await?.ok_or(AppError::NoSuchRun(id))?;
+    if let Some(station) = station {
+        if run.run.run.station_id != station {
+            return Err(AppError::RunOfAnotherStation {
+                run: id,
+                station: run.run.run.station_id.clone(),
+                asked: station.to_string(),
+            });
+        }
+    }
     Ok(render_run(&run, format, store.now()))
 }
 
-/// The report of every attempt on the device `key` (its serial or key).
+/// The report of every attempt on the device `key` (its serial or key); with
+/// `station`, only that station's records of it (and their counts).
 pub async fn device_report(
     data_dir: &Path,
-    station_id: &str,
+    station: Option<&str>,
     key: &str,
     format: ReportFormat,
 ) -> Result<Rendered, AppError> {
-    let store = open_read_only(data_dir, station_id).await?;
-    let device = store
+    let store = open_read_only(data_dir, reader_id(station)).await?;
+    let mut device = store
         .device_report(key)
         .await?
         .ok_or_else(|| AppError::NoSuchDevice(key.to_string()))?;
+    if let Some(station) = station {
+        device.rows.retain(|row| row.station_id == station);
+        device.counts = report::Counts::of(&device.rows);
+    }
     Ok(render_device(&device, format, store.now()))
 }

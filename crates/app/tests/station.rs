@@ -311,7 +311,7 @@ async fn verdicts_the_api_shows_are_the_ones_its_reports_give_in_every_format() 
     // from it (read-only, beside the running station) is the API's.
     let from_file = flashrack_app::reports::run_report(
         &app.data_dir,
-        "test-station",
+        Some("test-station"),
         flashrack_core::RunId(run_id as i64),
         ReportFormat::Csv,
     )

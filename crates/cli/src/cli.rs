@@ -11,7 +11,12 @@ use flashrack_core::{ByteSize, VerifyMode};
 
 /// flashrack: turn one disk image into many verified USB sticks.
 #[derive(Debug, Parser)]
-#[command(name = "flashrack", version, about, long_about = None)]
+#[command(
+    name = "flashrack",
+    version,
+    about = "Turn one disk image into many verified USB sticks",
+    long_about = None
+)]
 pub struct Args {
     /// Where the image cache and records live [default: $FLASHRACK_DATA_DIR, else
     /// /var/lib/flashrack as root, else ~/.local/share/flashrack].
@@ -40,6 +45,11 @@ pub enum Command {
     Image(ImageCommand),
     /// Write an image to targets concurrently and verify each from the medium.
     Flash(FlashArgs),
+    /// The disks attached now: port, size, vendor, model, serial, bus, and
+    /// whether an armed run would write each (or why the target guard refuses
+    /// it). Nothing is written.
+    #[command(visible_alias = "drives")]
+    Devices(DevicesArgs),
     /// The station and its dashboard over a simulated rack (no hardware, no
     /// configuration): sticks are plugged in and pulled out over time.
     Demo(DemoArgs),
@@ -60,9 +70,24 @@ pub enum Command {
     /// Build the port map.
     #[command(subcommand)]
     Ports(PortsCommand),
-    /// Per-run and per-device reports from the records.
+    /// Per-run and per-device reports from the records (of --data-dir; without
+    /// records there, of the last `scripts/demo`).
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Print the shell completion script for SHELL (e.g. `flashrack
+    /// completions bash > /etc/bash_completion.d/flashrack`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one per command into a directory.
+    Man {
+        /// Write flashrack.1 and a page per subcommand (flashrack-report-run.1
+        /// …) into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Report formats.
@@ -70,7 +95,7 @@ pub enum Command {
 pub enum ReportFormatArg {
     /// Comma-separated values, one row per attempt.
     Csv,
-    /// JSON (format "flashrack-report/1").
+    /// JSON (format "flashrack-report/2").
     Json,
     /// Printable HTML.
     Html,
@@ -81,9 +106,13 @@ pub enum ReportFormatArg {
 pub enum ReportCommand {
     /// List runs: image, start, passes and failures.
     Runs {
-        /// The station id the records are opened as.
-        #[arg(long, default_value = "station-1")]
-        station: String,
+        /// Only what this station did. Several stations may keep their records
+        /// in one data directory (a copied database, a shared one); each is
+        /// known by the `station_id` of its configuration file (`station-1`
+        /// unless it names another; `flash` records as `station-1`, the demo as
+        /// `demo`). Without it: every station's records.
+        #[arg(long, value_name = "STATION_ID")]
+        station: Option<String>,
     },
     /// One run, a row per device.
     Run {
@@ -92,9 +121,13 @@ pub enum ReportCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormatArg::Csv)]
         format: ReportFormatArg,
-        /// The station id the records are opened as.
-        #[arg(long, default_value = "station-1")]
-        station: String,
+        /// Only what this station did. Several stations may keep their records
+        /// in one data directory (a copied database, a shared one); each is
+        /// known by the `station_id` of its configuration file (`station-1`
+        /// unless it names another; `flash` records as `station-1`, the demo as
+        /// `demo`). Without it: every station's records.
+        #[arg(long, value_name = "STATION_ID")]
+        station: Option<String>,
     },
     /// Every attempt ever made on a stick.
     Device {
@@ -103,9 +136,13 @@ pub enum ReportCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormatArg::Csv)]
         format: ReportFormatArg,
-        /// The station id the records are opened as.
-        #[arg(long, default_value = "station-1")]
-        station: String,
+        /// Only what this station did. Several stations may keep their records
+        /// in one data directory (a copied database, a shared one); each is
+        /// known by the `station_id` of its configuration file (`station-1`
+        /// unless it names another; `flash` records as `station-1`, the demo as
+        /// `demo`). Without it: every station's records.
+        #[arg(long, value_name = "STATION_ID")]
+        station: Option<String>,
     },
 }
 
@@ -266,6 +303,24 @@ fn verify_modes() -> impl clap::builder::TypedValueParser<Value = VerifyMode> {
     })
 }
 
+/// `flashrack devices …`
+#[derive(Debug, clap::Args)]
+pub struct DevicesArgs {
+    /// Judge as this station would: its port map (labels), buses and size
+    /// limit. Without it, as `flash` would: usb (and --allow-bus), any port.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Also allow disks on this bus (e.g. `loop`). Repeatable.
+    #[arg(long = "allow-bus", value_name = "BUS")]
+    pub allow_buses: Vec<String>,
+    /// Refuse disks larger than this (without --config).
+    #[arg(long, default_value = "256G", value_name = "SIZE")]
+    pub max_size: ByteSize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `flashrack flash …`
 #[derive(Debug, clap::Args)]
 pub struct FlashArgs {
@@ -330,6 +385,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let status = match args.command {
         Command::Image(cmd) => crate::image_cmd::run(&data_dir, cmd).map(|()| ExitCode::SUCCESS),
         Command::Flash(flash) => crate::flash::run(&data_dir, flash).await,
+        Command::Devices(devices) => {
+            tokio::task::spawn_blocking(move || crate::devices_cmd::run(devices)).await?
+        }
         Command::Demo(demo) => crate::demo::run(&data_dir, demo).await,
         Command::Serve(serve) => crate::serve::run(data_dir_flag, args.wait, serve).await,
         Command::Status { client, json } => {
@@ -338,10 +396,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Run(command) => {
             tokio::task::spawn_blocking(move || crate::client::run(command)).await?
         }
-        Command::Report(command) => crate::report_cmd::run(&data_dir, command).await,
-        Command::Ports(PortsCommand::Learn { config }) => {
-            tokio::task::spawn_blocking(move || crate::learn::learn(&config)).await?
+        Command::Report(command) => {
+            crate::report_cmd::run(&data_dir, data_dir_flag.is_some(), command).await
         }
+        Command::Completions { shell } => crate::docs::completions(shell),
+        Command::Man { dir } => crate::docs::man(dir.as_deref()),
+        Command::Ports(PortsCommand::Learn { config }) => crate::learn::learn(&config).await,
     };
     // Whatever the outcome, the records a command wrote end up in the database
     // file itself, not only in its write-ahead log.
@@ -352,7 +412,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 /// Takes the data directory's lock; with `wait`, says whose it is and waits.
 pub fn lock(data_dir: &Path, wait: bool) -> Result<DataDirLock> {
     let waiting = |holder: LockHolder| {
-        eprintln!(
+        errln!(
             "waiting for another flashrack ({holder}) to release {} …",
             data_dir.display()
         );
@@ -364,7 +424,7 @@ pub fn lock(data_dir: &Path, wait: bool) -> Result<DataDirLock> {
 /// Says what opening the records found left by an unclean stop, if anything.
 pub fn say_recovered(recovered: Recovered) {
     if recovered.any() {
-        eprintln!("{}", recovered_words(recovered));
+        errln!("{}", recovered_words(recovered));
     }
 }
 

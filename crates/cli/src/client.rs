@@ -30,9 +30,9 @@ pub fn status(args: &ClientArgs, json_output: bool) -> Result<ExitCode> {
     let client = client(args);
     if json_output {
         let value = client.station_json()?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        print!("{}", status_table(&client.station()?));
+        out!("{}", status_table(&client.station()?))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -142,17 +142,19 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
                 eject_on_pass,
                 target_count,
             })?;
-            println!(
+            outln!(
                 "run {} armed: {} ({})",
-                run.id, run.image_name, run.image_sha256
-            );
+                run.id,
+                run.image_name,
+                run.image_sha256
+            )?;
         }
         RunCommand::Stop {
             client: args,
             reason,
         } => {
             client(&args).stop(reason.as_deref())?;
-            println!("run stopped");
+            outln!("run stopped")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -15,7 +15,7 @@ use crate::cli::DemoArgs;
 pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     let image = demo::image_path(data_dir, args.image_size);
     if demo::needs_image(&image, args.image_size) {
-        eprintln!("generating a {} demo image …", args.image_size);
+        errln!("generating a {} demo image …", args.image_size);
         demo::write_image(&image, args.image_size)?;
     }
     let options = DemoOptions {
@@ -41,16 +41,21 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         rack,
         burst_report,
     } = Demo::prepare(data_dir, &options)?;
+    errln!(
+        "records: {dir} (flashrack --data-dir {dir} report runs)",
+        dir = data_dir.display()
+    );
     let shutdown = crate::signals::shutdown()?;
     let app = Application::build(config, parts).await?;
     crate::cli::say_recovered(app.recovered());
-    println!("dashboard: http://{}/", app.address());
+    // A demo whose stdout is closed carries on (its address was not wanted).
+    let _ = outln!("dashboard: http://{}/", app.address());
     // The burst's figures, as one JSON line, as soon as they are in (a
     // benchmark reads them while the demo runs on).
     let printed = burst_report.map(|report| {
         tokio::spawn(async move {
             if let Ok(report) = report.await {
-                println!("{}", serde_json::json!(report));
+                let _ = outln!("{}", serde_json::json!(report));
             }
         })
     });

@@ -26,7 +26,7 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
         .context("--sha256")?;
     let cache = open_cache(data_dir)?;
     if !args.quiet && Path::new(&args.image).is_file() {
-        eprintln!("importing {} …", args.image);
+        errln!("importing {} …", args.image);
     }
     let image = resolve_image(&cache, &args.image, expected, args.max_size)?;
     // From here on a signal stops the flash in order instead of killing it.
@@ -48,10 +48,16 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
         summary,
         stopped_by,
     } = outcome?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    let printed = if args.json {
+        outln!("{}", serde_json::to_string_pretty(&summary)?)
     } else {
-        print!("{}", crate::summary::table(&summary));
+        out!("{}", crate::summary::table(&summary))
+    };
+    // A summary nobody reads (`| head -3`) changes nothing of what happened:
+    // the exit status still says it.
+    match printed {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
     }
     Ok(match stopped_by {
         Some(signal) => ExitCode::from(128 + signal.number()),

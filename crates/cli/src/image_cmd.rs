@@ -26,7 +26,7 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             let outcome = import(&cache, &file, expected, max_size)?;
             let image = &outcome.image;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "sha256": image.sha256(),
@@ -35,9 +35,9 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         "already_cached": outcome.already_cached(),
                         "path": image.path,
                     })
-                );
+                )?;
             } else {
-                eprintln!(
+                errln!(
                     "{} {} ({}, {}, {} in zero chunks)",
                     if outcome.already_cached() {
                         "already cached:"
@@ -49,7 +49,7 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     ByteSize(image.size()),
                     ByteSize(image.manifest.zero_bytes()),
                 );
-                println!("{}", image.sha256());
+                outln!("{}", image.sha256())?;
             }
         }
         ImageCommand::List { json } => {
@@ -65,21 +65,21 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
                 for i in images {
-                    println!(
+                    outln!(
                         "{}  {:>10}  {}",
                         i.sha256(),
                         ByteSize(i.size()).to_string(),
                         i.meta.original_name
-                    );
+                    )?;
                 }
             }
         }
         ImageCommand::Remove { image } => {
             let removed = remove(&cache, &image)?;
-            eprintln!("removed {removed}");
+            errln!("removed {removed}");
         }
     }
     Ok(())

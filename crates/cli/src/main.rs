@@ -6,9 +6,14 @@
 //! terminal, JSON for programs), and maps outcomes to exit statuses (0: every
 //! target passed; 1: at least one target failed; 2: the command could not run).
 
+#[macro_use]
+mod out;
+
 mod cli;
 mod client;
 mod demo;
+mod devices_cmd;
+mod docs;
 mod flash;
 mod image_cmd;
 mod learn;
@@ -33,14 +38,17 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("flashrack: cannot start the async runtime: {error}");
+            errln!("flashrack: cannot start the async runtime: {error}");
             return ExitCode::from(2);
         }
     };
     match runtime.block_on(cli::run(args)) {
         Ok(status) => status,
+        // Whoever read the output has stopped reading (`| head -1`): nothing
+        // more to say, and nowhere to say it.
+        Err(error) if out::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("flashrack: {error:#}");
+            errln!("flashrack: {error:#}");
             ExitCode::from(2)
         }
     }

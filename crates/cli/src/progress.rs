@@ -2,12 +2,11 @@
 //! otherwise (logs, CI, pipes); the flash's notices in words.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use flashrack_app::flash::{FlashEvent, Notice};
-use flashrack_core::{ByteSize, EngineEvent, EngineEventKind, Stage, TargetId};
+use flashrack_core::{ByteSize, EngineEvent, EngineEventKind, Stage, TargetId, Verdict};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -54,7 +53,7 @@ trait View: Send {
     fn targets(&mut self, _targets: &[TargetId]) {}
     fn show(&mut self, event: &EngineEvent);
     fn notice(&mut self, text: &str) {
-        eprintln!("{text}");
+        errln!("{text}");
     }
     fn finish(&mut self) {}
 }
@@ -62,6 +61,8 @@ trait View: Send {
 struct Bars {
     multi: MultiProgress,
     bars: HashMap<TargetId, ProgressBar>,
+    /// The width target names are padded to, so that the bars line up.
+    width: usize,
 }
 
 impl Default for Bars {
@@ -69,30 +70,78 @@ impl Default for Bars {
         Self {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)),
             bars: HashMap::new(),
+            width: 8,
         }
+    }
+}
+
+/// The widest a target's name is shown in the bars (longer names are cut).
+const MAX_NAME: usize = 24;
+
+/// A bar's template: the target, its stage, the bar (as wide as the terminal
+/// leaves), then how far and how fast in the summary's units (`ByteSize`:
+/// KiB/MiB/GiB, speeds in MB/s). `wide_bar` keeps every line within the
+/// terminal's width: a line that wrapped would leave a ghost line behind at
+/// each redraw.
+fn bar_style(width: usize) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "{{prefix:<{width}!}} {{msg:<9!}} [{{wide_bar}}] {{done_of_total:>21}} {{rate:>10}}"
+    ))
+    .expect("valid template")
+    .with_key(
+        "done_of_total",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(
+                w,
+                "{}/{}",
+                ByteSize(state.pos()),
+                ByteSize(state.len().unwrap_or(0))
+            );
+        },
+    )
+    .with_key(
+        "rate",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{}", rate_words(state.per_sec()));
+        },
+    )
+    .progress_chars("=> ")
+}
+
+/// A target that has its verdict: no bar, the verdict in words at once (a
+/// failure with its reason, not a bar reading `0 B/0 B`).
+fn done_style(width: usize) -> ProgressStyle {
+    ProgressStyle::with_template(&format!("{{prefix:<{width}!}} {{wide_msg}}"))
+        .expect("valid template")
+}
+
+/// A speed as the summary and the JSON give it: MB/s, 10^6 bytes a second.
+pub fn rate_words(bytes_per_sec: f64) -> String {
+    format!("{:.1} MB/s", bytes_per_sec / 1e6)
+}
+
+/// What a finished target's line says: `passed`, `interrupted: …` or
+/// `FAILED: <reason>`.
+pub fn verdict_words(verdict: &Verdict) -> String {
+    match verdict.failure() {
+        None => "passed".to_string(),
+        Some(failure) if flashrack_app::summary::is_interrupted(verdict) => {
+            format!("interrupted ({})", failure.stage)
+        }
+        Some(failure) => format!("FAILED while {}: {}", failure.stage, failure.reason),
     }
 }
 
 impl View for Bars {
     fn targets(&mut self, targets: &[TargetId]) {
         let multi = &self.multi;
-        let width = targets.iter().map(|t| t.0.len()).max().unwrap_or(8).min(32);
-        // Sizes in flashrack's one notation (ByteSize), not indicatif's
-        // binary units; rates in MB/s as everywhere else.
-        let style = ProgressStyle::with_template(&format!(
-            "{{prefix:<{width}}} {{msg:<10}} [{{bar:30}}] {{done:>8}}/{{total:<8}} {{rate:>10}} {{eta:>4}}"
-        ))
-        .expect("valid template")
-        .with_key("done", |state: &ProgressState, w: &mut dyn fmt::Write| {
-            let _ = write!(w, "{}", ByteSize(state.pos()));
-        })
-        .with_key("total", |state: &ProgressState, w: &mut dyn fmt::Write| {
-            let _ = write!(w, "{}", ByteSize(state.len().unwrap_or(0)));
-        })
-        .with_key("rate", |state: &ProgressState, w: &mut dyn fmt::Write| {
-            let _ = write!(w, "{:.1} MB/s", state.per_sec() / 1e6);
-        })
-        .progress_chars("=> ");
+        self.width = targets
+            .iter()
+            .map(|t| t.0.chars().count())
+            .max()
+            .unwrap_or(8)
+            .min(MAX_NAME);
+        let style = bar_style(self.width);
         self.bars = targets
             .iter()
             .map(|t| {
@@ -119,14 +168,8 @@ impl View for Bars {
                 bar.set_position(*done);
             }
             EngineEventKind::Finished { verdict, .. } => {
-                bar.set_message(if verdict.is_pass() {
-                    "passed"
-                } else if flashrack_app::summary::is_interrupted(verdict) {
-                    "interrupted"
-                } else {
-                    "FAILED"
-                });
-                bar.abandon();
+                bar.set_style(done_style(self.width));
+                bar.abandon_with_message(verdict_words(verdict));
             }
         }
     }
@@ -134,7 +177,7 @@ impl View for Bars {
     fn notice(&mut self, text: &str) {
         // Above the bars, which are redrawn below it.
         if self.multi.println(text).is_err() {
-            eprintln!("{text}");
+            errln!("{text}");
         }
     }
 
@@ -158,7 +201,7 @@ impl View for Lines {
         }
         let target = &event.target;
         match &event.kind {
-            EngineEventKind::Stage { stage } => eprintln!("{target}: {stage}"),
+            EngineEventKind::Stage { stage } => errln!("{target}: {stage}"),
             EngineEventKind::Progress {
                 stage,
                 done,
@@ -173,15 +216,43 @@ impl View for Lines {
                 if due && *stage != Stage::Preparing {
                     self.last_progress.insert(target.clone(), now);
                     let percent = (*done * 100).checked_div(*total).unwrap_or(0);
-                    eprintln!(
-                        "{target}: {stage} {percent}% ({} of {}, {:.1} MB/s)",
+                    errln!(
+                        "{target}: {stage} {percent}% ({} of {}, {})",
                         ByteSize(*done),
                         ByteSize(*total),
-                        bytes_per_sec / 1e6
+                        rate_words(*bytes_per_sec)
                     );
                 }
             }
-            EngineEventKind::Finished { verdict, .. } => eprintln!("{target}: {verdict}"),
+            EngineEventKind::Finished { verdict, .. } => {
+                errln!("{target}: {}", verdict_words(verdict))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flashrack_core::{FailReason, Failure};
+
+    use super::*;
+
+    #[test]
+    fn a_failed_target_says_its_reason_and_stage_not_a_bar() {
+        let verdict = Verdict::Fail(Failure {
+            stage: Stage::Writing,
+            reason: FailReason::WriteError {
+                offset: 4096,
+                detail: "Input/output error".into(),
+            },
+        });
+        let words = verdict_words(&verdict);
+        assert!(words.starts_with("FAILED while writing: "), "{words}");
+        assert!(words.contains("4096"), "{words}");
+    }
+
+    #[test]
+    fn speeds_are_in_the_summarys_megabytes_a_second() {
+        assert_eq!(rate_words(12_345_678.0), "12.3 MB/s");
     }
 }

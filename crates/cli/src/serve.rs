@@ -31,7 +31,7 @@ pub async fn run(data_dir_flag: Option<PathBuf>, wait: bool, args: ServeArgs) ->
     let parts = Parts::udev(&data_dir, config.web.listen);
     let app = Application::build(config, parts).await?;
     crate::cli::say_recovered(app.recovered());
-    println!("dashboard: http://{}/", app.address());
+    let _ = outln!("dashboard: http://{}/", app.address());
     app.run_until_stopped(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,7 @@ pub fn table(summary: &Summary) -> String {
         "REASON",
         "WRITE MB/s",
         "VERIFY MB/s",
-        "SHA256 READ BACK",
+        "READ BACK",
     ];
     let mut rows: Vec<[String; 7]> = vec![header.map(String::from)];
     for r in &summary.targets {
@@ -25,19 +25,24 @@ pub fn table(summary: &Summary) -> String {
             r.detail.clone().unwrap_or_else(|| "-".into()),
             speed(r.write_mb_per_sec),
             speed(r.verify_mb_per_sec),
-            r.figures
-                .read_back_sha256
-                .map_or("-".to_string(), |d| d.to_hex()),
+            // The whole digest is in the JSON and the reports; here, whether
+            // it is the image's, or the beginning of what was read instead.
+            match r.figures.read_back_sha256 {
+                None => "-".to_string(),
+                Some(d) if d == summary.image_sha256 => "= image".to_string(),
+                Some(d) => d.short(),
+            },
         ]);
     }
-    let mut out = crate::table::render(&rows);
+    // Within 120 columns: the reason and the target wrap, never the table.
+    let mut out = crate::table::render_within(&rows, crate::table::MAX_WIDTH, &[3, 0]);
     let interrupted = if summary.interrupted > 0 {
         format!(", {} interrupted", summary.interrupted)
     } else {
         String::new()
     };
     out.push_str(&format!(
-        "{} passed, {} failed{interrupted} in {:.1} s (image {} , {})\n",
+        "{} passed, {} failed{interrupted} in {:.1} s (image {}, {})\n",
         summary.passed,
         summary.failed,
         summary.elapsed_secs,

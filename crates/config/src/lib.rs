@@ -505,7 +505,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Replaces the `[[port]]` tables of the file at `path` with `ports`, keeping
-/// everything else (comments included), and checks that the result is valid
+/// everything else (comments included; a `[layout]` grows to hold the ports'
+/// positions), and checks that the result is valid
 /// before writing it atomically (temporary file, then rename).
 pub fn write_port_map(path: &Path, ports: &[PortConfig]) -> Result<(), ConfigError> {
     let write_error = |reason: String| ConfigError::Write {
@@ -534,6 +535,23 @@ pub fn write_port_map(path: &Path, ports: &[PortConfig]) -> Result<(), ConfigErr
         tables.push(table);
     }
     doc["port"] = toml_edit::Item::ArrayOfTables(tables);
+    // A `[layout]` grows to hold every port's position (a learnt B5 on the
+    // example's 2x4 grid); it never shrinks.
+    if let Some(layout) = doc.get_mut("layout").and_then(|l| l.as_table_like_mut()) {
+        let needed = |pick: fn(&(u32, u32)) -> u32| {
+            ports
+                .iter()
+                .filter_map(|p| p.position.as_ref().map(pick))
+                .max()
+                .map_or(0, |max| i64::from(max) + 1)
+        };
+        for (key, need) in [("rows", needed(|p| p.0)), ("columns", needed(|p| p.1))] {
+            let have = layout.get(key).and_then(|v| v.as_integer()).unwrap_or(0);
+            if need > have {
+                layout.insert(key, toml_edit::value(need));
+            }
+        }
+    }
     let new_text = doc.to_string();
     StationConfig::parse(&new_text, path)?;
     let tmp = path.with_extension("toml.tmp");

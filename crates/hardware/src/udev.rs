@@ -224,6 +224,33 @@ impl HotplugSource for UdevSource {
     }
 }
 
+/// The whole disks present now, as [`UdevSource`] reports them at start-up
+/// (partitions, empty media and [`IGNORED_PREFIXES`] left out), in kernel name
+/// order: what `flashrack devices` lists.
+pub fn present_disks() -> Result<Vec<PluggedDevice>, HotplugError> {
+    if !Path::new(UDEV_CONTROL).exists() {
+        return Err(HotplugError::Udev(format!(
+            "systemd-udevd is not running ({UDEV_CONTROL} is missing)"
+        )));
+    }
+    let udev_error = |e: io::Error| HotplugError::Udev(format!("cannot enumerate disks: {e}"));
+    // Disks udev has not processed yet are listed too, with what the kernel
+    // knows of them (the station waits for udev; a list should not hide a disk).
+    let mut enumerator = ::udev::Enumerator::new().map_err(udev_error)?;
+    enumerator
+        .match_subsystem("block")
+        .and_then(|()| enumerator.match_property("DEVTYPE", "disk"))
+        .map_err(udev_error)?;
+    let mut disks: Vec<PluggedDevice> = enumerator
+        .scan_devices()
+        .map_err(udev_error)?
+        .filter_map(|device| convert(&device))
+        .map(|seen| seen.device)
+        .collect();
+    disks.sort_by(|a, b| a.kernel_name.cmp(&b.kernel_name));
+    Ok(disks)
+}
+
 /// A disk as last reported, with the medium it had.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {

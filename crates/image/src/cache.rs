@@ -219,8 +219,10 @@ impl ImageCache {
 
     /// Finds one image by what a person would type: a hex prefix of its raw
     /// digest (at least [`MIN_PREFIX`] digits), the full sha256 of the file it
-    /// was imported from, or that file's name (or the name inside its zip).
-    /// More than one match is [`ImageError::Ambiguous`].
+    /// was imported from, that file's name (or the name inside its zip), or a
+    /// unique beginning of that name (case aside). More than one match is
+    /// [`ImageError::Ambiguous`]; none is [`ImageError::NotFound`] with the
+    /// names that look like the query.
     pub fn find(&self, query: &str) -> Result<CachedImage, ImageError> {
         let text = query.trim();
         let is_hex = !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit());
@@ -249,13 +251,30 @@ impl ImageCache {
                 return one(query, matches);
             }
         }
-        let by_name: Vec<_> = self
-            .list()?
-            .into_iter()
-            .filter(|i| i.meta.original_name == text || i.meta.zip_entry.as_deref() == Some(text))
+        let images = self.list()?;
+        let names = |i: &CachedImage| {
+            std::iter::once(i.meta.original_name.clone()).chain(i.meta.zip_entry.clone())
+        };
+        let by_name: Vec<_> = images
+            .iter()
+            .filter(|i| names(i).any(|n| n == text))
+            .cloned()
             .collect();
         if !by_name.is_empty() {
             return one(query, by_name);
+        }
+        // A unique beginning of a name, as a unique beginning of a digest:
+        // `ubuntu` for `ubuntu-24.04.iso.xz` (case aside).
+        let wanted = text.to_lowercase();
+        let by_prefix: Vec<_> = images
+            .iter()
+            .filter(|i| {
+                !wanted.is_empty() && names(i).any(|n| n.to_lowercase().starts_with(&wanted))
+            })
+            .cloned()
+            .collect();
+        if !by_prefix.is_empty() {
+            return one(query, by_prefix);
         }
         if is_hex && text.len() < MIN_PREFIX {
             return Err(ImageError::PrefixTooShort {
@@ -264,6 +283,7 @@ impl ImageCache {
         }
         Err(ImageError::NotFound {
             query: query.to_string(),
+            suggestions: suggestions(&wanted, &images),
         })
     }
 
@@ -276,6 +296,7 @@ impl ImageCache {
         if !entry.exists() && !image.exists() {
             return Err(ImageError::NotFound {
                 query: digest.to_hex(),
+                suggestions: Vec::new(),
             });
         }
         for path in [&entry, &image] {
@@ -299,15 +320,52 @@ impl ImageCache {
     }
 }
 
-/// The single match, or [`ImageError::Ambiguous`].
+/// The single match, or [`ImageError::Ambiguous`] (the candidates in digest
+/// order, each with its name).
 fn one(query: &str, mut matches: Vec<CachedImage>) -> Result<CachedImage, ImageError> {
     if matches.len() == 1 {
         return Ok(matches.remove(0));
     }
+    matches.sort_by_key(CachedImage::sha256);
     Err(ImageError::Ambiguous {
         query: query.to_string(),
         candidates: matches.iter().map(CachedImage::sha256).collect(),
+        names: matches
+            .iter()
+            .map(|i| i.meta.original_name.clone())
+            .collect(),
     })
+}
+
+/// How many names an unknown query lists when none looks like it.
+const MAX_SUGGESTIONS: usize = 8;
+
+/// The names to offer for an unknown query (`wanted`, lowercased): those
+/// containing it or any four characters of it in a row (`xubuntu` finds
+/// `ubuntu-24.04.iso`); when none does and the cache is small, every name.
+fn suggestions(wanted: &str, images: &[CachedImage]) -> Vec<String> {
+    let all: Vec<String> = images
+        .iter()
+        .map(|i| i.meta.original_name.clone())
+        .collect();
+    let chars: Vec<char> = wanted.chars().collect();
+    let pieces: Vec<String> = chars.windows(4).map(|w| w.iter().collect()).collect();
+    let mut close: Vec<String> = all
+        .iter()
+        .filter(|name| {
+            let name = name.to_lowercase();
+            !wanted.is_empty()
+                && (name.contains(wanted) || pieces.iter().any(|p| name.contains(p.as_str())))
+        })
+        .cloned()
+        .collect();
+    if close.is_empty() && all.len() <= MAX_SUGGESTIONS {
+        close = all;
+    }
+    close.sort();
+    close.dedup();
+    close.truncate(MAX_SUGGESTIONS);
+    close
 }
 
 #[cfg(test)]

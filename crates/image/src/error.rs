@@ -167,22 +167,26 @@ pub enum ImageError {
         chunk_size: u32,
     },
     /// No cached image matches a digest, prefix or name.
-    #[error("no cached image matches {query:?}")]
+    #[error("no cached image matches {query:?}{}", did_you_mean(.suggestions))]
     NotFound {
         /// What was looked for.
         query: String,
+        /// Names of cached images that look like it (possibly none).
+        suggestions: Vec<String>,
     },
     /// A prefix or name matches several cached images.
     #[error(
         "{query:?} matches {} cached images: {}",
         .candidates.len(),
-        list_digests(.candidates)
+        list_candidates(.candidates, .names)
     )]
     Ambiguous {
         /// What was looked for.
         query: String,
-        /// The images it matches.
+        /// The images it matches, in digest order.
         candidates: Vec<Sha256Digest>,
+        /// Their names, in the same order.
+        names: Vec<String>,
     },
     /// A hex prefix too short to name an image safely.
     #[error(
@@ -269,12 +273,22 @@ fn list_names(names: &[String]) -> String {
     }
 }
 
-fn list_digests(digests: &[Sha256Digest]) -> String {
+fn list_candidates(digests: &[Sha256Digest], names: &[String]) -> String {
     digests
         .iter()
-        .map(Sha256Digest::short)
+        .zip(names)
+        .map(|(digest, name)| format!("{} ({name})", digest.short()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// "; did you mean …?" with the names, or nothing.
+fn did_you_mean(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        many => format!("; did you mean one of: {}?", many.join(", ")),
+    }
 }
 
 #[cfg(test)]

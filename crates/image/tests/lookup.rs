@@ -85,7 +85,9 @@ fn an_ambiguous_prefix_is_an_error_listing_the_candidates() {
 
     let error = fx.cache.find(prefix).unwrap_err();
     match &error {
-        ImageError::Ambiguous { query, candidates } => {
+        ImageError::Ambiguous {
+            query, candidates, ..
+        } => {
             assert_eq!(query, prefix);
             let mut expected = vec![a.sha256(), b.sha256()];
             expected.sort();
@@ -211,4 +213,84 @@ fn opening_creates_the_layout_and_removes_leftovers_of_crashed_imports() {
     let cache = ImageCache::open(&root).unwrap();
     assert!(!leftover.exists());
     assert_eq!(cache.dir(), root);
+}
+
+#[test]
+fn a_unique_beginning_of_a_name_finds_the_image_in_either_case() {
+    let fx = Fixture::new();
+    let ubuntu = fx
+        .cache
+        .import(
+            fx.input("ubuntu-24.04.iso.gz", &gzip(&image(2, 0, &[], 1))),
+            options(),
+        )
+        .unwrap()
+        .image;
+    let debian = fx
+        .cache
+        .import(fx.input("debian-12.img", &image(2, 0, &[], 2)), options())
+        .unwrap()
+        .image;
+    assert_eq!(fx.cache.find("ubuntu").unwrap(), ubuntu);
+    assert_eq!(fx.cache.find("Ubuntu-24").unwrap(), ubuntu);
+    assert_eq!(fx.cache.find("d").unwrap(), debian);
+}
+
+#[test]
+fn a_beginning_shared_by_two_names_is_ambiguous_and_names_both() {
+    let fx = Fixture::new();
+    for (name, seed) in [("ubuntu-22.04.img", 1), ("ubuntu-24.04.img", 2)] {
+        fx.cache
+            .import(fx.input(name, &image(2, 0, &[], seed)), options())
+            .unwrap();
+    }
+    let error = fx.cache.find("ubuntu").unwrap_err();
+    match &error {
+        ImageError::Ambiguous { names, .. } => {
+            let mut names = names.clone();
+            names.sort();
+            assert_eq!(names, ["ubuntu-22.04.img", "ubuntu-24.04.img"]);
+        }
+        other => panic!("expected an ambiguous name, got {other:?}"),
+    }
+    let text = error.to_string();
+    assert!(
+        text.contains("ubuntu-22.04.img") && text.contains("ubuntu-24.04.img"),
+        "{text}"
+    );
+    assert_eq!(
+        fx.cache.find("ubuntu-24").unwrap().meta.original_name,
+        "ubuntu-24.04.img"
+    );
+}
+
+#[test]
+fn an_unknown_name_is_answered_with_the_names_that_look_like_it() {
+    let fx = Fixture::new();
+    for (name, seed) in [("ubuntu-24.04.img", 1), ("debian-12.img", 2)] {
+        fx.cache
+            .import(fx.input(name, &image(2, 0, &[], seed)), options())
+            .unwrap();
+    }
+    let error = fx.cache.find("xubuntu").unwrap_err();
+    match &error {
+        ImageError::NotFound { suggestions, .. } => {
+            assert_eq!(suggestions, &["ubuntu-24.04.img"]);
+        }
+        other => panic!("expected not found, got {other:?}"),
+    }
+    assert!(
+        error
+            .to_string()
+            .ends_with("did you mean ubuntu-24.04.img?"),
+        "{error}"
+    );
+    // Nothing alike in a small cache: every name is offered.
+    let error = fx.cache.find("fedora").unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with("did you mean one of: debian-12.img, ubuntu-24.04.img?"),
+        "{error}"
+    );
 }

@@ -257,6 +257,14 @@ impl TestStick {
         );
     }
 
+    /// Moves the (unplugged) stick to another port: its rule now gives it
+    /// `port_path` as its `ID_PATH`, which its next plug reports.
+    pub fn move_to_port(&self, port_path: &str) {
+        fs::write(&self.rules, rule(&self.name, port_path, &self.serial()))
+            .expect("cannot write the udev rule");
+        reload_rules().unwrap();
+    }
+
     /// Pulls the stick out: detaches the backing file (size N → 0).
     pub fn pull(&self) {
         run("losetup", &["-d", self.dev.to_str().unwrap()]);
