@@ -245,7 +245,7 @@ fn report_commands_change_nothing_in_the_records() {
             "run",
             "1",
             "--station",
-            "elsewhere",
+            "station-1",
             "--format",
             "json",
         ],
