@@ -62,6 +62,104 @@ struct Page<'a> {
     rows: Vec<Row>,
     /// When the page was made, for a person.
     generated: String,
+    /// The flashrack that made it.
+    version: &'static str,
+    /// The running header of every printed page (a CSS string literal).
+    header_css: String,
+    /// The station, in the running header (a CSS string literal).
+    station_css: String,
+    /// When the page was made, in the running footer (a CSS string literal).
+    generated_css: String,
+    /// Failures by reason, most frequent first.
+    failures: Vec<(String, u64)>,
+    /// Whether the page ends with the signature and approval block (a run's
+    /// report, which QA signs).
+    signatures: bool,
+}
+
+/// The version of flashrack printed on every report.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `text` as a CSS string literal for a `content:` in the page's `<style>`:
+/// every character but letters, digits and spaces is written as a CSS hex
+/// escape, so that nothing in a name (a quote, `</style>`) can end the string
+/// or the style sheet. Safe to put into the template unescaped.
+fn css_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || c == ' ' {
+            out.push(c);
+        } else {
+            // A space ends the escape (and is consumed by it: CSS drops one
+            // white space after a hex escape, even one of six digits).
+            out.push_str(&format!("\\{:06x} ", u32::from(c)));
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The yield: passes among the sticks that got a verdict about themselves
+/// (passed or failed; refused and interrupted ones say nothing about the
+/// stick), in words.
+fn yield_words(counts: &Counts) -> String {
+    let judged = counts.passed + counts.failed;
+    if judged == 0 {
+        return "no stick passed or failed yet".to_string();
+    }
+    let percent = counts.passed as f64 * 100.0 / judged as f64;
+    format!(
+        "{percent:.1} % ({} of {judged} sticks passed; refused and interrupted ones not counted)",
+        counts.passed
+    )
+}
+
+/// The failures (verdict `fail`) by reason code, most frequent first.
+fn failures_by_reason(rows: &[ReportRow]) -> Vec<(String, u64)> {
+    let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for row in rows {
+        let e = ExportRow::new(row);
+        if e.verdict == "fail" {
+            let reason = e.reason_code.unwrap_or_else(|| "unknown".to_string());
+            *counts.entry(reason).or_default() += 1;
+        }
+    }
+    let mut out: Vec<(String, u64)> = counts.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
+/// The order ports are printed in: rows by letter, then by number (A2 before
+/// A10), then other labels by name.
+fn port_order(label: &str) -> (u32, u32, String) {
+    let mut chars = label.chars();
+    if let Some(letter) = chars.next().filter(char::is_ascii_uppercase) {
+        if let Ok(number) = chars.as_str().parse::<u32>() {
+            return (u32::from(letter), number, String::new());
+        }
+    }
+    (u32::MAX, u32::MAX, label.to_string())
+}
+
+/// The run's options in words (`verify: compare every byte; eject after a
+/// pass; stop after 40 passes`), from the recorded JSON object.
+fn options_words(options: &serde_json::Value) -> String {
+    let mut words = Vec::new();
+    match options.get("verify").and_then(|v| v.as_str()) {
+        Some("compare") => words.push("verify by comparing every byte read back".to_string()),
+        Some("hash") => words.push("verify by hashing every byte read back (sha256)".to_string()),
+        Some("none") => words.push("no verification (written only)".to_string()),
+        Some(other) => words.push(format!("verify: {other}")),
+        None => {}
+    }
+    if options.get("eject_on_pass").and_then(|v| v.as_bool()) == Some(true) {
+        words.push("eject each stick after it passes".to_string());
+    }
+    match options.get("target_count").and_then(|v| v.as_u64()) {
+        Some(n) => words.push(format!("stop after {n} passes")),
+        None => words.push("no target count".to_string()),
+    }
+    words.join("; ")
 }
 
 /// A term of the summary and its value.
@@ -110,6 +208,8 @@ struct Row {
     write_rate: String,
     verify_rate: String,
     read_back_sha256: String,
+    /// How the read-back was checked: `compare`, `hash`, `none`.
+    verify_method: String,
     reason: String,
     offset: String,
 }
@@ -142,6 +242,7 @@ impl Row {
             write_rate: rate(e.write_mb_s),
             verify_rate: rate(e.verify_mb_s),
             read_back_sha256: e.read_back_sha256.unwrap_or_default(),
+            verify_method: e.verify_method.unwrap_or_default().to_string(),
             reason: e.reason_detail.unwrap_or_default(),
             offset: e.fail_offset.map(|o| o.to_string()).unwrap_or_default(),
         }
@@ -158,26 +259,39 @@ fn render(page: Page<'_>) -> String {
 /// at `generated_at` (unix milliseconds).
 pub fn run_html(report: &RunReport, generated_at: i64) -> String {
     let run = &report.run.run;
-    let options = serde_json::to_string(&run.options).unwrap_or_default();
     let stopped = match (run.stopped_at, run.stop_reason) {
-        (Some(at), Some(reason)) => format!("{} ({reason})", format_time_short(at)),
+        (Some(at), Some(reason)) => format!("{} ({})", format_time_short(at), reason.describe()),
         _ => "still open".to_string(),
     };
+    let title = format!("flashrack run {}: {}", run.id, run.image_name);
+    // Printed by port (A1, A2 … A10, B1), each port's records in the order
+    // they were made.
+    let mut rows: Vec<&ReportRow> = report.rows.iter().collect();
+    rows.sort_by_key(|row| port_order(&row.port_label));
+    let generated = format_time_short(generated_at);
     render(Page {
         format: FORMAT,
-        title: format!("flashrack run {}: {}", run.id, run.image_name),
+        header_css: css_string(&title),
+        station_css: css_string(&format!("station {} · flashrack {VERSION}", run.station_id)),
+        generated_css: css_string(&format!("generated {generated}")),
+        title,
         summary: vec![
             Item::text("Station", &run.station_id),
+            Item::text("flashrack", VERSION),
             Item::text("Image", &run.image_name),
             Item::mono("Image sha256", run.image_sha256.to_hex()),
-            Item::mono("Options", options),
+            Item::text("Options", options_words(&run.options)),
             Item::text("Started", format_time_short(run.started_at)),
             Item::text("Stopped", stopped),
+            Item::text("Yield", yield_words(&report.run.counts)),
         ],
         counts: report.run.counts,
         with_run: false,
-        rows: report.rows.iter().map(Row::new).collect(),
-        generated: format_time_short(generated_at),
+        rows: rows.into_iter().map(Row::new).collect(),
+        generated,
+        version: VERSION,
+        failures: failures_by_reason(&report.rows),
+        signatures: true,
     })
 }
 
@@ -186,9 +300,14 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
 pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
     let d = &report.device;
     let opt = |value: &Option<String>| value.clone().unwrap_or_default();
+    let title = format!("flashrack device {}", d.key);
+    let generated = format_time_short(generated_at);
     render(Page {
         format: FORMAT,
-        title: format!("flashrack device {}", d.key),
+        header_css: css_string(&title),
+        station_css: css_string(&format!("flashrack {VERSION}")),
+        generated_css: css_string(&format!("generated {generated}")),
+        title,
         summary: vec![
             Item::text("Device", &d.key),
             Item::text("Serial", opt(&d.serial)),
@@ -201,7 +320,10 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
         counts: report.counts,
         with_run: true,
         rows: report.rows.iter().map(Row::new).collect(),
-        generated: format_time_short(generated_at),
+        generated,
+        version: VERSION,
+        failures: failures_by_reason(&report.rows),
+        signatures: false,
     })
 }
 
@@ -214,6 +336,40 @@ mod tests {
         let mut out = String::new();
         Entities.write_escaped_str(&mut out, text).unwrap();
         out
+    }
+
+    #[test]
+    fn a_css_string_cannot_end_itself_or_the_style_sheet() {
+        assert_eq!(css_string("run 3"), "\"run 3\"");
+        let nasty = css_string("a\"b</style><script>");
+        assert!(
+            !nasty[1..nasty.len() - 1].contains(['"', '<', '>']),
+            "{nasty}"
+        );
+        assert_eq!(&nasty[..3], "\"a\\");
+    }
+
+    #[test]
+    fn ports_are_printed_in_row_then_number_order() {
+        let mut labels = vec!["B1", "A10", "front", "A2"];
+        labels.sort_by_key(|l| port_order(l));
+        assert_eq!(labels, ["A2", "A10", "B1", "front"]);
+    }
+
+    #[test]
+    fn the_yield_counts_passes_among_passes_and_failures() {
+        let counts = Counts {
+            attempts: 6,
+            passed: 3,
+            failed: 1,
+            refused: 2,
+            ..Counts::default()
+        };
+        assert!(yield_words(&counts).starts_with("75.0 % (3 of 4 sticks passed"));
+        assert_eq!(
+            yield_words(&Counts::default()),
+            "no stick passed or failed yet"
+        );
     }
 
     #[test]

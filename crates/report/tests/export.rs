@@ -177,6 +177,12 @@ fn the_html_report_prints_to_pdf_in_headless_chromium() {
         })
         .expect("chromium is not installed (apt-get install chromium): the print test needs it");
 
+    // Enough records for several printed pages.
+    let mut run = run;
+    let rows = run.rows.clone();
+    for _ in 0..12 {
+        run.rows.extend(rows.iter().cloned());
+    }
     let dir = tempfile::tempdir().unwrap();
     let html_path = dir.path().join("report.html");
     let pdf_path = dir.path().join("report.pdf");
@@ -227,4 +233,71 @@ fn the_html_report_prints_to_pdf_in_headless_chromium() {
         tail.windows(5).any(|w| w == b"%%EOF"),
         "the pdf is not complete"
     );
+
+    // Every printed page has the running header and "page N of M" (CSS
+    // paged media: @page margin boxes), the second one included.
+    let text = |page: usize| {
+        let out = Command::new("pdftotext")
+            .args(["-layout", "-f", &page.to_string(), "-l", &page.to_string()])
+            .arg(&pdf_path)
+            .arg("-")
+            .output()
+            .expect("pdftotext is not installed (apt-get install poppler-utils)");
+        assert!(out.status.success(), "pdftotext failed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = text(1);
+    let pages: usize = first
+        .split("page 1 of ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no \"page 1 of M\" on page 1:\n{first}"));
+    assert!(pages >= 2, "{pages} page(s): the test needs at least two");
+    for page in [2, pages] {
+        let text = text(page);
+        assert!(
+            text.contains("flashrack run 1: debian-12.5-amd64.img"),
+            "page {page} lacks the header:\n{text}"
+        );
+        assert!(
+            text.contains("station rack-1"),
+            "page {page} lacks the station:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("page {page} of {pages}")),
+            "page {page} lacks its number:\n{text}"
+        );
+    }
+    // The signature block ends the last page.
+    let last = text(pages);
+    assert!(
+        last.contains("Approved by (QA)") && last.contains("Signature"),
+        "{last}"
+    );
+}
+
+#[test]
+fn the_printed_run_report_lists_records_by_port_with_yield_and_failure_reasons() {
+    let mut run = run();
+    run.rows.reverse();
+    let html = flashrack_report::run_html(&run, GENERATED_AT);
+    let ports: Vec<&str> = html
+        .split("<tr class=")
+        .skip(1)
+        .filter_map(|row| row.split("<td>").nth(1))
+        .filter_map(|cell| cell.split("</td>").next())
+        .collect();
+    assert_eq!(ports, ["A1", "A2", "A3", "A4", "B1", "B2", "B3", "B3"]);
+    assert!(
+        html.contains("<dt>Yield</dt><dd>50.0 % (2 of 4 sticks passed"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<tr><td>verify_mismatch</td><td class=\"num\">1</td></tr>"),
+        "{html}"
+    );
+    assert!(html.contains("<dt>flashrack</dt><dd>"), "{html}");
+    assert!(html.contains("<th>Verify</th>"), "{html}");
+    assert!(html.contains("Approved by (QA)"), "{html}");
 }
