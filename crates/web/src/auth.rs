@@ -8,9 +8,11 @@
 //! (no CSRF). The dashboard asks for the token once and keeps it in the tab.
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use flashrack_http::auth::{bearer, constant_time_eq, query_param};
 
 use crate::{AppError, WebState};
 
@@ -28,32 +30,18 @@ pub async fn check(State(state): State<WebState>, request: Request, next: Next) 
     if always_open || (reading && state.access.public_read) {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = bearer(request.headers());
     // EventSource and plain download links cannot set headers: the event stream
     // and report downloads may carry the token as a query parameter. Nothing else
     // may (a token in a URL lands in histories and logs), and never a change.
     let query_allowed = reading && (path == "/api/v1/events" || path.ends_with("/report"));
     let query_token = query_allowed
-        .then(|| request.uri().query())
-        .flatten()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        .then(|| query_param(request.uri().query(), "token"))
+        .flatten();
     match presented.or(query_token) {
         Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {
             next.run(request).await
         }
         _ => AppError::unauthorized().into_response(),
     }
-}
-
-/// Compares without leaking, through timing, how much of the token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -13,9 +13,11 @@
 //!   listens beyond loopback);
 //! - [`origin`]: only the station's own names and pages: `Host` checked against
 //!   them (DNS rebinding), changes refused from other sites (`Origin`);
-//! - `server`: the accept loop: a bound on connections (an idle flood cannot
-//!   take the descriptors the sticks need), header and shutdown time limits;
-//! - [`error`]: [`AppError`], JSON errors that never leak internals;
+//! - the accept loop (`flashrack-http`'s `server`): a bound on connections (an
+//!   idle flood cannot take the descriptors the sticks need), header and
+//!   shutdown time limits;
+//! - [`error`]: [`AppError`] (`flashrack-http`'s), JSON errors that never leak
+//!   internals;
 //! - [`events`]: the SSE stream;
 //! - [`assets`]: the embedded dashboard.
 #![deny(missing_docs)]
@@ -23,11 +25,11 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
-pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod origin;
-mod server;
+
+pub use flashrack_http::error;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -106,7 +108,7 @@ pub struct AccessPolicy {
 /// hold the station's resources nor its shutdown.
 #[derive(Debug, Clone)]
 pub struct WebLimits {
-    /// Connections served at once (see the `server` module).
+    /// Connections served at once (see `flashrack_http::server`).
     pub max_connections: usize,
     /// A connection must send a request's headers within this time.
     pub header_timeout: Duration,
@@ -222,7 +224,7 @@ pub fn router(state: WebState) -> Router {
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, within
-/// `state.limits` (see the `server` module): requests in flight get the
+/// `state.limits` (see `flashrack_http::server`): requests in flight get the
 /// shutdown grace to finish, uploads and imports stop at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -239,5 +241,10 @@ pub async fn serve(
         shutdown.await;
         let _ = raise.send(true);
     });
-    server::run(listener, router(state), limits, shutting_down).await
+    let limits = flashrack_http::ServerLimits {
+        max_connections: limits.max_connections,
+        header_timeout: limits.header_timeout,
+        shutdown_grace: limits.shutdown_grace,
+    };
+    flashrack_http::server::run(listener, router(state), limits, shutting_down).await
 }

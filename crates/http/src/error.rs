@@ -28,7 +28,8 @@ impl AppError {
         )
     }
     /// 403: refused whoever asks (a foreign host name, a cross-site change, a
-    /// file outside the import directories).
+    /// file outside the import directories, a station writing under another's
+    /// id).
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
@@ -36,7 +37,7 @@ impl AppError {
     pub fn request_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
     }
-    /// 507: the station has no room for it.
+    /// 507: the server has no room for it.
     pub fn insufficient_storage(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", message)
     }
@@ -56,7 +57,7 @@ impl AppError {
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message)
     }
-    /// 503: the station is not available.
+    /// 503: the server cannot serve it now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -66,7 +67,7 @@ impl AppError {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "internal error; see the station's log",
+            "internal error; see the server's log",
         )
     }
 

@@ -1,22 +1,22 @@
 //! The HTTP server: an accept loop that bounds what clients can hold.
 //!
-//! A station's file descriptors are shared by its web clients and its sticks.
-//! Without a bound, a thousand idle TCP connections used them all up: the
-//! health check timed out, and sticks that could not be opened were recorded
-//! as failed. So:
+//! A station's file descriptors are shared by its web clients and its sticks
+//! (a hub's by its clients and its database connections). Without a bound, a
+//! thousand idle TCP connections used them all up: the health check timed out,
+//! and sticks that could not be opened were recorded as failed. So:
 //!
-//! - at most [`WebLimits::max_connections`] connections are served at once.
+//! - at most [`ServerLimits::max_connections`] connections are served at once.
 //!   When all are taken, a new connection pushes out the oldest one that has
 //!   not sent a byte yet (an idle flood cannot starve the operator's requests);
 //!   if every connection is busy, the next one waits in the kernel's backlog
 //!   (holding no descriptor of ours) until one closes;
 //! - a connection must send a request's headers within
-//!   [`WebLimits::header_timeout`], the first request and every next one on a
+//!   [`ServerLimits::header_timeout`], the first request and every next one on a
 //!   kept-alive connection alike (hyper's header read timeout);
 //! - an accept that fails (`EMFILE`, `ENFILE`, `ENOMEM`) is retried after a
 //!   short pause instead of spinning;
 //! - on shutdown no new connection is taken, idle ones are closed, requests in
-//!   flight get [`WebLimits::shutdown_grace`] to finish (uploads and imports end
+//!   flight get [`ServerLimits::shutdown_grace`] to finish (uploads and imports end
 //!   at once: they watch the shutdown), and what is left after that is closed.
 //!
 //! The binary keeps descriptors for the sticks: it raises its soft
@@ -41,13 +41,25 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::WebLimits;
+/// The bounds of the accept loop.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// A connection must send a request's headers within this time.
+    pub header_timeout: Duration,
+    /// After shutdown is asked, how long requests in flight may take before
+    /// their connections are closed.
+    pub shutdown_grace: Duration,
+}
 
 /// Serves `app` on `listener` within `limits` until `stopped` turns true.
-pub(crate) async fn run(
+/// Endless responses (event streams) must end by themselves when `stopped`
+/// turns true, or they are closed after the grace.
+pub async fn run(
     listener: TcpListener,
     app: Router,
-    limits: WebLimits,
+    limits: ServerLimits,
     mut stopped: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let registry = Arc::new(Registry::new(limits.max_connections.max(1)));
