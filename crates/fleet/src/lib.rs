@@ -39,6 +39,11 @@ use serde::{Deserialize, Serialize};
 /// The protocol's version: a hub refuses batches of another major version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The key of a run's options that holds the hub's order id (an integer)
+/// when the run was armed under a [`RunOrder`]: the hub reads it to put the
+/// run in its order's lot.
+pub const ORDER_ID_OPTION: &str = "order_id";
+
 /// Request paths on the hub, under its base URL.
 pub mod paths {
     /// `POST` a [`RecordBatch`](super::RecordBatch); answered with a
@@ -146,7 +151,8 @@ pub struct RunRecord {
     /// The image's name when the run started.
     pub image_name: String,
     /// The run's options (a JSON object: verify mode, eject on pass, target
-    /// count, and the hub's order id when the hub armed it).
+    /// count, and the hub's order id under [`ORDER_ID_OPTION`] when the hub
+    /// armed it).
     pub options: serde_json::Value,
     /// When it started.
     pub started_at: i64,
@@ -179,6 +185,11 @@ pub struct AttemptRecord {
     pub stage: Stage,
     /// The verdict, once finished.
     pub verdict: Option<Verdict>,
+    /// The failure in words as the station recorded them (which may say more
+    /// than the verdict's reason: an attempt a crash interrupted names the
+    /// stage it was in), so that the hub's reports read as the station's do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_detail: Option<String>,
     /// Its figures so far.
     pub figures: AttemptFigures,
 }
@@ -347,6 +358,7 @@ mod tests {
                 reason: FailReason::VerifyMismatch { offset: 4096 },
                 stage: Stage::Verifying,
             })),
+            reason_detail: Some("verify mismatch at byte 4096".into()),
             figures: AttemptFigures::default(),
         });
         let json = serde_json::to_value(&record).unwrap();

@@ -133,6 +133,19 @@ async fn every_write_queues_its_rows_as_they_are_after_it_in_order() {
         })
         .unwrap();
     assert_eq!(last_run.stop_reason, Some(StopReason::Operator));
+    // The failure's words travel as recorded, so the hub's report reads as
+    // the station's.
+    let shipped_words = entries
+        .iter()
+        .rev()
+        .find_map(|e| match &e.record {
+            FleetRecord::Attempt(a) => Some(a.reason_detail.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let report = t.store.run_report(run).await.unwrap().unwrap();
+    assert_eq!(shipped_words, report.rows[0].reason_detail);
+    assert!(shipped_words.is_some());
     assert!(entries.iter().any(
         |e| matches!(&e.record, FleetRecord::Event(ev) if ev.kind == "attempt_finished"
             && ev.device_key.as_deref() == Some("S1"))

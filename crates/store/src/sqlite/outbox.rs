@@ -290,8 +290,8 @@ impl SqliteWrites {
             return Ok(());
         }
         let row = sqlx::query(&format!(
-            "SELECT a.*, d.key AS device_key FROM ({} WHERE id = ?) a
-             JOIN devices d ON d.id = a.device_id",
+            "SELECT a.*, d.key AS device_key, t.reason_detail FROM ({} WHERE id = ?) a
+             JOIN devices d ON d.id = a.device_id JOIN attempts t ON t.id = a.id",
             super::records::ATTEMPT
         ))
         .bind(id.0)
@@ -311,6 +311,7 @@ impl SqliteWrites {
                 state: attempt.state,
                 stage: attempt.stage,
                 verdict: attempt.verdict,
+                reason_detail: row.try_get("reason_detail")?,
                 figures: attempt.figures,
             }),
         )
