@@ -12,7 +12,7 @@ use flashrack_core::{Bound, ByteSize};
 
 use crate::export::{ExportRow, FORMAT};
 use crate::time::format_time_short;
-use crate::{Counts, DeviceReport, ReportRow, RunReport};
+use crate::{Counts, DeviceReport, LotReport, ReportRow, RunReport};
 
 /// The escaper askama applies to every value in an `.html` template (named in
 /// `askama.toml`): `&`, `<`, `>`, `"` and `'`, the characters askama's own HTML
@@ -58,6 +58,9 @@ struct Page<'a> {
     /// Whether the table has run and image columns (a device's records span
     /// runs; a run's do not).
     with_run: bool,
+    /// Whether the table has a station column (a lot's records span
+    /// stations).
+    with_station: bool,
     /// One per record.
     rows: Vec<Row>,
     /// When the page was made, for a person.
@@ -194,6 +197,7 @@ struct Row {
     verdict: &'static str,
     /// The attempt's number, or `refusal N` for a refusal before any attempt.
     number: String,
+    station: String,
     run: String,
     image: String,
     port: String,
@@ -225,6 +229,7 @@ impl Row {
                 (None, Some(id)) => format!("refusal {id}"),
                 (None, None) => String::new(),
             },
+            station: e.station_id,
             run: e.run_id.map(|id| id.to_string()).unwrap_or_default(),
             image: e.image_name.unwrap_or_default(),
             port: e.port_label,
@@ -287,6 +292,7 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
         ],
         counts: report.run.counts,
         with_run: false,
+        with_station: false,
         rows: rows.into_iter().map(Row::new).collect(),
         generated,
         version: VERSION,
@@ -319,11 +325,59 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
         ],
         counts: report.counts,
         with_run: true,
+        with_station: false,
         rows: report.rows.iter().map(Row::new).collect(),
         generated,
         version: VERSION,
         failures: failures_by_reason(&report.rows),
         signatures: false,
+    })
+}
+
+/// A lot's report (its records at every station) as one printable,
+/// self-contained HTML page, stamped as generated at `generated_at` (unix
+/// milliseconds).
+pub fn lot_html(report: &LotReport, generated_at: i64) -> String {
+    let lot = &report.lot;
+    let runs = report
+        .runs
+        .iter()
+        .map(|r| format!("{} run {}", r.run.station_id, r.run.id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let title = format!("flashrack lot {}: {}", lot.name, lot.image_name);
+    let generated = format_time_short(generated_at);
+    render(Page {
+        format: FORMAT,
+        header_css: css_string(&title),
+        station_css: css_string(&format!("flashrack {VERSION}")),
+        generated_css: css_string(&format!("generated {generated}")),
+        title,
+        summary: vec![
+            Item::text("Lot", &lot.name),
+            Item::text("flashrack", VERSION),
+            Item::text("Image", &lot.image_name),
+            Item::mono("Image sha256", lot.image_sha256.to_hex()),
+            Item::text("Options", options_words(&lot.options)),
+            Item::text("Stations", lot.stations.join(", ")),
+            Item::text("Runs", runs),
+            Item::text("Armed", format_time_short(lot.created_at)),
+            Item::text(
+                "Stopped",
+                lot.stopped_at
+                    .map(format_time_short)
+                    .unwrap_or_else(|| "still armed".to_string()),
+            ),
+            Item::text("Yield", yield_words(&report.counts)),
+        ],
+        counts: report.counts,
+        with_run: true,
+        with_station: true,
+        rows: report.rows.iter().map(Row::new).collect(),
+        generated,
+        version: VERSION,
+        failures: failures_by_reason(&report.rows),
+        signatures: true,
     })
 }
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::export::{ExportRow, FORMAT};
 use crate::time::format_time;
-use crate::{Counts, DeviceReport, ReportRow, RunReport, RunSummary};
+use crate::{Counts, DeviceReport, LotReport, ReportRow, RunReport, RunSummary};
 
 /// The run summary as exported.
 #[derive(Serialize)]
@@ -53,6 +53,21 @@ struct ExportDevice<'a> {
     counts: Counts,
 }
 
+/// The lot summary as exported.
+#[derive(Serialize)]
+struct ExportLot<'a> {
+    lot_id: i64,
+    name: &'a str,
+    image_name: &'a str,
+    image_sha256: String,
+    options: &'a serde_json::Value,
+    stations: &'a [String],
+    created_at: String,
+    stopped_at: Option<String>,
+    #[serde(flatten)]
+    counts: Counts,
+}
+
 #[derive(Serialize)]
 struct JsonReport<S> {
     format: &'static str,
@@ -70,6 +85,12 @@ struct RunSubject<'a> {
 #[derive(Serialize)]
 struct DeviceSubject<'a> {
     device: ExportDevice<'a>,
+}
+
+#[derive(Serialize)]
+struct LotSubject<'a> {
+    lot: ExportLot<'a>,
+    runs: Vec<ExportRun<'a>>,
 }
 
 fn to_json<S: Serialize>(kind: &'static str, subject: S, rows: &[ReportRow]) -> String {
@@ -112,6 +133,29 @@ pub fn device_json(report: &DeviceReport) -> String {
                 last_seen: format_time(d.last_seen),
                 counts: report.counts,
             },
+        },
+        &report.rows,
+    )
+}
+
+/// A lot's report as JSON (see the crate docs for the layout).
+pub fn lot_json(report: &LotReport) -> String {
+    let lot = &report.lot;
+    to_json(
+        "lot",
+        LotSubject {
+            lot: ExportLot {
+                lot_id: lot.id,
+                name: &lot.name,
+                image_name: &lot.image_name,
+                image_sha256: lot.image_sha256.to_hex(),
+                options: &lot.options,
+                stations: &lot.stations,
+                created_at: format_time(lot.created_at),
+                stopped_at: lot.stopped_at.map(format_time),
+                counts: report.counts,
+            },
+            runs: report.runs.iter().map(ExportRun::new).collect(),
         },
         &report.rows,
     )

@@ -62,12 +62,17 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/2"`, `"kind": "run"` or `"device"`, then
-//! `"run"` (fields `run_id`, `station_id`, `image_name`, `image_sha256`, `options`,
-//! `started_at`, `stopped_at`, `stop_reason`, `attempts`, `passed`, `failed`,
-//! `refused`, `interrupted`, `running`) or `"device"` (fields `device_key`,
-//! `serial`, `vendor`, `model`, `capacity_bytes`, `first_seen`, `last_seen` and the
-//! same six counts), then `"attempts"`: the records (attempts and refusals).
+//! One object: `"format": "flashrack-report/2"`, `"kind": "run"`, `"device"` or
+//! `"lot"`, then `"run"` (fields `run_id`, `station_id`, `image_name`,
+//! `image_sha256`, `options`, `started_at`, `stopped_at`, `stop_reason`,
+//! `attempts`, `passed`, `failed`, `refused`, `interrupted`, `running`) or
+//! `"device"` (fields `device_key`, `serial`, `vendor`, `model`,
+//! `capacity_bytes`, `first_seen`, `last_seen` and the same six counts) or
+//! `"lot"` (a fleet hub's arming on several stations: `lot_id`, `name`,
+//! `image_name`, `image_sha256`, `options`, `stations`, `created_at`,
+//! `stopped_at` and the six counts, followed by `"runs"`: each station's run
+//! as a `"run"` object is), then `"attempts"`: the records (attempts and
+//! refusals; a lot's span stations, told apart by `station_id`).
 //! `attempts` counts attempts; `passed + failed + refused + interrupted +
 //! running` counts records. A consumer should check `format`; a change to any
 //! name or meaning gets a new format version.
@@ -101,10 +106,10 @@ mod time;
 
 pub use csv_export::csv;
 pub use export::{FIELDS, FORMAT};
-pub use html::{device_html, run_html};
-pub use json_export::{device_json, run_json};
+pub use html::{device_html, lot_html, run_html};
+pub use json_export::{device_json, lot_json, run_json};
 pub use model::{
-    rows_in_order, Counts, DeviceRecord, DeviceReport, ReportRow, ReportVerdict, Run, RunReport,
-    RunSummary,
+    rows_in_order, Counts, DeviceRecord, DeviceReport, Lot, LotReport, ReportRow, ReportVerdict,
+    Run, RunReport, RunSummary,
 };
 pub use time::{format_time, format_time_short};

@@ -238,6 +238,41 @@ pub struct DeviceReport {
     pub rows: Vec<ReportRow>,
 }
 
+/// A lot: one arming of an image on several stations of a fleet, by its hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lot {
+    /// Its id at the hub.
+    pub id: i64,
+    /// Its name (given by the operator, or made up by the hub).
+    pub name: String,
+    /// The image's sha256.
+    pub image_sha256: Sha256Digest,
+    /// The image's name when the lot was armed.
+    pub image_name: String,
+    /// The options every station's run was armed with (a JSON object).
+    pub options: serde_json::Value,
+    /// The stations it was armed on, in the order given.
+    pub stations: Vec<String>,
+    /// When it was armed.
+    pub created_at: i64,
+    /// When it was stopped, if it was.
+    pub stopped_at: Option<i64>,
+}
+
+/// A lot's report: the lot, its runs at every station, and a row per record
+/// of those runs (attempts and refusals), across stations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LotReport {
+    /// The lot.
+    pub lot: Lot,
+    /// Its records by verdict, all stations together.
+    pub counts: Counts,
+    /// The runs armed under it, by station then start.
+    pub runs: Vec<RunSummary>,
+    /// One row per record: by station, then in the order they were made.
+    pub rows: Vec<ReportRow>,
+}
+
 /// Attempts and refusals in one list, in the order they were made. Each list
 /// must be in that order already (by `started_at`); on the same millisecond an
 /// attempt comes first.
