@@ -88,6 +88,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The fleet hub: every station's records and live racks in PostgreSQL.
+    Hub(crate::hub::HubArgs),
 }
 
 /// Report formats.
@@ -399,6 +401,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Report(command) => {
             crate::report_cmd::run(&data_dir, data_dir_flag.is_some(), command).await
         }
+        Command::Hub(hub) => crate::hub::run(hub).await,
         Command::Completions { shell } => crate::docs::completions(shell),
         Command::Man { dir } => crate::docs::man(dir.as_deref()),
         Command::Ports(PortsCommand::Learn { config }) => crate::learn::learn(&config).await,

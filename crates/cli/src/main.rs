@@ -15,6 +15,7 @@ mod demo;
 mod devices_cmd;
 mod docs;
 mod flash;
+mod hub;
 mod image_cmd;
 mod learn;
 mod progress;

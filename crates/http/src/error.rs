@@ -27,6 +27,10 @@ impl AppError {
             "an operator token is required (header: Authorization: Bearer <token>)",
         )
     }
+    /// 401 with the reason (a station's token that is missing or unknown).
+    pub fn unauthorized_because(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
     /// 403: refused whoever asks (a foreign host name, a cross-site change, a
     /// file outside the import directories, a station writing under another's
     /// id).

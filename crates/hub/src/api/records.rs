@@ -1,0 +1,39 @@
+//! `POST` [`paths::RECORDS`](flashrack_fleet::paths::RECORDS): a station's
+//! batch of outbox entries, answered with a [`BatchAck`] once it is durably
+//! stored.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use flashrack_fleet::{BatchAck, RecordBatch};
+use flashrack_http::AppError;
+
+use super::{internal, station_of, HubState};
+
+/// Takes a batch: the token first (a stranger's body is never parsed), then
+/// the batch, which must be the token's station's.
+pub(super) async fn post(
+    State(state): State<HubState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<BatchAck>, AppError> {
+    let station = station_of(&state, &headers).await?;
+    let batch: RecordBatch = serde_json::from_slice(&body)
+        .map_err(|e| AppError::bad_request(format!("malformed batch: {e}")))?;
+    if batch.station_id != station {
+        return Err(AppError::forbidden(format!(
+            "this token belongs to station {station:?}, not {:?}",
+            batch.station_id
+        )));
+    }
+    let ack = state.db.ingest(&station, &batch).await.map_err(internal)?;
+    tracing::debug!(
+        station,
+        acked_through = ack.acked_through,
+        applied = ack.applied,
+        duplicates = ack.duplicates,
+        "batch stored"
+    );
+    Ok(Json(ack))
+}

@@ -1,0 +1,132 @@
+//! The hub's PostgreSQL storage: every SQL statement of the hub is here,
+//! behind named functions.
+//!
+//! This is the hub's own module rather than a backend of `flashrack-store`:
+//! the store's seam (`Records`/`Writes`) is a station's journal (start an
+//! attempt, finish it, recover at start-up, with the store's own clock and
+//! station id), while the hub applies rows that stations already wrote, keyed
+//! by station and guarded by sequence numbers, and keeps what no station has
+//! (tokens, live state, orders). Sharing the seam would mean implementing a
+//! journal the hub never writes; sharing the crate would link PostgreSQL
+//! into every station's records. The station's store and this module meet
+//! only in `flashrack-fleet`'s record types.
+//!
+//! Layout:
+//! - [`HubDb`]: the pool, connected and migrated (`migrations/postgres/`);
+//! - [`tokens`]: station and operator tokens, stored as sha256;
+//! - `ingest`: a [`RecordBatch`](flashrack_fleet::RecordBatch) applied in one
+//!   transaction;
+//! - `read`: a station's records read back as the protocol's rows.
+
+mod ingest;
+mod migrate;
+mod read;
+pub mod tokens;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub use read::StationRecords;
+pub use tokens::{Role, TokenOwner};
+
+/// The channel every hub process listens on: a change any of them made.
+pub const CHANNEL: &str = "flashrack_hub";
+
+/// A failure of the hub's database, or a request it refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// A statement failed.
+    #[error("database: {what}: {source}")]
+    Sql {
+        /// What the hub was doing.
+        what: &'static str,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// What was sent cannot be stored (a number out of range, entries out of
+    /// order): the sender's fault, not the database's.
+    #[error("{0}")]
+    Invalid(String),
+    /// A value read back is not what the hub wrote (a row edited by hand).
+    #[error("database holds an unreadable {what}: {reason}")]
+    Corrupt {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Wraps a driver error with what the hub was doing.
+pub(crate) fn sql(what: &'static str) -> impl FnOnce(sqlx::Error) -> PgError {
+    move |source| PgError::Sql { what, source }
+}
+
+/// The hub's database: a connection pool, shared by every request.
+#[derive(Debug, Clone)]
+pub struct HubDb {
+    pool: PgPool,
+}
+
+impl HubDb {
+    /// Connects to `url` with at most `connections` connections and brings
+    /// the schema up to date (several hub processes may do this at once:
+    /// sqlx's migrator takes an advisory lock).
+    pub async fn connect(url: &str, connections: u32) -> Result<Self, PgError> {
+        let options: PgConnectOptions = url.parse().map_err(sql("parsing database_url"))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.application_name("flashrack-hub"))
+            .await
+            .map_err(sql("connecting"))?;
+        migrate::migrator().await?.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for listeners that need their own connection.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The text the protocol gives a unit enum (`"failed"`, `"verifying"`).
+pub(crate) fn enum_text<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// A unit enum back from its text.
+pub(crate) fn enum_from<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    text: String,
+) -> Result<T, PgError> {
+    serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| PgError::Corrupt {
+        what,
+        reason: format!("{text:?}"),
+    })
+}
+
+/// A protocol value back from its jsonb column.
+pub(crate) fn json_from<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    value: serde_json::Value,
+) -> Result<T, PgError> {
+    serde_json::from_value(value).map_err(|e| PgError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
