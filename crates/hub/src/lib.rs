@@ -15,6 +15,8 @@
 //! - [`config`]: [`HubConfig`], read from `hub.toml`;
 //! - [`pg`]: every SQL statement (migrations in `migrations/postgres/`);
 //! - [`api`]: the HTTP routes;
+//! - [`watch`]: the process's `LISTEN` connection, turned into fresh views
+//!   for the operators' streams and wake-ups for the stations' long-polls;
 //! - [`Hub`]: [`Hub::build`] then [`Hub::run_until_stopped`], as the station's
 //!   application does.
 #![deny(missing_docs)]
@@ -24,6 +26,7 @@ pub mod config;
 pub mod pg;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +64,9 @@ pub enum HubError {
         /// Why.
         source: std::io::Error,
     },
+    /// The hub's image cache cannot be opened.
+    #[error("the hub's image cache: {0}")]
+    Images(flashrack_image::ImageError),
     /// The server failed.
     #[error("serving: {0}")]
     Serve(std::io::Error),
@@ -84,6 +90,8 @@ impl Hub {
             path: config.data_dir.clone(),
             source,
         })?;
+        let images = flashrack_image::ImageCache::open(config.data_dir.join("cache"))
+            .map_err(HubError::Images)?;
         let db = HubDb::connect(&config.database_url, config.database_connections).await?;
         if !config.listen.ip().is_loopback() && !db.has_operator_tokens().await? {
             db.close().await;
@@ -105,6 +113,12 @@ impl Hub {
             state: api::HubState {
                 db,
                 allowed_hosts: Arc::new(config.allowed_hosts),
+                loopback: config.listen.ip().is_loopback(),
+                silent_after_ms: config.silent_after.as_millis() as i64,
+                watch: watch::Watch::new(),
+                images,
+                data_dir: config.data_dir,
+                stopped: None,
             },
             limits: flashrack_http::ServerLimits {
                 max_connections: config.max_connections,
@@ -136,13 +150,23 @@ impl Hub {
             let _ = raise.send(true);
         });
         let db = self.state.db.clone();
-        let served = flashrack_http::server::run(
-            self.listener,
-            api::router(self.state),
-            self.limits,
-            stopped,
-        )
-        .await;
+        let listener = tokio::spawn(watch::run_listener(
+            db.clone(),
+            self.state.watch.clone(),
+            self.state.silent_after_ms,
+            stopped.clone(),
+        ));
+        let state = api::HubState {
+            stopped: Some(stopped.clone()),
+            ..self.state
+        };
+        let served =
+            flashrack_http::server::run(self.listener, api::router(state), self.limits, stopped)
+                .await;
+        // The listener has stopped by itself on a shutdown; after a failure
+        // of the server it is stopped here.
+        listener.abort();
+        let _ = listener.await;
         db.close().await;
         served.map_err(HubError::Serve)
     }

@@ -1,25 +1,38 @@
 //! The hub's HTTP API: the stations' side (records, live reports, orders,
-//! images; under [`flashrack_fleet::paths`]) and the operators' side.
+//! images; under [`flashrack_fleet::paths`]) and the operators' side
+//! (stations, the live stream, lots, images, reports; under `/api/v1`).
 //!
 //! Every request passes the `Host`/`Origin` judge of `flashrack-http`. A
 //! station's request needs its station token: the hub takes what it sends
-//! only under the id the token belongs to.
+//! only under the id the token belongs to. An operator's request needs an
+//! operator token once the database holds one (see `operator`).
 
+mod images;
+mod live;
+mod operator;
+mod orders;
 mod records;
+mod reports;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use flashrack_fleet::paths;
 use flashrack_http::AppError;
+use flashrack_image::ImageCache;
 use tower_http::trace::TraceLayer;
 
+pub use images::{requested_range, ImageInfo};
+pub use orders::MAX_WAIT;
+
 use crate::pg::{HubDb, PgError, Role};
+use crate::watch::Watch;
 
 /// The largest request body a station may send (a batch of records).
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
@@ -31,16 +44,52 @@ pub struct HubState {
     pub db: HubDb,
     /// Host names the hub answers to besides loopback names and addresses.
     pub allowed_hosts: Arc<Vec<String>>,
+    /// Whether the hub listens on loopback only: then, while the database
+    /// holds no operator token, the operator routes are open.
+    pub loopback: bool,
+    /// A station not heard from for this long is silent (milliseconds).
+    pub silent_after_ms: i64,
+    /// What this process hears of changes (its listener's output).
+    pub watch: Watch,
+    /// The hub's image cache.
+    pub images: ImageCache,
+    /// The hub's directory (uploads are staged under it).
+    pub data_dir: PathBuf,
+    /// Turns true when the hub shuts down: endless responses end.
+    pub stopped: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The hub's routes.
 pub fn router(state: HubState) -> Router {
+    let operator = Router::new()
+        .route("/api/v1/stations", get(operator::stations))
+        .route("/api/v1/events", get(operator::events))
+        .route("/api/v1/lots", get(orders::list).post(orders::arm))
+        .route("/api/v1/lots/{id}/stop", post(orders::stop))
+        .route("/api/v1/lots/{id}/report", get(reports::lot))
+        .route("/api/v1/devices/{key}", get(reports::device))
+        .route(
+            "/api/v1/images",
+            get(images::list)
+                .post(images::upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            operator::require_operator,
+        ));
     Router::new()
         .route(
             paths::RECORDS,
             post(records::post).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
         )
+        .route(paths::LIVE, post(live::post))
+        .route(paths::ORDERS, get(orders::get))
+        .route(&format!("{}/{{sha256}}", paths::IMAGES), get(images::get))
         .route("/api/v1/health", get(health))
+        .route("/", get(page))
+        .route("/hub.js", get(script))
+        .merge(operator)
         .layer(axum::middleware::from_fn_with_state(state.clone(), origin))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -53,6 +102,25 @@ async fn health(State(state): State<HubState>) -> Result<&'static str, AppError>
         .await
         .map_err(AppError::internal)?;
     Ok("ok\n")
+}
+
+/// `GET /`: the dashboard (it asks for the operator token when the API
+/// answers 401).
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../../../../web/hub.html"),
+    )
+        .into_response()
+}
+
+/// `GET /hub.js`: the dashboard's script.
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../../../web/hub.js"),
+    )
+        .into_response()
 }
 
 /// Middleware: refuses foreign host names and cross-origin changes.

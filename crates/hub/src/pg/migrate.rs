@@ -10,11 +10,23 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 /// Every migration, in order: version, description, SQL. Append-only.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "hub records",
-    include_str!("../../../../migrations/postgres/0001_hub_records.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "hub records",
+        include_str!("../../../../migrations/postgres/0001_hub_records.sql"),
+    ),
+    (
+        2,
+        "live",
+        include_str!("../../../../migrations/postgres/0002_live.sql"),
+    ),
+    (
+        3,
+        "orders",
+        include_str!("../../../../migrations/postgres/0003_orders.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded;

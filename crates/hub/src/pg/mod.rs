@@ -16,11 +16,19 @@
 //! - [`tokens`]: station and operator tokens, stored as sha256;
 //! - `ingest`: a [`RecordBatch`](flashrack_fleet::RecordBatch) applied in one
 //!   transaction;
-//! - `read`: a station's records read back as the protocol's rows.
+//! - `read`: a station's records read back as the protocol's rows;
+//! - `live`: stations' live reports, and a station's view (status, backlog,
+//!   counters) read back by id;
+//! - `orders`: lots, each station's orders, desired against actual;
+//! - `reports`: a lot's report and a stick's history across stations, as
+//!   `flashrack-report` data.
 
 mod ingest;
+mod live;
 mod migrate;
+mod orders;
 mod read;
+mod reports;
 pub mod tokens;
 
 use std::time::Duration;
@@ -28,6 +36,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+pub use live::{status_of, StationCounts, StationStatus, StationView};
+pub use orders::{LotView, NewLot, OrderView};
 pub use read::StationRecords;
 pub use tokens::{Role, TokenOwner};
 

@@ -207,3 +207,123 @@ pub async fn get(url: String, token: Option<String>) -> Answer {
     .await
     .expect("the request thread")
 }
+
+/// An operator's event stream (SSE), read on a thread of its own: events
+/// arrive as (name, JSON data).
+pub struct EventStream {
+    events: tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+}
+
+impl EventStream {
+    /// Opens `url` (with `?token=` when a token is given).
+    pub async fn open(url: String) -> EventStream {
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let response = ureq::get(&url).call().expect("the event stream opens");
+            let _ = opened_tx.send(response.status());
+            let reader = std::io::BufReader::new(response.into_reader());
+            let mut name = String::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = n.trim().to_string();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    let value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                    if tx.send((std::mem::take(&mut name), value)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        assert_eq!(opened.await.expect("the stream's thread"), 200);
+        EventStream { events }
+    }
+
+    /// The next event named `name` whose data satisfies `pred`, skipping
+    /// others; fails the test after 30 s (a guard against a hang, not a
+    /// synchronization: the event is expected at once).
+    pub async fn wait_for(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {name} event as expected within 30 s"))
+                .expect("the stream ended");
+            if next.0 == name && pred(&next.1) {
+                return next.1;
+            }
+        }
+    }
+}
+
+/// A live report of `station` with `backlog`.
+pub fn live_report(station: &str, backlog: u64, port_state: &str) -> flashrack_fleet::LiveReport {
+    flashrack_fleet::LiveReport {
+        protocol: PROTOCOL_VERSION,
+        station_id: station.into(),
+        sent_at: 1_700_000_000_000,
+        snapshot: json!({ "ports": [{ "label": "A1", "state": port_state }] }),
+        backlog,
+        order: None,
+    }
+}
+
+/// The station named `id` in a list of station views.
+pub fn station<'a>(views: &'a Value, id: &str) -> Option<&'a Value> {
+    views.as_array()?.iter().find(|s| s["id"] == id)
+}
+
+/// `POST`s raw bytes.
+pub async fn post_bytes(url: String, token: Option<String>, body: Vec<u8>) -> Answer {
+    tokio::task::spawn_blocking(move || {
+        let mut request = ureq::post(&url).set("Content-Type", "application/octet-stream");
+        if let Some(token) = &token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let response = match request.send_bytes(&body) {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("POST {url}: {error}"),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap_or_default();
+        Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    })
+    .await
+    .expect("the request thread")
+}
+
+/// A `GET` of raw bytes with extra headers: status, headers asked for, body.
+pub async fn get_bytes(
+    url: String,
+    headers: Vec<(&'static str, String)>,
+) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
+    tokio::task::spawn_blocking(move || {
+        let mut request = ureq::get(&url);
+        for (name, value) in &headers {
+            request = request.set(name, value);
+        }
+        let response = match request.call() {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("GET {url}: {error}"),
+        };
+        let status = response.status();
+        let mut seen = std::collections::HashMap::new();
+        for name in ["content-range", "etag", "accept-ranges", "content-length"] {
+            if let Some(value) = response.header(name) {
+                seen.insert(name.to_string(), value.to_string());
+            }
+        }
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut body).unwrap();
+        (status, seen, body)
+    })
+    .await
+    .expect("the request thread")
+}

@@ -1,0 +1,92 @@
+//! Reports across stations through `flashrack-report`: a lot's
+//! (`GET /api/v1/lots/{id}/report?format=csv|json|html`) and a stick's
+//! history (`GET /api/v1/devices/{key}?format=…`).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use flashrack_http::AppError;
+use serde::Deserialize;
+
+use super::{internal, HubState};
+
+/// `?format=`.
+#[derive(Debug, Deserialize)]
+pub(super) struct FormatQuery {
+    /// `csv`, `json` (the default) or `html`.
+    format: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn answer(format: &str, body: String, file: &str) -> Result<Response, AppError> {
+    let (kind, disposition) = match format {
+        "csv" => ("text/csv; charset=utf-8", Some(format!("{file}.csv"))),
+        "json" => ("application/json", None),
+        "html" => ("text/html; charset=utf-8", None),
+        other => {
+            return Err(AppError::bad_request(format!(
+                "format {other:?}: csv, json or html"
+            )))
+        }
+    };
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    if let Some(name) = disposition {
+        if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+            h.insert(header::CONTENT_DISPOSITION, value);
+        }
+    }
+    Ok(response)
+}
+
+/// A lot's report, across its stations.
+pub(super) async fn lot(
+    State(state): State<HubState>,
+    Path(id): Path<i64>,
+    Query(query): Query<FormatQuery>,
+) -> Result<Response, AppError> {
+    let format = query.format.as_deref().unwrap_or("json");
+    let report = state
+        .db
+        .lot_report(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| AppError::not_found(format!("no lot {id}")))?;
+    let body = match format {
+        "csv" => flashrack_report::csv(&report.rows),
+        "html" => flashrack_report::lot_html(&report, now_ms()),
+        _ => flashrack_report::lot_json(&report),
+    };
+    answer(format, body, &format!("lot-{}", report.lot.name))
+}
+
+/// A stick's history at every station.
+pub(super) async fn device(
+    State(state): State<HubState>,
+    Path(key): Path<String>,
+    Query(query): Query<FormatQuery>,
+) -> Result<Response, AppError> {
+    let format = query.format.as_deref().unwrap_or("json");
+    let report = state
+        .db
+        .device_history(&key)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| AppError::not_found(format!("no station has seen a device {key:?}")))?;
+    let body = match format {
+        "csv" => flashrack_report::csv(&report.rows),
+        "html" => flashrack_report::device_html(&report, now_ms()),
+        _ => flashrack_report::device_json(&report),
+    };
+    let file: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    answer(format, body, &format!("device-{file}"))
+}

@@ -1,0 +1,241 @@
+//! Live racks through the hub: stations' reports, the operators' stream,
+//! LISTEN/NOTIFY between hub processes, a listener that reconnects, and the
+//! stations' status. Real PostgreSQL, real HTTP on loopback.
+
+mod common;
+
+use common::*;
+use flashrack_fleet::{paths, Orders};
+use flashrack_hub::pg::Role;
+use flashrack_hub::testing::spawn_hub;
+use flashrack_testkit::pg::PgCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_report_reaches_the_operators_stream_and_is_answered_with_orders() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let mut stream = EventStream::open(hub.url("/api/v1/events")).await;
+    stream
+        .wait_for("snapshot", |s| s["stations"].as_array().unwrap().is_empty())
+        .await;
+
+    let answer = post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &live_report("lab-a", 0, "writing"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let orders: Orders = serde_json::from_value(answer.body).unwrap();
+    assert_eq!(
+        orders,
+        Orders {
+            version: 0,
+            run: None
+        }
+    );
+    let view = stream.wait_for("station", |v| v["id"] == "lab-a").await;
+    assert_eq!(view["snapshot"]["ports"][0]["state"], "writing");
+    assert_eq!(view["status"], "connected");
+    assert_eq!(view["live_version"], 1);
+    // The next report replaces it.
+    post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &live_report("lab-a", 0, "passed"),
+    )
+    .await;
+    let view = stream.wait_for("station", |v| v["id"] == "lab-a").await;
+    assert_eq!(view["snapshot"]["ports"][0]["state"], "passed");
+    assert_eq!(view["live_version"], 2);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_hub_process_takes_reaches_the_streams_of_another() {
+    let pg = PgCluster::start();
+    let one = spawn_hub(&pg.url()).await;
+    let two = spawn_hub(&pg.url()).await;
+    let token = one.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let mut stream = EventStream::open(two.url("/api/v1/events")).await;
+    stream.wait_for("snapshot", |_| true).await;
+    post_json(
+        one.url(paths::LIVE),
+        Some(&token),
+        &live_report("lab-a", 0, "writing"),
+    )
+    .await;
+    let view = stream.wait_for("station", |v| v["id"] == "lab-a").await;
+    assert_eq!(view["snapshot"]["ports"][0]["state"], "writing");
+    // Records too: the station's counters move on the other process.
+    let sent = batch(
+        "lab-a",
+        entries(
+            1,
+            vec![
+                run(1, None),
+                attempt(1, "S1", 1 << 30, Some(flashrack_core::Verdict::Pass)),
+            ],
+        ),
+        0,
+    );
+    assert_eq!(
+        post_json(one.url(paths::RECORDS), Some(&token), &sent)
+            .await
+            .status,
+        200
+    );
+    let view = stream
+        .wait_for("station", |v| {
+            v["id"] == "lab-a" && v["counts"]["passed"] == 1
+        })
+        .await;
+    assert_eq!(view["acked_through"], 2);
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_listener_reconnects_the_hub_re_reads_what_it_may_have_missed() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let mut stream = EventStream::open(hub.url("/api/v1/events")).await;
+    stream.wait_for("snapshot", |_| true).await;
+    post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &live_report("lab-a", 0, "writing"),
+    )
+    .await;
+    stream.wait_for("station", |v| v["id"] == "lab-a").await;
+
+    // A change whose notice this process never hears (as if sent while its
+    // listener was disconnected) …
+    sqlx::query("UPDATE live SET backlog = 42, version = version + 1 WHERE station_id = 'lab-a'")
+        .execute(hub.db.pool())
+        .await
+        .unwrap();
+    // … then the listener's connection is cut.
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(hub.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(cut, vec![true], "one listener connection");
+    // Listening again, the hub re-reads every station and sends them.
+    let snapshot = stream
+        .wait_for("snapshot", |s| {
+            station(&s["stations"], "lab-a").is_some_and(|v| v["backlog"] == 42)
+        })
+        .await;
+    assert_eq!(
+        station(&snapshot["stations"], "lab-a").unwrap()["status"],
+        "behind"
+    );
+    // And it hears notices again.
+    post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &live_report("lab-a", 0, "passed"),
+    )
+    .await;
+    stream
+        .wait_for("station", |v| {
+            v["snapshot"]["ports"][0]["state"] == "passed"
+        })
+        .await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_shows_behind_with_its_backlog_and_silent_once_not_heard_from() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &live_report("lab-a", 5, "writing"),
+    )
+    .await;
+    let views = get(hub.url("/api/v1/stations"), None).await;
+    assert_eq!(views.status, 200);
+    let view = station(&views.body, "lab-a").unwrap();
+    assert_eq!(view["status"], "behind");
+    assert_eq!(view["backlog"], 5);
+    // A batch that leaves nothing behind.
+    let sent = batch("lab-a", entries(1, vec![event(1, "device_added")]), 0);
+    post_json(hub.url(paths::RECORDS), Some(&token), &sent).await;
+    let views = get(hub.url("/api/v1/stations"), None).await;
+    assert_eq!(
+        station(&views.body, "lab-a").unwrap()["status"],
+        "connected"
+    );
+    // Not heard from for an hour (the database's clock, moved back by hand).
+    for moved in [
+        "UPDATE live SET received_at = now() - interval '1 hour'",
+        "UPDATE stations SET last_batch_at = now() - interval '1 hour'",
+    ] {
+        sqlx::query(moved).execute(hub.db.pool()).await.unwrap();
+    }
+    let views = get(hub.url("/api/v1/stations"), None).await;
+    let view = station(&views.body, "lab-a").unwrap();
+    assert_eq!(view["status"], "silent");
+    let since = view["last_seen"].as_i64().unwrap();
+    assert!(view["read_at"].as_i64().unwrap() - since >= 3_600_000);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_report_is_taken_only_under_the_tokens_own_station() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let answer = post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &live_report("lab-b", 0, "writing"),
+    )
+    .await;
+    assert_eq!(answer.status, 403);
+    let answer = post_json(hub.url(paths::LIVE), None, &live_report("lab-a", 0, "x")).await;
+    assert_eq!(answer.status, 401);
+    let answer = post_raw(hub.url(paths::LIVE), Some(token), "{}".into()).await;
+    assert_eq!(answer.status, 400);
+    assert!(hub.db.station_ids().await.unwrap().is_empty());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_api_needs_an_operator_token_once_one_exists() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let station_token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    // On loopback without operator tokens: open.
+    assert_eq!(get(hub.url("/api/v1/stations"), None).await.status, 200);
+    let operator = hub.db.add_token(Role::Operator, "alice").await.unwrap();
+    assert_eq!(get(hub.url("/api/v1/stations"), None).await.status, 401);
+    assert_eq!(
+        get(hub.url("/api/v1/stations"), Some(station_token))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(hub.url("/api/v1/stations"), Some(operator.clone()))
+            .await
+            .status,
+        200
+    );
+    // A GET may carry it in the query (an EventSource cannot set headers) …
+    let url = hub.url(&format!("/api/v1/stations?token={operator}"));
+    assert_eq!(get(url, None).await.status, 200);
+    // … a change may not.
+    let url = hub.url(&format!("/api/v1/lots/1/stop?token={operator}"));
+    assert_eq!(post_raw(url, None, String::new()).await.status, 401);
+    hub.stop().await;
+}

@@ -1,0 +1,291 @@
+//! Orders and images through the hub: lots armed and stopped by operators,
+//! stations' long-polls (also across hub processes), desired against actual
+//! state, and images served by sha256 with HTTP ranges. Real PostgreSQL,
+//! real HTTP on loopback.
+
+mod common;
+
+use common::*;
+use flashrack_core::Sha256Digest;
+use flashrack_fleet::{paths, OrderProgress, OrderState, Orders, ORDER_ID_OPTION};
+use flashrack_hub::pg::Role;
+use flashrack_hub::testing::{spawn_hub, TestHub};
+use flashrack_testkit::pg::PgCluster;
+use serde_json::json;
+
+/// An image's bytes: 1 MiB and a bit, not a multiple of anything.
+fn image_bytes() -> Vec<u8> {
+    (0..(1 << 20) + 4097u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect()
+}
+
+async fn upload(hub: &TestHub, bytes: Vec<u8>) -> String {
+    let answer = post_bytes(hub.url("/api/v1/images?name=os.img"), None, bytes).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    answer.body["sha256"].as_str().unwrap().to_string()
+}
+
+async fn orders(hub: &TestHub, token: &str, query: &str) -> Orders {
+    let answer = get(
+        hub.url(&format!("{}{query}", paths::ORDERS)),
+        Some(token.into()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    serde_json::from_value(answer.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_armed_lot_reaches_its_stations_and_a_stop_disarms_it() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let c = hub.db.add_token(Role::Station, "lab-c").await.unwrap();
+    let sha = upload(&hub, image_bytes()).await;
+    assert_eq!(sha, Sha256Digest::of(&image_bytes()).to_hex());
+
+    let lot = post_json(
+        hub.url("/api/v1/lots"),
+        None,
+        &json!({ "name": "batch-7", "image_sha256": sha, "stations": ["lab-a", "lab-b"],
+                 "options": { "verify": "full", "target": 20 } }),
+    )
+    .await;
+    assert_eq!(lot.status, 200, "{:?}", lot.body);
+    assert_eq!(lot.body["orders"].as_array().unwrap().len(), 2);
+    let mine = orders(&hub, &a, "").await;
+    assert_eq!(mine.version, 1);
+    let run = mine.run.expect("an order");
+    assert!(run.armed);
+    assert_eq!(run.lot, "batch-7");
+    assert_eq!(run.image_sha256.to_hex(), sha);
+    assert_eq!(run.image_size, image_bytes().len() as u64);
+    assert_eq!(run.options["target"], 20);
+    // A station not in the lot has nothing to do.
+    assert_eq!(
+        orders(&hub, &c, "").await,
+        Orders {
+            version: 0,
+            run: None
+        }
+    );
+
+    let id = lot.body["id"].as_i64().unwrap();
+    let stopped = post_raw(
+        hub.url(&format!("/api/v1/lots/{id}/stop")),
+        None,
+        String::new(),
+    )
+    .await;
+    assert_eq!(stopped.status, 200, "{:?}", stopped.body);
+    let mine = orders(&hub, &a, "").await;
+    assert_eq!(mine.version, 2);
+    let run = mine.run.unwrap();
+    assert!(!run.armed, "the station is told to stop its run");
+    assert_eq!(
+        run.order_id,
+        lot.body["orders"][0]["order_id"].as_i64().unwrap()
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_when_another_hub_process_arms_the_station() {
+    let pg = PgCluster::start();
+    let one = spawn_hub(&pg.url()).await;
+    let two = spawn_hub(&pg.url()).await;
+    let a = one.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let sha = upload(&one, image_bytes()).await;
+    let before = orders(&two, &a, "").await;
+    assert_eq!(before.version, 0);
+    // The poll waits on process two …
+    let poll = {
+        let url = two.url(&format!("{}?station=lab-a&after=0&wait=60", paths::ORDERS));
+        let token = a.clone();
+        tokio::spawn(async move { get(url, Some(token)).await })
+    };
+    // … the operator arms through process one.
+    let lot = post_json(
+        one.url("/api/v1/lots"),
+        None,
+        &json!({ "image_sha256": sha, "stations": ["lab-a"] }),
+    )
+    .await;
+    assert_eq!(lot.status, 200, "{:?}", lot.body);
+    assert!(lot.body["name"].as_str().unwrap().starts_with("lot-"));
+    let answer = poll.await.unwrap();
+    assert_eq!(answer.status, 200);
+    let after: Orders = serde_json::from_value(answer.body).unwrap();
+    assert_eq!(after.version, 1);
+    assert!(after.run.unwrap().armed);
+    // Without a change, a poll with no wait answers at once, unchanged.
+    assert_eq!(orders(&two, &a, "?after=1").await.version, 1);
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lot_shows_desired_and_actual_state_per_station() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let sha = upload(&hub, image_bytes()).await;
+    let lot = post_json(
+        hub.url("/api/v1/lots"),
+        None,
+        &json!({ "image_sha256": sha, "stations": ["lab-a", "lab-b"] }),
+    )
+    .await;
+    let order_id = lot.body["orders"][0]["order_id"].as_i64().unwrap();
+    assert!(lot.body["orders"][0]["progress"].is_null());
+    // lab-a reports it armed, and ships its run under the order.
+    let mut report = live_report("lab-a", 0, "writing");
+    report.order = Some(OrderProgress {
+        order_id,
+        state: OrderState::Armed,
+        detail: None,
+    });
+    assert_eq!(
+        post_json(hub.url(paths::LIVE), Some(&a), &report)
+            .await
+            .status,
+        200
+    );
+    let mut armed = run(1, None);
+    if let flashrack_fleet::FleetRecord::Run(r) = &mut armed {
+        r.options = json!({ ORDER_ID_OPTION: order_id });
+    }
+    let sent = batch(
+        "lab-a",
+        entries(
+            1,
+            vec![
+                armed,
+                attempt(1, "S1", 1 << 30, Some(flashrack_core::Verdict::Pass)),
+            ],
+        ),
+        0,
+    );
+    assert_eq!(
+        post_json(hub.url(paths::RECORDS), Some(&a), &sent)
+            .await
+            .status,
+        200
+    );
+    let lots = get(hub.url("/api/v1/lots"), None).await;
+    let orders = &lots.body[0]["orders"];
+    assert_eq!(orders[0]["station_id"], "lab-a");
+    assert_eq!(orders[0]["armed"], true);
+    assert_eq!(orders[0]["progress"]["state"], "armed");
+    assert_eq!(orders[0]["run_id"], 1);
+    assert_eq!(orders[0]["passed"], 1);
+    assert_eq!(orders[1]["station_id"], "lab-b");
+    assert!(orders[1]["progress"].is_null());
+    assert!(orders[1]["run_id"].is_null());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arming_is_refused_for_an_image_the_hub_lacks_and_orders_are_private() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let answer = post_json(
+        hub.url("/api/v1/lots"),
+        None,
+        &json!({ "image_sha256": Sha256Digest::of(b"x").to_hex(), "stations": ["lab-a"] }),
+    )
+    .await;
+    assert_eq!(answer.status, 409, "{:?}", answer.body);
+    let answer = get(
+        hub.url(&format!("{}?station=lab-b", paths::ORDERS)),
+        Some(a.clone()),
+    )
+    .await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(get(hub.url(paths::ORDERS), None).await.status, 401);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_is_served_whole_and_by_range_so_that_a_fetch_resumes() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let bytes = image_bytes();
+    let sha = upload(&hub, bytes.clone()).await;
+    let url = hub.url(&format!("{}/{sha}", paths::IMAGES));
+    let auth = ("Authorization", format!("Bearer {a}"));
+
+    let (status, headers, body) = get_bytes(url.clone(), vec![auth.clone()]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, bytes);
+    assert_eq!(headers["accept-ranges"], "bytes");
+    let etag = headers["etag"].clone();
+    assert_eq!(etag, format!("\"{sha}\""));
+
+    // Interrupted halfway, resumed from there, verified against the digest.
+    let half = bytes.len() / 2;
+    let (status, headers, first) = get_bytes(
+        url.clone(),
+        vec![auth.clone(), ("Range", format!("bytes=0-{}", half - 1))],
+    )
+    .await;
+    assert_eq!(status, 206);
+    assert_eq!(
+        headers["content-range"],
+        format!("bytes 0-{}/{}", half - 1, bytes.len())
+    );
+    let (status, headers, rest) = get_bytes(
+        url.clone(),
+        vec![
+            auth.clone(),
+            ("Range", format!("bytes={half}-")),
+            ("If-Range", etag.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 206);
+    assert_eq!(
+        headers["content-range"],
+        format!("bytes {half}-{}/{}", bytes.len() - 1, bytes.len())
+    );
+    let whole = [first, rest].concat();
+    assert_eq!(Sha256Digest::of(&whole).to_hex(), sha);
+
+    // A suffix range; a range beyond the end; a stale If-Range gets it all.
+    let (status, _, tail) = get_bytes(
+        url.clone(),
+        vec![auth.clone(), ("Range", "bytes=-10".into())],
+    )
+    .await;
+    assert_eq!((status, tail.as_slice()), (206, &bytes[bytes.len() - 10..]));
+    let (status, headers, _) = get_bytes(
+        url.clone(),
+        vec![auth.clone(), ("Range", format!("bytes={}-", bytes.len()))],
+    )
+    .await;
+    assert_eq!(status, 416);
+    assert_eq!(headers["content-range"], format!("bytes */{}", bytes.len()));
+    let (status, _, body) = get_bytes(
+        url.clone(),
+        vec![
+            auth.clone(),
+            ("Range", "bytes=0-9".into()),
+            ("If-Range", "\"something-else\"".into()),
+        ],
+    )
+    .await;
+    assert_eq!((status, body.len()), (200, bytes.len()));
+
+    // A token is needed; an unknown image is not found.
+    assert_eq!(get_bytes(url.clone(), vec![]).await.0, 401);
+    let other = hub.url(&format!(
+        "{}/{}",
+        paths::IMAGES,
+        Sha256Digest::of(b"x").to_hex()
+    ));
+    assert_eq!(get_bytes(other, vec![auth]).await.0, 404);
+    hub.stop().await;
+}

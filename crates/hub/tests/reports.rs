@@ -1,0 +1,157 @@
+//! Reports across stations: a lot's report spans its stations; a stick
+//! written at one station and re-tested at another has one history.
+
+mod common;
+
+use common::*;
+use flashrack_core::Verdict;
+use flashrack_fleet::{paths, FleetRecord, ORDER_ID_OPTION};
+use flashrack_hub::pg::Role;
+use flashrack_hub::testing::spawn_hub;
+use flashrack_testkit::pg::PgCluster;
+use serde_json::json;
+
+/// A run of `station` under `order_id`.
+fn ordered_run(order_id: i64) -> FleetRecord {
+    let mut record = run(1, None);
+    if let FleetRecord::Run(r) = &mut record {
+        r.options = json!({ ORDER_ID_OPTION: order_id, "verify": "full" });
+    }
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let b = hub.db.add_token(Role::Station, "lab-b").await.unwrap();
+    let image: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let uploaded = post_bytes(hub.url("/api/v1/images?name=os.img"), None, image).await;
+    let sha = uploaded.body["sha256"].as_str().unwrap().to_string();
+    let lot = post_json(
+        hub.url("/api/v1/lots"),
+        None,
+        &json!({ "name": "lot-42", "image_sha256": sha, "stations": ["lab-a", "lab-b"] }),
+    )
+    .await;
+    let id = lot.body["id"].as_i64().unwrap();
+    let order_a = lot.body["orders"][0]["order_id"].as_i64().unwrap();
+    let order_b = lot.body["orders"][1]["order_id"].as_i64().unwrap();
+
+    // S1 passes at lab-a; S2 fails there and is re-tested at lab-b, where
+    // it passes; a refusal at lab-b.
+    let at_a = batch(
+        "lab-a",
+        entries(
+            1,
+            vec![
+                device("S1", 4_000),
+                device("S2", 4_000),
+                ordered_run(order_a),
+                attempt(1, "S1", 1 << 30, Some(Verdict::Pass)),
+                attempt(2, "S2", 4096, Some(mismatch())),
+            ],
+        ),
+        0,
+    );
+    let mut retest = attempt(1, "S2", 1 << 30, Some(Verdict::Pass));
+    if let FleetRecord::Attempt(r) = &mut retest {
+        r.started_at = 20_000;
+        r.finished_at = Some(25_000);
+    }
+    let at_b = batch(
+        "lab-b",
+        entries(
+            1,
+            vec![
+                device("S2", 20_000),
+                ordered_run(order_b),
+                retest,
+                refusal(1),
+            ],
+        ),
+        0,
+    );
+    assert_eq!(
+        post_json(hub.url(paths::RECORDS), Some(&a), &at_a)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post_json(hub.url(paths::RECORDS), Some(&b), &at_b)
+            .await
+            .status,
+        200
+    );
+
+    let report = get(
+        hub.url(&format!("/api/v1/lots/{id}/report?format=json")),
+        None,
+    )
+    .await;
+    assert_eq!(report.status, 200, "{:?}", report.body);
+    let body = &report.body;
+    assert_eq!(body["kind"], "lot");
+    assert_eq!(body["lot"]["name"], "lot-42");
+    assert_eq!(body["lot"]["passed"], 2);
+    assert_eq!(body["lot"]["failed"], 1);
+    assert_eq!(body["lot"]["refused"], 1);
+    assert_eq!(body["runs"].as_array().unwrap().len(), 2);
+    let stations: Vec<&str> = body["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["station_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stations, ["lab-a", "lab-a", "lab-b", "lab-b"]);
+    let failed = &body["attempts"][1];
+    assert_eq!(failed["reason_detail"], "verify mismatch at byte 4096");
+    assert_eq!(failed["serial"], "S2");
+
+    let csv = get(
+        hub.url(&format!("/api/v1/lots/{id}/report?format=csv")),
+        None,
+    )
+    .await;
+    assert_eq!(csv.status, 200);
+    let html = get(
+        hub.url(&format!("/api/v1/lots/{id}/report?format=html")),
+        None,
+    )
+    .await;
+    assert_eq!(html.status, 200);
+
+    // S2's history: the failure at lab-a, then the pass at lab-b.
+    let history = get(hub.url("/api/v1/devices/S2"), None).await;
+    assert_eq!(history.status, 200, "{:?}", history.body);
+    let rows = history.body["attempts"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["station_id"].as_str().unwrap(),
+                r["verdict"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("lab-a", "fail"), ("lab-b", "pass")]);
+    assert_eq!(history.body["device"]["passed"], 1);
+    assert_eq!(history.body["device"]["failed"], 1);
+    assert_eq!(get(hub.url("/api/v1/devices/NOPE"), None).await.status, 404);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_served_without_a_token_and_its_api_asks_for_one() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    hub.db.add_token(Role::Operator, "alice").await.unwrap();
+    let (status, _, page) = get_bytes(hub.url("/"), vec![]).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8(page).unwrap().contains("flashrack hub"));
+    assert_eq!(get_bytes(hub.url("/hub.js"), vec![]).await.0, 200);
+    assert_eq!(get(hub.url("/api/v1/lots"), None).await.status, 401);
+    hub.stop().await;
+}
