@@ -1,0 +1,194 @@
+// The flashrack hub's dashboard: every station's rack live (the hub's event
+// stream), fleet counters, lots armed from the hub with desired against
+// actual state, and a stick's history across stations. Plain JS, no build.
+(function () {
+  'use strict';
+  const TOKEN_KEY = 'flashrack.hub.token';
+  let token = sessionStorage.getItem(TOKEN_KEY) || '';
+  const stations = new Map();
+  let silentAfter = 10000;
+  // The hub's clock minus ours, from its events: staleness is judged on the
+  // hub's clock, not on a browser's that may be off.
+  let skew = 0;
+  const $ = (id) => document.getElementById(id);
+  const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+  const fmtTime = (ms) => (ms ? new Date(ms).toLocaleTimeString() : '');
+
+  function message(text) {
+    $('message').textContent = text || '';
+    $('message').hidden = !text;
+  }
+
+  async function api(path, options = {}) {
+    const headers = Object.assign({}, options.headers || {});
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(path, Object.assign({}, options, { headers }));
+    if (response.status === 401) {
+      const given = window.prompt('The hub needs an operator token:');
+      if (given) {
+        token = given.trim();
+        sessionStorage.setItem(TOKEN_KEY, token);
+        return api(path, options);
+      }
+    }
+    if (!response.ok) {
+      let text = `${response.status}`;
+      try { text = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+      throw new Error(text);
+    }
+    return response;
+  }
+
+  function statusOf(s) {
+    if (!s.last_seen) return 'unseen';
+    if (Date.now() + skew - s.last_seen > silentAfter) return 'silent';
+    return s.backlog > 0 ? 'behind' : 'connected';
+  }
+
+  function statusText(s, status) {
+    if (status === 'behind') return `behind (backlog ${s.backlog})`;
+    if (status === 'silent') return `silent since ${fmtTime(s.last_seen)}`;
+    if (status === 'unseen') return 'never heard from';
+    return 'connected';
+  }
+
+  function portHtml(p) {
+    const progress = p.progress && p.progress.total ? ` ${Math.floor((100 * p.progress.done) / p.progress.total)}%` : '';
+    const serial = p.device && p.device.serial ? `<br><span class="muted">${esc(p.device.serial)}</span>` : '';
+    return `<div class="port ${esc(p.state)}" title="${esc(p.state)}">${esc(p.label)}<br>${esc(p.state)}${progress}${serial}</div>`;
+  }
+
+  function render() {
+    const list = [...stations.values()].sort((a, b) => a.id.localeCompare(b.id));
+    const total = { passed: 0, failed: 0, running: 0, refused: 0, interrupted: 0 };
+    const byStatus = { connected: 0, behind: 0, silent: 0, unseen: 0 };
+    const cards = list.map((s) => {
+      const status = statusOf(s);
+      byStatus[status] += 1;
+      for (const k of Object.keys(total)) total[k] += s.counts[k] || 0;
+      const ports = ((s.snapshot && s.snapshot.ports) || []).map(portHtml).join('');
+      const run = s.snapshot && s.snapshot.run;
+      const runText = run ? `${esc(run.image_name)} ${run.armed ? '(armed)' : '(stopped)'}` : 'no run';
+      return `<div class="station ${status}" data-station="${esc(s.id)}">
+        <h3>${esc(s.id)} <span class="badge ${status}">${esc(statusText(s, status))}</span></h3>
+        <div class="muted">${runText} · ${s.counts.passed} passed · ${s.counts.failed} failed · ${s.counts.running} running · ${s.counts.refused} refused</div>
+        <div class="ports">${ports || '<span class="muted">no live view yet</span>'}</div></div>`;
+    });
+    $('stations').innerHTML = cards.join('') || '<p class="muted">No station yet.</p>';
+    $('fleet-summary').innerHTML = `<span>${list.length} stations</span><span>${byStatus.connected} connected</span>` +
+      `<span>${byStatus.behind} behind</span><span>${byStatus.silent} silent</span>` +
+      `<span>${total.passed} passed</span><span>${total.failed} failed</span><span>${total.running} running</span>`;
+  }
+
+  let lotsTimer = null;
+  function refreshLotsSoon() {
+    if (lotsTimer) return;
+    lotsTimer = setTimeout(() => { lotsTimer = null; loadLots(); }, 1000);
+  }
+
+  async function loadLots() {
+    try {
+      const lots = await (await api('/api/v1/lots')).json();
+      $('lots').innerHTML = lots.map((l) => {
+        const per = l.orders.map((o) => {
+          const actual = o.progress ? o.progress.state : 'no report';
+          const run = o.run_id ? ` · run ${o.run_id}${o.run_stopped ? ' (stopped)' : ''}: ${o.passed} passed, ${o.failed} failed` : '';
+          return `${esc(o.station_id)}: ${o.armed ? 'armed' : 'stop'} / ${esc(actual)}${run}`;
+        }).join('<br>');
+        const q = token ? `&token=${encodeURIComponent(token)}` : '';
+        const report = ['csv', 'json', 'html'].map((f) => `<a href="/api/v1/lots/${l.id}/report?format=${f}${q}">${f}</a>`).join(' ');
+        const stop = l.stopped_at ? `stopped ${fmtTime(l.stopped_at)}` : `<button data-stop="${l.id}">Stop</button>`;
+        return `<tr><td>${esc(l.name)}</td><td>${esc(l.image_name)}</td><td>${per}</td><td>${report}</td><td>${stop}</td></tr>`;
+      }).join('');
+    } catch (e) { message(`Lots: ${e.message}`); }
+  }
+
+  async function loadImages() {
+    try {
+      const images = await (await api('/api/v1/images')).json();
+      $('arm-image').innerHTML = images.map((i) => `<option value="${esc(i.sha256)}">${esc(i.name)} (${esc(i.sha256.slice(0, 12))})</option>`).join('');
+    } catch (e) { message(`Images: ${e.message}`); }
+  }
+
+  function connect() {
+    const url = '/api/v1/events' + (token ? `?token=${encodeURIComponent(token)}` : '');
+    const source = new EventSource(url);
+    source.addEventListener('open', () => { $('conn').textContent = 'Live'; });
+    source.addEventListener('error', async () => {
+      $('conn').textContent = 'Reconnecting…';
+      // A refused stream (401) reconnects forever: ask for the token once.
+      if (source.readyState === EventSource.CLOSED) {
+        try { await api('/api/v1/stations'); } catch (_) { /* shown */ }
+        setTimeout(connect, 2000);
+      }
+    });
+    source.addEventListener('snapshot', (e) => {
+      const data = JSON.parse(e.data);
+      silentAfter = data.silent_after_ms;
+      skew = data.now - Date.now();
+      stations.clear();
+      for (const s of data.stations) stations.set(s.id, s);
+      render();
+      refreshLotsSoon();
+    });
+    source.addEventListener('station', (e) => {
+      const s = JSON.parse(e.data);
+      stations.set(s.id, s);
+      render();
+      refreshLotsSoon();
+    });
+    source.addEventListener('ping', (e) => {
+      skew = JSON.parse(e.data).now - Date.now();
+      render();
+    });
+  }
+
+  $('arm-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const body = {
+      image_sha256: $('arm-image').value,
+      stations: $('arm-stations').value.split(',').map((s) => s.trim()).filter(Boolean),
+      options: { verify: $('arm-verify').value, target: Number($('arm-target').value) || 0 },
+    };
+    if ($('arm-name').value.trim()) body.name = $('arm-name').value.trim();
+    try {
+      await api('/api/v1/lots', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      message('');
+      loadLots();
+    } catch (err) { message(`Arm: ${err.message}`); }
+  });
+
+  $('lots').addEventListener('click', async (e) => {
+    const id = e.target.getAttribute && e.target.getAttribute('data-stop');
+    if (!id) return;
+    try { await api(`/api/v1/lots/${id}/stop`, { method: 'POST' }); loadLots(); } catch (err) { message(`Stop: ${err.message}`); }
+  });
+
+  $('upload-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const file = $('upload-file').files[0];
+    if (!file) return;
+    $('upload-note').textContent = 'Uploading…';
+    try {
+      const info = await (await api(`/api/v1/images?name=${encodeURIComponent(file.name)}`, { method: 'POST', body: file })).json();
+      $('upload-note').textContent = `${info.name}: ${info.sha256}`;
+      loadImages();
+    } catch (err) { $('upload-note').textContent = ''; message(`Upload: ${err.message}`); }
+  });
+
+  $('device-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const key = $('device-key').value.trim();
+    try {
+      const report = await (await api(`/api/v1/devices/${encodeURIComponent(key)}`)).json();
+      const rows = report.attempts.map((r) => `<tr><td>${esc(r.station_id)}</td><td>${esc(r.run_id ?? '')}</td><td>${esc(r.port_label)}</td>` +
+        `<td>${esc(r.started_at)}</td><td>${esc(r.verdict)}</td><td>${esc(r.reason_detail ?? '')}</td></tr>`).join('');
+      $('device').innerHTML = `<p>${esc(report.device.serial ?? report.device.device_key)}: ${report.device.passed} passed, ${report.device.failed} failed</p>` +
+        `<table><thead><tr><th>Station</th><th>Run</th><th>Port</th><th>Started</th><th>Verdict</th><th>Reason</th></tr></thead><tbody>${rows}</tbody></table>`;
+    } catch (err) { $('device').innerHTML = `<p class="error">${esc(err.message)}</p>`; }
+  });
+
+  connect();
+  loadImages();
+  loadLots();
+})();
