@@ -15,8 +15,8 @@ use flashrack_station::{
     AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, RunStart,
 };
 use flashrack_store::{
-    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, Records, RefusalRow, RunId,
-    RunningFigures, StopReason, Store, Writes,
+    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, PortHistory, Records,
+    RefusalRow, RunId, RunningFigures, StopReason, Store, Writes,
 };
 use flashrack_web::{ReportFormat, Reports};
 
@@ -358,9 +358,27 @@ impl Reports for StoreRecords {
         .boxed()
     }
 
+    fn port_history(&self, per_port: u32) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        async move {
+            // Enough rows to judge a port, however few it shows.
+            let rows = self
+                .store
+                .port_history(per_port.max(PortHistory::SUSPECT_AFTER as u32))
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_value(PortHistory::of(rows, per_port as usize))
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
     fn devices(&self) -> BoxFuture<'_, Result<serde_json::Value, String>> {
         async move {
-            let devices = self.store.devices(1000).await.map_err(|e| e.to_string())?;
+            let devices = self
+                .store
+                .device_summaries(1000)
+                .await
+                .map_err(|e| e.to_string())?;
             serde_json::to_value(devices).map_err(|e| e.to_string())
         }
         .boxed()

@@ -320,3 +320,92 @@ async fn verdicts_the_api_shows_are_the_ones_its_reports_give_in_every_format() 
     assert_eq!(from_file.body, csv.body);
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_history_from_the_records_flags_a_port_where_different_sticks_keep_failing() {
+    let app = spawn_app().await;
+    let mut events = app.events().await;
+    arm_over_the_api(&app).await;
+
+    // Port A1: three different sticks fail in turn. Port A2: one good stick.
+    app.rack.plug("t-2", "GOOD", healthy()).unwrap();
+    for serial in ["BAD-1", "BAD-2", "BAD-3"] {
+        let stick = app
+            .rack
+            .plug("t-1", serial, healthy().write_error_after(256 * 1024))
+            .unwrap();
+        events
+            .until(&format!("{serial} failed in A1"), |v| {
+                v.state("A1") == "failed" && v.ports["A1"]["device"]["serial"] == serial
+            })
+            .await;
+        app.rack.pull(&stick).unwrap();
+        events
+            .until("A1 empty again", |v| v.state("A1") == "empty")
+            .await;
+    }
+    events
+        .until("the good stick passed", |v| v.state("A2") == "passed")
+        .await;
+
+    let answer = app.get("/api/v1/port-history?last=2").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let history = answer.json();
+    let port = |label: &str| {
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port_label"] == label)
+            .unwrap_or_else(|| panic!("no history for {label}: {history}"))
+            .clone()
+    };
+    let a1 = port("A1");
+    assert_eq!(a1["check_port"], true, "{a1}");
+    let serials: Vec<&str> = a1["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(serials, ["BAD-3", "BAD-2"], "the latest two, newest first");
+    assert_eq!(a1["verdicts"][0]["verdict"], "fail");
+    assert_eq!(a1["verdicts"][0]["reason_code"], "write_error");
+    let a2 = port("A2");
+    assert_eq!(a2["check_port"], false, "{a2}");
+    assert_eq!(a2["verdicts"][0]["verdict"], "pass");
+    assert_eq!(
+        app.get("/api/v1/port-history?last=0").await.status,
+        400,
+        "a history of nothing is a bad request"
+    );
+
+    // Devices: their attempt count and latest verdict.
+    let devices = app.get("/api/v1/devices").await.json();
+    let device = |serial: &str| {
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["serial"] == serial)
+            .unwrap_or_else(|| panic!("no device {serial}: {devices}"))
+            .clone()
+    };
+    let bad = device("BAD-2");
+    assert_eq!(
+        (
+            &bad["attempts"],
+            &bad["last_verdict"],
+            &bad["last_reason_code"],
+            &bad["last_port"]
+        ),
+        (
+            &json!(1),
+            &json!("fail"),
+            &json!("write_error"),
+            &json!("A1")
+        )
+    );
+    assert_eq!(device("GOOD")["last_verdict"], "pass");
+    app.stop().await.unwrap();
+}

@@ -17,9 +17,9 @@ use std::pin::Pin;
 use flashrack_core::{AttemptFigures, Sha256Digest, Stage, Verdict};
 
 use crate::{
-    AttemptId, AttemptRecord, DeviceId, DeviceRecord, DeviceReport, DeviceRow, Event, EventId,
-    EventRow, ImageRow, Recovery, RefusalId, RefusalRow, ReportRow, RunId, RunReport, RunSummary,
-    RunningFigures, StopReason, StoreError,
+    AttemptId, AttemptRecord, DeviceId, DeviceRecord, DeviceReport, DeviceRow, DeviceSummary,
+    Event, EventId, EventRow, ImageRow, Recovery, RefusalId, RefusalRow, ReportRow, RunId,
+    RunReport, RunSummary, RunningFigures, StopReason, StoreError,
 };
 
 /// A boxed future that may move between threads: what a [`Records::write`]
@@ -143,6 +143,21 @@ pub trait Records: Send + Sync {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
+
+    /// Every device ever seen, most recently seen first, at most `limit`, each
+    /// with its number of attempts and its latest attempt's verdict.
+    fn device_summaries(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeviceSummary>, StoreError>> + Send;
+
+    /// This station's finished attempts (passed, failed, refused at opening,
+    /// interrupted), the latest `per_port` of each port, as report rows, newest
+    /// first within a port.
+    fn port_history(
+        &self,
+        per_port: u32,
+    ) -> impl Future<Output = Result<Vec<ReportRow>, StoreError>> + Send;
 
     /// A device's report (found by key, or else by serial): the device, its
     /// counts and its records (attempts and refusals) across runs and stations,

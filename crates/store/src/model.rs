@@ -317,3 +317,83 @@ pub struct Recovery {
     /// alive before this start-up. `None` when there was nothing to recover.
     pub presumed_crash_at: Option<i64>,
 }
+
+/// A device with how its attempts stand, for a list of devices
+/// ([`Records::device_summaries`](crate::Records::device_summaries)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    /// The device.
+    #[serde(flatten)]
+    pub device: DeviceRecord,
+    /// How many attempts were made on it, across runs and stations.
+    pub attempts: u64,
+    /// Its latest attempt's verdict (`None` before any attempt).
+    pub last_verdict: Option<ReportVerdict>,
+    /// That attempt's reason code, for a failure.
+    pub last_reason_code: Option<String>,
+    /// The port of that attempt.
+    pub last_port: Option<String>,
+    /// When that attempt started.
+    pub last_at: Option<i64>,
+}
+
+/// A port's latest verdicts, and whether they point at the port rather than
+/// at the sticks ([`PortHistory::of`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortHistory {
+    /// The port's label.
+    pub port_label: String,
+    /// Its latest finished attempts, newest first.
+    pub verdicts: Vec<ReportRow>,
+    /// Whether the port is suspect: its latest [`PortHistory::SUSPECT_AFTER`]
+    /// verdicts about sticks (passes and failures; refusals and interruptions
+    /// say nothing about a stick and are skipped) are all failures, of at
+    /// least two different sticks. One bad stick failing again is the stick;
+    /// different sticks failing one after the other in the same port, with no
+    /// pass between, is the port, its cable or its hub.
+    pub check_port: bool,
+}
+
+impl PortHistory {
+    /// How many failures in a row, of different sticks, make a port suspect.
+    pub const SUSPECT_AFTER: usize = 3;
+
+    /// Groups rows (any order) by port, newest first within a port, keeping at
+    /// most `per_port` rows a port; ports in label order.
+    pub fn of(rows: Vec<ReportRow>, per_port: usize) -> Vec<PortHistory> {
+        let mut ports: std::collections::BTreeMap<String, Vec<ReportRow>> = Default::default();
+        for row in rows {
+            ports.entry(row.port_label.clone()).or_default().push(row);
+        }
+        ports
+            .into_iter()
+            .map(|(port_label, mut verdicts)| {
+                verdicts.sort_by(|a, b| {
+                    (b.started_at, b.attempt_id.map(|id| id.0))
+                        .cmp(&(a.started_at, a.attempt_id.map(|id| id.0)))
+                });
+                let check_port = Self::suspect(&verdicts);
+                verdicts.truncate(per_port);
+                PortHistory {
+                    port_label,
+                    verdicts,
+                    check_port,
+                }
+            })
+            .collect()
+    }
+
+    /// The rule of [`PortHistory::check_port`], on rows newest first.
+    fn suspect(newest_first: &[ReportRow]) -> bool {
+        let latest: Vec<&ReportRow> = newest_first
+            .iter()
+            .filter(|row| matches!(row.verdict, ReportVerdict::Pass | ReportVerdict::Fail))
+            .take(Self::SUSPECT_AFTER)
+            .collect();
+        let sticks: std::collections::BTreeSet<&str> =
+            latest.iter().map(|row| row.device_key.as_str()).collect();
+        latest.len() == Self::SUSPECT_AFTER
+            && latest.iter().all(|row| row.verdict == ReportVerdict::Fail)
+            && sticks.len() >= 2
+    }
+}

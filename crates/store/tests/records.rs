@@ -1113,3 +1113,166 @@ async fn recovery_keeps_the_bytes_last_recorded_as_a_lower_bound_or_says_they_ar
     assert!(html.contains("≥ 21 MB"), "{html}");
     assert!(html.contains(">unknown<"), "{html}");
 }
+
+/// Finishes an attempt of `device` in `port` under `run` with `verdict`.
+async fn attempt_with(
+    t: &TestStore,
+    run: RunId,
+    device: flashrack_store::DeviceId,
+    port: &str,
+    verdict: &Verdict,
+) -> AttemptId {
+    let attempt = t.start(run, device, port).await;
+    t.clock.advance(1_000);
+    let figures = AttemptFigures::default();
+    t.store
+        .write(|b| Box::pin(b.finish_attempt(attempt, verdict, &figures)))
+        .await
+        .unwrap();
+    attempt
+}
+
+#[tokio::test]
+async fn port_history_keeps_the_latest_verdicts_of_each_port_and_flags_a_port_where_different_sticks_keep_failing(
+) {
+    let t = TestStore::new("rack-1").await;
+    let run = t.run_of(&image()).await;
+    let write_error = fail(
+        FailReason::WriteError {
+            offset: 0,
+            detail: "Input/output error (os error 5)".into(),
+        },
+        Stage::Writing,
+    );
+    let sticks = [
+        t.stick("S1").await,
+        t.stick("S2").await,
+        t.stick("S3").await,
+        t.stick("S4").await,
+    ];
+    // A1: a pass, then three different sticks fail in a row.
+    attempt_with(&t, run, sticks[0], "A1", &Verdict::Pass).await;
+    for stick in &sticks[1..] {
+        attempt_with(&t, run, *stick, "A1", &write_error).await;
+    }
+    // A2: one bad stick failing three times is the stick, not the port.
+    for _ in 0..3 {
+        attempt_with(&t, run, sticks[3], "A2", &write_error).await;
+    }
+    // A3: failures of different sticks, but a pass in between, and an
+    // interruption that says nothing about either.
+    attempt_with(&t, run, sticks[1], "A3", &write_error).await;
+    attempt_with(&t, run, sticks[0], "A3", &Verdict::Pass).await;
+    attempt_with(&t, run, sticks[2], "A3", &write_error).await;
+    attempt_with(
+        &t,
+        run,
+        sticks[3],
+        "A3",
+        &fail(FailReason::Interrupted, Stage::Writing),
+    )
+    .await;
+    // Running attempts are not verdicts; another station's are not this one's.
+    let running = t.start(run, sticks[0], "A3").await;
+    let other = t.reopen("rack-2").await;
+    let (img, no_options) = (image(), serde_json::json!({}));
+    let other_run = other
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let foreign = other
+        .write(|b| Box::pin(b.start_attempt(other_run, sticks[0], "A2", "p")))
+        .await
+        .unwrap();
+    let figures = AttemptFigures::default();
+    other
+        .write(|b| Box::pin(b.finish_attempt(foreign, &Verdict::Pass, &figures)))
+        .await
+        .unwrap();
+
+    let rows = t.store.port_history(3).await.unwrap();
+    assert!(rows.iter().all(|row| row.station_id == "rack-1"));
+    assert!(rows.iter().all(|row| row.attempt_id != Some(running)));
+    let history = flashrack_store::PortHistory::of(rows, 3);
+    let summary: Vec<(&str, Vec<ReportVerdict>, bool)> = history
+        .iter()
+        .map(|port| {
+            (
+                port.port_label.as_str(),
+                port.verdicts.iter().map(|row| row.verdict).collect(),
+                port.check_port,
+            )
+        })
+        .collect();
+    use ReportVerdict::{Fail, Interrupted, Pass};
+    assert_eq!(
+        summary,
+        vec![
+            ("A1", vec![Fail, Fail, Fail], true),
+            ("A2", vec![Fail, Fail, Fail], false),
+            ("A3", vec![Interrupted, Fail, Pass], false),
+        ]
+    );
+    // Newest first, and only the latest of each port.
+    let a1: Vec<&str> = history[0]
+        .verdicts
+        .iter()
+        .map(|row| row.device_key.as_str())
+        .collect();
+    assert_eq!(a1, ["S4", "S3", "S2"]);
+}
+
+#[tokio::test]
+async fn device_summaries_count_attempts_and_give_the_latest_verdict() {
+    let t = TestStore::new("rack-1").await;
+    let run = t.run_of(&image()).await;
+    let (a, b) = (t.stick("S1").await, t.stick("S2").await);
+    t.stick("S3").await; // seen, never written
+    let mismatch = fail(
+        FailReason::VerifyMismatch { offset: 4096 },
+        Stage::Verifying,
+    );
+    attempt_with(&t, run, a, "A1", &mismatch).await;
+    attempt_with(&t, run, a, "A2", &Verdict::Pass).await;
+    attempt_with(&t, run, b, "A1", &Verdict::Pass).await;
+    attempt_with(&t, run, b, "B1", &mismatch).await;
+    let summaries = t.store.device_summaries(10).await.unwrap();
+    let by_key = |key: &str| {
+        summaries
+            .iter()
+            .find(|s| s.device.key == key)
+            .unwrap_or_else(|| panic!("{key} is listed"))
+    };
+    assert_eq!(
+        (
+            by_key("S1").attempts,
+            by_key("S1").last_verdict,
+            by_key("S1").last_port.as_deref()
+        ),
+        (2, Some(ReportVerdict::Pass), Some("A2"))
+    );
+    let s2 = by_key("S2");
+    assert_eq!(
+        (
+            s2.attempts,
+            s2.last_verdict,
+            s2.last_reason_code.as_deref(),
+            s2.last_port.as_deref()
+        ),
+        (
+            2,
+            Some(ReportVerdict::Fail),
+            Some("verify_mismatch"),
+            Some("B1")
+        )
+    );
+    assert_eq!(
+        (by_key("S3").attempts, by_key("S3").last_verdict),
+        (0, None)
+    );
+    // As JSON, the device's own fields stay at the top level.
+    let json = serde_json::to_value(by_key("S2")).unwrap();
+    assert_eq!(json["key"], "S2");
+    assert_eq!(json["attempts"], 2);
+    assert_eq!(json["last_verdict"], "fail");
+}

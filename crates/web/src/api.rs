@@ -308,6 +308,39 @@ pub async fn devices(State(state): State<WebState>) -> Result<Json<Value>, AppEr
         .map_err(AppError::internal)
 }
 
+/// `?last=N`: how many verdicts a port's history shows.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    last: Option<u32>,
+}
+
+/// The most verdicts per port `GET /api/v1/port-history` gives.
+pub const MAX_PORT_HISTORY: u32 = 50;
+
+/// `GET /api/v1/port-history?last=N` (default 8, at most
+/// [`MAX_PORT_HISTORY`]): each port's latest verdicts, newest first, and
+/// whether the port is suspect (`check_port`).
+pub async fn port_history(
+    State(state): State<WebState>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Value>, AppError> {
+    let last = query.last.unwrap_or(8);
+    if !(1..=MAX_PORT_HISTORY).contains(&last) {
+        return Err(AppError::bad_request(format!(
+            "last must be between 1 and {MAX_PORT_HISTORY}"
+        )));
+    }
+    let reports = state
+        .reports
+        .as_ref()
+        .ok_or_else(|| AppError::unavailable("this station keeps no records"))?;
+    reports
+        .port_history(last)
+        .await
+        .map(Json)
+        .map_err(AppError::internal)
+}
+
 /// `GET /api/v1/devices/{key}/report?format=…`
 pub async fn device_report(
     State(state): State<WebState>,

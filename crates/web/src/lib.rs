@@ -65,7 +65,13 @@ pub trait Reports: Send + Sync {
         key: &str,
         format: ReportFormat,
     ) -> futures::future::BoxFuture<'_, Result<Option<(String, String)>, String>>;
-    /// Known devices: JSON rows.
+    /// Each port's latest `per_port` verdicts (newest first) and whether the
+    /// port is suspect: JSON rows, `{"port_label", "verdicts", "check_port"}`.
+    fn port_history(
+        &self,
+        per_port: u32,
+    ) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// Known devices, each with its attempt count and latest verdict: JSON rows.
     fn devices(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
@@ -190,6 +196,7 @@ pub fn router(state: WebState) -> Router {
             "/images/{sha256}",
             get(api::image).delete(api::delete_image),
         )
+        .route("/port-history", get(api::port_history))
         .route("/devices", get(api::devices))
         .route("/devices/{key}/report", get(api::device_report))
         .route("/events", get(events::stream))

@@ -11,8 +11,8 @@ use crate::backend::BoxFuture;
 use crate::convert::{parse_bound, parse_refusal_code, parse_stage, parse_verify_method, to_u64};
 use crate::{
     AttemptId, AttemptRecord, AttemptState, Batch, Counts, DeviceId, DeviceRecord, DeviceReport,
-    Event, EventId, EventKind, EventRow, ImageRow, Records, Recovery, RefusalId, ReportRow,
-    ReportVerdict, Run, RunId, RunReport, RunSummary, Store, StoreError,
+    DeviceSummary, Event, EventId, EventKind, EventRow, ImageRow, Records, Recovery, RefusalId,
+    ReportRow, ReportVerdict, Run, RunId, RunReport, RunSummary, Store, StoreError,
 };
 
 /// The columns of a run with its counts; `FROM runs r LEFT JOIN attempts a`. An
@@ -219,6 +219,60 @@ impl Records for Store {
         rows.iter().map(device_record).collect()
     }
 
+    async fn device_summaries(&self, limit: u32) -> Result<Vec<DeviceSummary>, StoreError> {
+        // The latest attempt of each device by a correlated subquery on the
+        // device index; the count likewise.
+        let sql = "SELECT d.id, d.key, d.serial, d.vendor, d.model, d.capacity, d.first_seen,
+                d.last_seen,
+                (SELECT COUNT(*) FROM attempts c WHERE c.device_id = d.id) AS attempts,
+                l.state AS last_state, l.reason_code AS last_reason_code,
+                l.port_label AS last_port, l.started_at AS last_at
+            FROM devices d
+            LEFT JOIN attempts l ON l.id =
+                (SELECT MAX(m.id) FROM attempts m WHERE m.device_id = d.id)
+            ORDER BY d.last_seen DESC, d.id DESC LIMIT ?1";
+        let rows = sqlx::query(sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let state: Option<&str> = row.try_get("last_state")?;
+                let reason_code: Option<String> = row.try_get("last_reason_code")?;
+                let last_verdict = state
+                    .map(|state| -> Result<ReportVerdict, StoreError> {
+                        Ok(verdict_of(state.parse()?, reason_code.as_deref()))
+                    })
+                    .transpose()?;
+                Ok(DeviceSummary {
+                    device: device_record(row)?,
+                    attempts: to_u64("attempts", row.try_get("attempts")?)?,
+                    last_verdict,
+                    last_reason_code: reason_code,
+                    last_port: row.try_get("last_port")?,
+                    last_at: row.try_get("last_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn port_history(&self, per_port: u32) -> Result<Vec<ReportRow>, StoreError> {
+        let sql = format!(
+            "{REPORT_ROW} WHERE a.id IN (
+                SELECT id FROM (
+                    SELECT id, ROW_NUMBER() OVER (PARTITION BY port_label ORDER BY id DESC) AS n
+                    FROM attempts WHERE station_id = ?1 AND state <> 'running'
+                ) WHERE n <= ?2
+            ) ORDER BY a.port_label, a.id DESC"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(self.station_id())
+            .bind(i64::from(per_port))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(report_row).collect()
+    }
+
     async fn device_report(&self, serial_or_key: &str) -> Result<Option<DeviceReport>, StoreError> {
         let mut conn = self.reader.acquire().await?;
         let mut tx = conn.begin().await?;
@@ -385,30 +439,35 @@ pub(super) fn failure(row: &SqliteRow) -> Result<Option<Failure>, StoreError> {
         .transpose()
 }
 
-fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
-    let state: AttemptState = row.try_get::<&str, _>("state")?.parse()?;
-    let mut reason_code: Option<String> = row.try_get("reason_code")?;
-    let verdict = match state {
+/// An attempt's verdict as reports show it, from its state and reason code: an
+/// attempt refused at the moment of opening counts as refused, not failed.
+fn verdict_of(state: AttemptState, reason_code: Option<&str>) -> ReportVerdict {
+    match state {
         AttemptState::Running => ReportVerdict::Running,
         AttemptState::Passed => ReportVerdict::Pass,
         AttemptState::Interrupted => ReportVerdict::Interrupted,
-        AttemptState::Failed if reason_code.as_deref() == Some("refused") => {
-            // Refused at the moment of opening: the guard's own code, where the
-            // record has it.
-            if let Some(Failure {
-                reason:
-                    FailReason::Refused {
-                        code: Some(code), ..
-                    },
-                ..
-            }) = failure(row)?
-            {
-                reason_code = Some(code.as_str().to_string());
-            }
-            ReportVerdict::Refused
-        }
+        AttemptState::Failed if reason_code == Some("refused") => ReportVerdict::Refused,
         AttemptState::Failed => ReportVerdict::Fail,
-    };
+    }
+}
+
+fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
+    let state: AttemptState = row.try_get::<&str, _>("state")?.parse()?;
+    let mut reason_code: Option<String> = row.try_get("reason_code")?;
+    let verdict = verdict_of(state, reason_code.as_deref());
+    if verdict == ReportVerdict::Refused {
+        // Refused at the moment of opening: the guard's own code, where the
+        // record has it.
+        if let Some(Failure {
+            reason: FailReason::Refused {
+                code: Some(code), ..
+            },
+            ..
+        }) = failure(row)?
+        {
+            reason_code = Some(code.as_str().to_string());
+        }
+    }
     Ok(ReportRow {
         attempt_id: Some(AttemptId(row.try_get("id")?)),
         refusal_id: None,
