@@ -9,81 +9,14 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { accessSync, constants, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const BIN = process.env.FLASHRACK_BIN
-  ? path.resolve(process.env.FLASHRACK_BIN)
-  : path.join(ROOT, 'target', 'release', 'flashrack');
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const ARTIFACTS = path.join(HERE, 'artifacts');
-const CHROMIUM_ARGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
-
-/** Fails (never skips) when a needed program is missing. */
-function requireExecutable(file, hint) {
-  try {
-    accessSync(file, constants.X_OK);
-  } catch {
-    assert.fail(`${file} is missing or not executable: ${hint}`);
-  }
-}
-
-/** Starts the demo; resolves with the process and its dashboard URL. */
-function startDemo(dataDir) {
-  const child = spawn(BIN, ['--data-dir', dataDir, 'demo', '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const log = [];
-  const keep = (chunk) => {
-    log.push(chunk.toString());
-    if (log.length > 200) log.shift();
-  };
-  child.stderr.on('data', keep);
-  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  child.log = () => log.join('').slice(-4000);
-  const url = new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`no "dashboard:" line within 60 s\n${child.log()}`)), 60_000);
-    child.stdout.on('data', (chunk) => {
-      keep(chunk);
-      out += chunk.toString();
-      const match = out.match(/dashboard: (http:\/\/\S+)/);
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1].endsWith('/') ? match[1] : `${match[1]}/`);
-      }
-    });
-    child.once('error', (error) => { clearTimeout(timer); reject(error); });
-    child.exited.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`the demo exited early (code ${code}, signal ${signal})\n${child.log()}`));
-    });
-  });
-  return { child, url };
-}
-
-/** SIGTERM, then waits; SIGKILL after 20 s. Says whether it had to force it. */
-async function stopDemo(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return { forced: false };
-  child.kill('SIGTERM');
-  let timer;
-  const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve('timeout'), 20_000); });
-  const outcome = await Promise.race([child.exited, timeout]);
-  clearTimeout(timer);
-  if (outcome !== 'timeout') return { forced: false, ...outcome };
-  child.kill('SIGKILL');
-  await child.exited;
-  return { forced: true };
-}
+import {
+  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, ROOT, requireExecutable, startDemo, stopDemo,
+} from './demo.mjs';
 
 /** RFC 4180 rows (quoted fields, doubled quotes). */
 function parseCsv(text) {

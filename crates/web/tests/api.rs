@@ -1046,3 +1046,66 @@ async fn a_refused_port_shows_the_guards_code_and_its_sentence() {
         "{metrics}"
     );
 }
+
+/// GETs `uri` through the router: status, content type and body as text.
+async fn fetch_text(rig: &Rig, uri: &str) -> (StatusCode, String, String) {
+    let request = Request::get(uri).body(Body::empty()).unwrap();
+    let response = rig.app().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_modules_are_served_as_javascript_and_every_import_resolves() {
+    let rig = rig(AccessPolicy::default()).await;
+    let (status, _, index) = fetch_text(&rig, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        index.contains(r#"<script type="module" src="/js/main.js"></script>"#),
+        "the page loads its entry module"
+    );
+    // Follow every `from './x.js'` from the entry module: each is served, as
+    // JavaScript (a browser refuses to run a module served as anything else).
+    let mut todo = vec!["main.js".to_string()];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let (status, content_type, body) = fetch_text(&rig, &format!("/js/{name}")).await;
+        assert_eq!(status, StatusCode::OK, "/js/{name}");
+        assert!(
+            content_type.starts_with("text/javascript"),
+            "/js/{name} is served as {content_type}"
+        );
+        for part in body.split("from './").skip(1) {
+            todo.push(part.split('\'').next().unwrap().to_string());
+        }
+    }
+    let served: std::collections::BTreeSet<String> = flashrack_web::assets::MODULES
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    assert_eq!(
+        seen, served,
+        "every embedded module is used, and only those"
+    );
+    let (status, _, _) = fetch_text(&rig, "/js/nope.js").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = fetch_text(&rig, "/app.js").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the old single script is gone"
+    );
+}

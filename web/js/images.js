@@ -1,0 +1,136 @@
+// The image cache: the list, import by path, upload, delete.
+
+import { $, el, fmtBytes, fmtTime, shortSha, showMessage, setStatus } from './util.js';
+import { model } from './model.js';
+import { API, api, ApiError, askToken, errorFrom, getToken } from './api.js';
+
+export async function loadImages() {
+  try {
+    model.images = (await api('GET', '/images')) || [];
+  } catch (error) {
+    $('image-list').replaceChildren(el('li', { class: 'muted', text: `Images: ${error.message}` }));
+    return;
+  }
+  renderImages();
+}
+
+export function renderImages() {
+  const list = $('image-list');
+  if (!model.images.length) list.replaceChildren(el('li', { class: 'muted', text: 'No images yet: import or upload one.' }));
+  else list.replaceChildren(...model.images.map(imageRow));
+  renderImageOptions();
+}
+
+export function imageRow(image) {
+  return el('li', { class: 'row' },
+    el('div', { class: 'row-main' },
+      el('strong', { text: image.name || '(no name)' }),
+      el('span', { class: 'muted' }, ` ${fmtBytes(image.size)} · ${image.format || ''} · `,
+        el('code', { text: shortSha(image.sha256), title: image.sha256 || '' })),
+      image.imported_at ? el('span', { class: 'muted small-text', text: ` imported ${fmtTime(image.imported_at)}` }) : null),
+    el('button', {
+      type: 'button',
+      class: 'small danger',
+      'aria-label': `Delete image ${image.name || image.sha256}`,
+      onclick: () => deleteImage(image),
+    }, 'Delete'));
+}
+
+export function renderImageOptions() {
+  const select = $('arm-image');
+  const keep = select.value;
+  const options = model.images.map((image) => el('option', {
+    value: image.sha256,
+    text: `${image.name || '(no name)'} · ${fmtBytes(image.size)} · ${shortSha(image.sha256)}`,
+  }));
+  if (!options.length) options.push(el('option', { value: '', text: 'no images: import one below' }));
+  select.replaceChildren(...options);
+  if (keep && model.images.some((image) => image.sha256 === keep)) select.value = keep;
+}
+
+export async function deleteImage(image) {
+  if (!window.confirm(`Delete image ${image.name || image.sha256} from the station's cache?`)) return;
+  try {
+    await api('DELETE', `/images/${encodeURIComponent(image.sha256)}`);
+    showMessage(`Deleted ${image.name || shortSha(image.sha256)}`, 'info');
+  } catch (error) {
+    showMessage(`Delete: ${error.message}`);
+  }
+  loadImages();
+}
+
+export function importedText(image) {
+  return `${image.already_cached ? 'Already cached' : 'Imported'}: ${image.name || ''} (${fmtBytes(image.size)}, ${shortSha(image.sha256)})`;
+}
+
+export async function importPath(event) {
+  event.preventDefault();
+  const path = $('import-path').value.trim();
+  const sha = $('import-sha').value.trim();
+  setStatus('import-status', 'Importing… (large images take a while to hash)');
+  try {
+    const image = await api('POST', '/images/import', { path, sha256: sha || null });
+    setStatus('import-status', importedText(image), 'good');
+    await loadImages();
+    $('arm-image').value = image.sha256;
+  } catch (error) {
+    setStatus('import-status', error.message, 'bad');
+  }
+}
+
+/** POSTs the file with XMLHttpRequest, for upload progress events. */
+export function sendUpload(file, sha, onProgress) {
+  return new Promise((resolve, reject) => {
+    const query = new URLSearchParams({ name: file.name });
+    if (sha) query.set('sha256', sha);
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `${API}/images/upload?${query}`);
+    if (getToken()) xhr.setRequestHeader('Authorization', `Bearer ${getToken()}`);
+    xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+    xhr.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
+    xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText });
+    xhr.onerror = () => reject(new ApiError(0, 'network', 'the upload broke off (too large, or the station went away)'));
+    xhr.send(file);
+  });
+}
+
+export async function uploadImage(event) {
+  event.preventDefault();
+  const file = $('upload-file').files[0];
+  if (!file) return;
+  const sha = $('upload-sha').value.trim();
+  const bar = $('upload-bar');
+  const button = $('upload-button');
+  button.disabled = true;
+  bar.hidden = false;
+  const progress = (loaded, total) => {
+    const pct = total ? Math.floor((loaded / total) * 100) : 0;
+    bar.setAttribute('aria-valuenow', String(pct));
+    bar.firstChild.style.width = `${pct}%`;
+    setStatus('upload-status', pct >= 100
+      ? 'Sent; the station is checking and hashing the image…'
+      : `Uploading ${fmtBytes(loaded)} of ${fmtBytes(total)} (${pct}%)`);
+  };
+  try {
+    let rejected = false;
+    let result;
+    for (;;) {
+      result = await sendUpload(file, sha, progress);
+      if (result.status !== 401) break;
+      await askToken(rejected);
+      rejected = true;
+    }
+    if (result.status < 200 || result.status >= 300) throw await errorFrom(result.status, result.text);
+    const image = JSON.parse(result.text);
+    setStatus('upload-status', importedText(image), 'good');
+    $('upload-form').reset();
+    await loadImages();
+    $('arm-image').value = image.sha256;
+  } catch (error) {
+    const text = error.status === 413 ? `Too large: ${error.message}` : error.message;
+    setStatus('upload-status', text, 'bad');
+  } finally {
+    button.disabled = false;
+    bar.hidden = true;
+  }
+}

@@ -1,0 +1,40 @@
+// flashrack dashboard: plain JS modules, no framework, no build step.
+// The modules, each served as it is:
+// - util.js: elements, formatting, messages;
+// - model.js: what the dashboard knows of the station;
+// - api.js: the JSON API and the operator token;
+// - live.js: the event stream, the snapshot, the stale view;
+// - rack.js: the rack's tiles;
+// - wall.js: wall mode (the rack across the room);
+// - alerts.js: the alarm, acknowledgements, the tab's title and icon;
+// - run.js: the run panel and the batch's progress;
+// - images.js: the image cache;
+// - records.js: runs, reports, devices and each port's history.
+
+import { $ } from './util.js';
+import { connectEvents, watchStream } from './live.js';
+import { stopRun, armRun } from './run.js';
+import { loadImages, importPath, uploadImage } from './images.js';
+import { loadRuns, loadDevices, renderDevices } from './records.js';
+import { renderRack } from './rack.js';
+import { startWall } from './wall.js';
+import { startAlerts } from './alerts.js';
+
+function start() {
+  startWall(renderRack);
+  startAlerts(renderRack);
+  $('stop-form').addEventListener('submit', stopRun);
+  $('arm-form').addEventListener('submit', armRun);
+  $('import-form').addEventListener('submit', importPath);
+  $('upload-form').addEventListener('submit', uploadImage);
+  $('runs-refresh').addEventListener('click', loadRuns);
+  $('devices-refresh').addEventListener('click', loadDevices);
+  $('device-search').addEventListener('input', renderDevices);
+  connectEvents();
+  watchStream();
+  loadImages();
+  loadRuns();
+  loadDevices();
+}
+
+start();

@@ -1,0 +1,329 @@
+// The rack: one tile per port, placed as the ports are on the station.
+
+import { $, el, fmtBytes, fmtRate, fmtDuration, reasonText, showMessage } from './util.js';
+import { model, BUSY, STATE_NAMES, STATE_MARKS, isInterrupted, verdictIsCurrent, verdictRunText, isForeignOutcome } from './model.js';
+import { api } from './api.js';
+import { needsAck, acknowledge, renderAlerts } from './alerts.js';
+import { wallFace } from './wall.js';
+import { renderBatch } from './run.js';
+
+export function findTile(label) {
+  for (const tile of $('rack').children) if (tile.dataset.label === label) return tile;
+  return null;
+}
+
+/**
+ * Grid places: ports with a position keep their row and column (shifted so the
+ * smallest is 1); ports without one (or on a taken cell) flow in rows after.
+ */
+export function layout(ports) {
+  const placed = [];
+  const loose = [];
+  const taken = new Set();
+  for (const port of ports) {
+    const pos = port.position;
+    const key = Array.isArray(pos) ? `${pos[0]},${pos[1]}` : null;
+    if (key && !taken.has(key)) {
+      taken.add(key);
+      placed.push(port);
+    } else {
+      loose.push(port);
+    }
+  }
+  const rows = placed.map((p) => p.position[0]);
+  const cols = placed.map((p) => p.position[1]);
+  const minRow = Math.min(...rows);
+  const minCol = Math.min(...cols);
+  const width = placed.length ? Math.max(...cols) - minCol + 1 : Math.min(Math.max(ports.length, 1), 4);
+  const height = placed.length ? Math.max(...rows) - minRow + 1 : 0;
+  placed.sort((a, b) => a.position[0] - b.position[0] || a.position[1] - b.position[1]);
+  const places = placed.map((port) => ({
+    port, row: port.position[0] - minRow + 1, col: port.position[1] - minCol + 1,
+  }));
+  loose.forEach((port, i) => {
+    places.push({ port, row: height + 1 + Math.floor(i / width), col: (i % width) + 1 });
+  });
+  return { width, places };
+}
+
+export function renderRack() {
+  const rack = $('rack');
+  const { width, places } = layout([...model.ports.values()]);
+  rack.style.setProperty('--cols', String(width));
+  if (!places.length) {
+    rack.replaceChildren(el('p', { class: 'muted', text: 'No ports.' }));
+  } else {
+    rack.replaceChildren(...places.map(({ port, row, col }) => {
+      const tile = buildTile(port);
+      tile.style.setProperty('--row', String(row));
+      tile.style.setProperty('--col', String(col));
+      return tile;
+    }));
+  }
+  renderSummary();
+}
+
+export function replaceTile(old, port) {
+  const tile = buildTile(port);
+  tile.style.cssText = old.style.cssText;
+  const focused = old.contains(document.activeElement) ? document.activeElement.dataset.action : null;
+  old.replaceWith(tile);
+  if (focused) {
+    const again = tile.querySelector(`[data-action="${focused}"]`);
+    if (again) again.focus();
+  }
+}
+
+export function renderSummary() {
+  const counts = {};
+  for (const port of model.ports.values()) {
+    let key = BUSY.has(port.state) ? 'busy' : port.state;
+    if (isInterrupted(port)) key = 'interrupted';
+    // A pass of another run is no pass of this one: counted apart.
+    if (isForeignOutcome(port)) key = 'of an earlier run';
+    counts[key] = (counts[key] || 0) + 1;
+  }
+  const parts = [model.stale ? `${model.ports.size} ports (last known)` : `${model.ports.size} ports`];
+  for (const key of ['busy', 'waiting', 'passed', 'failed', 'interrupted', 'of an earlier run', 'refused', 'detected']) {
+    if (counts[key]) parts.push(`${counts[key]} ${key}`);
+  }
+  const run = model.run;
+  if (run) {
+    const state = model.stale ? 'state unknown' : run.armed ? 'armed' : 'stopped';
+    parts.push(`run #${run.id} ${state}: ${run.passed} passed, ${run.failed} failed, ${run.refused || 0} refused, ${run.interrupted || 0} interrupted`);
+  }
+  $('rack-summary').textContent = parts.join(' · ');
+  renderAlerts();
+  renderBatch();
+}
+
+
+export function stateLabel(port) {
+  let label;
+  if (isForeignOutcome(port)) {
+    const what = port.verdict && port.verdict.verdict === 'pass' ? 'Passed' : 'Failed';
+    label = `${what} in run #${port.verdict_run ? port.verdict_run.run_id : '?'}: not this run`;
+  } else if (isInterrupted(port)) label = 'Interrupted';
+  // The stage alone: the percentage is on the progress line, where a narrow
+  // tile has room for it.
+  else label = (STATE_MARKS[port.state] || '') + (STATE_NAMES[port.state] || port.state);
+  return model.stale ? `${label}?` : label;
+}
+
+export function percent(progress) {
+  if (!progress || !progress.total) return null;
+  return Math.min(100, Math.floor((progress.done / progress.total) * 100));
+}
+
+export function buildTile(port) {
+  const busy = BUSY.has(port.state);
+  let group = busy ? 'busy' : port.state;
+  if (isInterrupted(port)) group = 'interrupted';
+  if (isForeignOutcome(port)) group = 'foreign';
+  const alarm = !model.stale && needsAck(port);
+  const suspect = Boolean(model.history.get(port.label)?.check_port);
+  return el('article', {
+    class: `tile tile-${group}${alarm ? ' tile-alarm' : ''}${suspect ? ' tile-suspect' : ''}`,
+    dataset: {
+      state: port.state,
+      label: port.label,
+      verdictRun: port.verdict_run ? String(port.verdict_run.run_id) : null,
+      verdictCurrent: port.verdict ? String(verdictIsCurrent(port)) : null,
+      alarm: alarm ? 'on' : null,
+      checkPort: suspect ? 'true' : null,
+    },
+    onclick: alarm ? (event) => {
+      // On the wall a failed tile is acknowledged by a touch or a click anywhere on it.
+      if (document.body.classList.contains('wall') && !event.target.closest('button')) ackPort(port);
+    } : null,
+  },
+  el('header', { class: 'tile-head' },
+    el('span', { class: 'tile-label', text: port.label }),
+    el('span', { class: 'tile-state', text: stateLabel(port) })),
+  port.mapped === false ? el('p', { class: 'tag', text: 'unmapped port', title: port.port_path || '' }) : null,
+  deviceBlock(port),
+  // A stale view claims no progress: the stick may be done, or gone.
+  busy && !model.stale ? progressBlock(port) : null,
+  busy && model.stale ? el('p', { class: 'stale-note', text: `last known: ${port.state}; progress unknown` }) : null,
+  port.state === 'waiting' ? el('p', { class: 'waiting-note', text: 'waiting: target nearly reached (starts if a stick in flight fails)' }) : null,
+  verdictBlock(port),
+  // The guard's refusal: { code, message }. One refused at the moment of opening
+  // is also the verdict, which verdictBlock shows.
+  port.refusal && port.state === 'refused' && !(port.verdict && port.verdict.reason === 'refused')
+    ? el('p', { class: 'reason', text: port.refusal.message, title: port.refusal.code, dataset: { code: port.refusal.code } })
+    : null,
+  port.ejected ? el('p', { class: 'badge-ejected', text: '⏏ ejected — pull it' }) : null,
+  safeToPull(port) ? el('p', { class: 'badge-safe', text: '✓ done — safe to pull' }) : null,
+  historyBlock(port),
+  wallBlock(port),
+  actionsBlock(port));
+}
+
+export function deviceBlock(port) {
+  const d = port.device;
+  if (!d) {
+    // A stick pulled during its attempt: the port keeps its verdict.
+    const gone = port.state !== 'empty' && port.verdict;
+    return el('p', { class: 'device muted', text: gone ? 'stick removed' : port.state === 'empty' ? 'no stick' : '' });
+  }
+  const name = [d.vendor, d.model].filter((s) => s && String(s).trim()).join(' ') || 'unknown stick';
+  return el('div', { class: 'device' },
+    el('p', { class: 'device-name', text: name }),
+    el('p', { class: 'device-meta' },
+      fmtBytes(d.capacity),
+      d.serial ? ` · SN ${d.serial}` : ' · no serial',
+      d.kernel_name ? ` · ${d.kernel_name}` : ''));
+}
+
+export function progressBlock(port) {
+  const p = port.progress;
+  const pct = percent(p);
+  const parts = [];
+  if (p) {
+    if (pct != null) parts.push(`${pct}%`);
+    parts.push(`${fmtBytes(p.done)} / ${fmtBytes(p.total)}`);
+    const rate = fmtRate(p.bytes_per_sec);
+    if (rate) parts.push(rate);
+    if (p.bytes_per_sec > 0 && p.total > p.done) {
+      const eta = fmtDuration((p.total - p.done) / p.bytes_per_sec);
+      if (eta) parts.push(`ETA ${eta}`);
+    }
+  }
+  const bar = el('div', {
+    class: 'bar',
+    role: 'progressbar',
+    'aria-label': `${port.label} ${port.state}`,
+    'aria-valuemin': 0,
+    'aria-valuemax': 100,
+    'aria-valuenow': pct == null ? null : pct,
+  }, el('span'));
+  bar.firstChild.style.width = `${pct == null ? 0 : pct}%`;
+  return el('div', { class: 'progress' }, bar, el('p', { class: 'progress-text', text: parts.join(' · ') }));
+}
+
+export function verdictBlock(port) {
+  const v = port.verdict;
+  if (!v || BUSY.has(port.state)) return null;
+  // Every verdict names its run and image; one of another run is history,
+  // not an outcome of the current run.
+  const current = verdictIsCurrent(port);
+  const origin = el('p', { class: 'verdict-run muted', text: current ? `${verdictRunText(port)}` : `${verdictRunText(port)}: not this run` });
+  if (!current) {
+    const what = v.verdict === 'pass' ? 'passed' : `failed (${reasonText(v)})`;
+    return el('div', { class: 'verdict verdict-foreign' },
+      el('p', { class: 'foreign', text: `${what} in ${verdictRunText(port)} — not this run` }));
+  }
+  if (v.verdict === 'pass') {
+    return el('div', { class: 'verdict verdict-pass' },
+      el('p', { class: 'pass', text: passText(port.figures) }),
+      speedsText(port.figures) ? el('p', { class: 'muted', text: speedsText(port.figures) }) : null,
+      origin);
+  }
+  return el('div', { class: 'verdict verdict-fail' },
+    el('p', { class: 'reason', text: reasonText(v) }),
+    v.stage ? el('p', { class: 'muted', text: `stage: ${v.stage}` }) : null,
+    origin);
+}
+
+export function passText(f) {
+  const method = f && f.verify_method;
+  if (!f) return 'written and verified';
+  if (!method || method === 'none') return 'written, not verified';
+  return `verified (${method})`;
+}
+
+export function speedsText(f) {
+  if (!f) return '';
+  const parts = [];
+  if (f.write_secs > 0) parts.push(`write ${fmtRate(f.bytes_written / f.write_secs)}`);
+  if (f.verify_secs > 0) parts.push(`read ${fmtRate(f.bytes_verified / f.verify_secs)}`);
+  return parts.join(' · ');
+}
+
+/**
+ * A pass whose stick is still in the port and not ejected: the attempt is
+ * over (written, flushed, read back, and every handle on the stick closed
+ * before the verdict), so the stick can be pulled.
+ */
+export const safeToPull = (port) => port.state === 'passed' && !port.ejected && Boolean(port.device)
+  && verdictIsCurrent(port) && !model.stale;
+
+const HISTORY_MARKS = { pass: '✓', fail: '✗', refused: '⊘', interrupted: '‖', running: '●' };
+
+/** The port's latest verdicts from the records (newest first), and a warning for a suspect port. */
+function historyBlock(port) {
+  const history = model.history.get(port.label);
+  if (!history || !history.verdicts.length) return null;
+  const marks = history.verdicts.map((row) => el('span', {
+    class: `mark mark-${row.verdict}`,
+    title: `${row.verdict}${row.reason_code ? ` (${row.reason_code.replace(/_/g, ' ')})` : ''} · ${row.serial || row.device_key} · run #${row.run_id}`,
+  }, HISTORY_MARKS[row.verdict] || '?'));
+  return el('div', { class: 'history' },
+    el('p', { class: 'history-marks', 'aria-label': `${port.label}: last ${history.verdicts.length} verdicts, newest first` },
+      el('span', { class: 'history-title', text: 'last: ' }), ...marks),
+    history.check_port
+      ? el('p', { class: 'check-port', text: '⚠ check this port/hub', title: 'Different sticks failed here one after another, with no pass between' })
+      : null);
+}
+
+/** What the wall shows of a port: a large glyph and word, and a few short words. */
+function wallBlock(port) {
+  const face = wallFace(port, model.stale);
+  const history = model.history.get(port.label);
+  // The word is sized to the tile by its length (--chars), so that it never
+  // overflows a narrow tile and is as large as the tile allows.
+  return el('div', { class: 'wall-face' },
+    el('p', { class: 'wall-label', text: port.label }),
+    el('p', { class: 'wall-word' },
+      el('span', { class: 'wall-glyph', text: face.glyph }), ' ',
+      el('span', { class: 'wall-text', style: `--chars: ${Math.max(4, face.word.length)}`, text: face.word }),
+      face.pct ? el('span', { class: 'wall-pct', text: ` ${face.pct}` }) : null),
+    face.detail ? el('p', { class: 'wall-detail', text: face.detail }) : null,
+    history && history.check_port ? el('p', { class: 'wall-check', text: '⚠ check port' }) : null);
+}
+
+function ackPort(port) {
+  acknowledge(port);
+  const tile = findTile(port.label);
+  if (tile) replaceTile(tile, port);
+  renderAlerts();
+}
+
+/**
+ * "Write again" only where it can work: a run is armed, the station is
+ * reachable, and the stick is still in the port.
+ */
+export function actionsBlock(port) {
+  const ack = !model.stale && needsAck(port)
+    ? el('button', {
+      type: 'button',
+      class: 'small ack',
+      'data-action': 'ack',
+      'aria-label': `Acknowledge the failure in port ${port.label}`,
+      onclick: () => ackPort(port),
+    }, 'Acknowledge')
+    : null;
+  if ((port.state !== 'passed' && port.state !== 'failed') || port.ejected || !port.device
+    || model.stale || !model.run || !model.run.armed) {
+    return ack ? el('div', { class: 'tile-actions' }, ack) : null;
+  }
+  return el('div', { class: 'tile-actions' }, ack,
+    el('button', {
+      type: 'button',
+      class: 'small',
+      'data-action': 'again',
+      'aria-label': `Write port ${port.label} again`,
+      onclick: (event) => writeAgain(port.label, event.currentTarget),
+    }, 'Write again'));
+}
+
+export async function writeAgain(label, button) {
+  button.disabled = true;
+  try {
+    await api('POST', `/ports/${encodeURIComponent(label)}/start`);
+    showMessage(`${label}: writing again`, 'info');
+  } catch (error) {
+    showMessage(`${label}: ${error.message}`);
+    button.disabled = false;
+  }
+}

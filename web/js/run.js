@@ -1,0 +1,210 @@
+// The run panel: the armed run, its counters, arming and stopping.
+
+import { $, el, fmtBytes, fmtDuration, shortSha, stopReasonText, showMessage, setStatus } from './util.js';
+import { model, BUSY } from './model.js';
+import { api } from './api.js';
+import { setRun } from './live.js';
+import { renderSummary } from './rack.js';
+
+export function renderRun() {
+  const run = model.run;
+  const armed = Boolean(run && run.armed);
+  const state = $('run-state');
+  if (model.stale) {
+    // Armed or not, the station cannot say: never a green "Armed" here.
+    state.textContent = `? Run state unknown: the station is unreachable${run ? ` (last known: run #${run.id} ${run.armed ? 'armed' : 'stopped'})` : ''}`;
+    state.className = 'run-state run-unknown';
+  } else if (!run) {
+    state.textContent = 'No run';
+    state.className = 'run-state run-none';
+  } else if (armed) {
+    state.textContent = '● Armed: sticks plugged into mapped ports are written';
+    state.className = 'run-state run-armed';
+  } else {
+    state.textContent = `■ Stopped${run.stop_reason ? `: ${stopReasonText(run.stop_reason)}` : ''}`;
+    state.className = 'run-state run-stopped';
+  }
+  $('run-view').replaceChildren(run ? runDetails(run) : '');
+  // Controls that cannot work are not offered: no stop without an armed
+  // run, nothing at all while the station cannot be reached.
+  $('stop-form').hidden = !armed || model.stale;
+  $('arm-form').hidden = armed || model.stale;
+  renderSummary();
+}
+
+export function runDetails(run) {
+  const o = run.options || {};
+  const counter = (name, value) => el('div', { class: `counter counter-${name}` },
+    el('dt', { text: name }), el('dd', { text: value == null ? '—' : String(value) }));
+  return el('div', { class: 'run-details' },
+    el('p', { class: 'run-image' },
+      el('strong', { text: run.image_name || 'image' }),
+      ` · ${fmtBytes(run.image_size)} · `,
+      el('code', { text: shortSha(run.image_sha256), title: run.image_sha256 || '' }),
+      ` · run #${run.id}`),
+    el('p', { class: 'muted', text: `verify: ${o.verify || '?'} · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
+      + ` · target: ${o.target_count == null ? 'no limit' : o.target_count}` }),
+    // The same counts as the records (reports, runs list, /metrics):
+    // an interrupted attempt is not a failed stick, nor is a refused one.
+    el('dl', { class: 'counters' },
+      counter('passed', run.passed),
+      counter('failed', run.failed),
+      counter('interrupted', run.interrupted ?? 0),
+      counter('refused', run.refused ?? 0),
+      counter('active', run.active),
+      counter('remaining', run.remaining == null ? '∞' : run.remaining)),
+    el('p', { class: 'muted', text: `${fmtBytes(run.bytes_written)} written in this run` }));
+}
+
+export async function stopRun(event) {
+  event.preventDefault();
+  const button = $('stop-button');
+  const reason = $('stop-reason').value.trim();
+  // Stopping interrupts every stick being written: ask first.
+  const busy = [...model.ports.values()].filter((port) => BUSY.has(port.state)).map((port) => port.label);
+  if (busy.length) {
+    const sticks = busy.length === 1 ? '1 stick is' : `${busy.length} sticks are`;
+    const question = `${sticks} being written (${busy.join(', ')}). Stopping the run interrupts `
+      + `${busy.length === 1 ? 'it' : 'them'}: recorded as interrupted, the stick${busy.length === 1 ? ' is' : 's are'} left untested. Stop the run?`;
+    if (!window.confirm(question)) return;
+  }
+  button.disabled = true;
+  try {
+    await api('POST', '/runs/current/stop', reason ? { reason } : {});
+    $('stop-reason').value = '';
+    refreshRunSoon();
+  } catch (error) {
+    showMessage(`Stop: ${error.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+export async function armRun(event) {
+  event.preventDefault();
+  const image = $('arm-image').value;
+  if (!image) {
+    setStatus('arm-status', 'Import an image first.', 'bad');
+    return;
+  }
+  const target = $('arm-target').value.trim();
+  const body = {
+    image,
+    verify: $('arm-verify').value,
+    eject_on_pass: $('arm-eject').checked,
+    target_count: target ? Number(target) : null,
+  };
+  const button = $('arm-button');
+  button.disabled = true;
+  setStatus('arm-status', 'Arming…');
+  try {
+    setRun(await api('POST', '/runs', body));
+    setStatus('arm-status', '');
+  } catch (error) {
+    setStatus('arm-status', error.message, 'bad');
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** After a change, in case the event stream is down. */
+export function refreshRunSoon() {
+  setTimeout(async () => {
+    try {
+      const snapshot = await api('GET', '/station');
+      setRun(snapshot.run || null);
+    } catch (_) { /* the stream will tell */ }
+  }, 300);
+}
+
+const median = (values) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+};
+
+/** How far through its attempt a busy stick is, 0..1 (the write as the first half, the read-back the second). */
+function attemptFraction(port) {
+  const p = port.progress;
+  const f = p && p.total ? Math.min(1, p.done / p.total) : 0;
+  if (port.state === 'writing') return f / 2;
+  if (port.state === 'flushing') return 0.5;
+  if (port.state === 'verifying') return 0.5 + f / 2;
+  return 0;
+}
+
+/**
+ * The batch as the operator counts it: passes against the target, sticks in
+ * flight, the yield so far (passes among the sticks found good or bad:
+ * refusals and interruptions say nothing about a stick), and an ETA from the
+ * station's measured time per stick in this run (the median of the write and
+ * read-back times of its passes).
+ */
+export function batchFigures() {
+  const run = model.run;
+  if (!run) return null;
+  const target = run.options && run.options.target_count != null ? run.options.target_count : null;
+  const judged = run.passed + run.failed;
+  const busy = [...model.ports.values()].filter((port) => BUSY.has(port.state));
+  const samples = [...model.stickSecs.values()];
+  const perStick = samples.length ? median(samples) : null;
+  let eta = null;
+  if (target != null && run.armed && perStick) {
+    const left = Math.max(0, target - run.passed);
+    const passRate = judged ? Math.max(run.passed / judged, 0.05) : 1;
+    // Sticks in flight finish first; the rest go through every port in
+    // waves, as many more sticks as the yield says it takes.
+    const inFlight = busy.map((port) => perStick * (1 - attemptFraction(port)));
+    const more = Math.max(0, left - busy.length * passRate) / passRate;
+    const ports = Math.max(1, model.ports.size);
+    eta = left === 0 ? 0 : Math.max(0, ...inFlight) + Math.ceil(more / ports) * perStick;
+  }
+  return {
+    passed: run.passed,
+    target,
+    inFlight: run.active ?? busy.length,
+    yieldPct: judged ? Math.round((run.passed / judged) * 100) : null,
+    judged,
+    perStick,
+    eta,
+  };
+}
+
+/** The batch line: in the run panel, and across the top of the wall. */
+export function renderBatch() {
+  const b = batchFigures();
+  const panel = $('batch');
+  const strip = $('wall-strip');
+  if (!b) {
+    panel.replaceChildren();
+    strip.replaceChildren(el('span', { class: 'strip-item', text: model.stale ? 'station unreachable' : 'no run' }));
+    return;
+  }
+  const stale = model.stale;
+  const passes = b.target != null ? `${b.passed} / ${b.target}` : `${b.passed}`;
+  const eta = stale ? 'ETA unknown'
+    : b.target == null ? 'no target'
+      : b.eta === 0 ? 'target reached'
+        : b.eta != null ? `ETA ~${fmtDuration(b.eta) || '—'}`
+          : 'ETA: measuring';
+  const yieldText = b.yieldPct == null ? 'yield —' : `yield ${b.yieldPct} %`;
+  const pct = b.target ? Math.min(100, Math.floor((b.passed / b.target) * 100)) : null;
+  const bar = pct == null ? null : el('div', {
+    class: 'bar batch-bar', role: 'progressbar', 'aria-label': 'Passes of the target', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': pct,
+  }, el('span'));
+  if (bar) bar.firstChild.style.width = `${pct}%`;
+  panel.replaceChildren(
+    el('p', { class: 'batch-passes' }, el('strong', { class: 'batch-count', text: passes }), b.target != null ? ' passes of the target' : ' passes (no target)'),
+    bar,
+    el('p', { class: 'batch-line' },
+      el('span', { class: 'batch-inflight', text: `${stale ? '?' : b.inFlight} in flight` }), ' · ',
+      el('span', { class: 'batch-eta', text: eta }), ' · ',
+      el('span', { class: 'batch-yield', text: yieldText, title: `${b.passed} passed of ${b.judged} sticks judged` }),
+      b.perStick ? el('span', { class: 'muted', text: ` · ${fmtDuration(b.perStick)} a stick` }) : null));
+  strip.replaceChildren(
+    el('span', { class: 'strip-item strip-passes' }, '✓ ', el('strong', { text: passes })),
+    el('span', { class: 'strip-item strip-failed' }, '✗ ', el('strong', { text: String(model.run.failed) })),
+    el('span', { class: 'strip-item', text: `● ${stale ? '?' : b.inFlight} in flight` }),
+    el('span', { class: 'strip-item', text: eta }),
+    el('span', { class: 'strip-item', text: yieldText }));
+}

@@ -1,0 +1,149 @@
+// Helpers shared by every module: elements, formatting, messages.
+// Every piece of data is inserted as text (textContent / text nodes), never as HTML.
+export const $ = (id) => document.getElementById(id);
+
+/** Builds an element. Strings among children become text nodes. */
+export function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value == null || value === false) continue;
+    if (key === 'class') node.className = value;
+    else if (key === 'text') node.textContent = value;
+    else if (key === 'dataset') {
+      for (const [name, data] of Object.entries(value)) if (data != null) node.dataset[name] = data;
+    }
+    else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? '' : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child == null || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+export function debounce(fn, ms) {
+  let timer = null;
+  return () => {
+    clearTimeout(timer);
+    timer = setTimeout(fn, ms);
+  };
+}
+
+/** Decimal units, like disk vendors and MB/s: 41.9 MB, 34.4 GB. */
+export function fmtBytes(n) {
+  if (typeof n !== 'number' || !Number.isFinite(n)) return '?';
+  const units = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
+  let value = n;
+  let unit = 0;
+  while (Math.abs(value) >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  if (unit === 0) return `${value} B`;
+  const digits = value < 10 ? 2 : value < 100 ? 1 : 0;
+  return `${value.toFixed(digits).replace(/\.?0+$/, '')} ${units[unit]}`;
+}
+
+export function fmtRate(bytesPerSec) {
+  if (!bytesPerSec || !Number.isFinite(bytesPerSec)) return '';
+  return `${(bytesPerSec / 1e6).toFixed(1)} MB/s`;
+}
+
+export function fmtDuration(secs) {
+  if (!Number.isFinite(secs) || secs < 0 || secs > 359999) return '';
+  const s = Math.round(secs);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+}
+
+/** Unix seconds or milliseconds, or an RFC 3339 string. */
+export function fmtTime(value) {
+  if (value == null || value === '') return '';
+  let date;
+  if (typeof value === 'number') date = new Date(value > 1e11 ? value : value * 1000);
+  else date = new Date(value);
+  return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString();
+}
+
+export const shortSha = (sha) => (typeof sha === 'string' ? sha.slice(0, 12) : '');
+export const stageName = (stage) => (typeof stage === 'string' ? stage : 'an unknown stage');
+
+/** One sentence for a failure verdict. */
+export function reasonText(v) {
+  switch (v.reason) {
+    case 'too_small': return `too small: holds ${fmtBytes(v.capacity)}, the image needs ${fmtBytes(v.needed)}`;
+    case 'no_medium': return 'no medium: the device reports a capacity of 0 bytes';
+    case 'read_only': return 'read-only: the stick refuses writes';
+    case 'capacity_lie': return `fake capacity: claims ${fmtBytes(v.claimed)} but loses data written ${v.first_bad_offset ? `at ${fmtBytes(v.first_bad_offset)}` : 'from the first byte'}`;
+    case 'probe_error': return `capacity probe failed (${v.operation || 'unknown operation'}${v.offset != null ? ` at ${fmtBytes(v.offset)}` : ''}): ${v.detail || 'no detail'}`;
+    case 'write_error': return `write error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;
+    case 'flush_error': return `flush failed: ${v.detail || 'no detail'}`;
+    case 'read_error': return `read error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;
+    case 'verify_mismatch': return `verify mismatch at byte ${v.offset} (${fmtBytes(v.offset)})`;
+    case 'removed': return `removed during ${stageName(v.during)}`;
+    case 'stalled': return `stopped responding during ${stageName(v.during)} at ${fmtBytes(v.offset)} (no progress for ${v.after_secs} s)`;
+    case 'refused': return `refused by the target guard: ${v.detail || 'no detail'}`;
+    case 'unavailable': return `cannot open the stick: ${v.detail || 'no detail'}`;
+    case 'interrupted': return 'interrupted (stop or shutdown): the stick is untested';
+    case 'station_error': return `station error, not the stick's: ${v.detail || 'no detail'}; the stick is untested`;
+    default: return `failed: ${v.reason || 'unknown reason'}`;
+  }
+}
+
+/** Why a run stopped, in words (the API gives a stable code). */
+export function stopReasonText(code) {
+  switch (code) {
+    case 'operator': return 'stopped by the operator';
+    case 'target_reached': return 'target count reached';
+    case 'completed': return 'every target has its verdict';
+    case 'shutdown': return 'station shut down';
+    case 'source_failed': return 'the image could not be read';
+    case 'interrupted': return 'station stopped unexpectedly';
+    default: return code;
+  }
+}
+
+let messageTimer = null;
+
+export function showMessage(text, kind = 'error') {
+  const box = $('message');
+  box.textContent = text;
+  box.className = `message message-${kind}`;
+  box.hidden = false;
+  clearTimeout(messageTimer);
+  messageTimer = setTimeout(() => { box.hidden = true; }, kind === 'error' ? 12000 : 5000);
+}
+
+export function setStatus(id, text, kind = '') {
+  const node = $(id);
+  node.textContent = text;
+  node.className = `status ${kind}`;
+}
+
+/** A failure in two or three large words, for the wall ("write error", "fake capacity"). */
+export function shortReason(v) {
+  switch (v && v.reason) {
+    case 'too_small': return 'too small';
+    case 'no_medium': return 'no medium';
+    case 'read_only': return 'read-only';
+    case 'capacity_lie': return 'fake capacity';
+    case 'probe_error': return 'probe error';
+    case 'write_error': return 'write error';
+    case 'flush_error': return 'flush error';
+    case 'read_error': return 'read error';
+    case 'verify_mismatch': return 'verify mismatch';
+    case 'removed': return 'pulled too early';
+    case 'stalled': return 'stick hung';
+    case 'refused': return 'refused';
+    case 'unavailable': return 'cannot open';
+    case 'interrupted': return 'interrupted';
+    case 'station_error': return 'station error';
+    default: return (v && v.reason) ? String(v.reason).replace(/_/g, ' ') : 'failed';
+  }
+}
+
+/** A guard refusal code in short words ("too_large" → "too large"). */
+export const shortCode = (code) => (code ? String(code).replace(/_/g, ' ') : 'refused');
