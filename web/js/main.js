@@ -11,7 +11,7 @@
 // - images.js: the image cache;
 // - records.js: runs, reports, devices and each port's history.
 
-import { $ } from './util.js';
+import { $, fmtBytes, fmtBytesExact } from './util.js';
 import { connectEvents, watchStream } from './live.js';
 import { stopRun, armRun } from './run.js';
 import { loadImages, importPath, uploadImage } from './images.js';
@@ -19,6 +19,10 @@ import { loadRuns, loadDevices, renderDevices } from './records.js';
 import { renderRack } from './rack.js';
 import { startWall } from './wall.js';
 import { startAlerts } from './alerts.js';
+
+// The size notation, for the browser test (tests/e2e) to check against the
+// Rust side's cases; nothing else reads it.
+window.flashrackFormat = Object.freeze({ fmtBytes, fmtBytesExact });
 
 function start() {
   startWall(renderRack);

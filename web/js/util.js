@@ -30,19 +30,45 @@ export function debounce(fn, ms) {
   };
 }
 
-/** Decimal units, like disk vendors and MB/s: 41.9 MB, 34.4 GB. */
+/**
+ * A byte count for people, in flashrack's one notation (ByteSize's Display in
+ * crates/core/src/size.rs): decimal units as sticks are sold, three
+ * significant digits, no trailing zeros: 512 B, 8.59 GB, 41.9 MB, 256 GB.
+ * The same whole-number steps as the Rust code, rounding half up (9,995,000
+ * bytes are 10 MB, where 9.995 as a float would round down), so both give the
+ * same text; tests/e2e checks this against crates/core/src/byte_size_cases.txt,
+ * as ByteSize's tests do. Exact for whole numbers up to 2^53: the quotient of
+ * two such numbers by division and floor is the true one, and the remainder
+ * is computed exactly.
+ */
 export function fmtBytes(n) {
-  if (typeof n !== 'number' || !Number.isFinite(n)) return '?';
-  const units = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
-  let value = n;
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) return '?';
+  n = Math.round(n);
+  const units = ['B', 'kB', 'MB', 'GB', 'TB', 'PB', 'EB'];
   let unit = 0;
-  while (Math.abs(value) >= 1000 && unit < units.length - 1) {
-    value /= 1000;
-    unit += 1;
-  }
-  if (unit === 0) return `${value} B`;
-  const digits = value < 10 ? 2 : value < 100 ? 1 : 0;
-  return `${value.toFixed(digits).replace(/\.?0+$/, '')} ${units[unit]}`;
+  while (unit < units.length - 1 && n >= 1000 ** (unit + 1)) unit += 1;
+  if (unit === 0) return `${n} B`;
+  const base = 1000 ** unit;
+  // Three significant digits: 1.23, 12.3, 123.
+  const digits = n < 10 * base ? 2 : n < 100 * base ? 1 : 0;
+  const step = base / 10 ** digits;
+  const quotient = Math.floor(n / step);
+  const scaled = quotient + (2 * (n - quotient * step) >= step ? 1 : 0);
+  // 999.5 kB rounds to 1000 kB, which is written 1 MB.
+  if (scaled >= 1000 && digits === 0 && unit < units.length - 1) return `1 ${units[unit + 1]}`;
+  const whole = Math.floor(scaled / 10 ** digits);
+  const fraction = String(scaled % 10 ** digits).padStart(digits, '0').replace(/0+$/, '');
+  return fraction ? `${whole}.${fraction} ${units[unit]}` : `${whole} ${units[unit]}`;
+}
+
+/**
+ * fmtBytes, followed by the exact byte count where the display rounds (as
+ * ByteSize::exact): for texts that compare two sizes, where rounding could
+ * make different sizes look equal.
+ */
+export function fmtBytesExact(n) {
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) return '?';
+  return n < 1000 ? `${n} bytes` : `${fmtBytes(n)} (${n} bytes)`;
 }
 
 export function fmtRate(bytesPerSec) {
@@ -74,7 +100,7 @@ export const stageName = (stage) => (typeof stage === 'string' ? stage : 'an unk
 /** One sentence for a failure verdict. */
 export function reasonText(v) {
   switch (v.reason) {
-    case 'too_small': return `too small: holds ${fmtBytes(v.capacity)}, the image needs ${fmtBytes(v.needed)}`;
+    case 'too_small': return `too small: holds ${fmtBytesExact(v.capacity)}, the image needs ${fmtBytesExact(v.needed)}`;
     case 'no_medium': return 'no medium: the device reports a capacity of 0 bytes';
     case 'read_only': return 'read-only: the stick refuses writes';
     case 'capacity_lie': return `fake capacity: claims ${fmtBytes(v.claimed)} but loses data written ${v.first_bad_offset ? `at ${fmtBytes(v.first_bad_offset)}` : 'from the first byte'}`;
