@@ -134,11 +134,27 @@ function attemptFraction(port) {
 }
 
 /**
+ * How often a port takes a new stick in this run, in seconds: the median gap
+ * between consecutive attempts in the same port (from the records' port
+ * history), which includes the time sticks wait to be swapped. `null` before
+ * any port has had two sticks.
+ */
+function portCycleSecs(runId) {
+  const gaps = [];
+  for (const history of model.history.values()) {
+    const rows = history.verdicts.filter((row) => row.run_id === runId && typeof row.started_at === 'number');
+    for (let i = 0; i + 1 < rows.length; i += 1) gaps.push((rows[i].started_at - rows[i + 1].started_at) / 1000);
+  }
+  return gaps.length ? median(gaps) : null;
+}
+
+/**
  * The batch as the operator counts it: passes against the target, sticks in
  * flight, the yield so far (passes among the sticks found good or bad:
  * refusals and interruptions say nothing about a stick), and an ETA from the
  * station's measured time per stick in this run (the median of the write and
- * read-back times of its passes).
+ * read-back times of its passes) and, once ports have had a second stick, how
+ * often a port turns over (swap time included).
  */
 export function batchFigures() {
   const run = model.run;
@@ -148,6 +164,7 @@ export function batchFigures() {
   const busy = [...model.ports.values()].filter((port) => BUSY.has(port.state));
   const samples = [...model.stickSecs.values()];
   const perStick = samples.length ? median(samples) : null;
+  const cycle = perStick ? Math.max(perStick, portCycleSecs(run.id) || 0) : null;
   let eta = null;
   if (target != null && run.armed && perStick) {
     const left = Math.max(0, target - run.passed);
@@ -157,7 +174,7 @@ export function batchFigures() {
     const inFlight = busy.map((port) => perStick * (1 - attemptFraction(port)));
     const more = Math.max(0, left - busy.length * passRate) / passRate;
     const ports = Math.max(1, model.ports.size);
-    eta = left === 0 ? 0 : Math.max(0, ...inFlight) + Math.ceil(more / ports) * perStick;
+    eta = left === 0 ? 0 : Math.max(0, ...inFlight) + Math.ceil(more / ports) * cycle;
   }
   return {
     passed: run.passed,
@@ -166,6 +183,7 @@ export function batchFigures() {
     yieldPct: judged ? Math.round((run.passed / judged) * 100) : null,
     judged,
     perStick,
+    cycle,
     eta,
   };
 }
@@ -200,7 +218,8 @@ export function renderBatch() {
       el('span', { class: 'batch-inflight', text: `${stale ? '?' : b.inFlight} in flight` }), ' · ',
       el('span', { class: 'batch-eta', text: eta }), ' · ',
       el('span', { class: 'batch-yield', text: yieldText, title: `${b.passed} passed of ${b.judged} sticks judged` }),
-      b.perStick ? el('span', { class: 'muted', text: ` · ${fmtDuration(b.perStick)} a stick` }) : null));
+      b.perStick ? el('span', { class: 'muted', text: ` · ${fmtDuration(b.perStick)} a stick` }) : null,
+      b.cycle > b.perStick ? el('span', { class: 'muted', text: `, ${fmtDuration(b.cycle)} with the swap` }) : null));
   strip.replaceChildren(
     el('span', { class: 'strip-item strip-passes' }, '✓ ', el('strong', { text: passes })),
     el('span', { class: 'strip-item strip-failed' }, '✗ ', el('strong', { text: String(model.run.failed) })),
