@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// digits and no trailing zeros: `512 B`, `8.59 GB`, `41.9 MB`, `256 GB`. This is
 /// the one notation of sizes for people: the command line, reports, the guard's
 /// and the importer's messages use it, and the dashboard's `fmtBytes`
-/// (`web/app.js`) follows the same rule (`tests/e2e` checks both against
+/// (`web/js/util.js`) follows the same rule (`tests/e2e` checks both against
 /// `byte_size_cases.txt`). Where an exact comparison matters (the guard's size
 /// limits), [`ByteSize::exact`] adds the byte count.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -97,7 +97,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Whole numbers throughout, rounding half up: 9,995,000 bytes are
         // 9.995 MB, shown as 10 MB (through a float, 9.995 is 9.99499… and
-        // would show as 9.99 MB). The dashboard's `fmtBytes` (web/app.js)
+        // would show as 9.99 MB). The dashboard's `fmtBytes` (web/js/util.js)
         // takes the same steps; keep them in step.
         const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
         let n = u128::from(self.0);
