@@ -57,6 +57,10 @@ pub struct ArmRun {
     pub eject_on_pass: bool,
     /// Stop by itself after this many passes.
     pub target_count: Option<u32>,
+    /// Who arms the run (printed on its report).
+    pub operator: Option<String>,
+    /// The lot or batch id (printed on its report).
+    pub lot: Option<String>,
 }
 
 /// A client of one station. Its calls block (they are plain HTTP/1 requests
@@ -135,6 +139,8 @@ impl StationClient {
             "verify": run.verify,
             "eject_on_pass": run.eject_on_pass,
             "target_count": run.target_count,
+            "operator": run.operator,
+            "lot": run.lot,
         });
         let answer = self.send("POST", "/runs", Some(body))?;
         serde_json::from_value(answer).map_err(|e| ClientError::Answer(e.into()))

@@ -193,6 +193,7 @@ pub async fn flash(
                 verify: request.verify,
                 eject_on_pass: false,
                 target_count: None,
+                ..RunOptions::default()
             },
         })
         .await?;

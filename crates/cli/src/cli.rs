@@ -182,6 +182,12 @@ pub enum RunCommand {
         /// Eject each stick after it passes.
         #[arg(long)]
         eject_on_pass: bool,
+        /// Who arms the run: a name printed on its report.
+        #[arg(long, value_name = "NAME")]
+        operator: Option<String>,
+        /// The lot or batch the sticks belong to, printed on the report.
+        #[arg(long, value_name = "ID")]
+        lot: Option<String>,
     },
     /// Stop the armed run; running attempts stop as interrupted.
     Stop {

@@ -131,6 +131,8 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
             verify,
             no_verify,
             eject_on_pass,
+            operator,
+            lot,
         } => {
             if target_count == Some(0) {
                 bail!("--target-count must be at least 1");
@@ -141,6 +143,8 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
                 verify,
                 eject_on_pass,
                 target_count,
+                operator,
+                lot,
             })?;
             outln!(
                 "run {} armed: {} ({})",

@@ -160,13 +160,43 @@ fn run_start_takes_a_unique_beginning_of_an_image_name_and_suggests_on_a_miss() 
         stderr(&out)
     );
 
-    // `flashrack run start ubuntu …` as the README has it, with this cache.
-    let out = demo.run(&["run", "start", "demo", "--target-count", "2"]);
+    // `flashrack run start ubuntu …` as the README has it, with this cache;
+    // the operator's name and the lot go to the run's report.
+    let out = demo.run(&[
+        "run",
+        "start",
+        "demo",
+        "--target-count",
+        "2",
+        "--operator",
+        "Ada Lovelace",
+        "--lot",
+        "LOT-2026-12",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.contains("armed: demo-4194304.img"), "{said}");
+    let run = said
+        .strip_prefix("run ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{said}"));
+    let report = flashrack(
+        &dir.path().join("data"),
+        &["report", "run", run, "--format", "json"],
+    );
+    assert_eq!(report.status.code(), Some(0), "{}", stderr(&report));
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(json["run"]["options"]["operator"], "Ada Lovelace");
+    assert_eq!(json["run"]["options"]["lot"], "LOT-2026-12");
+    let report = flashrack(
+        &dir.path().join("data"),
+        &["report", "run", run, "--format", "html"],
+    );
+    let html = stdout(&report);
     assert!(
-        stdout(&out).contains("armed: demo-4194304.img"),
-        "{}",
-        stdout(&out)
+        html.contains("<dt>Operator</dt><dd>Ada Lovelace</dd>")
+            && html.contains("<dt>Lot</dt><dd>LOT-2026-12</dd>"),
+        "{html}"
     );
 }
 

@@ -144,6 +144,16 @@ fn port_order(label: &str) -> (u32, u32, String) {
     (u32::MAX, u32::MAX, label.to_string())
 }
 
+/// A text option of the run (`operator`, `lot`), or "not given" (runs armed
+/// without it, and runs recorded before it existed).
+fn option_text(options: &serde_json::Value, key: &str) -> String {
+    options
+        .get(key)
+        .and_then(|v| v.as_str())
+        .unwrap_or("not given")
+        .to_string()
+}
+
 /// The run's options in words (`verify: compare every byte; eject after a
 /// pass; stop after 40 passes`), from the recorded JSON object.
 fn options_words(options: &serde_json::Value) -> String {
@@ -282,6 +292,8 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
         title,
         summary: vec![
             Item::text("Station", &run.station_id),
+            Item::text("Operator", option_text(&run.options, "operator")),
+            Item::text("Lot", option_text(&run.options, "lot")),
             Item::text("flashrack", VERSION),
             Item::text("Image", &run.image_name),
             Item::mono("Image sha256", run.image_sha256.to_hex()),

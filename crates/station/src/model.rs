@@ -211,6 +211,12 @@ pub struct RunOptions {
     pub eject_on_pass: bool,
     /// Stop the run by itself after this many passes.
     pub target_count: Option<u32>,
+    /// Who armed the run (a name the operator gives), printed on its report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// The lot or batch the run's sticks belong to, printed on its report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lot: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -219,6 +225,8 @@ impl Default for RunOptions {
             verify: VerifyMode::Compare,
             eject_on_pass: false,
             target_count: None,
+            operator: None,
+            lot: None,
         }
     }
 }

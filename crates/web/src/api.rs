@@ -142,6 +142,32 @@ pub struct ArmBody {
     pub eject_on_pass: bool,
     /// Stop after this many passes.
     pub target_count: Option<u32>,
+    /// Who arms the run (printed on its report).
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// The lot or batch id (printed on its report).
+    #[serde(default)]
+    pub lot: Option<String>,
+}
+
+/// The longest operator name or lot id accepted.
+const MAX_LABEL: usize = 100;
+
+/// An operator name or lot id as given: trimmed, absent when empty; refused
+/// when longer than [`MAX_LABEL`] characters or holding control characters.
+fn run_label(what: &str, value: Option<String>) -> Result<Option<String>, AppError> {
+    let Some(value) = value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    if value.chars().count() > MAX_LABEL || value.chars().any(char::is_control) {
+        return Err(AppError::bad_request(format!(
+            "{what} must be at most {MAX_LABEL} characters, without control characters"
+        )));
+    }
+    Ok(Some(value))
 }
 
 /// `GET /api/v1/runs`: every recorded run (or the current one without records).
@@ -165,6 +191,8 @@ pub async fn arm(
     if body.target_count == Some(0) {
         return Err(AppError::bad_request("target_count must be at least 1"));
     }
+    let operator = run_label("operator", body.operator)?;
+    let lot = run_label("lot", body.lot)?;
     let cache = state.images.clone();
     let query = body.image.clone();
     let image = tokio::task::spawn_blocking(move || cache.find(&query))
@@ -183,6 +211,8 @@ pub async fn arm(
                 verify: body.verify,
                 eject_on_pass: body.eject_on_pass,
                 target_count: body.target_count,
+                operator,
+                lot,
             },
         })
         .await

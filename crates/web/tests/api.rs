@@ -187,6 +187,14 @@ async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
         ),
         (json!({"image": "ffffffffffff"}), StatusCode::NOT_FOUND),
         (json!({"image": "ab"}), StatusCode::BAD_REQUEST),
+        (
+            json!({"image": rig.image_sha, "operator": "Ada\u{7}"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"image": rig.image_sha, "lot": "L".repeat(101)}),
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let (status, reply) = post(&rig, "/api/v1/runs", body.clone()).await;
         assert_eq!(status, code, "{body}: {reply}");
