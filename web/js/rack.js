@@ -51,7 +51,13 @@ export function renderRack() {
   const { width, places } = layout([...model.ports.values()]);
   rack.style.setProperty('--cols', String(width));
   if (!places.length) {
-    rack.replaceChildren(el('p', { class: 'muted', text: 'No ports.' }));
+    // A station whose configuration maps no port writes nothing: say how to map them.
+    rack.replaceChildren(el('p', {
+      class: 'muted', id: 'no-ports',
+      text: 'No ports are mapped: this station writes no stick. On the station, stop flashrack, ' +
+        'run "flashrack ports learn --config /etc/flashrack/station.toml", plug a stick into each ' +
+        'port in turn and name it, then start flashrack again.',
+    }));
   } else {
     rack.replaceChildren(...places.map(({ port, row, col }) => {
       const tile = buildTile(port);

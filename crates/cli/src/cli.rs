@@ -249,7 +249,8 @@ pub struct DemoArgs {
 /// `flashrack serve …`
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The station configuration [default: the example, config/station.toml].
+    /// The station configuration (required: without one, serve says how to
+    /// make one with `flashrack ports learn` and does not start).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Listen here instead of the configured address.
@@ -420,6 +421,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 
 /// Takes the data directory's lock; with `wait`, says whose it is and waits.
 pub fn lock(data_dir: &Path, wait: bool) -> Result<DataDirLock> {
+    refuse_root_in_foreign_data_dir(data_dir)?;
     let waiting = |holder: LockHolder| {
         errln!(
             "waiting for another flashrack ({holder}) to release {} …",
@@ -428,6 +430,29 @@ pub fn lock(data_dir: &Path, wait: bool) -> Result<DataDirLock> {
     };
     let wait = if wait { Wait::Yes(&waiting) } else { Wait::No };
     Ok(DataDirLock::acquire(data_dir, wait)?)
+}
+
+/// Root must not write a data directory that belongs to another user (the
+/// Debian package's service runs as `flashrack`): the files root would create
+/// there (records, cache entries) could not be written by the station any more.
+fn refuse_root_in_foreign_data_dir(data_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(data_dir) else {
+        return Ok(());
+    };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} belongs to uid {} (the station's user, flashrack on a packaged station), not \
+         root: run this command as that user (`runuser -u flashrack -- flashrack …`), or \
+         files it writes there could not be written by the station",
+        data_dir.display(),
+        meta.uid()
+    )
 }
 
 /// Says what opening the records found left by an unclean stop, if anything.

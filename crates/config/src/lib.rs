@@ -520,6 +520,10 @@ pub fn write_port_map(path: &Path, ports: &[PortConfig]) -> Result<(), ConfigErr
         }
         Err(error) => return Err(error),
     };
+    // The new file takes the old one's owner and mode: the packaged
+    // configuration is root:flashrack 0640 (the service reads it, others must
+    // not read its token), which a plain new file would lose.
+    let before = std::fs::metadata(path).ok();
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| write_error(e.to_string()))?;
@@ -556,6 +560,14 @@ pub fn write_port_map(path: &Path, ports: &[PortConfig]) -> Result<(), ConfigErr
     StationConfig::parse(&new_text, path)?;
     let tmp = path.with_extension("toml.tmp");
     std::fs::write(&tmp, &new_text)
+        .and_then(|()| match &before {
+            Some(before) => {
+                use std::os::unix::fs::MetadataExt;
+                std::os::unix::fs::chown(&tmp, Some(before.uid()), Some(before.gid()))?;
+                std::fs::set_permissions(&tmp, before.permissions())
+            }
+            None => Ok(()),
+        })
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);

@@ -20,12 +20,14 @@ fn error_of(text: &str) -> (usize, String) {
 }
 
 #[test]
-fn the_example_config_is_valid_and_loopback_by_default() {
+fn the_example_config_is_valid_loopback_by_default_and_maps_no_port() {
     let config = StationConfig::example();
     assert_eq!(config.station_id, "station-1");
-    assert_eq!(config.ports.len(), 4);
-    assert_eq!(config.ports[1].label, "A2");
-    assert_eq!(config.ports[1].position, Some((0, 1)));
+    // Port paths name one machine's slots: the example (installed by the
+    // Debian package as /etc/flashrack/station.toml) leaves them to
+    // `flashrack ports learn`.
+    assert!(config.ports.is_empty(), "{:?}", config.ports);
+    assert!(!config.allow_unmapped_ports);
     assert!(config.web.listen.ip().is_loopback());
     assert!(config.allowed_buses.contains("usb") && config.allowed_buses.len() == 1);
     assert_eq!(config.max_size.bytes(), 256_000_000_000);
@@ -236,4 +238,27 @@ fn a_configuration_larger_than_the_limit_is_refused_unread() {
     text.truncate(cut);
     std::fs::write(&path, &text).unwrap();
     assert_eq!(StationConfig::load(&path).unwrap().station_id, "big");
+}
+
+#[test]
+fn writing_the_port_map_keeps_the_files_owner_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("station.toml");
+    std::fs::write(&path, EXAMPLE).unwrap();
+    // As the Debian package leaves it: root:flashrack 0640. Another group
+    // when the test may give one (as root); as anyone else the file keeps its own.
+    let _ = std::os::unix::fs::chown(&path, None, Some(4242));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let before = std::fs::metadata(&path).unwrap();
+    let ports = vec![PortConfig {
+        label: "A1".into(),
+        path: "pci-x-usb-0:1.1".into(),
+        position: Some((0, 0)),
+    }];
+    write_port_map(&path, &ports).unwrap();
+    let after = std::fs::metadata(&path).unwrap();
+    assert_ne!(after.ino(), before.ino(), "written anew (temporary file, then rename)");
+    assert_eq!(after.mode() & 0o7777, 0o640);
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
 }
