@@ -44,8 +44,28 @@ UDEV_RULES = [
 ]
 UDEV_RULE_DIRS = ["/usr/lib/udev/rules.d", "/lib/udev/rules.d"]
 
-# Host programs copied into the guest (with their libraries).
-HOST_PROGRAMS = ["/lib/systemd/systemd-udevd", "/bin/udevadm"]
+# Host programs copied into the guest (with their libraries): udev, and what
+# installing flashrack's Debian package and running its unit as the unit says
+# takes (dpkg and the tools its maintainer scripts call, systemd-sysusers for
+# the service's user, util-linux's setpriv for User=, Group=, NoNewPrivileges=
+# and the empty CapabilityBoundingSet=).
+HOST_PROGRAMS = [
+    "/lib/systemd/systemd-udevd",
+    "/bin/udevadm",
+    "/usr/bin/dpkg",
+    "/usr/bin/dpkg-deb",
+    "/usr/bin/dpkg-query",
+    "/usr/bin/dpkg-statoverride",
+    "/usr/bin/dpkg-split",
+    "/usr/bin/dpkg-trigger",
+    "/bin/tar",
+    "/usr/bin/systemd-sysusers",
+    "/usr/bin/setpriv",
+]
+
+# dpkg checks that ldconfig is on the PATH before it installs anything; the
+# guest's libraries never change, so a no-op stands in for it.
+LDCONFIG = b"#!/bin/sh\nexit 0\n"
 
 
 def log(msg):
@@ -382,12 +402,55 @@ echo "VM-RC: ready $(cat /proc/uptime)"
 """
 
 
-def build_initramfs(cache, flashrack, dest):
-    """Writes the initramfs to `dest`; returns the kernel's path."""
+def dpkg_status(packages):
+    """The host's dpkg status stanzas of `packages` (those installed) and the
+    names of their (empty) file lists: the
+    guest's dpkg database says it has what the guest really carries from the
+    host (the C library, udev, systemd's tools), so that installing flashrack's
+    package checks its dependencies as on a Debian system."""
+    stanzas, seen, todo, lists = [], set(), list(packages), []
+    # With what they depend on in turn: dpkg checks the whole database.
+    while todo:
+        pkg = todo.pop()
+        if pkg in seen:
+            continue
+        seen.add(pkg)
+        r = subprocess.run(["dpkg-query", "-s", pkg], capture_output=True, text=True)
+        if r.returncode != 0:
+            continue
+        stanzas.append(r.stdout.strip() + "\n")
+        # An empty file list each (the files are the host's, not the guest's
+        # business), or dpkg warns about every one of them.
+        fields = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
+        same = fields.get("Multi-Arch") == "same"
+        lists.append(f"{pkg}:{fields.get('Architecture')}.list" if same else f"{pkg}.list")
+        for line in r.stdout.splitlines():
+            if line.startswith(("Depends:", "Pre-Depends:")):
+                for dep in line.split(":", 1)[1].split(","):
+                    for alternative in dep.split("|"):
+                        if alternative.strip():
+                            todo.append(alternative.split()[0].split(":")[0])
+    return ("\n".join(sorted(stanzas))).encode(), lists
+
+
+def build_initramfs(cache, flashrack, dest, dpkg_packages=()):
+    """Writes the initramfs to `dest`; returns the kernel's path.
+
+    `dpkg_packages`: host packages the guest's dpkg database lists as installed
+    (see `dpkg_status`)."""
     os.makedirs(cache, exist_ok=True)
     vmlinuz, mods = prepare_kernel(cache)
     busybox = prepare_busybox(cache)
     c = Cpio()
+    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers",
+              "etc/dpkg/dpkg.cfg.d"):
+        c.dir(d)
+    status, lists = dpkg_status(dpkg_packages)
+    c.file("var/lib/dpkg/status", status)
+    for name in lists:
+        c.file(f"var/lib/dpkg/info/{name}", b"")
+    c.file("var/lib/dpkg/available", b"")
+    c.file("usr/sbin/ldconfig", LDCONFIG, 0o755)
     for top in ("bin", "sbin", "lib", "lib64"):
         c.symlink(top, "usr/" + top)
     for d in ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "proc", "sys", "dev", "run",

@@ -36,6 +36,9 @@ MiB = 1 << 20
 IMAGE_SIZE = 16 * MiB
 STICK_SIZE = 48 * MiB
 LABELS = ["A1", "A2", "A3", "A4", "A5", "A6"]
+# The guest's busybox shell runs its own applets before anything on the PATH:
+# Debian's dpkg (copied from the host) is called by its full path.
+DPKG = "DPKG_COLORS=never /usr/bin/dpkg"
 
 
 class CheckFailed(Exception):
@@ -220,6 +223,7 @@ class Suite:
         self.port_paths = {}  # label -> ID_PATH learned in the guest
         self.hub_ports = {label: i + 1 for i, label in enumerate(LABELS)}
         self.timings = {}
+        self.log_offset = 0  # where the running station's part of flashrack.log begins
 
     def stick(self, name, label, serial, size=STICK_SIZE, **kw):
         return Stick(name, os.path.join(self.sticks_dir, name + ".img"), size, serial,
@@ -229,13 +233,27 @@ class Suite:
 
     def boot(self):
         t = time.monotonic()
-        flashrack = self.args.binary
-        try:
-            os.link(flashrack, os.path.join(self.share, "flashrack"))
-        except OSError:
-            shutil.copy(flashrack, os.path.join(self.share, "flashrack"))
+        # The guest reads the share as the service's user too (import by path).
+        os.chmod(self.workdir, 0o755)
+        os.chmod(self.share, 0o755)
+        dpkg_packages = []
+        if self.args.deb:
+            # The package's binary (on the host, for the libraries it needs).
+            shutil.copy(self.args.deb, os.path.join(self.share, "flashrack.deb"))
+            unpacked = os.path.join(self.workdir, "deb")
+            subprocess.run(["dpkg-deb", "-x", self.args.deb, unpacked], check=True)
+            flashrack = os.path.join(unpacked, "usr", "bin", "flashrack")
+            depends = subprocess.run(["dpkg-deb", "-f", self.args.deb, "Depends"],
+                                     capture_output=True, text=True, check=True).stdout
+            dpkg_packages = [d.split()[0].split(":")[0] for d in depends.split(",") if d.strip()]
+        else:
+            flashrack = self.args.binary
+            try:
+                os.link(flashrack, os.path.join(self.share, "flashrack"))
+            except OSError:
+                shutil.copy(flashrack, os.path.join(self.share, "flashrack"))
         initrd = os.path.join(self.workdir, "initrd.cpio")
-        kernel = build_initramfs(self.args.cache, flashrack, initrd)
+        kernel = build_initramfs(self.args.cache, flashrack, initrd, dpkg_packages)
         self.timings["prepare"] = time.monotonic() - t
         log(f"guest prepared in {self.timings['prepare']:.1f} s")
         t = time.monotonic()
@@ -299,12 +317,131 @@ class Suite:
         with open(os.path.join(self.share, "station.toml"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    def start_flashrack(self):
+    # ----- the Debian package ------------------------------------------------------
+
+    def guest(self, command, timeout=30):
+        """Runs `command` in the guest; returns its output and exit status."""
+        out = self.vm.console.run(f"{command}; echo VM-STATUS $?", timeout=timeout)
+        text, _, status = out.rpartition("VM-STATUS ")
+        return text.strip(), int(status.split()[0]) if status.split() else -1
+
+    def install_package(self):
+        """dpkg -i in the guest, then again (the upgrade path of the maintainer
+        scripts), and what the installation must leave behind."""
         t = time.monotonic()
+        out, status = self.guest(f"{DPKG} -i /mnt/host/flashrack.deb 2>&1", timeout=120)
+        log("  " + out.replace("\n", "\n  "))
+        check(status == 0, "dpkg -i flashrack.deb in the guest exits 0", fatal=True)
+        out, status = self.guest(f"{DPKG} -i /mnt/host/flashrack.deb 2>&1", timeout=120)
+        check(status == 0, "installing it again (prerm upgrade, postinst configure with "
+              "the old version) exits 0")
+        self.timings["install package"] = time.monotonic() - t
+        out, _ = self.guest("dpkg-query -W -f='${Status} ${Version}' flashrack")
+        check("install ok installed" in out, f"dpkg knows flashrack: {out}")
+        out, _ = self.guest("id flashrack")
+        check("uid=" in out and "(flashrack)" in out and "uid=0(" not in out,
+              f"the package made the system user flashrack: {out}")
+        for path, want in (("/var/lib/flashrack", "flashrack:flashrack 750"),
+                           ("/etc/flashrack/station.toml", "root:flashrack 640"),
+                           ("/usr/bin/flashrack", "root:root 755"),
+                           ("/lib/udev/rules.d/70-flashrack.rules", "root:root 644"),
+                           ("/lib/systemd/system/flashrack.service", "root:root 644")):
+            out, _ = self.guest(f"stat -c '%U:%G %a' {path}")
+            check(out == want, f"{path} is installed as {want} (found: {out})")
+        out, _ = self.guest("grep -c . /var/lib/dpkg/info/flashrack.conffiles; "
+                            "cat /var/lib/dpkg/info/flashrack.conffiles")
+        check("/etc/flashrack/station.toml" in out, "station.toml is a conffile")
+
+    def unit(self):
+        """The installed unit's [Service] settings."""
+        text, _ = self.guest("cat /lib/systemd/system/flashrack.service")
+        service, section = {}, None
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[Service]" and "=" in line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                service.setdefault(key, []).append(value)
+        return service
+
+    def unit_command(self):
+        """The installed unit's ExecStart as systemd would run it, for a guest
+        without systemd: as its User= and Group= (with the user's groups), with
+        NoNewPrivileges=, its (empty) CapabilityBoundingSet=, its Environment=
+        and LimitNOFILE=, in a clean environment."""
+        unit = self.unit()
+        exec_start = unit["ExecStart"][-1]
+        user, group = unit["User"][-1], unit["Group"][-1]
+        check(unit.get("CapabilityBoundingSet") == [""] and unit.get("AmbientCapabilities") == [""],
+              "the unit grants no capability")
+        env = ["PATH=/usr/sbin:/usr/bin", f"HOME=/var/lib/{user}", f"USER={user}",
+               f"LOGNAME={user}", "NO_COLOR=1"] + unit.get("Environment", [])
+        limit = unit.get("LimitNOFILE", ["1024"])[-1]
+        nnp = " --no-new-privs" if unit.get("NoNewPrivileges") == ["true"] else ""
+        return (f"ulimit -n {limit}; exec /usr/bin/setpriv --reuid={user} --regid={group} --init-groups"
+                f"{nnp} --bounding-set=-all --inh-caps=-all -- env -i {' '.join(env)} "
+                f"{exec_start}")
+
+    def packaged_default(self):
+        """The unit as installed, on the configuration as installed: it starts
+        with no port mapped, says so, and its dashboard answers (on the guest's
+        loopback, as configured)."""
+        self.start_flashrack(wait_api=False)
+        out, status = self.guest("wget -q -O - http://127.0.0.1:8080/api/v1/ports")
+        check(status == 0 and out.strip() == "[]",
+              f"the installed station answers on 127.0.0.1:8080 with no port: {out[:200]}")
+        check("no ports are mapped in /etc/flashrack/station.toml" in self.flashrack_log()
+              and "flashrack ports learn --config /etc/flashrack/station.toml"
+              in self.flashrack_log(),
+              "its log says that no port is mapped and how to map them")
+        self.stop_flashrack(events=False)
+
+    def check_privileges(self):
+        """The service runs unprivileged: not root, no capability, and still
+        writes sticks and ejects them (the scenarios)."""
+        out, _ = self.guest("grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapBnd|NoNewPrivs)' "
+                            "/proc/$(cat /run/flashrack.pid)/status")
+        log("  " + out.replace("\n", "\n  "))
+        fields = {line.split(":")[0]: line.split(":", 1)[1].split() for line in out.splitlines()
+                  if ":" in line}
+        check(fields.get("Uid", ["0"])[0] != "0" and fields.get("CapEff") == ["0000000000000000"]
+              and fields.get("CapBnd") == ["0000000000000000"],
+              "the station runs as a user other than root with no capability")
+
+    def check_stick_permissions(self, name):
+        out, _ = self.guest(f"stat -c '%G %a' /dev/{name} /sys/block/{name}/device/delete")
+        check(out.split() == ["flashrack", "660", "flashrack", "220"],
+              f"udev gave group flashrack /dev/{name} (rw) and its eject attribute "
+              f"(w): {' '.join(out.split())}")
+
+    def remove_package(self):
+        """dpkg -r, then --purge: the files go, the records stay."""
+        out, status = self.guest(f"{DPKG} -r flashrack 2>&1", timeout=60)
+        check(status == 0, "dpkg -r flashrack exits 0")
+        out, _ = self.guest("for f in /usr/bin/flashrack /lib/udev/rules.d/70-flashrack.rules "
+                            "/etc/flashrack/station.toml; do [ -e $f ] && echo $f; done")
+        check(out.split() == ["/etc/flashrack/station.toml"],
+              f"removed: the binary and the rules are gone, the configuration stays: {out}")
+        out, status = self.guest(f"{DPKG} --purge flashrack 2>&1", timeout=60)
+        check(status == 0 and "records stay" in out, f"dpkg --purge flashrack exits 0: {out}")
+        out, _ = self.guest("ls -A /etc/flashrack /var/lib/flashrack 2>&1; "
+                            "dpkg-query -W flashrack 2>&1")
+        check("/etc/flashrack: No such file" in out and "flashrack.db" in out
+              and "cache" not in out.split(),
+              f"purged: /etc/flashrack and the image cache are gone, the records stay: {out}")
+
+    def start_flashrack(self, wait_api=True):
+        t = time.monotonic()
+        if self.args.deb:
+            command = self.unit_command()
+        else:
+            command = ("NO_COLOR=1 RUST_LOG=info,tower_http=warn /mnt/host/flashrack serve "
+                       "--config /mnt/host/station.toml --listen 0.0.0.0:8080")
         # Its output goes to the second serial port, logged by QEMU on the host.
+        self.log_offset = len(self.flashrack_log())
         self.vm.console.run(
-            "setsid sh -c 'NO_COLOR=1 RUST_LOG=info,tower_http=warn /mnt/host/flashrack serve "
-            "--config /mnt/host/station.toml --listen 0.0.0.0:8080 & "
+            f"setsid sh -c '{command} & "
             "echo $! >/run/flashrack.pid; wait $!; echo VM-FLASHRACK-EXITED status $?' "
             "</dev/null >/dev/ttyS1 2>&1 &")
         deadline = time.monotonic() + 60
@@ -314,6 +451,8 @@ class Suite:
             if "VM-FLASHRACK-EXITED" in self.flashrack_log():
                 raise CheckFailed("flashrack serve exited")
             time.sleep(0.2)
+        if not wait_api:
+            return
         self.api.wait_healthy(30)
         log(f"flashrack serve is up in the guest ({time.monotonic() - t:.1f} s); API on "
             f"127.0.0.1:{self.host_port}")
@@ -326,23 +465,25 @@ class Suite:
                   f"port {label} is mapped to {self.port_paths[label]}")
 
     def flashrack_log(self):
+        """What the station running now has logged."""
         try:
             with open(self.vm.flashrack_log, "rb") as f:
-                return f.read().decode(errors="replace")
+                return f.read().decode(errors="replace")[self.log_offset:]
         except OSError:
             return ""
 
-    def stop_flashrack(self):
+    def stop_flashrack(self, events=True):
         stop = ("kill -TERM $(cat /run/flashrack.pid); for i in $(seq 1 100); do "
                 "kill -0 $(cat /run/flashrack.pid) 2>/dev/null || { echo stopped; break; }; "
                 "sleep 0.1; done")
-        if self.args.check_sse_shutdown:
+        if events and self.args.check_sse_shutdown:
             out = self.vm.console.run(stop, timeout=30)
             check("stopped" in out,
                   "flashrack serve stopped on SIGTERM within 10 s with an event stream open")
         # A graceful shutdown waits for open connections, and an event stream
         # never ends by itself: the client closes it first (see README.md).
-        self.events.close()
+        if events:
+            self.events.close()
         out = self.vm.console.run(stop, timeout=30)
         check("stopped" in out, "flashrack serve stopped on SIGTERM in the guest")
         deadline = time.monotonic() + 5
@@ -527,6 +668,8 @@ class Suite:
         check(ports["A6"]["verdict"] == {"verdict": "pass"}, "A6 passed")
         self.check_image_on(stick, image, "A6")
         name = ports["A6"]["device"]["kernel_name"]
+        if self.args.deb:
+            self.check_stick_permissions(name)
         # Wait for the kernel's and udev's view of the new partition table.
         deadline = time.monotonic() + 20
         while True:
@@ -613,7 +756,18 @@ class Suite:
         self.learn_ports()
         self.timings["learn ports"] = time.monotonic() - t
         self.write_config()
+        if self.args.deb:
+            log("== the Debian package")
+            self.install_package()
+            self.packaged_default()
+            # The operator's configuration replaces the installed one's
+            # content (as an editor or `ports learn` would; owner and mode stay).
+            out, status = self.guest("cat /mnt/host/station.toml >/etc/flashrack/station.toml")
+            check(status == 0, "the station's configuration is written to "
+                  "/etc/flashrack/station.toml")
         self.start_flashrack()
+        if self.args.deb:
+            self.check_privileges()
         image = random_image(1, IMAGE_SIZE)
         parts = mbr_image(2, IMAGE_SIZE)
         digest = self.import_image("test.img", image, upload=False)
@@ -622,6 +776,8 @@ class Suite:
         self.scenario_partitions(parts, parts_digest)
         self.scenario_eject(image, digest)
         self.stop_flashrack()
+        if self.args.deb:
+            self.remove_package()
         self.timings["total"] = time.monotonic() - t0
 
     def dump_logs(self):
@@ -693,6 +849,9 @@ def main():
                         help="downloads and the unpacked kernel (default: target/vm-cache)")
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "flashrack"),
                         help="the flashrack binary to test (default: target/release/flashrack)")
+    parser.add_argument("--deb", metavar="PATH",
+                        help="install this Debian package (scripts/package) in the guest and "
+                             "run the station from its unit, as its user, instead of --binary")
     parser.add_argument("--no-build", action="store_true",
                         help="do not run `cargo build --release -p flashrack-cli` first")
     parser.add_argument("--keep", action="store_true",
@@ -705,7 +864,7 @@ def main():
     signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.monotonic()
     ensure_host_packages()
-    if not args.no_build:
+    if not args.no_build and not args.deb:
         log("cargo build --release -p flashrack-cli")
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "flashrack-cli"],
                        cwd=ROOT, check=True)
