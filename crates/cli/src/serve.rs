@@ -27,7 +27,10 @@ pub async fn run(data_dir_flag: Option<PathBuf>, wait: bool, args: ServeArgs) ->
         }
     }
     if config.ports.is_empty() {
-        eprintln!("{}", no_ports_words(config_path, config.allow_unmapped_ports));
+        eprintln!(
+            "{}",
+            no_ports_words(config_path, config.allow_unmapped_ports)
+        );
     }
     // The flag wins over the configuration.
     let data_dir = data_dir_flag.unwrap_or_else(|| config.data_dir.clone());

@@ -30,8 +30,13 @@ fn get(address: &str, path: &str) -> String {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{path}: {text}");
-    text.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string()
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{path}: {text}"
+    );
+    text.split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string()
 }
 
 /// The dashboard's page and every script it loads (following `src="/…"` and
@@ -86,8 +91,14 @@ fn serve_without_a_configuration_refuses_and_says_how_to_make_one() {
         .expect("run flashrack");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("no station configuration given"), "{stderr}");
-    assert!(stderr.contains("flashrack ports learn --config"), "{stderr}");
+    assert!(
+        stderr.contains("no station configuration given"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("flashrack ports learn --config"),
+        "{stderr}"
+    );
     assert!(stderr.contains("/etc/flashrack/station.toml"), "{stderr}");
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("dashboard:"),
@@ -121,7 +132,10 @@ fn serve_with_no_mapped_port_starts_and_says_so_in_its_log_and_on_the_dashboard(
         .find(|line| line.contains("no ports are mapped"))
         .expect("the log says that no port is mapped");
     assert!(
-        warning.contains(&format!("flashrack ports learn --config {}", config.display())),
+        warning.contains(&format!(
+            "flashrack ports learn --config {}",
+            config.display()
+        )),
         "{warning}"
     );
     assert!(warning.contains("no stick will be written"), "{warning}");

@@ -258,7 +258,11 @@ fn writing_the_port_map_keeps_the_files_owner_and_mode() {
     }];
     write_port_map(&path, &ports).unwrap();
     let after = std::fs::metadata(&path).unwrap();
-    assert_ne!(after.ino(), before.ino(), "written anew (temporary file, then rename)");
+    assert_ne!(
+        after.ino(),
+        before.ino(),
+        "written anew (temporary file, then rename)"
+    );
     assert_eq!(after.mode() & 0o7777, 0o640);
     assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
 }
