@@ -172,3 +172,34 @@ fn serve_with_no_mapped_port_starts_and_says_so_in_its_log_and_on_the_dashboard(
     );
     assert!(warning.contains("no stick will be written"), "{warning}");
 }
+
+#[test]
+fn root_does_not_write_into_a_data_directory_of_another_user() {
+    if !flashrack_testkit::require_root(&[]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // As the Debian package leaves it: owned by the service's user.
+    std::os::unix::fs::chown(&data, Some(4242), Some(4242)).unwrap();
+    let image = dir.path().join("image.img");
+    std::fs::write(&image, flashrack_testkit::image_bytes(1 << 20, 5, 1 << 18)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["image", "import"])
+        .arg(&image)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flashrack");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("belongs to uid 4242"), "{stderr}");
+    assert!(stderr.contains("runuser -u flashrack"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "nothing is written there"
+    );
+}
