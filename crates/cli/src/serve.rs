@@ -27,7 +27,7 @@ pub async fn run(data_dir_flag: Option<PathBuf>, wait: bool, args: ServeArgs) ->
         }
     }
     if config.ports.is_empty() {
-        eprintln!(
+        errln!(
             "{}",
             no_ports_words(config_path, config.allow_unmapped_ports)
         );
