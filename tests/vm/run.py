@@ -345,7 +345,10 @@ class Suite:
                            ("/etc/flashrack/station.toml", "root:flashrack 640"),
                            ("/usr/bin/flashrack", "root:root 755"),
                            ("/lib/udev/rules.d/70-flashrack.rules", "root:root 644"),
-                           ("/lib/systemd/system/flashrack.service", "root:root 644")):
+                           ("/lib/systemd/system/flashrack.service", "root:root 644"),
+                           ("/usr/share/man/man1/flashrack.1.gz", "root:root 644"),
+                           ("/usr/share/bash-completion/completions/flashrack", "root:root 644"),
+                           ("/usr/share/doc/flashrack/station.md", "root:root 644")):
             out, _ = self.guest(f"stat -c '%U:%G %a' {path}")
             check(out == want, f"{path} is installed as {want} (found: {out})")
         out, _ = self.guest("grep -c . /var/lib/dpkg/info/flashrack.conffiles; "
