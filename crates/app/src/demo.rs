@@ -165,6 +165,7 @@ impl Demo {
                 import_dirs: Vec::new(),
                 max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
             },
+            fleet: None,
             ports: ports.clone(),
         };
         let (source, rack, access) = sim_rack(data_dir.join("sim-rack"));

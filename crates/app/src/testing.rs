@@ -84,6 +84,7 @@ pub async fn spawn_app() -> TestApp {
             import_dirs: Vec::new(),
             max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
         },
+        fleet: None,
     };
     let (source, rack, access) = sim_rack(dir.path().join("rack"));
     let parts = Parts::new(

@@ -66,6 +66,14 @@ pub enum ConfigError {
         /// The limit, [`MAX_CONFIG_BYTES`].
         limit: u64,
     },
+    /// The fleet's token file cannot be used.
+    #[error("token file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The file could not be written.
     #[error("cannot write {path}: {reason}")]
     Write {
@@ -130,6 +138,98 @@ pub struct StationConfig {
     pub layout: Option<(u32, u32)>,
     /// The web side.
     pub web: WebConfig,
+    /// The fleet hub this station ships its records to, if it joined one.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The fleet hub a station joined (`[fleet]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// The hub's base URL (`http` or `https`, a host, maybe a path prefix
+    /// behind a proxy, whose trailing `/` is dropped; no user, query or
+    /// fragment).
+    pub hub: url::Url,
+    /// The station's id at the hub: the station's own `station_id` (records
+    /// carry it, and the hub's token for this station is bound to it).
+    pub station_id: String,
+    /// The file holding the station's token for the hub (read at start-up by
+    /// [`FleetConfig::read_token`]; never world-readable).
+    pub token_file: PathBuf,
+}
+
+/// The largest token file read: a token is a line of text.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// The shortest token accepted from a token file.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl FleetConfig {
+    /// Reads the station's hub token from [`token_file`](Self::token_file).
+    ///
+    /// The file must be a regular file, neither readable nor writable by
+    /// "others" (mode `0600` or `0640`: the token lets its holder write this
+    /// station's records at the hub, so a file any local user can read is
+    /// refused rather than used; group read is allowed so that a `flashrack`
+    /// group can hold it), and hold one token: at least [`MIN_TOKEN_LEN`]
+    /// printable ASCII characters without spaces (surrounding white space and
+    /// the final newline are ignored).
+    pub fn read_token(&self) -> Result<String, ConfigError> {
+        read_token_file(&self.token_file)
+    }
+}
+
+/// Reads a token file; see [`FleetConfig::read_token`].
+pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let refused = |reason: String| ConfigError::Token {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(ConfigError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(refused(format!(
+            "mode {mode:04o} lets every user of this machine read or change the hub token; \
+             make it readable by flashrack only (chmod 600, or 640 for a group)"
+        )));
+    }
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
+        return Err(refused(format!(
+            "larger than {MAX_TOKEN_FILE_BYTES} bytes: not a token file"
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(refused(
+            "empty: it must hold the station's hub token".into(),
+        ));
+    }
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(refused(
+            "the token must be one line of printable ASCII without spaces".into(),
+        ));
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(refused(format!(
+            "the token must be at least {MIN_TOKEN_LEN} characters"
+        )));
+    }
+    Ok(token.to_string())
 }
 
 #[derive(Deserialize)]
@@ -146,6 +246,15 @@ struct RawConfig {
     layout: Option<RawLayout>,
     #[serde(default)]
     port: Vec<RawPort>,
+    fleet: Option<Spanned<RawFleet>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    hub: Spanned<String>,
+    station_id: Option<Spanned<String>>,
+    token_file: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,20 +325,42 @@ impl StationConfig {
             invalid(offset, e.message().trim().to_string())
         })?;
 
-        let station_id = match raw.station_id {
-            Some(id) => {
-                let value = id.get_ref().trim();
-                if value.is_empty() || value.len() > 64 || !value.chars().all(is_name_char) {
+        let check_id = |id: &Spanned<String>| {
+            let value = id.get_ref().trim();
+            if value.is_empty() || value.len() > 64 || !value.chars().all(is_name_char) {
+                return Err(invalid(
+                    id.span().start,
+                    format!("station_id {value:?} must be 1-64 letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            Ok(value.to_string())
+        };
+        let fleet_id = match raw
+            .fleet
+            .as_ref()
+            .and_then(|f| f.get_ref().station_id.as_ref())
+        {
+            Some(id) => Some((check_id(id)?, id.span().start)),
+            None => None,
+        };
+        let station_id = match (&raw.station_id, fleet_id) {
+            (Some(id), Some((fleet_id, at))) => {
+                let id = check_id(id)?;
+                if id != fleet_id {
                     return Err(invalid(
-                        id.span().start,
+                        at,
                         format!(
-                            "station_id {value:?} must be 1-64 letters, digits, '-', '_' or '.'"
+                            "[fleet] station_id {fleet_id:?} is not the station's station_id {id:?}: \
+                             the station's records carry its id, and the hub files them under it; \
+                             give one id (either place)"
                         ),
                     ));
                 }
-                value.to_string()
+                id
             }
-            None => "station-1".to_string(),
+            (Some(id), None) => check_id(id)?,
+            (None, Some((fleet_id, _))) => fleet_id,
+            (None, None) => "station-1".to_string(),
         };
 
         let allowed_buses = match raw.guard.allowed_buses {
@@ -429,7 +560,13 @@ impl StationConfig {
             None => DEFAULT_MAX_CONNECTIONS,
         };
 
+        let fleet = match &raw.fleet {
+            Some(fleet) => Some(parse_fleet(fleet, &station_id, &invalid)?),
+            None => None,
+        };
+
         Ok(Self {
+            fleet,
             station_id,
             data_dir: raw
                 .data_dir
@@ -450,6 +587,57 @@ impl StationConfig {
             },
         })
     }
+}
+
+/// Validates `[fleet]`.
+fn parse_fleet(
+    fleet: &Spanned<RawFleet>,
+    station_id: &str,
+    invalid: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<FleetConfig, ConfigError> {
+    let raw = fleet.get_ref();
+    let hub_text = raw.hub.get_ref().trim();
+    let at = raw.hub.span().start;
+    let bad = |why: &str| {
+        invalid(
+            at,
+            format!("[fleet] hub {hub_text:?} {why} (like \"http://hub.lab:8090\")"),
+        )
+    };
+    let mut hub = url::Url::parse(hub_text).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    if !matches!(hub.scheme(), "http" | "https") {
+        return Err(bad("must be an http or https URL"));
+    }
+    if hub.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host"));
+    }
+    if !hub.username().is_empty() || hub.password().is_some() {
+        return Err(bad(
+            "must not carry a user or password: the station's token goes in token_file",
+        ));
+    }
+    if hub.query().is_some() || hub.fragment().is_some() {
+        return Err(bad("must not have a query or a fragment"));
+    }
+    // A path prefix (a hub behind a proxy at /flashrack) is kept, without its
+    // trailing slash, so that request paths are appended to it.
+    let path = hub.path().trim_end_matches('/').to_string();
+    hub.set_path(&path);
+    let token_file = PathBuf::from(raw.token_file.get_ref().trim());
+    if !token_file.is_absolute() {
+        return Err(invalid(
+            raw.token_file.span().start,
+            format!(
+                "[fleet] token_file {:?} is not an absolute path",
+                raw.token_file.get_ref()
+            ),
+        ));
+    }
+    Ok(FleetConfig {
+        hub,
+        station_id: station_id.to_string(),
+        token_file,
+    })
 }
 
 fn is_name_char(c: char) -> bool {

@@ -266,3 +266,115 @@ fn writing_the_port_map_keeps_the_files_owner_and_mode() {
     assert_eq!(after.mode() & 0o7777, 0o640);
     assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
 }
+
+const FLEET: &str = "station_id = \"lab-a\"\n[fleet]\nhub = \"http://hub.lab:8090/\"\ntoken_file = \"/etc/flashrack/hub-token\"\n";
+
+#[test]
+fn a_fleet_section_names_the_hub_and_the_token_file() {
+    let config = parse(FLEET).unwrap();
+    let fleet = config.fleet.expect("the fleet section");
+    // The trailing slash is dropped: request paths are appended to the base.
+    assert_eq!(fleet.hub.as_str(), "http://hub.lab:8090/");
+    assert_eq!(fleet.hub.path(), "/");
+    assert_eq!(fleet.station_id, "lab-a");
+    assert_eq!(fleet.token_file, Path::new("/etc/flashrack/hub-token"));
+    assert_eq!(parse("").unwrap().fleet, None);
+    assert_eq!(StationConfig::example().fleet, None);
+}
+
+#[test]
+fn a_hub_behind_a_proxy_keeps_its_path_prefix() {
+    let config = parse(
+        "[fleet]\nhub = \"https://proxy.lab/flashrack/\"\ntoken_file = \"/etc/t\"\nstation_id = \"lab-b\"\n",
+    )
+    .unwrap();
+    let fleet = config.fleet.unwrap();
+    assert_eq!(fleet.hub.as_str(), "https://proxy.lab/flashrack");
+    // The fleet's station id is the station's when the station names none.
+    assert_eq!(config.station_id, "lab-b");
+    assert_eq!(fleet.station_id, "lab-b");
+}
+
+#[test]
+fn malformed_fleet_sections_name_the_line_and_the_reason() {
+    let cases: &[(&str, usize, &str)] = &[
+        ("[fleet]\nhub = \"hub.lab:8090\"\ntoken_file = \"/t\"\n", 2, "http or https"),
+        ("[fleet]\nhub = \"not a url\"\ntoken_file = \"/t\"\n", 2, "is not a URL"),
+        ("[fleet]\nhub = \"ftp://hub.lab\"\ntoken_file = \"/t\"\n", 2, "http or https"),
+        (
+            "[fleet]\nhub = \"http://user:pw@hub.lab\"\ntoken_file = \"/t\"\n",
+            2,
+            "token goes in token_file",
+        ),
+        ("[fleet]\nhub = \"http://hub.lab/?x=1\"\ntoken_file = \"/t\"\n", 2, "query"),
+        ("[fleet]\nhub = \"http://hub.lab\"\ntoken_file = \"hub-token\"\n", 3, "absolute path"),
+        ("[fleet]\nhub = \"http://hub.lab\"\n", 1, "missing field `token_file`"),
+        ("[fleet]\ntoken_file = \"/t\"\n", 1, "missing field `hub`"),
+        ("[fleet]\nhub = \"http://h\"\ntoken_file = \"/t\"\nretry = 3\n", 4, "unknown field"),
+        (
+            "[fleet]\nhub = \"http://h\"\ntoken_file = \"/t\"\nstation_id = \"a b\"\n",
+            4,
+            "station_id",
+        ),
+        (
+            "station_id = \"lab-a\"\n[fleet]\nhub = \"http://h\"\ntoken_file = \"/t\"\nstation_id = \"lab-b\"\n",
+            5,
+            "is not the station's station_id \"lab-a\"",
+        ),
+    ];
+    for (text, line, reason) in cases {
+        let (got_line, got_reason) = error_of(text);
+        assert_eq!(got_line, *line, "{text:?}: {got_reason}");
+        assert!(got_reason.contains(reason), "{text:?}: {got_reason}");
+    }
+}
+
+fn token_file(dir: &tempfile::TempDir, text: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join("hub-token");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn a_private_token_file_is_read_without_its_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o600, 0o640, 0o400] {
+        let path = token_file(&dir, "  s3cret-token-of-lab-a\n", mode);
+        assert_eq!(
+            flashrack_config::read_token_file(&path).unwrap(),
+            "s3cret-token-of-lab-a",
+            "mode {mode:o}"
+        );
+    }
+}
+
+#[test]
+fn a_token_file_others_can_read_or_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o644, 0o604, 0o602, 0o666] {
+        let path = token_file(&dir, "s3cret-token-of-lab-a\n", mode);
+        let error = flashrack_config::read_token_file(&path).unwrap_err();
+        assert!(matches!(error, ConfigError::Token { .. }), "{error:?}");
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+    }
+}
+
+#[test]
+fn a_token_file_without_a_usable_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, reason) in [
+        ("\n", "empty"),
+        ("short\n", "at least 16"),
+        ("two words-of-token-text\n", "printable ASCII"),
+    ] {
+        let path = token_file(&dir, text, 0o600);
+        let error = flashrack_config::read_token_file(&path).unwrap_err();
+        assert!(error.to_string().contains(reason), "{text:?}: {error}");
+    }
+    let error = flashrack_config::read_token_file(&dir.path().join("missing")).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }), "{error:?}");
+    let error = flashrack_config::read_token_file(dir.path()).unwrap_err();
+    assert!(matches!(error, ConfigError::NotAFile { .. }), "{error:?}");
+}
