@@ -28,8 +28,10 @@ use flashrack_web::{AccessPolicy, Reports, WebLimits, WebState};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
+use crate::fleet::Fleet;
 use crate::records::{Recovered, StoreRecords};
 use crate::AppError;
+use flashrack_fleet_client::HubClient;
 
 /// A task that runs beside the station for as long as the application does
 /// (the demo's scripted operator; later, shipping records to a hub). It is
@@ -168,6 +170,12 @@ pub struct Application {
     /// Raised to stop (by the shutdown future or a task); a `watch` rather
     /// than a `Notify` so that whoever looks late still sees it raised.
     stop: Arc<watch::Sender<bool>>,
+    /// The fleet hub's link, when the station joined one.
+    fleet: Option<Fleet>,
+    /// The data directory (partial image fetches live there).
+    data_dir: PathBuf,
+    /// The largest image the station accepts (its largest target).
+    max_image_size: u64,
 }
 
 impl Application {
@@ -200,6 +208,28 @@ impl Application {
         let (journal, reports): (Arc<dyn Journal>, Option<Arc<dyn Reports>>) = match &records {
             Some(records) => (Arc::new(records.clone()), Some(Arc::new(records.clone()))),
             None => (Arc::new(MemoryJournal::default()), None),
+        };
+        let fleet = match &config.fleet {
+            Some(fleet) => {
+                let token = fleet.read_token().map_err(AppError::FleetToken)?;
+                let client = HubClient::new(&fleet.hub, &fleet.station_id, &token)
+                    .map_err(AppError::FleetClient)?;
+                let store = records
+                    .as_ref()
+                    .ok_or(AppError::FleetWithoutRecords)?
+                    .store();
+                // Joining queues the station's history first: the hub gets
+                // every record, not only those written from now on.
+                let queued = store
+                    .enable_outbox()
+                    .await
+                    .map_err(AppError::EnableOutbox)?;
+                if queued > 0 {
+                    tracing::info!(queued, hub = %fleet.hub, "joined the fleet: the station's records are queued for the hub");
+                }
+                Some(Fleet::new(client))
+            }
+            None => None,
         };
         let (station, handle) = Station::new(station_settings(&config), parts.access, journal);
         let listener = tokio::net::TcpListener::bind(listen)
@@ -236,6 +266,7 @@ impl Application {
             },
             shutting_down: None,
             events: Default::default(),
+            fleet: fleet.as_ref().map(|fleet| fleet.view.subscribe()),
         };
         Ok(Self {
             address,
@@ -248,6 +279,9 @@ impl Application {
             records,
             tasks: parts.tasks,
             stop: Arc::new(watch::channel(false).0),
+            fleet,
+            data_dir,
+            max_image_size: config.max_size.bytes(),
         })
     }
 
@@ -294,6 +328,9 @@ impl Application {
             records,
             tasks,
             stop,
+            fleet,
+            data_dir,
+            max_image_size,
             ..
         } = self;
         let signal = ShutdownSignal(stop.subscribe());
@@ -310,17 +347,28 @@ impl Application {
         });
         let station_task = tokio::spawn(station.run_until_stopped(source, signal.clone().raised()));
         let context = AppContext {
-            station: handle,
+            station: handle.clone(),
             records: records.clone(),
-            images,
+            images: images.clone(),
             shutdown: signal.clone(),
             stop: stop.clone(),
         };
-        let tasks: Vec<_> = tasks
+        let mut tasks: Vec<_> = tasks
             .into_iter()
             .map(|task| tokio::spawn(task(context.clone())))
             .collect();
         drop(context);
+        if let (Some(fleet), Some(records)) = (fleet, &records) {
+            tasks.extend(spawn_fleet(
+                fleet,
+                records.store().clone(),
+                handle.clone(),
+                images.clone(),
+                data_dir,
+                max_image_size,
+                signal.clone(),
+            ));
+        }
         let served = flashrack_web::serve(listener, web, signal.raised()).await;
         // The web server ends at shutdown, or sooner if it fails: then the
         // rest stops too.
@@ -338,6 +386,43 @@ impl Application {
         stopped.map_err(AppError::StationTask)?;
         Ok(())
     }
+}
+
+/// Starts the fleet's tasks: the shipper, the live reporter, the orders'
+/// poller and their follower.
+fn spawn_fleet(
+    fleet: Fleet,
+    store: flashrack_store::Store,
+    station: StationHandle,
+    images: ImageCache,
+    data_dir: PathBuf,
+    max_image_size: u64,
+    signal: ShutdownSignal,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (orders, wanted) = watch::channel(None);
+    let follower = crate::fleet::orders::Follower {
+        fleet: fleet.clone(),
+        station: station.clone(),
+        images,
+        data_dir,
+        max_image_size,
+    };
+    vec![
+        tokio::spawn(crate::fleet::shipper::run(
+            fleet.clone(),
+            store,
+            station.clone(),
+            signal.clone(),
+        )),
+        tokio::spawn(crate::fleet::live::run(
+            fleet.clone(),
+            station,
+            orders.clone(),
+            signal.clone(),
+        )),
+        tokio::spawn(crate::fleet::orders::poll(fleet, orders, signal.clone())),
+        tokio::spawn(follower.run(wanted, signal)),
+    ]
 }
 
 /// The station's settings from the configuration.

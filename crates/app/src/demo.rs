@@ -50,6 +50,13 @@ pub struct DemoOptions {
     pub burst: Option<Burst>,
     /// Where the records go.
     pub recording: Recording,
+    /// The station's id (`demo` by default).
+    pub station_id: Option<String>,
+    /// The fleet hub the demo station joins, if any.
+    pub fleet: Option<flashrack_config::FleetConfig>,
+    /// Whether the scripted operator arms a run itself; without, sticks wait
+    /// for a run armed otherwise (by the hub's orders, or over the API).
+    pub arm: bool,
 }
 
 /// A measurement: many healthy sticks plugged at once.
@@ -150,7 +157,7 @@ impl Demo {
             .collect();
         let rows = port_count.div_ceil(columns);
         let config = StationConfig {
-            station_id: "demo".into(),
+            station_id: options.station_id.clone().unwrap_or_else(|| "demo".into()),
             data_dir: data_dir.to_path_buf(),
             allowed_buses: BTreeSet::from(["usb".to_string()]),
             max_size: ByteSize(256_000_000_000),
@@ -201,6 +208,7 @@ impl Demo {
             }
             None => {
                 let seed = options.seed;
+                let arm_run = options.arm;
                 let parts = parts.with_task(move |context: AppContext| {
                     Box::pin(async move {
                         let shutdown = context.shutdown.clone();
@@ -212,6 +220,7 @@ impl Demo {
                                 source_image,
                                 image_name,
                                 seed,
+                                arm_run,
                             ) => {}
                             () = shutdown.raised() => {}
                         }
@@ -245,7 +254,8 @@ async fn arm(station: &StationHandle, image: SourceImage, image_name: String) ->
     }
 }
 
-/// Arms a run, then keeps the rack busy like an operator would.
+/// Arms a run (unless `arm_run` is false: then the sticks wait for a run armed
+/// otherwise), then keeps the rack busy like an operator would.
 async fn scenario(
     station: StationHandle,
     rack: SimRackControl,
@@ -253,9 +263,10 @@ async fn scenario(
     image: SourceImage,
     image_name: String,
     seed: u64,
+    arm_run: bool,
 ) {
     let image_size = image.manifest.size();
-    if !arm(&station, image, image_name).await {
+    if arm_run && !arm(&station, image, image_name).await {
         return;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

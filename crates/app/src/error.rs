@@ -131,6 +131,18 @@ pub enum AppError {
         #[source]
         source: JournalError,
     },
+    /// The station's hub token cannot be used.
+    #[error("cannot join the fleet")]
+    FleetToken(#[source] flashrack_config::ConfigError),
+    /// The hub's client cannot be set up.
+    #[error("cannot join the fleet")]
+    FleetClient(#[source] flashrack_fleet_client::ClientError),
+    /// A fleet station keeps its records (they are what it ships).
+    #[error("a station in a fleet must keep its records (not in memory only)")]
+    FleetWithoutRecords,
+    /// The outbox could not be enabled (the station's history queued).
+    #[error("cannot queue the station's records for the hub")]
+    EnableOutbox(#[source] flashrack_store::StoreError),
     /// The station would listen beyond loopback without a token.
     #[error("refusing to listen on {0} (not loopback) without an operator token")]
     NoToken(std::net::SocketAddr),

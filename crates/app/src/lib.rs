@@ -13,6 +13,8 @@
 //! - [`reports`]: report rendering for the web side and `flashrack report`;
 //! - [`flash`]: one-shot flashing (the fan-out, its records, signals as a
 //!   stream, a typed summary: [`summary`]) over the targets of [`targets`];
+//! - [`fleet`]: the station's side of a fleet: records shipped to the hub,
+//!   the live rack reported, the hub's orders followed (images fetched);
 //! - [`images`]: the image cache under a data directory;
 //! - [`devices`]: the block devices attached now, as the guard judges them;
 //! - [`client`]: the HTTP client of a running station (`status`, `run`);
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod flash;
+pub mod fleet;
 pub mod images;
 pub mod lock;
 pub mod ports;

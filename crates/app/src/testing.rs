@@ -48,6 +48,12 @@ pub struct TestApp {
 /// `t-3`), `test.img` in its cache, records in SQLite and the web side on a
 /// free port. Needs a multi-threaded runtime.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`], with the configuration changed by `configure` first (a
+/// `[fleet]` section, for instance).
+pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data_dir = dir.path().join("data");
     let image_file = dir.path().join("test.img");
@@ -86,6 +92,8 @@ pub async fn spawn_app() -> TestApp {
         },
         fleet: None,
     };
+    let mut config = config;
+    configure(&mut config);
     let (source, rack, access) = sim_rack(dir.path().join("rack"));
     let parts = Parts::new(
         Box::new(source),

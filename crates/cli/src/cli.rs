@@ -244,6 +244,14 @@ pub struct DemoArgs {
     /// Keep records in memory only (to measure what recording costs).
     #[arg(long)]
     pub no_records: bool,
+    /// Take the station's id and its `[fleet]` section (the hub it joins)
+    /// from this station configuration; the rack stays simulated.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_records")]
+    pub config: Option<PathBuf>,
+    /// The scripted operator plugs sticks but arms no run: a run armed by the
+    /// hub's orders (or over the API) writes them.
+    #[arg(long, conflicts_with = "burst")]
+    pub no_arm: bool,
 }
 
 /// `flashrack serve …`

@@ -18,7 +18,14 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         errln!("generating a {} demo image …", args.image_size);
         demo::write_image(&image, args.image_size)?;
     }
+    let station = match &args.config {
+        Some(path) => Some(flashrack_config::StationConfig::load(path)?),
+        None => None,
+    };
     let options = DemoOptions {
+        station_id: station.as_ref().map(|c| c.station_id.clone()),
+        fleet: station.and_then(|c| c.fleet),
+        arm: !args.no_arm,
         listen: args.listen,
         ports: args.ports,
         image_size: args.image_size,

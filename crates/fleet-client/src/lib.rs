@@ -16,9 +16,9 @@
 //! minute, an image download for minutes — and must end the moment the
 //! station shuts down. reqwest is async on the tokio runtime the station
 //! already runs: dropping a request's future cancels it, and no blocking
-//! thread is held per request. Its rustls backend uses `ring`, already
-//! built for the workspace (no OpenSSL, no C toolchain beyond it), and the
-//! system's root certificates (`rustls-native-certs`), so a hub behind a TLS
+//! thread is held per request. Its rustls backend (reqwest 0.12) uses `ring`
+//! (no OpenSSL, and no cmake as `aws-lc-rs` would need), and the system's
+//! root certificates (`rustls-native-certs`), so a hub behind a TLS
 //! proxy with a certificate the machine trusts just works; proxies come from
 //! the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), as reqwest reads
 //! them by default.
@@ -212,9 +212,18 @@ impl HubClient {
 async fn status_error(response: reqwest::Response) -> ClientError {
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();
+    // `{"error": {"code", "message"}}` (flashrack's HTTP errors), or
+    // `{"error": "…"}`, or whatever the body says.
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .and_then(|v| {
+            let error = v.get("error")?;
+            error
+                .get("message")
+                .unwrap_or(error)
+                .as_str()
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| body.chars().take(200).collect());
     if status == 401 || status == 403 {
         ClientError::Refused { status, message }

@@ -217,6 +217,11 @@ pub struct RunOptions {
     /// The lot or batch the run's sticks belong to, printed on its report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lot: Option<String>,
+    /// The fleet hub's order the run was armed under (`order_id` in the
+    /// run's options, `flashrack_fleet::ORDER_ID_OPTION`); `None` when an
+    /// operator armed it at the station.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<i64>,
 }
 
 impl Default for RunOptions {
@@ -227,6 +232,7 @@ impl Default for RunOptions {
             target_count: None,
             operator: None,
             lot: None,
+            order_id: None,
         }
     }
 }

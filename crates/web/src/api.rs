@@ -213,6 +213,7 @@ pub async fn arm(
                 target_count: body.target_count,
                 operator,
                 lot,
+                order_id: None,
             },
         })
         .await

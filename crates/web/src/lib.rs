@@ -19,6 +19,7 @@
 //! - [`error`]: [`AppError`] (`flashrack-http`'s), JSON errors that never leak
 //!   internals;
 //! - [`events`]: the SSE stream;
+//! - [`fleet`]: the station's link to its fleet hub ([`FleetView`]);
 //! - [`assets`]: the embedded dashboard.
 #![deny(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod origin;
 
@@ -41,6 +43,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use flashrack_image::ImageCache;
 use flashrack_station::StationHandle;
+pub use fleet::FleetView;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -169,6 +172,9 @@ pub struct WebState {
     pub shutting_down: Option<tokio::sync::watch::Receiver<bool>>,
     /// Serializes each live event once for all event-stream clients.
     pub events: events::EventHub,
+    /// The station's link to its fleet hub, kept up to date by the
+    /// application's fleet tasks; `None` when it joined no fleet.
+    pub fleet: Option<tokio::sync::watch::Receiver<FleetView>>,
 }
 
 /// The whole app: API, events, metrics, dashboard.
@@ -200,6 +206,7 @@ pub fn router(state: WebState) -> Router {
         .route("/devices", get(api::devices))
         .route("/devices/{key}/report", get(api::device_report))
         .route("/events", get(events::stream))
+        .route("/fleet", get(fleet::fleet))
         .route_layer(timeout)
         .route("/images/import", post(api::import_path))
         .route(

@@ -51,6 +51,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         limits: Default::default(),
         shutting_down: None,
         events: Default::default(),
+        fleet: None,
     };
     Rig {
         state,

@@ -109,6 +109,7 @@ impl Served {
             limits,
             shutting_down: None,
             events: Default::default(),
+            fleet: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

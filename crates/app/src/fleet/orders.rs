@@ -1,0 +1,496 @@
+//! Following the hub's orders: the run the hub wants armed here.
+//!
+//! A poller long-polls the hub's orders (`?after=<version>`); the live
+//! reporter hands over the orders the hub answers it with too. The follower
+//! compares the newest orders with what the station shows and acts as an
+//! operator would:
+//! - an armed order whose run is not armed here: make sure the image is in
+//!   the cache — if not, fetch it from the hub by its sha256 into a partial
+//!   file of the data directory (resumed after a cut or a restart), accepted
+//!   only when the bytes' sha256 is the order's, then imported with that
+//!   digest expected — and arm the run with the order's id in its options;
+//! - an order the hub no longer wants armed (or no order at all): stop the
+//!   run armed under it.
+//!
+//! **Invariant:** a run is armed only over an image in the cache, whose name
+//! is the sha256 of its bytes: fetched bytes enter the cache only through an
+//! import that checks the digest again. **A local operator still decides:**
+//! a run the station's operator armed is never stopped or replaced by an
+//! order (the order waits, and says why), and a run armed under an order and
+//! stopped at the station is not armed again for that order (only a new
+//! order arms again). Where the follower stands is reported to the hub as the
+//! live report's [`OrderProgress`].
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flashrack_core::Sha256Digest;
+use flashrack_engine::SourceImage;
+use flashrack_fleet::{OrderProgress, OrderState, Orders, RunOrder};
+use flashrack_fleet_client::FetchError;
+use flashrack_image::{CachedImage, ImageCache};
+use flashrack_station::{ArmRequest, RunOptions, Snapshot, StationHandle};
+use tokio::sync::watch;
+
+use super::{Backoff, Fleet};
+use crate::ShutdownSignal;
+
+/// How long one long poll of the orders waits at the hub.
+pub const POLL_WAIT: Duration = Duration::from_secs(25);
+
+/// Where fetched images are kept until they are imported: `fleet/images`
+/// in the data directory (on the cache's file system, so a partial fetch
+/// survives a restart and the import needs no copy across devices).
+pub fn fetch_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("fleet").join("images")
+}
+
+/// The partial file of the image `sha256`.
+pub fn partial_path(data_dir: &Path, sha256: &Sha256Digest) -> PathBuf {
+    fetch_dir(data_dir).join(format!("{}.part", sha256.to_hex()))
+}
+
+/// Long-polls the hub's orders into `orders` until `shutdown`.
+pub async fn poll(fleet: Fleet, orders: watch::Sender<Option<Orders>>, shutdown: ShutdownSignal) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    let stop = shutdown.raised();
+    tokio::pin!(stop);
+    loop {
+        let after = orders.borrow().as_ref().map(|o| o.version);
+        let answer = tokio::select! {
+            answer = fleet.client.orders(after, POLL_WAIT) => answer,
+            () = &mut stop => return,
+        };
+        let wait = match answer {
+            Ok(answer) => {
+                fleet.contact();
+                backoff.reset();
+                orders.send_if_modified(|held| {
+                    let newer = held.as_ref().is_none_or(|h| answer.version > h.version);
+                    if newer {
+                        *held = Some(answer);
+                    }
+                    newer
+                });
+                // Right away: the hub held the request until something
+                // changed or its wait was over.
+                None
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot poll the hub's orders");
+                fleet.failed(&error);
+                Some(backoff.next_wait())
+            }
+        };
+        if let Some(wait) = wait {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut stop => return,
+            }
+        }
+    }
+}
+
+/// What the follower needs besides the fleet.
+pub struct Follower {
+    /// The hub's client and the fleet view (where progress is reported).
+    pub fleet: Fleet,
+    /// The station to arm and stop.
+    pub station: StationHandle,
+    /// The image cache.
+    pub images: ImageCache,
+    /// The data directory (partial fetches live in [`fetch_dir`]).
+    pub data_dir: PathBuf,
+    /// The largest image accepted (the guard's largest target).
+    pub max_image_size: u64,
+}
+
+/// What one look at the orders ended with.
+enum Step {
+    /// Nothing more to do until the orders or the station change.
+    Settled,
+    /// Try again after this long (a fetch was cut, the hub is away).
+    RetryAfter(Duration),
+}
+
+impl Follower {
+    /// Follows the newest orders in `orders` until `shutdown`.
+    pub async fn run(self, mut orders: watch::Receiver<Option<Orders>>, shutdown: ShutdownSignal) {
+        let mut state = State::default();
+        let mut snapshots = self.station.watch();
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        let stop = shutdown.raised();
+        tokio::pin!(stop);
+        loop {
+            orders.mark_unchanged();
+            snapshots.mark_unchanged();
+            let wanted = orders.borrow().as_ref().and_then(|o| o.run.clone());
+            let step = tokio::select! {
+                step = self.step(wanted, &mut state) => step,
+                // New orders: look again (a fetch in progress is dropped; its
+                // partial file stays for the next try).
+                _ = orders.changed() => continue,
+                () = &mut stop => return,
+            };
+            match step {
+                Step::Settled => {
+                    backoff.reset();
+                    tokio::select! {
+                        changed = orders.changed() => if changed.is_err() { return },
+                        changed = snapshots.changed() => if changed.is_err() { return },
+                        () = &mut stop => return,
+                    }
+                }
+                Step::RetryAfter(wait) => {
+                    let wait = wait.max(backoff.next_wait());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = orders.changed() => {}
+                        () = &mut stop => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the station in line with `wanted`, as far as it can now.
+    async fn step(&self, wanted: Option<RunOrder>, state: &mut State) -> Step {
+        let snapshot = self.station.snapshot();
+        let armed = armed_run(&snapshot);
+        let Some(order) = wanted.filter(|o| o.armed) else {
+            // The hub wants no run: stop one armed under an order.
+            if let Some((_, Some(order_id))) = armed {
+                tracing::info!(order_id, "the hub withdrew its order: stopping the run");
+                if let Err(error) = self
+                    .station
+                    .stop_run(&format!("stopped by the hub (order {order_id})"))
+                    .await
+                {
+                    tracing::warn!(%error, "cannot stop the run the hub withdrew");
+                    return Step::RetryAfter(Duration::from_secs(1));
+                }
+                self.report(
+                    order_id,
+                    OrderState::Stopped,
+                    Some("stopped by the hub".into()),
+                );
+            }
+            return Step::Settled;
+        };
+        let id = order.order_id;
+        match armed {
+            Some((_, Some(armed_id))) if armed_id == id => {
+                state.armed.insert(id);
+                self.report(id, OrderState::Armed, None);
+                return Step::Settled;
+            }
+            _ if state.armed.contains(&id) => {
+                // Armed under this order before, and no longer: stopped at the
+                // station, or its target count reached. Not armed again.
+                let detail = snapshot
+                    .run
+                    .as_ref()
+                    .filter(|run| run.options.order_id == Some(id))
+                    .and_then(|run| run.stop_reason)
+                    .map(|reason| {
+                        let reason = serde_json::to_value(reason).unwrap_or_default();
+                        format!(
+                            "stopped at the station ({})",
+                            reason.as_str().unwrap_or("?")
+                        )
+                    });
+                self.report(id, OrderState::Stopped, detail);
+                return Step::Settled;
+            }
+            _ if state.given_up.contains(&id) => return Step::Settled,
+            Some((_, Some(other))) => {
+                // An older order's run: the hub replaced it.
+                tracing::info!(old = other, new = id, "a new order replaces the armed one");
+                if let Err(error) = self
+                    .station
+                    .stop_run(&format!("replaced by the hub's order {id}"))
+                    .await
+                {
+                    tracing::warn!(%error, "cannot stop the run of the replaced order");
+                    return Step::RetryAfter(Duration::from_secs(1));
+                }
+            }
+            Some((_, None)) => {
+                self.report(
+                    id,
+                    OrderState::Failed,
+                    Some("a run armed by the station's operator is in the way: the order waits until it is stopped".into()),
+                );
+                return Step::Settled;
+            }
+            None => {}
+        }
+        let image = match self.image(&order).await {
+            Ok(image) => image,
+            Err(Retry::Later(wait)) => return Step::RetryAfter(wait),
+            Err(Retry::Never(why)) => {
+                tracing::error!(order_id = id, %why, "cannot follow the hub's order");
+                state.given_up.insert(id);
+                self.report(id, OrderState::Failed, Some(why));
+                return Step::Settled;
+            }
+        };
+        let options = match run_options(&order) {
+            Ok(options) => options,
+            Err(why) => {
+                state.given_up.insert(id);
+                self.report(id, OrderState::Failed, Some(why));
+                return Step::Settled;
+            }
+        };
+        let request = ArmRequest {
+            image: SourceImage {
+                path: image.path.clone(),
+                manifest: image.manifest.clone(),
+            },
+            image_name: order.image_name.clone(),
+            options,
+        };
+        match self.station.arm(request).await {
+            Ok(run) => {
+                tracing::info!(order_id = id, run = run.id.0, "armed the hub's order");
+                state.armed.insert(id);
+                self.report(id, OrderState::Armed, None);
+                Step::Settled
+            }
+            Err(error) => {
+                // A run armed meanwhile at the station, a source that cannot
+                // be read: said, and tried again when something changes.
+                self.report(id, OrderState::Failed, Some(error.to_string()));
+                Step::Settled
+            }
+        }
+    }
+
+    /// The order's image from the cache, fetched from the hub first when the
+    /// cache lacks it.
+    async fn image(&self, order: &RunOrder) -> Result<CachedImage, Retry> {
+        let sha = order.image_sha256;
+        if let Some(image) = self.cached(sha).await {
+            return Ok(image);
+        }
+        if order.image_size > self.max_image_size {
+            return Err(Retry::Never(format!(
+                "the image is {} bytes, more than the largest target this station writes",
+                order.image_size
+            )));
+        }
+        let dir = fetch_dir(&self.data_dir);
+        if let Err(error) = tokio::fs::create_dir_all(&dir).await {
+            return Err(Retry::Never(format!(
+                "cannot create {}: {error}",
+                dir.display()
+            )));
+        }
+        let partial = partial_path(&self.data_dir, &sha);
+        let size = order.image_size;
+        self.report(
+            order.order_id,
+            OrderState::Fetching,
+            Some(format!("0 of {size} bytes")),
+        );
+        let mut told = Instant::now();
+        let fetched = self
+            .fleet
+            .client
+            .fetch_image(sha, size, &partial, |held| {
+                if told.elapsed() >= Duration::from_millis(500) {
+                    told = Instant::now();
+                    self.report(
+                        order.order_id,
+                        OrderState::Fetching,
+                        Some(format!("{held} of {size} bytes")),
+                    );
+                }
+            })
+            .await;
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                let words = format!("fetching the image: {error}");
+                tracing::warn!(order_id = order.order_id, %error, "cannot fetch the order's image");
+                let transient = match &error {
+                    FetchError::Client(e) => e.is_transient(),
+                    FetchError::Interrupted { .. } | FetchError::Io { .. } => true,
+                    _ => false,
+                };
+                if transient {
+                    self.report(order.order_id, OrderState::Fetching, Some(words));
+                    return Err(Retry::Later(Duration::from_millis(500)));
+                }
+                return Err(Retry::Never(words));
+            }
+        };
+        tracing::info!(
+            order_id = order.order_id,
+            resumed_from = fetched.resumed_from,
+            received = fetched.received,
+            "fetched the order's image; its sha256 matches"
+        );
+        // The verified file, under the image's name (the cache keeps the
+        // name it was imported from), imported with its digest expected.
+        let named = dir.join(format!("{}-{}", sha.short(), file_name(&order.image_name)));
+        let images = self.images.clone();
+        let max = self.max_image_size;
+        let imported = tokio::task::spawn_blocking(move || {
+            std::fs::rename(&fetched.path, &named)?;
+            let outcome =
+                crate::images::import(&images, &named, Some(sha), flashrack_core::ByteSize(max));
+            let _ = std::fs::remove_file(&named);
+            outcome.map_err(std::io::Error::other)
+        })
+        .await;
+        match imported {
+            Ok(Ok(outcome)) => Ok(outcome.image),
+            Ok(Err(error)) => Err(Retry::Never(format!(
+                "importing the fetched image: {error}"
+            ))),
+            Err(error) => Err(Retry::Never(error.to_string())),
+        }
+    }
+
+    async fn cached(&self, sha: Sha256Digest) -> Option<CachedImage> {
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || images.get(&sha).ok().flatten())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Says where the station stands with order `order_id` (shown at the
+    /// station's API and sent with the next live report).
+    fn report(&self, order_id: i64, state: OrderState, detail: Option<String>) {
+        let progress = OrderProgress {
+            order_id,
+            state,
+            detail,
+        };
+        self.fleet.view.send_if_modified(|view| {
+            let changed = view.order.as_ref() != Some(&progress);
+            view.order = Some(progress);
+            changed
+        });
+    }
+}
+
+/// What the follower remembers between looks.
+#[derive(Default)]
+struct State {
+    /// Orders armed here: never armed again once their run stops.
+    armed: HashSet<i64>,
+    /// Orders that cannot be followed (a wrong image, unusable options): not
+    /// tried again.
+    given_up: HashSet<i64>,
+}
+
+/// Why the image is not there yet.
+enum Retry {
+    /// Try again after a while (the hub is away, the transfer was cut).
+    Later(Duration),
+    /// Not with this order.
+    Never(String),
+}
+
+/// The armed run, with the order it was armed under.
+fn armed_run(snapshot: &Snapshot) -> Option<(flashrack_core::RunId, Option<i64>)> {
+    snapshot
+        .run
+        .as_ref()
+        .filter(|run| run.armed)
+        .map(|run| (run.id, run.options.order_id))
+}
+
+/// The run options of an order: the station's defaults, what the order says,
+/// and the order's id.
+fn run_options(order: &RunOrder) -> Result<RunOptions, String> {
+    let mut options = serde_json::to_value(RunOptions::default()).map_err(|e| e.to_string())?;
+    if let (Some(base), Some(given)) = (options.as_object_mut(), order.options.as_object()) {
+        for (key, value) in given {
+            base.insert(key.clone(), value.clone());
+        }
+    } else if !order.options.is_null() {
+        return Err("the order's options are not a JSON object".into());
+    }
+    let mut options: RunOptions = serde_json::from_value(options)
+        .map_err(|e| format!("the order's options cannot be used: {e}"))?;
+    if options.target_count == Some(0) {
+        return Err("the order's target_count must be at least 1".into());
+    }
+    options.order_id = Some(order.order_id);
+    Ok(options)
+}
+
+/// A name for a file, from an image's name (no directories, nothing hidden).
+fn file_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.');
+    if cleaned.is_empty() {
+        "image".into()
+    } else {
+        cleaned.chars().take(100).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(options: serde_json::Value) -> RunOrder {
+        RunOrder {
+            order_id: 42,
+            lot: "lot-1".into(),
+            image_sha256: Sha256Digest::of(b"image"),
+            image_name: "image.img".into(),
+            image_size: 5,
+            options,
+            armed: true,
+        }
+    }
+
+    #[test]
+    fn an_orders_options_arm_a_run_that_names_the_order() {
+        let options = run_options(&order(
+            serde_json::json!({ "verify": "hash", "target_count": 3 }),
+        ))
+        .unwrap();
+        assert_eq!(options.verify, flashrack_core::VerifyMode::Hash);
+        assert_eq!(options.target_count, Some(3));
+        assert!(!options.eject_on_pass);
+        assert_eq!(options.order_id, Some(42));
+        let json = serde_json::to_value(&options).unwrap();
+        assert_eq!(json["order_id"], 42);
+        // An order cannot arm under another order's id.
+        let options = run_options(&order(serde_json::json!({ "order_id": 7 }))).unwrap();
+        assert_eq!(options.order_id, Some(42));
+    }
+
+    #[test]
+    fn unusable_order_options_are_said_not_guessed() {
+        assert!(run_options(&order(serde_json::json!({ "verify": "maybe" }))).is_err());
+        assert!(run_options(&order(serde_json::json!({ "target_count": 0 }))).is_err());
+        assert!(run_options(&order(serde_json::json!([1, 2]))).is_err());
+        assert!(run_options(&order(serde_json::Value::Null)).is_ok());
+    }
+
+    #[test]
+    fn an_image_name_becomes_a_plain_file_name() {
+        assert_eq!(file_name("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(file_name("..."), "image");
+        assert_eq!(file_name("debian 13.iso"), "debian_13.iso");
+    }
+}
