@@ -210,3 +210,23 @@ async fn shipped_entries_leave_the_backlog_and_their_numbers_are_never_reused() 
     assert_eq!(next.len(), 1);
     assert!(next[0].seq > entries[2].seq, "{} reused", next[0].seq);
 }
+
+#[tokio::test]
+async fn every_entry_reads_back_after_a_sequence_number_shipped_or_not() {
+    let t = TestStore::new("rack-1").await;
+    t.store.enable_outbox().await.unwrap();
+    for serial in ["S1", "S2", "S3"] {
+        t.stick(serial).await;
+    }
+    let all = t.store.outbox_entries(0, 1000).await.unwrap();
+    assert_eq!(all, t.store.outbox_unshipped(1000).await.unwrap());
+    t.store.mark_shipped(all[1].seq).await.unwrap();
+    // Shipped entries still read back, in order, until they are pruned.
+    assert_eq!(t.store.outbox_entries(0, 1000).await.unwrap(), all);
+    assert_eq!(
+        t.store.outbox_entries(all[0].seq, 1).await.unwrap(),
+        vec![all[1].clone()]
+    );
+    let last = all.last().unwrap().seq;
+    assert!(t.store.outbox_entries(last, 10).await.unwrap().is_empty());
+}

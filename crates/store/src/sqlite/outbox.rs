@@ -43,6 +43,19 @@ pub(super) async fn outbox_enabled(conn: &mut SqliteConnection) -> Result<bool, 
     Ok(since.is_some())
 }
 
+/// An outbox row as the entry it holds.
+fn outbox_entry(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, StoreError> {
+    let text: &str = row.try_get("record")?;
+    Ok(OutboxEntry {
+        seq: to_u64("outbox.seq", row.try_get("seq")?)?,
+        at: row.try_get("at")?,
+        record: serde_json::from_str(text).map_err(|_| StoreError::BadValue {
+            column: "outbox.record",
+            value: text.to_string(),
+        })?,
+    })
+}
+
 impl Store {
     /// Whether this station queues its records for a fleet hub.
     pub fn outbox_enabled(&self) -> bool {
@@ -68,19 +81,25 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let text: &str = row.try_get("record")?;
-                Ok(OutboxEntry {
-                    seq: to_u64("outbox.seq", row.try_get("seq")?)?,
-                    at: row.try_get("at")?,
-                    record: serde_json::from_str(text).map_err(|_| StoreError::BadValue {
-                        column: "outbox.record",
-                        value: text.to_string(),
-                    })?,
-                })
-            })
-            .collect()
+        rows.iter().map(outbox_entry).collect()
+    }
+
+    /// Up to `limit` entries after sequence number `after`, shipped or not
+    /// (shipped entries are kept until [`prune_shipped`](Self::prune_shipped)),
+    /// oldest first: the last entry of each record is the record as it is
+    /// now, which is what the fleet's tests compare with the hub's copy.
+    pub async fn outbox_entries(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, at, record FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(to_i64("outbox.seq", after)?)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter().map(outbox_entry).collect()
     }
 
     /// How many entries are not yet shipped.
