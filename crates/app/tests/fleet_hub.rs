@@ -1,0 +1,229 @@
+//! Stations and a real hub: the hub of `flashrack-hub` on real PostgreSQL (a
+//! throwaway cluster per test), stations as `serve` builds them
+//! (`spawn_app`, simulated racks, SQLite records), over real HTTP on
+//! loopback. What arrives at the hub is compared with what each station
+//! recorded: the last outbox entry of each record is the record as the
+//! station holds it (every write queues the whole row in its transaction).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use flashrack_app::testing::{spawn_app_with, TestApp};
+use flashrack_config::FleetConfig;
+use flashrack_fleet::FleetRecord;
+use flashrack_hub::pg::{Role, StationRecords};
+use flashrack_hub::testing::{spawn_hub, spawn_hub_with, TestHub};
+use flashrack_simrack::sim::SimStickSpec;
+use flashrack_store::Store;
+use flashrack_testkit::pg::PgCluster;
+use serde_json::json;
+
+const MIB: u64 = 1 << 20;
+
+fn token_file(dir: &tempfile::TempDir, name: &str, token: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join(format!("{name}.token"));
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A station `name` of the hub at `address`, with its token.
+async fn station(
+    hub: std::net::SocketAddr,
+    name: &str,
+    token: &str,
+    dir: &tempfile::TempDir,
+) -> TestApp {
+    let fleet = FleetConfig {
+        hub: url::Url::parse(&format!("http://{hub}")).unwrap(),
+        station_id: name.into(),
+        token_file: token_file(dir, name, token),
+    };
+    let name = name.to_string();
+    spawn_app_with(move |config| {
+        config.station_id = name;
+        config.fleet = Some(fleet);
+    })
+    .await
+}
+
+/// Arms a run and flashes a pass, a write error and a refusal; waits for
+/// their verdicts on the station's event stream.
+async fn flash_three(app: &TestApp, round: u32) {
+    let mut events = app.events().await;
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "image": app.image.sha256().to_hex() })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    app.rack
+        .plug(
+            "t-1",
+            &format!("GOOD-{round}"),
+            SimStickSpec::new("", 16 * MIB),
+        )
+        .unwrap();
+    app.rack
+        .plug(
+            "t-2",
+            &format!("BAD-{round}"),
+            SimStickSpec::new("", 16 * MIB).write_error_after(256 * 1024),
+        )
+        .unwrap();
+    app.rack
+        .plug("t-3", &format!("TINY-{round}"), SimStickSpec::new("", MIB))
+        .unwrap();
+    events
+        .until("a pass, a failure and a refusal", |v| {
+            v.state("A1") == "passed" && v.state("A2") == "failed" && v.state("A3") == "refused"
+        })
+        .await;
+    let stopped = app.post("/api/v1/runs/current/stop", None).await;
+    assert_eq!(stopped.status, 204, "{}", stopped.body);
+    for path in ["t-1", "t-2", "t-3"] {
+        if let Some((kernel, _)) = app.rack.stick_at(path) {
+            app.rack.pull(&kernel).unwrap();
+        }
+    }
+    events
+        .until("every port empty", |v| {
+            ["A1", "A2", "A3"].iter().all(|p| v.state(p) == "empty")
+        })
+        .await;
+}
+
+async fn open_records(app: &TestApp, name: &str) -> Store {
+    Store::open_read_only(&app.database(), name).await.unwrap()
+}
+
+/// Waits until the station's outbox is empty (everything acknowledged).
+async fn until_shipped(app: &TestApp, name: &str) {
+    let store = open_records(app, name).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.outbox_backlog().await.unwrap() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never shipped its backlog: {}",
+            app.get("/api/v1/fleet").await.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The station's records as it holds them: the last outbox entry of each.
+async fn station_records(app: &TestApp, name: &str) -> StationRecords {
+    let store = open_records(app, name).await;
+    let mut latest: BTreeMap<(String, String), FleetRecord> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let entries = store.outbox_entries(after, 1000).await.unwrap();
+        let Some(last) = entries.last() else { break };
+        after = last.seq;
+        for entry in entries {
+            let key = match &entry.record {
+                FleetRecord::Image(r) => r.sha256.to_hex(),
+                FleetRecord::Device(r) => r.key.clone(),
+                FleetRecord::Run(r) => format!("{:020}", r.id.0),
+                FleetRecord::Attempt(r) => format!("{:020}", r.id.0),
+                FleetRecord::Refusal(r) => format!("{:020}", r.id.0),
+                FleetRecord::Event(r) => format!("{:020}", r.id),
+            };
+            latest.insert((entry.record.kind().to_string(), key), entry.record);
+        }
+    }
+    let mut records = StationRecords::default();
+    for record in latest.into_values() {
+        match record {
+            FleetRecord::Image(r) => records.images.push(r),
+            FleetRecord::Device(r) => records.devices.push(r),
+            FleetRecord::Run(r) => records.runs.push(r),
+            FleetRecord::Attempt(r) => records.attempts.push(r),
+            FleetRecord::Refusal(r) => records.refusals.push(r),
+            FleetRecord::Event(r) => records.events.push(r),
+        }
+    }
+    records
+}
+
+fn counts(records: &StationRecords) -> [usize; 6] {
+    [
+        records.images.len(),
+        records.devices.len(),
+        records.runs.len(),
+        records.attempts.len(),
+        records.refusals.len(),
+        records.events.len(),
+    ]
+}
+
+/// Checks that the hub holds exactly what the station holds.
+async fn assert_hub_matches(hub: &TestHub, app: &TestApp, name: &str) -> [usize; 6] {
+    until_shipped(app, name).await;
+    let ours = station_records(app, name).await;
+    let theirs = hub.db.station_records(name).await.unwrap();
+    assert_eq!(counts(&theirs), counts(&ours), "{name}: counts");
+    assert_eq!(theirs, ours, "{name}: the hub's copy is the station's");
+    counts(&ours)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_records_of_three_stations_arrive_at_the_hub_as_each_holds_them() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut stations = Vec::new();
+    for name in ["lab-a", "lab-b", "lab-c"] {
+        let token = hub.db.add_token(Role::Station, name).await.unwrap();
+        stations.push((name, station(hub.address, name, &token, &dir).await));
+    }
+    for (round, (_, app)) in stations.iter().enumerate() {
+        flash_three(app, round as u32).await;
+    }
+    for (name, app) in &stations {
+        let counts = assert_hub_matches(&hub, app, name).await;
+        eprintln!("{name}: images, devices, runs, attempts, refusals, events = {counts:?}");
+        let fleet = app.get("/api/v1/fleet").await.json();
+        assert_eq!(fleet["connected"], true, "{fleet}");
+        assert_eq!(fleet["backlog"], 0, "{fleet}");
+    }
+    for (_, app) in stations {
+        app.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_while_the_hub_is_away_arrive_once_in_order_when_it_is_back() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let address = hub.address;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = station(address, "lab-a", &token, &dir).await;
+    flash_three(&app, 0).await;
+    let before = assert_hub_matches(&hub, &app, "lab-a").await;
+
+    // The hub goes away; the station goes on.
+    hub.stop().await;
+    flash_three(&app, 1).await;
+    let store = open_records(&app, "lab-a").await;
+    let backlog = store.outbox_backlog().await.unwrap();
+    assert!(backlog > 0, "records wait for the hub");
+
+    // The hub is back on the same address: the backlog drains.
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut config = flashrack_hub::HubConfig::new(pg.url(), hub_dir.path().join("hub"));
+    config.listen = address;
+    config.database_connections = 4;
+    let hub = spawn_hub_with(config, hub_dir).await;
+    let after = assert_hub_matches(&hub, &app, "lab-a").await;
+    eprintln!("before the hub went away: {before:?}; after it came back: {after:?}; backlog while away: {backlog}");
+    assert!(
+        after[3] == before[3] + 2 && after[4] == before[4] + 1,
+        "{before:?} → {after:?}"
+    );
+    app.stop().await.unwrap();
+}
