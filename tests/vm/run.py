@@ -674,8 +674,18 @@ class Suite:
         if self.args.deb:
             self.check_stick_permissions(name)
         # Wait for the kernel's and udev's view of the new partition table.
-        deadline = time.monotonic() + 20
+        # The kernel re-reads a disk's table when udev sees the writer close it
+        # (its inotify watch); if that re-read ran while flashrack held the disk
+        # open for the read-back it failed busy and nothing retries it, so after
+        # a while the suite asks once itself (what `partprobe` would do). What is
+        # checked here is that partitions appearing are not new sticks.
+        deadline = time.monotonic() + 30
+        reread_at = time.monotonic() + 8
         while True:
+            if reread_at is not None and time.monotonic() > reread_at:
+                log(f"  partitions of {name} not seen yet; asking the kernel to re-read the table")
+                self.vm.console.run(f"blockdev --rereadpt /dev/{name}; true")
+                reread_at = None
             out = self.vm.console.run(
                 f"udevadm settle; ls /sys/block/{name}; for p in /sys/block/{name}/{name}[0-9]*; "
                 f"do [ -e $p ] && udevadm info -q property -p $p | grep -E '^(DEVNAME|DEVTYPE)='; "
