@@ -94,6 +94,7 @@ fn passed_figures(size: u64) -> AttemptFigures {
         read_back_sha256: Some(Sha256Digest::of(b"read back")),
         verify_method: Some(VerifyMethod::Compare),
         bytes_written_bound: Bound::Exact,
+        verified_after_reset: false,
     }
 }
 

@@ -8,7 +8,10 @@
 //!   and `..` are resolved, and so is a loop device whose backing file is there;
 //! - two names of one file or one device in a command are refused;
 //! - `sim:NAME[:key=value,...]` is a simulated stick whose medium is a sparse file
-//!   in a temporary directory under the data directory.
+//!   in a temporary directory under the data directory (`cache=64MiB` gives it
+//!   a volatile cache that answers the read-back of recent writes until a reset,
+//!   `lossy_cache=64MiB` one whose window never reaches the medium, `vanish=16MiB`
+//!   a real size past which writes are dropped).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +24,7 @@ use flashrack_guard::{
 };
 use flashrack_hardware::block::PathTarget;
 use flashrack_hotplug::DeviceIdentity;
-use flashrack_simrack::sim::{FakeMode, SimStick, SimStickSpec};
+use flashrack_simrack::sim::{CacheMode, FakeMode, SimStick, SimStickSpec};
 use flashrack_target::Target;
 
 /// A target the command line names that cannot be written (nothing has been
@@ -66,8 +69,8 @@ pub enum TargetsError {
     /// An unknown simulated stick option.
     #[error(
         "sim:{name}: unknown option {key:?} (known: capacity, write, read, fail_after, \
-         bad_block, read_fail_after, corrupt_at, fake, read_only, remove_after, \
-         stall_after, hang_write_after, hang_read_after)"
+         bad_block, read_fail_after, corrupt_at, fake, vanish, cache, lossy_cache, read_only, \
+         remove_after, stall_after, hang_write_after, hang_read_after)"
     )]
     SimOption {
         /// The stick.
@@ -459,6 +462,9 @@ fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec, TargetsEr
             "read_fail_after" => spec.read_error_after(size(key, value)?),
             "corrupt_at" => spec.corrupt_at(size(key, value)?),
             "fake" => spec.fake_capacity(size(key, value)?, FakeMode::Wrap),
+            "vanish" => spec.fake_capacity(size(key, value)?, FakeMode::Vanish),
+            "cache" => spec.volatile_cache(size(key, value)?, CacheMode::WriteThrough),
+            "lossy_cache" => spec.volatile_cache(size(key, value)?, CacheMode::LostOnReset),
             "read_only" => spec.read_only(),
             "remove_after" => spec.remove_after_written(size(key, value)?),
             "stall_after" => spec.stall_after_written(size(key, value)?),
@@ -478,6 +484,7 @@ fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec, TargetsEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flashrack_simrack::sim::{FakeCapacity, VolatileCache};
 
     /// The error and its causes, as the binary prints them.
     fn error_chain(error: &dyn std::error::Error) -> String {
@@ -500,6 +507,35 @@ mod tests {
         assert_eq!(spec.read_bytes_per_sec, Some(40_000_000));
         assert!(spec.read_only);
         assert_eq!(parse_sim_spec("s2", 1 << 30).unwrap().capacity, 2 << 30);
+    }
+
+    #[test]
+    fn sim_specs_give_sticks_a_volatile_cache_that_hides_or_loses_writes() {
+        let spec = parse_sim_spec("c1:capacity=1GiB,vanish=16MiB,cache=64MiB", 1 << 20).unwrap();
+        assert_eq!(
+            spec.cache,
+            Some(VolatileCache {
+                bytes: 64 << 20,
+                mode: CacheMode::WriteThrough
+            })
+        );
+        assert_eq!(
+            spec.fake,
+            Some(FakeCapacity {
+                real_size: 16 << 20,
+                mode: FakeMode::Vanish
+            })
+        );
+        let spec = parse_sim_spec("c2:lossy_cache=8MiB", 1 << 20).unwrap();
+        assert_eq!(
+            spec.cache,
+            Some(VolatileCache {
+                bytes: 8 << 20,
+                mode: CacheMode::LostOnReset
+            })
+        );
+        let error = error_chain(&parse_sim_spec("c3:cache=lots", 1 << 20).unwrap_err());
+        assert!(error.contains("bad value for cache"), "{error}");
     }
 
     #[test]

@@ -348,7 +348,8 @@ pub struct FlashArgs {
     /// (created or grown), or simulated sticks `sim:NAME[:key=value,...]` with keys
     /// capacity, write, read (B/s), fail_after, bad_block (an offset whose block
     /// fails every write), read_fail_after, corrupt_at, fake (real size),
-    /// read_only, remove_after, stall_after (until the stick is removed),
+    /// vanish (real size, writes past it dropped), cache and lossy_cache (a
+    /// volatile cache that answers the read-back until a reset), read_only, remove_after, stall_after (until the stick is removed),
     /// hang_write_after, hang_read_after (a call that never returns, as one stuck
     /// in the kernel).
     #[arg(required = true, value_name = "TARGET")]

@@ -452,6 +452,12 @@ pub struct AttemptFigures {
     /// removal, a shutdown, a crash: a write in flight may have landed too).
     #[serde(default)]
     pub bytes_written_bound: Bound,
+    /// Whether the read-back followed a reset of the target (a power cycle
+    /// that drops any cache inside the stick), so that what was read is what
+    /// its medium holds. Not yet kept in the records: read back from them, it
+    /// is `false`.
+    #[serde(default)]
+    pub verified_after_reset: bool,
 }
 
 impl AttemptFigures {

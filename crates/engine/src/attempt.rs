@@ -133,6 +133,8 @@ pub struct AttemptContext {
     pub verify: VerifyMode,
     /// Whether to run the capacity probe on media that may lie.
     pub probe_capacity: bool,
+    /// Whether to reset a target that can be reset before reading it back.
+    pub reset_before_verify: bool,
     /// Minimum time between progress events.
     pub progress_interval: Duration,
 }
@@ -400,6 +402,25 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
 
     write_image(ctx, &mut *writer, block, figures)?;
 
+    // A reset drops whatever the stick keeps in a cache of its own, so that
+    // the read-back shows what its medium holds. The writer is closed first
+    // (a reset takes the device away from every handle) and the target opened
+    // again afterwards, which also claims it again, through the guard for a
+    // block device. A failure here is the flush's: the write pass has not
+    // been shown to be durable.
+    let reset = ctx.reset_before_verify && ctx.verify != VerifyMode::None && ctx.target.can_reset();
+    if reset {
+        drop(writer);
+        ctx.target
+            .reset()
+            .map_err(|e| device_failure(Stage::Flushing, e))?;
+        writer = ctx
+            .target
+            .open_writer()
+            .map_err(|e| device_failure(Stage::Flushing, e))?;
+        ctx.progress.beat();
+    }
+
     // The writer (and with it the exclusive claim on a block device) is kept until
     // the read-back is done, so nobody can mount or write the stick in between.
     match ctx.verify {
@@ -407,7 +428,12 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
             figures.verify_method = Some(VerifyMethod::None);
             Ok(())
         }
-        mode => verify_image(ctx, mode, block, figures),
+        mode => {
+            figures.verified_after_reset = reset;
+            let verified = verify_image(ctx, mode, block, figures);
+            drop(writer);
+            verified
+        }
     }
 }
 

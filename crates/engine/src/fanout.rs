@@ -111,6 +111,7 @@ impl Fanout {
             events: link.clone(),
             verify: self.options.verify,
             probe_capacity: self.options.probe_capacity,
+            reset_before_verify: self.options.reset_before_verify,
             progress_interval: self.options.progress_interval,
         };
         let (result_tx, result_rx) = oneshot::channel();

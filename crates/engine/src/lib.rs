@@ -13,7 +13,7 @@
 //!   fingerprint, or its sha256 for a format-1 manifest) before anything is
 //!   verified against it;
 //! - [`attempt`]: one target's blocking pipeline (prepare → probe → write → flush →
-//!   verify) run on a dedicated OS thread, with one helper thread per pass that
+//!   reset, if asked and the target can → verify) run on a dedicated OS thread, with one helper thread per pass that
 //!   keeps the device busy while the CPU works (next source chunk fetched during a
 //!   write, next piece read back during a compare);
 //! - [`probe`]: the capacity probe that catches sticks lying about their size;
@@ -71,6 +71,12 @@ pub struct EngineOptions {
     pub source_cache_chunks: usize,
     /// Whether to probe media that may lie about their capacity before writing.
     pub probe_capacity: bool,
+    /// Whether to reset each target that can be reset
+    /// ([`flashrack_target::Target::can_reset`]) after its write pass is
+    /// flushed and before it is read back, so that no cache inside the stick
+    /// answers the read-back (the figures' `verified_after_reset` says whether
+    /// it was done). Targets that cannot be reset are read back as before.
+    pub reset_before_verify: bool,
 }
 
 impl Default for EngineOptions {
@@ -82,6 +88,7 @@ impl Default for EngineOptions {
             progress_interval: Duration::from_millis(250),
             source_cache_chunks: 8,
             probe_capacity: true,
+            reset_before_verify: false,
         }
     }
 }

@@ -13,7 +13,7 @@ use flashrack_core::{
 use flashrack_engine::{
     flash_all, AttemptHandle, Clock, EngineError, EngineOptions, Fanout, ManualClock, SourceImage,
 };
-use flashrack_simrack::sim::{FakeMode, SimRack, SimStick, SimStickSpec};
+use flashrack_simrack::sim::{CacheMode, FakeMode, SimRack, SimStick, SimStickSpec};
 use flashrack_target::Target;
 use tokio::sync::mpsc;
 
@@ -1125,4 +1125,149 @@ async fn an_attempts_helper_thread_runs_at_the_attempts_priority_not_lower() {
         [expected.min(19)],
         "its helper, as low as the attempt"
     );
+}
+
+/// The sticks of the reset tests, on a fresh rack under `dir`: two that cache
+/// what they lose (a fake whose medium keeps nothing past 4 MiB, hidden by a
+/// write-through cache; an honest one whose write-back cache never reaches the
+/// medium) and two healthy ones, one with a cache.
+fn caching_rack(dir: &std::path::Path) -> SimRack {
+    SimRack::create(
+        dir,
+        [
+            SimStickSpec::new("fake-cached", 64 * MIB)
+                .fake_capacity(4 * MIB, FakeMode::Vanish)
+                .volatile_cache(16 * MIB, CacheMode::WriteThrough),
+            SimStickSpec::new("lossy", 16 * MIB).volatile_cache(2 * MIB, CacheMode::LostOnReset),
+            SimStickSpec::new("healthy", 16 * MIB),
+            SimStickSpec::new("healthy-cached", 16 * MIB)
+                .volatile_cache(2 * MIB, CacheMode::WriteThrough),
+        ],
+    )
+    .unwrap()
+}
+
+/// The first byte of `image` that `medium` (a stick's backing file, read
+/// through the stick's fake capacity: zeros past `real_size`) does not hold.
+fn first_lost_byte(image: &[u8], medium: &[u8], real_size: usize) -> Option<u64> {
+    image
+        .iter()
+        .enumerate()
+        .position(|(at, &byte)| byte != if at < real_size { medium[at] } else { 0 })
+        .map(|at| at as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caching_stick_passes_without_a_reset_and_fails_at_its_first_lost_byte_after_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let image_size = 8 * MIB as usize;
+    let (image, bytes) = common::make_image(dir.path(), image_size, 16);
+
+    // Without a reset the cache answers the read-back: every stick passes,
+    // the two that lost data included (the false pass of today's tools).
+    let rack = caching_rack(&dir.path().join("no-reset"));
+    let results = flash_rack(&image, &rack, options()).await;
+    for (id, verdict, figures) in &results {
+        assert_eq!(verdict, &Verdict::Pass, "{id}");
+        assert!(!figures.verified_after_reset, "{id}");
+        assert_eq!(rack.stick(&id.0).unwrap().counters().resets, 0);
+    }
+    // What the false pass hid: the media do not hold the image.
+    let medium =
+        |rack: &SimRack, name: &str| std::fs::read(rack.stick(name).unwrap().path()).unwrap();
+    assert!(first_lost_byte(&bytes, &medium(&rack, "fake-cached"), 4 * MIB as usize).is_some());
+    assert!(first_lost_byte(&bytes, &medium(&rack, "lossy"), image_size).is_some());
+
+    // With a reset before the read-back, each fails at its first lost byte.
+    let rack = caching_rack(&dir.path().join("reset"));
+    let options = EngineOptions {
+        reset_before_verify: true,
+        ..options()
+    };
+    let results = flash_rack(&image, &rack, options).await;
+    let by_name = |name: &str| {
+        results
+            .iter()
+            .find(|(id, ..)| id.0 == name)
+            .map(|(_, v, f)| (v.clone(), f.clone()))
+            .unwrap()
+    };
+    for (id, _, figures) in &results {
+        assert!(figures.verified_after_reset, "{id}");
+        assert_eq!(rack.stick(&id.0).unwrap().counters().resets, 1, "{id}");
+    }
+    for healthy in ["healthy", "healthy-cached"] {
+        assert_eq!(by_name(healthy).0, Verdict::Pass, "{healthy}");
+    }
+    // The fake's medium keeps nothing past 4 MiB: the first non-zero byte of
+    // the image from there is the first one lost.
+    let (verdict, _) = by_name("fake-cached");
+    let lost = first_lost_byte(&bytes, &medium(&rack, "fake-cached"), 4 * MIB as usize).unwrap();
+    assert!(lost >= 4 * MIB, "{lost}");
+    assert_eq!(
+        verdict.failure().map(|f| (&f.reason, f.stage)),
+        Some((
+            &FailReason::VerifyMismatch { offset: lost },
+            Stage::Verifying
+        ))
+    );
+    // The lossy stick's last 2 MiB of writes never reached its medium.
+    let (verdict, figures) = by_name("lossy");
+    let lost = first_lost_byte(&bytes, &medium(&rack, "lossy"), image_size).unwrap();
+    assert!(lost >= (image_size as u64) - 2 * MIB, "{lost}");
+    assert_eq!(
+        reason_of(&verdict),
+        Some(&FailReason::VerifyMismatch { offset: lost })
+    );
+    assert_ne!(figures.read_back_sha256, Some(image.manifest.sha256()));
+}
+
+/// A target that cannot be reset (as block devices and files are until the
+/// USB reset exists): a simulated stick behind the trait's defaults.
+struct CannotReset(SimStick);
+
+impl Target for CannotReset {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn geometry(&self) -> Result<flashrack_target::TargetGeometry, flashrack_target::TargetError> {
+        self.0.geometry()
+    }
+
+    fn open_writer(
+        &self,
+    ) -> Result<Box<dyn flashrack_target::TargetWriter>, flashrack_target::TargetError> {
+        self.0.open_writer()
+    }
+
+    fn open_reader(
+        &self,
+    ) -> Result<Box<dyn flashrack_target::TargetReader>, flashrack_target::TargetError> {
+        self.0.open_reader()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_cannot_be_reset_is_read_back_as_before_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 17);
+    let stick = SimStick::create(
+        SimStickSpec::new("lossy", 16 * MIB).volatile_cache(MIB, CacheMode::LostOnReset),
+        dir.path().join("lossy.img"),
+    )
+    .unwrap();
+    let target: Arc<dyn Target> = Arc::new(CannotReset(stick.clone()));
+    let options = EngineOptions {
+        reset_before_verify: true,
+        ..options()
+    };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, vec![(TargetId::new("lossy"), target)], options, tx)
+        .await
+        .unwrap();
+    // Its cache answered: a pass that does not claim a reset.
+    assert_eq!(results[0].1, Verdict::Pass);
+    assert!(!results[0].2.verified_after_reset);
+    assert_eq!(stick.counters().resets, 0);
 }

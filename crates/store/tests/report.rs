@@ -170,6 +170,7 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
                     read_back_sha256: Some(Sha256Digest::of(b"what the fake stick returned")),
                     verify_method: Some(flashrack_core::VerifyMethod::Hash),
                     bytes_written_bound: Bound::Exact,
+                    verified_after_reset: false,
                 },
             )
             .await

@@ -126,6 +126,26 @@ pub trait Target: Send + Sync {
         true
     }
 
+    /// Whether [`reset`](Self::reset) is implemented: a simulated stick's is;
+    /// block devices and files do not implement it yet (the USB reset of a real
+    /// stick, with its return recognised as the same stick, is still to come).
+    fn can_reset(&self) -> bool {
+        false
+    }
+
+    /// Makes the target forget everything it may hold in a cache of its own
+    /// (its controller's or its USB bridge's RAM), as a power cycle does, so
+    /// that the next read-back shows what its medium really holds. The engine
+    /// calls it with no writer open, after the write pass is flushed, and opens
+    /// the target afresh afterwards. Only called when
+    /// [`can_reset`](Self::can_reset) says so; the default refuses.
+    fn reset(&self) -> Result<(), TargetError> {
+        Err(TargetError::Open(format!(
+            "{} cannot be reset",
+            self.name()
+        )))
+    }
+
     /// Opens the target for writing, exclusively where the target supports it.
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError>;
 

@@ -13,6 +13,10 @@
 //!   holds the right data;
 //! - **lying about capacity**: claims more than it stores, wrapping or dropping
 //!   writes past its real size ([`FakeMode`]);
+//! - **caching**: a volatile cache of the last N bytes written answers their
+//!   read-back until [`SimStick::reset`] (a power cycle) drops it; what is left
+//!   is what the medium really got ([`CacheMode`]): a fake stick's lost bytes
+//!   hidden by the cache, or a cache window that never reached the medium;
 //! - **read-only**, **too small** (a small claim);
 //! - **removed**: by [`SimStick::remove`] from any thread, or scripted after N bytes
 //!   written or read back;
@@ -48,6 +52,8 @@
 //! - `pacing`: the speed limits;
 //! - `medium`: the backing file: fake-capacity mapping, corrupted bytes,
 //!   alignment as `O_DIRECT` checks it;
+//! - `cache`: the volatile cache in front of the medium, and the reset that
+//!   drops it;
 //! - `transfer`: the writer and the reader, which move a call piece by piece
 //!   through the three above;
 //! - `rack`: [`SimRack`], numbered sticks in one directory.
@@ -55,6 +61,7 @@
 #[cfg(doc)]
 use flashrack_target::Target;
 
+mod cache;
 mod faults;
 mod medium;
 mod pacing;
@@ -64,7 +71,7 @@ mod stick;
 mod transfer;
 
 pub use rack::SimRack;
-pub use spec::{FakeCapacity, FakeMode, SimStickSpec};
+pub use spec::{CacheMode, FakeCapacity, FakeMode, SimStickSpec, VolatileCache};
 pub use stick::{SimCounters, SimStick};
 
 #[cfg(test)]

@@ -27,6 +27,34 @@ pub struct FakeCapacity {
     pub mode: FakeMode,
 }
 
+/// What a stick's volatile cache does with what is written (see
+/// [`SimStickSpec::volatile_cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Every write reaches the medium at once (through the stick's fake
+    /// capacity, if it has one) and is kept in the cache too: a reset loses
+    /// nothing the medium took, but until then the cache hides what the medium
+    /// did not take (a fake stick's lost bytes read back right).
+    WriteThrough,
+    /// Writes stay in the cache and reach the medium only when newer writes
+    /// push them out; a flush reports success without writing them (a
+    /// controller that lies about its flush). A reset loses the cache window:
+    /// the last writes never reach the medium.
+    LostOnReset,
+}
+
+/// A volatile cache inside the stick (its controller's or its bridge's RAM):
+/// reads of recently written blocks are answered from it, whatever the medium
+/// holds, until a reset (a power cycle) drops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolatileCache {
+    /// How many bytes of the latest writes it holds (whole logical blocks; the
+    /// oldest are evicted first).
+    pub bytes: u64,
+    /// What reaches the medium, and when.
+    pub mode: CacheMode,
+}
+
 /// Configuration of one simulated stick: its identity, its speed and its faults.
 ///
 /// Built with [`SimStickSpec::new`] and the chained setters; every fault is off
@@ -54,6 +82,8 @@ pub struct SimStickSpec {
     pub corrupt_at: Vec<u64>,
     /// Stores less than it claims.
     pub fake: Option<FakeCapacity>,
+    /// A volatile cache that answers reads of recent writes until a reset.
+    pub cache: Option<VolatileCache>,
     /// Refuses to be opened for writing.
     pub read_only: bool,
     /// Removed once this many bytes have been written.
@@ -87,6 +117,7 @@ impl SimStickSpec {
             read_error_after: None,
             corrupt_at: Vec::new(),
             fake: None,
+            cache: None,
             read_only: false,
             remove_after_written: None,
             remove_after_read: None,
@@ -157,6 +188,14 @@ impl SimStickSpec {
     /// Makes the stick store only `real_size` bytes while claiming its capacity.
     pub fn fake_capacity(mut self, real_size: u64, mode: FakeMode) -> Self {
         self.fake = Some(FakeCapacity { real_size, mode });
+        self
+    }
+
+    /// Gives the stick a volatile cache of the last `bytes` written: reads of
+    /// blocks still in it are answered from it, and [`SimStick::reset`] drops
+    /// it, leaving what the medium really got (see [`CacheMode`]).
+    pub fn volatile_cache(mut self, bytes: u64, mode: CacheMode) -> Self {
+        self.cache = Some(VolatileCache { bytes, mode });
         self
     }
 
@@ -237,6 +276,9 @@ impl SimStickSpec {
             if fake.real_size == 0 || fake.real_size > self.capacity {
                 return invalid("real size must be non-zero and at most the capacity");
             }
+        }
+        if self.cache.is_some_and(|cache| cache.bytes < block) {
+            return invalid("a volatile cache must hold at least one logical block");
         }
         // A bad block lies on the stick (and its end is then a u64).
         if self.write_fails_at.iter().any(|&bad| bad >= self.capacity) {

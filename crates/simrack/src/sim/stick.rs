@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use flashrack_target::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
 
+use super::cache::Cache;
 use super::pacing::Pacer;
 use super::spec::SimStickSpec;
 use super::transfer::{SimReader, SimWriter};
@@ -28,8 +29,11 @@ pub struct SimCounters {
     /// Bytes really written to the backing file (less than `bytes_written` when a
     /// [`FakeMode::Vanish`] stick drops them).
     pub medium_bytes_written: u64,
-    /// Bytes really read from the backing file.
+    /// Bytes really read from the backing file (not those the volatile cache
+    /// answered).
     pub medium_bytes_read: u64,
+    /// How many times the stick was reset.
+    pub resets: u64,
 }
 
 /// A simulated USB stick backed by a sparse file.
@@ -69,6 +73,10 @@ pub(super) struct Inner {
     // outside the lock, and read by observers without contending with the I/O path.
     pub(super) medium_written: AtomicU64,
     pub(super) medium_read: AtomicU64,
+    // Its own lock, apart from `state`: a write-back cache writes what it
+    // evicts to the medium while it holds it.
+    pub(super) cache: Mutex<Cache>,
+    pub(super) resets: AtomicU64,
 }
 
 #[derive(Default)]
@@ -123,6 +131,8 @@ impl SimStick {
             wake: Condvar::new(),
             medium_written: AtomicU64::new(0),
             medium_read: AtomicU64::new(0),
+            cache: Mutex::new(Cache::default()),
+            resets: AtomicU64::new(0),
         };
         Ok(Self {
             handle: Arc::new(Handle {
@@ -149,6 +159,13 @@ impl SimStick {
     /// and calls blocked in pacing or a stall wake up and return it. Idempotent.
     pub fn remove(&self) {
         self.inner().remove();
+    }
+
+    /// Power-cycles the stick (as a USB reset does): its volatile cache, if
+    /// it has one, is dropped, and reads come from the medium again. Fails as
+    /// removed on a removed stick.
+    pub fn reset(&self) -> Result<(), TargetError> {
+        self.inner().reset()
     }
 
     /// Whether the stick has been removed (by [`remove`](Self::remove) or a script).
@@ -211,6 +228,7 @@ impl SimStick {
             bytes_read: state.read,
             medium_bytes_written: inner.medium_written.load(Ordering::Relaxed),
             medium_bytes_read: inner.medium_read.load(Ordering::Relaxed),
+            resets: inner.resets.load(Ordering::Relaxed),
         }
     }
 }
@@ -235,6 +253,14 @@ impl Target for SimStick {
             capacity: self.spec().capacity,
             logical_block_size: self.spec().logical_block_size,
         })
+    }
+
+    fn can_reset(&self) -> bool {
+        true
+    }
+
+    fn reset(&self) -> Result<(), TargetError> {
+        SimStick::reset(self)
     }
 
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {

@@ -88,6 +88,7 @@ fn what_is_written_and_flushed_reads_back_from_the_file() {
             bytes_read: 768 * KIB as u64 + 1024,
             medium_bytes_written: 768 * KIB as u64 + 1000,
             medium_bytes_read: 768 * KIB as u64 + 1024,
+            resets: 0,
         }
     );
 }
@@ -511,4 +512,88 @@ fn a_rack_numbers_its_sticks_and_cleans_up() {
     drop(rack);
     assert!(!dir.exists());
     assert!(kept.is_removed());
+}
+
+/// Writes `len` bytes of the pattern at `offset`, flushed, and closes the writer.
+fn write_flushed(stick: &SimStick, offset: u64, len: usize) {
+    let mut writer = stick.open_writer().unwrap();
+    writer.write_all_at(offset, &pattern(offset, len)).unwrap();
+    writer.flush().unwrap();
+}
+
+#[test]
+fn a_write_through_cache_hides_what_a_fake_medium_dropped_until_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let stick = stick(
+        &dir,
+        SimStickSpec::new("c", 16 * MIB as u64)
+            .fake_capacity(MIB as u64, FakeMode::Vanish)
+            .volatile_cache(4 * MIB as u64, CacheMode::WriteThrough),
+    );
+    write_flushed(&stick, 0, 2 * MIB);
+    // Everything reads back right, the bytes past the real size from the cache.
+    assert_eq!(&read(&stick, 0, 2 * MIB)[..], &pattern(0, 2 * MIB)[..]);
+    assert_eq!(stick.counters().medium_bytes_read, 0);
+    stick.reset().unwrap();
+    let back = read(&stick, 0, 2 * MIB);
+    assert_eq!(&back[..MIB], &pattern(0, MIB)[..]);
+    assert!(back[MIB..].iter().all(|&b| b == 0));
+    assert_eq!(stick.counters().resets, 1);
+}
+
+#[test]
+fn a_lossy_cache_loses_its_window_on_a_reset_and_the_medium_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let stick = stick(
+        &dir,
+        SimStickSpec::new("c", 8 * MIB as u64).volatile_cache(MIB as u64, CacheMode::LostOnReset),
+    );
+    let mut writer = stick.open_writer().unwrap();
+    for piece in 0..4u64 {
+        let offset = piece * MIB as u64;
+        writer.write_all_at(offset, &pattern(offset, MIB)).unwrap();
+    }
+    // A short final write ends inside a block: it is cached padded.
+    writer
+        .write_all_at(4 * MIB as u64, &pattern(4 * MIB as u64, 1000))
+        .unwrap();
+    writer.flush().unwrap();
+    drop(writer);
+    let written = 4 * MIB + 1000;
+    assert_eq!(
+        &read(&stick, 0, 4 * MIB + 1024)[..written],
+        &pattern(0, written)[..]
+    );
+    // The medium got only what the cache pushed out: the window (the last
+    // MiB of blocks, the short write's two included) never reached it.
+    let window = (written.div_ceil(512) - MIB / 512) as u64 * 512;
+    let medium = fs::read(stick.path()).unwrap();
+    assert_eq!(&medium[..window as usize], &pattern(0, window as usize)[..]);
+    assert!(medium[window as usize..written].iter().all(|&b| b == 0));
+    stick.reset().unwrap();
+    let back = read(&stick, 0, 4 * MIB + 1024);
+    assert_eq!(&back[..window as usize], &pattern(0, window as usize)[..]);
+    assert!(back[window as usize..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn a_healthy_stick_with_a_cache_reads_the_same_before_and_after_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let stick = stick(
+        &dir,
+        SimStickSpec::new("c", 8 * MIB as u64)
+            .volatile_cache(MIB as u64, CacheMode::WriteThrough)
+            .corrupt_at(3 * MIB as u64 + 7),
+    );
+    write_flushed(&stick, 0, 4 * MIB);
+    let before = read(&stick, 0, 4 * MIB);
+    stick.reset().unwrap();
+    let after = read(&stick, 0, 4 * MIB);
+    assert_eq!(&before[..], &after[..]);
+    // A corrupted byte comes back flipped from the cache as from the medium.
+    let mut expected = pattern(0, 4 * MIB);
+    expected[3 * MIB + 7] ^= 0xff;
+    assert_eq!(&after[..], &expected[..]);
+    stick.remove();
+    assert!(matches!(stick.reset(), Err(TargetError::Removed)));
 }

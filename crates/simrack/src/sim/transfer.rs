@@ -44,7 +44,7 @@ impl TargetWriter for SimWriter {
         while done < fits {
             let step = inner.next_step(Direction::Write, fits - done)?;
             let at = offset + done as u64;
-            inner.medium_write(&self.file, at, &data[done..done + step.bytes])?;
+            inner.cached_write(&self.file, at, &data[done..done + step.bytes])?;
             inner.pace(step.deadline)?;
             done += step.bytes;
             if let Some(trigger) = step.trigger {
@@ -97,7 +97,7 @@ impl TargetReader for SimReader {
         while done < fits {
             let step = inner.next_step(Direction::Read, fits - done)?;
             let at = offset + done as u64;
-            inner.medium_read(&self.file, at, &mut buf[done..done + step.bytes])?;
+            inner.cached_read(&self.file, at, &mut buf[done..done + step.bytes])?;
             inner.pace(step.deadline)?;
             done += step.bytes;
             if let Some(trigger) = step.trigger {

@@ -425,6 +425,8 @@ pub(super) fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
             .map(parse_verify_method)
             .transpose()?,
         bytes_written_bound: parse_bound(row.try_get("bytes_written_bound")?)?,
+        // Not a column yet: the records do not say whether a reset came first.
+        verified_after_reset: false,
     })
 }
 

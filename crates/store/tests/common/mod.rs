@@ -109,6 +109,7 @@ pub fn pass_figures() -> AttemptFigures {
         read_back_sha256: Some(Sha256Digest::of(b"golden image")),
         verify_method: Some(VerifyMethod::Hash),
         bytes_written_bound: Bound::Exact,
+        verified_after_reset: false,
     }
 }
 
