@@ -151,6 +151,28 @@ fn by_station(attempts: Vec<ReportRow>, refusals: Vec<ReportRow>) -> Vec<ReportR
 }
 
 impl HubDb {
+    /// The report rows one query selects (`sql_text` takes one parameter, `$1`),
+    /// each built by `row_of`.
+    async fn report_rows<'q, T>(
+        &self,
+        what: &'static str,
+        sql_text: &'q str,
+        param: T,
+        row_of: fn(&PgRow) -> Result<ReportRow, PgError>,
+    ) -> Result<Vec<ReportRow>, PgError>
+    where
+        T: 'q + Send + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        sqlx::query(sql_text)
+            .bind(param)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql(what))?
+            .iter()
+            .map(row_of)
+            .collect()
+    }
+
     /// A lot's report: the lot, its runs at every station (the runs armed
     /// under its orders), and their records. `None` when there is no lot.
     pub async fn lot_report(&self, lot: i64) -> Result<Option<LotReport>, PgError> {
@@ -185,28 +207,28 @@ impl HubDb {
                    WHERE o.lot_id = $1)"
             )
         };
-        let attempts = sqlx::query(&format!(
-            "{ATTEMPT_ROWS} WHERE {} ORDER BY a.station_id, a.started_at, a.id",
-            in_lot("a")
-        ))
-        .bind(lot)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql(what))?
-        .iter()
-        .map(attempt_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        let refusals = sqlx::query(&format!(
-            "{REFUSAL_ROWS} WHERE {} ORDER BY f.station_id, f.at, f.id",
-            in_lot("f")
-        ))
-        .bind(lot)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql(what))?
-        .iter()
-        .map(refusal_row)
-        .collect::<Result<Vec<_>, _>>()?;
+        let attempts = self
+            .report_rows(
+                what,
+                &format!(
+                    "{ATTEMPT_ROWS} WHERE {} ORDER BY a.station_id, a.started_at, a.id",
+                    in_lot("a")
+                ),
+                lot,
+                attempt_row,
+            )
+            .await?;
+        let refusals = self
+            .report_rows(
+                what,
+                &format!(
+                    "{REFUSAL_ROWS} WHERE {} ORDER BY f.station_id, f.at, f.id",
+                    in_lot("f")
+                ),
+                lot,
+                refusal_row,
+            )
+            .await?;
         let rows = by_station(attempts, refusals);
         let mut runs = Vec::new();
         for r in sqlx::query(
@@ -274,26 +296,26 @@ impl HubDb {
         else {
             return Ok(None);
         };
-        let attempts = sqlx::query(&format!(
-            "{ATTEMPT_ROWS} WHERE a.device_key = $1 ORDER BY a.started_at, a.station_id, a.id"
-        ))
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql(what))?
-        .iter()
-        .map(attempt_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        let refusals = sqlx::query(&format!(
-            "{REFUSAL_ROWS} WHERE f.device_key = $1 ORDER BY f.at, f.station_id, f.id"
-        ))
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql(what))?
-        .iter()
-        .map(refusal_row)
-        .collect::<Result<Vec<_>, _>>()?;
+        let attempts = self
+            .report_rows(
+                what,
+                &format!(
+                    "{ATTEMPT_ROWS} WHERE a.device_key = $1 ORDER BY a.started_at, a.station_id, a.id"
+                ),
+                key,
+                attempt_row,
+            )
+            .await?;
+        let refusals = self
+            .report_rows(
+                what,
+                &format!(
+                    "{REFUSAL_ROWS} WHERE f.device_key = $1 ORDER BY f.at, f.station_id, f.id"
+                ),
+                key,
+                refusal_row,
+            )
+            .await?;
         // One history in time order, whichever station made each record.
         let rows = rows_in_order(attempts, refusals);
         Ok(Some(DeviceReport {
