@@ -224,7 +224,10 @@ async fn a_missing_unknown_revoked_or_operator_token_cannot_ship_records() {
     let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
     let operator = hub.db.add_token(Role::Operator, "lab-a").await.unwrap();
     let sent = batch("lab-a", entries(1, first_records()), 0);
-    let wrong = format!("{}0", &token[..token.len() - 1]);
+    // A token one character off (never the token itself, whatever its last character).
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &token[..token.len() - 1]);
+    assert_ne!(wrong, token);
     for bad in [None, Some(wrong.as_str()), Some(operator.as_str())] {
         let answer = post_json(hub.url(paths::RECORDS), bad, &sent).await;
         assert_eq!(answer.status, 401, "{bad:?}: {:?}", answer.body);
