@@ -252,6 +252,18 @@ impl Application {
                 } else {
                     config.web.token.clone()
                 },
+                // On loopback nothing needs a token, but a named one still
+                // names who armed a run.
+                loopback: address.ip().is_loopback(),
+                operators: config
+                    .web
+                    .operators
+                    .iter()
+                    .map(|o| flashrack_web::NamedToken {
+                        name: o.name.clone(),
+                        token: o.token.clone(),
+                    })
+                    .collect(),
                 public_read: config.web.public_read,
                 allowed_hosts: config.web.allowed_hosts.clone(),
             },

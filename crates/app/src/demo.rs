@@ -171,6 +171,7 @@ impl Demo {
                 allowed_hosts: Vec::new(),
                 import_dirs: Vec::new(),
                 max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
+                operators: Vec::new(),
             },
             fleet: None,
             ports: ports.clone(),

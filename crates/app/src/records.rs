@@ -15,8 +15,8 @@ use flashrack_station::{
     AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, RunStart,
 };
 use flashrack_store::{
-    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, PortHistory, Records,
-    RefusalRow, RunId, RunningFigures, StopReason, Store, Writes,
+    AttemptId, DeviceId, DeviceRow, EventKind, EventRow, ImageRow, ImageSource, PortHistory,
+    Records, RefusalRow, RunId, RunningFigures, StopReason, Store, Writes,
 };
 use flashrack_web::{ReportFormat, Reports};
 
@@ -123,21 +123,17 @@ impl StoreRecords {
         self.recovered
     }
 
-    /// Makes sure the store knows the image (its format and import time come
-    /// from the cache).
+    /// Makes sure the store knows the image (its format, import time and
+    /// source file come from the cache; an image recorded before the records
+    /// kept its source gets it now, if the cache still knows it).
     pub async fn record_image(
         &self,
         sha256: flashrack_core::Sha256Digest,
         name: &str,
         size: u64,
     ) -> Result<(), JournalError> {
-        if self
-            .store
-            .image(sha256)
-            .await
-            .map_err(journal_error)?
-            .is_some()
-        {
+        let known = self.store.image(sha256).await.map_err(journal_error)?;
+        if known.as_ref().is_some_and(|image| image.source.is_some()) {
             return Ok(());
         }
         // Reading the cache's manifest is blocking file I/O: off the station's
@@ -146,8 +142,19 @@ impl StoreRecords {
         let cached = tokio::task::spawn_blocking(move || images.get(&sha256).ok().flatten())
             .await
             .map_err(|error| JournalError(error.to_string()))?;
+        let source = cached.as_ref().map(|c| ImageSource {
+            file_name: c.meta.original_name.clone(),
+            sha256: c.meta.input_sha256,
+            size: ByteSize(c.meta.input_size),
+        });
+        if known.is_some() && source.is_none() {
+            // Recorded before its source was kept, and the cache no longer
+            // says: nothing to add.
+            return Ok(());
+        }
         let row = ImageRow {
             sha256,
+            source,
             name: name.to_string(),
             size: ByteSize(size),
             format: cached

@@ -115,7 +115,19 @@ async fn a_started_run_is_recorded_with_its_image_as_the_cache_knows_it() {
         "the cache's word for it, not a default"
     );
     assert_eq!(image.imported_at, rig.image.meta.imported_at as i64 * 1000);
+    // Where it came from: the gzip file that was imported, its digest and size.
+    let source = image.source.expect("the image's source is recorded");
+    assert_eq!(source.file_name, "image.img.gz");
+    assert_eq!(source.sha256, rig.image.meta.input_sha256);
+    assert_ne!(
+        source.sha256,
+        rig.image.sha256(),
+        "the file's, not the raw image's"
+    );
+    assert_eq!(source.size, ByteSize(rig.image.meta.input_size));
     let summary = rig.store().run(run).await.unwrap().unwrap();
+    assert_eq!(summary.run.image_size, Some(ByteSize(rig.image.size())));
+    assert_eq!(summary.run.image_source.as_ref(), Some(&source));
     assert_eq!(summary.run.image_sha256, rig.image.sha256());
     assert_eq!(summary.run.image_name, "image.img.gz");
     assert_eq!(summary.run.options["target_count"], 7);
@@ -394,8 +406,10 @@ async fn every_report_format_of_a_run_comes_through_reports_with_its_content_typ
         .unwrap();
     assert_eq!(kind, "application/json");
     let json: Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(json["format"], "flashrack-report/2");
+    assert_eq!(json["format"], "flashrack-report/3");
     assert_eq!(json["kind"], "run");
+    assert_eq!(json["run"]["image_source"]["file_name"], "image.img.gz");
+    assert_eq!(json["run"]["image_size_bytes"], rig.image.size());
     assert_eq!(json["run"]["run_id"], run.0);
     assert_eq!(
         (
@@ -414,6 +428,24 @@ async fn every_report_format_of_a_run_comes_through_reports_with_its_content_typ
     assert_eq!(kind, "text/html; charset=utf-8");
     assert!(html.contains("<b>1</b> passed"), "{html}");
     assert!(html.contains("SER-2"), "{html}");
+    assert!(
+        html.contains("<dt>Imported from</dt><dd>image.img.gz ("),
+        "{html}"
+    );
+
+    // The label sheet: a label for the pass (SER-1), none for the failure.
+    let (kind, labels) = reports
+        .run_report(run, ReportFormat::Labels)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kind, "text/html; charset=utf-8");
+    assert_eq!(labels.matches("class=\"label\"").count(), 1, "{labels}");
+    assert!(
+        labels.contains("SER-1") && !labels.contains("SER-2"),
+        "{labels}"
+    );
+    assert_eq!(labels.matches("<svg").count(), 1, "{labels}");
 
     // The same bodies as the renderers give for the store's report.
     let report = rig.store().run_report(run).await.unwrap().unwrap();

@@ -30,7 +30,7 @@ fn content_type(format: ReportFormat) -> &'static str {
     match format {
         ReportFormat::Csv => "text/csv; charset=utf-8",
         ReportFormat::Json => "application/json",
-        ReportFormat::Html => "text/html; charset=utf-8",
+        ReportFormat::Html | ReportFormat::Labels => "text/html; charset=utf-8",
     }
 }
 
@@ -39,9 +39,10 @@ pub fn render_run(run: &RunReport, format: ReportFormat, generated_at: i64) -> R
     Rendered {
         content_type: content_type(format),
         body: match format {
-            ReportFormat::Csv => report::csv(&run.rows),
+            ReportFormat::Csv => report::run_csv(run),
             ReportFormat::Json => report::run_json(run),
             ReportFormat::Html => report::run_html(run, generated_at),
+            ReportFormat::Labels => report::labels_html(run, generated_at),
         },
     }
 }
@@ -54,6 +55,7 @@ pub fn render_device(device: &DeviceReport, format: ReportFormat, generated_at: 
             ReportFormat::Csv => report::csv(&device.rows),
             ReportFormat::Json => report::device_json(device),
             ReportFormat::Html => report::device_html(device, generated_at),
+            ReportFormat::Labels => report::device_labels_html(device, generated_at),
         },
     }
 }

@@ -89,6 +89,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestA
             allowed_hosts: Vec::new(),
             import_dirs: Vec::new(),
             max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
+            operators: Vec::new(),
         },
         fleet: None,
     };

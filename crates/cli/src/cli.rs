@@ -97,10 +97,13 @@ pub enum Command {
 pub enum ReportFormatArg {
     /// Comma-separated values, one row per attempt.
     Csv,
-    /// JSON (format "flashrack-report/2").
+    /// JSON (format "flashrack-report/3").
     Json,
     /// Printable HTML.
     Html,
+    /// A printable sheet of labels (HTML), one per stick that passed: port,
+    /// serial, verdict, image, date and a QR code of the record.
+    Labels,
 }
 
 /// `flashrack report …`

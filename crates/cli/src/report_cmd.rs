@@ -109,6 +109,7 @@ impl From<ReportFormatArg> for ReportFormat {
             ReportFormatArg::Csv => ReportFormat::Csv,
             ReportFormatArg::Json => ReportFormat::Json,
             ReportFormatArg::Html => ReportFormat::Html,
+            ReportFormatArg::Labels => ReportFormat::Labels,
         }
     }
 }

@@ -88,6 +88,14 @@ fn flash_exits_0_when_all_pass_1_when_one_fails_and_prints_json() {
         csv.contains(",sim:c,") && csv.contains(",write_error,"),
         "{csv}"
     );
+    // The label sheet of each: a label per stick that passed.
+    for (run, labels) in [("1", 2), ("2", 1)] {
+        let sheet = flashrack(&data, &["report", "run", run, "--format", "labels"]);
+        assert_eq!(sheet.status.code(), Some(0), "{}", stderr(&sheet));
+        let sheet = String::from_utf8_lossy(&sheet.stdout).into_owned();
+        assert_eq!(sheet.matches("class=\"label\"").count(), labels, "{sheet}");
+        assert_eq!(sheet.matches("<svg").count(), labels, "{sheet}");
+    }
 }
 
 #[test]

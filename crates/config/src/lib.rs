@@ -115,6 +115,29 @@ pub struct WebConfig {
     pub import_dirs: Vec<PathBuf>,
     /// HTTP connections served at once.
     pub max_connections: usize,
+    /// The operators' own tokens (`[[web.operators]]`): a run armed with one
+    /// is recorded as armed by its holder.
+    pub operators: Vec<OperatorToken>,
+}
+
+/// An operator's own token (`[[web.operators]]`: `name`, `token`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OperatorToken {
+    /// The holder's name, as reports print it: at most 100 characters,
+    /// without control characters.
+    pub name: String,
+    /// The token: at least 12 characters, unlike every other token of the
+    /// station.
+    pub token: String,
+}
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("OperatorToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The validated station configuration.
@@ -282,6 +305,15 @@ struct RawWeb {
     allowed_hosts: Option<Spanned<Vec<String>>>,
     import_dirs: Option<Spanned<Vec<String>>>,
     max_connections: Option<Spanned<u64>>,
+    #[serde(default)]
+    operators: Vec<Spanned<RawOperator>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperator {
+    name: String,
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -479,7 +511,8 @@ impl StationConfig {
             )
         })?;
         let token = raw.web.token.filter(|t| !t.trim().is_empty());
-        if !listen.ip().is_loopback() && token.is_none() {
+        let operators = parse_operators(&raw.web.operators, token.as_deref(), &invalid)?;
+        if !listen.ip().is_loopback() && token.is_none() && operators.is_empty() {
             return Err(invalid(
                 raw.web.listen.as_ref().map_or(0, |l| l.span().start),
                 format!(
@@ -584,9 +617,54 @@ impl StationConfig {
                 allowed_hosts,
                 import_dirs,
                 max_connections,
+                operators,
             },
         })
     }
+}
+
+/// Validates `[[web.operators]]`: a name of at most 100 characters without
+/// control characters, a token of at least 12, names and tokens all
+/// different (and unlike the shared token).
+fn parse_operators(
+    raw: &[Spanned<RawOperator>],
+    shared: Option<&str>,
+    invalid: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<Vec<OperatorToken>, ConfigError> {
+    let mut operators: Vec<OperatorToken> = Vec::new();
+    for entry in raw {
+        let at = entry.span().start;
+        let RawOperator { name, token } = entry.get_ref();
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(invalid(
+                at,
+                "an operator's name must be 1 to 100 characters, without control characters".into(),
+            ));
+        }
+        if token.trim() != token || token.len() < 12 {
+            return Err(invalid(
+                at,
+                format!(
+                    "{name}'s token must be at least 12 characters, without surrounding spaces"
+                ),
+            ));
+        }
+        if operators.iter().any(|o| o.name == name) {
+            return Err(invalid(at, format!("operator {name} is named twice")));
+        }
+        if shared == Some(token.as_str()) || operators.iter().any(|o| &o.token == token) {
+            return Err(invalid(
+                at,
+                format!("{name}'s token is another token of this station: each must be its own"),
+            ));
+        }
+        operators.push(OperatorToken {
+            name: name.to_string(),
+            token: token.clone(),
+        });
+    }
+    Ok(operators)
 }
 
 /// Validates `[fleet]`.

@@ -378,3 +378,65 @@ fn a_token_file_without_a_usable_token_is_refused() {
     let error = flashrack_config::read_token_file(dir.path()).unwrap_err();
     assert!(matches!(error, ConfigError::NotAFile { .. }), "{error:?}");
 }
+
+#[test]
+fn operators_own_tokens_are_read_and_may_guard_a_public_listener_alone() {
+    let config = parse(
+        "[web]\nlisten = \"0.0.0.0:9000\"\n\
+         [[web.operators]]\nname = \" Ada Lovelace \"\ntoken = \"ada-s-own-token-1234\"\n\
+         [[web.operators]]\nname = \"Grace Hopper\"\ntoken = \"grace-s-own-token-5678\"\n",
+    )
+    .unwrap();
+    let names: Vec<&str> = config
+        .web
+        .operators
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect();
+    assert_eq!(names, ["Ada Lovelace", "Grace Hopper"]);
+    assert_eq!(config.web.operators[0].token, "ada-s-own-token-1234");
+    assert_eq!(config.web.token, None);
+    // Never the token in a debug print (configurations are logged).
+    assert!(!format!("{config:?}").contains("ada-s-own-token"));
+}
+
+#[test]
+fn malformed_operator_tokens_name_the_line_and_the_reason() {
+    let op = |name: &str, token: &str| {
+        format!("[[web.operators]]\nname = \"{name}\"\ntoken = \"{token}\"\n")
+    };
+    for (text, reason) in [
+        (op("Ada", "short"), "at least 12 characters"),
+        (op("", "long-enough-token-1"), "1 to 100 characters"),
+        (
+            op("A\\u0007da", "long-enough-token-1"),
+            "control characters",
+        ),
+        (
+            op(&"A".repeat(101), "long-enough-token-1"),
+            "1 to 100 characters",
+        ),
+        (
+            op("Ada", "long-enough-token-1") + &op("Ada", "long-enough-token-2"),
+            "named twice",
+        ),
+        (
+            op("Ada", "long-enough-token-1") + &op("Grace", "long-enough-token-1"),
+            "each must be its own",
+        ),
+        (
+            format!(
+                "[web]\ntoken = \"long-enough-token-1\"\n{}",
+                op("Ada", "long-enough-token-1")
+            ),
+            "each must be its own",
+        ),
+        (
+            "[[web.operators]]\nname = \"Ada\"\n".to_string(),
+            "missing field `token`",
+        ),
+    ] {
+        let (_, message) = error_of(&text);
+        assert!(message.contains(reason), "{text:?}: {message}");
+    }
+}

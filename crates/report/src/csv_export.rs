@@ -3,21 +3,40 @@
 
 use std::borrow::Cow;
 
-use crate::export::{float, ExportRow, FIELDS};
-use crate::ReportRow;
+use crate::export::{float, ExportRow, CSV_EXTRA_FIELDS, FIELDS, FORMAT, VERSION};
+use crate::{ReportRow, RunReport};
 
-/// The records as CSV: a header line of [`FIELDS`], then a line per row, `\n`
-/// line ends.
+/// The records as CSV, in the order given: a header line of [`FIELDS`] and
+/// [`CSV_EXTRA_FIELDS`], then a line per row, `\n` line ends. A device's
+/// report uses it as it is (its records oldest first).
 pub fn csv(rows: &[ReportRow]) -> String {
+    write_csv(rows.iter())
+}
+
+/// A run's records as CSV, by port as the printed report lists them (A2
+/// before A10; each port's records in the order they were made).
+pub fn run_csv(report: &RunReport) -> String {
+    write_csv(report.rows_by_port().into_iter())
+}
+
+fn write_csv<'a>(rows: impl Iterator<Item = &'a ReportRow>) -> String {
     let mut out = csv::WriterBuilder::new()
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(Vec::new());
-    // Writing to a `Vec` cannot fail, and every record has `FIELDS.len()` fields.
-    out.write_record(FIELDS).expect("csv header");
+    // Writing to a `Vec` cannot fail, and every record has as many fields as
+    // the header.
+    out.write_record(FIELDS.iter().chain(CSV_EXTRA_FIELDS.iter()))
+        .expect("csv header");
     for row in rows {
         let export = ExportRow::new(row);
-        out.write_record(cells(&export).iter().map(|cell| cell.as_bytes()))
-            .expect("csv record");
+        let extra = [FORMAT, VERSION];
+        out.write_record(
+            cells(&export)
+                .iter()
+                .map(|cell| cell.as_bytes())
+                .chain(extra.iter().map(|cell| cell.as_bytes())),
+        )
+        .expect("csv record");
     }
     let bytes = out.into_inner().expect("csv flush into a vec");
     String::from_utf8(bytes).expect("csv of utf-8 fields is utf-8")
@@ -62,6 +81,13 @@ fn cells(row: &ExportRow) -> [Cow<'_, str>; FIELDS.len()] {
         number(row.verify_mb_s.map(float)),
         text(row.read_back_sha256.as_deref()),
         text(row.verify_method),
+        text(row.operator.as_deref()),
+        text(row.lot.as_deref()),
+        text(row.run_options.as_deref()),
+        text(row.run_stop_reason),
+        number(row.image_size_bytes.map(|b| b.to_string())),
+        text(row.image_source_name.as_deref()),
+        text(row.image_source_sha256.as_deref()),
     ]
 }
 

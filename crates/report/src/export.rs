@@ -6,13 +6,21 @@ use flashrack_core::Bound;
 use serde::Serialize;
 
 use crate::time::format_time;
-use crate::ReportRow;
+use crate::{Counts, ReportRow, LOT_OPTION, OPERATOR_OPTION};
 
-/// The version tag of the JSON export.
-pub const FORMAT: &str = "flashrack-report/2";
+/// The version tag of every export: the JSON's `format`, the CSV's
+/// `report_format` column, the HTML's generator and footer.
+pub const FORMAT: &str = "flashrack-report/3";
+
+/// The version of flashrack printed on every report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The columns the CSV adds after [`FIELDS`] on every line: the export's
+/// format and the flashrack that made it (the JSON has them once, at the top).
+pub const CSV_EXTRA_FIELDS: [&str; 2] = ["report_format", "flashrack_version"];
 
 /// The record fields, in CSV column order.
-pub const FIELDS: [&str; 29] = [
+pub const FIELDS: [&str; 36] = [
     "attempt_id",
     "refusal_id",
     "station_id",
@@ -42,6 +50,13 @@ pub const FIELDS: [&str; 29] = [
     "verify_mb_s",
     "read_back_sha256",
     "verify_method",
+    "operator",
+    "lot",
+    "run_options",
+    "run_stop_reason",
+    "image_size_bytes",
+    "image_source_name",
+    "image_source_sha256",
 ];
 
 /// One record as exported. The field names are the format: see the crate docs.
@@ -76,11 +91,19 @@ pub(crate) struct ExportRow {
     pub(crate) verify_mb_s: Option<f64>,
     pub(crate) read_back_sha256: Option<String>,
     pub(crate) verify_method: Option<&'static str>,
+    pub(crate) operator: Option<String>,
+    pub(crate) lot: Option<String>,
+    pub(crate) run_options: Option<String>,
+    pub(crate) run_stop_reason: Option<&'static str>,
+    pub(crate) image_size_bytes: Option<u64>,
+    pub(crate) image_source_name: Option<String>,
+    pub(crate) image_source_sha256: Option<String>,
 }
 
 impl ExportRow {
     pub(crate) fn new(row: &ReportRow) -> Self {
         let f = &row.figures;
+        let facts = &row.run_facts;
         Self {
             attempt_id: row.attempt_id.map(|id| id.0),
             refusal_id: row.refusal_id.map(|id| id.0),
@@ -111,6 +134,13 @@ impl ExportRow {
             verify_mb_s: f.verify_mb_per_sec().map(|r| round(r, 2)),
             read_back_sha256: f.read_back_sha256.map(|d| d.to_hex()),
             verify_method: f.verify_method.map(|m| m.as_str()),
+            operator: facts.option_text(OPERATOR_OPTION).map(str::to_string),
+            lot: facts.option_text(LOT_OPTION).map(str::to_string),
+            run_options: facts.options.as_ref().map(options_words),
+            run_stop_reason: facts.stop_reason.map(|r| r.code()),
+            image_size_bytes: facts.image_size.map(|s| s.bytes()),
+            image_source_name: facts.image_source.as_ref().map(|s| s.file_name.clone()),
+            image_source_sha256: facts.image_source.as_ref().map(|s| s.sha256.to_hex()),
         }
     }
 }
@@ -119,6 +149,68 @@ impl ExportRow {
 /// JSON export agree.
 pub(crate) fn float(value: f64) -> String {
     serde_json::Value::from(value).to_string()
+}
+
+/// A run's options in words (`verify by comparing every byte read back; eject
+/// each stick after it passes; stop after 40 passes`), from the recorded JSON
+/// object. Who armed the run and its lot are reported on their own.
+pub(crate) fn options_words(options: &serde_json::Value) -> String {
+    let mut words = Vec::new();
+    match options.get("verify").and_then(|v| v.as_str()) {
+        Some("compare") => words.push("verify by comparing every byte read back".to_string()),
+        Some("hash") => words.push("verify by hashing every byte read back (sha256)".to_string()),
+        Some("none") => words.push("no verification (written only)".to_string()),
+        Some(other) => words.push(format!("verify: {other}")),
+        None => {}
+    }
+    if options.get("eject_on_pass").and_then(|v| v.as_bool()) == Some(true) {
+        words.push("eject each stick after it passes".to_string());
+    }
+    match options.get("target_count").and_then(|v| v.as_u64()) {
+        Some(n) => words.push(format!("stop after {n} passes")),
+        None => words.push("no target count".to_string()),
+    }
+    words.join("; ")
+}
+
+/// The yield in percent: passes among the sticks that got a verdict about
+/// themselves (passed or failed; refused and interrupted ones say nothing
+/// about the stick), one decimal; `None` before any stick passed or failed.
+pub(crate) fn yield_percent(counts: &Counts) -> Option<f64> {
+    let judged = counts.passed + counts.failed;
+    (judged > 0).then(|| round(counts.passed as f64 * 100.0 / judged as f64, 1))
+}
+
+/// The yield in words.
+pub(crate) fn yield_words(counts: &Counts) -> String {
+    match yield_percent(counts) {
+        None => "no stick passed or failed yet".to_string(),
+        Some(percent) => format!(
+            "{percent:.1} % ({} of {} sticks passed; refused and interrupted ones not counted)",
+            counts.passed,
+            counts.passed + counts.failed
+        ),
+    }
+}
+
+/// The failures (verdict `fail`) by reason code, most frequent first, then by
+/// code.
+pub(crate) fn failures_by_reason<'a>(
+    rows: impl IntoIterator<Item = &'a ReportRow>,
+) -> Vec<(String, u64)> {
+    let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for row in rows {
+        if row.verdict == crate::ReportVerdict::Fail {
+            let reason = row
+                .reason_code
+                .clone()
+                .unwrap_or_else(|| "unknown".to_string());
+            *counts.entry(reason).or_default() += 1;
+        }
+    }
+    let mut out: Vec<(String, u64)> = counts.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
 }
 
 fn round(value: f64, decimals: i32) -> f64 {
@@ -162,6 +254,13 @@ mod tests {
             verify_mb_s: None,
             read_back_sha256: None,
             verify_method: None,
+            operator: None,
+            lot: None,
+            run_options: None,
+            run_stop_reason: None,
+            image_size_bytes: None,
+            image_source_name: None,
+            image_source_sha256: None,
         };
         let json = serde_json::to_value(&row).unwrap();
         let mut keys: Vec<&str> = json

@@ -10,9 +10,9 @@ use std::fmt;
 use askama::Template;
 use flashrack_core::{Bound, ByteSize};
 
-use crate::export::{ExportRow, FORMAT};
+use crate::export::{failures_by_reason, options_words, yield_words, ExportRow, FORMAT, VERSION};
 use crate::time::format_time_short;
-use crate::{Counts, DeviceReport, LotReport, ReportRow, RunReport};
+use crate::{Counts, DeviceReport, LotReport, ReportRow, Run, RunReport};
 
 /// The escaper askama applies to every value in an `.html` template (named in
 /// `askama.toml`): `&`, `<`, `>`, `"` and `'`, the characters askama's own HTML
@@ -80,9 +80,6 @@ struct Page<'a> {
     signatures: bool,
 }
 
-/// The version of flashrack printed on every report.
-const VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// `text` as a CSS string literal for a `content:` in the page's `<style>`:
 /// every character but letters, digits and spaces is written as a CSS hex
 /// escape, so that nothing in a name (a quote, `</style>`) can end the string
@@ -102,77 +99,31 @@ fn css_string(text: &str) -> String {
     out
 }
 
-/// The yield: passes among the sticks that got a verdict about themselves
-/// (passed or failed; refused and interrupted ones say nothing about the
-/// stick), in words.
-fn yield_words(counts: &Counts) -> String {
-    let judged = counts.passed + counts.failed;
-    if judged == 0 {
-        return "no stick passed or failed yet".to_string();
-    }
-    let percent = counts.passed as f64 * 100.0 / judged as f64;
-    format!(
-        "{percent:.1} % ({} of {judged} sticks passed; refused and interrupted ones not counted)",
-        counts.passed
-    )
+/// A text option of the run, or "not given" (runs armed without it, and runs
+/// recorded before it existed).
+fn given(value: Option<&str>) -> String {
+    value.unwrap_or("not given").to_string()
 }
 
-/// The failures (verdict `fail`) by reason code, most frequent first.
-fn failures_by_reason(rows: &[ReportRow]) -> Vec<(String, u64)> {
-    let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for row in rows {
-        let e = ExportRow::new(row);
-        if e.verdict == "fail" {
-            let reason = e.reason_code.unwrap_or_else(|| "unknown".to_string());
-            *counts.entry(reason).or_default() += 1;
-        }
-    }
-    let mut out: Vec<(String, u64)> = counts.into_iter().collect();
-    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    out
+/// The image's size in words (`629 MB (629145600 bytes)`), or "not recorded".
+fn image_size_words(run: &Run) -> String {
+    run.image_size
+        .map(|size| size.exact().to_string())
+        .unwrap_or_else(|| "not recorded".to_string())
 }
 
-/// The order ports are printed in: rows by letter, then by number (A2 before
-/// A10), then other labels by name.
-fn port_order(label: &str) -> (u32, u32, String) {
-    let mut chars = label.chars();
-    if let Some(letter) = chars.next().filter(char::is_ascii_uppercase) {
-        if let Ok(number) = chars.as_str().parse::<u32>() {
-            return (u32::from(letter), number, String::new());
-        }
+/// Where the image came from in words: the imported file's name, size and
+/// sha256, or "not recorded".
+fn image_source_words(run: &Run) -> String {
+    match &run.image_source {
+        Some(source) => format!(
+            "{} ({}), sha256 {}",
+            source.file_name,
+            source.size,
+            source.sha256.to_hex()
+        ),
+        None => "not recorded".to_string(),
     }
-    (u32::MAX, u32::MAX, label.to_string())
-}
-
-/// A text option of the run (`operator`, `lot`), or "not given" (runs armed
-/// without it, and runs recorded before it existed).
-fn option_text(options: &serde_json::Value, key: &str) -> String {
-    options
-        .get(key)
-        .and_then(|v| v.as_str())
-        .unwrap_or("not given")
-        .to_string()
-}
-
-/// The run's options in words (`verify: compare every byte; eject after a
-/// pass; stop after 40 passes`), from the recorded JSON object.
-fn options_words(options: &serde_json::Value) -> String {
-    let mut words = Vec::new();
-    match options.get("verify").and_then(|v| v.as_str()) {
-        Some("compare") => words.push("verify by comparing every byte read back".to_string()),
-        Some("hash") => words.push("verify by hashing every byte read back (sha256)".to_string()),
-        Some("none") => words.push("no verification (written only)".to_string()),
-        Some(other) => words.push(format!("verify: {other}")),
-        None => {}
-    }
-    if options.get("eject_on_pass").and_then(|v| v.as_bool()) == Some(true) {
-        words.push("eject each stick after it passes".to_string());
-    }
-    match options.get("target_count").and_then(|v| v.as_u64()) {
-        Some(n) => words.push(format!("stop after {n} passes")),
-        None => words.push("no target count".to_string()),
-    }
-    words.join("; ")
 }
 
 /// A term of the summary and its value.
@@ -210,6 +161,9 @@ struct Row {
     station: String,
     run: String,
     image: String,
+    /// Who armed the row's run, and its lot (a device's records span runs).
+    operator: String,
+    lot: String,
     port: String,
     serial: String,
     vendor: String,
@@ -242,6 +196,8 @@ impl Row {
             station: e.station_id,
             run: e.run_id.map(|id| id.to_string()).unwrap_or_default(),
             image: e.image_name.unwrap_or_default(),
+            operator: e.operator.unwrap_or_default(),
+            lot: e.lot.unwrap_or_default(),
             port: e.port_label,
             serial: e.serial.unwrap_or_default(),
             vendor: e.vendor.unwrap_or_default(),
@@ -281,8 +237,7 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
     let title = format!("flashrack run {}: {}", run.id, run.image_name);
     // Printed by port (A1, A2 … A10, B1), each port's records in the order
     // they were made.
-    let mut rows: Vec<&ReportRow> = report.rows.iter().collect();
-    rows.sort_by_key(|row| port_order(&row.port_label));
+    let rows = report.rows_by_port();
     let generated = format_time_short(generated_at);
     render(Page {
         format: FORMAT,
@@ -292,11 +247,13 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
         title,
         summary: vec![
             Item::text("Station", &run.station_id),
-            Item::text("Operator", option_text(&run.options, "operator")),
-            Item::text("Lot", option_text(&run.options, "lot")),
+            Item::text("Operator", given(run.operator())),
+            Item::text("Lot", given(run.lot())),
             Item::text("flashrack", VERSION),
             Item::text("Image", &run.image_name),
             Item::mono("Image sha256", run.image_sha256.to_hex()),
+            Item::text("Image size", image_size_words(run)),
+            Item::text("Imported from", image_source_words(run)),
             Item::text("Options", options_words(&run.options)),
             Item::text("Started", format_time_short(run.started_at)),
             Item::text("Stopped", stopped),
@@ -334,15 +291,18 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
             Item::text("Capacity", d.capacity.to_string()),
             Item::text("First seen", format_time_short(d.first_seen)),
             Item::text("Last seen", format_time_short(d.last_seen)),
+            Item::text("flashrack", VERSION),
+            Item::text("Yield", yield_words(&report.counts)),
         ],
         counts: report.counts,
         with_run: true,
-        with_station: false,
+        // A stick's history spans stations.
+        with_station: true,
         rows: report.rows.iter().map(Row::new).collect(),
         generated,
         version: VERSION,
         failures: failures_by_reason(&report.rows),
-        signatures: false,
+        signatures: true,
     })
 }
 
@@ -413,13 +373,6 @@ mod tests {
             "{nasty}"
         );
         assert_eq!(&nasty[..3], "\"a\\");
-    }
-
-    #[test]
-    fn ports_are_printed_in_row_then_number_order() {
-        let mut labels = vec!["B1", "A10", "front", "A2"];
-        labels.sort_by_key(|l| port_order(l));
-        assert_eq!(labels, ["A2", "A10", "B1", "front"]);
     }
 
     #[test]

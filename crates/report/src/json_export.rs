@@ -1,40 +1,85 @@
-//! The JSON export (`flashrack-report/2`): one object with the run or the device,
+//! The JSON export (`flashrack-report/3`): one object with the run or the device,
 //! its counts, and the records.
 
 use serde::Serialize;
 
-use crate::export::{ExportRow, FORMAT};
+use crate::export::{failures_by_reason, options_words, yield_percent, ExportRow, FORMAT, VERSION};
 use crate::time::format_time;
-use crate::{Counts, DeviceReport, LotReport, ReportRow, RunReport, RunSummary};
+use crate::{Counts, DeviceReport, ImageSource, LotReport, ReportRow, RunReport, RunSummary};
+
+/// The file an image was imported from, as exported.
+#[derive(Serialize)]
+struct ExportSource<'a> {
+    file_name: &'a str,
+    sha256: String,
+    size_bytes: u64,
+}
+
+impl<'a> ExportSource<'a> {
+    fn new(source: &'a ImageSource) -> Self {
+        Self {
+            file_name: &source.file_name,
+            sha256: source.sha256.to_hex(),
+            size_bytes: source.size.bytes(),
+        }
+    }
+}
+
+/// A failure reason and how many sticks failed with it.
+#[derive(Serialize)]
+struct ExportFailures {
+    reason_code: String,
+    count: u64,
+}
 
 /// The run summary as exported.
 #[derive(Serialize)]
 struct ExportRun<'a> {
     run_id: i64,
     station_id: &'a str,
+    operator: Option<&'a str>,
+    lot: Option<&'a str>,
     image_name: &'a str,
     image_sha256: String,
+    image_size_bytes: Option<u64>,
+    image_source: Option<ExportSource<'a>>,
     options: &'a serde_json::Value,
+    options_words: String,
     started_at: String,
     stopped_at: Option<String>,
     stop_reason: Option<&'static str>,
+    stop_reason_words: Option<&'static str>,
     #[serde(flatten)]
     counts: Counts,
+    yield_percent: Option<f64>,
+    failures_by_reason: Vec<ExportFailures>,
 }
 
 impl<'a> ExportRun<'a> {
-    fn new(summary: &'a RunSummary) -> Self {
+    /// The run, its counts, and the failures by reason of `rows` (its records).
+    fn new(summary: &'a RunSummary, rows: &[&ReportRow]) -> Self {
         let run = &summary.run;
         Self {
             run_id: run.id.0,
             station_id: &run.station_id,
+            operator: run.operator(),
+            lot: run.lot(),
             image_name: &run.image_name,
             image_sha256: run.image_sha256.to_hex(),
+            image_size_bytes: run.image_size.map(|s| s.bytes()),
+            image_source: run.image_source.as_ref().map(ExportSource::new),
             options: &run.options,
+            options_words: options_words(&run.options),
             started_at: format_time(run.started_at),
             stopped_at: run.stopped_at.map(format_time),
             stop_reason: run.stop_reason.map(|r| r.code()),
+            stop_reason_words: run.stop_reason.map(|r| r.describe()),
             counts: summary.counts,
+            yield_percent: yield_percent(&summary.counts),
+            failures_by_reason: failures_by_reason(rows.iter().copied())
+                .into_iter()
+                .map(|(reason_code, count)| ExportFailures { reason_code, count })
+                .collect(),
         }
     }
 }
@@ -71,6 +116,7 @@ struct ExportLot<'a> {
 #[derive(Serialize)]
 struct JsonReport<S> {
     format: &'static str,
+    flashrack_version: &'static str,
     kind: &'static str,
     #[serde(flatten)]
     subject: S,
@@ -93,12 +139,17 @@ struct LotSubject<'a> {
     runs: Vec<ExportRun<'a>>,
 }
 
-fn to_json<S: Serialize>(kind: &'static str, subject: S, rows: &[ReportRow]) -> String {
+fn to_json<'r, S: Serialize>(
+    kind: &'static str,
+    subject: S,
+    rows: impl IntoIterator<Item = &'r ReportRow>,
+) -> String {
     let report = JsonReport {
         format: FORMAT,
+        flashrack_version: VERSION,
         kind,
         subject,
-        attempts: rows.iter().map(ExportRow::new).collect(),
+        attempts: rows.into_iter().map(ExportRow::new).collect(),
     };
     // Serializing plain strings, numbers and JSON values cannot fail.
     let mut out = serde_json::to_string_pretty(&report).expect("report serializes");
@@ -106,14 +157,16 @@ fn to_json<S: Serialize>(kind: &'static str, subject: S, rows: &[ReportRow]) -> 
     out
 }
 
-/// A run's report as JSON (see the crate docs for the layout).
+/// A run's report as JSON (see the crate docs for the layout): its records by
+/// port, as the printed report lists them.
 pub fn run_json(report: &RunReport) -> String {
+    let rows = report.rows_by_port();
     to_json(
         "run",
         RunSubject {
-            run: ExportRun::new(&report.run),
+            run: ExportRun::new(&report.run, &rows),
         },
-        &report.rows,
+        rows,
     )
 }
 
@@ -155,7 +208,20 @@ pub fn lot_json(report: &LotReport) -> String {
                 stopped_at: lot.stopped_at.map(format_time),
                 counts: report.counts,
             },
-            runs: report.runs.iter().map(ExportRun::new).collect(),
+            runs: report
+                .runs
+                .iter()
+                .map(|run| {
+                    let mine: Vec<&ReportRow> = report
+                        .rows
+                        .iter()
+                        .filter(|row| {
+                            row.station_id == run.run.station_id && row.run_id == Some(run.run.id)
+                        })
+                        .collect();
+                    ExportRun::new(run, &mine)
+                })
+                .collect(),
         },
         &report.rows,
     )

@@ -16,6 +16,8 @@
 //! - `json_export`: [`run_json`] and [`device_json`], through `serde_json`;
 //! - `html`: [`run_html`] and [`device_html`], from the askama template
 //!   `templates/report.html`, every value escaped by the template engine;
+//! - `labels`: [`labels_html`] (`templates/labels.html`), QR codes drawn as
+//!   inline SVG by the `qrcode` crate;
 //! - `time`: [`format_time`] (RFC 3339, UTC, milliseconds), through `time`.
 //!
 //! # Record fields
@@ -59,23 +61,46 @@
 //! | `verify_mb_s` | read-back speed in MB/s (2 decimals) |
 //! | `read_back_sha256` | the sha256 of what was read back: the image's on a pass; on a `verify_mismatch`, of the stick's first image-size bytes, absent when they could not all be read |
 //! | `verify_method` | how the read-back was checked: `none`, `compare`, `hash` |
+//! | `operator` | who armed the record's run (the `operator` run option), if given |
+//! | `lot` | the run's lot or batch id (the `lot` run option), if given |
+//! | `run_options` | the run's options in words (`verify by comparing every byte read back; stop after 40 passes`) |
+//! | `run_stop_reason` | why the run stopped (`operator`, `completed`, `shutdown`, `interrupted`); absent while it runs |
+//! | `image_size_bytes` | the raw image's size in bytes, where recorded |
+//! | `image_source_name` | the file the image was imported from (`debian.img.xz`), where recorded |
+//! | `image_source_sha256` | that file's sha256 as given (the raw image's for a raw import), where recorded |
+//!
+//! The last seven are the record's run's facts (absent for a refusal while no
+//! run was armed), so that a line of a device's history across runs, or a CSV
+//! line on its own, says who armed its run and what was written.
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/2"`, `"kind": "run"`, `"device"` or
-//! `"lot"`, then `"run"` (fields `run_id`, `station_id`, `image_name`,
-//! `image_sha256`, `options`, `started_at`, `stopped_at`, `stop_reason`,
-//! `attempts`, `passed`, `failed`, `refused`, `interrupted`, `running`) or
+//! One object: `"format": "flashrack-report/3"`, `"flashrack_version"`,
+//! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
+//! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
+//! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
+//! `null` where not recorded), `options`, `options_words`, `started_at`,
+//! `stopped_at`, `stop_reason`, `stop_reason_words`, `attempts`, `passed`,
+//! `failed`, `refused`, `interrupted`, `running`, `yield_percent` (passes
+//! among passes and failures, one decimal; `null` before either) and
+//! `failures_by_reason` (`[{"reason_code", "count"}]`, most frequent first)) or
 //! `"device"` (fields `device_key`, `serial`, `vendor`, `model`,
 //! `capacity_bytes`, `first_seen`, `last_seen` and the same six counts) or
 //! `"lot"` (a fleet hub's arming on several stations: `lot_id`, `name`,
 //! `image_name`, `image_sha256`, `options`, `stations`, `created_at`,
 //! `stopped_at` and the six counts, followed by `"runs"`: each station's run
 //! as a `"run"` object is), then `"attempts"`: the records (attempts and
-//! refusals; a lot's span stations, told apart by `station_id`).
+//! refusals; a lot's span stations, told apart by `station_id`; a run's by
+//! port, A2 before A10, each port's in the order they were made).
 //! `attempts` counts attempts; `passed + failed + refused + interrupted +
 //! running` counts records. A consumer should check `format`; a change to any
 //! name or meaning gets a new format version.
+//!
+//! Format 3 (from format 2): the run's operator, lot, image size and source,
+//! options in words, stop reason in words, yield and failures by reason; the
+//! flashrack version; the seven run fields of every record (above); a run's
+//! records by port rather than in the order they were made; the CSV's
+//! `report_format` and `flashrack_version` columns.
 //!
 //! Format 2 (from format 1): refusals are records (`refusal_id`, verdict
 //! `refused` with the guard's code), so `attempt_id`, `run_id`, `image_name`,
@@ -85,7 +110,12 @@
 //!
 //! # CSV
 //!
-//! RFC 4180 with `\n` line ends: a header line, then a line per attempt. A text field
+//! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
+//! by port, a device's oldest first). After the record fields come two columns
+//! that say what made the file: `report_format` (`flashrack-report/3`) and
+//! `flashrack_version`. The run's totals (counts, yield, failures by reason)
+//! are not repeated on every line: they are in the JSON and the printed
+//! report, and a spreadsheet gets them from the `verdict` column. A text field
 //! that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a `'`
 //! prepended, so that a spreadsheet never runs a device's vendor string as a
 //! formula (device descriptors are whatever the stick says).
@@ -93,7 +123,16 @@
 //! # HTML
 //!
 //! One self-contained page for printing: a summary block, then a table row per
-//! record; print rules for A4 landscape, no external assets, every value escaped.
+//! record; print rules for A4 landscape, no external assets, every value escaped;
+//! a running header and "page N of M" on every printed page, and a signature
+//! and approval block (operator, QA) at the end of run, device and lot reports.
+//!
+//! # Labels
+//!
+//! [`labels_html`]: a run's label sheet, one label per stick that passed (port,
+//! serial, verdict, image name, the first 12 hex digits of its sha256, the
+//! date, and a QR code of the record's reference, [`record_reference`]), three
+//! columns of 63.5 × 38.1 mm labels on A4.
 
 #![deny(missing_docs)]
 
@@ -101,15 +140,17 @@ mod csv_export;
 mod export;
 mod html;
 mod json_export;
+mod labels;
 pub mod model;
 mod time;
 
-pub use csv_export::csv;
-pub use export::{FIELDS, FORMAT};
+pub use csv_export::{csv, run_csv};
+pub use export::{CSV_EXTRA_FIELDS, FIELDS, FORMAT, VERSION};
 pub use html::{device_html, lot_html, run_html};
 pub use json_export::{device_json, lot_json, run_json};
+pub use labels::{device_labels_html, labels_html, record_reference, LABEL_SHA256_DIGITS};
 pub use model::{
-    rows_in_order, Counts, DeviceRecord, DeviceReport, Lot, LotReport, ReportRow, ReportVerdict,
-    Run, RunReport, RunSummary,
+    port_order, rows_in_order, Counts, DeviceRecord, DeviceReport, ImageSource, Lot, LotReport,
+    ReportRow, ReportVerdict, Run, RunFacts, RunReport, RunSummary, LOT_OPTION, OPERATOR_OPTION,
 };
 pub use time::{format_time, format_time_short};

@@ -31,6 +31,75 @@ pub struct Run {
     pub stopped_at: Option<i64>,
     /// Why it stopped, if it has.
     pub stop_reason: Option<StopReason>,
+    /// The raw image's size, where the records know it (`None` in data
+    /// recorded without it).
+    #[serde(default)]
+    pub image_size: Option<ByteSize>,
+    /// The file the image was imported from, where the records know it.
+    #[serde(default)]
+    pub image_source: Option<ImageSource>,
+}
+
+impl Run {
+    /// Who armed the run (the `operator` option), if it was given.
+    pub fn operator(&self) -> Option<&str> {
+        self.options.get(OPERATOR_OPTION).and_then(|v| v.as_str())
+    }
+
+    /// The run's lot or batch id (the `lot` option), if it was given.
+    pub fn lot(&self) -> Option<&str> {
+        self.options.get(LOT_OPTION).and_then(|v| v.as_str())
+    }
+
+    /// What a report row of this run knows about it.
+    pub fn facts(&self) -> RunFacts {
+        RunFacts {
+            options: Some(self.options.clone()),
+            stop_reason: self.stop_reason,
+            image_size: self.image_size,
+            image_source: self.image_source.clone(),
+        }
+    }
+}
+
+/// The run option naming who armed the run.
+pub const OPERATOR_OPTION: &str = "operator";
+/// The run option holding the run's lot or batch id.
+pub const LOT_OPTION: &str = "lot";
+
+/// Where an image came from: the file that was imported (a compressed file,
+/// an archive or the raw image itself), as the image cache recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// The imported file's name (its last path component).
+    pub file_name: String,
+    /// The sha256 of the imported file as given (the raw image's for a raw
+    /// import).
+    pub sha256: Sha256Digest,
+    /// The imported file's size in bytes.
+    pub size: ByteSize,
+}
+
+/// What a record's run says about it, beyond its name and digest: the facts a
+/// row carries so that a device's records (across runs) and a CSV line stand
+/// on their own. All absent for a refusal while no run was armed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunFacts {
+    /// The run's options as recorded (who armed it and its lot among them).
+    pub options: Option<serde_json::Value>,
+    /// Why the run stopped, if it has.
+    pub stop_reason: Option<StopReason>,
+    /// The raw image's size, where known.
+    pub image_size: Option<ByteSize>,
+    /// The file the image was imported from, where known.
+    pub image_source: Option<ImageSource>,
+}
+
+impl RunFacts {
+    /// A text option of the run (`operator`, `lot`).
+    pub fn option_text(&self, key: &str) -> Option<&str> {
+        self.options.as_ref()?.get(key)?.as_str()
+    }
 }
 
 /// How a run's (or a device's) records stand: attempts by verdict, and refusals.
@@ -214,6 +283,10 @@ pub struct ReportRow {
     /// Capacity reported, bytes and times, read-back digest and method (a
     /// refusal: the capacity, and nothing written).
     pub figures: AttemptFigures,
+    /// What its run says about it (operator, lot, options, image size and
+    /// source); empty without a run, and in data recorded before rows had it.
+    #[serde(default)]
+    pub run_facts: RunFacts,
 }
 
 /// A run's report: the run and a row per record (attempts and refusals), in the
@@ -273,6 +346,30 @@ pub struct LotReport {
     pub rows: Vec<ReportRow>,
 }
 
+/// The order reports list ports in: rows by letter, then by number (A2
+/// before A10), then other labels by name.
+pub fn port_order(label: &str) -> (u32, u32, String) {
+    let mut chars = label.chars();
+    if let Some(letter) = chars.next().filter(char::is_ascii_uppercase) {
+        if let Ok(number) = chars.as_str().parse::<u32>() {
+            return (u32::from(letter), number, String::new());
+        }
+    }
+    (u32::MAX, u32::MAX, label.to_string())
+}
+
+impl RunReport {
+    /// The rows by port ([`port_order`]: A1, A2 … A10, B1), each port's
+    /// records in the order they were made: how every export of a run lists
+    /// them.
+    pub fn rows_by_port(&self) -> Vec<&ReportRow> {
+        let mut rows: Vec<&ReportRow> = self.rows.iter().collect();
+        // A stable sort keeps each port's records in the order they were made.
+        rows.sort_by_key(|row| port_order(&row.port_label));
+        rows
+    }
+}
+
 /// Attempts and refusals in one list, in the order they were made. Each list
 /// must be in that order already (by `started_at`); on the same millisecond an
 /// attempt comes first.
@@ -287,4 +384,16 @@ pub fn rows_in_order(attempts: Vec<ReportRow>, refusals: Vec<ReportRow>) -> Vec<
     }
     rows.extend(refusals);
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_listed_in_row_then_number_order() {
+        let mut labels = vec!["B1", "A10", "front", "A2"];
+        labels.sort_by_key(|l| port_order(l));
+        assert_eq!(labels, ["A2", "A10", "B1", "front"]);
+    }
 }

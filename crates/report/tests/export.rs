@@ -14,7 +14,9 @@
 //! serial, vendor or model.
 //!
 //! The printable HTML is also printed to PDF by headless Chromium, which must be
-//! installed (`apt-get install chromium`): the test fails without it.
+//! installed (`apt-get install chromium`): the test fails without it. The label
+//! sheet is rendered by Chromium too and its QR codes read back by `zbarimg`
+//! (`apt-get install zbar-tools`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -86,6 +88,10 @@ fn run_exports_match_the_golden_files() {
     check_golden("run.csv", &flashrack_report::csv(&run.rows));
     check_golden("run.json", &flashrack_report::run_json(&run));
     check_golden("run.html", &flashrack_report::run_html(&run, GENERATED_AT));
+    check_golden(
+        "run-labels.html",
+        &flashrack_report::labels_html(&run, GENERATED_AT),
+    );
 }
 
 #[test]
@@ -103,7 +109,8 @@ fn device_exports_match_the_golden_files() {
 fn the_json_export_is_versioned_and_parses_back() {
     let run = run();
     let value: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
-    assert_eq!(value["format"], "flashrack-report/2");
+    assert_eq!(value["format"], "flashrack-report/3");
+    assert_eq!(value["flashrack_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["kind"], "run");
     assert_eq!(value["run"]["attempts"], 7);
     assert_eq!(value["run"]["refused"], 2);
@@ -127,10 +134,12 @@ fn the_json_export_is_versioned_and_parses_back() {
 fn the_csv_export_has_a_line_per_attempt_and_defuses_formulas() {
     let run = run();
     let csv = flashrack_report::csv(&run.rows);
-    assert_eq!(
-        csv.lines().next().unwrap(),
-        flashrack_report::FIELDS.join(",")
-    );
+    let header: Vec<&str> = flashrack_report::FIELDS
+        .iter()
+        .chain(flashrack_report::CSV_EXTRA_FIELDS.iter())
+        .copied()
+        .collect();
+    assert_eq!(csv.lines().next().unwrap(), header.join(","));
     assert!(csv.contains(",'=cmd|' /C calc'!A0,"), "{csv}");
     assert!(
         csv.contains("\"Kingston, Inc.\",\"DataTraveler \"\"Exodia\"\"\""),
@@ -160,12 +169,10 @@ fn the_html_report_is_self_contained_escaped_and_made_for_print() {
     );
 }
 
-/// Prints the HTML report to PDF with headless Chromium. Chromium must be installed:
-/// a station prints its reports, and this is where printing is tested.
-#[test]
-fn the_html_report_prints_to_pdf_in_headless_chromium() {
-    let run = run();
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+/// The installed Chromium. It must be installed: a station prints its
+/// reports, and this is where printing is tested.
+fn chromium() -> &'static str {
+    ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|name| {
             Command::new(name)
@@ -175,20 +182,16 @@ fn the_html_report_prints_to_pdf_in_headless_chromium() {
                 .status()
                 .is_ok_and(|s| s.success())
         })
-        .expect("chromium is not installed (apt-get install chromium): the print test needs it");
+        .expect("chromium is not installed (apt-get install chromium): the print test needs it")
+}
 
-    // Enough records for several printed pages.
-    let mut run = run;
-    let rows = run.rows.clone();
-    for _ in 0..12 {
-        run.rows.extend(rows.iter().cloned());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let html_path = dir.path().join("report.html");
-    let pdf_path = dir.path().join("report.pdf");
-    let profile = dir.path().join("chromium-profile");
-    std::fs::write(&html_path, flashrack_report::run_html(&run, GENERATED_AT)).unwrap();
-    let mut child = Command::new(chromium)
+/// Runs headless Chromium on the page `html` (written to `dir`) with `args`
+/// (where to print or shoot it), waiting up to 120 s; returns its stderr.
+fn run_chromium(dir: &Path, html: &str, args: &[String]) -> String {
+    let html_path = dir.join("page.html");
+    let profile = dir.join("chromium-profile");
+    std::fs::write(&html_path, html).unwrap();
+    let mut child = Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
@@ -198,9 +201,10 @@ fn the_html_report_prints_to_pdf_in_headless_chromium() {
             "--disable-sync",
             "--no-first-run",
             "--no-pdf-header-footer",
+            "--hide-scrollbars",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--print-to-pdf={}", pdf_path.display()))
+        .args(args)
         .arg(format!("file://{}", html_path.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -214,12 +218,23 @@ fn the_html_report_prints_to_pdf_in_headless_chromium() {
         if Instant::now() > deadline {
             child.kill().unwrap();
             child.wait().unwrap();
-            panic!("chromium did not finish printing within 120 s");
+            panic!("chromium did not finish within 120 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
     assert!(status.success(), "chromium failed: {status}\n{stderr}");
+    stderr
+}
+
+/// `html` printed to PDF by headless Chromium, in `dir`.
+fn print_to_pdf(dir: &Path, html: &str) -> PathBuf {
+    let pdf_path = dir.join("report.pdf");
+    let stderr = run_chromium(
+        dir,
+        html,
+        &[format!("--print-to-pdf={}", pdf_path.display())],
+    );
     let pdf = std::fs::read(&pdf_path)
         .unwrap_or_else(|err| panic!("no pdf at {}: {err}\n{stderr}", pdf_path.display()));
     assert!(pdf.starts_with(b"%PDF-"), "not a pdf");
@@ -233,20 +248,27 @@ fn the_html_report_prints_to_pdf_in_headless_chromium() {
         tail.windows(5).any(|w| w == b"%%EOF"),
         "the pdf is not complete"
     );
+    pdf_path
+}
 
-    // Every printed page has the running header and "page N of M" (CSS
-    // paged media: @page margin boxes), the second one included.
-    let text = |page: usize| {
-        let out = Command::new("pdftotext")
-            .args(["-layout", "-f", &page.to_string(), "-l", &page.to_string()])
-            .arg(&pdf_path)
-            .arg("-")
-            .output()
-            .expect("pdftotext is not installed (apt-get install poppler-utils)");
-        assert!(out.status.success(), "pdftotext failed");
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let first = text(1);
+/// The text of one page of a PDF (`pdftotext -layout`).
+fn pdf_page(pdf: &Path, page: usize) -> String {
+    let out = Command::new("pdftotext")
+        .args(["-layout", "-f", &page.to_string(), "-l", &page.to_string()])
+        .arg(pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext is not installed (apt-get install poppler-utils)");
+    assert!(out.status.success(), "pdftotext failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Checks that every page of a printed report has its running header
+/// (`header` and `top_right`) and "page N of M", page 2 and the last one
+/// read back, and that the last page ends with the signature block; returns
+/// the number of pages.
+fn check_printed_pages(pdf: &Path, header: &str, top_right: &str) -> usize {
+    let first = pdf_page(pdf, 1);
     let pages: usize = first
         .split("page 1 of ")
         .nth(1)
@@ -255,14 +277,14 @@ fn the_html_report_prints_to_pdf_in_headless_chromium() {
         .unwrap_or_else(|| panic!("no \"page 1 of M\" on page 1:\n{first}"));
     assert!(pages >= 2, "{pages} page(s): the test needs at least two");
     for page in [2, pages] {
-        let text = text(page);
+        let text = pdf_page(pdf, page);
         assert!(
-            text.contains("flashrack run 1: debian-12.5-amd64.img"),
-            "page {page} lacks the header:\n{text}"
+            text.contains(header),
+            "page {page} lacks the header {header:?}:\n{text}"
         );
         assert!(
-            text.contains("station rack-1"),
-            "page {page} lacks the station:\n{text}"
+            text.contains(top_right),
+            "page {page} lacks {top_right:?}:\n{text}"
         );
         assert!(
             text.contains(&format!("page {page} of {pages}")),
@@ -270,10 +292,51 @@ fn the_html_report_prints_to_pdf_in_headless_chromium() {
         );
     }
     // The signature block ends the last page.
-    let last = text(pages);
+    let last = pdf_page(pdf, pages);
     assert!(
         last.contains("Approved by (QA)") && last.contains("Signature"),
         "{last}"
+    );
+    pages
+}
+
+/// Prints the HTML report to PDF with headless Chromium: every page has the
+/// running header and its number.
+#[test]
+fn the_html_report_prints_to_pdf_in_headless_chromium() {
+    // Enough records for several printed pages.
+    let mut run = run();
+    let rows = run.rows.clone();
+    for _ in 0..12 {
+        run.rows.extend(rows.iter().cloned());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = print_to_pdf(dir.path(), &flashrack_report::run_html(&run, GENERATED_AT));
+    check_printed_pages(
+        &pdf,
+        "flashrack run 1: debian-12.5-amd64.img",
+        "station rack-1",
+    );
+}
+
+/// A device's history prints as the run's report does: header, "page N of
+/// M" on every page, and the signature block at the end.
+#[test]
+fn the_device_report_prints_with_page_numbers_headers_and_signatures() {
+    let mut device = device();
+    let rows = device.rows.clone();
+    for _ in 0..20 {
+        device.rows.extend(rows.iter().cloned());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = print_to_pdf(
+        dir.path(),
+        &flashrack_report::device_html(&device, GENERATED_AT),
+    );
+    check_printed_pages(
+        &pdf,
+        "flashrack device AA00000000001234",
+        &format!("flashrack {}", env!("CARGO_PKG_VERSION")),
     );
 }
 
@@ -288,7 +351,7 @@ fn the_printed_run_report_lists_records_by_port_with_yield_and_failure_reasons()
         .filter_map(|row| row.split("<td>").nth(1))
         .filter_map(|cell| cell.split("</td>").next())
         .collect();
-    assert_eq!(ports, ["A1", "A2", "A3", "A4", "B1", "B2", "B3", "B3"]);
+    assert_eq!(ports, ["A1", "A2", "A3", "A4", "A10", "B2", "B3", "B3"]);
     assert!(
         html.contains("<dt>Yield</dt><dd>50.0 % (2 of 4 sticks passed"),
         "{html}"
@@ -300,4 +363,213 @@ fn the_printed_run_report_lists_records_by_port_with_yield_and_failure_reasons()
     assert!(html.contains("<dt>flashrack</dt><dd>"), "{html}");
     assert!(html.contains("<th>Verify</th>"), "{html}");
     assert!(html.contains("Approved by (QA)"), "{html}");
+}
+
+/// The ports of a run's CSV lines, in order.
+fn csv_ports(csv: &str) -> Vec<String> {
+    let mut reader = csv::ReaderBuilder::new().from_reader(csv.as_bytes());
+    let column = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "port_label")
+        .unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap()[column].to_string())
+        .collect()
+}
+
+#[test]
+fn the_csv_and_json_list_a_runs_records_by_port_as_the_printed_report() {
+    let mut run = run();
+    // Made in the opposite order: the exports still list them by port.
+    run.rows.reverse();
+    let expected = ["A1", "A2", "A3", "A4", "A10", "B2", "B3", "B3"];
+    assert_eq!(csv_ports(&flashrack_report::run_csv(&run)), expected);
+    let json: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
+    let ports: Vec<&str> = json["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["port_label"].as_str().unwrap())
+        .collect();
+    assert_eq!(ports, expected);
+    // Each port's records stay in the order given (the order they were made):
+    // B3's refusal before any attempt, then its attempt refused at opening.
+    let json: serde_json::Value =
+        serde_json::from_str(&flashrack_report::run_json(&self::run())).unwrap();
+    let b3: Vec<&serde_json::Value> = json["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["port_label"] == "B3")
+        .collect();
+    assert!(b3[0]["refusal_id"].is_i64() && b3[1]["attempt_id"].is_i64());
+}
+
+#[test]
+fn the_json_run_carries_who_what_from_where_and_how_it_went() {
+    let run = run();
+    let json: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
+    let r = &json["run"];
+    assert_eq!(r["station_id"], "rack-1");
+    assert_eq!(r["operator"], "Ada Lovelace");
+    assert_eq!(r["lot"], "LOT-2025-03-A");
+    assert_eq!(r["image_size_bytes"], 629_145_600);
+    assert_eq!(r["image_source"]["file_name"], "debian-12.5-amd64.img.xz");
+    assert_eq!(r["image_source"]["size_bytes"], 412_316_860);
+    assert_eq!(r["image_source"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        r["options_words"],
+        "verify by hashing every byte read back (sha256); eject each stick after it passes; \
+         stop after 4 passes"
+    );
+    assert_eq!(r["yield_percent"], 50.0);
+    assert_eq!(
+        r["failures_by_reason"],
+        serde_json::json!([
+            { "reason_code": "removed", "count": 1 },
+            { "reason_code": "verify_mismatch", "count": 1 },
+        ])
+    );
+    assert!(r["stop_reason"].is_null() && r["stop_reason_words"].is_null());
+
+    // Stopped: the reason as a code and in words.
+    let mut stopped = run.clone();
+    stopped.run.run.stopped_at = Some(stopped.run.run.started_at + 600_000);
+    stopped.run.run.stop_reason = Some(flashrack_core::StopReason::Completed);
+    let json: serde_json::Value =
+        serde_json::from_str(&flashrack_report::run_json(&stopped)).unwrap();
+    assert_eq!(json["run"]["stop_reason"], "completed");
+    assert_eq!(
+        json["run"]["stop_reason_words"],
+        flashrack_core::StopReason::Completed.describe()
+    );
+}
+
+#[test]
+fn every_csv_line_says_who_armed_its_run_and_where_the_image_came_from() {
+    let run = run();
+    let csv = flashrack_report::run_csv(&run);
+    let mut reader = csv::ReaderBuilder::new().from_reader(csv.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), 8);
+    for record in &records {
+        assert_eq!(&record[at("operator")], "Ada Lovelace");
+        assert_eq!(&record[at("lot")], "LOT-2025-03-A");
+        assert_eq!(&record[at("image_size_bytes")], "629145600");
+        assert_eq!(&record[at("image_source_name")], "debian-12.5-amd64.img.xz");
+        assert!(record[at("run_options")].starts_with("verify by hashing"));
+        assert_eq!(&record[at("report_format")], "flashrack-report/3");
+        assert_eq!(&record[at("flashrack_version")], env!("CARGO_PKG_VERSION"));
+    }
+}
+
+#[test]
+fn the_printed_reports_name_the_image_size_and_source() {
+    let html = flashrack_report::run_html(&run(), GENERATED_AT);
+    assert!(
+        html.contains("<dt>Image size</dt><dd>629 MB (629145600 bytes)</dd>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<dt>Imported from</dt><dd>debian-12.5-amd64.img.xz (412 MB), sha256 "),
+        "{html}"
+    );
+    assert!(
+        html.contains("<dt>Operator</dt><dd>Ada Lovelace</dd>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<dt>Lot</dt><dd>LOT-2025-03-A</dd>"),
+        "{html}"
+    );
+    // A device's history names each record's operator and lot, and is signed.
+    let html = flashrack_report::device_html(&device(), GENERATED_AT);
+    assert!(html.contains("<th>Operator</th><th>Lot</th>"), "{html}");
+    assert!(
+        html.contains("<td>Ada Lovelace</td><td>LOT-2025-03-A</td>"),
+        "{html}"
+    );
+    assert!(html.contains("Approved by (QA)"), "{html}");
+}
+
+/// The label sheet rendered by Chromium and read by a barcode scanner
+/// (`zbarimg`, Debian's zbar-tools): every stick that passed has a label
+/// whose QR code decodes to its record's reference, and no other stick has
+/// one.
+#[test]
+fn each_passed_stick_gets_a_label_whose_qr_code_scans_to_its_record() {
+    let run = run();
+    let html = flashrack_report::labels_html(&run, GENERATED_AT);
+    let passed: Vec<&flashrack_report::ReportRow> = run
+        .rows
+        .iter()
+        .filter(|row| row.verdict == flashrack_report::ReportVerdict::Pass)
+        .collect();
+    assert_eq!(passed.len(), 2);
+    let expected: Vec<String> = passed
+        .iter()
+        .map(|row| flashrack_report::record_reference(row).unwrap())
+        .collect();
+    assert_eq!(html.matches("class=\"label\"").count(), 2, "{html}");
+    for (row, reference) in passed.iter().zip(&expected) {
+        let serial = row.serial.as_deref().unwrap();
+        assert!(html.contains(serial), "{serial} is not on the sheet");
+        assert!(
+            reference.starts_with(&format!(
+                "flashrack:rack-1/run/1/attempt/{}?serial={serial}&image=0a2a40ff14c626aa",
+                row.attempt_id.unwrap()
+            )),
+            "{reference}"
+        );
+    }
+    // By port: A1 before A10.
+    assert!(html.find(">PASS · A1<").unwrap() < html.find(">PASS · A10<").unwrap());
+    assert!(html.contains(">0a2a40ff14c6…<"), "{html}");
+    assert!(html.contains(">2025-03-01<"), "{html}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("labels.png");
+    run_chromium(
+        dir.path(),
+        &html,
+        &[
+            format!("--screenshot={}", png.display()),
+            "--window-size=1000,700".to_string(),
+            "--force-device-scale-factor=2".to_string(),
+        ],
+    );
+    let out = Command::new("zbarimg")
+        .args(["--raw", "-q", "-Sdisable", "-Sqrcode.enable"])
+        .arg(&png)
+        .output()
+        .expect("zbarimg is not installed (apt-get install zbar-tools)");
+    assert!(
+        out.status.success(),
+        "zbarimg found no code: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut scanned: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    scanned.sort();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(scanned, expected);
+}
+
+#[test]
+fn a_run_without_a_pass_gets_a_sheet_that_says_so() {
+    let mut run = run();
+    run.rows
+        .retain(|row| row.verdict != flashrack_report::ReportVerdict::Pass);
+    let html = flashrack_report::labels_html(&run, GENERATED_AT);
+    assert!(html.contains("No stick has passed here"), "{html}");
+    assert!(!html.contains("<svg"), "{html}");
 }

@@ -35,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         size: ByteSize(4 << 30),
         format: "raw".to_string(),
         imported_at: store.now(),
+        source: None,
     };
     store.write(|b| Box::pin(b.record_image(&image))).await?;
 

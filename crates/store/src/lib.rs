@@ -67,8 +67,8 @@ pub use clock::{Clock, ManualClock};
 pub use error::StoreError;
 pub use model::{
     AttemptId, AttemptRecord, AttemptState, Counts, DeviceId, DeviceRecord, DeviceReport,
-    DeviceRow, DeviceSummary, Event, EventId, EventKind, EventRow, ImageRow, PortHistory, Recovery,
-    RefusalId, RefusalRow, ReportRow, ReportVerdict, Run, RunId, RunReport, RunSummary,
-    RunningFigures, StationId, StopReason,
+    DeviceRow, DeviceSummary, Event, EventId, EventKind, EventRow, ImageRow, ImageSource,
+    PortHistory, Recovery, RefusalId, RefusalRow, ReportRow, ReportVerdict, Run, RunFacts, RunId,
+    RunReport, RunSummary, RunningFigures, StationId, StopReason,
 };
 pub use sqlite::{Health, SqliteWrites, Store, SCHEMA_VERSION};

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use flashrack_core::{AttemptFigures, ByteSize, GuardRefusal, Sha256Digest, Stage, Verdict};
 pub use flashrack_core::{AttemptId, AttemptState, DeviceId, RefusalId, RunId, StopReason};
 pub use flashrack_report::{
-    Counts, DeviceRecord, DeviceReport, ReportRow, ReportVerdict, Run, RunReport, RunSummary,
+    Counts, DeviceRecord, DeviceReport, ImageSource, ReportRow, ReportVerdict, Run, RunFacts,
+    RunReport, RunSummary,
 };
 use serde::{Deserialize, Serialize};
 
@@ -166,6 +167,9 @@ pub struct ImageRow {
     pub format: String,
     /// When it was first imported.
     pub imported_at: i64,
+    /// The file it was imported from (name, sha256 and size as given), where
+    /// known; `None` for images recorded before the records kept it.
+    pub source: Option<ImageSource>,
 }
 
 /// A device's identity as seen in a port, for

@@ -47,6 +47,64 @@ async fn images_are_recorded_once_and_renamed_on_reimport() {
 }
 
 #[tokio::test]
+async fn an_images_source_file_is_kept_and_shown_with_its_runs() {
+    let t = TestStore::new("rack-1").await;
+    // Recorded before the records kept sources (or the cache forgot): none.
+    let mut img = image();
+    let source = img.source.take().unwrap();
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store.image(img.sha256).await.unwrap().unwrap().source,
+        None
+    );
+    // Recorded again with its source: kept, and a later record without one
+    // does not erase it.
+    let with_source = ImageRow {
+        source: Some(source.clone()),
+        ..img.clone()
+    };
+    t.store
+        .write(|b| Box::pin(b.record_image(&with_source)))
+        .await
+        .unwrap();
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
+        .await
+        .unwrap();
+    let stored = t.store.image(img.sha256).await.unwrap().unwrap();
+    assert_eq!(stored.source.as_ref(), Some(&source));
+    assert_eq!(t.store.images().await.unwrap(), vec![stored]);
+    // A run of it says how big it is and where it came from, in its summary,
+    // its report and every row of it.
+    let (sha, name) = (img.sha256, img.name.clone());
+    let run = t
+        .store
+        .write(|b| Box::pin(async move { b.start_run(sha, &name, &json!({})).await }))
+        .await
+        .unwrap();
+    let stick = device("S1");
+    let dev = t
+        .store
+        .write(|b| Box::pin(b.upsert_device(&stick)))
+        .await
+        .unwrap();
+    t.start(run, dev, "A1").await;
+    let summary = t.store.run(run).await.unwrap().unwrap();
+    assert_eq!(summary.run.image_size, Some(img.size));
+    assert_eq!(summary.run.image_source.as_ref(), Some(&source));
+    let report = t.store.run_report(run).await.unwrap().unwrap();
+    assert_eq!(report.run.run.image_source.as_ref(), Some(&source));
+    assert_eq!(
+        report.rows[0].run_facts.image_source.as_ref(),
+        Some(&source)
+    );
+    assert_eq!(report.rows[0].run_facts.image_size, Some(img.size));
+}
+
+#[tokio::test]
 async fn runs_start_stop_and_are_listed_with_counts() {
     let t = TestStore::new("rack-1").await;
     let img = image();

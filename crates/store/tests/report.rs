@@ -40,7 +40,13 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
                 b.start_run(
                     img.sha256,
                     &img.name,
-                    &json!({ "verify": "hash", "eject_on_pass": true, "target_count": 4 }),
+                    &json!({
+                        "verify": "hash",
+                        "eject_on_pass": true,
+                        "target_count": 4,
+                        "operator": "Ada Lovelace",
+                        "lot": "LOT-2025-03-A"
+                    }),
                 )
                 .await
             })
@@ -178,7 +184,7 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
     })
     .await
     .unwrap();
-    let a5 = start(&t, run, ids[3], "B1").await;
+    let a5 = start(&t, run, ids[3], "A10").await;
     s.write(|b| Box::pin(b.attempt_stage(a5, Stage::Writing)))
         .await
         .unwrap();

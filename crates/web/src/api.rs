@@ -186,12 +186,25 @@ pub async fn runs(State(state): State<WebState>) -> Result<Json<Value>, AppError
 /// `POST /api/v1/runs`: arm a run.
 pub async fn arm(
     State(state): State<WebState>,
+    holder: Option<axum::Extension<crate::TokenHolder>>,
     ApiJson(body): ApiJson<ArmBody>,
 ) -> Result<(StatusCode, Json<flashrack_station::RunView>), AppError> {
     if body.target_count == Some(0) {
         return Err(AppError::bad_request("target_count must be at least 1"));
     }
     let operator = run_label("operator", body.operator)?;
+    // A named token's holder is who armed the run: the body may repeat the
+    // name, never give another (see `auth`).
+    let operator = match (holder, operator) {
+        (Some(axum::Extension(crate::TokenHolder(name))), Some(given)) if given != name => {
+            return Err(AppError::forbidden(format!(
+                "this token is {name}'s: a run armed with it is recorded as armed by {name}, \
+                 not {given} (leave the operator empty)"
+            )));
+        }
+        (Some(axum::Extension(crate::TokenHolder(name))), _) => Some(name),
+        (None, given) => given,
+    };
     let lot = run_label("lot", body.lot)?;
     let cache = state.images.clone();
     let query = body.image.clone();
@@ -279,7 +292,8 @@ fn report_response(format: ReportFormat, name: &str, body: (String, String)) -> 
     let (content_type, text) = body;
     let mut response =
         (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text).into_response();
-    if format != ReportFormat::Html {
+    // Printable pages open in the browser; data files download.
+    if !matches!(format, ReportFormat::Html | ReportFormat::Labels) {
         let extension = if format == ReportFormat::Csv {
             "csv"
         } else {
@@ -296,8 +310,9 @@ fn report_response(format: ReportFormat, name: &str, body: (String, String)) -> 
 
 fn parse_format(query: &FormatQuery) -> Result<ReportFormat, AppError> {
     let text = query.format.as_deref().unwrap_or("json");
-    ReportFormat::parse(text)
-        .ok_or_else(|| AppError::bad_request(format!("format {text:?} is not csv, json or html")))
+    ReportFormat::parse(text).ok_or_else(|| {
+        AppError::bad_request(format!("format {text:?} is not csv, json, html or labels"))
+    })
 }
 
 /// `GET /api/v1/runs/{id}/report?format=csv|json|html`

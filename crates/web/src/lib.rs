@@ -87,25 +87,63 @@ pub enum ReportFormat {
     Json,
     /// Printable HTML.
     Html,
+    /// A printable sheet of labels (HTML), one per stick that passed, with a
+    /// QR code of its record's reference.
+    Labels,
 }
 
 impl ReportFormat {
-    /// Parses `csv`, `json`, `html`.
+    /// Parses `csv`, `json`, `html`, `labels`.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "csv" => Some(Self::Csv),
             "json" => Some(Self::Json),
             "html" => Some(Self::Html),
+            "labels" => Some(Self::Labels),
             _ => None,
         }
     }
 }
 
+/// A token that names its holder: a run armed with it is recorded as armed
+/// by `name`, whatever the request says (see [`auth`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    /// The holder's name, as reports print it.
+    pub name: String,
+    /// The token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for NamedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself: configurations are logged.
+        f.debug_struct("NamedToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who made a request, when it carried a [`NamedToken`]: put into the
+/// request's extensions by the access check, read by the handlers that
+/// record who did something (arming a run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHolder(pub String);
+
 /// Who may do what.
 #[derive(Debug, Clone, Default)]
 pub struct AccessPolicy {
-    /// The operator token; `None` means no token is needed (loopback only).
+    /// The shared operator token; with no named token either, `None` means no
+    /// token is needed (loopback only).
     pub token: Option<String>,
+    /// The operators' own tokens: accepted like the shared one, and a request
+    /// that carries one is its holder's (see [`auth`]). Off loopback, with
+    /// only named tokens configured, every change needs one of them.
+    pub operators: Vec<NamedToken>,
+    /// The station listens on loopback only: nobody else can reach it, so
+    /// nothing needs a token (a named token presented still names its
+    /// holder).
+    pub loopback: bool,
     /// Whether reading needs no token.
     pub public_read: bool,
     /// Host names the station answers to besides loopback names and IP

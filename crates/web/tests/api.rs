@@ -11,7 +11,7 @@ use axum::Router;
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_simrack::sim_hotplug::SimRackControl;
 use flashrack_station::StationHandle;
-use flashrack_web::{router, AccessPolicy, WebState};
+use flashrack_web::{router, AccessPolicy, NamedToken, WebState};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -1116,5 +1116,127 @@ async fn the_dashboard_modules_are_served_as_javascript_and_every_import_resolve
         status,
         StatusCode::NOT_FOUND,
         "the old single script is gone"
+    );
+}
+
+/// Arms a run with `token` and `operator` in the body, stopping it again if
+/// it was armed: the status, and the operator the run recorded.
+async fn arm_as(rig: &Rig, token: Option<&str>, operator: Option<&str>) -> (StatusCode, Value) {
+    let mut body = json!({"image": rig.image_sha});
+    if let Some(operator) = operator {
+        body["operator"] = json!(operator);
+    }
+    let (status, run) = call(rig.app(), Method::POST, "/api/v1/runs", Some(body), token).await;
+    if status == StatusCode::CREATED {
+        let (stopped, reply) = call(
+            rig.app(),
+            Method::POST,
+            "/api/v1/runs/current/stop",
+            Some(json!({})),
+            token,
+        )
+        .await;
+        assert_eq!(stopped, StatusCode::OK, "{reply}");
+        return (status, run["options"]["operator"].clone());
+    }
+    (status, run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_tokens_holder_is_who_armed_the_run_and_a_form_cannot_name_another() {
+    let shared = "shared-token-of-the-lab";
+    let ada = "ada-s-own-token-1234";
+    let grace = "grace-s-own-token-5678";
+    let rig = rig(AccessPolicy {
+        token: Some(shared.into()),
+        operators: vec![
+            NamedToken {
+                name: "Ada Lovelace".into(),
+                token: ada.into(),
+            },
+            NamedToken {
+                name: "Grace Hopper".into(),
+                token: grace.into(),
+            },
+        ],
+        ..AccessPolicy::default()
+    })
+    .await;
+    // Each named token records its own holder, with or without the name.
+    assert_eq!(
+        arm_as(&rig, Some(ada), None).await,
+        (StatusCode::CREATED, json!("Ada Lovelace"))
+    );
+    assert_eq!(
+        arm_as(&rig, Some(grace), Some("Grace Hopper")).await,
+        (StatusCode::CREATED, json!("Grace Hopper"))
+    );
+    // Another name with a named token is refused, and nothing is armed.
+    let (status, reply) = arm_as(&rig, Some(ada), Some("Grace Hopper")).await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Ada Lovelace"),
+        "{reply}"
+    );
+    assert!(rig.station().snapshot().run.is_none_or(|run| !run.armed));
+    // The shared token names nobody: the body's name is recorded as given.
+    assert_eq!(
+        arm_as(&rig, Some(shared), Some("Night shift")).await,
+        (StatusCode::CREATED, json!("Night shift"))
+    );
+    // No token, or an unknown one, is refused as before.
+    assert_eq!(arm_as(&rig, None, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        arm_as(&rig, Some("ada-s-own-token-12345"), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_tokens_alone_guard_a_station_and_on_loopback_still_name_their_holder() {
+    let ada = "ada-s-own-token-1234";
+    let operators = vec![NamedToken {
+        name: "Ada Lovelace".into(),
+        token: ada.into(),
+    }];
+    // Off loopback with only named tokens: a change needs one.
+    let guarded = rig(AccessPolicy {
+        operators: operators.clone(),
+        ..AccessPolicy::default()
+    })
+    .await;
+    assert_eq!(
+        arm_as(&guarded, None, Some("Ada Lovelace")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        arm_as(&guarded, Some(ada), None).await,
+        (StatusCode::CREATED, json!("Ada Lovelace"))
+    );
+    // On loopback nothing needs a token, but a named one still names its
+    // holder and cannot be given another name.
+    let local = rig(AccessPolicy {
+        operators,
+        loopback: true,
+        ..AccessPolicy::default()
+    })
+    .await;
+    assert_eq!(
+        arm_as(&local, None, Some("Someone")).await,
+        (StatusCode::CREATED, json!("Someone"))
+    );
+    assert_eq!(
+        arm_as(&local, Some(ada), None).await,
+        (StatusCode::CREATED, json!("Ada Lovelace"))
+    );
+    assert_eq!(
+        arm_as(&local, Some(ada), Some("Someone")).await.0,
+        StatusCode::FORBIDDEN
     );
 }

@@ -10,7 +10,7 @@ use flashrack_core::{
 };
 use flashrack_report::{
     rows_in_order, Counts, DeviceRecord, DeviceReport, Lot, LotReport, ReportRow, ReportVerdict,
-    Run, RunSummary,
+    Run, RunFacts, RunSummary,
 };
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -92,6 +92,9 @@ fn attempt_row(row: &PgRow) -> Result<ReportRow, PgError> {
         reason_detail: row.get("reason_detail"),
         fail_offset: failure.and_then(|f| f.reason.offset()),
         figures: json_from::<AttemptFigures>("figures", row.get("figures"))?,
+        // The hub does not join its rows' runs yet: no operator, lot or image
+        // source on a hub's rows.
+        run_facts: RunFacts::default(),
     })
 }
 
@@ -125,6 +128,7 @@ fn refusal_row(row: &PgRow) -> Result<ReportRow, PgError> {
             bytes_written_bound: Bound::Exact,
             ..AttemptFigures::default()
         },
+        run_facts: RunFacts::default(),
     })
 }
 
@@ -255,6 +259,8 @@ impl HubDb {
                     .get::<Option<String>, _>("stop_reason")
                     .map(|t| enum_from("stop reason", t))
                     .transpose()?,
+                image_size: None,
+                image_source: None,
             };
             let mine: Vec<ReportRow> = rows
                 .iter()

@@ -31,6 +31,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fleet outbox",
         include_str!("../../../../migrations/0003_fleet_outbox.sql"),
     ),
+    (
+        4,
+        "image sources",
+        include_str!("../../../../migrations/0004_image_sources.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -225,12 +225,10 @@ impl SqliteWrites {
         if !self.outbox {
             return Ok(());
         }
-        let row = sqlx::query(
-            "SELECT sha256, name, size, format, imported_at FROM images WHERE sha256 = ?",
-        )
-        .bind(sha.to_hex())
-        .fetch_one(&mut *self.tx)
-        .await?;
+        let row = sqlx::query(&format!("{} WHERE sha256 = ?", super::records::IMAGE))
+            .bind(sha.to_hex())
+            .fetch_one(&mut *self.tx)
+            .await?;
         let image = image_row(&row)?;
         self.queue(
             now,

@@ -11,15 +11,17 @@ use crate::backend::BoxFuture;
 use crate::convert::{parse_bound, parse_refusal_code, parse_stage, parse_verify_method, to_u64};
 use crate::{
     AttemptId, AttemptRecord, AttemptState, Batch, Counts, DeviceId, DeviceRecord, DeviceReport,
-    DeviceSummary, Event, EventId, EventKind, EventRow, ImageRow, Records, Recovery, RefusalId,
-    ReportRow, ReportVerdict, Run, RunId, RunReport, RunSummary, Store, StoreError,
+    DeviceSummary, Event, EventId, EventKind, EventRow, ImageRow, ImageSource, Records, Recovery,
+    RefusalId, ReportRow, ReportVerdict, Run, RunFacts, RunId, RunReport, RunSummary, Store,
+    StoreError,
 };
 
 /// The columns of a run with its counts; `FROM runs r LEFT JOIN attempts a`. An
 /// attempt refused at the moment of opening counts as refused, not failed; the
 /// refusals made before any attempt are counted from their own table.
 const RUN_SUMMARY: &str = "SELECT r.id, r.station_id, r.image_sha256, r.image_name, r.options,
-        r.started_at, r.stopped_at, r.stop_reason,
+        r.started_at, r.stopped_at, r.stop_reason, i.size AS image_size, i.source_name,
+        i.source_sha256, i.source_size,
         COUNT(a.id) AS attempts,
         SUM(CASE WHEN a.state = 'passed' THEN 1 ELSE 0 END) AS passed,
         SUM(CASE WHEN a.state = 'failed' AND a.reason_code <> 'refused' THEN 1 ELSE 0 END)
@@ -28,25 +30,32 @@ const RUN_SUMMARY: &str = "SELECT r.id, r.station_id, r.image_sha256, r.image_na
             + (SELECT COUNT(*) FROM refusals f WHERE f.run_id = r.id) AS refused,
         SUM(CASE WHEN a.state = 'interrupted' THEN 1 ELSE 0 END) AS interrupted,
         SUM(CASE WHEN a.state = 'running' THEN 1 ELSE 0 END) AS running
-    FROM runs r LEFT JOIN attempts a ON a.run_id = r.id";
+    FROM runs r JOIN images i ON i.sha256 = r.image_sha256
+    LEFT JOIN attempts a ON a.run_id = r.id";
 
 /// The columns of an attempt's report row; `WHERE` and `ORDER BY` follow.
 const REPORT_ROW: &str = "SELECT a.id, a.station_id, a.run_id, a.port_label, a.port_path,
         d.key, d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
         a.started_at, a.finished_at, a.state, a.stage, a.reason_code, a.reason_detail,
         a.fail_offset, a.failure, a.capacity, a.bytes_written, a.bytes_written_bound,
-        a.write_secs, a.bytes_verified, a.verify_secs, a.read_back_sha256, a.verify_method
+        a.write_secs, a.bytes_verified, a.verify_secs, a.read_back_sha256, a.verify_method,
+        r.options, r.stop_reason, i.size AS image_size, i.source_name, i.source_sha256,
+        i.source_size
     FROM attempts a
     JOIN devices d ON d.id = a.device_id
-    JOIN runs r ON r.id = a.run_id";
+    JOIN runs r ON r.id = a.run_id
+    LEFT JOIN images i ON i.sha256 = r.image_sha256";
 
 /// The columns of a refusal's report row; `WHERE` and `ORDER BY` follow.
 const REFUSAL_ROW: &str = "SELECT f.id, f.station_id, f.run_id, f.port_label, f.port_path,
         d.key, d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
-        f.at, f.capacity, f.code, f.message
+        f.at, f.capacity, f.code, f.message,
+        r.options, r.stop_reason, i.size AS image_size, i.source_name, i.source_sha256,
+        i.source_size
     FROM refusals f
     JOIN devices d ON d.id = f.device_id
-    LEFT JOIN runs r ON r.id = f.run_id";
+    LEFT JOIN runs r ON r.id = f.run_id
+    LEFT JOIN images i ON i.sha256 = r.image_sha256";
 
 /// The columns of an attempt record.
 pub(super) const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port_label, port_path,
@@ -54,6 +63,11 @@ pub(super) const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port
         bytes_written_bound, write_secs, bytes_verified, verify_secs, read_back_sha256,
         verify_method
     FROM attempts";
+
+/// The columns of an image record.
+pub(super) const IMAGE: &str = "SELECT sha256, name, size, format, imported_at, source_name,
+        source_sha256, source_size
+    FROM images";
 
 pub(super) const DEVICE: &str =
     "SELECT id, key, serial, vendor, model, capacity, first_seen, last_seen
@@ -143,9 +157,10 @@ impl Records for Store {
         let mut conn = self.reader.acquire().await?;
         let mut tx = conn.begin().await?;
         let Some(row) = sqlx::query(
-            "SELECT id, station_id, image_sha256, image_name, options, started_at, stopped_at,
-                    stop_reason
-             FROM runs WHERE id = ?",
+            "SELECT r.id, r.station_id, r.image_sha256, r.image_name, r.options, r.started_at,
+                    r.stopped_at, r.stop_reason, i.size AS image_size, i.source_name,
+                    i.source_sha256, i.source_size
+             FROM runs r LEFT JOIN images i ON i.sha256 = r.image_sha256 WHERE r.id = ?",
         )
         .bind(run.0)
         .fetch_optional(&mut *tx)
@@ -153,7 +168,7 @@ impl Records for Store {
         else {
             return Ok(None);
         };
-        let run_record = run_columns(&row)?;
+        let run_record = run_with_image(&row)?;
         let sql = format!("{REPORT_ROW} WHERE a.run_id = ? ORDER BY a.id");
         let attempts = sqlx::query(&sql)
             .bind(run.0)
@@ -313,22 +328,17 @@ impl Records for Store {
     }
 
     async fn image(&self, sha256: Sha256Digest) -> Result<Option<ImageRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT sha256, name, size, format, imported_at FROM images WHERE sha256 = ?",
-        )
-        .bind(sha256.to_hex())
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = sqlx::query(&format!("{IMAGE} WHERE sha256 = ?"))
+            .bind(sha256.to_hex())
+            .fetch_optional(&self.reader)
+            .await?;
         row.as_ref().map(image_row).transpose()
     }
 
     async fn images(&self) -> Result<Vec<ImageRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sha256, name, size, format, imported_at FROM images
-             ORDER BY imported_at DESC, sha256",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = sqlx::query(&format!("{IMAGE} ORDER BY imported_at DESC, sha256"))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(image_row).collect()
     }
 
@@ -392,12 +402,58 @@ pub(super) fn run_columns(row: &SqliteRow) -> Result<Run, StoreError> {
                 })
             })
             .transpose()?,
+        // Filled by `run_with_image` from a query that joins the image.
+        image_size: None,
+        image_source: None,
+    })
+}
+
+/// The image's size and source from a row that selected them (`image_size`,
+/// `source_name`, `source_sha256`, `source_size`; NULL where not known).
+fn image_facts(row: &SqliteRow) -> Result<(Option<ByteSize>, Option<ImageSource>), StoreError> {
+    let size = row
+        .try_get::<Option<i64>, _>("image_size")?
+        .map(|s| to_u64("images.size", s).map(ByteSize))
+        .transpose()?;
+    Ok((size, image_source(row)?))
+}
+
+/// A run with its image's size and source (see [`image_facts`]).
+fn run_with_image(row: &SqliteRow) -> Result<Run, StoreError> {
+    let (image_size, image_source) = image_facts(row)?;
+    Ok(Run {
+        image_size,
+        image_source,
+        ..run_columns(row)?
+    })
+}
+
+/// What a report row's run says about it, from a row that selected the run's
+/// `options` and `stop_reason` and its image's facts (all NULL without a run).
+fn run_facts(row: &SqliteRow) -> Result<RunFacts, StoreError> {
+    let (image_size, image_source) = image_facts(row)?;
+    Ok(RunFacts {
+        options: row
+            .try_get::<Option<&str>, _>("options")?
+            .map(|text| json("runs.options", text))
+            .transpose()?,
+        stop_reason: row
+            .try_get::<Option<&str>, _>("stop_reason")?
+            .map(|text| {
+                text.parse().map_err(|_| StoreError::BadValue {
+                    column: "runs.stop_reason",
+                    value: text.to_string(),
+                })
+            })
+            .transpose()?,
+        image_size,
+        image_source,
     })
 }
 
 fn run_summary(row: &SqliteRow) -> Result<RunSummary, StoreError> {
     Ok(RunSummary {
-        run: run_columns(row)?,
+        run: run_with_image(row)?,
         counts: Counts {
             attempts: count_column(row, "attempts")?,
             passed: count_column(row, "passed")?,
@@ -494,6 +550,7 @@ fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
             .map(|o| to_u64("attempts.fail_offset", o))
             .transpose()?,
         figures: figures(row)?,
+        run_facts: run_facts(row)?,
     })
 }
 
@@ -529,6 +586,7 @@ fn refusal_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
             bytes_written_bound: Bound::Exact,
             ..AttemptFigures::default()
         },
+        run_facts: run_facts(row)?,
     })
 }
 
@@ -582,6 +640,23 @@ pub(super) fn image_row(row: &SqliteRow) -> Result<ImageRow, StoreError> {
         size: ByteSize(to_u64("images.size", row.try_get("size")?)?),
         format: row.try_get("format")?,
         imported_at: row.try_get("imported_at")?,
+        source: image_source(row)?,
+    })
+}
+
+/// The image's source from the columns `source_name`, `source_sha256` and
+/// `source_size` (all NULL where not known).
+fn image_source(row: &SqliteRow) -> Result<Option<ImageSource>, StoreError> {
+    let name: Option<String> = row.try_get("source_name")?;
+    let sha: Option<&str> = row.try_get("source_sha256")?;
+    let size: Option<i64> = row.try_get("source_size")?;
+    Ok(match (name, sha, size) {
+        (Some(file_name), Some(sha), Some(bytes)) => Some(ImageSource {
+            file_name,
+            sha256: digest("images.source_sha256", sha)?,
+            size: ByteSize(to_u64("images.source_size", bytes)?),
+        }),
+        _ => None,
     })
 }
 

@@ -198,14 +198,28 @@ impl Writes for SqliteWrites {
     async fn record_image(&mut self, image: &ImageRow) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         sqlx::query(
-            "INSERT INTO images (sha256, name, size, format, imported_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (sha256) DO UPDATE SET name = excluded.name, format = excluded.format",
+            "INSERT INTO images (sha256, name, size, format, imported_at, source_name,
+                                 source_sha256, source_size)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (sha256) DO UPDATE SET name = excluded.name, format = excluded.format,
+                 source_name = COALESCE(excluded.source_name, images.source_name),
+                 source_sha256 = COALESCE(excluded.source_sha256, images.source_sha256),
+                 source_size = COALESCE(excluded.source_size, images.source_size)",
         )
         .bind(image.sha256.to_hex())
         .bind(&image.name)
         .bind(to_i64("image size", image.size.bytes())?)
         .bind(&image.format)
         .bind(image.imported_at)
+        .bind(image.source.as_ref().map(|s| s.file_name.as_str()))
+        .bind(image.source.as_ref().map(|s| s.sha256.to_hex()))
+        .bind(
+            image
+                .source
+                .as_ref()
+                .map(|s| to_i64("image source size", s.size.bytes()))
+                .transpose()?,
+        )
         .execute(&mut *self.tx)
         .await?;
         self.queue_image(now, image.sha256).await?;

@@ -9,7 +9,8 @@ use flashrack_core::{
     VerifyMethod,
 };
 use flashrack_store::{
-    AttemptId, Clock, DeviceId, DeviceRow, ImageRow, ManualClock, Records, RunId, Store, Writes,
+    AttemptId, Clock, DeviceId, DeviceRow, ImageRow, ImageSource, ManualClock, Records, RunId,
+    Store, Writes,
 };
 use tempfile::TempDir;
 
@@ -87,6 +88,11 @@ pub fn image() -> ImageRow {
         size: ByteSize(629_145_600),
         format: "xz".to_string(),
         imported_at: T0 - 3_600_000,
+        source: Some(ImageSource {
+            file_name: "debian-12.5-amd64.img.xz".to_string(),
+            sha256: Sha256Digest::of(b"golden image, compressed"),
+            size: ByteSize(412_316_860),
+        }),
     }
 }
 
