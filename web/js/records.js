@@ -28,11 +28,13 @@ export function reportLink(path, format, text, newTab) {
   }, text);
 }
 
-export function reportLinks(path, what) {
+export function reportLinks(path, what, labels = false) {
   return el('span', { class: 'links', 'aria-label': `${what} reports` },
     reportLink(path, 'csv', 'CSV', false),
     reportLink(path, 'json', 'JSON', false),
-    reportLink(path, 'html', 'Print', true));
+    reportLink(path, 'html', 'Print', true),
+    // The label sheet: a printable label with a QR code per stick that passed.
+    labels ? reportLink(path, 'labels', 'Labels', true) : null);
 }
 
 export function renderRuns() {
@@ -63,7 +65,7 @@ export function runRow(run) {
     el('div', { class: 'row-main' },
       el('strong', { text: `Run #${id}` }), ` ${image}`,
       el('span', { class: 'muted small-text', text: ` ${[started, counts.join(', '), stopped].filter(Boolean).join(' · ')}` })),
-    id == null ? null : reportLinks(`${API}/runs/${encodeURIComponent(id)}/report`, `Run ${id}`));
+    id == null ? null : reportLinks(`${API}/runs/${encodeURIComponent(id)}/report`, `Run ${id}`, true));
 }
 
 export const refreshDevicesSoon = debounce(loadDevices, 2000);

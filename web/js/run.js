@@ -44,6 +44,7 @@ export function runDetails(run) {
       ` · run #${run.id}`),
     el('p', { class: 'muted', text: `verify: ${o.verify || '?'} · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
       + ` · target: ${o.target_count == null ? 'no limit' : o.target_count}` }),
+    el('p', { class: 'run-who muted', text: `operator: ${o.operator || 'not given'} · lot: ${o.lot || 'not given'}` }),
     // The same counts as the records (reports, runs list, /metrics):
     // an interrupted attempt is not a failed stick, nor is a refused one.
     el('dl', { class: 'counters' },
@@ -80,6 +81,24 @@ export async function stopRun(event) {
   }
 }
 
+/** The longest operator name or lot id the station accepts (the API's MAX_LABEL). */
+export const MAX_RUN_LABEL = 100;
+
+/**
+ * An operator name or lot id checked as the API checks it: trimmed, empty
+ * means not given, at most 100 characters and no control characters.
+ * `{ value }` (null when not given) or `{ error }`.
+ */
+export function runLabel(what, text) {
+  const value = String(text ?? '').trim();
+  if (!value) return { value: null };
+  // eslint-disable-next-line no-control-regex
+  if ([...value].length > MAX_RUN_LABEL || /[\u0000-\u001f\u007f-\u009f]/u.test(value)) {
+    return { error: `${what} must be at most ${MAX_RUN_LABEL} characters, without control characters` };
+  }
+  return { value };
+}
+
 export async function armRun(event) {
   event.preventDefault();
   const image = $('arm-image').value;
@@ -88,11 +107,22 @@ export async function armRun(event) {
     return;
   }
   const target = $('arm-target').value.trim();
+  const labels = {};
+  for (const [key, what] of [['operator', 'Operator'], ['lot', 'Lot']]) {
+    const checked = runLabel(what, $(`arm-${key}`).value);
+    if (checked.error) {
+      setStatus('arm-status', checked.error, 'bad');
+      $(`arm-${key}`).focus();
+      return;
+    }
+    if (checked.value) labels[key] = checked.value;
+  }
   const body = {
     image,
     verify: $('arm-verify').value,
     eject_on_pass: $('arm-eject').checked,
     target_count: target ? Number(target) : null,
+    ...labels,
   };
   const button = $('arm-button');
   button.disabled = true;
