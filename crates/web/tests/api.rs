@@ -1136,7 +1136,7 @@ async fn arm_as(rig: &Rig, token: Option<&str>, operator: Option<&str>) -> (Stat
             token,
         )
         .await;
-        assert_eq!(stopped, StatusCode::OK, "{reply}");
+        assert_eq!(stopped, StatusCode::NO_CONTENT, "{reply}");
         return (status, run["options"]["operator"].clone());
     }
     (status, run)
