@@ -1,0 +1,89 @@
+//! What a disk image is, read from its bytes: its partition table (MBR or
+//! GPT, with each partition's type, size and file system), the file systems
+//! found by their signatures (FAT12/16/32, ext2/3/4, NTFS, exFAT, ISO 9660,
+//! UDF), whether an ISO is hybrid (it carries a partition table, so it boots
+//! when written raw) and how it boots from optical media (El Torito), volume
+//! labels, and a best guess of the operating system.
+//!
+//! [`inspect`] answers an [`ImageInfo`], and [`ImageInfo::raw_write_refusal`]
+//! says whether a raw copy of the image would be a stick that cannot boot
+//! (an installer ISO without a partition table, such as every Windows
+//! installer ISO). Everything is decided by content, never by file name.
+//!
+//! # Layout
+//! - [`model`]: the answer ([`ImageInfo`], [`PartitionTable`], [`Partition`],
+//!   [`FileSystem`], [`IsoInfo`], [`OsGuess`], [`RawWriteRefusal`]);
+//! - `read`: [`ReadAt`], the only way bytes come in (a slice in tests, a file
+//!   in the cache);
+//! - private: `table` (MBR and GPT, CRCs checked), `fs` (file-system
+//!   signatures and labels), `iso` (volume descriptors, El Torito, a path
+//!   lookup in the ISO 9660 tree with Rock Ridge names), `guess` (the OS).
+//!
+//! **API boundary:** pure parsing. Nothing here opens a path, writes, or
+//! decides policy beyond saying what a raw write would produce; the image
+//! cache calls [`inspect`] at import and the application decides what to do
+//! with a refusal. A damaged or truncated structure is reported in
+//! [`ImageInfo::problems`], never a panic or an error: an image is whatever
+//! its bytes are.
+#![deny(missing_docs)]
+
+mod fs;
+mod guess;
+mod iso;
+pub mod model;
+mod read;
+mod table;
+
+pub use model::{
+    Boot, FileSystem, FsKind, ImageInfo, IsoInfo, OsGuess, Partition, PartitionTable,
+    RawWriteRefusal, TableKind, INSPECTION_VERSION,
+};
+pub use read::ReadAt;
+
+/// Inspects an image: its partition table, file systems, ISO structure and OS.
+///
+/// Reads at most a few hundred KiB at known offsets (and the directories it
+/// follows in an ISO). Read errors are not fatal: what could not be read is a
+/// problem in the answer.
+pub fn inspect(image: &dyn ReadAt) -> ImageInfo {
+    let size = image.size();
+    let mut problems = Vec::new();
+    let whole_fs = fs::detect(image, 0, size);
+    let iso = iso::inspect(image, &mut problems);
+    // A file system at offset 0 that carries a boot sector (FAT, NTFS, exFAT
+    // "superfloppies") is not a partition table even with 55 AA at 510.
+    let boot_sector_fs = whole_fs.as_ref().is_some_and(|f| {
+        matches!(
+            f.kind,
+            FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 | FsKind::Ntfs | FsKind::ExFat
+        )
+    });
+    let table = if boot_sector_fs {
+        None
+    } else {
+        table::read(image, &mut problems)
+    };
+    let mut table = table;
+    let mut iso = iso;
+    if let Some(iso) = &mut iso {
+        iso.hybrid = table.is_some();
+    }
+    if let Some(t) = &mut table {
+        for p in &mut t.partitions {
+            if p.start + p.size <= size {
+                p.filesystem = fs::detect(image, p.start, p.size);
+            }
+        }
+    }
+    let mut info = ImageInfo {
+        version: INSPECTION_VERSION,
+        size,
+        table,
+        filesystem: whole_fs,
+        iso,
+        os: None,
+        problems,
+    };
+    info.os = guess::os(&info);
+    info
+}

@@ -1,0 +1,468 @@
+//! Inspection of images that real tools build in the test: xorriso (ISO 9660,
+//! El Torito, hybrid MBR/GPT), sfdisk (MBR, GPT), mkfs.vfat and mkfs.ext4
+//! (Debian's xorriso, fdisk, dosfstools and e2fsprogs, which scripts/setup
+//! installs). Names given to the files are deliberately unrelated to what
+//! they hold: inspection goes by content.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flashrack_inspect::{inspect, Boot, FsKind, ImageInfo, TableKind};
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (scripts/setup installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn inspect_file(path: &Path) -> ImageInfo {
+    let file = fs::File::open(path).unwrap();
+    inspect(&file)
+}
+
+/// An EFI boot image: a small FAT file system.
+fn efi_image(dir: &Path) -> PathBuf {
+    let efi = dir.join("efi.img");
+    fs::File::create(&efi).unwrap().set_len(1 << 20).unwrap();
+    run(Command::new("mkfs.vfat").arg("-n").arg("EFIBOOT").arg(&efi));
+    efi
+}
+
+/// A tree for an ISO with the given files (path, content).
+fn tree(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+    let root = dir.join("tree");
+    for (path, content) in files {
+        let path = root.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+    root
+}
+
+#[test]
+fn a_hybrid_linux_iso_is_an_iso_with_a_partition_table_and_is_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let efi = efi_image(dir.path());
+    let root = tree(
+        dir.path(),
+        &[
+            (
+                ".disk/info",
+                b"Ubuntu 24.04 LTS \"Noble Numbat\" - Release amd64 (20240424)\n",
+            ),
+            ("boot/grub/grub.cfg", b"menuentry x {}\n"),
+        ],
+    );
+    fs::copy(&efi, root.join("boot/efi.img")).unwrap();
+    let iso = dir.path().join("backup-2019.bin");
+    run(Command::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-R",
+            "-J",
+            "-V",
+            "Ubuntu 24.04 LTS amd64",
+        ])
+        .args(["-e", "boot/efi.img", "-no-emul-boot"])
+        .arg("-append_partition")
+        .arg("2")
+        .arg("0xef")
+        .arg(&efi)
+        .arg("-appended_part_as_gpt")
+        .arg("-o")
+        .arg(&iso)
+        .arg(&root));
+
+    let info = inspect_file(&iso);
+    let iso_info = info.iso.as_ref().expect("an ISO");
+    assert_eq!(
+        iso_info.volume_id.as_deref(),
+        Some("Ubuntu 24.04 LTS amd64")
+    );
+    assert_eq!(iso_info.el_torito, vec![Boot::Uefi]);
+    assert!(iso_info.hybrid, "{info:#?}");
+    assert!(!iso_info.windows_installer);
+    assert_eq!(
+        iso_info.disk_info.as_deref(),
+        Some("Ubuntu 24.04 LTS \"Noble Numbat\" - Release amd64 (20240424)")
+    );
+    let table = info.table.as_ref().expect("a GPT inside the ISO");
+    assert_eq!(table.kind, TableKind::Gpt);
+    let esp = table
+        .partitions
+        .iter()
+        .find(|p| p.type_name.as_deref() == Some("EFI system"))
+        .expect("the appended EFI partition");
+    assert_eq!(esp.size, 1 << 20);
+    let esp_fs = esp.filesystem.as_ref().expect("FAT in the EFI partition");
+    assert_eq!(esp_fs.kind, FsKind::Fat12);
+    assert_eq!(esp_fs.label.as_deref(), Some("EFIBOOT"));
+    assert_eq!(
+        info.filesystem.as_ref().map(|f| f.kind),
+        Some(FsKind::Iso9660)
+    );
+    assert!(info.os.as_ref().unwrap().name.starts_with("Ubuntu 24.04"));
+    assert_eq!(info.raw_write_refusal(), None);
+    assert!(info.problems.is_empty(), "{:?}", info.problems);
+}
+
+#[test]
+fn a_hybrid_iso_with_an_mbr_is_hybrid() {
+    let dir = tempfile::tempdir().unwrap();
+    let efi = efi_image(dir.path());
+    let root = tree(dir.path(), &[("README", b"hello\n")]);
+    fs::copy(&efi, root.join("efi.img")).unwrap();
+    let iso = dir.path().join("x");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-V", "DEBIAN_LIVE"])
+        .args(["-e", "efi.img", "-no-emul-boot"])
+        .arg("-append_partition")
+        .arg("2")
+        .arg("0xef")
+        .arg(&efi)
+        .arg("-o")
+        .arg(&iso)
+        .arg(&root));
+    let info = inspect_file(&iso);
+    assert_eq!(info.table_kind(), Some(TableKind::Mbr));
+    assert!(info.iso.as_ref().unwrap().hybrid);
+    let parts = &info.table.as_ref().unwrap().partitions;
+    assert_eq!(parts[1].type_id, "0xef");
+    assert_eq!(parts[1].filesystem.as_ref().unwrap().kind, FsKind::Fat12);
+    assert_eq!(info.os.as_ref().unwrap().name, "Debian");
+    assert_eq!(info.raw_write_refusal(), None);
+}
+
+#[test]
+fn a_windows_like_installer_iso_named_innocently_is_refused_for_a_raw_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let efi = efi_image(dir.path());
+    let root = tree(
+        dir.path(),
+        &[
+            ("sources/install.wim", b"MSWIM\0\0\0 not a real one"),
+            ("sources/boot.wim", b"MSWIM\0\0\0"),
+            ("boot/etfsboot.com", &[0u8; 2048]),
+            ("setup.exe", b"MZ"),
+        ],
+    );
+    fs::create_dir_all(root.join("efi/microsoft/boot")).unwrap();
+    fs::copy(&efi, root.join("efi/microsoft/boot/efisys.bin")).unwrap();
+    // Joliet only, no Rock Ridge, as Microsoft's ISOs: the plain ISO 9660
+    // names (SOURCES/INSTALL.WIM;1) are what the lookup reads.
+    let iso = dir.path().join("holiday-photos-2023.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-J", "-V", "PHOTOS_2023"])
+        .args([
+            "-b",
+            "boot/etfsboot.com",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+        ])
+        .args([
+            "-eltorito-alt-boot",
+            "-e",
+            "efi/microsoft/boot/efisys.bin",
+            "-no-emul-boot",
+        ])
+        .arg("-o")
+        .arg(&iso)
+        .arg(&root));
+
+    let info = inspect_file(&iso);
+    let iso_info = info.iso.as_ref().expect("an ISO");
+    assert!(iso_info.windows_installer, "{info:#?}");
+    assert!(!iso_info.hybrid);
+    assert_eq!(iso_info.el_torito, vec![Boot::Bios, Boot::Uefi]);
+    assert_eq!(info.table, None);
+    assert_eq!(info.os.as_ref().unwrap().name, "Windows installer");
+    let refusal = info.raw_write_refusal().expect("refused");
+    assert!(refusal.reason.contains("Windows installer"), "{refusal}");
+    assert!(refusal.advice.contains("force"), "{refusal}");
+}
+
+#[test]
+fn a_non_hybrid_bootable_linux_iso_is_refused_and_a_data_iso_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let efi = efi_image(dir.path());
+    let root = tree(dir.path(), &[("isolinux/isolinux.bin", &[0u8; 2048])]);
+    fs::copy(&efi, root.join("efi.img")).unwrap();
+    let boot_only = dir.path().join("a");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-V", "FEDORA_OLD"])
+        .args(["-b", "isolinux/isolinux.bin", "-no-emul-boot"])
+        .arg("-o")
+        .arg(&boot_only)
+        .arg(&root));
+    let info = inspect_file(&boot_only);
+    assert_eq!(info.iso.as_ref().unwrap().el_torito, vec![Boot::Bios]);
+    let refusal = info.raw_write_refusal().expect("refused");
+    assert!(refusal.reason.contains("El Torito"), "{refusal}");
+
+    let data = dir.path().join("b");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-V", "ARCHIVE"])
+        .arg("-o")
+        .arg(&data)
+        .arg(&root));
+    let info = inspect_file(&data);
+    assert!(info.iso.as_ref().unwrap().el_torito.is_empty());
+    assert_eq!(info.raw_write_refusal(), None);
+}
+
+/// A 64 MiB disk image partitioned by sfdisk with `script`.
+fn disk(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::File::create(&path).unwrap().set_len(64 << 20).unwrap();
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sfdisk (scripts/setup installs fdisk)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    path
+}
+
+fn mkfs_vfat(image: &Path, start_sector: u64, sectors: u64, fat: &str, label: &str) {
+    run(Command::new("mkfs.vfat")
+        .args(["-F", fat, "-n", label, "--offset"])
+        .arg(start_sector.to_string())
+        .arg(image)
+        .arg((sectors / 2).to_string()));
+}
+
+fn mkfs_ext4(image: &Path, start: u64, size: u64, label: &str) {
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-E"])
+        .arg(format!("offset={start}"))
+        .arg(image)
+        .arg(format!("{}k", size / 1024)));
+}
+
+const GPT_SCRIPT: &str = "label: gpt\nstart=2048, size=65536, type=uefi, name=\"EFI\"\nstart=67584, size=61440, type=linux, name=\"rootfs\"\n";
+
+fn gpt_disk(dir: &Path) -> PathBuf {
+    let image = disk(dir, "gpt.raw", GPT_SCRIPT);
+    mkfs_vfat(&image, 2048, 65536, "32", "ESP");
+    mkfs_ext4(&image, 67584 * 512, 61440 * 512, "rootfs");
+    image
+}
+
+#[test]
+fn a_gpt_disk_with_fat32_and_ext4_is_read_with_types_sizes_and_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = gpt_disk(dir.path());
+    let info = inspect_file(&image);
+    assert!(info.problems.is_empty(), "{:?}", info.problems);
+    assert_eq!(info.iso, None);
+    let table = info.table.as_ref().expect("GPT");
+    assert_eq!(table.kind, TableKind::Gpt);
+    assert_eq!(table.partitions.len(), 2);
+    let (efi, root) = (&table.partitions[0], &table.partitions[1]);
+    assert_eq!(
+        (efi.number, efi.start, efi.size),
+        (1, 2048 * 512, 65536 * 512)
+    );
+    assert_eq!(efi.type_name.as_deref(), Some("EFI system"));
+    assert_eq!(efi.type_id, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(efi.name.as_deref(), Some("EFI"));
+    let fat = efi.filesystem.as_ref().unwrap();
+    assert_eq!(
+        (fat.kind, fat.label.as_deref()),
+        (FsKind::Fat32, Some("ESP"))
+    );
+    assert_eq!((root.start, root.size), (67584 * 512, 61440 * 512));
+    assert_eq!(root.type_name.as_deref(), Some("Linux filesystem"));
+    let ext = root.filesystem.as_ref().unwrap();
+    assert_eq!(
+        (ext.kind, ext.label.as_deref()),
+        (FsKind::Ext4, Some("rootfs"))
+    );
+    assert_eq!(info.os.as_ref().unwrap().name, "Linux");
+    assert_eq!(info.raw_write_refusal(), None);
+    assert_eq!(
+        info.summary(),
+        "GPT: 2 partitions (FAT32 \"ESP\", ext4 \"rootfs\"); Linux"
+    );
+}
+
+#[test]
+fn an_mbr_disk_with_fat16_and_ext4_is_read_with_the_active_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = disk(
+        dir.path(),
+        "mbr.raw",
+        "label: dos\nstart=2048, size=32768, type=e, bootable\nstart=34816, size=65536, type=83\n",
+    );
+    mkfs_vfat(&image, 2048, 32768, "16", "boot");
+    mkfs_ext4(&image, 34816 * 512, 65536 * 512, "rootfs");
+    let info = inspect_file(&image);
+    assert!(info.problems.is_empty(), "{:?}", info.problems);
+    let table = info.table.as_ref().expect("MBR");
+    assert_eq!(table.kind, TableKind::Mbr);
+    let (boot, root) = (&table.partitions[0], &table.partitions[1]);
+    assert!(boot.bootable && !root.bootable);
+    assert_eq!(
+        (boot.type_id.as_str(), boot.type_name.as_deref()),
+        ("0x0e", Some("FAT16"))
+    );
+    assert_eq!(boot.filesystem.as_ref().unwrap().kind, FsKind::Fat16);
+    assert_eq!(
+        boot.filesystem.as_ref().unwrap().label.as_deref(),
+        Some("boot")
+    );
+    assert_eq!(root.filesystem.as_ref().unwrap().kind, FsKind::Ext4);
+    assert_eq!(root.size, 65536 * 512);
+    assert_eq!(
+        info.os.as_ref().unwrap().name,
+        "Raspberry Pi OS or similar (boot + rootfs)"
+    );
+}
+
+#[test]
+fn a_whole_disk_fat_file_system_is_not_mistaken_for_a_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("floppy");
+    fs::File::create(&image).unwrap().set_len(32 << 20).unwrap();
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "16", "-n", "STICK"])
+        .arg(&image));
+    let info = inspect_file(&image);
+    assert_eq!(info.table, None);
+    let fs = info.filesystem.as_ref().unwrap();
+    assert_eq!(
+        (fs.kind, fs.label.as_deref()),
+        (FsKind::Fat16, Some("STICK"))
+    );
+}
+
+#[test]
+fn a_truncated_gpt_disk_names_the_partition_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = gpt_disk(dir.path());
+    // Cut inside the second partition: the backup header is gone too.
+    let f = fs::OpenOptions::new().write(true).open(&image).unwrap();
+    f.set_len(40 << 20).unwrap();
+    let info = inspect_file(&image);
+    let table = info.table.as_ref().expect("the primary GPT is intact");
+    assert_eq!(table.partitions.len(), 2);
+    assert_eq!(
+        table.partitions[1].filesystem, None,
+        "past the end: not read"
+    );
+    assert_eq!(info.problems.len(), 1, "{:?}", info.problems);
+    assert!(
+        info.problems[0].contains("GPT partition 2 ends at byte")
+            && info.problems[0].contains("truncated"),
+        "{:?}",
+        info.problems
+    );
+}
+
+#[test]
+fn a_damaged_primary_gpt_is_read_from_its_backup_and_said_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = gpt_disk(dir.path());
+    let mut bytes = fs::read(&image).unwrap();
+    bytes[512 + 40] ^= 0xff; // first usable LBA: the header's CRC fails
+    let info = inspect(&bytes);
+    assert_eq!(info.table_kind(), Some(TableKind::Gpt));
+    assert_eq!(info.table.as_ref().unwrap().partitions.len(), 2);
+    assert!(
+        info.problems.len() == 1
+            && info.problems[0].contains("primary GPT header damaged (fails its CRC32)"),
+        "{:?}",
+        info.problems
+    );
+
+    // Both copies damaged: no table, and the problem says why.
+    let last = bytes.len() - 512;
+    bytes[last] ^= 0xff; // the backup's signature
+    let info = inspect(&bytes);
+    assert_eq!(info.table, None);
+    assert!(
+        info.problems.len() == 1 && info.problems[0].starts_with("GPT damaged"),
+        "{:?}",
+        info.problems
+    );
+    // The damaged entries array is caught as well.
+    let mut bytes = fs::read(&image).unwrap();
+    bytes[1024 + 56] ^= 0xff; // the first entry's name
+    let info = inspect(&bytes);
+    assert!(
+        info.problems[0].contains("partition entry array that fails its CRC32"),
+        "{:?}",
+        info.problems
+    );
+}
+
+#[test]
+fn a_truncated_mbr_disk_names_the_partition_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = disk(
+        dir.path(),
+        "m",
+        "label: dos\nstart=2048, size=100000, type=83\n",
+    );
+    mkfs_ext4(&image, 2048 * 512, 100000 * 512, "root");
+    let f = fs::OpenOptions::new().write(true).open(&image).unwrap();
+    f.set_len(10 << 20).unwrap();
+    let info = inspect_file(&image);
+    assert_eq!(info.table_kind(), Some(TableKind::Mbr));
+    assert!(
+        info.problems.len() == 1
+            && info.problems[0].starts_with("MBR partition 1 ends at byte 52248576"),
+        "{:?}",
+        info.problems
+    );
+}
+
+#[test]
+fn garbage_and_zeros_are_no_table_and_no_file_system() {
+    // A fixed pseudo-random sequence (xorshift), with the MBR signature set
+    // so that the table parser is really asked.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut garbage: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    garbage[510] = 0x55;
+    garbage[511] = 0xAA;
+    let info = inspect(&garbage);
+    assert_eq!(
+        (&info.table, &info.filesystem, &info.iso),
+        (&None, &None, &None)
+    );
+    assert_eq!(info.summary(), "no partition table, no file system found");
+    assert_eq!(info.raw_write_refusal(), None);
+
+    for size in [0usize, 100, 511, 4096] {
+        let info = inspect(&vec![0u8; size]);
+        assert_eq!(
+            (&info.table, &info.filesystem, &info.iso),
+            (&None, &None, &None)
+        );
+    }
+}
