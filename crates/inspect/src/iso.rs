@@ -178,7 +178,8 @@ impl Tree<'_> {
                 len: le32(rec, 10),
                 dir: rec[25] & 0x02 != 0,
             };
-            let system_use = &rec[(33 + name_len + (1 - name_len % 2))..];
+            // The system use area follows the name and its padding byte.
+            let system_use = rec.get(33 + name_len + (1 - name_len % 2)..).unwrap_or(&[]);
             let rr = rock_ridge_name(system_use);
             let matches = match &rr {
                 Some(rr) => rr.eq_ignore_ascii_case(want),

@@ -70,7 +70,7 @@ pub fn inspect(image: &dyn ReadAt) -> ImageInfo {
     }
     if let Some(t) = &mut table {
         for p in &mut t.partitions {
-            if p.start + p.size <= size {
+            if p.start.saturating_add(p.size) <= size {
                 p.filesystem = fs::detect(image, p.start, p.size);
             }
         }

@@ -128,12 +128,15 @@ fn gpt(image: &dyn ReadAt, problems: &mut Vec<String>, expected: bool) -> Option
             problems.push(format!("GPT partition {} ends before it starts", i + 1));
             continue;
         }
-        let (start, len) = (first * 512, (last - first + 1) * 512);
-        if start + len > size {
+        // Sizes from the table are checked, never wrapped: a damaged entry may
+        // hold any number.
+        let start = first.saturating_mul(512);
+        let len = (last - first).saturating_add(1).saturating_mul(512);
+        if start.saturating_add(len) > size {
             problems.push(format!(
                 "GPT partition {} ends at byte {} but the image has {} bytes: truncated image or damaged table",
                 i + 1,
-                start + len,
+                start.saturating_add(len),
                 size
             ));
         }

@@ -466,3 +466,48 @@ fn garbage_and_zeros_are_no_table_and_no_file_system() {
         );
     }
 }
+
+/// A GPT whose header and entries pass their CRCs but whose one entry holds
+/// the largest numbers an LBA can hold.
+#[test]
+fn a_gpt_entry_with_absurd_lbas_is_a_problem_not_a_crash() {
+    let mut image = vec![0u8; 64 * 1024];
+    // Protective MBR.
+    image[446 + 4] = 0xEE;
+    image[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+    image[446 + 12..446 + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+    image[510] = 0x55;
+    image[511] = 0xAA;
+    // One entry at LBA 2: Linux filesystem, first u64::MAX - 1, last u64::MAX.
+    let entries = 1024;
+    let linux = [
+        0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D,
+        0xE4,
+    ];
+    image[entries..entries + 16].copy_from_slice(&linux);
+    image[entries + 32..entries + 40].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+    image[entries + 40..entries + 48].copy_from_slice(&u64::MAX.to_le_bytes());
+    let entries_crc = crc32fast::hash(&image[entries..entries + 128 * 128]);
+    let h = 512;
+    image[h..h + 8].copy_from_slice(b"EFI PART");
+    image[h + 8..h + 12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+    image[h + 12..h + 16].copy_from_slice(&92u32.to_le_bytes());
+    image[h + 24..h + 32].copy_from_slice(&1u64.to_le_bytes());
+    image[h + 72..h + 80].copy_from_slice(&2u64.to_le_bytes());
+    image[h + 80..h + 84].copy_from_slice(&128u32.to_le_bytes());
+    image[h + 84..h + 88].copy_from_slice(&128u32.to_le_bytes());
+    image[h + 88..h + 92].copy_from_slice(&entries_crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&image[h..h + 92]);
+    image[h + 16..h + 20].copy_from_slice(&header_crc.to_le_bytes());
+
+    let info = inspect(&image);
+    let table = info.table.as_ref().expect("the GPT reads");
+    assert_eq!(table.partitions.len(), 1);
+    assert_eq!(table.partitions[0].filesystem, None);
+    assert!(
+        info.problems.len() == 1
+            && info.problems[0].contains("GPT partition 1 ends at byte 18446744073709551615"),
+        "{:?}",
+        info.problems
+    );
+}
