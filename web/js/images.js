@@ -27,7 +27,13 @@ export function imageRow(image) {
       el('strong', { text: image.name || '(no name)' }),
       el('span', { class: 'muted' }, ` ${fmtBytes(image.size)} · ${image.format || ''} · `,
         el('code', { text: shortSha(image.sha256), title: image.sha256 || '' })),
-      image.imported_at ? el('span', { class: 'muted small-text', text: ` imported ${fmtTime(image.imported_at)}` }) : null),
+      image.imported_at ? el('span', { class: 'muted small-text', text: ` imported ${fmtTime(image.imported_at)}` }) : null,
+      // What the image is (inspected at import), and whether a raw run of it
+      // is refused (a non-hybrid installer ISO: the stick would not boot).
+      image.summary ? el('div', { class: 'muted small-text image-summary', text: image.summary }) : null,
+      image.raw_write_refusal
+        ? el('div', { class: 'bad small-text image-refusal', text: `Raw run refused: ${image.raw_write_refusal.reason}. ${image.raw_write_refusal.advice}.` })
+        : null),
     el('button', {
       type: 'button',
       class: 'small danger',

@@ -124,6 +124,16 @@ export async function armRun(event) {
     target_count: target ? Number(target) : null,
     ...labels,
   };
+  const chosen = model.images.find((i) => i.sha256 === image);
+  if (chosen && chosen.raw_write_refusal) {
+    // Forcing is explicit and recorded in the run's options.
+    const force = window.confirm(`${chosen.raw_write_refusal.reason}.\n\n${chosen.raw_write_refusal.advice}.\n\nForce a raw run anyway? (recorded in the run)`);
+    if (!force) {
+      setStatus('arm-status', `Not armed: ${chosen.raw_write_refusal.reason}`, 'bad');
+      return;
+    }
+    body.force_raw = true;
+  }
   const button = $('arm-button');
   button.disabled = true;
   setStatus('arm-status', 'Arming…');

@@ -69,6 +69,15 @@ pub enum AppError {
         /// The digest expected.
         expected: Sha256Digest,
     },
+    /// The image would not boot when written raw (a non-hybrid installer
+    /// ISO, found by inspecting its content) and the raw run was not forced.
+    #[error("image {name} is refused for a raw run: {refusal} (--force-raw)")]
+    RawWriteRefused {
+        /// The image's name.
+        name: String,
+        /// Why, and what to do instead.
+        refusal: flashrack_image::RawWriteRefusal,
+    },
     /// Anything else the image cache refused (listing, removal).
     #[error(transparent)]
     Image(Box<flashrack_image::ImageError>),

@@ -67,6 +67,9 @@ pub struct FlashRequest {
     pub stall_timeout: Duration,
     /// Whether sticks get the capacity probe (fake-capacity detection).
     pub probe_capacity: bool,
+    /// Write the image raw even though inspection says the sticks would not
+    /// boot (a non-hybrid installer ISO); recorded in the run's options.
+    pub force_raw: bool,
 }
 
 /// A signal that stops a flash.
@@ -147,6 +150,12 @@ pub async fn flash(
     view: mpsc::UnboundedSender<FlashEvent>,
     mut stops: mpsc::UnboundedReceiver<StopSignal>,
 ) -> Result<FlashOutcome, AppError> {
+    if let Some(refusal) = image.raw_write_refusal().filter(|_| !request.force_raw) {
+        return Err(AppError::RawWriteRefused {
+            name: image.meta.original_name.clone(),
+            refusal,
+        });
+    }
     let manifest = image.manifest.clone();
     let mut policy = GuardPolicy {
         max_size_bytes: request.max_size.bytes(),
@@ -193,6 +202,7 @@ pub async fn flash(
                 verify: request.verify,
                 eject_on_pass: false,
                 target_count: None,
+                force_raw: request.force_raw,
                 ..RunOptions::default()
             },
         })

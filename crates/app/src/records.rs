@@ -132,8 +132,13 @@ impl StoreRecords {
         name: &str,
         size: u64,
     ) -> Result<(), JournalError> {
+        // An image recorded before its source or its inspection was kept is
+        // recorded again, with them.
         let known = self.store.image(sha256).await.map_err(journal_error)?;
-        if known.as_ref().is_some_and(|image| image.source.is_some()) {
+        if known
+            .as_ref()
+            .is_some_and(|image| image.source.is_some() && image.inspection.is_some())
+        {
             return Ok(());
         }
         // Reading the cache's manifest is blocking file I/O: off the station's
@@ -164,6 +169,10 @@ impl StoreRecords {
             imported_at: cached
                 .as_ref()
                 .map_or_else(|| self.store.now(), |c| c.meta.imported_at as i64 * 1000),
+            inspection: cached
+                .as_ref()
+                .and_then(|c| c.meta.inspection.as_ref())
+                .and_then(|i| serde_json::to_string(i).ok()),
         };
         self.store
             .write(|batch| Box::pin(batch.record_image(&row)))

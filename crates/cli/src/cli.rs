@@ -191,6 +191,10 @@ pub enum RunCommand {
         /// The lot or batch the sticks belong to, printed on the report.
         #[arg(long, value_name = "ID")]
         lot: Option<String>,
+        /// Write the image raw even though inspection says the sticks would
+        /// not boot (a non-hybrid installer ISO); recorded in the run.
+        #[arg(long)]
+        force_raw: bool,
     },
     /// Stop the armed run; running attempts stop as interrupted.
     Stop {
@@ -295,6 +299,16 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show what a cached image is: its partition table, partitions and
+    /// file systems, ISO structure, best-guess OS, and whether a raw run of
+    /// it is refused.
+    Show {
+        /// Its sha256, a unique prefix, or its name.
+        image: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an image from the cache.
     Remove {
         /// Its sha256 or a unique prefix of at least 6 hex digits.
@@ -383,6 +397,11 @@ pub struct FlashArgs {
     /// No live progress on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Write the image raw even though inspection says the sticks would not
+    /// boot (a non-hybrid installer ISO, such as a Windows installer);
+    /// recorded in the run.
+    #[arg(long)]
+    pub force_raw: bool,
 }
 
 /// Runs the parsed command and returns the exit status.

@@ -133,6 +133,7 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
             eject_on_pass,
             operator,
             lot,
+            force_raw,
         } => {
             if target_count == Some(0) {
                 bail!("--target-count must be at least 1");
@@ -145,6 +146,7 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
                 target_count,
                 operator,
                 lot,
+                force_raw,
             })?;
             outln!(
                 "run {} armed: {} ({})",

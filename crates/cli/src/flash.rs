@@ -38,6 +38,7 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
         max_size: args.max_size,
         stall_timeout: Duration::from_secs(args.stall_timeout),
         probe_capacity: !args.no_probe,
+        force_raw: args.force_raw,
     };
     let (view_tx, view_rx) = mpsc::unbounded_channel();
     let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));

@@ -62,18 +62,53 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                             "sha256": i.sha256(), "size": i.size(),
                             "name": i.meta.original_name, "format": i.meta.format.name(),
                             "imported_at": i.meta.imported_at,
+                            "inspection": i.meta.inspection,
+                            "raw_write_refusal": i.raw_write_refusal(),
                         })
                     })
                     .collect();
                 outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
                 for i in images {
+                    let what = i.meta.inspection.as_ref().map(|x| x.summary());
                     outln!(
-                        "{}  {:>10}  {}",
+                        "{}  {:>10}  {}  {}{}",
                         i.sha256(),
                         ByteSize(i.size()).to_string(),
-                        i.meta.original_name
+                        i.meta.original_name,
+                        what.unwrap_or_default(),
+                        if i.raw_write_refusal().is_some() {
+                            "  [raw run refused]"
+                        } else {
+                            ""
+                        }
                     )?;
+                }
+            }
+        }
+        ImageCommand::Show { image, json } => {
+            let i = cache.find(&image)?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "sha256": i.sha256(), "size": i.size(),
+                        "name": i.meta.original_name, "format": i.meta.format.name(),
+                        "imported_at": i.meta.imported_at,
+                        "inspection": i.meta.inspection,
+                        "raw_write_refusal": i.raw_write_refusal(),
+                    }))?
+                )?;
+            } else {
+                outln!("{}  {}", i.sha256(), i.meta.original_name)?;
+                outln!("size: {} ({} bytes)", ByteSize(i.size()), i.size())?;
+                match &i.meta.inspection {
+                    Some(info) => {
+                        for line in info.details() {
+                            outln!("{line}")?;
+                        }
+                    }
+                    None => outln!("not inspected (the image file cannot be read)")?,
                 }
             }
         }

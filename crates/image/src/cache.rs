@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use flashrack_core::{ImageManifest, Sha256Digest};
 use serde::{Deserialize, Serialize};
 
+use flashrack_inspect::{ImageInfo, RawWriteRefusal};
+
 use crate::detect::ImageFormat;
 use crate::error::ImageError;
 use crate::fsutil::{self, remove_stale_temp_files};
@@ -33,6 +35,11 @@ pub struct ImportMeta {
     pub input_sha256: Sha256Digest,
     /// When the import finished, in seconds since the Unix epoch.
     pub imported_at: u64,
+    /// What the image is (partition table, file systems, ISO structure, OS),
+    /// inspected at import. Entries written before inspection existed have
+    /// none on disk; [`ImageCache::get`] inspects their image file then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspection: Option<ImageInfo>,
 }
 
 /// An image present in the cache: its manifest, where its raw bytes are, and how
@@ -57,6 +64,16 @@ impl CachedImage {
     /// Raw image size in bytes.
     pub fn size(&self) -> u64 {
         self.manifest.size()
+    }
+
+    /// Why writing this image raw would give a stick that does not boot
+    /// (a non-hybrid installer ISO, such as a Windows installer), if it
+    /// would; see [`ImageInfo::raw_write_refusal`].
+    pub fn raw_write_refusal(&self) -> Option<RawWriteRefusal> {
+        self.meta
+            .inspection
+            .as_ref()
+            .and_then(ImageInfo::raw_write_refusal)
     }
 }
 
@@ -169,10 +186,18 @@ impl ImageCache {
                 })
             }
         }
+        let mut meta = entry.import;
+        if meta.inspection.is_none() {
+            // An entry from before inspection: its image is read now (a few
+            // KiB at known offsets), not rewritten.
+            meta.inspection = fs::File::open(&path)
+                .ok()
+                .map(|file| flashrack_inspect::inspect(&file));
+        }
         Ok(Some(CachedImage {
             manifest: entry.manifest,
             path,
-            meta: entry.import,
+            meta,
         }))
     }
 

@@ -305,6 +305,8 @@ impl ImageCache {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            // Read from the raw bytes just stored (the same descriptor).
+            inspection: Some(flashrack_inspect::inspect(&*temp.file_mut())),
         };
         let image_path = self.image_path(&raw);
         // The image first, the entry last: an entry is never without its image.

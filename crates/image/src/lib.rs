@@ -73,3 +73,5 @@ pub use import::{
 
 #[doc(no_inline)]
 pub use flashrack_core::{ImageManifest, Sha256Digest};
+#[doc(no_inline)]
+pub use flashrack_inspect::{ImageInfo, RawWriteRefusal};

@@ -170,6 +170,9 @@ pub(crate) fn options_words(options: &serde_json::Value) -> String {
         Some(n) => words.push(format!("stop after {n} passes")),
         None => words.push("no target count".to_string()),
     }
+    if options.get("force_raw").and_then(|v| v.as_bool()) == Some(true) {
+        words.push("raw run forced by the operator despite the image's inspection".to_string());
+    }
     words.join("; ")
 }
 

@@ -258,7 +258,18 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
             Item::text("Started", format_time_short(run.started_at)),
             Item::text("Stopped", stopped),
             Item::text("Yield", yield_words(&report.run.counts)),
-        ],
+        ]
+        .into_iter()
+        .chain(report.image.as_ref().map(|image| {
+            // What the image is; a raw write that would not boot is said
+            // beside it (the options say whether it was forced).
+            let mut words = image.summary();
+            if let Some(refusal) = image.raw_write_refusal() {
+                words.push_str(&format!("; {}", refusal.reason));
+            }
+            Item::text("Image contents", words)
+        }))
+        .collect(),
         counts: report.run.counts,
         with_run: false,
         with_station: false,

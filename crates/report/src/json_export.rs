@@ -126,6 +126,9 @@ struct JsonReport<S> {
 #[derive(Serialize)]
 struct RunSubject<'a> {
     run: ExportRun<'a>,
+    /// What the image is (absent when the records do not know).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a flashrack_inspect::ImageInfo>,
 }
 
 #[derive(Serialize)]
@@ -165,6 +168,7 @@ pub fn run_json(report: &RunReport) -> String {
         "run",
         RunSubject {
             run: ExportRun::new(&report.run, &rows),
+            image: report.image.as_ref(),
         },
         rows,
     )

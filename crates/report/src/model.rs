@@ -297,6 +297,10 @@ pub struct RunReport {
     pub run: RunSummary,
     /// One row per record.
     pub rows: Vec<ReportRow>,
+    /// What the run's image is, as inspected at import (partition table,
+    /// file systems, ISO structure, OS), when the records know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<flashrack_inspect::ImageInfo>,
 }
 
 /// A device's report: the device and a row per record (attempts and refusals),

@@ -222,6 +222,11 @@ pub struct RunOptions {
     /// operator armed it at the station.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<i64>,
+    /// The operator forced a raw run of an image that would not boot when
+    /// written raw (a non-hybrid installer ISO); kept in the run's options so
+    /// that its records and reports say so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_raw: bool,
 }
 
 impl Default for RunOptions {
@@ -233,6 +238,7 @@ impl Default for RunOptions {
             operator: None,
             lot: None,
             order_id: None,
+            force_raw: false,
         }
     }
 }

@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         format: "raw".to_string(),
         imported_at: store.now(),
         source: None,
+        inspection: None,
     };
     store.write(|b| Box::pin(b.record_image(&image))).await?;
 

@@ -170,6 +170,10 @@ pub struct ImageRow {
     /// The file it was imported from (name, sha256 and size as given), where
     /// known; `None` for images recorded before the records kept it.
     pub source: Option<ImageSource>,
+    /// What the image is, inspected at import (flashrack-inspect's
+    /// `ImageInfo` as JSON text); `None` when unknown. A later write of the
+    /// same image without one keeps the one recorded.
+    pub inspection: Option<String>,
 }
 
 /// A device's identity as seen in a port, for

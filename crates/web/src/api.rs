@@ -82,6 +82,9 @@ fn image_json(image: &CachedImage) -> Value {
         "file_sha256": image.meta.input_sha256,
         "zero_bytes": image.manifest.zero_bytes(),
         "imported_at": image.meta.imported_at,
+        "inspection": image.meta.inspection,
+        "summary": image.meta.inspection.as_ref().map(|i| i.summary()),
+        "raw_write_refusal": image.raw_write_refusal(),
     })
 }
 
@@ -148,6 +151,10 @@ pub struct ArmBody {
     /// The lot or batch id (printed on its report).
     #[serde(default)]
     pub lot: Option<String>,
+    /// Write the image raw even though inspection says the sticks would not
+    /// boot (a non-hybrid installer ISO); recorded in the run's options.
+    #[serde(default)]
+    pub force_raw: bool,
 }
 
 /// The longest operator name or lot id accepted.
@@ -212,6 +219,12 @@ pub async fn arm(
         .await
         .map_err(AppError::internal)?
         .map_err(image_error)?;
+    if let Some(refusal) = image.raw_write_refusal().filter(|_| !body.force_raw) {
+        return Err(AppError::unprocessable(format!(
+            "image {} is refused for a raw run: {refusal} (\"force_raw\": true)",
+            image.meta.original_name
+        )));
+    }
     let run = state
         .station
         .arm(ArmRequest {
@@ -227,6 +240,7 @@ pub async fn arm(
                 operator,
                 lot,
                 order_id: None,
+                force_raw: body.force_raw,
             },
         })
         .await

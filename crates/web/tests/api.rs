@@ -1238,5 +1238,60 @@ async fn named_tokens_alone_guard_a_station_and_on_loopback_still_name_their_hol
     assert_eq!(
         arm_as(&local, Some(ada), Some("Someone")).await.0,
         StatusCode::FORBIDDEN
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_like_installer_iso_is_shown_and_refused_for_a_raw_run_unless_forced() {
+    let rig = rig(AccessPolicy::default()).await;
+    // Named like anything but an ISO: inspection goes by content.
+    let iso = rig.dir.path().join("import/quarterly-report.img");
+    flashrack_testkit::iso::windows_like_iso(&iso);
+    let (status, image) = post(&rig, "/api/v1/images/import", json!({"path": iso})).await;
+    assert_eq!(status, StatusCode::CREATED, "{image}");
+    assert_eq!(
+        image["inspection"]["iso"]["windows_installer"], true,
+        "{image}"
+    );
+    assert_eq!(image["inspection"]["iso"]["hybrid"], false);
+    assert_eq!(image["inspection"]["os"]["name"], "Windows installer");
+    assert!(image["raw_write_refusal"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Windows installer ISO"));
+    let sha = image["sha256"].as_str().unwrap().to_string();
+    let (_, listed) = get(&rig, "/api/v1/images").await;
+    let listed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sha256"] == sha.as_str())
+        .cloned()
+        .unwrap();
+    assert!(
+        listed["summary"].as_str().unwrap().contains("not hybrid"),
+        "{listed}"
+    );
+    // The plain test image is not refused.
+    let (_, plain) = get(&rig, &format!("/api/v1/images/{}", rig.image_sha)).await;
+    assert_eq!(plain["raw_write_refusal"], Value::Null);
+
+    let (status, body) = post(&rig, "/api/v1/runs", json!({"image": sha})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused for a raw run") && message.contains("force_raw"),
+        "{message}"
+    );
+    assert!(rig.station().snapshot().run.is_none(), "nothing armed");
+
+    let (status, run) = post(
+        &rig,
+        "/api/v1/runs",
+        json!({"image": sha, "force_raw": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(
+        run["options"]["force_raw"], true,
+        "the force is kept with the run"
     );
 }

@@ -36,6 +36,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "image sources",
         include_str!("../../../../migrations/0004_image_sources.sql"),
     ),
+    (
+        5,
+        "image inspection",
+        include_str!("../../../../migrations/0005_image_inspection.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

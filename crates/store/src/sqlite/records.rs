@@ -66,7 +66,7 @@ pub(super) const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port
 
 /// The columns of an image record.
 pub(super) const IMAGE: &str = "SELECT sha256, name, size, format, imported_at, source_name,
-        source_sha256, source_size
+        source_sha256, source_size, inspection
     FROM images";
 
 pub(super) const DEVICE: &str =
@@ -188,12 +188,22 @@ impl Records for Store {
         tx.commit().await?;
         let rows = rows_in_order(attempts, refusals);
         let counts = Counts::of(&rows);
+        // What the image is, when it was recorded with its inspection (an
+        // inspection this build cannot read is left out of the report).
+        let image: Option<String> =
+            sqlx::query_scalar("SELECT inspection FROM images WHERE sha256 = ?")
+                .bind(run_record.image_sha256.to_hex())
+                .fetch_optional(&self.reader)
+                .await?
+                .flatten();
+        let image = image.and_then(|text| serde_json::from_str(&text).ok());
         Ok(Some(RunReport {
             run: RunSummary {
                 run: run_record,
                 counts,
             },
             rows,
+            image,
         }))
     }
 
@@ -641,6 +651,7 @@ pub(super) fn image_row(row: &SqliteRow) -> Result<ImageRow, StoreError> {
         format: row.try_get("format")?,
         imported_at: row.try_get("imported_at")?,
         source: image_source(row)?,
+        inspection: row.try_get("inspection")?,
     })
 }
 

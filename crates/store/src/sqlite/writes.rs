@@ -199,12 +199,13 @@ impl Writes for SqliteWrites {
         let now = self.clock.now_ms();
         sqlx::query(
             "INSERT INTO images (sha256, name, size, format, imported_at, source_name,
-                                 source_sha256, source_size)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                                 source_sha256, source_size, inspection)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (sha256) DO UPDATE SET name = excluded.name, format = excluded.format,
                  source_name = COALESCE(excluded.source_name, images.source_name),
                  source_sha256 = COALESCE(excluded.source_sha256, images.source_sha256),
-                 source_size = COALESCE(excluded.source_size, images.source_size)",
+                 source_size = COALESCE(excluded.source_size, images.source_size),
+                 inspection = COALESCE(excluded.inspection, images.inspection)",
         )
         .bind(image.sha256.to_hex())
         .bind(&image.name)
@@ -220,6 +221,7 @@ impl Writes for SqliteWrites {
                 .map(|s| to_i64("image source size", s.size.bytes()))
                 .transpose()?,
         )
+        .bind(&image.inspection)
         .execute(&mut *self.tx)
         .await?;
         self.queue_image(now, image.sha256).await?;

@@ -93,6 +93,7 @@ pub fn image() -> ImageRow {
             sha256: Sha256Digest::of(b"golden image, compressed"),
             size: ByteSize(412_316_860),
         }),
+        inspection: None,
     }
 }
 

@@ -1,0 +1,72 @@
+//! What an image is, from the command line: `image show` and `image list` say
+//! it, and `flash` refuses a raw run of a Windows-like installer ISO (found by
+//! content, under an innocent name) unless `--force-raw`, which the run's
+//! records keep.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run flashrack")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_windows_like_iso_is_shown_and_refused_by_flash_unless_forced_and_the_force_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let iso = dir.path().join("family-videos.bin");
+    flashrack_testkit::iso::windows_like_iso(&iso);
+    let iso = iso.to_str().unwrap();
+
+    let imported = flashrack(&data, &["image", "import", iso]);
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let sha = text(&imported.stdout).trim().to_string();
+
+    let shown = flashrack(&data, &["image", "show", &sha[..12]]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let shown = text(&shown.stdout);
+    assert!(shown.contains("partition table: none"), "{shown}");
+    assert!(
+        shown.contains("El Torito [bios, uefi], hybrid no, Windows installer files yes"),
+        "{shown}"
+    );
+    assert!(shown.contains("raw run: refused unless forced"), "{shown}");
+    let listed = text(&flashrack(&data, &["image", "list"]).stdout);
+    assert!(listed.contains("[raw run refused]"), "{listed}");
+
+    let target = dir.path().join("stick.img");
+    let target = target.to_str().unwrap();
+    let refused = flashrack(&data, &["flash", &sha, target, "--quiet"]);
+    assert!(!refused.status.success());
+    let error = text(&refused.stderr);
+    assert!(
+        error.contains("refused for a raw run")
+            && error.contains("Windows installer ISO")
+            && error.contains("--force-raw"),
+        "{error}"
+    );
+    assert!(!Path::new(target).exists(), "nothing was written");
+
+    let forced = flashrack(
+        &data,
+        &["flash", &sha, target, "--quiet", "--force-raw", "--json"],
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    let report = flashrack(&data, &["report", "run", "1", "--format", "json"]);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["run"]["options"]["force_raw"], true, "{report}");
+    assert_eq!(
+        report["image"]["iso"]["windows_installer"], true,
+        "{report}"
+    );
+}

@@ -1,0 +1,94 @@
+//! Optical-disc images built by Debian's `xorriso` (which `scripts/setup`
+//! installs), for the tests of image inspection: what a real tool makes, not
+//! bytes written by hand.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::run;
+
+/// A small FAT file system (`mkfs.vfat`), an EFI boot image.
+fn efi_image(dir: &Path) -> PathBuf {
+    let efi = dir.join("efi.img");
+    fs::File::create(&efi).unwrap().set_len(1 << 20).unwrap();
+    run("mkfs.vfat", &["-n", "EFIBOOT", efi.to_str().unwrap()]);
+    efi
+}
+
+/// A non-hybrid ISO laid out as a Windows installer (`sources/install.wim`,
+/// BIOS and UEFI El Torito entries, no partition table, Joliet names only),
+/// written to `out` with an innocent volume id: its name and label say
+/// nothing, its content does.
+pub fn windows_like_iso(out: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("tree");
+    fs::create_dir_all(root.join("sources")).unwrap();
+    fs::create_dir_all(root.join("boot")).unwrap();
+    fs::create_dir_all(root.join("efi/microsoft/boot")).unwrap();
+    fs::write(root.join("sources/install.wim"), b"MSWIM\0\0\0 a stand-in").unwrap();
+    fs::write(root.join("boot/etfsboot.com"), [0u8; 2048]).unwrap();
+    fs::copy(
+        efi_image(work.path()),
+        root.join("efi/microsoft/boot/efisys.bin"),
+    )
+    .unwrap();
+    run(
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-J",
+            "-V",
+            "PHOTOS_2023",
+            "-b",
+            "boot/etfsboot.com",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-eltorito-alt-boot",
+            "-e",
+            "efi/microsoft/boot/efisys.bin",
+            "-no-emul-boot",
+            "-o",
+            out.to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
+    );
+}
+
+/// A hybrid ISO (El Torito UEFI entry and an MBR with the EFI partition
+/// appended, as distributions' live ISOs) written to `out`.
+pub fn hybrid_linux_iso(out: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("tree");
+    fs::create_dir_all(root.join(".disk")).unwrap();
+    fs::write(
+        root.join(".disk/info"),
+        "Debian GNU/Linux 13 \"Trixie\" - Official amd64\n",
+    )
+    .unwrap();
+    let efi = efi_image(work.path());
+    fs::copy(&efi, root.join("efi.img")).unwrap();
+    run(
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-R",
+            "-V",
+            "d-live 13",
+            "-e",
+            "efi.img",
+            "-no-emul-boot",
+            "-append_partition",
+            "2",
+            "0xef",
+            efi.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
+    );
+}
