@@ -1,4 +1,4 @@
-//! An image's inspection (schema 4): recorded with the image, kept when the
+//! An image's inspection (schema 5): recorded with the image, kept when the
 //! image is recorded again without one, and read back after reopening.
 
 mod common;

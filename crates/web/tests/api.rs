@@ -1238,6 +1238,8 @@ async fn named_tokens_alone_guard_a_station_and_on_loopback_still_name_their_hol
     assert_eq!(
         arm_as(&local, Some(ada), Some("Someone")).await.0,
         StatusCode::FORBIDDEN
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_windows_like_installer_iso_is_shown_and_refused_for_a_raw_run_unless_forced() {
