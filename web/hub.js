@@ -19,17 +19,33 @@
     $('message').hidden = !text;
   }
 
+  // One question at a time: requests refused together wait for the same
+  // answer instead of each asking again.
+  let asking = null;
+  function askToken() {
+    if (!asking) {
+      asking = Promise.resolve().then(() => {
+        const given = window.prompt('The hub needs an operator token:');
+        if (given && given.trim()) {
+          token = given.trim();
+          sessionStorage.setItem(TOKEN_KEY, token);
+          return true;
+        }
+        return false;
+      }).finally(() => { asking = null; });
+    }
+    return asking;
+  }
+
   async function api(path, options = {}) {
     const headers = Object.assign({}, options.headers || {});
-    if (token) headers.Authorization = `Bearer ${token}`;
+    const sent = token;
+    if (sent) headers.Authorization = `Bearer ${sent}`;
     const response = await fetch(path, Object.assign({}, options, { headers }));
     if (response.status === 401) {
-      const given = window.prompt('The hub needs an operator token:');
-      if (given) {
-        token = given.trim();
-        sessionStorage.setItem(TOKEN_KEY, token);
-        return api(path, options);
-      }
+      // Sent with an older token than the one now held: try the new one
+      // before asking again.
+      if (token !== sent || await askToken()) return api(path, options);
     }
     if (!response.ok) {
       let text = `${response.status}`;
@@ -52,32 +68,49 @@
     return 'connected';
   }
 
+  // Why a stick failed or was refused, in a few words (`verify_mismatch` →
+  // "verify mismatch").
+  function reasonOf(p) {
+    if (p.state === 'refused' && p.refusal) return p.refusal.code || p.refusal.message || '';
+    if (p.state === 'failed' && p.verdict && typeof p.verdict === 'object') return p.verdict.reason || '';
+    return '';
+  }
+
   function portHtml(p) {
     const progress = p.progress && p.progress.total ? ` ${Math.floor((100 * p.progress.done) / p.progress.total)}%` : '';
     const serial = p.device && p.device.serial ? `<br><span class="muted">${esc(p.device.serial)}</span>` : '';
-    return `<div class="port ${esc(p.state)}" title="${esc(p.state)}">${esc(p.label)}<br>${esc(p.state)}${progress}${serial}</div>`;
+    const reason = String(reasonOf(p)).replace(/_/g, ' ');
+    const why = reason ? `<br><span class="reason">${esc(reason)}</span>` : '';
+    return `<div class="port ${esc(p.state)}" title="${esc(reason || p.state)}">${esc(p.label)}<br>${esc(p.state)}${progress}${why}${serial}</div>`;
   }
+
+  const COUNTERS = ['passed', 'failed', 'refused', 'interrupted', 'running'];
+  const counter = (attr, key, n) => `<span><b ${attr}="${key}">${Number(n) || 0}</b> ${key}</span>`;
 
   function render() {
     const list = [...stations.values()].sort((a, b) => a.id.localeCompare(b.id));
-    const total = { passed: 0, failed: 0, running: 0, refused: 0, interrupted: 0 };
+    const total = Object.fromEntries(COUNTERS.map((k) => [k, 0]));
     const byStatus = { connected: 0, behind: 0, silent: 0, unseen: 0 };
     const cards = list.map((s) => {
       const status = statusOf(s);
       byStatus[status] += 1;
-      for (const k of Object.keys(total)) total[k] += s.counts[k] || 0;
+      const counts = s.counts || {};
+      for (const k of COUNTERS) total[k] += counts[k] || 0;
       const ports = ((s.snapshot && s.snapshot.ports) || []).map(portHtml).join('');
       const run = s.snapshot && s.snapshot.run;
       const runText = run ? `${esc(run.image_name)} ${run.armed ? '(armed)' : '(stopped)'}` : 'no run';
+      // A silent station's rack is what it last reported, not what it does.
+      const stale = status === 'silent' && s.snapshot
+        ? `<div class="stale">Stale: the rack as last reported at ${esc(fmtTime(s.snapshot_sent_at || s.last_seen))}</div>` : '';
       return `<div class="station ${status}" data-station="${esc(s.id)}">
         <h3>${esc(s.id)} <span class="badge ${status}">${esc(statusText(s, status))}</span></h3>
-        <div class="muted">${runText} · ${s.counts.passed} passed · ${s.counts.failed} failed · ${s.counts.running} running · ${s.counts.refused} refused</div>
-        <div class="ports">${ports || '<span class="muted">no live view yet</span>'}</div></div>`;
+        <div class="muted">${runText} · ${COUNTERS.map((k) => counter('data-count', k, counts[k])).join(' · ')}</div>
+        ${stale}<div class="ports">${ports || '<span class="muted">no live view yet</span>'}</div></div>`;
     });
     $('stations').innerHTML = cards.join('') || '<p class="muted">No station yet.</p>';
-    $('fleet-summary').innerHTML = `<span>${list.length} stations</span><span>${byStatus.connected} connected</span>` +
-      `<span>${byStatus.behind} behind</span><span>${byStatus.silent} silent</span>` +
-      `<span>${total.passed} passed</span><span>${total.failed} failed</span><span>${total.running} running</span>`;
+    $('fleet-summary').innerHTML = counter('data-fleet', 'stations', list.length)
+      + ['connected', 'behind', 'silent'].map((k) => counter('data-fleet', k, byStatus[k])).join('')
+      + COUNTERS.map((k) => counter('data-fleet', k, total[k])).join('');
   }
 
   let lotsTimer = null;

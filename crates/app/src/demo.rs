@@ -173,7 +173,7 @@ impl Demo {
                 max_connections: flashrack_config::DEFAULT_MAX_CONNECTIONS,
                 operators: Vec::new(),
             },
-            fleet: None,
+            fleet: options.fleet.clone(),
             ports: ports.clone(),
         };
         let (source, rack, access) = sim_rack(data_dir.join("sim-rack"));
