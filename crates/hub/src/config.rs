@@ -20,6 +20,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The shortest silence that makes a station silent: a station reports its
+/// rack at least every 5 s even when nothing changes (`flashrack-app`'s
+/// `fleet::live::KEEPALIVE`), so a shorter one would show quiet stations as
+/// silent between two reports.
+pub const MIN_SILENT_AFTER_SECS: u64 = 6;
+
 /// The largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -175,10 +181,14 @@ impl HubConfig {
             config.max_connections = *n.get_ref();
         }
         if let Some(secs) = raw.silent_after_secs {
-            if !(1..=3600).contains(secs.get_ref()) {
+            if !(MIN_SILENT_AFTER_SECS..=3600).contains(secs.get_ref()) {
                 return Err(invalid(
                     secs.span().start,
-                    "silent_after_secs must be 1 to 3600".to_string(),
+                    format!(
+                        "silent_after_secs must be {MIN_SILENT_AFTER_SECS} to 3600 (a station \
+                         with nothing new reports every 5 s: a shorter silence would show \
+                         quiet stations as silent)"
+                    ),
                 ));
             }
             config.silent_after = Duration::from_secs(*secs.get_ref());
@@ -241,5 +251,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("postgres://"), "{error}");
+    }
+
+    #[test]
+    fn a_silence_shorter_than_a_quiet_stations_report_interval_is_refused() {
+        let error = parse("database_url = \"postgres://h/db\"\nsilent_after_secs = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("hub.toml:2:"), "{error}");
+        assert!(error.contains("every 5 s"), "{error}");
+        let config = parse("database_url = \"postgres://h/db\"\nsilent_after_secs = 6\n").unwrap();
+        assert_eq!(config.silent_after, Duration::from_secs(6));
     }
 }

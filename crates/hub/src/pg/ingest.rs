@@ -6,14 +6,25 @@
 //! applied out of order leave each row at its newest version, and events are
 //! inserted once. Concurrent batches of one station (two hub processes, a
 //! retry racing its original) are serialized by a lock on the station's row.
+//!
+//! **One statement per kind.** A batch's new rows are applied kind by kind,
+//! each kind in one `INSERT … SELECT … FROM unnest(…) ON CONFLICT …`
+//! (columns bound as arrays), not one statement per record: a statement
+//! costs a round trip and a plan, and a batch holds up to
+//! [`MAX_BATCH_ENTRIES`]. One statement may not update the same row twice,
+//! so a row that appears several times in a batch (an attempt's start,
+//! stages and verdict) is sent once, in its newest version (its highest
+//! `seq`), which is what applying the versions in order would leave; an
+//! event, inserted once, keeps its first. The seq guard still decides
+//! against what an earlier batch stored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use flashrack_fleet::{
     AttemptRecord, BatchAck, DeviceRecord, EventRecord, FleetRecord, ImageRecord, RecordBatch,
     RefusalRecord, RunRecord, ORDER_ID_OPTION,
 };
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::PgConnection;
 
 use super::{enum_text, sql, HubDb, PgError, CHANNEL};
 
@@ -77,11 +88,15 @@ impl HubDb {
         .map_err(sql("recording received entries"))?
         .into_iter()
         .collect();
-        for (entry, seq) in batch.entries.iter().zip(&seqs) {
-            if new.contains(seq) {
-                apply(&mut tx, station, *seq, &entry.record).await?;
-            }
-        }
+        let rows = Rows::of(
+            batch
+                .entries
+                .iter()
+                .zip(&seqs)
+                .filter(|(_, seq)| new.contains(seq))
+                .map(|(entry, seq)| (*seq, &entry.record)),
+        );
+        rows.apply(&mut tx, station).await?;
         // A batch older than one already taken (reordered) does not set the
         // backlog back.
         sqlx::query(
@@ -156,217 +171,311 @@ pub(crate) async fn notify(
     Ok(())
 }
 
-/// Upserts one record under `seq`.
-async fn apply(
-    tx: &mut Transaction<'_, Postgres>,
-    station: &str,
-    seq: i64,
-    record: &FleetRecord,
-) -> Result<(), PgError> {
-    match record {
-        FleetRecord::Image(r) => image(tx, station, seq, r).await,
-        FleetRecord::Device(r) => device(tx, station, seq, r).await,
-        FleetRecord::Run(r) => run(tx, station, seq, r).await,
-        FleetRecord::Attempt(r) => attempt(tx, station, seq, r).await,
-        FleetRecord::Refusal(r) => refusal(tx, station, seq, r).await,
-        FleetRecord::Event(r) => event(tx, station, seq, r).await,
+/// A batch's new rows, by kind: one version per row (see the module's
+/// docs), in the order of their sequence numbers.
+#[derive(Default)]
+struct Rows<'a> {
+    images: Vec<(i64, &'a ImageRecord)>,
+    devices: Vec<(i64, &'a DeviceRecord)>,
+    runs: Vec<(i64, &'a RunRecord)>,
+    attempts: Vec<(i64, &'a AttemptRecord)>,
+    refusals: Vec<(i64, &'a RefusalRecord)>,
+    events: Vec<(i64, &'a EventRecord)>,
+}
+
+/// Keeps the newest version of each row (`entries` in increasing seq order).
+fn newest<'a, K: std::hash::Hash + Eq, R>(
+    entries: Vec<(i64, &'a R)>,
+    key: impl Fn(&R) -> K,
+) -> Vec<(i64, &'a R)> {
+    let mut at: HashMap<K, usize> = HashMap::with_capacity(entries.len());
+    let mut kept: Vec<Option<(i64, &'a R)>> = Vec::with_capacity(entries.len());
+    for (seq, row) in entries {
+        if let Some(older) = at.insert(key(row), kept.len()) {
+            kept[older] = None;
+        }
+        kept.push(Some((seq, row)));
     }
+    kept.into_iter().flatten().collect()
 }
 
-async fn image(
-    tx: &mut Transaction<'_, Postgres>,
-    station: &str,
-    seq: i64,
-    r: &ImageRecord,
-) -> Result<(), PgError> {
-    sqlx::query(
-        "INSERT INTO station_images (station_id, sha256, name, size, format, imported_at, seq)
-         VALUES ($1, $2, $3, $4, $5, ms_to_ts($6), $7)
-         ON CONFLICT (station_id, sha256) DO UPDATE SET
-            name = EXCLUDED.name, size = EXCLUDED.size, format = EXCLUDED.format,
-            imported_at = EXCLUDED.imported_at, seq = EXCLUDED.seq
-         WHERE station_images.seq < EXCLUDED.seq",
-    )
-    .bind(station)
-    .bind(r.sha256.to_hex())
-    .bind(&r.name)
-    .bind(big("image size", r.size)?)
-    .bind(&r.format)
-    .bind(r.imported_at)
-    .bind(seq)
-    .execute(&mut **tx)
-    .await
-    .map_err(sql("storing an image"))?;
-    Ok(())
-}
+impl<'a> Rows<'a> {
+    /// Sorts `(seq, record)` pairs (increasing seq) by kind, one version per
+    /// row.
+    fn of(entries: impl Iterator<Item = (i64, &'a FleetRecord)>) -> Self {
+        let mut rows = Rows::default();
+        for (seq, record) in entries {
+            match record {
+                FleetRecord::Image(r) => rows.images.push((seq, r)),
+                FleetRecord::Device(r) => rows.devices.push((seq, r)),
+                FleetRecord::Run(r) => rows.runs.push((seq, r)),
+                FleetRecord::Attempt(r) => rows.attempts.push((seq, r)),
+                FleetRecord::Refusal(r) => rows.refusals.push((seq, r)),
+                FleetRecord::Event(r) => rows.events.push((seq, r)),
+            }
+        }
+        rows.images = newest(rows.images, |r| r.sha256);
+        rows.devices = newest(rows.devices, |r| r.key.clone());
+        rows.runs = newest(rows.runs, |r| r.id.0);
+        rows.attempts = newest(rows.attempts, |r| r.id.0);
+        rows.refusals = newest(rows.refusals, |r| r.id.0);
+        // An event is inserted once: its first version is the one kept.
+        let mut seen = HashSet::new();
+        rows.events.retain(|(_, r)| seen.insert(r.id));
+        rows
+    }
 
-async fn device(
-    tx: &mut Transaction<'_, Postgres>,
-    station: &str,
-    seq: i64,
-    r: &DeviceRecord,
-) -> Result<(), PgError> {
-    sqlx::query(
-        "INSERT INTO devices (station_id, key, serial, vendor, model, capacity,
-                              first_seen, last_seen, seq)
-         VALUES ($1, $2, $3, $4, $5, $6, ms_to_ts($7), ms_to_ts($8), $9)
-         ON CONFLICT (station_id, key) DO UPDATE SET
-            serial = EXCLUDED.serial, vendor = EXCLUDED.vendor, model = EXCLUDED.model,
-            capacity = EXCLUDED.capacity, first_seen = EXCLUDED.first_seen,
-            last_seen = EXCLUDED.last_seen, seq = EXCLUDED.seq
-         WHERE devices.seq < EXCLUDED.seq",
-    )
-    .bind(station)
-    .bind(&r.key)
-    .bind(&r.serial)
-    .bind(&r.vendor)
-    .bind(&r.model)
-    .bind(big("capacity", r.capacity)?)
-    .bind(r.first_seen)
-    .bind(r.last_seen)
-    .bind(seq)
-    .execute(&mut **tx)
-    .await
-    .map_err(sql("storing a device"))?;
-    Ok(())
-}
+    /// Applies every kind in one statement each, rows a row refers to first.
+    async fn apply(&self, tx: &mut PgConnection, station: &str) -> Result<(), PgError> {
+        if !self.images.is_empty() {
+            self.images(tx, station).await?;
+        }
+        if !self.devices.is_empty() {
+            self.devices(tx, station).await?;
+        }
+        if !self.runs.is_empty() {
+            self.runs(tx, station).await?;
+        }
+        if !self.attempts.is_empty() {
+            self.attempts(tx, station).await?;
+        }
+        if !self.refusals.is_empty() {
+            self.refusals(tx, station).await?;
+        }
+        if !self.events.is_empty() {
+            self.events(tx, station).await?;
+        }
+        Ok(())
+    }
 
-async fn run(
-    tx: &mut Transaction<'_, Postgres>,
-    station: &str,
-    seq: i64,
-    r: &RunRecord,
-) -> Result<(), PgError> {
-    let order_id = r.options.get(ORDER_ID_OPTION).and_then(|v| v.as_i64());
-    sqlx::query(
-        "INSERT INTO runs (station_id, id, image_sha256, image_name, options, order_id,
-                           started_at, stopped_at, stop_reason, seq)
-         VALUES ($1, $2, $3, $4, $5, $6, ms_to_ts($7), ms_to_ts($8), $9, $10)
-         ON CONFLICT (station_id, id) DO UPDATE SET
-            image_sha256 = EXCLUDED.image_sha256, image_name = EXCLUDED.image_name,
-            options = EXCLUDED.options, order_id = EXCLUDED.order_id,
-            started_at = EXCLUDED.started_at, stopped_at = EXCLUDED.stopped_at,
-            stop_reason = EXCLUDED.stop_reason, seq = EXCLUDED.seq
-         WHERE runs.seq < EXCLUDED.seq",
-    )
-    .bind(station)
-    .bind(r.id.0)
-    .bind(r.image_sha256.to_hex())
-    .bind(&r.image_name)
-    .bind(&r.options)
-    .bind(order_id)
-    .bind(r.started_at)
-    .bind(r.stopped_at)
-    .bind(r.stop_reason.as_ref().map(enum_text))
-    .bind(seq)
-    .execute(&mut **tx)
-    .await
-    .map_err(sql("storing a run"))?;
-    Ok(())
-}
+    async fn images(&self, tx: &mut PgConnection, station: &str) -> Result<(), PgError> {
+        let rows = &self.images;
+        let mut sizes = Vec::with_capacity(rows.len());
+        for (_, r) in rows {
+            sizes.push(big("image size", r.size)?);
+        }
+        sqlx::query(
+            "INSERT INTO station_images (station_id, sha256, name, size, format, imported_at, seq)
+             SELECT $1, u.sha256, u.name, u.size, u.format, ms_to_ts(u.imported_at), u.seq
+             FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
+                         $7::bigint[])
+                  AS u (sha256, name, size, format, imported_at, seq)
+             ON CONFLICT (station_id, sha256) DO UPDATE SET
+                name = EXCLUDED.name, size = EXCLUDED.size, format = EXCLUDED.format,
+                imported_at = EXCLUDED.imported_at, seq = EXCLUDED.seq
+             WHERE station_images.seq < EXCLUDED.seq",
+        )
+        .bind(station)
+        .bind(rows.iter().map(|(_, r)| r.sha256.to_hex()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.name.as_str()).collect::<Vec<_>>())
+        .bind(sizes)
+        .bind(rows.iter().map(|(_, r)| r.format.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.imported_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .execute(tx)
+        .await
+        .map_err(sql("storing images"))?;
+        Ok(())
+    }
 
-async fn attempt(
-    tx: &mut Transaction<'_, Postgres>,
-    station: &str,
-    seq: i64,
-    r: &AttemptRecord,
-) -> Result<(), PgError> {
-    let verdict = r
-        .verdict
-        .as_ref()
-        .map(|v| serde_json::to_value(v).unwrap_or_default());
-    let figures = serde_json::to_value(&r.figures).unwrap_or_default();
-    sqlx::query(
-        "INSERT INTO attempts (station_id, id, run_id, device_key, port_label, port_path,
-                               started_at, finished_at, state, stage, verdict,
-                               reason_detail, figures, seq)
-         VALUES ($1, $2, $3, $4, $5, $6, ms_to_ts($7), ms_to_ts($8), $9, $10, $11,
-                 $12, $13, $14)
-         ON CONFLICT (station_id, id) DO UPDATE SET
-            run_id = EXCLUDED.run_id, device_key = EXCLUDED.device_key,
-            port_label = EXCLUDED.port_label, port_path = EXCLUDED.port_path,
-            started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-            state = EXCLUDED.state, stage = EXCLUDED.stage, verdict = EXCLUDED.verdict,
-            reason_detail = EXCLUDED.reason_detail, figures = EXCLUDED.figures,
-            seq = EXCLUDED.seq
-         WHERE attempts.seq < EXCLUDED.seq",
-    )
-    .bind(station)
-    .bind(r.id.0)
-    .bind(r.run_id.0)
-    .bind(&r.device_key)
-    .bind(&r.port_label)
-    .bind(&r.port_path)
-    .bind(r.started_at)
-    .bind(r.finished_at)
-    .bind(enum_text(&r.state))
-    .bind(enum_text(&r.stage))
-    .bind(verdict)
-    .bind(&r.reason_detail)
-    .bind(figures)
-    .bind(seq)
-    .execute(&mut **tx)
-    .await
-    .map_err(sql("storing an attempt"))?;
-    Ok(())
-}
+    async fn devices(&self, tx: &mut PgConnection, station: &str) -> Result<(), PgError> {
+        let rows = &self.devices;
+        let mut capacities = Vec::with_capacity(rows.len());
+        for (_, r) in rows {
+            capacities.push(big("capacity", r.capacity)?);
+        }
+        sqlx::query(
+            "INSERT INTO devices (station_id, key, serial, vendor, model, capacity,
+                                  first_seen, last_seen, seq)
+             SELECT $1, u.key, u.serial, u.vendor, u.model, u.capacity,
+                    ms_to_ts(u.first_seen), ms_to_ts(u.last_seen), u.seq
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                         $7::bigint[], $8::bigint[], $9::bigint[])
+                  AS u (key, serial, vendor, model, capacity, first_seen, last_seen, seq)
+             ON CONFLICT (station_id, key) DO UPDATE SET
+                serial = EXCLUDED.serial, vendor = EXCLUDED.vendor, model = EXCLUDED.model,
+                capacity = EXCLUDED.capacity, first_seen = EXCLUDED.first_seen,
+                last_seen = EXCLUDED.last_seen, seq = EXCLUDED.seq
+             WHERE devices.seq < EXCLUDED.seq",
+        )
+        .bind(station)
+        .bind(rows.iter().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.serial.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.vendor.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.model.as_deref()).collect::<Vec<_>>())
+        .bind(capacities)
+        .bind(rows.iter().map(|(_, r)| r.first_seen).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.last_seen).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .execute(tx)
+        .await
+        .map_err(sql("storing devices"))?;
+        Ok(())
+    }
 
-async fn refusal(
-    tx: &mut Transaction<'_, Postgres>,
-    station: &str,
-    seq: i64,
-    r: &RefusalRecord,
-) -> Result<(), PgError> {
-    sqlx::query(
-        "INSERT INTO refusals (station_id, id, at, run_id, device_key, port_label, port_path,
-                               capacity, refusal, seq)
-         VALUES ($1, $2, ms_to_ts($3), $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (station_id, id) DO UPDATE SET
-            at = EXCLUDED.at, run_id = EXCLUDED.run_id, device_key = EXCLUDED.device_key,
-            port_label = EXCLUDED.port_label, port_path = EXCLUDED.port_path,
-            capacity = EXCLUDED.capacity, refusal = EXCLUDED.refusal, seq = EXCLUDED.seq
-         WHERE refusals.seq < EXCLUDED.seq",
-    )
-    .bind(station)
-    .bind(r.id.0)
-    .bind(r.at)
-    .bind(r.run_id.map(|id| id.0))
-    .bind(&r.device_key)
-    .bind(&r.port_label)
-    .bind(&r.port_path)
-    .bind(big("capacity", r.capacity)?)
-    .bind(serde_json::to_value(&r.refusal).unwrap_or_default())
-    .bind(seq)
-    .execute(&mut **tx)
-    .await
-    .map_err(sql("storing a refusal"))?;
-    Ok(())
-}
+    async fn runs(&self, tx: &mut PgConnection, station: &str) -> Result<(), PgError> {
+        let rows = &self.runs;
+        sqlx::query(
+            "INSERT INTO runs (station_id, id, image_sha256, image_name, options, order_id,
+                               started_at, stopped_at, stop_reason, seq)
+             SELECT $1, u.id, u.image_sha256, u.image_name, u.options, u.order_id,
+                    ms_to_ts(u.started_at), ms_to_ts(u.stopped_at), u.stop_reason, u.seq
+             FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
+                         $7::bigint[], $8::bigint[], $9::text[], $10::bigint[])
+                  AS u (id, image_sha256, image_name, options, order_id, started_at,
+                        stopped_at, stop_reason, seq)
+             ON CONFLICT (station_id, id) DO UPDATE SET
+                image_sha256 = EXCLUDED.image_sha256, image_name = EXCLUDED.image_name,
+                options = EXCLUDED.options, order_id = EXCLUDED.order_id,
+                started_at = EXCLUDED.started_at, stopped_at = EXCLUDED.stopped_at,
+                stop_reason = EXCLUDED.stop_reason, seq = EXCLUDED.seq
+             WHERE runs.seq < EXCLUDED.seq",
+        )
+        .bind(station)
+        .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.image_sha256.to_hex()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.image_name.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.options.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.options.get(ORDER_ID_OPTION).and_then(|v| v.as_i64()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|(_, r)| r.started_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.stopped_at).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.stop_reason.as_ref().map(enum_text))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .execute(tx)
+        .await
+        .map_err(sql("storing runs"))?;
+        Ok(())
+    }
 
-async fn event(
-    tx: &mut Transaction<'_, Postgres>,
-    station: &str,
-    seq: i64,
-    r: &EventRecord,
-) -> Result<(), PgError> {
-    sqlx::query(
-        "INSERT INTO events (station_id, id, seq, at, kind, port_label, device_key, run_id,
-                             attempt_id, detail)
-         VALUES ($1, $2, $3, ms_to_ts($4), $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (station_id, id) DO NOTHING",
-    )
-    .bind(station)
-    .bind(r.id)
-    .bind(seq)
-    .bind(r.at)
-    .bind(&r.kind)
-    .bind(&r.port_label)
-    .bind(&r.device_key)
-    .bind(r.run_id.map(|id| id.0))
-    .bind(r.attempt_id.map(|id| id.0))
-    .bind(&r.detail)
-    .execute(&mut **tx)
-    .await
-    .map_err(sql("storing an event"))?;
-    Ok(())
+    async fn attempts(&self, tx: &mut PgConnection, station: &str) -> Result<(), PgError> {
+        let rows = &self.attempts;
+        sqlx::query(
+            "INSERT INTO attempts (station_id, id, run_id, device_key, port_label, port_path,
+                                   started_at, finished_at, state, stage, verdict,
+                                   reason_detail, figures, seq)
+             SELECT $1, u.id, u.run_id, u.device_key, u.port_label, u.port_path,
+                    ms_to_ts(u.started_at), ms_to_ts(u.finished_at), u.state, u.stage,
+                    u.verdict, u.reason_detail, u.figures, u.seq
+             FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                         $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::jsonb[],
+                         $12::text[], $13::jsonb[], $14::bigint[])
+                  AS u (id, run_id, device_key, port_label, port_path, started_at,
+                        finished_at, state, stage, verdict, reason_detail, figures, seq)
+             ON CONFLICT (station_id, id) DO UPDATE SET
+                run_id = EXCLUDED.run_id, device_key = EXCLUDED.device_key,
+                port_label = EXCLUDED.port_label, port_path = EXCLUDED.port_path,
+                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+                state = EXCLUDED.state, stage = EXCLUDED.stage, verdict = EXCLUDED.verdict,
+                reason_detail = EXCLUDED.reason_detail, figures = EXCLUDED.figures,
+                seq = EXCLUDED.seq
+             WHERE attempts.seq < EXCLUDED.seq",
+        )
+        .bind(station)
+        .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.run_id.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.device_key.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.port_label.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.port_path.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.started_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.finished_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| enum_text(&r.state)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| enum_text(&r.stage)).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| {
+                    r.verdict
+                        .as_ref()
+                        .map(|v| serde_json::to_value(v).unwrap_or_default())
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|(_, r)| r.reason_detail.as_deref()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| serde_json::to_value(&r.figures).unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .execute(tx)
+        .await
+        .map_err(sql("storing attempts"))?;
+        Ok(())
+    }
+
+    async fn refusals(&self, tx: &mut PgConnection, station: &str) -> Result<(), PgError> {
+        let rows = &self.refusals;
+        let mut capacities = Vec::with_capacity(rows.len());
+        for (_, r) in rows {
+            capacities.push(big("capacity", r.capacity)?);
+        }
+        sqlx::query(
+            "INSERT INTO refusals (station_id, id, at, run_id, device_key, port_label, port_path,
+                                   capacity, refusal, seq)
+             SELECT $1, u.id, ms_to_ts(u.at), u.run_id, u.device_key, u.port_label,
+                    u.port_path, u.capacity, u.refusal, u.seq
+             FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                         $7::text[], $8::bigint[], $9::jsonb[], $10::bigint[])
+                  AS u (id, at, run_id, device_key, port_label, port_path, capacity,
+                        refusal, seq)
+             ON CONFLICT (station_id, id) DO UPDATE SET
+                at = EXCLUDED.at, run_id = EXCLUDED.run_id, device_key = EXCLUDED.device_key,
+                port_label = EXCLUDED.port_label, port_path = EXCLUDED.port_path,
+                capacity = EXCLUDED.capacity, refusal = EXCLUDED.refusal, seq = EXCLUDED.seq
+             WHERE refusals.seq < EXCLUDED.seq",
+        )
+        .bind(station)
+        .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.run_id.map(|id| id.0)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.device_key.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.port_label.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.port_path.as_str()).collect::<Vec<_>>())
+        .bind(capacities)
+        .bind(
+            rows.iter()
+                .map(|(_, r)| serde_json::to_value(&r.refusal).unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .execute(tx)
+        .await
+        .map_err(sql("storing refusals"))?;
+        Ok(())
+    }
+
+    async fn events(&self, tx: &mut PgConnection, station: &str) -> Result<(), PgError> {
+        let rows = &self.events;
+        sqlx::query(
+            "INSERT INTO events (station_id, id, seq, at, kind, port_label, device_key, run_id,
+                                 attempt_id, detail)
+             SELECT $1, u.id, u.seq, ms_to_ts(u.at), u.kind, u.port_label, u.device_key,
+                    u.run_id, u.attempt_id, u.detail
+             FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                         $7::text[], $8::bigint[], $9::bigint[], $10::jsonb[])
+                  AS u (id, seq, at, kind, port_label, device_key, run_id, attempt_id, detail)
+             ON CONFLICT (station_id, id) DO NOTHING",
+        )
+        .bind(station)
+        .bind(rows.iter().map(|(_, r)| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.kind.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.port_label.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.device_key.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.run_id.map(|id| id.0)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.attempt_id.map(|id| id.0)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.detail.clone()).collect::<Vec<_>>())
+        .execute(tx)
+        .await
+        .map_err(sql("storing events"))?;
+        Ok(())
+    }
 }
