@@ -156,6 +156,10 @@ impl Hub {
             self.state.silent_after_ms,
             stopped.clone(),
         ));
+        // Serve once the listener listens (the database answered at build,
+        // so it does at once), or after a while regardless: the operators'
+        // streams re-read the fleet when it does.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.state.watch.listening()).await;
         let state = api::HubState {
             stopped: Some(stopped.clone()),
             ..self.state

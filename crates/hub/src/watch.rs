@@ -47,6 +47,9 @@ pub struct Watch {
     /// Every notice (and a `resync` notice after a reconnection), for
     /// long-polls that re-read their own station.
     notices: broadcast::Sender<Notice>,
+    /// Turns true once the listener listens for the first time: a change
+    /// made before is not heard, only re-read (see [`Watch::listening`]).
+    listening: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Watch {
@@ -61,7 +64,18 @@ impl Watch {
         Self {
             changes: broadcast::channel(1024).0,
             notices: broadcast::channel(1024).0,
+            listening: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// Completes once the listener has listened at least once. The hub
+    /// serves only then: a stream opened earlier would read the fleet, miss
+    /// the notice of a change made before the listener listened, and get
+    /// that change only in the listener's first re-read (a `snapshot`, not
+    /// a `station` event).
+    pub async fn listening(&self) {
+        let mut listening = self.listening.subscribe();
+        let _ = listening.wait_for(|l| *l).await;
     }
 
     /// Fresh views from now on.
@@ -108,6 +122,7 @@ pub async fn run_listener(
         };
         // Listening now: whatever changed before is read, not waited for.
         resync(&db, &watch, silent_after_ms).await;
+        watch.listening.send_replace(true);
         loop {
             let next = tokio::select! {
                 _ = stopped.changed() => return,

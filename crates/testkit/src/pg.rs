@@ -24,8 +24,16 @@ pub struct PgCluster {
 impl PgCluster {
     /// Creates and starts a cluster with one database, `flashrack`, owned by the
     /// superuser `postgres` and reachable without a password over loopback.
-    /// Panics with a clear message when PostgreSQL is not installed.
+    /// Panics with a clear message when PostgreSQL is not installed. Commits
+    /// are not flushed to disk (`fsync=off`): a test's data is thrown away.
     pub fn start() -> Self {
+        Self::start_with("-c fsync=off")
+    }
+
+    /// As [`start`](Self::start), with `settings` (server options such as
+    /// `-c shared_buffers=256MB`) instead of `fsync=off`: a measurement
+    /// passes none, to measure the server as it is deployed (durable commits).
+    pub fn start_with(settings: &str) -> Self {
         let bin = server_bin().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL's server is not installed (no /usr/lib/postgresql/*/bin/postgres): \
@@ -57,7 +65,7 @@ impl PgCluster {
         let port = free_port();
         let cluster = Self { dir, bin, port };
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {settings}",
             cluster.dir.path().display()
         );
         as_postgres(
@@ -121,6 +129,18 @@ impl PgCluster {
             ],
         );
         self.url_of(name)
+    }
+
+    /// The process id of the cluster's postmaster (every server process is
+    /// its child), from its `postmaster.pid`.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// The server's log so far, for a failing test's message.

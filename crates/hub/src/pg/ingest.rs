@@ -266,10 +266,22 @@ impl<'a> Rows<'a> {
              WHERE station_images.seq < EXCLUDED.seq",
         )
         .bind(station)
-        .bind(rows.iter().map(|(_, r)| r.sha256.to_hex()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.name.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.sha256.to_hex())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.name.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(sizes)
-        .bind(rows.iter().map(|(_, r)| r.format.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.format.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|(_, r)| r.imported_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
         .execute(tx)
@@ -300,9 +312,21 @@ impl<'a> Rows<'a> {
         )
         .bind(station)
         .bind(rows.iter().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.serial.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.vendor.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.model.as_deref()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.serial.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.vendor.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.model.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(capacities)
         .bind(rows.iter().map(|(_, r)| r.first_seen).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, r)| r.last_seen).collect::<Vec<_>>())
@@ -333,9 +357,21 @@ impl<'a> Rows<'a> {
         )
         .bind(station)
         .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.image_sha256.to_hex()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.image_name.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.options.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.image_sha256.to_hex())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.image_name.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.options.clone())
+                .collect::<Vec<_>>(),
+        )
         .bind(
             rows.iter()
                 .map(|(_, r)| r.options.get(ORDER_ID_OPTION).and_then(|v| v.as_i64()))
@@ -381,13 +417,33 @@ impl<'a> Rows<'a> {
         .bind(station)
         .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, r)| r.run_id.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.device_key.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.port_label.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.port_path.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.device_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.port_label.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.port_path.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|(_, r)| r.started_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, r)| r.finished_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| enum_text(&r.state)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| enum_text(&r.stage)).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| enum_text(&r.state))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| enum_text(&r.stage))
+                .collect::<Vec<_>>(),
+        )
         .bind(
             rows.iter()
                 .map(|(_, r)| {
@@ -397,7 +453,11 @@ impl<'a> Rows<'a> {
                 })
                 .collect::<Vec<_>>(),
         )
-        .bind(rows.iter().map(|(_, r)| r.reason_detail.as_deref()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.reason_detail.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(
             rows.iter()
                 .map(|(_, r)| serde_json::to_value(&r.figures).unwrap_or_default())
@@ -434,10 +494,26 @@ impl<'a> Rows<'a> {
         .bind(station)
         .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.run_id.map(|id| id.0)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.device_key.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.port_label.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.port_path.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.run_id.map(|id| id.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.device_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.port_label.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.port_path.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(capacities)
         .bind(
             rows.iter()
@@ -467,12 +543,36 @@ impl<'a> Rows<'a> {
         .bind(rows.iter().map(|(_, r)| r.id).collect::<Vec<_>>())
         .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.kind.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.port_label.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.device_key.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.run_id.map(|id| id.0)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.attempt_id.map(|id| id.0)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.detail.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.kind.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.port_label.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.device_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.run_id.map(|id| id.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.attempt_id.map(|id| id.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.detail.clone())
+                .collect::<Vec<_>>(),
+        )
         .execute(tx)
         .await
         .map_err(sql("storing events"))?;

@@ -29,6 +29,7 @@ mod migrate;
 mod orders;
 mod read;
 mod reports;
+mod stats;
 pub mod tokens;
 
 use std::time::Duration;
