@@ -13,6 +13,8 @@
 //! # Layout
 //! - [`model`]: the answer ([`ImageInfo`], [`PartitionTable`], [`Partition`],
 //!   [`FileSystem`], [`IsoInfo`], [`OsGuess`], [`RawWriteRefusal`]);
+//! - [`bmap`]: block maps in bmaptool's XML format (1.x, 2.x), their own
+//!   checksum and their ranges' checksums against an image;
 //! - `read`: [`ReadAt`], the only way bytes come in (a slice in tests, a file
 //!   in the cache);
 //! - private: `table` (MBR and GPT, CRCs checked), `fs` (file-system
@@ -27,6 +29,7 @@
 //! its bytes are.
 #![deny(missing_docs)]
 
+pub mod bmap;
 mod fs;
 mod guess;
 mod iso;

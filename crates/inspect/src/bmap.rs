@@ -1,0 +1,366 @@
+//! Block maps in bmaptool's XML format (1.x and 2.x): which blocks of an
+//! image hold data, with a checksum per range and one of the file itself.
+//!
+//! [`BlockMap::parse`] reads a map and checks the file's own checksum (2.x:
+//! `BmapFileChecksum`, 1.3+: `BmapFileSHA1`); [`BlockMap::check_image`]
+//! checks an image against it (its size, and every range's checksum). A map
+//! that fails either is refused: a map that lies would make a sparse run skip
+//! data.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha1::Digest as _;
+use sha2::Digest as _;
+
+use crate::read::ReadAt;
+
+/// Why a block map is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BmapError {
+    /// The text is not a block map this parser understands.
+    #[error("not a usable bmap file: {0}")]
+    Malformed(String),
+    /// The major version is not 1 or 2.
+    #[error("bmap version {0} is not supported (1.x and 2.x are)")]
+    Version(String),
+    /// The file's own checksum does not match its content.
+    #[error("the bmap file's own checksum does not match its content (edited or damaged)")]
+    FileChecksum,
+    /// The image's size is not the one the map describes.
+    #[error("the bmap describes an image of {expected} bytes, the image has {actual}")]
+    ImageSize {
+        /// The map's `ImageSize`.
+        expected: u64,
+        /// The image's size.
+        actual: u64,
+    },
+    /// A range's checksum does not match the image's bytes there.
+    #[error("the image's blocks {first}-{last} do not match the bmap's checksum for them")]
+    RangeChecksum {
+        /// The range's first block.
+        first: u64,
+        /// The range's last block.
+        last: u64,
+    },
+    /// The image could not be read.
+    #[error("cannot read the image at byte {offset}: {reason}")]
+    Read {
+        /// Where.
+        offset: u64,
+        /// The system's words.
+        reason: String,
+    },
+}
+
+/// The checksum a map uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumKind {
+    /// SHA-1 (format 1.x).
+    Sha1,
+    /// SHA-256 (format 2.x).
+    Sha256,
+}
+
+/// A range of mapped blocks, both ends included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedRange {
+    /// The first block.
+    pub first: u64,
+    /// The last block.
+    pub last: u64,
+    /// Its checksum (lower-case hex), if the map gives one.
+    pub checksum: Option<String>,
+}
+
+/// A parsed block map whose own checksum (if it has one) matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockMap {
+    /// The format version (`2.0`, `1.4` …).
+    pub version: String,
+    /// The image's size in bytes.
+    pub image_size: u64,
+    /// The block size in bytes.
+    pub block_size: u64,
+    /// Blocks in the image.
+    pub blocks_count: u64,
+    /// The checksum the ranges carry.
+    pub checksum: Option<ChecksumKind>,
+    /// The mapped ranges, in order, not overlapping.
+    pub ranges: Vec<MappedRange>,
+}
+
+impl fmt::Display for BlockMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bmap {}: {} of {} bytes mapped in {} ranges",
+            self.version,
+            self.mapped_bytes(),
+            self.image_size,
+            self.ranges.len()
+        )
+    }
+}
+
+impl BlockMap {
+    /// Parses a bmap file and checks its own checksum.
+    pub fn parse(text: &str) -> Result<Self, BmapError> {
+        let body = strip_comments(text);
+        let (version, _) = element_with_attrs(&body, "bmap")
+            .and_then(|(attrs, _)| attr(attrs, "version").map(|v| (v, ())))
+            .ok_or_else(|| BmapError::Malformed("no <bmap version=…> element".into()))?;
+        let major = version.split('.').next().unwrap_or_default();
+        if major != "1" && major != "2" {
+            return Err(BmapError::Version(version.to_string()));
+        }
+        let number = |tag: &str| -> Result<u64, BmapError> {
+            let text = element_text(&body, tag)
+                .ok_or_else(|| BmapError::Malformed(format!("no <{tag}>")))?;
+            text.trim().parse().map_err(|_| {
+                BmapError::Malformed(format!("<{tag}> {:?} is not a number", text.trim()))
+            })
+        };
+        let image_size = number("ImageSize")?;
+        let block_size = number("BlockSize")?;
+        let blocks_count = number("BlocksCount")?;
+        let mapped_count = number("MappedBlocksCount")?;
+        if block_size == 0 || !block_size.is_power_of_two() {
+            return Err(BmapError::Malformed(format!("block size {block_size}")));
+        }
+        if blocks_count != image_size.div_ceil(block_size) {
+            return Err(BmapError::Malformed(format!(
+                "{blocks_count} blocks of {block_size} bytes cannot hold {image_size} bytes"
+            )));
+        }
+        let checksum = match element_text(&body, "ChecksumType").map(str::trim) {
+            Some("sha256") => Some(ChecksumKind::Sha256),
+            Some("sha1") => Some(ChecksumKind::Sha1),
+            Some(other) => {
+                return Err(BmapError::Malformed(format!("checksum type {other:?}")));
+            }
+            None if major == "1" => Some(ChecksumKind::Sha1),
+            None => None,
+        };
+        // The file's own checksum, computed with its value replaced by zeros.
+        for (tag, kind) in [
+            ("BmapFileChecksum", checksum.unwrap_or(ChecksumKind::Sha256)),
+            ("BmapFileSHA1", ChecksumKind::Sha1),
+        ] {
+            if let Some(value) = element_text(text, tag) {
+                let value = value.trim();
+                let zeroed = text.replacen(value, &"0".repeat(value.len()), 1);
+                if !hex_eq(&digest(kind, zeroed.as_bytes()), value) {
+                    return Err(BmapError::FileChecksum);
+                }
+            }
+        }
+        let map = element_text(&body, "BlockMap")
+            .ok_or_else(|| BmapError::Malformed("no <BlockMap>".into()))?;
+        let mut ranges: Vec<MappedRange> = Vec::new();
+        let mut rest = map;
+        while let Some(start) = rest.find("<Range") {
+            let after = &rest[start + "<Range".len()..];
+            let close = after
+                .find('>')
+                .ok_or_else(|| BmapError::Malformed("unterminated <Range".into()))?;
+            let attrs = &after[..close];
+            let end = after
+                .find("</Range>")
+                .ok_or_else(|| BmapError::Malformed("no </Range>".into()))?;
+            let span = after[close + 1..end].trim();
+            let (first, last) = match span.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (span, span),
+            };
+            let parse = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| BmapError::Malformed(format!("range {span:?}")))
+            };
+            let (first, last) = (parse(first)?, parse(last)?);
+            if last < first || last >= blocks_count {
+                return Err(BmapError::Malformed(format!(
+                    "range {first}-{last} outside the image's {blocks_count} blocks"
+                )));
+            }
+            if ranges.last().is_some_and(|r| r.last >= first) {
+                return Err(BmapError::Malformed(format!(
+                    "range {first}-{last} overlaps or precedes the one before it"
+                )));
+            }
+            let checksum = attr(attrs, "chksum")
+                .or_else(|| attr(attrs, "sha1"))
+                .map(|c| c.to_ascii_lowercase());
+            ranges.push(MappedRange {
+                first,
+                last,
+                checksum,
+            });
+            rest = &after[end + "</Range>".len()..];
+        }
+        let mapped: u64 = ranges.iter().map(|r| r.last - r.first + 1).sum();
+        if mapped != mapped_count {
+            return Err(BmapError::Malformed(format!(
+                "MappedBlocksCount {mapped_count} but the ranges map {mapped} blocks"
+            )));
+        }
+        Ok(Self {
+            version: version.to_string(),
+            image_size,
+            block_size,
+            blocks_count,
+            checksum,
+            ranges,
+        })
+    }
+
+    /// The mapped ranges in bytes: `(offset, length)`, the last one ending at
+    /// the image's end.
+    pub fn byte_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|r| {
+            let start = r.first * self.block_size;
+            let end = ((r.last + 1) * self.block_size).min(self.image_size);
+            (start, end - start)
+        })
+    }
+
+    /// Bytes mapped.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.byte_ranges().map(|(_, len)| len).sum()
+    }
+
+    /// Checks `image` against the map: its size, and every range's checksum.
+    /// Reads every mapped byte once.
+    pub fn check_image(&self, image: &dyn ReadAt) -> Result<(), BmapError> {
+        let actual = image.size();
+        if actual != self.image_size {
+            return Err(BmapError::ImageSize {
+                expected: self.image_size,
+                actual,
+            });
+        }
+        let Some(kind) = self.checksum else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        for (range, (start, len)) in self.ranges.iter().zip(self.byte_ranges()) {
+            let Some(expected) = &range.checksum else {
+                continue;
+            };
+            let mut hasher = Hasher::new(kind);
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                let got =
+                    image
+                        .read_at(start + done, &mut buf[..n])
+                        .map_err(|e| BmapError::Read {
+                            offset: start + done,
+                            reason: e.to_string(),
+                        })?;
+                if got != n {
+                    return Err(BmapError::Read {
+                        offset: start + done + got as u64,
+                        reason: "the image ends early".into(),
+                    });
+                }
+                hasher.update(&buf[..n]);
+                done += n as u64;
+            }
+            if !hex_eq(&hasher.finish(), expected) {
+                return Err(BmapError::RangeChecksum {
+                    first: range.first,
+                    last: range.last,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    fn new(kind: ChecksumKind) -> Self {
+        match kind {
+            ChecksumKind::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
+            ChecksumKind::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha1(h) => h.update(bytes),
+            Hasher::Sha256(h) => h.update(bytes),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+fn digest(kind: ChecksumKind, bytes: &[u8]) -> Vec<u8> {
+    let mut h = Hasher::new(kind);
+    h.update(bytes);
+    h.finish()
+}
+
+fn hex_eq(digest: &[u8], hex: &str) -> bool {
+    let text: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    text.eq_ignore_ascii_case(hex.trim())
+}
+
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<!--") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("-->") {
+            Some(end) => rest = &rest[start + end + 3..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The attributes and text of the first `<tag …>…</tag>`.
+fn element_with_attrs<'a>(text: &'a str, tag: &str) -> Option<(&'a str, &'a str)> {
+    let open = format!("<{tag}");
+    let mut from = 0;
+    while let Some(at) = text[from..].find(&open) {
+        let start = from + at + open.len();
+        let next = text[start..].chars().next()?;
+        if next == '>' || next.is_whitespace() {
+            let close = text[start..].find('>')? + start;
+            let end = text[close..].find(&format!("</{tag}>"))? + close;
+            return Some((&text[start..close], &text[close + 1..end]));
+        }
+        from = start;
+    }
+    None
+}
+
+fn element_text<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    element_with_attrs(text, tag).map(|(_, body)| body)
+}
+
+fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("{name}=");
+    let at = attrs.find(&key)? + key.len();
+    let quote = attrs[at..].chars().next()?;
+    if quote != '"' && quote != '\'' {
+        return None;
+    }
+    let value = &attrs[at + 1..];
+    let end = value.find(quote)?;
+    Some(&value[..end])
+}
