@@ -14,12 +14,15 @@
 //! - [`record`]: the records' ids ([`RunId`], [`DeviceId`], [`AttemptId`],
 //!   [`RefusalId`]) and [`StopReason`];
 //! - [`refusal`]: [`RefusalCode`] and [`GuardRefusal`], the target guard's
-//!   refusals as records and screens carry them.
+//!   refusals as records and screens carry them;
+//! - [`provenance`]: [`Provenance`] and [`DigestSource`], where a downloaded
+//!   image came from and what its digest was checked against.
 #![deny(missing_docs)]
 
 pub mod digest;
 pub mod event;
 pub mod manifest;
+pub mod provenance;
 pub mod record;
 pub mod refusal;
 pub mod size;
@@ -29,6 +32,7 @@ pub mod verdict;
 pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
+pub use provenance::{DigestSource, Provenance, SignatureCheck};
 pub use record::{
     AttemptId, AttemptState, AttemptStateParseError, DeviceId, IdParseError, RefusalId, RunId,
     StopReason, StopReasonParseError,

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use flashrack_core::{ImageManifest, Sha256Digest};
+use flashrack_core::{ImageManifest, Provenance, Sha256Digest};
 use serde::{Deserialize, Serialize};
 
 use flashrack_inspect::{ImageInfo, RawWriteRefusal};
@@ -33,6 +33,10 @@ pub struct ImportMeta {
     /// The sha256 of the imported file as given (equal to the raw digest for a
     /// raw import).
     pub input_sha256: Sha256Digest,
+    /// Where a downloaded image came from (`None` for a local file or an
+    /// upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
     /// When the import finished, in seconds since the Unix epoch.
     pub imported_at: u64,
     /// What the image is (partition table, file systems, ISO structure, OS),

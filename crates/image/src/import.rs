@@ -78,7 +78,7 @@ impl Default for ImportOptions {
 }
 
 impl ImportOptions {
-    fn cancelled(&self) -> bool {
+    pub(crate) fn cancelled(&self) -> bool {
         self.cancel
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
@@ -301,6 +301,7 @@ impl ImageCache {
             format,
             input_size: decoded.input_size,
             input_sha256: decoded.file_sha256,
+            provenance: None,
             imported_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -337,7 +338,7 @@ impl ImageCache {
     /// the same chunks. Best effort: on any failure the image keeps its old
     /// manifest, which the engine still uses (checking cached chunks against
     /// their sha256 instead).
-    fn add_fingerprints(&self, image: CachedImage, raw: &RawDigests) -> CachedImage {
+    pub(crate) fn add_fingerprints(&self, image: CachedImage, raw: &RawDigests) -> CachedImage {
         let old = &image.manifest;
         let same_chunks = old.size() == raw.size
             && old.chunk_count() == raw.chunk_digests.len() as u64
@@ -374,7 +375,7 @@ impl ImageCache {
 
     /// Free space left in the cache's file system, checked against `needed`
     /// more bytes plus the `reserve` that must stay free.
-    fn check_space(&self, needed: u64, reserve: u64) -> Result<(), ImageError> {
+    pub(crate) fn check_space(&self, needed: u64, reserve: u64) -> Result<(), ImageError> {
         let available = self.available_space()?;
         if available < needed.saturating_add(reserve) {
             return Err(ImageError::CacheFull {
@@ -397,7 +398,7 @@ impl ImageCache {
 
     /// A write that failed for lack of space (another process filled the file
     /// system between two checks) is the cache being full, not an internal error.
-    fn out_of_space(&self, error: ImageError, reserve: u64) -> ImageError {
+    pub(crate) fn out_of_space(&self, error: ImageError, reserve: u64) -> ImageError {
         match &error {
             ImageError::CacheIo { source, .. }
                 if matches!(
@@ -453,7 +454,7 @@ impl ImageCache {
 }
 
 /// Accepts `expected` if it is the digest of the file as given or of its raw image.
-fn check_expected(
+pub(crate) fn check_expected(
     path: &Path,
     options: &ImportOptions,
     raw: Sha256Digest,
@@ -473,7 +474,11 @@ fn check_expected(
 }
 
 /// Refuses an image larger than the largest target the station may write.
-fn check_size(path: &Path, size: u64, options: &ImportOptions) -> Result<(), ImageError> {
+pub(crate) fn check_size(
+    path: &Path,
+    size: u64,
+    options: &ImportOptions,
+) -> Result<(), ImageError> {
     if size > options.max_image_size {
         return Err(ImageError::TooLarge {
             path: path.to_path_buf(),
@@ -664,7 +669,7 @@ fn decode(
 }
 
 /// An error reading through a decoder: the file's fault or the data's.
-fn input_error(path: &Path, format: ImageFormat, error: io::Error) -> ImageError {
+pub(crate) fn input_error(path: &Path, format: ImageFormat, error: io::Error) -> ImageError {
     match InputError::classify(error) {
         InputError::Read(source) => ImageError::ReadInput {
             path: path.to_path_buf(),

@@ -138,6 +138,28 @@ impl<R: Read + Seek> InputReader<R> {
     }
 }
 
+impl<R: Read> InputReader<R> {
+    /// Reads the rest of a stream (bytes after the compressed data that no
+    /// decoder wanted), hashing it, and returns the digest and size of all of
+    /// it. Only for a reader that was read front to back (a stream decoder's
+    /// input, never a zip reader's) and that hashes.
+    pub(crate) fn finish_stream(mut self) -> io::Result<(Sha256, u64)> {
+        let mut buf = vec![0u8; INPUT_BUFFER];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let hasher = self
+            .hasher
+            .ok_or_else(|| io::Error::other("the stream was read without hashing"))?;
+        Ok((hasher, self.hashed))
+    }
+}
+
 /// A decoder for one of the stream formats (all but zip and raw) reading from
 /// `input`. Every format decodes all of its members, streams or frames.
 pub(crate) fn stream_decoder<'a, R: Read + 'a>(

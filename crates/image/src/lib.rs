@@ -41,6 +41,8 @@
 //! # Code map
 //! - [`cache`]: [`ImageCache`] (open, get, find, list, remove), [`CachedImage`];
 //! - [`import`]: [`ImageCache::import`], [`ImportOptions`], [`ImportOutcome`];
+//! - [`stream`]: [`ImageCache::import_stream`], the same pass fed by a
+//!   stream (a download) instead of a file, with the image's provenance;
 //! - [`detect`]: [`ImageFormat`] and magic-byte detection;
 //! - [`error`]: [`ImageError`], the one error type;
 //! - private: `pass` (the single pass: sparse store, whole and chunk digests,
@@ -57,6 +59,7 @@ pub mod cache;
 pub mod detect;
 pub mod error;
 pub mod import;
+pub mod stream;
 
 mod fsutil;
 mod index;
@@ -70,6 +73,7 @@ pub use import::{
     CacheHit, ImportOptions, ImportOutcome, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MIN_FREE_SPACE,
     MAX_CHUNK_SIZE,
 };
+pub use stream::StreamSource;
 
 #[doc(no_inline)]
 pub use flashrack_core::{ImageManifest, Sha256Digest};

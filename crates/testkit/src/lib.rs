@@ -16,12 +16,15 @@
 //!   asking first;
 //! - [`udev_stick::TestStick`]: a loop device that udev presents as a USB stick;
 //! - [`pg::PgCluster`]: a throwaway PostgreSQL cluster (the fleet hub's tests);
+//! - [`http_files::FileServer`]: an HTTP file server on loopback with ranges,
+//!   validators and the ways servers fail (download tests);
 //! - [`image_bytes`] / [`image_from_bytes`]: deterministic test images with random
 //!   runs and zero holes, with their manifests;
 //! - [`iso`]: ISO images built by xorriso (a Windows-like installer that is not
 //!   hybrid, a hybrid Linux one), for the tests of image inspection.
 #![deny(missing_docs)]
 
+pub mod http_files;
 pub mod iso;
 pub mod pg;
 pub mod udev_stick;

@@ -1,0 +1,207 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// Why a download, a checksum lookup or a signature check failed. Each
+/// variant says whether trying again may help ([`DownloadError::is_transient`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The URL cannot be downloaded from (not http or https, malformed).
+    #[error("{url}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server has no such file (404 or 410).
+    #[error("{url}: not found on the server ({status})")]
+    NotFound {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The server answered another error status.
+    #[error("{url}: the server answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The TLS handshake failed (an untrusted or invalid certificate, a
+    /// server that does not speak TLS): not retried.
+    #[error("{url}: TLS failure: {reason}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// rustls's words.
+        reason: String,
+    },
+    /// The server could not be reached (name, connection refused, timeout).
+    #[error("{url}: cannot reach the server: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The transfer stopped before the end; what arrived is kept and the
+    /// next try resumes from it.
+    #[error("{url}: the transfer stopped at {held} of {} bytes: {reason}", total.map_or_else(|| "?".to_string(), |t| t.to_string()))]
+    Cut {
+        /// The URL.
+        url: String,
+        /// Bytes held.
+        held: u64,
+        /// The length the server declared, if it did.
+        total: Option<u64>,
+        /// Why.
+        reason: String,
+    },
+    /// No byte arrived for the stall timeout.
+    #[error("{url}: stalled: no byte for {secs} s at {held} bytes")]
+    Stalled {
+        /// The URL.
+        url: String,
+        /// Bytes held.
+        held: u64,
+        /// The stall timeout, in seconds.
+        secs: u64,
+    },
+    /// The server's length does not hold: it declared one length and has
+    /// or sends another, or changed it between requests.
+    #[error(
+        "{url}: the server lies about the file's length: it declared {declared} bytes, {actual}"
+    )]
+    WrongLength {
+        /// The URL.
+        url: String,
+        /// The length it declared first.
+        declared: u64,
+        /// What it did instead, in words with the figure.
+        actual: String,
+    },
+    /// The server answered a range that is not the one asked for.
+    #[error("{url}: the server answered the wrong range: {reason}")]
+    BadRange {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The file changed on the server since the partial download began (its
+    /// `ETag` or `Last-Modified` differs): the bytes held are not worth
+    /// keeping.
+    #[error("{url}: the file changed on the server since the download began ({reason})")]
+    Changed {
+        /// The URL.
+        url: String,
+        /// Which validator changed.
+        reason: String,
+    },
+    /// A small file (a checksum list, a signature) is larger than it may be.
+    #[error("{url}: larger than {limit} bytes, too large for a {what}")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// What was being fetched.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+    /// Whoever reads the bytes stopped reading (the import failed or was
+    /// cancelled); its own error says why.
+    #[error("the import stopped reading the download")]
+    SinkClosed,
+    /// The partial download on disk cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP client cannot be set up.
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
+    /// The checksum list does not list the file.
+    #[error("{sums_url} lists no sha256 for {file_name}{}", listed_names(.listed))]
+    NotListed {
+        /// The list's URL.
+        sums_url: String,
+        /// The name looked for.
+        file_name: String,
+        /// Some names it does list.
+        listed: Vec<String>,
+    },
+    /// The checksum list gives the file two different digests.
+    #[error("{sums_url} lists {file_name} twice with different digests")]
+    ListedTwice {
+        /// The list's URL.
+        sums_url: String,
+        /// The name looked for.
+        file_name: String,
+    },
+    /// The keyring cannot be read or holds no usable public key.
+    #[error("keyring {}: {reason}", path.display())]
+    BadKeyring {
+        /// The keyring file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The signature cannot be parsed.
+    #[error("{url}: not an OpenPGP signature: {reason}")]
+    BadSignatureData {
+        /// The signature's URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No key of the keyring made a valid signature of the checksum list:
+    /// it was altered, or signed by a key the operator does not trust.
+    #[error("{sums_url}: the signature {signature_url} is not a valid signature by any key of the keyring{}", issuer_note(.issuers))]
+    BadSignature {
+        /// The checksum list's URL.
+        sums_url: String,
+        /// The signature's URL.
+        signature_url: String,
+        /// The key ids or fingerprints the signature names as its issuer.
+        issuers: Vec<String>,
+    },
+}
+
+impl DownloadError {
+    /// Whether trying again may succeed (and resume): a cut, a stall, an
+    /// unreachable server, a 5xx, 408 or 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DownloadError::Cut { .. }
+            | DownloadError::Stalled { .. }
+            | DownloadError::Unreachable { .. } => true,
+            DownloadError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
+    }
+}
+
+fn listed_names(names: &[String]) -> String {
+    if names.is_empty() {
+        " (it lists nothing)".to_string()
+    } else {
+        format!(" (it lists {})", names.join(", "))
+    }
+}
+
+fn issuer_note(issuers: &[String]) -> String {
+    if issuers.is_empty() {
+        String::new()
+    } else {
+        format!(" (it names issuer {})", issuers.join(", "))
+    }
+}

@@ -1,0 +1,808 @@
+//! A resumable download, fed to a channel as the bytes arrive.
+//!
+//! The bytes are appended to a partial file (in a directory the caller
+//! names: the data directory, so that a download cut by a lost connection
+//! *or a restart of flashrack* resumes where it stopped) and sent on to the
+//! reader at once; nothing reads the partial file again except after a
+//! restart, when the bytes it holds are sent first (the reader's state, a
+//! decompressor and hashers, cannot be saved, so it is rebuilt from them).
+//! Beside the partial file a small state file keeps the URL, the server's
+//! validators (`ETag`, `Last-Modified`) and the length it declared.
+//!
+//! A resumed request asks for the rest (`Range: bytes=<held>-`) with
+//! `If-Range` set to the validator: a server whose file changed answers the
+//! whole new file (`200`), which is [`DownloadError::Changed`] (the caller
+//! starts afresh); a server that ignores ranges answers `200` with the same
+//! strong `ETag`, and the bytes already held are skipped as they come again.
+//! A `206` must start exactly at the held length and declare the same total.
+//! A server that declared more bytes than it has is caught when it is asked
+//! for the rest (`416` with its real length, or the same early end twice).
+//!
+//! Transient failures (a cut, a stall, an unreachable server, a 5xx) are
+//! retried with exponential back-off, [`RetryPolicy::tries`] times in a row
+//! without progress; progress starts the count again.
+
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::DownloadError;
+
+/// Pieces in which the bytes of a partial file are sent again after a restart.
+const REPLAY_PIECE: usize = 1 << 20;
+
+/// When to try again and when to give up.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Tries in a row without a new byte before the last error is final.
+    pub tries: u32,
+    /// The wait after the first failure; doubled after each further one.
+    pub first_backoff: Duration,
+    /// The longest wait between two tries.
+    pub max_backoff: Duration,
+    /// How long an answer or the body may go without a byte before the
+    /// request is given up as stalled (and resumed).
+    pub stall_timeout: Duration,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            tries: 6,
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after the `failures`-th failure in a row (from 1).
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(16);
+        self.first_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// How far a download has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes held (sent on to the reader).
+    pub held: u64,
+    /// The length the server declared, if it did.
+    pub total: Option<u64>,
+    /// Bytes that were held from an earlier run when this one began.
+    pub resumed_from: u64,
+}
+
+/// A finished download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    /// The server's `ETag` for the file, if it sent one.
+    pub etag: Option<String>,
+    /// The server's `Last-Modified`, if it sent one.
+    pub last_modified: Option<String>,
+    /// Bytes in all.
+    pub size: u64,
+    /// Bytes held from an earlier run (sent again from the partial file).
+    pub resumed_from: u64,
+    /// Bytes received over the network by this run.
+    pub received: u64,
+}
+
+/// A small file fetched whole (a checksum list, a signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Small {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Where a download keeps its state on disk: `<dir>/<sha256 of the URL>.part`
+/// (the bytes) and `.json` (URL, validators, declared length).
+#[derive(Debug, Clone)]
+pub struct Partial {
+    data: PathBuf,
+    state: PathBuf,
+}
+
+impl Partial {
+    /// The partial download of `url` in `dir`.
+    pub fn in_dir(dir: &Path, url: &str) -> Self {
+        let key = Sha256::digest(url.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        Self {
+            data: dir.join(format!("{key}.part")),
+            state: dir.join(format!("{key}.json")),
+        }
+    }
+
+    /// The file holding the bytes.
+    pub fn data_path(&self) -> &Path {
+        &self.data
+    }
+
+    /// Removes the partial download (both files); missing files are fine.
+    pub async fn discard(&self) -> Result<(), DownloadError> {
+        for path in [&self.data, &self.state] {
+            match tokio::fs::remove_file(path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(DownloadError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&self, url: &str) -> Option<State> {
+        let bytes = tokio::fs::read(&self.state).await.ok()?;
+        serde_json::from_slice::<State>(&bytes)
+            .ok()
+            .filter(|state| state.url == url)
+    }
+
+    async fn save(&self, state: &State) -> Result<(), DownloadError> {
+        let io = |source| DownloadError::Io {
+            path: self.state.clone(),
+            source,
+        };
+        let temp = self.state.with_extension("json.new");
+        let bytes = serde_json::to_vec(state).expect("the state serializes");
+        tokio::fs::write(&temp, bytes).await.map_err(io)?;
+        tokio::fs::rename(&temp, &self.state).await.map_err(io)
+    }
+}
+
+/// What a partial download remembers of the server's file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    url: String,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    total: Option<u64>,
+}
+
+impl State {
+    /// The validator for `If-Range`: a strong `ETag`, else `Last-Modified`.
+    fn validator(&self) -> Option<&str> {
+        match (&self.etag, &self.last_modified) {
+            (Some(etag), _) if !etag.starts_with("W/") => Some(etag),
+            (_, Some(modified)) => Some(modified),
+            _ => None,
+        }
+    }
+
+    /// Whether a whole answer (`200`) carries the same file: its strong
+    /// `ETag` is ours, or, without one, its `Last-Modified` is.
+    fn same_file(&self, etag: Option<&str>, last_modified: Option<&str>) -> bool {
+        match (&self.etag, etag) {
+            (Some(ours), Some(theirs)) => !ours.starts_with("W/") && ours == theirs,
+            (None, None) => {
+                self.last_modified.is_some() && self.last_modified.as_deref() == last_modified
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The HTTP client of downloads. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Downloader {
+    http: reqwest::Client,
+    policy: RetryPolicy,
+}
+
+impl Downloader {
+    /// A client with rustls (the system's root certificates) and the
+    /// environment's proxies.
+    pub fn new(policy: RetryPolicy) -> Result<Self, DownloadError> {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(policy.connect_timeout)
+            .user_agent(concat!("flashrack/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| DownloadError::Setup(e.to_string()))?;
+        Ok(Self { http, policy })
+    }
+
+    /// The retry policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// Fetches a small file whole (at most `limit` bytes), with the same
+    /// retries as a download.
+    pub async fn fetch_small(
+        &self,
+        url: &str,
+        what: &'static str,
+        limit: u64,
+    ) -> Result<Small, DownloadError> {
+        let parsed = parse_url(url)?;
+        let mut failures = 0;
+        loop {
+            match self.fetch_small_once(&parsed, url, what, limit).await {
+                Ok(small) => return Ok(small),
+                Err(error) if error.is_transient() && failures + 1 < self.policy.tries => {
+                    failures += 1;
+                    let wait = self.policy.backoff(failures);
+                    tracing::info!(%error, ?wait, "fetching {what} again");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn fetch_small_once(
+        &self,
+        parsed: &Url,
+        url: &str,
+        what: &'static str,
+        limit: u64,
+    ) -> Result<Small, DownloadError> {
+        let response = self.send(self.http.get(parsed.clone()), url, 0).await?;
+        let status = response.status().as_u16();
+        match status {
+            200 => {}
+            404 | 410 => {
+                return Err(DownloadError::NotFound {
+                    url: url.into(),
+                    status,
+                })
+            }
+            _ => {
+                return Err(DownloadError::Status {
+                    url: url.into(),
+                    status,
+                })
+            }
+        }
+        let too_large = || DownloadError::TooLarge {
+            url: url.into(),
+            what,
+            limit,
+        };
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        let mut body = response.bytes_stream();
+        loop {
+            match tokio::time::timeout(self.policy.stall_timeout, body.next()).await {
+                Err(_) => return Err(self.stalled(url, bytes.len() as u64)),
+                Ok(None) => break,
+                Ok(Some(Err(error))) => return Err(cut(url, bytes.len() as u64, None, &error)),
+                Ok(Some(Ok(chunk))) => {
+                    if (bytes.len() + chunk.len()) as u64 > limit {
+                        return Err(too_large());
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(Small { bytes })
+    }
+
+    /// Downloads `url`, resuming what `partial` holds, and sends every byte
+    /// of the file, in order, to `sink` (the bytes held from an earlier run
+    /// first). `progress` is told how far it has got after every piece. On
+    /// an error the partial download is kept (resumable), except that
+    /// [`DownloadError::Changed`] means it is worthless: the caller discards
+    /// it and starts again. See the [module](self) for the rules.
+    pub async fn download(
+        &self,
+        url: &str,
+        partial: &Partial,
+        sink: &mpsc::Sender<Bytes>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Downloaded, DownloadError> {
+        let parsed = parse_url(url)?;
+        let io = |source| DownloadError::Io {
+            path: partial.data.clone(),
+            source,
+        };
+        if let Some(dir) = partial.data.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        }
+        let mut state = partial.load(url).await;
+        let mut held = match (&state, tokio::fs::metadata(&partial.data).await) {
+            (Some(_), Ok(meta)) => meta.len(),
+            _ => 0,
+        };
+        if state
+            .as_ref()
+            .and_then(|s| s.total)
+            .is_some_and(|total| held > total)
+        {
+            tracing::warn!(
+                held,
+                url,
+                "a partial download longer than the file: starting afresh"
+            );
+            held = 0;
+        }
+        if held == 0 {
+            state = None;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&partial.data)
+            .await
+            .map_err(io)?;
+        file.set_len(held).await.map_err(io)?;
+        let resumed_from = held;
+        if held > 0 {
+            tracing::info!(url, held, "resuming a partial download");
+            replay(&partial.data, held, sink).await?;
+        }
+        let mut state = state.unwrap_or_else(|| State {
+            url: url.to_string(),
+            ..State::default()
+        });
+        progress(Progress {
+            held,
+            total: state.total,
+            resumed_from,
+        });
+        let mut failures = 0u32;
+        let mut last_cut: Option<u64> = None;
+        while !state.total.is_some_and(|total| held >= total) {
+            let before = held;
+            let mut transfer = Transfer {
+                url,
+                partial,
+                state: &mut state,
+                file: &mut file,
+                held: &mut held,
+                sink,
+                progress: &mut *progress,
+                resumed_from,
+            };
+            match self.request(&parsed, &mut transfer).await {
+                Ok(()) => break,
+                Err(error) if error.is_transient() => {
+                    if held > before {
+                        failures = 0;
+                    }
+                    if let (DownloadError::Cut { .. }, Some(total)) = (&error, state.total) {
+                        // The same early end twice, the second time without
+                        // a new byte: the server does not have what it declared.
+                        if held == before && last_cut == Some(held) {
+                            return Err(DownloadError::WrongLength {
+                                url: url.into(),
+                                declared: total,
+                                actual: format!("but ends at byte {held} every time"),
+                            });
+                        }
+                        last_cut = Some(held);
+                    }
+                    failures += 1;
+                    if failures >= self.policy.tries {
+                        return Err(error);
+                    }
+                    let wait = self.policy.backoff(failures);
+                    tracing::info!(%error, held, ?wait, "download interrupted: trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        file.flush().await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        Ok(Downloaded {
+            etag: state.etag.clone(),
+            last_modified: state.last_modified.clone(),
+            size: held,
+            resumed_from,
+            received: held - resumed_from,
+        })
+    }
+
+    /// Sends a request, giving up after the stall timeout without an answer.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        held: u64,
+    ) -> Result<reqwest::Response, DownloadError> {
+        match tokio::time::timeout(self.policy.stall_timeout, request.send()).await {
+            Err(_) => Err(self.stalled(url, held)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(classify(url, held, &error)),
+        }
+    }
+
+    fn stalled(&self, url: &str, held: u64) -> DownloadError {
+        DownloadError::Stalled {
+            url: url.into(),
+            held,
+            secs: self.policy.stall_timeout.as_secs(),
+        }
+    }
+
+    /// One request: from what is held to the end, or to an error.
+    async fn request(&self, parsed: &Url, t: &mut Transfer<'_>) -> Result<(), DownloadError> {
+        let url = t.url;
+        let held = *t.held;
+        let mut request = self.http.get(parsed.clone());
+        if held > 0 {
+            request = request.header(RANGE, format!("bytes={held}-"));
+            match t.state.validator() {
+                Some(validator) => request = request.header(IF_RANGE, validator),
+                None => tracing::warn!(url, "the server gave no validator: resuming without If-Range; the digest check is the only guard"),
+            }
+        }
+        let response = self.send(request, url, held).await?;
+        let status = response.status().as_u16();
+        let etag = header(response.headers(), ETAG);
+        let last_modified = header(response.headers(), LAST_MODIFIED);
+        let mut skip = 0u64;
+        match status {
+            206 => {
+                let (start, total) = content_range(&response, url)?;
+                let total = total.ok_or_else(|| DownloadError::BadRange {
+                    url: url.into(),
+                    reason: "a 206 without the file's length".into(),
+                })?;
+                if start != Some(held) {
+                    return Err(DownloadError::BadRange {
+                        url: url.into(),
+                        reason: format!("asked from byte {held}, got from {start:?}"),
+                    });
+                }
+                if let (Some(ours), Some(theirs)) = (&t.state.etag, &etag) {
+                    if ours != theirs {
+                        return Err(DownloadError::Changed {
+                            url: url.into(),
+                            reason: format!("ETag {ours} is now {theirs}"),
+                        });
+                    }
+                }
+                if let Some(declared) = t.state.total {
+                    if declared != total {
+                        return Err(DownloadError::WrongLength {
+                            url: url.into(),
+                            declared,
+                            actual: format!("then {total} bytes"),
+                        });
+                    }
+                }
+            }
+            200 if held > 0 => {
+                if !t.state.same_file(etag.as_deref(), last_modified.as_deref()) {
+                    return Err(DownloadError::Changed {
+                        url: url.into(),
+                        reason: match (&t.state.etag, &etag) {
+                            (Some(ours), Some(theirs)) => format!("ETag {ours} is now {theirs}"),
+                            _ => "the server sent the whole file again without the same validator"
+                                .into(),
+                        },
+                    });
+                }
+                if let (Some(declared), Some(length)) = (t.state.total, response.content_length()) {
+                    if declared != length {
+                        return Err(DownloadError::WrongLength {
+                            url: url.into(),
+                            declared,
+                            actual: format!("then {length} bytes"),
+                        });
+                    }
+                }
+                // The same file, whole: the server ignores ranges.
+                tracing::info!(
+                    url,
+                    held,
+                    "the server ignores ranges: skipping the bytes held"
+                );
+                skip = held;
+            }
+            200 => {
+                *t.state = State {
+                    url: url.to_string(),
+                    etag,
+                    last_modified,
+                    total: response.content_length(),
+                };
+                t.partial.save(t.state).await?;
+            }
+            416 => {
+                let (_, actual) = content_range(&response, url).unwrap_or((None, None));
+                return Err(match (t.state.total, actual) {
+                    (Some(declared), Some(actual)) if actual != declared => {
+                        DownloadError::WrongLength {
+                            url: url.into(),
+                            declared,
+                            actual: format!("but has {actual}"),
+                        }
+                    }
+                    _ => DownloadError::BadRange {
+                        url: url.into(),
+                        reason: format!("bytes from {held} are not satisfiable"),
+                    },
+                });
+            }
+            404 | 410 => {
+                return Err(DownloadError::NotFound {
+                    url: url.into(),
+                    status,
+                })
+            }
+            _ => {
+                return Err(DownloadError::Status {
+                    url: url.into(),
+                    status,
+                })
+            }
+        }
+        let io = |source| DownloadError::Io {
+            path: t.partial.data.clone(),
+            source,
+        };
+        let mut body = response.bytes_stream();
+        loop {
+            let mut chunk = match tokio::time::timeout(self.policy.stall_timeout, body.next()).await
+            {
+                Err(_) => return Err(self.stalled(url, *t.held)),
+                Ok(None) => break,
+                Ok(Some(Err(error))) => return Err(cut(url, *t.held, t.state.total, &error)),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            if skip > 0 {
+                let n = (skip.min(chunk.len() as u64)) as usize;
+                chunk.advance(n);
+                skip -= n as u64;
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
+            let len = chunk.len() as u64;
+            if let Some(total) = t.state.total {
+                if *t.held + len > total {
+                    return Err(DownloadError::WrongLength {
+                        url: url.into(),
+                        declared: total,
+                        actual: format!("but sends more ({} bytes at least)", *t.held + len),
+                    });
+                }
+            }
+            // On disk first: a restart sends again what the file holds.
+            t.file.write_all(&chunk).await.map_err(io)?;
+            t.sink
+                .send(chunk)
+                .await
+                .map_err(|_| DownloadError::SinkClosed)?;
+            *t.held += len;
+            (t.progress)(Progress {
+                held: *t.held,
+                total: t.state.total,
+                resumed_from: t.resumed_from,
+            });
+        }
+        if skip > 0 || t.state.total.is_some_and(|total| *t.held < total) {
+            return Err(DownloadError::Cut {
+                url: url.into(),
+                held: *t.held,
+                total: t.state.total,
+                reason: "the server ended the transfer early".into(),
+            });
+        }
+        if t.state.total.is_none() {
+            // Without a declared length, the end of the body is the end.
+            t.state.total = Some(*t.held);
+        }
+        Ok(())
+    }
+}
+
+/// What one request works on.
+struct Transfer<'a> {
+    url: &'a str,
+    partial: &'a Partial,
+    state: &'a mut State,
+    file: &'a mut tokio::fs::File,
+    held: &'a mut u64,
+    sink: &'a mpsc::Sender<Bytes>,
+    progress: &'a mut (dyn FnMut(Progress) + Send),
+    resumed_from: u64,
+}
+
+/// Sends the first `len` bytes of the partial file to the sink again.
+async fn replay(path: &Path, len: u64, sink: &mpsc::Sender<Bytes>) -> Result<(), DownloadError> {
+    let io = |source| DownloadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    let mut left = len;
+    while left > 0 {
+        let mut buf = vec![0u8; REPLAY_PIECE.min(left as usize)];
+        file.read_exact(&mut buf).await.map_err(io)?;
+        left -= buf.len() as u64;
+        sink.send(Bytes::from(buf))
+            .await
+            .map_err(|_| DownloadError::SinkClosed)?;
+    }
+    Ok(())
+}
+
+fn parse_url(url: &str) -> Result<Url, DownloadError> {
+    let parsed = Url::parse(url).map_err(|e| DownloadError::BadUrl {
+        url: url.into(),
+        reason: e.to_string(),
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(DownloadError::BadUrl {
+            url: url.into(),
+            reason: "only http and https URLs can be downloaded".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+fn header(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// `Content-Range: bytes <start>-<end>/<total>` or `bytes */<total>`: the
+/// start (if any) and the total (if known).
+fn content_range(
+    response: &reqwest::Response,
+    url: &str,
+) -> Result<(Option<u64>, Option<u64>), DownloadError> {
+    let text =
+        header(response.headers(), CONTENT_RANGE).ok_or_else(|| DownloadError::BadRange {
+            url: url.into(),
+            reason: "no Content-Range".into(),
+        })?;
+    let bad = || DownloadError::BadRange {
+        url: url.into(),
+        reason: format!("Content-Range {text:?}"),
+    };
+    let spec = text.strip_prefix("bytes ").ok_or_else(bad)?;
+    let (range, total) = spec.split_once('/').ok_or_else(bad)?;
+    let total = match total.trim() {
+        "*" => None,
+        n => Some(n.parse().map_err(|_| bad())?),
+    };
+    let start = match range.trim() {
+        "*" => None,
+        r => Some(
+            r.split_once('-')
+                .ok_or_else(bad)?
+                .0
+                .trim()
+                .parse()
+                .map_err(|_| bad())?,
+        ),
+    };
+    Ok((start, total))
+}
+
+/// An error's message with all its causes.
+fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// rustls's error among the causes, if the failure was TLS's.
+fn tls_failure(error: &(dyn StdError + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(tls) = rustls_error(error) {
+            return Some(tls.to_string());
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// `error` itself as rustls's error, looking inside an `io::Error` carrying
+/// it (tokio-rustls), which `source()` skips.
+fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        return rustls_error(inner);
+    }
+    None
+}
+
+/// A request that got no answer.
+fn classify(url: &str, held: u64, error: &reqwest::Error) -> DownloadError {
+    if let Some(reason) = tls_failure(error) {
+        return DownloadError::Tls {
+            url: url.into(),
+            reason,
+        };
+    }
+    if error.is_body() || error.is_decode() {
+        return cut(url, held, None, error);
+    }
+    DownloadError::Unreachable {
+        url: url.into(),
+        reason: chain(error),
+    }
+}
+
+fn cut(url: &str, held: u64, total: Option<u64>, error: &reqwest::Error) -> DownloadError {
+    DownloadError::Cut {
+        url: url.into(),
+        held,
+        total,
+        reason: chain(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_up_to_its_limit() {
+        let policy = RetryPolicy {
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        };
+        let waits: Vec<u64> = (1..=5).map(|n| policy.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn a_weak_etag_is_no_validator_for_a_range() {
+        let state = State {
+            url: "u".into(),
+            etag: Some("W/\"x\"".into()),
+            last_modified: None,
+            total: Some(1),
+        };
+        assert_eq!(state.validator(), None);
+        assert!(!state.same_file(Some("W/\"x\""), None));
+        let state = State {
+            etag: Some("\"x\"".into()),
+            ..state
+        };
+        assert_eq!(state.validator(), Some("\"x\""));
+        assert!(state.same_file(Some("\"x\""), None));
+        assert!(!state.same_file(Some("\"y\""), None));
+    }
+}

@@ -1,0 +1,282 @@
+//! Downloads from a real HTTP server on loopback that the test starts
+//! (`flashrack_testkit::http_files`): a connection cut halfway resumed with
+//! `Range` and `If-Range`, a restart resumed from the partial file, a file
+//! that changed meanwhile, a server that declares more than it has, a stall,
+//! a slow server, a 404 and a TLS failure. The client is the real one.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use flashrack_download::{DownloadError, Downloaded, Downloader, Partial, RetryPolicy};
+use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
+use flashrack_testkit::image_bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+const SIZE: usize = 3 << 20;
+
+fn policy(tries: u32) -> RetryPolicy {
+    RetryPolicy {
+        tries,
+        first_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        stall_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Downloads `url` into `partial`, collecting every byte the sink is sent.
+async fn download(
+    policy: RetryPolicy,
+    url: &str,
+    partial: &Partial,
+) -> (Result<Downloaded, DownloadError>, Vec<u8>) {
+    let downloader = Downloader::new(policy).unwrap();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+    let collect = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(piece) = rx.recv().await {
+            all.extend_from_slice(&piece);
+        }
+        all
+    });
+    let result = downloader.download(url, partial, &tx, &mut |_| {}).await;
+    drop(tx);
+    (result, collect.await.unwrap())
+}
+
+#[tokio::test]
+async fn a_connection_cut_halfway_is_resumed_with_a_range_and_if_range() {
+    let body = image_bytes(SIZE, 1, 4096);
+    let server = FileServer::start().await;
+    server.serve(
+        "/a.img",
+        Served::new(body.clone(), "v1").behaving(Behaviour::CutFirstAfter(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/a.img");
+    let partial = Partial::in_dir(dir.path(), &url);
+    let (result, got) = download(policy(3), &url, &partial).await;
+    let done = result.unwrap();
+    assert!(got == body, "the bytes sent on are the file's");
+    assert_eq!(done.size, SIZE as u64);
+    assert_eq!(done.etag.as_deref(), Some("\"v1\""));
+    let requests = server.requests_for("/a.img");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(format!("bytes={}-", SIZE / 2).as_str())
+    );
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"v1\""));
+    assert_eq!(requests[1].status, 206);
+    assert_eq!(
+        server.body_bytes_sent(),
+        SIZE as u64,
+        "nothing was fetched twice"
+    );
+}
+
+#[tokio::test]
+async fn a_download_stopped_by_a_restart_resumes_from_its_partial_file() {
+    let body = image_bytes(SIZE, 2, 4096);
+    let server = FileServer::start().await;
+    server.serve(
+        "/b.img",
+        Served::new(body.clone(), "v1").behaving(Behaviour::CutFirstAfter(SIZE / 3)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/b.img");
+    // One try: the cut ends this run, as a restart of flashrack would.
+    let (result, first) = download(policy(1), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, DownloadError::Cut { held, .. } if held == (SIZE / 3) as u64),
+        "{error}"
+    );
+    assert!(first == body[..SIZE / 3]);
+    // A new client, a new partial handle: only what is on disk carries over.
+    let (result, second) = download(policy(1), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let done = result.unwrap();
+    assert!(
+        second == body,
+        "the held bytes are sent again first, then the rest"
+    );
+    assert_eq!(done.resumed_from, (SIZE / 3) as u64);
+    assert_eq!(done.received, (SIZE - SIZE / 3) as u64);
+    let requests = server.requests_for("/b.img");
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(format!("bytes={}-", SIZE / 3).as_str())
+    );
+    assert_eq!(server.body_bytes_sent(), SIZE as u64);
+}
+
+#[tokio::test]
+async fn a_file_that_changed_on_the_server_is_not_resumed() {
+    let old = image_bytes(SIZE, 3, 4096);
+    let new = image_bytes(SIZE, 4, 4096);
+    let server = FileServer::start().await;
+    server.serve(
+        "/c.img",
+        Served::new(old, "v1").behaving(Behaviour::CutFirstAfter(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/c.img");
+    let partial = Partial::in_dir(dir.path(), &url);
+    let (result, _) = download(policy(1), &url, &partial).await;
+    assert!(matches!(result, Err(DownloadError::Cut { .. })));
+    server.serve("/c.img", Served::new(new.clone(), "v2"));
+    let (result, _) = download(policy(3), &url, &partial).await;
+    let error = result.unwrap_err();
+    assert!(matches!(error, DownloadError::Changed { .. }), "{error}");
+    let requests = server.requests_for("/c.img");
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"v1\""));
+    assert_eq!(
+        requests[1].status, 200,
+        "the server sent the new file whole"
+    );
+    // Discarded, the download starts afresh and gets the new file.
+    partial.discard().await.unwrap();
+    let (result, got) = download(policy(1), &url, &partial).await;
+    assert_eq!(result.unwrap().etag.as_deref(), Some("\"v2\""));
+    assert!(got == new);
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_ranges_is_read_past_the_bytes_held() {
+    let body = image_bytes(SIZE, 5, 4096);
+    let server = FileServer::start().await;
+    server.serve(
+        "/d.img",
+        Served::new(body.clone(), "v1").behaving(Behaviour::CutFirstAfter(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/d.img");
+    let partial = Partial::in_dir(dir.path(), &url);
+    let (result, _) = download(policy(1), &url, &partial).await;
+    assert!(result.is_err());
+    server.serve(
+        "/d.img",
+        Served::new(body.clone(), "v1").behaving(Behaviour::IgnoresRange),
+    );
+    let (result, got) = download(policy(1), &url, &partial).await;
+    result.unwrap();
+    assert!(got == body, "the held half is not sent twice");
+    assert_eq!(server.requests_for("/d.img")[1].status, 200);
+}
+
+#[tokio::test]
+async fn a_server_that_declares_more_than_it_has_is_caught_lying() {
+    let body = image_bytes(SIZE, 6, 4096);
+    let server = FileServer::start().await;
+    server.serve(
+        "/e.img",
+        Served::new(body, "v1").behaving(Behaviour::DeclaresMore(4096)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/e.img");
+    let (result, _) = download(policy(4), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let error = result.unwrap_err();
+    match &error {
+        DownloadError::WrongLength {
+            declared, actual, ..
+        } => {
+            assert_eq!(*declared, SIZE as u64 + 4096);
+            assert!(actual.contains(&SIZE.to_string()), "{error}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(
+        error.to_string().contains("lies about the file's length"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_server_is_given_up_after_the_stall_timeout() {
+    let body = image_bytes(SIZE, 7, 4096);
+    let server = FileServer::start().await;
+    server.serve(
+        "/f.img",
+        Served::new(body, "v1").behaving(Behaviour::StallAt(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/f.img");
+    let policy = RetryPolicy {
+        stall_timeout: Duration::from_secs(1),
+        ..policy(2)
+    };
+    let (result, got) = download(policy, &url, &Partial::in_dir(dir.path(), &url)).await;
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, DownloadError::Stalled { held, secs: 1, .. } if held == (SIZE / 2) as u64),
+        "{error}"
+    );
+    assert_eq!(got.len(), SIZE / 2);
+    // The second try asked for the rest, and stalled too.
+    let requests = server.requests_for("/f.img");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(format!("bytes={}-", SIZE / 2).as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_slow_server_that_keeps_sending_is_not_a_stall() {
+    // 16 pieces 250 ms apart: 4 s in all, against a stall timeout of 3 s.
+    let body = image_bytes(16 * 16384, 8, 4096);
+    let server = FileServer::start().await;
+    server.serve(
+        "/g.img",
+        Served::new(body.clone(), "v1").behaving(Behaviour::Slow {
+            piece: 16384,
+            pause: Duration::from_millis(250),
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/g.img");
+    let policy = RetryPolicy {
+        stall_timeout: Duration::from_secs(3),
+        ..policy(1)
+    };
+    let (result, got) = download(policy, &url, &Partial::in_dir(dir.path(), &url)).await;
+    result.unwrap();
+    assert!(got == body);
+}
+
+#[tokio::test]
+async fn a_missing_file_is_not_found_at_once() {
+    let server = FileServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/nothing.img");
+    let (result, _) = download(policy(5), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, DownloadError::NotFound { status: 404, .. }),
+        "{error}"
+    );
+    assert_eq!(server.requests().len(), 1, "a 404 is not tried again");
+}
+
+#[tokio::test]
+async fn https_to_a_server_that_does_not_speak_tls_is_a_tls_failure() {
+    // A server that answers plain HTTP to anything, a TLS greeting included.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let _ = socket
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("https://{address}/a.img");
+    let (result, _) = download(policy(5), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let error = result.unwrap_err();
+    assert!(matches!(error, DownloadError::Tls { .. }), "{error}");
+    assert!(error.to_string().contains("TLS failure"), "{error}");
+}

@@ -1,0 +1,219 @@
+//! Importing an image from a stream (a download) rather than a file: the same
+//! single pass (format by magic bytes, decompression, whole and chunk digests,
+//! sparse store), fed by whatever reads the bytes as they arrive. Nothing is
+//! read twice: the stream is consumed once, front to back.
+//!
+//! A zip archive cannot be read this way (its directory is at its end), so
+//! it is refused with [`ImageError::Unsupported`]; the stream formats and raw
+//! images are imported as they come.
+
+use std::io::{Cursor, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flashrack_core::{ImageManifest, Provenance, Sha256Digest};
+
+use crate::cache::{CachedImage, EntryFile, ImageCache, ImportMeta};
+use crate::detect::{ImageFormat, MAGIC_LEN};
+use crate::error::ImageError;
+use crate::fsutil::{write_json_atomic, TempFile};
+use crate::import::{
+    check_expected, check_size, input_error, CacheHit, ImportOptions, ImportOutcome, MAX_CHUNK_SIZE,
+};
+use crate::input::{read_full, stream_decoder, InputReader};
+use crate::pass::{digest_and_store, ChunkHashing, PassError};
+
+/// What is known of a stream before it is read.
+#[derive(Debug, Clone)]
+pub struct StreamSource {
+    /// What to call it in messages (a URL).
+    pub label: String,
+    /// The name the image is kept under (the file name of a URL).
+    pub name: String,
+    /// Where it comes from, kept with the image: set by whoever feeds the
+    /// stream before the stream ends (a download knows its server's
+    /// validators only once it has them), read once it has ended. Left
+    /// unset, the image has no provenance.
+    pub provenance: Arc<OnceLock<Provenance>>,
+    /// Take the stream as a raw image whatever its first bytes look like (a
+    /// disk read as it is, which may well start like a compressed file).
+    pub raw: bool,
+}
+
+impl ImageCache {
+    /// Imports the image `input` yields, read once to its end, as
+    /// [`ImageCache::import`] imports a file: decompressed by its magic bytes,
+    /// digested, checked against `options.expected_sha256` (of the stream as
+    /// given or of the raw image) and moved into the cache; on any error
+    /// nothing is left in the cache. An image already cached is kept, and
+    /// takes the stream's provenance.
+    pub fn import_stream(
+        &self,
+        input: &mut dyn Read,
+        source: StreamSource,
+        options: ImportOptions,
+    ) -> Result<ImportOutcome, ImageError> {
+        let label = PathBuf::from(&source.label);
+        let chunk_size = options.chunk_size;
+        if chunk_size == 0 || !chunk_size.is_multiple_of(4096) || chunk_size > MAX_CHUNK_SIZE {
+            return Err(ImageError::InvalidChunkSize { chunk_size });
+        }
+        let mut head = [0u8; MAGIC_LEN];
+        let head_len =
+            read_full(input, &mut head).map_err(|e| input_error(&label, ImageFormat::Raw, e))?;
+        if head_len == 0 {
+            return Err(ImageError::EmptyInput { path: label });
+        }
+        let format = if source.raw {
+            ImageFormat::Raw
+        } else {
+            ImageFormat::detect(&head[..head_len])
+        };
+        if format == ImageFormat::Zip {
+            return Err(ImageError::Unsupported {
+                path: label,
+                format,
+                reason: "a zip archive is read from its end and cannot be imported as it downloads; download it and import the file".into(),
+            });
+        }
+        self.check_space(0, options.min_free_space)?;
+        let mut temp = TempFile::create_in(&self.tmp, "img")?;
+        let out_path = temp.path().to_path_buf();
+        let mut watch = |raw_size: u64| -> Result<(), ImageError> {
+            if options.cancelled() {
+                return Err(ImageError::Cancelled {
+                    path: label.clone(),
+                });
+            }
+            check_size(&label, raw_size, &options)?;
+            self.check_space(u64::from(chunk_size), options.min_free_space)
+        };
+        let pass_error = |error| match error {
+            PassError::Input(e) => input_error(&label, format, e),
+            PassError::Output(source) => ImageError::CacheIo {
+                action: "write",
+                path: out_path.clone(),
+                source,
+            },
+            PassError::Stopped(error) => error,
+        };
+        let whole = Cursor::new(head[..head_len].to_vec()).chain(input);
+        let hashing = ChunkHashing::for_input(format != ImageFormat::Raw);
+        let (raw, file_sha256, input_size) = if format == ImageFormat::Raw {
+            let mut reader = InputReader::new(whole, false);
+            let raw = digest_and_store(
+                &mut reader,
+                temp.file_mut(),
+                chunk_size as usize,
+                hashing,
+                &mut watch,
+            )
+            .map_err(pass_error)
+            .map_err(|e| self.out_of_space(e, options.min_free_space))?;
+            let (sha256, size) = (raw.sha256, raw.size);
+            (raw, sha256, size)
+        } else {
+            let mut reader = InputReader::new(whole, true);
+            let raw = {
+                let mut decoder = stream_decoder(format, &mut reader)
+                    .map_err(|e| input_error(&label, format, e))?;
+                digest_and_store(
+                    &mut *decoder,
+                    temp.file_mut(),
+                    chunk_size as usize,
+                    hashing,
+                    &mut watch,
+                )
+                .map_err(pass_error)
+                .map_err(|e| self.out_of_space(e, options.min_free_space))?
+            };
+            let (hasher, size) = reader
+                .finish_stream()
+                .map_err(|e| input_error(&label, format, e))?;
+            (raw, Sha256Digest::from_hasher(hasher), size)
+        };
+        if raw.size == 0 {
+            return Err(ImageError::EmptyImage {
+                path: label,
+                format,
+            });
+        }
+        check_expected(&label, &options, raw.sha256, file_sha256)?;
+        let provenance = source.provenance.get().cloned();
+        let meta = ImportMeta {
+            original_name: source.name.clone(),
+            zip_entry: None,
+            format,
+            input_size,
+            input_sha256: file_sha256,
+            provenance: provenance.clone(),
+            imported_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        if let Some(image) = self.get(&raw.sha256)? {
+            let image = self.add_fingerprints(image, &raw);
+            let image = self.with_provenance(image, provenance);
+            return Ok(ImportOutcome {
+                image,
+                hit: Some(CacheHit::SameImage),
+            });
+        }
+        let manifest = ImageManifest::new(
+            raw.sha256,
+            raw.size,
+            chunk_size,
+            raw.chunk_digests,
+            raw.zero,
+        )
+        .and_then(|m| m.with_chunk_fingerprints(raw.chunk_fingerprints))
+        .expect("the pass yields one digest, fingerprint and zero flag per chunk of a valid size");
+        let image_path = self.image_path(&raw.sha256);
+        temp.persist(&image_path)?;
+        let entry = EntryFile {
+            manifest: manifest.clone(),
+            import: meta.clone(),
+        };
+        if let Err(error) = write_json_atomic(&self.tmp, &self.entry_path(&raw.sha256), &entry) {
+            let _ = std::fs::remove_file(&image_path);
+            return Err(error);
+        }
+        tracing::debug!(image = %raw.sha256.short(), size = manifest.size(), "imported from a stream");
+        Ok(ImportOutcome {
+            image: CachedImage {
+                manifest,
+                path: image_path,
+                meta,
+            },
+            hit: None,
+        })
+    }
+
+    /// Records `provenance` with a cached image (best effort, as the
+    /// fingerprint upgrade: on failure the image keeps its old entry).
+    fn with_provenance(&self, image: CachedImage, provenance: Option<Provenance>) -> CachedImage {
+        let Some(provenance) = provenance else {
+            return image;
+        };
+        if image.meta.provenance.as_ref() == Some(&provenance) {
+            return image;
+        }
+        let meta = ImportMeta {
+            provenance: Some(provenance),
+            ..image.meta.clone()
+        };
+        let entry = EntryFile {
+            manifest: image.manifest.clone(),
+            import: meta.clone(),
+        };
+        match write_json_atomic(&self.tmp, &self.entry_path(&image.sha256()), &entry) {
+            Ok(()) => CachedImage { meta, ..image },
+            Err(error) => {
+                tracing::warn!(%error, image = %image.sha256().short(), "cannot record the image's provenance");
+                image
+            }
+        }
+    }
+}

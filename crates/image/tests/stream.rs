@@ -1,0 +1,165 @@
+//! Importing from a stream (what a download feeds): every stream format and
+//! raw images in one pass with the same digests as a file import, the
+//! provenance set while the stream was read kept with the image, and a
+//! stream that fails, mismatches or is a zip leaving nothing behind.
+
+mod common;
+
+use std::io::{self, Cursor, Read};
+use std::sync::{Arc, OnceLock};
+
+use common::{compressed_formats, sample_image, zip};
+use flashrack_core::{DigestSource, Provenance, Sha256Digest};
+use flashrack_image::{ImageCache, ImageError, StreamSource};
+
+fn source(name: &str) -> (StreamSource, Arc<OnceLock<Provenance>>) {
+    let slot = Arc::new(OnceLock::new());
+    (
+        StreamSource {
+            label: format!("https://example.invalid/{name}"),
+            name: name.to_string(),
+            provenance: slot.clone(),
+            raw: false,
+        },
+        slot,
+    )
+}
+
+fn provenance(name: &str) -> Provenance {
+    Provenance {
+        url: format!("https://example.invalid/{name}"),
+        etag: Some("\"e\"".into()),
+        last_modified: None,
+        digest_source: DigestSource::Unchecked,
+    }
+}
+
+/// Yields `data` and sets the provenance only when it has been read to the
+/// end, as a download does.
+struct Download {
+    data: Cursor<Vec<u8>>,
+    slot: Arc<OnceLock<Provenance>>,
+    provenance: Provenance,
+}
+
+impl Read for Download {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.data.read(buf)?;
+        if n == 0 {
+            let _ = self.slot.set(self.provenance.clone());
+        }
+        Ok(n)
+    }
+}
+
+fn no_entries(cache: &ImageCache) {
+    assert!(cache.list().unwrap().is_empty());
+    assert!(std::fs::read_dir(cache.dir().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(std::fs::read_dir(cache.dir().join("images"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn every_stream_format_imports_with_the_digests_of_its_image_and_keeps_its_provenance() {
+    let raw = sample_image();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path()).unwrap();
+    let mut inputs: Vec<(String, Vec<u8>)> = vec![("raw.img".into(), raw.clone())];
+    for (format, compress, ext) in compressed_formats() {
+        if format == flashrack_image::ImageFormat::Zip {
+            continue;
+        }
+        inputs.push((format!("image.{ext}"), compress(&raw)));
+    }
+    for (i, (name, file)) in inputs.iter().enumerate() {
+        let (source, slot) = source(name);
+        let mut stream = Download {
+            data: Cursor::new(file.clone()),
+            slot,
+            provenance: provenance(name),
+        };
+        let outcome = cache
+            .import_stream(
+                &mut stream,
+                source,
+                common::expecting(Sha256Digest::of(file)),
+            )
+            .unwrap();
+        assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw), "{name}");
+        assert_eq!(outcome.already_cached(), i > 0, "{name}");
+        if i == 0 {
+            assert_eq!(outcome.image.meta.input_sha256, Sha256Digest::of(file));
+            assert_eq!(outcome.image.meta.input_size, file.len() as u64);
+        }
+        // The latest download's provenance is the image's.
+        assert_eq!(
+            outcome.image.meta.provenance,
+            Some(provenance(name)),
+            "{name}"
+        );
+        let again = cache.get(&outcome.image.sha256()).unwrap().unwrap();
+        assert_eq!(again.meta.provenance, Some(provenance(name)), "{name}");
+    }
+    assert_eq!(
+        std::fs::read(cache.get(&Sha256Digest::of(&raw)).unwrap().unwrap().path).unwrap(),
+        raw
+    );
+}
+
+#[test]
+fn a_mismatch_a_failed_stream_and_a_zip_leave_nothing_in_the_cache() {
+    let raw = sample_image();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path()).unwrap();
+
+    let (src, _) = source("raw.img");
+    let error = cache
+        .import_stream(
+            &mut Cursor::new(raw.clone()),
+            src,
+            common::expecting(Sha256Digest::of(b"something else")),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(error, ImageError::ChecksumMismatch { .. }),
+        "{error}"
+    );
+    no_entries(&cache);
+
+    struct FailsHalfway(Cursor<Vec<u8>>, usize);
+    impl Read for FailsHalfway {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.position() as usize >= self.1 {
+                return Err(io::Error::other("the download stopped before the end"));
+            }
+            let end = buf.len().min(self.1 - self.0.position() as usize);
+            self.0.read(&mut buf[..end])
+        }
+    }
+    let (src, _) = source("raw.img");
+    let half = raw.len() / 2;
+    let error = cache
+        .import_stream(
+            &mut FailsHalfway(Cursor::new(raw.clone()), half),
+            src,
+            common::options(),
+        )
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("stopped before the end"),
+        "{error}"
+    );
+    no_entries(&cache);
+
+    let (src, _) = source("image.zip");
+    let error = cache
+        .import_stream(&mut Cursor::new(zip(&raw)), src, common::options())
+        .unwrap_err();
+    assert!(matches!(error, ImageError::Unsupported { .. }), "{error}");
+    no_entries(&cache);
+}
