@@ -140,3 +140,66 @@ export async function uploadImage(event) {
     bar.hidden = true;
   }
 }
+
+// Imports from URLs: started with POST /images/import-url, followed by
+// polling GET /images/downloads while one is checking or downloading.
+
+let downloadsTimer = null;
+
+export async function importUrl(event) {
+  event.preventDefault();
+  const value = (id) => $(id).value.trim() || null;
+  const body = {
+    url: value('url-url'),
+    sha256: value('url-sha'),
+    sha256sums: value('url-sums'),
+    signature: value('url-sig'),
+    keyring: value('url-keyring'),
+  };
+  try {
+    await api('POST', '/images/import-url', body);
+    setStatus('url-status', 'Started: the download is checked and imported as it arrives', 'good');
+    loadDownloads();
+  } catch (error) {
+    setStatus('url-status', error.message, 'bad');
+  }
+}
+
+function downloadRow(d) {
+  const pct = d.total ? Math.floor((d.held / d.total) * 100) : null;
+  let words;
+  if (d.state === 'checking') words = 'checking the checksum list and its signature…';
+  else if (d.state === 'downloading') {
+    words = `${fmtBytes(d.held)}${d.total ? ` of ${fmtBytes(d.total)} (${pct}%)` : ''}`;
+    if (d.rate_bytes_per_sec) words += ` · ${fmtBytes(d.rate_bytes_per_sec)}/s`;
+    if (d.eta_secs != null) words += ` · ${d.eta_secs} s left`;
+    if (d.resumed_from) words += ` · resumed at ${fmtBytes(d.resumed_from)}`;
+  } else if (d.state === 'done') {
+    const signer = d.provenance && d.provenance.digest_source && d.provenance.digest_source.signature;
+    words = `imported ${shortSha(d.image)}${signer ? ` · signed by ${signer.signer_fingerprint}` : ''}`;
+  } else words = `failed: ${d.error}`;
+  const row = el('li', { class: 'row' },
+    el('div', { class: 'row-main' },
+      el('strong', { text: d.url.split('/').pop() || d.url, title: d.url }),
+      el('span', { class: d.state === 'failed' ? 'bad' : 'muted', text: ` ${words}` })));
+  if (pct != null && d.state === 'downloading') {
+    const fill = el('span');
+    fill.style.width = `${pct}%`;
+    row.append(el('div', { class: 'bar', role: 'progressbar', 'aria-label': `Download of ${d.url}`, 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(pct) }, fill));
+  }
+  return row;
+}
+
+export async function loadDownloads() {
+  clearTimeout(downloadsTimer);
+  let list;
+  try {
+    list = (await api('GET', '/images/downloads')) || [];
+  } catch (error) {
+    return;
+  }
+  $('download-list').replaceChildren(...list.map(downloadRow));
+  const busy = list.some((d) => d.state === 'checking' || d.state === 'downloading');
+  if (busy) downloadsTimer = setTimeout(loadDownloads, 1000);
+  if (list.some((d) => d.state === 'done' && !model.images.some((i) => i.sha256 === d.image))) loadImages();
+}

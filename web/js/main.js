@@ -14,7 +14,7 @@
 import { $, fmtBytes, fmtBytesExact } from './util.js';
 import { connectEvents, watchStream } from './live.js';
 import { stopRun, armRun } from './run.js';
-import { loadImages, importPath, uploadImage } from './images.js';
+import { loadImages, importPath, importUrl, loadDownloads, uploadImage } from './images.js';
 import { loadRuns, loadDevices, renderDevices } from './records.js';
 import { renderRack } from './rack.js';
 import { startWall } from './wall.js';
@@ -31,6 +31,8 @@ function start() {
   $('arm-form').addEventListener('submit', armRun);
   $('import-form').addEventListener('submit', importPath);
   $('upload-form').addEventListener('submit', uploadImage);
+  $('url-form').addEventListener('submit', importUrl);
+  loadDownloads();
   $('runs-refresh').addEventListener('click', loadRuns);
   $('devices-refresh').addEventListener('click', loadDevices);
   $('device-search').addEventListener('input', renderDevices);

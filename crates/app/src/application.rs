@@ -279,6 +279,11 @@ impl Application {
             shutting_down: None,
             events: Default::default(),
             fleet: fleet.as_ref().map(|fleet| fleet.view.subscribe()),
+            url_imports: Some(Arc::new(crate::downloads::UrlImportService::new(
+                images.clone(),
+                data_dir.clone(),
+                config.max_size,
+            ))),
         };
         Ok(Self {
             address,

@@ -52,6 +52,29 @@ pub enum AppError {
         #[source]
         source: Box<flashrack_image::ImageError>,
     },
+    /// An image could not be downloaded, or its checksum list or signature
+    /// did not hold.
+    #[error("cannot import {url}")]
+    Download {
+        /// The URL concerned (the image's, the checksum list's or the
+        /// signature's).
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<flashrack_download::DownloadError>,
+    },
+    /// A master could not be captured.
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+    /// The operator's keyring could not be read.
+    #[error("cannot read the keyring {}", path.display())]
+    ReadKeyring {
+        /// The keyring file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A name that is neither a file nor a cached image.
     #[error("{name} is neither a file nor a cached image")]
     UnknownImage {

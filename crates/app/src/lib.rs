@@ -16,7 +16,10 @@
 //! - [`fleet`]: the station's side of a fleet: records shipped to the hub,
 //!   the live rack reported, the hub's orders followed (images fetched);
 //! - [`images`]: the image cache under a data directory;
+//! - [`downloads`]: images imported from URLs, with their digest checked
+//!   against a signed `SHA256SUMS` and their provenance kept;
 //! - [`devices`]: the block devices attached now, as the guard judges them;
+//! - [`capture`]: a master stick read into the image cache;
 //! - [`client`]: the HTTP client of a running station (`status`, `run`);
 //! - [`ports`]: learning the port map;
 //! - [`lock`]: one flashrack per data directory;
@@ -30,9 +33,11 @@
 #![deny(missing_docs)]
 
 pub mod application;
+pub mod capture;
 pub mod client;
 pub mod demo;
 pub mod devices;
+pub mod downloads;
 pub mod error;
 pub mod flash;
 pub mod fleet;

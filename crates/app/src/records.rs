@@ -123,24 +123,20 @@ impl StoreRecords {
         self.recovered
     }
 
-    /// Makes sure the store knows the image (its format, import time and
-    /// source file come from the cache; an image recorded before the records
-    /// kept its source gets it now, if the cache still knows it).
+    /// Makes sure the store knows the image (its format, import time, source
+    /// file and provenance come from the cache; an image recorded
+    /// before the records kept its source gets it now, if the cache still
+    /// knows it, and one downloaded since it was recorded gets its
+    /// provenance).
     pub async fn record_image(
         &self,
         sha256: flashrack_core::Sha256Digest,
         name: &str,
         size: u64,
     ) -> Result<(), JournalError> {
-        // An image recorded before its source or its inspection was kept is
-        // recorded again, with them.
+        // An image recorded before its source, its inspection or its
+        // provenance was kept is recorded again, with them.
         let known = self.store.image(sha256).await.map_err(journal_error)?;
-        if known
-            .as_ref()
-            .is_some_and(|image| image.source.is_some() && image.inspection.is_some())
-        {
-            return Ok(());
-        }
         // Reading the cache's manifest is blocking file I/O: off the station's
         // task (this runs inside `Journal::run_started`).
         let images = self.images.clone();
@@ -152,10 +148,19 @@ impl StoreRecords {
             sha256: c.meta.input_sha256,
             size: ByteSize(c.meta.input_size),
         });
-        if known.is_some() && source.is_none() {
-            // Recorded before its source was kept, and the cache no longer
-            // says: nothing to add.
-            return Ok(());
+        let provenance = cached.as_ref().and_then(|c| c.meta.provenance.clone());
+        let inspection = cached
+            .as_ref()
+            .and_then(|c| c.meta.inspection.as_ref())
+            .and_then(|i| serde_json::to_string(i).ok());
+        if let Some(known) = &known {
+            let adds_source = known.source.is_none() && source.is_some();
+            let adds_inspection = known.inspection.is_none() && inspection.is_some();
+            let adds_provenance = provenance.is_some() && known.provenance != provenance;
+            if !adds_source && !adds_inspection && !adds_provenance {
+                // Nothing the records lack (or the cache no longer says).
+                return Ok(());
+            }
         }
         let row = ImageRow {
             sha256,
@@ -169,10 +174,8 @@ impl StoreRecords {
             imported_at: cached
                 .as_ref()
                 .map_or_else(|| self.store.now(), |c| c.meta.imported_at as i64 * 1000),
-            inspection: cached
-                .as_ref()
-                .and_then(|c| c.meta.inspection.as_ref())
-                .and_then(|i| serde_json::to_string(i).ok()),
+            inspection,
+            provenance,
         };
         self.store
             .write(|batch| Box::pin(batch.record_image(&row)))

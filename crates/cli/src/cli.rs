@@ -277,18 +277,53 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Import an image (raw .img/.iso, or gzip, xz, zstd, bzip2, zip): decompress
-    /// once, hash, and cache it under its sha256.
+    /// once, hash, and cache it under its sha256. An http or https URL is
+    /// downloaded and imported in the same pass (resumed after a cut or a
+    /// restart; zip archives only from files).
     Import {
-        /// The file to import.
+        /// The file or URL to import.
+        #[arg(value_name = "FILE|URL")]
         file: PathBuf,
         /// Expected sha256, of the file as given or of the raw image.
-        #[arg(long, value_name = "HEX")]
+        #[arg(long, value_name = "HEX", conflicts_with = "sha256sums")]
         sha256: Option<String>,
+        /// A URL's expected sha256 is the one this checksum list (SHA256SUMS)
+        /// gives for the URL's file name.
+        #[arg(long, value_name = "URL")]
+        sha256sums: Option<String>,
+        /// The checksum list's detached OpenPGP signature (SHA256SUMS.gpg),
+        /// checked against --keyring before anything else is downloaded.
+        #[arg(long, value_name = "URL", requires_all = ["sha256sums", "keyring"])]
+        signature: Option<String>,
+        /// The public keys to trust for --signature (armored or binary, as
+        /// `gpg --export` writes them).
+        #[arg(long, value_name = "FILE", requires = "signature")]
+        keyring: Option<PathBuf>,
         /// Refuse an image larger than this: the largest target the guard lets
         /// through (`[guard] max_size`), since a larger image could never be
         /// written.
         #[arg(long, default_value = "256G", value_name = "SIZE")]
         max_size: ByteSize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Capture a master stick into the cache: read (never written) through
+    /// the guard's rules for reading (a whole disk on an allowed bus, not
+    /// mounted), up to the end of its last partition (MBR or GPT) unless
+    /// --whole, hashed and cached in the same pass.
+    Capture {
+        /// The master's block device.
+        device: PathBuf,
+        /// The name to keep the image under.
+        #[arg(long)]
+        name: Option<String>,
+        /// Read the whole device, not only up to the end of its last partition.
+        #[arg(long)]
+        whole: bool,
+        /// Also read a device on this bus (`loop` for loop devices); usb always.
+        #[arg(long = "allow-bus", value_name = "BUS")]
+        allow_buses: Vec<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -417,13 +452,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let _lock = match &args.command {
         Command::Flash(_)
         | Command::Demo(_)
-        | Command::Image(ImageCommand::Import { .. } | ImageCommand::Remove { .. }) => {
-            Some(lock(&data_dir, args.wait)?)
-        }
+        | Command::Image(
+            ImageCommand::Import { .. }
+            | ImageCommand::Remove { .. }
+            | ImageCommand::Capture { .. },
+        ) => Some(lock(&data_dir, args.wait)?),
         _ => None,
     };
     let status = match args.command {
-        Command::Image(cmd) => crate::image_cmd::run(&data_dir, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Image(cmd) => crate::image_cmd::run(&data_dir, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Flash(flash) => crate::flash::run(&data_dir, flash).await,
         Command::Devices(devices) => {
             tokio::task::spawn_blocking(move || crate::devices_cmd::run(devices)).await?

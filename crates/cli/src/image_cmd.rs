@@ -2,19 +2,29 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use flashrack_app::downloads::{
+    import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport, UrlProgress,
+};
 use flashrack_app::images::{import, open_cache, remove};
 use flashrack_core::{ByteSize, Sha256Digest};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::ImageCommand;
 
 /// Runs an `image` subcommand.
-pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
+pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
     let cache = open_cache(data_dir)?;
     match command {
         ImageCommand::Import {
             file,
             sha256,
+            sha256sums,
+            signature,
+            keyring,
             max_size,
             json,
         } => {
@@ -23,7 +33,43 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 .map(Sha256Digest::parse)
                 .transpose()
                 .context("--sha256")?;
-            let outcome = import(&cache, &file, expected, max_size)?;
+            let url = file
+                .to_str()
+                .filter(|f| f.starts_with("http://") || f.starts_with("https://"));
+            let outcome = match url {
+                Some(url) => {
+                    let check = match (expected, sha256sums) {
+                        (Some(sha256), _) => DigestCheck::Sha256(sha256),
+                        (None, Some(sums)) => DigestCheck::Sums {
+                            url: sums,
+                            signature: signature.zip(keyring).map(|(url, keyring)| SignatureSpec {
+                                url,
+                                keyring: Keyring::File(keyring),
+                            }),
+                        },
+                        (None, None) => DigestCheck::None,
+                    };
+                    let request = UrlImport {
+                        url: url.to_string(),
+                        check,
+                        max_size,
+                    };
+                    let mut shown = DownloadView::new(json);
+                    let outcome =
+                        import_url(&cache, data_dir, &request, RetryPolicy::default(), |p| {
+                            shown.update(&p)
+                        })
+                        .await;
+                    shown.finish();
+                    outcome?
+                }
+                None => {
+                    if sha256sums.is_some() {
+                        bail!("--sha256sums is for URLs: for a file, give --sha256");
+                    }
+                    import(&cache, &file, expected, max_size)?
+                }
+            };
             let image = &outcome.image;
             if json {
                 outln!(
@@ -34,6 +80,7 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         "format": image.meta.format.name(),
                         "already_cached": outcome.already_cached(),
                         "path": image.path,
+                        "provenance": image.meta.provenance,
                     })
                 )?;
             } else {
@@ -49,6 +96,71 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     ByteSize(image.size()),
                     ByteSize(image.manifest.zero_bytes()),
                 );
+                if let Some(provenance) = &image.meta.provenance {
+                    errln!("from {provenance}");
+                }
+                outln!("{}", image.sha256())?;
+            }
+        }
+        ImageCommand::Capture {
+            device,
+            name,
+            whole,
+            allow_buses,
+            json,
+        } => {
+            let mut policy = flashrack_app::capture::read_policy();
+            policy
+                .allowed_buses
+                .extend(allow_buses.iter().map(|b| b.to_ascii_lowercase()));
+            let request = flashrack_app::capture::CaptureRequest {
+                device,
+                name,
+                whole,
+                policy,
+            };
+            let captured = tokio::task::spawn_blocking({
+                let cache = cache.clone();
+                move || flashrack_app::capture::capture(&cache, &request)
+            })
+            .await??;
+            let image = &captured.outcome.image;
+            let smallest = flashrack_app::capture::smallest_stick(data_dir).await;
+            let fits = smallest.map(|s| image.size() <= s.bytes());
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "sha256": image.sha256(),
+                        "size": image.size(),
+                        "device_size": captured.device_size,
+                        "extent": captured.extent.describe(),
+                        "already_cached": captured.outcome.already_cached(),
+                        "smallest_stick": smallest.map(|s| s.bytes()),
+                        "fits_smallest_stick": fits,
+                    })
+                )?;
+            } else {
+                errln!(
+                    "captured {} of {} ({}): {}, {} in zero chunks",
+                    ByteSize(image.size()),
+                    ByteSize(captured.device_size),
+                    captured.extent.describe(),
+                    image.meta.original_name,
+                    ByteSize(image.manifest.zero_bytes()),
+                );
+                match smallest {
+                    Some(smallest) if image.size() <= smallest.bytes() => errln!(
+                        "it fits the smallest stick the records know ({})",
+                        ByteSize(smallest.bytes()).exact()
+                    ),
+                    Some(smallest) => errln!(
+                        "it does NOT fit the smallest stick the records know ({}): {} more than it holds",
+                        ByteSize(smallest.bytes()).exact(),
+                        ByteSize(image.size() - smallest.bytes())
+                    ),
+                    None => errln!("no stick in the records yet to compare its size with"),
+                }
                 outln!("{}", image.sha256())?;
             }
         }
@@ -118,4 +230,82 @@ pub fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A download's progress on stderr: a bar with bytes, rate and time left on a
+/// terminal, a line every tenth otherwise; nothing with `--json`.
+struct DownloadView {
+    bar: Option<ProgressBar>,
+    /// Plain lines (stderr is not a terminal).
+    lines: bool,
+    /// Nothing at all (`--json`).
+    quiet: bool,
+    last_tenth: u64,
+    said_resume: bool,
+}
+
+impl DownloadView {
+    fn new(json: bool) -> Self {
+        Self {
+            bar: None,
+            lines: !std::io::stderr().is_terminal(),
+            quiet: json,
+            last_tenth: 0,
+            said_resume: false,
+        }
+    }
+
+    fn update(&mut self, progress: &UrlProgress) {
+        if self.quiet {
+            return;
+        }
+        let UrlProgress::Downloading(p) = progress else {
+            errln!("checking the checksum list and its signature");
+            return;
+        };
+        if p.resumed_from > 0 && !self.said_resume {
+            self.said_resume = true;
+            errln!(
+                "resuming a partial download at {}",
+                ByteSize(p.resumed_from)
+            );
+        }
+        if self.lines {
+            if let Some(total) = p.total.filter(|t| *t > 0) {
+                let tenth = p.held.saturating_mul(10) / total;
+                if tenth > self.last_tenth {
+                    self.last_tenth = tenth;
+                    errln!("downloaded {} of {}", ByteSize(p.held), ByteSize(total));
+                }
+            }
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(p.total, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message("downloading");
+            // A resumed download starts where it stopped: its rate and time
+            // left count from there.
+            bar.set_position(p.held);
+            bar.reset_eta();
+            bar.enable_steady_tick(Duration::from_millis(500));
+            bar
+        });
+        if let Some(total) = p.total {
+            bar.set_length(total);
+        }
+        bar.set_position(p.held);
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }

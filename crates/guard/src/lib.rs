@@ -74,7 +74,7 @@ use std::sync::Arc;
 
 pub use facts::{DiskFacts, DiskIdentity, MountUse, SystemView};
 pub use rules::{
-    evaluate, refusals, Accepted, Authorization, GuardPolicy, GuardRequest, Refusal,
+    evaluate, read_refusals, refusals, Accepted, Authorization, GuardPolicy, GuardRequest, Refusal,
     DEFAULT_MAX_SIZE_BYTES,
 };
 

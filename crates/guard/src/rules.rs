@@ -306,6 +306,26 @@ pub fn refusals(facts: &DiskFacts, policy: &GuardPolicy, request: &GuardRequest)
     out
 }
 
+/// Every rule that `facts` fail for *reading* the whole device (capturing a
+/// master stick into an image), in rule order: it must be a whole disk on an
+/// allowed bus (rule 1), none of it mounted, used as swap or held (rule 3),
+/// not a disk that holds a mounted file system (rule 4), and have a medium.
+/// A mounted master would be read while it changes; the station never writes
+/// it (the reader opens it read-only), so ports, sizes and runs do not matter.
+pub fn read_refusals(facts: &DiskFacts, policy: &GuardPolicy) -> Vec<Refusal> {
+    let relaxed = GuardPolicy {
+        allow_unmapped_ports: true,
+        max_size_bytes: u64::MAX,
+        ..policy.clone()
+    };
+    let request = GuardRequest {
+        image_size: 0,
+        armed_run: false,
+        explicit_operator_request: true,
+    };
+    refusals(facts, &relaxed, &request)
+}
+
 /// Decides whether the device described by `facts` may be written: accepted, or
 /// refused for the first failing rule in rule order (see the module docs).
 pub fn evaluate(
@@ -357,6 +377,44 @@ mod tests {
         assert_eq!(p.max_size_bytes, 256_000_000_000);
         assert!(!p.allow_unmapped_ports);
         assert!(p.mapped_ports.is_empty());
+    }
+
+    #[test]
+    fn a_master_is_read_only_whole_unmounted_and_on_an_allowed_bus() {
+        // Too large to write, in an unmapped port, no run armed: readable.
+        let facts = DiskFacts {
+            size_bytes: 2_000_000_000_000,
+            port_path: None,
+            ..healthy()
+        };
+        assert_eq!(read_refusals(&facts, &policy()), Vec::new());
+        let mounted = DiskFacts {
+            mounted: vec![MountUse {
+                device: "sdb1".to_owned(),
+                mount_point: "/media/master".to_owned(),
+            }],
+            ..healthy()
+        };
+        assert_eq!(
+            read_refusals(&mounted, &policy()),
+            vec![Refusal::Mounted {
+                what: "sdb1".to_owned(),
+                mount_point: "/media/master".to_owned()
+            }]
+        );
+        let nvme = DiskFacts {
+            bus: Some("nvme".to_owned()),
+            ..healthy()
+        };
+        assert!(matches!(
+            read_refusals(&nvme, &policy()).as_slice(),
+            [Refusal::BusNotAllowed { .. }]
+        ));
+        let empty = DiskFacts {
+            size_bytes: 0,
+            ..healthy()
+        };
+        assert_eq!(read_refusals(&empty, &policy()), vec![Refusal::NoMedium]);
     }
 
     #[test]

@@ -152,6 +152,8 @@ impl ImageCache {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            // Read from the raw bytes just stored, as a file import does.
+            inspection: Some(flashrack_inspect::inspect(&*temp.file_mut())),
         };
         if let Some(image) = self.get(&raw.sha256)? {
             let image = self.add_fingerprints(image, &raw);

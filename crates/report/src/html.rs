@@ -245,7 +245,7 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
         station_css: css_string(&format!("station {} · flashrack {VERSION}", run.station_id)),
         generated_css: css_string(&format!("generated {generated}")),
         title,
-        summary: vec![
+        summary: [
             Item::text("Station", &run.station_id),
             Item::text("Operator", given(run.operator())),
             Item::text("Lot", given(run.lot())),
@@ -254,12 +254,20 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
             Item::mono("Image sha256", run.image_sha256.to_hex()),
             Item::text("Image size", image_size_words(run)),
             Item::text("Imported from", image_source_words(run)),
+        ]
+        .into_iter()
+        .chain(
+            report
+                .image_provenance
+                .as_ref()
+                .map(|p| Item::text("Downloaded from", p.to_string())),
+        )
+        .chain([
             Item::text("Options", options_words(&run.options)),
             Item::text("Started", format_time_short(run.started_at)),
             Item::text("Stopped", stopped),
             Item::text("Yield", yield_words(&report.run.counts)),
-        ]
-        .into_iter()
+        ])
         .chain(report.image.as_ref().map(|image| {
             // What the image is; a raw write that would not boot is said
             // beside it (the options say whether it was forced).
@@ -304,7 +312,15 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
             Item::text("Last seen", format_time_short(d.last_seen)),
             Item::text("flashrack", VERSION),
             Item::text("Yield", yield_words(&report.counts)),
-        ],
+        ]
+        .into_iter()
+        .chain(report.image_origins.iter().map(|origin| {
+            Item::text(
+                "Downloaded from",
+                format!("{}: {}", origin.name, origin.provenance),
+            )
+        }))
+        .collect(),
         counts: report.counts,
         with_run: true,
         // A stick's history spans stations.

@@ -5,7 +5,11 @@ use serde::Serialize;
 
 use crate::export::{failures_by_reason, options_words, yield_percent, ExportRow, FORMAT, VERSION};
 use crate::time::format_time;
-use crate::{Counts, DeviceReport, ImageSource, LotReport, ReportRow, RunReport, RunSummary};
+use flashrack_core::Provenance;
+
+use crate::{
+    Counts, DeviceReport, ImageOrigin, ImageSource, LotReport, ReportRow, RunReport, RunSummary,
+};
 
 /// The file an image was imported from, as exported.
 #[derive(Serialize)]
@@ -129,11 +133,15 @@ struct RunSubject<'a> {
     /// What the image is (absent when the records do not know).
     #[serde(skip_serializing_if = "Option::is_none")]
     image: Option<&'a flashrack_inspect::ImageInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_provenance: Option<&'a Provenance>,
 }
 
 #[derive(Serialize)]
 struct DeviceSubject<'a> {
     device: ExportDevice<'a>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    image_origins: &'a [ImageOrigin],
 }
 
 #[derive(Serialize)]
@@ -169,6 +177,7 @@ pub fn run_json(report: &RunReport) -> String {
         RunSubject {
             run: ExportRun::new(&report.run, &rows),
             image: report.image.as_ref(),
+            image_provenance: report.image_provenance.as_ref(),
         },
         rows,
     )
@@ -190,6 +199,7 @@ pub fn device_json(report: &DeviceReport) -> String {
                 last_seen: format_time(d.last_seen),
                 counts: report.counts,
             },
+            image_origins: &report.image_origins,
         },
         &report.rows,
     )

@@ -152,7 +152,8 @@ pub use html::{device_html, lot_html, run_html};
 pub use json_export::{device_json, lot_json, run_json};
 pub use labels::{device_labels_html, labels_html, record_reference, LABEL_SHA256_DIGITS};
 pub use model::{
-    port_order, rows_in_order, Counts, DeviceRecord, DeviceReport, ImageSource, Lot, LotReport,
-    ReportRow, ReportVerdict, Run, RunFacts, RunReport, RunSummary, LOT_OPTION, OPERATOR_OPTION,
+    port_order, rows_in_order, Counts, DeviceRecord, DeviceReport, ImageOrigin, ImageSource, Lot,
+    LotReport, ReportRow, ReportVerdict, Run, RunFacts, RunReport, RunSummary, LOT_OPTION,
+    OPERATOR_OPTION,
 };
 pub use time::{format_time, format_time_short};

@@ -6,8 +6,8 @@
 use std::fmt;
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, ByteSize, DeviceId, RefusalId, RunId, Sha256Digest, Stage,
-    StopReason,
+    AttemptFigures, AttemptId, ByteSize, DeviceId, Provenance, RefusalId, RunId, Sha256Digest,
+    Stage, StopReason,
 };
 use serde::{Deserialize, Serialize};
 
@@ -295,12 +295,27 @@ pub struct ReportRow {
 pub struct RunReport {
     /// The run and its counts.
     pub run: RunSummary,
+    /// Where the run's image was downloaded from (`None`: a file or an
+    /// upload, or records that do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_provenance: Option<Provenance>,
     /// One row per record.
     pub rows: Vec<ReportRow>,
     /// What the run's image is, as inspected at import (partition table,
     /// file systems, ISO structure, OS), when the records know it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<flashrack_inspect::ImageInfo>,
+}
+
+/// Where an image named by a report's rows was downloaded from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageOrigin {
+    /// The image's sha256.
+    pub sha256: Sha256Digest,
+    /// Its name in the records.
+    pub name: String,
+    /// Where it was downloaded from.
+    pub provenance: Provenance,
 }
 
 /// A device's report: the device and a row per record (attempts and refusals),
@@ -313,6 +328,10 @@ pub struct DeviceReport {
     pub counts: Counts,
     /// One row per record, oldest first.
     pub rows: Vec<ReportRow>,
+    /// Where the images its rows name were downloaded from (those that were),
+    /// by first use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_origins: Vec<ImageOrigin>,
 }
 
 /// A lot: one arming of an image on several stations of a fleet, by its hub.

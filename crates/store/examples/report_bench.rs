@@ -37,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         imported_at: store.now(),
         source: None,
         inspection: None,
+        provenance: None,
     };
     store.write(|b| Box::pin(b.record_image(&image))).await?;
 

@@ -6,7 +6,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use flashrack_core::{AttemptFigures, ByteSize, GuardRefusal, Sha256Digest, Stage, Verdict};
+use flashrack_core::{
+    AttemptFigures, ByteSize, GuardRefusal, Provenance, Sha256Digest, Stage, Verdict,
+};
 pub use flashrack_core::{AttemptId, AttemptState, DeviceId, RefusalId, RunId, StopReason};
 pub use flashrack_report::{
     Counts, DeviceRecord, DeviceReport, ImageSource, ReportRow, ReportVerdict, Run, RunFacts,
@@ -174,6 +176,9 @@ pub struct ImageRow {
     /// `ImageInfo` as JSON text); `None` when unknown. A later write of the
     /// same image without one keeps the one recorded.
     pub inspection: Option<String>,
+    /// Where it was downloaded from (`None`: a file or an upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
 }
 
 /// A device's identity as seen in a port, for

@@ -376,3 +376,63 @@ async fn a_devices_report_data_is_the_golden_data() {
     );
     check_data("device.json", &device);
 }
+
+#[tokio::test]
+async fn a_downloaded_images_provenance_is_in_its_run_and_device_reports() {
+    use flashrack_core::{DigestSource, Provenance, SignatureCheck};
+    let t = TestStore::new("rack-1").await;
+    let file = image();
+    let downloaded = flashrack_store::ImageRow {
+        sha256: Sha256Digest::of(b"downloaded image"),
+        name: "ubuntu.iso".into(),
+        provenance: Some(Provenance {
+            url: "https://example.invalid/ubuntu.iso".into(),
+            etag: Some("\"abc\"".into()),
+            last_modified: None,
+            digest_source: DigestSource::Sums {
+                url: "https://example.invalid/SHA256SUMS".into(),
+                file_name: "ubuntu.iso".into(),
+                sha256: Sha256Digest::of(b"downloaded image"),
+                signature: Some(SignatureCheck {
+                    url: "https://example.invalid/SHA256SUMS.gpg".into(),
+                    signer_fingerprint: "0123456789ABCDEF0123456789ABCDEF01234567".into(),
+                    signing_key_fingerprint: None,
+                }),
+            },
+        }),
+        ..image()
+    };
+    let stick = t.stick("SER1").await;
+    let file_run = t.run_of(&file).await;
+    t.start(file_run, stick, "A1").await;
+    let run = t.run_of(&downloaded).await;
+    t.start(run, stick, "A2").await;
+
+    let s = &t.store;
+    let report = s.run_report(run).await.unwrap().unwrap();
+    assert_eq!(report.image_provenance, downloaded.provenance);
+    let json = flashrack_report::run_json(&report);
+    assert!(json.contains("\"image_provenance\""), "{json}");
+    let html = flashrack_report::run_html(&report, common::T0);
+    assert!(
+        html.contains("https://example.invalid/ubuntu.iso (ETag &quot;abc&quot;); digest ubuntu.iso in https://example.invalid/SHA256SUMS, signed by 0123456789ABCDEF0123456789ABCDEF01234567"),
+        "{html}"
+    );
+    // A run of a file has none, and its exports do not change.
+    let report = s.run_report(file_run).await.unwrap().unwrap();
+    assert_eq!(report.image_provenance, None);
+    assert!(!flashrack_report::run_json(&report).contains("image_provenance"));
+    assert!(!flashrack_report::run_html(&report, common::T0).contains("Downloaded from"));
+
+    let device = s.device_report("SER1").await.unwrap().unwrap();
+    assert_eq!(device.image_origins.len(), 1, "{:?}", device.image_origins);
+    assert_eq!(device.image_origins[0].sha256, downloaded.sha256);
+    assert_eq!(device.image_origins[0].name, "ubuntu.iso");
+    let html = flashrack_report::device_html(&device, common::T0);
+    assert!(html.contains("Downloaded from"), "{html}");
+    assert!(
+        html.contains("ubuntu.iso: https://example.invalid/ubuntu.iso"),
+        "{html}"
+    );
+    assert!(flashrack_report::device_json(&device).contains("\"image_origins\""));
+}

@@ -85,6 +85,7 @@ fn image_json(image: &CachedImage) -> Value {
         "inspection": image.meta.inspection,
         "summary": image.meta.inspection.as_ref().map(|i| i.summary()),
         "raw_write_refusal": image.raw_write_refusal(),
+        "provenance": image.meta.provenance,
     })
 }
 

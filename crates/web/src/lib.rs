@@ -20,12 +20,15 @@
 //!   internals;
 //! - [`events`]: the SSE stream;
 //! - [`fleet`]: the station's link to its fleet hub ([`FleetView`]);
+//! - [`downloads`]: imports from URLs, done by the application behind the
+//!   [`UrlImports`] seam, and their progress;
 //! - [`assets`]: the embedded dashboard.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod downloads;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
@@ -48,6 +51,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use downloads::{UrlImportRequest, UrlImports};
 pub use error::AppError;
 
 /// Reports for the web side, provided by whoever owns the records (the store),
@@ -213,6 +217,8 @@ pub struct WebState {
     /// The station's link to its fleet hub, kept up to date by the
     /// application's fleet tasks; `None` when it joined no fleet.
     pub fleet: Option<tokio::sync::watch::Receiver<FleetView>>,
+    /// Imports from URLs, done by the application; `None`: not offered.
+    pub url_imports: Option<Arc<dyn UrlImports>>,
 }
 
 /// The whole app: API, events, metrics, dashboard.
@@ -247,6 +253,8 @@ pub fn router(state: WebState) -> Router {
         .route("/fleet", get(fleet::fleet))
         .route_layer(timeout)
         .route("/images/import", post(api::import_path))
+        .route("/images/import-url", post(downloads::import_url))
+        .route("/images/downloads", get(downloads::downloads))
         .route(
             "/images/upload",
             post(api::upload).layer(DefaultBodyLimit::max(

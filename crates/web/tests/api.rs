@@ -52,6 +52,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         shutting_down: None,
         events: Default::default(),
         fleet: None,
+        url_imports: None,
     };
     Rig {
         state,

@@ -325,6 +325,8 @@ impl HubDb {
         // One history in time order, whichever station made each record.
         let rows = rows_in_order(attempts, refusals);
         Ok(Some(DeviceReport {
+            // The hub's records do not carry the images' provenance (yet).
+            image_origins: Vec::new(),
             device: DeviceRecord {
                 id: DeviceId(0),
                 key: d.get("key"),

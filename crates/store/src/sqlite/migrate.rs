@@ -41,6 +41,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "image inspection",
         include_str!("../../../../migrations/0005_image_inspection.sql"),
     ),
+    (
+        6,
+        "image provenance",
+        include_str!("../../../../migrations/0006_image_provenance.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

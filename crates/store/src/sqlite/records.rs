@@ -1,8 +1,10 @@
 //! [`Records`] for the SQLite store: the write transaction, start-up recovery,
 //! and every query, on the read-only connections.
 
-use flashrack_core::{AttemptFigures, Bound, ByteSize, FailReason, Failure, Sha256Digest, Verdict};
-use flashrack_report::rows_in_order;
+use flashrack_core::{
+    AttemptFigures, Bound, ByteSize, FailReason, Failure, Provenance, Sha256Digest, Verdict,
+};
+use flashrack_report::{rows_in_order, ImageOrigin};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Connection, Row};
 
@@ -66,7 +68,7 @@ pub(super) const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port
 
 /// The columns of an image record.
 pub(super) const IMAGE: &str = "SELECT sha256, name, size, format, imported_at, source_name,
-        source_sha256, source_size, inspection
+        source_sha256, source_size, inspection, provenance
     FROM images";
 
 pub(super) const DEVICE: &str =
@@ -185,6 +187,7 @@ impl Records for Store {
             .iter()
             .map(refusal_row)
             .collect::<Result<Vec<_>, _>>()?;
+        let image_provenance = image_provenance(&mut tx, run_record.image_sha256).await?;
         tx.commit().await?;
         let rows = rows_in_order(attempts, refusals);
         let counts = Counts::of(&rows);
@@ -202,6 +205,7 @@ impl Records for Store {
                 run: run_record,
                 counts,
             },
+            image_provenance,
             rows,
             image,
         }))
@@ -327,13 +331,30 @@ impl Records for Store {
             .iter()
             .map(refusal_row)
             .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await?;
         let rows = rows_in_order(attempts, refusals);
+        let mut image_origins: Vec<ImageOrigin> = Vec::new();
+        for row in &rows {
+            let Some(sha256) = row.image_sha256 else {
+                continue;
+            };
+            if image_origins.iter().any(|s| s.sha256 == sha256) {
+                continue;
+            }
+            if let Some(provenance) = image_provenance(&mut tx, sha256).await? {
+                image_origins.push(ImageOrigin {
+                    sha256,
+                    name: row.image_name.clone().unwrap_or_default(),
+                    provenance,
+                });
+            }
+        }
+        tx.commit().await?;
         let counts = Counts::of(&rows);
         Ok(Some(DeviceReport {
             device,
             counts,
             rows,
+            image_origins,
         }))
     }
 
@@ -643,6 +664,26 @@ pub(super) fn device_record(row: &SqliteRow) -> Result<DeviceRecord, StoreError>
     })
 }
 
+/// The recorded provenance of an image, if it was downloaded.
+async fn image_provenance(
+    tx: &mut sqlx::SqliteConnection,
+    sha256: Sha256Digest,
+) -> Result<Option<Provenance>, StoreError> {
+    let text: Option<Option<String>> =
+        sqlx::query_scalar("SELECT provenance FROM images WHERE sha256 = ?")
+            .bind(sha256.to_hex())
+            .fetch_optional(&mut *tx)
+            .await?;
+    text.flatten()
+        .map(|text| {
+            serde_json::from_str(&text).map_err(|_| StoreError::BadValue {
+                column: "images.provenance",
+                value: text,
+            })
+        })
+        .transpose()
+}
+
 pub(super) fn image_row(row: &SqliteRow) -> Result<ImageRow, StoreError> {
     Ok(ImageRow {
         sha256: digest("images.sha256", row.try_get("sha256")?)?,
@@ -652,6 +693,15 @@ pub(super) fn image_row(row: &SqliteRow) -> Result<ImageRow, StoreError> {
         imported_at: row.try_get("imported_at")?,
         source: image_source(row)?,
         inspection: row.try_get("inspection")?,
+        provenance: row
+            .try_get::<Option<String>, _>("provenance")?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|_| StoreError::BadValue {
+                    column: "images.provenance",
+                    value: text,
+                })
+            })
+            .transpose()?,
     })
 }
 

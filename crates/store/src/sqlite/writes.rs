@@ -199,13 +199,14 @@ impl Writes for SqliteWrites {
         let now = self.clock.now_ms();
         sqlx::query(
             "INSERT INTO images (sha256, name, size, format, imported_at, source_name,
-                                 source_sha256, source_size, inspection)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                 source_sha256, source_size, inspection, provenance)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (sha256) DO UPDATE SET name = excluded.name, format = excluded.format,
                  source_name = COALESCE(excluded.source_name, images.source_name),
                  source_sha256 = COALESCE(excluded.source_sha256, images.source_sha256),
                  source_size = COALESCE(excluded.source_size, images.source_size),
-                 inspection = COALESCE(excluded.inspection, images.inspection)",
+                 inspection = COALESCE(excluded.inspection, images.inspection),
+                 provenance = COALESCE(excluded.provenance, images.provenance)",
         )
         .bind(image.sha256.to_hex())
         .bind(&image.name)
@@ -222,6 +223,12 @@ impl Writes for SqliteWrites {
                 .transpose()?,
         )
         .bind(&image.inspection)
+        .bind(
+            image
+                .provenance
+                .as_ref()
+                .map(|p| serde_json::to_string(p).expect("a provenance serializes")),
+        )
         .execute(&mut *self.tx)
         .await?;
         self.queue_image(now, image.sha256).await?;

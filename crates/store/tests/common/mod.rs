@@ -94,6 +94,7 @@ pub fn image() -> ImageRow {
             size: ByteSize(412_316_860),
         }),
         inspection: None,
+        provenance: None,
     }
 }
 

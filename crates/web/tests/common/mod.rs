@@ -110,6 +110,7 @@ impl Served {
             shutting_down: None,
             events: Default::default(),
             fleet: None,
+            url_imports: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

@@ -1,0 +1,564 @@
+//! Importing an image from a URL, with its provenance: the expected digest
+//! (given, or looked up in a `SHA256SUMS` list whose OpenPGP signature is
+//! checked first), then one streamed pass: the download
+//! (`flashrack-download`, resumable from `<data_dir>/downloads/`) feeds the
+//! image cache's pass (`ImageCache::import_stream`: decompression, digests,
+//! sparse store) on a blocking thread as the bytes arrive. Nothing is
+//! downloaded before the signature holds, and nothing enters the cache unless
+//! the whole file arrived and its digest (of the file or of the image inside)
+//! is the expected one.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use bytes::{Buf, Bytes};
+use flashrack_core::{ByteSize, DigestSource, Provenance, Sha256Digest, SignatureCheck};
+use flashrack_download::{DownloadError, Downloader, Partial};
+pub use flashrack_download::{Progress, RetryPolicy};
+use flashrack_image::{ImageCache, ImageError, ImportOptions, ImportOutcome, StreamSource};
+use tokio::sync::mpsc;
+
+use crate::AppError;
+
+/// The largest checksum list fetched.
+const MAX_SUMS_SIZE: u64 = 4 << 20;
+
+/// The largest signature fetched.
+const MAX_SIGNATURE_SIZE: u64 = 256 << 10;
+
+/// Downloaded pieces in flight between the download and the import: a
+/// few MiB (reqwest's pieces are up to a few tens of KiB).
+const PIECES_IN_FLIGHT: usize = 64;
+
+/// Where partial downloads live in a data directory.
+pub fn downloads_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("downloads")
+}
+
+/// What the download's digest is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DigestCheck {
+    /// Nothing: the image is what the server sent.
+    None,
+    /// A digest the operator gave (of the file or of the image inside).
+    Sha256(Sha256Digest),
+    /// The digest listed for the file's name in the checksum list at `url`.
+    Sums {
+        /// The checksum list's URL.
+        url: String,
+        /// Its detached OpenPGP signature and the keyring to check it with.
+        signature: Option<SignatureSpec>,
+    },
+}
+
+/// A signature to check and the keys to trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureSpec {
+    /// The signature's URL (`SHA256SUMS.gpg`).
+    pub url: String,
+    /// The operator's keyring.
+    pub keyring: Keyring,
+}
+
+/// The public keys the operator trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keyring {
+    /// A file on the station (armored or binary, as `gpg --export` writes).
+    File(PathBuf),
+    /// Armored keys given with the request (the API's).
+    Armored(String),
+}
+
+impl Keyring {
+    /// What to call it in messages.
+    fn label(&self) -> PathBuf {
+        match self {
+            Keyring::File(path) => path.clone(),
+            Keyring::Armored(_) => PathBuf::from("(given with the request)"),
+        }
+    }
+
+    async fn bytes(&self) -> Result<Vec<u8>, AppError> {
+        match self {
+            Keyring::File(path) => {
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|source| AppError::ReadKeyring {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+            Keyring::Armored(text) => Ok(text.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// An import from a URL.
+#[derive(Debug, Clone)]
+pub struct UrlImport {
+    /// The image's URL.
+    pub url: String,
+    /// What its digest is checked against.
+    pub check: DigestCheck,
+    /// The largest image accepted (the guard's largest target).
+    pub max_size: ByteSize,
+}
+
+/// What an import from a URL is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlProgress {
+    /// Fetching and checking the checksum list and its signature.
+    Checking,
+    /// Downloading (and importing as the bytes arrive).
+    Downloading(Progress),
+}
+
+/// The name of the file a URL names: its last path segment, decoded.
+pub fn file_name_of(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let last = parsed.path_segments()?.next_back()?.to_string();
+    let decoded = percent_decode(&last);
+    (!decoded.is_empty()).then_some(decoded)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn download_error(url: &str, source: DownloadError) -> AppError {
+    AppError::Download {
+        url: url.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// The digest to expect and where it came from: the checksum list (and its
+/// signature, checked before anything else is downloaded) fetched if asked.
+pub async fn digest_source(
+    downloader: &Downloader,
+    url: &str,
+    check: &DigestCheck,
+) -> Result<DigestSource, AppError> {
+    match check {
+        DigestCheck::None => Ok(DigestSource::Unchecked),
+        DigestCheck::Sha256(sha256) => Ok(DigestSource::Operator { sha256: *sha256 }),
+        DigestCheck::Sums {
+            url: sums_url,
+            signature,
+        } => {
+            let sums = downloader
+                .fetch_small(sums_url, "checksum list", MAX_SUMS_SIZE)
+                .await
+                .map_err(|e| download_error(sums_url, e))?;
+            let checked = match signature {
+                Some(spec) => {
+                    let keyring = spec.keyring.bytes().await?;
+                    let signature = downloader
+                        .fetch_small(&spec.url, "signature", MAX_SIGNATURE_SIZE)
+                        .await
+                        .map_err(|e| download_error(&spec.url, e))?;
+                    let signer = flashrack_download::verify_detached(
+                        &spec.keyring.label(),
+                        &keyring,
+                        &spec.url,
+                        &signature.bytes,
+                        sums_url,
+                        &sums.bytes,
+                    )
+                    .map_err(|e| download_error(sums_url, e))?;
+                    Some(SignatureCheck {
+                        url: spec.url.clone(),
+                        signer_fingerprint: signer.signer_fingerprint,
+                        signing_key_fingerprint: signer.signing_key_fingerprint,
+                    })
+                }
+                None => None,
+            };
+            let file_name = file_name_of(url).ok_or_else(|| {
+                download_error(
+                    url,
+                    DownloadError::BadUrl {
+                        url: url.to_string(),
+                        reason: "it names no file to look up in the checksum list".into(),
+                    },
+                )
+            })?;
+            let text = String::from_utf8_lossy(&sums.bytes);
+            let sha256 = flashrack_download::lookup(&text, &file_name, sums_url)
+                .map_err(|e| download_error(sums_url, e))?;
+            Ok(DigestSource::Sums {
+                url: sums_url.clone(),
+                file_name,
+                sha256,
+                signature: checked,
+            })
+        }
+    }
+}
+
+/// Imports the image at `request.url` into `cache`: see the
+/// [module](self). `progress` is told what happens.
+pub async fn import_url(
+    cache: &ImageCache,
+    data_dir: &Path,
+    request: &UrlImport,
+    policy: RetryPolicy,
+    mut progress: impl FnMut(UrlProgress) + Send,
+) -> Result<ImportOutcome, AppError> {
+    let url = request.url.as_str();
+    let downloader = Downloader::new(policy).map_err(|e| download_error(url, e))?;
+    progress(UrlProgress::Checking);
+    let source = digest_source(&downloader, url, &request.check).await?;
+    let partial = Partial::in_dir(&downloads_dir(data_dir), url);
+    let options = ImportOptions {
+        expected_sha256: source.sha256(),
+        max_image_size: request.max_size.bytes(),
+        ..ImportOptions::default()
+    };
+    let name = file_name_of(url).unwrap_or_else(|| url.to_string());
+    // A file that changed on the server since a partial download began is
+    // downloaded again from the start, once.
+    let mut restarted = false;
+    loop {
+        let (tx, rx) = mpsc::channel::<Bytes>(PIECES_IN_FLIGHT);
+        let done = Arc::new(OnceLock::new());
+        let import = tokio::task::spawn_blocking({
+            let cache = cache.clone();
+            let source = StreamSource {
+                label: url.to_string(),
+                name: name.clone(),
+                provenance: done.clone(),
+                raw: false,
+            };
+            let options = options.clone();
+            let done = done.clone();
+            move || {
+                let mut reader = DownloadReader {
+                    rx,
+                    piece: Bytes::new(),
+                    done,
+                };
+                cache.import_stream(&mut reader, source, options)
+            }
+        });
+        let downloaded = downloader
+            .download(url, &partial, &tx, &mut |p| {
+                progress(UrlProgress::Downloading(p))
+            })
+            .await;
+        if let Ok(finished) = &downloaded {
+            // The end of the stream: the import may keep what it has.
+            let _ = done.set(Provenance {
+                url: url.to_string(),
+                etag: finished.etag.clone(),
+                last_modified: finished.last_modified.clone(),
+                digest_source: source.clone(),
+            });
+        }
+        drop(tx);
+        let imported = import.await.map_err(|e| AppError::Import {
+            name: url.to_string(),
+            source: Box::new(ImageError::ReadInput {
+                path: url.into(),
+                source: io::Error::other(e.to_string()),
+            }),
+        })?;
+        match (downloaded, imported) {
+            (Ok(_), Ok(outcome)) => {
+                discard(&partial).await;
+                return Ok(outcome);
+            }
+            (Err(DownloadError::Changed { .. }), _) if !restarted => {
+                tracing::warn!(
+                    url,
+                    "the file changed on the server: downloading it again from the start"
+                );
+                discard(&partial).await;
+                restarted = true;
+            }
+            // The import's error says why it stopped reading.
+            (Err(DownloadError::SinkClosed), Err(error)) | (Ok(_), Err(error)) => {
+                if wrong_bytes(&error) {
+                    // The bytes held are not the image's: resuming would keep them.
+                    discard(&partial).await;
+                }
+                return Err(AppError::Import {
+                    name: url.to_string(),
+                    source: Box::new(error),
+                });
+            }
+            (Err(error), _) => {
+                if matches!(
+                    error,
+                    DownloadError::Changed { .. } | DownloadError::WrongLength { .. }
+                ) {
+                    discard(&partial).await;
+                }
+                return Err(download_error(url, error));
+            }
+        }
+    }
+}
+
+/// Errors that say the bytes downloaded are not the image's.
+fn wrong_bytes(error: &ImageError) -> bool {
+    matches!(
+        error,
+        ImageError::ChecksumMismatch { .. }
+            | ImageError::Corrupt { .. }
+            | ImageError::Unsupported { .. }
+            | ImageError::EmptyImage { .. }
+            | ImageError::EmptyInput { .. }
+            | ImageError::TooLarge { .. }
+    )
+}
+
+async fn discard(partial: &Partial) {
+    if let Err(error) = partial.discard().await {
+        tracing::warn!(%error, "cannot remove a partial download");
+    }
+}
+
+/// The download as a reader for the import's blocking pass. The stream
+/// ends (`Ok(0)`) only when the download finished (`done` set before the
+/// channel closed); a channel closed without it is an error, so a download
+/// that failed can never leave a truncated image in the cache.
+struct DownloadReader {
+    rx: mpsc::Receiver<Bytes>,
+    piece: Bytes,
+    done: Arc<OnceLock<Provenance>>,
+}
+
+impl Read for DownloadReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.piece.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(piece) => self.piece = piece,
+                None if self.done.get().is_some() => return Ok(0),
+                None => return Err(io::Error::other("the download stopped before the end")),
+            }
+        }
+        let n = buf.len().min(self.piece.len());
+        buf[..n].copy_from_slice(&self.piece[..n]);
+        self.piece.advance(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_name_of_a_url_is_its_last_segment_decoded() {
+        assert_eq!(
+            file_name_of("https://example.invalid/releases/24.04/ubuntu-24.04.iso?x=1").as_deref(),
+            Some("ubuntu-24.04.iso")
+        );
+        assert_eq!(
+            file_name_of("https://example.invalid/a%20b.img.xz").as_deref(),
+            Some("a b.img.xz")
+        );
+        assert_eq!(file_name_of("https://example.invalid/"), None);
+        assert_eq!(
+            file_name_of("https://example.invalid/100%"),
+            Some("100%".into())
+        );
+    }
+}
+
+/// The station's URL imports for the web side (`flashrack_web::UrlImports`):
+/// each runs as a task on the station's runtime, and its progress is kept
+/// in memory for `GET /api/v1/images/downloads` (a partial download outlives
+/// a restart on disk, not in this list).
+pub struct UrlImportService {
+    cache: ImageCache,
+    data_dir: PathBuf,
+    max_size: ByteSize,
+    runtime: tokio::runtime::Handle,
+    /// Every import started, oldest first. A `std` mutex: held only to copy
+    /// or update a view, never across an await.
+    views: Arc<std::sync::Mutex<Vec<ImportView>>>,
+}
+
+/// One import as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct ImportView {
+    id: u64,
+    url: String,
+    state: &'static str,
+    held: u64,
+    total: Option<u64>,
+    resumed_from: u64,
+    rate_bytes_per_sec: Option<u64>,
+    eta_secs: Option<u64>,
+    error: Option<String>,
+    image: Option<Sha256Digest>,
+    provenance: Option<Provenance>,
+    #[serde(skip)]
+    started: Option<std::time::Instant>,
+}
+
+impl UrlImportService {
+    /// Imports into `cache`, partial downloads under `data_dir`, images up
+    /// to `max_size`; tasks run on the current tokio runtime.
+    pub fn new(cache: ImageCache, data_dir: PathBuf, max_size: ByteSize) -> Self {
+        Self {
+            cache,
+            data_dir,
+            max_size,
+            runtime: tokio::runtime::Handle::current(),
+            views: Arc::default(),
+        }
+    }
+
+    fn request_of(&self, body: flashrack_web::UrlImportRequest) -> Result<UrlImport, String> {
+        if !(body.url.starts_with("http://") || body.url.starts_with("https://")) {
+            return Err("url must be an http or https URL".into());
+        }
+        let check = match (body.sha256, body.sha256sums) {
+            (Some(_), Some(_)) => return Err("give sha256 or sha256sums, not both".into()),
+            (Some(hex), None) => {
+                DigestCheck::Sha256(Sha256Digest::parse(&hex).map_err(|e| format!("sha256: {e}"))?)
+            }
+            (None, Some(sums)) => DigestCheck::Sums {
+                url: sums,
+                signature: match (body.signature, body.keyring) {
+                    (Some(url), Some(keys)) => Some(SignatureSpec {
+                        url,
+                        keyring: Keyring::Armored(keys),
+                    }),
+                    (None, None) => None,
+                    _ => {
+                        return Err("a signature needs a keyring, and a keyring a signature".into())
+                    }
+                },
+            },
+            (None, None) if body.signature.is_some() => {
+                return Err("a signature is checked on a sha256sums list: give sha256sums".into())
+            }
+            (None, None) => DigestCheck::None,
+        };
+        Ok(UrlImport {
+            url: body.url,
+            check,
+            max_size: self.max_size,
+        })
+    }
+}
+
+impl flashrack_web::UrlImports for UrlImportService {
+    fn start(&self, body: flashrack_web::UrlImportRequest) -> Result<serde_json::Value, String> {
+        let request = self.request_of(body)?;
+        let view = {
+            let mut views = self.views.lock().expect("no panic while held");
+            if views
+                .iter()
+                .any(|v| v.url == request.url && matches!(v.state, "checking" | "downloading"))
+            {
+                return Err(format!("{} is being imported already", request.url));
+            }
+            let view = ImportView {
+                id: views.len() as u64 + 1,
+                url: request.url.clone(),
+                state: "checking",
+                held: 0,
+                total: None,
+                resumed_from: 0,
+                rate_bytes_per_sec: None,
+                eta_secs: None,
+                error: None,
+                image: None,
+                provenance: None,
+                started: None,
+            };
+            views.push(view.clone());
+            view
+        };
+        let id = view.id;
+        let views = self.views.clone();
+        let (cache, data_dir) = (self.cache.clone(), self.data_dir.clone());
+        self.runtime.spawn(async move {
+            let update = |f: &mut dyn FnMut(&mut ImportView)| {
+                let mut views = views.lock().expect("no panic while held");
+                if let Some(view) = views.iter_mut().find(|v| v.id == id) {
+                    f(view);
+                }
+            };
+            let result = import_url(&cache, &data_dir, &request, RetryPolicy::default(), |p| {
+                update(&mut |view| view.follow(&p))
+            })
+            .await;
+            update(&mut |view| match &result {
+                Ok(outcome) => {
+                    view.state = "done";
+                    view.image = Some(outcome.image.sha256());
+                    view.provenance = outcome.image.meta.provenance.clone();
+                    view.eta_secs = None;
+                }
+                Err(error) => {
+                    view.state = "failed";
+                    view.error = Some(error_chain(error));
+                }
+            });
+        });
+        serde_json::to_value(&view).map_err(|e| e.to_string())
+    }
+
+    fn list(&self) -> serde_json::Value {
+        let views = self.views.lock().expect("no panic while held");
+        serde_json::to_value(views.iter().rev().collect::<Vec<_>>()).unwrap_or_default()
+    }
+}
+
+impl ImportView {
+    /// Takes in the import's progress: bytes, and the rate and time left
+    /// since the first byte of this run.
+    fn follow(&mut self, progress: &UrlProgress) {
+        let UrlProgress::Downloading(p) = progress else {
+            self.state = "checking";
+            return;
+        };
+        self.state = "downloading";
+        self.held = p.held;
+        self.total = p.total;
+        self.resumed_from = p.resumed_from;
+        let started = *self.started.get_or_insert_with(std::time::Instant::now);
+        let secs = started.elapsed().as_secs_f64();
+        let moved = p.held.saturating_sub(p.resumed_from);
+        if secs >= 0.5 && moved > 0 {
+            let rate = moved as f64 / secs;
+            self.rate_bytes_per_sec = Some(rate as u64);
+            self.eta_secs = p
+                .total
+                .map(|total| (total.saturating_sub(p.held) as f64 / rate).ceil() as u64);
+        }
+    }
+}
+
+/// An error with its causes, as the operator reads it.
+fn error_chain(error: &AppError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,425 @@
+//! Importing images from URLs end to end, against a real HTTP server on
+//! loopback (`flashrack_testkit::http_files`) and key pairs generated here:
+//! a SHA256SUMS signed by a trusted key, a download cut and resumed after a
+//! "restart" (a new import call with only the disk carried over), a bad
+//! signature that downloads nothing, a digest mismatch and a failed download
+//! that leave nothing in the cache, and a file that changed on the server.
+
+use std::error::Error as _;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use flashrack_app::downloads::{
+    downloads_dir, import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport,
+};
+use flashrack_app::images::open_cache;
+use flashrack_app::AppError;
+use flashrack_core::{ByteSize, DigestSource, Sha256Digest};
+use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
+use flashrack_testkit::image_bytes;
+use pgp::composed::{
+    ArmorOptions, DetachedSignature, EncryptionCaps, KeyType, SecretKeyParamsBuilder,
+    SignedPublicKey, SignedSecretKey,
+};
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::types::{KeyDetails, Password};
+
+const SIZE: usize = 6 << 20;
+
+fn key_pair(user: &str) -> SignedSecretKey {
+    let mut params = SecretKeyParamsBuilder::default();
+    params
+        .key_type(KeyType::Ed25519Legacy)
+        .can_certify(true)
+        .can_sign(true)
+        .can_encrypt(EncryptionCaps::None)
+        .primary_user_id(user.into());
+    params
+        .build()
+        .unwrap()
+        .generate(rand08::thread_rng())
+        .unwrap()
+}
+
+fn sign(key: &SignedSecretKey, data: &[u8]) -> Vec<u8> {
+    DetachedSignature::sign_binary_data(
+        rand08::thread_rng(),
+        &key.primary_key,
+        &Password::empty(),
+        HashAlgorithm::Sha256,
+        data,
+    )
+    .unwrap()
+    .to_armored_bytes(ArmorOptions::default())
+    .unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn policy(tries: u32) -> RetryPolicy {
+    RetryPolicy {
+        tries,
+        first_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        stall_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(30),
+    }
+}
+
+/// A vendor's download page: the image (gzip), its SHA256SUMS and the
+/// list's signature by `vendor`; the operator's keyring trusts `trusted`.
+struct Vendor {
+    server: FileServer,
+    raw: Vec<u8>,
+    file: Vec<u8>,
+}
+
+async fn vendor(
+    vendor: &SignedSecretKey,
+    listed: Option<Sha256Digest>,
+    behaviour: Behaviour,
+) -> Vendor {
+    let raw = image_bytes(SIZE, 11, 64 << 10);
+    let file = gzip(&raw);
+    let digest = listed.unwrap_or_else(|| Sha256Digest::of(&file));
+    let sums = format!(
+        "{}  other.img.gz\n{}  image.img.gz\n",
+        Sha256Digest::of(b"other"),
+        digest
+    );
+    let server = FileServer::start().await;
+    server.serve(
+        "/image.img.gz",
+        Served::new(file.clone(), "img-1").behaving(behaviour),
+    );
+    server.serve(
+        "/SHA256SUMS",
+        Served::new(sums.clone().into_bytes(), "sums-1"),
+    );
+    server.serve(
+        "/SHA256SUMS.gpg",
+        Served::new(sign(vendor, sums.as_bytes()), "sig-1"),
+    );
+    Vendor { server, raw, file }
+}
+
+fn keyring(dir: &Path, key: &SignedSecretKey) -> std::path::PathBuf {
+    let path = dir.join("vendor.asc");
+    std::fs::write(
+        &path,
+        SignedPublicKey::from(key.clone())
+            .to_armored_bytes(ArmorOptions::default())
+            .unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+fn signed_request(v: &Vendor, keyring: &Path) -> UrlImport {
+    UrlImport {
+        url: v.server.url("/image.img.gz"),
+        check: DigestCheck::Sums {
+            url: v.server.url("/SHA256SUMS"),
+            signature: Some(SignatureSpec {
+                url: v.server.url("/SHA256SUMS.gpg"),
+                keyring: Keyring::File(keyring.to_path_buf()),
+            }),
+        },
+        max_size: ByteSize(1 << 40),
+    }
+}
+
+fn downloads_left(data_dir: &Path) -> usize {
+    std::fs::read_dir(downloads_dir(data_dir)).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn a_signed_import_cut_by_a_restart_resumes_and_keeps_its_provenance() {
+    let key = key_pair("Vendor <release@example.invalid>");
+    let v = vendor(&key, None, Behaviour::CutFirstAfter(SIZE / 4)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let keyring = keyring(dir.path(), &key);
+    let cache = open_cache(&data_dir).unwrap();
+    let request = signed_request(&v, &keyring);
+
+    // One try: the cut ends the import, as a restart of flashrack would.
+    let error = import_url(&cache, &data_dir, &request, policy(1), |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AppError::Download { .. }), "{error:#}");
+    assert!(
+        cache.list().unwrap().is_empty(),
+        "nothing in the cache after a cut"
+    );
+    assert_eq!(
+        downloads_left(&data_dir),
+        2,
+        "the partial download and its state stay"
+    );
+
+    // A new cache handle: only the disk carries over.
+    let cache = open_cache(&data_dir).unwrap();
+    let outcome = import_url(&cache, &data_dir, &request, policy(1), |_| {})
+        .await
+        .unwrap();
+    let image = &outcome.image;
+    assert_eq!(image.sha256(), Sha256Digest::of(&v.raw));
+    assert_eq!(image.meta.input_sha256, Sha256Digest::of(&v.file));
+    assert_eq!(image.meta.original_name, "image.img.gz");
+    assert_eq!(std::fs::read(&image.path).unwrap(), v.raw);
+    let requests = v.server.requests_for("/image.img.gz");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(format!("bytes={}-", SIZE / 4).as_str())
+    );
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"img-1\""));
+
+    let provenance = image.meta.provenance.clone().expect("a provenance");
+    assert_eq!(provenance.url, request.url);
+    assert_eq!(provenance.etag.as_deref(), Some("\"img-1\""));
+    match &provenance.digest_source {
+        DigestSource::Sums {
+            file_name,
+            sha256,
+            signature: Some(check),
+            ..
+        } => {
+            assert_eq!(file_name, "image.img.gz");
+            assert_eq!(*sha256, Sha256Digest::of(&v.file));
+            assert_eq!(check.signer_fingerprint, format!("{:X}", key.fingerprint()));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The provenance is kept with the image, and read back.
+    let again = cache.get(&image.sha256()).unwrap().unwrap();
+    assert_eq!(again.meta.provenance, Some(provenance));
+    assert_eq!(downloads_left(&data_dir), 0, "the partial download is gone");
+}
+
+#[tokio::test]
+async fn a_signature_by_an_untrusted_key_downloads_nothing_and_caches_nothing() {
+    let vendor_key = key_pair("Mallory <m@example.invalid>");
+    let trusted = key_pair("Vendor <release@example.invalid>");
+    let v = vendor(&vendor_key, None, Behaviour::Honest).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let keyring = keyring(dir.path(), &trusted);
+    let cache = open_cache(&data_dir).unwrap();
+    let error = import_url(
+        &cache,
+        &data_dir,
+        &signed_request(&v, &keyring),
+        policy(1),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    let AppError::Download { source, .. } = &error else {
+        panic!("{error:#}");
+    };
+    assert!(
+        matches!(
+            **source,
+            flashrack_download::DownloadError::BadSignature { .. }
+        ),
+        "{source}"
+    );
+    assert!(
+        v.server.requests_for("/image.img.gz").is_empty(),
+        "the image was not asked for"
+    );
+    assert!(cache.list().unwrap().is_empty());
+    assert_eq!(downloads_left(&data_dir), 0);
+}
+
+#[tokio::test]
+async fn a_digest_mismatch_leaves_nothing_in_the_cache_and_no_partial_download() {
+    let key = key_pair("Vendor <release@example.invalid>");
+    let v = vendor(
+        &key,
+        Some(Sha256Digest::of(b"not the image")),
+        Behaviour::Honest,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let keyring = keyring(dir.path(), &key);
+    let cache = open_cache(&data_dir).unwrap();
+    let error = import_url(
+        &cache,
+        &data_dir,
+        &signed_request(&v, &keyring),
+        policy(1),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    let AppError::Import { source, .. } = &error else {
+        panic!("{error:#}");
+    };
+    assert!(
+        matches!(
+            **source,
+            flashrack_image::ImageError::ChecksumMismatch { .. }
+        ),
+        "{source}"
+    );
+    assert!(cache.list().unwrap().is_empty());
+    assert!(std::fs::read_dir(cache.dir().join("images"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(std::fs::read_dir(cache.dir().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert_eq!(
+        downloads_left(&data_dir),
+        0,
+        "wrong bytes are not kept to resume"
+    );
+}
+
+#[tokio::test]
+async fn a_download_that_fails_midway_never_leaves_a_truncated_image() {
+    // The server stalls halfway on every try: the import ends with the
+    // stall, and the pass must not take the end of the stream for the end
+    // of the image.
+    let raw = image_bytes(SIZE, 12, 64 << 10);
+    let server = FileServer::start().await;
+    server.serve(
+        "/raw.img",
+        Served::new(raw.clone(), "r1").behaving(Behaviour::StallAt(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    let request = UrlImport {
+        url: server.url("/raw.img"),
+        check: DigestCheck::None,
+        max_size: ByteSize(1 << 40),
+    };
+    let stalling = RetryPolicy {
+        stall_timeout: Duration::from_secs(1),
+        ..policy(1)
+    };
+    let error = import_url(&cache, &data_dir, &request, stalling, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AppError::Download { .. }), "{error:#}");
+    assert!(cache.list().unwrap().is_empty(), "no image without its end");
+
+    let missing = UrlImport {
+        url: server.url("/missing.img"),
+        ..request
+    };
+    let error = import_url(&cache, &data_dir, &missing, policy(1), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        error.source().unwrap().to_string().contains("not found"),
+        "{error:#}"
+    );
+    assert!(cache.list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_file_changed_on_the_server_is_imported_again_from_the_start() {
+    let old = image_bytes(SIZE, 13, 64 << 10);
+    let new = image_bytes(SIZE, 14, 64 << 10);
+    let server = FileServer::start().await;
+    server.serve(
+        "/v.img",
+        Served::new(old, "v1").behaving(Behaviour::CutFirstAfter(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    let request = UrlImport {
+        url: server.url("/v.img"),
+        check: DigestCheck::Sha256(Sha256Digest::of(&new)),
+        max_size: ByteSize(1 << 40),
+    };
+    assert!(import_url(&cache, &data_dir, &request, policy(1), |_| {})
+        .await
+        .is_err());
+    server.serve("/v.img", Served::new(new.clone(), "v2"));
+    let outcome = import_url(&cache, &data_dir, &request, policy(1), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&new));
+    assert_eq!(
+        outcome.image.meta.provenance.unwrap().digest_source,
+        DigestSource::Operator {
+            sha256: Sha256Digest::of(&new)
+        }
+    );
+    let requests = server.requests_for("/v.img");
+    // The cut, the If-Range answered whole (changed), then afresh.
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert_eq!(requests[1].status, 200);
+    assert_eq!(requests[2].range, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_imports_a_url_in_the_background_and_shows_its_progress_and_provenance() {
+    let key = key_pair("Vendor <release@example.invalid>");
+    let v = vendor(&key, None, Behaviour::Honest).await;
+    let app = flashrack_app::testing::spawn_app().await;
+    let keyring = String::from_utf8(
+        SignedPublicKey::from(key.clone())
+            .to_armored_bytes(ArmorOptions::default())
+            .unwrap(),
+    )
+    .unwrap();
+    let answer = app
+        .post(
+            "/api/v1/images/import-url",
+            Some(serde_json::json!({
+                "url": v.server.url("/image.img.gz"),
+                "sha256sums": v.server.url("/SHA256SUMS"),
+                "signature": v.server.url("/SHA256SUMS.gpg"),
+                "keyring": keyring,
+            })),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.json()["url"], v.server.url("/image.img.gz"));
+    // A bad request is refused at once, with the reason.
+    let bad = app
+        .post(
+            "/api/v1/images/import-url",
+            Some(serde_json::json!({ "url": v.server.url("/x.img"), "signature": "https://example.invalid/s.gpg" })),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    // Followed until it is done (each answer is the import's state now).
+    let done = loop {
+        let list = app.get("/api/v1/images/downloads").await.json();
+        let import = list[0].clone();
+        match import["state"].as_str() {
+            Some("done") => break import,
+            Some("failed") => panic!("{import}"),
+            _ => tokio::task::yield_now().await,
+        }
+    };
+    assert_eq!(done["held"], v.file.len() as u64);
+    assert_eq!(done["image"], Sha256Digest::of(&v.raw).to_hex());
+    assert_eq!(
+        done["provenance"]["digest_source"]["signature"]["signer_fingerprint"],
+        format!("{:X}", key.fingerprint())
+    );
+    let image = app
+        .get(&format!("/api/v1/images/{}", Sha256Digest::of(&v.raw)))
+        .await
+        .json();
+    assert_eq!(image["provenance"]["url"], v.server.url("/image.img.gz"));
+    app.stop().await.unwrap();
+}

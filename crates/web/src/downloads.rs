@@ -1,0 +1,68 @@
+//! Imports from URLs over the API: `POST /api/v1/images/import-url` starts
+//! one (the application downloads and imports it in the background, through
+//! the [`UrlImports`] seam: this crate has no HTTP client), `GET
+//! /api/v1/images/downloads` shows each with its progress (bytes, rate, time
+//! left), its outcome and the image's provenance.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::ApiJson;
+use crate::{AppError, WebState};
+
+/// What the operator asks for: the body of `POST /api/v1/images/import-url`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlImportRequest {
+    /// The image's URL (http or https).
+    pub url: String,
+    /// The expected sha256 of the file or of the image inside.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// A checksum list (`SHA256SUMS`) that gives the file's sha256 by name.
+    #[serde(default)]
+    pub sha256sums: Option<String>,
+    /// The list's detached OpenPGP signature; needs `keyring`.
+    #[serde(default)]
+    pub signature: Option<String>,
+    /// The public keys to trust, armored (`gpg --export --armor`).
+    #[serde(default)]
+    pub keyring: Option<String>,
+}
+
+/// The application's side of URL imports.
+pub trait UrlImports: Send + Sync {
+    /// Checks the request and starts the import in the background; answers
+    /// with its view (`{"id", …}`) or a reason for the operator.
+    fn start(&self, request: UrlImportRequest) -> Result<Value, String>;
+    /// Every import this station started since it started, newest first:
+    /// `{"id", "url", "state", "held", "total", "rate_bytes_per_sec",
+    /// "eta_secs", "error", "image", "provenance"}`.
+    fn list(&self) -> Value;
+}
+
+/// `POST /api/v1/images/import-url`
+pub async fn import_url(
+    State(state): State<WebState>,
+    ApiJson(body): ApiJson<UrlImportRequest>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let imports = state
+        .url_imports
+        .as_ref()
+        .ok_or_else(|| AppError::not_found("this station does not import from URLs"))?;
+    let view = imports.start(body).map_err(AppError::bad_request)?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// `GET /api/v1/images/downloads`
+pub async fn downloads(State(state): State<WebState>) -> Json<Value> {
+    Json(
+        state
+            .url_imports
+            .as_ref()
+            .map_or_else(|| Value::Array(Vec::new()), |imports| imports.list()),
+    )
+}
