@@ -369,7 +369,7 @@ impl Downloader {
         });
         let mut failures = 0u32;
         let mut last_cut: Option<u64> = None;
-        while !state.total.is_some_and(|total| held >= total) {
+        while state.total.is_none_or(|total| held < total) {
             let before = held;
             let mut transfer = Transfer {
                 url,
