@@ -423,6 +423,7 @@ fn spawn_fleet(
         images,
         data_dir,
         max_image_size,
+        store: store.clone(),
     };
     vec![
         tokio::spawn(crate::fleet::shipper::run(

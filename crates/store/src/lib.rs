@@ -71,4 +71,4 @@ pub use model::{
     PortHistory, Recovery, RefusalId, RefusalRow, ReportRow, ReportVerdict, Run, RunFacts, RunId,
     RunReport, RunSummary, RunningFigures, StationId, StopReason,
 };
-pub use sqlite::{Health, SqliteWrites, Store, SCHEMA_VERSION};
+pub use sqlite::{Health, OrderMemory, SqliteWrites, Store, SCHEMA_VERSION};

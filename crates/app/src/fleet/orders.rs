@@ -20,17 +20,25 @@
 //! stopped at the station is not armed again for that order (only a new
 //! order arms again). Where the follower stands is reported to the hub as the
 //! live report's [`OrderProgress`].
+//!
+//! **What the follower did is remembered in the records** (the store's
+//! [`OrderMemory`], table `fleet_orders`), not in the process: after a
+//! restart an order whose run was stopped here stays stopped, an order that
+//! could not be followed is not tried again, and an order whose run ended
+//! only because the station did (its stop reason `shutdown` or
+//! `interrupted`) is armed again, once, as a new run under the same order.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flashrack_core::Sha256Digest;
+use flashrack_core::{RunId, Sha256Digest, StopReason};
 use flashrack_engine::SourceImage;
 use flashrack_fleet::{OrderProgress, OrderState, Orders, RunOrder};
 use flashrack_fleet_client::FetchError;
 use flashrack_image::{CachedImage, ImageCache};
 use flashrack_station::{ArmRequest, RunOptions, Snapshot, StationHandle};
+use flashrack_store::{OrderMemory, Records, Store};
 use tokio::sync::watch;
 
 use super::{Backoff, Fleet};
@@ -104,6 +112,8 @@ pub struct Follower {
     pub data_dir: PathBuf,
     /// The largest image accepted (the guard's largest target).
     pub max_image_size: u64,
+    /// The station's records: what it did about each order is kept there.
+    pub store: Store,
 }
 
 /// What one look at the orders ended with.
@@ -170,40 +180,100 @@ impl Follower {
                     tracing::warn!(%error, "cannot stop the run the hub withdrew");
                     return Step::RetryAfter(Duration::from_secs(1));
                 }
-                self.report(
-                    order_id,
-                    OrderState::Stopped,
-                    Some("stopped by the hub".into()),
-                );
+                let detail = "stopped by the hub".to_string();
+                if self
+                    .remember(
+                        state,
+                        order_id,
+                        OrderMemory::Stopped {
+                            detail: Some(detail.clone()),
+                        },
+                    )
+                    .await
+                    .is_err()
+                {
+                    return Step::RetryAfter(Duration::from_secs(1));
+                }
+                self.report(order_id, OrderState::Stopped, Some(detail));
             }
             return Step::Settled;
         };
         let id = order.order_id;
-        match armed {
-            Some((_, Some(armed_id))) if armed_id == id => {
-                state.armed.insert(id);
-                self.report(id, OrderState::Armed, None);
+        if let Some((run, _)) = armed.filter(|&(_, armed_id)| armed_id == Some(id)) {
+            let memory = OrderMemory::Armed { run };
+            if state.known.get(&id) != Some(&memory)
+                && self.remember(state, id, memory).await.is_err()
+            {
+                return Step::RetryAfter(Duration::from_secs(1));
+            }
+            self.report(id, OrderState::Armed, None);
+            return Step::Settled;
+        }
+        // What this station did about the order before: in this process or
+        // in an earlier one.
+        let memory = match self.recall(state, id).await {
+            Ok(memory) => memory,
+            Err(()) => return Step::RetryAfter(Duration::from_secs(1)),
+        };
+        match memory {
+            Some(OrderMemory::Failed { detail }) => {
+                self.report(id, OrderState::Failed, Some(detail));
                 return Step::Settled;
             }
-            _ if state.armed.contains(&id) => {
-                // Armed under this order before, and no longer: stopped at the
-                // station, or its target count reached. Not armed again.
-                let detail = snapshot
-                    .run
-                    .as_ref()
-                    .filter(|run| run.options.order_id == Some(id))
-                    .and_then(|run| run.stop_reason)
-                    .map(|reason| {
-                        let reason = serde_json::to_value(reason).unwrap_or_default();
-                        format!(
-                            "stopped at the station ({})",
-                            reason.as_str().unwrap_or("?")
-                        )
-                    });
+            Some(OrderMemory::Stopped { detail }) => {
                 self.report(id, OrderState::Stopped, detail);
                 return Step::Settled;
             }
-            _ if state.given_up.contains(&id) => return Step::Settled,
+            Some(OrderMemory::Armed { run }) => {
+                // Armed here before, and no longer: how did its run end?
+                match self.store.run(run).await {
+                    Ok(Some(summary)) => match (summary.run.stopped_at, summary.run.stop_reason) {
+                        // Not recorded as stopped yet: look again soon.
+                        (None, _) => return Step::RetryAfter(Duration::from_secs(1)),
+                        // The run ended with the station (a shutdown, a
+                        // crash): the order still stands, armed again below.
+                        (Some(_), Some(StopReason::Shutdown | StopReason::Interrupted) | None) => {
+                            tracing::info!(
+                                order_id = id,
+                                run = run.0,
+                                "the order's run ended with the station: arming it again"
+                            );
+                        }
+                        // Stopped here (the operator, the target count, the
+                        // source): not armed again for this order.
+                        (Some(_), Some(reason)) => {
+                            let detail = Some(format!(
+                                "stopped at the station ({})",
+                                stop_reason_text(reason)
+                            ));
+                            if self
+                                .remember(
+                                    state,
+                                    id,
+                                    OrderMemory::Stopped {
+                                        detail: detail.clone(),
+                                    },
+                                )
+                                .await
+                                .is_err()
+                            {
+                                return Step::RetryAfter(Duration::from_secs(1));
+                            }
+                            self.report(id, OrderState::Stopped, detail);
+                            return Step::Settled;
+                        }
+                    },
+                    // A run the records do not hold: armed again.
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the run of the hub's order");
+                        return Step::RetryAfter(Duration::from_secs(1));
+                    }
+                }
+            }
+            None => {}
+        }
+        match armed {
             Some((_, Some(other))) => {
                 // An older order's run: the hub replaced it.
                 tracing::info!(old = other, new = id, "a new order replaces the armed one");
@@ -231,18 +301,12 @@ impl Follower {
             Err(Retry::Later(wait)) => return Step::RetryAfter(wait),
             Err(Retry::Never(why)) => {
                 tracing::error!(order_id = id, %why, "cannot follow the hub's order");
-                state.given_up.insert(id);
-                self.report(id, OrderState::Failed, Some(why));
-                return Step::Settled;
+                return self.give_up(state, id, why).await;
             }
         };
         let options = match run_options(&order) {
             Ok(options) => options,
-            Err(why) => {
-                state.given_up.insert(id);
-                self.report(id, OrderState::Failed, Some(why));
-                return Step::Settled;
-            }
+            Err(why) => return self.give_up(state, id, why).await,
         };
         if let Some(refusal) = image.raw_write_refusal().filter(|_| !options.force_raw) {
             // Inspection says a raw copy would not boot; the hub's order
@@ -268,7 +332,16 @@ impl Follower {
         match self.station.arm(request).await {
             Ok(run) => {
                 tracing::info!(order_id = id, run = run.id.0, "armed the hub's order");
-                state.armed.insert(id);
+                // Remembered after the arming: a crash in between leaves a
+                // run that the next start records as interrupted, and an
+                // order without memory, armed again then, as it should be.
+                if self
+                    .remember(state, id, OrderMemory::Armed { run: run.id })
+                    .await
+                    .is_err()
+                {
+                    return Step::RetryAfter(Duration::from_secs(1));
+                }
                 self.report(id, OrderState::Armed, None);
                 Step::Settled
             }
@@ -277,6 +350,58 @@ impl Follower {
                 // be read: said, and tried again when something changes.
                 self.report(id, OrderState::Failed, Some(error.to_string()));
                 Step::Settled
+            }
+        }
+    }
+
+    /// Gives up order `id` for good (remembered), and says why.
+    async fn give_up(&self, state: &mut State, id: i64, why: String) -> Step {
+        let remembered = self
+            .remember(
+                state,
+                id,
+                OrderMemory::Failed {
+                    detail: why.clone(),
+                },
+            )
+            .await;
+        self.report(id, OrderState::Failed, Some(why));
+        match remembered {
+            Ok(()) => Step::Settled,
+            Err(()) => Step::RetryAfter(Duration::from_secs(1)),
+        }
+    }
+
+    /// What the station did about order `id`: from this process's copy, or
+    /// read from the records once.
+    async fn recall(&self, state: &mut State, id: i64) -> Result<Option<OrderMemory>, ()> {
+        if let Some(memory) = state.known.get(&id) {
+            return Ok(Some(memory.clone()));
+        }
+        match self.store.order_memory(id).await {
+            Ok(memory) => {
+                if let Some(memory) = &memory {
+                    state.known.insert(id, memory.clone());
+                }
+                Ok(memory)
+            }
+            Err(error) => {
+                tracing::warn!(%error, order_id = id, "cannot read what was done about the order");
+                Err(())
+            }
+        }
+    }
+
+    /// Remembers what the station did about order `id`, in the records first.
+    async fn remember(&self, state: &mut State, id: i64, memory: OrderMemory) -> Result<(), ()> {
+        match self.store.remember_order(id, memory.clone()).await {
+            Ok(()) => {
+                state.known.insert(id, memory);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, order_id = id, "cannot record what was done about the order");
+                Err(())
             }
         }
     }
@@ -392,14 +517,11 @@ impl Follower {
     }
 }
 
-/// What the follower remembers between looks.
+/// This process's copy of what the records say was done about each order
+/// (see [`OrderMemory`]): read once per order, written through.
 #[derive(Default)]
 struct State {
-    /// Orders armed here: never armed again once their run stops.
-    armed: HashSet<i64>,
-    /// Orders that cannot be followed (a wrong image, unusable options): not
-    /// tried again.
-    given_up: HashSet<i64>,
+    known: HashMap<i64, OrderMemory>,
 }
 
 /// Why the image is not there yet.
@@ -411,12 +533,20 @@ enum Retry {
 }
 
 /// The armed run, with the order it was armed under.
-fn armed_run(snapshot: &Snapshot) -> Option<(flashrack_core::RunId, Option<i64>)> {
+fn armed_run(snapshot: &Snapshot) -> Option<(RunId, Option<i64>)> {
     snapshot
         .run
         .as_ref()
         .filter(|run| run.armed)
         .map(|run| (run.id, run.options.order_id))
+}
+
+/// A stop reason as the records and the API spell it (`operator` …).
+fn stop_reason_text(reason: StopReason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{reason:?}"))
 }
 
 /// The run options of an order: the station's defaults, what the order says,

@@ -46,6 +46,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "image provenance",
         include_str!("../../../../migrations/0006_image_provenance.sql"),
     ),
+    (
+        7,
+        "fleet orders",
+        include_str!("../../../../migrations/0007_fleet_orders.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

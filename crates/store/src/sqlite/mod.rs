@@ -15,16 +15,20 @@
 //!   write;
 //! - `outbox`: the fleet outbox (every write's records queued for a hub in
 //!   the same transaction);
+//! - `orders`: what the station did about its hub's orders ([`OrderMemory`]),
+//!   kept across restarts;
 //! - `migrate`: the embedded migrations (append-only; schema version
 //!   [`SCHEMA_VERSION`]).
 
 mod migrate;
+mod orders;
 mod outbox;
 mod records;
 mod store;
 mod writes;
 
 pub use migrate::SCHEMA_VERSION;
+pub use orders::OrderMemory;
 pub use store::{Health, Store};
 pub use writes::SqliteWrites;
 
