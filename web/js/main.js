@@ -9,7 +9,8 @@
 // - alerts.js: the alarm, acknowledgements, the tab's title and icon;
 // - run.js: the run panel and the batch's progress;
 // - images.js: the image cache;
-// - records.js: runs, reports, devices and each port's history.
+// - records.js: runs, reports, devices and each port's history;
+// - fleet.js: the station's link to its fleet hub.
 
 import { $, fmtBytes, fmtBytesExact } from './util.js';
 import { connectEvents, watchStream } from './live.js';
@@ -19,6 +20,7 @@ import { loadRuns, loadDevices, renderDevices } from './records.js';
 import { renderRack } from './rack.js';
 import { startWall } from './wall.js';
 import { startAlerts } from './alerts.js';
+import { startFleet } from './fleet.js';
 
 // The size notation, for the browser test (tests/e2e) to check against the
 // Rust side's cases; nothing else reads it.
@@ -41,6 +43,7 @@ function start() {
   loadImages();
   loadRuns();
   loadDevices();
+  startFleet();
 }
 
 start();

@@ -27,6 +27,7 @@ pub const MODULES: &[(&str, &str)] = &[
     ("records.js", include_str!("../../../web/js/records.js")),
     ("wall.js", include_str!("../../../web/js/wall.js")),
     ("alerts.js", include_str!("../../../web/js/alerts.js")),
+    ("fleet.js", include_str!("../../../web/js/fleet.js")),
 ];
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";

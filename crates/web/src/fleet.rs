@@ -25,6 +25,9 @@ pub struct FleetView {
     pub shipped: u64,
     /// When the hub last answered (unix milliseconds).
     pub last_contact_at: Option<i64>,
+    /// When the hub last acknowledged records of this station (unix
+    /// milliseconds), since the station started.
+    pub last_shipped_at: Option<i64>,
     /// Why the last exchange failed, while it does.
     pub last_error: Option<String>,
     /// The hub's order the station follows, and how far it got.
@@ -41,6 +44,7 @@ impl FleetView {
             backlog: 0,
             shipped: 0,
             last_contact_at: None,
+            last_shipped_at: None,
             last_error: None,
             order: None,
         }

@@ -166,6 +166,9 @@ async fn drain(fleet: &Fleet, store: &Store, shutdown: &ShutdownSignal) -> Resul
         fleet.view.send_modify(|view| {
             view.shipped += marked;
             view.backlog = view.backlog.saturating_sub(marked);
+            if marked > 0 {
+                view.last_shipped_at = Some(now_ms());
+            }
         });
     }
 }
