@@ -428,6 +428,11 @@ impl Follower {
         }
         let partial = partial_path(&self.data_dir, &sha);
         let size = order.image_size;
+        // Whether this fetch resumes from bytes kept before (a cut, a
+        // restart): their digest is known only once the rest has arrived.
+        let resuming = tokio::fs::metadata(&partial)
+            .await
+            .is_ok_and(|m| m.len() > 0 && m.len() <= size);
         self.report(
             order.order_id,
             OrderState::Fetching,
@@ -456,6 +461,11 @@ impl Follower {
                 let transient = match &error {
                     FetchError::Client(e) => e.is_transient(),
                     FetchError::Interrupted { .. } | FetchError::Io { .. } => true,
+                    // The bytes kept from before may be the wrong ones (a
+                    // damaged partial file): the partial is gone, so the
+                    // next try fetches the whole image afresh. Wrong bytes
+                    // from a fresh fetch are the hub's: given up.
+                    FetchError::DigestMismatch { .. } => resuming,
                     _ => false,
                 };
                 if transient {

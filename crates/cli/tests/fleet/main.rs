@@ -554,3 +554,67 @@ fn a_station_never_arms_an_image_whose_bytes_do_not_match_the_orders_digest() {
         .exists());
     process.stop();
 }
+
+#[test]
+fn a_damaged_partial_image_is_fetched_afresh_and_only_the_verified_image_is_armed() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::new(dir.path(), &pg.url());
+    let token = hub.token_file("lab-z");
+    let hub_process = hub.start();
+    let relay = Relay::start(
+        format!("127.0.0.1:{}", hub.port).parse().unwrap(),
+        &[Some(2 * MIB)],
+    );
+    let station = Station::new(
+        dir.path(),
+        "lab-z",
+        &format!("http://{}", relay.address),
+        &token,
+        &["--no-arm", "--ports", "2", "--image-size", "4MiB"],
+    );
+    let mut process = station.start();
+    let size = 8 * MIB;
+    let sha = upload(&hub_process, "order.img", &order_image(5, size));
+    let (_, order) = arm_lot(&hub_process, "lot-z", &sha, "lab-z");
+    let partial = station
+        .data_dir
+        .join("fleet/images")
+        .join(format!("{sha}.part"));
+
+    // The transfer stalls at 2 MiB; the station dies, and a byte of what it
+    // kept is damaged while it is down.
+    relay.until_held();
+    until("2 MiB in the partial file", || {
+        let len = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        (len == 2 * MIB).then_some(()).ok_or(len.to_string())
+    });
+    process.kill();
+    relay.cut_held();
+    let mut kept = std::fs::read(&partial).unwrap();
+    kept[MIB as usize] ^= 0x01;
+    std::fs::write(&partial, &kept).unwrap();
+
+    // Resumed, the whole does not match: fetched afresh, then armed.
+    process = station.start();
+    until_order_state(&process, order, "armed", &["fetching"]);
+    let exchanges = relay.answered();
+    eprintln!("image requests: {exchanges:#?}");
+    assert_eq!(exchanges.len(), 3, "{exchanges:?}");
+    assert_eq!(exchanges[1].range.as_deref(), Some("bytes=2097152-"));
+    assert_eq!(exchanges[1].passed, size - 2 * MIB);
+    assert_eq!(exchanges[2].range, None, "the second try starts afresh");
+    assert_eq!(exchanges[2].passed, size);
+    let run = process.get("/api/v1/runs/current");
+    assert_eq!(run["image_sha256"], sha.as_str());
+    assert_eq!(run["armed"], true);
+    let images = process.get("/api/v1/images");
+    let cached: Vec<&Value> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.to_string().contains(&sha))
+        .collect();
+    assert_eq!(cached.len(), 1, "{images}");
+    process.stop();
+}
