@@ -61,7 +61,6 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             "attempts",
             "devices",
             "events",
-            "fleet_orders",
             "fleet_state",
             "images",
             "outbox",
