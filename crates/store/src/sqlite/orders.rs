@@ -128,6 +128,7 @@ mod tests {
             size: ByteSize(5),
             format: "raw".into(),
             imported_at: 1,
+            source: None,
         };
         store
             .write(|b| Box::pin(b.record_image(&image)))
