@@ -311,15 +311,10 @@ impl Follower {
         if let Some(refusal) = image.raw_write_refusal().filter(|_| !options.force_raw) {
             // Inspection says a raw copy would not boot; the hub's order
             // may force it with `"force_raw": true` in its options.
-            state.given_up.insert(id);
-            self.report(
-                id,
-                OrderState::Failed,
-                Some(format!(
-                    "the image is refused for a raw run: {refusal} (\"force_raw\": true in the order's options)"
-                )),
+            let why = format!(
+                "the image is refused for a raw run: {refusal} (\"force_raw\": true in the order's options)"
             );
-            return Step::Settled;
+            return self.give_up(state, id, why).await;
         }
         let request = ArmRequest {
             image: SourceImage {
