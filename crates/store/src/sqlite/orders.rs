@@ -129,6 +129,7 @@ mod tests {
             format: "raw".into(),
             imported_at: 1,
             source: None,
+            inspection: None,
         };
         store
             .write(|b| Box::pin(b.record_image(&image)))
