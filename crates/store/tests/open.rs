@@ -45,7 +45,8 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             (3, true),
             (4, true),
             (5, true),
-            (6, true)
+            (6, true),
+            (7, true)
         ]
     );
     let mut tables: Vec<String> = sqlx::query_scalar(
@@ -61,6 +62,7 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             "attempts",
             "devices",
             "events",
+            "fleet_orders",
             "fleet_state",
             "images",
             "outbox",

@@ -130,6 +130,7 @@ mod tests {
             imported_at: 1,
             source: None,
             inspection: None,
+            provenance: None,
         };
         store
             .write(|b| Box::pin(b.record_image(&image)))
