@@ -788,10 +788,12 @@ impl Station {
         // Sticks already present are written too: those that were only
         // detected or refused, and those with a verdict of an earlier run (a
         // pass of another run says nothing about this run's image). An ejected
-        // stick is no longer present and cannot be.
+        // stick cannot be, even while the system's removal event for it is
+        // still on its way: it keeps showing its pass until it is pulled.
         let candidates: Vec<usize> = (0..self.ports.len())
             .filter(|&p| {
                 self.ports[p].kernel_name.is_some()
+                    && !self.ports[p].view.ejected
                     && matches!(
                         self.ports[p].view.state,
                         PortState::Detected
