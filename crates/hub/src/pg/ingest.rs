@@ -199,6 +199,16 @@ fn newest<'a, K: std::hash::Hash + Eq, R>(
     kept.into_iter().flatten().collect()
 }
 
+/// One column of `rows`, as an array parameter for `unnest`.
+fn column<'r, R, T>(rows: &[(i64, &'r R)], value: impl Fn(&'r R) -> T) -> Vec<T> {
+    rows.iter().map(|&(_, row)| value(row)).collect()
+}
+
+/// The sequence numbers of `rows`: the `seq` column.
+fn seqs<R>(rows: &[(i64, &R)]) -> Vec<i64> {
+    rows.iter().map(|&(seq, _)| seq).collect()
+}
+
 impl<'a> Rows<'a> {
     /// Sorts `(seq, record)` pairs (increasing seq) by kind, one version per
     /// row.
@@ -266,24 +276,12 @@ impl<'a> Rows<'a> {
              WHERE station_images.seq < EXCLUDED.seq",
         )
         .bind(station)
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.sha256.to_hex())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.name.as_str())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(rows, |r| r.sha256.to_hex()))
+        .bind(column(rows, |r| r.name.as_str()))
         .bind(sizes)
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.format.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(_, r)| r.imported_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .bind(column(rows, |r| r.format.as_str()))
+        .bind(column(rows, |r| r.imported_at))
+        .bind(seqs(rows))
         .execute(tx)
         .await
         .map_err(sql("storing images"))?;
@@ -311,26 +309,14 @@ impl<'a> Rows<'a> {
              WHERE devices.seq < EXCLUDED.seq",
         )
         .bind(station)
-        .bind(rows.iter().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.serial.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.vendor.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.model.as_deref())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(rows, |r| r.key.as_str()))
+        .bind(column(rows, |r| r.serial.as_deref()))
+        .bind(column(rows, |r| r.vendor.as_deref()))
+        .bind(column(rows, |r| r.model.as_deref()))
         .bind(capacities)
-        .bind(rows.iter().map(|(_, r)| r.first_seen).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.last_seen).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .bind(column(rows, |r| r.first_seen))
+        .bind(column(rows, |r| r.last_seen))
+        .bind(seqs(rows))
         .execute(tx)
         .await
         .map_err(sql("storing devices"))?;
@@ -356,35 +342,17 @@ impl<'a> Rows<'a> {
              WHERE runs.seq < EXCLUDED.seq",
         )
         .bind(station)
-        .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.image_sha256.to_hex())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.image_name.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.options.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.options.get(ORDER_ID_OPTION).and_then(|v| v.as_i64()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(_, r)| r.started_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.stopped_at).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.stop_reason.as_ref().map(enum_text))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .bind(column(rows, |r| r.id.0))
+        .bind(column(rows, |r| r.image_sha256.to_hex()))
+        .bind(column(rows, |r| r.image_name.as_str()))
+        .bind(column(rows, |r| r.options.clone()))
+        .bind(column(rows, |r| {
+            r.options.get(ORDER_ID_OPTION).and_then(|v| v.as_i64())
+        }))
+        .bind(column(rows, |r| r.started_at))
+        .bind(column(rows, |r| r.stopped_at))
+        .bind(column(rows, |r| r.stop_reason.as_ref().map(enum_text)))
+        .bind(seqs(rows))
         .execute(tx)
         .await
         .map_err(sql("storing runs"))?;
@@ -415,55 +383,25 @@ impl<'a> Rows<'a> {
              WHERE attempts.seq < EXCLUDED.seq",
         )
         .bind(station)
-        .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.run_id.0).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.device_key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.port_label.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.port_path.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(_, r)| r.started_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.finished_at).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, r)| enum_text(&r.state))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| enum_text(&r.stage))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| {
-                    r.verdict
-                        .as_ref()
-                        .map(|v| serde_json::to_value(v).unwrap_or_default())
-                })
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.reason_detail.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| serde_json::to_value(&r.figures).unwrap_or_default())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .bind(column(rows, |r| r.id.0))
+        .bind(column(rows, |r| r.run_id.0))
+        .bind(column(rows, |r| r.device_key.as_str()))
+        .bind(column(rows, |r| r.port_label.as_str()))
+        .bind(column(rows, |r| r.port_path.as_str()))
+        .bind(column(rows, |r| r.started_at))
+        .bind(column(rows, |r| r.finished_at))
+        .bind(column(rows, |r| enum_text(&r.state)))
+        .bind(column(rows, |r| enum_text(&r.stage)))
+        .bind(column(rows, |r| {
+            r.verdict
+                .as_ref()
+                .map(|v| serde_json::to_value(v).unwrap_or_default())
+        }))
+        .bind(column(rows, |r| r.reason_detail.as_deref()))
+        .bind(column(rows, |r| {
+            serde_json::to_value(&r.figures).unwrap_or_default()
+        }))
+        .bind(seqs(rows))
         .execute(tx)
         .await
         .map_err(sql("storing attempts"))?;
@@ -492,35 +430,17 @@ impl<'a> Rows<'a> {
              WHERE refusals.seq < EXCLUDED.seq",
         )
         .bind(station)
-        .bind(rows.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.run_id.map(|id| id.0))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.device_key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.port_label.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.port_path.as_str())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(rows, |r| r.id.0))
+        .bind(column(rows, |r| r.at))
+        .bind(column(rows, |r| r.run_id.map(|id| id.0)))
+        .bind(column(rows, |r| r.device_key.as_str()))
+        .bind(column(rows, |r| r.port_label.as_str()))
+        .bind(column(rows, |r| r.port_path.as_str()))
         .bind(capacities)
-        .bind(
-            rows.iter()
-                .map(|(_, r)| serde_json::to_value(&r.refusal).unwrap_or_default())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .bind(column(rows, |r| {
+            serde_json::to_value(&r.refusal).unwrap_or_default()
+        }))
+        .bind(seqs(rows))
         .execute(tx)
         .await
         .map_err(sql("storing refusals"))?;
@@ -540,39 +460,15 @@ impl<'a> Rows<'a> {
              ON CONFLICT (station_id, id) DO NOTHING",
         )
         .bind(station)
-        .bind(rows.iter().map(|(_, r)| r.id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.kind.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.port_label.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.device_key.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.run_id.map(|id| id.0))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.attempt_id.map(|id| id.0))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.detail.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(rows, |r| r.id))
+        .bind(seqs(rows))
+        .bind(column(rows, |r| r.at))
+        .bind(column(rows, |r| r.kind.as_str()))
+        .bind(column(rows, |r| r.port_label.as_deref()))
+        .bind(column(rows, |r| r.device_key.as_deref()))
+        .bind(column(rows, |r| r.run_id.map(|id| id.0)))
+        .bind(column(rows, |r| r.attempt_id.map(|id| id.0)))
+        .bind(column(rows, |r| r.detail.clone()))
         .execute(tx)
         .await
         .map_err(sql("storing events"))?;
