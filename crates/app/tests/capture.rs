@@ -5,13 +5,12 @@
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
 
 use flashrack_app::capture::{capture, read_policy, CaptureError, CaptureRequest, Extent};
 use flashrack_app::images::open_cache;
 use flashrack_app::AppError;
 use flashrack_core::Sha256Digest;
-use flashrack_testkit::{image_bytes, require_root, run, LoopDevice};
+use flashrack_testkit::{image_bytes, require_root, LoopDevice, MountedExt4};
 
 const MIB: u64 = 1 << 20;
 
@@ -161,22 +160,7 @@ fn a_mounted_master_is_refused_and_a_bare_one_needs_whole() {
     );
 
     let device = LoopDevice::new(32 * MIB);
-    run("mkfs.ext4", &["-q", device.path().to_str().unwrap()]);
-    let mount_point = tempfile::tempdir().unwrap();
-    run(
-        "mount",
-        &[
-            device.path().to_str().unwrap(),
-            mount_point.path().to_str().unwrap(),
-        ],
-    );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount_point.path().to_path_buf());
+    let _mounted = MountedExt4::new(&device);
     let error = capture(&cache, &request(&device, true)).unwrap_err();
     match &error {
         AppError::Capture(CaptureError::Refused { reasons, .. }) => {

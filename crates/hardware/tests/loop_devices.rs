@@ -174,22 +174,7 @@ async fn a_mounted_loop_device_is_refused_by_the_guard() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), MIB as usize, 13);
     let device = LoopDevice::new(32 * MIB);
-    run("mkfs.ext4", &["-q", device.path().to_str().unwrap()]);
-    let mount_point = tempfile::tempdir().unwrap();
-    run(
-        "mount",
-        &[
-            device.path().to_str().unwrap(),
-            mount_point.path().to_str().unwrap(),
-        ],
-    );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount_point.path().to_path_buf());
+    let _mounted = flashrack_testkit::MountedExt4::new(&device);
     let target: Arc<dyn Target> =
         Arc::new(PathTarget::block_device(device.path(), loop_guard(MIB)));
     let (tx, _rx) = mpsc::unbounded_channel();

@@ -133,6 +133,31 @@ fn assert_root(tools: &[&str]) {
     check_tools(tools);
 }
 
+/// An ext4 file system made on a test's loop device and mounted in a temporary
+/// directory: a disk in use, which the guard must refuse. Unmounted on drop
+/// (declare it after its [`LoopDevice`], so that it drops first).
+pub struct MountedExt4 {
+    mount_point: tempfile::TempDir,
+}
+
+impl MountedExt4 {
+    /// Makes ext4 on `device` (which the test created) and mounts it.
+    pub fn new(device: &LoopDevice) -> Self {
+        assert_root(&["mkfs.ext4", "mount", "umount"]);
+        let device = device.path().to_str().unwrap();
+        run("mkfs.ext4", &["-q", device]);
+        let mount_point = tempfile::tempdir().expect("temporary directory");
+        run("mount", &[device, mount_point.path().to_str().unwrap()]);
+        Self { mount_point }
+    }
+}
+
+impl Drop for MountedExt4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount_point.path()).status();
+    }
+}
+
 /// A loop device over a sparse backing file in a temporary directory; detached on
 /// drop, and the backing file removed after it.
 pub struct LoopDevice {
