@@ -571,7 +571,14 @@ impl ReadOnly {
 impl Drop for ReadOnly {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = Command::new("umount").arg(&self.path).status();
+            // Lazily: a store's connections may still be closing in the
+            // background when the test ends, and a plain umount then fails as
+            // busy and leaves the mount behind. A lazy one detaches it at once;
+            // the kernel frees it when the last file on it is closed.
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(&self.path)
+                .status();
         } else {
             let _ = fs::set_permissions(&self.path, fs::Permissions::from_mode(0o755));
         }
