@@ -235,7 +235,9 @@ export function passText(f) {
   const method = f && f.verify_method;
   if (!f) return 'written and verified';
   if (!method || method === 'none') return 'written, not verified';
-  return `verified (${method})`;
+  // A read-back after a reset of the stick is the stronger proof: no cache
+  // inside the stick could have answered it (DESIGN.md, "Proof beyond the host").
+  return f.verified_after_reset ? `verified (${method}, after reset)` : `verified (${method})`;
 }
 
 export function speedsText(f) {

@@ -97,7 +97,7 @@ pub enum Command {
 pub enum ReportFormatArg {
     /// Comma-separated values, one row per attempt.
     Csv,
-    /// JSON (format "flashrack-report/3").
+    /// JSON (format "flashrack-report/4").
     Json,
     /// Printable HTML.
     Html,

@@ -454,8 +454,8 @@ pub struct AttemptFigures {
     pub bytes_written_bound: Bound,
     /// Whether the read-back followed a reset of the target (a power cycle
     /// that drops any cache inside the stick), so that what was read is what
-    /// its medium holds. Not yet kept in the records: read back from them, it
-    /// is `false`.
+    /// its medium holds. Kept in the records (schema 8, `false` for attempts
+    /// recorded before it) and in the reports (`flashrack-report/4`).
     #[serde(default)]
     pub verified_after_reset: bool,
 }

@@ -81,6 +81,11 @@ fn cells(row: &ExportRow) -> [Cow<'_, str>; FIELDS.len()] {
         number(row.verify_mb_s.map(float)),
         text(row.read_back_sha256.as_deref()),
         text(row.verify_method),
+        text(Some(if row.verified_after_reset {
+            "true"
+        } else {
+            "false"
+        })),
         text(row.operator.as_deref()),
         text(row.lot.as_deref()),
         text(row.run_options.as_deref()),

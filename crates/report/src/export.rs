@@ -10,7 +10,7 @@ use crate::{Counts, ReportRow, LOT_OPTION, OPERATOR_OPTION};
 
 /// The version tag of every export: the JSON's `format`, the CSV's
 /// `report_format` column, the HTML's generator and footer.
-pub const FORMAT: &str = "flashrack-report/3";
+pub const FORMAT: &str = "flashrack-report/4";
 
 /// The version of flashrack printed on every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -20,7 +20,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const CSV_EXTRA_FIELDS: [&str; 2] = ["report_format", "flashrack_version"];
 
 /// The record fields, in CSV column order.
-pub const FIELDS: [&str; 36] = [
+pub const FIELDS: [&str; 37] = [
     "attempt_id",
     "refusal_id",
     "station_id",
@@ -50,6 +50,7 @@ pub const FIELDS: [&str; 36] = [
     "verify_mb_s",
     "read_back_sha256",
     "verify_method",
+    "verified_after_reset",
     "operator",
     "lot",
     "run_options",
@@ -91,6 +92,7 @@ pub(crate) struct ExportRow {
     pub(crate) verify_mb_s: Option<f64>,
     pub(crate) read_back_sha256: Option<String>,
     pub(crate) verify_method: Option<&'static str>,
+    pub(crate) verified_after_reset: bool,
     pub(crate) operator: Option<String>,
     pub(crate) lot: Option<String>,
     pub(crate) run_options: Option<String>,
@@ -134,6 +136,7 @@ impl ExportRow {
             verify_mb_s: f.verify_mb_per_sec().map(|r| round(r, 2)),
             read_back_sha256: f.read_back_sha256.map(|d| d.to_hex()),
             verify_method: f.verify_method.map(|m| m.as_str()),
+            verified_after_reset: f.verified_after_reset,
             operator: facts.option_text(OPERATOR_OPTION).map(str::to_string),
             lot: facts.option_text(LOT_OPTION).map(str::to_string),
             run_options: facts.options.as_ref().map(options_words),
@@ -257,6 +260,7 @@ mod tests {
             verify_mb_s: None,
             read_back_sha256: None,
             verify_method: None,
+            verified_after_reset: false,
             operator: None,
             lot: None,
             run_options: None,

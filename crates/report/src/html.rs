@@ -176,7 +176,8 @@ struct Row {
     write_rate: String,
     verify_rate: String,
     read_back_sha256: String,
-    /// How the read-back was checked: `compare`, `hash`, `none`.
+    /// How the read-back was checked: `compare`, `hash`, `none`, with
+    /// `after reset` when the stick was reset before it was read back.
     verify_method: String,
     reason: String,
     offset: String,
@@ -213,7 +214,10 @@ impl Row {
             write_rate: rate(e.write_mb_s),
             verify_rate: rate(e.verify_mb_s),
             read_back_sha256: e.read_back_sha256.unwrap_or_default(),
-            verify_method: e.verify_method.unwrap_or_default().to_string(),
+            verify_method: match (e.verify_method, e.verified_after_reset) {
+                (Some(method), true) => format!("{method} after reset"),
+                (method, _) => method.unwrap_or_default().to_string(),
+            },
             reason: e.reason_detail.unwrap_or_default(),
             offset: e.fail_offset.map(|o| o.to_string()).unwrap_or_default(),
         }

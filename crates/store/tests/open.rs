@@ -46,7 +46,8 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             (4, true),
             (5, true),
             (6, true),
-            (7, true)
+            (7, true),
+            (8, true)
         ]
     );
     let mut tables: Vec<String> = sqlx::query_scalar(

@@ -176,7 +176,9 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
                     read_back_sha256: Some(Sha256Digest::of(b"what the fake stick returned")),
                     verify_method: Some(flashrack_core::VerifyMethod::Hash),
                     bytes_written_bound: Bound::Exact,
-                    verified_after_reset: false,
+                    // The stick's cache answered until the reset: the mismatch
+                    // a reset before the read-back finds.
+                    verified_after_reset: true,
                 },
             )
             .await
@@ -196,6 +198,7 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
                 &Verdict::Pass,
                 &AttemptFigures {
                     capacity: ByteSize(32_000_000_000),
+                    verified_after_reset: true,
                     ..pass_figures()
                 },
             )

@@ -51,6 +51,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fleet orders",
         include_str!("../../../../migrations/0007_fleet_orders.sql"),
     ),
+    (
+        8,
+        "verified after reset",
+        include_str!("../../../../migrations/0008_verified_after_reset.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

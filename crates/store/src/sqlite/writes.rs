@@ -410,8 +410,9 @@ impl Writes for SqliteWrites {
                 bytes_written_bound = CASE WHEN bytes_written > ?9 THEN 'lower_bound' ELSE ?10 END,
                 bytes_written = MAX(bytes_written, ?9), write_secs = ?11,
                 bytes_verified = MAX(bytes_verified, ?12),
-                verify_secs = ?13, read_back_sha256 = ?14, verify_method = ?15
-             WHERE id = ?16",
+                verify_secs = ?13, read_back_sha256 = ?14, verify_method = ?15,
+                verified_after_reset = ?16
+             WHERE id = ?17",
         )
         .bind(now)
         .bind(state.as_str())
@@ -433,6 +434,7 @@ impl Writes for SqliteWrites {
         .bind(figures.verify_secs)
         .bind(figures.read_back_sha256.map(|d| d.to_hex()))
         .bind(figures.verify_method.map(|m| m.as_str()))
+        .bind(figures.verified_after_reset)
         .bind(attempt.0)
         .execute(&mut *self.tx)
         .await?;
