@@ -32,7 +32,7 @@ use flashrack_core::{
 use flashrack_engine::{AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage};
 use flashrack_guard::GuardPolicy;
 use flashrack_image::CachedImage;
-use flashrack_station::{AttemptStart, Journal, RunOptions, RunStart};
+use flashrack_station::{AttemptStart, Journal, JournalEvent, RunOptions, RunRefusal, RunStart};
 use flashrack_target::Target;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -151,6 +151,21 @@ pub async fn flash(
     mut stops: mpsc::UnboundedReceiver<StopSignal>,
 ) -> Result<FlashOutcome, AppError> {
     if let Some(refusal) = image.raw_write_refusal().filter(|_| !request.force_raw) {
+        // Refused before anything is opened for writing, and recorded like
+        // a refusal at the station: the event log says what was not done.
+        let records = StoreRecords::open(data_dir, STATION_ID, open_cache(data_dir)?).await?;
+        records
+            .event(&JournalEvent::RunRefused(RunRefusal {
+                image_sha256: image.manifest.sha256(),
+                image_name: image.meta.original_name.clone(),
+                reason: refusal.reason.clone(),
+                advice: refusal.advice.clone(),
+                options: RunOptions {
+                    verify: request.verify,
+                    ..RunOptions::default()
+                },
+            }))
+            .await?;
         return Err(AppError::RawWriteRefused {
             name: image.meta.original_name.clone(),
             refusal,

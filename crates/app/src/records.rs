@@ -301,6 +301,7 @@ impl Journal for StoreRecords {
             }
             JournalEvent::OperatorAction { .. } => (EventKind::OperatorAction, None),
             JournalEvent::Ejected { port, .. } => (EventKind::PortChanged, Some(port)),
+            JournalEvent::RunRefused(_) => (EventKind::RunRefused, None),
         };
         let mut row = EventRow::new(kind, serde_json::to_value(event).unwrap_or_default());
         row.port_label = port.cloned();

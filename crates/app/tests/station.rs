@@ -409,3 +409,96 @@ async fn port_history_from_the_records_flags_a_port_where_different_sticks_keep_
     assert_eq!(device("GOOD")["last_verdict"], "pass");
     app.stop().await.unwrap();
 }
+
+/// A run refused because its image would not boot written raw is in the
+/// station's event log, as an auditor reads it beside the running station:
+/// who asked, for which image, why it was refused and what they were told;
+/// a forced run says so in its arming event and its options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_raw_run_of_an_installer_iso_is_in_the_event_log_and_a_forced_one_says_so() {
+    use flashrack_store::{EventKind, Records, Store};
+
+    let import = tempfile::tempdir().unwrap();
+    let import_dir = import.path().to_path_buf();
+    let app = flashrack_app::testing::spawn_app_with(|config| {
+        config.web.import_dirs = vec![import_dir];
+    })
+    .await;
+    // An innocent name: the refusal goes by content.
+    let iso = import.path().join("team-photos.img");
+    flashrack_testkit::iso::windows_like_iso(&iso);
+    let imported = app
+        .post("/api/v1/images/import", Some(json!({ "path": iso })))
+        .await;
+    assert_eq!(imported.status, 201, "{}", imported.body);
+    let sha = imported.json()["sha256"].as_str().unwrap().to_string();
+
+    let refused = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "image": sha, "operator": "Ada", "lot": "L-7" })),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(app.station.snapshot().run.is_none(), "nothing armed");
+
+    let store = Store::open_read_only(&app.database(), "test-station")
+        .await
+        .unwrap();
+    let events = store.recent_events(100).await.unwrap();
+    let refusals: Vec<_> = events
+        .iter()
+        .filter(|e| e.row.kind == EventKind::RunRefused)
+        .collect();
+    assert_eq!(refusals.len(), 1, "{events:#?}");
+    let detail = &refusals[0].row.detail;
+    assert_eq!(detail["image_sha256"], sha.as_str(), "{detail}");
+    assert_eq!(detail["image_name"], "team-photos.img");
+    assert!(
+        detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Windows installer ISO"),
+        "{detail}"
+    );
+    assert!(
+        detail["advice"].as_str().unwrap().contains("force"),
+        "{detail}"
+    );
+    assert_eq!(detail["options"]["operator"], "Ada");
+    assert_eq!(detail["options"]["lot"], "L-7");
+    assert_eq!(refusals[0].row.run_id, None, "no run was started");
+    assert!(
+        store.list_runs().await.unwrap().is_empty(),
+        "a refusal starts no run"
+    );
+
+    let forced = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "image": sha, "operator": "Ada", "force_raw": true })),
+        )
+        .await;
+    assert_eq!(forced.status, 201, "{}", forced.body);
+    let events = store.recent_events(100).await.unwrap();
+    let armed = events
+        .iter()
+        .rfind(|e| e.row.kind == EventKind::OperatorAction && e.row.detail["action"] == "arm")
+        .expect("the arming is logged");
+    assert!(
+        armed.row.detail["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("raw write forced"),
+        "{:?}",
+        armed.row.detail
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.row.kind == EventKind::RunRefused)
+            .count(),
+        1,
+        "the forced run is no refusal"
+    );
+}

@@ -1,7 +1,7 @@
 //! What an image is, from the command line: `image show` and `image list` say
 //! it, and `flash` refuses a raw run of a Windows-like installer ISO (found by
 //! content, under an innocent name) unless `--force-raw`, which the run's
-//! records keep.
+//! records keep; the refusal itself is in the records' event log.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -55,6 +55,31 @@ fn a_windows_like_iso_is_shown_and_refused_by_flash_unless_forced_and_the_force_
         "{error}"
     );
     assert!(!Path::new(target).exists(), "nothing was written");
+    // The refusal is in the records' event log, and no run was started.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use flashrack_store::{EventKind, Records, Store};
+        let store = Store::open_read_only(&data.join("flashrack.db"), "station-1")
+            .await
+            .unwrap();
+        let events = store.recent_events(100).await.unwrap();
+        let refused: Vec<_> = events
+            .iter()
+            .filter(|e| e.row.kind == EventKind::RunRefused)
+            .collect();
+        assert_eq!(refused.len(), 1, "{events:#?}");
+        let detail = &refused[0].row.detail;
+        assert_eq!(detail["image_sha256"], sha.as_str(), "{detail}");
+        assert!(
+            detail["reason"]
+                .as_str()
+                .unwrap()
+                .contains("Windows installer ISO"),
+            "{detail}"
+        );
+        assert!(store.list_runs().await.unwrap().is_empty());
+        store.close().await;
+    });
 
     let forced = flashrack(
         &data,

@@ -99,6 +99,27 @@ pub enum JournalEvent {
         /// The device key.
         device: String,
     },
+    /// A run was asked for and not armed, because inspection says a raw copy
+    /// of its image would not boot and the run was not forced. Nothing was
+    /// armed or written; the record is what an auditor looks for next to the
+    /// runs that were forced (`force_raw` in their options).
+    RunRefused(RunRefusal),
+}
+
+/// A run refused before it was armed ([`JournalEvent::RunRefused`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRefusal {
+    /// The image's sha256.
+    pub image_sha256: Sha256Digest,
+    /// Its name.
+    pub image_name: String,
+    /// Why a raw copy would not boot, in one sentence.
+    pub reason: String,
+    /// What the operator was told to do instead.
+    pub advice: String,
+    /// The options the run was asked with (who asked, the lot, the hub's
+    /// order, if any).
+    pub options: RunOptions,
 }
 
 /// What an operator did, for the event log. A closed set.

@@ -26,7 +26,7 @@ pub mod station;
 
 pub use journal::{
     AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, MemoryJournal, OperatorAction,
-    RunStart,
+    RunRefusal, RunStart,
 };
 pub use model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,

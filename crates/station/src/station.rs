@@ -23,7 +23,8 @@ use flashrack_hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, Sto
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::journal::{
-    AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, OperatorAction, RunStart,
+    AttemptSoFar, AttemptStart, Journal, JournalError, JournalEvent, OperatorAction, RunRefusal,
+    RunStart,
 };
 use crate::model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
@@ -116,6 +117,7 @@ enum Command {
     ),
     Stop(String, oneshot::Sender<Result<(), StationError>>),
     StartPort(String, oneshot::Sender<Result<(), StationError>>),
+    RunRefused(Box<RunRefusal>, oneshot::Sender<Result<(), StationError>>),
 }
 
 /// Commands a running station and watches it. Cheap to clone.
@@ -154,6 +156,16 @@ impl StationHandle {
     /// stick that already passed or failed in this run).
     pub async fn start_port(&self, label: &str) -> Result<(), StationError> {
         self.ask(|tx| Command::StartPort(label.to_string(), tx))
+            .await
+    }
+
+    /// Records that a run was asked for and refused before it was armed
+    /// (inspection says its image would not boot written raw, and the run was
+    /// not forced): nothing is armed, the event log keeps the refusal. The
+    /// caller decides; the station writes it down in order with its other
+    /// records.
+    pub async fn record_run_refused(&self, refusal: RunRefusal) -> Result<(), StationError> {
+        self.ask(|tx| Command::RunRefused(Box::new(refusal), tx))
             .await
     }
 
@@ -729,6 +741,14 @@ impl Station {
                     let _ = reply.send(Err(error));
                 }
             },
+            Command::RunRefused(refusal, reply) => {
+                let recorded = self
+                    .journal
+                    .event(&JournalEvent::RunRefused(*refusal))
+                    .await
+                    .map_err(StationError::from);
+                let _ = reply.send(recorded);
+            }
         }
     }
 
@@ -757,9 +777,13 @@ impl Station {
                 options: request.options.clone(),
             })
             .await?;
+        let mut detail = format!("run {id}: {} ({})", request.image_name, manifest.sha256());
+        if request.options.force_raw {
+            detail.push_str(", raw write forced");
+        }
         self.log(JournalEvent::OperatorAction {
             action: OperatorAction::Arm,
-            detail: format!("run {id}: {} ({})", request.image_name, manifest.sha256()),
+            detail,
         })
         .await;
         let view = RunView {

@@ -109,6 +109,11 @@ text_enum!(
         /// The operator did something (armed a run, asked for a device, …); the detail
         /// says what.
         OperatorAction => "operator_action",
+        /// A run was asked for and not armed: inspection says its image would
+        /// not boot written raw (a non-hybrid installer ISO) and the run was not
+        /// forced. The detail holds the image, the reason, the advice given and
+        /// the options asked for.
+        RunRefused => "run_refused",
     }
 );
 

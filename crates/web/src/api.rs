@@ -12,7 +12,7 @@ use axum::Json;
 use flashrack_core::{Sha256Digest, VerifyMode};
 use flashrack_engine::SourceImage;
 use flashrack_image::{CachedImage, ImageError, ImportOptions};
-use flashrack_station::{ArmRequest, RunOptions, StationError};
+use flashrack_station::{ArmRequest, RunOptions, RunRefusal, StationError};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -220,11 +220,36 @@ pub async fn arm(
         .await
         .map_err(AppError::internal)?
         .map_err(image_error)?;
+    let options = RunOptions {
+        verify: body.verify,
+        eject_on_pass: body.eject_on_pass,
+        target_count: body.target_count,
+        operator,
+        lot,
+        order_id: None,
+        force_raw: body.force_raw,
+    };
     if let Some(refusal) = image.raw_write_refusal().filter(|_| !body.force_raw) {
-        return Err(AppError::unprocessable(format!(
+        let message = format!(
             "image {} is refused for a raw run: {refusal} (\"force_raw\": true)",
             image.meta.original_name
-        )));
+        );
+        // The refusal stands whether or not it could be written down; a
+        // record that failed is the station's error, in its log.
+        if let Err(error) = state
+            .station
+            .record_run_refused(RunRefusal {
+                image_sha256: image.manifest.sha256(),
+                image_name: image.meta.original_name.clone(),
+                reason: refusal.reason,
+                advice: refusal.advice,
+                options,
+            })
+            .await
+        {
+            tracing::error!(%error, "cannot record a refused run");
+        }
+        return Err(AppError::unprocessable(message));
     }
     let run = state
         .station
@@ -234,15 +259,7 @@ pub async fn arm(
                 manifest: image.manifest.clone(),
             },
             image_name: image.meta.original_name.clone(),
-            options: RunOptions {
-                verify: body.verify,
-                eject_on_pass: body.eject_on_pass,
-                target_count: body.target_count,
-                operator,
-                lot,
-                order_id: None,
-                force_raw: body.force_raw,
-            },
+            options,
         })
         .await
         .map_err(station_error)?;

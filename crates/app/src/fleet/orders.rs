@@ -37,7 +37,7 @@ use flashrack_engine::SourceImage;
 use flashrack_fleet::{OrderProgress, OrderState, Orders, RunOrder};
 use flashrack_fleet_client::FetchError;
 use flashrack_image::{CachedImage, ImageCache};
-use flashrack_station::{ArmRequest, RunOptions, Snapshot, StationHandle};
+use flashrack_station::{ArmRequest, RunOptions, RunRefusal, Snapshot, StationHandle};
 use flashrack_store::{OrderMemory, Records, Store};
 use tokio::sync::watch;
 
@@ -314,6 +314,21 @@ impl Follower {
             let why = format!(
                 "the image is refused for a raw run: {refusal} (\"force_raw\": true in the order's options)"
             );
+            // In the station's event log as well as the order's memory: the
+            // station's records say what it refused, whoever asked.
+            if let Err(error) = self
+                .station
+                .record_run_refused(RunRefusal {
+                    image_sha256: image.manifest.sha256(),
+                    image_name: order.image_name.clone(),
+                    reason: refusal.reason,
+                    advice: refusal.advice,
+                    options,
+                })
+                .await
+            {
+                tracing::error!(order_id = id, %error, "cannot record a refused run");
+            }
             return self.give_up(state, id, why).await;
         }
         let request = ArmRequest {
