@@ -191,9 +191,14 @@ impl ImageCache {
             }
         }
         let mut meta = entry.import;
-        if meta.inspection.is_none() {
-            // An entry from before inspection: its image is read now (a few
-            // KiB at known offsets), not rewritten.
+        if meta
+            .inspection
+            .as_ref()
+            .is_none_or(|i| i.version < flashrack_inspect::INSPECTION_VERSION)
+        {
+            // An entry from before inspection, or inspected by older rules:
+            // its image is read now (a few KiB at known offsets, and the
+            // directories followed), not rewritten.
             meta.inspection = fs::File::open(&path)
                 .ok()
                 .map(|file| flashrack_inspect::inspect(&file));

@@ -3,7 +3,8 @@
 use crate::model::{FsKind, ImageInfo, OsGuess};
 
 /// Guesses from the strongest evidence down: Windows installer files, the
-/// `.disk/info` line, the volume id, then the partitions' labels and types.
+/// `.disk/info` line, the volume id, an ext root file system's `os-release`,
+/// then the partitions' labels and types.
 pub(crate) fn os(info: &ImageInfo) -> Option<OsGuess> {
     let guess = |name: &str, evidence: &str| {
         Some(OsGuess {
@@ -18,7 +19,7 @@ pub(crate) fn os(info: &ImageInfo) -> Option<OsGuess> {
         if let Some(line) = &iso.disk_info {
             return guess(line, ".disk/info");
         }
-        if let Some(v) = &iso.volume_id {
+        if let Some(v) = iso.volume_id.as_ref().or(iso.udf_volume_id.as_ref()) {
             let lower = v.to_ascii_lowercase();
             let known = [
                 ("ubuntu", "Ubuntu"),
@@ -40,7 +41,18 @@ pub(crate) fn os(info: &ImageInfo) -> Option<OsGuess> {
             }
         }
     }
+    if let Some(os) = info.filesystem.as_ref().and_then(|f| f.os_release.as_ref()) {
+        return guess(os, "/etc/os-release of the file system");
+    }
     let table = info.table.as_ref()?;
+    if let Some((p, os)) = table.partitions.iter().find_map(|p| {
+        p.filesystem
+            .as_ref()
+            .and_then(|f| f.os_release.as_ref())
+            .map(|os| (p.number, os))
+    }) {
+        return guess(os, &format!("/etc/os-release on partition {p}"));
+    }
     let labels: Vec<String> = table
         .partitions
         .iter()

@@ -1,9 +1,11 @@
 //! Optical-disc images: ISO 9660 volume descriptors, UDF's recognition
 //! sequence, El Torito boot entries, and a path lookup in the ISO 9660
-//! directory tree (Rock Ridge names where present).
+//! directory tree (Rock Ridge names where present), then in the UDF tree
+//! (`udf`) for what the ISO 9660 side lacks.
 
 use crate::model::{Boot, IsoInfo};
 use crate::read::{bytes, label, le32, ReadAt};
+use crate::udf::Volume;
 
 const SECTOR: u64 = 2048;
 /// How many volume descriptors are read at most (the set ends with a
@@ -59,6 +61,7 @@ pub(crate) fn inspect(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<
     let mut info = IsoInfo {
         volume_id: pvd.as_ref().and_then(|p| label(&p[40..72])),
         udf,
+        udf_volume_id: None,
         el_torito,
         hybrid: false,
         windows_installer: false,
@@ -66,22 +69,51 @@ pub(crate) fn inspect(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<
     };
     if let Some(pvd) = &pvd {
         let tree = Tree { image, pvd };
-        info.windows_installer = ["install.wim", "install.esd", "install.swm"]
+        info.windows_installer = INSTALLER_FILES
             .iter()
             .any(|f| tree.lookup(&["sources", f]).is_some());
         info.disk_info = tree
             .lookup(&[".disk", "info"])
             .filter(|e| !e.dir)
             .and_then(|e| bytes(image, u64::from(e.lba) * SECTOR, e.len.min(512) as usize))
-            .and_then(|b| {
-                String::from_utf8_lossy(&b)
-                    .lines()
-                    .next()
-                    .map(|l| l.trim().to_string())
-            })
-            .filter(|l| !l.is_empty());
+            .and_then(|b| first_line(&b));
+    }
+    if udf {
+        // Windows ISOs keep their files in UDF only (the ISO 9660 side holds
+        // a README or nothing): what the ISO 9660 tree lacks is looked up
+        // there.
+        match Volume::open(image) {
+            Ok(volume) => {
+                info.udf_volume_id = volume.label.clone();
+                if !info.windows_installer {
+                    info.windows_installer = INSTALLER_FILES
+                        .iter()
+                        .any(|f| volume.lookup(&["sources", f]).is_some_and(|n| !n.dir));
+                }
+                if info.disk_info.is_none() {
+                    info.disk_info = volume
+                        .lookup(&[".disk", "info"])
+                        .filter(|n| !n.dir)
+                        .and_then(|n| volume.read(&n, 512))
+                        .and_then(|b| first_line(&b));
+                }
+            }
+            Err(why) => problems.push(format!("UDF volume not read: {why}")),
+        }
     }
     Some(info)
+}
+
+/// The files whose presence in `sources/` makes a Windows installer.
+const INSTALLER_FILES: [&str; 3] = ["install.wim", "install.esd", "install.swm"];
+
+/// The first line of a text, trimmed; `None` when empty.
+fn first_line(b: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(b)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
 }
 
 /// The boot entries of the El Torito catalog at `lba`.

@@ -17,9 +17,13 @@
 //!   checksum and their ranges' checksums against an image;
 //! - `read`: [`ReadAt`], the only way bytes come in (a slice in tests, a file
 //!   in the cache);
-//! - private: `table` (MBR and GPT, CRCs checked), `fs` (file-system
-//!   signatures and labels), `iso` (volume descriptors, El Torito, a path
-//!   lookup in the ISO 9660 tree with Rock Ridge names), `guess` (the OS).
+//! - private: `table` (MBR and GPT, CRCs checked, logical partitions in an
+//!   extended one), `fs` (file-system signatures and labels, NTFS's and
+//!   exFAT's read from their `$Volume` record and root directory), `iso`
+//!   (volume descriptors, El Torito, a path lookup in the ISO 9660 tree with
+//!   Rock Ridge names), `udf` (a path lookup in the UDF tree, for ISOs whose
+//!   files are in UDF only), `ext` (a file read from an ext2/3/4 file
+//!   system: `/etc/os-release`), `guess` (the OS).
 //!
 //! **API boundary:** pure parsing. Nothing here opens a path, writes, or
 //! decides policy beyond saying what a raw write would produce; the image
@@ -30,12 +34,14 @@
 #![deny(missing_docs)]
 
 pub mod bmap;
+mod ext;
 mod fs;
 mod guess;
 mod iso;
 pub mod model;
 mod read;
 mod table;
+mod udf;
 
 pub use model::{
     Boot, FileSystem, FsKind, ImageInfo, IsoInfo, OsGuess, Partition, PartitionTable,
@@ -73,9 +79,18 @@ pub fn inspect(image: &dyn ReadAt) -> ImageInfo {
     }
     if let Some(t) = &mut table {
         for p in &mut t.partitions {
-            if p.start.saturating_add(p.size) <= size {
+            // An extended partition holds the chain of logical ones, not a
+            // file system.
+            let extended = matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85");
+            if !extended && p.start.saturating_add(p.size) <= size {
                 p.filesystem = fs::detect(image, p.start, p.size);
             }
+        }
+    }
+    let mut whole_fs = whole_fs;
+    if let (Some(fs), Some(iso)) = (&mut whole_fs, &iso) {
+        if fs.kind == FsKind::Udf && fs.label.is_none() {
+            fs.label = iso.udf_volume_id.clone();
         }
     }
     let mut info = ImageInfo {

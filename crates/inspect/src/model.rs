@@ -5,8 +5,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The version of the inspection's rules: an answer recorded by an older
-/// version may be recomputed.
-pub const INSPECTION_VERSION: u32 = 1;
+/// version is recomputed when the cache reads it. Version 2 reads UDF trees,
+/// NTFS and exFAT labels, logical MBR partitions and ext file systems'
+/// `os-release`.
+pub const INSPECTION_VERSION: u32 = 2;
 
 /// Everything known about an image from its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +95,10 @@ pub struct FileSystem {
     /// Its volume label, when it has one this inspection reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// The operating system its `/etc/os-release` (or `/usr/lib/os-release`)
+    /// names (`PRETTY_NAME`), for an ext2/3/4 root file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_release: Option<String>,
 }
 
 /// The file systems recognised.
@@ -159,6 +165,9 @@ pub struct IsoInfo {
     pub volume_id: Option<String>,
     /// Whether a UDF volume recognition sequence is present.
     pub udf: bool,
+    /// The UDF logical volume identifier, when the UDF volume was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udf_volume_id: Option<String>,
     /// The El Torito boot entries (empty: the disc does not boot).
     #[serde(default)]
     pub el_torito: Vec<Boot>,
@@ -234,11 +243,13 @@ impl ImageInfo {
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(iso) = &self.iso {
-            let mut s = match &iso.volume_id {
-                Some(v) => format!("ISO 9660 {v:?}"),
-                None => "ISO 9660".to_string(),
+            let mut s = match (&iso.volume_id, &iso.udf_volume_id) {
+                (Some(v), _) => format!("ISO 9660 {v:?}"),
+                (None, Some(u)) => format!("UDF {u:?}"),
+                (None, None) if iso.udf => "UDF".to_string(),
+                (None, None) => "ISO 9660".to_string(),
             };
-            if iso.udf {
+            if iso.udf && iso.volume_id.is_some() {
                 s.push_str(", UDF");
             }
             if !iso.el_torito.is_empty() {
@@ -343,6 +354,9 @@ impl ImageInfo {
                 yes_no(iso.hybrid),
                 yes_no(iso.windows_installer),
             ));
+            if let Some(udf) = &iso.udf_volume_id {
+                lines.push(format!("UDF volume id: {udf:?}"));
+            }
             if let Some(info) = &iso.disk_info {
                 lines.push(format!(".disk/info: {info}"));
             }
@@ -374,8 +388,12 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 fn fs_words(fs: &FileSystem) -> String {
-    match &fs.label {
+    let mut words = match &fs.label {
         Some(l) => format!("{} {l:?}", fs.kind),
         None => fs.kind.to_string(),
+    };
+    if let Some(os) = &fs.os_release {
+        words.push_str(&format!(" with {os}"));
     }
+    words
 }

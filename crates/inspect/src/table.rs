@@ -58,10 +58,105 @@ pub(crate) fn read(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<Par
     if partitions.is_empty() {
         return None;
     }
+    let extended: Vec<(u64, u64)> = partitions
+        .iter()
+        .filter(|p| matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85"))
+        .map(|p| (p.start, p.size))
+        .collect();
+    if let Some(&(start, len)) = extended.first() {
+        if extended.len() > 1 {
+            problems
+                .push("MBR has more than one extended partition; only the first is read".into());
+        }
+        logical(image, start, len, &mut partitions, problems);
+    }
     Some(PartitionTable {
         kind: TableKind::Mbr,
         partitions,
     })
+}
+
+/// The most logical partitions read from one extended partition (Linux
+/// reads at most 256 partitions per disk).
+const MAX_LOGICAL: usize = 256;
+
+/// The logical partitions of the extended partition at `ext_start`: a chain of
+/// extended boot records, each holding one logical partition (relative to that
+/// record) and the link to the next record (relative to the extended
+/// partition's start). Numbered from 5, as Linux and fdisk do. A chain that
+/// loops, leaves the extended partition or is cut short is a problem, and the
+/// partitions read up to there are kept.
+fn logical(
+    image: &dyn ReadAt,
+    ext_start: u64,
+    ext_len: u64,
+    partitions: &mut Vec<Partition>,
+    problems: &mut Vec<String>,
+) {
+    let size = image.size();
+    let mut ebr_at = ext_start;
+    let mut seen = std::collections::HashSet::new();
+    let mut number = 5;
+    loop {
+        if !seen.insert(ebr_at) || seen.len() > MAX_LOGICAL {
+            problems.push(format!(
+                "the chain of logical partitions loops or is longer than {MAX_LOGICAL} (at byte {ebr_at}); read up to there"
+            ));
+            return;
+        }
+        let Some(ebr) = bytes(image, ebr_at, 512) else {
+            problems.push(format!(
+                "extended boot record at byte {ebr_at} lies past the end of the image"
+            ));
+            return;
+        };
+        if ebr[510] != 0x55 || ebr[511] != 0xAA {
+            problems.push(format!(
+                "extended boot record at byte {ebr_at} has no 55 AA signature; logical partitions read up to there"
+            ));
+            return;
+        }
+        let (this, next) = (&ebr[446..462], &ebr[462..478]);
+        let count = u64::from(le32(this, 12));
+        if this[4] != 0 && count != 0 {
+            let start = ebr_at + u64::from(le32(this, 8)) * 512;
+            let len = count * 512;
+            if start + len > ext_start + ext_len {
+                problems.push(format!(
+                    "logical partition {number} ends at byte {} beyond its extended partition (which ends at byte {})",
+                    start + len,
+                    ext_start + ext_len
+                ));
+            } else if start + len > size {
+                problems.push(format!(
+                    "logical partition {number} ends at byte {} but the image has {size} bytes: truncated image or damaged table",
+                    start + len
+                ));
+            }
+            partitions.push(Partition {
+                number,
+                start,
+                size: len,
+                type_id: format!("0x{:02x}", this[4]),
+                type_name: mbr_type_name(this[4]).map(str::to_string),
+                name: None,
+                bootable: this[0] == 0x80,
+                filesystem: None,
+            });
+            number += 1;
+        }
+        let link = u64::from(le32(next, 8));
+        if next[4] == 0 || link == 0 {
+            return;
+        }
+        ebr_at = ext_start + link * 512;
+        if ebr_at >= ext_start + ext_len {
+            problems.push(format!(
+                "extended boot record link to byte {ebr_at} leaves its extended partition"
+            ));
+            return;
+        }
+    }
 }
 
 fn mbr_type_name(kind: u8) -> Option<&'static str> {
