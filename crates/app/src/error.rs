@@ -101,6 +101,9 @@ pub enum AppError {
         /// Why, and what to do instead.
         refusal: flashrack_image::RawWriteRefusal,
     },
+    /// A bootable layout could not be built from an ISO.
+    #[error(transparent)]
+    Bootable(Box<crate::bootable::BuildError>),
     /// Anything else the image cache refused (listing, removal).
     #[error(transparent)]
     Image(Box<flashrack_image::ImageError>),

@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod application;
+pub mod bootable;
 pub mod capture;
 pub mod client;
 pub mod demo;

@@ -349,6 +349,30 @@ pub enum ImageCommand {
         /// Its sha256 or a unique prefix of at least 6 hex digits.
         image: String,
     },
+    /// Build a bootable USB layout from a UEFI-bootable installer ISO that
+    /// would not boot written raw (a Windows installer ISO): GPT with one
+    /// FAT32 EFI system partition holding the ISO's files (install.wim too
+    /// large for FAT32 split into .swm parts), cached like any other image
+    /// and flashed and verified as one. Built once: asked again, the cached
+    /// layout is answered. Needs xorriso, fdisk, dosfstools, mtools, wimtools.
+    BuildBootable {
+        /// The ISO: a file to import, or a cached image's sha256, prefix or name.
+        iso: String,
+        /// The name of the built image in the cache.
+        #[arg(long)]
+        name: String,
+        /// Split install.wim into parts no larger than this (FAT32 holds
+        /// files up to 4 GiB − 1 byte); any other larger file is refused.
+        #[arg(long, default_value = "4294967295", value_name = "SIZE")]
+        split_above: ByteSize,
+        /// Refuse an ISO or a layout larger than this (the guard's largest
+        /// target).
+        #[arg(long, default_value = "256G", value_name = "SIZE")]
+        max_size: ByteSize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--verify`'s values: the core's [`VerifyMode`] by its stable names (the

@@ -6,10 +6,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use flashrack_app::bootable::{build_bootable, BuildRequest};
 use flashrack_app::downloads::{
     import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport, UrlProgress,
 };
-use flashrack_app::images::{import, open_cache, remove};
+use flashrack_app::images::{import, open_cache, remove, resolve_image};
 use flashrack_core::{ByteSize, Sha256Digest};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -227,6 +228,50 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
         ImageCommand::Remove { image } => {
             let removed = remove(&cache, &image)?;
             errln!("removed {removed}");
+        }
+        ImageCommand::BuildBootable {
+            iso,
+            name,
+            split_above,
+            max_size,
+            json,
+        } => {
+            let source = resolve_image(&cache, &iso, None, max_size)?;
+            let request = BuildRequest {
+                name,
+                max_file_size: split_above.bytes(),
+                max_image_size: max_size,
+            };
+            let built = build_bootable(&cache, data_dir, &source, &request)?;
+            let image = &built.image;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "sha256": image.sha256(), "size": image.size(),
+                        "name": image.meta.original_name,
+                        "built_from": source.sha256(),
+                        "reused": built.reused,
+                        "split": built.split.iter().map(|(f, n)| serde_json::json!({"file": f, "parts": n})).collect::<Vec<_>>(),
+                        "inspection": image.meta.inspection,
+                    }))?
+                )?;
+            } else {
+                if built.reused {
+                    errln!(
+                        "built before from {}: the cached layout",
+                        source.meta.original_name
+                    );
+                } else {
+                    for (file, parts) in &built.split {
+                        errln!("{file} split into {parts} parts (.swm)");
+                    }
+                }
+                if let Some(info) = &image.meta.inspection {
+                    errln!("{}", info.summary());
+                }
+                outln!("{}", image.sha256())?;
+            }
         }
     }
     Ok(())

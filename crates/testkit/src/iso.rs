@@ -92,3 +92,51 @@ pub fn hybrid_linux_iso(out: &Path) {
         ],
     );
 }
+
+/// A UEFI-bootable installer ISO that is not hybrid, as Windows installers
+/// are laid out (`efi/boot/bootx64.efi` holding `loader`, an El Torito UEFI
+/// entry, `sources/install.wim`, no partition table), written to `out`. The
+/// WIM is a real one, captured by `wimlib-imagex` (Debian's wimtools) from
+/// the directory `wim_content`, so that it can be split and applied again.
+pub fn uefi_installer_iso(out: &Path, loader: &[u8], wim_content: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("tree");
+    fs::create_dir_all(root.join("sources")).unwrap();
+    fs::create_dir_all(root.join("efi/boot")).unwrap();
+    fs::create_dir_all(root.join("efi/microsoft/boot")).unwrap();
+    fs::write(root.join("efi/boot/bootx64.efi"), loader).unwrap();
+    fs::write(root.join("setup.exe"), b"MZ a stand-in").unwrap();
+    fs::write(root.join("sources/boot.wim"), b"MSWIM\0\0\0 a stand-in").unwrap();
+    fs::copy(
+        efi_image(work.path()),
+        root.join("efi/microsoft/boot/efisys.bin"),
+    )
+    .unwrap();
+    run(
+        "wimlib-imagex",
+        &[
+            "capture",
+            wim_content.to_str().unwrap(),
+            root.join("sources/install.wim").to_str().unwrap(),
+            "Test install image",
+        ],
+    );
+    run(
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-J",
+            "-joliet-long",
+            "-V",
+            "INSTALLER_X64",
+            "-e",
+            "efi/microsoft/boot/efisys.bin",
+            "-no-emul-boot",
+            "-o",
+            out.to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
+    );
+}
