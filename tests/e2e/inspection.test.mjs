@@ -1,0 +1,151 @@
+// The dashboard and an image that would not boot written raw: a Windows-like
+// installer ISO (built here with Debian's xorriso and dosfstools, imported
+// under an innocent name) is shown refused in the image library; arming it
+// asks for confirmation, "cancel" arms nothing, "OK" arms a raw run that says
+// it was forced. The station's event log (read with Debian's sqlite3 beside
+// the running demo) holds the refusal an API client got and the forced
+// arming.
+//
+//   cargo build -p flashrack-cli && npm ci --prefix tests/e2e
+//   FLASHRACK_BIN=$PWD/target/debug/flashrack node --test tests/e2e/inspection.test.mjs
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, closeSync, openSync, ftruncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+import {
+  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, requireExecutable, startDemo, stopDemo,
+} from './demo.mjs';
+
+const SQLITE = process.env.SQLITE3_PATH || '/usr/bin/sqlite3';
+
+/** A non-hybrid ISO laid out as a Windows installer, as the testkit builds it. */
+function windowsLikeIso(work, out) {
+  const root = path.join(work, 'tree');
+  mkdirSync(path.join(root, 'sources'), { recursive: true });
+  mkdirSync(path.join(root, 'boot'), { recursive: true });
+  mkdirSync(path.join(root, 'efi', 'microsoft', 'boot'), { recursive: true });
+  writeFileSync(path.join(root, 'sources', 'install.wim'), 'MSWIM\0\0\0 a stand-in');
+  writeFileSync(path.join(root, 'boot', 'etfsboot.com'), Buffer.alloc(2048));
+  const efi = path.join(root, 'efi', 'microsoft', 'boot', 'efisys.bin');
+  const fd = openSync(efi, 'w');
+  ftruncateSync(fd, 1 << 20);
+  closeSync(fd);
+  execFileSync('mkfs.vfat', ['-n', 'EFIBOOT', efi], { stdio: 'ignore' });
+  execFileSync('xorriso', ['-as', 'mkisofs', '-quiet', '-J', '-V', 'HOLIDAY_2024',
+    '-b', 'boot/etfsboot.com', '-no-emul-boot', '-boot-load-size', '4',
+    '-eltorito-alt-boot', '-e', 'efi/microsoft/boot/efisys.bin', '-no-emul-boot',
+    '-o', out, root], { stdio: 'ignore' });
+}
+
+/** Rows of the station's event log of `kind` (their detail, parsed). */
+function events(database, kind) {
+  const out = execFileSync(SQLITE, ['-readonly', '-json', database,
+    `SELECT kind, run_id, detail FROM events WHERE kind = '${kind}' ORDER BY id`], { encoding: 'utf8' });
+  return (out.trim() ? JSON.parse(out) : []).map((row) => ({ ...row, detail: JSON.parse(row.detail) }));
+}
+
+test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps the refusal and the force', { timeout: 300_000 }, async () => {
+  requireExecutable(BIN, 'build it with `cargo build -p flashrack-cli` or set FLASHRACK_BIN');
+  requireExecutable(CHROMIUM, 'install it with `apt-get install -y chromium` or set CHROMIUM_PATH');
+  requireExecutable(SQLITE, 'install it with `apt-get install -y sqlite3` or set SQLITE3_PATH');
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const work = mkdtempSync(path.join(tmpdir(), 'flashrack-e2e-iso-'));
+  const dataDir = path.join(work, 'data');
+  const iso = path.join(work, 'holiday-videos.bin');
+  windowsLikeIso(work, iso);
+  const sha = execFileSync(BIN, ['--data-dir', dataDir, 'image', 'import', iso], { encoding: 'utf8' }).trim();
+  assert.match(sha, /^[0-9a-f]{64}$/);
+  const database = path.join(dataDir, 'flashrack.db');
+
+  const { child, url: urlPromise } = startDemo(dataDir);
+  let browser;
+  let page;
+  try {
+    const url = await urlPromise;
+    const api = (p) => `${url}api/v1${p}`;
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
+    page = await context.newPage();
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(error.message));
+
+    // The demo arms a run of its own image: stop it, so that the form is offered.
+    const first = (await (await page.request.get(api('/station'))).json()).run;
+    assert.ok(first && first.armed, 'the demo arms a run');
+    const stop = await page.request.post(api('/runs/current/stop'), { data: {} });
+    assert.ok(stop.ok(), `stop: ${stop.status()} ${await stop.text()}`);
+
+    await page.goto(url);
+    await page.locator('#arm-form').waitFor({ state: 'visible', timeout: 30_000 });
+    // The library says what the image is and that a raw run is refused.
+    const row = page.locator('#image-list li', { hasText: 'holiday-videos.bin' });
+    await row.waitFor({ timeout: 15_000 });
+    assert.match(await row.locator('.image-summary').textContent(), /not hybrid.*Windows installer/);
+    assert.match(await row.locator('.image-refusal').textContent(), /Raw run refused: this is a Windows installer ISO/);
+    await page.waitForFunction((value) => document.querySelector(`#arm-image option[value="${value}"]`), sha, { timeout: 15_000 });
+    await page.selectOption('#arm-image', sha);
+
+    // "Cancel": nothing is armed, and the form says why.
+    let asked = null;
+    page.once('dialog', async (dialog) => {
+      asked = { type: dialog.type(), message: dialog.message() };
+      await dialog.dismiss();
+    });
+    await page.click('#arm-button');
+    await page.waitForFunction(() => /^Not armed: this is a Windows installer ISO/
+      .test(document.querySelector('#arm-status')?.textContent || ''), null, { timeout: 5_000 })
+      .catch(async () => assert.fail(`no refusal shown: ${await page.locator('#arm-status').textContent()}`));
+    assert.equal(asked?.type, 'confirm');
+    assert.match(asked.message, /Windows installer ISO .* will not boot/);
+    assert.match(asked.message, /build a bootable USB layout/);
+    assert.match(asked.message, /Force a raw run anyway\? \(recorded in the run\)/);
+    const idle = (await (await page.request.get(api('/station'))).json()).run;
+    assert.ok(!idle || !idle.armed, 'cancelled: nothing armed');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-declined.png'), fullPage: true });
+
+    // A client that does not force it is refused by the station, which
+    // records the refusal: who asked, the image, the reason.
+    const refused = await page.request.post(api('/runs'), { data: { image: sha, operator: 'E2E Client' } });
+    assert.equal(refused.status(), 422, await refused.text());
+    const refusals = events(database, 'run_refused');
+    assert.equal(refusals.length, 1, JSON.stringify(refusals));
+    assert.equal(refusals[0].detail.image_sha256, sha);
+    assert.equal(refusals[0].detail.options.operator, 'E2E Client');
+    assert.match(refusals[0].detail.reason, /Windows installer ISO/);
+    assert.equal(refusals[0].run_id, null, 'no run was started');
+
+    // "OK": a raw run is armed, forced, and says so.
+    page.once('dialog', (dialog) => dialog.accept());
+    await page.fill('#arm-operator', 'Grace Hopper');
+    await page.click('#arm-button');
+    await page.waitForFunction(() => /\barmed\b/i.test(document.querySelector('#run-state')?.textContent || ''),
+      null, { timeout: 15_000 });
+    const run = (await (await page.request.get(api('/station'))).json()).run;
+    assert.ok(run.armed && run.id !== first.id, 'a new run is armed');
+    assert.equal(run.image_sha256, sha);
+    assert.equal(run.options.force_raw, true, 'the force is kept with the run');
+    assert.equal(run.options.operator, 'Grace Hopper');
+    const arms = events(database, 'operator_action').filter((e) => e.detail.action === 'arm');
+    assert.match(arms.at(-1).detail.detail, new RegExp(`^run ${run.id}: holiday-videos.bin .*, raw write forced$`));
+    assert.equal(events(database, 'run_refused').length, 1, 'the forced run is no refusal');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-forced.png'), fullPage: true });
+
+    const report = await (await page.request.get(api(`/runs/${run.id}/report?format=json`))).json();
+    assert.equal(report.run.options.force_raw, true);
+    assert.equal(report.image.iso.windows_installer, true);
+    assert.deepEqual(pageErrors, [], 'no JavaScript errors on the page');
+  } catch (error) {
+    if (page) await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-failure.png'), fullPage: true }).catch(() => {});
+    error.message += `\n--- the demo's last output:\n${child.log()}`;
+    throw error;
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    await stopDemo(child);
+    rmSync(work, { recursive: true, force: true });
+  }
+});
