@@ -95,6 +95,7 @@ fn passed_figures(size: u64) -> AttemptFigures {
         verify_method: Some(VerifyMethod::Compare),
         bytes_written_bound: Bound::Exact,
         verified_after_reset: false,
+        bytes_skipped: 0,
     }
 }
 

@@ -16,13 +16,16 @@
 //! - [`refusal`]: [`RefusalCode`] and [`GuardRefusal`], the target guard's
 //!   refusals as records and screens carry them;
 //! - [`provenance`]: [`Provenance`] and [`DigestSource`], where a downloaded
-//!   image came from and what its digest was checked against.
+//!   image came from and what its digest was checked against;
+//! - [`ranges`]: [`DataRanges`], the byte ranges a sparse run writes and reads
+//!   back (from a block map).
 #![deny(missing_docs)]
 
 pub mod digest;
 pub mod event;
 pub mod manifest;
 pub mod provenance;
+pub mod ranges;
 pub mod record;
 pub mod refusal;
 pub mod size;
@@ -33,6 +36,7 @@ pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
 pub use provenance::{DigestSource, Provenance, SignatureCheck};
+pub use ranges::{DataRanges, RangesError};
 pub use record::{
     AttemptId, AttemptState, AttemptStateParseError, DeviceId, IdParseError, RefusalId, RunId,
     StopReason, StopReasonParseError,

@@ -458,6 +458,11 @@ pub struct AttemptFigures {
     /// recorded before it) and in the reports (`flashrack-report/4`).
     #[serde(default)]
     pub verified_after_reset: bool,
+    /// Bytes of the image a sparse attempt neither wrote nor read back (outside
+    /// its block map's ranges: the stick holds there whatever it held before).
+    /// Zero for a full attempt. `bytes_verified` is the coverage of the rest.
+    #[serde(default)]
+    pub bytes_skipped: u64,
 }
 
 impl AttemptFigures {

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    AttemptFigures, Bound, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure,
+    AttemptFigures, Bound, ByteSize, DataRanges, EngineEvent, EngineEventKind, FailReason, Failure,
     GuardRefusal, ImageManifest, ProbeOperation, Sha256Digest, Stage, TargetId, Verdict,
     VerifyMethod, VerifyMode,
 };
@@ -135,6 +135,9 @@ pub struct AttemptContext {
     pub probe_capacity: bool,
     /// Whether to reset a target that can be reset before reading it back.
     pub reset_before_verify: bool,
+    /// A sparse attempt: only these ranges are written and read back
+    /// ([`crate::EngineOptions::sparse`]).
+    pub sparse: Option<Arc<DataRanges>>,
     /// Minimum time between progress events.
     pub progress_interval: Duration,
 }
@@ -376,6 +379,14 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
         ));
     }
     let block = geometry.logical_block_size.max(1) as usize;
+    // Direct I/O writes and reads whole logical blocks: the map's ranges are
+    // widened to them (a map's blocks are 4 KiB as a rule, so this changes
+    // nothing but on a device with larger blocks).
+    let ranges = ctx.sparse.as_ref().map(|r| r.aligned_to(block as u64));
+    if let Some(ranges) = &ranges {
+        figures.bytes_skipped = ranges.skipped_bytes();
+    }
+    let ranges = ranges.as_ref();
     let mut writer = ctx
         .target
         .open_writer()
@@ -400,7 +411,7 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
         return Err(fail(Stage::Preparing, FailReason::Interrupted));
     }
 
-    write_image(ctx, &mut *writer, block, figures)?;
+    write_image(ctx, &mut *writer, block, ranges, figures)?;
 
     // A reset drops whatever the stick keeps in a cache of its own, so that
     // the read-back shows what its medium holds. The writer is closed first
@@ -430,7 +441,7 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
         }
         mode => {
             figures.verified_after_reset = reset;
-            let verified = verify_image(ctx, mode, block, figures);
+            let verified = verify_image(ctx, mode, block, ranges, figures);
             drop(writer);
             verified
         }
@@ -489,24 +500,27 @@ fn spawn_helper<'scope, T: Send + 'scope>(
 
 /// The write pass. A helper thread fetches the next chunk from the shared
 /// source while this thread writes the current one to the target, so the
-/// target never waits for the source (mapping the chunk, or the disk).
+/// target never waits for the source (mapping the chunk, or the disk). A
+/// sparse pass (`ranges`) fetches only the chunks that hold mapped bytes and
+/// writes only those bytes.
 fn write_image(
     ctx: &AttemptContext,
     writer: &mut dyn TargetWriter,
     block: usize,
+    ranges: Option<&DataRanges>,
     figures: &mut AttemptFigures,
 ) -> Result<(), Stop> {
     let source = &*ctx.source;
     let manifest = source.manifest();
-    let count = manifest.chunk_count();
     let cancel = &ctx.progress.cancel;
     let started = Instant::now();
-    let mut report = Reporter::enter(ctx, Stage::Writing, manifest.size());
+    let total = ranges.map_or(manifest.size(), DataRanges::mapped_bytes);
+    let mut report = Reporter::enter(ctx, Stage::Writing, total);
     thread::scope(|scope| -> Result<(), Stop> {
         // A rendezvous channel: the helper holds at most the next chunk while
         // this thread writes one, so an attempt holds at most two chunks.
         let chunks = spawn_helper(scope, ctx, Stage::Writing, 0, move |tx| {
-            for index in 0..count {
+            for index in chunks_to_write(manifest, ranges) {
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
@@ -517,7 +531,7 @@ fn write_image(
                 }
             }
         })?;
-        for index in 0..count {
+        for index in chunks_to_write(manifest, ranges) {
             let (offset, len) = manifest.chunk_span(index);
             // The helper stops early only when the attempt is cancelled.
             let chunk = chunks
@@ -527,11 +541,24 @@ fn write_image(
                 Chunk::Zero => &source.zeros()[..len],
                 Chunk::Data(data) => data,
             };
-            if let Err(error) = writer.write_all_at(offset, data) {
-                return Err(write_failure(ctx, writer, offset, data, block, error));
+            match ranges {
+                None => {
+                    if let Err(error) = writer.write_all_at(offset, data) {
+                        return Err(write_failure(ctx, writer, offset, data, block, error));
+                    }
+                    figures.bytes_written = offset + len as u64;
+                }
+                Some(ranges) => {
+                    for (at, n) in ranges.within(offset, len as u64) {
+                        let part = &data[(at - offset) as usize..(at - offset + n) as usize];
+                        if let Err(error) = writer.write_all_at(at, part) {
+                            return Err(write_failure(ctx, writer, at, part, block, error));
+                        }
+                        figures.bytes_written += n;
+                    }
+                }
             }
             drop(chunk);
-            figures.bytes_written = offset + len as u64;
             report.advance(figures.bytes_written)?;
         }
         Ok(())
@@ -542,6 +569,18 @@ fn write_image(
         .map_err(|e| device_failure(Stage::Flushing, e))?;
     figures.write_secs = started.elapsed().as_secs_f64();
     Ok(())
+}
+
+/// The chunks a write pass writes: all of them, or those that hold a byte of
+/// the sparse ranges.
+fn chunks_to_write<'a>(
+    manifest: &'a ImageManifest,
+    ranges: Option<&'a DataRanges>,
+) -> impl Iterator<Item = u64> + 'a {
+    (0..manifest.chunk_count()).filter(move |&index| {
+        let (offset, len) = manifest.chunk_span(index);
+        ranges.is_none_or(|r| r.within(offset, len as u64).next().is_some())
+    })
 }
 
 /// Read-back buffers per attempt: one being filled from the target while the
@@ -558,30 +597,59 @@ struct PieceSpan {
     at: usize,
     /// Bytes of the image in the piece.
     len: usize,
+    /// Whether it is the first piece read of its chunk.
+    first: bool,
+    /// Whether it is the last piece read of its chunk.
+    last: bool,
 }
 
 impl PieceSpan {
     fn offset(&self) -> u64 {
         self.chunk_offset + self.at as u64
     }
-
-    fn ends_chunk(&self) -> bool {
-        self.at + self.len == self.chunk_len
-    }
 }
 
 /// The pieces of the read-back, in order: every chunk cut into pieces of
-/// `piece` bytes (the last piece of a chunk may be shorter).
-fn piece_spans(manifest: &ImageManifest, piece: usize) -> impl Iterator<Item = PieceSpan> + '_ {
+/// `piece` bytes (the last piece of a chunk may be shorter); for a sparse
+/// read-back (`ranges`), only the parts of those pieces inside the ranges.
+fn piece_spans<'a>(
+    manifest: &'a ImageManifest,
+    piece: usize,
+    ranges: Option<&'a DataRanges>,
+) -> impl Iterator<Item = PieceSpan> + Send + 'a {
     (0..manifest.chunk_count()).flat_map(move |index| {
         let (chunk_offset, chunk_len) = manifest.chunk_span(index);
-        (0..chunk_len.div_ceil(piece)).map(move |p| PieceSpan {
+        let span = move |at: usize, len: usize| PieceSpan {
             index,
             chunk_offset,
             chunk_len,
-            at: p * piece,
-            len: (chunk_len - p * piece).min(piece),
-        })
+            at,
+            len,
+            first: false,
+            last: false,
+        };
+        let mut spans: Vec<PieceSpan> = match ranges {
+            None => (0..chunk_len.div_ceil(piece))
+                .map(|p| span(p * piece, (chunk_len - p * piece).min(piece)))
+                .collect(),
+            Some(ranges) => (0..chunk_len.div_ceil(piece))
+                .flat_map(|p| {
+                    let start = chunk_offset + (p * piece) as u64;
+                    let len = (chunk_len - p * piece).min(piece) as u64;
+                    ranges
+                        .within(start, len)
+                        .map(|(at, n)| span((at - chunk_offset) as usize, n as usize))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        };
+        if let Some(first) = spans.first_mut() {
+            first.first = true;
+        }
+        if let Some(last) = spans.last_mut() {
+            last.last = true;
+        }
+        spans
     })
 }
 
@@ -667,12 +735,21 @@ fn verify_image(
     ctx: &AttemptContext,
     mode: VerifyMode,
     block: usize,
+    ranges: Option<&DataRanges>,
     figures: &mut AttemptFigures,
 ) -> Result<(), Stop> {
     let source = &*ctx.source;
     let manifest = source.manifest();
     let started = Instant::now();
-    let mut report = Reporter::enter(ctx, Stage::Verifying, manifest.size());
+    // A chunk's digest covers bytes a sparse read-back does not read: sparse
+    // compares.
+    let mode = if ranges.is_some() && mode == VerifyMode::Hash {
+        VerifyMode::Compare
+    } else {
+        mode
+    };
+    let total = ranges.map_or(manifest.size(), DataRanges::mapped_bytes);
+    let mut report = Reporter::enter(ctx, Stage::Verifying, total);
     let mut reader = ctx
         .target
         .open_reader()
@@ -692,7 +769,7 @@ fn verify_image(
         let pieces = spawn_helper(scope, ctx, Stage::Verifying, READ_BUFFERS, move |tx| {
             read_pieces(
                 reader,
-                piece_spans(manifest, piece),
+                piece_spans(manifest, piece, ranges),
                 block,
                 cancel,
                 free_rx,
@@ -704,7 +781,9 @@ fn verify_image(
             free,
             progress: &ctx.progress,
         };
-        let mut spans = piece_spans(manifest, piece);
+        let mut spans = piece_spans(manifest, piece, ranges);
+        // Bytes read back and checked before the current piece.
+        let mut checked: u64 = 0;
         // The source chunk the current chunk is compared with (compare mode).
         let mut expected: Option<Chunk> = None;
         // The current chunk's read-back so far (hash mode).
@@ -712,7 +791,7 @@ fn verify_image(
         while let Some(span) = spans.next() {
             let Piece { buf, read } = feed.next()?;
             let n = read.map_err(|e| device_failure(Stage::Verifying, e))?;
-            figures.bytes_verified = span.offset() + n.min(span.len) as u64;
+            figures.bytes_verified = checked + n.min(span.len) as u64;
             if n < span.len {
                 return Err(fail(
                     Stage::Verifying,
@@ -726,12 +805,12 @@ fn verify_image(
             let matches = match mode {
                 VerifyMode::Hash => {
                     hasher.update(back);
-                    !span.ends_chunk()
+                    !span.last
                         || Sha256Digest::from_hasher(std::mem::take(&mut hasher))
                             == manifest.chunk_digest(span.index)
                 }
                 _ => {
-                    if span.at == 0 {
+                    if span.first {
                         expected = Some(source.checked_chunk(span.index)?);
                     }
                     match expected
@@ -758,15 +837,19 @@ fn verify_image(
                     .zip(&image[span.at..])
                     .position(|(a, b)| a != b)
                     .unwrap_or(0) as u64;
-                figures.read_back_sha256 = read_back_digest_after_mismatch(
-                    source,
-                    &feed,
-                    &mut spans,
-                    span,
-                    &image[..span.at],
-                    buf,
-                )
-                .ok();
+                // A sparse read-back does not read the whole image: there is
+                // no digest of the stick's image-size bytes to give.
+                if ranges.is_none() {
+                    figures.read_back_sha256 = read_back_digest_after_mismatch(
+                        source,
+                        &feed,
+                        &mut spans,
+                        span,
+                        &image[..span.at],
+                        buf,
+                    )
+                    .ok();
+                }
                 figures.verify_secs = started.elapsed().as_secs_f64();
                 return Err(fail(
                     Stage::Verifying,
@@ -776,9 +859,10 @@ fn verify_image(
                 ));
             }
             feed.done(buf);
-            if span.ends_chunk() {
+            checked += span.len as u64;
+            if span.last {
                 expected = None;
-                report.advance(span.chunk_offset + span.chunk_len as u64)?;
+                report.advance(checked)?;
             }
         }
         Ok(())
@@ -786,8 +870,11 @@ fn verify_image(
     figures.verify_secs = started.elapsed().as_secs_f64();
     // Every byte read back equals the image (compared with chunks proven against
     // their import-time fingerprint or sha256, or hashed chunk by chunk), so the
-    // read-back's sha256 is the image's.
-    figures.read_back_sha256 = Some(manifest.sha256());
+    // read-back's sha256 is the image's. A sparse read-back proves the mapped
+    // ranges only, and claims no digest of the whole.
+    if ranges.is_none() {
+        figures.read_back_sha256 = Some(manifest.sha256());
+    }
     Ok(())
 }
 

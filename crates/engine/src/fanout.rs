@@ -85,6 +85,18 @@ impl Fanout {
         options: EngineOptions,
         events: UnboundedSender<EngineEvent>,
     ) -> Result<Self, EngineError> {
+        if let Some(ranges) = &options.sparse {
+            if ranges.image_size() != image.manifest.size() {
+                return Err(EngineError::SourceOpen {
+                    path: image.path.clone(),
+                    detail: format!(
+                        "the block map describes an image of {} bytes, the image has {}",
+                        ranges.image_size(),
+                        image.manifest.size()
+                    ),
+                });
+            }
+        }
         let source = Arc::new(SharedSource::open(image, options.source_cache_chunks)?);
         Ok(Self {
             source,
@@ -112,6 +124,7 @@ impl Fanout {
             verify: self.options.verify,
             probe_capacity: self.options.probe_capacity,
             reset_before_verify: self.options.reset_before_verify,
+            sparse: self.options.sparse.clone(),
             progress_interval: self.options.progress_interval,
         };
         let (result_tx, result_rx) = oneshot::channel();

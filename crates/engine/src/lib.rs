@@ -37,9 +37,10 @@ pub mod probe;
 pub mod source;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use flashrack_core::{ImageManifest, VerifyMode};
+use flashrack_core::{DataRanges, ImageManifest, VerifyMode};
 
 pub use clock::{Clock, ManualClock};
 pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout};
@@ -77,6 +78,13 @@ pub struct EngineOptions {
     /// answers the read-back (the figures' `verified_after_reset` says whether
     /// it was done). Targets that cannot be reset are read back as before.
     pub reset_before_verify: bool,
+    /// A sparse run: only these ranges of the image (its block map) are
+    /// written, and exactly these are read back and compared; the rest of
+    /// each stick is left as it was and not checked (the figures'
+    /// `bytes_skipped`). `None`: the whole image. The ranges are widened to
+    /// each target's logical blocks. A sparse read-back always compares (a
+    /// chunk's digest covers bytes the run does not read).
+    pub sparse: Option<Arc<DataRanges>>,
 }
 
 impl Default for EngineOptions {
@@ -89,6 +97,7 @@ impl Default for EngineOptions {
             source_cache_chunks: 8,
             probe_capacity: true,
             reset_before_verify: false,
+            sparse: None,
         }
     }
 }

@@ -13,6 +13,8 @@
 //! # Layout
 //! - [`model`]: the answer ([`ImageInfo`], [`PartitionTable`], [`Partition`],
 //!   [`FileSystem`], [`IsoInfo`], [`OsGuess`], [`RawWriteRefusal`]);
+//! - [`alloc`]: which bytes matter, from the allocation of ext2/3/4 (block
+//!   bitmaps) and FAT (the table) file systems, for a sparse write;
 //! - [`bmap`]: block maps in bmaptool's XML format (1.x, 2.x), their own
 //!   checksum and their ranges' checksums against an image;
 //! - `read`: [`ReadAt`], the only way bytes come in (a slice in tests, a file
@@ -33,6 +35,7 @@
 //! its bytes are.
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod bmap;
 mod ext;
 mod fs;

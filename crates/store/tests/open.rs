@@ -47,7 +47,8 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             (5, true),
             (6, true),
             (7, true),
-            (8, true)
+            (8, true),
+            (9, true)
         ]
     );
     let mut tables: Vec<String> = sqlx::query_scalar(

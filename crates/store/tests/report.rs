@@ -179,6 +179,7 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
                     // The stick's cache answered until the reset: the mismatch
                     // a reset before the read-back finds.
                     verified_after_reset: true,
+                    bytes_skipped: 0,
                 },
             )
             .await

@@ -56,6 +56,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "verified after reset",
         include_str!("../../../../migrations/0008_verified_after_reset.sql"),
     ),
+    (
+        9,
+        "sparse coverage",
+        include_str!("../../../../migrations/0009_sparse_coverage.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -41,7 +41,7 @@ const REPORT_ROW: &str = "SELECT a.id, a.station_id, a.run_id, a.port_label, a.p
         a.started_at, a.finished_at, a.state, a.stage, a.reason_code, a.reason_detail,
         a.fail_offset, a.failure, a.capacity, a.bytes_written, a.bytes_written_bound,
         a.write_secs, a.bytes_verified, a.verify_secs, a.read_back_sha256, a.verify_method,
-        a.verified_after_reset, r.options, r.stop_reason, i.size AS image_size, i.source_name, i.source_sha256,
+        a.verified_after_reset, a.bytes_skipped, r.options, r.stop_reason, i.size AS image_size, i.source_name, i.source_sha256,
         i.source_size
     FROM attempts a
     JOIN devices d ON d.id = a.device_id
@@ -63,7 +63,7 @@ const REFUSAL_ROW: &str = "SELECT f.id, f.station_id, f.run_id, f.port_label, f.
 pub(super) const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port_label, port_path,
         started_at, finished_at, state, stage, failure, capacity, bytes_written,
         bytes_written_bound, write_secs, bytes_verified, verify_secs, read_back_sha256,
-        verify_method, verified_after_reset
+        verify_method, verified_after_reset, bytes_skipped
     FROM attempts";
 
 /// The columns of an image record.
@@ -513,6 +513,7 @@ pub(super) fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
             .transpose()?,
         bytes_written_bound: parse_bound(row.try_get("bytes_written_bound")?)?,
         verified_after_reset: row.try_get("verified_after_reset")?,
+        bytes_skipped: to_u64("attempts.bytes_skipped", row.try_get("bytes_skipped")?)?,
     })
 }
 

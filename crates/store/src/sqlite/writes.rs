@@ -411,7 +411,7 @@ impl Writes for SqliteWrites {
                 bytes_written = MAX(bytes_written, ?9), write_secs = ?11,
                 bytes_verified = MAX(bytes_verified, ?12),
                 verify_secs = ?13, read_back_sha256 = ?14, verify_method = ?15,
-                verified_after_reset = ?16
+                verified_after_reset = ?16, bytes_skipped = ?18
              WHERE id = ?17",
         )
         .bind(now)
@@ -436,6 +436,7 @@ impl Writes for SqliteWrites {
         .bind(figures.verify_method.map(|m| m.as_str()))
         .bind(figures.verified_after_reset)
         .bind(attempt.0)
+        .bind(to_i64("bytes skipped", figures.bytes_skipped)?)
         .execute(&mut *self.tx)
         .await?;
         self.queue_attempt(now, attempt).await?;

@@ -118,6 +118,7 @@ pub fn pass_figures() -> AttemptFigures {
         verify_method: Some(VerifyMethod::Hash),
         bytes_written_bound: Bound::Exact,
         verified_after_reset: false,
+        bytes_skipped: 0,
     }
 }
 
