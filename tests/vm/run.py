@@ -301,6 +301,11 @@ class Suite:
             "allow_unmapped_ports = false",
             "[engine]",
             "stall_timeout_secs = 60",
+            # Every stick is reset before its read-back (the default, said
+            # here so that the suite's intent is visible): scenario 4 checks
+            # it; the others pass or fail through it.
+            "reset_before_verify = true",
+            f'usb_reset = "{self.args.usb_reset}"',
             "[web]",
             'listen = "0.0.0.0:8080"',
             f'token = "{self.token}"',
@@ -760,6 +765,78 @@ class Suite:
         self.vm.unplug(stick)
         self.stop_run()
 
+    def scenario_reset(self, image, digest):
+        """Reset before the read-back over real USB: the stick leaves the guest
+        and comes back as a new sdX in the same port with the same serial, and
+        its attempt carries on and passes; a stick pulled while it resets fails
+        as removed. Measures what the reset adds per stick."""
+        log(f"== scenario 4: reset before the read-back ({self.args.usb_reset})")
+        run = self.arm(digest)
+        stick = self.stick("reset8", "A2", "VMRESET8")
+        t = time.monotonic()
+        self.vm.plug(stick)
+        ports = self.wait_ports(lambda ps: ps["A2"]["state"] in ("passed", "failed"), 120)
+        self.timings["scenario 4 (reset, pass)"] = time.monotonic() - t
+        p = ports["A2"]
+        check(p["verdict"] == {"verdict": "pass"}, f"A2 (VMRESET8) passed: {json.dumps(p['verdict'])}")
+        check((p.get("figures") or {}).get("verified_after_reset") is True,
+              "A2's pass says its read-back followed a reset (verified_after_reset: true)")
+        with self.events.lock:
+            timed = [(at, v["port"]) for at, n, v in self.events.events
+                     if n == "port" and v["port"]["label"] == "A2"]
+        mine = [(at, e) for at, e in timed
+                if (e.get("device") or {}).get("serial") == "VMRESET8" or e["state"] == "resetting"]
+        states = []
+        for _, e in mine:
+            if not states or states[-1] != e["state"]:
+                states.append(e["state"])
+        names = []
+        for _, e in mine:
+            name = (e.get("device") or {}).get("kernel_name")
+            if name and name not in names:
+                names.append(name)
+        log(f"  A2 states: {' -> '.join(states)}; kernel names: {names}")
+        check("resetting" in states and states.index("resetting") < states.index("verifying"),
+              "A2 showed 'resetting' before 'verifying'")
+        check("empty" not in states and states.count("preparing") == 1,
+              "the reset was part of the attempt: no empty port, no second attempt")
+        check(len(names) == 2 and p["device"]["kernel_name"] == names[-1],
+              f"the stick came back under a new name in the same port ({' -> '.join(names)})")
+        check(p["device"]["serial"] == "VMRESET8" and p["port_path"] == self.port_paths["A2"],
+              "same serial, same port path after the reset")
+        began = next(at for at, e in mine if e["state"] == "resetting")
+        ended = next(at for at, e in mine if e["state"] == "verifying" and at >= began)
+        self.timings["reset (one stick, resetting -> verifying)"] = ended - began
+        log(f"  the reset took {ended - began:.2f} s (resetting -> verifying, seen from the host)")
+        self.check_image_on(stick, image, "A2 (reset)")
+        report = self.api.get(f"/api/v1/runs/{run['id']}/report?format=json")
+        rows = [r for r in report["attempts"] if r.get("serial") == "VMRESET8"]
+        check(len(rows) == 1 and rows[0].get("verified_after_reset") is True,
+              f"the run's report has one attempt of VMRESET8, verified after reset: {rows}")
+        self.vm.unplug(stick)
+        self.wait_ports(lambda ps: ps["A2"]["state"] == "empty", 30)
+
+        # Pulled while it resets: caught on the event stream as soon as the port
+        # shows 'resetting'.
+        pulled = self.stick("resetpull9", "A3", "VMRPULL9")
+        seen = len(self.events.port_events("A3"))
+        self.vm.plug(pulled)
+        deadline = time.monotonic() + 120
+        while True:
+            new = self.events.port_events("A3")[seen:]
+            if any(e["state"] == "resetting" for e in new):
+                break
+            if any(e["state"] in ("passed", "failed") for e in new) or time.monotonic() > deadline:
+                raise CheckFailed(f"A3 never showed resetting: {json.dumps(new[-3:])}")
+            time.sleep(0.05)
+        self.vm.unplug(pulled)
+        ports = self.wait_ports(lambda ps: ps["A3"]["state"] in ("passed", "failed"), 60)
+        v = ports["A3"]["verdict"] or {}
+        log(f"  A3 pulled while resetting: {json.dumps(v)}")
+        check(v.get("reason") == "removed" and ports["A3"]["device"] is None,
+              f"A3 (pulled while resetting) failed as removed, with no stick: {json.dumps(v)}")
+        self.stop_run()
+
     # ----- main --------------------------------------------------------------------
 
     def run(self):
@@ -788,6 +865,13 @@ class Suite:
         self.scenario_run(image, digest)
         self.scenario_partitions(parts, parts_digest)
         self.scenario_eject(image, digest)
+        if self.args.deb:
+            # The packaged service runs without capabilities: it may not write
+            # a USB device's `authorized` file, and reads sticks back without
+            # a reset (their passes say verified_after_reset: false).
+            log("== scenario 4 (reset before the read-back) needs root: not run with --deb")
+        else:
+            self.scenario_reset(image, digest)
         self.stop_flashrack()
         if self.args.deb:
             self.remove_package()
@@ -869,6 +953,9 @@ def main():
                         help="do not run `cargo build --release -p flashrack-cli` first")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (logs, backing files)")
+    parser.add_argument("--usb-reset", choices=["authorize", "usbdevfs"], default="authorize",
+                        help="how the station resets sticks before their read-back "
+                             "(the configuration's [engine] usb_reset; default authorize)")
     parser.add_argument("--check-sse-shutdown", action="store_true",
                         help="also require flashrack to stop on SIGTERM while an event "
                              "stream (GET /api/v1/events) is open (fails today)")

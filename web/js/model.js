@@ -3,10 +3,10 @@
 
 import { shortSha } from './util.js';
 
-export const BUSY = new Set(['preparing', 'writing', 'flushing', 'verifying']);
+export const BUSY = new Set(['preparing', 'writing', 'flushing', 'resetting', 'verifying']);
 export const STATE_NAMES = {
   empty: 'Empty', detected: 'Detected', refused: 'Refused', waiting: 'Waiting', preparing: 'Preparing',
-  writing: 'Writing', flushing: 'Flushing', verifying: 'Verifying',
+  writing: 'Writing', flushing: 'Flushing', resetting: 'Resetting', verifying: 'Verifying',
   passed: 'Passed', failed: 'Failed',
 };
 export const STATE_MARKS = { passed: '✓ ', failed: '✗ ', refused: '⊘ ' };

@@ -110,6 +110,8 @@ export function reasonText(v) {
     case 'read_error': return `read error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;
     case 'verify_mismatch': return `verify mismatch at byte ${v.offset} (${fmtBytes(v.offset)})`;
     case 'removed': return `removed during ${stageName(v.during)}`;
+    case 'lost_after_reset': return `lost after reset: the stick did not come back within ${v.after_secs} s of its reset before the read-back`;
+    case 'changed_after_reset': return `changed after reset: another stick came back in the port (${v.detail || 'no detail'}); not read back`;
     case 'stalled': return `stopped responding during ${stageName(v.during)} at ${fmtBytes(v.offset)} (no progress for ${v.after_secs} s)`;
     case 'refused': return `refused by the target guard: ${v.detail || 'no detail'}`;
     case 'unavailable': return `cannot open the stick: ${v.detail || 'no detail'}`;
@@ -162,6 +164,8 @@ export function shortReason(v) {
     case 'read_error': return 'read error';
     case 'verify_mismatch': return 'verify mismatch';
     case 'removed': return 'pulled too early';
+    case 'lost_after_reset': return 'lost after reset';
+    case 'changed_after_reset': return 'changed after reset';
     case 'stalled': return 'stick hung';
     case 'refused': return 'refused';
     case 'unavailable': return 'cannot open';

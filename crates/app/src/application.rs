@@ -91,11 +91,29 @@ impl Parts {
         }
     }
 
-    /// A real station: udev's sticks, real block devices.
+    /// A real station: udev's sticks, real block devices (USB sticks reset
+    /// through sysfs `authorized` when the run resets them).
     pub fn udev(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self::udev_with_reset(data_dir, listen, flashrack_config::UsbReset::default())
+    }
+
+    /// A real station whose USB sticks are reset with `usb_reset` before
+    /// their read-back (the configuration's `[engine] usb_reset`).
+    pub fn udev_with_reset(
+        data_dir: impl Into<PathBuf>,
+        listen: SocketAddr,
+        usb_reset: flashrack_config::UsbReset,
+    ) -> Self {
+        use flashrack_hardware::usb_reset::ResetMethod;
+        let method = match usb_reset {
+            flashrack_config::UsbReset::Authorize => ResetMethod::Authorize,
+            flashrack_config::UsbReset::Usbdevfs => ResetMethod::Usbdevfs,
+        };
         Self::new(
             Box::new(flashrack_hardware::udev::UdevSource::new()),
-            Arc::new(flashrack_hardware::udev::UdevAccess::new()),
+            Arc::new(flashrack_hardware::udev::UdevAccess::with_reset_method(
+                method,
+            )),
             data_dir,
             listen,
         )
@@ -467,6 +485,10 @@ fn station_settings(config: &StationConfig) -> StationSettings {
         policy,
         engine: EngineOptions {
             stall_timeout: Duration::from_secs(config.stall_timeout_secs),
+            reset_before_verify: config.reset_before_verify,
+            // A stick away in its reset makes no progress: the station gives
+            // up on it before the stall watchdog would.
+            reset_timeout: Duration::from_secs(20.min(config.stall_timeout_secs / 2).max(1)),
             ..EngineOptions::default()
         },
         shutdown_grace: Duration::from_secs(10),

@@ -163,6 +163,10 @@ impl Demo {
             max_size: ByteSize(256_000_000_000),
             allow_unmapped_ports: false,
             stall_timeout_secs: 20,
+            // Simulated sticks keep their kernel names here; the station's
+            // reset is tested on the simulated rack in the station's tests.
+            reset_before_verify: false,
+            usb_reset: flashrack_config::UsbReset::default(),
             layout: Some((rows, columns)),
             web: WebConfig {
                 listen: options.listen,

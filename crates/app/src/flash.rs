@@ -431,7 +431,7 @@ impl Flash {
                 }
                 let _ = self.view.send(FlashEvent::Engine(event));
             }
-            EngineEventKind::Progress { .. } => {
+            EngineEventKind::Progress { .. } | EngineEventKind::Resetting => {
                 let _ = self.view.send(FlashEvent::Engine(event));
             }
             // Shown once committed, in `settle`.

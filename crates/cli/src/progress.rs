@@ -163,6 +163,10 @@ impl View for Bars {
                 bar.set_position(0);
                 bar.reset_eta();
             }
+            EngineEventKind::Resetting => {
+                bar.set_message("resetting");
+                bar.set_position(0);
+            }
             EngineEventKind::Progress { done, total, .. } => {
                 bar.set_length(*total);
                 bar.set_position(*done);
@@ -202,6 +206,7 @@ impl View for Lines {
         let target = &event.target;
         match &event.kind {
             EngineEventKind::Stage { stage } => errln!("{target}: {stage}"),
+            EngineEventKind::Resetting => errln!("{target}: resetting"),
             EngineEventKind::Progress {
                 stage,
                 done,

@@ -155,6 +155,12 @@ pub struct StationConfig {
     pub allow_unmapped_ports: bool,
     /// Seconds without progress before a stick fails as stalled.
     pub stall_timeout_secs: u64,
+    /// Whether each USB stick is reset after its write pass and before its
+    /// read-back, so that no cache inside it answers the read-back (`true` by
+    /// default; loop devices and files are never reset).
+    pub reset_before_verify: bool,
+    /// How a USB stick is reset.
+    pub usb_reset: UsbReset,
     /// The port map, in file order.
     pub ports: Vec<PortConfig>,
     /// Grid size (rows, columns) for the dashboard.
@@ -163,6 +169,20 @@ pub struct StationConfig {
     pub web: WebConfig,
     /// The fleet hub this station ships its records to, if it joined one.
     pub fleet: Option<FleetConfig>,
+}
+
+/// How a USB stick is reset before its read-back (`[engine] usb_reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsbReset {
+    /// De-authorize and re-authorize the USB device through sysfs
+    /// (`authorize`, the default): the stick leaves and comes back as a new
+    /// disk in the same port.
+    #[default]
+    Authorize,
+    /// The `USBDEVFS_RESET` ioctl on its usbfs node (`usbdevfs`): a port
+    /// reset, which `usb-storage` usually survives with the same disk.
+    Usbdevfs,
 }
 
 /// The fleet hub a station joined (`[fleet]`).
@@ -289,10 +309,29 @@ struct RawGuard {
     allow_unmapped_ports: bool,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEngine {
     stall_timeout_secs: Option<Spanned<u64>>,
+    #[serde(default = "yes")]
+    reset_before_verify: bool,
+    #[serde(default)]
+    usb_reset: UsbReset,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A file without `[engine]` gets what a file with an empty one gets.
+impl Default for RawEngine {
+    fn default() -> Self {
+        Self {
+            stall_timeout_secs: None,
+            reset_before_verify: yes(),
+            usb_reset: UsbReset::default(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -608,6 +647,8 @@ impl StationConfig {
             max_size,
             allow_unmapped_ports: raw.guard.allow_unmapped_ports,
             stall_timeout_secs,
+            reset_before_verify: raw.engine.reset_before_verify,
+            usb_reset: raw.engine.usb_reset,
             ports,
             layout,
             web: WebConfig {

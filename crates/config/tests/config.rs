@@ -39,6 +39,16 @@ fn an_empty_file_gets_safe_defaults() {
     assert!(config.ports.is_empty());
     assert!(!config.allow_unmapped_ports);
     assert_eq!(config.stall_timeout_secs, 60);
+    assert!(config.reset_before_verify);
+    assert_eq!(config.usb_reset, flashrack_config::UsbReset::Authorize);
+}
+
+#[test]
+fn the_reset_before_the_read_back_can_be_turned_off_or_done_by_ioctl() {
+    let config =
+        parse("[engine]\nreset_before_verify = false\nusb_reset = \"usbdevfs\"\n").unwrap();
+    assert!(!config.reset_before_verify);
+    assert_eq!(config.usb_reset, flashrack_config::UsbReset::Usbdevfs);
 }
 
 #[test]
@@ -51,6 +61,7 @@ fn malformed_files_name_the_line_and_the_reason() {
         ("[guard]\nallowed_buses = []\n", 2, "empty"),
         ("[guard]\nallowed_buses = [\"us b\"]\n", 2, "not a bus"),
         ("[engine]\nstall_timeout_secs = 0\n", 2, "1 to 3600"),
+        ("[engine]\nusb_reset = \"power-cycle\"\n", 2, "unknown variant"),
         ("station_id = \"has space\"\n", 1, "station_id"),
         (
             "[[port]]\nlabel = \"A1\"\npath = \"p1\"\n\n[[port]]\nlabel = \"A1\"\npath = \"p2\"\n",

@@ -43,6 +43,11 @@ pub enum EngineEventKind {
         /// The new stage.
         stage: Stage,
     },
+    /// The write pass is flushed and the target is being reset before its
+    /// read-back (a USB reset, to drop any cache inside the stick): it may
+    /// leave the system and come back under another name, which is part of
+    /// the attempt. The next event is the `verifying` stage or the verdict.
+    Resetting,
     /// Bytes done within the current stage.
     Progress {
         /// The current stage.

@@ -132,6 +132,21 @@ pub enum FailReason {
         /// What the attempt was doing.
         during: Stage,
     },
+    /// The stick was reset before its read-back (a USB reset, to drop any
+    /// cache inside it) and did not come back in its port within the
+    /// station's timeout. Its read-back could not be made.
+    LostAfterReset {
+        /// Seconds waited for it to come back.
+        after_secs: u64,
+    },
+    /// The stick was reset before its read-back and what came back in its
+    /// port is not the stick that was written (another serial, another
+    /// capacity, not the marker read before the reset). It was never read
+    /// back as if it were.
+    ChangedAfterReset {
+        /// What differs, for a person.
+        detail: String,
+    },
     /// The target stopped responding and the attempt timed out.
     Stalled {
         /// What the attempt was doing.
@@ -183,6 +198,8 @@ impl FailReason {
             FailReason::VerifyMismatch { .. } => "verify_mismatch",
             FailReason::Removed { .. } => "removed",
             FailReason::Stalled { .. } => "stalled",
+            FailReason::LostAfterReset { .. } => "lost_after_reset",
+            FailReason::ChangedAfterReset { .. } => "changed_after_reset",
             FailReason::Refused { .. } => "refused",
             FailReason::Unavailable { .. } => "unavailable",
             FailReason::Interrupted => "interrupted",
@@ -272,6 +289,14 @@ impl fmt::Display for FailReason {
                 write!(f, "verify mismatch at offset {offset}")
             }
             FailReason::Removed { during } => write!(f, "removed during {during}"),
+            FailReason::LostAfterReset { after_secs } => write!(
+                f,
+                "lost after reset: the stick did not come back within {after_secs} s of its reset before the read-back"
+            ),
+            FailReason::ChangedAfterReset { detail } => write!(
+                f,
+                "changed after reset: what came back in the port is not the stick that was written ({detail}); not read back"
+            ),
             FailReason::Stalled {
                 during,
                 offset,
@@ -647,6 +672,10 @@ mod tests {
             },
             FailReason::StationError {
                 detail: "Too many open files".into(),
+            },
+            FailReason::LostAfterReset { after_secs: 20 },
+            FailReason::ChangedAfterReset {
+                detail: "serial A became B".into(),
             },
         ];
         for r in reasons {

@@ -194,6 +194,8 @@ fn device_failure(stage: Stage, error: TargetError) -> Stop {
             detail: refusal.message,
         },
         TargetError::Open(detail) => FailReason::Unavailable { detail },
+        TargetError::LostAfterReset { after_secs } => FailReason::LostAfterReset { after_secs },
+        TargetError::ChangedAfterReset(detail) => FailReason::ChangedAfterReset { detail },
         // The station's own shortage is never the stick's verdict.
         TargetError::Station(detail) => FailReason::StationError { detail },
         TargetError::Io { offset, source } => match stage {
@@ -422,6 +424,10 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
     let reset = ctx.reset_before_verify && ctx.verify != VerifyMode::None && ctx.target.can_reset();
     if reset {
         drop(writer);
+        let _ = ctx.events.send(EngineEvent {
+            target: ctx.id.clone(),
+            kind: EngineEventKind::Resetting,
+        });
         ctx.target
             .reset()
             .map_err(|e| device_failure(Stage::Flushing, e))?;

@@ -85,6 +85,13 @@ pub struct EngineOptions {
     /// each target's logical blocks. A sparse read-back always compares (a
     /// chunk's digest covers bytes the run does not read).
     pub sparse: Option<Arc<DataRanges>>,
+    /// How long a station waits for a stick to come back from its reset
+    /// before it fails the attempt as `lost_after_reset` (measured on
+    /// [`clock`](Self::clock) by the station, which sees the stick leave and
+    /// return; the engine itself only waits on the target). Keep it below
+    /// [`stall_timeout`](Self::stall_timeout): the attempt makes no progress
+    /// while its stick is away.
+    pub reset_timeout: Duration,
 }
 
 impl Default for EngineOptions {
@@ -98,6 +105,7 @@ impl Default for EngineOptions {
             probe_capacity: true,
             reset_before_verify: false,
             sparse: None,
+            reset_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -6,7 +6,11 @@
 //!   loop device's backing file dropped behind the read-back;
 //! - [`udev`]: the real hotplug source (the udev monitor, on its own thread) and
 //!   the real `flashrack_hotplug::DeviceAccess` (guard facts from sysfs, block
-//!   targets, eject).
+//!   targets, eject);
+//! - [`usb_reset`]: the reset of a USB stick before its read-back (sysfs
+//!   `authorized`, or `USBDEVFS_RESET`), and [`usb_reset::UsbStickTarget`], an
+//!   attempt's block target that resets its stick and recognises it when it
+//!   comes back.
 //!
 //! This is the only crate that links libudev; nothing of the `udev` crate leaves
 //! it.
@@ -17,3 +21,4 @@
 
 pub mod block;
 pub mod udev;
+pub mod usb_reset;

@@ -83,13 +83,15 @@ use std::time::Duration;
 
 use flashrack_guard::{DiskFacts, DiskIdentity, GuardCheck, GuardError, Refusal};
 use flashrack_hotplug::{
-    DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
+    DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, ResetLink,
+    StopSignal,
 };
 use flashrack_target::{Target, TargetError};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block::PathTarget;
+use crate::usb_reset::{ResetMethod, UsbStickTarget};
 
 /// Kernel name prefixes of disks that are never sticks and never reported: RAM
 /// disks (`ram`, `zram`), device-mapper and md stacks (`dm-`, `md`) and optical
@@ -412,12 +414,23 @@ fn decode_udev_string(encoded: &str) -> String {
 
 /// The [`DeviceAccess`] of a real station: devices reported by [`UdevSource`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct UdevAccess;
+pub struct UdevAccess {
+    /// How an attempt's USB stick is reset before its read-back.
+    reset_method: ResetMethod,
+}
 
 impl UdevAccess {
-    /// The access of a real station.
+    /// The access of a real station (USB sticks reset through sysfs
+    /// `authorized`, when the engine asks for a reset).
     pub fn new() -> Self {
-        UdevAccess
+        UdevAccess::default()
+    }
+
+    /// The access of a real station that resets USB sticks with `method`.
+    pub fn with_reset_method(method: ResetMethod) -> Self {
+        UdevAccess {
+            reset_method: method,
+        }
     }
 }
 
@@ -447,6 +460,22 @@ impl DeviceAccess for UdevAccess {
             Some(pin) => PathTarget::pinned_block_device(device.dev_path.clone(), pin, guard),
             None => PathTarget::block_device(device.dev_path.clone(), guard),
         })
+    }
+
+    /// For a USB stick, a [`UsbStickTarget`]: a pinned block target that can
+    /// reset the stick before its read-back and waits on `link` for the
+    /// station to see it come back. Other disks get [`target`](Self::target).
+    fn attempt_target(
+        &self,
+        device: &PluggedDevice,
+        guard: GuardCheck,
+        link: ResetLink,
+    ) -> Arc<dyn Target> {
+        if device.bus.as_deref() == Some("usb") && device.disk.is_some() {
+            Arc::new(UsbStickTarget::new(device, guard, link, self.reset_method))
+        } else {
+            self.target(device, guard)
+        }
     }
 
     /// Flushes the device, then asks the kernel to let go of it:

@@ -8,11 +8,16 @@
 //!
 //! A [`DeviceAccess`] turns a plugged device into what the station needs: the facts
 //! the target guard judges, a [`Target`] to write, and a way to eject it.
+//!
+//! A [`ResetLink`] is where a target that resets its stick before the read-back
+//! (and sees it leave the system) meets the station (which sees it come back as
+//! a hotplug event, under another kernel name, in the same port).
 #![deny(missing_docs)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use flashrack_guard::{DiskFacts, DiskIdentity, GuardCheck, GuardError};
 use flashrack_target::{Target, TargetError};
@@ -137,6 +142,155 @@ pub trait DeviceAccess: Send + Sync {
 
     /// Asks the system to let go of the device so it can be pulled safely.
     fn eject(&self, device: &PluggedDevice) -> Result<(), TargetError>;
+
+    /// A target for an attempt on `device`, as [`target`](Self::target), that
+    /// may also be reset before its read-back: the target waits on `link` for
+    /// the station to see the stick come back. The default ignores the link
+    /// (a target that cannot be reset needs none).
+    fn attempt_target(
+        &self,
+        device: &PluggedDevice,
+        guard: GuardCheck,
+        link: ResetLink,
+    ) -> Arc<dyn Target> {
+        let _ = link;
+        self.target(device, guard)
+    }
+}
+
+/// Why a stick's reset did not bring it back, as the station saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetFailure {
+    /// It did not come back within the station's timeout.
+    Lost {
+        /// Seconds waited.
+        after_secs: u64,
+    },
+    /// Another device came back in its port (what differs, in words).
+    Changed(String),
+    /// The attempt was stopped (operator, shutdown) while it was away.
+    Cancelled,
+}
+
+/// Where a stick's reset stands ([`ResetLink`]).
+#[derive(Debug, Default)]
+enum LinkState {
+    /// No reset in progress.
+    #[default]
+    Idle,
+    /// The target began a reset; the stick may leave and come back.
+    Resetting,
+    /// The station saw the stick come back: the device as it is now.
+    Returned(PluggedDevice),
+    /// The station gave up on it.
+    Failed(ResetFailure),
+}
+
+/// The meeting point of a stick's reset before its read-back. The target
+/// calls [`begin`](Self::begin) before it touches the stick and then
+/// [`wait`](Self::wait)s; the station, which sees the stick leave the system
+/// and come back as hotplug events, answers with [`returned`](Self::returned)
+/// (the same stick is back, under the name it has now) or
+/// [`fail`](Self::fail). While [`is_resetting`](Self::is_resetting), the
+/// station treats the stick's removal as part of the attempt, not as a pull.
+/// Cheap to clone; every clone is the same link.
+#[derive(Debug, Clone, Default)]
+pub struct ResetLink(Arc<LinkInner>);
+
+#[derive(Debug, Default)]
+struct LinkInner {
+    /// A `std` mutex: held only to read or change the state, never across a
+    /// wait (the condvar releases it) or I/O. The target waits on a blocking
+    /// thread; the station answers from its task without blocking.
+    state: Mutex<LinkState>,
+    changed: Condvar,
+}
+
+impl ResetLink {
+    /// A link with no reset in progress.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The target: a reset begins (called before the stick is touched, so that
+    /// its removal is never taken for a pull).
+    pub fn begin(&self) {
+        *self.state() = LinkState::Resetting;
+    }
+
+    /// The target: the reset is over without the stick having left the
+    /// system (a reset the kernel's driver absorbed), so no answer is
+    /// awaited.
+    pub fn end(&self) {
+        *self.state() = LinkState::Idle;
+    }
+
+    /// Whether a reset is in progress and not yet answered.
+    pub fn is_resetting(&self) -> bool {
+        matches!(*self.state(), LinkState::Resetting)
+    }
+
+    /// The station: the stick is back, as `device` (its new kernel name and
+    /// disk). Ignored unless a reset is in progress.
+    pub fn returned(&self, device: PluggedDevice) {
+        let mut state = self.state();
+        if matches!(*state, LinkState::Resetting) {
+            *state = LinkState::Returned(device);
+            self.0.changed.notify_all();
+        }
+    }
+
+    /// The station: the reset failed. Ignored unless a reset is in progress.
+    pub fn fail(&self, why: ResetFailure) {
+        let mut state = self.state();
+        if matches!(*state, LinkState::Resetting) {
+            *state = LinkState::Failed(why);
+            self.0.changed.notify_all();
+        }
+    }
+
+    /// The target: waits for the station's answer, and ends the reset. Every
+    /// `poll` it asks `gone` whether the stick was pulled meanwhile (a real
+    /// stick's USB device disappeared from its port, a simulated one was
+    /// pulled): then the answer is [`TargetError::Removed`]. The station
+    /// bounds the wait with its timeout ([`ResetFailure::Lost`]).
+    pub fn wait(
+        &self,
+        gone: impl Fn() -> bool,
+        poll: Duration,
+    ) -> Result<PluggedDevice, TargetError> {
+        let mut state = self.state();
+        loop {
+            match std::mem::take(&mut *state) {
+                LinkState::Returned(device) => return Ok(device),
+                LinkState::Failed(why) => {
+                    return Err(match why {
+                        ResetFailure::Lost { after_secs } => {
+                            TargetError::LostAfterReset { after_secs }
+                        }
+                        ResetFailure::Changed(detail) => TargetError::ChangedAfterReset(detail),
+                        ResetFailure::Cancelled => TargetError::Cancelled,
+                    })
+                }
+                LinkState::Idle => return Err(TargetError::Cancelled),
+                LinkState::Resetting => *state = LinkState::Resetting,
+            }
+            if gone() {
+                *state = LinkState::Idle;
+                return Err(TargetError::Removed);
+            }
+            state = self
+                .0
+                .changed
+                .wait_timeout(state, poll)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 /// A hotplug source that cannot run.

@@ -7,6 +7,14 @@
 //! - [`SimRackControl`], which plugs and pulls sticks (tests, the demo);
 //! - [`SimAccess`], the [`DeviceAccess`]: synthesized guard facts (a USB disk,
 //!   never mounted), the stick itself as the target behind the guard, and eject.
+//!
+//! A stick reset by an attempt through the station ([`DeviceAccess::attempt_target`])
+//! behaves as a real one: its cache is dropped, it leaves the system (a removal
+//! event) and comes back under a new kernel name in the same port (an add
+//! event), and its target waits on the attempt's [`ResetLink`] for the station
+//! to recognise it. What it does instead is its port's [`ResetReturn`]
+//! ([`SimRackControl::on_reset`]): come back as another stick, never come back,
+//! or stay away until the test brings it back or pulls it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +23,8 @@ use std::time::Duration;
 
 use flashrack_guard::{DiskFacts, GuardCheck, GuardError};
 use flashrack_hotplug::{
-    DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
+    DeviceAccess, DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, ResetLink,
+    StopSignal,
 };
 use flashrack_target::{Target, TargetError, TargetGeometry, TargetReader, TargetWriter};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -34,6 +43,40 @@ struct Present {
 struct Rack {
     present: HashMap<String, Present>,
     next_index: u32,
+    /// What a reset does to the stick in a port, by port path (absent:
+    /// [`ResetReturn::Same`]).
+    reset_plans: HashMap<String, ResetReturn>,
+    /// Sticks away from the system after a reset, by port path.
+    away: HashMap<String, Present>,
+}
+
+impl Rack {
+    /// A new kernel name (never reused, as on the simulated rack names are not).
+    fn next_name(&mut self) -> String {
+        self.next_index += 1;
+        format!("sim{}", self.next_index)
+    }
+}
+
+/// What a simulated stick does when an attempt resets it through the station.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ResetReturn {
+    /// It leaves the system and comes back at once under a new kernel name,
+    /// as a real stick re-enumerates.
+    #[default]
+    Same,
+    /// Another stick comes back in its place: the same medium under another
+    /// serial.
+    Different {
+        /// The serial it comes back with.
+        serial: String,
+    },
+    /// It leaves and never comes back.
+    Never,
+    /// It leaves and stays away until the test brings it back
+    /// ([`SimRackControl::return_held`]) or pulls it
+    /// ([`SimRackControl::pull_held`]).
+    Held,
 }
 
 enum Command {
@@ -139,8 +182,10 @@ impl SimRackControl {
         {
             return Err(SimRackError::PortOccupied(port_path.to_string()));
         }
-        rack.next_index += 1;
-        let kernel_name = format!("sim{}", rack.next_index);
+        if rack.away.contains_key(port_path) {
+            return Err(SimRackError::PortOccupied(port_path.to_string()));
+        }
+        let kernel_name = rack.next_name();
         std::fs::create_dir_all(&self.dir)?;
         let backing = self.dir.join(format!("{kernel_name}.img"));
         let read_only = spec.read_only;
@@ -188,6 +233,58 @@ impl SimRackControl {
         Ok(())
     }
 
+    /// Sets what a reset through the station does to the stick in the port
+    /// with `port_path` (from the next reset on; the default is
+    /// [`ResetReturn::Same`]).
+    pub fn on_reset(&self, port_path: &str, plan: ResetReturn) {
+        self.rack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset_plans
+            .insert(port_path.to_string(), plan);
+    }
+
+    /// Whether the stick of the port with `port_path` is away from the system
+    /// in a reset.
+    pub fn is_away(&self, port_path: &str) -> bool {
+        self.rack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .away
+            .contains_key(port_path)
+    }
+
+    /// Brings a stick held away in its reset ([`ResetReturn::Held`]) back under
+    /// a new kernel name, which it returns.
+    pub fn return_held(&self, port_path: &str) -> Result<String, SimRackError> {
+        let mut rack = self.rack.lock().unwrap_or_else(|p| p.into_inner());
+        let mut present = rack
+            .away
+            .remove(port_path)
+            .ok_or_else(|| SimRackError::NotPresent(port_path.to_string()))?;
+        let kernel_name = rack.next_name();
+        present.device.kernel_name = kernel_name.clone();
+        let device = present.device.clone();
+        rack.present.insert(kernel_name.clone(), present);
+        let _ = self.commands.send(Command::Plug(device));
+        Ok(kernel_name)
+    }
+
+    /// Pulls a stick that is away in its reset out of its port: it never comes
+    /// back, and its target's wait ends as a removal.
+    pub fn pull_held(&self, port_path: &str) -> Result<(), SimRackError> {
+        let present = self
+            .rack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .away
+            .remove(port_path)
+            .ok_or_else(|| SimRackError::NotPresent(port_path.to_string()))?;
+        present.stick.remove();
+        let _ = std::fs::remove_file(&present.device.dev_path);
+        Ok(())
+    }
+
     /// The stick in the port with `port_path`, if any: its kernel name and handle.
     pub fn stick_at(&self, port_path: &str) -> Option<(String, SimStick)> {
         let rack = self.rack.lock().unwrap_or_else(|p| p.into_inner());
@@ -197,8 +294,20 @@ impl SimRackControl {
             .map(|p| (p.device.kernel_name.clone(), p.stick.clone()))
     }
 
-    /// Pulls every stick (used at shutdown and by tests).
+    /// Pulls every stick (used at shutdown and by tests), those away in a
+    /// reset too.
     pub fn pull_all(&self) {
+        let away: Vec<String> = self
+            .rack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .away
+            .keys()
+            .cloned()
+            .collect();
+        for port in away {
+            let _ = self.pull_held(&port);
+        }
         let names: Vec<String> = self
             .rack
             .lock()
@@ -243,6 +352,34 @@ impl SimAccess {
         }
     }
 
+    fn guarded(
+        &self,
+        device: &PluggedDevice,
+        guard: GuardCheck,
+        link: Option<ResetLink>,
+    ) -> Arc<dyn Target> {
+        let stick = self.stick(device);
+        let inner: Arc<dyn Target> = match &stick {
+            Some(stick) => Arc::new(stick.clone()),
+            None => Arc::new(Gone(device.kernel_name.clone())),
+        };
+        let reset = match (link, stick) {
+            (Some(link), Some(stick)) => Some(ReenumeratingReset {
+                link,
+                stick,
+                rack: self.rack.clone(),
+                commands: self.commands.clone(),
+            }),
+            _ => None,
+        };
+        Arc::new(GuardedTarget {
+            inner,
+            guard,
+            device: Mutex::new(device.clone()),
+            reset,
+        })
+    }
+
     fn stick(&self, device: &PluggedDevice) -> Option<SimStick> {
         self.rack
             .lock()
@@ -259,15 +396,16 @@ impl DeviceAccess for SimAccess {
     }
 
     fn target(&self, device: &PluggedDevice, guard: GuardCheck) -> Arc<dyn Target> {
-        let inner: Arc<dyn Target> = match self.stick(device) {
-            Some(stick) => Arc::new(stick),
-            None => Arc::new(Gone(device.kernel_name.clone())),
-        };
-        Arc::new(GuardedTarget {
-            inner,
-            guard,
-            device: device.clone(),
-        })
+        self.guarded(device, guard, None)
+    }
+
+    fn attempt_target(
+        &self,
+        device: &PluggedDevice,
+        guard: GuardCheck,
+        link: ResetLink,
+    ) -> Arc<dyn Target> {
+        self.guarded(device, guard, Some(link))
     }
 
     fn eject(&self, device: &PluggedDevice) -> Result<(), TargetError> {
@@ -291,11 +429,79 @@ impl DeviceAccess for SimAccess {
 /// A target that runs the guard before every open for writing, for targets that
 /// do not do so themselves. A simulated stick is bound to its target when the
 /// target is made (kernel names are never reused on the simulated rack), so the
-/// facts judged are those of the stick that will be written.
+/// facts judged are those of the stick that will be written; after a reset,
+/// those of the stick as it came back.
 pub struct GuardedTarget {
     inner: Arc<dyn Target>,
     guard: GuardCheck,
-    device: PluggedDevice,
+    /// The stick as the system shows it now (a reset gives it a new kernel
+    /// name). A `std` mutex: held only to read or replace it.
+    device: Mutex<PluggedDevice>,
+    /// How the stick is reset through the station, for an attempt's target.
+    reset: Option<ReenumeratingReset>,
+}
+
+/// A simulated stick's reset as a real stick's looks to the station: it leaves
+/// the system and comes back under a new name (or as its port's
+/// [`ResetReturn`] says), and the target waits on the attempt's link for the
+/// station to recognise it.
+struct ReenumeratingReset {
+    link: ResetLink,
+    stick: SimStick,
+    rack: Arc<Mutex<Rack>>,
+    commands: UnboundedSender<Command>,
+}
+
+impl ReenumeratingReset {
+    /// Resets the stick (its cache is dropped), takes it out of the system and
+    /// brings it back as planned; returns the stick as it came back.
+    fn reset(&self, device: &PluggedDevice) -> Result<PluggedDevice, TargetError> {
+        // Before the stick leaves: its removal is part of the attempt.
+        self.link.begin();
+        if let Err(error) = self.stick.reset() {
+            self.link.end();
+            return Err(error);
+        }
+        let port = device.port_path.clone().unwrap_or_default();
+        {
+            let mut rack = self.rack.lock().unwrap_or_else(|p| p.into_inner());
+            let plan = rack.reset_plans.get(&port).cloned().unwrap_or_default();
+            let Some(mut present) = rack.present.remove(&device.kernel_name) else {
+                self.link.end();
+                return Err(TargetError::Removed);
+            };
+            let _ = self
+                .commands
+                .send(Command::Pull(device.kernel_name.clone()));
+            match plan {
+                ResetReturn::Same | ResetReturn::Different { .. } => {
+                    let kernel_name = rack.next_name();
+                    present.device.kernel_name = kernel_name.clone();
+                    if let ResetReturn::Different { serial } = plan {
+                        present.device.identity.serial = Some(serial);
+                    }
+                    let back = present.device.clone();
+                    rack.present.insert(kernel_name, present);
+                    let _ = self.commands.send(Command::Plug(back));
+                }
+                ResetReturn::Never | ResetReturn::Held => {
+                    rack.away.insert(port, present);
+                }
+            }
+        }
+        let stick = self.stick.clone();
+        self.link
+            .wait(move || stick.is_removed(), Duration::from_millis(5))
+    }
+}
+
+impl GuardedTarget {
+    fn device(&self) -> PluggedDevice {
+        self.device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Target for GuardedTarget {
@@ -308,8 +514,21 @@ impl Target for GuardedTarget {
     fn may_misreport_capacity(&self) -> bool {
         self.inner.may_misreport_capacity()
     }
+    fn can_reset(&self) -> bool {
+        self.reset.is_some() && self.inner.can_reset()
+    }
+    fn reset(&self) -> Result<(), TargetError> {
+        match &self.reset {
+            Some(reset) => {
+                let back = reset.reset(&self.device())?;
+                *self.device.lock().unwrap_or_else(|p| p.into_inner()) = back;
+                Ok(())
+            }
+            None => self.inner.reset(),
+        }
+    }
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
-        (self.guard)(&SimAccess::stick_facts(&self.device))
+        (self.guard)(&SimAccess::stick_facts(&self.device()))
             .map_err(|why| TargetError::Refused(why.into()))?;
         self.inner.open_writer()
     }

@@ -9,7 +9,8 @@ use flashrack_hotplug::PluggedDevice;
 use serde::{Deserialize, Serialize};
 
 /// The state of one port, as in DESIGN.md: `empty → detected → (refused |
-/// waiting | preparing → writing → flushing → verifying) → passed | failed`, and
+/// waiting | preparing → writing → flushing → [resetting →] verifying) → passed |
+/// failed`, and
 /// back to `empty` when the stick is pulled (a stick pulled during an attempt
 /// leaves its port `failed`, verdict `removed`, until the next stick arrives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,10 @@ pub enum PortState {
     Writing,
     /// Committing the write.
     Flushing,
+    /// The stick is being reset before its read-back (to drop any cache
+    /// inside it): it may leave the system and come back under another name,
+    /// which is part of the attempt, not a pull and a new insertion.
+    Resetting,
     /// Reading back from the medium.
     Verifying,
     /// The stick holds the image, proven (see `verdict`, `figures`).
@@ -54,7 +59,11 @@ impl PortState {
     pub fn is_busy(self) -> bool {
         matches!(
             self,
-            PortState::Preparing | PortState::Writing | PortState::Flushing | PortState::Verifying
+            PortState::Preparing
+                | PortState::Writing
+                | PortState::Flushing
+                | PortState::Resetting
+                | PortState::Verifying
         )
     }
 }

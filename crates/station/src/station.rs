@@ -19,7 +19,10 @@ use flashrack_engine::{
     AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage,
 };
 use flashrack_guard::{evaluate, DiskFacts, GuardCheck, GuardPolicy, GuardRequest, Refusal};
-use flashrack_hotplug::{DeviceAccess, Hotplug, HotplugSource, PluggedDevice, StopSignal};
+use flashrack_hotplug::{
+    DeviceAccess, DeviceIdentity, Hotplug, HotplugSource, PluggedDevice, ResetFailure, ResetLink,
+    StopSignal,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::journal::{
@@ -294,7 +297,20 @@ struct Slot {
     port: usize,
     kernel_name: String,
     device_key: String,
+    /// Who the stick is (serial, capacity): a stick coming back from its
+    /// reset must be this one.
+    identity: DeviceIdentity,
     canceller: Canceller,
+    /// Where the attempt's target waits for its stick to come back from a
+    /// reset before the read-back; the station answers it.
+    reset: ResetLink,
+    /// Set while the stick is away from the system during its reset (removed,
+    /// not yet back): its removal was part of the attempt.
+    away: bool,
+    /// The timer that gives up on a stick that does not come back from its
+    /// reset ([`EngineOptions::reset_timeout`]); aborted (and its sleep
+    /// dropped) when the stick is back or the attempt ends.
+    reset_timer: Option<AbortOnDrop>,
     stage: Stage,
     /// Set when the stick was pulled while the attempt ran.
     removed_during: Option<Stage>,
@@ -306,6 +322,13 @@ struct Slot {
 }
 
 impl Slot {
+    /// Stops the attempt at its next safe point; a target waiting for its
+    /// stick to come back from a reset stops waiting.
+    fn cancel(&self) {
+        self.canceller.cancel();
+        self.reset.fail(ResetFailure::Cancelled);
+    }
+
     /// How far the attempt has got, for a heartbeat.
     fn so_far(&self) -> AttemptSoFar {
         AttemptSoFar {
@@ -326,6 +349,38 @@ impl Slot {
             ..AttemptFigures::default()
         }
     }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What differs between the stick that was reset and what came back in its
+/// port, in words; `None` when it is the same stick (same serial, same
+/// capacity). Vendor and model strings are not compared: some bridges report
+/// them differently after a reset, while a serial and a capacity are the
+/// stick's own.
+fn identity_difference(before: &DeviceIdentity, after: &DeviceIdentity) -> Option<String> {
+    let mut differences = Vec::new();
+    if before.serial != after.serial {
+        differences.push(format!(
+            "serial {} became {}",
+            before.serial.as_deref().unwrap_or("(none)"),
+            after.serial.as_deref().unwrap_or("(none)")
+        ));
+    }
+    if before.capacity != after.capacity {
+        differences.push(format!(
+            "capacity {} bytes became {} bytes",
+            before.capacity, after.capacity
+        ));
+    }
+    (!differences.is_empty()).then(|| differences.join(", "))
 }
 
 struct Done {
@@ -476,7 +531,7 @@ impl Station {
 
     async fn shut_down(&mut self) {
         for slot in self.slots.values() {
-            slot.canceller.cancel();
+            slot.cancel();
         }
         let clock = self.settings.engine.clock.clone();
         let deadline = clock.now() + self.settings.shutdown_grace;
@@ -533,6 +588,10 @@ impl Station {
     }
 
     async fn on_added(&mut self, device: PluggedDevice) {
+        if let Some(target) = self.away_at(&device) {
+            self.on_reset_return(target, device).await;
+            return;
+        }
         if self.present.contains_key(&device.kernel_name) {
             self.on_removed(&device.kernel_name.clone()).await;
         }
@@ -588,6 +647,78 @@ impl Station {
         self.publish_port(port);
     }
 
+    /// The attempt whose stick is away in its reset in the port `device`
+    /// arrived in (matched by port path).
+    fn away_at(&self, device: &PluggedDevice) -> Option<TargetId> {
+        let path = device.port_path.as_deref()?;
+        self.slots
+            .iter()
+            .find(|(_, s)| {
+                s.away
+                    && s.port != usize::MAX
+                    && self.ports[s.port].view.port_path.as_deref() == Some(path)
+            })
+            .map(|(target, _)| target.clone())
+    }
+
+    /// A stick arrived in the port of an attempt whose stick is away in its
+    /// reset. The same stick (serial and capacity; its target checks its
+    /// marker) is handed to the waiting target under its new name, and the
+    /// attempt goes on: no new insertion, no second attempt. Another stick
+    /// fails the attempt (`changed_after_reset`) and is never read back as
+    /// if it were the one written; it stays in the port, not started. One
+    /// that comes back after the station gave up on it is not started either.
+    async fn on_reset_return(&mut self, target: TargetId, device: PluggedDevice) {
+        let Some(slot) = self.slots.get_mut(&target) else {
+            return;
+        };
+        slot.away = false;
+        let port = slot.port;
+        let label = self.ports[port].view.label.clone();
+        let difference = identity_difference(&slot.identity, &device.identity);
+        let same = difference.is_none() && slot.reset.is_resetting();
+        match difference {
+            None if same => {
+                slot.reset_timer = None;
+                slot.kernel_name = device.kernel_name.clone();
+                slot.reset.returned(device.clone());
+                tracing::info!(port = %label, kernel_name = %device.kernel_name, "back from its reset");
+            }
+            None => {
+                tracing::warn!(port = %label, kernel_name = %device.kernel_name, "back after the station gave up on it; not started");
+            }
+            Some(detail) => {
+                tracing::warn!(port = %label, kernel_name = %device.kernel_name, %detail, "another stick came back from the reset");
+                slot.reset.fail(ResetFailure::Changed(detail));
+            }
+        }
+        let device_id = match self.journal.device_seen(&device.identity).await {
+            Ok(id) => Some(id),
+            Err(error) => {
+                tracing::error!(%error, "cannot record a device");
+                None
+            }
+        };
+        if !same {
+            self.log(JournalEvent::DeviceAdded {
+                port: label,
+                device: device.identity.key(),
+            })
+            .await;
+        }
+        self.ports[port].kernel_name = Some(device.kernel_name.clone());
+        self.ports[port].view.device = Some(DeviceView::from(&device));
+        self.present.insert(
+            device.kernel_name.clone(),
+            Present {
+                device,
+                device_id,
+                port,
+            },
+        );
+        self.publish_port(port);
+    }
+
     /// The port a device sits in: its mapped port, or a new unmapped entry when
     /// its bus is one the station may write (so the operator sees it and can map
     /// it). Other disks (the system's own) are ignored.
@@ -623,6 +754,25 @@ impl Station {
     }
 
     async fn on_removed(&mut self, kernel_name: &str) {
+        // A stick that leaves the system while its attempt resets it was not
+        // pulled: it is expected back in the same port.
+        let resetting = self
+            .slots
+            .values_mut()
+            .find(|s| s.kernel_name == kernel_name && !s.away && s.reset.is_resetting());
+        if let Some(slot) = resetting {
+            slot.away = true;
+            let port = slot.port;
+            self.present.remove(kernel_name);
+            if port != usize::MAX {
+                self.ports[port].kernel_name = None;
+                self.ports[port].view.state = PortState::Resetting;
+                self.ports[port].view.progress = None;
+                tracing::info!(port = %self.ports[port].view.label, %kernel_name, "left the system during its reset");
+                self.publish_port(port);
+            }
+            return;
+        }
         let Some(present) = self.present.remove(kernel_name) else {
             return;
         };
@@ -631,7 +781,7 @@ impl Station {
         for (target, slot) in self.slots.iter_mut() {
             if slot.kernel_name == kernel_name && slot.removed_during.is_none() {
                 slot.removed_during = Some(slot.stage);
-                slot.canceller.cancel();
+                slot.cancel();
                 explained.push(target.clone());
             }
         }
@@ -649,12 +799,14 @@ impl Station {
             // A stick pulled during its attempt: the port goes on to show the
             // verdict (`removed`, once recorded) until another stick arrives,
             // never `empty` as if nothing had happened. The engine may have
-            // seen the removal first and given that verdict already.
+            // seen the removal first and given that verdict already (or,
+            // for a stick away in its reset, given up on it before the
+            // station saw it leave).
             let mid_attempt = !explained.is_empty()
                 || matches!(
                     view.verdict.as_ref().and_then(Verdict::failure),
                     Some(Failure {
-                        reason: FailReason::Removed { .. },
+                        reason: FailReason::Removed { .. } | FailReason::LostAfterReset { .. },
                         ..
                     })
                 );
@@ -722,7 +874,7 @@ impl Station {
                 let result = match self.run.as_ref() {
                     Some(run) if run.view.armed => {
                         for slot in self.slots.values() {
-                            slot.canceller.cancel();
+                            slot.cancel();
                         }
                         self.log(JournalEvent::OperatorAction {
                             action: OperatorAction::Stop,
@@ -1112,7 +1264,8 @@ impl Station {
             }
         };
         let guard = open_time_guard(device.clone(), self.settings.policy.clone(), request);
-        let target = self.access.target(&device, guard);
+        let reset = ResetLink::new();
+        let target = self.access.attempt_target(&device, guard, reset.clone());
         let target_id = TargetId::new(format!("{label}#{attempt_id}"));
         let Some(run) = self.run.as_ref() else {
             return;
@@ -1140,7 +1293,11 @@ impl Station {
                 port,
                 kernel_name,
                 device_key: key,
+                identity: device.identity.clone(),
                 canceller,
+                reset,
+                away: false,
+                reset_timer: None,
                 stage: Stage::Preparing,
                 removed_during: None,
                 written: 0,
@@ -1282,6 +1439,29 @@ impl Station {
                     self.publish_port(port);
                 }
             }
+            EngineEventKind::Resetting => {
+                // The target waits for its stick to come back; the station
+                // gives up on it after the reset timeout, on its clock.
+                let link = slot.reset.clone();
+                let timeout = self.settings.engine.reset_timeout;
+                let clock = &self.settings.engine.clock;
+                // Made here, not in the task: armed (and listed on a manual
+                // clock) as soon as the reset is announced.
+                let sleep = clock.sleep_until(clock.now() + timeout);
+                let task = tokio::spawn(async move {
+                    sleep.await;
+                    link.fail(ResetFailure::Lost {
+                        after_secs: timeout.as_secs(),
+                    });
+                });
+                slot.reset_timer = Some(AbortOnDrop(task.abort_handle()));
+                if live {
+                    let view = &mut self.ports[port].view;
+                    view.state = PortState::Resetting;
+                    view.progress = None;
+                    self.publish_port(port);
+                }
+            }
             // Verdicts arrive through `on_done`, with source failures too.
             EngineEventKind::Finished { .. } => {}
         }
@@ -1418,6 +1598,10 @@ impl Station {
                 (false, None) => PortState::Failed,
             };
             view.refusal = refusal.flatten();
+            if slot.away {
+                // Gone in its reset and not back: no stick in the port.
+                view.device = None;
+            }
             view.verdict = Some(verdict);
             view.verdict_run = Some(slot.verdict_run.clone());
             view.figures = Some(figures);
@@ -1439,7 +1623,7 @@ impl Station {
             tracing::error!(%error, "the image source failed; stopping the run");
             if self.run.as_ref().is_some_and(|r| r.view.armed) {
                 for slot in self.slots.values() {
-                    slot.canceller.cancel();
+                    slot.cancel();
                 }
                 let note = error.to_string();
                 let _ = self.disarm(StopReason::SourceFailed, Some(&note)).await;

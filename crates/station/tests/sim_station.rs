@@ -8,7 +8,7 @@ use flashrack_core::{Bound, FailReason, Failure, RefusalCode, RunId, Stage, Stop
 use flashrack_engine::{Clock, EngineOptions, ManualClock, SourceImage};
 use flashrack_guard::GuardPolicy;
 use flashrack_simrack::sim::SimStickSpec;
-use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
+use flashrack_simrack::sim_hotplug::{sim_rack, ResetReturn, SimRackControl};
 use flashrack_station::{
     ArmRequest, JournalEvent, MemoryJournal, PortSpec, PortState, RunOptions, Snapshot, Station,
     StationError, StationEvent, StationHandle, StationSettings, VerdictRun,
@@ -1312,4 +1312,346 @@ async fn a_station_out_of_descriptors_never_records_a_failed_stick() {
         .find(|a| a.verdict.as_ref() != Some(&Verdict::Pass))
         .unwrap();
     assert_eq!(unopened.verdict.as_ref(), Some(&verdict));
+}
+
+// ----- reset before the read-back --------------------------------------------
+
+/// How long the reset tests' station waits for a stick to come back.
+const RESET_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A rig that resets every stick before its read-back, on `clock`.
+async fn resetting_rig(ports: usize, clock: Clock) -> Rig {
+    rig_with(ports, GuardPolicy::default(), |s| {
+        s.engine.reset_before_verify = true;
+        s.engine.reset_timeout = RESET_TIMEOUT;
+        s.engine.clock = clock;
+    })
+    .await
+}
+
+/// The port's states in the order the station showed them, from its events,
+/// until its verdict.
+async fn states_until_verdict(
+    events: &mut tokio::sync::broadcast::Receiver<StationEvent>,
+    label: &str,
+) -> (Vec<PortState>, flashrack_station::PortView) {
+    let mut states = Vec::new();
+    let wait = async {
+        loop {
+            if let StationEvent::Port { port: view } = events.recv().await.unwrap() {
+                if view.label != label {
+                    continue;
+                }
+                if states.last() != Some(&view.state) {
+                    states.push(view.state);
+                }
+                if view.verdict.is_some() {
+                    return *view;
+                }
+            }
+        }
+    };
+    let view = tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("a verdict in time");
+    (states, view)
+}
+
+fn view_reason(view: &flashrack_station::PortView) -> Option<&FailReason> {
+    view.verdict
+        .as_ref()
+        .and_then(|v| v.failure())
+        .map(|f| &f.reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_stick_leaves_and_comes_back_under_a_new_name_within_one_attempt() {
+    let rig = resetting_rig(2, Clock::System).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    let mut events = rig.handle.subscribe();
+    let first = rig.plug(1, "SER-1", healthy());
+    let (states, view) = states_until_verdict(&mut events, "A1").await;
+    assert_eq!(view.verdict, Some(Verdict::Pass), "{view:?}");
+    assert!(view.figures.as_ref().unwrap().verified_after_reset);
+    // The port showed the reset between the flush and the read-back, and
+    // never the removal or a new insertion.
+    let flushing = states
+        .iter()
+        .position(|s| *s == PortState::Flushing)
+        .unwrap();
+    assert_eq!(
+        &states[flushing..],
+        [
+            PortState::Flushing,
+            PortState::Resetting,
+            PortState::Verifying,
+            PortState::Passed
+        ],
+        "{states:?}"
+    );
+    assert!(!states.contains(&PortState::Empty), "{states:?}");
+    // The stick came back under another kernel name, same serial, same port.
+    let (now, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_ne!(now, first);
+    assert_eq!(stick.counters().resets, 1);
+    let device = view.device.unwrap();
+    assert_eq!(device.kernel_name, now);
+    assert_eq!(device.serial.as_deref(), Some("SER-1"));
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    // One attempt, one device, no removal and no second insertion recorded.
+    assert_eq!(records.attempts.len(), 1);
+    assert_eq!(records.attempts[0].verdict, Some(Verdict::Pass));
+    assert!(
+        records.attempts[0]
+            .figures
+            .as_ref()
+            .unwrap()
+            .verified_after_reset
+    );
+    assert_eq!(records.devices.len(), 1);
+    let comings_and_goings: Vec<_> = records
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                JournalEvent::DeviceAdded { .. } | JournalEvent::DeviceRemoved { .. }
+            )
+        })
+        .collect();
+    assert_eq!(comings_and_goings.len(), 1, "{comings_and_goings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_station_a_caching_stick_fails_at_its_first_lost_byte_only_with_a_reset() {
+    use flashrack_simrack::sim::CacheMode;
+    // A stick whose cache never reaches its medium: the last 1 MiB written
+    // is answered from the cache until a reset drops it.
+    let lossy = || healthy().volatile_cache(MIB, CacheMode::LostOnReset);
+
+    let plain = rig(2, GuardPolicy::default()).await;
+    plain.arm(RunOptions::default()).await.unwrap();
+    plain.plug(1, "LOSSY", lossy());
+    plain.plug(2, "HEALTHY", healthy());
+    let snap = plain
+        .until("both verdicts", |s| {
+            port(s, "A1").verdict.is_some() && port(s, "A2").verdict.is_some()
+        })
+        .await;
+    // Without a reset the cache answers the read-back: a false pass.
+    for label in ["A1", "A2"] {
+        assert_eq!(port(&snap, label).verdict, Some(Verdict::Pass), "{label}");
+        assert!(
+            !port(&snap, label)
+                .figures
+                .as_ref()
+                .unwrap()
+                .verified_after_reset
+        );
+    }
+    plain.shutdown().await;
+
+    let reset = resetting_rig(2, Clock::System).await;
+    reset.arm(RunOptions::default()).await.unwrap();
+    reset.plug(1, "LOSSY", lossy());
+    reset.plug(2, "HEALTHY", healthy());
+    let snap = reset
+        .until("both verdicts", |s| {
+            port(s, "A1").verdict.is_some() && port(s, "A2").verdict.is_some()
+        })
+        .await;
+    // The first byte its medium does not hold, in the window its cache lost
+    // (the last MiB of the 3 MiB image).
+    let image = std::fs::read(&reset.image.path).unwrap();
+    let (_, stick) = reset.control.stick_at(&port_path(1)).unwrap();
+    let medium = std::fs::read(stick.path()).unwrap();
+    let first_lost = image
+        .iter()
+        .zip(&medium)
+        .position(|(a, b)| a != b)
+        .expect("the medium lost bytes") as u64;
+    assert!(first_lost >= image.len() as u64 - MIB, "{first_lost}");
+    assert_eq!(
+        view_reason(port(&snap, "A1")),
+        Some(&FailReason::VerifyMismatch { offset: first_lost }),
+        "{:?}",
+        port(&snap, "A1")
+    );
+    assert!(
+        port(&snap, "A1")
+            .figures
+            .as_ref()
+            .unwrap()
+            .verified_after_reset
+    );
+    assert_eq!(port(&snap, "A2").verdict, Some(Verdict::Pass));
+    assert!(
+        port(&snap, "A2")
+            .figures
+            .as_ref()
+            .unwrap()
+            .verified_after_reset
+    );
+    let run = snap.run.unwrap();
+    assert_eq!((run.passed, run.failed), (1, 1));
+    reset.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_that_does_not_come_back_from_its_reset_fails_as_lost_after_the_timeout() {
+    let clock = ManualClock::new();
+    let rig = resetting_rig(2, Clock::Manual(clock.clone())).await;
+    rig.control.on_reset(&port_path(1), ResetReturn::Never);
+    rig.arm(RunOptions::default()).await.unwrap();
+    let mut events = rig.handle.subscribe();
+    rig.plug(1, "GONE", healthy());
+    rig.plug(2, "BACK", healthy());
+    let snap = rig
+        .until("A1 away, A2 passed", |s| {
+            state(s, "A1") == PortState::Resetting && state(s, "A2") == PortState::Passed
+        })
+        .await;
+    assert!(port(&snap, "A1").device.is_some(), "still shown while away");
+    // The station gives up on it after its timeout, on its clock.
+    let gives_up = clock.now() + RESET_TIMEOUT;
+    until_sleeping(&clock, "the reset timeout", |d| d.contains(&gives_up)).await;
+    let wait = async {
+        while !rig.control.is_away(&port_path(1)) {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, wait).await.expect("away");
+    clock.advance(RESET_TIMEOUT);
+    let (_, view) = states_until_verdict(&mut events, "A1").await;
+    assert_eq!(
+        view_reason(&view),
+        Some(&FailReason::LostAfterReset {
+            after_secs: RESET_TIMEOUT.as_secs()
+        }),
+        "{view:?}"
+    );
+    assert_eq!(view.state, PortState::Failed);
+    // No stick in the port (once the station has also seen it leave: the
+    // target may give up before the removal event is handled).
+    rig.until("no stick in A1", |s| {
+        state(s, "A1") == PortState::Failed && port(s, "A1").device.is_none()
+    })
+    .await;
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    assert_eq!(records.attempts.len(), 2);
+    let lost = records
+        .attempts
+        .iter()
+        .find(|a| a.start.port_label == "A1")
+        .unwrap();
+    assert!(matches!(
+        lost.verdict
+            .as_ref()
+            .and_then(|v| v.failure())
+            .map(|f| &f.reason),
+        Some(FailReason::LostAfterReset { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_stick_coming_back_from_a_reset_fails_the_attempt_and_is_never_read_back() {
+    let rig = resetting_rig(1, Clock::System).await;
+    rig.control.on_reset(
+        &port_path(1),
+        ResetReturn::Different {
+            serial: "IMPOSTOR".into(),
+        },
+    );
+    rig.arm(RunOptions::default()).await.unwrap();
+    let mut events = rig.handle.subscribe();
+    rig.plug(1, "ORIGINAL", healthy());
+    let (states, view) = states_until_verdict(&mut events, "A1").await;
+    match view_reason(&view) {
+        Some(FailReason::ChangedAfterReset { detail }) => {
+            assert!(
+                detail.contains("ORIGINAL") && detail.contains("IMPOSTOR"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected changed_after_reset, got {other:?}"),
+    }
+    assert!(!states.contains(&PortState::Verifying), "{states:?}");
+    assert_eq!(
+        view.figures.as_ref().unwrap().bytes_verified,
+        0,
+        "nothing read back"
+    );
+    // The stick in the port is the one that came back, not started again.
+    assert_eq!(view.device.unwrap().serial.as_deref(), Some("IMPOSTOR"));
+    rig.round_trip().await;
+    let journal = rig.shutdown().await;
+    assert_eq!(journal.records().attempts.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_pulled_while_away_in_its_reset_fails_as_removed() {
+    let rig = resetting_rig(1, Clock::System).await;
+    rig.control.on_reset(&port_path(1), ResetReturn::Held);
+    rig.arm(RunOptions::default()).await.unwrap();
+    let mut events = rig.handle.subscribe();
+    rig.plug(1, "PULLED", healthy());
+    rig.until("resetting", |s| state(s, "A1") == PortState::Resetting)
+        .await;
+    let wait = async {
+        while !rig.control.is_away(&port_path(1)) {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, wait).await.expect("away");
+    rig.control.pull_held(&port_path(1)).unwrap();
+    let (_, view) = states_until_verdict(&mut events, "A1").await;
+    assert!(
+        matches!(view_reason(&view), Some(FailReason::Removed { .. })),
+        "{view:?}"
+    );
+    rig.until("no stick in A1", |s| {
+        state(s, "A1") == PortState::Failed && port(s, "A1").device.is_none()
+    })
+    .await;
+    // The port takes the next stick as a new one.
+    rig.control.on_reset(&port_path(1), ResetReturn::Same);
+    rig.plug(1, "NEXT", healthy());
+    rig.until("the next stick passed", |s| {
+        state(s, "A1") == PortState::Passed
+            && port(s, "A1")
+                .device
+                .as_ref()
+                .and_then(|d| d.serial.as_deref())
+                == Some("NEXT")
+    })
+    .await;
+    let journal = rig.shutdown().await;
+    assert_eq!(journal.records().attempts.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_held_away_in_its_reset_continues_when_it_comes_back() {
+    let rig = resetting_rig(1, Clock::System).await;
+    rig.control.on_reset(&port_path(1), ResetReturn::Held);
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "SLOW-BACK", healthy());
+    let wait = async {
+        while !rig.control.is_away(&port_path(1)) {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, wait).await.expect("away");
+    rig.until("resetting, no device node", |s| {
+        state(s, "A1") == PortState::Resetting
+    })
+    .await;
+    let back = rig.control.return_held(&port_path(1)).unwrap();
+    let snap = rig
+        .until("passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    assert_eq!(port(&snap, "A1").device.as_ref().unwrap().kernel_name, back);
+    let journal = rig.shutdown().await;
+    assert_eq!(journal.records().attempts.len(), 1);
 }

@@ -66,6 +66,17 @@ pub enum TargetError {
     /// typed refusal as it travels beyond the guard: its code and its sentence.
     #[error("{0}")]
     Refused(GuardRefusal),
+    /// The target was reset and did not come back within the timeout (see
+    /// [`Target::reset`]).
+    #[error("did not come back within {after_secs} s of its reset")]
+    LostAfterReset {
+        /// Seconds waited.
+        after_secs: u64,
+    },
+    /// The target was reset and what came back is not the device that was
+    /// written (another serial, capacity or marker).
+    #[error("came back different after its reset: {0}")]
+    ChangedAfterReset(String),
     /// The station, not the target, ran out of something while operating on
     /// it: file descriptors (`EMFILE`, `ENFILE`) or memory (`ENOMEM`). Never
     /// the target's fault, never its verdict.
@@ -126,9 +137,9 @@ pub trait Target: Send + Sync {
         true
     }
 
-    /// Whether [`reset`](Self::reset) is implemented: a simulated stick's is;
-    /// block devices and files do not implement it yet (the USB reset of a real
-    /// stick, with its return recognised as the same stick, is still to come).
+    /// Whether [`reset`](Self::reset) is implemented: a simulated stick's is,
+    /// and a USB block device's when the station gave it a way to see it come
+    /// back; files and other block devices cannot be reset.
     fn can_reset(&self) -> bool {
         false
     }
@@ -137,8 +148,13 @@ pub trait Target: Send + Sync {
     /// (its controller's or its USB bridge's RAM), as a power cycle does, so
     /// that the next read-back shows what its medium really holds. The engine
     /// calls it with no writer open, after the write pass is flushed, and opens
-    /// the target afresh afterwards. Only called when
-    /// [`can_reset`](Self::can_reset) says so; the default refuses.
+    /// the target afresh afterwards. A reset may take the device away from the
+    /// system and bring it back under another name: `reset` returns once the
+    /// same device is back (and the target leads to it), with
+    /// [`TargetError::LostAfterReset`] when it does not come back,
+    /// [`TargetError::ChangedAfterReset`] when another device comes back in its
+    /// place, and [`TargetError::Removed`] when it was pulled meanwhile. Only
+    /// called when [`can_reset`](Self::can_reset) says so; the default refuses.
     fn reset(&self) -> Result<(), TargetError> {
         Err(TargetError::Open(format!(
             "{} cannot be reset",

@@ -9,7 +9,7 @@ use flashrack_station::PortState;
 
 use crate::WebState;
 
-const STATES: [(PortState, &str); 10] = [
+const STATES: [(PortState, &str); 11] = [
     (PortState::Empty, "empty"),
     (PortState::Detected, "detected"),
     (PortState::Refused, "refused"),
@@ -17,6 +17,7 @@ const STATES: [(PortState, &str); 10] = [
     (PortState::Preparing, "preparing"),
     (PortState::Writing, "writing"),
     (PortState::Flushing, "flushing"),
+    (PortState::Resetting, "resetting"),
     (PortState::Verifying, "verifying"),
     (PortState::Passed, "passed"),
     (PortState::Failed, "failed"),
