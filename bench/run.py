@@ -52,6 +52,14 @@ TOOL_LABEL = {
 # the cache drop flashrack can do itself (each target's loop backing file dropped
 # with fadvise(DONTNEED)) instead of the machine-wide drop_caches. See README,
 # "Why the raw limit's read-back is fast".
+# Cold one-shot cases (issue 14 §3): flashrack flashing a file it has not seen
+# (imported as part of the run), next to caligula, which writes the file and
+# reads every byte back (one process per target).
+TOOL_LABEL["cold"] = "flashrack cold"
+TOOL_LABEL["caligula"] = "caligula"
+COLD_TOOLS = ("cold", "caligula", "a", "c")
+COLD_RATIO_TARGETS = {1: 1.0, 4: 0.8}  # flashrack cold / caligula, by N
+IMPORT_CPU_PER_GIB_TARGET = 1.5
 # Targets of issue 2 (ratios of median wall times, flashrack / reference).
 RATIO_TARGETS = {"a": 0.5, "b": 0.9, "c": 1.15}
 CPU_PER_GIB_TARGET = 0.5
@@ -795,6 +803,209 @@ def import_image(fr: Path, data_dir: Path, image: Image) -> None:
 
 
 # ----------------------------------------------------------------------------
+# cold one-shot flashing and the cost of an import (issue 14 §3)
+# ----------------------------------------------------------------------------
+
+
+def ensure_caligula(workdir: Path, explicit: Path | None) -> Path:
+    """caligula: the one given, the one on PATH, or installed once with
+    `cargo install caligula` into WORKDIR/caligula (not CI's job)."""
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise BenchError(f"{explicit} is not executable")
+        return explicit
+    found = shutil.which("caligula")
+    if found:
+        return Path(found)
+    root = workdir / "caligula"
+    binary = root / "bin" / "caligula"
+    if not os.access(binary, os.X_OK):
+        if shutil.which("cargo") is None:
+            raise BenchError("caligula is missing and cargo is not there to install it (or pass --caligula PATH)")
+        log(f"cargo install caligula --root {root} (once) …")
+        r = subprocess.run(
+            ["cargo", "install", "caligula", "--root", str(root)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CARGO_TARGET_DIR": str(root / "build")},
+        )
+        if r.returncode != 0 or not os.access(binary, os.X_OK):
+            raise BenchError("cargo install caligula failed:\n" + r.stderr.strip()[-3000:])
+        shutil.rmtree(root / "build", ignore_errors=True)
+    return binary
+
+
+def caligula_argv(cal: Path, image: Image, dev: str) -> list[str]:
+    return [
+        str(cal), "burn", str(image.path), "-o", dev, "--force", "--hash", "skip",
+        "--compression", "none", "--interactive", "never", "--root", "never",
+    ]
+
+
+def run_caligula(cal: Path, image: Image, devs: list[str], disk: Path | None, rep: int) -> RunResult:
+    """One caligula process per target, all at once."""
+    meter = Meter(devs, disk)
+    t0 = time.monotonic()
+    done = [r for job in LAUNCH.run([[caligula_argv(cal, image, d)] for d in devs]) for r in job]
+    busy = meter.busy()
+    read, written, dr, dw = meter.finish()
+    res = RunResult(
+        tool="caligula",
+        n=len(devs),
+        rep=rep,
+        wall=max(r.end for r in done) - t0,
+        cpu=sum(r.cpu for r in done),
+        maxrss_kib=max(r.maxrss_kib for r in done),
+        dev_read=read,
+        dev_written=written,
+        disk_read=dr,
+        disk_written=dw,
+    )
+    res.other_cpu = busy - res.cpu
+    for r in done:
+        if r.status != 0:
+            res.ok = False
+            res.problems.append(f"caligula exited {r.status}: {(r.stderr or r.stdout).strip()[-400:]}")
+    return res
+
+
+def forget_image(fr: Path, data_dir: Path, image: Image) -> None:
+    """Removes the image from flashrack's cache (and with it every hint that
+    leads to it), so that the next flash sees a file it has not seen."""
+    argv = [str(fr), "--data-dir", str(data_dir), "image", "remove", image.sha256]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0 and "not" not in r.stderr.lower():
+        raise BenchError(f"{' '.join(argv)}: {r.stderr.strip()}")
+
+
+def run_flashrack_cold(
+    fr: Path, data_dir: Path, image: Image, devs: list[str], disk: Path | None, rep: int, verify: str | None
+) -> RunResult:
+    """`flashrack flash IMAGE_FILE …` with the image not in the cache and the
+    source file not in the page cache: the import is part of the run."""
+    forget_image(fr, data_dir, image)
+    drop_caches()
+    argv = [str(fr), "--data-dir", str(data_dir), "flash", str(image.path), *devs, "--allow-bus", "loop", "--json", "--quiet"]
+    if verify:
+        argv += ["--verify", verify]
+    meter = Meter(devs, disk)
+    t0 = time.monotonic()
+    r = LAUNCH.run([[argv]])[0][0]
+    busy = meter.busy()
+    read, written, dr, dw = meter.finish()
+    res = RunResult(
+        tool="cold",
+        n=len(devs),
+        rep=rep,
+        wall=r.end - t0,
+        cpu=r.cpu,
+        maxrss_kib=r.maxrss_kib,
+        dev_read=read,
+        dev_written=written,
+        disk_read=dr,
+        disk_written=dw,
+        other_cpu=busy - r.cpu,
+    )
+    check_flash_output(res, r, image, devs)
+    return res
+
+
+def import_cost(fr: Path, workdir: Path, image: Image, reps: int) -> dict:
+    """`flashrack image import` of the image into an empty cache, source not
+    in the page cache: wall, user and system CPU seconds (wait4), per GiB."""
+    runs = []
+    for rep in range(reps):
+        data = workdir / "import-cost"
+        shutil.rmtree(data, ignore_errors=True)
+        drop_caches()
+        argv = [str(fr), "--data-dir", str(data), "image", "import", str(image.path)]
+        t0 = time.monotonic()
+        with open(os.devnull, "wb") as null:
+            p = subprocess.Popen(argv, stdout=null, stderr=subprocess.PIPE)
+            err = p.stderr.read().decode(errors="replace")
+            _, status, ru = os.wait4(p.pid, 0)
+        wall = time.monotonic() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise BenchError(f"{' '.join(argv)} failed: {err.strip()[-500:]}")
+        runs.append({"wall": wall, "user": ru.ru_utime, "sys": ru.ru_stime, "stderr": err.strip()})
+        log(f"import {fmt_size(image.size)} rep {rep + 1}/{reps}: wall {wall:.2f}s user {ru.ru_utime:.2f}s sys {ru.ru_stime:.2f}s")
+    shutil.rmtree(workdir / "import-cost", ignore_errors=True)
+    gib = image.size / GiB
+    return {
+        "runs": runs,
+        "wall_median": med([r["wall"] for r in runs]),
+        "user_median": med([r["user"] for r in runs]),
+        "sys_median": med([r["sys"] for r in runs]),
+        "cpu_per_gib_median": med([(r["user"] + r["sys"]) / gib for r in runs]),
+    }
+
+
+def cold_cases(args, fr: Path, data_dir: Path, image: Image, devs_all: list[str], dev_size: int, disk, rng, out, problems: list[str]) -> dict:
+    p = lambda s="": print(s, file=out)  # noqa: E731
+    cal = ensure_caligula(args.workdir, args.caligula)
+    result: dict = {"caligula": str(cal), "per_n": {}}
+    cost = import_cost(fr, args.workdir, image, args.reps)
+    result["import"] = cost
+    ok = cost["cpu_per_gib_median"] <= IMPORT_CPU_PER_GIB_TARGET
+    result["import"]["target"] = {"value": cost["cpu_per_gib_median"], "target": IMPORT_CPU_PER_GIB_TARGET, "pass": ok}
+    p()
+    p(f"== import of the {fmt_size(image.size)} raw image into an empty cache (source cold, {args.reps} reps) ==")
+    p(
+        f"  wall {cost['wall_median']:.2f}s  user {cost['user_median']:.2f}s  sys {cost['sys_median']:.2f}s (medians); "
+        f"last said: {cost['runs'][-1]['stderr'].splitlines()[0] if cost['runs'][-1]['stderr'] else ''}"
+    )
+    p(f"  CPU s per GiB of import = {cost['cpu_per_gib_median']:6.3f}   target <= {IMPORT_CPU_PER_GIB_TARGET:<5}  {verdict(ok)}")
+    for n in args.ns:
+        devs = devs_all[:n]
+        runs: dict[str, list[RunResult]] = {t: [] for t in COLD_TOOLS}
+        for rep in range(1, args.reps + 1):
+            for tool in COLD_TOOLS:
+                scribble(devs, image.size, dev_size, args.scribble_mib, rng)
+                if tool == "cold":
+                    res = run_flashrack_cold(fr, data_dir, image, devs, disk, rep, args.verify)
+                    honesty(res, image)
+                elif tool == "caligula":
+                    res = run_caligula(cal, image, devs, disk, rep)
+                else:
+                    res = run_reference(tool, image, devs, disk, rep)
+                    honesty(res, image)
+                if tool in ("cold", "caligula") and res.ok and not args.no_crosscheck:
+                    cp = crosscheck(devs, image)
+                    if cp:
+                        res.ok = False
+                        res.problems += cp
+                runs[tool].append(res)
+                problems += [f"cold N={n} rep {rep}: {pr}" for pr in res.problems]
+                log(
+                    f"cold N={n} rep {rep}/{args.reps} {TOOL_LABEL[tool]:<19} wall {res.wall:7.2f}s  cpu {res.cpu:6.2f}s  "
+                    f"rss {res.maxrss_kib / 1024:6.1f} MiB  read/dev {sum(res.dev_read.values()) / n / MiB:6.0f} MiB"
+                    + ("" if res.ok else "  FAILED: " + "; ".join(res.problems)[:400])
+                )
+        stats = {t: summarize_tool(rs) for t, rs in runs.items()}
+        p()
+        p(f"== cold one-shot, N = {n} (image {fmt_size(image.size)} raw, not in flashrack's cache, page cache dropped; {args.reps} interleaved reps) ==")
+        hdr = f"{'tool':<20} {'wall s median [min-max]':<26} {'CPU s':>7} {'RSS MiB':>8} {'rd MiB/dev':>10} {'wr MiB/dev':>10}"
+        p(hdr)
+        p("-" * len(hdr))
+        for tool in COLD_TOOLS:
+            st = stats[tool]
+            wall = f"{st['wall_median']:.2f} [{st['wall_min']:.2f}-{st['wall_max']:.2f}]"
+            fail = f"  ({st['failed_runs']} FAILED)" if st["failed_runs"] else ""
+            p(
+                f"{TOOL_LABEL[tool]:<20} {wall:<26} {st['cpu_median']:>7.2f} {st['peak_rss_mib']:>8.1f} "
+                f"{st['read_mib_per_dev']:>10.0f} {st['written_mib_per_dev']:>10.0f}{fail}"
+            )
+        ratio = stats["cold"]["wall_median"] / stats["caligula"]["wall_median"]
+        bound = COLD_RATIO_TARGETS.get(n)
+        targets = {"cold/caligula": {"value": ratio, "target": bound, "pass": None if bound is None else ratio <= bound}}
+        mark = f"target <= {bound:<5}  {verdict(ratio <= bound)}" if bound is not None else "(informational)"
+        p(f"  flashrack cold / caligula wall (median) = {ratio:6.3f}   {mark}")
+        result["per_n"][str(n)] = {"stats": stats, "targets": targets, "runs": [r.to_json() for rs in runs.values() for r in rs]}
+        out.flush()
+    return result
+
+
+# ----------------------------------------------------------------------------
 # reporting helpers
 # ----------------------------------------------------------------------------
 
@@ -937,6 +1148,9 @@ def main() -> int:
     ap.add_argument("--skip-build", action="store_true", help="use the existing target/release/flashrack")
     ap.add_argument("--flashrack", type=Path, default=None, help="flashrack binary to use (implies no build)")
     ap.add_argument("--reference-only", action="store_true", help="only the dd baselines (a), (b), (c); no flashrack")
+    ap.add_argument("--cold", action="store_true", help="also the cold one-shot cases: import cost, flashrack flashing a file it has not seen next to caligula")
+    ap.add_argument("--cold-only", action="store_true", help="only the cold one-shot cases (implies --cold, --no-4g, --no-sim)")
+    ap.add_argument("--caligula", type=Path, default=None, help="caligula binary (default: on PATH, else cargo install caligula into WORKDIR/caligula)")
     args = ap.parse_args()
 
     if args.quick:
@@ -950,6 +1164,10 @@ def main() -> int:
     args.image_size = args.image_size or GiB
     args.sim_image_size = args.sim_image_size or 256 * MiB
     if args.reference_only:
+        args.no_4g = True
+        args.no_sim = True
+    if args.cold_only:
+        args.cold = True
         args.no_4g = True
         args.no_sim = True
     if not args.ns or min(args.ns) < 1 or args.reps < 1:
@@ -1031,7 +1249,11 @@ def bench(args, loops: Loops, problems: list[str]) -> int:
 
     all_runs: list[RunResult] = []
     fr_peak_rss_1g: dict[int, float] = {}
-    for n in args.ns:
+    if fr and args.cold:
+        results["cold"] = cold_cases(args, fr, data_dir, image, devs_all, dev_size, disk, rng, out, problems)
+        # The cases below flash the image by digest: it must be in the cache.
+        import_image(fr, data_dir, image)
+    for n in ([] if args.cold_only else args.ns):
         devs = devs_all[:n]
         runs: dict[str, list[RunResult]] = {t: [] for t in tools}
         for rep in range(1, args.reps + 1):
@@ -1121,6 +1343,11 @@ def bench(args, loops: Loops, problems: list[str]) -> int:
     for k, v in results.get("sim", {}).get("targets", {}).items():
         if not v["pass"]:
             missed.append(f"sim {k}")
+    if "cold" in results:
+        if not results["cold"]["import"]["target"]["pass"]:
+            missed.append("import CPU per GiB")
+        for n, pn in results["cold"]["per_n"].items():
+            missed += [f"cold N={n} {k}" for k, v in pn["targets"].items() if v["pass"] is False]
     results["missed_targets"] = missed
     path = args.workdir / f"results-{started.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=1, default=str))

@@ -184,6 +184,7 @@ impl Demo {
         let source_image = SourceImage {
             path: image.path.clone(),
             manifest: image.manifest.clone(),
+            referenced: image.meta.reference.is_some(),
         };
         let image_name = image.meta.original_name.clone();
         let parts = Parts::new(Box::new(source), Arc::new(access), data_dir, options.listen)

@@ -201,6 +201,7 @@ pub async fn flash(
     let source = SourceImage {
         path: image.path.clone(),
         manifest: manifest.clone(),
+        referenced: image.meta.reference.is_some(),
     };
     // Every flash is recorded: a run of its own, and each attempt before its
     // first byte is written.

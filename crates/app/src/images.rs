@@ -24,12 +24,37 @@ pub fn open_cache(data_dir: &Path) -> Result<ImageCache, AppError> {
 
 /// Imports `file` into the cache: checked against `expected` (of the file as
 /// given or of the raw image) and refused when larger than `max_size` (the
-/// largest target the guard lets through: it could never be written).
+/// largest target the guard lets through: it could never be written). A raw
+/// image is cloned where the file system can, else copied: for a file that
+/// goes away after the import (a fetched order's file).
 pub fn import(
     cache: &ImageCache,
     file: &Path,
     expected: Option<Sha256Digest>,
     max_size: ByteSize,
+) -> Result<ImportOutcome, AppError> {
+    import_with(cache, file, expected, max_size, false)
+}
+
+/// [`import`] of the operator's own file, which stays where it is: a raw
+/// image the file system cannot clone is referenced in place instead of
+/// copied (the cache notices when the file changes; see
+/// [`ImportOptions::reference_raw`]).
+pub fn import_in_place(
+    cache: &ImageCache,
+    file: &Path,
+    expected: Option<Sha256Digest>,
+    max_size: ByteSize,
+) -> Result<ImportOutcome, AppError> {
+    import_with(cache, file, expected, max_size, true)
+}
+
+fn import_with(
+    cache: &ImageCache,
+    file: &Path,
+    expected: Option<Sha256Digest>,
+    max_size: ByteSize,
+    reference_raw: bool,
 ) -> Result<ImportOutcome, AppError> {
     cache
         .import(
@@ -37,6 +62,7 @@ pub fn import(
             ImportOptions {
                 expected_sha256: expected,
                 max_image_size: max_size.bytes(),
+                reference_raw,
                 ..ImportOptions::default()
             },
         )
@@ -46,7 +72,7 @@ pub fn import(
         })
 }
 
-/// An image named on the command line: a file to import (anything that exists
+/// An image named on the command line: a file to import in place (anything that exists
 /// is given to the import, which takes regular files only and says what else
 /// it found: a FIFO, a device, a directory), or a cached image by digest,
 /// unique prefix or name. An image larger than `max_size` is refused.
@@ -58,7 +84,7 @@ pub fn resolve_image(
 ) -> Result<CachedImage, AppError> {
     let path = Path::new(name);
     if path.exists() {
-        return Ok(import(cache, path, expected, max_size)?.image);
+        return Ok(import_in_place(cache, path, expected, max_size)?.image);
     }
     let image = cache.find(name).map_err(|source| AppError::UnknownImage {
         name: name.to_string(),

@@ -56,6 +56,7 @@ async fn the_run_view_metrics_and_records_count_passes_failures_and_interruption
             image: SourceImage {
                 path: app.image.path.clone(),
                 manifest: app.image.manifest.clone(),
+                referenced: app.image.meta.reference.is_some(),
             },
             image_name: "test.img".into(),
             options: RunOptions::default(),

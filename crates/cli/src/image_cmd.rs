@@ -10,7 +10,7 @@ use flashrack_app::bootable::{build_bootable, BuildRequest};
 use flashrack_app::downloads::{
     import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport, UrlProgress,
 };
-use flashrack_app::images::{import, open_cache, remove, resolve_image};
+use flashrack_app::images::{import_in_place, open_cache, remove, resolve_image};
 use flashrack_core::{ByteSize, Sha256Digest};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -68,7 +68,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     if sha256sums.is_some() {
                         bail!("--sha256sums is for URLs: for a file, give --sha256");
                     }
-                    import(&cache, &file, expected, max_size)?
+                    import_in_place(&cache, &file, expected, max_size)?
                 }
             };
             let image = &outcome.image;
@@ -81,6 +81,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         "format": image.meta.format.name(),
                         "already_cached": outcome.already_cached(),
                         "path": image.path,
+                        "referenced": image.meta.reference.is_some(),
                         "provenance": image.meta.provenance,
                     })
                 )?;
@@ -99,6 +100,12 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 );
                 if let Some(provenance) = &image.meta.provenance {
                     errln!("from {provenance}");
+                }
+                if let Some(reference) = &image.meta.reference {
+                    errln!(
+                        "kept in place, not copied: {} (changing it takes the image out of the cache)",
+                        reference.path().display()
+                    );
                 }
                 outln!("{}", image.sha256())?;
             }

@@ -51,8 +51,26 @@ pub use source::SharedSource;
 pub struct SourceImage {
     /// The raw image file (in the image cache).
     pub path: PathBuf,
-    /// Its manifest: digest, size, chunk digests and zero chunks.
+    /// Its manifest: digest, size, chunk fingerprints and zero chunks.
     pub manifest: ImageManifest,
+    /// Whether the file is one the image cache only references (a raw image
+    /// imported in place rather than copied) instead of a file of its own. Its
+    /// owner may rewrite or cut it short at any time, so its chunks are read
+    /// into buffers, never mapped (a mapping of a file cut short ends the
+    /// process with `SIGBUS`); like every chunk, each is checked against its
+    /// fingerprint before anything is verified against it.
+    pub referenced: bool,
+}
+
+impl SourceImage {
+    /// An image file of the cache's own (not [`referenced`](Self::referenced)).
+    pub fn cached(path: PathBuf, manifest: ImageManifest) -> Self {
+        Self {
+            path,
+            manifest,
+            referenced: false,
+        }
+    }
 }
 
 /// Knobs of a fan-out.

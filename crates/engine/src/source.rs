@@ -10,7 +10,8 @@
 //! A chunk's bytes are the image file's pages in the page cache, mapped
 //! read-only ([`MappedChunk`]): writing a chunk to a target and comparing a
 //! read-back with it cost no copy of the source, whatever the number of targets.
-//! On a file system that cannot map files, the chunk is read into a buffer
+//! On a file system that cannot map files, and for a file the image cache only
+//! references (its owner may cut it short), the chunk is read into a buffer
 //! instead.
 //!
 //! Before anything is verified against a cached chunk, the chunk is checked once
@@ -120,7 +121,9 @@ impl SharedSource {
             manifest: image.manifest.clone(),
             capacity: capacity.max(1),
             cells: Mutex::new(VecDeque::new()),
-            mapping: AtomicBool::new(true),
+            // A file the cache only references may be cut short by its owner
+            // at any time: never mapped (see `SourceImage::referenced`).
+            mapping: AtomicBool::new(!image.referenced),
         })
     }
 
@@ -157,18 +160,23 @@ impl SharedSource {
     }
 
     fn get(&self, index: u64, check: bool) -> Result<Chunk, EngineError> {
-        let digest = match self.manifest.chunk_kind(index) {
-            ChunkKind::Zero => return Ok(Chunk::Zero),
-            ChunkKind::Data(digest) => digest,
-        };
+        if self.manifest.chunk_kind(index) == ChunkKind::Zero {
+            return Ok(Chunk::Zero);
+        }
         let cell = self.cell(index);
         let data = cell.data.get_or_init(|| self.read(index)).clone()?;
         if check {
             cell.checked
                 .get_or_init(|| {
-                    let intact = match self.manifest.chunk_fingerprint(index) {
-                        Some(fingerprint) => xxh3_128(&data) == fingerprint,
-                        None => Sha256Digest::of(&data) == digest,
+                    // A manifest has fingerprints (formats 2 and 3) or chunk
+                    // digests (format 1), never neither.
+                    let intact = match (
+                        self.manifest.chunk_fingerprint(index),
+                        self.manifest.chunk_digest(index),
+                    ) {
+                        (Some(fingerprint), _) => xxh3_128(&data) == fingerprint,
+                        (None, Some(digest)) => Sha256Digest::of(&data) == digest,
+                        (None, None) => false,
                     };
                     if intact {
                         Ok(())
@@ -269,7 +277,7 @@ mod tests {
                 .with_chunk_fingerprints(chunks.iter().map(|c| xxh3_128(c)).collect())
                 .unwrap();
         }
-        (SourceImage { path, manifest }, bytes)
+        (SourceImage::cached(path, manifest), bytes)
     }
 
     fn data(chunk: Chunk) -> Arc<ChunkBytes> {
@@ -295,6 +303,25 @@ mod tests {
         assert_eq!(short.len(), 100);
         assert_eq!(&short[..], &bytes[4 * CHUNK..]);
         assert!(matches!(source.chunk(3).unwrap(), Chunk::Zero));
+    }
+
+    #[test]
+    fn a_file_the_cache_only_references_is_read_never_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut image, bytes) = image(dir.path(), true);
+        image.referenced = true;
+        let source = SharedSource::open(&image, 2).unwrap();
+        let first = data(source.checked_chunk(0).unwrap());
+        assert!(matches!(*first, ChunkBytes::Read { .. }));
+        assert_eq!(&first[..], &bytes[..CHUNK]);
+        // Changed by its owner after the import: the fingerprint catches it.
+        let mut changed = bytes.clone();
+        changed[CHUNK + 5] ^= 1;
+        std::fs::write(&image.path, &changed).unwrap();
+        assert!(matches!(
+            source.checked_chunk(1),
+            Err(EngineError::SourceCorrupt { offset }) if offset == CHUNK as u64
+        ));
     }
 
     #[test]

@@ -489,8 +489,37 @@ fn with_fingerprints(image: &flashrack_engine::SourceImage) -> flashrack_engine:
         )
         .unwrap();
     flashrack_engine::SourceImage {
-        path: image.path.clone(),
         manifest,
+        ..image.clone()
+    }
+}
+
+/// The image with fingerprints and without chunk digests (manifest format 3),
+/// as the image cache imports it now; read from its own copy, not mapped, as
+/// the engine treats a file the cache only references.
+fn fingerprints_only(image: &flashrack_engine::SourceImage) -> flashrack_engine::SourceImage {
+    let bytes = std::fs::read(&image.path).unwrap();
+    let m = &image.manifest;
+    let chunk = m.chunk_size() as usize;
+    let manifest = flashrack_core::ImageManifest::fingerprinted(
+        m.sha256(),
+        m.size(),
+        m.chunk_size(),
+        bytes
+            .chunks(chunk)
+            .map(xxhash_rust::xxh3::xxh3_128)
+            .collect(),
+        (0..m.chunk_count())
+            .map(|i| m.chunk_kind(i) == flashrack_core::ChunkKind::Zero)
+            .collect(),
+    )
+    .unwrap();
+    let path = image.path.with_extension("referenced");
+    std::fs::write(&path, &bytes).unwrap();
+    flashrack_engine::SourceImage {
+        path,
+        manifest,
+        referenced: true,
     }
 }
 
@@ -506,8 +535,7 @@ fn read_back_with_flips(bytes: &[u8], bad: &[u64]) -> flashrack_core::Sha256Dige
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mismatch_reports_its_first_offset_and_the_exact_read_back_digest() {
     let dir = tempfile::tempdir().unwrap();
-    let (image, bytes) = common::make_image(dir.path(), 2 * MIB as usize + 3000, 10);
-    let image = with_fingerprints(&image);
+    let (plain, bytes) = common::make_image(dir.path(), 2 * MIB as usize + 3000, 10);
     let chunk = u64::from(common::CHUNK);
     // A byte in the first half of a chunk, one in the second half (the compare
     // pass reads half chunks), and a second bad byte further on that the
@@ -522,24 +550,29 @@ async fn a_mismatch_reports_its_first_offset_and_the_exact_read_back_digest() {
         ("first-byte", vec![0, MIB]),
     ];
     let rack = corrupting_rack(dir.path(), &cases);
-    for verify in [VerifyMode::Compare, VerifyMode::Hash] {
-        let options = EngineOptions {
-            verify,
-            ..options()
-        };
-        let results = flash_rack(&image, &rack, options).await;
-        for ((id, verdict, figures), (_, bad)) in results.iter().zip(&cases) {
-            assert_eq!(
-                reason_of(verdict),
-                Some(&FailReason::VerifyMismatch { offset: bad[0] }),
-                "{verify:?} {id}"
-            );
-            assert_eq!(verdict.failure().unwrap().stage, Stage::Verifying);
-            assert_eq!(
-                figures.read_back_sha256,
-                Some(read_back_with_flips(&bytes, bad)),
-                "{verify:?} {id}"
-            );
+    // Format 2 (chunk digests and fingerprints) and format 3 (fingerprints
+    // only: hash mode finds the bad chunk by its fingerprint).
+    for image in [with_fingerprints(&plain), fingerprints_only(&plain)] {
+        for verify in [VerifyMode::Compare, VerifyMode::Hash] {
+            let options = EngineOptions {
+                verify,
+                ..options()
+            };
+            let format3 = !image.manifest.has_chunk_digests();
+            let results = flash_rack(&image, &rack, options).await;
+            for ((id, verdict, figures), (_, bad)) in results.iter().zip(&cases) {
+                assert_eq!(
+                    reason_of(verdict),
+                    Some(&FailReason::VerifyMismatch { offset: bad[0] }),
+                    "{verify:?} {id} format 3: {format3}"
+                );
+                assert_eq!(verdict.failure().unwrap().stage, Stage::Verifying);
+                assert_eq!(
+                    figures.read_back_sha256,
+                    Some(read_back_with_flips(&bytes, bad)),
+                    "{verify:?} {id} format 3: {format3}"
+                );
+            }
         }
     }
 }
@@ -554,15 +587,17 @@ async fn fingerprinted_images_pass_and_a_changed_cache_is_still_caught() {
         (0..3).map(|_| SimStickSpec::new("", 8 * MIB)),
     )
     .unwrap();
-    for verify in [VerifyMode::Compare, VerifyMode::Hash] {
-        let options = EngineOptions {
-            verify,
-            ..options()
-        };
-        for (id, verdict, figures) in flash_rack(&image, &rack, options).await {
-            assert_eq!(verdict, Verdict::Pass, "{verify:?} {id}");
-            assert_eq!(figures.read_back_sha256, Some(image.manifest.sha256()));
-            assert_eq!(figures.bytes_verified, bytes.len() as u64);
+    for image in [image.clone(), fingerprints_only(&image)] {
+        for verify in [VerifyMode::Compare, VerifyMode::Hash] {
+            let options = EngineOptions {
+                verify,
+                ..options()
+            };
+            for (id, verdict, figures) in flash_rack(&image, &rack, options).await {
+                assert_eq!(verdict, Verdict::Pass, "{verify:?} {id}");
+                assert_eq!(figures.read_back_sha256, Some(image.manifest.sha256()));
+                assert_eq!(figures.bytes_verified, bytes.len() as u64);
+            }
         }
     }
     // The cached file changes after the import: the fingerprint check fails the
@@ -784,7 +819,7 @@ async fn a_write_error_names_the_failing_block_not_the_start_of_the_failed_write
     let bytes = flashrack_testkit::image_bytes(10 << 20, 21, 1 << 20);
     let dir = tempfile::tempdir().unwrap();
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, chunk);
-    let image = flashrack_engine::SourceImage { path, manifest };
+    let image = flashrack_engine::SourceImage::cached(path, manifest);
     let bad = u64::from(chunk) + 3_700_001;
     for block in [512u32, 4096] {
         let sub = tempfile::tempdir().unwrap();

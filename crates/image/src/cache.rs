@@ -13,7 +13,7 @@ use flashrack_inspect::{ImageInfo, RawWriteRefusal};
 use crate::detect::ImageFormat;
 use crate::error::ImageError;
 use crate::fsutil::{self, remove_stale_temp_files};
-use crate::index::Index;
+use crate::index::{FileIdentity, Index};
 
 /// The fewest hex digits [`ImageCache::find`] accepts as a prefix.
 pub const MIN_PREFIX: usize = 6;
@@ -44,6 +44,34 @@ pub struct ImportMeta {
     /// none on disk; [`ImageCache::get`] inspects their image file then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspection: Option<ImageInfo>,
+    /// The file the cache references instead of holding a copy (a raw image
+    /// imported in place, [`crate::ImportOptions::reference_raw`]); `None`
+    /// when the cache holds the image file itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<SourceReference>,
+}
+
+/// A raw image file the cache references in place: where it is and who it was
+/// when it was hashed (device, inode, size, modification and change times). The
+/// image is present only while the file still has that identity; a file
+/// rewritten, cut short, replaced or touched since is not the image any more
+/// ([`ImageCache::get`] answers `None`, and importing it again hashes it
+/// again). Every write sets the change time to the present, and user space
+/// cannot set it back, so a changed file cannot keep the identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SourceReference(pub(crate) FileIdentity);
+
+impl SourceReference {
+    /// The referenced file (its canonical path).
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// Whether the file at the path is still the one that was hashed.
+    pub fn is_intact(&self) -> bool {
+        fs::metadata(&self.0.path).is_ok_and(|meta| self.0.matches(&meta))
+    }
 }
 
 /// An image present in the cache: its manifest, where its raw bytes are, and how
@@ -52,8 +80,9 @@ pub struct ImportMeta {
 pub struct CachedImage {
     /// Size, digest, chunk digests and zero chunks of the raw image.
     pub manifest: ImageManifest,
-    /// The raw image file (`images/<sha256>.img`), sparse where chunks are zero.
-    /// Open it read-only: the cache shares it with every reader.
+    /// The raw image file (`images/<sha256>.img`), sparse where chunks are zero,
+    /// or the file the cache references ([`ImportMeta::reference`]). Open it
+    /// read-only: the cache shares it with every reader.
     pub path: PathBuf,
     /// Where the image came from.
     pub meta: ImportMeta,
@@ -168,6 +197,21 @@ impl ImageCache {
                 path: entry_path,
                 reason: format!("it describes image {}", entry.manifest.sha256()),
             });
+        }
+        if let Some(reference) = &entry.import.reference {
+            if !reference.is_intact() {
+                tracing::warn!(
+                    image = %digest.short(),
+                    path = %reference.path().display(),
+                    "the referenced image file changed since it was imported: not present"
+                );
+                return Ok(None);
+            }
+            return Ok(Some(CachedImage {
+                manifest: entry.manifest,
+                path: reference.path().to_path_buf(),
+                meta: entry.import,
+            }));
         }
         let path = self.image_path(digest);
         match fs::metadata(&path) {
@@ -323,7 +367,8 @@ impl ImageCache {
 
     /// Removes an image: its entry first (so it stops counting as present), then
     /// its raw file, then every hint that leads to it. Readers that already have
-    /// the image file open keep reading it.
+    /// the image file open keep reading it. A file the cache only references is
+    /// never removed: it is not the cache's.
     pub fn remove(&self, digest: &Sha256Digest) -> Result<(), ImageError> {
         let entry = self.entry_path(digest);
         let image = self.image_path(digest);

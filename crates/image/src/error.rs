@@ -30,6 +30,13 @@ pub enum ImageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A raw image the cache was to reference in place changed while it was
+    /// read: its digests would not describe it. Nothing is kept.
+    #[error("{} changed while it was imported; import it again once it is complete", path.display())]
+    ChangedWhileImported {
+        /// The file being imported.
+        path: PathBuf,
+    },
     /// The file to import could not be opened or read.
     #[error("cannot read {}: {source}", path.display())]
     ReadInput {

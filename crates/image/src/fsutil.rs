@@ -66,7 +66,12 @@ impl TempFile {
         &self.path
     }
 
-    /// The open file, for writing.
+    /// The open file, to read it or clone into it.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The open file, to write.
     pub(crate) fn file_mut(&mut self) -> &mut File {
         &mut self.file
     }

@@ -15,7 +15,7 @@ use flashrack_core::{ImageManifest, Sha256Digest};
 use zip::result::ZipError;
 use zip::ZipArchive;
 
-use crate::cache::{CachedImage, EntryFile, ImageCache, ImportMeta};
+use crate::cache::{CachedImage, EntryFile, ImageCache, ImportMeta, SourceReference};
 use crate::detect::{ImageFormat, MAGIC_LEN};
 use crate::error::{FileKind, ImageError};
 use crate::fsutil::{write_json_atomic, TempFile};
@@ -62,6 +62,28 @@ pub struct ImportOptions {
     /// Raised to abandon the import (the station shuts down); it stops before
     /// the next chunk and removes what it wrote.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Whether a raw image may stay where it is, referenced by the cache
+    /// instead of copied into it, when the file system cannot clone it (a
+    /// reflink, tried first for every raw import: a copy that costs nothing
+    /// and shares nothing the owner can change). Only for a file that stays
+    /// where it is (the operator's own file, not an upload's temporary file),
+    /// and only once its last change is settled (see `FileIdentity`); the
+    /// cache then checks the file's identity every time the image is looked
+    /// up, and the engine checks every chunk's fingerprint before it verifies
+    /// against it. Copying a GiB into the cache cost ~5 CPU s here (new
+    /// page-cache pages are slow to touch on this VM), hashing it ~1.
+    pub reference_raw: bool,
+}
+
+/// Where the raw bytes of a new image end up.
+enum Placement {
+    /// Decompressed or copied into a temporary file of the cache.
+    Copy(TempFile),
+    /// A reflink of the raw file in a temporary file of the cache: read from
+    /// there (it cannot change under the pass), nothing copied.
+    Clone(TempFile),
+    /// The raw file itself, referenced in place.
+    Reference(FileIdentity),
 }
 
 impl Default for ImportOptions {
@@ -73,6 +95,7 @@ impl Default for ImportOptions {
             min_free_space: DEFAULT_MIN_FREE_SPACE,
             allowed_dirs: None,
             cancel: None,
+            reference_raw: false,
         }
     }
 }
@@ -225,16 +248,20 @@ impl ImageCache {
         }
 
         tracing::debug!(path = %path.display(), %format, "importing");
-        // Before anything is written: a raw image needs room for its data (at
-        // most what the file holds on disk: holes stay holes); any import needs
-        // the reserve to be free. While decoding, the watch checks again before
-        // each chunk is stored, and stops at the size limit and on cancel.
-        let needed = match format {
-            ImageFormat::Raw => metadata.len().min(metadata.blocks().saturating_mul(512)),
+        let mut placement = self.place(format, &file, identity.as_ref(), settled, &options)?;
+        // Before anything is written: a copied raw image needs room for its
+        // data (at most what the file holds on disk: holes stay holes); any
+        // import needs the reserve to be free. While decoding, the watch checks
+        // again before each chunk is stored, and stops at the size limit and
+        // on cancel.
+        let needed = match (&placement, format) {
+            (Placement::Copy(_), ImageFormat::Raw) => {
+                metadata.len().min(metadata.blocks().saturating_mul(512))
+            }
             _ => 0,
         };
         self.check_space(needed, options.min_free_space)?;
-        let mut temp = TempFile::create_in(&self.tmp, "img")?;
+        let copying = matches!(placement, Placement::Copy(_));
         let mut watch = |raw_size: u64| -> Result<(), ImageError> {
             if options.cancelled() {
                 return Err(ImageError::Cancelled {
@@ -242,17 +269,55 @@ impl ImageCache {
                 });
             }
             check_size(path, raw_size, &options)?;
-            self.check_space(u64::from(chunk_size), options.min_free_space)
+            if copying {
+                self.check_space(u64::from(chunk_size), options.min_free_space)?;
+            }
+            Ok(())
         };
-        let decoded = decode(
-            path,
-            format,
-            &mut file,
-            &mut temp,
-            chunk_size as usize,
-            &mut watch,
-        )
+        let decoded = match &mut placement {
+            Placement::Copy(temp) => {
+                let out_path = temp.path().to_path_buf();
+                decode(
+                    path,
+                    format,
+                    &mut file,
+                    Some((temp.file_mut(), &out_path)),
+                    chunk_size as usize,
+                    &mut watch,
+                )
+            }
+            Placement::Clone(temp) => {
+                let clone = temp.file_mut();
+                clone
+                    .seek(SeekFrom::Start(0))
+                    .map_err(|source| ImageError::CacheIo {
+                        action: "read",
+                        path: self.tmp.clone(),
+                        source,
+                    })?;
+                decode(path, format, clone, None, chunk_size as usize, &mut watch)
+            }
+            Placement::Reference(_) => decode(
+                path,
+                format,
+                &mut file,
+                None,
+                chunk_size as usize,
+                &mut watch,
+            ),
+        }
         .map_err(|error| self.out_of_space(error, options.min_free_space))?;
+        if let Placement::Reference(identity) = &placement {
+            // The digests describe the file only if nobody changed it while
+            // it was read (by its descriptor, and by its name).
+            let unchanged = file.metadata().is_ok_and(|m| identity.matches(&m))
+                && fs::metadata(&identity.path).is_ok_and(|m| identity.matches(&m));
+            if !unchanged {
+                return Err(ImageError::ChangedWhileImported {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
         let raw = decoded.raw.sha256;
         if decoded.raw.size == 0 {
             return Err(ImageError::EmptyImage {
@@ -283,15 +348,14 @@ impl ImageCache {
             });
         }
 
-        let manifest = ImageManifest::new(
+        let manifest = ImageManifest::fingerprinted(
             raw,
             decoded.raw.size,
             chunk_size,
-            decoded.raw.chunk_digests,
+            decoded.raw.chunk_fingerprints,
             decoded.raw.zero,
         )
-        .and_then(|m| m.with_chunk_fingerprints(decoded.raw.chunk_fingerprints))
-        .expect("the pass yields one digest, fingerprint and zero flag per chunk of a valid size");
+        .expect("the pass yields one fingerprint and zero flag per chunk of a valid size");
         let meta = ImportMeta {
             original_name: path
                 .file_name()
@@ -306,19 +370,39 @@ impl ImageCache {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            // Read from the raw bytes just stored (the same descriptor).
-            inspection: Some(flashrack_inspect::inspect(&*temp.file_mut())),
+            // Read from the raw bytes just stored (the same descriptor), or
+            // the file referenced.
+            inspection: Some(match &mut placement {
+                Placement::Copy(temp) | Placement::Clone(temp) => {
+                    flashrack_inspect::inspect(&*temp.file_mut())
+                }
+                Placement::Reference(_) => flashrack_inspect::inspect(&file),
+            }),
+            reference: match &placement {
+                Placement::Reference(identity) => Some(SourceReference(identity.clone())),
+                _ => None,
+            },
         };
-        let image_path = self.image_path(&raw);
-        // The image first, the entry last: an entry is never without its image.
-        temp.persist(&image_path)?;
+        let image_path = match placement {
+            // The image first, the entry last: an entry is never without its image.
+            Placement::Copy(temp) | Placement::Clone(temp) => {
+                let image_path = self.image_path(&raw);
+                temp.persist(&image_path)?;
+                image_path
+            }
+            Placement::Reference(identity) => identity.path,
+        };
+        let owned = meta.reference.is_none();
         let entry = EntryFile {
             manifest: manifest.clone(),
             import: meta.clone(),
         };
         if let Err(error) = write_json_atomic(&self.tmp, &self.entry_path(&raw), &entry) {
-            // Without its entry the image is not in the cache; do not leave it.
-            let _ = fs::remove_file(&image_path);
+            // Without its entry the image is not in the cache; do not leave it
+            // (a referenced file is not the cache's to remove).
+            if owned {
+                let _ = fs::remove_file(&image_path);
+            }
             return Err(error);
         }
         tracing::debug!(image = %raw.short(), size = manifest.size(), "imported");
@@ -333,20 +417,56 @@ impl ImageCache {
         })
     }
 
+    /// Decides where a new image's raw bytes go: a raw file is cloned into the
+    /// cache where the file system can (a reflink), else referenced in place
+    /// when the caller allows it and the file is settled, else copied, as a
+    /// compressed file is always decompressed into the cache.
+    fn place(
+        &self,
+        format: ImageFormat,
+        file: &File,
+        identity: Option<&FileIdentity>,
+        settled: bool,
+        options: &ImportOptions,
+    ) -> Result<Placement, ImageError> {
+        let temp = TempFile::create_in(&self.tmp, "img")?;
+        if format != ImageFormat::Raw {
+            return Ok(Placement::Copy(temp));
+        }
+        match rustix::fs::ioctl_ficlone(temp.file(), file) {
+            Ok(()) => {
+                tracing::debug!("raw image cloned into the cache (reflink)");
+                return Ok(Placement::Clone(temp));
+            }
+            Err(error) => tracing::debug!(%error, "no reflink into the cache"),
+        }
+        match identity {
+            Some(identity) if options.reference_raw && settled => {
+                tracing::debug!(path = %identity.path.display(), "raw image referenced in place");
+                Ok(Placement::Reference(identity.clone()))
+            }
+            Some(identity) if options.reference_raw => {
+                // Changed a moment ago (perhaps still being written): a later
+                // change could keep its identity, so it is copied.
+                tracing::debug!(path = %identity.path.display(), "raw image changed just now: copied, not referenced");
+                Ok(Placement::Copy(temp))
+            }
+            _ => Ok(Placement::Copy(temp)),
+        }
+    }
+
     /// Upgrades the manifest of a cached image that has no chunk fingerprints
     /// (format 1) with those of a pass over the same image, if that pass used
     /// the same chunks. Best effort: on any failure the image keeps its old
     /// manifest, which the engine still uses (checking cached chunks against
     /// their sha256 instead).
     pub(crate) fn add_fingerprints(&self, image: CachedImage, raw: &RawDigests) -> CachedImage {
+        // The pass hashed the same image (its sha256 is the image's name), so
+        // with the same chunk size its fingerprints are the cached chunks'.
         let old = &image.manifest;
-        let same_chunks = old.size() == raw.size
-            && old.chunk_count() == raw.chunk_digests.len() as u64
-            && raw
-                .chunk_digests
-                .iter()
-                .enumerate()
-                .all(|(i, d)| old.chunk_digest(i as u64) == *d);
+        let same_chunks = old.sha256() == raw.sha256
+            && old.size() == raw.size
+            && old.chunk_count() == raw.chunk_fingerprints.len() as u64;
         if old.has_chunk_fingerprints() || !same_chunks {
             return image;
         }
@@ -588,17 +708,20 @@ fn decode(
     path: &Path,
     format: ImageFormat,
     file: &mut File,
-    out: &mut TempFile,
+    out: Option<(&mut File, &Path)>,
     chunk_size: usize,
     watch: Watch<'_>,
 ) -> Result<Decoded, ImageError> {
-    let hashing = ChunkHashing::for_input(format != ImageFormat::Raw);
-    let out_path = out.path().to_path_buf();
+    let hashing = ChunkHashing::for_input();
+    let (out, out_path) = match out {
+        Some((file, path)) => (Some(file), Some(path.to_path_buf())),
+        None => (None, None),
+    };
     let pass_error = |error| match error {
         PassError::Input(e) => input_error(path, format, e),
         PassError::Output(source) => ImageError::CacheIo {
             action: "write",
-            path: out_path.clone(),
+            path: out_path.clone().unwrap_or_default(),
             source,
         },
         PassError::Stopped(error) => error,
@@ -607,7 +730,7 @@ fn decode(
         ImageFormat::Raw => {
             // The file is the image: its digest is the raw digest.
             let mut input = InputReader::new(file, false);
-            let raw = digest_and_store(&mut input, out.file_mut(), chunk_size, hashing, watch)
+            let raw = digest_and_store(&mut input, out, chunk_size, hashing, watch)
                 .map_err(pass_error)?;
             Ok(Decoded {
                 file_sha256: raw.sha256,
@@ -621,7 +744,7 @@ fn decode(
             let raw = {
                 let mut decoder =
                     stream_decoder(format, &mut input).map_err(|e| input_error(path, format, e))?;
-                digest_and_store(&mut *decoder, out.file_mut(), chunk_size, hashing, watch)
+                digest_and_store(&mut *decoder, out, chunk_size, hashing, watch)
                     .map_err(pass_error)?
             };
             let (hasher, input_size) = input.finish().map_err(|e| input_error(path, format, e))?;
@@ -653,7 +776,7 @@ fn decode(
                     });
                 };
                 let mut entry = archive.by_index(*index).map_err(|e| zip_error(path, e))?;
-                let raw = digest_and_store(&mut entry, out.file_mut(), chunk_size, hashing, watch)
+                let raw = digest_and_store(&mut entry, out, chunk_size, hashing, watch)
                     .map_err(pass_error)?;
                 (raw, name.clone())
             };

@@ -3,15 +3,20 @@
 //!
 //! An import detects the file's format by its magic bytes (gzip, xz, zstd,
 //! bzip2, a zip holding one file, or else a raw `.img`/`.iso`), decompresses it
-//! once, and in the same pass computes the sha256 of the raw image, of every
-//! fixed-size chunk, and which chunks are all zero (the [`ImageManifest`]), and
-//! the sha256 of the file as given. An expected digest may be either one. A
-//! corrupt, truncated or mismatching input leaves nothing behind.
+//! once, and in the same pass computes the sha256 of the raw image, the XXH3-128
+//! fingerprint of every fixed-size chunk, and which chunks are all zero (the
+//! [`ImageManifest`]), and the sha256 of the file as given. An expected digest
+//! may be either one. A corrupt, truncated or mismatching input leaves nothing
+//! behind. A raw image is cloned into the cache where the file system can
+//! (reflink), else, when the caller allows it, referenced in place
+//! ([`ImportOptions::reference_raw`], [`SourceReference`]) instead of copied.
 //!
 //! # On-disk layout
 //! ```text
 //! <dir>/images/<sha256>.img    the raw image, sparse: all-zero chunks are holes
 //! <dir>/images/<sha256>.json   {"manifest": ImageManifest, "import": ImportMeta}
+//!                              (no .img when ImportMeta::reference names the
+//!                              file the image is referenced in)
 //! <dir>/sources/<sha256 of canonical path>.json
 //!                              identity (dev, inode, size, mtime and ctime ns) of
 //!                              the file last imported from that path, with its
@@ -66,7 +71,7 @@ mod index;
 mod input;
 mod pass;
 
-pub use cache::{CachedImage, ImageCache, ImportMeta, MIN_PREFIX};
+pub use cache::{CachedImage, ImageCache, ImportMeta, SourceReference, MIN_PREFIX};
 pub use detect::ImageFormat;
 pub use error::{FileKind, ImageError};
 pub use import::{

@@ -1,18 +1,19 @@
-//! The one pass over a decompressed image: it stores the image (sparse) and
-//! computes its digest, the digest of every chunk, the XXH3-128 fingerprint of
-//! every chunk and which chunks are all zero.
+//! The one pass over a decompressed image: it stores the image (sparse), unless
+//! the cache references or clones the file instead, and computes its sha256, the
+//! XXH3-128 fingerprint of every chunk and which chunks are all zero.
 //!
 //! The fingerprints are what the engine checks cached chunks against before it
 //! compares read-backs with them (see `flashrack_core::manifest`): computed here
-//! over exactly the bytes the chunk digests and the image digest cover, next to
-//! the chunk digest (XXH3 costs a few percent of a sha256).
+//! over exactly the bytes the image digest covers (XXH3 costs a few percent of
+//! a sha256). The image is hashed with sha256 once: the per-chunk sha256s that
+//! manifests of formats 1 and 2 carry were a second full pass (0.7 CPU s per
+//! GiB here), and are no longer computed.
 //!
-//! The raw image is hashed twice (whole, and chunk by chunk), which is the bulk
-//! of the CPU work for an uncompressed or fast-to-decompress image. So hashing
-//! runs on a second thread, fed through a bounded channel of chunk buffers,
-//! while this thread decodes and writes (see [`ChunkHashing::for_input`] for
-//! who hashes what, and the measurements). At most [`MAX_BUFFERS`] chunk buffers
-//! exist, whatever the image size.
+//! The sha256 is the bulk of the CPU work for an uncompressed or
+//! fast-to-decompress image, so hashing runs on a second thread, fed through a
+//! bounded channel of chunk buffers, while this thread decodes and writes (see
+//! [`ChunkHashing::for_input`]). At most [`MAX_BUFFERS`] chunk buffers exist,
+//! whatever the image size.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -37,8 +38,6 @@ pub(crate) struct RawDigests {
     pub(crate) sha256: Sha256Digest,
     /// Raw image size in bytes.
     pub(crate) size: u64,
-    /// Digest of every chunk, zero chunks included.
-    pub(crate) chunk_digests: Vec<Sha256Digest>,
     /// XXH3-128 of every chunk, zero chunks included.
     pub(crate) chunk_fingerprints: Vec<u128>,
     /// Whether each chunk is all zero.
@@ -60,29 +59,22 @@ pub(crate) enum PassError {
 /// it is stored; an error stops the pass.
 pub(crate) type Watch<'a> = &'a mut dyn FnMut(u64) -> Result<(), ImageError>;
 
-/// How the chunk digests are computed.
+/// Where the digests are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ChunkHashing {
-    /// On this thread, after the whole-image hash of each chunk.
+    /// On this thread, chunk after chunk.
     Inline,
-    /// On a second thread, while this one reads, hashes the whole and writes.
+    /// The sha256 and the fingerprints on a second thread, while this one
+    /// reads (decodes) and writes.
     Worker,
-    /// The whole-image digest on the second thread too, for input whose
-    /// decoding keeps this thread busy.
-    WorkerBoth,
 }
 
 impl ChunkHashing {
-    /// A worker pays off only when there is a second core to run it. Measured
-    /// on 2 cores with SHA extensions, 1 GiB image, output on tmpfs, best of 5
-    /// on a machine shared with other builds (so roughly): raw ~500 MiB/s
-    /// inline, ~950 with `Worker`; gzip 235 inline, 273 with `Worker`, 322 with
-    /// `WorkerBoth`; zstd 459, 656, 846. Decoding keeps this thread busy, so for
-    /// compressed input both digests go to the worker; for a raw image reading
-    /// is cheap and the two digests are split between the threads.
-    pub(crate) fn for_input(compressed: bool) -> Self {
+    /// A worker pays off only when there is a second core to run it: reading
+    /// and decoding on one thread, the sha256 (the bulk of the rest) on the
+    /// other.
+    pub(crate) fn for_input() -> Self {
         match thread::available_parallelism() {
-            Ok(n) if n.get() > 1 && compressed => Self::WorkerBoth,
             Ok(n) if n.get() > 1 => Self::Worker,
             _ => Self::Inline,
         }
@@ -90,10 +82,11 @@ impl ChunkHashing {
 }
 
 /// Reads `src` to its end in chunks of `chunk_size`, writing the data to `out`
-/// (from its start, leaving all-zero chunks as holes) and digesting it.
+/// if there is one (from its start, leaving all-zero chunks as holes) and
+/// digesting it.
 pub(crate) fn digest_and_store(
     src: &mut dyn Read,
-    out: &mut File,
+    out: Option<&mut File>,
     chunk_size: usize,
     hashing: ChunkHashing,
     watch: Watch<'_>,
@@ -107,18 +100,16 @@ pub(crate) fn digest_and_store(
                 zeros: ZeroDigests::default(),
             };
             let whole = run(src, out, chunk_size, &mut sink, watch)?;
-            Ok(whole.with_chunk_digests(sink.digests, None))
+            Ok(whole.with_digests(sink.digests))
         }
-        ChunkHashing::Worker | ChunkHashing::WorkerBoth => {
-            let hash_whole = hashing == ChunkHashing::WorkerBoth;
+        ChunkHashing::Worker => {
             // Bounded so the reader cannot run ahead of the hasher by more than
             // one buffer; buffers come back through `back` to be refilled.
             let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
             let (back, back_rx) = mpsc::channel::<Vec<u8>>();
             thread::scope(|scope| {
-                let worker = scope.spawn(move || hash_chunks(job_rx, back, hash_whole));
+                let worker = scope.spawn(move || hash_chunks(job_rx, back));
                 let mut sink = WorkerSink {
-                    hash_whole,
                     jobs,
                     back: back_rx,
                     free: Vec::new(),
@@ -128,11 +119,11 @@ pub(crate) fn digest_and_store(
                 let whole = run(src, out, chunk_size, &mut sink, watch);
                 // Closing the job channel lets the worker finish.
                 drop(sink);
-                let (digests, whole_digest) = match worker.join() {
+                let digests = match worker.join() {
                     Ok(digests) => digests,
                     Err(panic) => std::panic::resume_unwind(panic),
                 };
-                Ok(whole?.with_chunk_digests(digests, whole_digest))
+                Ok(whole?.with_digests(digests))
             })
         }
     }
@@ -140,22 +131,16 @@ pub(crate) fn digest_and_store(
 
 /// What the reading loop itself computes.
 struct Whole {
-    /// `None` if the sink computes it.
-    sha256: Option<Sha256Digest>,
     size: u64,
     zero: Vec<bool>,
 }
 
 impl Whole {
-    fn with_chunk_digests(self, chunks: ChunkDigests, sha256: Option<Sha256Digest>) -> RawDigests {
+    fn with_digests(self, digests: ChunkDigests) -> RawDigests {
         RawDigests {
-            sha256: self
-                .sha256
-                .or(sha256)
-                .expect("the loop or the sink digests the whole image"),
+            sha256: Sha256Digest::from_hasher(digests.whole),
             size: self.size,
-            chunk_digests: chunks.sha256,
-            chunk_fingerprints: chunks.xxh3,
+            chunk_fingerprints: digests.xxh3,
             zero: self.zero,
         }
     }
@@ -163,8 +148,6 @@ impl Whole {
 
 /// Where the reading loop gets empty chunk buffers and hands full ones.
 trait ChunkSink {
-    /// Whether the sink computes the whole-image digest too.
-    fn hashes_whole(&self) -> bool;
     /// A buffer of the chunk size to fill.
     fn buffer(&mut self) -> Vec<u8>;
     /// The next chunk: `buf[..len]`, all zero or not.
@@ -174,12 +157,11 @@ trait ChunkSink {
 /// The loop shared by every way of hashing chunks.
 fn run(
     src: &mut dyn Read,
-    out: &mut File,
+    mut out: Option<&mut File>,
     chunk_size: usize,
     sink: &mut dyn ChunkSink,
     watch: Watch<'_>,
 ) -> Result<Whole, PassError> {
-    let mut whole = (!sink.hashes_whole()).then(Sha256::new);
     let mut zero = Vec::new();
     let mut size = 0u64;
     // Where the file's cursor is; behind `size` after a zero chunk was skipped.
@@ -192,11 +174,8 @@ fn run(
         }
         watch(size + len as u64).map_err(PassError::Stopped)?;
         let data = &buf[..len];
-        if let Some(whole) = &mut whole {
-            whole.update(data);
-        }
         let is_zero = is_all_zero(data);
-        if !is_zero {
+        if let Some(out) = out.as_deref_mut().filter(|_| !is_zero) {
             if file_pos != size {
                 out.seek(SeekFrom::Start(size)).map_err(PassError::Output)?;
             }
@@ -211,12 +190,10 @@ fn run(
         }
     }
     // Extends the file over trailing zero chunks, leaving them as a hole too.
-    out.set_len(size).map_err(PassError::Output)?;
-    Ok(Whole {
-        sha256: whole.map(Sha256Digest::from_hasher),
-        size,
-        zero,
-    })
+    if let Some(out) = out {
+        out.set_len(size).map_err(PassError::Output)?;
+    }
+    Ok(Whole { size, zero })
 }
 
 /// Whether every byte is zero. Data chunks nearly always differ from zero in
@@ -227,46 +204,42 @@ pub(crate) fn is_all_zero(data: &[u8]) -> bool {
         .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// The per-chunk digests, in chunk order.
+/// The image's sha256 and the per-chunk fingerprints, in chunk order.
 #[derive(Default)]
 struct ChunkDigests {
-    sha256: Vec<Sha256Digest>,
+    whole: Sha256,
     xxh3: Vec<u128>,
 }
 
 impl ChunkDigests {
     /// Digests one data chunk.
     fn push_data(&mut self, data: &[u8]) {
-        self.sha256.push(Sha256Digest::of(data));
+        self.whole.update(data);
         self.xxh3.push(xxh3_128(data));
     }
 
     /// Records an all-zero chunk of `len` bytes.
     fn push_zero(&mut self, zeros: &mut ZeroDigests, len: usize) {
-        let (sha256, xxh3) = zeros.get(len);
-        self.sha256.push(sha256);
-        self.xxh3.push(xxh3);
+        feed_zeros(&mut self.whole, len);
+        self.xxh3.push(zeros.get(len));
     }
 }
 
-/// Digests and fingerprints of all-zero chunks, computed once per length (there
-/// are at most two: the chunk size and a short last chunk).
+/// Fingerprints of all-zero chunks, computed once per length (there are at
+/// most two: the chunk size and a short last chunk).
 #[derive(Default)]
 struct ZeroDigests {
-    known: Vec<(usize, Sha256Digest, u128)>,
+    known: Vec<(usize, u128)>,
 }
 
 impl ZeroDigests {
-    fn get(&mut self, len: usize) -> (Sha256Digest, u128) {
-        if let Some(&(_, digest, xxh3)) = self.known.iter().find(|(l, ..)| *l == len) {
-            return (digest, xxh3);
+    fn get(&mut self, len: usize) -> u128 {
+        if let Some(&(_, xxh3)) = self.known.iter().find(|(l, _)| *l == len) {
+            return xxh3;
         }
-        let mut hasher = Sha256::new();
-        feed_zeros(&mut hasher, len);
-        let digest = Sha256Digest::from_hasher(hasher);
         let xxh3 = xxh3_of_zeros(len);
-        self.known.push((len, digest, xxh3));
-        (digest, xxh3)
+        self.known.push((len, xxh3));
+        xxh3
     }
 }
 
@@ -304,10 +277,6 @@ struct InlineSink {
 }
 
 impl ChunkSink for InlineSink {
-    fn hashes_whole(&self) -> bool {
-        false
-    }
-
     fn buffer(&mut self) -> Vec<u8> {
         self.buf
             .take()
@@ -334,8 +303,6 @@ enum Job {
 
 /// Sends chunks to the hashing thread and recycles the buffers it returns.
 struct WorkerSink {
-    /// Whether the worker digests the whole image as well as the chunks.
-    hash_whole: bool,
     /// Chunks to hash, in order. Capacity one: see [`MAX_BUFFERS`].
     jobs: SyncSender<Job>,
     /// Buffers the worker has finished with.
@@ -348,10 +315,6 @@ struct WorkerSink {
 }
 
 impl ChunkSink for WorkerSink {
-    fn hashes_whole(&self) -> bool {
-        self.hash_whole
-    }
-
     fn buffer(&mut self) -> Vec<u8> {
         if let Some(buf) = self.free.pop() {
             return buf;
@@ -385,33 +348,20 @@ impl ChunkSink for WorkerSink {
 
 /// The hashing thread: digests and fingerprints chunks in the order they come
 /// and hands each buffer back.
-fn hash_chunks(
-    jobs: Receiver<Job>,
-    back: mpsc::Sender<Vec<u8>>,
-    hash_whole: bool,
-) -> (ChunkDigests, Option<Sha256Digest>) {
+fn hash_chunks(jobs: Receiver<Job>, back: mpsc::Sender<Vec<u8>>) -> ChunkDigests {
     let mut digests = ChunkDigests::default();
     let mut zeros = ZeroDigests::default();
-    let mut whole = hash_whole.then(Sha256::new);
     for job in jobs {
         match job {
             Job::Data(buf, len) => {
-                if let Some(whole) = &mut whole {
-                    whole.update(&buf[..len]);
-                }
                 digests.push_data(&buf[..len]);
                 // The loop may have stopped (an error); then nobody wants it back.
                 let _ = back.send(buf);
             }
-            Job::Zero(len) => {
-                if let Some(whole) = &mut whole {
-                    feed_zeros(whole, len);
-                }
-                digests.push_zero(&mut zeros, len);
-            }
+            Job::Zero(len) => digests.push_zero(&mut zeros, len),
         }
     }
-    (digests, whole.map(Sha256Digest::from_hasher))
+    digests
 }
 
 #[cfg(test)]
@@ -455,16 +405,21 @@ mod tests {
             .unwrap();
         let got = digest_and_store(
             &mut Cursor::new(&data),
-            &mut out,
+            Some(&mut out),
             CHUNK,
             hashing,
             &mut |_| Ok(()),
         )
         .unwrap();
-        let expected_chunks: Vec<_> = data.chunks(CHUNK).map(Sha256Digest::of).collect();
         assert_eq!(got.sha256, Sha256Digest::of(&data));
         assert_eq!(got.size, data.len() as u64);
-        assert_eq!(got.chunk_digests, expected_chunks);
+        // Without an output: the same digests, nothing written.
+        let digests_only =
+            digest_and_store(&mut Cursor::new(&data), None, CHUNK, hashing, &mut |_| {
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(digests_only, got);
         let expected_fingerprints: Vec<u128> = data.chunks(CHUNK).map(xxh3_128).collect();
         assert_eq!(got.chunk_fingerprints, expected_fingerprints);
         assert_eq!(got.zero, zero);
@@ -479,7 +434,6 @@ mod tests {
     #[test]
     fn worker_pass_digests_and_stores_every_kind_of_chunk() {
         check(ChunkHashing::Worker);
-        check(ChunkHashing::WorkerBoth);
     }
 
     #[test]
@@ -498,14 +452,10 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let mut out = File::create(dir.path().join("out")).unwrap();
-        for hashing in [
-            ChunkHashing::Inline,
-            ChunkHashing::Worker,
-            ChunkHashing::WorkerBoth,
-        ] {
+        for hashing in [ChunkHashing::Inline, ChunkHashing::Worker] {
             let error = digest_and_store(
                 &mut FailsAfter(5 * CHUNK + 3),
-                &mut out,
+                Some(&mut out),
                 CHUNK,
                 hashing,
                 &mut |_| Ok(()),

@@ -99,12 +99,12 @@ impl ImageCache {
             PassError::Stopped(error) => error,
         };
         let whole = Cursor::new(head[..head_len].to_vec()).chain(input);
-        let hashing = ChunkHashing::for_input(format != ImageFormat::Raw);
+        let hashing = ChunkHashing::for_input();
         let (raw, file_sha256, input_size) = if format == ImageFormat::Raw {
             let mut reader = InputReader::new(whole, false);
             let raw = digest_and_store(
                 &mut reader,
-                temp.file_mut(),
+                Some(temp.file_mut()),
                 chunk_size as usize,
                 hashing,
                 &mut watch,
@@ -120,7 +120,7 @@ impl ImageCache {
                     .map_err(|e| input_error(&label, format, e))?;
                 digest_and_store(
                     &mut *decoder,
-                    temp.file_mut(),
+                    Some(temp.file_mut()),
                     chunk_size as usize,
                     hashing,
                     &mut watch,
@@ -154,6 +154,7 @@ impl ImageCache {
                 .unwrap_or(0),
             // Read from the raw bytes just stored, as a file import does.
             inspection: Some(flashrack_inspect::inspect(&*temp.file_mut())),
+            reference: None,
         };
         if let Some(image) = self.get(&raw.sha256)? {
             let image = self.add_fingerprints(image, &raw);
@@ -163,15 +164,14 @@ impl ImageCache {
                 hit: Some(CacheHit::SameImage),
             });
         }
-        let manifest = ImageManifest::new(
+        let manifest = ImageManifest::fingerprinted(
             raw.sha256,
             raw.size,
             chunk_size,
-            raw.chunk_digests,
+            raw.chunk_fingerprints,
             raw.zero,
         )
-        .and_then(|m| m.with_chunk_fingerprints(raw.chunk_fingerprints))
-        .expect("the pass yields one digest, fingerprint and zero flag per chunk of a valid size");
+        .expect("the pass yields one fingerprint and zero flag per chunk of a valid size");
         let image_path = self.image_path(&raw.sha256);
         temp.persist(&image_path)?;
         let entry = EntryFile {

@@ -273,10 +273,16 @@ fn downgrade_to_format_1(fx: &Fixture, digest: Sha256Digest) {
         .join("images")
         .join(format!("{}.json", digest.to_hex()));
     let mut entry: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let image = fs::read(fx.cache.get(&digest).unwrap().unwrap().path).unwrap();
     let manifest = entry["manifest"].as_object_mut().unwrap();
-    assert_eq!(manifest["format"], 2);
+    assert_eq!(manifest["format"], 3);
     manifest.insert("format".into(), 1.into());
     manifest.remove("chunk_fingerprints").unwrap();
+    let digests: Vec<String> = image
+        .chunks(CHUNK as usize)
+        .map(|c| Sha256Digest::of(c).to_hex())
+        .collect();
+    manifest.insert("chunk_digests".into(), digests.into());
     fs::write(&path, serde_json::to_vec_pretty(&entry).unwrap()).unwrap();
 }
 
@@ -293,14 +299,27 @@ fn a_format_1_entry_still_reads_and_a_reimport_adds_its_fingerprints() {
     let old = fx.cache.get(&first.sha256()).unwrap().unwrap();
     assert!(!old.manifest.has_chunk_fingerprints());
     assert_eq!(old.manifest.chunk_fingerprint(0), None);
-    assert_eq!(old.manifest.chunk_digest(0), first.manifest.chunk_digest(0));
+    assert_eq!(
+        old.manifest.chunk_digest(0),
+        Some(Sha256Digest::of(&data[..CHUNK as usize]))
+    );
 
     // The known-file shortcut is not taken for a format-1 entry: the file is
-    // decoded again and the entry gets the fingerprints, nothing else changes.
+    // decoded again and the entry gets the fingerprints (format 2: it keeps
+    // its chunk digests), nothing else changes.
     let again = fx.cache.import(&input, options()).unwrap();
     assert_eq!(again.hit, Some(CacheHit::SameImage));
-    assert_eq!(again.image, first);
-    assert_eq!(fx.cache.get(&first.sha256()).unwrap().unwrap(), first);
+    let upgraded = &again.image.manifest;
+    assert_eq!(again.image.sha256(), first.sha256());
+    assert!(upgraded.has_chunk_fingerprints() && upgraded.has_chunk_digests());
+    for i in 0..first.manifest.chunk_count() {
+        assert_eq!(
+            upgraded.chunk_fingerprint(i),
+            first.manifest.chunk_fingerprint(i)
+        );
+        assert_eq!(upgraded.chunk_digest(i), old.manifest.chunk_digest(i));
+    }
+    assert_eq!(fx.cache.get(&first.sha256()).unwrap().unwrap(), again.image);
     assert!(fx.files_under("tmp").is_empty());
 
     // Upgraded: the shortcut applies again.

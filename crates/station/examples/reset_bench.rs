@@ -31,7 +31,7 @@ async fn round(sticks: usize, image_mib: u64, reset: bool) -> Vec<(f64, bool)> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let bytes = flashrack_testkit::image_bytes((image_mib * MIB) as usize, 11, 1 << 20);
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 4 << 20);
-    let image = SourceImage { path, manifest };
+    let image = SourceImage::cached(path, manifest);
     let (source, control, access) = sim_rack(dir.path().join("rack"));
     let settings = StationSettings {
         station_id: "bench".into(),

@@ -146,7 +146,7 @@ fn rig(ports: usize, held_serial: &str) -> Rig {
         handle,
         control,
         journal,
-        image: SourceImage { path, manifest },
+        image: SourceImage::cached(path, manifest),
         gate: ReleaseOnDrop(gate),
         entered,
         returned,

@@ -72,7 +72,7 @@ async fn rig_with(
     let dir = tempfile::tempdir().unwrap();
     let bytes = flashrack_testkit::image_bytes(3 * MIB as usize, 7, 256 * 1024);
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 256 * 1024);
-    let image = SourceImage { path, manifest };
+    let image = SourceImage::cached(path, manifest);
     let (source, control, access) = sim_rack(dir.path().join("rack"));
     let journal = Arc::new(MemoryJournal::default());
     let settings = StationSettings {
@@ -133,7 +133,7 @@ impl Rig {
         std::fs::create_dir_all(&dir).unwrap();
         let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 99, 256 * 1024);
         let (path, manifest) = flashrack_testkit::image_from_bytes(&dir, &bytes, 256 * 1024);
-        SourceImage { path, manifest }
+        SourceImage::cached(path, manifest)
     }
 
     /// Waits until the snapshot satisfies `check`.

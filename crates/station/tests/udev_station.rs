@@ -65,7 +65,7 @@ async fn the_station_writes_sticks_that_real_udev_announces_and_does_not_rewrite
     let dir = tempfile::tempdir().unwrap();
     let bytes = flashrack_testkit::image_bytes((STICK_SIZE / 2) as usize + 4096, 21, 1 << 18);
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 1 << 20);
-    let image = SourceImage { path, manifest };
+    let image = SourceImage::cached(path, manifest);
 
     let names: BTreeSet<String> = sticks.iter().map(|s| s.name.clone()).collect();
     let source = UdevSource::with_filter(move |d| names.contains(&d.kernel_name));
@@ -271,7 +271,7 @@ async fn a_stick_whose_name_went_to_another_disk_before_the_open_is_not_written(
     let dir = tempfile::tempdir().unwrap();
     let bytes = flashrack_testkit::image_bytes(1 << 20, 22, 1 << 18);
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 1 << 20);
-    let image = SourceImage { path, manifest };
+    let image = SourceImage::cached(path, manifest);
     let other = dir.path().join("another-stick.img");
     std::fs::File::create(&other)
         .and_then(|f| f.set_len(STICK_SIZE))

@@ -257,6 +257,7 @@ pub async fn arm(
             image: SourceImage {
                 path: image.path.clone(),
                 manifest: image.manifest.clone(),
+                referenced: image.meta.reference.is_some(),
             },
             image_name: image.meta.original_name.clone(),
             options,

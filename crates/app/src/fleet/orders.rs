@@ -335,6 +335,7 @@ impl Follower {
             image: SourceImage {
                 path: image.path.clone(),
                 manifest: image.manifest.clone(),
+                referenced: image.meta.reference.is_some(),
             },
             image_name: order.image_name.clone(),
             options,

@@ -18,5 +18,5 @@ pub fn make_image(dir: &Path, size: usize, seed: u64) -> (SourceImage, Vec<u8>) 
 /// Stores `bytes` as an image under `dir` with its manifest.
 pub fn image_from_bytes(dir: &Path, bytes: &[u8]) -> SourceImage {
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir, bytes, CHUNK);
-    SourceImage { path, manifest }
+    SourceImage::cached(path, manifest)
 }
