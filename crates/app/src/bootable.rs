@@ -9,15 +9,14 @@
 //! and remembered: building the same ISO again answers the cached layout.
 //!
 //! Built with Debian's tools, run as programs: `xorriso` (extracts the ISO's
-//! ISO 9660 / Joliet / Rock Ridge tree), `sfdisk` (the GPT), `mkfs.vfat`
-//! (FAT32, `--invariant`), `mcopy` from mtools (copies into the image file at
-//! the partition's offset, without mounting) and `wimlib-imagex` (wimtools).
-//! A missing program is an error that names its package.
-//!
-//! Not done: ISOs whose files are in their UDF tree only (Windows ISOs from
-//! Microsoft keep a README on their ISO 9660 side): xorriso does not read
-//! UDF, and such an ISO is refused with that reason rather than built
-//! without its installer.
+//! ISO 9660 / Joliet / Rock Ridge tree when it has no UDF tree), `sfdisk`
+//! (the GPT), `mkfs.vfat` (FAT32, `--invariant`), `mcopy` from mtools (copies
+//! into the image file at the partition's offset, without mounting) and
+//! `wimlib-imagex` (wimtools). A missing program is an error that names its
+//! package. An ISO with a UDF tree (every Windows ISO: Microsoft's keep only
+//! a README on their ISO 9660 side) is copied out of that tree with
+//! flashrack's own UDF reader (`flashrack_inspect::udf_tree`), which nothing
+//! in Debian offers in user space.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -68,9 +67,14 @@ pub enum BuildError {
     /// The ISO has no UEFI loader at the removable-media path.
     #[error("image {0} has no UEFI loader at EFI/BOOT/BOOTX64.EFI (or BOOTAA64.EFI): a FAT32 layout of its files would not boot")]
     NoUefiLoader(String),
-    /// The installer files are in the UDF tree only.
-    #[error("image {0} keeps its installer files in its UDF tree only, which this build cannot extract yet (xorriso reads ISO 9660, Joliet and Rock Ridge)")]
-    UdfOnly(String),
+    /// The ISO's UDF tree cannot be read.
+    #[error("the UDF tree of image {name} cannot be read: {why}")]
+    Udf {
+        /// The image.
+        name: String,
+        /// Why.
+        why: String,
+    },
     /// A file too large for FAT32 that cannot be split.
     #[error("{path} is {size} bytes, more than FAT32 holds ({max} bytes), and only a Windows image (install.wim) can be split")]
     TooLarge {
@@ -214,24 +218,30 @@ pub fn build_bootable(
         .tempdir_in(&parent)
         .map_err(io("create a directory in", &parent))?;
     let tree = work.path().join("tree");
-    tool(
-        "xorriso",
-        &[
-            "-osirrox".as_ref(),
-            "on".as_ref(),
-            // Joliet's mixed-case long names where there is no Rock Ridge.
-            "-joliet".as_ref(),
-            "on".as_ref(),
-            "-indev".as_ref(),
-            iso.path.as_os_str(),
-            "-extract".as_ref(),
-            "/".as_ref(),
-            tree.as_os_str(),
-        ],
-        None,
-    )?;
-    // xorriso keeps the ISO's read-only modes: the build changes the tree.
-    make_writable(&tree)?;
+    if iso_info.udf {
+        // The UDF tree is the whole one where there is one (Windows ISOs
+        // keep their files there only, the ISO 9660 side holds a README).
+        extract_udf(&iso.path, &name, &tree)?;
+    } else {
+        tool(
+            "xorriso",
+            &[
+                "-osirrox".as_ref(),
+                "on".as_ref(),
+                // Joliet's mixed-case long names where there is no Rock Ridge.
+                "-joliet".as_ref(),
+                "on".as_ref(),
+                "-indev".as_ref(),
+                iso.path.as_os_str(),
+                "-extract".as_ref(),
+                "/".as_ref(),
+                tree.as_os_str(),
+            ],
+            None,
+        )?;
+        // xorriso keeps the ISO's read-only modes: the build changes the tree.
+        make_writable(&tree)?;
+    }
     let files = walk(&tree)?;
     let find = |want: &str| {
         files
@@ -239,16 +249,6 @@ pub fn build_bootable(
             .find(|(rel, _)| rel.eq_ignore_ascii_case(want))
             .cloned()
     };
-    let has_installer = [
-        "sources/install.wim",
-        "sources/install.esd",
-        "sources/install.swm",
-    ]
-    .iter()
-    .any(|f| find(f).is_some());
-    if iso_info.windows_installer && !has_installer {
-        return Err(BuildError::UdfOnly(name).into());
-    }
     if find("efi/boot/bootx64.efi").is_none() && find("efi/boot/bootaa64.efi").is_none() {
         return Err(BuildError::NoUefiLoader(name).into());
     }
@@ -435,6 +435,66 @@ fn walk(root: &Path) -> Result<Vec<(String, u64)>, BuildError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The most files and directories copied out of a UDF tree (a Windows ISO
+/// holds about a thousand).
+const MAX_UDF_ENTRIES: usize = 200_000;
+
+/// Copies the UDF tree of the ISO at `iso` into `tree`, with flashrack's own
+/// UDF reader (`flashrack_inspect::udf_tree`: no program reads UDF in user
+/// space here).
+fn extract_udf(iso: &Path, name: &str, tree: &Path) -> Result<(), BuildError> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let image = fs::File::open(iso).map_err(io("open", iso))?;
+    let entries =
+        flashrack_inspect::udf_tree(&image, MAX_UDF_ENTRIES).map_err(|why| BuildError::Udf {
+            name: name.to_string(),
+            why,
+        })?;
+    fs::create_dir_all(tree).map_err(io("create", tree))?;
+    let mut buf = vec![0u8; 1 << 20];
+    for entry in entries {
+        // Names with `/`, `.` or `..` are not taken from the tree: a path
+        // stays below `tree`.
+        let path = tree.join(&entry.path);
+        if entry.dir {
+            fs::create_dir_all(&path).map_err(io("create", &path))?;
+            continue;
+        }
+        let mut out =
+            std::io::BufWriter::new(fs::File::create(&path).map_err(io("create", &path))?);
+        for piece in &entry.pieces {
+            match piece {
+                flashrack_inspect::Piece::Embedded(bytes) => {
+                    out.write_all(bytes).map_err(io("write", &path))?
+                }
+                flashrack_inspect::Piece::Zeros(len) => {
+                    buf.fill(0);
+                    let mut left = *len;
+                    while left > 0 {
+                        let n = left.min(buf.len() as u64) as usize;
+                        out.write_all(&buf[..n]).map_err(io("write", &path))?;
+                        left -= n as u64;
+                    }
+                }
+                flashrack_inspect::Piece::At { offset, len } => {
+                    let mut done = 0;
+                    while done < *len {
+                        let n = (*len - done).min(buf.len() as u64) as usize;
+                        image
+                            .read_exact_at(&mut buf[..n], offset + done)
+                            .map_err(io("read", iso))?;
+                        out.write_all(&buf[..n]).map_err(io("write", &path))?;
+                        done += n as u64;
+                    }
+                }
+            }
+        }
+        out.flush().map_err(io("write", &path))?;
+    }
+    Ok(())
 }
 
 fn make_writable(root: &Path) -> Result<(), BuildError> {

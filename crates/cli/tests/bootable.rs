@@ -258,3 +258,93 @@ fn a_hybrid_iso_a_disk_image_and_an_iso_without_a_uefi_loader_are_not_laid_out()
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Windows ISOs keep their files in UDF only (the ISO 9660 side holds a
+/// README): the layout is copied out of the UDF tree, and the WIM in it
+/// applies back to the captured files.
+#[test]
+fn an_installer_whose_files_are_in_udf_only_is_laid_out_from_its_udf_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let content = dir.path().join("wim-content");
+    fs::create_dir(&content).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..4 {
+        let bytes: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(content.join(format!("part{i}.bin")), bytes).unwrap();
+    }
+    let loader = b"MZ another stand-in loader";
+    let iso = dir.path().join("scans.bin");
+    flashrack_testkit::iso::udf_installer_iso(&iso, loader, &content);
+
+    let built = ok(flashrack(
+        &data,
+        &[
+            "image",
+            "build-bootable",
+            iso.to_str().unwrap(),
+            "--name",
+            "win-usb.img",
+            "--json",
+        ],
+    ));
+    let built: serde_json::Value = serde_json::from_str(&built).unwrap();
+    assert_eq!(built["split"], serde_json::json!([]), "{built}");
+    assert_eq!(
+        built["inspection"]["table"]["partitions"][0]["filesystem"]["label"],
+        "CCCOMA_X64F"
+    );
+    let sha = built["sha256"].as_str().unwrap().to_string();
+    let stick = dir.path().join("stick.img");
+    let flashed = flashrack(&data, &["flash", &sha, stick.to_str().unwrap(), "--quiet"]);
+    assert_eq!(flashed.status.code(), Some(0), "{}", text(&flashed.stderr));
+    let image = format!("{}@@1048576", stick.display());
+    let listed = mtools("mdir", &["-/", "-b", "-i", &image, "::/"]);
+    for file in [
+        "::/README.TXT",
+        "::/setup.exe",
+        "::/efi/boot/bootx64.efi",
+        "::/sources/install.wim",
+    ] {
+        assert!(listed.lines().any(|l| l == file), "{file} in:\n{listed}");
+    }
+    assert_eq!(
+        mtools("mtype", &["-i", &image, "::/efi/boot/bootx64.efi"]).as_bytes(),
+        loader
+    );
+    let out = dir.path().join("install.wim");
+    mtools(
+        "mcopy",
+        &[
+            "-i",
+            &image,
+            "::/sources/install.wim",
+            out.to_str().unwrap(),
+        ],
+    );
+    let applied = dir.path().join("applied");
+    let status = Command::new("wimlib-imagex")
+        .arg("apply")
+        .arg(&out)
+        .arg("1")
+        .arg(&applied)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for i in 0..4 {
+        let name = format!("part{i}.bin");
+        assert_eq!(
+            fs::read(applied.join(&name)).unwrap(),
+            fs::read(content.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+}

@@ -17,6 +17,8 @@
 //!   bitmaps) and FAT (the table) file systems, for a sparse write;
 //! - [`bmap`]: block maps in bmaptool's XML format (1.x, 2.x), their own
 //!   checksum and their ranges' checksums against an image;
+//! - [`udf_tree`]: every file of a UDF tree and where its bytes are, for
+//!   copying an ISO's files out (the bootable layout);
 //! - `read`: [`ReadAt`], the only way bytes come in (a slice in tests, a file
 //!   in the cache);
 //! - private: `table` (MBR and GPT, CRCs checked, logical partitions in an
@@ -47,10 +49,18 @@ mod table;
 mod udf;
 
 pub use model::{
-    Boot, FileSystem, FsKind, ImageInfo, IsoInfo, OsGuess, Partition, PartitionTable,
-    RawWriteRefusal, TableKind, INSPECTION_VERSION,
+    Boot, FileSystem, FsKind, ImageInfo, IsoInfo, OsGuess, Partition, PartitionTable, Piece,
+    RawWriteRefusal, TableKind, TreeEntry, INSPECTION_VERSION,
 };
 pub use read::ReadAt;
+
+/// Every file and directory of an image's UDF tree, with where each file's
+/// bytes are, for copying them out (Windows ISOs keep their files in UDF
+/// only). At most `max_entries`; an error in words when the UDF volume or a
+/// part of its tree cannot be read (see the `udf` module for what is read).
+pub fn udf_tree(image: &dyn ReadAt, max_entries: usize) -> Result<Vec<TreeEntry>, String> {
+    udf::Volume::open(image)?.walk(max_entries)
+}
 
 /// Inspects an image: its partition table, file systems, ISO structure and OS.
 ///

@@ -220,7 +220,7 @@ impl ImageInfo {
         if iso.windows_installer {
             return Some(RawWriteRefusal {
                 reason: "this is a Windows installer ISO (it holds sources/install.wim or install.esd) without a partition table: written raw, the stick will not boot".into(),
-                advice: "build a bootable USB layout from it (GPT with a FAT32 partition holding the ISO's files) with a tool made for it, or force a raw run if a byte-for-byte copy is really wanted".into(),
+                advice: "build a bootable USB layout from it (GPT with a FAT32 partition holding the ISO's files: flashrack image build-bootable), or force a raw run if a byte-for-byte copy is really wanted".into(),
             });
         }
         if !iso.el_torito.is_empty() {
@@ -396,4 +396,34 @@ fn fs_words(fs: &FileSystem) -> String {
         words.push_str(&format!(" with {os}"));
     }
     words
+}
+
+/// A file or directory of an optical disc's tree, and where a file's bytes
+/// are in the image ([`udf_tree`](crate::udf_tree)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Its path from the root, `/`-separated, as recorded (case kept).
+    pub path: String,
+    /// Whether it is a directory.
+    pub dir: bool,
+    /// A file's size in bytes (0 for a directory).
+    pub size: u64,
+    /// A file's bytes, in order.
+    pub pieces: Vec<Piece>,
+}
+
+/// A run of a file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Bytes kept in the file's own entry (small files).
+    Embedded(Vec<u8>),
+    /// `len` bytes at `offset` of the image.
+    At {
+        /// Where, in the image.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+    /// `len` bytes of zeros (an extent allocated but not recorded).
+    Zeros(u64),
 }

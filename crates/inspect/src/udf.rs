@@ -14,6 +14,7 @@
 //! (Windows ISOs use 1.02, `mkudffs` 2.01 by default): such a volume's files
 //! are not looked up, and its problem says so.
 
+use crate::model::Piece;
 use crate::read::{bytes, le16, le32, le64, ReadAt};
 
 /// The most descriptors of the volume descriptor sequence read.
@@ -161,39 +162,28 @@ impl<'a> Volume<'a> {
 
     fn find_in(&self, dir: &Node, want: &str) -> Option<Node> {
         let data = self.contents(dir.icb, MAX_READ)?;
-        let mut at = 0;
-        while at + 38 <= data.len() {
-            let d = &data[at..];
-            if le16(d, 0) != 257 {
-                return None;
-            }
-            let characteristics = d[18];
-            let name_len = usize::from(d[19]);
-            let icb = long_ad(&d[20..36]);
-            let use_len = usize::from(le16(d, 36));
-            let name_at = 38 + use_len;
-            let total = (name_at + name_len + 3) & !3;
-            if total > d.len() {
-                return None;
-            }
-            let deleted = characteristics & 0x04 != 0;
-            let parent = characteristics & 0x08 != 0;
-            if !deleted && !parent && name_len > 0 {
-                let name = dchars(&d[name_at..name_at + name_len]);
-                if name.eq_ignore_ascii_case(want) {
-                    return Some(Node {
-                        icb,
-                        dir: characteristics & 0x02 != 0,
-                    });
-                }
-            }
-            at += total;
-        }
-        None
+        fids(&data)
+            .into_iter()
+            .find(|(name, _, _)| name.eq_ignore_ascii_case(want))
+            .map(|(_, icb, dir)| Node { icb, dir })
     }
 
     /// The content of the file whose (extended) file entry is at `icb`.
     fn contents(&self, icb: Icb, max: u64) -> Option<Vec<u8>> {
+        let (_, pieces) = self.pieces(icb, max)?;
+        let mut out = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Embedded(b) => out.extend(b),
+                Piece::At { offset, len } => out.extend(bytes(self.image, offset, len as usize)?),
+                Piece::Zeros(len) => out.resize(out.len() + len as usize, 0),
+            }
+        }
+        Some(out)
+    }
+
+    /// Where the first `max` bytes of the file at `icb` are, and its size.
+    fn pieces(&self, icb: Icb, max: u64) -> Option<(u64, Vec<Piece>)> {
         let block = self.absolute(icb)?;
         let entry = bytes(self.image, block * self.block, self.block as usize)?;
         let (info_len, ea_len, ad_len, ad_at) = match le16(&entry, 0) {
@@ -214,14 +204,15 @@ impl<'a> Volume<'a> {
         let ads = entry.get(ad_at + ea_len..ad_at + ea_len + ad_len)?;
         let want = info_len.min(max);
         let flags = le16(&entry, 16 + 18);
-        let mut out = Vec::new();
+        let mut pieces = Vec::new();
+        let mut have = 0u64;
         match flags & 7 {
             // Embedded: the content is where the descriptors would be.
-            3 => out.extend_from_slice(ads.get(..want as usize)?),
+            3 => pieces.push(Piece::Embedded(ads.get(..want as usize)?.to_vec())),
             kind @ (0 | 1) => {
                 let step = if kind == 0 { 8 } else { 16 };
                 for ad in ads.chunks_exact(step).take(MAX_EXTENTS) {
-                    if out.len() as u64 >= want {
+                    if have >= want {
                         break;
                     }
                     let raw_len = le32(ad, 0);
@@ -237,19 +228,110 @@ impl<'a> Volume<'a> {
                     } else {
                         long_ad(ad)
                     };
-                    let take = u64::from(len).min(want - out.len() as u64) as usize;
+                    let take = u64::from(len).min(want - have);
                     match extent_type {
-                        // Recorded, or allocated and not recorded (zeros).
-                        0 => out.extend(bytes(self.image, self.absolute(at)? * self.block, take)?),
-                        1 => out.resize(out.len() + take, 0),
+                        0 => pieces.push(Piece::At {
+                            offset: self.absolute(at)?.checked_mul(self.block)?,
+                            len: take,
+                        }),
+                        // Allocated and not recorded, or not allocated: zeros.
+                        1 | 2 => pieces.push(Piece::Zeros(take)),
                         _ => return None, // a continuation of descriptors: not followed
                     }
+                    have += take;
+                }
+                if have < want {
+                    return None; // descriptors that end before the file does
                 }
             }
             _ => return None,
         }
-        Some(out)
+        Some((info_len, pieces))
     }
+
+    /// Every file and directory of the tree, depth first, with where each
+    /// file's bytes are: for copying a volume's files out (the bootable
+    /// layout). A directory that cannot be read, a file whose descriptors
+    /// are not understood (continuations, a strategy other than 4) or a tree
+    /// past `max_entries` entries is an error naming the path.
+    pub(crate) fn walk(&self, max_entries: usize) -> Result<Vec<crate::model::TreeEntry>, String> {
+        let mut out = Vec::new();
+        let mut pending = vec![(String::new(), self.root, 0u32)];
+        let mut seen = std::collections::HashSet::new();
+        while let Some((path, icb, depth)) = pending.pop() {
+            if depth > 64 || !seen.insert((icb.partition, icb.block)) {
+                return Err(format!(
+                    "the directory {path:?} loops back or nests too deep"
+                ));
+            }
+            let data = self
+                .contents(icb, MAX_READ)
+                .ok_or_else(|| format!("the directory {path:?} cannot be read"))?;
+            for (name, child, dir) in fids(&data) {
+                let child_path = if path.is_empty() {
+                    name
+                } else {
+                    format!("{path}/{name}")
+                };
+                if out.len() >= max_entries {
+                    return Err(format!("more than {max_entries} files and directories"));
+                }
+                if dir {
+                    out.push(crate::model::TreeEntry {
+                        path: child_path.clone(),
+                        dir: true,
+                        size: 0,
+                        pieces: Vec::new(),
+                    });
+                    pending.push((child_path, child, depth + 1));
+                } else {
+                    let (size, pieces) = self
+                        .pieces(child, u64::MAX)
+                        .ok_or_else(|| format!("the file {child_path:?} cannot be located"))?;
+                    out.push(crate::model::TreeEntry {
+                        path: child_path,
+                        dir: false,
+                        size,
+                        pieces,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The live entries of a directory's file identifier descriptors: name,
+/// where its entry is, whether it is a directory.
+fn fids(data: &[u8]) -> Vec<(String, Icb, bool)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 38 <= data.len() {
+        let d = &data[at..];
+        if le16(d, 0) != 257 {
+            break;
+        }
+        let characteristics = d[18];
+        let name_len = usize::from(d[19]);
+        let icb = long_ad(&d[20..36]);
+        let use_len = usize::from(le16(d, 36));
+        let name_at = 38 + use_len;
+        let total = (name_at + name_len + 3) & !3;
+        if total > d.len() {
+            break;
+        }
+        let deleted = characteristics & 0x04 != 0;
+        let parent = characteristics & 0x08 != 0;
+        if !deleted && !parent && name_len > 0 {
+            let name = dchars(&d[name_at..name_at + name_len]);
+            // A name that would leave its directory is not a name.
+            if !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']) {
+                out.push((name, icb, characteristics & 0x02 != 0));
+            }
+        }
+        at += total;
+    }
+    out
 }
 
 /// Whether `d` starts with a descriptor tag of `id` whose checksum holds and

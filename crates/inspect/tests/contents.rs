@@ -497,3 +497,67 @@ fn os_release_is_read_from_a_block_mapped_ext2_with_a_large_directory() {
     assert_eq!(info.filesystem.as_ref().unwrap().os_release, None);
     assert_eq!(info.os, None);
 }
+
+/// The whole UDF tree, with every file's bytes where `udf_tree` says they
+/// are: what a bootable layout is copied from.
+#[test]
+fn the_udf_tree_lists_every_file_with_the_pieces_that_make_its_bytes() {
+    use flashrack_inspect::{udf_tree, Piece};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    write_tree(
+        &root,
+        &[
+            ("README.TXT", b"readme\r\n"),
+            ("sources/install.wim", &big),
+            ("efi/boot/bootx64.efi", b"MZ loader"),
+            ("empty.txt", b""),
+        ],
+    );
+    let iso = dir.path().join("x");
+    run(Command::new("genisoimage")
+        .args(["-quiet", "-udf", "-V", "T", "-hide", "sources"])
+        .arg("-o")
+        .arg(&iso)
+        .arg(&root));
+    let image = fs::read(&iso).unwrap();
+    let tree = udf_tree(&image, 1000).unwrap();
+    let mut paths: Vec<(&str, bool)> = tree.iter().map(|e| (e.path.as_str(), e.dir)).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec![
+            ("README.TXT", false),
+            ("efi", true),
+            ("efi/boot", true),
+            ("efi/boot/bootx64.efi", false),
+            ("empty.txt", false),
+            ("sources", true),
+            ("sources/install.wim", false),
+        ]
+    );
+    for entry in tree.iter().filter(|e| !e.dir) {
+        let mut bytes = Vec::new();
+        for piece in &entry.pieces {
+            match piece {
+                Piece::Embedded(b) => bytes.extend_from_slice(b),
+                Piece::At { offset, len } => {
+                    bytes.extend_from_slice(&image[*offset as usize..(*offset + *len) as usize])
+                }
+                Piece::Zeros(len) => bytes.resize(bytes.len() + *len as usize, 0),
+            }
+        }
+        assert_eq!(bytes.len() as u64, entry.size, "{}", entry.path);
+        assert_eq!(
+            bytes,
+            fs::read(root.join(&entry.path)).unwrap(),
+            "{}",
+            entry.path
+        );
+    }
+    // Too many entries for the bound: an error, not a partial list.
+    assert!(udf_tree(&image, 3).unwrap_err().contains("more than 3"));
+    // No UDF at all: said.
+    assert!(udf_tree(&vec![0u8; 1 << 20], 10).is_err());
+}

@@ -140,3 +140,36 @@ pub fn uefi_installer_iso(out: &Path, loader: &[u8], wim_content: &Path) {
         ],
     );
 }
+
+/// [`uefi_installer_iso`] laid out as Microsoft lays Windows ISOs out: every
+/// file in the UDF tree, the ISO 9660 side holding only a `README.TXT`
+/// (Debian's genisoimage, `-udf`, the rest hidden from ISO 9660).
+pub fn udf_installer_iso(out: &Path, loader: &[u8], wim_content: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("tree");
+    fs::create_dir_all(root.join("sources")).unwrap();
+    fs::create_dir_all(root.join("efi/boot")).unwrap();
+    fs::write(root.join("efi/boot/bootx64.efi"), loader).unwrap();
+    fs::write(root.join("setup.exe"), b"MZ a stand-in").unwrap();
+    fs::write(
+        root.join("README.TXT"),
+        b"This disc contains a \"UDF\" file system.\r\n",
+    )
+    .unwrap();
+    run(
+        "wimlib-imagex",
+        &[
+            "capture",
+            wim_content.to_str().unwrap(),
+            root.join("sources/install.wim").to_str().unwrap(),
+            "Test install image",
+        ],
+    );
+    // No Joliet: genisoimage's UDF tree leaves out what Joliet hides.
+    let mut args = vec!["-quiet", "-udf", "-V", "CCCOMA_X64FRE"];
+    for hidden in ["sources", "efi", "setup.exe"] {
+        args.extend(["-hide", hidden]);
+    }
+    args.extend(["-o", out.to_str().unwrap(), root.to_str().unwrap()]);
+    run("genisoimage", &args);
+}
