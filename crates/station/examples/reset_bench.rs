@@ -98,7 +98,14 @@ async fn round(sticks: usize, image_mib: u64, reset: bool) -> Vec<(f64, bool)> {
                 }
             }
         }
-        watch.changed().await.expect("the station runs");
+        // A bound on a hang, never a synchronization: a round that shows no
+        // change for a minute is stuck, and says where.
+        if tokio::time::timeout(Duration::from_secs(60), watch.changed())
+            .await
+            .is_err()
+        {
+            panic!("no change for 60 s: {:#?}", handle.snapshot().ports);
+        }
     }
     let _ = stop_tx.send(());
     let _ = task.await;
