@@ -181,6 +181,22 @@ pub async fn flash(
     policy
         .allowed_buses
         .extend(request.allow_buses.iter().map(|b| b.to_ascii_lowercase()));
+    // A raw image referenced in place is read from the operator's file for
+    // the whole run: that file is never a target.
+    if let Some(reference) = &image.meta.reference {
+        use std::os::unix::fs::MetadataExt;
+        let key = |meta: &std::fs::Metadata| (meta.dev(), meta.ino());
+        if let Ok(image_file) = std::fs::metadata(reference.path()) {
+            for spec in &request.targets {
+                if std::fs::metadata(spec).is_ok_and(|m| m.is_file() && key(&m) == key(&image_file))
+                {
+                    return Err(
+                        crate::targets::TargetsError::IsTheImage { spec: spec.clone() }.into(),
+                    );
+                }
+            }
+        }
+    }
     let targets = parse_targets(
         &request.targets,
         manifest.size(),

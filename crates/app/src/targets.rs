@@ -118,6 +118,15 @@ pub enum TargetsError {
         /// The data directory.
         data_dir: PathBuf,
     },
+    /// The image's own file, which the cache references in place (it is
+    /// read while the targets are written).
+    #[error(
+        "{spec} is the image's own file (the cache reads the image from it): refusing to write it"
+    )]
+    IsTheImage {
+        /// The target as given.
+        spec: String,
+    },
     /// A file of the data directory.
     #[error(
         "{spec} is inside the data directory {} (flashrack's records and image \

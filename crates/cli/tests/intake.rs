@@ -222,3 +222,40 @@ fn serve_refuses_a_configuration_that_is_no_file_or_too_large_at_once() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("larger than"), "{}", stderr(&out));
 }
+
+#[test]
+fn flash_refuses_to_write_the_file_its_image_is_read_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![7u8; 1 << 20]).unwrap();
+    // Referenced in place only once its last change is settled (100 ms).
+    loop {
+        let meta = std::fs::metadata(&image).unwrap();
+        let ctime = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        match SystemTime::now().duration_since(ctime) {
+            Ok(age) if age > Duration::from_millis(150) => break,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let path = image.to_str().unwrap();
+    let out = flashrack(&data, &["image", "import", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kept in place, not copied"),
+        "{}",
+        stderr(&out)
+    );
+    let before = std::fs::metadata(&image).unwrap();
+    let out = flashrack(&data, &["flash", path, path, "--quiet"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is the image's own file"),
+        "{}",
+        stderr(&out)
+    );
+    // Not touched: still the image.
+    let after = std::fs::metadata(&image).unwrap();
+    assert_eq!(after.ctime_nsec(), before.ctime_nsec());
+    assert_eq!(cached_images(&data), 1);
+}
