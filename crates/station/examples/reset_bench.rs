@@ -98,6 +98,9 @@ async fn round(sticks: usize, image_mib: u64, reset: bool) -> Vec<(f64, bool)> {
                 }
             }
         }
+        if finished.iter().all(Option::is_some) {
+            break;
+        }
         // A bound on a hang, never a synchronization: a round that shows no
         // change for a minute is stuck, and says where.
         if tokio::time::timeout(Duration::from_secs(60), watch.changed())
