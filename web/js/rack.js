@@ -147,6 +147,10 @@ export function buildTile(port) {
     el('span', { class: 'tile-label', text: port.label }),
     el('span', { class: 'tile-state', text: stateLabel(port) })),
   port.mapped === false ? el('p', { class: 'tag', text: 'unmapped port', title: port.port_path || '' }) : null,
+  // A sparse run writes and checks only the image's block map: said on every
+  // busy port, and in the pass itself.
+  busy && model.run && model.run.options && model.run.options.sparse
+    ? el('p', { class: 'tag tag-sparse', text: 'sparse', title: 'only the block map\'s ranges are written and read back' }) : null,
   deviceBlock(port),
   // A stale view claims no progress: the stick may be done, or gone.
   busy && !model.stale ? progressBlock(port) : null,
@@ -235,6 +239,10 @@ export function passText(f) {
   const method = f && f.verify_method;
   if (!f) return 'written and verified';
   if (!method || method === 'none') return 'written, not verified';
+  // A sparse pass proves the mapped ranges only: never shown as a plain pass.
+  if (f.bytes_skipped > 0) {
+    return `sparse: ${fmtBytes(f.bytes_verified)} verified (${method}${f.verified_after_reset ? ', after reset' : ''}), ${fmtBytes(f.bytes_skipped)} not written nor checked`;
+  }
   // A read-back after a reset of the stick is the stronger proof: no cache
   // inside the stick could have answered it (DESIGN.md, "Proof beyond the host").
   return f.verified_after_reset ? `verified (${method}, after reset)` : `verified (${method})`;

@@ -42,7 +42,7 @@ export function runDetails(run) {
       ` · ${fmtBytes(run.image_size)} · `,
       el('code', { text: shortSha(run.image_sha256), title: run.image_sha256 || '' }),
       ` · run #${run.id}`),
-    el('p', { class: 'muted', text: `verify: ${o.verify || '?'} · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
+    el('p', { class: 'muted', text: `verify: ${o.verify || '?'}${o.sparse ? ' · sparse (block map only)' : ''} · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
       + ` · target: ${o.target_count == null ? 'no limit' : o.target_count}` }),
     el('p', { class: 'run-who muted', text: `operator: ${o.operator || 'not given'} · lot: ${o.lot || 'not given'}` }),
     // The same counts as the records (reports, runs list, /metrics):
@@ -121,6 +121,7 @@ export async function armRun(event) {
     image,
     verify: $('arm-verify').value,
     eject_on_pass: $('arm-eject').checked,
+    sparse: $('arm-sparse').checked,
     target_count: target ? Number(target) : null,
     ...labels,
   };

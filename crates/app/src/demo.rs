@@ -250,6 +250,7 @@ async fn arm(station: &StationHandle, image: SourceImage, image_name: String) ->
         image,
         image_name,
         options: RunOptions::default(),
+        sparse: None,
     };
     match station.arm(request).await {
         Ok(_) => true,

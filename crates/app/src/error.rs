@@ -104,6 +104,24 @@ pub enum AppError {
     /// A bootable layout could not be built from an ISO.
     #[error(transparent)]
     Bootable(Box<crate::bootable::BuildError>),
+    /// A block map given for an image was refused (unreadable, malformed,
+    /// or it does not describe the image).
+    #[error("cannot use the block map {}", path.display())]
+    Bmap {
+        /// The bmap file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<flashrack_image::ImageError>,
+    },
+    /// A sparse run of an image that has no block map.
+    #[error("image {name} has no block map, so it can only be written whole (without --sparse): {reason}")]
+    NoBlockMap {
+        /// The image's name.
+        name: String,
+        /// Why none could be made.
+        reason: String,
+    },
     /// Anything else the image cache refused (listing, removal).
     #[error(transparent)]
     Image(Box<flashrack_image::ImageError>),

@@ -70,6 +70,11 @@ pub struct FlashRequest {
     /// Write the image raw even though inspection says the sticks would not
     /// boot (a non-hybrid installer ISO); recorded in the run's options.
     pub force_raw: bool,
+    /// A sparse run: only the image's block map's ranges are written and read
+    /// back (the rest of each stick is left as it was, unchecked); recorded in
+    /// the run's options. The image must have a map (or one must be
+    /// generated from its file systems).
+    pub sparse: bool,
 }
 
 /// A signal that stops a flash.
@@ -171,6 +176,12 @@ pub async fn flash(
             refusal,
         });
     }
+    let sparse = match request.sparse {
+        true => Some(Arc::new(
+            crate::images::sparse_map(&open_cache(data_dir)?, &image)?.ranges,
+        )),
+        false => None,
+    };
     let manifest = image.manifest.clone();
     let mut policy = GuardPolicy {
         max_size_bytes: request.max_size.bytes(),
@@ -212,6 +223,7 @@ pub async fn flash(
         verify: request.verify,
         stall_timeout,
         probe_capacity: request.probe_capacity,
+        sparse,
         ..EngineOptions::default()
     };
     let source = SourceImage {
@@ -235,6 +247,7 @@ pub async fn flash(
                 eject_on_pass: false,
                 target_count: None,
                 force_raw: request.force_raw,
+                sparse: request.sparse,
                 ..RunOptions::default()
             },
         })

@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use flashrack_core::{ByteSize, Sha256Digest};
-use flashrack_image::{CachedImage, ImageCache, ImportOptions, ImportOutcome};
+use flashrack_image::{CachedImage, ImageCache, ImageError, ImportOptions, ImportOutcome};
 
 use crate::AppError;
+
+pub use flashrack_image::{MapOrigin, StoredMap};
 
 /// The cache's directory in a data directory.
 pub fn cache_dir(data_dir: &Path) -> PathBuf {
@@ -107,4 +109,145 @@ pub fn remove(cache: &ImageCache, query: &str) -> Result<Sha256Digest, AppError>
     let found = cache.find(query)?;
     cache.remove(&found.sha256())?;
     Ok(found.sha256())
+}
+
+/// What became of an image's block map at its import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapNote {
+    /// The bmap file given or found beside the image was checked and kept.
+    Attached(StoredMap),
+    /// A bmap file found beside the image does not describe it: refused (the
+    /// image has no map unless it had one before).
+    Refused {
+        /// The bmap file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The image already had a map, which it keeps.
+    Kept(StoredMap),
+    /// Generated from the image's file systems' allocation.
+    Generated(StoredMap),
+    /// None could be generated: the image can only be written whole.
+    None {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl MapNote {
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        match self {
+            MapNote::Attached(map) | MapNote::Kept(map) | MapNote::Generated(map) => {
+                format!("block map: {}", map_words(map))
+            }
+            MapNote::Refused { file, reason } => format!(
+                "block map {} refused: {reason}; sparse runs need a map that matches the image",
+                file.display()
+            ),
+            MapNote::None { reason } => {
+                format!("no block map ({reason}); sparse runs are not possible")
+            }
+        }
+    }
+}
+
+/// A map in words with its sizes: "generated from ext4 …: 40.1 MB of 64 MB
+/// mapped (62.6 %)".
+pub fn map_words(map: &StoredMap) -> String {
+    let what = match &map.origin {
+        MapOrigin::Bmap { file, version, .. } => {
+            format!("bmap {version} ({file})")
+        }
+        MapOrigin::Generated { sources } => {
+            format!("generated from {}", sources.join("; "))
+        }
+    };
+    let size = map.ranges.image_size().max(1);
+    format!(
+        "{what}: {} of {} mapped ({:.1} %)",
+        ByteSize(map.ranges.mapped_bytes()),
+        ByteSize(map.ranges.image_size()),
+        map.ranges.mapped_bytes() as f64 * 100.0 / size as f64
+    )
+}
+
+/// The bmap file bmaptool's conventions put beside an image file:
+/// `IMAGE.bmap`, or the name with one extension after another replaced by
+/// `.bmap` (`disk.img.xz` → `disk.img.bmap`, `disk.bmap`).
+pub fn bmap_beside(file: &Path) -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from(format!("{}.bmap", file.display()))];
+    let mut stem = file.to_path_buf();
+    while stem.extension().is_some() {
+        stem = stem.with_extension("");
+        candidates.push(stem.with_extension("bmap"));
+    }
+    candidates.into_iter().find(|c| c.is_file())
+}
+
+/// Gives an imported image its block map: the bmap file `bmap` (refused
+/// with an error if it does not describe the image), else one found beside
+/// `file` (refused with a note), else the map it has, else one generated from
+/// its file systems' allocation.
+pub fn map_image(
+    cache: &ImageCache,
+    image: &CachedImage,
+    file: Option<&Path>,
+    bmap: Option<&Path>,
+) -> Result<MapNote, AppError> {
+    let attach = |path: &Path| -> Result<StoredMap, ImageError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ImageError::ReadInput {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        cache.attach_bmap(image, &name, &text)
+    };
+    if let Some(path) = bmap {
+        return attach(path)
+            .map(MapNote::Attached)
+            .map_err(|source| AppError::Bmap {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            });
+    }
+    if let Some(path) = file.and_then(bmap_beside) {
+        return Ok(match attach(&path) {
+            Ok(map) => MapNote::Attached(map),
+            Err(error) => MapNote::Refused {
+                file: path,
+                reason: error.to_string(),
+            },
+        });
+    }
+    if let Some(map) = cache.block_map(&image.sha256())? {
+        return Ok(MapNote::Kept(map));
+    }
+    match cache.generate_map(image) {
+        Ok(map) => Ok(MapNote::Generated(map)),
+        Err(ImageError::NoBlockMap { reason }) => Ok(MapNote::None {
+            reason: reason.to_string(),
+        }),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The map a sparse run of `image` writes by: the one kept, or one generated
+/// now (an image imported before maps existed); none is an error that says
+/// why.
+pub fn sparse_map(cache: &ImageCache, image: &CachedImage) -> Result<StoredMap, AppError> {
+    if let Some(map) = cache.block_map(&image.sha256())? {
+        return Ok(map);
+    }
+    cache.generate_map(image).map_err(|error| match error {
+        ImageError::NoBlockMap { reason } => AppError::NoBlockMap {
+            name: image.meta.original_name.clone(),
+            reason: reason.to_string(),
+        },
+        other => other.into(),
+    })
 }

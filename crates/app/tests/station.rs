@@ -60,6 +60,7 @@ async fn the_run_view_metrics_and_records_count_passes_failures_and_interruption
             },
             image_name: "test.img".into(),
             options: RunOptions::default(),
+            sparse: None,
         })
         .await
         .unwrap();
@@ -210,7 +211,7 @@ async fn verdicts_the_api_shows_are_the_ones_its_reports_give_in_every_format() 
         (200, "application/json")
     );
     let report = json.json();
-    assert_eq!(report["format"], "flashrack-report/4");
+    assert_eq!(report["format"], "flashrack-report/5");
     assert_eq!(report["kind"], "run");
     assert_eq!(counts(&report["run"]), counts(&run), "{report}");
     let rows = report["attempts"].as_array().unwrap();

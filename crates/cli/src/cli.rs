@@ -97,7 +97,7 @@ pub enum Command {
 pub enum ReportFormatArg {
     /// Comma-separated values, one row per attempt.
     Csv,
-    /// JSON (format "flashrack-report/4").
+    /// JSON (format "flashrack-report/5").
     Json,
     /// Printable HTML.
     Html,
@@ -304,6 +304,14 @@ pub enum ImageCommand {
         /// written.
         #[arg(long, default_value = "256G", value_name = "SIZE")]
         max_size: ByteSize,
+        /// A bmaptool block map of the image (XML format 1.x/2.x), checked
+        /// against it (its own checksum, the image's size, every range's
+        /// checksum) and kept with it for sparse runs; a map that does not
+        /// match is refused. Without it, FILE.bmap beside the image is used
+        /// if it matches, else a map is generated from the image's ext2/3/4
+        /// and FAT file systems where they can be read.
+        #[arg(long, value_name = "FILE")]
+        bmap: Option<PathBuf>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -461,6 +469,19 @@ pub struct FlashArgs {
     /// recorded in the run.
     #[arg(long)]
     pub force_raw: bool,
+    /// Sparse run: write only the ranges of the image's block map and read
+    /// back exactly those (the rest of each stick is left as it was and not
+    /// checked; the summary and the records say how much). The map is the
+    /// one given with --bmap, found beside the image (IMAGE.bmap), kept in
+    /// the cache, or generated from the image's ext2/3/4 and FAT file
+    /// systems.
+    #[arg(long)]
+    pub sparse: bool,
+    /// A bmaptool block map of the image (XML format 1.x/2.x), checked
+    /// against it (its own checksum, every range's) and kept with it in the
+    /// cache; a map that does not match is refused.
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
 }
 
 /// Runs the parsed command and returns the exit status.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flashrack_app::flash::{FlashOutcome, FlashRequest};
-use flashrack_app::images::{open_cache, resolve_image};
+use flashrack_app::images::{map_image, open_cache, resolve_image};
 use flashrack_core::Sha256Digest;
 use tokio::sync::mpsc;
 
@@ -29,6 +29,15 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
         errln!("importing {} …", args.image);
     }
     let image = resolve_image(&cache, &args.image, expected, args.max_size)?;
+    // A file just imported gets its block map (given, found beside it or
+    // generated); a cached image one given now.
+    let file = Some(Path::new(&args.image)).filter(|p| p.is_file());
+    if file.is_some() || args.bmap.is_some() {
+        let note = map_image(&cache, &image, file, args.bmap.as_deref())?;
+        if !args.quiet {
+            errln!("{}", note.summary());
+        }
+    }
     // From here on a signal stops the flash in order instead of killing it.
     let stops = crate::signals::stops()?;
     let request = FlashRequest {
@@ -39,6 +48,7 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
         stall_timeout: Duration::from_secs(args.stall_timeout),
         probe_capacity: !args.no_probe,
         force_raw: args.force_raw,
+        sparse: args.sparse,
     };
     let (view_tx, view_rx) = mpsc::unbounded_channel();
     let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));

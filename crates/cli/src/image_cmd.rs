@@ -10,7 +10,9 @@ use flashrack_app::bootable::{build_bootable, BuildRequest};
 use flashrack_app::downloads::{
     import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport, UrlProgress,
 };
-use flashrack_app::images::{import_in_place, open_cache, remove, resolve_image};
+use flashrack_app::images::{
+    import_in_place, map_image, open_cache, remove, resolve_image, MapNote,
+};
 use flashrack_core::{ByteSize, Sha256Digest};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -27,6 +29,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             signature,
             keyring,
             max_size,
+            bmap,
             json,
         } => {
             let expected = sha256
@@ -72,6 +75,8 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 }
             };
             let image = &outcome.image;
+            let from_file = Some(file.as_path()).filter(|_| url.is_none());
+            let map = map_image(&cache, image, from_file, bmap.as_deref())?;
             if json {
                 outln!(
                     "{}",
@@ -83,6 +88,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         "path": image.path,
                         "referenced": image.meta.reference.is_some(),
                         "provenance": image.meta.provenance,
+                        "block_map": map_json(&map),
                     })
                 )?;
             } else {
@@ -107,6 +113,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         reference.path().display()
                     );
                 }
+                errln!("{}", map.summary());
                 outln!("{}", image.sha256())?;
             }
         }
@@ -359,5 +366,27 @@ impl DownloadView {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// An import's block map as JSON: what became of it, and its coverage.
+fn map_json(note: &MapNote) -> serde_json::Value {
+    let map = |status: &str, map: &flashrack_app::images::StoredMap| {
+        serde_json::json!({
+            "status": status,
+            "origin": map.origin,
+            "mapped_bytes": map.ranges.mapped_bytes(),
+            "image_size": map.ranges.image_size(),
+            "ranges": map.ranges.ranges().len(),
+        })
+    };
+    match note {
+        MapNote::Attached(m) => map("attached", m),
+        MapNote::Kept(m) => map("kept", m),
+        MapNote::Generated(m) => map("generated", m),
+        MapNote::Refused { file, reason } => {
+            serde_json::json!({"status": "refused", "file": file, "reason": reason})
+        }
+        MapNote::None { reason } => serde_json::json!({"status": "none", "reason": reason}),
     }
 }

@@ -28,6 +28,13 @@ pub fn table(summary: &Summary) -> String {
             // The whole digest is in the JSON and the reports; here, whether
             // it is the image's, or the beginning of what was read instead.
             match r.figures.read_back_sha256 {
+                // A sparse read-back proves the map's ranges, not the image:
+                // how much of it, and how much was left unchecked.
+                None if r.figures.bytes_skipped > 0 => format!(
+                    "sparse: {} checked, {} skipped",
+                    ByteSize(r.figures.bytes_verified),
+                    ByteSize(r.figures.bytes_skipped)
+                ),
                 None => "-".to_string(),
                 Some(d) if d == summary.image_sha256 => "= image".to_string(),
                 Some(d) => d.short(),

@@ -480,7 +480,7 @@ pub struct AttemptFigures {
     /// Whether the read-back followed a reset of the target (a power cycle
     /// that drops any cache inside the stick), so that what was read is what
     /// its medium holds. Kept in the records (schema 8, `false` for attempts
-    /// recorded before it) and in the reports (`flashrack-report/4`).
+    /// recorded before it) and in the reports (from `flashrack-report/4` on).
     #[serde(default)]
     pub verified_after_reset: bool,
     /// Bytes of the image a sparse attempt neither wrote nor read back (outside

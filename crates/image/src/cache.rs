@@ -378,6 +378,7 @@ impl ImageCache {
                 suggestions: Vec::new(),
             });
         }
+        self.remove_map(digest);
         for path in [&entry, &image] {
             match fs::remove_file(path) {
                 Ok(()) => {}

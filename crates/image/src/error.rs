@@ -204,6 +204,22 @@ pub enum ImageError {
         /// What was looked for.
         query: String,
     },
+    /// A bmap file does not describe the image (or is not a bmap file): a
+    /// map that lies would make a sparse run skip data, so it is refused.
+    #[error("the block map {file} is refused: {source}")]
+    BmapRefused {
+        /// The bmap file's name.
+        file: String,
+        /// Why.
+        source: flashrack_inspect::bmap::BmapError,
+    },
+    /// No block map can be generated for the image (no file system flashrack
+    /// reads, an ISO, a damaged file system): it can only be written whole.
+    #[error("no block map: {reason}")]
+    NoBlockMap {
+        /// Why.
+        reason: flashrack_inspect::alloc::AllocError,
+    },
 }
 
 /// What a path that is not a regular file is.

@@ -17,6 +17,10 @@
 //! <dir>/images/<sha256>.json   {"manifest": ImageManifest, "import": ImportMeta}
 //!                              (no .img when ImportMeta::reference names the
 //!                              file the image is referenced in)
+//! <dir>/images/<sha256>.bmap.json
+//!                              its block map, if it has one (StoredMap): from a
+//!                              checked bmaptool file, or generated from its file
+//!                              systems' allocation
 //! <dir>/sources/<sha256 of canonical path>.json
 //!                              identity (dev, inode, size, mtime and ctime ns) of
 //!                              the file last imported from that path, with its
@@ -46,6 +50,9 @@
 //! # Code map
 //! - [`cache`]: [`ImageCache`] (open, get, find, list, remove), [`CachedImage`];
 //! - [`import`]: [`ImageCache::import`], [`ImportOptions`], [`ImportOutcome`];
+//! - [`blockmap`]: an image's block map ([`StoredMap`]): a bmaptool file
+//!   checked against the image ([`ImageCache::attach_bmap`]) or generated from
+//!   its file systems ([`ImageCache::generate_map`]), for sparse runs;
 //! - [`stream`]: [`ImageCache::import_stream`], the same pass fed by a
 //!   stream (a download) instead of a file, with the image's provenance;
 //! - [`detect`]: [`ImageFormat`] and magic-byte detection;
@@ -60,6 +67,7 @@
 //! Importing is blocking: call it from a blocking thread.
 #![deny(missing_docs)]
 
+pub mod blockmap;
 pub mod cache;
 pub mod detect;
 pub mod error;
@@ -71,6 +79,7 @@ mod index;
 mod input;
 mod pass;
 
+pub use blockmap::{MapOrigin, StoredMap};
 pub use cache::{CachedImage, ImageCache, ImportMeta, SourceReference, MIN_PREFIX};
 pub use detect::ImageFormat;
 pub use error::{FileKind, ImageError};

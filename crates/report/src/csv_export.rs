@@ -86,6 +86,7 @@ fn cells(row: &ExportRow) -> [Cow<'_, str>; FIELDS.len()] {
         } else {
             "false"
         })),
+        number(Some(row.bytes_skipped.to_string())),
         text(row.operator.as_deref()),
         text(row.lot.as_deref()),
         text(row.run_options.as_deref()),

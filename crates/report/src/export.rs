@@ -10,7 +10,7 @@ use crate::{Counts, ReportRow, LOT_OPTION, OPERATOR_OPTION};
 
 /// The version tag of every export: the JSON's `format`, the CSV's
 /// `report_format` column, the HTML's generator and footer.
-pub const FORMAT: &str = "flashrack-report/4";
+pub const FORMAT: &str = "flashrack-report/5";
 
 /// The version of flashrack printed on every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -20,7 +20,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const CSV_EXTRA_FIELDS: [&str; 2] = ["report_format", "flashrack_version"];
 
 /// The record fields, in CSV column order.
-pub const FIELDS: [&str; 37] = [
+pub const FIELDS: [&str; 38] = [
     "attempt_id",
     "refusal_id",
     "station_id",
@@ -51,6 +51,7 @@ pub const FIELDS: [&str; 37] = [
     "read_back_sha256",
     "verify_method",
     "verified_after_reset",
+    "bytes_skipped",
     "operator",
     "lot",
     "run_options",
@@ -93,6 +94,7 @@ pub(crate) struct ExportRow {
     pub(crate) read_back_sha256: Option<String>,
     pub(crate) verify_method: Option<&'static str>,
     pub(crate) verified_after_reset: bool,
+    pub(crate) bytes_skipped: u64,
     pub(crate) operator: Option<String>,
     pub(crate) lot: Option<String>,
     pub(crate) run_options: Option<String>,
@@ -137,6 +139,7 @@ impl ExportRow {
             read_back_sha256: f.read_back_sha256.map(|d| d.to_hex()),
             verify_method: f.verify_method.map(|m| m.as_str()),
             verified_after_reset: f.verified_after_reset,
+            bytes_skipped: f.bytes_skipped,
             operator: facts.option_text(OPERATOR_OPTION).map(str::to_string),
             lot: facts.option_text(LOT_OPTION).map(str::to_string),
             run_options: facts.options.as_ref().map(options_words),
@@ -172,6 +175,12 @@ pub(crate) fn options_words(options: &serde_json::Value) -> String {
     match options.get("target_count").and_then(|v| v.as_u64()) {
         Some(n) => words.push(format!("stop after {n} passes")),
         None => words.push("no target count".to_string()),
+    }
+    if options.get("sparse").and_then(|v| v.as_bool()) == Some(true) {
+        words.push(
+            "sparse: only the image's block map written and read back, the rest of each stick not checked"
+                .to_string(),
+        );
     }
     if options.get("force_raw").and_then(|v| v.as_bool()) == Some(true) {
         words.push("raw run forced by the operator despite the image's inspection".to_string());
@@ -261,6 +270,7 @@ mod tests {
             read_back_sha256: None,
             verify_method: None,
             verified_after_reset: false,
+            bytes_skipped: 0,
             operator: None,
             lot: None,
             run_options: None,

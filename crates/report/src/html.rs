@@ -214,9 +214,19 @@ impl Row {
             write_rate: rate(e.write_mb_s),
             verify_rate: rate(e.verify_mb_s),
             read_back_sha256: e.read_back_sha256.unwrap_or_default(),
-            verify_method: match (e.verify_method, e.verified_after_reset) {
-                (Some(method), true) => format!("{method} after reset"),
-                (method, _) => method.unwrap_or_default().to_string(),
+            // A sparse attempt proves its block map's ranges only: the cell
+            // says how much was checked and how much was not.
+            verify_method: match (e.verify_method, e.verified_after_reset, e.bytes_skipped) {
+                (Some(method), true, 0) => format!("{method} after reset"),
+                (method, _, 0) => method.unwrap_or_default().to_string(),
+                (method, reset, skipped) => format!(
+                    "{}sparse: {} checked, {} skipped (not checked)",
+                    method
+                        .map(|m| format!("{m}{}, ", if reset { " after reset" } else { "" }))
+                        .unwrap_or_default(),
+                    ByteSize(e.bytes_verified),
+                    ByteSize(skipped)
+                ),
             },
             reason: e.reason_detail.unwrap_or_default(),
             offset: e.fail_offset.map(|o| o.to_string()).unwrap_or_default(),

@@ -62,6 +62,7 @@
 //! | `read_back_sha256` | the sha256 of what was read back: the image's on a pass; on a `verify_mismatch`, of the stick's first image-size bytes, absent when they could not all be read |
 //! | `verify_method` | how the read-back was checked: `none`, `compare`, `hash` |
 //! | `verified_after_reset` | `true` when the stick was reset (a USB reset, as a power cycle) after its write pass and before its read-back, so that no cache inside the stick could answer the read-back; `false` otherwise (no reset asked, a target that cannot be reset, no read-back, a refusal) |
+//! | `bytes_skipped` | bytes of the image a sparse attempt neither wrote nor read back (outside the image's block map: the stick holds there what it held before, unchecked); 0 for a full attempt. The coverage is `bytes_verified` checked, `bytes_skipped` not; a sparse pass has no `read_back_sha256` (it read only the mapped ranges) |
 //! | `operator` | who armed the record's run (the `operator` run option), if given |
 //! | `lot` | the run's lot or batch id (the `lot` run option), if given |
 //! | `run_options` | the run's options in words (`verify by comparing every byte read back; stop after 40 passes`) |
@@ -76,7 +77,7 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/4"`, `"flashrack_version"`,
+//! One object: `"format": "flashrack-report/5"`, `"flashrack_version"`,
 //! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
 //! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
 //! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
@@ -97,6 +98,12 @@
 //! running` counts records. A consumer should check `format`; a change to any
 //! name or meaning gets a new format version.
 //!
+//! Format 5 (from format 4): `bytes_skipped` (after `verified_after_reset`): the
+//! coverage of a sparse attempt; a sparse run's options say `sparse`
+//! (`options_words`: "sparse: only the image's block map written and read
+//! back, the rest of each stick not checked"), and the printed report's
+//! check column gives the coverage.
+//!
 //! Format 3 (from format 2): the run's operator, lot, image size and source,
 //! options in words, stop reason in words, yield and failures by reason; the
 //! flashrack version; the seven run fields of every record (above); a run's
@@ -113,7 +120,7 @@
 //!
 //! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
 //! by port, a device's oldest first). After the record fields come two columns
-//! that say what made the file: `report_format` (`flashrack-report/4`) and
+//! that say what made the file: `report_format` (`flashrack-report/5`) and
 //! `flashrack_version`. The run's totals (counts, yield, failures by reason)
 //! are not repeated on every line: they are in the JSON and the printed
 //! report, and a spreadsheet gets them from the `verdict` column. A text field

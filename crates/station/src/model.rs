@@ -236,6 +236,11 @@ pub struct RunOptions {
     /// that its records and reports say so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force_raw: bool,
+    /// A sparse run: each stick gets only the image's block map's ranges,
+    /// written and read back; the rest of it is left as it was, unchecked
+    /// (the attempts' figures say how many bytes were skipped).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
 }
 
 impl Default for RunOptions {
@@ -248,6 +253,7 @@ impl Default for RunOptions {
             lot: None,
             order_id: None,
             force_raw: false,
+            sparse: false,
         }
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, Bound, DeviceId, EngineEvent, EngineEventKind, FailReason, Failure,
-    GuardRefusal, RunId, Stage, StopReason, TargetId, Verdict,
+    AttemptFigures, AttemptId, Bound, DataRanges, DeviceId, EngineEvent, EngineEventKind,
+    FailReason, Failure, GuardRefusal, RunId, Stage, StopReason, TargetId, Verdict,
 };
 use flashrack_engine::{
     AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage,
@@ -80,6 +80,9 @@ pub struct ArmRequest {
     pub image_name: String,
     /// Run options.
     pub options: RunOptions,
+    /// The image's block map's ranges for a sparse run (`options.sparse`),
+    /// which each stick gets written and read back; `None` for a full run.
+    pub sparse: Option<Arc<DataRanges>>,
 }
 
 /// Why a station command failed.
@@ -910,6 +913,14 @@ impl Station {
         }
         let mut engine = self.settings.engine.clone();
         engine.verify = request.options.verify;
+        if request.options.sparse != request.sparse.is_some() {
+            return Err(StationError::Source(EngineError::SourceOpen {
+                path: request.image.path.clone(),
+                detail: "a sparse run needs the image's block map, and only a sparse run takes one"
+                    .into(),
+            }));
+        }
+        engine.sparse = request.sparse.clone();
         // Opening the image file is the engine's blocking work: off this task.
         let fanout = {
             let image = request.image.clone();

@@ -172,6 +172,7 @@ impl Rig {
                     target_count,
                     ..RunOptions::default()
                 },
+                sparse: None,
             })
             .await
             .unwrap();

@@ -123,6 +123,7 @@ impl Rig {
                 image: self.image.clone(),
                 image_name: "test.img".into(),
                 options,
+                sparse: None,
             })
             .await
     }
@@ -965,6 +966,7 @@ async fn a_stick_that_passed_in_an_earlier_run_is_written_by_the_next_run_and_sa
             image: image_b.clone(),
             image_name: "b.img".into(),
             options: RunOptions::default(),
+            sparse: None,
         })
         .await
         .unwrap();
@@ -1021,6 +1023,7 @@ async fn an_ejected_pass_of_an_earlier_run_keeps_naming_that_run_under_the_next_
             image: image_b,
             image_name: "b.img".into(),
             options: RunOptions::default(),
+            sparse: None,
         })
         .await
         .unwrap();

@@ -113,6 +113,7 @@ async fn the_station_writes_sticks_that_real_udev_announces_and_does_not_rewrite
             image: image.clone(),
             image_name: "udev-test.img".into(),
             options: RunOptions::default(),
+            sparse: None,
         })
         .await
         .unwrap();
@@ -329,6 +330,7 @@ async fn a_stick_whose_name_went_to_another_disk_before_the_open_is_not_written(
             image,
             image_name: "swap-test.img".into(),
             options: RunOptions::default(),
+            sparse: None,
         })
         .await
         .unwrap();

@@ -9,9 +9,9 @@ use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flashrack_core::{Sha256Digest, VerifyMode};
+use flashrack_core::{DataRanges, Sha256Digest, VerifyMode};
 use flashrack_engine::SourceImage;
-use flashrack_image::{CachedImage, ImageError, ImportOptions};
+use flashrack_image::{CachedImage, ImageCache, ImageError, ImportOptions};
 use flashrack_station::{ArmRequest, RunOptions, RunRefusal, StationError};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -70,6 +70,26 @@ fn image_error(error: ImageError) -> AppError {
         }
         ImageError::CacheIo { .. } | ImageError::BadEntry { .. } => AppError::internal(error),
         _ => AppError::unprocessable(error.to_string()),
+    }
+}
+
+/// The ranges a sparse run of `image` writes: its kept block map, or one
+/// generated from its file systems now; none is a 422 that says why.
+async fn sparse_ranges(cache: &ImageCache, image: &CachedImage) -> Result<DataRanges, AppError> {
+    let (cache, image) = (cache.clone(), image.clone());
+    let map = tokio::task::spawn_blocking(move || match cache.block_map(&image.sha256()) {
+        Ok(Some(map)) => Ok(map),
+        Ok(None) => cache.generate_map(&image),
+        Err(error) => Err(error),
+    })
+    .await
+    .map_err(AppError::internal)?;
+    match map {
+        Ok(map) => Ok(map.ranges),
+        Err(ImageError::NoBlockMap { reason }) => Err(AppError::unprocessable(format!(
+            "the image has no block map, so it can only be written whole (without \"sparse\"): {reason}"
+        ))),
+        Err(error) => Err(image_error(error)),
     }
 }
 
@@ -156,6 +176,12 @@ pub struct ArmBody {
     /// boot (a non-hybrid installer ISO); recorded in the run's options.
     #[serde(default)]
     pub force_raw: bool,
+    /// A sparse run: each stick gets only the image's block map's ranges,
+    /// written and read back (the rest of it is left as it was, unchecked).
+    /// The image needs a map (a bmap given at import, or one generated from
+    /// its file systems).
+    #[serde(default)]
+    pub sparse: bool,
 }
 
 /// The longest operator name or lot id accepted.
@@ -228,6 +254,7 @@ pub async fn arm(
         lot,
         order_id: None,
         force_raw: body.force_raw,
+        sparse: body.sparse,
     };
     if let Some(refusal) = image.raw_write_refusal().filter(|_| !body.force_raw) {
         let message = format!(
@@ -251,6 +278,10 @@ pub async fn arm(
         }
         return Err(AppError::unprocessable(message));
     }
+    let sparse = match body.sparse {
+        false => None,
+        true => Some(Arc::new(sparse_ranges(&state.images, &image).await?)),
+    };
     let run = state
         .station
         .arm(ArmRequest {
@@ -261,6 +292,7 @@ pub async fn arm(
             },
             image_name: image.meta.original_name.clone(),
             options,
+            sparse,
         })
         .await
         .map_err(station_error)?;

@@ -339,6 +339,7 @@ impl Follower {
             },
             image_name: order.image_name.clone(),
             options,
+            sparse: None,
         };
         match self.station.arm(request).await {
             Ok(run) => {

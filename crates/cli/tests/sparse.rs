@@ -1,0 +1,229 @@
+//! Sparse runs from the command line: a block map given with `--bmap`,
+//! found beside the image or generated from its ext4 file system; `flash
+//! --sparse` writes only the map onto a target full of garbage, which then
+//! holds a clean file system; the summary and the report state the coverage;
+//! a bmap that lies is refused; an image whose file system is broken gets no
+//! map, says why, and is still written whole.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const MIB: u64 = 1 << 20;
+
+fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run flashrack")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A 32 MiB ext4 image holding a 3 MiB file of data and a 1 MiB file of zeros.
+fn ext4_image(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let root = dir.join("root");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    let data: Vec<u8> = (0..3 * MIB as usize)
+        .map(|i| (i * 31 % 253) as u8 | 1)
+        .collect();
+    fs::write(root.join("sub/data.bin"), &data).unwrap();
+    fs::write(root.join("zeros.bin"), vec![0u8; MIB as usize]).unwrap();
+    let image = dir.join("disk.img");
+    fs::File::create(&image).unwrap().set_len(32 * MIB).unwrap();
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&image));
+    (image, data)
+}
+
+/// A target file of the image's size full of garbage: a used stick.
+fn garbage_target(path: &Path, size: u64) {
+    fs::write(path, vec![0xa5u8; size as usize]).unwrap();
+}
+
+#[test]
+fn a_sparse_flash_writes_only_the_map_and_the_stick_holds_a_clean_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (image, data) = ext4_image(dir.path());
+    let image = image.to_str().unwrap();
+
+    let imported = flashrack(&data_dir, &["image", "import", image, "--json"]);
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let imported: serde_json::Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(imported["block_map"]["status"], "generated", "{imported}");
+    let mapped = imported["block_map"]["mapped_bytes"].as_u64().unwrap();
+    assert!(mapped > 4 * MIB && mapped < 16 * MIB, "{imported}");
+    let sha = imported["sha256"].as_str().unwrap().to_string();
+
+    let target = dir.path().join("stick.img");
+    garbage_target(&target, 32 * MIB);
+    let out = flashrack(
+        &data_dir,
+        &[
+            "flash",
+            &sha,
+            target.to_str().unwrap(),
+            "--sparse",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &summary["targets"][0];
+    assert_eq!(row["verdict"], "pass", "{summary}");
+    assert_eq!(row["bytes_written"].as_u64(), Some(mapped), "{summary}");
+    assert_eq!(row["bytes_verified"].as_u64(), Some(mapped), "{summary}");
+    assert_eq!(
+        row["bytes_skipped"].as_u64(),
+        Some(32 * MIB - mapped),
+        "{summary}"
+    );
+    assert!(row["read_back_sha256"].is_null(), "{summary}");
+
+    // The stick: garbage where the file system has nothing, and a file
+    // system e2fsck finds clean with every file whole.
+    let stick = fs::read(&target).unwrap();
+    assert!(stick.contains(&0xa5), "the free blocks were left alone");
+    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&target));
+    let dump = dir.path().join("dump");
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump /sub/data.bin {}", dump.display()))
+        .arg(&target));
+    assert!(fs::read(&dump).unwrap() == data);
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump /zeros.bin {}", dump.display()))
+        .arg(&target));
+    assert!(fs::read(&dump).unwrap() == vec![0u8; MIB as usize]);
+
+    // The table and the report say what was proven and what was not.
+    let table = flashrack(
+        &data_dir,
+        &[
+            "flash",
+            &sha,
+            target.to_str().unwrap(),
+            "--sparse",
+            "--quiet",
+        ],
+    );
+    assert_eq!(table.status.code(), Some(0), "{}", text(&table.stderr));
+    assert!(
+        text(&table.stdout).contains("sparse: "),
+        "{}",
+        text(&table.stdout)
+    );
+    let report = flashrack(&data_dir, &["report", "run", "1", "--format", "json"]);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["format"], "flashrack-report/5");
+    assert_eq!(report["run"]["options"]["sparse"], true, "{report}");
+    assert_eq!(
+        report["attempts"][0]["bytes_skipped"].as_u64(),
+        Some(32 * MIB - mapped),
+        "{report}"
+    );
+    assert!(
+        report["run"]["options_words"]
+            .as_str()
+            .unwrap()
+            .contains("sparse: only the image's block map written and read back"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_bmap_beside_the_image_is_used_and_one_that_lies_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (image, _) = ext4_image(dir.path());
+    let bmap = run(Command::new("bmaptool").arg("create").arg(&image));
+
+    // A lying map given with --bmap: the command fails and says why.
+    let lying = dir.path().join("lying.bmap");
+    let at = bmap.find("chksum=\"").unwrap() + "chksum=\"".len();
+    let mut forged = bmap.clone();
+    forged.replace_range(at..at + 64, &"0".repeat(64));
+    fs::write(&lying, &forged).unwrap();
+    let out = flashrack(
+        &data_dir,
+        &[
+            "image",
+            "import",
+            image.to_str().unwrap(),
+            "--bmap",
+            lying.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&out.stderr);
+    assert!(
+        error.contains("cannot use the block map") && error.contains("own checksum"),
+        "{error}"
+    );
+
+    // The real one beside the image (disk.img.bmap) is found and checked.
+    fs::write(dir.path().join("disk.img.bmap"), &bmap).unwrap();
+    let out = flashrack(
+        &data_dir,
+        &["image", "import", image.to_str().unwrap(), "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let imported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(imported["block_map"]["status"], "attached", "{imported}");
+    assert_eq!(
+        imported["block_map"]["origin"]["kind"], "bmap",
+        "{imported}"
+    );
+    assert_eq!(imported["block_map"]["origin"]["file"], "disk.img.bmap");
+}
+
+#[test]
+fn an_image_with_a_broken_file_system_gets_no_map_and_is_still_written_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (image, _) = ext4_image(dir.path());
+    let mut bytes = fs::read(&image).unwrap();
+    // The superblock claims 4 TiB of blocks.
+    bytes[1024 + 4..1024 + 8].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    let broken = dir.path().join("broken.img");
+    fs::write(&broken, &bytes).unwrap();
+    let broken = broken.to_str().unwrap();
+
+    let out = flashrack(&data_dir, &["image", "import", broken]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(
+            "no block map (the ext4 file system at the image's start cannot be mapped: it claims"
+        ),
+        "{said}"
+    );
+    let target = dir.path().join("stick.img");
+    let target = target.to_str().unwrap();
+    let out = flashrack(&data_dir, &["flash", broken, target, "--sparse", "--quiet"]);
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&out.stderr);
+    assert!(
+        error.contains("has no block map, so it can only be written whole (without --sparse)"),
+        "{error}"
+    );
+    let out = flashrack(&data_dir, &["flash", broken, target, "--quiet", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(fs::read(target).unwrap() == bytes);
+}

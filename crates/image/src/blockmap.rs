@@ -1,0 +1,186 @@
+//! An image's block map, kept beside it in the cache: which byte ranges a
+//! sparse run writes and reads back.
+//!
+//! A map comes from a bmaptool `.bmap` file, checked against the cached image
+//! (its own checksum, the image's size and every range's checksum: a map that
+//! lies is refused, since a sparse run trusts it to skip bytes), or it is
+//! generated from the image's file systems' allocation
+//! ([`flashrack_inspect::alloc`]). It is stored as
+//! `images/<sha256>.bmap.json` ([`StoredMap`]), written atomically; an image
+//! without one is written whole.
+
+use std::fs;
+use std::io;
+
+use flashrack_core::{DataRanges, Sha256Digest};
+use flashrack_inspect::alloc::{allocation_map, AllocError};
+use flashrack_inspect::bmap::{BlockMap, BmapError};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{CachedImage, ImageCache};
+use crate::error::ImageError;
+use crate::fsutil::write_json_atomic;
+
+/// Where a block map came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MapOrigin {
+    /// A bmaptool `.bmap` file, checked against the image when it was attached.
+    Bmap {
+        /// The file's name.
+        file: String,
+        /// Its format version (`2.0`, `1.4` …).
+        version: String,
+        /// Whether its ranges carried checksums (all checked), or not (then
+        /// only its own checksum and the image's size were).
+        range_checksums: bool,
+    },
+    /// Generated from the file systems' allocation (block bitmaps, FATs).
+    Generated {
+        /// One line per file system read.
+        sources: Vec<String>,
+    },
+}
+
+/// A block map as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMap {
+    /// Where it came from.
+    pub origin: MapOrigin,
+    /// The ranges that matter, in bytes.
+    pub ranges: DataRanges,
+}
+
+impl StoredMap {
+    /// One line for people: "bmap 2.0 (image.bmap): 40.1 MB of 64 MB mapped".
+    pub fn summary(&self) -> String {
+        let what = match &self.origin {
+            MapOrigin::Bmap { file, version, .. } => format!("bmap {version} ({file})"),
+            MapOrigin::Generated { sources } => {
+                format!("generated from {}", sources.join("; "))
+            }
+        };
+        format!(
+            "{what}: {} of {} bytes mapped",
+            self.ranges.mapped_bytes(),
+            self.ranges.image_size()
+        )
+    }
+}
+
+impl ImageCache {
+    fn map_path(&self, digest: &Sha256Digest) -> std::path::PathBuf {
+        self.image_path(digest).with_extension("bmap.json")
+    }
+
+    /// The block map kept for an image, if any.
+    pub fn block_map(&self, digest: &Sha256Digest) -> Result<Option<StoredMap>, ImageError> {
+        let path = self.map_path(digest);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ImageError::CacheIo {
+                    action: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        let map: StoredMap = serde_json::from_slice(&bytes).map_err(|e| ImageError::BadEntry {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if map.ranges.image_size() != digest_size(self, digest)? {
+            return Err(ImageError::BadEntry {
+                path,
+                reason: "the block map is of an image of another size".into(),
+            });
+        }
+        Ok(Some(map))
+    }
+
+    /// Parses the bmap file `text` (named `file`), checks it against the
+    /// cached `image` (its own checksum, the image's size, every range's
+    /// checksum: reads every mapped byte once), and keeps it as the image's
+    /// map, replacing any other. A map that fails is refused and nothing
+    /// changes.
+    pub fn attach_bmap(
+        &self,
+        image: &CachedImage,
+        file: &str,
+        text: &str,
+    ) -> Result<StoredMap, ImageError> {
+        let refused = |source: BmapError| ImageError::BmapRefused {
+            file: file.to_string(),
+            source,
+        };
+        let map = BlockMap::parse(text).map_err(refused)?;
+        let raw = fs::File::open(&image.path).map_err(|source| ImageError::CacheIo {
+            action: "open",
+            path: image.path.clone(),
+            source,
+        })?;
+        map.check_image(&raw).map_err(refused)?;
+        let ranges = DataRanges::new(map.image_size, map.byte_ranges())
+            .map_err(|e| refused(BmapError::Malformed(format!("its ranges in bytes: {e}"))))?;
+        let stored = StoredMap {
+            origin: MapOrigin::Bmap {
+                file: file.to_string(),
+                version: map.version.clone(),
+                range_checksums: map.checksum.is_some()
+                    && map.ranges.iter().all(|r| r.checksum.is_some()),
+            },
+            ranges,
+        };
+        self.keep_map(&image.sha256(), &stored)?;
+        Ok(stored)
+    }
+
+    /// Generates the image's map from its file systems' allocation and keeps
+    /// it. An image whose file systems cannot be read (none that flashrack
+    /// reads, an ISO, a damaged one) has none: [`ImageError::NoBlockMap`]
+    /// says why, and the image can still be written whole.
+    pub fn generate_map(&self, image: &CachedImage) -> Result<StoredMap, ImageError> {
+        let raw = fs::File::open(&image.path).map_err(|source| ImageError::CacheIo {
+            action: "open",
+            path: image.path.clone(),
+            source,
+        })?;
+        let info = match &image.meta.inspection {
+            Some(info) => info.clone(),
+            None => flashrack_inspect::inspect(&raw),
+        };
+        let no_map = |reason: AllocError| ImageError::NoBlockMap { reason };
+        let alloc = allocation_map(&raw, &info).map_err(no_map)?;
+        let ranges = DataRanges::new(image.size(), alloc.ranges)
+            .expect("an allocation map's ranges are sorted, disjoint and inside the image");
+        let stored = StoredMap {
+            origin: MapOrigin::Generated {
+                sources: alloc.sources,
+            },
+            ranges,
+        };
+        self.keep_map(&image.sha256(), &stored)?;
+        Ok(stored)
+    }
+
+    fn keep_map(&self, digest: &Sha256Digest, map: &StoredMap) -> Result<(), ImageError> {
+        write_json_atomic(&self.tmp, &self.map_path(digest), map)
+    }
+
+    /// Forgets an image's block map (when the image is removed).
+    pub(crate) fn remove_map(&self, digest: &Sha256Digest) {
+        let _ = fs::remove_file(self.map_path(digest));
+    }
+}
+
+fn digest_size(cache: &ImageCache, digest: &Sha256Digest) -> Result<u64, ImageError> {
+    cache
+        .get(digest)?
+        .map(|i| i.size())
+        .ok_or_else(|| ImageError::NotFound {
+            query: digest.to_hex(),
+            suggestions: Vec::new(),
+        })
+}
