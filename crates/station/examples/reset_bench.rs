@@ -64,6 +64,7 @@ async fn round(sticks: usize, image_mib: u64, reset: bool) -> Vec<(f64, bool)> {
             image,
             image_name: "bench.img".into(),
             options: RunOptions::default(),
+            sparse: None,
         })
         .await
         .expect("armed");
