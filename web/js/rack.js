@@ -113,6 +113,9 @@ export function stateLabel(port) {
   // The stage alone: the percentage is on the progress line, where a narrow
   // tile has room for it.
   else label = (STATE_MARKS[port.state] || '') + (STATE_NAMES[port.state] || port.state);
+  // A sampled pass is never shown as a plain one.
+  const method = port.figures && port.figures.verify_method;
+  if (port.state === 'passed' && (method === 'sampled' || method === 'audit')) label += ` · ${passText(port.figures)}`;
   return model.stale ? `${label}?` : label;
 }
 
@@ -243,6 +246,10 @@ export function passText(f) {
   if (f.bytes_skipped > 0) {
     return `sparse: ${fmtBytes(f.bytes_verified)} verified (${method}${f.verified_after_reset ? ', after reset' : ''}), ${fmtBytes(f.bytes_skipped)} not written nor checked`;
   }
+  // A weaker proof says what it is, never a plain pass (the engine's
+  // AttemptFigures::pass_words).
+  if (method === 'sampled') return f.sample ? `sampled (${+f.sample.percent.toFixed(2)} %)` : 'sampled';
+  if (method === 'audit') return 'audit pass: read back, nothing written';
   // A read-back after a reset of the stick is the stronger proof: no cache
   // inside the stick could have answered it (DESIGN.md, "Proof beyond the host").
   return f.verified_after_reset ? `verified (${method}, after reset)` : `verified (${method})`;

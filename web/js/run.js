@@ -29,6 +29,7 @@ export function renderRun() {
   // run, nothing at all while the station cannot be reached.
   $('stop-form').hidden = !armed || model.stale;
   $('arm-form').hidden = armed || model.stale;
+  $('retry-row').hidden = !armed || model.stale;
   renderSummary();
 }
 
@@ -42,8 +43,12 @@ export function runDetails(run) {
       ` · ${fmtBytes(run.image_size)} · `,
       el('code', { text: shortSha(run.image_sha256), title: run.image_sha256 || '' }),
       ` · run #${run.id}`),
-    el('p', { class: 'muted', text: `verify: ${o.verify || '?'}${o.sparse ? ' · sparse (block map only)' : ''} · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
-      + ` · target: ${o.target_count == null ? 'no limit' : o.target_count}` }),
+    el('p', { class: 'muted', text: `${o.audit ? 'audit (nothing written) · ' : ''}verify: ${o.verify || '?'}`
+      + `${o.sparse ? ' · sparse (block map only)' : ''}`
+      + `${o.sample != null ? ` · sampled (${o.sample} %)` : ''}`
+      + ` · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
+      + ` · target: ${o.target_count == null ? 'no limit' : o.target_count}`
+      + `${o.retries ? ` · retries: ${o.retries}` : ''}` }),
     el('p', { class: 'run-who muted', text: `operator: ${o.operator || 'not given'} · lot: ${o.lot || 'not given'}` }),
     // The same counts as the records (reports, runs list, /metrics):
     // an interrupted attempt is not a failed stick, nor is a refused one.
@@ -125,8 +130,13 @@ export async function armRun(event) {
     target_count: target ? Number(target) : null,
     ...labels,
   };
+  if ($('arm-mode').value === 'audit') body.audit = true;
+  const sample = $('arm-sample').value.trim();
+  if (sample) body.sample = Number(sample);
+  const retries = $('arm-retries').value.trim();
+  if (retries) body.retries = Number(retries);
   const chosen = model.images.find((i) => i.sha256 === image);
-  if (chosen && chosen.raw_write_refusal) {
+  if (chosen && chosen.raw_write_refusal && !body.audit) {
     // Forcing is explicit and recorded in the run's options.
     const force = window.confirm(`${chosen.raw_write_refusal.reason}.\n\n${chosen.raw_write_refusal.advice}.\n\nForce a raw run anyway? (recorded in the run)`);
     if (!force) {
@@ -143,6 +153,21 @@ export async function armRun(event) {
     setStatus('arm-status', '');
   } catch (error) {
     setStatus('arm-status', error.message, 'bad');
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** "Retry all failed": the sticks still in their ports that may pass now. */
+export async function retryFailed() {
+  const button = $('retry-button');
+  button.disabled = true;
+  try {
+    const answer = await api('POST', '/runs/current/retry-failed', {});
+    const ports = answer.ports || [];
+    showMessage(ports.length ? `Retrying ${ports.join(', ')}` : 'No failed stick to retry (a fake or read-only stick is never retried)');
+  } catch (error) {
+    showMessage(`Retry: ${error.message}`);
   } finally {
     button.disabled = false;
   }

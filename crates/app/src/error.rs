@@ -66,6 +66,9 @@ pub enum AppError {
     /// A master could not be captured.
     #[error(transparent)]
     Capture(#[from] crate::capture::CaptureError),
+    /// A target of an audit cannot be read back.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// The operator's keyring could not be read.
     #[error("cannot read the keyring {}", path.display())]
     ReadKeyring {

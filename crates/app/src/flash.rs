@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure, Stage,
-    StopReason, TargetId, Verdict, VerifyMode,
+    AttemptFigures, AttemptId, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure,
+    SamplePercent, Stage, StopReason, TargetId, Verdict, VerifyMode,
 };
 use flashrack_engine::{AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage};
 use flashrack_guard::GuardPolicy;
@@ -75,6 +75,12 @@ pub struct FlashRequest {
     /// the run's options. The image must have a map (or one must be
     /// generated from its file systems).
     pub sparse: bool,
+    /// Check only this share of each target's chunks (a sampled verify).
+    pub sample: Option<SamplePercent>,
+    /// An audit: write nothing, read each target back and compare it with the
+    /// image (block devices judged by the guard's rules for reading and held
+    /// exclusively, files that exist; see [`crate::audit`]).
+    pub audit: bool,
 }
 
 /// A signal that stops a flash.
@@ -155,7 +161,13 @@ pub async fn flash(
     view: mpsc::UnboundedSender<FlashEvent>,
     mut stops: mpsc::UnboundedReceiver<StopSignal>,
 ) -> Result<FlashOutcome, AppError> {
-    if let Some(refusal) = image.raw_write_refusal().filter(|_| !request.force_raw) {
+    // An audit writes nothing: an image that would not boot written raw may
+    // still be compared with sticks written otherwise.
+    let writes = !request.audit;
+    if let Some(refusal) = image
+        .raw_write_refusal()
+        .filter(|_| writes && !request.force_raw)
+    {
         // Refused before anything is opened for writing, and recorded like
         // a refusal at the station: the event log says what was not done.
         let records = StoreRecords::open(data_dir, STATION_ID, open_cache(data_dir)?).await?;
@@ -208,6 +220,17 @@ pub async fn flash(
             }
         }
     }
+    // An audit's block devices are judged for reading and held until it ends.
+    let _claims = if request.audit {
+        let specs = request.targets.clone();
+        let policy = policy.clone();
+        match tokio::task::spawn_blocking(move || crate::audit::claim(&specs, &policy)).await {
+            Ok(claims) => Some(claims?),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    } else {
+        None
+    };
     let targets = parse_targets(
         &request.targets,
         manifest.size(),
@@ -215,6 +238,7 @@ pub async fn flash(
         GuardSettings {
             policy,
             image_size: manifest.size(),
+            audit: request.audit,
         },
     )?;
 
@@ -222,7 +246,9 @@ pub async fn flash(
     let options = EngineOptions {
         verify: request.verify,
         stall_timeout,
-        probe_capacity: request.probe_capacity,
+        probe_capacity: request.probe_capacity && writes,
+        sample_percent: request.sample.map(SamplePercent::percent),
+        audit: request.audit,
         sparse,
         ..EngineOptions::default()
     };
@@ -248,6 +274,8 @@ pub async fn flash(
                 target_count: None,
                 force_raw: request.force_raw,
                 sparse: request.sparse,
+                sample: request.sample,
+                audit: request.audit,
                 ..RunOptions::default()
             },
         })

@@ -12,7 +12,9 @@
 //!   `Reports` over the SQLite store (the one place where they meet);
 //! - [`reports`]: report rendering for the web side and `flashrack report`;
 //! - [`flash`]: one-shot flashing (the fan-out, its records, signals as a
-//!   stream, a typed summary: [`summary`]) over the targets of [`targets`];
+//!   stream, a typed summary: [`summary`]) over the targets of [`targets`],
+//!   and one-shot audits (`flashrack verify`: read back, write nothing), whose
+//!   block devices [`audit`] judges by the guard's rules for reading;
 //! - [`fleet`]: the station's side of a fleet: records shipped to the hub,
 //!   the live rack reported, the hub's orders followed (images fetched);
 //! - [`images`]: the image cache under a data directory;
@@ -33,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod application;
+pub mod audit;
 pub mod bootable;
 pub mod capture;
 pub mod client;

@@ -96,6 +96,7 @@ fn passed_figures(size: u64) -> AttemptFigures {
         bytes_written_bound: Bound::Exact,
         verified_after_reset: false,
         bytes_skipped: 0,
+        sample: None,
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Row {
     /// `pass`, `fail`, or `interrupted` (stopped by a signal or a failure of
     /// the source: says nothing about the stick).
     pub verdict: TargetVerdict,
+    /// For a pass, what it proved: `pass`, `sampled (5 %)`, `audit pass`,
+    /// `written, not verified` (a weaker proof is never a plain `pass`).
+    pub proof: Option<String>,
     /// Stable reason code on failure.
     pub reason: Option<&'static str>,
     /// The guard's reason code, when the target guard refused the target.
@@ -122,6 +125,7 @@ impl Summary {
                 Row {
                     target,
                     verdict: TargetVerdict::of(&verdict),
+                    proof: verdict.is_pass().then(|| figures.pass_words()),
                     reason: failure.map(|f| f.reason.code()),
                     refusal: match failure.map(|f| &f.reason) {
                         Some(FailReason::Refused { code, .. }) => *code,

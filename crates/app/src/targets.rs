@@ -180,6 +180,8 @@ pub struct GuardSettings {
     pub policy: GuardPolicy,
     /// The image size (the guard refuses smaller devices).
     pub image_size: u64,
+    /// An audit: files are read as they are, never created or grown.
+    pub audit: bool,
 }
 
 /// Parses every target spec; fails on the first malformed one, before anything
@@ -302,7 +304,10 @@ pub fn parse_targets(
                         });
                     }
                 }
-                Arc::new(PathTarget::file(resolved, image_size))
+                // An audit's file is what it is: never grown, so that a file
+                // shorter than the image is too small, not padded.
+                let min_size = if guard.audit { 0 } else { image_size };
+                Arc::new(PathTarget::file(resolved, min_size))
             }
         };
         if list

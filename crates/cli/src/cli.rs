@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use flashrack_app::lock::{DataDirLock, LockHolder, Wait};
 use flashrack_app::records::Recovered;
-use flashrack_core::{ByteSize, VerifyMode};
+use flashrack_core::{ByteSize, SamplePercent, VerifyMode};
 
 /// flashrack: turn one disk image into many verified USB sticks.
 #[derive(Debug, Parser)]
@@ -45,6 +45,11 @@ pub enum Command {
     Image(ImageCommand),
     /// Write an image to targets concurrently and verify each from the medium.
     Flash(FlashArgs),
+    /// Audit sticks: read each target back and compare it with the image,
+    /// writing nothing (a box of sticks from last month, or from another
+    /// duplicator). Block devices are judged by the target guard's rules for
+    /// reading and opened read-only and exclusively; every result is recorded.
+    Verify(VerifyArgs),
     /// The disks attached now: port, size, vendor, model, serial, bus, and
     /// whether an armed run would write each (or why the target guard refuses
     /// it). Nothing is written.
@@ -482,6 +487,70 @@ pub struct FlashArgs {
     /// cache; a map that does not match is refused.
     #[arg(long, value_name = "FILE")]
     pub bmap: Option<PathBuf>,
+    /// Verify only this share of each stick, in percent (above 0, below
+    /// 100): chunks chosen at random per stick, plus the first and the last.
+    /// A weaker proof: every verdict says `sampled (x %)`. Default: every byte.
+    #[arg(long, value_name = "PERCENT")]
+    pub sample: Option<SamplePercent>,
+}
+
+/// `flashrack verify`: an audit of sticks written earlier or elsewhere.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The image the sticks should hold: a file (imported into the cache
+    /// first) or the sha256 (or a unique prefix) of a cached image.
+    pub image: String,
+    /// Targets: block devices (/dev/sdX: the target guard's rules for reading
+    /// apply, no system or mounted disk is read), regular files (which must
+    /// exist), or simulated sticks `sim:NAME[:key=value,...]`.
+    #[arg(required = true, value_name = "TARGET")]
+    pub targets: Vec<String>,
+    /// Expected sha256 of the image file (when IMAGE is a file).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Also allow block devices on this bus (usb is always allowed); e.g. `loop`
+    /// for loop devices. Repeatable.
+    #[arg(long = "allow-bus", value_name = "BUS")]
+    pub allow_buses: Vec<String>,
+    /// Refuse an image larger than this.
+    #[arg(long, default_value = "256G", value_name = "SIZE")]
+    pub max_size: ByteSize,
+    /// Seconds without progress before a target fails as stalled.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub stall_timeout: u64,
+    /// Read back only this share of each stick, in percent (see `flash
+    /// --sample`). Default: every byte.
+    #[arg(long, value_name = "PERCENT")]
+    pub sample: Option<SamplePercent>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No live progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl From<VerifyArgs> for FlashArgs {
+    /// An audit runs as a flash that writes nothing: the same records,
+    /// progress, summary and exit statuses.
+    fn from(args: VerifyArgs) -> Self {
+        FlashArgs {
+            image: args.image,
+            targets: args.targets,
+            sha256: args.sha256,
+            verify: VerifyMode::Compare,
+            allow_buses: args.allow_buses,
+            max_size: args.max_size,
+            stall_timeout: args.stall_timeout,
+            no_probe: true,
+            json: args.json,
+            quiet: args.quiet,
+            force_raw: false,
+            sparse: false,
+            bmap: None,
+            sample: args.sample,
+        }
+    }
 }
 
 /// Runs the parsed command and returns the exit status.
@@ -496,6 +565,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // data directory from the configuration).
     let _lock = match &args.command {
         Command::Flash(_)
+        | Command::Verify(_)
         | Command::Demo(_)
         | Command::Image(
             ImageCommand::Import { .. }
@@ -508,7 +578,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Image(cmd) => crate::image_cmd::run(&data_dir, cmd)
             .await
             .map(|()| ExitCode::SUCCESS),
-        Command::Flash(flash) => crate::flash::run(&data_dir, flash).await,
+        Command::Flash(flash) => crate::flash::run(&data_dir, flash, false).await,
+        Command::Verify(verify) => crate::flash::run(&data_dir, verify.into(), true).await,
         Command::Devices(devices) => {
             tokio::task::spawn_blocking(move || crate::devices_cmd::run(devices)).await?
         }

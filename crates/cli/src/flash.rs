@@ -17,7 +17,10 @@ use crate::cli::FlashArgs;
 /// Runs the command; the exit status says whether every target passed: 0 all
 /// passed, 1 at least one failed, 130/143 stopped by SIGINT/SIGTERM (an error,
 /// exit 2, is returned as `Err`).
-pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
+///
+/// With `audit`, nothing is written (`flashrack verify`): each target is read
+/// back and compared with the image.
+pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCode> {
     let expected = args
         .sha256
         .as_deref()
@@ -49,6 +52,8 @@ pub async fn run(data_dir: &Path, args: FlashArgs) -> Result<ExitCode> {
         probe_capacity: !args.no_probe,
         force_raw: args.force_raw,
         sparse: args.sparse,
+        sample: args.sample,
+        audit,
     };
     let (view_tx, view_rx) = mpsc::unbounded_channel();
     let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));

@@ -21,7 +21,11 @@ pub fn table(summary: &Summary) -> String {
         rows.push([
             r.target.to_string(),
             r.figures.capacity.to_string(),
-            r.verdict.as_str().to_uppercase(),
+            // A pass says what it proved: `SAMPLED (5 %)`, never a plain PASS.
+            r.proof
+                .as_deref()
+                .unwrap_or(r.verdict.as_str())
+                .to_uppercase(),
             r.detail.clone().unwrap_or_else(|| "-".into()),
             speed(r.write_mb_per_sec),
             speed(r.verify_mb_per_sec),

@@ -165,7 +165,7 @@ fn each_target_that_cannot_be_written_fails_with_its_real_cause() {
             image.to_str().unwrap(),
             missing_dir_target.to_str().unwrap(),
             "sim:empty:capacity=0",
-            "sim:probe:fail_after=4KiB",
+            "sim:probe:capacity=64MiB,fail_after=4KiB",
             "sim:bad:bad_block=2000001",
             "sim:good",
             "--json",
@@ -186,7 +186,9 @@ fn each_target_that_cannot_be_written_fails_with_its_real_cause() {
     // A write error in the capacity probe says it was the probe.
     assert_eq!(row(2)["reason"], "probe_error", "{}", row(2));
     assert_eq!(row(2)["stage"], "preparing");
-    assert_eq!(row(2)["offset"], 1 << 20);
+    // Its markers go from the highest offset down, one 512-byte block each:
+    // eight are written (4 KiB), the ninth, at 32 MiB, fails.
+    assert_eq!(row(2)["offset"], 32 << 20);
     let detail = row(2)["detail"].as_str().unwrap();
     assert!(
         detail.starts_with("capacity probe failed: writing"),

@@ -19,6 +19,7 @@
 //!   image came from and what its digest was checked against;
 //! - [`ranges`]: [`DataRanges`], the byte ranges a sparse run writes and reads
 //!   back (from a block map).
+//! - [`sample`]: [`SamplePercent`], the share a sampled verify reads back.
 #![deny(missing_docs)]
 
 pub mod digest;
@@ -28,6 +29,7 @@ pub mod provenance;
 pub mod ranges;
 pub mod record;
 pub mod refusal;
+pub mod sample;
 pub mod size;
 mod text;
 pub mod verdict;
@@ -42,8 +44,9 @@ pub use record::{
     StopReason, StopReasonParseError,
 };
 pub use refusal::{GuardRefusal, RefusalCode, RefusalCodeParseError};
+pub use sample::{SamplePercent, SamplePercentError};
 pub use size::{ByteSize, ByteSizeParseError};
 pub use verdict::{
     AttemptFigures, Bound, FailReason, Failure, ProbeOperation, Stage, Verdict, VerifyMethod,
-    VerifyMode, VerifyModeParseError,
+    VerifyMode, VerifyModeParseError, VerifySample,
 };

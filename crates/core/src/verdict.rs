@@ -52,6 +52,9 @@ pub enum ProbeOperation {
     Open,
     /// Reading a marker back.
     Read,
+    /// Resetting the stick between writing the markers and reading them back
+    /// (and opening it again after the reset).
+    Reset,
 }
 
 impl fmt::Display for ProbeOperation {
@@ -61,6 +64,7 @@ impl fmt::Display for ProbeOperation {
             ProbeOperation::Flush => "flush",
             ProbeOperation::Open => "open",
             ProbeOperation::Read => "read",
+            ProbeOperation::Reset => "reset",
         })
     }
 }
@@ -88,6 +92,11 @@ pub enum FailReason {
         claimed: ByteSize,
         /// The first probed offset that did not hold what was written there.
         first_bad_offset: u64,
+        /// What it really stores: the offset of its first block that does not
+        /// keep what is written there, found by bisection (every block before
+        /// it does). `None` in records made before the probe measured it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        real_bytes: Option<ByteSize>,
     },
     /// The capacity probe, before any of the image was written, failed on an
     /// I/O error of the target (not on a lie: that is [`FailReason::CapacityLie`]).
@@ -217,6 +226,29 @@ impl FailReason {
         )
     }
 
+    /// Whether writing the stick again may succeed: a write or flush error
+    /// (the capacity probe's own included), or a stall while writing (a stick
+    /// or a hub that hiccuped). Never a
+    /// capacity lie, a read-only or too small stick, a mismatch, a removal, a
+    /// refusal or the station's own trouble: those would fail the same way, or
+    /// are not the stick's. A run's automatic retries and the dashboard's
+    /// "retry all failed" retry only these.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            FailReason::WriteError { .. }
+                | FailReason::FlushError { .. }
+                | FailReason::ProbeError {
+                    operation: ProbeOperation::Write | ProbeOperation::Flush,
+                    ..
+                }
+                | FailReason::Stalled {
+                    during: Stage::Writing | Stage::Flushing,
+                    ..
+                }
+        )
+    }
+
     /// The byte offset the failure is tied to, where there is one.
     pub fn offset(&self) -> Option<u64> {
         match self {
@@ -253,6 +285,16 @@ impl fmt::Display for FailReason {
             FailReason::CapacityLie {
                 claimed,
                 first_bad_offset,
+                real_bytes: Some(real),
+            } => write!(
+                f,
+                "capacity lie: claims {claimed} but stores only {} (loses data from offset {first_bad_offset})",
+                real.exact()
+            ),
+            FailReason::CapacityLie {
+                claimed,
+                first_bad_offset,
+                real_bytes: None,
             } => write!(
                 f,
                 "capacity lie: claims {claimed} but does not keep data at offset {first_bad_offset}"
@@ -273,6 +315,9 @@ impl fmt::Display for FailReason {
                     (ProbeOperation::Flush, _) => f.write_str("committing the markers")?,
                     (ProbeOperation::Open, _) => {
                         f.write_str("opening the stick to read the markers back")?
+                    }
+                    (ProbeOperation::Reset, _) => {
+                        f.write_str("resetting the stick before reading the markers back")?
                     }
                     (operation, None) => write!(f, "{operation}")?,
                 }
@@ -436,6 +481,15 @@ pub enum VerifyMethod {
     /// Every byte read back was hashed with sha256 and compared with the image's
     /// chunk digests.
     Hash,
+    /// A stated share of the image's chunks, chosen at random per stick (from a
+    /// seed kept in [`AttemptFigures::sample`]) plus the first and the last
+    /// chunk (where an MBR, a GPT and its backup lie), was read back and
+    /// compared: a weaker proof than a full compare, never shown as a plain
+    /// pass.
+    Sampled,
+    /// Nothing was written: the stick was read back and every byte compared
+    /// with the image (an audit of a stick written earlier, or elsewhere).
+    Audit,
 }
 
 impl VerifyMethod {
@@ -446,8 +500,40 @@ impl VerifyMethod {
             VerifyMethod::None => "none",
             VerifyMethod::Compare => "compare",
             VerifyMethod::Hash => "hash",
+            VerifyMethod::Sampled => "sampled",
+            VerifyMethod::Audit => "audit",
         }
     }
+}
+
+/// Which chunks a sampled read-back checked, so that it can be repeated: the
+/// share asked for, the seed the random choice was drawn from, and how many
+/// chunks that made.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct VerifySample {
+    /// The share of the image's chunks asked for, in percent (above 0, below
+    /// 100).
+    pub percent: f64,
+    /// The seed of the random choice (splitmix64 over the chunk indices).
+    pub seed: u64,
+    /// Chunks read back and compared (the random ones, the first and the last).
+    pub chunks_checked: u64,
+    /// Chunks in the image.
+    pub chunks_total: u64,
+}
+
+impl VerifySample {
+    /// How a verdict says what the sample proved: `sampled (5 %)`.
+    pub fn words(&self) -> String {
+        format!("sampled ({} %)", trim_percent(self.percent))
+    }
+}
+
+/// A percentage with at most two decimals and no trailing zeros: `5`, `0.5`,
+/// `12.25`.
+fn trim_percent(percent: f64) -> String {
+    let text = format!("{percent:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// The figures of one attempt, for the summary table and the records.
@@ -488,6 +574,10 @@ pub struct AttemptFigures {
     /// Zero for a full attempt. `bytes_verified` is the coverage of the rest.
     #[serde(default)]
     pub bytes_skipped: u64,
+    /// For a sampled read-back ([`VerifyMethod::Sampled`]): the share asked
+    /// for, the seed and the chunks checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<VerifySample>,
 }
 
 impl AttemptFigures {
@@ -499,6 +589,20 @@ impl AttemptFigures {
     /// Read-back speed in MB/s.
     pub fn verify_mb_per_sec(&self) -> Option<f64> {
         rate(self.bytes_verified, self.verify_secs)
+    }
+
+    /// What a verdict of these figures proved, in the words every view and
+    /// report uses for a pass: `pass` (every byte read back and checked),
+    /// `sampled (5 %)`, `audit pass` (read back without writing), `written,
+    /// not verified`. A weaker proof is never a plain `pass`.
+    pub fn pass_words(&self) -> String {
+        match (self.verify_method, &self.sample) {
+            (Some(VerifyMethod::Sampled), Some(sample)) => sample.words(),
+            (Some(VerifyMethod::Sampled), None) => "sampled".into(),
+            (Some(VerifyMethod::Audit), _) => "audit pass".into(),
+            (Some(VerifyMethod::None), _) => "written, not verified".into(),
+            _ => "pass".into(),
+        }
     }
 }
 
@@ -630,6 +734,8 @@ mod tests {
             VerifyMethod::None,
             VerifyMethod::Compare,
             VerifyMethod::Hash,
+            VerifyMethod::Sampled,
+            VerifyMethod::Audit,
         ] {
             assert_eq!(serde_json::to_value(method).unwrap(), method.as_str());
         }
@@ -730,6 +836,112 @@ mod tests {
         assert_eq!(json["operation"], "write");
         assert_eq!(json["offset"], 16_777_216);
         assert_eq!(serde_json::from_value::<FailReason>(json).unwrap(), reason);
+    }
+
+    #[test]
+    fn a_capacity_lie_names_the_real_size_and_older_records_read_without_it() {
+        let lie = FailReason::CapacityLie {
+            claimed: ByteSize(64_000_000_000),
+            first_bad_offset: 8_000_000_000,
+            real_bytes: Some(ByteSize(8_000_000_000)),
+        };
+        assert_eq!(
+            lie.to_string(),
+            "capacity lie: claims 64 GB but stores only 8 GB (8000000000 bytes) \
+             (loses data from offset 8000000000)"
+        );
+        let json = serde_json::to_value(&lie).unwrap();
+        assert_eq!(json["real_bytes"], 8_000_000_000u64);
+        assert_eq!(serde_json::from_value::<FailReason>(json).unwrap(), lie);
+        let old: FailReason =
+            serde_json::from_str(r#"{"reason":"capacity_lie","claimed":64,"first_bad_offset":0}"#)
+                .unwrap();
+        assert!(matches!(
+            old,
+            FailReason::CapacityLie {
+                real_bytes: None,
+                ..
+            }
+        ));
+        assert!(!serde_json::to_string(&old).unwrap().contains("real_bytes"));
+    }
+
+    #[test]
+    fn a_weaker_proof_is_never_called_a_plain_pass() {
+        let sampled = AttemptFigures {
+            verify_method: Some(VerifyMethod::Sampled),
+            sample: Some(VerifySample {
+                percent: 5.0,
+                seed: 7,
+                chunks_checked: 12,
+                chunks_total: 200,
+            }),
+            ..AttemptFigures::default()
+        };
+        assert_eq!(sampled.pass_words(), "sampled (5 %)");
+        let half = VerifySample {
+            percent: 0.5,
+            ..sampled.sample.unwrap()
+        };
+        assert_eq!(half.words(), "sampled (0.5 %)");
+        let json = serde_json::to_value(&sampled).unwrap();
+        assert_eq!(json["verify_method"], "sampled");
+        assert_eq!(json["sample"]["seed"], 7);
+        let audit = AttemptFigures {
+            verify_method: Some(VerifyMethod::Audit),
+            ..AttemptFigures::default()
+        };
+        assert_eq!(audit.pass_words(), "audit pass");
+        let full = AttemptFigures {
+            verify_method: Some(VerifyMethod::Compare),
+            ..AttemptFigures::default()
+        };
+        assert_eq!(full.pass_words(), "pass");
+        assert!(!serde_json::to_string(&full).unwrap().contains("sample"));
+    }
+
+    #[test]
+    fn only_write_errors_and_stalls_while_writing_are_retried() {
+        let stalled = |during| FailReason::Stalled {
+            during,
+            offset: 0,
+            after_secs: 60,
+        };
+        for retried in [
+            FailReason::WriteError {
+                offset: 0,
+                detail: "x".into(),
+            },
+            FailReason::FlushError { detail: "x".into() },
+            FailReason::ProbeError {
+                operation: ProbeOperation::Write,
+                offset: Some(0),
+                detail: "x".into(),
+            },
+            stalled(Stage::Writing),
+        ] {
+            assert!(retried.is_retryable(), "{retried}");
+        }
+        for never in [
+            FailReason::CapacityLie {
+                claimed: ByteSize(2),
+                first_bad_offset: 1,
+                real_bytes: Some(ByteSize(1)),
+            },
+            FailReason::ReadOnly,
+            FailReason::TooSmall {
+                capacity: ByteSize(1),
+                needed: ByteSize(2),
+            },
+            FailReason::VerifyMismatch { offset: 0 },
+            FailReason::Removed {
+                during: Stage::Writing,
+            },
+            FailReason::Interrupted,
+            stalled(Stage::Verifying),
+        ] {
+            assert!(!never.is_retryable(), "{never}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use flashrack_core::{
     AttemptFigures, Bound, ByteSize, DataRanges, EngineEvent, EngineEventKind, FailReason, Failure,
     GuardRefusal, ImageManifest, ProbeOperation, Sha256Digest, Stage, TargetId, Verdict,
-    VerifyMethod, VerifyMode,
+    VerifyMethod, VerifyMode, VerifySample,
 };
 use flashrack_target::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::fanout::EventLink;
 use crate::narrow::{narrow_failed_write, Narrowed};
-use crate::probe::{probe_capacity, ProbeFailure, ProbeResult};
+use crate::probe::{ProbeFailure, ProbeHooks, ProbeOptions, ProbeResult, Prober};
 use crate::source::{Chunk, SharedSource};
 use crate::{Clock, EngineError};
 
@@ -134,11 +134,17 @@ pub struct AttemptContext {
     pub verify: VerifyMode,
     /// Whether to run the capacity probe on media that may lie.
     pub probe_capacity: bool,
+    /// How the probe works against a stick's cache and how fast it narrows.
+    pub probe: ProbeOptions,
     /// Whether to reset a target that can be reset before reading it back.
     pub reset_before_verify: bool,
     /// A sparse attempt: only these ranges are written and read back
     /// ([`crate::EngineOptions::sparse`]).
     pub sparse: Option<Arc<DataRanges>>,
+    /// Check only this share of the chunks, in percent (`None`: every byte).
+    pub sample_percent: Option<f64>,
+    /// Write nothing: read the target back and compare (an audit).
+    pub audit: bool,
     /// Minimum time between progress events.
     pub progress_interval: Duration,
 }
@@ -390,25 +396,72 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
         figures.bytes_skipped = ranges.skipped_bytes();
     }
     let ranges = ranges.as_ref();
+    if ctx.audit {
+        // Nothing is written: no writer, no probe, no reset. What the stick
+        // received before is not known to this attempt. A sparse audit reads
+        // back the map's ranges only.
+        figures.bytes_written_bound = Bound::Unknown;
+        let mode = match ctx.verify {
+            VerifyMode::None => VerifyMode::Compare,
+            mode => mode,
+        };
+        return verify_image(ctx, mode, block, ranges, figures);
+    }
     let mut writer = ctx
         .target
         .open_writer()
         .map_err(|e| device_failure(Stage::Preparing, e))?;
     if ctx.probe_capacity && ctx.target.may_misreport_capacity() {
-        let nonce = probe_nonce();
-        match probe_capacity(&*ctx.target, &mut *writer, geometry.capacity, nonce) {
+        let beat = || ctx.progress.beat();
+        // A reset may take the stick away and bring it back: the station
+        // hears of it first, as for the reset before the read-back.
+        let announce_reset = || {
+            let _ = ctx.events.send(EngineEvent {
+                target: ctx.id.clone(),
+                kind: EngineEventKind::Resetting,
+            });
+        };
+        let mut prober = Prober::new(
+            &*ctx.target,
+            writer,
+            block as u64,
+            probe_nonce(),
+            ctx.probe,
+            ProbeHooks {
+                cancel: &ctx.progress.cancel,
+                beat: &beat,
+                announce_reset: &announce_reset,
+            },
+        );
+        let outcome = prober.run(geometry.capacity);
+        match outcome {
             Ok(ProbeResult::Honest) => {}
-            Ok(ProbeResult::Lie { offset }) => {
+            Ok(ProbeResult::Lie { real_bytes }) => {
                 return Err(fail(
                     Stage::Preparing,
                     FailReason::CapacityLie {
                         claimed: ByteSize(geometry.capacity),
-                        first_bad_offset: offset,
+                        first_bad_offset: real_bytes,
+                        real_bytes: Some(ByteSize(real_bytes)),
+                    },
+                ))
+            }
+            Ok(ProbeResult::LosesFlushed) => {
+                return Err(fail(
+                    Stage::Preparing,
+                    FailReason::FlushError {
+                        detail: "the capacity probe's markers, flushed, were gone after a \
+                                 reset of the stick, even at offset 0: it loses what it \
+                                 acknowledges as written"
+                            .into(),
                     },
                 ))
             }
             Err(failure) => return Err(probe_failure(failure)),
         }
+        writer = prober
+            .into_writer()
+            .expect("a probe that answered holds its writer");
     }
     if ctx.progress.cancel.load(Ordering::Relaxed) {
         return Err(fail(Stage::Preparing, FailReason::Interrupted));
@@ -761,11 +814,33 @@ fn verify_image(
         .target
         .open_reader()
         .map_err(|e| device_failure(Stage::Verifying, e))?;
-    figures.verify_method = Some(match mode {
-        VerifyMode::Hash => VerifyMethod::Hash,
+    let sample = ctx.sample_percent.map(|percent| {
+        let seed = crate::sample::fresh_seed();
+        let chosen = crate::sample::choose_chunks(manifest.chunk_count(), percent, seed);
+        let facts = VerifySample {
+            percent,
+            seed,
+            chunks_checked: chosen.iter().filter(|&&c| c).count() as u64,
+            chunks_total: manifest.chunk_count(),
+        };
+        (facts, chosen)
+    });
+    figures.sample = sample.as_ref().map(|(facts, _)| *facts);
+    figures.verify_method = Some(match (mode, &sample, ctx.audit) {
+        (_, Some(_), _) => VerifyMethod::Sampled,
+        (_, None, true) => VerifyMethod::Audit,
+        (VerifyMode::Hash, None, false) => VerifyMethod::Hash,
         _ => VerifyMethod::Compare,
     });
+    let chosen: Option<&[bool]> = sample.as_ref().map(|(_, chosen)| chosen.as_slice());
     let piece = piece_size(manifest.chunk_size() as usize, block, mode);
+    let spans = move || {
+        piece_spans(manifest, piece, ranges)
+            .filter(move |s| chosen.is_none_or(|c| c[s.index as usize]))
+    };
+    if chosen.is_some() {
+        report.total = spans().map(|s| s.len as u64).sum();
+    }
     let reader = &mut *reader;
     let cancel = &ctx.progress.cancel;
     thread::scope(|scope| -> Result<(), Stop> {
@@ -774,21 +849,14 @@ fn verify_image(
             let _ = free.send(AlignedBuf::zeroed(piece.div_ceil(block) * block));
         }
         let pieces = spawn_helper(scope, ctx, Stage::Verifying, READ_BUFFERS, move |tx| {
-            read_pieces(
-                reader,
-                piece_spans(manifest, piece, ranges),
-                block,
-                cancel,
-                free_rx,
-                tx,
-            )
+            read_pieces(reader, spans(), block, cancel, free_rx, tx)
         })?;
         let feed = PieceFeed {
             pieces,
             free,
             progress: &ctx.progress,
         };
-        let mut spans = piece_spans(manifest, piece, ranges);
+        let mut spans = spans();
         // Bytes read back and checked before the current piece.
         let mut checked: u64 = 0;
         // The source chunk the current chunk is compared with (compare mode).
@@ -861,9 +929,10 @@ fn verify_image(
                     .zip(&image[span.at..])
                     .position(|(a, b)| a != b)
                     .unwrap_or(0) as u64;
-                // A sparse read-back does not read the whole image: there is
-                // no digest of the stick's image-size bytes to give.
-                if ranges.is_none() {
+                // A sparse or sampled read-back does not read the whole
+                // image: there is no digest of the stick's image-size bytes
+                // to give.
+                if ranges.is_none() && sample.is_none() {
                     figures.read_back_sha256 = read_back_digest_after_mismatch(
                         source,
                         &feed,
@@ -910,8 +979,9 @@ fn verify_image(
     // Every byte read back equals the image (compared with chunks proven against
     // their import-time fingerprint or sha256, or hashed chunk by chunk), so the
     // read-back's sha256 is the image's. A sparse read-back proves the mapped
-    // ranges only, and claims no digest of the whole.
-    if ranges.is_none() {
+    // ranges only, a sampled one the chunks it drew: neither claims a digest of
+    // the whole.
+    if ranges.is_none() && sample.is_none() {
         figures.read_back_sha256 = Some(manifest.sha256());
     }
     Ok(())

@@ -16,7 +16,9 @@
 //!   reset, if asked and the target can → verify) run on a dedicated OS thread, with one helper thread per pass that
 //!   keeps the device busy while the CPU works (next source chunk fetched during a
 //!   write, next piece read back during a compare);
-//! - [`probe`]: the capacity probe that catches sticks lying about their size;
+//! - [`probe`]: the capacity probe that finds the real size of sticks lying
+//!   about it (sampling, then bisection to the block);
+//! - [`sample`]: which chunks a sampled read-back checks (seeded, repeatable);
 //! - `narrow`: a failed write written again in smaller pieces, down to the
 //!   block that fails, so that a write error names that block;
 //! - [`fanout`]: starts attempts, watches them for stalls, and turns their ends
@@ -34,6 +36,7 @@ pub mod fanout;
 pub mod mapped;
 mod narrow;
 pub mod probe;
+pub mod sample;
 pub mod source;
 
 use std::path::PathBuf;
@@ -90,6 +93,10 @@ pub struct EngineOptions {
     pub source_cache_chunks: usize,
     /// Whether to probe media that may lie about their capacity before writing.
     pub probe_capacity: bool,
+    /// How the capacity probe works against a stick's own cache (the filler
+    /// written before its markers are read back) and how many blocks each
+    /// round of its bisection samples.
+    pub probe: probe::ProbeOptions,
     /// Whether to reset each target that can be reset
     /// ([`flashrack_target::Target::can_reset`]) after its write pass is
     /// flushed and before it is read back, so that no cache inside the stick
@@ -110,6 +117,16 @@ pub struct EngineOptions {
     /// [`stall_timeout`](Self::stall_timeout): the attempt makes no progress
     /// while its stick is away.
     pub reset_timeout: Duration,
+    /// Check only this share of each target's chunks, in percent (above 0,
+    /// below 100): chosen at random per target from a seed kept in its
+    /// figures, plus the first and the last chunk ([`sample::choose_chunks`]).
+    /// `None` (the default) checks every byte. A sampled pass is recorded as
+    /// `sampled`, never as a plain pass.
+    pub sample_percent: Option<f64>,
+    /// Write nothing: read each target back and compare it with the image (an
+    /// audit of sticks written earlier or elsewhere). No probe, no reset; the
+    /// bytes written are unknown, not zero.
+    pub audit: bool,
 }
 
 impl Default for EngineOptions {
@@ -121,9 +138,12 @@ impl Default for EngineOptions {
             progress_interval: Duration::from_millis(250),
             source_cache_chunks: 8,
             probe_capacity: true,
+            probe: probe::ProbeOptions::default(),
             reset_before_verify: false,
             sparse: None,
             reset_timeout: Duration::from_secs(20),
+            sample_percent: None,
+            audit: false,
         }
     }
 }

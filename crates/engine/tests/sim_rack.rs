@@ -849,10 +849,11 @@ async fn a_write_error_names_the_failing_block_not_the_start_of_the_failed_write
 async fn a_failure_during_the_capacity_probe_says_it_was_the_probe() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 22);
-    // The probe's first marker (at 0) is written, the second (at 1 MiB) fails.
+    // The probe's markers are written from the highest offset down: the first
+    // (the last block) is written, the second (at 60 MiB) fails.
     let (failure, figures, rack) = only_failure(
         &image,
-        SimStickSpec::new("probe-write", 64 * MIB).write_error_after(4096),
+        SimStickSpec::new("probe-write", 64 * MIB).write_error_after(512),
         dir.path(),
         options(),
     )
@@ -862,7 +863,7 @@ async fn a_failure_during_the_capacity_probe_says_it_was_the_probe() {
         failure.reason,
         FailReason::ProbeError {
             operation: ProbeOperation::Write,
-            offset: Some(MIB),
+            offset: Some(60 * MIB),
             detail: "Input/output error (os error 5)".into(),
         }
     );
@@ -1199,9 +1200,15 @@ async fn a_caching_stick_passes_without_a_reset_and_fails_at_its_first_lost_byte
     let (image, bytes) = common::make_image(dir.path(), image_size, 16);
 
     // Without a reset the cache answers the read-back: every stick passes,
-    // the two that lost data included (the false pass of today's tools).
+    // the two that lost data included (the false pass of today's tools). The
+    // capacity probe is off: it would catch both before writing (it resets the
+    // sticks it can; see the probe's tests), and this is about the read-back.
+    let no_probe = || EngineOptions {
+        probe_capacity: false,
+        ..options()
+    };
     let rack = caching_rack(&dir.path().join("no-reset"));
-    let results = flash_rack(&image, &rack, options()).await;
+    let results = flash_rack(&image, &rack, no_probe()).await;
     for (id, verdict, figures) in &results {
         assert_eq!(verdict, &Verdict::Pass, "{id}");
         assert!(!figures.verified_after_reset, "{id}");
@@ -1217,7 +1224,7 @@ async fn a_caching_stick_passes_without_a_reset_and_fails_at_its_first_lost_byte
     let rack = caching_rack(&dir.path().join("reset"));
     let options = EngineOptions {
         reset_before_verify: true,
-        ..options()
+        ..no_probe()
     };
     let results = flash_rack(&image, &rack, options).await;
     let by_name = |name: &str| {
@@ -1305,4 +1312,312 @@ async fn a_target_that_cannot_be_reset_is_read_back_as_before_and_says_so() {
     assert_eq!(results[0].1, Verdict::Pass);
     assert!(!results[0].2.verified_after_reset);
     assert_eq!(stick.counters().resets, 0);
+}
+
+/// The real size a capacity lie reports, if the verdict is one.
+fn real_bytes_of(verdict: &Verdict) -> Option<u64> {
+    match reason_of(verdict) {
+        Some(FailReason::CapacityLie {
+            real_bytes: Some(real),
+            first_bad_offset,
+            ..
+        }) => {
+            assert_eq!(*first_bad_offset, real.bytes());
+            Some(real.bytes())
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_finds_the_exact_real_size_of_fakes_that_wrap_drop_or_hide_behind_a_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 30);
+    // Real sizes that are not round: the bisection must end on the block.
+    let odd = 100 * MIB + 3 * 512;
+    let fakes = [
+        // A classic counterfeit: wraps at its real (power-of-two) size.
+        (
+            "wrap",
+            64 * MIB,
+            SimStickSpec::new("", 1 << 30).fake_capacity(64 * MIB, FakeMode::Wrap),
+        ),
+        // Drops what lands past its real size.
+        (
+            "vanish",
+            odd,
+            SimStickSpec::new("", 1 << 30).fake_capacity(odd, FakeMode::Vanish),
+        ),
+        // Sold as 16 GB, stores 8 GB (the numbers an operator returns a batch with).
+        (
+            "vanish-16g",
+            8_000_000_000,
+            SimStickSpec::new("", 16_000_000_000).fake_capacity(8_000_000_000, FakeMode::Vanish),
+        ),
+        // Drops them, behind a 16 MiB cache that answers their read-back until
+        // a reset: markers that fit in it came back with the old probe.
+        (
+            "cached",
+            odd,
+            SimStickSpec::new("", 1 << 30)
+                .fake_capacity(odd, FakeMode::Vanish)
+                .volatile_cache(16 * MIB, CacheMode::WriteThrough),
+        ),
+    ];
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        fakes.iter().map(|(name, _, spec)| spec.clone().name(*name)),
+    )
+    .unwrap();
+    let results = flash_rack(&image, &rack, options()).await;
+    for (name, real, _) in &fakes {
+        let (_, verdict, figures) = results.iter().find(|(id, ..)| id.0 == *name).unwrap();
+        assert_eq!(real_bytes_of(verdict), Some(*real), "{name}: {verdict:?}");
+        assert_eq!(verdict.failure().unwrap().stage, Stage::Preparing);
+        // Found before any of the image was written.
+        assert_eq!(figures.bytes_written, 0, "{name}");
+        assert!(
+            verdict.to_string().contains("stores only"),
+            "{name}: {verdict}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_that_cannot_be_reset_has_its_cache_pushed_out_by_the_filler() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 31);
+    let real = 40 * MIB + 512;
+    let cached_fake = SimStick::create(
+        SimStickSpec::new("cached-fake", 1 << 30)
+            .fake_capacity(real, FakeMode::Vanish)
+            .volatile_cache(8 * MIB, CacheMode::WriteThrough),
+        dir.path().join("cached-fake.img"),
+    )
+    .unwrap();
+    // An honest stick whose write-back cache keeps its last 8 MiB of writes
+    // from the medium until a reset: the filler pushes the markers through.
+    let lossy = SimStick::create(
+        SimStickSpec::new("lossy", 256 * MIB).volatile_cache(8 * MIB, CacheMode::LostOnReset),
+        dir.path().join("lossy.img"),
+    )
+    .unwrap();
+    let targets: Vec<(TargetId, Arc<dyn Target>)> = vec![
+        (
+            TargetId::new("cached-fake"),
+            Arc::new(CannotReset(cached_fake.clone())),
+        ),
+        (TargetId::new("lossy"), Arc::new(CannotReset(lossy.clone()))),
+    ];
+    let options = EngineOptions {
+        probe: flashrack_engine::probe::ProbeOptions {
+            cache_bound: 16 * MIB,
+            ..Default::default()
+        },
+        ..options()
+    };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, targets, options, tx).await.unwrap();
+    assert_eq!(
+        real_bytes_of(&results[0].1),
+        Some(real),
+        "{:?}",
+        results[0].1
+    );
+    assert_eq!(results[1].1, Verdict::Pass);
+    for stick in [&cached_fake, &lossy] {
+        assert_eq!(stick.counters().resets, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_stick_passes_the_probe_with_one_reset_and_a_lossy_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 32);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [
+            SimStickSpec::new("honest", 1 << 30),
+            SimStickSpec::new("honest-cached", 1 << 30)
+                .volatile_cache(16 * MIB, CacheMode::WriteThrough),
+            // Its write-back cache never reaches the medium before a reset:
+            // flushed markers are gone after it, even the one at 0.
+            SimStickSpec::new("lossy", 1 << 30).volatile_cache(2 * MIB, CacheMode::LostOnReset),
+        ],
+    )
+    .unwrap();
+    let results = flash_rack(&image, &rack, options()).await;
+    for name in ["honest", "honest-cached"] {
+        let (_, verdict, _) = results.iter().find(|(id, ..)| id.0 == name).unwrap();
+        assert_eq!(verdict, &Verdict::Pass, "{name}");
+        // The probe's one reset; the image itself is not written twice.
+        let counters = rack.stick(name).unwrap().counters();
+        assert_eq!(counters.resets, 1, "{name}");
+    }
+    let (_, verdict, _) = results.iter().find(|(id, ..)| id.0 == "lossy").unwrap();
+    let failure = verdict.failure().unwrap();
+    assert_eq!(failure.stage, Stage::Preparing);
+    assert!(
+        matches!(&failure.reason, FailReason::FlushError { detail } if detail.contains("even at offset 0")),
+        "{failure:?}"
+    );
+}
+
+/// Figures and verdict of the one stick of `rack` named `name`.
+fn result_of<'a>(results: &'a Results, name: &str) -> (&'a Verdict, &'a AttemptFigures) {
+    results
+        .iter()
+        .find(|(id, ..)| id.0 == name)
+        .map(|(_, v, f)| (v, f))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_verify_reads_its_share_names_its_seed_and_never_claims_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 chunks of 64 KiB.
+    let (image, _) = common::make_image(dir.path(), 4 * MIB as usize, 40);
+    let chunk = u64::from(common::CHUNK);
+    let middle = 30 * chunk + 17;
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [
+            SimStickSpec::new("good", 8 * MIB),
+            // The first chunk is always in the sample.
+            SimStickSpec::new("bad-first", 8 * MIB).corrupt_at(100),
+            SimStickSpec::new("bad-middle", 8 * MIB).corrupt_at(middle),
+        ],
+    )
+    .unwrap();
+    // Without the probe, every byte read from a stick is the read-back's.
+    let options = EngineOptions {
+        sample_percent: Some(10.0),
+        probe_capacity: false,
+        ..options()
+    };
+    let results = flash_rack(&image, &rack, options).await;
+
+    let (verdict, figures) = result_of(&results, "good");
+    assert_eq!(verdict, &Verdict::Pass);
+    assert_eq!(figures.verify_method, Some(VerifyMethod::Sampled));
+    let sample = figures.sample.expect("the sample is recorded");
+    assert_eq!((sample.chunks_checked, sample.chunks_total), (7, 64));
+    assert_eq!(figures.pass_words(), "sampled (10 %)");
+    assert_eq!(figures.bytes_verified, 7 * chunk);
+    assert_eq!(rack.stick("good").unwrap().counters().bytes_read, 7 * chunk);
+    assert_eq!(figures.read_back_sha256, None, "a sample proves no digest");
+    // The seed names the chunks again.
+    let chosen = flashrack_engine::sample::choose_chunks(64, 10.0, sample.seed);
+    assert_eq!(chosen.iter().filter(|&&c| c).count(), 7);
+    assert!(chosen[0] && chosen[63]);
+
+    let (verdict, figures) = result_of(&results, "bad-first");
+    assert_eq!(
+        reason_of(verdict),
+        Some(&FailReason::VerifyMismatch { offset: 100 })
+    );
+    assert_eq!(figures.read_back_sha256, None);
+    assert_eq!(figures.verify_method, Some(VerifyMethod::Sampled));
+
+    // The middle chunk's damage is seen exactly when its chunk was drawn.
+    let (verdict, figures) = result_of(&results, "bad-middle");
+    let drawn = flashrack_engine::sample::choose_chunks(64, 10.0, figures.sample.unwrap().seed)
+        [(middle / chunk) as usize];
+    if drawn {
+        assert_eq!(
+            reason_of(verdict),
+            Some(&FailReason::VerifyMismatch { offset: middle })
+        );
+    } else {
+        assert_eq!(verdict, &Verdict::Pass);
+        assert_eq!(figures.pass_words(), "sampled (10 %)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_reads_back_without_writing_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = common::make_image(dir.path(), 2 * MIB as usize, 41);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [
+            SimStickSpec::new("written", 8 * MIB),
+            SimStickSpec::new("blank", 8 * MIB),
+            SimStickSpec::new("small", MIB),
+            // Holds the image (put on its medium below) and refuses writes.
+            SimStickSpec::new("locked", 8 * MIB).read_only(),
+        ],
+    )
+    .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(rack.stick("locked").unwrap().path())
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0))
+        .unwrap();
+    // The first stick gets the image the ordinary way.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let written: Arc<dyn Target> = Arc::new(rack.stick("written").unwrap().clone());
+    let first = flash_all(
+        &image,
+        vec![(TargetId::new("written"), written)],
+        options(),
+        tx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first[0].1, Verdict::Pass);
+    let before: Vec<u64> = rack
+        .sticks()
+        .iter()
+        .map(|s| s.counters().bytes_written)
+        .collect();
+
+    let audit = EngineOptions {
+        audit: true,
+        ..options()
+    };
+    let results = flash_rack(&image, &rack, audit).await;
+    // Nothing written to any stick.
+    let after: Vec<u64> = rack
+        .sticks()
+        .iter()
+        .map(|s| s.counters().bytes_written)
+        .collect();
+    assert_eq!(before, after);
+    for name in ["written", "locked"] {
+        let (verdict, figures) = result_of(&results, name);
+        assert_eq!(verdict, &Verdict::Pass, "{name}");
+        assert_eq!(figures.verify_method, Some(VerifyMethod::Audit));
+        assert_eq!(figures.pass_words(), "audit pass");
+        assert_eq!(
+            (figures.bytes_written, figures.bytes_written_bound),
+            (0, Bound::Unknown)
+        );
+        assert_eq!(figures.bytes_verified, bytes.len() as u64);
+        assert_eq!(figures.read_back_sha256, Some(image.manifest.sha256()));
+    }
+    let (verdict, figures) = result_of(&results, "blank");
+    assert!(matches!(
+        reason_of(verdict),
+        Some(FailReason::VerifyMismatch { .. })
+    ));
+    assert_eq!(figures.verify_method, Some(VerifyMethod::Audit));
+    let (verdict, _) = result_of(&results, "small");
+    assert!(
+        matches!(reason_of(verdict), Some(FailReason::TooSmall { .. })),
+        "{verdict:?}"
+    );
+
+    // An audit can be sampled too: it says sampled.
+    let sampled = EngineOptions {
+        audit: true,
+        sample_percent: Some(5.0),
+        ..options()
+    };
+    let results = flash_rack(&image, &rack, sampled).await;
+    let (verdict, figures) = result_of(&results, "written");
+    assert_eq!(verdict, &Verdict::Pass);
+    assert_eq!(figures.verify_method, Some(VerifyMethod::Sampled));
+    assert_eq!(figures.bytes_written_bound, Bound::Unknown);
+    assert_eq!(figures.pass_words(), "sampled (5 %)");
 }

@@ -162,12 +162,24 @@ pub(crate) fn float(value: f64) -> String {
 /// object. Who armed the run and its lot are reported on their own.
 pub(crate) fn options_words(options: &serde_json::Value) -> String {
     let mut words = Vec::new();
+    if options.get("audit").and_then(|v| v.as_bool()) == Some(true) {
+        words.push("audit: nothing written, each stick read back and compared".to_string());
+    }
     match options.get("verify").and_then(|v| v.as_str()) {
         Some("compare") => words.push("verify by comparing every byte read back".to_string()),
         Some("hash") => words.push("verify by hashing every byte read back (sha256)".to_string()),
         Some("none") => words.push("no verification (written only)".to_string()),
         Some(other) => words.push(format!("verify: {other}")),
         None => {}
+    }
+    if let Some(share) = options
+        .get("sample")
+        .and_then(|v| v.as_f64())
+        .and_then(|p| flashrack_core::SamplePercent::from_percent(p).ok())
+    {
+        words.push(format!(
+            "sampled: {share} of each stick's chunks (and its first and last), not every byte"
+        ));
     }
     if options.get("eject_on_pass").and_then(|v| v.as_bool()) == Some(true) {
         words.push("eject each stick after it passes".to_string());

@@ -132,6 +132,9 @@ pub enum OperatorAction {
     Stop,
     /// Asked for the stick in one port to be written now.
     StartPort,
+    /// Asked for every stick that failed in the armed run, still in its port,
+    /// to be written again.
+    RetryFailed,
 }
 
 fn refusal_as_record<S: Serializer>(refusal: &Refusal, serializer: S) -> Result<S::Ok, S::Error> {

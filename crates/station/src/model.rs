@@ -2,8 +2,8 @@
 //! serializable values, for the command line, the web side and the records.
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, GuardRefusal, RunId, Sha256Digest, Stage, StopReason, Verdict,
-    VerifyMode,
+    AttemptFigures, AttemptId, GuardRefusal, RunId, SamplePercent, Sha256Digest, Stage, StopReason,
+    Verdict, VerifyMode,
 };
 use flashrack_hotplug::PluggedDevice;
 use serde::{Deserialize, Serialize};
@@ -241,6 +241,24 @@ pub struct RunOptions {
     /// (the attempts' figures say how many bytes were skipped).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sparse: bool,
+    /// Check only this share of each stick's chunks after writing (a sampled
+    /// verify: every verdict says `sampled (x %)`); `None` checks every byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<SamplePercent>,
+    /// An audit: write nothing, read each stick back and compare it with the
+    /// image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
+    /// Write a stick again this many times when it fails for a reason that
+    /// may pass ([`flashrack_core::FailReason::is_retryable`]: a write error,
+    /// a stall while writing), each time as an attempt of its own; never for
+    /// a capacity lie or a read-only stick.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for RunOptions {
@@ -254,6 +272,9 @@ impl Default for RunOptions {
             order_id: None,
             force_raw: false,
             sparse: false,
+            sample: None,
+            audit: false,
+            retries: 0,
         }
     }
 }

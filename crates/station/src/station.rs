@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use flashrack_core::{
     AttemptFigures, AttemptId, Bound, DataRanges, DeviceId, EngineEvent, EngineEventKind,
-    FailReason, Failure, GuardRefusal, RunId, Stage, StopReason, TargetId, Verdict,
+    FailReason, Failure, GuardRefusal, RunId, SamplePercent, Stage, StopReason, TargetId, Verdict,
 };
 use flashrack_engine::{
     AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage,
@@ -124,6 +124,7 @@ enum Command {
     Stop(String, oneshot::Sender<Result<(), StationError>>),
     StartPort(String, oneshot::Sender<Result<(), StationError>>),
     RunRefused(Box<RunRefusal>, oneshot::Sender<Result<(), StationError>>),
+    RetryFailed(oneshot::Sender<Result<Vec<String>, StationError>>),
 }
 
 /// Commands a running station and watches it. Cheap to clone.
@@ -173,6 +174,14 @@ impl StationHandle {
     pub async fn record_run_refused(&self, refusal: RunRefusal) -> Result<(), StationError> {
         self.ask(|tx| Command::RunRefused(Box::new(refusal), tx))
             .await
+    }
+
+    /// Writes again, as the operator's explicit request, every stick still in
+    /// its port whose attempt in the armed run failed for a reason that may
+    /// pass ([`FailReason::is_retryable`]: never a capacity lie or a read-only
+    /// stick). Answers the labels of the ports started, once their sticks are.
+    pub async fn retry_failed(&self) -> Result<Vec<String>, StationError> {
+        self.ask(Command::RetryFailed).await
     }
 
     /// The station as it is now.
@@ -248,6 +257,11 @@ enum Reply {
     Arm(RunView, oneshot::Sender<Result<RunView, StationError>>),
     /// To `start_port`.
     StartPort(oneshot::Sender<Result<(), StationError>>),
+    /// To `retry_failed`: the ports started again.
+    RetryFailed(
+        Vec<String>,
+        oneshot::Sender<Result<Vec<String>, StationError>>,
+    ),
 }
 
 /// The guard's answer for a port, from its blocking thread.
@@ -278,6 +292,9 @@ struct ActiveRun {
     /// Keys of the sticks that passed in this run: not written again on
     /// re-insertion unless the operator asks.
     passed_keys: HashSet<String>,
+    /// Automatic retries made in this run, by stick key (at most the run's
+    /// `retries` each).
+    retries_made: HashMap<String, u32>,
 }
 
 impl ActiveRun {
@@ -904,6 +921,12 @@ impl Station {
                     .map_err(StationError::from);
                 let _ = reply.send(recorded);
             }
+            Command::RetryFailed(reply) => match self.retry_failed().await {
+                Ok(labels) => self.defer(Reply::RetryFailed(labels, reply)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
         }
     }
 
@@ -921,6 +944,8 @@ impl Station {
             }));
         }
         engine.sparse = request.sparse.clone();
+        engine.sample_percent = request.options.sample.map(SamplePercent::percent);
+        engine.audit = request.options.audit;
         // Opening the image file is the engine's blocking work: off this task.
         let fanout = {
             let image = request.image.clone();
@@ -970,6 +995,7 @@ impl Station {
             fanout: Some(fanout),
             image_size: manifest.size(),
             passed_keys: HashSet::new(),
+            retries_made: HashMap::new(),
         });
         self.publish_run();
         // Sticks already present are written too: those that were only
@@ -1047,6 +1073,54 @@ impl Station {
         self.try_start(port, true).await;
         self.publish_port(port);
         Ok(())
+    }
+
+    /// The ports whose stick is still in them and failed in the armed run
+    /// for a reason that may pass.
+    fn retryable_ports(&self) -> Vec<usize> {
+        let Some(run) = self.run.as_ref().filter(|r| r.view.armed) else {
+            return Vec::new();
+        };
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.view.state == PortState::Failed && p.kernel_name.is_some())
+            .filter(|(_, p)| {
+                p.view
+                    .verdict_run
+                    .as_ref()
+                    .is_some_and(|v| v.run_id == run.view.id)
+            })
+            .filter(|(_, p)| {
+                p.view
+                    .verdict
+                    .as_ref()
+                    .and_then(Verdict::failure)
+                    .is_some_and(|f| f.reason.is_retryable())
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    async fn retry_failed(&mut self) -> Result<Vec<String>, StationError> {
+        if !self.run.as_ref().is_some_and(|r| r.view.armed) {
+            return Err(StationError::NotArmed);
+        }
+        let ports = self.retryable_ports();
+        let labels: Vec<String> = ports
+            .iter()
+            .map(|&p| self.ports[p].view.label.clone())
+            .collect();
+        self.log(JournalEvent::OperatorAction {
+            action: OperatorAction::RetryFailed,
+            detail: labels.join(" "),
+        })
+        .await;
+        for port in ports {
+            self.try_start(port, true).await;
+            self.publish_port(port);
+        }
+        Ok(labels)
     }
 
     // ----- attempts ----------------------------------------------------------
@@ -1199,6 +1273,9 @@ impl Station {
                 }
                 Reply::StartPort(reply) => {
                     let _ = reply.send(Ok(()));
+                }
+                Reply::RetryFailed(labels, reply) => {
+                    let _ = reply.send(Ok(labels));
                 }
             }
         }
@@ -1567,6 +1644,8 @@ impl Station {
         self.record_finish(slot.attempt_id, &verdict, &figures)
             .await;
         let passed = verdict.is_pass();
+        // Whether writing it again may pass (the run's automatic retries).
+        let retryable = verdict.failure().is_some_and(|f| f.reason.is_retryable());
         // Interrupted, or the station's own shortage (descriptors, memory):
         // says nothing about the stick, counted apart from failures.
         let interrupted = matches!(
@@ -1642,6 +1721,27 @@ impl Station {
         } else if target_reached {
             let _ = self.disarm(StopReason::TargetReached, None).await;
         } else if !passed {
+            // The run's automatic retries: the same stick, still in its port,
+            // written again as an attempt of its own.
+            let retry = still_here
+                && retryable
+                && self
+                    .run
+                    .as_mut()
+                    .filter(|r| r.view.armed && r.view.id == slot.run_id)
+                    .is_some_and(|run| {
+                        let made = run.retries_made.entry(slot.device_key.clone()).or_default();
+                        let allowed = *made < run.view.options.retries;
+                        if allowed {
+                            *made += 1;
+                        }
+                        allowed
+                    });
+            if retry {
+                tracing::info!(port = %self.ports[slot.port].view.label, device = %slot.device_key, "retrying after a failure that may pass");
+                self.try_start(slot.port, false).await;
+                self.publish_port(slot.port);
+            }
             // A failure leaves room under the target count.
             self.start_waiting().await;
         }

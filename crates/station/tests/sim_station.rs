@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use flashrack_core::{Bound, FailReason, Failure, RefusalCode, RunId, Stage, StopReason, Verdict};
 use flashrack_engine::{Clock, EngineOptions, ManualClock, SourceImage};
 use flashrack_guard::GuardPolicy;
-use flashrack_simrack::sim::SimStickSpec;
+use flashrack_simrack::sim::{FakeMode, SimStickSpec};
 use flashrack_simrack::sim_hotplug::{sim_rack, ResetReturn, SimRackControl};
 use flashrack_station::{
     ArmRequest, JournalEvent, MemoryJournal, PortSpec, PortState, RunOptions, Snapshot, Station,
@@ -391,7 +391,7 @@ async fn an_io_error_followed_by_the_removal_is_a_removed_stick_not_a_bad_one() 
     rig.arm(RunOptions::default()).await.unwrap();
     // Both sticks fail a write with EIO at once, as a pulled USB stick does
     // before udev reports it gone; one of them is then reported gone. A third
-    // fails so in the capacity probe (its second marker), and is pulled too.
+    // fails so in the capacity probe (its ninth marker), and is pulled too.
     let pulled = rig.plug(1, "PULLED", healthy().write_error_after(512 * 1024));
     rig.plug(2, "BAD", healthy().write_error_after(512 * 1024));
     let pulled_in_probe = rig.plug(3, "PROBE", healthy().write_error_after(4096));
@@ -1657,4 +1657,140 @@ async fn a_stick_held_away_in_its_reset_continues_when_it_comes_back() {
     assert_eq!(port(&snap, "A1").device.as_ref().unwrap().kernel_name, back);
     let journal = rig.shutdown().await;
     assert_eq!(journal.records().attempts.len(), 1);
+}
+
+/// The finished attempts of `port`, in the order they were made.
+fn finished_at(journal: &MemoryJournal, port: &str) -> Vec<Verdict> {
+    journal
+        .records()
+        .attempts
+        .into_iter()
+        .filter(|a| a.start.port_label == port)
+        .filter_map(|a| a.verdict)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_retries_write_errors_as_attempts_of_their_own_never_a_fake_or_read_only_stick() {
+    let rig = rig(4, GuardPolicy::default()).await;
+    rig.arm(RunOptions {
+        retries: 2,
+        ..RunOptions::default()
+    })
+    .await
+    .unwrap();
+    // Fails every write past 1 MiB, each time it is written.
+    rig.plug(1, "SER-W", healthy().write_error_after(MIB));
+    rig.plug(
+        2,
+        "SER-F",
+        SimStickSpec::new("", 64 * MIB).fake_capacity(4 * MIB, FakeMode::Vanish),
+    );
+    rig.plug(3, "SER-R", healthy().read_only());
+    rig.plug(4, "SER-OK", healthy());
+    let journal = rig.journal.clone();
+    let snap = rig
+        .until("the retries made and every port settled", |s| {
+            finished_at(&journal, "A1").len() == 3
+                && s.run.as_ref().is_some_and(|r| r.active == 0)
+                && ["A1", "A2", "A3"]
+                    .iter()
+                    .all(|l| state(s, l) == PortState::Failed)
+                && state(s, "A4") == PortState::Passed
+        })
+        .await;
+    rig.round_trip().await;
+    // The write error: the first attempt and two retries, each recorded. The
+    // stick fails every write once 1 MiB went in: the retries fail at the
+    // capacity probe's first marker, a write error too.
+    let a1 = finished_at(&rig.journal, "A1");
+    assert_eq!(a1.len(), 3, "{a1:?}");
+    assert!(
+        matches!(
+            reason_of(&Some(a1[0].clone())),
+            Some(FailReason::WriteError { .. })
+        ),
+        "{a1:?}"
+    );
+    for verdict in &a1[1..] {
+        assert!(
+            matches!(
+                reason_of(&Some(verdict.clone())),
+                Some(FailReason::ProbeError {
+                    operation: flashrack_core::ProbeOperation::Write,
+                    ..
+                })
+            ),
+            "{verdict:?}"
+        );
+    }
+    // Never retried: the fake and the read-only stick.
+    let a2 = finished_at(&rig.journal, "A2");
+    assert_eq!(a2.len(), 1);
+    assert!(matches!(
+        reason_of(&Some(a2[0].clone())),
+        Some(FailReason::CapacityLie { .. })
+    ));
+    let a3 = finished_at(&rig.journal, "A3");
+    assert_eq!(a3.len(), 1);
+    assert_eq!(reason_of(&Some(a3[0].clone())), Some(&FailReason::ReadOnly));
+    assert_eq!(finished_at(&rig.journal, "A4"), [Verdict::Pass]);
+    assert_eq!(snap.run.unwrap().failed, 5);
+
+    // "Retry all failed" takes the write error again, never the others.
+    let retried = rig.handle.retry_failed().await.unwrap();
+    assert_eq!(retried, ["A1"]);
+    let journal = rig.journal.clone();
+    rig.until("the operator's retry", |s| {
+        finished_at(&journal, "A1").len() == 4 && state(s, "A1") == PortState::Failed
+    })
+    .await;
+    assert_eq!(finished_at(&rig.journal, "A2").len(), 1);
+    assert_eq!(finished_at(&rig.journal, "A3").len(), 1);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_run_writes_nothing_and_a_sampled_run_says_sampled() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions {
+        audit: true,
+        ..RunOptions::default()
+    })
+    .await
+    .unwrap();
+    rig.plug(1, "SER-1", healthy());
+    let snap = rig
+        .until("audited", |s| state(s, "A1") == PortState::Failed)
+        .await;
+    // A blank stick does not hold the image; nothing was written to it.
+    let a1 = port(&snap, "A1");
+    assert!(matches!(
+        reason_of(&a1.verdict),
+        Some(FailReason::VerifyMismatch { .. })
+    ));
+    let figures = a1.figures.clone().unwrap();
+    assert_eq!(
+        figures.verify_method,
+        Some(flashrack_core::VerifyMethod::Audit)
+    );
+    assert_eq!(figures.bytes_written_bound, Bound::Unknown);
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0);
+    rig.handle.stop_run("audit done").await.unwrap();
+
+    rig.arm(RunOptions {
+        sample: Some("5".parse().unwrap()),
+        ..RunOptions::default()
+    })
+    .await
+    .unwrap();
+    rig.plug(2, "SER-2", healthy());
+    let snap = rig
+        .until("sampled", |s| state(s, "A2") == PortState::Passed)
+        .await;
+    let figures = port(&snap, "A2").figures.clone().unwrap();
+    assert_eq!(figures.pass_words(), "sampled (5 %)");
+    assert_eq!(figures.read_back_sha256, None);
+    rig.shutdown().await;
 }

@@ -40,6 +40,8 @@ pub(crate) fn parse_verify_method(text: &str) -> Result<VerifyMethod, StoreError
         VerifyMethod::None,
         VerifyMethod::Compare,
         VerifyMethod::Hash,
+        VerifyMethod::Sampled,
+        VerifyMethod::Audit,
     ]
     .into_iter()
     .find(|m| m.as_str() == text)
@@ -80,6 +82,8 @@ mod tests {
             VerifyMethod::None,
             VerifyMethod::Compare,
             VerifyMethod::Hash,
+            VerifyMethod::Sampled,
+            VerifyMethod::Audit,
         ] {
             assert_eq!(serde_json::json!(method), method.as_str());
             assert_eq!(parse_verify_method(method.as_str()).unwrap(), method);

@@ -180,6 +180,7 @@ async fn dataset() -> (TestStore, RunReport, DeviceReport) {
                     // a reset before the read-back finds.
                     verified_after_reset: true,
                     bytes_skipped: 0,
+                    sample: None,
                 },
             )
             .await

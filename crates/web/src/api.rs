@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flashrack_core::{DataRanges, Sha256Digest, VerifyMode};
+use flashrack_core::{DataRanges, SamplePercent, Sha256Digest, VerifyMode};
 use flashrack_engine::SourceImage;
 use flashrack_image::{CachedImage, ImageCache, ImageError, ImportOptions};
 use flashrack_station::{ArmRequest, RunOptions, RunRefusal, StationError};
@@ -152,6 +152,20 @@ pub async fn start_port(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// `POST /api/v1/runs/current/retry-failed`: writes again every stick still
+/// in its port that failed in the armed run for a reason that may pass (a
+/// write error, a stall while writing; never a capacity lie or a read-only
+/// stick). Answers `{"ports": [labels]}`.
+pub async fn retry_failed(
+    State(state): State<WebState>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let ports = state.station.retry_failed().await.map_err(station_error)?;
+    Ok(Json(serde_json::json!({ "ports": ports })))
+}
+
+/// The most automatic retries a run may ask for.
+pub const MAX_RETRIES: u32 = 10;
+
 /// The body of `POST /api/v1/runs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,6 +196,17 @@ pub struct ArmBody {
     /// its file systems).
     #[serde(default)]
     pub sparse: bool,
+    /// Check only this share of each stick's chunks, in percent (above 0,
+    /// below 100); absent checks every byte.
+    #[serde(default)]
+    pub sample: Option<SamplePercent>,
+    /// Write nothing: read each stick back and compare it with the image.
+    #[serde(default)]
+    pub audit: bool,
+    /// Write a stick again this many times (at most [`MAX_RETRIES`]) when it
+    /// fails with a write error or a stall while writing.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 /// The longest operator name or lot id accepted.
@@ -226,6 +251,26 @@ pub async fn arm(
     if body.target_count == Some(0) {
         return Err(AppError::bad_request("target_count must be at least 1"));
     }
+    if body.audit && body.verify == VerifyMode::None {
+        return Err(AppError::bad_request(
+            "an audit reads the sticks back: verify \"none\" would check nothing",
+        ));
+    }
+    if body.retries > MAX_RETRIES {
+        return Err(AppError::bad_request(format!(
+            "retries must be at most {MAX_RETRIES}"
+        )));
+    }
+    if body.audit && body.retries > 0 {
+        return Err(AppError::bad_request(
+            "an audit writes nothing: there is no write to retry",
+        ));
+    }
+    if body.sample.is_some() && body.verify == VerifyMode::None {
+        return Err(AppError::bad_request(
+            "a sampled verify needs a verify mode that reads back (compare or hash)",
+        ));
+    }
     let operator = run_label("operator", body.operator)?;
     // A named token's holder is who armed the run: the body may repeat the
     // name, never give another (see `auth`).
@@ -255,8 +300,16 @@ pub async fn arm(
         order_id: None,
         force_raw: body.force_raw,
         sparse: body.sparse,
+        sample: body.sample,
+        audit: body.audit,
+        retries: body.retries,
     };
-    if let Some(refusal) = image.raw_write_refusal().filter(|_| !body.force_raw) {
+    // An audit writes nothing: an image that would not boot written raw may
+    // still be compared with sticks written otherwise.
+    if let Some(refusal) = image
+        .raw_write_refusal()
+        .filter(|_| !body.force_raw && !body.audit)
+    {
         let message = format!(
             "image {} is refused for a raw run: {refusal} (\"force_raw\": true)",
             image.meta.original_name

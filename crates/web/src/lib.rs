@@ -240,6 +240,7 @@ pub fn router(state: WebState) -> Router {
         .route("/runs", get(api::runs).post(api::arm))
         .route("/runs/current", get(api::current_run))
         .route("/runs/current/stop", post(api::stop_run))
+        .route("/runs/current/retry-failed", post(api::retry_failed))
         .route("/runs/{id}/report", get(api::run_report))
         .route("/images", get(api::images))
         .route(

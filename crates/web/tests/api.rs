@@ -1298,3 +1298,52 @@ async fn a_windows_like_installer_iso_is_shown_and_refused_for_a_raw_run_unless_
         "the force is kept with the run"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_audit_and_retry_runs_are_armed_over_the_api_and_bad_ones_refused() {
+    let rig = rig(AccessPolicy::default()).await;
+    for body in [
+        json!({"image": rig.image_sha, "sample": 0}),
+        json!({"image": rig.image_sha, "sample": 100}),
+        json!({"image": rig.image_sha, "sample": "five"}),
+        json!({"image": rig.image_sha, "sample": 5, "verify": "none"}),
+        json!({"image": rig.image_sha, "audit": true, "verify": "none"}),
+        json!({"image": rig.image_sha, "audit": true, "retries": 1}),
+        json!({"image": rig.image_sha, "retries": 11}),
+        json!({"image": rig.image_sha, "retries": -1}),
+    ] {
+        let (status, reply) = post(&rig, "/api/v1/runs", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+    }
+    // Nothing to retry without an armed run.
+    let (status, _) = post(&rig, "/api/v1/runs/current/retry-failed", json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let (status, run) = post(
+        &rig,
+        "/api/v1/runs",
+        json!({"image": rig.image_sha, "sample": 2.5, "retries": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["options"]["sample"], 2.5);
+    assert_eq!(run["options"]["retries"], 2);
+    rig.control
+        .plug("p1", "SER-1", SimStickSpec::new("", 8 * MIB))
+        .unwrap();
+    let mut watch = rig.station().watch();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        watch.wait_for(|s| s.ports[0].state == flashrack_station::PortState::Passed),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (_, port) = get(&rig, "/api/v1/ports/A1").await;
+    assert_eq!(port["figures"]["verify_method"], "sampled", "{port}");
+    assert_eq!(port["figures"]["sample"]["percent"], 2.5);
+    assert!(port["figures"]["read_back_sha256"].is_null());
+    // Nothing failed: nothing to retry.
+    let (status, reply) = post(&rig, "/api/v1/runs/current/retry-failed", json!({})).await;
+    assert_eq!((status, reply), (StatusCode::OK, json!({"ports": []})));
+}

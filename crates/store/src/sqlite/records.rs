@@ -514,6 +514,9 @@ pub(super) fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
         bytes_written_bound: parse_bound(row.try_get("bytes_written_bound")?)?,
         verified_after_reset: row.try_get("verified_after_reset")?,
         bytes_skipped: to_u64("attempts.bytes_skipped", row.try_get("bytes_skipped")?)?,
+        // Not a column yet: a sampled read-back reads back as `sampled`,
+        // without its share and seed (those are in the run's options).
+        sample: None,
     })
 }
 

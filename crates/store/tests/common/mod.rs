@@ -119,6 +119,7 @@ pub fn pass_figures() -> AttemptFigures {
         bytes_written_bound: Bound::Exact,
         verified_after_reset: false,
         bytes_skipped: 0,
+        sample: None,
     }
 }
 
