@@ -23,7 +23,7 @@ impl SamplePercent {
     pub fn from_percent(percent: f64) -> Result<Self, SamplePercentError> {
         let hundredths = (percent * 100.0).round();
         let exact = ((hundredths / 100.0) - percent).abs() < 1e-9;
-        if percent.is_finite() && exact && hundredths >= 1.0 && hundredths < 10_000.0 {
+        if percent.is_finite() && exact && (1.0..10_000.0).contains(&hundredths) {
             Ok(Self(hundredths as u32))
         } else {
             Err(SamplePercentError(percent.to_string()))
