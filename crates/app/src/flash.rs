@@ -247,6 +247,12 @@ pub async fn flash(
         verify: request.verify,
         stall_timeout,
         probe_capacity: request.probe_capacity && writes,
+        // One-shot targets are reset in place (no station sees them leave):
+        // the probe defeats their caches.
+        probe: flashrack_engine::probe::ProbeOptions {
+            defeat_cache: true,
+            ..Default::default()
+        },
         sample_percent: request.sample.map(SamplePercent::percent),
         audit: request.audit,
         sparse,

@@ -1314,6 +1314,18 @@ async fn a_target_that_cannot_be_reset_is_read_back_as_before_and_says_so() {
     assert_eq!(stick.counters().resets, 0);
 }
 
+/// The test options with a probe that defeats the sticks' caches (a reset
+/// where the stick can be reset, else the filler).
+fn defeating_cache() -> EngineOptions {
+    EngineOptions {
+        probe: flashrack_engine::probe::ProbeOptions {
+            defeat_cache: true,
+            ..Default::default()
+        },
+        ..options()
+    }
+}
+
 /// The real size a capacity lie reports, if the verdict is one.
 fn real_bytes_of(verdict: &Verdict) -> Option<u64> {
     match reason_of(verdict) {
@@ -1369,7 +1381,7 @@ async fn the_probe_finds_the_exact_real_size_of_fakes_that_wrap_drop_or_hide_beh
         fakes.iter().map(|(name, _, spec)| spec.clone().name(*name)),
     )
     .unwrap();
-    let results = flash_rack(&image, &rack, options()).await;
+    let results = flash_rack(&image, &rack, defeating_cache()).await;
     for (name, real, _) in &fakes {
         let (_, verdict, figures) = results.iter().find(|(id, ..)| id.0 == *name).unwrap();
         assert_eq!(real_bytes_of(verdict), Some(*real), "{name}: {verdict:?}");
@@ -1411,6 +1423,7 @@ async fn a_stick_that_cannot_be_reset_has_its_cache_pushed_out_by_the_filler() {
     ];
     let options = EngineOptions {
         probe: flashrack_engine::probe::ProbeOptions {
+            defeat_cache: true,
             cache_bound: 16 * MIB,
             ..Default::default()
         },
@@ -1446,7 +1459,7 @@ async fn an_honest_stick_passes_the_probe_with_one_reset_and_a_lossy_one_is_name
         ],
     )
     .unwrap();
-    let results = flash_rack(&image, &rack, options()).await;
+    let results = flash_rack(&image, &rack, defeating_cache()).await;
     for name in ["honest", "honest-cached"] {
         let (_, verdict, _) = results.iter().find(|(id, ..)| id.0 == name).unwrap();
         assert_eq!(verdict, &Verdict::Pass, "{name}");
