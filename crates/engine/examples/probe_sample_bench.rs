@@ -88,7 +88,7 @@ async fn main() {
     let small_dir = dir.path().join("small");
     std::fs::create_dir_all(&small_dir).unwrap();
     let (path, manifest) = flashrack_testkit::image_from_bytes(&small_dir, &small, CHUNK);
-    let small = SourceImage { path, manifest };
+    let small = SourceImage::cached(path, manifest);
     let write_only = EngineOptions {
         verify: VerifyMode::None,
         ..EngineOptions::default()
@@ -142,7 +142,7 @@ async fn main() {
     let big_dir = dir.path().join("big");
     std::fs::create_dir_all(&big_dir).unwrap();
     let (path, manifest) = flashrack_testkit::image_from_bytes(&big_dir, &big, CHUNK);
-    let big_image = SourceImage { path, manifest };
+    let big_image = SourceImage::cached(path, manifest);
     let holder = stick(dir.path(), "holder");
     std::fs::OpenOptions::new()
         .write(true)
