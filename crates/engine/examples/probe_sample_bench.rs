@@ -91,6 +91,11 @@ async fn main() {
     let small = SourceImage::cached(path, manifest);
     let write_only = EngineOptions {
         verify: VerifyMode::None,
+        // As `flashrack flash` probes: the stick's cache defeated.
+        probe: flashrack_engine::probe::ProbeOptions {
+            defeat_cache: true,
+            ..Default::default()
+        },
         ..EngineOptions::default()
     };
     let (mut without, mut with_reset, mut with_filler) = (Vec::new(), Vec::new(), Vec::new());
