@@ -191,6 +191,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                             "imported_at": i.meta.imported_at,
                             "inspection": i.meta.inspection,
                             "raw_write_refusal": i.raw_write_refusal(),
+                            "block_map": kept_map_json(&cache.block_map(&i.sha256())),
                         })
                     })
                     .collect();
@@ -198,12 +199,20 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             } else {
                 for i in images {
                     let what = i.meta.inspection.as_ref().map(|x| x.summary());
+                    let map = match cache.block_map(&i.sha256()) {
+                        Ok(Some(map)) => {
+                            format!("  [block map {:.1} %]", map.mapped_share() * 100.0)
+                        }
+                        Ok(None) => String::new(),
+                        Err(_) => "  [block map unreadable]".to_string(),
+                    };
                     outln!(
-                        "{}  {:>10}  {}  {}{}",
+                        "{}  {:>10}  {}  {}{}{}",
                         i.sha256(),
                         ByteSize(i.size()).to_string(),
                         i.meta.original_name,
                         what.unwrap_or_default(),
+                        map,
                         if i.raw_write_refusal().is_some() {
                             "  [raw run refused]"
                         } else {
@@ -215,6 +224,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
         }
         ImageCommand::Show { image, json } => {
             let i = cache.find(&image)?;
+            let map = cache.block_map(&i.sha256());
             if json {
                 outln!(
                     "{}",
@@ -224,6 +234,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         "imported_at": i.meta.imported_at,
                         "inspection": i.meta.inspection,
                         "raw_write_refusal": i.raw_write_refusal(),
+                        "block_map": kept_map_json(&map),
                     }))?
                 )?;
             } else {
@@ -236,6 +247,20 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         }
                     }
                     None => outln!("not inspected (the image file cannot be read)")?,
+                }
+                match map {
+                    Ok(Some(map)) => outln!(
+                        "block map: {}: {} of {} bytes mapped ({:.1} %), {} ranges",
+                        map.source(),
+                        map.ranges.mapped_bytes(),
+                        map.ranges.image_size(),
+                        map.mapped_share() * 100.0,
+                        map.ranges.ranges().len()
+                    )?,
+                    Ok(None) => {
+                        outln!("block map: none (sparse runs are not possible; written whole)")?
+                    }
+                    Err(error) => outln!("block map: unreadable ({error})")?,
                 }
             }
         }
@@ -366,6 +391,19 @@ impl DownloadView {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// An image's kept block map as `image show`/`list --json` give it: its
+/// source, mapped bytes and share ([`flashrack_app::images::MapInfo`]), null
+/// when it has none, `{"error": …}` when it cannot be read.
+fn kept_map_json(
+    map: &Result<Option<flashrack_app::images::StoredMap>, flashrack_app::images::ImageError>,
+) -> serde_json::Value {
+    match map {
+        Ok(Some(map)) => serde_json::json!(map.info()),
+        Ok(None) => serde_json::Value::Null,
+        Err(error) => serde_json::json!({"error": error.to_string()}),
     }
 }
 

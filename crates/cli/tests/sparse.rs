@@ -227,3 +227,126 @@ fn an_image_with_a_broken_file_system_gets_no_map_and_is_still_written_whole() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(fs::read(target).unwrap() == bytes);
 }
+
+/// Imports `file` and gives its sha256.
+fn import(data_dir: &Path, file: &Path) -> String {
+    let out = flashrack(
+        data_dir,
+        &["image", "import", file.to_str().unwrap(), "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let imported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    imported["sha256"].as_str().unwrap().to_string()
+}
+
+fn json_of(out: Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn image_show_and_list_give_the_block_map_its_source_and_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // Three images: mapped from its ext4 file system, mapped by a bmap file
+    // beside it, and one with no file system (no map).
+    let (generated, _) = ext4_image(&dir.path().join("gen"));
+    let (with_bmap, _) = ext4_image(&dir.path().join("bmap"));
+    let bmap = run(Command::new("bmaptool").arg("create").arg(&with_bmap));
+    fs::write(dir.path().join("bmap/disk.img.bmap"), bmap).unwrap();
+    let plain = dir.path().join("plain.img");
+    fs::write(
+        &plain,
+        (0..4 * MIB as usize)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let generated = import(&data_dir, &generated);
+    let with_bmap = import(&data_dir, &with_bmap);
+    let plain = import(&data_dir, &plain);
+
+    let shown = |sha: &str| json_of(flashrack(&data_dir, &["image", "show", sha, "--json"]));
+    let map = shown(&generated)["block_map"].clone();
+    assert_eq!(map["origin"]["kind"], "generated", "{map}");
+    assert!(
+        map["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("generated from ext4"),
+        "{map}"
+    );
+    let mapped = map["mapped_bytes"].as_u64().unwrap();
+    assert!(mapped > 3 * MIB && mapped < 16 * MIB, "{map}");
+    assert_eq!(map["image_size"], 32 * MIB);
+    let share = map["mapped_share"].as_f64().unwrap();
+    assert!(
+        (share - mapped as f64 / (32 * MIB) as f64).abs() < 1e-9,
+        "{map}"
+    );
+    assert!(map["ranges"].as_u64().unwrap() >= 1, "{map}");
+
+    let bmap_map = shown(&with_bmap)["block_map"].clone();
+    assert_eq!(bmap_map["origin"]["kind"], "bmap", "{bmap_map}");
+    assert!(
+        bmap_map["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("bmap file disk.img.bmap (format "),
+        "{bmap_map}"
+    );
+    assert!(
+        bmap_map["mapped_share"].as_f64().unwrap() > 0.1,
+        "{bmap_map}"
+    );
+    assert!(shown(&plain)["block_map"].is_null());
+
+    // In words.
+    let words = |sha: &str| {
+        let out = flashrack(&data_dir, &["image", "show", sha]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let said = words(&generated);
+    let line = format!(
+        "block map: {}: {mapped} of {} bytes mapped ({:.1} %)",
+        map["source"].as_str().unwrap(),
+        32 * MIB,
+        share * 100.0
+    );
+    assert!(said.contains(&line), "{said}\nwanted: {line}");
+    let said = words(&with_bmap);
+    assert!(
+        said.contains("block map: bmap file disk.img.bmap"),
+        "{said}"
+    );
+    let said = words(&plain);
+    assert!(
+        said.contains("block map: none (sparse runs are not possible; written whole)"),
+        "{said}"
+    );
+
+    // The list gives the same, row by row.
+    let listed = json_of(flashrack(&data_dir, &["image", "list", "--json"]));
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let sha = row["sha256"].as_str().unwrap();
+        assert_eq!(row["block_map"], shown(sha)["block_map"], "{row}");
+    }
+    let out = flashrack(&data_dir, &["image", "list"]);
+    let listed = text(&out.stdout);
+    let line_of = |sha: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(sha))
+            .unwrap_or_else(|| panic!("{sha} not in {listed}"))
+            .to_string()
+    };
+    assert!(
+        line_of(&generated).contains(&format!("[block map {:.1} %]", share * 100.0)),
+        "{listed}"
+    );
+    assert!(line_of(&with_bmap).contains("[block map "), "{listed}");
+    assert!(!line_of(&plain).contains("block map"), "{listed}");
+}

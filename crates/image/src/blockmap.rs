@@ -51,7 +51,59 @@ pub struct StoredMap {
     pub ranges: DataRanges,
 }
 
+/// What is shown of an image's block map (`flashrack image show`/`list`,
+/// the API's image JSON): where it came from and how much of the image it
+/// maps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MapInfo {
+    /// In words: "bmap file disk.bmap (format 2.0)" or "generated from ext4 …".
+    pub source: String,
+    /// Where it came from, as kept.
+    pub origin: MapOrigin,
+    /// Bytes its ranges cover.
+    pub mapped_bytes: u64,
+    /// The image's size.
+    pub image_size: u64,
+    /// `mapped_bytes / image_size` (0 for an empty image).
+    pub mapped_share: f64,
+    /// How many ranges.
+    pub ranges: usize,
+}
+
 impl StoredMap {
+    /// Where the map came from, in words: "bmap file disk.bmap (format
+    /// 2.0)" or "generated from ext4 …".
+    pub fn source(&self) -> String {
+        match &self.origin {
+            MapOrigin::Bmap { file, version, .. } => {
+                format!("bmap file {file} (format {version})")
+            }
+            MapOrigin::Generated { sources } => {
+                format!("generated from {}", sources.join("; "))
+            }
+        }
+    }
+
+    /// The share of the image its ranges cover, 0 to 1 (0 for an empty image).
+    pub fn mapped_share(&self) -> f64 {
+        match self.ranges.image_size() {
+            0 => 0.0,
+            size => self.ranges.mapped_bytes() as f64 / size as f64,
+        }
+    }
+
+    /// What is shown of it ([`MapInfo`]).
+    pub fn info(&self) -> MapInfo {
+        MapInfo {
+            source: self.source(),
+            origin: self.origin.clone(),
+            mapped_bytes: self.ranges.mapped_bytes(),
+            image_size: self.ranges.image_size(),
+            mapped_share: self.mapped_share(),
+            ranges: self.ranges.ranges().len(),
+        }
+    }
+
     /// One line for people: "bmap 2.0 (image.bmap): 40.1 MB of 64 MB mapped".
     pub fn summary(&self) -> String {
         let what = match &self.origin {

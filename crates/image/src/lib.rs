@@ -79,7 +79,7 @@ mod index;
 mod input;
 mod pass;
 
-pub use blockmap::{MapOrigin, StoredMap};
+pub use blockmap::{MapInfo, MapOrigin, StoredMap};
 pub use cache::{CachedImage, ImageCache, ImportMeta, SourceReference, MIN_PREFIX};
 pub use detect::ImageFormat;
 pub use error::{FileKind, ImageError};

@@ -93,8 +93,36 @@ async fn sparse_ranges(cache: &ImageCache, image: &CachedImage) -> Result<DataRa
     }
 }
 
-fn image_json(image: &CachedImage) -> Value {
+/// At import, as `flashrack image import` does: an image with no kept map
+/// gets one generated from its file systems' allocation if flashrack reads
+/// them (an image it cannot map is still imported, and written whole).
+fn keep_generated_map(cache: &ImageCache, image: &CachedImage) {
+    match cache.block_map(&image.sha256()) {
+        Ok(Some(_)) => {}
+        Ok(None) => match cache.generate_map(image) {
+            Ok(map) => tracing::info!(image = %image.sha256(), "block map {}", map.summary()),
+            Err(ImageError::NoBlockMap { reason }) => {
+                tracing::debug!(image = %image.sha256(), "no block map: {reason}")
+            }
+            Err(error) => {
+                tracing::warn!(image = %image.sha256(), "block map not generated: {error}")
+            }
+        },
+        Err(error) => tracing::warn!(image = %image.sha256(), "its block map: {error}"),
+    }
+}
+
+/// An image as the API shows it. `block_map`: the map kept for sparse runs
+/// ([`flashrack_image::MapInfo`]: its source, mapped bytes and share), null
+/// when it has none, `{"error": …}` when the kept one cannot be read.
+fn image_json(cache: &ImageCache, image: &CachedImage) -> Value {
+    let block_map = match cache.block_map(&image.sha256()) {
+        Ok(Some(map)) => json!(map.info()),
+        Ok(None) => Value::Null,
+        Err(error) => json!({"error": error.to_string()}),
+    };
     json!({
+        "block_map": block_map,
         "sha256": image.sha256(),
         "size": image.size(),
         "name": image.meta.original_name,
@@ -547,11 +575,15 @@ pub async fn device_report(
 /// `GET /api/v1/images`
 pub async fn images(State(state): State<WebState>) -> Result<Json<Vec<Value>>, AppError> {
     let cache = state.images.clone();
-    let images = tokio::task::spawn_blocking(move || cache.list())
-        .await
-        .map_err(AppError::internal)?
-        .map_err(image_error)?;
-    Ok(Json(images.iter().map(image_json).collect()))
+    let images = tokio::task::spawn_blocking(move || {
+        cache
+            .list()
+            .map(|images| images.iter().map(|i| image_json(&cache, i)).collect())
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(image_error)?;
+    Ok(Json(images))
 }
 
 fn parse_digest(text: &str) -> Result<Sha256Digest, AppError> {
@@ -565,12 +597,16 @@ pub async fn image(
 ) -> Result<Json<Value>, AppError> {
     let digest = parse_digest(&sha256)?;
     let cache = state.images.clone();
-    let image = tokio::task::spawn_blocking(move || cache.get(&digest))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(image_error)?
-        .ok_or_else(|| AppError::not_found(format!("no image {sha256}")))?;
-    Ok(Json(image_json(&image)))
+    let image = tokio::task::spawn_blocking(move || {
+        cache
+            .get(&digest)
+            .map(|image| image.map(|i| image_json(&cache, &i)))
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(image_error)?
+    .ok_or_else(|| AppError::not_found(format!("no image {sha256}")))?;
+    Ok(Json(image))
 }
 
 /// `DELETE /api/v1/images/{sha256}`
@@ -652,7 +688,12 @@ async fn import_file(
         cancel: Some(Arc::clone(&cancel)),
         ..ImportOptions::default()
     };
-    let import = tokio::task::spawn_blocking(move || cache.import(&path, options));
+    let import = tokio::task::spawn_blocking(move || {
+        let outcome = cache.import(&path, options)?;
+        keep_generated_map(&cache, &outcome.image);
+        let body = image_json(&cache, &outcome.image);
+        Ok::<_, ImageError>((outcome, body))
+    });
     let outcome = tokio::select! {
         result = import => result,
         _ = shutdown_of(state) => {
@@ -664,12 +705,12 @@ async fn import_file(
     }
     .map_err(AppError::internal)?
     .map_err(image_error)?;
+    let (outcome, mut body) = outcome;
     let status = if outcome.already_cached() {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    let mut body = image_json(&outcome.image);
     body["already_cached"] = json!(outcome.already_cached());
     Ok((status, Json(body)))
 }

@@ -1347,3 +1347,111 @@ async fn sampled_audit_and_retry_runs_are_armed_over_the_api_and_bad_ones_refuse
     let (status, reply) = post(&rig, "/api/v1/runs/current/retry-failed", json!({})).await;
     assert_eq!((status, reply), (StatusCode::OK, json!({"ports": []})));
 }
+
+/// An 8 MiB ext4 image holding 2 MiB of data, made by `mkfs.ext4 -d`.
+fn ext4_image(dir: &std::path::Path, path: &std::path::Path) {
+    let root = dir.join("ext4-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let data: Vec<u8> = (0..2 * MIB as usize)
+        .map(|i| (i * 31 % 253) as u8 | 1)
+        .collect();
+    std::fs::write(root.join("data.bin"), data).unwrap();
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(path)
+        .output()
+        .expect("run mkfs.ext4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn sparse_runs_are_armed_for_an_image_with_a_block_map_and_refused_otherwise() {
+    let rig = rig(AccessPolicy::default()).await;
+    // Imported by path, an ext4 image gets a map from its allocation; the
+    // test image (random bytes) has none.
+    let file = rig.dir.path().join("import/fs.img");
+    ext4_image(rig.dir.path(), &file);
+    let (status, imported) = post(&rig, "/api/v1/images/import", json!({"path": file})).await;
+    assert_eq!(status, StatusCode::CREATED, "{imported}");
+    let sha = imported["sha256"].as_str().unwrap().to_string();
+    let map = &imported["block_map"];
+    assert_eq!(map["origin"]["kind"], "generated", "{imported}");
+    assert!(
+        map["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("generated from ext4"),
+        "{map}"
+    );
+    let mapped = map["mapped_bytes"].as_u64().unwrap();
+    assert!(mapped > 2 * MIB && mapped < 8 * MIB, "{map}");
+    assert_eq!(map["image_size"], 8 * MIB);
+    let share = map["mapped_share"].as_f64().unwrap();
+    assert!(
+        (share - mapped as f64 / (8 * MIB) as f64).abs() < 1e-9,
+        "{map}"
+    );
+    let (_, shown) = get(&rig, &format!("/api/v1/images/{sha}")).await;
+    assert_eq!(&shown["block_map"], map);
+    let (_, listed) = get(&rig, "/api/v1/images").await;
+    let row = |sha: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["sha256"] == sha)
+            .unwrap_or_else(|| panic!("{sha} not in {listed}"))
+            .clone()
+    };
+    assert_eq!(&row(&sha)["block_map"], map);
+    assert!(row(&rig.image_sha)["block_map"].is_null(), "{listed}");
+
+    // A sparse value that is not a boolean: a clear 400, nothing armed.
+    for bad in [json!("yes"), json!(1), json!(null)] {
+        let body = json!({"image": sha, "sparse": bad});
+        let (status, reply) = post(&rig, "/api/v1/runs", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        assert!(reply.to_string().contains("sparse"), "{body}: {reply}");
+    }
+    // An image with no map: 422 with the reason.
+    let (status, reply) = post(
+        &rig,
+        "/api/v1/runs",
+        json!({"image": rig.image_sha, "sparse": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+    assert!(
+        reply
+            .to_string()
+            .contains("the image has no block map, so it can only be written whole"),
+        "{reply}"
+    );
+    let (_, current) = get(&rig, "/api/v1/runs/current").await;
+    assert!(current["armed"] != json!(true), "{current}");
+
+    // The mapped image: armed, sparse, and a stick passes.
+    let (status, run) = post(&rig, "/api/v1/runs", json!({"image": sha, "sparse": true})).await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["options"]["sparse"], true, "{run}");
+    rig.control
+        .plug("p1", "SER-1", SimStickSpec::new("", 8 * MIB))
+        .unwrap();
+    let mut watch = rig.station().watch();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        watch.wait_for(|s| s.ports[0].state == flashrack_station::PortState::Passed),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
