@@ -68,6 +68,7 @@ fn cells(row: &ExportRow) -> [Cow<'_, str>; FIELDS.len()] {
         text(Some(&row.started_at)),
         text(row.finished_at.as_deref()),
         text(Some(row.verdict)),
+        text(Some(&row.verdict_words)),
         text(row.stage),
         text(row.reason_code.as_deref()),
         text(row.reason_detail.as_deref()),
@@ -87,6 +88,10 @@ fn cells(row: &ExportRow) -> [Cow<'_, str>; FIELDS.len()] {
             "false"
         })),
         number(Some(row.bytes_skipped.to_string())),
+        number(row.sample_percent.map(float)),
+        number(row.sample_seed.clone()),
+        number(row.sample_chunks_checked.map(|c| c.to_string())),
+        number(row.sample_chunks_total.map(|c| c.to_string())),
         text(row.operator.as_deref()),
         text(row.lot.as_deref()),
         text(row.run_options.as_deref()),

@@ -10,7 +10,7 @@ use crate::{Counts, ReportRow, LOT_OPTION, OPERATOR_OPTION};
 
 /// The version tag of every export: the JSON's `format`, the CSV's
 /// `report_format` column, the HTML's generator and footer.
-pub const FORMAT: &str = "flashrack-report/5";
+pub const FORMAT: &str = "flashrack-report/6";
 
 /// The version of flashrack printed on every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -20,7 +20,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const CSV_EXTRA_FIELDS: [&str; 2] = ["report_format", "flashrack_version"];
 
 /// The record fields, in CSV column order.
-pub const FIELDS: [&str; 38] = [
+pub const FIELDS: [&str; 43] = [
     "attempt_id",
     "refusal_id",
     "station_id",
@@ -37,6 +37,7 @@ pub const FIELDS: [&str; 38] = [
     "started_at",
     "finished_at",
     "verdict",
+    "verdict_words",
     "stage",
     "reason_code",
     "reason_detail",
@@ -52,6 +53,10 @@ pub const FIELDS: [&str; 38] = [
     "verify_method",
     "verified_after_reset",
     "bytes_skipped",
+    "sample_percent",
+    "sample_seed",
+    "sample_chunks_checked",
+    "sample_chunks_total",
     "operator",
     "lot",
     "run_options",
@@ -80,6 +85,7 @@ pub(crate) struct ExportRow {
     pub(crate) started_at: String,
     pub(crate) finished_at: Option<String>,
     pub(crate) verdict: &'static str,
+    pub(crate) verdict_words: String,
     pub(crate) stage: Option<&'static str>,
     pub(crate) reason_code: Option<String>,
     pub(crate) reason_detail: Option<String>,
@@ -95,6 +101,11 @@ pub(crate) struct ExportRow {
     pub(crate) verify_method: Option<&'static str>,
     pub(crate) verified_after_reset: bool,
     pub(crate) bytes_skipped: u64,
+    pub(crate) sample_percent: Option<f64>,
+    /// A string: a u64 seed may not fit a JSON reader's doubles.
+    pub(crate) sample_seed: Option<String>,
+    pub(crate) sample_chunks_checked: Option<u64>,
+    pub(crate) sample_chunks_total: Option<u64>,
     pub(crate) operator: Option<String>,
     pub(crate) lot: Option<String>,
     pub(crate) run_options: Option<String>,
@@ -125,6 +136,7 @@ impl ExportRow {
             started_at: format_time(row.started_at),
             finished_at: row.finished_at.map(format_time),
             verdict: row.verdict.as_str(),
+            verdict_words: verdict_words(row),
             stage: row.stage.map(|s| s.as_str()),
             reason_code: row.reason_code.clone(),
             reason_detail: row.reason_detail.clone(),
@@ -140,6 +152,10 @@ impl ExportRow {
             verify_method: f.verify_method.map(|m| m.as_str()),
             verified_after_reset: f.verified_after_reset,
             bytes_skipped: f.bytes_skipped,
+            sample_percent: f.sample.as_ref().map(|s| s.percent),
+            sample_seed: f.sample.as_ref().map(|s| s.seed.to_string()),
+            sample_chunks_checked: f.sample.as_ref().map(|s| s.chunks_checked),
+            sample_chunks_total: f.sample.as_ref().map(|s| s.chunks_total),
             operator: facts.option_text(OPERATOR_OPTION).map(str::to_string),
             lot: facts.option_text(LOT_OPTION).map(str::to_string),
             run_options: facts.options.as_ref().map(options_words),
@@ -148,6 +164,17 @@ impl ExportRow {
             image_source_name: facts.image_source.as_ref().map(|s| s.file_name.clone()),
             image_source_sha256: facts.image_source.as_ref().map(|s| s.sha256.to_hex()),
         }
+    }
+}
+
+/// A record's verdict in the words every report shows: for a pass, what it
+/// proved (`pass`, `sampled (5 %)`, `audit pass`, `written, not verified`:
+/// a weaker proof is never a plain `pass`); otherwise the verdict (`fail`,
+/// `refused`, `interrupted`, `running`).
+pub(crate) fn verdict_words(row: &ReportRow) -> String {
+    match row.verdict {
+        crate::ReportVerdict::Pass => row.figures.pass_words(),
+        other => other.as_str().to_string(),
     }
 }
 
@@ -268,6 +295,7 @@ mod tests {
             started_at: String::new(),
             finished_at: None,
             verdict: "running",
+            verdict_words: "running".to_string(),
             stage: Some("preparing"),
             reason_code: None,
             reason_detail: None,
@@ -283,6 +311,10 @@ mod tests {
             verify_method: None,
             verified_after_reset: false,
             bytes_skipped: 0,
+            sample_percent: None,
+            sample_seed: None,
+            sample_chunks_checked: None,
+            sample_chunks_total: None,
             operator: None,
             lot: None,
             run_options: None,

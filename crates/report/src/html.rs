@@ -154,8 +154,11 @@ impl<'a> Item<'a> {
 
 /// A record as the table shows it: every cell as text.
 struct Row {
-    /// The verdict: the row's class (its colour) and its verdict cell.
+    /// The verdict: the row's class (its colour).
     verdict: &'static str,
+    /// The verdict cell: what a pass proved (`pass`, `sampled (5 %)`, `audit
+    /// pass`, `written, not verified`), else the verdict.
+    verdict_words: String,
     /// The attempt's number, or `refusal N` for a refusal before any attempt.
     number: String,
     station: String,
@@ -189,6 +192,7 @@ impl Row {
         let rate = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_default();
         Self {
             verdict: e.verdict,
+            verdict_words: e.verdict_words.clone(),
             number: match (e.attempt_id, e.refusal_id) {
                 (Some(id), _) => id.to_string(),
                 (None, Some(id)) => format!("refusal {id}"),
@@ -217,6 +221,19 @@ impl Row {
             // A sparse attempt proves its block map's ranges only: the cell
             // says how much was checked and how much was not.
             verify_method: match (e.verify_method, e.verified_after_reset, e.bytes_skipped) {
+                // A sampled read-back: its share, the chunks it checked and
+                // the seed that chose them (to repeat the choice).
+                (Some(_), reset, 0) if row.figures.sample.is_some() => {
+                    let sample = row.figures.sample.as_ref().expect("checked above");
+                    format!(
+                        "{}{}: {} of {} chunks, seed {}",
+                        sample.words(),
+                        if reset { " after reset" } else { "" },
+                        sample.chunks_checked,
+                        sample.chunks_total,
+                        sample.seed
+                    )
+                }
                 (Some(method), true, 0) => format!("{method} after reset"),
                 (method, _, 0) => method.unwrap_or_default().to_string(),
                 (method, reset, skipped) => format!(

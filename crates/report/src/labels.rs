@@ -65,7 +65,8 @@ fn percent(text: &str) -> String {
 struct Label {
     port: String,
     serial: String,
-    verdict: &'static str,
+    /// What the pass proved: `pass`, `sampled (5 %)`, `audit pass`.
+    verdict: String,
     image: String,
     sha256: String,
     date: String,
@@ -135,7 +136,7 @@ fn sheet(title: String, rows: Vec<&ReportRow>, generated_at: i64) -> String {
             Some(Label {
                 port: row.port_label.clone(),
                 serial: row.serial.clone().unwrap_or_else(|| row.device_key.clone()),
-                verdict: row.verdict.as_str(),
+                verdict: crate::export::verdict_words(row),
                 image: row.image_name.clone().unwrap_or_default(),
                 sha256: row
                     .image_sha256

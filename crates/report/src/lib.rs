@@ -48,6 +48,7 @@
 //! | `started_at` | when the attempt started (a refusal: when it was made) |
 //! | `finished_at` | when it finished (a refusal: when it was made) |
 //! | `verdict` | `pass`, `fail`, `refused` (by the target guard: nothing written, not a failure of the stick), `interrupted` (operator, shutdown, crash or a station error: says nothing about the stick) or `running` |
+//! | `verdict_words` | the verdict in the words every report shows: for a pass, what it proved (`pass`, `sampled (5 %)`, `audit pass`, `written, not verified`: a weaker proof is never a plain `pass`); otherwise the verdict |
 //! | `stage` | the last stage reached (the failing one for a failure): `preparing`, `writing`, `flushing`, `verifying`; absent for a refusal before any attempt |
 //! | `reason_code` | for `fail` and `interrupted`, the failure's stable code: `too_small`, `no_medium`, `read_only`, `capacity_lie`, `probe_error`, `write_error`, `flush_error`, `read_error`, `verify_mismatch`, `removed`, `lost_after_reset`, `changed_after_reset`, `stalled`, `unavailable`, `interrupted`, `station_error` (the station ran out of descriptors, memory or threads: verdict `interrupted`); for `refused`, the guard's: `not_whole_disk`, `bus_not_allowed`, `port_not_mapped`, `mounted`, `swap`, `held`, `system_disk`, `too_large`, `too_small`, `no_medium`, `not_armed`, `identity_changed`, `busy`, `cannot_inspect` (`refused` for a refusal at opening recorded before refusals carried their code) |
 //! | `reason_detail` | the failure or refusal in words |
@@ -60,9 +61,13 @@
 //! | `verify_secs` | seconds spent reading back (3 decimals) |
 //! | `verify_mb_s` | read-back speed in MB/s (2 decimals) |
 //! | `read_back_sha256` | the sha256 of what was read back: the image's on a pass; on a `verify_mismatch`, of the stick's first image-size bytes, absent when they could not all be read |
-//! | `verify_method` | how the read-back was checked: `none`, `compare`, `hash` |
+//! | `verify_method` | how the read-back was checked: `none`, `compare`, `hash`, `sampled`, `audit` |
 //! | `verified_after_reset` | `true` when the stick was reset (a USB reset, as a power cycle) after its write pass and before its read-back, so that no cache inside the stick could answer the read-back; `false` otherwise (no reset asked, a target that cannot be reset, no read-back, a refusal) |
 //! | `bytes_skipped` | bytes of the image a sparse attempt neither wrote nor read back (outside the image's block map: the stick holds there what it held before, unchecked); 0 for a full attempt. The coverage is `bytes_verified` checked, `bytes_skipped` not; a sparse pass has no `read_back_sha256` (it read only the mapped ranges) |
+//! | `sample_percent` | for a `sampled` attempt, the share of the image's chunks asked for, in percent; absent otherwise (and for a sampled attempt recorded before schema 10) |
+//! | `sample_seed` | for a `sampled` attempt, the seed of the random choice, in decimal (a string in JSON: a u64 does not fit a double) |
+//! | `sample_chunks_checked` | for a `sampled` attempt, the chunks read back and compared (the random ones, the first and the last) |
+//! | `sample_chunks_total` | for a `sampled` attempt, the chunks in the image |
 //! | `operator` | who armed the record's run (the `operator` run option), if given |
 //! | `lot` | the run's lot or batch id (the `lot` run option), if given |
 //! | `run_options` | the run's options in words (`verify by comparing every byte read back; stop after 40 passes`) |
@@ -77,7 +82,7 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/5"`, `"flashrack_version"`,
+//! One object: `"format": "flashrack-report/6"`, `"flashrack_version"`,
 //! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
 //! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
 //! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
@@ -97,6 +102,13 @@
 //! `attempts` counts attempts; `passed + failed + refused + interrupted +
 //! running` counts records. A consumer should check `format`; a change to any
 //! name or meaning gets a new format version.
+//!
+//! Format 6 (from format 5): `verdict_words` (after `verdict`) and
+//! `sample_percent`, `sample_seed`, `sample_chunks_checked`,
+//! `sample_chunks_total` (after `bytes_skipped`); `verify_method` may say
+//! `sampled` or `audit`. A sampled pass says `sampled (5 %)` in
+//! `verdict_words`, in the printed report's verdict column and on its label,
+//! never a plain `pass`; `verdict` keeps the category (`pass`).
 //!
 //! Format 5 (from format 4): `bytes_skipped` (after `verified_after_reset`): the
 //! coverage of a sparse attempt; a sparse run's options say `sparse`
@@ -120,7 +132,7 @@
 //!
 //! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
 //! by port, a device's oldest first). After the record fields come two columns
-//! that say what made the file: `report_format` (`flashrack-report/5`) and
+//! that say what made the file: `report_format` (`flashrack-report/6`) and
 //! `flashrack_version`. The run's totals (counts, yield, failures by reason)
 //! are not repeated on every line: they are in the JSON and the printed
 //! report, and a spreadsheet gets them from the `verdict` column. A text field

@@ -109,7 +109,7 @@ fn device_exports_match_the_golden_files() {
 fn the_json_export_is_versioned_and_parses_back() {
     let run = run();
     let value: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
-    assert_eq!(value["format"], "flashrack-report/5");
+    assert_eq!(value["format"], "flashrack-report/6");
     assert_eq!(value["flashrack_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["kind"], "run");
     assert_eq!(value["run"]["attempts"], 7);
@@ -463,7 +463,7 @@ fn every_csv_line_says_who_armed_its_run_and_where_the_image_came_from() {
         assert_eq!(&record[at("image_size_bytes")], "629145600");
         assert_eq!(&record[at("image_source_name")], "debian-12.5-amd64.img.xz");
         assert!(record[at("run_options")].starts_with("verify by hashing"));
-        assert_eq!(&record[at("report_format")], "flashrack-report/5");
+        assert_eq!(&record[at("report_format")], "flashrack-report/6");
         assert_eq!(&record[at("flashrack_version")], env!("CARGO_PKG_VERSION"));
     }
 }
@@ -572,4 +572,82 @@ fn a_run_without_a_pass_gets_a_sheet_that_says_so() {
     let html = flashrack_report::labels_html(&run, GENERATED_AT);
     assert!(html.contains("No stick has passed here"), "{html}");
     assert!(!html.contains("<svg"), "{html}");
+}
+
+/// The golden run with its first attempt (A1, a pass) made a sampled pass of
+/// 5 % (24 of 480 chunks, the seed a u64 beyond a double's exact integers).
+fn sampled_run() -> RunReport {
+    let mut value: serde_json::Value = data("run.json");
+    let row = &mut value["rows"][0];
+    assert_eq!(row["port_label"], "A1");
+    assert_eq!(row["verdict"], "pass");
+    row["figures"]["verify_method"] = "sampled".into();
+    row["figures"]["read_back_sha256"] = serde_json::Value::Null;
+    row["figures"]["sample"] = serde_json::json!({
+        "percent": 5.0,
+        "seed": 18_446_744_073_709_551_557_u64,
+        "chunks_checked": 24,
+        "chunks_total": 480,
+    });
+    serde_json::from_value(value).unwrap()
+}
+
+#[test]
+fn a_sampled_pass_says_sampled_with_its_share_in_every_format() {
+    let run = sampled_run();
+
+    let json: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
+    assert_eq!(json["format"], "flashrack-report/6");
+    let a1 = &json["attempts"][0];
+    assert_eq!(a1["port_label"], "A1");
+    assert_eq!(a1["verdict"], "pass");
+    assert_eq!(a1["verdict_words"], "sampled (5 %)");
+    assert_eq!(a1["verify_method"], "sampled");
+    assert_eq!(a1["sample_percent"], 5.0);
+    assert_eq!(a1["sample_seed"], "18446744073709551557");
+    assert_eq!(a1["sample_chunks_checked"], 24);
+    assert_eq!(a1["sample_chunks_total"], 480);
+    // The other pass (A10) read every byte back: a plain pass, no sample.
+    let full = json["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["port_label"] == "A10")
+        .unwrap();
+    assert_eq!(full["verdict_words"], "pass");
+    assert!(full["sample_percent"].is_null());
+    assert!(full["sample_seed"].is_null());
+
+    let csv = flashrack_report::run_csv(&run);
+    let mut reader = csv::ReaderBuilder::new().from_reader(csv.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let a1 = records.iter().find(|r| &r[at("port_label")] == "A1").unwrap();
+    assert_eq!(&a1[at("verdict")], "pass");
+    assert_eq!(&a1[at("verdict_words")], "sampled (5 %)");
+    assert_eq!(&a1[at("verify_method")], "sampled");
+    assert_eq!(&a1[at("sample_percent")], "5.0");
+    assert_eq!(&a1[at("sample_seed")], "18446744073709551557");
+    assert_eq!(&a1[at("sample_chunks_checked")], "24");
+    assert_eq!(&a1[at("sample_chunks_total")], "480");
+    let a10 = records.iter().find(|r| &r[at("port_label")] == "A10").unwrap();
+    assert_eq!(&a10[at("verdict_words")], "pass");
+    assert_eq!(&a10[at("sample_percent")], "");
+
+    let html = flashrack_report::run_html(&run, GENERATED_AT);
+    assert!(
+        html.contains(
+            "<td>sampled (5 %): 24 of 480 chunks, seed 18446744073709551557</td>\
+             <td class=\"verdict\">sampled (5 %)</td>"
+        ),
+        "the printed report's A1 row names the sample: {html}"
+    );
+
+    let labels = flashrack_report::labels_html(&run, GENERATED_AT);
+    assert!(
+        labels.contains("<dd class=\"verdict\">SAMPLED (5 %) · A1</dd>"),
+        "the label says sampled: {labels}"
+    );
+    assert!(labels.contains("<dd class=\"verdict\">PASS · A10</dd>"));
 }

@@ -61,6 +61,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sparse coverage",
         include_str!("../../../../migrations/0009_sparse_coverage.sql"),
     ),
+    (
+        10,
+        "verify sample",
+        include_str!("../../../../migrations/0010_verify_sample.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

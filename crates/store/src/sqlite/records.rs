@@ -3,6 +3,7 @@
 
 use flashrack_core::{
     AttemptFigures, Bound, ByteSize, FailReason, Failure, Provenance, Sha256Digest, Verdict,
+    VerifySample,
 };
 use flashrack_report::{rows_in_order, ImageOrigin};
 use sqlx::sqlite::SqliteRow;
@@ -41,7 +42,8 @@ const REPORT_ROW: &str = "SELECT a.id, a.station_id, a.run_id, a.port_label, a.p
         a.started_at, a.finished_at, a.state, a.stage, a.reason_code, a.reason_detail,
         a.fail_offset, a.failure, a.capacity, a.bytes_written, a.bytes_written_bound,
         a.write_secs, a.bytes_verified, a.verify_secs, a.read_back_sha256, a.verify_method,
-        a.verified_after_reset, a.bytes_skipped, r.options, r.stop_reason, i.size AS image_size, i.source_name, i.source_sha256,
+        a.verified_after_reset, a.bytes_skipped, a.sample_percent, a.sample_seed,
+        a.sample_chunks_checked, a.sample_chunks_total, r.options, r.stop_reason, i.size AS image_size, i.source_name, i.source_sha256,
         i.source_size
     FROM attempts a
     JOIN devices d ON d.id = a.device_id
@@ -63,7 +65,8 @@ const REFUSAL_ROW: &str = "SELECT f.id, f.station_id, f.run_id, f.port_label, f.
 pub(super) const ATTEMPT: &str = "SELECT id, station_id, run_id, device_id, port_label, port_path,
         started_at, finished_at, state, stage, failure, capacity, bytes_written,
         bytes_written_bound, write_secs, bytes_verified, verify_secs, read_back_sha256,
-        verify_method, verified_after_reset, bytes_skipped
+        verify_method, verified_after_reset, bytes_skipped, sample_percent, sample_seed,
+        sample_chunks_checked, sample_chunks_total
     FROM attempts";
 
 /// The columns of an image record.
@@ -514,10 +517,39 @@ pub(super) fn figures(row: &SqliteRow) -> Result<AttemptFigures, StoreError> {
         bytes_written_bound: parse_bound(row.try_get("bytes_written_bound")?)?,
         verified_after_reset: row.try_get("verified_after_reset")?,
         bytes_skipped: to_u64("attempts.bytes_skipped", row.try_get("bytes_skipped")?)?,
-        // Not a column yet: a sampled read-back reads back as `sampled`,
-        // without its share and seed (those are in the run's options).
-        sample: None,
+        sample: sample(row)?,
     })
+}
+
+/// A sampled attempt's share, seed and chunks (schema 10); `None` for any
+/// other attempt and for a sampled one recorded before schema 10.
+fn sample(row: &SqliteRow) -> Result<Option<VerifySample>, StoreError> {
+    let Some(percent) = row.try_get::<Option<f64>, _>("sample_percent")? else {
+        return Ok(None);
+    };
+    let seed_text: Option<String> = row.try_get("sample_seed")?;
+    let seed = match seed_text {
+        Some(text) => text.parse::<u64>().map_err(|_| StoreError::BadValue {
+            column: "attempts.sample_seed",
+            value: text.clone(),
+        })?,
+        None => {
+            return Err(StoreError::BadValue {
+                column: "attempts.sample_seed",
+                value: "NULL with a sample_percent".to_string(),
+            })
+        }
+    };
+    let count = |column: &'static str| -> Result<u64, StoreError> {
+        let value: Option<i64> = row.try_get(column)?;
+        to_u64(column, value.unwrap_or(0))
+    };
+    Ok(Some(VerifySample {
+        percent,
+        seed,
+        chunks_checked: count("sample_chunks_checked")?,
+        chunks_total: count("sample_chunks_total")?,
+    }))
 }
 
 pub(super) fn failure(row: &SqliteRow) -> Result<Option<Failure>, StoreError> {

@@ -400,6 +400,7 @@ impl Writes for SqliteWrites {
         let failure = verdict.failure();
         let capacity = figures.capacity.bytes();
         let bytes_written = to_i64("bytes written", figures.bytes_written)?;
+        let sample = figures.sample.as_ref();
         // Counts never go down: a heartbeat may have recorded more than a verdict
         // given without the attempt's thread knows, and then that is a lower bound.
         sqlx::query(
@@ -411,7 +412,9 @@ impl Writes for SqliteWrites {
                 bytes_written = MAX(bytes_written, ?9), write_secs = ?11,
                 bytes_verified = MAX(bytes_verified, ?12),
                 verify_secs = ?13, read_back_sha256 = ?14, verify_method = ?15,
-                verified_after_reset = ?16, bytes_skipped = ?18
+                verified_after_reset = ?16, bytes_skipped = ?18,
+                sample_percent = ?19, sample_seed = ?20, sample_chunks_checked = ?21,
+                sample_chunks_total = ?22
              WHERE id = ?17",
         )
         .bind(now)
@@ -437,6 +440,18 @@ impl Writes for SqliteWrites {
         .bind(figures.verified_after_reset)
         .bind(attempt.0)
         .bind(to_i64("bytes skipped", figures.bytes_skipped)?)
+        .bind(sample.map(|s| s.percent))
+        .bind(sample.map(|s| s.seed.to_string()))
+        .bind(
+            sample
+                .map(|s| to_i64("sample chunks checked", s.chunks_checked))
+                .transpose()?,
+        )
+        .bind(
+            sample
+                .map(|s| to_i64("sample chunks total", s.chunks_total))
+                .transpose()?,
+        )
         .execute(&mut *self.tx)
         .await?;
         self.queue_attempt(now, attempt).await?;
