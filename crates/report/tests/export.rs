@@ -623,7 +623,10 @@ fn a_sampled_pass_says_sampled_with_its_share_in_every_format() {
     let headers = reader.headers().unwrap().clone();
     let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
     let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    let a1 = records.iter().find(|r| &r[at("port_label")] == "A1").unwrap();
+    let a1 = records
+        .iter()
+        .find(|r| &r[at("port_label")] == "A1")
+        .unwrap();
     assert_eq!(&a1[at("verdict")], "pass");
     assert_eq!(&a1[at("verdict_words")], "sampled (5 %)");
     assert_eq!(&a1[at("verify_method")], "sampled");
@@ -631,7 +634,10 @@ fn a_sampled_pass_says_sampled_with_its_share_in_every_format() {
     assert_eq!(&a1[at("sample_seed")], "18446744073709551557");
     assert_eq!(&a1[at("sample_chunks_checked")], "24");
     assert_eq!(&a1[at("sample_chunks_total")], "480");
-    let a10 = records.iter().find(|r| &r[at("port_label")] == "A10").unwrap();
+    let a10 = records
+        .iter()
+        .find(|r| &r[at("port_label")] == "A10")
+        .unwrap();
     assert_eq!(&a10[at("verdict_words")], "pass");
     assert_eq!(&a10[at("sample_percent")], "");
 

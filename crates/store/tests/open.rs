@@ -48,7 +48,8 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             (6, true),
             (7, true),
             (8, true),
-            (9, true)
+            (9, true),
+            (10, true),
         ]
     );
     let mut tables: Vec<String> = sqlx::query_scalar(
