@@ -822,7 +822,13 @@ class Suite:
         # was pinned to.
         left = f"left the system during its reset port=A2 kernel_name={names[0]}"
         back = f"back from its reset port=A2 kernel_name={p['device']['kernel_name']}"
+        # The log reaches the host through the guest's console a little after
+        # the API shows the verdict: wait (10 s at most) for both lines.
+        deadline = time.monotonic() + 10
         text = self.flashrack_log()
+        while not (left in text and back in text) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            text = self.flashrack_log()
         check(left in text and back in text and text.index(left) < text.index(back),
               f"the stick left the guest and came back in the same port "
               f"({' -> '.join(names) if len(names) > 1 else names[0] + ', the name reused'})")
