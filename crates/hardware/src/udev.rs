@@ -212,12 +212,17 @@ impl HotplugSource for UdevSource {
             // The socket is non-blocking: the iterator ends when it is drained.
             for event in socket.iter() {
                 let name = sysname(&event);
-                let now = match event.event_type() {
-                    ::udev::EventType::Remove => None,
-                    ::udev::EventType::Add | ::udev::EventType::Change => self.observe(&event),
+                let reported = match event.event_type() {
+                    ::udev::EventType::Remove => {
+                        present.update_removed(&name, event_diskseq(&event))
+                    }
+                    ::udev::EventType::Add | ::udev::EventType::Change => {
+                        let now = self.observe(&event);
+                        present.update(&name, now)
+                    }
                     _ => continue,
                 };
-                if !send_all(present.update(&name, now)) {
+                if !send_all(reported) {
                     return Ok(());
                 }
             }
@@ -272,6 +277,25 @@ impl Present {
         self.0.len()
     }
 
+    /// Records a udev `remove` event of disk `name`, whose disk sequence number
+    /// was `diskseq` (the event's `DISKSEQ`, when it has one). The removal of a
+    /// disk already replaced in the record by a newer one of the same name is
+    /// nothing: an event of the old disk handled after the new one appeared
+    /// (udev's re-probe after a writer closed it, as a stick is reset) read
+    /// the new disk's state from sysfs, which reported the old one removed and
+    /// the new one added then.
+    fn update_removed(&mut self, name: &str, diskseq: Option<u64>) -> Vec<Hotplug> {
+        let stale = matches!(
+            (self.0.get(name).and_then(|seen| seen.diskseq), diskseq),
+            (Some(present), Some(removed)) if present != removed
+        );
+        if stale {
+            tracing::debug!(disk = name, ?diskseq, "removal of a disk already replaced");
+            return vec![];
+        }
+        self.update(name, None)
+    }
+
     /// Records that disk `name` is now `now` (`None`: absent) and returns the events
     /// that tell the station so (see *Event semantics* in the module docs).
     fn update(&mut self, name: &str, now: Option<Seen>) -> Vec<Hotplug> {
@@ -313,6 +337,15 @@ fn is_candidate(devtype: Option<&str>, name: &str) -> bool {
 }
 
 /// The kernel name of a udev device.
+/// The disk sequence number a udev event carries (`DISKSEQ`, Linux 5.15 and
+/// later), if any.
+fn event_diskseq(device: &::udev::Device) -> Option<u64> {
+    device
+        .property_value("DISKSEQ")
+        .and_then(|value| value.to_str())
+        .and_then(|value| value.trim().parse().ok())
+}
+
 fn sysname(device: &::udev::Device) -> String {
     device.sysname().to_string_lossy().into_owned()
 }
@@ -672,6 +705,35 @@ mod tests {
                 Hotplug::Added(b)
             ]
         );
+    }
+
+    #[test]
+    fn the_removal_of_a_disk_already_replaced_is_nothing() {
+        // A stick reset: udev's re-probe of the old sdb is handled once the new
+        // sdb (diskseq 8) is there, and reports the swap; the kernel's remove
+        // of the old disk (7) and add of the new one (8) follow.
+        let mut present = Present::default();
+        let a = stick("sdb", "A", 1000);
+        present.update("sdb", seen(7, &a));
+        assert_eq!(
+            present.update("sdb", seen(8, &a)),
+            [
+                Hotplug::Removed {
+                    kernel_name: "sdb".to_owned()
+                },
+                Hotplug::Added(a.clone())
+            ]
+        );
+        assert_eq!(present.update_removed("sdb", Some(7)), []);
+        assert_eq!(present.update("sdb", seen(8, &a)), []);
+        // The new disk's own removal, or one without DISKSEQ, is a removal.
+        let removed = [Hotplug::Removed {
+            kernel_name: "sdb".to_owned(),
+        }];
+        assert_eq!(present.update_removed("sdb", Some(8)), removed);
+        present.update("sdb", seen(9, &a));
+        assert_eq!(present.update_removed("sdb", None), removed);
+        assert_eq!(present.update_removed("sdb", Some(9)), []);
     }
 
     #[test]
