@@ -47,7 +47,9 @@
 //!   see a stick twice.
 //!
 //! A udev `remove` event of a present disk is [`Hotplug::Removed`]; of a disk never
-//! reported (empty, filtered) it is nothing. `bind`/`unbind` events say nothing about
+//! reported (empty, filtered) it is nothing, and so is one whose `DISKSEQ` is not
+//! the present disk's: that disk was replaced by a newer one of the same name
+//! (reported when an event of the old one was handled after the new one came). `bind`/`unbind` events say nothing about
 //! the medium and are ignored.
 //!
 //! The medium's state (`size`, `diskseq`, `ro`, `removable`) is read from sysfs when
