@@ -7,21 +7,10 @@
 //! offset: no mount).
 
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Output};
 
-fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flashrack"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run flashrack")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+mod common;
+use common::{flashrack, text};
 
 fn ok(output: Output) -> String {
     assert!(output.status.success(), "{}", text(&output.stderr));

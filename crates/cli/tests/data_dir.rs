@@ -8,14 +8,8 @@ use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
 use flashrack_testkit::{require_root, run};
 
-fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flashrack"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run flashrack")
-}
+mod common;
+use common::flashrack;
 
 /// Starts flashrack with its stderr piped, for reading line by line.
 fn spawn(data_dir: &Path, args: &[&str]) -> (KillOnDrop, std::io::Lines<BufReader<ChildStderr>>) {

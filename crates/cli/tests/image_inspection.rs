@@ -4,20 +4,9 @@
 //! records keep; the refusal itself is in the records' event log.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flashrack"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run flashrack")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+mod common;
+use common::{flashrack, text};
 
 #[test]
 fn a_windows_like_iso_is_shown_and_refused_by_flash_unless_forced_and_the_force_is_recorded() {

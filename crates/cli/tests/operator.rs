@@ -10,14 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use flashrack_testkit::{require_root, LoopDevice};
 
-fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flashrack"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run flashrack")
-}
+mod common;
+use common::flashrack;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

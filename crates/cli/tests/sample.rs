@@ -6,22 +6,11 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod common;
+use common::{flashrack, text};
 
 const MIB: usize = 1 << 20;
-
-fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flashrack"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run flashrack")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A 64 MiB image of varied bytes and a target file of its size.
 fn image_and_target(dir: &Path) -> (String, String) {
