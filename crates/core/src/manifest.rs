@@ -159,20 +159,7 @@ impl ImageManifest {
         chunk_digests: Vec<Sha256Digest>,
         zero: Vec<bool>,
     ) -> Result<Self, ManifestError> {
-        if chunk_size == 0 || !chunk_size.is_multiple_of(4096) {
-            return Err(ManifestError::BadChunkSize(chunk_size));
-        }
-        let expected = size.div_ceil(u64::from(chunk_size));
-        for got in [chunk_digests.len() as u64, zero.len() as u64] {
-            if got != expected {
-                return Err(ManifestError::ChunkCount {
-                    size,
-                    chunk_size,
-                    expected,
-                    got,
-                });
-            }
-        }
+        check_shape(size, chunk_size, [chunk_digests.len(), zero.len()])?;
         Ok(Self {
             sha256,
             size,
@@ -193,20 +180,7 @@ impl ImageManifest {
         chunk_fingerprints: Vec<u128>,
         zero: Vec<bool>,
     ) -> Result<Self, ManifestError> {
-        if chunk_size == 0 || !chunk_size.is_multiple_of(4096) {
-            return Err(ManifestError::BadChunkSize(chunk_size));
-        }
-        let expected = size.div_ceil(u64::from(chunk_size));
-        for got in [chunk_fingerprints.len() as u64, zero.len() as u64] {
-            if got != expected {
-                return Err(ManifestError::ChunkCount {
-                    size,
-                    chunk_size,
-                    expected,
-                    got,
-                });
-            }
-        }
+        check_shape(size, chunk_size, [chunk_fingerprints.len(), zero.len()])?;
         Ok(Self {
             sha256,
             size,
@@ -401,6 +375,26 @@ impl TryFrom<ManifestRecord> for ImageManifest {
         };
         manifest.map_err(|e| e.to_string())
     }
+}
+
+/// Checks a manifest's shape: a chunk size that is a positive multiple of
+/// 4096, and one entry per chunk in each per-chunk list (`counts`).
+fn check_shape(size: u64, chunk_size: u32, counts: [usize; 2]) -> Result<(), ManifestError> {
+    if chunk_size == 0 || !chunk_size.is_multiple_of(4096) {
+        return Err(ManifestError::BadChunkSize(chunk_size));
+    }
+    let expected = size.div_ceil(u64::from(chunk_size));
+    for got in counts.map(|n| n as u64) {
+        if got != expected {
+            return Err(ManifestError::ChunkCount {
+                size,
+                chunk_size,
+                expected,
+                got,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
