@@ -4,49 +4,11 @@
 //! whose file system is damaged, which gets none and says why.
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 
 use flashrack_image::{ImageCache, ImageError, ImportOptions, MapOrigin};
 use flashrack_inspect::bmap::BmapError;
-use sha2::Digest;
-
-/// A 1 MiB image with data in blocks 0-9 and 100-101, holes elsewhere.
-fn sparse_image(path: &Path) {
-    use std::os::unix::fs::FileExt;
-    let file = fs::File::create(path).unwrap();
-    file.set_len(1 << 20).unwrap();
-    let data: Vec<u8> = (0..12 * 4096).map(|i| (i * 7 % 251) as u8 | 1).collect();
-    file.write_all_at(&data[..10 * 4096], 0).unwrap();
-    file.write_all_at(&data[10 * 4096..], 100 * 4096).unwrap();
-}
-
-fn bmaptool_create(image: &Path) -> String {
-    let out = Command::new("bmaptool")
-        .arg("create")
-        .arg(image)
-        .output()
-        .expect("bmaptool (scripts/setup installs bmap-tools)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The map with its own checksum recomputed, as a careful forger would.
-fn reseal(text: &str) -> String {
-    let start = text.find("<BmapFileChecksum>").unwrap() + "<BmapFileChecksum>".len();
-    let end = text.find("</BmapFileChecksum>").unwrap();
-    let value = text[start..end].trim().to_string();
-    let zeroed = text.replacen(&value, &"0".repeat(64), 1);
-    let digest: String = sha2::Sha256::digest(zeroed.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    zeroed.replacen(&"0".repeat(64), &digest, 1)
-}
+use flashrack_testkit::bmap::{bmaptool_create, reseal, sparse_image};
 
 /// Replaces the first range's checksum with another valid-looking one.
 fn wrong_range_checksum(text: &str) -> String {

@@ -2,57 +2,8 @@
 //! installs) writes them: parsed, checked against their image, and refused
 //! when they lie.
 
-use std::fs;
-use std::path::Path;
-use std::process::Command;
-
 use flashrack_inspect::bmap::{BlockMap, BmapError};
-use sha2::Digest;
-
-/// A sparse 1 MiB image: data in blocks 0-9 and 100-101, holes elsewhere.
-fn sparse_image(path: &Path) -> Vec<u8> {
-    let mut bytes = vec![0u8; 1 << 20];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        let block = i / 4096;
-        if block < 10 || (100..102).contains(&block) {
-            *b = (i * 7 % 251) as u8 | 1;
-        }
-    }
-    let file = fs::File::create(path).unwrap();
-    file.set_len(bytes.len() as u64).unwrap();
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(&bytes[..10 * 4096], 0).unwrap();
-    file.write_all_at(&bytes[100 * 4096..102 * 4096], 100 * 4096)
-        .unwrap();
-    bytes
-}
-
-fn bmaptool_create(image: &Path) -> String {
-    let out = Command::new("bmaptool")
-        .arg("create")
-        .arg(image)
-        .output()
-        .expect("bmaptool (scripts/setup installs bmap-tools)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The map with its own checksum recomputed, as a careful forger would.
-fn reseal(text: &str) -> String {
-    let start = text.find("<BmapFileChecksum>").unwrap() + "<BmapFileChecksum>".len();
-    let end = text.find("</BmapFileChecksum>").unwrap();
-    let value = text[start..end].trim().to_string();
-    let zeroed = text.replacen(&value, &"0".repeat(64), 1);
-    let digest: String = sha2::Sha256::digest(zeroed.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    zeroed.replacen(&"0".repeat(64), &digest, 1)
-}
+use flashrack_testkit::bmap::{bmaptool_create, reseal, sparse_image};
 
 #[test]
 fn a_bmaptool_map_is_parsed_and_matches_its_image() {

@@ -21,9 +21,12 @@
 //! - [`image_bytes`] / [`image_from_bytes`]: deterministic test images with random
 //!   runs and zero holes, with their manifests;
 //! - [`iso`]: ISO images built by xorriso (a Windows-like installer that is not
-//!   hybrid, a hybrid Linux one), for the tests of image inspection.
+//!   hybrid, a hybrid Linux one), for the tests of image inspection;
+//! - [`bmap`]: a sparse image and its block map as `bmaptool create` writes
+//!   it, and a map resealed after an edit (tests of block maps).
 #![deny(missing_docs)]
 
+pub mod bmap;
 pub mod http_files;
 pub mod iso;
 pub mod pg;
