@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
 
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(HERE, '..', '..');
@@ -74,4 +75,38 @@ export async function stopDemo(child) {
   child.kill('SIGKILL');
   await child.exited;
   return { forced: true };
+}
+
+/**
+ * Launches chromium with a 1440×1000 page whose JavaScript errors are
+ * collected in `pageErrors`. The caller closes `browser`.
+ */
+export async function openBrowser() {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
+    const page = await context.newPage();
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(error.message));
+    return { browser, context, page, pageErrors };
+  } catch (error) {
+    await browser.close().catch(() => {});
+    throw error;
+  }
+}
+
+/**
+ * The demo arms a run of its own image: stops it (so that the arm form is
+ * offered), opens the dashboard at `url` and waits for the form. Resolves
+ * with the run the demo had armed, as the API gave it.
+ */
+export async function stopTheDemosRunAndOpenTheForm(page, url) {
+  const api = (p) => `${url}api/v1${p}`;
+  const first = (await (await page.request.get(api('/station'))).json()).run;
+  assert.ok(first && first.armed, 'the demo arms a run');
+  const stop = await page.request.post(api('/runs/current/stop'), { data: {} });
+  assert.ok(stop.ok(), `stop: ${stop.status()} ${await stop.text()}`);
+  await page.goto(url);
+  await page.locator('#arm-form').waitFor({ state: 'visible', timeout: 30_000 });
+  return first;
 }

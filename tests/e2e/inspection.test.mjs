@@ -15,10 +15,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, closeSync, openSync, ftruncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 
 import {
-  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, requireExecutable, startDemo, stopDemo,
+  BIN, CHROMIUM, ARTIFACTS, openBrowser, requireExecutable, startDemo, stopDemo,
+  stopTheDemosRunAndOpenTheForm,
 } from './demo.mjs';
 
 const SQLITE = process.env.SQLITE3_PATH || '/usr/bin/sqlite3';
@@ -68,20 +68,10 @@ test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps
   try {
     const url = await urlPromise;
     const api = (p) => `${url}api/v1${p}`;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
-    page = await context.newPage();
-    const pageErrors = [];
-    page.on('pageerror', (error) => pageErrors.push(error.message));
-
+    let pageErrors;
+    ({ browser, page, pageErrors } = await openBrowser());
     // The demo arms a run of its own image: stop it, so that the form is offered.
-    const first = (await (await page.request.get(api('/station'))).json()).run;
-    assert.ok(first && first.armed, 'the demo arms a run');
-    const stop = await page.request.post(api('/runs/current/stop'), { data: {} });
-    assert.ok(stop.ok(), `stop: ${stop.status()} ${await stop.text()}`);
-
-    await page.goto(url);
-    await page.locator('#arm-form').waitFor({ state: 'visible', timeout: 30_000 });
+    const first = await stopTheDemosRunAndOpenTheForm(page, url);
     // The library says what the image is and that a raw run is refused.
     const row = page.locator('#image-list li', { hasText: 'holiday-videos.bin' });
     await row.waitFor({ timeout: 15_000 });

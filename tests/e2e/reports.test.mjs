@@ -9,10 +9,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 
 import {
-  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, requireExecutable, startDemo, stopDemo,
+  BIN, CHROMIUM, ARTIFACTS, openBrowser, requireExecutable, startDemo, stopDemo,
+  stopTheDemosRunAndOpenTheForm,
 } from './demo.mjs';
 
 const ZBARIMG = process.env.ZBARIMG_PATH || '/usr/bin/zbarimg';
@@ -30,20 +30,11 @@ test('the arm form records the operator and lot, and the label sheet scans back 
   try {
     const url = await urlPromise;
     const api = (p) => `${url}api/v1${p}`;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
-    page = await context.newPage();
-    const pageErrors = [];
-    page.on('pageerror', (error) => pageErrors.push(error.message));
-
+    let context;
+    let pageErrors;
+    ({ browser, context, page, pageErrors } = await openBrowser());
     // The demo arms a run by itself: stop it, so that the form is offered.
-    const first = (await (await page.request.get(api('/station'))).json()).run;
-    assert.ok(first && first.armed, 'the demo arms a run');
-    const stop = await page.request.post(api('/runs/current/stop'), { data: {} });
-    assert.ok(stop.ok(), `stop: ${stop.status()} ${await stop.text()}`);
-
-    await page.goto(url);
-    await page.locator('#arm-form').waitFor({ state: 'visible', timeout: 30_000 });
+    const first = await stopTheDemosRunAndOpenTheForm(page, url);
     await page.waitForFunction(() => document.querySelector('#arm-image option[value]:not([value=""])'), null, { timeout: 15_000 });
     await page.selectOption('#arm-image', { index: 0 });
 
