@@ -672,20 +672,35 @@ def run_reference(kind: str, image: Image, devs: list[str], disk: Path | None, r
 def run_flashrack(
     fr: Path, data_dir: Path, image: Image, devs: list[str], disk: Path | None, rep: int, verify: str | None
 ) -> RunResult:
-    argv = [str(fr), "--data-dir", str(data_dir), "flash", image.digest, *devs, "--allow-bus", "loop", "--json", "--quiet"]
+    """`flashrack flash DIGEST …`: the image is in the cache already."""
+    return flash_once("flashrack", fr, data_dir, image.digest, image, devs, disk, rep, verify)
+
+
+def flash_once(
+    tool: str,
+    fr: Path,
+    data_dir: Path,
+    source: str,
+    image: Image,
+    devs: list[str],
+    disk: Path | None,
+    rep: int,
+    verify: str | None,
+) -> RunResult:
+    """One `flashrack flash SOURCE …` onto devs, metered: the row of `tool`."""
+    argv = [str(fr), "--data-dir", str(data_dir), "flash", source, *devs, "--allow-bus", "loop", "--json", "--quiet"]
     if verify:
         argv += ["--verify", verify]
     meter = Meter(devs, disk)
     t0 = time.monotonic()
     r = LAUNCH.run([[argv]])[0][0]
-    wall = r.end - t0
     busy = meter.busy()
     read, written, dr, dw = meter.finish()
     res = RunResult(
-        tool="flashrack",
+        tool=tool,
         n=len(devs),
         rep=rep,
-        wall=wall,
+        wall=r.end - t0,
         cpu=r.cpu,
         maxrss_kib=r.maxrss_kib,
         dev_read=read,
@@ -885,29 +900,7 @@ def run_flashrack_cold(
     source file not in the page cache: the import is part of the run."""
     forget_image(fr, data_dir, image)
     drop_caches()
-    argv = [str(fr), "--data-dir", str(data_dir), "flash", str(image.path), *devs, "--allow-bus", "loop", "--json", "--quiet"]
-    if verify:
-        argv += ["--verify", verify]
-    meter = Meter(devs, disk)
-    t0 = time.monotonic()
-    r = LAUNCH.run([[argv]])[0][0]
-    busy = meter.busy()
-    read, written, dr, dw = meter.finish()
-    res = RunResult(
-        tool="cold",
-        n=len(devs),
-        rep=rep,
-        wall=r.end - t0,
-        cpu=r.cpu,
-        maxrss_kib=r.maxrss_kib,
-        dev_read=read,
-        dev_written=written,
-        disk_read=dr,
-        disk_written=dw,
-        other_cpu=busy - r.cpu,
-    )
-    check_flash_output(res, r, image, devs)
-    return res
+    return flash_once("cold", fr, data_dir, str(image.path), image, devs, disk, rep, verify)
 
 
 def import_cost(fr: Path, workdir: Path, image: Image, reps: int) -> dict:
