@@ -46,11 +46,19 @@
 //!   (it re-probes a disk every time a writer closes it), and the station must not
 //!   see a stick twice.
 //!
+//! An `add` or `change` event whose `DISKSEQ` is not the one sysfs shows when it is
+//! handled belongs to a disk that has been replaced by a newer one of the same name
+//! (udev's re-probe of a stick, run while the stick's reset took it away): it
+//! reports the old disk's removal, if it was present, and nothing else. Its
+//! properties are the old disk's, read while it went away (an `ID_PATH` without
+//! its SCSI part was seen in the VM suite), and would put the new disk in a port
+//! that does not exist; the new disk's own `add` reports it.
+//!
 //! A udev `remove` event of a present disk is [`Hotplug::Removed`]; of a disk never
 //! reported (empty, filtered) it is nothing, and so is one whose `DISKSEQ` is not
-//! the present disk's: that disk was replaced by a newer one of the same name
-//! (reported when an event of the old one was handled after the new one came). `bind`/`unbind` events say nothing about
-//! the medium and are ignored.
+//! the present disk's: that disk was replaced by a newer one of the same name,
+//! already reported. `bind`/`unbind` events say nothing about the medium and are
+//! ignored.
 //!
 //! The medium's state (`size`, `diskseq`, `ro`, `removable`) is read from sysfs when
 //! the event is handled, not taken from the event: an event may be handled after
@@ -220,7 +228,7 @@ impl HotplugSource for UdevSource {
                     }
                     ::udev::EventType::Add | ::udev::EventType::Change => {
                         let now = self.observe(&event);
-                        present.update(&name, now)
+                        present.update_seen(&name, event_diskseq(&event), now)
                     }
                     _ => continue,
                 };
@@ -279,13 +287,44 @@ impl Present {
         self.0.len()
     }
 
+    /// Records a udev `add` or `change` event of disk `name`, whose disk
+    /// sequence number was `event_diskseq` (the event's `DISKSEQ`, when it has
+    /// one), as sysfs shows the disk now (`now`).
+    ///
+    /// An event of a disk that has been replaced by a newer one of the same
+    /// name by the time it is handled (its `DISKSEQ` is not the one sysfs shows
+    /// now) reports the old disk's removal only: its properties are the old
+    /// disk's, which udev read while that disk went away (udev's re-probe
+    /// after a writer closed it, as a stick is reset, with an `ID_PATH` that
+    /// can lack its SCSI part), and are not the new disk's. The new disk is
+    /// reported by its own `add`, which follows with its own properties.
+    fn update_seen(
+        &mut self,
+        name: &str,
+        event_diskseq: Option<u64>,
+        now: Option<Seen>,
+    ) -> Vec<Hotplug> {
+        match (event_diskseq, now.as_ref().and_then(|seen| seen.diskseq)) {
+            (Some(event), Some(live)) if event != live => {
+                tracing::debug!(
+                    disk = name,
+                    event,
+                    live,
+                    "event of a disk already replaced: its removal only"
+                );
+                self.update_removed(name, Some(event))
+            }
+            _ => self.update(name, now),
+        }
+    }
+
     /// Records a udev `remove` event of disk `name`, whose disk sequence number
     /// was `diskseq` (the event's `DISKSEQ`, when it has one). The removal of a
     /// disk already replaced in the record by a newer one of the same name is
-    /// nothing: an event of the old disk handled after the new one appeared
-    /// (udev's re-probe after a writer closed it, as a stick is reset) read
-    /// the new disk's state from sysfs, which reported the old one removed and
-    /// the new one added then.
+    /// nothing: the new disk was reported by then (see
+    /// [`update_seen`](Self::update_seen): an `add` or `change` of the old disk
+    /// handled after the new one appeared reported the old one removed, and
+    /// the new one's `add` reported it).
     fn update_removed(&mut self, name: &str, diskseq: Option<u64>) -> Vec<Hotplug> {
         let stale = matches!(
             (self.0.get(name).and_then(|seen| seen.diskseq), diskseq),
@@ -710,15 +749,49 @@ mod tests {
     }
 
     #[test]
+    fn an_event_of_a_disk_already_replaced_reports_its_removal_only() {
+        // A stick reset: udev's re-probe of the old sdb (diskseq 7), run while
+        // that disk went away, is handled once the new sdb (8) is in sysfs. Its
+        // properties are the old disk's, half read: its ID_PATH lacks the SCSI
+        // part. It reports the old disk's removal, never a disk in another port.
+        let mut present = Present::default();
+        let a = stick("sdb", "A", 1000);
+        present.update("sdb", seen(7, &a));
+        let half_read = PluggedDevice {
+            port_path: Some("pci-0000:00:14.0-usb-0:1:1.0".to_owned()),
+            ..a.clone()
+        };
+        let removed = [Hotplug::Removed {
+            kernel_name: "sdb".to_owned(),
+        }];
+        assert_eq!(
+            present.update_seen("sdb", Some(7), seen(8, &half_read)),
+            removed
+        );
+        // The kernel's remove of the old disk is nothing more.
+        assert_eq!(present.update_removed("sdb", Some(7)), []);
+        assert_eq!(present.update_seen("sdb", Some(7), seen(8, &half_read)), []);
+        // The new disk's own add reports it, with its own properties.
+        assert_eq!(
+            present.update_seen("sdb", Some(8), seen(8, &a)),
+            [Hotplug::Added(a.clone())]
+        );
+        assert_eq!(present.update_seen("sdb", Some(8), seen(8, &a)), []);
+        // An event without DISKSEQ (kernels before 5.15) is taken as it is.
+        assert_eq!(present.update_seen("sdb", None, seen(8, &a)), []);
+    }
+
+    #[test]
     fn the_removal_of_a_disk_already_replaced_is_nothing() {
-        // A stick reset: udev's re-probe of the old sdb is handled once the new
-        // sdb (diskseq 8) is there, and reports the swap; the kernel's remove
-        // of the old disk (7) and add of the new one (8) follow.
+        // A stick reset, with the old disk's events handled once the new sdb
+        // (diskseq 8) is there: an event without DISKSEQ reads the new disk's
+        // state and reports the swap; the kernel's remove of the old disk (7)
+        // is nothing then.
         let mut present = Present::default();
         let a = stick("sdb", "A", 1000);
         present.update("sdb", seen(7, &a));
         assert_eq!(
-            present.update("sdb", seen(8, &a)),
+            present.update_seen("sdb", None, seen(8, &a)),
             [
                 Hotplug::Removed {
                     kernel_name: "sdb".to_owned()
