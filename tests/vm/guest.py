@@ -61,6 +61,8 @@ HOST_PROGRAMS = [
     "/bin/tar",
     "/usr/bin/systemd-sysusers",
     "/usr/bin/setpriv",
+    # The station's records, read in the guest (the burst's timings).
+    "/usr/bin/sqlite3",
 ]
 
 # dpkg checks that ldconfig is on the PATH before it installs anything; the
@@ -80,12 +82,22 @@ def run(cmd, **kw):
 
 
 def ensure_host_packages():
-    """Installs qemu-system-x86 when qemu-system-x86_64 is missing.
+    """Installs qemu-system-x86 when qemu-system-x86_64 is missing (and
+    sqlite3 when it is).
 
     A newer qemu-utils (e.g. from backports) Breaks the distribution's
     qemu-system-common; qemu-utils is then named in the same install at the
     version of qemu-system-x86, which apt may only reach by a downgrade.
     """
+    if not shutil.which("sqlite3"):
+        # The guest reads the station's records with the host's sqlite3.
+        if os.geteuid() != 0:
+            raise RuntimeError("sqlite3 is missing; run as root to install it")
+        log("installing sqlite3 (apt-get)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "sqlite3"],
+            env=env, stdout=subprocess.DEVNULL)
     if shutil.which("qemu-system-x86_64"):
         return
     if os.geteuid() != 0:

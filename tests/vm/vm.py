@@ -17,6 +17,7 @@ import time
 from guest import log
 
 HUB_PORTS = 8  # QEMU's usb-hub
+HUBS = 2  # two hubs, on the xHCI controller's ports 1 and 2
 
 
 def _die_with_parent():
@@ -186,15 +187,23 @@ class Stick:
     """An emulated USB stick: a backing file, block nodes and a usb-storage device."""
 
     def __init__(self, name, path, size, serial, hub_port, throttle_bps=None,
-                 write_error_sector=None):
+                 write_error_sector=None, hub=1):
         self.name = name
         self.path = path
         self.size = size
         self.serial = serial
+        self.hub = hub
         self.hub_port = hub_port
         self.throttle_bps = throttle_bps
         self.write_error_sector = write_error_sector
         self.plugged = False
+        # When device_add returned (the host's monotonic clock).
+        self.plugged_at = None
+
+    @property
+    def usb_port(self):
+        """The port it is plugged into: `<hub>.<hub port>` on the xHCI bus."""
+        return f"{self.hub}.{self.hub_port}"
 
     @property
     def node(self):
@@ -228,8 +237,8 @@ class Vm:
             "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-virtfs", f"local,path={share},mount_tag=host,security_model=none,readonly=on",
             "-device", "qemu-xhci,id=xhci",
-            "-device", "usb-hub,id=hub,bus=xhci.0,port=1",
-        ]
+        ] + [a for i in range(1, HUBS + 1)
+             for a in ("-device", f"usb-hub,id=hub{i},bus=xhci.0,port={i}")]
         self.proc = None
         self.qmp = None
         self.console = None
@@ -302,10 +311,18 @@ class Vm:
             node["node-name"] = stick.node
         q.execute("blockdev-add", **node)
         q.execute("device_add", driver="usb-storage", id=stick.name, drive=stick.node,
-                  serial=stick.serial, bus="xhci.0", port=f"1.{stick.hub_port}",
+                  serial=stick.serial, bus="xhci.0", port=stick.usb_port,
                   removable=True)
+        stick.plugged_at = time.monotonic()
         stick.plugged = True
         self.sticks[stick.name] = stick
+
+    def bytes_written(self):
+        """{node name: bytes written to it}, as QEMU counts them for each
+        device's block backend (`query-blockstats`; named by the backend's
+        top node)."""
+        stats = self.qmp.execute("query-blockstats")
+        return {s["node-name"]: s["stats"]["wr_bytes"] for s in stats if s.get("node-name")}
 
     def unthrottle(self, stick):
         if stick.throttle_bps:
@@ -394,3 +411,34 @@ class Vm:
                 raise TimeoutError(f"guest disks: only {sorted(found)} of {sorted(serials)} "
                                    f"after {timeout} s")
             time.sleep(0.3)
+
+
+class FirstWrites(threading.Thread):
+    """Watches QEMU's write counters of some sticks (every `interval` seconds)
+    and keeps, for each, the first moment (host monotonic clock) a byte had
+    been written to it: what the stick itself saw, whoever wrote it."""
+
+    def __init__(self, vm, sticks, interval=0.05):
+        super().__init__(daemon=True)
+        self.vm = vm
+        self.nodes = {s.node: s for s in sticks}
+        self.interval = interval
+        self.first = {}  # stick name -> monotonic time
+        self.stopped = threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            while not self.stopped.is_set() and len(self.first) < len(self.nodes):
+                counts = self.vm.bytes_written()
+                now = time.monotonic()
+                for node, stick in self.nodes.items():
+                    if stick.name not in self.first and counts.get(node, 0) > 0:
+                        self.first[stick.name] = now
+                self.stopped.wait(self.interval)
+        except Exception as e:  # reported by the scenario
+            self.error = e
+
+    def stop(self):
+        self.stopped.set()
+        self.join(timeout=5)
