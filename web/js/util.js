@@ -103,14 +103,16 @@ export function reasonText(v) {
     case 'too_small': return `too small: holds ${fmtBytesExact(v.capacity)}, the image needs ${fmtBytesExact(v.needed)}`;
     case 'no_medium': return 'no medium: the device reports a capacity of 0 bytes';
     case 'read_only': return 'read-only: the stick refuses writes';
-    case 'capacity_lie': return `fake capacity: claims ${fmtBytes(v.claimed)} but loses data written ${v.first_bad_offset ? `at ${fmtBytes(v.first_bad_offset)}` : 'from the first byte'}`;
+    case 'capacity_lie': return v.real_bytes != null
+      ? `fake capacity: claims ${fmtBytes(v.claimed)} but stores only ${fmtBytesExact(v.real_bytes)}`
+      : `fake capacity: claims ${fmtBytes(v.claimed)} but loses data written ${v.first_bad_offset ? `at ${fmtBytes(v.first_bad_offset)}` : 'from the first byte'}`;
     case 'probe_error': return `capacity probe failed (${v.operation || 'unknown operation'}${v.offset != null ? ` at ${fmtBytes(v.offset)}` : ''}): ${v.detail || 'no detail'}`;
     case 'write_error': return `write error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;
     case 'flush_error': return `flush failed: ${v.detail || 'no detail'}`;
     case 'read_error': return `read error at ${fmtBytes(v.offset)}: ${v.detail || 'no detail'}`;
     case 'verify_mismatch': return `verify mismatch at byte ${v.offset} (${fmtBytes(v.offset)})`;
     case 'removed': return `removed during ${stageName(v.during)}`;
-    case 'lost_after_reset': return `lost after reset: the stick did not come back within ${v.after_secs} s of its reset before the read-back`;
+    case 'lost_after_reset': return `lost after reset: the stick did not come back within ${v.after_secs} s of its reset`;
     case 'changed_after_reset': return `changed after reset: another stick came back in the port (${v.detail || 'no detail'}); not read back`;
     case 'stalled': return `stopped responding during ${stageName(v.during)} at ${fmtBytes(v.offset)} (no progress for ${v.after_secs} s)`;
     case 'refused': return `refused by the target guard: ${v.detail || 'no detail'}`;

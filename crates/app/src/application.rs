@@ -486,6 +486,14 @@ fn station_settings(config: &StationConfig) -> StationSettings {
         engine: EngineOptions {
             stall_timeout: Duration::from_secs(config.stall_timeout_secs),
             reset_before_verify: config.reset_before_verify,
+            // The capacity probe defeats a stick's own cache the same way
+            // (a reset where the stick can be reset, else the filler): the
+            // station expects the stick to leave and come back while it
+            // prepares, as it does before the read-back.
+            probe: flashrack_engine::probe::ProbeOptions {
+                defeat_cache: config.reset_before_verify,
+                ..Default::default()
+            },
             // A stick away in its reset makes no progress: the station gives
             // up on it before the stall watchdog would.
             reset_timeout: Duration::from_secs(20.min(config.stall_timeout_secs / 2).max(1)),

@@ -25,8 +25,8 @@ use flashrack_config::{PortConfig, StationConfig, WebConfig};
 use flashrack_core::ByteSize;
 use flashrack_engine::SourceImage;
 use flashrack_image::ImportOptions;
-use flashrack_simrack::sim::{FakeMode, SimStickSpec};
-use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
+use flashrack_simrack::sim::{CacheMode, FakeMode, SimStickSpec};
+use flashrack_simrack::sim_hotplug::{sim_rack, ResetReturn, SimRackControl};
 use flashrack_station::{ArmRequest, PortState, RunOptions, StationHandle};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
@@ -163,9 +163,12 @@ impl Demo {
             max_size: ByteSize(256_000_000_000),
             allow_unmapped_ports: false,
             stall_timeout_secs: 20,
-            // Simulated sticks keep their kernel names here; the station's
-            // reset is tested on the simulated rack in the station's tests.
-            reset_before_verify: false,
+            // As a real station: each simulated stick is reset by its
+            // capacity probe and before its read-back, leaving the system and
+            // coming back under a new name in its port (`resetting`). Not in
+            // a burst, which measures the fan-out against writing and
+            // reading alone (bench/README.md).
+            reset_before_verify: options.burst.is_none(),
             usb_reset: flashrack_config::UsbReset::default(),
             layout: Some((rows, columns)),
             web: WebConfig {
@@ -181,6 +184,13 @@ impl Demo {
             ports: ports.clone(),
         };
         let (source, rack, access) = sim_rack(data_dir.join("sim-rack"));
+        if options.burst.is_none() {
+            // A real stick comes back from its reset in about half a second
+            // (bench/README.md): long enough to see the port say so.
+            for port in &ports {
+                rack.on_reset(&port.path, ResetReturn::After(DEMO_RESET));
+            }
+        }
         let source_image = SourceImage {
             path: image.path.clone(),
             manifest: image.manifest.clone(),
@@ -399,6 +409,9 @@ async fn burst_scenario(
     }
 }
 
+/// How long a simulated stick of the demo is away in its reset.
+const DEMO_RESET: Duration = Duration::from_millis(600);
+
 /// The `n`-th stick of the demo: mostly healthy, sometimes faulty.
 fn stick_spec(n: u32, image_size: u64, rng: &mut impl Rng) -> SimStickSpec {
     let capacity = 8u64 << 30;
@@ -410,7 +423,11 @@ fn stick_spec(n: u32, image_size: u64, rng: &mut impl Rng) -> SimStickSpec {
     match n % 12 {
         3 => healthy().write_speed(3_000_000),
         5 => healthy().write_error_after(image_size / 3 + u64::from(n) * 4096),
-        7 => SimStickSpec::new("", 32 << 30).fake_capacity(64 << 20, FakeMode::Wrap),
+        // A counterfeit that hides its lie behind a cache: only the probe's
+        // reset shows what it really stores.
+        7 => SimStickSpec::new("", 32 << 30)
+            .fake_capacity(64 << 20, FakeMode::Wrap)
+            .volatile_cache(16 << 20, CacheMode::WriteThrough),
         9 => healthy().corrupt_at(rng.random_range(0..image_size)),
         10 => healthy().read_only(),
         11 => SimStickSpec::new("", (image_size / 2).div_ceil(512) * 512),

@@ -157,7 +157,9 @@ pub struct StationConfig {
     pub stall_timeout_secs: u64,
     /// Whether each USB stick is reset after its write pass and before its
     /// read-back, so that no cache inside it answers the read-back (`true` by
-    /// default; loop devices and files are never reset).
+    /// default; loop devices and files are never reset). The station's
+    /// capacity probe defeats a stick's cache the same way when this is on
+    /// (a reset, or its filler where the stick cannot be reset).
     pub reset_before_verify: bool,
     /// How a USB stick is reset.
     pub usb_reset: UsbReset,

@@ -141,17 +141,17 @@ pub enum FailReason {
         /// What the attempt was doing.
         during: Stage,
     },
-    /// The stick was reset before its read-back (a USB reset, to drop any
-    /// cache inside it) and did not come back in its port within the
-    /// station's timeout. Its read-back could not be made.
+    /// The stick was reset (a USB reset, to drop any cache inside it: by the
+    /// capacity probe, or before the read-back) and did not come back in its
+    /// port within the station's timeout. The attempt could not go on.
     LostAfterReset {
         /// Seconds waited for it to come back.
         after_secs: u64,
     },
-    /// The stick was reset before its read-back and what came back in its
-    /// port is not the stick that was written (another serial, another
-    /// capacity, not the marker read before the reset). It was never read
-    /// back as if it were.
+    /// The stick was reset (by the capacity probe, or before its read-back)
+    /// and what came back in its port is not the stick that was written
+    /// (another serial, another capacity, not the marker read before the
+    /// reset). It was never written or read back as if it were.
     ChangedAfterReset {
         /// What differs, for a person.
         detail: String,
@@ -336,7 +336,7 @@ impl fmt::Display for FailReason {
             FailReason::Removed { during } => write!(f, "removed during {during}"),
             FailReason::LostAfterReset { after_secs } => write!(
                 f,
-                "lost after reset: the stick did not come back within {after_secs} s of its reset before the read-back"
+                "lost after reset: the stick did not come back within {after_secs} s of its reset"
             ),
             FailReason::ChangedAfterReset { detail } => write!(
                 f,

@@ -59,10 +59,11 @@ pub struct ProbeOptions {
     /// Whether each round defeats the stick's own cache before reading its
     /// markers back: a reset where the target can be reset, else the filler.
     /// Off, the markers are read back at once (a cache inside the stick may
-    /// answer them). Off by default for now: in the station a reset makes a
-    /// simulated or real stick leave and come back under a new name, before
-    /// its write, which the station's port view and its tests do not expect
-    /// yet; `flashrack flash` turns it on.
+    /// answer them). Off by default (a test of the engine asks for it);
+    /// `flashrack flash` turns it on, and the station with its
+    /// `reset_before_verify` (its stick leaves and comes back under a new
+    /// name while it prepares, which the station treats as part of the
+    /// attempt, as before the read-back).
     pub defeat_cache: bool,
     /// Bytes written after each round's markers, before they are read back: more
     /// than the largest cache a stick is expected to hide its losses in.

@@ -18,11 +18,16 @@
 //! [`PathTarget`] pinned to the disk, which its reset replaces by one pinned to
 //! the disk that came back. It waits on the attempt's [`ResetLink`] for the
 //! station, which sees the stick leave and come back as hotplug events (same
-//! port path, serial and capacity), and then checks a marker itself: the last
-//! logical block (where the capacity probe wrote a marker unique to the
-//! attempt) must read back as it did before the reset. A stick whose USB
-//! device disappears from its port meanwhile was pulled
-//! ([`TargetError::Removed`]).
+//! port path, serial and capacity), and then checks a marker itself: the first
+//! logical block (the capacity probe's marker at offset 0, unique to the
+//! attempt, during the probe; the image's first block before the read-back)
+//! must read back as it did before the reset. The first block, not the last:
+//! a fake stick reset by its capacity probe loses the markers past its real
+//! size (the last block's among them), which is a capacity lie to be found by
+//! the probe, not another stick; every stick that keeps anything keeps its
+//! first block (one that loses even that is taken for another stick, and
+//! fails as `changed_after_reset`). A stick whose USB device disappears from
+//! its port meanwhile was pulled ([`TargetError::Removed`]).
 
 use std::fs;
 use std::io;
@@ -264,14 +269,18 @@ fn pinned(device: &PluggedDevice, guard: GuardCheck) -> PathTarget {
     }
 }
 
-/// The last logical block of `target` as it reads from the medium now.
+/// The first logical block of `target` as it reads from the medium now (see
+/// the module docs for why the first).
 fn read_marker(target: &dyn Target) -> Result<(u64, Vec<u8>), TargetError> {
     let geometry = target.geometry()?;
     let block = u64::from(geometry.logical_block_size);
-    let offset = geometry
-        .capacity
-        .checked_sub(block)
-        .ok_or_else(|| TargetError::Open(format!("{} is smaller than one block", target.name())))?;
+    if geometry.capacity < block {
+        return Err(TargetError::Open(format!(
+            "{} is smaller than one block",
+            target.name()
+        )));
+    }
+    let offset = 0;
     let mut reader = target.open_reader()?;
     let mut buf = AlignedBuf::zeroed(block as usize);
     let mut done = 0;

@@ -58,6 +58,26 @@ impl Rack {
     }
 }
 
+/// Brings the stick away in its reset in the port with `port_path` back under
+/// a new kernel name, which it returns.
+fn return_away(
+    rack: &Mutex<Rack>,
+    commands: &UnboundedSender<Command>,
+    port_path: &str,
+) -> Result<String, SimRackError> {
+    let mut rack = rack.lock().unwrap_or_else(|p| p.into_inner());
+    let mut present = rack
+        .away
+        .remove(port_path)
+        .ok_or_else(|| SimRackError::NotPresent(port_path.to_string()))?;
+    let kernel_name = rack.next_name();
+    present.device.kernel_name = kernel_name.clone();
+    let device = present.device.clone();
+    rack.present.insert(kernel_name.clone(), present);
+    let _ = commands.send(Command::Plug(device));
+    Ok(kernel_name)
+}
+
 /// What a simulated stick does when an attempt resets it through the station.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ResetReturn {
@@ -77,6 +97,10 @@ pub enum ResetReturn {
     /// ([`SimRackControl::return_held`]) or pulls it
     /// ([`SimRackControl::pull_held`]).
     Held,
+    /// It leaves and comes back by itself after this long, under a new
+    /// kernel name (a real stick re-enumerates in about half a second), unless
+    /// it was pulled meanwhile ([`SimRackControl::pull_held`]).
+    After(Duration),
 }
 
 enum Command {
@@ -257,17 +281,7 @@ impl SimRackControl {
     /// Brings a stick held away in its reset ([`ResetReturn::Held`]) back under
     /// a new kernel name, which it returns.
     pub fn return_held(&self, port_path: &str) -> Result<String, SimRackError> {
-        let mut rack = self.rack.lock().unwrap_or_else(|p| p.into_inner());
-        let mut present = rack
-            .away
-            .remove(port_path)
-            .ok_or_else(|| SimRackError::NotPresent(port_path.to_string()))?;
-        let kernel_name = rack.next_name();
-        present.device.kernel_name = kernel_name.clone();
-        let device = present.device.clone();
-        rack.present.insert(kernel_name.clone(), present);
-        let _ = self.commands.send(Command::Plug(device));
-        Ok(kernel_name)
+        return_away(&self.rack, &self.commands, port_path)
     }
 
     /// Pulls a stick that is away in its reset out of its port: it never comes
@@ -486,6 +500,17 @@ impl ReenumeratingReset {
                 }
                 ResetReturn::Never | ResetReturn::Held => {
                     rack.away.insert(port, present);
+                }
+                ResetReturn::After(delay) => {
+                    rack.away.insert(port.clone(), present);
+                    let (rack, commands) = (self.rack.clone(), self.commands.clone());
+                    // Its own thread, as the stick's return is the system's
+                    // doing, not the waiting target's; a stick pulled
+                    // meanwhile is no longer away and does not come back.
+                    std::thread::spawn(move || {
+                        std::thread::sleep(delay);
+                        let _ = return_away(&rack, &commands, &port);
+                    });
                 }
             }
         }

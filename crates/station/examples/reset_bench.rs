@@ -1,4 +1,5 @@
-//! What the reset before the read-back adds per stick, on the simulated rack
+//! What the reset before the read-back adds per stick, and what the capacity
+//! probe's reset (while the stick prepares) adds on top, on the simulated rack
 //! through the whole station (the stick leaves and comes back under a new name
 //! and is recognised), with realistic speeds: 20 MB/s write, 40 MB/s read.
 //!
@@ -7,9 +8,10 @@
 //! ```
 //!
 //! Runs, side by side and interleaved, `ROUNDS` rounds of `STICKS` sticks
-//! (default 4 sticks, 32 MiB, 3 rounds) without and with the reset, and prints
-//! each stick's time from its start to its verdict and the difference of the
-//! means. A benchmark, not a test: nothing here fails on a figure.
+//! (default 4 sticks, 32 MiB, 3 rounds) without a reset, with the reset before
+//! the read-back, and with the probe's reset too, and prints each stick's time
+//! from its start to its verdict and the differences of the means. A
+//! benchmark, not a test: nothing here fails on a figure.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +29,7 @@ const MIB: u64 = 1 << 20;
 
 /// One round: `sticks` sticks plugged at once; each stick's seconds from
 /// `preparing` to its verdict, and whether its read-back followed a reset.
-async fn round(sticks: usize, image_mib: u64, reset: bool) -> Vec<(f64, bool)> {
+async fn round(sticks: usize, image_mib: u64, reset: bool, probe_reset: bool) -> Vec<(f64, bool)> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let bytes = flashrack_testkit::image_bytes((image_mib * MIB) as usize, 11, 1 << 20);
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 4 << 20);
@@ -45,6 +47,10 @@ async fn round(sticks: usize, image_mib: u64, reset: bool) -> Vec<(f64, bool)> {
         policy: GuardPolicy::default(),
         engine: EngineOptions {
             reset_before_verify: reset,
+            probe: flashrack_engine::probe::ProbeOptions {
+                defeat_cache: probe_reset,
+                ..Default::default()
+            },
             stall_timeout: Duration::from_secs(600),
             progress_interval: Duration::from_millis(100),
             ..EngineOptions::default()
@@ -129,31 +135,39 @@ async fn main() {
     println!(
         "{sticks} sticks, {image_mib} MiB image, 20 MB/s write, 40 MB/s read, {rounds} rounds each way"
     );
-    let (mut without, mut with) = (Vec::new(), Vec::new());
+    // Without a reset; with the reset before the read-back; with the
+    // capacity probe's reset as well (each stick of 4 × the image claims
+    // and stores all of it: one probe round, one reset).
+    let modes = [
+        ("without reset", false, false),
+        ("with reset", true, false),
+        ("with probe reset", true, true),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for r in 1..=rounds {
-        for reset in [false, true] {
-            let times = round(sticks, image_mib, reset).await;
-            assert!(times.iter().all(|&(_, after)| after == reset));
-            let secs: Vec<f64> = times.iter().map(|&(s, _)| s).collect();
+        for (i, &(name, reset, probe_reset)) in modes.iter().enumerate() {
+            let done = round(sticks, image_mib, reset, probe_reset).await;
+            assert!(done.iter().all(|&(_, after)| after == reset));
+            let secs: Vec<f64> = done.iter().map(|&(s, _)| s).collect();
             println!(
-                "round {r} {:>13}: per stick {}",
-                if reset { "with reset" } else { "without reset" },
+                "round {r} {name:>16}: per stick {}",
                 secs.iter()
                     .map(|s| format!("{s:.2} s"))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            if reset {
-                with.extend(secs);
-            } else {
-                without.extend(secs);
-            }
+            times[i].extend(secs);
         }
     }
-    let (a, b) = (mean(&without), mean(&with));
+    let (a, b, c) = (mean(&times[0]), mean(&times[1]), mean(&times[2]));
     println!(
         "mean per stick: {a:.3} s without, {b:.3} s with the reset: {:+.3} s ({:+.1} %)",
         b - a,
         (b - a) * 100.0 / a
+    );
+    println!(
+        "mean per stick: {c:.3} s with the probe's reset too: {:+.3} s ({:+.1} %) over the reset alone",
+        c - b,
+        (c - b) * 100.0 / b
     );
 }

@@ -1659,6 +1659,150 @@ async fn a_stick_held_away_in_its_reset_continues_when_it_comes_back() {
     assert_eq!(journal.records().attempts.len(), 1);
 }
 
+// ----- the capacity probe's reset, while the stick prepares --------------------
+
+/// A rig whose capacity probe defeats the sticks' caches by resetting them
+/// (as `serve` does with `reset_before_verify`), with the reset before the
+/// read-back as asked.
+async fn probing_rig(ports: usize, reset_before_verify: bool) -> Rig {
+    rig_with(ports, GuardPolicy::default(), |s| {
+        s.engine.reset_before_verify = reset_before_verify;
+        s.engine.reset_timeout = RESET_TIMEOUT;
+        s.engine.probe = flashrack_engine::probe::ProbeOptions {
+            defeat_cache: true,
+            ..Default::default()
+        };
+    })
+    .await
+}
+
+/// A fake that claims 1 GiB, keeps 100 MiB and three blocks (a size no
+/// bisection lands on by chance), and hides the rest behind a 16 MiB cache
+/// that answers the read-back of what it lost until a reset.
+fn cache_hidden_fake() -> SimStickSpec {
+    use flashrack_simrack::sim::CacheMode;
+    SimStickSpec::new("", 1 << 30)
+        .fake_capacity(CACHED_FAKE_REAL, FakeMode::Vanish)
+        .volatile_cache(16 * MIB, CacheMode::WriteThrough)
+}
+
+const CACHED_FAKE_REAL: u64 = 100 * MIB + 3 * 512;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_probes_reset_a_cache_hidden_fake_passes_the_station() {
+    // Today's false pass, for contrast: the probe's markers are answered by
+    // the stick's cache, and the 3 MiB image fits in what it really stores.
+    let rig = resetting_rig(1, Clock::System).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "FAKE", cache_hidden_fake());
+    let snap = rig
+        .until("a verdict", |s| port(s, "A1").verdict.is_some())
+        .await;
+    assert_eq!(port(&snap, "A1").verdict, Some(Verdict::Pass));
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().resets, 1, "only before the read-back");
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_station_run_the_probes_reset_finds_a_cache_hidden_fakes_exact_real_size() {
+    let rig = probing_rig(2, true).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    let mut events = rig.handle.subscribe();
+    let first = rig.plug(1, "FAKE", cache_hidden_fake());
+    let (states, view) = states_until_verdict(&mut events, "A1").await;
+    let failure = view.verdict.as_ref().and_then(|v| v.failure()).unwrap();
+    assert_eq!(failure.stage, Stage::Preparing, "{view:?}");
+    match &failure.reason {
+        FailReason::CapacityLie {
+            real_bytes: Some(real),
+            first_bad_offset,
+            ..
+        } => {
+            assert_eq!(real.bytes(), CACHED_FAKE_REAL);
+            assert_eq!(*first_bad_offset, CACHED_FAKE_REAL);
+        }
+        other => panic!("expected a capacity lie with its real size, got {other:?}"),
+    }
+    assert!(failure.to_string().contains("stores only"), "{failure}");
+    // Each round of the probe reset the stick while it prepared: the port
+    // showed it, and never a removal, a new insertion or a write.
+    let preparing = states.iter().position(|s| *s == PortState::Preparing);
+    let resetting = states.iter().position(|s| *s == PortState::Resetting);
+    assert!(preparing.is_some() && resetting > preparing, "{states:?}");
+    assert!(!states.contains(&PortState::Writing), "{states:?}");
+    assert!(!states.contains(&PortState::Empty), "{states:?}");
+    let (now, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_ne!(now, first, "it came back under another name");
+    assert!(stick.counters().resets >= 2, "{:?}", stick.counters());
+    assert_eq!(view.figures.as_ref().unwrap().bytes_written, 0);
+    assert_eq!(view.device.unwrap().serial.as_deref(), Some("FAKE"));
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    assert_eq!(
+        records.attempts.len(),
+        1,
+        "one attempt, however many resets"
+    );
+    assert_eq!(records.devices.len(), 1);
+    let comings_and_goings = records
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                JournalEvent::DeviceAdded { .. } | JournalEvent::DeviceRemoved { .. }
+            )
+        })
+        .count();
+    assert_eq!(comings_and_goings, 1, "{:?}", records.events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_stick_passes_the_station_with_one_probe_reset() {
+    for reset_before_verify in [false, true] {
+        let rig = probing_rig(1, reset_before_verify).await;
+        rig.arm(RunOptions::default()).await.unwrap();
+        let mut events = rig.handle.subscribe();
+        rig.plug(1, "HONEST", healthy());
+        let (states, view) = states_until_verdict(&mut events, "A1").await;
+        assert_eq!(view.verdict, Some(Verdict::Pass), "{view:?}");
+        let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+        let mut expected = vec![
+            PortState::Preparing,
+            PortState::Resetting,
+            PortState::Writing,
+            PortState::Flushing,
+        ];
+        if reset_before_verify {
+            expected.push(PortState::Resetting);
+        }
+        expected.extend([PortState::Verifying, PortState::Passed]);
+        let shown: Vec<PortState> = states
+            .iter()
+            .copied()
+            .skip_while(|s| *s != PortState::Preparing)
+            .collect();
+        assert_eq!(
+            shown, expected,
+            "reset before verify: {reset_before_verify}"
+        );
+        // One reset in the probe (one round on an honest stick), one before
+        // the read-back when asked.
+        assert_eq!(
+            stick.counters().resets,
+            1 + u64::from(reset_before_verify),
+            "reset before verify: {reset_before_verify}"
+        );
+        assert_eq!(
+            view.figures.as_ref().unwrap().verified_after_reset,
+            reset_before_verify
+        );
+        let journal = rig.shutdown().await;
+        assert_eq!(journal.records().attempts.len(), 1);
+    }
+}
+
 /// The finished attempts of `port`, in the order they were made.
 fn finished_at(journal: &MemoryJournal, port: &str) -> Vec<Verdict> {
     journal
