@@ -13,6 +13,13 @@
 //! With a burst ([`Burst`]), many healthy sticks are plugged at once instead,
 //! and when each got its verdict is measured ([`BurstReport`]).
 //!
+//! By hand ([`DemoOptions::by_hand`]), nobody plugs anything: the sticks are
+//! plugged and pulled by the commands a [`HandRack`] is given (`plug A3
+//! slow:write=2MB`, `pull A3`), which `flashrack demo --by-hand` reads from its
+//! standard input. A stick pulled mid-write, a run's target count and a fault
+//! of one's choosing can so be seen on the dashboard when one wants them (the
+//! browser tests of those states drive the demo this way).
+//!
 //! [`Application`]: crate::Application
 
 use std::collections::{BTreeSet, HashMap};
@@ -57,6 +64,9 @@ pub struct DemoOptions {
     /// Whether the scripted operator arms a run itself; without, sticks wait
     /// for a run armed otherwise (by the hub's orders, or over the API).
     pub arm: bool,
+    /// No scripted operator: sticks are plugged and pulled only through the
+    /// demo's [`HandRack`] (ignored with a burst).
+    pub by_hand: bool,
 }
 
 /// A measurement: many healthy sticks plugged at once.
@@ -113,6 +123,8 @@ pub struct Demo {
     pub rack: SimRackControl,
     /// The burst's report, once every stick has its verdict.
     pub burst_report: Option<oneshot::Receiver<BurstReport>>,
+    /// The rack in the operator's hands (with [`DemoOptions::by_hand`]).
+    pub hand: Option<HandRack>,
 }
 
 /// The demo image's file for an image of `size` bytes.
@@ -200,6 +212,12 @@ impl Demo {
         let parts = Parts::new(Box::new(source), Arc::new(access), data_dir, options.listen)
             .recording(options.recording);
         let scenario_rack = rack.clone();
+        let hand = (options.by_hand && options.burst.is_none()).then(|| HandRack {
+            rack: rack.clone(),
+            ports: ports.clone(),
+            image_size: image.manifest.size(),
+            plugged: 0,
+        });
         let (parts, burst_report) = match options.burst {
             Some(burst) => {
                 let (report_tx, report_rx) = oneshot::channel();
@@ -221,6 +239,17 @@ impl Demo {
                     })
                 });
                 (parts, Some(report_rx))
+            }
+            None if options.by_hand => {
+                let arm_run = options.arm;
+                let parts = parts.with_task(move |context: AppContext| {
+                    Box::pin(async move {
+                        if arm_run {
+                            arm(&context.station, source_image, image_name).await;
+                        }
+                    })
+                });
+                (parts, None)
             }
             None => {
                 let seed = options.seed;
@@ -250,7 +279,90 @@ impl Demo {
             parts,
             rack,
             burst_report,
+            hand,
         })
+    }
+}
+
+/// A command to the rack by hand that cannot be carried out (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum HandError {
+    /// Not a command this rack knows.
+    #[error("unknown command {0:?} (plug PORT [NAME[:key=value,...]], pull PORT)")]
+    Unknown(String),
+    /// A command without its port, or with words left over.
+    #[error("usage: {0}")]
+    Usage(&'static str),
+    /// No port has that label.
+    #[error("no port {0} in this rack")]
+    NoPort(String),
+    /// Pulling a port with no stick in it.
+    #[error("no stick in port {0}")]
+    Empty(String),
+    /// A stick that cannot be described as asked.
+    #[error(transparent)]
+    Spec(#[from] crate::targets::TargetsError),
+    /// The simulated rack said no (an occupied port, no room for the medium).
+    #[error(transparent)]
+    Rack(#[from] flashrack_simrack::sim_hotplug::SimRackError),
+}
+
+/// The demo's rack in the operator's hands: each command plugs or pulls one
+/// stick, as a hand at the rack would.
+///
+/// - `plug PORT [NAME[:key=value,...]]` plugs a stick described as `flashrack
+///   flash` takes `sim:` targets (`slow:write=2MB`, `bad:fail_after=10MiB`,
+///   `tiny:capacity=1MiB`); its serial is NAME (`HAND-0001`, … by default);
+/// - `pull PORT` pulls the stick out of the port, whatever it is doing.
+pub struct HandRack {
+    rack: SimRackControl,
+    ports: Vec<PortConfig>,
+    image_size: u64,
+    plugged: u32,
+}
+
+impl HandRack {
+    /// Carries out one command line; says what it did.
+    pub fn command(&mut self, line: &str) -> Result<String, HandError> {
+        let mut words = line.split_whitespace();
+        let Some(verb) = words.next() else {
+            return Err(HandError::Unknown(String::new()));
+        };
+        let port = words.next();
+        let spec = words.next();
+        match (verb, port, spec, words.next()) {
+            ("plug", Some(port), spec, None) => {
+                let path = self.port_path(port)?;
+                // Sticks without a name are numbered by the ones plugged.
+                let text =
+                    spec.map_or_else(|| format!("HAND-{:04}", self.plugged + 1), String::from);
+                let spec = crate::targets::parse_sim_spec(&text, self.image_size)?;
+                let serial = spec.name.clone();
+                let kernel_name = self.rack.plug(&path, &serial, spec)?;
+                self.plugged += 1;
+                Ok(format!("plugged {port}: {serial} ({kernel_name})"))
+            }
+            ("pull", Some(port), None, None) => {
+                let path = self.port_path(port)?;
+                let (kernel_name, _) = self
+                    .rack
+                    .stick_at(&path)
+                    .ok_or_else(|| HandError::Empty(port.to_string()))?;
+                self.rack.pull(&kernel_name)?;
+                Ok(format!("pulled {port} ({kernel_name})"))
+            }
+            ("plug", ..) => Err(HandError::Usage("plug PORT [NAME[:key=value,...]]")),
+            ("pull", ..) => Err(HandError::Usage("pull PORT")),
+            (other, ..) => Err(HandError::Unknown(other.to_string())),
+        }
+    }
+
+    fn port_path(&self, label: &str) -> Result<String, HandError> {
+        self.ports
+            .iter()
+            .find(|p| p.label == label)
+            .map(|p| p.path.clone())
+            .ok_or_else(|| HandError::NoPort(label.to_string()))
     }
 }
 
@@ -474,4 +586,56 @@ fn write_image_to(tmp: &Path, size: u64) -> std::io::Result<()> {
     }
     file.set_len(size)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashrack_simrack::sim_hotplug::SimRackError;
+
+    fn hand(dir: &Path) -> HandRack {
+        let (_source, rack, _access) = sim_rack(dir);
+        HandRack {
+            rack,
+            ports: vec![PortConfig {
+                label: "A1".into(),
+                path: "sim-usb-0:1.1".into(),
+                position: None,
+            }],
+            image_size: 1 << 20,
+            plugged: 0,
+        }
+    }
+
+    #[test]
+    fn the_rack_by_hand_plugs_and_pulls_what_it_is_told_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hand = hand(dir.path());
+        let plugged = hand.command("plug A1 slow:write=2MB").unwrap();
+        assert!(plugged.starts_with("plugged A1: slow ("), "{plugged}");
+        let (_, stick) = hand.rack.stick_at("sim-usb-0:1.1").unwrap();
+        assert_eq!(stick.spec().write_bytes_per_sec, Some(2_000_000));
+        assert!(matches!(
+            hand.command("plug A1"),
+            Err(HandError::Rack(SimRackError::PortOccupied(_)))
+        ));
+        assert!(hand.command("pull A1").unwrap().starts_with("pulled A1 ("));
+        assert!(hand.rack.stick_at("sim-usb-0:1.1").is_none());
+        assert!(matches!(hand.command("pull A1"), Err(HandError::Empty(_))));
+        // A default name, numbered.
+        assert!(hand
+            .command("plug A1")
+            .unwrap()
+            .starts_with("plugged A1: HAND-0002 ("));
+        for (line, error) in [
+            ("plug B7", "no port B7 in this rack"),
+            ("pull", "usage: pull PORT"),
+            ("plug A1 x y", "usage: plug PORT"),
+            ("shake A1", "unknown command \"shake\""),
+            ("plug A1 bad:speed=1", "sim:bad"),
+        ] {
+            let text = hand.command(line).unwrap_err().to_string();
+            assert!(text.contains(error), "{line}: {text}");
+        }
+    }
 }

@@ -436,7 +436,7 @@ fn identity_of(name: &str, target: &dyn Target) -> (DeviceIdentity, Option<Strin
 }
 
 /// Parses `NAME[:key=value,...]`.
-fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec, TargetsError> {
+pub(crate) fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec, TargetsError> {
     let (name, options) = text.split_once(':').unwrap_or((text, ""));
     if name.is_empty()
         || !name

@@ -264,6 +264,12 @@ pub struct DemoArgs {
     /// hub's orders (or over the API) writes them.
     #[arg(long, conflicts_with = "burst")]
     pub no_arm: bool,
+    /// No scripted operator: you plug and pull the sticks, one command a line
+    /// on standard input — `plug PORT [NAME[:key=value,...]]` (a stick as
+    /// `flash` takes `sim:` targets, e.g. `plug A3 slow:write=2MB`) and `pull
+    /// PORT`; each is answered on standard output.
+    #[arg(long, conflicts_with = "burst")]
+    pub by_hand: bool,
 }
 
 /// `flashrack serve …`

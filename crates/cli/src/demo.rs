@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use flashrack_app::demo::{self, Burst, Demo, DemoOptions};
+use flashrack_app::demo::{self, Burst, Demo, DemoOptions, HandRack};
 use flashrack_app::{Application, Recording};
 
 use crate::cli::DemoArgs;
@@ -26,6 +26,7 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         station_id: station.as_ref().map(|c| c.station_id.clone()),
         fleet: station.and_then(|c| c.fleet),
         arm: !args.no_arm,
+        by_hand: args.by_hand,
         listen: args.listen,
         ports: args.ports,
         image_size: args.image_size,
@@ -47,6 +48,7 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         parts,
         rack,
         burst_report,
+        hand,
     } = Demo::prepare(data_dir, &options)?;
     errln!(
         "records: {dir} (flashrack --data-dir {dir} report runs)",
@@ -66,6 +68,9 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
             }
         })
     });
+    if let Some(hand) = hand {
+        by_hand(hand);
+    }
     let result = app.run_until_stopped(shutdown).await;
     // Printed by now, or never will be (the demo stopped before the burst
     // was over: its sender is gone).
@@ -75,4 +80,26 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     rack.pull_all();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the rack's commands from standard input on a thread of its own (a
+/// blocking read), answering each on standard output; the end of the input
+/// leaves the demo running.
+fn by_hand(mut hand: HandRack) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { return };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let answer = match hand.command(&line) {
+                Ok(done) => outln!("{done}"),
+                Err(error) => outln!("error: {error}"),
+            };
+            if answer.is_err() {
+                return;
+            }
+        }
+    });
 }

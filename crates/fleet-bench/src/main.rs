@@ -489,6 +489,7 @@ async fn start_station(
             token_file,
         }),
         arm: true,
+        by_hand: false,
     };
     let Demo { config, parts, .. } = Demo::prepare(dir, &options)?;
     let app = Application::build(config, parts).await?;
