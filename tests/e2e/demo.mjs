@@ -29,11 +29,33 @@ export function requireExecutable(file, hint) {
   }
 }
 
-/** Starts the demo; resolves with the process and its dashboard URL. */
-export function startDemo(dataDir) {
-  const child = spawn(BIN, ['--data-dir', dataDir, 'demo', '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+/**
+ * Starts the demo; resolves with the process and its dashboard URL. `args` are
+ * more of the demo's arguments; with `--by-hand`, `child.command(line)` plugs
+ * or pulls a stick and resolves with the demo's answer.
+ */
+export function startDemo(dataDir, args = []) {
+  const byHand = args.includes('--by-hand');
+  const child = spawn(BIN, ['--data-dir', dataDir, 'demo', '--listen', '127.0.0.1:0', ...args], {
+    stdio: [byHand ? 'pipe' : 'ignore', 'pipe', 'pipe'],
   });
+  // The by-hand rack's answers, in order, for the commands waiting for them.
+  const waiting = [];
+  let partial = '';
+  if (byHand) {
+    child.stdout.on('data', (chunk) => {
+      partial += chunk.toString();
+      const lines = partial.split('\n');
+      partial = lines.pop();
+      for (const line of lines.filter((l) => /^(plugged|pulled|error:) /.test(l))) {
+        if (waiting.length) waiting.shift()(line);
+      }
+    });
+    child.command = (line) => new Promise((resolve) => {
+      waiting.push(resolve);
+      child.stdin.write(`${line}\n`);
+    });
+  }
   const log = [];
   const keep = (chunk) => {
     log.push(chunk.toString());

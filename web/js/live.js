@@ -128,7 +128,11 @@ function noteStickTime(port) {
 export function applySnapshot(snapshot) {
   model.stationId = snapshot.station_id || '';
   model.ports = new Map((snapshot.ports || []).map((port) => [port.label, port]));
+  // A snapshot (on connecting, after a gap) may carry verdicts no port event
+  // told of: the records shown follow them.
   refreshHistorySoon();
+  refreshDevicesSoon();
+  refreshRunsSoon();
   $('station-id').textContent = model.stationId;
   renderRack();
   setRun(snapshot.run || null);
@@ -146,7 +150,9 @@ export function upsertPort(port) {
   } else {
     renderRack();
   }
-  if (port.verdict && (!before || !before.verdict || before.attempt_id !== port.attempt_id)) {
+  // A new verdict (or another one for the same attempt): the records shown follow.
+  if (port.verdict && (!before || before.attempt_id !== port.attempt_id
+    || JSON.stringify(before.verdict) !== JSON.stringify(port.verdict))) {
     refreshDevicesSoon();
     refreshRunsSoon();
     refreshHistorySoon();
@@ -167,8 +173,12 @@ export function setRun(run) {
   if ((before && before.id) !== (run && run.id) || Boolean(before && before.armed) !== Boolean(run && run.armed)) renderRack();
   renderRun();
   const changed = !before || !run || before.id !== run.id || before.armed !== run.armed
-    || before.passed !== run.passed || before.failed !== run.failed;
-  if (changed) refreshRunsSoon();
+    || ['passed', 'failed', 'refused', 'interrupted'].some((key) => before[key] !== run[key]);
+  if (changed) {
+    refreshRunsSoon();
+    // A run's stop interrupts its sticks: their devices' latest verdicts change.
+    refreshDevicesSoon();
+  }
   if (!run || !run.armed) {
     if (!before || before.armed !== false) loadImages();
   }

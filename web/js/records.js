@@ -7,9 +7,24 @@ import { renderRack } from './rack.js';
 
 export const refreshRunsSoon = debounce(loadRuns, 300);
 
+/**
+ * Each load is numbered: an answer older than one already shown is dropped,
+ * so a slow request can never put back records that a newer one replaced
+ * (a device shown "running" after its attempt was interrupted).
+ */
+const loads = { runs: 0, devices: 0 };
+const shown = { runs: 0, devices: 0 };
+function fresh(kind, number) {
+  if (number < shown[kind]) return false;
+  shown[kind] = number;
+  return true;
+}
+
 export async function loadRuns() {
+  const number = ++loads.runs;
   try {
     const rows = await api('GET', '/runs');
+    if (!fresh('runs', number)) return;
     model.runs = Array.isArray(rows) ? rows : [];
     renderRuns();
   } catch (error) {
@@ -71,8 +86,10 @@ export function runRow(run) {
 export const refreshDevicesSoon = debounce(loadDevices, 2000);
 
 export async function loadDevices() {
+  const number = ++loads.devices;
   try {
     const rows = await api('GET', '/devices');
+    if (!fresh('devices', number)) return;
     model.devices = Array.isArray(rows) ? rows : [];
     renderDevices();
   } catch (error) {

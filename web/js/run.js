@@ -277,7 +277,8 @@ export function renderBatch() {
     class: 'bar batch-bar', role: 'progressbar', 'aria-label': 'Passes of the target', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': pct,
   }, el('span'));
   if (bar) bar.firstChild.style.width = `${pct}%`;
-  panel.replaceChildren(
+  // No target, no bar (replaceChildren would show a null as the text "null").
+  panel.replaceChildren(...[
     el('p', { class: 'batch-passes' }, el('strong', { class: 'batch-count', text: passes }), b.target != null ? ' passes of the target' : ' passes (no target)'),
     bar,
     el('p', { class: 'batch-line' },
@@ -285,7 +286,8 @@ export function renderBatch() {
       el('span', { class: 'batch-eta', text: eta }), ' · ',
       el('span', { class: 'batch-yield', text: yieldText, title: `${b.passed} passed of ${b.judged} sticks judged` }),
       b.perStick ? el('span', { class: 'muted', text: ` · ${fmtDuration(b.perStick)} a stick` }) : null,
-      b.cycle > b.perStick ? el('span', { class: 'muted', text: `, ${fmtDuration(b.cycle)} with the swap` }) : null));
+      b.cycle > b.perStick ? el('span', { class: 'muted', text: `, ${fmtDuration(b.cycle)} with the swap` }) : null),
+  ].filter(Boolean));
   strip.replaceChildren(
     el('span', { class: 'strip-item strip-passes' }, '✓ ', el('strong', { text: passes })),
     el('span', { class: 'strip-item strip-failed' }, '✗ ', el('strong', { text: String(model.run.failed) })),
