@@ -22,6 +22,20 @@ fn write_image(dir: &Path) -> PathBuf {
     path
 }
 
+/// The same image gzipped: imported, it is decompressed into the cache, so
+/// the cache always holds a file of its own (a raw image file that has
+/// settled is referenced in place instead of copied).
+fn write_gzip_image(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("image.img.gz");
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder
+        .write_all(&flashrack_testkit::image_bytes(1 << 20, 7, 1 << 16))
+        .unwrap();
+    std::fs::write(&path, encoder.finish().unwrap()).unwrap();
+    path
+}
+
 fn text(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -52,7 +66,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
 fn a_file_target_in_the_data_directory_is_refused_however_it_is_spelled() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let image = write_image(dir.path());
+    let image = write_gzip_image(dir.path());
     let out = flashrack(
         &data,
         &[
