@@ -194,6 +194,8 @@ pub struct Application {
     data_dir: PathBuf,
     /// The largest image the station accepts (its largest target).
     max_image_size: u64,
+    /// Captures of master sticks (also in `web`), abandoned at shutdown.
+    captures: Arc<crate::capture::CaptureService>,
 }
 
 impl Application {
@@ -260,6 +262,11 @@ impl Application {
             address: listen,
             source,
         })?;
+        let captures = Arc::new(crate::capture::CaptureService::new(
+            images.clone(),
+            data_dir.clone(),
+            station_settings(&config).policy,
+        ));
         let web = WebState {
             station: handle.clone(),
             images: images.clone(),
@@ -302,6 +309,7 @@ impl Application {
                 data_dir.clone(),
                 config.max_size,
             ))),
+            captures: Some(captures.clone()),
         };
         Ok(Self {
             address,
@@ -317,6 +325,7 @@ impl Application {
             fleet,
             data_dir,
             max_image_size: config.max_size.bytes(),
+            captures,
         })
     }
 
@@ -366,6 +375,7 @@ impl Application {
             fleet,
             data_dir,
             max_image_size,
+            captures,
             ..
         } = self;
         let signal = ShutdownSignal(stop.subscribe());
@@ -408,6 +418,9 @@ impl Application {
         // The web server ends at shutdown, or sooner if it fails: then the
         // rest stops too.
         stop.send_replace(true);
+        // A capture in flight keeps nothing (its blocking thread stops at
+        // its next chunk).
+        captures.cancel_all();
         let stopped = station_task.await;
         for task in tasks {
             if let Err(error) = task.await {
@@ -480,6 +493,7 @@ fn station_settings(config: &StationConfig) -> StationSettings {
                 label: p.label.clone(),
                 path: p.path.clone(),
                 position: p.position,
+                master: p.master,
             })
             .collect(),
         policy,

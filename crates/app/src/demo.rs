@@ -164,6 +164,7 @@ impl Demo {
                     label: format!("{}{}", (b'A' + row as u8) as char, column + 1),
                     path: format!("sim-usb-0:{}.{}", row + 1, column + 1),
                     position: Some((row, column)),
+                    master: false,
                 }
             })
             .collect();

@@ -121,6 +121,7 @@ impl PortLearner {
             position: grid_position(&label),
             label,
             path,
+            master: false,
         });
         candidate.sort_by_key(|p| label_order(&p.label));
         write_port_map(&self.config_path, &candidate)?;
@@ -274,6 +275,7 @@ mod tests {
             label: label.into(),
             path: format!("p-{label}"),
             position: None,
+            master: false,
         }
     }
 
@@ -307,6 +309,7 @@ mod tests {
             label: label.into(),
             path,
             position: grid_position(label),
+            master: false,
         }
     }
 

@@ -93,6 +93,10 @@ pub struct PortConfig {
     pub path: String,
     /// Grid position (row, column), 0-based.
     pub position: Option<(u32, u32)>,
+    /// A master port (`master = true`): a stick in it is never written (no
+    /// run starts it, not even on the operator's request); it is offered for
+    /// capture into the image cache instead.
+    pub master: bool,
 }
 
 /// Who may change things over the web.
@@ -371,6 +375,8 @@ struct RawPort {
     path: Spanned<String>,
     row: Option<u32>,
     column: Option<u32>,
+    #[serde(default)]
+    master: bool,
 }
 
 impl StationConfig {
@@ -537,6 +543,7 @@ impl StationConfig {
                 label,
                 path: port_path,
                 position,
+                master: port.master,
             });
         }
 
@@ -844,6 +851,9 @@ pub fn write_port_map(path: &Path, ports: &[PortConfig]) -> Result<(), ConfigErr
         if let Some((row, column)) = port.position {
             table["row"] = toml_edit::value(i64::from(row));
             table["column"] = toml_edit::value(i64::from(column));
+        }
+        if port.master {
+            table["master"] = toml_edit::value(true);
         }
         tables.push(table);
     }

@@ -119,6 +119,22 @@ fn a_public_listener_with_a_token_is_accepted() {
 }
 
 #[test]
+fn a_port_marked_master_is_read_as_one_and_others_are_not() {
+    let config = parse(
+        "[[port]]\nlabel = \"M1\"\npath = \"p-m\"\nmaster = true\n[[port]]\nlabel = \"A1\"\npath = \"p-a\"\n",
+    )
+    .unwrap();
+    let masters: Vec<(&str, bool)> = config
+        .ports
+        .iter()
+        .map(|p| (p.label.as_str(), p.master))
+        .collect();
+    assert_eq!(masters, [("M1", true), ("A1", false)]);
+    let (line, reason) = error_of("[[port]]\nlabel = \"M1\"\npath = \"p-m\"\nmaster = \"yes\"\n");
+    assert_eq!(line, 4, "{reason}");
+}
+
+#[test]
 fn writing_the_port_map_keeps_comments_and_the_rest_of_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("station.toml");
@@ -128,11 +144,13 @@ fn writing_the_port_map_keeps_comments_and_the_rest_of_the_file() {
             label: "B1".into(),
             path: "pci-x-usb-0:2.1".into(),
             position: Some((1, 0)),
+            master: false,
         },
         PortConfig {
             label: "B2".into(),
             path: "pci-x-usb-0:2.2".into(),
             position: None,
+            master: true,
         },
     ];
     write_port_map(&path, &ports).unwrap();
@@ -266,6 +284,7 @@ fn writing_the_port_map_keeps_the_files_owner_and_mode() {
         label: "A1".into(),
         path: "pci-x-usb-0:1.1".into(),
         position: Some((0, 0)),
+        master: false,
     }];
     write_port_map(&path, &ports).unwrap();
     let after = std::fs::metadata(&path).unwrap();

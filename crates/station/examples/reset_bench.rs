@@ -42,6 +42,7 @@ async fn round(sticks: usize, image_mib: u64, reset: bool, probe_reset: bool) ->
                 label: format!("A{n}"),
                 path: format!("bench-{n}"),
                 position: None,
+                master: false,
             })
             .collect(),
         policy: GuardPolicy::default(),

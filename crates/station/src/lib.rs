@@ -17,7 +17,8 @@
 //! **Architecture invariant:** no stick is written unless the guard accepted it at
 //! insertion *and* accepts it again at the moment its target is opened, and an
 //! attempt's start is recorded before its first byte is written; its verdict is
-//! committed before its port shows it.
+//! committed before its port shows it. A stick in a master port is never
+//! written at all: it is only offered for capture.
 #![deny(missing_docs)]
 
 pub mod journal;
@@ -32,4 +33,6 @@ pub use model::{
     DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
     VerdictRun,
 };
-pub use station::{ArmRequest, PortSpec, Station, StationError, StationHandle, StationSettings};
+pub use station::{
+    ArmRequest, MasterStick, PortSpec, Station, StationError, StationHandle, StationSettings,
+};

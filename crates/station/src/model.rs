@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// failed`, and
 /// back to `empty` when the stick is pulled (a stick pulled during an attempt
 /// leaves its port `failed`, verdict `removed`, until the next stick arrives).
+/// A stick in a master port is `master` (never written) until it is pulled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PortState {
@@ -20,6 +21,9 @@ pub enum PortState {
     Empty,
     /// A stick is present and identified; nothing is armed for it.
     Detected,
+    /// A stick is in a master port: it is never written (no run starts it,
+    /// not even on the operator's request), only offered for capture.
+    Master,
     /// The target guard refused the stick; see `refusal`.
     Refused,
     /// The armed run would write the stick, but its passes plus the attempts in
@@ -141,6 +145,10 @@ pub struct PortView {
     pub port_path: Option<String>,
     /// Whether the port is in the port map.
     pub mapped: bool,
+    /// Whether it is a master port (the configuration's `master = true`): a
+    /// stick in it is never written, only captured.
+    #[serde(default)]
+    pub master: bool,
     /// Grid position from the configuration (row, column), if any.
     pub position: Option<(u32, u32)>,
     /// What the port is doing.
@@ -177,6 +185,7 @@ impl PortView {
             label,
             port_path,
             mapped,
+            master: false,
             position,
             state: PortState::Empty,
             device: None,
@@ -200,14 +209,16 @@ impl PortView {
                 .is_some_and(|v| v.run_id == run.id && v.image_sha256 == run.image_sha256)
     }
 
-    /// Back to empty, keeping the port's identity.
+    /// Back to empty, keeping the port's identity (a master port stays one).
     pub fn clear(&mut self) {
+        let master = self.master;
         *self = Self::empty(
             std::mem::take(&mut self.label),
             self.port_path.take(),
             self.mapped,
             self.position,
         );
+        self.master = master;
     }
 }
 

@@ -43,6 +43,10 @@ pub struct PortSpec {
     pub path: String,
     /// Where it sits in the rack's grid (row, column), for the dashboard.
     pub position: Option<(u32, u32)>,
+    /// A master port: a stick in it is never written (no run starts it, not
+    /// even on the operator's request); it is offered for capture
+    /// ([`StationHandle::master_stick`]).
+    pub master: bool,
 }
 
 /// Everything the station is configured with.
@@ -114,6 +118,28 @@ pub enum StationError {
     /// The station has stopped.
     #[error("the station has stopped")]
     Stopped,
+    /// The port is a master port: its stick is never written.
+    #[error("port {0} is a master port: its stick is never written (capture it instead)")]
+    MasterPort(String),
+    /// A capture asked for a port that is not a master port.
+    #[error("port {0} is not a master port: only a stick in a master port (master = true in the configuration) is captured")]
+    NotMaster(String),
+    /// No port is configured as a master port.
+    #[error("this station has no master port (mark one with master = true in its [[port]] table)")]
+    NoMasterPort,
+    /// The master port holds no stick.
+    #[error("there is no stick in master port {0}")]
+    NoStick(String),
+}
+
+/// The stick in a master port, for a capture.
+#[derive(Debug, Clone)]
+pub struct MasterStick {
+    /// The port's label.
+    pub label: String,
+    /// The stick, as hotplug reported it (its device node and the disk
+    /// identity the capture must find behind it).
+    pub device: PluggedDevice,
 }
 
 enum Command {
@@ -125,6 +151,10 @@ enum Command {
     StartPort(String, oneshot::Sender<Result<(), StationError>>),
     RunRefused(Box<RunRefusal>, oneshot::Sender<Result<(), StationError>>),
     RetryFailed(oneshot::Sender<Result<Vec<String>, StationError>>),
+    MasterStick(
+        Option<String>,
+        oneshot::Sender<Result<MasterStick, StationError>>,
+    ),
 }
 
 /// Commands a running station and watches it. Cheap to clone.
@@ -182,6 +212,14 @@ impl StationHandle {
     /// stick). Answers the labels of the ports started, once their sticks are.
     pub async fn retry_failed(&self) -> Result<Vec<String>, StationError> {
         self.ask(Command::RetryFailed).await
+    }
+
+    /// The stick in master port `label`, or in the first master port that
+    /// holds one when `label` is `None`: what a capture reads. Refused when
+    /// the port is unknown, not a master port, or empty.
+    pub async fn master_stick(&self, label: Option<&str>) -> Result<MasterStick, StationError> {
+        self.ask(|tx| Command::MasterStick(label.map(str::to_string), tx))
+            .await
     }
 
     /// The station as it is now.
@@ -458,7 +496,10 @@ impl Station {
             .ports
             .iter()
             .map(|p| Port {
-                view: PortView::empty(p.label.clone(), Some(p.path.clone()), true, p.position),
+                view: PortView {
+                    master: p.master,
+                    ..PortView::empty(p.label.clone(), Some(p.path.clone()), true, p.position)
+                },
                 kernel_name: None,
                 waiting_since: None,
                 inspecting: None,
@@ -651,6 +692,13 @@ impl Station {
         // A guard answer the port's last stick was waiting for is not awaited
         // any more: later ones may go.
         self.apply_inspections().await;
+        if self.ports[port].view.master {
+            // Never written: shown as the master, offered for capture.
+            self.ports[port].view.state = PortState::Master;
+            tracing::info!(port = %label, device = %key, "a stick in a master port: never written");
+            self.publish_port(port);
+            return;
+        }
         if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
             if run.passed_keys.contains(&key) {
                 let verdict_run = VerdictRun::of(&run.view);
@@ -927,6 +975,40 @@ impl Station {
                     let _ = reply.send(Err(error));
                 }
             },
+            Command::MasterStick(label, reply) => {
+                let _ = reply.send(self.master_stick(label.as_deref()));
+            }
+        }
+    }
+
+    fn master_stick(&self, label: Option<&str>) -> Result<MasterStick, StationError> {
+        let port = match label {
+            Some(label) => {
+                let port = self
+                    .ports
+                    .iter()
+                    .position(|p| p.view.label == label)
+                    .ok_or_else(|| StationError::UnknownPort(label.to_string()))?;
+                if !self.ports[port].view.master {
+                    return Err(StationError::NotMaster(label.to_string()));
+                }
+                port
+            }
+            None => {
+                let masters: Vec<usize> = (0..self.ports.len())
+                    .filter(|&p| self.ports[p].view.master)
+                    .collect();
+                let first = *masters.first().ok_or(StationError::NoMasterPort)?;
+                masters
+                    .into_iter()
+                    .find(|&p| self.ports[p].kernel_name.is_some())
+                    .unwrap_or(first)
+            }
+        };
+        let label = self.ports[port].view.label.clone();
+        match self.stick_in(port) {
+            Some((_, device, _)) => Ok(MasterStick { label, device }),
+            None => Err(StationError::NoStick(label)),
         }
     }
 
@@ -1055,6 +1137,9 @@ impl Station {
             .iter()
             .position(|p| p.view.label == label)
             .ok_or_else(|| StationError::UnknownPort(label.to_string()))?;
+        if self.ports[port].view.master {
+            return Err(StationError::MasterPort(label.to_string()));
+        }
         if !self.run.as_ref().is_some_and(|r| r.view.armed) {
             return Err(StationError::NotArmed);
         }
@@ -1138,6 +1223,10 @@ impl Station {
     /// it ([`Self::finish_start`]). `explicit`: the operator asked for this port
     /// (guard rule 6).
     async fn try_start(&mut self, port: usize, explicit: bool) {
+        // A master port's stick is never written, whoever asks.
+        if self.ports[port].view.master {
+            return;
+        }
         let Some((_, device, _)) = self.stick_in(port) else {
             return;
         };

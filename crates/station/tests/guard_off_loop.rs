@@ -125,6 +125,7 @@ fn rig(ports: usize, held_serial: &str) -> Rig {
                 label: format!("A{n}"),
                 path: port_path(n),
                 position: Some((0, n as u32 - 1)),
+                master: false,
             })
             .collect(),
         policy: GuardPolicy::default(),

@@ -82,6 +82,7 @@ async fn rig_with(
                 label: format!("A{n}"),
                 path: port_path(n),
                 position: Some((0, n as u32 - 1)),
+                master: false,
             })
             .collect(),
         policy,
@@ -1936,5 +1937,106 @@ async fn an_audit_run_writes_nothing_and_a_sampled_run_says_sampled() {
     let figures = port(&snap, "A2").figures.clone().unwrap();
     assert_eq!(figures.pass_words(), "sampled (5 %)");
     assert_eq!(figures.read_back_sha256, None);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_in_a_master_port_is_never_written_by_an_armed_run_nor_on_request() {
+    // A3 is the master port.
+    let rig = rig_with(3, GuardPolicy::default(), |s| s.ports[2].master = true).await;
+    assert!(port(&rig.handle.snapshot(), "A3").master);
+    assert!(!port(&rig.handle.snapshot(), "A1").master);
+    let master = rig.plug(3, "MASTER-1", healthy());
+    rig.plug(1, "SER-1", healthy());
+    rig.until("the master shown as such", |s| {
+        state(s, "A3") == PortState::Master && state(s, "A1") == PortState::Detected
+    })
+    .await;
+    // Present when the run is armed: not a candidate.
+    rig.arm(RunOptions::default()).await.unwrap();
+    // Inserted while the run is armed: not started either.
+    rig.control.pull(&master).unwrap();
+    rig.until("the master port empty", |s| {
+        state(s, "A3") == PortState::Empty
+    })
+    .await;
+    rig.plug(3, "MASTER-2", healthy());
+    rig.plug(2, "SER-2", healthy());
+    let snap = rig
+        .until("the copies passed beside the master", |s| {
+            state(s, "A1") == PortState::Passed
+                && state(s, "A2") == PortState::Passed
+                && state(s, "A3") == PortState::Master
+        })
+        .await;
+    assert_eq!(
+        port(&snap, "A3")
+            .device
+            .as_ref()
+            .and_then(|d| d.serial.as_deref()),
+        Some("MASTER-2")
+    );
+    // Not even the operator's explicit request writes it.
+    assert!(matches!(
+        rig.handle.start_port("A3").await,
+        Err(StationError::MasterPort(label)) if label == "A3"
+    ));
+    assert_eq!(
+        rig.handle.retry_failed().await.unwrap(),
+        Vec::<String>::new()
+    );
+    rig.round_trip().await;
+    let (_, stick) = rig.control.stick_at(&port_path(3)).unwrap();
+    let counters = stick.counters();
+    assert_eq!(
+        (counters.bytes_written, counters.medium_bytes_written),
+        (0, 0),
+        "nothing was written to the master"
+    );
+    assert_eq!(state(&rig.handle.snapshot(), "A3"), PortState::Master);
+    // It is what a capture is offered.
+    let offered = rig.handle.master_stick(None).await.unwrap();
+    assert_eq!(offered.label, "A3");
+    assert_eq!(offered.device.identity.serial.as_deref(), Some("MASTER-2"));
+    assert_eq!(
+        rig.handle
+            .master_stick(Some("A3"))
+            .await
+            .unwrap()
+            .device
+            .kernel_name,
+        offered.device.kernel_name
+    );
+    assert!(matches!(
+        rig.handle.master_stick(Some("A1")).await,
+        Err(StationError::NotMaster(label)) if label == "A1"
+    ));
+    assert!(matches!(
+        rig.handle.master_stick(Some("Z9")).await,
+        Err(StationError::UnknownPort(_))
+    ));
+    rig.control.pull(&offered.device.kernel_name).unwrap();
+    rig.until("the master pulled", |s| state(s, "A3") == PortState::Empty)
+        .await;
+    assert!(matches!(
+        rig.handle.master_stick(None).await,
+        Err(StationError::NoStick(label)) if label == "A3"
+    ));
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    assert_eq!(records.attempts.len(), 2, "{:?}", records.attempts);
+    assert!(records.attempts.iter().all(|a| a.start.port_label != "A3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_without_a_master_port_offers_nothing_to_capture() {
+    let rig = rig(1, GuardPolicy::default()).await;
+    rig.plug(1, "SER-1", healthy());
+    rig.until("detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    assert!(matches!(
+        rig.handle.master_stick(None).await,
+        Err(StationError::NoMasterPort)
+    ));
     rig.shutdown().await;
 }

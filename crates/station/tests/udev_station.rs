@@ -82,6 +82,7 @@ async fn the_station_writes_sticks_that_real_udev_announces_and_does_not_rewrite
                 label: label.into(),
                 path: s.port_path(),
                 position: None,
+                master: false,
             })
             .collect(),
         policy,
@@ -303,6 +304,7 @@ async fn a_stick_whose_name_went_to_another_disk_before_the_open_is_not_written(
             label: "T1".into(),
             path: stick.port_path(),
             position: None,
+            master: false,
         }],
         policy,
         engine: EngineOptions::default(),

@@ -9,9 +9,10 @@ use flashrack_station::PortState;
 
 use crate::WebState;
 
-const STATES: [(PortState, &str); 11] = [
+const STATES: [(PortState, &str); 12] = [
     (PortState::Empty, "empty"),
     (PortState::Detected, "detected"),
+    (PortState::Master, "master"),
     (PortState::Refused, "refused"),
     (PortState::Waiting, "waiting"),
     (PortState::Preparing, "preparing"),

@@ -61,6 +61,7 @@ pub fn start_station(dir: &Path, image_file: &Path) -> TestStation {
                 label: format!("A{n}"),
                 path: format!("p{n}"),
                 position: Some((0, n - 1)),
+                master: false,
             })
             .collect(),
         policy: GuardPolicy::default(),
@@ -111,6 +112,7 @@ impl Served {
             events: Default::default(),
             fleet: None,
             url_imports: None,
+            captures: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
