@@ -1,4 +1,6 @@
-// The image cache: the list, import by path, upload, delete.
+// The image cache: the list (with each image's block map and, for a
+// capture, where it came from), import by path, upload, URL imports,
+// captures of the master stick, delete.
 
 import { $, el, fmtBytes, fmtTime, shortSha, showMessage, setStatus } from './util.js';
 import { model } from './model.js';
@@ -33,13 +35,35 @@ export function imageRow(image) {
       image.summary ? el('div', { class: 'muted small-text image-summary', text: image.summary }) : null,
       image.raw_write_refusal
         ? el('div', { class: 'bad small-text image-refusal', text: `Raw run refused: ${image.raw_write_refusal.reason}. ${image.raw_write_refusal.advice}.` })
-        : null),
+        : null,
+      provenanceLine(image.provenance),
+      blockMapLine(image.block_map)),
     el('button', {
       type: 'button',
       class: 'small danger',
       'aria-label': `Delete image ${image.name || image.sha256}`,
       onclick: () => deleteImage(image),
     }, 'Delete'));
+}
+
+/** Where a captured image came from (a download's is in the downloads list). */
+function provenanceLine(provenance) {
+  const c = provenance && provenance.captured;
+  if (!c) return null;
+  const where = [c.port ? `port ${c.port}` : null, c.serial ? `serial ${c.serial}` : 'no serial', c.device].filter(Boolean).join(', ');
+  return el('div', { class: 'muted small-text image-provenance', text: `Captured from ${where}: ${c.extent} of ${fmtBytes(c.device_size)}` });
+}
+
+/**
+ * The image's block map, which a sparse run writes and reads back: where it
+ * came from, how much it maps and its share; or why sparse runs are refused.
+ */
+export function blockMapLine(map) {
+  if (!map) return el('div', { class: 'muted small-text image-map', text: 'No block map: written whole only (sparse runs refused)' });
+  if (map.error) return el('div', { class: 'bad small-text image-map', text: `Block map unreadable: ${map.error}` });
+  const share = (map.mapped_share * 100).toFixed(1);
+  return el('div', { class: 'muted small-text image-map', title: `${map.ranges} ranges` },
+    `Block map: ${map.source} · ${fmtBytes(map.mapped_bytes)} of ${fmtBytes(map.image_size)} mapped (${share} %)`);
 }
 
 export function renderImageOptions() {
@@ -202,4 +226,95 @@ export async function loadDownloads() {
   const busy = list.some((d) => d.state === 'checking' || d.state === 'downloading');
   if (busy) downloadsTimer = setTimeout(loadDownloads, 1000);
   if (list.some((d) => d.state === 'done' && !model.images.some((i) => i.sha256 === d.image))) loadImages();
+}
+
+// Captures of the master stick: a master port's tile offers "Capture…",
+// which opens the form here; POST /images/capture starts one, followed by
+// polling GET /images/captures while one is capturing.
+
+let capturesTimer = null;
+
+/** The master ports holding a stick, as options of the capture form. */
+function renderCapturePorts(selected) {
+  const select = $('capture-port');
+  const masters = [...model.ports.values()].filter((p) => p.master);
+  const options = masters.map((p) => el('option', {
+    value: p.label,
+    text: `${p.label}${p.device ? ` · ${fmtBytes(p.device.capacity)}${p.device.serial ? ` · SN ${p.device.serial}` : ''}` : ' · no stick'}`,
+  }));
+  if (!options.length) options.push(el('option', { value: '', text: 'no master port: set master = true on a [[port]]' }));
+  select.replaceChildren(...options);
+  if (selected) select.value = selected;
+}
+
+export function openCapture(label) {
+  const details = $('capture-details');
+  details.open = true;
+  renderCapturePorts(label);
+  details.scrollIntoView({ block: 'nearest' });
+  $('capture-name').focus();
+}
+
+export async function captureMaster(event) {
+  event.preventDefault();
+  const body = {
+    port: $('capture-port').value || null,
+    name: $('capture-name').value.trim(),
+    whole: $('capture-whole').checked,
+  };
+  try {
+    const view = await api('POST', '/images/capture', body);
+    setStatus('capture-status', `Capturing port ${view.port} (nothing is written to it)…`, 'good');
+    loadCaptures();
+  } catch (error) {
+    setStatus('capture-status', error.message, 'bad');
+  }
+}
+
+/** The captured size against the smallest stick seen: whether it fits the rack's sticks. */
+export function fitText(c) {
+  if (c.smallest_stick == null) return 'no stick seen yet to compare its size with';
+  if (c.fits_smallest_stick) return `fits the smallest stick seen (${fmtBytes(c.smallest_stick)})`;
+  return `does NOT fit the smallest stick seen (${fmtBytes(c.smallest_stick)}): ${fmtBytes(c.size - c.smallest_stick)} too large`;
+}
+
+function captureRow(c) {
+  const pct = c.total ? Math.floor((c.read / c.total) * 100) : null;
+  let words;
+  let cls = 'muted';
+  if (c.state === 'capturing') {
+    words = `reading ${fmtBytes(c.read)}${c.total ? ` of ${fmtBytes(c.total)} (${pct}%)` : ''}`;
+    if (c.rate_bytes_per_sec) words += ` · ${fmtBytes(c.rate_bytes_per_sec)}/s`;
+    if (c.eta_secs != null) words += ` · ${c.eta_secs} s left`;
+  } else if (c.state === 'done') {
+    words = `captured ${fmtBytes(c.size)} of ${fmtBytes(c.device_size)} (${c.extent}) · ${shortSha(c.image)} · ${fitText(c)}`;
+    if (!c.fits_smallest_stick && c.smallest_stick != null) cls = 'bad';
+  } else {
+    words = `failed: ${c.error}`;
+    cls = 'bad';
+  }
+  const row = el('li', { class: 'row capture-row', dataset: { state: c.state } },
+    el('div', { class: 'row-main' },
+      el('strong', { text: c.name }),
+      el('span', { class: 'muted', text: ` from port ${c.port}${c.serial ? ` (SN ${c.serial})` : ''}` }),
+      el('div', { class: `${cls} small-text capture-words`, text: words })));
+  if (pct != null && c.state === 'capturing') {
+    const fill = el('span');
+    fill.style.width = `${pct}%`;
+    row.append(el('div', { class: 'bar', role: 'progressbar', 'aria-label': `Capture of port ${c.port}`, 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(pct) }, fill));
+  }
+  return row;
+}
+
+export async function loadCaptures() {
+  clearTimeout(capturesTimer);
+  let list;
+  try {
+    list = (await api('GET', '/images/captures')) || [];
+  } catch (error) {
+    return;
+  }
+  $('capture-list').replaceChildren(...list.map(captureRow));
+  if (list.some((c) => c.state === 'capturing')) capturesTimer = setTimeout(loadCaptures, 500);
+  if (list.some((c) => c.state === 'done' && !model.images.some((i) => i.sha256 === c.image))) loadImages();
 }

@@ -15,7 +15,7 @@
 import { $, fmtBytes, fmtBytesExact } from './util.js';
 import { connectEvents, watchStream } from './live.js';
 import { stopRun, armRun, retryFailed } from './run.js';
-import { loadImages, importPath, importUrl, loadDownloads, uploadImage } from './images.js';
+import { loadImages, importPath, importUrl, loadDownloads, uploadImage, captureMaster, loadCaptures, openCapture } from './images.js';
 import { loadRuns, loadDevices, renderDevices } from './records.js';
 import { renderRack } from './rack.js';
 import { startWall } from './wall.js';
@@ -36,6 +36,9 @@ function start() {
   $('upload-form').addEventListener('submit', uploadImage);
   $('url-form').addEventListener('submit', importUrl);
   loadDownloads();
+  $('capture-form').addEventListener('submit', captureMaster);
+  $('capture-details').addEventListener('toggle', () => { if ($('capture-details').open) openCapture($('capture-port').value); });
+  loadCaptures();
   $('runs-refresh').addEventListener('click', loadRuns);
   $('devices-refresh').addEventListener('click', loadDevices);
   $('device-search').addEventListener('input', renderDevices);

@@ -6,6 +6,7 @@ import { api } from './api.js';
 import { needsAck, acknowledge, renderAlerts } from './alerts.js';
 import { wallFace } from './wall.js';
 import { renderBatch } from './run.js';
+import { openCapture } from './images.js';
 
 export function findTile(label) {
   for (const tile of $('rack').children) if (tile.dataset.label === label) return tile;
@@ -90,7 +91,7 @@ export function renderSummary() {
     counts[key] = (counts[key] || 0) + 1;
   }
   const parts = [model.stale ? `${model.ports.size} ports (last known)` : `${model.ports.size} ports`];
-  for (const key of ['busy', 'waiting', 'passed', 'failed', 'interrupted', 'of an earlier run', 'refused', 'detected']) {
+  for (const key of ['busy', 'waiting', 'passed', 'failed', 'interrupted', 'of an earlier run', 'refused', 'detected', 'master']) {
     if (counts[key]) parts.push(`${counts[key]} ${key}`);
   }
   const run = model.run;
@@ -150,6 +151,8 @@ export function buildTile(port) {
     el('span', { class: 'tile-label', text: port.label }),
     el('span', { class: 'tile-state', text: stateLabel(port) })),
   port.mapped === false ? el('p', { class: 'tag', text: 'unmapped port', title: port.port_path || '' }) : null,
+  // A master port's stick is never written: it is captured into the cache.
+  port.master ? el('p', { class: 'tag tag-master', text: 'master port: never written', title: 'its stick is offered for capture, never written by a run' }) : null,
   // A sparse run writes and checks only the image's block map: said on every
   // busy port, and in the pass itself.
   busy && model.run && model.run.options && model.run.options.sparse
@@ -326,6 +329,16 @@ export function actionsBlock(port) {
       onclick: () => ackPort(port),
     }, 'Acknowledge')
     : null;
+  if (port.state === 'master' && port.device && !model.stale) {
+    return el('div', { class: 'tile-actions' },
+      el('button', {
+        type: 'button',
+        class: 'small',
+        'data-action': 'capture',
+        'aria-label': `Capture the master in port ${port.label}`,
+        onclick: () => openCapture(port.label),
+      }, 'Capture…'));
+  }
   if ((port.state !== 'passed' && port.state !== 'failed') || port.ejected || !port.device
     || model.stale || !model.run || !model.run.armed) {
     return ack ? el('div', { class: 'tile-actions' }, ack) : null;

@@ -9,6 +9,7 @@ import { BUSY, isInterrupted, isForeignOutcome } from './model.js';
 const GLYPHS = {
   empty: ['—', 'EMPTY'],
   detected: ['◇', 'IDLE'],
+  master: ['★', 'MASTER'],
   refused: ['⊘', 'REFUSED'],
   waiting: ['…', 'WAITING'],
   preparing: ['●', 'OPENING'],

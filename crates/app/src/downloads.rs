@@ -268,6 +268,7 @@ pub async fn import_url(
                 etag: finished.etag.clone(),
                 last_modified: finished.last_modified.clone(),
                 digest_source: source.clone(),
+                captured: None,
             });
         }
         drop(tx);
@@ -504,6 +505,21 @@ impl flashrack_web::UrlImports for UrlImportService {
                 update(&mut |view| view.follow(&p))
             })
             .await;
+            if let Ok(outcome) = &result {
+                // As `image import` does: a block map from the image's file
+                // systems, where flashrack reads them (one it cannot map is
+                // still imported, and written whole).
+                let (cache, image) = (cache.clone(), outcome.image.clone());
+                let mapped = tokio::task::spawn_blocking(move || {
+                    crate::images::map_image(&cache, &image, None, None)
+                })
+                .await;
+                match mapped {
+                    Ok(Ok(note)) => tracing::info!(url = %request.url, "{}", note.summary()),
+                    Ok(Err(error)) => tracing::warn!(url = %request.url, %error, "no block map"),
+                    Err(error) => tracing::warn!(url = %request.url, %error, "no block map"),
+                }
+            }
             update(&mut |view| match &result {
                 Ok(outcome) => {
                     view.state = "done";
@@ -552,7 +568,7 @@ impl ImportView {
 }
 
 /// An error with its causes, as the operator reads it.
-fn error_chain(error: &AppError) -> String {
+pub(crate) fn error_chain(error: &AppError) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

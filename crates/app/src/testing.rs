@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use flashrack_config::{PortConfig, StationConfig, WebConfig};
 use flashrack_core::ByteSize;
+use flashrack_hotplug::{Hotplug, HotplugError, HotplugSource, StopSignal};
 use flashrack_image::CachedImage;
 use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_station::StationHandle;
@@ -39,6 +40,8 @@ pub struct TestApp {
     pub image: CachedImage,
     /// Its data directory (records: `flashrack.db`; the cache: `cache/`).
     pub data_dir: PathBuf,
+    /// Hotplug events beside the simulated rack's ([`TestApp::hotplug`]).
+    extra: std::sync::mpsc::Sender<Hotplug>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), AppError>>>,
     _dir: tempfile::TempDir,
@@ -83,6 +86,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestA
                 label: format!("A{n}"),
                 path: format!("t-{n}"),
                 position: Some((0, n - 1)),
+                master: false,
             })
             .collect(),
         layout: None,
@@ -100,6 +104,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestA
     let mut config = config;
     configure(&mut config);
     let (source, rack, access) = sim_rack(dir.path().join("rack"));
+    let (extra, extra_events) = std::sync::mpsc::channel();
+    let source = WithExtra {
+        rack: source,
+        extra: extra_events,
+    };
     let parts = Parts::new(
         Box::new(source),
         std::sync::Arc::new(access),
@@ -121,9 +130,43 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestA
         station,
         image,
         data_dir,
+        extra,
         stop: Some(stop),
         task: Some(task),
         _dir: dir,
+    }
+}
+
+/// The simulated rack's events, and beside them those a test sends itself
+/// ([`TestApp::hotplug`]: a loop device in a master port, for instance).
+struct WithExtra {
+    rack: flashrack_simrack::sim_hotplug::SimHotplug,
+    extra: std::sync::mpsc::Receiver<Hotplug>,
+}
+
+impl HotplugSource for WithExtra {
+    fn run(
+        self: Box<Self>,
+        events: tokio::sync::mpsc::UnboundedSender<Hotplug>,
+        stop: StopSignal,
+    ) -> Result<(), HotplugError> {
+        let rack = Box::new(self.rack);
+        let rack_thread = std::thread::spawn({
+            let (events, stop) = (events.clone(), stop.clone());
+            move || rack.run(events, stop)
+        });
+        while !stop.is_stopped() {
+            match self.extra.recv_timeout(Duration::from_millis(50)) {
+                Ok(event) => {
+                    if events.send(event).is_err() {
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        rack_thread.join().unwrap_or(Ok(()))
     }
 }
 
@@ -149,6 +192,14 @@ impl TestApp {
     /// `http://address`.
     pub fn base(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// Sends the station a hotplug event of the test's own, beside the
+    /// simulated rack's (a real loop device added in a port, say).
+    pub fn hotplug(&self, event: Hotplug) {
+        self.extra
+            .send(event)
+            .expect("the station's hotplug source runs");
     }
 
     /// The path of the records' database file.

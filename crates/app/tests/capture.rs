@@ -1,16 +1,26 @@
 //! Capturing a master stick on real loop devices the test attaches (root):
 //! a partition table the test writes (MBR and GPT) says where the master's
 //! data ends; `whole` reads all of it; a mounted master and a device without
-//! a partition table are refused; nothing is ever written to the master.
+//! a partition table are refused; nothing is ever written to the master. A
+//! capture gets a block map from its file systems, like an import, and
+//! keeps where it came from. Over the API (`POST /api/v1/images/capture`),
+//! the stick in the station's master port is captured with its progress,
+//! never written by an armed run, and bad requests get a clear 4xx.
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
+use std::time::Duration;
 
 use flashrack_app::capture::{capture, read_policy, CaptureError, CaptureRequest, Extent};
-use flashrack_app::images::open_cache;
+use flashrack_app::images::{open_cache, MapNote};
+use flashrack_app::testing::{spawn_app_with, TestApp};
 use flashrack_app::AppError;
 use flashrack_core::Sha256Digest;
-use flashrack_testkit::{image_bytes, require_root, LoopDevice, MountedExt4};
+use flashrack_hotplug::{DeviceIdentity, Hotplug, PluggedDevice};
+use flashrack_image::MapOrigin;
+use flashrack_simrack::sim::SimStickSpec;
+use flashrack_testkit::{image_bytes, require_root, run, LoopDevice, MountedExt4};
+use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
 
@@ -22,6 +32,7 @@ fn request(device: &LoopDevice, whole: bool) -> CaptureRequest {
         name: Some("golden-v3".into()),
         whole,
         policy,
+        ..Default::default()
     }
 }
 
@@ -169,4 +180,333 @@ fn a_mounted_master_is_refused_and_a_bare_one_needs_whole() {
         other => panic!("{other}"),
     }
     assert!(cache.list().unwrap().is_empty());
+}
+
+/// Writes an MBR with one Linux partition of `mib` MiB at 1 MiB, holding an
+/// ext4 file system with a 2 MiB file: a master as a person prepares one.
+fn ext4_master(device: &LoopDevice, mib: u64) {
+    {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(device.path())
+            .unwrap();
+        let mut mbr = mbrman::MBR::new_from(&mut file, 512, [9, 8, 7, 6]).unwrap();
+        mbr[1] = mbrman::MBRPartitionEntry {
+            boot: mbrman::BOOT_ACTIVE,
+            first_chs: mbrman::CHS::empty(),
+            sys: 0x83,
+            last_chs: mbrman::CHS::empty(),
+            starting_lba: 2048,
+            sectors: (mib * MIB / 512) as u32,
+        };
+        mbr.write_into(&mut file).unwrap();
+        file.sync_all().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("file"), image_bytes(2 * MIB as usize, 31, 4096)).unwrap();
+    let fs = dir.path().join("ext4.img");
+    std::fs::File::create(&fs)
+        .unwrap()
+        .set_len(mib * MIB)
+        .unwrap();
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            root.to_str().unwrap(),
+            fs.to_str().unwrap(),
+        ],
+    );
+    write_at(device, MIB, &std::fs::read(&fs).unwrap());
+}
+
+#[test]
+fn a_capture_gets_a_block_map_from_its_file_systems_and_says_where_it_came_from() {
+    if !require_root(&["losetup", "mkfs.ext4"]) {
+        return;
+    }
+    let device = LoopDevice::new(48 * MIB);
+    ext4_master(&device, 24);
+    let before = device_bytes(&device);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open_cache(dir.path()).unwrap();
+    let mut request = request(&device, false);
+    request.port = Some("M1".into());
+    request.serial = Some("GOLD-1".into());
+    let captured = capture(&cache, &request).unwrap();
+    let image = &captured.outcome.image;
+    assert_eq!(image.size(), 25 * MIB);
+    let MapNote::Generated(map) = &captured.map else {
+        panic!("no map generated: {}", captured.map.summary());
+    };
+    assert!(
+        matches!(&map.origin, MapOrigin::Generated { sources } if sources.iter().any(|s| s.contains("ext4"))),
+        "{:?}",
+        map.origin
+    );
+    // The file and the file system's metadata, well under the image.
+    let mapped = map.ranges.mapped_bytes();
+    assert!(mapped > 2 * MIB && mapped < 16 * MIB, "{}", map.summary());
+    assert_eq!(
+        cache.block_map(&image.sha256()).unwrap().as_ref(),
+        Some(map)
+    );
+    let provenance = image.meta.provenance.clone().expect("a provenance");
+    let origin = provenance.captured.clone().expect("captured");
+    assert_eq!(origin.port.as_deref(), Some("M1"));
+    assert_eq!(origin.serial.as_deref(), Some("GOLD-1"));
+    assert_eq!(origin.device_size, 48 * MIB);
+    assert_eq!(origin.extent, Extent::Mbr.describe());
+    assert!(
+        provenance
+            .to_string()
+            .starts_with("captured from port M1, serial GOLD-1"),
+        "{provenance}"
+    );
+    // Read again from the cache: the provenance was kept with the image.
+    let again = cache.get(&image.sha256()).unwrap().unwrap();
+    assert_eq!(again.meta.provenance, Some(provenance));
+    assert!(
+        device_bytes(&device) == before,
+        "nothing was written to the master"
+    );
+}
+
+/// How long a test waits for what must happen: a bound on a hang.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A station whose port A3 is its master port, loop devices allowed (the
+/// test's master is one), and a 64 MiB simulated stick in A1.
+async fn station_with_a_master_port() -> TestApp {
+    let app = spawn_app_with(|config| {
+        config.ports[2].master = true;
+        config.allowed_buses.insert("loop".into());
+    })
+    .await;
+    app.rack
+        .plug("t-1", "COPY-1", SimStickSpec::new("", 64 * MIB))
+        .unwrap();
+    app
+}
+
+/// The loop device as hotplug would report a stick in the port at `port_path`.
+fn plugged(device: &LoopDevice, port_path: &str, serial: &str) -> PluggedDevice {
+    let facts = flashrack_guard::DiskFacts::inspect(device.path()).unwrap();
+    PluggedDevice {
+        kernel_name: device.kernel_name(),
+        dev_path: device.path().to_path_buf(),
+        port_path: Some(port_path.into()),
+        bus: Some("loop".into()),
+        identity: DeviceIdentity {
+            serial: Some(serial.into()),
+            vendor: Some("Test".into()),
+            model: Some("Master".into()),
+            capacity: facts.size_bytes,
+        },
+        removable: true,
+        read_only: false,
+        disk: Some(facts.identity()),
+    }
+}
+
+/// Waits until capture `id` has ended; returns its view.
+async fn capture_ended(app: &TestApp, id: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = app.get("/api/v1/images/captures").await.json();
+        let view = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("capture {id} is not listed: {list}"));
+        if view["state"] != "capturing" {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "capture {id} never ended: {view}"
+        );
+        // The capture runs on its own thread; the list is polled, as the
+        // dashboard polls it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_ports_stick_is_captured_over_the_api_and_never_written_by_a_run() {
+    if !require_root(&["losetup", "mkfs.ext4"]) {
+        return;
+    }
+    let device = LoopDevice::new(48 * MIB);
+    ext4_master(&device, 24);
+    let before = device_bytes(&device);
+    let app = station_with_a_master_port().await;
+    let mut events = app.events().await;
+    app.hotplug(Hotplug::Added(plugged(&device, "t-3", "GOLD-1")));
+    let view = events
+        .until("the master in A3", |v| {
+            v.state("A3") == "master" && v.state("A1") == "detected"
+        })
+        .await;
+    assert_eq!(view.ports["A3"]["master"], true);
+    assert_eq!(view.ports["A1"]["master"], false);
+
+    // An armed run writes A1's stick and never the master.
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "image": app.image.sha256().to_hex() })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    events
+        .until("A1 passed", |v| v.state("A1") == "passed")
+        .await;
+    let start = app.post("/api/v1/ports/A3/start", None).await;
+    assert_eq!(start.status, 409, "{}", start.body);
+    assert!(start.body.contains("master port"), "{}", start.body);
+    assert_eq!(
+        app.station.snapshot().ports[2].state,
+        flashrack_station::PortState::Master
+    );
+    let stopped = app
+        .post(
+            "/api/v1/runs/current/stop",
+            Some(json!({ "reason": "done" })),
+        )
+        .await;
+    assert!(stopped.status < 300, "{}", stopped.body);
+
+    let started = app
+        .post(
+            "/api/v1/images/capture",
+            Some(json!({ "name": "golden-v3" })),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let started = started.json();
+    assert_eq!(started["port"], "A3");
+    assert_eq!(started["serial"], "GOLD-1");
+    assert_eq!(started["state"], "capturing");
+    let done = capture_ended(&app, started["id"].as_u64().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let size = 25 * MIB;
+    assert_eq!(done["size"], size);
+    assert_eq!(
+        (done["read"].as_u64(), done["total"].as_u64()),
+        (Some(size), Some(size))
+    );
+    assert_eq!(done["device_size"], 48 * MIB);
+    assert_eq!(done["extent"], Extent::Mbr.describe());
+    // The smallest stick seen is A1's (the master itself is left out).
+    assert_eq!(done["smallest_stick"], 64 * MIB);
+    assert_eq!(done["fits_smallest_stick"], true);
+    assert_eq!(done["block_map"]["status"], "generated", "{done}");
+    let sha = Sha256Digest::of(&before[..size as usize]);
+    assert_eq!(done["image"], sha.to_hex());
+
+    // In the image library like an import: its provenance and block map.
+    let image = app.get(&format!("/api/v1/images/{}", sha.to_hex())).await;
+    assert_eq!(image.status, 200, "{}", image.body);
+    let image = image.json();
+    assert_eq!(image["name"], "golden-v3");
+    assert_eq!(image["provenance"]["captured"]["port"], "A3");
+    assert_eq!(image["provenance"]["captured"]["serial"], "GOLD-1");
+    let share = image["block_map"]["mapped_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 0.7, "{image}");
+
+    assert!(
+        device_bytes(&device) == before,
+        "nothing was written to the master"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_capture_requests_get_a_clear_4xx() {
+    if !require_root(&["losetup", "mkfs.ext4", "mount"]) {
+        return;
+    }
+    let app = station_with_a_master_port().await;
+    let mut events = app.events().await;
+    events
+        .until("A1 detected", |v| v.state("A1") == "detected")
+        .await;
+    let capture = |body: Value| {
+        let app = &app;
+        async move { app.post("/api/v1/images/capture", Some(body)).await }
+    };
+    let error_of = |answer: &flashrack_app::testing::Answer| {
+        answer.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // No stick in the master port.
+    let empty = capture(json!({ "name": "golden" })).await;
+    assert_eq!(empty.status, 409, "{}", empty.body);
+    assert!(
+        error_of(&empty).contains("no stick in master port A3"),
+        "{}",
+        empty.body
+    );
+    // Not a master port; no such port.
+    let not_master = capture(json!({ "name": "golden", "port": "A1" })).await;
+    assert_eq!(not_master.status, 409, "{}", not_master.body);
+    assert!(
+        error_of(&not_master).contains("not a master port"),
+        "{}",
+        not_master.body
+    );
+    let unknown = capture(json!({ "name": "golden", "port": "Z9" })).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    // A name that is no file name; a body with a field it does not know.
+    for name in ["../etc/passwd", "", ".hidden", "a b"] {
+        let bad = capture(json!({ "name": name })).await;
+        assert_eq!(bad.status, 400, "{name:?}: {}", bad.body);
+        assert!(
+            error_of(&bad).contains("must be 1-128 letters"),
+            "{}",
+            bad.body
+        );
+    }
+    let unknown_field = capture(json!({ "name": "golden", "device": "/dev/sda" })).await;
+    assert_eq!(unknown_field.status, 400, "{}", unknown_field.body);
+
+    // A mounted master is refused before anything starts.
+    let device = LoopDevice::new(32 * MIB);
+    let mounted = MountedExt4::new(&device);
+    app.hotplug(Hotplug::Added(plugged(&device, "t-3", "GOLD-2")));
+    events
+        .until("the master in A3", |v| v.state("A3") == "master")
+        .await;
+    let refused = capture(json!({ "name": "golden", "whole": true })).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(error_of(&refused).contains("mounted"), "{}", refused.body);
+    assert_eq!(app.get("/api/v1/images/captures").await.json(), json!([]));
+    drop(mounted);
+    app.hotplug(Hotplug::Removed {
+        kernel_name: device.kernel_name(),
+    });
+    events.until("A3 empty", |v| v.state("A3") == "empty").await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_without_a_master_port_says_so() {
+    let app = flashrack_app::testing::spawn_app().await;
+    let answer = app
+        .post("/api/v1/images/capture", Some(json!({ "name": "golden" })))
+        .await;
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    assert!(answer.body.contains("no master port"), "{}", answer.body);
+    app.stop().await.unwrap();
 }

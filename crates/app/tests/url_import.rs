@@ -423,3 +423,61 @@ async fn the_api_imports_a_url_in_the_background_and_shows_its_progress_and_prov
     assert_eq!(image["provenance"]["url"], v.server.url("/image.img.gz"));
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_imported_from_a_url_over_the_api_gets_a_block_map_like_a_file() {
+    // An ext4 file system with a file in it: flashrack reads its block
+    // bitmaps and maps what it allocates.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("file"), image_bytes(2 << 20, 41, 4096)).unwrap();
+    let path = dir.path().join("ext4.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(24 << 20)
+        .unwrap();
+    flashrack_testkit::run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            root.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let server = FileServer::start().await;
+    server.serve("/ext4.img", Served::new(bytes.clone(), "\"ext4\""));
+    let app = flashrack_app::testing::spawn_app().await;
+    let answer = app
+        .post(
+            "/api/v1/images/import-url",
+            Some(serde_json::json!({ "url": server.url("/ext4.img") })),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let sha = Sha256Digest::of(&bytes);
+    // The map is kept before the import's view says done.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = app.get("/api/v1/images/downloads").await.json();
+        match list[0]["state"].as_str() {
+            Some("done") => break,
+            Some("failed") => panic!("{}", list[0]),
+            _ => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never done: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let image = app.get(&format!("/api/v1/images/{sha}")).await.json();
+    let map = &image["block_map"];
+    assert!(
+        map["source"].as_str().is_some_and(|s| s.contains("ext4")),
+        "{image}"
+    );
+    let share = map["mapped_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 0.6, "{map}");
+    app.stop().await.unwrap();
+}

@@ -133,6 +133,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 name,
                 whole,
                 policy,
+                ..Default::default()
             };
             let captured = tokio::task::spawn_blocking({
                 let cache = cache.clone();
@@ -140,7 +141,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             })
             .await??;
             let image = &captured.outcome.image;
-            let smallest = flashrack_app::capture::smallest_stick(data_dir).await;
+            let smallest = flashrack_app::capture::smallest_stick(data_dir, None).await;
             let fits = smallest.map(|s| image.size() <= s.bytes());
             if json {
                 outln!(
@@ -153,6 +154,8 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         "already_cached": captured.outcome.already_cached(),
                         "smallest_stick": smallest.map(|s| s.bytes()),
                         "fits_smallest_stick": fits,
+                        "provenance": image.meta.provenance,
+                        "block_map": map_json(&captured.map),
                     })
                 )?;
             } else {
@@ -176,6 +179,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     ),
                     None => errln!("no stick in the records yet to compare its size with"),
                 }
+                errln!("{}", captured.map.summary());
                 outln!("{}", image.sha256())?;
             }
         }

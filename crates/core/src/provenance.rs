@@ -1,6 +1,8 @@
 //! Where an image came from, as recorded with it: the URL it was downloaded
 //! from, the server's validators for that file, where the digest it was
-//! checked against came from, and who signed that digest.
+//! checked against came from, and who signed that digest; or, for an image
+//! captured from a master stick, which stick in which port
+//! ([`CaptureOrigin`]).
 
 use std::fmt;
 
@@ -89,10 +91,48 @@ impl fmt::Display for DigestSource {
     }
 }
 
-/// Where a downloaded image came from.
+/// The master stick a captured image was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureOrigin {
+    /// The station's master port it sat in; `None` when the device was named
+    /// on the command line (`flashrack image capture /dev/sdX`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// The stick's serial, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The device node read (`/dev/sdb`).
+    pub device: String,
+    /// The device's size in bytes.
+    pub device_size: u64,
+    /// How much of it was read, in words ("up to the end of the last MBR
+    /// partition", "the whole device").
+    pub extent: String,
+}
+
+impl fmt::Display for CaptureOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("captured from ")?;
+        if let Some(port) = &self.port {
+            write!(f, "port {port}, ")?;
+        }
+        match &self.serial {
+            Some(serial) => write!(f, "serial {serial}")?,
+            None => f.write_str("no serial")?,
+        }
+        write!(
+            f,
+            " ({}, {} bytes), {}",
+            self.device, self.device_size, self.extent
+        )
+    }
+}
+
+/// Where an image came from: downloaded, or captured from a master stick.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
-    /// The URL it was downloaded from, as given.
+    /// The URL it was downloaded from, as given; for a captured image, the
+    /// device node it was read from (see `captured`).
     pub url: String,
     /// The server's `ETag` for the file, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,12 +140,32 @@ pub struct Provenance {
     /// The server's `Last-Modified` for the file, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_modified: Option<String>,
-    /// Where the digest it was checked against came from.
+    /// Where the digest it was checked against came from (`unchecked` for a
+    /// capture: the digest is of the bytes read from the master).
     pub digest_source: DigestSource,
+    /// The master stick it was captured from; `None` for a download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured: Option<CaptureOrigin>,
+}
+
+impl Provenance {
+    /// The provenance of an image captured from `origin`.
+    pub fn captured(origin: CaptureOrigin) -> Self {
+        Self {
+            url: origin.device.clone(),
+            etag: None,
+            last_modified: None,
+            digest_source: DigestSource::Unchecked,
+            captured: Some(origin),
+        }
+    }
 }
 
 impl fmt::Display for Provenance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(origin) = &self.captured {
+            return write!(f, "{origin}");
+        }
         write!(f, "{}", self.url)?;
         match (&self.etag, &self.last_modified) {
             (Some(etag), _) => write!(f, " (ETag {etag})")?,
@@ -140,6 +200,7 @@ mod tests {
                     signing_key_fingerprint: None,
                 }),
             },
+            captured: None,
         };
         assert_eq!(
             p.to_string(),
@@ -149,5 +210,33 @@ mod tests {
         assert_eq!(serde_json::from_str::<Provenance>(&json).unwrap(), p);
         assert_eq!(p.digest_source.signer_fingerprint(), Some("ABCD"));
         assert_eq!(p.digest_source.sha256(), Some(sha));
+    }
+
+    #[test]
+    fn a_captured_provenance_names_the_port_the_serial_and_the_extent() {
+        let p = Provenance::captured(CaptureOrigin {
+            port: Some("M1".into()),
+            serial: Some("GOLD-7".into()),
+            device: "/dev/sdc".into(),
+            device_size: 64 << 20,
+            extent: "up to the end of the last MBR partition".into(),
+        });
+        assert_eq!(
+            p.to_string(),
+            "captured from port M1, serial GOLD-7 (/dev/sdc, 67108864 bytes), up to the end of the last MBR partition"
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["captured"]["port"], "M1");
+        assert_eq!(json["url"], "/dev/sdc");
+        assert_eq!(serde_json::from_value::<Provenance>(json).unwrap(), p);
+        // A download's provenance has no `captured` key, as before captures.
+        let download = Provenance {
+            captured: None,
+            ..p
+        };
+        assert!(serde_json::to_value(&download)
+            .unwrap()
+            .get("captured")
+            .is_none());
     }
 }

@@ -31,6 +31,7 @@ fn provenance(name: &str) -> Provenance {
         etag: Some("\"e\"".into()),
         last_modified: None,
         digest_source: DigestSource::Unchecked,
+        captured: None,
     }
 }
 

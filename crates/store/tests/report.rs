@@ -404,6 +404,7 @@ async fn a_downloaded_images_provenance_is_in_its_run_and_device_reports() {
                     signing_key_fingerprint: None,
                 }),
             },
+            captured: None,
         }),
         ..image()
     };

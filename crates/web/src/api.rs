@@ -39,12 +39,18 @@ where
     }
 }
 
-fn station_error(error: StationError) -> AppError {
+/// A station command's error as the API answers it.
+pub(crate) fn station_error(error: StationError) -> AppError {
     match error {
         StationError::AlreadyArmed(_)
         | StationError::NotArmed
-        | StationError::PortNotReady { .. } => AppError::conflict(error.to_string()),
-        StationError::UnknownPort(_) => AppError::not_found(error.to_string()),
+        | StationError::PortNotReady { .. }
+        | StationError::MasterPort(_)
+        | StationError::NotMaster(_)
+        | StationError::NoStick(_) => AppError::conflict(error.to_string()),
+        StationError::UnknownPort(_) | StationError::NoMasterPort => {
+            AppError::not_found(error.to_string())
+        }
         StationError::Source(_) => AppError::unprocessable(error.to_string()),
         StationError::Stopped => AppError::unavailable(error.to_string()),
         StationError::Journal(_) => AppError::internal(error),

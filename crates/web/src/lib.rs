@@ -22,12 +22,15 @@
 //! - [`fleet`]: the station's link to its fleet hub ([`FleetView`]);
 //! - [`downloads`]: imports from URLs, done by the application behind the
 //!   [`UrlImports`] seam, and their progress;
+//! - [`captures`]: a master port's stick captured into the cache, done by
+//!   the application behind the [`Captures`] seam, and their progress;
 //! - [`assets`]: the embedded dashboard.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod captures;
 pub mod downloads;
 pub mod events;
 pub mod fleet;
@@ -51,6 +54,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use captures::{CaptureBody, CaptureStart, Captures};
 pub use downloads::{UrlImportRequest, UrlImports};
 pub use error::AppError;
 
@@ -219,6 +223,9 @@ pub struct WebState {
     pub fleet: Option<tokio::sync::watch::Receiver<FleetView>>,
     /// Imports from URLs, done by the application; `None`: not offered.
     pub url_imports: Option<Arc<dyn UrlImports>>,
+    /// Captures of master sticks, done by the application; `None`: not
+    /// offered.
+    pub captures: Option<Arc<dyn Captures>>,
 }
 
 /// The whole app: API, events, metrics, dashboard.
@@ -252,6 +259,10 @@ pub fn router(state: WebState) -> Router {
         .route("/devices/{key}/report", get(api::device_report))
         .route("/events", get(events::stream))
         .route("/fleet", get(fleet::fleet))
+        // A capture is answered once the master is judged; it goes on in
+        // the background.
+        .route("/images/capture", post(captures::capture))
+        .route("/images/captures", get(captures::captures))
         .route_layer(timeout)
         .route("/images/import", post(api::import_path))
         .route("/images/import-url", post(downloads::import_url))

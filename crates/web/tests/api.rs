@@ -53,6 +53,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         events: Default::default(),
         fleet: None,
         url_imports: None,
+        captures: None,
     };
     Rig {
         state,
@@ -1454,4 +1455,22 @@ async fn sparse_runs_are_armed_for_an_image_with_a_block_map_and_refused_otherwi
     .await
     .unwrap()
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_with_a_bad_name_is_refused_and_one_on_a_station_that_does_not_capture_is_404() {
+    let rig = rig(AccessPolicy::default()).await;
+    let (status, body) = post(&rig, "/api/v1/images/capture", json!({ "name": "../x" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be 1-128 letters"),
+        "{body}"
+    );
+    let (status, body) = post(&rig, "/api/v1/images/capture", json!({ "name": "golden" })).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = get(&rig, "/api/v1/images/captures").await;
+    assert_eq!((status, body), (StatusCode::OK, json!([])));
 }
