@@ -16,10 +16,10 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 
 import {
-  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, requireExecutable, startDemo, stopDemo,
+  BIN, CHROMIUM, ARTIFACTS, requireExecutable, startDemo, stopDemo, openBrowser,
+  stopTheDemosRunAndOpenTheForm,
 } from './demo.mjs';
 
 const MKFS_EXT4 = process.env.MKFS_EXT4_PATH || '/usr/sbin/mkfs.ext4';
@@ -55,21 +55,12 @@ test('the image library shows block maps, and the Sparse box arms only a mapped 
   try {
     const url = await urlPromise;
     const api = (p) => `${url}api/v1${p}`;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
-    page = await context.newPage();
-    const pageErrors = [];
-    page.on('pageerror', (error) => pageErrors.push(error.message));
-
-    // The demo arms a run of its own image: stop it, so that the form is offered.
-    const first = (await (await page.request.get(api('/station'))).json()).run;
-    assert.ok(first && first.armed, 'the demo arms a run');
+    const opened = await openBrowser();
+    browser = opened.browser;
+    page = opened.page;
+    const { pageErrors } = opened;
+    const first = await stopTheDemosRunAndOpenTheForm(page, url);
     const demoSha = first.image_sha256;
-    const stop = await page.request.post(api('/runs/current/stop'), { data: {} });
-    assert.ok(stop.ok(), `stop: ${stop.status()} ${await stop.text()}`);
-
-    await page.goto(url);
-    await page.locator('#arm-form').waitFor({ state: 'visible', timeout: 30_000 });
 
     // The library: the mapped image's map, as the API gives it; the demo's
     // image has none.
