@@ -602,6 +602,7 @@ mod tests {
                 label: "A1".into(),
                 path: "sim-usb-0:1.1".into(),
                 position: None,
+                master: false,
             }],
             image_size: 1 << 20,
             plugged: 0,
