@@ -5,13 +5,11 @@
 //! recorded: the last outbox entry of each record is the record as the
 //! station holds it (every write queues the whole row in its transaction).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use flashrack_app::testing::{spawn_app_with, TestApp};
 use flashrack_config::FleetConfig;
-use flashrack_fleet::FleetRecord;
 use flashrack_hub::pg::{Role, StationRecords};
 use flashrack_hub::testing::{spawn_hub, spawn_hub_with, TestHub};
 use flashrack_simrack::sim::SimStickSpec;
@@ -117,47 +115,15 @@ async fn until_shipped(app: &TestApp, name: &str) {
 /// The station's records as it holds them: the last outbox entry of each.
 async fn station_records(app: &TestApp, name: &str) -> StationRecords {
     let store = open_records(app, name).await;
-    let mut latest: BTreeMap<(String, String), FleetRecord> = BTreeMap::new();
+    let mut shipped = Vec::new();
     let mut after = 0;
     loop {
         let entries = store.outbox_entries(after, 1000).await.unwrap();
         let Some(last) = entries.last() else { break };
         after = last.seq;
-        for entry in entries {
-            let key = match &entry.record {
-                FleetRecord::Image(r) => r.sha256.to_hex(),
-                FleetRecord::Device(r) => r.key.clone(),
-                FleetRecord::Run(r) => format!("{:020}", r.id.0),
-                FleetRecord::Attempt(r) => format!("{:020}", r.id.0),
-                FleetRecord::Refusal(r) => format!("{:020}", r.id.0),
-                FleetRecord::Event(r) => format!("{:020}", r.id),
-            };
-            latest.insert((entry.record.kind().to_string(), key), entry.record);
-        }
+        shipped.extend(entries.into_iter().map(|entry| entry.record));
     }
-    let mut records = StationRecords::default();
-    for record in latest.into_values() {
-        match record {
-            FleetRecord::Image(r) => records.images.push(r),
-            FleetRecord::Device(r) => records.devices.push(r),
-            FleetRecord::Run(r) => records.runs.push(r),
-            FleetRecord::Attempt(r) => records.attempts.push(r),
-            FleetRecord::Refusal(r) => records.refusals.push(r),
-            FleetRecord::Event(r) => records.events.push(r),
-        }
-    }
-    records
-}
-
-fn counts(records: &StationRecords) -> [usize; 6] {
-    [
-        records.images.len(),
-        records.devices.len(),
-        records.runs.len(),
-        records.attempts.len(),
-        records.refusals.len(),
-        records.events.len(),
-    ]
+    StationRecords::latest(shipped)
 }
 
 /// Checks that the hub holds exactly what the station holds.
@@ -165,9 +131,9 @@ async fn assert_hub_matches(hub: &TestHub, app: &TestApp, name: &str) -> [usize;
     until_shipped(app, name).await;
     let ours = station_records(app, name).await;
     let theirs = hub.db.station_records(name).await.unwrap();
-    assert_eq!(counts(&theirs), counts(&ours), "{name}: counts");
+    assert_eq!(theirs.counts(), ours.counts(), "{name}: counts");
     assert_eq!(theirs, ours, "{name}: the hub's copy is the station's");
-    counts(&ours)
+    ours.counts()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -599,10 +599,8 @@ fn follow_events(url: String, token: String, visible: Arc<Mutex<Visible>>) {
 /// The station's records as it shipped them through `through` (the newest
 /// version of each row), in the hub's order.
 async fn shipped_records(store: &Store, through: u64) -> Result<(StationRecords, u64)> {
-    let mut latest: BTreeMap<(String, String), FleetRecord> = BTreeMap::new();
-    let mut events: BTreeMap<i64, EventRecord> = BTreeMap::new();
+    let mut shipped = Vec::new();
     let mut after = 0;
-    let mut entries_count = 0;
     'pages: loop {
         let entries = store.outbox_entries(after, 5000).await?;
         let Some(last) = entries.last() else { break };
@@ -611,34 +609,11 @@ async fn shipped_records(store: &Store, through: u64) -> Result<(StationRecords,
             if entry.seq > through {
                 break 'pages;
             }
-            entries_count += 1;
-            let key = match &entry.record {
-                FleetRecord::Image(r) => r.sha256.to_hex(),
-                FleetRecord::Device(r) => r.key.clone(),
-                FleetRecord::Run(r) => format!("{:020}", r.id.0),
-                FleetRecord::Attempt(r) => format!("{:020}", r.id.0),
-                FleetRecord::Refusal(r) => format!("{:020}", r.id.0),
-                FleetRecord::Event(r) => {
-                    events.entry(r.id).or_insert_with(|| r.clone());
-                    continue;
-                }
-            };
-            latest.insert((entry.record.kind().to_string(), key), entry.record);
+            shipped.push(entry.record);
         }
     }
-    let mut records = StationRecords::default();
-    for record in latest.into_values() {
-        match record {
-            FleetRecord::Image(r) => records.images.push(r),
-            FleetRecord::Device(r) => records.devices.push(r),
-            FleetRecord::Run(r) => records.runs.push(r),
-            FleetRecord::Attempt(r) => records.attempts.push(r),
-            FleetRecord::Refusal(r) => records.refusals.push(r),
-            FleetRecord::Event(_) => {}
-        }
-    }
-    records.events = events.into_values().collect();
-    Ok((records, entries_count))
+    let entries_count = shipped.len() as u64;
+    Ok((StationRecords::latest(shipped), entries_count))
 }
 
 /// Both sides in one order (PostgreSQL's text order may not be Rust's).

@@ -104,6 +104,21 @@ impl FleetRecord {
             FleetRecord::Event(_) => "event",
         }
     }
+
+    /// The record's identity within its kind: an image's sha256, a device's
+    /// key, the station's id of a run, attempt, refusal or event (zero-padded,
+    /// so that the keys' text order is the ids' order). A newer version of a
+    /// row has the same kind and key.
+    pub fn key(&self) -> String {
+        match self {
+            FleetRecord::Image(r) => r.sha256.to_hex(),
+            FleetRecord::Device(r) => r.key.clone(),
+            FleetRecord::Run(r) => format!("{:020}", r.id.0),
+            FleetRecord::Attempt(r) => format!("{:020}", r.id.0),
+            FleetRecord::Refusal(r) => format!("{:020}", r.id.0),
+            FleetRecord::Event(r) => format!("{:020}", r.id),
+        }
+    }
 }
 
 /// An image as a station recorded it.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use flashrack_core::{AttemptState, StopReason};
 use flashrack_testkit::pg::PgCluster;
 use serde_json::{json, Value};
-use support::{counts, until, Hub, Relay, Station};
+use support::{until, Hub, Relay, Station};
 
 const MIB: u64 = 1 << 20;
 
@@ -162,8 +162,8 @@ fn three_stations_records_reach_the_hub_exactly_through_a_hub_crash_and_a_statio
             station.name
         );
         assert_eq!(
-            counts(&theirs),
-            counts(&ours),
+            theirs.counts(),
+            ours.counts(),
             "{}: counts per kind",
             station.name
         );
@@ -187,7 +187,7 @@ fn three_stations_records_reach_the_hub_exactly_through_a_hub_crash_and_a_statio
             station.name,
             backlog_at_kill[i],
             backlog_while_away[i],
-            counts(&ours)
+            ours.counts()
         ));
     }
 

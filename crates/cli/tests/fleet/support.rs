@@ -4,7 +4,7 @@
 //! of their APIs, a TCP relay that can hold an image's transfer at a byte
 //! count, and the comparison of a station's records with the hub's copy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use flashrack_fleet::FleetRecord;
 use flashrack_hub::pg::{HubDb, StationRecords};
 use serde_json::Value;
 
@@ -310,51 +309,19 @@ impl Station {
             let store = flashrack_store::Store::open_read_only(&path, &self.name)
                 .await
                 .unwrap();
-            let mut latest: BTreeMap<(&'static str, String), FleetRecord> = BTreeMap::new();
+            let mut shipped = Vec::new();
             let mut after = 0;
             loop {
                 let entries = store.outbox_entries(after, 1000).await.unwrap();
                 let Some(last) = entries.last() else { break };
                 after = last.seq;
-                for entry in entries {
-                    let key = match &entry.record {
-                        FleetRecord::Image(r) => r.sha256.to_hex(),
-                        FleetRecord::Device(r) => r.key.clone(),
-                        FleetRecord::Run(r) => format!("{:020}", r.id.0),
-                        FleetRecord::Attempt(r) => format!("{:020}", r.id.0),
-                        FleetRecord::Refusal(r) => format!("{:020}", r.id.0),
-                        FleetRecord::Event(r) => format!("{:020}", r.id),
-                    };
-                    latest.insert((entry.record.kind(), key), entry.record);
-                }
+                shipped.extend(entries.into_iter().map(|entry| entry.record));
             }
             store.close().await;
-            let mut records = StationRecords::default();
-            for record in latest.into_values() {
-                match record {
-                    FleetRecord::Image(r) => records.images.push(r),
-                    FleetRecord::Device(r) => records.devices.push(r),
-                    FleetRecord::Run(r) => records.runs.push(r),
-                    FleetRecord::Attempt(r) => records.attempts.push(r),
-                    FleetRecord::Refusal(r) => records.refusals.push(r),
-                    FleetRecord::Event(r) => records.events.push(r),
-                }
-            }
+            let records = StationRecords::latest(shipped);
             (records, after)
         })
     }
-}
-
-/// Counts per kind: images, devices, runs, attempts, refusals, events.
-pub fn counts(records: &StationRecords) -> [usize; 6] {
-    [
-        records.images.len(),
-        records.devices.len(),
-        records.runs.len(),
-        records.attempts.len(),
-        records.refusals.len(),
-        records.events.len(),
-    ]
 }
 
 /// One image request the relay saw, and its answer.

@@ -2,9 +2,11 @@
 //! rows: what the fleet tests compare with the station's own records, and
 //! what the reports are made from.
 
+use std::collections::BTreeMap;
+
 use flashrack_core::{AttemptId, RefusalId, RunId, Sha256Digest};
 use flashrack_fleet::{
-    AttemptRecord, DeviceRecord, EventRecord, ImageRecord, RefusalRecord, RunRecord,
+    AttemptRecord, DeviceRecord, EventRecord, FleetRecord, ImageRecord, RefusalRecord, RunRecord,
 };
 use sqlx::Row;
 
@@ -25,6 +27,44 @@ pub struct StationRecords {
     pub refusals: Vec<RefusalRecord>,
     /// Its events, by id.
     pub events: Vec<EventRecord>,
+}
+
+impl StationRecords {
+    /// What the hub holds once it has taken `records`, given oldest first
+    /// (as a station's outbox ships them): the newest version of each row
+    /// (by kind and [`FleetRecord::key`]), each kind in key order. The fleet
+    /// tests and the fleet benchmark compare it with [`HubDb::station_records`].
+    pub fn latest(records: impl IntoIterator<Item = FleetRecord>) -> Self {
+        let mut latest: BTreeMap<(&'static str, String), FleetRecord> = BTreeMap::new();
+        for record in records {
+            latest.insert((record.kind(), record.key()), record);
+        }
+        let mut out = StationRecords::default();
+        for record in latest.into_values() {
+            match record {
+                FleetRecord::Image(r) => out.images.push(r),
+                FleetRecord::Device(r) => out.devices.push(r),
+                FleetRecord::Run(r) => out.runs.push(r),
+                FleetRecord::Attempt(r) => out.attempts.push(r),
+                FleetRecord::Refusal(r) => out.refusals.push(r),
+                FleetRecord::Event(r) => out.events.push(r),
+            }
+        }
+        out
+    }
+
+    /// How many rows of each kind: images, devices, runs, attempts,
+    /// refusals, events.
+    pub fn counts(&self) -> [usize; 6] {
+        [
+            self.images.len(),
+            self.devices.len(),
+            self.runs.len(),
+            self.attempts.len(),
+            self.refusals.len(),
+            self.events.len(),
+        ]
+    }
 }
 
 fn digest(text: String) -> Result<Sha256Digest, PgError> {
@@ -192,4 +232,55 @@ pub(crate) fn attempt_of(row: &sqlx::postgres::PgRow) -> Result<AttemptRecord, P
         reason_detail: row.get("reason_detail"),
         figures: json_from("figures", row.get("figures"))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(key: &str, last_seen: i64) -> FleetRecord {
+        FleetRecord::Device(DeviceRecord {
+            key: key.into(),
+            serial: None,
+            vendor: None,
+            model: None,
+            capacity: 8 << 30,
+            first_seen: 1,
+            last_seen,
+        })
+    }
+
+    fn event(id: i64) -> FleetRecord {
+        FleetRecord::Event(EventRecord {
+            id,
+            at: id,
+            kind: "note".into(),
+            port_label: None,
+            device_key: None,
+            run_id: None,
+            attempt_id: None,
+            detail: serde_json::Value::Null,
+        })
+    }
+
+    #[test]
+    fn the_newest_version_of_each_row_is_kept_and_each_kind_is_in_key_order() {
+        let records = StationRecords::latest([
+            event(10),
+            device("b", 1),
+            event(9),
+            device("a", 1),
+            device("b", 2),
+        ]);
+        let devices: Vec<_> = records
+            .devices
+            .iter()
+            .map(|d| (d.key.as_str(), d.last_seen))
+            .collect();
+        assert_eq!(devices, [("a", 1), ("b", 2)]);
+        // Ids in number order, not text order (9 before 10).
+        let events: Vec<_> = records.events.iter().map(|e| e.id).collect();
+        assert_eq!(events, [9, 10]);
+        assert_eq!(records.counts(), [0, 2, 0, 0, 0, 2]);
+    }
 }
