@@ -2,14 +2,9 @@
 //! for bad input.
 
 use std::path::Path;
-use std::process::Output;
 
 mod common;
-use common::flashrack;
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use common::{flashrack, stderr};
 
 fn write_image(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("image.img");

@@ -9,7 +9,7 @@ use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use flashrack_testkit::{require_root, run};
 
 mod common;
-use common::flashrack;
+use common::{flashrack, stderr};
 
 /// Starts flashrack with its stderr piped, for reading line by line.
 fn spawn(data_dir: &Path, args: &[&str]) -> (KillOnDrop, std::io::Lines<BufReader<ChildStderr>>) {
@@ -45,10 +45,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 fn text(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -68,29 +64,11 @@ fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// Every file below `dir`, with its length and a hash of its bytes.
+/// Every file below `dir` but SQLite's shared-memory WAL index (every
+/// reader writes its read marks there, so it changes without any record
+/// changing), with its length and a hash of its bytes.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
-    let mut files = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if path.to_string_lossy().ends_with("-shm") {
-                // SQLite's shared-memory WAL index: every reader writes its
-                // read marks there, so it changes without any record changing.
-                continue;
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                let mut hasher = std::hash::DefaultHasher::new();
-                std::hash::Hash::hash(&bytes, &mut hasher);
-                files.push((path, bytes.len(), std::hash::Hasher::finish(&hasher)));
-            }
-        }
-    }
-    files.sort();
-    files
+    common::snapshot(dir, |path| !path.to_string_lossy().ends_with("-shm"))
 }
 
 #[test]

@@ -11,14 +11,10 @@ use std::process::{Child, Command, Output, Stdio};
 use flashrack_testkit::{require_root, LoopDevice};
 
 mod common;
-use common::flashrack;
+use common::{flashrack, stderr};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn text(path: &Path) -> &str {

@@ -5,16 +5,12 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use flashrack_testkit::{require_root, run, LoopDevice};
 
 mod common;
-use common::flashrack;
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use common::{flashrack, stderr};
 
 fn write_image(dir: &Path) -> PathBuf {
     let path = dir.join("image.img");
@@ -43,23 +39,9 @@ fn text(path: &Path) -> &str {
 /// Every file below `dir` but the lock file (which names the last process that
 /// held the lock), with its length and a hash of its bytes.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
-    let mut files = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if path.file_name().is_some_and(|n| n != "flashrack.lock") {
-                let bytes = std::fs::read(&path).unwrap();
-                let mut hasher = std::hash::DefaultHasher::new();
-                std::hash::Hash::hash(&bytes, &mut hasher);
-                files.push((path, bytes.len(), std::hash::Hasher::finish(&hasher)));
-            }
-        }
-    }
-    files.sort();
-    files
+    common::snapshot(dir, |path| {
+        path.file_name().is_some_and(|n| n != "flashrack.lock")
+    })
 }
 
 #[test]
