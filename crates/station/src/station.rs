@@ -1645,6 +1645,16 @@ impl Station {
     }
 
     async fn on_done(&mut self, done: Done) {
+        // The attempt's thread sent its events before it ended, but the two
+        // channels are polled in no particular order: the events still queued
+        // are handled first, so that its stages are recorded and shown, in
+        // order, before its verdict (the verdict takes its slot away, and an
+        // event for a slot that is gone is dropped). Seen in the VM suite's
+        // burst: the fastest sticks' flushing and verifying stages were
+        // missing from the records.
+        while let Ok(event) = self.engine_rx.try_recv() {
+            self.on_engine_event(event).await;
+        }
         // An I/O error may be the first sign of a pulled stick: give udev's
         // removal event a moment to arrive before deciding. The verdict waits
         // in `pending`; a removal settles it at once, else the timer does.
