@@ -1116,12 +1116,13 @@ WHERE a.run_id IN ({runs}) ORDER BY a.id;
                "flushing -> verifying)",
                [flush_to_verify(s.serial) for s in sticks.values()], flush_to_verify("VMLONE"))
         spread("plug -> verdict (host)", verdict_at.values(), None)
-        # Not a check (yet): the station drops the engine events still queued
-        # for an attempt whose end it handles first, and with them their
-        # stage_changed records (seen on the fastest sticks of a burst).
+        # The station once dropped the engine events still queued for an
+        # attempt whose end it handled first, and their stage_changed records
+        # with them (the fastest sticks of a burst).
         staged = sum(flush_to_verify(s.serial) is not None for s in sticks.values())
-        log(f"  the records hold the flushing and verifying stages of {staged} of "
-            f"{len(sticks)} burst attempts")
+        check(staged == len(sticks),
+              f"the records hold the flushing and verifying stages of every burst attempt "
+              f"({staged} of {len(sticks)})")
         for stick in sticks.values():
             self.vm.unplug(stick)
         self.wait_ports(lambda ps: all(p["state"] == "empty" for p in ps.values()), 60)
