@@ -879,8 +879,13 @@ class Suite:
                 "(no remove/add)")
         check(p["device"]["serial"] == "VMRESET8" and p["port_path"] == self.port_paths["A2"],
               "same serial, same port path after the reset")
-        began = next(at for at, e in mine if e["state"] == "resetting")
-        ended = next(at for at, e in mine if e["state"] == "verifying" and at >= began)
+        # The reset before the read-back: the last 'resetting' before the
+        # first 'verifying' (the capacity probe resets the stick while it
+        # prepares too).
+        ended = next(at for at, e in mine if e["state"] == "verifying")
+        before = [(at, e["state"]) for at, e in mine if at <= ended]
+        flushed = max(at for at, state in before if state == "flushing")
+        began = min(at for at, state in before if state == "resetting" and at >= flushed)
         self.timings["reset (one stick, resetting -> verifying)"] = ended - began
         self.figures[f"scenario 4 reset ({self.args.usb_reset})"] = (
             f"{ended - began:.2f} s resetting -> verifying")
@@ -928,6 +933,9 @@ SELECT a.id AS attempt, a.run_id AS run, a.port_label AS port, d.serial AS seria
        a.state AS state, a.started_at AS started_at, a.finished_at AS finished_at,
        (SELECT max(e.at) FROM events e WHERE e.kind = 'device_added'
           AND e.port_label = a.port_label AND e.at <= a.started_at) AS detected_at,
+       (SELECT min(e.at) FROM events e WHERE e.kind = 'stage_changed'
+          AND e.attempt_id = a.id AND json_extract(e.detail, '$.stage') = 'preparing')
+          AS preparing_at,
        (SELECT min(e.at) FROM events e WHERE e.kind = 'stage_changed'
           AND e.attempt_id = a.id AND json_extract(e.detail, '$.stage') = 'writing')
           AS writing_at,
@@ -1048,6 +1056,12 @@ WHERE a.run_id IN ({runs}) ORDER BY a.id;
                 return None
             return (r["started_at"] - r["detected_at"]) / 1000
 
+        def prepare_to_write(serial):
+            r = by_serial.get(serial) or {}
+            if r.get("preparing_at") is None or r.get("writing_at") is None:
+                return None
+            return (r["writing_at"] - r["preparing_at"]) / 1000
+
         def flush_to_verify(serial):
             r = by_serial.get(serial) or {}
             if r.get("flushing_at") is None or r.get("verifying_at") is None:
@@ -1112,6 +1126,9 @@ WHERE a.run_id IN ({runs}) ORDER BY a.id;
         spread("detection -> first write of the image (station records: device_added -> "
                "stage_changed writing)",
                [detect_to_write(s.serial) for s in sticks.values()], detect_to_write("VMLONE"))
+        spread(f"preparing -> writing: the open and the capacity probe with its reset "
+               f"({self.args.usb_reset}; station records: stage_changed)",
+               [prepare_to_write(s.serial) for s in sticks.values()], prepare_to_write("VMLONE"))
         spread(f"flush + reset + reopen ({self.args.usb_reset}; station records: stage_changed "
                "flushing -> verifying)",
                [flush_to_verify(s.serial) for s in sticks.values()], flush_to_verify("VMLONE"))
