@@ -46,7 +46,8 @@ test('the image library shows block maps, and the Sparse box arms only a mapped 
   const dataDir = path.join(work, 'data');
   const disk = path.join(work, 'mapped-disk.img');
   ext4Image(work, disk);
-  const sha = execFileSync(BIN, ['--data-dir', dataDir, 'image', 'import', disk], { encoding: 'utf8' }).trim();
+  const sha = execFileSync(BIN, ['--data-dir', dataDir, 'image', 'import', disk],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
   assert.match(sha, /^[0-9a-f]{64}$/);
 
   const { child, url: urlPromise } = startDemo(dataDir);
