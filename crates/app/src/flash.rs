@@ -81,6 +81,12 @@ pub struct FlashRequest {
     /// image (block devices judged by the guard's rules for reading and held
     /// exclusively, files that exist; see [`crate::audit`]).
     pub audit: bool,
+    /// How many times a target that failed for a reason that may pass when
+    /// written again ([`FailReason::is_retryable`]: a write or flush error,
+    /// the probe's, a stall while writing) is written again, each time as an
+    /// attempt of its own; never a capacity lie, a read-only stick or a
+    /// verify mismatch. 0: no retries.
+    pub retries: u32,
 }
 
 /// A signal that stops a flash.
@@ -138,6 +144,18 @@ pub enum Notice {
     NotWaitingLonger(StopSignal),
     /// The grace is over: the targets still running are abandoned.
     GraceOver,
+    /// A target failed for a reason that may pass when written again: it is
+    /// written again, as a new attempt (its failure is recorded).
+    Retrying {
+        /// The target.
+        target: TargetId,
+        /// Why its last attempt failed, in words.
+        failure: String,
+        /// The attempt about to start (2 for the first retry).
+        attempt: u32,
+        /// The most attempts it gets (1 + the retries asked for).
+        of: u32,
+    },
 }
 
 /// How a flash ended, when it could run.
@@ -282,22 +300,24 @@ pub async fn flash(
                 sparse: request.sparse,
                 sample: request.sample,
                 audit: request.audit,
+                retries: request.retries,
                 ..RunOptions::default()
             },
         })
         .await?;
     let mut attempts = HashMap::new();
+    let mut starts = HashMap::new();
     for ((id, _), (identity, port_path)) in targets.list.iter().zip(&targets.identities) {
         let device_id = records.device_seen(identity).await?;
-        let attempt_id = records
-            .attempt_started(&AttemptStart {
-                run_id,
-                device_id,
-                port_label: id.0.clone(),
-                port_path: port_path.clone(),
-            })
-            .await?;
+        let start = AttemptStart {
+            run_id,
+            device_id,
+            port_label: id.0.clone(),
+            port_path: port_path.clone(),
+        };
+        let attempt_id = records.attempt_started(&start).await?;
         attempts.insert(id.clone(), attempt_id);
+        starts.insert(id.clone(), start);
     }
 
     let _ = view.send(FlashEvent::Targets(
@@ -308,6 +328,10 @@ pub async fn flash(
     let mut flash = Flash {
         records,
         attempts,
+        starts,
+        // An audit writes nothing: nothing to write again.
+        retries: if request.audit { 0 } else { request.retries },
+        attempts_made: HashMap::new(),
         stages: HashMap::new(),
         verdicts: HashMap::new(),
         finished_after: HashMap::new(),
@@ -341,6 +365,7 @@ pub async fn flash(
         records,
         mut verdicts,
         finished_after,
+        attempts_made,
         ..
     } = flash;
     let stopped_by = match ended {
@@ -377,6 +402,7 @@ pub async fn flash(
         started.elapsed().as_secs_f64(),
         results,
         &finished_after,
+        &attempts_made,
     );
     // Removes the simulated sticks' files (a stuck thread may still hold one
     // open; the directory goes anyway).
@@ -400,8 +426,15 @@ enum Ended {
 /// The state of one flash while its attempts run.
 struct Flash {
     records: StoreRecords,
-    /// Each target's attempt in the records.
+    /// Each target's attempt in the records (its latest, after a retry).
     attempts: HashMap<TargetId, AttemptId>,
+    /// What each target's attempts are recorded with (a retry's too).
+    starts: HashMap<TargetId, AttemptStart>,
+    /// How many times a target may be written again after a retryable
+    /// failure.
+    retries: u32,
+    /// Attempts made per target beyond its first (retries so far).
+    attempts_made: HashMap<TargetId, u32>,
     /// The last stage each target entered.
     stages: HashMap<TargetId, Stage>,
     /// Verdicts given (and committed) so far.
@@ -432,9 +465,9 @@ impl Flash {
             cancellers.push(handle.canceller());
             pending.push(handle.finish());
         }
-        // The engine's side of the channel now lives only in the attempts,
-        // until each ends or is abandoned; nothing below waits for it to close.
-        drop(fanout);
+        // The fan-out is kept for retries (a target written again starts
+        // there); nothing below waits for its channel to close, and it is
+        // dropped when every target has its last verdict.
         let mut ended = Ended::Completed;
         let mut stop_by: Option<tokio::time::Instant> = None;
         while !pending.is_empty() {
@@ -455,7 +488,19 @@ impl Flash {
                     while let Ok(event) = events.try_recv() {
                         self.on_event(event).await?;
                     }
-                    self.on_outcome(outcome).await?
+                    let id = outcome.id.clone();
+                    // Retries only while nothing asked the flash to stop.
+                    let may_retry = stop_by.is_none() && matches!(ended, Ended::Completed);
+                    let stop = self.on_outcome(outcome, may_retry).await?;
+                    if stop.is_none() && may_retry && !self.verdicts.contains_key(&id) {
+                        // Written again: an attempt of its own, already recorded.
+                        if let Some((_, target)) = targets.iter().find(|(t, _)| *t == id) {
+                            let handle = fanout.start(id, target.clone());
+                            cancellers.push(handle.canceller());
+                            pending.push(handle.finish());
+                        }
+                    }
+                    stop
                 }
                 Some(signal) = stops.recv() => {
                     if stop_by.is_some() {
@@ -505,10 +550,26 @@ impl Flash {
     }
 
     /// Settles one attempt's end; a source failure asks to stop the others.
-    async fn on_outcome(&mut self, outcome: AttemptOutcome) -> Result<Option<Ended>, AppError> {
+    /// With `may_retry`, a failure that may pass when written again (and
+    /// retries left for its target) is recorded, and a new attempt of the
+    /// target recorded as started: it has no verdict yet, and the caller
+    /// starts it.
+    async fn on_outcome(
+        &mut self,
+        outcome: AttemptOutcome,
+        may_retry: bool,
+    ) -> Result<Option<Ended>, AppError> {
         match outcome.result {
             Ok((verdict, figures)) => {
-                self.settle(outcome.id, verdict, figures).await?;
+                let made = self.attempts_made.get(&outcome.id).copied().unwrap_or(0);
+                let retry = may_retry
+                    && made < self.retries
+                    && verdict.failure().is_some_and(|f| f.reason.is_retryable());
+                if retry {
+                    self.retry(outcome.id, verdict, figures, made + 1).await?;
+                } else {
+                    self.settle(outcome.id, verdict, figures).await?;
+                }
                 Ok(None)
             }
             Err(error) => {
@@ -527,6 +588,43 @@ impl Flash {
                 Ok(Some(Ended::SourceFailed(error)))
             }
         }
+    }
+
+    /// Commits a retryable failure to the records, records the target's next
+    /// attempt as started (its `retry`-th retry) and says so.
+    async fn retry(
+        &mut self,
+        id: TargetId,
+        verdict: Verdict,
+        figures: AttemptFigures,
+        retry: u32,
+    ) -> Result<(), AppError> {
+        if let Some(&attempt) = self.attempts.get(&id) {
+            self.records
+                .attempt_finished(attempt, &verdict, &figures)
+                .await
+                .map_err(|source| AppError::RecordVerdict {
+                    target: id.to_string(),
+                    source,
+                })?;
+        }
+        if let Some(start) = self.starts.get(&id) {
+            let attempt = self.records.attempt_started(start).await?;
+            self.attempts.insert(id.clone(), attempt);
+        }
+        self.attempts_made.insert(id.clone(), retry);
+        self.stages.remove(&id);
+        tracing::info!(device = %id, %verdict, retry, "writing it again after a failure that may pass");
+        self.notice(Notice::Retrying {
+            target: id,
+            failure: verdict
+                .failure()
+                .map(|f| format!("failed while {}: {}", f.stage, f.reason))
+                .unwrap_or_default(),
+            attempt: retry + 1,
+            of: self.retries + 1,
+        });
+        Ok(())
     }
 
     /// Commits a verdict to the records, then shows it.

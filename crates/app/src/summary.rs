@@ -76,6 +76,10 @@ pub struct Row {
     pub verify_mb_per_sec: Option<f64>,
     /// Seconds from the start of the fan-out to this target's verdict.
     pub finished_after_secs: Option<f64>,
+    /// Attempts made on this target: 1, plus the retries after failures
+    /// that may pass when written again (`flash --retries`). Each is an
+    /// attempt of its own in the records; the row is the last one's.
+    pub attempts: u32,
 }
 
 /// What `flash --json` prints.
@@ -98,19 +102,22 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Builds the summary from the engine's verdicts.
+    /// Builds the summary from the engine's verdicts (each target's last),
+    /// with the retries made per target.
     pub fn new(
         image_sha256: Sha256Digest,
         image_size: u64,
         elapsed_secs: f64,
         results: Vec<(TargetId, Verdict, AttemptFigures)>,
         finish_times: &std::collections::HashMap<TargetId, f64>,
+        retries_made: &std::collections::HashMap<TargetId, u32>,
     ) -> Self {
         let targets: Vec<Row> = results
             .into_iter()
             .map(|(target, verdict, figures)| {
                 let failure = verdict.failure();
                 let finished_after_secs = finish_times.get(&target).copied();
+                let attempts = 1 + retries_made.get(&target).copied().unwrap_or(0);
                 let detail = failure.map(|f| {
                     let mut detail = f.reason.to_string();
                     if let FailReason::Refused {
@@ -137,6 +144,7 @@ impl Summary {
                     write_mb_per_sec: figures.write_mb_per_sec(),
                     verify_mb_per_sec: figures.verify_mb_per_sec(),
                     finished_after_secs,
+                    attempts,
                     figures,
                 }
             })

@@ -69,7 +69,7 @@ pub enum TargetsError {
     /// An unknown simulated stick option.
     #[error(
         "sim:{name}: unknown option {key:?} (known: capacity, write, read, fail_after, \
-         bad_block, read_fail_after, corrupt_at, fake, vanish, cache, lossy_cache, read_only, \
+         fail_once_after, bad_block, read_fail_after, corrupt_at, fake, vanish, cache, lossy_cache, read_only, \
          remove_after, stall_after, hang_write_after, hang_read_after)"
     )]
     SimOption {
@@ -472,6 +472,7 @@ pub(crate) fn parse_sim_spec(text: &str, image_size: u64) -> Result<SimStickSpec
             "write" => spec.write_speed(size(key, value)?),
             "read" => spec.read_speed(size(key, value)?),
             "fail_after" => spec.write_error_after(size(key, value)?),
+            "fail_once_after" => spec.write_error_once_after(size(key, value)?),
             "bad_block" => spec.write_fails_at(size(key, value)?),
             "read_fail_after" => spec.read_error_after(size(key, value)?),
             "corrupt_at" => spec.corrupt_at(size(key, value)?),

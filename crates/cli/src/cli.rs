@@ -441,7 +441,8 @@ pub struct FlashArgs {
     pub image: String,
     /// Targets: block devices (/dev/sdX, through the target guard), regular files
     /// (created or grown), or simulated sticks `sim:NAME[:key=value,...]` with keys
-    /// capacity, write, read (B/s), fail_after, bad_block (an offset whose block
+    /// capacity, write, read (B/s), fail_after, fail_once_after (one write
+    /// error, then writes succeed), bad_block (an offset whose block
     /// fails every write), read_fail_after, corrupt_at, fake (real size),
     /// vanish (real size, writes past it dropped), cache and lossy_cache (a
     /// volatile cache that answers the read-back until a reset), read_only, remove_after, stall_after (until the stick is removed),
@@ -498,6 +499,15 @@ pub struct FlashArgs {
     /// A weaker proof: every verdict says `sampled (x %)`. Default: every byte.
     #[arg(long, value_name = "PERCENT")]
     pub sample: Option<SamplePercent>,
+    /// Write a target again, up to N times, after a failure that may pass
+    /// the next time (a write or flush error, the capacity probe's write or
+    /// flush error, a stall while writing); never after a capacity lie, a
+    /// read-only stick or a verify mismatch. Each retry is an attempt of its
+    /// own in the records; the summary and the exit status give each
+    /// target's last verdict. At most 10, as for a station's run.
+    #[arg(long, default_value_t = 0, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retries: u32,
 }
 
 /// `flashrack verify`: an audit of sticks written earlier or elsewhere.
@@ -555,6 +565,8 @@ impl From<VerifyArgs> for FlashArgs {
             sparse: false,
             bmap: None,
             sample: args.sample,
+            // Nothing is written: nothing to write again.
+            retries: 0,
         }
     }
 }

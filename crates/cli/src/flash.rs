@@ -54,6 +54,7 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
         sparse: args.sparse,
         sample: args.sample,
         audit,
+        retries: args.retries,
     };
     let (view_tx, view_rx) = mpsc::unbounded_channel();
     let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));

@@ -46,6 +46,12 @@ fn words(notice: &Notice) -> String {
         Notice::GraceOver => "the stop's grace is over: the targets still running are \
                               recorded as interrupted and abandoned"
             .to_string(),
+        Notice::Retrying {
+            target,
+            failure,
+            attempt,
+            of,
+        } => format!("{target}: {failure}; writing it again (attempt {attempt} of {of})"),
     }
 }
 

@@ -26,7 +26,13 @@ pub fn table(summary: &Summary) -> String {
                 .as_deref()
                 .unwrap_or(r.verdict.as_str())
                 .to_uppercase(),
-            r.detail.clone().unwrap_or_else(|| "-".into()),
+            // The last attempt's reason, and how many attempts it took.
+            match (&r.detail, r.attempts) {
+                (None, 1) => "-".to_string(),
+                (None, n) => format!("after {n} attempts"),
+                (Some(detail), 1) => detail.clone(),
+                (Some(detail), n) => format!("{detail} (after {n} attempts)"),
+            },
             speed(r.write_mb_per_sec),
             speed(r.verify_mb_per_sec),
             // The whole digest is in the JSON and the reports; here, whether

@@ -16,6 +16,8 @@ pub(super) enum Trigger {
     Stall,
     Hang,
     Error,
+    /// An error that fires once (the transient write error).
+    ErrorOnce,
 }
 
 /// The next piece of a call: how many bytes to transfer, the fault that fires after
@@ -96,6 +98,15 @@ impl Inner {
                 Trigger::Hang,
             ),
             (error, Trigger::Error),
+            (
+                match direction {
+                    Direction::Write => spec
+                        .write_error_once_after
+                        .filter(|_| !state.write_error_once_fired),
+                    Direction::Read => None,
+                },
+                Trigger::ErrorOnce,
+            ),
         ];
         // The lowest threshold this call would cross fires first; on a tie the
         // order above decides (removal, then stall, then hang, then error).
@@ -123,6 +134,7 @@ impl Inner {
             (Some(Trigger::Stall), Direction::Read) => state.read_stall_fired = true,
             (Some(Trigger::Hang), Direction::Write) => state.write_hang_fired = true,
             (Some(Trigger::Hang), Direction::Read) => state.read_hang_fired = true,
+            (Some(Trigger::ErrorOnce), _) => state.write_error_once_fired = true,
             _ => {}
         }
         Ok(Step {
@@ -176,7 +188,7 @@ impl Inner {
             }
             Trigger::Stall => self.stall(),
             Trigger::Hang => self.hang(),
-            Trigger::Error => Err(TargetError::Io {
+            Trigger::Error | Trigger::ErrorOnce => Err(TargetError::Io {
                 offset: at,
                 source: io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()),
             }),

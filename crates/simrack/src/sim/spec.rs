@@ -73,6 +73,9 @@ pub struct SimStickSpec {
     pub read_bytes_per_sec: Option<u64>,
     /// Writes fail with `EIO` once this many bytes have been written.
     pub write_error_after: Option<u64>,
+    /// One write fails with `EIO` when this many bytes have been written;
+    /// later writes succeed (a transient error).
+    pub write_error_once_after: Option<u64>,
     /// Bad blocks: every write covering the logical block that holds one of
     /// these offsets fails with `EIO` as a whole.
     pub write_fails_at: Vec<u64>,
@@ -113,6 +116,7 @@ impl SimStickSpec {
             write_bytes_per_sec: None,
             read_bytes_per_sec: None,
             write_error_after: None,
+            write_error_once_after: None,
             write_fails_at: Vec::new(),
             read_error_after: None,
             corrupt_at: Vec::new(),
@@ -159,6 +163,15 @@ impl SimStickSpec {
     /// with `EIO` at its own offset.
     pub fn write_error_after(mut self, bytes: u64) -> Self {
         self.write_error_after = Some(bytes);
+        self
+    }
+
+    /// Makes the write that would take the total written past `bytes` fail
+    /// as [`write_error_after`](Self::write_error_after) does, once: every
+    /// later write succeeds, as on a stick whose error was transient (a
+    /// loose contact, a hub that dropped a transfer). What a retry is for.
+    pub fn write_error_once_after(mut self, bytes: u64) -> Self {
+        self.write_error_once_after = Some(bytes);
         self
     }
 

@@ -90,6 +90,8 @@ pub(super) struct State {
     pub(super) read_stall_fired: bool,
     pub(super) write_hang_fired: bool,
     pub(super) read_hang_fired: bool,
+    /// Whether the transient write error has fired.
+    pub(super) write_error_once_fired: bool,
     /// Calls currently blocked in a stall or a hang.
     pub(super) stalled: usize,
     pub(super) write_pacer: Pacer,
