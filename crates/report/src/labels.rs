@@ -26,9 +26,13 @@ const REFERENCE_SHA256_DIGITS: usize = 16;
 /// report, `GET /api/v1/runs/{run}/report`, and the stick's history), and
 /// what the label claims about it, so that a scan can be checked against the
 /// records: `flashrack:rack-1/run/1/attempt/5?serial=…&image=<16 hex digits
-/// of the image's sha256>&verdict=pass`. Text that is not a letter, a digit or
-/// one of `-._~` is percent-encoded (UTF-8). `None` for a row without an
-/// attempt (a refusal before any attempt is no stick's record).
+/// of the image's sha256>&verdict=pass`. A pass says what it proved, never a
+/// plain `pass` for a weaker proof (as every other view of it):
+/// `verdict=sampled&sample=5` for a sampled verify of 5 % of the chunks,
+/// `verdict=audit_pass` for an audit, `verdict=unverified` for a stick written
+/// and not read back. Text that is not a letter, a digit or one of `-._~` is
+/// percent-encoded (UTF-8). `None` for a row without an attempt (a refusal
+/// before any attempt is no stick's record).
 pub fn record_reference(row: &ReportRow) -> Option<String> {
     let attempt = row.attempt_id?;
     let run = row.run_id?;
@@ -44,8 +48,32 @@ pub fn record_reference(row: &ReportRow) -> Option<String> {
         text.push_str(&sha.to_hex()[..REFERENCE_SHA256_DIGITS]);
     }
     text.push_str("&verdict=");
-    text.push_str(row.verdict.as_str());
+    match row.verdict {
+        ReportVerdict::Pass => text.push_str(&pass_token(&row.figures)),
+        other => text.push_str(other.as_str()),
+    }
     Some(text)
+}
+
+/// What a pass proved, as a reference's `verdict` (and `sample`) value.
+fn pass_token(figures: &flashrack_core::AttemptFigures) -> String {
+    use flashrack_core::VerifyMethod;
+    match (figures.verify_method, &figures.sample) {
+        (Some(VerifyMethod::Sampled), Some(sample)) => {
+            format!("sampled&sample={}", percent(&trim_percent(sample.percent)))
+        }
+        (Some(VerifyMethod::Sampled), None) => "sampled".into(),
+        (Some(VerifyMethod::Audit), _) => "audit_pass".into(),
+        (Some(VerifyMethod::None), _) => "unverified".into(),
+        _ => "pass".into(),
+    }
+}
+
+/// A percentage with at most two decimals and no trailing zeros (`5`,
+/// `0.5`, `12.25`), as the verdict's words give it.
+fn trim_percent(value: f64) -> String {
+    let text = format!("{value:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// `text` percent-encoded but for ASCII letters, digits and `-._~`.
@@ -172,6 +200,39 @@ mod tests {
     fn a_reference_escapes_what_is_not_plain() {
         assert_eq!(percent("AA-00_1.2~"), "AA-00_1.2~");
         assert_eq!(percent("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn a_weaker_pass_is_never_a_plain_pass_in_a_reference() {
+        use flashrack_core::{AttemptFigures, VerifyMethod, VerifySample};
+        let with = |method, sample| AttemptFigures {
+            verify_method: Some(method),
+            sample,
+            ..AttemptFigures::default()
+        };
+        let sample = |percent| {
+            Some(VerifySample {
+                percent,
+                seed: 7,
+                chunks_checked: 3,
+                chunks_total: 100,
+            })
+        };
+        assert_eq!(pass_token(&with(VerifyMethod::Compare, None)), "pass");
+        assert_eq!(
+            pass_token(&with(VerifyMethod::Sampled, sample(5.0))),
+            "sampled&sample=5"
+        );
+        assert_eq!(
+            pass_token(&with(VerifyMethod::Sampled, sample(12.25))),
+            "sampled&sample=12.25"
+        );
+        assert_eq!(
+            pass_token(&with(VerifyMethod::Sampled, sample(0.5))),
+            "sampled&sample=0.5"
+        );
+        assert_eq!(pass_token(&with(VerifyMethod::Audit, None)), "audit_pass");
+        assert_eq!(pass_token(&with(VerifyMethod::None, None)), "unverified");
     }
 
     #[test]
