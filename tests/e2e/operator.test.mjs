@@ -13,7 +13,7 @@ import { chromium } from 'playwright-core';
 
 import { BIN, CHROMIUM, CHROMIUM_ARGS, requireExecutable, startDemo, stopDemo } from './demo.mjs';
 
-const WALL_WORD = /^(✓ PASS|✗ FAIL|● WRITING( \d+ %)?|● (OPENING|SYNCING)|◐ VERIFY( \d+ %)?|⊘ REFUSED|— EMPTY|◇ IDLE|… WAITING|‖ STOPPED|◌ OLD RUN)$/;
+const WALL_WORD = /^(✓ PASS|✗ FAIL|● WRITING( \d+ %)?|● (OPENING|SYNCING)|◑ RESET|◐ VERIFY( \d+ %)?|⊘ REFUSED|— EMPTY|◇ IDLE|… WAITING|‖ STOPPED|◌ OLD RUN)$/;
 const TITLE = /^✗(\d+) · ✓(\d+) — flashrack/;
 
 const luminance = (rgb) => {

@@ -15,6 +15,8 @@ const GLYPHS = {
   preparing: ['●', 'OPENING'],
   writing: ['●', 'WRITING'],
   flushing: ['●', 'SYNCING'],
+  // Reset before its read-back (or in the probe): the stick leaves and comes back.
+  resetting: ['◑', 'RESET'],
   verifying: ['◐', 'VERIFY'],
   passed: ['✓', 'PASS'],
   failed: ['✗', 'FAIL'],
