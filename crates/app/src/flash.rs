@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, ByteSize, EngineEvent, EngineEventKind, FailReason, Failure,
-    SamplePercent, Stage, StopReason, TargetId, Verdict, VerifyMode,
+    AttemptFigures, AttemptId, ByteSize, DataRanges, EngineEvent, EngineEventKind, FailReason,
+    Failure, RunId, SamplePercent, Stage, StopReason, TargetId, Verdict, VerifyMode,
 };
 use flashrack_engine::{AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage};
 use flashrack_guard::GuardPolicy;
@@ -40,8 +40,11 @@ use tokio::sync::mpsc;
 use crate::images::open_cache;
 use crate::records::{Recovered, StoreRecords};
 use crate::summary::Summary;
-use crate::targets::{parse_targets, GuardSettings};
+use crate::targets::{parse_targets, GuardSettings, Targets};
 use crate::AppError;
+
+mod streaming;
+pub use streaming::flash_file;
 
 /// One-shot flashes are recorded under this station id.
 const STATION_ID: &str = "station-1";
@@ -156,6 +159,14 @@ pub enum Notice {
         /// The most attempts it gets (1 + the retries asked for).
         of: u32,
     },
+    /// The image written while it was imported is imported: its digest is
+    /// known (and was what the operator expected), the targets may read back.
+    Imported {
+        /// The image's sha256.
+        sha256: flashrack_core::Sha256Digest,
+        /// Its size.
+        size: u64,
+    },
 }
 
 /// How a flash ended, when it could run.
@@ -213,15 +224,7 @@ pub async fn flash(
         false => None,
     };
     let manifest = image.manifest.clone();
-    let mut policy = GuardPolicy {
-        max_size_bytes: request.max_size.bytes(),
-        // One-shot flashing names its devices; there is no port map to consult.
-        allow_unmapped_ports: true,
-        ..GuardPolicy::default()
-    };
-    policy
-        .allowed_buses
-        .extend(request.allow_buses.iter().map(|b| b.to_ascii_lowercase()));
+    let policy = guard_policy(&request);
     // A raw image referenced in place is read from the operator's file for
     // the whole run: that file is never a target.
     if let Some(reference) = &image.meta.reference {
@@ -260,22 +263,8 @@ pub async fn flash(
         },
     )?;
 
-    let stall_timeout = request.stall_timeout.max(Duration::from_secs(1));
-    let options = EngineOptions {
-        verify: request.verify,
-        stall_timeout,
-        probe_capacity: request.probe_capacity && writes,
-        // One-shot targets are reset in place (no station sees them leave):
-        // the probe defeats their caches.
-        probe: flashrack_engine::probe::ProbeOptions {
-            defeat_cache: true,
-            ..Default::default()
-        },
-        sample_percent: request.sample.map(SamplePercent::percent),
-        audit: request.audit,
-        sparse,
-        ..EngineOptions::default()
-    };
+    let options = engine_options(&request, sparse);
+    let stall_timeout = options.stall_timeout;
     let source = SourceImage {
         path: image.path.clone(),
         manifest: manifest.clone(),
@@ -305,20 +294,7 @@ pub async fn flash(
             },
         })
         .await?;
-    let mut attempts = HashMap::new();
-    let mut starts = HashMap::new();
-    for ((id, _), (identity, port_path)) in targets.list.iter().zip(&targets.identities) {
-        let device_id = records.device_seen(identity).await?;
-        let start = AttemptStart {
-            run_id,
-            device_id,
-            port_label: id.0.clone(),
-            port_path: port_path.clone(),
-        };
-        let attempt_id = records.attempt_started(&start).await?;
-        attempts.insert(id.clone(), attempt_id);
-        starts.insert(id.clone(), start);
-    }
+    let (attempts, starts) = start_attempts(&records, run_id, &targets).await?;
 
     let _ = view.send(FlashEvent::Targets(
         targets.list.iter().map(|(id, _)| id.clone()).collect(),
@@ -347,20 +323,7 @@ pub async fn flash(
         }
         Err(error) => Ended::SourceFailed(error),
     };
-    // Attempts without a verdict (never started, or abandoned at a safe point
-    // they never reached) were interrupted.
-    for (id, _) in &targets.list {
-        if !flash.verdicts.contains_key(id) {
-            let stage = flash.stages.get(id).copied().unwrap_or(Stage::Preparing);
-            let interrupted = Verdict::Fail(Failure {
-                reason: FailReason::Interrupted,
-                stage,
-            });
-            flash
-                .settle(id.clone(), interrupted, AttemptFigures::default())
-                .await?;
-        }
-    }
+    flash.settle_unfinished(&targets.list).await?;
     let Flash {
         records,
         mut verdicts,
@@ -411,6 +374,68 @@ pub async fn flash(
         summary,
         stopped_by,
     })
+}
+
+/// The guard's policy for a one-shot flash's targets.
+fn guard_policy(request: &FlashRequest) -> GuardPolicy {
+    let mut policy = GuardPolicy {
+        max_size_bytes: request.max_size.bytes(),
+        // One-shot flashing names its devices; there is no port map to consult.
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    };
+    policy
+        .allowed_buses
+        .extend(request.allow_buses.iter().map(|b| b.to_ascii_lowercase()));
+    policy
+}
+
+/// The engine's options for a one-shot flash.
+fn engine_options(request: &FlashRequest, sparse: Option<Arc<DataRanges>>) -> EngineOptions {
+    EngineOptions {
+        verify: request.verify,
+        stall_timeout: request.stall_timeout.max(Duration::from_secs(1)),
+        probe_capacity: request.probe_capacity && !request.audit,
+        // One-shot targets are reset in place (no station sees them leave):
+        // the probe defeats their caches.
+        probe: flashrack_engine::probe::ProbeOptions {
+            defeat_cache: true,
+            ..Default::default()
+        },
+        sample_percent: request.sample.map(SamplePercent::percent),
+        audit: request.audit,
+        sparse,
+        ..EngineOptions::default()
+    }
+}
+
+/// Each target's attempt and how it was started (for a retry).
+type Started = (
+    HashMap<TargetId, AttemptId>,
+    HashMap<TargetId, AttemptStart>,
+);
+
+/// Records every target's attempt as started (before its first byte).
+async fn start_attempts(
+    records: &StoreRecords,
+    run_id: RunId,
+    targets: &Targets,
+) -> Result<Started, AppError> {
+    let mut attempts = HashMap::new();
+    let mut starts = HashMap::new();
+    for ((id, _), (identity, port_path)) in targets.list.iter().zip(&targets.identities) {
+        let device_id = records.device_seen(identity).await?;
+        let start = AttemptStart {
+            run_id,
+            device_id,
+            port_label: id.0.clone(),
+            port_path: port_path.clone(),
+        };
+        let attempt_id = records.attempt_started(&start).await?;
+        attempts.insert(id.clone(), attempt_id);
+        starts.insert(id.clone(), start);
+    }
+    Ok((attempts, starts))
 }
 
 /// How the fan-out ended.
@@ -653,6 +678,26 @@ impl Flash {
             },
         }));
         self.verdicts.insert(id, (verdict, figures));
+        Ok(())
+    }
+
+    /// Attempts without a verdict (never started, or abandoned at a safe
+    /// point they never reached) were interrupted.
+    async fn settle_unfinished(
+        &mut self,
+        targets: &[(TargetId, Arc<dyn Target>)],
+    ) -> Result<(), AppError> {
+        for (id, _) in targets {
+            if !self.verdicts.contains_key(id) {
+                let stage = self.stages.get(id).copied().unwrap_or(Stage::Preparing);
+                let interrupted = Verdict::Fail(Failure {
+                    reason: FailReason::Interrupted,
+                    stage,
+                });
+                self.settle(id.clone(), interrupted, AttemptFigures::default())
+                    .await?;
+            }
+        }
         Ok(())
     }
 

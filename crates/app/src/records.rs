@@ -184,6 +184,64 @@ impl StoreRecords {
     }
 }
 
+impl StoreRecords {
+    /// Starts a run whose image is still being imported (a one-shot flash that
+    /// writes while it imports): the run refers to a provisional image row
+    /// (`provisional`: a digest of no image, made by the caller, unique to
+    /// this run; the file's name; its size if known, else 0; format
+    /// `pending`) until [`run_image_known`](Self::run_image_known) names the
+    /// image. A run whose import failed keeps the provisional row: its image
+    /// never existed.
+    pub async fn run_started_provisional(
+        &self,
+        provisional: flashrack_core::Sha256Digest,
+        run: &RunStart,
+    ) -> Result<RunId, JournalError> {
+        let row = ImageRow {
+            sha256: provisional,
+            source: None,
+            name: run.image_name.clone(),
+            size: ByteSize(run.image_size),
+            format: "pending".into(),
+            imported_at: self.store.now(),
+            inspection: None,
+            provenance: None,
+        };
+        let options =
+            serde_json::to_value(&run.options).map_err(|e| JournalError(e.to_string()))?;
+        self.store
+            .write(|batch| {
+                Box::pin(async move {
+                    batch.record_image(&row).await?;
+                    batch
+                        .start_run(provisional, &run.image_name, &options)
+                        .await
+                })
+            })
+            .await
+            .map_err(journal_error)
+    }
+
+    /// The image of a run started with
+    /// [`run_started_provisional`](Self::run_started_provisional) is known (its
+    /// import succeeded and is in the cache): recorded, and set as the run's
+    /// image, before any of the run's verdicts.
+    pub async fn run_image_known(
+        &self,
+        run: RunId,
+        provisional: flashrack_core::Sha256Digest,
+        sha256: flashrack_core::Sha256Digest,
+        name: &str,
+        size: u64,
+    ) -> Result<(), JournalError> {
+        self.record_image(sha256, name, size).await?;
+        self.store
+            .write(|batch| Box::pin(batch.set_run_image(run, sha256, name, provisional)))
+            .await
+            .map_err(journal_error)
+    }
+}
+
 fn journal_error(error: flashrack_store::StoreError) -> JournalError {
     JournalError(error.to_string())
 }

@@ -28,13 +28,42 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
         .transpose()
         .context("--sha256")?;
     let cache = open_cache(data_dir)?;
+    // A file is written while it is imported (the targets follow the import;
+    // see `flashrack_app::flash::flash_file`), unless the run needs its block
+    // map before the first byte (a map given, a sparse run) or writes nothing.
+    let file = Some(Path::new(&args.image)).filter(|p| p.is_file());
+    if let Some(file) = file.filter(|_| args.bmap.is_none() && !args.sparse && !audit) {
+        if !args.quiet {
+            errln!("importing {} while writing …", args.image);
+        }
+        let stops = crate::signals::stops()?;
+        let request = request(&args, audit);
+        let (view_tx, view_rx) = mpsc::unbounded_channel();
+        let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));
+        let outcome =
+            flashrack_app::flash::flash_file(data_dir, file, expected, request, view_tx, stops)
+                .await;
+        let _ = view.await;
+        let outcome = outcome?;
+        // The file just imported gets its block map (found beside it or
+        // generated) for later sparse runs; the run's summary comes first.
+        let image = cache.get(&outcome.summary.image_sha256);
+        let status = finish(outcome, &args);
+        if let Ok(Some(image)) = image {
+            match map_image(&cache, &image, Some(file), None) {
+                Ok(note) if !args.quiet => errln!("{}", note.summary()),
+                Ok(_) => {}
+                Err(error) => errln!("warning: no block map kept: {error}"),
+            }
+        }
+        return status;
+    }
     if !args.quiet && Path::new(&args.image).is_file() {
         errln!("importing {} …", args.image);
     }
     let image = resolve_image(&cache, &args.image, expected, args.max_size)?;
     // A file just imported gets its block map (given, found beside it or
     // generated); a cached image one given now.
-    let file = Some(Path::new(&args.image)).filter(|p| p.is_file());
     if file.is_some() || args.bmap.is_some() {
         let note = map_image(&cache, &image, file, args.bmap.as_deref())?;
         if !args.quiet {
@@ -43,10 +72,21 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
     }
     // From here on a signal stops the flash in order instead of killing it.
     let stops = crate::signals::stops()?;
-    let request = FlashRequest {
-        targets: args.targets,
+    let request = request(&args, audit);
+    let (view_tx, view_rx) = mpsc::unbounded_channel();
+    let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));
+    let outcome = flashrack_app::flash::flash(data_dir, image, request, view_tx, stops).await;
+    // Everything shown (and the bars cleared) before the summary or the error.
+    let _ = view.await;
+    finish(outcome?, &args)
+}
+
+/// The flash the arguments ask for.
+fn request(args: &FlashArgs, audit: bool) -> FlashRequest {
+    FlashRequest {
+        targets: args.targets.clone(),
         verify: args.verify,
-        allow_buses: args.allow_buses,
+        allow_buses: args.allow_buses.clone(),
         max_size: args.max_size,
         stall_timeout: Duration::from_secs(args.stall_timeout),
         probe_capacity: !args.no_probe,
@@ -55,16 +95,15 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
         sample: args.sample,
         audit,
         retries: args.retries,
-    };
-    let (view_tx, view_rx) = mpsc::unbounded_channel();
-    let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));
-    let outcome = flashrack_app::flash::flash(data_dir, image, request, view_tx, stops).await;
-    // Everything shown (and the bars cleared) before the summary or the error.
-    let _ = view.await;
+    }
+}
+
+/// Prints the summary; the exit status says whether every target passed.
+fn finish(outcome: FlashOutcome, args: &FlashArgs) -> Result<ExitCode> {
     let FlashOutcome {
         summary,
         stopped_by,
-    } = outcome?;
+    } = outcome;
     let printed = if args.json {
         outln!("{}", serde_json::to_string_pretty(&summary)?)
     } else {

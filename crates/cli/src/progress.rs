@@ -24,6 +24,9 @@ pub async fn show(mut events: UnboundedReceiver<FlashEvent>, quiet: bool) {
         match event {
             FlashEvent::Targets(targets) => view.targets(&targets),
             FlashEvent::Engine(event) => view.show(&event),
+            // The end of an import the targets followed is progress, not a
+            // notice: not shown with --quiet.
+            FlashEvent::Notice(Notice::Imported { .. }) if quiet => {}
             FlashEvent::Notice(notice) => view.notice(&words(&notice)),
         }
     }
@@ -52,6 +55,11 @@ fn words(notice: &Notice) -> String {
             attempt,
             of,
         } => format!("{target}: {failure}; writing it again (attempt {attempt} of {of})"),
+        Notice::Imported { sha256, size } => format!(
+            "imported {} ({}): the targets read back now",
+            sha256.short(),
+            ByteSize(*size)
+        ),
     }
 }
 

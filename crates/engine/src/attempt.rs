@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::fanout::EventLink;
+use crate::feed::{WaitError, Waiter};
 use crate::narrow::{narrow_failed_write, Narrowed};
 use crate::probe::{ProbeFailure, ProbeHooks, ProbeOptions, ProbeResult, Prober};
 use crate::source::{Chunk, SharedSource};
@@ -159,6 +160,29 @@ impl From<EngineError> for Stop {
     fn from(e: EngineError) -> Self {
         Stop::Source(e)
     }
+}
+
+/// A wait for a followed import that ended without its answer, in `stage`.
+fn wait_stop(stage: Stage, error: WaitError) -> Stop {
+    match error {
+        WaitError::Cancelled => fail(stage, FailReason::Interrupted),
+        WaitError::Source(error) => Stop::Source(error),
+    }
+}
+
+/// Waits until the image is complete (at once, unless the source follows an
+/// import: then until the import has ended and its digest is known). Every
+/// attempt does this before it reads back or passes: a failed import fails
+/// every attempt as a source failure.
+fn wait_for_image(ctx: &AttemptContext, stage: Stage) -> Result<(), Stop> {
+    let beat = || ctx.progress.beat();
+    let waiter = Waiter {
+        cancel: &ctx.progress.cancel,
+        beat: &beat,
+    };
+    ctx.source
+        .complete(&waiter)
+        .map_err(|error| wait_stop(stage, error))
 }
 
 /// Runs the whole pipeline. `Ok` carries the verdict, pass or fail, with figures;
@@ -360,8 +384,10 @@ impl<'a> Reporter<'a> {
 }
 
 fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), Stop> {
-    let manifest = ctx.source.manifest().clone();
-    let image_size = manifest.size();
+    // A followed import of a compressed file knows its size only at its end:
+    // the write pass then fails a target that is too small when a chunk
+    // would not fit.
+    let image_size = ctx.source.size_hint();
 
     // Prepare: size, exclusive open (through the guard), capacity probe.
     let _ = Reporter::enter(ctx, Stage::Preparing, 0);
@@ -378,7 +404,7 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
     if geometry.capacity == 0 {
         return Err(fail(Stage::Preparing, FailReason::NoMedium));
     }
-    if geometry.capacity < image_size {
+    if let Some(image_size) = image_size.filter(|&size| geometry.capacity < size) {
         return Err(fail(
             Stage::Preparing,
             FailReason::TooSmall {
@@ -405,6 +431,7 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
             VerifyMode::None => VerifyMode::Compare,
             mode => mode,
         };
+        wait_for_image(ctx, Stage::Preparing)?;
         return verify_image(ctx, mode, block, ranges, figures);
     }
     let mut writer = ctx
@@ -468,6 +495,9 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
     }
 
     write_image(ctx, &mut *writer, block, ranges, figures)?;
+    // Nothing is read back, and no verdict given, before the image is known
+    // whole: a followed import ends here, with its digest checked.
+    wait_for_image(ctx, Stage::Flushing)?;
 
     // A reset drops whatever the stick keeps in a cache of its own, so that
     // the read-back shows what its medium holds. The writer is closed first
@@ -571,32 +601,77 @@ fn write_image(
     figures: &mut AttemptFigures,
 ) -> Result<(), Stop> {
     let source = &*ctx.source;
-    let manifest = source.manifest();
     let cancel = &ctx.progress.cancel;
     let started = Instant::now();
-    let total = ranges.map_or(manifest.size(), DataRanges::mapped_bytes);
+    // Decided once: a source that follows an import stays followed by this
+    // pass even if another attempt sees the import end meanwhile.
+    let following = source.is_following();
+    let total = match ranges {
+        Some(ranges) => ranges.mapped_bytes(),
+        // A compressed file still being imported: unknown until its end.
+        None => source.size_hint().unwrap_or(0),
+    };
+    let capacity = figures.capacity.0;
     let mut report = Reporter::enter(ctx, Stage::Writing, total);
     thread::scope(|scope| -> Result<(), Stop> {
         // A rendezvous channel: the helper holds at most the next chunk while
-        // this thread writes one, so an attempt holds at most two chunks.
+        // this thread writes one, so an attempt holds at most two chunks. It
+        // ends the pass with `None` (past the image's last chunk).
         let chunks = spawn_helper(scope, ctx, Stage::Writing, 0, move |tx| {
+            if following {
+                let beat = || ctx.progress.beat();
+                let waiter = Waiter {
+                    cancel,
+                    beat: &beat,
+                };
+                for index in 0.. {
+                    // Waits for the import to produce the chunk; a failed
+                    // import or a stop ends the pass.
+                    let next = source
+                        .next_chunk(index, &waiter)
+                        .map_err(|error| wait_stop(Stage::Writing, error));
+                    let end = !matches!(next, Ok(Some(_)));
+                    if tx.send(next).is_err() || end {
+                        return;
+                    }
+                }
+            }
+            let manifest = source.manifest();
             for index in chunks_to_write(manifest, ranges) {
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                let chunk = source.chunk(index);
+                let (offset, len) = manifest.chunk_span(index);
+                let chunk = source
+                    .chunk(index)
+                    .map(|chunk| Some((offset, len, chunk)))
+                    .map_err(Stop::from);
                 let failed = chunk.is_err();
                 if tx.send(chunk).is_err() || failed {
                     return;
                 }
             }
+            let _ = tx.send(Ok(None));
         })?;
-        for index in chunks_to_write(manifest, ranges) {
-            let (offset, len) = manifest.chunk_span(index);
+        loop {
             // The helper stops early only when the attempt is cancelled.
-            let chunk = chunks
+            let Some((offset, len, chunk)) = chunks
                 .recv()
-                .map_err(|_| fail(Stage::Writing, FailReason::Interrupted))??;
+                .map_err(|_| fail(Stage::Writing, FailReason::Interrupted))??
+            else {
+                break;
+            };
+            // Only a followed import of unknown size gets here with a chunk
+            // past the target's end (otherwise preparing refused the target).
+            if offset + len as u64 > capacity {
+                return Err(fail(
+                    Stage::Writing,
+                    FailReason::TooSmall {
+                        capacity: ByteSize(capacity),
+                        needed: ByteSize(offset + len as u64),
+                    },
+                ));
+            }
             let data: &[u8] = match &chunk {
                 Chunk::Zero => &source.zeros()[..len],
                 Chunk::Data(data) => data,

@@ -105,6 +105,29 @@ impl Fanout {
         })
     }
 
+    /// Prepares to write an image while it is imported: the targets follow
+    /// `feed` (see [`crate::feed`]). A sparse run needs the image's block map,
+    /// which a followed image does not have yet: refused.
+    pub fn following(
+        feed: Arc<crate::ImageFeed>,
+        options: EngineOptions,
+        events: UnboundedSender<EngineEvent>,
+    ) -> Result<Self, EngineError> {
+        if options.sparse.is_some() {
+            return Err(EngineError::SourceFailed {
+                detail: "a sparse run needs the image's block map, which an image still \
+                         being imported does not have"
+                    .into(),
+            });
+        }
+        let source = Arc::new(SharedSource::following(feed, options.source_cache_chunks));
+        Ok(Self {
+            source,
+            options,
+            events,
+        })
+    }
+
     /// The shared source (its manifest, for instance).
     pub fn source(&self) -> &Arc<SharedSource> {
         &self.source

@@ -7,6 +7,10 @@
 //! [`flashrack_core::EngineEvent`]s.
 //!
 //! Layout:
+//! - [`feed`]: an image still being imported, which targets follow chunk by
+//!   chunk (a one-shot flash of a new file writes while it imports; every
+//!   attempt waits for the import's end, and its digest, before any
+//!   read-back or verdict);
 //! - [`source`]: the shared, bounded chunk cache over the image file, whose
 //!   chunks are the file's page-cache pages mapped in place ([`mapped`]); every
 //!   chunk is read from the file once per pass however many targets want it, and is checked against the manifest (its XXH3-128
@@ -33,6 +37,7 @@
 pub mod attempt;
 pub mod clock;
 pub mod fanout;
+pub mod feed;
 pub mod mapped;
 mod narrow;
 pub mod probe;
@@ -47,6 +52,7 @@ use flashrack_core::{DataRanges, ImageManifest, VerifyMode};
 
 pub use clock::{Clock, ManualClock};
 pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout};
+pub use feed::{FeedError, ImageFeed};
 pub use source::SharedSource;
 
 /// The image to write: a raw image file and what is known about it.
@@ -175,5 +181,13 @@ pub enum EngineError {
     SourceCorrupt {
         /// Byte offset of the chunk.
         offset: u64,
+    },
+    /// The import a run follows failed (a digest that does not match, a
+    /// corrupt or truncated archive, a read error), or the run asked for what
+    /// a followed import cannot give: no target may pass.
+    #[error("the image source failed: {detail}")]
+    SourceFailed {
+        /// Why.
+        detail: String,
     },
 }

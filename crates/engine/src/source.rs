@@ -30,6 +30,7 @@ use flashrack_core::{ChunkKind, ImageManifest, Sha256Digest};
 use flashrack_target::AlignedBuf;
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::feed::{ImageFeed, WaitError, Waiter};
 use crate::mapped::{MapError, MappedChunk};
 use crate::{EngineError, SourceImage};
 
@@ -83,9 +84,14 @@ struct ChunkCell {
 /// one it writes and the next, or the one it verifies against). A mapped chunk
 /// counts in the process's resident memory while it is mapped, like a buffer.
 pub struct SharedSource {
-    file: File,
-    manifest: ImageManifest,
-    zeros: AlignedBuf,
+    /// Where the bytes come from.
+    origin: Origin,
+    /// The image's manifest: known at opening for a cached image, at the end
+    /// of the import for one followed through a feed.
+    manifest: OnceLock<ImageManifest>,
+    /// A chunk of zeros, made when first asked for (a followed image's chunk
+    /// size is known only once its import has begun).
+    zeros: OnceLock<AlignedBuf>,
     capacity: usize,
     /// Most recently used first. A `std` mutex: it is held only to look up and
     /// reorder a handful of entries, never across I/O (reads happen in the cell's
@@ -94,6 +100,24 @@ pub struct SharedSource {
     /// Whether chunks are mapped; cleared at the first sign that this file (or
     /// kernel) cannot map them, after which chunks are read.
     mapping: AtomicBool,
+}
+
+/// Where a source's bytes come from.
+enum Origin {
+    /// A complete image file.
+    File(File),
+    /// An image still being imported: its chunks as the import produces them,
+    /// read from the file the feed names.
+    Feed(Arc<ImageFeed>),
+}
+
+/// Where a chunk lies and how to check it.
+struct ChunkInfo {
+    offset: u64,
+    len: usize,
+    zero: bool,
+    fingerprint: Option<u128>,
+    digest: Option<Sha256Digest>,
 }
 
 impl SharedSource {
@@ -114,11 +138,10 @@ impl SharedSource {
                 image.manifest.size()
             )));
         }
-        let chunk_size = image.manifest.chunk_size() as usize;
         Ok(Self {
-            file,
-            zeros: AlignedBuf::zeroed(chunk_size),
-            manifest: image.manifest.clone(),
+            origin: Origin::File(file),
+            zeros: OnceLock::new(),
+            manifest: OnceLock::from(image.manifest.clone()),
             capacity: capacity.max(1),
             cells: Mutex::new(VecDeque::new()),
             // A file the cache only references may be cut short by its owner
@@ -127,14 +150,123 @@ impl SharedSource {
         })
     }
 
+    /// A source that follows an import through `feed` (see [`crate::feed`]):
+    /// chunks are served once the import has produced them, read from the
+    /// file it names (never mapped: it may be the operator's own file, or one
+    /// still being written), and the manifest is known at the feed's end.
+    pub fn following(feed: Arc<ImageFeed>, capacity: usize) -> Self {
+        Self {
+            origin: Origin::Feed(feed),
+            manifest: OnceLock::new(),
+            zeros: OnceLock::new(),
+            capacity: capacity.max(1),
+            cells: Mutex::new(VecDeque::new()),
+            mapping: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the source follows an import that may not have ended yet.
+    pub fn is_following(&self) -> bool {
+        matches!(self.origin, Origin::Feed(_)) && self.manifest.get().is_none()
+    }
+
+    /// The image's size if known now: a cached image's, or the size a followed
+    /// import announced (a raw file's); `None` for a compressed file still
+    /// being imported.
+    pub fn size_hint(&self) -> Option<u64> {
+        match (self.manifest.get(), &self.origin) {
+            (Some(manifest), _) => Some(manifest.size()),
+            (None, Origin::Feed(feed)) => feed.size_hint(),
+            (None, Origin::File(_)) => None,
+        }
+    }
+
     /// The image's manifest.
+    ///
+    /// # Panics
+    /// For a source that follows an import, before [`complete`](Self::complete)
+    /// has answered: the manifest does not exist yet.
     pub fn manifest(&self) -> &ImageManifest {
-        &self.manifest
+        self.manifest
+            .get()
+            .expect("a followed image's manifest is asked for only once its import completed")
+    }
+
+    /// Waits until the image is complete: at once for a cached image; for one
+    /// followed through a feed, until its import ends (a failed import is a
+    /// source failure). After it answers `Ok`, [`manifest`](Self::manifest)
+    /// is the image's.
+    pub(crate) fn complete(&self, waiter: &Waiter<'_>) -> Result<(), WaitError> {
+        if self.manifest.get().is_some() {
+            return Ok(());
+        }
+        let Origin::Feed(feed) = &self.origin else {
+            unreachable!("a file source has its manifest from the start");
+        };
+        let manifest = feed.wait_end(waiter)?;
+        let _ = self.manifest.set(manifest);
+        Ok(())
+    }
+
+    /// For the write pass: where chunk `index` lies and its bytes, waiting for
+    /// the import to produce it if the source follows one; `None` past the
+    /// image's end.
+    pub(crate) fn next_chunk(
+        &self,
+        index: u64,
+        waiter: &Waiter<'_>,
+    ) -> Result<Option<(u64, usize, Chunk)>, WaitError> {
+        if let Origin::Feed(feed) = &self.origin {
+            if feed.wait_chunk(index, waiter)?.is_none() {
+                return Ok(None);
+            }
+        } else if index >= self.manifest().chunk_count() {
+            return Ok(None);
+        }
+        let info = self.info(index)?;
+        Ok(Some((info.offset, info.len, self.chunk(index)?)))
     }
 
     /// A chunk-sized buffer of zeros, aligned for direct I/O.
     pub fn zeros(&self) -> &AlignedBuf {
-        &self.zeros
+        self.zeros.get_or_init(|| {
+            // A zero chunk is served only once it is known, so a feed has begun
+            // (and told its chunk size) before anyone asks for zeros.
+            let chunk_size = match (self.manifest.get(), &self.origin) {
+                (Some(manifest), _) => manifest.chunk_size(),
+                (None, Origin::Feed(feed)) => feed.chunk_size().unwrap_or(4096),
+                (None, Origin::File(_)) => 4096,
+            };
+            AlignedBuf::zeroed(chunk_size as usize)
+        })
+    }
+
+    /// Where chunk `index` lies and what it must be: from the manifest, or
+    /// from the feed for a chunk of an import still running.
+    fn info(&self, index: u64) -> Result<ChunkInfo, EngineError> {
+        if let Some(manifest) = self.manifest.get() {
+            let (offset, len) = manifest.chunk_span(index);
+            return Ok(ChunkInfo {
+                offset,
+                len,
+                zero: manifest.chunk_kind(index) == ChunkKind::Zero,
+                fingerprint: manifest.chunk_fingerprint(index),
+                digest: manifest.chunk_digest(index),
+            });
+        }
+        let Origin::Feed(feed) = &self.origin else {
+            unreachable!("a file source has its manifest from the start");
+        };
+        let span = feed.span(index).ok_or_else(|| EngineError::SourceFailed {
+            detail: format!("chunk {index} was asked for before the import produced it"),
+        })?;
+        Ok(ChunkInfo {
+            offset: span.offset,
+            len: span.len,
+            zero: span.zero,
+            fingerprint: Some(span.fingerprint),
+            digest: None,
+        })
     }
 
     /// Chunk `index` for writing: not checked (the read-back will be compared
@@ -160,20 +292,18 @@ impl SharedSource {
     }
 
     fn get(&self, index: u64, check: bool) -> Result<Chunk, EngineError> {
-        if self.manifest.chunk_kind(index) == ChunkKind::Zero {
+        let info = self.info(index)?;
+        if info.zero {
             return Ok(Chunk::Zero);
         }
         let cell = self.cell(index);
-        let data = cell.data.get_or_init(|| self.read(index)).clone()?;
+        let data = cell.data.get_or_init(|| self.read(&info)).clone()?;
         if check {
             cell.checked
                 .get_or_init(|| {
                     // A manifest has fingerprints (formats 2 and 3) or chunk
                     // digests (format 1), never neither.
-                    let intact = match (
-                        self.manifest.chunk_fingerprint(index),
-                        self.manifest.chunk_digest(index),
-                    ) {
+                    let intact = match (info.fingerprint, info.digest) {
                         (Some(fingerprint), _) => xxh3_128(&data) == fingerprint,
                         (None, Some(digest)) => Sha256Digest::of(&data) == digest,
                         (None, None) => false,
@@ -181,8 +311,9 @@ impl SharedSource {
                     if intact {
                         Ok(())
                     } else {
-                        let (offset, _) = self.manifest.chunk_span(index);
-                        Err(EngineError::SourceCorrupt { offset })
+                        Err(EngineError::SourceCorrupt {
+                            offset: info.offset,
+                        })
                     }
                 })
                 .clone()?;
@@ -204,12 +335,23 @@ impl SharedSource {
         cell
     }
 
-    /// Maps chunk `index` (reads it where the file cannot be mapped).
-    fn read(&self, index: u64) -> Result<Arc<ChunkBytes>, EngineError> {
-        let (offset, len) = self.manifest.chunk_span(index);
+    /// Maps the chunk at `info` (reads it where the file cannot be mapped, and
+    /// from a feed's file).
+    fn read(&self, info: &ChunkInfo) -> Result<Arc<ChunkBytes>, EngineError> {
+        let (offset, len) = (info.offset, info.len);
         let read_error = |detail: String| EngineError::SourceRead { offset, detail };
+        let fed;
+        let file = match &self.origin {
+            Origin::File(file) => file,
+            Origin::Feed(feed) => {
+                fed = feed
+                    .file()
+                    .ok_or_else(|| read_error("the import has not begun".into()))?;
+                &*fed
+            }
+        };
         if self.mapping.load(Ordering::Relaxed) {
-            match MappedChunk::map(&self.file, offset, len) {
+            match MappedChunk::map(file, offset, len) {
                 Ok(mapped) => return Ok(Arc::new(ChunkBytes::Mapped(mapped))),
                 Err(MapError::Unreadable(e)) => return Err(read_error(e.to_string())),
                 Err(MapError::Unsupported(e)) => {
@@ -219,8 +361,7 @@ impl SharedSource {
             }
         }
         let mut buf = AlignedBuf::zeroed(len);
-        self.file
-            .read_exact_at(&mut buf[..len], offset)
+        file.read_exact_at(&mut buf[..len], offset)
             .map_err(|e| read_error(e.to_string()))?;
         Ok(Arc::new(ChunkBytes::Read { buf, len }))
     }
@@ -233,9 +374,9 @@ impl SharedSource {
         mut sink: impl FnMut(&[u8]),
     ) -> Result<(), EngineError> {
         for index in 0..end_chunk {
-            let (_, len) = self.manifest.chunk_span(index);
+            let (_, len) = self.manifest().chunk_span(index);
             match self.checked_chunk(index)? {
-                Chunk::Zero => sink(&self.zeros[..len]),
+                Chunk::Zero => sink(&self.zeros()[..len]),
                 Chunk::Data(data) => sink(&data),
             }
         }
@@ -424,6 +565,54 @@ mod tests {
             .with_chunk_fingerprints(fingerprints)
             .unwrap();
         let source = SharedSource::open(&image, 8).unwrap();
+        assert!(matches!(
+            source.checked_chunk(0),
+            Err(EngineError::SourceCorrupt { offset: 0 })
+        ));
+    }
+    #[test]
+    fn a_followed_import_is_read_never_mapped_and_keeps_at_most_its_capacity() {
+        use crate::feed::{ImageFeed, Waiter};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("importing.raw");
+        let bytes: Vec<u8> = (0..64 * CHUNK).map(|i| (i % 253) as u8 + 1).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let feed = ImageFeed::new();
+        feed.begin(
+            File::open(&path).unwrap(),
+            CHUNK as u32,
+            Some(bytes.len() as u64),
+        )
+        .unwrap();
+        let source = SharedSource::following(feed.clone(), 3);
+        assert!(source.is_following());
+        let cancel = AtomicBool::new(false);
+        let waiter = Waiter {
+            cancel: &cancel,
+            beat: &|| {},
+        };
+        for (index, chunk) in bytes.chunks(CHUNK).enumerate() {
+            feed.push(chunk.len(), false, xxh3_128(chunk)).unwrap();
+            let Ok(Some((offset, len, Chunk::Data(data)))) =
+                source.next_chunk(index as u64, &waiter)
+            else {
+                panic!("chunk {index} was fed");
+            };
+            assert_eq!((offset, len), ((index * CHUNK) as u64, CHUNK));
+            assert!(matches!(*data, ChunkBytes::Read { .. }));
+            assert_eq!(&data[..], chunk);
+            let cached = source.cells.lock().unwrap().len();
+            assert!(cached <= 3, "{cached} chunks cached");
+        }
+        // A chunk whose bytes changed since the import announced it.
+        let mut changed = bytes.clone();
+        changed[5] ^= 1;
+        std::fs::write(&path, &changed).unwrap();
+        feed.finish(Sha256Digest::of(&bytes)).unwrap();
+        assert!(matches!(source.next_chunk(64, &waiter), Ok(None)));
+        assert!(source.complete(&waiter).is_ok());
+        assert!(!source.is_following());
+        assert_eq!(source.manifest().size(), bytes.len() as u64);
         assert!(matches!(
             source.checked_chunk(0),
             Err(EngineError::SourceCorrupt { offset: 0 })

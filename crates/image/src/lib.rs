@@ -72,7 +72,9 @@ pub mod cache;
 pub mod detect;
 pub mod error;
 pub mod import;
+pub mod observe;
 pub mod stream;
+mod xz_size;
 
 mod fsutil;
 mod index;
@@ -87,6 +89,7 @@ pub use import::{
     CacheHit, ImportOptions, ImportOutcome, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MIN_FREE_SPACE,
     MAX_CHUNK_SIZE,
 };
+pub use observe::ImportObserver;
 pub use stream::StreamSource;
 
 #[doc(no_inline)]

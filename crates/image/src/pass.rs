@@ -26,10 +26,47 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::ImageError;
 use crate::input::read_full;
+use crate::observe::ImportObserver;
 
 /// Chunk buffers in flight: one being filled, one being hashed, one queued
 /// between them so neither thread waits on the other's jitter.
 const MAX_BUFFERS: usize = 3;
+
+/// The alignment of a chunk buffer's data: what reads with `O_DIRECT` need
+/// of their buffer (a file system's block; 4096 covers them all here).
+pub(crate) const ALIGN: usize = 4096;
+
+/// A chunk buffer whose data starts on an [`ALIGN`]-byte boundary, so that a
+/// file opened with `O_DIRECT` can be read into it: a `Vec` over-allocated by
+/// `ALIGN`, its data from the first aligned byte. Moving it (through a
+/// channel) moves no bytes, so the data stays aligned.
+pub(crate) struct ChunkBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl ChunkBuf {
+    /// A zeroed buffer for chunks of `chunk_size` bytes.
+    fn new(chunk_size: usize) -> Self {
+        let vec = vec![0u8; chunk_size + ALIGN];
+        // Always possible for bytes; bounded all the same.
+        let start = vec.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Self {
+            vec,
+            start,
+            len: chunk_size,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
+}
 
 /// What the pass learns about the raw image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,13 +120,15 @@ impl ChunkHashing {
 
 /// Reads `src` to its end in chunks of `chunk_size`, writing the data to `out`
 /// if there is one (from its start, leaving all-zero chunks as holes) and
-/// digesting it.
+/// digesting it. `observer` hears of each chunk, in order, once it is stored
+/// and fingerprinted.
 pub(crate) fn digest_and_store(
     src: &mut dyn Read,
     out: Option<&mut File>,
     chunk_size: usize,
     hashing: ChunkHashing,
     watch: Watch<'_>,
+    observer: Option<&dyn ImportObserver>,
 ) -> Result<RawDigests, PassError> {
     match hashing {
         ChunkHashing::Inline => {
@@ -98,6 +137,7 @@ pub(crate) fn digest_and_store(
                 chunk_size,
                 digests: ChunkDigests::default(),
                 zeros: ZeroDigests::default(),
+                observer,
             };
             let whole = run(src, out, chunk_size, &mut sink, watch)?;
             Ok(whole.with_digests(sink.digests))
@@ -106,9 +146,9 @@ pub(crate) fn digest_and_store(
             // Bounded so the reader cannot run ahead of the hasher by more than
             // one buffer; buffers come back through `back` to be refilled.
             let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
-            let (back, back_rx) = mpsc::channel::<Vec<u8>>();
+            let (back, back_rx) = mpsc::channel::<ChunkBuf>();
             thread::scope(|scope| {
-                let worker = scope.spawn(move || hash_chunks(job_rx, back));
+                let worker = scope.spawn(move || hash_chunks(job_rx, back, observer));
                 let mut sink = WorkerSink {
                     jobs,
                     back: back_rx,
@@ -149,9 +189,9 @@ impl Whole {
 /// Where the reading loop gets empty chunk buffers and hands full ones.
 trait ChunkSink {
     /// A buffer of the chunk size to fill.
-    fn buffer(&mut self) -> Vec<u8>;
-    /// The next chunk: `buf[..len]`, all zero or not.
-    fn chunk(&mut self, buf: Vec<u8>, len: usize, zero: bool);
+    fn buffer(&mut self) -> ChunkBuf;
+    /// The next chunk: `buf.data()[..len]`, all zero or not.
+    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool);
 }
 
 /// The loop shared by every way of hashing chunks.
@@ -168,12 +208,12 @@ fn run(
     let mut file_pos = 0u64;
     loop {
         let mut buf = sink.buffer();
-        let len = read_full(src, &mut buf).map_err(PassError::Input)?;
+        let len = read_full(src, buf.data_mut()).map_err(PassError::Input)?;
         if len == 0 {
             break;
         }
         watch(size + len as u64).map_err(PassError::Stopped)?;
-        let data = &buf[..len];
+        let data = &buf.data()[..len];
         let is_zero = is_all_zero(data);
         if let Some(out) = out.as_deref_mut().filter(|_| !is_zero) {
             if file_pos != size {
@@ -212,16 +252,20 @@ struct ChunkDigests {
 }
 
 impl ChunkDigests {
-    /// Digests one data chunk.
-    fn push_data(&mut self, data: &[u8]) {
+    /// Digests one data chunk; returns its fingerprint.
+    fn push_data(&mut self, data: &[u8]) -> u128 {
         self.whole.update(data);
-        self.xxh3.push(xxh3_128(data));
+        let fingerprint = xxh3_128(data);
+        self.xxh3.push(fingerprint);
+        fingerprint
     }
 
-    /// Records an all-zero chunk of `len` bytes.
-    fn push_zero(&mut self, zeros: &mut ZeroDigests, len: usize) {
+    /// Records an all-zero chunk of `len` bytes; returns its fingerprint.
+    fn push_zero(&mut self, zeros: &mut ZeroDigests, len: usize) -> u128 {
         feed_zeros(&mut self.whole, len);
-        self.xxh3.push(zeros.get(len));
+        let fingerprint = zeros.get(len);
+        self.xxh3.push(fingerprint);
+        fingerprint
     }
 }
 
@@ -269,25 +313,29 @@ fn xxh3_of_zeros(len: usize) -> u128 {
 }
 
 /// Hashes each chunk right after the loop has written it, on the same thread.
-struct InlineSink {
-    buf: Option<Vec<u8>>,
+struct InlineSink<'o> {
+    buf: Option<ChunkBuf>,
     chunk_size: usize,
     digests: ChunkDigests,
     zeros: ZeroDigests,
+    observer: Option<&'o dyn ImportObserver>,
 }
 
-impl ChunkSink for InlineSink {
-    fn buffer(&mut self) -> Vec<u8> {
+impl ChunkSink for InlineSink<'_> {
+    fn buffer(&mut self) -> ChunkBuf {
         self.buf
             .take()
-            .unwrap_or_else(|| vec![0u8; self.chunk_size])
+            .unwrap_or_else(|| ChunkBuf::new(self.chunk_size))
     }
 
-    fn chunk(&mut self, buf: Vec<u8>, len: usize, zero: bool) {
-        if zero {
-            self.digests.push_zero(&mut self.zeros, len);
+    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool) {
+        let fingerprint = if zero {
+            self.digests.push_zero(&mut self.zeros, len)
         } else {
-            self.digests.push_data(&buf[..len]);
+            self.digests.push_data(&buf.data()[..len])
+        };
+        if let Some(observer) = self.observer {
+            observer.chunk(len, zero, fingerprint);
         }
         self.buf = Some(buf);
     }
@@ -296,7 +344,7 @@ impl ChunkSink for InlineSink {
 /// Messages to the chunk-hashing thread, in chunk order.
 enum Job {
     /// A data chunk: the buffer and how many bytes of it are the chunk.
-    Data(Vec<u8>, usize),
+    Data(ChunkBuf, usize),
     /// An all-zero chunk of this length: its digest is known without the data.
     Zero(usize),
 }
@@ -306,16 +354,16 @@ struct WorkerSink {
     /// Chunks to hash, in order. Capacity one: see [`MAX_BUFFERS`].
     jobs: SyncSender<Job>,
     /// Buffers the worker has finished with.
-    back: Receiver<Vec<u8>>,
+    back: Receiver<ChunkBuf>,
     /// Buffers ready to refill (zero chunks never leave this thread).
-    free: Vec<Vec<u8>>,
+    free: Vec<ChunkBuf>,
     /// Buffers allocated so far, never more than [`MAX_BUFFERS`].
     allocated: usize,
     chunk_size: usize,
 }
 
 impl ChunkSink for WorkerSink {
-    fn buffer(&mut self) -> Vec<u8> {
+    fn buffer(&mut self) -> ChunkBuf {
         if let Some(buf) = self.free.pop() {
             return buf;
         }
@@ -324,17 +372,17 @@ impl ChunkSink for WorkerSink {
         }
         if self.allocated < MAX_BUFFERS {
             self.allocated += 1;
-            return vec![0u8; self.chunk_size];
+            return ChunkBuf::new(self.chunk_size);
         }
         // All buffers are with the worker: wait for one. If the worker died
         // (only a panic does that), carry on with a fresh buffer; the panic is
         // re-raised when the worker is joined.
         self.back
             .recv()
-            .unwrap_or_else(|_| vec![0u8; self.chunk_size])
+            .unwrap_or_else(|_| ChunkBuf::new(self.chunk_size))
     }
 
-    fn chunk(&mut self, buf: Vec<u8>, len: usize, zero: bool) {
+    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool) {
         let job = if zero {
             self.free.push(buf);
             Job::Zero(len)
@@ -346,19 +394,27 @@ impl ChunkSink for WorkerSink {
     }
 }
 
-/// The hashing thread: digests and fingerprints chunks in the order they come
-/// and hands each buffer back.
-fn hash_chunks(jobs: Receiver<Job>, back: mpsc::Sender<Vec<u8>>) -> ChunkDigests {
+/// The hashing thread: digests and fingerprints chunks in the order they come,
+/// tells the observer, and hands each buffer back.
+fn hash_chunks(
+    jobs: Receiver<Job>,
+    back: mpsc::Sender<ChunkBuf>,
+    observer: Option<&dyn ImportObserver>,
+) -> ChunkDigests {
     let mut digests = ChunkDigests::default();
     let mut zeros = ZeroDigests::default();
     for job in jobs {
-        match job {
+        let (len, zero, fingerprint) = match job {
             Job::Data(buf, len) => {
-                digests.push_data(&buf[..len]);
+                let fingerprint = digests.push_data(&buf.data()[..len]);
                 // The loop may have stopped (an error); then nobody wants it back.
                 let _ = back.send(buf);
+                (len, false, fingerprint)
             }
-            Job::Zero(len) => digests.push_zero(&mut zeros, len),
+            Job::Zero(len) => (len, true, digests.push_zero(&mut zeros, len)),
+        };
+        if let Some(observer) = observer {
+            observer.chunk(len, zero, fingerprint);
         }
     }
     digests
@@ -409,16 +465,21 @@ mod tests {
             CHUNK,
             hashing,
             &mut |_| Ok(()),
+            None,
         )
         .unwrap();
         assert_eq!(got.sha256, Sha256Digest::of(&data));
         assert_eq!(got.size, data.len() as u64);
         // Without an output: the same digests, nothing written.
-        let digests_only =
-            digest_and_store(&mut Cursor::new(&data), None, CHUNK, hashing, &mut |_| {
-                Ok(())
-            })
-            .unwrap();
+        let digests_only = digest_and_store(
+            &mut Cursor::new(&data),
+            None,
+            CHUNK,
+            hashing,
+            &mut |_| Ok(()),
+            None,
+        )
+        .unwrap();
         assert_eq!(digests_only, got);
         let expected_fingerprints: Vec<u128> = data.chunks(CHUNK).map(xxh3_128).collect();
         assert_eq!(got.chunk_fingerprints, expected_fingerprints);
@@ -459,6 +520,7 @@ mod tests {
                 CHUNK,
                 hashing,
                 &mut |_| Ok(()),
+                None,
             )
             .unwrap_err();
             assert!(matches!(error, PassError::Input(e) if e.to_string() == "boom"));

@@ -108,6 +108,7 @@ impl ImageCache {
                 chunk_size as usize,
                 hashing,
                 &mut watch,
+                None,
             )
             .map_err(pass_error)
             .map_err(|e| self.out_of_space(e, options.min_free_space))?;
@@ -124,6 +125,7 @@ impl ImageCache {
                     chunk_size as usize,
                     hashing,
                     &mut watch,
+                    None,
                 )
                 .map_err(pass_error)
                 .map_err(|e| self.out_of_space(e, options.min_free_space))?

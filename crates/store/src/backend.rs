@@ -229,6 +229,21 @@ pub trait Writes: Send {
         options: &serde_json::Value,
     ) -> impl Future<Output = Result<RunId, StoreError>> + Send;
 
+    /// Names the image a run wrote once it is known: a one-shot flash that
+    /// writes while it imports starts its run under a provisional image row
+    /// (the file's name, no digest yet) and, once the import has succeeded and
+    /// before any verdict, records the image and sets it here. The run's
+    /// image becomes `image_sha256` (which must be recorded); the provisional
+    /// row `provisional` is removed when no run refers to it any more. Fails
+    /// with [`StoreError::NotFound`] for an unknown run or image.
+    fn set_run_image(
+        &mut self,
+        run: RunId,
+        image_sha256: Sha256Digest,
+        image_name: &str,
+        provisional: Sha256Digest,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Stops a run; it takes no new attempts afterwards. Attempts still running carry
     /// on and are finished as usual. Fails with [`StoreError::RunStopped`] for a
     /// run stopped already.

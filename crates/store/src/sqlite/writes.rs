@@ -280,6 +280,58 @@ impl Writes for SqliteWrites {
         Ok(run)
     }
 
+    async fn set_run_image(
+        &mut self,
+        run: RunId,
+        image_sha256: Sha256Digest,
+        image_name: &str,
+        provisional: Sha256Digest,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let sha = image_sha256.to_hex();
+        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM images WHERE sha256 = ?")
+            .bind(&sha)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound {
+                what: "image",
+                id: sha,
+            });
+        }
+        let updated = sqlx::query("UPDATE runs SET image_sha256 = ?, image_name = ? WHERE id = ?")
+            .bind(&sha)
+            .bind(image_name)
+            .bind(run.0)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound {
+                what: "run",
+                id: run.0.to_string(),
+            });
+        }
+        if provisional != image_sha256 {
+            sqlx::query(
+                "DELETE FROM images WHERE sha256 = ?1
+                 AND NOT EXISTS (SELECT 1 FROM runs WHERE image_sha256 = ?1)",
+            )
+            .bind(provisional.to_hex())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        // The hub takes the run again with its image (runs are upserted).
+        self.queue_run(now, run).await?;
+        let mut event = EventRow::new(
+            EventKind::ImageRecorded,
+            json!({ "sha256": sha, "name": image_name, "run_image": true }),
+        );
+        event.run_id = Some(run);
+        self.log(now, &event).await?;
+        Ok(())
+    }
+
     async fn stop_run(&mut self, run: RunId, reason: StopReason) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         check_run_open(&mut self.tx, run).await?;

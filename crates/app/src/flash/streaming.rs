@@ -1,0 +1,481 @@
+//! One-shot flashing of a file the cache has not seen, without waiting for its
+//! import: the targets are written while the file is imported.
+//!
+//! The import runs on a blocking thread and tells an engine
+//! [`ImageFeed`] of every chunk it has stored (the image crate's
+//! [`ImportObserver`]); the engine's targets follow the feed, never ahead of
+//! it, and wait for its end before they read back. When the import ends,
+//! [`finish_import`] decides: a successful import whose image may be written
+//! raw is recorded as the run's image (the run started under a provisional
+//! image row, [`StoreRecords::run_started_provisional`]) and only then ends
+//! the feed with the image's sha256, so every verdict comes after the run's
+//! image is in the records; a failed one (a digest that does not match what
+//! the operator expected, a corrupt or truncated file, a read error) or an
+//! image refused for a raw write fails the feed, which fails every attempt as
+//! a source failure (recorded `interrupted`, the run stopped as
+//! `source_failed`) before any of them can pass, and the import leaves
+//! nothing in the cache.
+//!
+//! The targets follow the import when its size is known as it begins: a raw
+//! file's, or the size a plain `.xz` stream declares in its index (checked
+//! when the import ends). Where the image must be known whole before the
+//! first byte (a sparse run needs its block map, an audit writes nothing),
+//! its size is not known before the import ends (gzip, zstd, bzip2, zip, an
+//! xz file of several streams: file targets are sized by the image, and a
+//! stick's size is checked against it before writing), or the import finds
+//! the file already cached, the import ends first and the image is flashed
+//! from the cache as before ([`super::flash`]).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use flashrack_core::{RunId, Sha256Digest, StopReason};
+use flashrack_engine::{Fanout, ImageFeed};
+use flashrack_image::{CachedImage, ImageError, ImportObserver, ImportOptions, ImportOutcome};
+use flashrack_station::{Journal, JournalEvent, RunOptions, RunRefusal, RunStart};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    engine_options, guard_policy, start_attempts, Ended, Flash, FlashEvent, FlashOutcome,
+    FlashRequest, Notice, StopSignal, STATION_ID, STOP_GRACE,
+};
+use crate::images::open_cache;
+use crate::records::StoreRecords;
+use crate::summary::Summary;
+use crate::targets::{parse_targets, GuardSettings};
+use crate::AppError;
+
+/// Hands an import's chunks to the engine's feed, and says when the pass
+/// began (with the image's size, if known then).
+#[derive(Debug)]
+struct FeedObserver {
+    feed: Arc<ImageFeed>,
+    /// Taken by the first `began`; dropped with the observer when the import
+    /// ends without a pass (a known file, an early error), which the waiting
+    /// side sees as a closed channel.
+    began: Mutex<Option<oneshot::Sender<Option<u64>>>>,
+}
+
+impl ImportObserver for FeedObserver {
+    fn began(&self, raw: &std::fs::File, chunk_size: u32, size: Option<u64>) {
+        // The engine reads the chunks through a descriptor of its own.
+        match raw.try_clone() {
+            Ok(file) => {
+                if let Err(error) = self.feed.begin(file, chunk_size, size) {
+                    tracing::error!(%error, "the image feed refused the import's start");
+                }
+            }
+            Err(error) => self
+                .feed
+                .fail(format!("cannot share the file being imported: {error}")),
+        }
+        let began = self
+            .began
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(began) = began {
+            let _ = began.send(size);
+        }
+    }
+
+    fn chunk(&self, len: usize, zero: bool, fingerprint: u128) {
+        if let Err(error) = self.feed.push(len, zero, fingerprint) {
+            tracing::error!(%error, "the image feed refused a chunk of the import");
+        }
+    }
+}
+
+/// Sets the import's cancel flag when dropped, unless disarmed: a flash that
+/// returns early (a bad target, the records) abandons its import, which then
+/// removes what it wrote.
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = &self.0 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Flashes the image in the file `path`, writing the targets while it is
+/// imported into the cache (in place where it is raw, see
+/// [`crate::images::import_in_place`]); `expected` is checked when the import
+/// ends, before any verdict. See the module docs for when the import ends
+/// first instead, and [`super::flash`] for everything else.
+pub async fn flash_file(
+    data_dir: &Path,
+    path: &Path,
+    expected: Option<Sha256Digest>,
+    request: FlashRequest,
+    view: mpsc::UnboundedSender<FlashEvent>,
+    stops: mpsc::UnboundedReceiver<StopSignal>,
+) -> Result<FlashOutcome, AppError> {
+    let name = path.display().to_string();
+    let import_error = |source: ImageError| AppError::Import {
+        name: name.clone(),
+        source: Box::new(source),
+    };
+    let cache = open_cache(data_dir)?;
+    let feed = ImageFeed::new();
+    let (began_tx, began_rx) = oneshot::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut abandon = CancelOnDrop(Some(cancel.clone()));
+    let follow = !request.sparse && !request.audit;
+    let options = ImportOptions {
+        expected_sha256: expected,
+        max_image_size: request.max_size.bytes(),
+        reference_raw: true,
+        cancel: Some(cancel.clone()),
+        observer: follow.then(|| {
+            Arc::new(FeedObserver {
+                feed: feed.clone(),
+                began: Mutex::new(Some(began_tx)),
+            }) as Arc<dyn ImportObserver>
+        }),
+        ..ImportOptions::default()
+    };
+    let import_path = path.to_path_buf();
+    let mut import = tokio::task::spawn_blocking(move || cache.import(&import_path, options));
+    // A raw file's pass begins with its size known: follow it. Otherwise
+    // (compressed, sparse, an audit, a known file, an early error) the image
+    // is flashed once imported.
+    let began = tokio::select! {
+        biased;
+        began = began_rx => began.ok().flatten(),
+        result = &mut import => {
+            let outcome = result
+                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+                .map_err(import_error)?;
+            abandon.disarm();
+            return super::flash(data_dir, outcome.image, request, view, stops).await;
+        }
+    };
+    let Some(size) = began else {
+        let outcome = join(import).await.map_err(import_error)?;
+        abandon.disarm();
+        return super::flash(data_dir, outcome.image, request, view, stops).await;
+    };
+    tracing::debug!(path = %path.display(), size, "writing while importing");
+    let outcome = follow_import(
+        data_dir,
+        path,
+        size,
+        feed,
+        import,
+        request,
+        view,
+        stops,
+        cancel.clone(),
+    )
+    .await;
+    abandon.disarm();
+    outcome
+}
+
+/// The import's result from its blocking task (a panic there is re-raised).
+async fn join(
+    import: tokio::task::JoinHandle<Result<ImportOutcome, ImageError>>,
+) -> Result<ImportOutcome, ImageError> {
+    match import.await {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// The flash of an image of `size` bytes whose import is under way.
+#[allow(clippy::too_many_arguments)]
+async fn follow_import(
+    data_dir: &Path,
+    path: &Path,
+    size: u64,
+    feed: Arc<ImageFeed>,
+    import: tokio::task::JoinHandle<Result<ImportOutcome, ImageError>>,
+    request: FlashRequest,
+    view: mpsc::UnboundedSender<FlashEvent>,
+    mut stops: mpsc::UnboundedReceiver<StopSignal>,
+    cancel: Arc<AtomicBool>,
+) -> Result<FlashOutcome, AppError> {
+    // An early return abandons the import, and fails the feed (nobody
+    // follows it yet).
+    let mut abandon = CancelOnDrop(Some(cancel.clone()));
+    let policy = guard_policy(&request);
+    // The file being imported is read for the whole run: never a target.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let key = |meta: &std::fs::Metadata| (meta.dev(), meta.ino());
+        if let Ok(image_file) = std::fs::metadata(path) {
+            for spec in &request.targets {
+                if std::fs::metadata(spec).is_ok_and(|m| m.is_file() && key(&m) == key(&image_file))
+                {
+                    feed.fail("the flash was refused");
+                    return Err(
+                        crate::targets::TargetsError::IsTheImage { spec: spec.clone() }.into(),
+                    );
+                }
+            }
+        }
+    }
+    let targets = parse_targets(
+        &request.targets,
+        size,
+        data_dir,
+        GuardSettings {
+            policy,
+            image_size: size,
+            audit: false,
+        },
+    )
+    .inspect_err(|_| feed.fail("the flash was refused"))?;
+    let options = engine_options(&request, None);
+    let stall_timeout = options.stall_timeout;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let run_options = RunOptions {
+        verify: request.verify,
+        eject_on_pass: false,
+        target_count: None,
+        force_raw: request.force_raw,
+        sample: request.sample,
+        retries: request.retries,
+        ..RunOptions::default()
+    };
+    let records = StoreRecords::open(data_dir, STATION_ID, open_cache(data_dir)?).await?;
+    if records.recovered().any() {
+        let _ = view.send(FlashEvent::Notice(Notice::Recovered(records.recovered())));
+    }
+    // The run's image is not known before the import ends: a provisional
+    // row, unique to this run, names it until then.
+    let provisional = provisional_digest(path);
+    let run_id = records
+        .run_started_provisional(
+            provisional,
+            &RunStart {
+                image_sha256: provisional,
+                image_name: name.clone(),
+                image_size: size,
+                options: run_options.clone(),
+            },
+        )
+        .await?;
+    let (attempts, starts) = start_attempts(&records, run_id, &targets).await?;
+    let _ = view.send(FlashEvent::Targets(
+        targets.list.iter().map(|(id, _)| id.clone()).collect(),
+    ));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let mut flash = Flash {
+        records: records.clone(),
+        attempts,
+        starts,
+        retries: request.retries,
+        attempts_made: Default::default(),
+        stages: Default::default(),
+        verdicts: Default::default(),
+        finished_after: Default::default(),
+        started,
+        view: view.clone(),
+    };
+    let fanout =
+        Fanout::following(feed.clone(), options, events_tx).map_err(AppError::SourceFailed)?;
+    // From here on the import ends the feed, whatever becomes of the flash.
+    abandon.disarm();
+    let finisher = tokio::spawn(finish_import(
+        import,
+        feed.clone(),
+        records.clone(),
+        RunImage {
+            run_id,
+            provisional,
+            name: name.clone(),
+            path: path.display().to_string(),
+            force_raw: request.force_raw,
+            options: run_options,
+        },
+        view.clone(),
+    ));
+    let grace = STOP_GRACE.min(stall_timeout);
+    let ended = flash
+        .drive(fanout, &targets.list, events_rx, &mut stops, grace)
+        .await;
+    if !matches!(ended, Ok(Ended::Completed)) {
+        // A stop (or a failure) abandons the import too.
+        cancel.store(true, Ordering::Relaxed);
+    }
+    let imported = match finisher.await {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    let ended = ended?;
+    flash.settle_unfinished(&targets.list).await?;
+    let Flash {
+        mut verdicts,
+        finished_after,
+        attempts_made,
+        ..
+    } = flash;
+    let stopped_by = match (ended, imported) {
+        (Ended::Signal(signal), imported) => {
+            records
+                .run_stopped(run_id, StopReason::Shutdown, Some(signal.name()))
+                .await?;
+            (Some(signal), imported.ok())
+        }
+        (_, Err(error)) => {
+            let _ = records
+                .run_stopped(run_id, StopReason::SourceFailed, Some(&error.to_string()))
+                .await;
+            return Err(error);
+        }
+        (Ended::SourceFailed(error), Ok(_)) => {
+            let _ = records
+                .run_stopped(run_id, StopReason::SourceFailed, Some(&error.to_string()))
+                .await;
+            return Err(AppError::SourceFailed(error));
+        }
+        (Ended::Completed, Ok(image)) => {
+            records
+                .run_stopped(run_id, StopReason::Completed, None)
+                .await?;
+            (None, Some(image))
+        }
+    };
+    let (stopped_by, image) = stopped_by;
+    let results = targets
+        .list
+        .iter()
+        .filter_map(|(id, _)| {
+            let (verdict, figures) = verdicts.remove(id)?;
+            Some((id.clone(), verdict, figures))
+        })
+        .collect();
+    // Stopped before the import ended: the image was never known.
+    let (sha256, size) = match &image {
+        Some(image) => (image.sha256(), image.size()),
+        None => (provisional, size),
+    };
+    let summary = Summary::new(
+        sha256,
+        size,
+        started.elapsed().as_secs_f64(),
+        results,
+        &finished_after,
+        &attempts_made,
+    );
+    drop(targets);
+    Ok(FlashOutcome {
+        summary,
+        stopped_by,
+    })
+}
+
+/// What [`finish_import`] needs to record the run's image or its refusal.
+struct RunImage {
+    run_id: RunId,
+    provisional: Sha256Digest,
+    name: String,
+    path: String,
+    force_raw: bool,
+    options: RunOptions,
+}
+
+/// Waits for the import to end and ends the feed: with the image's sha256
+/// once the image is recorded as the run's (so that no verdict comes before
+/// it), or with the reason it failed or may not be written raw.
+async fn finish_import(
+    import: tokio::task::JoinHandle<Result<ImportOutcome, ImageError>>,
+    feed: Arc<ImageFeed>,
+    records: StoreRecords,
+    run: RunImage,
+    view: mpsc::UnboundedSender<FlashEvent>,
+) -> Result<CachedImage, AppError> {
+    let outcome = match import.await {
+        Ok(result) => result,
+        Err(join) => {
+            feed.fail("the import's thread failed");
+            std::panic::resume_unwind(join.into_panic());
+        }
+    };
+    let image = match outcome {
+        Ok(outcome) => outcome.image,
+        Err(error) => {
+            feed.fail(format!("the import of {} failed: {error}", run.path));
+            return Err(AppError::Import {
+                name: run.path,
+                source: Box::new(error),
+            });
+        }
+    };
+    if let Some(refusal) = image.raw_write_refusal().filter(|_| !run.force_raw) {
+        feed.fail(format!(
+            "the image would not boot written raw: {}",
+            refusal.reason
+        ));
+        records
+            .event(&JournalEvent::RunRefused(RunRefusal {
+                image_sha256: image.sha256(),
+                image_name: image.meta.original_name.clone(),
+                reason: refusal.reason.clone(),
+                advice: refusal.advice.clone(),
+                options: run.options,
+            }))
+            .await?;
+        return Err(AppError::RawWriteRefused {
+            name: image.meta.original_name.clone(),
+            refusal,
+        });
+    }
+    if let Err(error) = records
+        .run_image_known(
+            run.run_id,
+            run.provisional,
+            image.sha256(),
+            &run.name,
+            image.size(),
+        )
+        .await
+    {
+        feed.fail(format!("the image could not be recorded: {error}"));
+        return Err(error.into());
+    }
+    if let Err(error) = feed.finish(image.sha256()) {
+        return Err(AppError::SourceFailed(
+            flashrack_engine::EngineError::SourceFailed {
+                detail: error.to_string(),
+            },
+        ));
+    }
+    let _ = view.send(FlashEvent::Notice(Notice::Imported {
+        sha256: image.sha256(),
+        size: image.size(),
+    }));
+    Ok(image)
+}
+
+/// A digest of no image, unique to one run: the provisional image row's key
+/// until the import names the image.
+fn provisional_digest(path: &Path) -> Sha256Digest {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Sha256Digest::of(
+        format!(
+            "flashrack provisional image: {} {} {nanos}",
+            path.display(),
+            std::process::id()
+        )
+        .as_bytes(),
+    )
+}

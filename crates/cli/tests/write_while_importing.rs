@@ -1,0 +1,173 @@
+//! `flashrack flash FILE TARGETS…` of a file the cache has not seen: the
+//! targets are written while the file is imported, the run's image is
+//! recorded once the import ends, and a failed import fails every target
+//! before any verdict, leaving nothing in the cache and no pass in the
+//! records. (That the first byte reaches a target before the import ends is
+//! proven by the order of events in the engine's tests, `crates/engine/tests/
+//! feed.rs`, where the test is the importer.) Needs the `xz` tool.
+
+mod common;
+
+use std::path::Path;
+
+use common::{flashrack, text};
+use flashrack_core::Sha256Digest;
+
+fn cached_images(data: &Path) -> Vec<serde_json::Value> {
+    let out = flashrack(data, &["image", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The run report of run 1 (the flash's) as JSON.
+fn run_report(data: &Path) -> serde_json::Value {
+    let out = flashrack(data, &["report", "run", "1", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Flashes `image` (a path) to `targets` with `extra` arguments.
+fn flash(data: &Path, image: &Path, targets: &[&Path], extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["flash", image.to_str().unwrap()];
+    args.extend(targets.iter().map(|t| t.to_str().unwrap()));
+    args.extend(["--json", "--quiet", "--allow-bus", "loop"]);
+    args.extend(extra);
+    flashrack(data, &args)
+}
+
+#[test]
+fn a_new_raw_file_is_written_while_imported_to_files_and_a_loop_device_and_then_cached() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bytes = flashrack_testkit::image_bytes(9 << 20, 51, 1 << 20);
+    let sha = Sha256Digest::of(&bytes).to_hex();
+    let image = dir.path().join("new.img");
+    std::fs::write(&image, &bytes).unwrap();
+    let device = flashrack_testkit::LoopDevice::new(16 << 20);
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let out = flash(&data, &image, &[&a, &b, device.path()], &["--sha256", &sha]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["image_sha256"], sha.as_str());
+    assert_eq!(summary["passed"], 3, "{summary}");
+    for target in summary["targets"].as_array().unwrap() {
+        assert_eq!(target["read_back_sha256"], sha.as_str(), "{target}");
+    }
+    for file in [&a, &b] {
+        assert_eq!(&std::fs::read(file).unwrap()[..bytes.len()], &bytes[..]);
+    }
+    let written = std::fs::read(device.backing()).unwrap();
+    assert_eq!(&written[..bytes.len()], &bytes[..]);
+
+    // The cache holds the image, and the records name it as the run's.
+    let images = cached_images(&data);
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0]["sha256"], sha.as_str());
+    let report = run_report(&data);
+    assert_eq!(report["run"]["image_sha256"], sha.as_str(), "{report}");
+    assert_eq!(report["run"]["image_name"], "new.img");
+    assert_eq!(report["run"]["passed"], 3);
+    assert_eq!(report["run"]["stop_reason"], "completed");
+}
+
+#[test]
+fn a_digest_mismatch_fails_every_target_with_no_pass_recorded_and_nothing_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bytes = flashrack_testkit::image_bytes(9 << 20, 52, 1 << 20);
+    let image = dir.path().join("new.img");
+    std::fs::write(&image, &bytes).unwrap();
+    let wrong = Sha256Digest::of(b"another image").to_hex();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let out = flash(&data, &image, &[&a, &b], &["--sha256", &wrong]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&wrong),
+        "names the digest expected: {stderr}"
+    );
+    assert!(cached_images(&data).is_empty(), "nothing is cached");
+    let report = run_report(&data);
+    let run = &report["run"];
+    assert_eq!(run["stop_reason"], "source_failed", "{report}");
+    assert_eq!(run["passed"], 0, "{report}");
+    assert_eq!(run["interrupted"], 2, "{report}");
+    assert_ne!(
+        run["image_sha256"],
+        Sha256Digest::of(&bytes).to_hex().as_str(),
+        "a run whose import failed never names the image"
+    );
+}
+
+/// Compresses `bytes` with the `xz` tool (one stream, whose index declares
+/// the size: the targets follow its import).
+fn xz_file(dir: &Path, bytes: &[u8]) -> std::path::PathBuf {
+    let raw = dir.join("new.img");
+    std::fs::write(&raw, bytes).unwrap();
+    let status = std::process::Command::new("xz")
+        .args(["-0", "-f"])
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir.join("new.img.xz")
+}
+
+#[test]
+fn a_corrupt_xz_file_written_while_imported_fails_every_target_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bytes = flashrack_testkit::image_bytes(9 << 20, 53, 1 << 20);
+    let image = xz_file(dir.path(), &bytes);
+    // A byte in the middle of the compressed data: its header, index and
+    // footer are intact (the size is declared), its data is not.
+    let mut compressed = std::fs::read(&image).unwrap();
+    let middle = compressed.len() / 2;
+    compressed[middle] ^= 0x55;
+    std::fs::write(&image, &compressed).unwrap();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let out = flash(&data, &image, &[&a, &b], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("corrupt xz data"), "{stderr}");
+    assert!(cached_images(&data).is_empty(), "nothing is cached");
+    let report = run_report(&data);
+    let run = &report["run"];
+    assert_eq!(run["stop_reason"], "source_failed", "{report}");
+    assert_eq!(run["passed"], 0, "{report}");
+    assert_eq!(run["interrupted"], 2, "{report}");
+}
+
+#[test]
+fn a_good_xz_file_is_written_while_imported_and_a_truncated_one_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bytes = flashrack_testkit::image_bytes(9 << 20, 54, 1 << 20);
+    let image = xz_file(dir.path(), &bytes);
+    let sha = Sha256Digest::of(&bytes).to_hex();
+    let a = dir.path().join("a.img");
+    let out = flash(&data, &image, &[&a], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["image_sha256"], sha.as_str());
+    assert_eq!(summary["passed"], 1);
+    assert_eq!(&std::fs::read(&a).unwrap()[..bytes.len()], &bytes[..]);
+    assert_eq!(run_report(&data)["run"]["image_sha256"], sha.as_str());
+
+    // Cut short, it has no index to declare its size: imported first, and
+    // refused before any target is written.
+    let other = tempfile::tempdir().unwrap();
+    let compressed = std::fs::read(&image).unwrap();
+    let cut = other.path().join("cut.img.xz");
+    std::fs::write(&cut, &compressed[..compressed.len() * 2 / 3]).unwrap();
+    let b = other.path().join("b.img");
+    let out = flash(&other.path().join("data"), &cut, &[&b], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("corrupt xz data"), "{stderr}");
+    assert!(cached_images(&other.path().join("data")).is_empty());
+    assert!(!b.exists(), "nothing was written");
+}

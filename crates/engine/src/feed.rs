@@ -1,0 +1,493 @@
+//! An image still being imported, which targets follow chunk by chunk.
+//!
+//! A one-shot flash of a file the cache has not seen need not wait for the
+//! import: the importer tells an [`ImageFeed`] where the raw bytes go
+//! ([`ImageFeed::begin`]: a file it writes them to, or the raw file itself) and
+//! then, in order, that each chunk is there, with its XXH3-128 fingerprint and
+//! whether it is all zero ([`ImageFeed::push`]); it ends the feed with the
+//! image's sha256 once the import has succeeded ([`ImageFeed::finish`]) or with
+//! the reason it failed ([`ImageFeed::fail`]). A [`crate::SharedSource`] made
+//! with [`crate::SharedSource::following`] serves the targets from it: a
+//! target's write pass asks for chunk after chunk and waits for the ones not
+//! yet imported (never ahead of the import); before anything else (a
+//! read-back, a verdict) every attempt waits for the end of the feed, so a
+//! failed import (a digest that does not match, a corrupt or truncated
+//! archive, a read error) fails every attempt as a source failure and no
+//! target can pass.
+//!
+//! Memory: the feed holds no chunk bytes, only what a manifest holds (a
+//! fingerprint and a zero flag per chunk); the targets read the bytes back
+//! from the file through the source's bounded cache of chunks, so memory does
+//! not grow with the image however far the import runs ahead of the slowest
+//! target.
+//!
+//! The feed knows nothing of the image cache: the application wires an
+//! import to it.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use flashrack_core::{ImageManifest, Sha256Digest};
+
+use crate::EngineError;
+
+/// How long a waiting target sleeps before it looks at its cancel flag again
+/// (and beats its heartbeat: waiting for the import is not a stall of the
+/// target).
+const WAIT_SLICE: Duration = Duration::from_millis(200);
+
+/// A producer's misuse of a feed; the feed fails with it too, so that the
+/// targets following it stop as a source failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    /// A chunk, an end or a second beginning came before [`ImageFeed::begin`]
+    /// or after it as it should not.
+    #[error("the image feed was used out of order: {0}")]
+    OutOfOrder(&'static str),
+    /// The chunk size is not a positive multiple of 4096.
+    #[error("the image feed's chunk size {0} is not a positive multiple of 4096")]
+    ChunkSize(u32),
+    /// A chunk longer than the chunk size, empty, or after a short chunk (only
+    /// the last chunk may be short).
+    #[error("the image feed's chunk {index} of {len} bytes does not fit chunks of {chunk_size}")]
+    ChunkLength {
+        /// The chunk's index.
+        index: u64,
+        /// Its length.
+        len: usize,
+        /// The feed's chunk size.
+        chunk_size: u32,
+    },
+    /// More or fewer bytes than the size announced at the start.
+    #[error("the image feed announced {announced} bytes but {fed} were fed")]
+    Size {
+        /// The size given to [`ImageFeed::begin`].
+        announced: u64,
+        /// The bytes fed (so far, when more).
+        fed: u64,
+    },
+}
+
+/// One chunk the import has produced.
+#[derive(Debug, Clone, Copy)]
+struct FedChunk {
+    len: usize,
+    zero: bool,
+    fingerprint: u128,
+}
+
+/// Where a chunk lies and what it is, as the feed knows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FedSpan {
+    /// Byte offset in the image.
+    pub(crate) offset: u64,
+    /// Length.
+    pub(crate) len: usize,
+    /// All zero.
+    pub(crate) zero: bool,
+    /// Its XXH3-128.
+    pub(crate) fingerprint: u128,
+}
+
+/// How a feed ended.
+#[derive(Debug, Clone)]
+enum End {
+    /// The import succeeded; the image's manifest.
+    Complete(ImageManifest),
+    /// It failed (or the producer misused the feed): why.
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The file the raw bytes are in, from [`ImageFeed::begin`].
+    file: Option<Arc<File>>,
+    /// The image's size when known before the import (a raw file's), `None`
+    /// for a compressed one.
+    size_hint: Option<u64>,
+    chunk_size: u32,
+    chunks: Vec<FedChunk>,
+    /// Bytes fed so far.
+    fed: u64,
+    end: Option<End>,
+}
+
+/// The chunks of an image as an import produces them (see the module docs).
+/// Shared (`Arc`) between the producer (the import, on its own thread) and the
+/// targets' threads.
+#[derive(Debug, Default)]
+pub struct ImageFeed {
+    /// A std mutex: held only to read or extend the chunk list, never across
+    /// I/O; waiters sleep on `changed`.
+    state: Mutex<State>,
+    /// Signalled at every chunk, at the beginning and at the end.
+    changed: Condvar,
+}
+
+/// What a target waiting on the feed needs: its cancel flag (an operator
+/// stop ends the wait) and its heartbeat (a wait for the import is not a
+/// stall of the target).
+pub(crate) struct Waiter<'a> {
+    pub(crate) cancel: &'a AtomicBool,
+    pub(crate) beat: &'a dyn Fn(),
+}
+
+/// Why a wait on the feed ended without its answer.
+pub(crate) enum WaitError {
+    /// The target was cancelled while it waited.
+    Cancelled,
+    /// The import failed: a failure of the source.
+    Source(EngineError),
+}
+
+impl From<EngineError> for WaitError {
+    fn from(error: EngineError) -> Self {
+        WaitError::Source(error)
+    }
+}
+
+impl ImageFeed {
+    /// A feed whose import has not begun.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The size announced when the import began, if any.
+    pub fn size_hint(&self) -> Option<u64> {
+        self.lock().size_hint
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fails the feed with a producer's misuse and returns the error.
+    fn misuse(&self, state: &mut State, error: FeedError) -> FeedError {
+        if state.end.is_none() {
+            state.end = Some(End::Failed(error.to_string()));
+            self.changed.notify_all();
+        }
+        error
+    }
+
+    /// The import starts: chunk `i` of `chunk_size` bytes will be at offset
+    /// `i × chunk_size` of `file` before [`push`](Self::push) announces it;
+    /// the image has `size_hint` bytes if that is known now (a raw file), or
+    /// a size known at its end (a compressed file).
+    pub fn begin(
+        &self,
+        file: File,
+        chunk_size: u32,
+        size_hint: Option<u64>,
+    ) -> Result<(), FeedError> {
+        let mut state = self.lock();
+        if state.file.is_some() || state.end.is_some() {
+            return Err(self.misuse(&mut state, FeedError::OutOfOrder("begun twice")));
+        }
+        if chunk_size == 0 || !chunk_size.is_multiple_of(4096) {
+            return Err(self.misuse(&mut state, FeedError::ChunkSize(chunk_size)));
+        }
+        state.file = Some(Arc::new(file));
+        state.chunk_size = chunk_size;
+        state.size_hint = size_hint;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The next chunk is in the file: `len` bytes (the chunk size, or less for
+    /// the last chunk), all zero or not, with its XXH3-128 fingerprint.
+    pub fn push(&self, len: usize, zero: bool, fingerprint: u128) -> Result<(), FeedError> {
+        let mut state = self.lock();
+        if state.end.is_some() {
+            return Err(FeedError::OutOfOrder("a chunk after the end"));
+        }
+        if state.file.is_none() {
+            return Err(self.misuse(
+                &mut state,
+                FeedError::OutOfOrder("a chunk before the beginning"),
+            ));
+        }
+        let index = state.chunks.len() as u64;
+        let chunk_size = state.chunk_size;
+        let after_short = state
+            .chunks
+            .last()
+            .is_some_and(|last| last.len < chunk_size as usize);
+        if len == 0 || len > chunk_size as usize || after_short {
+            let error = FeedError::ChunkLength {
+                index,
+                len,
+                chunk_size,
+            };
+            return Err(self.misuse(&mut state, error));
+        }
+        let fed = state.fed + len as u64;
+        if let Some(announced) = state.size_hint.filter(|&size| fed > size) {
+            return Err(self.misuse(&mut state, FeedError::Size { announced, fed }));
+        }
+        state.fed = fed;
+        state.chunks.push(FedChunk {
+            len,
+            zero,
+            fingerprint,
+        });
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The import succeeded and the image's sha256 is `sha256`: the targets
+    /// may read back and pass.
+    pub fn finish(&self, sha256: Sha256Digest) -> Result<(), FeedError> {
+        let mut state = self.lock();
+        if state.end.is_some() {
+            return Err(FeedError::OutOfOrder("ended twice"));
+        }
+        if state.file.is_none() || state.chunks.is_empty() {
+            return Err(self.misuse(&mut state, FeedError::OutOfOrder("an end without chunks")));
+        }
+        if let Some(announced) = state.size_hint.filter(|&size| size != state.fed) {
+            let fed = state.fed;
+            return Err(self.misuse(&mut state, FeedError::Size { announced, fed }));
+        }
+        let manifest = ImageManifest::fingerprinted(
+            sha256,
+            state.fed,
+            state.chunk_size,
+            state.chunks.iter().map(|c| c.fingerprint).collect(),
+            state.chunks.iter().map(|c| c.zero).collect(),
+        )
+        .expect("every chunk but the last is whole and the chunk size was checked");
+        state.end = Some(End::Complete(manifest));
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The import failed: every target following the feed stops as a source
+    /// failure with `reason` (unless the feed had already ended).
+    pub fn fail(&self, reason: impl Into<String>) {
+        let mut state = self.lock();
+        if state.end.is_none() {
+            state.end = Some(End::Failed(reason.into()));
+            self.changed.notify_all();
+        }
+    }
+
+    /// How many chunks have been fed so far.
+    pub fn chunks_fed(&self) -> u64 {
+        self.lock().chunks.len() as u64
+    }
+
+    /// Whether the feed has ended, and how: `Some(Ok(()))` complete,
+    /// `Some(Err(reason))` failed.
+    pub fn ended(&self) -> Option<Result<(), String>> {
+        match &self.lock().end {
+            None => None,
+            Some(End::Complete(_)) => Some(Ok(())),
+            Some(End::Failed(reason)) => Some(Err(reason.clone())),
+        }
+    }
+
+    /// Waits, slice by slice, until `ready` says the state answers, the feed
+    /// failed or the waiter is cancelled.
+    fn wait_for<T>(
+        &self,
+        waiter: &Waiter<'_>,
+        mut ready: impl FnMut(&State) -> Option<T>,
+    ) -> Result<T, WaitError> {
+        let mut state = self.lock();
+        loop {
+            if let Some(End::Failed(reason)) = &state.end {
+                return Err(WaitError::Source(EngineError::SourceFailed {
+                    detail: reason.clone(),
+                }));
+            }
+            if let Some(answer) = ready(&state) {
+                return Ok(answer);
+            }
+            if waiter.cancel.load(Ordering::Relaxed) {
+                return Err(WaitError::Cancelled);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, WAIT_SLICE)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            (waiter.beat)();
+        }
+    }
+
+    /// Chunk `index`, once the import has produced it; `None` once the image
+    /// is known to end before it (at once past the size announced at the
+    /// beginning, else at the end of the import).
+    pub(crate) fn wait_chunk(
+        &self,
+        index: u64,
+        waiter: &Waiter<'_>,
+    ) -> Result<Option<FedSpan>, WaitError> {
+        self.wait_for(waiter, |state| {
+            if let Some(chunk) = state.chunks.get(index as usize) {
+                return Some(Some(FedSpan {
+                    offset: index * u64::from(state.chunk_size),
+                    len: chunk.len,
+                    zero: chunk.zero,
+                    fingerprint: chunk.fingerprint,
+                }));
+            }
+            let past_size = state
+                .size_hint
+                .is_some_and(|size| index * u64::from(state.chunk_size) >= size);
+            (past_size || matches!(state.end, Some(End::Complete(_)))).then_some(None)
+        })
+    }
+
+    /// The image's manifest, once the import has succeeded.
+    pub(crate) fn wait_end(&self, waiter: &Waiter<'_>) -> Result<ImageManifest, WaitError> {
+        self.wait_for(waiter, |state| match &state.end {
+            Some(End::Complete(manifest)) => Some(manifest.clone()),
+            _ => None,
+        })
+    }
+
+    /// Chunk `index` if the import has produced it (no wait).
+    pub(crate) fn span(&self, index: u64) -> Option<FedSpan> {
+        let state = self.lock();
+        state.chunks.get(index as usize).map(|chunk| FedSpan {
+            offset: index * u64::from(state.chunk_size),
+            len: chunk.len,
+            zero: chunk.zero,
+            fingerprint: chunk.fingerprint,
+        })
+    }
+
+    /// The file the bytes are in, once begun.
+    pub(crate) fn file(&self) -> Option<Arc<File>> {
+        self.lock().file.clone()
+    }
+
+    /// The chunk size, once begun.
+    pub(crate) fn chunk_size(&self) -> Option<u32> {
+        let state = self.lock();
+        state.file.is_some().then_some(state.chunk_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> File {
+        tempfile::tempfile().unwrap()
+    }
+
+    fn waiter(cancel: &AtomicBool) -> Waiter<'_> {
+        Waiter {
+            cancel,
+            beat: &|| {},
+        }
+    }
+
+    #[test]
+    fn chunks_are_served_in_order_and_the_end_gives_the_manifest() {
+        let feed = ImageFeed::new();
+        let cancel = AtomicBool::new(false);
+        feed.begin(file(), 8192, Some(8192 + 100)).unwrap();
+        feed.push(8192, false, 7).unwrap();
+        feed.push(100, true, 9).unwrap();
+        let second = match feed.wait_chunk(1, &waiter(&cancel)) {
+            Ok(Some(span)) => span,
+            _ => panic!("chunk 1 was fed"),
+        };
+        assert_eq!((second.offset, second.len, second.zero), (8192, 100, true));
+        feed.finish(Sha256Digest::of(b"x")).unwrap();
+        assert!(matches!(feed.wait_chunk(2, &waiter(&cancel)), Ok(None)));
+        let manifest = match feed.wait_end(&waiter(&cancel)) {
+            Ok(manifest) => manifest,
+            Err(_) => panic!("the feed completed"),
+        };
+        assert_eq!(manifest.size(), 8292);
+        assert_eq!(manifest.chunk_fingerprint(0), Some(7));
+        assert_eq!(feed.ended(), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_failed_feed_fails_every_wait_even_for_chunks_already_fed() {
+        let feed = ImageFeed::new();
+        let cancel = AtomicBool::new(false);
+        feed.begin(file(), 4096, None).unwrap();
+        feed.push(4096, false, 1).unwrap();
+        feed.fail("sha256 mismatch");
+        for result in [
+            feed.wait_chunk(0, &waiter(&cancel)).map(|_| ()),
+            feed.wait_end(&waiter(&cancel)).map(|_| ()),
+        ] {
+            match result {
+                Err(WaitError::Source(EngineError::SourceFailed { detail })) => {
+                    assert_eq!(detail, "sha256 mismatch")
+                }
+                _ => panic!("a failed feed answered"),
+            }
+        }
+        // A late finish changes nothing.
+        assert!(feed.finish(Sha256Digest::of(b"x")).is_err());
+        assert_eq!(feed.ended(), Some(Err("sha256 mismatch".into())));
+    }
+
+    #[test]
+    fn a_cancelled_waiter_stops_waiting() {
+        let feed = ImageFeed::new();
+        let cancel = AtomicBool::new(true);
+        assert!(matches!(
+            feed.wait_chunk(0, &waiter(&cancel)),
+            Err(WaitError::Cancelled)
+        ));
+    }
+
+    #[test]
+    fn misuse_is_an_error_and_fails_the_feed() {
+        let feed = ImageFeed::new();
+        assert_eq!(
+            feed.push(10, false, 0),
+            Err(FeedError::OutOfOrder("a chunk before the beginning"))
+        );
+        assert!(feed.ended().is_some_and(|end| end.is_err()));
+
+        let feed = ImageFeed::new();
+        assert_eq!(
+            feed.begin(file(), 1000, None),
+            Err(FeedError::ChunkSize(1000))
+        );
+
+        let feed = ImageFeed::new();
+        feed.begin(file(), 4096, None).unwrap();
+        feed.push(100, false, 0).unwrap();
+        assert!(matches!(
+            feed.push(4096, false, 0),
+            Err(FeedError::ChunkLength { index: 1, .. })
+        ));
+
+        let feed = ImageFeed::new();
+        feed.begin(file(), 4096, Some(4096)).unwrap();
+        feed.push(4096, false, 0).unwrap();
+        assert_eq!(
+            feed.push(4096, false, 0),
+            Err(FeedError::Size {
+                announced: 4096,
+                fed: 8192
+            })
+        );
+
+        let feed = ImageFeed::new();
+        feed.begin(file(), 4096, Some(8192)).unwrap();
+        feed.push(4096, false, 0).unwrap();
+        assert_eq!(
+            feed.finish(Sha256Digest::of(b"x")),
+            Err(FeedError::Size {
+                announced: 8192,
+                fed: 4096
+            })
+        );
+        assert!(feed.ended().is_some_and(|end| end.is_err()));
+    }
+}

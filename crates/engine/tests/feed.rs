@@ -1,0 +1,357 @@
+//! Targets following an import through an `ImageFeed`, on the simulated rack:
+//! the test is the importer, so it decides when each chunk exists and when
+//! the import ends, and the order of events proves what the targets did
+//! meanwhile.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashrack_core::{
+    EngineEvent, EngineEventKind, FailReason, Sha256Digest, Stage, TargetId, Verdict,
+};
+use flashrack_engine::{EngineError, EngineOptions, Fanout, ImageFeed};
+use flashrack_simrack::sim::{SimRack, SimStickSpec};
+use flashrack_target::Target;
+use tokio::sync::mpsc;
+use xxhash_rust::xxh3::xxh3_128;
+
+const MIB: u64 = 1 << 20;
+const CHUNK: usize = common::CHUNK as usize;
+/// A bound on a hang, never a synchronization.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        stall_timeout: Duration::from_secs(3600),
+        // Every piece written is a progress event: the tests wait on them.
+        progress_interval: Duration::ZERO,
+        source_cache_chunks: 4,
+        ..EngineOptions::default()
+    }
+}
+
+/// The importer's side: the raw bytes go to `file`, chunk by chunk, and each
+/// is announced once it is there.
+struct Importer {
+    feed: Arc<ImageFeed>,
+    file: File,
+    bytes: Vec<u8>,
+    next: usize,
+}
+
+impl Importer {
+    fn begin(dir: &std::path::Path, bytes: Vec<u8>, size_known: bool) -> Self {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.join("importing.raw"))
+            .unwrap();
+        let feed = ImageFeed::new();
+        let hint = size_known.then_some(bytes.len() as u64);
+        feed.begin(file.try_clone().unwrap(), CHUNK as u32, hint)
+            .unwrap();
+        Self {
+            feed,
+            file,
+            bytes,
+            next: 0,
+        }
+    }
+
+    fn chunks(&self) -> usize {
+        self.bytes.len().div_ceil(CHUNK)
+    }
+
+    /// Stores and announces the next `n` chunks.
+    fn produce(&mut self, n: usize) {
+        for _ in 0..n {
+            let start = self.next * CHUNK;
+            let chunk = &self.bytes[start..(start + CHUNK).min(self.bytes.len())];
+            let zero = chunk.iter().all(|&b| b == 0);
+            if !zero {
+                self.file.write_all_at(chunk, start as u64).unwrap();
+            }
+            self.feed.push(chunk.len(), zero, xxh3_128(chunk)).unwrap();
+            self.next += 1;
+        }
+    }
+
+    fn finish(&self) {
+        self.feed.finish(Sha256Digest::of(&self.bytes)).unwrap();
+    }
+}
+
+fn rack(dir: &std::path::Path, specs: Vec<SimStickSpec>) -> SimRack {
+    SimRack::create(dir.join("rack"), specs).unwrap()
+}
+
+fn targets(rack: &SimRack) -> Vec<(TargetId, Arc<dyn Target>)> {
+    rack.sticks()
+        .iter()
+        .map(|s| {
+            (
+                TargetId::new(s.name()),
+                Arc::new(s.clone()) as Arc<dyn Target>,
+            )
+        })
+        .collect()
+}
+
+/// Receives events (keeping them in `seen`) until `done` says so.
+async fn until(
+    events: &mut mpsc::UnboundedReceiver<EngineEvent>,
+    seen: &mut Vec<EngineEvent>,
+    mut done: impl FnMut(&[EngineEvent]) -> bool,
+) {
+    tokio::time::timeout(WAIT, async {
+        while !done(seen) {
+            seen.push(events.recv().await.expect("the attempts still run"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never happened; events: {seen:?}"));
+}
+
+/// Whether every target in `names` has written at least `bytes`.
+fn written(seen: &[EngineEvent], names: &[&str], bytes: u64) -> bool {
+    names.iter().all(|name| {
+        seen.iter().any(|e| {
+            e.target.0 == *name
+                && matches!(e.kind, EngineEventKind::Progress { stage: Stage::Writing, done, .. } if done >= bytes)
+        })
+    })
+}
+
+/// Whether every target in `names` has entered `stage`.
+fn entered(seen: &[EngineEvent], names: &[&str], stage: Stage) -> bool {
+    names.iter().all(|name| {
+        seen.iter()
+            .any(|e| e.target.0 == *name && e.kind == EngineEventKind::Stage { stage })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_write_the_first_chunks_before_the_import_ends_and_pass_once_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(3 * MIB as usize + 1234, 7, 3 * CHUNK);
+    let mut importer = Importer::begin(dir.path(), bytes.clone(), true);
+    let rack = rack(
+        dir.path(),
+        vec![
+            SimStickSpec::new("a", 8 * MIB),
+            SimStickSpec::new("b", 8 * MIB),
+        ],
+    );
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let fanout = Fanout::following(importer.feed.clone(), options(), tx).unwrap();
+    let handles: Vec<_> = targets(&rack)
+        .into_iter()
+        .map(|(id, target)| fanout.start(id, target))
+        .collect();
+    drop(fanout);
+    let mut seen = Vec::new();
+
+    // One chunk imported: both sticks write it, and wait for the next.
+    importer.produce(1);
+    until(&mut events, &mut seen, |seen| {
+        written(seen, &["a", "b"], CHUNK as u64)
+    })
+    .await;
+    assert_eq!(importer.feed.ended(), None, "the import has not ended");
+    assert!(
+        !written(&seen, &["a"], 2 * CHUNK as u64),
+        "never ahead of the import"
+    );
+
+    // The whole image imported, but not ended: every stick writes it all and
+    // flushes, then waits; nothing is read back, no verdict is given.
+    importer.produce(importer.chunks() - 1);
+    until(&mut events, &mut seen, |seen| {
+        entered(seen, &["a", "b"], Stage::Flushing)
+    })
+    .await;
+    tokio::task::yield_now().await;
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e.kind,
+            EngineEventKind::Stage {
+                stage: Stage::Verifying
+            } | EngineEventKind::Finished { .. }
+        )),
+        "a read-back or a verdict before the import ended: {seen:?}"
+    );
+
+    importer.finish();
+    for handle in handles {
+        let outcome = tokio::time::timeout(WAIT, handle.finish()).await.unwrap();
+        let (verdict, figures) = outcome.result.unwrap();
+        assert_eq!(verdict, Verdict::Pass, "{}", outcome.id);
+        assert_eq!(figures.read_back_sha256, Some(Sha256Digest::of(&bytes)));
+        assert_eq!(figures.bytes_written, bytes.len() as u64);
+        let stick = rack.stick(&outcome.id.0).unwrap();
+        let medium = std::fs::read(stick.path()).unwrap();
+        assert_eq!(
+            &medium[..bytes.len()],
+            &bytes[..],
+            "{} holds the image",
+            outcome.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_import_fails_every_target_writing_or_waiting_and_none_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 8, 3 * CHUNK);
+    let mut importer = Importer::begin(dir.path(), bytes, true);
+    // "slow" writes a chunk at a time far behind; "fast" has everything
+    // written and waits for the end of the import.
+    let rack = rack(
+        dir.path(),
+        vec![
+            SimStickSpec::new("fast", 8 * MIB),
+            SimStickSpec::new("slow", 8 * MIB),
+        ],
+    );
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let fanout = Fanout::following(importer.feed.clone(), options(), tx).unwrap();
+    let mut handles = Vec::new();
+    let mut seen = Vec::new();
+    for (id, target) in targets(&rack) {
+        if id.0 == "fast" {
+            handles.push(fanout.start(id, target));
+        }
+    }
+    importer.produce(importer.chunks());
+    until(&mut events, &mut seen, |seen| {
+        entered(seen, &["fast"], Stage::Flushing)
+    })
+    .await;
+    // Started late, "slow" is still writing when the import fails.
+    for (id, target) in targets(&rack) {
+        if id.0 == "slow" {
+            handles.push(fanout.start(id, target));
+        }
+    }
+    until(&mut events, &mut seen, |seen| written(seen, &["slow"], 1)).await;
+    importer
+        .feed
+        .fail("the image's sha256 is not the one expected");
+    for handle in handles {
+        let outcome = tokio::time::timeout(WAIT, handle.finish()).await.unwrap();
+        match outcome.result {
+            Err(EngineError::SourceFailed { detail }) => {
+                assert_eq!(detail, "the image's sha256 is not the one expected")
+            }
+            other => panic!("{}: {other:?}", outcome.id),
+        }
+    }
+    drop(fanout);
+    while let Some(event) = events.recv().await {
+        seen.push(event);
+    }
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e.kind,
+            EngineEventKind::Stage {
+                stage: Stage::Verifying
+            } | EngineEventKind::Finished { .. }
+        )),
+        "a read-back or a verdict from a failed import: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_of_unknown_size_fails_a_stick_too_small_for_it_while_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(3 * MIB as usize, 9, 3 * CHUNK);
+    // A compressed file: its size is known only at its end.
+    let mut importer = Importer::begin(dir.path(), bytes.clone(), false);
+    let rack = rack(
+        dir.path(),
+        vec![
+            SimStickSpec::new("small", 2 * MIB),
+            SimStickSpec::new("big", 8 * MIB),
+        ],
+    );
+    let (tx, _events) = mpsc::unbounded_channel();
+    let fanout = Fanout::following(importer.feed.clone(), options(), tx).unwrap();
+    let handles: Vec<_> = targets(&rack)
+        .into_iter()
+        .map(|(id, target)| fanout.start(id, target))
+        .collect();
+    importer.produce(importer.chunks());
+    importer.finish();
+    for handle in handles {
+        let outcome = tokio::time::timeout(WAIT, handle.finish()).await.unwrap();
+        let (verdict, figures) = outcome.result.unwrap();
+        match outcome.id.0.as_str() {
+            "big" => {
+                assert_eq!(verdict, Verdict::Pass);
+                assert_eq!(figures.read_back_sha256, Some(Sha256Digest::of(&bytes)));
+            }
+            _ => match verdict {
+                Verdict::Fail(failure) => {
+                    assert_eq!(failure.stage, Stage::Writing);
+                    assert!(
+                        matches!(failure.reason, FailReason::TooSmall { capacity, needed }
+                            if capacity.bytes() == 2 * MIB && needed.bytes() > 2 * MIB),
+                        "{:?}",
+                        failure.reason
+                    );
+                }
+                Verdict::Pass => panic!("a stick smaller than the image passed"),
+            },
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_waiting_for_the_import_can_be_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(MIB as usize, 10, 3 * CHUNK);
+    let mut importer = Importer::begin(dir.path(), bytes, true);
+    let rack = rack(dir.path(), vec![SimStickSpec::new("a", 4 * MIB)]);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let fanout = Fanout::following(importer.feed.clone(), options(), tx).unwrap();
+    let (id, target) = targets(&rack).remove(0);
+    let handle = fanout.start(id, target);
+    importer.produce(2);
+    let mut seen = Vec::new();
+    until(&mut events, &mut seen, |seen| {
+        written(seen, &["a"], 2 * CHUNK as u64)
+    })
+    .await;
+    handle.cancel();
+    let outcome = tokio::time::timeout(WAIT, handle.finish()).await.unwrap();
+    match outcome.result {
+        Ok((Verdict::Fail(failure), _)) => {
+            assert_eq!(failure.reason, FailReason::Interrupted);
+            assert_eq!(failure.stage, Stage::Writing);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_sparse_run_cannot_follow_an_import() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let options = EngineOptions {
+        sparse: Some(Arc::new(
+            flashrack_core::DataRanges::new(4096, vec![(0, 4096)]).unwrap(),
+        )),
+        ..options()
+    };
+    assert!(matches!(
+        Fanout::following(ImageFeed::new(), options, tx),
+        Err(EngineError::SourceFailed { .. })
+    ));
+}

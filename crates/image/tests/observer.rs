@@ -1,0 +1,144 @@
+//! An import told chunk by chunk (`ImportOptions::observer`): every chunk is
+//! in the file the observer was given, with the fingerprint announced, before
+//! it is announced; the announcements are the manifest's; a failed import
+//! announces chunks and then fails.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use flashrack_image::{ImageError, ImportObserver, ImportOptions, Sha256Digest};
+use xxhash_rust::xxh3::xxh3_128;
+
+/// What an observer heard, checking each chunk against the file as it hears it.
+#[derive(Debug, Default)]
+struct Heard {
+    began: Option<(u32, Option<u64>)>,
+    file: Option<File>,
+    chunks: Vec<(usize, bool, u128)>,
+    /// Chunks whose bytes in the file did not have the announced fingerprint
+    /// when they were announced.
+    wrong: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Heard>);
+
+impl ImportObserver for Recorder {
+    fn began(&self, raw: &File, chunk_size: u32, size: Option<u64>) {
+        let mut heard = self.0.lock().unwrap();
+        assert!(heard.began.is_none(), "began twice");
+        heard.began = Some((chunk_size, size));
+        heard.file = Some(raw.try_clone().unwrap());
+    }
+
+    fn chunk(&self, len: usize, zero: bool, fingerprint: u128) {
+        let mut heard = self.0.lock().unwrap();
+        let index = heard.chunks.len();
+        let (chunk_size, _) = heard.began.expect("a chunk before the beginning");
+        let mut bytes = vec![0u8; len];
+        let file = heard.file.as_ref().unwrap();
+        // An all-zero chunk may be a hole the file does not reach yet.
+        let read = file.read_at(&mut bytes, index as u64 * u64::from(chunk_size));
+        if !zero && (read.ok() != Some(len) || xxh3_128(&bytes) != fingerprint) {
+            heard.wrong.push(index);
+        }
+        heard.chunks.push((len, zero, fingerprint));
+    }
+}
+
+fn xz_one_stream(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let options = lzma_rust2::XzOptions::with_preset(0);
+    let mut encoder = lzma_rust2::XzWriter::new(Vec::new(), options).unwrap();
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn observed(options: ImportOptions) -> (ImportOptions, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let options = ImportOptions {
+        observer: Some(recorder.clone()),
+        ..options
+    };
+    (options, recorder)
+}
+
+#[test]
+fn every_chunk_is_in_the_file_before_it_is_announced_raw_or_compressed() {
+    let data = image(6, 1000, &[1, 4], 21);
+    for (name, bytes, size) in [
+        ("disk.img", data.clone(), Some(data.len() as u64)),
+        // One xz stream declares its size; two (what `xz()` writes) do not.
+        ("one.img.xz", xz_one_stream(&data), Some(data.len() as u64)),
+        ("disk.img.xz", xz(&data), None),
+        ("disk.img.gz", gzip(&data), None),
+    ] {
+        let fixture = Fixture::new();
+        let path = fixture.input(name, &bytes);
+        let (options, recorder) = observed(options());
+        let outcome = fixture.cache.import(&path, options).unwrap();
+        let heard = recorder.0.lock().unwrap();
+        assert_eq!(heard.began, Some((CHUNK, size)), "{name}");
+        assert!(heard.wrong.is_empty(), "{name}: chunks {:?}", heard.wrong);
+        let manifest = &outcome.image.manifest;
+        assert_eq!(manifest.sha256(), Sha256Digest::of(&data));
+        assert_eq!(heard.chunks.len() as u64, manifest.chunk_count(), "{name}");
+        for (index, &(len, zero, fingerprint)) in heard.chunks.iter().enumerate() {
+            let index = index as u64;
+            assert_eq!(len, manifest.chunk_span(index).1, "{name} {index}");
+            assert_eq!(
+                zero,
+                manifest.chunk_kind(index) == flashrack_core::ChunkKind::Zero
+            );
+            assert_eq!(Some(fingerprint), manifest.chunk_fingerprint(index));
+        }
+    }
+}
+
+#[test]
+fn a_known_file_is_not_read_and_nothing_is_announced() {
+    let fixture = Fixture::new();
+    let data = image(3, 0, &[], 22);
+    let path = fixture.input("disk.img", &data);
+    settle(&path);
+    fixture.cache.import(&path, options()).unwrap();
+    let (options, recorder) = observed(options());
+    let outcome = fixture.cache.import(&path, options).unwrap();
+    assert!(outcome.already_cached());
+    let heard = recorder.0.lock().unwrap();
+    assert!(heard.began.is_none() && heard.chunks.is_empty());
+}
+
+#[test]
+fn a_truncated_archive_announces_its_chunks_then_fails_and_keeps_nothing() {
+    let fixture = Fixture::new();
+    let data = image(8, 0, &[], 23);
+    let whole = xz(&data);
+    let path = fixture.input("disk.img.xz", &whole[..whole.len() * 2 / 3]);
+    let (options, recorder) = observed(options());
+    let error = fixture.cache.import(&path, options).unwrap_err();
+    assert!(matches!(error, ImageError::Corrupt { .. }), "{error:?}");
+    let heard = recorder.0.lock().unwrap();
+    assert!(heard.began.is_some());
+    assert!(heard.wrong.is_empty());
+    fixture.assert_cache_empty();
+}
+
+#[test]
+fn a_digest_mismatch_comes_after_every_chunk_and_keeps_nothing() {
+    let fixture = Fixture::new();
+    let data = image(4, 0, &[], 24);
+    let path = fixture.input("disk.img", &data);
+    let (options, recorder) = observed(expecting(Sha256Digest::of(b"another image")));
+    let error = fixture.cache.import(&path, options).unwrap_err();
+    assert!(
+        matches!(error, ImageError::ChecksumMismatch { .. }),
+        "{error:?}"
+    );
+    assert_eq!(recorder.0.lock().unwrap().chunks.len(), 4);
+    fixture.assert_cache_empty();
+}
