@@ -20,6 +20,17 @@
 //! of one's choosing can so be seen on the dashboard when one wants them (the
 //! browser tests of those states drive the demo this way).
 //!
+//! With a master port ([`DemoOptions::master`], by hand only), one port is the
+//! station's master port (`master = true`: its stick is never written, it is
+//! offered for capture) and `plug PORT /dev/loopN` plugs a real block device
+//! into it, reported to the station as hotplug would report a stick there. A
+//! real device is refused in any other port: a demo never writes a real
+//! device. The `loop` bus is then among the demo's allowed buses, so that the
+//! capture (which still judges the device by the guard's rules for reading:
+//! whole disk, nothing mounted, not a system disk) may read a loop device;
+//! the simulated rack's targets write only simulated sticks, whatever bus a
+//! device says it is on.
+//!
 //! [`Application`]: crate::Application
 
 use std::collections::{BTreeSet, HashMap};
@@ -31,9 +42,14 @@ use std::time::{Duration, Instant};
 use flashrack_config::{PortConfig, StationConfig, WebConfig};
 use flashrack_core::ByteSize;
 use flashrack_engine::SourceImage;
+use flashrack_hotplug::{
+    DeviceIdentity, Hotplug, HotplugError, HotplugSource, PluggedDevice, StopSignal,
+};
 use flashrack_image::ImportOptions;
 use flashrack_simrack::sim::{CacheMode, FakeMode, SimStickSpec};
-use flashrack_simrack::sim_hotplug::{sim_rack, ResetReturn, SimRackControl};
+use flashrack_simrack::sim_hotplug::{
+    sim_rack, ResetReturn, SimHotplug, SimRackControl, SimRackError,
+};
 use flashrack_station::{ArmRequest, PortState, RunOptions, StationHandle};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
@@ -67,6 +83,10 @@ pub struct DemoOptions {
     /// No scripted operator: sticks are plugged and pulled only through the
     /// demo's [`HandRack`] (ignored with a burst).
     pub by_hand: bool,
+    /// The label of the port that is the station's master port (by hand
+    /// only): its stick is never written, and a real block device may be
+    /// plugged into it to be captured.
+    pub master: Option<String>,
 }
 
 /// A measurement: many healthy sticks plugged at once.
@@ -168,11 +188,34 @@ impl Demo {
                 }
             })
             .collect();
+        let mut ports = ports;
+        if let Some(label) = &options.master {
+            if !options.by_hand || options.burst.is_some() {
+                return Err(AppError::Demo(
+                    "a master port is for the demo by hand (--by-hand)".into(),
+                ));
+            }
+            let port = ports
+                .iter_mut()
+                .find(|p| &p.label == label)
+                .ok_or_else(|| {
+                    AppError::Demo(format!(
+                        "no port {label} in the demo's rack of {port_count} ports"
+                    ))
+                })?;
+            port.master = true;
+        }
         let rows = port_count.div_ceil(columns);
+        let mut allowed_buses = BTreeSet::from(["usb".to_string()]);
+        if options.master.is_some() {
+            // The capture of a loop device plugged by hand into the master
+            // port (its read rules); nothing writes one (module docs).
+            allowed_buses.insert("loop".to_string());
+        }
         let config = StationConfig {
             station_id: options.station_id.clone().unwrap_or_else(|| "demo".into()),
             data_dir: data_dir.to_path_buf(),
-            allowed_buses: BTreeSet::from(["usb".to_string()]),
+            allowed_buses,
             max_size: ByteSize(256_000_000_000),
             allow_unmapped_ports: false,
             stall_timeout_secs: 20,
@@ -197,6 +240,11 @@ impl Demo {
             ports: ports.clone(),
         };
         let (source, rack, access) = sim_rack(data_dir.join("sim-rack"));
+        let (extra, extra_events) = std::sync::mpsc::channel();
+        let source = WithExtra {
+            rack: source,
+            extra: extra_events,
+        };
         if options.burst.is_none() {
             // A real stick comes back from its reset in about half a second
             // (bench/README.md): long enough to see the port say so.
@@ -218,6 +266,8 @@ impl Demo {
             ports: ports.clone(),
             image_size: image.manifest.size(),
             plugged: 0,
+            extra,
+            real: HashMap::new(),
         });
         let (parts, burst_report) = match options.burst {
             Some(burst) => {
@@ -300,12 +350,25 @@ pub enum HandError {
     /// Pulling a port with no stick in it.
     #[error("no stick in port {0}")]
     Empty(String),
+    /// A real block device offered to a port that is not a master port.
+    #[error(
+        "port {0} is not a master port: a real device is plugged only into the master port (a demo never writes a real device)"
+    )]
+    RealNotMaster(String),
+    /// A real device that cannot be inspected.
+    #[error("cannot plug {device}: {reason}")]
+    Device {
+        /// The device's path.
+        device: String,
+        /// Why it cannot be.
+        reason: String,
+    },
     /// A stick that cannot be described as asked.
     #[error(transparent)]
     Spec(#[from] crate::targets::TargetsError),
     /// The simulated rack said no (an occupied port, no room for the medium).
     #[error(transparent)]
-    Rack(#[from] flashrack_simrack::sim_hotplug::SimRackError),
+    Rack(#[from] SimRackError),
 }
 
 /// The demo's rack in the operator's hands: each command plugs or pulls one
@@ -314,12 +377,18 @@ pub enum HandError {
 /// - `plug PORT [NAME[:key=value,...]]` plugs a stick described as `flashrack
 ///   flash` takes `sim:` targets (`slow:write=2MB`, `bad:fail_after=10MiB`,
 ///   `tiny:capacity=1MiB`); its serial is NAME (`HAND-0001`, … by default);
+/// - `plug PORT /dev/…` plugs a real block device (a loop device) into the
+///   master port PORT, to be captured; refused for any other port;
 /// - `pull PORT` pulls the stick out of the port, whatever it is doing.
 pub struct HandRack {
     rack: SimRackControl,
     ports: Vec<PortConfig>,
     image_size: u64,
     plugged: u32,
+    /// Where the real devices plugged by hand are reported to the station.
+    extra: std::sync::mpsc::Sender<Hotplug>,
+    /// The real devices plugged by hand: kernel name by port label.
+    real: HashMap<String, String>,
 }
 
 impl HandRack {
@@ -332,8 +401,14 @@ impl HandRack {
         let port = words.next();
         let spec = words.next();
         match (verb, port, spec, words.next()) {
+            ("plug", Some(port), Some(device), None) if device.starts_with('/') => {
+                self.plug_real(port, device)
+            }
             ("plug", Some(port), spec, None) => {
                 let path = self.port_path(port)?;
+                if self.real.contains_key(port) {
+                    return Err(SimRackError::PortOccupied(path).into());
+                }
                 // Sticks without a name are numbered by the ones plugged.
                 let text =
                     spec.map_or_else(|| format!("HAND-{:04}", self.plugged + 1), String::from);
@@ -345,6 +420,12 @@ impl HandRack {
             }
             ("pull", Some(port), None, None) => {
                 let path = self.port_path(port)?;
+                if let Some(kernel_name) = self.real.remove(port) {
+                    let _ = self.extra.send(Hotplug::Removed {
+                        kernel_name: kernel_name.clone(),
+                    });
+                    return Ok(format!("pulled {port} ({kernel_name})"));
+                }
                 let (kernel_name, _) = self
                     .rack
                     .stick_at(&path)
@@ -356,6 +437,56 @@ impl HandRack {
             ("pull", ..) => Err(HandError::Usage("pull PORT")),
             (other, ..) => Err(HandError::Unknown(other.to_string())),
         }
+    }
+
+    /// Plugs the real block device at `device` into the master port `port`,
+    /// as hotplug reports a stick there: its facts as the system shows them,
+    /// a serial numbered as the other sticks plugged by hand.
+    fn plug_real(&mut self, port: &str, device: &str) -> Result<String, HandError> {
+        let config = self
+            .ports
+            .iter()
+            .find(|p| p.label == port)
+            .ok_or_else(|| HandError::NoPort(port.to_string()))?;
+        if !config.master {
+            return Err(HandError::RealNotMaster(port.to_string()));
+        }
+        let port_path = config.path.clone();
+        if self.real.contains_key(port) || self.rack.stick_at(&port_path).is_some() {
+            return Err(SimRackError::PortOccupied(port_path).into());
+        }
+        let facts = flashrack_guard::DiskFacts::inspect(Path::new(device)).map_err(|e| {
+            HandError::Device {
+                device: device.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let serial = format!("HAND-{:04}", self.plugged + 1);
+        let kernel_name = facts.kernel_name.clone();
+        let plugged = PluggedDevice {
+            kernel_name: kernel_name.clone(),
+            dev_path: facts.dev_path.clone(),
+            port_path: Some(port_path),
+            bus: facts.bus.clone(),
+            identity: DeviceIdentity {
+                serial: Some(serial.clone()),
+                vendor: Some("Flashrack".into()),
+                model: Some("Master (by hand)".into()),
+                capacity: facts.size_bytes,
+            },
+            removable: true,
+            read_only: facts.read_only,
+            disk: Some(facts.identity()),
+        };
+        self.extra
+            .send(Hotplug::Added(plugged))
+            .map_err(|_| HandError::Device {
+                device: device.to_string(),
+                reason: "the station has stopped".into(),
+            })?;
+        self.plugged += 1;
+        self.real.insert(port.to_string(), kernel_name.clone());
+        Ok(format!("plugged {port}: {serial} ({kernel_name})"))
     }
 
     fn port_path(&self, label: &str) -> Result<String, HandError> {
@@ -589,24 +720,100 @@ fn write_image_to(tmp: &Path, size: u64) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// The simulated rack's events, and beside them those sent by hand: a real
+/// block device in a master port (the demo's [`HandRack`], or a test's
+/// `TestApp::hotplug`).
+pub(crate) struct WithExtra {
+    pub(crate) rack: SimHotplug,
+    pub(crate) extra: std::sync::mpsc::Receiver<Hotplug>,
+}
+
+impl HotplugSource for WithExtra {
+    fn run(
+        self: Box<Self>,
+        events: tokio::sync::mpsc::UnboundedSender<Hotplug>,
+        stop: StopSignal,
+    ) -> Result<(), HotplugError> {
+        let rack = Box::new(self.rack);
+        let rack_thread = std::thread::spawn({
+            let (events, stop) = (events.clone(), stop.clone());
+            move || rack.run(events, stop)
+        });
+        while !stop.is_stopped() {
+            match self.extra.recv_timeout(Duration::from_millis(50)) {
+                Ok(event) => {
+                    if events.send(event).is_err() {
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        rack_thread.join().unwrap_or(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashrack_simrack::sim_hotplug::SimRackError;
 
     fn hand(dir: &Path) -> HandRack {
         let (_source, rack, _access) = sim_rack(dir);
         HandRack {
             rack,
-            ports: vec![PortConfig {
-                label: "A1".into(),
-                path: "sim-usb-0:1.1".into(),
-                position: None,
-                master: false,
-            }],
+            ports: vec![
+                PortConfig {
+                    label: "A1".into(),
+                    path: "sim-usb-0:1.1".into(),
+                    position: None,
+                    master: false,
+                },
+                PortConfig {
+                    label: "A2".into(),
+                    path: "sim-usb-0:1.2".into(),
+                    position: None,
+                    master: true,
+                },
+            ],
             image_size: 1 << 20,
             plugged: 0,
+            extra: std::sync::mpsc::channel().0,
+            real: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn a_real_device_is_plugged_by_hand_only_into_the_master_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hand = hand(dir.path());
+        let text = hand.command("plug A1 /dev/loop0").unwrap_err().to_string();
+        assert!(
+            text.contains("port A1 is not a master port")
+                && text.contains("a demo never writes a real device"),
+            "{text}"
+        );
+        assert!(hand.rack.stick_at("sim-usb-0:1.1").is_none());
+        // In the master port, a path that is no block device is refused
+        // with what the system said.
+        let missing = dir.path().join("no-such-device");
+        let text = hand
+            .command(&format!("plug A2 {}", missing.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(text.starts_with("cannot plug "), "{text}");
+        assert!(hand.real.is_empty());
+        // A simulated stick in the master port takes it; a real device then
+        // finds it occupied.
+        hand.command("plug A2 sim").unwrap();
+        assert!(matches!(
+            hand.command("plug A2 /dev/loop0"),
+            Err(HandError::Rack(SimRackError::PortOccupied(_)))
+        ));
+        assert!(matches!(
+            hand.command("plug B1 /dev/loop0"),
+            Err(HandError::NoPort(_))
+        ));
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub enum AppError {
     /// A target of an audit cannot be read back.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The demo cannot be set up as asked (a master port not in its rack).
+    #[error("demo: {0}")]
+    Demo(String),
     /// The operator's keyring could not be read.
     #[error("cannot read the keyring {}", path.display())]
     ReadKeyring {

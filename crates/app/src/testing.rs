@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use flashrack_config::{PortConfig, StationConfig, WebConfig};
 use flashrack_core::ByteSize;
-use flashrack_hotplug::{Hotplug, HotplugError, HotplugSource, StopSignal};
+use flashrack_hotplug::Hotplug;
 use flashrack_image::CachedImage;
 use flashrack_simrack::sim_hotplug::{sim_rack, SimRackControl};
 use flashrack_station::StationHandle;
@@ -105,7 +105,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestA
     configure(&mut config);
     let (source, rack, access) = sim_rack(dir.path().join("rack"));
     let (extra, extra_events) = std::sync::mpsc::channel();
-    let source = WithExtra {
+    let source = crate::demo::WithExtra {
         rack: source,
         extra: extra_events,
     };
@@ -134,39 +134,6 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestA
         stop: Some(stop),
         task: Some(task),
         _dir: dir,
-    }
-}
-
-/// The simulated rack's events, and beside them those a test sends itself
-/// ([`TestApp::hotplug`]: a loop device in a master port, for instance).
-struct WithExtra {
-    rack: flashrack_simrack::sim_hotplug::SimHotplug,
-    extra: std::sync::mpsc::Receiver<Hotplug>,
-}
-
-impl HotplugSource for WithExtra {
-    fn run(
-        self: Box<Self>,
-        events: tokio::sync::mpsc::UnboundedSender<Hotplug>,
-        stop: StopSignal,
-    ) -> Result<(), HotplugError> {
-        let rack = Box::new(self.rack);
-        let rack_thread = std::thread::spawn({
-            let (events, stop) = (events.clone(), stop.clone());
-            move || rack.run(events, stop)
-        });
-        while !stop.is_stopped() {
-            match self.extra.recv_timeout(Duration::from_millis(50)) {
-                Ok(event) => {
-                    if events.send(event).is_err() {
-                        break;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        rack_thread.join().unwrap_or(Ok(()))
     }
 }
 

@@ -270,6 +270,12 @@ pub struct DemoArgs {
     /// PORT`; each is answered on standard output.
     #[arg(long, conflicts_with = "burst")]
     pub by_hand: bool,
+    /// With --by-hand: make port PORT the station's master port (never
+    /// written; its stick is offered for capture), into which `plug PORT
+    /// /dev/loopN` plugs a real block device to capture. A real device is
+    /// refused in any other port: the demo never writes one.
+    #[arg(long, value_name = "PORT", requires = "by_hand")]
+    pub master: Option<String>,
 }
 
 /// `flashrack serve …`

@@ -27,6 +27,7 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         fleet: station.and_then(|c| c.fleet),
         arm: !args.no_arm,
         by_hand: args.by_hand,
+        master: args.master,
         listen: args.listen,
         ports: args.ports,
         image_size: args.image_size,

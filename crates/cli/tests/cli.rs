@@ -233,3 +233,30 @@ fn the_station_refuses_to_listen_beyond_loopback_without_a_token() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_demos_master_port_must_be_one_of_its_ports_and_is_for_the_demo_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = flashrack(
+        dir.path(),
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--image-size",
+            "1MiB",
+            "--by-hand",
+            "--master",
+            "Z9",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("demo: no port Z9 in the demo's rack of 16 ports"),
+        "{}",
+        stderr(&out)
+    );
+    let out = flashrack(dir.path(), &["demo", "--master", "A1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--by-hand"), "{}", stderr(&out));
+}

@@ -490,6 +490,7 @@ async fn start_station(
         }),
         arm: true,
         by_hand: false,
+        master: None,
     };
     let Demo { config, parts, .. } = Demo::prepare(dir, &options)?;
     let app = Application::build(config, parts).await?;
