@@ -60,6 +60,10 @@ TOOL_LABEL["caligula"] = "caligula"
 COLD_TOOLS = ("cold", "caligula", "a", "c")
 COLD_RATIO_TARGETS = {1: 1.0, 4: 0.8}  # flashrack cold / caligula, by N
 IMPORT_CPU_PER_GIB_TARGET = 1.5
+# Cold one-shot of a single-stream .xz of the same image (N = 1): flashrack's
+# wall <= this x (max(decompress, write) + read-back), the parts timed apart.
+TOOL_LABEL["cold-xz"] = "flashrack cold .xz"
+COLD_XZ_TARGET = 1.1
 # Targets of issue 2 (ratios of median wall times, flashrack / reference).
 RATIO_TARGETS = {"a": 0.5, "b": 0.9, "c": 1.15}
 CPU_PER_GIB_TARGET = 0.5
@@ -950,9 +954,9 @@ def cold_cases(args, fr: Path, data_dir: Path, image: Image, devs_all: list[str]
     p(f"  CPU s per GiB of import = {cost['cpu_per_gib_median']:6.3f}   target <= {IMPORT_CPU_PER_GIB_TARGET:<5}  {verdict(ok)}")
     for n in args.ns:
         devs = devs_all[:n]
-        runs: dict[str, list[RunResult]] = {t: [] for t in COLD_TOOLS}
+        runs: dict[str, list[RunResult]] = {t: [] for t in args.cold_tools}
         for rep in range(1, args.reps + 1):
-            for tool in COLD_TOOLS:
+            for tool in args.cold_tools:
                 scribble(devs, image.size, dev_size, args.scribble_mib, rng)
                 if tool == "cold":
                     res = run_flashrack_cold(fr, data_dir, image, devs, disk, rep, args.verify)
@@ -980,7 +984,7 @@ def cold_cases(args, fr: Path, data_dir: Path, image: Image, devs_all: list[str]
         hdr = f"{'tool':<20} {'wall s median [min-max]':<26} {'CPU s':>7} {'RSS MiB':>8} {'rd MiB/dev':>10} {'wr MiB/dev':>10}"
         p(hdr)
         p("-" * len(hdr))
-        for tool in COLD_TOOLS:
+        for tool in args.cold_tools:
             st = stats[tool]
             wall = f"{st['wall_median']:.2f} [{st['wall_min']:.2f}-{st['wall_max']:.2f}]"
             fail = f"  ({st['failed_runs']} FAILED)" if st["failed_runs"] else ""
@@ -993,9 +997,103 @@ def cold_cases(args, fr: Path, data_dir: Path, image: Image, devs_all: list[str]
         targets = {"cold/caligula": {"value": ratio, "target": bound, "pass": None if bound is None else ratio <= bound}}
         mark = f"target <= {bound:<5}  {verdict(ratio <= bound)}" if bound is not None else "(informational)"
         p(f"  flashrack cold / caligula wall (median) = {ratio:6.3f}   {mark}")
+        load = os.getloadavg()
+        p(f"  load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        stats["loadavg"] = load
         result["per_n"][str(n)] = {"stats": stats, "targets": targets, "runs": [r.to_json() for rs in runs.values() for r in rs]}
         out.flush()
+    if args.cold_xz:
+        result["xz"] = cold_xz_case(args, fr, data_dir, image, devs_all[:1], dev_size, disk, rng, out, problems)
     return result
+
+
+def xz_of(workdir: Path, image: Image) -> Path:
+    """The image compressed once with `xz -T1 -1` (one stream, one block, its
+    size in the index), reused while newer than the image."""
+    path = workdir / (image.path.name + ".xz")
+    try:
+        if path.stat().st_mtime >= image.path.stat().st_mtime:
+            log(f"reusing {path.name}")
+            return path
+    except FileNotFoundError:
+        pass
+    log(f"xz -T1 -1 {image.path.name} (once) …")
+    t0 = time.monotonic()
+    tmp = path.with_suffix(".xz.tmp")
+    with open(tmp, "wb") as f:
+        r = subprocess.run(["xz", "-T1", "-1", "-c", str(image.path)], stdout=f, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise BenchError(f"xz -T1 -1 {image.path}: {r.stderr.strip()}")
+    os.replace(tmp, path)
+    log(f"  {path.name}: {fmt_size(path.stat().st_size)}, {time.monotonic() - t0:.1f}s")
+    return path
+
+
+def time_decompress(xz: Path) -> float:
+    """Wall seconds of `xz -dc FILE > /dev/null`, the file not in the page cache."""
+    drop_caches()
+    t0 = time.monotonic()
+    with open(os.devnull, "wb") as null:
+        r = subprocess.run(["xz", "-dc", str(xz)], stdout=null, stderr=subprocess.PIPE, text=True)
+    wall = time.monotonic() - t0
+    if r.returncode != 0:
+        raise BenchError(f"xz -dc {xz}: {r.stderr.strip()}")
+    return wall
+
+
+def cold_xz_case(args, fr: Path, data_dir: Path, image: Image, devs: list[str], dev_size: int, disk, rng, out, problems: list[str]) -> dict:
+    """flashrack flashing the .xz of the image it has not seen (N = 1) against
+    max(decompress, write) + read-back, each part timed on its own in the same
+    rep: `xz -dc > /dev/null` (file cold), and the write and read-back phases
+    of reference (c) (dd of the raw image, drop_caches, dd of the device)."""
+    p = lambda s="": print(s, file=out)  # noqa: E731
+    xz = xz_of(args.workdir, image)
+    reps = []
+    for rep in range(1, args.reps + 1):
+        decompress = time_decompress(xz)
+        scribble(devs, image.size, dev_size, args.scribble_mib, rng)
+        drop_caches()
+        ref = run_reference("c", image, devs, disk, rep)
+        honesty(ref, image)
+        scribble(devs, image.size, dev_size, args.scribble_mib, rng)
+        forget_image(fr, data_dir, image)
+        drop_caches()
+        res = flash_once("cold-xz", fr, data_dir, str(xz), image, devs, disk, rep, args.verify)
+        honesty(res, image)
+        if res.ok and not args.no_crosscheck:
+            cp = crosscheck(devs, image)
+            if cp:
+                res.ok = False
+                res.problems += cp
+        problems += [f"cold .xz rep {rep}: {pr}" for pr in ref.problems + res.problems]
+        bound = max(decompress, ref.write_secs) + ref.verify_secs
+        reps.append({"decompress": decompress, "write": ref.write_secs, "read_back": ref.verify_secs, "bound": bound, "flashrack": res.to_json()})
+        log(
+            f"cold .xz rep {rep}/{args.reps}: flashrack wall {res.wall:.2f}s cpu {res.cpu:.2f}s; xz -dc {decompress:.2f}s, "
+            f"dd write {ref.write_secs:.2f}s, read-back {ref.verify_secs:.2f}s -> bound {bound:.2f}s"
+            + ("" if res.ok and ref.ok else "  FAILED: " + "; ".join(ref.problems + res.problems)[:400])
+        )
+    fr_wall = med([r["flashrack"]["wall_secs"] for r in reps])
+    bound = med([r["bound"] for r in reps])
+    ratio = fr_wall / bound
+    ok = ratio <= COLD_XZ_TARGET
+    load = os.getloadavg()
+    p()
+    p(f"== cold one-shot of {xz.name} ({fmt_size(xz.stat().st_size)}, one xz stream), N = 1, {args.reps} reps (medians) ==")
+    p(f"  xz -dc > /dev/null     {med([r['decompress'] for r in reps]):6.2f}s")
+    p(f"  dd write (c)           {med([r['write'] for r in reps]):6.2f}s")
+    p(f"  dd read-back (c)       {med([r['read_back'] for r in reps]):6.2f}s")
+    per_bound = ", ".join(f"{r['bound']:.2f}" for r in reps)
+    per_fr = ", ".join(f"{r['flashrack']['wall_secs']:.2f}" for r in reps)
+    fr_cpu = med([r["flashrack"]["cpu_secs"] for r in reps])
+    p(f"  max(decompress, write) + read-back = {bound:6.2f}s   (per rep: {per_bound})")
+    p(f"  flashrack cold .xz     {fr_wall:6.2f}s  [{per_fr}]  cpu {fr_cpu:.2f}s")
+    p(f"  flashrack / bound = {ratio:6.3f}   target <= {COLD_XZ_TARGET:<5}  {verdict(ok)}")
+    p(f"  load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    out.flush()
+    return {"xz": str(xz), "xz_size": xz.stat().st_size, "reps": reps, "loadavg": load,
+            "target": {"value": ratio, "target": COLD_XZ_TARGET, "pass": ok}}
 
 
 # ----------------------------------------------------------------------------
@@ -1143,6 +1241,8 @@ def main() -> int:
     ap.add_argument("--reference-only", action="store_true", help="only the dd baselines (a), (b), (c); no flashrack")
     ap.add_argument("--cold", action="store_true", help="also the cold one-shot cases: import cost, flashrack flashing a file it has not seen next to caligula")
     ap.add_argument("--cold-only", action="store_true", help="only the cold one-shot cases (implies --cold, --no-4g, --no-sim)")
+    ap.add_argument("--cold-tools", default=",".join(COLD_TOOLS), help="rows of the cold one-shot cases, interleaved in this order (default cold,caligula,a,c; cold and caligula are needed for the ratio)")
+    ap.add_argument("--cold-xz", action="store_true", help="with --cold: also the cold one-shot of the image's .xz, N = 1 (made once with xz -T1 -1: minutes per GiB)")
     ap.add_argument("--caligula", type=Path, default=None, help="caligula binary (default: on PATH, else cargo install caligula into WORKDIR/caligula)")
     args = ap.parse_args()
 
@@ -1163,6 +1263,9 @@ def main() -> int:
         args.cold = True
         args.no_4g = True
         args.no_sim = True
+    args.cold_tools = tuple(t.strip() for t in args.cold_tools.split(",") if t.strip())
+    if not {"cold", "caligula"} <= set(args.cold_tools) or not set(args.cold_tools) <= set(COLD_TOOLS):
+        ap.error(f"--cold-tools: a subset of {','.join(COLD_TOOLS)} with cold and caligula")
     if not args.ns or min(args.ns) < 1 or args.reps < 1:
         ap.error("--ns needs positive counts and --reps >= 1")
 
@@ -1341,6 +1444,8 @@ def bench(args, loops: Loops, problems: list[str]) -> int:
             missed.append("import CPU per GiB")
         for n, pn in results["cold"]["per_n"].items():
             missed += [f"cold N={n} {k}" for k, v in pn["targets"].items() if v["pass"] is False]
+        if "xz" in results["cold"] and not results["cold"]["xz"]["target"]["pass"]:
+            missed.append("cold .xz")
     results["missed_targets"] = missed
     path = args.workdir / f"results-{started.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=1, default=str))
