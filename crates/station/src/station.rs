@@ -631,6 +631,15 @@ impl Station {
     // ----- hotplug ---------------------------------------------------------
 
     async fn on_hotplug(&mut self, event: Hotplug) {
+        // An attempt's events sent before what it did to its stick (the
+        // reset that takes it out of the system) are handled before what the
+        // system then says of the stick: the two channels are polled in no
+        // particular order, and a removal handled first showed the port
+        // `resetting`, then the stage still queued (`preparing`), then
+        // `resetting` again. Seen under load in the probe's reset.
+        while let Ok(event) = self.engine_rx.try_recv() {
+            self.on_engine_event(event).await;
+        }
         match event {
             Hotplug::Added(device) => self.on_added(device).await,
             Hotplug::Changed(device) => {
