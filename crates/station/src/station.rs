@@ -369,6 +369,12 @@ struct Slot {
     /// reset ([`EngineOptions::reset_timeout`]); aborted (and its sleep
     /// dropped) when the stick is back or the attempt ends.
     reset_timer: Option<AbortOnDrop>,
+    /// Resets announced by the attempt: a timer's message names the one it
+    /// was armed for, and is ignored once another began.
+    resets: u64,
+    /// Set when the station gave up on the stick's return: its removal, if
+    /// the station has not handled it yet, is still part of the reset.
+    gave_up: bool,
     stage: Stage,
     /// Set when the stick was pulled while the attempt ran.
     removed_during: Option<Stage>,
@@ -466,6 +472,10 @@ pub struct Station {
     /// Tells the loop that a waiting verdict's removal grace is over.
     grace_tx: mpsc::UnboundedSender<TargetId>,
     grace_rx: mpsc::UnboundedReceiver<TargetId>,
+    /// Tells the loop that a reset's timeout is over (the attempt, and which
+    /// of its resets).
+    reset_over_tx: mpsc::UnboundedSender<(TargetId, u64)>,
+    reset_over_rx: mpsc::UnboundedReceiver<(TargetId, u64)>,
     /// Numbers the waits of `waiting` ports, for their queue order.
     wait_seq: u64,
     /// The guard's answers from their blocking threads (see [`Inspection`]).
@@ -516,6 +526,7 @@ impl Station {
         let (engine_tx, engine_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (grace_tx, grace_rx) = mpsc::unbounded_channel();
+        let (reset_over_tx, reset_over_rx) = mpsc::unbounded_channel();
         let (inspected_tx, inspected_rx) = mpsc::unbounded_channel();
         let handle = StationHandle {
             commands: commands_tx,
@@ -539,6 +550,8 @@ impl Station {
             done_rx,
             grace_tx,
             grace_rx,
+            reset_over_tx,
+            reset_over_rx,
             wait_seq: 0,
             inspected_tx,
             inspected_rx,
@@ -580,6 +593,7 @@ impl Station {
                 Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 Some(target) = self.grace_rx.recv() => self.on_grace_over(target).await,
+                Some((target, reset)) = self.reset_over_rx.recv() => self.on_reset_over(target, reset),
                 Some(inspected) = self.inspected_rx.recv() => self.on_inspected(inspected).await,
             }
         }
@@ -832,11 +846,12 @@ impl Station {
 
     async fn on_removed(&mut self, kernel_name: &str) {
         // A stick that leaves the system while its attempt resets it was not
-        // pulled: it is expected back in the same port.
-        let resetting = self
-            .slots
-            .values_mut()
-            .find(|s| s.kernel_name == kernel_name && !s.away && s.reset.is_resetting());
+        // pulled: it is expected back in the same port. Also when the station
+        // gave up on it before it handled the removal: its verdict is
+        // `lost_after_reset`, not `removed`.
+        let resetting = self.slots.values_mut().find(|s| {
+            s.kernel_name == kernel_name && !s.away && (s.reset.is_resetting() || s.gave_up)
+        });
         if let Some(slot) = resetting {
             slot.away = true;
             let port = slot.port;
@@ -1484,6 +1499,8 @@ impl Station {
                 reset,
                 away: false,
                 reset_timer: None,
+                resets: 0,
+                gave_up: false,
                 stage: Stage::Preparing,
                 removed_during: None,
                 written: 0,
@@ -1627,18 +1644,18 @@ impl Station {
             }
             EngineEventKind::Resetting => {
                 // The target waits for its stick to come back; the station
-                // gives up on it after the reset timeout, on its clock.
-                let link = slot.reset.clone();
-                let timeout = self.settings.engine.reset_timeout;
+                // gives up on it after the reset timeout, on its clock, in
+                // its loop (`on_reset_over`).
+                slot.resets += 1;
+                let reset = (event.target.clone(), slot.resets);
+                let reset_over_tx = self.reset_over_tx.clone();
                 let clock = &self.settings.engine.clock;
                 // Made here, not in the task: armed (and listed on a manual
                 // clock) as soon as the reset is announced.
-                let sleep = clock.sleep_until(clock.now() + timeout);
+                let sleep = clock.sleep_until(clock.now() + self.settings.engine.reset_timeout);
                 let task = tokio::spawn(async move {
                     sleep.await;
-                    link.fail(ResetFailure::Lost {
-                        after_secs: timeout.as_secs(),
-                    });
+                    let _ = reset_over_tx.send(reset);
                 });
                 slot.reset_timer = Some(AbortOnDrop(task.abort_handle()));
                 if live {
@@ -1682,6 +1699,27 @@ impl Station {
             return;
         }
         self.settle(done).await;
+    }
+
+    /// The timeout of an attempt's `reset` (the how-many-th it announced) is
+    /// over: the station gives up on the stick (`lost_after_reset`), unless
+    /// it came back or another reset began meanwhile. Given up here, in the
+    /// loop, and not by the timer's task: a removal of the stick the station
+    /// has not handled yet (udev's event late, a loaded machine) is then still
+    /// known as part of the reset ([`Slot::gave_up`]), never taken for a pull
+    /// that would make the verdict `removed`.
+    fn on_reset_over(&mut self, target: TargetId, reset: u64) {
+        let Some(slot) = self.slots.get_mut(&target) else {
+            return;
+        };
+        if slot.resets != reset || slot.reset_timer.is_none() || !slot.reset.is_resetting() {
+            return;
+        }
+        slot.reset_timer = None;
+        slot.gave_up = true;
+        let after_secs = self.settings.engine.reset_timeout.as_secs();
+        tracing::warn!(kernel_name = %slot.kernel_name, after_secs, "not back from its reset; given up");
+        slot.reset.fail(ResetFailure::Lost { after_secs });
     }
 
     /// The grace of a waiting verdict is over: settle it, unless a removal
