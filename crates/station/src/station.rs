@@ -654,6 +654,15 @@ impl Station {
         while let Ok(event) = self.engine_rx.try_recv() {
             self.on_engine_event(event).await;
         }
+        // Likewise the attempts' ends already queued (each after its own
+        // queued events, in `on_done`): a removal handled before the end of an
+        // attempt that had already ended took the stick for one pulled
+        // mid-attempt: a real failure (a mismatch, a fake) was recorded as
+        // `removed`, a pass kept its port with no stick instead of clearing
+        // it, and the removal was logged before the verdict.
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.on_done(done).await;
+        }
         match event {
             Hotplug::Added(device) => self.on_added(device).await,
             Hotplug::Changed(device) => {
