@@ -473,6 +473,26 @@ struct Flash {
 }
 
 impl Flash {
+    /// Commits a verdict to the records (to the target's latest attempt, if
+    /// it has one).
+    async fn record_verdict(
+        &self,
+        id: &TargetId,
+        verdict: &Verdict,
+        figures: &AttemptFigures,
+    ) -> Result<(), AppError> {
+        if let Some(&attempt) = self.attempts.get(id) {
+            self.records
+                .attempt_finished(attempt, verdict, figures)
+                .await
+                .map_err(|source| AppError::RecordVerdict {
+                    target: id.to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Starts every target and gives each its verdict as it comes, until all
     /// have one, or a stop's grace is over.
     async fn drive(
@@ -624,15 +644,7 @@ impl Flash {
         figures: AttemptFigures,
         retry: u32,
     ) -> Result<(), AppError> {
-        if let Some(&attempt) = self.attempts.get(&id) {
-            self.records
-                .attempt_finished(attempt, &verdict, &figures)
-                .await
-                .map_err(|source| AppError::RecordVerdict {
-                    target: id.to_string(),
-                    source,
-                })?;
-        }
+        self.record_verdict(&id, &verdict, &figures).await?;
         if let Some(start) = self.starts.get(&id) {
             let attempt = self.records.attempt_started(start).await?;
             self.attempts.insert(id.clone(), attempt);
@@ -659,15 +671,7 @@ impl Flash {
         verdict: Verdict,
         figures: AttemptFigures,
     ) -> Result<(), AppError> {
-        if let Some(&attempt) = self.attempts.get(&id) {
-            self.records
-                .attempt_finished(attempt, &verdict, &figures)
-                .await
-                .map_err(|source| AppError::RecordVerdict {
-                    target: id.to_string(),
-                    source,
-                })?;
-        }
+        self.record_verdict(&id, &verdict, &figures).await?;
         self.finished_after
             .insert(id.clone(), self.started.elapsed().as_secs_f64());
         let _ = self.view.send(FlashEvent::Engine(EngineEvent {
