@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use flashrack_core::{
     AttemptFigures, AttemptId, ByteSize, DataRanges, EngineEvent, EngineEventKind, FailReason,
-    Failure, RunId, SamplePercent, Stage, StopReason, TargetId, Verdict, VerifyMode,
+    Failure, RunId, SamplePercent, Sha256Digest, Stage, StopReason, TargetId, Verdict, VerifyMode,
 };
 use flashrack_engine::{AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage};
 use flashrack_guard::GuardPolicy;
@@ -300,20 +300,14 @@ pub async fn flash(
         targets.list.iter().map(|(id, _)| id.clone()).collect(),
     ));
     let (events_tx, events_rx) = mpsc::unbounded_channel::<EngineEvent>();
-    let started = Instant::now();
-    let mut flash = Flash {
+    let mut flash = Flash::new(
         records,
         attempts,
         starts,
         // An audit writes nothing: nothing to write again.
-        retries: if request.audit { 0 } else { request.retries },
-        attempts_made: HashMap::new(),
-        stages: HashMap::new(),
-        verdicts: HashMap::new(),
-        finished_after: HashMap::new(),
-        started,
+        if request.audit { 0 } else { request.retries },
         view,
-    };
+    );
     let ended = match Fanout::new(&source, options, events_tx) {
         Ok(fanout) => {
             let grace = STOP_GRACE.min(stall_timeout);
@@ -324,13 +318,7 @@ pub async fn flash(
         Err(error) => Ended::SourceFailed(error),
     };
     flash.settle_unfinished(&targets.list).await?;
-    let Flash {
-        records,
-        mut verdicts,
-        finished_after,
-        attempts_made,
-        ..
-    } = flash;
+    let records = flash.records.clone();
     let stopped_by = match ended {
         Ended::SourceFailed(error) => {
             let _ = records
@@ -351,22 +339,7 @@ pub async fn flash(
             None
         }
     };
-    let results = targets
-        .list
-        .iter()
-        .filter_map(|(id, _)| {
-            let (verdict, figures) = verdicts.remove(id)?;
-            Some((id.clone(), verdict, figures))
-        })
-        .collect();
-    let summary = Summary::new(
-        manifest.sha256(),
-        manifest.size(),
-        started.elapsed().as_secs_f64(),
-        results,
-        &finished_after,
-        &attempts_made,
-    );
+    let summary = flash.into_summary(&targets.list, manifest.sha256(), manifest.size());
     // Removes the simulated sticks' files (a stuck thread may still hold one
     // open; the directory goes anyway).
     drop(targets);
@@ -473,6 +446,54 @@ struct Flash {
 }
 
 impl Flash {
+    /// A flash whose attempts (`attempts`, recorded with `starts`) have
+    /// started in the records; its fan-out starts now.
+    fn new(
+        records: StoreRecords,
+        attempts: HashMap<TargetId, AttemptId>,
+        starts: HashMap<TargetId, AttemptStart>,
+        retries: u32,
+        view: mpsc::UnboundedSender<FlashEvent>,
+    ) -> Self {
+        Flash {
+            records,
+            attempts,
+            starts,
+            retries,
+            attempts_made: HashMap::new(),
+            stages: HashMap::new(),
+            verdicts: HashMap::new(),
+            finished_after: HashMap::new(),
+            started: Instant::now(),
+            view,
+        }
+    }
+
+    /// The run's summary of the image `sha256` (`size` bytes): the verdicts
+    /// given, in the targets' order.
+    fn into_summary(
+        mut self,
+        targets: &[(TargetId, Arc<dyn Target>)],
+        sha256: Sha256Digest,
+        size: u64,
+    ) -> Summary {
+        let results = targets
+            .iter()
+            .filter_map(|(id, _)| {
+                let (verdict, figures) = self.verdicts.remove(id)?;
+                Some((id.clone(), verdict, figures))
+            })
+            .collect();
+        Summary::new(
+            sha256,
+            size,
+            self.started.elapsed().as_secs_f64(),
+            results,
+            &self.finished_after,
+            &self.attempts_made,
+        )
+    }
+
     /// Commits a verdict to the records (to the target's latest attempt, if
     /// it has one).
     async fn record_verdict(

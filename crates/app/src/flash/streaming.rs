@@ -29,7 +29,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashrack_core::{RunId, Sha256Digest, StopReason};
 use flashrack_engine::{Fanout, ImageFeed};
@@ -43,7 +43,6 @@ use super::{
 };
 use crate::images::open_cache;
 use crate::records::StoreRecords;
-use crate::summary::Summary;
 use crate::targets::{parse_targets, GuardSettings};
 use crate::AppError;
 
@@ -274,19 +273,13 @@ async fn follow_import(
         targets.list.iter().map(|(id, _)| id.clone()).collect(),
     ));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let started = Instant::now();
-    let mut flash = Flash {
-        records: records.clone(),
+    let mut flash = Flash::new(
+        records.clone(),
         attempts,
         starts,
-        retries: request.retries,
-        attempts_made: Default::default(),
-        stages: Default::default(),
-        verdicts: Default::default(),
-        finished_after: Default::default(),
-        started,
-        view: view.clone(),
-    };
+        request.retries,
+        view.clone(),
+    );
     let fanout =
         Fanout::following(feed.clone(), options, events_tx).map_err(AppError::SourceFailed)?;
     // From here on the import ends the feed, whatever becomes of the flash.
@@ -319,12 +312,6 @@ async fn follow_import(
     };
     let ended = ended?;
     flash.settle_unfinished(&targets.list).await?;
-    let Flash {
-        mut verdicts,
-        finished_after,
-        attempts_made,
-        ..
-    } = flash;
     let stopped_by = match (ended, imported) {
         (Ended::Signal(signal), imported) => {
             records
@@ -352,27 +339,12 @@ async fn follow_import(
         }
     };
     let (stopped_by, image) = stopped_by;
-    let results = targets
-        .list
-        .iter()
-        .filter_map(|(id, _)| {
-            let (verdict, figures) = verdicts.remove(id)?;
-            Some((id.clone(), verdict, figures))
-        })
-        .collect();
     // Stopped before the import ended: the image was never known.
     let (sha256, size) = match &image {
         Some(image) => (image.sha256(), image.size()),
         None => (provisional, size),
     };
-    let summary = Summary::new(
-        sha256,
-        size,
-        started.elapsed().as_secs_f64(),
-        results,
-        &finished_after,
-        &attempts_made,
-    );
+    let summary = flash.into_summary(&targets.list, sha256, size);
     drop(targets);
     Ok(FlashOutcome {
         summary,
