@@ -76,6 +76,22 @@ impl SqliteWrites {
         Ok(())
     }
 
+    /// Fails with [`StoreError::NotFound`] unless the image `sha` (its hex
+    /// sha256) is recorded.
+    async fn require_image(&mut self, sha: &str) -> Result<(), StoreError> {
+        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM images WHERE sha256 = ?")
+            .bind(sha)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::NotFound {
+                what: "image",
+                id: sha.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Appends `event` to the log, dated `now` (the time of the write it belongs
     /// to).
     async fn log(&mut self, now: i64, event: &EventRow) -> Result<EventId, StoreError> {
@@ -248,16 +264,7 @@ impl Writes for SqliteWrites {
     ) -> Result<RunId, StoreError> {
         let now = self.clock.now_ms();
         let sha = image_sha256.to_hex();
-        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM images WHERE sha256 = ?")
-            .bind(&sha)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::NotFound {
-                what: "image",
-                id: sha,
-            });
-        }
+        self.require_image(&sha).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO runs (station_id, image_sha256, image_name, options, started_at)
              VALUES (?, ?, ?, ?, ?) RETURNING id",
@@ -289,16 +296,7 @@ impl Writes for SqliteWrites {
     ) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let sha = image_sha256.to_hex();
-        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM images WHERE sha256 = ?")
-            .bind(&sha)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::NotFound {
-                what: "image",
-                id: sha,
-            });
-        }
+        self.require_image(&sha).await?;
         let updated = sqlx::query("UPDATE runs SET image_sha256 = ?, image_name = ? WHERE id = ?")
             .bind(&sha)
             .bind(image_name)
