@@ -184,6 +184,19 @@ impl TestApp {
         self.call("POST", path, body).await
     }
 
+    /// Arms a run of the app's image over the API (`POST /api/v1/runs`,
+    /// which must answer 201); returns the run's id.
+    pub async fn arm(&self) -> u64 {
+        let armed = self
+            .post(
+                "/api/v1/runs",
+                Some(serde_json::json!({ "image": self.image.sha256().to_hex() })),
+            )
+            .await;
+        assert_eq!(armed.status, 201, "{}", armed.body);
+        armed.json()["id"].as_u64().expect("a run's id")
+    }
+
     async fn call(&self, method: &'static str, path: &str, body: Option<Value>) -> Answer {
         let url = format!("{}{path}", self.base());
         tokio::task::spawn_blocking(move || {

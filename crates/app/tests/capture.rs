@@ -359,13 +359,7 @@ async fn the_master_ports_stick_is_captured_over_the_api_and_never_written_by_a_
     assert_eq!(view.ports["A1"]["master"], false);
 
     // An armed run writes A1's stick and never the master.
-    let armed = app
-        .post(
-            "/api/v1/runs",
-            Some(json!({ "image": app.image.sha256().to_hex() })),
-        )
-        .await;
-    assert_eq!(armed.status, 201, "{}", armed.body);
+    app.arm().await;
     events
         .until("A1 passed", |v| v.state("A1") == "passed")
         .await;

@@ -15,7 +15,6 @@ use flashrack_hub::testing::{spawn_hub, spawn_hub_with, TestHub};
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_store::Store;
 use flashrack_testkit::pg::PgCluster;
-use serde_json::json;
 
 const MIB: u64 = 1 << 20;
 
@@ -51,13 +50,7 @@ async fn station(
 /// their verdicts on the station's event stream.
 async fn flash_three(app: &TestApp, round: u32) {
     let mut events = app.events().await;
-    let armed = app
-        .post(
-            "/api/v1/runs",
-            Some(json!({ "image": app.image.sha256().to_hex() })),
-        )
-        .await;
-    assert_eq!(armed.status, 201, "{}", armed.body);
+    app.arm().await;
     app.rack
         .plug(
             "t-1",

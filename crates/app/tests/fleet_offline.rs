@@ -10,7 +10,7 @@ use flashrack_app::testing::{spawn_app_with, TestApp};
 use flashrack_config::FleetConfig;
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_store::Store;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
@@ -37,14 +37,7 @@ async fn station_of_hub(hub: &str, dir: &tempfile::TempDir) -> TestApp {
 /// the run's id.
 async fn flash_three_sticks(app: &TestApp) -> u64 {
     let mut events = app.events().await;
-    let armed = app
-        .post(
-            "/api/v1/runs",
-            Some(json!({ "image": app.image.sha256().to_hex() })),
-        )
-        .await;
-    assert_eq!(armed.status, 201, "{}", armed.body);
-    let run_id = armed.json()["id"].as_u64().unwrap();
+    let run_id = app.arm().await;
     app.rack
         .plug("t-1", "GOOD", SimStickSpec::new("", 16 * MIB))
         .unwrap();

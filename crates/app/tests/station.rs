@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use flashrack_app::reports::ReportFormat;
-use flashrack_app::testing::{spawn_app, TestApp, View};
+use flashrack_app::testing::{spawn_app, View};
 use flashrack_engine::SourceImage;
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_station::{ArmRequest, PortState, RunOptions, Snapshot, StationHandle};
@@ -137,18 +137,6 @@ async fn the_run_view_metrics_and_records_count_passes_failures_and_interruption
     app.stop().await.unwrap();
 }
 
-/// Arms a run of the app's image over the API; returns its id.
-async fn arm_over_the_api(app: &TestApp) -> u64 {
-    let armed = app
-        .post(
-            "/api/v1/runs",
-            Some(json!({ "image": app.image.sha256().to_hex() })),
-        )
-        .await;
-    assert_eq!(armed.status, 201, "{}", armed.body);
-    armed.json()["id"].as_u64().unwrap()
-}
-
 /// The CSV's rows as maps of header to field (the test's fields hold no
 /// commas or quotes).
 fn csv_rows(csv: &str) -> Vec<std::collections::BTreeMap<String, String>> {
@@ -169,7 +157,7 @@ fn csv_rows(csv: &str) -> Vec<std::collections::BTreeMap<String, String>> {
 async fn verdicts_the_api_shows_are_the_ones_its_reports_give_in_every_format() {
     let app = spawn_app().await;
     let mut events = app.events().await;
-    let run_id = arm_over_the_api(&app).await;
+    let run_id = app.arm().await;
 
     // A pass, a write error, and a stick the guard refuses (smaller than the
     // image).
@@ -327,7 +315,7 @@ async fn verdicts_the_api_shows_are_the_ones_its_reports_give_in_every_format() 
 async fn port_history_from_the_records_flags_a_port_where_different_sticks_keep_failing() {
     let app = spawn_app().await;
     let mut events = app.events().await;
-    arm_over_the_api(&app).await;
+    app.arm().await;
 
     // Port A1: three different sticks fail in turn. Port A2: one good stick.
     app.rack.plug("t-2", "GOOD", healthy()).unwrap();
