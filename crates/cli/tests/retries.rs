@@ -6,7 +6,8 @@
 //! each target's last verdict. A count out of range is refused.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 mod common;
 use common::{flashrack, text};
@@ -21,12 +22,29 @@ fn image(dir: &Path) -> String {
     image.to_str().unwrap().to_string()
 }
 
-/// The run's attempts from its JSON report, as (target, verdict, reason).
-fn attempts(data_dir: &Path) -> Vec<(String, String, Option<String>)> {
+/// `flash IMAGE ARGS…` of a 4 MiB image in a data directory of its own:
+/// the temporary directory (kept as long as the data), the data directory
+/// and the command's output.
+fn flash(args: &[&str]) -> (tempfile::TempDir, PathBuf, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let image = image(dir.path());
+    let mut all = vec!["flash", image.as_str()];
+    all.extend_from_slice(args);
+    let out = flashrack(&data_dir, &all);
+    (dir, data_dir, out)
+}
+
+/// Run 1's JSON report.
+fn report(data_dir: &Path) -> serde_json::Value {
     let out = flashrack(data_dir, &["report", "run", "1", "--format", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    report["attempts"]
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The run's attempts from its JSON report, as (target, verdict, reason).
+fn attempts(data_dir: &Path) -> Vec<(String, String, Option<String>)> {
+    report(data_dir)["attempts"]
         .as_array()
         .expect("attempts")
         .iter()
@@ -51,22 +69,14 @@ fn row<'a>(summary: &'a serde_json::Value, target: &str) -> &'a serde_json::Valu
 
 #[test]
 fn a_transient_write_error_passes_on_its_retry_and_the_summary_says_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let image = image(dir.path());
-    let out = flashrack(
-        &data_dir,
-        &[
-            "flash",
-            &image,
-            "sim:flaky:fail_once_after=2MiB",
-            "sim:ok",
-            "--retries",
-            "2",
-            "--json",
-            "--quiet",
-        ],
-    );
+    let (_dir, data_dir, out) = flash(&[
+        "sim:flaky:fail_once_after=2MiB",
+        "sim:ok",
+        "--retries",
+        "2",
+        "--json",
+        "--quiet",
+    ]);
     // Every target's last verdict is a pass: exit 0.
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -97,24 +107,16 @@ fn a_transient_write_error_passes_on_its_retry_and_the_summary_says_pass() {
 
 #[test]
 fn only_failures_that_may_pass_are_retried_and_the_exit_status_is_the_last_verdicts() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let image = image(dir.path());
-    let out = flashrack(
-        &data_dir,
-        &[
-            "flash",
-            &image,
-            // Fails every write past 1 MiB, however often it is written.
-            "sim:broken:fail_after=1MiB",
-            // Claims 64 MiB, keeps 8 MiB: found by the probe, never retried.
-            "sim:fake:capacity=64MiB,vanish=8MiB",
-            "sim:ro:read_only",
-            "sim:ok",
-            "--retries",
-            "2",
-        ],
-    );
+    let (_dir, data_dir, out) = flash(&[
+        // Fails every write past 1 MiB, however often it is written.
+        "sim:broken:fail_after=1MiB",
+        // Claims 64 MiB, keeps 8 MiB: found by the probe, never retried.
+        "sim:fake:capacity=64MiB,vanish=8MiB",
+        "sim:ro:read_only",
+        "sim:ok",
+        "--retries",
+        "2",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     // The table may wrap a long reason: compared with its spaces joined.
     let table = text(&out.stdout);
@@ -150,21 +152,14 @@ fn only_failures_that_may_pass_are_retried_and_the_exit_status_is_the_last_verdi
     );
     assert_eq!(of("sim:ok"), [("pass".to_string(), None)]);
     // The run's options say how many retries it allowed.
-    let runs = flashrack(&data_dir, &["report", "run", "1", "--format", "json"]);
-    let report: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    let report = report(&data_dir);
     let options = report["run"]["options"].to_string();
     assert!(options.contains("\"retries\":2"), "{report}");
 }
 
 #[test]
 fn without_retries_a_write_error_is_one_attempt() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let image = image(dir.path());
-    let out = flashrack(
-        &data_dir,
-        &["flash", &image, "sim:flaky:fail_once_after=2MiB", "--json"],
-    );
+    let (_dir, data_dir, out) = flash(&["sim:flaky:fail_once_after=2MiB", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(row(&summary, "sim:flaky")["attempts"], 1, "{summary}");
