@@ -25,6 +25,12 @@ fn a_mounted_loop_device_is_never_audited_and_a_written_one_passes() {
     std::fs::write(&image, flashrack_testkit::image_bytes(1 << 20, 11, 1 << 16)).unwrap();
     let device = LoopDevice::new(8 << 20);
     let dev = path_text(device.path());
+    // `verify` of the image on the loop device, with `flags`.
+    let verify = |flags: &[&str]| {
+        let mut args = vec!["verify", path_text(&image), dev, "--allow-bus", "loop"];
+        args.extend_from_slice(flags);
+        flashrack(&data, &args)
+    };
 
     // Written by a flash, then audited: a pass that says it wrote nothing.
     let out = flashrack(
@@ -32,18 +38,7 @@ fn a_mounted_loop_device_is_never_audited_and_a_written_one_passes() {
         &["flash", path_text(&image), dev, "--allow-bus", "loop", "-q"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let out = flashrack(
-        &data,
-        &[
-            "verify",
-            path_text(&image),
-            dev,
-            "--allow-bus",
-            "loop",
-            "--json",
-            "-q",
-        ],
-    );
+    let out = verify(&["--json", "-q"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["targets"][0]["proof"], "audit pass", "{summary}");
@@ -53,17 +48,7 @@ fn a_mounted_loop_device_is_never_audited_and_a_written_one_passes() {
 
     // Mounted: refused before it is opened, with the reason, nothing recorded.
     let mounted = MountedExt4::new(&device);
-    let out = flashrack(
-        &data,
-        &[
-            "verify",
-            path_text(&image),
-            dev,
-            "--allow-bus",
-            "loop",
-            "-q",
-        ],
-    );
+    let out = verify(&["-q"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(dev), "names the device: {stderr}");
