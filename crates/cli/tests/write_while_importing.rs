@@ -26,6 +26,19 @@ fn run_report(data: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Asserts that the import failed run 1 of two targets: nothing cached, the
+/// run stopped as `source_failed`, no target passed, both interrupted.
+/// Returns the run's report.
+fn assert_the_import_failed_both(data: &Path) -> serde_json::Value {
+    assert!(cached_images(data).is_empty(), "nothing is cached");
+    let report = run_report(data);
+    let run = &report["run"];
+    assert_eq!(run["stop_reason"], "source_failed", "{report}");
+    assert_eq!(run["passed"], 0, "{report}");
+    assert_eq!(run["interrupted"], 2, "{report}");
+    report
+}
+
 /// Flashes `image` (a path) to `targets` with `extra` arguments.
 fn flash(data: &Path, image: &Path, targets: &[&Path], extra: &[&str]) -> std::process::Output {
     let mut args = vec!["flash", image.to_str().unwrap()];
@@ -89,14 +102,9 @@ fn a_digest_mismatch_fails_every_target_with_no_pass_recorded_and_nothing_cached
         stderr.contains(&wrong),
         "names the digest expected: {stderr}"
     );
-    assert!(cached_images(&data).is_empty(), "nothing is cached");
-    let report = run_report(&data);
-    let run = &report["run"];
-    assert_eq!(run["stop_reason"], "source_failed", "{report}");
-    assert_eq!(run["passed"], 0, "{report}");
-    assert_eq!(run["interrupted"], 2, "{report}");
+    let report = assert_the_import_failed_both(&data);
     assert_ne!(
-        run["image_sha256"],
+        report["run"]["image_sha256"],
         Sha256Digest::of(&bytes).to_hex().as_str(),
         "a run whose import failed never names the image"
     );
@@ -133,12 +141,7 @@ fn a_corrupt_xz_file_written_while_imported_fails_every_target_and_leaves_nothin
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("corrupt xz data"), "{stderr}");
-    assert!(cached_images(&data).is_empty(), "nothing is cached");
-    let report = run_report(&data);
-    let run = &report["run"];
-    assert_eq!(run["stop_reason"], "source_failed", "{report}");
-    assert_eq!(run["passed"], 0, "{report}");
-    assert_eq!(run["interrupted"], 2, "{report}");
+    assert_the_import_failed_both(&data);
 }
 
 #[test]
