@@ -4,18 +4,16 @@
 //! meanwhile.
 
 mod common;
+use common::targets;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashrack_core::{
-    EngineEvent, EngineEventKind, FailReason, Sha256Digest, Stage, TargetId, Verdict,
-};
+use flashrack_core::{EngineEvent, EngineEventKind, FailReason, Sha256Digest, Stage, Verdict};
 use flashrack_engine::{EngineError, EngineOptions, Fanout, ImageFeed};
 use flashrack_simrack::sim::{SimRack, SimStickSpec};
-use flashrack_target::Target;
 use tokio::sync::mpsc;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -90,18 +88,6 @@ fn rack(dir: &std::path::Path, specs: Vec<SimStickSpec>) -> SimRack {
     SimRack::create(dir.join("rack"), specs).unwrap()
 }
 
-fn targets(rack: &SimRack) -> Vec<(TargetId, Arc<dyn Target>)> {
-    rack.sticks()
-        .iter()
-        .map(|s| {
-            (
-                TargetId::new(s.name()),
-                Arc::new(s.clone()) as Arc<dyn Target>,
-            )
-        })
-        .collect()
-}
-
 /// Receives events (keeping them in `seen`) until `done` says so.
 async fn until(
     events: &mut mpsc::UnboundedReceiver<EngineEvent>,
@@ -132,6 +118,18 @@ fn entered(seen: &[EngineEvent], names: &[&str], stage: Stage) -> bool {
     names.iter().all(|name| {
         seen.iter()
             .any(|e| e.target.0 == *name && e.kind == EngineEventKind::Stage { stage })
+    })
+}
+
+/// Whether any target has begun its read-back or been given a verdict.
+fn read_back_or_verdict(seen: &[EngineEvent]) -> bool {
+    seen.iter().any(|e| {
+        matches!(
+            e.kind,
+            EngineEventKind::Stage {
+                stage: Stage::Verifying
+            } | EngineEventKind::Finished { .. }
+        )
     })
 }
 
@@ -180,12 +178,7 @@ async fn targets_write_the_first_chunks_before_the_import_ends_and_pass_once_it_
         seen.push(event);
     }
     assert!(
-        !seen.iter().any(|e| matches!(
-            e.kind,
-            EngineEventKind::Stage {
-                stage: Stage::Verifying
-            } | EngineEventKind::Finished { .. }
-        )),
+        !read_back_or_verdict(&seen),
         "a read-back or a verdict before the import ended: {seen:?}"
     );
 
@@ -259,12 +252,7 @@ async fn a_failed_import_fails_every_target_writing_or_waiting_and_none_passes()
         seen.push(event);
     }
     assert!(
-        !seen.iter().any(|e| matches!(
-            e.kind,
-            EngineEventKind::Stage {
-                stage: Stage::Verifying
-            } | EngineEventKind::Finished { .. }
-        )),
+        !read_back_or_verdict(&seen),
         "a read-back or a verdict from a failed import: {seen:?}"
     );
 }

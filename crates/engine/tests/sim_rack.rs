@@ -2,6 +2,7 @@
 //! reason while the healthy sticks of the same run pass.
 
 mod common;
+use common::targets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +19,6 @@ use flashrack_target::Target;
 use tokio::sync::mpsc;
 
 const MIB: u64 = 1 << 20;
-
-fn targets(rack: &SimRack) -> Vec<(TargetId, Arc<dyn Target>)> {
-    rack.sticks()
-        .iter()
-        .map(|s| {
-            (
-                TargetId::new(s.name()),
-                Arc::new(s.clone()) as Arc<dyn Target>,
-            )
-        })
-        .collect()
-}
 
 /// A stall timeout no test reaches on the system clock: however slowly a loaded
 /// machine runs a healthy stick, it is never judged stalled. Tests about stalls
