@@ -15,7 +15,7 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 
 import {
-  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, ROOT, requireExecutable, startDemo, stopDemo,
+  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, ROOT, openBrowser, requireExecutable, startDemo, stopDemo,
 } from './demo.mjs';
 
 /** RFC 4180 rows (quoted fields, doubled quotes). */
@@ -92,11 +92,8 @@ test('the dashboard shows a live rack, stops and arms runs, and exports reports'
   let stopped;
   try {
     const url = await urlPromise;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
-    page = await context.newPage();
-    const pageErrors = [];
-    page.on('pageerror', (error) => pageErrors.push(error.message));
+    let pageErrors;
+    ({ browser, page, pageErrors } = await openBrowser());
 
     // The run the demo armed by itself.
     const station = await (await page.request.get(`${url}api/v1/station`)).json();
@@ -244,10 +241,8 @@ test('the dashboard says when its view is stale, and recovers with a fresh snaps
   let page;
   try {
     const url = await urlPromise;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-    page = await (await browser.newContext({ viewport: { width: 1440, height: 1000 } })).newPage();
-    const pageErrors = [];
-    page.on('pageerror', (error) => pageErrors.push(error.message));
+    let pageErrors;
+    ({ browser, page, pageErrors } = await openBrowser());
     await page.goto(url);
     await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
     await waitForRunState(page, /\barmed\b/i, '"armed"');

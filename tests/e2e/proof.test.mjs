@@ -15,10 +15,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 
 import {
-  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, requireExecutable, startDemo, stopDemo,
+  BIN, CHROMIUM, ARTIFACTS, openBrowser, requireExecutable, startDemo, stopDemo,
 } from './demo.mjs';
 
 /** The station's snapshot, from the API. */
@@ -76,11 +75,8 @@ test('the dashboard shows resets, retries, sampled and audit passes for what the
   let page;
   try {
     const url = await urlPromise;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-    const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
-    page = await context.newPage();
-    const pageErrors = [];
-    page.on('pageerror', (error) => pageErrors.push(error.message));
+    let pageErrors;
+    ({ browser, page, pageErrors } = await openBrowser());
     await page.goto(url);
     await page.locator('.tile[data-state][data-label]').first().waitFor({ timeout: 15_000 });
     const firstRun = (await station(page, url)).run.id;

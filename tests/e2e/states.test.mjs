@@ -11,10 +11,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 
 import {
-  BIN, CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, requireExecutable, startDemo, stopDemo,
+  BIN, CHROMIUM, ARTIFACTS, openBrowser, requireExecutable, startDemo, stopDemo,
 } from './demo.mjs';
 
 /** What a tile says: its state, its verdict's words, its device line. */
@@ -102,10 +101,8 @@ test('a pulled stick keeps its removed verdict until the next one, counters agre
   let page;
   try {
     const url = await urlPromise;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-    page = await (await browser.newContext({ viewport: { width: 1440, height: 1000 } })).newPage();
-    const pageErrors = [];
-    page.on('pageerror', (error) => pageErrors.push(error.message));
+    let pageErrors;
+    ({ browser, page, pageErrors } = await openBrowser());
     await page.goto(url);
     await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
 
