@@ -2,7 +2,7 @@
 // started on a free port and stopped again.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,6 +27,14 @@ export function requireExecutable(file, hint) {
   } catch {
     assert.fail(`${file} is missing or not executable: ${hint}`);
   }
+}
+
+/** Imports `file` into the image cache of `dataDir`; returns its sha256. */
+export function importImage(dataDir, file) {
+  const sha = execFileSync(BIN, ['--data-dir', dataDir, 'image', 'import', file],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  assert.match(sha, /^[0-9a-f]{64}$/);
+  return sha;
 }
 
 /**
