@@ -82,7 +82,7 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/6"`, `"flashrack_version"`,
+//! One object: `"format": "flashrack-report/7"`, `"flashrack_version"`,
 //! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
 //! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
 //! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
@@ -102,6 +102,24 @@
 //! `attempts` counts attempts; `passed + failed + refused + interrupted +
 //! running` counts records. A consumer should check `format`; a change to any
 //! name or meaning gets a new format version.
+//!
+//! A run's image's origin, where the records know one, follows `"run"` as
+//! `"image_provenance"` (`url`, `etag`, `last_modified`, `digest_source`
+//! (`{"kind": "unchecked"|"operator"|"sums", …}`), `captured`); a device's
+//! report lists the origins of the images its records name as
+//! `"image_origins"` (`[{"sha256", "name", "provenance"}]`). Both are absent
+//! for images imported from a file or uploaded.
+//!
+//! Format 7 (from format 6): a provenance may have `captured`, for an image
+//! captured from a master stick (`flashrack image capture`, or a station's
+//! master port): `{"port", "serial", "device", "device_size", "extent"}` —
+//! the master port (absent when the device was named on the command line),
+//! the stick's serial (absent when it has none), the device node read, its
+//! size in bytes, and how much of it was read in words (`up to the end of the
+//! last MBR partition`, `up to the end of the last GPT partition`, `the whole
+//! device`); its `url` is then the device node and its `digest_source`
+//! `unchecked` (the digest is of the bytes read). The CSV is unchanged but
+//! for its `report_format`.
 //!
 //! Format 6 (from format 5): `verdict_words` (after `verdict`) and
 //! `sample_percent`, `sample_seed`, `sample_chunks_checked`,
@@ -132,7 +150,7 @@
 //!
 //! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
 //! by port, a device's oldest first). After the record fields come two columns
-//! that say what made the file: `report_format` (`flashrack-report/6`) and
+//! that say what made the file: `report_format` (`flashrack-report/7`) and
 //! `flashrack_version`. The run's totals (counts, yield, failures by reason)
 //! are not repeated on every line: they are in the JSON and the printed
 //! report, and a spreadsheet gets them from the `verdict` column. A text field

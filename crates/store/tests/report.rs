@@ -442,3 +442,51 @@ async fn a_downloaded_images_provenance_is_in_its_run_and_device_reports() {
     );
     assert!(flashrack_report::device_json(&device).contains("\"image_origins\""));
 }
+
+#[tokio::test]
+async fn a_captured_images_origin_is_in_its_run_and_device_json_reports() {
+    use flashrack_core::{CaptureOrigin, Provenance};
+    let t = TestStore::new("rack-1").await;
+    let captured = flashrack_store::ImageRow {
+        sha256: Sha256Digest::of(b"captured image"),
+        name: "golden-v3".into(),
+        provenance: Some(Provenance::captured(CaptureOrigin {
+            port: Some("M1".into()),
+            serial: Some("GOLD-1".into()),
+            device: "/dev/sdz".into(),
+            device_size: 32_000_000_000,
+            extent: "up to the end of the last MBR partition".into(),
+        })),
+        ..image()
+    };
+    let stick = t.stick("SER1").await;
+    let run = t.run_of(&captured).await;
+    t.start(run, stick, "A1").await;
+
+    let s = &t.store;
+    let report = s.run_report(run).await.unwrap().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&flashrack_report::run_json(&report)).unwrap();
+    assert_eq!(json["format"], "flashrack-report/7");
+    let want = serde_json::json!({
+        "port": "M1",
+        "serial": "GOLD-1",
+        "device": "/dev/sdz",
+        "device_size": 32_000_000_000u64,
+        "extent": "up to the end of the last MBR partition",
+    });
+    assert_eq!(json["image_provenance"]["captured"], want, "{json}");
+    assert_eq!(json["image_provenance"]["url"], "/dev/sdz");
+    assert_eq!(
+        json["image_provenance"]["digest_source"]["kind"],
+        "unchecked"
+    );
+    let device = s.device_report("SER1").await.unwrap().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&flashrack_report::device_json(&device)).unwrap();
+    assert_eq!(json["image_origins"][0]["name"], "golden-v3");
+    assert_eq!(
+        json["image_origins"][0]["provenance"]["captured"], want,
+        "{json}"
+    );
+}
