@@ -4,7 +4,9 @@
 //! meanwhile.
 
 mod common;
-use common::targets;
+#[path = "common/rack.rs"]
+mod rack;
+use rack::targets;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

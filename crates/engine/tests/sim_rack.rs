@@ -2,7 +2,9 @@
 //! reason while the healthy sticks of the same run pass.
 
 mod common;
-use common::targets;
+#[path = "common/rack.rs"]
+mod rack;
+use rack::targets;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,12 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::sync::Arc;
 
-use flashrack_core::TargetId;
 use flashrack_engine::SourceImage;
-use flashrack_simrack::sim::SimRack;
-use flashrack_target::Target;
 
 /// Chunk size used by the tests: small, so that small images have many chunks.
 pub const CHUNK: u32 = 64 * 1024;
@@ -23,17 +19,4 @@ pub fn make_image(dir: &Path, size: usize, seed: u64) -> (SourceImage, Vec<u8>) 
 pub fn image_from_bytes(dir: &Path, bytes: &[u8]) -> SourceImage {
     let (path, manifest) = flashrack_testkit::image_from_bytes(dir, bytes, CHUNK);
     SourceImage::cached(path, manifest)
-}
-
-/// The rack's sticks as the engine's targets, named as the sticks are.
-pub fn targets(rack: &SimRack) -> Vec<(TargetId, Arc<dyn Target>)> {
-    rack.sticks()
-        .iter()
-        .map(|s| {
-            (
-                TargetId::new(s.name()),
-                Arc::new(s.clone()) as Arc<dyn Target>,
-            )
-        })
-        .collect()
 }
