@@ -27,12 +27,20 @@ fn spawn(data_dir: &Path, args: &[&str]) -> (KillOnDrop, std::io::Lines<BufReade
 
 /// Reads lines until one satisfies `wanted`; panics if the process ends first.
 fn read_until(lines: &mut impl Iterator<Item = std::io::Result<String>>, wanted: &str) {
+    read_until_all(lines, &[wanted]);
+}
+
+/// Reads lines until each of `wanted` has been said, in any order.
+fn read_until_all(lines: &mut impl Iterator<Item = std::io::Result<String>>, wanted: &[&str]) {
+    let mut missing: Vec<&str> = wanted.to_vec();
     for line in lines.by_ref() {
-        if line.unwrap().contains(wanted) {
+        let line = line.unwrap();
+        missing.retain(|w| !line.contains(w));
+        if missing.is_empty() {
             return;
         }
     }
-    panic!("the process ended without saying {wanted:?}");
+    panic!("the process ended without saying {missing:?}");
 }
 
 /// A process this test started, killed (by its pid) if the test ends first.
@@ -90,7 +98,9 @@ fn a_second_flashrack_on_a_busy_data_directory_stops_naming_the_first_and_touche
             "3600",
         ],
     );
-    read_until(&mut first_err, "sim:slow: writing");
+    // The file is written while it is imported: its run names the image only
+    // once the import has ended, so the snapshot below waits for that too.
+    read_until_all(&mut first_err, &["sim:slow: writing", "imported "]);
     let pid = first.0.id();
     let lock = std::fs::read_to_string(data.join("flashrack.lock")).unwrap();
     assert_eq!(
