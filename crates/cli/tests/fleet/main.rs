@@ -18,7 +18,10 @@ const MIB: u64 = 1 << 20;
 
 /// Whether a port is in the middle of an attempt.
 fn busy(state: &str) -> bool {
-    matches!(state, "preparing" | "writing" | "flushing" | "verifying")
+    matches!(
+        state,
+        "preparing" | "resetting" | "writing" | "flushing" | "verifying"
+    )
 }
 
 fn port_states(station: &support::Process) -> Result<Vec<String>, String> {
@@ -79,14 +82,18 @@ fn three_stations_records_reach_the_hub_exactly_through_a_hub_crash_and_a_statio
         Ok(())
     });
     for (station, process) in stations.iter().zip(&running) {
-        until(&format!("{}'s sticks being written", station.name), || {
-            let states = port_states(process)?;
-            states
-                .iter()
-                .any(|s| busy(s))
-                .then_some(())
-                .ok_or(format!("{states:?}"))
-        });
+        // All four: lab-c's first run is checked at the hub for its four
+        // attempts, so each must have begun before the kill (under load the
+        // burst's sticks start one after another).
+        until(
+            &format!("{}'s four sticks being written", station.name),
+            || {
+                let states = port_states(process)?;
+                (states.iter().filter(|s| busy(s)).count() == 4)
+                    .then_some(())
+                    .ok_or(format!("{states:?}"))
+            },
+        );
     }
 
     // kill -9 a station mid-write; it comes back on the same data.
