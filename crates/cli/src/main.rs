@@ -30,6 +30,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    fix_malloc_mmap_threshold();
     let args = cli::Args::parse();
     init_logging(args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -69,3 +70,26 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// Keeps glibc from holding on to freed chunk buffers. The engine reads a
+/// followed import's chunks into page-aligned buffers of the chunk size (4 MiB)
+/// on each attempt's threads and frees them once written. With glibc's dynamic
+/// mmap threshold, the first such free raises the threshold above the chunk
+/// size, later buffers come from per-thread arenas, and aligned allocations
+/// there fragment: measured, a one-shot flash of a 512 MiB file not yet cached
+/// grew to 488 MB resident (52 MB with the image cached), and 60 MB with the
+/// threshold fixed at 1 MiB. A fixed threshold serves every buffer of 1 MiB or
+/// more with its own mapping, returned to the kernel when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_malloc_mmap_threshold() {
+    // SAFETY: mallopt only sets glibc's allocation policy; it is called first
+    // thing in main, before any other thread exists or anything is allocated
+    // that the new policy could not free.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_malloc_mmap_threshold() {}
