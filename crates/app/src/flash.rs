@@ -228,18 +228,7 @@ pub async fn flash(
     // A raw image referenced in place is read from the operator's file for
     // the whole run: that file is never a target.
     if let Some(reference) = &image.meta.reference {
-        use std::os::unix::fs::MetadataExt;
-        let key = |meta: &std::fs::Metadata| (meta.dev(), meta.ino());
-        if let Ok(image_file) = std::fs::metadata(reference.path()) {
-            for spec in &request.targets {
-                if std::fs::metadata(spec).is_ok_and(|m| m.is_file() && key(&m) == key(&image_file))
-                {
-                    return Err(
-                        crate::targets::TargetsError::IsTheImage { spec: spec.clone() }.into(),
-                    );
-                }
-            }
-        }
+        crate::targets::refuse_the_image_file(reference.path(), &request.targets)?;
     }
     // An audit's block devices are judged for reading and held until it ends.
     let _claims = if request.audit {

@@ -184,6 +184,27 @@ pub struct GuardSettings {
     pub audit: bool,
 }
 
+/// Refuses a file target that is the image's own file (`image_file`, read
+/// for the whole run: a raw image the cache references in place, or a file
+/// being imported while it is written). Compared by device and inode, so no
+/// spelling of the path gets past it; a missing image file refuses nothing.
+pub(crate) fn refuse_the_image_file(
+    image_file: &Path,
+    specs: &[String],
+) -> Result<(), TargetsError> {
+    let key = |meta: &std::fs::Metadata| (meta.dev(), meta.ino());
+    let Ok(image) = std::fs::metadata(image_file) else {
+        return Ok(());
+    };
+    match specs
+        .iter()
+        .find(|spec| std::fs::metadata(spec).is_ok_and(|m| m.is_file() && key(&m) == key(&image)))
+    {
+        Some(spec) => Err(TargetsError::IsTheImage { spec: spec.clone() }),
+        None => Ok(()),
+    }
+}
+
 /// Parses every target spec; fails on the first malformed one, before anything
 /// is written anywhere.
 pub fn parse_targets(

@@ -216,21 +216,8 @@ async fn follow_import(
     let mut abandon = CancelOnDrop(Some(cancel.clone()));
     let policy = guard_policy(&request);
     // The file being imported is read for the whole run: never a target.
-    {
-        use std::os::unix::fs::MetadataExt;
-        let key = |meta: &std::fs::Metadata| (meta.dev(), meta.ino());
-        if let Ok(image_file) = std::fs::metadata(path) {
-            for spec in &request.targets {
-                if std::fs::metadata(spec).is_ok_and(|m| m.is_file() && key(&m) == key(&image_file))
-                {
-                    feed.fail("the flash was refused");
-                    return Err(
-                        crate::targets::TargetsError::IsTheImage { spec: spec.clone() }.into(),
-                    );
-                }
-            }
-        }
-    }
+    crate::targets::refuse_the_image_file(path, &request.targets)
+        .inspect_err(|_| feed.fail("the flash was refused"))?;
     let targets = parse_targets(
         &request.targets,
         size,
