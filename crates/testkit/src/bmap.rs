@@ -56,3 +56,32 @@ pub fn reseal(text: &str) -> String {
         .collect();
     zeroed.replacen(&"0".repeat(64), &digest, 1)
 }
+
+/// Asserts that `map` (a block map as `image show --json` and the API give it)
+/// was generated from the allocation of a `file_system` (e.g. "ext4") for an
+/// image of `image_size` bytes, maps more than `min_mapped` and less than
+/// `max_mapped` bytes, and states its share of the image consistently.
+pub fn assert_generated_map(
+    map: &serde_json::Value,
+    file_system: &str,
+    image_size: u64,
+    min_mapped: u64,
+    max_mapped: u64,
+) {
+    assert_eq!(map["origin"]["kind"], "generated", "{map}");
+    assert!(
+        map["source"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("generated from {file_system}")),
+        "{map}"
+    );
+    let mapped = map["mapped_bytes"].as_u64().unwrap();
+    assert!(mapped > min_mapped && mapped < max_mapped, "{map}");
+    assert_eq!(map["image_size"], image_size, "{map}");
+    let share = map["mapped_share"].as_f64().unwrap();
+    assert!(
+        (share - mapped as f64 / image_size as f64).abs() < 1e-9,
+        "{map}"
+    );
+}

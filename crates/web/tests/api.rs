@@ -1385,22 +1385,7 @@ async fn sparse_runs_are_armed_for_an_image_with_a_block_map_and_refused_otherwi
     assert_eq!(status, StatusCode::CREATED, "{imported}");
     let sha = imported["sha256"].as_str().unwrap().to_string();
     let map = &imported["block_map"];
-    assert_eq!(map["origin"]["kind"], "generated", "{imported}");
-    assert!(
-        map["source"]
-            .as_str()
-            .unwrap()
-            .starts_with("generated from ext4"),
-        "{map}"
-    );
-    let mapped = map["mapped_bytes"].as_u64().unwrap();
-    assert!(mapped > 2 * MIB && mapped < 8 * MIB, "{map}");
-    assert_eq!(map["image_size"], 8 * MIB);
-    let share = map["mapped_share"].as_f64().unwrap();
-    assert!(
-        (share - mapped as f64 / (8 * MIB) as f64).abs() < 1e-9,
-        "{map}"
-    );
+    flashrack_testkit::bmap::assert_generated_map(map, "ext4", 8 * MIB, 2 * MIB, 8 * MIB);
     let (_, shown) = get(&rig, &format!("/api/v1/images/{sha}")).await;
     assert_eq!(&shown["block_map"], map);
     let (_, listed) = get(&rig, "/api/v1/images").await;
