@@ -3,7 +3,8 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -139,4 +140,57 @@ export async function stopTheDemosRunAndOpenTheForm(page, url) {
   await page.goto(url);
   await page.locator('#arm-form').waitFor({ state: 'visible', timeout: 30_000 });
   return first;
+}
+
+/**
+ * One browser test's frame: checks the programs (`needs`: more [file, hint]
+ * pairs), makes a work directory (`work`, with the data directory `dataDir`
+ * inside it, not created), lets `prepare({ work, dataDir })` make its files
+ * (what it returns is `prepared`), starts the demo with `args`, opens a
+ * browser and runs `body({ child, url, api, browser, context, page,
+ * pageErrors, work, dataDir, prepared })`. A failure saves
+ * `<name>-failure.png` and adds the demo's last output to the error. Always closes the browser, stops the
+ * demo (a frozen one is continued first; one killed by the test is left
+ * dead), removes `work`; then asserts no JavaScript error on the page and
+ * that the demo stopped on SIGTERM.
+ */
+export async function withDashboard({ name, args = [], needs = [], prepare }, body) {
+  requireExecutable(BIN, 'build it with `cargo build -p flashrack-cli` or set FLASHRACK_BIN');
+  requireExecutable(CHROMIUM, 'install it with `apt-get install -y chromium` or set CHROMIUM_PATH');
+  for (const [file, hint] of needs) requireExecutable(file, hint);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const work = mkdtempSync(path.join(tmpdir(), `flashrack-e2e-${name}-`));
+  const dataDir = path.join(work, 'data');
+  let child;
+  let browser;
+  let context;
+  let page;
+  let pageErrors = [];
+  let stopped = { forced: false };
+  try {
+    const prepared = prepare ? await prepare({ work, dataDir }) : undefined;
+    const demo = startDemo(dataDir, args);
+    child = demo.child;
+    const url = await demo.url;
+    ({ browser, context, page, pageErrors } = await openBrowser());
+    const api = (p) => `${url}api/v1${p}`;
+    await body({ child, url, api, browser, context, page, pageErrors, work, dataDir, prepared });
+  } catch (error) {
+    if (page) await page.screenshot({ path: path.join(ARTIFACTS, `${name}-failure.png`), fullPage: true }).catch(() => {});
+    if (child) {
+      const status = child.exitCode !== null || child.signalCode !== null
+        ? `the demo has exited (code ${child.exitCode}, signal ${child.signalCode})` : 'the demo is still running';
+      error.message += `\n--- ${status}; its last output:\n${child.log()}`;
+    }
+    throw error;
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    if (child) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGCONT');
+      stopped = await stopDemo(child);
+    }
+    rmSync(work, { recursive: true, force: true });
+  }
+  assert.deepEqual(pageErrors, [], 'no JavaScript errors on the page');
+  assert.equal(stopped.forced, false, 'the demo stops on SIGTERM');
 }

@@ -12,12 +12,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, closeSync, openSync, ftruncateSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync, closeSync, openSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
 
 import {
-  BIN, CHROMIUM, ARTIFACTS, importImage, openBrowser, requireExecutable, startDemo, stopDemo,
+  ARTIFACTS, importImage, withDashboard,
   stopTheDemosRunAndOpenTheForm,
 } from './demo.mjs';
 
@@ -49,92 +48,72 @@ function events(database, kind) {
   return (out.trim() ? JSON.parse(out) : []).map((row) => ({ ...row, detail: JSON.parse(row.detail) }));
 }
 
-test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps the refusal and the force', { timeout: 300_000 }, async () => {
-  requireExecutable(BIN, 'build it with `cargo build -p flashrack-cli` or set FLASHRACK_BIN');
-  requireExecutable(CHROMIUM, 'install it with `apt-get install -y chromium` or set CHROMIUM_PATH');
-  requireExecutable(SQLITE, 'install it with `apt-get install -y sqlite3` or set SQLITE3_PATH');
-  mkdirSync(ARTIFACTS, { recursive: true });
-  const work = mkdtempSync(path.join(tmpdir(), 'flashrack-e2e-iso-'));
-  const dataDir = path.join(work, 'data');
-  const iso = path.join(work, 'holiday-videos.bin');
-  windowsLikeIso(work, iso);
-  const sha = importImage(dataDir, iso);
+test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps the refusal and the force', { timeout: 300_000 }, () => withDashboard({
+  name: 'inspection',
+  needs: [[SQLITE, 'install it with `apt-get install -y sqlite3` or set SQLITE3_PATH']],
+  prepare: ({ work, dataDir }) => {
+    const iso = path.join(work, 'holiday-videos.bin');
+    windowsLikeIso(work, iso);
+    return importImage(dataDir, iso);
+  },
+}, async ({ url, api, page, dataDir, prepared: sha }) => {
   const database = path.join(dataDir, 'flashrack.db');
+  // The demo arms a run of its own image: stop it, so that the form is offered.
+  const first = await stopTheDemosRunAndOpenTheForm(page, url);
+  // The library says what the image is and that a raw run is refused.
+  const row = page.locator('#image-list li', { hasText: 'holiday-videos.bin' });
+  await row.waitFor({ timeout: 15_000 });
+  assert.match(await row.locator('.image-summary').textContent(), /not hybrid.*Windows installer/);
+  assert.match(await row.locator('.image-refusal').textContent(), /Raw run refused: this is a Windows installer ISO/);
+  await page.waitForFunction((value) => document.querySelector(`#arm-image option[value="${value}"]`), sha, { timeout: 15_000 });
+  await page.selectOption('#arm-image', sha);
 
-  const { child, url: urlPromise } = startDemo(dataDir);
-  let browser;
-  let page;
-  try {
-    const url = await urlPromise;
-    const api = (p) => `${url}api/v1${p}`;
-    let pageErrors;
-    ({ browser, page, pageErrors } = await openBrowser());
-    // The demo arms a run of its own image: stop it, so that the form is offered.
-    const first = await stopTheDemosRunAndOpenTheForm(page, url);
-    // The library says what the image is and that a raw run is refused.
-    const row = page.locator('#image-list li', { hasText: 'holiday-videos.bin' });
-    await row.waitFor({ timeout: 15_000 });
-    assert.match(await row.locator('.image-summary').textContent(), /not hybrid.*Windows installer/);
-    assert.match(await row.locator('.image-refusal').textContent(), /Raw run refused: this is a Windows installer ISO/);
-    await page.waitForFunction((value) => document.querySelector(`#arm-image option[value="${value}"]`), sha, { timeout: 15_000 });
-    await page.selectOption('#arm-image', sha);
+  // "Cancel": nothing is armed, and the form says why.
+  let asked = null;
+  page.once('dialog', async (dialog) => {
+    asked = { type: dialog.type(), message: dialog.message() };
+    await dialog.dismiss();
+  });
+  await page.click('#arm-button');
+  await page.waitForFunction(() => /^Not armed: this is a Windows installer ISO/
+    .test(document.querySelector('#arm-status')?.textContent || ''), null, { timeout: 5_000 })
+    .catch(async () => assert.fail(`no refusal shown: ${await page.locator('#arm-status').textContent()}`));
+  assert.equal(asked?.type, 'confirm');
+  assert.match(asked.message, /Windows installer ISO .* will not boot/);
+  assert.match(asked.message, /build a bootable USB layout/);
+  assert.match(asked.message, /Force a raw run anyway\? \(recorded in the run\)/);
+  const idle = (await (await page.request.get(api('/station'))).json()).run;
+  assert.ok(!idle || !idle.armed, 'cancelled: nothing armed');
+  await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-declined.png'), fullPage: true });
 
-    // "Cancel": nothing is armed, and the form says why.
-    let asked = null;
-    page.once('dialog', async (dialog) => {
-      asked = { type: dialog.type(), message: dialog.message() };
-      await dialog.dismiss();
-    });
-    await page.click('#arm-button');
-    await page.waitForFunction(() => /^Not armed: this is a Windows installer ISO/
-      .test(document.querySelector('#arm-status')?.textContent || ''), null, { timeout: 5_000 })
-      .catch(async () => assert.fail(`no refusal shown: ${await page.locator('#arm-status').textContent()}`));
-    assert.equal(asked?.type, 'confirm');
-    assert.match(asked.message, /Windows installer ISO .* will not boot/);
-    assert.match(asked.message, /build a bootable USB layout/);
-    assert.match(asked.message, /Force a raw run anyway\? \(recorded in the run\)/);
-    const idle = (await (await page.request.get(api('/station'))).json()).run;
-    assert.ok(!idle || !idle.armed, 'cancelled: nothing armed');
-    await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-declined.png'), fullPage: true });
+  // A client that does not force it is refused by the station, which
+  // records the refusal: who asked, the image, the reason.
+  const refused = await page.request.post(api('/runs'), { data: { image: sha, operator: 'E2E Client' } });
+  assert.equal(refused.status(), 422, await refused.text());
+  const refusals = events(database, 'run_refused');
+  assert.equal(refusals.length, 1, JSON.stringify(refusals));
+  assert.equal(refusals[0].detail.image_sha256, sha);
+  assert.equal(refusals[0].detail.options.operator, 'E2E Client');
+  assert.match(refusals[0].detail.reason, /Windows installer ISO/);
+  assert.equal(refusals[0].run_id, null, 'no run was started');
 
-    // A client that does not force it is refused by the station, which
-    // records the refusal: who asked, the image, the reason.
-    const refused = await page.request.post(api('/runs'), { data: { image: sha, operator: 'E2E Client' } });
-    assert.equal(refused.status(), 422, await refused.text());
-    const refusals = events(database, 'run_refused');
-    assert.equal(refusals.length, 1, JSON.stringify(refusals));
-    assert.equal(refusals[0].detail.image_sha256, sha);
-    assert.equal(refusals[0].detail.options.operator, 'E2E Client');
-    assert.match(refusals[0].detail.reason, /Windows installer ISO/);
-    assert.equal(refusals[0].run_id, null, 'no run was started');
+  // "OK": a raw run is armed, forced, and says so.
+  page.once('dialog', (dialog) => dialog.accept());
+  await page.fill('#arm-operator', 'Grace Hopper');
+  await page.click('#arm-button');
+  await page.waitForFunction(() => /\barmed\b/i.test(document.querySelector('#run-state')?.textContent || ''),
+    null, { timeout: 15_000 });
+  const run = (await (await page.request.get(api('/station'))).json()).run;
+  assert.ok(run.armed && run.id !== first.id, 'a new run is armed');
+  assert.equal(run.image_sha256, sha);
+  assert.equal(run.options.force_raw, true, 'the force is kept with the run');
+  assert.equal(run.options.operator, 'Grace Hopper');
+  const arms = events(database, 'operator_action').filter((e) => e.detail.action === 'arm');
+  assert.match(arms.at(-1).detail.detail, new RegExp(`^run ${run.id}: holiday-videos.bin .*, raw write forced$`));
+  assert.equal(events(database, 'run_refused').length, 1, 'the forced run is no refusal');
+  await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-forced.png'), fullPage: true });
 
-    // "OK": a raw run is armed, forced, and says so.
-    page.once('dialog', (dialog) => dialog.accept());
-    await page.fill('#arm-operator', 'Grace Hopper');
-    await page.click('#arm-button');
-    await page.waitForFunction(() => /\barmed\b/i.test(document.querySelector('#run-state')?.textContent || ''),
-      null, { timeout: 15_000 });
-    const run = (await (await page.request.get(api('/station'))).json()).run;
-    assert.ok(run.armed && run.id !== first.id, 'a new run is armed');
-    assert.equal(run.image_sha256, sha);
-    assert.equal(run.options.force_raw, true, 'the force is kept with the run');
-    assert.equal(run.options.operator, 'Grace Hopper');
-    const arms = events(database, 'operator_action').filter((e) => e.detail.action === 'arm');
-    assert.match(arms.at(-1).detail.detail, new RegExp(`^run ${run.id}: holiday-videos.bin .*, raw write forced$`));
-    assert.equal(events(database, 'run_refused').length, 1, 'the forced run is no refusal');
-    await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-forced.png'), fullPage: true });
-
-    const report = await (await page.request.get(api(`/runs/${run.id}/report?format=json`))).json();
-    assert.equal(report.run.options.force_raw, true);
-    assert.equal(report.image.iso.windows_installer, true);
-    assert.deepEqual(pageErrors, [], 'no JavaScript errors on the page');
-  } catch (error) {
-    if (page) await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-failure.png'), fullPage: true }).catch(() => {});
-    error.message += `\n--- the demo's last output:\n${child.log()}`;
-    throw error;
-  } finally {
-    if (browser) await browser.close().catch(() => {});
-    await stopDemo(child);
-    rmSync(work, { recursive: true, force: true });
-  }
-});
+  const report = await (await page.request.get(api(`/runs/${run.id}/report?format=json`))).json();
+  assert.equal(report.run.options.force_raw, true);
+  assert.equal(report.image.iso.windows_installer, true);
+}));

@@ -8,13 +8,9 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 
-import {
-  BIN, CHROMIUM, ARTIFACTS, openBrowser, requireExecutable, startDemo, stopDemo,
-} from './demo.mjs';
+import { ARTIFACTS, withDashboard } from './demo.mjs';
 
 /** What a tile says: its state, its verdict's words, its device line. */
 const tile = (page, label) => page.evaluate((l) => {
@@ -91,123 +87,102 @@ const pull = async (child, port) => {
   assert.match(answer, /^pulled /, `pull ${port}`);
 };
 
-test('a pulled stick keeps its removed verdict until the next one, counters agree everywhere, and a target count never overshoots', { timeout: 300_000 }, async () => {
-  requireExecutable(BIN, 'build it with `cargo build -p flashrack-cli` or set FLASHRACK_BIN');
-  requireExecutable(CHROMIUM, 'install it with `apt-get install -y chromium` or set CHROMIUM_PATH');
-  mkdirSync(ARTIFACTS, { recursive: true });
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'flashrack-e2e-'));
-  const { child, url: urlPromise } = startDemo(dataDir, ['--by-hand', '--no-arm', '--ports', '16', '--image-size', '32MiB']);
-  let browser;
-  let page;
-  try {
-    const url = await urlPromise;
-    let pageErrors;
-    ({ browser, page, pageErrors } = await openBrowser());
-    await page.goto(url);
-    await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
+test('a pulled stick keeps its removed verdict until the next one, counters agree everywhere, and a target count never overshoots', { timeout: 300_000 }, () => withDashboard({ name: 'states', args: ['--by-hand', '--no-arm', '--ports', '16', '--image-size', '32MiB'] }, async ({ child, url, page }) => {
+  await page.goto(url);
+  await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
 
-    // With no run armed, a stick is shown and never written, and nothing offers to write it.
-    await plug(child, 'A2 idle');
-    await untilTile(page, 'A2', 'showed the idle stick', { state: 'detected' });
-    assert.equal(await page.locator('[data-action="again"]').count(), 0, 'no "Write again" without a run');
-    assert.equal(await page.locator('#stop-button').isVisible(), false, 'no "Stop run" without a run');
-    await pull(child, 'A2');
+  // With no run armed, a stick is shown and never written, and nothing offers to write it.
+  await plug(child, 'A2 idle');
+  await untilTile(page, 'A2', 'showed the idle stick', { state: 'detected' });
+  assert.equal(await page.locator('[data-action="again"]').count(), 0, 'no "Write again" without a run');
+  assert.equal(await page.locator('#stop-button').isVisible(), false, 'no "Stop run" without a run');
+  await pull(child, 'A2');
 
-    // Run 1: a stick pulled mid-write.
-    const first = await armRun(page, url, null);
-    await plug(child, 'A1 pulled:write=2MB');
-    await untilTile(page, 'A1', 'was writing', { state: 'writing', text: /\d+\s?%/ });
-    await pull(child, 'A1');
-    await untilTile(page, 'A1', 'showed the removed verdict', { state: 'failed', text: /removed during writing/ });
-    let a1 = await tile(page, 'A1');
-    assert.match(a1.device, /stick removed/, JSON.stringify(a1));
-    assert.equal(a1.verdictRun, String(first), 'the verdict names its run');
-    // Other sticks come and go (a pass, a refusal); A1 keeps saying what happened to its stick.
-    await plug(child, 'A2 good');
-    await untilTile(page, 'A2', 'passed', { state: 'passed' });
-    await plug(child, 'A3 tiny:capacity=1MiB');
-    await untilTile(page, 'A3', 'was refused', { state: 'refused' });
-    a1 = await tile(page, 'A1');
-    assert.equal(a1.state, 'failed', JSON.stringify(a1));
-    assert.match(a1.verdict, /removed during writing/, JSON.stringify(a1));
-    // The next stick in A1 replaces it.
-    await plug(child, 'A1 next');
-    await untilTile(page, 'A1', 'passed with the next stick', { state: 'passed' });
-    a1 = await tile(page, 'A1');
-    assert.doesNotMatch(a1.text, /removed/, JSON.stringify(a1));
-    // A stick mid-write when the run is stopped: asked first, then interrupted (not failed).
-    await plug(child, 'A4 cut:write=1MB');
-    await untilTile(page, 'A4', 'was writing', { state: 'writing' });
-    const question = await stopRun(page);
-    assert.match(question || '', /A4.*interrupt|interrupt.*A4/is, `the stop asks first: ${question}`);
-    await untilTile(page, 'A4', 'was interrupted', { text: /interrupted/i });
+  // Run 1: a stick pulled mid-write.
+  const first = await armRun(page, url, null);
+  await plug(child, 'A1 pulled:write=2MB');
+  await untilTile(page, 'A1', 'was writing', { state: 'writing', text: /\d+\s?%/ });
+  await pull(child, 'A1');
+  await untilTile(page, 'A1', 'showed the removed verdict', { state: 'failed', text: /removed during writing/ });
+  let a1 = await tile(page, 'A1');
+  assert.match(a1.device, /stick removed/, JSON.stringify(a1));
+  assert.equal(a1.verdictRun, String(first), 'the verdict names its run');
+  // Other sticks come and go (a pass, a refusal); A1 keeps saying what happened to its stick.
+  await plug(child, 'A2 good');
+  await untilTile(page, 'A2', 'passed', { state: 'passed' });
+  await plug(child, 'A3 tiny:capacity=1MiB');
+  await untilTile(page, 'A3', 'was refused', { state: 'refused' });
+  a1 = await tile(page, 'A1');
+  assert.equal(a1.state, 'failed', JSON.stringify(a1));
+  assert.match(a1.verdict, /removed during writing/, JSON.stringify(a1));
+  // The next stick in A1 replaces it.
+  await plug(child, 'A1 next');
+  await untilTile(page, 'A1', 'passed with the next stick', { state: 'passed' });
+  a1 = await tile(page, 'A1');
+  assert.doesNotMatch(a1.text, /removed/, JSON.stringify(a1));
+  // A stick mid-write when the run is stopped: asked first, then interrupted (not failed).
+  await plug(child, 'A4 cut:write=1MB');
+  await untilTile(page, 'A4', 'was writing', { state: 'writing' });
+  const question = await stopRun(page);
+  assert.match(question || '', /A4.*interrupt|interrupt.*A4/is, `the stop asks first: ${question}`);
+  await untilTile(page, 'A4', 'was interrupted', { text: /interrupted/i });
 
-    // Run 1's counts agree everywhere: 2 passed, 1 failed (the pull), 1 refused, 1 interrupted.
-    const want = { passed: 2, failed: 1, refused: 1, interrupted: 1 };
-    const report = await (await page.request.get(`${url}api/v1/runs/${first}/report?format=json`)).json();
-    assert.deepEqual(
-      Object.fromEntries(Object.keys(want).map((k) => [k, report.run[k]])), want,
-      `the run's report: ${JSON.stringify(report.run)}`,
-    );
-    const metrics = await (await page.request.get(`${url}metrics`)).text();
-    assert.deepEqual(
-      Object.fromEntries(Object.keys(want).map((k) => [k, metric(metrics, `flashrack_run_${k}`)])), want, '/metrics',
-    );
-    await page.waitForFunction((w) => Object.entries(w)
-      .every(([k, v]) => Number(document.querySelector(`#run-view .counter-${k} dd`)?.textContent) === v), want, { timeout: 15_000 })
-      .catch(async () => assert.fail(`the run panel: ${await page.locator('#run-view .counters').textContent()}`));
-    const top = await page.locator('#rack-summary').textContent();
-    assert.match(top, new RegExp(`run #${first} stopped: 2 passed, 1 failed, 1 refused, 1 interrupted`), `the top bar: ${top}`);
-    const row = page.locator(`#run-list [data-run-id="${first}"]`);
-    await page.waitForFunction((id) => /2 passed, 1 failed, 1 refused, 1 interrupted/
-      .test(document.querySelector(`#run-list [data-run-id="${id}"]`)?.textContent || ''), first, { timeout: 15_000 })
-      .catch(async () => assert.fail(`the runs list: ${await row.textContent()}`));
-    // The devices' latest verdicts follow the records, the interruption included.
-    const devices = { cut: /interrupted in A4/, pulled: /fail in A1 \(removed\)/, next: /pass in A1/, good: /pass in A2/ };
-    await page.waitForFunction((want) => Object.entries(want).every(([key, [source, flags]]) => new RegExp(source, flags)
-      .test(document.querySelector(`#device-list [data-device-key="${key}"]`)?.textContent || '')),
-    Object.fromEntries(Object.entries(devices).map(([k, re]) => [k, [re.source, re.flags]])), { timeout: 15_000 })
-      .catch(async () => assert.fail(`the devices list: ${await page.locator('#device-list').textContent()}`));
-    await assertNothingImpossible(page, 'run 1 stopped');
-    await page.screenshot({ path: path.join(ARTIFACTS, 'states-run1.png'), fullPage: true });
-    for (const port of ['A1', 'A2', 'A3', 'A4']) await pull(child, port);
+  // Run 1's counts agree everywhere: 2 passed, 1 failed (the pull), 1 refused, 1 interrupted.
+  const want = { passed: 2, failed: 1, refused: 1, interrupted: 1 };
+  const report = await (await page.request.get(`${url}api/v1/runs/${first}/report?format=json`)).json();
+  assert.deepEqual(
+    Object.fromEntries(Object.keys(want).map((k) => [k, report.run[k]])), want,
+    `the run's report: ${JSON.stringify(report.run)}`,
+  );
+  const metrics = await (await page.request.get(`${url}metrics`)).text();
+  assert.deepEqual(
+    Object.fromEntries(Object.keys(want).map((k) => [k, metric(metrics, `flashrack_run_${k}`)])), want, '/metrics',
+  );
+  await page.waitForFunction((w) => Object.entries(w)
+    .every(([k, v]) => Number(document.querySelector(`#run-view .counter-${k} dd`)?.textContent) === v), want, { timeout: 15_000 })
+    .catch(async () => assert.fail(`the run panel: ${await page.locator('#run-view .counters').textContent()}`));
+  const top = await page.locator('#rack-summary').textContent();
+  assert.match(top, new RegExp(`run #${first} stopped: 2 passed, 1 failed, 1 refused, 1 interrupted`), `the top bar: ${top}`);
+  const row = page.locator(`#run-list [data-run-id="${first}"]`);
+  await page.waitForFunction((id) => /2 passed, 1 failed, 1 refused, 1 interrupted/
+    .test(document.querySelector(`#run-list [data-run-id="${id}"]`)?.textContent || ''), first, { timeout: 15_000 })
+    .catch(async () => assert.fail(`the runs list: ${await row.textContent()}`));
+  // The devices' latest verdicts follow the records, the interruption included.
+  const devices = { cut: /interrupted in A4/, pulled: /fail in A1 \(removed\)/, next: /pass in A1/, good: /pass in A2/ };
+  await page.waitForFunction((want) => Object.entries(want).every(([key, [source, flags]]) => new RegExp(source, flags)
+    .test(document.querySelector(`#device-list [data-device-key="${key}"]`)?.textContent || '')),
+  Object.fromEntries(Object.entries(devices).map(([k, re]) => [k, [re.source, re.flags]])), { timeout: 15_000 })
+    .catch(async () => assert.fail(`the devices list: ${await page.locator('#device-list').textContent()}`));
+  await assertNothingImpossible(page, 'run 1 stopped');
+  await page.screenshot({ path: path.join(ARTIFACTS, 'states-run1.png'), fullPage: true });
+  for (const port of ['A1', 'A2', 'A3', 'A4']) await pull(child, port);
 
-    // Run 2: stop after 2 passes. Two slow sticks in flight reach it: a third waits, shown as such.
-    const second = await armRun(page, url, 2);
-    await plug(child, 'B1 slow1:write=1MB');
-    await plug(child, 'B2 slow2:write=1MB');
-    await untilTile(page, 'B1', 'was writing', { state: 'writing' });
-    await untilTile(page, 'B2', 'was writing', { state: 'writing' });
-    await plug(child, 'B3 third');
-    await untilTile(page, 'B3', 'waited', { state: 'waiting', text: /waiting: target nearly reached/ });
-    await assertNothingImpossible(page, 'sticks waiting');
-    await page.screenshot({ path: path.join(ARTIFACTS, 'states-waiting.png'), fullPage: true });
-    // One in flight fails (pulled): the waiting stick starts, and passes.
-    await pull(child, 'B2');
-    await untilTile(page, 'B3', 'passed once B2 failed', { state: 'passed' });
-    // 1 pass + 1 in flight: a fourth stick waits too.
-    await plug(child, 'B4 fourth');
-    await untilTile(page, 'B4', 'waited', { state: 'waiting' });
-    // B1 passes: the target is reached, the run stops by itself, B4 is never written.
-    await page.waitForFunction(() => /stopped/i.test(document.querySelector('#run-state')?.textContent || ''), null, { timeout: 120_000 });
-    const run2 = await (await page.request.get(`${url}api/v1/runs/${second}/report?format=json`)).json();
-    assert.equal(run2.run.passed, 2, `exactly the target: ${JSON.stringify(run2.run)}`);
-    assert.equal(run2.run.failed, 1, JSON.stringify(run2.run));
-    assert.ok(!run2.attempts.some((a) => a.port_label === 'B4'), `B4 was never written: ${JSON.stringify(run2.attempts.map((a) => a.port_label))}`);
-    const b4 = await tile(page, 'B4');
-    assert.notEqual(b4.state, 'writing', JSON.stringify(b4));
-    assert.doesNotMatch(b4.text, /waiting: target nearly reached/, `no run, nothing waits: ${JSON.stringify(b4)}`);
-    await page.waitForFunction(() => !document.querySelector('[data-action="again"]'), null, { timeout: 5_000 })
-      .catch(() => assert.fail('"Write again" is still offered with no run armed'));
-    await page.screenshot({ path: path.join(ARTIFACTS, 'states-target.png'), fullPage: true });
-    assert.deepEqual(pageErrors, [], 'no JavaScript errors on the page');
-  } catch (error) {
-    if (page) await page.screenshot({ path: path.join(ARTIFACTS, 'failure-states.png'), fullPage: true }).catch(() => {});
-    error.message += `\n--- the demo's last output:\n${child.log()}`;
-    throw error;
-  } finally {
-    if (browser) await browser.close().catch(() => {});
-    await stopDemo(child);
-    rmSync(dataDir, { recursive: true, force: true });
-  }
-});
+  // Run 2: stop after 2 passes. Two slow sticks in flight reach it: a third waits, shown as such.
+  const second = await armRun(page, url, 2);
+  await plug(child, 'B1 slow1:write=1MB');
+  await plug(child, 'B2 slow2:write=1MB');
+  await untilTile(page, 'B1', 'was writing', { state: 'writing' });
+  await untilTile(page, 'B2', 'was writing', { state: 'writing' });
+  await plug(child, 'B3 third');
+  await untilTile(page, 'B3', 'waited', { state: 'waiting', text: /waiting: target nearly reached/ });
+  await assertNothingImpossible(page, 'sticks waiting');
+  await page.screenshot({ path: path.join(ARTIFACTS, 'states-waiting.png'), fullPage: true });
+  // One in flight fails (pulled): the waiting stick starts, and passes.
+  await pull(child, 'B2');
+  await untilTile(page, 'B3', 'passed once B2 failed', { state: 'passed' });
+  // 1 pass + 1 in flight: a fourth stick waits too.
+  await plug(child, 'B4 fourth');
+  await untilTile(page, 'B4', 'waited', { state: 'waiting' });
+  // B1 passes: the target is reached, the run stops by itself, B4 is never written.
+  await page.waitForFunction(() => /stopped/i.test(document.querySelector('#run-state')?.textContent || ''), null, { timeout: 120_000 });
+  const run2 = await (await page.request.get(`${url}api/v1/runs/${second}/report?format=json`)).json();
+  assert.equal(run2.run.passed, 2, `exactly the target: ${JSON.stringify(run2.run)}`);
+  assert.equal(run2.run.failed, 1, JSON.stringify(run2.run));
+  assert.ok(!run2.attempts.some((a) => a.port_label === 'B4'), `B4 was never written: ${JSON.stringify(run2.attempts.map((a) => a.port_label))}`);
+  const b4 = await tile(page, 'B4');
+  assert.notEqual(b4.state, 'writing', JSON.stringify(b4));
+  assert.doesNotMatch(b4.text, /waiting: target nearly reached/, `no run, nothing waits: ${JSON.stringify(b4)}`);
+  await page.waitForFunction(() => !document.querySelector('[data-action="again"]'), null, { timeout: 5_000 })
+    .catch(() => assert.fail('"Write again" is still offered with no run armed'));
+  await page.screenshot({ path: path.join(ARTIFACTS, 'states-target.png'), fullPage: true });
+}));
