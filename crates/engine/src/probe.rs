@@ -16,6 +16,9 @@
 //!    hides losses. A stick that cannot be reset gets a filler of more than a
 //!    cache bound ([`ProbeOptions::cache_bound`]) written after its markers, at
 //!    its start (around the markers there), which pushes them out of its cache.
+//!    A target without a cache of its own ([`Target::may_cache_writes`]: a
+//!    loop device) gets no filler: there is nothing to push the markers out
+//!    of, and the filler was 32 MiB written to it for nothing.
 //! 3. **Read back** through a fresh handle. A marker that comes back replaced
 //!    (zeros, another marker, stale data) is a bad block.
 //! 4. **Bisect.** Between the highest good sample below the lowest bad one and
@@ -334,7 +337,11 @@ impl<'a> Prober<'a> {
             );
             self.check_cancel(ProbeOperation::Reset)?;
         } else {
-            self.write_filler(offsets)?;
+            // A filler only pushes the markers out of a cache the target may
+            // have; a loop device or a file has none (`may_cache_writes`).
+            if self.target.may_cache_writes() {
+                self.write_filler(offsets)?;
+            }
             self.writer()
                 .flush()
                 .map_err(ProbeFailure::of(ProbeOperation::Flush))?;

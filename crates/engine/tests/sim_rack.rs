@@ -1434,6 +1434,85 @@ async fn a_stick_that_cannot_be_reset_has_its_cache_pushed_out_by_the_filler() {
     }
 }
 
+/// A target that cannot be reset and says it has no cache of its own (as a
+/// loop device does): a simulated stick without a cache behind it.
+struct WithoutCache(SimStick);
+
+impl Target for WithoutCache {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn geometry(&self) -> Result<flashrack_target::TargetGeometry, flashrack_target::TargetError> {
+        self.0.geometry()
+    }
+
+    fn may_cache_writes(&self) -> bool {
+        false
+    }
+
+    fn open_writer(
+        &self,
+    ) -> Result<Box<dyn flashrack_target::TargetWriter>, flashrack_target::TargetError> {
+        self.0.open_writer()
+    }
+
+    fn open_reader(
+        &self,
+    ) -> Result<Box<dyn flashrack_target::TargetReader>, flashrack_target::TargetError> {
+        self.0.open_reader()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_without_a_cache_of_its_own_gets_the_markers_but_no_filler() {
+    let dir = tempfile::tempdir().unwrap();
+    let image_size = MIB as usize;
+    let (image, _) = common::make_image(dir.path(), image_size, 33);
+    let stick = |name: &str| {
+        SimStick::create(
+            SimStickSpec::new(name, 256 * MIB),
+            dir.path().join(format!("{name}.img")),
+        )
+        .unwrap()
+    };
+    let (plain, cacheless) = (stick("plain"), stick("cacheless"));
+    let targets: Vec<(TargetId, Arc<dyn Target>)> = vec![
+        (TargetId::new("plain"), Arc::new(CannotReset(plain.clone()))),
+        (
+            TargetId::new("cacheless"),
+            Arc::new(WithoutCache(cacheless.clone())),
+        ),
+    ];
+    let cache_bound = 16 * MIB;
+    let options = EngineOptions {
+        probe: flashrack_engine::probe::ProbeOptions {
+            defeat_cache: true,
+            cache_bound,
+            ..Default::default()
+        },
+        ..options()
+    };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let results = flash_all(&image, targets, options, tx).await.unwrap();
+    for (id, verdict, _) in &results {
+        assert_eq!(verdict, &Verdict::Pass, "{id}");
+    }
+    // Markers are one block each, a few dozen of them.
+    let markers = 64 * 4096;
+    let written = |s: &SimStick| s.counters().bytes_written;
+    assert!(
+        written(&plain) >= image_size as u64 + cache_bound - markers,
+        "the stick that may cache got its filler: {}",
+        written(&plain)
+    );
+    assert!(
+        written(&cacheless) <= image_size as u64 + markers,
+        "the target without a cache got no filler: {}",
+        written(&cacheless)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_honest_stick_passes_the_probe_with_one_reset_and_a_lossy_one_is_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -281,6 +281,12 @@ fn require_sysfs_u64(path: &Path, device: &Path, what: &str) -> Result<u64, Targ
     }
 }
 
+/// Whether the block device `major:minor` is a loop device (its sysfs
+/// directory has `loop/`, as `LoopBacking::of` reads it).
+fn is_loop_device(major: u32, minor: u32) -> bool {
+    Path::new(&format!("/sys/dev/block/{major}:{minor}/loop")).is_dir()
+}
+
 /// Whether the kernel marks the block device `rdev` read-only: its sysfs `ro`
 /// flag, set by a write-protect switch (the SCSI layer reads it from the
 /// stick), `losetup -r` or `blockdev --setro`.
@@ -429,6 +435,18 @@ impl Target for PathTarget {
 
     fn may_misreport_capacity(&self) -> bool {
         matches!(self.kind, PathKind::Block { .. })
+    }
+
+    /// A loop device has no cache of its own: its medium is its backing
+    /// file, whose page cache its reader drops before reading back (and
+    /// behind itself as it reads). Every other block device may be a stick
+    /// with a cache in its controller or bridge; a file has none.
+    fn may_cache_writes(&self) -> bool {
+        match &self.kind {
+            PathKind::Block { pin: Ok(pin), .. } => !is_loop_device(pin.major, pin.minor),
+            PathKind::Block { pin: Err(_), .. } => true,
+            PathKind::File { .. } => false,
+        }
     }
 
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {

@@ -52,11 +52,21 @@ fn options() -> EngineOptions {
     }
 }
 
-/// Sectors read from a block device so far (`/sys/block/X/stat`, field 3).
-fn sectors_read(device: &LoopDevice) -> u64 {
+/// Field `n` of a block device's `/sys/block/X/stat`.
+fn stat_field(device: &LoopDevice, n: usize) -> u64 {
     let stat =
         std::fs::read_to_string(format!("/sys/block/{}/stat", device.kernel_name())).unwrap();
-    stat.split_whitespace().nth(2).unwrap().parse().unwrap()
+    stat.split_whitespace().nth(n).unwrap().parse().unwrap()
+}
+
+/// Sectors read from a block device so far (`/sys/block/X/stat`, field 3).
+fn sectors_read(device: &LoopDevice) -> u64 {
+    stat_field(device, 2)
+}
+
+/// Sectors written to a block device so far (`/sys/block/X/stat`, field 7).
+fn sectors_written(device: &LoopDevice) -> u64 {
+    stat_field(device, 6)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,18 +129,49 @@ async fn an_honest_loop_device_passes_the_capacity_probe() {
     let device = LoopDevice::new(64 * MIB);
     let target: Arc<dyn Target> =
         Arc::new(PathTarget::block_device(device.path(), loop_guard(3 * MIB)));
+    // A loop device has no cache of its own for a filler to defeat.
+    assert!(!target.may_cache_writes());
+    let written_before = sectors_written(&device);
     let (tx, _rx) = mpsc::unbounded_channel();
-    let results = flash_all(
-        &image,
-        vec![(TargetId::new("honest"), target)],
-        options(),
-        tx,
-    )
-    .await
-    .unwrap();
+    // The probe as `flashrack flash` runs it: defeating the stick's cache.
+    let options = EngineOptions {
+        probe: flashrack_engine::probe::ProbeOptions {
+            defeat_cache: true,
+            ..Default::default()
+        },
+        ..options()
+    };
+    let results = flash_all(&image, vec![(TargetId::new("honest"), target)], options, tx)
+        .await
+        .unwrap();
     assert_eq!(results[0].1, Verdict::Pass);
     let medium = std::fs::read(device.backing()).unwrap();
     assert_eq!(&medium[..bytes.len()], &bytes[..]);
+    // The image and the probe's markers (a block each, at most 64 of them),
+    // not the filler's 32 MiB a stick that cannot be reset gets.
+    let written = (sectors_written(&device) - written_before) * 512;
+    let markers = 64 * 4096;
+    assert!(
+        written >= bytes.len() as u64 && written <= bytes.len() as u64 + markers,
+        "{written} bytes written for an image of {}",
+        bytes.len()
+    );
+}
+
+#[test]
+fn only_block_devices_other_than_loop_devices_may_cache_writes() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = PathTarget::file(dir.path().join("stick.img"), MIB);
+    assert!(!file.may_cache_writes());
+    let device = LoopDevice::new(8 * MIB);
+    let target = PathTarget::block_device(device.path(), loop_guard(MIB));
+    assert!(!target.may_cache_writes());
+    // A name that could not be pinned says it may: when in doubt, the filler.
+    let gone = PathTarget::block_device(dir.path().join("no-such-device"), loop_guard(MIB));
+    assert!(gone.may_cache_writes());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

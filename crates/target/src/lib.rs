@@ -137,6 +137,19 @@ pub trait Target: Send + Sync {
         true
     }
 
+    /// Whether the target may hold recent writes in a cache of its own (a
+    /// stick's controller or its USB bridge) that could answer a read-back
+    /// in place of its medium. The capacity probe pushes its markers out of
+    /// such a cache with a filler when it cannot [`reset`](Self::reset) the
+    /// target. A target with no such cache (a loop device, whose medium is
+    /// its backing file and whose reader drops that file's page cache; a
+    /// regular file) says `false`, and the probe writes no filler there.
+    /// When in doubt, `true` (the default): a filler costs a few MiB written,
+    /// a cache that answers costs a missed lie.
+    fn may_cache_writes(&self) -> bool {
+        true
+    }
+
     /// Whether [`reset`](Self::reset) is implemented: a simulated stick's is,
     /// and a USB block device's when the station gave it a way to see it come
     /// back; files and other block devices cannot be reset.
