@@ -47,10 +47,12 @@ pub enum Chunk {
 pub enum ChunkBytes {
     /// The image file's own pages, mapped.
     Mapped(MappedChunk),
-    /// A copy, where the file cannot be mapped.
+    /// A copy, where the file cannot be mapped (or may not be: a referenced
+    /// file, an import being followed).
     Read {
-        /// Holds the chunk at its start.
-        buf: AlignedBuf,
+        /// Holds the chunk at its start; back to the source's pool when the
+        /// last holder drops the chunk.
+        buf: PooledBuf,
         /// How many bytes of `buf` are the chunk.
         len: usize,
     },
@@ -62,6 +64,93 @@ impl Deref for ChunkBytes {
         match self {
             ChunkBytes::Mapped(mapped) => mapped,
             ChunkBytes::Read { buf, len } => &buf[..*len],
+        }
+    }
+}
+
+/// Free chunk buffers, reused by the next chunk read.
+///
+/// Why: a buffer of a chunk's size is a fresh `mmap` for the allocator (the
+/// `flashrack` binary fixes glibc's mmap threshold at 1 MiB, f9b66cf), which
+/// the kernel zero-fills page by page at its first touch and unmaps when it
+/// is freed; on this project's VMs, whose freed memory goes back to the host,
+/// first touches are slow (bench/README.md). A source that reads its chunks
+/// (a followed import, a referenced file) read each into a new buffer, once
+/// in the write pass and once more in the read-back.
+///
+/// Bounded: at most [`POOL_KEEP`] free buffers are kept; a buffer given back
+/// to a full pool is freed. The buffers in use are bounded by the source
+/// (its cache and what its targets hold), so memory stays bounded whatever
+/// the image size.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    /// A std mutex: held only to push or pop, never across I/O.
+    free: Mutex<Vec<AlignedBuf>>,
+}
+
+/// How many free buffers a [`BufferPool`] keeps: enough for the reads of a
+/// few targets in flight at once between evictions.
+const POOL_KEEP: usize = 4;
+
+impl BufferPool {
+    /// A buffer of exactly `len` bytes: a free one of that size, else a new
+    /// one. Its bytes are whatever it held (the caller overwrites them).
+    fn take(self: &Arc<Self>, len: usize) -> PooledBuf {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            free.iter()
+                .position(|b| b.len() == len)
+                .map(|at| free.swap_remove(at))
+        };
+        PooledBuf {
+            buf: Some(reused.unwrap_or_else(|| AlignedBuf::zeroed(len))),
+            pool: Arc::downgrade(self),
+        }
+    }
+
+    fn give_back(&self, buf: AlignedBuf) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < POOL_KEEP {
+            free.push(buf);
+        }
+    }
+
+    /// How many free buffers the pool holds (tests).
+    #[cfg(test)]
+    fn free_count(&self) -> usize {
+        self.free.lock().unwrap().len()
+    }
+}
+
+/// A chunk buffer from a [`BufferPool`], given back to it when dropped (freed
+/// if the pool is gone or full).
+pub struct PooledBuf {
+    /// Always `Some` until dropped.
+    buf: Option<AlignedBuf>,
+    pool: std::sync::Weak<BufferPool>,
+}
+
+impl Deref for PooledBuf {
+    type Target = AlignedBuf;
+    fn deref(&self) -> &AlignedBuf {
+        self.buf
+            .as_ref()
+            .expect("a pooled buffer is present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut AlignedBuf {
+        self.buf
+            .as_mut()
+            .expect("a pooled buffer is present until dropped")
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.upgrade()) {
+            pool.give_back(buf);
         }
     }
 }
@@ -100,6 +189,8 @@ pub struct SharedSource {
     /// Whether chunks are mapped; cleared at the first sign that this file (or
     /// kernel) cannot map them, after which chunks are read.
     mapping: AtomicBool,
+    /// Buffers of chunks read (not mapped), reused.
+    pool: Arc<BufferPool>,
 }
 
 /// Where a source's bytes come from.
@@ -147,6 +238,7 @@ impl SharedSource {
             // A file the cache only references may be cut short by its owner
             // at any time: never mapped (see `SourceImage::referenced`).
             mapping: AtomicBool::new(!image.referenced),
+            pool: Arc::default(),
         })
     }
 
@@ -162,6 +254,7 @@ impl SharedSource {
             capacity: capacity.max(1),
             cells: Mutex::new(VecDeque::new()),
             mapping: AtomicBool::new(false),
+            pool: Arc::default(),
         }
     }
 
@@ -360,7 +453,7 @@ impl SharedSource {
                 }
             }
         }
-        let mut buf = AlignedBuf::zeroed(len);
+        let mut buf = self.pool.take(len);
         file.read_exact_at(&mut buf[..len], offset)
             .map_err(|e| read_error(e.to_string()))?;
         Ok(Arc::new(ChunkBytes::Read { buf, len }))
@@ -463,6 +556,56 @@ mod tests {
             source.checked_chunk(1),
             Err(EngineError::SourceCorrupt { offset }) if offset == CHUNK as u64
         ));
+    }
+
+    #[test]
+    fn chunks_read_into_buffers_reuse_them_and_the_pool_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.raw");
+        let chunks = 16;
+        let bytes: Vec<u8> = (0..chunks * CHUNK).map(|i| (i % 241) as u8 + 1).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let manifest = ImageManifest::fingerprinted(
+            Sha256Digest::of(&bytes),
+            bytes.len() as u64,
+            CHUNK as u32,
+            bytes.chunks(CHUNK).map(xxh3_128).collect(),
+            vec![false; chunks],
+        )
+        .unwrap();
+        let image = SourceImage {
+            path,
+            manifest,
+            referenced: true,
+        };
+        // A cache of one chunk: each new chunk evicts the one before.
+        let source = SharedSource::open(&image, 1).unwrap();
+        let first = data(source.checked_chunk(0).unwrap());
+        let at = first.as_ptr();
+        drop(first);
+        // Chunk 0, evicted and held by nobody, gave its buffer back: chunk 1
+        // is read into it, not into a new one.
+        let second = data(source.checked_chunk(1).unwrap());
+        assert_eq!(second.as_ptr(), at, "chunk 1 reuses chunk 0's buffer");
+        assert_eq!(&second[..], &bytes[CHUNK..2 * CHUNK]);
+        drop(second);
+        // Ten chunks held at once (as targets far apart would), then let go:
+        // the pool keeps only a few of their buffers.
+        let held: Vec<_> = (2..12)
+            .map(|i| data(source.checked_chunk(i).unwrap()))
+            .collect();
+        for (i, chunk) in held.iter().enumerate() {
+            let i = i + 2;
+            assert_eq!(&chunk[..], &bytes[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
+        }
+        drop(held);
+        assert_eq!(source.pool.free_count(), POOL_KEEP);
+        // Reused buffers hold the new chunk's bytes, whatever they held.
+        for i in (0..chunks).rev() {
+            let chunk = data(source.checked_chunk(i as u64).unwrap());
+            assert_eq!(&chunk[..], &bytes[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
+        }
+        assert!(source.pool.free_count() <= POOL_KEEP);
     }
 
     #[test]
