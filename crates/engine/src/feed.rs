@@ -15,15 +15,19 @@
 //! archive, a read error) fails every attempt as a source failure and no
 //! target can pass.
 //!
-//! Memory: the feed holds no chunk bytes, only what a manifest holds (a
-//! fingerprint and a zero flag per chunk); the targets read the bytes back
-//! from the file through the source's bounded cache of chunks, so memory does
-//! not grow with the image however far the import runs ahead of the slowest
-//! target.
+//! Memory: the feed holds what a manifest holds (a fingerprint and a zero
+//! flag per chunk) and the bytes of at most [`HELD_CHUNKS`] data chunks: a
+//! producer that hands each chunk's bytes over ([`ImageFeed::push_data`])
+//! spares the targets that keep up with the import a read of the file (and
+//! lets the import read a raw file past the page cache, [`ImageFeed::uncached`]).
+//! A target further behind reads the bytes back from the file through the
+//! source's bounded cache of chunks, so memory does not grow with the image
+//! however far the import runs ahead of the slowest target.
 //!
 //! The feed knows nothing of the image cache: the application wires an
 //! import to it.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -31,7 +35,13 @@ use std::time::Duration;
 
 use flashrack_core::{ImageManifest, Sha256Digest};
 
+use crate::source::{BufferPool, ChunkBytes};
 use crate::EngineError;
+
+/// How many of the last data chunks handed over with their bytes a feed
+/// holds (as many as a source caches by default: targets that keep up with
+/// the import find their chunks here).
+pub const HELD_CHUNKS: usize = 8;
 
 /// How long a waiting target sleeps before it looks at its cancel flag again
 /// (and beats its heartbeat: waiting for the import is not a stall of the
@@ -112,6 +122,12 @@ struct State {
     /// Bytes fed so far.
     fed: u64,
     end: Option<End>,
+    /// The last data chunks handed over with their bytes, oldest first, at
+    /// most [`HELD_CHUNKS`].
+    held: VecDeque<(u64, Arc<ChunkBytes>)>,
+    /// The producer reads the file past the page cache (see
+    /// [`ImageFeed::uncached`]).
+    uncached: bool,
 }
 
 /// The chunks of an image as an import produces them (see the module docs).
@@ -124,6 +140,8 @@ pub struct ImageFeed {
     state: Mutex<State>,
     /// Signalled at every chunk, at the beginning and at the end.
     changed: Condvar,
+    /// Buffers for the bytes of held chunks, reused once a chunk is let go.
+    pool: Arc<BufferPool>,
 }
 
 /// What a target waiting on the feed needs: its cancel flag (an operator
@@ -167,6 +185,7 @@ impl ImageFeed {
     fn misuse(&self, state: &mut State, error: FeedError) -> FeedError {
         if state.end.is_none() {
             state.end = Some(End::Failed(error.to_string()));
+            state.held.clear();
             self.changed.notify_all();
         }
         error
@@ -200,14 +219,72 @@ impl ImageFeed {
     /// the last chunk), all zero or not, with its XXH3-128 fingerprint.
     pub fn push(&self, len: usize, zero: bool, fingerprint: u128) -> Result<(), FeedError> {
         let mut state = self.lock();
+        self.push_locked(&mut state, len, zero, fingerprint)
+    }
+
+    /// The next chunk is in the file, and these are its bytes (not all zero),
+    /// with their XXH3-128 fingerprint: as [`push`](Self::push), and the feed
+    /// keeps a copy of the bytes while the chunk is among the last
+    /// [`HELD_CHUNKS`] handed over, for the targets to take instead of
+    /// reading the file.
+    pub fn push_data(&self, data: &[u8], fingerprint: u128) -> Result<(), FeedError> {
+        let chunk_size = self.lock().chunk_size as usize;
+        // Copied outside the lock, into a buffer of the feed's pool; a chunk
+        // that does not fit is refused by `push_locked` below.
+        let copy = (!data.is_empty() && data.len() <= chunk_size).then(|| {
+            let mut buf = self.pool.take(data.len());
+            buf[..data.len()].copy_from_slice(data);
+            Arc::new(ChunkBytes::Read {
+                buf,
+                len: data.len(),
+            })
+        });
+        let mut state = self.lock();
+        let index = state.chunks.len() as u64;
+        self.push_locked(&mut state, data.len(), false, fingerprint)?;
+        if let Some(copy) = copy {
+            state.held.push_back((index, copy));
+            if state.held.len() > HELD_CHUNKS {
+                state.held.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    /// The producer reads the file past the page cache (a raw file read with
+    /// `O_DIRECT`, its chunks handed over with [`push_data`](Self::push_data)):
+    /// a chunk no longer held is read from the file the same way, not through
+    /// the page cache, which would be filled with the image for nothing.
+    pub fn uncached(&self) {
+        self.lock().uncached = true;
+    }
+
+    /// Whether [`uncached`](Self::uncached) was said.
+    pub(crate) fn is_uncached(&self) -> bool {
+        self.lock().uncached
+    }
+
+    /// Chunk `index`'s bytes, if the feed still holds them.
+    pub(crate) fn held(&self, index: u64) -> Option<Arc<ChunkBytes>> {
+        self.lock()
+            .held
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, chunk)| chunk.clone())
+    }
+
+    fn push_locked(
+        &self,
+        state: &mut State,
+        len: usize,
+        zero: bool,
+        fingerprint: u128,
+    ) -> Result<(), FeedError> {
         if state.end.is_some() {
             return Err(FeedError::OutOfOrder("a chunk after the end"));
         }
         if state.file.is_none() {
-            return Err(self.misuse(
-                &mut state,
-                FeedError::OutOfOrder("a chunk before the beginning"),
-            ));
+            return Err(self.misuse(state, FeedError::OutOfOrder("a chunk before the beginning")));
         }
         let index = state.chunks.len() as u64;
         let chunk_size = state.chunk_size;
@@ -221,11 +298,11 @@ impl ImageFeed {
                 len,
                 chunk_size,
             };
-            return Err(self.misuse(&mut state, error));
+            return Err(self.misuse(state, error));
         }
         let fed = state.fed + len as u64;
         if let Some(announced) = state.size_hint.filter(|&size| fed > size) {
-            return Err(self.misuse(&mut state, FeedError::Size { announced, fed }));
+            return Err(self.misuse(state, FeedError::Size { announced, fed }));
         }
         state.fed = fed;
         state.chunks.push(FedChunk {
@@ -270,6 +347,8 @@ impl ImageFeed {
         let mut state = self.lock();
         if state.end.is_none() {
             state.end = Some(End::Failed(reason.into()));
+            // Nobody may use the bytes of a failed import.
+            state.held.clear();
             self.changed.notify_all();
         }
     }
@@ -432,6 +511,37 @@ mod tests {
         // A late finish changes nothing.
         assert!(feed.finish(Sha256Digest::of(b"x")).is_err());
         assert_eq!(feed.ended(), Some(Err("sha256 mismatch".into())));
+    }
+
+    #[test]
+    fn the_bytes_of_the_last_data_chunks_are_held_and_a_failure_lets_them_go() {
+        let feed = ImageFeed::new();
+        feed.begin(file(), 4096, None).unwrap();
+        let chunk = |i: usize| vec![i as u8 + 1; 4096];
+        let total = HELD_CHUNKS + 3;
+        for i in 0..total {
+            feed.push_data(&chunk(i), i as u128).unwrap();
+        }
+        // The zero chunk has no bytes to hold.
+        feed.push(4096, true, 99).unwrap();
+        assert_eq!(feed.chunks_fed(), total as u64 + 1);
+        for i in 0..total {
+            match feed.held(i as u64) {
+                Some(bytes) => {
+                    assert!(i >= total - HELD_CHUNKS, "chunk {i} is still held");
+                    assert_eq!(&bytes[..], &chunk(i)[..], "chunk {i}");
+                }
+                None => assert!(i < total - HELD_CHUNKS, "chunk {i} is not held"),
+            }
+        }
+        assert!(feed.held(total as u64).is_none());
+        // A chunk that does not fit fails the feed, and a failed feed holds
+        // nothing anyone could write.
+        assert!(matches!(
+            feed.push_data(&[1u8; 5000], 0),
+            Err(FeedError::ChunkLength { .. })
+        ));
+        assert!((0..=total as u64).all(|i| feed.held(i).is_none()));
     }
 
     #[test]

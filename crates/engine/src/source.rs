@@ -58,6 +58,15 @@ pub enum ChunkBytes {
     },
 }
 
+impl std::fmt::Debug for ChunkBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkBytes::Mapped(_) => write!(f, "ChunkBytes::Mapped({} bytes)", self.len()),
+            ChunkBytes::Read { len, .. } => write!(f, "ChunkBytes::Read({len} bytes)"),
+        }
+    }
+}
+
 impl Deref for ChunkBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -82,7 +91,7 @@ impl Deref for ChunkBytes {
 /// to a full pool is freed. The buffers in use are bounded by the source
 /// (its cache and what its targets hold), so memory stays bounded whatever
 /// the image size.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct BufferPool {
     /// A std mutex: held only to push or pop, never across I/O.
     free: Mutex<Vec<AlignedBuf>>,
@@ -95,7 +104,7 @@ const POOL_KEEP: usize = 4;
 impl BufferPool {
     /// A buffer of exactly `len` bytes: a free one of that size, else a new
     /// one. Its bytes are whatever it held (the caller overwrites them).
-    fn take(self: &Arc<Self>, len: usize) -> PooledBuf {
+    pub(crate) fn take(self: &Arc<Self>, len: usize) -> PooledBuf {
         let reused = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
             free.iter()
@@ -191,6 +200,10 @@ pub struct SharedSource {
     mapping: AtomicBool,
     /// Buffers of chunks read (not mapped), reused.
     pool: Arc<BufferPool>,
+    /// For a followed import read past the page cache: the feed's file
+    /// opened with `O_DIRECT` (once, when first needed; `None` where it
+    /// cannot be, then it is read through the page cache).
+    direct: OnceLock<Option<File>>,
 }
 
 /// Where a source's bytes come from.
@@ -239,6 +252,7 @@ impl SharedSource {
             // at any time: never mapped (see `SourceImage::referenced`).
             mapping: AtomicBool::new(!image.referenced),
             pool: Arc::default(),
+            direct: OnceLock::new(),
         })
     }
 
@@ -255,6 +269,7 @@ impl SharedSource {
             cells: Mutex::new(VecDeque::new()),
             mapping: AtomicBool::new(false),
             pool: Arc::default(),
+            direct: OnceLock::new(),
         }
     }
 
@@ -390,7 +405,7 @@ impl SharedSource {
             return Ok(Chunk::Zero);
         }
         let cell = self.cell(index);
-        let data = cell.data.get_or_init(|| self.read(&info)).clone()?;
+        let data = cell.data.get_or_init(|| self.read(index, &info)).clone()?;
         if check {
             cell.checked
                 .get_or_init(|| {
@@ -428,18 +443,28 @@ impl SharedSource {
         cell
     }
 
-    /// Maps the chunk at `info` (reads it where the file cannot be mapped, and
-    /// from a feed's file).
-    fn read(&self, info: &ChunkInfo) -> Result<Arc<ChunkBytes>, EngineError> {
+    /// Maps chunk `index` at `info` (reads it where the file cannot be
+    /// mapped; from a feed: the bytes it holds, else its file).
+    fn read(&self, index: u64, info: &ChunkInfo) -> Result<Arc<ChunkBytes>, EngineError> {
         let (offset, len) = (info.offset, info.len);
         let read_error = |detail: String| EngineError::SourceRead { offset, detail };
         let fed;
         let file = match &self.origin {
             Origin::File(file) => file,
             Origin::Feed(feed) => {
+                // Handed over by the import and still held: no read at all.
+                if let Some(held) = feed.held(index) {
+                    return Ok(held);
+                }
                 fed = feed
                     .file()
                     .ok_or_else(|| read_error("the import has not begun".into()))?;
+                if feed.is_uncached() {
+                    if let Some(direct) = self.direct.get_or_init(|| direct_handle(&fed)) {
+                        return read_direct(direct, &self.pool, offset, len)
+                            .map_err(|e| read_error(e.to_string()));
+                    }
+                }
                 &*fed
             }
         };
@@ -475,6 +500,47 @@ impl SharedSource {
         }
         Ok(())
     }
+}
+
+/// `file` opened again with `O_DIRECT` (through `/proc/self/fd`), if the
+/// file system allows it and it is the same file.
+fn direct_handle(file: &File) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()?;
+    let (given, opened) = (file.metadata().ok()?, direct.metadata().ok()?);
+    (given.dev() == opened.dev() && given.ino() == opened.ino()).then_some(direct)
+}
+
+/// Reads the `len` bytes at `offset` (a multiple of the chunk size) of a file
+/// opened with `O_DIRECT`: into a pooled buffer rounded up to whole pages, as
+/// direct I/O reads them (the file ends inside the last one).
+fn read_direct(
+    file: &File,
+    pool: &Arc<BufferPool>,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<Arc<ChunkBytes>> {
+    let mut buf = pool.take(len.div_ceil(4096) * 4096);
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the file ends {done} bytes into a chunk of {len}"),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Arc::new(ChunkBytes::Read { buf, len }))
 }
 
 #[cfg(test)]
@@ -713,6 +779,71 @@ mod tests {
             Err(EngineError::SourceCorrupt { offset: 0 })
         ));
     }
+    #[test]
+    fn a_followed_import_serves_the_bytes_it_was_handed_and_reads_the_rest_past_the_page_cache() {
+        use crate::feed::{ImageFeed, Waiter, HELD_CHUNKS};
+        // On the disk's file system: O_DIRECT needs one (tmpfs has none).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("importing.raw");
+        let chunks = HELD_CHUNKS + 4;
+        let bytes: Vec<u8> = (0..chunks * CHUNK + 100)
+            .map(|i| (i % 249) as u8 + 1)
+            .collect();
+        // The file holds other bytes where the first chunk lies: what the
+        // import handed over is what a target gets while the feed holds it.
+        let mut in_file = bytes.clone();
+        in_file[..CHUNK].fill(0xAB);
+        std::fs::write(&path, &in_file).unwrap();
+        let feed = ImageFeed::new();
+        feed.begin(
+            File::open(&path).unwrap(),
+            CHUNK as u32,
+            Some(bytes.len() as u64),
+        )
+        .unwrap();
+        feed.uncached();
+        let source = SharedSource::following(feed.clone(), 2);
+        let cancel = AtomicBool::new(false);
+        let waiter = Waiter {
+            cancel: &cancel,
+            beat: &|| {},
+        };
+        for chunk in bytes.chunks(CHUNK) {
+            feed.push_data(chunk, xxh3_128(chunk)).unwrap();
+        }
+        let Ok(Some((_, _, Chunk::Data(first)))) = source.next_chunk(0, &waiter) else {
+            panic!("chunk 0 was fed");
+        };
+        assert!(
+            first.iter().all(|&b| b == 0xAB),
+            "chunk 0 came from the file, not from the feed"
+        );
+        drop(first);
+        let last = chunks as u64;
+        let Ok(Some((_, len, Chunk::Data(held)))) = source.next_chunk(last, &waiter) else {
+            panic!("the last chunk was fed");
+        };
+        assert_eq!(len, 100);
+        assert_eq!(&held[..], &bytes[chunks * CHUNK..]);
+        // Chunk 1 is no longer held: read from the file, with O_DIRECT.
+        let Ok(Some((_, _, Chunk::Data(read)))) = source.next_chunk(1, &waiter) else {
+            panic!("chunk 1 was fed");
+        };
+        assert_eq!(&read[..], &bytes[CHUNK..2 * CHUNK]);
+        assert!(matches!(source.direct.get(), Some(Some(_))));
+        drop((held, read));
+        feed.finish(Sha256Digest::of(&bytes)).unwrap();
+        assert!(source.complete(&waiter).is_ok());
+        // The read-back's check: chunk 0 from the file is not what the
+        // import digested.
+        assert!(matches!(
+            source.checked_chunk(0),
+            Err(EngineError::SourceCorrupt { offset: 0 })
+        ));
+        let last = source.checked_chunk(chunks as u64).unwrap();
+        assert!(matches!(last, Chunk::Data(ref d) if d[..] == bytes[chunks * CHUNK..]));
+    }
+
     #[test]
     fn a_followed_import_is_read_never_mapped_and_keeps_at_most_its_capacity() {
         use crate::feed::{ImageFeed, Waiter};

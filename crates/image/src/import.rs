@@ -296,12 +296,18 @@ impl ImageCache {
             };
             observer.began(raw, chunk_size, size);
         }
-        // A raw file nobody follows is read past the page cache (see
-        // `direct_reader`); one that a flash follows is read through it, where
-        // the targets then find its chunks.
-        let mut direct = (format == ImageFormat::Raw && observer.is_none())
+        // A raw file is read past the page cache (see `direct_reader`) unless
+        // an observer needs its chunks there: one that takes their bytes as
+        // they are announced does not (a flash following the import).
+        let mut direct = (format == ImageFormat::Raw && observer.is_none_or(|o| o.takes_bytes()))
             .then(|| direct_reader(&file))
             .flatten();
+        // The observer's file is the one read so only when it is referenced
+        // in place (a copy or a clone is written through the page cache).
+        if let (Some(observer), Some(_), Placement::Reference(_)) = (observer, &direct, &placement)
+        {
+            observer.reads_past_page_cache();
+        }
         let input = match &mut direct {
             Some(direct) => direct,
             None => &mut file,

@@ -25,4 +25,27 @@ pub trait ImportObserver: Send + Sync + fmt::Debug {
     /// The next chunk is stored: `len` bytes, all zero or not, with its
     /// XXH3-128 fingerprint (as the manifest will have it).
     fn chunk(&self, len: usize, zero: bool, fingerprint: u128);
+
+    /// Whether the observer takes each data chunk's bytes as it is announced
+    /// ([`chunk_data`](Self::chunk_data)) instead of reading them from `raw`.
+    /// Then a raw file is read past the page cache (`O_DIRECT`, which saves
+    /// filling the page cache with the image: most of an import's system
+    /// time), and [`reads_past_page_cache`](Self::reads_past_page_cache) says
+    /// so. Default: no.
+    fn takes_bytes(&self) -> bool {
+        false
+    }
+
+    /// For an observer that [takes bytes](Self::takes_bytes), in place of
+    /// [`chunk`](Self::chunk) for a chunk that is not all zero: its bytes
+    /// (borrowed for the call: the import reuses its buffers) and their
+    /// fingerprint. The default tells [`chunk`](Self::chunk).
+    fn chunk_data(&self, data: &[u8], fingerprint: u128) {
+        self.chunk(data.len(), false, fingerprint);
+    }
+
+    /// Said after [`began`](Self::began) when the import reads `raw` with
+    /// `O_DIRECT`: its chunks are not in the page cache, so reading one again
+    /// would read the disk. Default: nothing.
+    fn reads_past_page_cache(&self) {}
 }

@@ -335,7 +335,7 @@ impl ChunkSink for InlineSink<'_> {
             self.digests.push_data(&buf.data()[..len])
         };
         if let Some(observer) = self.observer {
-            observer.chunk(len, zero, fingerprint);
+            tell(observer, &buf.data()[..len], zero, fingerprint);
         }
         self.buf = Some(buf);
     }
@@ -404,20 +404,36 @@ fn hash_chunks(
     let mut digests = ChunkDigests::default();
     let mut zeros = ZeroDigests::default();
     for job in jobs {
-        let (len, zero, fingerprint) = match job {
+        match job {
             Job::Data(buf, len) => {
-                let fingerprint = digests.push_data(&buf.data()[..len]);
+                let data = &buf.data()[..len];
+                let fingerprint = digests.push_data(data);
+                if let Some(observer) = observer {
+                    // Before the buffer goes back to be refilled.
+                    tell(observer, data, false, fingerprint);
+                }
                 // The loop may have stopped (an error); then nobody wants it back.
                 let _ = back.send(buf);
-                (len, false, fingerprint)
             }
-            Job::Zero(len) => (len, true, digests.push_zero(&mut zeros, len)),
-        };
-        if let Some(observer) = observer {
-            observer.chunk(len, zero, fingerprint);
+            Job::Zero(len) => {
+                let fingerprint = digests.push_zero(&mut zeros, len);
+                if let Some(observer) = observer {
+                    observer.chunk(len, true, fingerprint);
+                }
+            }
         }
     }
     digests
+}
+
+/// Tells `observer` of a stored chunk: its bytes too if it takes them and
+/// the chunk is not all zero.
+fn tell(observer: &dyn ImportObserver, data: &[u8], zero: bool, fingerprint: u128) {
+    if !zero && observer.takes_bytes() {
+        observer.chunk_data(data, fingerprint);
+    } else {
+        observer.chunk(data.len(), zero, fingerprint);
+    }
 }
 
 #[cfg(test)]

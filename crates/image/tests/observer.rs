@@ -27,6 +27,105 @@ struct Heard {
 #[derive(Debug, Default)]
 struct Recorder(Mutex<Heard>);
 
+/// An observer that takes the bytes of data chunks as they are announced
+/// (as a flash following the import does): what it was handed, checked.
+#[derive(Debug, Default)]
+struct Taker {
+    heard: Mutex<Vec<(usize, bool, u128)>>,
+    /// Data chunks whose bytes did not have the fingerprint handed with them.
+    wrong: Mutex<Vec<usize>>,
+    past_page_cache: std::sync::atomic::AtomicBool,
+}
+
+impl ImportObserver for Taker {
+    fn began(&self, _: &File, _: u32, _: Option<u64>) {}
+
+    fn chunk(&self, len: usize, zero: bool, fingerprint: u128) {
+        self.heard.lock().unwrap().push((len, zero, fingerprint));
+    }
+
+    fn takes_bytes(&self) -> bool {
+        true
+    }
+
+    fn chunk_data(&self, data: &[u8], fingerprint: u128) {
+        let mut heard = self.heard.lock().unwrap();
+        if xxh3_128(data) != fingerprint || data.iter().all(|&b| b == 0) {
+            self.wrong.lock().unwrap().push(heard.len());
+        }
+        heard.push((data.len(), false, fingerprint));
+    }
+
+    fn reads_past_page_cache(&self) {
+        self.past_page_cache
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bytes of `path` resident in the page cache (`fincore`).
+fn resident(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fincore failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_observer_taking_the_bytes_gets_every_data_chunk_and_the_raw_file_stays_out_of_the_page_cache()
+{
+    let data = image(40, 1234, &[2, 7], 24);
+    let fixture = Fixture::new();
+    let path = fixture.input("disk.img", &data);
+    let file = File::open(&path).unwrap();
+    file.sync_all().unwrap();
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    settle(&path);
+    let taker = Arc::new(Taker::default());
+    let options = ImportOptions {
+        observer: Some(taker.clone()),
+        // As `flash` imports the operator's raw file: referenced in place.
+        reference_raw: true,
+        ..options()
+    };
+    let outcome = fixture.cache.import(&path, options).unwrap();
+    let manifest = &outcome.image.manifest;
+    assert_eq!(manifest.sha256(), Sha256Digest::of(&data));
+    let heard = taker.heard.lock().unwrap();
+    assert_eq!(heard.len() as u64, manifest.chunk_count());
+    for (index, &(len, zero, fingerprint)) in heard.iter().enumerate() {
+        let index = index as u64;
+        assert_eq!(len, manifest.chunk_span(index).1, "{index}");
+        assert_eq!(
+            zero,
+            manifest.chunk_kind(index) == flashrack_core::ChunkKind::Zero,
+            "{index}"
+        );
+        assert_eq!(Some(fingerprint), manifest.chunk_fingerprint(index));
+    }
+    assert!(taker.wrong.lock().unwrap().is_empty());
+    // Read with O_DIRECT (the file system of the tests, ext4 here, allows
+    // it; tmpfs would not), and the observer was told so.
+    let on_tmpfs = rustix::fs::statfs(&path).unwrap().f_type == 0x0102_1994;
+    if !on_tmpfs {
+        assert!(taker
+            .past_page_cache
+            .load(std::sync::atomic::Ordering::Relaxed));
+        let cached = resident(&path);
+        assert!(
+            cached <= 64 << 10,
+            "the import cached {cached} bytes of the {} it read",
+            data.len()
+        );
+    }
+}
+
 impl ImportObserver for Recorder {
     fn began(&self, raw: &File, chunk_size: u32, size: Option<u64>) {
         let mut heard = self.0.lock().unwrap();

@@ -81,7 +81,29 @@ impl ImportObserver for FeedObserver {
     }
 
     fn chunk(&self, len: usize, zero: bool, fingerprint: u128) {
-        if let Err(error) = self.feed.push(len, zero, fingerprint) {
+        self.pushed(self.feed.push(len, zero, fingerprint));
+    }
+
+    /// The targets take the chunks from the feed while it holds them (the
+    /// import's bytes, copied once), and the import reads a raw file past
+    /// the page cache.
+    fn takes_bytes(&self) -> bool {
+        true
+    }
+
+    fn chunk_data(&self, data: &[u8], fingerprint: u128) {
+        self.pushed(self.feed.push_data(data, fingerprint));
+    }
+
+    fn reads_past_page_cache(&self) {
+        self.feed.uncached();
+    }
+}
+
+impl FeedObserver {
+    /// Logs a chunk the feed refused.
+    fn pushed(&self, result: Result<(), flashrack_engine::FeedError>) {
+        if let Err(error) = result {
             if matches!(self.feed.ended(), Some(Err(_))) {
                 // The flash failed the feed (a refused target, a stop) and
                 // abandons the import, which may store a chunk or two more
