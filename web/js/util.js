@@ -115,6 +115,7 @@ export function reasonText(v) {
     case 'lost_after_reset': return `lost after reset: the stick did not come back within ${v.after_secs} s of its reset`;
     case 'changed_after_reset': return `changed after reset: another stick came back in the port (${v.detail || 'no detail'}); not read back`;
     case 'stalled': return `stopped responding during ${stageName(v.during)} at ${fmtBytes(v.offset)} (no progress for ${v.after_secs} s)`;
+    case 'held_by_stuck_io': return `still held by I/O stuck in the kernel since its last attempt stalled (not released within ${v.waited_secs} s): not written again; pull the stick`;
     case 'refused': return `refused by the target guard: ${v.detail || 'no detail'}`;
     case 'unavailable': return `cannot open the stick: ${v.detail || 'no detail'}`;
     case 'interrupted': return 'interrupted (stop or shutdown): the stick is untested';
@@ -169,6 +170,7 @@ export function shortReason(v) {
     case 'lost_after_reset': return 'lost after reset';
     case 'changed_after_reset': return 'changed after reset';
     case 'stalled': return 'stick hung';
+    case 'held_by_stuck_io': return 'hung: pull it';
     case 'refused': return 'refused';
     case 'unavailable': return 'cannot open';
     case 'interrupted': return 'interrupted';

@@ -511,6 +511,9 @@ fn station_settings(config: &StationConfig) -> StationSettings {
             // A stick away in its reset makes no progress: the station gives
             // up on it before the stall watchdog would.
             reset_timeout: Duration::from_secs(20.min(config.stall_timeout_secs / 2).max(1)),
+            // A retry of a stick whose attempt stalled waits as long for the
+            // stuck I/O to let go of it as a stall is waited for.
+            release_timeout: Duration::from_secs(config.stall_timeout_secs),
             ..EngineOptions::default()
         },
         shutdown_grace: Duration::from_secs(10),

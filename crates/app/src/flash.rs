@@ -357,6 +357,9 @@ fn engine_options(request: &FlashRequest, sparse: Option<Arc<DataRanges>>) -> En
     EngineOptions {
         verify: request.verify,
         stall_timeout: request.stall_timeout.max(Duration::from_secs(1)),
+        // A retry of a target whose attempt stalled waits as long for the
+        // stuck I/O to let go of it as a stall is waited for.
+        release_timeout: request.stall_timeout.max(Duration::from_secs(1)),
         probe_capacity: request.probe_capacity && !request.audit,
         // One-shot targets are reset in place (no station sees them leave):
         // the probe defeats their caches.
@@ -544,13 +547,16 @@ impl Flash {
                         self.on_event(event).await?;
                     }
                     let id = outcome.id.clone();
+                    // Whether the attempt's thread still holds the stick (a
+                    // stall, its I/O stuck in the kernel): a retry waits for it.
+                    let hold = outcome.hold.clone();
                     // Retries only while nothing asked the flash to stop.
                     let may_retry = stop_by.is_none() && matches!(ended, Ended::Completed);
                     let stop = self.on_outcome(outcome, may_retry).await?;
                     if stop.is_none() && may_retry && !self.verdicts.contains_key(&id) {
                         // Written again: an attempt of its own, already recorded.
                         if let Some((_, target)) = targets.iter().find(|(t, _)| *t == id) {
-                            let handle = fanout.start(id, target.clone());
+                            let handle = fanout.start_after(id, target.clone(), Some(hold));
                             cancellers.push(handle.canceller());
                             pending.push(handle.finish());
                         }

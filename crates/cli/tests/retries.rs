@@ -182,3 +182,161 @@ fn a_retry_count_out_of_range_is_refused_with_a_clear_error() {
         assert!(!data_dir.exists(), "{bad}");
     }
 }
+
+#[test]
+fn a_retry_of_a_stick_stuck_in_the_kernel_says_pull_it_and_the_flash_still_ends() {
+    let started = std::time::Instant::now();
+    // Stuck for good in a write of the write pass (past the probe's
+    // markers): its thread never returns and keeps the stick open.
+    let (_dir, data_dir, out) = flash(&[
+        "sim:stuck:hang_write_after=1MiB",
+        "sim:ok",
+        "--retries",
+        "2",
+        "--stall-timeout",
+        "2",
+        "--json",
+        "--quiet",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The stall timeout, then as long again for the stuck write to let go:
+    // not the thread, which never returns.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["passed"], 1, "{summary}");
+    assert_eq!(summary["failed"], 1, "{summary}");
+    let stuck = row(&summary, "sim:stuck");
+    assert_eq!(stuck["verdict"], "fail", "{summary}");
+    assert_eq!(stuck["reason"], "held_by_stuck_io", "{summary}");
+    assert_eq!(stuck["stage"], "preparing", "{summary}");
+    assert_eq!(stuck["bytes_written"], 0, "{summary}");
+    assert!(
+        stuck["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("stuck in the kernel") && d.contains("pull the stick")),
+        "{summary}"
+    );
+    // Retried once, after the stall; never a third time.
+    assert_eq!(stuck["attempts"], 2, "{summary}");
+    assert!(
+        stderr.contains("sim:stuck: failed while writing: stopped responding")
+            && stderr.contains("writing it again (attempt 2 of 3)"),
+        "{stderr}"
+    );
+    // The records say the same: the stall, then the stick held by it.
+    let recorded = attempts(&data_dir);
+    let stuck: Vec<_> = recorded
+        .iter()
+        .filter(|a| a.0 == "sim:stuck")
+        .map(|a| (a.1.as_str(), a.2.as_deref()))
+        .collect();
+    assert_eq!(
+        stuck,
+        [
+            ("fail", Some("stalled")),
+            ("fail", Some("held_by_stuck_io"))
+        ],
+        "{recorded:?}"
+    );
+}
+
+/// Runs `program ARGS…` on drop, ignoring how it ends: the undoing of a
+/// fixture's step (a thaw, an unmount, a detach), also when the test fails.
+struct Undo(&'static str, Vec<String>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(self.0).args(&self.1).status();
+    }
+}
+
+#[test]
+fn a_retry_waits_for_a_write_stuck_in_the_kernel_to_end_and_then_passes() {
+    if !flashrack_testkit::require_root(&["losetup", "mkfs.ext4", "mount", "fsfreeze"]) {
+        return;
+    }
+    use std::io::BufRead;
+    // A loop device whose backing file lies on a file system the test
+    // freezes: the loop device's writes wait in the kernel (for the thaw)
+    // exactly as a stick's stuck I/O does, and its open handle keeps the
+    // device busy (O_EXCL) meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let image = image(dir.path());
+    let outer = flashrack_testkit::LoopDevice::new(64 << 20);
+    let outer_path = outer.path().to_str().unwrap().to_string();
+    flashrack_testkit::run("mkfs.ext4", &["-q", &outer_path]);
+    let mount_point = dir.path().join("fs");
+    fs::create_dir(&mount_point).unwrap();
+    let mount_point = mount_point.to_str().unwrap().to_string();
+    flashrack_testkit::run("mount", &[&outer_path, &mount_point]);
+    let _unmount = Undo("umount", vec!["-l".into(), mount_point.clone()]);
+    let backing = format!("{mount_point}/stick.img");
+    fs::File::create(&backing)
+        .and_then(|f| f.set_len(16 << 20))
+        .unwrap();
+    let stick = flashrack_testkit::run(
+        "losetup",
+        &["--find", "--show", "--direct-io=off", &backing],
+    )
+    .trim()
+    .to_string();
+    let _detach = Undo("losetup", vec!["-d".into(), stick.clone()]);
+    flashrack_testkit::run("fsfreeze", &["--freeze", &mount_point]);
+    // Declared last: thawed first, whatever happens below.
+    let thaw = Undo("fsfreeze", vec!["--unfreeze".into(), mount_point.clone()]);
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["flash", &image, &stick, "--allow-bus", "loop"])
+        // No probe: the first write stuck is the write pass's, which a
+        // retry may write again.
+        .args(["--no-probe", "--retries", "1", "--stall-timeout", "5"])
+        .args(["--json", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    let mut thaw = Some(thaw);
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        // The stall given, the retry about to start: the stuck write comes
+        // back from the kernel now.
+        if line.contains("writing it again (attempt 2 of 2)") {
+            drop(thaw.take());
+        }
+        seen.push(line);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = seen.join("\n");
+    assert!(thaw.is_none(), "no retry announced: {stderr}");
+    assert!(
+        stderr.contains("failed while writing: stopped responding"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = row(&summary, &stick);
+    assert_eq!(row["verdict"], "pass", "{summary}");
+    assert_eq!(row["attempts"], 2, "{summary}");
+    let recorded: Vec<_> = attempts(&data_dir)
+        .into_iter()
+        .map(|a| (a.1, a.2))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("fail".to_string(), Some("stalled".to_string())),
+            ("pass".to_string(), None)
+        ]
+    );
+    let written = fs::read(&backing).unwrap();
+    assert_eq!(&written[..4 * MIB], &fs::read(&image).unwrap()[..]);
+}

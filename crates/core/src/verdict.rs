@@ -165,6 +165,15 @@ pub enum FailReason {
         /// Seconds without progress before giving up.
         after_secs: u64,
     },
+    /// A retry of a stick whose previous attempt stalled, given up before it
+    /// opened the stick: the stalled attempt's I/O is still stuck in the
+    /// kernel and holds the stick open (exclusively), and it did not let go
+    /// within the bound the retry waits for it. Nothing was opened or written;
+    /// the stick must be pulled (which ends the stuck I/O), not retried.
+    HeldByStuckIo {
+        /// Seconds the retry waited for the stuck I/O to end.
+        waited_secs: u64,
+    },
     /// The target guard refused the target; nothing was written.
     Refused {
         /// The guard's reason as its stable code. `None` only in records made
@@ -209,6 +218,7 @@ impl FailReason {
             FailReason::Stalled { .. } => "stalled",
             FailReason::LostAfterReset { .. } => "lost_after_reset",
             FailReason::ChangedAfterReset { .. } => "changed_after_reset",
+            FailReason::HeldByStuckIo { .. } => "held_by_stuck_io",
             FailReason::Refused { .. } => "refused",
             FailReason::Unavailable { .. } => "unavailable",
             FailReason::Interrupted => "interrupted",
@@ -349,6 +359,11 @@ impl fmt::Display for FailReason {
             } => write!(
                 f,
                 "stopped responding during {during} at offset {offset} (no progress for {after_secs} s)"
+            ),
+            FailReason::HeldByStuckIo { waited_secs } => write!(
+                f,
+                "still held by I/O stuck in the kernel since its last attempt stalled \
+                 (not released within {waited_secs} s): not written again; pull the stick"
             ),
             FailReason::Refused { detail, .. } => {
                 write!(f, "refused by the target guard: {detail}")
@@ -783,6 +798,7 @@ mod tests {
             FailReason::ChangedAfterReset {
                 detail: "serial A became B".into(),
             },
+            FailReason::HeldByStuckIo { waited_secs: 30 },
         ];
         for r in reasons {
             let json = serde_json::to_value(&r).unwrap();
@@ -939,6 +955,8 @@ mod tests {
             },
             FailReason::Interrupted,
             stalled(Stage::Verifying),
+            // Still held by its stuck I/O: only a pull frees it.
+            FailReason::HeldByStuckIo { waited_secs: 30 },
         ] {
             assert!(!never.is_retryable(), "{never}");
         }

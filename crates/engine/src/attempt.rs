@@ -45,6 +45,11 @@ pub struct AttemptProgress {
     /// Set by the supervisor (removal, stall, operator stop, shutdown); the thread
     /// checks it between I/Os and stops with `Interrupted`.
     pub cancel: AtomicBool,
+    /// Wakes a supervisor that waits, before the attempt's thread starts, for
+    /// the stick's previous attempt to let go of it
+    /// ([`request_cancel`](Self::request_cancel) notifies it; the thread
+    /// itself polls `cancel`).
+    stop: tokio::sync::Notify,
     /// The capacity the target reported, once known.
     capacity: AtomicU64,
     /// Bytes of the image the target has acknowledged (the write pass's
@@ -64,6 +69,7 @@ impl AttemptProgress {
             stage: AtomicU8::new(0),
             done: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
             capacity: AtomicU64::new(0),
             written: AtomicU64::new(0),
             verified: AtomicU64::new(0),
@@ -97,7 +103,29 @@ impl AttemptProgress {
         self.beat();
     }
 
-    fn beat(&self) {
+    /// Asks the attempt to stop: its thread at its next safe point, its
+    /// supervisor at once if it is still waiting for the stick to be released.
+    pub fn request_cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.stop.notify_waiters();
+    }
+
+    /// Ends once [`request_cancel`](Self::request_cancel) has been called.
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let notified = self.stop.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read: a cancel between the two
+            // is not missed.
+            notified.as_mut().enable();
+            if self.cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn beat(&self) {
         let since = self.clock.now().saturating_duration_since(self.origin);
         // 2^64 ns is 584 years: an attempt never gets there.
         let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);

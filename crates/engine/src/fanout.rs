@@ -8,6 +8,11 @@
 //! behind (a write stuck in the kernel cannot be cancelled), its link to the event
 //! channel is cut ([`EventLink`]), and nothing else waits for it. Targets can be started at any time while the fan-out lives, so a stick
 //! plugged in late starts at once.
+//!
+//! An abandoned thread still holds its stick open (exclusively) until its
+//! I/O comes back from the kernel, if ever: every outcome carries the
+//! thread's [`Hold`], and a retry of the stick ([`Fanout::start_after`])
+//! waits for its release, bounded, instead of finding the stick busy.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +23,7 @@ use flashrack_core::{
 };
 use flashrack_target::Target;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::attempt::{run_attempt, AttemptContext, AttemptProgress};
 use crate::source::SharedSource;
@@ -68,6 +73,11 @@ pub struct AttemptOutcome {
     pub id: TargetId,
     /// Pass or fail; `Err` when the source failed under this attempt.
     pub result: Result<(Verdict, AttemptFigures), EngineError>,
+    /// Whether the attempt's thread still holds the stick: released already
+    /// unless the attempt was abandoned after a stall (its I/O stuck in the
+    /// kernel). A retry of the stick starts after it
+    /// ([`Fanout::start_after`]).
+    pub hold: Hold,
 }
 
 /// One image being written to any number of targets.
@@ -136,6 +146,24 @@ impl Fanout {
     /// Starts writing `target` at once, on its own thread. Must be called within
     /// a tokio runtime (the supervisor is a task).
     pub fn start(&self, id: TargetId, target: Arc<dyn Target>) -> AttemptHandle {
+        self.start_after(id, target, None)
+    }
+
+    /// Starts writing `target` once `previous` (the hold of the stick's last
+    /// attempt, from its [`AttemptOutcome`]) is released: at once when it is
+    /// (an attempt that ended by itself let go before its outcome was given),
+    /// else when that attempt's thread, abandoned after a stall, comes back
+    /// from the kernel. Not released within
+    /// [`EngineOptions::release_timeout`], the attempt ends without opening
+    /// the stick, as `held_by_stuck_io`: opened now, it would only find the
+    /// stick busy. A cancel ends the wait at once (`interrupted`). The stall
+    /// watchdog starts with the thread.
+    pub fn start_after(
+        &self,
+        id: TargetId,
+        target: Arc<dyn Target>,
+        previous: Option<Hold>,
+    ) -> AttemptHandle {
         let progress = Arc::new(AttemptProgress::new(self.options.clock.clone()));
         let link = Arc::new(EventLink::new(self.events.clone()));
         let ctx = AttemptContext {
@@ -153,30 +181,77 @@ impl Fanout {
             sparse: self.options.sparse.clone(),
             progress_interval: self.options.progress_interval,
         };
+        let (hold_tx, hold_rx) = watch::channel(false);
         let (result_tx, result_rx) = oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name(format!("flash {id}"))
-            .spawn(move || {
-                crate::attempt::lower_priority();
+        // Run on the attempt's own thread. Its hold is released when the
+        // pipeline has returned and dropped every handle of the stick, before
+        // the result is sent; also when the thread is never started (the
+        // closure is dropped) or panics (unwinding drops it).
+        let release = Release(hold_tx);
+        let body = move || {
+            crate::attempt::lower_priority();
+            let result = {
                 let _span = tracing::info_span!("attempt", target = %ctx.id).entered();
-                let result = run_attempt(&ctx);
-                let _ = result_tx.send(result);
-            });
+                run_attempt(&ctx)
+            };
+            drop(ctx);
+            drop(release);
+            let _ = result_tx.send(result);
+        };
+        let hold = Hold(hold_rx);
         let supervisor = tokio::spawn(supervise(
-            id.clone(),
-            progress.clone(),
+            Supervised {
+                id: id.clone(),
+                progress: progress.clone(),
+                previous,
+                release_timeout: self.options.release_timeout,
+                stall_timeout: self.options.stall_timeout,
+                clock: self.options.clock.clone(),
+                link,
+                events: self.events.clone(),
+                hold: hold.clone(),
+            },
+            body,
             result_rx,
-            spawned.is_ok(),
-            self.options.stall_timeout,
-            self.options.clock.clone(),
-            link,
-            self.events.clone(),
         ));
         AttemptHandle {
             id,
             progress,
+            hold,
             supervisor,
         }
+    }
+}
+
+/// Whether an attempt's thread still holds its stick (the exclusive handles
+/// it opened). Released when the thread's pipeline has returned; an attempt
+/// abandoned after a stall keeps holding it for as long as its I/O is stuck
+/// in the kernel, which a retry of the same stick must wait out
+/// ([`Fanout::start_after`]). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hold(watch::Receiver<bool>);
+
+impl Hold {
+    /// Whether the thread has let go of the stick.
+    pub fn is_released(&self) -> bool {
+        // A sender gone is a thread (or its closure, never run) gone.
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+
+    /// Ends when the thread has let go of the stick (at once if it has).
+    pub async fn released(&mut self) {
+        // An error means the sender is gone, which happens only once the
+        // thread's closure is dropped: released as well.
+        let _ = self.0.wait_for(|released| *released).await;
+    }
+}
+
+/// Released on drop: the thread's side of its [`Hold`].
+struct Release(watch::Sender<bool>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
@@ -184,6 +259,9 @@ impl Fanout {
 pub struct AttemptHandle {
     id: TargetId,
     progress: Arc<AttemptProgress>,
+    /// The thread's hold on the stick, for an outcome the supervisor could
+    /// not give.
+    hold: Hold,
     supervisor: tokio::task::JoinHandle<AttemptOutcome>,
 }
 
@@ -196,7 +274,7 @@ impl AttemptHandle {
     /// Asks the attempt to stop at the next safe point (between two I/Os); it
     /// then ends as `interrupted`, or `removed` if its target is gone.
     pub fn cancel(&self) {
-        self.progress.cancel.store(true, Ordering::Relaxed);
+        self.progress.request_cancel();
     }
 
     /// A handle that can cancel the attempt after [`finish`](Self::finish) has
@@ -208,10 +286,12 @@ impl AttemptHandle {
     /// Waits for the verdict.
     pub async fn finish(self) -> AttemptOutcome {
         let id = self.id.clone();
+        let hold = self.hold.clone();
         self.supervisor
             .await
             .unwrap_or_else(|join_error| AttemptOutcome {
                 id,
+                hold,
                 result: Ok((
                     Verdict::Fail(Failure {
                         reason: FailReason::Unavailable {
@@ -232,49 +312,150 @@ pub struct Canceller(Arc<AttemptProgress>);
 impl Canceller {
     /// Asks the attempt to stop at the next safe point.
     pub fn cancel(&self) {
-        self.0.cancel.store(true, Ordering::Relaxed);
+        self.0.request_cancel();
     }
 }
 
-/// Waits for the attempt's result; gives the `stalled` verdict instead when the
-/// thread's last heartbeat is `stall_timeout` old on `clock`. The watchdog wakes
-/// at the deadline the last beat it saw sets, not on a polling interval: the
-/// verdict comes exactly `stall_timeout` after the last progress, and with a
-/// manual clock exactly when a test moves the clock past it. When a beat came
-/// while it slept, the next sleep is made before the one that ended is dropped,
-/// so that a manual clock always lists the watchdog's sleep.
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
+/// What a supervisor watches, and where it reports.
+struct Supervised {
     id: TargetId,
     progress: Arc<AttemptProgress>,
-    mut result_rx: oneshot::Receiver<Result<(Verdict, AttemptFigures), EngineError>>,
-    thread_started: bool,
+    /// The stick's previous attempt's hold, waited for before the thread
+    /// starts.
+    previous: Option<Hold>,
+    release_timeout: Duration,
     stall_timeout: Duration,
     clock: Clock,
     link: Arc<EventLink>,
     events: UnboundedSender<EngineEvent>,
+    /// This attempt's own hold, handed on with its outcome.
+    hold: Hold,
+}
+
+/// A verdict the supervisor gives without the attempt's figures.
+fn failed(reason: FailReason, stage: flashrack_core::Stage) -> (Verdict, AttemptFigures) {
+    (
+        Verdict::Fail(Failure { reason, stage }),
+        AttemptFigures::default(),
+    )
+}
+
+/// Waits until the stick's previous attempt has let go of it (at most the
+/// release timeout, on the clock); `Err` carries the verdict when it has not,
+/// or when the attempt was cancelled meanwhile.
+async fn wait_for_release(sup: &Supervised) -> Result<(), (Verdict, AttemptFigures)> {
+    let Some(mut previous) = sup.previous.clone() else {
+        return Ok(());
+    };
+    if previous.is_released() {
+        return Ok(());
+    }
+    let since = sup.clock.now();
+    tracing::info!(target = %sup.id, timeout_secs = sup.release_timeout.as_secs(),
+        "waiting for the stalled attempt's stuck I/O to let go of the stick");
+    let timeout = sup.clock.sleep_until(since + sup.release_timeout);
+    tokio::select! {
+        () = previous.released() => Ok(()),
+        () = sup.progress.cancelled() => Err(failed(
+            FailReason::Interrupted,
+            flashrack_core::Stage::Preparing,
+        )),
+        _ = timeout => {
+            if previous.is_released() {
+                return Ok(());
+            }
+            let waited_secs = sup.clock.now().saturating_duration_since(since).as_secs();
+            tracing::warn!(target = %sup.id, waited_secs,
+                "still held by I/O stuck in the kernel; not opened");
+            Err(failed(
+                FailReason::HeldByStuckIo { waited_secs },
+                flashrack_core::Stage::Preparing,
+            ))
+        }
+    }
+}
+
+/// Starts the attempt's thread (`body`) once the stick is free, waits for its
+/// result, and gives the `stalled` verdict instead when the thread's last
+/// heartbeat is `stall_timeout` old on `clock`. The watchdog wakes at the
+/// deadline the last beat it saw sets, not on a polling interval: the verdict
+/// comes exactly `stall_timeout` after the last progress, and with a manual
+/// clock exactly when a test moves the clock past it. When a beat came while
+/// it slept, the next sleep is made before the one that ended is dropped, so
+/// that a manual clock always lists the watchdog's sleep.
+async fn supervise(
+    sup: Supervised,
+    body: impl FnOnce() + Send + 'static,
+    mut result_rx: oneshot::Receiver<Result<(Verdict, AttemptFigures), EngineError>>,
 ) -> AttemptOutcome {
-    let mut watchdog = clock.sleep_until(progress.last_beat() + stall_timeout);
-    let result = loop {
-        if !thread_started {
-            break Ok((
-                Verdict::Fail(Failure {
-                    reason: FailReason::StationError {
+    let Supervised {
+        id,
+        progress,
+        stall_timeout,
+        clock,
+        ..
+    } = &sup;
+    let result = match wait_for_release(&sup).await {
+        Err(verdict) => {
+            // Never started: the body (and the target in it) is dropped
+            // without the stick being opened.
+            drop(body);
+            Ok(verdict)
+        }
+        Ok(()) => {
+            // The watchdog counts from the thread's start, not from a wait
+            // for the previous attempt.
+            progress.beat();
+            let spawned = std::thread::Builder::new()
+                .name(format!("flash {id}"))
+                .spawn(body);
+            if spawned.is_err() {
+                Ok(failed(
+                    FailReason::StationError {
                         detail: "could not start a thread for the attempt".into(),
                     },
-                    stage: flashrack_core::Stage::Preparing,
-                }),
-                AttemptFigures::default(),
-            ));
+                    flashrack_core::Stage::Preparing,
+                ))
+            } else {
+                watch_thread(id, progress, &mut result_rx, *stall_timeout, clock).await
+            }
         }
+    };
+    // Ended or abandoned: the thread's events stop here (a stalled thread may
+    // never return, and must not hold the channel open), before the verdict.
+    sup.link.cut();
+    if let Ok((verdict, figures)) = &result {
+        let _ = sup.events.send(EngineEvent {
+            target: id.clone(),
+            kind: EngineEventKind::Finished {
+                verdict: verdict.clone(),
+                figures: figures.clone(),
+            },
+        });
+    }
+    AttemptOutcome {
+        id: sup.id.clone(),
+        result,
+        hold: sup.hold.clone(),
+    }
+}
+
+/// The thread's result, or the `stalled` verdict when it makes no progress
+/// for `stall_timeout`.
+async fn watch_thread(
+    id: &TargetId,
+    progress: &AttemptProgress,
+    result_rx: &mut oneshot::Receiver<Result<(Verdict, AttemptFigures), EngineError>>,
+    stall_timeout: Duration,
+    clock: &Clock,
+) -> Result<(Verdict, AttemptFigures), EngineError> {
+    let mut watchdog = clock.sleep_until(progress.last_beat() + stall_timeout);
+    loop {
         tokio::select! {
-            result = &mut result_rx => {
-                break result.unwrap_or_else(|_| Ok((
-                    Verdict::Fail(Failure {
-                        reason: FailReason::Unavailable { detail: "the attempt's thread died".into() },
-                        stage: progress.stage(),
-                    }),
-                    AttemptFigures::default(),
+            result = &mut *result_rx => {
+                return result.unwrap_or_else(|_| Ok(failed(
+                    FailReason::Unavailable { detail: "the attempt's thread died".into() },
+                    progress.stage(),
                 )));
             }
             _ = &mut watchdog => {
@@ -289,7 +470,7 @@ async fn supervise(
                 progress.cancel.store(true, Ordering::Relaxed);
                 let stage = progress.stage();
                 tracing::warn!(target = %id, %stage, "target stalled");
-                break Ok((
+                return Ok((
                     Verdict::Fail(Failure {
                         reason: FailReason::Stalled {
                             during: stage,
@@ -302,20 +483,7 @@ async fn supervise(
                 ));
             }
         }
-    };
-    // Ended or abandoned: the thread's events stop here (a stalled thread may
-    // never return, and must not hold the channel open), before the verdict.
-    link.cut();
-    if let Ok((verdict, figures)) = &result {
-        let _ = events.send(EngineEvent {
-            target: id.clone(),
-            kind: EngineEventKind::Finished {
-                verdict: verdict.clone(),
-                figures: figures.clone(),
-            },
-        });
     }
-    AttemptOutcome { id, result }
 }
 
 /// Writes `image` to every target concurrently, each at its own pace, and waits
@@ -350,7 +518,7 @@ pub async fn flash_all(
                 if source_error.is_none() {
                     tracing::error!(%error, "source failed; stopping every attempt");
                     for progress in &cancels {
-                        progress.cancel.store(true, Ordering::Relaxed);
+                        progress.request_cancel();
                     }
                     source_error = Some(error);
                 }

@@ -51,7 +51,7 @@ use std::time::Duration;
 use flashrack_core::{DataRanges, ImageManifest, VerifyMode};
 
 pub use clock::{Clock, ManualClock};
-pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout};
+pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout, Hold};
 pub use feed::{FeedError, ImageFeed};
 pub use source::SharedSource;
 
@@ -133,6 +133,13 @@ pub struct EngineOptions {
     /// audit of sticks written earlier or elsewhere). No probe, no reset; the
     /// bytes written are unknown, not zero.
     pub audit: bool,
+    /// How long an attempt started after a stalled one of the same stick
+    /// ([`fanout::Fanout::start_after`]: a retry) waits, on
+    /// [`clock`](Self::clock), for the stalled attempt's I/O to come back from
+    /// the kernel and let go of the stick before it gives up as
+    /// `held_by_stuck_io` without opening it. The station and `flashrack
+    /// flash` set it to the stall timeout.
+    pub release_timeout: Duration,
 }
 
 impl Default for EngineOptions {
@@ -150,6 +157,7 @@ impl Default for EngineOptions {
             reset_timeout: Duration::from_secs(20),
             sample_percent: None,
             audit: false,
+            release_timeout: Duration::from_secs(60),
         }
     }
 }

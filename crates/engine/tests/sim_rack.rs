@@ -1704,3 +1704,173 @@ async fn an_audit_reads_back_without_writing_and_says_so() {
     assert_eq!(figures.bytes_written_bound, Bound::Unknown);
     assert_eq!(figures.pass_words(), "sampled (5 %)");
 }
+
+/// How long a retry waits for a stalled attempt's stuck I/O to let go of the
+/// stick, in the retry tests (on the manual clock).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A fan-out on a manual clock and the outcome of its first attempt on
+/// `stick`, which got stuck in a write and was given `stalled` by the
+/// watchdog once the clock moved past the stall timeout.
+async fn stalled_first_attempt(
+    image: &SourceImage,
+    stick: &SimStick,
+) -> (Fanout, ManualClock, flashrack_engine::AttemptOutcome) {
+    let clock = ManualClock::new();
+    let options = EngineOptions {
+        stall_timeout: STALL_TIMEOUT,
+        release_timeout: RELEASE_TIMEOUT,
+        clock: Clock::Manual(clock.clone()),
+        ..options()
+    };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let fanout = Fanout::new(image, options, tx).unwrap();
+    let target: Arc<dyn Target> = Arc::new(stick.clone());
+    let first = tokio::spawn(fanout.start(TargetId::new("stuck#1"), target).finish());
+    until_stuck(stick).await;
+    // The watchdog's verdict: the clock moves by a stall timeout each time
+    // the watchdog has acted on the last move (it may wait from a later beat
+    // of the piece the thread had in hand).
+    for _ in 0..10 {
+        if first.is_finished() {
+            break;
+        }
+        clock.advance(STALL_TIMEOUT);
+        tokio::time::timeout(WAIT, clock.until_nothing_due())
+            .await
+            .expect("the watchdog acts on the moved clock");
+    }
+    let outcome = tokio::time::timeout(WAIT, first)
+        .await
+        .expect("the stalled verdict")
+        .unwrap();
+    (fanout, clock, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_stall_waits_for_the_stuck_write_to_let_go_then_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = common::make_image(dir.path(), 2 * MIB as usize, 41);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [SimStickSpec::new("stuck", 8 * MIB).hang_after_written(MIB)],
+    )
+    .unwrap();
+    let stick = rack.stick("stuck").unwrap();
+    let (fanout, clock, first) = stalled_first_attempt(&image, stick).await;
+    assert!(
+        matches!(
+            reason_of(&first.result.as_ref().unwrap().0),
+            Some(FailReason::Stalled {
+                during: Stage::Writing,
+                ..
+            })
+        ),
+        "{:?}",
+        first.result
+    );
+    // The abandoned thread still holds the stick: opened now, it is busy.
+    assert!(!first.hold.is_released());
+    assert!(matches!(
+        stick.open_writer(),
+        Err(flashrack_target::TargetError::Busy(_))
+    ));
+    let target: Arc<dyn Target> = Arc::new(stick.clone());
+    let retry = tokio::spawn(
+        fanout
+            .start_after(TargetId::new("stuck#2"), target, Some(first.hold.clone()))
+            .finish(),
+    );
+    // The retry waits for the release, bounded on the clock (its only
+    // timer: no watchdog before its thread starts).
+    tokio::time::timeout(WAIT, clock.until_sleeps(|s| s.len() == 1))
+        .await
+        .expect("the retry waits for the stick to be released");
+    assert!(!retry.is_finished());
+    // The stuck write comes back from the kernel: the abandoned thread sees
+    // its cancel and lets go; the retry starts at once, with the clock where
+    // it was, and passes.
+    stick.release();
+    let retried = tokio::time::timeout(WAIT, retry)
+        .await
+        .expect("the retry ends once the stick is released")
+        .unwrap();
+    let (verdict, figures) = retried.result.unwrap();
+    assert_eq!(verdict, Verdict::Pass, "{figures:?}");
+    assert!(first.hold.is_released());
+    assert!(retried.hold.is_released());
+    assert_eq!(figures.bytes_written, bytes.len() as u64);
+    assert_eq!(
+        stick_digest(stick, bytes.len()),
+        flashrack_core::Sha256Digest::of(&bytes)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_stick_stuck_for_good_ends_held_by_stuck_io_without_opening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 42);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [SimStickSpec::new("stuck", 8 * MIB).hang_after_written(MIB)],
+    )
+    .unwrap();
+    let stick = rack.stick("stuck").unwrap();
+    let (fanout, clock, first) = stalled_first_attempt(&image, stick).await;
+    let written = stick.counters().bytes_written;
+
+    // A retry the operator stops while it waits: interrupted at once, with
+    // the clock where it was.
+    let target: Arc<dyn Target> = Arc::new(stick.clone());
+    let stopped = fanout.start_after(
+        TargetId::new("stuck#2"),
+        target.clone(),
+        Some(first.hold.clone()),
+    );
+    tokio::time::timeout(WAIT, clock.until_sleeps(|s| s.len() == 1))
+        .await
+        .expect("the retry waits for the stick to be released");
+    stopped.cancel();
+    let stopped = tokio::time::timeout(WAIT, stopped.finish())
+        .await
+        .expect("a cancel ends the wait at once");
+    assert_eq!(
+        stopped.result.unwrap().0.failure().map(|f| &f.reason),
+        Some(&FailReason::Interrupted)
+    );
+
+    // A retry whose wait runs out: the distinct verdict, in `preparing`, and
+    // the stick never opened (nothing written, the stuck call still the only
+    // one).
+    let retry = tokio::spawn(
+        fanout
+            .start_after(TargetId::new("stuck#3"), target, Some(first.hold.clone()))
+            .finish(),
+    );
+    tokio::time::timeout(WAIT, clock.until_sleeps(|s| s.len() == 1))
+        .await
+        .expect("the retry waits for the stick to be released");
+    clock.advance(RELEASE_TIMEOUT);
+    let retried = tokio::time::timeout(WAIT, retry)
+        .await
+        .expect("the wait is bounded")
+        .unwrap();
+    let (verdict, figures) = retried.result.unwrap();
+    assert_eq!(
+        verdict.failure(),
+        Some(&flashrack_core::Failure {
+            reason: FailReason::HeldByStuckIo {
+                waited_secs: RELEASE_TIMEOUT.as_secs()
+            },
+            stage: Stage::Preparing,
+        })
+    );
+    assert!(verdict.to_string().contains("pull the stick"), "{verdict}");
+    assert_eq!(figures, AttemptFigures::default());
+    assert_eq!(stick.counters().bytes_written, written, "never written");
+    assert_eq!(stick.stalled_calls(), 1);
+    assert!(!first.hold.is_released());
+    // Its own thread never started: it holds nothing.
+    assert!(retried.hold.is_released());
+    stick.release();
+}

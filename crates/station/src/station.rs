@@ -16,7 +16,7 @@ use flashrack_core::{
     FailReason, Failure, GuardRefusal, RunId, SamplePercent, Stage, StopReason, TargetId, Verdict,
 };
 use flashrack_engine::{
-    AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, SourceImage,
+    AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, Hold, SourceImage,
 };
 use flashrack_guard::{evaluate, DiskFacts, GuardCheck, GuardPolicy, GuardRequest, Refusal};
 use flashrack_hotplug::{
@@ -488,6 +488,12 @@ pub struct Station {
     /// Verdicts of I/O failures waiting (at most `removal_grace`) for a removal
     /// that would explain them; settled by the removal or by the timer.
     pending: HashMap<TargetId, Done>,
+    /// Sticks still held by their last attempt's thread, by kernel name: an
+    /// attempt abandoned after a stall whose I/O is stuck in the kernel keeps
+    /// the stick open (exclusively). The stick's next attempt (a retry, "write
+    /// again") waits for it to let go ([`Fanout::start_after`]) instead of
+    /// finding the stick busy. Forgotten when the stick leaves.
+    held: HashMap<String, Hold>,
 }
 
 impl Station {
@@ -558,6 +564,7 @@ impl Station {
             inspection_seq: 0,
             deferred: Vec::new(),
             pending: HashMap::new(),
+            held: HashMap::new(),
         };
         (station, handle)
     }
@@ -874,6 +881,9 @@ impl Station {
             }
             return;
         }
+        // Pulled: whatever I/O of its was stuck ends, and a stick that comes
+        // under this name next is another disk.
+        self.held.remove(kernel_name);
         let Some(present) = self.present.remove(kernel_name) else {
             return;
         };
@@ -1484,7 +1494,11 @@ impl Station {
         let Some(fanout) = run.fanout.as_ref() else {
             return;
         };
-        let handle = fanout.start(target_id.clone(), target);
+        // A stick its stalled attempt still holds: the new attempt waits for
+        // it to let go (bounded), never opens it blindly.
+        self.held.retain(|_, hold| !hold.is_released());
+        let previous = self.held.get(&kernel_name).cloned();
+        let handle = fanout.start_after(target_id.clone(), target, previous);
         let canceller = handle.canceller();
         let done_tx = self.done_tx.clone();
         tokio::spawn({
@@ -1753,6 +1767,11 @@ impl Station {
         let Some(slot) = self.slots.remove(&done.target) else {
             return;
         };
+        if !done.outcome.hold.is_released() {
+            // Abandoned after a stall, its I/O stuck in the kernel.
+            self.held
+                .insert(slot.kernel_name.clone(), done.outcome.hold.clone());
+        }
         let (verdict, mut figures, source_error) = match done.outcome.result {
             Ok((verdict, figures)) => (verdict, figures, None),
             // The thread's own figures are lost with the source error: what the

@@ -2040,3 +2040,151 @@ async fn a_station_without_a_master_port_offers_nothing_to_capture() {
     ));
     rig.shutdown().await;
 }
+
+/// How long a retry waits for a stalled attempt's stuck I/O to let go of its
+/// stick, in the tests about it (on the manual clock).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A rig on `clock` whose armed run retries twice, with a stick in A1 stuck
+/// in a write (stuck in the kernel: removal does not end it) and A2 healthy:
+/// returns once A1's first attempt was given `stalled` and its retry waits
+/// for the stuck write to let go of the stick (its wait armed on the clock).
+async fn stalled_and_retrying(
+    clock: &ManualClock,
+) -> (Rig, flashrack_simrack::sim::SimStick, Instant) {
+    let rig = rig_with(2, GuardPolicy::default(), |s| {
+        s.engine.clock = Clock::Manual(clock.clone());
+        s.engine.stall_timeout = STALL_TIMEOUT;
+        s.engine.release_timeout = RELEASE_TIMEOUT;
+    })
+    .await;
+    rig.arm(RunOptions {
+        retries: 2,
+        ..RunOptions::default()
+    })
+    .await
+    .unwrap();
+    rig.plug(1, "STUCK", healthy().hang_after_written(MIB));
+    rig.plug(2, "HEALTHY", healthy());
+    let stuck = until_stuck(&rig, 1).await;
+    let snap = rig
+        .until("A2 passed", |s| state(s, "A2") == PortState::Passed)
+        .await;
+    let first = port(&snap, "A1").attempt_id;
+    // The stall timeout, then the removal grace, then the retry: the clock
+    // moves by a stall timeout each time the station has acted on the last
+    // move (every timer on it is later than now), never once the retry's
+    // wait for the release is armed (the only timer that far ahead).
+    let release_armed = |d: &[Instant], now: Instant| {
+        d.iter()
+            .any(|&x| x > now + (RELEASE_TIMEOUT - STALL_TIMEOUT))
+    };
+    let moved = async {
+        loop {
+            if release_armed(&clock.sleeps(), clock.now()) {
+                return;
+            }
+            clock.advance(STALL_TIMEOUT);
+            let now = clock.now();
+            clock
+                .until_sleeps(|d| {
+                    release_armed(d, now) || (!d.is_empty() && d.iter().all(|&x| x > now))
+                })
+                .await;
+        }
+    };
+    tokio::time::timeout(WAIT, moved)
+        .await
+        .unwrap_or_else(|_| panic!("no retry: {:#?}", rig.handle.snapshot()));
+    let sleeps = clock.sleeps();
+    assert_eq!(sleeps.len(), 1, "only the retry's wait: {sleeps:?}");
+    let release_at = sleeps[0];
+    // The port shows the retry (published once the station has handled
+    // its start, which may come after the wait is armed).
+    rig.until("A1 shows its retry", |s| {
+        let a1 = port(s, "A1");
+        a1.attempt_id.is_some() && a1.attempt_id != first && a1.verdict.is_none()
+    })
+    .await;
+    let verdicts = finished_at(&rig.journal, "A1");
+    assert!(
+        matches!(
+            reason_of(&verdicts.first().cloned()),
+            Some(FailReason::Stalled {
+                during: Stage::Writing,
+                ..
+            })
+        ),
+        "{verdicts:?}"
+    );
+    assert_eq!(verdicts.len(), 1, "the retry has no verdict yet");
+    assert_eq!(stuck.stalled_calls(), 1);
+    (rig, stuck, release_at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_stall_waits_for_the_stuck_write_to_let_go_and_passes() {
+    let clock = ManualClock::new();
+    let (rig, stuck, _) = stalled_and_retrying(&clock).await;
+    // The stuck write comes back: the abandoned thread lets go of the stick
+    // and the retry writes it, with the clock where it was.
+    stuck.release();
+    let snap = rig
+        .until("A1 passed on its retry", |s| {
+            state(s, "A1") == PortState::Passed
+        })
+        .await;
+    let verdicts = finished_at(&rig.journal, "A1");
+    assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+    assert_eq!(verdicts[1], Verdict::Pass);
+    let run = snap.run.unwrap();
+    assert_eq!((run.passed, run.failed, run.active), (2, 1, 0));
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_stick_stuck_for_good_says_pull_it_and_never_opens_it() {
+    let clock = ManualClock::new();
+    let (rig, stuck, release_at) = stalled_and_retrying(&clock).await;
+    let written = stuck.counters().bytes_written;
+    // To the end of the retry's wait (armed a stall timeout's step or so
+    // after the stall: what the clock shows is the wait's own start).
+    clock.advance(release_at - clock.now());
+    let snap = rig
+        .until("A1 failed on its retry", |s| {
+            state(s, "A1") == PortState::Failed
+        })
+        .await;
+    // The port and the records say why, in words an operator acts on; not
+    // retried again (the run allows two), never opened.
+    let held = FailReason::HeldByStuckIo {
+        waited_secs: RELEASE_TIMEOUT.as_secs(),
+    };
+    assert_eq!(reason(&snap, "A1"), Some(&held));
+    assert!(
+        port(&snap, "A1")
+            .verdict
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("pull the stick"),
+        "{:?}",
+        port(&snap, "A1").verdict
+    );
+    rig.round_trip().await;
+    let verdicts = finished_at(&rig.journal, "A1");
+    assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+    assert_eq!(
+        verdicts[1],
+        Verdict::Fail(Failure {
+            reason: held,
+            stage: Stage::Preparing
+        })
+    );
+    let run = rig.handle.snapshot().run.unwrap();
+    assert_eq!((run.passed, run.failed, run.active), (1, 2, 0));
+    assert_eq!(stuck.counters().bytes_written, written, "never written");
+    assert_eq!(stuck.stalled_calls(), 1, "still stuck");
+    rig.shutdown().await;
+    stuck.release();
+}
