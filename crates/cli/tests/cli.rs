@@ -176,8 +176,10 @@ fn each_target_that_cannot_be_written_fails_with_its_real_cause() {
     assert_eq!(row(2)["reason"], "probe_error", "{}", row(2));
     assert_eq!(row(2)["stage"], "preparing");
     // Its markers go from the highest offset down, one 512-byte block each:
-    // eight are written (4 KiB), the ninth, at 32 MiB, fails.
-    assert_eq!(row(2)["offset"], 32 << 20);
+    // eight are written (4 KiB), the ninth fails: the last block, then the
+    // giants every alias window (128 KiB for 64 MiB) from the top, the
+    // eighth of them at 64 MiB less eight windows.
+    assert_eq!(row(2)["offset"], (64 << 20) - 8 * (128 << 10));
     let detail = row(2)["detail"].as_str().unwrap();
     assert!(
         detail.starts_with("capacity probe failed: writing"),

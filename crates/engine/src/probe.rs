@@ -7,42 +7,60 @@
 //! writes whatever the medium kept. The probe is f3probe's idea:
 //!
 //! 1. **Sample.** Unique marker blocks (one logical block each) at offset 0, at
-//!    every power of two from 1 MiB, at evenly spaced points and at the last
-//!    block, written from the highest offset down, so that a wrapping stick's
-//!    aliases are overwritten by the lower markers written after them.
-//! 2. **Defeat the stick's cache** ([`ProbeOptions::defeat_cache`]). The
+//!    every power of two from 1 MiB, at evenly spaced points, at every
+//!    multiple of the alias window (the *giants*, [`alias_window`]) and at
+//!    the last block, written from the highest offset down, so that a
+//!    wrapping stick's aliases are overwritten by the lower markers written
+//!    after them.
+//! 2. **Overwrite the aliases.** Zeros over the stick's first window (around
+//!    the markers there): a stick that wraps at a real size `R` that is not a
+//!    power of two stores a block `b >= R` at `b mod R`, which no other marker
+//!    need hit, so `b` would read back its own marker. The first giant past
+//!    `R` lands less than a window from 0, under the zeros, and reads back
+//!    replaced: the first bad sample is the first one past `R`.
+//! 3. **Defeat the stick's cache** ([`ProbeOptions::defeat_cache`]). The
 //!    markers are flushed and the stick is
 //!    reset where it can be ([`Target::reset`]): a power cycle drops a cache that
 //!    hides losses. A stick that cannot be reset gets a filler of more than a
-//!    cache bound ([`ProbeOptions::cache_bound`]) written after its markers, at
-//!    its start (around the markers there), which pushes them out of its cache.
-//!    A target without a cache of its own ([`Target::may_cache_writes`]: a
-//!    loop device) gets no filler: there is nothing to push the markers out
-//!    of, and the filler was 32 MiB written to it for nothing.
-//! 3. **Read back** through a fresh handle. A marker that comes back replaced
+//!    cache bound ([`ProbeOptions::cache_bound`]) of zeros instead of the
+//!    window (the larger of the two), which pushes the markers out of its
+//!    cache. A target without a cache of its own
+//!    ([`Target::may_cache_writes`]: a loop device, a file) gets neither the
+//!    filler nor the giants and the window: it has no controller to cache or
+//!    to wrap addresses (a loop device maps each one to the same offset of
+//!    its backing file), and they were bytes written to it for nothing.
+//! 4. **Read back** through a fresh handle. A marker that comes back replaced
 //!    (zeros, another marker, stale data) is a bad block.
-//! 4. **Bisect.** Between the highest good sample below the lowest bad one and
+//! 5. **Bisect.** Between the highest good sample below the lowest bad one and
 //!    that bad one, the next round samples [`ProbeOptions::samples_per_round`]
-//!    evenly spaced blocks the same way, until the two are one block apart: the
-//!    lowest bad block's offset is the stick's real usable size. A round divides
-//!    the interval by `samples_per_round + 1`: 4 rounds after the first for a
-//!    16 GB claim in 512-byte blocks.
+//!    evenly spaced blocks the same way, with zeros over the first `bad - good`
+//!    bytes after them (where any sample past `R` lands), until the two are
+//!    one block apart: the lowest bad block's offset is the stick's real
+//!    usable size. A round divides the interval by `samples_per_round + 1`.
 //!
-//! On an honest stick steps 1–3 run once: a few dozen single-block writes and
-//! reads and a reset (or the filler). The markers lie outside the image only
-//! where the image is smaller than the stick; inside it they (and the filler) are
-//! overwritten by the image itself.
+//! On an honest stick steps 1–4 run once: a few dozen single-block markers,
+//! a giant every window (512 for a 16 GB claim), the window's zeros (32 MiB
+//! for 16 GB) and a reset (or the filler). The markers lie outside the image
+//! only where the image is smaller than the stick; inside it they (and the
+//! zeros) are overwritten by the image itself.
+//!
+//! A real size below the window: the window's own blocks past it alias onto
+//! real blocks and may hide some, so a size found below the window is probed
+//! again as if the stick claimed the window only (a smaller window), until
+//! the size found is not below the window that found it.
 //!
 //! A stick whose marker at offset 0 is gone after the reset keeps nothing it
 //! was told, at any offset: it loses flushed writes at a power cycle (a
 //! write-back cache that lies about its flush). That is reported as such
 //! ([`ProbeResult::LosesFlushed`]), not as a real size of zero.
 //!
-//! **Limits.** A stick that wraps at a size that is not a power of two is caught
-//! only where one of its aliases lands on a probed block. On a stick that cannot
-//! be reset, a cache larger than the cache bound still hides a lie, and a real
-//! size below the cache bound may be reported smaller than it is (the filler's
-//! aliases overwrite low markers).
+//! **Limits.** On a stick that cannot be reset, a cache larger than the cache
+//! bound still hides a lie, and a real size below the cache bound may be
+//! reported smaller than it is (the filler's aliases overwrite low markers;
+//! the filler keeps its size whatever the span). A stick that keeps a block
+//! at one address and answers it at another by some other rule than a
+//! modulo, or that drops only some writes past its size, is caught where a
+//! sample is replaced, not necessarily at its exact size.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -53,6 +71,12 @@ use flashrack_target::{AlignedBuf, Target, TargetError, TargetWriter};
 const SPREAD_MARKERS: u64 = 16;
 /// The filler is written in pieces of at most this many bytes.
 const FILLER_PIECE: usize = 1 << 20;
+/// Marks the second marker written at offset 0, the round's last write.
+const LAST_WORD: u64 = 0x1A57_3012_D000_0000;
+/// The most giants a first round has ([`giant_offsets`]).
+pub const MAX_GIANTS: u64 = 4096;
+/// The largest alias window ([`alias_window`]).
+const MAX_WINDOW: u64 = 64 << 20;
 /// More rounds than any capacity a u64 holds needs (64 halvings at worst).
 const MAX_ROUNDS: usize = 64;
 
@@ -73,6 +97,12 @@ pub struct ProbeOptions {
     pub cache_bound: u64,
     /// Blocks sampled in each round of the bisection (at least 1).
     pub samples_per_round: usize,
+    /// Whether the first round has its giants and each round its zeros over
+    /// the alias window ([`alias_window`]), which catch a stick wrapping at
+    /// a size that is not a power of two. On by default; off only to measure
+    /// what they cost (the benchmark), since without them such a stick
+    /// passes the probe.
+    pub alias_window: bool,
 }
 
 impl Default for ProbeOptions {
@@ -81,6 +111,7 @@ impl Default for ProbeOptions {
             defeat_cache: false,
             cache_bound: 32 << 20,
             samples_per_round: 128,
+            alias_window: true,
         }
     }
 }
@@ -141,6 +172,35 @@ pub fn round_offsets(good: u64, bad: u64, unit: u64, samples: usize) -> Vec<u64>
         offsets.push(good + unit);
     }
     offsets
+}
+
+/// The alias window of a probe of `capacity` bytes in blocks of `unit`
+/// bytes: the first-round giants are this far apart, and zeros are written
+/// over this many bytes at the start of the stick after the markers. A
+/// power of two, about 1/512 of the capacity, from 16 blocks up to 64 MiB.
+///
+/// Why: a stick that wraps at a real size `R` that is not a power of two
+/// stores a block `b >= R` at `b mod R`, where nothing else the probe
+/// writes may land: read back, `b` answers its own marker, and the lie goes
+/// unseen. The first giant past `R` (they are a window apart) lands less
+/// than a window from 0, on the zeros written after it, and reads back
+/// replaced. The cost is a sequential write of the window and a single
+/// block written and read per giant (512 up to 32 GiB, 4096 for 256 GiB).
+pub fn alias_window(capacity: u64, unit: u64) -> u64 {
+    (capacity / 512)
+        .checked_next_power_of_two()
+        .unwrap_or(MAX_WINDOW)
+        .clamp(16 * unit, MAX_WINDOW.max(16 * unit))
+}
+
+/// The giants of a first round: every multiple of `window` up to `last` (the
+/// last block's offset), ascending, at most [`MAX_GIANTS`] of them. With the
+/// largest window that covers the first 256 GiB: a claim beyond (larger
+/// than the guard's default limit) has its giants there only.
+pub fn giant_offsets(window: u64, last: u64) -> impl Iterator<Item = u64> {
+    (1..=MAX_GIANTS)
+        .map(move |i: u64| i.saturating_mul(window))
+        .take_while(move |&o| o < last)
 }
 
 /// The target failed the probe before it could tell: what the probe was doing,
@@ -250,12 +310,46 @@ impl<'a> Prober<'a> {
     /// Probes a target claiming `capacity` bytes: its real size, or that it
     /// keeps everything probed.
     pub fn run(&mut self, capacity: u64) -> Result<ProbeResult, ProbeFailure> {
-        self.capacity = capacity;
-        let offsets = probe_offsets(capacity, self.unit);
+        let mut span = capacity;
+        let mut result = self.probe_span(span)?;
+        // A real size below the alias window: the window's own blocks past
+        // it alias onto real blocks, and may have hidden some of them (a
+        // real size reported too small). The stick is probed again as if it
+        // claimed the window only, whose own window is smaller, until the
+        // real size is not below the window that found it. Not where the
+        // filler is written (a stick that cannot be reset): the filler's
+        // size is the cache bound's, whatever the span.
+        while let ProbeResult::Lie { real_bytes } = result {
+            let window = self.window(span);
+            if real_bytes >= window || window >= span || self.filler_len() > 0 {
+                break;
+            }
+            span = window;
+            result = match self.probe_span(span)? {
+                ProbeResult::Honest => ProbeResult::Lie { real_bytes },
+                narrower => narrower,
+            };
+        }
+        Ok(result)
+    }
+
+    /// One probe of the first `span` bytes of the stick, as if it claimed
+    /// that much: the first round (the markers of [`probe_offsets`] and the
+    /// giants every alias window), then the bisection.
+    fn probe_span(&mut self, span: u64) -> Result<ProbeResult, ProbeFailure> {
+        self.capacity = span;
+        let window = self.window(span);
+        let mut offsets = probe_offsets(span, self.unit);
         if offsets.is_empty() {
             return Ok(ProbeResult::Honest);
         }
-        let good = self.round(&offsets)?;
+        let last = *offsets.last().expect("not empty");
+        if window > 0 {
+            offsets.extend(giant_offsets(window, last));
+        }
+        offsets.sort_unstable();
+        offsets.dedup();
+        let good = self.round(&offsets, window)?;
         let Some(first_bad) = good.iter().position(|&g| !g) else {
             return Ok(ProbeResult::Honest);
         };
@@ -263,15 +357,19 @@ impl<'a> Prober<'a> {
             return Ok(ProbeResult::LosesFlushed);
         }
         let (mut lo, mut hi) = (offsets[first_bad - 1], offsets[first_bad]);
+        let mut rounds = 1;
         while hi - lo > self.unit {
-            if self.rounds >= MAX_ROUNDS {
+            if rounds >= MAX_ROUNDS {
                 break;
             }
+            rounds += 1;
             let offsets = round_offsets(lo, hi, self.unit, self.options.samples_per_round);
-            let good = self.round(&offsets)?;
+            // The window covers every alias of a sample past the real size:
+            // that sample less the real size, below `hi - lo`.
+            let window = if self.uses_window() { hi - lo } else { 0 };
+            let good = self.round(&offsets, window)?;
             // The lowest bad sample bounds the real size; the highest good one
-            // below it is the new lower end (a wrapping stick may answer right
-            // above its first bad block).
+            // below it is the new lower end.
             let bad_at = good.iter().position(|&g| !g);
             if let Some(at) = bad_at {
                 hi = offsets[at];
@@ -284,6 +382,24 @@ impl<'a> Prober<'a> {
             }
         }
         Ok(ProbeResult::Lie { real_bytes: hi })
+    }
+
+    /// Whether the rounds have giants and zeros over an alias window: when
+    /// the options ask for them and the target may be a stick, with a
+    /// controller that maps its addresses (`may_cache_writes`: not a loop
+    /// device, which maps each address to the same offset of its backing
+    /// file, nor a file).
+    fn uses_window(&self) -> bool {
+        self.options.alias_window && self.target.may_cache_writes()
+    }
+
+    /// The alias window of a span, or none (see [`uses_window`](Self::uses_window)).
+    fn window(&self, span: u64) -> u64 {
+        if self.uses_window() {
+            alias_window(span, self.unit)
+        } else {
+            0
+        }
     }
 
     fn writer(&mut self) -> &mut dyn TargetWriter {
@@ -302,9 +418,11 @@ impl<'a> Prober<'a> {
     }
 
     /// One round: markers at `offsets` (ascending) written from the highest
-    /// down, the filler, a flush, a reset where the target has one, and the
-    /// read-back. Returns whether each marker came back.
-    fn round(&mut self, offsets: &[u64]) -> Result<Vec<bool>, ProbeFailure> {
+    /// down, zeros over the first `window` bytes around them (the alias
+    /// window, or the filler if longer), a flush, a reset where the target
+    /// has one and the probe defeats caches, and the read-back. Returns
+    /// whether each marker came back.
+    fn round(&mut self, offsets: &[u64], window: u64) -> Result<Vec<bool>, ProbeFailure> {
         self.rounds += 1;
         let unit = self.unit as usize;
         let mut marker = AlignedBuf::zeroed(unit);
@@ -315,14 +433,25 @@ impl<'a> Prober<'a> {
                 .map_err(ProbeFailure::of(ProbeOperation::Write))?;
             self.check_cancel(ProbeOperation::Write)?;
         }
-        if !self.options.defeat_cache {
+        // Written after the markers: a marker past a wrapping stick's real
+        // size landed on a block of the window, which the zeros overwrite.
+        self.write_zeros_below(window.max(self.filler_len()), offsets)?;
+        // The marker at 0 once more, as the last write before the flush: a
+        // stick that loses what it acknowledged loses this one, whatever the
+        // zeros pushed through its cache before it (the older marker there
+        // reads back as replaced). Only at 0, which no sample lies below:
+        // any other sample written last would overwrite its own alias.
+        let last_word = offsets.first() == Some(&0);
+        if last_word {
+            fill_marker(&mut marker, self.nonce ^ LAST_WORD, 0);
             self.writer()
-                .flush()
-                .map_err(ProbeFailure::of(ProbeOperation::Flush))?;
-        } else if self.target.can_reset() {
-            self.writer()
-                .flush()
-                .map_err(ProbeFailure::of(ProbeOperation::Flush))?;
+                .write_all_at(0, &marker)
+                .map_err(ProbeFailure::of(ProbeOperation::Write))?;
+        }
+        self.writer()
+            .flush()
+            .map_err(ProbeFailure::of(ProbeOperation::Flush))?;
+        if self.options.defeat_cache && self.target.can_reset() {
             // A reset takes the stick away from every handle: the writer is
             // closed first and the stick opened again after it.
             self.writer = None;
@@ -336,15 +465,6 @@ impl<'a> Prober<'a> {
                     .map_err(ProbeFailure::of(ProbeOperation::Reset))?,
             );
             self.check_cancel(ProbeOperation::Reset)?;
-        } else {
-            // A filler only pushes the markers out of a cache the target may
-            // have; a loop device or a file has none (`may_cache_writes`).
-            if self.target.may_cache_writes() {
-                self.write_filler(offsets)?;
-            }
-            self.writer()
-                .flush()
-                .map_err(ProbeFailure::of(ProbeOperation::Flush))?;
         }
         let mut reader = self
             .target
@@ -353,7 +473,12 @@ impl<'a> Prober<'a> {
         let mut back = AlignedBuf::zeroed(unit);
         let mut good = Vec::with_capacity(offsets.len());
         for &offset in offsets {
-            fill_marker(&mut marker, self.nonce, offset);
+            let nonce = if last_word && offset == 0 {
+                self.nonce ^ LAST_WORD
+            } else {
+                self.nonce
+            };
+            fill_marker(&mut marker, nonce, offset);
             let n = reader
                 .read_at(offset, &mut back)
                 .map_err(ProbeFailure::of(ProbeOperation::Read))?;
@@ -363,14 +488,25 @@ impl<'a> Prober<'a> {
         Ok(good)
     }
 
-    /// Writes zeros over the first `cache_bound` bytes of the stick (at most
-    /// all of it), around this round's markers.
-    fn write_filler(&mut self, markers: &[u64]) -> Result<(), ProbeFailure> {
-        let end = (self.options.cache_bound.div_ceil(self.unit) * self.unit)
-            .min(self.capacity / self.unit * self.unit);
+    /// The filler's length: the cache bound where the probe defeats caches
+    /// on a stick that cannot be reset, else none.
+    fn filler_len(&self) -> u64 {
+        // A filler only pushes the markers out of a cache the target may
+        // have; a loop device or a file has none (`may_cache_writes`).
+        if self.options.defeat_cache && !self.target.can_reset() && self.target.may_cache_writes() {
+            self.options.cache_bound
+        } else {
+            0
+        }
+    }
+
+    /// Writes zeros over the first `len` bytes of the stick (at most all of
+    /// the span probed), around this round's markers.
+    fn write_zeros_below(&mut self, len: u64, markers: &[u64]) -> Result<(), ProbeFailure> {
+        let end = (len.div_ceil(self.unit) * self.unit).min(self.capacity / self.unit * self.unit);
         let zeros = AlignedBuf::zeroed(FILLER_PIECE.max(self.unit as usize));
         let mut at = 0u64;
-        // The markers below the end of the filler, ascending.
+        // The markers below the end of the zeros, ascending.
         let mut skip = markers.iter().copied().filter(|&m| m < end).peekable();
         while at < end {
             if skip.peek() == Some(&at) {

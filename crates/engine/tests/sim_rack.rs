@@ -841,7 +841,8 @@ async fn a_failure_during_the_capacity_probe_says_it_was_the_probe() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 22);
     // The probe's markers are written from the highest offset down: the first
-    // (the last block) is written, the second (at 60 MiB) fails.
+    // (the last block) is written, the second (the highest giant, one alias
+    // window of 128 KiB below 64 MiB) fails.
     let (failure, figures, rack) = only_failure(
         &image,
         SimStickSpec::new("probe-write", 64 * MIB).write_error_after(512),
@@ -854,7 +855,7 @@ async fn a_failure_during_the_capacity_probe_says_it_was_the_probe() {
         failure.reason,
         FailReason::ProbeError {
             operation: ProbeOperation::Write,
-            offset: Some(60 * MIB),
+            offset: Some(64 * MIB - 128 * 1024),
             detail: "Input/output error (os error 5)".into(),
         }
     );
@@ -1873,4 +1874,87 @@ async fn a_retry_of_a_stick_stuck_for_good_ends_held_by_stuck_io_without_opening
     // Its own thread never started: it holds nothing.
     assert!(retried.hold.is_released());
     stick.release();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fakes_that_wrap_or_drop_at_a_size_that_is_no_power_of_two_get_their_exact_real_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), MIB as usize, 33);
+    // Wrapping at such a size, a stick stores a block b past it at
+    // b mod real: no other marker of the first round need land there, and
+    // b read back its own marker (the probe said honest: the image fit, and
+    // the fake passed).
+    let odd = 100 * MIB + 3 * 512;
+    let fakes = [
+        (
+            "wrap-odd",
+            odd,
+            SimStickSpec::new("", 1 << 30).fake_capacity(odd, FakeMode::Wrap),
+        ),
+        // Sold as 16 GB, wraps at 7.5 GB (to the block).
+        (
+            "wrap-16g",
+            7_499_999_744,
+            SimStickSpec::new("", 16_000_000_000).fake_capacity(7_499_999_744, FakeMode::Wrap),
+        ),
+        // Just past a power of two: its aliases land just above 0.
+        (
+            "wrap-just-past",
+            64 * MIB + 512,
+            SimStickSpec::new("", 1 << 30).fake_capacity(64 * MIB + 512, FakeMode::Wrap),
+        ),
+        // Below the alias window (2 MiB for a 1 GiB claim): the window's own
+        // blocks wrap onto real ones, and the stick is probed again as if
+        // it claimed the window only.
+        (
+            "wrap-tiny",
+            MIB + 5 * 512,
+            SimStickSpec::new("", 1 << 30).fake_capacity(MIB + 5 * 512, FakeMode::Wrap),
+        ),
+        // Drops what lands past such a size.
+        (
+            "vanish-odd",
+            odd + 512,
+            SimStickSpec::new("", 1 << 30).fake_capacity(odd + 512, FakeMode::Vanish),
+        ),
+        // Wraps at such a size behind a cache that answers the read-back of
+        // recent writes until a reset.
+        (
+            "wrap-odd-cached",
+            odd,
+            SimStickSpec::new("", 1 << 30)
+                .fake_capacity(odd, FakeMode::Wrap)
+                .volatile_cache(16 * MIB, CacheMode::WriteThrough),
+        ),
+    ];
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        fakes.iter().map(|(name, _, spec)| spec.clone().name(*name)),
+    )
+    .unwrap();
+    let results = flash_rack(&image, &rack, defeating_cache()).await;
+    for (name, real, _) in &fakes {
+        let (verdict, figures) = result_of(&results, name);
+        assert_eq!(real_bytes_of(verdict), Some(*real), "{name}: {verdict:?}");
+        assert_eq!(verdict.failure().unwrap().stage, Stage::Preparing);
+        assert_eq!(figures.bytes_written, 0, "{name}");
+    }
+}
+
+#[test]
+fn the_alias_window_grows_with_the_claim_within_its_bounds() {
+    use flashrack_engine::probe::{alias_window, giant_offsets};
+    assert_eq!(alias_window(16_000_000_000, 512), 32 * MIB);
+    assert_eq!(alias_window(1 << 30, 512), 2 * MIB);
+    assert_eq!(alias_window(256_000_000_000, 512), 64 * MIB);
+    assert_eq!(alias_window(MIB, 512), 16 * 512);
+    assert_eq!(alias_window(MIB, 4096), 16 * 4096);
+    assert_eq!(alias_window(u64::MAX, 512), 64 * MIB);
+    // A giant every window, below the last block.
+    let giants: Vec<u64> = giant_offsets(2 * MIB, 8 * MIB - 512).collect();
+    assert_eq!(giants, [2 * MIB, 4 * MIB, 6 * MIB]);
+    assert_eq!(
+        giant_offsets(alias_window(16_000_000_000, 512), 16_000_000_000 - 512).count(),
+        476
+    );
 }
