@@ -1,10 +1,12 @@
 //! Which bytes of an image matter, from its file systems' own allocation:
-//! ext2/3/4 block bitmaps and FAT tables.
+//! ext2/3/4 block bitmaps, FAT tables, NTFS's cluster bitmap (`$Bitmap`,
+//! [`ntfs`]) and exFAT's allocation bitmap ([`exfat`]).
 //!
 //! [`allocation_map`] answers the byte ranges a sparse write must carry:
 //! everything outside the file systems it can read (partition tables, boot
-//! code, gaps, partitions of other kinds) and, inside each ext2/3/4 or FAT
-//! file system, its metadata and the blocks or clusters it has allocated.
+//! code, gaps, partitions of other kinds) and, inside each ext2/3/4, FAT,
+//! NTFS or exFAT file system, its metadata (always, whatever its bitmap says)
+//! and the blocks or clusters it has allocated.
 //! Free blocks are left out because the file system says they are free,
 //! never because they hold zeros: a FAT directory sector full of zeros is
 //! allocated, and carried (bmaptool's maps, made from a file's holes, have
@@ -19,6 +21,9 @@
 
 use std::fmt;
 
+mod exfat;
+mod ntfs;
+
 use crate::model::{FsKind, ImageInfo};
 use crate::read::ReadAt;
 
@@ -29,9 +34,9 @@ pub const MAP_BLOCK: u64 = 4096;
 /// Why no map can be made from an image's file systems.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
-    /// No ext2/3/4 or FAT file system in the image.
+    /// No ext2/3/4, FAT, NTFS or exFAT file system in the image.
     #[error(
-        "no file system whose allocation flashrack reads (ext2/3/4, FAT) was found: the image can only be written whole"
+        "no file system whose allocation flashrack reads (ext2/3/4, FAT, NTFS, exFAT) was found: the image can only be written whole"
     )]
     NothingToMap,
     /// An ISO 9660 image: its partitions are files of the ISO.
@@ -77,7 +82,8 @@ impl fmt::Display for AllocationMap {
 }
 
 /// The byte ranges of `image` (inspected as `info`) that a sparse write must
-/// carry, from the allocation of its ext2/3/4 and FAT file systems.
+/// carry, from the allocation of its ext2/3/4, FAT, NTFS and exFAT file
+/// systems.
 pub fn allocation_map(image: &dyn ReadAt, info: &ImageInfo) -> Result<AllocationMap, AllocError> {
     let size = image.size();
     if info.iso.is_some()
@@ -132,6 +138,8 @@ pub fn allocation_map(image: &dyn ReadAt, info: &ImageInfo) -> Result<Allocation
         let region = Region { image, start, len };
         let used = match kind {
             FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext_allocation(&region, &mut ranges),
+            FsKind::Ntfs => ntfs::ntfs_allocation(&region, &mut ranges),
+            FsKind::ExFat => exfat::exfat_allocation(&region, &mut ranges),
             _ => fat_allocation(&region, &mut ranges),
         }
         .map_err(broken)?;
@@ -151,7 +159,14 @@ pub fn allocation_map(image: &dyn ReadAt, info: &ImageInfo) -> Result<Allocation
 fn readable(kind: FsKind) -> bool {
     matches!(
         kind,
-        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32
+        FsKind::Ext2
+            | FsKind::Ext3
+            | FsKind::Ext4
+            | FsKind::Fat12
+            | FsKind::Fat16
+            | FsKind::Fat32
+            | FsKind::Ntfs
+            | FsKind::ExFat
     )
 }
 

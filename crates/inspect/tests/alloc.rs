@@ -333,3 +333,291 @@ fn a_broken_file_system_gives_a_reason_and_no_map() {
     let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
     assert_eq!(error, AllocError::NothingToMap);
 }
+
+/// A FUSE file system (ntfs-3g, exfat-fuse) mounted on a device or file the
+/// test made; unmounted lazily on drop if the test did not unmount it.
+struct FuseMount {
+    point: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl FuseMount {
+    fn new(program: &str, options: &[&str], source: &Path) -> Self {
+        let point = tempfile::tempdir().unwrap();
+        run(Command::new(program)
+            .args(options)
+            .arg(source)
+            .arg(point.path()));
+        Self {
+            point,
+            mounted: true,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.point.path()
+    }
+
+    /// Unmounts. Both drivers mount a block device as `fuseblk`, whose
+    /// unmount returns once the driver has written everything back.
+    fn unmount(mut self) {
+        run(Command::new("umount").arg(self.point.path()));
+        self.mounted = false;
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.point.path())
+                .status();
+        }
+    }
+}
+
+/// A file system of `kind` ("ntfs" or "exfat") made on a loop device the
+/// test attaches, the test's tree written into it through its FUSE driver
+/// mounted on that device, and its bytes once unmounted and detached.
+fn make_through_loop(kind: &str, size: u64) -> (Vec<u8>, Vec<(PathBuf, Vec<u8>)>) {
+    let device = flashrack_testkit::LoopDevice::new(size);
+    let node = device.path();
+    let driver = match kind {
+        "ntfs" => {
+            run(Command::new("mkfs.ntfs")
+                .args(["-F", "-Q", "-q", "-L", "DATA"])
+                .arg(node));
+            "ntfs-3g"
+        }
+        _ => {
+            run(Command::new("mkfs.exfat").args(["-L", "DATA"]).arg(node));
+            "mount.exfat-fuse"
+        }
+    };
+    let mount = FuseMount::new(driver, &[], node);
+    let files = tree(mount.path());
+    mount.unmount();
+    let bytes = fs::read(device.backing()).unwrap();
+    drop(device);
+    (bytes, files)
+}
+
+/// A number from a tool's report: the first line holding `key`, its first
+/// number after the key.
+fn field(report: &str, key: &str) -> u64 {
+    let line = report
+        .lines()
+        .find(|l| l.contains(key))
+        .unwrap_or_else(|| panic!("{key} in {report}"));
+    let rest = &line[line.find(key).unwrap() + key.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| panic!("a number after {key} in {line}"))
+        .parse()
+        .unwrap()
+}
+
+/// Every file of the test's tree reads back from `root` as written, and the
+/// empty directory is there.
+fn assert_tree(root: &Path, files: &[(PathBuf, Vec<u8>)]) {
+    for (name, bytes) in files {
+        let read = fs::read(root.join(name)).unwrap();
+        assert!(read == *bytes, "{} differs", name.display());
+    }
+    assert!(root.join("empty-dir").is_dir());
+}
+
+#[test]
+fn an_ntfs_map_carries_every_allocated_cluster_and_its_metadata() {
+    if !flashrack_testkit::require_root(&[
+        "mkfs.ntfs",
+        "ntfs-3g",
+        "ntfsfix",
+        "ntfsinfo",
+        "ntfscat",
+        "losetup",
+    ]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, files) = make_through_loop("ntfs", 64 * MIB);
+    let image = dir.path().join("ntfs.img");
+    fs::write(&image, &bytes).unwrap();
+    assert_eq!(inspect(&bytes).filesystem.unwrap().kind, FsKind::Ntfs);
+    let map = map_of(&bytes);
+    assert!(
+        map.sources[0].starts_with("NTFS at the image's start"),
+        "{map}"
+    );
+    // The volume's own count of its free clusters agrees with the map: every
+    // allocated cluster, plus the backup boot sector's block at the end.
+    let info = run(Command::new("ntfsinfo").arg("-m").arg(&image));
+    let cluster = field(&info, "Cluster Size:");
+    let used =
+        (field(&info, "Volume Size in Clusters:") - field(&info, "Free Clusters:")) * cluster;
+    let mapped = map.mapped_bytes();
+    assert!(mapped >= used, "{mapped} mapped, {used} used");
+    assert!(mapped <= used + 8192, "{mapped} mapped, {used} used");
+    let files_bytes: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(mapped >= files_bytes && mapped < 32 * MIB, "{mapped}");
+
+    let copy = dir.path().join("copy.img");
+    fs::write(&copy, sparse_copy(&bytes, &map)).unwrap();
+    // ntfsfix reads the MFT, its mirror and both boot sectors; -n writes nothing.
+    let fix = run(Command::new("ntfsfix").arg("-n").arg(&copy));
+    assert!(fix.contains("processed successfully"), "{fix}");
+    for (name, expected) in &files {
+        let out = Command::new("ntfscat")
+            .arg(&copy)
+            .arg(format!("/{}", name.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == *expected, "{} differs", name.display());
+    }
+    // And through the driver, read-only: directories and the zero-filled file
+    // as the garbage-filled stick holds them.
+    let mount = FuseMount::new("ntfs-3g", &["-o", "ro"], &copy);
+    assert_tree(mount.path(), &files);
+    mount.unmount();
+}
+
+#[test]
+fn an_exfat_map_carries_every_allocated_cluster_and_its_metadata() {
+    if !flashrack_testkit::require_root(&[
+        "mkfs.exfat",
+        "mount.exfat-fuse",
+        "fsck.exfat",
+        "dump.exfat",
+        "losetup",
+    ]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, files) = make_through_loop("exfat", 64 * MIB);
+    let image = dir.path().join("exfat.img");
+    fs::write(&image, &bytes).unwrap();
+    assert_eq!(inspect(&bytes).filesystem.unwrap().kind, FsKind::ExFat);
+    let map = map_of(&bytes);
+    assert!(
+        map.sources[0].starts_with("exFAT at the image's start"),
+        "{map}"
+    );
+    // Everything before the cluster heap, and the clusters the bitmap says are
+    // in use (the bitmap, up-case table and root directory among them).
+    let dump = run(Command::new("dump.exfat").arg(&image));
+    let sector = 1u64 << field(&dump, "Sector Size Bits:");
+    let cluster = field(&dump, "Cluster size:");
+    let heap = field(&dump, "Cluster Heap Offset (sector offset):") * sector;
+    let used = (field(&dump, "Total Clusters:") - field(&dump, "Free Clusters:")) * cluster;
+    let heap_end = heap + field(&dump, "Cluster Count:") * cluster;
+    let tail = bytes.len() as u64 - heap_end;
+    assert_eq!(map.mapped_bytes(), heap + used + tail, "{map}");
+    let files_bytes: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(map.mapped_bytes() < files_bytes + heap + tail + MIB);
+
+    let copy = dir.path().join("copy.img");
+    fs::write(&copy, sparse_copy(&bytes, &map)).unwrap();
+    let fsck = run(Command::new("fsck.exfat").arg("-n").arg(&copy));
+    assert!(fsck.contains("clean"), "{fsck}");
+    // exfat-fuse run by root mounts block devices only: the copy goes onto a
+    // loop device of the test's, written through its node.
+    let stick = flashrack_testkit::LoopDevice::new(bytes.len() as u64);
+    fs::write(stick.path(), fs::read(&copy).unwrap()).unwrap();
+    let mount = FuseMount::new("mount.exfat-fuse", &["-o", "ro"], stick.path());
+    assert_tree(mount.path(), &files);
+    mount.unmount();
+    drop(stick);
+}
+
+#[test]
+fn a_broken_ntfs_or_exfat_gives_a_reason_and_no_map() {
+    if !flashrack_testkit::require_root(&[
+        "mkfs.ntfs",
+        "ntfs-3g",
+        "mkfs.exfat",
+        "mount.exfat-fuse",
+        "losetup",
+    ]) {
+        return;
+    }
+    let (good, _) = make_through_loop("ntfs", 16 * MIB);
+    let le = |b: &[u8], at: usize, n: usize| {
+        b[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &x| v << 8 | u64::from(x))
+    };
+    let cluster = le(&good, 11, 2) * le(&good, 13, 1);
+    let mft = (le(&good, 48, 8) * cluster) as usize;
+
+    // $Bitmap's record (6) no longer a FILE record.
+    let mut bytes = good.clone();
+    bytes[mft + 6 * 1024..mft + 6 * 1024 + 4].copy_from_slice(b"BAAD");
+    let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
+    assert!(
+        matches!(&error, AllocError::Broken { kind: FsKind::Ntfs, reason, .. }
+            if reason == "MFT record 6 has no FILE signature"),
+        "{error}"
+    );
+    assert!(error
+        .to_string()
+        .starts_with("the NTFS file system at the image's start cannot be mapped"));
+
+    // A torn $MFT record: a sector's last bytes not the update sequence number.
+    let mut bytes = good.clone();
+    bytes[mft + 510] ^= 0xff;
+    let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
+    assert!(
+        error.to_string().contains("MFT record 0 is torn"),
+        "{error}"
+    );
+
+    // An MFT placed past the volume's end.
+    let mut bytes = good.clone();
+    bytes[48..56].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
+    assert!(error.to_string().contains("lies outside its"), "{error}");
+
+    let (good, _) = make_through_loop("exfat", 16 * MIB);
+    let sector = 1usize << good[108];
+    let cluster = sector << good[109];
+    let heap = le(&good, 88, 4) as usize * sector;
+    let root = heap + (le(&good, 96, 4) as usize - 2) * cluster;
+    let entry = (0..cluster / 32)
+        .map(|i| root + 32 * i)
+        .find(|&at| good[at] == 0x81)
+        .expect("the bitmap entry");
+
+    // The bitmap entry pointing out of the heap.
+    let mut bytes = good.clone();
+    bytes[entry + 20..entry + 24].copy_from_slice(&u32::MAX.to_le_bytes());
+    let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
+    assert!(
+        matches!(&error, AllocError::Broken { kind: FsKind::ExFat, reason, .. }
+            if reason.starts_with("the allocation bitmap leads to cluster 4294967295")),
+        "{error}"
+    );
+
+    // No bitmap entry at all (its type cleared to "unused").
+    let mut bytes = good.clone();
+    bytes[entry] = 0x01;
+    let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("holds no allocation bitmap entry"),
+        "{error}"
+    );
+
+    // A bitmap too short for the heap's clusters.
+    let mut bytes = good.clone();
+    bytes[entry + 24..entry + 32].copy_from_slice(&1u64.to_le_bytes());
+    let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
+    assert!(error.to_string().contains("are needed for"), "{error}");
+}
