@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use flashrack_core::{ByteSize, Sha256Digest};
-use flashrack_image::{CachedImage, ImageCache, ImportOptions, ImportOutcome};
+use flashrack_image::{BmapInput, CachedImage, ImageCache, ImportOptions, ImportOutcome};
 
 use crate::AppError;
 
@@ -72,6 +72,69 @@ fn import_with(
             name: file.display().to_string(),
             source: Box::new(source),
         })
+}
+
+/// [`import_in_place`] of the operator's file with its block map: the bmap
+/// file `bmap`, else one found beside the file ([`bmap_beside`]), is parsed
+/// before the image is read (a malformed map, or one whose own checksum
+/// fails, stops here) and checked in the import's one pass over the image
+/// (every range's checksum, the size): a map that does not describe the
+/// image fails the import ([`AppError::Bmap`]) and nothing is cached.
+/// Without a bmap file the image keeps the map it has or gets one generated
+/// ([`map_image`]). A file the cache knows is not read again: a bmap file
+/// is then checked against the cached image ([`ImageCache::attach_bmap`]).
+pub fn import_with_map(
+    cache: &ImageCache,
+    file: &Path,
+    expected: Option<Sha256Digest>,
+    max_size: ByteSize,
+    bmap: Option<&Path>,
+) -> Result<(ImportOutcome, MapNote), AppError> {
+    let Some(bmap_path) = bmap.map(Path::to_path_buf).or_else(|| bmap_beside(file)) else {
+        let outcome = import_in_place(cache, file, expected, max_size)?;
+        let note = map_image(cache, &outcome.image, None, None)?;
+        return Ok((outcome, note));
+    };
+    let refused = |source: ImageError| AppError::Bmap {
+        path: bmap_path.clone(),
+        source: Box::new(source),
+    };
+    let text = std::fs::read_to_string(&bmap_path).map_err(|source| {
+        refused(ImageError::ReadInput {
+            path: bmap_path.clone(),
+            source,
+        })
+    })?;
+    let name = bmap_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let input = BmapInput::parse(&name, &text).map_err(refused)?;
+    let outcome = cache
+        .import(
+            file,
+            ImportOptions {
+                expected_sha256: expected,
+                max_image_size: max_size.bytes(),
+                reference_raw: true,
+                bmap: Some(input),
+                ..ImportOptions::default()
+            },
+        )
+        .map_err(|source| match source {
+            ImageError::BmapRefused { .. } => refused(source),
+            source => AppError::Import {
+                name: file.display().to_string(),
+                source: Box::new(source),
+            },
+        })?;
+    let map = match &outcome.map {
+        Some(map) => map.clone(),
+        None => cache
+            .attach_bmap(&outcome.image, &name, &text)
+            .map_err(refused)?,
+    };
+    Ok((outcome, MapNote::Attached(map)))
 }
 
 /// An image named on the command line: a file to import in place (anything that exists

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flashrack_app::flash::{FlashOutcome, FlashRequest};
-use flashrack_app::images::{map_image, open_cache, resolve_image};
+use flashrack_app::images::{bmap_beside, import_with_map, map_image, open_cache, resolve_image};
 use flashrack_core::Sha256Digest;
 use tokio::sync::mpsc;
 
@@ -30,9 +30,12 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
     let cache = open_cache(data_dir)?;
     // A file is written while it is imported (the targets follow the import;
     // see `flashrack_app::flash::flash_file`), unless the run needs its block
-    // map before the first byte (a map given, a sparse run) or writes nothing.
+    // map before the first byte (a map given or beside the file, which the
+    // import checks before anything is kept or written; a sparse run) or
+    // writes nothing.
     let file = Some(Path::new(&args.image)).filter(|p| p.is_file());
-    if let Some(file) = file.filter(|_| args.bmap.is_none() && !args.sparse && !audit) {
+    let with_map = args.bmap.is_some() || file.and_then(bmap_beside).is_some();
+    if let Some(file) = file.filter(|_| !with_map && !args.sparse && !audit) {
         if !args.quiet {
             errln!("importing {} while writing …", args.image);
         }
@@ -61,14 +64,26 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
     if !args.quiet && Path::new(&args.image).is_file() {
         errln!("importing {} …", args.image);
     }
-    let image = resolve_image(&cache, &args.image, expected, args.max_size)?;
-    // A file just imported gets its block map (given, found beside it or
-    // generated); a cached image one given now.
-    if file.is_some() || args.bmap.is_some() {
-        let note = map_image(&cache, &image, file, args.bmap.as_deref())?;
-        if !args.quiet {
-            errln!("{}", note.summary());
+    // A file is imported with its block map (given or found beside it, and
+    // checked in the import's pass, or generated); a cached image gets one
+    // given now.
+    let (image, note) = match file {
+        Some(file) => {
+            let (outcome, note) =
+                import_with_map(&cache, file, expected, args.max_size, args.bmap.as_deref())?;
+            (outcome.image, Some(note))
         }
+        None => {
+            let image = resolve_image(&cache, &args.image, expected, args.max_size)?;
+            let note = match args.bmap.as_deref() {
+                Some(bmap) => Some(map_image(&cache, &image, None, Some(bmap))?),
+                None => None,
+            };
+            (image, note)
+        }
+    };
+    if let Some(note) = note.filter(|_| !args.quiet) {
+        errln!("{}", note.summary());
     }
     // From here on a signal stops the flash in order instead of killing it.
     let stops = crate::signals::stops()?;

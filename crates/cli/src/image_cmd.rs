@@ -11,7 +11,7 @@ use flashrack_app::downloads::{
     import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport, UrlProgress,
 };
 use flashrack_app::images::{
-    import_in_place, map_image, open_cache, remove, resolve_image, MapNote,
+    import_with_map, map_image, open_cache, remove, resolve_image, MapNote,
 };
 use flashrack_core::{ByteSize, Sha256Digest};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -40,7 +40,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             let url = file
                 .to_str()
                 .filter(|f| f.starts_with("http://") || f.starts_with("https://"));
-            let outcome = match url {
+            let (outcome, map) = match url {
                 Some(url) => {
                     let check = match (expected, sha256sums) {
                         (Some(sha256), _) => DigestCheck::Sha256(sha256),
@@ -65,18 +65,20 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         })
                         .await;
                     shown.finish();
-                    outcome?
+                    let outcome = outcome?;
+                    let map = map_image(&cache, &outcome.image, None, bmap.as_deref())?;
+                    (outcome, map)
                 }
                 None => {
                     if sha256sums.is_some() {
                         bail!("--sha256sums is for URLs: for a file, give --sha256");
                     }
-                    import_in_place(&cache, &file, expected, max_size)?
+                    // The bmap (given or beside the file) is checked in the
+                    // import's pass; one that lies leaves nothing cached.
+                    import_with_map(&cache, &file, expected, max_size, bmap.as_deref())?
                 }
             };
             let image = &outcome.image;
-            let from_file = Some(file.as_path()).filter(|_| url.is_none());
-            let map = map_image(&cache, image, from_file, bmap.as_deref())?;
             if json {
                 outln!(
                     "{}",

@@ -166,6 +166,41 @@ fn a_bmap_beside_the_image_is_used_and_one_that_lies_is_refused() {
         error.contains("cannot use the block map") && error.contains("own checksum"),
         "{error}"
     );
+    assert_nothing_cached(&data_dir);
+
+    // A map resealed over a wrong range checksum, found beside the image: the
+    // import's pass refuses it, nothing is cached, and a flash of the file
+    // writes nothing (the import is checked before any stick is written).
+    let beside = dir.path().join("disk.img.bmap");
+    let at = bmap.find("chksum=\"").unwrap() + "chksum=\"".len();
+    let mut forged = bmap.clone();
+    forged.replace_range(at..at + 64, &"ab".repeat(32));
+    fs::write(&beside, flashrack_testkit::bmap::reseal(&forged)).unwrap();
+    let out = flashrack(&data_dir, &["image", "import", image.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&out.stderr);
+    assert!(
+        error.contains("cannot use the block map")
+            && error.contains("disk.img.bmap")
+            && error.contains("do not match the bmap's checksum for them"),
+        "{error}"
+    );
+    assert_nothing_cached(&data_dir);
+    let target = dir.path().join("stick.img");
+    garbage_target(&target, 32 * MIB);
+    let out = flashrack(
+        &data_dir,
+        &[
+            "flash",
+            image.to_str().unwrap(),
+            target.to_str().unwrap(),
+            "--quiet",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("do not match the bmap's checksum"));
+    assert!(fs::read(&target).unwrap().iter().all(|&b| b == 0xa5));
+    assert_nothing_cached(&data_dir);
 
     // The real one beside the image (disk.img.bmap) is found and checked.
     fs::write(dir.path().join("disk.img.bmap"), &bmap).unwrap();
@@ -326,4 +361,17 @@ fn image_show_and_list_give_the_block_map_its_source_and_its_share() {
     );
     assert!(line_of(&with_bmap).contains("[block map "), "{listed}");
     assert!(!line_of(&plain).contains("block map"), "{listed}");
+}
+
+/// No image in the cache of `data_dir`, and no image or map file.
+fn assert_nothing_cached(data_dir: &Path) {
+    let out = flashrack(data_dir, &["image", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    let images = data_dir.join("cache/images");
+    let files: Vec<_> = fs::read_dir(&images)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "{files:?}");
 }

@@ -5,7 +5,11 @@
 //! (its own checksum, the image's size and every range's checksum: a map that
 //! lies is refused, since a sparse run trusts it to skip bytes), or it is
 //! generated from the image's file systems' allocation
-//! ([`flashrack_inspect::alloc`]). It is stored as
+//! ([`flashrack_inspect::alloc`]). A bmap file given to an import
+//! ([`BmapInput`], `ImportOptions::bmap`) is checked in the import's one
+//! pass over the image, and refused before anything is kept; one attached
+//! to an image already cached ([`ImageCache::attach_bmap`]) reads its mapped
+//! bytes again. It is stored as
 //! `images/<sha256>.bmap.json` ([`StoredMap`]), written atomically; an image
 //! without one is written whole.
 
@@ -14,7 +18,7 @@ use std::io;
 
 use flashrack_core::{DataRanges, Sha256Digest};
 use flashrack_inspect::alloc::{allocation_map, AllocError};
-use flashrack_inspect::bmap::{BlockMap, BmapError};
+use flashrack_inspect::bmap::{BlockMap, BmapError, StreamCheck};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CachedImage, ImageCache};
@@ -120,6 +124,71 @@ impl StoredMap {
     }
 }
 
+/// A bmap file for an import to check in its pass over the image
+/// (`ImportOptions::bmap`): parsed, its own checksum checked, before the
+/// import reads a byte of the image.
+#[derive(Debug, Clone)]
+pub struct BmapInput {
+    /// The file's name, as the map's origin says it.
+    pub file: String,
+    /// The map.
+    pub map: BlockMap,
+}
+
+impl BmapInput {
+    /// Parses the bmap file `text` named `file`: a file that is not a map
+    /// (malformed XML, counts that disagree with its `BlockSize` and
+    /// `ImageSize`, ranges past its own end, overlapping ranges) or whose own
+    /// checksum fails is refused here.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ImageError> {
+        let map = BlockMap::parse(text).map_err(|source| ImageError::BmapRefused {
+            file: file.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            file: file.to_string(),
+            map,
+        })
+    }
+
+    /// The check an import's pass feeds.
+    pub(crate) fn check(&self) -> StreamCheck {
+        StreamCheck::new(self.map.clone())
+    }
+
+    /// The map as the cache keeps it, once the image was checked against it.
+    pub(crate) fn stored(&self) -> Result<StoredMap, ImageError> {
+        stored_bmap(&self.file, &self.map)
+    }
+
+    /// The refusal of this map for `source`.
+    pub(crate) fn refused(&self, source: BmapError) -> ImageError {
+        ImageError::BmapRefused {
+            file: self.file.clone(),
+            source,
+        }
+    }
+}
+
+/// A checked bmap as the cache keeps it.
+fn stored_bmap(file: &str, map: &BlockMap) -> Result<StoredMap, ImageError> {
+    let ranges = DataRanges::new(map.image_size, map.byte_ranges()).map_err(|e| {
+        ImageError::BmapRefused {
+            file: file.to_string(),
+            source: BmapError::Malformed(format!("its ranges in bytes: {e}")),
+        }
+    })?;
+    Ok(StoredMap {
+        origin: MapOrigin::Bmap {
+            file: file.to_string(),
+            version: map.version.clone(),
+            range_checksums: map.checksum.is_some()
+                && map.ranges.iter().all(|r| r.checksum.is_some()),
+        },
+        ranges,
+    })
+}
+
 impl ImageCache {
     fn map_path(&self, digest: &Sha256Digest) -> std::path::PathBuf {
         self.image_path(digest).with_extension("bmap.json")
@@ -174,17 +243,7 @@ impl ImageCache {
             source,
         })?;
         map.check_image(&raw).map_err(refused)?;
-        let ranges = DataRanges::new(map.image_size, map.byte_ranges())
-            .map_err(|e| refused(BmapError::Malformed(format!("its ranges in bytes: {e}"))))?;
-        let stored = StoredMap {
-            origin: MapOrigin::Bmap {
-                file: file.to_string(),
-                version: map.version.clone(),
-                range_checksums: map.checksum.is_some()
-                    && map.ranges.iter().all(|r| r.checksum.is_some()),
-            },
-            ranges,
-        };
+        let stored = stored_bmap(file, &map)?;
         self.keep_map(&image.sha256(), &stored)?;
         Ok(stored)
     }
@@ -217,7 +276,11 @@ impl ImageCache {
         Ok(stored)
     }
 
-    fn keep_map(&self, digest: &Sha256Digest, map: &StoredMap) -> Result<(), ImageError> {
+    pub(crate) fn keep_map(
+        &self,
+        digest: &Sha256Digest,
+        map: &StoredMap,
+    ) -> Result<(), ImageError> {
         write_json_atomic(&self.tmp, &self.map_path(digest), map)
     }
 

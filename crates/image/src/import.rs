@@ -3,7 +3,7 @@
 //! and move the result into place.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashrack_core::{ImageManifest, Sha256Digest};
+use flashrack_inspect::bmap::StreamCheck;
 use zip::result::ZipError;
 use zip::ZipArchive;
 
+use crate::blockmap::{BmapInput, StoredMap};
 use crate::cache::{CachedImage, EntryFile, ImageCache, ImportMeta, SourceReference};
 use crate::detect::{ImageFormat, MAGIC_LEN};
 use crate::error::{FileKind, ImageError};
@@ -79,6 +81,14 @@ pub struct ImportOptions {
     /// targets while its image is imported. Only [`ImageCache::import`] (a
     /// file) tells it; an import from a stream does not.
     pub observer: Option<Arc<dyn ImportObserver>>,
+    /// A bmap file that comes with the image (given by the operator, or found
+    /// beside the file): checked in the import's one pass over the raw bytes
+    /// (every range's checksum as its bytes go past, the size at the end).
+    /// A map that does not describe the image fails the import
+    /// ([`ImageError::BmapRefused`]) and nothing is kept; a map that does is
+    /// kept with the image ([`ImportOutcome::map`]). Only
+    /// [`ImageCache::import`] (a file) checks it.
+    pub bmap: Option<BmapInput>,
 }
 
 /// Where the raw bytes of a new image end up.
@@ -103,6 +113,7 @@ impl Default for ImportOptions {
             cancel: None,
             reference_raw: false,
             observer: None,
+            bmap: None,
         }
     }
 }
@@ -136,6 +147,11 @@ pub struct ImportOutcome {
     pub image: CachedImage,
     /// `None` if this import added the image; otherwise how it was recognised.
     pub hit: Option<CacheHit>,
+    /// The bmap of [`ImportOptions::bmap`], checked in this import's pass and
+    /// kept as the image's map. `None` without one, or when the image was
+    /// recognised without a pass (a known file: [`ImageCache::attach_bmap`]
+    /// checks the map against the cached image then).
+    pub map: Option<StoredMap>,
 }
 
 impl ImportOutcome {
@@ -206,6 +222,7 @@ impl ImageCache {
                     return Ok(ImportOutcome {
                         image,
                         hit: Some(CacheHit::SameFile),
+                        map: None,
                     });
                 }
             }
@@ -247,6 +264,7 @@ impl ImageCache {
                         return Ok(ImportOutcome {
                             image,
                             hit: Some(CacheHit::SameFileDigest),
+                            map: None,
                         });
                     }
                 }
@@ -312,6 +330,8 @@ impl ImageCache {
             Some(direct) => direct,
             None => &mut file,
         };
+        // The bmap's check rides on the pass: the raw bytes go past it once.
+        let mut check = options.bmap.as_ref().map(BmapInput::check);
         let decoded = match &mut placement {
             Placement::Copy(temp) => {
                 let out_path = temp.path().to_path_buf();
@@ -323,6 +343,7 @@ impl ImageCache {
                     chunk_size as usize,
                     &mut watch,
                     observer,
+                    check.as_mut(),
                 )
             }
             Placement::Clone(temp) => {
@@ -342,6 +363,7 @@ impl ImageCache {
                     chunk_size as usize,
                     &mut watch,
                     observer,
+                    check.as_mut(),
                 )
             }
             Placement::Reference(_) => decode(
@@ -352,9 +374,19 @@ impl ImageCache {
                 chunk_size as usize,
                 &mut watch,
                 observer,
+                check.as_mut(),
             ),
-        }
-        .map_err(|error| self.out_of_space(error, options.min_free_space))?;
+        };
+        // A range that failed stopped the pass: that is the import's error.
+        let decoded = match (decoded, &check, &options.bmap) {
+            (Err(_), Some(check), Some(bmap)) if check.failure().is_some() => {
+                let failure = check.failure().cloned().expect("checked just now");
+                return Err(bmap.refused(failure));
+            }
+            (decoded, _, _) => {
+                decoded.map_err(|error| self.out_of_space(error, options.min_free_space))?
+            }
+        };
         if let Placement::Reference(identity) = &placement {
             // The digests describe the file only if nobody changed it while
             // it was read (by its descriptor, and by its name).
@@ -374,6 +406,15 @@ impl ImageCache {
             });
         }
         check_expected(path, &options, raw, decoded.file_sha256)?;
+        // The whole image went past the bmap's check: its size, and every
+        // range's checksum, before anything is kept.
+        let map = match (&check, &options.bmap) {
+            (Some(check), Some(bmap)) => {
+                check.finish().map_err(|source| bmap.refused(source))?;
+                Some(bmap.stored()?)
+            }
+            _ => None,
+        };
         let remember = |file: &File| {
             if let Some(identity) = &identity {
                 self.remember(
@@ -389,10 +430,14 @@ impl ImageCache {
         if let Some(image) = self.get(&raw)? {
             tracing::debug!(path = %path.display(), image = %raw.short(), "image already cached");
             let image = self.add_fingerprints(image, &decoded.raw);
+            if let Some(map) = &map {
+                self.keep_map(&raw, map)?;
+            }
             remember(&file);
             return Ok(ImportOutcome {
                 image,
                 hit: Some(CacheHit::SameImage),
+                map,
             });
         }
 
@@ -445,12 +490,20 @@ impl ImageCache {
             manifest: manifest.clone(),
             import: meta.clone(),
         };
-        if let Err(error) = write_json_atomic(&self.tmp, &self.entry_path(&raw), &entry) {
+        // The map before the entry, which makes the image part of the cache.
+        let kept = match &map {
+            Some(map) => self.keep_map(&raw, map),
+            None => Ok(()),
+        };
+        if let Err(error) =
+            kept.and_then(|()| write_json_atomic(&self.tmp, &self.entry_path(&raw), &entry))
+        {
             // Without its entry the image is not in the cache; do not leave it
-            // (a referenced file is not the cache's to remove).
+            // (a referenced file is not the cache's to remove), nor its map.
             if owned {
                 let _ = fs::remove_file(&image_path);
             }
+            self.remove_map(&raw);
             return Err(error);
         }
         tracing::debug!(image = %raw.short(), size = manifest.size(), "imported");
@@ -462,6 +515,7 @@ impl ImageCache {
                 meta,
             },
             hit: None,
+            map,
         })
     }
 
@@ -774,7 +828,9 @@ fn direct_reader(file: &File) -> Option<File> {
 
 /// Decompresses `file` into `out` in one pass, digesting both; `watch` sees
 /// the raw size before each chunk is stored and may stop the pass;
-/// `observer` hears of each chunk once stored.
+/// `observer` hears of each chunk once stored; `check` (a bmap's) sees every
+/// raw byte as it is read, and stops the pass at a range that fails.
+#[allow(clippy::too_many_arguments)]
 fn decode(
     path: &Path,
     format: ImageFormat,
@@ -783,6 +839,7 @@ fn decode(
     chunk_size: usize,
     watch: Watch<'_>,
     observer: Option<&dyn ImportObserver>,
+    mut check: Option<&mut StreamCheck>,
 ) -> Result<Decoded, ImageError> {
     let hashing = ChunkHashing::for_input();
     let (out, out_path) = match out {
@@ -802,6 +859,7 @@ fn decode(
         ImageFormat::Raw => {
             // The file is the image: its digest is the raw digest.
             let mut input = InputReader::new(file, false);
+            let mut input = Checked::new(&mut input, check.as_deref_mut());
             let raw = digest_and_store(&mut input, out, chunk_size, hashing, watch, observer)
                 .map_err(pass_error)?;
             Ok(Decoded {
@@ -816,7 +874,8 @@ fn decode(
             let raw = {
                 let mut decoder =
                     stream_decoder(format, &mut input).map_err(|e| input_error(path, format, e))?;
-                digest_and_store(&mut *decoder, out, chunk_size, hashing, watch, observer)
+                let mut decoder = Checked::new(&mut *decoder, check.as_deref_mut());
+                digest_and_store(&mut decoder, out, chunk_size, hashing, watch, observer)
                     .map_err(pass_error)?
             };
             let (hasher, input_size) = input.finish().map_err(|e| input_error(path, format, e))?;
@@ -848,6 +907,7 @@ fn decode(
                     });
                 };
                 let mut entry = archive.by_index(*index).map_err(|e| zip_error(path, e))?;
+                let mut entry = Checked::new(&mut entry, check.as_deref_mut());
                 let raw = digest_and_store(&mut entry, out, chunk_size, hashing, watch, observer)
                     .map_err(pass_error)?;
                 (raw, name.clone())
@@ -860,6 +920,32 @@ fn decode(
                 zip_entry: Some(zip_entry),
             })
         }
+    }
+}
+
+/// The raw bytes on their way into the pass, shown to a bmap's check: a
+/// range that fails is a read error (the pass stops there), which the import
+/// then reports as the map's refusal.
+struct Checked<'a> {
+    inner: &'a mut dyn Read,
+    check: Option<&'a mut StreamCheck>,
+}
+
+impl<'a> Checked<'a> {
+    fn new(inner: &'a mut dyn Read, check: Option<&'a mut StreamCheck>) -> Self {
+        Self { inner, check }
+    }
+}
+
+impl Read for Checked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(check) = self.check.as_deref_mut() {
+            check
+                .update(&buf[..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        Ok(n)
     }
 }
 

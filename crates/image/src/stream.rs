@@ -164,6 +164,7 @@ impl ImageCache {
             return Ok(ImportOutcome {
                 image,
                 hit: Some(CacheHit::SameImage),
+                map: None,
             });
         }
         let manifest = ImageManifest::fingerprinted(
@@ -192,7 +193,31 @@ impl ImageCache {
                 meta,
             },
             hit: None,
+            map: None,
         })
+    }
+
+    /// Records `provenance` with a cached image (a derived image's origin,
+    /// once it is in the cache), replacing any it had; the entry is
+    /// rewritten atomically.
+    pub fn set_provenance(
+        &self,
+        image: CachedImage,
+        provenance: Provenance,
+    ) -> Result<CachedImage, ImageError> {
+        if image.meta.provenance.as_ref() == Some(&provenance) {
+            return Ok(image);
+        }
+        let meta = ImportMeta {
+            provenance: Some(provenance),
+            ..image.meta.clone()
+        };
+        let entry = EntryFile {
+            manifest: image.manifest.clone(),
+            import: meta.clone(),
+        };
+        write_json_atomic(&self.tmp, &self.entry_path(&image.sha256()), &entry)?;
+        Ok(CachedImage { meta, ..image })
     }
 
     /// Records `provenance` with a cached image (best effort, as the

@@ -160,3 +160,156 @@ fn a_map_is_generated_from_an_ext4_image_and_none_from_a_broken_one() {
     );
     assert_eq!(cache.block_map(&image.sha256()).unwrap(), None);
 }
+
+/// A bmap given to the import is checked in its one pass over the image:
+/// each lie (a range's checksum, the file's own checksum, ranges past the
+/// image's end, XML that is not a map, a `BlockSize` that disagrees with the
+/// counts, a map of a longer image) refuses the import with the map's reason
+/// and leaves nothing in the cache; the same image compressed is checked on
+/// its decompressed bytes; a map that tells the truth is kept with the image.
+#[test]
+fn a_bmap_given_to_an_import_is_checked_in_its_pass_and_a_lie_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    let bytes = sparse_image(&path);
+    let good = bmaptool_create(&path);
+    let gz = dir.path().join("disk.img.gz");
+    {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(
+            fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        encoder.write_all(&bytes).unwrap();
+        encoder.finish().unwrap();
+    }
+    let longer = dir.path().join("longer.img");
+    let mut more = bytes.clone();
+    more.extend_from_slice(&[5u8; 8192]);
+    fs::write(&longer, &more).unwrap();
+
+    // Refused when the map is read, before the image is: the map's own flaws.
+    let parse_cases: Vec<(&str, String, Expected)> = vec![
+        (
+            "wrong file checksum",
+            good.replace("> 100-101 <", "> 100 <"),
+            |e| matches!(e, BmapError::FileChecksum),
+        ),
+        (
+            "ranges past the image end",
+            reseal(&good.replace("> 100-101 <", "> 100-300 <")),
+            |e| matches!(e, BmapError::Malformed(m) if m.contains("outside the image")),
+        ),
+        (
+            "malformed XML",
+            reseal(&good.replace("</BlockMap>", "")),
+            |e| matches!(e, BmapError::Malformed(m) if m == "no <BlockMap>"),
+        ),
+        (
+            "BlockSize mismatch",
+            reseal(&good.replace(
+                "<BlockSize> 4096 </BlockSize>",
+                "<BlockSize> 8192 </BlockSize>",
+            )),
+            |e| matches!(e, BmapError::Malformed(m) if m.contains("cannot hold 1048576 bytes")),
+        ),
+    ];
+    for (name, text, expected) in parse_cases {
+        match flashrack_image::BmapInput::parse("disk.bmap", &text) {
+            Err(ImageError::BmapRefused { file, source }) => {
+                assert_eq!(file, "disk.bmap");
+                assert!(expected(&source), "{name}: {source:?}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    // Refused in the pass: the image is not what the map says.
+    let cache_dir = dir.path().join("cache");
+    let cache = ImageCache::open(&cache_dir).unwrap();
+    let pass_cases: Vec<(&str, &std::path::Path, String, Expected)> = vec![
+        (
+            "wrong range checksum",
+            &path,
+            wrong_range_checksum(&good),
+            |e| matches!(e, BmapError::RangeChecksum { first: 0, last: 9 }),
+        ),
+        (
+            "wrong range checksum, compressed",
+            &gz,
+            wrong_range_checksum(&good),
+            |e| matches!(e, BmapError::RangeChecksum { first: 0, last: 9 }),
+        ),
+        ("a map of a shorter image", &longer, good.clone(), |e| {
+            matches!(
+                e,
+                BmapError::ImageSize {
+                    expected: 1_048_576,
+                    actual: 1_056_768
+                }
+            )
+        }),
+    ];
+    for (name, input, text, expected) in pass_cases {
+        let bmap = flashrack_image::BmapInput::parse("disk.bmap", &text).unwrap();
+        let error = cache
+            .import(
+                input,
+                ImportOptions {
+                    bmap: Some(bmap),
+                    ..ImportOptions::default()
+                },
+            )
+            .unwrap_err();
+        match &error {
+            ImageError::BmapRefused { file, source } => {
+                assert_eq!(file, "disk.bmap");
+                assert!(expected(source), "{name}: {source:?}");
+            }
+            other => panic!("{name}: {other}"),
+        }
+        assert!(cache.list().unwrap().is_empty(), "{name}");
+        let left: Vec<_> = walk(&cache_dir)
+            .into_iter()
+            .filter(|p| p.contains("images/") || p.contains("tmp/"))
+            .collect();
+        assert!(left.is_empty(), "{name}: {left:?}");
+    }
+
+    // The truth, raw and compressed: kept with the image from the pass.
+    for input in [&gz, &path] {
+        let bmap = flashrack_image::BmapInput::parse("disk.bmap", &good).unwrap();
+        let outcome = cache
+            .import(
+                input,
+                ImportOptions {
+                    bmap: Some(bmap),
+                    ..ImportOptions::default()
+                },
+            )
+            .unwrap();
+        let map = outcome.map.expect("checked in the pass");
+        assert_eq!(
+            map.ranges.ranges(),
+            &[(0, 10 * 4096), (100 * 4096, 2 * 4096)]
+        );
+        assert_eq!(cache.block_map(&outcome.image.sha256()).unwrap(), Some(map));
+    }
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}

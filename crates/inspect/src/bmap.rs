@@ -279,6 +279,113 @@ impl BlockMap {
     }
 }
 
+/// Checks an image against a [`BlockMap`] as its bytes go past, in order and
+/// once: for an import, which reads every byte of the image anyway
+/// ([`BlockMap::check_image`] reads the mapped bytes of a stored image
+/// again). [`update`](Self::update) answers a range whose checksum fails as
+/// soon as its last byte has gone past; [`finish`](Self::finish) checks the
+/// size (a map of a longer image, whose ranges lie past this one's end, is
+/// refused there).
+pub struct StreamCheck {
+    map: BlockMap,
+    /// The mapped ranges in bytes, `(start, end)`, the last clipped to the
+    /// map's image size.
+    spans: Vec<(u64, u64)>,
+    /// The first range not yet complete.
+    next: usize,
+    /// The digest of the part of `spans[next]` seen so far.
+    hasher: Option<Hasher>,
+    /// Bytes seen so far.
+    seen: u64,
+    /// The first failure: every later call answers it again.
+    failed: Option<BmapError>,
+}
+
+impl StreamCheck {
+    /// A check of the image that is about to go past against `map`.
+    pub fn new(map: BlockMap) -> Self {
+        let spans = map.byte_ranges().map(|(o, l)| (o, o + l)).collect();
+        Self {
+            map,
+            spans,
+            next: 0,
+            hasher: None,
+            seen: 0,
+            failed: None,
+        }
+    }
+
+    /// The map being checked.
+    pub fn map(&self) -> &BlockMap {
+        &self.map
+    }
+
+    /// The image's next bytes (following those given before).
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), BmapError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let start = self.seen;
+        let end = start + bytes.len() as u64;
+        self.seen = end;
+        let Some(kind) = self.map.checksum else {
+            return Ok(());
+        };
+        while let Some(&(span_start, span_end)) = self.spans.get(self.next) {
+            if span_start >= end {
+                break;
+            }
+            let range = &self.map.ranges[self.next];
+            let from = span_start.max(start);
+            let to = span_end.min(end);
+            if range.checksum.is_some() && from < to {
+                self.hasher
+                    .get_or_insert_with(|| Hasher::new(kind))
+                    .update(&bytes[(from - start) as usize..(to - start) as usize]);
+            }
+            if to < span_end {
+                break;
+            }
+            // The range is complete.
+            let hasher = self.hasher.take();
+            if let Some(expected) = &range.checksum {
+                let digest = hasher.unwrap_or_else(|| Hasher::new(kind)).finish();
+                if !hex_eq(&digest, expected) {
+                    let error = BmapError::RangeChecksum {
+                        first: range.first,
+                        last: range.last,
+                    };
+                    self.failed = Some(error.clone());
+                    return Err(error);
+                }
+            }
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// The range that failed, if one did (the pass stops there).
+    pub fn failure(&self) -> Option<&BmapError> {
+        self.failed.as_ref()
+    }
+
+    /// The image has ended: its size must be the map's (and so every range
+    /// was inside it, and checked).
+    pub fn finish(&self) -> Result<(), BmapError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if self.seen != self.map.image_size {
+            return Err(BmapError::ImageSize {
+                expected: self.map.image_size,
+                actual: self.seen,
+            });
+        }
+        debug_assert_eq!(self.next, self.spans.len());
+        Ok(())
+    }
+}
+
 enum Hasher {
     Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),
