@@ -1,10 +1,11 @@
 // The dashboard and an image that would not boot written raw: a Windows-like
 // installer ISO (built here with Debian's xorriso and dosfstools, imported
 // under an innocent name) is shown refused in the image library; arming it
-// asks for confirmation, "cancel" arms nothing, "OK" arms a raw run that says
+// asks the station, which refuses it and records the refusal, then asks the
+// operator: "cancel" arms nothing and says so, "OK" arms a raw run that says
 // it was forced. The station's event log (read with Debian's sqlite3 beside
-// the running demo) holds the refusal an API client got and the forced
-// arming.
+// the running demo) holds each refusal the operator or an API client was
+// shown, and the forced arming: what the operator saw and decided.
 //
 //   cargo build -p flashrack-cli && npm ci --prefix tests/e2e
 //   FLASHRACK_BIN=$PWD/target/debug/flashrack node --test tests/e2e/inspection.test.mjs
@@ -68,15 +69,17 @@ test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps
   await page.waitForFunction((value) => document.querySelector(`#arm-image option[value="${value}"]`), sha, { timeout: 15_000 });
   await page.selectOption('#arm-image', sha);
 
-  // "Cancel": nothing is armed, and the form says why.
+  // "Cancel": nothing is armed, the form says why, and the station's
+  // refusal the operator was shown is in the event log with their name.
+  await page.fill('#arm-operator', 'Ada Lovelace');
   let asked = null;
   page.once('dialog', async (dialog) => {
     asked = { type: dialog.type(), message: dialog.message() };
     await dialog.dismiss();
   });
   await page.click('#arm-button');
-  await page.waitForFunction(() => /^Not armed: this is a Windows installer ISO/
-    .test(document.querySelector('#arm-status')?.textContent || ''), null, { timeout: 5_000 })
+  await page.waitForFunction(() => /^Not armed: this is a Windows installer ISO.*Nothing was forced; the refusal is in the station's event log\.$/
+    .test(document.querySelector('#arm-status')?.textContent || ''), null, { timeout: 15_000 })
     .catch(async () => assert.fail(`no refusal shown: ${await page.locator('#arm-status').textContent()}`));
   assert.equal(asked?.type, 'confirm');
   assert.match(asked.message, /Windows installer ISO .* will not boot/);
@@ -84,6 +87,12 @@ test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps
   assert.match(asked.message, /Force a raw run anyway\? \(recorded in the run\)/);
   const idle = (await (await page.request.get(api('/station'))).json()).run;
   assert.ok(!idle || !idle.armed, 'cancelled: nothing armed');
+  const declined = events(database, 'run_refused');
+  assert.equal(declined.length, 1, JSON.stringify(declined));
+  assert.equal(declined[0].detail.image_sha256, sha);
+  assert.equal(declined[0].detail.options.operator, 'Ada Lovelace');
+  assert.ok(!declined[0].detail.options.force_raw, 'declined: nothing forced');
+  assert.equal(declined[0].run_id, null, 'no run was started');
   await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-declined.png'), fullPage: true });
 
   // A client that does not force it is refused by the station, which
@@ -91,13 +100,14 @@ test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps
   const refused = await page.request.post(api('/runs'), { data: { image: sha, operator: 'E2E Client' } });
   assert.equal(refused.status(), 422, await refused.text());
   const refusals = events(database, 'run_refused');
-  assert.equal(refusals.length, 1, JSON.stringify(refusals));
-  assert.equal(refusals[0].detail.image_sha256, sha);
-  assert.equal(refusals[0].detail.options.operator, 'E2E Client');
-  assert.match(refusals[0].detail.reason, /Windows installer ISO/);
-  assert.equal(refusals[0].run_id, null, 'no run was started');
+  assert.equal(refusals.length, 2, JSON.stringify(refusals));
+  assert.equal(refusals[1].detail.image_sha256, sha);
+  assert.equal(refusals[1].detail.options.operator, 'E2E Client');
+  assert.match(refusals[1].detail.reason, /Windows installer ISO/);
+  assert.equal(refusals[1].run_id, null, 'no run was started');
 
-  // "OK": a raw run is armed, forced, and says so.
+  // "OK": the station refuses first (recorded: what the operator was
+  // shown), then a raw run is armed, forced, and says so.
   page.once('dialog', (dialog) => dialog.accept());
   await page.fill('#arm-operator', 'Grace Hopper');
   await page.click('#arm-button');
@@ -110,7 +120,10 @@ test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps
   assert.equal(run.options.operator, 'Grace Hopper');
   const arms = events(database, 'operator_action').filter((e) => e.detail.action === 'arm');
   assert.match(arms.at(-1).detail.detail, new RegExp(`^run ${run.id}: holiday-videos.bin .*, raw write forced$`));
-  assert.equal(events(database, 'run_refused').length, 1, 'the forced run is no refusal');
+  const shown = events(database, 'run_refused');
+  assert.equal(shown.length, 3, 'the refusal shown before the force is recorded, the forced run is none');
+  assert.equal(shown[2].detail.options.operator, 'Grace Hopper');
+  assert.ok(!shown[2].detail.options.force_raw, 'the refusal was of the unforced request');
   await page.screenshot({ path: path.join(ARTIFACTS, 'inspection-forced.png'), fullPage: true });
 
   const report = await (await page.request.get(api(`/runs/${run.id}/report?format=json`))).json();

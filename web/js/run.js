@@ -136,19 +136,33 @@ export async function armRun(event) {
   const retries = $('arm-retries').value.trim();
   if (retries) body.retries = Number(retries);
   const chosen = model.images.find((i) => i.sha256 === image);
-  if (chosen && chosen.raw_write_refusal && !body.audit) {
-    // Forcing is explicit and recorded in the run's options.
-    const force = window.confirm(`${chosen.raw_write_refusal.reason}.\n\n${chosen.raw_write_refusal.advice}.\n\nForce a raw run anyway? (recorded in the run)`);
-    if (!force) {
-      setStatus('arm-status', `Not armed: ${chosen.raw_write_refusal.reason}`, 'bad');
-      return;
-    }
-    body.force_raw = true;
-  }
   const button = $('arm-button');
   button.disabled = true;
-  setStatus('arm-status', 'Arming…');
   try {
+    if (chosen && chosen.raw_write_refusal && !body.audit) {
+      // The station is asked first, without a force: its refusal is what the
+      // operator is shown, and what its event log keeps (`run_refused`, with
+      // the operator and the options asked for), whatever is decided next.
+      // Declining leaves that refusal as the record of the decision; forcing
+      // adds the forced arming. Nothing is armed before the operator agrees:
+      // a station that does not refuse the image arms it as asked.
+      setStatus('arm-status', 'Asking the station…');
+      try {
+        setRun(await api('POST', '/runs', body));
+        setStatus('arm-status', '');
+        return;
+      } catch (error) {
+        if (error.status !== 422) throw error;
+      }
+      const refusal = chosen.raw_write_refusal;
+      const force = window.confirm(`${refusal.reason}.\n\n${refusal.advice}.\n\nForce a raw run anyway? (recorded in the run)`);
+      if (!force) {
+        setStatus('arm-status', `Not armed: ${refusal.reason}. Nothing was forced; the refusal is in the station's event log.`, 'bad');
+        return;
+      }
+      body.force_raw = true;
+    }
+    setStatus('arm-status', 'Arming…');
     setRun(await api('POST', '/runs', body));
     setStatus('arm-status', '');
   } catch (error) {
