@@ -1,6 +1,7 @@
 // The image cache: the list (with each image's block map and, for a
-// capture, where it came from), import by path, upload, URL imports,
-// captures of the master stick, delete.
+// capture or a build, where it came from), import by path, upload, URL
+// imports, captures of the master stick, bootable builds of an installer ISO
+// refused for a raw run, delete.
 
 import { $, el, fmtBytes, fmtTime, shortSha, showMessage, setStatus } from './util.js';
 import { model } from './model.js';
@@ -38,6 +39,16 @@ export function imageRow(image) {
         : null,
       provenanceLine(image.provenance),
       blockMapLine(image.block_map)),
+    // Where a raw run is refused (an installer ISO that would not boot
+    // written raw), the way that works: a bootable layout built once.
+    image.raw_write_refusal && image.inspection && image.inspection.iso
+      ? el('button', {
+        type: 'button',
+        class: 'small build-bootable',
+        'aria-label': `Build a bootable stick image from ${image.name || image.sha256}`,
+        onclick: () => buildBootable(image),
+      }, 'Build a bootable stick image')
+      : null,
     el('button', {
       type: 'button',
       class: 'small danger',
@@ -46,8 +57,12 @@ export function imageRow(image) {
     }, 'Delete'));
 }
 
-/** Where a captured image came from (a download's is in the downloads list). */
+/** Where a captured or built image came from (a download's is in the downloads list). */
 function provenanceLine(provenance) {
+  const b = provenance && provenance.built;
+  if (b) {
+    return el('div', { class: 'muted small-text image-provenance', text: `Built from ${b.from_name} (${shortSha(b.from_sha256)}) as a ${b.method}, ${fmtTime(b.built_at)}` });
+  }
   const c = provenance && provenance.captured;
   if (!c) return null;
   const where = [c.port ? `port ${c.port}` : null, c.serial ? `serial ${c.serial}` : 'no serial', c.device].filter(Boolean).join(', ');
@@ -317,4 +332,59 @@ export async function loadCaptures() {
   $('capture-list').replaceChildren(...list.map(captureRow));
   if (list.some((c) => c.state === 'capturing')) capturesTimer = setTimeout(loadCaptures, 500);
   if (list.some((c) => c.state === 'done' && !model.images.some((i) => i.sha256 === c.image))) loadImages();
+}
+
+// Bootable builds: an installer ISO refused for a raw run offers "Build a
+// bootable stick image"; POST /images/{sha256}/bootable starts one, followed
+// by polling GET /images/builds while one is building.
+
+let buildsTimer = null;
+
+const STAGES = {
+  extracting: "copying the ISO's files out",
+  splitting: 'splitting install.wim (wimlib)',
+  laying_out: 'making the GPT and FAT32 and copying the files in',
+  importing: 'importing the layout into the cache',
+};
+
+export async function buildBootable(image) {
+  try {
+    const view = await api('POST', `/images/${image.sha256}/bootable`, {});
+    showMessage(`Building a bootable stick image from ${view.source_name}…`);
+  } catch (error) {
+    showMessage(`Build: ${error.message}`);
+  }
+  loadBuilds();
+}
+
+function buildRow(b) {
+  let words;
+  let cls = 'muted';
+  if (b.state === 'building') {
+    words = `building from ${b.source_name}: ${STAGES[b.stage] || 'starting'}…`;
+  } else if (b.state === 'built') {
+    words = `built from ${b.source_name}${b.reused ? ' before (the cached layout)' : ''}: ${b.name} · ${fmtBytes(b.size)} · ${shortSha(b.image)}`;
+    if (b.split && b.split.length) words += ` · ${b.split.map((s) => `${s.file} split into ${s.parts} parts`).join(', ')}`;
+    cls = 'good';
+  } else {
+    words = `build from ${b.source_name} failed: ${b.error}`;
+    cls = 'bad';
+  }
+  return el('li', { class: 'row build-row', dataset: { state: b.state } },
+    el('div', { class: 'row-main' },
+      el('strong', { text: b.name }),
+      el('div', { class: `${cls} small-text build-words`, text: words })));
+}
+
+export async function loadBuilds() {
+  clearTimeout(buildsTimer);
+  let list;
+  try {
+    list = (await api('GET', '/images/builds')) || [];
+  } catch (error) {
+    return;
+  }
+  $('build-list').replaceChildren(...list.map(buildRow));
+  if (list.some((b) => b.state === 'building')) buildsTimer = setTimeout(loadBuilds, 500);
+  if (list.some((b) => b.state === 'built' && !model.images.some((i) => i.sha256 === b.image))) loadImages();
 }

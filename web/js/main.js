@@ -15,7 +15,7 @@
 import { $, fmtBytes, fmtBytesExact } from './util.js';
 import { connectEvents, watchStream } from './live.js';
 import { stopRun, armRun, retryFailed } from './run.js';
-import { loadImages, importPath, importUrl, loadDownloads, uploadImage, captureMaster, loadCaptures, openCapture } from './images.js';
+import { loadImages, importPath, importUrl, loadDownloads, uploadImage, captureMaster, loadCaptures, openCapture, loadBuilds } from './images.js';
 import { loadRuns, loadDevices, renderDevices } from './records.js';
 import { renderRack } from './rack.js';
 import { startWall } from './wall.js';
@@ -39,6 +39,7 @@ function start() {
   $('capture-form').addEventListener('submit', captureMaster);
   $('capture-details').addEventListener('toggle', () => { if ($('capture-details').open) openCapture($('capture-port').value); });
   loadCaptures();
+  loadBuilds();
   $('runs-refresh').addEventListener('click', loadRuns);
   $('devices-refresh').addEventListener('click', loadDevices);
   $('device-search').addEventListener('input', renderDevices);

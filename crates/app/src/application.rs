@@ -267,6 +267,11 @@ impl Application {
             data_dir.clone(),
             station_settings(&config).policy,
         ));
+        let builds = Arc::new(crate::bootable::BuildService::new(
+            images.clone(),
+            data_dir.clone(),
+            config.max_size,
+        ));
         let web = WebState {
             station: handle.clone(),
             images: images.clone(),
@@ -310,6 +315,7 @@ impl Application {
                 config.max_size,
             ))),
             captures: Some(captures.clone()),
+            builds: Some(builds),
         };
         Ok(Self {
             address,

@@ -22,7 +22,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flashrack_core::{ByteSize, Sha256Digest};
+use flashrack_core::{BuildOrigin, ByteSize, Provenance, Sha256Digest};
 use flashrack_image::{CachedImage, ImageCache};
 
 use crate::AppError;
@@ -40,6 +40,25 @@ pub struct BuildRequest {
     pub max_file_size: u64,
     /// The largest image the cache takes (the guard's largest target).
     pub max_image_size: ByteSize,
+}
+
+/// The method a layout is built by, in words (the image's provenance says
+/// it, with the WIM's split where there was one).
+pub const METHOD: &str =
+    "bootable USB layout: GPT, one FAT32 EFI system partition with the ISO's files";
+
+/// Where a build is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildStage {
+    /// Copying the ISO's files out of it.
+    Extracting,
+    /// Splitting a Windows image too large for FAT32 (wimlib).
+    Splitting,
+    /// Making the GPT and the FAT32 and copying the files in.
+    LayingOut,
+    /// Importing the layout into the cache.
+    Importing,
 }
 
 /// A built (or remembered) layout.
@@ -183,6 +202,19 @@ pub fn build_bootable(
     iso: &CachedImage,
     request: &BuildRequest,
 ) -> Result<Built, AppError> {
+    build_bootable_with(cache, data_dir, iso, request, &|_| {})
+}
+
+/// [`build_bootable`], telling `stage` where it is. The built image's
+/// provenance says what it was built from, how and when
+/// ([`Provenance::built`]): the image records and reports carry it.
+pub fn build_bootable_with(
+    cache: &ImageCache,
+    data_dir: &Path,
+    iso: &CachedImage,
+    request: &BuildRequest,
+    stage: &dyn Fn(BuildStage),
+) -> Result<Built, AppError> {
     let name = iso.meta.original_name.clone();
     // The cache inspects every entry it reads; none means it could not.
     let Some(info) = iso.meta.inspection.clone() else {
@@ -218,6 +250,7 @@ pub fn build_bootable(
         .tempdir_in(&parent)
         .map_err(io("create a directory in", &parent))?;
     let tree = work.path().join("tree");
+    stage(BuildStage::Extracting);
     if iso_info.udf {
         // The UDF tree is the whole one where there is one (Windows ISOs
         // keep their files there only, the ISO 9660 side holds a README).
@@ -265,6 +298,7 @@ pub fn build_bootable(
             }
             .into());
         }
+        stage(BuildStage::Splitting);
         let wim = tree.join(rel);
         let swm = wim.with_file_name("install.swm");
         // wimlib's part size is in MiB; parts may exceed it by a resource
@@ -303,6 +337,7 @@ pub fn build_bootable(
         split.push((rel.clone(), parts.len()));
     }
 
+    stage(BuildStage::LayingOut);
     // The layout: 1 MiB for the GPT, the partition, 1 MiB for the backup GPT.
     let content: u64 = walk(&tree)?
         .iter()
@@ -355,13 +390,209 @@ pub fn build_bootable(
         args.push("::/".as_ref());
         tool("mcopy", &args, None)?;
     }
+    stage(BuildStage::Importing);
     let image = crate::images::import(cache, &layout, None, request.max_image_size)?.image;
+    let method = match split.as_slice() {
+        [] => METHOD.to_string(),
+        split => format!(
+            "{METHOD}; {} (wimlib)",
+            split
+                .iter()
+                .map(|(file, parts)| format!("{file} split into {parts} parts"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let origin = BuildOrigin {
+        from_sha256: iso.sha256(),
+        from_name: name.clone(),
+        method,
+        built_at: flashrack_report::format_time(now),
+    };
+    let image = cache.set_provenance(image, Provenance::built(origin))?;
     fs::write(&remembered, image.sha256().to_hex()).map_err(io("write", &remembered))?;
     Ok(Built {
         image,
         reused: false,
         split,
     })
+}
+
+/// The station's builds for the web side (`flashrack_web::Builds`): each
+/// runs on a blocking thread; its stage and outcome are kept in memory for
+/// `GET /api/v1/images/builds`. One build per ISO at a time: asking again
+/// while one runs answers that one.
+pub struct BuildService {
+    cache: ImageCache,
+    data_dir: PathBuf,
+    /// The largest image the cache takes (the guard's largest target).
+    max_image_size: ByteSize,
+    runtime: tokio::runtime::Handle,
+    /// Every build started, oldest first. A `std` mutex: held only to copy
+    /// or update a view, never across an await or a build.
+    views: std::sync::Arc<std::sync::Mutex<Vec<BuildView>>>,
+}
+
+/// One build as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct BuildView {
+    id: u64,
+    /// The ISO's sha256 and name.
+    source: Sha256Digest,
+    source_name: String,
+    /// The built image's name.
+    name: String,
+    /// `building`, `built` or `failed`.
+    state: &'static str,
+    stage: Option<BuildStage>,
+    method: &'static str,
+    started_at: String,
+    finished_at: Option<String>,
+    image: Option<Sha256Digest>,
+    size: Option<u64>,
+    reused: Option<bool>,
+    split: Vec<serde_json::Value>,
+    provenance: Option<Provenance>,
+    error: Option<String>,
+}
+
+fn now_text() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    flashrack_report::format_time(ms)
+}
+
+impl BuildService {
+    /// Builds into `cache`, remembering layouts under `data_dir`; images
+    /// larger than `max_image_size` are refused. Tasks run on the current
+    /// tokio runtime.
+    pub fn new(cache: ImageCache, data_dir: PathBuf, max_image_size: ByteSize) -> Self {
+        Self {
+            cache,
+            data_dir,
+            max_image_size,
+            runtime: tokio::runtime::Handle::current(),
+            views: Default::default(),
+        }
+    }
+
+    fn update(views: &std::sync::Mutex<Vec<BuildView>>, id: u64, f: impl FnOnce(&mut BuildView)) {
+        let mut views = views.lock().expect("no panic while held");
+        if let Some(view) = views.iter_mut().find(|v| v.id == id) {
+            f(view);
+        }
+    }
+
+    fn start_build(&self, start: flashrack_web::BuildStart) -> Result<serde_json::Value, String> {
+        let iso = start.iso;
+        let id = {
+            let mut views = self.views.lock().expect("no panic while held");
+            if let Some(running) = views
+                .iter()
+                .find(|v| v.state == "building" && v.source == iso.sha256())
+            {
+                return Ok(serde_json::to_value(running).unwrap_or_default());
+            }
+            let id = views.len() as u64 + 1;
+            views.push(BuildView {
+                id,
+                source: iso.sha256(),
+                source_name: iso.meta.original_name.clone(),
+                name: start.name.clone(),
+                state: "building",
+                stage: None,
+                method: METHOD,
+                started_at: now_text(),
+                finished_at: None,
+                image: None,
+                size: None,
+                reused: None,
+                split: Vec::new(),
+                provenance: None,
+                error: None,
+            });
+            id
+        };
+        let request = BuildRequest {
+            name: start.name,
+            max_file_size: FAT32_MAX_FILE,
+            max_image_size: self.max_image_size,
+        };
+        let cache = self.cache.clone();
+        let data_dir = self.data_dir.clone();
+        let views = self.views.clone();
+        let stage_views = self.views.clone();
+        self.runtime.spawn_blocking(move || {
+            let stage = |stage: BuildStage| {
+                Self::update(&stage_views, id, |v| v.stage = Some(stage));
+            };
+            let outcome = build_bootable_with(&cache, &data_dir, &iso, &request, &stage);
+            Self::update(&views, id, |v| {
+                v.finished_at = Some(now_text());
+                match outcome {
+                    Ok(built) => {
+                        // A fresh build ended when its provenance says: the
+                        // view and the records agree to the millisecond.
+                        if let (false, Some(origin)) = (
+                            built.reused,
+                            built.image.meta.provenance.as_ref().and_then(|p| p.built.as_ref()),
+                        ) {
+                            v.finished_at = Some(origin.built_at.clone());
+                        }
+                        v.state = "built";
+                        v.image = Some(built.image.sha256());
+                        v.size = Some(built.image.size());
+                        v.reused = Some(built.reused);
+                        v.split = built
+                            .split
+                            .iter()
+                            .map(|(file, parts)| serde_json::json!({"file": file, "parts": parts}))
+                            .collect();
+                        v.provenance = built.image.meta.provenance.clone();
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, iso = %iso.sha256().short(), "bootable build failed");
+                        v.state = "failed";
+                        v.error = Some(error_words(&error));
+                    }
+                }
+            });
+        });
+        let views = self.views.lock().expect("no panic while held");
+        let view = views.iter().find(|v| v.id == id).expect("just added");
+        Ok(serde_json::to_value(view).unwrap_or_default())
+    }
+}
+
+/// An error with its causes, for the operator: "image x has no UEFI loader
+/// …", "mcopy failed: …".
+fn error_words(error: &AppError) -> String {
+    let mut words = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        words.push_str(": ");
+        words.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    words
+}
+
+impl flashrack_web::Builds for BuildService {
+    fn start(
+        &self,
+        request: flashrack_web::BuildStart,
+    ) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(std::future::ready(self.start_build(request)))
+    }
+
+    fn list(&self) -> serde_json::Value {
+        let views = self.views.lock().expect("no panic while held");
+        serde_json::to_value(views.iter().rev().collect::<Vec<_>>()).unwrap_or_default()
+    }
 }
 
 impl From<BuildError> for AppError {

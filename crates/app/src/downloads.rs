@@ -269,6 +269,7 @@ pub async fn import_url(
                 last_modified: finished.last_modified.clone(),
                 digest_source: source.clone(),
                 captured: None,
+                built: None,
             });
         }
         drop(tx);

@@ -37,7 +37,7 @@ pub mod verdict;
 pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
-pub use provenance::{CaptureOrigin, DigestSource, Provenance, SignatureCheck};
+pub use provenance::{BuildOrigin, CaptureOrigin, DigestSource, Provenance, SignatureCheck};
 pub use ranges::{DataRanges, RangesError};
 pub use record::{
     AttemptId, AttemptState, AttemptStateParseError, DeviceId, IdParseError, RefusalId, RunId,

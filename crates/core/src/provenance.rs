@@ -146,6 +146,10 @@ pub struct Provenance {
     /// The master stick it was captured from; `None` for a download.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captured: Option<CaptureOrigin>,
+    /// The image it was built from, for a derived image (a bootable stick
+    /// layout of an installer ISO); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built: Option<BuildOrigin>,
 }
 
 impl Provenance {
@@ -157,13 +161,58 @@ impl Provenance {
             last_modified: None,
             digest_source: DigestSource::Unchecked,
             captured: Some(origin),
+            built: None,
         }
+    }
+
+    /// The provenance of an image built from another (`origin`): its `url`
+    /// names the source image (`image:<sha256>`), its digest is of the
+    /// bytes built.
+    pub fn built(origin: BuildOrigin) -> Self {
+        Self {
+            url: format!("image:{}", origin.from_sha256.to_hex()),
+            etag: None,
+            last_modified: None,
+            digest_source: DigestSource::Unchecked,
+            captured: None,
+            built: Some(origin),
+        }
+    }
+}
+
+/// The image a derived image was built from, how, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildOrigin {
+    /// The sha256 of the image it was built from (an installer ISO).
+    pub from_sha256: Sha256Digest,
+    /// That image's name.
+    pub from_name: String,
+    /// How, in words ("bootable USB layout: GPT, FAT32 with the ISO's
+    /// files; sources/install.wim split into 3 parts (wimlib)").
+    pub method: String,
+    /// When the build ended, RFC 3339 in UTC.
+    pub built_at: String,
+}
+
+impl fmt::Display for BuildOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "built from {} (sha256 {}) as a {}, at {}",
+            self.from_name,
+            self.from_sha256.to_hex(),
+            self.method,
+            self.built_at
+        )
     }
 }
 
 impl fmt::Display for Provenance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(origin) = &self.captured {
+            return write!(f, "{origin}");
+        }
+        if let Some(origin) = &self.built {
             return write!(f, "{origin}");
         }
         write!(f, "{}", self.url)?;
@@ -201,6 +250,7 @@ mod tests {
                 }),
             },
             captured: None,
+            built: None,
         };
         assert_eq!(
             p.to_string(),
@@ -236,7 +286,34 @@ mod tests {
         };
         assert!(serde_json::to_value(&download)
             .unwrap()
+            .get("built")
+            .is_none());
+        assert!(serde_json::to_value(&download)
+            .unwrap()
             .get("captured")
             .is_none());
+    }
+
+    #[test]
+    fn a_built_provenance_names_the_source_the_method_and_the_time() {
+        let from = Sha256Digest::of(b"iso");
+        let p = Provenance::built(BuildOrigin {
+            from_sha256: from,
+            from_name: "Win11.iso".into(),
+            method: "bootable USB layout: GPT, FAT32 with the ISO's files".into(),
+            built_at: "2026-12-01T17:00:00.000Z".into(),
+        });
+        assert_eq!(
+            p.to_string(),
+            format!(
+                "built from Win11.iso (sha256 {}) as a bootable USB layout: GPT, FAT32 with the ISO's files, at 2026-12-01T17:00:00.000Z",
+                from.to_hex()
+            )
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["built"]["from_name"], "Win11.iso");
+        assert_eq!(json["url"], format!("image:{}", from.to_hex()));
+        assert!(json.get("captured").is_none());
+        assert_eq!(serde_json::from_value::<Provenance>(json).unwrap(), p);
     }
 }

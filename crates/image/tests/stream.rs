@@ -32,6 +32,7 @@ fn provenance(name: &str) -> Provenance {
         last_modified: None,
         digest_source: DigestSource::Unchecked,
         captured: None,
+        built: None,
     }
 }
 

@@ -287,12 +287,15 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
             Item::text("Imported from", image_source_words(run)),
         ]
         .into_iter()
-        .chain(
-            report
-                .image_provenance
-                .as_ref()
-                .map(|p| Item::text("Downloaded from", p.to_string())),
-        )
+        .chain(report.image_provenance.as_ref().map(|p| {
+            // A built image's origin is no download.
+            let label = if p.built.is_some() {
+                "Origin"
+            } else {
+                "Downloaded from"
+            };
+            Item::text(label, p.to_string())
+        }))
         .chain([
             Item::text("Options", options_words(&run.options)),
             Item::text("Started", format_time_short(run.started_at)),
@@ -347,7 +350,11 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
         .into_iter()
         .chain(report.image_origins.iter().map(|origin| {
             Item::text(
-                "Downloaded from",
+                if origin.provenance.built.is_some() {
+                    "Origin"
+                } else {
+                    "Downloaded from"
+                },
                 format!("{}: {}", origin.name, origin.provenance),
             )
         }))

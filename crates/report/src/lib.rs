@@ -82,7 +82,7 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/7"`, `"flashrack_version"`,
+//! One object: `"format": "flashrack-report/8"`, `"flashrack_version"`,
 //! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
 //! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
 //! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
@@ -109,6 +109,13 @@
 //! report lists the origins of the images its records name as
 //! `"image_origins"` (`[{"sha256", "name", "provenance"}]`). Both are absent
 //! for images imported from a file or uploaded.
+//!
+//! Format 8 (from format 7): a provenance may have `built`, for an image
+//! built from another (a bootable layout of an installer ISO):
+//! `{"from_sha256", "from_name", "method", "built_at"}`; its `url` is then
+//! `image:<sha256>` and its `digest_source` `unchecked`. The HTML says
+//! "Origin" for it instead of "Downloaded from". The CSV is unchanged but for
+//! its `report_format`.
 //!
 //! Format 7 (from format 6): a provenance may have `captured`, for an image
 //! captured from a master stick (`flashrack image capture`, or a station's
@@ -150,7 +157,7 @@
 //!
 //! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
 //! by port, a device's oldest first). After the record fields come two columns
-//! that say what made the file: `report_format` (`flashrack-report/7`) and
+//! that say what made the file: `report_format` (`flashrack-report/8`) and
 //! `flashrack_version`. The run's totals (counts, yield, failures by reason)
 //! are not repeated on every line: they are in the JSON and the printed
 //! report, and a spreadsheet gets them from the `verdict` column. A text field

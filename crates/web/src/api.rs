@@ -57,7 +57,7 @@ pub(crate) fn station_error(error: StationError) -> AppError {
     }
 }
 
-fn image_error(error: ImageError) -> AppError {
+pub(crate) fn image_error(error: ImageError) -> AppError {
     match &error {
         ImageError::NotFound { .. } => AppError::not_found(error.to_string()),
         ImageError::ReadInput { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -592,7 +592,7 @@ pub async fn images(State(state): State<WebState>) -> Result<Json<Vec<Value>>, A
     Ok(Json(images))
 }
 
-fn parse_digest(text: &str) -> Result<Sha256Digest, AppError> {
+pub(crate) fn parse_digest(text: &str) -> Result<Sha256Digest, AppError> {
     Sha256Digest::parse(text).map_err(|e| AppError::bad_request(e.to_string()))
 }
 

@@ -24,12 +24,16 @@
 //!   [`UrlImports`] seam, and their progress;
 //! - [`captures`]: a master port's stick captured into the cache, done by
 //!   the application behind the [`Captures`] seam, and their progress;
+//! - [`builds`]: a bootable stick image built from an installer ISO that
+//!   would not boot written raw, done by the application behind the
+//!   [`Builds`] seam, and their progress;
 //! - [`assets`]: the embedded dashboard.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod builds;
 pub mod captures;
 pub mod downloads;
 pub mod events;
@@ -54,6 +58,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use builds::{BuildBody, BuildStart, Builds};
 pub use captures::{CaptureBody, CaptureStart, Captures};
 pub use downloads::{UrlImportRequest, UrlImports};
 pub use error::AppError;
@@ -226,6 +231,9 @@ pub struct WebState {
     /// Captures of master sticks, done by the application; `None`: not
     /// offered.
     pub captures: Option<Arc<dyn Captures>>,
+    /// Builds of bootable stick images from installer ISOs, done by the
+    /// application; `None`: not offered.
+    pub builds: Option<Arc<dyn Builds>>,
 }
 
 /// The whole app: API, events, metrics, dashboard.
@@ -263,6 +271,10 @@ pub fn router(state: WebState) -> Router {
         // the background.
         .route("/images/capture", post(captures::capture))
         .route("/images/captures", get(captures::captures))
+        // A build is answered once the ISO is judged; it goes on in the
+        // background.
+        .route("/images/{sha256}/bootable", post(builds::build))
+        .route("/images/builds", get(builds::builds))
         .route_layer(timeout)
         .route("/images/import", post(api::import_path))
         .route("/images/import-url", post(downloads::import_url))

@@ -54,6 +54,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         fleet: None,
         url_imports: None,
         captures: None,
+        builds: None,
     };
     Rig {
         state,

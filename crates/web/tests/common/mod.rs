@@ -113,6 +113,7 @@ impl Served {
             fleet: None,
             url_imports: None,
             captures: None,
+            builds: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

@@ -1,0 +1,80 @@
+// The dashboard and a UEFI installer ISO that would not boot written raw
+// (built here with Debian's xorriso and dosfstools, imported under an
+// innocent name): the image library says a raw run is refused and offers
+// "Build a bootable stick image"; the build is followed to "built", and the
+// built image appears in the library with its provenance (built from the
+// ISO, how, when), no raw-run refusal and a GPT. What the screen says is
+// what the API's image JSON says.
+//
+//   cargo build -p flashrack-cli && npm ci --prefix tests/e2e
+//   FLASHRACK_BIN=$PWD/target/debug/flashrack node --test tests/e2e/bootable.test.mjs
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync, closeSync, openSync, ftruncateSync } from 'node:fs';
+import path from 'node:path';
+
+import { ARTIFACTS, importImage, stopTheDemosRunAndOpenTheForm, withDashboard } from './demo.mjs';
+
+/** A non-hybrid installer ISO with a UEFI loader at the removable-media path. */
+function uefiInstallerIso(work, out) {
+  const root = path.join(work, 'tree');
+  mkdirSync(path.join(root, 'sources'), { recursive: true });
+  mkdirSync(path.join(root, 'efi', 'boot'), { recursive: true });
+  mkdirSync(path.join(root, 'efi', 'microsoft', 'boot'), { recursive: true });
+  writeFileSync(path.join(root, 'efi', 'boot', 'bootx64.efi'), 'MZ a stand-in UEFI loader');
+  writeFileSync(path.join(root, 'sources', 'install.wim'), 'MSWIM\0\0\0 a stand-in');
+  writeFileSync(path.join(root, 'setup.exe'), 'MZ a stand-in');
+  const efi = path.join(root, 'efi', 'microsoft', 'boot', 'efisys.bin');
+  const fd = openSync(efi, 'w');
+  ftruncateSync(fd, 1 << 20);
+  closeSync(fd);
+  execFileSync('mkfs.vfat', ['-n', 'EFIBOOT', efi], { stdio: 'ignore' });
+  execFileSync('xorriso', ['-as', 'mkisofs', '-quiet', '-J', '-joliet-long', '-V', 'QUARTERLY',
+    '-e', 'efi/microsoft/boot/efisys.bin', '-no-emul-boot', '-o', out, root], { stdio: 'ignore' });
+}
+
+test('a refused installer ISO offers a bootable build, followed to a built image with its provenance', { timeout: 300_000 }, () => withDashboard({
+  name: 'bootable',
+  prepare: ({ work, dataDir }) => {
+    const iso = path.join(work, 'quarterly.bin');
+    uefiInstallerIso(work, iso);
+    return importImage(dataDir, iso);
+  },
+}, async ({ url, api, page, prepared: sha }) => {
+  await stopTheDemosRunAndOpenTheForm(page, url);
+  const row = page.locator('#image-list li', { hasText: 'quarterly.bin' });
+  await row.waitFor({ timeout: 15_000 });
+  assert.match(await row.locator('.image-refusal').textContent(), /Raw run refused/);
+  // Only the refused image offers a build.
+  assert.equal(await page.locator('#image-list button.build-bootable').count(), 1);
+
+  await row.locator('button.build-bootable').click();
+  const built = page.locator('#build-list li[data-state="built"]');
+  await built.waitFor({ timeout: 120_000 }).catch(async () => {
+    assert.fail(`no build ended: ${await page.locator('#build-list').textContent()}`);
+  });
+  assert.match(await built.textContent(), /built from quarterly\.bin: quarterly-usb\.img/);
+
+  // The API agrees with the screen.
+  const builds = await (await page.request.get(api('/images/builds'))).json();
+  assert.equal(builds.length, 1, JSON.stringify(builds));
+  assert.equal(builds[0].state, 'built');
+  assert.equal(builds[0].source, sha);
+  const image = await (await page.request.get(api(`/images/${builds[0].image}`))).json();
+  assert.equal(image.name, 'quarterly-usb.img');
+  assert.equal(image.raw_write_refusal, null);
+  assert.equal(image.inspection.table.kind, 'gpt');
+  assert.equal(image.provenance.built.from_sha256, sha);
+
+  // The built image in the library: where it came from, and no build
+  // offered for it (it boots written raw).
+  const layoutRow = page.locator('#image-list li', { hasText: 'quarterly-usb.img' });
+  await layoutRow.waitFor({ timeout: 15_000 });
+  assert.match(await layoutRow.locator('.image-provenance').textContent(),
+    /^Built from quarterly\.bin \([0-9a-f]{12}\) as a bootable USB layout: GPT, one FAT32/);
+  assert.equal(await layoutRow.locator('.image-refusal').count(), 0);
+  assert.equal(await layoutRow.locator('button.build-bootable').count(), 0);
+  await page.screenshot({ path: path.join(ARTIFACTS, 'bootable-built.png'), fullPage: true });
+}));
