@@ -907,7 +907,7 @@ fn decode(
                     });
                 };
                 let mut entry = archive.by_index(*index).map_err(|e| zip_error(path, e))?;
-                let mut entry = Checked::new(&mut entry, check.as_deref_mut());
+                let mut entry = Checked::new(&mut entry, check);
                 let raw = digest_and_store(&mut entry, out, chunk_size, hashing, watch, observer)
                     .map_err(pass_error)?;
                 (raw, name.clone())
