@@ -62,7 +62,7 @@ async fn flash_three(app: &TestApp, round: u32) {
         .plug(
             "t-2",
             &format!("BAD-{round}"),
-            SimStickSpec::new("", 16 * MIB).write_error_after(256 * 1024),
+            SimStickSpec::new("", 16 * MIB).write_error_after(MIB),
         )
         .unwrap();
     app.rack

@@ -45,7 +45,7 @@ async fn flash_three_sticks(app: &TestApp) -> u64 {
         .plug(
             "t-2",
             "BAD",
-            SimStickSpec::new("", 16 * MIB).write_error_after(256 * 1024),
+            SimStickSpec::new("", 16 * MIB).write_error_after(MIB),
         )
         .unwrap();
     app.rack

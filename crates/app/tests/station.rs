@@ -43,6 +43,9 @@ fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
+/// A 16 MiB stick. Its capacity probe writes about 300 KB (markers, a giant
+/// every 32 KiB, zeros over the first 32 KiB): a write error meant for the
+/// write pass comes after that (1 MiB, in the 3 MiB image).
 fn healthy() -> SimStickSpec {
     SimStickSpec::new("", 16 * MIB)
 }
@@ -69,7 +72,7 @@ async fn the_run_view_metrics_and_records_count_passes_failures_and_interruption
     // in the middle of its write until then).
     let rack = &app.rack;
     rack.plug("t-1", "GOOD", healthy()).unwrap();
-    rack.plug("t-2", "BAD", healthy().write_error_after(256 * 1024))
+    rack.plug("t-2", "BAD", healthy().write_error_after(MIB))
         .unwrap();
     rack.plug("t-3", "SLOW", healthy().stall_after_written(MIB))
         .unwrap();
@@ -163,7 +166,7 @@ async fn verdicts_the_api_shows_are_the_ones_its_reports_give_in_every_format() 
     // image).
     app.rack.plug("t-1", "GOOD", healthy()).unwrap();
     app.rack
-        .plug("t-2", "BAD", healthy().write_error_after(256 * 1024))
+        .plug("t-2", "BAD", healthy().write_error_after(MIB))
         .unwrap();
     app.rack
         .plug("t-3", "TINY", SimStickSpec::new("", MIB))
@@ -322,7 +325,7 @@ async fn port_history_from_the_records_flags_a_port_where_different_sticks_keep_
     for serial in ["BAD-1", "BAD-2", "BAD-3"] {
         let stick = app
             .rack
-            .plug("t-1", serial, healthy().write_error_after(256 * 1024))
+            .plug("t-1", serial, healthy().write_error_after(MIB))
             .unwrap();
         events
             .until(&format!("{serial} failed in A1"), |v| {
