@@ -97,9 +97,9 @@ pub(crate) struct BufferPool {
     free: Mutex<Vec<AlignedBuf>>,
 }
 
-/// How many free buffers a [`BufferPool`] keeps: enough for the reads of a
-/// few targets in flight at once between evictions.
-const POOL_KEEP: usize = 4;
+/// How many free buffers a [`BufferPool`] keeps: in a steady pass a chunk
+/// let go is taken again by the next read at once, so a couple suffice.
+const POOL_KEEP: usize = 2;
 
 impl BufferPool {
     /// A buffer of exactly `len` bytes: a free one of that size, else a new
