@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use flashrack_config::StationConfig;
 use flashrack_engine::EngineOptions;
-use flashrack_guard::GuardPolicy;
+use flashrack_guard::{GuardPolicy, ProtectedFiles};
 use flashrack_hotplug::{DeviceAccess, HotplugSource};
 use flashrack_image::ImageCache;
 use flashrack_station::{
@@ -251,7 +251,14 @@ impl Application {
             }
             None => None,
         };
-        let (station, handle) = Station::new(station_settings(&config), parts.access, journal);
+        // A loop device over a file of the data directory or over a cached
+        // image is refused by the guard (rule 4).
+        let protected = crate::kept_files::KeptFiles::new(&data_dir, images.clone()).protected();
+        let (station, handle) = Station::new(
+            station_settings(&config, protected.clone()),
+            parts.access,
+            journal,
+        );
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| AppError::Listen {
@@ -265,7 +272,7 @@ impl Application {
         let captures = Arc::new(crate::capture::CaptureService::new(
             images.clone(),
             data_dir.clone(),
-            station_settings(&config).policy,
+            station_settings(&config, protected).policy,
         ));
         let builds = Arc::new(crate::bootable::BuildService::new(
             images.clone(),
@@ -480,12 +487,14 @@ fn spawn_fleet(
     ]
 }
 
-/// The station's settings from the configuration.
-fn station_settings(config: &StationConfig) -> StationSettings {
+/// The station's settings from the configuration, with the files its guard
+/// protects.
+fn station_settings(config: &StationConfig, protected_files: ProtectedFiles) -> StationSettings {
     let mut policy = GuardPolicy {
         allowed_buses: config.allowed_buses.clone(),
         max_size_bytes: config.max_size.bytes(),
         allow_unmapped_ports: config.allow_unmapped_ports,
+        protected_files,
         ..GuardPolicy::default()
     };
     // The station maps its own ports (from `ports` below).

@@ -43,6 +43,10 @@ impl Survey {
                 max_size_bytes: config.max_size.bytes(),
                 allow_unmapped_ports: config.allow_unmapped_ports,
                 mapped_ports: labels.keys().cloned().collect(),
+                // A listing opens no cache (it writes nothing in the data
+                // directory): a loop device over a cached image is refused
+                // when it is opened for writing, not here.
+                ..GuardPolicy::default()
             },
             labels,
         }

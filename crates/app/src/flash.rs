@@ -224,7 +224,7 @@ pub async fn flash(
         false => None,
     };
     let manifest = image.manifest.clone();
-    let policy = guard_policy(&request);
+    let policy = guard_policy(&request, data_dir, None)?;
     // A raw image referenced in place is read from the operator's file for
     // the whole run: that file is never a target.
     if let Some(reference) = &image.meta.reference {
@@ -338,18 +338,29 @@ pub async fn flash(
     })
 }
 
-/// The guard's policy for a one-shot flash's targets.
-fn guard_policy(request: &FlashRequest) -> GuardPolicy {
+/// The guard's policy for a one-shot flash's targets: a loop device over a
+/// file of the data directory, over a cached image or over `importing` (the
+/// file a flash imports while it writes) is refused.
+fn guard_policy(
+    request: &FlashRequest,
+    data_dir: &Path,
+    importing: Option<&Path>,
+) -> Result<GuardPolicy, AppError> {
+    let mut kept = crate::kept_files::KeptFiles::new(data_dir, open_cache(data_dir)?);
+    if let Some(file) = importing {
+        kept = kept.also(file, "the image file this flash is importing");
+    }
     let mut policy = GuardPolicy {
         max_size_bytes: request.max_size.bytes(),
         // One-shot flashing names its devices; there is no port map to consult.
         allow_unmapped_ports: true,
+        protected_files: kept.protected(),
         ..GuardPolicy::default()
     };
     policy
         .allowed_buses
         .extend(request.allow_buses.iter().map(|b| b.to_ascii_lowercase()));
-    policy
+    Ok(policy)
 }
 
 /// The engine's options for a one-shot flash.

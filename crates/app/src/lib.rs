@@ -21,6 +21,8 @@
 //! - [`downloads`]: images imported from URLs, with their digest checked
 //!   against a signed `SHA256SUMS` and their provenance kept;
 //! - [`devices`]: the block devices attached now, as the guard judges them;
+//! - [`kept_files`]: the files the guard protects from a loop device over them
+//!   (the data directory, cached images, raw images referenced in place);
 //! - [`capture`]: a master stick read into the image cache;
 //! - [`client`]: the HTTP client of a running station (`status`, `run`);
 //! - [`ports`]: learning the port map;
@@ -46,6 +48,7 @@ pub mod error;
 pub mod flash;
 pub mod fleet;
 pub mod images;
+pub mod kept_files;
 pub mod lock;
 pub mod ports;
 pub mod records;

@@ -242,3 +242,90 @@ fn a_loop_device_over_a_file_of_the_data_directory_is_refused() {
     let bytes = std::fs::read(&inside).unwrap();
     assert!(bytes.iter().all(|&b| b == 0));
 }
+
+/// Waits until the file's last change (ctime) is old enough for the image
+/// cache to reference it in place (100 ms; 3 s on file systems with whole
+/// seconds): a wait on the clock, not on another process.
+fn settle(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    loop {
+        let meta = std::fs::metadata(path).unwrap();
+        let ctime = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        let age = SystemTime::now().duration_since(ctime).unwrap_or_default();
+        let margin = Duration::from_millis(if meta.ctime_nsec() == 0 { 3200 } else { 150 });
+        if age > margin {
+            return;
+        }
+        std::thread::sleep(margin - age);
+    }
+}
+
+#[test]
+fn a_loop_device_over_a_raw_image_the_cache_references_is_refused_by_the_guard_and_recorded() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A raw image, settled, imported: the cache reads it in place.
+    let referenced = dir.path().join("golden.img");
+    let golden = flashrack_testkit::image_bytes(4 << 20, 11, 1 << 16);
+    std::fs::write(&referenced, &golden).unwrap();
+    settle(&referenced);
+    let out = flashrack(&data, &["image", "import", text(&referenced)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kept in place, not copied"),
+        "{}",
+        stderr(&out)
+    );
+    let device = LoopOver::new(&referenced);
+    let dev = text(&device.0);
+
+    // Another image, written to the loop device over the cached one; and the
+    // cached image itself (by its digest), written to the device it is read
+    // from. Both are refused by the guard at opening, recorded as refusals.
+    let other = write_image(dir.path());
+    let digest = flashrack_core::Sha256Digest::of(&golden).to_hex();
+    for (run, image) in [(1, text(&other)), (2, digest.as_str())] {
+        let out = flashrack(
+            &data,
+            &["flash", image, dev, "--allow-bus", "loop", "--json", "-q"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{image}: {}", stderr(&out));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let target = &summary["targets"][0];
+        assert_eq!(target["reason"], "refused", "{target:#}");
+        let detail = target["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!(
+                "is a loop device over {}, the image {} (golden.img) that the cache reads in place: \
+                 writing it would corrupt that file",
+                std::fs::canonicalize(&referenced).unwrap().display(),
+                &digest[..12]
+            )),
+            "{detail}"
+        );
+        let report = flashrack(
+            &data,
+            &["report", "run", &run.to_string(), "--format", "json"],
+        );
+        assert!(report.status.success(), "{}", stderr(&report));
+        let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+        let attempt = &report["attempts"][0];
+        assert_eq!(attempt["verdict"], "refused", "{attempt:#}");
+        assert_eq!(attempt["reason_code"], "protected_file", "{attempt:#}");
+    }
+    assert_eq!(
+        std::fs::read(&referenced).unwrap(),
+        golden,
+        "the referenced image is untouched"
+    );
+    let out = flashrack(&data, &["image", "list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&digest[..12]),
+        "still cached: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

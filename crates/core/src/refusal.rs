@@ -31,6 +31,9 @@ pub enum RefusalCode {
     Held,
     /// Rule 4: a mounted filesystem lives on it.
     SystemDisk,
+    /// Rule 4: a loop device over a file flashrack keeps (a cached image, a
+    /// raw image the cache reads in place, the records).
+    ProtectedFile,
     /// Rule 5: larger than the configured maximum.
     TooLarge,
     /// Rule 5: smaller than the image.
@@ -59,6 +62,7 @@ impl RefusalCode {
         RefusalCode::Swap,
         RefusalCode::Held,
         RefusalCode::SystemDisk,
+        RefusalCode::ProtectedFile,
         RefusalCode::TooLarge,
         RefusalCode::TooSmall,
         RefusalCode::NoMedium,
@@ -79,6 +83,7 @@ impl RefusalCode {
             RefusalCode::Swap => "swap",
             RefusalCode::Held => "held",
             RefusalCode::SystemDisk => "system_disk",
+            RefusalCode::ProtectedFile => "protected_file",
             RefusalCode::TooLarge => "too_large",
             RefusalCode::TooSmall => "too_small",
             RefusalCode::NoMedium => "no_medium",

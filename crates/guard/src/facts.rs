@@ -73,6 +73,52 @@ pub struct DiskFacts {
     /// Whether the kernel marks the device read-only. Not a guard rule: writing a
     /// read-only stick ends in a `read-only` verdict, which tells the operator more.
     pub read_only: bool,
+    /// For a loop device, the file behind it (sysfs `loop/backing_file`); `None`
+    /// for any other device, and for a loop device with nothing attached.
+    pub loop_backing: Option<BackingFile>,
+}
+
+/// The file behind a loop device: what writing the device writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingFile {
+    /// The path the kernel gives (`loop/backing_file`), without the
+    /// `" (deleted)"` it appends for a file that has been unlinked.
+    pub path: PathBuf,
+    /// Device and inode of the file at that path now (`None` when it cannot be
+    /// looked at: unlinked, or not reachable from here). Looked up by path, so
+    /// a file renamed away and replaced after the loop device was attached is
+    /// seen as its replacement.
+    pub file: Option<(u64, u64)>,
+    /// Whether the kernel says the file has been unlinked.
+    pub deleted: bool,
+}
+
+impl BackingFile {
+    /// The backing file as the kernel names it in `loop/backing_file`.
+    pub fn from_sysfs_text(text: &str) -> Option<BackingFile> {
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        if text.is_empty() {
+            return None;
+        }
+        let (name, deleted) = match text.strip_suffix(" (deleted)") {
+            Some(name) => (name, true),
+            None => (text, false),
+        };
+        let path = PathBuf::from(name);
+        let file = if deleted {
+            None
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(&path)
+                .ok()
+                .map(|meta| (meta.dev(), meta.ino()))
+        };
+        Some(BackingFile {
+            path,
+            file,
+            deleted,
+        })
+    }
 }
 
 /// Where inspection looks: a sysfs tree and the text of the proc files.
@@ -279,6 +325,18 @@ impl DiskFacts {
             }
         }
 
+        // What a write to a loop device writes: its backing file.
+        let loop_backing = match fs::read_to_string(dir.join("loop/backing_file")) {
+            Ok(text) => BackingFile::from_sysfs_text(&text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(GuardError::Io {
+                    path: dir.join("loop/backing_file"),
+                    source,
+                })
+            }
+        };
+
         Ok(DiskFacts {
             dev_path: dev_path.to_owned(),
             kernel_name,
@@ -295,6 +353,7 @@ impl DiskFacts {
             holders,
             system_disk,
             read_only,
+            loop_backing,
         })
     }
 }

@@ -26,7 +26,10 @@
 //!    ([`Refusal::Swap`]) or held by a stacked device such as device-mapper or md
 //!    ([`Refusal::Held`]);
 //! 4. it is not a disk under the root filesystem or any other mounted filesystem,
-//!    followed through partitions and dm/md slaves ([`Refusal::SystemDisk`]);
+//!    followed through partitions and dm/md slaves ([`Refusal::SystemDisk`]), nor a
+//!    loop device over a file flashrack keeps — a cached image, a raw image the
+//!    cache reads in place, its records — as the policy's [`FileKeeper`] says
+//!    ([`Refusal::ProtectedFile`]: writing it would corrupt the image);
 //! 5. its size is at most the maximum ([`Refusal::TooLarge`]) and at least the image
 //!    ([`Refusal::TooSmall`]; a size of zero is [`Refusal::NoMedium`]: a card reader
 //!    without a card is not a small stick);
@@ -72,10 +75,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use facts::{DiskFacts, DiskIdentity, MountUse, SystemView};
+pub use facts::{BackingFile, DiskFacts, DiskIdentity, MountUse, SystemView};
 pub use rules::{
-    evaluate, read_refusals, refusals, Accepted, Authorization, GuardPolicy, GuardRequest, Refusal,
-    DEFAULT_MAX_SIZE_BYTES,
+    evaluate, read_refusals, refusals, Accepted, Authorization, FileKeeper, GuardPolicy,
+    GuardRequest, ProtectedFiles, Refusal, DEFAULT_MAX_SIZE_BYTES,
 };
 
 /// Decides, at the moment a block device is opened for writing, whether it may be

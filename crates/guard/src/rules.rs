@@ -2,11 +2,64 @@
 //! station's policy and the attempt's request. Nothing here reads the system.
 
 use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use flashrack_core::{ByteSize, GuardRefusal, RefusalCode};
 
-use crate::facts::{DiskFacts, DiskIdentity};
+use crate::facts::{BackingFile, DiskFacts, DiskIdentity};
 use crate::GuardError;
+
+/// Who knows which files flashrack keeps (its image cache's files, the raw
+/// images the cache reads in place, its records): a loop device over one of
+/// them is never written, since writing it would corrupt what the cache or the
+/// records hold. The application answers from its image cache; the guard asks
+/// only about a loop device's backing file.
+pub trait FileKeeper: Send + Sync {
+    /// What `file` is to flashrack, when it keeps it: a phrase the refusal's
+    /// sentence ends with ("the cached image 1a2b3c4d5e6f (ubuntu.img), which
+    /// the cache reads in place"); `None` for a file it does not keep.
+    fn keeps(&self, file: &BackingFile) -> Option<String>;
+}
+
+/// The policy's [`FileKeeper`], if any (none: no file is protected beyond the
+/// other rules). Two policies are equal when they ask the same keeper.
+#[derive(Clone, Default)]
+pub struct ProtectedFiles(Option<Arc<dyn FileKeeper>>);
+
+impl ProtectedFiles {
+    /// Files `keeper` keeps are protected.
+    pub fn new(keeper: Arc<dyn FileKeeper>) -> Self {
+        ProtectedFiles(Some(keeper))
+    }
+
+    /// What `file` is to the keeper, when it keeps it.
+    pub fn keeps(&self, file: &BackingFile) -> Option<String> {
+        self.0.as_ref().and_then(|keeper| keeper.keeps(file))
+    }
+}
+
+impl PartialEq for ProtectedFiles {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ProtectedFiles {}
+
+impl fmt::Debug for ProtectedFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Some(_) => "ProtectedFiles(keeper)",
+            None => "ProtectedFiles(none)",
+        })
+    }
+}
 
 /// The default size limit: 256 GB (decimal). Bigger is probably a USB hard disk.
 pub const DEFAULT_MAX_SIZE_BYTES: u64 = 256_000_000_000;
@@ -25,6 +78,9 @@ pub struct GuardPolicy {
     pub allow_unmapped_ports: bool,
     /// Port paths (udev `ID_PATH`) that the configuration maps to labels.
     pub mapped_ports: BTreeSet<String>,
+    /// Files no loop device over which may be written (rule 4: the image
+    /// cache's files and the raw images it references); none by default.
+    pub protected_files: ProtectedFiles,
 }
 
 impl Default for GuardPolicy {
@@ -34,6 +90,7 @@ impl Default for GuardPolicy {
             max_size_bytes: DEFAULT_MAX_SIZE_BYTES,
             allow_unmapped_ports: false,
             mapped_ports: BTreeSet::new(),
+            protected_files: ProtectedFiles::default(),
         }
     }
 }
@@ -118,6 +175,18 @@ pub enum Refusal {
         /// Why, e.g. `"holds / (mounted from vda)"`.
         why: String,
     },
+    /// Rule 4: a loop device over a file flashrack keeps (a cached image, a
+    /// raw image the cache reads in place, its records): writing the device
+    /// would corrupt that file.
+    #[error("{device} is a loop device over {}, {what}: writing it would corrupt that file", file.display())]
+    ProtectedFile {
+        /// Kernel name of the loop device.
+        device: String,
+        /// Its backing file.
+        file: PathBuf,
+        /// What the file is to flashrack.
+        what: String,
+    },
     /// Rule 5: bigger than the configured maximum.
     #[error("the device is too large: {} is more than the maximum of {}", bytes(*size), bytes(*max))]
     TooLarge {
@@ -179,6 +248,7 @@ impl Refusal {
             Refusal::Swap { .. } => RefusalCode::Swap,
             Refusal::Held { .. } => RefusalCode::Held,
             Refusal::SystemDisk { .. } => RefusalCode::SystemDisk,
+            Refusal::ProtectedFile { .. } => RefusalCode::ProtectedFile,
             Refusal::TooLarge { .. } => RefusalCode::TooLarge,
             Refusal::TooSmall { .. } => RefusalCode::TooSmall,
             Refusal::NoMedium => RefusalCode::NoMedium,
@@ -282,6 +352,18 @@ pub fn refusals(facts: &DiskFacts, policy: &GuardPolicy, request: &GuardRequest)
     if let Some(why) = &facts.system_disk {
         out.push(Refusal::SystemDisk { why: why.clone() });
     }
+    // Rule 4 also covers what flashrack itself reads: a loop device over a
+    // cached image (or the raw image the cache references in place) would
+    // overwrite the image the other targets are written from.
+    if let Some(backing) = &facts.loop_backing {
+        if let Some(what) = policy.protected_files.keeps(backing) {
+            out.push(Refusal::ProtectedFile {
+                device: facts.kernel_name.clone(),
+                file: backing.path.clone(),
+                what,
+            });
+        }
+    }
 
     // Rule 5.
     if facts.size_bytes > policy.max_size_bytes {
@@ -316,6 +398,8 @@ pub fn read_refusals(facts: &DiskFacts, policy: &GuardPolicy) -> Vec<Refusal> {
     let relaxed = GuardPolicy {
         allow_unmapped_ports: true,
         max_size_bytes: u64::MAX,
+        // Reading a loop device over a kept file harms nothing.
+        protected_files: ProtectedFiles::default(),
         ..policy.clone()
     };
     let request = GuardRequest {
@@ -377,6 +461,63 @@ mod tests {
         assert_eq!(p.max_size_bytes, 256_000_000_000);
         assert!(!p.allow_unmapped_ports);
         assert!(p.mapped_ports.is_empty());
+    }
+
+    /// A keeper of one file, by device and inode.
+    struct OneFile((u64, u64));
+
+    impl FileKeeper for OneFile {
+        fn keeps(&self, file: &BackingFile) -> Option<String> {
+            (file.file == Some(self.0)).then(|| "the image 1a2b3c4d5e6f (x.img)".to_owned())
+        }
+    }
+
+    fn loop_over(file: (u64, u64)) -> DiskFacts {
+        DiskFacts {
+            kernel_name: "loop4".to_owned(),
+            bus: Some("loop".to_owned()),
+            loop_backing: Some(BackingFile {
+                path: PathBuf::from("/srv/x.img"),
+                file: Some(file),
+                deleted: false,
+            }),
+            ..healthy()
+        }
+    }
+
+    #[test]
+    fn a_loop_device_over_a_kept_file_is_refused_as_a_protected_file_and_no_other_is() {
+        let mut p = policy();
+        p.allowed_buses.insert("loop".to_owned());
+        let operator = GuardRequest {
+            image_size: 1,
+            armed_run: false,
+            explicit_operator_request: true,
+        };
+        // Without a keeper, or over a file it does not keep: written.
+        assert!(evaluate(&loop_over((1, 2)), &p, &operator).is_ok());
+        p.protected_files = ProtectedFiles::new(Arc::new(OneFile((1, 2))));
+        assert!(evaluate(&loop_over((1, 3)), &p, &operator).is_ok());
+        // Over the kept file: refused, whoever asks, with the keeper's words.
+        for request in [operator, armed(1)] {
+            let refusal = refused(&loop_over((1, 2)), &p, &request);
+            assert_eq!(refusal.kind(), RefusalCode::ProtectedFile);
+            assert_eq!(refusal.code(), "protected_file");
+            assert_eq!(
+                refusal.to_string(),
+                "loop4 is a loop device over /srv/x.img, the image 1a2b3c4d5e6f (x.img): \
+                 writing it would corrupt that file"
+            );
+        }
+        // Reading it (a capture) harms nothing.
+        assert_eq!(read_refusals(&loop_over((1, 2)), &p), Vec::new());
+        // Two policies asking one keeper are equal; another keeper is not.
+        assert_eq!(p.clone(), p);
+        let other = GuardPolicy {
+            protected_files: ProtectedFiles::new(Arc::new(OneFile((1, 2)))),
+            ..p.clone()
+        };
+        assert_ne!(other, p);
     }
 
     #[test]

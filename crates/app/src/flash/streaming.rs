@@ -236,7 +236,8 @@ async fn follow_import(
     // An early return abandons the import, and fails the feed (nobody
     // follows it yet).
     let mut abandon = CancelOnDrop(Some(cancel.clone()));
-    let policy = guard_policy(&request);
+    let policy = guard_policy(&request, data_dir, Some(path))
+        .inspect_err(|_| feed.fail("the flash was refused"))?;
     // The file being imported is read for the whole run: never a target.
     crate::targets::refuse_the_image_file(path, &request.targets)
         .inspect_err(|_| feed.fail("the flash was refused"))?;

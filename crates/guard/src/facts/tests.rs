@@ -404,3 +404,52 @@ fn the_disk_sequence_number_is_read_from_sysfs_when_there_is_one() {
         }
     );
 }
+
+const LOOP_PARENT: &str = "devices/virtual/block";
+
+#[test]
+fn a_loop_devices_backing_file_is_known_by_path_device_and_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let sys = FakeSys::new();
+    let image = tempfile::NamedTempFile::new().unwrap();
+    let disk = sys.disk(LOOP_PARENT, "loop7", (7, 7), 2048);
+    fs::create_dir_all(disk.join("loop")).unwrap();
+    fs::write(
+        disk.join("loop/backing_file"),
+        format!("{}\n", image.path().display()),
+    )
+    .unwrap();
+    let facts = sys.facts((7, 7), "", NO_SWAP);
+    assert_eq!(facts.bus.as_deref(), Some("loop"));
+    let meta = fs::metadata(image.path()).unwrap();
+    assert_eq!(
+        facts.loop_backing,
+        Some(BackingFile {
+            path: image.path().to_path_buf(),
+            file: Some((meta.dev(), meta.ino())),
+            deleted: false,
+        })
+    );
+
+    // An unlinked backing file is named as the kernel names it, without
+    // the suffix, and has no inode to compare.
+    fs::write(disk.join("loop/backing_file"), "/tmp/gone.img (deleted)\n").unwrap();
+    assert_eq!(
+        sys.facts((7, 7), "", NO_SWAP).loop_backing,
+        Some(BackingFile {
+            path: PathBuf::from("/tmp/gone.img"),
+            file: None,
+            deleted: true,
+        })
+    );
+}
+
+#[test]
+fn a_disk_that_is_no_loop_device_or_a_detached_loop_has_no_backing_file() {
+    let sys = FakeSys::new();
+    sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
+    assert_eq!(sys.facts((8, 16), "", NO_SWAP).loop_backing, None);
+    // A loop device with nothing attached has no `loop/` directory.
+    sys.disk(LOOP_PARENT, "loop3", (7, 3), 0);
+    assert_eq!(sys.facts((7, 3), "", NO_SWAP).loop_backing, None);
+}
