@@ -176,6 +176,25 @@ test('the master stick in a master port is captured from the dashboard and never
           });
         }
       }).observe(document.querySelector('#capture-list'), { childList: true, subtree: true });
+      // The master's tile as the event stream makes it: its states and progress.
+      window.masterTiles = [];
+      new MutationObserver(() => {
+        const a8 = document.querySelector('.tile[data-label="A8"]');
+        if (!a8) return;
+        const bar = a8.querySelector('[role="progressbar"]');
+        window.masterTiles.push({
+          state: a8.dataset.state,
+          label: a8.querySelector('.tile-state')?.textContent || '',
+          bar: bar ? Number(bar.getAttribute('aria-valuenow')) : null,
+        });
+      }).observe(document.querySelector('#rack'), { childList: true, subtree: true, attributes: true });
+    });
+    // Progress comes on the event stream, not by polling the captures' list:
+    // the list is read when the capture starts (twice at most, if the port's
+    // first event arrives before the answer to the POST) and once when it ends.
+    const listReads = [];
+    page.on('request', (request) => {
+      if (request.method() === 'GET' && new URL(request.url()).pathname.endsWith('/images/captures')) listReads.push(Date.now());
     });
     await page.fill('#capture-name', 'golden-v3');
     await page.click('#capture-button');
@@ -188,6 +207,13 @@ test('the master stick in a master port is captured from the dashboard and never
     assert.ok(progress.length > 0, `the progress was shown while capturing: ${JSON.stringify(rows.slice(0, 5))}`);
     assert.match(progress[0].words, /^reading .+ of 269 MB \(\d+%\)/, JSON.stringify(progress[0]));
     assert.ok(progress.every((r) => r.bar >= 0 && r.bar <= 100), JSON.stringify(progress));
+    const tiles = await page.evaluate(() => window.masterTiles);
+    const capturing = tiles.filter((t) => t.state === 'capturing');
+    assert.ok(capturing.length > 0, `the master's tile said it was capturing: ${JSON.stringify(tiles.slice(0, 5))}`);
+    assert.match(capturing[0].label, /Capturing \(read, never written\)/, JSON.stringify(capturing[0]));
+    assert.ok(capturing.some((t) => t.bar != null && t.bar > 0), `the tile showed the capture's progress: ${JSON.stringify(capturing.slice(-3))}`);
+    await untilTile(page, 'A8', 'back to master after the capture', 'master', /Master \(never written\)/);
+    assert.ok(listReads.length <= 3, `the captures' list was read ${listReads.length} times during the capture: polled`);
 
     // The result: its size against the smallest stick seen (A1's 16 MiB: it does not fit).
     const row = page.locator('#capture-list .capture-row[data-state="done"]');

@@ -244,10 +244,13 @@ export async function loadDownloads() {
 }
 
 // Captures of the master stick: a master port's tile offers "Capture…",
-// which opens the form here; POST /images/capture starts one, followed by
-// polling GET /images/captures while one is capturing.
+// which opens the form here; POST /images/capture starts one. Its progress
+// arrives on the event stream (the master port's state `capturing`, with
+// progress, like a write's); GET /images/captures is read when the list is
+// opened and once a capture ends, for its result.
 
-let capturesTimer = null;
+/** The captures as last read, updated from the master ports' progress. */
+let captures = [];
 
 /** The master ports holding a stick, as options of the capture form. */
 function renderCapturePorts(selected) {
@@ -280,6 +283,8 @@ export async function captureMaster(event) {
   try {
     const view = await api('POST', '/images/capture', body);
     setStatus('capture-status', `Capturing port ${view.port} (nothing is written to it)…`, 'good');
+    if (!captures.some((c) => c.id === view.id)) captures.unshift(view);
+    $('capture-list').replaceChildren(...captures.map(captureRow));
     loadCaptures();
   } catch (error) {
     setStatus('capture-status', error.message, 'bad');
@@ -308,7 +313,7 @@ function captureRow(c) {
     words = `failed: ${c.error}`;
     cls = 'bad';
   }
-  const row = el('li', { class: 'row capture-row', dataset: { state: c.state } },
+  const row = el('li', { class: 'row capture-row', dataset: { state: c.state, port: c.port } },
     el('div', { class: 'row-main' },
       el('strong', { text: c.name }),
       el('span', { class: 'muted', text: ` from port ${c.port}${c.serial ? ` (SN ${c.serial})` : ''}` }),
@@ -321,16 +326,23 @@ function captureRow(c) {
   return row;
 }
 
-export async function loadCaptures() {
-  clearTimeout(capturesTimer);
+/** The read of the captures' list under way, if one is. */
+let capturesLoading = null;
+
+export function loadCaptures() {
+  if (!capturesLoading) capturesLoading = readCaptures().finally(() => { capturesLoading = null; });
+  return capturesLoading;
+}
+
+async function readCaptures() {
   let list;
   try {
     list = (await api('GET', '/images/captures')) || [];
   } catch (error) {
     return;
   }
+  captures = list;
   $('capture-list').replaceChildren(...list.map(captureRow));
-  if (list.some((c) => c.state === 'capturing')) capturesTimer = setTimeout(loadCaptures, 500);
   if (list.some((c) => c.state === 'done' && !model.images.some((i) => i.sha256 === c.image))) loadImages();
 }
 
@@ -387,4 +399,28 @@ export async function loadBuilds() {
   $('build-list').replaceChildren(...list.map(buildRow));
   if (list.some((b) => b.state === 'building')) buildsTimer = setTimeout(loadBuilds, 500);
   if (list.some((b) => b.state === 'built' && !model.images.some((i) => i.sha256 === b.image))) loadImages();
+}
+
+/**
+ * A port changed on the event stream: a master being captured moves its
+ * capture's progress; a port that leaves `capturing` has ended its capture,
+ * whose result is read once.
+ */
+export function followCapturePort(before, port) {
+  if (port.state === 'capturing') {
+    const c = captures.find((x) => x.state === 'capturing' && x.port === port.label);
+    const p = port.progress;
+    if (!c || !p) {
+      // A capture started elsewhere (another browser, the API): read it once.
+      if (!c && !capturesLoading) loadCaptures();
+      return;
+    }
+    c.read = p.done;
+    c.total = p.total || null;
+    c.rate_bytes_per_sec = p.bytes_per_sec > 0 ? Math.round(p.bytes_per_sec) : null;
+    c.eta_secs = p.bytes_per_sec > 0 && p.total > p.done ? Math.ceil((p.total - p.done) / p.bytes_per_sec) : null;
+    $('capture-list').replaceChildren(...captures.map(captureRow));
+  } else if (before && before.state === 'capturing') {
+    loadCaptures();
+  }
 }

@@ -6,7 +6,7 @@ import { model, STALE_AFTER_MS, verdictIsCurrent } from './model.js';
 import { API, api, withToken } from './api.js';
 import { renderRack, renderSummary, findTile, replaceTile } from './rack.js';
 import { renderRun } from './run.js';
-import { loadImages } from './images.js';
+import { loadImages, followCapturePort } from './images.js';
 import { renderRuns, refreshRunsSoon, refreshDevicesSoon, refreshHistorySoon } from './records.js';
 
 let source = null;
@@ -143,6 +143,7 @@ export function upsertPort(port) {
   const before = model.ports.get(port.label);
   model.ports.set(port.label, port);
   noteStickTime(port);
+  if (port.master) followCapturePort(before, port);
   const tile = findTile(port.label);
   if (before && tile && samePosition(before, port)) {
     replaceTile(tile, port);

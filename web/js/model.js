@@ -5,11 +5,11 @@ import { shortSha } from './util.js';
 
 export const BUSY = new Set(['preparing', 'writing', 'flushing', 'resetting', 'verifying']);
 export const STATE_NAMES = {
-  empty: 'Empty', detected: 'Detected', master: 'Master (never written)', refused: 'Refused', waiting: 'Waiting', preparing: 'Preparing',
+  empty: 'Empty', detected: 'Detected', master: 'Master (never written)', capturing: 'Capturing (read, never written)', refused: 'Refused', waiting: 'Waiting', preparing: 'Preparing',
   writing: 'Writing', flushing: 'Flushing', resetting: 'Resetting', verifying: 'Verifying',
   passed: 'Passed', failed: 'Failed',
 };
-export const STATE_MARKS = { passed: '✓ ', failed: '✗ ', refused: '⊘ ', master: '★ ' };
+export const STATE_MARKS = { passed: '✓ ', failed: '✗ ', refused: '⊘ ', master: '★ ', capturing: '★ ' };
 
 // The dashboard never passes off an old view as live: when the event stream
 // is lost (or has been silent for STALE_AFTER_MS: the station pings every 5 s)

@@ -91,7 +91,7 @@ export function renderSummary() {
     counts[key] = (counts[key] || 0) + 1;
   }
   const parts = [model.stale ? `${model.ports.size} ports (last known)` : `${model.ports.size} ports`];
-  for (const key of ['busy', 'waiting', 'passed', 'failed', 'interrupted', 'of an earlier run', 'refused', 'detected', 'master']) {
+  for (const key of ['busy', 'waiting', 'passed', 'failed', 'interrupted', 'of an earlier run', 'refused', 'detected', 'master', 'capturing']) {
     if (counts[key]) parts.push(`${counts[key]} ${key}`);
   }
   const run = model.run;
@@ -158,9 +158,10 @@ export function buildTile(port) {
   busy && model.run && model.run.options && model.run.options.sparse
     ? el('p', { class: 'tag tag-sparse', text: 'sparse', title: 'only the block map\'s ranges are written and read back' }) : null,
   deviceBlock(port),
-  // A stale view claims no progress: the stick may be done, or gone.
-  busy && !model.stale ? progressBlock(port) : null,
-  busy && model.stale ? el('p', { class: 'stale-note', text: `last known: ${port.state}; progress unknown` }) : null,
+  // A stale view claims no progress: the stick may be done, or gone. A
+  // master being captured shows its progress as a write does.
+  (busy || port.state === 'capturing') && !model.stale ? progressBlock(port) : null,
+  (busy || port.state === 'capturing') && model.stale ? el('p', { class: 'stale-note', text: `last known: ${port.state}; progress unknown` }) : null,
   port.state === 'waiting' ? el('p', { class: 'waiting-note', text: 'waiting: target nearly reached (starts if a stick in flight fails)' }) : null,
   verdictBlock(port),
   // The guard's refusal: { code, message }. One refused at the moment of opening

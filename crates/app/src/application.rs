@@ -273,6 +273,7 @@ impl Application {
             images.clone(),
             data_dir.clone(),
             station_settings(&config, protected).policy,
+            handle.clone(),
         ));
         let builds = Arc::new(crate::bootable::BuildService::new(
             images.clone(),

@@ -26,6 +26,7 @@ use std::sync::{Arc, OnceLock};
 use flashrack_core::{ByteSize, CaptureOrigin, Provenance, Sha256Digest};
 use flashrack_guard::{read_refusals, DiskFacts, DiskIdentity, GuardPolicy};
 use flashrack_image::{ImageCache, ImportOptions, ImportOutcome, StreamSource};
+use flashrack_station::{Progress, StationHandle};
 
 use crate::downloads::error_chain;
 use crate::images::{map_image, MapNote};
@@ -383,7 +384,14 @@ pub struct CaptureService {
     /// Every capture started, oldest first. A `std` mutex: held only to copy
     /// or update a view, never across an await.
     views: Arc<std::sync::Mutex<Vec<CaptureView>>>,
+    /// The station: a master being captured shows `capturing` with its
+    /// progress, on the station's event stream.
+    station: StationHandle,
 }
+
+/// The least time between two progress reports of a capture to the station
+/// (the reader reports every chunk).
+const STATION_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One capture as the API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -430,7 +438,12 @@ impl CaptureService {
     /// Captures into `cache` under the station's guard `policy` (its allowed
     /// buses); the records in `data_dir` give the smallest stick seen.
     /// Tasks run on the current tokio runtime.
-    pub fn new(cache: ImageCache, data_dir: PathBuf, policy: GuardPolicy) -> Self {
+    pub fn new(
+        cache: ImageCache,
+        data_dir: PathBuf,
+        policy: GuardPolicy,
+        station: StationHandle,
+    ) -> Self {
         Self {
             cache,
             data_dir,
@@ -438,6 +451,7 @@ impl CaptureService {
             runtime: tokio::runtime::Handle::current(),
             cancel: Arc::default(),
             views: Arc::default(),
+            station,
         }
     }
 
@@ -533,12 +547,39 @@ impl CaptureService {
             self.data_dir.clone(),
         );
         let master_key = device.identity.key();
+        let station = self.station.clone();
+        let port = view.port.clone();
+        // The port shows `capturing` from now on (nothing read yet).
+        station
+            .capture_progress(&port, &master_key, Some(Progress::default()))
+            .await;
+        let runtime = self.runtime.clone();
         self.runtime.spawn(async move {
             let captured = tokio::task::spawn_blocking({
-                let views = views.clone();
+                let (views, station, port, key) = (
+                    views.clone(),
+                    station.clone(),
+                    port.clone(),
+                    master_key.clone(),
+                );
                 move || {
+                    let mut last_sent: Option<std::time::Instant> = None;
                     capture_with(&cache, &request, &mut |read, total| {
-                        Self::update(&views, id, |view| view.follow(read, total));
+                        let mut progress = Progress::default();
+                        Self::update(&views, id, |view| {
+                            view.follow(read, total);
+                            progress = Progress {
+                                done: read,
+                                total,
+                                bytes_per_sec: view.rate_bytes_per_sec.unwrap_or(0) as f64,
+                            };
+                        });
+                        // Throttled: the reader reports every chunk.
+                        let due = last_sent.is_none_or(|at| at.elapsed() >= STATION_PROGRESS_EVERY);
+                        if due || read >= total {
+                            last_sent = Some(std::time::Instant::now());
+                            runtime.block_on(station.capture_progress(&port, &key, Some(progress)));
+                        }
                     })
                 }
             })
@@ -575,6 +616,9 @@ impl CaptureService {
                     });
                 }
             }
+            // Ended after its view says how: a dashboard that sees the port
+            // leave `capturing` reads the result.
+            station.capture_progress(&port, &master_key, None).await;
         });
         serde_json::to_value(&view).map_err(|e| e.to_string())
     }

@@ -24,6 +24,10 @@ pub enum PortState {
     /// A stick is in a master port: it is never written (no run starts it,
     /// not even on the operator's request), only offered for capture.
     Master,
+    /// The stick in a master port is being read into the image cache (a
+    /// capture): `progress` says how far. Never written either; back to
+    /// `master` when the capture ends.
+    Capturing,
     /// The target guard refused the stick; see `refusal`.
     Refused,
     /// The armed run would write the stick, but its passes plus the attempts in
@@ -103,7 +107,7 @@ impl From<&PluggedDevice> for DeviceView {
 }
 
 /// Progress of the current stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// Bytes done in this stage.
     pub done: u64,

@@ -155,6 +155,11 @@ enum Command {
         Option<String>,
         oneshot::Sender<Result<MasterStick, StationError>>,
     ),
+    Capture {
+        label: String,
+        device_key: String,
+        progress: Option<Progress>,
+    },
 }
 
 /// Commands a running station and watches it. Cheap to clone.
@@ -220,6 +225,28 @@ impl StationHandle {
     pub async fn master_stick(&self, label: Option<&str>) -> Result<MasterStick, StationError> {
         self.ask(|tx| Command::MasterStick(label.map(str::to_string), tx))
             .await
+    }
+
+    /// A capture of the master stick in `label` (the stick whose identity
+    /// key is `device_key`) has read `progress` so far: the port shows
+    /// `capturing` with it, on the event stream like any port change; `None`
+    /// once the capture has ended, done or failed (the port shows `master`
+    /// again). Ignored for a port that is no master port or holds another
+    /// stick (the master was pulled, or replaced).
+    pub async fn capture_progress(
+        &self,
+        label: &str,
+        device_key: &str,
+        progress: Option<Progress>,
+    ) {
+        let _ = self
+            .commands
+            .send(Command::Capture {
+                label: label.to_string(),
+                device_key: device_key.to_string(),
+                progress,
+            })
+            .await;
     }
 
     /// The station as it is now.
@@ -1021,7 +1048,38 @@ impl Station {
             Command::MasterStick(label, reply) => {
                 let _ = reply.send(self.master_stick(label.as_deref()));
             }
+            Command::Capture {
+                label,
+                device_key,
+                progress,
+            } => self.capture_progress(&label, &device_key, progress),
         }
+    }
+
+    /// See [`StationHandle::capture_progress`].
+    fn capture_progress(&mut self, label: &str, device_key: &str, progress: Option<Progress>) {
+        let Some(port) = self.ports.iter().position(|p| p.view.label == label) else {
+            return;
+        };
+        let same_stick = self
+            .stick_in(port)
+            .is_some_and(|(_, device, _)| device.identity.key() == device_key);
+        if !self.ports[port].view.master || !same_stick {
+            return;
+        }
+        let view = &mut self.ports[port].view;
+        match progress {
+            Some(progress) => {
+                view.state = PortState::Capturing;
+                view.progress = Some(progress);
+            }
+            None if view.state == PortState::Capturing => {
+                view.state = PortState::Master;
+                view.progress = None;
+            }
+            None => return,
+        }
+        self.publish_port(port);
     }
 
     fn master_stick(&self, label: Option<&str>) -> Result<MasterStick, StationError> {

@@ -2029,6 +2029,70 @@ async fn a_stick_in_a_master_port_is_never_written_by_an_armed_run_nor_on_reques
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_being_captured_shows_capturing_with_its_progress_and_only_that_stick() {
+    let rig = rig_with(2, GuardPolicy::default(), |s| s.ports[1].master = true).await;
+    rig.plug(1, "SER-1", healthy());
+    rig.plug(2, "MASTER-1", healthy());
+    rig.until("the master shown", |s| {
+        state(s, "A2") == PortState::Master && state(s, "A1") == PortState::Detected
+    })
+    .await;
+    let master = rig.handle.master_stick(Some("A2")).await.unwrap();
+    let key = master.device.identity.key();
+    let mut events = rig.handle.subscribe();
+    let read = flashrack_station::Progress {
+        done: 4 << 20,
+        total: 16 << 20,
+        bytes_per_sec: 8e6,
+    };
+    rig.handle
+        .capture_progress("A2", &key, Some(read.clone()))
+        .await;
+    let snap = rig
+        .until("capturing", |s| state(s, "A2") == PortState::Capturing)
+        .await;
+    assert_eq!(port(&snap, "A2").progress, Some(read.clone()));
+    // On the event stream, like a write's progress.
+    let event = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let StationEvent::Port { port } = events.recv().await.unwrap() {
+                if port.label == "A2" {
+                    return port;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a port event for the master");
+    assert_eq!(event.state, PortState::Capturing);
+    assert_eq!(event.progress, Some(read.clone()));
+    // Another port, another stick's key, an unknown port: ignored.
+    rig.handle
+        .capture_progress("A1", &key, Some(read.clone()))
+        .await;
+    rig.handle
+        .capture_progress("A2", "not-this-stick", None)
+        .await;
+    rig.handle.capture_progress("Z9", &key, None).await;
+    rig.round_trip().await;
+    let snap = rig.handle.snapshot();
+    assert_eq!(state(&snap, "A1"), PortState::Detected);
+    assert_eq!(state(&snap, "A2"), PortState::Capturing);
+    // Never written while captured: a start is refused as for the master.
+    assert!(matches!(
+        rig.handle.start_port("A2").await,
+        Err(StationError::MasterPort(label)) if label == "A2"
+    ));
+    // The capture ends: the master again, without progress.
+    rig.handle.capture_progress("A2", &key, None).await;
+    let snap = rig
+        .until("the master again", |s| state(s, "A2") == PortState::Master)
+        .await;
+    assert_eq!(port(&snap, "A2").progress, None);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_station_without_a_master_port_offers_nothing_to_capture() {
     let rig = rig(1, GuardPolicy::default()).await;
     rig.plug(1, "SER-1", healthy());

@@ -9,10 +9,11 @@ use flashrack_station::PortState;
 
 use crate::WebState;
 
-const STATES: [(PortState, &str); 12] = [
+const STATES: [(PortState, &str); 13] = [
     (PortState::Empty, "empty"),
     (PortState::Detected, "detected"),
     (PortState::Master, "master"),
+    (PortState::Capturing, "capturing"),
     (PortState::Refused, "refused"),
     (PortState::Waiting, "waiting"),
     (PortState::Preparing, "preparing"),
