@@ -186,3 +186,128 @@ async fn records_written_while_the_hub_is_away_arrive_once_in_order_when_it_is_b
     );
     app.stop().await.unwrap();
 }
+
+/// A downloaded image's provenance, as a signed `SHA256SUMS` gives it.
+fn downloaded(sha256: flashrack_core::Sha256Digest) -> flashrack_core::Provenance {
+    use flashrack_core::{DigestSource, Provenance, SignatureCheck};
+    Provenance {
+        url: "https://images.example/os-1.2.img".into(),
+        etag: Some("\"5f2a-61c\"".into()),
+        last_modified: Some("Tue, 01 Dec 2026 09:00:00 GMT".into()),
+        digest_source: DigestSource::Sums {
+            url: "https://images.example/SHA256SUMS".into(),
+            file_name: "os-1.2.img".into(),
+            sha256,
+            signature: Some(SignatureCheck {
+                url: "https://images.example/SHA256SUMS.gpg".into(),
+                signer_fingerprint: "0123456789ABCDEF0123456789ABCDEF01234567".into(),
+                signing_key_fingerprint: None,
+            }),
+        },
+        captured: None,
+        built: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_followed_an_import_names_the_real_image_at_the_hub_and_leaves_no_provisional_one(
+) {
+    use flashrack_station::{RunOptions, RunStart};
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = hub.db.add_token(Role::Station, "lab-w").await.unwrap();
+    let app = station(hub.address, "lab-w", &token, &dir).await;
+    // The records a flash that writes while it imports makes, written to
+    // the station's records as `flash` writes them (on the data directory
+    // of a station that joined the fleet: its outbox is written).
+    let cache = flashrack_app::images::open_cache(&app.data_dir).unwrap();
+    let records = flashrack_app::StoreRecords::open(&app.data_dir, "lab-w", cache.clone())
+        .await
+        .unwrap();
+    let provisional = flashrack_core::Sha256Digest::of(b"flashrack provisional image: os.img");
+    let run = records
+        .run_started_provisional(
+            provisional,
+            &RunStart {
+                image_sha256: provisional,
+                image_name: "os-1.2.img".into(),
+                image_size: 2 * MIB,
+                options: RunOptions::default(),
+            },
+        )
+        .await
+        .unwrap();
+    // While the import runs, the hub knows the run under its provisional
+    // image, marked `pending`.
+    assert_hub_matches(&hub, &app, "lab-w").await;
+    let theirs = hub.db.station_records("lab-w").await.unwrap();
+    let pending = theirs
+        .images
+        .iter()
+        .find(|i| i.sha256 == provisional)
+        .unwrap();
+    assert_eq!(pending.format, "pending");
+    assert_eq!(
+        theirs
+            .runs
+            .iter()
+            .find(|r| r.id == run)
+            .unwrap()
+            .image_sha256,
+        provisional
+    );
+
+    // The import ends: a downloaded image (its provenance in the cache).
+    let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 5, 1 << 16);
+    let real = flashrack_core::Sha256Digest::of(&bytes);
+    let source = flashrack_image::StreamSource {
+        label: "https://images.example/os-1.2.img".into(),
+        name: "os-1.2.img".into(),
+        provenance: Default::default(),
+        raw: false,
+    };
+    source.provenance.set(downloaded(real)).unwrap();
+    let imported = tokio::task::spawn_blocking(move || {
+        cache.import_stream(
+            &mut std::io::Cursor::new(bytes),
+            source,
+            flashrack_image::ImportOptions::default(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(imported.image.sha256(), real);
+    records
+        .run_image_known(run, provisional, real, "os-1.2.img", 2 * MIB)
+        .await
+        .unwrap();
+
+    // The hub's copy ends as the station's: the run names the real image,
+    // which carries its provenance; the provisional row is gone from the
+    // station's images and marked removed at the hub, never counted.
+    let counts = assert_hub_matches(&hub, &app, "lab-w").await;
+    let theirs = hub.db.station_records("lab-w").await.unwrap();
+    assert_eq!(
+        theirs
+            .runs
+            .iter()
+            .find(|r| r.id == run)
+            .unwrap()
+            .image_sha256,
+        real
+    );
+    assert!(
+        theirs.images.iter().all(|i| i.sha256 != provisional),
+        "{:?}",
+        theirs.images
+    );
+    assert_eq!(theirs.removed_images, vec![provisional]);
+    assert_eq!(counts[0], theirs.images.len());
+    let image = theirs.images.iter().find(|i| i.sha256 == real).unwrap();
+    assert_eq!(image.provenance.as_deref(), Some(&downloaded(real)));
+    assert_eq!(image.format, "raw");
+    app.stop().await.unwrap();
+    hub.stop().await;
+}

@@ -31,8 +31,8 @@
 #![deny(missing_docs)]
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, AttemptState, GuardRefusal, RefusalId, RunId, Sha256Digest, Stage,
-    StopReason, Verdict,
+    AttemptFigures, AttemptId, AttemptState, GuardRefusal, Provenance, RefusalId, RunId,
+    Sha256Digest, Stage, StopReason, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -130,10 +130,25 @@ pub struct ImageRecord {
     pub name: String,
     /// Raw size in bytes.
     pub size: u64,
-    /// What it was imported from (`raw`, `gzip`, `xz` …).
+    /// What it was imported from (`raw`, `gzip`, `xz` …); `pending` for a
+    /// run's provisional image (a flash that writes while it imports, before
+    /// the import has named the image).
     pub format: String,
     /// When the station imported it.
     pub imported_at: i64,
+    /// Where it came from, when the station knows: a download's URL,
+    /// validators, digest source and signer, or the master stick it was
+    /// captured from. Absent for a file or an upload (and from stations older
+    /// than this field: a hub reads a record without it as `None`).
+    /// Boxed: most images have none, and the record enum stays small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Box<Provenance>>,
+    /// The station removed the row: a run's provisional image, once the
+    /// import named the real image and the run was moved onto it. The record
+    /// is the row's last version (a tombstone): the hub keeps it marked as
+    /// removed and never lists it among the station's images.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 /// A stick as a station last saw it.

@@ -4,12 +4,67 @@
 mod common;
 
 use common::*;
-use flashrack_core::Verdict;
-use flashrack_fleet::{paths, FleetRecord, ORDER_ID_OPTION};
+use flashrack_core::{
+    CaptureOrigin, DigestSource, Provenance, Sha256Digest, SignatureCheck, Verdict,
+};
+use flashrack_fleet::{paths, FleetRecord, ImageRecord, ORDER_ID_OPTION};
 use flashrack_hub::pg::Role;
 use flashrack_hub::testing::spawn_hub;
 use flashrack_testkit::pg::PgCluster;
 use serde_json::json;
+
+/// The image every station here writes, with where the station got it.
+fn image_from(provenance: Provenance) -> FleetRecord {
+    let mut record = image();
+    if let FleetRecord::Image(r) = &mut record {
+        r.provenance = Some(Box::new(provenance));
+    }
+    record
+}
+
+fn downloaded() -> Provenance {
+    Provenance {
+        url: "https://images.example/os.img.xz".into(),
+        etag: Some("\"abc-1\"".into()),
+        last_modified: None,
+        digest_source: DigestSource::Sums {
+            url: "https://images.example/SHA256SUMS".into(),
+            file_name: "os.img.xz".into(),
+            sha256: image_digest(),
+            signature: Some(SignatureCheck {
+                url: "https://images.example/SHA256SUMS.gpg".into(),
+                signer_fingerprint: "0123456789ABCDEF0123456789ABCDEF01234567".into(),
+                signing_key_fingerprint: None,
+            }),
+        },
+        captured: None,
+        built: None,
+    }
+}
+
+fn captured() -> Provenance {
+    Provenance::captured(CaptureOrigin {
+        port: Some("A8".into()),
+        serial: Some("GOLD1".into()),
+        device: "/dev/sdz".into(),
+        device_size: 2 << 30,
+        extent: "up to the end of the last MBR partition".into(),
+    })
+}
+
+/// A provisional image (a run that followed an import) recorded, then
+/// removed by the station: its last version, marked removed.
+fn provisional(removed: bool) -> FleetRecord {
+    FleetRecord::Image(ImageRecord {
+        sha256: Sha256Digest::of(b"provisional"),
+        name: "os.img".into(),
+        size: 1 << 30,
+        format: "pending".into(),
+        imported_at: 1_500,
+        provenance: None,
+        removed,
+    })
+}
 
 /// A run of `station` under `order_id`.
 fn ordered_run(order_id: i64) -> FleetRecord {
@@ -46,6 +101,9 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
         entries(
             1,
             vec![
+                provisional(false),
+                image_from(downloaded()),
+                provisional(true),
                 device("S1", 4_000),
                 device("S2", 4_000),
                 ordered_run(order_a),
@@ -65,6 +123,7 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
         entries(
             1,
             vec![
+                image_from(captured()),
                 device("S2", 20_000),
                 ordered_run(order_b),
                 retest,
@@ -109,6 +168,19 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
     let failed = &body["attempts"][1];
     assert_eq!(failed["reason_detail"], "verify mismatch at byte 4096");
     assert_eq!(failed["serial"], "S2");
+    // Where the lot's image came from, as each station recorded it.
+    let origins: Vec<Provenance> = body["image_origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| serde_json::from_value(o["provenance"].clone()).unwrap())
+        .collect();
+    assert_eq!(origins, [downloaded(), captured()]);
+    // The provisional image lab-a removed is no image of it at the hub.
+    let stored = hub.db.station_records("lab-a").await.unwrap();
+    assert_eq!(stored.images.len(), 1);
+    assert_eq!(stored.images[0].provenance.as_deref(), Some(&downloaded()));
+    assert_eq!(stored.removed_images, [Sha256Digest::of(b"provisional")]);
 
     let csv = get(
         hub.url(&format!("/api/v1/lots/{id}/report?format=csv")),
@@ -122,6 +194,20 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
     )
     .await;
     assert_eq!(html.status, 200);
+    let (_, _, page) = get_bytes(
+        hub.url(&format!("/api/v1/lots/{id}/report?format=html")),
+        Vec::new(),
+    )
+    .await;
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("Downloaded from") && page.contains("https://images.example/os.img.xz"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Captured") && page.contains("GOLD1"),
+        "{page}"
+    );
 
     // S2's history: the failure at lab-a, then the pass at lab-b.
     let history = get(hub.url("/api/v1/devices/S2"), None).await;
@@ -139,6 +225,12 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
     assert_eq!(seen, [("lab-a", "fail"), ("lab-b", "pass")]);
     assert_eq!(history.body["device"]["passed"], 1);
     assert_eq!(history.body["device"]["failed"], 1);
+    assert_eq!(
+        history.body["image_origins"].as_array().map(Vec::len),
+        Some(2),
+        "{:?}",
+        history.body
+    );
     assert_eq!(get(hub.url("/api/v1/devices/NOPE"), None).await.status, 404);
     hub.stop().await;
 }

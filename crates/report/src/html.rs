@@ -348,16 +348,7 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
             Item::text("Yield", yield_words(&report.counts)),
         ]
         .into_iter()
-        .chain(report.image_origins.iter().map(|origin| {
-            Item::text(
-                if origin.provenance.built.is_some() {
-                    "Origin"
-                } else {
-                    "Downloaded from"
-                },
-                format!("{}: {}", origin.name, origin.provenance),
-            )
-        }))
+        .chain(report.image_origins.iter().map(origin_item))
         .collect(),
         counts: report.counts,
         with_run: true,
@@ -369,6 +360,20 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
         failures: failures_by_reason(&report.rows),
         signatures: true,
     })
+}
+
+/// Where an image came from, as a summary line: "Downloaded from" (URL,
+/// validators, digest source, signer), "Captured" (the master stick) or
+/// "Origin" (a bootable layout built from another image).
+fn origin_item(origin: &crate::ImageOrigin) -> Item<'static> {
+    let label = if origin.provenance.built.is_some() {
+        "Origin"
+    } else if origin.provenance.captured.is_some() {
+        "Captured"
+    } else {
+        "Downloaded from"
+    };
+    Item::text(label, format!("{}: {}", origin.name, origin.provenance))
 }
 
 /// A lot's report (its records at every station) as one printable,
@@ -406,7 +411,10 @@ pub fn lot_html(report: &LotReport, generated_at: i64) -> String {
                     .unwrap_or_else(|| "still armed".to_string()),
             ),
             Item::text("Yield", yield_words(&report.counts)),
-        ],
+        ]
+        .into_iter()
+        .chain(report.image_origins.iter().map(origin_item))
+        .collect(),
         counts: report.counts,
         with_run: true,
         with_station: true,

@@ -148,6 +148,8 @@ struct DeviceSubject<'a> {
 struct LotSubject<'a> {
     lot: ExportLot<'a>,
     runs: Vec<ExportRun<'a>>,
+    #[serde(skip_serializing_if = "<[ImageOrigin]>::is_empty")]
+    image_origins: &'a [ImageOrigin],
 }
 
 fn to_json<'r, S: Serialize>(
@@ -236,6 +238,7 @@ pub fn lot_json(report: &LotReport) -> String {
                     ExportRun::new(run, &mine)
                 })
                 .collect(),
+            image_origins: &report.image_origins,
         },
         &report.rows,
     )

@@ -307,14 +307,15 @@ pub struct RunReport {
     pub image: Option<flashrack_inspect::ImageInfo>,
 }
 
-/// Where an image named by a report's rows was downloaded from.
+/// Where an image named by a report's rows came from: downloaded, or
+/// captured from a master stick.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageOrigin {
     /// The image's sha256.
     pub sha256: Sha256Digest,
     /// Its name in the records.
     pub name: String,
-    /// Where it was downloaded from.
+    /// Where it came from.
     pub provenance: Provenance,
 }
 
@@ -367,6 +368,10 @@ pub struct LotReport {
     pub runs: Vec<RunSummary>,
     /// One row per record: by station, then in the order they were made.
     pub rows: Vec<ReportRow>,
+    /// Where the lot's image came from (downloaded or captured), as the
+    /// stations that ran it recorded it; one entry per distinct provenance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_origins: Vec<ImageOrigin>,
 }
 
 /// The order reports list ports in: rows by letter, then by number (A2

@@ -265,14 +265,17 @@ impl<'a> Rows<'a> {
             sizes.push(big("image size", r.size)?);
         }
         sqlx::query(
-            "INSERT INTO station_images (station_id, sha256, name, size, format, imported_at, seq)
-             SELECT $1, u.sha256, u.name, u.size, u.format, ms_to_ts(u.imported_at), u.seq
+            "INSERT INTO station_images (station_id, sha256, name, size, format, imported_at,
+                                         provenance, removed, seq)
+             SELECT $1, u.sha256, u.name, u.size, u.format, ms_to_ts(u.imported_at),
+                    u.provenance, u.removed, u.seq
              FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
-                         $7::bigint[])
-                  AS u (sha256, name, size, format, imported_at, seq)
+                         $7::jsonb[], $8::boolean[], $9::bigint[])
+                  AS u (sha256, name, size, format, imported_at, provenance, removed, seq)
              ON CONFLICT (station_id, sha256) DO UPDATE SET
                 name = EXCLUDED.name, size = EXCLUDED.size, format = EXCLUDED.format,
-                imported_at = EXCLUDED.imported_at, seq = EXCLUDED.seq
+                imported_at = EXCLUDED.imported_at, provenance = EXCLUDED.provenance,
+                removed = EXCLUDED.removed, seq = EXCLUDED.seq
              WHERE station_images.seq < EXCLUDED.seq",
         )
         .bind(station)
@@ -281,6 +284,12 @@ impl<'a> Rows<'a> {
         .bind(sizes)
         .bind(column(rows, |r| r.format.as_str()))
         .bind(column(rows, |r| r.imported_at))
+        .bind(column(rows, |r| {
+            r.provenance
+                .as_ref()
+                .map(|p| serde_json::to_value(p).expect("a provenance serializes"))
+        }))
+        .bind(column(rows, |r| r.removed))
         .bind(seqs(rows))
         .execute(tx)
         .await

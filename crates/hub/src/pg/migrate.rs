@@ -26,6 +26,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "orders",
         include_str!("../../../../migrations/postgres/0003_orders.sql"),
     ),
+    (
+        4,
+        "image provenance and removal",
+        include_str!("../../../../migrations/postgres/0004_image_provenance_and_removal.sql"),
+    ),
 ];
 
 #[derive(Debug)]

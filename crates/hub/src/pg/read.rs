@@ -15,8 +15,12 @@ use super::{enum_from, json_from, sql, HubDb, PgError};
 /// Everything the hub holds of one station, each kind in id (or key) order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StationRecords {
-    /// Its images, by sha256.
+    /// Its images, by sha256 (those the station removed are not among them).
     pub images: Vec<ImageRecord>,
+    /// The images the station recorded and removed since (a run's
+    /// provisional image, replaced by the real one), by sha256: kept apart,
+    /// marked, and never counted as the station's images.
+    pub removed_images: Vec<Sha256Digest>,
     /// Its devices, by key.
     pub devices: Vec<DeviceRecord>,
     /// Its runs, by id.
@@ -42,6 +46,8 @@ impl StationRecords {
         let mut out = StationRecords::default();
         for record in latest.into_values() {
             match record {
+                // A row's last version marked removed: the row is gone.
+                FleetRecord::Image(r) if r.removed => out.removed_images.push(r.sha256),
                 FleetRecord::Image(r) => out.images.push(r),
                 FleetRecord::Device(r) => out.devices.push(r),
                 FleetRecord::Run(r) => out.runs.push(r),
@@ -87,7 +93,8 @@ impl HubDb {
         let mut out = StationRecords::default();
         let what = "reading a station's records";
         for row in sqlx::query(
-            "SELECT sha256, name, size, format, ts_to_ms(imported_at) AS imported_at
+            "SELECT sha256, name, size, format, ts_to_ms(imported_at) AS imported_at,
+                    provenance, removed
              FROM station_images WHERE station_id = $1 ORDER BY sha256",
         )
         .bind(station)
@@ -95,12 +102,22 @@ impl HubDb {
         .await
         .map_err(sql(what))?
         {
+            let sha256 = digest(row.get("sha256"))?;
+            if row.get::<bool, _>("removed") {
+                out.removed_images.push(sha256);
+                continue;
+            }
             out.images.push(ImageRecord {
-                sha256: digest(row.get("sha256"))?,
+                sha256,
                 name: row.get("name"),
                 size: unsigned("image size", row.get("size"))?,
                 format: row.get("format"),
                 imported_at: row.get("imported_at"),
+                provenance: row
+                    .get::<Option<serde_json::Value>, _>("provenance")
+                    .map(|p| json_from("image provenance", p).map(Box::new))
+                    .transpose()?,
+                removed: false,
             });
         }
         for row in sqlx::query(

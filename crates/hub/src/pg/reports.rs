@@ -9,8 +9,8 @@ use flashrack_core::{
     RunId, Sha256Digest, Verdict,
 };
 use flashrack_report::{
-    rows_in_order, Counts, DeviceRecord, DeviceReport, Lot, LotReport, ReportRow, ReportVerdict,
-    Run, RunFacts, RunSummary,
+    rows_in_order, Counts, DeviceRecord, DeviceReport, ImageOrigin, Lot, LotReport, ReportRow,
+    ReportVerdict, Run, RunFacts, RunSummary,
 };
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -272,12 +272,60 @@ impl HubDb {
                 run,
             });
         }
+        let image_origins = self
+            .image_origins(
+                what,
+                runs.iter()
+                    .map(|r| (r.run.station_id.clone(), r.run.image_sha256)),
+            )
+            .await?;
         Ok(Some(LotReport {
             lot: lot_value,
             counts: Counts::of(&rows),
             runs,
             rows,
+            image_origins,
         }))
+    }
+
+    /// Where the images of `uses` (station and image, in order of use) came
+    /// from, as each station recorded it (shipped with its image rows): one
+    /// entry per image and provenance, by first use; images without a
+    /// provenance (a file, an upload) and removed rows give none.
+    async fn image_origins(
+        &self,
+        what: &'static str,
+        uses: impl Iterator<Item = (String, Sha256Digest)>,
+    ) -> Result<Vec<ImageOrigin>, PgError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut origins: Vec<ImageOrigin> = Vec::new();
+        for (station, sha256) in uses {
+            if !seen.insert((station.clone(), sha256)) {
+                continue;
+            }
+            let Some(row) = sqlx::query(
+                "SELECT name, provenance FROM station_images
+                 WHERE station_id = $1 AND sha256 = $2 AND NOT removed
+                   AND provenance IS NOT NULL",
+            )
+            .bind(&station)
+            .bind(sha256.to_hex())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(sql(what))?
+            else {
+                continue;
+            };
+            let origin = ImageOrigin {
+                sha256,
+                name: row.get("name"),
+                provenance: json_from("image provenance", row.get("provenance"))?,
+            };
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        Ok(origins)
     }
 
     /// A stick's history at every station, by its key (serial, or
@@ -324,9 +372,15 @@ impl HubDb {
             .await?;
         // One history in time order, whichever station made each record.
         let rows = rows_in_order(attempts, refusals);
+        let image_origins = self
+            .image_origins(
+                what,
+                rows.iter()
+                    .filter_map(|r| r.image_sha256.map(|sha| (r.station_id.clone(), sha))),
+            )
+            .await?;
         Ok(Some(DeviceReport {
-            // The hub's records do not carry the images' provenance (yet).
-            image_origins: Vec::new(),
+            image_origins,
             device: DeviceRecord {
                 id: DeviceId(0),
                 key: d.get("key"),

@@ -25,6 +25,8 @@ pub fn image() -> FleetRecord {
         size: 8 << 30,
         format: "xz".into(),
         imported_at: 1_000,
+        provenance: None,
+        removed: false,
     })
 }
 

@@ -238,6 +238,30 @@ impl SqliteWrites {
                 size: image.size.bytes(),
                 format: image.format,
                 imported_at: image.imported_at,
+                provenance: image.provenance.map(Box::new),
+                removed: false,
+            }),
+        )
+        .await
+    }
+
+    /// Queues the removal of an image row (a run's provisional image, removed
+    /// once the run names the real one): `last` is the row as it was, shipped
+    /// once more marked [`removed`](ImageRecord::removed), so the hub's copy
+    /// ends as the station's does (if the outbox is written).
+    pub(super) async fn queue_image_removed(
+        &mut self,
+        now: i64,
+        last: ImageRecord,
+    ) -> Result<(), StoreError> {
+        if !self.outbox {
+            return Ok(());
+        }
+        self.queue(
+            now,
+            FleetRecord::Image(ImageRecord {
+                removed: true,
+                ..last
             }),
         )
         .await

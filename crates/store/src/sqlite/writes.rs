@@ -311,13 +311,36 @@ impl Writes for SqliteWrites {
             });
         }
         if provisional != image_sha256 {
-            sqlx::query(
-                "DELETE FROM images WHERE sha256 = ?1
-                 AND NOT EXISTS (SELECT 1 FROM runs WHERE image_sha256 = ?1)",
-            )
+            let removed = sqlx::query(&format!(
+                "{} WHERE sha256 = ?1 AND NOT EXISTS (SELECT 1 FROM runs WHERE image_sha256 = ?1)",
+                super::records::IMAGE
+            ))
             .bind(provisional.to_hex())
-            .execute(&mut *self.tx)
-            .await?;
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .map(|row| super::records::image_row(&row))
+            .transpose()?;
+            if let Some(last) = removed {
+                sqlx::query("DELETE FROM images WHERE sha256 = ?")
+                    .bind(provisional.to_hex())
+                    .execute(&mut *self.tx)
+                    .await?;
+                // The hub got the provisional row when the run started: it
+                // is told the row is gone, not left with an orphan.
+                self.queue_image_removed(
+                    now,
+                    flashrack_fleet::ImageRecord {
+                        sha256: last.sha256,
+                        name: last.name,
+                        size: last.size.bytes(),
+                        format: last.format,
+                        imported_at: last.imported_at,
+                        provenance: last.provenance.map(Box::new),
+                        removed: false,
+                    },
+                )
+                .await?;
+            }
         }
         // The hub takes the run again with its image (runs are upserted).
         self.queue_run(now, run).await?;
