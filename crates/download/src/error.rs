@@ -172,6 +172,56 @@ pub enum DownloadError {
         /// The key ids or fingerprints the signature names as its issuer.
         issuers: Vec<String>,
     },
+    /// The key that made the signature had expired when it signed (its
+    /// newest self-signature's key expiration time had passed).
+    #[error(
+        "the signing key {fingerprint} had expired when it signed: it expired at {} and the signature was made at {}",
+        utc(*expired_at),
+        utc(*signed_at)
+    )]
+    SigningKeyExpired {
+        /// The expired key's fingerprint (the certificate's, or its subkey's).
+        fingerprint: String,
+        /// When it expired, unix seconds.
+        expired_at: u64,
+        /// When the signature was made, unix seconds.
+        signed_at: u64,
+    },
+    /// The key that made the signature is revoked.
+    #[error(
+        "the signing key {fingerprint} is revoked ({reason}, at {}): its signatures are not trusted",
+        utc(*revoked_at)
+    )]
+    SigningKeyRevoked {
+        /// The revoked key's fingerprint (the certificate's, or its subkey's).
+        fingerprint: String,
+        /// The revocation's reason code, as rPGP names it.
+        reason: String,
+        /// When it was revoked, unix seconds.
+        revoked_at: u64,
+    },
+}
+
+/// Unix seconds as a UTC date and time, `2026-12-01 16:30:00 UTC`.
+fn utc(secs: u64) -> String {
+    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
+    let days = (secs / 86_400) as i64;
+    let rest = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 impl DownloadError {

@@ -6,14 +6,23 @@
 //! A signature is good when one of the keyring's keys verifies it: a
 //! primary key, or a subkey whose binding to its primary key verifies. The
 //! signer is named by its certificate's (primary key's) fingerprint, as
-//! `gpg --list-keys` shows it. Not checked here: expiry and revocation of
-//! the keys (the keyring is the operator's statement of trust; a revoked key
-//! is removed from it).
+//! `gpg --list-keys` shows it.
+//!
+//! The key must also have been valid when it signed (the signature's
+//! creation time): a certificate or signing subkey whose newest
+//! self-signature says it had expired by then is refused
+//! ([`DownloadError::SigningKeyExpired`]), and so is one that carries a
+//! revocation ([`DownloadError::SigningKeyRevoked`]; a revocation that says
+//! the key was only superseded or retired counts for signatures made after
+//! it, any other — compromised, or no reason — for every signature). Only
+//! revocations inside the keyring's certificates are seen: there is no key
+//! server or revocation list here.
 
 use std::io::Cursor;
 use std::path::Path;
 
-use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
+use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey, SignedPublicSubKey};
+use pgp::packet::{RevocationCode, Signature, SignatureType};
 use pgp::types::KeyDetails;
 
 use crate::DownloadError;
@@ -63,9 +72,12 @@ pub fn verify_detached(
                 reason: e.to_string(),
             }
         })?;
+    let signed_at = signature.signature.created().map(|t| t.as_secs());
     for certificate in &certificates {
         let primary = fingerprint_hex(&certificate.fingerprint());
-        if certificate.verify_bindings().is_ok() && signature.verify(certificate, data).is_ok() {
+        let bound = certificate.verify_bindings().is_ok();
+        if bound && signature.verify(certificate, data).is_ok() {
+            valid_at(certificate, None, &primary, signed_at, signature_url)?;
             return Ok(SignerCheck {
                 signer_fingerprint: primary,
                 signing_key_fingerprint: None,
@@ -75,6 +87,14 @@ pub fn verify_detached(
             if subkey.verify_bindings(&certificate.primary_key).is_ok()
                 && signature.verify(subkey, data).is_ok()
             {
+                // A subkey's signature needs its certificate valid too.
+                valid_at(
+                    certificate,
+                    Some(subkey),
+                    &primary,
+                    signed_at,
+                    signature_url,
+                )?;
                 return Ok(SignerCheck {
                     signer_fingerprint: primary,
                     signing_key_fingerprint: Some(fingerprint_hex(&subkey.fingerprint())),
@@ -100,6 +120,85 @@ pub fn verify_detached(
         signature_url: signature_url.to_string(),
         issuers,
     })
+}
+
+/// Whether the certificate (and `subkey`, when a subkey signed) was valid at
+/// `signed_at` (unix seconds): not expired by then according to its newest
+/// self-signature, and not revoked.
+fn valid_at(
+    certificate: &SignedPublicKey,
+    subkey: Option<&SignedPublicSubKey>,
+    primary: &str,
+    signed_at: Option<u32>,
+    signature_url: &str,
+) -> Result<(), DownloadError> {
+    let Some(signed_at) = signed_at else {
+        // RFC 9580 requires a creation time in every signature: without one
+        // the key's validity at signing cannot be judged.
+        return Err(DownloadError::BadSignatureData {
+            url: signature_url.to_string(),
+            reason: "the signature has no creation time".into(),
+        });
+    };
+    let details = &certificate.details;
+    let self_signatures = details
+        .direct_signatures
+        .iter()
+        .chain(details.users.iter().flat_map(|user| user.signatures.iter()));
+    let mut keys = vec![(
+        primary.to_string(),
+        certificate.primary_key.created_at().as_secs(),
+        newest(self_signatures).and_then(Signature::key_expiration_time),
+        details.revocation_signatures.iter().collect::<Vec<_>>(),
+    )];
+    if let Some(subkey) = subkey {
+        let (revocations, bindings): (Vec<&Signature>, Vec<&Signature>) = subkey
+            .signatures
+            .iter()
+            .partition(|sig| sig.typ() == Some(SignatureType::SubkeyRevocation));
+        keys.push((
+            fingerprint_hex(&subkey.fingerprint()),
+            subkey.key.created_at().as_secs(),
+            newest(bindings.into_iter()).and_then(Signature::key_expiration_time),
+            revocations,
+        ));
+    }
+    for (fingerprint, created, expiry, revocations) in keys {
+        // A zero duration means "does not expire".
+        if let Some(lifetime) = expiry.map(|d| d.as_secs()).filter(|&secs| secs > 0) {
+            let expired_at = u64::from(created) + u64::from(lifetime);
+            if u64::from(signed_at) >= expired_at {
+                return Err(DownloadError::SigningKeyExpired {
+                    fingerprint,
+                    expired_at,
+                    signed_at: u64::from(signed_at),
+                });
+            }
+        }
+        for revocation in revocations {
+            let soft = matches!(
+                revocation.revocation_reason_code(),
+                Some(RevocationCode::KeySuperseded | RevocationCode::KeyRetired)
+            );
+            let revoked_at = revocation.created().map(|t| t.as_secs()).unwrap_or(0);
+            if !soft || signed_at >= revoked_at {
+                return Err(DownloadError::SigningKeyRevoked {
+                    fingerprint,
+                    reason: revocation
+                        .revocation_reason_code()
+                        .map(|code| format!("{code:?}"))
+                        .unwrap_or_else(|| "no reason given".into()),
+                    revoked_at: u64::from(revoked_at),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The newest of `signatures` by creation time (the last of equals).
+fn newest<'a>(signatures: impl Iterator<Item = &'a Signature>) -> Option<&'a Signature> {
+    signatures.max_by_key(|sig| sig.created().map(|t| t.as_secs()).unwrap_or(0))
 }
 
 fn fingerprint_hex(fingerprint: &pgp::types::Fingerprint) -> String {

@@ -11,8 +11,11 @@ use pgp::composed::{
     SignedPublicKey, SignedSecretKey, SubkeyParamsBuilder,
 };
 use pgp::crypto::hash::HashAlgorithm;
+use pgp::packet::{
+    PacketTrait, RevocationCode, SignatureConfig, SignatureType, Subpacket, SubpacketData,
+};
 use pgp::ser::Serialize;
-use pgp::types::{KeyDetails, Password};
+use pgp::types::{Duration as PgpDuration, KeyDetails, Password, Timestamp};
 
 const SUMS: &[u8] =
     b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  image.img.xz\n";
@@ -158,4 +161,178 @@ fn a_damaged_signature_or_an_empty_keyring_is_refused_with_its_own_error() {
     let signature = sign_with_primary(&key, SUMS).to_bytes().unwrap();
     let error = check(b"", &signature, SUMS).unwrap_err();
     assert!(matches!(error, DownloadError::BadKeyring { .. }), "{error}");
+}
+
+const DAY: u32 = 86_400;
+
+/// A certificate (primary key signs) created `age_days` ago.
+fn key_created_days_ago(user: &str, age_days: u32) -> SignedSecretKey {
+    let mut params = SecretKeyParamsBuilder::default();
+    params
+        .key_type(KeyType::Ed25519Legacy)
+        .can_certify(true)
+        .can_sign(true)
+        .can_encrypt(EncryptionCaps::None)
+        .created_at(Timestamp::from_secs(
+            Timestamp::now().as_secs() - age_days * DAY,
+        ))
+        .primary_user_id(user.into());
+    params
+        .build()
+        .unwrap()
+        .generate(rand::thread_rng())
+        .unwrap()
+}
+
+/// A self-signature's subpackets, made `at` (unix seconds), plus `extra`.
+fn self_signature_config(
+    key: &SignedSecretKey,
+    typ: SignatureType,
+    at: u32,
+    extra: Vec<SubpacketData>,
+) -> SignatureConfig {
+    let mut config = SignatureConfig::from_key(rand::thread_rng(), &key.primary_key, typ).unwrap();
+    config.hashed_subpackets = [
+        SubpacketData::SignatureCreationTime(Timestamp::from_secs(at)),
+        SubpacketData::IssuerFingerprint(key.primary_key.fingerprint()),
+    ]
+    .into_iter()
+    .chain(extra)
+    .map(|data| Subpacket::regular(data).unwrap())
+    .collect();
+    config.unhashed_subpackets =
+        vec![
+            Subpacket::regular(SubpacketData::IssuerKeyId(key.primary_key.legacy_key_id()))
+                .unwrap(),
+        ];
+    config
+}
+
+/// The certificate of `key` whose user ID self-signature (made a minute
+/// after the key) says the key expires `lifetime_days` after its creation.
+fn expiring_certificate(key: &SignedSecretKey, lifetime_days: u32) -> Vec<u8> {
+    let mut public = SignedPublicKey::from(key.clone());
+    let created = key.primary_key.created_at().as_secs();
+    let user = public.details.users[0].id.clone();
+    let signature = self_signature_config(
+        key,
+        SignatureType::CertPositive,
+        created + 60,
+        vec![SubpacketData::KeyExpirationTime(PgpDuration::from_secs(
+            lifetime_days * DAY,
+        ))],
+    )
+    .sign_certification(
+        &key.primary_key,
+        &public.primary_key,
+        &Password::empty(),
+        user.tag(),
+        &user,
+    )
+    .unwrap();
+    public.details.users[0].signatures = vec![signature];
+    public.to_armored_bytes(ArmorOptions::default()).unwrap()
+}
+
+/// The certificate of `key` with a revocation made at `at` (unix seconds),
+/// for `reason`.
+fn revoked_certificate(key: &SignedSecretKey, reason: RevocationCode, at: u32) -> Vec<u8> {
+    let mut public = SignedPublicKey::from(key.clone());
+    let revocation = self_signature_config(
+        key,
+        SignatureType::KeyRevocation,
+        at,
+        vec![SubpacketData::RevocationReason(
+            reason,
+            "test revocation".as_bytes().to_vec().into(),
+        )],
+    )
+    .sign_key(&key.primary_key, &Password::empty(), &public.primary_key)
+    .unwrap();
+    public.details.revocation_signatures.push(revocation);
+    public.to_armored_bytes(ArmorOptions::default()).unwrap()
+}
+
+#[test]
+fn a_signature_by_a_key_that_had_expired_when_it_signed_is_refused_with_both_times() {
+    // Created ten days ago, valid for one day: expired nine days ago.
+    let key = key_created_days_ago("Vendor <release@example.invalid>", 10);
+    let signature = sign_with_primary(&key, SUMS).to_bytes().unwrap();
+    let error = check(&expiring_certificate(&key, 1), &signature, SUMS).unwrap_err();
+    let DownloadError::SigningKeyExpired {
+        fingerprint,
+        expired_at,
+        signed_at,
+    } = &error
+    else {
+        panic!("{error}");
+    };
+    assert_eq!(fingerprint, &format!("{:X}", key.primary_key.fingerprint()));
+    assert_eq!(
+        *expired_at,
+        u64::from(key.primary_key.created_at().as_secs() + DAY)
+    );
+    assert!(signed_at > expired_at);
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "the signing key {fingerprint} had expired when it signed: it expired at "
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(" UTC and the signature was made at "),
+        "{text}"
+    );
+
+    // The same key valid for twenty days signs today: good.
+    let good = check(&expiring_certificate(&key, 20), &signature, SUMS).unwrap();
+    assert_eq!(&good.signer_fingerprint, fingerprint);
+}
+
+#[test]
+fn a_signature_by_a_revoked_key_is_refused_unless_it_was_only_retired_after_signing() {
+    let key = key_created_days_ago("Vendor <release@example.invalid>", 3);
+    let signature = sign_with_primary(&key, SUMS).to_bytes().unwrap();
+    let now = Timestamp::now().as_secs();
+    // Compromised, even after the signature was made: refused.
+    let error = check(
+        &revoked_certificate(&key, RevocationCode::KeyCompromised, now + DAY),
+        &signature,
+        SUMS,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, DownloadError::SigningKeyRevoked { reason, .. } if reason == "KeyCompromised"),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("is revoked (KeyCompromised, at "),
+        "{error}"
+    );
+    // Retired yesterday, before it signed: refused.
+    let error = check(
+        &revoked_certificate(&key, RevocationCode::KeyRetired, now - DAY),
+        &signature,
+        SUMS,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, DownloadError::SigningKeyRevoked { reason, .. } if reason == "KeyRetired"),
+        "{error}"
+    );
+    // Retired only after it signed (a revocation dated tomorrow): its
+    // earlier signatures stand.
+    let good = check(
+        &revoked_certificate(&key, RevocationCode::KeyRetired, now + DAY),
+        &signature,
+        SUMS,
+    )
+    .unwrap();
+    assert_eq!(
+        good.signer_fingerprint,
+        format!("{:X}", key.primary_key.fingerprint())
+    );
 }
