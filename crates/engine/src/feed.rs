@@ -19,10 +19,11 @@
 //! flag per chunk) and the bytes of at most [`HELD_CHUNKS`] data chunks: a
 //! producer that hands each chunk's bytes over ([`ImageFeed::push_data`])
 //! spares the targets that keep up with the import a read of the file (and
-//! lets the import read a raw file past the page cache, [`ImageFeed::uncached`]).
-//! A target further behind reads the bytes back from the file through the
-//! source's bounded cache of chunks, so memory does not grow with the image
-//! however far the import runs ahead of the slowest target.
+//! lets the import read a raw file past the page cache). A target further
+//! behind, and every read-back, reads the bytes back from the file through
+//! the page cache and the source's bounded cache of chunks: read from disk
+//! once and shared, and memory does not grow with the image however far the
+//! import runs ahead of the slowest target.
 //!
 //! The feed knows nothing of the image cache: the application wires an
 //! import to it.
@@ -128,9 +129,6 @@ struct State {
     /// The last data chunks handed over with their bytes, oldest first, at
     /// most [`HELD_CHUNKS`].
     held: VecDeque<(u64, Arc<ChunkBytes>)>,
-    /// The producer reads the file past the page cache (see
-    /// [`ImageFeed::uncached`]).
-    uncached: bool,
 }
 
 /// The chunks of an image as an import produces them (see the module docs).
@@ -252,19 +250,6 @@ impl ImageFeed {
             }
         }
         Ok(())
-    }
-
-    /// The producer reads the file past the page cache (a raw file read with
-    /// `O_DIRECT`, its chunks handed over with [`push_data`](Self::push_data)):
-    /// a chunk no longer held is read from the file the same way, not through
-    /// the page cache, which would be filled with the image for nothing.
-    pub fn uncached(&self) {
-        self.lock().uncached = true;
-    }
-
-    /// Whether [`uncached`](Self::uncached) was said.
-    pub(crate) fn is_uncached(&self) -> bool {
-        self.lock().uncached
     }
 
     /// Chunk `index`'s bytes, if the feed still holds them.

@@ -200,10 +200,6 @@ pub struct SharedSource {
     mapping: AtomicBool,
     /// Buffers of chunks read (not mapped), reused.
     pool: Arc<BufferPool>,
-    /// For a followed import read past the page cache: the feed's file
-    /// opened with `O_DIRECT` (once, when first needed; `None` where it
-    /// cannot be, then it is read through the page cache).
-    direct: OnceLock<Option<File>>,
 }
 
 /// Where a source's bytes come from.
@@ -252,7 +248,6 @@ impl SharedSource {
             // at any time: never mapped (see `SourceImage::referenced`).
             mapping: AtomicBool::new(!image.referenced),
             pool: Arc::default(),
-            direct: OnceLock::new(),
         })
     }
 
@@ -269,7 +264,6 @@ impl SharedSource {
             cells: Mutex::new(VecDeque::new()),
             mapping: AtomicBool::new(false),
             pool: Arc::default(),
-            direct: OnceLock::new(),
         }
     }
 
@@ -459,12 +453,11 @@ impl SharedSource {
                 fed = feed
                     .file()
                     .ok_or_else(|| read_error("the import has not begun".into()))?;
-                if feed.is_uncached() {
-                    if let Some(direct) = self.direct.get_or_init(|| direct_handle(&fed)) {
-                        return read_direct(direct, &self.pool, offset, len)
-                            .map_err(|e| read_error(e.to_string()));
-                    }
-                }
+                // Not held (a target further behind, a read-back): read
+                // through the page cache, so that the chunk comes from the
+                // disk once and is shared by every target that needs it,
+                // however far apart they run (DESIGN: the source is read
+                // from disk once, never once per target per pass).
                 &*fed
             }
         };
@@ -500,47 +493,6 @@ impl SharedSource {
         }
         Ok(())
     }
-}
-
-/// `file` opened again with `O_DIRECT` (through `/proc/self/fd`), if the
-/// file system allows it and it is the same file.
-fn direct_handle(file: &File) -> Option<File> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let direct = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .ok()?;
-    let (given, opened) = (file.metadata().ok()?, direct.metadata().ok()?);
-    (given.dev() == opened.dev() && given.ino() == opened.ino()).then_some(direct)
-}
-
-/// Reads the `len` bytes at `offset` (a multiple of the chunk size) of a file
-/// opened with `O_DIRECT`: into a pooled buffer rounded up to whole pages, as
-/// direct I/O reads them (the file ends inside the last one).
-fn read_direct(
-    file: &File,
-    pool: &Arc<BufferPool>,
-    offset: u64,
-    len: usize,
-) -> std::io::Result<Arc<ChunkBytes>> {
-    let mut buf = pool.take(len.div_ceil(4096) * 4096);
-    let mut done = 0;
-    while done < len {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("the file ends {done} bytes into a chunk of {len}"),
-                ))
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Arc::new(ChunkBytes::Read { buf, len }))
 }
 
 #[cfg(test)]
@@ -780,10 +732,9 @@ mod tests {
         ));
     }
     #[test]
-    fn a_followed_import_serves_the_bytes_it_was_handed_and_reads_the_rest_past_the_page_cache() {
+    fn a_followed_import_serves_the_bytes_it_was_handed_and_shares_one_read_of_the_rest() {
         use crate::feed::{ImageFeed, Waiter, HELD_CHUNKS};
-        // On the disk's file system: O_DIRECT needs one (tmpfs has none).
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("importing.raw");
         let chunks = HELD_CHUNKS + 4;
         let bytes: Vec<u8> = (0..chunks * CHUNK + 100)
@@ -801,7 +752,6 @@ mod tests {
             Some(bytes.len() as u64),
         )
         .unwrap();
-        feed.uncached();
         let source = SharedSource::following(feed.clone(), 2);
         let cancel = AtomicBool::new(false);
         let waiter = Waiter {
@@ -825,13 +775,17 @@ mod tests {
         };
         assert_eq!(len, 100);
         assert_eq!(&held[..], &bytes[chunks * CHUNK..]);
-        // Chunk 1 is no longer held: read from the file, with O_DIRECT.
+        // Chunk 1 is no longer held: read from the file once, and a second
+        // target behind gets the same bytes, not a read of its own.
         let Ok(Some((_, _, Chunk::Data(read)))) = source.next_chunk(1, &waiter) else {
             panic!("chunk 1 was fed");
         };
         assert_eq!(&read[..], &bytes[CHUNK..2 * CHUNK]);
-        assert!(matches!(source.direct.get(), Some(Some(_))));
-        drop((held, read));
+        let Ok(Some((_, _, Chunk::Data(again)))) = source.next_chunk(1, &waiter) else {
+            panic!("chunk 1 was fed");
+        };
+        assert!(Arc::ptr_eq(&read, &again), "one read of chunk 1, shared");
+        drop((held, read, again));
         feed.finish(Sha256Digest::of(&bytes)).unwrap();
         assert!(source.complete(&waiter).is_ok());
         // The read-back's check: chunk 0 from the file is not what the

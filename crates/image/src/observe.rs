@@ -45,7 +45,7 @@ pub trait ImportObserver: Send + Sync + fmt::Debug {
     }
 
     /// Said after [`began`](Self::began) when the import reads `raw` with
-    /// `O_DIRECT`: its chunks are not in the page cache, so reading one again
-    /// would read the disk. Default: nothing.
+    /// `O_DIRECT`: its chunks are not in the page cache, so the first read
+    /// of one again reads the disk. Default: nothing.
     fn reads_past_page_cache(&self) {}
 }

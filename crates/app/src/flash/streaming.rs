@@ -94,10 +94,6 @@ impl ImportObserver for FeedObserver {
     fn chunk_data(&self, data: &[u8], fingerprint: u128) {
         self.pushed(self.feed.push_data(data, fingerprint));
     }
-
-    fn reads_past_page_cache(&self) {
-        self.feed.uncached();
-    }
 }
 
 impl FeedObserver {
