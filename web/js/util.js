@@ -95,7 +95,12 @@ export function fmtTime(value) {
 }
 
 export const shortSha = (sha) => (typeof sha === 'string' ? sha.slice(0, 12) : '');
-export const stageName = (stage) => (typeof stage === 'string' ? stage : 'an unknown stage');
+const STAGE_NAMES = {
+  preparing: 'preparing', writing: 'writing', flushing: 'flushing',
+  resetting: 'its reset', verifying: 'verifying',
+};
+/** A stage in words ("removed during its reset"); an unknown code as it is. */
+export const stageName = (stage) => (typeof stage === 'string' ? (STAGE_NAMES[stage] || stage) : 'an unknown stage');
 
 /** One sentence for a failure verdict. */
 export function reasonText(v) {

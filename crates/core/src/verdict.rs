@@ -17,6 +17,11 @@ pub enum Stage {
     Writing,
     /// Waiting for the target to commit what was written.
     Flushing,
+    /// The stick is away in a USB reset (the capacity probe's, between its
+    /// markers and their read-back, or the one before the read-back) and
+    /// opened again after it: a stick lost in its reset, one that comes back
+    /// different or a reset that fails fails in this stage.
+    Resetting,
     /// Reading the target back from the medium and comparing.
     Verifying,
 }
@@ -29,6 +34,7 @@ impl Stage {
             Stage::Preparing => "preparing",
             Stage::Writing => "writing",
             Stage::Flushing => "flushing",
+            Stage::Resetting => "resetting",
             Stage::Verifying => "verifying",
         }
     }
@@ -740,11 +746,22 @@ mod tests {
             Stage::Preparing,
             Stage::Writing,
             Stage::Flushing,
+            Stage::Resetting,
             Stage::Verifying,
         ] {
             assert_eq!(serde_json::to_value(stage).unwrap(), stage.as_str());
             assert_eq!(stage.to_string(), stage.as_str());
+            let back: Stage =
+                serde_json::from_value(serde_json::Value::from(stage.as_str())).unwrap();
+            assert_eq!(back, stage);
         }
+        assert_eq!(Stage::Resetting.as_str(), "resetting");
+        let failure: Failure = serde_json::from_str(
+            r#"{"reason":"lost_after_reset","after_secs":30,"stage":"resetting"}"#,
+        )
+        .unwrap();
+        assert_eq!(failure.stage, Stage::Resetting);
+        assert!(serde_json::from_str::<Stage>(r#""reseting""#).is_err());
         for method in [
             VerifyMethod::None,
             VerifyMethod::Compare,

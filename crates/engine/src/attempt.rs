@@ -82,6 +82,7 @@ impl AttemptProgress {
             0 => Stage::Preparing,
             1 => Stage::Writing,
             2 => Stage::Flushing,
+            4 => Stage::Resetting,
             _ => Stage::Verifying,
         }
     }
@@ -97,6 +98,7 @@ impl AttemptProgress {
             Stage::Writing => 1,
             Stage::Flushing => 2,
             Stage::Verifying => 3,
+            Stage::Resetting => 4,
         };
         self.stage.store(code, Ordering::Relaxed);
         self.done.store(0, Ordering::Relaxed);
@@ -262,7 +264,9 @@ fn device_failure(stage: Stage, error: TargetError) -> Stop {
                 offset,
                 detail: source.to_string(),
             },
-            Stage::Flushing => FailReason::FlushError {
+            // A reset that fails before the read-back: the write pass has
+            // not been shown to be durable.
+            Stage::Flushing | Stage::Resetting => FailReason::FlushError {
                 detail: source.to_string(),
             },
             _ => FailReason::WriteError {
@@ -278,6 +282,12 @@ fn device_failure(stage: Stage, error: TargetError) -> Stop {
 /// own failure, named with what it was doing; a removal, a read-only stick or a
 /// stop is what it is in any stage.
 fn probe_failure(ProbeFailure { operation, error }: ProbeFailure) -> Stop {
+    // The probe's reset (and the open after it) is its own stage: a stick lost
+    // in it, one that comes back different or a reset that fails fails there.
+    let stage = match operation {
+        ProbeOperation::Reset => Stage::Resetting,
+        _ => Stage::Preparing,
+    };
     let reason = match error {
         TargetError::Io { offset, source } => FailReason::ProbeError {
             operation,
@@ -290,9 +300,9 @@ fn probe_failure(ProbeFailure { operation, error }: ProbeFailure) -> Stop {
             offset: None,
             detail,
         },
-        other => return device_failure(Stage::Preparing, other),
+        other => return device_failure(stage, other),
     };
-    fail(Stage::Preparing, reason)
+    fail(stage, reason)
 }
 
 /// Maps a failed write of `data` at `offset` in the write pass. An I/O error is
@@ -386,7 +396,7 @@ impl<'a> Reporter<'a> {
         match self.stage {
             Stage::Writing => progress.written.store(done, Ordering::Relaxed),
             Stage::Verifying => progress.verified.store(done, Ordering::Relaxed),
-            Stage::Preparing | Stage::Flushing => {}
+            Stage::Preparing | Stage::Flushing | Stage::Resetting => {}
         }
         progress.beat();
         if progress.cancel.load(Ordering::Relaxed) {
@@ -470,11 +480,17 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
         let beat = || ctx.progress.beat();
         // A reset may take the stick away and bring it back: the station
         // hears of it first, as for the reset before the read-back.
+        // The reset is its own stage, entered before the stick goes away and
+        // left (back to preparing) once it is open again.
         let announce_reset = || {
+            let _ = Reporter::enter(ctx, Stage::Resetting, 0);
             let _ = ctx.events.send(EngineEvent {
                 target: ctx.id.clone(),
                 kind: EngineEventKind::Resetting,
             });
+        };
+        let reset_over = || {
+            let _ = Reporter::enter(ctx, Stage::Preparing, 0);
         };
         let mut prober = Prober::new(
             &*ctx.target,
@@ -486,6 +502,7 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
                 cancel: &ctx.progress.cancel,
                 beat: &beat,
                 announce_reset: &announce_reset,
+                reset_over: &reset_over,
             },
         );
         let outcome = prober.run(geometry.capacity);
@@ -531,22 +548,25 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
     // the read-back shows what its medium holds. The writer is closed first
     // (a reset takes the device away from every handle) and the target opened
     // again afterwards, which also claims it again, through the guard for a
-    // block device. A failure here is the flush's: the write pass has not
-    // been shown to be durable.
+    // block device. The reset is its own stage: a stick lost in it, one that
+    // comes back different or a reset that fails fails in `resetting` (an I/O
+    // error of the reset is a flush error: the write pass has not been shown
+    // to be durable).
     let reset = ctx.reset_before_verify && ctx.verify != VerifyMode::None && ctx.target.can_reset();
     if reset {
         drop(writer);
+        let _ = Reporter::enter(ctx, Stage::Resetting, 0);
         let _ = ctx.events.send(EngineEvent {
             target: ctx.id.clone(),
             kind: EngineEventKind::Resetting,
         });
         ctx.target
             .reset()
-            .map_err(|e| device_failure(Stage::Flushing, e))?;
+            .map_err(|e| device_failure(Stage::Resetting, e))?;
         writer = ctx
             .target
             .open_writer()
-            .map_err(|e| device_failure(Stage::Flushing, e))?;
+            .map_err(|e| device_failure(Stage::Resetting, e))?;
         ctx.progress.beat();
     }
 

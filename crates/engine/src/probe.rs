@@ -252,6 +252,9 @@ pub struct ProbeHooks<'a> {
     /// Called before each reset of the stick: the station expects it to leave
     /// the system and come back (`EngineEventKind::Resetting`).
     pub announce_reset: &'a dyn Fn(),
+    /// Called once the stick is back from its reset and open again (the
+    /// attempt leaves its `resetting` stage).
+    pub reset_over: &'a dyn Fn(),
 }
 
 /// One probe of one target: the writer it writes through (given back after a
@@ -464,6 +467,7 @@ impl<'a> Prober<'a> {
                     .open_writer()
                     .map_err(ProbeFailure::of(ProbeOperation::Reset))?,
             );
+            (self.hooks.reset_over)();
             self.check_cancel(ProbeOperation::Reset)?;
         }
         let mut reader = self

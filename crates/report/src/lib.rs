@@ -49,7 +49,7 @@
 //! | `finished_at` | when it finished (a refusal: when it was made) |
 //! | `verdict` | `pass`, `fail`, `refused` (by the target guard: nothing written, not a failure of the stick), `interrupted` (operator, shutdown, crash or a station error: says nothing about the stick) or `running` |
 //! | `verdict_words` | the verdict in the words every report shows: for a pass, what it proved (`pass`, `sampled (5 %)`, `audit pass`, `written, not verified`: a weaker proof is never a plain `pass`); otherwise the verdict |
-//! | `stage` | the last stage reached (the failing one for a failure): `preparing`, `writing`, `flushing`, `verifying`; absent for a refusal before any attempt |
+//! | `stage` | the last stage reached (the failing one for a failure): `preparing`, `writing`, `flushing`, `resetting` (the stick away in a USB reset: the capacity probe's or the one before the read-back; records of schema 11 on, earlier records say `preparing` or `flushing` for it), `verifying`; absent for a refusal before any attempt |
 //! | `reason_code` | for `fail` and `interrupted`, the failure's stable code: `too_small`, `no_medium`, `read_only`, `capacity_lie`, `probe_error`, `write_error`, `flush_error`, `read_error`, `verify_mismatch`, `removed`, `lost_after_reset`, `changed_after_reset`, `stalled`, `held_by_stuck_io`, `unavailable`, `interrupted`, `station_error` (the station ran out of descriptors, memory or threads: verdict `interrupted`); for `refused`, the guard's: `not_whole_disk`, `bus_not_allowed`, `port_not_mapped`, `mounted`, `swap`, `held`, `system_disk`, `too_large`, `too_small`, `no_medium`, `not_armed`, `identity_changed`, `busy`, `cannot_inspect`, `protected_file` (a loop device over a cached image or a file of the data directory) (`refused` for a refusal at opening recorded before refusals carried their code) |
 //! | `reason_detail` | the failure or refusal in words |
 //! | `fail_offset` | the byte offset the failure is tied to |
@@ -110,6 +110,11 @@
 //! `"image_origins"` (`[{"sha256", "name", "provenance"}]`), and so does a
 //! fleet hub's lot report (the lot's image as each station that ran it
 //! recorded it). Both are absent for images imported from a file or uploaded.
+//!
+//! `stage` may say `resetting` in any format (a new value of an existing
+//! field, not a new field: the format number is unchanged by it): a failure
+//! of a stick lost in its reset, one that came back different or a reset that
+//! failed, recorded by schema 11 on.
 //!
 //! Format 8 (from format 7): a provenance may have `built`, for an image
 //! built from another (a bootable layout of an installer ISO):

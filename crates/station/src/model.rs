@@ -59,6 +59,7 @@ impl PortState {
             Stage::Preparing => PortState::Preparing,
             Stage::Writing => PortState::Writing,
             Stage::Flushing => PortState::Flushing,
+            Stage::Resetting => PortState::Resetting,
             Stage::Verifying => PortState::Verifying,
         }
     }

@@ -1712,7 +1712,7 @@ impl Station {
                 match stage {
                     Stage::Writing => slot.written = slot.written.max(done),
                     Stage::Verifying => slot.verified = slot.verified.max(done),
-                    Stage::Preparing | Stage::Flushing => {}
+                    Stage::Preparing | Stage::Flushing | Stage::Resetting => {}
                 }
                 if live {
                     self.ports[port].view.progress = Some(Progress {

@@ -1557,6 +1557,15 @@ async fn a_stick_that_does_not_come_back_from_its_reset_fails_as_lost_after_the_
             .map(|f| &f.reason),
         Some(FailReason::LostAfterReset { .. })
     ));
+    // Lost in its reset: the records name the reset as the failing stage.
+    assert_eq!(
+        lost.verdict
+            .as_ref()
+            .and_then(|v| v.failure())
+            .map(|f| f.stage),
+        Some(Stage::Resetting),
+        "{lost:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1581,6 +1590,14 @@ async fn another_stick_coming_back_from_a_reset_fails_the_attempt_and_is_never_r
         }
         other => panic!("expected changed_after_reset, got {other:?}"),
     }
+    assert_eq!(
+        view.verdict
+            .as_ref()
+            .and_then(|v| v.failure())
+            .map(|f| f.stage),
+        Some(Stage::Resetting),
+        "{view:?}"
+    );
     assert!(!states.contains(&PortState::Verifying), "{states:?}");
     assert_eq!(
         view.figures.as_ref().unwrap().bytes_verified,
@@ -1591,7 +1608,18 @@ async fn another_stick_coming_back_from_a_reset_fails_the_attempt_and_is_never_r
     assert_eq!(view.device.unwrap().serial.as_deref(), Some("IMPOSTOR"));
     rig.round_trip().await;
     let journal = rig.shutdown().await;
-    assert_eq!(journal.records().attempts.len(), 1);
+    let records = journal.records();
+    assert_eq!(records.attempts.len(), 1);
+    assert_eq!(
+        records.attempts[0]
+            .verdict
+            .as_ref()
+            .and_then(|v| v.failure())
+            .map(|f| f.stage),
+        Some(Stage::Resetting),
+        "{:?}",
+        records.attempts[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1769,9 +1797,12 @@ async fn an_honest_stick_passes_the_station_with_one_probe_reset() {
         let (states, view) = states_until_verdict(&mut events, "A1").await;
         assert_eq!(view.verdict, Some(Verdict::Pass), "{view:?}");
         let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+        // The probe reads its markers back after its reset: the port is
+        // preparing again until the write pass.
         let mut expected = vec![
             PortState::Preparing,
             PortState::Resetting,
+            PortState::Preparing,
             PortState::Writing,
             PortState::Flushing,
         ];

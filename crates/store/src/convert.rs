@@ -18,10 +18,11 @@ pub(crate) fn to_u64(column: &'static str, value: i64) -> Result<u64, StoreError
     })
 }
 
-const STAGES: [Stage; 4] = [
+const STAGES: [Stage; 5] = [
     Stage::Preparing,
     Stage::Writing,
     Stage::Flushing,
+    Stage::Resetting,
     Stage::Verifying,
 ];
 

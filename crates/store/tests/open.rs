@@ -50,6 +50,7 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             (8, true),
             (9, true),
             (10, true),
+            (11, true),
         ]
     );
     let mut tables: Vec<String> = sqlx::query_scalar(
@@ -586,4 +587,215 @@ impl Drop for ReadOnly {
             let _ = fs::set_permissions(&self.path, fs::Permissions::from_mode(0o755));
         }
     }
+}
+
+/// Creates a database at `path` as a build of schema version 10 left it (the
+/// files 0001–0010 applied by sqlx's own migrator, foreign keys on), with runs,
+/// attempts of every kind such a build recorded and events referencing them.
+async fn schema_10_database(path: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations");
+    let mut copied = 0;
+    for entry in fs::read_dir(migrations).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let version: Option<u32> = name.get(..4).and_then(|v| v.parse().ok());
+        if entry.path().is_file() && version.is_some_and(|v| v <= 10) {
+            fs::copy(entry.path(), dir.path().join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, 10);
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    let mut conn = SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    migrator.run(&mut conn).await.unwrap();
+    let sha = common::image().sha256.to_hex();
+    for sql in [
+        "PRAGMA foreign_keys = ON".to_string(),
+        "INSERT INTO stations VALUES ('rack-1', 'rack-1', 1, 2)".to_string(),
+        format!("INSERT INTO images (sha256, name, size, format, imported_at) VALUES ('{sha}', 'old.img', 100, 'raw', 1)"),
+        format!(
+            "INSERT INTO runs (id, station_id, image_sha256, image_name, options, started_at,
+                               stopped_at, stop_reason)
+             VALUES (1, 'rack-1', '{sha}', 'old.img', '{{}}', 1, 2, 'completed')"
+        ),
+        "INSERT INTO devices VALUES (1, 'OLD1', 'OLD1', NULL, NULL, 1000, 1, 2)".to_string(),
+        "INSERT INTO devices VALUES (2, 'OLD2', 'OLD2', 'V', 'M', 1000, 1, 2)".to_string(),
+        // A pass read back after a reset, sampled, sparse.
+        "INSERT INTO attempts (id, station_id, run_id, device_id, port_label, port_path,
+            started_at, finished_at, state, stage, capacity, bytes_written, write_secs,
+            bytes_verified, verify_secs, read_back_sha256, verify_method, verified_after_reset,
+            bytes_skipped, sample_percent, sample_seed, sample_chunks_checked, sample_chunks_total)
+         VALUES (1, 'rack-1', 1, 1, 'A1', 'pci-1', 10, 20, 'passed', 'verifying', 1000, 100, 1.5,
+            100, 0.5, NULL, 'sampled', 1, 24, 12.5, '18446744073709551615', 3, 24)"
+            .to_string(),
+        // What earlier builds recorded for a stick lost in the read-back's reset.
+        "INSERT INTO attempts (id, station_id, run_id, device_id, port_label, port_path,
+            started_at, finished_at, state, stage, reason_code, reason_detail, failure,
+            capacity, bytes_written, bytes_written_bound)
+         VALUES (2, 'rack-1', 1, 2, 'A2', 'pci-2', 11, 21, 'failed', 'flushing',
+            'lost_after_reset', 'gone', '{\"reason\":\"lost_after_reset\",\"after_secs\":30,\"stage\":\"flushing\"}',
+            1000, 100, 'exact')"
+            .to_string(),
+        // Still running when that build stopped.
+        "INSERT INTO attempts (id, station_id, run_id, device_id, port_label, port_path,
+            started_at, state, stage, capacity, bytes_written, bytes_written_bound)
+         VALUES (3, 'rack-1', 1, 1, 'A1', 'pci-1', 30, 'running', 'writing', 1000, 50, 'lower_bound')"
+            .to_string(),
+        "INSERT INTO events (id, station_id, at, kind, port_label, device_id, run_id, attempt_id, detail)
+         VALUES (1, 'rack-1', 10, 'attempt_started', 'A1', 1, 1, 1, '{}'),
+                (2, 'rack-1', 12, 'stage_changed', 'A2', 2, 1, 2, '{\"stage\":\"flushing\"}'),
+                (3, 'rack-1', 13, 'port_added', 'A3', NULL, NULL, NULL, '{}'),
+                (4, 'rack-1', 30, 'attempt_started', 'A1', 1, 1, 3, '{}')"
+            .to_string(),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+}
+
+/// Every row of `table`, each as one text of its columns' SQL literals, in id
+/// order; and the table's columns (name, type, not null, default, pk).
+async fn dump(conn: &mut SqliteConnection, table: &str) -> (Vec<String>, Vec<String>) {
+    let columns: Vec<(String, String, bool, Option<String>, i64)> = sqlx::query_as(
+        "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?) ORDER BY cid",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert!(!columns.is_empty(), "{table}: no columns");
+    let expr = columns
+        .iter()
+        .map(|c| format!("quote({})", c.0))
+        .collect::<Vec<_>>()
+        .join(" || '|' || ");
+    let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT {expr} FROM {table} ORDER BY id"))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let columns = columns.into_iter().map(|c| format!("{c:?}")).collect();
+    (rows, columns)
+}
+
+async fn attempts_indexes(conn: &mut SqliteConnection) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT name, sql FROM sqlite_master
+         WHERE type = 'index' AND tbl_name = 'attempts' AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_schema_10_database_keeps_every_attempt_and_event_and_then_takes_a_resetting_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flashrack.db");
+    schema_10_database(&path).await;
+    let mut conn = raw(&path).await;
+    let attempts_before = dump(&mut conn, "attempts").await;
+    let events_before = dump(&mut conn, "events").await;
+    let indexes_before = attempts_indexes(&mut conn).await;
+    assert_eq!(attempts_before.0.len(), 3);
+    assert_eq!(events_before.0.len(), 4);
+    assert_eq!(indexes_before.len(), 3);
+    // Before the upgrade the records refuse the new stage.
+    let refused = sqlx::query("UPDATE attempts SET stage = 'resetting' WHERE id = 2")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("CHECK"), "{refused}");
+    conn.close().await.unwrap();
+
+    let store = Store::open_with_clock(&path, "rack-1", Clock::Manual(ManualClock::new(T0)))
+        .await
+        .unwrap();
+    let health = store.health().await.unwrap();
+    assert_eq!(health.schema_version, SCHEMA_VERSION);
+    assert!(
+        health.foreign_keys,
+        "foreign keys are on again after the upgrade"
+    );
+    assert_eq!(health.integrity, "ok");
+
+    let mut conn = raw(&path).await;
+    assert_eq!(dump(&mut conn, "attempts").await, attempts_before);
+    // Every event kept, and the open's own `station_started` after them.
+    let events_after = dump(&mut conn, "events").await;
+    assert_eq!(events_after.1, events_before.1);
+    assert_eq!(events_after.0[..4], events_before.0[..]);
+    assert_eq!(events_after.0.len(), 5);
+    assert!(
+        events_after.0[4].contains("'station_started'"),
+        "{events_after:?}"
+    );
+    assert_eq!(attempts_indexes(&mut conn).await, indexes_before);
+    let dangling: Vec<(String, i64)> =
+        sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(dangling, []);
+    let leftovers: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE name LIKE '%attempts_new%' OR name LIKE 'migration_0011%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(leftovers, Vec::<String>::new());
+
+    // The rebuilt table still holds its constraints: a misspelt stage, an
+    // unknown state and a dangling run are refused.
+    for bad in [
+        "UPDATE attempts SET stage = 'reseting' WHERE id = 2",
+        "UPDATE attempts SET state = 'sleeping' WHERE id = 2",
+        "UPDATE attempts SET verified_after_reset = 2 WHERE id = 1",
+        "UPDATE attempts SET sample_percent = 100 WHERE id = 1",
+    ] {
+        let error = sqlx::query(bad).execute(&mut conn).await.unwrap_err();
+        assert!(error.to_string().contains("CHECK"), "{bad}: {error}");
+    }
+    sqlx::query("PRAGMA foreign_keys = ON")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let error = sqlx::query("UPDATE attempts SET run_id = 99 WHERE id = 2")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("FOREIGN KEY"), "{error}");
+
+    // And now takes the new stage, which the store reads back.
+    sqlx::query(
+        "UPDATE attempts SET stage = 'resetting',
+            failure = '{\"reason\":\"lost_after_reset\",\"after_secs\":30,\"stage\":\"resetting\"}'
+         WHERE id = 2",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let record = store
+        .attempt(flashrack_store::AttemptId(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.stage, flashrack_core::Stage::Resetting);
+    let report = store
+        .run_report(flashrack_store::RunId(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let stages: Vec<Option<&str>> = report
+        .rows
+        .iter()
+        .map(|r| r.stage.map(|s| s.as_str()))
+        .collect();
+    assert_eq!(
+        stages,
+        [Some("verifying"), Some("resetting"), Some("writing")]
+    );
 }

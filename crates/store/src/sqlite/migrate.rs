@@ -66,6 +66,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "verify sample",
         include_str!("../../../../migrations/0010_verify_sample.sql"),
     ),
+    (
+        11,
+        "resetting stage",
+        include_str!("../../../../migrations/0011_resetting_stage.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

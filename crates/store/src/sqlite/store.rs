@@ -140,13 +140,24 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
-        migrator
-            .run(&writer)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        // A migration that rebuilds a table others reference (0011's
+        // `attempts`) needs foreign keys off, which SQLite ignores inside the
+        // transaction each migration runs in: they are turned off on the one
+        // writer connection around the migrations and on again after them
+        // (each such migration checks its references before it commits).
+        let mut conn = writer.acquire().await?;
+        sqlx::query("PRAGMA foreign_keys = OFF")
+            .execute(&mut *conn)
+            .await?;
+        let migrated = migrator.run(&mut *conn).await;
+        sqlx::query("PRAGMA foreign_keys = ON")
+            .execute(&mut *conn)
+            .await?;
+        drop(conn);
+        migrated.map_err(|source| StoreError::Migrate {
+            path: path.to_path_buf(),
+            source,
+        })?;
 
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&writer)
