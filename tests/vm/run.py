@@ -832,7 +832,14 @@ class Suite:
         log(f"  A2 states: {' -> '.join(states)}; kernel names: {names}")
         check("resetting" in states and states.index("resetting") < states.index("verifying"),
               "A2 showed 'resetting' before 'verifying'")
-        check("empty" not in states and states.count("preparing") == 1,
+        # One attempt from its first stage to its verdict: the capacity probe's
+        # reset (preparing -> resetting -> preparing) and the one before the
+        # read-back are stages of it; an empty port, a stick detected anew or a
+        # failure in between would be a removal and a second attempt.
+        attempt = states[states.index("preparing"):] if "preparing" in states else []
+        in_attempt = {"preparing", "resetting", "writing", "flushing", "verifying", "passed"}
+        check("empty" not in states and attempt and set(attempt) <= in_attempt
+              and attempt[-1] == "passed" and attempt.count("passed") == 1,
               "the reset was part of the attempt: no empty port, no second attempt")
         # The kernel may give the returning disk its old name again (the name
         # was freed when it left); what says it left and came back is the
