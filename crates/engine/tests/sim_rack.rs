@@ -1257,28 +1257,54 @@ async fn a_caching_stick_passes_without_a_reset_and_fails_at_its_first_lost_byte
 }
 
 /// A target that cannot be reset (as block devices and files are until the
-/// USB reset exists): a simulated stick behind the trait's defaults.
-struct CannotReset(SimStick);
+/// USB reset exists): a simulated stick behind the trait's defaults, saying
+/// whether it may cache writes (a loop device or a file may not).
+struct Plain {
+    stick: SimStick,
+    may_cache_writes: bool,
+}
 
-impl Target for CannotReset {
+impl Plain {
+    /// Caches writes as a stick may: the trait's default.
+    fn stick(stick: SimStick) -> Self {
+        Self {
+            stick,
+            may_cache_writes: true,
+        }
+    }
+
+    /// Has no cache of its own, as a loop device or a file.
+    fn without_cache(stick: SimStick) -> Self {
+        Self {
+            stick,
+            may_cache_writes: false,
+        }
+    }
+}
+
+impl Target for Plain {
     fn name(&self) -> String {
-        self.0.name()
+        self.stick.name()
     }
 
     fn geometry(&self) -> Result<flashrack_target::TargetGeometry, flashrack_target::TargetError> {
-        self.0.geometry()
+        self.stick.geometry()
+    }
+
+    fn may_cache_writes(&self) -> bool {
+        self.may_cache_writes
     }
 
     fn open_writer(
         &self,
     ) -> Result<Box<dyn flashrack_target::TargetWriter>, flashrack_target::TargetError> {
-        self.0.open_writer()
+        self.stick.open_writer()
     }
 
     fn open_reader(
         &self,
     ) -> Result<Box<dyn flashrack_target::TargetReader>, flashrack_target::TargetError> {
-        self.0.open_reader()
+        self.stick.open_reader()
     }
 }
 
@@ -1291,7 +1317,7 @@ async fn a_target_that_cannot_be_reset_is_read_back_as_before_and_says_so() {
         dir.path().join("lossy.img"),
     )
     .unwrap();
-    let target: Arc<dyn Target> = Arc::new(CannotReset(stick.clone()));
+    let target: Arc<dyn Target> = Arc::new(Plain::stick(stick.clone()));
     let options = EngineOptions {
         reset_before_verify: true,
         ..options()
@@ -1409,9 +1435,12 @@ async fn a_stick_that_cannot_be_reset_has_its_cache_pushed_out_by_the_filler() {
     let targets: Vec<(TargetId, Arc<dyn Target>)> = vec![
         (
             TargetId::new("cached-fake"),
-            Arc::new(CannotReset(cached_fake.clone())),
+            Arc::new(Plain::stick(cached_fake.clone())),
         ),
-        (TargetId::new("lossy"), Arc::new(CannotReset(lossy.clone()))),
+        (
+            TargetId::new("lossy"),
+            Arc::new(Plain::stick(lossy.clone())),
+        ),
     ];
     let options = EngineOptions {
         probe: flashrack_engine::probe::ProbeOptions {
@@ -1435,36 +1464,6 @@ async fn a_stick_that_cannot_be_reset_has_its_cache_pushed_out_by_the_filler() {
     }
 }
 
-/// A target that cannot be reset and says it has no cache of its own (as a
-/// loop device does): a simulated stick without a cache behind it.
-struct WithoutCache(SimStick);
-
-impl Target for WithoutCache {
-    fn name(&self) -> String {
-        self.0.name()
-    }
-
-    fn geometry(&self) -> Result<flashrack_target::TargetGeometry, flashrack_target::TargetError> {
-        self.0.geometry()
-    }
-
-    fn may_cache_writes(&self) -> bool {
-        false
-    }
-
-    fn open_writer(
-        &self,
-    ) -> Result<Box<dyn flashrack_target::TargetWriter>, flashrack_target::TargetError> {
-        self.0.open_writer()
-    }
-
-    fn open_reader(
-        &self,
-    ) -> Result<Box<dyn flashrack_target::TargetReader>, flashrack_target::TargetError> {
-        self.0.open_reader()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_without_a_cache_of_its_own_gets_the_markers_but_no_filler() {
     let dir = tempfile::tempdir().unwrap();
@@ -1479,10 +1478,13 @@ async fn a_target_without_a_cache_of_its_own_gets_the_markers_but_no_filler() {
     };
     let (plain, cacheless) = (stick("plain"), stick("cacheless"));
     let targets: Vec<(TargetId, Arc<dyn Target>)> = vec![
-        (TargetId::new("plain"), Arc::new(CannotReset(plain.clone()))),
+        (
+            TargetId::new("plain"),
+            Arc::new(Plain::stick(plain.clone())),
+        ),
         (
             TargetId::new("cacheless"),
-            Arc::new(WithoutCache(cacheless.clone())),
+            Arc::new(Plain::without_cache(cacheless.clone())),
         ),
     ];
     let cache_bound = 16 * MIB;
