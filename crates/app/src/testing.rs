@@ -184,6 +184,39 @@ impl TestApp {
         self.call("POST", path, body).await
     }
 
+    /// Entry `id` of the list at `path` (a JSON array of views with `id` and
+    /// `state`, as `/api/v1/images/captures` and `/api/v1/images/builds`
+    /// give), once its state is no longer `running`. The work runs on its
+    /// own thread: the list is polled, as the dashboard polls it, for at most
+    /// `within`; panics if the entry is not listed or never ends.
+    pub async fn listed_until_ended(
+        &self,
+        path: &str,
+        id: u64,
+        running: &str,
+        within: Duration,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let list = self.get(path).await.json();
+            let view = list
+                .as_array()
+                .unwrap_or_else(|| panic!("{path} is not a list: {list}"))
+                .iter()
+                .find(|v| v["id"] == id)
+                .cloned()
+                .unwrap_or_else(|| panic!("{id} is not listed in {path}: {list}"));
+            if view["state"] != running {
+                return view;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} in {path} never ended: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Arms a run of the app's image over the API (`POST /api/v1/runs`,
     /// which must answer 201); returns the run's id.
     pub async fn arm(&self) -> u64 {

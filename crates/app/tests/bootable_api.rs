@@ -35,28 +35,10 @@ fn import(app: &TestApp, file: &std::path::Path) -> String {
         .to_hex()
 }
 
-/// The build `id` once it has ended (the build runs on its own thread; the
-/// list is polled, as the dashboard polls it).
+/// The build `id` once it has ended.
 async fn build_ended(app: &TestApp, id: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let list = app.get("/api/v1/images/builds").await.json();
-        let view = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("build {id} is not listed: {list}"));
-        if view["state"] != "building" {
-            return view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "build {id} never ended: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.listed_until_ended("/api/v1/images/builds", id, "building", WAIT)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -316,27 +316,8 @@ fn plugged(device: &LoopDevice, port_path: &str, serial: &str) -> PluggedDevice 
 
 /// Waits until capture `id` has ended; returns its view.
 async fn capture_ended(app: &TestApp, id: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let list = app.get("/api/v1/images/captures").await.json();
-        let view = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("capture {id} is not listed: {list}"));
-        if view["state"] != "capturing" {
-            return view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "capture {id} never ended: {view}"
-        );
-        // The capture runs on its own thread; the list is polled, as the
-        // dashboard polls it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.listed_until_ended("/api/v1/images/captures", id, "capturing", WAIT)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
