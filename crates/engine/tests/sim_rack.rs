@@ -1359,6 +1359,30 @@ fn real_bytes_of(verdict: &Verdict) -> Option<u64> {
     }
 }
 
+/// Writes `image` to a rack of `fakes` (name, real size, spec) with the probe
+/// defeating caches: each is found a capacity lie of exactly its real size,
+/// in `preparing`, before any of the image was written.
+async fn probe_fakes(
+    dir: &std::path::Path,
+    image: &SourceImage,
+    fakes: &[(&str, u64, SimStickSpec)],
+) -> Results {
+    let rack = SimRack::create(
+        dir.join("rack"),
+        fakes.iter().map(|(name, _, spec)| spec.clone().name(*name)),
+    )
+    .unwrap();
+    let results = flash_rack(image, &rack, defeating_cache()).await;
+    for (name, real, _) in fakes {
+        let (verdict, figures) = result_of(&results, name);
+        assert_eq!(real_bytes_of(verdict), Some(*real), "{name}: {verdict:?}");
+        assert_eq!(verdict.failure().unwrap().stage, Stage::Preparing);
+        // Found before any of the image was written.
+        assert_eq!(figures.bytes_written, 0, "{name}");
+    }
+    results
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_finds_the_exact_real_size_of_fakes_that_wrap_drop_or_hide_behind_a_cache() {
     let dir = tempfile::tempdir().unwrap();
@@ -1394,18 +1418,9 @@ async fn the_probe_finds_the_exact_real_size_of_fakes_that_wrap_drop_or_hide_beh
                 .volatile_cache(16 * MIB, CacheMode::WriteThrough),
         ),
     ];
-    let rack = SimRack::create(
-        dir.path().join("rack"),
-        fakes.iter().map(|(name, _, spec)| spec.clone().name(*name)),
-    )
-    .unwrap();
-    let results = flash_rack(&image, &rack, defeating_cache()).await;
-    for (name, real, _) in &fakes {
-        let (_, verdict, figures) = results.iter().find(|(id, ..)| id.0 == *name).unwrap();
-        assert_eq!(real_bytes_of(verdict), Some(*real), "{name}: {verdict:?}");
-        assert_eq!(verdict.failure().unwrap().stage, Stage::Preparing);
-        // Found before any of the image was written.
-        assert_eq!(figures.bytes_written, 0, "{name}");
+    let results = probe_fakes(dir.path(), &image, &fakes).await;
+    for (name, ..) in &fakes {
+        let (verdict, _) = result_of(&results, name);
         assert!(
             verdict.to_string().contains("stores only"),
             "{name}: {verdict}"
@@ -1929,18 +1944,7 @@ async fn fakes_that_wrap_or_drop_at_a_size_that_is_no_power_of_two_get_their_exa
                 .volatile_cache(16 * MIB, CacheMode::WriteThrough),
         ),
     ];
-    let rack = SimRack::create(
-        dir.path().join("rack"),
-        fakes.iter().map(|(name, _, spec)| spec.clone().name(*name)),
-    )
-    .unwrap();
-    let results = flash_rack(&image, &rack, defeating_cache()).await;
-    for (name, real, _) in &fakes {
-        let (verdict, figures) = result_of(&results, name);
-        assert_eq!(real_bytes_of(verdict), Some(*real), "{name}: {verdict:?}");
-        assert_eq!(verdict.failure().unwrap().stage, Stage::Preparing);
-        assert_eq!(figures.bytes_written, 0, "{name}");
-    }
+    probe_fakes(dir.path(), &image, &fakes).await;
 }
 
 #[test]
