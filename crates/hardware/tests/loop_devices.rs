@@ -503,24 +503,6 @@ async fn a_block_device_of_zero_bytes_has_no_medium() {
     assert_eq!(failure.stage, flashrack_core::Stage::Preparing);
 }
 
-/// Bytes of `path` resident in the page cache.
-fn resident_bytes(path: &Path) -> u64 {
-    let out = run(
-        "fincore",
-        &[
-            "--bytes",
-            "--noheadings",
-            "--raw",
-            "--output",
-            "RES",
-            path.to_str().unwrap(),
-        ],
-    );
-    out.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("fincore printed {out:?}"))
-}
-
 #[test]
 fn a_loop_read_back_drops_the_backing_file_pages_behind_it() {
     if !require_root(&["losetup", "fincore"]) {
@@ -555,7 +537,7 @@ fn a_loop_read_back_drops_the_backing_file_pages_behind_it() {
 
     // Without dropping behind, all 48 MiB just read would be cached; what may
     // remain is the last step not yet dropped and the kernel's read-ahead.
-    let resident = resident_bytes(device.backing());
+    let resident = flashrack_testkit::page_cache_bytes(device.backing());
     assert!(
         resident <= 24 * MIB,
         "{resident} bytes of the backing file are still cached after the read-back"

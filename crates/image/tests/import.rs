@@ -372,21 +372,6 @@ fn a_chunk_size_that_is_not_a_multiple_of_4096_is_rejected() {
     fx.assert_cache_empty();
 }
 
-/// Bytes of `path` resident in the page cache (`fincore`).
-fn resident(path: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("fincore")
-        .args(["--bytes", "--noheadings", "--output", "RES"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fincore failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_raw_file_is_read_past_the_page_cache_with_the_same_digests() {
     // Chunks and a tail that is not a multiple of the file system's block.
@@ -396,7 +381,11 @@ fn a_raw_file_is_read_past_the_page_cache_with_the_same_digests() {
     let file = fs::File::open(&path).unwrap();
     file.sync_all().unwrap();
     rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-    assert_eq!(resident(&path), 0, "the test starts with the file cold");
+    assert_eq!(
+        flashrack_testkit::page_cache_bytes(&path),
+        0,
+        "the test starts with the file cold"
+    );
     let outcome = fixture.cache.import(&path, options()).unwrap();
     assert_image_is(&outcome.image, &data, CHUNK);
     // The file system of the tests (ext4 here) reads it directly; tmpfs
@@ -404,7 +393,7 @@ fn a_raw_file_is_read_past_the_page_cache_with_the_same_digests() {
     let on_tmpfs = rustix::fs::statfs(&path).unwrap().f_type == 0x0102_1994;
     if !on_tmpfs {
         // At most the read-ahead of the few bytes read to detect its format.
-        let cached = resident(&path);
+        let cached = flashrack_testkit::page_cache_bytes(&path);
         assert!(
             cached <= 64 << 10,
             "the import cached {cached} bytes of the {} it read",

@@ -62,21 +62,6 @@ impl ImportObserver for Taker {
     }
 }
 
-/// Bytes of `path` resident in the page cache (`fincore`).
-fn resident(path: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("fincore")
-        .args(["--bytes", "--noheadings", "--output", "RES"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fincore failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn an_observer_taking_the_bytes_gets_every_data_chunk_and_the_raw_file_stays_out_of_the_page_cache()
 {
@@ -117,7 +102,7 @@ fn an_observer_taking_the_bytes_gets_every_data_chunk_and_the_raw_file_stays_out
         assert!(taker
             .past_page_cache
             .load(std::sync::atomic::Ordering::Relaxed));
-        let cached = resident(&path);
+        let cached = flashrack_testkit::page_cache_bytes(&path);
         assert!(
             cached <= 64 << 10,
             "the import cached {cached} bytes of the {} it read",

@@ -23,7 +23,8 @@
 //! - [`iso`]: ISO images built by xorriso (a Windows-like installer that is not
 //!   hybrid, a hybrid Linux one), for the tests of image inspection;
 //! - [`bmap`]: a sparse image and its block map as `bmaptool create` writes
-//!   it, and a map resealed after an edit (tests of block maps).
+//!   it, and a map resealed after an edit (tests of block maps);
+//! - [`page_cache_bytes`]: how much of a file is in the page cache (`fincore`).
 #![deny(missing_docs)]
 
 pub mod bmap;
@@ -368,4 +369,18 @@ pub fn image_from_bytes(dir: &Path, bytes: &[u8], chunk_size: u32) -> (PathBuf, 
     )
     .expect("consistent manifest");
     (path, manifest)
+}
+
+/// Bytes of `path` resident in the page cache, as `fincore` counts them.
+pub fn page_cache_bytes(path: &Path) -> u64 {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore runs (util-linux)");
+    assert!(out.status.success(), "fincore failed on {}", path.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("fincore printed {text:?}"))
 }
