@@ -107,20 +107,34 @@ async fn reopening_keeps_the_records_and_applies_nothing_twice() {
     assert_eq!((first, last), (T0, T0 + 60_000));
 }
 
-/// Creates a database at `path` as a build of schema version 1 left it, with
-/// records such a build made.
-async fn schema_1_database(path: &Path) {
+/// A new database at `path` with the migrations 0001 to `version` applied by
+/// sqlx's own migrator (as a build of that schema left it); its connection.
+async fn database_at_schema(path: &Path, version: u32) -> SqliteConnection {
     let dir = tempfile::tempdir().unwrap();
-    let migrations = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../migrations/0001_initial.sql"
-    );
-    fs::copy(migrations, dir.path().join("0001_initial.sql")).unwrap();
+    let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations");
+    let mut copied = 0;
+    for entry in fs::read_dir(migrations).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let number: Option<u32> = name.get(..4).and_then(|v| v.parse().ok());
+        if entry.path().is_file() && number.is_some_and(|n| n <= version) {
+            fs::copy(entry.path(), dir.path().join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, version, "one file per migration up to {version}");
     let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
     let mut conn = SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
         .await
         .unwrap();
     migrator.run(&mut conn).await.unwrap();
+    conn
+}
+
+/// Creates a database at `path` as a build of schema version 1 left it, with
+/// records such a build made.
+async fn schema_1_database(path: &Path) {
+    let mut conn = database_at_schema(path, 1).await;
     let sha = common::image().sha256.to_hex();
     for sql in [
         "INSERT INTO stations VALUES ('rack-1', 'rack-1', 1, 2)".to_string(),
@@ -593,24 +607,7 @@ impl Drop for ReadOnly {
 /// files 0001–0010 applied by sqlx's own migrator, foreign keys on), with runs,
 /// attempts of every kind such a build recorded and events referencing them.
 async fn schema_10_database(path: &Path) {
-    let dir = tempfile::tempdir().unwrap();
-    let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations");
-    let mut copied = 0;
-    for entry in fs::read_dir(migrations).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().into_string().unwrap();
-        let version: Option<u32> = name.get(..4).and_then(|v| v.parse().ok());
-        if entry.path().is_file() && version.is_some_and(|v| v <= 10) {
-            fs::copy(entry.path(), dir.path().join(&name)).unwrap();
-            copied += 1;
-        }
-    }
-    assert_eq!(copied, 10);
-    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
-    let mut conn = SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .unwrap();
-    migrator.run(&mut conn).await.unwrap();
+    let mut conn = database_at_schema(path, 10).await;
     let sha = common::image().sha256.to_hex();
     for sql in [
         "PRAGMA foreign_keys = ON".to_string(),
