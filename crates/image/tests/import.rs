@@ -260,6 +260,36 @@ fn truncated_data_in_each_format_is_rejected_and_nothing_is_kept() {
     }
 }
 
+/// The decoder's own check of each xz block is on: a block whose data
+/// decodes but whose CRC64 (the 8 bytes before the index) is wrong is
+/// corrupt, not an image.
+#[test]
+fn an_xz_block_with_a_wrong_crc64_is_rejected_and_nothing_is_kept() {
+    let data = sample_image();
+    let mut encoder =
+        lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::with_preset(0)).unwrap();
+    std::io::Write::write_all(&mut encoder, &data).unwrap();
+    let mut bytes = encoder.finish().unwrap();
+    // Stream flags: the check is CRC64 (type 4).
+    assert_eq!(bytes[7], 0x04, "the encoder writes CRC64 checks");
+    // The footer's backward size: (index size / 4) - 1, little endian.
+    let footer = bytes.len() - 12;
+    let backward = u32::from_le_bytes(bytes[footer + 4..footer + 8].try_into().unwrap());
+    let index = footer - (backward as usize + 1) * 4;
+    // The last (only) block's check lies right before the index.
+    bytes[index - 3] ^= 0x01;
+    let message = assert_rejected_as_corrupt(&bytes, ImageFormat::Xz, "with a wrong block check");
+    // Decoded whole, undamaged: the encoder's bytes are the image.
+    bytes[index - 3] ^= 0x01;
+    let fx = Fixture::new();
+    let image = fx
+        .cache
+        .import(fx.input("good.img.xz", &bytes), options())
+        .unwrap()
+        .image;
+    assert_eq!(image.sha256(), Sha256Digest::of(&data), "{message}");
+}
+
 #[test]
 fn a_damaged_header_is_rejected() {
     let mut gz = gzip(b"hello");
