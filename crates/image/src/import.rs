@@ -9,6 +9,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashrack_core::{ImageManifest, Sha256Digest};
@@ -22,7 +23,9 @@ use crate::detect::{ImageFormat, MAGIC_LEN};
 use crate::error::{FileKind, ImageError};
 use crate::fsutil::{write_json_atomic, TempFile};
 use crate::index::{FileIdentity, SourceEntry};
-use crate::input::{hash_all, read_full, stream_decoder, InputError, InputReader};
+use crate::input::{
+    direct_reader, hash_all, read_full, stream_decoder, InputError, InputReader, ReadAhead,
+};
 use crate::observe::ImportObserver;
 use crate::pass::{digest_and_store, ChunkHashing, PassError, RawDigests, Watch};
 
@@ -804,28 +807,6 @@ fn check_opened_within(path: &Path, file: &File, dirs: &[PathBuf]) -> Result<(),
     }
 }
 
-/// The raw file `file` opened again (through `/proc/self/fd`, so the same
-/// inode) for direct reads (`O_DIRECT`), or `None` where the file system
-/// cannot (tmpfs) or it is not the same file.
-///
-/// Reading a cold file through the page cache cost this VM more than the
-/// sha256 of it: every page allocated, zeroed and copied out again (a
-/// profile of `image import` of a GiB: 35 % of the CPU in `_copy_to_iter`,
-/// 23 % zeroing new page-cache folios, 36 % sha256). A direct read lands in
-/// the pass's aligned chunk buffers (`pass::ChunkBuf`) and leaves the page
-/// cache alone. The pass's reads are whole chunks at chunk offsets (multiples
-/// of 4096), so every read is aligned; the last one is short at the end of
-/// the file, where the next read answers 0.
-fn direct_reader(file: &File) -> Option<File> {
-    let direct = OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .ok()?;
-    let (given, opened) = (file.metadata().ok()?, direct.metadata().ok()?);
-    (given.dev() == opened.dev() && given.ino() == opened.ino()).then_some(direct)
-}
-
 /// Decompresses `file` into `out` in one pass, digesting both; `watch` sees
 /// the raw size before each chunk is stored and may stop the pass;
 /// `observer` hears of each chunk once stored; `check` (a bmap's) sees every
@@ -869,21 +850,28 @@ fn decode(
                 zip_entry: None,
             })
         }
+        // Three threads: the file read and hashed ahead ([`ReadAhead`]),
+        // the decoder (this one), and the pass's worker, which stores and
+        // digests the raw chunks (see `pass`).
         ImageFormat::Gzip | ImageFormat::Xz | ImageFormat::Zstd | ImageFormat::Bzip2 => {
-            let mut input = InputReader::new(file, true);
-            let raw = {
-                let mut decoder =
-                    stream_decoder(format, &mut input).map_err(|e| input_error(path, format, e))?;
-                let mut decoder = Checked::new(&mut *decoder, check.as_deref_mut());
-                digest_and_store(&mut decoder, out, chunk_size, hashing, watch, observer)
-                    .map_err(pass_error)?
-            };
-            let (hasher, input_size) = input.finish().map_err(|e| input_error(path, format, e))?;
-            Ok(Decoded {
-                raw,
-                file_sha256: Sha256Digest::from_hasher(hasher.expect("hashing was asked for")),
-                input_size,
-                zip_entry: None,
+            let file: &File = file;
+            thread::scope(|scope| {
+                let mut input = ReadAhead::start(scope, file);
+                let raw = {
+                    let mut decoder = stream_decoder(format, &mut input)
+                        .map_err(|e| input_error(path, format, e))?;
+                    let mut decoder = Checked::new(&mut *decoder, check.as_deref_mut());
+                    digest_and_store(&mut decoder, out, chunk_size, hashing, watch, observer)
+                        .map_err(pass_error)?
+                };
+                let (hasher, input_size) =
+                    input.finish().map_err(|e| input_error(path, format, e))?;
+                Ok(Decoded {
+                    raw,
+                    file_sha256: Sha256Digest::from_hasher(hasher),
+                    input_size,
+                    zip_entry: None,
+                })
             })
         }
         ImageFormat::Zip => {

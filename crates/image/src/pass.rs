@@ -48,7 +48,7 @@ pub(crate) struct ChunkBuf {
 
 impl ChunkBuf {
     /// A zeroed buffer for chunks of `chunk_size` bytes.
-    fn new(chunk_size: usize) -> Self {
+    pub(crate) fn new(chunk_size: usize) -> Self {
         let vec = vec![0u8; chunk_size + ALIGN];
         // Always possible for bytes; bounded all the same.
         let start = vec.as_ptr().align_offset(ALIGN).min(ALIGN);
@@ -59,11 +59,11 @@ impl ChunkBuf {
         }
     }
 
-    fn data(&self) -> &[u8] {
+    pub(crate) fn data(&self) -> &[u8] {
         &self.vec[self.start..self.start + self.len]
     }
 
-    fn data_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
         &mut self.vec[self.start..self.start + self.len]
     }
 }
@@ -148,7 +148,10 @@ pub(crate) fn digest_and_store(
             let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
             let (back, back_rx) = mpsc::channel::<ChunkBuf>();
             thread::scope(|scope| {
-                let worker = scope.spawn(move || hash_chunks(job_rx, back, observer));
+                // The worker stores the chunks too: this thread decodes
+                // (the bulk of a compressed import's work), the worker
+                // copies into the cache and digests.
+                let worker = scope.spawn(move || hash_chunks(job_rx, back, out, observer));
                 let mut sink = WorkerSink {
                     jobs,
                     back: back_rx,
@@ -156,13 +159,17 @@ pub(crate) fn digest_and_store(
                     allocated: 0,
                     chunk_size,
                 };
-                let whole = run(src, out, chunk_size, &mut sink, watch);
+                let whole = run(src, None, chunk_size, &mut sink, watch);
                 // Closing the job channel lets the worker finish.
                 drop(sink);
-                let digests = match worker.join() {
-                    Ok(digests) => digests,
+                let stored = match worker.join() {
+                    Ok(stored) => stored,
                     Err(panic) => std::panic::resume_unwind(panic),
                 };
+                // A failed store stops the loop (its sends fail), which may
+                // then report that as an input it could not hand over: the
+                // store's error is the cause.
+                let digests = stored.map_err(PassError::Output)?;
                 Ok(whole?.with_digests(digests))
             })
         }
@@ -190,8 +197,10 @@ impl Whole {
 trait ChunkSink {
     /// A buffer of the chunk size to fill.
     fn buffer(&mut self) -> ChunkBuf;
-    /// The next chunk: `buf.data()[..len]`, all zero or not.
-    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool);
+    /// The next chunk: `buf.data()[..len]`, all zero or not. `false`: the
+    /// chunks can no longer be taken (the worker stopped on an error), and
+    /// the loop stops.
+    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool) -> bool;
 }
 
 /// The loop shared by every way of hashing chunks.
@@ -224,7 +233,11 @@ fn run(
         }
         zero.push(is_zero);
         size += len as u64;
-        sink.chunk(buf, len, is_zero);
+        if !sink.chunk(buf, len, is_zero) {
+            return Err(PassError::Output(io::Error::other(
+                "the chunk store stopped",
+            )));
+        }
         if len < chunk_size {
             break;
         }
@@ -328,7 +341,7 @@ impl ChunkSink for InlineSink<'_> {
             .unwrap_or_else(|| ChunkBuf::new(self.chunk_size))
     }
 
-    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool) {
+    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool) -> bool {
         let fingerprint = if zero {
             self.digests.push_zero(&mut self.zeros, len)
         } else {
@@ -338,6 +351,7 @@ impl ChunkSink for InlineSink<'_> {
             tell(observer, &buf.data()[..len], zero, fingerprint);
         }
         self.buf = Some(buf);
+        true
     }
 }
 
@@ -382,31 +396,47 @@ impl ChunkSink for WorkerSink {
             .unwrap_or_else(|_| ChunkBuf::new(self.chunk_size))
     }
 
-    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool) {
+    fn chunk(&mut self, buf: ChunkBuf, len: usize, zero: bool) -> bool {
         let job = if zero {
             self.free.push(buf);
             Job::Zero(len)
         } else {
             Job::Data(buf, len)
         };
-        // A send fails only if the worker panicked; joining it reports that.
-        let _ = self.jobs.send(job);
+        // A send fails only if the worker stopped (a write error, or a
+        // panic); joining it reports which.
+        self.jobs.send(job).is_ok()
     }
 }
 
-/// The hashing thread: digests and fingerprints chunks in the order they come,
-/// tells the observer, and hands each buffer back.
+/// The worker thread: stores each chunk in `out` if there is one (data at
+/// its offset, zero chunks left as holes), digests and fingerprints it, in
+/// the order they come, tells the observer, and hands each buffer back. A
+/// write error stops it (the loop then stops at its next hand-over).
 fn hash_chunks(
     jobs: Receiver<Job>,
     back: mpsc::Sender<ChunkBuf>,
+    mut out: Option<&mut File>,
     observer: Option<&dyn ImportObserver>,
-) -> ChunkDigests {
+) -> io::Result<ChunkDigests> {
     let mut digests = ChunkDigests::default();
     let mut zeros = ZeroDigests::default();
+    // The image's size so far, and where the file's cursor is (behind the
+    // size after a zero chunk was skipped).
+    let mut size = 0u64;
+    let mut file_pos = 0u64;
     for job in jobs {
         match job {
             Job::Data(buf, len) => {
                 let data = &buf.data()[..len];
+                if let Some(out) = out.as_deref_mut() {
+                    if file_pos != size {
+                        out.seek(SeekFrom::Start(size))?;
+                    }
+                    out.write_all(data)?;
+                    file_pos = size + len as u64;
+                }
+                size += len as u64;
                 let fingerprint = digests.push_data(data);
                 if let Some(observer) = observer {
                     // Before the buffer goes back to be refilled.
@@ -416,6 +446,7 @@ fn hash_chunks(
                 let _ = back.send(buf);
             }
             Job::Zero(len) => {
+                size += len as u64;
                 let fingerprint = digests.push_zero(&mut zeros, len);
                 if let Some(observer) = observer {
                     observer.chunk(len, true, fingerprint);
@@ -423,7 +454,11 @@ fn hash_chunks(
             }
         }
     }
-    digests
+    // Extends the file over trailing zero chunks, leaving them as a hole too.
+    if let Some(out) = out {
+        out.set_len(size)?;
+    }
+    Ok(digests)
 }
 
 /// Tells `observer` of a stored chunk: its bytes too if it takes them and
@@ -540,6 +575,44 @@ mod tests {
             )
             .unwrap_err();
             assert!(matches!(error, PassError::Input(e) if e.to_string() == "boom"));
+        }
+    }
+
+    #[test]
+    fn a_store_that_fails_is_reported_as_an_output_error_and_stops_the_pass() {
+        let (data, _) = sample();
+        // Ten times the sample, so that the loop would have chunks left to
+        // read after the first failed write.
+        let data: Vec<u8> = data.iter().copied().cycle().take(data.len() * 10).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        std::fs::write(&path, b"").unwrap();
+        for hashing in [ChunkHashing::Inline, ChunkHashing::Worker] {
+            // Opened for reading only: every write fails.
+            let mut out = File::open(&path).unwrap();
+            let mut read = 0u64;
+            let error = digest_and_store(
+                &mut Cursor::new(&data),
+                Some(&mut out),
+                CHUNK,
+                hashing,
+                &mut |size| {
+                    read = size;
+                    Ok(())
+                },
+                None,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&error, PassError::Output(e) if e.raw_os_error() == Some(9)),
+                "{hashing:?}: {error:?}"
+            );
+            // The loop stopped within a few chunks of the failed write.
+            assert!(
+                read <= 4 * CHUNK as u64,
+                "{hashing:?}: read {read} of {} bytes",
+                data.len()
+            );
         }
     }
 

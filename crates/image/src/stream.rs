@@ -21,7 +21,7 @@ use crate::fsutil::{write_json_atomic, TempFile};
 use crate::import::{
     check_expected, check_size, input_error, CacheHit, ImportOptions, ImportOutcome, MAX_CHUNK_SIZE,
 };
-use crate::input::{read_full, stream_decoder, InputReader};
+use crate::input::{read_full, stream_decoder, InputReader, INPUT_BUFFER};
 use crate::pass::{digest_and_store, ChunkHashing, PassError};
 
 /// What is known of a stream before it is read.
@@ -117,8 +117,9 @@ impl ImageCache {
         } else {
             let mut reader = InputReader::new(whole, true);
             let raw = {
-                let mut decoder = stream_decoder(format, &mut reader)
-                    .map_err(|e| input_error(&label, format, e))?;
+                let buffered = std::io::BufReader::with_capacity(INPUT_BUFFER, &mut reader);
+                let mut decoder =
+                    stream_decoder(format, buffered).map_err(|e| input_error(&label, format, e))?;
                 digest_and_store(
                     &mut *decoder,
                     Some(temp.file_mut()),

@@ -431,3 +431,50 @@ fn a_raw_file_is_read_past_the_page_cache_with_the_same_digests() {
         );
     }
 }
+
+/// A compressed file is read on a thread of its own, past the page cache
+/// where the file system allows: every stream format gives the same image
+/// and the digest of the whole file (several of the reader's 1 MiB blocks,
+/// and a tail that is not a multiple of a block), and leaves the file
+/// uncached.
+#[test]
+fn a_compressed_file_is_read_past_the_page_cache_with_the_digest_of_all_of_it() {
+    // Noise does not compress: the files are about 2.6 MiB.
+    let data = image(40, 1234, &[2], 37);
+    for (format, compress, _) in compressed_formats() {
+        if format == ImageFormat::Zip {
+            // Read by seeking, through the page cache.
+            continue;
+        }
+        let fixture = Fixture::new();
+        let compressed = compress(&data);
+        assert!(compressed.len() > 2 << 20, "{format}: {}", compressed.len());
+        let path = fixture.input("disk.compressed", &compressed);
+        let file = fs::File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let outcome = fixture.cache.import(&path, options()).unwrap();
+        assert_image_is(&outcome.image, &data, CHUNK);
+        assert_eq!(outcome.image.meta.format, format);
+        assert_eq!(
+            outcome.image.meta.input_size,
+            compressed.len() as u64,
+            "{format}"
+        );
+        assert_eq!(
+            outcome.image.meta.input_sha256,
+            Sha256Digest::of(&compressed),
+            "{format}"
+        );
+        let on_tmpfs = rustix::fs::statfs(&path).unwrap().f_type == 0x0102_1994;
+        if !on_tmpfs {
+            // At most the read-ahead of the few bytes read to detect its format.
+            let cached = flashrack_testkit::page_cache_bytes(&path);
+            assert!(
+                cached <= 64 << 10,
+                "{format}: the import cached {cached} bytes of the {} it read",
+                compressed.len()
+            );
+        }
+    }
+}
