@@ -672,11 +672,14 @@ fn write_image(
                     cancel,
                     beat: &beat,
                 };
+                // The import keeps pace with this pass while it keeps up;
+                // it leaves when the helper ends, however the pass ends.
+                let follower = source.follow();
                 for index in 0.. {
                     // Waits for the import to produce the chunk; a failed
                     // import or a stop ends the pass.
                     let next = source
-                        .next_chunk(index, &waiter)
+                        .next_chunk(index, &waiter, follower.as_ref())
                         .map_err(|error| wait_stop(Stage::Writing, error));
                     let end = !matches!(next, Ok(Some(_)));
                     if tx.send(next).is_err() || end {

@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flashrack_core::{ImageManifest, Sha256Digest};
 
@@ -46,6 +46,14 @@ use crate::EngineError;
 /// (with 8, a 1 GiB cold flash at N = 1 peaked at 101 MB against 64 MB
 /// before the hand-over, the import running ahead of the target).
 pub const HELD_CHUNKS: usize = 2;
+
+/// How long a follower may go without asking for its next chunk before the
+/// import stops keeping pace with it (see [`ImageFeed::follow`]): a stick
+/// stuck in the kernel, or one slower than this per chunk, then reads what it
+/// needs from the file like any target behind, and the import carries on.
+/// A safety valve, not a measure of anything: keeping pace only spares a
+/// target reading its chunks again from the disk.
+const PACE_GIVE_UP: Duration = Duration::from_secs(2);
 
 /// How long a waiting target sleeps before it looks at its cancel flag again
 /// (and beats its heartbeat: waiting for the import is not a stall of the
@@ -129,6 +137,57 @@ struct State {
     /// The last data chunks handed over with their bytes, oldest first, at
     /// most [`HELD_CHUNKS`].
     held: VecDeque<(u64, Arc<ChunkBytes>)>,
+    /// The targets following the feed (see [`ImageFeed::follow`]): the next
+    /// chunk each will ask for and when it last asked; `None` once it left.
+    followers: Vec<Option<Pace>>,
+}
+
+/// Where a follower is.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// The chunk it asks for next (it has all before).
+    next: u64,
+    /// When it last asked.
+    moved: Instant,
+}
+
+impl State {
+    /// Whether the import must wait before it announces chunk `index`: a
+    /// follower that keeps up (asked within [`PACE_GIVE_UP`]) would not find
+    /// the chunk it needs next among the [`HELD_CHUNKS`] held any more, and
+    /// none is further ahead. Only the nearest follower counts: a slower
+    /// one never holds the import, nor so the faster ones, back.
+    fn must_wait(&self, index: u64) -> bool {
+        if self.end.is_some() {
+            return false;
+        }
+        let lead = self
+            .followers
+            .iter()
+            .flatten()
+            .filter(|f| f.moved.elapsed() < PACE_GIVE_UP)
+            .map(|f| f.next)
+            .max();
+        lead.is_some_and(|next| index >= next + HELD_CHUNKS as u64)
+    }
+}
+
+/// A target following a feed, for the import to keep pace with
+/// ([`ImageFeed::follow`]); it leaves when dropped.
+#[derive(Debug)]
+pub(crate) struct Follower {
+    feed: Arc<ImageFeed>,
+    slot: usize,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let mut state = self.feed.lock();
+        if let Some(pace) = state.followers.get_mut(self.slot) {
+            *pace = None;
+        }
+        self.feed.changed.notify_all();
+    }
 }
 
 /// The chunks of an image as an import produces them (see the module docs).
@@ -216,10 +275,51 @@ impl ImageFeed {
         Ok(())
     }
 
+    /// A target starts following the feed (its write pass), from chunk 0.
+    ///
+    /// The import keeps pace with the nearest follower: it announces a chunk
+    /// only once the follower furthest ahead would still find the chunk it
+    /// needs next among the [`HELD_CHUNKS`] held (the producer waits in
+    /// [`push`](Self::push) and [`push_data`](Self::push_data)). Why: an
+    /// import reading past the page cache runs ahead of a loop device or a
+    /// stick, and a target that fell behind the held chunks read them again
+    /// from the disk: in a cold flash of a GiB at N = 1, about 400 MiB read
+    /// twice, with the page cache filled for them, while the target wrote.
+    /// A follower that has not asked for a chunk for [`PACE_GIVE_UP`] is not
+    /// waited for; one that leaves (its write pass ends, however) is
+    /// forgotten.
+    pub(crate) fn follow(self: &Arc<Self>) -> Follower {
+        let mut state = self.lock();
+        state.followers.push(Some(Pace {
+            next: 0,
+            moved: Instant::now(),
+        }));
+        Follower {
+            feed: self.clone(),
+            slot: state.followers.len() - 1,
+        }
+    }
+
+    /// Waits while the import is as far ahead of its nearest follower as it
+    /// may be (see [`follow`](Self::follow)) before chunk `index` is
+    /// announced.
+    fn keep_pace<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let index = state.chunks.len() as u64;
+        while state.must_wait(index) {
+            state = self
+                .changed
+                .wait_timeout(state, WAIT_SLICE)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state
+    }
+
     /// The next chunk is in the file: `len` bytes (the chunk size, or less for
     /// the last chunk), all zero or not, with its XXH3-128 fingerprint.
     pub fn push(&self, len: usize, zero: bool, fingerprint: u128) -> Result<(), FeedError> {
-        let mut state = self.lock();
+        let state = self.lock();
+        let mut state = self.keep_pace(state);
         self.push_locked(&mut state, len, zero, fingerprint)
     }
 
@@ -240,7 +340,8 @@ impl ImageFeed {
                 len: data.len(),
             })
         });
-        let mut state = self.lock();
+        let state = self.lock();
+        let mut state = self.keep_pace(state);
         let index = state.chunks.len() as u64;
         self.push_locked(&mut state, data.len(), false, fingerprint)?;
         if let Some(copy) = copy {
@@ -392,7 +493,19 @@ impl ImageFeed {
         &self,
         index: u64,
         waiter: &Waiter<'_>,
+        follower: Option<&Follower>,
     ) -> Result<Option<FedSpan>, WaitError> {
+        if let Some(follower) = follower {
+            // Where the follower is, for the import's pace.
+            let mut state = self.lock();
+            if let Some(Some(pace)) = state.followers.get_mut(follower.slot) {
+                *pace = Pace {
+                    next: index,
+                    moved: Instant::now(),
+                };
+            }
+            self.changed.notify_all();
+        }
         self.wait_for(waiter, |state| {
             if let Some(chunk) = state.chunks.get(index as usize) {
                 return Some(Some(FedSpan {
@@ -462,13 +575,16 @@ mod tests {
         feed.begin(file(), 8192, Some(8192 + 100)).unwrap();
         feed.push(8192, false, 7).unwrap();
         feed.push(100, true, 9).unwrap();
-        let second = match feed.wait_chunk(1, &waiter(&cancel)) {
+        let second = match feed.wait_chunk(1, &waiter(&cancel), None) {
             Ok(Some(span)) => span,
             _ => panic!("chunk 1 was fed"),
         };
         assert_eq!((second.offset, second.len, second.zero), (8192, 100, true));
         feed.finish(Sha256Digest::of(b"x")).unwrap();
-        assert!(matches!(feed.wait_chunk(2, &waiter(&cancel)), Ok(None)));
+        assert!(matches!(
+            feed.wait_chunk(2, &waiter(&cancel), None),
+            Ok(None)
+        ));
         let manifest = match feed.wait_end(&waiter(&cancel)) {
             Ok(manifest) => manifest,
             Err(_) => panic!("the feed completed"),
@@ -486,7 +602,7 @@ mod tests {
         feed.push(4096, false, 1).unwrap();
         feed.fail("sha256 mismatch");
         for result in [
-            feed.wait_chunk(0, &waiter(&cancel)).map(|_| ()),
+            feed.wait_chunk(0, &waiter(&cancel), None).map(|_| ()),
             feed.wait_end(&waiter(&cancel)).map(|_| ()),
         ] {
             match result {
@@ -533,11 +649,75 @@ mod tests {
     }
 
     #[test]
+    fn the_import_keeps_pace_with_its_nearest_follower_which_finds_every_chunk_held() {
+        const CHUNK: usize = 8192;
+        const CHUNKS: u64 = 64;
+        let feed = ImageFeed::new();
+        let cancel = AtomicBool::new(false);
+        feed.begin(file(), CHUNK as u32, None).unwrap();
+        let follower = feed.follow();
+        // Registered and never asking: a follower further behind does not
+        // hold the import back.
+        let straggler = feed.follow();
+        std::thread::scope(|scope| {
+            let producer = scope.spawn(|| {
+                for i in 0..CHUNKS {
+                    let data = vec![i as u8 + 1; CHUNK];
+                    feed.push_data(&data, i as u128).unwrap();
+                }
+            });
+            for i in 0..CHUNKS {
+                let span = feed
+                    .wait_chunk(i, &waiter(&cancel), Some(&follower))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| panic!("chunk {i} is fed"));
+                assert_eq!(span.fingerprint, u128::from(i));
+                // Never further ahead than the chunks held: the one asked
+                // for is among them.
+                let fed = feed.chunks_fed();
+                assert!(
+                    fed <= i + HELD_CHUNKS as u64,
+                    "{fed} fed when {i} was asked for"
+                );
+                let held = feed.held(i).unwrap_or_else(|| panic!("chunk {i} is held"));
+                assert!(held.iter().all(|&b| b == i as u8 + 1));
+            }
+            producer.join().unwrap();
+        });
+        drop(straggler);
+        feed.finish(Sha256Digest::of(b"x")).unwrap();
+    }
+
+    #[test]
+    fn a_follower_that_leaves_lets_the_import_go_on() {
+        let feed = ImageFeed::new();
+        let cancel = AtomicBool::new(false);
+        feed.begin(file(), 8192, None).unwrap();
+        let follower = feed.follow();
+        std::thread::scope(|scope| {
+            let producer = scope.spawn(|| {
+                for i in 0..32u64 {
+                    feed.push(8192, true, u128::from(i)).unwrap();
+                }
+            });
+            assert!(feed
+                .wait_chunk(1, &waiter(&cancel), Some(&follower))
+                .is_ok_and(|span| span.is_some()));
+            // Its write pass ends (a failed stick): the import is no longer
+            // held back and feeds the rest.
+            drop(follower);
+            producer.join().unwrap();
+        });
+        assert_eq!(feed.chunks_fed(), 32);
+    }
+
+    #[test]
     fn a_cancelled_waiter_stops_waiting() {
         let feed = ImageFeed::new();
         let cancel = AtomicBool::new(true);
         assert!(matches!(
-            feed.wait_chunk(0, &waiter(&cancel)),
+            feed.wait_chunk(0, &waiter(&cancel), None),
             Err(WaitError::Cancelled)
         ));
     }

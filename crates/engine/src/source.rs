@@ -30,7 +30,7 @@ use flashrack_core::{ChunkKind, ImageManifest, Sha256Digest};
 use flashrack_target::AlignedBuf;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::feed::{ImageFeed, WaitError, Waiter};
+use crate::feed::{Follower, ImageFeed, WaitError, Waiter};
 use crate::mapped::{MapError, MappedChunk};
 use crate::{EngineError, SourceImage};
 
@@ -267,6 +267,16 @@ impl SharedSource {
         }
     }
 
+    /// A write pass following the import: the import keeps pace with it
+    /// while it keeps up (see [`ImageFeed::follow`]); `None` for a source
+    /// that follows no import.
+    pub(crate) fn follow(&self) -> Option<Follower> {
+        match &self.origin {
+            Origin::Feed(feed) => Some(feed.follow()),
+            Origin::File(_) => None,
+        }
+    }
+
     /// Whether the source follows an import that may not have ended yet.
     pub fn is_following(&self) -> bool {
         matches!(self.origin, Origin::Feed(_)) && self.manifest.get().is_none()
@@ -317,9 +327,10 @@ impl SharedSource {
         &self,
         index: u64,
         waiter: &Waiter<'_>,
+        follower: Option<&Follower>,
     ) -> Result<Option<(u64, usize, Chunk)>, WaitError> {
         if let Origin::Feed(feed) = &self.origin {
-            if feed.wait_chunk(index, waiter)?.is_none() {
+            if feed.wait_chunk(index, waiter, follower)?.is_none() {
                 return Ok(None);
             }
         } else if index >= self.manifest().chunk_count() {
@@ -761,7 +772,7 @@ mod tests {
         for chunk in bytes.chunks(CHUNK) {
             feed.push_data(chunk, xxh3_128(chunk)).unwrap();
         }
-        let Ok(Some((_, _, Chunk::Data(first)))) = source.next_chunk(0, &waiter) else {
+        let Ok(Some((_, _, Chunk::Data(first)))) = source.next_chunk(0, &waiter, None) else {
             panic!("chunk 0 was fed");
         };
         assert!(
@@ -770,18 +781,18 @@ mod tests {
         );
         drop(first);
         let last = chunks as u64;
-        let Ok(Some((_, len, Chunk::Data(held)))) = source.next_chunk(last, &waiter) else {
+        let Ok(Some((_, len, Chunk::Data(held)))) = source.next_chunk(last, &waiter, None) else {
             panic!("the last chunk was fed");
         };
         assert_eq!(len, 100);
         assert_eq!(&held[..], &bytes[chunks * CHUNK..]);
         // Chunk 1 is no longer held: read from the file once, and a second
         // target behind gets the same bytes, not a read of its own.
-        let Ok(Some((_, _, Chunk::Data(read)))) = source.next_chunk(1, &waiter) else {
+        let Ok(Some((_, _, Chunk::Data(read)))) = source.next_chunk(1, &waiter, None) else {
             panic!("chunk 1 was fed");
         };
         assert_eq!(&read[..], &bytes[CHUNK..2 * CHUNK]);
-        let Ok(Some((_, _, Chunk::Data(again)))) = source.next_chunk(1, &waiter) else {
+        let Ok(Some((_, _, Chunk::Data(again)))) = source.next_chunk(1, &waiter, None) else {
             panic!("chunk 1 was fed");
         };
         assert!(Arc::ptr_eq(&read, &again), "one read of chunk 1, shared");
@@ -822,7 +833,7 @@ mod tests {
         for (index, chunk) in bytes.chunks(CHUNK).enumerate() {
             feed.push(chunk.len(), false, xxh3_128(chunk)).unwrap();
             let Ok(Some((offset, len, Chunk::Data(data)))) =
-                source.next_chunk(index as u64, &waiter)
+                source.next_chunk(index as u64, &waiter, None)
             else {
                 panic!("chunk {index} was fed");
             };
@@ -837,7 +848,7 @@ mod tests {
         changed[5] ^= 1;
         std::fs::write(&path, &changed).unwrap();
         feed.finish(Sha256Digest::of(&bytes)).unwrap();
-        assert!(matches!(source.next_chunk(64, &waiter), Ok(None)));
+        assert!(matches!(source.next_chunk(64, &waiter, None), Ok(None)));
         assert!(source.complete(&waiter).is_ok());
         assert!(!source.is_following());
         assert_eq!(source.manifest().size(), bytes.len() as u64);
