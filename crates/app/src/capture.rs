@@ -641,9 +641,13 @@ impl flashrack_web::Captures for CaptureService {
 /// A capture's block map as JSON: what became of it, and its coverage.
 pub fn map_note_json(note: &MapNote) -> serde_json::Value {
     match note {
-        MapNote::Attached(map) | MapNote::Kept(map) | MapNote::Generated(map) => {
+        MapNote::Attached(map)
+        | MapNote::Known(map)
+        | MapNote::Kept(map)
+        | MapNote::Generated(map) => {
             let status = match note {
                 MapNote::Attached(_) => "attached",
+                MapNote::Known(_) => "known",
                 MapNote::Kept(_) => "kept",
                 _ => "generated",
             };

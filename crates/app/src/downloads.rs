@@ -16,7 +16,9 @@ use bytes::{Buf, Bytes};
 use flashrack_core::{ByteSize, DigestSource, Provenance, Sha256Digest, SignatureCheck};
 use flashrack_download::{DownloadError, Downloader, Partial};
 pub use flashrack_download::{Progress, RetryPolicy};
-use flashrack_image::{ImageCache, ImageError, ImportOptions, ImportOutcome, StreamSource};
+use flashrack_image::{
+    BmapInput, ImageCache, ImageError, ImportOptions, ImportOutcome, StreamSource,
+};
 use tokio::sync::mpsc;
 
 use crate::AppError;
@@ -26,6 +28,10 @@ const MAX_SUMS_SIZE: u64 = 4 << 20;
 
 /// The largest signature fetched.
 const MAX_SIGNATURE_SIZE: u64 = 256 << 10;
+
+/// The largest bmap file fetched (a map of a badly fragmented image of a few
+/// hundred GB is a few MiB).
+const MAX_BMAP_SIZE: u64 = 16 << 20;
 
 /// Downloaded pieces in flight between the download and the import: a
 /// few MiB (reqwest's pieces are up to a few tens of KiB).
@@ -103,6 +109,131 @@ pub struct UrlImport {
     pub check: DigestCheck,
     /// The largest image accepted (the guard's largest target).
     pub max_size: ByteSize,
+    /// Where the image's block map is, checked in the import's one pass.
+    pub bmap: UrlBmap,
+}
+
+/// Where an import from a URL finds the image's block map (bmaptool's XML).
+/// Whatever its source, the map is fetched and parsed (its own checksum
+/// checked) before the image is downloaded, then checked against the image's
+/// raw bytes as they arrive, in the import's one pass: a map that does not
+/// describe the image fails the import and nothing is kept; one that does is
+/// kept with the image, so no later run reads the image to check it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UrlBmap {
+    /// Beside the image on its server, if one is there, as bmaptool looks
+    /// for it: `URL.bmap`, then the file name with one extension after
+    /// another replaced by `.bmap` (`disk.img.xz` → `disk.img.bmap`,
+    /// `disk.bmap`). None there (404, 410, or the 403 that object stores
+    /// answer for a missing file) is no error: the image gets a generated
+    /// map afterwards, if it can have one.
+    #[default]
+    Beside,
+    /// A bmap file on the station.
+    File(PathBuf),
+    /// A bmap at its own URL (it must be there).
+    Url(String),
+    /// No map is looked for.
+    NotWanted,
+}
+
+/// The URLs bmaptool's convention puts a bmap at, beside the image at `url`:
+/// `URL.bmap`, then the last path segment with one extension after another
+/// replaced by `.bmap`. The query and fragment are not carried over.
+pub fn bmap_urls_beside(url: &str) -> Vec<String> {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    let path = parsed.path().to_string();
+    let Some((dir, last)) = path.rsplit_once('/') else {
+        return Vec::new();
+    };
+    if last.is_empty() {
+        return Vec::new();
+    }
+    let mut names = vec![format!("{last}.bmap")];
+    let mut stem = last;
+    while let Some((before, _)) = stem.rsplit_once('.').filter(|(b, _)| !b.is_empty()) {
+        stem = before;
+        names.push(format!("{stem}.bmap"));
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let mut beside = parsed.clone();
+            beside.set_path(&format!("{dir}/{name}"));
+            beside.to_string()
+        })
+        .collect()
+}
+
+/// Fetches and parses the block map `request` names (see [`UrlBmap`]):
+/// `None` when none is wanted or none is beside the image.
+async fn bmap_for(
+    downloader: &Downloader,
+    request: &UrlImport,
+) -> Result<Option<BmapInput>, AppError> {
+    let refused = |path: PathBuf, source: ImageError| AppError::Bmap {
+        path,
+        source: Box::new(source),
+    };
+    let fetched = |url: &str, bytes: Vec<u8>| -> Result<BmapInput, AppError> {
+        let name = file_name_of(url).unwrap_or_else(|| url.to_string());
+        let text = String::from_utf8(bytes).map_err(|_| {
+            refused(
+                url.into(),
+                ImageError::ReadInput {
+                    path: url.into(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"),
+                },
+            )
+        })?;
+        BmapInput::parse(&name, &text).map_err(|e| refused(url.into(), e))
+    };
+    match &request.bmap {
+        UrlBmap::NotWanted => Ok(None),
+        UrlBmap::File(path) => {
+            let text = tokio::fs::read_to_string(path).await.map_err(|source| {
+                refused(
+                    path.clone(),
+                    ImageError::ReadInput {
+                        path: path.clone(),
+                        source,
+                    },
+                )
+            })?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            BmapInput::parse(&name, &text)
+                .map(Some)
+                .map_err(|e| refused(path.clone(), e))
+        }
+        UrlBmap::Url(url) => {
+            let small = downloader
+                .fetch_small(url, "block map", MAX_BMAP_SIZE)
+                .await
+                .map_err(|e| download_error(url, e))?;
+            fetched(url, small.bytes).map(Some)
+        }
+        UrlBmap::Beside => {
+            for url in bmap_urls_beside(&request.url) {
+                match downloader
+                    .fetch_small(&url, "block map", MAX_BMAP_SIZE)
+                    .await
+                {
+                    Ok(small) => return fetched(&url, small.bytes).map(Some),
+                    Err(DownloadError::NotFound { .. })
+                    | Err(DownloadError::Status { status: 403, .. }) => {}
+                    Err(error) => return Err(download_error(&url, error)),
+                }
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// What an import from a URL is doing.
@@ -224,10 +355,14 @@ pub async fn import_url(
     let downloader = Downloader::new(policy).map_err(|e| download_error(url, e))?;
     progress(UrlProgress::Checking);
     let source = digest_source(&downloader, url, &request.check).await?;
+    // The map is fetched and parsed before the image: a malformed one, or
+    // one whose own checksum fails, downloads nothing.
+    let bmap = bmap_for(&downloader, request).await?;
     let partial = Partial::in_dir(&downloads_dir(data_dir), url);
     let options = ImportOptions {
         expected_sha256: source.sha256(),
         max_image_size: request.max_size.bytes(),
+        bmap,
         ..ImportOptions::default()
     };
     let name = file_name_of(url).unwrap_or_else(|| url.to_string());
@@ -298,6 +433,14 @@ pub async fn import_url(
                 if wrong_bytes(&error) {
                     // The bytes held are not the image's: resuming would keep them.
                     discard(&partial).await;
+                }
+                // A map that lies about the image: the image's bytes are
+                // not at fault (the partial download is kept), the map is.
+                if let ImageError::BmapRefused { file, .. } = &error {
+                    return Err(AppError::Bmap {
+                        path: PathBuf::from(file),
+                        source: Box::new(error),
+                    });
                 }
                 return Err(AppError::Import {
                     name: url.to_string(),
@@ -460,6 +603,7 @@ impl UrlImportService {
             url: body.url,
             check,
             max_size: self.max_size,
+            bmap: UrlBmap::Beside,
         })
     }
 }

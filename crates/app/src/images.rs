@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use flashrack_core::{ByteSize, Sha256Digest};
-use flashrack_image::{BmapInput, CachedImage, ImageCache, ImportOptions, ImportOutcome};
+use flashrack_image::{
+    BmapCheck, BmapInput, CachedImage, ImageCache, ImportOptions, ImportOutcome,
+};
 
 use crate::AppError;
 
@@ -128,13 +130,15 @@ pub fn import_with_map(
                 source: Box::new(source),
             },
         })?;
-    let map = match &outcome.map {
-        Some(map) => map.clone(),
-        None => cache
-            .attach_bmap(&outcome.image, &name, &text)
-            .map_err(refused)?,
+    let note = match &outcome.map {
+        Some(map) => MapNote::Attached(map.clone()),
+        None => attached_note(
+            cache
+                .attach_bmap_counted(&outcome.image, &name, &text)
+                .map_err(refused)?,
+        ),
     };
-    Ok((outcome, MapNote::Attached(map)))
+    Ok((outcome, note))
 }
 
 /// An image named on the command line: a file to import in place (anything that exists
@@ -179,6 +183,9 @@ pub fn remove(cache: &ImageCache, query: &str) -> Result<Sha256Digest, AppError>
 pub enum MapNote {
     /// The bmap file given or found beside the image was checked and kept.
     Attached(StoredMap),
+    /// The bmap file given makes the claims of the bmap already kept for
+    /// this image, checked against it then: kept without reading the image.
+    Known(StoredMap),
     /// A bmap file found beside the image does not describe it: refused (the
     /// image has no map unless it had one before).
     Refused {
@@ -205,6 +212,10 @@ impl MapNote {
             MapNote::Attached(map) | MapNote::Kept(map) | MapNote::Generated(map) => {
                 format!("block map: {}", map_words(map))
             }
+            MapNote::Known(map) => format!(
+                "block map: {} (checked against this image before: not read again)",
+                map_words(map)
+            ),
             MapNote::Refused { file, reason } => format!(
                 "block map {} refused: {reason}; sparse runs need a map that matches the image",
                 file.display()
@@ -259,7 +270,7 @@ pub fn map_image(
     file: Option<&Path>,
     bmap: Option<&Path>,
 ) -> Result<MapNote, AppError> {
-    let attach = |path: &Path| -> Result<StoredMap, ImageError> {
+    let attach = |path: &Path| -> Result<MapNote, ImageError> {
         let text = std::fs::read_to_string(path).map_err(|source| ImageError::ReadInput {
             path: path.to_path_buf(),
             source,
@@ -268,19 +279,19 @@ pub fn map_image(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        cache.attach_bmap(image, &name, &text)
+        cache
+            .attach_bmap_counted(image, &name, &text)
+            .map(attached_note)
     };
     if let Some(path) = bmap {
-        return attach(path)
-            .map(MapNote::Attached)
-            .map_err(|source| AppError::Bmap {
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            });
+        return attach(path).map_err(|source| AppError::Bmap {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        });
     }
     if let Some(path) = file.and_then(bmap_beside) {
         return Ok(match attach(&path) {
-            Ok(map) => MapNote::Attached(map),
+            Ok(note) => note,
             Err(error) => MapNote::Refused {
                 file: path,
                 reason: error.to_string(),
@@ -296,6 +307,14 @@ pub fn map_image(
             reason: reason.to_string(),
         }),
         Err(error) => Err(error.into()),
+    }
+}
+
+/// What became of a bmap attached to a cached image.
+fn attached_note((map, check): (StoredMap, BmapCheck)) -> MapNote {
+    match check {
+        BmapCheck::Known => MapNote::Known(map),
+        BmapCheck::Read { .. } => MapNote::Attached(map),
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use flashrack_app::downloads::{
-    downloads_dir, import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport,
+    downloads_dir, import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlBmap, UrlImport,
 };
 use flashrack_app::images::open_cache;
 use flashrack_app::AppError;
@@ -131,6 +131,7 @@ fn signed_request(v: &Vendor, keyring: &Path) -> UrlImport {
             }),
         },
         max_size: ByteSize(1 << 40),
+        bmap: UrlBmap::Beside,
     }
 }
 
@@ -305,6 +306,7 @@ async fn a_download_that_fails_midway_never_leaves_a_truncated_image() {
         url: server.url("/raw.img"),
         check: DigestCheck::None,
         max_size: ByteSize(1 << 40),
+        bmap: UrlBmap::Beside,
     };
     let stalling = RetryPolicy {
         stall_timeout: Duration::from_secs(1),
@@ -346,6 +348,7 @@ async fn a_file_changed_on_the_server_is_imported_again_from_the_start() {
         url: server.url("/v.img"),
         check: DigestCheck::Sha256(Sha256Digest::of(&new)),
         max_size: ByteSize(1 << 40),
+        bmap: UrlBmap::Beside,
     };
     assert!(import_url(&cache, &data_dir, &request, policy(1), |_| {})
         .await
@@ -480,4 +483,135 @@ async fn an_image_imported_from_a_url_over_the_api_gets_a_block_map_like_a_file(
     let share = map["mapped_share"].as_f64().unwrap();
     assert!(share > 0.0 && share < 0.6, "{map}");
     app.stop().await.unwrap();
+}
+
+/// A sparse 1 MiB image as a file and `bmaptool create`'s map of it, and the
+/// same map with its first range's checksum replaced (resealed, as a careful
+/// forger would).
+fn image_and_maps(dir: &Path) -> (Vec<u8>, String, String) {
+    let path = dir.join("disk.img");
+    let raw = flashrack_testkit::bmap::sparse_image(&path);
+    let truth = flashrack_testkit::bmap::bmaptool_create(&path);
+    let at = truth.find("chksum=\"").unwrap() + "chksum=\"".len();
+    let mut lie = truth.clone();
+    lie.replace_range(at..at + 64, &"ab".repeat(32));
+    (raw, truth.clone(), flashrack_testkit::bmap::reseal(&lie))
+}
+
+#[tokio::test]
+async fn a_bmap_beside_a_url_or_at_its_own_url_is_checked_in_the_one_pass_and_a_lie_is_refused() {
+    use flashrack_image::MapOrigin;
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, truth, lie) = image_and_maps(dir.path());
+    let server = FileServer::start().await;
+    server.serve("/good/disk.img", Served::new(raw.clone(), "g"));
+    // bmaptool's convention: the extension replaced by .bmap.
+    server.serve(
+        "/good/disk.bmap",
+        Served::new(truth.clone().into_bytes(), "gb"),
+    );
+    server.serve("/bad/disk.img", Served::new(raw.clone(), "b"));
+    server.serve(
+        "/bad/disk.img.bmap",
+        Served::new(lie.clone().into_bytes(), "bb"),
+    );
+    server.serve("/maps/lie.bmap", Served::new(lie.into_bytes(), "lb"));
+    server.serve("/maps/truth.bmap", Served::new(truth.into_bytes(), "tb"));
+    let request = |url: &str, bmap: UrlBmap| UrlImport {
+        url: server.url(url),
+        check: DigestCheck::None,
+        max_size: ByteSize(1 << 40),
+        bmap,
+    };
+
+    // A lying map beside the image, and one named by its URL: refused with
+    // the map's reason, nothing cached.
+    for (what, req) in [
+        ("beside", request("/bad/disk.img", UrlBmap::Beside)),
+        (
+            "by URL",
+            request("/good/disk.img", UrlBmap::Url(server.url("/maps/lie.bmap"))),
+        ),
+    ] {
+        let data_dir = dir.path().join(format!("data-{what}"));
+        let cache = open_cache(&data_dir).unwrap();
+        let error = import_url(&cache, &data_dir, &req, policy(1), |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AppError::Bmap { .. }), "{what}: {error:#}");
+        let mut text = error.to_string();
+        let mut cause = error.source();
+        while let Some(e) = cause {
+            text.push_str(&format!(": {e}"));
+            cause = e.source();
+        }
+        assert!(
+            text.contains("do not match the bmap's checksum"),
+            "{what}: {text}"
+        );
+        assert!(cache.list().unwrap().is_empty(), "{what}");
+    }
+
+    // A true map beside the image (the second name tried) and one by URL:
+    // kept with the image from the download's one pass.
+    for (what, req, file) in [
+        (
+            "beside",
+            request("/good/disk.img", UrlBmap::Beside),
+            "disk.bmap",
+        ),
+        (
+            "by URL",
+            request(
+                "/good/disk.img",
+                UrlBmap::Url(server.url("/maps/truth.bmap")),
+            ),
+            "truth.bmap",
+        ),
+    ] {
+        let data_dir = dir.path().join(format!("data-ok-{what}"));
+        let cache = open_cache(&data_dir).unwrap();
+        let outcome = import_url(&cache, &data_dir, &req, policy(1), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
+        let map = outcome.map.expect("the map checked in the pass");
+        assert!(
+            matches!(&map.origin, MapOrigin::Bmap { file: f, range_checksums: true, .. } if f == file),
+            "{what}: {map:?}"
+        );
+        assert_eq!(cache.block_map(&outcome.image.sha256()).unwrap(), Some(map));
+    }
+    // The image was downloaded once per import, the beside map looked up
+    // in bmaptool's order (disk.img.bmap first, absent here).
+    assert_eq!(server.requests_for("/good/disk.img.bmap").len(), 1);
+    assert_eq!(server.requests_for("/good/disk.bmap").len(), 1);
+
+    // No map anywhere: no error, no map from the pass.
+    let data_dir = dir.path().join("data-none");
+    let cache = open_cache(&data_dir).unwrap();
+    server.serve("/plain/disk.img", Served::new(raw, "p"));
+    let outcome = import_url(
+        &cache,
+        &data_dir,
+        &request("/plain/disk.img", UrlBmap::Beside),
+        policy(1),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(outcome.map.is_none());
+}
+
+#[test]
+fn bmap_urls_beside_follow_bmaptools_convention() {
+    assert_eq!(
+        flashrack_app::downloads::bmap_urls_beside("https://h.invalid/a/disk.img.xz?sig=1#x"),
+        vec![
+            "https://h.invalid/a/disk.img.xz.bmap",
+            "https://h.invalid/a/disk.img.bmap",
+            "https://h.invalid/a/disk.bmap",
+        ]
+    );
+    assert!(flashrack_app::downloads::bmap_urls_beside("https://h.invalid/").is_empty());
 }

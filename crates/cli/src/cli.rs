@@ -324,10 +324,12 @@ pub enum ImageCommand {
         /// A bmaptool block map of the image (XML format 1.x/2.x), checked
         /// against it (its own checksum, the image's size, every range's
         /// checksum) and kept with it for sparse runs; a map that does not
-        /// match is refused. Without it, FILE.bmap beside the image is used
-        /// if it matches, else a map is generated from the image's ext2/3/4
-        /// and FAT file systems where they can be read.
-        #[arg(long, value_name = "FILE")]
+        /// match is refused. For an image from a URL it may be a URL too.
+        /// Without it, FILE.bmap beside the image (for a URL: beside it on
+        /// its server, by bmaptool's names) is used, checked in the same
+        /// pass, else a map is generated from the image's file systems where
+        /// they can be read.
+        #[arg(long, value_name = "FILE|URL")]
         bmap: Option<PathBuf>,
         /// Print the result as JSON.
         #[arg(long)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use flashrack_app::bootable::{build_bootable, BuildRequest};
 use flashrack_app::downloads::{
-    import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport, UrlProgress,
+    import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlBmap, UrlImport, UrlProgress,
 };
 use flashrack_app::images::{
     import_with_map, map_image, open_cache, remove, resolve_image, MapNote,
@@ -53,10 +53,23 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         },
                         (None, None) => DigestCheck::None,
                     };
+                    // A bmap given (a URL or a file on the station), else
+                    // one beside the image on its server, is checked in
+                    // the import's one pass.
+                    let bmap = match bmap.as_deref().map(|b| (b, b.to_str())) {
+                        Some((_, Some(b)))
+                            if b.starts_with("http://") || b.starts_with("https://") =>
+                        {
+                            UrlBmap::Url(b.to_string())
+                        }
+                        Some((path, _)) => UrlBmap::File(path.to_path_buf()),
+                        None => UrlBmap::Beside,
+                    };
                     let request = UrlImport {
                         url: url.to_string(),
                         check,
                         max_size,
+                        bmap,
                     };
                     let mut shown = DownloadView::new(json);
                     let outcome =
@@ -66,7 +79,10 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         .await;
                     shown.finish();
                     let outcome = outcome?;
-                    let map = map_image(&cache, &outcome.image, None, bmap.as_deref())?;
+                    let map = match &outcome.map {
+                        Some(map) => MapNote::Attached(map.clone()),
+                        None => map_image(&cache, &outcome.image, None, None)?,
+                    };
                     (outcome, map)
                 }
                 None => {
@@ -426,6 +442,7 @@ fn map_json(note: &MapNote) -> serde_json::Value {
     };
     match note {
         MapNote::Attached(m) => map("attached", m),
+        MapNote::Known(m) => map("known", m),
         MapNote::Kept(m) => map("kept", m),
         MapNote::Generated(m) => map("generated", m),
         MapNote::Refused { file, reason } => {

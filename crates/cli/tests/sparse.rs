@@ -375,3 +375,91 @@ fn assert_nothing_cached(data_dir: &Path) {
         .unwrap_or_default();
     assert!(files.is_empty(), "{files:?}");
 }
+
+#[test]
+fn a_bmap_given_for_a_cached_image_is_checked_once_and_one_that_lies_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (image, _) = ext4_image(dir.path());
+    // The map, kept away from the image (nothing is found beside it).
+    let maps = dir.path().join("maps");
+    fs::create_dir(&maps).unwrap();
+    let bmap = run(Command::new("bmaptool").arg("create").arg(&image));
+    let good = maps.join("disk.bmap");
+    fs::write(&good, &bmap).unwrap();
+    let at = bmap.find("chksum=\"").unwrap() + "chksum=\"".len();
+    let mut forged = bmap.clone();
+    forged.replace_range(at..at + 64, &"ab".repeat(32));
+    let lying = maps.join("lying.bmap");
+    fs::write(&lying, flashrack_testkit::bmap::reseal(&forged)).unwrap();
+
+    let imported = flashrack(
+        &data_dir,
+        &["image", "import", image.to_str().unwrap(), "--json"],
+    );
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let imported: serde_json::Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(imported["block_map"]["status"], "generated", "{imported}");
+    let sha = imported["sha256"].as_str().unwrap().to_string();
+    let target = dir.path().join("stick.img");
+    garbage_target(&target, 32 * MIB);
+    let flash = |bmap: &Path| {
+        flashrack(
+            &data_dir,
+            &[
+                "flash",
+                &sha,
+                target.to_str().unwrap(),
+                "--bmap",
+                bmap.to_str().unwrap(),
+                "--sparse",
+                "--json",
+            ],
+        )
+    };
+
+    // A lying map for the cached image: refused with the map's reason, the
+    // stick untouched, the generated map kept.
+    let out = flash(&lying);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let error = text(&out.stderr);
+    assert!(
+        error.contains("cannot use the block map")
+            && error.contains("lying.bmap")
+            && error.contains("do not match the bmap's checksum for them"),
+        "{error}"
+    );
+    assert!(fs::read(&target).unwrap().iter().all(|&b| b == 0xa5));
+    let shown = flashrack(&data_dir, &["image", "show", &sha, "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["block_map"]["origin"]["kind"], "generated", "{shown}");
+
+    // The true map: checked (its mapped ranges read once), kept, flashed by.
+    let out = flash(&good);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("block map: bmap 2.0 (disk.bmap)") && !said.contains("not read again"),
+        "{said}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mapped = summary["targets"][0]["bytes_written"].as_u64().unwrap();
+    assert_eq!(summary["targets"][0]["verdict"], "pass", "{summary}");
+    assert_eq!(
+        summary["targets"][0]["bytes_verified"].as_u64(),
+        Some(mapped)
+    );
+    // Again: the same claims are known true of this image, not read again.
+    let out = flash(&good);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("(checked against this image before: not read again)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let shown = flashrack(&data_dir, &["image", "show", &sha, "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["block_map"]["origin"]["kind"], "bmap", "{shown}");
+    assert_eq!(shown["block_map"]["mapped_bytes"].as_u64(), Some(mapped));
+    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&target));
+}

@@ -8,17 +8,19 @@
 //! ([`flashrack_inspect::alloc`]). A bmap file given to an import
 //! ([`BmapInput`], `ImportOptions::bmap`) is checked in the import's one
 //! pass over the image, and refused before anything is kept; one attached
-//! to an image already cached ([`ImageCache::attach_bmap`]) reads its mapped
-//! bytes again. It is stored as
+//! to an image already cached ([`ImageCache::attach_bmap`]) is known true
+//! without a read when its claims are those of the bmap kept, else its
+//! mapped bytes in data chunks are read once. It is stored as
 //! `images/<sha256>.bmap.json` ([`StoredMap`]), written atomically; an image
 //! without one is written whole.
 
 use std::fs;
 use std::io;
 
-use flashrack_core::{DataRanges, Sha256Digest};
+use flashrack_core::{ChunkKind, DataRanges, Sha256Digest};
 use flashrack_inspect::alloc::{allocation_map, AllocError};
 use flashrack_inspect::bmap::{BlockMap, BmapError, StreamCheck};
+use flashrack_inspect::ReadAt;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CachedImage, ImageCache};
@@ -38,6 +40,13 @@ pub enum MapOrigin {
         /// Whether its ranges carried checksums (all checked), or not (then
         /// only its own checksum and the image's size were).
         range_checksums: bool,
+        /// What the map claims of the image's bytes, as one digest
+        /// ([`BlockMap::content_digest`]): the same claims given again
+        /// (the same file, or one that differs only in comments or layout)
+        /// are known true of this image without reading it again. Absent
+        /// in maps kept before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claims: Option<String>,
     },
     /// Generated from the file systems' allocation (block bitmaps, FATs).
     Generated {
@@ -124,6 +133,20 @@ impl StoredMap {
     }
 }
 
+/// How a bmap attached to a cached image was found true of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BmapCheck {
+    /// Its claims are those of the bmap already kept for the image, checked
+    /// then: nothing was read.
+    Known,
+    /// The image's mapped ranges were read once, except the parts in zero
+    /// chunks: `bytes` of the cached file were read.
+    Read {
+        /// Bytes of the cached image read.
+        bytes: u64,
+    },
+}
+
 /// A bmap file for an import to check in its pass over the image
 /// (`ImportOptions::bmap`): parsed, its own checksum checked, before the
 /// import reads a byte of the image.
@@ -184,6 +207,7 @@ fn stored_bmap(file: &str, map: &BlockMap) -> Result<StoredMap, ImageError> {
             version: map.version.clone(),
             range_checksums: map.checksum.is_some()
                 && map.ranges.iter().all(|r| r.checksum.is_some()),
+            claims: Some(map.content_digest()),
         },
         ranges,
     })
@@ -223,29 +247,71 @@ impl ImageCache {
 
     /// Parses the bmap file `text` (named `file`), checks it against the
     /// cached `image` (its own checksum, the image's size, every range's
-    /// checksum: reads every mapped byte once), and keeps it as the image's
-    /// map, replacing any other. A map that fails is refused and nothing
-    /// changes.
+    /// checksum), and keeps it as the image's map, replacing any other. A map
+    /// that fails is refused and nothing changes.
+    ///
+    /// What the cache knows spares reads: a map whose claims
+    /// ([`BlockMap::content_digest`]) are those of the bmap already kept for
+    /// the image was checked then, and is not checked again (no byte is
+    /// read); otherwise only the mapped ranges are read, once, and of them
+    /// only the parts in the image's data chunks (a zero chunk's bytes are
+    /// known from the manifest). The cached image's chunk fingerprints
+    /// (XXH3) cannot prove a range's sha256, so a new map costs that one
+    /// read; it is then kept, so later runs do not read again.
     pub fn attach_bmap(
         &self,
         image: &CachedImage,
         file: &str,
         text: &str,
     ) -> Result<StoredMap, ImageError> {
+        Ok(self.attach_bmap_counted(image, file, text)?.0)
+    }
+
+    /// [`attach_bmap`](Self::attach_bmap), saying how the map was found
+    /// true of the image ([`BmapCheck`]).
+    pub fn attach_bmap_counted(
+        &self,
+        image: &CachedImage,
+        file: &str,
+        text: &str,
+    ) -> Result<(StoredMap, BmapCheck), ImageError> {
         let refused = |source: BmapError| ImageError::BmapRefused {
             file: file.to_string(),
             source,
         };
         let map = BlockMap::parse(text).map_err(refused)?;
+        let stored = stored_bmap(file, &map)?;
+        if map.image_size != image.size() {
+            return Err(refused(BmapError::ImageSize {
+                expected: map.image_size,
+                actual: image.size(),
+            }));
+        }
+        let claims = map.content_digest();
+        let known = self.block_map(&image.sha256())?.is_some_and(|kept| {
+            matches!(&kept.origin, MapOrigin::Bmap { claims: Some(c), .. } if *c == claims)
+                && kept.ranges == stored.ranges
+        });
+        if known {
+            // Keep the name the operator used this time; the claims are
+            // the ones checked before.
+            self.keep_map(&image.sha256(), &stored)?;
+            return Ok((stored, BmapCheck::Known));
+        }
         let raw = fs::File::open(&image.path).map_err(|source| ImageError::CacheIo {
             action: "open",
             path: image.path.clone(),
             source,
         })?;
-        map.check_image(&raw).map_err(refused)?;
-        let stored = stored_bmap(file, &map)?;
+        let reader = KnownZeros::new(&raw, image);
+        map.check_image(&reader).map_err(refused)?;
         self.keep_map(&image.sha256(), &stored)?;
-        Ok(stored)
+        Ok((
+            stored,
+            BmapCheck::Read {
+                bytes: reader.bytes_read.get(),
+            },
+        ))
     }
 
     /// Generates the image's map from its file systems' allocation and keeps
@@ -287,6 +353,54 @@ impl ImageCache {
     /// Forgets an image's block map (when the image is removed).
     pub(crate) fn remove_map(&self, digest: &Sha256Digest) {
         let _ = fs::remove_file(self.map_path(digest));
+    }
+}
+
+/// A cached image read for a bmap's check: the bytes of its zero chunks
+/// (known from the manifest) are served as zeros without a read, the rest
+/// read from the file; counts the bytes read.
+struct KnownZeros<'a> {
+    file: &'a fs::File,
+    image: &'a CachedImage,
+    bytes_read: std::cell::Cell<u64>,
+}
+
+impl<'a> KnownZeros<'a> {
+    fn new(file: &'a fs::File, image: &'a CachedImage) -> Self {
+        Self {
+            file,
+            image,
+            bytes_read: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl ReadAt for KnownZeros<'_> {
+    fn size(&self) -> u64 {
+        self.image.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let manifest = &self.image.manifest;
+        let end = (offset + buf.len() as u64).min(manifest.size());
+        let mut at = offset;
+        while at < end {
+            let index = at / u64::from(manifest.chunk_size());
+            let (chunk_start, chunk_len) = manifest.chunk_span(index);
+            let piece_end = (chunk_start + chunk_len as u64).min(end);
+            let piece = &mut buf[(at - offset) as usize..(piece_end - offset) as usize];
+            if manifest.chunk_kind(index) == ChunkKind::Zero {
+                piece.fill(0);
+            } else {
+                let n = self.file.read_at(at, piece)?;
+                self.bytes_read.set(self.bytes_read.get() + n as u64);
+                if n < piece.len() {
+                    return Ok((at - offset) as usize + n);
+                }
+            }
+            at = piece_end;
+        }
+        Ok((end.max(offset) - offset) as usize)
     }
 }
 

@@ -89,8 +89,9 @@ pub struct ImportOptions {
     /// (every range's checksum as its bytes go past, the size at the end).
     /// A map that does not describe the image fails the import
     /// ([`ImageError::BmapRefused`]) and nothing is kept; a map that does is
-    /// kept with the image ([`ImportOutcome::map`]). Only
-    /// [`ImageCache::import`] (a file) checks it.
+    /// kept with the image ([`ImportOutcome::map`]). [`ImageCache::import`]
+    /// (a file) and [`ImageCache::import_stream`] (a download) both check
+    /// it.
     pub bmap: Option<BmapInput>,
 }
 
@@ -914,13 +915,13 @@ fn decode(
 /// The raw bytes on their way into the pass, shown to a bmap's check: a
 /// range that fails is a read error (the pass stops there), which the import
 /// then reports as the map's refusal.
-struct Checked<'a> {
+pub(crate) struct Checked<'a> {
     inner: &'a mut dyn Read,
     check: Option<&'a mut StreamCheck>,
 }
 
 impl<'a> Checked<'a> {
-    fn new(inner: &'a mut dyn Read, check: Option<&'a mut StreamCheck>) -> Self {
+    pub(crate) fn new(inner: &'a mut dyn Read, check: Option<&'a mut StreamCheck>) -> Self {
         Self { inner, check }
     }
 }

@@ -81,7 +81,7 @@ mod index;
 mod input;
 mod pass;
 
-pub use blockmap::{BmapInput, MapInfo, MapOrigin, StoredMap};
+pub use blockmap::{BmapCheck, BmapInput, MapInfo, MapOrigin, StoredMap};
 pub use cache::{CachedImage, ImageCache, ImportMeta, SourceReference, MIN_PREFIX};
 pub use detect::ImageFormat;
 pub use error::{FileKind, ImageError};

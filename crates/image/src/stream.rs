@@ -14,12 +14,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashrack_core::{ImageManifest, Provenance, Sha256Digest};
 
+use crate::blockmap::BmapInput;
 use crate::cache::{CachedImage, EntryFile, ImageCache, ImportMeta};
 use crate::detect::{ImageFormat, MAGIC_LEN};
 use crate::error::ImageError;
 use crate::fsutil::{write_json_atomic, TempFile};
 use crate::import::{
-    check_expected, check_size, input_error, CacheHit, ImportOptions, ImportOutcome, MAX_CHUNK_SIZE,
+    check_expected, check_size, input_error, CacheHit, Checked, ImportOptions, ImportOutcome,
+    MAX_CHUNK_SIZE,
 };
 use crate::input::{read_full, stream_decoder, InputReader, INPUT_BUFFER};
 use crate::pass::{digest_and_store, ChunkHashing, PassError};
@@ -47,7 +49,11 @@ impl ImageCache {
     /// digested, checked against `options.expected_sha256` (of the stream as
     /// given or of the raw image) and moved into the cache; on any error
     /// nothing is left in the cache. An image already cached is kept, and
-    /// takes the stream's provenance.
+    /// takes the stream's provenance. A bmap (`options.bmap`) is checked on
+    /// the raw bytes as they go past, as [`ImageCache::import`] checks it: a
+    /// map that lies fails the import ([`ImageError::BmapRefused`]) and
+    /// nothing is kept; one that tells the truth is kept with the image
+    /// ([`ImportOutcome::map`]).
     pub fn import_stream(
         &self,
         input: &mut dyn Read,
@@ -100,10 +106,14 @@ impl ImageCache {
         };
         let whole = Cursor::new(head[..head_len].to_vec()).chain(input);
         let hashing = ChunkHashing::for_input();
-        let (raw, file_sha256, input_size) = if format == ImageFormat::Raw {
+        // A bmap that comes with the stream is checked on the raw bytes as
+        // they go past, as a file import checks it: no second read.
+        let mut check = options.bmap.as_ref().map(BmapInput::check);
+        let passed = if format == ImageFormat::Raw {
             let mut reader = InputReader::new(whole, false);
-            let raw = digest_and_store(
-                &mut reader,
+            let mut checked = Checked::new(&mut reader, check.as_mut());
+            digest_and_store(
+                &mut checked,
                 Some(temp.file_mut()),
                 chunk_size as usize,
                 hashing,
@@ -111,17 +121,19 @@ impl ImageCache {
                 None,
             )
             .map_err(pass_error)
-            .map_err(|e| self.out_of_space(e, options.min_free_space))?;
-            let (sha256, size) = (raw.sha256, raw.size);
-            (raw, sha256, size)
+            .map(|raw| {
+                let (sha256, size) = (raw.sha256, raw.size);
+                (raw, sha256, size)
+            })
         } else {
             let mut reader = InputReader::new(whole, true);
             let raw = {
                 let buffered = std::io::BufReader::with_capacity(INPUT_BUFFER, &mut reader);
                 let mut decoder =
                     stream_decoder(format, buffered).map_err(|e| input_error(&label, format, e))?;
+                let mut checked = Checked::new(&mut *decoder, check.as_mut());
                 digest_and_store(
-                    &mut *decoder,
+                    &mut checked,
                     Some(temp.file_mut()),
                     chunk_size as usize,
                     hashing,
@@ -129,12 +141,21 @@ impl ImageCache {
                     None,
                 )
                 .map_err(pass_error)
-                .map_err(|e| self.out_of_space(e, options.min_free_space))?
             };
-            let (hasher, size) = reader
-                .finish_stream()
-                .map_err(|e| input_error(&label, format, e))?;
-            (raw, Sha256Digest::from_hasher(hasher), size)
+            raw.and_then(|raw| {
+                let (hasher, size) = reader
+                    .finish_stream()
+                    .map_err(|e| input_error(&label, format, e))?;
+                Ok((raw, Sha256Digest::from_hasher(hasher), size))
+            })
+        };
+        // A range that failed stopped the pass: that is the import's error.
+        let (raw, file_sha256, input_size) = match (passed, &check, &options.bmap) {
+            (Err(_), Some(check), Some(bmap)) if check.failure().is_some() => {
+                let failure = check.failure().cloned().expect("checked just now");
+                return Err(bmap.refused(failure));
+            }
+            (passed, _, _) => passed.map_err(|e| self.out_of_space(e, options.min_free_space))?,
         };
         if raw.size == 0 {
             return Err(ImageError::EmptyImage {
@@ -143,6 +164,15 @@ impl ImageCache {
             });
         }
         check_expected(&label, &options, raw.sha256, file_sha256)?;
+        // The whole image went past the bmap's check: its size, and every
+        // range's checksum, before anything is kept.
+        let map = match (&check, &options.bmap) {
+            (Some(check), Some(bmap)) => {
+                check.finish().map_err(|source| bmap.refused(source))?;
+                Some(bmap.stored()?)
+            }
+            _ => None,
+        };
         let provenance = source.provenance.get().cloned();
         let meta = ImportMeta {
             original_name: source.name.clone(),
@@ -162,10 +192,13 @@ impl ImageCache {
         if let Some(image) = self.get(&raw.sha256)? {
             let image = self.add_fingerprints(image, &raw);
             let image = self.with_provenance(image, provenance);
+            if let Some(map) = &map {
+                self.keep_map(&raw.sha256, map)?;
+            }
             return Ok(ImportOutcome {
                 image,
                 hit: Some(CacheHit::SameImage),
-                map: None,
+                map,
             });
         }
         let manifest = ImageManifest::fingerprinted(
@@ -182,8 +215,16 @@ impl ImageCache {
             manifest: manifest.clone(),
             import: meta.clone(),
         };
-        if let Err(error) = write_json_atomic(&self.tmp, &self.entry_path(&raw.sha256), &entry) {
+        // The map before the entry, which makes the image part of the cache.
+        let kept = match &map {
+            Some(map) => self.keep_map(&raw.sha256, map),
+            None => Ok(()),
+        };
+        if let Err(error) =
+            kept.and_then(|()| write_json_atomic(&self.tmp, &self.entry_path(&raw.sha256), &entry))
+        {
             let _ = std::fs::remove_file(&image_path);
+            self.remove_map(&raw.sha256);
             return Err(error);
         }
         tracing::debug!(image = %raw.sha256.short(), size = manifest.size(), "imported from a stream");
@@ -194,7 +235,7 @@ impl ImageCache {
                 meta,
             },
             hit: None,
-            map: None,
+            map,
         })
     }
 

@@ -313,3 +313,112 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// `bmaptool create`'s map of `image` with one more range, `block`, which
+/// holds zeros in the image: a true map that makes other claims.
+fn with_zero_range(text: &str, block: u64) -> String {
+    let zeros: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest([0u8; 4096])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let at = text.find("    <Range chksum=\"").unwrap();
+    let second = at + 1 + text[at + 1..].find("    <Range chksum=\"").unwrap();
+    let mut out = text.to_string();
+    out.insert_str(
+        second,
+        &format!("    <Range chksum=\"{zeros}\"> {block} </Range>\n"),
+    );
+    let count_at = out.rfind("<MappedBlocksCount> ").unwrap() + "<MappedBlocksCount> ".len();
+    let count_end = count_at + out[count_at..].find(' ').unwrap();
+    let count: u64 = out[count_at..count_end].parse().unwrap();
+    out.replace_range(count_at..count_end, &(count + 1).to_string());
+    reseal(&out)
+}
+
+#[test]
+fn a_bmap_for_a_cached_image_is_read_once_and_its_claims_are_not_read_again() {
+    use flashrack_image::BmapCheck;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    sparse_image(&path);
+    let cache = ImageCache::open(dir.path().join("cache")).unwrap();
+    // 64 KiB chunks: blocks 0-15 and 96-111 are data chunks, the rest zero.
+    let image = cache
+        .import(
+            &path,
+            ImportOptions {
+                chunk_size: 64 << 10,
+                ..ImportOptions::default()
+            },
+        )
+        .unwrap()
+        .image;
+    let good = bmaptool_create(&path);
+    // A true map with a range in a zero chunk (block 50): its bytes are
+    // known from the manifest, so only the data ranges are read.
+    let wider = with_zero_range(&good, 50);
+
+    let (map, check) = cache
+        .attach_bmap_counted(&image, "disk.bmap", &good)
+        .unwrap();
+    assert_eq!(check, BmapCheck::Read { bytes: 12 * 4096 });
+    // The same claims again, from the same file or one laid out otherwise:
+    // known, nothing read.
+    let (again, check) = cache
+        .attach_bmap_counted(&image, "disk.bmap", &good)
+        .unwrap();
+    assert_eq!((check, &again), (BmapCheck::Known, &map));
+    let relaid = reseal(&good.replace("<!-- ", "<!--  "));
+    assert_ne!(relaid, good);
+    let (_, check) = cache
+        .attach_bmap_counted(&image, "other-name.bmap", &relaid)
+        .unwrap();
+    assert_eq!(check, BmapCheck::Known);
+    assert!(matches!(
+        cache.block_map(&image.sha256()).unwrap().unwrap().origin,
+        MapOrigin::Bmap { file, .. } if file == "other-name.bmap"
+    ));
+
+    // Nothing is read for known claims: with the cached file's first block
+    // overwritten (as only a test may), the known map is still accepted,
+    // while a map that makes other claims reads the bytes and is refused.
+    let cached = fs::OpenOptions::new()
+        .write(true)
+        .open(&image.path)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&cached, &[0xEE; 4096], 0).unwrap();
+    let (_, check) = cache
+        .attach_bmap_counted(&image, "disk.bmap", &good)
+        .unwrap();
+    assert_eq!(check, BmapCheck::Known);
+    let error = cache
+        .attach_bmap_counted(&image, "wider.bmap", &wider)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ImageError::BmapRefused {
+                source: BmapError::RangeChecksum { first: 0, last: 9 },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // The refused map did not replace the kept one.
+    assert_eq!(
+        cache.block_map(&image.sha256()).unwrap().unwrap().ranges,
+        map.ranges
+    );
+
+    // The cached file restored, the wider map reads the data ranges only.
+    let bytes = fs::read(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&cached, &bytes[..4096], 0).unwrap();
+    let (wide, check) = cache
+        .attach_bmap_counted(&image, "wider.bmap", &wider)
+        .unwrap();
+    assert_eq!(check, BmapCheck::Read { bytes: 12 * 4096 });
+    assert_eq!(wide.ranges.mapped_bytes(), 13 * 4096);
+}

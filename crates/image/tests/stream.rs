@@ -165,3 +165,89 @@ fn a_mismatch_a_failed_stream_and_a_zip_leave_nothing_in_the_cache() {
     assert!(matches!(error, ImageError::Unsupported { .. }), "{error}");
     no_entries(&cache);
 }
+
+/// Replaces the first range's checksum with another valid-looking one, the
+/// map resealed (its own checksum recomputed, as a careful forger would).
+fn lying(map: &str) -> String {
+    let at = map.find("chksum=\"").unwrap() + "chksum=\"".len();
+    let mut out = map.to_string();
+    out.replace_range(at..at + 64, &"ab".repeat(32));
+    flashrack_testkit::bmap::reseal(&out)
+}
+
+#[test]
+fn a_bmap_with_a_stream_is_checked_in_its_one_pass_and_a_lie_keeps_nothing() {
+    use flashrack_image::{BmapInput, MapOrigin};
+    use flashrack_inspect::bmap::BmapError;
+    let dir = tempfile::tempdir().unwrap();
+    let raw_path = dir.path().join("disk.img");
+    let raw = flashrack_testkit::bmap::sparse_image(&raw_path);
+    let truth = flashrack_testkit::bmap::bmaptool_create(&raw_path);
+    for (what, bytes) in [("raw", raw.clone()), ("gzip", common::gzip(&raw))] {
+        // A map that lies: refused, nothing kept, raw or compressed.
+        let cache = ImageCache::open(dir.path().join(format!("cache-{what}"))).unwrap();
+        let (from, _) = source("disk.img");
+        let options = flashrack_image::ImportOptions {
+            bmap: Some(BmapInput::parse("disk.img.bmap", &lying(&truth)).unwrap()),
+            ..common::options()
+        };
+        let error = cache
+            .import_stream(&mut Cursor::new(bytes.clone()), from, options)
+            .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                ImageError::BmapRefused { file, source: BmapError::RangeChecksum { first: 0, last: 9 } }
+                    if file == "disk.img.bmap"
+            ),
+            "{what}: {error:?}"
+        );
+        no_entries(&cache);
+
+        // The truth: kept with the image, from the one pass.
+        let (from, _) = source("disk.img");
+        let options = flashrack_image::ImportOptions {
+            bmap: Some(BmapInput::parse("disk.img.bmap", &truth).unwrap()),
+            ..common::options()
+        };
+        let outcome = cache
+            .import_stream(&mut Cursor::new(bytes), from, options)
+            .unwrap();
+        assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw), "{what}");
+        let map = outcome.map.expect("the map checked in the pass");
+        assert!(matches!(
+            &map.origin,
+            MapOrigin::Bmap { file, range_checksums: true, claims: Some(_), .. } if file == "disk.img.bmap"
+        ));
+        assert_eq!(
+            map.ranges.ranges(),
+            &[(0, 10 * 4096), (100 * 4096, 2 * 4096)]
+        );
+        assert_eq!(cache.block_map(&outcome.image.sha256()).unwrap(), Some(map));
+    }
+
+    // A map of a longer image: its size is checked at the stream's end.
+    let cache = ImageCache::open(dir.path().join("cache-short")).unwrap();
+    let (from, _) = source("disk.img");
+    let options = flashrack_image::ImportOptions {
+        bmap: Some(BmapInput::parse("disk.img.bmap", &truth).unwrap()),
+        ..common::options()
+    };
+    let error = cache
+        .import_stream(&mut Cursor::new(raw[..512 << 10].to_vec()), from, options)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ImageError::BmapRefused {
+                source: BmapError::ImageSize {
+                    expected: 1_048_576,
+                    actual: 524_288
+                },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    no_entries(&cache);
+}

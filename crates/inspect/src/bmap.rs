@@ -230,6 +230,30 @@ impl BlockMap {
         self.byte_ranges().map(|(_, len)| len).sum()
     }
 
+    /// What the map says of an image's bytes, as one sha256 (lower-case hex):
+    /// its image size, block size, checksum type and every range with its
+    /// checksum, whatever the file's comments, layout or version string.
+    /// Two files with the same digest make the same claims, so an image
+    /// checked against one need not be read again for the other.
+    pub fn content_digest(&self) -> String {
+        let mut claims = format!(
+            "flashrack-bmap-claims/1 {} {} {:?}\n",
+            self.image_size, self.block_size, self.checksum
+        );
+        for range in &self.ranges {
+            claims.push_str(&format!(
+                "{} {} {}\n",
+                range.first,
+                range.last,
+                range.checksum.as_deref().unwrap_or("-")
+            ));
+        }
+        sha2::Sha256::digest(claims.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Checks `image` against the map: its size, and every range's checksum.
     /// Reads every mapped byte once.
     pub fn check_image(&self, image: &dyn ReadAt) -> Result<(), BmapError> {
