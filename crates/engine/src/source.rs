@@ -26,7 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use flashrack_core::{ChunkKind, ImageManifest, Sha256Digest};
+use flashrack_core::{ChunkKind, DataRanges, ImageManifest, Sha256Digest};
 use flashrack_target::AlignedBuf;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -380,6 +380,38 @@ impl SharedSource {
             fingerprint: Some(span.fingerprint),
             digest: None,
         })
+    }
+
+    /// Asks the kernel to start reading chunk `index` of a complete image
+    /// file into the page cache, without waiting: the parts inside `ranges`
+    /// for a sparse pass, the whole chunk otherwise; nothing for a zero
+    /// chunk, or for a source that follows an import (its chunks arrive as
+    /// the import makes them). The write pass asks for a few chunks ahead
+    /// of the one it fetches (see `attempt::PREFETCH_CHUNKS`), so that a
+    /// cold image is read from the disk with several reads in flight
+    /// instead of one chunk at a time behind the writes. Best effort: an
+    /// error only loses the head start.
+    pub fn prefetch(&self, index: u64, ranges: Option<&DataRanges>) {
+        let (Origin::File(file), Some(manifest)) = (&self.origin, self.manifest.get()) else {
+            return;
+        };
+        if index >= manifest.chunk_count() || manifest.chunk_kind(index) == ChunkKind::Zero {
+            return;
+        }
+        let (offset, len) = manifest.chunk_span(index);
+        let advise = |at: u64, n: u64| {
+            if let Some(n) = std::num::NonZeroU64::new(n) {
+                let _ = rustix::fs::fadvise(file, at, Some(n), rustix::fs::Advice::WillNeed);
+            }
+        };
+        match ranges {
+            None => advise(offset, len as u64),
+            Some(ranges) => {
+                for (at, n) in ranges.within(offset, len as u64) {
+                    advise(at, n);
+                }
+            }
+        }
     }
 
     /// Chunk `index` for writing: not checked (the read-back will be compared
@@ -856,5 +888,44 @@ mod tests {
             source.checked_chunk(0),
             Err(EngineError::SourceCorrupt { offset: 0 })
         ));
+    }
+
+    #[test]
+    fn a_prefetch_reads_the_chunk_or_its_mapped_parts_into_the_page_cache_and_skips_zeros() {
+        // On a disk (not tmpfs, whose pages are always resident).
+        let dir = tempfile::tempdir().unwrap();
+        let (image, _) = image(dir.path(), true);
+        let evict = || {
+            let file = File::open(&image.path).unwrap();
+            file.sync_all().unwrap();
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            assert_eq!(flashrack_testkit::page_cache_bytes(&image.path), 0);
+        };
+        // Waits (bounded) until `bytes` of the image are in the page cache.
+        let resident = |bytes: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let now = flashrack_testkit::page_cache_bytes(&image.path);
+                if now >= bytes || std::time::Instant::now() > deadline {
+                    return now;
+                }
+                std::thread::yield_now();
+            }
+        };
+        let source = SharedSource::open(&image, 2).unwrap();
+
+        evict();
+        // A zero chunk is never read; a data chunk is, whole.
+        source.prefetch(3, None);
+        source.prefetch(1, None);
+        assert_eq!(resident(CHUNK as u64), CHUNK as u64);
+
+        // A sparse pass: only the mapped part of chunk 2 (its second page).
+        evict();
+        let ranges =
+            DataRanges::new(image.manifest.size(), vec![(2 * CHUNK as u64 + 4096, 4096)]).unwrap();
+        source.prefetch(3, Some(&ranges));
+        source.prefetch(2, Some(&ranges));
+        assert_eq!(resident(4096), 4096);
     }
 }
