@@ -266,6 +266,7 @@ pub fn capture_with(
                 name,
                 provenance,
                 raw: true,
+                ..StreamSource::new("", "")
             },
             ImportOptions {
                 max_image_size: u64::MAX,

@@ -10,14 +10,15 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError};
 
 use bytes::{Buf, Bytes};
 use flashrack_core::{ByteSize, DigestSource, Provenance, Sha256Digest, SignatureCheck};
 use flashrack_download::{DownloadError, Downloader, Partial};
 pub use flashrack_download::{Progress, RetryPolicy};
 use flashrack_image::{
-    BmapInput, ImageCache, ImageError, ImportOptions, ImportOutcome, StreamSource,
+    BmapInput, ImageCache, ImageError, ImportObserver, ImportOptions, ImportOutcome, StreamSource,
 };
 use tokio::sync::mpsc;
 
@@ -349,7 +350,45 @@ pub async fn import_url(
     data_dir: &Path,
     request: &UrlImport,
     policy: RetryPolicy,
+    progress: impl FnMut(UrlProgress) + Send,
+) -> Result<ImportOutcome, AppError> {
+    import_url_following(
+        cache,
+        data_dir,
+        request,
+        policy,
+        progress,
+        Following::default(),
+    )
+    .await
+}
+
+/// What a flash that writes while it downloads adds to an import from a
+/// URL ([`crate::flash::flash_url`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Following {
+    /// Told of the import's pass chunk by chunk (the flash's feed), with the
+    /// image's size when it is known as the pass begins: a raw file's
+    /// length as the server declared it (checked as it arrives), or
+    /// `raw_size`.
+    pub observer: Option<Arc<dyn ImportObserver>>,
+    /// The raw size a compressed file declares, if known beforehand.
+    pub raw_size: Option<u64>,
+    /// Set when the flash is abandoned: the import and the download stop
+    /// (the partial download is kept, resumable).
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// [`import_url`], told to `following`'s observer as it goes. A followed
+/// import cannot start again (its chunks were told): a file that changed on
+/// the server fails it rather than being downloaded again from the start.
+pub(crate) async fn import_url_following(
+    cache: &ImageCache,
+    data_dir: &Path,
+    request: &UrlImport,
+    policy: RetryPolicy,
     mut progress: impl FnMut(UrlProgress) + Send,
+    following: Following,
 ) -> Result<ImportOutcome, AppError> {
     let url = request.url.as_str();
     let downloader = Downloader::new(policy).map_err(|e| download_error(url, e))?;
@@ -359,43 +398,62 @@ pub async fn import_url(
     // one whose own checksum fails, downloads nothing.
     let bmap = bmap_for(&downloader, request).await?;
     let partial = Partial::in_dir(&downloads_dir(data_dir), url);
+    let followed = following.observer.is_some();
     let options = ImportOptions {
         expected_sha256: source.sha256(),
         max_image_size: request.max_size.bytes(),
         bmap,
+        observer: following.observer.clone(),
+        cancel: following.cancel.clone(),
         ..ImportOptions::default()
     };
     let name = file_name_of(url).unwrap_or_else(|| url.to_string());
     // A file that changed on the server since a partial download began is
-    // downloaded again from the start, once.
-    let mut restarted = false;
+    // downloaded again from the start, once (unless the import is followed).
+    let mut restarted = followed;
     loop {
         let (tx, rx) = mpsc::channel::<Bytes>(PIECES_IN_FLIGHT);
         let done = Arc::new(OnceLock::new());
+        // The length the server declares, as the download last said it:
+        // told before the first byte of an answer (or of the bytes held).
+        let declared = Arc::new(std::sync::Mutex::new(None));
+        let declared_length = Arc::new(OnceLock::new());
         let import = tokio::task::spawn_blocking({
             let cache = cache.clone();
             let source = StreamSource {
-                label: url.to_string(),
-                name: name.clone(),
                 provenance: done.clone(),
-                raw: false,
+                declared_length: declared_length.clone(),
+                declared_raw_size: following.raw_size,
+                ..StreamSource::new(url, name.clone())
             };
             let options = options.clone();
             let done = done.clone();
+            let declared = declared.clone();
             move || {
                 let mut reader = DownloadReader {
                     rx,
                     piece: Bytes::new(),
                     done,
+                    declared,
+                    declared_length,
                 };
                 cache.import_stream(&mut reader, source, options)
             }
         });
-        let downloaded = downloader
-            .download(url, &partial, &tx, &mut |p| {
-                progress(UrlProgress::Downloading(p))
-            })
-            .await;
+        let mut told = |p: Progress| {
+            *declared.lock().unwrap_or_else(PoisonError::into_inner) = p.total;
+            progress(UrlProgress::Downloading(p))
+        };
+        let download = downloader.download(url, &partial, &tx, &mut told);
+        let downloaded = match &following.cancel {
+            None => download.await,
+            Some(cancel) => {
+                tokio::select! {
+                    downloaded = download => downloaded,
+                    () = cancelled(cancel) => Err(DownloadError::SinkClosed),
+                }
+            }
+        };
         if let Ok(finished) = &downloaded {
             // The end of the stream: the import may keep what it has.
             let _ = done.set(Provenance {
@@ -460,6 +518,14 @@ pub async fn import_url(
     }
 }
 
+/// Returns once `cancel` is set (looked at every 100 ms: a stopped flash
+/// need not wait for the server's next byte).
+async fn cancelled(cancel: &AtomicBool) {
+    while !cancel.load(Ordering::Relaxed) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Errors that say the bytes downloaded are not the image's.
 fn wrong_bytes(error: &ImageError) -> bool {
     matches!(
@@ -487,13 +553,28 @@ struct DownloadReader {
     rx: mpsc::Receiver<Bytes>,
     piece: Bytes,
     done: Arc<OnceLock<Provenance>>,
+    /// The length the download last declared (updated by its progress).
+    declared: Arc<std::sync::Mutex<Option<u64>>>,
+    /// The stream's declared length for the import: set from `declared`
+    /// when the first piece arrives (the download tells the length before
+    /// it sends an answer's first byte).
+    declared_length: Arc<OnceLock<u64>>,
 }
 
 impl Read for DownloadReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.piece.is_empty() {
             match self.rx.blocking_recv() {
-                Some(piece) => self.piece = piece,
+                Some(piece) => {
+                    if self.declared_length.get().is_none() {
+                        let declared =
+                            *self.declared.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(length) = declared {
+                            let _ = self.declared_length.set(length);
+                        }
+                    }
+                    self.piece = piece
+                }
                 None if self.done.get().is_some() => return Ok(0),
                 None => return Err(io::Error::other("the download stopped before the end")),
             }
@@ -713,7 +794,7 @@ impl ImportView {
 }
 
 /// An error with its causes, as the operator reads it.
-pub(crate) fn error_chain(error: &AppError) -> String {
+pub fn error_chain(error: &AppError) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

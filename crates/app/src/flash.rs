@@ -44,7 +44,7 @@ use crate::targets::{parse_targets, GuardSettings, Targets};
 use crate::AppError;
 
 mod streaming;
-pub use streaming::flash_file;
+pub use streaming::{flash_file, flash_url};
 
 /// One-shot flashes are recorded under this station id.
 const STATION_ID: &str = "station-1";
@@ -129,6 +129,9 @@ pub enum FlashEvent {
     Engine(EngineEvent),
     /// Something the operator should know (shown even when progress is not).
     Notice(Notice),
+    /// How far the download of the image has got (a flash of a URL): bytes
+    /// held and the length declared, after every piece.
+    Download(crate::downloads::Progress),
 }
 
 /// What a flash has to say besides progress.

@@ -264,8 +264,7 @@ async fn a_run_that_followed_an_import_names_the_real_image_at_the_hub_and_leave
     let source = flashrack_image::StreamSource {
         label: "https://images.example/os-1.2.img".into(),
         name: "os-1.2.img".into(),
-        provenance: Default::default(),
-        raw: false,
+        ..flashrack_image::StreamSource::new("", "")
     };
     source.provenance.set(downloaded(real)).unwrap();
     let imported = tokio::task::spawn_blocking(move || {

@@ -444,8 +444,10 @@ pub struct DevicesArgs {
 /// `flashrack flash …`
 #[derive(Debug, clap::Args)]
 pub struct FlashArgs {
-    /// The image: a file (imported into the cache first) or the sha256 (or a
-    /// unique prefix) of a cached image.
+    /// The image: a file (imported into the cache as the targets are
+    /// written), an http or https URL (downloaded and imported as the
+    /// targets are written; see `image import`), or the sha256 (or a unique
+    /// prefix) of a cached image.
     pub image: String,
     /// Targets: block devices (/dev/sdX, through the target guard), regular files
     /// (created or grown), or simulated sticks `sim:NAME[:key=value,...]` with keys
@@ -458,9 +460,23 @@ pub struct FlashArgs {
     /// in the kernel).
     #[arg(required = true, value_name = "TARGET")]
     pub targets: Vec<String>,
-    /// Expected sha256 of the image file (when IMAGE is a file).
-    #[arg(long, value_name = "HEX")]
+    /// Expected sha256 of the image file or download (when IMAGE is a file
+    /// or a URL), of the file as given or of the raw image; checked when
+    /// the import ends, before any verdict.
+    #[arg(long, value_name = "HEX", conflicts_with = "sha256sums")]
     pub sha256: Option<String>,
+    /// For a URL: its expected sha256 is the one this checksum list
+    /// (SHA256SUMS) gives for the URL's file name.
+    #[arg(long, value_name = "URL")]
+    pub sha256sums: Option<String>,
+    /// The checksum list's detached OpenPGP signature (SHA256SUMS.gpg),
+    /// checked against --keyring before anything else is downloaded.
+    #[arg(long, value_name = "URL", requires_all = ["sha256sums", "keyring"])]
+    pub signature: Option<String>,
+    /// The public keys to trust for --signature (armored or binary, as
+    /// `gpg --export` writes them).
+    #[arg(long, value_name = "FILE", requires = "signature")]
+    pub keyring: Option<PathBuf>,
     /// How to verify.
     #[arg(long, value_parser = verify_modes(), default_value_t = VerifyMode::Compare)]
     pub verify: VerifyMode,
@@ -521,17 +537,32 @@ pub struct FlashArgs {
 /// `flashrack verify`: an audit of sticks written earlier or elsewhere.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The image the sticks should hold: a file (imported into the cache
-    /// first) or the sha256 (or a unique prefix) of a cached image.
+    /// The image the sticks should hold: a file or an http or https URL
+    /// (imported into the cache first) or the sha256 (or a unique prefix) of
+    /// a cached image.
     pub image: String,
     /// Targets: block devices (/dev/sdX: the target guard's rules for reading
     /// apply, no system or mounted disk is read), regular files (which must
     /// exist), or simulated sticks `sim:NAME[:key=value,...]`.
     #[arg(required = true, value_name = "TARGET")]
     pub targets: Vec<String>,
-    /// Expected sha256 of the image file (when IMAGE is a file).
-    #[arg(long, value_name = "HEX")]
+    /// Expected sha256 of the image file or download (when IMAGE is a file
+    /// or a URL), of the file as given or of the raw image; checked when
+    /// the import ends, before any verdict.
+    #[arg(long, value_name = "HEX", conflicts_with = "sha256sums")]
     pub sha256: Option<String>,
+    /// For a URL: its expected sha256 is the one this checksum list
+    /// (SHA256SUMS) gives for the URL's file name.
+    #[arg(long, value_name = "URL")]
+    pub sha256sums: Option<String>,
+    /// The checksum list's detached OpenPGP signature (SHA256SUMS.gpg),
+    /// checked against --keyring before anything else is downloaded.
+    #[arg(long, value_name = "URL", requires_all = ["sha256sums", "keyring"])]
+    pub signature: Option<String>,
+    /// The public keys to trust for --signature (armored or binary, as
+    /// `gpg --export` writes them).
+    #[arg(long, value_name = "FILE", requires = "signature")]
+    pub keyring: Option<PathBuf>,
     /// Also allow block devices on this bus (usb is always allowed); e.g. `loop`
     /// for loop devices. Repeatable.
     #[arg(long = "allow-bus", value_name = "BUS")]
@@ -562,6 +593,9 @@ impl From<VerifyArgs> for FlashArgs {
             image: args.image,
             targets: args.targets,
             sha256: args.sha256,
+            sha256sums: args.sha256sums,
+            signature: args.signature,
+            keyring: args.keyring,
             verify: VerifyMode::Compare,
             allow_buses: args.allow_buses,
             max_size: args.max_size,

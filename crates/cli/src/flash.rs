@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use flashrack_app::downloads::{
+    DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlBmap, UrlImport,
+};
 use flashrack_app::flash::{FlashOutcome, FlashRequest};
 use flashrack_app::images::{bmap_beside, import_with_map, map_image, open_cache, resolve_image};
 use flashrack_core::Sha256Digest;
@@ -28,6 +31,12 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
         .transpose()
         .context("--sha256")?;
     let cache = open_cache(data_dir)?;
+    if args.image.starts_with("http://") || args.image.starts_with("https://") {
+        return flash_url(data_dir, expected, args, audit).await;
+    }
+    if args.sha256sums.is_some() {
+        anyhow::bail!("--sha256sums is for URLs: for a file, give --sha256");
+    }
     // A file is written while it is imported (the targets follow the import;
     // see `flashrack_app::flash::flash_file`), unless the run needs its block
     // map before the first byte (a map given or beside the file, which the
@@ -94,6 +103,77 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
     // Everything shown (and the bars cleared) before the summary or the error.
     let _ = view.await;
     finish(outcome?, &args)
+}
+
+/// `flash URL TARGETS…`: the targets are written while the image downloads
+/// (see `flashrack_app::flash::flash_url`); the image then gets a block map
+/// as `image import URL` gives it (the one checked in the pass, kept, else
+/// a generated one).
+async fn flash_url(
+    data_dir: &Path,
+    expected: Option<Sha256Digest>,
+    args: FlashArgs,
+    audit: bool,
+) -> Result<ExitCode> {
+    let check =
+        match (expected, args.sha256sums.clone()) {
+            (Some(sha256), _) => DigestCheck::Sha256(sha256),
+            (None, Some(sums)) => DigestCheck::Sums {
+                url: sums,
+                signature: args.signature.clone().zip(args.keyring.clone()).map(
+                    |(url, keyring)| SignatureSpec {
+                        url,
+                        keyring: Keyring::File(keyring),
+                    },
+                ),
+            },
+            (None, None) => DigestCheck::None,
+        };
+    // A bmap given (a file on the station or a URL), else one beside the
+    // image on its server, is checked in the import's one pass, as `image
+    // import URL` does: a map that lies fails the import, so every target.
+    let bmap = match args.bmap.as_deref().map(|b| (b, b.to_str())) {
+        Some((_, Some(b))) if b.starts_with("http://") || b.starts_with("https://") => {
+            UrlBmap::Url(b.to_string())
+        }
+        Some((path, _)) => UrlBmap::File(path.to_path_buf()),
+        None => UrlBmap::Beside,
+    };
+    let import = UrlImport {
+        url: args.image.clone(),
+        check,
+        max_size: args.max_size,
+        bmap,
+    };
+    if !args.quiet {
+        errln!("downloading {} while writing …", args.image);
+    }
+    let stops = crate::signals::stops()?;
+    let request = request(&args, audit);
+    let (view_tx, view_rx) = mpsc::unbounded_channel();
+    let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));
+    let outcome = flashrack_app::flash::flash_url(
+        data_dir,
+        import,
+        RetryPolicy::default(),
+        request,
+        view_tx,
+        stops,
+    )
+    .await;
+    let _ = view.await;
+    let outcome = outcome?;
+    let cache = open_cache(data_dir)?;
+    let image = cache.get(&outcome.summary.image_sha256);
+    let status = finish(outcome, &args);
+    if let Ok(Some(image)) = image {
+        match map_image(&cache, &image, None, None) {
+            Ok(note) if !args.quiet => errln!("{}", note.summary()),
+            Ok(_) => {}
+            Err(error) => errln!("warning: no block map kept: {error}"),
+        }
+    }
+    status
 }
 
 /// The flash the arguments ask for.

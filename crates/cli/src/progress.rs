@@ -20,8 +20,14 @@ pub async fn show(mut events: UnboundedReceiver<FlashEvent>, quiet: bool) {
     } else {
         Box::new(Bars::default())
     };
+    let mut download = DownloadLines::default();
     while let Some(event) = events.recv().await {
         match event {
+            FlashEvent::Download(progress) => {
+                if let Some(line) = download.line(&progress).filter(|_| !quiet) {
+                    view.notice(&line);
+                }
+            }
             FlashEvent::Targets(targets) => view.targets(&targets),
             FlashEvent::Engine(event) => view.show(&event),
             // The end of an import the targets followed is progress, not a
@@ -31,6 +37,37 @@ pub async fn show(mut events: UnboundedReceiver<FlashEvent>, quiet: bool) {
         }
     }
     view.finish();
+}
+
+/// The download of a flash of a URL in a few lines: where a resumed one
+/// resumed, then each tenth of a declared length.
+#[derive(Default)]
+struct DownloadLines {
+    said_resume: bool,
+    last_tenth: u64,
+}
+
+impl DownloadLines {
+    fn line(&mut self, p: &flashrack_app::downloads::Progress) -> Option<String> {
+        if p.resumed_from > 0 && !self.said_resume {
+            self.said_resume = true;
+            return Some(format!(
+                "resuming a partial download at {}",
+                ByteSize(p.resumed_from)
+            ));
+        }
+        let total = p.total.filter(|t| *t > 0)?;
+        let tenth = p.held.saturating_mul(10) / total;
+        if tenth <= self.last_tenth {
+            return None;
+        }
+        self.last_tenth = tenth;
+        Some(format!(
+            "downloaded {} of {}",
+            ByteSize(p.held),
+            ByteSize(total)
+        ))
+    }
 }
 
 /// A notice for the operator (shown even with `--quiet`).

@@ -306,7 +306,9 @@ impl Downloader {
 
     /// Downloads `url`, resuming what `partial` holds, and sends every byte
     /// of the file, in order, to `sink` (the bytes held from an earlier run
-    /// first). `progress` is told how far it has got after every piece. On
+    /// first). `progress` is told how far it has got after every piece, and
+    /// the length declared before any byte of an answer is sent (so the
+    /// reader of `sink` knows it from its first byte on). On
     /// an error the partial download is kept (resumable), except that
     /// [`DownloadError::Changed`] means it is worthless: the caller discards
     /// it and starts again. See the [module](self) for the rules.
@@ -354,19 +356,21 @@ impl Downloader {
             .map_err(io)?;
         file.set_len(held).await.map_err(io)?;
         let resumed_from = held;
-        if held > 0 {
-            tracing::info!(url, held, "resuming a partial download");
-            replay(&partial.data, held, sink).await?;
-        }
         let mut state = state.unwrap_or_else(|| State {
             url: url.to_string(),
             ..State::default()
         });
+        // Told before the bytes held are sent again: whoever reads the sink
+        // knows the length declared before its first byte.
         progress(Progress {
             held,
             total: state.total,
             resumed_from,
         });
+        if held > 0 {
+            tracing::info!(url, held, "resuming a partial download");
+            replay(&partial.data, held, sink).await?;
+        }
         let mut failures = 0u32;
         let mut last_cut: Option<u64> = None;
         while state.total.is_none_or(|total| held < total) {
@@ -557,6 +561,13 @@ impl Downloader {
                 })
             }
         }
+        // The answer is accepted: its length is told before its first byte
+        // is sent on (a fresh download learns it here).
+        (t.progress)(Progress {
+            held: *t.held,
+            total: t.state.total,
+            resumed_from: t.resumed_from,
+        });
         let io = |source| DownloadError::Io {
             path: t.partial.data.clone(),
             source,

@@ -389,7 +389,10 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// Records progress; emits an event at most every `progress_interval`.
+    /// Records progress; emits an event at most every `progress_interval`,
+    /// and at once for the stage's first bytes (a target that writes while
+    /// its image downloads shows that it has begun, even if it then waits
+    /// for the download longer than the interval).
     fn advance(&mut self, done: u64) -> Result<(), Stop> {
         let progress = &self.ctx.progress;
         progress.done.store(done, Ordering::Relaxed);
@@ -403,7 +406,8 @@ impl<'a> Reporter<'a> {
             return Err(fail(self.stage, FailReason::Interrupted));
         }
         let elapsed = self.last_event.elapsed();
-        if elapsed >= self.ctx.progress_interval || done == self.total {
+        let first = self.last_done == 0 && done > 0;
+        if first || elapsed >= self.ctx.progress_interval || done == self.total {
             let bytes_per_sec = (done - self.last_done) as f64 / elapsed.as_secs_f64().max(1e-9);
             let _ = self.ctx.events.send(EngineEvent {
                 target: self.ctx.id.clone(),

@@ -81,8 +81,8 @@ pub struct ImportOptions {
     pub reference_raw: bool,
     /// Told of the pass chunk by chunk (see [`ImportObserver`]), so that the
     /// image can be used before the import ends: a one-shot flash writes
-    /// targets while its image is imported. Only [`ImageCache::import`] (a
-    /// file) tells it; an import from a stream does not.
+    /// targets while its image is imported. [`ImageCache::import`] (a file)
+    /// and [`ImageCache::import_stream`] (a download) tell it.
     pub observer: Option<Arc<dyn ImportObserver>>,
     /// A bmap file that comes with the image (given by the operator, or found
     /// beside the file): checked in the import's one pass over the raw bytes

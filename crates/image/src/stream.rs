@@ -3,6 +3,9 @@
 //! sparse store), fed by whatever reads the bytes as they arrive. Nothing is
 //! read twice: the stream is consumed once, front to back.
 //!
+//! An [`ImportObserver`](crate::ImportObserver) in the options hears of the
+//! pass as it goes, as for a file (a flash that writes while it downloads).
+//!
 //! A zip archive cannot be read this way (its directory is at its end), so
 //! it is refused with [`ImageError::Unsupported`]; the stream formats and raw
 //! images are imported as they come.
@@ -41,6 +44,33 @@ pub struct StreamSource {
     /// Take the stream as a raw image whatever its first bytes look like (a
     /// disk read as it is, which may well start like a compressed file).
     pub raw: bool,
+    /// The stream's length as its source declared it (a server's
+    /// `Content-Length`), if it did: set by whoever feeds the stream before
+    /// its first byte, read once when the pass begins. For a raw stream it
+    /// is the image's size the observer is told at
+    /// [`ImportObserver::began`](crate::ImportObserver::began) (a lie
+    /// fails the import: the feed checks what it was fed against it).
+    /// Left unset, the size is known at the end.
+    pub declared_length: Arc<OnceLock<u64>>,
+    /// For a compressed stream, the raw size it declares, if known before
+    /// the pass (an `.xz` index fetched ahead), told to the observer as the
+    /// image's size; ignored for a raw stream.
+    pub declared_raw_size: Option<u64>,
+}
+
+impl StreamSource {
+    /// A stream called `label`, kept under `name`, with no provenance and
+    /// no declared length: its format by its first bytes.
+    pub fn new(label: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            label: label.into(),
+            name: name.into(),
+            provenance: Arc::default(),
+            raw: false,
+            declared_length: Arc::default(),
+            declared_raw_size: None,
+        }
+    }
 }
 
 impl ImageCache {
@@ -86,6 +116,16 @@ impl ImageCache {
         self.check_space(0, options.min_free_space)?;
         let mut temp = TempFile::create_in(&self.tmp, "img")?;
         let out_path = temp.path().to_path_buf();
+        // Whoever follows the import hears of it from here on, as of a
+        // file's: the raw bytes go to the temporary file, chunk by chunk.
+        let observer = options.observer.as_deref();
+        if let Some(observer) = observer {
+            let size = match format {
+                ImageFormat::Raw => source.declared_length.get().copied(),
+                _ => source.declared_raw_size,
+            };
+            observer.began(temp.file_mut(), chunk_size, size);
+        }
         let mut watch = |raw_size: u64| -> Result<(), ImageError> {
             if options.cancelled() {
                 return Err(ImageError::Cancelled {
@@ -118,7 +158,7 @@ impl ImageCache {
                 chunk_size as usize,
                 hashing,
                 &mut watch,
-                None,
+                observer,
             )
             .map_err(pass_error)
             .map(|raw| {
@@ -138,7 +178,7 @@ impl ImageCache {
                     chunk_size as usize,
                     hashing,
                     &mut watch,
-                    None,
+                    observer,
                 )
                 .map_err(pass_error)
             };

@@ -19,7 +19,7 @@ fn source(name: &str) -> (StreamSource, Arc<OnceLock<Provenance>>) {
             label: format!("https://example.invalid/{name}"),
             name: name.to_string(),
             provenance: slot.clone(),
-            raw: false,
+            ..StreamSource::new("", "")
         },
         slot,
     )

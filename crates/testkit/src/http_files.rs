@@ -40,6 +40,10 @@ pub enum Behaviour {
     /// Every answer sends up to this offset of the file and then holds the
     /// connection open without a byte more.
     StallAt(usize),
+    /// Every answer sends up to this offset of the file, then waits until
+    /// the test opens the gate ([`FileServer::open_gate`]) and sends the
+    /// rest: the test decides when the download may end.
+    GatedAt(usize),
 }
 
 /// A file the server serves.
@@ -100,6 +104,8 @@ struct Shared {
 pub struct FileServer {
     base: String,
     shared: Arc<Mutex<Shared>>,
+    /// Open (`true`) once the test lets gated answers go on.
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FileServer {
@@ -108,7 +114,11 @@ impl FileServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let server = Self { base, shared };
+        let server = Self {
+            base,
+            shared,
+            gate: Arc::new(tokio::sync::watch::channel(false).0),
+        };
         let accept = server.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
@@ -135,6 +145,12 @@ impl FileServer {
             .unwrap()
             .files
             .insert(path.to_string(), file);
+    }
+
+    /// Lets every answer held at a [`Behaviour::GatedAt`] offset go on (and
+    /// later ones pass it).
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
     }
 
     /// Every request answered so far, in order.
@@ -246,7 +262,22 @@ impl FileServer {
             Behaviour::Slow { piece, .. } => piece.max(1),
             _ => 64 * 1024,
         };
-        for data in file.body[from..end].chunks(piece) {
+        let gate_at = match file.behaviour {
+            Behaviour::GatedAt(n) => n.clamp(from, end),
+            _ => end,
+        };
+        let before_gate = file.body[from..gate_at].chunks(piece);
+        let after_gate = file.body[gate_at..end].chunks(piece);
+        for (gated, data) in before_gate
+            .map(|d| (false, d))
+            .chain(after_gate.map(|d| (true, d)))
+        {
+            if gated && !*self.gate.borrow() {
+                let mut open = self.gate.subscribe();
+                if open.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+            }
             if socket.write_all(data).await.is_err() {
                 return;
             }

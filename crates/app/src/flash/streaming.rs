@@ -34,6 +34,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flashrack_core::{RunId, Sha256Digest, StopReason};
 use flashrack_engine::{Fanout, ImageFeed};
 use flashrack_image::{CachedImage, ImageError, ImportObserver, ImportOptions, ImportOutcome};
+
+use crate::downloads::{
+    error_chain, file_name_of, import_url_following, Following, RetryPolicy, UrlImport, UrlProgress,
+};
 use flashrack_station::{Journal, JournalEvent, RunOptions, RunRefusal, RunStart};
 use tokio::sync::{mpsc, oneshot};
 
@@ -145,15 +149,15 @@ pub async fn flash_file(
     stops: mpsc::UnboundedReceiver<StopSignal>,
 ) -> Result<FlashOutcome, AppError> {
     let name = path.display().to_string();
-    let import_error = |source: ImageError| AppError::Import {
-        name: name.clone(),
+    let import_error = move |source: ImageError| AppError::Import {
+        name,
         source: Box::new(source),
     };
     let cache = open_cache(data_dir)?;
     let feed = ImageFeed::new();
     let (began_tx, began_rx) = oneshot::channel();
     let cancel = Arc::new(AtomicBool::new(false));
-    let mut abandon = CancelOnDrop(Some(cancel.clone()));
+    let abandon = CancelOnDrop(Some(cancel.clone()));
     let follow = !request.sparse && !request.audit;
     let options = ImportOptions {
         expected_sha256: expected,
@@ -169,30 +173,181 @@ pub async fn flash_file(
         ..ImportOptions::default()
     };
     let import_path = path.to_path_buf();
-    let mut import = tokio::task::spawn_blocking(move || cache.import(&import_path, options));
-    // A raw file's pass begins with its size known: follow it. Otherwise
-    // (compressed, sparse, an audit, a known file, an early error) the image
-    // is flashed once imported.
+    let import = tokio::task::spawn_blocking(move || {
+        cache.import(&import_path, options).map_err(import_error)
+    });
+    let importing = Importing {
+        import,
+        began: began_rx,
+        feed,
+        cancel,
+        abandon,
+    };
+    follow_or_wait(
+        data_dir,
+        Origin::File(path),
+        importing,
+        request,
+        view,
+        stops,
+    )
+    .await
+}
+
+/// Flashes the image at a URL, writing the targets while it downloads (and
+/// is imported as it arrives, see [`crate::downloads`]): the same as
+/// [`flash_file`] for a file, with the download's digest (`--sha256`, or a
+/// checksum list and its signature, checked before anything is downloaded)
+/// checked when it ends, before any verdict. A download that fails (a 404, a
+/// cut that cannot be resumed, a server that lies about the length, a file
+/// that changed on the server) fails every target with its reason and
+/// leaves nothing in the cache; a cut that can be resumed is resumed within
+/// the download, and a partial download left by a failure is resumed by the
+/// next import or flash of the URL. The targets follow the download when
+/// its raw size is known as it begins: a raw file's length as the server
+/// declares it; otherwise (a compressed file, a server that declares no
+/// length) the download ends first and the image is flashed from the cache.
+/// `progress` hears of the download.
+pub async fn flash_url(
+    data_dir: &Path,
+    import: UrlImport,
+    policy: RetryPolicy,
+    request: FlashRequest,
+    view: mpsc::UnboundedSender<FlashEvent>,
+    stops: mpsc::UnboundedReceiver<StopSignal>,
+) -> Result<FlashOutcome, AppError> {
+    let cache = open_cache(data_dir)?;
+    let feed = ImageFeed::new();
+    let (began_tx, began_rx) = oneshot::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let abandon = CancelOnDrop(Some(cancel.clone()));
+    let follow = !request.sparse && !request.audit;
+    let following = Following {
+        observer: follow.then(|| {
+            Arc::new(FeedObserver {
+                feed: feed.clone(),
+                began: Mutex::new(Some(began_tx)),
+            }) as Arc<dyn ImportObserver>
+        }),
+        raw_size: None,
+        cancel: Some(cancel.clone()),
+    };
+    let task = {
+        let (data_dir, import, view) = (data_dir.to_path_buf(), import.clone(), view.clone());
+        tokio::spawn(async move {
+            import_url_following(
+                &cache,
+                &data_dir,
+                &import,
+                policy,
+                |progress| {
+                    if let UrlProgress::Downloading(progress) = progress {
+                        let _ = view.send(FlashEvent::Download(progress));
+                    }
+                },
+                following,
+            )
+            .await
+        })
+    };
+    let importing = Importing {
+        import: task,
+        began: began_rx,
+        feed,
+        cancel,
+        abandon,
+    };
+    follow_or_wait(
+        data_dir,
+        Origin::Url(&import.url),
+        importing,
+        request,
+        view,
+        stops,
+    )
+    .await
+}
+
+/// Where the image a flash follows comes from.
+#[derive(Debug, Clone, Copy)]
+enum Origin<'a> {
+    /// A file being imported.
+    File(&'a Path),
+    /// A URL being downloaded and imported.
+    Url(&'a str),
+}
+
+impl Origin<'_> {
+    /// As the operator named it.
+    fn label(&self) -> String {
+        match self {
+            Origin::File(path) => path.display().to_string(),
+            Origin::Url(url) => (*url).to_string(),
+        }
+    }
+
+    /// The image's name in the records.
+    fn name(&self) -> String {
+        match self {
+            Origin::File(path) => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            Origin::Url(url) => file_name_of(url).unwrap_or_else(|| (*url).to_string()),
+        }
+    }
+}
+
+/// An import under way that a flash may follow.
+struct Importing {
+    /// The import (a panic there is re-raised).
+    import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
+    /// Told when the pass begins, with the image's size if known then;
+    /// closed when the import ends without a pass.
+    began: oneshot::Receiver<Option<u64>>,
+    feed: Arc<ImageFeed>,
+    cancel: Arc<AtomicBool>,
+    /// Abandons the import if the flash returns early.
+    abandon: CancelOnDrop,
+}
+
+/// Follows the import if its pass begins with the image's size known;
+/// otherwise (compressed with no declared size, sparse, an audit, a known
+/// file, an early error) flashes the image once imported.
+async fn follow_or_wait(
+    data_dir: &Path,
+    origin: Origin<'_>,
+    importing: Importing,
+    request: FlashRequest,
+    view: mpsc::UnboundedSender<FlashEvent>,
+    stops: mpsc::UnboundedReceiver<StopSignal>,
+) -> Result<FlashOutcome, AppError> {
+    let Importing {
+        mut import,
+        began,
+        feed,
+        cancel,
+        mut abandon,
+    } = importing;
     let began = tokio::select! {
         biased;
-        began = began_rx => began.ok().flatten(),
+        began = began => began.ok().flatten(),
         result = &mut import => {
             let outcome = result
-                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
-                .map_err(import_error)?;
+                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
             abandon.disarm();
             return super::flash(data_dir, outcome.image, request, view, stops).await;
         }
     };
     let Some(size) = began else {
-        let outcome = join(import).await.map_err(import_error)?;
+        let outcome = join(import).await?;
         abandon.disarm();
         return super::flash(data_dir, outcome.image, request, view, stops).await;
     };
-    tracing::debug!(path = %path.display(), size, "writing while importing");
+    tracing::debug!(image = %origin.label(), size, "writing while importing");
     let outcome = follow_import(
         data_dir,
-        path,
+        origin,
         size,
         feed,
         import,
@@ -206,10 +361,10 @@ pub async fn flash_file(
     outcome
 }
 
-/// The import's result from its blocking task (a panic there is re-raised).
+/// The import's result from its task (a panic there is re-raised).
 async fn join(
-    import: tokio::task::JoinHandle<Result<ImportOutcome, ImageError>>,
-) -> Result<ImportOutcome, ImageError> {
+    import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
+) -> Result<ImportOutcome, AppError> {
     match import.await {
         Ok(result) => result,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
@@ -220,10 +375,10 @@ async fn join(
 #[allow(clippy::too_many_arguments)]
 async fn follow_import(
     data_dir: &Path,
-    path: &Path,
+    origin: Origin<'_>,
     size: u64,
     feed: Arc<ImageFeed>,
-    import: tokio::task::JoinHandle<Result<ImportOutcome, ImageError>>,
+    import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
     request: FlashRequest,
     view: mpsc::UnboundedSender<FlashEvent>,
     mut stops: mpsc::UnboundedReceiver<StopSignal>,
@@ -232,11 +387,19 @@ async fn follow_import(
     // An early return abandons the import, and fails the feed (nobody
     // follows it yet).
     let mut abandon = CancelOnDrop(Some(cancel.clone()));
-    let policy = guard_policy(&request, data_dir, Some(path))
+    // A file being imported is read for the whole run: never a target (a
+    // download goes to the cache's temporary file, in the data directory,
+    // which the guard protects anyway).
+    let importing_file = match origin {
+        Origin::File(path) => Some(path),
+        Origin::Url(_) => None,
+    };
+    let policy = guard_policy(&request, data_dir, importing_file)
         .inspect_err(|_| feed.fail("the flash was refused"))?;
-    // The file being imported is read for the whole run: never a target.
-    crate::targets::refuse_the_image_file(path, &request.targets)
-        .inspect_err(|_| feed.fail("the flash was refused"))?;
+    if let Some(path) = importing_file {
+        crate::targets::refuse_the_image_file(path, &request.targets)
+            .inspect_err(|_| feed.fail("the flash was refused"))?;
+    }
     let targets = parse_targets(
         &request.targets,
         size,
@@ -250,10 +413,7 @@ async fn follow_import(
     .inspect_err(|_| feed.fail("the flash was refused"))?;
     let options = engine_options(&request, None);
     let stall_timeout = options.stall_timeout;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = origin.name();
     let run_options = RunOptions {
         verify: request.verify,
         eject_on_pass: false,
@@ -269,7 +429,7 @@ async fn follow_import(
     }
     // The run's image is not known before the import ends: a provisional
     // row, unique to this run, names it until then.
-    let provisional = provisional_digest(path);
+    let provisional = provisional_digest(&origin.label());
     let run_id = records
         .run_started_provisional(
             provisional,
@@ -305,7 +465,7 @@ async fn follow_import(
             run_id,
             provisional,
             name: name.clone(),
-            path: path.display().to_string(),
+            label: origin.label(),
             force_raw: request.force_raw,
             options: run_options,
         },
@@ -333,8 +493,10 @@ async fn follow_import(
             (Some(signal), imported.ok())
         }
         (_, Err(error)) => {
+            // The note says why, with the causes (the digest expected, the
+            // server's lie), not only what was imported.
             let _ = records
-                .run_stopped(run_id, StopReason::SourceFailed, Some(&error.to_string()))
+                .run_stopped(run_id, StopReason::SourceFailed, Some(&error_chain(&error)))
                 .await;
             return Err(error);
         }
@@ -370,7 +532,8 @@ struct RunImage {
     run_id: RunId,
     provisional: Sha256Digest,
     name: String,
-    path: String,
+    /// The file or URL, as the operator named it.
+    label: String,
     force_raw: bool,
     options: RunOptions,
 }
@@ -379,7 +542,7 @@ struct RunImage {
 /// once the image is recorded as the run's (so that no verdict comes before
 /// it), or with the reason it failed or may not be written raw.
 async fn finish_import(
-    import: tokio::task::JoinHandle<Result<ImportOutcome, ImageError>>,
+    import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
     feed: Arc<ImageFeed>,
     records: StoreRecords,
     run: RunImage,
@@ -395,11 +558,12 @@ async fn finish_import(
     let image = match outcome {
         Ok(outcome) => outcome.image,
         Err(error) => {
-            feed.fail(format!("the import of {} failed: {error}", run.path));
-            return Err(AppError::Import {
-                name: run.path,
-                source: Box::new(error),
-            });
+            feed.fail(format!(
+                "the import of {} failed: {}",
+                run.label,
+                import_reason(&error)
+            ));
+            return Err(error);
         }
     };
     if let Some(refusal) = image.raw_write_refusal().filter(|_| !run.force_raw) {
@@ -448,9 +612,25 @@ async fn finish_import(
     Ok(image)
 }
 
+/// Why an import failed, in the operator's words: the causes of `error`
+/// (whose own words only repeat what was imported).
+fn import_reason(error: &AppError) -> String {
+    match std::error::Error::source(error) {
+        Some(_) if matches!(error, AppError::Import { .. } | AppError::Download { .. }) => {
+            let chain = error_chain(error);
+            let own = error.to_string();
+            chain
+                .strip_prefix(&format!("{own}: "))
+                .map(str::to_string)
+                .unwrap_or(chain)
+        }
+        _ => error_chain(error),
+    }
+}
+
 /// A digest of no image, unique to one run: the provisional image row's key
 /// until the import names the image.
-fn provisional_digest(path: &Path) -> Sha256Digest {
+fn provisional_digest(label: &str) -> Sha256Digest {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -458,7 +638,7 @@ fn provisional_digest(path: &Path) -> Sha256Digest {
     Sha256Digest::of(
         format!(
             "flashrack provisional image: {} {} {nanos}",
-            path.display(),
+            label,
             std::process::id()
         )
         .as_bytes(),
