@@ -422,3 +422,56 @@ fn a_bmap_for_a_cached_image_is_read_once_and_its_claims_are_not_read_again() {
     assert_eq!(check, BmapCheck::Read { bytes: 12 * 4096 });
     assert_eq!(wide.ranges.mapped_bytes(), 13 * 4096);
 }
+
+#[test]
+fn an_image_whose_table_is_broken_is_imported_and_gets_a_reason_instead_of_a_map() {
+    use flashrack_inspect::alloc::AllocError;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path().join("cache")).unwrap();
+    // An MBR whose partition 1 (sector 2048, 64 MiB) runs past the end of
+    // this 8 MiB image (a truncated image), and a GPT's protective MBR with
+    // no GPT behind it.
+    let mbr = |kind: u8, sectors: u32| {
+        let mut bytes = vec![0u8; 8 << 20];
+        bytes[446 + 4] = kind;
+        bytes[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        bytes[446 + 12..446 + 16].copy_from_slice(&sectors.to_le_bytes());
+        bytes[510..512].copy_from_slice(&[0x55, 0xAA]);
+        bytes[2048 * 512..2049 * 512].fill(7);
+        bytes
+    };
+    for (name, bytes, expected) in [
+        (
+            "cut.img",
+            mbr(0x83, 131_072),
+            "partition 1 ends at byte 68157440 but the image has 8388608 bytes",
+        ),
+        (
+            "gpt-lost.img",
+            mbr(0xEE, 16383),
+            "the partition table is damaged (GPT damaged: primary header",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        fs::write(&path, &bytes).unwrap();
+        let image = cache.import(&path, ImportOptions::default()).unwrap().image;
+        let error = cache.generate_map(&image).unwrap_err();
+        match &error {
+            ImageError::NoBlockMap { reason } => {
+                assert!(
+                    matches!(
+                        reason,
+                        AllocError::PartitionPastEnd { .. } | AllocError::BrokenTable(_)
+                    ),
+                    "{name}: {reason}"
+                );
+                assert!(reason.to_string().starts_with(expected), "{name}: {reason}");
+            }
+            other => panic!("{name}: {other}"),
+        }
+        // The import stands: the image is cached, without a map, and is
+        // written whole.
+        assert!(cache.get(&image.sha256()).unwrap().is_some(), "{name}");
+        assert_eq!(cache.block_map(&image.sha256()).unwrap(), None, "{name}");
+    }
+}

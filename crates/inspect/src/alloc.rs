@@ -45,6 +45,21 @@ pub enum AllocError {
     /// Partitions overlap: a byte free in one may be used by another.
     #[error("partitions {0} and {1} overlap: the image can only be written whole")]
     Overlap(u32, u32),
+    /// A partition that ends past the image's end: the table is damaged or
+    /// the image truncated, and the bytes the table promises are not there.
+    #[error("partition {number} ends at byte {end} but the image has {size} bytes (a damaged table or a truncated image): no block map")]
+    PartitionPastEnd {
+        /// The partition's number.
+        number: u32,
+        /// Where it ends, by the table.
+        end: u64,
+        /// The image's size.
+        size: u64,
+    },
+    /// A partition table that is there but cannot be read: what lies where
+    /// is unknown.
+    #[error("the partition table is damaged ({0}): no block map")]
+    BrokenTable(String),
     /// A file system that is damaged or not understood.
     #[error("the {kind} file system {place} cannot be mapped: {reason}")]
     Broken {
@@ -96,7 +111,31 @@ pub fn allocation_map(image: &dyn ReadAt, info: &ImageInfo) -> Result<Allocation
     }
     // The file systems to read: (kind, start, length, where).
     let mut systems: Vec<(FsKind, u64, u64, String)> = Vec::new();
+    if info.table.is_none() && has_protective_mbr(image) {
+        // A protective MBR says a GPT is the table, and neither of its
+        // copies could be read: where the partitions lie is not known.
+        let why = info
+            .problems
+            .iter()
+            .find(|p| p.starts_with("GPT damaged"))
+            .cloned()
+            .unwrap_or_else(|| "a protective MBR with no readable GPT behind it".into());
+        return Err(AllocError::BrokenTable(why));
+    }
     if let Some(table) = &info.table {
+        // A partition past the image's end: the table or the image is not
+        // what it should be (a map of it would vouch for bytes not there).
+        if let Some(p) = table
+            .partitions
+            .iter()
+            .find(|p| p.start.saturating_add(p.size) > size)
+        {
+            return Err(AllocError::PartitionPastEnd {
+                number: p.number,
+                end: p.start.saturating_add(p.size),
+                size,
+            });
+        }
         let mut parts: Vec<_> = table.partitions.iter().collect();
         parts.sort_by_key(|p| p.start);
         for pair in parts.windows(2) {
@@ -106,7 +145,7 @@ pub fn allocation_map(image: &dyn ReadAt, info: &ImageInfo) -> Result<Allocation
         }
         for p in parts {
             if let Some(fs) = &p.filesystem {
-                if readable(fs.kind) && p.start.saturating_add(p.size) <= size {
+                if readable(fs.kind) {
                     systems.push((
                         fs.kind,
                         p.start,
@@ -154,6 +193,16 @@ pub fn allocation_map(image: &dyn ReadAt, info: &ImageInfo) -> Result<Allocation
         ranges: ranges.finish(size),
         sources,
     })
+}
+
+/// Whether the image's first sector is an MBR with a protective (0xEE)
+/// entry, which says a GPT follows.
+fn has_protective_mbr(image: &dyn ReadAt) -> bool {
+    let mut mbr = [0u8; 512];
+    if !matches!(image.read_at(0, &mut mbr), Ok(512)) || mbr[510..] != [0x55, 0xAA] {
+        return false;
+    }
+    (0..4).any(|i| mbr[446 + 16 * i + 4] == 0xEE)
 }
 
 fn readable(kind: FsKind) -> bool {

@@ -621,3 +621,173 @@ fn a_broken_ntfs_or_exfat_gives_a_reason_and_no_map() {
     let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
     assert!(error.to_string().contains("are needed for"), "{error}");
 }
+
+/// A disk image of `size` bytes with one partition table (`label`: "dos" or
+/// "gpt") made by `sfdisk` from `script`, and `volume` put at `start`.
+fn partitioned(dir: &Path, size: u64, script: &str, volume: &[u8], start: u64) -> Vec<u8> {
+    let disk = dir.join("partitioned.img");
+    fs::File::create(&disk).unwrap().set_len(size).unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["--no-reread", "--no-tell-kernel", "-q"])
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk {script}");
+    let mut bytes = fs::read(&disk).unwrap();
+    bytes[start as usize..start as usize + volume.len()].copy_from_slice(volume);
+    bytes
+}
+
+/// The map's ranges inside `[start, start + len)`, moved to start at 0.
+fn window(map: &AllocationMap, start: u64, len: u64) -> Vec<(u64, u64)> {
+    map.ranges
+        .iter()
+        .filter_map(|&(o, l)| {
+            let (a, b) = (o.max(start), (o + l).min(start + len));
+            (a < b).then(|| (a - start, b - a))
+        })
+        .collect()
+}
+
+#[test]
+fn ntfs_and_exfat_inside_an_mbr_and_a_gpt_are_mapped_from_their_partition_start() {
+    if !flashrack_testkit::require_root(&[
+        "mkfs.ntfs",
+        "ntfs-3g",
+        "ntfsfix",
+        "mkfs.exfat",
+        "mount.exfat-fuse",
+        "fsck.exfat",
+        "sfdisk",
+        "losetup",
+    ]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    const VOLUME: u64 = 48 * MIB;
+    // The partition starts at 1 MiB (sector 2048); the disk keeps 1 MiB
+    // after it (room for a GPT's backup).
+    let (start, size) = (MIB, VOLUME + 2 * MIB);
+    for kind in ["ntfs", "exfat"] {
+        let (volume, _) = make_through_loop(kind, VOLUME);
+        let bare = map_of(&volume);
+        for (label, script) in [
+            (
+                "dos",
+                format!("label: dos\nstart=2048, size={}, type=7\n", VOLUME / 512),
+            ),
+            (
+                "gpt",
+                format!(
+                    "label: gpt\nstart=2048, size={}, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n",
+                    VOLUME / 512
+                ),
+            ),
+        ] {
+            let what = format!("{kind} in {label}");
+            let mut disk = partitioned(dir.path(), size, &script, &volume, start);
+            // Bytes past the partition (and the table's own gap) are carried
+            // whatever they hold: garbage there must be in the map.
+            let end = (start + VOLUME) as usize;
+            let tail = disk.len() - if label == "gpt" { 33 * 512 } else { 0 };
+            disk[end..tail].fill(0x5a);
+            let info = inspect(&disk);
+            let part = &info.table.as_ref().unwrap().partitions[0];
+            assert_eq!((part.start, part.size), (start, VOLUME), "{what}");
+            let map = map_of(&disk);
+            assert_eq!(map.sources.len(), 1, "{what}: {map}");
+            assert!(map.sources[0].contains("in partition 1"), "{what}: {map}");
+            // Inside the partition: exactly the bare volume's map, moved by
+            // the partition's start.
+            assert_eq!(window(&map, start, VOLUME), bare.ranges, "{what}");
+            // Outside it: everything.
+            assert_eq!(window(&map, 0, start), vec![(0, start)], "{what}");
+            assert_eq!(
+                window(&map, start + VOLUME, size - start - VOLUME),
+                vec![(0, size - start - VOLUME)],
+                "{what}"
+            );
+            // The partition of a sparse copy onto garbage checks clean.
+            let copy = sparse_copy(&disk, &map);
+            let part_copy = dir.path().join(format!("{kind}-{label}.img"));
+            fs::write(&part_copy, &copy[start as usize..end]).unwrap();
+            if kind == "ntfs" {
+                let fix = run(Command::new("ntfsfix").arg("-n").arg(&part_copy));
+                assert!(fix.contains("processed successfully"), "{what}: {fix}");
+            } else {
+                let fsck = run(Command::new("fsck.exfat").arg("-n").arg(&part_copy));
+                assert!(fsck.contains("clean"), "{what}: {fsck}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_damaged_table_or_a_partition_past_the_end_gives_a_reason_and_no_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ext, _) = make_ext4(dir.path(), 16 * MIB, &[]);
+    let volume = fs::read(&ext).unwrap();
+    let size = 18 * MIB;
+    let gpt = partitioned(
+        dir.path(),
+        size,
+        &format!("label: gpt\nstart=2048, size={}, type=L\n", 16 * MIB / 512),
+        &volume,
+        MIB,
+    );
+    let dos = partitioned(
+        dir.path(),
+        size,
+        &format!("label: dos\nstart=2048, size={}, type=83\n", 16 * MIB / 512),
+        &volume,
+        MIB,
+    );
+    // Both good: a map of the ext4 in partition 1.
+    for bytes in [&gpt, &dos] {
+        assert!(map_of(bytes).sources[0].starts_with("ext4 in partition 1"));
+    }
+
+    // Both GPT headers damaged behind the protective MBR.
+    let mut broken = gpt.clone();
+    broken[512 + 24] ^= 0xff;
+    let last = broken.len() - 512;
+    broken[last + 24] ^= 0xff;
+    let error = allocation_map(&broken, &inspect(&broken)).unwrap_err();
+    assert!(
+        matches!(&error, AllocError::BrokenTable(why) if why.starts_with("GPT damaged")),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("the partition table is damaged (GPT damaged: primary header"),
+        "{error}"
+    );
+
+    // The image cut short inside its partition (GPT read from its primary;
+    // MBR as it is): the partition ends past the image's end.
+    for (label, bytes) in [("gpt", &gpt), ("dos", &dos)] {
+        let cut = bytes[..12 * MIB as usize].to_vec();
+        let error = allocation_map(&cut, &inspect(&cut)).unwrap_err();
+        assert_eq!(
+            error,
+            AllocError::PartitionPastEnd {
+                number: 1,
+                end: 17 * MIB,
+                size: 12 * MIB
+            },
+            "{label}"
+        );
+        assert!(error
+            .to_string()
+            .contains("a damaged table or a truncated image"));
+    }
+}
