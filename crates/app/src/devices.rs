@@ -43,9 +43,7 @@ impl Survey {
                 max_size_bytes: config.max_size.bytes(),
                 allow_unmapped_ports: config.allow_unmapped_ports,
                 mapped_ports: labels.keys().cloned().collect(),
-                // A listing opens no cache (it writes nothing in the data
-                // directory): a loop device over a cached image is refused
-                // when it is opened for writing, not here.
+                // Files kept (rule 4's protected files): see `keeping`.
                 ..GuardPolicy::default()
             },
             labels,
@@ -63,6 +61,16 @@ impl Survey {
             },
             labels: BTreeMap::new(),
         }
+    }
+
+    /// Judges loop devices over the files of `data_dir` and of its image
+    /// cache as the station and `flash` do (rule 4's `protected_file`),
+    /// looking at the cache as it is: nothing in the data directory is
+    /// created or changed, and a running station's imports are left alone.
+    pub fn keeping(&mut self, data_dir: &std::path::Path) -> Result<(), AppError> {
+        self.policy.protected_files =
+            crate::kept_files::KeptFiles::looking_at(data_dir)?.protected();
+        Ok(())
     }
 
     /// Also lets through devices on `buses` (`loop` for loop devices).

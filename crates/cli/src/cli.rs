@@ -641,7 +641,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Flash(flash) => crate::flash::run(&data_dir, flash, false).await,
         Command::Verify(verify) => crate::flash::run(&data_dir, verify.into(), true).await,
         Command::Devices(devices) => {
-            tokio::task::spawn_blocking(move || crate::devices_cmd::run(devices)).await?
+            let flag = data_dir_flag.clone();
+            let dir = data_dir.clone();
+            tokio::task::spawn_blocking(move || crate::devices_cmd::run(flag, dir, devices)).await?
         }
         Command::Demo(demo) => crate::demo::run(&data_dir, demo).await,
         Command::Serve(serve) => crate::serve::run(data_dir_flag, args.wait, serve).await,

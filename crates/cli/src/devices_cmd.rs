@@ -1,6 +1,7 @@
 //! `flashrack devices`: the block devices attached now and what the target
 //! guard would say of each (see `flashrack_app::devices`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -9,15 +10,30 @@ use flashrack_config::StationConfig;
 
 use crate::cli::DevicesArgs;
 
-/// Lists the devices (blocking: call it off the async workers).
-pub fn run(request: DevicesArgs) -> Result<ExitCode> {
-    let mut survey = match &request.config {
-        Some(path) => Survey::of_config(
-            &StationConfig::load(path).with_context(|| format!("--config {}", path.display()))?,
+/// Lists the devices (blocking: call it off the async workers). Loop
+/// devices over the files of the data directory (`--data-dir`, else the
+/// configuration's with `--config`, else the default) are judged as kept.
+pub fn run(
+    data_dir_flag: Option<PathBuf>,
+    default_dir: PathBuf,
+    request: DevicesArgs,
+) -> Result<ExitCode> {
+    let (mut survey, data_dir) = match &request.config {
+        Some(path) => {
+            let config = StationConfig::load(path)
+                .with_context(|| format!("--config {}", path.display()))?;
+            let data_dir = data_dir_flag.unwrap_or_else(|| config.data_dir.clone());
+            (Survey::of_config(&config), data_dir)
+        }
+        None => (
+            Survey::like_flash(request.max_size),
+            data_dir_flag.unwrap_or(default_dir),
         ),
-        None => Survey::like_flash(request.max_size),
     };
     survey.allow_buses(&request.allow_buses);
+    survey
+        .keeping(&data_dir)
+        .with_context(|| format!("the data directory {}", data_dir.display()))?;
     let devices = attached(&survey)?;
     if request.json {
         outln!("{}", serde_json::to_string_pretty(&devices)?)?;

@@ -317,6 +317,40 @@ fn a_loop_device_over_a_raw_image_the_cache_references_is_refused_by_the_guard_a
         assert_eq!(attempt["verdict"], "refused", "{attempt:#}");
         assert_eq!(attempt["reason_code"], "protected_file", "{attempt:#}");
     }
+    // `devices` says the same of it, with the same sentence, and changes
+    // nothing in the data directory.
+    let listed_before = listing(&data);
+    let out = flashrack(&data, &["devices", "--json", "--allow-bus", "loop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .iter()
+        .find(|row| row["device"] == dev)
+        .unwrap_or_else(|| panic!("{dev} not listed: {rows:#?}"));
+    let refusals = row["refusals"].as_array().unwrap();
+    assert_eq!(refusals.len(), 1, "{row:#}");
+    assert_eq!(refusals[0]["code"], "protected_file", "{row:#}");
+    let sentence = format!(
+        "{} is a loop device over {}, the image {} (golden.img) that the cache reads in place: \
+         writing it would corrupt that file",
+        device.0.file_name().unwrap().to_string_lossy(),
+        std::fs::canonicalize(&referenced).unwrap().display(),
+        &digest[..12]
+    );
+    assert_eq!(refusals[0]["message"], sentence.as_str(), "{row:#}");
+    let out = flashrack(&data, &["devices", "--allow-bus", "loop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|line| line.starts_with(dev))
+        .unwrap_or_else(|| panic!("{dev} not in {table}"));
+    assert!(line.contains(&format!("refused: {sentence}")), "{line}");
+    assert_eq!(
+        listing(&data),
+        listed_before,
+        "devices changed the data directory"
+    );
     assert_eq!(
         std::fs::read(&referenced).unwrap(),
         golden,
@@ -328,4 +362,23 @@ fn a_loop_device_over_a_raw_image_the_cache_references_is_refused_by_the_guard_a
         "still cached: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// Every path under `dir` with its size and modification time: what a
+/// command that only looks must leave as it was.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            out.push((entry.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
 }

@@ -7,8 +7,10 @@ mod sysfs;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use identity::block_devno;
@@ -73,9 +75,23 @@ pub struct DiskFacts {
     /// Whether the kernel marks the device read-only. Not a guard rule: writing a
     /// read-only stick ends in a `read-only` verdict, which tells the operator more.
     pub read_only: bool,
-    /// For a loop device, the file behind it (sysfs `loop/backing_file`); `None`
-    /// for any other device, and for a loop device with nothing attached.
-    pub loop_backing: Option<BackingFile>,
+    /// The loop devices under this device and the file behind each: the device
+    /// itself when it is a loop device, the loop device a partition belongs to,
+    /// and every loop device at the bottom of a stack (device-mapper, md) over
+    /// it, followed through `slaves/` and partitions' disks. Writing this device
+    /// writes those files. Empty for a device with no loop device under it, and
+    /// for a loop device with nothing attached.
+    pub loop_backings: Vec<LoopBacking>,
+}
+
+/// A loop device under the device being judged, and its backing file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopBacking {
+    /// Kernel name of the loop device (`loop3`): the device itself, or the one
+    /// a partition or a stacked device lies on.
+    pub loop_device: String,
+    /// The file behind it.
+    pub file: BackingFile,
 }
 
 /// The file behind a loop device: what writing the device writes.
@@ -84,13 +100,22 @@ pub struct BackingFile {
     /// The path the kernel gives (`loop/backing_file`), without the
     /// `" (deleted)"` it appends for a file that has been unlinked.
     pub path: PathBuf,
-    /// Device and inode of the file at that path now (`None` when it cannot be
-    /// looked at: unlinked, or not reachable from here). Looked up by path, so
-    /// a file renamed away and replaced after the loop device was attached is
-    /// seen as its replacement.
+    /// Device and inode of the file the loop device writes (in `st_dev`'s
+    /// encoding, as [`std::os::unix::fs::MetadataExt::dev`] gives it). Taken
+    /// from the loop device itself (`LOOP_GET_STATUS64`: the kernel's own
+    /// record of the open file) when [`from_loop_status`](Self::from_loop_status);
+    /// otherwise looked up by [`path`](Self::path) now, which names another
+    /// file when the loop device was attached in another mount namespace or
+    /// chroot (the kernel gives the path as seen from there), and nothing for
+    /// a file since unlinked. `None` when neither could be had.
     pub file: Option<(u64, u64)>,
     /// Whether the kernel says the file has been unlinked.
     pub deleted: bool,
+    /// Whether [`file`](Self::file) came from the loop device's status rather
+    /// than from the path: `false` only when the device node could not be
+    /// opened (no node in this `/dev`, no permission) or in a fake view that
+    /// gives no status.
+    pub from_loop_status: bool,
 }
 
 impl BackingFile {
@@ -117,7 +142,18 @@ impl BackingFile {
             path,
             file,
             deleted,
+            from_loop_status: false,
         })
+    }
+
+    /// The same file, known by the device and inode the loop device's status
+    /// gives (in `st_dev`'s encoding), which win over the path's.
+    pub fn with_loop_status(self, dev: u64, ino: u64) -> BackingFile {
+        BackingFile {
+            file: Some((dev, ino)),
+            from_loop_status: true,
+            ..self
+        }
     }
 }
 
@@ -138,6 +174,20 @@ pub struct SystemView {
     /// (to follow `/dev/mapper/…` links to `dm-N`). Off for fake views, so that a test
     /// never depends on what the host's `/dev` holds.
     host_paths: bool,
+    /// Where the device and inode of loop devices' backing files come from.
+    loop_status: LoopStatusSource,
+}
+
+/// Where a [`SystemView`] finds a loop device's status (the device and inode of
+/// the file behind it).
+#[derive(Debug, Clone)]
+enum LoopStatusSource {
+    /// `LOOP_GET_STATUS64` on the device node `/dev/<name>`, checked to be
+    /// the device sysfs describes.
+    Live,
+    /// What the test says, by kernel name; a loop device not named has no
+    /// status (its file is then looked up by path).
+    Fake(BTreeMap<String, (u64, u64)>),
 }
 
 impl SystemView {
@@ -162,6 +212,7 @@ impl SystemView {
             mountinfo,
             swaps,
             host_paths: true,
+            loop_status: LoopStatusSource::Live,
         })
     }
 
@@ -178,8 +229,50 @@ impl SystemView {
             mountinfo: mountinfo.into(),
             swaps: swaps.into(),
             host_paths: false,
+            loop_status: LoopStatusSource::Fake(BTreeMap::new()),
         }
     }
+
+    /// A fake view in which loop device `loop_name`'s status says its backing
+    /// file is device `dev`, inode `ino` (as the kernel keeps it whatever its
+    /// path says now). No effect on the live view.
+    pub fn with_loop_file(mut self, loop_name: &str, dev: u64, ino: u64) -> Self {
+        if let LoopStatusSource::Fake(files) = &mut self.loop_status {
+            files.insert(loop_name.to_owned(), (dev, ino));
+        }
+        self
+    }
+
+    /// The device and inode of the file behind loop device `name` (sysfs
+    /// directory `dir`), from its status; `None` when it cannot be read.
+    fn loop_file(&self, name: &str, dir: &Path) -> Option<(u64, u64)> {
+        match &self.loop_status {
+            LoopStatusSource::Fake(files) => files.get(name).copied(),
+            LoopStatusSource::Live => {
+                let (major, minor) = devno_of_dir(dir)?;
+                let node = Path::new("/dev").join(name);
+                let file = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(&node)
+                    .ok()?;
+                // The node must be the device sysfs described, not a stale
+                // or foreign node under the same name.
+                if block_devno(file.metadata(), &node).ok()? != (major, minor) {
+                    return None;
+                }
+                identity::loop_backing_file(&file).ok()
+            }
+        }
+    }
+}
+
+/// The device number sysfs gives for the device directory `dir` (its `dev`
+/// file, `"7:3"`).
+fn devno_of_dir(dir: &Path) -> Option<(u32, u32)> {
+    let text = fs::read_to_string(dir.join("dev")).ok()?;
+    let (major, minor) = text.trim().split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 impl DiskFacts {
@@ -208,6 +301,16 @@ impl DiskFacts {
                 found: facts.identity(),
             }
             .into());
+        }
+        // The file behind an opened loop device is read from the very
+        // descriptor that will be written through.
+        let mut facts = facts;
+        for backing in &mut facts.loop_backings {
+            if backing.loop_device == facts.kernel_name {
+                if let Ok((dev, ino)) = identity::loop_backing_file(file) {
+                    backing.file = backing.file.clone().with_loop_status(dev, ino);
+                }
+            }
         }
         Ok(DiskFacts {
             diskseq: opened.diskseq,
@@ -325,17 +428,36 @@ impl DiskFacts {
             }
         }
 
-        // What a write to a loop device writes: its backing file.
-        let loop_backing = match fs::read_to_string(dir.join("loop/backing_file")) {
-            Ok(text) => BackingFile::from_sysfs_text(&text),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(GuardError::Io {
-                    path: dir.join("loop/backing_file"),
-                    source,
-                })
+        // What a write to this device writes in the end: the backing files of
+        // the loop devices under it (itself, its partition's disk, the bottom
+        // of a dm or md stack), each known by the device and inode the loop
+        // device's status gives.
+        let mut loop_backings = Vec::new();
+        for name in sys.whole_disks_under(&dir, 0)? {
+            let Some(loop_dir) = sys.dir_of_name(&name)? else {
+                continue;
+            };
+            let text = match fs::read_to_string(loop_dir.join("loop/backing_file")) {
+                Ok(text) => text,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(GuardError::Io {
+                        path: loop_dir.join("loop/backing_file"),
+                        source,
+                    })
+                }
+            };
+            let Some(mut file) = BackingFile::from_sysfs_text(&text) else {
+                continue;
+            };
+            if let Some((dev, ino)) = view.loop_file(&name, &loop_dir) {
+                file = file.with_loop_status(dev, ino);
             }
-        };
+            loop_backings.push(LoopBacking {
+                loop_device: name,
+                file,
+            });
+        }
 
         Ok(DiskFacts {
             dev_path: dev_path.to_owned(),
@@ -353,7 +475,7 @@ impl DiskFacts {
             holders,
             system_disk,
             read_only,
-            loop_backing,
+            loop_backings,
         })
     }
 }

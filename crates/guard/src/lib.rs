@@ -28,8 +28,13 @@
 //! 4. it is not a disk under the root filesystem or any other mounted filesystem,
 //!    followed through partitions and dm/md slaves ([`Refusal::SystemDisk`]), nor a
 //!    loop device over a file flashrack keeps — a cached image, a raw image the
-//!    cache reads in place, its records — as the policy's [`FileKeeper`] says
-//!    ([`Refusal::ProtectedFile`]: writing it would corrupt the image);
+//!    cache reads in place, its records — as the policy's [`FileKeeper`] says,
+//!    nor a device stacked over such a loop device (a partition of it, dm, md;
+//!    followed down `slaves/` and partitions' disks) ([`Refusal::ProtectedFile`]:
+//!    writing it would corrupt the image). The file is judged by the device and
+//!    inode the loop device's own status gives (`LOOP_GET_STATUS64`), not by the
+//!    path sysfs shows, which names another file or none when the device was
+//!    attached in another mount namespace or through a link since removed;
 //! 5. its size is at most the maximum ([`Refusal::TooLarge`]) and at least the image
 //!    ([`Refusal::TooSmall`]; a size of zero is [`Refusal::NoMedium`]: a card reader
 //!    without a card is not a small stick);
@@ -75,7 +80,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use facts::{BackingFile, DiskFacts, DiskIdentity, MountUse, SystemView};
+pub use facts::{BackingFile, DiskFacts, DiskIdentity, LoopBacking, MountUse, SystemView};
 pub use rules::{
     evaluate, read_refusals, refusals, Accepted, Authorization, FileKeeper, GuardPolicy,
     GuardRequest, ProtectedFiles, Refusal, DEFAULT_MAX_SIZE_BYTES,

@@ -176,13 +176,21 @@ pub enum Refusal {
         why: String,
     },
     /// Rule 4: a loop device over a file flashrack keeps (a cached image, a
-    /// raw image the cache reads in place, its records): writing the device
-    /// would corrupt that file.
-    #[error("{device} is a loop device over {}, {what}: writing it would corrupt that file", file.display())]
+    /// raw image the cache reads in place, its records), or a device stacked
+    /// over such a loop device (a partition of it, device-mapper, md):
+    /// writing the device would corrupt that file.
+    #[error("{}, {what}: writing it would corrupt that file", match via {
+        None => format!("{device} is a loop device over {}", file.display()),
+        Some(loop_device) => format!("{device} lies over loop device {loop_device}, which is over {}", file.display()),
+    })]
     ProtectedFile {
-        /// Kernel name of the loop device.
+        /// Kernel name of the device judged.
         device: String,
-        /// Its backing file.
+        /// The loop device under it, when it is not the device itself (a
+        /// partition's disk, the bottom of a dm or md stack).
+        via: Option<String>,
+        /// The backing file, as the kernel names it (its device and inode
+        /// are what was compared).
         file: PathBuf,
         /// What the file is to flashrack.
         what: String,
@@ -353,13 +361,16 @@ pub fn refusals(facts: &DiskFacts, policy: &GuardPolicy, request: &GuardRequest)
         out.push(Refusal::SystemDisk { why: why.clone() });
     }
     // Rule 4 also covers what flashrack itself reads: a loop device over a
-    // cached image (or the raw image the cache references in place) would
-    // overwrite the image the other targets are written from.
-    if let Some(backing) = &facts.loop_backing {
-        if let Some(what) = policy.protected_files.keeps(backing) {
+    // cached image (or the raw image the cache references in place), or a
+    // device stacked over one, would overwrite the image the other targets
+    // are written from.
+    for backing in &facts.loop_backings {
+        if let Some(what) = policy.protected_files.keeps(&backing.file) {
             out.push(Refusal::ProtectedFile {
                 device: facts.kernel_name.clone(),
-                file: backing.path.clone(),
+                via: (backing.loop_device != facts.kernel_name)
+                    .then(|| backing.loop_device.clone()),
+                file: backing.file.path.clone(),
                 what,
             });
         }
@@ -435,7 +446,7 @@ mod tests {
 
     use super::*;
     use crate::test_support::{armed, healthy, policy, refused};
-    use crate::MountUse;
+    use crate::{LoopBacking, MountUse};
 
     #[test]
     fn a_healthy_usb_disk_in_a_mapped_port_is_accepted_under_an_armed_run() {
@@ -472,15 +483,23 @@ mod tests {
         }
     }
 
+    fn backing(loop_device: &str, file: (u64, u64)) -> LoopBacking {
+        LoopBacking {
+            loop_device: loop_device.to_owned(),
+            file: BackingFile {
+                path: PathBuf::from("/srv/x.img"),
+                file: Some(file),
+                deleted: false,
+                from_loop_status: true,
+            },
+        }
+    }
+
     fn loop_over(file: (u64, u64)) -> DiskFacts {
         DiskFacts {
             kernel_name: "loop4".to_owned(),
             bus: Some("loop".to_owned()),
-            loop_backing: Some(BackingFile {
-                path: PathBuf::from("/srv/x.img"),
-                file: Some(file),
-                deleted: false,
-            }),
+            loop_backings: vec![backing("loop4", file)],
             ..healthy()
         }
     }
@@ -518,6 +537,59 @@ mod tests {
             ..p.clone()
         };
         assert_ne!(other, p);
+    }
+
+    #[test]
+    fn a_device_stacked_over_a_loop_device_over_a_kept_file_is_refused_naming_the_loop_device() {
+        let mut p = policy();
+        p.allowed_buses
+            .extend(["loop".to_owned(), "virtual".to_owned()]);
+        p.protected_files = ProtectedFiles::new(Arc::new(OneFile((1, 2))));
+        // dm-0 over loop4 (kept) and loop5 (not kept): refused once, for loop4.
+        let dm = DiskFacts {
+            kernel_name: "dm-0".to_owned(),
+            bus: Some("virtual".to_owned()),
+            loop_backings: vec![backing("loop4", (1, 2)), backing("loop5", (1, 3))],
+            ..healthy()
+        };
+        assert_eq!(
+            refusals(&dm, &p, &armed(1)),
+            vec![Refusal::ProtectedFile {
+                device: "dm-0".to_owned(),
+                via: Some("loop4".to_owned()),
+                file: PathBuf::from("/srv/x.img"),
+                what: "the image 1a2b3c4d5e6f (x.img)".to_owned(),
+            }]
+        );
+        assert_eq!(
+            refused(&dm, &p, &armed(1)).to_string(),
+            "dm-0 lies over loop device loop4, which is over /srv/x.img, the image \
+             1a2b3c4d5e6f (x.img): writing it would corrupt that file"
+        );
+        // Over loop5 alone: written.
+        let over_other = DiskFacts {
+            loop_backings: vec![backing("loop5", (1, 3))],
+            ..dm.clone()
+        };
+        assert!(evaluate(&over_other, &p, &armed(1)).is_ok());
+        // A partition of the kept loop device: not a whole disk, and over a
+        // kept file.
+        let partition = DiskFacts {
+            kernel_name: "loop4p1".to_owned(),
+            is_partition: true,
+            parent_disk: Some("loop4".to_owned()),
+            bus: Some("loop".to_owned()),
+            loop_backings: vec![backing("loop4", (1, 2))],
+            ..healthy()
+        };
+        let codes: Vec<RefusalCode> = refusals(&partition, &p, &armed(1))
+            .iter()
+            .map(Refusal::kind)
+            .collect();
+        assert_eq!(
+            codes,
+            [RefusalCode::NotWholeDisk, RefusalCode::ProtectedFile]
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub(crate) fn healthy() -> DiskFacts {
         holders: vec![],
         system_disk: None,
         read_only: false,
-        loop_backing: None,
+        loop_backings: Vec::new(),
     }
 }
 

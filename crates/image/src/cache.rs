@@ -159,6 +159,33 @@ impl ImageCache {
         })
     }
 
+    /// The cache in `dir` as it is, for reading only: nothing is created or
+    /// cleaned up (an import under way in another process keeps its
+    /// temporary files). `None` when `dir` holds no cache.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<Option<Self>, ImageError> {
+        let root = dir.as_ref().to_path_buf();
+        let images = root.join("images");
+        match fs::metadata(&images) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ImageError::CacheIo {
+                    action: "inspect",
+                    path: images,
+                    source,
+                })
+            }
+        }
+        let tmp = root.join("tmp");
+        Ok(Some(Self {
+            index: Index::new(root.join("sources"), root.join("aliases"), tmp.clone()),
+            root,
+            images,
+            tmp,
+        }))
+    }
+
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.root

@@ -363,7 +363,7 @@ impl SimAccess {
             holders: Vec::new(),
             system_disk: None,
             read_only: device.read_only,
-            loop_backing: None,
+            loop_backings: Vec::new(),
         }
     }
 

@@ -122,3 +122,69 @@ fn sysfs_diskseq(root: &Path, major: u32, minor: u32) -> Result<Option<u64>, Gua
         Err(other) => Err(other),
     }
 }
+
+/// The part of `struct loop_info64` (`<linux/loop.h>`) the guard reads: the
+/// device and inode of the backing file; the rest (offsets, flags, names,
+/// 216 bytes) is kept only so that the kernel has the whole struct to fill.
+#[repr(C)]
+struct LoopInfo64 {
+    /// `lo_device`: the backing file's device, in the kernel's "huge" encoding.
+    lo_device: u64,
+    /// `lo_inode`: the backing file's inode number.
+    lo_inode: u64,
+    /// `lo_rdevice` … `lo_init`.
+    _rest: [u8; 216],
+}
+
+/// The device and inode of the file behind the loop device open as `file`
+/// (`LOOP_GET_STATUS64`), the device in `st_dev`'s encoding so that it
+/// compares with [`MetadataExt::dev`]. The kernel keeps them for the open
+/// file itself, whatever its path has become since (renamed, unlinked,
+/// attached in another mount namespace). `ENXIO` for a loop device with
+/// nothing attached.
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+
+#[allow(unsafe_code)]
+pub(super) fn loop_backing_file(file: &File) -> rustix::io::Result<(u64, u64)> {
+    /// `LOOP_GET_STATUS64`: a plain number, not an `_IOR` encoding.
+    const LOOP_GET_STATUS64: rustix::ioctl::Opcode = 0x4C05;
+    // SAFETY: LOOP_GET_STATUS64 takes a pointer to a `struct loop_info64`
+    // (232 bytes, 8-aligned) that the kernel fills in; `LoopInfo64` has that
+    // size and alignment, and `Getter` passes a pointer to one and reads it
+    // back. The descriptor is a valid open file for the duration of the call.
+    let info = unsafe {
+        rustix::ioctl::ioctl(
+            file,
+            rustix::ioctl::Getter::<LOOP_GET_STATUS64, LoopInfo64>::new(),
+        )
+    }?;
+    Ok((huge_to_st_dev(info.lo_device), info.lo_inode))
+}
+
+/// A device number in the kernel's "huge" encoding (`new_encode_dev`: minor's
+/// low byte, then 12 bits of major, then the rest of minor) in `st_dev`'s.
+fn huge_to_st_dev(dev: u64) -> u64 {
+    let major = ((dev & 0xf_ff00) >> 8) as u32;
+    let minor = ((dev & 0xff) | ((dev >> 12) & 0xf_ff00)) as u32;
+    rustix::fs::makedev(major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_encoded_device_number_becomes_st_devs() {
+        // 8:1 (sda1), 259:3 (nvme0n1p3), 253:300 (a minor past one byte).
+        for (major, minor) in [(8u32, 1u32), (259, 3), (253, 300), (0, 45)] {
+            let huge = u64::from(minor & 0xff)
+                | (u64::from(major) << 8)
+                | (u64::from(minor & !0xff) << 12);
+            let st_dev = huge_to_st_dev(huge);
+            assert_eq!(
+                (rustix::fs::major(st_dev), rustix::fs::minor(st_dev)),
+                (major, minor)
+            );
+        }
+    }
+}

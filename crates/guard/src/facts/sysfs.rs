@@ -80,7 +80,7 @@ impl<'a> SysfsTree<'a> {
         self.follow(self.root.join(format!("dev/block/{major}:{minor}")))
     }
 
-    fn dir_of_name(&self, name: &str) -> Result<Option<PathBuf>, GuardError> {
+    pub(super) fn dir_of_name(&self, name: &str) -> Result<Option<PathBuf>, GuardError> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Ok(None);
         }

@@ -407,49 +407,134 @@ fn the_disk_sequence_number_is_read_from_sysfs_when_there_is_one() {
 
 const LOOP_PARENT: &str = "devices/virtual/block";
 
+/// Attaches a fake loop device's backing file as sysfs names it.
+fn attach(disk: &Path, text: &str) {
+    fs::create_dir_all(disk.join("loop")).unwrap();
+    fs::write(disk.join("loop/backing_file"), format!("{text}\n")).unwrap();
+}
+
 #[test]
 fn a_loop_devices_backing_file_is_known_by_path_device_and_inode() {
     use std::os::unix::fs::MetadataExt;
     let sys = FakeSys::new();
     let image = tempfile::NamedTempFile::new().unwrap();
     let disk = sys.disk(LOOP_PARENT, "loop7", (7, 7), 2048);
-    fs::create_dir_all(disk.join("loop")).unwrap();
-    fs::write(
-        disk.join("loop/backing_file"),
-        format!("{}\n", image.path().display()),
-    )
-    .unwrap();
+    attach(&disk, &image.path().display().to_string());
     let facts = sys.facts((7, 7), "", NO_SWAP);
     assert_eq!(facts.bus.as_deref(), Some("loop"));
     let meta = fs::metadata(image.path()).unwrap();
+    // A view without the loop device's status: the file at the path now.
     assert_eq!(
-        facts.loop_backing,
-        Some(BackingFile {
-            path: image.path().to_path_buf(),
-            file: Some((meta.dev(), meta.ino())),
-            deleted: false,
-        })
+        facts.loop_backings,
+        vec![LoopBacking {
+            loop_device: "loop7".to_owned(),
+            file: BackingFile {
+                path: image.path().to_path_buf(),
+                file: Some((meta.dev(), meta.ino())),
+                deleted: false,
+                from_loop_status: false,
+            }
+        }]
     );
 
     // An unlinked backing file is named as the kernel names it, without
-    // the suffix, and has no inode to compare.
-    fs::write(disk.join("loop/backing_file"), "/tmp/gone.img (deleted)\n").unwrap();
+    // the suffix, and has no inode to compare by path.
+    attach(&disk, "/tmp/gone.img (deleted)");
+    let gone = BackingFile {
+        path: PathBuf::from("/tmp/gone.img"),
+        file: None,
+        deleted: true,
+        from_loop_status: false,
+    };
     assert_eq!(
-        sys.facts((7, 7), "", NO_SWAP).loop_backing,
-        Some(BackingFile {
-            path: PathBuf::from("/tmp/gone.img"),
-            file: None,
-            deleted: true,
-        })
+        sys.facts((7, 7), "", NO_SWAP).loop_backings[0].file,
+        gone.clone()
     );
+    // The loop device's status names it all the same.
+    let view = SystemView::fake(sys.dir.path(), "", NO_SWAP).with_loop_file("loop7", 5, 77);
+    let facts = DiskFacts::from_view(Path::new("/dev/x"), 7, 7, &view).unwrap();
+    assert_eq!(
+        facts.loop_backings[0].file,
+        BackingFile {
+            file: Some((5, 77)),
+            from_loop_status: true,
+            ..gone
+        }
+    );
+}
+
+#[test]
+fn the_loop_devices_status_wins_over_what_its_path_names_now() {
+    use std::os::unix::fs::MetadataExt;
+    // The path names one file here (another mount namespace, or a file
+    // replaced at that path); the loop device writes another.
+    let sys = FakeSys::new();
+    let here = tempfile::NamedTempFile::new().unwrap();
+    let disk = sys.disk(LOOP_PARENT, "loop7", (7, 7), 2048);
+    attach(&disk, &here.path().display().to_string());
+    let view = SystemView::fake(sys.dir.path(), "", NO_SWAP).with_loop_file("loop7", 5, 77);
+    let facts = DiskFacts::from_view(Path::new("/dev/x"), 7, 7, &view).unwrap();
+    let meta = fs::metadata(here.path()).unwrap();
+    assert_ne!(Some((meta.dev(), meta.ino())), Some((5, 77)));
+    assert_eq!(facts.loop_backings[0].file.file, Some((5, 77)));
+    assert_eq!(facts.loop_backings[0].file.path, here.path());
+}
+
+#[test]
+fn devices_stacked_over_loop_devices_carry_the_loop_devices_backing_files() {
+    let sys = FakeSys::new();
+    let loop1 = sys.disk(LOOP_PARENT, "loop1", (7, 1), 2048);
+    attach(&loop1, "/srv/one.img");
+    let loop1p1 = sys.partition(&loop1, "loop1p1", (259, 0), 1024);
+    let loop2 = sys.disk(LOOP_PARENT, "loop2", (7, 2), 2048);
+    attach(&loop2, "/srv/two.img");
+    let detached = sys.disk(LOOP_PARENT, "loop3", (7, 3), 0);
+    let usb = sys.disk(USB_PARENT, "sdb", (8, 16), 2048);
+    // dm-0 over loop1's partition and over loop2; md0 over dm-0, a detached
+    // loop device and a USB disk.
+    let dm = sys.disk(LOOP_PARENT, "dm-0", (253, 0), 2048);
+    sys.stack(&dm, &loop1p1);
+    sys.stack(&dm, &loop2);
+    let md = sys.disk(LOOP_PARENT, "md0", (9, 0), 2048);
+    sys.stack(&md, &dm);
+    sys.stack(&md, &detached);
+    sys.stack(&md, &usb);
+    let view = SystemView::fake(sys.dir.path(), "", NO_SWAP)
+        .with_loop_file("loop1", 5, 11)
+        .with_loop_file("loop2", 5, 22);
+    /// A loop device's name, the device and inode of its file, its path.
+    type Under = (String, Option<(u64, u64)>, PathBuf);
+    let under = |devno: (u32, u32)| -> Vec<Under> {
+        DiskFacts::from_view(Path::new("/dev/x"), devno.0, devno.1, &view)
+            .unwrap()
+            .loop_backings
+            .into_iter()
+            .map(|b| (b.loop_device, b.file.file, b.file.path))
+            .collect()
+    };
+    let one = (
+        "loop1".to_owned(),
+        Some((5, 11)),
+        PathBuf::from("/srv/one.img"),
+    );
+    let two = (
+        "loop2".to_owned(),
+        Some((5, 22)),
+        PathBuf::from("/srv/two.img"),
+    );
+    assert_eq!(under((253, 0)), vec![one.clone(), two.clone()]);
+    assert_eq!(under((9, 0)), vec![one.clone(), two]);
+    // A partition carries its loop device's file; the USB disk none.
+    assert_eq!(under((259, 0)), vec![one]);
+    assert_eq!(under((8, 16)), vec![]);
 }
 
 #[test]
 fn a_disk_that_is_no_loop_device_or_a_detached_loop_has_no_backing_file() {
     let sys = FakeSys::new();
     sys.disk(USB_PARENT, "sdb", (8, 16), 1000);
-    assert_eq!(sys.facts((8, 16), "", NO_SWAP).loop_backing, None);
+    assert_eq!(sys.facts((8, 16), "", NO_SWAP).loop_backings, vec![]);
     // A loop device with nothing attached has no `loop/` directory.
     sys.disk(LOOP_PARENT, "loop3", (7, 3), 0);
-    assert_eq!(sys.facts((7, 3), "", NO_SWAP).loop_backing, None);
+    assert_eq!(sys.facts((7, 3), "", NO_SWAP).loop_backings, vec![]);
 }
