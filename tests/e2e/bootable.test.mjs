@@ -56,6 +56,11 @@ test('a refused installer ISO offers a bootable build, followed to a built image
     assert.fail(`no build ended: ${await page.locator('#build-list').textContent()}`);
   });
   assert.match(await built.textContent(), /built from quarterly\.bin: quarterly-usb\.img/);
+  // Its five stages, each done, in the order the build went through them;
+  // no cancel offered for an ended build.
+  assert.deepEqual(await built.locator('.build-stage').evaluateAll((nodes) => nodes.map((n) => `${n.dataset.stage}:${n.dataset.state}`)),
+    ['extracting', 'splitting', 'partitioning', 'copying_files', 'hashing'].map((s) => `${s}:done`));
+  assert.equal(await built.locator('button.cancel-build').count(), 0);
 
   // The API agrees with the screen.
   const builds = await (await page.request.get(api('/images/builds'))).json();

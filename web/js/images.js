@@ -352,13 +352,6 @@ async function readCaptures() {
 
 let buildsTimer = null;
 
-const STAGES = {
-  extracting: "copying the ISO's files out",
-  splitting: 'splitting install.wim (wimlib)',
-  laying_out: 'making the GPT and FAT32 and copying the files in',
-  importing: 'importing the layout into the cache',
-};
-
 export async function buildBootable(image) {
   try {
     const view = await api('POST', `/images/${image.sha256}/bootable`, {});
@@ -369,23 +362,50 @@ export async function buildBootable(image) {
   loadBuilds();
 }
 
+async function cancelBuild(b) {
+  try {
+    await api('POST', `/images/builds/${b.id}/cancel`);
+    showMessage(`Cancelling the build from ${b.source_name}…`);
+  } catch (error) {
+    showMessage(`Cancel: ${error.message}`);
+  }
+  loadBuilds();
+}
+
+/** "stage 3 of 5: partitioning (GPT and FAT32)", as the API words it. */
+const stageWords = (b) => (b.stage ? `stage ${b.stage_number} of ${b.stage_count}: ${b.stage_words}` : 'starting');
+
 function buildRow(b) {
   let words;
   let cls = 'muted';
   if (b.state === 'building') {
-    words = `building from ${b.source_name}: ${STAGES[b.stage] || 'starting'}…`;
+    words = `building from ${b.source_name}: ${stageWords(b)}…`;
   } else if (b.state === 'built') {
     words = `built from ${b.source_name}${b.reused ? ' before (the cached layout)' : ''}: ${b.name} · ${fmtBytes(b.size)} · ${shortSha(b.image)}`;
     if (b.split && b.split.length) words += ` · ${b.split.map((s) => `${s.file} split into ${s.parts} parts`).join(', ')}`;
     cls = 'good';
+  } else if (b.state === 'cancelled' || b.state === 'interrupted') {
+    words = `build from ${b.source_name} ${b.state} at ${stageWords(b)}: ${b.error}`;
   } else {
-    words = `build from ${b.source_name} failed: ${b.error}`;
+    words = `build from ${b.source_name} failed at ${stageWords(b)}: ${b.error}`;
     cls = 'bad';
   }
-  return el('li', { class: 'row build-row', dataset: { state: b.state } },
+  // Each stage, marked done, current, stopped or pending.
+  const stages = el('ol', { class: 'build-stages small-text' },
+    ...(b.stages || []).map((s) => el('li', { class: `build-stage ${s.state}`, dataset: { stage: s.stage, state: s.state }, text: s.words })));
+  const cancel = b.state === 'building'
+    ? el('button', {
+      class: 'small cancel-build',
+      'aria-label': `Cancel the build from ${b.source_name}`,
+      onclick: () => cancelBuild(b),
+    }, 'Cancel')
+    : null;
+  return el('li', { class: 'row build-row', dataset: { state: b.state, id: String(b.id) } },
     el('div', { class: 'row-main' },
       el('strong', { text: b.name }),
-      el('div', { class: `${cls} small-text build-words`, text: words })));
+      el('div', { class: `${cls} small-text build-words`, text: words }),
+      stages),
+    ...(cancel ? [cancel] : []));
 }
 
 export async function loadBuilds() {

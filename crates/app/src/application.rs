@@ -70,6 +70,9 @@ pub struct Parts {
     recording: Recording,
     /// Run beside the station.
     tasks: Vec<BackgroundTask>,
+    /// Called as bootable builds enter their stages (tests hold a build in
+    /// a stage with it); none by default.
+    build_stage_hook: Option<crate::bootable::StageHook>,
 }
 
 impl Parts {
@@ -88,7 +91,15 @@ impl Parts {
             listen,
             recording: Recording::Store,
             tasks: Vec::new(),
+            build_stage_hook: None,
         }
+    }
+
+    /// Calls `hook` as each bootable build enters each stage (see
+    /// [`crate::bootable::StageHook`]).
+    pub fn with_build_stage_hook(mut self, hook: crate::bootable::StageHook) -> Self {
+        self.build_stage_hook = Some(hook);
+        self
     }
 
     /// A real station: udev's sticks, real block devices (USB sticks reset
@@ -196,6 +207,9 @@ pub struct Application {
     max_image_size: u64,
     /// Captures of master sticks (also in `web`), abandoned at shutdown.
     captures: Arc<crate::capture::CaptureService>,
+    /// Bootable builds (also in `web`; none without records), recorded as
+    /// interrupted and stopped at shutdown.
+    builds: Option<Arc<crate::bootable::BuildService>>,
 }
 
 impl Application {
@@ -275,11 +289,20 @@ impl Application {
             station_settings(&config, protected).policy,
             handle.clone(),
         ));
-        let builds = Arc::new(crate::bootable::BuildService::new(
-            images.clone(),
-            data_dir.clone(),
-            config.max_size,
-        ));
+        // Builds are recorded: a station without records builds none.
+        let builds = match &records {
+            Some(records) => Some(Arc::new(
+                crate::bootable::BuildService::open(
+                    images.clone(),
+                    data_dir.clone(),
+                    config.max_size,
+                    records.store().clone(),
+                )
+                .await?
+                .with_stage_hook(parts.build_stage_hook.clone()),
+            )),
+            None => None,
+        };
         let web = WebState {
             station: handle.clone(),
             images: images.clone(),
@@ -323,7 +346,7 @@ impl Application {
                 config.max_size,
             ))),
             captures: Some(captures.clone()),
-            builds: Some(builds),
+            builds: builds.clone().map(|b| b as Arc<dyn flashrack_web::Builds>),
         };
         Ok(Self {
             address,
@@ -340,6 +363,7 @@ impl Application {
             data_dir,
             max_image_size: config.max_size.bytes(),
             captures,
+            builds,
         })
     }
 
@@ -390,6 +414,7 @@ impl Application {
             data_dir,
             max_image_size,
             captures,
+            builds,
             ..
         } = self;
         let signal = ShutdownSignal(stop.subscribe());
@@ -435,6 +460,11 @@ impl Application {
         // A capture in flight keeps nothing (its blocking thread stops at
         // its next chunk).
         captures.cancel_all();
+        // A build under way is recorded interrupted and stopped, keeping
+        // nothing (its blocking thread stops at its next step).
+        if let Some(builds) = &builds {
+            builds.interrupt_all().await;
+        }
         let stopped = station_task.await;
         for task in tasks {
             if let Err(error) = task.await {

@@ -47,18 +47,47 @@ pub struct BuildRequest {
 pub const METHOD: &str =
     "bootable USB layout: GPT, one FAT32 EFI system partition with the ISO's files";
 
-/// Where a build is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BuildStage {
-    /// Copying the ISO's files out of it.
-    Extracting,
-    /// Splitting a Windows image too large for FAT32 (wimlib).
-    Splitting,
-    /// Making the GPT and the FAT32 and copying the files in.
-    LayingOut,
-    /// Importing the layout into the cache.
-    Importing,
+pub use flashrack_core::{BuildStage, BuildState};
+
+/// How a build is stopped from outside: a flag the build looks at between
+/// steps (and the import between chunks), and the program it runs now, which
+/// a cancel kills. Shared by the build's thread and whoever may cancel it.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    /// Raised by [`cancel`](Self::cancel); the import of the layout watches
+    /// it too.
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The program the build waits for now. The child is reaped only after
+    /// it is taken out of here, under this lock, so a kill through it never
+    /// reaches a process id reused by another process. A `std` mutex: held
+    /// only to put, take or kill, never across a wait.
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl Cancel {
+    /// Asks the build to stop: raises the flag and kills the program it
+    /// runs now, if any.
+    pub fn cancel(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(child) = self.child.lock().expect("no panic while held").as_mut() {
+            // Already gone: nothing to kill, and not yet reaped.
+            let _ = child.kill();
+        }
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once cancelled: a build stops at the next check.
+    fn check(&self) -> Result<(), BuildError> {
+        if self.is_cancelled() {
+            Err(BuildError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// A built (or remembered) layout.
@@ -75,6 +104,9 @@ pub struct Built {
 /// Why a layout cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The build was cancelled; nothing of it is kept.
+    #[error("the build was cancelled")]
+    Cancelled,
     /// The image is not an ISO.
     #[error("image {0} is not an ISO 9660 / UDF image: there is nothing to lay out")]
     NotAnIso(String),
@@ -146,8 +178,14 @@ fn package(program: &str) -> &'static str {
     }
 }
 
-fn tool(program: &str, args: &[&std::ffi::OsStr], stdin: Option<&str>) -> Result<(), BuildError> {
-    use std::io::Write;
+fn tool(
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    stdin: Option<&str>,
+    cancel: &Cancel,
+) -> Result<(), BuildError> {
+    use std::io::{Read, Write};
+    cancel.check()?;
     let mut command = Command::new(program);
     command
         .args(args)
@@ -170,19 +208,35 @@ fn tool(program: &str, args: &[&std::ffi::OsStr], stdin: Option<&str>) -> Result
             package(program)
         ))
     })?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input
-            .write_all(text.as_bytes())
-            .map_err(|e| failed(e.to_string()))?;
+    let input = child.stdin.take();
+    let mut errors = child.stderr.take();
+    // From here a cancel kills it.
+    *cancel.child.lock().expect("no panic while held") = Some(child);
+    if cancel.is_cancelled() {
+        cancel.cancel();
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| failed(e.to_string()))?;
-    if !out.status.success() {
+    if let (Some(text), Some(mut input)) = (stdin, input) {
+        // A program killed or done early closes its end: its status says why.
+        let _ = input.write_all(text.as_bytes());
+    }
+    // Until the program ends (or is killed): its error output, then its status.
+    let mut stderr = Vec::new();
+    if let Some(errors) = errors.as_mut() {
+        let _ = errors.read_to_end(&mut stderr);
+    }
+    let mut child = cancel
+        .child
+        .lock()
+        .expect("no panic while held")
+        .take()
+        .expect("the build's program is taken out once");
+    let status = child.wait().map_err(|e| failed(e.to_string()))?;
+    cancel.check()?;
+    if !status.success() {
         return Err(failed(format!(
             "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            status,
+            String::from_utf8_lossy(&stderr).trim()
         )));
     }
     Ok(())
@@ -202,18 +256,24 @@ pub fn build_bootable(
     iso: &CachedImage,
     request: &BuildRequest,
 ) -> Result<Built, AppError> {
-    build_bootable_with(cache, data_dir, iso, request, &|_| {})
+    build_bootable_with(cache, data_dir, iso, request, &|_| {}, &Cancel::default())
 }
 
-/// [`build_bootable`], telling `stage` where it is. The built image's
-/// provenance says what it was built from, how and when
-/// ([`Provenance::built`]): the image records and reports carry it.
+/// [`build_bootable`], telling `stage` where it is (each stage in the order
+/// of [`BuildStage::ALL`], `splitting` too when there is nothing to split),
+/// and stopped by `cancel`: at the next step, the program it runs killed,
+/// the import abandoned, the work directory removed; a cancelled build
+/// leaves nothing in the cache (an image its import had just finished is
+/// removed again) and remembers no layout. The built image's provenance
+/// says what it was built from, how and when ([`Provenance::built`]): the
+/// image records and reports carry it.
 pub fn build_bootable_with(
     cache: &ImageCache,
     data_dir: &Path,
     iso: &CachedImage,
     request: &BuildRequest,
     stage: &dyn Fn(BuildStage),
+    cancel: &Cancel,
 ) -> Result<Built, AppError> {
     let name = iso.meta.original_name.clone();
     // The cache inspects every entry it reads; none means it could not.
@@ -250,11 +310,12 @@ pub fn build_bootable_with(
         .tempdir_in(&parent)
         .map_err(io("create a directory in", &parent))?;
     let tree = work.path().join("tree");
+    cancel.check()?;
     stage(BuildStage::Extracting);
     if iso_info.udf {
         // The UDF tree is the whole one where there is one (Windows ISOs
         // keep their files there only, the ISO 9660 side holds a README).
-        extract_udf(&iso.path, &name, &tree)?;
+        extract_udf(&iso.path, &name, &tree, cancel)?;
     } else {
         tool(
             "xorriso",
@@ -271,6 +332,7 @@ pub fn build_bootable_with(
                 tree.as_os_str(),
             ],
             None,
+            cancel,
         )?;
         // xorriso keeps the ISO's read-only modes: the build changes the tree.
         make_writable(&tree)?;
@@ -285,6 +347,8 @@ pub fn build_bootable_with(
     if find("efi/boot/bootx64.efi").is_none() && find("efi/boot/bootaa64.efi").is_none() {
         return Err(BuildError::NoUefiLoader(name).into());
     }
+    cancel.check()?;
+    stage(BuildStage::Splitting);
     let mut split = Vec::new();
     for (rel, size) in &files {
         if *size <= request.max_file_size {
@@ -298,7 +362,6 @@ pub fn build_bootable_with(
             }
             .into());
         }
-        stage(BuildStage::Splitting);
         let wim = tree.join(rel);
         let swm = wim.with_file_name("install.swm");
         // wimlib's part size is in MiB; parts may exceed it by a resource
@@ -315,6 +378,7 @@ pub fn build_bootable_with(
                 part_mib.to_string().as_ref(),
             ],
             None,
+            cancel,
         )?;
         fs::remove_file(&wim).map_err(io("remove", &wim))?;
         let parts = fs::read_dir(wim.parent().unwrap_or(&tree))
@@ -337,7 +401,8 @@ pub fn build_bootable_with(
         split.push((rel.clone(), parts.len()));
     }
 
-    stage(BuildStage::LayingOut);
+    cancel.check()?;
+    stage(BuildStage::Partitioning);
     // The layout: 1 MiB for the GPT, the partition, 1 MiB for the backup GPT.
     let content: u64 = walk(&tree)?
         .iter()
@@ -361,6 +426,7 @@ pub fn build_bootable_with(
             "label: gpt\nstart=2048, size={sectors}, type=uefi, name=\"{}\"\n",
             label
         )),
+        cancel,
     )?;
     tool(
         "mkfs.vfat",
@@ -376,7 +442,10 @@ pub fn build_bootable_with(
             (partition / 1024).to_string().as_ref(),
         ],
         None,
+        cancel,
     )?;
+    cancel.check()?;
+    stage(BuildStage::CopyingFiles);
     let target = format!("{}@@{}", layout.display(), MIB);
     let mut entries: Vec<PathBuf> = fs::read_dir(&tree)
         .map_err(io("list", &tree))?
@@ -388,10 +457,31 @@ pub fn build_bootable_with(
             vec!["-s".as_ref(), "-m".as_ref(), "-i".as_ref(), target.as_ref()];
         args.extend(entries.iter().map(|p| p.as_os_str()));
         args.push("::/".as_ref());
-        tool("mcopy", &args, None)?;
+        tool("mcopy", &args, None, cancel)?;
     }
-    stage(BuildStage::Importing);
-    let image = crate::images::import(cache, &layout, None, request.max_image_size)?.image;
+    cancel.check()?;
+    stage(BuildStage::Hashing);
+    let outcome = crate::images::import_cancellable(
+        cache,
+        &layout,
+        request.max_image_size,
+        cancel.flag.clone(),
+    )
+    .map_err(|error| {
+        if cancel.is_cancelled() {
+            BuildError::Cancelled.into()
+        } else {
+            error
+        }
+    })?;
+    // Cancelled as the import ended: what it added goes again.
+    if cancel.is_cancelled() {
+        if !outcome.already_cached() {
+            cache.remove(&outcome.image.sha256())?;
+        }
+        return Err(BuildError::Cancelled.into());
+    }
+    let image = outcome.image;
     let method = match split.as_slice() {
         [] => METHOD.to_string(),
         split => format!(
@@ -421,102 +511,157 @@ pub fn build_bootable_with(
     })
 }
 
+/// Called on a build's thread as the build enters each stage, with the
+/// build's id (once the stage is recorded). Tests hold a build in a stage
+/// with it; the station runs none.
+pub type StageHook = std::sync::Arc<dyn Fn(i64, BuildStage) + Send + Sync>;
+
 /// The station's builds for the web side (`flashrack_web::Builds`): each
-/// runs on a blocking thread; its stage and outcome are kept in memory for
-/// `GET /api/v1/images/builds`. One build per ISO at a time: asking again
-/// while one runs answers that one.
+/// runs on a blocking thread and is kept in the records (SQLite table
+/// `bootable_builds`: started, each stage, how it ended), so that the list
+/// survives a restart and a build that was under way when the station
+/// stopped is shown `interrupted`. One build per ISO at a time: asking again
+/// while one runs answers that one. A build can be cancelled
+/// ([`cancel`](flashrack_web::Builds::cancel)): it stops at once, keeping
+/// nothing in the cache.
 pub struct BuildService {
     cache: ImageCache,
     data_dir: PathBuf,
     /// The largest image the cache takes (the guard's largest target).
     max_image_size: ByteSize,
     runtime: tokio::runtime::Handle,
-    /// Every build started, oldest first. A `std` mutex: held only to copy
-    /// or update a view, never across an await or a build.
-    views: std::sync::Arc<std::sync::Mutex<Vec<BuildView>>>,
+    /// Where builds are recorded.
+    store: flashrack_store::Store,
+    /// The builds under way: id, the ISO, and how to stop each. A `std`
+    /// mutex: held only to add, find or remove one, never across an await
+    /// or a build.
+    running: std::sync::Arc<std::sync::Mutex<Vec<Running>>>,
+    /// See [`StageHook`].
+    on_stage: Option<StageHook>,
 }
 
-/// One build as the API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-struct BuildView {
-    id: u64,
-    /// The ISO's sha256 and name.
+/// A build under way.
+struct Running {
+    id: i64,
     source: Sha256Digest,
-    source_name: String,
-    /// The built image's name.
-    name: String,
-    /// `building`, `built` or `failed`.
-    state: &'static str,
-    stage: Option<BuildStage>,
-    method: &'static str,
-    started_at: String,
-    finished_at: Option<String>,
-    image: Option<Sha256Digest>,
-    size: Option<u64>,
-    reused: Option<bool>,
-    split: Vec<serde_json::Value>,
-    provenance: Option<Provenance>,
-    error: Option<String>,
+    cancel: std::sync::Arc<Cancel>,
 }
 
-fn now_text() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    flashrack_report::format_time(ms)
+/// The words a cancelled build's record carries.
+pub const CANCELLED_DETAIL: &str = "cancelled by the operator; nothing of it was cached";
+
+/// Why a build cannot be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No build has this id.
+    #[error("no build {0}")]
+    Unknown(i64),
+    /// The build has ended already.
+    #[error("build {id} has already ended ({state}): there is nothing to cancel")]
+    Ended {
+        /// The build.
+        id: i64,
+        /// How it ended.
+        state: BuildState,
+    },
+    /// The records could not be read.
+    #[error(transparent)]
+    Store(#[from] flashrack_store::StoreError),
 }
 
 impl BuildService {
-    /// Builds into `cache`, remembering layouts under `data_dir`; images
-    /// larger than `max_image_size` are refused. Tasks run on the current
-    /// tokio runtime.
-    pub fn new(cache: ImageCache, data_dir: PathBuf, max_image_size: ByteSize) -> Self {
-        Self {
+    /// Builds into `cache`, remembering layouts under `data_dir` and
+    /// recording builds in `store`; images larger than `max_image_size` are
+    /// refused. Builds the records show under way were under way when the
+    /// station stopped: they become `interrupted` here, and their work
+    /// directories are removed. Tasks run on the current tokio runtime.
+    pub async fn open(
+        cache: ImageCache,
+        data_dir: PathBuf,
+        max_image_size: ByteSize,
+        store: flashrack_store::Store,
+    ) -> Result<Self, AppError> {
+        let interrupted = store.interrupt_builds().await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "bootable builds under way when the station stopped are interrupted"
+            );
+        }
+        remove_work_dirs(&data_dir);
+        Ok(Self {
             cache,
             data_dir,
             max_image_size,
             runtime: tokio::runtime::Handle::current(),
-            views: Default::default(),
+            store,
+            running: Default::default(),
+            on_stage: None,
+        })
+    }
+
+    /// Calls `hook` as each build enters each stage (see [`StageHook`]).
+    pub fn with_stage_hook(mut self, hook: Option<StageHook>) -> Self {
+        self.on_stage = hook;
+        self
+    }
+
+    /// Stops every build under way (the station shuts down): each is
+    /// recorded `interrupted` at once, and its thread, cancelled, keeps
+    /// nothing.
+    pub async fn interrupt_all(&self) {
+        let running: Vec<std::sync::Arc<Cancel>> = self
+            .running
+            .lock()
+            .expect("no panic while held")
+            .iter()
+            .map(|r| r.cancel.clone())
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        match self.store.interrupt_builds().await {
+            Ok(n) => tracing::info!(builds = n, "bootable builds interrupted by the shutdown"),
+            Err(error) => tracing::warn!(%error, "cannot record the interrupted builds"),
+        }
+        for cancel in running {
+            cancel.cancel();
         }
     }
 
-    fn update(views: &std::sync::Mutex<Vec<BuildView>>, id: u64, f: impl FnOnce(&mut BuildView)) {
-        let mut views = views.lock().expect("no panic while held");
-        if let Some(view) = views.iter_mut().find(|v| v.id == id) {
-            f(view);
-        }
-    }
-
-    fn start_build(&self, start: flashrack_web::BuildStart) -> Result<serde_json::Value, String> {
+    async fn start_build(
+        &self,
+        start: flashrack_web::BuildStart,
+    ) -> Result<serde_json::Value, String> {
         let iso = start.iso;
-        let id = {
-            let mut views = self.views.lock().expect("no panic while held");
-            if let Some(running) = views
-                .iter()
-                .find(|v| v.state == "building" && v.source == iso.sha256())
-            {
-                return Ok(serde_json::to_value(running).unwrap_or_default());
-            }
-            let id = views.len() as u64 + 1;
-            views.push(BuildView {
-                id,
-                source: iso.sha256(),
+        let already = self
+            .running
+            .lock()
+            .expect("no panic while held")
+            .iter()
+            .find(|r| r.source == iso.sha256())
+            .map(|r| r.id);
+        if let Some(id) = already {
+            return self.view_of(id).await;
+        }
+        let id = self
+            .store
+            .build_started(flashrack_store::NewBuild {
+                source_sha256: iso.sha256(),
                 source_name: iso.meta.original_name.clone(),
                 name: start.name.clone(),
-                state: "building",
-                stage: None,
-                method: METHOD,
-                started_at: now_text(),
-                finished_at: None,
-                image: None,
-                size: None,
-                reused: None,
-                split: Vec::new(),
-                provenance: None,
-                error: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let cancel = std::sync::Arc::new(Cancel::default());
+        self.running
+            .lock()
+            .expect("no panic while held")
+            .push(Running {
+                id,
+                source: iso.sha256(),
+                cancel: cancel.clone(),
             });
-            id
-        };
         let request = BuildRequest {
             name: start.name,
             max_file_size: FAT32_MAX_FILE,
@@ -524,47 +669,189 @@ impl BuildService {
         };
         let cache = self.cache.clone();
         let data_dir = self.data_dir.clone();
-        let views = self.views.clone();
-        let stage_views = self.views.clone();
+        let store = self.store.clone();
+        let running = self.running.clone();
+        let hook = self.on_stage.clone();
+        let runtime = self.runtime.clone();
         self.runtime.spawn_blocking(move || {
             let stage = |stage: BuildStage| {
-                Self::update(&stage_views, id, |v| v.stage = Some(stage));
+                if let Err(error) = runtime.block_on(store.build_stage(id, stage)) {
+                    tracing::warn!(%error, build = id, "cannot record the build's stage");
+                }
+                if let Some(hook) = &hook {
+                    hook(id, stage);
+                }
             };
-            let outcome = build_bootable_with(&cache, &data_dir, &iso, &request, &stage);
-            Self::update(&views, id, |v| {
-                v.finished_at = Some(now_text());
-                match outcome {
-                    Ok(built) => {
-                        // A fresh build ended when its provenance says: the
-                        // view and the records agree to the millisecond.
-                        if let (false, Some(origin)) = (
-                            built.reused,
-                            built.image.meta.provenance.as_ref().and_then(|p| p.built.as_ref()),
-                        ) {
-                            v.finished_at = Some(origin.built_at.clone());
-                        }
-                        v.state = "built";
-                        v.image = Some(built.image.sha256());
-                        v.size = Some(built.image.size());
-                        v.reused = Some(built.reused);
-                        v.split = built
-                            .split
-                            .iter()
-                            .map(|(file, parts)| serde_json::json!({"file": file, "parts": parts}))
-                            .collect();
-                        v.provenance = built.image.meta.provenance.clone();
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, iso = %iso.sha256().short(), "bootable build failed");
-                        v.state = "failed";
-                        v.error = Some(error_words(&error));
+            let outcome = build_bootable_with(&cache, &data_dir, &iso, &request, &stage, &cancel);
+            let end = match outcome {
+                Ok(built) => flashrack_store::BuildEnd::Built {
+                    image: built.image.sha256(),
+                    size: built.image.size(),
+                    reused: built.reused,
+                    split: built
+                        .split
+                        .iter()
+                        .map(|(file, parts)| (file.clone(), *parts as u32))
+                        .collect(),
+                },
+                Err(_) if cancel.is_cancelled() => flashrack_store::BuildEnd::Cancelled {
+                    detail: CANCELLED_DETAIL.to_string(),
+                },
+                Err(error) => {
+                    tracing::warn!(%error, iso = %iso.sha256().short(), "bootable build failed");
+                    flashrack_store::BuildEnd::Failed {
+                        detail: error_words(&error),
                     }
                 }
-            });
+            };
+            // Recorded before the build leaves the running list: a cancel
+            // that finds it gone finds it ended. A build the shutdown
+            // recorded as interrupted keeps that.
+            if let Err(error) = runtime.block_on(store.build_ended(id, end)) {
+                tracing::warn!(%error, build = id, "cannot record how the build ended");
+            }
+            running
+                .lock()
+                .expect("no panic while held")
+                .retain(|r| r.id != id);
         });
-        let views = self.views.lock().expect("no panic while held");
-        let view = views.iter().find(|v| v.id == id).expect("just added");
-        Ok(serde_json::to_value(view).unwrap_or_default())
+        self.view_of(id).await
+    }
+
+    /// Cancels build `id`: its record says `cancelled` once it has stopped.
+    async fn cancel_build(&self, id: i64) -> Result<serde_json::Value, CancelError> {
+        let cancel = self
+            .running
+            .lock()
+            .expect("no panic while held")
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.cancel.clone());
+        match cancel {
+            Some(cancel) => {
+                cancel.cancel();
+                let mut view = self
+                    .view_of(id)
+                    .await
+                    .map_err(|_| CancelError::Unknown(id))?;
+                view["cancel_requested"] = serde_json::Value::Bool(true);
+                Ok(view)
+            }
+            // Not under way: ended (or its end is being recorded now).
+            None => match self.store.build(id).await? {
+                None => Err(CancelError::Unknown(id)),
+                Some(record) => Err(CancelError::Ended {
+                    id,
+                    state: record.state,
+                }),
+            },
+        }
+    }
+
+    async fn view_of(&self, id: i64) -> Result<serde_json::Value, String> {
+        let record = self
+            .store
+            .build(id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no build {id}"))?;
+        Ok(self.view(record).await)
+    }
+
+    /// A build as the API shows it: `{"id", "source", "source_name", "name",
+    /// "state", "stage", "stage_number", "stage_count", "stages", "method",
+    /// "started_at", "finished_at", "image", "size", "reused", "split",
+    /// "provenance", "error"}`.
+    async fn view(&self, record: flashrack_store::BuildRecord) -> serde_json::Value {
+        use serde_json::json;
+        let (image, size, reused, split) = match &record.built {
+            Some((image, size, reused, split)) => (
+                Some(*image),
+                Some(*size),
+                Some(*reused),
+                split
+                    .iter()
+                    .map(|(file, parts)| json!({"file": file, "parts": parts}))
+                    .collect(),
+            ),
+            None => (None, None, None, Vec::new()),
+        };
+        let provenance = match image {
+            Some(image) => {
+                let cache = self.cache.clone();
+                tokio::task::spawn_blocking(move || cache.get(&image))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+                    .and_then(|i| i.meta.provenance)
+            }
+            None => None,
+        };
+        // A fresh build ended when its provenance says: the view and the
+        // image's records agree to the millisecond.
+        let finished_at = match (&provenance, reused) {
+            (Some(p), Some(false)) if p.built.is_some() => {
+                p.built.as_ref().map(|b| b.built_at.clone())
+            }
+            _ => record.finished_at.map(flashrack_report::format_time),
+        };
+        let reached = record.stage.map_or(0, BuildStage::number);
+        let stages: Vec<serde_json::Value> = BuildStage::ALL
+            .iter()
+            .map(|stage| {
+                let n = stage.number();
+                let state = if n < reached || (n == reached && record.state == BuildState::Built) {
+                    "done"
+                } else if n == reached {
+                    match record.state {
+                        BuildState::Building => "current",
+                        _ => "stopped",
+                    }
+                } else {
+                    "pending"
+                };
+                json!({"stage": stage, "words": stage.to_string(), "state": state})
+            })
+            .collect();
+        json!({
+            "id": record.id,
+            "source": record.build.source_sha256,
+            "source_name": record.build.source_name,
+            "name": record.build.name,
+            "state": record.state,
+            "stage": record.stage,
+            "stage_words": record.stage.map(|s| s.to_string()),
+            "stage_number": record.stage.map(BuildStage::number),
+            "stage_count": BuildStage::ALL.len(),
+            "stages": stages,
+            "method": METHOD,
+            "started_at": flashrack_report::format_time(record.started_at),
+            "finished_at": finished_at,
+            "image": image,
+            "size": size,
+            "reused": reused,
+            "split": split,
+            "provenance": provenance,
+            "error": record.detail,
+        })
+    }
+}
+
+/// Removes the work directories builds left behind when the station
+/// stopped under them (`<data_dir>/bootable/build-*`).
+fn remove_work_dirs(data_dir: &Path) {
+    let Ok(entries) = fs::read_dir(data_dir.join("bootable")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_work = entry.file_name().to_string_lossy().starts_with("build-")
+            && entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_work {
+            if let Err(error) = fs::remove_dir_all(entry.path()) {
+                tracing::warn!(%error, dir = %entry.path().display(), "cannot remove a build's work directory");
+            }
+        }
     }
 }
 
@@ -586,12 +873,37 @@ impl flashrack_web::Builds for BuildService {
         &self,
         request: flashrack_web::BuildStart,
     ) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(std::future::ready(self.start_build(request)))
+        Box::pin(self.start_build(request))
     }
 
-    fn list(&self) -> serde_json::Value {
-        let views = self.views.lock().expect("no panic while held");
-        serde_json::to_value(views.iter().rev().collect::<Vec<_>>()).unwrap_or_default()
+    fn list(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let records = self.store.builds().await.map_err(|e| e.to_string())?;
+            let mut views = Vec::with_capacity(records.len());
+            for record in records {
+                views.push(self.view(record).await);
+            }
+            Ok(serde_json::Value::Array(views))
+        })
+    }
+
+    fn cancel(
+        &self,
+        id: u64,
+    ) -> futures::future::BoxFuture<'_, Result<serde_json::Value, flashrack_web::CancelRefusal>>
+    {
+        Box::pin(async move {
+            let Ok(id) = i64::try_from(id) else {
+                return Err(flashrack_web::CancelRefusal::Unknown(format!(
+                    "no build {id}"
+                )));
+            };
+            self.cancel_build(id).await.map_err(|error| match error {
+                CancelError::Unknown(_) => flashrack_web::CancelRefusal::Unknown(error.to_string()),
+                CancelError::Ended { .. } => flashrack_web::CancelRefusal::Ended(error.to_string()),
+                CancelError::Store(_) => flashrack_web::CancelRefusal::Failed(error.to_string()),
+            })
+        })
     }
 }
 
@@ -675,7 +987,7 @@ const MAX_UDF_ENTRIES: usize = 200_000;
 /// Copies the UDF tree of the ISO at `iso` into `tree`, with flashrack's own
 /// UDF reader (`flashrack_inspect::udf_tree`: no program reads UDF in user
 /// space here).
-fn extract_udf(iso: &Path, name: &str, tree: &Path) -> Result<(), BuildError> {
+fn extract_udf(iso: &Path, name: &str, tree: &Path, cancel: &Cancel) -> Result<(), BuildError> {
     use std::io::Write;
     use std::os::unix::fs::FileExt;
     let image = fs::File::open(iso).map_err(io("open", iso))?;
@@ -687,6 +999,7 @@ fn extract_udf(iso: &Path, name: &str, tree: &Path) -> Result<(), BuildError> {
     fs::create_dir_all(tree).map_err(io("create", tree))?;
     let mut buf = vec![0u8; 1 << 20];
     for entry in entries {
+        cancel.check()?;
         // Names with `/`, `.` or `..` are not taken from the tree: a path
         // stays below `tree`.
         let path = tree.join(&entry.path);
@@ -713,6 +1026,7 @@ fn extract_udf(iso: &Path, name: &str, tree: &Path) -> Result<(), BuildError> {
                 flashrack_inspect::Piece::At { offset, len } => {
                     let mut done = 0;
                     while done < *len {
+                        cancel.check()?;
                         let n = (*len - done).min(buf.len() as u64) as usize;
                         image
                             .read_exact_at(&mut buf[..n], offset + done)

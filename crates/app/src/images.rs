@@ -40,6 +40,29 @@ pub fn import(
     import_with(cache, file, expected, max_size, false)
 }
 
+/// [`import`] that stops, keeping nothing, once `cancel` is raised (a
+/// bootable build cancelled while its layout is hashed into the cache).
+pub fn import_cancellable(
+    cache: &ImageCache,
+    file: &Path,
+    max_size: ByteSize,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<ImportOutcome, AppError> {
+    cache
+        .import(
+            file,
+            ImportOptions {
+                max_image_size: max_size.bytes(),
+                cancel: Some(cancel),
+                ..ImportOptions::default()
+            },
+        )
+        .map_err(|source| AppError::Import {
+            name: file.display().to_string(),
+            source: Box::new(source),
+        })
+}
+
 /// [`import`] of the operator's own file, which stays where it is: a raw
 /// image the file system cannot clone is referenced in place instead of
 /// copied (the cache notices when the file changes; see

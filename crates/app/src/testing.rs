@@ -44,6 +44,10 @@ pub struct TestApp {
     extra: std::sync::mpsc::Sender<Hotplug>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), AppError>>>,
+    /// Its configuration, for [`TestApp::restart`].
+    config: StationConfig,
+    /// How many times it was started (each start gets its own rack).
+    starts: u32,
     _dir: tempfile::TempDir,
 }
 
@@ -57,6 +61,20 @@ pub async fn spawn_app() -> TestApp {
 /// [`spawn_app`], with the configuration changed by `configure` first (a
 /// `[fleet]` section, for instance).
 pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestApp {
+    spawn(configure, None).await
+}
+
+/// [`spawn_app`] whose bootable builds call `hook` as they enter each stage
+/// (on the build's thread, once the stage is recorded): a test holds a build
+/// in a stage by blocking there.
+pub async fn spawn_app_with_build_hook(hook: crate::bootable::StageHook) -> TestApp {
+    spawn(|_| {}, Some(hook)).await
+}
+
+async fn spawn(
+    configure: impl FnOnce(&mut StationConfig),
+    hook: Option<crate::bootable::StageHook>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data_dir = dir.path().join("data");
     let image_file = dir.path().join("test.img");
@@ -103,19 +121,39 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestA
     };
     let mut config = config;
     configure(&mut config);
-    let (source, rack, access) = sim_rack(dir.path().join("rack"));
+    start(dir, data_dir, image, config, hook, 1).await
+}
+
+/// Builds and runs the station over a new simulated rack.
+async fn start(
+    dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    image: CachedImage,
+    config: StationConfig,
+    hook: Option<crate::bootable::StageHook>,
+    starts: u32,
+) -> TestApp {
+    let listen = config.web.listen;
+    let rack_dir = match starts {
+        1 => dir.path().join("rack"),
+        n => dir.path().join(format!("rack-{n}")),
+    };
+    let (source, rack, access) = sim_rack(rack_dir);
     let (extra, extra_events) = std::sync::mpsc::channel();
     let source = crate::demo::WithExtra {
         rack: source,
         extra: extra_events,
     };
-    let parts = Parts::new(
+    let mut parts = Parts::new(
         Box::new(source),
         std::sync::Arc::new(access),
         &data_dir,
         listen,
     );
-    let app = Application::build(config, parts)
+    if let Some(hook) = hook {
+        parts = parts.with_build_stage_hook(hook);
+    }
+    let app = Application::build(config.clone(), parts)
         .await
         .expect("the station builds");
     let address = app.address();
@@ -133,6 +171,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestA
         extra,
         stop: Some(stop),
         task: Some(task),
+        config,
+        starts,
         _dir: dir,
     }
 }
@@ -275,12 +315,39 @@ impl TestApp {
 
     /// Stops the station (as SIGTERM would) and returns how it ended.
     pub async fn stop(mut self) -> Result<(), AppError> {
+        self.stop_here().await
+    }
+
+    async fn stop_here(&mut self) -> Result<(), AppError> {
         let _ = self.stop.take().expect("not stopped yet").send(());
         let task = self.task.take().expect("not stopped yet");
         tokio::time::timeout(Duration::from_secs(60), task)
             .await
             .expect("the station stops within a minute")
             .expect("the application's task")
+    }
+
+    /// Stops the station (as SIGTERM would; it must stop cleanly) and starts
+    /// it again over the same data directory and configuration, on a new
+    /// port, with a new simulated rack and no build hook.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop_here().await.expect("the station stops cleanly");
+        // The old rack's threads end with it.
+        let dir = std::mem::replace(
+            &mut self._dir,
+            tempfile::tempdir().expect("a temporary directory"),
+        );
+        let mut config = self.config.clone();
+        config.web.listen = "127.0.0.1:0".parse().expect("an address");
+        start(
+            dir,
+            self.data_dir.clone(),
+            self.image.clone(),
+            config,
+            None,
+            self.starts + 1,
+        )
+        .await
     }
 }
 

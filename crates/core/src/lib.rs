@@ -22,6 +22,7 @@
 //! - [`sample`]: [`SamplePercent`], the share a sampled verify reads back.
 #![deny(missing_docs)]
 
+pub mod build;
 pub mod digest;
 pub mod event;
 pub mod manifest;
@@ -34,6 +35,7 @@ pub mod size;
 mod text;
 pub mod verdict;
 
+pub use build::{BuildStage, BuildState};
 pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};

@@ -71,4 +71,7 @@ pub use model::{
     PortHistory, Recovery, RefusalId, RefusalRow, ReportRow, ReportVerdict, Run, RunFacts, RunId,
     RunReport, RunSummary, RunningFigures, StationId, StopReason,
 };
-pub use sqlite::{Health, OrderMemory, SqliteWrites, Store, SCHEMA_VERSION};
+pub use sqlite::{
+    BuildEnd, BuildRecord, Health, NewBuild, OrderMemory, SqliteWrites, Store, INTERRUPTED_DETAIL,
+    SCHEMA_VERSION,
+};

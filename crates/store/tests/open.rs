@@ -51,6 +51,7 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             (9, true),
             (10, true),
             (11, true),
+            (12, true),
         ]
     );
     let mut tables: Vec<String> = sqlx::query_scalar(
@@ -64,6 +65,7 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
         tables,
         [
             "attempts",
+            "bootable_builds",
             "devices",
             "events",
             "fleet_orders",

@@ -40,16 +40,34 @@ pub struct BuildStart {
     pub name: String,
 }
 
+/// Why a build was not cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelRefusal {
+    /// No build has that id (404).
+    Unknown(String),
+    /// The build has ended already (409).
+    Ended(String),
+    /// The records could not be read (500, logged, not shown).
+    Failed(String),
+}
+
 /// The application's side of builds.
 pub trait Builds: Send + Sync {
     /// Starts the build in the background (or answers one already under
     /// way for the same ISO); answers with its view (`{"id", …}`).
     fn start(&self, request: BuildStart) -> BoxFuture<'_, Result<Value, String>>;
-    /// Every build this station started since it started, newest first:
-    /// `{"id", "source", "source_name", "name", "state" ("building" |
-    /// "built" | "failed"), "stage", "method", "started_at", "finished_at",
-    /// "image", "size", "reused", "split", "error"}`.
-    fn list(&self) -> Value;
+    /// Every build this station's records hold, newest first: `{"id",
+    /// "source", "source_name", "name", "state" ("building" | "built" |
+    /// "failed" | "cancelled" | "interrupted"), "stage", "stage_words",
+    /// "stage_number", "stage_count", "stages" (each stage with its state:
+    /// done, current, stopped, pending), "method", "started_at",
+    /// "finished_at", "image", "size", "reused", "split", "provenance",
+    /// "error"}`.
+    fn list(&self) -> BoxFuture<'_, Result<Value, String>>;
+    /// Cancels build `id` under way: it stops at once and keeps nothing;
+    /// answers with its view (`"cancel_requested": true`; its state turns
+    /// `cancelled` once it has stopped).
+    fn cancel(&self, id: u64) -> BoxFuture<'_, Result<Value, CancelRefusal>>;
 }
 
 /// Why an image cannot be laid out, judged from its inspection alone (the
@@ -136,13 +154,34 @@ pub async fn build(
 }
 
 /// `GET /api/v1/images/builds`
-pub async fn builds(State(state): State<WebState>) -> Json<Value> {
-    Json(
-        state
-            .builds
-            .as_ref()
-            .map_or_else(|| Value::Array(Vec::new()), |builds| builds.list()),
-    )
+pub async fn builds(State(state): State<WebState>) -> Result<Json<Value>, AppError> {
+    match state.builds.as_ref() {
+        None => Ok(Json(Value::Array(Vec::new()))),
+        Some(builds) => builds.list().await.map(Json).map_err(AppError::internal),
+    }
+}
+
+/// `POST /api/v1/images/builds/{id}/cancel`: 202 with the build's view
+/// while it stops; 400 for an id that is not a number, 404 for no such
+/// build (or a station that does not build), 409 for a build that has
+/// ended already.
+pub async fn cancel(
+    State(state): State<WebState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| AppError::bad_request(format!("{id:?} is not a build id (a number)")))?;
+    let builds = state
+        .builds
+        .clone()
+        .ok_or_else(|| AppError::not_found("this station does not build bootable images"))?;
+    match builds.cancel(id).await {
+        Ok(view) => Ok((StatusCode::ACCEPTED, Json(view))),
+        Err(CancelRefusal::Unknown(why)) => Err(AppError::not_found(why)),
+        Err(CancelRefusal::Ended(why)) => Err(AppError::conflict(why)),
+        Err(CancelRefusal::Failed(why)) => Err(AppError::internal(why)),
+    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use builds::{BuildBody, BuildStart, Builds};
+pub use builds::{BuildBody, BuildStart, Builds, CancelRefusal};
 pub use captures::{CaptureBody, CaptureStart, Captures};
 pub use downloads::{UrlImportRequest, UrlImports};
 pub use error::AppError;
@@ -275,6 +275,7 @@ pub fn router(state: WebState) -> Router {
         // background.
         .route("/images/{sha256}/bootable", post(builds::build))
         .route("/images/builds", get(builds::builds))
+        .route("/images/builds/{id}/cancel", post(builds::cancel))
         .route_layer(timeout)
         .route("/images/import", post(api::import_path))
         .route("/images/import-url", post(downloads::import_url))

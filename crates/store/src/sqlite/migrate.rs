@@ -71,6 +71,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "resetting stage",
         include_str!("../../../../migrations/0011_resetting_stage.sql"),
     ),
+    (
+        12,
+        "bootable builds",
+        include_str!("../../../../migrations/0012_bootable_builds.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

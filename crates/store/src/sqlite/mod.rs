@@ -20,6 +20,7 @@
 //! - `migrate`: the embedded migrations (append-only; schema version
 //!   [`SCHEMA_VERSION`]).
 
+mod builds;
 mod migrate;
 mod orders;
 mod outbox;
@@ -27,6 +28,7 @@ mod records;
 mod store;
 mod writes;
 
+pub use builds::{BuildEnd, BuildRecord, NewBuild, INTERRUPTED_DETAIL};
 pub use migrate::SCHEMA_VERSION;
 pub use orders::OrderMemory;
 pub use store::{Health, Store};
