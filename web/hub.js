@@ -99,12 +99,14 @@
       const ports = ((s.snapshot && s.snapshot.ports) || []).map(portHtml).join('');
       const run = s.snapshot && s.snapshot.run;
       const runText = run ? `${esc(run.image_name)} ${run.armed ? '(armed)' : '(stopped)'}` : 'no run';
+      const runOrigin = run ? originsOf(run.image_sha256, s.id) : [];
       // A silent station's rack is what it last reported, not what it does.
       const stale = status === 'silent' && s.snapshot
         ? `<div class="stale">Stale: the rack as last reported at ${esc(fmtTime(s.snapshot_sent_at || s.last_seen))}</div>` : '';
       return `<div class="station ${status}" data-station="${esc(s.id)}">
         <h3>${esc(s.id)} <span class="badge ${status}">${esc(statusText(s, status))}</span></h3>
         <div class="muted">${runText} · ${COUNTERS.map((k) => counter('data-count', k, counts[k])).join(' · ')}</div>
+        ${runOrigin.map((o) => `<div class="origin run-origin">${esc(originText(o))}</div>`).join('')}
         ${stale}<div class="ports">${ports || '<span class="muted">no live view yet</span>'}</div></div>`;
     });
     $('stations').innerHTML = cards.join('') || '<p class="muted">No station yet.</p>';
@@ -116,7 +118,7 @@
   let lotsTimer = null;
   function refreshLotsSoon() {
     if (lotsTimer) return;
-    lotsTimer = setTimeout(() => { lotsTimer = null; loadLots(); }, 1000);
+    lotsTimer = setTimeout(async () => { lotsTimer = null; await loadOrigins(); loadLots(); }, 1000);
   }
 
   async function loadLots() {
@@ -131,9 +133,29 @@
         const q = token ? `&token=${encodeURIComponent(token)}` : '';
         const report = ['csv', 'json', 'html'].map((f) => `<a href="/api/v1/lots/${l.id}/report?format=${f}${q}">${f}</a>`).join(' ');
         const stop = l.stopped_at ? `stopped ${fmtTime(l.stopped_at)}` : `<button data-stop="${l.id}">Stop</button>`;
-        return `<tr><td>${esc(l.name)}</td><td>${esc(l.image_name)}</td><td>${per}</td><td>${report}</td><td>${stop}</td></tr>`;
+        const origin = originsOf(l.image_sha256).map((o) => `<div class="origin">${esc(o.station_id)}: ${esc(originText(o))}</div>`).join('');
+        return `<tr data-lot="${esc(l.id)}"><td>${esc(l.name)}</td><td>${esc(l.image_name)}</td><td>${origin || '<span class="muted">—</span>'}</td><td>${per}</td><td>${report}</td><td>${stop}</td></tr>`;
       }).join('');
     } catch (e) { message(`Lots: ${e.message}`); }
+  }
+
+  // Where the stations' images came from (downloaded, captured, built), as
+  // each station recorded it and shipped it with its image rows: the same
+  // words as the hub's lot and device reports.
+  let origins = [];
+  /** "Downloaded from: name: URL …", as the reports say it. */
+  const originText = (o) => `${o.label}: ${o.name}: ${o.words}`;
+  /** The origins of image `sha` (at `station`, or at any station). */
+  const originsOf = (sha, station) => origins.filter((o) => o.sha256 === sha && (!station || o.station_id === station));
+
+  async function loadOrigins() {
+    try {
+      origins = await (await api('/api/v1/image-origins')).json();
+      $('origins').innerHTML = origins.map((o) => `<tr data-origin="${esc(o.station_id)}/${esc(o.sha256)}"><td>${esc(o.station_id)}</td>`
+        + `<td>${esc(o.name)}</td><td><code>${esc(o.sha256.slice(0, 12))}</code></td><td class="origin">${esc(o.label)}: ${esc(o.words)}</td></tr>`).join('')
+        || '<tr><td colspan="4" class="muted">No image with a known origin yet (downloaded, captured or built).</td></tr>';
+      render();
+    } catch (e) { message(`Origins: ${e.message}`); }
   }
 
   async function loadImages() {
@@ -216,12 +238,20 @@
       const report = await (await api(`/api/v1/devices/${encodeURIComponent(key)}`)).json();
       const rows = report.attempts.map((r) => `<tr><td>${esc(r.station_id)}</td><td>${esc(r.run_id ?? '')}</td><td>${esc(r.port_label)}</td>` +
         `<td>${esc(r.started_at)}</td><td>${esc(r.verdict)}</td><td>${esc(r.reason_detail ?? '')}</td></tr>`).join('');
-      $('device').innerHTML = `<p>${esc(report.device.serial ?? report.device.device_key)}: ${report.device.passed} passed, ${report.device.failed} failed</p>` +
+      // The report's origins in the hub's words (the same provenance, as
+      // GET /api/v1/image-origins words it).
+      await loadOrigins();
+      const deviceOrigins = (report.image_origins || []).map((o) => {
+        const same = origins.find((x) => x.sha256 === o.sha256 && JSON.stringify(x.provenance) === JSON.stringify(o.provenance))
+          || origins.find((x) => x.sha256 === o.sha256);
+        return same ? `<p class="origin device-origin">${esc(same.label)}: ${esc(o.name)}: ${esc(same.words)}</p>` : '';
+      }).join('');
+      $('device').innerHTML = `<p>${esc(report.device.serial ?? report.device.device_key)}: ${report.device.passed} passed, ${report.device.failed} failed</p>${deviceOrigins}` +
         `<table><thead><tr><th>Station</th><th>Run</th><th>Port</th><th>Started</th><th>Verdict</th><th>Reason</th></tr></thead><tbody>${rows}</tbody></table>`;
     } catch (err) { $('device').innerHTML = `<p class="error">${esc(err.message)}</p>`; }
   });
 
   connect();
   loadImages();
-  loadLots();
+  loadOrigins().then(loadLots);
 })();

@@ -366,14 +366,23 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
 /// validators, digest source, signer), "Captured" (the master stick) or
 /// "Origin" (a bootable layout built from another image).
 fn origin_item(origin: &crate::ImageOrigin) -> Item<'static> {
-    let label = if origin.provenance.built.is_some() {
+    Item::text(
+        origin_label(&origin.provenance),
+        format!("{}: {}", origin.name, origin.provenance),
+    )
+}
+
+/// What a report calls an image's origin: "Origin" for an image built from
+/// another, "Captured" for a master stick's, "Downloaded from" for a
+/// download. The hub's dashboard says it the same way.
+pub fn origin_label(provenance: &flashrack_core::Provenance) -> &'static str {
+    if provenance.built.is_some() {
         "Origin"
-    } else if origin.provenance.captured.is_some() {
+    } else if provenance.captured.is_some() {
         "Captured"
     } else {
         "Downloaded from"
-    };
-    Item::text(label, format!("{}: {}", origin.name, origin.provenance))
+    }
 }
 
 /// A lot's report (its records at every station) as one printable,

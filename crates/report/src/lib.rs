@@ -199,7 +199,7 @@ pub use csv_export::{csv, run_csv};
 pub use export::{CSV_EXTRA_FIELDS, FIELDS, FORMAT, VERSION};
 #[doc(no_inline)]
 pub use flashrack_inspect::ImageInfo;
-pub use html::{device_html, lot_html, run_html};
+pub use html::{device_html, lot_html, origin_label, run_html};
 pub use json_export::{device_json, lot_json, run_json};
 pub use labels::{device_labels_html, labels_html, record_reference, LABEL_SHA256_DIGITS};
 pub use model::{

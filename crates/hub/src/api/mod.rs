@@ -68,6 +68,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/lots/{id}/stop", post(orders::stop))
         .route("/api/v1/lots/{id}/report", get(reports::lot))
         .route("/api/v1/devices/{key}", get(reports::device))
+        .route("/api/v1/image-origins", get(reports::image_origins))
         .route(
             "/api/v1/images",
             get(images::list)

@@ -45,6 +45,36 @@ fn answer(format: &str, body: String, file: &str) -> Result<Response, AppError> 
     Ok(response)
 }
 
+/// `GET /api/v1/image-origins`: every image a station keeps whose origin it
+/// recorded (downloaded, captured, built), as the dashboard shows it:
+/// `[{"station_id", "sha256", "name", "label", "words", "provenance"}]`,
+/// `label` and `words` as the lot and device reports print them ("Downloaded
+/// from" and the URL, validators, digest source and signer).
+pub(super) async fn image_origins(
+    State(state): State<HubState>,
+) -> Result<axum::Json<serde_json::Value>, AppError> {
+    let origins = state
+        .db
+        .image_origins_at_stations()
+        .await
+        .map_err(internal)?;
+    Ok(axum::Json(serde_json::Value::Array(
+        origins
+            .into_iter()
+            .map(|(station, origin)| {
+                serde_json::json!({
+                    "station_id": station,
+                    "sha256": origin.sha256,
+                    "name": origin.name,
+                    "label": flashrack_report::origin_label(&origin.provenance),
+                    "words": origin.provenance.to_string(),
+                    "provenance": origin.provenance,
+                })
+            })
+            .collect(),
+    )))
+}
+
 /// A lot's report, across its stations.
 pub(super) async fn lot(
     State(state): State<HubState>,

@@ -288,6 +288,34 @@ impl HubDb {
         }))
     }
 
+    /// Every image a station keeps whose origin it recorded (downloaded,
+    /// captured, built), with that station's id: by station, then oldest
+    /// import first. Removed rows and images without a provenance (a file,
+    /// an upload) give none.
+    pub async fn image_origins_at_stations(&self) -> Result<Vec<(String, ImageOrigin)>, PgError> {
+        let what = "reading the stations' image origins";
+        let rows = sqlx::query(
+            "SELECT station_id, sha256, name, provenance FROM station_images
+             WHERE NOT removed AND provenance IS NOT NULL
+             ORDER BY station_id, imported_at, sha256",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql(what))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push((
+                row.get("station_id"),
+                ImageOrigin {
+                    sha256: digest(row.get::<&str, _>("sha256"))?,
+                    name: row.get("name"),
+                    provenance: json_from("image provenance", row.get("provenance"))?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
     /// Where the images of `uses` (station and image, in order of use) came
     /// from, as each station recorded it (shipped with its image rows): one
     /// entry per image and provenance, by first use; images without a
