@@ -765,11 +765,12 @@ impl BuildService {
     async fn view(&self, record: flashrack_store::BuildRecord) -> serde_json::Value {
         use serde_json::json;
         let (image, size, reused, split) = match &record.built {
-            Some((image, size, reused, split)) => (
-                Some(*image),
-                Some(*size),
-                Some(*reused),
-                split
+            Some(layout) => (
+                Some(layout.image),
+                Some(layout.size),
+                Some(layout.reused),
+                layout
+                    .split
                     .iter()
                     .map(|(file, parts)| json!({"file": file, "parts": parts}))
                     .collect(),

@@ -72,6 +72,6 @@ pub use model::{
     RunReport, RunSummary, RunningFigures, StationId, StopReason,
 };
 pub use sqlite::{
-    BuildEnd, BuildRecord, Health, NewBuild, OrderMemory, SqliteWrites, Store, INTERRUPTED_DETAIL,
-    SCHEMA_VERSION,
+    BuildEnd, BuildRecord, BuiltLayout, Health, NewBuild, OrderMemory, SqliteWrites, Store,
+    INTERRUPTED_DETAIL, SCHEMA_VERSION,
 };

@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestStore, T0};
 use flashrack_core::{BuildStage, BuildState, Sha256Digest};
-use flashrack_store::{BuildEnd, NewBuild, INTERRUPTED_DETAIL};
+use flashrack_store::{BuildEnd, BuiltLayout, NewBuild, INTERRUPTED_DETAIL};
 
 fn new_build(name: &str) -> NewBuild {
     NewBuild {
@@ -50,12 +50,12 @@ async fn a_build_is_recorded_stage_by_stage_and_ends_once() {
     assert_eq!(record.finished_at, Some(T0 + 1500));
     assert_eq!(
         record.built,
-        Some((
-            layout,
-            48 << 20,
-            false,
-            vec![("sources/install.wim".to_string(), 3)]
-        ))
+        Some(BuiltLayout {
+            image: layout,
+            size: 48 << 20,
+            reused: false,
+            split: vec![("sources/install.wim".to_string(), 3)],
+        })
     );
     assert_eq!(record.detail, None);
     assert_eq!(t.store.build(id + 1).await.unwrap(), None);

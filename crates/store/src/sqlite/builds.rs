@@ -47,6 +47,19 @@ pub enum BuildEnd {
     },
 }
 
+/// The layout a build made (or found made before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltLayout {
+    /// Its sha256, in the cache.
+    pub image: Sha256Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether it was built before and taken from the cache.
+    pub reused: bool,
+    /// The files split into parts, and how many parts.
+    pub split: Vec<(String, u32)>,
+}
+
 /// One build as the records keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildRecord {
@@ -62,9 +75,8 @@ pub struct BuildRecord {
     pub started_at: i64,
     /// Unix milliseconds; `None` while building.
     pub finished_at: Option<i64>,
-    /// For a built one: the layout's sha256, size, whether it was reused,
-    /// and the files split.
-    pub built: Option<(Sha256Digest, u64, bool, Vec<(String, u32)>)>,
+    /// For a built one: the layout.
+    pub built: Option<BuiltLayout>,
     /// Why it failed, was cancelled or interrupted.
     pub detail: Option<String>,
 }
@@ -164,13 +176,13 @@ fn build_of(row: &sqlx::sqlite::SqliteRow) -> Result<BuildRecord, StoreError> {
                     .ok_or_else(|| bad("bootable_builds.split", text.clone()))?,
                 None => Vec::new(),
             };
-            Some((
-                digest("bootable_builds.image_sha256", image)?,
-                u64::try_from(size.unwrap_or(-1))
+            Some(BuiltLayout {
+                image: digest("bootable_builds.image_sha256", image)?,
+                size: u64::try_from(size.unwrap_or(-1))
                     .map_err(|_| bad("bootable_builds.size", format!("{size:?}")))?,
-                reused.unwrap_or(false),
+                reused: reused.unwrap_or(false),
                 split,
-            ))
+            })
         }
         None => None,
     };

@@ -28,7 +28,7 @@ mod records;
 mod store;
 mod writes;
 
-pub use builds::{BuildEnd, BuildRecord, NewBuild, INTERRUPTED_DETAIL};
+pub use builds::{BuildEnd, BuildRecord, BuiltLayout, NewBuild, INTERRUPTED_DETAIL};
 pub use migrate::SCHEMA_VERSION;
 pub use orders::OrderMemory;
 pub use store::{Health, Store};
