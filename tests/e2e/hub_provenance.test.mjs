@@ -125,6 +125,12 @@ test('the hub dashboard shows where a station\'s image came from: its origins, t
       const images = await (await fetch(`${stationUrl}api/v1/images`)).json();
       return images.some((i) => i.sha256 === sha);
     });
+    // A run of it on the station: the station records the image, with its
+    // provenance, as it records the run, and ships both to the hub.
+    const run = await fetch(`${stationUrl}api/v1/runs`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ image: sha }),
+    });
+    assert.equal(run.status, 201, `arm: ${await run.text()}`);
     // Shipped to the hub with its provenance; the hub's words for it.
     const origin = await until('the hub knows the image\'s origin', async () => {
       const origins = await hubGet('api/v1/image-origins');
@@ -136,12 +142,6 @@ test('the hub dashboard shows where a station\'s image came from: its origins, t
     assert.equal(origin.words, words, JSON.stringify(origin));
     const shown = `Downloaded from: vendor-image.img: ${words}`;
 
-    // A run of it on the station; the hub, as an operator, arms a lot of the
-    // same image (its own copy, uploaded: the same sha256).
-    const run = await fetch(`${stationUrl}api/v1/runs`, {
-      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ image: sha }),
-    });
-    assert.equal(run.status, 201, `arm: ${await run.text()}`);
 
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     const context = await browser.newContext({ viewport: { width: 1440, height: 1200 } });
@@ -165,7 +165,8 @@ test('the hub dashboard shows where a station\'s image came from: its origins, t
     await card.locator('.run-origin', { hasText: words }).waitFor({ timeout: 60_000 });
     assert.equal((await card.locator('.run-origin').textContent()).trim(), shown);
 
-    // A lot of the same image armed from the hub: its row names the origin.
+    // A lot of the same image armed from the hub (its own copy, uploaded:
+    // the same sha256): its row names the origin.
     const upload = await fetch(`${hubUrl}api/v1/images?name=vendor-image.img`, { method: 'POST', headers: auth, body: image });
     assert.equal(upload.status < 300, true, `upload: ${upload.status} ${await upload.clone().text()}`);
     assert.equal((await upload.json()).sha256, sha);
