@@ -4,7 +4,10 @@
 // "Build a bootable stick image"; the build is followed to "built", and the
 // built image appears in the library with its provenance (built from the
 // ISO, how, when), no raw-run refusal and a GPT. What the screen says is
-// what the API's image JSON says.
+// what the API's image JSON says. Before that, a build held in its copying
+// stage (the demo runs the real mcopy through a script on its PATH that
+// first waits for a word on a FIFO this test writes) shows its stages and a
+// Cancel button; cancelled there, it ends cancelled and keeps nothing.
 //
 //   cargo build -p flashrack-cli && npm ci --prefix tests/e2e
 //   FLASHRACK_BIN=$PWD/target/debug/flashrack node --test tests/e2e/bootable.test.mjs
@@ -40,9 +43,19 @@ test('a refused installer ISO offers a bootable build, followed to a built image
   prepare: ({ work, dataDir }) => {
     const iso = path.join(work, 'quarterly.bin');
     uefiInstallerIso(work, iso);
-    return importImage(dataDir, iso);
+    const sha = importImage(dataDir, iso);
+    // The demo's mcopy: the real one, once the test writes a word to the
+    // FIFO (each build's copy waits for one).
+    const mcopy = execFileSync('sh', ['-c', 'command -v mcopy']).toString().trim();
+    const shim = path.join(work, 'shim');
+    mkdirSync(shim);
+    const fifo = path.join(work, 'mcopy-gate');
+    execFileSync('mkfifo', [fifo]);
+    writeFileSync(path.join(shim, 'mcopy'), `#!/bin/sh\nread word < '${fifo}'\nexec '${mcopy}' "$@"\n`, { mode: 0o755 });
+    process.env.PATH = `${shim}:${process.env.PATH}`;
+    return { sha, fifo };
   },
-}, async ({ url, api, page, prepared: sha }) => {
+}, async ({ url, api, page, prepared: { sha, fifo } }) => {
   await stopTheDemosRunAndOpenTheForm(page, url);
   const row = page.locator('#image-list li', { hasText: 'quarterly.bin' });
   await row.waitFor({ timeout: 15_000 });
@@ -50,7 +63,31 @@ test('a refused installer ISO offers a bootable build, followed to a built image
   // Only the refused image offers a build.
   assert.equal(await page.locator('#image-list button.build-bootable').count(), 1);
 
+  const stagesOf = (item) => item.locator('.build-stage').evaluateAll((nodes) => nodes.map((n) => `${n.dataset.stage}:${n.dataset.state}`));
+  const cached = async () => (await (await page.request.get(api('/images'))).json()).map((i) => i.sha256).sort();
+  const before = await cached();
+
+  // Held in its copying stage: the stage shown, and a Cancel button.
   await row.locator('button.build-bootable').click();
+  const building = page.locator('#build-list li[data-state="building"]');
+  await building.locator('.build-stage.current[data-stage="copying_files"]').waitFor({ timeout: 120_000 });
+  assert.deepEqual(await stagesOf(building),
+    ['extracting:done', 'splitting:done', 'partitioning:done', 'copying_files:current', 'hashing:pending']);
+  assert.match(await building.locator('.build-words').textContent(), /stage 4 of 5: copying the files in/);
+  await building.locator('button.cancel-build').click();
+  const cancelled = page.locator('#build-list li[data-state="cancelled"]');
+  await cancelled.waitFor({ timeout: 60_000 });
+  assert.match(await cancelled.locator('.build-words').textContent(),
+    /cancelled at stage 4 of 5: copying the files in: cancelled by the operator; nothing of it was cached/);
+  assert.deepEqual(await stagesOf(cancelled),
+    ['extracting:done', 'splitting:done', 'partitioning:done', 'copying_files:stopped', 'hashing:pending']);
+  assert.equal(await cancelled.locator('button.cancel-build').count(), 0);
+  assert.deepEqual(await cached(), before, 'nothing of the cancelled build is in the cache');
+
+  // Built again, let through its copying stage this time.
+  await row.locator('button.build-bootable').click();
+  await building.locator('.build-stage.current[data-stage="copying_files"]').waitFor({ timeout: 120_000 });
+  writeFileSync(fifo, 'go\n');
   const built = page.locator('#build-list li[data-state="built"]');
   await built.waitFor({ timeout: 120_000 }).catch(async () => {
     assert.fail(`no build ended: ${await page.locator('#build-list').textContent()}`);
@@ -58,15 +95,15 @@ test('a refused installer ISO offers a bootable build, followed to a built image
   assert.match(await built.textContent(), /built from quarterly\.bin: quarterly-usb\.img/);
   // Its five stages, each done, in the order the build went through them;
   // no cancel offered for an ended build.
-  assert.deepEqual(await built.locator('.build-stage').evaluateAll((nodes) => nodes.map((n) => `${n.dataset.stage}:${n.dataset.state}`)),
+  assert.deepEqual(await stagesOf(built),
     ['extracting', 'splitting', 'partitioning', 'copying_files', 'hashing'].map((s) => `${s}:done`));
   assert.equal(await built.locator('button.cancel-build').count(), 0);
 
   // The API agrees with the screen.
   const builds = await (await page.request.get(api('/images/builds'))).json();
-  assert.equal(builds.length, 1, JSON.stringify(builds));
-  assert.equal(builds[0].state, 'built');
+  assert.deepEqual(builds.map((b) => b.state), ['built', 'cancelled'], JSON.stringify(builds));
   assert.equal(builds[0].source, sha);
+  assert.equal(builds[1].source, sha);
   const image = await (await page.request.get(api(`/images/${builds[0].image}`))).json();
   assert.equal(image.name, 'quarterly-usb.img');
   assert.equal(image.raw_write_refusal, null);
