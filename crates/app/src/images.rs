@@ -4,13 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use flashrack_core::{ByteSize, Sha256Digest};
-use flashrack_image::{
-    BmapCheck, BmapInput, CachedImage, ImageCache, ImportOptions, ImportOutcome,
-};
+use flashrack_image::{BmapCheck, BmapInput, ImportOptions, ImportOutcome};
 
 use crate::AppError;
 
-pub use flashrack_image::{ImageError, MapInfo, MapOrigin, StoredMap};
+pub use flashrack_image::{CachedImage, ImageCache, ImageError, MapInfo, MapOrigin, StoredMap};
 
 /// The cache's directory in a data directory.
 pub fn cache_dir(data_dir: &Path) -> PathBuf {

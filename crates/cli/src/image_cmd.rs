@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use flashrack_app::bootable::{build_bootable, BuildRequest};
+use flashrack_app::bootable::{build_bootable_with, BuildRequest, BuildStage, Cancel};
 use flashrack_app::downloads::{
     import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlBmap, UrlImport, UrlProgress,
 };
@@ -17,6 +17,52 @@ use flashrack_core::{ByteSize, Sha256Digest};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::ImageCommand;
+
+/// Builds the bootable layout of `source` on a blocking thread, saying each
+/// stage on stderr ("stage 4 of 5: copying the files in"); SIGINT or SIGTERM
+/// cancels it: it stops at once and keeps nothing in the cache.
+async fn build_cancellable(
+    cache: &flashrack_app::images::ImageCache,
+    data_dir: &Path,
+    source: flashrack_app::images::CachedImage,
+    request: BuildRequest,
+) -> Result<flashrack_app::bootable::Built> {
+    let cancel = std::sync::Arc::new(Cancel::default());
+    let mut stops = crate::signals::stops()?;
+    let build = tokio::task::spawn_blocking({
+        let cache = cache.clone();
+        let data_dir = data_dir.to_path_buf();
+        let cancel = cancel.clone();
+        move || {
+            let stage = |stage: BuildStage| {
+                errln!(
+                    "stage {} of {}: {stage}",
+                    stage.number(),
+                    BuildStage::ALL.len()
+                );
+            };
+            build_bootable_with(&cache, &data_dir, &source, &request, &stage, &cancel)
+        }
+    });
+    tokio::pin!(build);
+    loop {
+        tokio::select! {
+            built = &mut build => {
+                return match built.context("the build's thread")? {
+                    Ok(built) => Ok(built),
+                    Err(_) if cancel.is_cancelled() => {
+                        bail!("the build was cancelled: nothing of it was kept")
+                    }
+                    Err(error) => Err(error.into()),
+                };
+            }
+            Some(_) = stops.recv() => {
+                errln!("stopping the build …");
+                cancel.cancel();
+            }
+        }
+    }
+}
 
 /// Runs an `image` subcommand.
 pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
@@ -303,7 +349,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 max_file_size: split_above.bytes(),
                 max_image_size: max_size,
             };
-            let built = build_bootable(&cache, data_dir, &source, &request)?;
+            let built = build_cancellable(&cache, data_dir, source.clone(), request).await?;
             let image = &built.image;
             if json {
                 outln!(

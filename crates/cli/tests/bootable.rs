@@ -337,3 +337,139 @@ fn an_installer_whose_files_are_in_udf_only_is_laid_out_from_its_udf_tree() {
         );
     }
 }
+
+#[test]
+fn a_build_says_its_stages_and_one_interrupted_in_its_copying_stage_keeps_nothing() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let content = dir.path().join("content");
+    fs::create_dir(&content).unwrap();
+    fs::write(content.join("setup.txt"), b"installed by the stick\n").unwrap();
+    let iso = dir.path().join("quarterly.bin");
+    flashrack_testkit::iso::uefi_installer_iso(&iso, b"MZ stand-in UEFI loader", &content);
+    let sha_iso = ok(flashrack(
+        &data,
+        &["image", "import", iso.to_str().unwrap()],
+    ))
+    .trim()
+    .to_string();
+    let listed = ok(flashrack(&data, &["image", "list"]));
+
+    // The build's mcopy is the real one, run once the test writes a word to
+    // a FIFO: the build is held in its copying stage until then.
+    let real = Command::new("sh")
+        .args(["-c", "command -v mcopy"])
+        .output()
+        .unwrap();
+    let real = text(&real.stdout).trim().to_string();
+    let shim = dir.path().join("shim");
+    fs::create_dir(&shim).unwrap();
+    let gate = dir.path().join("gate");
+    assert!(Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .unwrap()
+        .success());
+    let script = shim.join("mcopy");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread word < '{}'\nexec '{real}' \"$@\"\n",
+            gate.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        shim.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let build = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_flashrack"))
+            .env("PATH", &path)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["image", "build-bootable", &sha_iso[..12], "--name", name])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Reads the build's stderr up to the line saying it copies the files.
+    let until_copying = |child: &mut std::process::Child| -> (Vec<String>, BufReader<_>) {
+        let mut lines = Vec::new();
+        let mut reader = BufReader::new(child.stderr.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "the build ended before copying: {lines:?}"
+            );
+            let line = line.trim_end().to_string();
+            let copying = line == "stage 4 of 5: copying the files in";
+            lines.push(line);
+            if copying {
+                return (lines, reader);
+            }
+        }
+    };
+
+    // Interrupted (SIGINT, as Ctrl-C) while held: it stops, says so, exits
+    // non-zero and keeps nothing.
+    let mut child = build("held-usb.img");
+    let (lines, mut reader) = until_copying(&mut child);
+    assert_eq!(
+        lines,
+        [
+            "stage 1 of 5: copying the ISO's files out",
+            "stage 2 of 5: splitting install.wim",
+            "stage 3 of 5: partitioning (GPT and FAT32)",
+            "stage 4 of 5: copying the files in",
+        ]
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert!(!status.success(), "{rest}");
+    assert!(
+        rest.contains("the build was cancelled: nothing of it was kept"),
+        "{rest}"
+    );
+    assert_eq!(ok(flashrack(&data, &["image", "list"])), listed);
+    let leftovers: Vec<_> = fs::read_dir(data.join("bootable"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers
+            .iter()
+            .all(|name| !name.to_string_lossy().starts_with("build-")),
+        "{leftovers:?}"
+    );
+
+    // Let through, the same build ends with its layout.
+    let mut child = build("quarterly-usb.img");
+    let (_, mut reader) = until_copying(&mut child);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&gate)
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{rest}");
+    assert!(
+        rest.contains("stage 5 of 5: hashing and caching the layout"),
+        "{rest}"
+    );
+    assert!(ok(flashrack(&data, &["image", "list"])).contains("quarterly-usb.img"));
+}
