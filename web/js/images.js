@@ -216,17 +216,39 @@ function downloadRow(d) {
   } else if (d.state === 'done') {
     const signer = d.provenance && d.provenance.digest_source && d.provenance.digest_source.signature;
     words = `imported ${shortSha(d.image)}${signer ? ` · signed by ${signer.signer_fingerprint}` : ''}`;
+  } else if (d.state === 'interrupted') {
+    words = `interrupted by a stop of the station at ${fmtBytes(d.held)}${d.total ? ` of ${fmtBytes(d.total)}` : ''}`;
   } else words = `failed: ${d.error}`;
-  const row = el('li', { class: 'row' },
+  // An interrupted or failed import starts again from its partial download.
+  const resumable = d.state === 'interrupted' || d.state === 'failed';
+  const row = el('li', { class: 'row', dataset: { state: d.state } },
     el('div', { class: 'row-main' },
       el('strong', { text: d.url.split('/').pop() || d.url, title: d.url }),
-      el('span', { class: d.state === 'failed' ? 'bad' : 'muted', text: ` ${words}` })));
+      el('span', { class: d.state === 'failed' ? 'bad' : 'muted', text: ` ${words}` })),
+    resumable
+      ? el('button', {
+        type: 'button',
+        class: 'small resume-download',
+        'aria-label': `Resume the download of ${d.url}`,
+        onclick: () => resumeDownload(d),
+      }, 'Resume')
+      : null);
   if (pct != null && d.state === 'downloading') {
     const fill = el('span');
     fill.style.width = `${pct}%`;
     row.append(el('div', { class: 'bar', role: 'progressbar', 'aria-label': `Download of ${d.url}`, 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(pct) }, fill));
   }
   return row;
+}
+
+async function resumeDownload(d) {
+  try {
+    await api('POST', `/images/downloads/${encodeURIComponent(d.id)}/resume`);
+    setStatus('url-status', 'Resumed: the download goes on from its partial file', 'good');
+  } catch (error) {
+    setStatus('url-status', error.message, 'bad');
+  }
+  loadDownloads();
 }
 
 export async function loadDownloads() {

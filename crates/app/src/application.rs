@@ -303,6 +303,25 @@ impl Application {
             )),
             None => None,
         };
+        // The list of imports from URLs is kept in the records, where there
+        // are records: it outlives a restart, and an import left running is
+        // shown interrupted and can be resumed.
+        let url_imports: Arc<dyn flashrack_web::UrlImports> = match &records {
+            Some(records) => Arc::new(
+                crate::downloads::UrlImportService::persisted(
+                    images.clone(),
+                    data_dir.clone(),
+                    config.max_size,
+                    records.store().clone(),
+                )
+                .await?,
+            ),
+            None => Arc::new(crate::downloads::UrlImportService::new(
+                images.clone(),
+                data_dir.clone(),
+                config.max_size,
+            )),
+        };
         let web = WebState {
             station: handle.clone(),
             images: images.clone(),
@@ -340,11 +359,7 @@ impl Application {
             shutting_down: None,
             events: Default::default(),
             fleet: fleet.as_ref().map(|fleet| fleet.view.subscribe()),
-            url_imports: Some(Arc::new(crate::downloads::UrlImportService::new(
-                images.clone(),
-                data_dir.clone(),
-                config.max_size,
-            ))),
+            url_imports: Some(url_imports),
             captures: Some(captures.clone()),
             builds: builds.clone().map(|b| b as Arc<dyn flashrack_web::Builds>),
         };

@@ -609,9 +609,13 @@ mod tests {
 }
 
 /// The station's URL imports for the web side (`flashrack_web::UrlImports`):
-/// each runs as a task on the station's runtime, and its progress is kept
-/// in memory for `GET /api/v1/images/downloads` (a partial download outlives
-/// a restart on disk, not in this list).
+/// each runs as a task on the station's runtime, its progress kept in memory
+/// for `GET /api/v1/images/downloads` and, for a station with records
+/// ([`UrlImportService::persisted`]), in the records (table `url_imports`):
+/// the request, the state, the bytes held (every few seconds), the error and
+/// the image. At start-up an import left running is shown `interrupted`,
+/// with the bytes its partial download holds, and resuming it
+/// (`POST /api/v1/images/downloads/{id}/resume`) continues from there.
 pub struct UrlImportService {
     cache: ImageCache,
     data_dir: PathBuf,
@@ -620,7 +624,12 @@ pub struct UrlImportService {
     /// Every import started, oldest first. A `std` mutex: held only to copy
     /// or update a view, never across an await.
     views: Arc<std::sync::Mutex<Vec<ImportView>>>,
+    /// Where the list is kept across restarts; `None`: in memory only.
+    store: Option<flashrack_store::Store>,
 }
+
+/// How often a running import's bytes are written to the records.
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One import as the API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -638,11 +647,39 @@ struct ImportView {
     provenance: Option<Provenance>,
     #[serde(skip)]
     started: Option<std::time::Instant>,
+    /// The request as given (a resume repeats it).
+    #[serde(skip)]
+    request: flashrack_web::UrlImportRequest,
+}
+
+impl ImportView {
+    fn new(id: u64, request: flashrack_web::UrlImportRequest) -> Self {
+        Self {
+            id,
+            url: request.url.clone(),
+            state: "checking",
+            held: 0,
+            total: None,
+            resumed_from: 0,
+            rate_bytes_per_sec: None,
+            eta_secs: None,
+            error: None,
+            image: None,
+            provenance: None,
+            started: None,
+            request,
+        }
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.state, "checking" | "downloading")
+    }
 }
 
 impl UrlImportService {
     /// Imports into `cache`, partial downloads under `data_dir`, images up
-    /// to `max_size`; tasks run on the current tokio runtime.
+    /// to `max_size`; tasks run on the current tokio runtime. The list is
+    /// kept in memory only.
     pub fn new(cache: ImageCache, data_dir: PathBuf, max_size: ByteSize) -> Self {
         Self {
             cache,
@@ -650,7 +687,63 @@ impl UrlImportService {
             max_size,
             runtime: tokio::runtime::Handle::current(),
             views: Arc::default(),
+            store: None,
         }
+    }
+
+    /// As [`new`](Self::new), with the list kept in `store`: the imports
+    /// kept there are listed, those left running by a stop or a crash as
+    /// `interrupted`, with the bytes their partial download holds.
+    pub async fn persisted(
+        cache: ImageCache,
+        data_dir: PathBuf,
+        max_size: ByteSize,
+        store: flashrack_store::Store,
+    ) -> Result<Self, AppError> {
+        let interrupted = store.interrupt_url_imports().await?;
+        if interrupted > 0 {
+            tracing::info!(
+                interrupted,
+                "imports from URLs left running are interrupted: resumable"
+            );
+        }
+        let mut views = Vec::new();
+        for row in store.url_imports().await? {
+            let request = match serde_json::from_str(&row.request) {
+                Ok(request) => request,
+                Err(error) => {
+                    tracing::warn!(id = row.id, %error, "an import from a URL whose request cannot be read: not listed");
+                    continue;
+                }
+            };
+            let mut view = ImportView::new(u64::try_from(row.id).unwrap_or(0), request);
+            view.state = row.state.as_str();
+            view.total = row.total;
+            view.error = row.error;
+            view.image = row
+                .image_sha256
+                .as_deref()
+                .and_then(|hex| Sha256Digest::parse(hex).ok());
+            view.held = row.held;
+            if !matches!(row.state, flashrack_store::UrlImportState::Done) {
+                // The partial download says what is held, not the last write.
+                let partial = Partial::in_dir(&downloads_dir(&data_dir), &view.url);
+                view.held = std::fs::metadata(partial.data_path()).map_or(0, |m| m.len());
+            }
+            if let Some(sha) = view.image {
+                view.provenance = cache
+                    .get(&sha)
+                    .ok()
+                    .flatten()
+                    .and_then(|i| i.meta.provenance);
+            }
+            views.push(view);
+        }
+        Ok(Self {
+            views: Arc::new(std::sync::Mutex::new(views)),
+            store: Some(store),
+            ..Self::new(cache, data_dir, max_size)
+        })
     }
 
     fn request_of(&self, body: flashrack_web::UrlImportRequest) -> Result<UrlImport, String> {
@@ -687,39 +780,17 @@ impl UrlImportService {
             bmap: UrlBmap::Beside,
         })
     }
-}
 
-impl flashrack_web::UrlImports for UrlImportService {
-    fn start(&self, body: flashrack_web::UrlImportRequest) -> Result<serde_json::Value, String> {
-        let request = self.request_of(body)?;
-        let view = {
-            let mut views = self.views.lock().expect("no panic while held");
-            if views
-                .iter()
-                .any(|v| v.url == request.url && matches!(v.state, "checking" | "downloading"))
-            {
-                return Err(format!("{} is being imported already", request.url));
-            }
-            let view = ImportView {
-                id: views.len() as u64 + 1,
-                url: request.url.clone(),
-                state: "checking",
-                held: 0,
-                total: None,
-                resumed_from: 0,
-                rate_bytes_per_sec: None,
-                eta_secs: None,
-                error: None,
-                image: None,
-                provenance: None,
-                started: None,
-            };
-            views.push(view.clone());
-            view
-        };
-        let id = view.id;
+    /// Runs import `id` (its view is in the list, `checking`) in the
+    /// background: recorded as started first, its bytes every
+    /// [`PERSIST_EVERY`], its end last.
+    fn launch(&self, id: u64, request: UrlImport, body: flashrack_web::UrlImportRequest) {
         let views = self.views.clone();
-        let (cache, data_dir) = (self.cache.clone(), self.data_dir.clone());
+        let (cache, data_dir, store) = (
+            self.cache.clone(),
+            self.data_dir.clone(),
+            self.store.clone(),
+        );
         self.runtime.spawn(async move {
             let update = |f: &mut dyn FnMut(&mut ImportView)| {
                 let mut views = views.lock().expect("no panic while held");
@@ -727,7 +798,35 @@ impl flashrack_web::UrlImports for UrlImportService {
                     f(view);
                 }
             };
+            let row = i64::try_from(id).unwrap_or(i64::MAX);
+            // Recorded before a byte is downloaded; progress through one
+            // writer, in order, at most every few seconds.
+            if let Some(store) = &store {
+                let json = serde_json::to_string(&body).unwrap_or_default();
+                if let Err(error) = store.url_import_started(row, &request.url, &json).await {
+                    tracing::warn!(%error, url = %request.url, "cannot record an import from a URL");
+                }
+            }
+            let (persist_tx, mut persist_rx) = mpsc::unbounded_channel::<Progress>();
+            let writer = store.clone().map(|store| {
+                let url = request.url.clone();
+                tokio::spawn(async move {
+                    while let Some(p) = persist_rx.recv().await {
+                        let state = flashrack_store::UrlImportState::Downloading;
+                        if let Err(error) = store.url_import_progress(row, state, p.held, p.total).await {
+                            tracing::warn!(%error, url, "cannot record an import's progress");
+                        }
+                    }
+                })
+            });
+            let mut persisted_at: Option<std::time::Instant> = None;
             let result = import_url(&cache, &data_dir, &request, RetryPolicy::default(), |p| {
+                if let UrlProgress::Downloading(progress) = &p {
+                    if persisted_at.is_none_or(|at| at.elapsed() >= PERSIST_EVERY) {
+                        persisted_at = Some(std::time::Instant::now());
+                        let _ = persist_tx.send(*progress);
+                    }
+                }
                 update(&mut |view| view.follow(&p))
             })
             .await;
@@ -746,6 +845,30 @@ impl flashrack_web::UrlImports for UrlImportService {
                     Err(error) => tracing::warn!(url = %request.url, %error, "no block map"),
                 }
             }
+            drop(persist_tx);
+            if let (Some(writer), Some(store)) = (writer, &store) {
+                let _ = writer.await;
+                let (state, error, image) = match &result {
+                    Ok(outcome) => (
+                        flashrack_store::UrlImportState::Done,
+                        None,
+                        Some(outcome.image.sha256().to_hex()),
+                    ),
+                    Err(error) => (flashrack_store::UrlImportState::Failed, Some(error_chain(error)), None),
+                };
+                let held = views
+                    .lock()
+                    .expect("no panic while held")
+                    .iter()
+                    .find(|v| v.id == id)
+                    .map(|v| (v.held, v.total));
+                if let Some((held, total)) = held {
+                    let _ = store.url_import_progress(row, state, held, total).await;
+                }
+                if let Err(error) = store.url_import_ended(row, state, error, image).await {
+                    tracing::warn!(%error, url = %request.url, "cannot record how an import from a URL ended");
+                }
+            }
             update(&mut |view| match &result {
                 Ok(outcome) => {
                     view.state = "done";
@@ -759,12 +882,68 @@ impl flashrack_web::UrlImports for UrlImportService {
                 }
             });
         });
+    }
+}
+
+impl flashrack_web::UrlImports for UrlImportService {
+    fn start(&self, body: flashrack_web::UrlImportRequest) -> Result<serde_json::Value, String> {
+        let request = self.request_of(body.clone())?;
+        let view = {
+            let mut views = self.views.lock().expect("no panic while held");
+            if views.iter().any(|v| v.url == request.url && v.running()) {
+                return Err(format!("{} is being imported already", request.url));
+            }
+            let id = views.iter().map(|v| v.id).max().unwrap_or(0) + 1;
+            let view = ImportView::new(id, body.clone());
+            views.push(view.clone());
+            view
+        };
+        self.launch(view.id, request, body);
         serde_json::to_value(&view).map_err(|e| e.to_string())
     }
 
     fn list(&self) -> serde_json::Value {
         let views = self.views.lock().expect("no panic while held");
         serde_json::to_value(views.iter().rev().collect::<Vec<_>>()).unwrap_or_default()
+    }
+
+    fn resume(&self, id: u64) -> Result<serde_json::Value, flashrack_web::ResumeError> {
+        use flashrack_web::ResumeError;
+        let (view, request) = {
+            let mut views = self.views.lock().expect("no panic while held");
+            let Some(found) = views.iter().find(|v| v.id == id) else {
+                return Err(ResumeError::NotFound(format!(
+                    "no import {id} on this station"
+                )));
+            };
+            match found.state {
+                "interrupted" | "failed" => {}
+                "done" => {
+                    return Err(ResumeError::Conflict(format!(
+                        "import {id} is done: its image is cached"
+                    )))
+                }
+                _ => return Err(ResumeError::Conflict(format!("import {id} is running"))),
+            }
+            let url = found.url.clone();
+            if views.iter().any(|v| v.url == url && v.running()) {
+                return Err(ResumeError::Conflict(format!(
+                    "{url} is being imported already"
+                )));
+            }
+            let view = views.iter_mut().find(|v| v.id == id).expect("found above");
+            let request = self
+                .request_of(view.request.clone())
+                .map_err(ResumeError::Conflict)?;
+            view.state = "checking";
+            view.error = None;
+            view.started = None;
+            view.rate_bytes_per_sec = None;
+            view.eta_secs = None;
+            (view.clone(), request)
+        };
+        self.launch(id, request, view.request.clone());
+        serde_json::to_value(&view).map_err(|e| ResumeError::Conflict(e.to_string()))
     }
 }
 

@@ -73,5 +73,5 @@ pub use model::{
 };
 pub use sqlite::{
     BuildEnd, BuildRecord, BuiltLayout, Health, NewBuild, OrderMemory, SqliteWrites, Store,
-    INTERRUPTED_DETAIL, SCHEMA_VERSION,
+    UrlImportRow, UrlImportState, INTERRUPTED_DETAIL, SCHEMA_VERSION,
 };

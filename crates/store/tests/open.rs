@@ -52,6 +52,7 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             (10, true),
             (11, true),
             (12, true),
+            (13, true),
         ]
     );
     let mut tables: Vec<String> = sqlx::query_scalar(
@@ -75,7 +76,8 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             "refusals",
             "runs",
             "sqlite_sequence",
-            "stations"
+            "stations",
+            "url_imports"
         ]
     );
     let station: (String, i64, i64) =

@@ -2,7 +2,9 @@
 //! one (the application downloads and imports it in the background, through
 //! the [`UrlImports`] seam: this crate has no HTTP client), `GET
 //! /api/v1/images/downloads` shows each with its progress (bytes, rate, time
-//! left), its outcome and the image's provenance.
+//! left), its outcome and the image's provenance, and `POST
+//! /api/v1/images/downloads/{id}/resume` starts an interrupted or failed one
+//! again from its partial download.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -38,10 +40,45 @@ pub trait UrlImports: Send + Sync {
     /// Checks the request and starts the import in the background; answers
     /// with its view (`{"id", …}`) or a reason for the operator.
     fn start(&self, request: UrlImportRequest) -> Result<Value, String>;
-    /// Every import this station started since it started, newest first:
-    /// `{"id", "url", "state", "held", "total", "rate_bytes_per_sec",
-    /// "eta_secs", "error", "image", "provenance"}`.
+    /// Every import this station started (kept across restarts where the
+    /// station keeps records), newest first: `{"id", "url", "state",
+    /// "held", "total", "rate_bytes_per_sec", "eta_secs", "error", "image",
+    /// "provenance"}`; `state` is checking, downloading, done, failed or
+    /// interrupted (left running by a stop or a crash).
     fn list(&self) -> Value;
+    /// Starts import `id` again with the request it was started with,
+    /// continuing from its partial download: one that was interrupted or
+    /// failed. Default: no import can be resumed.
+    fn resume(&self, id: u64) -> Result<Value, ResumeError> {
+        Err(ResumeError::NotFound(format!(
+            "no import {id} to resume on this station"
+        )))
+    }
+}
+
+/// Why an import cannot be resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeError {
+    /// There is no such import (404).
+    NotFound(String),
+    /// Not in a state to resume: running, or done (409).
+    Conflict(String),
+}
+
+/// `POST /api/v1/images/downloads/{id}/resume`
+pub async fn resume(
+    State(state): State<WebState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let imports = state
+        .url_imports
+        .as_ref()
+        .ok_or_else(|| AppError::not_found("this station does not import from URLs"))?;
+    match imports.resume(id) {
+        Ok(view) => Ok((StatusCode::ACCEPTED, Json(view))),
+        Err(ResumeError::NotFound(reason)) => Err(AppError::not_found(reason)),
+        Err(ResumeError::Conflict(reason)) => Err(AppError::conflict(reason)),
+    }
 }
 
 /// `POST /api/v1/images/import-url`

@@ -60,7 +60,7 @@ use tower_http::trace::TraceLayer;
 
 pub use builds::{BuildBody, BuildStart, Builds, CancelRefusal};
 pub use captures::{CaptureBody, CaptureStart, Captures};
-pub use downloads::{UrlImportRequest, UrlImports};
+pub use downloads::{ResumeError, UrlImportRequest, UrlImports};
 pub use error::AppError;
 
 /// Reports for the web side, provided by whoever owns the records (the store),
@@ -280,6 +280,7 @@ pub fn router(state: WebState) -> Router {
         .route("/images/import", post(api::import_path))
         .route("/images/import-url", post(downloads::import_url))
         .route("/images/downloads", get(downloads::downloads))
+        .route("/images/downloads/{id}/resume", post(downloads::resume))
         .route(
             "/images/upload",
             post(api::upload).layer(DefaultBodyLimit::max(

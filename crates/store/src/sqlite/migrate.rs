@@ -76,6 +76,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "bootable builds",
         include_str!("../../../../migrations/0012_bootable_builds.sql"),
     ),
+    (
+        13,
+        "url imports",
+        include_str!("../../../../migrations/0013_url_imports.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -17,6 +17,8 @@
 //!   the same transaction);
 //! - `orders`: what the station did about its hub's orders ([`OrderMemory`]),
 //!   kept across restarts;
+//! - `url_imports`: the station's imports from URLs ([`UrlImportRow`]),
+//!   kept across restarts;
 //! - `migrate`: the embedded migrations (append-only; schema version
 //!   [`SCHEMA_VERSION`]).
 
@@ -26,12 +28,14 @@ mod orders;
 mod outbox;
 mod records;
 mod store;
+mod url_imports;
 mod writes;
 
 pub use builds::{BuildEnd, BuildRecord, BuiltLayout, NewBuild, INTERRUPTED_DETAIL};
 pub use migrate::SCHEMA_VERSION;
 pub use orders::OrderMemory;
 pub use store::{Health, Store};
+pub use url_imports::{UrlImportRow, UrlImportState};
 pub use writes::SqliteWrites;
 
 /// SQLite result codes the store tells apart.

@@ -1,0 +1,240 @@
+//! The API's list of imports from URLs outlives the station
+//! (`UrlImportService::persisted`, table `url_imports`): an import killed
+//! mid-download with its runtime (as a crash would) is listed `interrupted`
+//! after a restart with the bytes its partial download holds, and resuming
+//! it continues from there (a `Range` request) to the right digest. Against
+//! a real HTTP server on loopback and a real SQLite file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use flashrack_app::downloads::UrlImportService;
+use flashrack_app::images::open_cache;
+use flashrack_app::records::StoreRecords;
+use flashrack_core::{ByteSize, Sha256Digest};
+use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
+use flashrack_web::{ResumeError, UrlImportRequest, UrlImports};
+use serde_json::Value;
+
+const MIB: usize = 1 << 20;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A station's URL import service over the records in `data_dir`.
+async fn service(data_dir: &Path) -> UrlImportService {
+    let cache = open_cache(data_dir).unwrap();
+    let records = StoreRecords::open(data_dir, "station-1", cache.clone())
+        .await
+        .unwrap();
+    UrlImportService::persisted(
+        cache,
+        data_dir.to_path_buf(),
+        ByteSize(1 << 40),
+        records.store().clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The list's entry `id`, once `done` says it is what the test waits for
+/// (looked at every 20 ms, for at most a minute).
+async fn listed_until(service: &UrlImportService, id: u64, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..3000 {
+        let list = service.list();
+        if let Some(entry) = list.as_array().unwrap().iter().find(|v| v["id"] == id) {
+            if done(entry) {
+                return entry.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("import {id} never got there: {}", service.list());
+}
+
+#[test]
+fn an_import_killed_mid_download_is_listed_interrupted_after_a_restart_and_resumes_to_its_digest() {
+    let main = runtime();
+    let bytes = flashrack_testkit::image_bytes(8 * MIB, 81, MIB);
+    let sha = Sha256Digest::of(&bytes);
+    let server = main.block_on(FileServer::start());
+    // The first half, then nothing until the test opens the gate.
+    server.serve(
+        "/os.img",
+        Served::new(bytes.clone(), "os-1").behaving(Behaviour::GatedAt(4 * MIB)),
+    );
+    let url = server.url("/os.img");
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+
+    // The first station: killed with its runtime while the download waits.
+    let first = runtime();
+    let id = first.block_on(async {
+        let service = service(&data_dir).await;
+        let view = service
+            .start(UrlImportRequest {
+                url: url.clone(),
+                sha256: Some(sha.to_hex()),
+                sha256sums: None,
+                signature: None,
+                keyring: None,
+            })
+            .unwrap();
+        let id = view["id"].as_u64().unwrap();
+        listed_until(&service, id, |v| v["held"] == 4 * MIB as u64).await;
+        id
+    });
+    first.shutdown_background();
+
+    main.block_on(async {
+        let service = service(&data_dir).await;
+        let list = service.list();
+        let entries = list.as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{list}");
+        assert_eq!(entries[0]["id"], id);
+        assert_eq!(entries[0]["url"], url.as_str());
+        assert_eq!(entries[0]["state"], "interrupted", "{list}");
+        assert_eq!(
+            entries[0]["held"],
+            4 * MIB as u64,
+            "the partial download's bytes"
+        );
+        assert!(open_cache(&data_dir).unwrap().list().unwrap().is_empty());
+
+        // Bad requests: an import that does not exist.
+        assert!(matches!(
+            service.resume(id + 1),
+            Err(ResumeError::NotFound(_))
+        ));
+
+        server.open_gate();
+        let resumed = service.resume(id).unwrap();
+        assert_eq!(resumed["state"], "checking");
+        let done = listed_until(&service, id, |v| {
+            v["state"] != "checking" && v["state"] != "downloading"
+        })
+        .await;
+        assert_eq!(done["state"], "done", "{done}");
+        assert_eq!(done["image"], sha.to_hex().as_str());
+        assert_eq!(done["resumed_from"], 4 * MIB as u64);
+        let cache = open_cache(&data_dir).unwrap();
+        let image = cache.get(&sha).unwrap().expect("cached");
+        assert_eq!(std::fs::read(&image.path).unwrap(), bytes);
+        let requests = server.requests_for("/os.img");
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert_eq!(
+            requests[1].range.as_deref(),
+            Some(format!("bytes={}-", 4 * MIB).as_str())
+        );
+        assert_eq!(requests[1].if_range.as_deref(), Some("\"os-1\""));
+        // Done: nothing to resume.
+        assert!(matches!(service.resume(id), Err(ResumeError::Conflict(_))));
+    });
+
+    // The next start lists it done, with its image.
+    main.block_on(async {
+        let service = service(&data_dir).await;
+        let list = service.list();
+        assert_eq!(list[0]["state"], "done", "{list}");
+        assert_eq!(list[0]["image"], sha.to_hex().as_str());
+        assert_eq!(list[0]["provenance"]["url"], url.as_str());
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_import_cannot_be_resumed_and_a_failed_one_can() {
+    let bytes = flashrack_testkit::image_bytes(4 * MIB, 82, MIB);
+    let sha = Sha256Digest::of(&bytes);
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img",
+        Served::new(bytes.clone(), "os-1").behaving(Behaviour::GatedAt(MIB)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let service = service(&data_dir).await;
+    // Not found on the server: failed at once.
+    let missing = service
+        .start(UrlImportRequest {
+            url: server.url("/later.img"),
+            sha256: Some(sha.to_hex()),
+            sha256sums: None,
+            signature: None,
+            keyring: None,
+        })
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let failed = listed_until(&service, missing, |v| v["state"] == "failed").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("not found"),
+        "{failed}"
+    );
+    let running = service
+        .start(UrlImportRequest {
+            url: server.url("/os.img"),
+            sha256: Some(sha.to_hex()),
+            sha256sums: None,
+            signature: None,
+            keyring: None,
+        })
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    listed_until(&service, running, |v| v["held"] == MIB as u64).await;
+    assert!(matches!(
+        service.resume(running),
+        Err(ResumeError::Conflict(_))
+    ));
+    server.open_gate();
+    listed_until(&service, running, |v| v["state"] == "done").await;
+
+    // Now there: the failed import, resumed, completes.
+    server.serve("/later.img", Served::new(bytes.clone(), "later-1"));
+    service.resume(missing).unwrap();
+    let done = listed_until(&service, missing, |v| {
+        v["state"] != "checking" && v["state"] != "downloading"
+    })
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["error"], Value::Null);
+    assert_eq!(done["image"], sha.to_hex().as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_resumes_an_import_by_id_and_says_why_not() {
+    let bytes = flashrack_testkit::image_bytes(2 * MIB, 83, MIB);
+    let sha = Sha256Digest::of(&bytes);
+    let server = FileServer::start().await;
+    server.serve("/os.img", Served::new(bytes, "os-1"));
+    let app = flashrack_app::testing::spawn_app().await;
+    let missing = app.post("/api/v1/images/downloads/7/resume", None).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    let answer = app
+        .post(
+            "/api/v1/images/import-url",
+            Some(serde_json::json!({ "url": server.url("/os.img"), "sha256": sha.to_hex() })),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let id = answer.json()["id"].as_u64().unwrap();
+    loop {
+        let list = app.get("/api/v1/images/downloads").await.json();
+        match list[0]["state"].as_str() {
+            Some("done") => break,
+            Some("failed") => panic!("{list}"),
+            _ => tokio::task::yield_now().await,
+        }
+    }
+    let done = app
+        .post(&format!("/api/v1/images/downloads/{id}/resume"), None)
+        .await;
+    assert_eq!(done.status, 409, "{}", done.body);
+    assert!(done.body.contains("is done"), "{}", done.body);
+    app.stop().await.unwrap();
+}
