@@ -436,8 +436,12 @@ def generate_image(workdir: Path, size: int, seed: int) -> Image:
 
 
 class Loops:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, direct_io: bool = False):
         self.dir = workdir / "loops"
+        # With direct I/O each write to the loop device reaches the backing
+        # file's disk as it is made (as on a stick), instead of landing in the
+        # backing file's page cache until a flush writes it back.
+        self.direct_io = direct_io
         self.attached: list[tuple[str, Path]] = []  # (device, backing file)
         self.backing: list[Path] = []
 
@@ -449,12 +453,14 @@ class Loops:
             with open(backing, "wb") as f:  # fresh, sparse
                 f.truncate(dev_size)
             self.backing.append(backing)
-            dev = run_checked(["losetup", "--find", "--show", str(backing)], "losetup").strip()
+            dio = ["--direct-io=on"] if self.direct_io else []
+            dev = run_checked(["losetup", "--find", "--show", *dio, str(backing)], "losetup").strip()
             if not dev.startswith("/dev/loop"):
                 raise BenchError(f"losetup printed {dev!r}")
             self.attached.append((dev, backing))
             devs.append(dev)
-        log(f"attached {', '.join(devs)} ({fmt_size(dev_size)} each)")
+        mode = ", direct I/O" if self.direct_io else ""
+        log(f"attached {', '.join(devs)} ({fmt_size(dev_size)} each{mode})")
         return devs
 
     def _ours(self, dev: str, backing: Path) -> bool:
@@ -1236,6 +1242,13 @@ def main() -> int:
     ap.add_argument("--sim-data-dir", type=Path, default=None, help="flashrack data dir for the sim cases, where the sticks' backing files live (default: WORKDIR/data; e.g. a tmpfs to take the disk out)")
     ap.add_argument("--scribble-mib", type=int, default=192, help="MiB of random-offset scribbles per target per run (plus 3 x 64 MiB fixed)")
     ap.add_argument("--verify", choices=("compare", "hash", "none"), default=None, help="flashrack --verify mode (default: its own)")
+    ap.add_argument(
+        "--loop-direct-io",
+        action="store_true",
+        help="attach the loop devices with --direct-io=on: each write reaches the backing disk "
+        "as it is made (as on a stick), instead of landing in the backing file's page cache "
+        "until a flush writes it back",
+    )
     ap.add_argument("--no-crosscheck", action="store_true", help="skip re-reading targets after each flashrack pass")
     ap.add_argument("--quick", action="store_true", help="smoke test: N=1,4, 2 reps, 256 MiB image, 64 MiB sim image, no 4G")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a performance target is missed")
@@ -1279,7 +1292,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
-    loops = Loops(args.workdir)
+    loops = Loops(args.workdir, direct_io=args.loop_direct_io)
     problems: list[str] = []
     try:
         return bench(args, loops, problems)
