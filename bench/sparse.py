@@ -149,6 +149,11 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--image-size", default="1GiB")
     ap.add_argument("--fill", type=float, default=0.6, help="share of the image the files take")
+    ap.add_argument(
+        "--loop-direct-io",
+        action="store_true",
+        help="attach the loop devices with --direct-io=on (each write reaches the disk as it is made, as on a stick)",
+    )
     ap.add_argument("--flashrack", default=None, help="binary (default: target/release/flashrack, built)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -185,7 +190,8 @@ def main() -> int:
             backing = workdir / f"loop{i}.img"
             with open(backing, "wb") as f:
                 f.truncate(size + 64 * MIB)
-            dev = run(["losetup", "--find", "--show", str(backing)]).stdout.strip()
+            dio = ["--direct-io=on"] if args.loop_direct_io else []
+            dev = run(["losetup", "--find", "--show", *dio, str(backing)]).stdout.strip()
             ATTACHED.append(dev)
             devs.append(dev)
         # Prime the backing files (first-write allocation is not any tool's cost).
