@@ -128,7 +128,10 @@
         const per = l.orders.map((o) => {
           const actual = o.progress ? o.progress.state : 'no report';
           const run = o.run_id ? ` · run ${o.run_id}${o.run_stopped ? ' (stopped)' : ''}: ${o.passed} passed, ${o.failed} failed` : '';
-          return `${esc(o.station_id)}: ${o.armed ? 'armed' : 'stop'} / ${esc(actual)}${run}`;
+          // The station's own words on the order (why it does not follow it,
+          // how far a fetch got): a "failed" without them says too little.
+          const detail = o.progress && o.progress.detail ? ` <span class="order-detail">(${esc(o.progress.detail)})</span>` : '';
+          return `${esc(o.station_id)}: ${o.armed ? 'armed' : 'stop'} / ${esc(actual)}${detail}${run}`;
         }).join('<br>');
         const q = token ? `&token=${encodeURIComponent(token)}` : '';
         const report = ['csv', 'json', 'html'].map((f) => `<a href="/api/v1/lots/${l.id}/report?format=${f}${q}">${f}</a>`).join(' ');

@@ -181,6 +181,11 @@ test('the hub dashboard shows where a station\'s image came from: its origins, t
     const lotRow = page.locator(`#lots tr[data-lot="${lotId}"]`);
     await lotRow.locator('.origin', { hasText: words }).waitFor({ timeout: 60_000 });
     assert.equal((await lotRow.locator('.origin').first().textContent()).trim(), `${name}: ${shown}`);
+    // The station's operator has a run of its own armed: the station does not
+    // follow the lot, and the lot's row gives its reason, not a bare "failed".
+    const detail = lotRow.locator('.order-detail', { hasText: 'armed by the station' });
+    await detail.waitFor({ timeout: 60_000 });
+    assert.match(await lotRow.locator('td').nth(3).textContent(), new RegExp(`${name}: armed / failed \\(a run armed by the station's operator is in the way`));
 
     // A stick written under the station's run: its history at the hub says
     // where the image came from.
