@@ -124,3 +124,27 @@ export function writePrivate(file, text) {
 export function removeTree(dir) {
   rmSync(dir, { recursive: true, force: true });
 }
+
+/**
+ * Starts `flashrack demo` as station `name` of the hub at `hubUrl`: a hub
+ * token added with `hubToml`, kept in a private file, and a station.toml
+ * naming the hub, under `work/name`. `demoArgs` follow `demo`'s own
+ * (`--ports`, `--image-size`, …). Returns what `startFlashrack` returns.
+ */
+export function startHubStation({ work, hubToml, hubUrl, name, demoArgs }) {
+  const dir = path.join(work, name);
+  mkdirSync(dir);
+  const token = flashrack(['hub', '--config', hubToml, 'token', 'add', name]).trim();
+  writePrivate(path.join(dir, 'hub-token'), `${token}\n`);
+  writeFileSync(path.join(dir, 'station.toml'), [
+    `station_id = "${name}"`,
+    '[fleet]',
+    `hub = "${hubUrl.replace(/\/$/, '')}"`,
+    `token_file = "${path.join(dir, 'hub-token')}"`,
+    '',
+  ].join('\n'));
+  return startFlashrack([
+    '--data-dir', path.join(dir, 'data'), 'demo', '--config', path.join(dir, 'station.toml'),
+    '--listen', '127.0.0.1:0', ...demoArgs,
+  ], /dashboard: (http:\/\/\S+)/, `station ${name}`);
+}

@@ -19,7 +19,7 @@ import { chromium } from 'playwright-core';
 
 import { ARTIFACTS, BIN, CHROMIUM, CHROMIUM_ARGS, requireExecutable, stopDemo } from './demo.mjs';
 import {
-  flashrack, removeTree, startFlashrack, startPostgres, writePrivate,
+  flashrack, removeTree, startFlashrack, startHubStation, startPostgres,
 } from './fleet.mjs';
 
 const STATIONS = ['lab-a', 'lab-b', 'lab-c'];
@@ -86,21 +86,10 @@ test('the hub dashboard shows three stations live, their counters, a silent stat
 
     const stations = {};
     for (const [i, name] of STATIONS.entries()) {
-      const dir = path.join(work, name);
-      mkdirSync(dir);
-      const token = flashrack(['hub', '--config', hubToml, 'token', 'add', name]).trim();
-      writePrivate(path.join(dir, 'hub-token'), `${token}\n`);
-      writeFileSync(path.join(dir, 'station.toml'), [
-        `station_id = "${name}"`,
-        '[fleet]',
-        `hub = "${hubUrl.replace(/\/$/, '')}"`,
-        `token_file = "${path.join(dir, 'hub-token')}"`,
-        '',
-      ].join('\n'));
-      const station = startFlashrack([
-        '--data-dir', path.join(dir, 'data'), 'demo', '--config', path.join(dir, 'station.toml'),
-        '--listen', '127.0.0.1:0', '--ports', '8', '--image-size', '16MiB', '--seed', String(7 + i),
-      ], /dashboard: (http:\/\/\S+)/, `station ${name}`);
+      const station = startHubStation({
+        work, hubToml, hubUrl, name,
+        demoArgs: ['--ports', '8', '--image-size', '16MiB', '--seed', String(7 + i)],
+      });
       processes.push(station.child);
       stations[name] = station;
     }

@@ -25,7 +25,7 @@ import { chromium } from 'playwright-core';
 
 import { ARTIFACTS, BIN, CHROMIUM, CHROMIUM_ARGS, requireExecutable, stopDemo } from './demo.mjs';
 import {
-  flashrack, removeTree, startFlashrack, startPostgres, writePrivate,
+  flashrack, removeTree, startFlashrack, startHubStation, startPostgres,
 } from './fleet.mjs';
 
 /** 2 MiB of bytes that depend on their offset: a raw image. */
@@ -95,21 +95,10 @@ test('the hub dashboard shows where a station\'s image came from: its origins, t
     };
 
     const name = 'lab-p';
-    const dir = path.join(work, name);
-    mkdirSync(dir);
-    const token = flashrack(['hub', '--config', hubToml, 'token', 'add', name]).trim();
-    writePrivate(path.join(dir, 'hub-token'), `${token}\n`);
-    writeFileSync(path.join(dir, 'station.toml'), [
-      `station_id = "${name}"`,
-      '[fleet]',
-      `hub = "${hubUrl.replace(/\/$/, '')}"`,
-      `token_file = "${path.join(dir, 'hub-token')}"`,
-      '',
-    ].join('\n'));
-    const station = startFlashrack([
-      '--data-dir', path.join(dir, 'data'), 'demo', '--config', path.join(dir, 'station.toml'),
-      '--listen', '127.0.0.1:0', '--ports', '4', '--image-size', '4MiB', '--seed', '11', '--no-arm',
-    ], /dashboard: (http:\/\/\S+)/, `station ${name}`);
+    const station = startHubStation({
+      work, hubToml, hubUrl, name,
+      demoArgs: ['--ports', '4', '--image-size', '4MiB', '--seed', '11', '--no-arm'],
+    });
     processes.push(station.child);
     const stationUrl = await station.url;
 
