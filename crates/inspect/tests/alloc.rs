@@ -791,3 +791,488 @@ fn a_damaged_table_or_a_partition_past_the_end_gives_a_reason_and_no_map() {
             .contains("a damaged table or a truncated image"));
     }
 }
+
+/// An NTFS volume whose `$MFT` grew so fragmented that its run list no
+/// longer fits its record: ntfs-3g moves the later extents of its `$DATA`
+/// into extension records and gives it an attribute list. The volume is
+/// filled with two-cluster files, every other one removed (scattered free
+/// clusters), and then many files of a few bytes (resident, so only the MFT
+/// grows) are made; the filler is removed afterwards so that the volume has
+/// free space a wrong map could leave out.
+#[test]
+fn an_ntfs_whose_mft_has_an_attribute_list_is_mapped_through_it() {
+    if !flashrack_testkit::require_root(&[
+        "mkfs.ntfs",
+        "ntfs-3g",
+        "ntfsfix",
+        "ntfsinfo",
+        "ntfscat",
+        "losetup",
+    ]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let device = flashrack_testkit::LoopDevice::new(32 * MIB);
+    run(Command::new("mkfs.ntfs")
+        .args(["-F", "-Q", "-q", "-c", "1024", "-L", "FRAG"])
+        .arg(device.path()));
+    let mount = FuseMount::new("ntfs-3g", &[], device.path());
+    let root = mount.path();
+    fs::create_dir(root.join("pairs")).unwrap();
+    let pairs = 1500;
+    for i in 0..pairs {
+        fs::write(root.join(format!("pairs/{i}")), data(1500, i)).unwrap();
+    }
+    // Fill what is left (the MFT zone included) until the driver says full.
+    {
+        use std::io::Write;
+        let mut filler = fs::File::create(root.join("filler")).unwrap();
+        let block = data(64 * 1024, 7);
+        while filler.write_all(&block).is_ok() {}
+    }
+    for i in (0..pairs).step_by(2) {
+        fs::remove_file(root.join(format!("pairs/{i}"))).unwrap();
+    }
+    fs::create_dir(root.join("tiny")).unwrap();
+    let mut tiny = 0;
+    while tiny < 4000 && fs::write(root.join(format!("tiny/{tiny}")), tiny.to_string()).is_ok() {
+        tiny += 1;
+    }
+    fs::remove_file(root.join("filler")).unwrap();
+    let files = tree(root);
+    mount.unmount();
+    let bytes = fs::read(device.backing()).unwrap();
+    drop(device);
+    let image = dir.path().join("frag.img");
+    fs::write(&image, &bytes).unwrap();
+
+    // What the test needs is there: $MFT has an attribute list naming
+    // $DATA extents in more than one record.
+    let mft_info = run(Command::new("ntfsinfo").args(["-v", "-i", "0"]).arg(&image));
+    assert!(
+        mft_info.contains("Dumping attribute $ATTRIBUTE_LIST (0x20) from mft record 0"),
+        "{mft_info}"
+    );
+    let extents: Vec<u64> = mft_info
+        .split("Attribute type:\t0x80")
+        .skip(1)
+        .map(|entry| field(entry, "MFT reference:"))
+        .collect();
+    assert!(
+        extents.len() >= 2 && extents.iter().any(|&r| r != 0),
+        "$MFT's $DATA extents in records {extents:?}"
+    );
+    // Every run of every extent, as ntfsinfo decodes them ("VCN LCN
+    // Length" rows in hexadecimal).
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let mft_runs: Vec<(u64, u64)> = mft_info
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<_> = l.split_whitespace().collect();
+            match cols[..] {
+                [v, l, n] if v.starts_with("0x") => Some((hex(v)?, hex(l)?, hex(n)?)),
+                _ => None,
+            }
+        })
+        .map(|(_, lcn, len)| (lcn, len))
+        .collect();
+    assert!(mft_runs.len() > 50, "{} runs", mft_runs.len());
+
+    let map = map_of(&bytes);
+    let covered = |offset: u64, len: u64| {
+        map.ranges
+            .iter()
+            .any(|&(o, l)| o <= offset && offset + len <= o + l)
+    };
+    let volume_info = run(Command::new("ntfsinfo").arg("-m").arg(&image));
+    let cluster = field(&volume_info, "Cluster Size:");
+    for &(lcn, len) in &mft_runs {
+        assert!(
+            covered(lcn * cluster, len * cluster),
+            "MFT run of {len} clusters at {lcn} not mapped"
+        );
+    }
+    // Every cluster the volume's bitmap (read by libntfs, not by us) says
+    // is in use is in the map, and the map holds little more.
+    let bitmap = Command::new("ntfscat")
+        .args(["-i", "6"])
+        .arg(&image)
+        .output()
+        .unwrap()
+        .stdout;
+    let clusters = field(&volume_info, "Volume Size in Clusters:");
+    // And nothing else: the 4 KiB blocks holding an allocated cluster, the
+    // boot sector's 8 KiB and what lies past the counted clusters (the
+    // backup boot sector), counted from libntfs's bitmap alone.
+    let mut blocks = std::collections::BTreeSet::new();
+    let mut add = |offset: u64, len: u64| {
+        for b in offset / 4096..(offset + len).div_ceil(4096) {
+            blocks.insert(b);
+        }
+    };
+    add(0, 8192);
+    add(clusters * cluster, bytes.len() as u64 - clusters * cluster);
+    let mut used = 0;
+    for c in 0..clusters {
+        if bitmap[(c / 8) as usize] & (1 << (c % 8)) != 0 {
+            used += 1;
+            add(c * cluster, cluster);
+            assert!(covered(c * cluster, cluster), "cluster {c} not mapped");
+        }
+    }
+    let mapped = map.mapped_bytes();
+    assert_eq!(mapped, blocks.len() as u64 * 4096, "{used} clusters in use");
+    assert!(
+        mapped < bytes.len() as u64 / 2,
+        "{mapped} of {}",
+        bytes.len()
+    );
+
+    // A copy of the mapped ranges onto garbage is the same volume: the MFT
+    // read whole through its list, the files, the tiny ones' count.
+    let copy = dir.path().join("copy.img");
+    fs::write(&copy, sparse_copy(&bytes, &map)).unwrap();
+    let fix = run(Command::new("ntfsfix").arg("-n").arg(&copy));
+    assert!(fix.contains("processed successfully"), "{fix}");
+    let whole_mft = |path: &Path| {
+        Command::new("ntfscat")
+            .args(["-i", "0"])
+            .arg(path)
+            .output()
+            .unwrap()
+            .stdout
+    };
+    let original_mft = whole_mft(&image);
+    // A record for each file made and kept, at least.
+    let records = (pairs / 2 + tiny as u64) * 1024;
+    assert!(
+        original_mft.len() as u64 > records,
+        "{}",
+        original_mft.len()
+    );
+    assert!(whole_mft(&copy) == original_mft, "the MFT differs");
+    let mount = FuseMount::new("ntfs-3g", &["-o", "ro"], &copy);
+    assert_tree(mount.path(), &files);
+    assert_eq!(
+        fs::read_dir(mount.path().join("tiny")).unwrap().count(),
+        tiny
+    );
+    assert_eq!(
+        fs::read(mount.path().join(format!("tiny/{}", tiny - 1))).unwrap(),
+        (tiny - 1).to_string().into_bytes()
+    );
+    mount.unmount();
+}
+
+/// An NTFS record's update sequence undone: each 512-byte stride's last two
+/// bytes put back from the array.
+fn ntfs_unfix(rec: &mut [u8]) {
+    let usa = u16::from_le_bytes([rec[4], rec[5]]) as usize;
+    let count = u16::from_le_bytes([rec[6], rec[7]]) as usize;
+    for i in 1..count {
+        let (a, b) = (rec[usa + 2 * i], rec[usa + 2 * i + 1]);
+        rec[i * 512 - 2] = a;
+        rec[i * 512 - 1] = b;
+    }
+}
+
+/// An NTFS record's update sequence applied again (the inverse of
+/// [`ntfs_unfix`], same sequence number).
+fn ntfs_fix(rec: &mut [u8]) {
+    let usa = u16::from_le_bytes([rec[4], rec[5]]) as usize;
+    let count = u16::from_le_bytes([rec[6], rec[7]]) as usize;
+    let (u0, u1) = (rec[usa], rec[usa + 1]);
+    for i in 1..count {
+        rec[usa + 2 * i] = rec[i * 512 - 2];
+        rec[usa + 2 * i + 1] = rec[i * 512 - 1];
+        rec[i * 512 - 2] = u0;
+        rec[i * 512 - 1] = u1;
+    }
+}
+
+/// One NTFS mapping pair: `len` clusters at `delta` from the previous run.
+fn ntfs_pair(len: u64, delta: i64) -> Vec<u8> {
+    let len_bytes: Vec<u8> = len.to_le_bytes()[..8 - len.leading_zeros() as usize / 8].to_vec();
+    let mut off = delta.to_le_bytes().to_vec();
+    // The shortest width whose sign is right.
+    while off.len() > 1 {
+        let top = off[off.len() - 1];
+        let next = off[off.len() - 2];
+        if (top == 0 && next & 0x80 == 0) || (top == 0xff && next & 0x80 != 0) {
+            off.pop();
+        } else {
+            break;
+        }
+    }
+    let mut out = vec![(off.len() as u8) << 4 | len_bytes.len() as u8];
+    out.extend(len_bytes);
+    out.extend(off);
+    out
+}
+
+/// The pieces of the `$Bitmap`-with-a-list volume the bad-input cases change.
+struct SplitBitmap {
+    bytes: Vec<u8>,
+    /// Byte offsets of record 6 and of its extension record (16).
+    base: usize,
+    extension: usize,
+    /// Where in record 6 (undone) the attribute list's value starts.
+    list_value: usize,
+}
+
+/// A 64 MiB volume made by mkntfs with 512-byte clusters (a `$Bitmap` of 32
+/// clusters), whose `$Bitmap`'s `$DATA` is then split byte by byte into two
+/// extents: clusters 0–15 in record 6, 16–31 in record 16 (an extension
+/// record, marked in use in the MFT's bitmap), named by a resident
+/// attribute list in record 6, as NTFS lays out a file with too many runs.
+fn split_bitmap(dir: &Path) -> (Vec<u8>, SplitBitmap) {
+    let path = dir.join("split.img");
+    fs::File::create(&path).unwrap().set_len(64 * MIB).unwrap();
+    run(Command::new("mkntfs")
+        .args(["-F", "-Q", "-q", "-c", "512", "-L", "SPLIT"])
+        .arg(&path));
+    let original = fs::read(&path).unwrap();
+    let le = |b: &[u8], at: usize, n: usize| {
+        b[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &x| v << 8 | u64::from(x))
+    };
+    let cluster = le(&original, 11, 2) * le(&original, 13, 1);
+    assert_eq!(cluster, 512);
+    let mft = (le(&original, 48, 8) * cluster) as usize;
+    let (base, extension) = (mft + 6 * 1024, mft + 16 * 1024);
+    let mut bytes = original.clone();
+    let mut rec6 = bytes[base..base + 1024].to_vec();
+    ntfs_unfix(&mut rec6);
+    let seq6 = le(&rec6, 16, 2);
+    // Record 6's attributes, each as bytes.
+    let mut attrs: Vec<Vec<u8>> = Vec::new();
+    let mut at = le(&rec6, 20, 2) as usize;
+    while le(&rec6, at, 4) != 0xFFFF_FFFF {
+        let len = le(&rec6, at + 4, 4) as usize;
+        attrs.push(rec6[at..at + len].to_vec());
+        at += len;
+    }
+    let data_at = attrs.iter().position(|a| a[0] == 0x80).unwrap();
+    let data = &attrs[data_at];
+    assert_eq!(le(data, 0x18, 8), 31, "a 32-cluster $Bitmap");
+    // Its one run, decoded: 0x21 (1-byte length, 2-byte offset) or wider.
+    let mp = le(data, 0x20, 2) as usize;
+    let header = data[mp];
+    let (ls, os) = ((header & 0xf) as usize, (header >> 4) as usize);
+    assert_eq!(le(data, mp + 1, ls), 32);
+    let lcn = le(data, mp + 1 + ls, os);
+    assert_eq!(data[mp + 1 + ls + os], 0, "one run");
+    // The first extent: clusters 0-15.
+    let mut first = data[..0x40].to_vec();
+    first[0x18..0x20].copy_from_slice(&15u64.to_le_bytes());
+    first.extend(ntfs_pair(16, lcn as i64));
+    first.push(0);
+    first.resize(first.len().div_ceil(8) * 8, 0);
+    let first_len = first.len() as u32;
+    first[4..8].copy_from_slice(&first_len.to_le_bytes());
+    attrs[data_at] = first;
+    // The second: clusters 16-31 in record 16, instance 0, sizes 0 as in
+    // every extent but the first.
+    let mut second = vec![0u8; 0x40];
+    second[0] = 0x80;
+    second[8] = 1;
+    second[10] = 0x40;
+    second[0x10..0x18].copy_from_slice(&16u64.to_le_bytes());
+    second[0x18..0x20].copy_from_slice(&31u64.to_le_bytes());
+    second[0x20] = 0x40;
+    second.extend(ntfs_pair(16, lcn as i64 + 16));
+    second.push(0);
+    second.resize(second.len().div_ceil(8) * 8, 0);
+    let second_len = second.len() as u32;
+    second[4..8].copy_from_slice(&second_len.to_le_bytes());
+    // The attribute list: every attribute of record 6, and the extent in 16.
+    let entry = |kind: u32, vcn: u64, record: u64, seq: u64, instance: u16| {
+        let mut e = vec![0u8; 32];
+        e[0..4].copy_from_slice(&kind.to_le_bytes());
+        e[4..6].copy_from_slice(&32u16.to_le_bytes());
+        e[7] = 0x1a;
+        e[8..16].copy_from_slice(&vcn.to_le_bytes());
+        e[16..24].copy_from_slice(&(record | seq << 48).to_le_bytes());
+        e[24..26].copy_from_slice(&instance.to_le_bytes());
+        e
+    };
+    let mut list = Vec::new();
+    for a in &attrs {
+        let kind = le(a, 0, 4) as u32;
+        let vcn = if a[8] != 0 { le(a, 0x10, 8) } else { 0 };
+        assert_eq!(a[9], 0, "record 6's attributes are unnamed");
+        list.extend(entry(kind, vcn, 6, seq6, le(a, 14, 2) as u16));
+        if kind == 0x80 {
+            list.extend(entry(0x80, 16, 16, 16, 0));
+        }
+    }
+    let instance = le(&rec6, 0x28, 2) as u16;
+    let mut list_attr = vec![0u8; 0x18];
+    list_attr[0..4].copy_from_slice(&0x20u32.to_le_bytes());
+    list_attr[4..8].copy_from_slice(&(0x18 + list.len() as u32).to_le_bytes());
+    list_attr[10] = 0x18;
+    list_attr[14..16].copy_from_slice(&instance.to_le_bytes());
+    list_attr[0x10..0x14].copy_from_slice(&(list.len() as u32).to_le_bytes());
+    list_attr[0x14] = 0x18;
+    list_attr.extend(&list);
+    // Record 6 rewritten: attributes in type order, the list second.
+    let mut body = Vec::new();
+    let mut list_value = 0;
+    let start = le(&rec6, 20, 2) as usize;
+    for a in &attrs {
+        body.extend(a);
+        if a[0] == 0x10 {
+            list_value = start + body.len() + 0x18;
+            body.extend(&list_attr);
+        }
+    }
+    assert!(list_value > 0, "a $STANDARD_INFORMATION first");
+    body.extend(0xFFFF_FFFFu32.to_le_bytes());
+    body.extend([0u8; 4]);
+    assert!(start + body.len() <= 1024, "record 6 overflows");
+    rec6[start..].fill(0);
+    rec6[start..start + body.len()].copy_from_slice(&body);
+    rec6[0x18..0x1c].copy_from_slice(&((start + body.len()) as u32).to_le_bytes());
+    rec6[0x28..0x2a].copy_from_slice(&(instance + 1).to_le_bytes());
+    ntfs_fix(&mut rec6);
+    bytes[base..base + 1024].copy_from_slice(&rec6);
+    // Record 16: in use, an extension of record 6 holding the second extent.
+    let mut rec16 = bytes[extension..extension + 1024].to_vec();
+    assert_eq!(&rec16[..4], b"FILE");
+    ntfs_unfix(&mut rec16);
+    assert_eq!(le(&rec16, 16, 2), 16, "mkntfs numbers reserved records so");
+    let start16 = le(&rec16, 20, 2) as usize;
+    rec16[0x16] = 1;
+    rec16[0x20..0x28].copy_from_slice(&(6 | seq6 << 48).to_le_bytes());
+    rec16[0x28..0x2a].copy_from_slice(&1u16.to_le_bytes());
+    rec16[start16..].fill(0);
+    let mut body = second;
+    body.extend(0xFFFF_FFFFu32.to_le_bytes());
+    body.extend([0u8; 4]);
+    rec16[start16..start16 + body.len()].copy_from_slice(&body);
+    rec16[0x18..0x1c].copy_from_slice(&((start16 + body.len()) as u32).to_le_bytes());
+    ntfs_fix(&mut rec16);
+    bytes[extension..extension + 1024].copy_from_slice(&rec16);
+    // Record 16 in use in the MFT's own bitmap ($MFT's $BITMAP, one
+    // cluster at the run its record 0 gives).
+    let mut rec0 = bytes[mft..mft + 1024].to_vec();
+    ntfs_unfix(&mut rec0);
+    let mut at = le(&rec0, 20, 2) as usize;
+    while le(&rec0, at, 4) != 0xB0 {
+        at += le(&rec0, at + 4, 4) as usize;
+    }
+    let b = &rec0[at..];
+    assert_eq!(b[8], 1, "a non-resident MFT bitmap");
+    let mp = le(b, 0x20, 2) as usize;
+    let (ls, os) = ((b[mp] & 0xf) as usize, (b[mp] >> 4) as usize);
+    let bitmap_at = (le(b, mp + 1 + ls, os) * cluster) as usize;
+    bytes[bitmap_at + 2] |= 1;
+    (
+        original,
+        SplitBitmap {
+            bytes,
+            base,
+            extension,
+            list_value,
+        },
+    )
+}
+
+#[test]
+fn an_ntfs_whose_bitmap_has_an_attribute_list_is_mapped_through_it() {
+    // mkntfs on a file, no loop device: no root needed.
+    let dir = tempfile::tempdir().unwrap();
+    let (original, split) = split_bitmap(dir.path());
+    let image = dir.path().join("split-made.img");
+    fs::write(&image, &split.bytes).unwrap();
+    let before = dir.path().join("before.img");
+    fs::write(&before, &original).unwrap();
+    // libntfs reads the construct as NTFS: record 6 has an attribute list,
+    // its $DATA is in records 6 and 16, and the bitmap reads as before.
+    let info = run(Command::new("ntfsinfo").args(["-v", "-i", "6"]).arg(&image));
+    assert!(info.contains("$ATTRIBUTE_LIST"), "{info}");
+    assert!(
+        info.contains("Dumping attribute $DATA (0x80) from mft record 16"),
+        "{info}"
+    );
+    let cat = |path: &Path| {
+        let out = Command::new("ntfscat")
+            .args(["-i", "6"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(cat(&image).len(), 16384);
+    assert!(cat(&image) == cat(&before), "the bitmap reads differently");
+    let fix = run(Command::new("ntfsfix").arg("-n").arg(&image));
+    assert!(fix.contains("processed successfully"), "{fix}");
+
+    // The map follows the list: the same map as the volume before.
+    assert_eq!(map_of(&split.bytes).ranges, map_of(&original).ranges);
+    let copy = dir.path().join("copy.img");
+    fs::write(&copy, sparse_copy(&split.bytes, &map_of(&split.bytes))).unwrap();
+    assert!(cat(&copy) == cat(&before));
+
+    // What does not add up gives a reason and no map.
+    let le16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // The extension record claims another base record.
+    let mut bytes = split.bytes.clone();
+    bytes[split.extension + 0x20] = 7;
+    cases.push(("its extension record 16 belongs to record 7", bytes));
+    // The extension record is not in use.
+    let mut bytes = split.bytes.clone();
+    bytes[split.extension + 0x16] = 0;
+    cases.push(("MFT record 16 is not in use", bytes));
+    // The second extent's entry in the list says cluster 17 (a gap). The
+    // list value sits before the first stride's end, out of the update
+    // sequence's way.
+    let mut bytes = split.bytes.clone();
+    let entries = split.base + split.list_value;
+    let second = (0..8)
+        .map(|i| entries + 32 * i)
+        .find(|&e| bytes[e] == 0x80 && bytes[e + 16] == 16)
+        .expect("the extension's entry");
+    assert!(second + 32 < split.base + 510);
+    bytes[second + 8] = 17;
+    cases.push(("where cluster 16 is next", bytes.clone()));
+    // The list no longer names the second extent: 16 of 32 clusters.
+    bytes[second] = 0x90;
+    cases.push((
+        "its $DATA runs hold 16 clusters of 512 bytes but it has 16384 bytes allocated",
+        bytes,
+    ));
+    // The extension's run ends past the volume.
+    let mut bytes = split.bytes.clone();
+    let mut rec16 = bytes[split.extension..split.extension + 1024].to_vec();
+    ntfs_unfix(&mut rec16);
+    let a = le16(&rec16, 20);
+    let mp = a + le16(&rec16, a + 0x20);
+    let far = ntfs_pair(16, 1 << 30);
+    rec16[mp..mp + far.len()].copy_from_slice(&far);
+    ntfs_fix(&mut rec16);
+    bytes[split.extension..split.extension + 1024].copy_from_slice(&rec16);
+    cases.push(("lies outside the volume's", bytes));
+    for (expected, bytes) in cases {
+        let error = allocation_map(&bytes, &inspect(&bytes)).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                AllocError::Broken {
+                    kind: FsKind::Ntfs,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains(expected), "{expected}: {error}");
+    }
+}

@@ -83,14 +83,21 @@ pub(super) fn ntfs_allocation(fs: &Region<'_>, ranges: &mut Ranges) -> Result<(u
         }
     }
 
+    let volume = Volume {
+        fs,
+        cluster,
+        clusters,
+        record_size,
+    };
     let mft = record(fs, mft_lcn * cluster, record_size, 0)?;
-    let mft_runs = data_runs(&mft, 0, clusters)?;
+    // The MFT's own extension records are read through the runs known so
+    // far (they lie in its earlier extents, as they must for anyone to
+    // find them).
+    let mft_runs = volume.data_runs(&mft, 0, None)?;
     // Record 6 through the MFT's own runs (it is in the first run in
     // practice, but nothing says so).
-    let bitmap_at = byte_at(&mft_runs.runs, 6 * record_size, cluster)
-        .ok_or("record 6 ($Bitmap) lies past the MFT's mapped runs")?;
-    let bitmap_record = record(fs, bitmap_at, record_size, 6)?;
-    let bitmap = data_runs(&bitmap_record, 6, clusters)?;
+    let bitmap_record = volume.record_in(&mft_runs.runs, 6)?;
+    let bitmap = volume.data_runs(&bitmap_record, 6, Some(&mft_runs.runs))?;
     let needed = clusters.div_ceil(8);
     if bitmap.data_size < needed {
         return Err(format!(
@@ -120,7 +127,12 @@ pub(super) fn ntfs_allocation(fs: &Region<'_>, ranges: &mut Ranges) -> Result<(u
 
     // The metadata that always matters.
     ranges.add(fs.start, BOOT_BYTES.max(cluster));
-    for runs in [&mft_runs.runs, &bitmap.runs] {
+    for runs in [
+        &mft_runs.runs,
+        &mft_runs.list_runs,
+        &bitmap.runs,
+        &bitmap.list_runs,
+    ] {
         for &(lcn, len) in runs.iter() {
             if let Some(lcn) = lcn {
                 ranges.add(fs.start + lcn * cluster, len * cluster);
@@ -153,6 +165,12 @@ pub(super) fn ntfs_allocation(fs: &Region<'_>, ranges: &mut Ranges) -> Result<(u
 fn record(fs: &Region<'_>, at: u64, size: u64, number: u64) -> Result<Vec<u8>, String> {
     let mut r = vec![0u8; size as usize];
     fs.read(at, &mut r)?;
+    undo_sequence(r, number)
+}
+
+/// An MFT record's bytes checked (signature, update sequence, in use) and
+/// its update sequence undone.
+fn undo_sequence(mut r: Vec<u8>, number: u64) -> Result<Vec<u8>, String> {
     if r[0..4] != *b"FILE" {
         return Err(format!("MFT record {number} has no FILE signature"));
     }
@@ -178,64 +196,346 @@ fn record(fs: &Region<'_>, at: u64, size: u64, number: u64) -> Result<Vec<u8>, S
     Ok(r)
 }
 
-/// A non-resident attribute's clusters.
+/// A run list: `(first cluster or None for a hole, clusters)`, in the
+/// file's order.
+type Runs = Vec<(Option<u64>, u64)>;
+
+/// A file's clusters: every extent of its unnamed `$DATA`, in order.
 struct DataRuns {
     /// `(first cluster or None for a hole, clusters)`, in the file's order.
     runs: Vec<(Option<u64>, u64)>,
     /// The attribute's data size in bytes.
     data_size: u64,
+    /// The clusters of a non-resident attribute list the extents were
+    /// found through (metadata that matters like the runs themselves).
+    list_runs: Vec<(Option<u64>, u64)>,
 }
 
-/// The runs of the unnamed `$DATA` of MFT record `number`, checked to lie
-/// inside the volume's `clusters`.
-fn data_runs(r: &[u8], number: u64, clusters: u64) -> Result<DataRuns, String> {
+/// One attribute of a record, as far as this reader needs it.
+struct Attr<'a> {
+    kind: u64,
+    /// The whole attribute, header included.
+    bytes: &'a [u8],
+}
+
+impl Attr<'_> {
+    fn resident(&self) -> bool {
+        self.bytes[8] == 0
+    }
+
+    fn unnamed(&self) -> bool {
+        self.bytes[9] == 0
+    }
+
+    fn instance(&self) -> u64 {
+        le16(self.bytes, 14)
+    }
+}
+
+/// The attributes of record `r` (number `number`, for errors), checked to
+/// lie inside it.
+fn attributes(r: &[u8], number: u64) -> Result<Vec<Attr<'_>>, String> {
     let bad = |what: &str| format!("MFT record {number}: {what}");
     let mut at = le16(r, 20) as usize;
-    let mut listed = false;
+    let mut out = Vec::new();
     loop {
-        if at + 16 > r.len() {
+        // The end marker may take the record's last bytes (a full record).
+        if at + 4 > r.len() {
             return Err(bad("its attributes run past its end"));
         }
         let kind = le32(r, at);
         if kind == ATTR_END {
-            break;
+            return Ok(out);
+        }
+        if at + 16 > r.len() {
+            return Err(bad("its attributes run past its end"));
         }
         let length = le32(r, at + 4) as usize;
         if length < 16 || at + length > r.len() {
             return Err(bad("an attribute of impossible length"));
         }
-        let attr = &r[at..at + length];
-        listed |= kind == ATTR_LIST;
-        if kind == ATTR_DATA && attr[9] == 0 {
-            if attr[8] == 0 {
-                return Err(bad("its $DATA is resident, not in clusters"));
-            }
-            if length < 0x40 || le64(attr, 0x10) != 0 {
-                return Err(bad(
-                    "its $DATA attribute does not start at cluster 0 of the file",
-                ));
-            }
-            let data_size = le64(attr, 0x30);
-            let runs = mapping_pairs(attr, le16(attr, 0x20) as usize)
-                .ok_or_else(|| bad("its $DATA runs cannot be decoded"))?;
-            for &(lcn, len) in &runs {
-                if let Some(lcn) = lcn {
-                    if lcn.checked_add(len).is_none_or(|end| end > clusters) {
-                        return Err(bad(&format!(
-                            "a run of {len} clusters at cluster {lcn} lies outside the volume's {clusters}"
-                        )));
-                    }
-                }
-            }
-            return Ok(DataRuns { runs, data_size });
+        let bytes = &r[at..at + length];
+        // A non-resident header is 0x40 bytes; a resident one 0x18.
+        if (bytes[8] != 0 && length < 0x40) || (bytes[8] == 0 && length < 0x18) {
+            return Err(bad("an attribute shorter than its header"));
         }
+        out.push(Attr { kind, bytes });
         at += length;
     }
-    Err(bad(if listed {
-        "its $DATA is in an attribute list, which is not read"
-    } else {
-        "no $DATA attribute"
-    }))
+}
+
+/// One entry of an attribute list: an extent of an attribute and the record
+/// that holds it.
+struct ListEntry {
+    kind: u64,
+    unnamed: bool,
+    lowest_vcn: u64,
+    /// The MFT record number (48 bits of the file reference).
+    record: u64,
+    /// Its sequence number (the reference's top 16 bits; 0: not checked).
+    sequence: u64,
+    instance: u64,
+}
+
+/// Parses an attribute list's bytes.
+fn list_entries(list: &[u8], number: u64) -> Result<Vec<ListEntry>, String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < list.len() {
+        if at + 26 > list.len() {
+            return Err(format!(
+                "MFT record {number}: its attribute list ends inside an entry at byte {at}"
+            ));
+        }
+        let length = le16(list, at + 4) as usize;
+        if length < 26 || at + length > list.len() {
+            return Err(format!(
+                "MFT record {number}: its attribute list has an entry of impossible length at byte {at}"
+            ));
+        }
+        let reference = le64(list, at + 16);
+        out.push(ListEntry {
+            kind: le32(list, at),
+            unnamed: list[at + 6] == 0,
+            lowest_vcn: le64(list, at + 8),
+            record: reference & 0xFFFF_FFFF_FFFF,
+            sequence: reference >> 48,
+            instance: le16(list, at + 24),
+        });
+        at += length;
+    }
+    Ok(out)
+}
+
+/// The most bytes an attribute list may hold (what Windows allows).
+const MAX_LIST: u64 = 256 << 10;
+
+/// What a volume's records are read with.
+struct Volume<'a, 'r> {
+    fs: &'a Region<'r>,
+    cluster: u64,
+    clusters: u64,
+    record_size: u64,
+}
+
+impl Volume<'_, '_> {
+    /// MFT record `number`, found through the MFT's `runs` (cluster by
+    /// cluster where a cluster is smaller than a record: its clusters may
+    /// be in different runs).
+    fn record_in(&self, runs: &[(Option<u64>, u64)], number: u64) -> Result<Vec<u8>, String> {
+        let step = self.cluster.min(self.record_size);
+        let mut r = vec![0u8; self.record_size as usize];
+        for (i, piece) in r.chunks_mut(step as usize).enumerate() {
+            let at = number
+                .checked_mul(self.record_size)
+                .and_then(|offset| byte_at(runs, offset + i as u64 * step, self.cluster))
+                .ok_or_else(|| format!("MFT record {number} lies past the MFT's mapped runs"))?;
+            self.fs.read(at, piece)?;
+        }
+        undo_sequence(r, number)
+    }
+
+    /// Checks that `runs` lie inside the volume.
+    fn check_runs(&self, runs: &[(Option<u64>, u64)], number: u64) -> Result<(), String> {
+        for &(lcn, len) in runs {
+            if let Some(lcn) = lcn {
+                if lcn.checked_add(len).is_none_or(|end| end > self.clusters) {
+                    return Err(format!(
+                        "MFT record {number}: a run of {len} clusters at cluster {lcn} lies outside the volume's {}",
+                        self.clusters
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A non-resident attribute's runs, decoded and checked to lie in the
+    /// volume; `(lowest VCN, runs)`.
+    fn extent(&self, attr: &Attr<'_>, number: u64) -> Result<(u64, Runs), String> {
+        let runs = mapping_pairs(attr.bytes, le16(attr.bytes, 0x20) as usize)
+            .ok_or_else(|| format!("MFT record {number}: its $DATA runs cannot be decoded"))?;
+        self.check_runs(&runs, number)?;
+        let lowest = le64(attr.bytes, 0x10);
+        let highest = le64(attr.bytes, 0x18);
+        let count: u64 = runs.iter().map(|&(_, l)| l).sum();
+        if count == 0 || lowest.checked_add(count - 1) != Some(highest) {
+            return Err(format!(
+                "MFT record {number}: a $DATA extent from cluster {lowest} to {highest} of the file has runs of {count} clusters"
+            ));
+        }
+        Ok((lowest, runs))
+    }
+
+    /// The bytes of an attribute list (resident or not) and the clusters
+    /// holding a non-resident one.
+    fn list_bytes(&self, attr: &Attr<'_>, number: u64) -> Result<(Vec<u8>, Runs), String> {
+        let bad = |what: &str| format!("MFT record {number}: its attribute list {what}");
+        if attr.resident() {
+            let len = le32(attr.bytes, 0x10) as usize;
+            let at = le16(attr.bytes, 0x14) as usize;
+            let value = attr
+                .bytes
+                .get(at..at.saturating_add(len))
+                .ok_or_else(|| bad("runs past its attribute"))?;
+            return Ok((value.to_vec(), Vec::new()));
+        }
+        let runs = mapping_pairs(attr.bytes, le16(attr.bytes, 0x20) as usize)
+            .ok_or_else(|| bad("has runs that cannot be decoded"))?;
+        self.check_runs(&runs, number)?;
+        let size = le64(attr.bytes, 0x30);
+        if size > MAX_LIST {
+            return Err(bad(&format!("claims {size} bytes")));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        for &(lcn, len) in &runs {
+            let take = (len * self.cluster).min(size - bytes.len() as u64);
+            if take == 0 {
+                break;
+            }
+            let at = bytes.len();
+            bytes.resize(at + take as usize, 0);
+            let lcn = lcn.ok_or_else(|| bad("has a hole"))?;
+            self.fs.read(lcn * self.cluster, &mut bytes[at..])?;
+        }
+        if (bytes.len() as u64) < size {
+            return Err(bad(&format!(
+                "holds {} of its {size} bytes in its runs",
+                bytes.len()
+            )));
+        }
+        Ok((bytes, runs))
+    }
+
+    /// Every extent of the unnamed `$DATA` of record `number` (`base`, its
+    /// base record), followed through its attribute list when it has one.
+    /// Extension records are read through `mft` (the MFT's runs), or, for
+    /// the MFT itself (`mft` None), through its extents found so far.
+    fn data_runs(
+        &self,
+        base: &[u8],
+        number: u64,
+        mft: Option<&[(Option<u64>, u64)]>,
+    ) -> Result<DataRuns, String> {
+        let bad = |what: &str| format!("MFT record {number}: {what}");
+        let attrs = attributes(base, number)?;
+        if attrs
+            .iter()
+            .any(|a| a.kind == ATTR_DATA && a.unnamed() && a.resident())
+        {
+            return Err(bad("its $DATA is resident, not in clusters"));
+        }
+        // (allocated, data size): in the extent at cluster 0 of the file only.
+        let sizes = |a: &Attr<'_>| (le64(a.bytes, 0x28), le64(a.bytes, 0x30));
+        let mut first = None;
+        let list = attrs.iter().find(|a| a.kind == ATTR_LIST);
+        let (mut runs, list_runs) = match list {
+            None => {
+                let a = attrs
+                    .iter()
+                    .find(|a| a.kind == ATTR_DATA && a.unnamed())
+                    .ok_or_else(|| bad("no $DATA attribute"))?;
+                if le64(a.bytes, 0x10) != 0 {
+                    return Err(bad(
+                        "its $DATA attribute does not start at cluster 0 of the file, and it has no attribute list",
+                    ));
+                }
+                first = Some(sizes(a));
+                (self.extent(a, number)?.1, Vec::new())
+            }
+            Some(list) => {
+                let (bytes, list_runs) = self.list_bytes(list, number)?;
+                let entries = list_entries(&bytes, number)?;
+                let mut runs: Vec<(Option<u64>, u64)> = Vec::new();
+                let mut next_vcn = 0u64;
+                let mut extents = 0;
+                for e in entries.iter().filter(|e| e.kind == ATTR_DATA && e.unnamed) {
+                    if e.lowest_vcn != next_vcn {
+                        return Err(bad(&format!(
+                            "its attribute list puts a $DATA extent at cluster {} of the file where cluster {next_vcn} is next",
+                            e.lowest_vcn
+                        )));
+                    }
+                    let held;
+                    let r: &[u8] = if e.record == number {
+                        base
+                    } else {
+                        held = self
+                            .record_in(mft.unwrap_or(&runs), e.record)
+                            .map_err(|why| {
+                                bad(&format!("its $DATA extension record {}: {why}", e.record))
+                            })?;
+                        let parent = le64(&held, 0x20);
+                        if parent & 0xFFFF_FFFF_FFFF != number {
+                            return Err(bad(&format!(
+                                "its extension record {} belongs to record {}",
+                                e.record,
+                                parent & 0xFFFF_FFFF_FFFF
+                            )));
+                        }
+                        if e.sequence != 0 && le16(&held, 16) != e.sequence {
+                            return Err(bad(&format!(
+                                "its extension record {} has sequence number {}, the list says {}",
+                                e.record,
+                                le16(&held, 16),
+                                e.sequence
+                            )));
+                        }
+                        &held
+                    };
+                    let attrs = attributes(r, e.record)?;
+                    let a = attrs
+                        .iter()
+                        .find(|a| {
+                            a.kind == ATTR_DATA
+                                && a.unnamed()
+                                && a.instance() == e.instance
+                                && !a.resident()
+                        })
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "the $DATA extent its attribute list names (instance {}) is not in record {}",
+                                e.instance, e.record
+                            ))
+                        })?;
+                    let (lowest, extent) = self.extent(a, e.record)?;
+                    if lowest != e.lowest_vcn {
+                        return Err(bad(&format!(
+                            "the $DATA extent in record {} starts at cluster {lowest} of the file, its attribute list says {}",
+                            e.record, e.lowest_vcn
+                        )));
+                    }
+                    if lowest == 0 {
+                        first = Some(sizes(a));
+                    }
+                    next_vcn += extent.iter().map(|&(_, l)| l).sum::<u64>();
+                    runs.extend(extent);
+                    extents += 1;
+                }
+                if extents == 0 {
+                    return Err(bad("its attribute list names no $DATA attribute"));
+                }
+                (runs, list_runs)
+            }
+        };
+        // The sizes are in the first extent only.
+        let (allocated, data_size) =
+            first.ok_or_else(|| bad("no $DATA extent at cluster 0 of the file"))?;
+        let mapped: u64 = runs.iter().map(|&(_, l)| l).sum();
+        if mapped.checked_mul(self.cluster) != Some(allocated) || data_size > allocated {
+            return Err(bad(&format!(
+                "its $DATA runs hold {mapped} clusters of {} bytes but it has {allocated} bytes allocated ({data_size} in use){}",
+                self.cluster,
+                if list.is_none() { " and no attribute list" } else { "" }
+            )));
+        }
+        runs.shrink_to_fit();
+        Ok(DataRuns {
+            runs,
+            data_size,
+            list_runs,
+        })
+    }
 }
 
 /// Decodes a run list (mapping pairs) from `at` in `attr`.
