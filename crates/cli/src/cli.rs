@@ -102,7 +102,7 @@ pub enum Command {
 pub enum ReportFormatArg {
     /// Comma-separated values, one row per attempt.
     Csv,
-    /// JSON (format "flashrack-report/8").
+    /// JSON (format "flashrack-report/9").
     Json,
     /// Printable HTML.
     Html,

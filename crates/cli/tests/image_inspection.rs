@@ -84,3 +84,48 @@ fn a_windows_like_iso_is_shown_and_refused_by_flash_unless_forced_and_the_force_
         "{report}"
     );
 }
+
+/// A Windows-like UDF 2.50 volume whose tree is in a metadata partition
+/// (written byte by byte by `flashrack_testkit::udf`) is known for what it
+/// is; one whose metadata file and mirror are both torn is still imported,
+/// with the reason its tree was not read.
+#[test]
+fn a_udf_250_installer_is_shown_and_refused_and_a_broken_one_still_imports() {
+    use flashrack_testkit::udf::{windows_like, B, LABEL, PART};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let good = dir.path().join("scans.bin");
+    let built = windows_like(0x0250);
+    std::fs::write(&good, &built.bytes).unwrap();
+    let imported = flashrack(&data, &["image", "import", good.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let sha = text(&imported.stdout).trim().to_string();
+    let shown = text(&flashrack(&data, &["image", "show", &sha[..12]]).stdout);
+    assert!(
+        shown.contains(&format!("UDF volume id: {LABEL:?}")),
+        "{shown}"
+    );
+    assert!(shown.contains("UDF revision: 2.50"), "{shown}");
+    assert!(shown.contains("Windows installer files yes"), "{shown}");
+    assert!(shown.contains("raw run: refused unless forced"), "{shown}");
+
+    let mut broken = built.bytes.clone();
+    broken[PART * B + 4] ^= 0xff;
+    broken[(PART + 1) * B + 4] ^= 0xff;
+    let bad = dir.path().join("torn.bin");
+    std::fs::write(&bad, &broken).unwrap();
+    let imported = flashrack(&data, &["image", "import", bad.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let sha = text(&imported.stdout).trim().to_string();
+    let shown = text(&flashrack(&data, &["image", "show", &sha[..12]]).stdout);
+    assert!(
+        shown.contains("UDF 2.50 volume not read: the metadata partition cannot be read"),
+        "{shown}"
+    );
+    assert!(shown.contains("UDF revision: 2.50"), "{shown}");
+    let listed = text(&flashrack(&data, &["image", "list"]).stdout);
+    assert!(
+        listed.contains("torn.bin") && listed.contains("scans.bin"),
+        "{listed}"
+    );
+}

@@ -62,6 +62,7 @@ pub(crate) fn inspect(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<
         volume_id: pvd.as_ref().and_then(|p| label(&p[40..72])),
         udf,
         udf_volume_id: None,
+        udf_revision: None,
         el_torito,
         hybrid: false,
         windows_installer: false,
@@ -82,9 +83,12 @@ pub(crate) fn inspect(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<
         // Windows ISOs keep their files in UDF only (the ISO 9660 side holds
         // a README or nothing): what the ISO 9660 tree lacks is looked up
         // there.
+        if let Some((label, revision)) = crate::udf::identify(image) {
+            info.udf_volume_id = label;
+            info.udf_revision = revision;
+        }
         match Volume::open(image) {
             Ok(volume) => {
-                info.udf_volume_id = volume.label.clone();
                 if !info.windows_installer {
                     info.windows_installer = INSTALLER_FILES
                         .iter()
@@ -98,7 +102,10 @@ pub(crate) fn inspect(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<
                         .and_then(|b| first_line(&b));
                 }
             }
-            Err(why) => problems.push(format!("UDF volume not read: {why}")),
+            Err(why) => problems.push(match &info.udf_revision {
+                Some(revision) => format!("UDF {revision} volume not read: {why}"),
+                None => format!("UDF volume not read: {why}"),
+            }),
         }
     }
     Some(info)

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 /// The version of the inspection's rules: an answer recorded by an older
 /// version is recomputed when the cache reads it. Version 2 reads UDF trees,
 /// NTFS and exFAT labels, logical MBR partitions and ext file systems'
-/// `os-release`.
-pub const INSPECTION_VERSION: u32 = 2;
+/// `os-release`; version 3 reads UDF 2.50+ metadata partitions and names the
+/// UDF revision.
+pub const INSPECTION_VERSION: u32 = 3;
 
 /// Everything known about an image from its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,9 +166,14 @@ pub struct IsoInfo {
     pub volume_id: Option<String>,
     /// Whether a UDF volume recognition sequence is present.
     pub udf: bool,
-    /// The UDF logical volume identifier, when the UDF volume was read.
+    /// The UDF logical volume identifier, when the UDF volume descriptors
+    /// were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udf_volume_id: Option<String>,
+    /// The UDF revision the logical volume's domain names ("1.02", "2.01",
+    /// "2.50"); 2.50 and later keep the tree in a metadata partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udf_revision: Option<String>,
     /// The El Torito boot entries (empty: the disc does not boot).
     #[serde(default)]
     pub el_torito: Vec<Boot>,
@@ -251,6 +257,9 @@ impl ImageInfo {
             };
             if iso.udf && iso.volume_id.is_some() {
                 s.push_str(", UDF");
+            }
+            if let Some(revision) = &iso.udf_revision {
+                s.push_str(&format!(" {revision}"));
             }
             if !iso.el_torito.is_empty() {
                 let boots: Vec<&str> = iso
@@ -356,6 +365,9 @@ impl ImageInfo {
             ));
             if let Some(udf) = &iso.udf_volume_id {
                 lines.push(format!("UDF volume id: {udf:?}"));
+            }
+            if let Some(revision) = &iso.udf_revision {
+                lines.push(format!("UDF revision: {revision}"));
             }
             if let Some(info) = &iso.disk_info {
                 lines.push(format!(".disk/info: {info}"));

@@ -1,4 +1,4 @@
-//! UDF (ECMA-167 / OSTA UDF 1.02–2.01): from the anchor to the file set's
+//! UDF (ECMA-167 / OSTA UDF 1.02–2.60): from the anchor to the file set's
 //! root directory, and a path lookup in it. Windows installer ISOs keep their
 //! files in UDF only (the ISO 9660 side holds a `README.TXT` or nothing), so
 //! `sources/install.wim` is looked up here when the ISO 9660 tree does not
@@ -6,13 +6,25 @@
 //!
 //! Read: the anchor volume descriptor pointer (sector 256), the main volume
 //! descriptor sequence (partition descriptors, the logical volume descriptor
-//! with its type-1 partition maps and the file set's address), the file set
-//! descriptor, file entries and extended file entries (short, long and
-//! embedded allocation descriptors), and file identifier descriptors. Every
-//! descriptor's tag (identifier and checksum) is checked. Not read: virtual
-//! and sparable partitions, and the metadata partition of UDF 2.50 and later
-//! (Windows ISOs use 1.02, `mkudffs` 2.01 by default): such a volume's files
-//! are not looked up, and its problem says so.
+//! with its partition maps, its UDF revision and the file set's address), the
+//! file set descriptor, file entries and extended file entries (short, long
+//! and embedded allocation descriptors), and file identifier descriptors.
+//! Every descriptor's tag (identifier and checksum) is checked.
+//!
+//! **Metadata partitions** (UDF 2.50 and later, a type-2 partition map named
+//! `*UDF Metadata Partition`): the file set, directories and file entries
+//! live in a partition whose blocks are the blocks of the *metadata file*, a
+//! file of type 250 in the physical partition. A block number in the
+//! metadata partition is an offset into that file's content (its extents,
+//! relative to the physical partition, need not be contiguous), and the tag
+//! location of a descriptor there is its block in the metadata partition
+//! (UDF 2.60 2.2.13). When the metadata file cannot be read, its mirror (type
+//! 251) is. File data is addressed by long allocation descriptors into the
+//! physical partition, or by short ones into the metadata partition.
+//!
+//! Not read: virtual (VAT) and sparable partitions, which write-once and
+//! rewritable discs use (not images a lab flashes): such a volume's files are
+//! not looked up, and its problem says so.
 
 use crate::model::Piece;
 use crate::read::{bytes, le16, le32, le64, ReadAt};
@@ -28,13 +40,27 @@ const MAX_EXTENTS: usize = 64;
 pub(crate) struct Volume<'a> {
     image: &'a dyn ReadAt,
     block: u64,
-    /// Partition starts (in blocks) by partition reference number (the
-    /// index of the logical volume's partition map).
-    partitions: Vec<u64>,
+    /// The partitions by partition reference number (the index of the
+    /// logical volume's partition map).
+    partitions: Vec<Partition>,
     root: Icb,
-    /// The logical volume identifier.
-    pub label: Option<String>,
 }
+
+/// Where a partition's blocks are.
+#[derive(Debug, Clone)]
+enum Partition {
+    /// A physical partition: block `n` is the medium's block `start + n`.
+    Physical { start: u64, length: u64 },
+    /// A metadata partition: block `n` is block `n` of the metadata file,
+    /// whose extents are `(first block on the medium, blocks)`.
+    Metadata { extents: Vec<(u64, u64)> },
+}
+
+/// The type-2 partition map identifier of a metadata partition.
+const METADATA_MAP: &[u8] = b"*UDF Metadata Partition";
+/// ICB file types of the metadata file and its mirror.
+const METADATA_FILE: u8 = 250;
+const METADATA_MIRROR: u8 = 251;
 
 /// A long allocation descriptor: an extent in a partition.
 #[derive(Debug, Clone, Copy)]
@@ -50,9 +76,19 @@ pub(crate) struct Node {
     pub dir: bool,
 }
 
-impl<'a> Volume<'a> {
-    /// Opens the UDF volume of `image`, or says why it cannot be read.
-    pub(crate) fn open(image: &'a dyn ReadAt) -> Result<Self, String> {
+/// The volume descriptors a reader starts from.
+struct Descriptors {
+    /// The logical block size.
+    block: u64,
+    /// (partition number, first block, blocks) of each partition descriptor.
+    starts: Vec<(u16, u64, u64)>,
+    /// The logical volume descriptor.
+    lvd: Vec<u8>,
+}
+
+impl Descriptors {
+    /// The anchor (sector 256) and the main volume descriptor sequence.
+    fn read(image: &dyn ReadAt) -> Result<Self, String> {
         // The anchor is at sector 256 of the medium; its size is the logical
         // block size (2048 on optical media; 512 or 4096 on other media).
         let (block, anchor) = [2048u64, 512, 4096]
@@ -64,7 +100,7 @@ impl<'a> Volume<'a> {
             .ok_or("no anchor volume descriptor at sector 256")?;
         let seq_len = le32(&anchor, 16);
         let seq_at = u64::from(le32(&anchor, 20));
-        let mut starts: Vec<(u16, u64)> = Vec::new();
+        let mut starts = Vec::new();
         let mut lvd = None;
         for i in 0..(seq_len / block as u32).min(MAX_SEQUENCE) {
             let at = seq_at + u64::from(i);
@@ -72,7 +108,11 @@ impl<'a> Volume<'a> {
                 break;
             };
             match le16(&d, 0) {
-                5 if tag_ok(&d, 5, at) => starts.push((le16(&d, 22), u64::from(le32(&d, 188)))),
+                5 if tag_ok(&d, 5, at) => starts.push((
+                    le16(&d, 22),
+                    u64::from(le32(&d, 188)),
+                    u64::from(le32(&d, 192)),
+                )),
                 6 if tag_ok(&d, 6, at) => lvd = Some(d),
                 8 => break, // terminating descriptor
                 _ => {}
@@ -85,33 +125,98 @@ impl<'a> Volume<'a> {
                 le32(&lvd, 212)
             ));
         }
-        let label = dstring(&lvd[84..212]);
+        Ok(Descriptors { block, starts, lvd })
+    }
+
+    /// The logical volume identifier.
+    fn label(&self) -> Option<String> {
+        dstring(&self.lvd[84..212])
+    }
+
+    /// The UDF revision of the logical volume's domain ("2.50"): the
+    /// domain identifier's suffix starts with it in binary-coded decimal.
+    fn revision(&self) -> Option<String> {
+        self.lvd[217..240]
+            .starts_with(b"*OSTA UDF Compliant")
+            .then(|| {
+                let r = le16(&self.lvd, 240);
+                format!("{:x}.{:02x}", r >> 8, r & 0xff)
+            })
+    }
+}
+
+/// A UDF volume's label and revision, from its volume descriptors alone
+/// (known even when its file set cannot be read); `None` without them.
+pub(crate) fn identify(image: &dyn ReadAt) -> Option<(Option<String>, Option<String>)> {
+    let d = Descriptors::read(image).ok()?;
+    Some((d.label(), d.revision()))
+}
+
+impl<'a> Volume<'a> {
+    /// Opens the UDF volume of `image`, or says why it cannot be read.
+    pub(crate) fn open(image: &'a dyn ReadAt) -> Result<Self, String> {
+        let Descriptors { block, starts, lvd } = Descriptors::read(image)?;
         let map_table_len = le32(&lvd, 264) as usize;
         let map_count = le32(&lvd, 268);
         let maps = lvd
             .get(440..440 + map_table_len)
             .ok_or("partition maps past the descriptor's end")?;
-        let mut partitions = Vec::new();
+        // Physical partitions first: a metadata partition names one.
+        enum Map {
+            Physical(u16),
+            Metadata { number: u16, file: u32, mirror: u32 },
+        }
+        let mut found = Vec::new();
         let mut at = 0;
         for _ in 0..map_count {
             let (kind, len) = (
                 *maps.get(at).ok_or("short partition map")?,
                 usize::from(*maps.get(at + 1).ok_or("short partition map")?),
             );
-            if kind != 1 || len != 6 {
-                return Err(
-                    "a virtual, sparable or metadata partition (UDF 2.50 or later) is not read"
-                        .into(),
-                );
+            let map = maps.get(at..at + len).ok_or("short partition map")?;
+            match (kind, len) {
+                (1, 6) => found.push(Map::Physical(le16(map, 4))),
+                (2, 64) if map[5..5 + METADATA_MAP.len()] == *METADATA_MAP => {
+                    found.push(Map::Metadata {
+                        number: le16(map, 38),
+                        file: le32(map, 40),
+                        mirror: le32(map, 44),
+                    })
+                }
+                (2, 64) => {
+                    let id = String::from_utf8_lossy(&map[5..28]);
+                    return Err(format!(
+                        "its {} map (write-once or rewritable media) is not read",
+                        id.trim_end_matches('\0').trim_start_matches('*')
+                    ));
+                }
+                _ => return Err(format!("a partition map of type {kind} and {len} bytes")),
             }
-            let number = le16(maps, at + 4);
-            let start = starts
-                .iter()
-                .find(|(n, _)| *n == number)
-                .map(|(_, s)| *s)
-                .ok_or(format!("no partition descriptor for partition {number}"))?;
-            partitions.push(start);
             at += len;
+        }
+        let physical = |number: u16| {
+            starts
+                .iter()
+                .find(|(n, _, _)| *n == number)
+                .map(|&(_, start, length)| (start, length))
+                .ok_or(format!("no partition descriptor for partition {number}"))
+        };
+        let mut partitions = Vec::new();
+        for map in &found {
+            partitions.push(match *map {
+                Map::Physical(number) => {
+                    let (start, length) = physical(number)?;
+                    Partition::Physical { start, length }
+                }
+                Map::Metadata {
+                    number,
+                    file,
+                    mirror,
+                } => {
+                    let (start, length) = physical(number)?;
+                    metadata_partition(image, block, start, length, file, mirror)?
+                }
+            });
         }
         let fsd_at = long_ad(&lvd[248..264]);
         let volume = Volume {
@@ -119,7 +224,6 @@ impl<'a> Volume<'a> {
             block,
             partitions,
             root: fsd_at,
-            label,
         };
         let fsd_block = volume
             .absolute(fsd_at)
@@ -155,9 +259,40 @@ impl<'a> Volume<'a> {
         self.contents(node.icb, max)
     }
 
+    /// The medium's block holding block `icb.block` of its partition.
     fn absolute(&self, icb: Icb) -> Option<u64> {
-        let start = self.partitions.get(usize::from(icb.partition))?;
-        Some(start + u64::from(icb.block))
+        self.extents(icb, 1)?.first().map(|&(at, _)| at)
+    }
+
+    /// Where `blocks` blocks from `icb` of its partition are on the medium:
+    /// `(first block, blocks)`, several when a metadata partition's blocks
+    /// cross from one extent of its file to the next.
+    fn extents(&self, icb: Icb, blocks: u64) -> Option<Vec<(u64, u64)>> {
+        let first = u64::from(icb.block);
+        match self.partitions.get(usize::from(icb.partition))? {
+            Partition::Physical { start, length } => {
+                // An extent past its partition's end is not in it.
+                (first.checked_add(blocks)? <= *length).then(|| vec![(start + first, blocks)])
+            }
+            Partition::Metadata { extents } => {
+                let mut out = Vec::new();
+                let (mut skip, mut want) = (first, blocks);
+                for &(at, len) in extents {
+                    if want == 0 {
+                        break;
+                    }
+                    if skip >= len {
+                        skip -= len;
+                        continue;
+                    }
+                    let take = (len - skip).min(want);
+                    out.push((at + skip, take));
+                    want -= take;
+                    skip = 0;
+                }
+                (want == 0).then_some(out)
+            }
+        }
     }
 
     fn find_in(&self, dir: &Node, want: &str) -> Option<Node> {
@@ -230,10 +365,17 @@ impl<'a> Volume<'a> {
                     };
                     let take = u64::from(len).min(want - have);
                     match extent_type {
-                        0 => pieces.push(Piece::At {
-                            offset: self.absolute(at)?.checked_mul(self.block)?,
-                            len: take,
-                        }),
+                        0 => {
+                            let mut left = take;
+                            for (first, blocks) in self.extents(at, take.div_ceil(self.block))? {
+                                let len = (blocks * self.block).min(left);
+                                pieces.push(Piece::At {
+                                    offset: first.checked_mul(self.block)?,
+                                    len,
+                                });
+                                left -= len;
+                            }
+                        }
                         // Allocated and not recorded, or not allocated: zeros.
                         1 | 2 => pieces.push(Piece::Zeros(take)),
                         _ => return None, // a continuation of descriptors: not followed
@@ -298,6 +440,87 @@ impl<'a> Volume<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+/// The metadata partition over the physical partition at `start`
+/// (`length` blocks): the extents of its metadata file, whose entry is at
+/// block `file` of the physical partition, or of its mirror at `mirror`
+/// when the file cannot be read. An error says why neither can.
+fn metadata_partition(
+    image: &dyn ReadAt,
+    block: u64,
+    start: u64,
+    length: u64,
+    file: u32,
+    mirror: u32,
+) -> Result<Partition, String> {
+    let read = |at: u32, kind: u8| -> Result<Vec<(u64, u64)>, String> {
+        if u64::from(at) >= length {
+            return Err(format!(
+                "its entry at block {at} lies past its partition's {length} blocks"
+            ));
+        }
+        let entry = bytes(image, (start + u64::from(at)) * block, block as usize).ok_or(
+            format!("its entry at block {at} lies past the end of the image"),
+        )?;
+        let id = le16(&entry, 0);
+        if !matches!(id, 261 | 266) || !tag_ok(&entry, id, u64::from(at)) {
+            return Err(format!("no file entry at block {at} of its partition"));
+        }
+        if entry[27] != kind {
+            return Err(format!(
+                "the entry at block {at} is of file type {}, not {kind}",
+                entry[27]
+            ));
+        }
+        let (info_len, ea_len, ad_len, ad_at) = if id == 261 {
+            (le64(&entry, 56), le32(&entry, 168), le32(&entry, 172), 176)
+        } else {
+            (le64(&entry, 56), le32(&entry, 208), le32(&entry, 212), 216)
+        };
+        if le16(&entry, 34) & 7 != 0 {
+            return Err("its allocation descriptors are not short ones".into());
+        }
+        let ads = entry
+            .get(ad_at + ea_len as usize..ad_at + ea_len as usize + ad_len as usize)
+            .ok_or("its allocation descriptors run past its entry")?;
+        let mut extents = Vec::new();
+        let mut have = 0u64;
+        for ad in ads.chunks_exact(8).take(MAX_EXTENTS) {
+            let raw = le32(ad, 0);
+            let (len, kind) = (u64::from(raw & 0x3FFF_FFFF), raw >> 30);
+            if len == 0 {
+                break;
+            }
+            if kind != 0 || len % block != 0 {
+                return Err(format!(
+                    "an extent of {len} bytes of type {kind} (recorded whole blocks only)"
+                ));
+            }
+            let first = u64::from(le32(ad, 4));
+            let blocks = len / block;
+            if first + blocks > length {
+                return Err(format!(
+                    "an extent of {blocks} blocks at block {first} runs past its partition's {length} blocks"
+                ));
+            }
+            extents.push((start + first, blocks));
+            have += len;
+        }
+        if have < info_len || info_len == 0 {
+            return Err(format!("its extents hold {have} of its {info_len} bytes"));
+        }
+        Ok(extents)
+    };
+    match read(file, METADATA_FILE) {
+        Ok(extents) => Ok(Partition::Metadata { extents }),
+        Err(main) => match read(mirror, METADATA_MIRROR) {
+            Ok(extents) => Ok(Partition::Metadata { extents }),
+            Err(copy) => Err(format!(
+                "the metadata partition cannot be read: the metadata file: {main}; its mirror: {copy}"
+            )),
+        },
     }
 }
 

@@ -149,21 +149,33 @@ fn a_udf_only_volume_is_read_with_its_label() {
     assert_eq!(info.os.as_ref().unwrap().name, "Windows");
 }
 
-/// A UDF 2.50 volume keeps its tree in a metadata partition, which is not
-/// read: said as a problem, not guessed.
+/// A UDF 2.50 volume for write-once media (what mkudffs makes of 2.50: a
+/// virtual partition, its VAT, and no metadata partition) is recognised with
+/// its revision and label, and its tree said unread, not guessed. (A 2.50
+/// volume with a metadata partition is read: `udf_metadata.rs`.)
 #[test]
-fn a_udf_250_volume_is_recognised_and_its_tree_said_unread() {
+fn a_write_once_udf_250_volume_is_recognised_and_its_tree_said_unread() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("u");
     run(Command::new("mkudffs")
         // mkudffs makes 2.50 for write-once media only.
-        .args(["--media-type=bdr", "--udfrev=2.50", "--new-file"])
+        .args([
+            "--media-type=bdr",
+            "--udfrev=2.50",
+            "--label=DISC",
+            "--new-file",
+        ])
         .arg(&image)
         .arg("4096"));
     let info = inspect_file(&image);
-    assert!(info.iso.as_ref().unwrap().udf);
+    let iso = info.iso.as_ref().unwrap();
+    assert!(iso.udf);
+    assert_eq!(iso.udf_revision.as_deref(), Some("2.50"));
+    assert_eq!(iso.udf_volume_id.as_deref(), Some("DISC"));
     assert!(
-        info.problems.len() == 1 && info.problems[0].contains("metadata partition"),
+        info.problems.len() == 1
+            && info.problems[0]
+                .starts_with("UDF 2.50 volume not read: its UDF Virtual Partition map"),
         "{:?}",
         info.problems
     );

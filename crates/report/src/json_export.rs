@@ -1,4 +1,4 @@
-//! The JSON export (`flashrack-report/8`): one object with the run or the device,
+//! The JSON export (`flashrack-report/9`): one object with the run or the device,
 //! its counts, and the records.
 
 use serde::Serialize;

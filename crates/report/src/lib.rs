@@ -82,7 +82,7 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/8"`, `"flashrack_version"`,
+//! One object: `"format": "flashrack-report/9"`, `"flashrack_version"`,
 //! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
 //! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
 //! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
@@ -115,6 +115,11 @@
 //! field, not a new field: the format number is unchanged by it): a failure
 //! of a stick lost in its reset, one that came back different or a reset that
 //! failed, recorded by schema 11 on.
+//!
+//! Format 9 (from format 8): a run's `image` (what the image is) may say
+//! `udf_revision` in its `iso` ("2.50": the UDF revision of an optical
+//! image's UDF volume, read from its logical volume's domain). The CSV and
+//! HTML are unchanged but for the CSV's `report_format`.
 //!
 //! Format 8 (from format 7): a provenance may have `built`, for an image
 //! built from another (a bootable layout of an installer ISO):
@@ -163,7 +168,7 @@
 //!
 //! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
 //! by port, a device's oldest first). After the record fields come two columns
-//! that say what made the file: `report_format` (`flashrack-report/8`) and
+//! that say what made the file: `report_format` (`flashrack-report/9`) and
 //! `flashrack_version`. The run's totals (counts, yield, failures by reason)
 //! are not repeated on every line: they are in the JSON and the printed
 //! report, and a spreadsheet gets them from the `verdict` column. A text field

@@ -22,6 +22,8 @@
 //!   runs and zero holes, with their manifests;
 //! - [`iso`]: ISO images built by xorriso (a Windows-like installer that is not
 //!   hybrid, a hybrid Linux one), for the tests of image inspection;
+//! - [`udf`]: a Windows-like UDF 2.50/2.60 volume with a metadata partition,
+//!   written byte by byte (no tool makes one);
 //! - [`bmap`]: a sparse image and its block map as `bmaptool create` writes
 //!   it, and a map resealed after an edit (tests of block maps);
 //! - [`page_cache_bytes`]: how much of a file is in the page cache (`fincore`).
@@ -32,6 +34,7 @@ pub mod http_files;
 pub mod iso;
 pub mod pg;
 pub mod udev_stick;
+pub mod udf;
 
 use std::fs;
 use std::io::Write;
