@@ -194,6 +194,7 @@ export async function importUrl(event) {
     sha256sums: value('url-sums'),
     signature: value('url-sig'),
     keyring: value('url-keyring'),
+    bmap: value('url-bmap'),
   };
   try {
     await api('POST', '/images/import-url', body);

@@ -196,21 +196,17 @@ async fn bmap_for(
     match &request.bmap {
         UrlBmap::NotWanted => Ok(None),
         UrlBmap::File(path) => {
-            let text = tokio::fs::read_to_string(path).await.map_err(|source| {
-                refused(
-                    path.clone(),
-                    ImageError::ReadInput {
+            // A small file, read off the async workers.
+            let read = path.clone();
+            tokio::task::spawn_blocking(move || BmapInput::read(&read))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(ImageError::ReadInput {
                         path: path.clone(),
-                        source,
-                    },
-                )
-            })?;
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            BmapInput::parse(&name, &text)
-                .map(Some)
+                        source: io::Error::other(join.to_string()),
+                    })
+                })
+                .map(|(input, _text)| Some(input))
                 .map_err(|e| refused(path.clone(), e))
         }
         UrlBmap::Url(url) => {
@@ -773,11 +769,18 @@ impl UrlImportService {
             }
             (None, None) => DigestCheck::None,
         };
+        let bmap = match body.bmap {
+            None => UrlBmap::Beside,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                UrlBmap::Url(url)
+            }
+            Some(_) => return Err("bmap must be an http or https URL".into()),
+        };
         Ok(UrlImport {
             url: body.url,
             check,
             max_size: self.max_size,
-            bmap: UrlBmap::Beside,
+            bmap,
         })
     }
 

@@ -122,17 +122,8 @@ pub fn import_with_map(
         path: bmap_path.clone(),
         source: Box::new(source),
     };
-    let text = std::fs::read_to_string(&bmap_path).map_err(|source| {
-        refused(ImageError::ReadInput {
-            path: bmap_path.clone(),
-            source,
-        })
-    })?;
-    let name = bmap_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let input = BmapInput::parse(&name, &text).map_err(refused)?;
+    let (input, text) = BmapInput::read(&bmap_path).map_err(refused)?;
+    let name = input.file.clone();
     let outcome = cache
         .import(
             file,

@@ -83,6 +83,7 @@ fn an_import_killed_mid_download_is_listed_interrupted_after_a_restart_and_resum
                 sha256sums: None,
                 signature: None,
                 keyring: None,
+                bmap: None,
             })
             .unwrap();
         let id = view["id"].as_u64().unwrap();
@@ -166,6 +167,7 @@ async fn a_running_import_cannot_be_resumed_and_a_failed_one_can() {
             sha256sums: None,
             signature: None,
             keyring: None,
+            bmap: None,
         })
         .unwrap()["id"]
         .as_u64()
@@ -182,6 +184,7 @@ async fn a_running_import_cannot_be_resumed_and_a_failed_one_can() {
             sha256sums: None,
             signature: None,
             keyring: None,
+            bmap: None,
         })
         .unwrap()["id"]
         .as_u64()

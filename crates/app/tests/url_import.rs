@@ -603,6 +603,111 @@ async fn a_bmap_beside_a_url_or_at_its_own_url_is_checked_in_the_one_pass_and_a_
     assert!(outcome.map.is_none());
 }
 
+/// Follows import `index` of the station's download list until it ends;
+/// answers its view.
+async fn download_ended(app: &flashrack_app::testing::TestApp, index: usize) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = app.get("/api/v1/images/downloads").await.json();
+        if matches!(list[index]["state"].as_str(), Some("done" | "failed")) {
+            return list[index].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ended: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_takes_a_bmap_url_checks_it_in_the_one_pass_and_refuses_a_lie() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, truth, lie) = image_and_maps(dir.path());
+    let sha = Sha256Digest::of(&raw);
+    let server = FileServer::start().await;
+    server.serve("/disk.img", Served::new(raw.clone(), "d"));
+    server.serve("/maps/lie.bmap", Served::new(lie.into_bytes(), "lb"));
+    server.serve("/maps/truth.bmap", Served::new(truth.into_bytes(), "tb"));
+    let app = flashrack_app::testing::spawn_app().await;
+
+    // Not a URL the station fetches, or not text: 400 with the reason,
+    // nothing started.
+    for bad in [
+        serde_json::json!("ftp://h.invalid/disk.bmap"),
+        serde_json::json!("disk.bmap"),
+        serde_json::json!(42),
+    ] {
+        let answer = app
+            .post(
+                "/api/v1/images/import-url",
+                Some(serde_json::json!({ "url": server.url("/disk.img"), "bmap": bad })),
+            )
+            .await;
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.body);
+        if bad.is_string() {
+            assert!(
+                answer.body.contains("bmap must be an http or https URL"),
+                "{}",
+                answer.body
+            );
+        }
+    }
+    assert_eq!(
+        app.get("/api/v1/images/downloads").await.json(),
+        serde_json::json!([])
+    );
+
+    // A map that lies: the import fails with the map's reason and nothing
+    // is cached.
+    let answer = app
+        .post(
+            "/api/v1/images/import-url",
+            Some(serde_json::json!({
+                "url": server.url("/disk.img"),
+                "bmap": server.url("/maps/lie.bmap"),
+            })),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let view = download_ended(&app, 0).await;
+    assert_eq!(view["state"], "failed", "{view}");
+    let error = view["error"].as_str().unwrap();
+    assert!(error.contains("lie.bmap"), "{view}");
+    assert!(error.contains("do not match the bmap's checksum"), "{view}");
+    assert_eq!(app.get(&format!("/api/v1/images/{sha}")).await.status, 404);
+
+    // The true map: kept with the image from the download's pass, and the
+    // image's view says where it came from.
+    let answer = app
+        .post(
+            "/api/v1/images/import-url",
+            Some(serde_json::json!({
+                "url": server.url("/disk.img"),
+                "bmap": server.url("/maps/truth.bmap"),
+            })),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let view = download_ended(&app, 0).await;
+    assert_eq!(view["state"], "done", "{view}");
+    let image = app.get(&format!("/api/v1/images/{sha}")).await.json();
+    let map = &image["block_map"];
+    assert!(
+        map["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("truth.bmap")),
+        "{image}"
+    );
+    // Each map was fetched once, and nothing was looked for beside the
+    // image when a map was named.
+    assert_eq!(server.requests_for("/maps/lie.bmap").len(), 1);
+    assert_eq!(server.requests_for("/maps/truth.bmap").len(), 1);
+    assert!(server.requests_for("/disk.img.bmap").is_empty());
+    assert!(server.requests_for("/disk.bmap").is_empty());
+    app.stop().await.unwrap();
+}
+
 #[test]
 fn bmap_urls_beside_follow_bmaptools_convention() {
     assert_eq!(

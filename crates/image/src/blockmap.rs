@@ -174,6 +174,23 @@ impl BmapInput {
         })
     }
 
+    /// Reads and parses the bmap file at `path` ([`BmapInput::parse`],
+    /// named by its file name); answers the map and the file's text (which
+    /// [`ImageCache::attach_bmap`](crate::ImageCache::attach_bmap) takes for
+    /// an image already cached). A file that cannot be read or is not UTF-8
+    /// text is [`ImageError::ReadInput`].
+    pub fn read(path: &std::path::Path) -> Result<(Self, String), ImageError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ImageError::ReadInput {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok((Self::parse(&name, &text)?, text))
+    }
+
     /// The check an import's pass feeds.
     pub(crate) fn check(&self) -> StreamCheck {
         StreamCheck::new(self.map.clone())

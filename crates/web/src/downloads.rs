@@ -33,6 +33,12 @@ pub struct UrlImportRequest {
     /// The public keys to trust, armored (`gpg --export --armor`).
     #[serde(default)]
     pub keyring: Option<String>,
+    /// The image's block map (bmaptool's XML) at its own URL (http or
+    /// https); it must be there and describe the image, or the import
+    /// fails. Without it, a map beside the image's URL is used if there is
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmap: Option<String>,
 }
 
 /// The application's side of URL imports.
