@@ -74,6 +74,14 @@ test('a refused installer ISO offers a bootable build, followed to a built image
   assert.deepEqual(await stagesOf(building),
     ['extracting:done', 'splitting:done', 'partitioning:done', 'copying_files:current', 'hashing:pending']);
   assert.match(await building.locator('.build-words').textContent(), /stage 4 of 5: copying the files in/);
+  // How far the stage is in bytes: nothing copied yet (mcopy waits) of the
+  // ISO's files; the screen shows what the API says.
+  await building.locator('.build-words', { hasText: /… 0 B of [0-9.]+ [kMG]?B \(0%\)$/ }).waitFor({ timeout: 15_000 });
+  const [held] = await (await page.request.get(api('/images/builds'))).json();
+  assert.equal(held.stage, 'copying_files');
+  assert.equal(held.stage_bytes.done, 0, JSON.stringify(held));
+  assert.ok(held.stage_bytes.total > 0, JSON.stringify(held));
+  assert.equal(await building.locator('[role="progressbar"]').getAttribute('aria-valuenow'), '0');
   await building.locator('button.cancel-build').click();
   const cancelled = page.locator('#build-list li[data-state="cancelled"]');
   await cancelled.waitFor({ timeout: 60_000 });

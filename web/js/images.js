@@ -398,11 +398,19 @@ async function cancelBuild(b) {
 /** "stage 3 of 5: partitioning (GPT and FAT32)", as the API words it. */
 const stageWords = (b) => (b.stage ? `stage ${b.stage_number} of ${b.stage_count}: ${b.stage_words}` : 'starting');
 
+/** "1.2 GB of 4.8 GB (25%)": how far the copying or hashing stage is. */
+const stageBytes = (b) => {
+  const sb = b.stage_bytes;
+  if (!sb || !sb.total) return '';
+  const pct = Math.floor((sb.done / sb.total) * 100);
+  return ` ${fmtBytes(sb.done)} of ${fmtBytes(sb.total)} (${pct}%)`;
+};
+
 function buildRow(b) {
   let words;
   let cls = 'muted';
   if (b.state === 'building') {
-    words = `building from ${b.source_name}: ${stageWords(b)}…`;
+    words = `building from ${b.source_name}: ${stageWords(b)}…${stageBytes(b)}`;
   } else if (b.state === 'built') {
     words = `built from ${b.source_name}${b.reused ? ' before (the cached layout)' : ''}: ${b.name} · ${fmtBytes(b.size)} · ${shortSha(b.image)}`;
     if (b.split && b.split.length) words += ` · ${b.split.map((s) => `${s.file} split into ${s.parts} parts`).join(', ')}`;
@@ -423,12 +431,20 @@ function buildRow(b) {
       onclick: () => cancelBuild(b),
     }, 'Cancel')
     : null;
-  return el('li', { class: 'row build-row', dataset: { state: b.state, id: String(b.id) } },
+  const row = el('li', { class: 'row build-row', dataset: { state: b.state, id: String(b.id) } },
     el('div', { class: 'row-main' },
       el('strong', { text: b.name }),
       el('div', { class: `${cls} small-text build-words`, text: words }),
       stages),
     ...(cancel ? [cancel] : []));
+  const sb = b.stage_bytes;
+  if (b.state === 'building' && sb && sb.total) {
+    const pct = Math.floor((sb.done / sb.total) * 100);
+    const fill = el('span');
+    fill.style.width = `${pct}%`;
+    row.append(el('div', { class: 'bar', role: 'progressbar', 'aria-label': `Build from ${b.source_name}: ${b.stage_words}`, 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(pct) }, fill));
+  }
+  return row;
 }
 
 export async function loadBuilds() {

@@ -73,6 +73,9 @@ pub struct Parts {
     /// Called as bootable builds enter their stages (tests hold a build in
     /// a stage with it); none by default.
     build_stage_hook: Option<crate::bootable::StageHook>,
+    /// Called with a build's bytes in its copying and hashing stages (tests
+    /// hold a build part way through a stage with it); none by default.
+    build_bytes_hook: Option<crate::bootable::BytesHook>,
 }
 
 impl Parts {
@@ -92,6 +95,7 @@ impl Parts {
             recording: Recording::Store,
             tasks: Vec::new(),
             build_stage_hook: None,
+            build_bytes_hook: None,
         }
     }
 
@@ -99,6 +103,13 @@ impl Parts {
     /// [`crate::bootable::StageHook`]).
     pub fn with_build_stage_hook(mut self, hook: crate::bootable::StageHook) -> Self {
         self.build_stage_hook = Some(hook);
+        self
+    }
+
+    /// Calls `hook` with each report of a bootable build's bytes (see
+    /// [`crate::bootable::BytesHook`]).
+    pub fn with_build_bytes_hook(mut self, hook: crate::bootable::BytesHook) -> Self {
+        self.build_bytes_hook = Some(hook);
         self
     }
 
@@ -299,7 +310,8 @@ impl Application {
                     records.store().clone(),
                 )
                 .await?
-                .with_stage_hook(parts.build_stage_hook.clone()),
+                .with_stage_hook(parts.build_stage_hook.clone())
+                .with_bytes_hook(parts.build_bytes_hook.clone()),
             )),
             None => None,
         };

@@ -184,7 +184,19 @@ fn tool(
     stdin: Option<&str>,
     cancel: &Cancel,
 ) -> Result<(), BuildError> {
-    use std::io::{Read, Write};
+    tool_with_lines(program, args, stdin, cancel, &mut |_| {})
+}
+
+/// [`tool`], giving each line the program writes on its error output to
+/// `line` as it comes (`mcopy -v` names each file there as it starts it).
+fn tool_with_lines(
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    stdin: Option<&str>,
+    cancel: &Cancel,
+    line: &mut dyn FnMut(&str),
+) -> Result<(), BuildError> {
+    use std::io::{BufRead, Write};
     cancel.check()?;
     let mut command = Command::new(program);
     command
@@ -219,10 +231,16 @@ fn tool(
         // A program killed or done early closes its end: its status says why.
         let _ = input.write_all(text.as_bytes());
     }
-    // Until the program ends (or is killed): its error output, then its status.
+    // Until the program ends (or is killed): its error output, line by
+    // line, then its status.
     let mut stderr = Vec::new();
-    if let Some(errors) = errors.as_mut() {
-        let _ = errors.read_to_end(&mut stderr);
+    if let Some(errors) = errors.take() {
+        let mut errors = std::io::BufReader::new(errors);
+        let mut buf = Vec::new();
+        while matches!(errors.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            line(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
+            stderr.append(&mut buf);
+        }
     }
     let mut child = cancel
         .child
@@ -256,11 +274,20 @@ pub fn build_bootable(
     iso: &CachedImage,
     request: &BuildRequest,
 ) -> Result<Built, AppError> {
-    build_bootable_with(cache, data_dir, iso, request, &|_| {}, &Cancel::default())
+    build_bootable_with(
+        cache,
+        data_dir,
+        iso,
+        request,
+        &|_| {},
+        &|_| {},
+        &Cancel::default(),
+    )
 }
 
 /// [`build_bootable`], telling `stage` where it is (each stage in the order
-/// of [`BuildStage::ALL`], `splitting` too when there is nothing to split),
+/// of [`BuildStage::ALL`], `splitting` too when there is nothing to split)
+/// and `bytes` how far the copying and hashing stages are ([`StageBytes`]),
 /// and stopped by `cancel`: at the next step, the program it runs killed,
 /// the import abandoned, the work directory removed; a cancelled build
 /// leaves nothing in the cache (an image its import had just finished is
@@ -273,6 +300,7 @@ pub fn build_bootable_with(
     iso: &CachedImage,
     request: &BuildRequest,
     stage: &dyn Fn(BuildStage),
+    bytes: &dyn Fn(StageBytes),
     cancel: &Cancel,
 ) -> Result<Built, AppError> {
     let name = iso.meta.original_name.clone();
@@ -452,21 +480,100 @@ pub fn build_bootable_with(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
+    // What mcopy will copy, in the order it names each item on its error
+    // output (`-v`: before copying it): the arguments in order, each
+    // directory's entries in the order the directory lists them, depth
+    // first. A line that is not the next expected name (an mcopy that walks
+    // otherwise) ends the reports for this stage rather than guess.
+    let order = copy_order(&entries)?;
+    let total: u64 = order.iter().map(|(_, size)| size).sum();
+    bytes(StageBytes {
+        stage: BuildStage::CopyingFiles,
+        done: 0,
+        total,
+    });
     if !entries.is_empty() {
-        let mut args: Vec<&std::ffi::OsStr> =
-            vec!["-s".as_ref(), "-m".as_ref(), "-i".as_ref(), target.as_ref()];
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "-v".as_ref(),
+            "-s".as_ref(),
+            "-m".as_ref(),
+            "-i".as_ref(),
+            target.as_ref(),
+        ];
         args.extend(entries.iter().map(|p| p.as_os_str()));
         args.push("::/".as_ref());
-        tool("mcopy", &args, None, cancel)?;
+        let (mut next, mut done, mut lost) = (0usize, 0u64, false);
+        tool_with_lines("mcopy", &args, None, cancel, &mut |line| {
+            let Some(name) = line.strip_prefix("Copying ") else {
+                return;
+            };
+            if lost {
+                return;
+            }
+            match order.get(next) {
+                Some((expected, size)) if expected == name => {
+                    // Everything before this item is copied.
+                    bytes(StageBytes {
+                        stage: BuildStage::CopyingFiles,
+                        done,
+                        total,
+                    });
+                    done += size;
+                    next += 1;
+                }
+                _ => {
+                    lost = true;
+                    tracing::debug!(line, "mcopy named a file out of the expected order");
+                }
+            }
+        })?;
     }
+    bytes(StageBytes {
+        stage: BuildStage::CopyingFiles,
+        done: total,
+        total,
+    });
     cancel.check()?;
     stage(BuildStage::Hashing);
-    let outcome = crate::images::import_cancellable(
-        cache,
-        &layout,
-        request.max_image_size,
-        cancel.flag.clone(),
-    )
+    let layout_size = fs::metadata(&layout)
+        .map_err(io("read the size of", &layout))?
+        .len();
+    bytes(StageBytes {
+        stage: BuildStage::Hashing,
+        done: 0,
+        total: layout_size,
+    });
+    // The import's pass tells its observer each chunk it stores (on the
+    // import's thread); this thread passes them on as they come, until the
+    // import has returned.
+    let (tx, rx) = std::sync::mpsc::channel::<Option<u64>>();
+    let observer = std::sync::Arc::new(HashProgress {
+        done: Default::default(),
+        tx: tx.clone(),
+    });
+    let outcome = std::thread::scope(|scope| {
+        let import = scope.spawn(|| {
+            let outcome = crate::images::import_observed(
+                cache,
+                &layout,
+                request.max_image_size,
+                cancel.flag.clone(),
+                observer,
+            );
+            let _ = tx.send(None);
+            outcome
+        });
+        while let Ok(Some(done)) = rx.recv() {
+            bytes(StageBytes {
+                stage: BuildStage::Hashing,
+                done: done.min(layout_size),
+                total: layout_size,
+            });
+        }
+        import
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
     .map_err(|error| {
         if cancel.is_cancelled() {
             BuildError::Cancelled.into()
@@ -511,10 +618,83 @@ pub fn build_bootable_with(
     })
 }
 
+/// How far a build's copying or hashing stage is: `done` of `total` bytes
+/// (the ISO's files copied into the layout; the layout read and hashed by
+/// its import into the cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageBytes {
+    /// The stage (copying files or hashing).
+    pub stage: BuildStage,
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes the stage has in all.
+    pub total: u64,
+}
+
+/// The hashing stage's observer of the import's pass: counts the bytes of
+/// each chunk stored and sends the running count.
+#[derive(Debug)]
+struct HashProgress {
+    done: std::sync::atomic::AtomicU64,
+    tx: std::sync::mpsc::Sender<Option<u64>>,
+}
+
+impl flashrack_image::ImportObserver for HashProgress {
+    fn began(&self, _raw: &fs::File, _chunk_size: u32, _size: Option<u64>) {}
+
+    fn chunk(&self, len: usize, _zero: bool, _fingerprint: u128) {
+        let done = self
+            .done
+            .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed)
+            + len as u64;
+        let _ = self.tx.send(Some(done));
+    }
+
+    /// Takes the bytes as they go past (and does nothing with them but
+    /// count them), so that the import reads the layout as it would
+    /// without an observer: past the page cache.
+    fn takes_bytes(&self) -> bool {
+        true
+    }
+}
+
+/// The items `mcopy -s` copies from `entries`, in the order it names them
+/// with `-v`: each entry, and a directory's contents after it in the order
+/// the directory lists them, depth first; `(name, bytes)`, 0 for a
+/// directory.
+fn copy_order(entries: &[PathBuf]) -> Result<Vec<(String, u64)>, BuildError> {
+    let mut out = Vec::new();
+    let mut pending: Vec<PathBuf> = entries.iter().rev().cloned().collect();
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path).map_err(io("read", &path))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if meta.is_dir() {
+            out.push((name, 0));
+            let children: Vec<PathBuf> = fs::read_dir(&path)
+                .map_err(io("list", &path))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()
+                .map_err(io("list", &path))?;
+            pending.extend(children.into_iter().rev());
+        } else {
+            out.push((name, meta.len()));
+        }
+    }
+    Ok(out)
+}
+
 /// Called on a build's thread as the build enters each stage, with the
 /// build's id (once the stage is recorded). Tests hold a build in a stage
 /// with it; the station runs none.
 pub type StageHook = std::sync::Arc<dyn Fn(i64, BuildStage) + Send + Sync>;
+
+/// Called on a build's thread with each report of its copying or hashing
+/// stage's bytes (once the API shows it), with the build's id. Tests hold a
+/// build part way through a stage with it; the station runs none.
+pub type BytesHook = std::sync::Arc<dyn Fn(i64, StageBytes) + Send + Sync>;
 
 /// The station's builds for the web side (`flashrack_web::Builds`): each
 /// runs on a blocking thread and is kept in the records (SQLite table
@@ -538,6 +718,12 @@ pub struct BuildService {
     running: std::sync::Arc<std::sync::Mutex<Vec<Running>>>,
     /// See [`StageHook`].
     on_stage: Option<StageHook>,
+    /// See [`BytesHook`].
+    on_bytes: Option<BytesHook>,
+    /// How far each build under way is in its copying or hashing stage, by
+    /// id: progress lives in memory, never in the records. A `std` mutex,
+    /// held to set or read one entry.
+    bytes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i64, StageBytes>>>,
 }
 
 /// A build under way.
@@ -597,12 +783,20 @@ impl BuildService {
             store,
             running: Default::default(),
             on_stage: None,
+            on_bytes: None,
+            bytes: Default::default(),
         })
     }
 
     /// Calls `hook` as each build enters each stage (see [`StageHook`]).
     pub fn with_stage_hook(mut self, hook: Option<StageHook>) -> Self {
         self.on_stage = hook;
+        self
+    }
+
+    /// Calls `hook` with each report of a build's bytes (see [`BytesHook`]).
+    pub fn with_bytes_hook(mut self, hook: Option<BytesHook>) -> Self {
+        self.on_bytes = hook;
         self
     }
 
@@ -672,9 +866,12 @@ impl BuildService {
         let store = self.store.clone();
         let running = self.running.clone();
         let hook = self.on_stage.clone();
+        let bytes_hook = self.on_bytes.clone();
+        let progress = self.bytes.clone();
         let runtime = self.runtime.clone();
         self.runtime.spawn_blocking(move || {
             let stage = |stage: BuildStage| {
+                progress.lock().expect("no panic while held").remove(&id);
                 if let Err(error) = runtime.block_on(store.build_stage(id, stage)) {
                     tracing::warn!(%error, build = id, "cannot record the build's stage");
                 }
@@ -682,7 +879,18 @@ impl BuildService {
                     hook(id, stage);
                 }
             };
-            let outcome = build_bootable_with(&cache, &data_dir, &iso, &request, &stage, &cancel);
+            let bytes = |bytes: StageBytes| {
+                progress
+                    .lock()
+                    .expect("no panic while held")
+                    .insert(id, bytes);
+                if let Some(hook) = &bytes_hook {
+                    hook(id, bytes);
+                }
+            };
+            let outcome =
+                build_bootable_with(&cache, &data_dir, &iso, &request, &stage, &bytes, &cancel);
+            progress.lock().expect("no panic while held").remove(&id);
             let end = match outcome {
                 Ok(built) => flashrack_store::BuildEnd::Built {
                     image: built.image.sha256(),
@@ -759,9 +967,11 @@ impl BuildService {
     }
 
     /// A build as the API shows it: `{"id", "source", "source_name", "name",
-    /// "state", "stage", "stage_number", "stage_count", "stages", "method",
-    /// "started_at", "finished_at", "image", "size", "reused", "split",
-    /// "provenance", "error"}`.
+    /// "state", "stage", "stage_number", "stage_count", "stages",
+    /// "stage_bytes", "method", "started_at", "finished_at", "image",
+    /// "size", "reused", "split", "provenance", "error"}`; `stage_bytes` is
+    /// `{"done", "total"}` while a build under way copies its files or
+    /// hashes its layout, else null.
     async fn view(&self, record: flashrack_store::BuildRecord) -> serde_json::Value {
         use serde_json::json;
         let (image, size, reused, split) = match &record.built {
@@ -797,6 +1007,17 @@ impl BuildService {
             }
             _ => record.finished_at.map(flashrack_report::format_time),
         };
+        let stage_bytes = (record.state == BuildState::Building)
+            .then(|| {
+                self.bytes
+                    .lock()
+                    .expect("no panic while held")
+                    .get(&record.id)
+                    .copied()
+            })
+            .flatten()
+            .filter(|b| Some(b.stage) == record.stage)
+            .map(|b| json!({"done": b.done, "total": b.total}));
         let reached = record.stage.map_or(0, BuildStage::number);
         let stages: Vec<serde_json::Value> = BuildStage::ALL
             .iter()
@@ -826,6 +1047,7 @@ impl BuildService {
             "stage_number": record.stage.map(BuildStage::number),
             "stage_count": BuildStage::ALL.len(),
             "stages": stages,
+            "stage_bytes": stage_bytes,
             "method": METHOD,
             "started_at": flashrack_report::format_time(record.started_at),
             "finished_at": finished_at,

@@ -38,13 +38,15 @@ pub fn import(
     import_with(cache, file, expected, max_size, false)
 }
 
-/// [`import`] that stops, keeping nothing, once `cancel` is raised (a
-/// bootable build cancelled while its layout is hashed into the cache).
-pub fn import_cancellable(
+/// [`import`] of a file flashrack made (a built layout), stopped when
+/// `cancel` is set (nothing is kept), telling `observer` each chunk its
+/// pass stores (a build's hashing stage counts them for its progress).
+pub fn import_observed(
     cache: &ImageCache,
     file: &Path,
     max_size: ByteSize,
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    observer: std::sync::Arc<dyn flashrack_image::ImportObserver>,
 ) -> Result<ImportOutcome, AppError> {
     cache
         .import(
@@ -52,6 +54,7 @@ pub fn import_cancellable(
             ImportOptions {
                 max_image_size: max_size.bytes(),
                 cancel: Some(cancel),
+                observer: Some(observer),
                 ..ImportOptions::default()
             },
         )

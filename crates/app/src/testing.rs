@@ -61,20 +61,32 @@ pub async fn spawn_app() -> TestApp {
 /// [`spawn_app`], with the configuration changed by `configure` first (a
 /// `[fleet]` section, for instance).
 pub async fn spawn_app_with(configure: impl FnOnce(&mut StationConfig)) -> TestApp {
-    spawn(configure, None).await
+    spawn(configure, (None, None)).await
 }
 
 /// [`spawn_app`] whose bootable builds call `hook` as they enter each stage
 /// (on the build's thread, once the stage is recorded): a test holds a build
 /// in a stage by blocking there.
 pub async fn spawn_app_with_build_hook(hook: crate::bootable::StageHook) -> TestApp {
-    spawn(|_| {}, Some(hook)).await
+    spawn(|_| {}, (Some(hook), None)).await
 }
 
-async fn spawn(
-    configure: impl FnOnce(&mut StationConfig),
-    hook: Option<crate::bootable::StageHook>,
-) -> TestApp {
+/// [`spawn_app`] whose bootable builds call `bytes` with each report of
+/// their copying and hashing stages' bytes (on the build's thread, once the
+/// API shows it): a test holds a build part way through a stage by
+/// blocking there.
+pub async fn spawn_app_with_build_bytes_hook(bytes: crate::bootable::BytesHook) -> TestApp {
+    spawn(|_| {}, (None, Some(bytes))).await
+}
+
+/// A station's build hooks: as a build enters a stage, and as its bytes are
+/// reported.
+type BuildHooks = (
+    Option<crate::bootable::StageHook>,
+    Option<crate::bootable::BytesHook>,
+);
+
+async fn spawn(configure: impl FnOnce(&mut StationConfig), hooks: BuildHooks) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data_dir = dir.path().join("data");
     let image_file = dir.path().join("test.img");
@@ -121,7 +133,7 @@ async fn spawn(
     };
     let mut config = config;
     configure(&mut config);
-    start(dir, data_dir, image, config, hook, 1).await
+    start(dir, data_dir, image, config, hooks, 1).await
 }
 
 /// Builds and runs the station over a new simulated rack.
@@ -130,7 +142,7 @@ async fn start(
     data_dir: PathBuf,
     image: CachedImage,
     config: StationConfig,
-    hook: Option<crate::bootable::StageHook>,
+    hooks: BuildHooks,
     starts: u32,
 ) -> TestApp {
     let listen = config.web.listen;
@@ -150,8 +162,11 @@ async fn start(
         &data_dir,
         listen,
     );
-    if let Some(hook) = hook {
+    if let Some(hook) = hooks.0 {
         parts = parts.with_build_stage_hook(hook);
+    }
+    if let Some(hook) = hooks.1 {
+        parts = parts.with_build_bytes_hook(hook);
     }
     let app = Application::build(config.clone(), parts)
         .await
@@ -344,7 +359,7 @@ impl TestApp {
             self.data_dir.clone(),
             self.image.clone(),
             config,
-            None,
+            (None, None),
             self.starts + 1,
         )
         .await

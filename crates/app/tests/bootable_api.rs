@@ -453,3 +453,101 @@ async fn a_build_under_way_when_the_station_stops_is_interrupted_and_listed_so_a
     assert_eq!(cache_files(&app).0, before.0);
     app.stop().await.unwrap();
 }
+
+/// The sizes of every file of `iso`'s tree, as xorriso extracts it.
+fn tree_bytes(iso: &std::path::Path) -> u64 {
+    let out = tempfile::tempdir().unwrap();
+    let tree = out.path().join("tree");
+    flashrack_testkit::run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            iso.to_str().unwrap(),
+            "-extract",
+            "/",
+            tree.to_str().unwrap(),
+        ],
+    );
+    let mut total = 0;
+    let mut pending = vec![tree];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_shows_its_bytes_within_the_copying_and_hashing_stages() {
+    use flashrack_app::bootable::{BuildStage, BytesHook, StageBytes};
+    // Holds each stage's first report part way through (some bytes done,
+    // not all) until the test lets it go.
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<(i64, StageBytes)>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let held_tx = std::sync::Mutex::new(held_tx);
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let seen = std::sync::Mutex::new(Vec::new());
+    let hook: BytesHook = std::sync::Arc::new(move |id, bytes: StageBytes| {
+        let part_way = bytes.done > 0 && bytes.done < bytes.total;
+        if part_way && !seen.lock().unwrap().contains(&bytes.stage) {
+            seen.lock().unwrap().push(bytes.stage);
+            held_tx.lock().unwrap().send((id, bytes)).unwrap();
+            let _ = release_rx.lock().unwrap().recv();
+        }
+    });
+    let app = flashrack_app::testing::spawn_app_with_build_bytes_hook(hook).await;
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    fs::create_dir_all(&content).unwrap();
+    fs::write(content.join("setup.txt"), vec![7u8; 300_000]).unwrap();
+    let iso = dir.path().join("quarterly.bin");
+    flashrack_testkit::iso::uefi_installer_iso(&iso, b"MZ stand-in UEFI loader", &content);
+    let files = tree_bytes(&iso);
+    let sha = import(&app, &iso);
+
+    let started = app
+        .post(&format!("/api/v1/images/{sha}/bootable"), Some(json!({})))
+        .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.json()["id"].as_u64().unwrap();
+    let held_rx = std::sync::Arc::new(std::sync::Mutex::new(held_rx));
+    let next_held = || {
+        let held_rx = held_rx.clone();
+        tokio::task::spawn_blocking(move || held_rx.lock().unwrap().recv_timeout(WAIT).unwrap())
+    };
+    let mut hashing_total = 0;
+    for stage in [BuildStage::CopyingFiles, BuildStage::Hashing] {
+        let (held_id, bytes) = next_held().await.unwrap();
+        assert_eq!((held_id, bytes.stage), (id as i64, stage));
+        // The API shows the stage and exactly the bytes reported.
+        let list = app.get("/api/v1/images/builds").await.json();
+        let view = &list[0];
+        assert_eq!(view["stage"], stage.as_str(), "{view}");
+        assert_eq!(
+            view["stage_bytes"],
+            json!({"done": bytes.done, "total": bytes.total}),
+            "{view}"
+        );
+        match stage {
+            // Every byte of the ISO's files, as another tool extracts them.
+            BuildStage::CopyingFiles => assert_eq!(bytes.total, files),
+            _ => hashing_total = bytes.total,
+        }
+        release.send(()).unwrap();
+    }
+    let built = build_ended(&app, id).await;
+    assert_eq!(built["state"], "built", "{built}");
+    // The hashing stage counted the layout the cache now holds.
+    assert_eq!(built["size"], hashing_total, "{built}");
+    assert!(built["stage_bytes"].is_null(), "{built}");
+    app.stop().await.unwrap();
+}

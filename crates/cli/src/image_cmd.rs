@@ -41,7 +41,15 @@ async fn build_cancellable(
                     BuildStage::ALL.len()
                 );
             };
-            build_bootable_with(&cache, &data_dir, &source, &request, &stage, &cancel)
+            build_bootable_with(
+                &cache,
+                &data_dir,
+                &source,
+                &request,
+                &stage,
+                &|_| {},
+                &cancel,
+            )
         }
     });
     tokio::pin!(build);
