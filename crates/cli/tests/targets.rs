@@ -382,3 +382,163 @@ fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
     out.sort();
     out
 }
+
+/// The `devices --json` row of `device`, listed with loop devices allowed.
+fn devices_row(data: &Path, device: &Path) -> serde_json::Value {
+    let out = flashrack(data, &["devices", "--json", "--allow-bus", "loop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.into_iter()
+        .find(|row| row["device"] == text(device))
+        .unwrap_or_else(|| panic!("{} not listed", device.display()))
+}
+
+fn kernel_name(device: &Path) -> String {
+    device.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_loop_device_over_the_loop_device_of_a_cached_image_is_refused_naming_it() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A raw image, settled, imported: the cache reads it in place.
+    let referenced = dir.path().join("golden.img");
+    let golden = flashrack_testkit::image_bytes(4 << 20, 13, 1 << 16);
+    std::fs::write(&referenced, &golden).unwrap();
+    settle(&referenced);
+    let out = flashrack(&data, &["image", "import", text(&referenced)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let digest = flashrack_core::Sha256Digest::of(&golden).to_hex();
+    // Detached in reverse: `upper` first.
+    let lower = LoopOver::new(&referenced);
+    let upper = LoopOver::new(&lower.0);
+    let sentence = format!(
+        "{} is a loop device over block device {}: {} is a loop device over {}, the image {} \
+         (golden.img) that the cache reads in place: writing it would corrupt that file",
+        kernel_name(&upper.0),
+        kernel_name(&lower.0),
+        kernel_name(&lower.0),
+        std::fs::canonicalize(&referenced).unwrap().display(),
+        &digest[..12]
+    );
+    // `flash` refuses it at opening, with that sentence, and records it.
+    let other = write_image(dir.path());
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            text(&other),
+            text(&upper.0),
+            "--allow-bus",
+            "loop",
+            "--json",
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["targets"][0]["reason"], "refused", "{summary:#}");
+    let detail = summary["targets"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&sentence), "{summary:#}");
+    let report = flashrack(&data, &["report", "run", "1", "--format", "json"]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(
+        report["attempts"][0]["reason_code"], "protected_file",
+        "{report:#}"
+    );
+    // `devices` says the same of it; and of the lower one, that the upper
+    // one holds it besides being over the kept file.
+    let row = devices_row(&data, &upper.0);
+    let refusals = row["refusals"].as_array().unwrap();
+    assert_eq!(refusals.len(), 1, "{row:#}");
+    assert_eq!(refusals[0]["code"], "protected_file", "{row:#}");
+    assert_eq!(refusals[0]["message"], sentence.as_str(), "{row:#}");
+    let row = devices_row(&data, &lower.0);
+    let codes: Vec<&str> = row["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["held", "protected_file"], "{row:#}");
+    assert_eq!(
+        row["refusals"][0]["message"],
+        format!(
+            "the device is held by {} on {}",
+            kernel_name(&upper.0),
+            kernel_name(&lower.0)
+        )
+        .as_str()
+    );
+    assert_eq!(std::fs::read(&referenced).unwrap(), golden, "untouched");
+}
+
+/// A file system of the test's mounted on a temporary directory, unmounted
+/// on drop (lazily, should something still hold it).
+struct Mounted(tempfile::TempDir);
+
+impl Mounted {
+    fn new(device: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        run("mount", &[text(device), text(dir.path())]);
+        Mounted(dir)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_loop_device_over_a_mounted_loop_device_is_listed_and_refused_as_mounted() {
+    if !require_root(&["losetup", "mkfs.ext4", "mount"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path());
+    let backing = dir.path().join("lower.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(32 << 20))
+        .unwrap();
+    // Dropped in reverse: the upper device detached, the file system
+    // unmounted, the lower device detached.
+    let lower = LoopOver::new(&backing);
+    run("mkfs.ext4", &["-q", "-F", text(&lower.0)]);
+    let mounted = Mounted::new(&lower.0);
+    let upper = LoopOver::new(&lower.0);
+    let before = std::fs::read(&backing).unwrap();
+    let sentence = format!(
+        "{} is a loop device over block device {}: {} is mounted at {}",
+        kernel_name(&upper.0),
+        kernel_name(&lower.0),
+        kernel_name(&lower.0),
+        mounted.0.path().display()
+    );
+    let row = devices_row(&data, &upper.0);
+    assert_eq!(row["refusals"][0]["code"], "mounted", "{row:#}");
+    assert_eq!(row["refusals"][0]["message"], sentence.as_str(), "{row:#}");
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            text(&image),
+            text(&upper.0),
+            "--allow-bus",
+            "loop",
+            "--json",
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let detail = summary["targets"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&sentence), "{summary:#}");
+    assert_eq!(std::fs::read(&backing).unwrap(), before, "nothing written");
+}

@@ -13,9 +13,11 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use identity::block_devno;
 pub use identity::DiskIdentity;
-use sysfs::{bus_of, file_name, list_names, partitions_of, read_number, SysfsTree};
+use identity::{block_devno, LoopStatus};
+use sysfs::{
+    bus_of, file_name, list_names, partitions_of, read_number, SysfsTree, MAX_STACK_DEPTH,
+};
 
 use crate::procfs::{parse_mountinfo, parse_swaps};
 use crate::{GuardError, Refusal};
@@ -67,7 +69,11 @@ pub struct DiskFacts {
     /// Swap areas on the device, its partitions or a stack on top of them, as listed
     /// in `/proc/swaps`.
     pub swap: Vec<String>,
-    /// Devices stacked on it or on its partitions, as `"dm-0 on sdb1"`.
+    /// Devices stacked on it or on its partitions, as `"dm-0 on sdb1"`: the
+    /// kernel's holders (device-mapper, md) and loop devices whose backing is
+    /// the device or a partition of it (`"loop5 on loop4"`; the kernel lists
+    /// no holder for those, and an exclusive open of the device does not see
+    /// them either).
     pub holders: Vec<String>,
     /// Why this is a system disk, when it is one: the disk (or the disk of this
     /// partition) lies under a mounted filesystem, e.g. `"holds / (mounted from vda)"`.
@@ -92,6 +98,13 @@ pub struct LoopBacking {
     pub loop_device: String,
     /// The file behind it.
     pub file: BackingFile,
+    /// When that "file" is itself a block device (`losetup /dev/loop5
+    /// /dev/sdb`, over a partition, over another loop device): the facts of
+    /// that device, gathered the same way (so followed down again when it is
+    /// a loop device over a block device too), with this loop device not
+    /// counted among its holders. Writing the loop device writes it, so the
+    /// rules judge it as well. `None` for a regular file.
+    pub below: Option<Box<DiskFacts>>,
 }
 
 /// The file behind a loop device: what writing the device writes.
@@ -186,8 +199,9 @@ enum LoopStatusSource {
     /// the device sysfs describes.
     Live,
     /// What the test says, by kernel name; a loop device not named has no
-    /// status (its file is then looked up by path).
-    Fake(BTreeMap<String, (u64, u64)>),
+    /// status (its file is then looked up by path, and it is taken to be
+    /// over no block device: a fake view never looks at the host's `/dev`).
+    Fake(BTreeMap<String, LoopStatus>),
 }
 
 impl SystemView {
@@ -238,14 +252,58 @@ impl SystemView {
     /// path says now). No effect on the live view.
     pub fn with_loop_file(mut self, loop_name: &str, dev: u64, ino: u64) -> Self {
         if let LoopStatusSource::Fake(files) = &mut self.loop_status {
-            files.insert(loop_name.to_owned(), (dev, ino));
+            files.insert(
+                loop_name.to_owned(),
+                LoopStatus {
+                    file: (dev, ino),
+                    block_device: None,
+                },
+            );
         }
         self
     }
 
-    /// The device and inode of the file behind loop device `name` (sysfs
-    /// directory `dir`), from its status; `None` when it cannot be read.
-    fn loop_file(&self, name: &str, dir: &Path) -> Option<(u64, u64)> {
+    /// A fake view in which loop device `loop_name`'s status says it is
+    /// attached to block device `major:minor` (whose node's device and inode
+    /// it gives as `(0, 0)`). No effect on the live view.
+    pub fn with_loop_over_device(mut self, loop_name: &str, major: u32, minor: u32) -> Self {
+        if let LoopStatusSource::Fake(files) = &mut self.loop_status {
+            files.insert(
+                loop_name.to_owned(),
+                LoopStatus {
+                    file: (0, 0),
+                    block_device: Some((major, minor)),
+                },
+            );
+        }
+        self
+    }
+
+    /// The block device behind a loop device whose status is `status` (when
+    /// it could be read) and whose backing path sysfs gives as `path`, when
+    /// its backing is one: from the status, or else (live view only) from
+    /// what the path is now.
+    fn device_below(&self, status: Option<LoopStatus>, path: &Path) -> Option<(u32, u32)> {
+        match status {
+            Some(status) => status.block_device,
+            None if self.host_paths => {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let meta = fs::metadata(path).ok()?;
+                meta.file_type().is_block_device().then(|| {
+                    (
+                        rustix::fs::major(meta.rdev()),
+                        rustix::fs::minor(meta.rdev()),
+                    )
+                })
+            }
+            None => None,
+        }
+    }
+
+    /// The status of loop device `name` (sysfs directory `dir`): the device
+    /// and inode of the file behind it and the block device it is, if any;
+    /// `None` when it cannot be read.
+    fn loop_file(&self, name: &str, dir: &Path) -> Option<LoopStatus> {
         match &self.loop_status {
             LoopStatusSource::Fake(files) => files.get(name).copied(),
             LoopStatusSource::Live => {
@@ -261,9 +319,23 @@ impl SystemView {
                 if block_devno(file.metadata(), &node).ok()? != (major, minor) {
                     return None;
                 }
-                identity::loop_backing_file(&file).ok()
+                identity::loop_status(&file).ok()
             }
         }
+    }
+}
+
+/// The backing file of the loop device whose sysfs directory is `loop_dir`,
+/// as sysfs names it; `None` for a device that is no loop device or has
+/// nothing attached.
+fn read_backing_path(loop_dir: &Path) -> Result<Option<BackingFile>, GuardError> {
+    match fs::read_to_string(loop_dir.join("loop/backing_file")) {
+        Ok(text) => Ok(BackingFile::from_sysfs_text(&text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(GuardError::Io {
+            path: loop_dir.join("loop/backing_file"),
+            source,
+        }),
     }
 }
 
@@ -303,12 +375,29 @@ impl DiskFacts {
             .into());
         }
         // The file behind an opened loop device is read from the very
-        // descriptor that will be written through.
+        // descriptor that will be written through, and so is the block
+        // device under it, if it is over one: when that is not the one the
+        // facts were gathered for, they are gathered again for it.
         let mut facts = facts;
+        let view = SystemView::live()?;
+        let name = facts.kernel_name.clone();
         for backing in &mut facts.loop_backings {
-            if backing.loop_device == facts.kernel_name {
-                if let Ok((dev, ino)) = identity::loop_backing_file(file) {
-                    backing.file = backing.file.clone().with_loop_status(dev, ino);
+            if backing.loop_device != name {
+                continue;
+            }
+            if let Ok(status) = identity::loop_status(file) {
+                backing.file = backing
+                    .file
+                    .clone()
+                    .with_loop_status(status.file.0, status.file.1);
+                let gathered = backing.below.as_ref().map(|b| (b.major, b.minor));
+                if status.block_device != gathered {
+                    backing.below = match status.block_device {
+                        Some((major, minor)) => Some(Box::new(DiskFacts::below_loop(
+                            &name, major, minor, &view, 1,
+                        )?)),
+                        None => None,
+                    };
                 }
             }
         }
@@ -337,6 +426,45 @@ impl DiskFacts {
         major: u32,
         minor: u32,
         view: &SystemView,
+    ) -> Result<DiskFacts, GuardError> {
+        DiskFacts::gather(dev_path, major, minor, view, 0, None)
+    }
+
+    /// The facts of block device `major:minor`, the backing of loop device
+    /// `loop_name` at stacking depth `depth`: that loop device is not one of
+    /// its holders (it is what is being judged).
+    fn below_loop(
+        loop_name: &str,
+        major: u32,
+        minor: u32,
+        view: &SystemView,
+        depth: usize,
+    ) -> Result<DiskFacts, GuardError> {
+        if depth > MAX_STACK_DEPTH {
+            return Err(GuardError::Malformed {
+                what: format!("the loop devices under {loop_name}"),
+                detail: format!("stacked deeper than {MAX_STACK_DEPTH} levels"),
+            });
+        }
+        let sys = SysfsTree::new(view)?;
+        let name = match sys.dir_of_devno(major, minor)? {
+            Some(dir) => file_name(&dir),
+            None => format!("{major}:{minor}"),
+        };
+        let dev_path = Path::new("/dev").join(name);
+        DiskFacts::gather(&dev_path, major, minor, view, depth, Some(loop_name))
+    }
+
+    /// [`from_view`](Self::from_view) at stacking depth `depth` (how many
+    /// loop devices over block devices lie above it), not counting loop
+    /// device `not_holder` among the holders.
+    fn gather(
+        dev_path: &Path,
+        major: u32,
+        minor: u32,
+        view: &SystemView,
+        depth: usize,
+        not_holder: Option<&str>,
     ) -> Result<DiskFacts, GuardError> {
         let sys = SysfsTree::new(view)?;
         let dir = match sys.dir_of_devno(major, minor)? {
@@ -383,6 +511,29 @@ impl DiskFacts {
         for (name, d) in &scope {
             for holder in list_names(&d.join("holders"))? {
                 holders.push(format!("{holder} on {name}"));
+            }
+        }
+        // Loop devices over the device or a partition of it: the kernel
+        // links no holder for them, and writing the device under a loop
+        // device whose file system is mounted corrupts it as surely.
+        let mut scope_devnos = Vec::new();
+        for (name, d) in &scope {
+            if let Some(devno) = devno_of_dir(d) {
+                scope_devnos.push((devno, name.clone()));
+            }
+        }
+        for (loop_name, loop_dir) in sys.attached_loop_devices()? {
+            if Some(loop_name.as_str()) == not_holder {
+                continue;
+            }
+            let path = read_backing_path(&loop_dir)?;
+            let Some(path) = path else { continue };
+            let status = view.loop_file(&loop_name, &loop_dir);
+            let Some(below) = view.device_below(status, &path.path) else {
+                continue;
+            };
+            if let Some((_, on)) = scope_devnos.iter().find(|(devno, _)| *devno == below) {
+                holders.push(format!("{loop_name} on {on}"));
             }
         }
 
@@ -437,25 +588,28 @@ impl DiskFacts {
             let Some(loop_dir) = sys.dir_of_name(&name)? else {
                 continue;
             };
-            let text = match fs::read_to_string(loop_dir.join("loop/backing_file")) {
-                Ok(text) => text,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(GuardError::Io {
-                        path: loop_dir.join("loop/backing_file"),
-                        source,
-                    })
-                }
-            };
-            let Some(mut file) = BackingFile::from_sysfs_text(&text) else {
+            let Some(mut file) = read_backing_path(&loop_dir)? else {
                 continue;
             };
-            if let Some((dev, ino)) = view.loop_file(&name, &loop_dir) {
-                file = file.with_loop_status(dev, ino);
+            let status = view.loop_file(&name, &loop_dir);
+            if let Some(status) = status {
+                file = file.with_loop_status(status.file.0, status.file.1);
             }
+            // Over a block device: what that device is, followed down.
+            let below = match view.device_below(status, &file.path) {
+                Some((major, minor)) => Some(Box::new(DiskFacts::below_loop(
+                    &name,
+                    major,
+                    minor,
+                    view,
+                    depth + 1,
+                )?)),
+                None => None,
+            };
             loop_backings.push(LoopBacking {
                 loop_device: name,
                 file,
+                below,
             });
         }
 

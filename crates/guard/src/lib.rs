@@ -40,6 +40,15 @@
 //!    without a card is not a small stick);
 //! 6. a run is armed, or the operator asked for this device ([`Refusal::NotArmed`]).
 //!
+//! A **loop device over a block device** (a disk, a partition, another loop
+//! device) writes that device, so its facts carry that device's facts
+//! ([`LoopBacking::below`], found by the loop device's status, followed down
+//! every level) and every rule but the run's (1 to 5, no image size) is
+//! applied to it as well: a refusal of the device below refuses the loop
+//! device as [`Refusal::Below`], naming it, with its code. The other way
+//! round, a loop device over a device is one of that device's
+//! [`holders`](DiskFacts::holders), which the kernel does not list.
+//!
 //! Every rule is always checked. [`refusals`] returns every failing one in the order
 //! above; [`evaluate`] returns the first of them, which is what an attempt records as
 //! its reason. A disk that is mounted directly fails rules 3 *and* 4, so it is

@@ -195,6 +195,28 @@ pub enum Refusal {
         /// What the file is to flashrack.
         what: String,
     },
+    /// A loop device over a block device (`losetup /dev/loop5 /dev/sdb`, over
+    /// a partition, over another loop device), or a device stacked over such
+    /// a loop device, where the guard refuses the device below: writing the
+    /// loop device writes it. `reason` is the guard's refusal of the device
+    /// below as if it were written itself (every rule but the run's: rules
+    /// 1 to 5 with no image size), which may itself be one of these when the
+    /// device below is again a loop device over a block device. Its code is
+    /// `reason`'s.
+    #[error("{}: {reason}", match via {
+        None => format!("{device} is a loop device over block device {below}"),
+        Some(loop_device) => format!("{device} lies over loop device {loop_device}, which is over block device {below}"),
+    })]
+    Below {
+        /// Kernel name of the device judged.
+        device: String,
+        /// The loop device under it, when it is not the device itself.
+        via: Option<String>,
+        /// Kernel name of the block device behind the loop device.
+        below: String,
+        /// Why the guard refuses that device.
+        reason: Box<Refusal>,
+    },
     /// Rule 5: bigger than the configured maximum.
     #[error("the device is too large: {} is more than the maximum of {}", bytes(*size), bytes(*max))]
     TooLarge {
@@ -257,6 +279,7 @@ impl Refusal {
             Refusal::Held { .. } => RefusalCode::Held,
             Refusal::SystemDisk { .. } => RefusalCode::SystemDisk,
             Refusal::ProtectedFile { .. } => RefusalCode::ProtectedFile,
+            Refusal::Below { reason, .. } => reason.kind(),
             Refusal::TooLarge { .. } => RefusalCode::TooLarge,
             Refusal::TooSmall { .. } => RefusalCode::TooSmall,
             Refusal::NoMedium => RefusalCode::NoMedium,
@@ -372,6 +395,32 @@ pub fn refusals(facts: &DiskFacts, policy: &GuardPolicy, request: &GuardRequest)
                     .then(|| backing.loop_device.clone()),
                 file: backing.file.path.clone(),
                 what,
+            });
+        }
+    }
+
+    // Every rule also for what a loop device writes when its "file" is a
+    // block device: a loop device over a mounted disk, a partition of the
+    // system disk, a USB disk on an unmapped port or a loop device over a
+    // kept file would otherwise be written through it. The run's own rules
+    // (an image's size, rule 6) are the loop device's, judged above and
+    // below.
+    for backing in &facts.loop_backings {
+        let Some(below) = &backing.below else {
+            continue;
+        };
+        let as_written = GuardRequest {
+            image_size: 0,
+            armed_run: false,
+            explicit_operator_request: true,
+        };
+        for reason in refusals(below, policy, &as_written) {
+            out.push(Refusal::Below {
+                device: facts.kernel_name.clone(),
+                via: (backing.loop_device != facts.kernel_name)
+                    .then(|| backing.loop_device.clone()),
+                below: below.kernel_name.clone(),
+                reason: Box::new(reason),
             });
         }
     }
@@ -492,6 +541,7 @@ mod tests {
                 deleted: false,
                 from_loop_status: true,
             },
+            below: None,
         }
     }
 
@@ -951,6 +1001,12 @@ mod tests {
             },
             Refusal::SystemDisk {
                 why: "holds /".into(),
+            },
+            Refusal::Below {
+                device: "loop5".into(),
+                via: Some("loop4".into()),
+                below: "sdb".into(),
+                reason: Box::new(Refusal::NoMedium),
             },
             Refusal::TooLarge { size: 2, max: 1 },
             Refusal::TooSmall { size: 1, needed: 2 },

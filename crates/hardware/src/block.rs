@@ -16,6 +16,14 @@
 //! loop device the medium is its backing file, so its page cache is dropped
 //! before reading back.
 //!
+//! A loop device over a block device writes that device, which its own
+//! exclusive open does not claim: a mount of the device below, or another
+//! process's exclusive open of it, would not stop the write. So once the
+//! guard has accepted the opened loop device, every block device below it
+//! (the guard's `LoopBacking::below`, every level) is opened exclusively too
+//! and held as long as the writer lives; one that is busy refuses the write
+//! as [`Refusal::Busy`] of the device below, named, and nothing is written.
+//!
 //! A regular file target is created if missing and grown to the image size. It is
 //! written with `O_DIRECT` where the file system supports it; otherwise (tmpfs)
 //! with buffered I/O, and its page cache is dropped after the flush so the
@@ -181,6 +189,13 @@ impl PathTarget {
             ));
         }
         guard(&facts).map_err(|why| TargetError::Refused(why.into()))?;
+        // What a loop device over a block device really writes is held for
+        // the write: nothing mounts or claims it meanwhile.
+        let mut claims = Vec::new();
+        claim_below(&facts, &mut claims).map_err(|failure| match failure {
+            ClaimFailure::Refused(why) => TargetError::Refused(why.into()),
+            ClaimFailure::Station(why) => TargetError::Station(why),
+        })?;
         // The kernel opens a read-only device for writing and refuses only the
         // writes (`EPERM`): ask the opened device itself, so that not a byte
         // (not even the capacity probe's) is tried.
@@ -195,6 +210,7 @@ impl PathTarget {
             direct: true,
             file_len: None,
             device: Some(rdev),
+            _claims: claims,
         }))
     }
 
@@ -355,6 +371,81 @@ fn sysfs_geometry(dir: &Path, path: &Path) -> Result<TargetGeometry, TargetError
     })
 }
 
+/// Why the devices below a loop device could not be claimed.
+enum ClaimFailure {
+    /// The guard's refusal, naming the device below.
+    Refused(Refusal),
+    /// The station is out of descriptors or memory: its error, not the stick's.
+    Station(String),
+}
+
+/// Claims every block device below the loop devices under `facts`
+/// (`LoopBacking::below`, every level) exclusively, into `claims`; a device
+/// that is busy (mounted, or held exclusively by a process the guard cannot
+/// see, as in another mount namespace) or whose node is not that device is
+/// refused as the guard words a refusal of a device below.
+fn claim_below(facts: &DiskFacts, claims: &mut Vec<File>) -> Result<(), ClaimFailure> {
+    for backing in &facts.loop_backings {
+        let Some(below) = backing.below.as_deref() else {
+            continue;
+        };
+        let wrap = |failure: ClaimFailure| match failure {
+            ClaimFailure::Refused(reason) => ClaimFailure::Refused(Refusal::Below {
+                device: facts.kernel_name.clone(),
+                via: (backing.loop_device != facts.kernel_name)
+                    .then(|| backing.loop_device.clone()),
+                below: below.kernel_name.clone(),
+                reason: Box::new(reason),
+            }),
+            station => station,
+        };
+        claims.push(claim(below).map_err(wrap)?);
+        claim_below(below, claims).map_err(wrap)?;
+    }
+    Ok(())
+}
+
+/// Opens the device `facts` describe exclusively and read-only through its
+/// node in `/dev`, checked to be that device.
+fn claim(facts: &DiskFacts) -> Result<File, ClaimFailure> {
+    let node = Path::new("/dev").join(&facts.kernel_name);
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::EXCL | OFlags::NONBLOCK).bits() as i32)
+        .open(&node)
+        .map_err(|error| {
+            if flashrack_target::is_station_resource_error(&error) {
+                ClaimFailure::Station(format!("{}: {error}", node.display()))
+            } else if error.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                ClaimFailure::Refused(Refusal::Busy {
+                    detail: format!(
+                        "{} is mounted or opened exclusively by another process",
+                        facts.kernel_name
+                    ),
+                })
+            } else {
+                ClaimFailure::Refused(Refusal::CannotInspect {
+                    detail: format!("cannot claim {}: {error}", node.display()),
+                })
+            }
+        })?;
+    let same = file.metadata().is_ok_and(|meta| {
+        meta.file_type().is_block_device()
+            && meta.rdev() == rustix::fs::makedev(facts.major, facts.minor)
+    });
+    if !same {
+        return Err(ClaimFailure::Refused(Refusal::CannotInspect {
+            detail: format!(
+                "{} is not device {}:{}",
+                node.display(),
+                facts.major,
+                facts.minor
+            ),
+        }));
+    }
+    Ok(file)
+}
+
 /// The guard could not gather its facts: refused (it fails closed), unless the
 /// reason is the station's own shortage of descriptors or memory, which is
 /// the station's error and not a refusal of the stick (still nothing written).
@@ -488,6 +579,7 @@ impl Target for PathTarget {
                     direct,
                     file_len: Some(len.max(*min_size)),
                     device: None,
+                    _claims: Vec::new(),
                 }))
             }
         }
@@ -596,6 +688,10 @@ struct PathWriter {
     /// For block devices: the device number, whose `ro` flag tells a write
     /// refused for being read-only from other permission errors.
     device: Option<u64>,
+    /// For a loop device over a block device: that device (and any below
+    /// it), opened exclusively and only held, never read or written: while
+    /// this writer lives nothing can mount or claim what it really writes.
+    _claims: Vec<File>,
 }
 
 impl PathWriter {

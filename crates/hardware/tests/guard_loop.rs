@@ -34,7 +34,12 @@ struct MountedFs {
 
 impl MountedFs {
     fn new(device: &LoopDevice) -> Self {
-        let dev = device.path().to_str().unwrap();
+        MountedFs::on(device.path())
+    }
+
+    /// A file system made on block device `device` and mounted.
+    fn on(device: &Path) -> Self {
+        let dev = device.to_str().unwrap();
         run("mkfs.ext4", &["-q", "-F", dev]);
         let dir = tempfile::tempdir().unwrap();
         run("mount", &[dev, dir.path().to_str().unwrap()]);
@@ -667,4 +672,236 @@ fn a_device_mapper_device_over_a_loop_device_over_a_kept_file_is_refused() {
         refusal.message
     );
     assert_eq!(fs::read(&kept).unwrap(), bytes);
+}
+
+// ---- loop devices over block devices: judged by the device below ----
+
+/// Opening `device` for writing through the guard with `policy`, and
+/// writing a recognisable block at its start when it is let through:
+/// the refusal, if any.
+fn write_through_guard(device: &Path, policy: GuardPolicy) -> Option<flashrack_core::GuardRefusal> {
+    let guard: flashrack_guard::GuardCheck =
+        Arc::new(move |facts: &DiskFacts| evaluate(facts, &policy, &armed(0)).map(|_| ()));
+    let target = PathTarget::block_device(device, guard);
+    let mut writer = match target.open_writer() {
+        Ok(writer) => writer,
+        Err(TargetError::Refused(refusal)) => return Some(refusal),
+        Err(other) => panic!("{} failed to open: {other}", device.display()),
+    };
+    let mut buf = flashrack_target::AlignedBuf::zeroed(4096);
+    buf.fill(0xA5);
+    writer.write_all_at(0, &buf).unwrap();
+    writer.flush().unwrap();
+    None
+}
+
+#[test]
+fn a_loop_device_over_a_loop_device_with_a_mounted_file_system_is_refused_naming_it() {
+    if !require_root(&["losetup", "mkfs.ext4", "mount", "umount"]) {
+        return;
+    }
+    // Dropped in reverse: `upper` is detached first, then the file system
+    // unmounted, then `lower` detached.
+    let lower = LoopDevice::new(BACKING_SIZE);
+    let mounted = MountedFs::new(&lower);
+    let upper = Attached::over(lower.path(), &[]);
+    let before = fs::read(lower.backing()).unwrap();
+    let facts = DiskFacts::inspect(&upper.path).unwrap();
+    assert!(
+        facts.mounted.is_empty(),
+        "the upper device is not mounted itself"
+    );
+    let below = facts.loop_backings[0]
+        .below
+        .as_deref()
+        .expect("followed to the lower loop device");
+    assert_eq!(below.kernel_name, lower.kernel_name());
+    assert!(
+        facts.loop_backings[0].file.from_loop_status,
+        "the lower device is known from the upper one's status"
+    );
+    // The kernel lets the upper device be opened exclusively (the mount
+    // claims only the lower one): without the guard it would be written
+    // under the mounted file system.
+    let refusal = write_through_guard(&upper.path, loop_policy()).expect("refused");
+    assert_eq!(refusal.code, RefusalCode::Mounted, "{refusal:?}");
+    assert_eq!(
+        refusal.message,
+        format!(
+            "{} is a loop device over block device {}: {} is mounted at {}",
+            upper.kernel_name(),
+            lower.kernel_name(),
+            lower.kernel_name(),
+            mounted.dir.path().display()
+        )
+    );
+    assert_eq!(
+        fs::read(lower.backing()).unwrap(),
+        before,
+        "nothing written"
+    );
+}
+
+#[test]
+fn a_loop_device_whose_file_system_is_mounted_holds_the_device_below_it() {
+    if !require_root(&["losetup", "mkfs.ext4", "mount", "umount"]) {
+        return;
+    }
+    let lower = LoopDevice::new(BACKING_SIZE);
+    let upper = Attached::over(lower.path(), &[]);
+    let _mounted = MountedFs::on(&upper.path);
+    let before = fs::read(lower.backing()).unwrap();
+    // The lower device opens exclusively (the mount claims the upper one):
+    // the guard must see the loop device over it.
+    let refusal = write_through_guard(lower.path(), loop_policy()).expect("refused");
+    assert_eq!(refusal.code, RefusalCode::Held, "{refusal:?}");
+    assert_eq!(
+        refusal.message,
+        format!(
+            "the device is held by {} on {}",
+            upper.kernel_name(),
+            lower.kernel_name()
+        )
+    );
+    assert_eq!(
+        fs::read(lower.backing()).unwrap(),
+        before,
+        "nothing written"
+    );
+}
+
+#[test]
+fn a_loop_device_over_the_loop_device_of_a_kept_file_is_refused_as_a_protected_file() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("image.img");
+    let bytes = patterned_file(&kept);
+    let lower = Attached::over(&kept, &[]);
+    let upper = Attached::over(&lower.path, &[]);
+    let refusal = write_through_guard(&upper.path, keeping(&kept)).expect("refused");
+    assert_eq!(refusal.code, RefusalCode::ProtectedFile, "{refusal:?}");
+    assert_eq!(
+        refusal.message,
+        format!(
+            "{} is a loop device over block device {}: {} is a loop device over {}, \
+             the kept image: writing it would corrupt that file",
+            upper.kernel_name(),
+            lower.kernel_name(),
+            lower.kernel_name(),
+            kept.display()
+        )
+    );
+    assert_eq!(fs::read(&kept).unwrap(), bytes);
+}
+
+#[test]
+fn a_loop_device_over_a_plain_loop_device_is_allowed_as_that_device_is_and_writes_it() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let lower = LoopDevice::new(BACKING_SIZE);
+    let upper = Attached::over(lower.path(), &[]);
+    let facts = DiskFacts::inspect(&upper.path).unwrap();
+    let below = facts.loop_backings[0].below.as_deref().expect("followed");
+    assert_eq!(
+        (below.major, below.minor),
+        (
+            DiskFacts::inspect(lower.path()).unwrap().major,
+            DiskFacts::inspect(lower.path()).unwrap().minor
+        )
+    );
+    assert!(below.holders.is_empty(), "{below:?}");
+    // Allowed where the lower device would be: loop devices on any port.
+    assert_eq!(refusals(&facts, &loop_policy(), &armed(0)), vec![]);
+    // Not where the lower device would not be: loop devices on mapped
+    // ports only (the lower one has no port).
+    let mapped_only = GuardPolicy {
+        allow_unmapped_ports: false,
+        ..loop_policy()
+    };
+    assert!(refusals(&facts, &mapped_only, &armed(0)).iter().any(
+        |r| matches!(r, Refusal::Below { below, reason, .. }
+            if *below == lower.kernel_name() && r.kind() == RefusalCode::PortNotMapped
+                && matches!(**reason, Refusal::PortNotMapped { port: None }))
+    ));
+    // Written through the guard: the bytes land in the lower device's file.
+    assert_eq!(write_through_guard(&upper.path, loop_policy()), None);
+    let written = fs::read(lower.backing()).unwrap();
+    assert!(written[..4096].iter().all(|&b| b == 0xA5));
+    // And the lower device, with a loop device over it, is held by it.
+    let lower_facts = DiskFacts::inspect(lower.path()).unwrap();
+    assert_eq!(
+        lower_facts.holders,
+        [format!(
+            "{} on {}",
+            upper.kernel_name(),
+            lower.kernel_name()
+        )]
+    );
+}
+
+#[test]
+fn the_device_below_a_loop_device_is_claimed_for_the_write_and_one_held_elsewhere_is_refused() {
+    if !require_root(&["losetup", "mkfs.ext4", "mount", "umount"]) {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let lower = LoopDevice::new(BACKING_SIZE);
+    run("mkfs.ext4", &["-q", "-F", lower.path().to_str().unwrap()]);
+    let upper = Attached::over(lower.path(), &[]);
+    let before = fs::read(lower.backing()).unwrap();
+
+    // Another process's exclusive hold on the lower device, which the
+    // guard's facts cannot see and the upper device's own exclusive open
+    // does not meet: refused as busy, naming the lower device.
+    let held = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(lower.path())
+        .unwrap();
+    let facts = DiskFacts::inspect(&upper.path).unwrap();
+    assert_eq!(refusals(&facts, &loop_policy(), &armed(0)), vec![]);
+    let refusal = write_through_guard(&upper.path, loop_policy()).expect("refused");
+    assert_eq!(refusal.code, RefusalCode::Busy, "{refusal:?}");
+    assert_eq!(
+        refusal.message,
+        format!(
+            "{} is a loop device over block device {}: the device is busy: {} is mounted or \
+             opened exclusively by another process",
+            upper.kernel_name(),
+            lower.kernel_name(),
+            lower.kernel_name()
+        )
+    );
+    assert_eq!(
+        fs::read(lower.backing()).unwrap(),
+        before,
+        "nothing written"
+    );
+    drop(held);
+
+    // While a writer of the upper device lives, the lower device cannot be
+    // mounted (its file system would be written under it).
+    let guard: flashrack_guard::GuardCheck =
+        Arc::new(move |facts: &DiskFacts| evaluate(facts, &loop_policy(), &armed(0)).map(|_| ()));
+    let target = PathTarget::block_device(&upper.path, guard);
+    let writer = target
+        .open_writer()
+        .expect("written as the lower device is");
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .arg(lower.path())
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    if mounted.success() {
+        let _ = Command::new("umount").arg(dir.path()).status();
+    }
+    assert!(!mounted.success(), "the claimed device was mounted");
+    drop(writer);
+    // Let go with the writer: mountable again.
+    let mounted = MountedFs::on(lower.path());
+    drop(mounted);
 }

@@ -157,6 +157,11 @@ impl MountedExt4 {
         run("mount", &[device, mount_point.path().to_str().unwrap()]);
         Self { mount_point }
     }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.mount_point.path()
+    }
 }
 
 impl Drop for MountedExt4 {

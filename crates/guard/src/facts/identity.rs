@@ -124,28 +124,45 @@ fn sysfs_diskseq(root: &Path, major: u32, minor: u32) -> Result<Option<u64>, Gua
 }
 
 /// The part of `struct loop_info64` (`<linux/loop.h>`) the guard reads: the
-/// device and inode of the backing file; the rest (offsets, flags, names,
-/// 216 bytes) is kept only so that the kernel has the whole struct to fill.
+/// device and inode of the backing file and the device it is, when it is a
+/// block device; the rest (offsets, flags, names, 208 bytes) is kept only so
+/// that the kernel has the whole struct to fill.
 #[repr(C)]
 struct LoopInfo64 {
     /// `lo_device`: the backing file's device, in the kernel's "huge" encoding.
     lo_device: u64,
     /// `lo_inode`: the backing file's inode number.
     lo_inode: u64,
-    /// `lo_rdevice` … `lo_init`.
-    _rest: [u8; 216],
+    /// `lo_rdevice`: the backing file's own device number (its `st_rdev`),
+    /// in the same encoding: the block device behind the loop device when the
+    /// backing is one, zero for a regular file.
+    lo_rdevice: u64,
+    /// `lo_offset` … `lo_init`.
+    _rest: [u8; 208],
 }
 
-/// The device and inode of the file behind the loop device open as `file`
-/// (`LOOP_GET_STATUS64`), the device in `st_dev`'s encoding so that it
-/// compares with [`MetadataExt::dev`]. The kernel keeps them for the open
-/// file itself, whatever its path has become since (renamed, unlinked,
-/// attached in another mount namespace). `ENXIO` for a loop device with
-/// nothing attached.
 const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
 
+/// What a loop device's status says of what it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoopStatus {
+    /// Device and inode of the backing file (for a block device: of its
+    /// node), in `st_dev`'s encoding.
+    pub(crate) file: (u64, u64),
+    /// The backing block device's number, when the backing is a block device
+    /// (`losetup /dev/loop1 /dev/sdb`, a partition, another loop device);
+    /// `None` for a regular file.
+    pub(crate) block_device: Option<(u32, u32)>,
+}
+
+/// The status of the loop device open as `file` (`LOOP_GET_STATUS64`): the
+/// device and inode of the file behind it, the device in `st_dev`'s encoding
+/// so that it compares with [`MetadataExt::dev`], and the block device it is
+/// when it is one. The kernel keeps them for the open file itself, whatever
+/// its path has become since (renamed, unlinked, attached in another mount
+/// namespace). `ENXIO` for a loop device with nothing attached.
 #[allow(unsafe_code)]
-pub(super) fn loop_backing_file(file: &File) -> rustix::io::Result<(u64, u64)> {
+pub(super) fn loop_status(file: &File) -> rustix::io::Result<LoopStatus> {
     /// `LOOP_GET_STATUS64`: a plain number, not an `_IOR` encoding.
     const LOOP_GET_STATUS64: rustix::ioctl::Opcode = 0x4C05;
     // SAFETY: LOOP_GET_STATUS64 takes a pointer to a `struct loop_info64`
@@ -158,7 +175,14 @@ pub(super) fn loop_backing_file(file: &File) -> rustix::io::Result<(u64, u64)> {
             rustix::ioctl::Getter::<LOOP_GET_STATUS64, LoopInfo64>::new(),
         )
     }?;
-    Ok((huge_to_st_dev(info.lo_device), info.lo_inode))
+    let block_device = (info.lo_rdevice != 0).then(|| {
+        let rdev = huge_to_st_dev(info.lo_rdevice);
+        (rustix::fs::major(rdev), rustix::fs::minor(rdev))
+    });
+    Ok(LoopStatus {
+        file: (huge_to_st_dev(info.lo_device), info.lo_inode),
+        block_device,
+    })
 }
 
 /// A device number in the kernel's "huge" encoding (`new_encode_dev`: minor's

@@ -13,7 +13,7 @@ use crate::GuardError;
 
 /// How deep [`SysfsTree::whole_disks_under`] follows stacked devices (dm on md on
 /// partitions…). Real stacks are a few levels deep; the bound only stops a cycle.
-const MAX_STACK_DEPTH: usize = 16;
+pub(super) const MAX_STACK_DEPTH: usize = 16;
 
 /// Tells the bus from a device's sysfs path relative to the sysfs root
 /// (`devices/pci0000:00/…/usb2/2-1/…/block/sdb`). USB comes first: a USB enclosure
@@ -85,6 +85,21 @@ impl<'a> SysfsTree<'a> {
             return Ok(None);
         }
         self.follow(self.root.join("class/block").join(name))
+    }
+
+    /// The loop devices with something attached (their sysfs directory has
+    /// `loop/backing_file`), by kernel name, with their directories.
+    pub(super) fn attached_loop_devices(&self) -> Result<Vec<(String, PathBuf)>, GuardError> {
+        let mut out = Vec::new();
+        for name in list_names(&self.root.join("class/block"))? {
+            let Some(dir) = self.dir_of_name(&name)? else {
+                continue;
+            };
+            if dir.join("loop/backing_file").exists() {
+                out.push((name, dir));
+            }
+        }
+        Ok(out)
     }
 
     /// The block device behind a mount: by device number, or by source path when the

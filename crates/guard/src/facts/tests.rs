@@ -433,7 +433,8 @@ fn a_loop_devices_backing_file_is_known_by_path_device_and_inode() {
                 file: Some((meta.dev(), meta.ino())),
                 deleted: false,
                 from_loop_status: false,
-            }
+            },
+            below: None,
         }]
     );
 
@@ -537,4 +538,278 @@ fn a_disk_that_is_no_loop_device_or_a_detached_loop_has_no_backing_file() {
     // A loop device with nothing attached has no `loop/` directory.
     sys.disk(LOOP_PARENT, "loop3", (7, 3), 0);
     assert_eq!(sys.facts((7, 3), "", NO_SWAP).loop_backings, vec![]);
+}
+
+// ---- loop devices over block devices: judged by what they write ----
+
+/// Loop devices and USB disks allowed, any port.
+fn loops_and_usb() -> GuardPolicy {
+    GuardPolicy {
+        allowed_buses: ["loop".to_owned(), "usb".to_owned()].into(),
+        allow_unmapped_ports: true,
+        ..GuardPolicy::default()
+    }
+}
+
+/// What `evaluate` and `refusals` say of the device `devno` in `view`.
+fn judged(view: &SystemView, devno: (u32, u32)) -> (DiskFacts, Vec<Refusal>) {
+    let facts = DiskFacts::from_view(Path::new("/dev/x"), devno.0, devno.1, view).unwrap();
+    let all = crate::refusals(&facts, &loops_and_usb(), &armed(1));
+    (facts, all)
+}
+
+#[test]
+fn a_loop_device_over_another_carries_its_facts_and_is_judged_as_it_is() {
+    let sys = FakeSys::new();
+    let loop4 = sys.disk(LOOP_PARENT, "loop4", (7, 4), 2048);
+    attach(&loop4, "/srv/a.img");
+    let loop5 = sys.disk(LOOP_PARENT, "loop5", (7, 5), 2048);
+    attach(&loop5, "/dev/loop4");
+    let view = SystemView::fake(sys.dir.path(), "", NO_SWAP).with_loop_over_device("loop5", 7, 4);
+    let (facts, all) = judged(&view, (7, 5));
+    let below = facts.loop_backings[0].below.as_deref().expect("below");
+    assert_eq!(below.kernel_name, "loop4");
+    assert_eq!((below.major, below.minor), (7, 4));
+    // loop5 is what is judged: it is not loop4's holder here.
+    assert!(below.holders.is_empty(), "{below:?}");
+    assert_eq!(below.loop_backings[0].file.path, Path::new("/srv/a.img"));
+    assert!(below.loop_backings[0].below.is_none());
+    // loop4 is allowed, so loop5 is.
+    assert_eq!(all, vec![]);
+
+    // loop4 with a file system mounted: loop5 is refused, naming loop4.
+    let mi = mountinfo(&[("7:4", "/mnt/a", "/dev/loop4")]);
+    let view = SystemView::fake(sys.dir.path(), mi, NO_SWAP).with_loop_over_device("loop5", 7, 4);
+    let (facts, all) = judged(&view, (7, 5));
+    assert_eq!(facts.mounted, vec![], "loop5 itself is not mounted");
+    let first = evaluate(&facts, &loops_and_usb(), &armed(1)).unwrap_err();
+    assert_eq!(first, all[0]);
+    assert_eq!(first.kind(), flashrack_core::RefusalCode::Mounted);
+    assert_eq!(
+        first.to_string(),
+        "loop5 is a loop device over block device loop4: loop4 is mounted at /mnt/a"
+    );
+    // The system-disk rule says so too (loop4 holds a mounted file system).
+    assert!(all.iter().any(|r| matches!(
+        r,
+        Refusal::Below { reason, .. } if matches!(**reason, Refusal::SystemDisk { .. })
+    )));
+}
+
+#[test]
+fn a_loop_device_is_a_holder_of_the_block_device_it_writes() {
+    let sys = FakeSys::new();
+    let loop4 = sys.disk(LOOP_PARENT, "loop4", (7, 4), 2048);
+    attach(&loop4, "/srv/a.img");
+    sys.partition(&loop4, "loop4p1", (259, 1), 1024);
+    let loop5 = sys.disk(LOOP_PARENT, "loop5", (7, 5), 1024);
+    attach(&loop5, "/dev/loop4p1");
+    let loop6 = sys.disk(LOOP_PARENT, "loop6", (7, 6), 2048);
+    attach(&loop6, "/dev/loop4");
+    let view = SystemView::fake(sys.dir.path(), "", NO_SWAP)
+        .with_loop_over_device("loop5", 259, 1)
+        .with_loop_over_device("loop6", 7, 4);
+    // Writing loop4 would write under loop5 and loop6 (a file system on
+    // either may be mounted): held by both, which the kernel does not list.
+    let (facts, _) = judged(&view, (7, 4));
+    assert_eq!(facts.holders, ["loop5 on loop4p1", "loop6 on loop4"]);
+    assert_eq!(
+        evaluate(&facts, &loops_and_usb(), &armed(1))
+            .unwrap_err()
+            .to_string(),
+        "the device is held by loop5 on loop4p1, loop6 on loop4"
+    );
+    // loop6 is over loop4, which loop5 holds through its partition: refused,
+    // naming loop4 and the other loop device, not itself.
+    let (facts, all) = judged(&view, (7, 6));
+    assert_eq!(
+        facts.loop_backings[0].below.as_deref().unwrap().holders,
+        ["loop5 on loop4p1"]
+    );
+    assert_eq!(
+        all.iter().map(Refusal::to_string).collect::<Vec<_>>(),
+        ["loop6 is a loop device over block device loop4: the device is held by loop5 on loop4p1"]
+    );
+    // loop5 is over a partition: refused for that (and for loop6 over its disk).
+    let (_, all) = judged(&view, (7, 5));
+    assert_eq!(
+        all.iter().map(Refusal::to_string).collect::<Vec<_>>(),
+        [
+            "loop5 is a loop device over block device loop4p1: loop4p1 is a partition of loop4, not a whole disk",
+        ]
+    );
+}
+
+#[test]
+fn a_loop_device_over_a_partition_of_the_system_disk_is_refused_naming_it() {
+    let sys = FakeSys::new();
+    let vda = sys.disk(
+        "devices/pci0000:00/0000:00:02.0/virtio1/block",
+        "vda",
+        (254, 0),
+        100_000,
+    );
+    sys.partition(&vda, "vda1", (254, 1), 90_000);
+    sys.partition(&vda, "vda2", (254, 2), 9_000);
+    let loop5 = sys.disk(LOOP_PARENT, "loop5", (7, 5), 9_000);
+    attach(&loop5, "/dev/vda2");
+    // vda2 itself is not mounted: the disk it is on holds /.
+    let mi = mountinfo(&[("254:1", "/", "/dev/vda1")]);
+    let view = SystemView::fake(sys.dir.path(), mi, NO_SWAP).with_loop_over_device("loop5", 254, 2);
+    // Even with virtio allowed: a partition of the system disk.
+    let policy = GuardPolicy {
+        allowed_buses: ["loop".to_owned(), "virtio".to_owned()].into(),
+        ..loops_and_usb()
+    };
+    let facts = DiskFacts::from_view(Path::new("/dev/loop5"), 7, 5, &view).unwrap();
+    let all = crate::refusals(&facts, &policy, &armed(1));
+    assert_eq!(
+        all.iter().map(Refusal::to_string).collect::<Vec<_>>(),
+        [
+            "loop5 is a loop device over block device vda2: vda2 is a partition of vda, not a whole disk",
+            "loop5 is a loop device over block device vda2: this is a system disk: it holds / (mounted from vda1)",
+        ]
+    );
+    assert_eq!(all[1].kind(), flashrack_core::RefusalCode::SystemDisk);
+    // And with the default buses, the bus too; never accepted.
+    let (_, all) = judged(&view, (7, 5));
+    assert!(all.iter().any(|r| r.to_string()
+        == "loop5 is a loop device over block device vda2: the device is on the virtio bus, which the configuration does not allow"));
+    // Capturing through it is refused as well: vda holds a mounted file system.
+    assert!(crate::read_refusals(&facts, &policy)
+        .iter()
+        .any(|r| r.kind() == flashrack_core::RefusalCode::SystemDisk));
+}
+
+#[test]
+fn loop_devices_over_block_devices_are_followed_down_every_level() {
+    let sys = FakeSys::new();
+    let loop4 = sys.disk(LOOP_PARENT, "loop4", (7, 4), 2048);
+    attach(&loop4, "/srv/a.img");
+    let loop5 = sys.disk(LOOP_PARENT, "loop5", (7, 5), 2048);
+    attach(&loop5, "/dev/loop4");
+    let loop6 = sys.disk(LOOP_PARENT, "loop6", (7, 6), 2048);
+    attach(&loop6, "/dev/loop5");
+    sys.partition(&loop6, "loop6p1", (259, 6), 1024);
+    let mi = mountinfo(&[("7:4", "/mnt/a", "/dev/loop4")]);
+    let view = SystemView::fake(sys.dir.path(), mi, NO_SWAP)
+        .with_loop_over_device("loop5", 7, 4)
+        .with_loop_over_device("loop6", 7, 5);
+    let (_, all) = judged(&view, (7, 6));
+    assert_eq!(
+        all[0].to_string(),
+        "loop6 is a loop device over block device loop5: loop5 is a loop device over block device loop4: loop4 is mounted at /mnt/a"
+    );
+    assert_eq!(all[0].code(), "mounted");
+    // A partition of the top one names the loop device it lies on.
+    let (_, all) = judged(&view, (259, 6));
+    assert!(
+        all.iter().any(|r| r.to_string()
+            == "loop6p1 lies over loop device loop6, which is over block device loop5: loop5 is a loop device over block device loop4: loop4 is mounted at /mnt/a"),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn a_loop_device_over_a_usb_disk_is_judged_by_that_disk() {
+    let sys = FakeSys::new();
+    sys.disk(USB_PARENT, "sdb", (8, 16), 31_250_000);
+    let loop5 = sys.disk(LOOP_PARENT, "loop5", (7, 5), 31_250_000);
+    attach(&loop5, "/dev/sdb");
+    let view = SystemView::fake(sys.dir.path(), "", NO_SWAP).with_loop_over_device("loop5", 8, 16);
+    // USB and unmapped ports allowed: as sdb is.
+    assert_eq!(judged(&view, (7, 5)).1, vec![]);
+    let facts = DiskFacts::from_view(Path::new("/dev/loop5"), 7, 5, &view).unwrap();
+    // sdb's port is not known from sysfs: where ports must be mapped,
+    // writing it through a loop device is refused as writing it would be.
+    let mapped_only = GuardPolicy {
+        allow_unmapped_ports: false,
+        ..loops_and_usb()
+    };
+    let all = crate::refusals(&facts, &mapped_only, &armed(1));
+    assert!(all.iter().any(|r| r.to_string()
+        == "loop5 is a loop device over block device sdb: the device's port is unknown and the configuration does not allow unmapped ports"));
+    // Over the size limit: probably a USB hard disk.
+    let small_limit = GuardPolicy {
+        max_size_bytes: 1_000_000_000,
+        ..loops_and_usb()
+    };
+    let all = crate::refusals(&facts, &small_limit, &armed(1));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(all.iter().all(|r| r.code() == "too_large"));
+    assert!(all[0]
+        .to_string()
+        .starts_with("loop5 is a loop device over block device sdb: the device is too large"));
+    // USB not allowed: refused for sdb's bus.
+    let loops_only = GuardPolicy {
+        allowed_buses: ["loop".to_owned()].into(),
+        ..loops_and_usb()
+    };
+    assert_eq!(
+        evaluate(&facts, &loops_only, &armed(1)).unwrap_err().to_string(),
+        "loop5 is a loop device over block device sdb: the device is on the usb bus, which the configuration does not allow"
+    );
+}
+
+#[test]
+fn a_loop_device_over_a_loop_device_over_a_kept_file_is_refused_as_a_protected_file() {
+    struct Keeps;
+    impl crate::FileKeeper for Keeps {
+        fn keeps(&self, file: &BackingFile) -> Option<String> {
+            (file.file == Some((5, 11))).then(|| "the cached image".to_owned())
+        }
+    }
+    let sys = FakeSys::new();
+    let loop4 = sys.disk(LOOP_PARENT, "loop4", (7, 4), 2048);
+    attach(&loop4, "/cache/abc.img");
+    let loop5 = sys.disk(LOOP_PARENT, "loop5", (7, 5), 2048);
+    attach(&loop5, "/dev/loop4");
+    let view = SystemView::fake(sys.dir.path(), "", NO_SWAP)
+        .with_loop_file("loop4", 5, 11)
+        .with_loop_over_device("loop5", 7, 4);
+    let facts = DiskFacts::from_view(Path::new("/dev/loop5"), 7, 5, &view).unwrap();
+    let policy = GuardPolicy {
+        protected_files: crate::ProtectedFiles::new(std::sync::Arc::new(Keeps)),
+        ..loops_and_usb()
+    };
+    let refusal = evaluate(&facts, &policy, &armed(1)).unwrap_err();
+    assert_eq!(refusal.code(), "protected_file");
+    assert_eq!(
+        refusal.to_string(),
+        "loop5 is a loop device over block device loop4: loop4 is a loop device over \
+         /cache/abc.img, the cached image: writing it would corrupt that file"
+    );
+    // The node's own device and inode (the loop device's "file") is never
+    // taken for the kept file.
+    assert_eq!(facts.loop_backings[0].file.file, Some((0, 0)));
+}
+
+#[test]
+fn a_cycle_of_loop_devices_fails_closed() {
+    // The kernel refuses to make one; a view that shows one is not trusted.
+    let sys = FakeSys::new();
+    let loop4 = sys.disk(LOOP_PARENT, "loop4", (7, 4), 2048);
+    attach(&loop4, "/dev/loop5");
+    let loop5 = sys.disk(LOOP_PARENT, "loop5", (7, 5), 2048);
+    attach(&loop5, "/dev/loop4");
+    let view = SystemView::fake(sys.dir.path(), "", NO_SWAP)
+        .with_loop_over_device("loop4", 7, 5)
+        .with_loop_over_device("loop5", 7, 4);
+    let error = DiskFacts::from_view(Path::new("/dev/loop5"), 7, 5, &view).unwrap_err();
+    assert!(
+        error.to_string().contains("stacked deeper than 16 levels"),
+        "{error}"
+    );
+    assert_eq!(Refusal::from(error).code(), "cannot_inspect");
+}
+
+#[test]
+fn a_fake_view_never_follows_a_backing_path_to_the_hosts_dev() {
+    // No status given: the path names a block device on most hosts, but a
+    // test's view must not depend on what the host's /dev holds.
+    let sys = FakeSys::new();
+    let loop5 = sys.disk(LOOP_PARENT, "loop5", (7, 5), 2048);
+    attach(&loop5, "/dev/null");
+    let facts = sys.facts((7, 5), "", NO_SWAP);
+    assert!(facts.loop_backings[0].below.is_none());
 }
