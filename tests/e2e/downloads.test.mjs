@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -80,5 +81,68 @@ test('the dashboard imports an image from a URL and follows the download', { tim
     await stopDemo(child);
     server.close();
     rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('a block map URL given in the form is checked against the download: a lie fails it, the true map is kept', { timeout: 180_000 }, async () => {
+  requireExecutable(BIN, 'build it with `cargo build -p flashrack-cli` or set FLASHRACK_BIN');
+  requireExecutable(CHROMIUM, 'install it with `apt-get install -y chromium` or set CHROMIUM_PATH');
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const image = imageBytes();
+  const sha = createHash('sha256').update(image).digest('hex');
+  const work = mkdtempSync(path.join(tmpdir(), 'flashrack-e2e-bmap-'));
+  const imageFile = path.join(work, 'disk.img');
+  writeFileSync(imageFile, image);
+  // bmaptool's own map of the image, and the same map with its first
+  // range's checksum replaced and the file's checksum made again.
+  const truth = execFileSync('bmaptool', ['create', imageFile]).toString();
+  const at = truth.indexOf('chksum="') + 'chksum="'.length;
+  const edited = truth.slice(0, at) + 'ab'.repeat(32) + truth.slice(at + 64);
+  const own = edited.match(/<BmapFileChecksum>\s*([0-9a-f]{64})\s*<\/BmapFileChecksum>/)[1];
+  const zeroed = edited.replace(own, '0'.repeat(64));
+  const lie = zeroed.replace('0'.repeat(64), createHash('sha256').update(zeroed).digest('hex'));
+  const server = await serve({
+    '/disk.img': image,
+    '/maps/lie.bmap': Buffer.from(lie),
+    '/maps/truth.bmap': Buffer.from(truth),
+  });
+  const base = `http://127.0.0.1:${server.address().port}`;
+  const dataDir = path.join(work, 'data');
+  mkdirSync(dataDir);
+  const { child, url: urlPromise } = startDemo(dataDir);
+  let browser;
+  try {
+    const url = await urlPromise;
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const page = await (await browser.newContext({ viewport: { width: 1440, height: 1200 } })).newPage();
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(error.message));
+    await page.goto(url);
+    await page.locator('summary', { hasText: 'Import from a URL' }).click();
+
+    // The lying map: the import fails with the map's reason, nothing cached.
+    await page.fill('#url-url', `${base}/disk.img`);
+    await page.fill('#url-bmap', `${base}/maps/lie.bmap`);
+    await page.click('#url-form button[type="submit"]');
+    await page.locator('#download-list li[data-state="failed"]', { hasText: 'disk.img' })
+      .filter({ hasText: /failed: .*lie\.bmap.*do not match the bmap's checksum/ }).waitFor({ timeout: 60_000 });
+    assert.equal((await page.request.get(`${url}api/v1/images/${sha}`)).status(), 404);
+
+    // The true one: imported, and the image's block map is the one named.
+    await page.fill('#url-bmap', `${base}/maps/truth.bmap`);
+    await page.click('#url-form button[type="submit"]');
+    await page.locator('#download-list li[data-state="done"]', { hasText: 'disk.img' })
+      .filter({ hasText: `imported ${sha.slice(0, 12)}` }).waitFor({ timeout: 60_000 });
+    const imported = await (await page.request.get(`${url}api/v1/images/${sha}`)).json();
+    assert.match(imported.block_map.source, /truth\.bmap/, JSON.stringify(imported.block_map));
+    const downloads = await (await page.request.get(`${url}api/v1/images/downloads`)).json();
+    assert.deepEqual(downloads.map((d) => d.state), ['done', 'failed']);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'url-import-bmap.png'), fullPage: true });
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    if (browser) await browser.close();
+    await stopDemo(child);
+    server.close();
+    rmSync(work, { recursive: true, force: true });
   }
 });
