@@ -454,8 +454,9 @@ async fn a_build_under_way_when_the_station_stops_is_interrupted_and_listed_so_a
     app.stop().await.unwrap();
 }
 
-/// The sizes of every file of `iso`'s tree, as xorriso extracts it.
-fn tree_bytes(iso: &std::path::Path) -> u64 {
+/// The sizes of every file of `iso`'s tree, as xorriso extracts it, and
+/// how many files and directories it has.
+fn tree_bytes(iso: &std::path::Path) -> (u64, usize) {
     let out = tempfile::tempdir().unwrap();
     let tree = out.path().join("tree");
     flashrack_testkit::run(
@@ -470,12 +471,13 @@ fn tree_bytes(iso: &std::path::Path) -> u64 {
             tree.to_str().unwrap(),
         ],
     );
-    let mut total = 0;
+    let (mut total, mut items) = (0, 0);
     let mut pending = vec![tree];
     while let Some(dir) = pending.pop() {
         for entry in fs::read_dir(dir).unwrap() {
             let entry = entry.unwrap();
             let meta = entry.metadata().unwrap();
+            items += 1;
             if meta.is_dir() {
                 pending.push(entry.path());
             } else {
@@ -483,7 +485,7 @@ fn tree_bytes(iso: &std::path::Path) -> u64 {
             }
         }
     }
-    total
+    (total, items)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,7 +498,11 @@ async fn a_build_shows_its_bytes_within_the_copying_and_hashing_stages() {
     let held_tx = std::sync::Mutex::new(held_tx);
     let release_rx = std::sync::Mutex::new(release_rx);
     let seen = std::sync::Mutex::new(Vec::new());
+    // Every report, to check the copying stage's whole sequence afterwards.
+    let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let all = reports.clone();
     let hook: BytesHook = std::sync::Arc::new(move |id, bytes: StageBytes| {
+        all.lock().unwrap().push(bytes);
         let part_way = bytes.done > 0 && bytes.done < bytes.total;
         if part_way && !seen.lock().unwrap().contains(&bytes.stage) {
             seen.lock().unwrap().push(bytes.stage);
@@ -511,7 +517,7 @@ async fn a_build_shows_its_bytes_within_the_copying_and_hashing_stages() {
     fs::write(content.join("setup.txt"), vec![7u8; 300_000]).unwrap();
     let iso = dir.path().join("quarterly.bin");
     flashrack_testkit::iso::uefi_installer_iso(&iso, b"MZ stand-in UEFI loader", &content);
-    let files = tree_bytes(&iso);
+    let (files, items) = tree_bytes(&iso);
     let sha = import(&app, &iso);
 
     let started = app
@@ -549,5 +555,24 @@ async fn a_build_shows_its_bytes_within_the_copying_and_hashing_stages() {
     // The hashing stage counted the layout the cache now holds.
     assert_eq!(built["size"], hashing_total, "{built}");
     assert!(built["stage_bytes"].is_null(), "{built}");
+    // The copying stage reported 0 first, then once as mcopy named each
+    // file and directory (every name in the order expected: none lost),
+    // then the total; never backwards.
+    let reports = reports.lock().unwrap().clone();
+    let copying: Vec<u64> = reports
+        .iter()
+        .filter(|b| b.stage == BuildStage::CopyingFiles)
+        .map(|b| b.done)
+        .collect();
+    assert_eq!(copying.len(), items + 2, "{copying:?}");
+    assert_eq!((copying[0], *copying.last().unwrap()), (0, files));
+    assert!(copying.windows(2).all(|w| w[0] <= w[1]), "{copying:?}");
+    let hashing: Vec<u64> = reports
+        .iter()
+        .filter(|b| b.stage == BuildStage::Hashing)
+        .map(|b| b.done)
+        .collect();
+    assert_eq!(*hashing.last().unwrap(), hashing_total, "{hashing:?}");
+    assert!(hashing.windows(2).all(|w| w[0] <= w[1]), "{hashing:?}");
     app.stop().await.unwrap();
 }
