@@ -409,7 +409,9 @@ fn verify_modes() -> impl clap::builder::TypedValueParser<Value = VerifyMode> {
     let help = |mode: VerifyMode| match mode {
         VerifyMode::Compare => {
             "Compare every byte read back with the cached image (default; the image's \
-             chunks are checked once per run against their import-time fingerprints)"
+             chunks are checked once per run against their import-time fingerprints). \
+             Targets that follow the import of a new file check each chunk read back \
+             against its fingerprint instead (recorded as `fingerprint`)"
         }
         VerifyMode::Hash => "Hash every byte read back with sha256",
         VerifyMode::None => "Do not read back (no proof: the verdict says so)",

@@ -66,8 +66,11 @@ fn a_new_raw_file_is_written_while_imported_to_files_and_a_loop_device_and_then_
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["image_sha256"], sha.as_str());
     assert_eq!(summary["passed"], 3, "{summary}");
+    // Followed, the targets are checked against the chunks' fingerprints,
+    // and say so.
     for target in summary["targets"].as_array().unwrap() {
         assert_eq!(target["read_back_sha256"], sha.as_str(), "{target}");
+        assert_eq!(target["verify_method"], "fingerprint", "{target}");
     }
     for file in [&a, &b] {
         assert_eq!(&std::fs::read(file).unwrap()[..bytes.len()], &bytes[..]);
@@ -84,6 +87,22 @@ fn a_new_raw_file_is_written_while_imported_to_files_and_a_loop_device_and_then_
     assert_eq!(report["run"]["image_name"], "new.img");
     assert_eq!(report["run"]["passed"], 3);
     assert_eq!(report["run"]["stop_reason"], "completed");
+    let attempts = report["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{report}");
+    for attempt in attempts {
+        assert_eq!(attempt["verify_method"], "fingerprint", "{report}");
+        assert_eq!(attempt["verdict_words"], "pass", "{report}");
+    }
+
+    // Flashed again, the image is the cache's: compared with its chunks.
+    let out = flash(&data, &image, &[&a], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["targets"][0]["verify_method"], "compare",
+        "{summary}"
+    );
+    assert_eq!(summary["targets"][0]["read_back_sha256"], sha.as_str());
 }
 
 #[test]

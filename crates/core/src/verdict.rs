@@ -502,6 +502,15 @@ pub enum VerifyMethod {
     /// Every byte read back was hashed with sha256 and compared with the image's
     /// chunk digests.
     Hash,
+    /// Every chunk read back had the XXH3-128 fingerprint the import pass took of
+    /// that chunk, in the pass that computed the image's sha256 (an all-zero
+    /// chunk: every byte read back was zero). The same chain of proof as
+    /// [`Compare`](Self::Compare), whose cached chunks are checked against those
+    /// fingerprints before the bytes are compared, without reading the image
+    /// again: what a compare asked for does when its attempt followed the
+    /// import (a one-shot flash of a new file), whose chunks are no longer in
+    /// memory or the page cache.
+    Fingerprint,
     /// A stated share of the image's chunks, chosen at random per stick (from a
     /// seed kept in [`AttemptFigures::sample`]) plus the first and the last
     /// chunk (where an MBR, a GPT and its backup lie), was read back and
@@ -521,6 +530,7 @@ impl VerifyMethod {
             VerifyMethod::None => "none",
             VerifyMethod::Compare => "compare",
             VerifyMethod::Hash => "hash",
+            VerifyMethod::Fingerprint => "fingerprint",
             VerifyMethod::Sampled => "sampled",
             VerifyMethod::Audit => "audit",
         }
@@ -766,6 +776,7 @@ mod tests {
             VerifyMethod::None,
             VerifyMethod::Compare,
             VerifyMethod::Hash,
+            VerifyMethod::Fingerprint,
             VerifyMethod::Sampled,
             VerifyMethod::Audit,
         ] {

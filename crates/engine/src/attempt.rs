@@ -11,13 +11,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    AttemptFigures, Bound, ByteSize, DataRanges, EngineEvent, EngineEventKind, FailReason, Failure,
-    GuardRefusal, ImageManifest, ProbeOperation, Sha256Digest, Stage, TargetId, Verdict,
-    VerifyMethod, VerifyMode, VerifySample,
+    AttemptFigures, Bound, ByteSize, ChunkKind, DataRanges, EngineEvent, EngineEventKind,
+    FailReason, Failure, GuardRefusal, ImageManifest, ProbeOperation, Sha256Digest, Stage,
+    TargetId, Verdict, VerifyMethod, VerifyMode, VerifySample,
 };
 use flashrack_target::{AlignedBuf, Target, TargetError, TargetReader, TargetWriter};
 use sha2::{Digest, Sha256};
-use xxhash_rust::xxh3::Xxh3Default;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
 
 use crate::fanout::EventLink;
 use crate::feed::{WaitError, Waiter};
@@ -865,12 +865,12 @@ fn piece_spans<'a>(
 /// How much the verify pass reads at once. Comparing needs the source chunk
 /// next to the read-back, so the read-back is read in half chunks: the two
 /// read-back buffers then take one chunk of memory, and with the source chunk
-/// an attempt holds two chunks, as in the write pass. Hashing needs no source
-/// chunk (but the whole chunk read back, to find the first bad byte), so it
-/// reads whole chunks.
-fn piece_size(chunk_size: usize, block: usize, mode: VerifyMode) -> usize {
+/// an attempt holds two chunks, as in the write pass. Hashing and checking
+/// fingerprints need no source chunk (but the whole chunk read back, to find
+/// the first bad byte), so they read `whole_chunks`.
+fn piece_size(chunk_size: usize, block: usize, whole_chunks: bool) -> usize {
     let half = chunk_size / 2 / 4096 * 4096;
-    if mode != VerifyMode::Hash && half > 0 && half.is_multiple_of(block) {
+    if !whole_chunks && half > 0 && half.is_multiple_of(block) {
         half
     } else {
         chunk_size
@@ -957,6 +957,20 @@ fn verify_image(
     } else {
         mode
     };
+    // A compare of a target that followed the import checks each chunk read
+    // back against its fingerprint instead of the cached bytes: the import
+    // read (and stored) the image past the page cache, so a compare would
+    // read the whole image from the disk again beside the target, once more
+    // per pass (bench/README.md). The proof is the same chain as a compare's,
+    // whose cached chunks are themselves checked against those fingerprints.
+    // A sampled, audited or sparse read-back, or a manifest without
+    // fingerprints, compares as before.
+    let by_fingerprint = mode == VerifyMode::Compare
+        && source.follows_import()
+        && ranges.is_none()
+        && ctx.sample_percent.is_none()
+        && !ctx.audit
+        && manifest.has_chunk_fingerprints();
     let total = ranges.map_or(manifest.size(), DataRanges::mapped_bytes);
     let mut report = Reporter::enter(ctx, Stage::Verifying, total);
     let mut reader = ctx
@@ -979,10 +993,12 @@ fn verify_image(
         (_, Some(_), _) => VerifyMethod::Sampled,
         (_, None, true) => VerifyMethod::Audit,
         (VerifyMode::Hash, None, false) => VerifyMethod::Hash,
+        _ if by_fingerprint => VerifyMethod::Fingerprint,
         _ => VerifyMethod::Compare,
     });
     let chosen: Option<&[bool]> = sample.as_ref().map(|(_, chosen)| chosen.as_slice());
-    let piece = piece_size(manifest.chunk_size() as usize, block, mode);
+    let whole_chunks = mode == VerifyMode::Hash || by_fingerprint;
+    let piece = piece_size(manifest.chunk_size() as usize, block, whole_chunks);
     let spans = move || {
         piece_spans(manifest, piece, ranges)
             .filter(move |s| chosen.is_none_or(|c| c[s.index as usize]))
@@ -1032,6 +1048,13 @@ fn verify_image(
             }
             let back = &buf[..span.len];
             let matches = match mode {
+                // Whole chunks: each piece is its chunk, all of it.
+                _ if by_fingerprint => match manifest.chunk_kind(span.index) {
+                    ChunkKind::Zero => is_zero(back),
+                    ChunkKind::Data => {
+                        Some(xxh3_128(back)) == manifest.chunk_fingerprint(span.index)
+                    }
+                },
                 VerifyMode::Hash => match (&mut whole, manifest.chunk_digest(span.index)) {
                     (None, Some(digest)) => {
                         hasher.update(back);

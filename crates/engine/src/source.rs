@@ -277,6 +277,15 @@ impl SharedSource {
         }
     }
 
+    /// Whether the source was built on an import (a one-shot flash of a file
+    /// or a download being imported in the same run), whether or not it has
+    /// ended: its chunks were handed over as they were imported and are, once
+    /// gone from the feed, in neither memory nor the page cache (the import
+    /// reads and stores with `O_DIRECT` where it can).
+    pub fn follows_import(&self) -> bool {
+        matches!(self.origin, Origin::Feed(_))
+    }
+
     /// Whether the source follows an import that may not have ended yet.
     pub fn is_following(&self) -> bool {
         matches!(self.origin, Origin::Feed(_)) && self.manifest.get().is_none()

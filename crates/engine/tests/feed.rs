@@ -13,7 +13,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashrack_core::{EngineEvent, EngineEventKind, FailReason, Sha256Digest, Stage, Verdict};
+use flashrack_core::{
+    EngineEvent, EngineEventKind, FailReason, Sha256Digest, Stage, Verdict, VerifyMethod,
+};
 use flashrack_engine::{EngineError, EngineOptions, Fanout, ImageFeed};
 use flashrack_simrack::sim::{SimRack, SimStickSpec};
 use tokio::sync::mpsc;
@@ -191,6 +193,7 @@ async fn targets_write_the_first_chunks_before_the_import_ends_and_pass_once_it_
         assert_eq!(verdict, Verdict::Pass, "{}", outcome.id);
         assert_eq!(figures.read_back_sha256, Some(Sha256Digest::of(&bytes)));
         assert_eq!(figures.bytes_written, bytes.len() as u64);
+        assert_eq!(figures.verify_method, Some(VerifyMethod::Fingerprint));
         let stick = rack.stick(&outcome.id.0).unwrap();
         let medium = std::fs::read(stick.path()).unwrap();
         assert_eq!(
@@ -328,6 +331,77 @@ async fn a_target_waiting_for_the_import_can_be_stopped() {
             assert_eq!(failure.stage, Stage::Writing);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// A target that followed the import is checked against the chunks'
+/// fingerprints, not the image read again: a byte read back wrong, in a data
+/// chunk or in an all-zero one, still fails it at that byte's offset with the
+/// sha256 of what it returned, and a good stick passes with the image's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_import_is_verified_by_fingerprint_down_to_the_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = flashrack_testkit::image_bytes(3 * CHUNK + 1234, 11, 3 * CHUNK);
+    // Chunk 0 holds data, chunk 1 is all zero.
+    bytes[0] = 1;
+    bytes[CHUNK..2 * CHUNK].fill(0);
+    let bad_data = (CHUNK / 2 + 7) as u64;
+    let bad_zero = (CHUNK + 4321) as u64;
+    let mut importer = Importer::begin(dir.path(), bytes.clone(), true);
+    let rack = rack(
+        dir.path(),
+        vec![
+            SimStickSpec::new("good", 8 * MIB),
+            SimStickSpec::new("bad-data", 8 * MIB).corrupt_at(bad_data),
+            SimStickSpec::new("bad-zero", 8 * MIB).corrupt_at(bad_zero),
+        ],
+    );
+    let (tx, _events) = mpsc::unbounded_channel();
+    let fanout = Fanout::following(importer.feed.clone(), options(), tx).unwrap();
+    let handles: Vec<_> = targets(&rack)
+        .into_iter()
+        .map(|(id, target)| fanout.start(id, target))
+        .collect();
+    drop(fanout);
+    importer.produce(importer.chunks());
+    importer.finish();
+    for handle in handles {
+        let outcome = tokio::time::timeout(WAIT, handle.finish()).await.unwrap();
+        let (verdict, figures) = outcome.result.unwrap();
+        assert_eq!(
+            figures.verify_method,
+            Some(VerifyMethod::Fingerprint),
+            "{}",
+            outcome.id
+        );
+        let bad = match outcome.id.0.as_str() {
+            "good" => None,
+            "bad-data" => Some(bad_data),
+            "bad-zero" => Some(bad_zero),
+            other => panic!("{other}"),
+        };
+        let Some(bad) = bad else {
+            assert_eq!(verdict, Verdict::Pass);
+            assert_eq!(figures.read_back_sha256, Some(Sha256Digest::of(&bytes)));
+            continue;
+        };
+        let failure = verdict.failure().expect("a bad byte fails the stick");
+        assert_eq!(failure.stage, Stage::Verifying, "{}", outcome.id);
+        assert_eq!(
+            failure.reason,
+            FailReason::VerifyMismatch { offset: bad },
+            "{}",
+            outcome.id
+        );
+        // What the stick returned: the image with that byte flipped.
+        let mut returned = bytes.clone();
+        returned[bad as usize] = !returned[bad as usize];
+        assert_eq!(
+            figures.read_back_sha256,
+            Some(Sha256Digest::of(&returned)),
+            "{}",
+            outcome.id
+        );
     }
 }
 

@@ -61,7 +61,7 @@
 //! | `verify_secs` | seconds spent reading back (3 decimals) |
 //! | `verify_mb_s` | read-back speed in MB/s (2 decimals) |
 //! | `read_back_sha256` | the sha256 of what was read back: the image's on a pass; on a `verify_mismatch`, of the stick's first image-size bytes, absent when they could not all be read |
-//! | `verify_method` | how the read-back was checked: `none`, `compare`, `hash`, `sampled`, `audit` |
+//! | `verify_method` | how the read-back was checked: `none`, `compare`, `hash`, `fingerprint`, `sampled`, `audit` |
 //! | `verified_after_reset` | `true` when the stick was reset (a USB reset, as a power cycle) after its write pass and before its read-back, so that no cache inside the stick could answer the read-back; `false` otherwise (no reset asked, a target that cannot be reset, no read-back, a refusal) |
 //! | `bytes_skipped` | bytes of the image a sparse attempt neither wrote nor read back (outside the image's block map: the stick holds there what it held before, unchecked); 0 for a full attempt. The coverage is `bytes_verified` checked, `bytes_skipped` not; a sparse pass has no `read_back_sha256` (it read only the mapped ranges) |
 //! | `sample_percent` | for a `sampled` attempt, the share of the image's chunks asked for, in percent; absent otherwise (and for a sampled attempt recorded before schema 10) |
@@ -114,7 +114,10 @@
 //! `stage` may say `resetting` in any format (a new value of an existing
 //! field, not a new field: the format number is unchanged by it): a failure
 //! of a stick lost in its reset, one that came back different or a reset that
-//! failed, recorded by schema 11 on.
+//! failed, recorded by schema 11 on. Likewise `verify_method` may say
+//! `fingerprint` in any format: a compare of a target that followed the
+//! import of a new file, each chunk read back checked against the import's
+//! XXH3-128 fingerprint of it (a plain `pass`, as proven as `compare`).
 //!
 //! Format 9 (from format 8): a run's `image` (what the image is) may say
 //! `udf_revision` in its `iso` ("2.50": the UDF revision of an optical

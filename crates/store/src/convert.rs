@@ -41,6 +41,7 @@ pub(crate) fn parse_verify_method(text: &str) -> Result<VerifyMethod, StoreError
         VerifyMethod::None,
         VerifyMethod::Compare,
         VerifyMethod::Hash,
+        VerifyMethod::Fingerprint,
         VerifyMethod::Sampled,
         VerifyMethod::Audit,
     ]
@@ -83,6 +84,7 @@ mod tests {
             VerifyMethod::None,
             VerifyMethod::Compare,
             VerifyMethod::Hash,
+            VerifyMethod::Fingerprint,
             VerifyMethod::Sampled,
             VerifyMethod::Audit,
         ] {
