@@ -14,7 +14,8 @@
 //! - [`model`]: the answer ([`ImageInfo`], [`PartitionTable`], [`Partition`],
 //!   [`FileSystem`], [`IsoInfo`], [`OsGuess`], [`RawWriteRefusal`]);
 //! - [`alloc`]: which bytes matter, from the allocation of ext2/3/4 (block
-//!   bitmaps) and FAT (the table) file systems, for a sparse write;
+//!   bitmaps), FAT (the table), NTFS (`$Bitmap`, followed through attribute
+//!   lists) and exFAT (its bitmap) file systems, for a sparse write;
 //! - [`bmap`]: block maps in bmaptool's XML format (1.x, 2.x), their own
 //!   checksum and their ranges' checksums against an image;
 //! - [`udf_tree`]: every file of a UDF tree and where its bytes are, for
@@ -26,7 +27,8 @@
 //!   exFAT's read from their `$Volume` record and root directory), `iso`
 //!   (volume descriptors, El Torito, a path lookup in the ISO 9660 tree with
 //!   Rock Ridge names), `udf` (a path lookup in the UDF tree, for ISOs whose
-//!   files are in UDF only), `ext` (a file read from an ext2/3/4 file
+//!   files are in UDF only, through a UDF 2.50/2.60 metadata partition where
+//!   there is one; the UDF revision), `ext` (a file read from an ext2/3/4 file
 //!   system: `/etc/os-release`), `guess` (the OS).
 //!
 //! **API boundary:** pure parsing. Nothing here opens a path, writes, or
