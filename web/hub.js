@@ -126,12 +126,15 @@
       const lots = await (await api('/api/v1/lots')).json();
       $('lots').innerHTML = lots.map((l) => {
         const per = l.orders.map((o) => {
+          // What the station does about the order, as a class too: a
+          // waiting order (the station's own run in the way) is not a failure.
           const actual = o.progress ? o.progress.state : 'no report';
+          const state = `<span class="order-state order-${esc(actual.replace(/ /g, '-'))}">${esc(actual)}</span>`;
           const run = o.run_id ? ` · run ${o.run_id}${o.run_stopped ? ' (stopped)' : ''}: ${o.passed} passed, ${o.failed} failed` : '';
           // The station's own words on the order (why it does not follow it,
           // how far a fetch got): a "failed" without them says too little.
           const detail = o.progress && o.progress.detail ? ` <span class="order-detail">(${esc(o.progress.detail)})</span>` : '';
-          return `${esc(o.station_id)}: ${o.armed ? 'armed' : 'stop'} / ${esc(actual)}${detail}${run}`;
+          return `<span class="order" data-order="${esc(o.order_id)}">${esc(o.station_id)}: ${o.armed ? 'armed' : 'stop'} / ${state}${detail}${run}</span>`;
         }).join('<br>');
         const q = token ? `&token=${encodeURIComponent(token)}` : '';
         const report = ['csv', 'json', 'html'].map((f) => `<a href="/api/v1/lots/${l.id}/report?format=${f}${q}">${f}</a>`).join(' ');
@@ -206,8 +209,12 @@
     const body = {
       image_sha256: $('arm-image').value,
       stations: $('arm-stations').value.split(',').map((s) => s.trim()).filter(Boolean),
-      options: { verify: $('arm-verify').value, target: Number($('arm-target').value) || 0 },
+      // The station's run options, as its own API names them: `verify` is
+      // compare, hash or none; a target count of 0 means none.
+      options: { verify: $('arm-verify').value },
     };
+    const target = Number($('arm-target').value) || 0;
+    if (target > 0) body.options.target_count = target;
     if ($('arm-name').value.trim()) body.name = $('arm-name').value.trim();
     try {
       await api('/api/v1/lots', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });

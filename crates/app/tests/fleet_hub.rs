@@ -310,3 +310,144 @@ async fn a_run_that_followed_an_import_names_the_real_image_at_the_hub_and_leave
     app.stop().await.unwrap();
     hub.stop().await;
 }
+
+/// `method` `url` on the hub (no operator tokens: its API is open to
+/// loopback), with a JSON or raw body: the status and the JSON answer.
+async fn hub_call(
+    method: &'static str,
+    url: String,
+    body: Option<Result<serde_json::Value, Vec<u8>>>,
+) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let request = ureq::request(method, &url).timeout(Duration::from_secs(30));
+        let result = match body {
+            Some(Ok(json)) => request.send_json(json),
+            Some(Err(bytes)) => request
+                .set("Content-Type", "application/octet-stream")
+                .send_bytes(&bytes),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("{method} {url}: {error}"),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the hub's view of the lot's only order satisfies `done`,
+/// checking that every state it passes through is in `on_the_way`; returns
+/// the order's view.
+async fn until_order(
+    hub: &TestHub,
+    what: &str,
+    on_the_way: &[&str],
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, lots) = hub_call("GET", hub.url("/api/v1/lots"), None).await;
+        assert_eq!(status, 200, "{lots}");
+        let order = lots[0]["orders"][0].clone();
+        if done(&order) {
+            return order;
+        }
+        let state = order["progress"]["state"].as_str().unwrap_or("no report");
+        assert!(
+            on_the_way.contains(&state),
+            "on the way to {what}, the order was {state}: {order:#}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 60 s: {order:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_waits_for_the_operators_own_run_and_is_armed_once_it_stops_never_failed() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = hub.db.add_token(Role::Station, "lab-o").await.unwrap();
+    let app = station(hub.address, "lab-o", &token, &dir).await;
+    // The station's operator arms a run of their own.
+    let own = app.arm().await;
+
+    // The hub arms a lot of another image on the station.
+    let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 9, 1 << 16);
+    let sha = flashrack_core::Sha256Digest::of(&bytes).to_hex();
+    let (status, uploaded) = hub_call(
+        "POST",
+        hub.url("/api/v1/images?name=lot.img"),
+        Some(Err(bytes)),
+    )
+    .await;
+    assert_eq!(
+        (status, uploaded["sha256"].as_str()),
+        (200, Some(sha.as_str()))
+    );
+    let (status, lot) = hub_call(
+        "POST",
+        hub.url("/api/v1/lots"),
+        Some(Ok(serde_json::json!({
+            "name": "lot-o", "image_sha256": sha, "stations": ["lab-o"]
+        }))),
+    )
+    .await;
+    assert_eq!(status, 200, "{lot}");
+    let order_id = lot["orders"][0]["order_id"].as_i64().unwrap();
+
+    // It waits, with the station's reason naming the run in the way, at the
+    // hub (what its dashboard shows) and at the station.
+    let waiting_for = format!(
+        "run {own} armed by the station's operator is in the way: the order waits until it is stopped"
+    );
+    let order = until_order(&hub, "waiting", &["no report"], |o| {
+        o["progress"]["state"] == "waiting"
+    })
+    .await;
+    assert_eq!(order["order_id"], order_id);
+    assert_eq!(order["armed"], true);
+    assert_eq!(order["progress"]["detail"], waiting_for.as_str());
+    assert!(order["run_id"].is_null(), "{order:#}");
+    let fleet = app.get("/api/v1/fleet").await.json();
+    assert_eq!(fleet["order"]["state"], "waiting", "{fleet:#}");
+    assert_eq!(fleet["order"]["detail"], waiting_for.as_str());
+    let current = app.get("/api/v1/runs/current").await.json();
+    assert_eq!(current["id"], own, "the operator's run is not touched");
+
+    // The operator stops their run: the order is followed (its image
+    // fetched from the hub, its run armed), and never reported failed.
+    let stopped = app
+        .post(
+            "/api/v1/runs/current/stop",
+            Some(serde_json::json!({ "reason": "done" })),
+        )
+        .await;
+    assert!(stopped.status < 300, "{}", stopped.body);
+    let order = until_order(
+        &hub,
+        "armed with its run",
+        &["waiting", "fetching", "armed"],
+        |o| o["progress"]["state"] == "armed" && !o["run_id"].is_null(),
+    )
+    .await;
+    assert!(order["progress"]["detail"].is_null(), "{order:#}");
+    let current = app.get("/api/v1/runs/current").await.json();
+    assert_ne!(current["id"], own);
+    assert_eq!(current["id"], order["run_id"]);
+    assert_eq!(current["image_sha256"], sha.as_str(), "{current:#}");
+    assert_eq!(current["armed"], true, "{current:#}");
+    app.stop().await.unwrap();
+    hub.stop().await;
+}

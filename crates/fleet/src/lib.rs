@@ -327,6 +327,10 @@ pub struct OrderProgress {
 pub enum OrderState {
     /// Fetching the image from the hub.
     Fetching,
+    /// Not followed yet, and not failed: a run the station's operator armed
+    /// is in the way (an order never stops or replaces it). The station
+    /// follows the order once that run stops; the detail says which run.
+    Waiting,
     /// The run is armed under the order.
     Armed,
     /// The run under the order stopped (reached its target, stopped at the

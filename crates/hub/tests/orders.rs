@@ -289,3 +289,103 @@ async fn an_image_is_served_whole_and_by_range_so_that_a_fetch_resumes() {
     assert_eq!(get_bytes(other, vec![auth]).await.0, 404);
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lot_requests_get_a_clear_error_and_arm_nothing() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let sha = upload(&hub, image_bytes()).await;
+    let lots = hub.url("/api/v1/lots");
+    // The hub's errors: `{"error": {"code", "message"}}`.
+    let refused = |status: u16, body: &serde_json::Value| {
+        let error = body["error"]["message"].as_str().unwrap_or_default();
+        (status, error.to_string())
+    };
+    // Not JSON, the wrong shapes, a misspelt field, a bad digest, an image
+    // the hub lacks, a station named twice or not a station id.
+    for (body, says) in [
+        ("{not json".to_string(), "malformed request"),
+        (
+            json!({ "image_sha256": sha }).to_string(),
+            "missing field `stations`",
+        ),
+        (
+            json!({ "image_sha256": sha, "stations": "lab-a" }).to_string(),
+            "invalid type",
+        ),
+        (
+            json!({ "image_sha256": sha, "stations": ["lab-a"], "options": [1] }).to_string(),
+            "invalid type",
+        ),
+        (
+            json!({ "image_sha256": sha, "stations": ["lab-a"], "optoins": { "target": 3 } })
+                .to_string(),
+            "unknown field `optoins`",
+        ),
+        (
+            json!({ "image_sha256": "abc", "stations": ["lab-a"] }).to_string(),
+            "sha256",
+        ),
+        (
+            json!({ "image_sha256": Sha256Digest::of(b"x").to_hex(), "stations": ["lab-a"] })
+                .to_string(),
+            "the hub holds no image",
+        ),
+        (
+            json!({ "image_sha256": sha, "stations": ["lab-a", "lab-a"] }).to_string(),
+            "station \"lab-a\" is named twice in the lot",
+        ),
+        (
+            json!({ "image_sha256": sha, "stations": ["lab a"] }).to_string(),
+            "\"lab a\" is not a station id",
+        ),
+        (
+            json!({ "image_sha256": sha, "stations": [] }).to_string(),
+            "a lot needs at least one station",
+        ),
+    ] {
+        let answer = post_raw(lots.clone(), None, body.clone()).await;
+        let (status, error) = refused(answer.status, &answer.body);
+        assert!(
+            status == 400 || (status == 409 && says.starts_with("the hub holds")),
+            "{body}: {status} {:?}",
+            answer.body
+        );
+        assert!(
+            error.contains(says),
+            "{body}: {error:?} should say {says:?} ({:?})",
+            answer.body
+        );
+    }
+    // Nothing was armed by any of them.
+    let listed = get(lots.clone(), None).await;
+    assert_eq!(listed.body, json!([]), "{:?}", listed.body);
+    assert_eq!(orders(&hub, &a, "").await.run, None);
+
+    // Unknown and malformed lot ids: 404 and 400, with the hub's words.
+    for (path, status, says) in [
+        ("/api/v1/lots/999/stop", 404, "no lot 999"),
+        ("/api/v1/lots/abc/stop", 400, "\"abc\" is not a lot id"),
+        ("/api/v1/lots/-1/stop", 400, "\"-1\" is not a lot id"),
+    ] {
+        let answer = post_raw(hub.url(path), None, String::new()).await;
+        let (got, error) = refused(answer.status, &answer.body);
+        assert_eq!(got, status, "{path}: {:?}", answer.body);
+        assert!(error.contains(says), "{path}: {error:?}");
+    }
+    for (path, status, says) in [
+        ("/api/v1/lots/999/report", 404, "no lot 999"),
+        (
+            "/api/v1/lots/x1/report?format=csv",
+            400,
+            "\"x1\" is not a lot id",
+        ),
+    ] {
+        let answer = get(hub.url(path), None).await;
+        let (got, error) = refused(answer.status, &answer.body);
+        assert_eq!(got, status, "{path}: {:?}", answer.body);
+        assert!(error.contains(says), "{path}: {error:?}");
+    }
+    hub.stop().await;
+}

@@ -16,7 +16,8 @@
 //! is the sha256 of its bytes: fetched bytes enter the cache only through an
 //! import that checks the digest again. **A local operator still decides:**
 //! a run the station's operator armed is never stopped or replaced by an
-//! order (the order waits, and says why), and a run armed under an order and
+//! order (the order is reported [`OrderState::Waiting`], with that run
+//! named, until the run stops; then it is followed), and a run armed under an order and
 //! stopped at the station is not armed again for that order (only a new
 //! order arms again). Where the follower stands is reported to the hub as the
 //! live report's [`OrderProgress`].
@@ -37,7 +38,9 @@ use flashrack_engine::SourceImage;
 use flashrack_fleet::{OrderProgress, OrderState, Orders, RunOrder};
 use flashrack_fleet_client::FetchError;
 use flashrack_image::{CachedImage, ImageCache};
-use flashrack_station::{ArmRequest, RunOptions, RunRefusal, Snapshot, StationHandle};
+use flashrack_station::{
+    ArmRequest, RunOptions, RunRefusal, Snapshot, StationError, StationHandle,
+};
 use flashrack_store::{OrderMemory, Records, Store};
 use tokio::sync::watch;
 
@@ -286,12 +289,10 @@ impl Follower {
                     return Step::RetryAfter(Duration::from_secs(1));
                 }
             }
-            Some((_, None)) => {
-                self.report(
-                    id,
-                    OrderState::Failed,
-                    Some("a run armed by the station's operator is in the way: the order waits until it is stopped".into()),
-                );
+            Some((run, None)) => {
+                // Not a failure: the station's snapshot changes when that
+                // run stops, and the order is followed then.
+                self.report(id, OrderState::Waiting, Some(waiting_for(run)));
                 return Step::Settled;
             }
             None => {}
@@ -357,9 +358,15 @@ impl Follower {
                 self.report(id, OrderState::Armed, None);
                 Step::Settled
             }
+            // The station's operator armed a run between the look at the
+            // snapshot and the arming: the order waits for it, as above.
+            Err(StationError::AlreadyArmed(run)) => {
+                self.report(id, OrderState::Waiting, Some(waiting_for(run)));
+                Step::Settled
+            }
             Err(error) => {
-                // A run armed meanwhile at the station, a source that cannot
-                // be read: said, and tried again when something changes.
+                // A source that cannot be read: said, and tried again when
+                // something changes.
                 self.report(id, OrderState::Failed, Some(error.to_string()));
                 Step::Settled
             }
@@ -563,6 +570,14 @@ fn armed_run(snapshot: &Snapshot) -> Option<(RunId, Option<i64>)> {
         .map(|run| (run.id, run.options.order_id))
 }
 
+/// Why an order waits: the station's own run `run` is armed.
+fn waiting_for(run: RunId) -> String {
+    format!(
+        "run {} armed by the station's operator is in the way: the order waits until it is stopped",
+        run.0
+    )
+}
+
 /// A stop reason as the records and the API spell it (`operator` …).
 fn stop_reason_text(reason: StopReason) -> String {
     serde_json::to_value(reason)
@@ -571,12 +586,37 @@ fn stop_reason_text(reason: StopReason) -> String {
         .unwrap_or_else(|| format!("{reason:?}"))
 }
 
+/// The names of a run's options ([`RunOptions`]' fields as JSON names
+/// them): what an order may set.
+const RUN_OPTION_NAMES: &[&str] = &[
+    "verify",
+    "eject_on_pass",
+    "target_count",
+    "operator",
+    "lot",
+    "order_id",
+    "force_raw",
+    "sparse",
+    "sample",
+    "audit",
+    "retries",
+];
+
 /// The run options of an order: the station's defaults, what the order says,
 /// and the order's id.
 fn run_options(order: &RunOrder) -> Result<RunOptions, String> {
     let mut options = serde_json::to_value(RunOptions::default()).map_err(|e| e.to_string())?;
     if let (Some(base), Some(given)) = (options.as_object_mut(), order.options.as_object()) {
         for (key, value) in given {
+            // A misspelt option would be dropped by the run's options and
+            // the run armed with the default in its place (a lot's
+            // `"target": 5` armed a run without a target count).
+            if !RUN_OPTION_NAMES.contains(&key.as_str()) {
+                return Err(format!(
+                    "the order's options name no option {key:?} (known: {})",
+                    RUN_OPTION_NAMES.join(", ")
+                ));
+            }
             base.insert(key.clone(), value.clone());
         }
     } else if !order.options.is_null() {
@@ -650,6 +690,41 @@ mod tests {
         assert!(run_options(&order(serde_json::json!({ "target_count": 0 }))).is_err());
         assert!(run_options(&order(serde_json::json!([1, 2]))).is_err());
         assert!(run_options(&order(serde_json::Value::Null)).is_ok());
+        // A misspelt option is refused, not dropped for the default.
+        let why = run_options(&order(serde_json::json!({ "target": 5 }))).unwrap_err();
+        assert!(
+            why.starts_with("the order's options name no option \"target\" (known: verify, "),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_option_names_an_order_may_set_are_the_run_options_fields() {
+        // Every field set, so that none is left out of the JSON.
+        let every = RunOptions {
+            verify: flashrack_core::VerifyMode::Hash,
+            eject_on_pass: true,
+            target_count: Some(2),
+            operator: Some("ann".into()),
+            lot: Some("lot".into()),
+            order_id: Some(1),
+            force_raw: true,
+            sparse: true,
+            sample: Some(flashrack_core::SamplePercent::from_percent(5.0).unwrap()),
+            audit: true,
+            retries: 1,
+        };
+        let json = serde_json::to_value(&every).unwrap();
+        let mut names: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        let mut known = RUN_OPTION_NAMES.to_vec();
+        known.sort_unstable();
+        assert_eq!(names, known);
     }
 
     #[test]

@@ -74,8 +74,11 @@ pub(super) async fn get(
     }
 }
 
-/// What an operator sends to arm a lot.
+/// What an operator sends to arm a lot. A field the hub does not know is
+/// refused, not ignored: a misspelt `options` would arm a lot with the
+/// station's defaults.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ArmRequest {
     /// The lot's name (made up when absent).
     name: Option<String>,
@@ -137,11 +140,21 @@ async fn lot_by_id(state: &HubState, id: i64) -> Result<LotView, AppError> {
         .ok_or_else(|| AppError::not_found(format!("no lot {id}")))
 }
 
+/// A lot's id as a path gives it: a positive number, or a 400 that says so
+/// (not the router's own text).
+pub(super) fn lot_id(text: &str) -> Result<i64, AppError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| AppError::bad_request(format!("{text:?} is not a lot id")))
+}
+
 /// `POST /api/v1/lots/{id}/stop`.
 pub(super) async fn stop(
     State(state): State<HubState>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<LotView>, AppError> {
+    let id = lot_id(&id)?;
     if !state.db.stop_lot(id).await.map_err(internal)? {
         return Err(AppError::not_found(format!("no lot {id}")));
     }

@@ -78,9 +78,10 @@ pub(super) async fn image_origins(
 /// A lot's report, across its stations.
 pub(super) async fn lot(
     State(state): State<HubState>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     Query(query): Query<FormatQuery>,
 ) -> Result<Response, AppError> {
+    let id = super::orders::lot_id(&id)?;
     let format = query.format.as_deref().unwrap_or("json");
     let report = state
         .db

@@ -81,9 +81,16 @@ impl HubDb {
         if lot.stations.is_empty() {
             return Err(PgError::Invalid("a lot needs at least one station".into()));
         }
-        for station in &lot.stations {
+        for (i, station) in lot.stations.iter().enumerate() {
             if !super::tokens::valid_name(station) {
                 return Err(PgError::Invalid(format!("{station:?} is not a station id")));
+            }
+            // A station named twice would get two orders of one lot, the
+            // first disarmed by the second.
+            if lot.stations[..i].contains(station) {
+                return Err(PgError::Invalid(format!(
+                    "station {station:?} is named twice in the lot"
+                )));
             }
         }
         let size = i64::try_from(lot.image_size)
