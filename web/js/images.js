@@ -195,6 +195,7 @@ export async function importUrl(event) {
     signature: value('url-sig'),
     keyring: value('url-keyring'),
     bmap: value('url-bmap'),
+    zip_entry: value('url-zip-entry'),
   };
   try {
     await api('POST', '/images/import-url', body);

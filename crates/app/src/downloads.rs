@@ -112,6 +112,23 @@ pub struct UrlImport {
     pub max_size: ByteSize,
     /// Where the image's block map is, checked in the import's one pass.
     pub bmap: UrlBmap,
+    /// The file to import from a zip archive holding more than one
+    /// ([`ImportOptions::zip_entry`]).
+    pub zip_entry: Option<String>,
+}
+
+impl UrlImport {
+    /// An import of `url` up to `max_size`, unchecked, with a block map
+    /// looked for beside it, and no zip entry named.
+    pub fn new(url: impl Into<String>, max_size: ByteSize) -> Self {
+        Self {
+            url: url.into(),
+            check: DigestCheck::None,
+            max_size,
+            bmap: UrlBmap::Beside,
+            zip_entry: None,
+        }
+    }
 }
 
 /// Where an import from a URL finds the image's block map (bmaptool's XML).
@@ -401,6 +418,7 @@ pub(crate) async fn import_url_following(
         bmap,
         observer: following.observer.clone(),
         cancel: following.cancel.clone(),
+        zip_entry: request.zip_entry.clone(),
         ..ImportOptions::default()
     };
     let name = file_name_of(url).unwrap_or_else(|| url.to_string());
@@ -420,6 +438,8 @@ pub(crate) async fn import_url_following(
                 provenance: done.clone(),
                 declared_length: declared_length.clone(),
                 declared_raw_size: following.raw_size,
+                // A zip is read from the partial file once it is whole.
+                spooled: Some(partial.data_path().to_path_buf()),
                 ..StreamSource::new(url, name.clone())
             };
             let options = options.clone();
@@ -507,6 +527,14 @@ pub(crate) async fn import_url_following(
                     DownloadError::Changed { .. } | DownloadError::WrongLength { .. }
                 ) {
                     discard(&partial).await;
+                }
+                // Followed, the chunks told were the old file's: it cannot
+                // start again under the targets (see `Following`).
+                if let (DownloadError::Changed { reason, .. }, true) = (&error, followed) {
+                    return Err(AppError::SourceChanged {
+                        url: url.to_string(),
+                        reason: reason.clone(),
+                    });
                 }
                 return Err(download_error(url, error));
             }
@@ -776,11 +804,15 @@ impl UrlImportService {
             }
             Some(_) => return Err("bmap must be an http or https URL".into()),
         };
+        if body.zip_entry.as_deref().is_some_and(|e| e.is_empty()) {
+            return Err("zip_entry must name a file in the archive".into());
+        }
         Ok(UrlImport {
             url: body.url,
             check,
             max_size: self.max_size,
             bmap,
+            zip_entry: body.zip_entry,
         })
     }
 

@@ -63,6 +63,19 @@ pub enum AppError {
         #[source]
         source: Box<flashrack_download::DownloadError>,
     },
+    /// The file at a URL changed on the server while a flash wrote it as
+    /// it downloaded (a resume answered with the whole new file, or a new
+    /// `ETag`): the sticks hold part of the old file, so every target fails
+    /// before any verdict; the partial download is discarded.
+    #[error(
+        "{url} changed on the server while it was being written ({reason}): no stick holds a whole image; flash it again to write the new file, downloaded from its start"
+    )]
+    SourceChanged {
+        /// The URL.
+        url: String,
+        /// Which validator changed.
+        reason: String,
+    },
     /// A master could not be captured.
     #[error(transparent)]
     Capture(#[from] crate::capture::CaptureError),

@@ -35,7 +35,7 @@ pub fn import(
     expected: Option<Sha256Digest>,
     max_size: ByteSize,
 ) -> Result<ImportOutcome, AppError> {
-    import_with(cache, file, expected, max_size, false)
+    import_with(cache, file, expected, max_size, false, None)
 }
 
 /// [`import`] of a file flashrack made (a built layout), stopped when
@@ -74,7 +74,7 @@ pub fn import_in_place(
     expected: Option<Sha256Digest>,
     max_size: ByteSize,
 ) -> Result<ImportOutcome, AppError> {
-    import_with(cache, file, expected, max_size, true)
+    import_with(cache, file, expected, max_size, true, None)
 }
 
 fn import_with(
@@ -83,6 +83,7 @@ fn import_with(
     expected: Option<Sha256Digest>,
     max_size: ByteSize,
     reference_raw: bool,
+    zip_entry: Option<&str>,
 ) -> Result<ImportOutcome, AppError> {
     cache
         .import(
@@ -91,6 +92,7 @@ fn import_with(
                 expected_sha256: expected,
                 max_image_size: max_size.bytes(),
                 reference_raw,
+                zip_entry: zip_entry.map(str::to_string),
                 ..ImportOptions::default()
             },
         )
@@ -109,15 +111,18 @@ fn import_with(
 /// Without a bmap file the image keeps the map it has or gets one generated
 /// ([`map_image`]). A file the cache knows is not read again: a bmap file
 /// is then checked against the cached image ([`ImageCache::attach_bmap`]).
+/// `zip_entry` names the file to import from a zip archive holding more than
+/// one ([`ImportOptions::zip_entry`]).
 pub fn import_with_map(
     cache: &ImageCache,
     file: &Path,
     expected: Option<Sha256Digest>,
     max_size: ByteSize,
     bmap: Option<&Path>,
+    zip_entry: Option<&str>,
 ) -> Result<(ImportOutcome, MapNote), AppError> {
     let Some(bmap_path) = bmap.map(Path::to_path_buf).or_else(|| bmap_beside(file)) else {
-        let outcome = import_in_place(cache, file, expected, max_size)?;
+        let outcome = import_with(cache, file, expected, max_size, true, zip_entry)?;
         let note = map_image(cache, &outcome.image, None, None)?;
         return Ok((outcome, note));
     };
@@ -135,6 +140,7 @@ pub fn import_with_map(
                 max_image_size: max_size.bytes(),
                 reference_raw: true,
                 bmap: Some(input),
+                zip_entry: zip_entry.map(str::to_string),
                 ..ImportOptions::default()
             },
         )

@@ -268,7 +268,7 @@ impl Journal for StoreRecords {
         note: Option<&str>,
     ) -> Result<(), JournalError> {
         self.store
-            .write(|batch| Box::pin(batch.stop_run(run_id, reason)))
+            .write(|batch| Box::pin(batch.stop_run(run_id, reason, note)))
             .await
             .map_err(journal_error)?;
         let mut row = EventRow::new(

@@ -77,14 +77,7 @@ fn an_import_killed_mid_download_is_listed_interrupted_after_a_restart_and_resum
     let id = first.block_on(async {
         let service = service(&data_dir).await;
         let view = service
-            .start(UrlImportRequest {
-                url: url.clone(),
-                sha256: Some(sha.to_hex()),
-                sha256sums: None,
-                signature: None,
-                keyring: None,
-                bmap: None,
-            })
+            .start(UrlImportRequest::new(url.clone()).sha256(sha.to_hex()))
             .unwrap();
         let id = view["id"].as_u64().unwrap();
         listed_until(&service, id, |v| v["held"] == 4 * MIB as u64).await;
@@ -161,14 +154,7 @@ async fn a_running_import_cannot_be_resumed_and_a_failed_one_can() {
     let service = service(&data_dir).await;
     // Not found on the server: failed at once.
     let missing = service
-        .start(UrlImportRequest {
-            url: server.url("/later.img"),
-            sha256: Some(sha.to_hex()),
-            sha256sums: None,
-            signature: None,
-            keyring: None,
-            bmap: None,
-        })
+        .start(UrlImportRequest::new(server.url("/later.img")).sha256(sha.to_hex()))
         .unwrap()["id"]
         .as_u64()
         .unwrap();
@@ -178,14 +164,7 @@ async fn a_running_import_cannot_be_resumed_and_a_failed_one_can() {
         "{failed}"
     );
     let running = service
-        .start(UrlImportRequest {
-            url: server.url("/os.img"),
-            sha256: Some(sha.to_hex()),
-            sha256sums: None,
-            signature: None,
-            keyring: None,
-            bmap: None,
-        })
+        .start(UrlImportRequest::new(server.url("/os.img")).sha256(sha.to_hex()))
         .unwrap()["id"]
         .as_u64()
         .unwrap();

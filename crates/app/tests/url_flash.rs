@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flashrack_app::downloads::{downloads_dir, DigestCheck, RetryPolicy, UrlBmap, UrlImport};
+use flashrack_app::downloads::{downloads_dir, DigestCheck, RetryPolicy, UrlImport};
 use flashrack_app::flash::{flash_url, FlashEvent, FlashOutcome, FlashRequest, Notice};
 use flashrack_app::images::open_cache;
 use flashrack_app::reports::ReportFormat;
@@ -52,12 +52,10 @@ fn request(targets: &[&Path]) -> FlashRequest {
 }
 
 fn import(server: &FileServer, path: &str, check: DigestCheck) -> UrlImport {
+    // No bmap is served: looked for beside the image, as by default.
     UrlImport {
-        url: server.url(path),
         check,
-        max_size: ByteSize(1 << 40),
-        // None is served: looked for beside the image, as by default.
-        bmap: UrlBmap::Beside,
+        ..UrlImport::new(server.url(path), ByteSize(1 << 40))
     }
 }
 

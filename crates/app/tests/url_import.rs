@@ -122,7 +122,6 @@ fn keyring(dir: &Path, key: &SignedSecretKey) -> std::path::PathBuf {
 
 fn signed_request(v: &Vendor, keyring: &Path) -> UrlImport {
     UrlImport {
-        url: v.server.url("/image.img.gz"),
         check: DigestCheck::Sums {
             url: v.server.url("/SHA256SUMS"),
             signature: Some(SignatureSpec {
@@ -130,8 +129,7 @@ fn signed_request(v: &Vendor, keyring: &Path) -> UrlImport {
                 keyring: Keyring::File(keyring.to_path_buf()),
             }),
         },
-        max_size: ByteSize(1 << 40),
-        bmap: UrlBmap::Beside,
+        ..UrlImport::new(v.server.url("/image.img.gz"), ByteSize(1 << 40))
     }
 }
 
@@ -302,12 +300,7 @@ async fn a_download_that_fails_midway_never_leaves_a_truncated_image() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let cache = open_cache(&data_dir).unwrap();
-    let request = UrlImport {
-        url: server.url("/raw.img"),
-        check: DigestCheck::None,
-        max_size: ByteSize(1 << 40),
-        bmap: UrlBmap::Beside,
-    };
+    let request = UrlImport::new(server.url("/raw.img"), ByteSize(1 << 40));
     let stalling = RetryPolicy {
         stall_timeout: Duration::from_secs(1),
         ..policy(1)
@@ -345,10 +338,8 @@ async fn a_file_changed_on_the_server_is_imported_again_from_the_start() {
     let data_dir = dir.path().join("data");
     let cache = open_cache(&data_dir).unwrap();
     let request = UrlImport {
-        url: server.url("/v.img"),
         check: DigestCheck::Sha256(Sha256Digest::of(&new)),
-        max_size: ByteSize(1 << 40),
-        bmap: UrlBmap::Beside,
+        ..UrlImport::new(server.url("/v.img"), ByteSize(1 << 40))
     };
     assert!(import_url(&cache, &data_dir, &request, policy(1), |_| {})
         .await
@@ -518,10 +509,8 @@ async fn a_bmap_beside_a_url_or_at_its_own_url_is_checked_in_the_one_pass_and_a_
     server.serve("/maps/lie.bmap", Served::new(lie.into_bytes(), "lb"));
     server.serve("/maps/truth.bmap", Served::new(truth.into_bytes(), "tb"));
     let request = |url: &str, bmap: UrlBmap| UrlImport {
-        url: server.url(url),
-        check: DigestCheck::None,
-        max_size: ByteSize(1 << 40),
         bmap,
+        ..UrlImport::new(server.url(url), ByteSize(1 << 40))
     };
 
     // A lying map beside the image, and one named by its URL: refused with

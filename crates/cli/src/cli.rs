@@ -102,7 +102,7 @@ pub enum Command {
 pub enum ReportFormatArg {
     /// Comma-separated values, one row per attempt.
     Csv,
-    /// JSON (format "flashrack-report/9").
+    /// JSON (format "flashrack-report/10").
     Json,
     /// Printable HTML.
     Html,
@@ -296,7 +296,7 @@ pub enum ImageCommand {
     /// Import an image (raw .img/.iso, or gzip, xz, zstd, bzip2, zip): decompress
     /// once, hash, and cache it under its sha256. An http or https URL is
     /// downloaded and imported in the same pass (resumed after a cut or a
-    /// restart; zip archives only from files).
+    /// restart; a zip archive is downloaded whole, then its file read).
     Import {
         /// The file or URL to import.
         #[arg(value_name = "FILE|URL")]
@@ -331,6 +331,12 @@ pub enum ImageCommand {
         /// they can be read.
         #[arg(long, value_name = "FILE|URL")]
         bmap: Option<PathBuf>,
+        /// For a zip archive holding more than one file: the one to import
+        /// (its name in the archive). Without it such an archive is refused
+        /// with the names of its files. A zip from a URL is downloaded whole
+        /// (resumable) and the file read from the download.
+        #[arg(long, value_name = "NAME")]
+        zip_entry: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -520,6 +526,11 @@ pub struct FlashArgs {
     /// cache; a map that does not match is refused.
     #[arg(long, value_name = "FILE")]
     pub bmap: Option<PathBuf>,
+    /// For an image in a zip archive holding more than one file (a file or
+    /// a URL): the one to write (its name in the archive). Without it such
+    /// an archive is refused with the names of its files.
+    #[arg(long, value_name = "NAME")]
+    pub zip_entry: Option<String>,
     /// Verify only this share of each stick, in percent (above 0, below
     /// 100): chunks chosen at random per stick, plus the first and the last.
     /// A weaker proof: every verdict says `sampled (x %)`. Default: every byte.
@@ -608,6 +619,7 @@ impl From<VerifyArgs> for FlashArgs {
             force_raw: false,
             sparse: false,
             bmap: None,
+            zip_entry: None,
             sample: args.sample,
             // Nothing is written: nothing to write again.
             retries: 0,

@@ -44,7 +44,10 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
     // writes nothing.
     let file = Some(Path::new(&args.image)).filter(|p| p.is_file());
     let with_map = args.bmap.is_some() || file.and_then(bmap_beside).is_some();
-    if let Some(file) = file.filter(|_| !with_map && !args.sparse && !audit) {
+    // A zip entry named: a zip's size is not known before its import ends,
+    // so it is not followed anyway.
+    let followed = !with_map && !args.sparse && !audit && args.zip_entry.is_none();
+    if let Some(file) = file.filter(|_| followed) {
         if !args.quiet {
             errln!("importing {} while writing …", args.image);
         }
@@ -78,11 +81,22 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
     // given now.
     let (image, note) = match file {
         Some(file) => {
-            let (outcome, note) =
-                import_with_map(&cache, file, expected, args.max_size, args.bmap.as_deref())?;
+            let (outcome, note) = import_with_map(
+                &cache,
+                file,
+                expected,
+                args.max_size,
+                args.bmap.as_deref(),
+                args.zip_entry.as_deref(),
+            )?;
             (outcome.image, Some(note))
         }
         None => {
+            if args.zip_entry.is_some() {
+                anyhow::bail!(
+                    "--zip-entry is for a zip archive (a file or a URL), not a cached image"
+                );
+            }
             let image = resolve_image(&cache, &args.image, expected, args.max_size)?;
             let note = match args.bmap.as_deref() {
                 Some(bmap) => Some(map_image(&cache, &image, None, Some(bmap))?),
@@ -144,6 +158,7 @@ async fn flash_url(
         check,
         max_size: args.max_size,
         bmap,
+        zip_entry: args.zip_entry.clone(),
     };
     if !args.quiet {
         errln!("downloading {} while writing …", args.image);

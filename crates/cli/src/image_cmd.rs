@@ -84,6 +84,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             keyring,
             max_size,
             bmap,
+            zip_entry,
             json,
         } => {
             let expected = sha256
@@ -124,6 +125,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         check,
                         max_size,
                         bmap,
+                        zip_entry,
                     };
                     let mut shown = DownloadView::new(json);
                     let outcome =
@@ -145,7 +147,14 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     }
                     // The bmap (given or beside the file) is checked in the
                     // import's pass; one that lies leaves nothing cached.
-                    import_with_map(&cache, &file, expected, max_size, bmap.as_deref())?
+                    import_with_map(
+                        &cache,
+                        &file,
+                        expected,
+                        max_size,
+                        bmap.as_deref(),
+                        zip_entry.as_deref(),
+                    )?
                 }
             };
             let image = &outcome.image;

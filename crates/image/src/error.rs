@@ -135,9 +135,10 @@ pub enum ImageError {
         /// What is not supported.
         reason: String,
     },
-    /// A zip archive must hold exactly one file (directories are ignored).
+    /// A zip archive must hold exactly one file (directories are ignored),
+    /// unless the file to import is named ([`crate::ImportOptions::zip_entry`]).
     #[error(
-        "{}: a zip archive must hold exactly one file, this one holds {}{}",
+        "{}: a zip archive must hold exactly one file, or the file to import must be named; this one holds {}{}",
         path.display(),
         .files.len(),
         list_names(.files)
@@ -146,6 +147,21 @@ pub enum ImageError {
         /// The archive.
         path: PathBuf,
         /// The names of the files it holds (none, or more than one).
+        files: Vec<String>,
+    },
+    /// The file named to import from a zip archive is not in it.
+    #[error(
+        "{}: the zip archive holds no file named {entry:?}; it holds {}{}",
+        path.display(),
+        .files.len(),
+        list_names(.files)
+    )]
+    ZipEntryMissing {
+        /// The archive.
+        path: PathBuf,
+        /// The name asked for.
+        entry: String,
+        /// The names of the files it holds.
         files: Vec<String>,
     },
     /// The digest the user expected matches neither the file as given nor its raw

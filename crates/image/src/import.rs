@@ -93,6 +93,12 @@ pub struct ImportOptions {
     /// (a file) and [`ImageCache::import_stream`] (a download) both check
     /// it.
     pub bmap: Option<BmapInput>,
+    /// The file to import from a zip archive that holds more than one (its
+    /// name in the archive, as listed). `None`: the archive must hold
+    /// exactly one file. A name the archive does not hold fails the import
+    /// with the names it does ([`ImageError::ZipEntryMissing`]); ignored for
+    /// anything but a zip archive.
+    pub zip_entry: Option<String>,
 }
 
 /// Where the raw bytes of a new image end up.
@@ -118,6 +124,7 @@ impl Default for ImportOptions {
             reference_raw: false,
             observer: None,
             bmap: None,
+            zip_entry: None,
         }
     }
 }
@@ -219,6 +226,7 @@ impl ImageCache {
                 if let Some(image) = self
                     .get(&source.raw_sha256)?
                     .filter(|i| i.manifest.has_chunk_fingerprints())
+                    .filter(|i| entry_fits(i, &options))
                 {
                     tracing::debug!(path = %path.display(), image = %image.sha256().short(), "known file");
                     check_size(path, image.size(), &options)?;
@@ -260,6 +268,7 @@ impl ImageCache {
                     if let Some(image) = self
                         .get(&raw)?
                         .filter(|i| i.manifest.has_chunk_fingerprints())
+                        .filter(|i| entry_fits(i, &options))
                     {
                         tracing::debug!(path = %path.display(), image = %raw.short(), "known file digest");
                         check_size(path, image.size(), &options)?;
@@ -348,6 +357,7 @@ impl ImageCache {
                     &mut watch,
                     observer,
                     check.as_mut(),
+                    options.zip_entry.as_deref(),
                 )
             }
             Placement::Clone(temp) => {
@@ -368,6 +378,7 @@ impl ImageCache {
                     &mut watch,
                     observer,
                     check.as_mut(),
+                    options.zip_entry.as_deref(),
                 )
             }
             Placement::Reference(_) => decode(
@@ -379,6 +390,7 @@ impl ImageCache {
                 &mut watch,
                 observer,
                 check.as_mut(),
+                options.zip_entry.as_deref(),
             ),
         };
         // A range that failed stopped the pass: that is the import's error.
@@ -419,8 +431,11 @@ impl ImageCache {
             }
             _ => None,
         };
+        // A zip whose entry was named holds other images too: the file is
+        // not recorded as holding this one (its next import reads it).
+        let named_entry = format == ImageFormat::Zip && options.zip_entry.is_some();
         let remember = |file: &File| {
-            if let Some(identity) = &identity {
+            if let (Some(identity), false) = (&identity, named_entry) {
                 self.remember(
                     identity,
                     settled,
@@ -679,6 +694,13 @@ impl ImageCache {
     }
 }
 
+/// Whether a cached image a shortcut found may answer an import that names
+/// a zip entry: only if it was imported as that entry (otherwise the pass
+/// reads the archive, and finds the entry or says it is not there).
+fn entry_fits(image: &CachedImage, options: &ImportOptions) -> bool {
+    options.zip_entry.is_none() || image.meta.zip_entry == options.zip_entry
+}
+
 /// Accepts `expected` if it is the digest of the file as given or of its raw image.
 pub(crate) fn check_expected(
     path: &Path,
@@ -822,13 +844,14 @@ fn decode(
     watch: Watch<'_>,
     observer: Option<&dyn ImportObserver>,
     mut check: Option<&mut StreamCheck>,
+    wanted_entry: Option<&str>,
 ) -> Result<Decoded, ImageError> {
     let hashing = ChunkHashing::for_input();
     let (out, out_path) = match out {
         Some((file, path)) => (Some(file), Some(path.to_path_buf())),
         None => (None, None),
     };
-    let pass_error = |error| match error {
+    let pass_error = |error: PassError| match error {
         PassError::Input(e) => input_error(path, format, e),
         PassError::Output(source) => ImageError::CacheIo {
             action: "write",
@@ -877,30 +900,21 @@ fn decode(
         }
         ImageFormat::Zip => {
             let mut input = InputReader::new(file, true);
-            let (raw, zip_entry) = {
-                let mut archive = ZipArchive::new(&mut input).map_err(|e| zip_error(path, e))?;
-                let mut files: Vec<(usize, String)> = Vec::new();
-                for index in 0..archive.len() {
-                    let name = archive
-                        .name_for_index(index)
-                        .expect("every index below the archive's length has a name")
-                        .map_err(|e| zip_error(path, e))?;
-                    if !name.ends_with('/') && !name.ends_with('\\') {
-                        files.push((index, name.into_owned()));
-                    }
-                }
-                let [(index, name)] = files.as_slice() else {
-                    return Err(ImageError::ZipFileCount {
-                        path: path.to_path_buf(),
-                        files: files.into_iter().map(|(_, name)| name).collect(),
-                    });
-                };
-                let mut entry = archive.by_index(*index).map_err(|e| zip_error(path, e))?;
-                let mut entry = Checked::new(&mut entry, check);
-                let raw = digest_and_store(&mut entry, out, chunk_size, hashing, watch, observer)
-                    .map_err(pass_error)?;
-                (raw, name.clone())
-            };
+            let (raw, zip_entry) = decode_zip(
+                path,
+                &mut input,
+                wanted_entry,
+                &mut |_| {},
+                ZipPass {
+                    out,
+                    chunk_size,
+                    hashing,
+                    watch,
+                    observer,
+                    check,
+                },
+                &pass_error,
+            )?;
             let (hasher, input_size) = input.finish().map_err(|e| input_error(path, format, e))?;
             Ok(Decoded {
                 raw,
@@ -910,6 +924,80 @@ fn decode(
             })
         }
     }
+}
+
+/// Where the bytes of a zip entry go: the pass's output, chunking, watch,
+/// observer and bmap check, as [`digest_and_store`] takes them.
+pub(crate) struct ZipPass<'a, 'w> {
+    pub(crate) out: Option<&'a mut File>,
+    pub(crate) chunk_size: usize,
+    pub(crate) hashing: ChunkHashing,
+    pub(crate) watch: Watch<'w>,
+    pub(crate) observer: Option<&'a dyn ImportObserver>,
+    pub(crate) check: Option<&'a mut StreamCheck>,
+}
+
+/// Imports one file of the zip archive `input` (read through its central
+/// directory, at its end): the entry named `wanted`, or the only file when
+/// none is named. A name that is not there fails with the archive's files,
+/// and so does an archive with no file or several when none is named
+/// (directories are not files). `before` is told the entry's size as the
+/// central directory declares it, before its first byte is decoded (the
+/// decoder's CRC-32 and size checks catch a directory that lies). Returns
+/// the raw digests and the entry's name.
+pub(crate) fn decode_zip<R: Read + Seek>(
+    path: &Path,
+    input: &mut InputReader<R>,
+    wanted: Option<&str>,
+    before: &mut dyn FnMut(u64),
+    pass: ZipPass<'_, '_>,
+    pass_error: &dyn Fn(PassError) -> ImageError,
+) -> Result<(RawDigests, String), ImageError> {
+    let mut archive = ZipArchive::new(input).map_err(|e| zip_error(path, e))?;
+    let mut files: Vec<(usize, String)> = Vec::new();
+    for index in 0..archive.len() {
+        let name = archive
+            .name_for_index(index)
+            .expect("every index below the archive's length has a name")
+            .map_err(|e| zip_error(path, e))?;
+        if !name.ends_with('/') && !name.ends_with('\\') {
+            files.push((index, name.into_owned()));
+        }
+    }
+    let chosen = match wanted {
+        Some(wanted) => files.iter().find(|(_, name)| name == wanted),
+        None => match files.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        },
+    };
+    let Some((index, name)) = chosen.cloned() else {
+        let files = files.into_iter().map(|(_, name)| name).collect();
+        return Err(match wanted {
+            Some(entry) => ImageError::ZipEntryMissing {
+                path: path.to_path_buf(),
+                entry: entry.to_string(),
+                files,
+            },
+            None => ImageError::ZipFileCount {
+                path: path.to_path_buf(),
+                files,
+            },
+        });
+    };
+    let mut entry = archive.by_index(index).map_err(|e| zip_error(path, e))?;
+    before(entry.size());
+    let mut entry = Checked::new(&mut entry, pass.check);
+    let raw = digest_and_store(
+        &mut entry,
+        pass.out,
+        pass.chunk_size,
+        pass.hashing,
+        pass.watch,
+        pass.observer,
+    )
+    .map_err(pass_error)?;
+    Ok((raw, name))
 }
 
 /// The raw bytes on their way into the pass, shown to a bmap's check: a

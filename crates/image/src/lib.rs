@@ -2,7 +2,8 @@
 //! them again by digest, prefix or name.
 //!
 //! An import detects the file's format by its magic bytes (gzip, xz, zstd,
-//! bzip2, a zip holding one file, or else a raw `.img`/`.iso`), decompresses it
+//! bzip2, a zip holding one file or naming the one to import, or else a raw
+//! `.img`/`.iso`), decompresses it
 //! once, and in the same pass computes the sha256 of the raw image, the XXH3-128
 //! fingerprint of every fixed-size chunk, and which chunks are all zero (the
 //! [`ImageManifest`]), and the sha256 of the file as given. An expected digest

@@ -6,10 +6,16 @@
 //! An [`ImportObserver`](crate::ImportObserver) in the options hears of the
 //! pass as it goes, as for a file (a flash that writes while it downloads).
 //!
-//! A zip archive cannot be read this way (its directory is at its end), so
-//! it is refused with [`ImageError::Unsupported`]; the stream formats and raw
-//! images are imported as they come.
+//! A zip archive cannot be decoded this way (its directory is at its end):
+//! a stream that is also written whole to a file ([`StreamSource::spooled`]:
+//! a download's partial file) is read to its end (its sha256 computed as it
+//! arrives), then the chosen file of the archive is read from that file
+//! ([`ImportOptions::zip_entry`](crate::ImportOptions::zip_entry), as for a
+//! file import). Without one a zip is refused with
+//! [`ImageError::Unsupported`]. The stream formats and raw images are
+//! imported as they come.
 
+use std::fs::File;
 use std::io::{Cursor, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -23,8 +29,8 @@ use crate::detect::{ImageFormat, MAGIC_LEN};
 use crate::error::ImageError;
 use crate::fsutil::{write_json_atomic, TempFile};
 use crate::import::{
-    check_expected, check_size, input_error, CacheHit, Checked, ImportOptions, ImportOutcome,
-    MAX_CHUNK_SIZE,
+    check_expected, check_size, decode_zip, input_error, CacheHit, Checked, ImportOptions,
+    ImportOutcome, ZipPass, MAX_CHUNK_SIZE,
 };
 use crate::input::{read_full, stream_decoder, InputReader, INPUT_BUFFER};
 use crate::pass::{digest_and_store, ChunkHashing, PassError};
@@ -56,6 +62,11 @@ pub struct StreamSource {
     /// the pass (an `.xz` index fetched ahead), told to the observer as the
     /// image's size; ignored for a raw stream.
     pub declared_raw_size: Option<u64>,
+    /// A file the stream's bytes are written to as they are read, whole
+    /// once the stream has ended (a download's partial file). A zip archive
+    /// is imported from it: its directory is at its end. `None`: a zip is
+    /// refused.
+    pub spooled: Option<PathBuf>,
 }
 
 impl StreamSource {
@@ -69,6 +80,7 @@ impl StreamSource {
             raw: false,
             declared_length: Arc::default(),
             declared_raw_size: None,
+            spooled: None,
         }
     }
 }
@@ -106,20 +118,25 @@ impl ImageCache {
         } else {
             ImageFormat::detect(&head[..head_len])
         };
-        if format == ImageFormat::Zip {
-            return Err(ImageError::Unsupported {
-                path: label,
-                format,
-                reason: "a zip archive is read from its end and cannot be imported as it downloads; download it and import the file".into(),
-            });
-        }
+        let spooled = match (format, &source.spooled) {
+            (ImageFormat::Zip, None) => {
+                return Err(ImageError::Unsupported {
+                    path: label,
+                    format,
+                    reason: "a zip archive is read from its end, and this stream is kept in no file to read it from; download it and import the file".into(),
+                })
+            }
+            (ImageFormat::Zip, Some(path)) => Some(path.clone()),
+            _ => None,
+        };
         self.check_space(0, options.min_free_space)?;
         let mut temp = TempFile::create_in(&self.tmp, "img")?;
         let out_path = temp.path().to_path_buf();
         // Whoever follows the import hears of it from here on, as of a
         // file's: the raw bytes go to the temporary file, chunk by chunk.
         let observer = options.observer.as_deref();
-        if let Some(observer) = observer {
+        // A zip's entry, and its size, are known once it has downloaded.
+        if let (Some(observer), None) = (observer, &spooled) {
             let size = match format {
                 ImageFormat::Raw => source.declared_length.get().copied(),
                 _ => source.declared_raw_size,
@@ -135,7 +152,7 @@ impl ImageCache {
             check_size(&label, raw_size, &options)?;
             self.check_space(u64::from(chunk_size), options.min_free_space)
         };
-        let pass_error = |error| match error {
+        let pass_error = |error: PassError| match error {
             PassError::Input(e) => input_error(&label, format, e),
             PassError::Output(source) => ImageError::CacheIo {
                 action: "write",
@@ -149,7 +166,59 @@ impl ImageCache {
         // A bmap that comes with the stream is checked on the raw bytes as
         // they go past, as a file import checks it: no second read.
         let mut check = options.bmap.as_ref().map(BmapInput::check);
-        let passed = if format == ImageFormat::Raw {
+        let mut zip_entry = None;
+        let passed = if let Some(spooled) = &spooled {
+            // The stream to its end first (hashed as it arrives: the sha256
+            // of the file as given), then the entry from the file it was
+            // written to: the archive's directory, then the entry's bytes.
+            let reader = InputReader::new(whole, true);
+            let (hasher, input_size) = reader
+                .finish_stream()
+                .map_err(|e| input_error(&label, format, e))?;
+            let read_error = |source| ImageError::ReadInput {
+                path: spooled.clone(),
+                source,
+            };
+            let file = File::open(spooled).map_err(read_error)?;
+            let on_disk = file.metadata().map_err(read_error)?.len();
+            if on_disk != input_size {
+                return Err(read_error(std::io::Error::other(format!(
+                    "it holds {on_disk} bytes, but {input_size} were streamed"
+                ))));
+            }
+            let raw_file = temp
+                .file()
+                .try_clone()
+                .map_err(|source| ImageError::CacheIo {
+                    action: "open",
+                    path: out_path.clone(),
+                    source,
+                })?;
+            let mut archive = InputReader::new(&file, false);
+            decode_zip(
+                &label,
+                &mut archive,
+                options.zip_entry.as_deref(),
+                &mut |size| {
+                    if let Some(observer) = observer {
+                        observer.began(&raw_file, chunk_size, Some(size));
+                    }
+                },
+                ZipPass {
+                    out: Some(temp.file_mut()),
+                    chunk_size: chunk_size as usize,
+                    hashing,
+                    watch: &mut watch,
+                    observer,
+                    check: check.as_mut(),
+                },
+                &pass_error,
+            )
+            .map(|(raw, name)| {
+                zip_entry = Some(name);
+                (raw, Sha256Digest::from_hasher(hasher), input_size)
+            })
+        } else if format == ImageFormat::Raw {
             let mut reader = InputReader::new(whole, false);
             let mut checked = Checked::new(&mut reader, check.as_mut());
             digest_and_store(
@@ -216,7 +285,7 @@ impl ImageCache {
         let provenance = source.provenance.get().cloned();
         let meta = ImportMeta {
             original_name: source.name.clone(),
-            zip_entry: None,
+            zip_entry,
             format,
             input_size,
             input_sha256: file_sha256,

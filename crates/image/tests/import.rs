@@ -311,6 +311,58 @@ fn a_zip_entry_with_a_wrong_crc_is_rejected() {
 }
 
 #[test]
+fn a_named_zip_entry_is_imported_and_a_name_not_there_lists_the_files() {
+    let a = image(2, 10, &[], 4);
+    let b = image(3, 11, &[1], 5);
+    let two = zip_with(
+        &[("a.img", Some(&a)), ("dir/", None), ("b.img", Some(&b))],
+        zip::CompressionMethod::Deflated,
+    );
+    let fx = Fixture::new();
+    let input = fx.input("two.zip", &two);
+    let named = |entry: &str| ImportOptions {
+        zip_entry: Some(entry.to_string()),
+        ..options()
+    };
+    let first = fx.cache.import(&input, named("b.img")).unwrap();
+    assert!(!first.already_cached());
+    assert_image_is(&first.image, &b, CHUNK);
+    assert_eq!(first.image.meta.zip_entry.as_deref(), Some("b.img"));
+    assert_eq!(first.image.meta.input_sha256, Sha256Digest::of(&two));
+    // The same file, the other entry: read again, not answered by what the
+    // first import found in it.
+    let second = fx.cache.import(&input, named("a.img")).unwrap();
+    assert!(!second.already_cached());
+    assert_image_is(&second.image, &a, CHUNK);
+    assert_eq!(second.image.meta.zip_entry.as_deref(), Some("a.img"));
+    // No name: still refused with the names, though both images are cached.
+    let error = fx.cache.import(&input, options()).unwrap_err();
+    assert!(
+        matches!(&error, ImageError::ZipFileCount { files, .. } if files == &["a.img", "b.img"]),
+        "{error:?}"
+    );
+    // A name it does not hold (a directory is no file): the names it does.
+    for missing in ["c.img", "dir/"] {
+        let error = fx.cache.import(&input, named(missing)).unwrap_err();
+        match &error {
+            ImageError::ZipEntryMissing { path, entry, files } => {
+                assert_eq!(path, &input);
+                assert_eq!(entry, missing);
+                assert_eq!(files, &["a.img", "b.img"]);
+            }
+            other => panic!("expected a missing entry, got {other:?}"),
+        }
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("no file named {missing:?}"))
+                && message.contains("holds 2 (a.img, b.img)"),
+            "{message}"
+        );
+    }
+    assert_eq!(fx.cache.list().unwrap().len(), 2);
+}
+
+#[test]
 fn a_zip_must_hold_exactly_one_file() {
     let data = image(2, 10, &[], 4);
     let two = zip_with(

@@ -251,3 +251,61 @@ fn a_bmap_with_a_stream_is_checked_in_its_one_pass_and_a_lie_keeps_nothing() {
     );
     no_entries(&cache);
 }
+
+#[test]
+fn a_zip_stream_is_read_from_the_file_it_was_spooled_to_once_it_has_ended() {
+    let raw = sample_image();
+    let archive = zip(&raw);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path().join("cache")).unwrap();
+    let spool = dir.path().join("disk.zip.part");
+    std::fs::write(&spool, &archive).unwrap();
+    let (src, slot) = source("disk.zip");
+    let src = StreamSource {
+        spooled: Some(spool.clone()),
+        ..src
+    };
+    let mut stream = Download {
+        data: Cursor::new(archive.clone()),
+        slot,
+        provenance: provenance("disk.zip"),
+    };
+    let outcome = cache
+        .import_stream(
+            &mut stream,
+            src,
+            common::expecting(Sha256Digest::of(&archive)),
+        )
+        .unwrap();
+    let image = &outcome.image;
+    assert_eq!(image.sha256(), Sha256Digest::of(&raw));
+    assert_eq!(std::fs::read(&image.path).unwrap(), raw);
+    assert_eq!(image.meta.format, flashrack_image::ImageFormat::Zip);
+    assert_eq!(image.meta.zip_entry.as_deref(), Some("images/disk.img"));
+    assert_eq!(image.meta.original_name, "disk.zip");
+    assert_eq!(image.meta.input_sha256, Sha256Digest::of(&archive));
+    assert_eq!(image.meta.input_size, archive.len() as u64);
+    assert_eq!(image.meta.provenance, Some(provenance("disk.zip")));
+
+    // A spool file that is not what was streamed is refused, and nothing is kept.
+    let cache = ImageCache::open(dir.path().join("other")).unwrap();
+    std::fs::write(&spool, &archive[..archive.len() - 1]).unwrap();
+    let (src, _) = source("disk.zip");
+    let src = StreamSource {
+        spooled: Some(spool.clone()),
+        ..src
+    };
+    let error = cache
+        .import_stream(&mut Cursor::new(archive.clone()), src, common::options())
+        .unwrap_err();
+    assert!(
+        matches!(&error, ImageError::ReadInput { path, .. } if path == &spool),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("were streamed")
+            || format!("{error:?}").contains("were streamed"),
+        "{error:?}"
+    );
+    no_entries(&cache);
+}

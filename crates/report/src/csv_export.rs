@@ -96,6 +96,7 @@ fn cells(row: &ExportRow) -> [Cow<'_, str>; FIELDS.len()] {
         text(row.lot.as_deref()),
         text(row.run_options.as_deref()),
         text(row.run_stop_reason),
+        text(row.run_stop_detail.as_deref()),
         number(row.image_size_bytes.map(|b| b.to_string())),
         text(row.image_source_name.as_deref()),
         text(row.image_source_sha256.as_deref()),

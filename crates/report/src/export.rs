@@ -10,7 +10,7 @@ use crate::{Counts, ReportRow, LOT_OPTION, OPERATOR_OPTION};
 
 /// The version tag of every export: the JSON's `format`, the CSV's
 /// `report_format` column, the HTML's generator and footer.
-pub const FORMAT: &str = "flashrack-report/9";
+pub const FORMAT: &str = "flashrack-report/10";
 
 /// The version of flashrack printed on every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -20,7 +20,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const CSV_EXTRA_FIELDS: [&str; 2] = ["report_format", "flashrack_version"];
 
 /// The record fields, in CSV column order.
-pub const FIELDS: [&str; 43] = [
+pub const FIELDS: [&str; 44] = [
     "attempt_id",
     "refusal_id",
     "station_id",
@@ -61,6 +61,7 @@ pub const FIELDS: [&str; 43] = [
     "lot",
     "run_options",
     "run_stop_reason",
+    "run_stop_detail",
     "image_size_bytes",
     "image_source_name",
     "image_source_sha256",
@@ -110,6 +111,7 @@ pub(crate) struct ExportRow {
     pub(crate) lot: Option<String>,
     pub(crate) run_options: Option<String>,
     pub(crate) run_stop_reason: Option<&'static str>,
+    pub(crate) run_stop_detail: Option<String>,
     pub(crate) image_size_bytes: Option<u64>,
     pub(crate) image_source_name: Option<String>,
     pub(crate) image_source_sha256: Option<String>,
@@ -160,6 +162,7 @@ impl ExportRow {
             lot: facts.option_text(LOT_OPTION).map(str::to_string),
             run_options: facts.options.as_ref().map(options_words),
             run_stop_reason: facts.stop_reason.map(|r| r.code()),
+            run_stop_detail: facts.stop_detail.clone(),
             image_size_bytes: facts.image_size.map(|s| s.bytes()),
             image_source_name: facts.image_source.as_ref().map(|s| s.file_name.clone()),
             image_source_sha256: facts.image_source.as_ref().map(|s| s.sha256.to_hex()),
@@ -319,6 +322,7 @@ mod tests {
             lot: None,
             run_options: None,
             run_stop_reason: None,
+            run_stop_detail: None,
             image_size_bytes: None,
             image_source_name: None,
             image_source_sha256: None,

@@ -261,8 +261,15 @@ fn render(page: Page<'_>) -> String {
 /// at `generated_at` (unix milliseconds).
 pub fn run_html(report: &RunReport, generated_at: i64) -> String {
     let run = &report.run.run;
-    let stopped = match (run.stopped_at, run.stop_reason) {
-        (Some(at), Some(reason)) => format!("{} ({})", format_time_short(at), reason.describe()),
+    let stopped = match (run.stopped_at, run.stop_reason, &run.stop_detail) {
+        (Some(at), Some(reason), Some(detail)) => format!(
+            "{} ({}: {detail})",
+            format_time_short(at),
+            reason.describe()
+        ),
+        (Some(at), Some(reason), None) => {
+            format!("{} ({})", format_time_short(at), reason.describe())
+        }
         _ => "still open".to_string(),
     };
     let title = format!("flashrack run {}: {}", run.id, run.image_name);

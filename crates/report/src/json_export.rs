@@ -1,4 +1,4 @@
-//! The JSON export (`flashrack-report/9`): one object with the run or the device,
+//! The JSON export (`flashrack-report/10`): one object with the run or the device,
 //! its counts, and the records.
 
 use serde::Serialize;
@@ -53,6 +53,7 @@ struct ExportRun<'a> {
     stopped_at: Option<String>,
     stop_reason: Option<&'static str>,
     stop_reason_words: Option<&'static str>,
+    stop_detail: Option<&'a str>,
     #[serde(flatten)]
     counts: Counts,
     yield_percent: Option<f64>,
@@ -78,6 +79,7 @@ impl<'a> ExportRun<'a> {
             stopped_at: run.stopped_at.map(format_time),
             stop_reason: run.stop_reason.map(|r| r.code()),
             stop_reason_words: run.stop_reason.map(|r| r.describe()),
+            stop_detail: run.stop_detail.as_deref(),
             counts: summary.counts,
             yield_percent: yield_percent(&summary.counts),
             failures_by_reason: failures_by_reason(rows.iter().copied())

@@ -71,23 +71,24 @@
 //! | `operator` | who armed the record's run (the `operator` run option), if given |
 //! | `lot` | the run's lot or batch id (the `lot` run option), if given |
 //! | `run_options` | the run's options in words (`verify by comparing every byte read back; stop after 40 passes`) |
-//! | `run_stop_reason` | why the run stopped (`operator`, `completed`, `shutdown`, `interrupted`); absent while it runs |
+//! | `run_stop_reason` | why the run stopped (`operator`, `completed`, `shutdown`, `interrupted`, `source_failed`); absent while it runs |
+//! | `run_stop_detail` | what the station said of the stop beside its reason: for `source_failed` the source's failure with its causes (a digest that did not match, a file that changed on the server, a server that lied about its length), for `shutdown` the signal, an operator's note; absent when nothing was said (and in a fleet hub's reports) |
 //! | `image_size_bytes` | the raw image's size in bytes, where recorded |
 //! | `image_source_name` | the file the image was imported from (`debian.img.xz`), where recorded |
 //! | `image_source_sha256` | that file's sha256 as given (the raw image's for a raw import), where recorded |
 //!
-//! The last seven are the record's run's facts (absent for a refusal while no
+//! The last eight are the record's run's facts (absent for a refusal while no
 //! run was armed), so that a line of a device's history across runs, or a CSV
 //! line on its own, says who armed its run and what was written.
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/9"`, `"flashrack_version"`,
+//! One object: `"format": "flashrack-report/10"`, `"flashrack_version"`,
 //! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
 //! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
 //! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
 //! `null` where not recorded), `options`, `options_words`, `started_at`,
-//! `stopped_at`, `stop_reason`, `stop_reason_words`, `attempts`, `passed`,
+//! `stopped_at`, `stop_reason`, `stop_reason_words`, `stop_detail`, `attempts`, `passed`,
 //! `failed`, `refused`, `interrupted`, `running`, `yield_percent` (passes
 //! among passes and failures, one decimal; `null` before either) and
 //! `failures_by_reason` (`[{"reason_code", "count"}]`, most frequent first)) or
@@ -118,6 +119,14 @@
 //! `fingerprint` in any format: a compare of a target that followed the
 //! import of a new file, each chunk read back checked against the import's
 //! XXH3-128 fingerprint of it (a plain `pass`, as proven as `compare`).
+//!
+//! Format 10 (from format 9): `run_stop_detail` (after `run_stop_reason`) in
+//! every record, and `stop_detail` (after `stop_reason_words`) in a run's
+//! `"run"`: why the run stopped in the station's words, so that a run stopped
+//! `source_failed` says which failure of its source (before, only the
+//! command's output and the event log said it). The HTML gives it after the
+//! stop's reason ("Stopped"). Records of schema 14 on keep it; older stops
+//! take it from their event log when the records are opened.
 //!
 //! Format 9 (from format 8): a run's `image` (what the image is) may say
 //! `udf_revision` in its `iso` ("2.50": the UDF revision of an optical
@@ -171,7 +180,7 @@
 //!
 //! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
 //! by port, a device's oldest first). After the record fields come two columns
-//! that say what made the file: `report_format` (`flashrack-report/9`) and
+//! that say what made the file: `report_format` (`flashrack-report/10`) and
 //! `flashrack_version`. The run's totals (counts, yield, failures by reason)
 //! are not repeated on every line: they are in the JSON and the printed
 //! report, and a spreadsheet gets them from the `verdict` column. A text field

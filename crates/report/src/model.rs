@@ -31,6 +31,12 @@ pub struct Run {
     pub stopped_at: Option<i64>,
     /// Why it stopped, if it has.
     pub stop_reason: Option<StopReason>,
+    /// What the station said of the stop beside its reason, if anything:
+    /// for `source_failed` the source's failure with its causes (a digest
+    /// that did not match, a file that changed on the server), for
+    /// `shutdown` the signal, an operator's note.
+    #[serde(default)]
+    pub stop_detail: Option<String>,
     /// The raw image's size, where the records know it (`None` in data
     /// recorded without it).
     #[serde(default)]
@@ -56,6 +62,7 @@ impl Run {
         RunFacts {
             options: Some(self.options.clone()),
             stop_reason: self.stop_reason,
+            stop_detail: self.stop_detail.clone(),
             image_size: self.image_size,
             image_source: self.image_source.clone(),
         }
@@ -89,6 +96,9 @@ pub struct RunFacts {
     pub options: Option<serde_json::Value>,
     /// Why the run stopped, if it has.
     pub stop_reason: Option<StopReason>,
+    /// What the station said of the stop, if anything (see [`Run::stop_detail`]).
+    #[serde(default)]
+    pub stop_detail: Option<String>,
     /// The raw image's size, where known.
     pub image_size: Option<ByteSize>,
     /// The file the image was imported from, where known.

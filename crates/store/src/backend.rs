@@ -53,12 +53,12 @@ pub trait Records: Send + Sync {
     /// # use flashrack_store::{Records, Store, StoreError, Writes, StopReason, RunId};
     /// # async fn example(store: &Store, run: RunId) -> Result<(), StoreError> {
     /// // One write:
-    /// store.write(|batch| Box::pin(batch.stop_run(run, StopReason::Operator))).await?;
+    /// store.write(|batch| Box::pin(batch.stop_run(run, StopReason::Operator, None))).await?;
     /// // Several, all or none:
     /// let stopped = store
     ///     .write(|batch| {
     ///         Box::pin(async move {
-    ///             batch.stop_run(run, StopReason::Operator).await?;
+    ///             batch.stop_run(run, StopReason::Operator, None).await?;
     ///             batch.heartbeat().await?;
     ///             Ok(run)
     ///         })
@@ -246,11 +246,14 @@ pub trait Writes: Send {
 
     /// Stops a run; it takes no new attempts afterwards. Attempts still running carry
     /// on and are finished as usual. Fails with [`StoreError::RunStopped`] for a
-    /// run stopped already.
+    /// run stopped already. `detail`: what the station says of the stop
+    /// beside its reason (a source's failure with its causes, a signal, an
+    /// operator's note), given by the run's reports.
     fn stop_run(
         &mut self,
         run: RunId,
         reason: StopReason,
+        detail: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records a device by its [key](DeviceRow::key): inserts it, or updates its

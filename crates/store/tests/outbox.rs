@@ -100,7 +100,7 @@ async fn every_write_queues_its_rows_as_they_are_after_it_in_order() {
         .await
         .unwrap();
     t.store
-        .write(|b| Box::pin(b.stop_run(run, StopReason::Operator)))
+        .write(|b| Box::pin(b.stop_run(run, StopReason::Operator, None)))
         .await
         .unwrap();
 

@@ -146,7 +146,7 @@ async fn runs_start_stop_and_are_listed_with_counts() {
 
     t.clock.advance(1000);
     t.store
-        .write(|b| Box::pin(b.stop_run(run, StopReason::Operator)))
+        .write(|b| Box::pin(b.stop_run(run, StopReason::Operator, None)))
         .await
         .unwrap();
     let stopped = t.store.run(run).await.unwrap().unwrap();
@@ -154,12 +154,12 @@ async fn runs_start_stop_and_are_listed_with_counts() {
     assert_eq!(stopped.run.stop_reason, Some(StopReason::Operator));
     assert_eq!(t.store.active_run().await.unwrap(), None);
     assert!(matches!(
-        t.store.write(|b| Box::pin(b.stop_run(run, StopReason::Shutdown))).await,
+        t.store.write(|b| Box::pin(b.stop_run(run, StopReason::Shutdown, None))).await,
         Err(StoreError::RunStopped { run: r }) if r == run
     ));
     assert!(matches!(
         t.store
-            .write(|b| Box::pin(b.stop_run(RunId(99), StopReason::Shutdown)))
+            .write(|b| Box::pin(b.stop_run(RunId(99), StopReason::Shutdown, None)))
             .await,
         Err(StoreError::NotFound { what: "run", .. })
     ));
@@ -456,9 +456,21 @@ async fn attempts_need_an_open_run_and_a_known_device() {
         "{no_run:?}"
     );
     t.store
-        .write(|b| Box::pin(b.stop_run(run, StopReason::Completed)))
+        .write(|b| {
+            Box::pin(b.stop_run(
+                run,
+                StopReason::Completed,
+                Some("the target count was reached"),
+            ))
+        })
         .await
         .unwrap();
+    // The stop's words are kept with the run, for its reports.
+    let report = t.store.run_report(run).await.unwrap().unwrap();
+    assert_eq!(
+        report.run.run.stop_detail.as_deref(),
+        Some("the target count was reached")
+    );
     let stopped = t
         .store
         .write(|b| Box::pin(b.start_attempt(run, dev, "A1", "p")))

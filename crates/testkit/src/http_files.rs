@@ -44,6 +44,10 @@ pub enum Behaviour {
     /// the test opens the gate ([`FileServer::open_gate`]) and sends the
     /// rest: the test decides when the download may end.
     GatedAt(usize),
+    /// The first answer sends up to this offset of the file, waits until
+    /// the test opens the gate, then closes the connection (a cut the test
+    /// times: it may change the file first); later answers are honest.
+    CutAtGate(usize),
 }
 
 /// A file the server serves.
@@ -57,6 +61,10 @@ pub struct Served {
     pub last_modified: Option<String>,
     /// How the server answers for it.
     pub behaviour: Behaviour,
+    /// Whether the server states the file's length: without it a `200`
+    /// has no `Content-Length` (the body ends when the connection closes)
+    /// and ranges are ignored.
+    pub states_length: bool,
 }
 
 impl Served {
@@ -67,7 +75,14 @@ impl Served {
             etag: Some(format!("\"{etag}\"")),
             last_modified: Some("Tue, 01 Dec 2026 06:00:00 GMT".to_string()),
             behaviour: Behaviour::Honest,
+            states_length: true,
         }
+    }
+
+    /// The same file, its length not stated (see [`Served::states_length`]).
+    pub fn without_length(mut self) -> Self {
+        self.states_length = false;
+        self
     }
 
     /// The same file answered another way.
@@ -218,7 +233,9 @@ impl FileServer {
             .and_then(|r| r.strip_prefix("bytes="))
             .and_then(|r| r.strip_suffix('-'))
             .and_then(|n| n.parse::<u64>().ok())
-            .filter(|_| validator_holds && file.behaviour != Behaviour::IgnoresRange);
+            .filter(|_| {
+                validator_holds && file.behaviour != Behaviour::IgnoresRange && file.states_length
+            });
         let mut validators = String::new();
         if let Some(etag) = &file.etag {
             validators.push_str(&format!("etag: {etag}\r\n"));
@@ -240,6 +257,10 @@ impl FileServer {
                     declared - start
                 );
                 (206, head, start)
+            }
+            None if !file.states_length => {
+                let head = format!("HTTP/1.1 200 OK\r\n{validators}connection: close\r\n\r\n");
+                (200, head, 0)
             }
             None => {
                 let head = format!(
@@ -264,8 +285,10 @@ impl FileServer {
         };
         let gate_at = match file.behaviour {
             Behaviour::GatedAt(n) => n.clamp(from, end),
+            Behaviour::CutAtGate(n) if nth == 1 => n.clamp(from, end),
             _ => end,
         };
+        let cut_at_gate = matches!(file.behaviour, Behaviour::CutAtGate(_)) && nth == 1;
         let before_gate = file.body[from..gate_at].chunks(piece);
         let after_gate = file.body[gate_at..end].chunks(piece);
         for (gated, data) in before_gate
@@ -277,6 +300,10 @@ impl FileServer {
                 if open.wait_for(|open| *open).await.is_err() {
                     return;
                 }
+            }
+            if gated && cut_at_gate {
+                // Closed mid-body: the client holds what came before the gate.
+                return;
             }
             if socket.write_all(data).await.is_err() {
                 return;

@@ -39,6 +39,34 @@ pub struct UrlImportRequest {
     /// one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmap: Option<String>,
+    /// The file to import from a zip archive that holds more than one (its
+    /// name in the archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zip_entry: Option<String>,
+}
+
+impl UrlImportRequest {
+    /// A request for `url` alone: nothing checked, no zip entry named.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            sha256: None,
+            sha256sums: None,
+            signature: None,
+            keyring: None,
+            bmap: None,
+            zip_entry: None,
+        }
+    }
+
+    /// The same request, with the expected sha256 of the file or of the
+    /// image inside.
+    pub fn sha256(self, hex: impl Into<String>) -> Self {
+        Self {
+            sha256: Some(hex.into()),
+            ..self
+        }
+    }
 }
 
 /// The application's side of URL imports.

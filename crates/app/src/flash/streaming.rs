@@ -18,13 +18,18 @@
 //!
 //! The targets follow the import when its size is known as it begins: a raw
 //! file's, or the size a plain `.xz` stream declares in its index (checked
-//! when the import ends). Where the image must be known whole before the
-//! first byte (a sparse run needs its block map, an audit writes nothing),
-//! its size is not known before the import ends (gzip, zstd, bzip2, zip, an
-//! xz file of several streams: file targets are sized by the image, and a
-//! stick's size is checked against it before writing), or the import finds
-//! the file already cached, the import ends first and the image is flashed
-//! from the cache as before ([`super::flash`]).
+//! when the import ends); a download (`flash_url`) also when its size is not
+//! known before its end (a compressed file, a server that states no length),
+//! if every target is a block device: a stick too small then fails as
+//! `too_small` when the write passes its end. Where the image must be known
+//! whole before the first byte (a sparse run needs its block map, an audit
+//! writes nothing), a file's size is not known before the import ends (gzip,
+//! zstd, bzip2, zip, an xz file of several streams: file targets are sized
+//! by the image, and a stick's size is checked against it before writing),
+//! a download of unknown size has a file or a simulated stick among its
+//! targets, or the import finds the file already cached, the import ends
+//! first and the image is flashed from the cache as before
+//! ([`super::flash`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -203,10 +208,14 @@ pub async fn flash_file(
 /// that changed on the server) fails every target with its reason and
 /// leaves nothing in the cache; a cut that can be resumed is resumed within
 /// the download, and a partial download left by a failure is resumed by the
-/// next import or flash of the URL. The targets follow the download when
-/// its raw size is known as it begins: a raw file's length as the server
-/// declares it; otherwise (a compressed file, a server that declares no
-/// length) the download ends first and the image is flashed from the cache.
+/// next import or flash of the URL. The targets follow the download once
+/// its pass begins: with its raw size when that is known then (a raw file's
+/// length as the server declares it, a zip's file once the archive is
+/// downloaded), else (a compressed file, a server that declares no length)
+/// with the size unknown when every target is a block device; with a file
+/// or a simulated stick among them the download ends first and the image is
+/// flashed from the cache. A file that changes on the server while it is
+/// followed fails every target ([`AppError::SourceChanged`]).
 /// `progress` hears of the download.
 pub async fn flash_url(
     data_dir: &Path,
@@ -329,9 +338,11 @@ async fn follow_or_wait(
         cancel,
         mut abandon,
     } = importing;
+    // `None`: the import ended without a pass; `Some(size)`: it began, of
+    // `size` bytes if that is known now.
     let began = tokio::select! {
         biased;
-        began = began => began.ok().flatten(),
+        began = began => began.ok(),
         result = &mut import => {
             let outcome = result
                 .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
@@ -339,12 +350,22 @@ async fn follow_or_wait(
             return super::flash(data_dir, outcome.image, request, view, stops).await;
         }
     };
-    let Some(size) = began else {
-        let outcome = join(import).await?;
-        abandon.disarm();
-        return super::flash(data_dir, outcome.image, request, view, stops).await;
+    let size = match began {
+        Some(Some(size)) => Some(size),
+        // A download whose image's size is not known before its end (a
+        // compressed file, a server that states no length) is followed by
+        // sticks, which fail as too small when the write passes their end;
+        // a file or a simulated stick is sized by the image, so it waits.
+        Some(None) if matches!(origin, Origin::Url(_)) && all_block_devices(&request.targets) => {
+            None
+        }
+        _ => {
+            let outcome = join(import).await?;
+            abandon.disarm();
+            return super::flash(data_dir, outcome.image, request, view, stops).await;
+        }
     };
-    tracing::debug!(image = %origin.label(), size, "writing while importing");
+    tracing::debug!(image = %origin.label(), ?size, "writing while importing");
     let outcome = follow_import(
         data_dir,
         origin,
@@ -361,6 +382,15 @@ async fn follow_or_wait(
     outcome
 }
 
+/// Whether every target named is a block device (no file, no simulated
+/// stick): only those can follow an image of unknown size.
+fn all_block_devices(specs: &[String]) -> bool {
+    specs.iter().all(|spec| {
+        !spec.starts_with("sim:")
+            && flashrack_hardware::block::PathTarget::is_block_device(Path::new(spec))
+    })
+}
+
 /// The import's result from its task (a panic there is re-raised).
 async fn join(
     import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
@@ -371,12 +401,13 @@ async fn join(
     }
 }
 
-/// The flash of an image of `size` bytes whose import is under way.
+/// The flash of an image of `size` bytes (`None`: known at the import's
+/// end; every target is a block device) whose import is under way.
 #[allow(clippy::too_many_arguments)]
 async fn follow_import(
     data_dir: &Path,
     origin: Origin<'_>,
-    size: u64,
+    size: Option<u64>,
     feed: Arc<ImageFeed>,
     import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
     request: FlashRequest,
@@ -400,13 +431,16 @@ async fn follow_import(
         crate::targets::refuse_the_image_file(path, &request.targets)
             .inspect_err(|_| feed.fail("the flash was refused"))?;
     }
+    // Of unknown size, the guard's rule 5 cannot judge a stick by it: the
+    // engine fails a stick too small when the write passes its end.
+    let known = size.unwrap_or(0);
     let targets = parse_targets(
         &request.targets,
-        size,
+        known,
         data_dir,
         GuardSettings {
             policy,
-            image_size: size,
+            image_size: known,
             audit: false,
         },
     )
@@ -436,7 +470,7 @@ async fn follow_import(
             &RunStart {
                 image_sha256: provisional,
                 image_name: name.clone(),
-                image_size: size,
+                image_size: known,
                 options: run_options.clone(),
             },
         )
@@ -517,7 +551,7 @@ async fn follow_import(
     // Stopped before the import ended: the image was never known.
     let (sha256, size) = match &image {
         Some(image) => (image.sha256(), image.size()),
-        None => (provisional, size),
+        None => (provisional, known),
     };
     let summary = flash.into_summary(&targets.list, sha256, size);
     drop(targets);

@@ -259,6 +259,9 @@ impl HubDb {
                     .get::<Option<String>, _>("stop_reason")
                     .map(|t| enum_from("stop reason", t))
                     .transpose()?,
+                // The hub's records carry no stop detail (the station's
+                // reports give it).
+                stop_detail: None,
                 image_size: None,
                 image_source: None,
             };

@@ -81,6 +81,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "url imports",
         include_str!("../../../../migrations/0013_url_imports.sql"),
     ),
+    (
+        14,
+        "run stop detail",
+        include_str!("../../../../migrations/0014_run_stop_detail.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

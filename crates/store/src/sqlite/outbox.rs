@@ -299,7 +299,7 @@ impl SqliteWrites {
         }
         let row = sqlx::query(
             "SELECT id, station_id, image_sha256, image_name, options, started_at, stopped_at,
-                    stop_reason
+                    stop_reason, stop_detail
              FROM runs WHERE id = ?",
         )
         .bind(id.0)

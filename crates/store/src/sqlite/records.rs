@@ -23,8 +23,8 @@ use crate::{
 /// attempt refused at the moment of opening counts as refused, not failed; the
 /// refusals made before any attempt are counted from their own table.
 const RUN_SUMMARY: &str = "SELECT r.id, r.station_id, r.image_sha256, r.image_name, r.options,
-        r.started_at, r.stopped_at, r.stop_reason, i.size AS image_size, i.source_name,
-        i.source_sha256, i.source_size,
+        r.started_at, r.stopped_at, r.stop_reason, r.stop_detail, i.size AS image_size,
+        i.source_name, i.source_sha256, i.source_size,
         COUNT(a.id) AS attempts,
         SUM(CASE WHEN a.state = 'passed' THEN 1 ELSE 0 END) AS passed,
         SUM(CASE WHEN a.state = 'failed' AND a.reason_code <> 'refused' THEN 1 ELSE 0 END)
@@ -43,7 +43,8 @@ const REPORT_ROW: &str = "SELECT a.id, a.station_id, a.run_id, a.port_label, a.p
         a.fail_offset, a.failure, a.capacity, a.bytes_written, a.bytes_written_bound,
         a.write_secs, a.bytes_verified, a.verify_secs, a.read_back_sha256, a.verify_method,
         a.verified_after_reset, a.bytes_skipped, a.sample_percent, a.sample_seed,
-        a.sample_chunks_checked, a.sample_chunks_total, r.options, r.stop_reason, i.size AS image_size, i.source_name, i.source_sha256,
+        a.sample_chunks_checked, a.sample_chunks_total, r.options, r.stop_reason, r.stop_detail,
+        i.size AS image_size, i.source_name, i.source_sha256,
         i.source_size
     FROM attempts a
     JOIN devices d ON d.id = a.device_id
@@ -54,8 +55,8 @@ const REPORT_ROW: &str = "SELECT a.id, a.station_id, a.run_id, a.port_label, a.p
 const REFUSAL_ROW: &str = "SELECT f.id, f.station_id, f.run_id, f.port_label, f.port_path,
         d.key, d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
         f.at, f.capacity, f.code, f.message,
-        r.options, r.stop_reason, i.size AS image_size, i.source_name, i.source_sha256,
-        i.source_size
+        r.options, r.stop_reason, r.stop_detail, i.size AS image_size, i.source_name,
+        i.source_sha256, i.source_size
     FROM refusals f
     JOIN devices d ON d.id = f.device_id
     LEFT JOIN runs r ON r.id = f.run_id
@@ -163,7 +164,7 @@ impl Records for Store {
         let mut tx = conn.begin().await?;
         let Some(row) = sqlx::query(
             "SELECT r.id, r.station_id, r.image_sha256, r.image_name, r.options, r.started_at,
-                    r.stopped_at, r.stop_reason, i.size AS image_size, i.source_name,
+                    r.stopped_at, r.stop_reason, r.stop_detail, i.size AS image_size, i.source_name,
                     i.source_sha256, i.source_size
              FROM runs r LEFT JOIN images i ON i.sha256 = r.image_sha256 WHERE r.id = ?",
         )
@@ -436,6 +437,7 @@ pub(super) fn run_columns(row: &SqliteRow) -> Result<Run, StoreError> {
                 })
             })
             .transpose()?,
+        stop_detail: row.try_get("stop_detail")?,
         // Filled by `run_with_image` from a query that joins the image.
         image_size: None,
         image_source: None,
@@ -480,6 +482,7 @@ fn run_facts(row: &SqliteRow) -> Result<RunFacts, StoreError> {
                 })
             })
             .transpose()?,
+        stop_detail: row.try_get("stop_detail")?,
         image_size,
         image_source,
     })

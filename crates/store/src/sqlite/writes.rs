@@ -353,15 +353,23 @@ impl Writes for SqliteWrites {
         Ok(())
     }
 
-    async fn stop_run(&mut self, run: RunId, reason: StopReason) -> Result<(), StoreError> {
+    async fn stop_run(
+        &mut self,
+        run: RunId,
+        reason: StopReason,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         check_run_open(&mut self.tx, run).await?;
-        sqlx::query("UPDATE runs SET stopped_at = ?, stop_reason = ? WHERE id = ?")
-            .bind(now)
-            .bind(reason.code())
-            .bind(run.0)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "UPDATE runs SET stopped_at = ?, stop_reason = ?, stop_detail = ? WHERE id = ?",
+        )
+        .bind(now)
+        .bind(reason.code())
+        .bind(detail)
+        .bind(run.0)
+        .execute(&mut *self.tx)
+        .await?;
         self.queue_run(now, run).await?;
         let mut event = EventRow::new(EventKind::RunStopped, json!({ "reason": reason }));
         event.run_id = Some(run);

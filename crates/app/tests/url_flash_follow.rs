@@ -1,0 +1,457 @@
+//! `flash URL TARGETS…` of an image whose size is not known before its
+//! download ends (issue 14 §2): a compressed file (gzip here; xz, zstd and
+//! bzip2 the same way, by magic bytes) and a raw file whose server states no
+//! length. Sticks (loop devices the test attaches, as root) follow the
+//! decoded stream: every target writes while the server holds the rest of
+//! the file (proven by the order of events, not by timing); a wrong digest
+//! fails every target before any verdict and caches nothing; a stick too
+//! small fails with its reason when the write passes its end while the other
+//! passes, and the run names the real image. And a file that changes on the
+//! server while a flash follows it (§3; file targets, no root): every target
+//! fails before any verdict, the command says what to do, and the run's
+//! report gives the cause.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use flashrack_app::downloads::{downloads_dir, DigestCheck, RetryPolicy, UrlImport};
+use flashrack_app::flash::{flash_url, FlashEvent, FlashOutcome, FlashRequest, Notice};
+use flashrack_app::images::open_cache;
+use flashrack_app::reports::ReportFormat;
+use flashrack_app::AppError;
+use flashrack_core::{
+    ByteSize, EngineEvent, EngineEventKind, FailReason, RunId, Sha256Digest, Stage, TargetId,
+    Verdict, VerifyMode,
+};
+use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
+use flashrack_testkit::{image_bytes, LoopDevice};
+use tokio::sync::mpsc;
+
+const MIB: usize = 1 << 20;
+
+fn request(targets: &[&Path]) -> FlashRequest {
+    FlashRequest {
+        targets: targets.iter().map(|t| t.display().to_string()).collect(),
+        verify: VerifyMode::Compare,
+        allow_buses: vec!["loop".into()],
+        max_size: ByteSize(1 << 40),
+        stall_timeout: Duration::from_secs(60),
+        probe_capacity: true,
+        force_raw: false,
+        sparse: false,
+        sample: None,
+        audit: false,
+        retries: 0,
+    }
+}
+
+fn import(server: &FileServer, path: &str, check: DigestCheck) -> UrlImport {
+    UrlImport {
+        check,
+        ..UrlImport::new(server.url(path), ByteSize(1 << 40))
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Runs the flash, giving its events to `watch` as they come; returns what
+/// `watch` returns and the outcome.
+async fn flash_watching<W, Fut>(
+    data_dir: &Path,
+    import: UrlImport,
+    request: FlashRequest,
+    watch: W,
+) -> (Vec<FlashEvent>, Result<FlashOutcome, AppError>)
+where
+    W: FnOnce(mpsc::UnboundedReceiver<FlashEvent>) -> Fut,
+    Fut: std::future::Future<Output = Vec<FlashEvent>>,
+{
+    let (view_tx, events) = mpsc::unbounded_channel();
+    let (_stops_tx, stops) = mpsc::unbounded_channel();
+    let policy = RetryPolicy {
+        tries: 3,
+        first_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        ..RetryPolicy::default()
+    };
+    let flash = flash_url(data_dir, import, policy, request, view_tx, stops);
+    let (outcome, events) = tokio::join!(flash, watch(events));
+    (events, outcome)
+}
+
+/// Waits until each of `count` targets has written bytes (no verdict may
+/// come first), checks that the download is still held at `gate` bytes,
+/// then calls `release` and collects every event to the end.
+async fn written_before_the_gate(
+    mut events: mpsc::UnboundedReceiver<FlashEvent>,
+    count: usize,
+    server: &FileServer,
+    gate: u64,
+    release: impl FnOnce(),
+) -> Vec<FlashEvent> {
+    let mut seen = Vec::new();
+    let mut writing = HashSet::new();
+    let mut downloaded = None;
+    while writing.len() < count {
+        let Some(event) = events.recv().await else {
+            panic!("the flash ended before every target wrote: {seen:?}");
+        };
+        match &event {
+            FlashEvent::Engine(EngineEvent {
+                target,
+                kind:
+                    EngineEventKind::Progress {
+                        stage: Stage::Writing,
+                        done,
+                        ..
+                    },
+            }) if *done > 0 => {
+                writing.insert(target.clone());
+            }
+            FlashEvent::Download(progress) => downloaded = Some(*progress),
+            FlashEvent::Engine(EngineEvent {
+                kind: EngineEventKind::Finished { verdict, .. },
+                target,
+            }) => panic!("{target} ended before the download did: {verdict:?}"),
+            _ => {}
+        }
+        seen.push(event);
+    }
+    let downloaded = downloaded.expect("download progress before the writes");
+    assert!(
+        downloaded.held <= gate,
+        "every target wrote before the download passed the gate: {downloaded:?}"
+    );
+    assert!(server.body_bytes_sent() <= gate);
+    release();
+    while let Some(event) = events.recv().await {
+        seen.push(event);
+    }
+    seen
+}
+
+fn verdicts(events: &[FlashEvent]) -> Vec<(TargetId, Verdict)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            FlashEvent::Engine(EngineEvent {
+                target,
+                kind: EngineEventKind::Finished { verdict, .. },
+            }) => Some((target.clone(), verdict.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The image is told as known (`sha`) before the first verdict.
+fn imported_before_any_verdict(events: &[FlashEvent], sha: Sha256Digest) {
+    let imported = events
+        .iter()
+        .position(
+            |e| matches!(e, FlashEvent::Notice(Notice::Imported { sha256, .. }) if *sha256 == sha),
+        )
+        .expect("the import's end is told");
+    let first_verdict = events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                FlashEvent::Engine(EngineEvent {
+                    kind: EngineEventKind::Finished { .. },
+                    ..
+                })
+            )
+        })
+        .expect("a verdict");
+    assert!(imported < first_verdict);
+}
+
+async fn run_report(data_dir: &Path) -> serde_json::Value {
+    let report = flashrack_app::reports::run_report(data_dir, None, RunId(1), ReportFormat::Json)
+        .await
+        .unwrap();
+    serde_json::from_slice(report.body.as_ref()).unwrap()
+}
+
+fn downloads_left(data_dir: &Path) -> usize {
+    std::fs::read_dir(downloads_dir(data_dir)).map_or(0, |d| d.count())
+}
+
+/// Flashes `served` (the image `raw`, as the server has it) to two loop
+/// devices, holding the download at `gate` until both have written.
+async fn followed_to_two_sticks(served: Served, raw: &[u8], gate: usize) {
+    let sha = Sha256Digest::of(raw);
+    let server = FileServer::start().await;
+    server.serve("/os.img.any", served);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let devices = [LoopDevice::new(32 << 20), LoopDevice::new(32 << 20)];
+    let targets: Vec<&Path> = devices.iter().map(|d| d.path()).collect();
+    let held = server.clone();
+    let (events, outcome) = flash_watching(
+        &data_dir,
+        import(&server, "/os.img.any", DigestCheck::Sha256(sha)),
+        request(&targets),
+        |events| written_before_the_gate(events, 2, &held, gate as u64, || held.open_gate()),
+    )
+    .await;
+    let outcome = outcome.expect("the flash runs");
+    assert_eq!(outcome.summary.passed, 2, "{:?}", outcome.summary);
+    assert_eq!(outcome.summary.image_sha256, sha);
+    imported_before_any_verdict(&events, sha);
+    for device in &devices {
+        let written = std::fs::read(device.backing()).unwrap();
+        assert_eq!(&written[..raw.len()], raw);
+    }
+    let image = open_cache(&data_dir)
+        .unwrap()
+        .get(&sha)
+        .unwrap()
+        .expect("cached");
+    assert_eq!(image.size(), raw.len() as u64);
+    assert_eq!(downloads_left(&data_dir), 0);
+    let report = run_report(&data_dir).await;
+    assert_eq!(
+        report["run"]["image_sha256"],
+        sha.to_hex().as_str(),
+        "{report}"
+    );
+    assert_eq!(
+        report["run"]["image_size_bytes"],
+        raw.len() as u64,
+        "{report}"
+    );
+    assert_eq!(report["run"]["passed"], 2);
+    assert_eq!(report["run"]["stop_reason"], "completed");
+    assert_eq!(server.requests_for("/os.img.any").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_follow_a_gzip_image_as_it_downloads_and_decompresses() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let raw = image_bytes(24 * MIB, 71, 64 << 10);
+    let file = gzip(&raw);
+    let gate = file.len() / 2;
+    followed_to_two_sticks(
+        Served::new(file, "gz-1").behaving(Behaviour::GatedAt(gate)),
+        &raw,
+        gate,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_follow_a_raw_image_whose_server_states_no_length() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let raw = image_bytes(24 * MIB, 72, MIB);
+    let gate = 12 * MIB;
+    followed_to_two_sticks(
+        Served::new(raw.clone(), "raw-1")
+            .without_length()
+            .behaving(Behaviour::GatedAt(gate)),
+        &raw,
+        gate,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_digest_fails_every_following_stick_before_any_verdict_and_caches_nothing() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let raw = image_bytes(16 * MIB, 73, 64 << 10);
+    let file = gzip(&raw);
+    let server = FileServer::start().await;
+    server.serve("/os.img.gz", Served::new(file, "gz-2"));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let devices = [LoopDevice::new(32 << 20), LoopDevice::new(32 << 20)];
+    let targets: Vec<&Path> = devices.iter().map(|d| d.path()).collect();
+    let wrong = Sha256Digest::of(b"another image");
+    let (events, outcome) = flash_watching(
+        &data_dir,
+        import(&server, "/os.img.gz", DigestCheck::Sha256(wrong)),
+        request(&targets),
+        |mut events| async move {
+            let mut all = Vec::new();
+            while let Some(event) = events.recv().await {
+                all.push(event);
+            }
+            all
+        },
+    )
+    .await;
+    let error = outcome.expect_err("the flash fails");
+    let words = flashrack_app::downloads::error_chain(&error);
+    assert!(words.contains(&wrong.to_hex()), "{words}");
+    let ended = verdicts(&events);
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    for (target, verdict) in &ended {
+        assert_eq!(
+            verdict.failure().map(|f| &f.reason),
+            Some(&FailReason::Interrupted),
+            "{target}: {verdict:?}"
+        );
+    }
+    // They followed: each wrote before the end of the import failed it.
+    let wrote: HashSet<&TargetId> = events
+        .iter()
+        .filter_map(|e| match e {
+            FlashEvent::Engine(EngineEvent {
+                target,
+                kind:
+                    EngineEventKind::Progress {
+                        stage: Stage::Writing,
+                        done,
+                        ..
+                    },
+            }) if *done > 0 => Some(target),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(wrote.len(), 2, "every stick followed the download");
+    assert!(open_cache(&data_dir).unwrap().list().unwrap().is_empty());
+    assert_eq!(downloads_left(&data_dir), 0, "the wrong bytes are not kept");
+    let report = run_report(&data_dir).await;
+    assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
+    assert_eq!(report["run"]["passed"], 0);
+    assert_eq!(report["run"]["interrupted"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_too_small_for_an_image_of_unknown_size_fails_where_the_write_passes_its_end() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let raw = image_bytes(24 * MIB, 74, 64 << 10);
+    let sha = Sha256Digest::of(&raw);
+    let server = FileServer::start().await;
+    server.serve("/os.img.gz", Served::new(gzip(&raw), "gz-3"));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (big, small) = (LoopDevice::new(32 << 20), LoopDevice::new(16 << 20));
+    let (events, outcome) = flash_watching(
+        &data_dir,
+        import(&server, "/os.img.gz", DigestCheck::Sha256(sha)),
+        request(&[big.path(), small.path()]),
+        |mut events| async move {
+            let mut all = Vec::new();
+            while let Some(event) = events.recv().await {
+                all.push(event);
+            }
+            all
+        },
+    )
+    .await;
+    let outcome = outcome.expect("the flash runs");
+    assert_eq!(outcome.summary.passed, 1, "{:?}", outcome.summary);
+    assert_eq!(outcome.summary.failed, 1, "{:?}", outcome.summary);
+    assert_eq!(outcome.summary.image_sha256, sha);
+    let ended = verdicts(&events);
+    let small_id = TargetId::new(small.path().display().to_string());
+    let (_, verdict) = ended
+        .iter()
+        .find(|(t, _)| *t == small_id)
+        .expect("a verdict");
+    let failure = verdict.failure().expect("a failure");
+    assert_eq!(failure.stage, Stage::Writing, "{failure:?}");
+    match &failure.reason {
+        FailReason::TooSmall { capacity, needed } => {
+            assert_eq!(capacity.0, 16 << 20);
+            // Where the write passed the stick's end: the chunk that did not fit.
+            assert!(
+                needed.0 > 16 << 20 && needed.0 <= raw.len() as u64,
+                "{needed:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        &std::fs::read(big.backing()).unwrap()[..raw.len()],
+        &raw[..]
+    );
+    let report = run_report(&data_dir).await;
+    assert_eq!(
+        report["run"]["image_sha256"],
+        sha.to_hex().as_str(),
+        "{report}"
+    );
+    assert_eq!(report["run"]["passed"], 1);
+    assert_eq!(report["run"]["failed"], 1);
+    let rows = report["attempts"].as_array().unwrap();
+    let small_row = rows
+        .iter()
+        .find(|r| r["reason_code"] == "too_small")
+        .expect("the small stick's row");
+    assert_eq!(small_row["stage"], "writing", "{small_row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_on_the_server_while_followed_fails_every_target_and_says_what_to_do() {
+    let old = image_bytes(16 * MIB, 75, MIB);
+    let new = image_bytes(16 * MIB, 76, MIB);
+    let server = FileServer::start().await;
+    let gate = 8 * MIB;
+    // The first answer stops at the gate and is cut when the test opens it,
+    // after it has put a new file (a new ETag) in the old one's place.
+    server.serve(
+        "/os.img",
+        Served::new(old.clone(), "os-1").behaving(Behaviour::CutAtGate(gate)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let held = server.clone();
+    let (events, outcome) = flash_watching(
+        &data_dir,
+        import(&server, "/os.img", DigestCheck::None),
+        request(&[&a, &b]),
+        |events| {
+            written_before_the_gate(events, 2, &held, gate as u64, || {
+                held.serve("/os.img", Served::new(new.clone(), "os-2"));
+                held.open_gate();
+            })
+        },
+    )
+    .await;
+    let error = outcome.expect_err("the flash fails");
+    assert!(matches!(error, AppError::SourceChanged { .. }), "{error:#}");
+    let words = error.to_string();
+    assert!(
+        words.contains("changed on the server") && words.contains("flash it again"),
+        "{words}"
+    );
+    // The resume asked for the rest of the old file and got the new one whole.
+    let requests = server.requests_for("/os.img");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"os-1\""));
+    assert_eq!(requests[1].status, 200);
+    let ended = verdicts(&events);
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert!(
+        ended
+            .iter()
+            .all(|(_, v)| v.failure().map(|f| &f.reason) == Some(&FailReason::Interrupted)),
+        "{ended:?}"
+    );
+    assert!(open_cache(&data_dir).unwrap().list().unwrap().is_empty());
+    assert_eq!(
+        downloads_left(&data_dir),
+        0,
+        "the old file's bytes are gone"
+    );
+    let report = run_report(&data_dir).await;
+    assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
+    assert_eq!(report["run"]["passed"], 0);
+}
