@@ -273,23 +273,23 @@ async fn a_wrong_digest_fails_every_following_stick_before_any_verdict_and_cache
     let raw = image_bytes(16 * MIB, 73, 64 << 10);
     let file = gzip(&raw);
     let server = FileServer::start().await;
-    server.serve("/os.img.gz", Served::new(file, "gz-2"));
+    // Held halfway until both sticks have written: they follow the download.
+    let gate = file.len() / 2;
+    server.serve(
+        "/os.img.gz",
+        Served::new(file, "gz-2").behaving(Behaviour::GatedAt(gate)),
+    );
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let devices = [LoopDevice::new(32 << 20), LoopDevice::new(32 << 20)];
     let targets: Vec<&Path> = devices.iter().map(|d| d.path()).collect();
     let wrong = Sha256Digest::of(b"another image");
+    let held = server.clone();
     let (events, outcome) = flash_watching(
         &data_dir,
         import(&server, "/os.img.gz", DigestCheck::Sha256(wrong)),
         request(&targets),
-        |mut events| async move {
-            let mut all = Vec::new();
-            while let Some(event) = events.recv().await {
-                all.push(event);
-            }
-            all
-        },
+        |events| written_before_the_gate(events, 2, &held, gate as u64, || held.open_gate()),
     )
     .await;
     let error = outcome.expect_err("the flash fails");
@@ -304,29 +304,17 @@ async fn a_wrong_digest_fails_every_following_stick_before_any_verdict_and_cache
             "{target}: {verdict:?}"
         );
     }
-    // They followed: each wrote before the end of the import failed it.
-    let wrote: HashSet<&TargetId> = events
-        .iter()
-        .filter_map(|e| match e {
-            FlashEvent::Engine(EngineEvent {
-                target,
-                kind:
-                    EngineEventKind::Progress {
-                        stage: Stage::Writing,
-                        done,
-                        ..
-                    },
-            }) if *done > 0 => Some(target),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(wrote.len(), 2, "every stick followed the download");
     assert!(open_cache(&data_dir).unwrap().list().unwrap().is_empty());
     assert_eq!(downloads_left(&data_dir), 0, "the wrong bytes are not kept");
     let report = run_report(&data_dir).await;
     assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
     assert_eq!(report["run"]["passed"], 0);
     assert_eq!(report["run"]["interrupted"], 2);
+    let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&wrong.to_hex()),
+        "the digest expected: {report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,7 +439,25 @@ async fn a_file_changed_on_the_server_while_followed_fails_every_target_and_says
         0,
         "the old file's bytes are gone"
     );
+    // The report gives the cause, in the run and on every record (JSON and CSV).
     let report = run_report(&data_dir).await;
     assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
     assert_eq!(report["run"]["passed"], 0);
+    let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("changed on the server") && detail.contains("\"os-2\""),
+        "{report}"
+    );
+    for row in report["attempts"].as_array().unwrap() {
+        assert_eq!(row["run_stop_detail"], detail, "{row}");
+    }
+    let csv = flashrack_app::reports::run_report(&data_dir, None, RunId(1), ReportFormat::Csv)
+        .await
+        .unwrap();
+    let csv = csv.body;
+    assert!(
+        csv.lines().next().unwrap().contains(",run_stop_detail,"),
+        "{csv}"
+    );
+    assert!(csv.contains("changed on the server"), "{csv}");
 }
