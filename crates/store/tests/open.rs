@@ -801,3 +801,60 @@ async fn a_schema_10_database_keeps_every_attempt_and_event_and_then_takes_a_res
         [Some("verifying"), Some("resetting"), Some("writing")]
     );
 }
+
+#[tokio::test]
+async fn a_schema_13_database_takes_its_stopped_runs_words_from_their_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flashrack.db");
+    let mut conn = database_at_schema(&path, 13).await;
+    let sha = common::image().sha256.to_hex();
+    for sql in [
+        "PRAGMA foreign_keys = ON".to_string(),
+        "INSERT INTO stations VALUES ('rack-1', 'rack-1', 1, 2)".to_string(),
+        format!("INSERT INTO images (sha256, name, size, format, imported_at) VALUES ('{sha}', 'os.img', 100, 'raw', 1)"),
+        // Stopped for its source, said in its event log; stopped without a
+        // word; still open.
+        format!(
+            "INSERT INTO runs (id, station_id, image_sha256, image_name, options, started_at,
+                               stopped_at, stop_reason)
+             VALUES (1, 'rack-1', '{sha}', 'os.img', '{{}}', 1, 2, 'source_failed'),
+                    (2, 'rack-1', '{sha}', 'os.img', '{{}}', 3, 4, 'completed'),
+                    (3, 'rack-1', '{sha}', 'os.img', '{{}}', 5, NULL, NULL)"
+        ),
+        "INSERT INTO events (id, station_id, at, kind, run_id, detail)
+         VALUES (1, 'rack-1', 2, 'run_stopped', 1, '{\"reason\":\"source_failed\"}'),
+                (2, 'rack-1', 2, 'operator_action', 1,
+                 '{\"action\":\"run_stopped\",\"reason\":\"source_failed\",\"note\":\"the digest did not match\"}'),
+                (3, 'rack-1', 4, 'operator_action', 2,
+                 '{\"action\":\"run_stopped\",\"reason\":\"completed\",\"note\":null}'),
+                (4, 'rack-1', 5, 'operator_action', 3, '{\"action\":\"run_armed\"}')"
+            .to_string(),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let store = Store::open_with_clock(&path, "rack-1", Clock::Manual(ManualClock::new(T0)))
+        .await
+        .unwrap();
+    let detail = |run: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .run_report(flashrack_store::RunId(run))
+                .await
+                .unwrap()
+                .unwrap()
+                .run
+                .run
+                .stop_detail
+        }
+    };
+    assert_eq!(detail(1).await.as_deref(), Some("the digest did not match"));
+    assert_eq!(detail(2).await, None, "nothing was said");
+    assert_eq!(
+        detail(3).await,
+        None,
+        "open at the upgrade: nothing said of it"
+    );
+}
