@@ -8,112 +8,16 @@
 //! checked against each other.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use flashrack_app::downloads::{downloads_dir, DigestCheck, RetryPolicy, UrlImport};
-use flashrack_app::flash::{flash_url, FlashEvent, FlashOutcome, FlashRequest, Notice};
+use flashrack_app::downloads::DigestCheck;
+use flashrack_app::flash::FlashEvent;
 use flashrack_app::images::open_cache;
-use flashrack_app::reports::ReportFormat;
-use flashrack_app::AppError;
-use flashrack_core::{
-    ByteSize, EngineEvent, EngineEventKind, FailReason, RunId, Sha256Digest, Stage, TargetId,
-    VerifyMode,
-};
+use flashrack_core::{EngineEvent, EngineEventKind, FailReason, Sha256Digest, Stage};
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use flashrack_testkit::image_bytes;
-use tokio::sync::mpsc;
 
-const MIB: usize = 1 << 20;
-
-fn policy(tries: u32) -> RetryPolicy {
-    RetryPolicy {
-        tries,
-        first_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(10),
-        stall_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(30),
-    }
-}
-
-fn request(targets: &[&Path]) -> FlashRequest {
-    FlashRequest {
-        targets: targets.iter().map(|t| t.display().to_string()).collect(),
-        verify: VerifyMode::Compare,
-        allow_buses: vec!["loop".into()],
-        max_size: ByteSize(1 << 40),
-        stall_timeout: Duration::from_secs(60),
-        probe_capacity: true,
-        force_raw: false,
-        sparse: false,
-        sample: None,
-        audit: false,
-        retries: 0,
-    }
-}
-
-fn import(server: &FileServer, path: &str, check: DigestCheck) -> UrlImport {
-    // No bmap is served: looked for beside the image, as by default.
-    UrlImport {
-        check,
-        ..UrlImport::new(server.url(path), ByteSize(1 << 40))
-    }
-}
-
-/// Runs a flash of a URL beside `watch`, which gets its events as they come
-/// (the flash's future is driven in this task, with `watch`, to its end)
-/// and returns them; then the flash's outcome.
-async fn flash_watching<W, Fut>(
-    data_dir: &Path,
-    import: UrlImport,
-    tries: u32,
-    request: FlashRequest,
-    watch: W,
-) -> (Vec<FlashEvent>, Result<FlashOutcome, AppError>)
-where
-    W: FnOnce(mpsc::UnboundedReceiver<FlashEvent>) -> Fut,
-    Fut: std::future::Future<Output = Vec<FlashEvent>>,
-{
-    let (view_tx, events) = mpsc::unbounded_channel();
-    // Kept open: no signal stops the flash.
-    let (_stops_tx, stops) = mpsc::unbounded_channel();
-    let flash = flash_url(data_dir, import, policy(tries), request, view_tx, stops);
-    let (outcome, events) = tokio::join!(flash, watch(events));
-    (events, outcome)
-}
-
-/// Every event to the end.
-async fn all(mut events: mpsc::UnboundedReceiver<FlashEvent>) -> Vec<FlashEvent> {
-    let mut all = Vec::new();
-    while let Some(event) = events.recv().await {
-        all.push(event);
-    }
-    all
-}
-
-/// The verdicts in the events, per target, in order.
-fn verdicts(events: &[FlashEvent]) -> Vec<(TargetId, flashrack_core::Verdict)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            FlashEvent::Engine(EngineEvent {
-                target,
-                kind: EngineEventKind::Finished { verdict, .. },
-            }) => Some((target.clone(), verdict.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-async fn run_report(data_dir: &Path) -> serde_json::Value {
-    let report = flashrack_app::reports::run_report(data_dir, None, RunId(1), ReportFormat::Json)
-        .await
-        .unwrap();
-    serde_json::from_slice(report.body.as_ref()).unwrap()
-}
-
-fn downloads_left(data_dir: &Path) -> usize {
-    std::fs::read_dir(downloads_dir(data_dir)).map_or(0, |d| d.count())
-}
+mod url_flash_support;
+use url_flash_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loop_devices_are_written_while_the_url_downloads_and_the_run_names_the_image() {
@@ -142,73 +46,18 @@ async fn loop_devices_are_written_while_the_url_downloads_and_the_run_names_the_
         import(&server, "/os.img", DigestCheck::Sha256(sha)),
         1,
         request(&targets),
-        |mut events| async move {
-            // Wait for every target's first written bytes.
-            let mut seen = Vec::new();
-            let mut writing = std::collections::HashSet::new();
-            let mut downloaded = None;
-            while writing.len() < 2 {
-                let Some(event) = events.recv().await else {
-                    panic!("the flash ended before every target wrote: {seen:?}");
-                };
-                match &event {
-                    FlashEvent::Engine(EngineEvent {
-                        target,
-                        kind:
-                            EngineEventKind::Progress {
-                                stage: Stage::Writing,
-                                done,
-                                ..
-                            },
-                    }) if *done > 0 => {
-                        writing.insert(target.clone());
-                    }
-                    FlashEvent::Download(progress) => downloaded = Some(*progress),
-                    FlashEvent::Engine(EngineEvent {
-                        kind: EngineEventKind::Finished { verdict, .. },
-                        target,
-                    }) => panic!("{target} ended before the download did: {verdict:?}"),
-                    _ => {}
-                }
-                seen.push(event);
-            }
-            // The server holds the second half: the download cannot have ended.
-            let downloaded = downloaded.expect("download progress before the writes");
-            assert_eq!(downloaded.total, Some(expected));
-            assert!(
-                downloaded.held <= 12 * MIB as u64,
-                "every target wrote before the download passed the gate: {downloaded:?}"
-            );
-            assert!(gate.body_bytes_sent() <= 12 * MIB as u64);
-            gate.open_gate();
-            seen.extend(all(events).await);
-            seen
-        },
+        |events| written_before_the_gate(events, 2, &gate, 12 * MIB as u64, || gate.open_gate()),
     )
     .await;
     let outcome = outcome.expect("the flash runs");
     assert_eq!(outcome.summary.image_sha256, sha);
     assert_eq!(outcome.summary.passed, 2, "{:?}", outcome.summary);
     // The image is known (and was the one expected) before any verdict.
-    let imported = seen
+    imported_before_any_verdict(&seen, sha);
+    // Its length was known from the download's start.
+    assert!(seen
         .iter()
-        .position(
-            |e| matches!(e, FlashEvent::Notice(Notice::Imported { sha256, .. }) if *sha256 == sha),
-        )
-        .expect("the import's end is told");
-    let first_verdict = seen
-        .iter()
-        .position(|e| {
-            matches!(
-                e,
-                FlashEvent::Engine(EngineEvent {
-                    kind: EngineEventKind::Finished { .. },
-                    ..
-                })
-            )
-        })
-        .unwrap();
-    assert!(imported < first_verdict);
+        .any(|e| matches!(e, FlashEvent::Download(p) if p.total == Some(expected))));
     let last_download = seen
         .iter()
         .rev()

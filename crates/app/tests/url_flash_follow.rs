@@ -11,176 +11,24 @@
 //! fails before any verdict, the command says what to do, and the run's
 //! report gives the cause.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
-use flashrack_app::downloads::{downloads_dir, DigestCheck, RetryPolicy, UrlImport};
-use flashrack_app::flash::{flash_url, FlashEvent, FlashOutcome, FlashRequest, Notice};
+use flashrack_app::downloads::DigestCheck;
 use flashrack_app::images::open_cache;
 use flashrack_app::reports::ReportFormat;
 use flashrack_app::AppError;
-use flashrack_core::{
-    ByteSize, EngineEvent, EngineEventKind, FailReason, RunId, Sha256Digest, Stage, TargetId,
-    Verdict, VerifyMode,
-};
+use flashrack_core::{FailReason, RunId, Sha256Digest, Stage, TargetId};
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use flashrack_testkit::{image_bytes, LoopDevice};
-use tokio::sync::mpsc;
 
-const MIB: usize = 1 << 20;
-
-fn request(targets: &[&Path]) -> FlashRequest {
-    FlashRequest {
-        targets: targets.iter().map(|t| t.display().to_string()).collect(),
-        verify: VerifyMode::Compare,
-        allow_buses: vec!["loop".into()],
-        max_size: ByteSize(1 << 40),
-        stall_timeout: Duration::from_secs(60),
-        probe_capacity: true,
-        force_raw: false,
-        sparse: false,
-        sample: None,
-        audit: false,
-        retries: 0,
-    }
-}
-
-fn import(server: &FileServer, path: &str, check: DigestCheck) -> UrlImport {
-    UrlImport {
-        check,
-        ..UrlImport::new(server.url(path), ByteSize(1 << 40))
-    }
-}
+mod url_flash_support;
+use url_flash_support::*;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(data).unwrap();
     encoder.finish().unwrap()
-}
-
-/// Runs the flash, giving its events to `watch` as they come; returns what
-/// `watch` returns and the outcome.
-async fn flash_watching<W, Fut>(
-    data_dir: &Path,
-    import: UrlImport,
-    request: FlashRequest,
-    watch: W,
-) -> (Vec<FlashEvent>, Result<FlashOutcome, AppError>)
-where
-    W: FnOnce(mpsc::UnboundedReceiver<FlashEvent>) -> Fut,
-    Fut: std::future::Future<Output = Vec<FlashEvent>>,
-{
-    let (view_tx, events) = mpsc::unbounded_channel();
-    let (_stops_tx, stops) = mpsc::unbounded_channel();
-    let policy = RetryPolicy {
-        tries: 3,
-        first_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(10),
-        ..RetryPolicy::default()
-    };
-    let flash = flash_url(data_dir, import, policy, request, view_tx, stops);
-    let (outcome, events) = tokio::join!(flash, watch(events));
-    (events, outcome)
-}
-
-/// Waits until each of `count` targets has written bytes (no verdict may
-/// come first), checks that the download is still held at `gate` bytes,
-/// then calls `release` and collects every event to the end.
-async fn written_before_the_gate(
-    mut events: mpsc::UnboundedReceiver<FlashEvent>,
-    count: usize,
-    server: &FileServer,
-    gate: u64,
-    release: impl FnOnce(),
-) -> Vec<FlashEvent> {
-    let mut seen = Vec::new();
-    let mut writing = HashSet::new();
-    let mut downloaded = None;
-    while writing.len() < count {
-        let Some(event) = events.recv().await else {
-            panic!("the flash ended before every target wrote: {seen:?}");
-        };
-        match &event {
-            FlashEvent::Engine(EngineEvent {
-                target,
-                kind:
-                    EngineEventKind::Progress {
-                        stage: Stage::Writing,
-                        done,
-                        ..
-                    },
-            }) if *done > 0 => {
-                writing.insert(target.clone());
-            }
-            FlashEvent::Download(progress) => downloaded = Some(*progress),
-            FlashEvent::Engine(EngineEvent {
-                kind: EngineEventKind::Finished { verdict, .. },
-                target,
-            }) => panic!("{target} ended before the download did: {verdict:?}"),
-            _ => {}
-        }
-        seen.push(event);
-    }
-    let downloaded = downloaded.expect("download progress before the writes");
-    assert!(
-        downloaded.held <= gate,
-        "every target wrote before the download passed the gate: {downloaded:?}"
-    );
-    assert!(server.body_bytes_sent() <= gate);
-    release();
-    while let Some(event) = events.recv().await {
-        seen.push(event);
-    }
-    seen
-}
-
-fn verdicts(events: &[FlashEvent]) -> Vec<(TargetId, Verdict)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            FlashEvent::Engine(EngineEvent {
-                target,
-                kind: EngineEventKind::Finished { verdict, .. },
-            }) => Some((target.clone(), verdict.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The image is told as known (`sha`) before the first verdict.
-fn imported_before_any_verdict(events: &[FlashEvent], sha: Sha256Digest) {
-    let imported = events
-        .iter()
-        .position(
-            |e| matches!(e, FlashEvent::Notice(Notice::Imported { sha256, .. }) if *sha256 == sha),
-        )
-        .expect("the import's end is told");
-    let first_verdict = events
-        .iter()
-        .position(|e| {
-            matches!(
-                e,
-                FlashEvent::Engine(EngineEvent {
-                    kind: EngineEventKind::Finished { .. },
-                    ..
-                })
-            )
-        })
-        .expect("a verdict");
-    assert!(imported < first_verdict);
-}
-
-async fn run_report(data_dir: &Path) -> serde_json::Value {
-    let report = flashrack_app::reports::run_report(data_dir, None, RunId(1), ReportFormat::Json)
-        .await
-        .unwrap();
-    serde_json::from_slice(report.body.as_ref()).unwrap()
-}
-
-fn downloads_left(data_dir: &Path) -> usize {
-    std::fs::read_dir(downloads_dir(data_dir)).map_or(0, |d| d.count())
 }
 
 /// Flashes `served` (the image `raw`, as the server has it) to two loop
@@ -197,6 +45,7 @@ async fn followed_to_two_sticks(served: Served, raw: &[u8], gate: usize) {
     let (events, outcome) = flash_watching(
         &data_dir,
         import(&server, "/os.img.any", DigestCheck::Sha256(sha)),
+        3,
         request(&targets),
         |events| written_before_the_gate(events, 2, &held, gate as u64, || held.open_gate()),
     )
@@ -288,6 +137,7 @@ async fn a_wrong_digest_fails_every_following_stick_before_any_verdict_and_cache
     let (events, outcome) = flash_watching(
         &data_dir,
         import(&server, "/os.img.gz", DigestCheck::Sha256(wrong)),
+        3,
         request(&targets),
         |events| written_before_the_gate(events, 2, &held, gate as u64, || held.open_gate()),
     )
@@ -332,6 +182,7 @@ async fn a_stick_too_small_for_an_image_of_unknown_size_fails_where_the_write_pa
     let (events, outcome) = flash_watching(
         &data_dir,
         import(&server, "/os.img.gz", DigestCheck::Sha256(sha)),
+        3,
         request(&[big.path(), small.path()]),
         |mut events| async move {
             let mut all = Vec::new();
@@ -404,6 +255,7 @@ async fn a_file_changed_on_the_server_while_followed_fails_every_target_and_says
     let (events, outcome) = flash_watching(
         &data_dir,
         import(&server, "/os.img", DigestCheck::None),
+        3,
         request(&[&a, &b]),
         |events| {
             written_before_the_gate(events, 2, &held, gate as u64, || {
