@@ -171,6 +171,23 @@ fn rule(name: &str, port_path: &str, serial: &str) -> String {
     )
 }
 
+/// Writes the rule file `path` whole, then renames it into place.
+///
+/// udevd reloads its rules only when a rules directory's modification time
+/// is newer than at its last load. Written in place, a rule file is created
+/// (the directory's time moves) before its text is written (it does not): a
+/// reload asked by another test in between loaded the file empty, and this
+/// one's own reload then changed nothing, so udev handled the stick's events
+/// undressed (seen once in CI: four_sticks_plugged_in_at_once_are_all_added
+/// got its marker as a bare loop device). The rename moves the directory's
+/// time after the text is complete; the temporary name does not end in
+/// `.rules`, so udev never reads it.
+fn write_rule(path: &Path, text: &str) {
+    let partial = path.with_extension("rules.partial");
+    fs::write(&partial, text).expect("cannot write the udev rule");
+    fs::rename(&partial, path).expect("cannot put the udev rule in place");
+}
+
 /// A loop device that udev presents as a USB stick (see the file's docs). Starts
 /// empty (unplugged); deleted with its rule on drop.
 pub struct TestStick {
@@ -218,15 +235,14 @@ impl TestStick {
                 "99-flashrack-test-{}-{name}.rules",
                 std::process::id()
             ));
-            fs::write(
+            write_rule(
                 &rules,
-                rule(
+                &rule(
                     &name,
                     &format!("flashrack-test-port-{index}"),
                     &format!("FRTEST{index}"),
                 ),
-            )
-            .expect("cannot write the udev rule");
+            );
             reload_rules().unwrap();
             match loop_control::<LOOP_CTL_ADD>(index) {
                 Ok(()) => {
@@ -260,8 +276,7 @@ impl TestStick {
     /// Moves the (unplugged) stick to another port: its rule now gives it
     /// `port_path` as its `ID_PATH`, which its next plug reports.
     pub fn move_to_port(&self, port_path: &str) {
-        fs::write(&self.rules, rule(&self.name, port_path, &self.serial()))
-            .expect("cannot write the udev rule");
+        write_rule(&self.rules, &rule(&self.name, port_path, &self.serial()));
         reload_rules().unwrap();
     }
 
@@ -275,8 +290,7 @@ impl TestStick {
     /// `backing` in under the same name (a new disk, with a new `diskseq`). udev
     /// reports it with its new dress from its next event on.
     pub fn replace_with(&self, backing: &Path, port_path: &str, serial: &str) {
-        fs::write(&self.rules, rule(&self.name, port_path, serial))
-            .expect("cannot write the udev rule");
+        write_rule(&self.rules, &rule(&self.name, port_path, serial));
         reload_rules().unwrap();
         crate::reattach_loop(&self.dev, backing);
     }
