@@ -292,14 +292,7 @@ pub fn map_image(
     bmap: Option<&Path>,
 ) -> Result<MapNote, AppError> {
     let attach = |path: &Path| -> Result<MapNote, ImageError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ImageError::ReadInput {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (name, text) = BmapInput::read_text(path)?;
         cache
             .attach_bmap_counted(image, &name, &text)
             .map(attached_note)

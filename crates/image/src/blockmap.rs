@@ -180,6 +180,14 @@ impl BmapInput {
     /// an image already cached). A file that cannot be read or is not UTF-8
     /// text is [`ImageError::ReadInput`].
     pub fn read(path: &std::path::Path) -> Result<(Self, String), ImageError> {
+        let (name, text) = Self::read_text(path)?;
+        Ok((Self::parse(&name, &text)?, text))
+    }
+
+    /// Reads the bmap file at `path` without parsing it: its file name (as
+    /// [`BmapInput::parse`] names it) and its text. A file that cannot be
+    /// read or is not UTF-8 text is [`ImageError::ReadInput`].
+    pub fn read_text(path: &std::path::Path) -> Result<(String, String), ImageError> {
         let text = std::fs::read_to_string(path).map_err(|source| ImageError::ReadInput {
             path: path.to_path_buf(),
             source,
@@ -188,7 +196,7 @@ impl BmapInput {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok((Self::parse(&name, &text)?, text))
+        Ok((name, text))
     }
 
     /// The check an import's pass feeds.
