@@ -198,19 +198,26 @@ fn root_or_first_mounted_disk() -> (u32, u32, String) {
 /// A path with device number `major:minor`: its `/dev` node when there is one, else
 /// a node made in `dir` (containers often lack `/dev` nodes for the host's disks).
 fn device_node(major: u32, minor: u32, dir: &Path) -> PathBuf {
-    let name = sysfs_dir(major, minor)
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_owned();
+    try_device_node(major, minor, dir).expect("the device is not in sysfs")
+}
+
+/// [`device_node`], or `None` when sysfs does not list the device (now).
+/// A node made in `dir` by an earlier call is used again.
+fn try_device_node(major: u32, minor: u32, dir: &Path) -> Option<PathBuf> {
+    let name = sysfs_dir(major, minor)?.file_name()?.to_owned();
     let dev_path = Path::new("/dev").join(&name);
     let rdev = rustix::fs::makedev(major, minor);
     if let Ok(meta) = fs::metadata(&dev_path) {
         if meta.file_type().is_block_device() && meta.rdev() == rdev {
-            return dev_path;
+            return Some(dev_path);
         }
     }
     let node = dir.join(&name);
+    if let Ok(meta) = fs::metadata(&node) {
+        if meta.file_type().is_block_device() && meta.rdev() == rdev {
+            return Some(node);
+        }
+    }
     rustix::fs::mknodat(
         rustix::fs::CWD,
         &node,
@@ -219,7 +226,7 @@ fn device_node(major: u32, minor: u32, dir: &Path) -> PathBuf {
         rdev,
     )
     .unwrap();
-    node
+    Some(node)
 }
 
 #[test]
@@ -580,21 +587,8 @@ fn a_partition_of_a_loop_device_over_a_kept_file_is_refused_too() {
         .unwrap();
     assert!(sfdisk.wait().unwrap().success());
     let dev = Attached::over(&kept, &["--partscan"]);
-    // Some kernels leave the scan to udev: the partition is added here if it
-    // is not there yet (`partx --add`), and in sysfs once that returns; its
-    // node in /dev may come later, so the test makes its own.
-    let dev_file = Path::new("/sys/block")
-        .join(dev.kernel_name())
-        .join(format!("{}p1", dev.kernel_name()))
-        .join("dev");
-    if !dev_file.exists() {
-        run("partx", &["--add", dev.path.to_str().unwrap()]);
-    }
-    let numbers = fs::read_to_string(&dev_file).unwrap();
-    let (major, minor) = numbers.trim().split_once(':').unwrap();
     let nodes = tempfile::tempdir().unwrap();
-    let partition = device_node(major.parse().unwrap(), minor.parse().unwrap(), nodes.path());
-    let facts = DiskFacts::inspect(&partition).unwrap();
+    let facts = first_partition_facts(&dev, nodes.path());
     assert!(facts.is_partition);
     assert_eq!(facts.loop_backings[0].loop_device, dev.kernel_name());
     let found: Vec<Refusal> = refusals(&facts, &keeping(&kept), &armed(0));
@@ -610,6 +604,50 @@ fn a_partition_of_a_loop_device_over_a_kept_file_is_refused_too() {
             dev.kernel_name(),
             kept.display()
         )
+    );
+}
+
+/// The facts of `dev`'s first partition, once the kernel lists it.
+///
+/// Some kernels leave the scan to udev, so the partition is added here
+/// (`partx --add`) if it has not come by itself. It can also vanish for a
+/// moment after it came: udevd watches loop devices, and when `losetup` closes
+/// the device it opened for writing, udevd re-reads the partition table, which
+/// drops every partition and adds it again. So the lookup is retried until one
+/// whole reading (sysfs numbers, node, facts) succeeds. Its node in /dev may
+/// come later still, so the test makes its own in `nodes`.
+fn first_partition_facts(dev: &Attached, nodes: &Path) -> DiskFacts {
+    let dev_file = Path::new("/sys/block")
+        .join(dev.kernel_name())
+        .join(format!("{}p1", dev.kernel_name()))
+        .join("dev");
+    let started = std::time::Instant::now();
+    let mut added = false;
+    let mut last_error = String::from("never listed in sysfs");
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        if !added && started.elapsed() > std::time::Duration::from_secs(1) {
+            // A failure here (the kernel added it meanwhile) is no failure of
+            // the test: the next reading decides.
+            let _ = Command::new("partx")
+                .args(["--add", dev.path.to_str().unwrap()])
+                .output();
+            added = true;
+        }
+        if let Ok(numbers) = fs::read_to_string(&dev_file) {
+            let (major, minor) = numbers.trim().split_once(':').unwrap();
+            let (major, minor) = (major.parse().unwrap(), minor.parse().unwrap());
+            if let Some(partition) = try_device_node(major, minor, nodes) {
+                match DiskFacts::inspect(&partition) {
+                    Ok(facts) => return facts,
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "{}p1 never became readable: {last_error}",
+        dev.kernel_name()
     );
 }
 
