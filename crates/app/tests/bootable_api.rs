@@ -454,40 +454,6 @@ async fn a_build_under_way_when_the_station_stops_is_interrupted_and_listed_so_a
     app.stop().await.unwrap();
 }
 
-/// The sizes of every file of `iso`'s tree, as xorriso extracts it, and
-/// how many files and directories it has.
-fn tree_bytes(iso: &std::path::Path) -> (u64, usize) {
-    let out = tempfile::tempdir().unwrap();
-    let tree = out.path().join("tree");
-    flashrack_testkit::run(
-        "xorriso",
-        &[
-            "-osirrox",
-            "on",
-            "-indev",
-            iso.to_str().unwrap(),
-            "-extract",
-            "/",
-            tree.to_str().unwrap(),
-        ],
-    );
-    let (mut total, mut items) = (0, 0);
-    let mut pending = vec![tree];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            items += 1;
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    (total, items)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_shows_its_bytes_within_the_copying_and_hashing_stages() {
     use flashrack_app::bootable::{BuildStage, BytesHook, StageBytes};
@@ -517,7 +483,7 @@ async fn a_build_shows_its_bytes_within_the_copying_and_hashing_stages() {
     fs::write(content.join("setup.txt"), vec![7u8; 300_000]).unwrap();
     let iso = dir.path().join("quarterly.bin");
     flashrack_testkit::iso::uefi_installer_iso(&iso, b"MZ stand-in UEFI loader", &content);
-    let (files, items) = tree_bytes(&iso);
+    let (files, items) = flashrack_testkit::iso::tree_bytes(&iso);
     let sha = import(&app, &iso);
 
     let started = app

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use flashrack_app::bootable::{build_bootable_with, BuildRequest, BuildStage, Cancel};
+use flashrack_app::bootable::{build_bootable_with, BuildRequest, BuildStage, Cancel, StageBytes};
 use flashrack_app::downloads::{
     import_url, DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlBmap, UrlImport, UrlProgress,
 };
@@ -19,7 +19,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::ImageCommand;
 
 /// Builds the bootable layout of `source` on a blocking thread, saying each
-/// stage on stderr ("stage 4 of 5: copying the files in"); SIGINT or SIGTERM
+/// stage on stderr ("stage 4 of 5: copying the files in") and how far the
+/// copying and hashing stages are by bytes ([`BuildView`]); SIGINT or SIGTERM
 /// cancels it: it stops at once and keeps nothing in the cache.
 async fn build_cancellable(
     cache: &flashrack_app::images::ImageCache,
@@ -34,22 +35,15 @@ async fn build_cancellable(
         let data_dir = data_dir.to_path_buf();
         let cancel = cancel.clone();
         move || {
-            let stage = |stage: BuildStage| {
-                errln!(
-                    "stage {} of {}: {stage}",
-                    stage.number(),
-                    BuildStage::ALL.len()
-                );
-            };
-            build_bootable_with(
-                &cache,
-                &data_dir,
-                &source,
-                &request,
-                &stage,
-                &|_| {},
-                &cancel,
-            )
+            // Both callbacks run on this thread, one at a time.
+            let view = std::cell::RefCell::new(BuildView::new());
+            let stage = |stage: BuildStage| view.borrow_mut().stage(stage);
+            let bytes = |bytes: StageBytes| view.borrow_mut().bytes(bytes);
+            let built = build_bootable_with(
+                &cache, &data_dir, &source, &request, &stage, &bytes, &cancel,
+            );
+            view.borrow_mut().finish();
+            built
         }
     });
     tokio::pin!(build);
@@ -399,6 +393,98 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A bootable build's progress on stderr: each stage as a line ("stage 4 of
+/// 5: copying the files in"), then, within the copying and hashing stages,
+/// the bytes done as the API's `stage_bytes` and the dashboard give them: a
+/// bar on a terminal; otherwise a line at the stage's start, at each further
+/// tenth and at its end ("copying the files in: 2.10 MB of 6.29 MB (33%)",
+/// the dashboard's words: whole percent, rounded down).
+struct BuildView {
+    bar: Option<ProgressBar>,
+    /// Plain lines (stderr is not a terminal).
+    lines: bool,
+    /// The tenth of the stage last said in a line (`None`: nothing said yet
+    /// of this stage's bytes).
+    last_tenth: Option<u64>,
+}
+
+impl BuildView {
+    fn new() -> Self {
+        Self {
+            bar: None,
+            lines: !std::io::stderr().is_terminal(),
+            last_tenth: None,
+        }
+    }
+
+    fn stage(&mut self, stage: BuildStage) {
+        self.finish();
+        self.last_tenth = None;
+        errln!(
+            "stage {} of {}: {stage}",
+            stage.number(),
+            BuildStage::ALL.len()
+        );
+    }
+
+    fn bytes(&mut self, bytes: StageBytes) {
+        let StageBytes { stage, done, total } = bytes;
+        if self.lines {
+            // An empty stage is done from its start.
+            let tenth = done
+                .saturating_mul(10)
+                .checked_div(total)
+                .unwrap_or(10)
+                .min(10);
+            if self.last_tenth.is_some_and(|last| tenth <= last) {
+                return;
+            }
+            self.last_tenth = Some(tenth);
+            let percent = done
+                .saturating_mul(100)
+                .checked_div(total)
+                .unwrap_or(100)
+                .min(100);
+            errln!(
+                "{stage}: {} of {} ({percent}%)",
+                ByteSize(done),
+                ByteSize(total)
+            );
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {done_of_total} {percent}%")
+                    .expect("a valid template")
+                    .with_key(
+                        "done_of_total",
+                        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(
+                                w,
+                                "{} of {}",
+                                ByteSize(state.pos()),
+                                ByteSize(state.len().unwrap_or(0))
+                            );
+                        },
+                    )
+                    .progress_chars("=> "),
+            );
+            bar.set_message(stage.to_string());
+            bar
+        });
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+
+    /// Leaves the last stage's bar drawn where it ended.
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+    }
 }
 
 /// A download's progress on stderr: a bar with bytes, rate and time left on a

@@ -473,3 +473,108 @@ fn a_build_says_its_stages_and_one_interrupted_in_its_copying_stage_keeps_nothin
     );
     assert!(ok(flashrack(&data, &["image", "list"])).contains("quarterly-usb.img"));
 }
+
+/// The lines a build prints on stderr for one stage's bytes
+/// (`"<stage>: <done> of <total> (<n>%)"`), as (done, total, percent) in words.
+fn byte_lines<'a>(stderr: &'a str, stage: &str) -> Vec<(&'a str, &'a str, u64)> {
+    let prefix = format!("{stage}: ");
+    stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .map(|rest| {
+            let (done, rest) = rest.split_once(" of ").expect("'<done> of <total> (<n>%)'");
+            let (total, percent) = rest.split_once(" (").expect("'<total> (<n>%)'");
+            let percent = percent.strip_suffix("%)").expect("'(<n>%)'");
+            (done, total, percent.parse().expect("a whole percent"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_build_prints_the_bytes_it_has_copied_and_hashed_as_the_dashboard_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Eight incompressible files of 1 MiB in the WIM, beside the ISO's
+    // small files and its EFI image: several reports in each stage.
+    let content = dir.path().join("wim-content");
+    fs::create_dir(&content).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..8 {
+        let bytes: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(content.join(format!("part{i}.bin")), bytes).unwrap();
+    }
+    let iso = dir.path().join("quarterly.bin");
+    flashrack_testkit::iso::uefi_installer_iso(&iso, b"MZ stand-in UEFI loader", &content);
+    let (iso_files, _) = flashrack_testkit::iso::tree_bytes(&iso);
+    let sha_iso = ok(flashrack(
+        &data,
+        &["image", "import", iso.to_str().unwrap()],
+    ))
+    .trim()
+    .to_string();
+
+    // stderr is a pipe here, not a terminal: lines, not a bar.
+    let out = flashrack(
+        &data,
+        &[
+            "image",
+            "build-bootable",
+            &sha_iso[..12],
+            "--name",
+            "usb.img",
+            "--json",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let built: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let size = built["size"].as_u64().unwrap();
+
+    // Each stage's bytes come after its stage line and before the next.
+    let at = |line: &str| {
+        stderr
+            .lines()
+            .position(|l| l == line)
+            .unwrap_or_else(|| panic!("no line {line:?} in:\n{stderr}"))
+    };
+    let copying = at("stage 4 of 5: copying the files in");
+    let hashing = at("stage 5 of 5: hashing and caching the layout");
+    for (n, line) in stderr.lines().enumerate() {
+        if line.starts_with("copying the files in: ") {
+            assert!(copying < n && n < hashing, "{stderr}");
+        }
+        if line.starts_with("hashing and caching the layout: ") {
+            assert!(hashing < n, "{stderr}");
+        }
+    }
+
+    // From nothing to the whole stage, never backwards, at most a line per
+    // tenth; the totals are what the stage has in all: the ISO's files as
+    // xorriso extracts them (nothing was split), the built layout's size.
+    for (stage, total) in [
+        ("copying the files in", iso_files),
+        ("hashing and caching the layout", size),
+    ] {
+        let lines = byte_lines(&stderr, stage);
+        let total = flashrack_core::ByteSize(total).to_string();
+        assert!(lines.len() >= 3, "{stage}: {lines:?}\n{stderr}");
+        assert_eq!(lines[0], ("0 B", total.as_str(), 0), "{stderr}");
+        assert_eq!(
+            *lines.last().unwrap(),
+            (total.as_str(), total.as_str(), 100),
+            "{stderr}"
+        );
+        assert!(lines.iter().all(|(_, t, _)| *t == total), "{lines:?}");
+        assert!(
+            lines.windows(2).all(|w| w[0].2 / 10 < w[1].2 / 10),
+            "one line per tenth, forwards: {lines:?}"
+        );
+    }
+}

@@ -173,3 +173,38 @@ pub fn udf_installer_iso(out: &Path, loader: &[u8], wim_content: &Path) {
     args.extend(["-o", out.to_str().unwrap(), root.to_str().unwrap()]);
     run("genisoimage", &args);
 }
+
+/// The bytes of every file of `iso`'s tree, as xorriso extracts it, and
+/// how many files and directories it has: what a bootable build copies
+/// into its layout when nothing is split.
+pub fn tree_bytes(iso: &Path) -> (u64, usize) {
+    let out = tempfile::tempdir().unwrap();
+    let tree = out.path().join("tree");
+    run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            iso.to_str().unwrap(),
+            "-extract",
+            "/",
+            tree.to_str().unwrap(),
+        ],
+    );
+    let (mut total, mut items) = (0, 0);
+    let mut pending = vec![tree];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            items += 1;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    (total, items)
+}
