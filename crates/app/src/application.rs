@@ -374,6 +374,12 @@ impl Application {
             url_imports: Some(url_imports),
             captures: Some(captures.clone()),
             builds: builds.clone().map(|b| b as Arc<dyn flashrack_web::Builds>),
+            followed_runs: Some(Arc::new(crate::follow::FollowService::new(
+                images.clone(),
+                data_dir.clone(),
+                config.max_size,
+                handle.clone(),
+            ))),
         };
         Ok(Self {
             address,

@@ -632,6 +632,54 @@ mod tests {
     }
 }
 
+/// The import an API request asks for (`POST /images/import-url`, and a
+/// run's `download`), images up to `max_size`; a request that cannot be
+/// followed gets the reason.
+pub fn url_import_of(
+    body: flashrack_web::UrlImportRequest,
+    max_size: ByteSize,
+) -> Result<UrlImport, String> {
+    if !(body.url.starts_with("http://") || body.url.starts_with("https://")) {
+        return Err("url must be an http or https URL".into());
+    }
+    let check = match (body.sha256, body.sha256sums) {
+        (Some(_), Some(_)) => return Err("give sha256 or sha256sums, not both".into()),
+        (Some(hex), None) => {
+            DigestCheck::Sha256(Sha256Digest::parse(&hex).map_err(|e| format!("sha256: {e}"))?)
+        }
+        (None, Some(sums)) => DigestCheck::Sums {
+            url: sums,
+            signature: match (body.signature, body.keyring) {
+                (Some(url), Some(keys)) => Some(SignatureSpec {
+                    url,
+                    keyring: Keyring::Armored(keys),
+                }),
+                (None, None) => None,
+                _ => return Err("a signature needs a keyring, and a keyring a signature".into()),
+            },
+        },
+        (None, None) if body.signature.is_some() => {
+            return Err("a signature is checked on a sha256sums list: give sha256sums".into())
+        }
+        (None, None) => DigestCheck::None,
+    };
+    let bmap = match body.bmap {
+        None => UrlBmap::Beside,
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => UrlBmap::Url(url),
+        Some(_) => return Err("bmap must be an http or https URL".into()),
+    };
+    if body.zip_entry.as_deref().is_some_and(|e| e.is_empty()) {
+        return Err("zip_entry must name a file in the archive".into());
+    }
+    Ok(UrlImport {
+        url: body.url,
+        check,
+        max_size,
+        bmap,
+        zip_entry: body.zip_entry,
+    })
+}
+
 /// The station's URL imports for the web side (`flashrack_web::UrlImports`):
 /// each runs as a task on the station's runtime, its progress kept in memory
 /// for `GET /api/v1/images/downloads` and, for a station with records
@@ -771,49 +819,7 @@ impl UrlImportService {
     }
 
     fn request_of(&self, body: flashrack_web::UrlImportRequest) -> Result<UrlImport, String> {
-        if !(body.url.starts_with("http://") || body.url.starts_with("https://")) {
-            return Err("url must be an http or https URL".into());
-        }
-        let check = match (body.sha256, body.sha256sums) {
-            (Some(_), Some(_)) => return Err("give sha256 or sha256sums, not both".into()),
-            (Some(hex), None) => {
-                DigestCheck::Sha256(Sha256Digest::parse(&hex).map_err(|e| format!("sha256: {e}"))?)
-            }
-            (None, Some(sums)) => DigestCheck::Sums {
-                url: sums,
-                signature: match (body.signature, body.keyring) {
-                    (Some(url), Some(keys)) => Some(SignatureSpec {
-                        url,
-                        keyring: Keyring::Armored(keys),
-                    }),
-                    (None, None) => None,
-                    _ => {
-                        return Err("a signature needs a keyring, and a keyring a signature".into())
-                    }
-                },
-            },
-            (None, None) if body.signature.is_some() => {
-                return Err("a signature is checked on a sha256sums list: give sha256sums".into())
-            }
-            (None, None) => DigestCheck::None,
-        };
-        let bmap = match body.bmap {
-            None => UrlBmap::Beside,
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                UrlBmap::Url(url)
-            }
-            Some(_) => return Err("bmap must be an http or https URL".into()),
-        };
-        if body.zip_entry.as_deref().is_some_and(|e| e.is_empty()) {
-            return Err("zip_entry must name a file in the archive".into());
-        }
-        Ok(UrlImport {
-            url: body.url,
-            check,
-            max_size: self.max_size,
-            bmap,
-            zip_entry: body.zip_entry,
-        })
+        url_import_of(body, self.max_size)
     }
 
     /// Runs import `id` (its view is in the list, `checking`) in the

@@ -45,6 +45,7 @@ use crate::AppError;
 
 mod streaming;
 pub use streaming::{flash_file, flash_url};
+pub(crate) use streaming::{import_reason, provisional_digest, CancelOnDrop, FeedObserver};
 
 /// One-shot flashes are recorded under this station id.
 const STATION_ID: &str = "station-1";

@@ -20,6 +20,8 @@
 //! - [`images`]: the image cache under a data directory;
 //! - [`downloads`]: images imported from URLs, with their digest checked
 //!   against a signed `SHA256SUMS` and their provenance kept;
+//! - [`follow`]: runs armed over the API with an image not cached yet (a URL,
+//!   a file on the station), whose sticks follow its import;
 //! - [`devices`]: the block devices attached now, as the guard judges them;
 //! - [`kept_files`]: the files the guard protects from a loop device over them
 //!   (the data directory, cached images, raw images referenced in place);
@@ -47,6 +49,7 @@ pub mod downloads;
 pub mod error;
 pub mod flash;
 pub mod fleet;
+pub mod follow;
 pub mod images;
 pub mod kept_files;
 pub mod lock;

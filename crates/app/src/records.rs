@@ -248,6 +248,27 @@ fn journal_error(error: flashrack_store::StoreError) -> JournalError {
 
 #[async_trait]
 impl Journal for StoreRecords {
+    async fn run_started_following(&self, run: &RunStart) -> Result<RunId, JournalError> {
+        self.run_started_provisional(run.image_sha256, run).await
+    }
+
+    async fn run_image_known(
+        &self,
+        run_id: RunId,
+        provisional: flashrack_core::Sha256Digest,
+        image: &RunStart,
+    ) -> Result<(), JournalError> {
+        StoreRecords::run_image_known(
+            self,
+            run_id,
+            provisional,
+            image.image_sha256,
+            &image.image_name,
+            image.image_size,
+        )
+        .await
+    }
+
     async fn run_started(&self, run: &RunStart) -> Result<RunId, JournalError> {
         self.record_image(run.image_sha256, &run.image_name, run.image_size)
             .await?;

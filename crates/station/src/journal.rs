@@ -158,6 +158,24 @@ pub struct AttemptSoFar {
 pub trait Journal: Send + Sync {
     /// A run starts; returns its id.
     async fn run_started(&self, run: &RunStart) -> Result<RunId, JournalError>;
+    /// A run starts whose image is still being imported: `run.image_sha256`
+    /// is a provisional digest of no image, unique to the run, which names
+    /// it until [`run_image_known`](Self::run_image_known) (a run whose
+    /// import fails keeps it: its image never existed); `run.image_size` is
+    /// the size known so far (0 when it is known only at the import's end).
+    /// Returns its id.
+    async fn run_started_following(&self, run: &RunStart) -> Result<RunId, JournalError>;
+    /// The image of a run started with
+    /// [`run_started_following`](Self::run_started_following) is in the
+    /// cache: `image` names it (sha256, name, size) in place of
+    /// `provisional`. Durable before it returns, and called before any of the
+    /// run's verdicts can be given.
+    async fn run_image_known(
+        &self,
+        run_id: RunId,
+        provisional: Sha256Digest,
+        image: &RunStart,
+    ) -> Result<(), JournalError>;
     /// A run stopped, for `reason`; `note` says more for people (the
     /// operator's words, the source's error), if there is more to say.
     async fn run_stopped(
@@ -256,6 +274,23 @@ impl Journal for MemoryJournal {
         let id = RunId(r.runs.len() as i64 + 1);
         r.runs.push((id, run.image_name.clone(), None));
         Ok(id)
+    }
+
+    async fn run_started_following(&self, run: &RunStart) -> Result<RunId, JournalError> {
+        self.run_started(run).await
+    }
+
+    async fn run_image_known(
+        &self,
+        run_id: RunId,
+        _provisional: Sha256Digest,
+        image: &RunStart,
+    ) -> Result<(), JournalError> {
+        let mut r = self.lock();
+        if let Some(run) = r.runs.iter_mut().find(|(id, ..)| *id == run_id) {
+            run.1 = image.image_name.clone();
+        }
+        Ok(())
     }
 
     async fn run_stopped(

@@ -30,9 +30,10 @@ pub use journal::{
     RunRefusal, RunStart,
 };
 pub use model::{
-    DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
-    VerdictRun,
+    DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions, RunView,
+    Snapshot, StationEvent, VerdictRun,
 };
 pub use station::{
-    ArmRequest, MasterStick, PortSpec, Station, StationError, StationHandle, StationSettings,
+    ArmRequest, FollowRequest, ImportEnd, MasterStick, PortSpec, Station, StationError,
+    StationHandle, StationSettings,
 };

@@ -331,6 +331,48 @@ pub struct RunView {
     pub remaining: Option<u32>,
     /// Why the run stopped, once it has.
     pub stop_reason: Option<StopReason>,
+    /// The import the run follows, for a run armed with an image that was
+    /// not cached yet (a URL being downloaded, a file on the station being
+    /// imported): how far it has got. `None` for a run of a cached image.
+    /// Until the import ends, `image_sha256` is a provisional digest of no
+    /// image (unique to the run) and `image_size` the size known so far (0
+    /// when the image's size is known only at its end).
+    /// (Boxed: most runs have none, and a run view travels in every run
+    /// event.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<Box<RunImport>>,
+}
+
+/// The import a run follows ([`RunView::import`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunImport {
+    /// Where the image comes from: the URL or the file, as the operator
+    /// named it.
+    pub source: String,
+    /// `importing` (downloading, decompressing, hashing), `done` (the image
+    /// is in the cache and named by the run) or `failed` (see `error`).
+    pub state: RunImportState,
+    /// Bytes received so far: of the download for a URL, of the image
+    /// stored for a file.
+    pub done: u64,
+    /// What `done` will reach, when known (a server's declared length, a
+    /// file's size).
+    pub total: Option<u64>,
+    /// Why the import failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How far a followed import is ([`RunImport::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunImportState {
+    /// Still arriving.
+    Importing,
+    /// In the cache; the run names its image.
+    Done,
+    /// Failed: every attempt of the run failed as a source failure.
+    Failed,
 }
 
 /// Everything the station shows, at one moment.

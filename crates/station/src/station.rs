@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use flashrack_core::{
     AttemptFigures, AttemptId, Bound, DataRanges, DeviceId, EngineEvent, EngineEventKind,
-    FailReason, Failure, GuardRefusal, RunId, SamplePercent, Stage, StopReason, TargetId, Verdict,
+    FailReason, Failure, GuardRefusal, RunId, SamplePercent, Sha256Digest, Stage, StopReason,
+    TargetId, Verdict,
 };
 use flashrack_engine::{
-    AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, Hold, SourceImage,
+    AttemptOutcome, Canceller, EngineError, EngineOptions, Fanout, Hold, ImageFeed, SourceImage,
 };
 use flashrack_guard::{evaluate, DiskFacts, GuardCheck, GuardPolicy, GuardRequest, Refusal};
 use flashrack_hotplug::{
@@ -30,8 +31,8 @@ use crate::journal::{
     RunStart,
 };
 use crate::model::{
-    DeviceView, PortState, PortView, Progress, RunOptions, RunView, Snapshot, StationEvent,
-    VerdictRun,
+    DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions, RunView,
+    Snapshot, StationEvent, VerdictRun,
 };
 
 /// A mapped port.
@@ -87,6 +88,51 @@ pub struct ArmRequest {
     /// The image's block map's ranges for a sparse run (`options.sparse`),
     /// which each stick gets written and read back; `None` for a full run.
     pub sparse: Option<Arc<DataRanges>>,
+}
+
+/// An image still being imported to arm a run with
+/// ([`StationHandle::arm_following`]): the run's attempts follow the import
+/// (the engine's [`ImageFeed`], which the caller's import feeds) and wait
+/// for its end before they read back; the caller tells the station how the
+/// import ended ([`StationHandle::import_ended`]), and only then may an
+/// attempt pass.
+#[derive(Debug, Clone)]
+pub struct FollowRequest {
+    /// The import's chunks as they are stored.
+    pub feed: Arc<ImageFeed>,
+    /// The image's size when known as its import began (a raw file, a
+    /// server's declared length), which the guard judges sticks by; `None`:
+    /// known only at its end (a stick too small then fails as `too_small`
+    /// when the write passes its end).
+    pub size: Option<u64>,
+    /// A digest of no image, unique to the run, that names it in the
+    /// records until the import ends.
+    pub provisional: Sha256Digest,
+    /// Where the image comes from (a URL, a file), as the operator named it.
+    pub source: String,
+    /// What the import's progress counts up to, when known.
+    pub total: Option<u64>,
+    /// The image's name for people until it is known (the file's name).
+    pub image_name: String,
+    /// Run options (never sparse, never an audit: those need the whole
+    /// image first).
+    pub options: RunOptions,
+}
+
+/// How a followed import ended ([`StationHandle::import_ended`]).
+#[derive(Debug, Clone)]
+pub enum ImportEnd {
+    /// The image is in the cache.
+    Imported {
+        /// The cached image (the attempts started from now on read it).
+        image: SourceImage,
+        /// Its name for people.
+        name: String,
+    },
+    /// The import failed, or its image may not be written: every attempt
+    /// fails as a source failure and the run stops as `source_failed` with
+    /// this reason.
+    Failed(String),
 }
 
 /// Why a station command failed.
@@ -160,6 +206,20 @@ enum Command {
         device_key: String,
         progress: Option<Progress>,
     },
+    ArmFollowing(
+        Box<FollowRequest>,
+        oneshot::Sender<Result<RunView, StationError>>,
+    ),
+    ImportProgress {
+        run_id: RunId,
+        done: u64,
+        total: Option<u64>,
+    },
+    ImportEnded(
+        RunId,
+        Box<ImportEnd>,
+        oneshot::Sender<Result<(), StationError>>,
+    ),
 }
 
 /// Commands a running station and watches it. Cheap to clone.
@@ -186,6 +246,46 @@ impl StationHandle {
     /// Arms a run: every accepted stick present or inserted from now on is written.
     pub async fn arm(&self, request: ArmRequest) -> Result<RunView, StationError> {
         self.ask(|tx| Command::Arm(Box::new(request), tx)).await
+    }
+
+    /// Arms a run whose image is still being imported: as
+    /// [`arm`](Self::arm), the sticks following the import (see
+    /// [`FollowRequest`]). The run is recorded under the request's
+    /// provisional digest until [`import_ended`](Self::import_ended) names
+    /// the image. A sparse run or an audit is refused: both need the whole
+    /// image first.
+    pub async fn arm_following(&self, request: FollowRequest) -> Result<RunView, StationError> {
+        self.ask(|tx| Command::ArmFollowing(Box::new(request), tx))
+            .await
+    }
+
+    /// The import run `run_id` follows has received `done` bytes (of
+    /// `total`, when known): shown in the run's view
+    /// ([`RunView::import`]) on the event stream. Ignored for another run.
+    /// The caller throttles it (a few a second).
+    pub async fn import_progress(&self, run_id: RunId, done: u64, total: Option<u64>) {
+        let _ = self
+            .commands
+            .send(Command::ImportProgress {
+                run_id,
+                done,
+                total,
+            })
+            .await;
+    }
+
+    /// The import run `run_id` follows has ended. Imported: the image is
+    /// recorded as the run's (durably), the run's view names it, attempts
+    /// started from now on read the cached image, and only then does the
+    /// import's feed end, so that every verdict comes after the run names its
+    /// image. Failed: the feed fails (every attempt following it fails as a
+    /// source failure, before any verdict of a pass) and the run, if still
+    /// armed, stops as `source_failed` with the reason. Answers once done;
+    /// an error if the image could not be recorded (the feed is failed then
+    /// too).
+    pub async fn import_ended(&self, run_id: RunId, end: ImportEnd) -> Result<(), StationError> {
+        self.ask(|tx| Command::ImportEnded(run_id, Box::new(end), tx))
+            .await
     }
 
     /// Stops the armed run as the operator's decision (`note`: their words, for
@@ -349,10 +449,21 @@ struct Present {
     port: usize,
 }
 
+/// The import a run follows (see [`FollowRequest`]).
+struct Followed {
+    feed: Arc<ImageFeed>,
+    provisional: Sha256Digest,
+    /// The engine's options of the run, for the cached image's fan-out once
+    /// the import ends.
+    engine: EngineOptions,
+}
+
 /// The armed (or last) run.
 struct ActiveRun {
     view: RunView,
     fanout: Option<Fanout>,
+    /// The import it follows, until that ends (`None`: a cached image).
+    followed: Option<Followed>,
     image_size: u64,
     /// Keys of the sticks that passed in this run: not written again on
     /// re-insertion unless the operator asks.
@@ -1053,6 +1164,35 @@ impl Station {
                 device_key,
                 progress,
             } => self.capture_progress(&label, &device_key, progress),
+            Command::ArmFollowing(request, reply) => match self.arm_following(*request).await {
+                Ok(view) => self.defer(Reply::Arm(view, reply)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Command::ImportProgress {
+                run_id,
+                done,
+                total,
+            } => {
+                let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
+                    return;
+                };
+                let Some(import) = run.view.import.as_mut() else {
+                    return;
+                };
+                if import.state == RunImportState::Importing
+                    && (import.done, import.total) != (done, total)
+                {
+                    import.done = done;
+                    import.total = total;
+                    self.publish_run();
+                }
+            }
+            Command::ImportEnded(run_id, end, reply) => {
+                let result = self.import_ended(run_id, *end).await;
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -1117,8 +1257,7 @@ impl Station {
         if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
             return Err(StationError::AlreadyArmed(run.view.id));
         }
-        let mut engine = self.settings.engine.clone();
-        engine.verify = request.options.verify;
+        let mut engine = self.engine_options(&request.options);
         if request.options.sparse != request.sparse.is_some() {
             return Err(StationError::Source(EngineError::SourceOpen {
                 path: request.image.path.clone(),
@@ -1127,8 +1266,6 @@ impl Station {
             }));
         }
         engine.sparse = request.sparse.clone();
-        engine.sample_percent = request.options.sample.map(SamplePercent::percent);
-        engine.audit = request.options.audit;
         // Opening the image file is the engine's blocking work: off this task.
         let fanout = {
             let image = request.image.clone();
@@ -1139,17 +1276,81 @@ impl Station {
             }
         };
         let manifest = &request.image.manifest;
-        let id = self
-            .journal
-            .run_started(&RunStart {
-                image_sha256: manifest.sha256(),
-                image_name: request.image_name.clone(),
-                image_size: manifest.size(),
-                options: request.options.clone(),
-            })
-            .await?;
-        let mut detail = format!("run {id}: {} ({})", request.image_name, manifest.sha256());
-        if request.options.force_raw {
+        let start = RunStart {
+            image_sha256: manifest.sha256(),
+            image_name: request.image_name.clone(),
+            image_size: manifest.size(),
+            options: request.options.clone(),
+        };
+        let id = self.journal.run_started(&start).await?;
+        self.armed(id, start, fanout, None, None).await
+    }
+
+    /// The engine's options for a run with `options`.
+    fn engine_options(&self, options: &RunOptions) -> EngineOptions {
+        let mut engine = self.settings.engine.clone();
+        engine.verify = options.verify;
+        engine.sample_percent = options.sample.map(SamplePercent::percent);
+        engine.audit = options.audit;
+        engine
+    }
+
+    /// See [`StationHandle::arm_following`].
+    async fn arm_following(&mut self, request: FollowRequest) -> Result<RunView, StationError> {
+        if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
+            return Err(StationError::AlreadyArmed(run.view.id));
+        }
+        if request.options.sparse || request.options.audit {
+            return Err(StationError::Source(EngineError::SourceFailed {
+                detail:
+                    "a sparse run or an audit needs the whole image first: import it, then arm it"
+                        .into(),
+            }));
+        }
+        let engine = self.engine_options(&request.options);
+        let fanout =
+            Fanout::following(request.feed.clone(), engine.clone(), self.engine_tx.clone())?;
+        let start = RunStart {
+            image_sha256: request.provisional,
+            image_name: request.image_name.clone(),
+            image_size: request.size.unwrap_or(0),
+            options: request.options.clone(),
+        };
+        let id = self.journal.run_started_following(&start).await?;
+        let import = RunImport {
+            source: request.source.clone(),
+            state: RunImportState::Importing,
+            done: 0,
+            total: request.total,
+            error: None,
+        };
+        let followed = Followed {
+            feed: request.feed,
+            provisional: request.provisional,
+            engine,
+        };
+        self.armed(id, start, fanout, Some(followed), Some(Box::new(import)))
+            .await
+    }
+
+    /// Run `id` (recorded as `start`) is armed: logged, shown, and the
+    /// sticks present are started.
+    async fn armed(
+        &mut self,
+        id: RunId,
+        start: RunStart,
+        fanout: Fanout,
+        followed: Option<Followed>,
+        import: Option<Box<RunImport>>,
+    ) -> Result<RunView, StationError> {
+        let mut detail = format!("run {id}: {} ({})", start.image_name, start.image_sha256);
+        if let Some(import) = &import {
+            detail = format!(
+                "run {id}: {}, following its import from {}",
+                start.image_name, import.source
+            );
+        }
+        if start.options.force_raw {
             detail.push_str(", raw write forced");
         }
         self.log(JournalEvent::OperatorAction {
@@ -1159,11 +1360,11 @@ impl Station {
         .await;
         let view = RunView {
             id,
-            image_sha256: manifest.sha256(),
-            image_name: request.image_name,
-            image_size: manifest.size(),
-            remaining: request.options.target_count,
-            options: request.options,
+            image_sha256: start.image_sha256,
+            image_name: start.image_name,
+            image_size: start.image_size,
+            remaining: start.options.target_count,
+            options: start.options,
             armed: true,
             passed: 0,
             failed: 0,
@@ -1172,11 +1373,13 @@ impl Station {
             active: 0,
             bytes_written: 0,
             stop_reason: None,
+            import,
         };
         self.run = Some(ActiveRun {
             view: view.clone(),
             fanout: Some(fanout),
-            image_size: manifest.size(),
+            followed,
+            image_size: start.image_size,
             passed_keys: HashSet::new(),
             retries_made: HashMap::new(),
         });
@@ -1206,6 +1409,107 @@ impl Station {
         Ok(self.run.as_ref().map(|r| r.view.clone()).unwrap_or(view))
     }
 
+    /// See [`StationHandle::import_ended`].
+    async fn import_ended(&mut self, run_id: RunId, end: ImportEnd) -> Result<(), StationError> {
+        let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
+            return Err(StationError::NotArmed);
+        };
+        let Some(followed) = run.followed.take() else {
+            return Err(StationError::NotArmed);
+        };
+        if !run.view.armed {
+            // Stopped before its import ended: the feed has failed already
+            // and nobody follows it; the view says how the import ended.
+            if let Some(import) = run.view.import.as_mut() {
+                match &end {
+                    ImportEnd::Failed(reason) => {
+                        import.state = RunImportState::Failed;
+                        import.error = Some(reason.clone());
+                    }
+                    ImportEnd::Imported { .. } => import.state = RunImportState::Done,
+                }
+            }
+            self.publish_run();
+            return Ok(());
+        }
+        match end {
+            ImportEnd::Failed(reason) => {
+                followed.feed.fail(reason.clone());
+                if let Some(import) = run.view.import.as_mut() {
+                    import.state = RunImportState::Failed;
+                    import.error = Some(reason.clone());
+                }
+                // The attempts see the failed feed and end as source
+                // failures; the run stops with the import's reason.
+                for slot in self.slots.values() {
+                    slot.cancel();
+                }
+                self.disarm(StopReason::SourceFailed, Some(&reason)).await
+            }
+            ImportEnd::Imported { image, name } => {
+                let manifest = image.manifest.clone();
+                let known = RunStart {
+                    image_sha256: manifest.sha256(),
+                    image_name: name.clone(),
+                    image_size: manifest.size(),
+                    options: run.view.options.clone(),
+                };
+                // Recorded before the feed ends: no verdict comes before the
+                // run names its image.
+                if let Err(error) = self
+                    .journal
+                    .run_image_known(run_id, followed.provisional, &known)
+                    .await
+                {
+                    followed
+                        .feed
+                        .fail(format!("the image could not be recorded: {error}"));
+                    return Err(error.into());
+                }
+                // Sticks started from now on read the cached image (compared
+                // with it like any run's); those under way keep following
+                // the feed, whose file is the same bytes.
+                let cached = {
+                    let events = self.engine_tx.clone();
+                    let engine = followed.engine.clone();
+                    let image = image.clone();
+                    tokio::task::spawn_blocking(move || Fanout::new(&image, engine, events)).await
+                };
+                let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
+                    return Err(StationError::NotArmed);
+                };
+                match cached {
+                    Ok(Ok(fanout)) if run.fanout.is_some() => run.fanout = Some(fanout),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "the cached image cannot be opened; later sticks follow the import's file")
+                    }
+                    Err(join) => std::panic::resume_unwind(join.into_panic()),
+                }
+                run.view.image_sha256 = manifest.sha256();
+                run.view.image_name = name;
+                run.view.image_size = manifest.size();
+                run.image_size = manifest.size();
+                if let Some(import) = run.view.import.as_mut() {
+                    import.state = RunImportState::Done;
+                }
+                // The slots under way give their verdicts about the image
+                // now named.
+                let verdict_run = VerdictRun::of(&run.view);
+                for slot in self.slots.values_mut().filter(|s| s.run_id == run_id) {
+                    slot.verdict_run = verdict_run.clone();
+                }
+                self.publish_run();
+                if let Err(error) = followed.feed.finish(manifest.sha256()) {
+                    return Err(StationError::Source(EngineError::SourceFailed {
+                        detail: error.to_string(),
+                    }));
+                }
+                Ok(())
+            }
+        }
+    }
+
     async fn disarm(&mut self, reason: StopReason, note: Option<&str>) -> Result<(), StationError> {
         let Some(run) = self.run.as_mut() else {
             return Err(StationError::NotArmed);
@@ -1213,6 +1517,17 @@ impl Station {
         run.view.armed = false;
         run.view.stop_reason = Some(reason);
         run.fanout = None;
+        // Nothing passes on an import the run no longer follows: its
+        // attempts stop as source failures, and its importer sees the run
+        // stopped and abandons the import (the view says `importing` until
+        // the importer says how it ended).
+        if let Some(followed) = &run.followed {
+            followed.feed.fail(format!(
+                "run {} was stopped: {}",
+                run.view.id,
+                reason.describe()
+            ));
+        }
         let id = run.view.id;
         // Nothing waits for a run that is over, nor starts under it: guard
         // answers still out are dropped when they come.

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
+use crate::follow::{FollowArm, FollowSource, Followed};
 use crate::{AppError, ReportFormat, WebState};
 
 /// JSON bodies whose rejections (malformed JSON, wrong fields, wrong content
@@ -40,7 +41,7 @@ where
 }
 
 /// A station command's error as the API answers it.
-pub(crate) fn station_error(error: StationError) -> AppError {
+pub fn station_error(error: StationError) -> AppError {
     match error {
         StationError::AlreadyArmed(_)
         | StationError::NotArmed
@@ -57,7 +58,8 @@ pub(crate) fn station_error(error: StationError) -> AppError {
     }
 }
 
-pub(crate) fn image_error(error: ImageError) -> AppError {
+/// An image crate's error as the API answers it.
+pub fn image_error(error: ImageError) -> AppError {
     match &error {
         ImageError::NotFound { .. } => AppError::not_found(error.to_string()),
         ImageError::ReadInput { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -204,8 +206,18 @@ pub const MAX_RETRIES: u32 = 10;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArmBody {
-    /// The image: sha256, a unique prefix, or its name.
-    pub image: String,
+    /// A cached image: sha256, a unique prefix, or its name. Exactly one of
+    /// `image`, `download` and `file`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// An image to download and import (the body of `POST
+    /// /images/import-url`): the run's sticks follow the download.
+    #[serde(default)]
+    pub download: Option<crate::UrlImportRequest>,
+    /// A file on the station to import (the body of `POST /images/import`):
+    /// the run's sticks follow the import.
+    #[serde(default)]
+    pub file: Option<crate::follow::FileSource>,
     /// `compare` (default), `hash` or `none`.
     #[serde(default)]
     pub verify: VerifyMode,
@@ -319,12 +331,6 @@ pub async fn arm(
         (None, given) => given,
     };
     let lot = run_label("lot", body.lot)?;
-    let cache = state.images.clone();
-    let query = body.image.clone();
-    let image = tokio::task::spawn_blocking(move || cache.find(&query))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(image_error)?;
     let options = RunOptions {
         verify: body.verify,
         eject_on_pass: body.eject_on_pass,
@@ -337,6 +343,44 @@ pub async fn arm(
         sample: body.sample,
         audit: body.audit,
         retries: body.retries,
+    };
+    let image = match (body.image, body.download, body.file) {
+        (Some(query), None, None) => {
+            let cache = state.images.clone();
+            tokio::task::spawn_blocking(move || cache.find(&query))
+                .await
+                .map_err(AppError::internal)?
+                .map_err(image_error)?
+        }
+        (None, Some(download), None) => {
+            match follow(&state, FollowSource::Download(download), options.clone()).await? {
+                Followed::Armed(run) => return Ok((StatusCode::CREATED, Json(*run))),
+                Followed::Cached(image) => *image,
+            }
+        }
+        (None, None, Some(file)) => {
+            if !file.path.is_absolute() {
+                return Err(AppError::bad_request("file.path must be absolute"));
+            }
+            let expected = file.sha256.as_deref().map(parse_digest).transpose()?;
+            let mut allowed_dirs = state.import_dirs.clone();
+            allowed_dirs.push(state.upload_dir.clone());
+            let source = FollowSource::File {
+                path: file.path,
+                expected,
+                allowed_dirs,
+            };
+            match follow(&state, source, options.clone()).await? {
+                Followed::Armed(run) => return Ok((StatusCode::CREATED, Json(*run))),
+                Followed::Cached(image) => *image,
+            }
+        }
+        _ => {
+            return Err(AppError::bad_request(
+                "give the run's image as exactly one of \"image\" (a cached image), \
+                 \"download\" (a URL to download) or \"file\" (a file on the station)",
+            ))
+        }
     };
     // An audit writes nothing: an image that would not boot written raw may
     // still be compared with sticks written otherwise.
@@ -384,6 +428,31 @@ pub async fn arm(
         .await
         .map_err(station_error)?;
     Ok((StatusCode::CREATED, Json(run)))
+}
+
+/// Arms a run whose image is imported from `source` (see [`crate::follow`]):
+/// refused for a sparse run or an audit (both need the whole image first),
+/// when a run is armed already (before anything is downloaded), and when the
+/// station offers no such import.
+async fn follow(
+    state: &WebState,
+    source: FollowSource,
+    options: RunOptions,
+) -> Result<Followed, AppError> {
+    if options.sparse || options.audit {
+        return Err(AppError::bad_request(
+            "a sparse run or an audit needs the whole image first: import it \
+             (POST /api/v1/images/import-url or /images/import), then arm it by its sha256",
+        ));
+    }
+    let runs = state
+        .followed_runs
+        .as_ref()
+        .ok_or_else(|| AppError::not_found("this station does not import images for runs"))?;
+    if let Some(run) = state.station.snapshot().run.filter(|r| r.armed) {
+        return Err(station_error(StationError::AlreadyArmed(run.id)));
+    }
+    runs.arm(FollowArm { source, options }).await
 }
 
 /// `GET /api/v1/runs/current`

@@ -38,6 +38,7 @@ pub mod captures;
 pub mod downloads;
 pub mod events;
 pub mod fleet;
+pub mod follow;
 pub mod metrics;
 pub mod origin;
 
@@ -62,6 +63,7 @@ pub use builds::{BuildBody, BuildStart, Builds, CancelRefusal};
 pub use captures::{CaptureBody, CaptureStart, Captures};
 pub use downloads::{ResumeError, UrlImportRequest, UrlImports};
 pub use error::AppError;
+pub use follow::{FileSource, FollowArm, FollowSource, Followed, FollowedRuns};
 
 /// Reports for the web side, provided by whoever owns the records (the store),
 /// so this crate needs no SQL.
@@ -234,6 +236,10 @@ pub struct WebState {
     /// Builds of bootable stick images from installer ISOs, done by the
     /// application; `None`: not offered.
     pub builds: Option<Arc<dyn Builds>>,
+    /// Runs of images not cached yet, whose sticks follow the import, done
+    /// by the application; `None`: not offered (`POST /runs` then takes
+    /// cached images only).
+    pub followed_runs: Option<Arc<dyn FollowedRuns>>,
 }
 
 /// The whole app: API, events, metrics, dashboard.

@@ -55,6 +55,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         url_imports: None,
         captures: None,
         builds: None,
+        followed_runs: None,
     };
     Rig {
         state,

@@ -58,7 +58,7 @@ use crate::AppError;
 /// Hands an import's chunks to the engine's feed, and says when the pass
 /// began (with the image's size, if known then).
 #[derive(Debug)]
-struct FeedObserver {
+pub(crate) struct FeedObserver {
     feed: Arc<ImageFeed>,
     /// Taken by the first `began`; dropped with the observer when the import
     /// ends without a pass (a known file, an early error), which the waiting
@@ -106,6 +106,15 @@ impl ImportObserver for FeedObserver {
 }
 
 impl FeedObserver {
+    /// Feeds `feed`; `began` hears when the pass begins, with the image's
+    /// size if known then.
+    pub(crate) fn new(feed: Arc<ImageFeed>, began: oneshot::Sender<Option<u64>>) -> Self {
+        Self {
+            feed,
+            began: Mutex::new(Some(began)),
+        }
+    }
+
     /// Logs a chunk the feed refused.
     fn pushed(&self, result: Result<(), flashrack_engine::FeedError>) {
         if let Err(error) = result {
@@ -124,10 +133,10 @@ impl FeedObserver {
 /// Sets the import's cancel flag when dropped, unless disarmed: a flash that
 /// returns early (a bad target, the records) abandons its import, which then
 /// removes what it wrote.
-struct CancelOnDrop(Option<Arc<AtomicBool>>);
+pub(crate) struct CancelOnDrop(pub(crate) Option<Arc<AtomicBool>>);
 
 impl CancelOnDrop {
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.0 = None;
     }
 }
@@ -648,7 +657,7 @@ async fn finish_import(
 
 /// Why an import failed, in the operator's words: the causes of `error`
 /// (whose own words only repeat what was imported).
-fn import_reason(error: &AppError) -> String {
+pub(crate) fn import_reason(error: &AppError) -> String {
     match std::error::Error::source(error) {
         Some(_) if matches!(error, AppError::Import { .. } | AppError::Download { .. }) => {
             let chain = error_chain(error);
@@ -664,7 +673,7 @@ fn import_reason(error: &AppError) -> String {
 
 /// A digest of no image, unique to one run: the provisional image row's key
 /// until the import names the image.
-fn provisional_digest(label: &str) -> Sha256Digest {
+pub(crate) fn provisional_digest(label: &str) -> Sha256Digest {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -114,6 +114,7 @@ impl Served {
             url_imports: None,
             captures: None,
             builds: None,
+            followed_runs: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

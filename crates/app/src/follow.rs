@@ -1,0 +1,395 @@
+//! Runs armed over the API with an image that is not cached yet: a URL or a
+//! file on the station (`POST /api/v1/runs` with `download` or `file`; the
+//! web side's [`FollowedRuns`]). The sticks follow the import as they do in
+//! `flashrack flash FILE|URL` ([`crate::flash`]): the import feeds an engine
+//! [`ImageFeed`] chunk by chunk ([`FeedObserver`]), and once its pass has
+//! begun the station arms the run over that feed
+//! ([`StationHandle::arm_following`]), recorded under a provisional image row
+//! until the import ends. The sticks present and those plugged in later are
+//! guarded and written as the chunks arrive, and wait for the import's end
+//! before they read back.
+//!
+//! When the import ends, [`FollowService`]'s task tells the station
+//! ([`StationHandle::import_ended`]): a good image is first recorded as the
+//! run's and only then ends the feed, so no verdict comes before the run
+//! names its image; a failed import (a wrong digest, a corrupt archive, a
+//! download that cannot be finished, a file changed on the server) or an
+//! image refused for a raw run fails the feed, which fails every attempt as
+//! a source failure before any verdict of a pass, and stops the run as
+//! `source_failed` with the reason; the cache keeps nothing of a failed
+//! import. While it runs, the import's bytes go to the run's view
+//! (`RunView::import`, at most 4 times a second) and a stop of the run
+//! abandons the import (a download's partial file is kept, resumable).
+//!
+//! An import that fails before its pass begins (a file that is not there or
+//! not a regular file, outside the import directories, a server's 404, a
+//! checksum list without the file, a signature that does not hold) is the
+//! request's error: no run is recorded. An image the cache knows already is
+//! armed as any cached image, by the web side.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashrack_core::{ByteSize, RunId};
+use flashrack_engine::{ImageFeed, SourceImage};
+use flashrack_image::{ImageCache, ImportObserver, ImportOptions, ImportOutcome};
+use flashrack_station::{FollowRequest, ImportEnd, RunRefusal, StationHandle};
+use flashrack_web::{
+    api::{image_error, station_error},
+    FollowArm, FollowSource, Followed, FollowedRuns,
+};
+use futures::future::BoxFuture;
+use tokio::sync::{oneshot, watch};
+
+use crate::downloads::{
+    error_chain, file_name_of, import_url_following, url_import_of, Following, RetryPolicy,
+    UrlProgress,
+};
+use crate::flash::{import_reason, provisional_digest, CancelOnDrop, FeedObserver};
+use crate::AppError;
+
+/// How often the import's progress goes to the run's view.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// The web side's [`FollowedRuns`]: imports for runs, on the station's
+/// runtime.
+pub struct FollowService {
+    cache: ImageCache,
+    data_dir: PathBuf,
+    max_size: ByteSize,
+    station: StationHandle,
+    policy: RetryPolicy,
+}
+
+impl FollowService {
+    /// Imports into `cache` (partial downloads under `data_dir`), images up
+    /// to `max_size`, for runs of `station`.
+    pub fn new(
+        cache: ImageCache,
+        data_dir: PathBuf,
+        max_size: ByteSize,
+        station: StationHandle,
+    ) -> Self {
+        Self {
+            cache,
+            data_dir,
+            max_size,
+            station,
+            policy: RetryPolicy::default(),
+        }
+    }
+}
+
+impl FollowedRuns for FollowService {
+    fn arm(&self, request: FollowArm) -> BoxFuture<'_, Result<Followed, flashrack_web::AppError>> {
+        Box::pin(self.follow(request))
+    }
+}
+
+/// The import's bytes so far and what they will reach, when known.
+type Received = watch::Sender<(u64, Option<u64>)>;
+
+/// Counts the bytes a file's import stores, for the run's view, and hands
+/// everything on to the feed's observer.
+#[derive(Debug)]
+struct Counting {
+    inner: FeedObserver,
+    received: Received,
+}
+
+impl ImportObserver for Counting {
+    fn began(&self, raw: &std::fs::File, chunk_size: u32, size: Option<u64>) {
+        self.received.send_modify(|r| r.1 = size);
+        self.inner.began(raw, chunk_size, size);
+    }
+
+    fn chunk(&self, len: usize, zero: bool, fingerprint: u128) {
+        self.inner.chunk(len, zero, fingerprint);
+        self.received.send_modify(|r| r.0 += len as u64);
+    }
+
+    fn takes_bytes(&self) -> bool {
+        self.inner.takes_bytes()
+    }
+
+    fn chunk_data(&self, data: &[u8], fingerprint: u128) {
+        self.inner.chunk_data(data, fingerprint);
+        self.received.send_modify(|r| r.0 += data.len() as u64);
+    }
+
+    fn reads_past_page_cache(&self) {
+        self.inner.reads_past_page_cache();
+    }
+}
+
+/// An import's failure before its run was armed, as the API answers it.
+fn request_error(error: AppError) -> flashrack_web::AppError {
+    match error {
+        AppError::Import { source, .. } => image_error(*source),
+        other => flashrack_web::AppError::unprocessable(error_chain(&other)),
+    }
+}
+
+/// The import's result from its task (a panic there is re-raised).
+fn joined(
+    result: Result<Result<ImportOutcome, AppError>, tokio::task::JoinError>,
+) -> Result<ImportOutcome, AppError> {
+    result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+}
+
+impl FollowService {
+    async fn follow(&self, request: FollowArm) -> Result<Followed, flashrack_web::AppError> {
+        let feed = ImageFeed::new();
+        let (began_tx, began) = oneshot::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        // Until the run is armed, a request dropped (the client left) or an
+        // error abandons the import.
+        let mut abandon = CancelOnDrop(Some(cancel.clone()));
+        let (received, received_rx) = watch::channel((0u64, None));
+        let observer = FeedObserver::new(feed.clone(), began_tx);
+        let (label, name, mut import) = match request.source {
+            FollowSource::Download(body) => {
+                let import = url_import_of(body, self.max_size)
+                    .map_err(flashrack_web::AppError::bad_request)?;
+                let label = import.url.clone();
+                let name = file_name_of(&label).unwrap_or_else(|| label.clone());
+                let following = Following {
+                    observer: Some(Arc::new(observer) as Arc<dyn ImportObserver>),
+                    raw_size: None,
+                    cancel: Some(cancel.clone()),
+                };
+                let (cache, data_dir, policy) = (
+                    self.cache.clone(),
+                    self.data_dir.clone(),
+                    self.policy.clone(),
+                );
+                let task = tokio::spawn(async move {
+                    import_url_following(
+                        &cache,
+                        &data_dir,
+                        &import,
+                        policy,
+                        |progress| {
+                            if let UrlProgress::Downloading(p) = progress {
+                                received.send_replace((p.held, p.total));
+                            }
+                        },
+                        following,
+                    )
+                    .await
+                });
+                (label, name, task)
+            }
+            FollowSource::File {
+                path,
+                expected,
+                allowed_dirs,
+            } => {
+                let label = path.display().to_string();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| label.clone());
+                let options = ImportOptions {
+                    expected_sha256: expected,
+                    max_image_size: self.max_size.bytes(),
+                    allowed_dirs: Some(allowed_dirs),
+                    cancel: Some(cancel.clone()),
+                    observer: Some(Arc::new(Counting {
+                        inner: observer,
+                        received,
+                    }) as Arc<dyn ImportObserver>),
+                    ..ImportOptions::default()
+                };
+                let cache = self.cache.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    cache
+                        .import(&path, options)
+                        .map_err(|source| AppError::Import {
+                            name: path.display().to_string(),
+                            source: Box::new(source),
+                        })
+                });
+                (label, name, task)
+            }
+        };
+        // `Some(size)`: the pass began (of `size` bytes if known then);
+        // `None`: the import ended without one (the cache knew the image).
+        let began = tokio::select! {
+            biased;
+            began = began => began.ok(),
+            result = &mut import => {
+                let outcome = joined(result).map_err(request_error)?;
+                abandon.disarm();
+                return Ok(Followed::Cached(Box::new(outcome.image)));
+            }
+        };
+        let Some(size) = began else {
+            let outcome = joined(import.await).map_err(request_error)?;
+            abandon.disarm();
+            return Ok(Followed::Cached(Box::new(outcome.image)));
+        };
+        let provisional = provisional_digest(&label);
+        let options = request.options;
+        let force_raw = options.force_raw;
+        let total = received_rx.borrow().1;
+        let armed = self
+            .station
+            .arm_following(FollowRequest {
+                feed: feed.clone(),
+                size,
+                provisional,
+                source: label.clone(),
+                total,
+                image_name: name,
+                options: options.clone(),
+            })
+            .await;
+        let run = match armed {
+            Ok(run) => run,
+            Err(error) => {
+                // Dropping `abandon` cancels the import, which keeps nothing.
+                feed.fail("the run was not armed");
+                return Err(station_error(error));
+            }
+        };
+        abandon.disarm();
+        tokio::spawn(finish(
+            Finishing {
+                station: self.station.clone(),
+                cache: self.cache.clone(),
+                run_id: run.id,
+                label,
+                force_raw,
+                options,
+                cancel,
+                received: received_rx,
+            },
+            import,
+        ));
+        Ok(Followed::Armed(Box::new(run)))
+    }
+}
+
+/// What [`finish`] needs besides the import.
+struct Finishing {
+    station: StationHandle,
+    cache: ImageCache,
+    run_id: RunId,
+    /// The URL or file, as the operator named it.
+    label: String,
+    force_raw: bool,
+    options: flashrack_station::RunOptions,
+    cancel: Arc<AtomicBool>,
+    received: watch::Receiver<(u64, Option<u64>)>,
+}
+
+/// Follows the import of run `f.run_id` to its end: its progress to the
+/// run's view, a stop of the run (or of the station) to the import's cancel
+/// flag, and its end to the station (see the module docs).
+async fn finish(
+    f: Finishing,
+    mut import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
+) {
+    let mut runs = f.station.watch();
+    let mut watching = true;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let result = loop {
+        tokio::select! {
+            result = &mut import => break joined(result),
+            _ = tick.tick() => {
+                let (done, total) = *f.received.borrow();
+                f.station.import_progress(f.run_id, done, total).await;
+            }
+            changed = runs.changed(), if watching => {
+                let still_armed = changed.is_ok()
+                    && runs
+                        .borrow()
+                        .run
+                        .as_ref()
+                        .is_some_and(|r| r.id == f.run_id && r.armed);
+                if !still_armed {
+                    // Stopped (or the station is): nobody follows the
+                    // import any more.
+                    f.cancel.store(true, Ordering::Relaxed);
+                    watching = false;
+                }
+            }
+        }
+    };
+    let (done, total) = *f.received.borrow();
+    f.station.import_progress(f.run_id, done, total).await;
+    let end = match result {
+        // Abandoned by this task: the run (or the station) stopped first.
+        Err(_) if f.cancel.load(Ordering::Relaxed) => ImportEnd::Failed(format!(
+            "the import of {} was abandoned: its run stopped before it ended (a download's \
+             partial file is kept, and an import of the URL resumes it)",
+            f.label
+        )),
+        Err(error) => ImportEnd::Failed(format!(
+            "the import of {} failed: {}",
+            f.label,
+            import_reason(&error)
+        )),
+        Ok(outcome) => {
+            let image = outcome.image;
+            match image.raw_write_refusal().filter(|_| !f.force_raw) {
+                Some(refusal) => {
+                    let reason = format!(
+                        "the image would not boot written raw: {} (\"force_raw\": true)",
+                        refusal.reason
+                    );
+                    let refused = RunRefusal {
+                        image_sha256: image.sha256(),
+                        image_name: image.meta.original_name.clone(),
+                        reason: refusal.reason,
+                        advice: refusal.advice,
+                        options: f.options.clone(),
+                    };
+                    if let Err(error) = f.station.record_run_refused(refused).await {
+                        tracing::error!(%error, "cannot record a refused run");
+                    }
+                    ImportEnd::Failed(reason)
+                }
+                None => {
+                    let end = ImportEnd::Imported {
+                        image: SourceImage {
+                            path: image.path.clone(),
+                            manifest: image.manifest.clone(),
+                            referenced: image.meta.reference.is_some(),
+                        },
+                        name: image.meta.original_name.clone(),
+                    };
+                    if let Err(error) = f.station.import_ended(f.run_id, end).await {
+                        tracing::warn!(%error, run = %f.run_id, "the followed import's end");
+                    }
+                    // As an import over the API does: a block map from the
+                    // image's file systems where flashrack reads them, after
+                    // the sticks were let go on.
+                    keep_map(&f.cache, image).await;
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(error) = f.station.import_ended(f.run_id, end).await {
+        tracing::warn!(%error, run = %f.run_id, "the followed import's end");
+    }
+}
+
+/// Generates and keeps `image`'s block map, if flashrack reads its file
+/// systems (one it cannot map is written whole).
+async fn keep_map(cache: &ImageCache, image: flashrack_image::CachedImage) {
+    let cache = cache.clone();
+    let name = image.meta.original_name.clone();
+    match tokio::task::spawn_blocking(move || crate::images::map_image(&cache, &image, None, None))
+        .await
+    {
+        Ok(Ok(note)) => tracing::info!(image = %name, "{}", note.summary()),
+        Ok(Err(error)) => tracing::debug!(image = %name, %error, "no block map"),
+        Err(error) => tracing::warn!(image = %name, %error, "no block map"),
+    }
+}

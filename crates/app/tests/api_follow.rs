@@ -1,0 +1,497 @@
+//! A run armed over the API with an image that is not cached yet (issue 14):
+//! `POST /api/v1/runs` with `download` (a URL, checked as an import from a
+//! URL is) or `file` (a file on the station, in the configured import
+//! directories). The whole station (`spawn_app`: simulated rack, so the real
+//! engine; records in SQLite; the web side on a real port) and a file server
+//! on loopback that holds the download halfway until the test lets it go:
+//! the sticks write while the server holds the rest (proven by the order of
+//! events, not by timing), the run shows the import's progress, and the
+//! records name the image once it is imported, as for `flash URL`. A wrong
+//! digest fails every stick before any verdict and caches nothing; bad
+//! requests get a 4xx with the reason and record no run.
+
+use std::io::Write;
+
+use flashrack_app::downloads::downloads_dir;
+use flashrack_app::images::open_cache;
+use flashrack_app::testing::{spawn_app, spawn_app_with, TestApp, View};
+use flashrack_core::Sha256Digest;
+use flashrack_simrack::sim::SimStickSpec;
+use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
+use flashrack_testkit::image_bytes;
+use serde_json::{json, Value};
+
+const MIB: usize = 1 << 20;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn stick(capacity: usize) -> SimStickSpec {
+    SimStickSpec::new("", capacity as u64)
+}
+
+/// Plugs a stick of `capacity` into port `t-n` (label `An`).
+fn plug(app: &TestApp, n: u32, capacity: usize) {
+    app.rack
+        .plug(&format!("t-{n}"), &format!("S{n}"), stick(capacity))
+        .unwrap();
+}
+
+/// The bytes at the start of the stick in port `t-n`.
+fn stick_bytes(app: &TestApp, n: u32, len: usize) -> Vec<u8> {
+    let (_, stick) = app.rack.stick_at(&format!("t-{n}")).expect("a stick");
+    let mut bytes = std::fs::read(stick.path()).unwrap();
+    bytes.truncate(len);
+    bytes
+}
+
+fn progress_done(view: &View, label: &str) -> u64 {
+    view.ports[label]["progress"]["done"].as_u64().unwrap_or(0)
+}
+
+/// Whether both ports are writing with bytes written, and no verdict.
+fn both_writing(view: &View) -> bool {
+    ["A1", "A2"]
+        .iter()
+        .all(|l| view.state(l) == "writing" && progress_done(view, l) > 0)
+}
+
+async fn run_report(app: &TestApp, run: u64) -> Value {
+    let answer = app
+        .get(&format!("/api/v1/runs/{run}/report?format=json"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json()
+}
+
+fn downloads_left(app: &TestApp) -> usize {
+    std::fs::read_dir(downloads_dir(&app.data_dir)).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_armed_with_a_url_follows_the_download_and_records_the_image_as_flash_url_does() {
+    let raw = image_bytes(24 * MIB, 81, 64 << 10);
+    let sha = Sha256Digest::of(&raw);
+    let file = gzip(&raw);
+    let gate = file.len() / 2;
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img.gz",
+        Served::new(file.clone(), "gz-api-1").behaving(Behaviour::GatedAt(gate)),
+    );
+    let app = spawn_app().await;
+    let mut events = app.events().await;
+    plug(&app, 1, 32 * MIB);
+    plug(&app, 2, 32 * MIB);
+    events
+        .until("both sticks detected", |v| {
+            v.state("A1") == "detected" && v.state("A2") == "detected"
+        })
+        .await;
+    let url = server.url("/os.img.gz");
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": url, "sha256": sha.to_hex() } })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run = armed.json();
+    let run_id = run["id"].as_u64().unwrap();
+    assert_eq!(run["import"]["state"], "importing", "{run}");
+    assert_eq!(run["import"]["source"], url.as_str(), "{run}");
+    assert_eq!(run["image_name"], "os.img.gz", "{run}");
+    // Until the import ends the run names no image: a provisional digest.
+    assert_ne!(run["image_sha256"], sha.to_hex().as_str(), "{run}");
+    assert_eq!(run["image_size"], 0, "a gzip's size is known at its end");
+    let held = events
+        .until("both sticks write while the download is held", |v| {
+            both_writing(v) && v.run["import"]["done"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    // The server holds the second half: the sticks follow the download.
+    assert!(server.body_bytes_sent() <= gate as u64);
+    assert_eq!(
+        held.run["import"]["total"],
+        file.len() as u64,
+        "{:?}",
+        held.run
+    );
+    assert_eq!(held.run["import"]["state"], "importing");
+    assert_eq!(held.run["passed"], 0);
+    server.open_gate();
+    let done = events
+        .until("both sticks pass", |v| {
+            v.state("A1") == "passed" && v.state("A2") == "passed"
+        })
+        .await;
+    assert_eq!(
+        done.run["image_sha256"],
+        sha.to_hex().as_str(),
+        "{:?}",
+        done.run
+    );
+    assert_eq!(done.run["image_size"], raw.len() as u64);
+    assert_eq!(done.run["import"]["state"], "done");
+    assert_eq!(done.run["import"]["done"], file.len() as u64);
+    for label in ["A1", "A2"] {
+        // The verdict names the image, not the provisional digest.
+        assert_eq!(
+            done.ports[label]["verdict_run"]["image_sha256"],
+            sha.to_hex().as_str()
+        );
+        assert_eq!(
+            done.ports[label]["figures"]["verify_method"], "fingerprint",
+            "{}",
+            done.ports[label]
+        );
+    }
+    assert_eq!(stick_bytes(&app, 1, raw.len()), raw);
+    assert_eq!(stick_bytes(&app, 2, raw.len()), raw);
+    // One request: the download was not started again.
+    assert_eq!(server.requests_for("/os.img.gz").len(), 1);
+    assert_eq!(downloads_left(&app), 0);
+    let image = open_cache(&app.data_dir)
+        .unwrap()
+        .get(&sha)
+        .unwrap()
+        .expect("the image is cached");
+    assert_eq!(
+        image.meta.provenance.as_ref().map(|p| p.url.as_str()),
+        Some(url.as_str())
+    );
+    let stop = app.post("/api/v1/runs/current/stop", None).await;
+    assert_eq!(stop.status, 204, "{}", stop.body);
+    // The records: the run's image, its provenance, both attempts.
+    let report = run_report(&app, run_id).await;
+    assert_eq!(
+        report["run"]["image_sha256"],
+        sha.to_hex().as_str(),
+        "{report}"
+    );
+    assert_eq!(report["run"]["image_size_bytes"], raw.len() as u64);
+    assert_eq!(report["run"]["passed"], 2);
+    assert_eq!(report["image_provenance"]["url"], url.as_str(), "{report}");
+    let runs = app.get("/api/v1/runs").await.json();
+    let listed = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == run_id)
+        .cloned()
+        .expect("the run is listed");
+    assert_eq!(listed["image_sha256"], sha.to_hex().as_str(), "{listed}");
+    // The provisional image row is gone: the run names the real image.
+    let images = app.get("/api/v1/images").await.json();
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["sha256"] == sha.to_hex().as_str()),
+        "{images}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_digest_fails_every_stick_of_an_api_run_before_any_verdict_and_caches_nothing() {
+    let raw = image_bytes(16 * MIB, 82, 64 << 10);
+    let file = gzip(&raw);
+    let gate = file.len() / 2;
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img.gz",
+        Served::new(file, "gz-api-2").behaving(Behaviour::GatedAt(gate)),
+    );
+    let app = spawn_app().await;
+    let mut events = app.events().await;
+    plug(&app, 1, 32 * MIB);
+    plug(&app, 2, 32 * MIB);
+    events
+        .until("both sticks detected", |v| {
+            v.state("A1") == "detected" && v.state("A2") == "detected"
+        })
+        .await;
+    let wrong = Sha256Digest::of(b"another image");
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": server.url("/os.img.gz"), "sha256": wrong.to_hex() } })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run_id = armed.json()["id"].as_u64().unwrap();
+    events
+        .until("both sticks write while the download is held", both_writing)
+        .await;
+    server.open_gate();
+    let stopped = events
+        .until("the run stops with the import's failure", |v| {
+            v.run["stop_reason"] == "source_failed"
+                && v.run["active"] == 0
+                && ["A1", "A2"].iter().all(|l| v.state(l) == "failed")
+        })
+        .await;
+    assert_eq!(stopped.run["passed"], 0, "{:?}", stopped.run);
+    assert_eq!(stopped.run["interrupted"], 2, "{:?}", stopped.run);
+    assert_eq!(stopped.run["import"]["state"], "failed");
+    let error = stopped.run["import"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&wrong.to_hex()), "{error}");
+    for label in ["A1", "A2"] {
+        assert_eq!(
+            stopped.ports[label]["verdict"]["reason"], "interrupted",
+            "{}",
+            stopped.ports[label]
+        );
+    }
+    let cache = open_cache(&app.data_dir).unwrap();
+    assert!(cache.get(&Sha256Digest::of(&raw)).unwrap().is_none());
+    assert_eq!(cache.list().unwrap().len(), 1, "only the test's own image");
+    assert_eq!(downloads_left(&app), 0, "the wrong bytes are not kept");
+    let report = run_report(&app, run_id).await;
+    assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
+    assert_eq!(report["run"]["passed"], 0);
+    assert_eq!(report["run"]["interrupted"], 2);
+    let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&wrong.to_hex()), "{report}");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_armed_with_a_file_on_the_station_follows_its_import_and_refuses_a_stick_too_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().to_path_buf();
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    let raw = image_bytes(20 * MIB, 83, MIB);
+    let sha = Sha256Digest::of(&raw);
+    let path = dir.path().join("station.img");
+    std::fs::write(&path, &raw).unwrap();
+    let mut events = app.events().await;
+    plug(&app, 1, 32 * MIB);
+    plug(&app, 2, 16 * MIB);
+    events
+        .until("both sticks detected", |v| {
+            v.state("A1") == "detected" && v.state("A2") == "detected"
+        })
+        .await;
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "file": { "path": path, "sha256": sha.to_hex() }, "verify": "hash" })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run = armed.json();
+    assert_eq!(run["import"]["state"], "importing", "{run}");
+    assert_eq!(run["image_name"], "station.img");
+    // A raw file's size is known as its import begins: the guard judges by it.
+    assert_eq!(run["image_size"], raw.len() as u64, "{run}");
+    let done = events
+        .until("A1 passes, A2 is refused", |v| {
+            v.state("A1") == "passed" && v.state("A2") == "refused"
+        })
+        .await;
+    assert_eq!(
+        done.ports["A2"]["refusal"]["code"], "too_small",
+        "{:?}",
+        done.ports["A2"]
+    );
+    assert_eq!(done.run["image_sha256"], sha.to_hex().as_str());
+    assert_eq!(done.run["import"]["state"], "done");
+    assert_eq!(done.run["import"]["done"], raw.len() as u64);
+    assert_eq!(done.run["refused"], 1);
+    assert_eq!(stick_bytes(&app, 1, raw.len()), raw);
+    assert!(open_cache(&app.data_dir)
+        .unwrap()
+        .get(&sha)
+        .unwrap()
+        .is_some());
+    // A stick plugged in once the import has ended reads the cached image.
+    plug(&app, 3, 32 * MIB);
+    let later = events
+        .until("A3 passes", |v| v.state("A3") == "passed")
+        .await;
+    assert_eq!(
+        later.ports["A3"]["verdict_run"]["image_sha256"],
+        sha.to_hex().as_str()
+    );
+    assert_eq!(stick_bytes(&app, 3, raw.len()), raw);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_while_it_follows_a_download_abandons_it_and_keeps_the_partial_file() {
+    let raw = image_bytes(16 * MIB, 84, 64 << 10);
+    let file = gzip(&raw);
+    let gate = file.len() / 2;
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img.gz",
+        Served::new(file, "gz-api-3").behaving(Behaviour::GatedAt(gate)),
+    );
+    let app = spawn_app().await;
+    let mut events = app.events().await;
+    plug(&app, 1, 32 * MIB);
+    events
+        .until("the stick is detected", |v| v.state("A1") == "detected")
+        .await;
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": server.url("/os.img.gz") } })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    events
+        .until("the stick writes", |v| {
+            v.state("A1") == "writing" && progress_done(v, "A1") > 0
+        })
+        .await;
+    let stop = app.post("/api/v1/runs/current/stop", None).await;
+    assert_eq!(stop.status, 204, "{}", stop.body);
+    let stopped = events
+        .until(
+            "the run stops, the stick is interrupted, the import abandoned",
+            |v| {
+                v.run["stop_reason"] == "operator"
+                    && v.state("A1") == "failed"
+                    && v.run["import"]["state"] == "failed"
+            },
+        )
+        .await;
+    assert_eq!(stopped.run["passed"], 0, "{:?}", stopped.run);
+    assert_eq!(
+        stopped.ports["A1"]["verdict"]["reason"], "interrupted",
+        "{}",
+        stopped.ports["A1"]
+    );
+    let error = stopped.run["import"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("abandoned"), "{error}");
+    // Nothing cached; the partial download is kept for a later import of
+    // the URL to resume (its bytes and its validators).
+    let cache = open_cache(&app.data_dir).unwrap();
+    assert!(downloads_left(&app) > 0);
+    assert!(cache.get(&Sha256Digest::of(&raw)).unwrap().is_none());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_for_a_run_of_an_image_not_cached_get_a_clear_4xx_and_record_no_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().join("images");
+    std::fs::create_dir(&import_dir).unwrap();
+    std::fs::create_dir(import_dir.join("a-directory")).unwrap();
+    let outside = dir.path().join("outside.img");
+    std::fs::write(&outside, image_bytes(MIB, 85, 4096)).unwrap();
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    let server = FileServer::start().await;
+    let url = server.url("/missing.img");
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({ "download": { "url": url }, "colour": "red" }),
+            400,
+            "unknown field",
+        ),
+        (
+            json!({ "download": { "url": url, "checksum": "x" } }),
+            400,
+            "unknown field",
+        ),
+        (
+            json!({ "file": { "path": "/x.img", "mode": 1 } }),
+            400,
+            "unknown field",
+        ),
+        (
+            json!({ "image": app.image.sha256().to_hex(), "download": { "url": url } }),
+            400,
+            "exactly one",
+        ),
+        (json!({ "verify": "hash" }), 400, "exactly one"),
+        (
+            json!({ "download": { "url": "ftp://example.invalid/os.img" } }),
+            400,
+            "http or https",
+        ),
+        (
+            json!({ "download": { "url": url, "bmap": "/etc/os.bmap" } }),
+            400,
+            "bmap must be",
+        ),
+        (
+            json!({ "download": { "url": url, "signature": "http://x/s.gpg" } }),
+            400,
+            "sha256sums",
+        ),
+        (
+            json!({ "download": { "url": url, "sha256": "abc" } }),
+            400,
+            "sha256",
+        ),
+        (
+            json!({ "download": { "url": url }, "sparse": true }),
+            400,
+            "whole image first",
+        ),
+        (
+            json!({ "file": { "path": import_dir.join("x.img") }, "audit": true }),
+            400,
+            "whole image first",
+        ),
+        (
+            json!({ "file": { "path": "images/os.img" } }),
+            400,
+            "absolute",
+        ),
+        (
+            json!({ "file": { "path": import_dir.join("x.img"), "sha256": "12" } }),
+            400,
+            "",
+        ),
+        (
+            json!({ "file": { "path": import_dir.join("missing.img") } }),
+            404,
+            "missing.img",
+        ),
+        (
+            json!({ "file": { "path": import_dir.join("a-directory") } }),
+            400,
+            "a-directory",
+        ),
+        (json!({ "file": { "path": outside } }), 403, "import_dirs"),
+        // The server has no such file: answered before any run is armed.
+        (json!({ "download": { "url": url } }), 422, "not found"),
+    ];
+    for (body, status, words) in &cases {
+        let answer = app.post("/api/v1/runs", Some(body.clone())).await;
+        assert_eq!(answer.status, *status, "{body}: {}", answer.body);
+        assert!(
+            answer.body.contains(words),
+            "{body}: {words:?} not in {}",
+            answer.body
+        );
+    }
+    // Nothing was armed or recorded.
+    assert!(app.station.snapshot().run.is_none());
+    assert_eq!(app.get("/api/v1/runs").await.json(), json!([]));
+    // With a run armed, another is refused before anything is downloaded.
+    app.arm().await;
+    server.serve(
+        "/os.img",
+        Served::new(image_bytes(MIB, 86, 4096), "raw-api"),
+    );
+    let busy = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": server.url("/os.img") } })),
+        )
+        .await;
+    assert_eq!(busy.status, 409, "{}", busy.body);
+    assert!(busy.body.contains("already armed"), "{}", busy.body);
+    assert!(server.requests_for("/os.img").is_empty());
+    app.stop().await.unwrap();
+}
