@@ -14,7 +14,7 @@
 
 import { $, fmtBytes, fmtBytesExact } from './util.js';
 import { connectEvents, watchStream } from './live.js';
-import { stopRun, armRun, retryFailed } from './run.js';
+import { stopRun, armRun, retryFailed, showArmSource } from './run.js';
 import { loadImages, importPath, importUrl, loadDownloads, uploadImage, captureMaster, loadCaptures, openCapture, loadBuilds } from './images.js';
 import { loadRuns, loadDevices, renderDevices } from './records.js';
 import { renderRack } from './rack.js';
@@ -31,6 +31,7 @@ function start() {
   startAlerts(renderRack);
   $('stop-form').addEventListener('submit', stopRun);
   $('arm-form').addEventListener('submit', armRun);
+  $('arm-source').addEventListener('change', showArmSource);
   $('retry-button').addEventListener('click', retryFailed);
   $('import-form').addEventListener('submit', importPath);
   $('upload-form').addEventListener('submit', uploadImage);

@@ -198,7 +198,8 @@ export function progressBlock(port) {
   const parts = [];
   if (p) {
     if (pct != null) parts.push(`${pct}%`);
-    parts.push(`${fmtBytes(p.done)} / ${fmtBytes(p.total)}`);
+    // Following an image whose size is known only at its import's end.
+    parts.push(p.total ? `${fmtBytes(p.done)} / ${fmtBytes(p.total)}` : `${fmtBytes(p.done)} (image still arriving)`);
     const rate = fmtRate(p.bytes_per_sec);
     if (rate) parts.push(rate);
     if (p.bytes_per_sec > 0 && p.total > p.done) {

@@ -33,6 +33,42 @@ export function renderRun() {
   renderSummary();
 }
 
+/**
+ * The import a run follows (a URL or a file not cached when the run was
+ * armed): its bytes so far, of its total when known, and how it ended.
+ */
+export function importBlock(run) {
+  const imp = run.import;
+  const pct = imp.total ? Math.min(100, Math.floor((imp.done / imp.total) * 100)) : null;
+  const words = {
+    importing: 'Importing',
+    done: 'Imported',
+    failed: 'Import failed',
+  }[imp.state] || imp.state;
+  const amount = imp.total
+    ? `${fmtBytes(imp.done)} of ${fmtBytes(imp.total)} (${pct} %)`
+    : `${fmtBytes(imp.done)}`;
+  const bar = el('div', {
+    class: 'bar',
+    role: 'progressbar',
+    'aria-label': 'import',
+    'aria-valuemin': 0,
+    'aria-valuemax': 100,
+    'aria-valuenow': pct == null ? null : pct,
+  }, el('span'));
+  bar.firstChild.style.width = `${imp.state === 'done' ? 100 : (pct ?? 0)}%`;
+  return el('div', { class: `run-import run-import-${imp.state}` },
+    el('p', {},
+      el('strong', { text: `${words}: ` }),
+      el('span', { class: 'run-import-source', text: imp.source }),
+      ` · ${amount}`),
+    imp.state === 'importing' ? bar : null,
+    imp.state === 'importing'
+      ? el('p', { class: 'muted', text: 'The sticks are written as the image arrives; none passes before it is imported and its sha256 known.' })
+      : null,
+    imp.error ? el('p', { class: 'bad run-import-error', text: imp.error }) : null);
+}
+
 export function runDetails(run) {
   const o = run.options || {};
   const counter = (name, value) => el('div', { class: `counter counter-${name}` },
@@ -40,8 +76,10 @@ export function runDetails(run) {
   return el('div', { class: 'run-details' },
     el('p', { class: 'run-image' },
       el('strong', { text: run.image_name || 'image' }),
-      ` · ${fmtBytes(run.image_size)} · `,
-      el('code', { text: shortSha(run.image_sha256), title: run.image_sha256 || '' }),
+      ` · ${run.import && run.import.state !== 'done' && !run.image_size ? 'size known when imported' : fmtBytes(run.image_size)} · `,
+      run.import && run.import.state !== 'done'
+        ? el('span', { class: 'muted', text: 'sha256 known when imported' })
+        : el('code', { text: shortSha(run.image_sha256), title: run.image_sha256 || '' }),
       ` · run #${run.id}`),
     el('p', { class: 'muted', text: `${o.audit ? 'audit (nothing written) · ' : ''}verify: ${o.verify || '?'}`
       + `${o.sparse ? ' · sparse (block map only)' : ''}`
@@ -49,6 +87,7 @@ export function runDetails(run) {
       + ` · eject on pass: ${o.eject_on_pass ? 'yes' : 'no'}`
       + ` · target: ${o.target_count == null ? 'no limit' : o.target_count}`
       + `${o.retries ? ` · retries: ${o.retries}` : ''}` }),
+    run.import ? importBlock(run) : null,
     el('p', { class: 'run-who muted', text: `operator: ${o.operator || 'not given'} · lot: ${o.lot || 'not given'}` }),
     // The same counts as the records (reports, runs list, /metrics):
     // an interrupted attempt is not a failed stick, nor is a refused one.
@@ -104,13 +143,54 @@ export function runLabel(what, text) {
   return { value };
 }
 
+/**
+ * Shows the fields of the image source chosen in the arm form: a cached
+ * image, a URL or a file on the station (the two last are imported while
+ * the sticks follow).
+ */
+export function showArmSource() {
+  const source = $('arm-source').value;
+  $('arm-cached-fields').hidden = source !== 'cached';
+  $('arm-image').required = source === 'cached';
+  $('arm-url-fields').hidden = source !== 'url';
+  $('arm-file-fields').hidden = source !== 'file';
+}
+
+/**
+ * The image part of the arm request, as the form gives it: `{ image }`,
+ * `{ download: {…} }` or `{ file: {…} }`; or `{ error }`.
+ */
+export function armSource() {
+  const optional = (id) => $(id).value.trim() || undefined;
+  switch ($('arm-source').value) {
+    case 'url': {
+      const url = $('arm-url').value.trim();
+      if (!url) return { error: 'Give the image\'s URL.' };
+      const download = { url, sha256: optional('arm-url-sha256'), sha256sums: optional('arm-url-sums'), zip_entry: optional('arm-url-zip-entry') };
+      return { download: Object.fromEntries(Object.entries(download).filter(([, v]) => v !== undefined)) };
+    }
+    case 'file': {
+      const path = $('arm-file').value.trim();
+      if (!path) return { error: 'Give the file\'s path on the station.' };
+      const sha256 = optional('arm-file-sha256');
+      return { file: sha256 ? { path, sha256 } : { path } };
+    }
+    default: {
+      const image = $('arm-image').value;
+      if (!image) return { error: 'Import an image first.' };
+      return { image };
+    }
+  }
+}
+
 export async function armRun(event) {
   event.preventDefault();
-  const image = $('arm-image').value;
-  if (!image) {
-    setStatus('arm-status', 'Import an image first.', 'bad');
+  const source = armSource();
+  if (source.error) {
+    setStatus('arm-status', source.error, 'bad');
     return;
   }
+  const image = source.image;
   const target = $('arm-target').value.trim();
   const labels = {};
   for (const [key, what] of [['operator', 'Operator'], ['lot', 'Lot']]) {
@@ -123,7 +203,7 @@ export async function armRun(event) {
     if (checked.value) labels[key] = checked.value;
   }
   const body = {
-    image,
+    ...source,
     verify: $('arm-verify').value,
     eject_on_pass: $('arm-eject').checked,
     sparse: $('arm-sparse').checked,
@@ -135,7 +215,7 @@ export async function armRun(event) {
   if (sample) body.sample = Number(sample);
   const retries = $('arm-retries').value.trim();
   if (retries) body.retries = Number(retries);
-  const chosen = model.images.find((i) => i.sha256 === image);
+  const chosen = image ? model.images.find((i) => i.sha256 === image) : null;
   const button = $('arm-button');
   button.disabled = true;
   try {
@@ -162,7 +242,7 @@ export async function armRun(event) {
       }
       body.force_raw = true;
     }
-    setStatus('arm-status', 'Arming…');
+    setStatus('arm-status', image ? 'Arming…' : 'Starting the import: the run is armed as soon as the first bytes arrive…');
     setRun(await api('POST', '/runs', body));
     setStatus('arm-status', '');
   } catch (error) {
