@@ -116,7 +116,11 @@ test('the arm form starts a run of a URL or a station file not cached yet, and t
       window.flashrackFormat.fmtBytes(h), window.flashrackFormat.fmtBytes(t),
     ], [held, file.length]);
     await page.locator('.run-import-importing', { hasText: imageUrl })
-      .filter({ hasText: `${heldText} of ${totalText}` }).waitFor({ timeout: 30_000 });
+      .filter({ hasText: `${heldText} of ${totalText}` }).waitFor({ timeout: 30_000 })
+      .catch(async (error) => {
+        const run = (await (await page.request.get(api('/station'))).json()).run;
+        throw new Error(`${error.message}\nthe API's run: ${JSON.stringify(run)}; sent ${sent()}`);
+      });
     const panel = await page.locator('#run-view').innerText();
     assert.match(panel, /Importing:/, panel);
     assert.match(panel, /sha256 known when imported/, panel);

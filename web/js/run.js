@@ -183,6 +183,16 @@ export function armSource() {
   }
 }
 
+/**
+ * Shows the run the station armed, unless the event stream has shown it
+ * already: the stream's view of it is as new or newer (a run following an
+ * import changes with every update of its bytes, and the answer to the
+ * request may come after them).
+ */
+function showArmed(run) {
+  if (!model.run || model.run.id !== run.id) setRun(run);
+}
+
 export async function armRun(event) {
   event.preventDefault();
   const source = armSource();
@@ -228,7 +238,7 @@ export async function armRun(event) {
       // a station that does not refuse the image arms it as asked.
       setStatus('arm-status', 'Asking the station…');
       try {
-        setRun(await api('POST', '/runs', body));
+        showArmed(await api('POST', '/runs', body));
         setStatus('arm-status', '');
         return;
       } catch (error) {
@@ -243,7 +253,7 @@ export async function armRun(event) {
       body.force_raw = true;
     }
     setStatus('arm-status', image ? 'Arming…' : 'Starting the import: the run is armed as soon as the first bytes arrive…');
-    setRun(await api('POST', '/runs', body));
+    showArmed(await api('POST', '/runs', body));
     setStatus('arm-status', '');
   } catch (error) {
     setStatus('arm-status', error.message, 'bad');
