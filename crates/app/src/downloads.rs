@@ -860,11 +860,18 @@ impl UrlImportService {
                     }
                 })
             });
-            let mut persisted_at: Option<std::time::Instant> = None;
+            // When the bytes were last written, and the total written then:
+            // a total the download learns (the answer's declared length,
+            // told before its first byte) is written at once, so that an
+            // import cut by a crash is listed with it.
+            let mut persisted: Option<(std::time::Instant, Option<u64>)> = None;
             let result = import_url(&cache, &data_dir, &request, RetryPolicy::default(), |p| {
                 if let UrlProgress::Downloading(progress) = &p {
-                    if persisted_at.is_none_or(|at| at.elapsed() >= PERSIST_EVERY) {
-                        persisted_at = Some(std::time::Instant::now());
+                    let due = persisted.is_none_or(|(at, total)| {
+                        at.elapsed() >= PERSIST_EVERY || total != progress.total
+                    });
+                    if due {
+                        persisted = Some((std::time::Instant::now(), progress.total));
                         let _ = persist_tx.send(*progress);
                     }
                 }

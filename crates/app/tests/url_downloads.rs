@@ -28,18 +28,24 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A station's URL import service over the records in `data_dir`.
 async fn service(data_dir: &Path) -> UrlImportService {
+    service_and_store(data_dir).await.0
+}
+
+/// [`service`], and the store it keeps its list in.
+async fn service_and_store(data_dir: &Path) -> (UrlImportService, flashrack_store::Store) {
     let cache = open_cache(data_dir).unwrap();
     let records = StoreRecords::open(data_dir, "station-1", cache.clone())
         .await
         .unwrap();
-    UrlImportService::persisted(
+    let service = UrlImportService::persisted(
         cache,
         data_dir.to_path_buf(),
         ByteSize(1 << 40),
         records.store().clone(),
     )
     .await
-    .unwrap()
+    .unwrap();
+    (service, records.store().clone())
 }
 
 /// The list's entry `id`, once `done` says it is what the test waits for
@@ -75,12 +81,30 @@ fn an_import_killed_mid_download_is_listed_interrupted_after_a_restart_and_resum
     // The first station: killed with its runtime while the download waits.
     let first = runtime();
     let id = first.block_on(async {
-        let service = service(&data_dir).await;
+        let (service, store) = service_and_store(&data_dir).await;
         let view = service
             .start(UrlImportRequest::new(url.clone()).sha256(sha.to_hex()))
             .unwrap();
         let id = view["id"].as_u64().unwrap();
         listed_until(&service, id, |v| v["held"] == 4 * MIB as u64).await;
+        // The declared length is in the records as soon as the answer came,
+        // not only at the next write of the bytes (every 2 s while bytes
+        // arrive: none arrive while the server holds the rest). Looked for
+        // for at most 10 s, well before the stall timeout (60 s) would make
+        // the download ask again and tell its progress anew.
+        let mut recorded = None;
+        for _ in 0..500 {
+            let rows = store.url_imports().await.unwrap();
+            recorded = rows
+                .iter()
+                .find(|r| r.id == id as i64)
+                .and_then(|r| r.total);
+            if recorded.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(recorded, Some(8 * MIB as u64), "the total is recorded");
         id
     });
     first.shutdown_background();
@@ -98,6 +122,7 @@ fn an_import_killed_mid_download_is_listed_interrupted_after_a_restart_and_resum
             4 * MIB as u64,
             "the partial download's bytes"
         );
+        assert_eq!(entries[0]["total"], 8 * MIB as u64, "{list}");
         assert!(open_cache(&data_dir).unwrap().list().unwrap().is_empty());
 
         // Bad requests: an import that does not exist.
