@@ -175,11 +175,28 @@ async fn a_zip_of_several_files_needs_one_named_and_a_wrong_name_lists_them_with
         other => panic!("{other:?}"),
     }
     assert!(cache.list().unwrap().is_empty());
-    // The archive is what the server has: its download is kept.
+    // The archive is what the server has: its download is kept, and asked
+    // about again (its last byte, with If-Range) before it is read again.
     assert_eq!(downloads_left(&data_dir), 2, "the .part and its state");
-    assert_eq!(server.requests_for("/two.zip").len(), 1);
+    let requests = server.requests_for("/two.zip");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(format!("bytes={}-", archive.len() - 1).as_str())
+    );
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"two-1\""));
+    assert_eq!(requests[1].status, 206);
 
-    // The right name: imported from the download already held.
+    // The right name: imported from the download already held, its
+    // provenance what the server says now (a newer Last-Modified, the same
+    // file by its ETag).
+    server.serve(
+        "/two.zip",
+        Served {
+            last_modified: Some("Wed, 02 Dec 2026 01:00:00 GMT".into()),
+            ..Served::new(archive.clone(), "two-1")
+        },
+    );
     let outcome = import_url(
         &cache,
         &data_dir,
@@ -192,14 +209,78 @@ async fn a_zip_of_several_files_needs_one_named_and_a_wrong_name_lists_them_with
     assert_eq!(outcome.image.sha256(), Sha256Digest::of(&b));
     assert_eq!(std::fs::read(&outcome.image.path).unwrap(), b);
     assert_eq!(outcome.image.meta.zip_entry.as_deref(), Some("b.img"));
+    let provenance = outcome.image.meta.provenance.as_ref().expect("provenance");
+    assert_eq!(provenance.etag.as_deref(), Some("\"two-1\""));
+    assert_eq!(
+        provenance.last_modified.as_deref(),
+        Some("Wed, 02 Dec 2026 01:00:00 GMT")
+    );
     assert_eq!(
         server.requests_for("/two.zip").len(),
-        1,
-        "nothing downloaded again"
+        3,
+        "nothing downloaded again: two requests for the last byte"
     );
-    assert_eq!(server.body_bytes_sent(), archive.len() as u64);
+    assert_eq!(server.body_bytes_sent(), archive.len() as u64 + 2);
     assert_eq!(downloads_left(&data_dir), 0);
     assert_eq!(cache.list().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_kept_zip_that_changed_on_the_server_is_downloaded_again_not_read() {
+    let a = image_bytes(2 * MIB, 64, 64 << 10);
+    let b = image_bytes(2 * MIB, 65, 64 << 10);
+    let old = zip_of(
+        &[("a.img", &a), ("b.img", &b)],
+        zip::CompressionMethod::Stored,
+    );
+    let b2 = image_bytes(2 * MIB, 66, 64 << 10);
+    let new = zip_of(
+        &[("a.img", &a), ("b.img", &b2)],
+        zip::CompressionMethod::Stored,
+    );
+    let server = FileServer::start().await;
+    server.serve("/two.zip", Served::new(old.clone(), "old-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    let error = import_url(
+        &cache,
+        &data_dir,
+        &request(&server, "/two.zip", None),
+        policy(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        image_error(&error),
+        ImageError::ZipFileCount { .. }
+    ));
+    assert_eq!(downloads_left(&data_dir), 2, "kept");
+    // A new release under the same URL.
+    server.serve("/two.zip", Served::new(new.clone(), "new-1"));
+    let outcome = import_url(
+        &cache,
+        &data_dir,
+        &request(&server, "/two.zip", Some("b.img")),
+        policy(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome.image.sha256(),
+        Sha256Digest::of(&b2),
+        "the new file's"
+    );
+    let provenance = outcome.image.meta.provenance.as_ref().expect("provenance");
+    assert_eq!(provenance.etag.as_deref(), Some("\"new-1\""));
+    let requests = server.requests_for("/two.zip");
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"old-1\""));
+    assert_eq!(requests[1].status, 200, "the changed file: not a range");
+    assert_eq!(requests[2].range, None, "downloaded afresh");
+    assert_eq!(downloads_left(&data_dir), 0);
 }
 
 #[tokio::test]
@@ -340,8 +421,11 @@ async fn the_api_imports_a_named_file_of_a_zip_from_a_url_and_refuses_bad_reques
         .await;
     assert_eq!(image.status, 200, "{}", image.body);
     assert_eq!(image.json()["provenance"]["url"], server.url("/two.zip"));
-    // Downloaded once: the second import read the download the first kept.
-    assert_eq!(server.requests_for("/two.zip").len(), 1);
+    // Downloaded once: the second import read the download the first kept,
+    // once the server said (for its last byte) that it is still its file.
+    let requests = server.requests_for("/two.zip");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1].status, 206);
     app.stop().await.unwrap();
 }
 

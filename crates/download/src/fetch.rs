@@ -360,6 +360,13 @@ impl Downloader {
             url: url.to_string(),
             ..State::default()
         });
+        // A whole file kept from an earlier import (one whose choice of a
+        // zip's file was refused, say) is asked about again before it is
+        // used: the server may have changed it since.
+        if held > 0 && state.total == Some(held) {
+            self.revalidate(&parsed, url, &mut state, held).await?;
+            partial.save(&state).await?;
+        }
         // Told before the bytes held are sent again: whoever reads the sink
         // knows the length declared before its first byte.
         progress(Progress {
@@ -423,6 +430,109 @@ impl Downloader {
             resumed_from,
             received: held - resumed_from,
         })
+    }
+
+    /// Asks the server whether the whole file `state` describes (all `held`
+    /// bytes of it are in the partial download) is still its file: a request
+    /// for its last byte with `If-Range`, which a server answers `206` with
+    /// the same length (and `ETag`) while the file is the same, and `200`
+    /// (the whole file, not read) once it changed; a server that ignores
+    /// ranges answers `200` with its validators, which must be ours. The
+    /// validators it sends are kept (the image's provenance is then what the
+    /// server says now). A changed file is [`DownloadError::Changed`]: the
+    /// caller discards the partial download and starts again.
+    async fn revalidate(
+        &self,
+        parsed: &Url,
+        url: &str,
+        state: &mut State,
+        held: u64,
+    ) -> Result<(), DownloadError> {
+        let mut request = self
+            .http
+            .get(parsed.clone())
+            .header(RANGE, format!("bytes={}-", held - 1));
+        match state.validator() {
+            Some(validator) => request = request.header(IF_RANGE, validator),
+            None => tracing::warn!(url, "the server gave no validator: a kept download is checked by its length alone; the digest check is the only guard"),
+        }
+        let mut failures = 0u32;
+        let response = loop {
+            match self
+                .send(request.try_clone().expect("no streamed body"), url, held)
+                .await
+            {
+                Ok(response) => break response,
+                Err(error) if error.is_transient() && failures + 1 < self.policy.tries => {
+                    failures += 1;
+                    tokio::time::sleep(self.policy.backoff(failures)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        let status = response.status().as_u16();
+        let etag = header(response.headers(), ETAG);
+        let last_modified = header(response.headers(), LAST_MODIFIED);
+        let changed = |reason: String| DownloadError::Changed {
+            url: url.into(),
+            reason,
+        };
+        match status {
+            206 => {
+                let (_, total) = content_range(&response, url)?;
+                if total != Some(held) {
+                    return Err(changed(format!(
+                        "its length is now {}, was {held} bytes",
+                        total.map_or_else(|| "not stated".to_string(), |t| t.to_string())
+                    )));
+                }
+                if let (Some(ours), Some(theirs)) = (&state.etag, &etag) {
+                    if ours != theirs {
+                        return Err(changed(format!("ETag {ours} is now {theirs}")));
+                    }
+                }
+            }
+            200 => {
+                if !state.same_file(etag.as_deref(), last_modified.as_deref())
+                    || response.content_length().is_some_and(|n| n != held)
+                {
+                    return Err(changed(match (&state.etag, &etag) {
+                        (Some(ours), Some(theirs)) if ours != theirs => {
+                            format!("ETag {ours} is now {theirs}")
+                        }
+                        _ => "the server sent the file again, without the same validator or length"
+                            .into(),
+                    }));
+                }
+            }
+            416 => {
+                return Err(changed(format!(
+                    "byte {} is no longer there: the file is shorter",
+                    held - 1
+                )))
+            }
+            404 | 410 => {
+                return Err(DownloadError::NotFound {
+                    url: url.into(),
+                    status,
+                })
+            }
+            _ => {
+                return Err(DownloadError::Status {
+                    url: url.into(),
+                    status,
+                })
+            }
+        }
+        // The same file: what the server says of it now.
+        if etag.is_some() {
+            state.etag = etag;
+        }
+        if last_modified.is_some() {
+            state.last_modified = last_modified;
+        }
+        tracing::info!(url, held, "a kept download is still the server's file");
+        Ok(())
     }
 
     /// Sends a request, giving up after the stall timeout without an answer.

@@ -280,3 +280,91 @@ async fn https_to_a_server_that_does_not_speak_tls_is_a_tls_failure() {
     assert!(matches!(error, DownloadError::Tls { .. }), "{error}");
     assert!(error.to_string().contains("TLS failure"), "{error}");
 }
+
+#[tokio::test]
+async fn a_whole_file_kept_from_an_earlier_download_is_revalidated_before_it_is_reused() {
+    let body = image_bytes(SIZE, 11, 4096);
+    let server = FileServer::start().await;
+    server.serve("/k.img", Served::new(body.clone(), "v1"));
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/k.img");
+    let partial = Partial::in_dir(dir.path(), &url);
+    // Downloaded whole and kept (as after a refused choice of a zip's file).
+    let (result, _) = download(policy(1), &url, &partial).await;
+    result.unwrap();
+    // The same file, with a newer Last-Modified: the kept bytes are used,
+    // after one request for the last byte, and the validators are the
+    // server's of now.
+    server.serve(
+        "/k.img",
+        Served {
+            last_modified: Some("Wed, 02 Dec 2026 01:00:00 GMT".into()),
+            ..Served::new(body.clone(), "v1")
+        },
+    );
+    let (result, got) = download(policy(1), &url, &partial).await;
+    let done = result.unwrap();
+    assert!(got == body, "the kept bytes are the file's");
+    assert_eq!(done.received, 0, "nothing downloaded again");
+    assert_eq!(done.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(
+        done.last_modified.as_deref(),
+        Some("Wed, 02 Dec 2026 01:00:00 GMT")
+    );
+    let requests = server.requests_for("/k.img");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(format!("bytes={}-", SIZE - 1).as_str())
+    );
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"v1\""));
+    assert_eq!(requests[1].status, 206);
+    assert_eq!(server.body_bytes_sent(), SIZE as u64 + 1);
+
+    // Changed on the server: the kept file is not used.
+    server.serve("/k.img", Served::new(image_bytes(SIZE, 12, 4096), "v2"));
+    let (result, got) = download(policy(1), &url, &partial).await;
+    let error = result.unwrap_err();
+    match &error {
+        DownloadError::Changed { reason, .. } => {
+            assert!(
+                reason.contains("\"v1\"") && reason.contains("\"v2\""),
+                "{reason}"
+            )
+        }
+        other => panic!("{other}"),
+    }
+    assert!(got.is_empty(), "no kept byte was sent on");
+    // Shorter on the server: not the file kept either.
+    partial.discard().await.unwrap();
+    server.serve("/k.img", Served::new(body.clone(), "v3"));
+    download(policy(1), &url, &partial).await.0.unwrap();
+    server.serve("/k.img", Served::new(body[..SIZE / 2].to_vec(), "v3"));
+    let error = download(policy(1), &url, &partial).await.0.unwrap_err();
+    assert!(matches!(error, DownloadError::Changed { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn a_kept_whole_file_is_revalidated_by_a_server_that_ignores_ranges_without_reading_it() {
+    let body = image_bytes(SIZE, 13, 4096);
+    let server = FileServer::start().await;
+    server.serve("/r.img", Served::new(body.clone(), "v1"));
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/r.img");
+    let partial = Partial::in_dir(dir.path(), &url);
+    download(policy(1), &url, &partial).await.0.unwrap();
+    server.serve(
+        "/r.img",
+        Served::new(body.clone(), "v1").behaving(Behaviour::IgnoresRange),
+    );
+    let (result, got) = download(policy(1), &url, &partial).await;
+    assert_eq!(result.unwrap().received, 0);
+    assert!(got == body);
+    assert_eq!(server.requests_for("/r.img")[1].status, 200);
+    server.serve(
+        "/r.img",
+        Served::new(image_bytes(SIZE, 14, 4096), "v2").behaving(Behaviour::IgnoresRange),
+    );
+    let error = download(policy(1), &url, &partial).await.0.unwrap_err();
+    assert!(matches!(error, DownloadError::Changed { .. }), "{error}");
+}
