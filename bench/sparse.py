@@ -24,6 +24,7 @@ Targets: sparse <= 1.1 x bmaptool copy's wall time, and <= 0.75 x flashrack's
 own full write + verify. Python 3.11, standard library only; needs root.
 
     sudo python3 bench/sparse.py [--n 1] [--reps 3] [--image-size 1GiB] [--fill 0.6]
+    sudo python3 bench/sparse.py --flashrack OLD --flashrack NEW   # both, interleaved rep by rep
 """
 
 from __future__ import annotations
@@ -154,7 +155,13 @@ def main() -> int:
         action="store_true",
         help="attach the loop devices with --direct-io=on (each write reaches the disk as it is made, as on a stick)",
     )
-    ap.add_argument("--flashrack", default=None, help="binary (default: target/release/flashrack, built)")
+    ap.add_argument(
+        "--flashrack",
+        action="append",
+        default=None,
+        help="binary (default: target/release/flashrack, built); given more than once, every binary's "
+        "full and sparse cases run interleaved rep by rep in the same time window (old and new side by side)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (loop devices, drop_caches)", file=sys.stderr)
@@ -167,22 +174,36 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parent.parent
     if args.flashrack:
-        fr = Path(args.flashrack)
+        binaries = [Path(b) for b in args.flashrack]
     else:
         run(["cargo", "build", "--release", "-q", "-p", "flashrack-cli"], cwd=repo)
-        fr = repo / "target/release/flashrack"
+        binaries = [repo / "target/release/flashrack"]
+    # One label and one data directory per binary: `data` for a single one (as
+    # before), `data-<label>` for each of several (bench/stages.py reads either).
+    labels: list[str] = []
+    for b in binaries:
+        label = b.name
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    several = len(binaries) > 1
     image = make_image(workdir, size, args.fill)
     bmap = image.with_suffix(".bmap")
     if not bmap.exists():
         bmap.write_text(run(["bmaptool", "create", str(image)]).stdout)
-    data = workdir / "data"
-    shutil.rmtree(data, ignore_errors=True)
-    imported = json.loads(
-        run([str(fr), "--data-dir", str(data), "image", "import", str(image), "--bmap", str(bmap), "--json"]).stdout
-    )
-    sha = imported["sha256"]
-    mapped = imported["block_map"]["mapped_bytes"]
+    datas = {}
+    for fr, label in zip(binaries, labels):
+        data = workdir / (f"data-{label}" if several else "data")
+        shutil.rmtree(data, ignore_errors=True)
+        imported = json.loads(
+            run([str(fr), "--data-dir", str(data), "image", "import", str(image), "--bmap", str(bmap), "--json"]).stdout
+        )
+        sha = imported["sha256"]
+        mapped = imported["block_map"]["mapped_bytes"]
+        datas[label] = data
     log(f"image {image.name}: {size / MIB:.0f} MiB, bmap maps {mapped / MIB:.1f} MiB ({100 * mapped / size:.1f} %)")
+    load_start = os.getloadavg()
+    log(f"load average at the start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
 
     devs = []
     try:
@@ -198,16 +219,18 @@ def main() -> int:
         for dev in devs:
             run(["dd", f"if={image}", f"of={dev}", "bs=4M", "oflag=direct", "conv=fsync", "status=none"])
 
-        flash = [str(fr), "--data-dir", str(data), "flash", sha, *devs, "--allow-bus", "loop", "--json", "--quiet"]
-        cases = {
-            "flashrack full": lambda: timed("flashrack full", flash, devs),
-            "flashrack sparse": lambda: timed("flashrack sparse", flash + ["--sparse"], devs),
-            "bmaptool copy": lambda: timed(
-                "bmaptool copy",
-                [["bmaptool", "-q", "copy", "--bmap", str(bmap), str(image), d] for d in devs],
-                devs,
-            ),
-        }
+        cases = {}
+        for fr, label in zip(binaries, labels):
+            flash = [str(fr), "--data-dir", str(datas[label]), "flash", sha, *devs, "--allow-bus", "loop", "--json", "--quiet"]
+            suffix = f" [{label}]" if several else ""
+            for kind, extra in [("full", []), ("sparse", ["--sparse"])]:
+                name = f"flashrack {kind}{suffix}"
+                cases[name] = lambda name=name, argv=flash + extra: timed(name, argv, devs)
+        cases["bmaptool copy"] = lambda: timed(
+            "bmaptool copy",
+            [["bmaptool", "-q", "copy", "--bmap", str(bmap), str(image), d] for d in devs],
+            devs,
+        )
         results: dict[str, list[dict]] = {k: [] for k in cases}
         for rep in range(args.reps):
             for name, case in cases.items():
@@ -231,20 +254,44 @@ def main() -> int:
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
+    load_end = os.getloadavg()
     print(f"\nsparse case: {size / MIB:.0f} MiB ext4 image, {100 * mapped / size:.1f} % mapped by bmaptool's map, "
-          f"N = {args.n}, {args.reps} reps (median [min-max])\n")
+          f"N = {args.n}, {args.reps} reps (median [min-max]), {'direct-I/O' if args.loop_direct_io else 'buffered'} "
+          f"loop devices; load average (1/5/15 min) {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f} "
+          f"at the start, {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} at the end\n")
     print("| tool | wall s | rd MiB/dev | wr MiB/dev |")
     print("|---|---|---|---|")
     for name in cases:
         walls = [r["wall"] for r in results[name]]
         print(f"| {name} | {med(name, 'wall'):.2f} [{min(walls):.2f}-{max(walls):.2f}] | "
               f"{med(name, 'read') / MIB:.0f} | {med(name, 'written') / MIB:.0f} |")
-    sparse, full, bmaptool = med("flashrack sparse", "wall"), med("flashrack full", "wall"), med("bmaptool copy", "wall")
-    t1, t2 = sparse / bmaptool, sparse / full
-    print(f"\nsparse / bmaptool copy = {t1:.2f} (target <= 1.1: {'PASS' if t1 <= 1.1 else 'MISS'})")
-    print(f"sparse / full          = {t2:.2f} (target <= 0.75: {'PASS' if t2 <= 0.75 else 'MISS'})")
+    bmaptool = med("bmaptool copy", "wall")
+    ratios = {}
+    for label in labels:
+        suffix = f" [{label}]" if several else ""
+        sparse, full = med(f"flashrack sparse{suffix}", "wall"), med(f"flashrack full{suffix}", "wall")
+        t1, t2 = sparse / bmaptool, sparse / full
+        ratios[label] = {"sparse_over_bmaptool": t1, "sparse_over_full": t2}
+        print(f"\n{label}:" if several else "")
+        print(f"sparse / bmaptool copy = {t1:.3f} (target <= 1.1: {'PASS' if t1 <= 1.1 else 'MISS'})")
+        print(f"sparse / full          = {t2:.3f} (target <= 0.75: {'PASS' if t2 <= 0.75 else 'MISS'})")
     out = workdir / f"results-{int(time.time())}.json"
-    out.write_text(json.dumps({"size": size, "mapped": mapped, "n": args.n, "results": results}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "size": size,
+                "mapped": mapped,
+                "n": args.n,
+                "loop_direct_io": args.loop_direct_io,
+                "binaries": {label: str(b) for label, b in zip(labels, binaries)},
+                "load_start": load_start,
+                "load_end": load_end,
+                "ratios": ratios,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     log(f"raw results in {out}")
     return 0
 
