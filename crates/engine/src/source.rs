@@ -56,13 +56,24 @@ pub enum ChunkBytes {
         /// How many bytes of `buf` are the chunk.
         len: usize,
     },
+    /// Bytes an importer handed over as they were ([`ImageFeed::push_owned`]:
+    /// its own buffer, starting on a [`HANDED_ALIGN`]-byte boundary, which
+    /// goes back to the importer when the last holder drops the chunk).
+    Handed(Box<dyn AsRef<[u8]> + Send + Sync>),
 }
+
+/// Where bytes handed over to a feed must start for a target to be written
+/// from them as they are (direct I/O wants its buffers aligned to the
+/// device's logical block; 4096 covers every common one, as
+/// [`AlignedBuf`] does). Bytes that do not are copied.
+pub const HANDED_ALIGN: usize = 4096;
 
 impl std::fmt::Debug for ChunkBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ChunkBytes::Mapped(_) => write!(f, "ChunkBytes::Mapped({} bytes)", self.len()),
             ChunkBytes::Read { len, .. } => write!(f, "ChunkBytes::Read({len} bytes)"),
+            ChunkBytes::Handed(_) => write!(f, "ChunkBytes::Handed({} bytes)", self.len()),
         }
     }
 }
@@ -73,6 +84,7 @@ impl Deref for ChunkBytes {
         match self {
             ChunkBytes::Mapped(mapped) => mapped,
             ChunkBytes::Read { buf, len } => &buf[..*len],
+            ChunkBytes::Handed(bytes) => (**bytes).as_ref(),
         }
     }
 }

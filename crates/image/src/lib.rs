@@ -90,7 +90,7 @@ pub use import::{
     CacheHit, ImportOptions, ImportOutcome, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MIN_FREE_SPACE,
     MAX_CHUNK_SIZE,
 };
-pub use observe::ImportObserver;
+pub use observe::{ChunkData, ImportObserver};
 pub use stream::StreamSource;
 
 #[doc(no_inline)]

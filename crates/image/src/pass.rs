@@ -11,9 +11,14 @@
 //!
 //! The sha256 is the bulk of the CPU work for an uncompressed or
 //! fast-to-decompress image, so hashing runs on a second thread, fed through a
-//! bounded channel of chunk buffers, while this thread decodes and writes (see
-//! [`ChunkHashing::for_input`]). At most [`MAX_BUFFERS`] chunk buffers exist,
-//! whatever the image size.
+//! bounded channel of chunk buffers, while this thread decodes (see
+//! [`ChunkHashing::for_input`]); storing the chunks in the cache file runs on
+//! a third, behind the hashing, so that the store's disk writes (`O_DIRECT`:
+//! the thread waits for the disk) overlap the decoding and the hashing
+//! instead of holding both up. At most [`MAX_BUFFERS`] chunk buffers are in
+//! the pass at once, whatever the image size; an observer that keeps chunks'
+//! buffers ([`ImportObserver::chunk_owned`]) holds others, which come back
+//! when it drops them.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -28,11 +33,12 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::ImageError;
 use crate::input::read_full;
-use crate::observe::ImportObserver;
+use crate::observe::{ChunkData, ImportObserver};
 
-/// Chunk buffers in flight: one being filled, one being hashed, one queued
-/// between them so neither thread waits on the other's jitter.
-const MAX_BUFFERS: usize = 3;
+/// Chunk buffers in the pass at once: one being filled, one queued for the
+/// hashing, one being hashed, one queued for the store, one being stored, so
+/// that no thread waits on another's jitter.
+const MAX_BUFFERS: usize = 5;
 
 /// The alignment of a chunk buffer's data: what reads with `O_DIRECT` need
 /// of their buffer (a file system's block; 4096 covers them all here).
@@ -149,17 +155,22 @@ pub(crate) fn digest_and_store(
             // one buffer; buffers come back through `back` to be refilled.
             let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
             let (back, back_rx) = mpsc::channel::<ChunkBuf>();
+            let hands_over = observer.is_some_and(|o| o.takes_bytes());
             thread::scope(|scope| {
-                // The worker stores the chunks too: this thread decodes
-                // (the bulk of a compressed import's work), the worker
-                // copies into the cache and digests.
-                let worker = scope.spawn(move || hash_chunks(job_rx, back, out, observer));
+                // This thread decodes (the bulk of a compressed import's
+                // work); the worker digests, and stores the chunks in the
+                // cache through a thread of its own.
+                let worker = thread::Builder::new()
+                    .name("import hash".into())
+                    .spawn_scoped(scope, move || hash_chunks(job_rx, back, out, observer))
+                    .map_err(PassError::Output)?;
                 let mut sink = WorkerSink {
                     jobs,
                     back: back_rx,
                     free: Vec::new(),
                     allocated: 0,
                     chunk_size,
+                    hands_over,
                 };
                 let whole = run(src, None, chunk_size, &mut sink, watch);
                 // Closing the job channel lets the worker finish.
@@ -373,9 +384,18 @@ struct WorkerSink {
     back: Receiver<ChunkBuf>,
     /// Buffers ready to refill (zero chunks never leave this thread).
     free: Vec<ChunkBuf>,
-    /// Buffers allocated so far, never more than [`MAX_BUFFERS`].
+    /// Buffers allocated so far: never more than [`MAX_BUFFERS`] unless the
+    /// observer keeps buffers.
     allocated: usize,
     chunk_size: usize,
+    /// Whether the observer is handed data chunks' buffers
+    /// ([`ImportObserver::chunk_owned`]): they come back only when it (and
+    /// whoever it shares them with) drops them, so this thread never waits
+    /// for one (the observer may be waiting for the next chunk before it
+    /// lets one go) and makes a new buffer instead. Those it holds are
+    /// bounded by the observer (an engine feed: the chunks it holds, its
+    /// source's cache and two per target).
+    hands_over: bool,
 }
 
 impl ChunkSink for WorkerSink {
@@ -386,7 +406,7 @@ impl ChunkSink for WorkerSink {
         if let Ok(buf) = self.back.try_recv() {
             return buf;
         }
-        if self.allocated < MAX_BUFFERS {
+        if self.allocated < MAX_BUFFERS || self.hands_over {
             self.allocated += 1;
             return ChunkBuf::new(self.chunk_size);
         }
@@ -475,11 +495,22 @@ fn direct_writer(file: &File) -> Option<File> {
     (given.dev() == opened.dev() && given.ino() == opened.ino()).then_some(direct)
 }
 
-/// The worker thread: stores each chunk in `out` if there is one (data at
-/// its offset, zero chunks left as holes; see [`ChunkStore`]), digests and
-/// fingerprints it, in the order they come, tells the observer, and hands
-/// each buffer back. A write error stops it (the loop then stops at its
-/// next hand-over).
+/// A chunk the worker has digested, on its way to the store.
+enum Digested {
+    /// A data chunk: its buffer, how many bytes of it are the chunk, and its
+    /// fingerprint.
+    Data(ChunkBuf, usize, u128),
+    /// An all-zero chunk of this length, and its fingerprint.
+    Zero(usize, u128),
+}
+
+/// The worker thread: digests and fingerprints each chunk in the order they
+/// come; then stores it in `out` if there is one (data at its offset, zero
+/// chunks left as holes; see [`ChunkStore`]) on a store thread of its own,
+/// which tells the observer once the chunk is in the file and hands each
+/// buffer back (or over, to an observer that keeps them). Without `out` the
+/// worker tells the observer itself. A write error stops the store; the
+/// worker then stops at its next hand-over, and the loop at its own.
 fn hash_chunks(
     jobs: Receiver<Job>,
     back: mpsc::Sender<ChunkBuf>,
@@ -488,39 +519,89 @@ fn hash_chunks(
 ) -> io::Result<ChunkDigests> {
     let mut digests = ChunkDigests::default();
     let mut zeros = ZeroDigests::default();
-    let mut store = out.map(ChunkStore::new);
-    // The image's size so far.
-    let mut size = 0u64;
-    for job in jobs {
-        match job {
-            Job::Data(buf, len) => {
-                let data = &buf.data()[..len];
-                if let Some(store) = store.as_mut() {
-                    store.write_at(data, size)?;
-                }
-                size += len as u64;
-                let fingerprint = digests.push_data(data);
-                if let Some(observer) = observer {
-                    // Before the buffer goes back to be refilled.
-                    tell(observer, data, false, fingerprint);
-                }
-                // The loop may have stopped (an error); then nobody wants it back.
-                let _ = back.send(buf);
-            }
-            Job::Zero(len) => {
-                size += len as u64;
-                let fingerprint = digests.push_zero(&mut zeros, len);
-                if let Some(observer) = observer {
-                    observer.chunk(len, true, fingerprint);
-                }
+    let mut digest = |job: Job| match job {
+        Job::Data(buf, len) => {
+            let fingerprint = digests.push_data(&buf.data()[..len]);
+            Digested::Data(buf, len, fingerprint)
+        }
+        Job::Zero(len) => Digested::Zero(len, digests.push_zero(&mut zeros, len)),
+    };
+    let Some(file) = out else {
+        for job in jobs {
+            deliver(digest(job), observer, &back);
+        }
+        return Ok(digests);
+    };
+    thread::scope(|scope| {
+        // One chunk queued between the two: the store's disk writes and the
+        // hashing each wait on the other as little as the decoding does.
+        let (to_store, store_rx) = mpsc::sync_channel::<Digested>(1);
+        let store = thread::Builder::new()
+            .name("import store".into())
+            .spawn_scoped(scope, move || store_chunks(store_rx, file, observer, back))?;
+        for job in jobs {
+            if to_store.send(digest(job)).is_err() {
+                // The store stopped on an error, which joining it gives.
+                break;
             }
         }
+        drop(to_store);
+        match store.join() {
+            Ok(stored) => stored,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })?;
+    Ok(digests)
+}
+
+/// The store thread: writes each digested chunk at its offset of `file`
+/// (zero chunks left as holes), then tells the observer, in order; extends
+/// the file over trailing zero chunks at the end. Stops at the first write
+/// error.
+fn store_chunks(
+    chunks: Receiver<Digested>,
+    file: &mut File,
+    observer: Option<&dyn ImportObserver>,
+    back: mpsc::Sender<ChunkBuf>,
+) -> io::Result<()> {
+    let mut store = ChunkStore::new(file);
+    // The image's size so far.
+    let mut size = 0u64;
+    for chunk in chunks {
+        match &chunk {
+            Digested::Data(buf, len, _) => {
+                store.write_at(&buf.data()[..*len], size)?;
+                size += *len as u64;
+            }
+            Digested::Zero(len, _) => size += *len as u64,
+        }
+        deliver(chunk, observer, &back);
     }
     // Extends the file over trailing zero chunks, leaving them as a hole too.
-    if let Some(store) = store {
-        store.file.set_len(size)?;
+    store.file.set_len(size)
+}
+
+/// Tells `observer` of a digested (and stored, if stored at all) chunk, and
+/// gives its buffer back to the loop, or over to an observer that takes
+/// bytes (it comes back when dropped).
+fn deliver(chunk: Digested, observer: Option<&dyn ImportObserver>, back: &mpsc::Sender<ChunkBuf>) {
+    match (chunk, observer) {
+        (Digested::Zero(len, fingerprint), Some(observer)) => {
+            observer.chunk(len, true, fingerprint);
+        }
+        (Digested::Zero(..), None) => {}
+        (Digested::Data(buf, len, fingerprint), Some(observer)) if observer.takes_bytes() => {
+            observer.chunk_owned(ChunkData::new(buf, len, back.clone()), fingerprint);
+        }
+        (Digested::Data(buf, len, fingerprint), Some(observer)) => {
+            observer.chunk(len, false, fingerprint);
+            // The loop may have stopped (an error); then nobody wants it back.
+            let _ = back.send(buf);
+        }
+        (Digested::Data(buf, ..), None) => {
+            let _ = back.send(buf);
+        }
     }
-    Ok(digests)
 }
 
 /// Tells `observer` of a stored chunk: its bytes too if it takes them and
@@ -669,9 +750,12 @@ mod tests {
                 matches!(&error, PassError::Output(e) if e.raw_os_error() == Some(9)),
                 "{hashing:?}: {error:?}"
             );
-            // The loop stopped within a few chunks of the failed write.
+            // The loop stopped within a few chunks of the failed write: at
+            // most the chunk stored, one queued for the store, one hashed,
+            // one queued for the hashing and the one the loop could not hand
+            // over (five), and one more for margin.
             assert!(
-                read <= 4 * CHUNK as u64,
+                read <= 6 * CHUNK as u64,
                 "{hashing:?}: read {read} of {} bytes",
                 data.len()
             );
@@ -707,6 +791,136 @@ mod tests {
         assert!(stored[..2 * ALIGN].iter().all(|&b| b == 0));
         assert!(stored[2 * ALIGN..4 * ALIGN].iter().all(|&b| b == 7));
         assert!(stored[4 * ALIGN..].iter().all(|&b| b == 9));
+    }
+
+    /// An observer that takes bytes and either keeps every chunk handed
+    /// over or lets each go at once, noting where each buffer was.
+    #[derive(Debug, Default)]
+    struct Taker {
+        keep: bool,
+        kept: std::sync::Mutex<Vec<(ChunkData, u128)>>,
+        told: std::sync::Mutex<Vec<Told>>,
+    }
+
+    /// A chunk as a [`Taker`] was told of it: index, length, zero or not,
+    /// fingerprint and where its buffer was (0 for a zero chunk).
+    type Told = (usize, usize, bool, u128, usize);
+
+    impl ImportObserver for Taker {
+        fn began(&self, _: &File, _: u32, _: Option<u64>) {}
+
+        fn chunk(&self, len: usize, zero: bool, fingerprint: u128) {
+            let mut told = self.told.lock().unwrap();
+            let index = told.len();
+            told.push((index, len, zero, fingerprint, 0));
+        }
+
+        fn takes_bytes(&self) -> bool {
+            true
+        }
+
+        fn chunk_data(&self, _: &[u8], _: u128) {
+            panic!("a worker pass hands its buffers over instead of lending them");
+        }
+
+        fn chunk_owned(&self, data: ChunkData, fingerprint: u128) {
+            let mut told = self.told.lock().unwrap();
+            let index = told.len();
+            told.push((
+                index,
+                data.len(),
+                false,
+                fingerprint,
+                data.as_ptr() as usize,
+            ));
+            if self.keep {
+                self.kept.lock().unwrap().push((data, fingerprint));
+            }
+        }
+    }
+
+    /// `chunks` chunks of CHUNK bytes, every third one all zero.
+    fn striped(chunks: usize) -> Vec<u8> {
+        (0..chunks)
+            .flat_map(|i| {
+                let byte = if i % 3 == 2 { 0 } else { i as u8 | 1 };
+                std::iter::repeat_n(byte, CHUNK)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_observer_that_keeps_every_chunk_handed_over_does_not_stall_the_pass() {
+        // Far more data chunks than the pass's own buffers: the pass must
+        // make new ones rather than wait for a buffer the observer keeps.
+        let data = striped(4 * MAX_BUFFERS + 3);
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("out"))
+            .unwrap();
+        let taker = Taker {
+            keep: true,
+            ..Taker::default()
+        };
+        let got = digest_and_store(
+            &mut Cursor::new(&data),
+            Some(&mut out),
+            CHUNK,
+            ChunkHashing::Worker,
+            &mut |_| Ok(()),
+            Some(&taker),
+        )
+        .unwrap();
+        assert_eq!(got.sha256, Sha256Digest::of(&data));
+        assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), data);
+        // Every data chunk was handed over, in order, with its own bytes and
+        // fingerprint, in a buffer a target can be written from directly.
+        let kept = taker.kept.lock().unwrap();
+        let data_chunks: Vec<&[u8]> = data.chunks(CHUNK).filter(|c| !is_all_zero(c)).collect();
+        assert_eq!(kept.len(), data_chunks.len());
+        for ((bytes, fingerprint), expected) in kept.iter().zip(&data_chunks) {
+            assert_eq!(&bytes[..], *expected);
+            assert_eq!(*fingerprint, xxh3_128(expected));
+            assert!((bytes.as_ptr() as usize).is_multiple_of(ALIGN));
+        }
+        // Zero chunks are told as such, in their place.
+        let told = taker.told.lock().unwrap();
+        assert_eq!(told.len(), data.len() / CHUNK);
+        for (i, len, zero, fingerprint, _) in told.iter() {
+            assert_eq!((*len, *zero), (CHUNK, i % 3 == 2), "chunk {i}");
+            assert_eq!(*fingerprint, got.chunk_fingerprints[*i]);
+        }
+    }
+
+    #[test]
+    fn buffers_handed_over_and_let_go_are_filled_again() {
+        let data = striped(96);
+        let taker = Taker::default();
+        let got = digest_and_store(
+            &mut Cursor::new(&data),
+            None,
+            CHUNK,
+            ChunkHashing::Worker,
+            &mut |_| Ok(()),
+            Some(&taker),
+        )
+        .unwrap();
+        assert_eq!(got.sha256, Sha256Digest::of(&data));
+        let told = taker.told.lock().unwrap();
+        let buffers: std::collections::HashSet<usize> =
+            told.iter().filter(|t| !t.2).map(|t| t.4).collect();
+        // 64 data chunks through a handful of buffers: each comes back when
+        // the observer drops it. (A buffer caught between its drop and its
+        // return may make the pass take a new one, rarely: hence the margin.)
+        assert!(
+            buffers.len() <= 2 * MAX_BUFFERS,
+            "{} buffers for 64 data chunks",
+            buffers.len()
+        );
     }
 
     #[test]

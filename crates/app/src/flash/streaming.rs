@@ -94,14 +94,19 @@ impl ImportObserver for FeedObserver {
     }
 
     /// The targets take the chunks from the feed while it holds them (the
-    /// import's bytes, copied once), and the import reads a raw file past
-    /// the page cache.
+    /// import's own buffers, handed over; or copied once, where the import
+    /// lends them), and the import reads a raw file past the page cache.
     fn takes_bytes(&self) -> bool {
         true
     }
 
     fn chunk_data(&self, data: &[u8], fingerprint: u128) {
         self.pushed(self.feed.push_data(data, fingerprint));
+    }
+
+    /// The import's own buffer, kept by the feed without a copy.
+    fn chunk_owned(&self, data: flashrack_image::ChunkData, fingerprint: u128) {
+        self.pushed(self.feed.push_owned(Box::new(data), fingerprint));
     }
 }
 
