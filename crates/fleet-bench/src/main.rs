@@ -307,6 +307,7 @@ fn synthetic_records(n: u64) -> Vec<FleetRecord> {
         started_at: 1_000,
         stopped_at: None,
         stop_reason: None,
+        stop_detail: None,
     })];
     let mut stick = 0i64;
     while (records.len() as u64) < n {

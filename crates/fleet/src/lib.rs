@@ -190,6 +190,12 @@ pub struct RunRecord {
     pub stopped_at: Option<i64>,
     /// Why it stopped, if it has.
     pub stop_reason: Option<StopReason>,
+    /// What the station said of the stop beside its reason (the source's
+    /// failure with its causes, the signal, the operator's note), if
+    /// anything. Absent from a station that does not record it (an older
+    /// one), and ignored by a hub that does not store it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_detail: Option<String>,
 }
 
 /// An attempt, as it stands after the write that shipped it.

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use flashrack_core::{
-    CaptureOrigin, DigestSource, Provenance, Sha256Digest, SignatureCheck, Verdict,
+    CaptureOrigin, DigestSource, Provenance, Sha256Digest, SignatureCheck, StopReason, Verdict,
 };
 use flashrack_fleet::{paths, FleetRecord, ImageRecord, ORDER_ID_OPTION};
 use flashrack_hub::pg::Role;
@@ -232,6 +232,84 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
         history.body
     );
     assert_eq!(get(hub.url("/api/v1/devices/NOPE"), None).await.status, 404);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_stop_detail_is_stored_and_given_in_the_lot_report() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let bytes: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let uploaded = post_bytes(hub.url("/api/v1/images?name=os.img"), None, bytes).await;
+    let sha = uploaded.body["sha256"].as_str().unwrap().to_string();
+    let lot = post_json(
+        hub.url("/api/v1/lots"),
+        None,
+        &json!({ "name": "lot-7", "image_sha256": sha, "stations": ["lab-a"] }),
+    )
+    .await;
+    let id = lot.body["id"].as_i64().unwrap();
+    let order = lot.body["orders"][0]["order_id"].as_i64().unwrap();
+    let detail = "the import of https://images.example/os.img.xz failed: checksum mismatch";
+    // The run as armed, then as stopped with the station's words (a later
+    // version of the same row).
+    let mut stopped = ordered_run(order);
+    if let FleetRecord::Run(r) = &mut stopped {
+        r.stopped_at = Some(9_000);
+        r.stop_reason = Some(StopReason::SourceFailed);
+        r.stop_detail = Some(detail.into());
+    }
+    let shipped = batch(
+        "lab-a",
+        entries(1, vec![image(), ordered_run(order), stopped]),
+        0,
+    );
+    let answer = post_json(hub.url(paths::RECORDS), Some(&a), &shipped).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let stored = hub.db.station_records("lab-a").await.unwrap();
+    assert_eq!(stored.runs[0].stop_detail.as_deref(), Some(detail));
+    assert_eq!(stored.runs[0].stop_reason, Some(StopReason::SourceFailed));
+
+    let report = get(
+        hub.url(&format!("/api/v1/lots/{id}/report?format=json")),
+        None,
+    )
+    .await;
+    assert_eq!(report.status, 200, "{:?}", report.body);
+    let run = &report.body["runs"][0];
+    assert_eq!(run["stop_reason"], "source_failed", "{run}");
+    assert_eq!(run["stop_detail"], detail, "{run}");
+    let (_, _, page) = get_bytes(
+        hub.url(&format!("/api/v1/lots/{id}/report?format=html")),
+        Vec::new(),
+    )
+    .await;
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains(&format!(
+            "lab-a run 1 (the image could not be read: {detail})"
+        )),
+        "{page}"
+    );
+
+    // A station that does not record it (older than its records' version
+    // 14) ships no detail: none is stored, and an older copy's is not kept.
+    let mut older = ordered_run(order);
+    if let FleetRecord::Run(r) = &mut older {
+        r.stopped_at = Some(9_500);
+        r.stop_reason = Some(StopReason::Operator);
+    }
+    let again = batch("lab-a", entries(4, vec![older]), 0);
+    assert_eq!(
+        post_json(hub.url(paths::RECORDS), Some(&a), &again)
+            .await
+            .status,
+        200
+    );
+    let stored = hub.db.station_records("lab-a").await.unwrap();
+    assert_eq!(stored.runs[0].stop_detail, None);
+    assert_eq!(stored.runs[0].stop_reason, Some(StopReason::Operator));
     hub.stop().await;
 }
 

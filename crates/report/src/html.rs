@@ -397,10 +397,26 @@ pub fn origin_label(provenance: &flashrack_core::Provenance) -> &'static str {
 /// milliseconds).
 pub fn lot_html(report: &LotReport, generated_at: i64) -> String {
     let lot = &report.lot;
+    // Each station's run, and why it stopped once it has (in the station's
+    // words where it gave them).
     let runs = report
         .runs
         .iter()
-        .map(|r| format!("{} run {}", r.run.station_id, r.run.id))
+        .map(|r| {
+            let run = &r.run;
+            match (run.stop_reason, &run.stop_detail) {
+                (Some(reason), Some(detail)) => format!(
+                    "{} run {} ({}: {detail})",
+                    run.station_id,
+                    run.id,
+                    reason.describe()
+                ),
+                (Some(reason), None) => {
+                    format!("{} run {} ({})", run.station_id, run.id, reason.describe())
+                }
+                _ => format!("{} run {}", run.station_id, run.id),
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let title = format!("flashrack lot {}: {}", lot.name, lot.image_name);

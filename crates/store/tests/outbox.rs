@@ -100,7 +100,7 @@ async fn every_write_queues_its_rows_as_they_are_after_it_in_order() {
         .await
         .unwrap();
     t.store
-        .write(|b| Box::pin(b.stop_run(run, StopReason::Operator, None)))
+        .write(|b| Box::pin(b.stop_run(run, StopReason::Operator, Some("end of shift"))))
         .await
         .unwrap();
 
@@ -133,6 +133,8 @@ async fn every_write_queues_its_rows_as_they_are_after_it_in_order() {
         })
         .unwrap();
     assert_eq!(last_run.stop_reason, Some(StopReason::Operator));
+    // The words of the stop travel with it, for the hub's reports.
+    assert_eq!(last_run.stop_detail.as_deref(), Some("end of shift"));
     // The failure's words travel as recorded, so the hub's report reads as
     // the station's.
     let shipped_words = entries

@@ -336,18 +336,20 @@ impl<'a> Rows<'a> {
         let rows = &self.runs;
         sqlx::query(
             "INSERT INTO runs (station_id, id, image_sha256, image_name, options, order_id,
-                               started_at, stopped_at, stop_reason, seq)
+                               started_at, stopped_at, stop_reason, stop_detail, seq)
              SELECT $1, u.id, u.image_sha256, u.image_name, u.options, u.order_id,
-                    ms_to_ts(u.started_at), ms_to_ts(u.stopped_at), u.stop_reason, u.seq
+                    ms_to_ts(u.started_at), ms_to_ts(u.stopped_at), u.stop_reason,
+                    u.stop_detail, u.seq
              FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
-                         $7::bigint[], $8::bigint[], $9::text[], $10::bigint[])
+                         $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[])
                   AS u (id, image_sha256, image_name, options, order_id, started_at,
-                        stopped_at, stop_reason, seq)
+                        stopped_at, stop_reason, stop_detail, seq)
              ON CONFLICT (station_id, id) DO UPDATE SET
                 image_sha256 = EXCLUDED.image_sha256, image_name = EXCLUDED.image_name,
                 options = EXCLUDED.options, order_id = EXCLUDED.order_id,
                 started_at = EXCLUDED.started_at, stopped_at = EXCLUDED.stopped_at,
-                stop_reason = EXCLUDED.stop_reason, seq = EXCLUDED.seq
+                stop_reason = EXCLUDED.stop_reason, stop_detail = EXCLUDED.stop_detail,
+                seq = EXCLUDED.seq
              WHERE runs.seq < EXCLUDED.seq",
         )
         .bind(station)
@@ -361,6 +363,7 @@ impl<'a> Rows<'a> {
         .bind(column(rows, |r| r.started_at))
         .bind(column(rows, |r| r.stopped_at))
         .bind(column(rows, |r| r.stop_reason.as_ref().map(enum_text)))
+        .bind(column(rows, |r| r.stop_detail.as_deref()))
         .bind(seqs(rows))
         .execute(tx)
         .await

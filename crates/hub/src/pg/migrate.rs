@@ -31,6 +31,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "image provenance and removal",
         include_str!("../../../../migrations/postgres/0004_image_provenance_and_removal.sql"),
     ),
+    (
+        5,
+        "run stop detail",
+        include_str!("../../../../migrations/postgres/0005_run_stop_detail.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -142,7 +142,7 @@ impl HubDb {
         }
         for row in sqlx::query(
             "SELECT id, image_sha256, image_name, options, ts_to_ms(started_at) AS started_at,
-                    ts_to_ms(stopped_at) AS stopped_at, stop_reason
+                    ts_to_ms(stopped_at) AS stopped_at, stop_reason, stop_detail
              FROM runs WHERE station_id = $1 ORDER BY id",
         )
         .bind(station)
@@ -161,6 +161,7 @@ impl HubDb {
                     .get::<Option<String>, _>("stop_reason")
                     .map(|t| enum_from("stop reason", t))
                     .transpose()?,
+                stop_detail: row.get("stop_detail"),
             });
         }
         for row in sqlx::query(

@@ -238,7 +238,7 @@ impl HubDb {
         for r in sqlx::query(
             "SELECT r.station_id, r.id, r.image_sha256, r.image_name, r.options,
                     ts_to_ms(r.started_at) AS started_at, ts_to_ms(r.stopped_at) AS stopped_at,
-                    r.stop_reason
+                    r.stop_reason, r.stop_detail
              FROM runs r JOIN orders o ON o.id = r.order_id AND o.station_id = r.station_id
              WHERE o.lot_id = $1 ORDER BY r.station_id, r.started_at, r.id",
         )
@@ -259,9 +259,7 @@ impl HubDb {
                     .get::<Option<String>, _>("stop_reason")
                     .map(|t| enum_from("stop reason", t))
                     .transpose()?,
-                // The hub's records carry no stop detail (the station's
-                // reports give it).
-                stop_detail: None,
+                stop_detail: r.get("stop_detail"),
                 image_size: None,
                 image_source: None,
             };

@@ -51,6 +51,7 @@ pub fn run(id: i64, stopped_at: Option<i64>) -> FleetRecord {
         started_at: 3_000,
         stopped_at,
         stop_reason: stopped_at.map(|_| StopReason::Operator),
+        stop_detail: None,
     })
 }
 

@@ -316,6 +316,7 @@ impl SqliteWrites {
                 started_at: run.started_at,
                 stopped_at: run.stopped_at,
                 stop_reason: run.stop_reason,
+                stop_detail: run.stop_detail,
             }),
         )
         .await
