@@ -119,6 +119,12 @@ impl ImportObserver for Counting {
         self.received.send_modify(|r| r.0 += data.len() as u64);
     }
 
+    fn chunk_owned(&self, data: flashrack_image::ChunkData, fingerprint: u128) {
+        let len = data.len() as u64;
+        self.inner.chunk_owned(data, fingerprint);
+        self.received.send_modify(|r| r.0 += len);
+    }
+
     fn reads_past_page_cache(&self) {
         self.inner.reads_past_page_cache();
     }
