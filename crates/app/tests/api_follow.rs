@@ -495,3 +495,90 @@ async fn bad_requests_for_a_run_of_an_image_not_cached_get_a_clear_4xx_and_recor
     assert!(server.requests_for("/os.img").is_empty());
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installer_iso_followed_without_force_raw_fails_every_stick_and_is_in_the_event_log() {
+    use flashrack_store::{EventKind, Records, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().to_path_buf();
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    // An innocent name: the refusal goes by content, known once imported.
+    let iso = dir.path().join("team-photos.img");
+    flashrack_testkit::iso::windows_like_iso(&iso);
+    let mut events = app.events().await;
+    plug(&app, 1, 64 * MIB);
+    events
+        .until("the stick is detected", |v| v.state("A1") == "detected")
+        .await;
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "file": { "path": iso }, "operator": "Ada" })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run_id = armed.json()["id"].as_u64().unwrap();
+    let stopped = events
+        .until("the run stops: the image would not boot written raw", |v| {
+            v.run["stop_reason"] == "source_failed" && v.state("A1") == "failed"
+        })
+        .await;
+    let error = stopped.run["import"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("would not boot written raw"), "{error}");
+    assert_eq!(stopped.ports["A1"]["verdict"]["reason"], "interrupted");
+    assert_eq!(stopped.run["passed"], 0);
+    let store = Store::open_read_only(&app.database(), "test-station")
+        .await
+        .unwrap();
+    let refusals: Vec<_> = store
+        .recent_events(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.row.kind == EventKind::RunRefused)
+        .collect();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].row.detail["image_name"], "team-photos.img");
+    assert_eq!(refusals[0].row.detail["options"]["operator"], "Ada");
+    let report = run_report(&app, run_id).await;
+    assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
+    let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("would not boot written raw"), "{report}");
+
+    // Forced, the same image is written and passes (the cache knows it now:
+    // armed as a cached image, with the force in its options).
+    let forced = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "file": { "path": iso }, "force_raw": true })),
+        )
+        .await;
+    assert_eq!(forced.status, 201, "{}", forced.body);
+    assert_eq!(forced.json()["options"]["force_raw"], true);
+    events
+        .until("the forced run passes", |v| v.state("A1") == "passed")
+        .await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_file_larger_than_the_station_writes_is_refused_before_any_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().to_path_buf();
+    let app = spawn_app_with(|c| {
+        c.web.import_dirs = vec![import_dir.clone()];
+        c.max_size = flashrack_core::ByteSize(4 * MIB as u64);
+    })
+    .await;
+    let path = dir.path().join("big.img");
+    std::fs::write(&path, image_bytes(8 * MIB, 87, MIB)).unwrap();
+    let answer = app
+        .post("/api/v1/runs", Some(json!({ "file": { "path": path } })))
+        .await;
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert!(answer.body.contains("big.img"), "{}", answer.body);
+    assert!(app.station.snapshot().run.is_none());
+    assert_eq!(app.get("/api/v1/runs").await.json(), json!([]));
+    app.stop().await.unwrap();
+}
