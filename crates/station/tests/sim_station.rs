@@ -2283,3 +2283,202 @@ async fn a_retry_of_a_stick_stuck_for_good_says_pull_it_and_never_opens_it() {
     rig.shutdown().await;
     stuck.release();
 }
+
+/// The importer of a run that follows an import: the raw bytes go to a file
+/// of the test's, chunk by chunk, each announced to the feed once it is
+/// there (as the application's import observer does).
+struct Importer {
+    feed: Arc<flashrack_engine::ImageFeed>,
+    file: std::fs::File,
+    bytes: Vec<u8>,
+    next: usize,
+}
+
+const FEED_CHUNK: usize = 1 << 20;
+
+impl Importer {
+    fn begin(dir: &std::path::Path, bytes: Vec<u8>) -> Self {
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.join("importing.raw"))
+            .unwrap();
+        let feed = flashrack_engine::ImageFeed::new();
+        feed.begin(
+            file.try_clone().unwrap(),
+            FEED_CHUNK as u32,
+            Some(bytes.len() as u64),
+        )
+        .unwrap();
+        Self {
+            feed,
+            file,
+            bytes,
+            next: 0,
+        }
+    }
+
+    /// Stores and announces the next `n` chunks.
+    fn produce(&mut self, n: usize) {
+        use std::os::unix::fs::FileExt;
+        for _ in 0..n {
+            let start = self.next * FEED_CHUNK;
+            let chunk = &self.bytes[start..(start + FEED_CHUNK).min(self.bytes.len())];
+            let zero = chunk.iter().all(|&b| b == 0);
+            self.file.write_all_at(chunk, start as u64).unwrap();
+            self.feed
+                .push(chunk.len(), zero, xxhash_rust::xxh3::xxh3_128(chunk))
+                .unwrap();
+            self.next += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_failed_import_fails_its_sticks(
+) {
+    use flashrack_core::Sha256Digest;
+    use flashrack_station::{FollowRequest, ImportEnd, RunImportState};
+
+    let rig = rig(2, GuardPolicy::default()).await;
+    let bytes = flashrack_testkit::image_bytes(6 * MIB as usize, 31, 256 * 1024);
+    let sha = Sha256Digest::of(&bytes);
+    rig.plug(1, "SER-1", healthy());
+    rig.until("detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    let first = tempfile::tempdir().unwrap();
+    let mut importer = Importer::begin(first.path(), bytes.clone());
+    let provisional = Sha256Digest::of(b"provisional 1");
+    let run = rig
+        .handle
+        .arm_following(FollowRequest {
+            feed: importer.feed.clone(),
+            size: Some(bytes.len() as u64),
+            provisional,
+            source: "https://images.example/os.img".into(),
+            total: None,
+            image_name: "os.img".into(),
+            options: RunOptions::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(run.image_sha256, provisional);
+    assert_eq!(run.image_size, bytes.len() as u64);
+    // Every chunk is imported: the stick writes it all, then waits for the
+    // import's end before it reads back.
+    importer.produce(6);
+    rig.until("A1 has written the whole image", |s| {
+        port(s, "A1")
+            .progress
+            .as_ref()
+            .is_some_and(|p| p.done == bytes.len() as u64)
+            || matches!(state(s, "A1"), PortState::Flushing | PortState::Verifying)
+    })
+    .await;
+    assert!(rig.journal.records().attempts[0].verdict.is_none());
+    // The import ends: the image is named, then the feed ends.
+    let cached = tempfile::tempdir().unwrap();
+    let (path, manifest) =
+        flashrack_testkit::image_from_bytes(cached.path(), &bytes, FEED_CHUNK as u32);
+    rig.handle
+        .import_ended(
+            run.id,
+            ImportEnd::Imported {
+                image: SourceImage::cached(path, manifest),
+                name: "os.img".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let snap = rig
+        .until("A1 passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    let verdict_run = port(&snap, "A1").verdict_run.clone().unwrap();
+    assert_eq!(verdict_run.image_sha256, sha, "the verdict names the image");
+    let view = snap.run.clone().unwrap();
+    assert_eq!(view.image_sha256, sha);
+    assert_eq!(
+        view.import.as_ref().map(|i| i.state),
+        Some(RunImportState::Done)
+    );
+    assert_eq!(rig.journal.records().runs[0].1, "os.img");
+    // A stick plugged now reads the cached image.
+    rig.plug(2, "SER-2", healthy());
+    let snap = rig
+        .until("A2 passed", |s| state(s, "A2") == PortState::Passed)
+        .await;
+    assert_eq!(
+        port(&snap, "A2").figures.as_ref().unwrap().read_back_sha256,
+        Some(sha)
+    );
+    rig.handle.stop_run("next").await.unwrap();
+
+    // A second run, whose import fails halfway: both sticks (written again:
+    // their passes are of the first run) fail as interrupted, none passes,
+    // and the run stops as source_failed with the import's words.
+    let second = tempfile::tempdir().unwrap();
+    let mut importer = Importer::begin(second.path(), bytes.clone());
+    let run = rig
+        .handle
+        .arm_following(FollowRequest {
+            feed: importer.feed.clone(),
+            size: Some(bytes.len() as u64),
+            provisional: Sha256Digest::of(b"provisional 2"),
+            source: "https://images.example/os.img".into(),
+            total: None,
+            image_name: "os.img".into(),
+            options: RunOptions::default(),
+        })
+        .await
+        .unwrap();
+    importer.produce(3);
+    rig.until("both write", |s| {
+        ["A1", "A2"]
+            .iter()
+            .all(|l| state(s, l) == PortState::Writing)
+    })
+    .await;
+    rig.handle
+        .import_ended(run.id, ImportEnd::Failed("checksum mismatch".into()))
+        .await
+        .unwrap();
+    let snap = rig
+        .until("both interrupted, the run stopped", |s| {
+            s.run.as_ref().is_some_and(|r| r.interrupted == 2)
+        })
+        .await;
+    let view = snap.run.clone().unwrap();
+    assert_eq!(view.stop_reason, Some(StopReason::SourceFailed));
+    assert_eq!(view.passed, 0);
+    let import = view.import.unwrap();
+    assert_eq!(import.state, RunImportState::Failed);
+    assert_eq!(import.error.as_deref(), Some("checksum mismatch"));
+    for label in ["A1", "A2"] {
+        assert_eq!(reason(&snap, label), Some(&FailReason::Interrupted));
+    }
+    // A sparse run or an audit cannot follow an import.
+    let refused = rig
+        .handle
+        .arm_following(FollowRequest {
+            feed: flashrack_engine::ImageFeed::new(),
+            size: None,
+            provisional: Sha256Digest::of(b"provisional 3"),
+            source: "x".into(),
+            total: None,
+            image_name: "x".into(),
+            options: RunOptions {
+                audit: true,
+                ..RunOptions::default()
+            },
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(StationError::Source(_))),
+        "{refused:?}"
+    );
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    assert_eq!(records.runs.len(), 2);
+    assert_eq!(records.runs[1].2, Some(StopReason::SourceFailed));
+}
