@@ -42,15 +42,45 @@ pub struct ArmedRun {
     pub id: RunId,
     /// Its image's name.
     pub image_name: String,
-    /// Its image.
+    /// Its image (a provisional digest while the import it follows runs).
     pub image_sha256: Sha256Digest,
+    /// The import it follows, for an image not cached when it was armed.
+    #[serde(default)]
+    pub import: Option<Box<flashrack_station::RunImport>>,
+}
+
+/// The image of a run to arm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunImage {
+    /// A cached image: sha256, a unique prefix, or its name.
+    Cached(String),
+    /// An image the station downloads while the sticks follow (`download`
+    /// in `POST /runs`: the body of `POST /images/import-url`).
+    Url {
+        /// The image's URL.
+        url: String,
+        /// The expected sha256 of the file or of the image inside.
+        sha256: Option<String>,
+        /// A checksum list that gives the file's sha256 by its name.
+        sha256sums: Option<String>,
+        /// The file to take from a zip archive of several.
+        zip_entry: Option<String>,
+    },
+    /// A file on the station it imports while the sticks follow (`file` in
+    /// `POST /runs`).
+    StationFile {
+        /// The file's absolute path on the station.
+        path: String,
+        /// The expected sha256 of the file or of the raw image.
+        sha256: Option<String>,
+    },
 }
 
 /// What to arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArmRun {
-    /// The image: sha256, a unique prefix, or its name in the cache.
-    pub image: String,
+    /// The image.
+    pub image: RunImage,
     /// How to verify.
     pub verify: VerifyMode,
     /// Eject each stick after it passes.
@@ -138,13 +168,39 @@ impl StationClient {
     /// Arms a run.
     pub fn arm(&self, run: &ArmRun) -> Result<ArmedRun, ClientError> {
         let mut body = json!({
-            "image": run.image,
             "verify": run.verify,
             "eject_on_pass": run.eject_on_pass,
             "target_count": run.target_count,
             "operator": run.operator,
             "lot": run.lot,
         });
+        match &run.image {
+            RunImage::Cached(image) => body["image"] = json!(image),
+            RunImage::Url {
+                url,
+                sha256,
+                sha256sums,
+                zip_entry,
+            } => {
+                let mut download = json!({ "url": url });
+                for (key, value) in [
+                    ("sha256", sha256),
+                    ("sha256sums", sha256sums),
+                    ("zip_entry", zip_entry),
+                ] {
+                    if let Some(value) = value {
+                        download[key] = json!(value);
+                    }
+                }
+                body["download"] = download;
+            }
+            RunImage::StationFile { path, sha256 } => {
+                body["file"] = json!({ "path": path });
+                if let Some(sha256) = sha256 {
+                    body["file"]["sha256"] = json!(sha256);
+                }
+            }
+        }
         if run.force_raw {
             // Only when asked: a station from before inspection refuses
             // fields it does not know.

@@ -176,8 +176,25 @@ pub enum RunCommand {
         /// Which station.
         #[command(flatten)]
         client: ClientArgs,
-        /// The image: sha256, a unique prefix, or its name in the cache.
-        image: String,
+        /// The image: sha256, a unique prefix, or its name in the cache; or
+        /// an http(s) URL the station downloads while the sticks follow the
+        /// download (as `flash URL` does).
+        #[arg(required_unless_present = "station_file")]
+        image: Option<String>,
+        /// Instead of IMAGE: a file on the station (in its `[web]
+        /// import_dirs`) that it imports while the sticks follow.
+        #[arg(long, value_name = "PATH", conflicts_with = "image")]
+        station_file: Option<String>,
+        /// The expected sha256 of the downloaded file or station file (or of
+        /// the raw image inside); not with a cached image.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// For a URL: a checksum list (SHA256SUMS) giving the file's sha256.
+        #[arg(long, value_name = "URL", conflicts_with = "sha256")]
+        sha256sums: Option<String>,
+        /// For a URL of a zip archive of several files: the one to write.
+        #[arg(long, value_name = "NAME")]
+        zip_entry: Option<String>,
         /// Stop by itself after this many passes.
         #[arg(long)]
         target_count: Option<u32>,

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use flashrack_app::client::{ArmRun, StationClient};
+use flashrack_app::client::{ArmRun, RunImage, StationClient};
 use flashrack_core::{ByteSize, VerifyMode};
 use flashrack_station::{PortState, Snapshot};
 
@@ -127,6 +127,10 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
         RunCommand::Start {
             client: args,
             image,
+            station_file,
+            sha256,
+            sha256sums,
+            zip_entry,
             target_count,
             verify,
             no_verify,
@@ -139,6 +143,29 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
                 bail!("--target-count must be at least 1");
             }
             let verify = if no_verify { VerifyMode::None } else { verify };
+            let image = match (image, station_file) {
+                (_, Some(path)) => {
+                    if sha256sums.is_some() || zip_entry.is_some() {
+                        bail!("--sha256sums and --zip-entry are for a URL, not --station-file");
+                    }
+                    RunImage::StationFile { path, sha256 }
+                }
+                (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
+                    RunImage::Url {
+                        url,
+                        sha256,
+                        sha256sums,
+                        zip_entry,
+                    }
+                }
+                (Some(image), None) => {
+                    if sha256.is_some() || sha256sums.is_some() || zip_entry.is_some() {
+                        bail!("--sha256, --sha256sums and --zip-entry are for a URL or --station-file, not a cached image");
+                    }
+                    RunImage::Cached(image)
+                }
+                (None, None) => bail!("give the image: a cached image, a URL or --station-file"),
+            };
             let run = client(&args).arm(&ArmRun {
                 image,
                 verify,
@@ -148,12 +175,20 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
                 lot,
                 force_raw,
             })?;
-            outln!(
-                "run {} armed: {} ({})",
-                run.id,
-                run.image_name,
-                run.image_sha256
-            )?;
+            match &run.import {
+                Some(import) => outln!(
+                    "run {} armed: {}, following its import from {} (sticks are written as it arrives; none passes before its sha256 is known)",
+                    run.id,
+                    run.image_name,
+                    import.source
+                )?,
+                None => outln!(
+                    "run {} armed: {} ({})",
+                    run.id,
+                    run.image_name,
+                    run.image_sha256
+                )?,
+            }
         }
         RunCommand::Stop {
             client: args,

@@ -605,3 +605,83 @@ fn ports_learn_suggests_labels_by_physical_port_and_writes_them_in_label_order()
     );
     assert!(written[a4..].contains("column = 3"), "{written}");
 }
+
+/// `flashrack run start URL` arms a run on the running station whose sticks
+/// follow the download (the station's `POST /runs` with `download`); the
+/// demo's own sticks then pass with the image once it is imported. Bad
+/// combinations are refused before anything is asked, and the station's
+/// refusals (a file that is not there, a URL its server does not have) are
+/// printed with its words.
+#[test]
+fn run_start_of_a_url_arms_a_run_that_follows_the_download() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = flashrack_testkit::image_bytes(4 << 20, 91, 1 << 16);
+    let sha = flashrack_core::Sha256Digest::of(&raw).to_hex();
+    let server = runtime.block_on(flashrack_testkit::http_files::FileServer::start());
+    server.serve(
+        "/os.img",
+        flashrack_testkit::http_files::Served::new(raw.clone(), "cli-1"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(&dir.path().join("data"));
+    let out = demo.run(&["run", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Refused here: options of a download with a cached image.
+    let out = demo.run(&["run", "start", "demo", "--sha256", &sha]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("not a cached image"),
+        "{}",
+        stderr(&out)
+    );
+    // Refused by the station, with its words.
+    let out = demo.run(&["run", "start", "--station-file", "/nowhere/os.img"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("the station answered 403"),
+        "{}",
+        stderr(&out)
+    );
+    let missing = server.url("/missing.img");
+    let out = demo.run(&["run", "start", &missing]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("422") && stderr(&out).contains("not found"),
+        "{}",
+        stderr(&out)
+    );
+
+    let url = server.url("/os.img");
+    let out = demo.run(&["run", "start", &url, "--sha256", &sha]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains(&format!("armed: os.img, following its import from {url}")),
+        "{said}"
+    );
+    // The run names the image once it is imported (the download is not
+    // held: it ends at once), and the demo's sticks pass with it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let out = demo.run(&["status", "--json"]);
+        let station: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let run = &station["run"];
+        if run["image_sha256"] == sha.as_str()
+            && run["import"]["state"] == "done"
+            && run["passed"].as_u64().unwrap_or(0) > 0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never passed a stick with the downloaded image: {run}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(server.requests_for("/os.img").len(), 1);
+}
