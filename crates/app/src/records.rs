@@ -202,7 +202,7 @@ impl StoreRecords {
             source: None,
             name: run.image_name.clone(),
             size: ByteSize(run.image_size),
-            format: "pending".into(),
+            format: flashrack_store::PENDING_IMAGE_FORMAT.into(),
             imported_at: self.store.now(),
             inspection: None,
             provenance: None,

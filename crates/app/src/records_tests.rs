@@ -408,7 +408,7 @@ async fn every_report_format_of_a_run_comes_through_reports_with_its_content_typ
         .unwrap();
     assert_eq!(kind, "application/json");
     let json: Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(json["format"], "flashrack-report/10");
+    assert_eq!(json["format"], "flashrack-report/11");
     assert_eq!(json["kind"], "run");
     assert_eq!(json["run"]["image_source"]["file_name"], "image.img.gz");
     assert_eq!(json["run"]["image_size_bytes"], rig.image.size());
@@ -494,4 +494,129 @@ async fn every_report_format_of_a_device_comes_through_reports_with_its_content_
         .is_none());
     let devices = reports.devices().await.unwrap();
     assert_eq!(devices.as_array().unwrap().len(), 2);
+}
+
+/// A run that wrote while its image was being imported, under a provisional
+/// image row whose digest is a placeholder (`digest of no image`).
+async fn following_run(rig: &Rig, provisional: Sha256Digest) -> RunId {
+    rig.records
+        .run_started_provisional(
+            provisional,
+            &RunStart {
+                image_sha256: provisional,
+                image_name: "ubuntu.img.xz".into(),
+                image_size: 0,
+                options: RunOptions::default(),
+            },
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_whose_followed_import_never_ended_reports_no_image_digest_in_any_format() {
+    let rig = rig().await;
+    let provisional = Sha256Digest::of(b"flashrack provisional image: test");
+    let run = following_run(&rig, provisional).await;
+    let device_id = rig.device("SER-9").await;
+    let attempt = rig
+        .records
+        .attempt_started(&AttemptStart {
+            run_id: run,
+            device_id,
+            port_label: "A1".into(),
+            port_path: None,
+        })
+        .await
+        .unwrap();
+    let interrupted = Verdict::Fail(Failure {
+        reason: FailReason::Interrupted,
+        stage: Stage::Writing,
+    });
+    rig.records
+        .attempt_finished(attempt, &interrupted, &passed_figures(0))
+        .await
+        .unwrap();
+    rig.records
+        .run_stopped(
+            run,
+            StopReason::SourceFailed,
+            Some("the image's sha256 is not the expected one"),
+        )
+        .await
+        .unwrap();
+    let reports: &dyn Reports = &rig.records;
+    let placeholder = provisional.to_hex();
+
+    let (_, json) = reports
+        .run_report(run, ReportFormat::Json)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!json.contains(&placeholder), "{json}");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["run"]["image_name"], "ubuntu.img.xz");
+    assert_eq!(json["run"]["image_sha256"], Value::Null, "{json}");
+    assert_eq!(json["run"]["image_size_bytes"], Value::Null, "{json}");
+    assert_eq!(json["attempts"][0]["image_sha256"], Value::Null, "{json}");
+    assert_eq!(json["attempts"][0]["verdict"], "interrupted", "{json}");
+
+    let (_, csv) = reports
+        .run_report(run, ReportFormat::Csv)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!csv.contains(&placeholder), "{csv}");
+    // The columns up to `image_sha256` hold no comma in this record.
+    let mut lines = csv.lines();
+    let headers: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let record: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| headers.iter().position(|h| *h == name).unwrap();
+    assert_eq!(record[column("image_name")], "ubuntu.img.xz", "{csv}");
+    assert_eq!(record[column("image_sha256")], "", "{csv}");
+
+    let (_, html) = reports
+        .run_report(run, ReportFormat::Html)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!html.contains(&placeholder), "{html}");
+    assert!(
+        html.contains("<dt>Image sha256</dt><dd>none: the run wrote while its image was being imported, and that import did not end</dd>"),
+        "{html}"
+    );
+
+    // The device's history says the same of that record.
+    let (_, device_json) = reports
+        .device_report("SER-9", ReportFormat::Json)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!device_json.contains(&placeholder), "{device_json}");
+}
+
+#[tokio::test]
+async fn a_followed_run_whose_import_ended_reports_the_image_it_imported() {
+    let rig = rig().await;
+    let provisional = Sha256Digest::of(b"flashrack provisional image: test 2");
+    let run = following_run(&rig, provisional).await;
+    rig.records
+        .run_image_known(
+            run,
+            provisional,
+            rig.image.sha256(),
+            "ubuntu.img.xz",
+            rig.image.size(),
+        )
+        .await
+        .unwrap();
+    let reports: &dyn Reports = &rig.records;
+    let (_, json) = reports
+        .run_report(run, ReportFormat::Json)
+        .await
+        .unwrap()
+        .unwrap();
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["run"]["image_sha256"], rig.image.sha256().to_hex());
+    assert_eq!(json["run"]["image_size_bytes"], rig.image.size());
 }

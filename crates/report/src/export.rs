@@ -10,7 +10,7 @@ use crate::{Counts, ReportRow, LOT_OPTION, OPERATOR_OPTION};
 
 /// The version tag of every export: the JSON's `format`, the CSV's
 /// `report_format` column, the HTML's generator and footer.
-pub const FORMAT: &str = "flashrack-report/10";
+pub const FORMAT: &str = "flashrack-report/11";
 
 /// The version of flashrack printed on every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

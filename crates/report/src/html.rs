@@ -106,6 +106,11 @@ fn given(value: Option<&str>) -> String {
 }
 
 /// The image's size in words (`629 MB (629145600 bytes)`), or "not recorded".
+/// What the printable report says for the digest of a run whose image was
+/// never imported (see [`Run::image_imported`]).
+const NOT_IMPORTED_WORDS: &str =
+    "none: the run wrote while its image was being imported, and that import did not end";
+
 fn image_size_words(run: &Run) -> String {
     run.image_size
         .map(|size| size.exact().to_string())
@@ -289,7 +294,10 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
             Item::text("Lot", given(run.lot())),
             Item::text("flashrack", VERSION),
             Item::text("Image", &run.image_name),
-            Item::mono("Image sha256", run.image_sha256.to_hex()),
+            match run.image_digest() {
+                Some(digest) => Item::mono("Image sha256", digest.to_hex()),
+                None => Item::text("Image sha256", NOT_IMPORTED_WORDS),
+            },
             Item::text("Image size", image_size_words(run)),
             Item::text("Imported from", image_source_words(run)),
         ]

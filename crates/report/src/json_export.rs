@@ -1,4 +1,4 @@
-//! The JSON export (`flashrack-report/10`): one object with the run or the device,
+//! The JSON export (`flashrack-report/11`): one object with the run or the device,
 //! its counts, and the records.
 
 use serde::Serialize;
@@ -44,7 +44,7 @@ struct ExportRun<'a> {
     operator: Option<&'a str>,
     lot: Option<&'a str>,
     image_name: &'a str,
-    image_sha256: String,
+    image_sha256: Option<String>,
     image_size_bytes: Option<u64>,
     image_source: Option<ExportSource<'a>>,
     options: &'a serde_json::Value,
@@ -70,7 +70,7 @@ impl<'a> ExportRun<'a> {
             operator: run.operator(),
             lot: run.lot(),
             image_name: &run.image_name,
-            image_sha256: run.image_sha256.to_hex(),
+            image_sha256: run.image_digest().map(|d| d.to_hex()),
             image_size_bytes: run.image_size.map(|s| s.bytes()),
             image_source: run.image_source.as_ref().map(ExportSource::new),
             options: &run.options,

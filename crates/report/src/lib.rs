@@ -44,7 +44,7 @@
 //! | `model` | the device's model |
 //! | `capacity_bytes` | the capacity the device reported, in bytes |
 //! | `image_name` | the image's name when the run started (absent without a run) |
-//! | `image_sha256` | the sha256 of the raw image (absent without a run) |
+//! | `image_sha256` | the sha256 of the raw image (absent without a run, and when the run's image was never imported: see format 11) |
 //! | `started_at` | when the attempt started (a refusal: when it was made) |
 //! | `finished_at` | when it finished (a refusal: when it was made) |
 //! | `verdict` | `pass`, `fail`, `refused` (by the target guard: nothing written, not a failure of the stick), `interrupted` (operator, shutdown, crash or a station error: says nothing about the stick) or `running` |
@@ -83,7 +83,7 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/10"`, `"flashrack_version"`,
+//! One object: `"format": "flashrack-report/11"`, `"flashrack_version"`,
 //! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
 //! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
 //! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
@@ -119,6 +119,15 @@
 //! `fingerprint` in any format: a compare of a target that followed the
 //! import of a new file, each chunk read back checked against the import's
 //! XXH3-128 fingerprint of it (a plain `pass`, as proven as `compare`).
+//!
+//! Format 11 (from format 10): a run that wrote while its image was being
+//! imported (it followed a download or a file import, from the CLI's
+//! `flash FILE|URL` or the API) and whose import did not end (it failed: a
+//! wrong digest, a download that broke; or the station stopped first) has no
+//! image digest: `image_sha256` is absent in its records (CSV: empty) and
+//! `null` in its `"run"`, and the HTML says why. Format 10 gave a placeholder
+//! there, the digest of no image. The records keep that placeholder as the
+//! run's provisional image row (format `pending`).
 //!
 //! Format 10 (from format 9): `run_stop_detail` (after `run_stop_reason`) in
 //! every record, and `stop_detail` (after `stop_reason_words`) in a run's
@@ -180,7 +189,7 @@
 //!
 //! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
 //! by port, a device's oldest first). After the record fields come two columns
-//! that say what made the file: `report_format` (`flashrack-report/10`) and
+//! that say what made the file: `report_format` (`flashrack-report/11`) and
 //! `flashrack_version`. The run's totals (counts, yield, failures by reason)
 //! are not repeated on every line: they are in the JSON and the printed
 //! report, and a spreadsheet gets them from the `verdict` column. A text field

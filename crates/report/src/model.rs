@@ -44,9 +44,26 @@ pub struct Run {
     /// The file the image was imported from, where the records know it.
     #[serde(default)]
     pub image_source: Option<ImageSource>,
+    /// Whether the run's image was imported. `false` for a run that wrote
+    /// while its image was being imported (it followed a download or a file
+    /// import) whose import has not ended, or never did: it failed, or the
+    /// station stopped first. `image_sha256` is then a placeholder, the
+    /// digest of no image, and the exports give no image digest at all.
+    #[serde(default = "imported")]
+    pub image_imported: bool,
+}
+
+fn imported() -> bool {
+    true
 }
 
 impl Run {
+    /// The image's sha256, if the run's image was imported (see
+    /// [`image_imported`](Self::image_imported)).
+    pub fn image_digest(&self) -> Option<Sha256Digest> {
+        self.image_imported.then_some(self.image_sha256)
+    }
+
     /// Who armed the run (the `operator` option), if it was given.
     pub fn operator(&self) -> Option<&str> {
         self.options.get(OPERATOR_OPTION).and_then(|v| v.as_str())

@@ -109,7 +109,7 @@ fn device_exports_match_the_golden_files() {
 fn the_json_export_is_versioned_and_parses_back() {
     let run = run();
     let value: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
-    assert_eq!(value["format"], "flashrack-report/10");
+    assert_eq!(value["format"], "flashrack-report/11");
     assert_eq!(value["flashrack_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["kind"], "run");
     assert_eq!(value["run"]["attempts"], 7);
@@ -463,7 +463,7 @@ fn every_csv_line_says_who_armed_its_run_and_where_the_image_came_from() {
         assert_eq!(&record[at("image_size_bytes")], "629145600");
         assert_eq!(&record[at("image_source_name")], "debian-12.5-amd64.img.xz");
         assert!(record[at("run_options")].starts_with("verify by hashing"));
-        assert_eq!(&record[at("report_format")], "flashrack-report/10");
+        assert_eq!(&record[at("report_format")], "flashrack-report/11");
         assert_eq!(&record[at("flashrack_version")], env!("CARGO_PKG_VERSION"));
     }
 }
@@ -597,7 +597,7 @@ fn a_sampled_pass_says_sampled_with_its_share_in_every_format() {
     let run = sampled_run();
 
     let json: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
-    assert_eq!(json["format"], "flashrack-report/10");
+    assert_eq!(json["format"], "flashrack-report/11");
     let a1 = &json["attempts"][0];
     assert_eq!(a1["port_label"], "A1");
     assert_eq!(a1["verdict"], "pass");

@@ -69,7 +69,7 @@ pub use model::{
     AttemptId, AttemptRecord, AttemptState, Counts, DeviceId, DeviceRecord, DeviceReport,
     DeviceRow, DeviceSummary, Event, EventId, EventKind, EventRow, ImageRow, ImageSource,
     PortHistory, Recovery, RefusalId, RefusalRow, ReportRow, ReportVerdict, Run, RunFacts, RunId,
-    RunReport, RunSummary, RunningFigures, StationId, StopReason,
+    RunReport, RunSummary, RunningFigures, StationId, StopReason, PENDING_IMAGE_FORMAT,
 };
 pub use sqlite::{
     BuildEnd, BuildRecord, BuiltLayout, Health, NewBuild, OrderMemory, SqliteWrites, Store,

@@ -160,6 +160,12 @@ impl fmt::Display for StationId {
     }
 }
 
+/// The `format` of a run's provisional image row: the run writes while its
+/// image is being imported, and the row's digest is a placeholder (the digest
+/// of no image) until the import names the image. A row that keeps it was
+/// never imported (the import failed, or the station stopped first).
+pub const PENDING_IMAGE_FORMAT: &str = "pending";
+
 /// An image as recorded: written by [`Writes::record_image`](crate::Writes::record_image)
 /// and read back as it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +176,9 @@ pub struct ImageRow {
     pub name: String,
     /// Raw image size.
     pub size: ByteSize,
-    /// What it was imported from: `raw`, `gzip`, `xz`, `zstd`, `bzip2`, `zip`.
+    /// What it was imported from: `raw`, `gzip`, `xz`, `zstd`, `bzip2`, `zip`;
+    /// [`PENDING_IMAGE_FORMAT`] for a run's provisional row while (or after)
+    /// the import it followed did not end.
     pub format: String,
     /// When it was first imported.
     pub imported_at: i64,

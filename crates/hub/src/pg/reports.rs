@@ -262,6 +262,9 @@ impl HubDb {
                 stop_detail: r.get("stop_detail"),
                 image_size: None,
                 image_source: None,
+                // A lot's runs write an image the hub's order named: one
+                // cached on the station, never a provisional row.
+                image_imported: true,
             };
             let mine: Vec<ReportRow> = rows
                 .iter()

@@ -24,7 +24,7 @@ use crate::{
 /// refusals made before any attempt are counted from their own table.
 const RUN_SUMMARY: &str = "SELECT r.id, r.station_id, r.image_sha256, r.image_name, r.options,
         r.started_at, r.stopped_at, r.stop_reason, r.stop_detail, i.size AS image_size,
-        i.source_name, i.source_sha256, i.source_size,
+        i.source_name, i.source_sha256, i.source_size, i.format AS image_format,
         COUNT(a.id) AS attempts,
         SUM(CASE WHEN a.state = 'passed' THEN 1 ELSE 0 END) AS passed,
         SUM(CASE WHEN a.state = 'failed' AND a.reason_code <> 'refused' THEN 1 ELSE 0 END)
@@ -45,7 +45,7 @@ const REPORT_ROW: &str = "SELECT a.id, a.station_id, a.run_id, a.port_label, a.p
         a.verified_after_reset, a.bytes_skipped, a.sample_percent, a.sample_seed,
         a.sample_chunks_checked, a.sample_chunks_total, r.options, r.stop_reason, r.stop_detail,
         i.size AS image_size, i.source_name, i.source_sha256,
-        i.source_size
+        i.source_size, i.format AS image_format
     FROM attempts a
     JOIN devices d ON d.id = a.device_id
     JOIN runs r ON r.id = a.run_id
@@ -56,7 +56,7 @@ const REFUSAL_ROW: &str = "SELECT f.id, f.station_id, f.run_id, f.port_label, f.
         d.key, d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
         f.at, f.capacity, f.code, f.message,
         r.options, r.stop_reason, r.stop_detail, i.size AS image_size, i.source_name,
-        i.source_sha256, i.source_size
+        i.source_sha256, i.source_size, i.format AS image_format
     FROM refusals f
     JOIN devices d ON d.id = f.device_id
     LEFT JOIN runs r ON r.id = f.run_id
@@ -165,7 +165,7 @@ impl Records for Store {
         let Some(row) = sqlx::query(
             "SELECT r.id, r.station_id, r.image_sha256, r.image_name, r.options, r.started_at,
                     r.stopped_at, r.stop_reason, r.stop_detail, i.size AS image_size, i.source_name,
-                    i.source_sha256, i.source_size
+                    i.source_sha256, i.source_size, i.format AS image_format
              FROM runs r LEFT JOIN images i ON i.sha256 = r.image_sha256 WHERE r.id = ?",
         )
         .bind(run.0)
@@ -441,17 +441,28 @@ pub(super) fn run_columns(row: &SqliteRow) -> Result<Run, StoreError> {
         // Filled by `run_with_image` from a query that joins the image.
         image_size: None,
         image_source: None,
+        image_imported: true,
     })
 }
 
 /// The image's size and source from a row that selected them (`image_size`,
-/// `source_name`, `source_sha256`, `source_size`; NULL where not known).
+/// `source_name`, `source_sha256`, `source_size`, `image_format`; NULL where
+/// not known). The size of an image never imported is only what was known
+/// when its run started (none when that was 0: not known).
 fn image_facts(row: &SqliteRow) -> Result<(Option<ByteSize>, Option<ImageSource>), StoreError> {
     let size = row
         .try_get::<Option<i64>, _>("image_size")?
         .map(|s| to_u64("images.size", s).map(ByteSize))
-        .transpose()?;
+        .transpose()?
+        .filter(|size| !(image_pending(row).unwrap_or(false) && size.bytes() == 0));
     Ok((size, image_source(row)?))
+}
+
+/// Whether a row's run image is the provisional row of an import that has
+/// not ended (format `pending`, see `StoreRecords::run_started_provisional`):
+/// its digest is then a placeholder, the digest of no image.
+fn image_pending(row: &SqliteRow) -> Result<bool, StoreError> {
+    Ok(row.try_get::<Option<&str>, _>("image_format")? == Some(crate::PENDING_IMAGE_FORMAT))
 }
 
 /// A run with its image's size and source (see [`image_facts`]).
@@ -460,8 +471,20 @@ fn run_with_image(row: &SqliteRow) -> Result<Run, StoreError> {
     Ok(Run {
         image_size,
         image_source,
+        image_imported: !image_pending(row)?,
         ..run_columns(row)?
     })
+}
+
+/// A report row's image digest: none without a run, or when the run's image
+/// was never imported (see [`image_pending`]).
+fn row_image_digest(row: &SqliteRow) -> Result<Option<Sha256Digest>, StoreError> {
+    if image_pending(row)? {
+        return Ok(None);
+    }
+    row.try_get::<Option<&str>, _>("image_sha256")?
+        .map(|text| digest("runs.image_sha256", text))
+        .transpose()
 }
 
 /// What a report row's run says about it, from a row that selected the run's
@@ -607,7 +630,7 @@ fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
         vendor: row.try_get("vendor")?,
         model: row.try_get("model")?,
         image_name: Some(row.try_get("image_name")?),
-        image_sha256: Some(digest("runs.image_sha256", row.try_get("image_sha256")?)?),
+        image_sha256: row_image_digest(row)?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         verdict,
@@ -638,10 +661,7 @@ fn refusal_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
         vendor: row.try_get("vendor")?,
         model: row.try_get("model")?,
         image_name: row.try_get("image_name")?,
-        image_sha256: row
-            .try_get::<Option<&str>, _>("image_sha256")?
-            .map(|text| digest("runs.image_sha256", text))
-            .transpose()?,
+        image_sha256: row_image_digest(row)?,
         started_at: at,
         finished_at: Some(at),
         verdict: ReportVerdict::Refused,
