@@ -251,14 +251,16 @@ pub fn router(state: WebState) -> Router {
     );
     // Everything but uploads and imports answers within the request timeout;
     // those two are bounded by their data instead (idle upload time, image
-    // size, free space) and end on shutdown.
+    // size, free space) and end on shutdown. Arming a run is one of them: a
+    // run of an image not cached yet answers once its import's pass begins
+    // (a zip archive's once it is downloaded whole), bounded by the
+    // download's own stall timeout, and a request dropped abandons it.
     let api = Router::new()
         .route("/health", get(api::health))
         .route("/station", get(api::station))
         .route("/ports", get(api::ports))
         .route("/ports/{label}", get(api::port))
         .route("/ports/{label}/start", post(api::start_port))
-        .route("/runs", get(api::runs).post(api::arm))
         .route("/runs/current", get(api::current_run))
         .route("/runs/current/stop", post(api::stop_run))
         .route("/runs/current/retry-failed", post(api::retry_failed))
@@ -283,6 +285,7 @@ pub fn router(state: WebState) -> Router {
         .route("/images/builds", get(builds::builds))
         .route("/images/builds/{id}/cancel", post(builds::cancel))
         .route_layer(timeout)
+        .route("/runs", get(api::runs).layer(timeout).post(api::arm))
         .route("/images/import", post(api::import_path))
         .route("/images/import-url", post(downloads::import_url))
         .route("/images/downloads", get(downloads::downloads))

@@ -218,3 +218,74 @@ async fn idle_connections_beyond_the_limit_make_room_for_real_requests() {
     }
     drop(idle);
 }
+
+/// The application's side of followed runs, held by the test: its import's
+/// pass "begins" only when the test says, and it then answers with the
+/// import's refusal.
+struct HeldImport {
+    release: tokio::sync::Semaphore,
+    asked: tokio::sync::Notify,
+}
+
+impl flashrack_web::FollowedRuns for HeldImport {
+    fn arm(
+        &self,
+        request: flashrack_web::FollowArm,
+    ) -> futures::future::BoxFuture<'_, Result<flashrack_web::Followed, flashrack_web::AppError>>
+    {
+        Box::pin(async move {
+            assert!(matches!(
+                request.source,
+                flashrack_web::FollowSource::Download(_)
+            ));
+            self.asked.notify_one();
+            let _permit = self.release.acquire().await.unwrap();
+            Err(flashrack_web::AppError::unprocessable(
+                "the server has no such file",
+            ))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arming_a_run_of_an_import_waits_for_its_pass_beyond_the_request_timeout() {
+    let held = std::sync::Arc::new(HeldImport {
+        release: tokio::sync::Semaphore::new(0),
+        asked: tokio::sync::Notify::new(),
+    });
+    let served = Served::start_with(limits(), Some(held.clone())).await;
+    let address = served.address;
+    let started = Instant::now();
+    let answer = tokio::spawn(async move {
+        post_json(
+            address,
+            "/api/v1/runs",
+            r#"{"download": {"url": "http://127.0.0.1:9/os.img"}}"#,
+        )
+        .await
+    });
+    tokio::time::timeout(PATIENCE, held.asked.notified())
+        .await
+        .unwrap();
+    // Held for four request timeouts: a download that takes long to begin
+    // (a zip archive is read once it is whole) is not cut off as a 408.
+    tokio::time::sleep(limits().request_timeout * 4).await;
+    held.release.add_permits(1);
+    let (status, body) = tokio::time::timeout(PATIENCE, answer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() > limits().request_timeout * 4);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("no such file"), "{body}");
+    // Reading the runs still has the request timeout's layer; a cached
+    // image is armed as before.
+    assert_eq!(get(served.address, "/api/v1/runs").await.0, 200);
+    let (status, body) = post_json(
+        served.address,
+        "/api/v1/runs",
+        &format!(r#"{{"image": "{}"}}"#, served.image_sha),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}

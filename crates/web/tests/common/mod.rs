@@ -90,6 +90,15 @@ pub fn start_station(dir: &Path, image_file: &Path) -> TestStation {
 
 impl Served {
     pub async fn start(limits: WebLimits) -> Self {
+        Self::start_with(limits, None).await
+    }
+
+    /// [`Served::start`] with runs of images not cached yet done by
+    /// `followed_runs`.
+    pub async fn start_with(
+        limits: WebLimits,
+        followed_runs: Option<Arc<dyn flashrack_web::FollowedRuns>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let TestStation {
             images,
@@ -114,7 +123,7 @@ impl Served {
             url_imports: None,
             captures: None,
             builds: None,
-            followed_runs: None,
+            followed_runs,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
