@@ -204,8 +204,16 @@ impl PathTarget {
             return Err(TargetError::ReadOnly);
         }
         let geometry = block_geometry(&self.path, rdev)?;
+        // The file the loop device writes, by the kernel's own record of it
+        // (the path alone may name another file: see `WriteBehind::of`).
+        let backing = facts
+            .loop_backings
+            .iter()
+            .find(|b| b.loop_device == facts.kernel_name && b.below.is_none())
+            .filter(|b| b.file.from_loop_status)
+            .and_then(|b| b.file.file);
         Ok(Box::new(PathWriter {
-            behind: WriteBehind::of(rdev),
+            behind: backing.and_then(|file| WriteBehind::of(rdev, file)),
             file,
             block_size: geometry.logical_block_size as usize,
             direct: true,
@@ -704,19 +712,22 @@ struct WriteBehind {
 const WRITE_BEHIND_STEP: u64 = 16 << 20;
 
 impl WriteBehind {
-    /// For a loop device (`rdev`) over a file without direct I/O: its backing
-    /// file. `None` for any other device, a loop device with direct I/O (its
-    /// writes reach the backing file's storage as they are made) or when the
-    /// backing file cannot be opened (nothing is then written behind: the
-    /// flush still writes everything).
-    fn of(rdev: u64) -> Option<Self> {
+    /// For a loop device (`rdev`) over a file without direct I/O, whose
+    /// status names the file `(device, inode)`: that file. `None` for a loop
+    /// device with direct I/O (its writes reach the backing file's storage
+    /// as they are made) or when the file at the path the kernel gives is
+    /// not that one (a loop device attached in another mount namespace names
+    /// its file as seen from there) or cannot be opened: nothing is then
+    /// written behind, and the flush still writes everything.
+    fn of(rdev: u64, (device, inode): (u64, u64)) -> Option<Self> {
         let dir = sysfs_dir(rdev).join("loop");
         if read_sysfs_u64(&dir.join("dio")) != Some(0) {
             return None;
         }
         let path = std::fs::read_to_string(dir.join("backing_file")).ok()?;
         let file = File::open(path.trim()).ok()?;
-        if !file.metadata().ok()?.file_type().is_file() {
+        let meta = file.metadata().ok()?;
+        if !meta.file_type().is_file() || (meta.dev(), meta.ino()) != (device, inode) {
             return None;
         }
         Some(Self {
@@ -933,6 +944,23 @@ mod tests {
             marks.wrote(4 * STEP, 5 * STEP + 100),
             Some((3 * STEP, 5 * STEP + 100))
         );
+    }
+
+    #[test]
+    fn a_buffered_loop_device_is_written_back_only_to_the_file_its_status_names() {
+        if !flashrack_testkit::require_root(&["losetup"]) {
+            return;
+        }
+        let device = flashrack_testkit::LoopDevice::new(32 << 20);
+        let rdev = std::fs::metadata(device.path()).unwrap().rdev();
+        let file = std::fs::metadata(device.backing()).unwrap();
+        assert!(WriteBehind::of(rdev, (file.dev(), file.ino())).is_some());
+        // A path that leads to another file than the one the loop device
+        // writes (attached in another mount namespace) is left alone.
+        assert!(WriteBehind::of(rdev, (file.dev(), file.ino() + 1)).is_none());
+        // So is any device that is not a loop device.
+        let not_loop = std::fs::metadata("/dev/null").unwrap().rdev();
+        assert!(WriteBehind::of(not_loop, (file.dev(), file.ino())).is_none());
     }
 
     #[test]
