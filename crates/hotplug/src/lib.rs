@@ -51,6 +51,13 @@ impl DeviceIdentity {
             ),
         }
     }
+
+    /// Whether the stick reports a serial of its own: its [`key`](Self::key)
+    /// is then that serial, not the vendor, model and size that a whole
+    /// batch of one model shares.
+    pub fn has_serial(&self) -> bool {
+        self.serial.as_deref().is_some_and(|s| !s.trim().is_empty())
+    }
 }
 
 /// A whole disk that is present.

@@ -466,14 +466,32 @@ struct ActiveRun {
     followed: Option<Followed>,
     image_size: u64,
     /// Keys of the sticks that passed in this run: not written again on
-    /// re-insertion unless the operator asks.
+    /// re-insertion unless the operator asks, when the key can tell one
+    /// stick from another (see [`ActiveRun::is_reinsertion_of_a_pass`]).
     passed_keys: HashSet<String>,
+    /// Serials seen on two sticks present at once in this run: they do not
+    /// tell sticks apart (cheap sticks often share one), so a stick with
+    /// one is written even if a stick with it passed.
+    shared_serials: HashSet<String>,
     /// Automatic retries made in this run, by stick key (at most the run's
     /// `retries` each).
     retries_made: HashMap<String, u32>,
 }
 
 impl ActiveRun {
+    /// Whether a stick arriving is one that passed in this run, put in again:
+    /// a stick with a serial of its own that passed, a serial no other stick
+    /// present at the same time has shown. A stick without a serial is never
+    /// taken for one that passed: its key (vendor, model and size) is shared by
+    /// every stick of its batch, and taking it so would leave a new stick
+    /// unwritten and shown as passed.
+    fn is_reinsertion_of_a_pass(&self, identity: &DeviceIdentity) -> bool {
+        let key = identity.key();
+        identity.has_serial()
+            && self.passed_keys.contains(&key)
+            && !self.shared_serials.contains(&key)
+    }
+
     /// Whether the passes so far plus the attempts in flight reach the target
     /// count: another stick started now could only overshoot it.
     fn target_covered(&self) -> bool {
@@ -845,6 +863,7 @@ impl Station {
             }
         };
         let key = device.identity.key();
+        let identity = device.identity.clone();
         let label = self.ports[port].view.label.clone();
         self.log(JournalEvent::DeviceAdded {
             port: label.clone(),
@@ -876,8 +895,17 @@ impl Station {
             self.publish_port(port);
             return;
         }
+        // A serial on another stick present now is shared: it tells no
+        // stick apart for the rest of the run.
+        let shared_now = self
+            .present
+            .values()
+            .any(|p| p.port != port && p.device.identity.key() == key);
+        if let Some(run) = self.run.as_mut().filter(|r| r.view.armed && shared_now) {
+            run.shared_serials.insert(key.clone());
+        }
         if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
-            if run.passed_keys.contains(&key) {
+            if run.is_reinsertion_of_a_pass(&identity) {
                 let verdict_run = VerdictRun::of(&run.view);
                 let view = &mut self.ports[port].view;
                 view.state = PortState::Passed;
@@ -1381,6 +1409,7 @@ impl Station {
             followed,
             image_size: start.image_size,
             passed_keys: HashSet::new(),
+            shared_serials: HashSet::new(),
             retries_made: HashMap::new(),
         });
         self.publish_run();

@@ -484,6 +484,60 @@ async fn a_stick_that_passed_is_not_rewritten_when_reinserted_unless_the_operato
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_without_a_serial_are_each_written_though_they_share_a_key() {
+    // A batch of one model without serials: every stick has the same key
+    // (vendor, model, size). The second is a new stick, never one that passed.
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    let first = rig.plug(1, "", healthy());
+    rig.until("first passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    rig.control.pull(&first).unwrap();
+    rig.until("empty", |s| state(s, "A1") == PortState::Empty)
+        .await;
+    rig.plug(2, "", healthy());
+    rig.until("second passed", |s| {
+        state(s, "A2") == PortState::Passed && s.run.as_ref().is_some_and(|r| r.passed == 2)
+    })
+    .await;
+    let (_, second) = rig.control.stick_at(&port_path(2)).unwrap();
+    assert!(second.counters().bytes_written > 0, "written");
+    let attempts = rig.journal.records().attempts;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_shown_by_two_sticks_at_once_is_not_taken_for_a_reinserted_pass() {
+    let rig = rig(3, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "0123456789ABCDEF", healthy());
+    rig.until("first passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    // Another stick with the same serial while the first is still in A1:
+    // not the same stick, written.
+    let second = rig.plug(2, "0123456789ABCDEF", healthy());
+    rig.until("second passed", |s| {
+        state(s, "A2") == PortState::Passed && s.run.as_ref().is_some_and(|r| r.passed == 2)
+    })
+    .await;
+    // The serial tells no stick apart for the rest of the run: a third
+    // stick with it, after the second is pulled, is written as well.
+    rig.control.pull(&second).unwrap();
+    rig.until("A2 empty", |s| state(s, "A2") == PortState::Empty)
+        .await;
+    rig.plug(3, "0123456789ABCDEF", healthy());
+    rig.until("third passed", |s| {
+        state(s, "A3") == PortState::Passed && s.run.as_ref().is_some_and(|r| r.passed == 3)
+    })
+    .await;
+    let (_, third) = rig.control.stick_at(&port_path(3)).unwrap();
+    assert!(third.counters().bytes_written > 0, "written");
+    assert_eq!(rig.journal.records().attempts.len(), 3);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_stops_by_itself_when_the_target_count_is_reached() {
     let rig = rig(3, GuardPolicy::default()).await;
     rig.arm(RunOptions {
