@@ -458,6 +458,14 @@ struct Followed {
     engine: EngineOptions,
 }
 
+/// The attempt in which a stick passed in the armed run: what its port shows
+/// when the stick is put in again (see [`ActiveRun::is_reinsertion_of_a_pass`]).
+#[derive(Debug, Clone)]
+struct PassedAttempt {
+    attempt_id: AttemptId,
+    figures: AttemptFigures,
+}
+
 /// The armed (or last) run.
 struct ActiveRun {
     view: RunView,
@@ -465,10 +473,10 @@ struct ActiveRun {
     /// The import it follows, until that ends (`None`: a cached image).
     followed: Option<Followed>,
     image_size: u64,
-    /// Keys of the sticks that passed in this run: not written again on
+    /// The sticks that passed in this run, by key: not written again on
     /// re-insertion unless the operator asks, when the key can tell one
     /// stick from another (see [`ActiveRun::is_reinsertion_of_a_pass`]).
-    passed_keys: HashSet<String>,
+    passed: HashMap<String, PassedAttempt>,
     /// Serials seen on two sticks present at once in this run: they do not
     /// tell sticks apart (cheap sticks often share one), so a stick with
     /// one is written even if a stick with it passed.
@@ -488,7 +496,7 @@ impl ActiveRun {
     fn is_reinsertion_of_a_pass(&self, identity: &DeviceIdentity) -> bool {
         let key = identity.key();
         identity.has_serial()
-            && self.passed_keys.contains(&key)
+            && self.passed.contains_key(&key)
             && !self.shared_serials.contains(&key)
     }
 
@@ -907,10 +915,15 @@ impl Station {
         if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
             if run.is_reinsertion_of_a_pass(&identity) {
                 let verdict_run = VerdictRun::of(&run.view);
+                let earlier = run.passed.get(&key).cloned();
                 let view = &mut self.ports[port].view;
                 view.state = PortState::Passed;
                 view.verdict = Some(Verdict::Pass);
                 view.verdict_run = Some(verdict_run);
+                // The pass shown is that attempt's, with what it proved (a
+                // sampled or sparse pass is never shown as a plain one).
+                view.attempt_id = earlier.as_ref().map(|e| e.attempt_id);
+                view.figures = earlier.map(|e| e.figures);
                 self.publish_port(port);
                 tracing::info!(port = %label, device = %key, "already passed in this run; not rewritten");
                 return;
@@ -1408,7 +1421,7 @@ impl Station {
             fanout: Some(fanout),
             followed,
             image_size: start.image_size,
-            passed_keys: HashSet::new(),
+            passed: HashMap::new(),
             shared_serials: HashSet::new(),
             retries_made: HashMap::new(),
         });
@@ -2234,7 +2247,13 @@ impl Station {
             run.view.bytes_written += figures.bytes_written;
             if passed {
                 run.view.passed += 1;
-                run.passed_keys.insert(slot.device_key.clone());
+                run.passed.insert(
+                    slot.device_key.clone(),
+                    PassedAttempt {
+                        attempt_id: slot.attempt_id,
+                        figures: figures.clone(),
+                    },
+                );
             } else if interrupted {
                 // Says nothing about the stick; the records count it apart.
                 run.view.interrupted += 1;

@@ -457,8 +457,11 @@ async fn a_stick_that_passed_is_not_rewritten_when_reinserted_unless_the_operato
     let rig = rig(2, GuardPolicy::default()).await;
     rig.arm(RunOptions::default()).await.unwrap();
     let first = rig.plug(1, "SER-1", healthy());
-    rig.until("passed", |s| state(s, "A1") == PortState::Passed)
+    let passed = rig
+        .until("passed", |s| state(s, "A1") == PortState::Passed)
         .await;
+    let first_pass = port(&passed, "A1").clone();
+    assert!(first_pass.figures.is_some() && first_pass.attempt_id.is_some());
     rig.control.pull(&first).unwrap();
     rig.until("empty", |s| state(s, "A1") == PortState::Empty)
         .await;
@@ -468,6 +471,9 @@ async fn a_stick_that_passed_is_not_rewritten_when_reinserted_unless_the_operato
         .until("shown as passed", |s| state(s, "A2") == PortState::Passed)
         .await;
     assert_eq!(port(&snap, "A2").verdict, Some(Verdict::Pass));
+    // Shown with the attempt that passed and what it proved, not a bare pass.
+    assert_eq!(port(&snap, "A2").attempt_id, first_pass.attempt_id);
+    assert_eq!(port(&snap, "A2").figures, first_pass.figures);
     // An attempt would have been recorded when the stick was handled.
     rig.round_trip().await;
     let (_, stick) = rig.control.stick_at(&port_path(2)).unwrap();
