@@ -225,6 +225,21 @@ fn utc(secs: u64) -> String {
 }
 
 impl DownloadError {
+    /// A server's answer that is not the one asked for: `NotFound` for 404
+    /// and 410 (the file is not there), `Status` for any other.
+    pub(crate) fn unexpected_status(url: &str, status: u16) -> Self {
+        match status {
+            404 | 410 => DownloadError::NotFound {
+                url: url.into(),
+                status,
+            },
+            _ => DownloadError::Status {
+                url: url.into(),
+                status,
+            },
+        }
+    }
+
     /// Whether trying again may succeed (and resume): a cut, a stall, an
     /// unreachable server, a 5xx, 408 or 429.
     pub fn is_transient(&self) -> bool {

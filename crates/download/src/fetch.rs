@@ -265,18 +265,7 @@ impl Downloader {
         let status = response.status().as_u16();
         match status {
             200 => {}
-            404 | 410 => {
-                return Err(DownloadError::NotFound {
-                    url: url.into(),
-                    status,
-                })
-            }
-            _ => {
-                return Err(DownloadError::Status {
-                    url: url.into(),
-                    status,
-                })
-            }
+            _ => return Err(DownloadError::unexpected_status(url, status)),
         }
         let too_large = || DownloadError::TooLarge {
             url: url.into(),
@@ -511,18 +500,7 @@ impl Downloader {
                     held - 1
                 )))
             }
-            404 | 410 => {
-                return Err(DownloadError::NotFound {
-                    url: url.into(),
-                    status,
-                })
-            }
-            _ => {
-                return Err(DownloadError::Status {
-                    url: url.into(),
-                    status,
-                })
-            }
+            _ => return Err(DownloadError::unexpected_status(url, status)),
         }
         // The same file: what the server says of it now.
         if etag.is_some() {
@@ -658,18 +636,7 @@ impl Downloader {
                     },
                 });
             }
-            404 | 410 => {
-                return Err(DownloadError::NotFound {
-                    url: url.into(),
-                    status,
-                })
-            }
-            _ => {
-                return Err(DownloadError::Status {
-                    url: url.into(),
-                    status,
-                })
-            }
+            _ => return Err(DownloadError::unexpected_status(url, status)),
         }
         // The answer is accepted: its length is told before its first byte
         // is sent on (a fresh download learns it here).
