@@ -495,3 +495,116 @@ async fn a_refused_raw_run_of_an_installer_iso_is_in_the_event_log_and_a_forced_
         "the forced run is no refusal"
     );
 }
+
+/// Another process holding the records' write lock: `sqlite3` in a write
+/// transaction on the station's database (an operator's manual edit left
+/// open), until dropped.
+struct WriteLockHolder(std::process::Child);
+
+impl WriteLockHolder {
+    fn take(db: &std::path::Path) -> Self {
+        use std::io::{BufRead, Write};
+        let mut child = std::process::Command::new("sqlite3")
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sqlite3 (scripts/setup installs it)");
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "sqlite3 did not take the write lock");
+        WriteLockHolder(child)
+    }
+}
+
+impl Drop for WriteLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn port_view<'s>(snapshot: &'s Snapshot, label: &str) -> &'s flashrack_station::PortView {
+    snapshot.ports.iter().find(|p| p.label == label).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_the_records_cannot_take_is_shown_as_a_station_error_and_recorded_as_one_once_they_can(
+) {
+    let app = spawn_app().await;
+    let handle = app.station.clone();
+    let run_id = app.arm().await;
+    // Slow to read back: the lock is taken while it verifies.
+    app.rack
+        .plug("t-1", "SLOWREAD", healthy().read_speed(MIB))
+        .unwrap();
+    until(&handle, "the read-back", |s| {
+        state(s, "A1") == PortState::Verifying
+    })
+    .await;
+    let lock = WriteLockHolder::take(&app.data_dir.join("flashrack.db"));
+
+    // The pass cannot be recorded (after the store's busy timeout): the port
+    // does not show it, and the run does not count it as the stick's.
+    let mut watch = handle.watch();
+    let settled = watch.wait_for(|s| state(s, "A1") == PortState::Failed);
+    let snapshot = tokio::time::timeout(Duration::from_secs(40), settled)
+        .await
+        .expect("the verdict settled")
+        .unwrap()
+        .clone();
+    let a1 = port_view(&snapshot, "A1");
+    let failure = a1.verdict.as_ref().unwrap().failure().unwrap().clone();
+    assert_eq!(failure.reason.code(), "station_error", "{a1:?}");
+    assert!(
+        failure
+            .to_string()
+            .contains("its verdict (pass) could not be recorded"),
+        "{failure}"
+    );
+    let run = snapshot.run.as_ref().unwrap();
+    assert_eq!(
+        (run.passed, run.failed, run.interrupted),
+        (0, 0, 1),
+        "{run:?}"
+    );
+
+    // The lock let go, the next heartbeat records what the port shows.
+    drop(lock);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let report = app
+            .get(&format!("/api/v1/runs/{run_id}/report?format=json"))
+            .await
+            .json();
+        let codes: Vec<&str> = report["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["reason_code"].as_str().unwrap_or(""))
+            .collect();
+        if codes == ["station_error"] {
+            break report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the records never took the station error: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let row = &report["attempts"][0];
+    assert_eq!(row["serial"], "SLOWREAD");
+    assert_ne!(row["verdict"], "pass", "{report}");
+    assert_eq!(row["attempt_id"], a1.attempt_id.unwrap().0, "{report}");
+    assert_eq!(report["run"]["passed"], 0, "{report}");
+    assert_eq!(report["run"]["interrupted"], 1, "{report}");
+
+    app.stop().await.unwrap();
+}

@@ -254,9 +254,27 @@ pub struct MemoryRecords {
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     records: Mutex<MemoryRecords>,
+    /// Set while the journal refuses to record attempts' starts and verdicts
+    /// ([`MemoryJournal::refuse_attempts`]).
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryJournal {
+    /// Makes the journal refuse (`true`) or take again (`false`) the start and
+    /// the verdict of attempts, as records another process holds locked, or on
+    /// a full disk, do: what the station shows when its records fail.
+    pub fn refuse_attempts(&self, refuse: bool) {
+        self.refusing
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn refused(&self) -> Result<(), JournalError> {
+        if self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(JournalError("the records are locked".into()));
+        }
+        Ok(())
+    }
+
     /// A copy of everything recorded so far.
     pub fn records(&self) -> MemoryRecords {
         self.lock().clone()
@@ -317,6 +335,7 @@ impl Journal for MemoryJournal {
     }
 
     async fn attempt_started(&self, attempt: &AttemptStart) -> Result<AttemptId, JournalError> {
+        self.refused()?;
         let mut r = self.lock();
         let id = AttemptId(r.attempts.len() as i64 + 1);
         r.attempts.push(MemoryAttempt {
@@ -348,6 +367,7 @@ impl Journal for MemoryJournal {
         verdict: &Verdict,
         figures: &AttemptFigures,
     ) -> Result<(), JournalError> {
+        self.refused()?;
         let mut r = self.lock();
         match r.attempts.iter_mut().find(|a| a.id == attempt_id) {
             Some(a) if a.verdict.is_none() => {

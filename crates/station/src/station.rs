@@ -658,6 +658,11 @@ pub struct Station {
     /// again") waits for it to let go ([`Fanout::start_after`]) instead of
     /// finding the stick busy. Forgotten when the stick leaves.
     held: HashMap<String, Hold>,
+    /// Station errors of attempts whose verdict the records could not take,
+    /// shown on their ports and not yet recorded: written at each heartbeat
+    /// until the records take them, so the records come to say what the
+    /// screen says.
+    unrecorded: Vec<(AttemptId, Verdict, AttemptFigures)>,
 }
 
 impl Station {
@@ -729,6 +734,7 @@ impl Station {
             deferred: Vec::new(),
             pending: HashMap::new(),
             held: HashMap::new(),
+            unrecorded: Vec::new(),
         };
         (station, handle)
     }
@@ -806,6 +812,10 @@ impl Station {
                     run.view.interrupted += 1;
                 }
             }
+        }
+        // A last try for the station errors not recorded yet.
+        for (attempt_id, verdict, figures) in std::mem::take(&mut self.unrecorded) {
+            self.record_finish(attempt_id, &verdict, &figures).await;
         }
         if self.run.as_ref().is_some_and(|r| r.view.armed) {
             let _ = self.disarm(StopReason::Shutdown, None).await;
@@ -1888,9 +1898,12 @@ impl Station {
                 let verdict_run = self.run.as_ref().map(|r| VerdictRun::of(&r.view));
                 let view = &mut self.ports[port].view;
                 view.state = PortState::Failed;
+                // The station's trouble, not the stick's: nothing was written.
                 view.verdict = Some(Verdict::Fail(Failure {
-                    reason: FailReason::Unavailable {
-                        detail: error.to_string(),
+                    reason: FailReason::StationError {
+                        detail: format!(
+                            "the attempt could not be recorded, so nothing was written: {error}"
+                        ),
                     },
                     stage: Stage::Preparing,
                 }));
@@ -2171,6 +2184,23 @@ impl Station {
     /// Tells the records the station is alive and how far each running attempt
     /// has got.
     async fn on_heartbeat(&mut self) {
+        let mut still = Vec::new();
+        for (attempt_id, verdict, figures) in std::mem::take(&mut self.unrecorded) {
+            match self
+                .journal
+                .attempt_finished(attempt_id, &verdict, &figures)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(%attempt_id, "recorded the station error of an attempt whose verdict could not be recorded")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %attempt_id, "still cannot record an attempt's station error");
+                    still.push((attempt_id, verdict, figures));
+                }
+            }
+        }
+        self.unrecorded = still;
         let running: Vec<AttemptSoFar> = self.slots.values().map(Slot::so_far).collect();
         if let Err(error) = self.journal.heartbeat(&running).await {
             tracing::warn!(%error, "cannot record a heartbeat");
@@ -2217,6 +2247,36 @@ impl Station {
             }
             (_, verdict) => verdict,
         };
+        // Committed before the port shows it. A verdict the records could not
+        // take (the database locked by another process past its busy timeout,
+        // its disk full) is not shown as the stick's: the port, the run's
+        // counts and, once a write goes through, the records all say the
+        // station failed. It is retried at each heartbeat
+        // ([`Station::unrecorded`]); a station stopped before that leaves the
+        // attempt running in the records, which the next start records as
+        // interrupted: still not a verdict of the stick.
+        let verdict = match self
+            .journal
+            .attempt_finished(slot.attempt_id, &verdict, &figures)
+            .await
+        {
+            Ok(()) => verdict,
+            Err(error) => {
+                tracing::error!(%error, attempt_id = %slot.attempt_id, %verdict, "cannot record a verdict; the port shows a station error instead");
+                let stage = verdict.failure().map_or(slot.stage, |f| f.stage);
+                let not_recorded = Verdict::Fail(Failure {
+                    reason: FailReason::StationError {
+                        detail: format!(
+                            "its verdict ({verdict}) could not be recorded, so it does not stand: {error}"
+                        ),
+                    },
+                    stage,
+                });
+                self.unrecorded
+                    .push((slot.attempt_id, not_recorded.clone(), figures.clone()));
+                not_recorded
+            }
+        };
         // Refused by the guard at the moment of opening: a refusal, not a
         // failed write.
         let refusal = match &verdict {
@@ -2229,9 +2289,6 @@ impl Station {
             })),
             _ => None,
         };
-        // Committed before the port shows it.
-        self.record_finish(slot.attempt_id, &verdict, &figures)
-            .await;
         let passed = verdict.is_pass();
         // Whether writing it again may pass (the run's automatic retries).
         let retryable = verdict.failure().is_some_and(|f| f.reason.is_retryable());
@@ -2390,6 +2447,9 @@ impl Station {
         io_failure && slot.removed_during.is_none() && !self.settings.removal_grace.is_zero()
     }
 
+    /// Records an attempt's verdict where nothing else can be done if the
+    /// records do not take it (the station is stopping: the next start records
+    /// the attempt as interrupted).
     async fn record_finish(
         &self,
         attempt_id: AttemptId,

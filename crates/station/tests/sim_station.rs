@@ -2542,3 +2542,64 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
     assert_eq!(records.runs.len(), 2);
     assert_eq!(records.runs[1].2, Some(StopReason::SourceFailed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_records_fail_a_port_shows_a_station_error_never_a_verdict_they_do_not_hold() {
+    let rig = rig(3, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+
+    // The records refuse the attempt's start: nothing is written, and the
+    // port says it is the station's trouble, not the stick's.
+    rig.journal.refuse_attempts(true);
+    rig.plug(1, "SER-1", healthy());
+    let snap = rig
+        .until("the start refused", |s| state(s, "A1") == PortState::Failed)
+        .await;
+    let failure = port(&snap, "A1").verdict.clone().unwrap();
+    let failure = failure.failure().unwrap();
+    assert_eq!(failure.reason.code(), "station_error", "{failure}");
+    assert!(
+        failure.to_string().contains("nothing was written"),
+        "{failure}"
+    );
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0);
+    assert!(rig.journal.records().attempts.is_empty());
+
+    // A stick slow to read back: the records refuse its verdict, a pass. The
+    // port and the run do not count it as one.
+    rig.journal.refuse_attempts(false);
+    rig.plug(2, "SER-2", healthy().read_speed(2 * MIB));
+    rig.until("the read-back", |s| state(s, "A2") == PortState::Verifying)
+        .await;
+    rig.journal.refuse_attempts(true);
+    let snap = rig
+        .until("the verdict settled", |s| {
+            state(s, "A2") == PortState::Failed
+        })
+        .await;
+    let shown = port(&snap, "A2").verdict.clone().unwrap();
+    let failure = shown.failure().unwrap();
+    assert_eq!(failure.reason.code(), "station_error", "{failure}");
+    assert!(
+        failure
+            .to_string()
+            .contains("its verdict (pass) could not be recorded"),
+        "{failure}"
+    );
+    let run = snap.run.clone().unwrap();
+    assert_eq!((run.passed, run.failed, run.interrupted), (0, 0, 1));
+    assert_eq!(rig.journal.records().attempts[0].verdict, None);
+
+    // Once the records take writes again, a heartbeat records what the port
+    // shows.
+    rig.journal.refuse_attempts(false);
+    let deadline = std::time::Instant::now() + WAIT;
+    while rig.journal.records().attempts[0].verdict.is_none() {
+        assert!(std::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rig.journal.records().attempts[0].verdict, Some(shown));
+    let journal = rig.shutdown().await;
+    assert_eq!(journal.records().attempts.len(), 1);
+}
