@@ -9,18 +9,29 @@
 // refused with the station's reason and nothing is armed; a file in the
 // station's upload area is followed to its end.
 //
+// The second test arms a URL whose SHA256SUMS is signed (the key pairs made
+// by the test with Debian's gpg, `GPG_PATH`): a signature without keys, and
+// a signature by a key the pasted keyring does not hold, are shown on the
+// form with the station's reason and arm nothing (no run, the image never
+// asked for); the vendor's signature arms the run, a stick passes, and the
+// run's report names the signer's fingerprint.
+//
 //   cargo build -p flashrack-cli && npm ci --prefix tests/e2e
 //   FLASHRACK_BIN=$PWD/target/debug/flashrack node --test tests/e2e/follow.test.mjs
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:http';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 
 import { ARTIFACTS, withDashboard } from './demo.mjs';
+
+const GPG = process.env.GPG_PATH || '/usr/bin/gpg';
 
 const MIB = 1 << 20;
 
@@ -178,5 +189,107 @@ test('the arm form starts a run of a URL or a station file not cached yet, and t
   } finally {
     release();
     server.close();
+  }
+}));
+
+/**
+ * Two key pairs made with gpg in a directory of their own: the vendor's and
+ * a stranger's. `sign(who, file)` writes `file.<who>.asc`, an armored
+ * detached signature; `publicKey(who)` is the armored public key;
+ * `fingerprint(who)` as gpg lists it.
+ */
+function keyPairs() {
+  const home = mkdtempSync(path.join(tmpdir(), 'flashrack-e2e-gpg-'));
+  const gpg = (args) => execFileSync(GPG, ['--homedir', home, '--batch', '--yes', '--pinentry-mode', 'loopback', '--passphrase', '', ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const email = (who) => `${who}@example.invalid`;
+  for (const who of ['vendor', 'stranger']) gpg(['--quick-gen-key', `${who} <${email(who)}>`, 'ed25519', 'sign', 'never']);
+  return {
+    sign: (who, file) => {
+      const out = `${file}.${who}.asc`;
+      gpg(['--local-user', email(who), '--armor', '--output', out, '--detach-sign', file]);
+      return readFileSync(out);
+    },
+    publicKey: (who) => gpg(['--armor', '--export', email(who)]),
+    fingerprint: (who) => gpg(['--with-colons', '--list-keys', email(who)]).split('\n').find((l) => l.startsWith('fpr:')).split(':')[9],
+    close: () => {
+      try { execFileSync('gpgconf', ['--homedir', home, '--kill', 'gpg-agent'], { stdio: 'ignore' }); } catch (_) { /* no agent */ }
+      rmSync(home, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Serves `files` (path → bytes), 404 for the rest; records the paths asked for. */
+function serveFiles(files) {
+  const seen = [];
+  const server = createServer((req, res) => {
+    seen.push(req.url);
+    const body = files[req.url];
+    if (!body) { res.writeHead(404); res.end('not found'); return; }
+    res.writeHead(200, { 'content-length': body.length, etag: `"${req.url}-1"` });
+    res.end(body);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, seen })));
+}
+
+test('the arm form checks a URL\'s signed checksum list: a bad signature arms nothing and says why, a good one names its signer', { timeout: 300_000 }, () => withDashboard({ name: 'follow-signed', args: ['--by-hand', '--no-arm', '--ports', '8', '--image-size', '8MiB'], needs: [[GPG, 'install it with `apt-get install -y gpg` or set GPG_PATH']] }, async ({ child, url, api, page, work }) => {
+  const keys = keyPairs();
+  const raw = imageBytes(8 * MIB, 11);
+  const sha = createHash('sha256').update(raw).digest('hex');
+  const sums = path.join(work, 'SHA256SUMS');
+  writeFileSync(sums, `${createHash('sha256').update('other').digest('hex')}  other.img\n${sha}  os.img\n`);
+  const { server, seen } = await serveFiles({
+    '/os.img': raw,
+    '/SHA256SUMS': readFileSync(sums),
+    '/SHA256SUMS.gpg': keys.sign('vendor', sums),
+    '/SHA256SUMS.stranger.gpg': keys.sign('stranger', sums),
+  });
+  const at = (p) => `http://127.0.0.1:${server.address().port}${p}`;
+  try {
+    await page.goto(url);
+    await page.locator('#arm-form').waitFor({ state: 'visible', timeout: 30_000 });
+    await page.selectOption('#arm-source', 'url');
+    for (const id of ['#arm-url-sig', '#arm-url-keyring', '#arm-url-bmap']) {
+      assert.equal(await page.locator(id).isVisible(), true, `${id} is offered for a URL`);
+    }
+    await page.fill('#arm-url', at('/os.img'));
+    await page.fill('#arm-url-sums', at('/SHA256SUMS'));
+
+    // A signature without the keys to check it: the station's rule, as
+    // the image library's form gets it.
+    await page.fill('#arm-url-sig', at('/SHA256SUMS.gpg'));
+    await page.click('#arm-button');
+    await page.locator('#arm-status.bad', { hasText: 'a signature needs a keyring' }).waitFor({ timeout: 15_000 });
+
+    // Signed by a key the operator's keyring does not hold: the reason on
+    // the form, nothing armed or recorded, the image never asked for.
+    await page.fill('#arm-url-keyring', keys.publicKey('vendor'));
+    await page.fill('#arm-url-sig', at('/SHA256SUMS.stranger.gpg'));
+    await page.click('#arm-button');
+    await page.locator('#arm-status.bad', { hasText: 'is not a valid signature by any key of the keyring' }).waitFor({ timeout: 30_000 });
+    const said = await page.locator('#arm-status').innerText();
+    assert.match(said, /SHA256SUMS\.stranger\.gpg/, said);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'follow-bad-signature.png'), fullPage: true });
+    assert.equal(await page.locator('#arm-form').isVisible(), true, 'nothing armed');
+    assert.equal((await (await page.request.get(api('/station'))).json()).run, null, 'no run');
+    assert.deepEqual(await (await page.request.get(api('/runs'))).json(), [], 'no run recorded');
+    assert.equal(seen.filter((p) => p === '/os.img').length, 0, 'the image was never asked for');
+
+    // The vendor's signature: armed, a stick passes, the report names the signer.
+    await plug(child, 'A1 S1:capacity=64MiB');
+    await page.fill('#arm-url-sig', at('/SHA256SUMS.gpg'));
+    await page.click('#arm-button');
+    await page.waitForFunction(() => /Armed/.test(document.querySelector('#run-state')?.textContent || ''), null, { timeout: 30_000 });
+    await untilTile(page, 'A1', 'passed', 'passed');
+    await page.locator('#run-view code', { hasText: sha.slice(0, 12) }).waitFor({ timeout: 30_000 });
+    const run = (await (await page.request.get(api('/station'))).json()).run;
+    assert.equal(run.image_sha256, sha);
+    const report = await (await page.request.get(api(`/runs/${run.id}/report?format=json`))).json();
+    const source = report.image_provenance.digest_source;
+    assert.equal(source.kind, 'sums');
+    assert.equal(source.signature.signer_fingerprint, keys.fingerprint('vendor'));
+    await page.screenshot({ path: path.join(ARTIFACTS, 'follow-signed.png'), fullPage: true });
+  } finally {
+    server.close();
+    keys.close();
   }
 }));

@@ -166,7 +166,17 @@ export function armSource() {
     case 'url': {
       const url = $('arm-url').value.trim();
       if (!url) return { error: 'Give the image\'s URL.' };
-      const download = { url, sha256: optional('arm-url-sha256'), sha256sums: optional('arm-url-sums'), zip_entry: optional('arm-url-zip-entry') };
+      // The names of the image library's import-url form (and of the
+      // API's body): the station answers a bad combination with its reason.
+      const download = {
+        url,
+        sha256: optional('arm-url-sha256'),
+        sha256sums: optional('arm-url-sums'),
+        signature: optional('arm-url-sig'),
+        keyring: optional('arm-url-keyring'),
+        bmap: optional('arm-url-bmap'),
+        zip_entry: optional('arm-url-zip-entry'),
+      };
       return { download: Object.fromEntries(Object.entries(download).filter(([, v]) => v !== undefined)) };
     }
     case 'file': {

@@ -63,6 +63,14 @@ pub enum RunImage {
         sha256: Option<String>,
         /// A checksum list that gives the file's sha256 by its name.
         sha256sums: Option<String>,
+        /// The checksum list's detached OpenPGP signature (its URL); needs
+        /// `keyring`.
+        signature: Option<String>,
+        /// The public keys to trust for `signature`, armored
+        /// ([`crate::downloads::keyring_text`] reads a keyring file so).
+        keyring: Option<String>,
+        /// The image's block map (bmaptool's XML) at its own URL.
+        bmap: Option<String>,
         /// The file to take from a zip archive of several.
         zip_entry: Option<String>,
     },
@@ -180,12 +188,18 @@ impl StationClient {
                 url,
                 sha256,
                 sha256sums,
+                signature,
+                keyring,
+                bmap,
                 zip_entry,
             } => {
                 let mut download = json!({ "url": url });
                 for (key, value) in [
                     ("sha256", sha256),
                     ("sha256sums", sha256sums),
+                    ("signature", signature),
+                    ("keyring", keyring),
+                    ("bmap", bmap),
                     ("zip_entry", zip_entry),
                 ] {
                     if let Some(value) = value {

@@ -101,6 +101,20 @@ impl Keyring {
     }
 }
 
+/// The keyring file at `path` (armored or binary, as `gpg --export` writes
+/// it) as armored text, for a station's API, which takes keys as text
+/// (`keyring` in `POST /images/import-url` and a run's `download`): read
+/// here and refused here when it holds no OpenPGP public key, before the
+/// station is asked anything. A small file, read blocking.
+pub fn keyring_text(path: &Path) -> Result<String, AppError> {
+    let bytes = std::fs::read(path).map_err(|source| AppError::ReadKeyring {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    flashrack_download::armored_keyring(path, &bytes)
+        .map_err(|source| AppError::BadKeyring(Box::new(source)))
+}
+
 /// An import from a URL.
 #[derive(Debug, Clone)]
 pub struct UrlImport {

@@ -94,6 +94,9 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// The operator's keyring holds no OpenPGP public key flashrack can read.
+    #[error("cannot use the keyring")]
+    BadKeyring(#[source] Box<flashrack_download::DownloadError>),
     /// A name that is neither a file nor a cached image.
     #[error("{name} is neither a file nor a cached image")]
     UnknownImage {

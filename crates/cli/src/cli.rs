@@ -168,6 +168,9 @@ pub struct ClientArgs {
 }
 
 /// `flashrack run …`
+// One value per process, parsed once: boxing `Start`'s arguments to make
+// `Stop` smaller would save nothing that matters and make the match noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
     /// Arm a run: every accepted stick plugged into a mapped port is written and
@@ -192,6 +195,23 @@ pub enum RunCommand {
         /// For a URL: a checksum list (SHA256SUMS) giving the file's sha256.
         #[arg(long, value_name = "URL", conflicts_with = "sha256")]
         sha256sums: Option<String>,
+        /// For a URL: the checksum list's detached OpenPGP signature
+        /// (SHA256SUMS.gpg), checked by the station against --keyring before
+        /// anything else is downloaded; a signature that does not hold arms
+        /// nothing.
+        #[arg(long, value_name = "URL", requires_all = ["sha256sums", "keyring"])]
+        signature: Option<String>,
+        /// The public keys to trust for --signature (armored or binary, as
+        /// `gpg --export` writes them): read here and sent to the station.
+        #[arg(long, value_name = "FILE", requires = "signature")]
+        keyring: Option<PathBuf>,
+        /// For a URL: the image's block map (bmaptool's XML) at its own
+        /// http(s) URL, which the station fetches and checks against the
+        /// image in the import's one pass (a map that does not match fails
+        /// the run's import). Without it, a map beside the image on its
+        /// server is used if there is one.
+        #[arg(long, value_name = "URL")]
+        bmap: Option<String>,
         /// For a URL of a zip archive of several files: the one to write.
         #[arg(long, value_name = "NAME")]
         zip_entry: Option<String>,

@@ -130,6 +130,9 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
             station_file,
             sha256,
             sha256sums,
+            signature,
+            keyring,
+            bmap,
             zip_entry,
             target_count,
             verify,
@@ -143,24 +146,37 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
                 bail!("--target-count must be at least 1");
             }
             let verify = if no_verify { VerifyMode::None } else { verify };
+            // Options only a download takes (--signature needs --sha256sums
+            // and --keyring: clap enforces it).
+            let url_only = sha256sums.is_some() || bmap.is_some() || zip_entry.is_some();
             let image = match (image, station_file) {
                 (_, Some(path)) => {
-                    if sha256sums.is_some() || zip_entry.is_some() {
-                        bail!("--sha256sums and --zip-entry are for a URL, not --station-file");
+                    if url_only {
+                        bail!("--sha256sums, --signature, --keyring, --bmap and --zip-entry are for a URL, not --station-file");
                     }
                     RunImage::StationFile { path, sha256 }
                 }
                 (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
+                    // The station takes the keys as text: a binary keyring
+                    // is armored here, and a file that holds no key is
+                    // refused before the station is asked.
+                    let keyring = keyring
+                        .as_deref()
+                        .map(flashrack_app::downloads::keyring_text)
+                        .transpose()?;
                     RunImage::Url {
                         url,
                         sha256,
                         sha256sums,
+                        signature,
+                        keyring,
+                        bmap,
                         zip_entry,
                     }
                 }
                 (Some(image), None) => {
-                    if sha256.is_some() || sha256sums.is_some() || zip_entry.is_some() {
-                        bail!("--sha256, --sha256sums and --zip-entry are for a URL or --station-file, not a cached image");
+                    if sha256.is_some() || url_only {
+                        bail!("--sha256, --sha256sums, --signature, --keyring, --bmap and --zip-entry are for a URL or --station-file, not a cached image");
                     }
                     RunImage::Cached(image)
                 }

@@ -685,3 +685,203 @@ fn run_start_of_a_url_arms_a_run_that_follows_the_download() {
     }
     assert_eq!(server.requests_for("/os.img").len(), 1);
 }
+
+/// A key pair made for the test (ed25519: quick to make).
+fn key_pair(user: &str) -> pgp::composed::SignedSecretKey {
+    let mut params = pgp::composed::SecretKeyParamsBuilder::default();
+    params
+        .key_type(pgp::composed::KeyType::Ed25519Legacy)
+        .can_certify(true)
+        .can_sign(true)
+        .can_encrypt(pgp::composed::EncryptionCaps::None)
+        .primary_user_id(user.into());
+    params
+        .build()
+        .unwrap()
+        .generate(rand08::thread_rng())
+        .unwrap()
+}
+
+/// `key`'s armored detached signature of `data`.
+fn sign(key: &pgp::composed::SignedSecretKey, data: &[u8]) -> Vec<u8> {
+    pgp::composed::DetachedSignature::sign_binary_data(
+        rand08::thread_rng(),
+        &key.primary_key,
+        &pgp::types::Password::empty(),
+        pgp::crypto::hash::HashAlgorithm::Sha256,
+        data,
+    )
+    .unwrap()
+    .to_armored_bytes(pgp::composed::ArmorOptions::default())
+    .unwrap()
+}
+
+/// `flashrack run start URL --sha256sums --signature --keyring` (the
+/// options of `image import URL`, and the API's `download`): a signature by
+/// a key outside the keyring exits non-zero with the station's reason and
+/// records no run; a file that holds no key is refused before the station
+/// is asked; a good signature (the keyring given in binary form, as `gpg
+/// --export` writes it) arms the run, whose report names the signer. A
+/// `--bmap` that is not a URL is the station's refusal, in its words.
+#[test]
+fn run_start_of_a_url_checks_the_signature_of_its_checksum_list() {
+    use pgp::ser::Serialize;
+    use pgp::types::KeyDetails;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = flashrack_testkit::image_bytes(4 << 20, 92, 1 << 16);
+    let sha = flashrack_core::Sha256Digest::of(&raw).to_hex();
+    let vendor = key_pair("Vendor <release@example.invalid>");
+    let stranger = key_pair("Mallory <m@example.invalid>");
+    let sums = format!("{sha}  os.img\n");
+    let server = runtime.block_on(flashrack_testkit::http_files::FileServer::start());
+    let served = |path: &str, body: Vec<u8>| {
+        server.serve(
+            path,
+            flashrack_testkit::http_files::Served::new(body, &format!("{path}-1")),
+        )
+    };
+    served("/os.img", raw.clone());
+    served("/SHA256SUMS", sums.clone().into_bytes());
+    served("/SHA256SUMS.gpg", sign(&vendor, sums.as_bytes()));
+    served("/SHA256SUMS.mallory.gpg", sign(&stranger, sums.as_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("vendor.gpg");
+    std::fs::write(
+        &keyring,
+        pgp::composed::SignedPublicKey::from(vendor.clone())
+            .to_bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    let not_keys = dir.path().join("notes.txt");
+    std::fs::write(&not_keys, "not a key\n").unwrap();
+    let data = dir.path().join("data");
+    let demo = Demo::start(&data);
+    let out = demo.run(&["run", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run_id = |demo: &Demo| {
+        let out = demo.run(&["status", "--json"]);
+        let station: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        station["run"]["id"].as_u64().unwrap()
+    };
+    let stopped = run_id(&demo);
+    let (url, sums_url) = (server.url("/os.img"), server.url("/SHA256SUMS"));
+    let start = |signature: &str, keyring: &Path, more: &[&str]| {
+        let mut args = vec![
+            "run",
+            "start",
+            url.as_str(),
+            "--sha256sums",
+            sums_url.as_str(),
+            "--signature",
+            signature,
+            "--keyring",
+            text(keyring),
+        ];
+        args.extend_from_slice(more);
+        demo.run(&args)
+    };
+
+    // A signature without a keyring: the same rule as `image import`.
+    let out = demo.run(&[
+        "run",
+        "start",
+        &url,
+        "--sha256sums",
+        &sums_url,
+        "--signature",
+        &server.url("/SHA256SUMS.gpg"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--keyring"), "{}", stderr(&out));
+
+    // A keyring file that holds no key: refused here, the station not asked.
+    let out = start(&server.url("/SHA256SUMS.gpg"), &not_keys, &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let said = stderr(&out);
+    assert!(
+        said.contains("keyring") && said.contains(text(&not_keys)),
+        "{said}"
+    );
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    // Signed by a key the keyring does not hold: the station's reason, no run.
+    let bad = server.url("/SHA256SUMS.mallory.gpg");
+    let out = start(&bad, &keyring, &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let said = stderr(&out);
+    assert!(
+        said.contains("422") && said.contains("is not a valid signature by any key of the keyring"),
+        "{said}"
+    );
+    assert!(said.contains(&bad), "{said}");
+    assert_eq!(run_id(&demo), stopped, "no run armed");
+    let report = flashrack(&data, &["report", "run", &(stopped + 1).to_string()]);
+    assert_ne!(report.status.code(), Some(0), "no run recorded");
+    assert!(
+        server.requests_for("/os.img").is_empty(),
+        "nothing downloaded"
+    );
+
+    // A block map that is not at a URL: the station says so.
+    let out = start(
+        &server.url("/SHA256SUMS.gpg"),
+        &keyring,
+        &["--bmap", "/srv/os.img.bmap"],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("bmap must be an http or https URL"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(run_id(&demo), stopped, "no run armed");
+
+    // Signed by the vendor: armed, and the report names the signer.
+    let out = start(&server.url("/SHA256SUMS.gpg"), &keyring, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = run_id(&demo);
+    assert_eq!(run, stopped + 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let out = demo.run(&["status", "--json"]);
+        let station: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let now = &station["run"];
+        if now["image_sha256"] == sha.as_str() && now["import"]["state"] == "done" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never named the downloaded image: {now}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let fingerprint = format!("{:X}", vendor.fingerprint());
+    let report = flashrack(
+        &data,
+        &["report", "run", &run.to_string(), "--format", "json"],
+    );
+    assert_eq!(report.status.code(), Some(0), "{}", stderr(&report));
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let source = &json["image_provenance"]["digest_source"];
+    assert_eq!(source["kind"], "sums", "{json}");
+    assert_eq!(
+        source["signature"]["signer_fingerprint"],
+        fingerprint.as_str()
+    );
+    assert_eq!(json["image_provenance"]["url"], url.as_str());
+    let report = flashrack(
+        &data,
+        &["report", "run", &run.to_string(), "--format", "html"],
+    );
+    assert!(
+        stdout(&report).contains(&fingerprint),
+        "{}",
+        stdout(&report)
+    );
+}

@@ -35,5 +35,5 @@ pub mod sums;
 
 pub use error::DownloadError;
 pub use fetch::{Downloaded, Downloader, Partial, Progress, RetryPolicy, Small};
-pub use signature::{verify_detached, SignerCheck};
+pub use signature::{armored_keyring, verify_detached, SignerCheck};
 pub use sums::lookup;

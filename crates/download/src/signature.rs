@@ -36,6 +36,40 @@ pub struct SignerCheck {
     pub signing_key_fingerprint: Option<String>,
 }
 
+/// The keyring `keyring` (read from `keyring_path`: armored or binary, as
+/// `gpg --export [--armor]` writes it) as armored text, for a request that
+/// carries keys as text (a run armed over a station's API). Armored text is
+/// given back as it is; binary keys are armored. Either way the keys are
+/// read first, so a file that holds no OpenPGP public key is refused here
+/// ([`DownloadError::BadKeyring`]) rather than by the station.
+pub fn armored_keyring(keyring_path: &Path, keyring: &[u8]) -> Result<String, DownloadError> {
+    let bad_keyring = |reason: String| DownloadError::BadKeyring {
+        path: keyring_path.to_path_buf(),
+        reason,
+    };
+    let (keys, _) = SignedPublicKey::from_reader_many(Cursor::new(keyring))
+        .map_err(|e| bad_keyring(e.to_string()))?;
+    let keys: Vec<SignedPublicKey> = keys.filter_map(Result::ok).collect();
+    if keys.is_empty() {
+        return Err(bad_keyring("it holds no OpenPGP public key".into()));
+    }
+    if let Ok(text) = std::str::from_utf8(keyring) {
+        if text.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+            return Ok(text.to_string());
+        }
+    }
+    let mut armored = Vec::new();
+    pgp::armor::write(
+        &keys,
+        pgp::armor::BlockType::PublicKey,
+        &mut armored,
+        None,
+        true,
+    )
+    .map_err(|e| bad_keyring(e.to_string()))?;
+    String::from_utf8(armored).map_err(|e| bad_keyring(e.to_string()))
+}
+
 /// Checks that `signature` (from `signature_url`) is a valid signature of
 /// `data` (from `data_url`) by a key of the keyring `keyring` (read from
 /// `keyring_path`).

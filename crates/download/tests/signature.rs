@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use flashrack_download::{verify_detached, DownloadError};
+use flashrack_download::{armored_keyring, verify_detached, DownloadError};
 use pgp::composed::{
     ArmorOptions, DetachedSignature, EncryptionCaps, KeyType, SecretKeyParamsBuilder,
     SignedPublicKey, SignedSecretKey, SubkeyParamsBuilder,
@@ -161,6 +161,37 @@ fn a_damaged_signature_or_an_empty_keyring_is_refused_with_its_own_error() {
     let signature = sign_with_primary(&key, SUMS).to_bytes().unwrap();
     let error = check(b"", &signature, SUMS).unwrap_err();
     assert!(matches!(error, DownloadError::BadKeyring { .. }), "{error}");
+}
+
+#[test]
+fn a_binary_keyring_is_armored_for_a_request_and_still_checks_the_signature() {
+    let trusted = key_pair("Vendor <release@example.invalid>");
+    let other = key_pair("Second <second@example.invalid>");
+    let signature = sign_with_primary(&other, SUMS).to_bytes().unwrap();
+    let path = Path::new("/keys/vendor.gpg");
+    // Two keys in binary form, as `gpg --export` writes them: armored as
+    // one block that still holds both.
+    let mut binary = SignedPublicKey::from(trusted.clone()).to_bytes().unwrap();
+    binary.extend(SignedPublicKey::from(other.clone()).to_bytes().unwrap());
+    let armored = armored_keyring(path, &binary).unwrap();
+    assert!(
+        armored.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+        "{armored}"
+    );
+    let checked = check(armored.as_bytes(), &signature, SUMS).unwrap();
+    assert_eq!(
+        checked.signer_fingerprint,
+        format!("{:X}", other.fingerprint())
+    );
+    // Armored text is given back as it is.
+    let text = armored_public(&trusted);
+    assert_eq!(armored_keyring(path, &text).unwrap().as_bytes(), &text[..]);
+    // Not a keyring: refused with the file's name.
+    for bad in [&b""[..], b"just some text\n"] {
+        let error = armored_keyring(path, bad).unwrap_err();
+        assert!(matches!(error, DownloadError::BadKeyring { .. }), "{error}");
+        assert!(error.to_string().contains("/keys/vendor.gpg"), "{error}");
+    }
 }
 
 const DAY: u32 = 86_400;
