@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
 
 use crate::fanout::EventLink;
-use crate::feed::{WaitError, Waiter};
+use crate::feed::{Follower, WaitError, Waiter};
 use crate::narrow::{narrow_failed_write, Narrowed};
 use crate::probe::{ProbeFailure, ProbeHooks, ProbeOptions, ProbeResult, Prober};
 use crate::source::{Chunk, SharedSource};
@@ -57,6 +57,9 @@ pub struct AttemptProgress {
     written: AtomicU64,
     /// Bytes read back and checked so far.
     verified: AtomicU64,
+    /// Bytes of data chunks the write pass took from the file of the import
+    /// it followed instead of from the feed ([`bytes_reread`](Self::bytes_reread)).
+    reread: AtomicU64,
 }
 
 impl AttemptProgress {
@@ -73,7 +76,19 @@ impl AttemptProgress {
             capacity: AtomicU64::new(0),
             written: AtomicU64::new(0),
             verified: AtomicU64::new(0),
+            reread: AtomicU64::new(0),
         }
+    }
+
+    /// Bytes of the image the write pass read back from the file of the
+    /// import it followed instead of taking them from the import's feed (the
+    /// feed no longer held them: the target fell behind, or was stuck
+    /// starting); whether this target read them or shared another's read of
+    /// them (the disk read them once). 0 for a target that kept up, and for
+    /// an image already cached (no import, no feed). So far, for an attempt
+    /// still running.
+    pub fn bytes_reread(&self) -> u64 {
+        self.reread.load(Ordering::Relaxed)
     }
 
     /// The stage the attempt is in.
@@ -217,9 +232,20 @@ fn wait_for_image(ctx: &AttemptContext, stage: Stage) -> Result<(), Stop> {
 
 /// Runs the whole pipeline. `Ok` carries the verdict, pass or fail, with figures;
 /// `Err` is a failure of the source.
-pub fn run_attempt(ctx: &AttemptContext) -> Result<(Verdict, AttemptFigures), EngineError> {
+///
+/// `follower`: the attempt's place among the followers of the import its
+/// source follows ([`SharedSource::follow`], taken when the attempt was
+/// started, before it opens its stick, passes the guard and probes it, so
+/// that the chunks the import produces meanwhile are kept for it within the
+/// feed's bounds instead of being read again from the file); it leaves when
+/// the write pass ends, or when the attempt ends before it. `None` for a
+/// cached image, and for an audit (which writes nothing).
+pub fn run_attempt(
+    ctx: &AttemptContext,
+    follower: Option<Follower>,
+) -> Result<(Verdict, AttemptFigures), EngineError> {
     let mut figures = AttemptFigures::default();
-    match pipeline(ctx, &mut figures) {
+    match pipeline(ctx, follower, &mut figures) {
         Ok(()) => Ok((Verdict::Pass, figures)),
         Err(Stop::Fail(failure)) => {
             // A stick that went away may hold more than it acknowledged: a
@@ -425,7 +451,11 @@ impl<'a> Reporter<'a> {
     }
 }
 
-fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), Stop> {
+fn pipeline(
+    ctx: &AttemptContext,
+    follower: Option<Follower>,
+    figures: &mut AttemptFigures,
+) -> Result<(), Stop> {
     // A followed import of a compressed file knows its size only at its end:
     // the write pass then fails a target that is too small when a chunk
     // would not fit.
@@ -543,7 +573,7 @@ fn pipeline(ctx: &AttemptContext, figures: &mut AttemptFigures) -> Result<(), St
         return Err(fail(Stage::Preparing, FailReason::Interrupted));
     }
 
-    write_image(ctx, &mut *writer, block, ranges, figures)?;
+    write_image(ctx, &mut *writer, block, ranges, follower, figures)?;
     // Nothing is read back, and no verdict given, before the image is known
     // whole: a followed import ends here, with its digest checked.
     wait_for_image(ctx, Stage::Flushing)?;
@@ -650,6 +680,7 @@ fn write_image(
     writer: &mut dyn TargetWriter,
     block: usize,
     ranges: Option<&DataRanges>,
+    follower: Option<Follower>,
     figures: &mut AttemptFigures,
 ) -> Result<(), Stop> {
     let source = &*ctx.source;
@@ -677,20 +708,31 @@ fn write_image(
                     beat: &beat,
                 };
                 // The import keeps pace with this pass while it keeps up;
-                // it leaves when the helper ends, however the pass ends.
-                let follower = source.follow();
+                // the follower leaves when the helper ends, however the
+                // pass ends.
                 for index in 0.. {
                     // Waits for the import to produce the chunk; a failed
                     // import or a stop ends the pass.
                     let next = source
                         .next_chunk(index, &waiter, follower.as_ref())
-                        .map_err(|error| wait_stop(Stage::Writing, error));
+                        .map_err(|error| wait_stop(Stage::Writing, error))
+                        .map(|next| {
+                            next.map(|(offset, len, chunk, from_file)| {
+                                if from_file && matches!(chunk, Chunk::Data(_)) {
+                                    ctx.progress.reread.fetch_add(len as u64, Ordering::Relaxed);
+                                }
+                                (offset, len, chunk)
+                            })
+                        });
                     let end = !matches!(next, Ok(Some(_)));
                     if tx.send(next).is_err() || end {
                         return;
                     }
                 }
             }
+            // The image is whole (its import ended before this pass began):
+            // nothing to keep pace with.
+            drop(follower);
             let manifest = source.manifest();
             // The chunks this pass writes, and a window of them ahead of the
             // one being fetched that the kernel is asked to read already.
@@ -707,8 +749,15 @@ fn write_image(
                 }
                 let (offset, len) = manifest.chunk_span(index);
                 let chunk = source
-                    .chunk(index)
-                    .map(|chunk| Some((offset, len, chunk)))
+                    .chunk_from(index)
+                    .map(|(chunk, from_file)| {
+                        // An import that ended before this pass began: what
+                        // the feed no longer held is read again.
+                        if from_file && matches!(chunk, Chunk::Data(_)) {
+                            ctx.progress.reread.fetch_add(len as u64, Ordering::Relaxed);
+                        }
+                        Some((offset, len, chunk))
+                    })
                     .map_err(Stop::from);
                 let failed = chunk.is_err();
                 if tx.send(chunk).is_err() || failed {
@@ -767,6 +816,12 @@ fn write_image(
         .flush()
         .map_err(|e| device_failure(Stage::Flushing, e))?;
     figures.write_secs = started.elapsed().as_secs_f64();
+    if source.follows_import() {
+        tracing::debug!(
+            reread_bytes = ctx.progress.bytes_reread(),
+            "write pass of an image imported in the same run"
+        );
+    }
     Ok(())
 }
 

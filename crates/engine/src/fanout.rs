@@ -78,6 +78,12 @@ pub struct AttemptOutcome {
     /// kernel). A retry of the stick starts after it
     /// ([`Fanout::start_after`]).
     pub hold: Hold,
+    /// Bytes of the image its write pass read back from the file of the
+    /// import it followed instead of taking them from the feed
+    /// ([`AttemptProgress::bytes_reread`]): 0 when it kept up with the
+    /// import, and for an image already cached. A figure of the engine's
+    /// work, not of the stick: not recorded.
+    pub bytes_reread: u64,
 }
 
 /// One image being written to any number of targets.
@@ -166,6 +172,15 @@ impl Fanout {
     ) -> AttemptHandle {
         let progress = Arc::new(AttemptProgress::new(self.options.clock.clone()));
         let link = Arc::new(EventLink::new(self.events.clone()));
+        // Registered here, on the caller's thread, not on the attempt's: the
+        // targets a caller starts one after the other are all among the
+        // import's followers before the import can pass their first chunks
+        // (see `ImageFeed::follow`). An audit writes nothing.
+        let follower = if self.options.audit {
+            None
+        } else {
+            self.source.follow()
+        };
         let ctx = AttemptContext {
             id: id.clone(),
             target,
@@ -192,7 +207,7 @@ impl Fanout {
             crate::attempt::lower_priority();
             let result = {
                 let _span = tracing::info_span!("attempt", target = %ctx.id).entered();
-                run_attempt(&ctx)
+                run_attempt(&ctx, follower)
             };
             drop(ctx);
             drop(release);
@@ -292,6 +307,7 @@ impl AttemptHandle {
             .unwrap_or_else(|join_error| AttemptOutcome {
                 id,
                 hold,
+                bytes_reread: self.progress.bytes_reread(),
                 result: Ok((
                     Verdict::Fail(Failure {
                         reason: FailReason::Unavailable {
@@ -437,6 +453,7 @@ async fn supervise(
         id: sup.id.clone(),
         result,
         hold: sup.hold.clone(),
+        bytes_reread: sup.progress.bytes_reread(),
     }
 }
 

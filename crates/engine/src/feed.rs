@@ -16,14 +16,19 @@
 //! target can pass.
 //!
 //! Memory: the feed holds what a manifest holds (a fingerprint and a zero
-//! flag per chunk) and the bytes of at most [`HELD_CHUNKS`] data chunks: a
-//! producer that hands each chunk's bytes over ([`ImageFeed::push_data`])
-//! spares the targets that keep up with the import a read of the file (and
-//! lets the import read a raw file past the page cache). A target further
-//! behind, and every read-back, reads the bytes back from the file through
-//! the page cache and the source's bounded cache of chunks: read from disk
-//! once and shared, and memory does not grow with the image however far the
-//! import runs ahead of the slowest target.
+//! flag per chunk) and the bytes of at most [`MAX_HELD_CHUNKS`] data chunks:
+//! a producer that hands each chunk's bytes over ([`ImageFeed::push_data`],
+//! [`ImageFeed::push_owned`]) spares the targets that keep up with the import
+//! a read of the file (and lets the import read a raw file past the page
+//! cache). The feed keeps a chunk's bytes while a target following it still
+//! needs them (see [`ImageFeed::follow`]), never more than
+//! [`MAX_HELD_CHUNKS`], and only for targets that asked for a chunk (or
+//! began) within the last [`PACE_GIVE_UP`]. A target further behind, one
+//! stuck longer than that, and every read-back read the bytes back from the
+//! file through the page cache and the source's bounded cache of chunks:
+//! read from disk once and shared, and memory does not grow with the image
+//! or the number of targets however far the import runs ahead of the
+//! slowest target.
 //!
 //! The feed knows nothing of the image cache: the application wires an
 //! import to it.
@@ -39,21 +44,36 @@ use flashrack_core::{ImageManifest, Sha256Digest};
 use crate::source::{BufferPool, ChunkBytes, HANDED_ALIGN};
 use crate::EngineError;
 
-/// How many of the last data chunks handed over with their bytes a feed
-/// holds: a target that keeps up with the import (waits for each chunk as
-/// it is pushed) finds it here. A target further behind reads the file; more
-/// held chunks would not help it and would only add to the resident memory
-/// (with 8, a 1 GiB cold flash at N = 1 peaked at 101 MB against 64 MB
-/// before the hand-over, the import running ahead of the target).
+/// How far (in chunks) the import may run ahead of the follower furthest
+/// ahead, and of a follower still starting (see [`ImageFeed::follow`]); also
+/// how many of the last data chunks handed over with their bytes a feed
+/// holds when nobody follows it. A target that keeps up with the import
+/// (waits for each chunk as it is pushed) finds its chunk among them. With
+/// 8 held whatever the followers, a 1 GiB cold flash at N = 1 peaked at
+/// 101 MB against 64 MB before the hand-over, the import running ahead of
+/// the target.
 pub const HELD_CHUNKS: usize = 2;
 
-/// How long a follower may go without asking for its next chunk before the
-/// import stops keeping pace with it (see [`ImageFeed::follow`]): a stick
-/// stuck in the kernel, or one slower than this per chunk, then reads what it
-/// needs from the file like any target behind, and the import carries on.
-/// A safety valve, not a measure of anything: keeping pace only spares a
-/// target reading its chunks again from the disk.
-const PACE_GIVE_UP: Duration = Duration::from_secs(2);
+/// The most data chunks a feed holds for its followers: a follower behind
+/// the one furthest ahead (a stick a little slower, or one that began a
+/// little later) finds its chunks held while it is fewer than this many
+/// behind the import; further behind, it reads them from the file. The
+/// bound on the feed's memory whatever the number of followers (with 4 MiB
+/// chunks, 32 MiB); a lone follower that keeps up needs only
+/// [`HELD_CHUNKS`].
+pub const MAX_HELD_CHUNKS: usize = 8;
+
+/// How long a follower may go without asking for its next chunk (or, still
+/// starting, since it was registered or the import began; one waiting for a
+/// chunk not imported yet keeps up) before the import stops keeping pace
+/// with it and the feed stops holding chunks for it (see
+/// [`ImageFeed::follow`]): a
+/// stick stuck in the kernel or in its start-up (opening, the guard's
+/// checks, the capacity probe), or one slower than this per chunk, then
+/// reads what it needs from the file like any target behind, and the import
+/// carries on. A safety valve, not a measure of anything: keeping pace only
+/// spares a target reading its chunks again from the disk.
+pub const PACE_GIVE_UP: Duration = Duration::from_secs(2);
 
 /// How long a waiting target sleeps before it looks at its cancel flag again
 /// (and beats its heartbeat: waiting for the import is not a stall of the
@@ -134,12 +154,21 @@ struct State {
     /// Bytes fed so far.
     fed: u64,
     end: Option<End>,
-    /// The last data chunks handed over with their bytes, oldest first, at
-    /// most [`HELD_CHUNKS`].
+    /// Data chunks handed over with their bytes, oldest first, at most
+    /// [`MAX_HELD_CHUNKS`]: those a follower in the window still needs, or
+    /// the last [`HELD_CHUNKS`] when no follower is (see [`State::trim`]).
     held: VecDeque<(u64, Arc<ChunkBytes>)>,
+    /// One past the last data chunk whose bytes the feed let go (or never
+    /// held: pushed without them): a follower that needs a chunk before it
+    /// reads it from the file, and is neither held for nor, starting, waited
+    /// for.
+    let_go: u64,
     /// The targets following the feed (see [`ImageFeed::follow`]): the next
     /// chunk each will ask for and when it last asked; `None` once it left.
     followers: Vec<Option<Pace>>,
+    /// The slot among `followers` that [`ImageFeed::reserve`] took for the
+    /// targets to come, until the first of them registers.
+    reserved: Option<usize>,
 }
 
 /// Where a follower is.
@@ -147,35 +176,91 @@ struct State {
 struct Pace {
     /// The chunk it asks for next (it has all before).
     next: u64,
-    /// When it last asked.
+    /// When it last asked, or got the chunk it waited for; registered, or
+    /// saw the import begin, if it has not asked yet.
     moved: Instant,
+    /// Whether it has asked for a chunk: its write pass has begun. Until
+    /// then it is starting (opening, the guard's checks, the capacity
+    /// probe).
+    writing: bool,
+}
+
+impl Pace {
+    /// Whether it keeps up, `fed` chunks having been fed: it waits for a
+    /// chunk not fed yet, or asked (or, starting, registered or saw the
+    /// import begin) within [`PACE_GIVE_UP`]. A follower that does not is
+    /// stuck or too slow to be kept pace with.
+    fn fresh(&self, fed: u64) -> bool {
+        (self.writing && self.next >= fed) || self.moved.elapsed() < PACE_GIVE_UP
+    }
 }
 
 impl State {
-    /// Whether the import must wait before it announces chunk `index`: a
-    /// follower that keeps up (asked within [`PACE_GIVE_UP`]) would not find
-    /// the chunk it needs next among the [`HELD_CHUNKS`] held any more, and
-    /// none is further ahead. Only the nearest follower counts: a slower
-    /// one never holds the import, nor so the faster ones, back.
+    /// The fresh followers whose next chunk the feed has not let go: those
+    /// it holds chunks for.
+    fn in_window(&self) -> impl Iterator<Item = &Pace> {
+        let (let_go, fed) = (self.let_go, self.chunks.len() as u64);
+        self.followers
+            .iter()
+            .flatten()
+            .filter(move |f| f.fresh(fed) && f.next >= let_go)
+    }
+
+    /// Whether the import must wait before it announces chunk `index`:
+    /// - the fresh follower furthest ahead in its write pass would not find
+    ///   the chunk it needs next among the [`HELD_CHUNKS`] last ones. Only
+    ///   the nearest follower counts: a slower one never holds the import,
+    ///   nor so the faster ones, back (the feed holds its chunks while it is
+    ///   fewer than [`MAX_HELD_CHUNKS`] behind, see [`trim`](Self::trim));
+    /// - or a follower still starting, registered within [`PACE_GIVE_UP`]
+    ///   and before the feed let its first chunk go, would lose that chunk:
+    ///   so the targets of a run begin together, each finding the first
+    ///   chunks held, instead of reading again from the file those the
+    ///   import passed while they opened their sticks and probed them.
     fn must_wait(&self, index: u64) -> bool {
         if self.end.is_some() {
             return false;
         }
+        let fed = self.chunks.len() as u64;
         let lead = self
             .followers
             .iter()
             .flatten()
-            .filter(|f| f.moved.elapsed() < PACE_GIVE_UP)
+            .filter(|f| f.writing && f.fresh(fed))
             .map(|f| f.next)
             .max();
-        lead.is_some_and(|next| index >= next + HELD_CHUNKS as u64)
+        let behind_lead = lead.is_some_and(|next| index >= next + HELD_CHUNKS as u64);
+        behind_lead
+            || self
+                .in_window()
+                .any(|f| !f.writing && index >= f.next + HELD_CHUNKS as u64)
+    }
+
+    /// Lets go of the held chunks no follower in the window needs any more
+    /// (before the next chunk of the one furthest behind), and of the oldest
+    /// beyond [`MAX_HELD_CHUNKS`] whoever needs them; with no follower in
+    /// the window, of all but the last [`HELD_CHUNKS`] (for a follower about
+    /// to begin).
+    fn trim(&mut self) {
+        let (keep_from, most) = match self.in_window().map(|f| f.next).min() {
+            Some(next) => (next, MAX_HELD_CHUNKS),
+            None => (0, HELD_CHUNKS),
+        };
+        while let Some(&(index, _)) = self.held.front() {
+            if index >= keep_from && self.held.len() <= most {
+                break;
+            }
+            self.held.pop_front();
+            self.let_go = self.let_go.max(index + 1);
+        }
     }
 }
 
-/// A target following a feed, for the import to keep pace with
-/// ([`ImageFeed::follow`]); it leaves when dropped.
+/// A target following a feed, for the import to keep pace with and the
+/// feed to hold chunks for ([`crate::SharedSource::follow`]); it leaves
+/// when dropped.
 #[derive(Debug)]
-pub(crate) struct Follower {
+pub struct Follower {
     feed: Arc<ImageFeed>,
     slot: usize,
 }
@@ -271,28 +356,83 @@ impl ImageFeed {
         state.file = Some(Arc::new(file));
         state.chunk_size = chunk_size;
         state.size_hint = size_hint;
+        // A follower starting (or a reservation) counts from the import's
+        // beginning, not from whatever came before it (a download's
+        // connection).
+        let now = Instant::now();
+        for pace in state.followers.iter_mut().flatten() {
+            pace.moved = now;
+        }
         self.changed.notify_all();
         Ok(())
     }
 
-    /// A target starts following the feed (its write pass), from chunk 0.
-    ///
-    /// The import keeps pace with the nearest follower: it announces a chunk
-    /// only once the follower furthest ahead would still find the chunk it
-    /// needs next among the [`HELD_CHUNKS`] held (the producer waits in
-    /// [`push`](Self::push) and [`push_data`](Self::push_data)). Why: an
-    /// import reading past the page cache runs ahead of a loop device or a
-    /// stick, and a target that fell behind the held chunks read them again
-    /// from the disk: in a cold flash of a GiB at N = 1, about 400 MiB read
-    /// twice, with the page cache filled for them, while the target wrote.
-    /// A follower that has not asked for a chunk for [`PACE_GIVE_UP`] is not
-    /// waited for; one that leaves (its write pass ends, however) is
-    /// forgotten.
-    pub(crate) fn follow(self: &Arc<Self>) -> Follower {
+    /// Targets are about to follow the feed (a one-shot flash that will
+    /// start its attempts once the import has begun, after checking its
+    /// targets and opening its records): until the first of them registers
+    /// ([`crate::SharedSource::follow`], when its attempt is started), the
+    /// import keeps its first chunks for them as for a follower starting
+    /// (see [`follow`](Self::follow)), counted from the import's beginning,
+    /// at most [`PACE_GIVE_UP`]. Without it, the import would run on while
+    /// the caller prepares, and the targets would read the chunks it passed
+    /// again from the file. A second reservation changes nothing.
+    pub fn reserve(&self) {
         let mut state = self.lock();
+        if state.reserved.is_some() {
+            return;
+        }
         state.followers.push(Some(Pace {
             next: 0,
             moved: Instant::now(),
+            writing: false,
+        }));
+        state.reserved = Some(state.followers.len() - 1);
+    }
+
+    /// The targets will not follow after all (the caller flashes the image
+    /// once imported instead): the reservation ([`reserve`](Self::reserve))
+    /// holds the import back no longer.
+    pub fn unreserve(&self) {
+        let mut state = self.lock();
+        if let Some(slot) = state.reserved.take() {
+            state.followers[slot] = None;
+            self.changed.notify_all();
+        }
+    }
+
+    /// A target starts following the feed, from chunk 0: when its attempt
+    /// begins, before it opens its stick, passes the guard and probes it,
+    /// so that the chunks the import produces meanwhile are kept for it.
+    ///
+    /// The import keeps pace with its followers: it announces a chunk only
+    /// once the follower furthest ahead in its write pass would still find
+    /// the chunk it needs next among the last [`HELD_CHUNKS`], and (within
+    /// [`PACE_GIVE_UP`] of their start) every follower still starting would
+    /// still find its first chunk held (the producer waits in
+    /// [`push`](Self::push), [`push_data`](Self::push_data) and
+    /// [`push_owned`](Self::push_owned)). The feed holds a chunk's bytes
+    /// while a fresh follower needs them, at most [`MAX_HELD_CHUNKS`]. Why:
+    /// an import reading past the page cache runs ahead of a loop device or
+    /// a stick, and a target that fell behind the held chunks read them
+    /// again from the disk: in a cold flash of a GiB at N = 1, about 400 MiB
+    /// read twice while the target wrote, and, with the target registered
+    /// only at its write pass, 36 MiB (268 MiB on a loaded machine) the
+    /// import passed while the target started. A follower that has not
+    /// asked for a chunk for [`PACE_GIVE_UP`] (or, starting, began that long
+    /// ago) is neither waited for nor held for, and reads from the file like
+    /// any target behind; one that leaves (its write pass ends, or its
+    /// attempt ends before it, however) is forgotten.
+    pub(crate) fn follow(self: &Arc<Self>) -> Follower {
+        let mut state = self.lock();
+        // The reservation (if any) has done its work: the targets a caller
+        // starts one after the other register without a wait between them.
+        if let Some(slot) = state.reserved.take() {
+            state.followers[slot] = None;
+        }
+        state.followers.push(Some(Pace {
+            next: 0,
+            moved: Instant::now(),
+            writing: false,
         }));
         Follower {
             feed: self.clone(),
@@ -320,14 +460,22 @@ impl ImageFeed {
     pub fn push(&self, len: usize, zero: bool, fingerprint: u128) -> Result<(), FeedError> {
         let state = self.lock();
         let mut state = self.keep_pace(state);
-        self.push_locked(&mut state, len, zero, fingerprint)
+        let index = state.chunks.len() as u64;
+        self.push_locked(&mut state, len, zero, fingerprint)?;
+        if !zero {
+            // Its bytes were never held: a follower that needs it reads the
+            // file, and the feed has nothing to keep for it.
+            state.let_go = state.let_go.max(index + 1);
+        }
+        state.trim();
+        Ok(())
     }
 
     /// The next chunk is in the file, and these are its bytes (not all zero),
     /// with their XXH3-128 fingerprint: as [`push`](Self::push), and the feed
-    /// keeps a copy of the bytes while the chunk is among the last
-    /// [`HELD_CHUNKS`] handed over, for the targets to take instead of
-    /// reading the file.
+    /// keeps a copy of the bytes while a follower needs them (see
+    /// [`follow`](Self::follow); the last [`HELD_CHUNKS`] when nobody
+    /// follows), for the targets to take instead of reading the file.
     pub fn push_data(&self, data: &[u8], fingerprint: u128) -> Result<(), FeedError> {
         let chunk_size = self.lock().chunk_size as usize;
         // Copied outside the lock, into a buffer of the feed's pool; a chunk
@@ -382,10 +530,8 @@ impl ImageFeed {
         self.push_locked(&mut state, len, false, fingerprint)?;
         if let Some(bytes) = bytes {
             state.held.push_back((index, bytes));
-            if state.held.len() > HELD_CHUNKS {
-                state.held.pop_front();
-            }
         }
+        state.trim();
         Ok(())
     }
 
@@ -435,6 +581,14 @@ impl ImageFeed {
             zero,
             fingerprint,
         });
+        // A follower that waited for this chunk kept up: its time to ask for
+        // the next one counts from now, not from when it began to wait.
+        let now = Instant::now();
+        for pace in state.followers.iter_mut().flatten() {
+            if pace.writing && pace.next == index {
+                pace.moved = now;
+            }
+        }
         self.changed.notify_all();
         Ok(())
     }
@@ -538,6 +692,7 @@ impl ImageFeed {
                 *pace = Pace {
                     next: index,
                     moved: Instant::now(),
+                    writing: true,
                 };
             }
             self.changed.notify_all();
@@ -759,8 +914,6 @@ mod tests {
         let cancel = AtomicBool::new(false);
         feed.begin(file(), CHUNK as u32, None).unwrap();
         let follower = feed.follow();
-        // Registered and never asking: a follower further behind does not
-        // hold the import back.
         let straggler = feed.follow();
         std::thread::scope(|scope| {
             let producer = scope.spawn(|| {
@@ -769,6 +922,11 @@ mod tests {
                     feed.push_data(&data, i as u128).unwrap();
                 }
             });
+            // It takes its first chunk and never asks again: a follower
+            // further behind does not hold the import back.
+            assert!(feed
+                .wait_chunk(0, &waiter(&cancel), Some(&straggler))
+                .is_ok_and(|span| span.is_some()));
             for i in 0..CHUNKS {
                 let span = feed
                     .wait_chunk(i, &waiter(&cancel), Some(&follower))
@@ -870,5 +1028,159 @@ mod tests {
             })
         );
         assert!(feed.ended().is_some_and(|end| end.is_err()));
+    }
+
+    /// How many chunks the feed holds the bytes of.
+    fn held_count(feed: &ImageFeed) -> usize {
+        feed.lock().held.len()
+    }
+
+    /// Pushes `n` data chunks of `CHUNK` bytes on a thread of `scope`, as
+    /// fast as the feed lets it.
+    fn produce<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        feed: &'scope ImageFeed,
+        n: u64,
+    ) -> std::thread::ScopedJoinHandle<'scope, ()> {
+        scope.spawn(move || {
+            for i in 0..n {
+                feed.push_data(&[i as u8 + 1; 8192], u128::from(i)).unwrap();
+            }
+        })
+    }
+
+    /// Waits (bounded) until the feed has been fed `n` chunks.
+    fn until_fed(feed: &ImageFeed, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while feed.chunks_fed() < n {
+            assert!(Instant::now() < deadline, "{} fed", feed.chunks_fed());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_follower_starting_keeps_its_first_chunks_held_until_it_asks_for_them() {
+        let feed = ImageFeed::new();
+        let cancel = AtomicBool::new(false);
+        feed.begin(file(), 8192, None).unwrap();
+        // Registered when its attempt starts, before its stick is open.
+        let follower = feed.follow();
+        std::thread::scope(|scope| {
+            let producer = produce(scope, &feed, 24);
+            until_fed(&feed, HELD_CHUNKS as u64);
+            // Its stick takes a while to open and probe: the import waits
+            // with the first chunks held instead of passing them.
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(feed.chunks_fed(), HELD_CHUNKS as u64);
+            for i in 0..24u64 {
+                assert!(feed
+                    .wait_chunk(i, &waiter(&cancel), Some(&follower))
+                    .is_ok_and(|span| span.is_some()));
+                let held = feed.held(i).unwrap_or_else(|| panic!("chunk {i} is held"));
+                assert!(held.iter().all(|&b| b == i as u8 + 1));
+            }
+            producer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_follower_behind_the_lead_finds_its_chunks_held_up_to_the_bound() {
+        let feed = ImageFeed::new();
+        let cancel = AtomicBool::new(false);
+        feed.begin(file(), 8192, None).unwrap();
+        let lead = feed.follow();
+        let behind = feed.follow();
+        std::thread::scope(|scope| {
+            let producer = produce(scope, &feed, 32);
+            // Both begin; the one behind takes chunk 0 and then lingers.
+            for follower in [&behind, &lead] {
+                assert!(feed
+                    .wait_chunk(0, &waiter(&cancel), Some(follower))
+                    .is_ok_and(|span| span.is_some()));
+            }
+            // The lead runs ahead: the import keeps pace with it alone, and
+            // the chunks the one behind needs next stay held while it is
+            // fewer than MAX_HELD_CHUNKS behind (more than HELD_CHUNKS here).
+            const LAG: u64 = 4;
+            assert!(LAG as usize > HELD_CHUNKS && LAG as usize + HELD_CHUNKS <= MAX_HELD_CHUNKS);
+            for i in 1..=LAG {
+                assert!(feed
+                    .wait_chunk(i, &waiter(&cancel), Some(&lead))
+                    .is_ok_and(|span| span.is_some()));
+            }
+            until_fed(&feed, LAG + HELD_CHUNKS as u64);
+            assert_eq!(held_count(&feed), LAG as usize + HELD_CHUNKS);
+            assert!(feed.held(0).is_some(), "chunk 0 is held for the one behind");
+            // Further ahead, the bound lets the oldest go, whoever needs it.
+            for i in LAG + 1..20 {
+                assert!(feed
+                    .wait_chunk(i, &waiter(&cancel), Some(&lead))
+                    .is_ok_and(|span| span.is_some()));
+                assert!(held_count(&feed) <= MAX_HELD_CHUNKS);
+            }
+            assert!(feed.held(0).is_none(), "the bound let chunk 0 go");
+            drop(lead);
+            drop(behind);
+            producer.join().unwrap();
+        });
+        // Nobody follows any more: the last HELD_CHUNKS are held.
+        assert_eq!(held_count(&feed), HELD_CHUNKS);
+    }
+
+    #[test]
+    fn a_follower_stuck_starting_holds_the_import_and_its_chunks_no_longer_than_the_give_up() {
+        let feed = ImageFeed::new();
+        feed.begin(file(), 8192, None).unwrap();
+        let began = Instant::now();
+        let stuck = feed.follow();
+        std::thread::scope(|scope| {
+            let producer = produce(scope, &feed, 32);
+            // It never asks: the import goes on after PACE_GIVE_UP, and
+            // holds no more than a feed nobody follows.
+            producer.join().unwrap();
+            assert!(began.elapsed() >= PACE_GIVE_UP);
+        });
+        assert_eq!(held_count(&feed), HELD_CHUNKS);
+        assert!(feed.held(0).is_none());
+        drop(stuck);
+    }
+
+    #[test]
+    fn a_reservation_keeps_the_first_chunks_for_the_targets_to_come() {
+        let feed = ImageFeed::new();
+        let cancel = AtomicBool::new(false);
+        // Before the import begins (a flash checking its targets).
+        feed.reserve();
+        feed.begin(file(), 8192, None).unwrap();
+        std::thread::scope(|scope| {
+            let producer = produce(scope, &feed, 16);
+            until_fed(&feed, HELD_CHUNKS as u64);
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(feed.chunks_fed(), HELD_CHUNKS as u64);
+            // The targets are started: the first takes the reservation's
+            // place, and finds every chunk held.
+            let follower = feed.follow();
+            for i in 0..16u64 {
+                assert!(feed
+                    .wait_chunk(i, &waiter(&cancel), Some(&follower))
+                    .is_ok_and(|span| span.is_some()));
+                assert!(feed.held(i).is_some(), "chunk {i} is held");
+            }
+            producer.join().unwrap();
+        });
+        // A reservation withdrawn (the targets will not follow after all)
+        // holds the import back no longer.
+        let feed = ImageFeed::new();
+        feed.reserve();
+        feed.begin(file(), 8192, None).unwrap();
+        let began = Instant::now();
+        std::thread::scope(|scope| {
+            let producer = produce(scope, &feed, 16);
+            until_fed(&feed, HELD_CHUNKS as u64);
+            feed.unreserve();
+            producer.join().unwrap();
+        });
+        assert_eq!(feed.chunks_fed(), 16);
+        assert!(began.elapsed() < PACE_GIVE_UP, "{:?}", began.elapsed());
     }
 }

@@ -52,7 +52,7 @@ use flashrack_core::{DataRanges, ImageManifest, VerifyMode};
 
 pub use clock::{Clock, ManualClock};
 pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout, Hold};
-pub use feed::{FeedError, ImageFeed};
+pub use feed::{FeedError, Follower, ImageFeed};
 pub use source::SharedSource;
 
 /// The image to write: a raw image file and what is known about it.

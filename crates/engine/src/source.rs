@@ -185,6 +185,10 @@ struct ChunkCell {
     /// sha256 for a format-1 manifest), checked by the first target that
     /// verifies against this chunk.
     checked: OnceLock<Result<(), EngineError>>,
+    /// Whether the bytes of a followed import's chunk were read from its file
+    /// (the feed no longer held them) rather than taken from the feed; set
+    /// once, before `data` is.
+    from_file: AtomicBool,
 }
 
 /// The image file and a bounded, shared cache of its chunks.
@@ -279,10 +283,11 @@ impl SharedSource {
         }
     }
 
-    /// A write pass following the import: the import keeps pace with it
-    /// while it keeps up (see [`ImageFeed::follow`]); `None` for a source
-    /// that follows no import.
-    pub(crate) fn follow(&self) -> Option<Follower> {
+    /// A target that will follow the import (registered when its attempt
+    /// starts): the import keeps pace with it, and the feed holds chunks for
+    /// it, while it keeps up (see [`ImageFeed::follow`]); `None` for a
+    /// source that follows no import.
+    pub fn follow(&self) -> Option<Follower> {
         match &self.origin {
             Origin::Feed(feed) => Some(feed.follow()),
             Origin::File(_) => None,
@@ -341,15 +346,17 @@ impl SharedSource {
         Ok(())
     }
 
-    /// For the write pass: where chunk `index` lies and its bytes, waiting for
-    /// the import to produce it if the source follows one; `None` past the
-    /// image's end.
+    /// For the write pass: where chunk `index` lies, its bytes, and whether
+    /// they were read from a followed import's file instead of taken from
+    /// its feed (by this pass or by another target's, shared: the feed no
+    /// longer held them); waits for the import to produce the chunk if the
+    /// source follows one. `None` past the image's end.
     pub(crate) fn next_chunk(
         &self,
         index: u64,
         waiter: &Waiter<'_>,
         follower: Option<&Follower>,
-    ) -> Result<Option<(u64, usize, Chunk)>, WaitError> {
+    ) -> Result<Option<(u64, usize, Chunk, bool)>, WaitError> {
         if let Origin::Feed(feed) = &self.origin {
             if feed.wait_chunk(index, waiter, follower)?.is_none() {
                 return Ok(None);
@@ -358,7 +365,8 @@ impl SharedSource {
             return Ok(None);
         }
         let info = self.info(index)?;
-        Ok(Some((info.offset, info.len, self.chunk(index)?)))
+        let (chunk, from_file) = self.get_from(index, false)?;
+        Ok(Some((info.offset, info.len, chunk, from_file)))
     }
 
     /// A chunk-sized buffer of zeros, aligned for direct I/O.
@@ -441,6 +449,12 @@ impl SharedSource {
         self.get(index, false)
     }
 
+    /// As [`chunk`](Self::chunk), and whether its bytes were read from a
+    /// followed import's file instead of taken from the feed.
+    pub(crate) fn chunk_from(&self, index: u64) -> Result<(Chunk, bool), EngineError> {
+        self.get_from(index, false)
+    }
+
     /// Chunk `index` for verification: its bytes are proven to be the ones the
     /// import digested (checked once per cached copy, not once per target).
     ///
@@ -458,12 +472,22 @@ impl SharedSource {
     }
 
     fn get(&self, index: u64, check: bool) -> Result<Chunk, EngineError> {
+        self.get_from(index, check).map(|(chunk, _)| chunk)
+    }
+
+    /// As [`get`](Self::get), and whether the bytes were read from a followed
+    /// import's file instead of taken from its feed.
+    fn get_from(&self, index: u64, check: bool) -> Result<(Chunk, bool), EngineError> {
         let info = self.info(index)?;
         if info.zero {
-            return Ok(Chunk::Zero);
+            return Ok((Chunk::Zero, false));
         }
         let cell = self.cell(index);
-        let data = cell.data.get_or_init(|| self.read(index, &info)).clone()?;
+        let data = cell
+            .data
+            .get_or_init(|| self.read(index, &info, &cell.from_file))
+            .clone()?;
+        let from_file = cell.from_file.load(Ordering::Relaxed);
         if check {
             cell.checked
                 .get_or_init(|| {
@@ -484,7 +508,7 @@ impl SharedSource {
                 })
                 .clone()?;
         }
-        Ok(Chunk::Data(data))
+        Ok((Chunk::Data(data), from_file))
     }
 
     fn cell(&self, index: u64) -> Arc<ChunkCell> {
@@ -502,8 +526,14 @@ impl SharedSource {
     }
 
     /// Maps chunk `index` at `info` (reads it where the file cannot be
-    /// mapped; from a feed: the bytes it holds, else its file).
-    fn read(&self, index: u64, info: &ChunkInfo) -> Result<Arc<ChunkBytes>, EngineError> {
+    /// mapped; from a feed: the bytes it holds, else its file, and then
+    /// sets `from_file`).
+    fn read(
+        &self,
+        index: u64,
+        info: &ChunkInfo,
+        from_file: &AtomicBool,
+    ) -> Result<Arc<ChunkBytes>, EngineError> {
         let (offset, len) = (info.offset, info.len);
         let read_error = |detail: String| EngineError::SourceRead { offset, detail };
         let fed;
@@ -517,6 +547,7 @@ impl SharedSource {
                 fed = feed
                     .file()
                     .ok_or_else(|| read_error("the import has not begun".into()))?;
+                from_file.store(true, Ordering::Relaxed);
                 // Not held (a target further behind, a read-back): read
                 // through the page cache, so that the chunk comes from the
                 // disk once and is shared by every target that needs it,
@@ -825,8 +856,8 @@ mod tests {
         for chunk in bytes.chunks(CHUNK) {
             feed.push_data(chunk, xxh3_128(chunk)).unwrap();
         }
-        let Ok(Some((_, _, Chunk::Data(first)))) = source.next_chunk(0, &waiter, None) else {
-            panic!("chunk 0 was fed");
+        let Ok(Some((_, _, Chunk::Data(first), true))) = source.next_chunk(0, &waiter, None) else {
+            panic!("chunk 0 was fed, and let go: read from the file");
         };
         assert!(
             first.iter().all(|&b| b == 0xAB),
@@ -834,19 +865,21 @@ mod tests {
         );
         drop(first);
         let last = chunks as u64;
-        let Ok(Some((_, len, Chunk::Data(held)))) = source.next_chunk(last, &waiter, None) else {
-            panic!("the last chunk was fed");
+        let Ok(Some((_, len, Chunk::Data(held), false))) = source.next_chunk(last, &waiter, None)
+        else {
+            panic!("the last chunk was fed, and is held");
         };
         assert_eq!(len, 100);
         assert_eq!(&held[..], &bytes[chunks * CHUNK..]);
         // Chunk 1 is no longer held: read from the file once, and a second
         // target behind gets the same bytes, not a read of its own.
-        let Ok(Some((_, _, Chunk::Data(read)))) = source.next_chunk(1, &waiter, None) else {
-            panic!("chunk 1 was fed");
+        let Ok(Some((_, _, Chunk::Data(read), true))) = source.next_chunk(1, &waiter, None) else {
+            panic!("chunk 1 was fed, and read from the file");
         };
         assert_eq!(&read[..], &bytes[CHUNK..2 * CHUNK]);
-        let Ok(Some((_, _, Chunk::Data(again)))) = source.next_chunk(1, &waiter, None) else {
-            panic!("chunk 1 was fed");
+        // Shared, but still bytes the feed no longer held.
+        let Ok(Some((_, _, Chunk::Data(again), true))) = source.next_chunk(1, &waiter, None) else {
+            panic!("chunk 1 was fed, and read from the file");
         };
         assert!(Arc::ptr_eq(&read, &again), "one read of chunk 1, shared");
         drop((held, read, again));
@@ -885,7 +918,7 @@ mod tests {
         };
         for (index, chunk) in bytes.chunks(CHUNK).enumerate() {
             feed.push(chunk.len(), false, xxh3_128(chunk)).unwrap();
-            let Ok(Some((offset, len, Chunk::Data(data)))) =
+            let Ok(Some((offset, len, Chunk::Data(data), true))) =
                 source.next_chunk(index as u64, &waiter, None)
             else {
                 panic!("chunk {index} was fed");

@@ -16,6 +16,7 @@ use std::time::Duration;
 use flashrack_core::{
     EngineEvent, EngineEventKind, FailReason, Sha256Digest, Stage, Verdict, VerifyMethod,
 };
+use flashrack_engine::feed::PACE_GIVE_UP;
 use flashrack_engine::{EngineError, EngineOptions, Fanout, ImageFeed};
 use flashrack_simrack::sim::{SimRack, SimStickSpec};
 use tokio::sync::mpsc;
@@ -86,6 +87,36 @@ impl Importer {
     fn finish(&self) {
         self.feed.finish(Sha256Digest::of(&self.bytes)).unwrap();
     }
+
+    /// The import as the application runs it, on a thread of its own: every
+    /// chunk stored, then announced with its bytes handed over (data chunks,
+    /// `push_data`), as fast as the feed lets it, and the feed ended.
+    fn run_handing_over(mut self) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            for index in 0..self.chunks() {
+                let start = index * CHUNK;
+                let chunk = &self.bytes[start..(start + CHUNK).min(self.bytes.len())];
+                let zero = chunk.iter().all(|&b| b == 0);
+                if zero {
+                    self.feed.push(chunk.len(), true, xxh3_128(chunk)).unwrap();
+                } else {
+                    self.file.write_all_at(chunk, start as u64).unwrap();
+                    self.feed.push_data(chunk, xxh3_128(chunk)).unwrap();
+                }
+                self.next += 1;
+            }
+            self.finish();
+        })
+    }
+}
+
+/// Bytes of the image's data chunks (those not all zero).
+fn data_bytes(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks(CHUNK)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .map(|c| c.len() as u64)
+        .sum()
 }
 
 fn rack(dir: &std::path::Path, specs: Vec<SimStickSpec>) -> SimRack {
@@ -418,4 +449,136 @@ fn a_sparse_run_cannot_follow_an_import() {
         Fanout::following(ImageFeed::new(), options, tx),
         Err(EngineError::SourceFailed { .. })
     ));
+}
+
+/// Sticks slow to start (opening, the guard's checks, the probe: here a slow
+/// open), started as the import begins: the import keeps the chunks it
+/// produces meanwhile for them, so neither reads a byte of the image again
+/// from the file; both pass, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_slow_to_start_take_every_chunk_from_the_feed_and_read_none_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(24 * CHUNK, 21, 3 * CHUNK);
+    assert!(data_bytes(&bytes) > 0);
+    let importer = Importer::begin(dir.path(), bytes.clone(), true);
+    let feed = importer.feed.clone();
+    // Paced writes (64 ms a chunk): a stick behind the other by a few chunks
+    // is so a matter of a few hundred milliseconds, not of the scheduler.
+    let slow_start = Duration::from_millis(400);
+    assert!(slow_start < PACE_GIVE_UP);
+    let rack = rack(
+        dir.path(),
+        ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                SimStickSpec::new(name, 8 * MIB)
+                    .open_delay(slow_start)
+                    .write_speed(MIB)
+            })
+            .collect(),
+    );
+    let (tx, _events) = mpsc::unbounded_channel();
+    let fanout = Fanout::following(feed.clone(), options(), tx).unwrap();
+    let handles: Vec<_> = targets(&rack)
+        .into_iter()
+        .map(|(id, target)| fanout.start(id, target))
+        .collect();
+    let import = importer.run_handing_over();
+    for handle in handles {
+        let outcome = tokio::time::timeout(WAIT, handle.finish()).await.unwrap();
+        let (verdict, figures) = outcome.result.unwrap();
+        assert_eq!(verdict, Verdict::Pass, "{}", outcome.id);
+        assert_eq!(figures.read_back_sha256, Some(Sha256Digest::of(&bytes)));
+        assert_eq!(outcome.bytes_reread, 0, "{} read chunks again", outcome.id);
+        let medium = std::fs::read(rack.stick(&outcome.id.0).unwrap().path()).unwrap();
+        assert_eq!(&medium[..bytes.len()], &bytes[..], "{}", outcome.id);
+    }
+    import.join().unwrap();
+}
+
+/// A flash reserves the feed before its import begins and starts its targets
+/// only later (after checking them and opening its records): the import
+/// keeps its first chunks for them meanwhile, and they read nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_started_after_the_import_began_read_nothing_again_when_the_feed_was_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(16 * CHUNK, 22, 3 * CHUNK);
+    let importer = Importer::begin(dir.path(), bytes.clone(), true);
+    let feed = importer.feed.clone();
+    feed.reserve();
+    let rack = rack(dir.path(), vec![SimStickSpec::new("a", 8 * MIB)]);
+    let import = importer.run_handing_over();
+    // The caller prepares: the import waits with its first chunks held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        feed.chunks_fed(),
+        flashrack_engine::feed::HELD_CHUNKS as u64
+    );
+    let (tx, _events) = mpsc::unbounded_channel();
+    let fanout = Fanout::following(feed.clone(), options(), tx).unwrap();
+    let (id, target) = targets(&rack).remove(0);
+    let outcome = tokio::time::timeout(WAIT, fanout.start(id, target).finish())
+        .await
+        .unwrap();
+    let (verdict, _) = outcome.result.unwrap();
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(outcome.bytes_reread, 0);
+    import.join().unwrap();
+}
+
+/// A stick stuck in its start-up holds neither the import nor the other
+/// sticks back for longer than `PACE_GIVE_UP`, nor the feed's memory: the
+/// others pass (with nothing read again) while it is still stuck; let go, it
+/// reads from the file what the feed no longer holds, and passes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_stuck_starting_does_not_hold_the_others_and_reads_its_chunks_again_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(24 * CHUNK, 23, 3 * CHUNK);
+    let importer = Importer::begin(dir.path(), bytes.clone(), true);
+    let feed = importer.feed.clone();
+    let rack = rack(
+        dir.path(),
+        vec![
+            SimStickSpec::new("quick", 8 * MIB),
+            SimStickSpec::new("stuck", 8 * MIB).stall_on_open(),
+        ],
+    );
+    let stuck = rack.stick("stuck").unwrap();
+    let (tx, _events) = mpsc::unbounded_channel();
+    let fanout = Fanout::following(feed.clone(), options(), tx).unwrap();
+    let mut handles: Vec<_> = targets(&rack)
+        .into_iter()
+        .map(|(id, target)| fanout.start(id, target))
+        .collect();
+    let began = std::time::Instant::now();
+    let import = importer.run_handing_over();
+    let quick = handles.remove(0);
+    assert_eq!(quick.id().0, "quick");
+    let outcome = tokio::time::timeout(WAIT, quick.finish()).await.unwrap();
+    let (verdict, _) = outcome.result.unwrap();
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(outcome.bytes_reread, 0);
+    // The import waited for the stuck stick, but not for ever.
+    assert!(began.elapsed() >= PACE_GIVE_UP - Duration::from_millis(200));
+    assert_eq!(feed.ended(), Some(Ok(())), "the import ended");
+    assert_eq!(stuck.stalled_calls(), 1, "still stuck in its start");
+    import.join().unwrap();
+
+    stuck.release();
+    let outcome = tokio::time::timeout(WAIT, handles.remove(0).finish())
+        .await
+        .unwrap();
+    let (verdict, _) = outcome.result.unwrap();
+    assert_eq!(verdict, Verdict::Pass);
+    // Everything but what the feed still held at its end (at most the last
+    // HELD_CHUNKS data chunks) came from the file.
+    let data = data_bytes(&bytes);
+    let held = (flashrack_engine::feed::HELD_CHUNKS * CHUNK) as u64;
+    assert!(
+        outcome.bytes_reread >= data - held && outcome.bytes_reread <= data,
+        "{} of {data} data bytes read again",
+        outcome.bytes_reread
+    );
+    let medium = std::fs::read(stuck.path()).unwrap();
+    assert_eq!(&medium[..bytes.len()], &bytes[..]);
 }

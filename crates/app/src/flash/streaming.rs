@@ -178,6 +178,13 @@ pub async fn flash_file(
     let cancel = Arc::new(AtomicBool::new(false));
     let abandon = CancelOnDrop(Some(cancel.clone()));
     let follow = !request.sparse && !request.audit;
+    if follow {
+        // The targets start once the import has begun and the flash has
+        // checked them and opened its records: the import keeps its first
+        // chunks for them meanwhile (within the feed's bounds) instead of
+        // passing them, which they would then read again from the file.
+        feed.reserve();
+    }
     let options = ImportOptions {
         expected_sha256: expected,
         max_image_size: request.max_size.bytes(),
@@ -245,6 +252,13 @@ pub async fn flash_url(
     let cancel = Arc::new(AtomicBool::new(false));
     let abandon = CancelOnDrop(Some(cancel.clone()));
     let follow = !request.sparse && !request.audit;
+    if follow {
+        // The targets start once the import has begun and the flash has
+        // checked them and opened its records: the import keeps its first
+        // chunks for them meanwhile (within the feed's bounds) instead of
+        // passing them, which they would then read again from the file.
+        feed.reserve();
+    }
     let following = Following {
         observer: follow.then(|| {
             Arc::new(FeedObserver {
@@ -374,6 +388,8 @@ async fn follow_or_wait(
             None
         }
         _ => {
+            // Flashed once imported: nothing to keep for the targets.
+            feed.unreserve();
             let outcome = join(import).await?;
             abandon.disarm();
             return super::flash(data_dir, outcome.image, request, view, stops).await;

@@ -1,6 +1,7 @@
 //! What a simulated stick is: its identity, its speed and its faults.
 
 use std::io;
+use std::time::Duration;
 
 #[cfg(doc)]
 use flashrack_target::{Target, TargetError};
@@ -104,6 +105,10 @@ pub struct SimStickSpec {
     /// Opening for writing fails with this OS error (`errno`), classified as a
     /// real open failure would be: `EMFILE` plays a station out of descriptors.
     pub open_error: Option<i32>,
+    /// Opening for writing takes this long (a stick slow to start).
+    pub open_delay: Option<Duration>,
+    /// Opening for writing stalls until the stick is removed or released.
+    pub stall_on_open: bool,
 }
 
 impl SimStickSpec {
@@ -130,6 +135,8 @@ impl SimStickSpec {
             hang_after_written: None,
             hang_after_read: None,
             open_error: None,
+            open_delay: None,
+            stall_on_open: false,
         }
     }
 
@@ -222,6 +229,21 @@ impl SimStickSpec {
     /// (the bytes up to the threshold are written; the call returns `Removed`).
     pub fn remove_after_written(mut self, bytes: u64) -> Self {
         self.remove_after_written = Some(bytes);
+        self
+    }
+
+    /// Makes every open for writing take `delay` before it answers (a stick
+    /// slow to start: its bridge still settling, a kernel slow to let go of
+    /// it), unless the stick is removed meanwhile.
+    pub fn open_delay(mut self, delay: Duration) -> Self {
+        self.open_delay = Some(delay);
+        self
+    }
+
+    /// Makes opening for writing stall until the stick is removed or
+    /// released ([`SimStick::release`]): a stick stuck in its start-up.
+    pub fn stall_on_open(mut self) -> Self {
+        self.stall_on_open = true;
         self
     }
 

@@ -267,6 +267,14 @@ impl Target for SimStick {
 
     fn open_writer(&self) -> Result<Box<dyn TargetWriter>, TargetError> {
         let inner = self.inner();
+        // A slow or stuck start, before anything else (a removal meanwhile
+        // ends it as removed).
+        if let Some(delay) = inner.spec.open_delay {
+            inner.pace(Some(Instant::now() + delay))?;
+        }
+        if inner.spec.stall_on_open && !inner.lock().released {
+            inner.stall()?;
+        }
         {
             let mut state = inner.lock();
             if state.removed {

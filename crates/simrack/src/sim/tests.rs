@@ -597,3 +597,45 @@ fn a_healthy_stick_with_a_cache_reads_the_same_before_and_after_a_reset() {
     stick.remove();
     assert!(matches!(stick.reset(), Err(TargetError::Removed)));
 }
+
+#[test]
+fn a_slow_start_delays_every_open_for_writing_and_a_removal_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let delay = Duration::from_millis(300);
+    let stick = stick(&dir, SimStickSpec::new("s", MIB as u64).open_delay(delay));
+    let began = Instant::now();
+    let mut writer = stick.open_writer().unwrap();
+    assert!(
+        began.elapsed() >= delay,
+        "opened after {:?}",
+        began.elapsed()
+    );
+    writer.write_all_at(0, &pattern(0, 4096)).unwrap();
+    drop(writer);
+    // Removed while it starts: the open fails as removed at once.
+    let opening = {
+        let stick = stick.clone();
+        thread::spawn(move || stick.open_writer().map(|_| ()))
+    };
+    stick.remove();
+    assert!(matches!(opening.join().unwrap(), Err(TargetError::Removed)));
+}
+
+#[test]
+fn a_stick_stuck_in_its_start_opens_only_once_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let stick = stick(&dir, SimStickSpec::new("s", MIB as u64).stall_on_open());
+    let opening = {
+        let stick = stick.clone();
+        thread::spawn(move || {
+            let mut writer = stick.open_writer()?;
+            writer.write_all_at(0, &pattern(0, 4096))
+        })
+    };
+    assert!(stick.wait_until_stalled(Duration::from_secs(5)));
+    assert!(!opening.is_finished());
+    stick.release();
+    opening.join().unwrap().unwrap();
+    assert_eq!(stick.stalled_calls(), 0);
+    assert_eq!(&read(&stick, 0, 4096)[..], &pattern(0, 4096)[..]);
+}
