@@ -159,10 +159,18 @@ test('a pulled stick keeps its removed verdict until the next one, counters agre
 
   // Run 2: stop after 2 passes. Two slow sticks in flight reach it: a third waits, shown as such.
   const second = await armRun(page, url, 2);
+  // Its row in the runs list, before any stick: no attempt running.
+  await page.waitForFunction((id) => /0 passed, 0 failed · (?!.*running)/
+    .test(document.querySelector(`#run-list [data-run-id="${id}"]`)?.textContent || ''), second, { timeout: 15_000 })
+    .catch(async () => assert.fail(`the runs list before any stick: ${await page.locator('#run-list').textContent()}`));
   await plug(child, 'B1 slow1:write=1MB');
   await plug(child, 'B2 slow2:write=1MB');
   await untilTile(page, 'B1', 'was writing', { state: 'writing' });
   await untilTile(page, 'B2', 'was writing', { state: 'writing' });
+  // The runs list follows the records while sticks run, not only at verdicts.
+  await page.waitForFunction((id) => /0 passed, 0 failed, 2 running/
+    .test(document.querySelector(`#run-list [data-run-id="${id}"]`)?.textContent || ''), second, { timeout: 15_000 })
+    .catch(async () => assert.fail(`the runs list while two sticks write: ${await page.locator(`#run-list [data-run-id="${second}"]`).textContent()}`));
   await plug(child, 'B3 third');
   await untilTile(page, 'B3', 'waited', { state: 'waiting', text: /waiting: target nearly reached/ });
   await assertNothingImpossible(page, 'sticks waiting');

@@ -173,8 +173,10 @@ export function setRun(run) {
   // depend on the run: the tiles follow.
   if ((before && before.id) !== (run && run.id) || Boolean(before && before.armed) !== Boolean(run && run.armed)) renderRack();
   renderRun();
+  // `active`: an attempt started (or ended) is a record too, which the runs
+  // list counts as running.
   const changed = !before || !run || before.id !== run.id || before.armed !== run.armed
-    || ['passed', 'failed', 'refused', 'interrupted'].some((key) => before[key] !== run[key]);
+    || ['passed', 'failed', 'refused', 'interrupted', 'active'].some((key) => before[key] !== run[key]);
   if (changed) {
     refreshRunsSoon();
     // A run's stop interrupts its sticks: their devices' latest verdicts change.
