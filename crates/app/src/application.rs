@@ -318,7 +318,7 @@ impl Application {
         // The list of imports from URLs is kept in the records, where there
         // are records: it outlives a restart, and an import left running is
         // shown interrupted and can be resumed.
-        let url_imports: Arc<dyn flashrack_web::UrlImports> = match &records {
+        let url_imports: Arc<crate::downloads::UrlImportService> = match &records {
             Some(records) => Arc::new(
                 crate::downloads::UrlImportService::persisted(
                     images.clone(),
@@ -371,14 +371,14 @@ impl Application {
             shutting_down: None,
             events: Default::default(),
             fleet: fleet.as_ref().map(|fleet| fleet.view.subscribe()),
-            url_imports: Some(url_imports),
+            url_imports: Some(url_imports.clone() as Arc<dyn flashrack_web::UrlImports>),
             captures: Some(captures.clone()),
             builds: builds.clone().map(|b| b as Arc<dyn flashrack_web::Builds>),
             followed_runs: Some(Arc::new(crate::follow::FollowService::new(
                 images.clone(),
-                data_dir.clone(),
                 config.max_size,
                 handle.clone(),
+                url_imports,
             ))),
         };
         Ok(Self {

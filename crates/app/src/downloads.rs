@@ -836,16 +836,64 @@ impl UrlImportService {
         url_import_of(body, self.max_size)
     }
 
+    /// Adds a view of a new import of `body` to the list (`checking`), unless
+    /// its URL is being imported already (two downloads must never share a
+    /// partial file): the request to launch and the view.
+    fn register(
+        &self,
+        body: &flashrack_web::UrlImportRequest,
+    ) -> Result<(UrlImport, ImportView), StartRefusal> {
+        let request = self.request_of(body.clone()).map_err(StartRefusal::Bad)?;
+        let mut views = self.views.lock().expect("no panic while held");
+        if views.iter().any(|v| v.url == request.url && v.running()) {
+            return Err(StartRefusal::Running(format!(
+                "{} is being imported already",
+                request.url
+            )));
+        }
+        let id = views.iter().map(|v| v.id).max().unwrap_or(0) + 1;
+        let view = ImportView::new(id, body.clone());
+        views.push(view.clone());
+        Ok((request, view))
+    }
+
+    /// Starts the import of `body` for a run that follows it
+    /// ([`crate::follow::FollowService`]): listed, recorded and resumable
+    /// after a crash as any import of the list, its chunks told to
+    /// `followed`'s observer as they are imported. Its outcome is the
+    /// returned task's: the run's end waits for it, and maps the image
+    /// itself once the sticks are let go (an import of the list maps it
+    /// before it is shown done).
+    pub(crate) fn start_followed(
+        &self,
+        body: flashrack_web::UrlImportRequest,
+        followed: FollowedImport,
+    ) -> Result<(UrlImport, ImportTask), StartRefusal> {
+        let (request, view) = self.register(&body)?;
+        let task = self.launch(view.id, request.clone(), body, Some(followed));
+        Ok((request, task))
+    }
+
     /// Runs import `id` (its view is in the list, `checking`) in the
     /// background: recorded as started first, its bytes every
-    /// [`PERSIST_EVERY`], its end last.
-    fn launch(&self, id: u64, request: UrlImport, body: flashrack_web::UrlImportRequest) {
+    /// [`PERSIST_EVERY`], its end last. The task's result is the import's.
+    fn launch(
+        &self,
+        id: u64,
+        request: UrlImport,
+        body: flashrack_web::UrlImportRequest,
+        followed: Option<FollowedImport>,
+    ) -> ImportTask {
         let views = self.views.clone();
         let (cache, data_dir, store) = (
             self.cache.clone(),
             self.data_dir.clone(),
             self.store.clone(),
         );
+        let (following, mut told) = match followed {
+            Some(f) => (f.following, Some(f.told)),
+            None => (Following::default(), None),
+        };
         self.runtime.spawn(async move {
             let update = |f: &mut dyn FnMut(&mut ImportView)| {
                 let mut views = views.lock().expect("no panic while held");
@@ -879,7 +927,9 @@ impl UrlImportService {
             // told before its first byte) is written at once, so that an
             // import cut by a crash is listed with it.
             let mut persisted: Option<(std::time::Instant, Option<u64>)> = None;
-            let result = import_url(&cache, &data_dir, &request, RetryPolicy::default(), |p| {
+            let followed = following.observer.is_some();
+            let cancel = following.cancel.clone();
+            let result = import_url_following(&cache, &data_dir, &request, RetryPolicy::default(), |p| {
                 if let UrlProgress::Downloading(progress) = &p {
                     let due = persisted.is_none_or(|(at, total)| {
                         at.elapsed() >= PERSIST_EVERY || total != progress.total
@@ -889,10 +939,13 @@ impl UrlImportService {
                         let _ = persist_tx.send(*progress);
                     }
                 }
+                if let Some(told) = told.as_mut() {
+                    told(&p);
+                }
                 update(&mut |view| view.follow(&p))
-            })
+            }, following)
             .await;
-            if let Ok(outcome) = &result {
+            if let (Ok(outcome), false) = (&result, followed) {
                 // As `image import` does: a block map from the image's file
                 // systems, where flashrack reads them (one it cannot map is
                 // still imported, and written whole).
@@ -907,16 +960,29 @@ impl UrlImportService {
                     Err(error) => tracing::warn!(url = %request.url, %error, "no block map"),
                 }
             }
+            // Why it failed, as the list says it: a followed import its run
+            // let go of says so (its partial download is kept).
+            let abandoned = cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+            let failure = result.as_ref().err().map(|error| {
+                if abandoned {
+                    format!(
+                        "abandoned: the run that followed it stopped before the download ended \
+                         (its partial download is kept: resume it) ({})",
+                        error_chain(error)
+                    )
+                } else {
+                    error_chain(error)
+                }
+            });
             drop(persist_tx);
             if let (Some(writer), Some(store)) = (writer, &store) {
                 let _ = writer.await;
-                let (state, error, image) = match &result {
+                let (state, image) = match &result {
                     Ok(outcome) => (
                         flashrack_store::UrlImportState::Done,
-                        None,
                         Some(outcome.image.sha256().to_hex()),
                     ),
-                    Err(error) => (flashrack_store::UrlImportState::Failed, Some(error_chain(error)), None),
+                    Err(_) => (flashrack_store::UrlImportState::Failed, None),
                 };
                 let held = views
                     .lock()
@@ -927,7 +993,7 @@ impl UrlImportService {
                 if let Some((held, total)) = held {
                     let _ = store.url_import_progress(row, state, held, total).await;
                 }
-                if let Err(error) = store.url_import_ended(row, state, error, image).await {
+                if let Err(error) = store.url_import_ended(row, state, failure.clone(), image).await {
                     tracing::warn!(%error, url = %request.url, "cannot record how an import from a URL ended");
                 }
             }
@@ -938,29 +1004,50 @@ impl UrlImportService {
                     view.provenance = outcome.image.meta.provenance.clone();
                     view.eta_secs = None;
                 }
-                Err(error) => {
+                Err(_) => {
                     view.state = "failed";
-                    view.error = Some(error_chain(error));
+                    view.error = failure.clone();
                 }
             });
-        });
+            result
+        })
+    }
+}
+
+/// The task of an import of the list; its result is the import's.
+pub(crate) type ImportTask = tokio::task::JoinHandle<Result<ImportOutcome, AppError>>;
+
+/// What a run that follows an import of the list adds to it.
+pub(crate) struct FollowedImport {
+    /// The run's feed (observer) and its cancel flag.
+    pub following: Following,
+    /// Told of the import's progress too (the run's view of its bytes).
+    pub told: Box<dyn FnMut(&UrlProgress) + Send>,
+}
+
+/// Why an import was not started.
+#[derive(Debug)]
+pub(crate) enum StartRefusal {
+    /// The request cannot be followed: the reason.
+    Bad(String),
+    /// Its URL is being imported already.
+    Running(String),
+}
+
+impl StartRefusal {
+    /// The reason, in words.
+    pub(crate) fn into_message(self) -> String {
+        match self {
+            StartRefusal::Bad(message) | StartRefusal::Running(message) => message,
+        }
     }
 }
 
 impl flashrack_web::UrlImports for UrlImportService {
     fn start(&self, body: flashrack_web::UrlImportRequest) -> Result<serde_json::Value, String> {
-        let request = self.request_of(body.clone())?;
-        let view = {
-            let mut views = self.views.lock().expect("no panic while held");
-            if views.iter().any(|v| v.url == request.url && v.running()) {
-                return Err(format!("{} is being imported already", request.url));
-            }
-            let id = views.iter().map(|v| v.id).max().unwrap_or(0) + 1;
-            let view = ImportView::new(id, body.clone());
-            views.push(view.clone());
-            view
-        };
-        self.launch(view.id, request, body);
+        let (request, view) = self.register(&body).map_err(StartRefusal::into_message)?;
+        // Runs on by itself: its end is in the list and the records.
+        drop(self.launch(view.id, request, body, None));
         serde_json::to_value(&view).map_err(|e| e.to_string())
     }
 
@@ -1004,7 +1091,7 @@ impl flashrack_web::UrlImports for UrlImportService {
             view.eta_secs = None;
             (view.clone(), request)
         };
-        self.launch(id, request, view.request.clone());
+        drop(self.launch(id, request, view.request.clone(), None));
         serde_json::to_value(&view).map_err(|e| ResumeError::Conflict(e.to_string()))
     }
 }

@@ -27,7 +27,6 @@
 //! request's error: no run is recorded. An image the cache knows already is
 //! armed as any cached image, by the web side.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +43,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 
 use crate::downloads::{
-    error_chain, file_name_of, import_url_following, url_import_of, Following, RetryPolicy,
+    error_chain, file_name_of, FollowedImport, Following, StartRefusal, UrlImportService,
     UrlProgress,
 };
 use crate::flash::{import_reason, provisional_digest, CancelOnDrop, FeedObserver};
@@ -57,27 +56,28 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// runtime.
 pub struct FollowService {
     cache: ImageCache,
-    data_dir: PathBuf,
     max_size: ByteSize,
     station: StationHandle,
-    policy: RetryPolicy,
+    /// The station's imports from URLs: a run's download is one of them
+    /// (listed, recorded, resumable after a crash like any other).
+    downloads: Arc<UrlImportService>,
 }
 
 impl FollowService {
-    /// Imports into `cache` (partial downloads under `data_dir`), images up
-    /// to `max_size`, for runs of `station`.
+    /// Imports files into `cache`, images up to `max_size`, for runs of
+    /// `station`; downloads through `downloads` (the station's list of
+    /// imports from URLs, `GET /api/v1/images/downloads`).
     pub fn new(
         cache: ImageCache,
-        data_dir: PathBuf,
         max_size: ByteSize,
         station: StationHandle,
+        downloads: Arc<UrlImportService>,
     ) -> Self {
         Self {
             cache,
-            data_dir,
             max_size,
             station,
-            policy: RetryPolicy::default(),
+            downloads,
         }
     }
 }
@@ -157,35 +157,27 @@ impl FollowService {
         let observer = FeedObserver::new(feed.clone(), began_tx);
         let (label, name, mut import) = match request.source {
             FollowSource::Download(body) => {
-                let import = url_import_of(body, self.max_size)
-                    .map_err(flashrack_web::AppError::bad_request)?;
-                let label = import.url.clone();
-                let name = file_name_of(&label).unwrap_or_else(|| label.clone());
                 let following = Following {
                     observer: Some(Arc::new(observer) as Arc<dyn ImportObserver>),
                     raw_size: None,
                     cancel: Some(cancel.clone()),
                 };
-                let (cache, data_dir, policy) = (
-                    self.cache.clone(),
-                    self.data_dir.clone(),
-                    self.policy.clone(),
-                );
-                let task = tokio::spawn(async move {
-                    import_url_following(
-                        &cache,
-                        &data_dir,
-                        &import,
-                        policy,
-                        |progress| {
-                            if let UrlProgress::Downloading(p) = progress {
-                                received.send_replace((p.held, p.total));
-                            }
-                        },
-                        following,
-                    )
-                    .await
+                let told = Box::new(move |progress: &UrlProgress| {
+                    if let UrlProgress::Downloading(p) = progress {
+                        received.send_replace((p.held, p.total));
+                    }
                 });
+                let (import, task) = self
+                    .downloads
+                    .start_followed(body, FollowedImport { following, told })
+                    .map_err(|refusal| match refusal {
+                        StartRefusal::Bad(message) => flashrack_web::AppError::bad_request(message),
+                        StartRefusal::Running(message) => {
+                            flashrack_web::AppError::conflict(message)
+                        }
+                    })?;
+                let label = import.url.clone();
+                let name = file_name_of(&label).unwrap_or_else(|| label.clone());
                 (label, name, task)
             }
             FollowSource::File {

@@ -351,6 +351,16 @@ async fn a_run_stopped_while_it_follows_a_download_abandons_it_and_keeps_the_par
             v.state("A1") == "writing" && progress_done(v, "A1") > 0
         })
         .await;
+    // Listed among the station's downloads as it runs, up to the gate.
+    loop {
+        let list = app.get("/api/v1/images/downloads").await.json();
+        if list[0]["held"] == gate as u64 {
+            assert_eq!(list[0]["state"], "downloading", "{list}");
+            assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let stop = app.post("/api/v1/runs/current/stop", None).await;
     assert_eq!(stop.status, 204, "{}", stop.body);
     let stopped = events
@@ -376,6 +386,38 @@ async fn a_run_stopped_while_it_follows_a_download_abandons_it_and_keeps_the_par
     let cache = open_cache(&app.data_dir).unwrap();
     assert!(downloads_left(&app) > 0);
     assert!(cache.get(&Sha256Digest::of(&raw)).unwrap().is_none());
+    // The run's download is one of the station's imports from URLs: listed
+    // failed, saying it was abandoned, and resumable from its partial file.
+    let list = app.get("/api/v1/images/downloads").await.json();
+    let entries = list.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    assert_eq!(entries[0]["url"], server.url("/os.img.gz").as_str());
+    assert_eq!(entries[0]["state"], "failed", "{list}");
+    let said = entries[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("abandoned") && said.contains("resume"),
+        "{said}"
+    );
+    let held = entries[0]["held"].as_u64().unwrap();
+    assert_eq!(held, gate as u64, "{list}");
+    let id = entries[0]["id"].as_u64().unwrap();
+    server.open_gate();
+    let resumed = app
+        .post(&format!("/api/v1/images/downloads/{id}/resume"), None)
+        .await;
+    assert_eq!(resumed.status, 202, "{}", resumed.body);
+    let done = loop {
+        let list = app.get("/api/v1/images/downloads").await.json();
+        let entry = list[0].clone();
+        if !matches!(entry["state"].as_str(), Some("checking" | "downloading")) {
+            break entry;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["image"], Sha256Digest::of(&raw).to_hex().as_str());
+    assert_eq!(done["resumed_from"], held, "{done}");
+    assert!(cache.get(&Sha256Digest::of(&raw)).unwrap().is_some());
     app.stop().await.unwrap();
 }
 
