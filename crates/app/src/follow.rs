@@ -193,6 +193,11 @@ impl FollowService {
                 let options = ImportOptions {
                     expected_sha256: expected,
                     max_image_size: self.max_size.bytes(),
+                    // The station's own file stays where it is: a raw image
+                    // is referenced in place as `flash FILE` and `image
+                    // import FILE` do (cloned where the file system can; a
+                    // file changed a moment ago is copied), not copied.
+                    reference_raw: true,
                     allowed_dirs: Some(allowed_dirs),
                     cancel: Some(cancel.clone()),
                     observer: Some(Arc::new(Counting {

@@ -624,3 +624,131 @@ async fn a_station_file_larger_than_the_station_writes_is_refused_before_any_run
     assert_eq!(app.get("/api/v1/runs").await.json(), json!([]));
     app.stop().await.unwrap();
 }
+
+/// Waits until `path`'s last change lies clearly in the past (as the cache
+/// asks before it references a file in place: 150 ms with nanosecond
+/// times, 3.2 s without).
+fn settle(path: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    loop {
+        let meta = std::fs::metadata(path).unwrap();
+        let margin = if meta.ctime_nsec() == 0 {
+            Duration::from_millis(3200)
+        } else {
+            Duration::from_millis(150)
+        };
+        let ctime = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        let age = SystemTime::now().duration_since(ctime).unwrap_or_default();
+        if age > margin {
+            return;
+        }
+        std::thread::sleep(margin - age);
+    }
+}
+
+/// Whether files in `dir` can be cloned (btrfs, XFS): then a raw import is
+/// a reflink into the cache, never a reference.
+fn clones(dir: &std::path::Path) -> bool {
+    let (a, b) = (dir.join("probe-a"), dir.join("probe-b"));
+    std::fs::write(&a, b"x").unwrap();
+    let source = std::fs::File::open(&a).unwrap();
+    let target = std::fs::File::create(&b).unwrap();
+    let cloned = rustix::fs::ioctl_ficlone(&target, &source).is_ok();
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    cloned
+}
+
+/// Every file under `dir` of `len` bytes.
+fn files_of_len(dir: &std::path::Path, len: u64) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(entry.path());
+            } else if meta.len() == len {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_file_is_referenced_in_place_not_copied_and_a_change_after_the_import_is_noticed()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().join("images");
+    std::fs::create_dir_all(&import_dir).unwrap();
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    if clones(&app.data_dir) {
+        eprintln!("not run: this file system clones files (the import is a reflink)");
+        app.stop().await.unwrap();
+        return;
+    }
+    let raw = image_bytes(12 * MIB, 85, MIB);
+    let sha = Sha256Digest::of(&raw);
+    let path = import_dir.join("station.img");
+    std::fs::write(&path, &raw).unwrap();
+    settle(&path);
+    let mut events = app.events().await;
+    plug(&app, 1, 32 * MIB);
+    events
+        .until("the stick is detected", |v| v.state("A1") == "detected")
+        .await;
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "file": { "path": path, "sha256": sha.to_hex() } })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let done = events
+        .until("A1 passes", |v| v.state("A1") == "passed")
+        .await;
+    assert_eq!(done.run["image_sha256"], sha.to_hex().as_str());
+    assert_eq!(stick_bytes(&app, 1, raw.len()), raw);
+
+    // Referenced where it is: nothing of its size in the data directory.
+    let cache = open_cache(&app.data_dir).unwrap();
+    let image = cache.get(&sha).unwrap().expect("cached");
+    assert!(image.meta.reference.is_some(), "{:?}", image.meta);
+    assert_eq!(image.path, std::fs::canonicalize(&path).unwrap());
+    assert_eq!(
+        files_of_len(&app.data_dir, raw.len() as u64),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing copied"
+    );
+
+    // One byte changed in place: no longer the image. A run of it by its
+    // digest is refused, and nothing is armed.
+    let stop = app.post("/api/v1/runs/current/stop", None).await;
+    assert_eq!(stop.status, 204, "{}", stop.body);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(100)).unwrap();
+        file.write_all(&[raw[100] ^ 0xff]).unwrap();
+    }
+    assert_eq!(cache.get(&sha).unwrap(), None);
+    let again = app
+        .post("/api/v1/runs", Some(json!({ "image": sha.to_hex() })))
+        .await;
+    assert!(
+        (400..500).contains(&again.status),
+        "{} {}",
+        again.status,
+        again.body
+    );
+    assert_eq!(
+        app.get("/api/v1/station").await.json()["run"]["armed"],
+        false
+    );
+    app.stop().await.unwrap();
+}
