@@ -255,15 +255,16 @@ pub struct MemoryRecords {
 pub struct MemoryJournal {
     records: Mutex<MemoryRecords>,
     /// Set while the journal refuses to record attempts' starts and verdicts
-    /// ([`MemoryJournal::refuse_attempts`]).
+    /// ([`MemoryJournal::refuse_writes`]).
     refusing: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryJournal {
     /// Makes the journal refuse (`true`) or take again (`false`) the start and
-    /// the verdict of attempts, as records another process holds locked, or on
-    /// a full disk, do: what the station shows when its records fail.
-    pub fn refuse_attempts(&self, refuse: bool) {
+    /// the verdict of attempts and the stop of runs, as records another
+    /// process holds locked, or on a full disk, do: what the station shows
+    /// when its records fail.
+    pub fn refuse_writes(&self, refuse: bool) {
         self.refusing
             .store(refuse, std::sync::atomic::Ordering::SeqCst);
     }
@@ -317,6 +318,7 @@ impl Journal for MemoryJournal {
         reason: StopReason,
         _note: Option<&str>,
     ) -> Result<(), JournalError> {
+        self.refused()?;
         let mut r = self.lock();
         if let Some(run) = r.runs.iter_mut().find(|(id, ..)| *id == run_id) {
             run.2 = Some(reason);

@@ -663,6 +663,9 @@ pub struct Station {
     /// until the records take them, so the records come to say what the
     /// screen says.
     unrecorded: Vec<(AttemptId, Verdict, AttemptFigures)>,
+    /// Runs stopped (shown stopped, nothing more written under them) whose
+    /// stop the records refused: written at each heartbeat until they take it.
+    unrecorded_stops: Vec<(RunId, StopReason, Option<String>)>,
 }
 
 impl Station {
@@ -735,6 +738,7 @@ impl Station {
             pending: HashMap::new(),
             held: HashMap::new(),
             unrecorded: Vec::new(),
+            unrecorded_stops: Vec::new(),
         };
         (station, handle)
     }
@@ -819,6 +823,17 @@ impl Station {
         }
         if self.run.as_ref().is_some_and(|r| r.view.armed) {
             let _ = self.disarm(StopReason::Shutdown, None).await;
+        }
+        // And for the stops (the next start records a run left open as
+        // interrupted).
+        for (run_id, reason, note) in std::mem::take(&mut self.unrecorded_stops) {
+            if let Err(error) = self
+                .journal
+                .run_stopped(run_id, reason, note.as_deref())
+                .await
+            {
+                tracing::error!(%error, %run_id, "cannot record a run's stop");
+            }
         }
         self.publish_snapshot();
     }
@@ -1595,7 +1610,15 @@ impl Station {
             }
         }
         self.publish_run();
-        self.journal.run_stopped(id, reason, note).await?;
+        if let Err(error) = self.journal.run_stopped(id, reason, note).await {
+            // Stopped all the same (nothing more is written under it); its
+            // stop is written at the next heartbeats, so the records come to
+            // say what the screen says. The caller hears of the failure.
+            tracing::error!(%error, run_id = %id, "cannot record a run's stop; retrying at each heartbeat");
+            self.unrecorded_stops
+                .push((id, reason, note.map(str::to_string)));
+            return Err(error.into());
+        }
         Ok(())
     }
 
@@ -2201,6 +2224,23 @@ impl Station {
             }
         }
         self.unrecorded = still;
+        let mut still = Vec::new();
+        for (run_id, reason, note) in std::mem::take(&mut self.unrecorded_stops) {
+            match self
+                .journal
+                .run_stopped(run_id, reason, note.as_deref())
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(%run_id, "recorded a run's stop that could not be recorded before")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %run_id, "still cannot record a run's stop");
+                    still.push((run_id, reason, note));
+                }
+            }
+        }
+        self.unrecorded_stops = still;
         let running: Vec<AttemptSoFar> = self.slots.values().map(Slot::so_far).collect();
         if let Err(error) = self.journal.heartbeat(&running).await {
             tracing::warn!(%error, "cannot record a heartbeat");

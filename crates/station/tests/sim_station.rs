@@ -2544,13 +2544,13 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_records_fail_a_port_shows_a_station_error_never_a_verdict_they_do_not_hold() {
+async fn when_the_records_fail_the_screen_never_shows_a_verdict_or_a_stop_they_do_not_hold() {
     let rig = rig(3, GuardPolicy::default()).await;
     rig.arm(RunOptions::default()).await.unwrap();
 
     // The records refuse the attempt's start: nothing is written, and the
     // port says it is the station's trouble, not the stick's.
-    rig.journal.refuse_attempts(true);
+    rig.journal.refuse_writes(true);
     rig.plug(1, "SER-1", healthy());
     let snap = rig
         .until("the start refused", |s| state(s, "A1") == PortState::Failed)
@@ -2568,11 +2568,11 @@ async fn when_the_records_fail_a_port_shows_a_station_error_never_a_verdict_they
 
     // A stick slow to read back: the records refuse its verdict, a pass. The
     // port and the run do not count it as one.
-    rig.journal.refuse_attempts(false);
+    rig.journal.refuse_writes(false);
     rig.plug(2, "SER-2", healthy().read_speed(2 * MIB));
     rig.until("the read-back", |s| state(s, "A2") == PortState::Verifying)
         .await;
-    rig.journal.refuse_attempts(true);
+    rig.journal.refuse_writes(true);
     let snap = rig
         .until("the verdict settled", |s| {
             state(s, "A2") == PortState::Failed
@@ -2593,13 +2593,41 @@ async fn when_the_records_fail_a_port_shows_a_station_error_never_a_verdict_they
 
     // Once the records take writes again, a heartbeat records what the port
     // shows.
-    rig.journal.refuse_attempts(false);
+    rig.journal.refuse_writes(false);
     let deadline = std::time::Instant::now() + WAIT;
     while rig.journal.records().attempts[0].verdict.is_none() {
         assert!(std::time::Instant::now() < deadline, "never recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(rig.journal.records().attempts[0].verdict, Some(shown));
+
+    // The operator's stop, refused by the records: the run stops all the
+    // same (nothing more is written), the operator hears of the failure, and
+    // the stop is recorded once the records take writes again.
+    rig.journal.refuse_writes(true);
+    assert!(matches!(
+        rig.handle.stop_run("end of the batch").await,
+        Err(StationError::Journal(_))
+    ));
+    let run = rig.handle.snapshot().run.unwrap();
+    assert!(!run.armed, "{run:?}");
+    assert_eq!(run.stop_reason, Some(StopReason::Operator));
+    assert_eq!(rig.journal.records().runs[0].2, None);
+    rig.plug(3, "SER-3", healthy());
+    rig.until("detected, not written", |s| {
+        state(s, "A3") == PortState::Detected
+    })
+    .await;
+    rig.journal.refuse_writes(false);
+    let deadline = std::time::Instant::now() + WAIT;
+    while rig.journal.records().runs[0].2.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stop never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rig.journal.records().runs[0].2, Some(StopReason::Operator));
     let journal = rig.shutdown().await;
     assert_eq!(journal.records().attempts.len(), 1);
 }
