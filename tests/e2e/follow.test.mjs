@@ -13,8 +13,9 @@
 // by the test with Debian's gpg, `GPG_PATH`): a signature without keys, and
 // a signature by a key the pasted keyring does not hold, are shown on the
 // form with the station's reason and arm nothing (no run, the image never
-// asked for); the vendor's signature arms the run, a stick passes, and the
-// run's report names the signer's fingerprint.
+// asked for); the vendor's signature arms the run, a stick passes, the
+// run's report names the signer's fingerprint, and the image library's
+// downloads list shows the run's download, imported and signed.
 //
 //   cargo build -p flashrack-cli && npm ci --prefix tests/e2e
 //   FLASHRACK_BIN=$PWD/target/debug/flashrack node --test tests/e2e/follow.test.mjs
@@ -287,6 +288,12 @@ test('the arm form checks a URL\'s signed checksum list: a bad signature arms no
     const source = report.image_provenance.digest_source;
     assert.equal(source.kind, 'sums');
     assert.equal(source.signature.signer_fingerprint, keys.fingerprint('vendor'));
+    // The run's download is one of the station's downloads: the library's
+    // list shows it imported, signed by the vendor.
+    await page.reload();
+    await page.locator('summary', { hasText: 'Import from a URL' }).click();
+    await page.locator('#download-list li[data-state="done"]', { hasText: keys.fingerprint('vendor') })
+      .filter({ hasText: 'os.img' }).waitFor({ timeout: 15_000 });
     await page.screenshot({ path: path.join(ARTIFACTS, 'follow-signed.png'), fullPage: true });
   } finally {
     server.close();
