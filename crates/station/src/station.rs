@@ -817,24 +817,13 @@ impl Station {
                 }
             }
         }
-        // A last try for the station errors not recorded yet.
-        for (attempt_id, verdict, figures) in std::mem::take(&mut self.unrecorded) {
-            self.record_finish(attempt_id, &verdict, &figures).await;
-        }
         if self.run.as_ref().is_some_and(|r| r.view.armed) {
             let _ = self.disarm(StopReason::Shutdown, None).await;
         }
-        // And for the stops (the next start records a run left open as
-        // interrupted).
-        for (run_id, reason, note) in std::mem::take(&mut self.unrecorded_stops) {
-            if let Err(error) = self
-                .journal
-                .run_stopped(run_id, reason, note.as_deref())
-                .await
-            {
-                tracing::error!(%error, %run_id, "cannot record a run's stop");
-            }
-        }
+        // A last try for what the records refused (the shutdown's own stop
+        // among them): what is still refused is left to the next start, which
+        // records attempts left running and runs left open as interrupted.
+        self.record_unrecorded().await;
         self.publish_snapshot();
     }
 
@@ -2204,9 +2193,10 @@ impl Station {
         }
     }
 
-    /// Tells the records the station is alive and how far each running attempt
-    /// has got.
-    async fn on_heartbeat(&mut self) {
+    /// Writes what the records refused before and the screen already shows
+    /// ([`Station::unrecorded`] station errors, [`Station::unrecorded_stops`]
+    /// run stops); keeps what they refuse again for the next try.
+    async fn record_unrecorded(&mut self) {
         let mut still = Vec::new();
         for (attempt_id, verdict, figures) in std::mem::take(&mut self.unrecorded) {
             match self
@@ -2241,6 +2231,12 @@ impl Station {
             }
         }
         self.unrecorded_stops = still;
+    }
+
+    /// Tells the records the station is alive and how far each running attempt
+    /// has got.
+    async fn on_heartbeat(&mut self) {
+        self.record_unrecorded().await;
         let running: Vec<AttemptSoFar> = self.slots.values().map(Slot::so_far).collect();
         if let Err(error) = self.journal.heartbeat(&running).await {
             tracing::warn!(%error, "cannot record a heartbeat");
