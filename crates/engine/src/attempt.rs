@@ -91,6 +91,15 @@ impl AttemptProgress {
         self.reread.load(Ordering::Relaxed)
     }
 
+    /// Counts a chunk of `len` bytes the write pass fetched, if its bytes
+    /// were read from the followed import's file (`from_file`) rather than
+    /// taken from the feed (zeros are never read).
+    fn note_fetched(&self, len: usize, chunk: &Chunk, from_file: bool) {
+        if from_file && matches!(chunk, Chunk::Data(_)) {
+            self.reread.fetch_add(len as u64, Ordering::Relaxed);
+        }
+    }
+
     /// The stage the attempt is in.
     pub fn stage(&self) -> Stage {
         match self.stage.load(Ordering::Relaxed) {
@@ -718,9 +727,7 @@ fn write_image(
                         .map_err(|error| wait_stop(Stage::Writing, error))
                         .map(|next| {
                             next.map(|(offset, len, chunk, from_file)| {
-                                if from_file && matches!(chunk, Chunk::Data(_)) {
-                                    ctx.progress.reread.fetch_add(len as u64, Ordering::Relaxed);
-                                }
+                                ctx.progress.note_fetched(len, &chunk, from_file);
                                 (offset, len, chunk)
                             })
                         });
@@ -753,9 +760,7 @@ fn write_image(
                     .map(|(chunk, from_file)| {
                         // An import that ended before this pass began: what
                         // the feed no longer held is read again.
-                        if from_file && matches!(chunk, Chunk::Data(_)) {
-                            ctx.progress.reread.fetch_add(len as u64, Ordering::Relaxed);
-                        }
+                        ctx.progress.note_fetched(len, &chunk, from_file);
                         Some((offset, len, chunk))
                     })
                     .map_err(Stop::from);

@@ -179,10 +179,8 @@ pub async fn flash_file(
     let abandon = CancelOnDrop(Some(cancel.clone()));
     let follow = !request.sparse && !request.audit;
     if follow {
-        // The targets start once the import has begun and the flash has
-        // checked them and opened its records: the import keeps its first
-        // chunks for them meanwhile (within the feed's bounds) instead of
-        // passing them, which they would then read again from the file.
+        // The targets start only after the checks and the records: the
+        // import keeps its first chunks for them (see `ImageFeed::reserve`).
         feed.reserve();
     }
     let options = ImportOptions {
@@ -253,10 +251,8 @@ pub async fn flash_url(
     let abandon = CancelOnDrop(Some(cancel.clone()));
     let follow = !request.sparse && !request.audit;
     if follow {
-        // The targets start once the import has begun and the flash has
-        // checked them and opened its records: the import keeps its first
-        // chunks for them meanwhile (within the feed's bounds) instead of
-        // passing them, which they would then read again from the file.
+        // The targets start only after the checks and the records: the
+        // import keeps its first chunks for them (see `ImageFeed::reserve`).
         feed.reserve();
     }
     let following = Following {
