@@ -4,13 +4,15 @@
 //! none lost, none duplicated, the database intact.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{Bound, Stage};
 use flashrack_store::{AttemptId, AttemptState, Records, ReportVerdict, StopReason, Store};
+
+mod common;
 
 struct Demo {
     child: Child,
@@ -19,31 +21,11 @@ struct Demo {
 
 impl Demo {
     fn start(data_dir: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "demo",
-                "--listen",
-                "127.0.0.1:0",
-                "--image-size",
-                "32MiB",
-                "--ports",
-                "8",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start flashrack demo");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines
-            .next()
-            .expect("the demo prints its address")
-            .expect("readable stdout");
-        let address = line
-            .strip_prefix("dashboard: http://")
-            .and_then(|rest| rest.strip_suffix('/'))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        let (child, base) =
+            common::start_demo(data_dir, &["--image-size", "32MiB", "--ports", "8"]);
+        let address = base
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("not an http address: {base}"))
             .to_string();
         Demo { child, address }
     }

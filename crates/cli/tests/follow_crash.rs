@@ -7,14 +7,15 @@
 //! crash is; resuming it (`POST /api/v1/images/downloads/{id}/resume`)
 //! continues from those bytes (a `Range` request) to the image's digest.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use flashrack_core::Sha256Digest;
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use serde_json::{json, Value};
+
+mod common;
 
 const MIB: usize = 1 << 20;
 
@@ -26,30 +27,10 @@ struct Station {
 
 impl Station {
     fn start(data_dir: &Path) -> Station {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "demo",
-                "--listen",
-                "127.0.0.1:0",
-                "--image-size",
-                "4MiB",
-                "--ports",
-                "4",
-                "--no-arm",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start flashrack demo");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next().unwrap().unwrap();
-        let base = line
-            .strip_prefix("dashboard: ")
-            .and_then(|s| s.strip_suffix('/'))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let (child, base) = common::start_demo(
+            data_dir,
+            &["--image-size", "4MiB", "--ports", "4", "--no-arm"],
+        );
         Station { child, base }
     }
 

@@ -91,29 +91,7 @@ struct Demo {
 
 impl Demo {
     fn start(data: &Path) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "demo",
-                "--listen",
-                "127.0.0.1:0",
-                "--image-size",
-                "4MiB",
-                "--ports",
-                "8",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next().unwrap().unwrap();
-        let server = line
-            .strip_prefix("dashboard: ")
-            .and_then(|s| s.strip_suffix('/'))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let (child, server) = common::start_demo(data, &["--image-size", "4MiB", "--ports", "8"]);
         Demo { child, server }
     }
 

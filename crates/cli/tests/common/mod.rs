@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 /// Runs `flashrack --data-dir DATA_DIR ARGS…` (the binary this package
 /// builds) to its end and returns what it printed and its exit status.
+#[allow(dead_code)] // not every test file runs a command to its end
 pub fn flashrack(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flashrack"))
         .arg("--data-dir")
@@ -49,4 +50,33 @@ pub fn snapshot(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<(PathBuf, usize
     }
     files.sort();
     files
+}
+
+/// Starts `flashrack --data-dir DATA_DIR demo --listen 127.0.0.1:0 ARGS…` (the
+/// station over a simulated rack, on a free port) and returns the process with
+/// its dashboard's address, `http://127.0.0.1:PORT` (read from the first line
+/// it prints). Stopping it, and how, is the caller's.
+#[allow(dead_code)] // only the tests that run a station
+pub fn start_demo(data_dir: &Path, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start flashrack demo");
+    let line = BufReader::new(child.stdout.take().expect("its stdout"))
+        .lines()
+        .next()
+        .expect("the demo prints its address")
+        .expect("readable stdout");
+    let base = line
+        .strip_prefix("dashboard: ")
+        .and_then(|s| s.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
 }
