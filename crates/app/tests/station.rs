@@ -553,9 +553,12 @@ async fn a_verdict_the_records_cannot_take_is_shown_as_a_station_error_and_recor
 
     // The pass cannot be recorded (after the store's busy timeout): the port
     // does not show it, and the run does not count it as the stick's.
+    // A bound on a hang, not a synchronisation: while the lock is held every
+    // write of the station (the verdict, heartbeats, its event log) waits the
+    // store's 10 s busy timeout in turn, longer on a loaded machine.
     let mut watch = handle.watch();
     let settled = watch.wait_for(|s| state(s, "A1") == PortState::Failed);
-    let snapshot = tokio::time::timeout(Duration::from_secs(40), settled)
+    let snapshot = tokio::time::timeout(Duration::from_secs(120), settled)
         .await
         .expect("the verdict settled")
         .unwrap()
