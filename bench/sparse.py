@@ -67,6 +67,28 @@ def dev_stat(dev: str) -> tuple[int, int]:
     return int(f[2]) * 512, int(f[6]) * 512
 
 
+def disk_of(path: Path) -> Path | None:
+    """The sysfs stat file of the whole disk holding `path` (None for tmpfs
+    and other virtual file systems)."""
+    st = os.stat(path)
+    dev = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if os.major(st.st_dev) == 0 or not dev.exists():
+        return None
+    dev = dev.resolve()
+    # A partition's stat counts only its own share: use the disk's.
+    if (dev / "partition").exists():
+        dev = dev.parent
+    return dev / "stat"
+
+
+def disk_stat(stat: Path | None) -> tuple[int, int]:
+    """(bytes read, bytes written) of a whole disk since boot (0, 0 for none)."""
+    if stat is None:
+        return 0, 0
+    f = stat.read_text().split()
+    return int(f[2]) * 512, int(f[6]) * 512
+
+
 def detach_all() -> None:
     while ATTACHED:
         dev = ATTACHED.pop()
@@ -123,8 +145,9 @@ def scribble(devs: list[str], size: int) -> None:
     drop_caches()
 
 
-def timed(tool: str, argv_per_dev: list[list[str]] | list[str], devs: list[str]) -> dict:
+def timed(tool: str, argv_per_dev: list[list[str]] | list[str], devs: list[str], disk: Path | None) -> dict:
     before = {d: dev_stat(d) for d in devs}
+    disk_before = disk_stat(disk)
     t0 = time.monotonic()
     if isinstance(argv_per_dev[0], list):
         procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in argv_per_dev]
@@ -135,12 +158,23 @@ def timed(tool: str, argv_per_dev: list[list[str]] | list[str], devs: list[str])
         outs, codes = [(p.stdout, p.stderr)], [p.returncode]
     wall = time.monotonic() - t0
     after = {d: dev_stat(d) for d in devs}
+    disk_after = disk_stat(disk)
     for c, (out, err) in zip(codes, outs):
         if c != 0:
             raise SystemExit(f"{tool} exited {c}: {err.strip()[-800:]}")
     read = sum(after[d][0] - before[d][0] for d in devs) / len(devs)
     written = sum(after[d][1] - before[d][1] for d in devs) / len(devs)
-    return {"tool": tool, "wall": wall, "read": read, "written": written, "stdout": outs[0][0]}
+    return {
+        "tool": tool,
+        "wall": wall,
+        "read": read,
+        "written": written,
+        # The machine's disk under the loop devices' backing files: the
+        # targets' traffic plus the source's reads when the image is there too.
+        "disk_read": disk_after[0] - disk_before[0],
+        "disk_written": disk_after[1] - disk_before[1],
+        "stdout": outs[0][0],
+    }
 
 
 def main() -> int:
@@ -154,6 +188,13 @@ def main() -> int:
         "--loop-direct-io",
         action="store_true",
         help="attach the loop devices with --direct-io=on (each write reaches the disk as it is made, as on a stick)",
+    )
+    ap.add_argument(
+        "--source-dir",
+        default=None,
+        help="keep the image and its map here instead of WORKDIR (e.g. a tmpfs such as /dev/shm, so that "
+        "reading the source does not share the disk with the loop devices' backing files, as on a station "
+        "whose sticks are not its system disk); the same image for every tool",
     )
     ap.add_argument(
         "--flashrack",
@@ -191,6 +232,15 @@ def main() -> int:
     bmap = image.with_suffix(".bmap")
     if not bmap.exists():
         bmap.write_text(run(["bmaptool", "create", str(image)]).stdout)
+    if args.source_dir:
+        source_dir = Path(args.source_dir)
+        source_dir.mkdir(parents=True, exist_ok=True)
+        for f in (image, bmap):
+            copy = source_dir / f.name
+            if not copy.exists() or copy.stat().st_size != f.stat().st_size:
+                shutil.copyfile(f, copy)
+        image, bmap = source_dir / image.name, source_dir / bmap.name
+    disk = disk_of(workdir)
     datas = {}
     for fr, label in zip(binaries, labels):
         data = workdir / (f"data-{label}" if several else "data")
@@ -225,11 +275,12 @@ def main() -> int:
             suffix = f" [{label}]" if several else ""
             for kind, extra in [("full", []), ("sparse", ["--sparse"])]:
                 name = f"flashrack {kind}{suffix}"
-                cases[name] = lambda name=name, argv=flash + extra: timed(name, argv, devs)
+                cases[name] = lambda name=name, argv=flash + extra: timed(name, argv, devs, disk)
         cases["bmaptool copy"] = lambda: timed(
             "bmaptool copy",
             [["bmaptool", "-q", "copy", "--bmap", str(bmap), str(image), d] for d in devs],
             devs,
+            disk,
         )
         results: dict[str, list[dict]] = {k: [] for k in cases}
         for rep in range(args.reps):
@@ -245,7 +296,10 @@ def main() -> int:
                 else:
                     r.pop("stdout")
                 results[name].append(r)
-                log(f"rep {rep + 1} {name}: {r['wall']:.2f} s, rd {r['read'] / MIB:.0f} MiB, wr {r['written'] / MIB:.0f} MiB per device")
+                log(
+                    f"rep {rep + 1} {name}: {r['wall']:.2f} s, rd {r['read'] / MIB:.0f} MiB, wr {r['written'] / MIB:.0f} MiB "
+                    f"per device; disk rd {r['disk_read'] / MIB:.0f} MiB, wr {r['disk_written'] / MIB:.0f} MiB"
+                )
     finally:
         detach_all()
         for i in range(args.n):
@@ -257,14 +311,15 @@ def main() -> int:
     load_end = os.getloadavg()
     print(f"\nsparse case: {size / MIB:.0f} MiB ext4 image, {100 * mapped / size:.1f} % mapped by bmaptool's map, "
           f"N = {args.n}, {args.reps} reps (median [min-max]), {'direct-I/O' if args.loop_direct_io else 'buffered'} "
-          f"loop devices; load average (1/5/15 min) {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f} "
+          f"loop devices, the source {'in ' + str(args.source_dir) if args.source_dir else 'on the same disk'}; load average (1/5/15 min) {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f} "
           f"at the start, {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} at the end\n")
-    print("| tool | wall s | rd MiB/dev | wr MiB/dev |")
-    print("|---|---|---|---|")
+    print("| tool | wall s | rd MiB/dev | wr MiB/dev | disk rd MiB | disk wr MiB |")
+    print("|---|---|---|---|---|---|")
     for name in cases:
         walls = [r["wall"] for r in results[name]]
         print(f"| {name} | {med(name, 'wall'):.2f} [{min(walls):.2f}-{max(walls):.2f}] | "
-              f"{med(name, 'read') / MIB:.0f} | {med(name, 'written') / MIB:.0f} |")
+              f"{med(name, 'read') / MIB:.0f} | {med(name, 'written') / MIB:.0f} | "
+              f"{med(name, 'disk_read') / MIB:.0f} | {med(name, 'disk_written') / MIB:.0f} |")
     bmaptool = med("bmaptool copy", "wall")
     ratios = {}
     for label in labels:
@@ -283,6 +338,7 @@ def main() -> int:
                 "mapped": mapped,
                 "n": args.n,
                 "loop_direct_io": args.loop_direct_io,
+                "source_dir": args.source_dir,
                 "binaries": {label: str(b) for label, b in zip(labels, binaries)},
                 "load_start": load_start,
                 "load_end": load_end,
