@@ -700,7 +700,7 @@ class Suite:
         run = self.arm(digest)
         stick = self.stick("part6", "A6", "VMPART6")
         t = time.monotonic()
-        self.vm.plug(stick)
+        self.vm.plug_enumerated(stick)
         ports = self.wait_ports(lambda ps: ps["A6"]["state"] in ("passed", "failed"), 90)
         self.timings["scenario 2 (partitioned)"] = time.monotonic() - t
         check(ports["A6"]["verdict"] == {"verdict": "pass"},
@@ -761,7 +761,7 @@ class Suite:
         self.arm(digest, eject_on_pass=True)
         stick = self.stick("eject7", "A1", "VMEJECT7")
         t = time.monotonic()
-        self.vm.plug(stick)
+        self.vm.plug_enumerated(stick)
         # The port is emptied as soon as the kernel has let go of the stick, so
         # the moment it shows `ejected: true` is caught on the event stream.
         deadline = time.monotonic() + 90
@@ -808,7 +808,7 @@ class Suite:
         stick = self.stick("reset8", "A2", "VMRESET8")
         log_from = len(self.flashrack_log())
         t = time.monotonic()
-        self.vm.plug(stick)
+        self.vm.plug_enumerated(stick)
         ports = self.wait_ports(lambda ps: ps["A2"]["state"] in ("passed", "failed"), 120)
         self.timings["scenario 4 (reset, pass)"] = time.monotonic() - t
         p = ports["A2"]
@@ -911,7 +911,7 @@ class Suite:
         # shows 'resetting'.
         pulled = self.stick("resetpull9", "A3", "VMRPULL9")
         seen = len(self.events.port_events("A3"))
-        self.vm.plug(pulled)
+        self.vm.plug_enumerated(pulled)
         deadline = time.monotonic() + 120
         while True:
             new = self.events.port_events("A3")[seen:]
@@ -979,7 +979,7 @@ WHERE a.run_id IN ({runs}) ORDER BY a.id;
         watch = FirstWrites(self.vm, [lone])
         watch.start()
         t = time.monotonic()
-        self.vm.plug(lone)
+        self.vm.plug_enumerated(lone)
         ports = self.wait_ports(
             lambda ps: ps[LABELS[-1]]["state"] in ("passed", "failed", "refused"), 120)
         self.timings["scenario 5 (one stick alone)"] = time.monotonic() - t

@@ -378,6 +378,33 @@ class Vm:
         stick.plugged = False
         del self.sticks[stick.name]
 
+    def plug_enumerated(self, stick, timeout=20):
+        """Plugs the stick and waits until the guest's USB core has enumerated
+        it (a USB device with its serial). On a loaded host QEMU's hot-plug
+        into a hub port that was just vacated has once gone unseen by the
+        guest for good (no new device in its log): that is the emulated
+        hardware, not the station, so such a plug is pulled and made again
+        once, and logged. A second miss raises."""
+        for attempt in (1, 2):
+            self.plug(stick)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if stick.serial in self.usb_serials():
+                    if attempt > 1:
+                        print(f"[vm] {stick.name}: enumerated on the second plug", flush=True)
+                    return
+                time.sleep(0.3)
+            if attempt == 1:
+                print(f"[vm] {stick.name} ({stick.serial}) was not enumerated by the guest in "
+                      f"{timeout} s; pulling and plugging it again (the emulated hot-plug)", flush=True)
+                self.unplug(stick)
+        raise TimeoutError(f"{stick.name} ({stick.serial}) was not enumerated by the guest after two plugs")
+
+    def usb_serials(self):
+        """The serial numbers of the guest's USB devices now."""
+        out = self.console.run("cat /sys/bus/usb/devices/*/serial 2>/dev/null; true")
+        return set(out.split())
+
     # ----- the guest's view ----------------------------------------------------
 
     def disks(self):
