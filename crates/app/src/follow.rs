@@ -148,6 +148,11 @@ fn joined(
 impl FollowService {
     async fn follow(&self, request: FollowArm) -> Result<Followed, flashrack_web::AppError> {
         let feed = ImageFeed::new();
+        // The run's sticks start only once the station has armed it (its
+        // records, the guard's checks): the import keeps its first chunks for
+        // them (see `ImageFeed::reserve`); the station lets the reservation
+        // go if the run has no stick to start.
+        feed.reserve();
         let (began_tx, began) = oneshot::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         // Until the run is armed, a request dropped (the client left) or an

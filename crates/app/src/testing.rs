@@ -478,3 +478,41 @@ impl EventStream {
         self.view.clone()
     }
 }
+
+/// Another process holding the records' write lock: `sqlite3` in a write
+/// transaction on the station's database (an operator's manual edit left
+/// open), until dropped. Every write of the station waits meanwhile (up to
+/// the store's busy timeout); reads go on.
+pub struct WriteLockHolder(std::process::Child);
+
+impl WriteLockHolder {
+    /// Takes the write lock of the database `db` (see
+    /// [`TestApp::database`]); returns once it is held.
+    pub fn take(db: &std::path::Path) -> Self {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sqlite3")
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sqlite3 (scripts/setup installs it)");
+        let stdin = child.stdin.as_mut().expect("sqlite3's stdin");
+        stdin
+            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
+            .expect("sqlite3 takes commands");
+        stdin.flush().expect("sqlite3 takes commands");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("sqlite3's stdout"))
+            .read_line(&mut line)
+            .expect("sqlite3 answers");
+        assert_eq!(line.trim(), "locked", "sqlite3 did not take the write lock");
+        WriteLockHolder(child)
+    }
+}
+
+impl Drop for WriteLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

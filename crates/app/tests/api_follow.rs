@@ -14,7 +14,7 @@ use std::io::Write;
 
 use flashrack_app::downloads::downloads_dir;
 use flashrack_app::images::open_cache;
-use flashrack_app::testing::{spawn_app, spawn_app_with, TestApp, View};
+use flashrack_app::testing::{spawn_app, spawn_app_with, TestApp, View, WriteLockHolder};
 use flashrack_core::Sha256Digest;
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
@@ -320,6 +320,68 @@ async fn a_run_armed_with_a_file_on_the_station_follows_its_import_and_refuses_a
         sha.to_hex().as_str()
     );
     assert_eq!(stick_bytes(&app, 3, raw.len()), raw);
+    app.stop().await.unwrap();
+}
+
+/// The run's sticks start only once the station has recorded the run and
+/// the guard has checked them: the import keeps its first chunks for them
+/// meanwhile (`ImageFeed::reserve`), and they read nothing of the image
+/// again from the import's file. Here the station's records are held by
+/// another process for 600 ms after the request (within the feed's
+/// `PACE_GIVE_UP` of 2 s), which holds the run's recording and so its
+/// sticks' start: without the reservation the import runs to its end
+/// meanwhile, and the sticks read every data chunk but the last ones back
+/// from the file. A stick slow to open (300 ms) finds its chunks held too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sticks_of_a_run_armed_with_a_file_read_nothing_again_while_the_station_arms_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().to_path_buf();
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    let raw = image_bytes(40 * MIB, 85, MIB);
+    let sha = Sha256Digest::of(&raw);
+    let path = dir.path().join("station.img");
+    std::fs::write(&path, &raw).unwrap();
+    let mut events = app.events().await;
+    plug(&app, 1, 64 * MIB);
+    app.rack
+        .plug(
+            "t-2",
+            "S2",
+            stick(64 * MIB).open_delay(std::time::Duration::from_millis(300)),
+        )
+        .unwrap();
+    events
+        .until("both sticks detected", |v| {
+            v.state("A1") == "detected" && v.state("A2") == "detected"
+        })
+        .await;
+    let lock = WriteLockHolder::take(&app.database());
+    let release = async move {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        drop(lock);
+    };
+    let (armed, ()) = tokio::join!(
+        app.post(
+            "/api/v1/runs",
+            Some(json!({ "file": { "path": path, "sha256": sha.to_hex() } })),
+        ),
+        release
+    );
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let done = events
+        .until("both sticks pass, counted by the run", |v| {
+            v.state("A1") == "passed" && v.state("A2") == "passed" && v.run["passed"] == 2
+        })
+        .await;
+    assert_eq!(done.run["import"]["state"], "done", "{:?}", done.run);
+    assert_eq!(
+        done.run["import"]["reread_bytes"], 0,
+        "the sticks read chunks again: {:?}",
+        done.run
+    );
+    assert_eq!(done.run["image_sha256"], sha.to_hex().as_str());
+    assert_eq!(stick_bytes(&app, 1, raw.len()), raw);
+    assert_eq!(stick_bytes(&app, 2, raw.len()), raw);
     app.stop().await.unwrap();
 }
 

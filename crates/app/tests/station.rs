@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use flashrack_app::reports::ReportFormat;
-use flashrack_app::testing::{spawn_app, View};
+use flashrack_app::testing::{spawn_app, View, WriteLockHolder};
 use flashrack_engine::SourceImage;
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_station::{ArmRequest, PortState, RunOptions, Snapshot, StationHandle};
@@ -496,41 +496,6 @@ async fn a_refused_raw_run_of_an_installer_iso_is_in_the_event_log_and_a_forced_
     );
 }
 
-/// Another process holding the records' write lock: `sqlite3` in a write
-/// transaction on the station's database (an operator's manual edit left
-/// open), until dropped.
-struct WriteLockHolder(std::process::Child);
-
-impl WriteLockHolder {
-    fn take(db: &std::path::Path) -> Self {
-        use std::io::{BufRead, Write};
-        let mut child = std::process::Command::new("sqlite3")
-            .arg(db)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("sqlite3 (scripts/setup installs it)");
-        let stdin = child.stdin.as_mut().unwrap();
-        stdin
-            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
-            .unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked", "sqlite3 did not take the write lock");
-        WriteLockHolder(child)
-    }
-}
-
-impl Drop for WriteLockHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn port_view<'s>(snapshot: &'s Snapshot, label: &str) -> &'s flashrack_station::PortView {
     snapshot.ports.iter().find(|p| p.label == label).unwrap()
 }
@@ -549,7 +514,7 @@ async fn a_verdict_the_records_cannot_take_is_shown_as_a_station_error_and_recor
         state(s, "A1") == PortState::Verifying
     })
     .await;
-    let lock = WriteLockHolder::take(&app.data_dir.join("flashrack.db"));
+    let lock = WriteLockHolder::take(&app.database());
 
     // The pass cannot be recorded (after the store's busy timeout): the port
     // does not show it, and the run does not count it as the stick's.

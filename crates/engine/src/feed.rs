@@ -369,7 +369,9 @@ impl ImageFeed {
 
     /// Targets are about to follow the feed (a one-shot flash that will
     /// start its attempts once the import has begun, after checking its
-    /// targets and opening its records): until the first of them registers
+    /// targets and opening its records; a station's run armed over the
+    /// import, whose sticks start once the run is recorded and the guard
+    /// has checked them): until the first of them registers
     /// ([`crate::SharedSource::follow`], when its attempt is started), the
     /// import keeps its first chunks for them as for a follower starting
     /// (see [`follow`](Self::follow)), counted from the import's beginning,
@@ -387,6 +389,12 @@ impl ImageFeed {
             writing: false,
         }));
         state.reserved = Some(state.followers.len() - 1);
+    }
+
+    /// Whether a reservation ([`reserve`](Self::reserve)) is still taken:
+    /// no target has registered since, and nobody let it go.
+    pub fn is_reserved(&self) -> bool {
+        self.lock().reserved.is_some()
     }
 
     /// The targets will not follow after all (the caller flashes the image

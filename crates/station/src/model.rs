@@ -358,6 +358,12 @@ pub struct RunImport {
     /// What `done` will reach, when known (a server's declared length, a
     /// file's size).
     pub total: Option<u64>,
+    /// Bytes of the image the run's sticks read again from the import's
+    /// file because the import had passed them before they asked (added as
+    /// each attempt ends): 0 when every stick kept up with the import. A
+    /// figure of the station's work, not of any stick: not recorded.
+    #[serde(default)]
+    pub reread_bytes: u64,
     /// Why the import failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -98,7 +98,10 @@ pub struct ArmRequest {
 /// attempt pass.
 #[derive(Debug, Clone)]
 pub struct FollowRequest {
-    /// The import's chunks as they are stored.
+    /// The import's chunks as they are stored. The caller reserves it
+    /// ([`ImageFeed::reserve`]) before the import begins, so that the run's
+    /// first sticks find its first chunks held; the station lets the
+    /// reservation go when the run has no stick to start.
     pub feed: Arc<ImageFeed>,
     /// The image's size when known as its import began (a raw file, a
     /// server's declared length), which the guard judges sticks by; `None`:
@@ -1377,6 +1380,7 @@ impl Station {
             state: RunImportState::Importing,
             done: 0,
             total: request.total,
+            reread_bytes: 0,
             error: None,
         };
         let followed = Followed {
@@ -1462,7 +1466,33 @@ impl Station {
             self.try_start(port, false).await;
             self.publish_port(port);
         }
+        self.release_feed_without_targets();
         Ok(self.run.as_ref().map(|r| r.view.clone()).unwrap_or(view))
+    }
+
+    /// A followed run with no stick on its way to an attempt (none present
+    /// when it was armed, or the guard refused each one) lets go of its
+    /// import's reservation ([`ImageFeed::reserve`], taken by the caller
+    /// before the import began so that the run's first sticks find its first
+    /// chunks held): the import would otherwise wait for targets that are
+    /// not coming, up to the feed's `PACE_GIVE_UP`. Once one attempt has
+    /// started the reservation is gone already, and this changes nothing.
+    fn release_feed_without_targets(&self) {
+        let Some(run) = self.run.as_ref() else {
+            return;
+        };
+        let Some(followed) = run.followed.as_ref() else {
+            return;
+        };
+        let id = run.view.id;
+        let inspecting = self
+            .ports
+            .iter()
+            .any(|p| p.inspecting.as_ref().is_some_and(|i| i.run_id == id));
+        let attempting = self.slots.values().any(|s| s.run_id == id);
+        if !inspecting && !attempting {
+            followed.feed.unreserve();
+        }
     }
 
     /// See [`StationHandle::import_ended`].
@@ -1792,6 +1822,7 @@ impl Station {
             self.finish_start(port, inspection).await;
             self.publish_port(port);
         }
+        self.release_feed_without_targets();
         self.release_replies();
     }
 
@@ -2338,6 +2369,9 @@ impl Station {
         if let Some(run) = self.run.as_mut().filter(|r| r.view.id == slot.run_id) {
             run.view.active = run.view.active.saturating_sub(1);
             run.view.bytes_written += figures.bytes_written;
+            if let Some(import) = run.view.import.as_mut() {
+                import.reread_bytes += done.outcome.bytes_reread;
+            }
             if passed {
                 run.view.passed += 1;
                 run.passed.insert(

@@ -2543,6 +2543,54 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
     assert_eq!(records.runs[1].2, Some(StopReason::SourceFailed));
 }
 
+/// The caller of `arm_following` reserves the feed before its import begins
+/// (so that the run's first sticks find its first chunks held); a run with
+/// no stick to start lets the reservation go at once, and one whose only
+/// stick the guard refuses once the guard has answered: the import never
+/// waits for sticks that are not coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_following_an_import_with_no_stick_to_start_lets_the_import_go_on() {
+    use flashrack_core::Sha256Digest;
+    use flashrack_station::FollowRequest;
+
+    let rig = rig(2, GuardPolicy::default()).await;
+    let follow = |feed: &Arc<flashrack_engine::ImageFeed>, n: u8| FollowRequest {
+        feed: feed.clone(),
+        size: Some(64 * MIB),
+        provisional: Sha256Digest::of(&[n]),
+        source: "https://images.example/os.img".into(),
+        total: None,
+        image_name: "os.img".into(),
+        options: RunOptions::default(),
+    };
+    // No stick at all.
+    let feed = flashrack_engine::ImageFeed::new();
+    feed.reserve();
+    rig.handle.arm_following(follow(&feed, 1)).await.unwrap();
+    assert!(!feed.is_reserved(), "a run with no stick holds its import");
+    rig.handle.stop_run("next").await.unwrap();
+
+    // One stick, too small for the image: refused by the guard.
+    rig.plug(1, "SER-1", healthy());
+    rig.until("detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    let feed = flashrack_engine::ImageFeed::new();
+    feed.reserve();
+    rig.handle.arm_following(follow(&feed, 2)).await.unwrap();
+    let snap = rig
+        .until("A1 refused", |s| state(s, "A1") == PortState::Refused)
+        .await;
+    assert_eq!(
+        port(&snap, "A1").refusal.as_ref().map(|r| r.code.as_str()),
+        Some("too_small")
+    );
+    assert!(
+        !feed.is_reserved(),
+        "a run whose sticks were all refused holds its import"
+    );
+    rig.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_records_fail_the_screen_never_shows_a_verdict_or_a_stop_they_do_not_hold() {
     let rig = rig(3, GuardPolicy::default()).await;
