@@ -292,8 +292,22 @@ test('the arm form checks a URL\'s signed checksum list: a bad signature arms no
     // list shows it imported, signed by the vendor.
     await page.reload();
     await page.locator('summary', { hasText: 'Import from a URL' }).click();
-    await page.locator('#download-list li[data-state="done"]', { hasText: keys.fingerprint('vendor') })
-      .filter({ hasText: 'os.img' }).waitFor({ timeout: 15_000 });
+    const row = page.locator('#download-list li[data-state="done"]', { hasText: keys.fingerprint('vendor') })
+      .filter({ hasText: 'os.img' });
+    await row.waitFor({ timeout: 15_000 });
+    // It says which run it was for, as the API does, with a link to that
+    // run's report.
+    const listed = (await (await page.request.get(api('/images/downloads'))).json())
+      .find((d) => d.url === at('/os.img'));
+    assert.equal(listed.run_id, run.id, JSON.stringify(listed));
+    const link = row.locator('a.download-run');
+    assert.equal(await link.innerText(), `run #${run.id}`);
+    const href = await link.getAttribute('href');
+    assert.equal(new URL(href, url).pathname, `/api/v1/runs/${run.id}/report`);
+    const printed = await page.request.get(new URL(href, url).href);
+    assert.equal(printed.status(), 200);
+    assert.match(printed.headers()['content-type'], /text\/html/);
+    assert.match(await printed.text(), new RegExp(sha.slice(0, 12)));
     await page.screenshot({ path: path.join(ARTIFACTS, 'follow-signed.png'), fullPage: true });
   } finally {
     server.close();

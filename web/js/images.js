@@ -5,7 +5,7 @@
 
 import { $, el, fmtBytes, fmtTime, shortSha, showMessage, setStatus } from './util.js';
 import { model } from './model.js';
-import { API, api, ApiError, askToken, errorFrom, getToken } from './api.js';
+import { API, api, ApiError, askToken, errorFrom, getToken, withToken } from './api.js';
 
 export async function loadImages() {
   try {
@@ -223,9 +223,22 @@ function downloadRow(d) {
   } else words = `failed: ${d.error}`;
   // An interrupted or failed import starts again from its partial download.
   const resumable = d.state === 'interrupted' || d.state === 'failed';
-  const row = el('li', { class: 'row', dataset: { state: d.state } },
+  // The download of a run armed with its URL: a link to that run's report.
+  const report = d.run_id != null ? `${API}/runs/${encodeURIComponent(d.run_id)}/report?format=html` : null;
+  const run = report
+    ? el('a', {
+      class: 'download-run',
+      href: withToken(report),
+      'data-href': report,
+      target: '_blank',
+      rel: 'noopener',
+      title: `The report of run #${d.run_id}, which this download was for`,
+    }, `run #${d.run_id}`)
+    : null;
+  const row = el('li', { class: 'row', dataset: { state: d.state, runId: d.run_id != null ? String(d.run_id) : undefined } },
     el('div', { class: 'row-main' },
       el('strong', { text: d.url.split('/').pop() || d.url, title: d.url }),
+      run ? el('span', { class: 'muted' }, ' for ', run) : null,
       el('span', { class: d.state === 'failed' ? 'bad' : 'muted', text: ` ${words}` })),
     resumable
       ? el('button', {

@@ -731,6 +731,9 @@ struct ImportView {
     error: Option<String>,
     image: Option<Sha256Digest>,
     provenance: Option<Provenance>,
+    /// The run it is (or was) the download of: a run armed with its URL
+    /// (`POST /api/v1/runs` with `download`), once armed.
+    run_id: Option<flashrack_core::RunId>,
     #[serde(skip)]
     started: Option<std::time::Instant>,
     /// The request as given (a resume repeats it).
@@ -752,6 +755,7 @@ impl ImportView {
             error: None,
             image: None,
             provenance: None,
+            run_id: None,
             started: None,
             request,
         }
@@ -811,6 +815,7 @@ impl UrlImportService {
                 .as_deref()
                 .and_then(|hex| Sha256Digest::parse(hex).ok());
             view.held = row.held;
+            view.run_id = row.run_id.map(flashrack_core::RunId);
             if !matches!(row.state, flashrack_store::UrlImportState::Done) {
                 // The partial download says what is held, not the last write.
                 let partial = Partial::in_dir(&downloads_dir(&data_dir), &view.url);
@@ -864,14 +869,32 @@ impl UrlImportService {
     /// returned task's: the run's end waits for it, and maps the image
     /// itself once the sticks are let go (an import of the list maps it
     /// before it is shown done).
+    /// Its id in the list comes with the request and the task.
     pub(crate) fn start_followed(
         &self,
         body: flashrack_web::UrlImportRequest,
         followed: FollowedImport,
-    ) -> Result<(UrlImport, ImportTask), StartRefusal> {
+    ) -> Result<(u64, UrlImport, ImportTask), StartRefusal> {
         let (request, view) = self.register(&body)?;
         let task = self.launch(view.id, request.clone(), body, Some(followed));
-        Ok((request, task))
+        Ok((view.id, request, task))
+    }
+
+    /// Import `id` of the list is the download of run `run` (armed over its
+    /// URL): listed with it (`run_id`), and recorded with it.
+    pub(crate) async fn followed_by(&self, id: u64, run: flashrack_core::RunId) {
+        {
+            let mut views = self.views.lock().expect("no panic while held");
+            if let Some(view) = views.iter_mut().find(|v| v.id == id) {
+                view.run_id = Some(run);
+            }
+        }
+        if let Some(store) = &self.store {
+            let row = i64::try_from(id).unwrap_or(i64::MAX);
+            if let Err(error) = store.url_import_for_run(row, run.0).await {
+                tracing::warn!(%error, id, %run, "cannot record the run a download is for");
+            }
+        }
     }
 
     /// Runs import `id` (its view is in the list, `checking`) in the

@@ -160,6 +160,8 @@ impl FollowService {
         let mut abandon = CancelOnDrop(Some(cancel.clone()));
         let (received, received_rx) = watch::channel((0u64, None));
         let observer = FeedObserver::new(feed.clone(), began_tx);
+        // The list's id of the run's download (a file's import is not listed).
+        let mut listed = None;
         let (label, name, mut import) = match request.source {
             FollowSource::Download(body) => {
                 let following = Following {
@@ -172,7 +174,7 @@ impl FollowService {
                         received.send_replace((p.held, p.total));
                     }
                 });
-                let (import, task) = self
+                let (id, import, task) = self
                     .downloads
                     .start_followed(body, FollowedImport { following, told })
                     .map_err(|refusal| match refusal {
@@ -181,6 +183,7 @@ impl FollowService {
                             flashrack_web::AppError::conflict(message)
                         }
                     })?;
+                listed = Some(id);
                 let label = import.url.clone();
                 let name = file_name_of(&label).unwrap_or_else(|| label.clone());
                 (label, name, task)
@@ -264,6 +267,9 @@ impl FollowService {
             }
         };
         abandon.disarm();
+        if let Some(id) = listed {
+            self.downloads.followed_by(id, run.id).await;
+        }
         tokio::spawn(finish(
             Finishing {
                 station: self.station.clone(),

@@ -408,16 +408,19 @@ async fn a_run_stopped_while_it_follows_a_download_abandons_it_and_keeps_the_par
         )
         .await;
     assert_eq!(armed.status, 201, "{}", armed.body);
+    let run_id = armed.json()["id"].as_u64().unwrap();
     events
         .until("the stick writes", |v| {
             v.state("A1") == "writing" && progress_done(v, "A1") > 0
         })
         .await;
-    // Listed among the station's downloads as it runs, up to the gate.
+    // Listed among the station's downloads as it runs, up to the gate, as
+    // the download of its run.
     loop {
         let list = app.get("/api/v1/images/downloads").await.json();
         if list[0]["held"] == gate as u64 {
             assert_eq!(list[0]["state"], "downloading", "{list}");
+            assert_eq!(list[0]["run_id"], run_id, "{list}");
             assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
             break;
         }
@@ -462,7 +465,13 @@ async fn a_run_stopped_while_it_follows_a_download_abandons_it_and_keeps_the_par
     );
     let held = entries[0]["held"].as_u64().unwrap();
     assert_eq!(held, gate as u64, "{list}");
+    assert_eq!(entries[0]["run_id"], run_id, "{list}");
     let id = entries[0]["id"].as_u64().unwrap();
+    // The records keep which run it was for: listed so after a restart.
+    let app = app.restart().await;
+    let list = app.get("/api/v1/images/downloads").await.json();
+    assert_eq!(list[0]["id"], id, "{list}");
+    assert_eq!(list[0]["run_id"], run_id, "{list}");
     server.open_gate();
     let resumed = app
         .post(&format!("/api/v1/images/downloads/{id}/resume"), None)
@@ -479,6 +488,8 @@ async fn a_run_stopped_while_it_follows_a_download_abandons_it_and_keeps_the_par
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["image"], Sha256Digest::of(&raw).to_hex().as_str());
     assert_eq!(done["resumed_from"], held, "{done}");
+    // Resumed without a run, it still says which run it was started for.
+    assert_eq!(done["run_id"], run_id, "{done}");
     assert!(cache.get(&Sha256Digest::of(&raw)).unwrap().is_some());
     app.stop().await.unwrap();
 }

@@ -117,6 +117,7 @@ fn an_import_killed_mid_download_is_listed_interrupted_after_a_restart_and_resum
         assert_eq!(entries[0]["id"], id);
         assert_eq!(entries[0]["url"], url.as_str());
         assert_eq!(entries[0]["state"], "interrupted", "{list}");
+        assert!(entries[0]["run_id"].is_null(), "no run's download: {list}");
         assert_eq!(
             entries[0]["held"],
             4 * MIB as u64,

@@ -54,6 +54,7 @@ async fn a_new_database_gets_wal_full_sync_foreign_keys_and_the_schema() {
             (12, true),
             (13, true),
             (14, true),
+            (15, true),
         ]
     );
     let mut tables: Vec<String> = sqlx::query_scalar(

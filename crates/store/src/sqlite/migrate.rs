@@ -86,6 +86,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run stop detail",
         include_str!("../../../../migrations/0014_run_stop_detail.sql"),
     ),
+    (
+        15,
+        "url import run",
+        include_str!("../../../../migrations/0015_url_import_run.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -73,6 +73,9 @@ pub struct UrlImportRow {
     pub error: Option<String>,
     /// The image it became (sha256, hex).
     pub image_sha256: Option<String>,
+    /// The run it was downloaded for (a run armed with a URL), once that
+    /// run was armed.
+    pub run_id: Option<i64>,
     /// When it was first asked for (ms since the epoch).
     pub started_at: i64,
     /// When it was last written (ms since the epoch).
@@ -120,6 +123,13 @@ impl Store {
             .await
     }
 
+    /// Records that import `id` is the download of run `run_id` (armed with
+    /// its URL).
+    pub async fn url_import_for_run(&self, id: i64, run_id: i64) -> Result<(), StoreError> {
+        self.write(move |batch| Box::pin(batch.url_import_for_run(id, run_id)))
+            .await
+    }
+
     /// Marks every import of this station left `checking` or `downloading`
     /// as `interrupted` (at start-up: nothing runs yet); returns how many.
     pub async fn interrupt_url_imports(&self) -> Result<u64, StoreError> {
@@ -130,8 +140,8 @@ impl Store {
     /// Every import from a URL of this station, oldest first.
     pub async fn url_imports(&self) -> Result<Vec<UrlImportRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, url, request, state, held, total, error, image_sha256, started_at,
-                    updated_at
+            "SELECT id, url, request, state, held, total, error, image_sha256, run_id,
+                    started_at, updated_at
              FROM url_imports WHERE station_id = ? ORDER BY id",
         )
         .bind(self.station_id())
@@ -151,6 +161,7 @@ impl Store {
                     total: total.and_then(|t| u64::try_from(t).ok()),
                     error: row.try_get("error")?,
                     image_sha256: row.try_get("image_sha256")?,
+                    run_id: row.try_get("run_id")?,
                     started_at: row.try_get("started_at")?,
                     updated_at: row.try_get("updated_at")?,
                 })
@@ -225,6 +236,21 @@ impl SqliteWrites {
         .bind(id)
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    /// See [`Store::url_import_for_run`].
+    pub(super) async fn url_import_for_run(
+        &mut self,
+        id: i64,
+        run_id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE url_imports SET run_id = ?, updated_at = ? WHERE id = ?")
+            .bind(run_id)
+            .bind(self.clock.now_ms())
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
