@@ -151,8 +151,11 @@ impl FollowService {
         // The run's sticks start only once the station has armed it (its
         // records, the guard's checks): the import keeps its first chunks for
         // them (see `ImageFeed::reserve`); the station lets the reservation
-        // go if the run has no stick to start.
-        feed.reserve();
+        // go if the run has no stick to start. An audit's sticks write
+        // nothing and never follow: nothing to keep for them.
+        if !request.options.audit {
+            feed.reserve();
+        }
         let (began_tx, began) = oneshot::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         // Until the run is armed, a request dropped (the client left) or an
@@ -244,7 +247,9 @@ impl FollowService {
         };
         let provisional = provisional_digest(&label);
         let options = request.options;
-        let force_raw = options.force_raw;
+        // An audit writes nothing: an image that would not boot written raw
+        // may still be compared with sticks written otherwise.
+        let force_raw = options.force_raw || options.audit;
         let total = received_rx.borrow().1;
         let armed = self
             .station

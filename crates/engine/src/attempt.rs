@@ -513,6 +513,18 @@ fn pipeline(
             mode => mode,
         };
         wait_for_image(ctx, Stage::Preparing)?;
+        // An image followed while it was imported may have been of unknown
+        // size when the stick was prepared: judged now it is whole.
+        let size = ctx.source.manifest().size();
+        if geometry.capacity < size {
+            return Err(fail(
+                Stage::Preparing,
+                FailReason::TooSmall {
+                    capacity: ByteSize(geometry.capacity),
+                    needed: ByteSize(size),
+                },
+            ));
+        }
         return verify_image(ctx, mode, block, ranges, figures);
     }
     let mut writer = ctx

@@ -117,8 +117,9 @@ pub struct FollowRequest {
     pub total: Option<u64>,
     /// The image's name for people until it is known (the file's name).
     pub image_name: String,
-    /// Run options (never sparse, never an audit: those need the whole
-    /// image first).
+    /// Run options (never sparse: a sparse run needs the image's block map
+    /// first). An audit's attempts write nothing and read their sticks back
+    /// once the import has ended.
     pub options: RunOptions,
 }
 
@@ -1358,11 +1359,10 @@ impl Station {
         if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
             return Err(StationError::AlreadyArmed(run.view.id));
         }
-        if request.options.sparse || request.options.audit {
+        if request.options.sparse {
             return Err(StationError::Source(EngineError::SourceFailed {
-                detail:
-                    "a sparse run or an audit needs the whole image first: import it, then arm it"
-                        .into(),
+                detail: "a sparse run needs the image's block map first: import it, then arm it"
+                    .into(),
             }));
         }
         let engine = self.engine_options(&request.options);

@@ -2517,7 +2517,7 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
     for label in ["A1", "A2"] {
         assert_eq!(reason(&snap, label), Some(&FailReason::Interrupted));
     }
-    // A sparse run or an audit cannot follow an import.
+    // A sparse run cannot follow an import (its block map is not known).
     let refused = rig
         .handle
         .arm_following(FollowRequest {
@@ -2528,7 +2528,7 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
             total: None,
             image_name: "x".into(),
             options: RunOptions {
-                audit: true,
+                sparse: true,
                 ..RunOptions::default()
             },
         })

@@ -52,8 +52,8 @@ pub enum FollowSource {
 pub struct FollowArm {
     /// Where the image comes from.
     pub source: FollowSource,
-    /// The run's options, checked as for a cached image (never sparse,
-    /// never an audit: both need the whole image first).
+    /// The run's options, checked as for a cached image (never sparse: its
+    /// block map is not known before the import).
     pub options: RunOptions,
 }
 
