@@ -404,6 +404,19 @@ pub(crate) struct Following {
     /// Set when the flash is abandoned: the import and the download stop
     /// (the partial download is kept, resumable).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The request's block map, fetched and parsed already (by a sparse run
+    /// that follows the import, which writes by it): the import checks the
+    /// image against this one instead of fetching it again.
+    pub bmap: Option<BmapInput>,
+}
+
+/// The block map `request` names or finds beside its image (see
+/// [`UrlBmap`]), fetched and parsed before anything of the image is
+/// downloaded: `None` when none is wanted or none is beside the image.
+pub(crate) async fn block_map_of(request: &UrlImport) -> Result<Option<BmapInput>, AppError> {
+    let downloader =
+        Downloader::new(RetryPolicy::default()).map_err(|e| download_error(&request.url, e))?;
+    bmap_for(&downloader, request).await
 }
 
 /// [`import_url`], told to `following`'s observer as it goes. A followed
@@ -423,7 +436,10 @@ pub(crate) async fn import_url_following(
     let source = digest_source(&downloader, url, &request.check).await?;
     // The map is fetched and parsed before the image: a malformed one, or
     // one whose own checksum fails, downloads nothing.
-    let bmap = bmap_for(&downloader, request).await?;
+    let bmap = match following.bmap.clone() {
+        Some(given) => Some(given),
+        None => bmap_for(&downloader, request).await?,
+    };
     let partial = Partial::in_dir(&downloads_dir(data_dir), url);
     let followed = following.observer.is_some();
     let options = ImportOptions {

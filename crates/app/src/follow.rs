@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use flashrack_core::{ByteSize, RunId};
 use flashrack_engine::{ImageFeed, SourceImage};
-use flashrack_image::{ImageCache, ImportObserver, ImportOptions, ImportOutcome};
+use flashrack_image::{BmapInput, ImageCache, ImportObserver, ImportOptions, ImportOutcome};
 use flashrack_station::{FollowRequest, ImportEnd, RunRefusal, StationHandle};
 use flashrack_web::{
     api::{image_error, station_error},
@@ -43,10 +43,11 @@ use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 
 use crate::downloads::{
-    error_chain, file_name_of, FollowedImport, Following, StartRefusal, UrlImportService,
-    UrlProgress,
+    block_map_of, error_chain, file_name_of, url_import_of, FollowedImport, Following,
+    StartRefusal, UrlImportService, UrlProgress,
 };
 use crate::flash::{import_reason, provisional_digest, CancelOnDrop, FeedObserver};
+use crate::images::bmap_beside;
 use crate::AppError;
 
 /// How often the import's progress goes to the run's view.
@@ -165,12 +166,23 @@ impl FollowService {
         let observer = FeedObserver::new(feed.clone(), began_tx);
         // The list's id of the run's download (a file's import is not listed).
         let mut listed = None;
+        // A sparse run's ranges, from the bmap that comes with the image.
+        let mut sparse = None;
         let (label, name, mut import) = match request.source {
             FollowSource::Download(body) => {
+                let bmap = match request.options.sparse {
+                    true => {
+                        let input = self.url_block_map(&body).await?;
+                        sparse = Some(Arc::new(input.ranges().map_err(image_error)?));
+                        Some(input)
+                    }
+                    false => None,
+                };
                 let following = Following {
                     observer: Some(Arc::new(observer) as Arc<dyn ImportObserver>),
                     raw_size: None,
                     cancel: Some(cancel.clone()),
+                    bmap,
                 };
                 let told = Box::new(move |progress: &UrlProgress| {
                     if let UrlProgress::Downloading(p) = progress {
@@ -201,7 +213,15 @@ impl FollowService {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| label.clone());
+                let bmap = match request.options.sparse {
+                    true => file_block_map(&path, &allowed_dirs).await?,
+                    false => None,
+                };
+                if let Some(input) = &bmap {
+                    sparse = Some(Arc::new(input.ranges().map_err(image_error)?));
+                }
                 let options = ImportOptions {
+                    bmap,
                     expected_sha256: expected,
                     max_image_size: self.max_size.bytes(),
                     // The station's own file stays where it is: a raw image
@@ -261,6 +281,7 @@ impl FollowService {
                 total,
                 image_name: name,
                 options: options.clone(),
+                sparse,
             })
             .await;
         let run = match armed {
@@ -289,6 +310,80 @@ impl FollowService {
             import,
         ));
         Ok(Followed::Armed(Box::new(run)))
+    }
+}
+
+impl FollowService {
+    /// A sparse run's block map for a download: the request's `bmap`, or
+    /// one beside the image on its server, fetched and parsed before
+    /// anything of the image is downloaded. None there is the request's
+    /// 422: without a map known beforehand a sparse run cannot follow.
+    async fn url_block_map(
+        &self,
+        body: &flashrack_web::UrlImportRequest,
+    ) -> Result<BmapInput, flashrack_web::AppError> {
+        let request = url_import_of(body.clone(), self.max_size)
+            .map_err(flashrack_web::AppError::bad_request)?;
+        match block_map_of(&request).await.map_err(request_error)? {
+            Some(input) => Ok(input),
+            None => Err(flashrack_web::AppError::unprocessable(format!(
+                "a sparse run of {} needs its block map before the download: give \"bmap\" \
+                 with the download or put one beside the image on its server (bmaptool's \
+                 names), or import the image first (a map is generated from its file \
+                 systems where flashrack reads them), then arm it by its sha256",
+                request.url
+            ))),
+        }
+    }
+}
+
+/// A sparse run's block map for the station file `path`: the bmap file
+/// beside it (bmaptool's names, [`bmap_beside`]), parsed before the image is
+/// read; the import checks the image against it. A file outside
+/// `allowed_dirs` (or not there) is not looked beside: the import refuses
+/// it with its own reason. No map beside it is the request's 422.
+async fn file_block_map(
+    path: &std::path::Path,
+    allowed_dirs: &[std::path::PathBuf],
+) -> Result<Option<BmapInput>, flashrack_web::AppError> {
+    let (file, allowed) = (path.to_path_buf(), allowed_dirs.to_vec());
+    // `Ok(None)`: not looked beside (the import refuses the file);
+    // `Ok(Some(None))`: no map beside it.
+    let found = tokio::task::spawn_blocking(move || -> Result<_, AppError> {
+        let Ok(real) = file.canonicalize() else {
+            return Ok(None);
+        };
+        let inside = allowed
+            .iter()
+            .filter_map(|dir| dir.canonicalize().ok())
+            .any(|dir| real.starts_with(dir));
+        if !inside {
+            return Ok(None);
+        }
+        let Some(bmap) = bmap_beside(&file) else {
+            return Ok(Some(None));
+        };
+        BmapInput::read(&bmap)
+            .map(|(input, _)| Some(Some(input)))
+            .map_err(|source| AppError::Bmap {
+                path: bmap,
+                source: Box::new(source),
+            })
+    })
+    .await
+    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+    .map_err(request_error)?;
+    match found {
+        None => Ok(None),
+        Some(Some(input)) => Ok(Some(input)),
+        Some(None) => Err(flashrack_web::AppError::unprocessable(format!(
+            "a sparse run of {} needs its block map before the import: put one beside it \
+             ({}.bmap, or the name with its extensions replaced by .bmap), or import the \
+             image first (a map is generated from its file systems where flashrack reads \
+             them), then arm it by its sha256",
+            path.display(),
+            path.display()
+        ))),
     }
 }
 

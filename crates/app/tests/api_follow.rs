@@ -481,6 +481,128 @@ async fn an_audit_of_a_file_not_cached_yet_reads_each_stick_back_once_imported_a
     app.stop().await.unwrap();
 }
 
+/// A sparse run of a URL not cached yet follows the download with the bmap
+/// found beside the image on its server (fetched before the image, which
+/// the import checks against it), as a sparse run of a cached image writes:
+/// each stick gets the map's ranges only, reads them back and says how
+/// much it skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_run_of_a_url_follows_the_download_with_the_bmap_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    let raw = flashrack_testkit::bmap::sparse_image(&image);
+    let bmap = flashrack_testkit::bmap::bmaptool_create(&image);
+    let sha = Sha256Digest::of(&raw);
+    let server = FileServer::start().await;
+    server.serve("/disk.img", Served::new(raw.clone(), "sparse-api"));
+    server.serve(
+        "/disk.img.bmap",
+        Served::new(bmap.into_bytes(), "sparse-api-map"),
+    );
+    let app = spawn_app().await;
+    let mut events = app.events().await;
+    plug(&app, 1, 4 * MIB);
+    events
+        .until("the stick is detected", |v| v.state("A1") == "detected")
+        .await;
+    let (_, stick) = app.rack.stick_at("t-1").unwrap();
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": server.url("/disk.img"), "sha256": sha.to_hex() }, "sparse": true })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run = armed.json();
+    assert_eq!(run["options"]["sparse"], true, "{run}");
+    assert_eq!(run["import"]["state"], "importing", "{run}");
+    let done = events
+        .until("A1 passes", |v| {
+            v.state("A1") == "passed" && v.run["passed"] == 1
+        })
+        .await;
+    assert_eq!(done.run["import"]["state"], "done", "{:?}", done.run);
+    assert_eq!(done.run["image_sha256"], sha.to_hex().as_str());
+    // Blocks 0-9 and 100-101 hold data: 12 blocks of 4 KiB.
+    let mapped = 12 * 4096u64;
+    let figures = &done.ports["A1"]["figures"];
+    assert_eq!(figures["bytes_written"], mapped, "{figures}");
+    assert_eq!(
+        figures["bytes_skipped"],
+        raw.len() as u64 - mapped,
+        "{figures}"
+    );
+    assert_eq!(figures["bytes_verified"], mapped, "{figures}");
+    let medium = std::fs::read(stick.path()).unwrap();
+    assert_eq!(&medium[..10 * 4096], &raw[..10 * 4096]);
+    assert_eq!(
+        &medium[100 * 4096..102 * 4096],
+        &raw[100 * 4096..102 * 4096]
+    );
+    // Outside the map the stick holds what the capacity probe left there
+    // (its markers and zeros across the stick), not the image's bytes: the
+    // engine's sparse tests check it untouched where nothing probes.
+    // The map was fetched once, before the image.
+    assert_eq!(server.requests_for("/disk.img.bmap").len(), 1);
+    // The image is cached with the map it was checked against.
+    let cached = open_cache(&app.data_dir).unwrap();
+    let kept = cached.block_map(&sha).unwrap().expect("the map is kept");
+    assert_eq!(kept.ranges.mapped_bytes(), mapped);
+    app.stop().await.unwrap();
+}
+
+/// A sparse run of a station file not cached yet follows its import with
+/// the bmap beside it (`disk.img.bmap`, checked by the import).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_run_of_a_station_file_follows_its_import_with_the_bmap_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().to_path_buf();
+    let image = dir.path().join("disk.img");
+    let raw = flashrack_testkit::bmap::sparse_image(&image);
+    let bmap = flashrack_testkit::bmap::bmaptool_create(&image);
+    std::fs::write(dir.path().join("disk.img.bmap"), bmap).unwrap();
+    let sha = Sha256Digest::of(&raw);
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    let mut events = app.events().await;
+    plug(&app, 1, 4 * MIB);
+    events
+        .until("the stick is detected", |v| v.state("A1") == "detected")
+        .await;
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "file": { "path": image, "sha256": sha.to_hex() }, "sparse": true })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    assert_eq!(
+        armed.json()["import"]["state"],
+        "importing",
+        "{}",
+        armed.body
+    );
+    let done = events
+        .until("A1 passes", |v| {
+            v.state("A1") == "passed" && v.run["passed"] == 1
+        })
+        .await;
+    let mapped = 12 * 4096u64;
+    let figures = &done.ports["A1"]["figures"];
+    assert_eq!(figures["bytes_written"], mapped, "{figures}");
+    assert_eq!(
+        figures["bytes_skipped"],
+        raw.len() as u64 - mapped,
+        "{figures}"
+    );
+    let medium = std::fs::read(app.rack.stick_at("t-1").unwrap().1.path()).unwrap();
+    assert_eq!(&medium[..10 * 4096], &raw[..10 * 4096]);
+    assert_eq!(
+        &medium[100 * 4096..102 * 4096],
+        &raw[100 * 4096..102 * 4096]
+    );
+    app.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_stopped_while_it_follows_a_download_abandons_it_and_keeps_the_partial_file() {
     let raw = image_bytes(16 * MIB, 84, 64 << 10);
@@ -598,6 +720,9 @@ async fn bad_requests_for_a_run_of_an_image_not_cached_get_a_clear_4xx_and_recor
     std::fs::create_dir(import_dir.join("a-directory")).unwrap();
     let outside = dir.path().join("outside.img");
     std::fs::write(&outside, image_bytes(MIB, 85, 4096)).unwrap();
+    // A station file with no block map beside it.
+    let unmapped = import_dir.join("unmapped.img");
+    std::fs::write(&unmapped, image_bytes(MIB, 87, 4096)).unwrap();
     let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
     let server = FileServer::start().await;
     let url = server.url("/missing.img");
@@ -643,10 +768,18 @@ async fn bad_requests_for_a_run_of_an_image_not_cached_get_a_clear_4xx_and_recor
             400,
             "sha256",
         ),
+        // A sparse run needs its block map before the import: none beside
+        // the image on its server (the server has nothing), none beside
+        // the station file.
         (
             json!({ "download": { "url": url }, "sparse": true }),
-            400,
-            "block map first",
+            422,
+            "needs its block map before the download",
+        ),
+        (
+            json!({ "file": { "path": unmapped }, "sparse": true }),
+            422,
+            "needs its block map before the import",
         ),
         (
             json!({ "file": { "path": "images/os.img" } }),

@@ -122,19 +122,28 @@ impl Fanout {
     }
 
     /// Prepares to write an image while it is imported: the targets follow
-    /// `feed` (see [`crate::feed`]). A sparse run needs the image's block map,
-    /// which a followed image does not have yet: refused.
+    /// `feed` (see [`crate::feed`]). A sparse run's map
+    /// ([`EngineOptions::sparse`]) comes with the image (a bmap file known
+    /// before the import, which the import checks the image against): its
+    /// write passes take every chunk as it is imported and write the mapped
+    /// bytes of it; its read-backs compare the mapped bytes once the import
+    /// has ended. A map of another size than the one the feed announced is
+    /// refused.
     pub fn following(
         feed: Arc<crate::ImageFeed>,
         options: EngineOptions,
         events: UnboundedSender<EngineEvent>,
     ) -> Result<Self, EngineError> {
-        if options.sparse.is_some() {
-            return Err(EngineError::SourceFailed {
-                detail: "a sparse run needs the image's block map, which an image still \
-                         being imported does not have"
-                    .into(),
-            });
+        if let (Some(ranges), Some(size)) = (&options.sparse, feed.size_hint()) {
+            if ranges.image_size() != size {
+                return Err(EngineError::SourceFailed {
+                    detail: format!(
+                        "the block map describes an image of {} bytes, the image being \
+                         imported has {size}",
+                        ranges.image_size()
+                    ),
+                });
+            }
         }
         let source = Arc::new(SharedSource::following(feed, options.source_cache_chunks));
         Ok(Self {

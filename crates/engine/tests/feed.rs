@@ -436,19 +436,82 @@ async fn a_followed_import_is_verified_by_fingerprint_down_to_the_bad_byte() {
     }
 }
 
-#[test]
-fn a_sparse_run_cannot_follow_an_import() {
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let options = EngineOptions {
-        sparse: Some(Arc::new(
-            flashrack_core::DataRanges::new(4096, vec![(0, 4096)]).unwrap(),
-        )),
-        ..options()
-    };
-    assert!(matches!(
-        Fanout::following(ImageFeed::new(), options, tx),
-        Err(EngineError::SourceFailed { .. })
-    ));
+/// A sparse run follows an import with a block map known before it (a bmap
+/// file that comes with the image): each stick gets exactly the map's
+/// ranges as the chunks arrive (what it held elsewhere stays), reads them
+/// back once the import has ended, and says what it skipped. A map of
+/// another size than the one the feed announced is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_run_follows_an_import_and_writes_only_the_mapped_ranges() {
+    const OLD: u8 = 0xa5;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(6 * CHUNK, 24, 3 * CHUNK);
+    let size = bytes.len() as u64;
+    let chunk = CHUNK as u64;
+    // A head, a range across a chunk boundary and one in the last chunk.
+    let ranges = flashrack_core::DataRanges::new(
+        size,
+        vec![(0, 8192), (chunk - 4096, 3 * 4096), (5 * chunk, 4096)],
+    )
+    .unwrap();
+    let mapped = ranges.mapped_bytes();
+    let importer = Importer::begin(dir.path(), bytes.clone(), true);
+    let feed = importer.feed.clone();
+    let (tx, _events) = mpsc::unbounded_channel();
+    let wrong = flashrack_core::DataRanges::new(size + 4096, vec![(0, 4096)]).unwrap();
+    let refused = Fanout::following(
+        feed.clone(),
+        EngineOptions {
+            sparse: Some(Arc::new(wrong)),
+            ..options()
+        },
+        tx.clone(),
+    );
+    assert!(
+        matches!(refused, Err(EngineError::SourceFailed { ref detail }) if detail.contains("block map")),
+        "{:?}",
+        refused.err()
+    );
+    let rack = rack(dir.path(), vec![SimStickSpec::new("a", 8 * MIB)]);
+    let stick = rack.stick("a").unwrap();
+    std::fs::write(stick.path(), vec![OLD; 8 * MIB as usize]).unwrap();
+    let fanout = Fanout::following(
+        feed.clone(),
+        EngineOptions {
+            sparse: Some(Arc::new(ranges.clone())),
+            // Without the probe, every byte written is the run's.
+            probe_capacity: false,
+            ..options()
+        },
+        tx,
+    )
+    .unwrap();
+    let (id, target) = targets(&rack).remove(0);
+    let handle = fanout.start(id, target);
+    let import = importer.run_handing_over();
+    let outcome = tokio::time::timeout(WAIT, handle.finish()).await.unwrap();
+    import.join().unwrap();
+    let (verdict, figures) = outcome.result.unwrap();
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(figures.bytes_written, mapped);
+    assert_eq!(figures.bytes_verified, mapped);
+    assert_eq!(figures.bytes_skipped, size - mapped);
+    assert_eq!(figures.verify_method, Some(VerifyMethod::Compare));
+    let medium = std::fs::read(stick.path()).unwrap();
+    let mut at = 0usize;
+    for &(offset, len) in ranges.ranges() {
+        let (offset, len) = (offset as usize, len as usize);
+        assert!(
+            medium[at..offset].iter().all(|&b| b == OLD),
+            "{at}..{offset} written"
+        );
+        assert_eq!(&medium[offset..offset + len], &bytes[offset..offset + len]);
+        at = offset + len;
+    }
+    assert!(
+        medium[at..].iter().all(|&b| b == OLD),
+        "past the map written"
+    );
 }
 
 /// Sticks slow to start (opening, the guard's checks, the probe: here a slow

@@ -204,6 +204,14 @@ impl BmapInput {
         StreamCheck::new(self.map.clone())
     }
 
+    /// The byte ranges the map says hold data, of an image of the map's
+    /// size: what a sparse run writes and reads back. Known before the image
+    /// is read, so that a run may follow the image's import; the import
+    /// checks the image against the map (`ImportOptions::bmap`).
+    pub fn ranges(&self) -> Result<DataRanges, ImageError> {
+        stored_bmap(&self.file, &self.map).map(|stored| stored.ranges)
+    }
+
     /// The map as the cache keeps it, once the image was checked against it.
     pub(crate) fn stored(&self) -> Result<StoredMap, ImageError> {
         stored_bmap(&self.file, &self.map)

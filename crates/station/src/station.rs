@@ -117,10 +117,13 @@ pub struct FollowRequest {
     pub total: Option<u64>,
     /// The image's name for people until it is known (the file's name).
     pub image_name: String,
-    /// Run options (never sparse: a sparse run needs the image's block map
-    /// first). An audit's attempts write nothing and read their sticks back
-    /// once the import has ended.
+    /// Run options. An audit's attempts write nothing and read their
+    /// sticks back once the import has ended.
     pub options: RunOptions,
+    /// A sparse run's ranges (`options.sparse`): from a bmap file known
+    /// before the import (which checks the image against it); `None` for a
+    /// full run.
+    pub sparse: Option<Arc<DataRanges>>,
 }
 
 /// How a followed import ended ([`StationHandle::import_ended`]).
@@ -1359,19 +1362,24 @@ impl Station {
         if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
             return Err(StationError::AlreadyArmed(run.view.id));
         }
-        if request.options.sparse {
+        if request.options.sparse != request.sparse.is_some() {
             return Err(StationError::Source(EngineError::SourceFailed {
-                detail: "a sparse run needs the image's block map first: import it, then arm it"
+                detail: "a sparse run needs the image's block map, and only a sparse run takes one"
                     .into(),
             }));
         }
-        let engine = self.engine_options(&request.options);
+        let mut engine = self.engine_options(&request.options);
+        engine.sparse = request.sparse.clone();
+        // A compressed image's size is known at its end; its map says it now.
+        let size = request
+            .size
+            .or_else(|| request.sparse.as_ref().map(|r| r.image_size()));
         let fanout =
             Fanout::following(request.feed.clone(), engine.clone(), self.engine_tx.clone())?;
         let start = RunStart {
             image_sha256: request.provisional,
             image_name: request.image_name.clone(),
-            image_size: request.size.unwrap_or(0),
+            image_size: size.unwrap_or(0),
             options: request.options.clone(),
         };
         let id = self.journal.run_started_following(&start).await?;

@@ -2420,6 +2420,7 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
             total: None,
             image_name: "os.img".into(),
             options: RunOptions::default(),
+            sparse: None,
         })
         .await
         .unwrap();
@@ -2489,6 +2490,7 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
             total: None,
             image_name: "os.img".into(),
             options: RunOptions::default(),
+            sparse: None,
         })
         .await
         .unwrap();
@@ -2517,7 +2519,7 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
     for label in ["A1", "A2"] {
         assert_eq!(reason(&snap, label), Some(&FailReason::Interrupted));
     }
-    // A sparse run cannot follow an import (its block map is not known).
+    // A sparse run cannot follow an import without its block map.
     let refused = rig
         .handle
         .arm_following(FollowRequest {
@@ -2531,6 +2533,7 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
                 sparse: true,
                 ..RunOptions::default()
             },
+            sparse: None,
         })
         .await;
     assert!(
@@ -2562,6 +2565,7 @@ async fn a_run_following_an_import_with_no_stick_to_start_lets_the_import_go_on(
         total: None,
         image_name: "os.img".into(),
         options: RunOptions::default(),
+        sparse: None,
     };
     // No stick at all.
     let feed = flashrack_engine::ImageFeed::new();

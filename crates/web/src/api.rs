@@ -431,22 +431,15 @@ pub async fn arm(
 }
 
 /// Arms a run whose image is imported from `source` (see [`crate::follow`]):
-/// refused for a sparse run (its block map is not known before the
-/// import), when a run is armed already (before anything is downloaded),
-/// and when the station offers no such import. An audit follows the import
-/// as a run of a cached image audits: its sticks are read back once the
-/// image is whole.
+/// refused when a run is armed already (before anything is downloaded), and
+/// when the station offers no such import. A sparse run follows with the
+/// block map that comes with the image (the application refuses one
+/// without); an audit reads its sticks back once the image is whole.
 async fn follow(
     state: &WebState,
     source: FollowSource,
     options: RunOptions,
 ) -> Result<Followed, AppError> {
-    if options.sparse {
-        return Err(AppError::bad_request(
-            "a sparse run needs the image's block map first: import it \
-             (POST /api/v1/images/import-url or /images/import), then arm it by its sha256",
-        ));
-    }
     let runs = state
         .followed_runs
         .as_ref()

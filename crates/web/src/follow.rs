@@ -52,8 +52,10 @@ pub enum FollowSource {
 pub struct FollowArm {
     /// Where the image comes from.
     pub source: FollowSource,
-    /// The run's options, checked as for a cached image (never sparse: its
-    /// block map is not known before the import).
+    /// The run's options, checked as for a cached image. A sparse run's
+    /// block map comes with the image (a bmap file given with the download,
+    /// or found beside the image or the station file): none is the
+    /// request's 422.
     pub options: RunOptions,
 }
 

@@ -264,6 +264,7 @@ pub async fn flash_url(
         }),
         raw_size: None,
         cancel: Some(cancel.clone()),
+        bmap: None,
     };
     let task = {
         let (data_dir, import, view) = (data_dir.to_path_buf(), import.clone(), view.clone());
