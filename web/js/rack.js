@@ -163,6 +163,10 @@ export function buildTile(port) {
   (busy || port.state === 'capturing') && !model.stale ? progressBlock(port) : null,
   (busy || port.state === 'capturing') && model.stale ? el('p', { class: 'stale-note', text: `last known: ${port.state}; progress unknown` }) : null,
   port.state === 'waiting' ? el('p', { class: 'waiting-note', text: 'waiting: target nearly reached (starts if a stick in flight fails)' }) : null,
+  // The records are taking the attempt's start (nothing written yet) or its
+  // verdict (shown once they hold it).
+  busy && port.recording && !model.stale
+    ? el('p', { class: 'recording-note', text: port.attempt_id == null ? 'recording the attempt before writing' : 'recording the verdict', title: 'shown once the records hold it' }) : null,
   verdictBlock(port),
   // The guard's refusal: { code, message }. One refused at the moment of opening
   // is also the verdict, which verdictBlock shows.

@@ -498,7 +498,11 @@ impl WriteLockHolder {
             .expect("sqlite3 (scripts/setup installs it)");
         let stdin = child.stdin.as_mut().expect("sqlite3's stdin");
         stdin
-            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
+            // Waits (as the station does) for a write of the station's in
+            // progress: without a busy timeout, BEGIN IMMEDIATE fails at
+            // once then (the records' writes run beside the station's loop),
+            // and, without `.bail on`, `locked` was printed all the same.
+            .write_all(b".bail on\n.timeout 20000\nBEGIN IMMEDIATE;\nSELECT 'locked';\n")
             .expect("sqlite3 takes commands");
         stdin.flush().expect("sqlite3 takes commands");
         let mut line = String::new();

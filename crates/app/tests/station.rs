@@ -576,3 +576,144 @@ async fn a_verdict_the_records_cannot_take_is_shown_as_a_station_error_and_recor
 
     app.stop().await.unwrap();
 }
+
+/// One poll of `GET /api/v1/ports`: the port labelled `label`.
+fn port_json<'v>(ports: &'v Value, label: &str) -> &'v Value {
+    ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == label)
+        .unwrap_or_else(|| panic!("no port {label}: {ports}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_another_process_holds_the_records_locked_the_dashboard_api_keeps_moving_and_then_agrees_with_the_report(
+) {
+    let app = spawn_app().await;
+    let handle = app.station.clone();
+    // An image of 256 KiB chunks (the app's own is one chunk): a read-back
+    // reports its progress as it goes.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(3 * MIB as usize, 11, 256 * 1024);
+    let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 256 * 1024);
+    let run_id = handle
+        .arm(ArmRequest {
+            image: SourceImage::cached(path, manifest),
+            image_name: "chunked.img".into(),
+            options: RunOptions::default(),
+            sparse: None,
+        })
+        .await
+        .unwrap()
+        .id
+        .0;
+    // A1 reads back in about 3 s: its verdict comes while the lock is held.
+    // A2 reads back in about 12 s: its progress is what must keep moving.
+    app.rack
+        .plug("t-1", "HELDBACK", healthy().read_speed(MIB))
+        .unwrap();
+    app.rack
+        .plug("t-2", "MOVING", healthy().read_speed(MIB / 4))
+        .unwrap();
+    until(&handle, "A1 and A2 reading back", |s| {
+        state(s, "A1") == PortState::Verifying && state(s, "A2") == PortState::Verifying
+    })
+    .await;
+    let lock = WriteLockHolder::take(&app.database());
+
+    // Over real HTTP: while A1's verdict waits on the lock (shown as being
+    // recorded, no verdict), A2's progress keeps moving. A bound on a hang,
+    // not a timing test: a station whose loop waits on its records shows
+    // nothing move for the store's busy timeout (10 s) on every write.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // A2's read-back figures seen, in order, while A1's verdict waited.
+    let mut seen: Vec<u64> = Vec::new();
+    loop {
+        let ports = app.get("/api/v1/ports").await.json();
+        let a1 = port_json(&ports, "A1");
+        let a2 = port_json(&ports, "A2");
+        // A1's read-back is over (its last figure shown, or its verdict
+        // being recorded) and it shows no verdict: its verdict waits on
+        // the lock.
+        let read_back = a1["recording"] == true
+            || (a1["state"] == "verifying"
+                && a1["progress"]["done"].is_u64()
+                && a1["progress"]["done"] == a1["progress"]["total"]);
+        if read_back && a1["verdict"].is_null() {
+            match a2["progress"]["done"].as_u64() {
+                // A new figure (polls are faster than its updates).
+                Some(done) if a2["state"] == "verifying" => {
+                    if seen.last() != Some(&done) {
+                        seen.push(done);
+                    }
+                }
+                _ => seen.clear(),
+            }
+        } else {
+            seen.clear();
+        }
+        if seen.len() >= 3 && seen.windows(2).all(|w| w[1] > w[0]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A2's progress never moved while A1's verdict waited on the lock: {ports}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The lock let go: each port shows a verdict, and the JSON report (from
+    // the records) gives each the verdict its port shows.
+    drop(lock);
+    let mut watch = handle.watch();
+    let settled = watch.wait_for(|s| {
+        ["A1", "A2"].iter().all(|l| {
+            let p = port_view(s, l);
+            p.verdict.is_some() && !p.recording
+        })
+    });
+    let snapshot = tokio::time::timeout(Duration::from_secs(60), settled)
+        .await
+        .expect("both verdicts shown")
+        .unwrap()
+        .clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = app
+            .get(&format!("/api/v1/runs/{run_id}/report?format=json"))
+            .await
+            .json();
+        let run = app.get("/api/v1/runs/current").await.json();
+        let agrees = ["A1", "A2"].iter().all(|label| {
+            let view = port_view(&snapshot, label);
+            let row = report["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["port_label"] == *label);
+            let Some(row) = row else {
+                return false;
+            };
+            let shown = view.verdict.as_ref().unwrap();
+            row["attempt_id"] == view.attempt_id.unwrap().0
+                && match shown.failure() {
+                    None => row["verdict"] == "pass",
+                    Some(failure) => {
+                        row["verdict"] != "pass" && row["reason_code"] == failure.reason.code()
+                    }
+                }
+        }) && ["passed", "failed", "interrupted"]
+            .iter()
+            .all(|k| report["run"][k] == run[k]);
+        if agrees {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the report never agreed with the ports: {report}\n{snapshot:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.stop().await.unwrap();
+}

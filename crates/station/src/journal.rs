@@ -257,6 +257,14 @@ pub struct MemoryJournal {
     /// Set while the journal refuses to record attempts' starts and verdicts
     /// ([`MemoryJournal::refuse_writes`]).
     refusing: std::sync::atomic::AtomicBool,
+    /// The port whose attempts' verdicts are held, while they are
+    /// ([`MemoryJournal::hold_verdicts_at`]). A `std` mutex: never held
+    /// across an await.
+    holding: Mutex<Option<String>>,
+    /// Wakes the verdicts held when they are let go.
+    released: tokio::sync::Notify,
+    /// How many verdict writes are held now.
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryJournal {
@@ -267,6 +275,48 @@ impl MemoryJournal {
     pub fn refuse_writes(&self, refuse: bool) {
         self.refusing
             .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes the journal slow: the verdict of every attempt in port `label`
+    /// waits, neither refused nor taken, until
+    /// [`release_verdicts`](Self::release_verdicts), as a write waits on
+    /// records another process holds locked. Other writes go through.
+    pub fn hold_verdicts_at(&self, label: &str) {
+        *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = Some(label.to_string());
+    }
+
+    /// Lets the verdicts held by [`hold_verdicts_at`](Self::hold_verdicts_at)
+    /// go through (in the order they came).
+    pub fn release_verdicts(&self) {
+        *self.holding.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.released.notify_waiters();
+    }
+
+    /// How many verdict writes are held now.
+    pub fn verdicts_held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits while the verdicts of the attempts in port `label` are held.
+    async fn hold(&self, label: &str) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Listening before looking: a release in between is not missed.
+            released.as_mut().enable();
+            let held = self
+                .holding
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref()
+                == Some(label);
+            if !held {
+                return;
+            }
+            self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            released.await;
+            self.held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     fn refused(&self) -> Result<(), JournalError> {
@@ -369,6 +419,15 @@ impl Journal for MemoryJournal {
         verdict: &Verdict,
         figures: &AttemptFigures,
     ) -> Result<(), JournalError> {
+        let port = self
+            .lock()
+            .attempts
+            .iter()
+            .find(|a| a.id == attempt_id)
+            .map(|a| a.start.port_label.clone());
+        if let Some(port) = port {
+            self.hold(&port).await;
+        }
         self.refused()?;
         let mut r = self.lock();
         match r.attempts.iter_mut().find(|a| a.id == attempt_id) {

@@ -12,7 +12,9 @@
 //! - [`model`]: ports, runs, snapshots and events, as plain serializable values;
 //! - [`journal`]: the records seam and an in-memory journal;
 //! - [`station`]: the event loop ([`Station::run_until_stopped`]) and the
-//!   [`StationHandle`] that commands it.
+//!   [`StationHandle`] that commands it;
+//! - `recorder`: the writers that take the journal's writes off the loop, in
+//!   order per port, in bounded queues, heartbeats coalesced.
 //!
 //! **Architecture invariant:** no stick is written unless the guard accepted it at
 //! insertion *and* accepts it again at the moment its target is opened, and an
@@ -23,6 +25,7 @@
 
 pub mod journal;
 pub mod model;
+mod recorder;
 pub mod station;
 
 pub use journal::{

@@ -176,6 +176,12 @@ pub struct PortView {
     pub ejected: bool,
     /// The record of the current or last attempt.
     pub attempt_id: Option<AttemptId>,
+    /// Set while the records are taking the port's attempt's start (nothing
+    /// is written to the stick before they hold it) or its verdict (shown
+    /// only once they hold it): the port stays in its stage meanwhile, with
+    /// no progress, and no verdict.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recording: bool,
 }
 
 impl PortView {
@@ -201,6 +207,7 @@ impl PortView {
             refusal: None,
             ejected: false,
             attempt_id: None,
+            recording: false,
         }
     }
 

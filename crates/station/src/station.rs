@@ -34,6 +34,7 @@ use crate::model::{
     DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions, RunView,
     Snapshot, StationEvent, VerdictRun,
 };
+use crate::recorder::{Recorder, PORT_LANES, STATION_LANE};
 
 /// A mapped port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +386,99 @@ struct Port {
     /// newer request for the port, a removal or a new stick replace or clear
     /// it, and an answer that no longer matches it is dropped.
     inspecting: Option<Inspection>,
+    /// While the records take the start of an attempt on the stick in this
+    /// port (see [`Starting`]); `None` otherwise.
+    starting: Option<Starting>,
+}
+
+/// An attempt whose start the records are taking: nothing is written to the
+/// stick until they hold it ([`Recorded::Started`] begins it). The port shows
+/// `preparing` meanwhile ([`PortView::recording`]), and the attempt counts
+/// as active (a target count is not overshot meanwhile).
+struct Starting {
+    /// Numbers starts (station-wide): the answer names the one it is for.
+    token: u64,
+    /// The run it is for: a run stopped meanwhile starts nothing.
+    run_id: RunId,
+    /// The guard request it was judged under (checked again at opening).
+    request: GuardRequest,
+    /// The stick it is for.
+    kernel_name: String,
+    /// Set when the stick was pulled meanwhile: once recorded, the attempt
+    /// ends as `removed` while preparing (nothing was written).
+    removed: bool,
+}
+
+/// An attempt that has ended and whose verdict the records are taking: the
+/// port shows it only once they hold it ([`Recorded::Finished`]).
+struct Finishing {
+    run_id: RunId,
+    verdict_run: VerdictRun,
+    attempt_id: AttemptId,
+    /// Its port (renumbered like a slot's; `usize::MAX` once its unmapped
+    /// port entry is gone).
+    port: usize,
+    kernel_name: String,
+    device_key: String,
+    /// Gone in its reset and not back.
+    away: bool,
+    /// Its stick was pulled while it ran.
+    removed: bool,
+    /// The stage it ended in.
+    stage: Stage,
+    verdict: Verdict,
+    figures: AttemptFigures,
+    /// The image source's failure, which stops the run once the verdict is
+    /// recorded.
+    source_error: Option<EngineError>,
+    /// Bytes its write pass read again from a followed import's file
+    /// ([`AttemptOutcome::bytes_reread`]), added to the run's view once
+    /// the verdict is shown.
+    bytes_reread: u64,
+}
+
+/// A start waiting to be recorded with the others the same guard answers
+/// applied ([`Station::record_starts`]).
+struct QueuedStart {
+    token: u64,
+    kernel_name: String,
+    /// The stick's record, if the records took it already.
+    device_id: Option<DeviceId>,
+    identity: DeviceIdentity,
+    start: AttemptStart,
+}
+
+/// The records' answer to one start ([`Recorded::Started`]).
+struct StartAnswer {
+    /// Which start ([`Starting::token`]).
+    token: u64,
+    /// Its stick.
+    kernel_name: String,
+    /// The stick's record and the attempt's, or why not.
+    result: Result<(DeviceId, AttemptId), JournalError>,
+}
+
+/// An answer of the records' writers ([`crate::recorder`]), back in the loop.
+enum Recorded {
+    /// A stick's device record: kept for its attempts.
+    DeviceSeen {
+        kernel_name: String,
+        result: Result<DeviceId, JournalError>,
+    },
+    /// Attempts' starts are recorded (or refused), in the order they were
+    /// asked: see [`Starting`]. Each names its start ([`Starting::token`])
+    /// and its stick.
+    Started(Vec<StartAnswer>),
+    /// An attempt's verdict is recorded (or refused): see [`Finishing`].
+    Finished {
+        attempt_id: AttemptId,
+        result: Result<(), JournalError>,
+    },
+    /// A retry of refused records ended: what the records refused again.
+    Retried {
+        attempts: Vec<(AttemptId, Verdict, AttemptFigures)>,
+        stops: Vec<(RunId, StopReason, Option<String>)>,
+    },
 }
 
 /// A request to start the stick in a port, waiting for the guard's answer.
@@ -554,6 +648,9 @@ struct Slot {
     written: u64,
     /// Bytes read back and checked, from the engine's verify progress.
     verified: u64,
+    /// The records' lane of its port: its stages and verdict follow its
+    /// start there.
+    lane: usize,
 }
 
 impl Slot {
@@ -628,7 +725,27 @@ struct Done {
 pub struct Station {
     settings: StationSettings,
     access: Arc<dyn DeviceAccess>,
-    journal: Arc<dyn Journal>,
+    /// The records' writers: every journal write goes through them, in
+    /// order per port, and the loop never waits on one except where its
+    /// answer is needed at once (a run's id, its stop).
+    recorder: Recorder,
+    /// Answers of the records' writers ([`Recorded`]): at most one per write
+    /// queued, and the queues are bounded.
+    recorded_tx: mpsc::UnboundedSender<Recorded>,
+    recorded_rx: mpsc::UnboundedReceiver<Recorded>,
+    /// Attempts whose verdict the records are taking, by attempt.
+    finishing: HashMap<AttemptId, Finishing>,
+    /// Numbers attempt starts ([`Starting::token`]).
+    start_seq: u64,
+    /// Starts whose record has not answered yet.
+    starts_in_flight: usize,
+    /// Starts the guard's answers being applied have made, recorded
+    /// together once they all are ([`Station::record_starts`]).
+    queued_starts: Vec<QueuedStart>,
+    /// Set while a retry of refused records is queued (one at a time).
+    retrying: bool,
+    /// Set once the station is shutting down: nothing more is started.
+    stopping: bool,
     ports: Vec<Port>,
     present: HashMap<String, Present>,
     run: Option<ActiveRun>,
@@ -698,6 +815,7 @@ impl Station {
                 kernel_name: None,
                 waiting_since: None,
                 inspecting: None,
+                starting: None,
             })
             .collect();
         let snapshot = Snapshot {
@@ -713,6 +831,7 @@ impl Station {
         let (grace_tx, grace_rx) = mpsc::unbounded_channel();
         let (reset_over_tx, reset_over_rx) = mpsc::unbounded_channel();
         let (inspected_tx, inspected_rx) = mpsc::unbounded_channel();
+        let (recorded_tx, recorded_rx) = mpsc::unbounded_channel();
         let handle = StationHandle {
             commands: commands_tx,
             events: events.clone(),
@@ -721,7 +840,15 @@ impl Station {
         let station = Self {
             settings,
             access,
-            journal,
+            recorder: Recorder::new(journal),
+            recorded_tx,
+            recorded_rx,
+            finishing: HashMap::new(),
+            start_seq: 0,
+            starts_in_flight: 0,
+            queued_starts: Vec::new(),
+            retrying: false,
+            stopping: false,
             ports,
             present: HashMap::new(),
             run: None,
@@ -770,6 +897,7 @@ impl Station {
             }
         });
         tokio::pin!(shutdown);
+        self.recorder.start();
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -783,6 +911,7 @@ impl Station {
                 Some(target) = self.grace_rx.recv() => self.on_grace_over(target).await,
                 Some((target, reset)) = self.reset_over_rx.recv() => self.on_reset_over(target, reset),
                 Some(inspected) = self.inspected_rx.recv() => self.on_inspected(inspected).await,
+                Some(recorded) = self.recorded_rx.recv() => self.on_recorded(recorded).await,
             }
         }
         self.shut_down().await;
@@ -793,6 +922,9 @@ impl Station {
     }
 
     async fn shut_down(&mut self) {
+        // Nothing more starts: a start the records answer from now on ends
+        // as interrupted, before anything is written.
+        self.stopping = true;
         for slot in self.slots.values() {
             slot.cancel();
         }
@@ -804,6 +936,7 @@ impl Station {
                 Some(event) = self.engine_rx.recv() => self.on_engine_event(event).await,
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 Some(target) = self.grace_rx.recv() => self.on_grace_over(target).await,
+                Some(recorded) = self.recorded_rx.recv() => self.on_recorded(recorded).await,
             }
         }
         // Attempts stuck in the kernel past the grace period: recorded as
@@ -816,21 +949,38 @@ impl Station {
                     reason: FailReason::Interrupted,
                     stage: slot.stage,
                 });
-                self.record_finish(slot.attempt_id, &verdict, &slot.figures_so_far())
-                    .await;
-                if let Some(run) = self.run.as_mut().filter(|r| r.view.id == slot.run_id) {
-                    run.view.active = run.view.active.saturating_sub(1);
-                    run.view.interrupted += 1;
-                }
+                let figures = slot.figures_so_far();
+                self.finish(slot, verdict, figures, None, 0).await;
+            }
+        }
+        // The records answer every start and verdict queued (as the loop
+        // awaited each write before): the screen and the run's counts then
+        // say what they hold.
+        while self.starts_in_flight > 0 || !self.finishing.is_empty() {
+            match self.recorded_rx.recv().await {
+                Some(recorded) => self.on_recorded(recorded).await,
+                None => break,
             }
         }
         if self.run.as_ref().is_some_and(|r| r.view.armed) {
             let _ = self.disarm(StopReason::Shutdown, None).await;
         }
+        self.recorder.close().await;
+        while let Ok(recorded) = self.recorded_rx.try_recv() {
+            self.on_recorded(recorded).await;
+        }
         // A last try for what the records refused (the shutdown's own stop
         // among them): what is still refused is left to the next start, which
         // records attempts left running and runs left open as interrupted.
-        self.record_unrecorded().await;
+        // The writers are done: written here, in order, directly.
+        let (attempts, stops) = record_refused(
+            &*self.recorder.journal(),
+            std::mem::take(&mut self.unrecorded),
+            std::mem::take(&mut self.unrecorded_stops),
+        )
+        .await;
+        self.unrecorded = attempts;
+        self.unrecorded_stops = stops;
         self.publish_snapshot();
     }
 
@@ -884,13 +1034,10 @@ impl Station {
             Some(port) => port,
             None => return,
         };
-        let device_id = match self.journal.device_seen(&device.identity).await {
-            Ok(id) => Some(id),
-            Err(error) => {
-                tracing::error!(%error, "cannot record a device");
-                None
-            }
-        };
+        // Its record comes back later ([`Recorded::DeviceSeen`]); an attempt
+        // asked before records it with its start.
+        self.record_device(port, &device).await;
+        let device_id = None;
         let key = device.identity.key();
         let identity = device.identity.clone();
         let label = self.ports[port].view.label.clone();
@@ -903,6 +1050,9 @@ impl Station {
         slot.view.clear();
         slot.waiting_since = None;
         slot.inspecting = None;
+        // A start still being recorded for the last stick here ends as
+        // removed when it is (see `on_started`).
+        slot.starting = None;
         slot.view.state = PortState::Detected;
         slot.view.device = Some(DeviceView::from(&device));
         slot.kernel_name = Some(device.kernel_name.clone());
@@ -999,13 +1149,8 @@ impl Station {
                 slot.reset.fail(ResetFailure::Changed(detail));
             }
         }
-        let device_id = match self.journal.device_seen(&device.identity).await {
-            Ok(id) => Some(id),
-            Err(error) => {
-                tracing::error!(%error, "cannot record a device");
-                None
-            }
-        };
+        self.record_device(port, &device).await;
+        let device_id = None;
         if !same {
             self.log(JournalEvent::DeviceAdded {
                 port: label,
@@ -1056,6 +1201,7 @@ impl Station {
             kernel_name: None,
             waiting_since: None,
             inspecting: None,
+            starting: None,
         });
         Some(self.ports.len() - 1)
     }
@@ -1113,20 +1259,37 @@ impl Station {
             // seen the removal first and given that verdict already (or,
             // for a stick away in its reset, given up on it before the
             // station saw it leave).
-            let mid_attempt = !explained.is_empty()
-                || matches!(
-                    view.verdict.as_ref().and_then(Verdict::failure),
+            let lost = |verdict: Option<&Verdict>| {
+                matches!(
+                    verdict.and_then(Verdict::failure),
                     Some(Failure {
                         reason: FailReason::Removed { .. } | FailReason::LostAfterReset { .. },
                         ..
                     })
-                );
+                )
+            };
+            // Its attempt's start, or a verdict of its loss, still being
+            // recorded counts as mid-attempt too.
+            let starting = self.ports[port]
+                .starting
+                .as_ref()
+                .is_some_and(|s| s.kernel_name == kernel_name);
+            let finishing_lost = view
+                .attempt_id
+                .and_then(|id| self.finishing.get(&id))
+                .is_some_and(|f| lost(Some(&f.verdict)));
+            let mid_attempt =
+                !explained.is_empty() || starting || finishing_lost || lost(view.verdict.as_ref());
             if mid_attempt && !ejected {
                 let view = &mut self.ports[port].view;
                 view.device = None;
                 view.progress = None;
+                if let Some(starting) = self.ports[port].starting.as_mut() {
+                    starting.removed = true;
+                }
             } else if !ejected {
                 self.ports[port].view.clear();
+                self.ports[port].starting = None;
             }
             self.ports[port].kernel_name = None;
             self.ports[port].waiting_since = None;
@@ -1169,6 +1332,47 @@ impl Station {
                 slot.port = usize::MAX;
             }
         }
+        for finishing in self.finishing.values_mut() {
+            if finishing.port > port {
+                finishing.port -= 1;
+            } else if finishing.port == port {
+                finishing.port = usize::MAX;
+            }
+        }
+    }
+
+    /// The records' lane of `port`'s writes: mapped ports share the lanes
+    /// round-robin by their place in the map (which never changes); an
+    /// unmapped port's entry moves, so its lane comes from its label.
+    fn lane(&self, port: usize) -> usize {
+        let index = match self.ports.get(port) {
+            Some(p) if p.view.mapped => port,
+            Some(p) => p
+                .view
+                .label
+                .bytes()
+                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)),
+            None => 0,
+        };
+        1 + index % PORT_LANES
+    }
+
+    /// Records the stick `device` in `port` (in the port's lane); its id
+    /// comes back as [`Recorded::DeviceSeen`].
+    async fn record_device(&self, port: usize, device: &PluggedDevice) {
+        let journal = self.recorder.journal();
+        let identity = device.identity.clone();
+        let kernel_name = device.kernel_name.clone();
+        let answers = self.recorded_tx.clone();
+        self.recorder
+            .push(self.lane(port), async move {
+                let result = journal.device_seen(&identity).await;
+                let _ = answers.send(Recorded::DeviceSeen {
+                    kernel_name,
+                    result,
+                });
+            })
+            .await;
     }
 
     // ----- commands ----------------------------------------------------------
@@ -1205,9 +1409,12 @@ impl Station {
                 }
             },
             Command::RunRefused(refusal, reply) => {
+                let event = JournalEvent::RunRefused(*refusal);
                 let recorded = self
-                    .journal
-                    .event(&JournalEvent::RunRefused(*refusal))
+                    .recorder
+                    .ask(STATION_LANE, |journal| async move {
+                        journal.event(&event).await
+                    })
                     .await
                     .map_err(StationError::from);
                 let _ = reply.send(recorded);
@@ -1344,7 +1551,14 @@ impl Station {
             image_size: manifest.size(),
             options: request.options.clone(),
         };
-        let id = self.journal.run_started(&start).await?;
+        let id = {
+            let start = start.clone();
+            self.recorder
+                .ask(STATION_LANE, |journal| async move {
+                    journal.run_started(&start).await
+                })
+                .await?
+        };
         self.armed(id, start, fanout, None, None).await
     }
 
@@ -1382,7 +1596,14 @@ impl Station {
             image_size: size.unwrap_or(0),
             options: request.options.clone(),
         };
-        let id = self.journal.run_started_following(&start).await?;
+        let id = {
+            let start = start.clone();
+            self.recorder
+                .ask(STATION_LANE, |journal| async move {
+                    journal.run_started_following(&start).await
+                })
+                .await?
+        };
         let import = RunImport {
             source: request.source.clone(),
             state: RunImportState::Importing,
@@ -1497,8 +1718,13 @@ impl Station {
             .ports
             .iter()
             .any(|p| p.inspecting.as_ref().is_some_and(|i| i.run_id == id));
+        // A start being recorded is on its way to an attempt too.
+        let starting = self
+            .ports
+            .iter()
+            .any(|p| p.starting.as_ref().is_some_and(|s| s.run_id == id));
         let attempting = self.slots.values().any(|s| s.run_id == id);
-        if !inspecting && !attempting {
+        if !inspecting && !starting && !attempting {
             followed.feed.unreserve();
         }
     }
@@ -1550,11 +1776,16 @@ impl Station {
                 };
                 // Recorded before the feed ends: no verdict comes before the
                 // run names its image.
-                if let Err(error) = self
-                    .journal
-                    .run_image_known(run_id, followed.provisional, &known)
-                    .await
-                {
+                let provisional = followed.provisional;
+                let recorded = {
+                    let known = known.clone();
+                    self.recorder
+                        .ask(STATION_LANE, move |journal| async move {
+                            journal.run_image_known(run_id, provisional, &known).await
+                        })
+                        .await
+                };
+                if let Err(error) = recorded {
                     followed
                         .feed
                         .fail(format!("the image could not be recorded: {error}"));
@@ -1637,7 +1868,15 @@ impl Station {
             }
         }
         self.publish_run();
-        if let Err(error) = self.journal.run_stopped(id, reason, note).await {
+        let recorded = {
+            let note = note.map(str::to_string);
+            self.recorder
+                .ask(STATION_LANE, move |journal| async move {
+                    journal.run_stopped(id, reason, note.as_deref()).await
+                })
+                .await
+        };
+        if let Err(error) = recorded {
             // Stopped all the same (nothing more is written under it); its
             // stop is written at the next heartbeats, so the records come to
             // say what the screen says. The caller hears of the failure.
@@ -1830,6 +2069,7 @@ impl Station {
             self.finish_start(port, inspection).await;
             self.publish_port(port);
         }
+        self.record_starts().await;
         self.release_feed_without_targets();
         self.release_replies();
     }
@@ -1919,8 +2159,8 @@ impl Station {
             if let Some(run) = self.run.as_mut() {
                 run.view.refused += 1;
             }
-            self.record_refusal(&kernel_name, device_id, run_id, &label, &device, refusal)
-                .await;
+            let write = self.record_refusal(device_id, run_id, &label, &device, refusal);
+            self.recorder.push(self.lane(port), write).await;
             self.publish_run();
             return;
         }
@@ -1938,13 +2178,126 @@ impl Station {
             return;
         }
         self.ports[port].waiting_since = None;
-        // Recorded before the first byte is written.
-        let attempt_id = match self
-            .record_attempt_start(&kernel_name, device_id, run_id, &label, &device)
-            .await
-        {
-            Ok(id) => id,
+        // Recorded before the first byte is written: the stick starts once
+        // the records hold its attempt (`on_started`); the port shows
+        // `preparing` meanwhile, and the attempt counts as active.
+        self.start_seq += 1;
+        let token = self.start_seq;
+        self.ports[port].starting = Some(Starting {
+            token,
+            run_id,
+            request,
+            kernel_name: kernel_name.clone(),
+            removed: false,
+        });
+        let view = &mut self.ports[port].view;
+        view.state = PortState::Preparing;
+        view.recording = true;
+        view.verdict = None;
+        view.verdict_run = None;
+        view.figures = None;
+        view.refusal = None;
+        view.progress = None;
+        view.ejected = false;
+        view.attempt_id = None;
+        if let Some(run) = self.run.as_mut() {
+            run.view.active += 1;
+        }
+        self.starts_in_flight += 1;
+        self.queued_starts.push(QueuedStart {
+            token,
+            kernel_name,
+            device_id,
+            identity: device.identity.clone(),
+            start: AttemptStart {
+                run_id,
+                device_id: device_id.unwrap_or(DeviceId(0)),
+                port_label: label,
+                port_path: device.port_path.clone(),
+            },
+        });
+        self.publish_run();
+    }
+
+    /// Records the starts the guard's answers just applied
+    /// ([`Station::queued_starts`]) as one write, in the order they were
+    /// applied, and answers them together ([`Recorded::Started`]): the
+    /// sticks started together begin together, as when each start was
+    /// awaited in turn (a followed import's reservation is for them all,
+    /// and lets go when the first one begins).
+    async fn record_starts(&mut self) {
+        if self.queued_starts.is_empty() {
+            return;
+        }
+        let starts = std::mem::take(&mut self.queued_starts);
+        let journal = self.recorder.journal();
+        let answers = self.recorded_tx.clone();
+        // On the station's lane, not the ports': starts are recorded in the
+        // order the guard's answers were applied (arrival order, see
+        // `Inspection`), whatever port they are for. An attempt's stages and
+        // verdict, in its port's lane, can only come after its start.
+        self.recorder
+            .push(STATION_LANE, async move {
+                let mut recorded = Vec::with_capacity(starts.len());
+                for queued in starts {
+                    let result = async {
+                        // A stick the records could not take when it
+                        // arrived is recorded first.
+                        let device_id = match queued.device_id {
+                            Some(id) => id,
+                            None => journal.device_seen(&queued.identity).await?,
+                        };
+                        let attempt_id = journal
+                            .attempt_started(&AttemptStart {
+                                device_id,
+                                ..queued.start
+                            })
+                            .await?;
+                        Ok((device_id, attempt_id))
+                    }
+                    .await;
+                    recorded.push(StartAnswer {
+                        token: queued.token,
+                        kernel_name: queued.kernel_name,
+                        result,
+                    });
+                }
+                let _ = answers.send(Recorded::Started(recorded));
+            })
+            .await;
+    }
+
+    /// The records answered the start of an attempt ([`Starting`]): the
+    /// attempt begins, or, when the stick left, the run stopped or the
+    /// station is stopping meanwhile, it ends before anything was written;
+    /// a start the records refused writes nothing and says so.
+    async fn on_started(
+        &mut self,
+        token: u64,
+        kernel_name: String,
+        result: Result<(DeviceId, AttemptId), JournalError>,
+    ) {
+        self.starts_in_flight = self.starts_in_flight.saturating_sub(1);
+        let port = self
+            .ports
+            .iter()
+            .position(|p| p.starting.as_ref().is_some_and(|s| s.token == token));
+        let starting = port.and_then(|p| self.ports[p].starting.take());
+        if let Some(port) = port {
+            self.ports[port].view.recording = false;
+        }
+        let (device_id, attempt_id) = match result {
+            Ok(ids) => ids,
             Err(error) => {
+                if let Some(run) = self.run.as_mut() {
+                    run.view.active = run.view.active.saturating_sub(1);
+                }
+                let Some(port) = port else {
+                    tracing::error!(%error, %kernel_name, "cannot record an attempt; nothing was written");
+                    self.publish_run();
+                    return;
+                };
+                let label = self.ports[port].view.label.clone();
                 tracing::error!(%error, port = %label, "cannot record the attempt; not writing");
                 let verdict_run = self.run.as_ref().map(|r| VerdictRun::of(&r.view));
                 let view = &mut self.ports[port].view;
@@ -1959,13 +2312,91 @@ impl Station {
                     stage: Stage::Preparing,
                 }));
                 view.verdict_run = verdict_run;
+                self.publish_port(port);
+                self.publish_run();
                 return;
             }
         };
-        let guard = open_time_guard(device.clone(), self.settings.policy.clone(), request);
+        if let Some(present) = self.present.get_mut(&kernel_name) {
+            present.device_id.get_or_insert(device_id);
+        }
+        // Still to be written: the stick is in its port, the run it was
+        // asked for still armed, the station not stopping.
+        let live = starting.as_ref().is_some_and(|s| !s.removed);
+        let run_id = starting.as_ref().map(|s| s.run_id);
+        let go = live
+            && !self.stopping
+            && self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.view.armed && Some(r.view.id) == run_id);
+        let (Some(port), Some(starting), true) = (port, starting, go) else {
+            // Nothing was written: pulled meanwhile, it was removed while
+            // preparing; else it was interrupted.
+            let removed = !live;
+            let verdict = Verdict::Fail(Failure {
+                reason: if removed {
+                    FailReason::Removed {
+                        during: Stage::Preparing,
+                    }
+                } else {
+                    FailReason::Interrupted
+                },
+                stage: Stage::Preparing,
+            });
+            // Under the run it was asked for (the one armed, or the last).
+            let Some(current) = self.run.as_ref() else {
+                return;
+            };
+            let run_id = run_id.unwrap_or(current.view.id);
+            let verdict_run = VerdictRun::of(&current.view);
+            let port = port.unwrap_or(usize::MAX);
+            if port != usize::MAX {
+                self.ports[port].view.attempt_id = Some(attempt_id);
+            }
+            let device_key = present_key(&self.present, &kernel_name);
+            self.finish_with(
+                Finishing {
+                    run_id,
+                    verdict_run,
+                    attempt_id,
+                    port,
+                    kernel_name,
+                    device_key,
+                    away: false,
+                    removed,
+                    stage: Stage::Preparing,
+                    verdict,
+                    figures: AttemptFigures {
+                        bytes_written_bound: Bound::Exact,
+                        ..AttemptFigures::default()
+                    },
+                    source_error: None,
+                    bytes_reread: 0,
+                },
+                if port == usize::MAX {
+                    0
+                } else {
+                    self.lane(port)
+                },
+            )
+            .await;
+            return;
+        };
+        let Some((_, device, _)) = self.stick_in(port) else {
+            return;
+        };
+        let label = self.ports[port].view.label.clone();
+        let key = device.identity.key();
+        let guard = open_time_guard(
+            device.clone(),
+            self.settings.policy.clone(),
+            starting.request,
+        );
         let reset = ResetLink::new();
         let target = self.access.attempt_target(&device, guard, reset.clone());
         let target_id = TargetId::new(format!("{label}#{attempt_id}"));
+        let lane = self.lane(port);
         let Some(run) = self.run.as_ref() else {
             return;
         };
@@ -1990,7 +2421,7 @@ impl Station {
         self.slots.insert(
             target_id,
             Slot {
-                run_id,
+                run_id: starting.run_id,
                 verdict_run,
                 attempt_id,
                 port,
@@ -2007,93 +2438,55 @@ impl Station {
                 removed_during: None,
                 written: 0,
                 verified: 0,
+                lane,
             },
         );
         let view = &mut self.ports[port].view;
         view.state = PortState::Preparing;
-        view.verdict = None;
-        view.verdict_run = None;
-        view.figures = None;
-        view.refusal = None;
-        view.progress = None;
-        view.ejected = false;
         view.attempt_id = Some(attempt_id);
-        if let Some(run) = self.run.as_mut() {
-            run.view.active += 1;
-        }
-        self.publish_run();
+        self.publish_port(port);
     }
 
-    /// The record of the stick `kernel_name`, recording the device now if the
+    /// The write that records that the guard refused the stick `device` in
+    /// the port `label` (under `run_id`), recording the stick first if the
     /// records could not take it when it arrived.
-    async fn ensure_device_id(
-        &mut self,
-        kernel_name: &str,
-        device_id: Option<DeviceId>,
-        device: &PluggedDevice,
-    ) -> Result<DeviceId, JournalError> {
-        match device_id {
-            Some(id) => Ok(id),
-            None => {
-                let id = self.journal.device_seen(&device.identity).await?;
-                if let Some(present) = self.present.get_mut(kernel_name) {
-                    present.device_id = Some(id);
-                }
-                Ok(id)
-            }
-        }
-    }
-
-    /// Records that the guard refused the stick `kernel_name` in the port
-    /// `label` (under `run_id`, if a run is armed).
-    async fn record_refusal(
-        &mut self,
-        kernel_name: &str,
+    fn record_refusal(
+        &self,
         device_id: Option<DeviceId>,
         run_id: RunId,
         label: &str,
         device: &PluggedDevice,
         refusal: Refusal,
-    ) {
-        let device_id = match self.ensure_device_id(kernel_name, device_id, device).await {
-            Ok(id) => id,
-            Err(error) => {
-                tracing::error!(%error, port = %label, "cannot record a refusal");
-                return;
-            }
-        };
-        self.log(JournalEvent::GuardRefused {
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let journal = self.recorder.journal();
+        let identity = device.identity.clone();
+        let mut event = JournalEvent::GuardRefused {
             port: label.to_string(),
             port_path: device.port_path.clone(),
             device: device.identity.key(),
-            device_id,
+            device_id: device_id.unwrap_or(DeviceId(0)),
             run_id: Some(run_id),
             refusal,
-        })
-        .await;
-    }
-
-    /// Records the start of an attempt on the stick `kernel_name`, recording
-    /// the device first if the records could not take it when it arrived.
-    async fn record_attempt_start(
-        &mut self,
-        kernel_name: &str,
-        device_id: Option<DeviceId>,
-        run_id: RunId,
-        label: &str,
-        device: &PluggedDevice,
-    ) -> Result<AttemptId, JournalError> {
-        let device_id = self
-            .ensure_device_id(kernel_name, device_id, device)
-            .await?;
-        self.journal
-            .attempt_started(&AttemptStart {
-                run_id,
-                device_id,
-                port_label: label.to_string(),
-                port_path: device.port_path.clone(),
-            })
-            .await
+        };
+        let label = label.to_string();
+        async move {
+            if device_id.is_none() {
+                match journal.device_seen(&identity).await {
+                    Ok(id) => {
+                        if let JournalEvent::GuardRefused { device_id, .. } = &mut event {
+                            *device_id = id;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, port = %label, "cannot record a refusal");
+                        return;
+                    }
+                }
+            }
+            if let Err(error) = journal.event(&event).await {
+                tracing::error!(%error, port = %label, "cannot record a refusal");
+            }
+        }
     }
 
     async fn on_engine_event(&mut self, event: EngineEvent) {
@@ -2107,15 +2500,19 @@ impl Station {
             EngineEventKind::Stage { stage } => {
                 slot.stage = stage;
                 let so_far = slot.so_far();
-                if let Err(error) = self.journal.attempt_stage(attempt_id, stage).await {
-                    tracing::error!(%error, "cannot record a stage change");
-                }
+                let lane = slot.lane;
+                let journal = self.recorder.journal();
+                self.recorder
+                    .push(lane, async move {
+                        if let Err(error) = journal.attempt_stage(attempt_id, stage).await {
+                            tracing::error!(%error, "cannot record a stage change");
+                        }
+                    })
+                    .await;
                 // The whole image has been written: worth recording now rather
                 // than at the next heartbeat.
                 if stage == Stage::Flushing {
-                    if let Err(error) = self.journal.heartbeat(&[so_far]).await {
-                        tracing::warn!(%error, "cannot record an attempt's progress");
-                    }
+                    self.recorder.heartbeat(&[so_far]);
                 }
                 if live {
                     let view = &mut self.ports[port].view;
@@ -2232,53 +2629,68 @@ impl Station {
         }
     }
 
-    /// Writes what the records refused before and the screen already shows
-    /// ([`Station::unrecorded`] station errors, [`Station::unrecorded_stops`]
-    /// run stops); keeps what they refuse again for the next try.
-    async fn record_unrecorded(&mut self) {
-        let mut still = Vec::new();
-        for (attempt_id, verdict, figures) in std::mem::take(&mut self.unrecorded) {
-            match self
-                .journal
-                .attempt_finished(attempt_id, &verdict, &figures)
-                .await
-            {
-                Ok(()) => {
-                    tracing::info!(%attempt_id, "recorded the station error of an attempt whose verdict could not be recorded")
-                }
-                Err(error) => {
-                    tracing::warn!(%error, %attempt_id, "still cannot record an attempt's station error");
-                    still.push((attempt_id, verdict, figures));
-                }
-            }
+    /// Queues a write of what the records refused before and the screen
+    /// already shows ([`Station::unrecorded`] station errors,
+    /// [`Station::unrecorded_stops`] run stops); what they refuse again
+    /// comes back ([`Recorded::Retried`]) for the next try. One retry at a
+    /// time.
+    async fn retry_unrecorded(&mut self) {
+        if self.retrying || (self.unrecorded.is_empty() && self.unrecorded_stops.is_empty()) {
+            return;
         }
-        self.unrecorded = still;
-        let mut still = Vec::new();
-        for (run_id, reason, note) in std::mem::take(&mut self.unrecorded_stops) {
-            match self
-                .journal
-                .run_stopped(run_id, reason, note.as_deref())
-                .await
-            {
-                Ok(()) => {
-                    tracing::info!(%run_id, "recorded a run's stop that could not be recorded before")
-                }
-                Err(error) => {
-                    tracing::warn!(%error, %run_id, "still cannot record a run's stop");
-                    still.push((run_id, reason, note));
-                }
-            }
-        }
-        self.unrecorded_stops = still;
+        self.retrying = true;
+        let attempts = std::mem::take(&mut self.unrecorded);
+        let stops = std::mem::take(&mut self.unrecorded_stops);
+        let journal = self.recorder.journal();
+        let answers = self.recorded_tx.clone();
+        self.recorder
+            .push(STATION_LANE, async move {
+                let (attempts, stops) = record_refused(&*journal, attempts, stops).await;
+                let _ = answers.send(Recorded::Retried { attempts, stops });
+            })
+            .await;
     }
 
     /// Tells the records the station is alive and how far each running attempt
-    /// has got.
+    /// has got (coalesced with a heartbeat not written yet), and tries again
+    /// what they refused.
     async fn on_heartbeat(&mut self) {
-        self.record_unrecorded().await;
+        self.retry_unrecorded().await;
         let running: Vec<AttemptSoFar> = self.slots.values().map(Slot::so_far).collect();
-        if let Err(error) = self.journal.heartbeat(&running).await {
-            tracing::warn!(%error, "cannot record a heartbeat");
+        self.recorder.heartbeat(&running);
+    }
+
+    /// An answer of the records' writers.
+    async fn on_recorded(&mut self, recorded: Recorded) {
+        match recorded {
+            Recorded::DeviceSeen {
+                kernel_name,
+                result,
+            } => match result {
+                Ok(id) => {
+                    if let Some(present) = self.present.get_mut(&kernel_name) {
+                        present.device_id.get_or_insert(id);
+                    }
+                }
+                Err(error) => tracing::error!(%error, %kernel_name, "cannot record a device"),
+            },
+            Recorded::Started(starts) => {
+                for answer in starts {
+                    self.on_started(answer.token, answer.kernel_name, answer.result)
+                        .await;
+                }
+                // A start that ended before its attempt began may leave the
+                // run with no stick on its way.
+                self.release_feed_without_targets();
+            }
+            Recorded::Finished { attempt_id, result } => self.on_finished(attempt_id, result).await,
+            Recorded::Retried { attempts, stops } => {
+                self.retrying = false;
+                // Refused again: kept (before any refused since) for the
+                // next heartbeat.
+                self.unrecorded.splice(0..0, attempts);
+                self.unrecorded_stops.splice(0..0, stops);
+            }
         }
     }
 
@@ -2322,19 +2734,91 @@ impl Station {
             }
             (_, verdict) => verdict,
         };
-        // Committed before the port shows it. A verdict the records could not
-        // take (the database locked by another process past its busy timeout,
-        // its disk full) is not shown as the stick's: the port, the run's
-        // counts and, once a write goes through, the records all say the
-        // station failed. It is retried at each heartbeat
-        // ([`Station::unrecorded`]); a station stopped before that leaves the
-        // attempt running in the records, which the next start records as
-        // interrupted: still not a verdict of the stick.
-        let verdict = match self
-            .journal
-            .attempt_finished(slot.attempt_id, &verdict, &figures)
-            .await
-        {
+        self.finish(
+            slot,
+            verdict,
+            figures,
+            source_error,
+            done.outcome.bytes_reread,
+        )
+        .await;
+    }
+
+    /// Queues the verdict of the attempt in `slot` for the records (in its
+    /// port's lane, after its start and stages); the port shows its stage,
+    /// `recording`, until they answer ([`Self::on_finished`]).
+    async fn finish(
+        &mut self,
+        slot: Slot,
+        verdict: Verdict,
+        figures: AttemptFigures,
+        source_error: Option<EngineError>,
+        bytes_reread: u64,
+    ) {
+        let lane = slot.lane;
+        self.finish_with(
+            Finishing {
+                run_id: slot.run_id,
+                verdict_run: slot.verdict_run,
+                attempt_id: slot.attempt_id,
+                port: slot.port,
+                kernel_name: slot.kernel_name,
+                device_key: slot.device_key,
+                away: slot.away,
+                removed: slot.removed_during.is_some(),
+                stage: slot.stage,
+                verdict,
+                figures,
+                source_error,
+                bytes_reread,
+            },
+            lane,
+        )
+        .await;
+    }
+
+    /// Queues `finishing`'s verdict in `lane`; see [`Self::finish`].
+    async fn finish_with(&mut self, finishing: Finishing, lane: usize) {
+        let attempt_id = finishing.attempt_id;
+        let port = finishing.port;
+        if port != usize::MAX && self.ports[port].view.attempt_id == Some(attempt_id) {
+            let view = &mut self.ports[port].view;
+            view.progress = None;
+            view.recording = true;
+            self.publish_port(port);
+        }
+        let journal = self.recorder.journal();
+        let answers = self.recorded_tx.clone();
+        let verdict = finishing.verdict.clone();
+        let figures = finishing.figures.clone();
+        self.finishing.insert(attempt_id, finishing);
+        self.recorder
+            .push(lane, async move {
+                let result = journal
+                    .attempt_finished(attempt_id, &verdict, &figures)
+                    .await;
+                let _ = answers.send(Recorded::Finished { attempt_id, result });
+            })
+            .await;
+    }
+
+    /// The records answered an attempt's verdict: it is shown and counted
+    /// now. Committed before the port shows it: a verdict the records could
+    /// not take (the database locked by another process past its busy
+    /// timeout, its disk full) is not shown as the stick's: the port, the
+    /// run's counts and, once a write goes through, the records all say the
+    /// station failed. It is retried at each heartbeat
+    /// ([`Station::unrecorded`]); a station stopped before that leaves the
+    /// attempt running in the records, which the next start records as
+    /// interrupted: still not a verdict of the stick.
+    async fn on_finished(&mut self, attempt_id: AttemptId, result: Result<(), JournalError>) {
+        let Some(slot) = self.finishing.remove(&attempt_id) else {
+            return;
+        };
+        let verdict = slot.verdict;
+        let figures = slot.figures;
+        let source_error = slot.source_error;
+        let verdict = match result {
             Ok(()) => verdict,
             Err(error) => {
                 tracing::error!(%error, attempt_id = %slot.attempt_id, %verdict, "cannot record a verdict; the port shows a station error instead");
@@ -2378,7 +2862,7 @@ impl Station {
             run.view.active = run.view.active.saturating_sub(1);
             run.view.bytes_written += figures.bytes_written;
             if let Some(import) = run.view.import.as_mut() {
-                import.reread_bytes += done.outcome.bytes_reread;
+                import.reread_bytes += slot.bytes_reread;
             }
             if passed {
                 run.view.passed += 1;
@@ -2408,7 +2892,7 @@ impl Station {
         let shown_here = slot.port != usize::MAX
             && self.ports[slot.port].view.attempt_id == Some(slot.attempt_id);
         let still_here = shown_here
-            && slot.removed_during.is_none()
+            && !slot.removed
             && self.ports[slot.port].kernel_name.as_deref() == Some(slot.kernel_name.as_str());
         if shown_here {
             let view = &mut self.ports[slot.port].view;
@@ -2426,6 +2910,7 @@ impl Station {
             view.verdict_run = Some(slot.verdict_run.clone());
             view.figures = Some(figures);
             view.progress = None;
+            view.recording = false;
             self.publish_port(slot.port);
         }
         if still_here {
@@ -2525,24 +3010,6 @@ impl Station {
         io_failure && slot.removed_during.is_none() && !self.settings.removal_grace.is_zero()
     }
 
-    /// Records an attempt's verdict where nothing else can be done if the
-    /// records do not take it (the station is stopping: the next start records
-    /// the attempt as interrupted).
-    async fn record_finish(
-        &self,
-        attempt_id: AttemptId,
-        verdict: &Verdict,
-        figures: &AttemptFigures,
-    ) {
-        if let Err(error) = self
-            .journal
-            .attempt_finished(attempt_id, verdict, figures)
-            .await
-        {
-            tracing::error!(%error, %attempt_id, "cannot record a verdict");
-        }
-    }
-
     async fn eject(&mut self, port: usize, kernel_name: &str) {
         let Some(present) = self.present.get(kernel_name) else {
             return;
@@ -2568,10 +3035,43 @@ impl Station {
 
     // ----- publishing --------------------------------------------------------
 
+    /// Appends `event` to the event log, in the lane of the port it is
+    /// about (the station's own lane for the others). An operator's action
+    /// is awaited (after what its lane holds): the operator's reply comes
+    /// after the records hold what they did, as it does for a run's start
+    /// and stop. The others are written beside the screen.
     async fn log(&self, event: JournalEvent) {
-        if let Err(error) = self.journal.event(&event).await {
-            tracing::error!(%error, "cannot record an event");
+        if let JournalEvent::OperatorAction { .. } = &event {
+            let written = self
+                .recorder
+                .ask(STATION_LANE, |journal| async move {
+                    journal.event(&event).await
+                })
+                .await;
+            if let Err(error) = written {
+                tracing::error!(%error, "cannot record an operator's action");
+            }
+            return;
         }
+        let lane = match &event {
+            JournalEvent::DeviceAdded { port, .. }
+            | JournalEvent::DeviceRemoved { port, .. }
+            | JournalEvent::Ejected { port, .. }
+            | JournalEvent::GuardRefused { port, .. } => self
+                .ports
+                .iter()
+                .position(|p| p.view.label == *port)
+                .map_or(STATION_LANE, |p| self.lane(p)),
+            JournalEvent::OperatorAction { .. } | JournalEvent::RunRefused(_) => STATION_LANE,
+        };
+        let journal = self.recorder.journal();
+        self.recorder
+            .push(lane, async move {
+                if let Err(error) = journal.event(&event).await {
+                    tracing::error!(%error, "cannot record an event");
+                }
+            })
+            .await;
     }
 
     // The snapshot is updated before the event is sent: whoever receives an
@@ -2599,6 +3099,46 @@ impl Station {
         };
         self.snapshot.send_replace(snapshot);
     }
+}
+
+/// Writes the station errors and run stops the records refused before;
+/// returns what they refuse again.
+async fn record_refused(
+    journal: &dyn Journal,
+    attempts: Vec<(AttemptId, Verdict, AttemptFigures)>,
+    stops: Vec<(RunId, StopReason, Option<String>)>,
+) -> (
+    Vec<(AttemptId, Verdict, AttemptFigures)>,
+    Vec<(RunId, StopReason, Option<String>)>,
+) {
+    let mut still = Vec::new();
+    for (attempt_id, verdict, figures) in attempts {
+        match journal
+            .attempt_finished(attempt_id, &verdict, &figures)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(%attempt_id, "recorded the station error of an attempt whose verdict could not be recorded")
+            }
+            Err(error) => {
+                tracing::warn!(%error, %attempt_id, "still cannot record an attempt's station error");
+                still.push((attempt_id, verdict, figures));
+            }
+        }
+    }
+    let mut still_stops = Vec::new();
+    for (run_id, reason, note) in stops {
+        match journal.run_stopped(run_id, reason, note.as_deref()).await {
+            Ok(()) => {
+                tracing::info!(%run_id, "recorded a run's stop that could not be recorded before")
+            }
+            Err(error) => {
+                tracing::warn!(%error, %run_id, "still cannot record a run's stop");
+                still_stops.push((run_id, reason, note));
+            }
+        }
+    }
+    (still, still_stops)
 }
 
 fn present_key(present: &HashMap<String, Present>, kernel_name: &str) -> String {

@@ -9,6 +9,7 @@ use flashrack_engine::{Clock, EngineOptions, ManualClock, SourceImage};
 use flashrack_guard::GuardPolicy;
 use flashrack_simrack::sim::{FakeMode, SimStickSpec};
 use flashrack_simrack::sim_hotplug::{sim_rack, ResetReturn, SimRackControl};
+use flashrack_station::journal::MemoryRecords;
 use flashrack_station::{
     ArmRequest, JournalEvent, MemoryJournal, PortSpec, PortState, RunOptions, Snapshot, Station,
     StationError, StationEvent, StationHandle, StationSettings, VerdictRun,
@@ -155,6 +156,21 @@ impl Rig {
                 "timed out waiting for {what}: {:#?}",
                 self.handle.snapshot()
             ),
+        }
+    }
+
+    /// Waits until the records satisfy `check`: what the station writes
+    /// beside its screen (its event log, stages, heartbeats) lands a moment
+    /// after the screen shows it.
+    async fn until_recorded(&self, what: &str, check: impl Fn(&MemoryRecords) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !check(&self.journal.records()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:#?}",
+                self.journal.records()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -706,12 +722,13 @@ async fn a_passed_stick_is_ejected_when_the_run_asks() {
     tokio::time::timeout(WAIT, handled_removal)
         .await
         .expect("the removal of the ejected stick is handled");
-    assert!(rig
-        .journal
-        .records()
-        .events
-        .iter()
-        .any(|e| matches!(e, JournalEvent::DeviceRemoved { port, .. } if port == "A1")));
+    // The event log is written beside the screen, not before it.
+    rig.until_recorded("the removal in the event log", |r| {
+        r.events
+            .iter()
+            .any(|e| matches!(e, JournalEvent::DeviceRemoved { port, .. } if port == "A1"))
+    })
+    .await;
     let snap = rig.handle.snapshot();
     assert_eq!(state(&snap, "A1"), PortState::Passed);
     assert!(port(&snap, "A1").ejected);
@@ -2682,4 +2699,106 @@ async fn when_the_records_fail_the_screen_never_shows_a_verdict_or_a_stop_they_d
     assert_eq!(rig.journal.records().runs[0].2, Some(StopReason::Operator));
     let journal = rig.shutdown().await;
     assert_eq!(journal.records().attempts.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_records_hold_one_ports_verdict_the_rest_of_the_rack_goes_on_and_that_port_shows_none(
+) {
+    let rig = rig(3, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+    let mut events = rig.handle.subscribe();
+
+    // A1's verdict waits in the records (neither taken nor refused), as a
+    // write waits on records another process holds locked.
+    rig.journal.hold_verdicts_at("A1");
+    rig.plug(1, "HELD", healthy());
+    let deadline = Instant::now() + WAIT;
+    while rig.journal.verdicts_held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "A1's verdict never reached the records"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let snap = rig.handle.snapshot();
+    let a1 = port(&snap, "A1");
+    assert!(a1.state.is_busy(), "{a1:?}");
+    assert!(a1.recording, "{a1:?}");
+    assert_eq!(a1.verdict, None, "{a1:?}");
+    assert_eq!(snap.run.as_ref().unwrap().passed, 0);
+
+    // Meanwhile another stick is written and read back: its progress moves
+    // on the screen and its verdict, recorded, is shown; a third stick
+    // plugged now appears, and passes too.
+    rig.plug(2, "MOVING", healthy().read_speed(4 * MIB));
+    let mut a2_progress = Vec::new();
+    let mut a1_views = Vec::new();
+    let watched = async {
+        loop {
+            if let StationEvent::Port { port } = events.recv().await.unwrap() {
+                match port.label.as_str() {
+                    "A1" => a1_views.push(*port),
+                    "A2" => {
+                        if let Some(progress) = &port.progress {
+                            a2_progress.push((port.state, progress.done));
+                        }
+                        if port.state == PortState::Passed {
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, watched)
+        .await
+        .expect("A2 passes while A1's verdict is held");
+    let verifying: Vec<u64> = a2_progress
+        .iter()
+        .filter(|(state, _)| *state == PortState::Verifying)
+        .map(|(_, done)| *done)
+        .collect();
+    assert!(
+        verifying.windows(2).any(|w| w[1] > w[0]),
+        "A2's read-back progress moved: {a2_progress:?}"
+    );
+    rig.plug(3, "NEW", healthy());
+    rig.until("A3 passed", |s| state(s, "A3") == PortState::Passed)
+        .await;
+
+    // All along, A1 showed no verdict: its write is still held.
+    assert_eq!(rig.journal.verdicts_held(), 1);
+    assert!(a1_views.iter().all(|v| v.verdict.is_none()), "{a1_views:?}");
+    let snap = rig.handle.snapshot();
+    let a1 = port(&snap, "A1");
+    assert!(a1.recording && a1.verdict.is_none(), "{a1:?}");
+    let run = snap.run.as_ref().unwrap();
+    assert_eq!((run.passed, run.active), (2, 1), "{run:?}");
+    let records = rig.journal.records();
+    let held = records
+        .attempts
+        .iter()
+        .find(|a| a.start.port_label == "A1")
+        .unwrap();
+    assert_eq!(held.verdict, None);
+
+    // Let go: A1 shows exactly what the records took.
+    rig.journal.release_verdicts();
+    let snap = rig
+        .until("A1 passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    let a1 = port(&snap, "A1");
+    assert!(!a1.recording, "{a1:?}");
+    let records = rig.journal.records();
+    let recorded = records
+        .attempts
+        .iter()
+        .find(|a| a.start.port_label == "A1")
+        .unwrap();
+    assert_eq!(a1.attempt_id, Some(recorded.id));
+    assert_eq!(a1.verdict, recorded.verdict);
+    assert_eq!(a1.figures, recorded.figures);
+    assert_eq!(snap.run.as_ref().unwrap().passed, 3);
+    rig.shutdown().await;
 }
