@@ -603,6 +603,76 @@ async fn a_sparse_run_of_a_station_file_follows_its_import_with_the_bmap_beside_
     app.stop().await.unwrap();
 }
 
+/// A zip archive from a URL is imported as it arrives when its entry's
+/// sizes are in its local header: the sticks write while the server still
+/// holds the archive's second half (its central directory among it), and
+/// once the archive is whole the entry is checked against that directory
+/// before any pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_armed_with_a_zip_url_writes_its_sticks_while_the_archive_downloads() {
+    let raw = image_bytes(24 * MIB, 88, 64 << 10);
+    let sha = Sha256Digest::of(&raw);
+    let archive = {
+        use std::io::Write;
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        writer.start_file("disk.img", options).unwrap();
+        writer.write_all(&raw).unwrap();
+        writer.finish().unwrap().into_inner()
+    };
+    let gate = archive.len() / 2;
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.zip",
+        Served::new(archive.clone(), "zip-api-1").behaving(Behaviour::GatedAt(gate)),
+    );
+    let app = spawn_app().await;
+    let mut events = app.events().await;
+    plug(&app, 1, 32 * MIB);
+    plug(&app, 2, 32 * MIB);
+    events
+        .until("both sticks detected", |v| {
+            v.state("A1") == "detected" && v.state("A2") == "detected"
+        })
+        .await;
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": server.url("/os.zip"), "sha256": sha.to_hex() } })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run = armed.json();
+    // The entry's size, from its local header, is the run's size already.
+    assert_eq!(run["image_size"], raw.len() as u64, "{run}");
+    let held = events
+        .until("both sticks write while the archive is held", |v| {
+            both_writing(v) && v.run["import"]["done"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    assert!(server.body_bytes_sent() <= gate as u64);
+    assert_eq!(held.run["passed"], 0);
+    server.open_gate();
+    let done = events
+        .until("both sticks pass, counted by the run", |v| {
+            v.state("A1") == "passed" && v.state("A2") == "passed" && v.run["passed"] == 2
+        })
+        .await;
+    assert_eq!(done.run["image_sha256"], sha.to_hex().as_str());
+    assert_eq!(stick_bytes(&app, 1, raw.len()), raw);
+    assert_eq!(stick_bytes(&app, 2, raw.len()), raw);
+    let image = open_cache(&app.data_dir)
+        .unwrap()
+        .get(&sha)
+        .unwrap()
+        .expect("the image is cached");
+    assert_eq!(image.meta.zip_entry.as_deref(), Some("disk.img"));
+    assert_eq!(image.meta.input_size, archive.len() as u64);
+    assert_eq!(server.requests_for("/os.zip").len(), 1);
+    app.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_stopped_while_it_follows_a_download_abandons_it_and_keeps_the_partial_file() {
     let raw = image_bytes(16 * MIB, 84, 64 << 10);

@@ -1,8 +1,11 @@
 //! Zip archives from URLs (issue 14 §1), against a real HTTP server on
 //! loopback (`flashrack_testkit::http_files`) and archives the test makes:
 //! the archive is downloaded whole into the partial file (resumable as any
-//! download: a cut is resumed with a `Range`), then the chosen file is read
-//! from there: the only one, or the one named (`zip_entry`); an archive of
+//! download: a cut is resumed with a `Range`), its chosen file read as it
+//! arrives where its local header gives its sizes and checked against the
+//! central directory at the end (a directory that disagrees fails it), else
+//! read from the partial file once whole (a data descriptor): the only one,
+//! or the one named (`zip_entry`); an archive of
 //! several files without a name, or with a name it does not hold, is refused
 //! with the names of its files and keeps its download (a second try with the
 //! right name downloads nothing again); a truncated archive and an entry
@@ -350,6 +353,99 @@ async fn a_truncated_zip_and_an_entry_whose_crc_is_wrong_leave_nothing() {
         0,
         "bytes that are not an archive are not kept to resume"
     );
+}
+
+/// A zip written to a stream gives its entry's sizes only after its data
+/// (a data descriptor): it cannot be read as it arrives, so it is read from
+/// its end once downloaded, as before; a named entry after another file is
+/// read past as it arrives.
+#[tokio::test]
+async fn a_zip_with_data_descriptors_is_read_from_its_end_and_a_named_entry_found_past_others() {
+    let raw = image_bytes(2 * MIB, 65, 64 << 10);
+    let other = image_bytes(MIB, 66, 64 << 10);
+    let streamed = {
+        let mut writer = zip::ZipWriter::new_stream(Vec::new());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        writer.start_file("disk.img", options).unwrap();
+        writer.write_all(&raw).unwrap();
+        writer.finish().unwrap().into_inner()
+    };
+    // Bit 3 of the local header's flags: the sizes follow the data.
+    assert_ne!(streamed[6] & 0x08, 0, "a data descriptor");
+    let two = zip_of(
+        &[("notes/", b""), ("readme.txt", &other), ("disk.img", &raw)],
+        zip::CompressionMethod::Deflated,
+    );
+    let server = FileServer::start().await;
+    server.serve("/streamed.zip", Served::new(streamed.clone(), "dd-1"));
+    server.serve("/two.zip", Served::new(two, "two-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    let outcome = import_url(
+        &cache,
+        &data_dir,
+        &request(&server, "/streamed.zip", None),
+        policy(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
+    assert_eq!(outcome.image.meta.zip_entry.as_deref(), Some("disk.img"));
+    assert_eq!(outcome.image.meta.input_sha256, Sha256Digest::of(&streamed));
+    let outcome = import_url(
+        &cache,
+        &data_dir,
+        &request(&server, "/two.zip", Some("disk.img")),
+        policy(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
+    assert_eq!(outcome.image.meta.zip_entry.as_deref(), Some("disk.img"));
+}
+
+/// An entry read as it arrived is checked against the central directory
+/// once the archive is whole: a directory whose CRC-32 for it differs from
+/// its local header's fails the import as a corrupt archive, nothing kept.
+#[tokio::test]
+async fn a_streamed_entry_the_central_directory_disagrees_with_leaves_nothing() {
+    let raw = image_bytes(2 * MIB, 67, 64 << 10);
+    let mut archive = zip_of(&[("disk.img", &raw)], zip::CompressionMethod::Stored);
+    let directory = archive
+        .windows(4)
+        .position(|w| w == b"PK\x01\x02")
+        .expect("a central directory header");
+    // Its CRC-32 field, 16 bytes into the header.
+    archive[directory + 16] ^= 0xff;
+    let server = FileServer::start().await;
+    server.serve("/lying.zip", Served::new(archive, "lying-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    let error = import_url(
+        &cache,
+        &data_dir,
+        &request(&server, "/lying.zip", None),
+        policy(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    match image_error(&error) {
+        ImageError::Corrupt { format, reason, .. } => {
+            assert_eq!(*format, ImageFormat::Zip);
+            assert!(
+                reason.contains("central directory lists disk.img"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(cache.list().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,7 +333,8 @@ pub enum ImageCommand {
     /// Import an image (raw .img/.iso, or gzip, xz, zstd, bzip2, zip): decompress
     /// once, hash, and cache it under its sha256. An http or https URL is
     /// downloaded and imported in the same pass (resumed after a cut or a
-    /// restart; a zip archive is downloaded whole, then its file read).
+    /// restart; a zip archive's file is read as it arrives, or from the
+    /// whole download when its sizes follow its data).
     Import {
         /// The file or URL to import.
         #[arg(value_name = "FILE|URL")]
@@ -370,8 +371,9 @@ pub enum ImageCommand {
         bmap: Option<PathBuf>,
         /// For a zip archive holding more than one file: the one to import
         /// (its name in the archive). Without it such an archive is refused
-        /// with the names of its files. A zip from a URL is downloaded whole
-        /// (resumable) and the file read from the download.
+        /// with the names of its files. A zip from a URL is downloaded
+        /// (resumable) and its file read as it arrives, or from the whole
+        /// download when its sizes follow its data.
         #[arg(long, value_name = "NAME")]
         zip_entry: Option<String>,
         /// Print the result as JSON.

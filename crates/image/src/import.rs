@@ -1000,6 +1000,156 @@ pub(crate) fn decode_zip<R: Read + Seek>(
     Ok((raw, name))
 }
 
+/// What a zip entry's local header said of it, as it was streamed
+/// ([`stream_zip_entry`]), for the check against the central directory
+/// once the archive is whole ([`check_streamed_zip`]).
+#[derive(Debug, Clone)]
+pub(crate) struct StreamedEntry {
+    /// Its name.
+    pub(crate) name: String,
+    /// Its CRC-32.
+    pub(crate) crc32: u32,
+    /// Its compressed size.
+    pub(crate) compressed_size: u64,
+    /// Its size.
+    pub(crate) size: u64,
+}
+
+/// Imports one file of the zip archive arriving on `input` as it arrives,
+/// from its local header (the central directory, at the archive's end, is
+/// not there yet): the entry named `wanted`, or the first file when none is
+/// named (entries before it, and directories, are read past). The zip
+/// reader checks the entry's bytes against the CRC-32 and sizes its local
+/// header declares; [`check_streamed_zip`] checks them, and the choice,
+/// against the central directory once the archive is whole. `Ok(None)`:
+/// the entry cannot be streamed (its sizes follow its data, in a data
+/// descriptor, or an entry before it does), decided before any of its bytes
+/// is decoded, so the caller reads the archive from its end instead.
+/// `before` is told the entry's size before its first byte is decoded.
+pub(crate) fn stream_zip_entry<R: Read>(
+    path: &Path,
+    input: &mut InputReader<R>,
+    wanted: Option<&str>,
+    before: &mut dyn FnMut(u64),
+    pass: ZipPass<'_, '_>,
+    pass_error: &dyn Fn(PassError) -> ImageError,
+) -> Result<Option<(RawDigests, StreamedEntry)>, ImageError> {
+    loop {
+        let entry = match zip::read::read_zipfile_from_stream(input) {
+            Ok(Some(entry)) => entry,
+            // The central directory, and no entry to stream before it: the
+            // archive's directory says what is missing.
+            Ok(None) => return Ok(None),
+            // Sizes only after the data: not streamable here.
+            Err(ZipError::UnsupportedArchive(_)) => return Ok(None),
+            Err(error) => return Err(zip_error(path, error)),
+        };
+        let mut entry = entry;
+        let name = entry.name().map_err(|e| zip_error(path, e))?.into_owned();
+        let is_file = !name.ends_with('/') && !name.ends_with('\\');
+        let chosen = is_file && wanted.is_none_or(|wanted| wanted == name);
+        if !chosen {
+            // Read past (the reader is positioned after it when dropped).
+            std::io::copy(&mut entry, &mut std::io::sink())
+                .map_err(|e| zip_error(path, ZipError::Io(e)))?;
+            continue;
+        }
+        let facts = StreamedEntry {
+            name,
+            crc32: entry.crc32(),
+            compressed_size: entry.compressed_size(),
+            size: entry.size(),
+        };
+        before(facts.size);
+        let mut checked = Checked::new(&mut entry, pass.check);
+        let raw = digest_and_store(
+            &mut checked,
+            pass.out,
+            pass.chunk_size,
+            pass.hashing,
+            pass.watch,
+            pass.observer,
+        )
+        .map_err(pass_error)?;
+        if raw.size != facts.size {
+            return Err(ImageError::Corrupt {
+                path: path.to_path_buf(),
+                format: ImageFormat::Zip,
+                reason: format!(
+                    "{} holds {} bytes, its local header says {}",
+                    facts.name, raw.size, facts.size
+                ),
+            });
+        }
+        return Ok(Some((raw, facts)));
+    }
+}
+
+/// Checks an entry imported as it arrived ([`stream_zip_entry`]) against
+/// the archive's central directory, now that the archive (`archive`, read
+/// from its file) is whole: the entry the directory chooses (the one named
+/// `wanted`, or the only file) must be the one streamed, with the same
+/// CRC-32 and sizes. Otherwise the import fails as it would have before a
+/// byte was imported (a name missing, several files and none named) or as a
+/// corrupt archive (a directory that disagrees with the local header).
+pub(crate) fn check_streamed_zip<R: Read + Seek>(
+    path: &Path,
+    archive: R,
+    wanted: Option<&str>,
+    streamed: &StreamedEntry,
+) -> Result<(), ImageError> {
+    let mut archive = ZipArchive::new(archive).map_err(|e| zip_error(path, e))?;
+    let mut files: Vec<(usize, String)> = Vec::new();
+    for index in 0..archive.len() {
+        let name = archive
+            .name_for_index(index)
+            .expect("every index below the archive's length has a name")
+            .map_err(|e| zip_error(path, e))?;
+        if !name.ends_with('/') && !name.ends_with('\\') {
+            files.push((index, name.into_owned()));
+        }
+    }
+    let chosen = match wanted {
+        Some(wanted) => files.iter().find(|(_, name)| name == wanted),
+        None => match files.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        },
+    };
+    let Some((index, name)) = chosen.cloned() else {
+        let files = files.into_iter().map(|(_, name)| name).collect();
+        return Err(match wanted {
+            Some(entry) => ImageError::ZipEntryMissing {
+                path: path.to_path_buf(),
+                entry: entry.to_string(),
+                files,
+            },
+            None => ImageError::ZipFileCount {
+                path: path.to_path_buf(),
+                files,
+            },
+        });
+    };
+    let entry = archive
+        .by_index_raw(index)
+        .map_err(|e| zip_error(path, e))?;
+    let listed = (entry.crc32(), entry.compressed_size(), entry.size());
+    let local = (streamed.crc32, streamed.compressed_size, streamed.size);
+    if name != streamed.name || listed != local {
+        return Err(ImageError::Corrupt {
+            path: path.to_path_buf(),
+            format: ImageFormat::Zip,
+            reason: format!(
+                "its central directory lists {name} (CRC-32 {:08x}, {} bytes compressed, {} \
+                 bytes), but the entry read as it arrived was {} (CRC-32 {:08x}, {} bytes \
+                 compressed, {} bytes)",
+                listed.0, listed.1, listed.2, streamed.name, local.0, local.1, local.2
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The raw bytes on their way into the pass, shown to a bmap's check: a
 /// range that fails is a read error (the pass stops there), which the import
 /// then reports as the map's refusal.

@@ -6,13 +6,16 @@
 //! An [`ImportObserver`](crate::ImportObserver) in the options hears of the
 //! pass as it goes, as for a file (a flash that writes while it downloads).
 //!
-//! A zip archive cannot be decoded this way (its directory is at its end):
-//! a stream that is also written whole to a file ([`StreamSource::spooled`]:
-//! a download's partial file) is read to its end (its sha256 computed as it
-//! arrives), then the chosen file of the archive is read from that file
+//! A zip archive needs a stream that is also written whole to a file
+//! ([`StreamSource::spooled`]: a download's partial file), for its central
+//! directory at its end. Its chosen file
 //! ([`ImportOptions::zip_entry`](crate::ImportOptions::zip_entry), as for a
-//! file import). Without one a zip is refused with
-//! [`ImageError::Unsupported`]. The stream formats and raw images are
+//! file import) is decoded as it arrives from its local header when that
+//! gives its sizes, and checked against the central directory once the
+//! stream has ended; a file whose sizes follow its data (a data descriptor)
+//! is read from the spool file once the stream has ended (its sha256
+//! computed as it arrives either way). Without a spool file a zip is
+//! refused with [`ImageError::Unsupported`]. The stream formats and raw images are
 //! imported as they come.
 
 use std::fs::File;
@@ -29,8 +32,8 @@ use crate::detect::{ImageFormat, MAGIC_LEN};
 use crate::error::ImageError;
 use crate::fsutil::{write_json_atomic, TempFile};
 use crate::import::{
-    check_expected, check_size, decode_zip, input_error, CacheHit, Checked, ImportOptions,
-    ImportOutcome, ZipPass, MAX_CHUNK_SIZE,
+    check_expected, check_size, check_streamed_zip, decode_zip, input_error, stream_zip_entry,
+    CacheHit, Checked, ImportOptions, ImportOutcome, ZipPass, MAX_CHUNK_SIZE,
 };
 use crate::input::{read_full, stream_decoder, InputReader, INPUT_BUFFER};
 use crate::pass::{digest_and_store, ChunkHashing, PassError};
@@ -63,9 +66,10 @@ pub struct StreamSource {
     /// image's size; ignored for a raw stream.
     pub declared_raw_size: Option<u64>,
     /// A file the stream's bytes are written to as they are read, whole
-    /// once the stream has ended (a download's partial file). A zip archive
-    /// is imported from it: its directory is at its end. `None`: a zip is
-    /// refused.
+    /// once the stream has ended (a download's partial file). A zip
+    /// archive's central directory, at its end, is read from it (to check
+    /// an entry decoded as it arrived, or to read one that could not be).
+    /// `None`: a zip is refused.
     pub spooled: Option<PathBuf>,
 }
 
@@ -168,24 +172,13 @@ impl ImageCache {
         let mut check = options.bmap.as_ref().map(BmapInput::check);
         let mut zip_entry = None;
         let passed = if let Some(spooled) = &spooled {
-            // The stream to its end first (hashed as it arrives: the sha256
-            // of the file as given), then the entry from the file it was
-            // written to: the archive's directory, then the entry's bytes.
-            let reader = InputReader::new(whole, true);
-            let (hasher, input_size) = reader
-                .finish_stream()
-                .map_err(|e| input_error(&label, format, e))?;
-            let read_error = |source| ImageError::ReadInput {
-                path: spooled.clone(),
-                source,
-            };
-            let file = File::open(spooled).map_err(read_error)?;
-            let on_disk = file.metadata().map_err(read_error)?.len();
-            if on_disk != input_size {
-                return Err(read_error(std::io::Error::other(format!(
-                    "it holds {on_disk} bytes, but {input_size} were streamed"
-                ))));
-            }
+            // The entry as it arrives, from its local header, where it can
+            // be (its sizes before its data); the rest of the stream to its
+            // end (hashed as it arrives: the sha256 of the file as given);
+            // then the archive's central directory, from the file the stream
+            // was written to: the streamed entry checked against it, or,
+            // when the entry could not be streamed, read from there.
+            let mut reader = InputReader::new(whole, true);
             let raw_file = temp
                 .file()
                 .try_clone()
@@ -194,16 +187,16 @@ impl ImageCache {
                     path: out_path.clone(),
                     source,
                 })?;
-            let mut archive = InputReader::new(&file, false);
-            decode_zip(
+            let mut tell = |size| {
+                if let Some(observer) = observer {
+                    observer.began(&raw_file, chunk_size, Some(size));
+                }
+            };
+            let streamed = stream_zip_entry(
                 &label,
-                &mut archive,
+                &mut reader,
                 options.zip_entry.as_deref(),
-                &mut |size| {
-                    if let Some(observer) = observer {
-                        observer.began(&raw_file, chunk_size, Some(size));
-                    }
-                },
+                &mut tell,
                 ZipPass {
                     out: Some(temp.file_mut()),
                     chunk_size: chunk_size as usize,
@@ -213,10 +206,56 @@ impl ImageCache {
                     check: check.as_mut(),
                 },
                 &pass_error,
-            )
-            .map(|(raw, name)| {
-                zip_entry = Some(name);
-                (raw, Sha256Digest::from_hasher(hasher), input_size)
+            );
+            let finished = streamed.and_then(|streamed| {
+                let (hasher, input_size) = reader
+                    .finish_stream()
+                    .map_err(|e| input_error(&label, format, e))?;
+                Ok((streamed, hasher, input_size))
+            });
+            finished.and_then(|(streamed, hasher, input_size)| {
+                let read_error = |source| ImageError::ReadInput {
+                    path: spooled.clone(),
+                    source,
+                };
+                let file = File::open(spooled).map_err(read_error)?;
+                let on_disk = file.metadata().map_err(read_error)?.len();
+                if on_disk != input_size {
+                    return Err(read_error(std::io::Error::other(format!(
+                        "it holds {on_disk} bytes, but {input_size} were streamed"
+                    ))));
+                }
+                let file_sha256 = Sha256Digest::from_hasher(hasher);
+                if let Some((raw, entry)) = streamed {
+                    check_streamed_zip(
+                        &label,
+                        InputReader::new(&file, false),
+                        options.zip_entry.as_deref(),
+                        &entry,
+                    )?;
+                    zip_entry = Some(entry.name);
+                    return Ok((raw, file_sha256, input_size));
+                }
+                let mut archive = InputReader::new(&file, false);
+                decode_zip(
+                    &label,
+                    &mut archive,
+                    options.zip_entry.as_deref(),
+                    &mut tell,
+                    ZipPass {
+                        out: Some(temp.file_mut()),
+                        chunk_size: chunk_size as usize,
+                        hashing,
+                        watch: &mut watch,
+                        observer,
+                        check: check.as_mut(),
+                    },
+                    &pass_error,
+                )
+                .map(|(raw, name)| {
+                    zip_entry = Some(name);
+                    (raw, file_sha256, input_size)
+                })
             })
         } else if format == ImageFormat::Raw {
             let mut reader = InputReader::new(whole, false);
