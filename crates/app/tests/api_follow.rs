@@ -330,8 +330,10 @@ async fn a_run_armed_with_a_file_on_the_station_follows_its_import_and_refuses_a
 /// another process for 600 ms after the request (within the feed's
 /// `PACE_GIVE_UP` of 2 s), which holds the run's recording and so its
 /// sticks' start: without the reservation the import runs to its end
-/// meanwhile, and the sticks read every data chunk but the last ones back
-/// from the file. A stick slow to open (300 ms) finds its chunks held too.
+/// meanwhile, and the sticks either read every data chunk but the last ones
+/// back from the file or, started once the import has ended, read the
+/// cached image instead of following it. A stick slow to open (300 ms)
+/// finds its chunks held too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sticks_of_a_run_armed_with_a_file_read_nothing_again_while_the_station_arms_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,6 +381,15 @@ async fn the_sticks_of_a_run_armed_with_a_file_read_nothing_again_while_the_stat
         "the sticks read chunks again: {:?}",
         done.run
     );
+    // Both followed the import (checked against its chunks' fingerprints),
+    // rather than starting once it had ended, on the cached image.
+    for label in ["A1", "A2"] {
+        assert_eq!(
+            done.ports[label]["figures"]["verify_method"], "fingerprint",
+            "{}",
+            done.ports[label]
+        );
+    }
     assert_eq!(done.run["image_sha256"], sha.to_hex().as_str());
     assert_eq!(stick_bytes(&app, 1, raw.len()), raw);
     assert_eq!(stick_bytes(&app, 2, raw.len()), raw);
