@@ -265,6 +265,11 @@ pub struct MemoryJournal {
     released: tokio::sync::Notify,
     /// How many verdict writes are held now.
     held: std::sync::atomic::AtomicUsize,
+    /// The port whose attempts' starts are held, while they are
+    /// ([`MemoryJournal::hold_starts_at`]).
+    holding_starts: Mutex<Option<String>>,
+    /// How many start writes are held now.
+    starts_held: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryJournal {
@@ -297,25 +302,55 @@ impl MemoryJournal {
         self.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Makes the journal slow for starts: the start of every attempt in
+    /// port `label` waits, neither refused nor taken, until
+    /// [`release_starts`](Self::release_starts).
+    pub fn hold_starts_at(&self, label: &str) {
+        *self
+            .holding_starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(label.to_string());
+    }
+
+    /// Lets the starts held by [`hold_starts_at`](Self::hold_starts_at) go
+    /// through.
+    pub fn release_starts(&self) {
+        *self
+            .holding_starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.released.notify_waiters();
+    }
+
+    /// How many start writes are held now.
+    pub fn starts_held(&self) -> usize {
+        self.starts_held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Waits while the verdicts of the attempts in port `label` are held.
     async fn hold(&self, label: &str) {
+        Self::wait_while(&self.released, &self.holding, &self.held, label).await;
+    }
+
+    /// Waits while `holding` names port `label`, counted in `count`.
+    async fn wait_while(
+        released: &tokio::sync::Notify,
+        holding: &Mutex<Option<String>>,
+        count: &std::sync::atomic::AtomicUsize,
+        label: &str,
+    ) {
         loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
+            let notified = released.notified();
+            tokio::pin!(notified);
             // Listening before looking: a release in between is not missed.
-            released.as_mut().enable();
-            let held = self
-                .holding
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_deref()
-                == Some(label);
+            notified.as_mut().enable();
+            let held = holding.lock().unwrap_or_else(|p| p.into_inner()).as_deref() == Some(label);
             if !held {
                 return;
             }
-            self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            released.await;
-            self.held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            notified.await;
+            count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -387,6 +422,13 @@ impl Journal for MemoryJournal {
     }
 
     async fn attempt_started(&self, attempt: &AttemptStart) -> Result<AttemptId, JournalError> {
+        Self::wait_while(
+            &self.released,
+            &self.holding_starts,
+            &self.starts_held,
+            &attempt.port_label,
+        )
+        .await;
         self.refused()?;
         let mut r = self.lock();
         let id = AttemptId(r.attempts.len() as i64 + 1);

@@ -463,6 +463,9 @@ enum Recorded {
     /// A stick's device record: kept for its attempts.
     DeviceSeen {
         kernel_name: String,
+        /// Its identity's key: a stick under the same name since is
+        /// another one.
+        key: String,
         result: Result<DeviceId, JournalError>,
     },
     /// Attempts' starts are recorded (or refused), in the order they were
@@ -1369,6 +1372,7 @@ impl Station {
                 let result = journal.device_seen(&identity).await;
                 let _ = answers.send(Recorded::DeviceSeen {
                     kernel_name,
+                    key: identity.key(),
                     result,
                 });
             })
@@ -2317,12 +2321,16 @@ impl Station {
                 return;
             }
         };
-        if let Some(present) = self.present.get_mut(&kernel_name) {
-            present.device_id.get_or_insert(device_id);
-        }
         // Still to be written: the stick is in its port, the run it was
         // asked for still armed, the station not stopping.
         let live = starting.as_ref().is_some_and(|s| !s.removed);
+        if live {
+            // The same stick (another one in the port would have cleared
+            // the start): its record is known now.
+            if let Some(present) = self.present.get_mut(&kernel_name) {
+                present.device_id.get_or_insert(device_id);
+            }
+        }
         let run_id = starting.as_ref().map(|s| s.run_id);
         let go = live
             && !self.stopping
@@ -2665,10 +2673,15 @@ impl Station {
         match recorded {
             Recorded::DeviceSeen {
                 kernel_name,
+                key,
                 result,
             } => match result {
                 Ok(id) => {
-                    if let Some(present) = self.present.get_mut(&kernel_name) {
+                    if let Some(present) = self
+                        .present
+                        .get_mut(&kernel_name)
+                        .filter(|p| p.device.identity.key() == key)
+                    {
                         present.device_id.get_or_insert(id);
                     }
                 }

@@ -2802,3 +2802,76 @@ async fn while_the_records_hold_one_ports_verdict_the_rest_of_the_rack_goes_on_a
     assert_eq!(snap.run.as_ref().unwrap().passed, 3);
     rig.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_is_written_only_once_its_start_is_recorded_and_one_pulled_before_fails_removed_unwritten(
+) {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.arm(RunOptions::default()).await.unwrap();
+
+    // The records hold A1's start: the port says so, nothing is written.
+    rig.journal.hold_starts_at("A1");
+    let first = rig.plug(1, "UNSTARTED", healthy());
+    let deadline = Instant::now() + WAIT;
+    while rig.journal.starts_held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "A1's start never reached the records"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The station answers meanwhile (its loop does not wait on the start).
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a start is being recorded");
+    let snap = rig.handle.snapshot();
+    let a1 = port(&snap, "A1");
+    assert_eq!(a1.state, PortState::Preparing, "{a1:?}");
+    assert!(a1.recording, "{a1:?}");
+    assert_eq!((a1.attempt_id, &a1.verdict), (None, &None), "{a1:?}");
+    assert_eq!(snap.run.as_ref().unwrap().active, 1, "counted as in flight");
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0);
+
+    // Pulled before its start is recorded: once it is, the attempt ends as
+    // removed while preparing, and nothing was ever written to the stick.
+    rig.control.pull(&first).unwrap();
+    rig.until("A1's stick gone, its start still being recorded", |s| {
+        let a1 = port(s, "A1");
+        a1.device.is_none() && a1.recording && a1.state == PortState::Preparing
+    })
+    .await;
+    rig.journal.release_starts();
+    let snap = rig
+        .until("A1 failed", |s| state(s, "A1") == PortState::Failed)
+        .await;
+    let a1 = port(&snap, "A1");
+    assert!(
+        matches!(
+            reason_of(&a1.verdict),
+            Some(FailReason::Removed {
+                during: Stage::Preparing
+            })
+        ),
+        "{a1:?}"
+    );
+    assert!(!a1.recording, "{a1:?}");
+    assert_eq!(stick.counters().bytes_written, 0);
+    let records = rig.journal.records();
+    assert_eq!(records.attempts.len(), 1);
+    assert_eq!(a1.attempt_id, Some(records.attempts[0].id));
+    assert_eq!(a1.verdict, records.attempts[0].verdict);
+    let run = snap.run.as_ref().unwrap();
+    assert_eq!((run.active, run.failed, run.passed), (0, 1, 0), "{run:?}");
+
+    // The next stick in A1 starts once recorded, and passes.
+    rig.plug(1, "NEXT", healthy());
+    let snap = rig
+        .until("A1 passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    let records = rig.journal.records();
+    assert_eq!(records.attempts.len(), 2);
+    assert_eq!(port(&snap, "A1").attempt_id, Some(records.attempts[1].id));
+    assert_eq!(records.attempts[1].verdict, Some(Verdict::Pass));
+    rig.shutdown().await;
+}
