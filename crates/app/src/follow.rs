@@ -146,16 +146,26 @@ fn joined(
     result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }
 
+/// How long the import of a run armed over it keeps its first chunks for
+/// the run's sticks while the station arms the run. Arming waits for the
+/// records (the run, then each attempt's start), and the records may wait
+/// out the store's busy timeout (10 s) behind another process's write lock;
+/// a flash's own two seconds (`PACE_GIVE_UP`) were passed there under load,
+/// and the sticks then read from the file what the import had passed. Only
+/// the import waits this long, holding no more than the feed's bound.
+const ARMING_PATIENCE: Duration = Duration::from_secs(10);
+
 impl FollowService {
     async fn follow(&self, request: FollowArm) -> Result<Followed, flashrack_web::AppError> {
         let feed = ImageFeed::new();
         // The run's sticks start only once the station has armed it (its
         // records, the guard's checks): the import keeps its first chunks for
-        // them (see `ImageFeed::reserve`); the station lets the reservation
-        // go if the run has no stick to start. An audit's sticks write
-        // nothing and never follow: nothing to keep for them.
+        // them (see `ImageFeed::reserve_for`), up to `ARMING_PATIENCE`; the
+        // station lets the reservation go if the run has no stick to start.
+        // An audit's sticks write nothing and never follow: nothing to keep
+        // for them.
         if !request.options.audit {
-            feed.reserve();
+            feed.reserve_for(ARMING_PATIENCE);
         }
         let (began_tx, began) = oneshot::channel();
         let cancel = Arc::new(AtomicBool::new(false));

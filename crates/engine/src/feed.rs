@@ -167,8 +167,13 @@ struct State {
     /// chunk each will ask for and when it last asked; `None` once it left.
     followers: Vec<Option<Pace>>,
     /// The slot among `followers` that [`ImageFeed::reserve`] took for the
-    /// targets to come, until the first of them registers.
+    /// targets to come, until the first of them registers (or, from
+    /// [`ImageFeed::reserve_for`], until it is let go).
     reserved: Option<usize>,
+    /// Whether the reservation stays when targets register, until it is let
+    /// go ([`ImageFeed::unreserve`]) or its patience runs out
+    /// ([`ImageFeed::reserve_for`]).
+    reserved_until_let_go: bool,
 }
 
 /// Where a follower is.
@@ -183,6 +188,10 @@ struct Pace {
     /// then it is starting (opening, the guard's checks, the capacity
     /// probe).
     writing: bool,
+    /// How long it may go without asking (or, starting, since it registered
+    /// or saw the import begin) and still be waited for: [`PACE_GIVE_UP`],
+    /// or a reservation's own ([`ImageFeed::reserve_for`]).
+    patience: Duration,
 }
 
 impl Pace {
@@ -191,7 +200,7 @@ impl Pace {
     /// import begin) within [`PACE_GIVE_UP`]. A follower that does not is
     /// stuck or too slow to be kept pace with.
     fn fresh(&self, fed: u64) -> bool {
-        (self.writing && self.next >= fed) || self.moved.elapsed() < PACE_GIVE_UP
+        (self.writing && self.next >= fed) || self.moved.elapsed() < self.patience
     }
 }
 
@@ -379,14 +388,36 @@ impl ImageFeed {
     /// the caller prepares, and the targets would read the chunks it passed
     /// again from the file. A second reservation changes nothing.
     pub fn reserve(&self) {
+        self.reserve_with(PACE_GIVE_UP, false);
+    }
+
+    /// A reservation for targets that register one by one, with gaps
+    /// between them, such as a station's run, whose sticks start as the
+    /// guard answers for each and as the records take each start (which may
+    /// wait out a database another process holds): unlike
+    /// [`reserve`](Self::reserve), it is not taken over by the first target
+    /// that registers, but held until the caller lets it go
+    /// ([`unreserve`](Self::unreserve), once every target it expects has
+    /// registered) or for `patience` from the import's beginning. So the
+    /// import keeps its first chunks until the last of them registers, and
+    /// the first ones wait for it there instead of running ahead. The bound on
+    /// memory is the same ([`MAX_HELD_CHUNKS`]); only the import and the
+    /// targets that registered wait, at most `patience`.
+    pub fn reserve_for(&self, patience: Duration) {
+        self.reserve_with(patience, true);
+    }
+
+    fn reserve_with(&self, patience: Duration, until_let_go: bool) {
         let mut state = self.lock();
         if state.reserved.is_some() {
             return;
         }
+        state.reserved_until_let_go = until_let_go;
         state.followers.push(Some(Pace {
             next: 0,
             moved: Instant::now(),
             writing: false,
+            patience,
         }));
         state.reserved = Some(state.followers.len() - 1);
     }
@@ -432,15 +463,19 @@ impl ImageFeed {
     /// attempt ends before it, however) is forgotten.
     pub(crate) fn follow(self: &Arc<Self>) -> Follower {
         let mut state = self.lock();
-        // The reservation (if any) has done its work: the targets a caller
-        // starts one after the other register without a wait between them.
-        if let Some(slot) = state.reserved.take() {
-            state.followers[slot] = None;
+        // A plain reservation has done its work: the targets a caller starts
+        // one after the other register without a wait between them. One held
+        // until let go stays for the targets still to come (`reserve_for`).
+        if !state.reserved_until_let_go {
+            if let Some(slot) = state.reserved.take() {
+                state.followers[slot] = None;
+            }
         }
         state.followers.push(Some(Pace {
             next: 0,
             moved: Instant::now(),
             writing: false,
+            patience: PACE_GIVE_UP,
         }));
         Follower {
             feed: self.clone(),
@@ -701,6 +736,7 @@ impl ImageFeed {
                     next: index,
                     moved: Instant::now(),
                     writing: true,
+                    patience: PACE_GIVE_UP,
                 };
             }
             self.changed.notify_all();
@@ -1190,5 +1226,41 @@ mod tests {
         });
         assert_eq!(feed.chunks_fed(), 16);
         assert!(began.elapsed() < PACE_GIVE_UP, "{:?}", began.elapsed());
+    }
+
+    #[test]
+    fn a_reservation_held_until_let_go_outlasts_the_first_target_and_the_give_up() {
+        let patience = PACE_GIVE_UP + Duration::from_secs(2);
+        let feed = ImageFeed::new();
+        feed.reserve_for(patience);
+        feed.begin(file(), 8192, None).unwrap();
+        std::thread::scope(|scope| {
+            let producer = produce(scope, &feed, 16);
+            until_fed(&feed, HELD_CHUNKS as u64);
+            // A first target registers (a station's first stick started):
+            // the reservation stays for the sticks still on their way, past
+            // the give-up of a plain reservation and of the target itself.
+            let first = feed.follow();
+            std::thread::sleep(PACE_GIVE_UP + Duration::from_millis(500));
+            assert!(feed.is_reserved());
+            assert_eq!(feed.chunks_fed(), HELD_CHUNKS as u64);
+            assert!(feed.held(0).is_some());
+            // Every stick expected has started: let go, the import goes on.
+            feed.unreserve();
+            producer.join().unwrap();
+            drop(first);
+        });
+        assert_eq!(feed.chunks_fed(), 16);
+        // Never let go: the import goes on once its patience has run out.
+        let feed = ImageFeed::new();
+        feed.reserve_for(patience);
+        feed.begin(file(), 8192, None).unwrap();
+        let began = Instant::now();
+        std::thread::scope(|scope| {
+            let producer = produce(scope, &feed, 16);
+            producer.join().unwrap();
+        });
+        assert_eq!(feed.chunks_fed(), 16);
+        assert!(began.elapsed() >= patience, "{:?}", began.elapsed());
     }
 }

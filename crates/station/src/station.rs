@@ -100,9 +100,9 @@ pub struct ArmRequest {
 #[derive(Debug, Clone)]
 pub struct FollowRequest {
     /// The import's chunks as they are stored. The caller reserves it
-    /// ([`ImageFeed::reserve`]) before the import begins, so that the run's
-    /// first sticks find its first chunks held; the station lets the
-    /// reservation go when the run has no stick to start.
+    /// ([`ImageFeed::reserve_for`]) before the import begins, so that the
+    /// run's sticks find its first chunks held; the station lets the
+    /// reservation go once no stick of the run is on its way to an attempt.
     pub feed: Arc<ImageFeed>,
     /// The image's size when known as its import began (a raw file, a
     /// server's declared length), which the guard judges sticks by; `None`:
@@ -1699,18 +1699,23 @@ impl Station {
             self.try_start(port, false).await;
             self.publish_port(port);
         }
-        self.release_feed_without_targets();
+        self.release_feed_when_started();
         Ok(self.run.as_ref().map(|r| r.view.clone()).unwrap_or(view))
     }
 
-    /// A followed run with no stick on its way to an attempt (none present
-    /// when it was armed, or the guard refused each one) lets go of its
-    /// import's reservation ([`ImageFeed::reserve`], taken by the caller
-    /// before the import began so that the run's first sticks find its first
-    /// chunks held): the import would otherwise wait for targets that are
-    /// not coming, up to the feed's `PACE_GIVE_UP`. Once one attempt has
-    /// started the reservation is gone already, and this changes nothing.
-    fn release_feed_without_targets(&self) {
+    /// A followed run lets go of its import's reservation
+    /// ([`ImageFeed::reserve_for`], taken by the caller before the import
+    /// began, held until let go) once no stick of the run is on its way to an
+    /// attempt: none waits for the guard's answer or for the records to take
+    /// its start. Then every stick that was present when it was armed has
+    /// registered with the feed (an attempt registers when it starts) or
+    /// was refused, and the import need wait for nobody else. Until then the
+    /// sticks that started wait at the first chunks with the import, so
+    /// that a stick whose start comes later (its guard answer or its start's
+    /// record later than another's) still finds them held instead of reading
+    /// again from the file what the import passed. With none to start (none
+    /// present, or each refused), the import goes on at once.
+    fn release_feed_when_started(&self) {
         let Some(run) = self.run.as_ref() else {
             return;
         };
@@ -1727,8 +1732,7 @@ impl Station {
             .ports
             .iter()
             .any(|p| p.starting.as_ref().is_some_and(|s| s.run_id == id));
-        let attempting = self.slots.values().any(|s| s.run_id == id);
-        if !inspecting && !starting && !attempting {
+        if !inspecting && !starting {
             followed.feed.unreserve();
         }
     }
@@ -2074,7 +2078,7 @@ impl Station {
             self.publish_port(port);
         }
         self.record_starts().await;
-        self.release_feed_without_targets();
+        self.release_feed_when_started();
         self.release_replies();
     }
 
@@ -2692,9 +2696,9 @@ impl Station {
                     self.on_started(answer.token, answer.kernel_name, answer.result)
                         .await;
                 }
-                // A start that ended before its attempt began may leave the
-                // run with no stick on its way.
-                self.release_feed_without_targets();
+                // The last start recorded (or one that ended before its
+                // attempt began) may leave the run with no stick on its way.
+                self.release_feed_when_started();
             }
             Recorded::Finished { attempt_id, result } => self.on_finished(attempt_id, result).await,
             Recorded::Retried { attempts, stops } => {
