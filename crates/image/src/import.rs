@@ -954,37 +954,7 @@ pub(crate) fn decode_zip<R: Read + Seek>(
     pass_error: &dyn Fn(PassError) -> ImageError,
 ) -> Result<(RawDigests, String), ImageError> {
     let mut archive = ZipArchive::new(input).map_err(|e| zip_error(path, e))?;
-    let mut files: Vec<(usize, String)> = Vec::new();
-    for index in 0..archive.len() {
-        let name = archive
-            .name_for_index(index)
-            .expect("every index below the archive's length has a name")
-            .map_err(|e| zip_error(path, e))?;
-        if !name.ends_with('/') && !name.ends_with('\\') {
-            files.push((index, name.into_owned()));
-        }
-    }
-    let chosen = match wanted {
-        Some(wanted) => files.iter().find(|(_, name)| name == wanted),
-        None => match files.as_slice() {
-            [only] => Some(only),
-            _ => None,
-        },
-    };
-    let Some((index, name)) = chosen.cloned() else {
-        let files = files.into_iter().map(|(_, name)| name).collect();
-        return Err(match wanted {
-            Some(entry) => ImageError::ZipEntryMissing {
-                path: path.to_path_buf(),
-                entry: entry.to_string(),
-                files,
-            },
-            None => ImageError::ZipFileCount {
-                path: path.to_path_buf(),
-                files,
-            },
-        });
-    };
+    let (index, name) = choose_zip_entry(path, &mut archive, wanted)?;
     let mut entry = archive.by_index(index).map_err(|e| zip_error(path, e))?;
     before(entry.size());
     let mut entry = Checked::new(&mut entry, pass.check);
@@ -1085,20 +1055,14 @@ pub(crate) fn stream_zip_entry<R: Read>(
     }
 }
 
-/// Checks an entry imported as it arrived ([`stream_zip_entry`]) against
-/// the archive's central directory, now that the archive (`archive`, read
-/// from its file) is whole: the entry the directory chooses (the one named
-/// `wanted`, or the only file) must be the one streamed, with the same
-/// CRC-32 and sizes. Otherwise the import fails as it would have before a
-/// byte was imported (a name missing, several files and none named) or as a
-/// corrupt archive (a directory that disagrees with the local header).
-pub(crate) fn check_streamed_zip<R: Read + Seek>(
+/// The archive's entry to import: the one named `wanted`, or its only file
+/// (directories do not count), with its index; otherwise the error that says
+/// which files it holds.
+fn choose_zip_entry<R: Read + Seek>(
     path: &Path,
-    archive: R,
+    archive: &mut ZipArchive<R>,
     wanted: Option<&str>,
-    streamed: &StreamedEntry,
-) -> Result<(), ImageError> {
-    let mut archive = ZipArchive::new(archive).map_err(|e| zip_error(path, e))?;
+) -> Result<(usize, String), ImageError> {
     let mut files: Vec<(usize, String)> = Vec::new();
     for index in 0..archive.len() {
         let name = archive
@@ -1116,9 +1080,9 @@ pub(crate) fn check_streamed_zip<R: Read + Seek>(
             _ => None,
         },
     };
-    let Some((index, name)) = chosen.cloned() else {
+    chosen.cloned().ok_or_else(|| {
         let files = files.into_iter().map(|(_, name)| name).collect();
-        return Err(match wanted {
+        match wanted {
             Some(entry) => ImageError::ZipEntryMissing {
                 path: path.to_path_buf(),
                 entry: entry.to_string(),
@@ -1128,8 +1092,25 @@ pub(crate) fn check_streamed_zip<R: Read + Seek>(
                 path: path.to_path_buf(),
                 files,
             },
-        });
-    };
+        }
+    })
+}
+
+/// Checks an entry imported as it arrived ([`stream_zip_entry`]) against
+/// the archive's central directory, now that the archive (`archive`, read
+/// from its file) is whole: the entry the directory chooses (the one named
+/// `wanted`, or the only file) must be the one streamed, with the same
+/// CRC-32 and sizes. Otherwise the import fails as it would have before a
+/// byte was imported (a name missing, several files and none named) or as a
+/// corrupt archive (a directory that disagrees with the local header).
+pub(crate) fn check_streamed_zip<R: Read + Seek>(
+    path: &Path,
+    archive: R,
+    wanted: Option<&str>,
+    streamed: &StreamedEntry,
+) -> Result<(), ImageError> {
+    let mut archive = ZipArchive::new(archive).map_err(|e| zip_error(path, e))?;
+    let (index, name) = choose_zip_entry(path, &mut archive, wanted)?;
     let entry = archive
         .by_index_raw(index)
         .map_err(|e| zip_error(path, e))?;
