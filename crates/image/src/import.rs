@@ -937,6 +937,22 @@ pub(crate) struct ZipPass<'a, 'w> {
     pub(crate) check: Option<&'a mut StreamCheck>,
 }
 
+impl ZipPass<'_, '_> {
+    /// Digests and stores the entry's bytes from `entry`, through the
+    /// stream's check when there is one.
+    fn digest_and_store(self, entry: &mut dyn Read) -> Result<RawDigests, PassError> {
+        let mut checked = Checked::new(entry, self.check);
+        digest_and_store(
+            &mut checked,
+            self.out,
+            self.chunk_size,
+            self.hashing,
+            self.watch,
+            self.observer,
+        )
+    }
+}
+
 /// Imports one file of the zip archive `input` (read through its central
 /// directory, at its end): the entry named `wanted`, or the only file when
 /// none is named. A name that is not there fails with the archive's files,
@@ -957,16 +973,7 @@ pub(crate) fn decode_zip<R: Read + Seek>(
     let (index, name) = choose_zip_entry(path, &mut archive, wanted)?;
     let mut entry = archive.by_index(index).map_err(|e| zip_error(path, e))?;
     before(entry.size());
-    let mut entry = Checked::new(&mut entry, pass.check);
-    let raw = digest_and_store(
-        &mut entry,
-        pass.out,
-        pass.chunk_size,
-        pass.hashing,
-        pass.watch,
-        pass.observer,
-    )
-    .map_err(pass_error)?;
+    let raw = pass.digest_and_store(&mut entry).map_err(pass_error)?;
     Ok((raw, name))
 }
 
@@ -1031,16 +1038,7 @@ pub(crate) fn stream_zip_entry<R: Read>(
             size: entry.size(),
         };
         before(facts.size);
-        let mut checked = Checked::new(&mut entry, pass.check);
-        let raw = digest_and_store(
-            &mut checked,
-            pass.out,
-            pass.chunk_size,
-            pass.hashing,
-            pass.watch,
-            pass.observer,
-        )
-        .map_err(pass_error)?;
+        let raw = pass.digest_and_store(&mut entry).map_err(pass_error)?;
         if raw.size != facts.size {
             return Err(ImageError::Corrupt {
                 path: path.to_path_buf(),
