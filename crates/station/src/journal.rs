@@ -270,13 +270,18 @@ pub struct MemoryJournal {
     holding_starts: Mutex<Option<String>>,
     /// How many start writes are held now.
     starts_held: std::sync::atomic::AtomicUsize,
+    /// Set while runs' starts and stops are held
+    /// ([`MemoryJournal::hold_runs`]).
+    holding_runs: std::sync::atomic::AtomicBool,
+    /// How many run writes are held now.
+    runs_held: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryJournal {
     /// Makes the journal refuse (`true`) or take again (`false`) the start and
-    /// the verdict of attempts and the stop of runs, as records another
-    /// process holds locked, or on a full disk, do: what the station shows
-    /// when its records fail.
+    /// the verdict of attempts and the start and stop of runs, as records
+    /// another process holds locked, or on a full disk, do: what the station
+    /// shows when its records fail.
     pub fn refuse_writes(&self, refuse: bool) {
         self.refusing
             .store(refuse, std::sync::atomic::Ordering::SeqCst);
@@ -327,6 +332,46 @@ impl MemoryJournal {
         self.starts_held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Makes the journal slow for runs: the start of every run (also one
+    /// that follows its import) and the stop of every run wait, neither
+    /// refused nor taken, until [`release_runs`](Self::release_runs), as
+    /// they wait on records another process holds locked.
+    pub fn hold_runs(&self) {
+        self.holding_runs
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Lets the run writes held by [`hold_runs`](Self::hold_runs) go
+    /// through.
+    pub fn release_runs(&self) {
+        self.holding_runs
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+
+    /// How many run writes are held now.
+    pub fn runs_held(&self) -> usize {
+        self.runs_held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits while runs' writes are held.
+    async fn hold_run(&self) {
+        loop {
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            // Listening before looking: a release in between is not missed.
+            notified.as_mut().enable();
+            if !self.holding_runs.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            self.runs_held
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            notified.await;
+            self.runs_held
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Waits while the verdicts of the attempts in port `label` are held.
     async fn hold(&self, label: &str) {
         Self::wait_while(&self.released, &self.holding, &self.held, label).await;
@@ -374,6 +419,8 @@ impl MemoryJournal {
 #[async_trait]
 impl Journal for MemoryJournal {
     async fn run_started(&self, run: &RunStart) -> Result<RunId, JournalError> {
+        self.hold_run().await;
+        self.refused()?;
         let mut r = self.lock();
         let id = RunId(r.runs.len() as i64 + 1);
         r.runs.push((id, run.image_name.clone(), None));
@@ -403,6 +450,7 @@ impl Journal for MemoryJournal {
         reason: StopReason,
         _note: Option<&str>,
     ) -> Result<(), JournalError> {
+        self.hold_run().await;
         self.refused()?;
         let mut r = self.lock();
         if let Some(run) = r.runs.iter_mut().find(|(id, ..)| *id == run_id) {

@@ -33,8 +33,8 @@ pub use journal::{
     RunRefusal, RunStart,
 };
 pub use model::{
-    DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions, RunView,
-    Snapshot, StationEvent, VerdictRun,
+    ArmingView, DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions,
+    RunView, Snapshot, StationEvent, VerdictRun,
 };
 pub use station::{
     ArmRequest, FollowRequest, ImportEnd, MasterStick, PortSpec, Station, StationError,

@@ -348,6 +348,30 @@ pub struct RunView {
     /// event.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<Box<RunImport>>,
+    /// Set while the records do not hold the run's end yet. With `armed`:
+    /// the run is stopping (its sticks were told to stop at once, nothing
+    /// more starts under it) and is shown ended only once the records take
+    /// its stop. Without: the records refused its stop; it is stopped all
+    /// the same (nothing more is written under it) and its stop is written
+    /// again at each heartbeat until they take it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recording: bool,
+}
+
+/// A run being armed: the records are taking its start
+/// ([`Snapshot::arming`]). Nothing is written under it, and it is not
+/// shown as the run, until they hold it; if they refuse it, it is gone and
+/// the caller hears why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmingView {
+    /// The image's sha256 (a provisional digest for an image still being
+    /// imported, see [`RunView::import`]).
+    pub image_sha256: Sha256Digest,
+    /// The image's name.
+    pub image_name: String,
+    /// Where the image comes from, for a run that follows its import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The import a run follows ([`RunView::import`]).
@@ -397,6 +421,10 @@ pub struct Snapshot {
     pub ports: Vec<PortView>,
     /// The current (or last) run.
     pub run: Option<RunView>,
+    /// A run being armed, while the records take its start (`run` is still
+    /// the last one meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arming: Option<ArmingView>,
 }
 
 /// A change the station publishes.
@@ -418,5 +446,12 @@ pub enum StationEvent {
     Run {
         /// The run as it is now.
         run: Option<RunView>,
+    },
+    /// A run began or ended being armed ([`Snapshot::arming`]): its start
+    /// is being recorded (`Some`), or no longer (`None`: a `run` event
+    /// follows if the records took it).
+    Arming {
+        /// The run being armed, if one is.
+        arming: Option<ArmingView>,
     },
 }

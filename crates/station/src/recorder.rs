@@ -9,7 +9,8 @@
 //! hears back, as a message in the loop ([`crate::station`]'s `Recorded`),
 //! the answers it acts on: an attempt's start (nothing is written to a stick
 //! before the records hold it), a verdict (no port shows one the records do
-//! not hold).
+//! not hold), a run's start, stop or image, an operator's action (the
+//! caller's reply waits for it, never the loop).
 //!
 //! - **Lanes.** Each writer drains one ordered, bounded queue (a lane). The
 //!   writes of one port go to one lane, so one attempt's writes (its start,
@@ -32,10 +33,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use flashrack_core::AttemptId;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use crate::journal::{AttemptSoFar, Journal, JournalError};
+use crate::journal::{AttemptSoFar, Journal};
 
 /// How many lanes carry the ports' writes (ports share them round-robin);
 /// one more lane carries the station's own.
@@ -153,28 +154,6 @@ impl Recorder {
         }
     }
 
-    /// Queues `write` in `lane` and waits for its answer (after everything
-    /// queued there before): for the writes whose answer the station needs
-    /// before it goes on (a run's id, its stop for the operator's reply).
-    pub(crate) async fn ask<T, F>(
-        &self,
-        lane: usize,
-        write: impl FnOnce(Arc<dyn Journal>) -> F,
-    ) -> Result<T, JournalError>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, JournalError>> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let write = write(self.journal.clone());
-        self.push(lane, async move {
-            let _ = tx.send(write.await);
-        })
-        .await;
-        rx.await
-            .map_err(|_| JournalError("the records' writer has stopped".into()))?
-    }
-
     /// Records that the station is alive and how far `running` attempts have
     /// got, as soon as the heartbeat writer can: merged with a heartbeat still
     /// waiting (the latest figures of each attempt kept), never queued.
@@ -217,10 +196,10 @@ mod tests {
         AttemptFigures, AttemptId, DeviceId, RunId, Sha256Digest, Stage, StopReason, Verdict,
     };
     use flashrack_hotplug::DeviceIdentity;
-    use tokio::sync::Semaphore;
+    use tokio::sync::{oneshot, Semaphore};
 
     use super::*;
-    use crate::journal::{AttemptStart, JournalEvent, MemoryJournal, RunStart};
+    use crate::journal::{AttemptStart, JournalError, JournalEvent, MemoryJournal, RunStart};
 
     /// A journal whose heartbeats each wait for a permit (the test hands
     /// them out, as a lock let go would), and count what they carried.
@@ -346,20 +325,21 @@ mod tests {
                 .await;
         }
         // …another lane's write is answered meanwhile.
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            recorder.ask(2, |journal| async move {
-                journal
-                    .event(&JournalEvent::OperatorAction {
-                        action: crate::journal::OperatorAction::Stop,
-                        detail: "lane 2".into(),
-                    })
-                    .await
-            }),
-        )
-        .await
-        .expect("lane 2 is not held up by lane 1");
-        assert!(answer.is_ok());
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let written = journal.clone();
+        recorder
+            .push(2, async move {
+                let event = JournalEvent::OperatorAction {
+                    action: crate::journal::OperatorAction::Stop,
+                    detail: "lane 2".into(),
+                };
+                let _ = answer_tx.send(written.event(&event).await);
+            })
+            .await;
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(30), answer_rx)
+            .await
+            .expect("lane 2 is not held up by lane 1");
+        assert!(matches!(answer, Ok(Ok(()))));
         assert!(order.lock().unwrap().is_empty());
         held_tx.send(()).unwrap();
         recorder.close().await;

@@ -31,8 +31,8 @@ use crate::journal::{
     RunStart,
 };
 use crate::model::{
-    DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions, RunView,
-    Snapshot, StationEvent, VerdictRun,
+    ArmingView, DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions,
+    RunView, Snapshot, StationEvent, VerdictRun,
 };
 use crate::recorder::{Recorder, PORT_LANES, STATION_LANE};
 
@@ -163,6 +163,12 @@ pub enum StationError {
         /// Its state.
         state: PortState,
     },
+    /// A run is being armed: the records are taking its start.
+    #[error("a run is being armed (the records are taking its start); wait for it, then stop it")]
+    Arming,
+    /// The run is being stopped: the records are taking its end.
+    #[error("run {0} is being stopped (the records are taking its end)")]
+    Stopping(RunId),
     /// A record could not be written.
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -252,6 +258,11 @@ impl StationHandle {
     }
 
     /// Arms a run: every accepted stick present or inserted from now on is written.
+    /// Answers once the records hold the run's start (the station goes on
+    /// meanwhile, showing [`Snapshot::arming`]; another arm or a stop is
+    /// refused with [`StationError::Arming`]) and its present sticks were
+    /// guarded; with the records' error if they refuse it (nothing is
+    /// armed then).
     pub async fn arm(&self, request: ArmRequest) -> Result<RunView, StationError> {
         self.ask(|tx| Command::Arm(Box::new(request), tx)).await
     }
@@ -298,6 +309,11 @@ impl StationHandle {
 
     /// Stops the armed run as the operator's decision (`note`: their words, for
     /// the records); running attempts stop at a safe point as interrupted.
+    /// Nothing more is written under it at once; it is shown ended, and
+    /// this answers, once the records hold its end (meanwhile it shows
+    /// [`RunView::recording`], and another stop or an arm is refused with
+    /// [`StationError::Stopping`]). Refused by the records, it is stopped
+    /// all the same and this answers their error.
     pub async fn stop_run(&self, note: &str) -> Result<(), StationError> {
         self.ask(|tx| Command::Stop(note.to_string(), tx)).await
     }
@@ -477,6 +493,23 @@ enum Recorded {
         attempt_id: AttemptId,
         result: Result<(), JournalError>,
     },
+    /// A run's start is recorded (its id), or refused: see [`Arming`].
+    /// The operator's action of arming it is written right after it.
+    RunStarted(Result<RunId, JournalError>),
+    /// A run's stop is recorded (or refused): see [`Stopping`].
+    RunStopped {
+        run_id: RunId,
+        result: Result<(), JournalError>,
+    },
+    /// A followed run's image is recorded as its own (or refused): see
+    /// [`Naming`].
+    ImageKnown {
+        run_id: RunId,
+        result: Result<(), JournalError>,
+    },
+    /// An operator's action is written (or refused, which is only logged):
+    /// the replies waiting for it may go ([`DeferredReply::action`]).
+    ActionLogged(u64),
     /// A retry of refused records ended: what the records refused again.
     Retried {
         attempts: Vec<(AttemptId, Verdict, AttemptFigures)>,
@@ -517,7 +550,56 @@ struct Inspection {
 struct DeferredReply {
     /// The last inspection asked before the reply ([`Inspection::token`]).
     after: u64,
+    /// The operator's action the reply reports, until the records hold it
+    /// ([`Station::actions_in_flight`]): the operator hears back once the
+    /// records say what they did.
+    action: Option<u64>,
     reply: Reply,
+}
+
+/// A run whose start the records are taking ([`Station::arming`]): nothing
+/// is shown armed and no stick is started under it until they hold it
+/// ([`Recorded::RunStarted`] arms it); the snapshot says it is being armed
+/// meanwhile ([`ArmingView`]), and another arm is refused
+/// ([`StationError::Arming`]). If the records refuse it, it is dropped and
+/// the caller hears why: the screen never showed it armed.
+struct Arming {
+    /// What the snapshot shows meanwhile.
+    view: ArmingView,
+    /// What was recorded.
+    start: RunStart,
+    /// The run's engine, made before the record (opening the image may
+    /// fail, and then nothing is recorded).
+    fanout: Fanout,
+    followed: Option<Followed>,
+    import: Option<Box<RunImport>>,
+    /// The caller's, answered once the run is armed and its present sticks
+    /// guarded (as [`Reply::Arm`]), or with the records' error.
+    reply: oneshot::Sender<Result<RunView, StationError>>,
+}
+
+/// A run's stop that the records are taking ([`ActiveRun::stopping`]):
+/// its attempts were told to stop at once and nothing more starts under
+/// it, but it is shown ended (`armed` false) only once the records hold its
+/// end ([`Recorded::RunStopped`]); [`RunView::recording`] says so meanwhile.
+struct Stopping {
+    reason: StopReason,
+    note: Option<String>,
+    /// The callers who asked for this stop (the operator's stop, the end of
+    /// a followed import), answered once the records hold it or refused it.
+    replies: Vec<oneshot::Sender<Result<(), StationError>>>,
+}
+
+/// A followed run's image, which the records are taking as the run's
+/// ([`ActiveRun::naming`]): the import's feed ends, and the run's view
+/// names the image, only once they hold it ([`Recorded::ImageKnown`]), so
+/// that no verdict comes before the run names its image.
+struct Naming {
+    followed: Followed,
+    image: SourceImage,
+    name: String,
+    /// The importer's, answered then.
+    reply: oneshot::Sender<Result<(), StationError>>,
 }
 
 /// A reply held back ([`DeferredReply`]).
@@ -588,9 +670,26 @@ struct ActiveRun {
     /// Automatic retries made in this run, by stick key (at most the run's
     /// `retries` each).
     retries_made: HashMap<String, u32>,
+    /// Its stop, while the records take it (see [`Stopping`]).
+    stopping: Option<Stopping>,
+    /// Its image, while the records take it as the run's (see [`Naming`]).
+    naming: Option<Naming>,
 }
 
 impl ActiveRun {
+    /// Whether sticks are written under it: armed, and not stopping.
+    fn live(&self) -> bool {
+        self.view.armed && self.stopping.is_none()
+    }
+
+    /// The import it follows, also while its image is being recorded.
+    fn feed(&self) -> Option<&Arc<ImageFeed>> {
+        self.followed
+            .as_ref()
+            .or(self.naming.as_ref().map(|n| &n.followed))
+            .map(|f| &f.feed)
+    }
+
     /// Whether a stick arriving is one that passed in this run, put in again:
     /// a stick with a serial of its own that passed, a serial no other stick
     /// present at the same time has shown. A stick without a serial is never
@@ -729,8 +828,10 @@ pub struct Station {
     settings: StationSettings,
     access: Arc<dyn DeviceAccess>,
     /// The records' writers: every journal write goes through them, in
-    /// order per port, and the loop never waits on one except where its
-    /// answer is needed at once (a run's id, its stop).
+    /// order per port, and the loop never waits on one: what it needs of
+    /// an answer (an attempt's or a run's id, a verdict or a stop taken)
+    /// comes back as a [`Recorded`] message, and a caller's reply waits
+    /// for it, not the loop.
     recorder: Recorder,
     /// Answers of the records' writers ([`Recorded`]): at most one per write
     /// queued, and the queues are bounded.
@@ -747,6 +848,12 @@ pub struct Station {
     queued_starts: Vec<QueuedStart>,
     /// Set while a retry of refused records is queued (one at a time).
     retrying: bool,
+    /// A run whose start the records are taking (see [`Arming`]).
+    arming: Option<Arming>,
+    /// Numbers operators' actions written ([`DeferredReply::action`]).
+    action_seq: u64,
+    /// Operators' actions the records have not answered yet.
+    actions_in_flight: HashSet<u64>,
     /// Set once the station is shutting down: nothing more is started.
     stopping: bool,
     ports: Vec<Port>,
@@ -825,6 +932,7 @@ impl Station {
             station_id: settings.station_id.clone(),
             ports: ports.iter().map(|p| p.view.clone()).collect(),
             run: None,
+            arming: None,
         };
         let (commands_tx, commands) = mpsc::channel(32);
         let (events, _) = broadcast::channel(1024);
@@ -851,6 +959,9 @@ impl Station {
             starts_in_flight: 0,
             queued_starts: Vec::new(),
             retrying: false,
+            arming: None,
+            action_seq: 0,
+            actions_in_flight: HashSet::new(),
             stopping: false,
             ports,
             present: HashMap::new(),
@@ -956,17 +1067,24 @@ impl Station {
                 self.finish(slot, verdict, figures, None, 0).await;
             }
         }
-        // The records answer every start and verdict queued (as the loop
-        // awaited each write before): the screen and the run's counts then
-        // say what they hold.
-        while self.starts_in_flight > 0 || !self.finishing.is_empty() {
+        // The records answer every start and verdict queued, and a run's
+        // start, stop or image being recorded: the screen and the run's
+        // counts then say what they hold. (A run whose start they take now
+        // is armed, with no stick started, and stopped below.)
+        while self.starts_in_flight > 0 || !self.finishing.is_empty() || self.runs_recording() {
             match self.recorded_rx.recv().await {
                 Some(recorded) => self.on_recorded(recorded).await,
                 None => break,
             }
         }
-        if self.run.as_ref().is_some_and(|r| r.view.armed) {
-            let _ = self.disarm(StopReason::Shutdown, None).await;
+        if self.run.as_ref().is_some_and(ActiveRun::live) {
+            self.stop(StopReason::Shutdown, None, None).await;
+            while self.runs_recording() {
+                match self.recorded_rx.recv().await {
+                    Some(recorded) => self.on_recorded(recorded).await,
+                    None => break,
+                }
+            }
         }
         self.recorder.close().await;
         while let Ok(recorded) = self.recorded_rx.try_recv() {
@@ -985,6 +1103,16 @@ impl Station {
         self.unrecorded = attempts;
         self.unrecorded_stops = stops;
         self.publish_snapshot();
+    }
+
+    /// Whether the records are taking a run's start, its stop or its
+    /// image.
+    fn runs_recording(&self) -> bool {
+        self.arming.is_some()
+            || self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.stopping.is_some() || r.naming.is_some())
     }
 
     // ----- hotplug ---------------------------------------------------------
@@ -1083,10 +1211,10 @@ impl Station {
             .present
             .values()
             .any(|p| p.port != port && p.device.identity.key() == key);
-        if let Some(run) = self.run.as_mut().filter(|r| r.view.armed && shared_now) {
+        if let Some(run) = self.run.as_mut().filter(|r| r.live() && shared_now) {
             run.shared_serials.insert(key.clone());
         }
-        if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
+        if let Some(run) = self.run.as_ref().filter(|r| r.live()) {
             if run.is_reinsertion_of_a_pass(&identity) {
                 let verdict_run = VerdictRun::of(&run.view);
                 let earlier = run.passed.get(&key).cloned();
@@ -1384,47 +1512,55 @@ impl Station {
     async fn on_command(&mut self, command: Command) {
         match command {
             Command::Arm(request, reply) => match self.arm(*request).await {
-                Ok(view) => self.defer(Reply::Arm(view, reply)),
+                Ok((start, fanout)) => {
+                    self.record_run_start(start, fanout, None, None, reply)
+                        .await
+                }
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
             },
             Command::Stop(note, reply) => {
-                let result = match self.run.as_ref() {
-                    Some(run) if run.view.armed => {
-                        for slot in self.slots.values() {
-                            slot.cancel();
-                        }
-                        self.log(JournalEvent::OperatorAction {
-                            action: OperatorAction::Stop,
-                            detail: note.clone(),
-                        })
-                        .await;
-                        self.disarm(StopReason::Operator, Some(&note)).await
-                    }
+                let stoppable = match self.run.as_ref() {
+                    Some(run) if run.stopping.is_some() => Err(StationError::Stopping(run.view.id)),
+                    Some(run) if run.view.armed => Ok(()),
+                    _ if self.arming.is_some() => Err(StationError::Arming),
                     _ => Err(StationError::NotArmed),
                 };
-                let _ = reply.send(result);
+                if let Err(error) = stoppable {
+                    let _ = reply.send(Err(error));
+                    return;
+                }
+                // The sticks stop being written at once; the run is shown
+                // ended, and the operator answered, once the records hold
+                // its end (written after their action, in the same lane).
+                for slot in self.slots.values() {
+                    slot.cancel();
+                }
+                self.log_action(OperatorAction::Stop, note.clone()).await;
+                self.stop(StopReason::Operator, Some(note), Some(reply))
+                    .await;
             }
             Command::StartPort(label, reply) => match self.start_port(&label).await {
-                Ok(()) => self.defer(Reply::StartPort(reply)),
+                Ok(action) => self.defer(Reply::StartPort(reply), Some(action)),
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
             },
             Command::RunRefused(refusal, reply) => {
+                // Answered by the writer once written, in order with the
+                // station's other records; the loop goes on meanwhile.
                 let event = JournalEvent::RunRefused(*refusal);
-                let recorded = self
-                    .recorder
-                    .ask(STATION_LANE, |journal| async move {
-                        journal.event(&event).await
+                let journal = self.recorder.journal();
+                self.recorder
+                    .push(STATION_LANE, async move {
+                        let recorded = journal.event(&event).await;
+                        let _ = reply.send(recorded.map_err(StationError::from));
                     })
-                    .await
-                    .map_err(StationError::from);
-                let _ = reply.send(recorded);
+                    .await;
             }
             Command::RetryFailed(reply) => match self.retry_failed().await {
-                Ok(labels) => self.defer(Reply::RetryFailed(labels, reply)),
+                Ok((labels, action)) => self.defer(Reply::RetryFailed(labels, reply), Some(action)),
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
@@ -1437,8 +1573,11 @@ impl Station {
                 device_key,
                 progress,
             } => self.capture_progress(&label, &device_key, progress),
-            Command::ArmFollowing(request, reply) => match self.arm_following(*request).await {
-                Ok(view) => self.defer(Reply::Arm(view, reply)),
+            Command::ArmFollowing(request, reply) => match self.arm_following(*request) {
+                Ok((start, fanout, followed, import)) => {
+                    self.record_run_start(start, fanout, Some(followed), Some(import), reply)
+                        .await
+                }
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
@@ -1463,8 +1602,7 @@ impl Station {
                 }
             }
             Command::ImportEnded(run_id, end, reply) => {
-                let result = self.import_ended(run_id, *end).await;
-                let _ = reply.send(result);
+                self.import_ended(run_id, *end, reply).await
             }
         }
     }
@@ -1526,10 +1664,23 @@ impl Station {
         }
     }
 
-    async fn arm(&mut self, request: ArmRequest) -> Result<RunView, StationError> {
-        if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
-            return Err(StationError::AlreadyArmed(run.view.id));
+    /// Whether a run may be armed now: none is armed, being armed or
+    /// being stopped.
+    fn may_arm(&self) -> Result<(), StationError> {
+        if self.arming.is_some() {
+            return Err(StationError::Arming);
         }
+        match self.run.as_ref() {
+            Some(run) if run.stopping.is_some() => Err(StationError::Stopping(run.view.id)),
+            Some(run) if run.view.armed => Err(StationError::AlreadyArmed(run.view.id)),
+            _ => Ok(()),
+        }
+    }
+
+    /// See [`StationHandle::arm`]: the run's start and its engine, once the
+    /// image is open; recorded by [`Self::record_run_start`].
+    async fn arm(&mut self, request: ArmRequest) -> Result<(RunStart, Fanout), StationError> {
+        self.may_arm()?;
         let mut engine = self.engine_options(&request.options);
         if request.options.sparse != request.sparse.is_some() {
             return Err(StationError::Source(EngineError::SourceOpen {
@@ -1555,15 +1706,7 @@ impl Station {
             image_size: manifest.size(),
             options: request.options.clone(),
         };
-        let id = {
-            let start = start.clone();
-            self.recorder
-                .ask(STATION_LANE, |journal| async move {
-                    journal.run_started(&start).await
-                })
-                .await?
-        };
-        self.armed(id, start, fanout, None, None).await
+        Ok((start, fanout))
     }
 
     /// The engine's options for a run with `options`.
@@ -1575,11 +1718,15 @@ impl Station {
         engine
     }
 
-    /// See [`StationHandle::arm_following`].
-    async fn arm_following(&mut self, request: FollowRequest) -> Result<RunView, StationError> {
-        if let Some(run) = self.run.as_ref().filter(|r| r.view.armed) {
-            return Err(StationError::AlreadyArmed(run.view.id));
-        }
+    /// See [`StationHandle::arm_following`]: the run's start, its engine,
+    /// the import it follows and its view; recorded by
+    /// [`Self::record_run_start`].
+    #[allow(clippy::type_complexity)]
+    fn arm_following(
+        &mut self,
+        request: FollowRequest,
+    ) -> Result<(RunStart, Fanout, Followed, Box<RunImport>), StationError> {
+        self.may_arm()?;
         if request.options.sparse != request.sparse.is_some() {
             return Err(StationError::Source(EngineError::SourceFailed {
                 detail: "a sparse run needs the image's block map, and only a sparse run takes one"
@@ -1600,14 +1747,6 @@ impl Station {
             image_size: size.unwrap_or(0),
             options: request.options.clone(),
         };
-        let id = {
-            let start = start.clone();
-            self.recorder
-                .ask(STATION_LANE, |journal| async move {
-                    journal.run_started_following(&start).await
-                })
-                .await?
-        };
         let import = RunImport {
             source: request.source.clone(),
             state: RunImportState::Importing,
@@ -1621,12 +1760,92 @@ impl Station {
             provisional: request.provisional,
             engine,
         };
-        self.armed(id, start, fanout, Some(followed), Some(Box::new(import)))
-            .await
+        Ok((start, fanout, followed, Box::new(import)))
     }
 
-    /// Run `id` (recorded as `start`) is armed: logged, shown, and the
-    /// sticks present are started.
+    /// Hands the run's start to the records (with the operator's action
+    /// of arming it, right after it) and goes on: the run is armed, and
+    /// `reply` answered, once they hold it ([`Self::on_run_started`]). The
+    /// snapshot says a run is being armed meanwhile ([`Arming`]).
+    async fn record_run_start(
+        &mut self,
+        start: RunStart,
+        fanout: Fanout,
+        followed: Option<Followed>,
+        import: Option<Box<RunImport>>,
+        reply: oneshot::Sender<Result<RunView, StationError>>,
+    ) {
+        let following = followed.is_some();
+        let source = import.as_ref().map(|i| i.source.clone());
+        let view = ArmingView {
+            image_sha256: start.image_sha256,
+            image_name: start.image_name.clone(),
+            source: source.clone(),
+        };
+        let record = start.clone();
+        let journal = self.recorder.journal();
+        let answers = self.recorded_tx.clone();
+        self.arming = Some(Arming {
+            view,
+            start,
+            fanout,
+            followed,
+            import,
+            reply,
+        });
+        self.publish_arming();
+        self.recorder
+            .push(STATION_LANE, async move {
+                let result = if following {
+                    journal.run_started_following(&record).await
+                } else {
+                    journal.run_started(&record).await
+                };
+                if let Ok(id) = result {
+                    let event = JournalEvent::OperatorAction {
+                        action: OperatorAction::Arm,
+                        detail: arm_detail(id, &record, source.as_deref()),
+                    };
+                    if let Err(error) = journal.event(&event).await {
+                        tracing::error!(%error, "cannot record an operator's action");
+                    }
+                }
+                let _ = answers.send(Recorded::RunStarted(result));
+            })
+            .await;
+    }
+
+    /// The records answered the start of the run being armed: it is armed
+    /// (its reply waits for its present sticks' guard answers, as
+    /// [`Reply::Arm`]), or it is dropped and its caller hears why.
+    async fn on_run_started(&mut self, result: Result<RunId, JournalError>) {
+        let Some(arming) = self.arming.take() else {
+            return;
+        };
+        match result {
+            Ok(id) => {
+                let view = self
+                    .armed(
+                        id,
+                        arming.start,
+                        arming.fanout,
+                        arming.followed,
+                        arming.import,
+                    )
+                    .await;
+                self.publish_arming();
+                self.defer(Reply::Arm(view, arming.reply), None);
+            }
+            Err(error) => {
+                tracing::error!(%error, image = %arming.view.image_name, "cannot record a run's start; not armed");
+                self.publish_arming();
+                let _ = arming.reply.send(Err(error.into()));
+            }
+        }
+    }
+
+    /// Run `id` (recorded as `start`) is armed: shown, and the sticks
+    /// present are started (none once the station is stopping).
     async fn armed(
         &mut self,
         id: RunId,
@@ -1634,22 +1853,7 @@ impl Station {
         fanout: Fanout,
         followed: Option<Followed>,
         import: Option<Box<RunImport>>,
-    ) -> Result<RunView, StationError> {
-        let mut detail = format!("run {id}: {} ({})", start.image_name, start.image_sha256);
-        if let Some(import) = &import {
-            detail = format!(
-                "run {id}: {}, following its import from {}",
-                start.image_name, import.source
-            );
-        }
-        if start.options.force_raw {
-            detail.push_str(", raw write forced");
-        }
-        self.log(JournalEvent::OperatorAction {
-            action: OperatorAction::Arm,
-            detail,
-        })
-        .await;
+    ) -> RunView {
         let view = RunView {
             id,
             image_sha256: start.image_sha256,
@@ -1666,6 +1870,7 @@ impl Station {
             bytes_written: 0,
             stop_reason: None,
             import,
+            recording: false,
         };
         self.run = Some(ActiveRun {
             view: view.clone(),
@@ -1675,6 +1880,8 @@ impl Station {
             passed: HashMap::new(),
             shared_serials: HashSet::new(),
             retries_made: HashMap::new(),
+            stopping: None,
+            naming: None,
         });
         self.publish_run();
         // Sticks already present are written too: those that were only
@@ -1684,7 +1891,8 @@ impl Station {
         // still on its way: it keeps showing its pass until it is pulled.
         let candidates: Vec<usize> = (0..self.ports.len())
             .filter(|&p| {
-                self.ports[p].kernel_name.is_some()
+                !self.stopping
+                    && self.ports[p].kernel_name.is_some()
                     && !self.ports[p].view.ejected
                     && matches!(
                         self.ports[p].view.state,
@@ -1700,7 +1908,7 @@ impl Station {
             self.publish_port(port);
         }
         self.release_feed_when_started();
-        Ok(self.run.as_ref().map(|r| r.view.clone()).unwrap_or(view))
+        self.run.as_ref().map_or(view, |r| r.view.clone())
     }
 
     /// A followed run lets go of its import's reservation
@@ -1719,7 +1927,7 @@ impl Station {
         let Some(run) = self.run.as_ref() else {
             return;
         };
-        let Some(followed) = run.followed.as_ref() else {
+        let Some(feed) = run.feed() else {
             return;
         };
         let id = run.view.id;
@@ -1733,21 +1941,33 @@ impl Station {
             .iter()
             .any(|p| p.starting.as_ref().is_some_and(|s| s.run_id == id));
         if !inspecting && !starting {
-            followed.feed.unreserve();
+            feed.unreserve();
         }
     }
 
-    /// See [`StationHandle::import_ended`].
-    async fn import_ended(&mut self, run_id: RunId, end: ImportEnd) -> Result<(), StationError> {
+    /// See [`StationHandle::import_ended`]. Imported: the image is handed
+    /// to the records as the run's and the loop goes on; the rest (the
+    /// run's view names it, the feed ends, `reply`) waits for their answer
+    /// ([`Self::on_image_known`]). Failed: the run stops, `reply` once its
+    /// stop is recorded.
+    async fn import_ended(
+        &mut self,
+        run_id: RunId,
+        end: ImportEnd,
+        reply: oneshot::Sender<Result<(), StationError>>,
+    ) {
         let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
-            return Err(StationError::NotArmed);
+            let _ = reply.send(Err(StationError::NotArmed));
+            return;
         };
         let Some(followed) = run.followed.take() else {
-            return Err(StationError::NotArmed);
+            let _ = reply.send(Err(StationError::NotArmed));
+            return;
         };
-        if !run.view.armed {
-            // Stopped before its import ended: the feed has failed already
-            // and nobody follows it; the view says how the import ended.
+        if !run.live() {
+            // Stopped (or stopping) before its import ended: the feed has
+            // failed already and nobody follows it; the view says how the
+            // import ended.
             if let Some(import) = run.view.import.as_mut() {
                 match &end {
                     ImportEnd::Failed(reason) => {
@@ -1758,7 +1978,8 @@ impl Station {
                 }
             }
             self.publish_run();
-            return Ok(());
+            let _ = reply.send(Ok(()));
+            return;
         }
         match end {
             ImportEnd::Failed(reason) => {
@@ -1772,7 +1993,8 @@ impl Station {
                 for slot in self.slots.values() {
                     slot.cancel();
                 }
-                self.disarm(StopReason::SourceFailed, Some(&reason)).await
+                self.stop(StopReason::SourceFailed, Some(reason), Some(reply))
+                    .await;
             }
             ImportEnd::Imported { image, name } => {
                 let manifest = image.manifest.clone();
@@ -1785,77 +2007,133 @@ impl Station {
                 // Recorded before the feed ends: no verdict comes before the
                 // run names its image.
                 let provisional = followed.provisional;
-                let recorded = {
-                    let known = known.clone();
-                    self.recorder
-                        .ask(STATION_LANE, move |journal| async move {
-                            journal.run_image_known(run_id, provisional, &known).await
-                        })
-                        .await
-                };
-                if let Err(error) = recorded {
-                    followed
-                        .feed
-                        .fail(format!("the image could not be recorded: {error}"));
-                    return Err(error.into());
-                }
-                // Sticks started from now on read the cached image (compared
-                // with it like any run's); those under way keep following
-                // the feed, whose file is the same bytes.
-                let cached = {
-                    let events = self.engine_tx.clone();
-                    let engine = followed.engine.clone();
-                    let image = image.clone();
-                    tokio::task::spawn_blocking(move || Fanout::new(&image, engine, events)).await
-                };
-                let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
-                    return Err(StationError::NotArmed);
-                };
-                match cached {
-                    Ok(Ok(fanout)) if run.fanout.is_some() => run.fanout = Some(fanout),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, "the cached image cannot be opened; later sticks follow the import's file")
-                    }
-                    Err(join) => std::panic::resume_unwind(join.into_panic()),
-                }
-                run.view.image_sha256 = manifest.sha256();
-                run.view.image_name = name;
-                run.view.image_size = manifest.size();
-                run.image_size = manifest.size();
-                if let Some(import) = run.view.import.as_mut() {
-                    import.state = RunImportState::Done;
-                }
-                // The slots under way give their verdicts about the image
-                // now named.
-                let verdict_run = VerdictRun::of(&run.view);
-                for slot in self.slots.values_mut().filter(|s| s.run_id == run_id) {
-                    slot.verdict_run = verdict_run.clone();
-                }
-                self.publish_run();
-                if let Err(error) = followed.feed.finish(manifest.sha256()) {
-                    return Err(StationError::Source(EngineError::SourceFailed {
-                        detail: error.to_string(),
-                    }));
-                }
-                Ok(())
+                run.naming = Some(Naming {
+                    followed,
+                    image,
+                    name,
+                    reply,
+                });
+                let journal = self.recorder.journal();
+                let answers = self.recorded_tx.clone();
+                self.recorder
+                    .push(STATION_LANE, async move {
+                        let result = journal.run_image_known(run_id, provisional, &known).await;
+                        let _ = answers.send(Recorded::ImageKnown { run_id, result });
+                    })
+                    .await;
             }
         }
     }
 
-    async fn disarm(&mut self, reason: StopReason, note: Option<&str>) -> Result<(), StationError> {
-        let Some(run) = self.run.as_mut() else {
-            return Err(StationError::NotArmed);
+    /// The records answered whether they hold a followed run's image as
+    /// the run's ([`Naming`]): if they do, the run's view names it, sticks
+    /// started from now on read the cached image and the import's feed
+    /// ends; if not, the feed fails (every attempt following it fails as a
+    /// source failure). The importer hears which.
+    async fn on_image_known(&mut self, run_id: RunId, result: Result<(), JournalError>) {
+        let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
+            return;
         };
-        run.view.armed = false;
-        run.view.stop_reason = Some(reason);
+        let Some(Naming {
+            followed,
+            image,
+            name,
+            reply,
+        }) = run.naming.take()
+        else {
+            return;
+        };
+        if let Err(error) = result {
+            followed
+                .feed
+                .fail(format!("the image could not be recorded: {error}"));
+            let _ = reply.send(Err(error.into()));
+            return;
+        }
+        if !run.live() {
+            // Stopped meanwhile (its feed failed then): the records name
+            // the image all the same.
+            if let Some(import) = run.view.import.as_mut() {
+                import.state = RunImportState::Done;
+            }
+            self.publish_run();
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let manifest = image.manifest.clone();
+        // Sticks started from now on read the cached image (compared with
+        // it like any run's); those under way keep following the feed,
+        // whose file is the same bytes.
+        let cached = {
+            let events = self.engine_tx.clone();
+            let engine = followed.engine.clone();
+            let image = image.clone();
+            tokio::task::spawn_blocking(move || Fanout::new(&image, engine, events)).await
+        };
+        let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
+            let _ = reply.send(Err(StationError::NotArmed));
+            return;
+        };
+        match cached {
+            Ok(Ok(fanout)) if run.fanout.is_some() => run.fanout = Some(fanout),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the cached image cannot be opened; later sticks follow the import's file")
+            }
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+        run.view.image_sha256 = manifest.sha256();
+        run.view.image_name = name;
+        run.view.image_size = manifest.size();
+        run.image_size = manifest.size();
+        if let Some(import) = run.view.import.as_mut() {
+            import.state = RunImportState::Done;
+        }
+        // The slots under way give their verdicts about the image now named.
+        let verdict_run = VerdictRun::of(&run.view);
+        for slot in self.slots.values_mut().filter(|s| s.run_id == run_id) {
+            slot.verdict_run = verdict_run.clone();
+        }
+        self.publish_run();
+        let ended = followed.feed.finish(manifest.sha256()).map_err(|error| {
+            StationError::Source(EngineError::SourceFailed {
+                detail: error.to_string(),
+            })
+        });
+        let _ = reply.send(ended);
+    }
+
+    /// Stops the run: nothing more starts under it at once (its followed
+    /// import's feed fails, guard answers still out are dropped, waiting
+    /// sticks go back to detected), and its stop is handed to the records;
+    /// it is shown ended, and `reply` answered, once they hold it
+    /// ([`Self::on_run_stopped`]). The caller has told its attempts to stop
+    /// when it should (an operator's stop, a source failure).
+    async fn stop(
+        &mut self,
+        reason: StopReason,
+        note: Option<String>,
+        reply: Option<oneshot::Sender<Result<(), StationError>>>,
+    ) {
+        let Some(run) = self.run.as_mut().filter(|r| r.live()) else {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(StationError::NotArmed));
+            }
+            return;
+        };
+        run.stopping = Some(Stopping {
+            reason,
+            note: note.clone(),
+            replies: reply.into_iter().collect(),
+        });
+        run.view.recording = true;
         run.fanout = None;
         // Nothing passes on an import the run no longer follows: its
         // attempts stop as source failures, and its importer sees the run
         // stopped and abandons the import (the view says `importing` until
         // the importer says how it ended).
-        if let Some(followed) = &run.followed {
-            followed.feed.fail(format!(
+        if let Some(feed) = run.feed() {
+            feed.fail(format!(
                 "run {} was stopped: {}",
                 run.view.id,
                 reason.describe()
@@ -1876,27 +2154,51 @@ impl Station {
             }
         }
         self.publish_run();
-        let recorded = {
-            let note = note.map(str::to_string);
-            self.recorder
-                .ask(STATION_LANE, move |journal| async move {
-                    journal.run_stopped(id, reason, note.as_deref()).await
-                })
-                .await
-        };
-        if let Err(error) = recorded {
-            // Stopped all the same (nothing more is written under it); its
-            // stop is written at the next heartbeats, so the records come to
-            // say what the screen says. The caller hears of the failure.
-            tracing::error!(%error, run_id = %id, "cannot record a run's stop; retrying at each heartbeat");
-            self.unrecorded_stops
-                .push((id, reason, note.map(str::to_string)));
-            return Err(error.into());
-        }
-        Ok(())
+        let journal = self.recorder.journal();
+        let answers = self.recorded_tx.clone();
+        self.recorder
+            .push(STATION_LANE, async move {
+                let result = journal.run_stopped(id, reason, note.as_deref()).await;
+                let _ = answers.send(Recorded::RunStopped { run_id: id, result });
+            })
+            .await;
     }
 
-    async fn start_port(&mut self, label: &str) -> Result<(), StationError> {
+    /// The records answered a run's stop ([`Stopping`]): it is shown
+    /// ended. Refused, it is shown ended all the same (nothing more is
+    /// written under it) with [`RunView::recording`] still set, its stop
+    /// written again at each heartbeat until they take it; its callers hear
+    /// of the failure.
+    fn on_run_stopped(&mut self, run_id: RunId, result: Result<(), JournalError>) {
+        let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
+            return;
+        };
+        let Some(stopping) = run.stopping.take() else {
+            return;
+        };
+        run.view.armed = false;
+        run.view.stop_reason = Some(stopping.reason);
+        let result = match result {
+            Ok(()) => {
+                run.view.recording = false;
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, %run_id, "cannot record a run's stop; retrying at each heartbeat");
+                self.unrecorded_stops
+                    .push((run_id, stopping.reason, stopping.note));
+                Err(StationError::from(error))
+            }
+        };
+        self.publish_run();
+        for reply in stopping.replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    /// See [`StationHandle::start_port`]: the operator's action (its
+    /// number, [`Self::log_action`]) once the stick is asked about.
+    async fn start_port(&mut self, label: &str) -> Result<u64, StationError> {
         let port = self
             .ports
             .iter()
@@ -1905,7 +2207,7 @@ impl Station {
         if self.ports[port].view.master {
             return Err(StationError::MasterPort(label.to_string()));
         }
-        if !self.run.as_ref().is_some_and(|r| r.view.armed) {
+        if !self.run.as_ref().is_some_and(ActiveRun::live) {
             return Err(StationError::NotArmed);
         }
         let state = self.ports[port].view.state;
@@ -1915,20 +2217,18 @@ impl Station {
                 state,
             });
         }
-        self.log(JournalEvent::OperatorAction {
-            action: OperatorAction::StartPort,
-            detail: label.to_string(),
-        })
-        .await;
+        let action = self
+            .log_action(OperatorAction::StartPort, label.to_string())
+            .await;
         self.try_start(port, true).await;
         self.publish_port(port);
-        Ok(())
+        Ok(action)
     }
 
     /// The ports whose stick is still in them and failed in the armed run
     /// for a reason that may pass.
     fn retryable_ports(&self) -> Vec<usize> {
-        let Some(run) = self.run.as_ref().filter(|r| r.view.armed) else {
+        let Some(run) = self.run.as_ref().filter(|r| r.live()) else {
             return Vec::new();
         };
         self.ports
@@ -1952,8 +2252,10 @@ impl Station {
             .collect()
     }
 
-    async fn retry_failed(&mut self) -> Result<Vec<String>, StationError> {
-        if !self.run.as_ref().is_some_and(|r| r.view.armed) {
+    /// See [`StationHandle::retry_failed`]: the ports started again and
+    /// the operator's action ([`Self::log_action`]).
+    async fn retry_failed(&mut self) -> Result<(Vec<String>, u64), StationError> {
+        if !self.run.as_ref().is_some_and(ActiveRun::live) {
             return Err(StationError::NotArmed);
         }
         let ports = self.retryable_ports();
@@ -1961,16 +2263,14 @@ impl Station {
             .iter()
             .map(|&p| self.ports[p].view.label.clone())
             .collect();
-        self.log(JournalEvent::OperatorAction {
-            action: OperatorAction::RetryFailed,
-            detail: labels.join(" "),
-        })
-        .await;
+        let action = self
+            .log_action(OperatorAction::RetryFailed, labels.join(" "))
+            .await;
         for port in ports {
             self.try_start(port, true).await;
             self.publish_port(port);
         }
-        Ok(labels)
+        Ok((labels, action))
     }
 
     // ----- attempts ----------------------------------------------------------
@@ -1995,7 +2295,7 @@ impl Station {
         let Some((_, device, _)) = self.stick_in(port) else {
             return;
         };
-        let Some(run) = self.run.as_ref().filter(|r| r.view.armed) else {
+        let Some(run) = self.run.as_ref().filter(|r| r.live()) else {
             return;
         };
         let run_id = run.view.id;
@@ -2096,10 +2396,12 @@ impl Station {
             .min()
     }
 
-    /// Holds `reply` back until the guard answered every request made so far.
-    fn defer(&mut self, reply: Reply) {
+    /// Holds `reply` back until the guard answered every request made so
+    /// far and the records hold the operator's `action`, if any.
+    fn defer(&mut self, reply: Reply, action: Option<u64>) {
         self.deferred.push(DeferredReply {
             after: self.inspection_seq,
+            action,
             reply,
         });
         self.release_replies();
@@ -2111,9 +2413,12 @@ impl Station {
         let oldest = self
             .oldest_inspection()
             .map_or(u64::MAX, |(token, _, _)| token);
+        let in_flight = &self.actions_in_flight;
         let (ready, waiting) = std::mem::take(&mut self.deferred)
             .into_iter()
-            .partition(|d| d.after < oldest);
+            .partition(|d| {
+                d.after < oldest && d.action.is_none_or(|action| !in_flight.contains(&action))
+            });
         self.deferred = waiting;
         for deferred in ready {
             match deferred.reply {
@@ -2147,7 +2452,7 @@ impl Station {
         let Some(run) = self
             .run
             .as_ref()
-            .filter(|r| r.view.armed && r.view.id == inspection.run_id)
+            .filter(|r| r.live() && r.view.id == inspection.run_id)
         else {
             return;
         };
@@ -2341,7 +2646,7 @@ impl Station {
             && self
                 .run
                 .as_ref()
-                .is_some_and(|r| r.view.armed && Some(r.view.id) == run_id);
+                .is_some_and(|r| r.live() && Some(r.view.id) == run_id);
         let (Some(port), Some(starting), true) = (port, starting, go) else {
             // Nothing was written: pulled meanwhile, it was removed while
             // preparing; else it was interrupted.
@@ -2701,12 +3006,30 @@ impl Station {
                 self.release_feed_when_started();
             }
             Recorded::Finished { attempt_id, result } => self.on_finished(attempt_id, result).await,
+            Recorded::RunStarted(result) => self.on_run_started(result).await,
+            Recorded::RunStopped { run_id, result } => self.on_run_stopped(run_id, result),
+            Recorded::ImageKnown { run_id, result } => self.on_image_known(run_id, result).await,
+            Recorded::ActionLogged(action) => {
+                self.actions_in_flight.remove(&action);
+                self.release_replies();
+            }
             Recorded::Retried { attempts, stops } => {
                 self.retrying = false;
                 // Refused again: kept (before any refused since) for the
                 // next heartbeat.
                 self.unrecorded.splice(0..0, attempts);
                 self.unrecorded_stops.splice(0..0, stops);
+                // A stopped run whose stop the records now hold is no
+                // longer shown waiting for them.
+                let unrecorded = &self.unrecorded_stops;
+                if let Some(run) = self.run.as_mut().filter(|r| {
+                    !r.view.armed
+                        && r.view.recording
+                        && !unrecorded.iter().any(|(id, ..)| *id == r.view.id)
+                }) {
+                    run.view.recording = false;
+                    self.publish_run();
+                }
             }
         }
     }
@@ -2901,7 +3224,7 @@ impl Station {
             }
             if let Some(target) = run.view.options.target_count {
                 run.view.remaining = Some(target.saturating_sub(run.view.passed));
-                target_reached = run.view.armed && run.view.passed >= target;
+                target_reached = run.live() && run.view.passed >= target;
             }
         }
         // The port shows this attempt until another stick arrives (which
@@ -2943,15 +3266,15 @@ impl Station {
         self.publish_run();
         if let Some(error) = source_error {
             tracing::error!(%error, "the image source failed; stopping the run");
-            if self.run.as_ref().is_some_and(|r| r.view.armed) {
+            if self.run.as_ref().is_some_and(ActiveRun::live) {
                 for slot in self.slots.values() {
                     slot.cancel();
                 }
-                let note = error.to_string();
-                let _ = self.disarm(StopReason::SourceFailed, Some(&note)).await;
+                self.stop(StopReason::SourceFailed, Some(error.to_string()), None)
+                    .await;
             }
         } else if target_reached {
-            let _ = self.disarm(StopReason::TargetReached, None).await;
+            self.stop(StopReason::TargetReached, None, None).await;
         } else if !passed {
             // The run's automatic retries: the same stick, still in its port,
             // written again as an attempt of its own.
@@ -2960,7 +3283,7 @@ impl Station {
                 && self
                     .run
                     .as_mut()
-                    .filter(|r| r.view.armed && r.view.id == slot.run_id)
+                    .filter(|r| r.live() && r.view.id == slot.run_id)
                     .is_some_and(|run| {
                         let made = run.retries_made.entry(slot.device_key.clone()).or_default();
                         let allowed = *made < run.view.options.retries;
@@ -2994,7 +3317,7 @@ impl Station {
             if self
                 .run
                 .as_ref()
-                .is_none_or(|r| !r.view.armed || r.target_covered())
+                .is_none_or(|r| !r.live() || r.target_covered())
             {
                 break;
             }
@@ -3052,24 +3375,33 @@ impl Station {
 
     // ----- publishing --------------------------------------------------------
 
+    /// Appends an operator's `action` to the event log, in the station's
+    /// lane (before the writes it leads to: a run's stop, a stick's start),
+    /// and answers its number: a reply held for it
+    /// ([`DeferredReply::action`]) goes once the records hold it. The
+    /// loop does not wait for it.
+    async fn log_action(&mut self, action: OperatorAction, detail: String) -> u64 {
+        self.action_seq += 1;
+        let token = self.action_seq;
+        self.actions_in_flight.insert(token);
+        let journal = self.recorder.journal();
+        let answers = self.recorded_tx.clone();
+        self.recorder
+            .push(STATION_LANE, async move {
+                let event = JournalEvent::OperatorAction { action, detail };
+                if let Err(error) = journal.event(&event).await {
+                    tracing::error!(%error, "cannot record an operator's action");
+                }
+                let _ = answers.send(Recorded::ActionLogged(token));
+            })
+            .await;
+        token
+    }
+
     /// Appends `event` to the event log, in the lane of the port it is
-    /// about (the station's own lane for the others). An operator's action
-    /// is awaited (after what its lane holds): the operator's reply comes
-    /// after the records hold what they did, as it does for a run's start
-    /// and stop. The others are written beside the screen.
+    /// about (the station's own lane for the others), beside the screen.
+    /// (An operator's action goes through [`Self::log_action`].)
     async fn log(&self, event: JournalEvent) {
-        if let JournalEvent::OperatorAction { .. } = &event {
-            let written = self
-                .recorder
-                .ask(STATION_LANE, |journal| async move {
-                    journal.event(&event).await
-                })
-                .await;
-            if let Err(error) = written {
-                tracing::error!(%error, "cannot record an operator's action");
-            }
-            return;
-        }
         let lane = match &event {
             JournalEvent::DeviceAdded { port, .. }
             | JournalEvent::DeviceRemoved { port, .. }
@@ -3108,14 +3440,39 @@ impl Station {
         });
     }
 
+    fn publish_arming(&mut self) {
+        self.publish_snapshot();
+        let _ = self.events.send(StationEvent::Arming {
+            arming: self.arming.as_ref().map(|a| a.view.clone()),
+        });
+    }
+
     fn publish_snapshot(&mut self) {
         let snapshot = Snapshot {
             station_id: self.settings.station_id.clone(),
             ports: self.ports.iter().map(|p| p.view.clone()).collect(),
             run: self.run.as_ref().map(|r| r.view.clone()),
+            arming: self.arming.as_ref().map(|a| a.view.clone()),
         };
         self.snapshot.send_replace(snapshot);
     }
+}
+
+/// The operator's action of arming run `id` (recorded as `start`), in
+/// words: its image, the import it follows (from `source`), a forced raw
+/// write.
+fn arm_detail(id: RunId, start: &RunStart, source: Option<&str>) -> String {
+    let mut detail = match source {
+        Some(source) => format!(
+            "run {id}: {}, following its import from {source}",
+            start.image_name
+        ),
+        None => format!("run {id}: {} ({})", start.image_name, start.image_sha256),
+    };
+    if start.options.force_raw {
+        detail.push_str(", raw write forced");
+    }
+    detail
 }
 
 /// Writes the station errors and run stops the records refused before;

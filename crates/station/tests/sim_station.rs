@@ -2681,6 +2681,8 @@ async fn when_the_records_fail_the_screen_never_shows_a_verdict_or_a_stop_they_d
     let run = rig.handle.snapshot().run.unwrap();
     assert!(!run.armed, "{run:?}");
     assert_eq!(run.stop_reason, Some(StopReason::Operator));
+    // What is known: stopped, its end not in the records yet.
+    assert!(run.recording, "{run:?}");
     assert_eq!(rig.journal.records().runs[0].2, None);
     rig.plug(3, "SER-3", healthy());
     rig.until("detected, not written", |s| {
@@ -2697,6 +2699,11 @@ async fn when_the_records_fail_the_screen_never_shows_a_verdict_or_a_stop_they_d
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(rig.journal.records().runs[0].2, Some(StopReason::Operator));
+    rig.until(
+        "the run no longer shown waiting for its stop's record",
+        |s| s.run.as_ref().is_some_and(|r| !r.recording),
+    )
+    .await;
     let journal = rig.shutdown().await;
     assert_eq!(journal.records().attempts.len(), 1);
 }
@@ -2873,5 +2880,239 @@ async fn a_stick_is_written_only_once_its_start_is_recorded_and_one_pulled_befor
     assert_eq!(records.attempts.len(), 2);
     assert_eq!(port(&snap, "A1").attempt_id, Some(records.attempts[1].id));
     assert_eq!(records.attempts[1].verdict, Some(Verdict::Pass));
+    rig.shutdown().await;
+}
+
+/// Waits until a run's start or stop waits in the records
+/// ([`MemoryJournal::hold_runs`]).
+async fn until_run_held(rig: &Rig, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while rig.journal.runs_held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never reached the records"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_records_take_a_runs_start_the_station_goes_on_and_nothing_is_armed_or_written() {
+    let rig = Arc::new(rig(3, GuardPolicy::default()).await);
+    let first = rig.plug(1, "PRESENT", healthy());
+    rig.until("A1 detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+
+    // The records hold the run's start: the arm's caller waits, the
+    // station does not.
+    rig.journal.hold_runs();
+    let arming = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.arm(RunOptions::default()).await }
+    });
+    until_run_held(&rig, "the run's start").await;
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a run's start is being recorded");
+    let snap = rig
+        .until("the run shown being armed", |s| s.arming.is_some())
+        .await;
+    assert_eq!(snap.arming.as_ref().unwrap().image_name, "test.img");
+    assert!(snap.run.is_none(), "not shown armed: {:?}", snap.run);
+    // Hotplug goes on; no stick is written for a run the records do not
+    // hold.
+    rig.plug(2, "ARRIVED", healthy());
+    rig.until("A2 detected", |s| state(s, "A2") == PortState::Detected)
+        .await;
+    assert_eq!(state(&rig.handle.snapshot(), "A1"), PortState::Detected);
+    for n in [1, 2] {
+        let (_, stick) = rig.control.stick_at(&port_path(n)).unwrap();
+        assert_eq!(stick.counters().bytes_written, 0, "A{n}");
+    }
+    // A second arm, or a stop, meanwhile is refused, and said why.
+    let second = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
+        .await
+        .expect("answered at once");
+    assert!(matches!(second, Err(StationError::Arming)), "{second:?}");
+    let stop = tokio::time::timeout(WAIT, rig.handle.stop_run("too early"))
+        .await
+        .expect("answered at once");
+    assert!(matches!(stop, Err(StationError::Arming)), "{stop:?}");
+    assert!(!arming.is_finished(), "answered before the records hold it");
+    assert!(rig.journal.records().runs.is_empty());
+
+    // Once they hold it, the run is armed (once), its caller answered, and
+    // the sticks present are written.
+    rig.journal.release_runs();
+    let run = tokio::time::timeout(WAIT, arming)
+        .await
+        .expect("the arm is answered once the records hold the run")
+        .unwrap()
+        .unwrap();
+    assert!(run.armed, "{run:?}");
+    let snap = rig
+        .until("both passed", |s| {
+            state(s, "A1") == PortState::Passed && state(s, "A2") == PortState::Passed
+        })
+        .await;
+    assert!(snap.arming.is_none(), "{:?}", snap.arming);
+    let shown = snap.run.clone().unwrap();
+    assert_eq!((shown.id, shown.passed), (run.id, 2), "{shown:?}");
+    let records = rig.journal.records();
+    assert_eq!(records.runs.len(), 1, "{:?}", records.runs);
+    assert_eq!(records.runs[0].0, run.id);
+    assert!(records.attempts.iter().all(|a| a.start.run_id == run.id));
+    assert!(
+        records.events.iter().any(|e| matches!(
+            e,
+            JournalEvent::OperatorAction { detail, .. } if detail.starts_with(&format!("run {}:", run.id))
+        )),
+        "the arming is logged with the run's id: {:?}",
+        records.events
+    );
+    drop(first);
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_start_the_records_refuse_is_never_shown_armed_and_its_caller_hears_why() {
+    let rig = rig(2, GuardPolicy::default()).await;
+    rig.plug(1, "PRESENT", healthy());
+    rig.until("A1 detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    rig.journal.refuse_writes(true);
+    let refused = rig.arm(RunOptions::default()).await;
+    assert!(
+        matches!(refused, Err(StationError::Journal(_))),
+        "{refused:?}"
+    );
+    let snap = rig.handle.snapshot();
+    assert!(
+        snap.run.is_none() && snap.arming.is_none(),
+        "{:?} {:?}",
+        snap.run,
+        snap.arming
+    );
+    assert_eq!(state(&snap, "A1"), PortState::Detected);
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0);
+    assert!(rig.journal.records().runs.is_empty());
+
+    // Taken again: the next arm is armed and writes.
+    rig.journal.refuse_writes(false);
+    let run = rig.arm(RunOptions::default()).await.unwrap();
+    rig.until("A1 passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    assert_eq!(rig.journal.records().runs.len(), 1);
+    assert_eq!(rig.journal.records().runs[0].0, run.id);
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_shown_ended_once_they_hold_it(
+) {
+    let rig = Arc::new(rig(3, GuardPolicy::default()).await);
+    let run = rig.arm(RunOptions::default()).await.unwrap();
+    // A slow stick, still writing when the run is stopped.
+    rig.plug(1, "SLOW", healthy().write_speed(MIB));
+    rig.until("A1 writing", |s| state(s, "A1") == PortState::Writing)
+        .await;
+
+    rig.journal.hold_runs();
+    let stopping = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.handle.stop_run("end of the batch").await }
+    });
+    until_run_held(&rig, "the run's stop").await;
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a run's stop is being recorded");
+    // The stick stops being written at once: its attempt ends interrupted,
+    // recorded and shown, while the run's stop is still being recorded.
+    let snap = rig
+        .until("A1 interrupted", |s| state(s, "A1") == PortState::Failed)
+        .await;
+    assert!(
+        matches!(
+            reason_of(&port(&snap, "A1").verdict),
+            Some(FailReason::Interrupted)
+        ),
+        "{:?}",
+        port(&snap, "A1")
+    );
+    let (_, slow) = rig.control.stick_at(&port_path(1)).unwrap();
+    let written = slow.counters().bytes_written;
+    assert!(written < 16 * MIB, "{written}");
+    // Shown stopping, not ended: armed, its end being recorded.
+    let shown = snap.run.clone().unwrap();
+    assert!(shown.armed && shown.recording, "{shown:?}");
+    assert_eq!(shown.stop_reason, None, "{shown:?}");
+    assert_eq!(rig.journal.records().runs[0].2, None);
+    // Nothing more starts under it; hotplug goes on.
+    rig.plug(2, "LATE", healthy());
+    rig.until("A2 detected", |s| state(s, "A2") == PortState::Detected)
+        .await;
+    // Another stop, or an arm, is refused meanwhile, and said why.
+    let again = tokio::time::timeout(WAIT, rig.handle.stop_run("again"))
+        .await
+        .expect("answered at once");
+    assert!(
+        matches!(again, Err(StationError::Stopping(id)) if id == run.id),
+        "{again:?}"
+    );
+    let arm = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
+        .await
+        .expect("answered at once");
+    assert!(
+        matches!(arm, Err(StationError::Stopping(id)) if id == run.id),
+        "{arm:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(slow.counters().bytes_written, written, "still written");
+    let (_, late) = rig.control.stick_at(&port_path(2)).unwrap();
+    assert_eq!(late.counters().bytes_written, 0);
+    assert!(
+        !stopping.is_finished(),
+        "answered before the records hold it"
+    );
+
+    // Once they hold it: shown ended, the operator answered.
+    rig.journal.release_runs();
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the stop is answered once the records hold it")
+        .unwrap()
+        .unwrap();
+    let shown = rig.handle.snapshot().run.unwrap();
+    assert!(!shown.armed && !shown.recording, "{shown:?}");
+    assert_eq!(shown.stop_reason, Some(StopReason::Operator));
+    assert_eq!(shown.interrupted, 1, "{shown:?}");
+    let records = rig.journal.records();
+    assert_eq!(records.runs[0].2, Some(StopReason::Operator));
+    assert!(
+        matches!(
+            records.attempts[0]
+                .verdict
+                .as_ref()
+                .and_then(Verdict::failure),
+            Some(Failure {
+                reason: FailReason::Interrupted,
+                ..
+            })
+        ),
+        "{:?}",
+        records.attempts[0]
+    );
+
+    // The next run arms and writes the stick that waited.
+    rig.arm(RunOptions::default()).await.unwrap();
+    rig.until("A2 passed", |s| state(s, "A2") == PortState::Passed)
+        .await;
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
     rig.shutdown().await;
 }

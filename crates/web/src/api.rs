@@ -44,6 +44,8 @@ where
 pub fn station_error(error: StationError) -> AppError {
     match error {
         StationError::AlreadyArmed(_)
+        | StationError::Arming
+        | StationError::Stopping(_)
         | StationError::NotArmed
         | StationError::PortNotReady { .. }
         | StationError::MasterPort(_)

@@ -66,6 +66,7 @@ fn serialize(event: &StationEvent) -> (&'static str, String) {
         StationEvent::Port { .. } => "port",
         StationEvent::PortGone { .. } => "port_gone",
         StationEvent::Run { .. } => "run",
+        StationEvent::Arming { .. } => "arming",
     };
     (name, serde_json::to_string(event).unwrap_or_default())
 }

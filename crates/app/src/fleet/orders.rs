@@ -364,6 +364,12 @@ impl Follower {
                 self.report(id, OrderState::Waiting, Some(waiting_for(run)));
                 Step::Settled
             }
+            // The records are taking another run's start or the last run's
+            // stop: asked again once they have (a moment, or their busy
+            // timeout).
+            Err(StationError::Arming | StationError::Stopping(_)) => {
+                Step::RetryAfter(Duration::from_secs(1))
+            }
             Err(error) => {
                 // A source that cannot be read: said, and tried again when
                 // something changes.
