@@ -717,3 +717,129 @@ async fn while_another_process_holds_the_records_locked_the_dashboard_api_keeps_
     }
     app.stop().await.unwrap();
 }
+
+/// How many bytes the simulated stick in port path `path` has taken.
+fn written_at(app: &flashrack_app::testing::TestApp, path: &str) -> u64 {
+    app.rack.stick_at(path).unwrap().1.counters().bytes_written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_another_process_holds_the_records_locked_an_arm_and_a_stop_wait_for_them_and_the_station_does_not(
+) {
+    let app = spawn_app().await;
+    let handle = app.station.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(3 * MIB as usize, 13, 256 * 1024);
+    let (path, manifest) = flashrack_testkit::image_from_bytes(dir.path(), &bytes, 256 * 1024);
+    let request = ArmRequest {
+        image: SourceImage::cached(path, manifest),
+        image_name: "locked.img".into(),
+        options: RunOptions::default(),
+        sparse: None,
+    };
+    app.rack.plug("t-1", "PRESENT", healthy()).unwrap();
+    until(&handle, "A1 detected", |s| {
+        state(s, "A1") == PortState::Detected
+    })
+    .await;
+
+    // Armed while another process holds the records' write lock: the arm
+    // waits for the records (well within the store's 10 s busy timeout
+    // here), the station does not.
+    let lock = WriteLockHolder::take(&app.database());
+    let arming = tokio::spawn({
+        let handle = handle.clone();
+        let request = request.clone();
+        async move { handle.arm(request).await }
+    });
+    until(&handle, "the run shown being armed", |s| s.arming.is_some()).await;
+    assert!(handle.snapshot().run.is_none());
+    // Hotplug and commands go on: a stick is shown, another arm refused.
+    app.rack.plug("t-2", "ARRIVED", healthy()).unwrap();
+    until(&handle, "A2 detected", |s| {
+        state(s, "A2") == PortState::Detected
+    })
+    .await;
+    let station = app.get("/api/v1/station").await.json();
+    assert_eq!(station["arming"]["image_name"], "locked.img", "{station}");
+    let second = app
+        .post(
+            "/api/v1/runs/current/stop",
+            Some(json!({ "reason": "too early" })),
+        )
+        .await;
+    assert_eq!(second.status, 409, "{}", second.body);
+    assert!(!arming.is_finished(), "armed before the records hold it");
+    assert_eq!(written_at(&app, "t-1"), 0);
+    drop(lock);
+    let run = tokio::time::timeout(Duration::from_secs(30), arming)
+        .await
+        .expect("the arm is answered once the lock goes")
+        .unwrap()
+        .unwrap();
+    assert!(run.armed, "{run:?}");
+    until(&handle, "A1 and A2 passed", |s| {
+        state(s, "A1") == PortState::Passed && state(s, "A2") == PortState::Passed
+    })
+    .await;
+
+    // A slow stick is being written when the run is stopped under the lock:
+    // it stops being written at once, the run is shown stopping (armed,
+    // recording) until the records hold its end, and the stop is answered
+    // then.
+    app.rack
+        .plug("t-3", "SLOW", healthy().write_speed(MIB / 4))
+        .unwrap();
+    until(&handle, "A3 writing", |s| {
+        state(s, "A3") == PortState::Writing
+    })
+    .await;
+    let lock = WriteLockHolder::take(&app.database());
+    let stopping = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.stop_run("end of the batch").await }
+    });
+    until(&handle, "the run shown stopping", |s| {
+        s.run.as_ref().is_some_and(|r| r.armed && r.recording)
+    })
+    .await;
+    // A3 stops being written (two looks a moment apart agree), far from
+    // the image's end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stopped_at = loop {
+        let before = written_at(&app, "t-3");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = written_at(&app, "t-3");
+        if before == after {
+            break after;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A3 is still being written"
+        );
+    };
+    assert!(stopped_at < 3 * MIB, "{stopped_at}");
+    let again = app.post("/api/v1/runs/current/stop", None).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(
+        !stopping.is_finished(),
+        "stopped before the records hold it"
+    );
+    let shown = handle.snapshot().run.unwrap();
+    assert_eq!(shown.stop_reason, None, "{shown:?}");
+    drop(lock);
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("the stop is answered once the lock goes")
+        .unwrap()
+        .unwrap();
+    let shown = handle.snapshot().run.unwrap();
+    assert!(!shown.armed && !shown.recording, "{shown:?}");
+    let report = app
+        .get(&format!("/api/v1/runs/{}/report?format=json", run.id.0))
+        .await
+        .json();
+    assert_eq!(report["run"]["stop_reason"], "operator", "{report}");
+    assert_eq!(written_at(&app, "t-3"), stopped_at);
+    app.stop().await.unwrap();
+}
