@@ -4,7 +4,9 @@
 //! length. Sticks (loop devices the test attaches, as root) follow the
 //! decoded stream: every target writes while the server holds the rest of
 //! the file (proven by the order of events, not by timing); a wrong digest
-//! fails every target before any verdict and caches nothing; a stick too
+//! fails every target before any verdict and caches nothing; so do they
+//! follow a zip whose file's sizes follow its data (a data descriptor), and
+//! a descriptor that lies fails them all the same; a stick too
 //! small fails with its reason when the write passes its end while the other
 //! passes, and the run names the real image. And a file that changes on the
 //! server while a flash follows it (§3; file targets, no root): every target
@@ -29,6 +31,21 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(data).unwrap();
     encoder.finish().unwrap()
+}
+
+/// A zip of one deflated file written to a stream (what `zip` writes to a
+/// pipe, Java's `ZipOutputStream`, a web server's zip made on the fly): its
+/// CRC-32 and sizes follow its data, in a data descriptor.
+fn zip_written_to_a_stream(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new_stream(Vec::new());
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    writer.start_file(name, options).unwrap();
+    writer.write_all(data).unwrap();
+    let archive = writer.finish().unwrap().into_inner();
+    // Bit 3 of the local header's flags: the sizes follow the data.
+    assert_ne!(archive[6] & 0x08, 0, "a data descriptor");
+    archive
 }
 
 /// Flashes `served` (the image `raw`, as the server has it) to two loop
@@ -112,6 +129,84 @@ async fn sticks_follow_a_raw_image_whose_server_states_no_length() {
         gate,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_follow_a_zip_whose_sizes_follow_its_data_as_it_downloads() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let raw = image_bytes(24 * MIB, 75, 64 << 10);
+    let file = zip_written_to_a_stream("disk.img", &raw);
+    let gate = file.len() / 2;
+    followed_to_two_sticks(
+        Served::new(file, "zip-dd-1").behaving(Behaviour::GatedAt(gate)),
+        &raw,
+        gate,
+    )
+    .await;
+}
+
+/// The data descriptor comes after the entry's data, so the sticks have
+/// written most of it when it is read: one whose CRC-32 lies fails every
+/// stick before any verdict, and nothing is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_whose_data_descriptor_lies_fails_every_following_stick_before_any_verdict() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let raw = image_bytes(16 * MIB, 76, 64 << 10);
+    let mut file = zip_written_to_a_stream("disk.img", &raw);
+    let directory = file
+        .windows(4)
+        .position(|w| w == b"PK\x01\x02")
+        .expect("a central directory header");
+    let descriptor = file[..directory]
+        .windows(4)
+        .rposition(|w| w == b"PK\x07\x08")
+        .expect("a data descriptor");
+    // Its CRC-32, after its signature; the central directory's is right.
+    file[descriptor + 4] ^= 0xff;
+    let server = FileServer::start().await;
+    let gate = file.len() / 2;
+    server.serve(
+        "/os.zip",
+        Served::new(file, "zip-dd-2").behaving(Behaviour::GatedAt(gate)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let devices = [LoopDevice::new(32 << 20), LoopDevice::new(32 << 20)];
+    let targets: Vec<&Path> = devices.iter().map(|d| d.path()).collect();
+    let held = server.clone();
+    let (events, outcome) = flash_watching(
+        &data_dir,
+        import(
+            &server,
+            "/os.zip",
+            DigestCheck::Sha256(Sha256Digest::of(&raw)),
+        ),
+        3,
+        request(&targets),
+        |events| written_before_the_gate(events, 2, &held, gate as u64, || held.open_gate()),
+    )
+    .await;
+    let error = outcome.expect_err("the flash fails");
+    let words = flashrack_app::downloads::error_chain(&error);
+    assert!(words.contains("data descriptor says"), "{words}");
+    let ended = verdicts(&events);
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    for (target, verdict) in &ended {
+        assert_eq!(
+            verdict.failure().map(|f| &f.reason),
+            Some(&FailReason::Interrupted),
+            "{target}: {verdict:?}"
+        );
+    }
+    assert!(open_cache(&data_dir).unwrap().list().unwrap().is_empty());
+    let report = run_report(&data_dir).await;
+    assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
+    assert_eq!(report["run"]["passed"], 0);
+    assert_eq!(report["run"]["interrupted"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

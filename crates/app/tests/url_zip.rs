@@ -2,10 +2,12 @@
 //! loopback (`flashrack_testkit::http_files`) and archives the test makes:
 //! the archive is downloaded whole into the partial file (resumable as any
 //! download: a cut is resumed with a `Range`), its chosen file read as it
-//! arrives where its local header gives its sizes and checked against the
-//! central directory at the end (a directory that disagrees fails it), else
-//! read from the partial file once whole (a data descriptor): the only one,
-//! or the one named (`zip_entry`); an archive of
+//! arrives where its local header gives its sizes, or inflated as it
+//! arrives where they follow its data (a data descriptor, checked against
+//! what arrived), and checked against the central directory at the end (a
+//! descriptor or a directory that disagrees fails it), else read from the
+//! partial file once whole (stored data with a data descriptor): the only
+//! one, or the one named (`zip_entry`); an archive of
 //! several files without a name, or with a name it does not hold, is refused
 //! with the names of its files and keeps its download (a second try with the
 //! right name downloads nothing again); a truncated archive and an entry
@@ -355,57 +357,134 @@ async fn a_truncated_zip_and_an_entry_whose_crc_is_wrong_leave_nothing() {
     );
 }
 
-/// A zip written to a stream gives its entry's sizes only after its data
-/// (a data descriptor): it cannot be read as it arrives, so it is read from
-/// its end once downloaded, as before; a named entry after another file is
-/// read past as it arrives.
+/// A zip written to a stream (`zip` to a pipe, Java's `ZipOutputStream`, a
+/// web server's zip made on the fly): each file's CRC-32 and sizes follow
+/// its data, in a data descriptor.
+fn zip_written_to_a_stream(entries: &[(&str, &[u8])], method: zip::CompressionMethod) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new_stream(Vec::new());
+    let options = zip::write::SimpleFileOptions::default().compression_method(method);
+    for (name, bytes) in entries {
+        writer.start_file(*name, options).unwrap();
+        writer.write_all(bytes).unwrap();
+    }
+    let archive = writer.finish().unwrap().into_inner();
+    // Bit 3 of the first local header's flags: the sizes follow the data.
+    assert_ne!(archive[6] & 0x08, 0, "a data descriptor");
+    archive
+}
+
+/// Where the last data descriptor of `archive` starts (its signature), and
+/// its central directory's first header.
+fn descriptor_and_directory(archive: &[u8]) -> (usize, usize) {
+    let directory = archive
+        .windows(4)
+        .position(|w| w == b"PK\x01\x02")
+        .expect("a central directory header");
+    let descriptor = archive[..directory]
+        .windows(4)
+        .rposition(|w| w == b"PK\x07\x08")
+        .expect("a data descriptor");
+    (descriptor, directory)
+}
+
+/// A deflated file whose sizes follow its data is inflated as it arrives
+/// and checked against its data descriptor and the central directory (the
+/// one named too, after another such file); a stored one cannot be (stored
+/// data does not mark its end), so it is read from the partial file once
+/// whole, as before; a named entry after another file is read past as it
+/// arrives.
 #[tokio::test]
-async fn a_zip_with_data_descriptors_is_read_from_its_end_and_a_named_entry_found_past_others() {
+async fn a_zip_with_data_descriptors_is_imported_and_a_named_entry_found_past_others() {
     let raw = image_bytes(2 * MIB, 65, 64 << 10);
     let other = image_bytes(MIB, 66, 64 << 10);
-    let streamed = {
-        let mut writer = zip::ZipWriter::new_stream(Vec::new());
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        writer.start_file("disk.img", options).unwrap();
-        writer.write_all(&raw).unwrap();
-        writer.finish().unwrap().into_inner()
-    };
-    // Bit 3 of the local header's flags: the sizes follow the data.
-    assert_ne!(streamed[6] & 0x08, 0, "a data descriptor");
+    let deflated = zip_written_to_a_stream(&[("disk.img", &raw)], zip::CompressionMethod::Deflated);
+    let stored = zip_written_to_a_stream(&[("disk.img", &raw)], zip::CompressionMethod::Stored);
+    let several = zip_written_to_a_stream(
+        &[("readme.txt", &other), ("disk.img", &raw)],
+        zip::CompressionMethod::Deflated,
+    );
     let two = zip_of(
         &[("notes/", b""), ("readme.txt", &other), ("disk.img", &raw)],
         zip::CompressionMethod::Deflated,
     );
     let server = FileServer::start().await;
-    server.serve("/streamed.zip", Served::new(streamed.clone(), "dd-1"));
-    server.serve("/two.zip", Served::new(two, "two-1"));
+    server.serve("/deflated.zip", Served::new(deflated.clone(), "dd-1"));
+    server.serve("/stored.zip", Served::new(stored.clone(), "dd-2"));
+    server.serve("/several.zip", Served::new(several.clone(), "dd-3"));
+    server.serve("/two.zip", Served::new(two.clone(), "two-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for (path, archive, entry) in [
+        ("/deflated.zip", &deflated, None),
+        ("/stored.zip", &stored, None),
+        ("/several.zip", &several, Some("disk.img")),
+        ("/two.zip", &two, Some("disk.img")),
+    ] {
+        // A cache of its own each: the image is imported every time.
+        let cache = open_cache(&data_dir.join(&path[1..])).unwrap();
+        let outcome = import_url(
+            &cache,
+            &data_dir,
+            &request(&server, path, entry),
+            policy(),
+            |_| {},
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e:#}"));
+        assert!(outcome.hit.is_none(), "{path}");
+        assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw), "{path}");
+        assert_eq!(outcome.image.meta.zip_entry.as_deref(), Some("disk.img"));
+        assert_eq!(outcome.image.meta.input_sha256, Sha256Digest::of(archive));
+        assert_eq!(server.requests_for(path).len(), 1, "{path}");
+    }
+}
+
+/// A file inflated as it arrived is checked against its data descriptor
+/// and against the central directory: either one lying about it fails the
+/// import as a corrupt archive, and nothing is kept.
+#[tokio::test]
+async fn a_descriptor_or_a_directory_that_lies_about_an_inflated_entry_leaves_nothing() {
+    let raw = image_bytes(2 * MIB, 68, 64 << 10);
+    let archive = zip_written_to_a_stream(&[("disk.img", &raw)], zip::CompressionMethod::Deflated);
+    let (descriptor, directory) = descriptor_and_directory(&archive);
+    let lie = |at: usize| {
+        let mut archive = archive.clone();
+        archive[at] ^= 0x10;
+        archive
+    };
+    let server = FileServer::start().await;
+    // After the descriptor's signature: its CRC-32, then the sizes; the
+    // directory's size is 24 bytes into its header.
+    server.serve("/crc.zip", Served::new(lie(descriptor + 4), "crc-1"));
+    server.serve("/size.zip", Served::new(lie(descriptor + 12), "size-1"));
+    server.serve("/dir.zip", Served::new(lie(directory + 24), "dir-1"));
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let cache = open_cache(&data_dir).unwrap();
-    let outcome = import_url(
-        &cache,
-        &data_dir,
-        &request(&server, "/streamed.zip", None),
-        policy(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
-    assert_eq!(outcome.image.meta.zip_entry.as_deref(), Some("disk.img"));
-    assert_eq!(outcome.image.meta.input_sha256, Sha256Digest::of(&streamed));
-    let outcome = import_url(
-        &cache,
-        &data_dir,
-        &request(&server, "/two.zip", Some("disk.img")),
-        policy(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
-    assert_eq!(outcome.image.meta.zip_entry.as_deref(), Some("disk.img"));
+    for (path, says) in [
+        ("/crc.zip", "disk.img's data descriptor says CRC-32"),
+        ("/size.zip", "disk.img's data descriptor says"),
+        ("/dir.zip", "central directory lists disk.img"),
+    ] {
+        let error = import_url(
+            &cache,
+            &data_dir,
+            &request(&server, path, None),
+            policy(),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        match image_error(&error) {
+            ImageError::Corrupt { format, reason, .. } => {
+                assert_eq!(*format, ImageFormat::Zip, "{path}");
+                assert!(reason.contains(says), "{path}: {reason}");
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    assert!(cache.list().unwrap().is_empty());
+    assert_eq!(downloads_left(&data_dir), 0);
 }
 
 /// An entry read as it arrived is checked against the central directory

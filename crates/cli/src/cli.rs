@@ -334,7 +334,7 @@ pub enum ImageCommand {
     /// once, hash, and cache it under its sha256. An http or https URL is
     /// downloaded and imported in the same pass (resumed after a cut or a
     /// restart; a zip archive's file is read as it arrives, or from the
-    /// whole download when its sizes follow its data).
+    /// whole download when it is stored and its sizes follow its data).
     Import {
         /// The file or URL to import.
         #[arg(value_name = "FILE|URL")]
@@ -373,7 +373,7 @@ pub enum ImageCommand {
         /// (its name in the archive). Without it such an archive is refused
         /// with the names of its files. A zip from a URL is downloaded
         /// (resumable) and its file read as it arrives, or from the whole
-        /// download when its sizes follow its data.
+        /// download when it is stored and its sizes follow its data.
         #[arg(long, value_name = "NAME")]
         zip_entry: Option<String>,
         /// Print the result as JSON.

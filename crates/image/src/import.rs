@@ -3,7 +3,7 @@
 //! and move the result into place.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -25,6 +25,7 @@ use crate::fsutil::{write_json_atomic, TempFile};
 use crate::index::{FileIdentity, SourceEntry};
 use crate::input::{
     direct_reader, hash_all, read_full, stream_decoder, InputError, InputReader, ReadAhead,
+    INPUT_BUFFER,
 };
 use crate::observe::ImportObserver;
 use crate::pass::{digest_and_store, ChunkHashing, PassError, RawDigests, Watch};
@@ -965,14 +966,14 @@ pub(crate) fn decode_zip<R: Read + Seek>(
     path: &Path,
     input: &mut InputReader<R>,
     wanted: Option<&str>,
-    before: &mut dyn FnMut(u64),
+    before: &mut dyn FnMut(Option<u64>),
     pass: ZipPass<'_, '_>,
     pass_error: &dyn Fn(PassError) -> ImageError,
 ) -> Result<(RawDigests, String), ImageError> {
     let mut archive = ZipArchive::new(input).map_err(|e| zip_error(path, e))?;
     let (index, name) = choose_zip_entry(path, &mut archive, wanted)?;
     let mut entry = archive.by_index(index).map_err(|e| zip_error(path, e))?;
-    before(entry.size());
+    before(Some(entry.size()));
     let raw = pass.digest_and_store(&mut entry).map_err(pass_error)?;
     Ok((raw, name))
 }
@@ -995,40 +996,107 @@ pub(crate) struct StreamedEntry {
 /// Imports one file of the zip archive arriving on `input` as it arrives,
 /// from its local header (the central directory, at the archive's end, is
 /// not there yet): the entry named `wanted`, or the first file when none is
-/// named (entries before it, and directories, are read past). The zip
-/// reader checks the entry's bytes against the CRC-32 and sizes its local
-/// header declares; [`check_streamed_zip`] checks them, and the choice,
-/// against the central directory once the archive is whole. `Ok(None)`:
-/// the entry cannot be streamed (its sizes follow its data, in a data
-/// descriptor, or an entry before it does), decided before any of its bytes
-/// is decoded, so the caller reads the archive from its end instead.
-/// `before` is told the entry's size before its first byte is decoded.
+/// named (entries before it, and directories, are read past). An entry whose
+/// local header gives its sizes is read by the zip reader, which checks its
+/// bytes against the CRC-32 and sizes that header declares, and `before` is
+/// told its size. A deflated entry whose sizes follow its data (bit 3 of its
+/// flags, a data descriptor: what a zip written to a stream has) is inflated
+/// as it arrives, deflate marking its own end, and `before` is told no size
+/// (`None`); its CRC-32 and sizes are computed as it goes and checked against
+/// its data descriptor once its data has ended. [`check_streamed_zip`] then
+/// checks the entry, and the choice, against the central directory once the
+/// archive is whole. `Ok(None)`: the entry cannot be streamed (sizes after
+/// the data of an entry that is not deflated, or encrypted, or such an entry
+/// before it (a stored directory with a data descriptor, which holds
+/// nothing, is read past), or a record this reader does not know), decided
+/// before any of
+/// its bytes is decoded, so the caller reads the archive from its end
+/// instead. `before` is called before the entry's first byte is decoded.
 pub(crate) fn stream_zip_entry<R: Read>(
     path: &Path,
     input: &mut InputReader<R>,
     wanted: Option<&str>,
-    before: &mut dyn FnMut(u64),
+    before: &mut dyn FnMut(Option<u64>),
     pass: ZipPass<'_, '_>,
     pass_error: &dyn Fn(PassError) -> ImageError,
 ) -> Result<Option<(RawDigests, StreamedEntry)>, ImageError> {
+    // Buffered, so that a deflate decoder takes from the buffer only the
+    // bytes of its stream and leaves the data descriptor after it there.
+    // Bytes buffered past the point where this stops were hashed and counted
+    // by `input` as they were read: the caller's `finish_stream` goes on
+    // from there.
+    let mut input = io::BufReader::with_capacity(INPUT_BUFFER, input);
+    let io_error = |e: io::Error| zip_error(path, ZipError::Io(e));
     loop {
-        let entry = match zip::read::read_zipfile_from_stream(input) {
+        let Some(header) = LocalHeader::read(&mut input).map_err(io_error)? else {
+            // The central directory (no entry to stream before it), or a
+            // record not known here: the archive's directory says what is
+            // there.
+            return Ok(None);
+        };
+        if header.sizes_follow_data() {
+            let Some(name) = header.name() else {
+                return Ok(None);
+            };
+            let is_file = !name.ends_with('/') && !name.ends_with('\\');
+            if header.method == METHOD_STORED && !is_file {
+                // A directory holds nothing: its descriptor follows its
+                // header (`zip` writing to a pipe stores directories so).
+                check_descriptor(path, &mut input, &header, &name, (0, 0, 0))?;
+                continue;
+            }
+            if header.method != METHOD_DEFLATE {
+                // Stored data does not mark its end (nor is another method
+                // decoded here): read from the archive's end.
+                return Ok(None);
+            }
+            let chosen = is_file && wanted.is_none_or(|wanted| wanted == name);
+            if !chosen {
+                // Read past: inflated to its end, its descriptor checked.
+                let found = {
+                    let mut entry = Inflating::new(&mut input);
+                    io::copy(&mut entry, &mut io::sink()).map_err(io_error)?;
+                    entry.finish()
+                };
+                check_descriptor(path, &mut input, &header, &name, found)?;
+                continue;
+            }
+            before(None);
+            let (raw, (crc32, compressed_size, size)) = {
+                let mut entry = Inflating::new(&mut input);
+                let raw = pass.digest_and_store(&mut entry).map_err(pass_error)?;
+                (raw, entry.finish())
+            };
+            check_descriptor(
+                path,
+                &mut input,
+                &header,
+                &name,
+                (crc32, compressed_size, size),
+            )?;
+            let facts = StreamedEntry {
+                name,
+                crc32,
+                compressed_size,
+                size,
+            };
+            return Ok(Some((raw, facts)));
+        }
+        // The zip reader reads the header again, from memory, then the
+        // entry's data from the stream.
+        let mut replay = io::Cursor::new(&header.bytes[..]).chain(&mut input);
+        let mut entry = match zip::read::read_zipfile_from_stream(&mut replay) {
             Ok(Some(entry)) => entry,
-            // The central directory, and no entry to stream before it: the
-            // archive's directory says what is missing.
             Ok(None) => return Ok(None),
-            // Sizes only after the data: not streamable here.
             Err(ZipError::UnsupportedArchive(_)) => return Ok(None),
             Err(error) => return Err(zip_error(path, error)),
         };
-        let mut entry = entry;
         let name = entry.name().map_err(|e| zip_error(path, e))?.into_owned();
         let is_file = !name.ends_with('/') && !name.ends_with('\\');
         let chosen = is_file && wanted.is_none_or(|wanted| wanted == name);
         if !chosen {
             // Read past (the reader is positioned after it when dropped).
-            std::io::copy(&mut entry, &mut std::io::sink())
-                .map_err(|e| zip_error(path, ZipError::Io(e)))?;
+            io::copy(&mut entry, &mut io::sink()).map_err(io_error)?;
             continue;
         }
         let facts = StreamedEntry {
@@ -1037,7 +1105,7 @@ pub(crate) fn stream_zip_entry<R: Read>(
             compressed_size: entry.compressed_size(),
             size: entry.size(),
         };
-        before(facts.size);
+        before(Some(facts.size));
         let raw = pass.digest_and_store(&mut entry).map_err(pass_error)?;
         if raw.size != facts.size {
             return Err(ImageError::Corrupt {
@@ -1051,6 +1119,180 @@ pub(crate) fn stream_zip_entry<R: Read>(
         }
         return Ok(Some((raw, facts)));
     }
+}
+
+/// A local file header's signature.
+const LOCAL_HEADER_SIGNATURE: u32 = 0x0403_4b50;
+/// The optional signature of a data descriptor.
+const DATA_DESCRIPTOR_SIGNATURE: u32 = 0x0807_4b50;
+/// Bit 3 of a local header's flags: the CRC-32 and sizes follow the data.
+const FLAG_DATA_DESCRIPTOR: u16 = 1 << 3;
+/// Bit 0: the entry is encrypted.
+const FLAG_ENCRYPTED: u16 = 1;
+/// Compression method 8.
+const METHOD_DEFLATE: u16 = 8;
+/// Compression method 0: the data as it is.
+const METHOD_STORED: u16 = 0;
+/// The zip64 extended information extra field's id.
+const EXTRA_ZIP64: u16 = 0x0001;
+
+/// A zip entry's local header as it came off the stream, whole (signature,
+/// fixed part, name and extra fields), with what decides how it is read.
+struct LocalHeader {
+    /// Its bytes, for the zip reader to read again.
+    bytes: Vec<u8>,
+    /// Its general-purpose flags.
+    flags: u16,
+    /// Its compression method.
+    method: u16,
+    /// Whether it carries a zip64 extra field: its data descriptor's sizes
+    /// are then 8 bytes each.
+    zip64: bool,
+}
+
+impl LocalHeader {
+    /// Reads the next record off `input` if it is a local header; `None`
+    /// (its first four bytes read) if it is anything else: the central
+    /// directory or its end, or a record not known here.
+    fn read(input: &mut impl Read) -> io::Result<Option<Self>> {
+        let mut bytes = vec![0u8; 30];
+        input.read_exact(&mut bytes[..4])?;
+        if u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) != LOCAL_HEADER_SIGNATURE {
+            return Ok(None);
+        }
+        input.read_exact(&mut bytes[4..])?;
+        let u16_at = |bytes: &[u8], at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        let flags = u16_at(&bytes, 6);
+        let method = u16_at(&bytes, 8);
+        let name_len = usize::from(u16_at(&bytes, 26));
+        let extra_len = usize::from(u16_at(&bytes, 28));
+        bytes.resize(30 + name_len + extra_len, 0);
+        input.read_exact(&mut bytes[30..])?;
+        let mut zip64 = false;
+        let mut extra = &bytes[30 + name_len..];
+        while extra.len() >= 4 {
+            let id = u16_at(extra, 0);
+            let len = usize::from(u16_at(extra, 2));
+            zip64 |= id == EXTRA_ZIP64;
+            extra = extra.get(4 + len..).unwrap_or_default();
+        }
+        Ok(Some(Self {
+            bytes,
+            flags,
+            method,
+            zip64,
+        }))
+    }
+
+    /// Whether the entry's CRC-32 and sizes follow its data.
+    fn sizes_follow_data(&self) -> bool {
+        self.flags & FLAG_DATA_DESCRIPTOR != 0
+    }
+
+    /// The entry's name as the zip reader reads it (the central directory's
+    /// is read the same way, so the two compare), if it is not encrypted.
+    /// `None` otherwise, or if the zip reader refuses the header: the entry
+    /// is then read from the archive's end.
+    fn name(&self) -> Option<String> {
+        if self.flags & FLAG_ENCRYPTED != 0 {
+            return None;
+        }
+        // The header alone, with no data after it: only its name is read.
+        let mut header = io::Cursor::new(&self.bytes[..]);
+        let entry = zip::read::read_zipfile_from_stream_with_compressed_size(&mut header, 0)
+            .ok()
+            .flatten()?;
+        let name = entry.name().ok()?.into_owned();
+        Some(name)
+    }
+}
+
+/// A deflated entry whose sizes follow its data, inflated as it arrives:
+/// deflate marks its own end, so the decoder stops there and leaves what
+/// follows (the data descriptor) in the buffer it reads from. Computes the
+/// CRC-32 and size of what it yields.
+struct Inflating<'a, B: BufRead> {
+    decoder: flate2::bufread::DeflateDecoder<&'a mut B>,
+    crc: flate2::Crc,
+    size: u64,
+    /// The deflate stream has ended: never asked again.
+    ended: bool,
+}
+
+impl<'a, B: BufRead> Inflating<'a, B> {
+    fn new(input: &'a mut B) -> Self {
+        Self {
+            decoder: flate2::bufread::DeflateDecoder::new(input),
+            crc: flate2::Crc::new(),
+            size: 0,
+            ended: false,
+        }
+    }
+
+    /// The CRC-32, compressed size and size of the entry, once read to its end.
+    fn finish(&self) -> (u32, u64, u64) {
+        (self.crc.sum(), self.decoder.total_in(), self.size)
+    }
+}
+
+impl<B: BufRead> Read for Inflating<'_, B> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ended || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.decoder.read(buf)?;
+        self.ended = n == 0;
+        self.crc.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads the data descriptor that follows an entry's data off `input` and
+/// checks it against what the data was (`found`: CRC-32, compressed size,
+/// size): a descriptor that is missing or disagrees is a corrupt archive.
+/// Its sizes are 8 bytes each when the local header had a zip64 field or a
+/// size needs them (as Java's `ZipOutputStream` writes them), else 4; its
+/// signature is optional.
+fn check_descriptor(
+    path: &Path,
+    input: &mut impl Read,
+    header: &LocalHeader,
+    name: &str,
+    found: (u32, u64, u64),
+) -> Result<(), ImageError> {
+    let corrupt = |reason: String| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: ImageFormat::Zip,
+        reason,
+    };
+    let (crc32, compressed_size, size) = found;
+    let wide = header.zip64 || compressed_size > u64::from(u32::MAX) || size > u64::from(u32::MAX);
+    let read = |input: &mut dyn Read, len: usize| -> Result<u64, ImageError> {
+        let mut bytes = [0u8; 8];
+        match input.read_exact(&mut bytes[..len]) {
+            Ok(()) => Ok(u64::from_le_bytes(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(corrupt(format!(
+                "truncated: {name} has no data descriptor after its data"
+            ))),
+            Err(e) => Err(zip_error(path, ZipError::Io(e))),
+        }
+    };
+    let mut listed_crc = read(input, 4)?;
+    if listed_crc == u64::from(DATA_DESCRIPTOR_SIGNATURE) {
+        listed_crc = read(input, 4)?;
+    }
+    let width = if wide { 8 } else { 4 };
+    let listed_compressed = read(input, width)?;
+    let listed_size = read(input, width)?;
+    if (listed_crc, listed_compressed, listed_size) != (u64::from(crc32), compressed_size, size) {
+        return Err(corrupt(format!(
+            "{name}'s data descriptor says CRC-32 {listed_crc:08x}, {listed_compressed} bytes \
+             compressed, {listed_size} bytes, but its data is CRC-32 {crc32:08x}, \
+             {compressed_size} bytes compressed, {size} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// The archive's entry to import: the one named `wanted`, or its only file

@@ -11,10 +11,12 @@
 //! directory at its end. Its chosen file
 //! ([`ImportOptions::zip_entry`](crate::ImportOptions::zip_entry), as for a
 //! file import) is decoded as it arrives from its local header when that
-//! gives its sizes, and checked against the central directory once the
-//! stream has ended; a file whose sizes follow its data (a data descriptor)
-//! is read from the spool file once the stream has ended (its sha256
-//! computed as it arrives either way). Without a spool file a zip is
+//! gives its sizes, or inflated as it arrives when it is deflated and its
+//! sizes follow its data (a data descriptor, checked against what arrived),
+//! and checked against the central directory once the stream has ended; a
+//! stored file whose sizes follow its data (stored data does not mark its
+//! end) is read from the spool file once the stream has ended (the
+//! archive's sha256 computed as it arrives either way). Without a spool file a zip is
 //! refused with [`ImageError::Unsupported`]. The stream formats and raw images are
 //! imported as they come.
 
@@ -139,7 +141,8 @@ impl ImageCache {
         // Whoever follows the import hears of it from here on, as of a
         // file's: the raw bytes go to the temporary file, chunk by chunk.
         let observer = options.observer.as_deref();
-        // A zip's entry, and its size, are known once it has downloaded.
+        // A zip's observer hears of the pass once its entry is found (with
+        // its size when its local header gives it), below.
         if let (Some(observer), None) = (observer, &spooled) {
             let size = match format {
                 ImageFormat::Raw => source.declared_length.get().copied(),
@@ -173,7 +176,9 @@ impl ImageCache {
         let mut zip_entry = None;
         let passed = if let Some(spooled) = &spooled {
             // The entry as it arrives, from its local header, where it can
-            // be (its sizes before its data); the rest of the stream to its
+            // be (its sizes before its data, or deflated: its size unknown
+            // until its end, checked against the data descriptor after it);
+            // the rest of the stream to its
             // end (hashed as it arrives: the sha256 of the file as given);
             // then the archive's central directory, from the file the stream
             // was written to: the streamed entry checked against it, or,
@@ -187,9 +192,9 @@ impl ImageCache {
                     path: out_path.clone(),
                     source,
                 })?;
-            let mut tell = |size| {
+            let mut tell = |size: Option<u64>| {
                 if let Some(observer) = observer {
-                    observer.began(&raw_file, chunk_size, Some(size));
+                    observer.began(&raw_file, chunk_size, size);
                 }
             };
             let streamed = stream_zip_entry(

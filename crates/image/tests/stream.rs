@@ -5,12 +5,14 @@
 
 mod common;
 
+use std::fs::File;
 use std::io::{self, Cursor, Read};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use common::{compressed_formats, sample_image, zip};
 use flashrack_core::{DigestSource, Provenance, Sha256Digest};
-use flashrack_image::{ImageCache, ImageError, StreamSource};
+use flashrack_image::{ImageCache, ImageError, ImportObserver, ImportOptions, StreamSource};
 
 fn source(name: &str) -> (StreamSource, Arc<OnceLock<Provenance>>) {
     let slot = Arc::new(OnceLock::new());
@@ -308,4 +310,293 @@ fn a_zip_stream_is_read_from_the_file_it_was_spooled_to_once_it_has_ended() {
         "{error:?}"
     );
     no_entries(&cache);
+}
+
+/// A zip written to a stream (`ZipWriter::new_stream`, as `zip` to a pipe or
+/// Java's `ZipOutputStream` write it): every entry's CRC-32 and sizes follow
+/// its data, in a data descriptor. `Some(bytes)` entries are files, `None`
+/// entries directories.
+fn streamed_zip(entries: &[(&str, Option<&[u8]>)], method: zip::CompressionMethod) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new_stream(Vec::new());
+    let options = zip::write::SimpleFileOptions::default().compression_method(method);
+    for (name, content) in entries {
+        match content {
+            Some(bytes) => {
+                writer.start_file(*name, options).unwrap();
+                writer.write_all(bytes).unwrap();
+            }
+            None => writer.add_directory(*name, options).unwrap(),
+        }
+    }
+    let archive = writer.finish().unwrap().into_inner();
+    // Bit 3 of each file's local header's flags: its sizes follow its data.
+    let headers: Vec<usize> = (0..archive.len() - 30)
+        .filter(|&at| archive[at..].starts_with(b"PK\x03\x04"))
+        .collect();
+    assert_eq!(headers.len(), entries.len());
+    for (at, (name, content)) in headers.into_iter().zip(entries) {
+        let name_len = usize::from(u16::from_le_bytes([archive[at + 26], archive[at + 27]]));
+        assert_eq!(&archive[at + 30..at + 30 + name_len], name.as_bytes());
+        if content.is_some() {
+            assert_ne!(archive[at + 6] & 0x08, 0, "{name} has a data descriptor");
+        }
+    }
+    archive
+}
+
+/// `archive` (one [`streamed_zip`] wrote, a directory first) with a data
+/// descriptor after that directory too, as `zip` writing to a pipe stores
+/// directories: bit 3 set in both its headers, an empty descriptor after its
+/// local header, and the offsets after it moved on.
+fn with_a_directory_descriptor(archive: &[u8]) -> Vec<u8> {
+    let u16_at = |a: &[u8], at: usize| usize::from(u16::from_le_bytes([a[at], a[at + 1]]));
+    let u32_at = |a: &[u8], at: usize| u32::from_le_bytes(a[at..at + 4].try_into().unwrap());
+    let name_len = u16_at(archive, 26);
+    assert!(
+        archive[30..30 + name_len].ends_with(b"/"),
+        "a directory first"
+    );
+    let header_end = 30 + name_len + u16_at(archive, 28);
+    let descriptor = [b"PK\x07\x08".as_slice(), &[0u8; 12]].concat();
+    let shift = descriptor.len() as u32;
+    let mut out = archive[..header_end].to_vec();
+    out[6] |= 0x08;
+    out.extend_from_slice(&descriptor);
+    out.extend_from_slice(&archive[header_end..]);
+    let eocd = out
+        .windows(4)
+        .rposition(|w| w == b"PK\x05\x06")
+        .expect("an end record");
+    let entries = u16_at(&out, eocd + 10);
+    let directory = u32_at(&out, eocd + 16) + shift;
+    out[eocd + 16..eocd + 20].copy_from_slice(&directory.to_le_bytes());
+    let mut at = directory as usize;
+    for _ in 0..entries {
+        assert_eq!(&out[at..at + 4], b"PK\x01\x02");
+        let local = u32_at(&out, at + 42);
+        if local == 0 {
+            out[at + 8] |= 0x08;
+        } else {
+            out[at + 42..at + 46].copy_from_slice(&(local + shift).to_le_bytes());
+        }
+        at += 46 + u16_at(&out, at + 28) + u16_at(&out, at + 30) + u16_at(&out, at + 32);
+    }
+    out
+}
+
+/// Counts the bytes a stream has yielded.
+struct Counted<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+/// Hears of the pass: the size it began with, and how much of the stream
+/// had been read when each chunk was announced.
+#[derive(Debug, Default)]
+struct Follower {
+    read: Arc<AtomicU64>,
+    began: Mutex<Option<Option<u64>>>,
+    chunks_at: Mutex<Vec<u64>>,
+}
+
+impl ImportObserver for Follower {
+    fn began(&self, _: &File, _: u32, size: Option<u64>) {
+        let mut began = self.began.lock().unwrap();
+        assert!(began.is_none(), "began twice");
+        *began = Some(size);
+    }
+
+    fn chunk(&self, _: usize, _: bool, _: u128) {
+        assert!(self.began.lock().unwrap().is_some(), "a chunk before began");
+        let read = self.read.load(Ordering::SeqCst);
+        self.chunks_at.lock().unwrap().push(read);
+    }
+}
+
+/// Imports `archive` as a download feeds it (spooled to a file, as a
+/// download's partial file is), followed by a [`Follower`].
+fn import_streamed(
+    cache: &ImageCache,
+    spool: &std::path::Path,
+    archive: &[u8],
+    entry: Option<&str>,
+) -> (
+    Result<flashrack_image::ImportOutcome, ImageError>,
+    Arc<Follower>,
+) {
+    std::fs::write(spool, archive).unwrap();
+    let follower = Arc::new(Follower::default());
+    let (src, _) = source("disk.zip");
+    let src = StreamSource {
+        spooled: Some(spool.to_path_buf()),
+        ..src
+    };
+    let mut stream = Counted {
+        inner: Cursor::new(archive.to_vec()),
+        read: follower.read.clone(),
+    };
+    let options = ImportOptions {
+        observer: Some(follower.clone()),
+        zip_entry: entry.map(str::to_string),
+        ..common::options()
+    };
+    let outcome = cache.import_stream(&mut stream, src, options);
+    (outcome, follower)
+}
+
+#[test]
+fn a_deflated_entry_whose_sizes_follow_its_data_is_imported_as_it_arrives() {
+    let raw = common::image(40, 1000, &[2, 3, 9], 31);
+    let other = common::image(3, 500, &[], 32);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("disk.zip.part");
+    let one = streamed_zip(
+        &[("disk.img", Some(&raw))],
+        zip::CompressionMethod::Deflated,
+    );
+    // The entry named, after a directory (stored) and another file
+    // (deflated), each with its data descriptor: those are read past as
+    // they arrive.
+    let several = with_a_directory_descriptor(&streamed_zip(
+        &[
+            ("notes/", None),
+            ("readme.txt", Some(&other)),
+            ("images/disk.img", Some(&raw)),
+        ],
+        zip::CompressionMethod::Deflated,
+    ));
+    for (archive, entry, name) in [
+        (&one, None, "disk.img"),
+        (&several, Some("images/disk.img"), "images/disk.img"),
+    ] {
+        let cache = ImageCache::open(dir.path().join(format!("cache-{}", name.len()))).unwrap();
+        let (outcome, follower) = import_streamed(&cache, &spool, archive, entry);
+        let image = outcome.unwrap().image;
+        assert_eq!(image.sha256(), Sha256Digest::of(&raw));
+        assert_eq!(std::fs::read(&image.path).unwrap(), raw);
+        assert_eq!(image.meta.zip_entry.as_deref(), Some(name));
+        assert_eq!(image.meta.input_sha256, Sha256Digest::of(archive));
+        assert_eq!(image.meta.input_size, archive.len() as u64);
+        // Begun with no size (it follows the data), the first chunk
+        // announced before half the archive had been read, and most of them
+        // while the rest (the descriptor and the central directory among
+        // it) was still to come: the targets follow it as it arrives. (The
+        // stream is read a MiB at a time.)
+        assert_eq!(*follower.began.lock().unwrap(), Some(None));
+        let chunks_at = follower.chunks_at.lock().unwrap();
+        let whole = archive.len() as u64;
+        assert_eq!(chunks_at.len(), 41);
+        assert!(chunks_at[0] < whole / 2, "{chunks_at:?} of {whole}");
+        let early = chunks_at.iter().filter(|&&at| at < whole).count();
+        assert!(early > chunks_at.len() / 2, "{chunks_at:?} of {whole}");
+    }
+}
+
+/// Where the data descriptor of the last entry of `archive` starts (its
+/// signature), and the central directory's first header.
+fn descriptor_and_directory(archive: &[u8]) -> (usize, usize) {
+    let directory = archive
+        .windows(4)
+        .position(|w| w == b"PK\x01\x02")
+        .expect("a central directory header");
+    let descriptor = archive[..directory]
+        .windows(4)
+        .rposition(|w| w == b"PK\x07\x08")
+        .expect("a data descriptor");
+    (descriptor, directory)
+}
+
+#[test]
+fn a_data_descriptor_or_a_central_directory_that_lies_fails_the_import_and_keeps_nothing() {
+    let raw = common::image(12, 1000, &[2], 33);
+    let archive = streamed_zip(
+        &[("disk.img", Some(&raw))],
+        zip::CompressionMethod::Deflated,
+    );
+    let (descriptor, directory) = descriptor_and_directory(&archive);
+    let lie = |at: usize| {
+        let mut archive = archive.clone();
+        archive[at] ^= 0x01;
+        archive
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("disk.zip.part");
+    for (what, lying, says) in [
+        // After its signature: the CRC-32, then the compressed size, then
+        // the size.
+        (
+            "descriptor's CRC-32",
+            lie(descriptor + 4),
+            "data descriptor says",
+        ),
+        (
+            "descriptor's compressed size",
+            lie(descriptor + 8),
+            "data descriptor says",
+        ),
+        (
+            "descriptor's size",
+            lie(descriptor + 12),
+            "data descriptor says",
+        ),
+        // The directory's CRC-32 (16 bytes into its header) and size (24).
+        (
+            "directory's CRC-32",
+            lie(directory + 16),
+            "central directory lists disk.img",
+        ),
+        (
+            "directory's size",
+            lie(directory + 24),
+            "central directory lists disk.img",
+        ),
+    ] {
+        let cache = ImageCache::open(dir.path().join(what.replace(' ', "-"))).unwrap();
+        let (outcome, follower) = import_streamed(&cache, &spool, &lying, None);
+        let error = outcome.unwrap_err();
+        match &error {
+            ImageError::Corrupt { reason, .. } => {
+                assert!(reason.contains(says), "{what}: {reason}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        // It was followed (so the import's failure is the followers' too).
+        assert_eq!(*follower.began.lock().unwrap(), Some(None), "{what}");
+        assert!(!follower.chunks_at.lock().unwrap().is_empty(), "{what}");
+        no_entries(&cache);
+    }
+}
+
+#[test]
+fn a_stored_entry_whose_sizes_follow_its_data_is_read_from_the_spool_file_once_whole() {
+    let raw = common::image(6, 1000, &[1], 34);
+    let archive = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::open(dir.path().join("cache")).unwrap();
+    let (outcome, follower) =
+        import_streamed(&cache, &dir.path().join("disk.zip.part"), &archive, None);
+    let image = outcome.unwrap().image;
+    assert_eq!(image.sha256(), Sha256Digest::of(&raw));
+    assert_eq!(image.meta.zip_entry.as_deref(), Some("disk.img"));
+    // Stored data does not mark its end: begun once the archive was whole,
+    // with the central directory's size.
+    assert_eq!(
+        *follower.began.lock().unwrap(),
+        Some(Some(raw.len() as u64))
+    );
+    assert!(follower
+        .chunks_at
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|&at| at == archive.len() as u64));
 }

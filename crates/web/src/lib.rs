@@ -253,8 +253,8 @@ pub fn router(state: WebState) -> Router {
     // those two are bounded by their data instead (idle upload time, image
     // size, free space) and end on shutdown. Arming a run is one of them: a
     // run of an image not cached yet answers once its import's pass begins
-    // (a zip archive whose file's sizes follow its data: once it is
-    // downloaded whole), bounded by the
+    // (a zip archive whose file is stored with its sizes after its data:
+    // once it is downloaded whole), bounded by the
     // download's own stall timeout, and a request dropped abandons it.
     let api = Router::new()
         .route("/health", get(api::health))

@@ -230,8 +230,10 @@ pub async fn flash_file(
 /// next import or flash of the URL. The targets follow the download once
 /// its pass begins: with its raw size when that is known then (a raw file's
 /// length as the server declares it, a zip's file from its local header,
-/// or once the archive is downloaded when its sizes follow its data), else (a compressed file, a server that declares no length)
-/// with the size unknown when every target is a block device; with a file
+/// or once the archive is downloaded when its file is stored with its sizes
+/// after its data), else (a compressed file, a server that declares no
+/// length, a zip's deflated file whose sizes follow its data) with the size
+/// unknown when every target is a block device; with a file
 /// or a simulated stick among them the download ends first and the image is
 /// flashed from the cache. A file that changes on the server while it is
 /// followed fails every target ([`AppError::SourceChanged`]).
