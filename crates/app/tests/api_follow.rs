@@ -622,7 +622,6 @@ async fn a_sparse_run_of_a_station_file_follows_its_import_with_the_bmap_beside_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_armed_with_a_zip_url_writes_its_sticks_while_the_archive_downloads() {
     let raw = image_bytes(24 * MIB, 88, 64 << 10);
-    let sha = Sha256Digest::of(&raw);
     let archive = {
         use std::io::Write;
         let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -632,6 +631,36 @@ async fn a_run_armed_with_a_zip_url_writes_its_sticks_while_the_archive_download
         writer.write_all(&raw).unwrap();
         writer.finish().unwrap().into_inner()
     };
+    // The entry's size, from its local header, is the run's size already.
+    sticks_follow_a_zip_run(&raw, archive, raw.len() as u64).await;
+}
+
+/// So does a run follow a zip written to a stream, whose entry's sizes
+/// follow its data (a data descriptor): deflated, it is inflated as it
+/// arrives, its size unknown until its end (as a gzip's), and checked
+/// against its descriptor and the central directory before any pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_armed_with_a_zip_written_to_a_stream_writes_its_sticks_while_it_downloads() {
+    let raw = image_bytes(24 * MIB, 89, 64 << 10);
+    let archive = {
+        use std::io::Write;
+        let mut writer = zip::ZipWriter::new_stream(Vec::new());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        writer.start_file("disk.img", options).unwrap();
+        writer.write_all(&raw).unwrap();
+        writer.finish().unwrap().into_inner()
+    };
+    assert_ne!(archive[6] & 0x08, 0, "a data descriptor");
+    sticks_follow_a_zip_run(&raw, archive, 0).await;
+}
+
+/// Arms a run with `archive` (holding `raw` as `disk.img`) from a URL,
+/// held at half the archive: both sticks write while it is held, the run's
+/// size is `size` (0: unknown) when it is armed, and both pass once it is
+/// whole.
+async fn sticks_follow_a_zip_run(raw: &[u8], archive: Vec<u8>, size: u64) {
+    let sha = Sha256Digest::of(raw);
     let gate = archive.len() / 2;
     let server = FileServer::start().await;
     server.serve(
@@ -655,8 +684,7 @@ async fn a_run_armed_with_a_zip_url_writes_its_sticks_while_the_archive_download
         .await;
     assert_eq!(armed.status, 201, "{}", armed.body);
     let run = armed.json();
-    // The entry's size, from its local header, is the run's size already.
-    assert_eq!(run["image_size"], raw.len() as u64, "{run}");
+    assert_eq!(run["image_size"], size, "{run}");
     let held = events
         .until("both sticks write while the archive is held", |v| {
             both_writing(v) && v.run["import"]["done"].as_u64().unwrap_or(0) > 0

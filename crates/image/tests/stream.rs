@@ -474,11 +474,35 @@ fn a_deflated_entry_whose_sizes_follow_its_data_is_imported_as_it_arrives() {
         ],
         zip::CompressionMethod::Deflated,
     ));
+    // Zip64 (as `zip` writes a file from a pipe, of a size it cannot know):
+    // a zip64 field in the local header, and so 8-byte sizes in the
+    // descriptor.
+    let zip64 = {
+        use std::io::Write;
+        let mut writer = zip::ZipWriter::new_stream(Vec::new());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(true);
+        writer.start_file("large.img", options).unwrap();
+        writer.write_all(&raw).unwrap();
+        writer.finish().unwrap().into_inner()
+    };
+    assert_ne!(zip64[6] & 0x08, 0, "a data descriptor");
+    let name_len = usize::from(u16::from_le_bytes([zip64[26], zip64[27]]));
+    assert_eq!(
+        &zip64[30 + name_len..32 + name_len],
+        &[1, 0],
+        "a zip64 field"
+    );
+    let (descriptor, directory) = descriptor_and_directory(&zip64);
+    assert_eq!(directory - descriptor, 4 + 4 + 8 + 8, "8-byte sizes");
     for (archive, entry, name) in [
         (&one, None, "disk.img"),
         (&several, Some("images/disk.img"), "images/disk.img"),
+        (&zip64, None, "large.img"),
     ] {
-        let cache = ImageCache::open(dir.path().join(format!("cache-{}", name.len()))).unwrap();
+        let cache =
+            ImageCache::open(dir.path().join(format!("cache-{}", name.replace('/', "-")))).unwrap();
         let (outcome, follower) = import_streamed(&cache, &spool, archive, entry);
         let image = outcome.unwrap().image;
         assert_eq!(image.sha256(), Sha256Digest::of(&raw));
