@@ -94,3 +94,74 @@ test('a verdict waiting on locked records is shown as being recorded, never befo
     assert.equal(after.state, a1.verdict.verdict === 'pass' ? 'passed' : 'failed');
   });
 });
+
+test('a run armed or stopped while the records are locked is shown arming or stopping, never armed or stopped before they hold it', async () => {
+  await withDashboard({
+    name: 'recording-run',
+    args: ['--by-hand', '--no-arm'],
+    needs: [[SQLITE3, 'install it with `apt-get install -y sqlite3` or set SQLITE3_PATH']],
+  }, async ({ child, api, page, url, dataDir }) => {
+    await page.goto(url);
+    const images = await (await page.request.get(api('/images'))).json();
+    assert.ok(images.length > 0, 'the demo has an image');
+    const image = images[0];
+    const db = path.join(dataDir, 'flashrack.db');
+    const runState = () => page.evaluate(() => document.getElementById('run-state')?.textContent || '');
+    // Bounded well within the store's busy timeout (10 s): past it the
+    // record is refused, which is another story.
+    const shows = (pattern) => page.waitForFunction((source) => new RegExp(source).test(
+      document.getElementById('run-state')?.textContent || ''), pattern.source, { timeout: 8_000, polling: 100 })
+      .catch(async () => assert.fail(`the run panel never said ${pattern}: ${await runState()}`));
+
+    // Armed while the records are locked: the panel says the run is being
+    // armed (no run, no arm or stop control) until they hold it.
+    let lock = await holdWriteLock(db);
+    let arming;
+    try {
+      arming = page.request.post(api('/runs'), { data: { image: image.sha256 } });
+      await shows(/Arming/);
+      const station = await (await page.request.get(api('/station'))).json();
+      assert.equal(station.run ?? null, null, JSON.stringify(station.run));
+      assert.equal(station.arming.image_sha256, image.sha256);
+      const controls = await page.evaluate(() => ({
+        arm: document.getElementById('arm-form').hidden,
+        stop: document.getElementById('stop-form').hidden,
+      }));
+      assert.deepEqual(controls, { arm: true, stop: true });
+      await page.screenshot({ path: path.join(ARTIFACTS, 'recording-arming.png'), fullPage: true });
+    } finally {
+      lock.kill('SIGKILL');
+    }
+    const armed = await arming;
+    assert.equal(armed.status(), 201, await armed.text());
+    await shows(/Armed/);
+
+    // A stick mid-write when the run is stopped under the lock: the panel
+    // says it is stopping (the run still armed in the API, recording) until
+    // the records hold its end; then stopped by the operator.
+    const plugged = await child.command('plug A1 slow:write=1MB');
+    assert.match(plugged, /^plugged /);
+    await page.waitForFunction(() => document.querySelector('.tile[data-label="A1"]')?.dataset.state === 'writing',
+      null, { timeout: 60_000, polling: 100 });
+    lock = await holdWriteLock(db);
+    let stopping;
+    try {
+      stopping = page.request.post(api('/runs/current/stop'), { data: { reason: 'end of the batch' } });
+      await shows(/Stopping/);
+      const run = await (await page.request.get(api('/runs/current'))).json();
+      assert.equal(run.armed, true, JSON.stringify(run));
+      assert.equal(run.recording, true, JSON.stringify(run));
+      assert.equal(run.stop_reason, null, JSON.stringify(run));
+      await page.screenshot({ path: path.join(ARTIFACTS, 'recording-stopping.png'), fullPage: true });
+    } finally {
+      lock.kill('SIGKILL');
+    }
+    const stopped = await stopping;
+    assert.ok(stopped.ok(), `${stopped.status()} ${await stopped.text()}`);
+    await shows(/Stopped/);
+    const run = await (await page.request.get(api('/runs/current'))).json();
+    assert.equal(run.armed, false, JSON.stringify(run));
+    assert.equal(run.recording, undefined, JSON.stringify(run));
+    assert.equal(run.stop_reason, 'operator', JSON.stringify(run));
+  });
+});

@@ -62,6 +62,13 @@ export function connectEvents() {
     const data = parseData(event);
     if (data) setRun(data.run);
   });
+  source.addEventListener('arming', (event) => {
+    heard();
+    const data = parseData(event);
+    if (!data) return;
+    model.arming = data.arming || null;
+    renderRun();
+  });
   source.onerror = () => {
     markStale();
     if (source.readyState === EventSource.CLOSED) scheduleReconnect();
@@ -135,6 +142,7 @@ export function applySnapshot(snapshot) {
   refreshRunsSoon();
   $('station-id').textContent = model.stationId;
   renderRack();
+  model.arming = snapshot.arming || null;
   setRun(snapshot.run || null);
   for (const port of model.ports.values()) noteStickTime(port);
 }

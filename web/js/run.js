@@ -14,22 +14,32 @@ export function renderRun() {
     // Armed or not, the station cannot say: never a green "Armed" here.
     state.textContent = `? Run state unknown: the station is unreachable${run ? ` (last known: run #${run.id} ${run.armed ? 'armed' : 'stopped'})` : ''}`;
     state.className = 'run-state run-unknown';
+  } else if (model.arming && !armed) {
+    // Nothing is armed, nor written, until the records hold the run.
+    state.textContent = `◌ Arming ${model.arming.image_name}: recording the run before any stick is written`;
+    state.className = 'run-state run-recording';
   } else if (!run) {
     state.textContent = 'No run';
     state.className = 'run-state run-none';
+  } else if (armed && run.recording) {
+    // Its sticks were stopped at once; it is over once the records say so.
+    state.textContent = '◌ Stopping: the sticks were stopped; recording the run\'s end';
+    state.className = 'run-state run-recording';
   } else if (armed) {
     state.textContent = '● Armed: sticks plugged into mapped ports are written';
     state.className = 'run-state run-armed';
   } else {
-    state.textContent = `■ Stopped${run.stop_reason ? `: ${stopReasonText(run.stop_reason)}` : ''}`;
+    state.textContent = `■ Stopped${run.stop_reason ? `: ${stopReasonText(run.stop_reason)}` : ''}${run.recording ? ' (not in the records yet: retried until they take it)' : ''}`;
     state.className = 'run-state run-stopped';
   }
+  // While the records take a run's start or end, neither control can work.
+  const recording = Boolean(model.arming) || Boolean(armed && run.recording);
   $('run-view').replaceChildren(run ? runDetails(run) : '');
   // Controls that cannot work are not offered: no stop without an armed
   // run, nothing at all while the station cannot be reached.
-  $('stop-form').hidden = !armed || model.stale;
-  $('arm-form').hidden = armed || model.stale;
-  $('retry-row').hidden = !armed || model.stale;
+  $('stop-form').hidden = !armed || recording || model.stale;
+  $('arm-form').hidden = armed || recording || model.stale;
+  $('retry-row').hidden = !armed || recording || model.stale;
   renderSummary();
 }
 
