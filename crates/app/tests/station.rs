@@ -764,8 +764,8 @@ async fn while_another_process_holds_the_records_locked_an_arm_and_a_stop_wait_f
     assert_eq!(station["arming"]["image_name"], "locked.img", "{station}");
     let second = app
         .post(
-            "/api/v1/runs/current/stop",
-            Some(json!({ "reason": "too early" })),
+            "/api/v1/runs",
+            Some(json!({ "image": app.image.sha256().to_hex() })),
         )
         .await;
     assert_eq!(second.status, 409, "{}", second.body);

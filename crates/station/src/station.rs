@@ -164,7 +164,7 @@ pub enum StationError {
         state: PortState,
     },
     /// A run is being armed: the records are taking its start.
-    #[error("a run is being armed (the records are taking its start); wait for it, then stop it")]
+    #[error("a run is being armed (the records are taking its start)")]
     Arming,
     /// The run is being stopped: the records are taking its end.
     #[error("run {0} is being stopped (the records are taking its end)")]
@@ -259,8 +259,9 @@ impl StationHandle {
 
     /// Arms a run: every accepted stick present or inserted from now on is written.
     /// Answers once the records hold the run's start (the station goes on
-    /// meanwhile, showing [`Snapshot::arming`]; another arm or a stop is
-    /// refused with [`StationError::Arming`]) and its present sticks were
+    /// meanwhile, showing [`Snapshot::arming`]; another arm is refused with
+    /// [`StationError::Arming`], a stop waits for the record and stops the
+    /// run then) and its present sticks were
     /// guarded; with the records' error if they refuse it (nothing is
     /// armed then).
     pub async fn arm(&self, request: ArmRequest) -> Result<RunView, StationError> {
@@ -311,8 +312,9 @@ impl StationHandle {
     /// the records); running attempts stop at a safe point as interrupted.
     /// Nothing more is written under it at once; it is shown ended, and
     /// this answers, once the records hold its end (meanwhile it shows
-    /// [`RunView::recording`], and another stop or an arm is refused with
-    /// [`StationError::Stopping`]). Refused by the records, it is stopped
+    /// [`RunView::recording`]; another stop is refused with
+    /// [`StationError::Stopping`], an arm waits for the record and is armed
+    /// then). Refused by the records, it is stopped
     /// all the same and this answers their error.
     pub async fn stop_run(&self, note: &str) -> Result<(), StationError> {
         self.ask(|tx| Command::Stop(note.to_string(), tx)).await
@@ -560,8 +562,8 @@ struct DeferredReply {
 /// A run whose start the records are taking ([`Station::arming`]): nothing
 /// is shown armed and no stick is started under it until they hold it
 /// ([`Recorded::RunStarted`] arms it); the snapshot says it is being armed
-/// meanwhile ([`ArmingView`]), and another arm is refused
-/// ([`StationError::Arming`]). If the records refuse it, it is dropped and
+/// meanwhile ([`ArmingView`]), another arm is refused
+/// ([`StationError::Arming`]), and a stop waits for the records' answer. If the records refuse it, it is dropped and
 /// the caller hears why: the screen never showed it armed.
 struct Arming {
     /// What the snapshot shows meanwhile.
@@ -850,6 +852,9 @@ pub struct Station {
     retrying: bool,
     /// A run whose start the records are taking (see [`Arming`]).
     arming: Option<Arming>,
+    /// Commands waiting for the records' answer to a run's start or stop
+    /// (see [`Station::on_command`]), in the order they came.
+    held_commands: Vec<Command>,
     /// Numbers operators' actions written ([`DeferredReply::action`]).
     action_seq: u64,
     /// Operators' actions the records have not answered yet.
@@ -960,6 +965,7 @@ impl Station {
             queued_starts: Vec::new(),
             retrying: false,
             arming: None,
+            held_commands: Vec::new(),
             action_seq: 0,
             actions_in_flight: HashSet::new(),
             stopping: false,
@@ -1103,6 +1109,20 @@ impl Station {
         self.unrecorded = attempts;
         self.unrecorded_stops = stops;
         self.publish_snapshot();
+    }
+
+    /// Handles the commands that waited for a run's start or stop to be
+    /// recorded, in the order they came (one may wait again: an arm behind
+    /// the stop of the run just armed). At shutdown they are dropped: their
+    /// callers hear that the station has stopped.
+    async fn handle_held_commands(&mut self) {
+        let held = std::mem::take(&mut self.held_commands);
+        if self.stopping {
+            return;
+        }
+        for command in held {
+            Box::pin(self.on_command(command)).await;
+        }
     }
 
     /// Whether the records are taking a run's start, its stop or its
@@ -1510,6 +1530,22 @@ impl Station {
     // ----- commands ----------------------------------------------------------
 
     async fn on_command(&mut self, command: Command) {
+        // A stop that comes while the records take a run's start, or an arm
+        // while they take its stop, waits for their answer and is handled
+        // then, in the order they came: as when the loop awaited those
+        // records, only without standing the station still. (A second arm
+        // while one is being armed is refused, never queued.)
+        let waits = match &command {
+            Command::Stop(..) => self.arming.is_some(),
+            Command::Arm(..) | Command::ArmFollowing(..) => {
+                self.run.as_ref().is_some_and(|r| r.stopping.is_some())
+            }
+            _ => false,
+        };
+        if waits {
+            self.held_commands.push(command);
+            return;
+        }
         match command {
             Command::Arm(request, reply) => match self.arm(*request).await {
                 Ok((start, fanout)) => {
@@ -1524,7 +1560,6 @@ impl Station {
                 let stoppable = match self.run.as_ref() {
                     Some(run) if run.stopping.is_some() => Err(StationError::Stopping(run.view.id)),
                     Some(run) if run.view.armed => Ok(()),
-                    _ if self.arming.is_some() => Err(StationError::Arming),
                     _ => Err(StationError::NotArmed),
                 };
                 if let Err(error) = stoppable {
@@ -3006,8 +3041,14 @@ impl Station {
                 self.release_feed_when_started();
             }
             Recorded::Finished { attempt_id, result } => self.on_finished(attempt_id, result).await,
-            Recorded::RunStarted(result) => self.on_run_started(result).await,
-            Recorded::RunStopped { run_id, result } => self.on_run_stopped(run_id, result),
+            Recorded::RunStarted(result) => {
+                self.on_run_started(result).await;
+                self.handle_held_commands().await;
+            }
+            Recorded::RunStopped { run_id, result } => {
+                self.on_run_stopped(run_id, result);
+                self.handle_held_commands().await;
+            }
             Recorded::ImageKnown { run_id, result } => self.on_image_known(run_id, result).await,
             Recorded::ActionLogged(action) => {
                 self.actions_in_flight.remove(&action);

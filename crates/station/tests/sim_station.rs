@@ -2929,15 +2929,11 @@ async fn while_the_records_take_a_runs_start_the_station_goes_on_and_nothing_is_
         let (_, stick) = rig.control.stick_at(&port_path(n)).unwrap();
         assert_eq!(stick.counters().bytes_written, 0, "A{n}");
     }
-    // A second arm, or a stop, meanwhile is refused, and said why.
+    // A second arm meanwhile is refused, and said why.
     let second = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
         .await
         .expect("answered at once");
     assert!(matches!(second, Err(StationError::Arming)), "{second:?}");
-    let stop = tokio::time::timeout(WAIT, rig.handle.stop_run("too early"))
-        .await
-        .expect("answered at once");
-    assert!(matches!(stop, Err(StationError::Arming)), "{stop:?}");
     assert!(!arming.is_finished(), "answered before the records hold it");
     assert!(rig.journal.records().runs.is_empty());
 
@@ -3055,7 +3051,8 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
     rig.plug(2, "LATE", healthy());
     rig.until("A2 detected", |s| state(s, "A2") == PortState::Detected)
         .await;
-    // Another stop, or an arm, is refused meanwhile, and said why.
+    // Another stop is refused meanwhile, and said why; an arm waits for
+    // the stop's record.
     let again = tokio::time::timeout(WAIT, rig.handle.stop_run("again"))
         .await
         .expect("answered at once");
@@ -3063,13 +3060,10 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
         matches!(again, Err(StationError::Stopping(id)) if id == run.id),
         "{again:?}"
     );
-    let arm = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
-        .await
-        .expect("answered at once");
-    assert!(
-        matches!(arm, Err(StationError::Stopping(id)) if id == run.id),
-        "{arm:?}"
-    );
+    let next = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.arm(RunOptions::default()).await }
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(slow.counters().bytes_written, written, "still written");
     let (_, late) = rig.control.stick_at(&port_path(2)).unwrap();
@@ -3077,6 +3071,10 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
     assert!(
         !stopping.is_finished(),
         "answered before the records hold it"
+    );
+    assert!(
+        !next.is_finished(),
+        "armed before the last run's stop is recorded"
     );
 
     // Once they hold it: shown ended, the operator answered.
@@ -3107,10 +3105,67 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
         records.attempts[0]
     );
 
-    // The next run arms and writes the stick that waited.
-    rig.arm(RunOptions::default()).await.unwrap();
+    // The arm that waited is armed then, and writes the stick that waited.
+    let next = tokio::time::timeout(WAIT, next)
+        .await
+        .expect("the arm is answered once the stop is recorded")
+        .unwrap()
+        .unwrap();
+    assert!(next.armed && next.id != run.id, "{next:?}");
     rig.until("A2 passed", |s| state(s, "A2") == PortState::Passed)
         .await;
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_asked_while_a_run_is_being_armed_waits_for_its_record_and_stops_it_before_any_stick_is_written(
+) {
+    let rig = Arc::new(rig(2, GuardPolicy::default()).await);
+    rig.plug(1, "PRESENT", healthy());
+    rig.until("A1 detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    rig.journal.hold_runs();
+    let arming = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.arm(RunOptions::default()).await }
+    });
+    until_run_held(&rig, "the run's start").await;
+    let stopping = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.handle.stop_run("changed my mind").await }
+    });
+    // The stop waits for the run's record; the station does not.
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a run's start is being recorded");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!stopping.is_finished() && !arming.is_finished());
+    rig.journal.release_runs();
+    let run = tokio::time::timeout(WAIT, arming)
+        .await
+        .expect("the arm is answered")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the stop is answered once the run's stop is recorded")
+        .unwrap()
+        .unwrap();
+    let shown = rig.handle.snapshot().run.unwrap();
+    assert_eq!(shown.id, run.id);
+    assert!(!shown.armed && !shown.recording, "{shown:?}");
+    assert_eq!(shown.stop_reason, Some(StopReason::Operator));
+    let records = rig.journal.records();
+    assert_eq!(records.runs.len(), 1, "{:?}", records.runs);
+    assert_eq!(records.runs[0].2, Some(StopReason::Operator));
+    // Stopped before its present stick was written.
+    assert!(records.attempts.is_empty(), "{:?}", records.attempts);
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0);
+    assert_eq!(state(&rig.handle.snapshot(), "A1"), PortState::Detected);
     let Ok(rig) = Arc::try_unwrap(rig) else {
         panic!("the rig is still shared");
     };

@@ -447,7 +447,12 @@ async fn follow(
         .as_ref()
         .ok_or_else(|| AppError::not_found("this station does not import images for runs"))?;
     if let Some(run) = state.station.snapshot().run.filter(|r| r.armed) {
-        return Err(station_error(StationError::AlreadyArmed(run.id)));
+        // A run stopping (its end being recorded) says so.
+        return Err(station_error(if run.recording {
+            StationError::Stopping(run.id)
+        } else {
+            StationError::AlreadyArmed(run.id)
+        }));
     }
     runs.arm(FollowArm { source, options }).await
 }
