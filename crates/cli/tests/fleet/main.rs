@@ -34,6 +34,23 @@ fn port_states(station: &support::Process) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// How many ports hold a stick whose attempt the station's records hold:
+/// busy, and not still `preparing` while the records take the attempt's start
+/// (a port shows its stick at once, and nothing is written to it, nor is its
+/// attempt in the records, before they hold that start).
+fn recorded_busy_ports(station: &support::Process) -> Result<usize, String> {
+    let ports = station.try_get("/api/v1/ports")?;
+    let ports = ports.as_array().ok_or("no ports")?;
+    Ok(ports
+        .iter()
+        .filter(|p| {
+            let state = p["state"].as_str().unwrap_or("?");
+            let recording = p["recording"].as_bool().unwrap_or(false);
+            busy(state) && !(state == "preparing" && recording) && !p["attempt_id"].is_null()
+        })
+        .count())
+}
+
 fn station_view<'v>(views: &'v Value, name: &str) -> Option<&'v Value> {
     views.as_array()?.iter().find(|v| v["id"] == name)
 }
@@ -84,14 +101,17 @@ fn three_stations_records_reach_the_hub_exactly_through_a_hub_crash_and_a_statio
     for (station, process) in stations.iter().zip(&running) {
         // All four: lab-c's first run is checked at the hub for its four
         // attempts, so each must have begun before the kill (under load the
-        // burst's sticks start one after another).
+        // burst's sticks start one after another), its start in the records:
+        // a port shows its stick as preparing while the records take that
+        // start, and a kill then leaves no attempt, rightly.
         until(
             &format!("{}'s four sticks being written", station.name),
             || {
-                let states = port_states(process)?;
-                (states.iter().filter(|s| busy(s)).count() == 4)
-                    .then_some(())
-                    .ok_or(format!("{states:?}"))
+                let recorded = recorded_busy_ports(process)?;
+                (recorded == 4).then_some(()).ok_or(format!(
+                    "{recorded} of 4 recorded: {:?}",
+                    port_states(process)?
+                ))
             },
         );
     }
