@@ -19,6 +19,7 @@ use flashrack_core::Sha256Digest;
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use flashrack_testkit::image_bytes;
+use flashrack_testkit::zips::streamed_zip;
 use serde_json::{json, Value};
 
 const MIB: usize = 1 << 20;
@@ -642,16 +643,11 @@ async fn a_run_armed_with_a_zip_url_writes_its_sticks_while_the_archive_download
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_armed_with_a_zip_written_to_a_stream_writes_its_sticks_while_it_downloads() {
     let raw = image_bytes(24 * MIB, 89, 64 << 10);
-    let archive = {
-        use std::io::Write;
-        let mut writer = zip::ZipWriter::new_stream(Vec::new());
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        writer.start_file("disk.img", options).unwrap();
-        writer.write_all(&raw).unwrap();
-        writer.finish().unwrap().into_inner()
-    };
-    assert_ne!(archive[6] & 0x08, 0, "a data descriptor");
+    // Checks that its file's local header has a data descriptor.
+    let archive = streamed_zip(
+        &[("disk.img", Some(&raw))],
+        zip::CompressionMethod::Deflated,
+    );
     sticks_follow_a_zip_run(&raw, archive, 0).await;
 }
 

@@ -22,6 +22,7 @@ use flashrack_app::reports::ReportFormat;
 use flashrack_app::AppError;
 use flashrack_core::{FailReason, RunId, Sha256Digest, Stage, TargetId};
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
+use flashrack_testkit::zips::{descriptor_and_directory, streamed_zip};
 use flashrack_testkit::{image_bytes, LoopDevice};
 
 mod url_flash_support;
@@ -31,21 +32,6 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(data).unwrap();
     encoder.finish().unwrap()
-}
-
-/// A zip of one deflated file written to a stream (what `zip` writes to a
-/// pipe, Java's `ZipOutputStream`, a web server's zip made on the fly): its
-/// CRC-32 and sizes follow its data, in a data descriptor.
-fn zip_written_to_a_stream(name: &str, data: &[u8]) -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new_stream(Vec::new());
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    writer.start_file(name, options).unwrap();
-    writer.write_all(data).unwrap();
-    let archive = writer.finish().unwrap().into_inner();
-    // Bit 3 of the local header's flags: the sizes follow the data.
-    assert_ne!(archive[6] & 0x08, 0, "a data descriptor");
-    archive
 }
 
 /// Flashes `served` (the image `raw`, as the server has it) to two loop
@@ -137,7 +123,10 @@ async fn sticks_follow_a_zip_whose_sizes_follow_its_data_as_it_downloads() {
         return;
     }
     let raw = image_bytes(24 * MIB, 75, 64 << 10);
-    let file = zip_written_to_a_stream("disk.img", &raw);
+    let file = streamed_zip(
+        &[("disk.img", Some(&raw))],
+        zip::CompressionMethod::Deflated,
+    );
     let gate = file.len() / 2;
     followed_to_two_sticks(
         Served::new(file, "zip-dd-1").behaving(Behaviour::GatedAt(gate)),
@@ -156,15 +145,11 @@ async fn a_zip_whose_data_descriptor_lies_fails_every_following_stick_before_any
         return;
     }
     let raw = image_bytes(16 * MIB, 76, 64 << 10);
-    let mut file = zip_written_to_a_stream("disk.img", &raw);
-    let directory = file
-        .windows(4)
-        .position(|w| w == b"PK\x01\x02")
-        .expect("a central directory header");
-    let descriptor = file[..directory]
-        .windows(4)
-        .rposition(|w| w == b"PK\x07\x08")
-        .expect("a data descriptor");
+    let mut file = streamed_zip(
+        &[("disk.img", Some(&raw))],
+        zip::CompressionMethod::Deflated,
+    );
+    let (descriptor, _) = descriptor_and_directory(&file);
     // Its CRC-32, after its signature; the central directory's is right.
     file[descriptor + 4] ^= 0xff;
     let server = FileServer::start().await;

@@ -24,6 +24,7 @@ use flashrack_core::{ByteSize, Sha256Digest};
 use flashrack_image::{ImageError, ImageFormat};
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use flashrack_testkit::image_bytes;
+use flashrack_testkit::zips::{descriptor_and_directory, streamed_zip};
 
 const MIB: usize = 1 << 20;
 
@@ -357,36 +358,6 @@ async fn a_truncated_zip_and_an_entry_whose_crc_is_wrong_leave_nothing() {
     );
 }
 
-/// A zip written to a stream (`zip` to a pipe, Java's `ZipOutputStream`, a
-/// web server's zip made on the fly): each file's CRC-32 and sizes follow
-/// its data, in a data descriptor.
-fn zip_written_to_a_stream(entries: &[(&str, &[u8])], method: zip::CompressionMethod) -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new_stream(Vec::new());
-    let options = zip::write::SimpleFileOptions::default().compression_method(method);
-    for (name, bytes) in entries {
-        writer.start_file(*name, options).unwrap();
-        writer.write_all(bytes).unwrap();
-    }
-    let archive = writer.finish().unwrap().into_inner();
-    // Bit 3 of the first local header's flags: the sizes follow the data.
-    assert_ne!(archive[6] & 0x08, 0, "a data descriptor");
-    archive
-}
-
-/// Where the last data descriptor of `archive` starts (its signature), and
-/// its central directory's first header.
-fn descriptor_and_directory(archive: &[u8]) -> (usize, usize) {
-    let directory = archive
-        .windows(4)
-        .position(|w| w == b"PK\x01\x02")
-        .expect("a central directory header");
-    let descriptor = archive[..directory]
-        .windows(4)
-        .rposition(|w| w == b"PK\x07\x08")
-        .expect("a data descriptor");
-    (descriptor, directory)
-}
-
 /// A deflated file whose sizes follow its data is inflated as it arrives
 /// and checked against its data descriptor and the central directory (the
 /// one named too, after another such file); a stored one cannot be (stored
@@ -397,10 +368,13 @@ fn descriptor_and_directory(archive: &[u8]) -> (usize, usize) {
 async fn a_zip_with_data_descriptors_is_imported_and_a_named_entry_found_past_others() {
     let raw = image_bytes(2 * MIB, 65, 64 << 10);
     let other = image_bytes(MIB, 66, 64 << 10);
-    let deflated = zip_written_to_a_stream(&[("disk.img", &raw)], zip::CompressionMethod::Deflated);
-    let stored = zip_written_to_a_stream(&[("disk.img", &raw)], zip::CompressionMethod::Stored);
-    let several = zip_written_to_a_stream(
-        &[("readme.txt", &other), ("disk.img", &raw)],
+    let deflated = streamed_zip(
+        &[("disk.img", Some(&raw))],
+        zip::CompressionMethod::Deflated,
+    );
+    let stored = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
+    let several = streamed_zip(
+        &[("readme.txt", Some(&other)), ("disk.img", Some(&raw))],
         zip::CompressionMethod::Deflated,
     );
     let two = zip_of(
@@ -445,7 +419,10 @@ async fn a_zip_with_data_descriptors_is_imported_and_a_named_entry_found_past_ot
 #[tokio::test]
 async fn a_descriptor_or_a_directory_that_lies_about_an_inflated_entry_leaves_nothing() {
     let raw = image_bytes(2 * MIB, 68, 64 << 10);
-    let archive = zip_written_to_a_stream(&[("disk.img", &raw)], zip::CompressionMethod::Deflated);
+    let archive = streamed_zip(
+        &[("disk.img", Some(&raw))],
+        zip::CompressionMethod::Deflated,
+    );
     let (descriptor, directory) = descriptor_and_directory(&archive);
     let lie = |at: usize| {
         let mut archive = archive.clone();

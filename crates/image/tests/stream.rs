@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::{compressed_formats, sample_image, zip};
 use flashrack_core::{DigestSource, Provenance, Sha256Digest};
 use flashrack_image::{ImageCache, ImageError, ImportObserver, ImportOptions, StreamSource};
+use flashrack_testkit::zips::{descriptor_and_directory, streamed_zip};
 
 fn source(name: &str) -> (StreamSource, Arc<OnceLock<Provenance>>) {
     let slot = Arc::new(OnceLock::new());
@@ -312,39 +313,6 @@ fn a_zip_stream_is_read_from_the_file_it_was_spooled_to_once_it_has_ended() {
     no_entries(&cache);
 }
 
-/// A zip written to a stream (`ZipWriter::new_stream`, as `zip` to a pipe or
-/// Java's `ZipOutputStream` write it): every entry's CRC-32 and sizes follow
-/// its data, in a data descriptor. `Some(bytes)` entries are files, `None`
-/// entries directories.
-fn streamed_zip(entries: &[(&str, Option<&[u8]>)], method: zip::CompressionMethod) -> Vec<u8> {
-    use std::io::Write;
-    let mut writer = zip::ZipWriter::new_stream(Vec::new());
-    let options = zip::write::SimpleFileOptions::default().compression_method(method);
-    for (name, content) in entries {
-        match content {
-            Some(bytes) => {
-                writer.start_file(*name, options).unwrap();
-                writer.write_all(bytes).unwrap();
-            }
-            None => writer.add_directory(*name, options).unwrap(),
-        }
-    }
-    let archive = writer.finish().unwrap().into_inner();
-    // Bit 3 of each file's local header's flags: its sizes follow its data.
-    let headers: Vec<usize> = (0..archive.len() - 30)
-        .filter(|&at| archive[at..].starts_with(b"PK\x03\x04"))
-        .collect();
-    assert_eq!(headers.len(), entries.len());
-    for (at, (name, content)) in headers.into_iter().zip(entries) {
-        let name_len = usize::from(u16::from_le_bytes([archive[at + 26], archive[at + 27]]));
-        assert_eq!(&archive[at + 30..at + 30 + name_len], name.as_bytes());
-        if content.is_some() {
-            assert_ne!(archive[at + 6] & 0x08, 0, "{name} has a data descriptor");
-        }
-    }
-    archive
-}
-
 /// `archive` (one [`streamed_zip`] wrote, a directory first) with a data
 /// descriptor after that directory too, as `zip` writing to a pipe stores
 /// directories: bit 3 set in both its headers, an empty descriptor after its
@@ -523,20 +491,6 @@ fn a_deflated_entry_whose_sizes_follow_its_data_is_imported_as_it_arrives() {
         let early = chunks_at.iter().filter(|&&at| at < whole).count();
         assert!(early > chunks_at.len() / 2, "{chunks_at:?} of {whole}");
     }
-}
-
-/// Where the data descriptor of the last entry of `archive` starts (its
-/// signature), and the central directory's first header.
-fn descriptor_and_directory(archive: &[u8]) -> (usize, usize) {
-    let directory = archive
-        .windows(4)
-        .position(|w| w == b"PK\x01\x02")
-        .expect("a central directory header");
-    let descriptor = archive[..directory]
-        .windows(4)
-        .rposition(|w| w == b"PK\x07\x08")
-        .expect("a data descriptor");
-    (descriptor, directory)
 }
 
 #[test]

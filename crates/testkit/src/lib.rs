@@ -26,6 +26,8 @@
 //!   written byte by byte (no tool makes one);
 //! - [`bmap`]: a sparse image and its block map as `bmaptool create` writes
 //!   it, and a map resealed after an edit (tests of block maps);
+//! - [`zips`]: zip archives written to a stream, with data descriptors, and
+//!   where an archive's last descriptor and its central directory begin;
 //! - [`page_cache_bytes`]: how much of a file is in the page cache (`fincore`).
 #![deny(missing_docs)]
 
@@ -35,6 +37,7 @@ pub mod iso;
 pub mod pg;
 pub mod udev_stick;
 pub mod udf;
+pub mod zips;
 
 use std::fs;
 use std::io::Write;
