@@ -468,7 +468,8 @@ pub(crate) async fn import_url_following(
                 provenance: done.clone(),
                 declared_length: declared_length.clone(),
                 declared_raw_size: following.raw_size,
-                // A zip is read from the partial file once it is whole.
+                // A zip's central directory (and an entry that cannot be
+                // streamed) is read from the partial file once it is whole.
                 spooled: Some(partial.data_path().to_path_buf()),
                 ..StreamSource::new(url, name.clone())
             };

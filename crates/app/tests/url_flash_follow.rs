@@ -5,8 +5,9 @@
 //! decoded stream: every target writes while the server holds the rest of
 //! the file (proven by the order of events, not by timing); a wrong digest
 //! fails every target before any verdict and caches nothing; so do they
-//! follow a zip whose file's sizes follow its data (a data descriptor), and
-//! a descriptor that lies fails them all the same; a stick too
+//! follow a zip whose file's sizes follow its data (a data descriptor),
+//! deflated or stored (its end found in the stream, past descriptor patterns
+//! in its data), and a descriptor that lies fails them all the same; a stick too
 //! small fails with its reason when the write passes its end while the other
 //! passes, and the run names the real image. And a file that changes on the
 //! server while a flash follows it (§3; file targets, no root): every target
@@ -22,7 +23,7 @@ use flashrack_app::reports::ReportFormat;
 use flashrack_app::AppError;
 use flashrack_core::{FailReason, RunId, Sha256Digest, Stage, TargetId};
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
-use flashrack_testkit::zips::{descriptor_and_directory, streamed_zip};
+use flashrack_testkit::zips::{data_descriptor, descriptor_and_directory, streamed_zip};
 use flashrack_testkit::{image_bytes, LoopDevice};
 
 mod url_flash_support;
@@ -136,19 +137,58 @@ async fn sticks_follow_a_zip_whose_sizes_follow_its_data_as_it_downloads() {
     .await;
 }
 
+/// Stored, the entry's end is where a data descriptor agrees with the data
+/// before it (its data holds descriptor patterns that do not): the sticks
+/// follow it as it downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_follow_a_stored_zip_whose_sizes_follow_its_data_as_it_downloads() {
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let image = image_bytes(24 * MIB, 77, 64 << 10);
+    // Another entry's descriptor, then one with the right sizes for the
+    // data before it and a wrong CRC-32, each before a record's signature.
+    let mut raw = image[..MIB].to_vec();
+    raw.extend_from_slice(&data_descriptor(&image[..4096]));
+    raw.extend_from_slice(b"PK\x03\x04");
+    let mut near = data_descriptor(&raw);
+    near[4] ^= 0x01;
+    raw.extend_from_slice(&near);
+    raw.extend_from_slice(b"PK\x01\x02");
+    raw.extend_from_slice(&image[MIB..]);
+    let file = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
+    let gate = file.len() / 2;
+    followed_to_two_sticks(
+        Served::new(file, "zip-dd-3").behaving(Behaviour::GatedAt(gate)),
+        &raw,
+        gate,
+    )
+    .await;
+}
+
 /// The data descriptor comes after the entry's data, so the sticks have
 /// written most of it when it is read: one whose CRC-32 lies fails every
-/// stick before any verdict, and nothing is cached.
+/// stick before any verdict, and nothing is cached. Deflated, it is read
+/// and disagrees; stored, none agrees with the data, so the archive ends
+/// with no end found for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zip_whose_data_descriptor_lies_fails_every_following_stick_before_any_verdict() {
     if !flashrack_testkit::require_root(&["losetup"]) {
         return;
     }
+    for (method, says) in [
+        (zip::CompressionMethod::Deflated, "data descriptor says"),
+        (zip::CompressionMethod::Stored, "no data descriptor agrees"),
+    ] {
+        lying_descriptor_fails_every_stick(method, says).await;
+    }
+}
+
+/// Flashes a zip (`method`) whose descriptor's CRC-32 lies to two sticks,
+/// and checks the flash fails with `says` and every stick before a verdict.
+async fn lying_descriptor_fails_every_stick(method: zip::CompressionMethod, says: &str) {
     let raw = image_bytes(16 * MIB, 76, 64 << 10);
-    let mut file = streamed_zip(
-        &[("disk.img", Some(&raw))],
-        zip::CompressionMethod::Deflated,
-    );
+    let mut file = streamed_zip(&[("disk.img", Some(&raw))], method);
     let (descriptor, _) = descriptor_and_directory(&file);
     // Its CRC-32, after its signature; the central directory's is right.
     file[descriptor + 4] ^= 0xff;
@@ -177,7 +217,7 @@ async fn a_zip_whose_data_descriptor_lies_fails_every_following_stick_before_any
     .await;
     let error = outcome.expect_err("the flash fails");
     let words = flashrack_app::downloads::error_chain(&error);
-    assert!(words.contains("data descriptor says"), "{words}");
+    assert!(words.contains(says), "{method:?}: {words}");
     let ended = verdicts(&events);
     assert_eq!(ended.len(), 2, "{ended:?}");
     for (target, verdict) in &ended {

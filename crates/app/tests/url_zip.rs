@@ -2,12 +2,12 @@
 //! loopback (`flashrack_testkit::http_files`) and archives the test makes:
 //! the archive is downloaded whole into the partial file (resumable as any
 //! download: a cut is resumed with a `Range`), its chosen file read as it
-//! arrives where its local header gives its sizes, or inflated as it
-//! arrives where they follow its data (a data descriptor, checked against
-//! what arrived), and checked against the central directory at the end (a
-//! descriptor or a directory that disagrees fails it), else read from the
-//! partial file once whole (stored data with a data descriptor): the only
-//! one, or the one named (`zip_entry`); an archive of
+//! arrives where its local header gives its sizes, or, where they follow
+//! its data (a data descriptor, checked against what arrived), inflated as
+//! it arrives or, stored, read up to the descriptor that agrees with it, and
+//! checked against the central directory at the end (a descriptor or a
+//! directory that disagrees fails it): the only one, or the one named
+//! (`zip_entry`); an archive of
 //! several files without a name, or with a name it does not hold, is refused
 //! with the names of its files and keeps its download (a second try with the
 //! right name downloads nothing again); a truncated archive and an entry
@@ -24,7 +24,7 @@ use flashrack_core::{ByteSize, Sha256Digest};
 use flashrack_image::{ImageError, ImageFormat};
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use flashrack_testkit::image_bytes;
-use flashrack_testkit::zips::{descriptor_and_directory, streamed_zip};
+use flashrack_testkit::zips::{data_descriptor, descriptor_and_directory, streamed_zip};
 
 const MIB: usize = 1 << 20;
 
@@ -358,12 +358,13 @@ async fn a_truncated_zip_and_an_entry_whose_crc_is_wrong_leave_nothing() {
     );
 }
 
-/// A deflated file whose sizes follow its data is inflated as it arrives
-/// and checked against its data descriptor and the central directory (the
-/// one named too, after another such file); a stored one cannot be (stored
-/// data does not mark its end), so it is read from the partial file once
-/// whole, as before; a named entry after another file is read past as it
-/// arrives.
+/// A file whose sizes follow its data is read as it arrives and checked
+/// against its data descriptor and the central directory: deflated, it is
+/// inflated to the end deflate marks; stored, its end is found where a
+/// descriptor agrees with the data before it (its data holding descriptor
+/// patterns that do not); a named entry after another such file (deflated
+/// or stored) is read past as it arrives, and one after a file with sizes
+/// in its local header too. One request each: nothing is downloaded twice.
 #[tokio::test]
 async fn a_zip_with_data_descriptors_is_imported_and_a_named_entry_found_past_others() {
     let raw = image_bytes(2 * MIB, 65, 64 << 10);
@@ -372,7 +373,27 @@ async fn a_zip_with_data_descriptors_is_imported_and_a_named_entry_found_past_ot
         &[("disk.img", Some(&raw))],
         zip::CompressionMethod::Deflated,
     );
-    let stored = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
+    // Descriptor patterns in the stored data: another entry's, and one
+    // with the right sizes for the data before it but a wrong CRC-32.
+    let patterned = {
+        let mut out = raw[..MIB].to_vec();
+        out.extend_from_slice(&data_descriptor(&raw[..4096]));
+        out.extend_from_slice(b"PK\x03\x04");
+        let mut near = data_descriptor(&out);
+        near[4] ^= 0x01;
+        out.extend_from_slice(&near);
+        out.extend_from_slice(b"PK\x01\x02");
+        out.extend_from_slice(&raw[MIB..]);
+        out
+    };
+    let stored = streamed_zip(
+        &[("disk.img", Some(&patterned))],
+        zip::CompressionMethod::Stored,
+    );
+    let stored_several = streamed_zip(
+        &[("readme.txt", Some(&other)), ("disk.img", Some(&raw))],
+        zip::CompressionMethod::Stored,
+    );
     let several = streamed_zip(
         &[("readme.txt", Some(&other)), ("disk.img", Some(&raw))],
         zip::CompressionMethod::Deflated,
@@ -385,14 +406,24 @@ async fn a_zip_with_data_descriptors_is_imported_and_a_named_entry_found_past_ot
     server.serve("/deflated.zip", Served::new(deflated.clone(), "dd-1"));
     server.serve("/stored.zip", Served::new(stored.clone(), "dd-2"));
     server.serve("/several.zip", Served::new(several.clone(), "dd-3"));
+    server.serve(
+        "/stored-several.zip",
+        Served::new(stored_several.clone(), "dd-4"),
+    );
     server.serve("/two.zip", Served::new(two.clone(), "two-1"));
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    for (path, archive, entry) in [
-        ("/deflated.zip", &deflated, None),
-        ("/stored.zip", &stored, None),
-        ("/several.zip", &several, Some("disk.img")),
-        ("/two.zip", &two, Some("disk.img")),
+    for (path, archive, entry, image) in [
+        ("/deflated.zip", &deflated, None, &raw),
+        ("/stored.zip", &stored, None, &patterned),
+        ("/several.zip", &several, Some("disk.img"), &raw),
+        (
+            "/stored-several.zip",
+            &stored_several,
+            Some("disk.img"),
+            &raw,
+        ),
+        ("/two.zip", &two, Some("disk.img"), &raw),
     ] {
         // A cache of its own each: the image is imported every time.
         let cache = open_cache(&data_dir.join(&path[1..])).unwrap();
@@ -406,47 +437,61 @@ async fn a_zip_with_data_descriptors_is_imported_and_a_named_entry_found_past_ot
         .await
         .unwrap_or_else(|e| panic!("{path}: {e:#}"));
         assert!(outcome.hit.is_none(), "{path}");
-        assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw), "{path}");
+        assert_eq!(outcome.image.sha256(), Sha256Digest::of(image), "{path}");
         assert_eq!(outcome.image.meta.zip_entry.as_deref(), Some("disk.img"));
         assert_eq!(outcome.image.meta.input_sha256, Sha256Digest::of(archive));
         assert_eq!(server.requests_for(path).len(), 1, "{path}");
     }
 }
 
-/// A file inflated as it arrived is checked against its data descriptor
-/// and against the central directory: either one lying about it fails the
-/// import as a corrupt archive, and nothing is kept.
+/// A file read as it arrived is checked against its data descriptor and
+/// against the central directory: either one lying about it fails the
+/// import as a corrupt archive, and nothing is kept. Deflated, the
+/// descriptor read after the data disagrees with it; stored, no descriptor
+/// agrees with the data, so the archive ends with none found.
 #[tokio::test]
-async fn a_descriptor_or_a_directory_that_lies_about_an_inflated_entry_leaves_nothing() {
+async fn a_descriptor_or_a_directory_that_lies_about_an_entry_with_sizes_after_its_data_leaves_nothing(
+) {
     let raw = image_bytes(2 * MIB, 68, 64 << 10);
-    let archive = streamed_zip(
-        &[("disk.img", Some(&raw))],
-        zip::CompressionMethod::Deflated,
-    );
-    let (descriptor, directory) = descriptor_and_directory(&archive);
-    let lie = |at: usize| {
-        let mut archive = archive.clone();
-        archive[at] ^= 0x10;
-        archive
-    };
     let server = FileServer::start().await;
-    // After the descriptor's signature: its CRC-32, then the sizes; the
-    // directory's size is 24 bytes into its header.
-    server.serve("/crc.zip", Served::new(lie(descriptor + 4), "crc-1"));
-    server.serve("/size.zip", Served::new(lie(descriptor + 12), "size-1"));
-    server.serve("/dir.zip", Served::new(lie(directory + 24), "dir-1"));
+    let mut cases = Vec::new();
+    for (method, lied) in [
+        (
+            zip::CompressionMethod::Deflated,
+            "disk.img's data descriptor says",
+        ),
+        (
+            zip::CompressionMethod::Stored,
+            "no data descriptor agrees with the stored data of disk.img",
+        ),
+    ] {
+        let archive = streamed_zip(&[("disk.img", Some(&raw))], method);
+        let (descriptor, directory) = descriptor_and_directory(&archive);
+        let lie = |at: usize| {
+            let mut archive = archive.clone();
+            archive[at] ^= 0x10;
+            archive
+        };
+        // After the descriptor's signature: its CRC-32, then the sizes; the
+        // directory's size is 24 bytes into its header.
+        for (what, at, says) in [
+            ("crc", descriptor + 4, lied),
+            ("size", descriptor + 12, lied),
+            ("dir", directory + 24, "central directory lists disk.img"),
+        ] {
+            let path = format!("/{method:?}-{what}.zip");
+            server.serve(&path, Served::new(lie(at), &format!("{what}-1")));
+            cases.push((path, says));
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let cache = open_cache(&data_dir).unwrap();
-    for (path, says) in [
-        ("/crc.zip", "disk.img's data descriptor says CRC-32"),
-        ("/size.zip", "disk.img's data descriptor says"),
-        ("/dir.zip", "central directory lists disk.img"),
-    ] {
+    for (path, says) in cases {
         let error = import_url(
             &cache,
             &data_dir,
-            &request(&server, path, None),
+            &request(&server, &path, None),
             policy(),
             |_| {},
         )

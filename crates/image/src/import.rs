@@ -19,6 +19,7 @@ use zip::ZipArchive;
 
 use crate::blockmap::{BmapInput, StoredMap};
 use crate::cache::{CachedImage, EntryFile, ImageCache, ImportMeta, SourceReference};
+use crate::descriptor_scan::{Rewindable, StoredUntilDescriptor};
 use crate::detect::{ImageFormat, MAGIC_LEN};
 use crate::error::{FileKind, ImageError};
 use crate::fsutil::{write_json_atomic, TempFile};
@@ -999,19 +1000,21 @@ pub(crate) struct StreamedEntry {
 /// named (entries before it, and directories, are read past). An entry whose
 /// local header gives its sizes is read by the zip reader, which checks its
 /// bytes against the CRC-32 and sizes that header declares, and `before` is
-/// told its size. A deflated entry whose sizes follow its data (bit 3 of its
-/// flags, a data descriptor: what a zip written to a stream has) is inflated
-/// as it arrives, deflate marking its own end, and `before` is told no size
-/// (`None`); its CRC-32 and sizes are computed as it goes and checked against
-/// its data descriptor once its data has ended. [`check_streamed_zip`] then
-/// checks the entry, and the choice, against the central directory once the
-/// archive is whole. `Ok(None)`: the entry cannot be streamed (sizes after
-/// the data of an entry that is not deflated, or encrypted, or such an entry
-/// before it (a stored directory with a data descriptor, which holds
-/// nothing, is read past), or a record this reader does not know), decided
-/// before any of
-/// its bytes is decoded, so the caller reads the archive from its end
-/// instead. `before` is called before the entry's first byte is decoded.
+/// told its size. An entry whose sizes follow its data (bit 3 of its flags,
+/// a data descriptor: what a zip written to a stream has) is read as it
+/// arrives too, and `before` is told no size (`None`): deflated, it is
+/// inflated, deflate marking its own end; stored, its end is found in the
+/// stream (`descriptor_scan`: the first descriptor that agrees with the data
+/// before it, followed by a record's signature). Its CRC-32 and sizes are
+/// computed as it goes and checked against its data descriptor once its
+/// data has ended. [`check_streamed_zip`] then checks the entry, and the
+/// choice, against the central directory once the archive is whole (which a
+/// false end found in stored data fails). `Ok(None)`: the entry cannot be
+/// streamed (sizes after the data of an entry neither stored nor deflated,
+/// or encrypted, or such an entry before it, or a record this reader does
+/// not know), decided before any of its bytes is decoded, so the caller
+/// reads the archive from its end instead. `before` is called before the
+/// entry's first byte is decoded.
 pub(crate) fn stream_zip_entry<R: Read>(
     path: &Path,
     input: &mut InputReader<R>,
@@ -1021,11 +1024,12 @@ pub(crate) fn stream_zip_entry<R: Read>(
     pass_error: &dyn Fn(PassError) -> ImageError,
 ) -> Result<Option<(RawDigests, StreamedEntry)>, ImageError> {
     // Buffered, so that a deflate decoder takes from the buffer only the
-    // bytes of its stream and leaves the data descriptor after it there.
-    // Bytes buffered past the point where this stops were hashed and counted
-    // by `input` as they were read: the caller's `finish_stream` goes on
-    // from there.
-    let mut input = io::BufReader::with_capacity(INPUT_BUFFER, input);
+    // bytes of its stream and leaves the data descriptor after it there;
+    // rewindable, so that a stored entry's scan for its descriptor gives
+    // back what it read past its end. Bytes buffered past the point where
+    // this stops were hashed and counted by `input` as they were read: the
+    // caller's `finish_stream` goes on from there.
+    let mut input = Rewindable::new(INPUT_BUFFER, input);
     let io_error = |e: io::Error| zip_error(path, ZipError::Io(e));
     loop {
         let Some(header) = LocalHeader::read(&mut input).map_err(io_error)? else {
@@ -1045,16 +1049,16 @@ pub(crate) fn stream_zip_entry<R: Read>(
                 check_descriptor(path, &mut input, &header, &name, (0, 0, 0))?;
                 continue;
             }
-            if header.method != METHOD_DEFLATE {
-                // Stored data does not mark its end (nor is another method
-                // decoded here): read from the archive's end.
+            if header.method != METHOD_DEFLATE && header.method != METHOD_STORED {
+                // Not decoded here: read from the archive's end.
                 return Ok(None);
             }
             let chosen = is_file && wanted.is_none_or(|wanted| wanted == name);
             if !chosen {
-                // Read past: inflated to its end, its descriptor checked.
+                // Read past to its end (where deflate marks it, or where
+                // its descriptor is found), its descriptor checked.
                 let found = {
-                    let mut entry = Inflating::new(&mut input);
+                    let mut entry = Following::new(&mut input, &header, &name);
                     io::copy(&mut entry, &mut io::sink()).map_err(io_error)?;
                     entry.finish()
                 };
@@ -1063,7 +1067,7 @@ pub(crate) fn stream_zip_entry<R: Read>(
             }
             before(None);
             let (raw, (crc32, compressed_size, size)) = {
-                let mut entry = Inflating::new(&mut input);
+                let mut entry = Following::new(&mut input, &header, &name);
                 let raw = pass.digest_and_store(&mut entry).map_err(pass_error)?;
                 (raw, entry.finish())
             };
@@ -1122,9 +1126,11 @@ pub(crate) fn stream_zip_entry<R: Read>(
 }
 
 /// A local file header's signature.
-const LOCAL_HEADER_SIGNATURE: u32 = 0x0403_4b50;
+pub(crate) const LOCAL_HEADER_SIGNATURE: u32 = 0x0403_4b50;
+/// A central directory file header's signature.
+pub(crate) const CENTRAL_HEADER_SIGNATURE: u32 = 0x0201_4b50;
 /// The optional signature of a data descriptor.
-const DATA_DESCRIPTOR_SIGNATURE: u32 = 0x0807_4b50;
+pub(crate) const DATA_DESCRIPTOR_SIGNATURE: u32 = 0x0807_4b50;
 /// Bit 3 of a local header's flags: the CRC-32 and sizes follow the data.
 const FLAG_DATA_DESCRIPTOR: u16 = 1 << 3;
 /// Bit 0: the entry is encrypted.
@@ -1204,6 +1210,48 @@ impl LocalHeader {
             .flatten()?;
         let name = entry.name().ok()?.into_owned();
         Some(name)
+    }
+}
+
+/// An entry whose sizes follow its data, read as it arrives to its end:
+/// inflated to where deflate marks it, or stored up to where its data
+/// descriptor is found ([`StoredUntilDescriptor`]). Computes the CRC-32 and
+/// sizes of what it yields; what follows the end (the descriptor) is left
+/// to be read from the stream.
+enum Following<'a, R: Read> {
+    /// Method 8.
+    Inflated(Inflating<'a, Rewindable<R>>),
+    /// Method 0.
+    Stored(StoredUntilDescriptor<'a, R>),
+}
+
+impl<'a, R: Read> Following<'a, R> {
+    /// The data of the entry `header` (deflated or stored) names `name`,
+    /// from `input`, positioned after that header.
+    fn new(input: &'a mut Rewindable<R>, header: &LocalHeader, name: &'a str) -> Self {
+        if header.method == METHOD_DEFLATE {
+            Self::Inflated(Inflating::new(input))
+        } else {
+            Self::Stored(StoredUntilDescriptor::new(input, name, header.zip64))
+        }
+    }
+
+    /// The CRC-32, compressed size and size of the entry, once read to its
+    /// end.
+    fn finish(self) -> (u32, u64, u64) {
+        match self {
+            Self::Inflated(entry) => entry.finish(),
+            Self::Stored(entry) => entry.finish(),
+        }
+    }
+}
+
+impl<R: Read> Read for Following<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Inflated(entry) => entry.read(buf),
+            Self::Stored(entry) => entry.read(buf),
+        }
     }
 }
 

@@ -61,7 +61,8 @@
 //! - private: `pass` (the single pass: sparse store, whole and chunk digests,
 //!   chunk hashing on a second thread), `input` (hashing the file as it is read,
 //!   decoders), `index` (sources and aliases), `fsutil` (temp files, atomic
-//!   writes).
+//!   writes), `descriptor_scan` (a stored zip entry whose sizes follow its
+//!   data, its end found in the stream).
 //!
 //! **API boundary**: this crate does file I/O in the cache directory and on the
 //! imported file only; it knows nothing of devices, the engine or HTTP.
@@ -77,6 +78,7 @@ pub mod observe;
 pub mod stream;
 mod xz_size;
 
+mod descriptor_scan;
 mod fsutil;
 mod index;
 mod input;

@@ -11,12 +11,14 @@
 //! directory at its end. Its chosen file
 //! ([`ImportOptions::zip_entry`](crate::ImportOptions::zip_entry), as for a
 //! file import) is decoded as it arrives from its local header when that
-//! gives its sizes, or inflated as it arrives when it is deflated and its
-//! sizes follow its data (a data descriptor, checked against what arrived),
-//! and checked against the central directory once the stream has ended; a
-//! stored file whose sizes follow its data (stored data does not mark its
-//! end) is read from the spool file once the stream has ended (the
-//! archive's sha256 computed as it arrives either way). Without a spool file a zip is
+//! gives its sizes; when its sizes follow its data (a data descriptor,
+//! checked against what arrived) it is inflated as it arrives when deflated,
+//! or, stored, read as it arrives up to the first descriptor that agrees
+//! with it (stored data does not mark its end); either way it is checked
+//! against the central directory once the stream has ended. An entry that
+//! cannot be streamed (encrypted, another method) is read from the spool
+//! file once the stream has ended (the archive's sha256 computed as it
+//! arrives either way). Without a spool file a zip is
 //! refused with [`ImageError::Unsupported`]. The stream formats and raw images are
 //! imported as they come.
 
@@ -176,8 +178,9 @@ impl ImageCache {
         let mut zip_entry = None;
         let passed = if let Some(spooled) = &spooled {
             // The entry as it arrives, from its local header, where it can
-            // be (its sizes before its data, or deflated: its size unknown
-            // until its end, checked against the data descriptor after it);
+            // be (its sizes before its data, or after it, deflated or
+            // stored: its size unknown until its end, checked against the
+            // data descriptor after it);
             // the rest of the stream to its
             // end (hashed as it arrives: the sha256 of the file as given);
             // then the archive's central directory, from the file the stream

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::{compressed_formats, sample_image, zip};
 use flashrack_core::{DigestSource, Provenance, Sha256Digest};
 use flashrack_image::{ImageCache, ImageError, ImportObserver, ImportOptions, StreamSource};
-use flashrack_testkit::zips::{descriptor_and_directory, streamed_zip};
+use flashrack_testkit::zips::{data_descriptor, descriptor_and_directory, streamed_zip};
 
 fn source(name: &str) -> (StreamSource, Arc<OnceLock<Provenance>>) {
     let slot = Arc::new(OnceLock::new());
@@ -469,112 +469,195 @@ fn a_deflated_entry_whose_sizes_follow_its_data_is_imported_as_it_arrives() {
         (&several, Some("images/disk.img"), "images/disk.img"),
         (&zip64, None, "large.img"),
     ] {
-        let cache =
-            ImageCache::open(dir.path().join(format!("cache-{}", name.replace('/', "-")))).unwrap();
-        let (outcome, follower) = import_streamed(&cache, &spool, archive, entry);
-        let image = outcome.unwrap().image;
-        assert_eq!(image.sha256(), Sha256Digest::of(&raw));
-        assert_eq!(std::fs::read(&image.path).unwrap(), raw);
-        assert_eq!(image.meta.zip_entry.as_deref(), Some(name));
-        assert_eq!(image.meta.input_sha256, Sha256Digest::of(archive));
-        assert_eq!(image.meta.input_size, archive.len() as u64);
-        // Begun with no size (it follows the data), the first chunk
-        // announced before half the archive had been read, and most of them
-        // while the rest (the descriptor and the central directory among
-        // it) was still to come: the targets follow it as it arrives. (The
-        // stream is read a MiB at a time.)
-        assert_eq!(*follower.began.lock().unwrap(), Some(None));
-        let chunks_at = follower.chunks_at.lock().unwrap();
-        let whole = archive.len() as u64;
-        assert_eq!(chunks_at.len(), 41);
-        assert!(chunks_at[0] < whole / 2, "{chunks_at:?} of {whole}");
-        let early = chunks_at.iter().filter(|&&at| at < whole).count();
-        assert!(early > chunks_at.len() / 2, "{chunks_at:?} of {whole}");
+        imported_as_it_arrived(dir.path(), &spool, archive, entry, name, &raw);
     }
 }
 
+/// Imports `archive` as a download feeds it and checks that its entry
+/// `name` (`entry` when named) came out as `raw`, followed as it arrived:
+/// begun with no size (it follows the data), the first chunk announced
+/// before half the archive had been read, and most of them while the rest
+/// (the descriptor and the central directory among it) was still to come.
+/// (The stream is read a MiB at a time.)
+fn imported_as_it_arrived(
+    dir: &std::path::Path,
+    spool: &std::path::Path,
+    archive: &[u8],
+    entry: Option<&str>,
+    name: &str,
+    raw: &[u8],
+) {
+    let cache = ImageCache::open(dir.join(format!("cache-{}", name.replace('/', "-")))).unwrap();
+    let (outcome, follower) = import_streamed(&cache, spool, archive, entry);
+    let image = outcome.unwrap_or_else(|e| panic!("{name}: {e:?}")).image;
+    assert_eq!(image.sha256(), Sha256Digest::of(raw), "{name}");
+    assert_eq!(std::fs::read(&image.path).unwrap(), raw, "{name}");
+    assert_eq!(image.meta.zip_entry.as_deref(), Some(name));
+    assert_eq!(image.meta.input_sha256, Sha256Digest::of(archive));
+    assert_eq!(image.meta.input_size, archive.len() as u64);
+    assert_eq!(*follower.began.lock().unwrap(), Some(None), "{name}");
+    let chunks_at = follower.chunks_at.lock().unwrap();
+    let whole = archive.len() as u64;
+    assert_eq!(chunks_at.len(), raw.len().div_ceil(common::CHUNK as usize));
+    assert!(chunks_at[0] < whole / 2, "{name}: {chunks_at:?} of {whole}");
+    let early = chunks_at.iter().filter(|&&at| at < whole).count();
+    assert!(
+        early > chunks_at.len() / 2,
+        "{name}: {chunks_at:?} of {whole}"
+    );
+}
+
+/// Deflated, a descriptor that lies is read and disagrees; stored, no
+/// descriptor agrees with the data, so none ends it (the stream ends
+/// first). Either way, and with a directory that lies, the import fails.
 #[test]
 fn a_data_descriptor_or_a_central_directory_that_lies_fails_the_import_and_keeps_nothing() {
     let raw = common::image(12, 1000, &[2], 33);
-    let archive = streamed_zip(
-        &[("disk.img", Some(&raw))],
-        zip::CompressionMethod::Deflated,
-    );
-    let (descriptor, directory) = descriptor_and_directory(&archive);
-    let lie = |at: usize| {
-        let mut archive = archive.clone();
-        archive[at] ^= 0x01;
-        archive
-    };
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("disk.zip.part");
-    for (what, lying, says) in [
-        // After its signature: the CRC-32, then the compressed size, then
-        // the size.
+    for (method, lied) in [
+        (zip::CompressionMethod::Deflated, "data descriptor says"),
         (
-            "descriptor's CRC-32",
-            lie(descriptor + 4),
-            "data descriptor says",
-        ),
-        (
-            "descriptor's compressed size",
-            lie(descriptor + 8),
-            "data descriptor says",
-        ),
-        (
-            "descriptor's size",
-            lie(descriptor + 12),
-            "data descriptor says",
-        ),
-        // The directory's CRC-32 (16 bytes into its header) and size (24).
-        (
-            "directory's CRC-32",
-            lie(directory + 16),
-            "central directory lists disk.img",
-        ),
-        (
-            "directory's size",
-            lie(directory + 24),
-            "central directory lists disk.img",
+            zip::CompressionMethod::Stored,
+            "no data descriptor agrees with the stored data of disk.img",
         ),
     ] {
-        let cache = ImageCache::open(dir.path().join(what.replace(' ', "-"))).unwrap();
-        let (outcome, follower) = import_streamed(&cache, &spool, &lying, None);
-        let error = outcome.unwrap_err();
-        match &error {
-            ImageError::Corrupt { reason, .. } => {
-                assert!(reason.contains(says), "{what}: {reason}")
+        let archive = streamed_zip(&[("disk.img", Some(&raw))], method);
+        let (descriptor, directory) = descriptor_and_directory(&archive);
+        let lie = |at: usize| {
+            let mut archive = archive.clone();
+            archive[at] ^= 0x01;
+            archive
+        };
+        for (what, lying, says) in [
+            // After its signature: the CRC-32, then the compressed size,
+            // then the size.
+            ("descriptor's CRC-32", lie(descriptor + 4), lied),
+            ("descriptor's compressed size", lie(descriptor + 8), lied),
+            ("descriptor's size", lie(descriptor + 12), lied),
+            // The directory's CRC-32 (16 bytes into its header) and size (24).
+            (
+                "directory's CRC-32",
+                lie(directory + 16),
+                "central directory lists disk.img",
+            ),
+            (
+                "directory's size",
+                lie(directory + 24),
+                "central directory lists disk.img",
+            ),
+        ] {
+            let what = format!("{method:?} {what}");
+            let cache = ImageCache::open(dir.path().join(what.replace(' ', "-"))).unwrap();
+            let (outcome, follower) = import_streamed(&cache, &spool, &lying, None);
+            let error = outcome.unwrap_err();
+            match &error {
+                ImageError::Corrupt { reason, .. } => {
+                    assert!(reason.contains(says), "{what}: {reason}")
+                }
+                other => panic!("{what}: {other:?}"),
             }
-            other => panic!("{what}: {other:?}"),
+            // It was followed (so the import's failure is the followers' too).
+            assert_eq!(*follower.began.lock().unwrap(), Some(None), "{what}");
+            assert!(!follower.chunks_at.lock().unwrap().is_empty(), "{what}");
+            no_entries(&cache);
         }
-        // It was followed (so the import's failure is the followers' too).
-        assert_eq!(*follower.began.lock().unwrap(), Some(None), "{what}");
-        assert!(!follower.chunks_at.lock().unwrap().is_empty(), "{what}");
-        no_entries(&cache);
     }
 }
 
+/// `raw` with data descriptors planted in it, each followed by a record's
+/// signature, that a stored entry's reader must take as data: one of
+/// another entry (an archive inside the image), one with the right sizes
+/// for the data before it and a wrong CRC-32 (before an end of central
+/// directory's signature, not a record that may follow an entry, one with
+/// a wrong CRC-32 before a local header's), and a whole stored archive
+/// written to a stream.
+fn with_descriptor_patterns(raw: &[u8]) -> Vec<u8> {
+    let inner = streamed_zip(
+        &[("inner.img", Some(&raw[..5000]))],
+        zip::CompressionMethod::Stored,
+    );
+    let mut out = raw[..100_000].to_vec();
+    out.extend_from_slice(&data_descriptor(&raw[..3000]));
+    out.extend_from_slice(b"PK\x03\x04");
+    out.extend_from_slice(&raw[100_000..200_000]);
+    let mut near = data_descriptor(&out);
+    near[4] ^= 0x01;
+    out.extend_from_slice(&near);
+    out.extend_from_slice(b"PK\x01\x02");
+    out.extend_from_slice(&inner);
+    out.extend_from_slice(&raw[200_000..]);
+    out
+}
+
 #[test]
-fn a_stored_entry_whose_sizes_follow_its_data_is_read_from_the_spool_file_once_whole() {
-    let raw = common::image(6, 1000, &[1], 34);
+fn a_stored_entry_whose_sizes_follow_its_data_is_found_in_the_stream_and_imported_as_it_arrives() {
+    let raw = with_descriptor_patterns(&common::image(40, 1000, &[2, 3, 9], 34));
+    let other = common::image(3, 500, &[], 35);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("disk.zip.part");
+    let one = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
+    // The entry named, after a directory and another stored file, each with
+    // its data descriptor: those are read past as they arrive, so the one
+    // after them streams too.
+    let several = with_a_directory_descriptor(&streamed_zip(
+        &[
+            ("notes/", None),
+            ("readme.txt", Some(&other)),
+            ("images/disk.img", Some(&raw)),
+        ],
+        zip::CompressionMethod::Stored,
+    ));
+    // Zip64: 8-byte sizes in the descriptor.
+    let zip64 = {
+        use std::io::Write;
+        let mut writer = zip::ZipWriter::new_stream(Vec::new());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(true);
+        writer.start_file("large.img", options).unwrap();
+        writer.write_all(&raw).unwrap();
+        writer.finish().unwrap().into_inner()
+    };
+    assert_ne!(zip64[6] & 0x08, 0, "a data descriptor");
+    let (descriptor, directory) = descriptor_and_directory(&zip64);
+    assert_eq!(directory - descriptor, 4 + 4 + 8 + 8, "8-byte sizes");
+    for (archive, entry, name) in [
+        (&one, None, "disk.img"),
+        (&several, Some("images/disk.img"), "images/disk.img"),
+        (&zip64, None, "large.img"),
+    ] {
+        imported_as_it_arrived(dir.path(), &spool, archive, entry, name, &raw);
+    }
+}
+
+/// Data that holds a data descriptor of the data before it, then a record's
+/// signature, ends a stored entry there: the entry so found is not the one
+/// the central directory lists, so the import fails before it ends (no
+/// follower passes) and keeps nothing. Such data is made, not met by
+/// chance: sixteen bytes that depend on all before them.
+#[test]
+fn data_made_to_end_a_stored_entry_early_fails_at_the_central_directory() {
+    let image = common::image(12, 1000, &[2], 36);
+    let mut raw = image[..300_000].to_vec();
+    raw.extend_from_slice(&data_descriptor(&raw.clone()));
+    raw.extend_from_slice(b"PK\x03\x04");
+    raw.extend_from_slice(&image[300_000..]);
     let archive = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
     let dir = tempfile::tempdir().unwrap();
     let cache = ImageCache::open(dir.path().join("cache")).unwrap();
     let (outcome, follower) =
         import_streamed(&cache, &dir.path().join("disk.zip.part"), &archive, None);
-    let image = outcome.unwrap().image;
-    assert_eq!(image.sha256(), Sha256Digest::of(&raw));
-    assert_eq!(image.meta.zip_entry.as_deref(), Some("disk.img"));
-    // Stored data does not mark its end: begun once the archive was whole,
-    // with the central directory's size.
-    assert_eq!(
-        *follower.began.lock().unwrap(),
-        Some(Some(raw.len() as u64))
-    );
-    assert!(follower
-        .chunks_at
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|&at| at == archive.len() as u64));
+    match outcome.unwrap_err() {
+        ImageError::Corrupt { reason, .. } => {
+            assert!(
+                reason.contains("central directory lists disk.img"),
+                "{reason}"
+            );
+            assert!(reason.contains("300000 bytes"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(*follower.began.lock().unwrap(), Some(None));
+    no_entries(&cache);
 }

@@ -27,7 +27,8 @@
 //! - [`bmap`]: a sparse image and its block map as `bmaptool create` writes
 //!   it, and a map resealed after an edit (tests of block maps);
 //! - [`zips`]: zip archives written to a stream, with data descriptors, and
-//!   where an archive's last descriptor and its central directory begin;
+//!   where an archive's last descriptor and its central directory begin, and
+//!   a descriptor for given data (to plant in an image);
 //! - [`page_cache_bytes`]: how much of a file is in the page cache (`fincore`).
 #![deny(missing_docs)]
 

@@ -21,11 +21,13 @@ pub fn streamed_zip(entries: &[(&str, Option<&[u8]>)], method: zip::CompressionM
     }
     let archive = writer.finish().unwrap().into_inner();
     // Bit 3 of each file's local header's flags: its sizes follow its data.
-    let headers: Vec<usize> = (0..archive.len() - 30)
-        .filter(|&at| archive[at..].starts_with(b"PK\x03\x04"))
-        .collect();
-    assert_eq!(headers.len(), entries.len());
-    for (at, (name, content)) in headers.into_iter().zip(entries) {
+    // The headers found through the central directory (the data may hold
+    // their signature).
+    let mut read = zip::ZipArchive::new(std::io::Cursor::new(&archive[..])).unwrap();
+    assert_eq!(read.len(), entries.len());
+    for (index, (name, content)) in entries.iter().enumerate() {
+        let at = usize::try_from(read.by_index_raw(index).unwrap().header_start()).unwrap();
+        assert_eq!(&archive[at..at + 4], b"PK\x03\x04");
         let name_len = usize::from(u16::from_le_bytes([archive[at + 26], archive[at + 27]]));
         assert_eq!(&archive[at + 30..at + 30 + name_len], name.as_bytes());
         if content.is_some() {
@@ -38,13 +40,36 @@ pub fn streamed_zip(entries: &[(&str, Option<&[u8]>)], method: zip::CompressionM
 /// Where the last data descriptor of `archive` starts (its signature), and
 /// its central directory's first header.
 pub fn descriptor_and_directory(archive: &[u8]) -> (usize, usize) {
-    let directory = archive
-        .windows(4)
-        .position(|w| w == b"PK\x01\x02")
-        .expect("a central directory header");
+    // From the end record (the data may hold a directory header's
+    // signature); the last descriptor is the last before the directory.
+    let read = zip::ZipArchive::new(std::io::Cursor::new(archive)).unwrap();
+    let directory = usize::try_from(read.central_directory_start()).unwrap();
+    assert_eq!(
+        &archive[directory..directory + 4],
+        b"PK\x01\x02",
+        "a central directory header"
+    );
     let descriptor = archive[..directory]
         .windows(4)
         .rposition(|w| w == b"PK\x07\x08")
         .expect("a data descriptor");
     (descriptor, directory)
+}
+
+/// The data descriptor a zip writer puts after `data` stored (method 0,
+/// sizes under 4 GiB): its signature, CRC-32 and both sizes, 16 bytes.
+/// Planted inside an image's data it is a pattern a reader that looks for
+/// a stored entry's end must see past (another entry's descriptor), or,
+/// for the data before it, a false end.
+pub fn data_descriptor(data: &[u8]) -> Vec<u8> {
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    let size = u32::try_from(data.len()).expect("under 4 GiB");
+    [
+        b"PK\x07\x08".as_slice(),
+        &crc.sum().to_le_bytes(),
+        &size.to_le_bytes(),
+        &size.to_le_bytes(),
+    ]
+    .concat()
 }
