@@ -1154,3 +1154,85 @@ async fn a_station_file_is_referenced_in_place_not_copied_and_a_change_after_the
     );
     app.stop().await.unwrap();
 }
+
+/// A run armed with a file not cached yet while the last run's stop is
+/// being recorded (the records locked by another process) is not refused:
+/// as a plain arm then, it waits for the stop's record and is armed once
+/// the records hold it, its import started meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_file_asked_while_the_last_run_is_being_stopped_is_armed_once_its_stop_is_recorded(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().to_path_buf();
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    let raw = image_bytes(8 * MIB, 89, MIB);
+    let sha = Sha256Digest::of(&raw);
+    let path = dir.path().join("next.img");
+    std::fs::write(&path, &raw).unwrap();
+    let mut events = app.events().await;
+    let first = app.arm().await;
+    // A slow stick is being written when the run is stopped.
+    app.rack
+        .plug("t-1", "SLOW", stick(32 * MIB).write_speed(MIB as u64 / 4))
+        .unwrap();
+    events
+        .until("A1 writing", |v| v.state("A1") == "writing")
+        .await;
+    let lock = WriteLockHolder::take(&app.database());
+    let stopping = tokio::spawn({
+        let station = app.station.clone();
+        async move { station.stop_run("end of the batch").await }
+    });
+    events
+        .until("the run shown stopping", |v| {
+            v.run["armed"] == true && v.run["recording"] == true
+        })
+        .await;
+    plug(&app, 2, 32 * MIB);
+    events
+        .until("A2 detected", |v| v.state("A2") == "detected")
+        .await;
+    // The follow waits for the stop's record (not a 409); the lock goes a
+    // moment later.
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let shown = app.station.snapshot().run.unwrap();
+        assert!(
+            shown.armed && shown.recording && shown.id.0 as u64 == first,
+            "{shown:?}"
+        );
+        assert!(
+            !stopping.is_finished(),
+            "stopped before the records hold it"
+        );
+        drop(lock);
+    };
+    let (armed, ()) = tokio::join!(
+        app.post(
+            "/api/v1/runs",
+            Some(json!({ "file": { "path": path, "sha256": sha.to_hex() } })),
+        ),
+        release
+    );
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run = armed.json();
+    let run_id = run["id"].as_u64().unwrap();
+    assert_ne!(run_id, first, "{run}");
+    assert_eq!(run["image_name"], "next.img", "{run}");
+    assert!(run["import"].is_object(), "{run}");
+    tokio::time::timeout(std::time::Duration::from_secs(30), stopping)
+        .await
+        .expect("the stop is answered")
+        .unwrap()
+        .unwrap();
+    let stopped = run_report(&app, first).await;
+    assert_eq!(stopped["run"]["stop_reason"], "operator", "{stopped}");
+    let done = events
+        .until("A2 passes under the new run", |v| {
+            v.state("A2") == "passed" && v.run["id"] == run_id && v.run["import"]["state"] == "done"
+        })
+        .await;
+    assert_eq!(done.run["image_sha256"], sha.to_hex().as_str());
+    assert_eq!(stick_bytes(&app, 2, raw.len()), raw);
+    app.stop().await.unwrap();
+}

@@ -321,7 +321,11 @@ impl StationHandle {
     }
 
     /// Writes the stick in `label` now, as the operator's explicit request (also a
-    /// stick that already passed or failed in this run).
+    /// stick that already passed or failed in this run). While a run is
+    /// being armed (the records taking its start) it waits for their answer
+    /// and is for that run ([`StationError::NotArmed`] if they refuse it);
+    /// while the run is being stopped it is refused
+    /// ([`StationError::Stopping`]): nothing more starts under it.
     pub async fn start_port(&self, label: &str) -> Result<(), StationError> {
         self.ask(|tx| Command::StartPort(label.to_string(), tx))
             .await
@@ -341,6 +345,8 @@ impl StationHandle {
     /// its port whose attempt in the armed run failed for a reason that may
     /// pass ([`FailReason::is_retryable`]: never a capacity lie or a read-only
     /// stick). Answers the labels of the ports started, once their sticks are.
+    /// While a run is being armed or stopped, as
+    /// [`start_port`](Self::start_port).
     pub async fn retry_failed(&self) -> Result<Vec<String>, StationError> {
         self.ask(Command::RetryFailed).await
     }
@@ -563,8 +569,10 @@ struct DeferredReply {
 /// is shown armed and no stick is started under it until they hold it
 /// ([`Recorded::RunStarted`] arms it); the snapshot says it is being armed
 /// meanwhile ([`ArmingView`]), another arm is refused
-/// ([`StationError::Arming`]), and a stop waits for the records' answer. If the records refuse it, it is dropped and
-/// the caller hears why: the screen never showed it armed.
+/// ([`StationError::Arming`]), and a stop, a port's start and a retry
+/// wait for the records' answer ([`Station::held_commands`]). If the
+/// records refuse it, it is dropped and the caller hears why: the screen
+/// never showed it armed.
 struct Arming {
     /// What the snapshot shows meanwhile.
     view: ArmingView,
@@ -1534,12 +1542,24 @@ impl Station {
         // while they take its stop, waits for their answer and is handled
         // then, in the order they came: as when the loop awaited those
         // records, only without standing the station still. (A second arm
-        // while one is being armed is refused, never queued.)
+        // while one is being armed is refused, never queued.) So does an
+        // operator's command for the run's sticks (start a port, retry the
+        // failed) while a run is being armed, or while commands wait ahead
+        // of it: it is for the run they will arm (or the error the records
+        // give then). One that comes while a run is being stopped, with
+        // nothing waiting, is refused (`StationError::Stopping`): no stick
+        // starts under a run that is ending. A port that is unknown or a
+        // master port is answered at once, whatever the run.
         let waits = match &command {
             Command::Stop(..) => self.arming.is_some(),
             Command::Arm(..) | Command::ArmFollowing(..) => {
                 self.run.as_ref().is_some_and(|r| r.stopping.is_some())
             }
+            Command::StartPort(label, _) => {
+                self.writable_port(label).is_ok()
+                    && (self.arming.is_some() || !self.held_commands.is_empty())
+            }
+            Command::RetryFailed(_) => self.arming.is_some() || !self.held_commands.is_empty(),
             _ => false,
         };
         if waits {
@@ -2234,17 +2254,8 @@ impl Station {
     /// See [`StationHandle::start_port`]: the operator's action (its
     /// number, [`Self::log_action`]) once the stick is asked about.
     async fn start_port(&mut self, label: &str) -> Result<u64, StationError> {
-        let port = self
-            .ports
-            .iter()
-            .position(|p| p.view.label == label)
-            .ok_or_else(|| StationError::UnknownPort(label.to_string()))?;
-        if self.ports[port].view.master {
-            return Err(StationError::MasterPort(label.to_string()));
-        }
-        if !self.run.as_ref().is_some_and(ActiveRun::live) {
-            return Err(StationError::NotArmed);
-        }
+        let port = self.writable_port(label)?;
+        self.live_run()?;
         let state = self.ports[port].view.state;
         if state == PortState::Empty || state.is_busy() {
             return Err(StationError::PortNotReady {
@@ -2258,6 +2269,31 @@ impl Station {
         self.try_start(port, true).await;
         self.publish_port(port);
         Ok(action)
+    }
+
+    /// The port labelled `label`, if its stick may be written on request:
+    /// known, and not a master port.
+    fn writable_port(&self, label: &str) -> Result<usize, StationError> {
+        let port = self
+            .ports
+            .iter()
+            .position(|p| p.view.label == label)
+            .ok_or_else(|| StationError::UnknownPort(label.to_string()))?;
+        if self.ports[port].view.master {
+            return Err(StationError::MasterPort(label.to_string()));
+        }
+        Ok(port)
+    }
+
+    /// Whether an operator's command may start sticks under the current
+    /// run: it is armed and not being stopped (a run whose stop is being
+    /// recorded says so: it is ending, nothing more starts under it).
+    fn live_run(&self) -> Result<(), StationError> {
+        match self.run.as_ref() {
+            Some(run) if run.stopping.is_some() => Err(StationError::Stopping(run.view.id)),
+            Some(run) if run.live() => Ok(()),
+            _ => Err(StationError::NotArmed),
+        }
     }
 
     /// The ports whose stick is still in them and failed in the armed run
@@ -2290,9 +2326,7 @@ impl Station {
     /// See [`StationHandle::retry_failed`]: the ports started again and
     /// the operator's action ([`Self::log_action`]).
     async fn retry_failed(&mut self) -> Result<(Vec<String>, u64), StationError> {
-        if !self.run.as_ref().is_some_and(ActiveRun::live) {
-            return Err(StationError::NotArmed);
-        }
+        self.live_run()?;
         let ports = self.retryable_ports();
         let labels: Vec<String> = ports
             .iter()

@@ -3171,3 +3171,252 @@ async fn a_stop_asked_while_a_run_is_being_armed_waits_for_its_record_and_stops_
     };
     rig.shutdown().await;
 }
+
+/// The operator's actions in the event log, in order.
+fn actions(records: &MemoryRecords) -> Vec<(flashrack_station::OperatorAction, String)> {
+    records
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            JournalEvent::OperatorAction { action, detail } => Some((*action, detail.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ports_start_and_a_retry_asked_while_a_run_is_being_armed_wait_for_its_record_and_are_for_that_run(
+) {
+    use flashrack_station::OperatorAction;
+
+    let rig = Arc::new(rig(2, GuardPolicy::default()).await);
+    rig.plug(1, "PRESENT", healthy());
+    rig.until("A1 detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    rig.journal.hold_runs();
+    let arming = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.arm(RunOptions::default()).await }
+    });
+    until_run_held(&rig, "the run's start").await;
+    rig.until("the run shown being armed", |s| s.arming.is_some())
+        .await;
+    // The screen says "Arming…": the operator's start and retry are for
+    // the run being armed, not refused as if none were.
+    let starting = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.handle.start_port("A1").await }
+    });
+    let retrying = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.handle.retry_failed().await }
+    });
+    // The station goes on meanwhile (an unknown port is answered at once,
+    // whatever the run).
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a run's start is being recorded");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !starting.is_finished() && !retrying.is_finished(),
+        "answered before the run's start is recorded: {:?} {:?}",
+        starting.is_finished(),
+        retrying.is_finished()
+    );
+    assert!(actions(&rig.journal.records()).is_empty());
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0);
+
+    // Once the records hold the run: armed, then the start and the retry
+    // are handled in the order they came, under it.
+    rig.journal.release_runs();
+    let run = tokio::time::timeout(WAIT, arming)
+        .await
+        .expect("the arm is answered")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, starting)
+        .await
+        .expect("the start is answered once the run is armed")
+        .unwrap()
+        .unwrap();
+    let retried = tokio::time::timeout(WAIT, retrying)
+        .await
+        .expect("the retry is answered once the run is armed")
+        .unwrap()
+        .unwrap();
+    assert!(
+        retried.is_empty(),
+        "nothing failed in this run: {retried:?}"
+    );
+    rig.until("A1 passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    let records = rig.journal.records();
+    let kinds: Vec<OperatorAction> = actions(&records).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(
+        kinds,
+        [
+            OperatorAction::Arm,
+            OperatorAction::StartPort,
+            OperatorAction::RetryFailed
+        ],
+        "{:?}",
+        records.events
+    );
+    assert!(
+        !records.attempts.is_empty() && records.attempts.iter().all(|a| a.start.run_id == run.id),
+        "{:?}",
+        records.attempts
+    );
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ports_start_waiting_for_a_run_the_records_refuse_hears_that_no_run_is_armed() {
+    let rig = Arc::new(rig(2, GuardPolicy::default()).await);
+    rig.plug(1, "PRESENT", healthy());
+    rig.until("A1 detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    rig.journal.hold_runs();
+    let arming = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.arm(RunOptions::default()).await }
+    });
+    until_run_held(&rig, "the run's start").await;
+    let starting = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.handle.start_port("A1").await }
+    });
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a run's start is being recorded");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!starting.is_finished(), "answered before the records did");
+    // The records refuse the run's start: no run, and the start waiting for
+    // it hears so then.
+    rig.journal.refuse_writes(true);
+    rig.journal.release_runs();
+    let refused = tokio::time::timeout(WAIT, arming)
+        .await
+        .expect("the arm is answered")
+        .unwrap();
+    assert!(
+        matches!(refused, Err(StationError::Journal(_))),
+        "{refused:?}"
+    );
+    let started = tokio::time::timeout(WAIT, starting)
+        .await
+        .expect("the start is answered once the arm is")
+        .unwrap();
+    assert!(
+        matches!(started, Err(StationError::NotArmed)),
+        "{started:?}"
+    );
+    rig.journal.refuse_writes(false);
+    let snap = rig.handle.snapshot();
+    assert!(snap.run.is_none() && snap.arming.is_none(), "{snap:?}");
+    assert_eq!(state(&snap, "A1"), PortState::Detected);
+    let (_, stick) = rig.control.stick_at(&port_path(1)).unwrap();
+    assert_eq!(stick.counters().bytes_written, 0);
+    let records = rig.journal.records();
+    assert!(records.attempts.is_empty(), "{:?}", records.attempts);
+    assert!(actions(&records).is_empty(), "{:?}", records.events);
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ports_start_and_a_retry_while_a_run_is_being_stopped_are_refused_unless_an_arm_waits_ahead(
+) {
+    let rig = Arc::new(rig(3, GuardPolicy::default()).await);
+    let run = rig.arm(RunOptions::default()).await.unwrap();
+    rig.plug(1, "SLOW", healthy().write_speed(MIB));
+    rig.until("A1 writing", |s| state(s, "A1") == PortState::Writing)
+        .await;
+    rig.journal.hold_runs();
+    let stopping = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.handle.stop_run("end of the batch").await }
+    });
+    until_run_held(&rig, "the run's stop").await;
+    rig.until("A1 interrupted", |s| state(s, "A1") == PortState::Failed)
+        .await;
+    rig.plug(2, "LATE", healthy());
+    rig.until("A2 detected", |s| state(s, "A2") == PortState::Detected)
+        .await;
+    // The run is ending: no stick starts under it, and the operator hears
+    // why at once.
+    let started = tokio::time::timeout(WAIT, rig.handle.start_port("A2"))
+        .await
+        .expect("answered at once");
+    assert!(
+        matches!(started, Err(StationError::Stopping(id)) if id == run.id),
+        "{started:?}"
+    );
+    let retried = tokio::time::timeout(WAIT, rig.handle.retry_failed())
+        .await
+        .expect("answered at once");
+    assert!(
+        matches!(retried, Err(StationError::Stopping(id)) if id == run.id),
+        "{retried:?}"
+    );
+    let (_, late) = rig.control.stick_at(&port_path(2)).unwrap();
+    assert_eq!(late.counters().bytes_written, 0);
+    assert_eq!(state(&rig.handle.snapshot(), "A2"), PortState::Detected);
+
+    // An arm waits for the stop's record; a start asked after it waits
+    // behind it, in order, and is for the run it arms.
+    let next = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.arm(RunOptions::default()).await }
+    });
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a run's stop is being recorded");
+    let starting = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.handle.start_port("A2").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!next.is_finished() && !starting.is_finished());
+    assert_eq!(late.counters().bytes_written, 0);
+    rig.journal.release_runs();
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the stop is answered")
+        .unwrap()
+        .unwrap();
+    let next = tokio::time::timeout(WAIT, next)
+        .await
+        .expect("the arm is answered once the stop is recorded")
+        .unwrap()
+        .unwrap();
+    assert_ne!(next.id, run.id);
+    tokio::time::timeout(WAIT, starting)
+        .await
+        .expect("the start is answered once the next run is armed")
+        .unwrap()
+        .unwrap();
+    rig.until("A2 passed", |s| state(s, "A2") == PortState::Passed)
+        .await;
+    let records = rig.journal.records();
+    assert_eq!(records.runs[0].2, Some(StopReason::Operator));
+    let late_attempts: Vec<_> = records
+        .attempts
+        .iter()
+        .filter(|a| a.start.port_label == "A2")
+        .collect();
+    assert!(
+        !late_attempts.is_empty() && late_attempts.iter().all(|a| a.start.run_id == next.id),
+        "{late_attempts:?}"
+    );
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}

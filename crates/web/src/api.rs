@@ -433,7 +433,8 @@ pub async fn arm(
 }
 
 /// Arms a run whose image is imported from `source` (see [`crate::follow`]):
-/// refused when a run is armed already (before anything is downloaded), and
+/// refused when a run is armed already (before anything is downloaded; one
+/// being stopped waits for its stop's record instead), and
 /// when the station offers no such import. A sparse run follows with the
 /// block map that comes with the image (the application refuses one
 /// without); an audit reads its sticks back once the image is whole.
@@ -446,13 +447,16 @@ async fn follow(
         .followed_runs
         .as_ref()
         .ok_or_else(|| AppError::not_found("this station does not import images for runs"))?;
-    if let Some(run) = state.station.snapshot().run.filter(|r| r.armed) {
-        // A run stopping (its end being recorded) says so.
-        return Err(station_error(if run.recording {
-            StationError::Stopping(run.id)
-        } else {
-            StationError::AlreadyArmed(run.id)
-        }));
+    // A run stopping (armed, its end being recorded) is not in the way: the
+    // import starts, and the station arms the run once the stop is recorded,
+    // as it does a plain arm that comes then.
+    if let Some(run) = state
+        .station
+        .snapshot()
+        .run
+        .filter(|r| r.armed && !r.recording)
+    {
+        return Err(station_error(StationError::AlreadyArmed(run.id)));
     }
     runs.arm(FollowArm { source, options }).await
 }
