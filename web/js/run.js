@@ -52,6 +52,7 @@ export function importBlock(run) {
   const pct = imp.total ? Math.min(100, Math.floor((imp.done / imp.total) * 100)) : null;
   const words = {
     importing: 'Importing',
+    recording: 'Imported, being recorded',
     done: 'Imported',
     failed: 'Import failed',
   }[imp.state] || imp.state;
@@ -66,7 +67,7 @@ export function importBlock(run) {
     'aria-valuemax': 100,
     'aria-valuenow': pct == null ? null : pct,
   }, el('span'));
-  bar.firstChild.style.width = `${imp.state === 'done' ? 100 : (pct ?? 0)}%`;
+  bar.firstChild.style.width = `${imp.state === 'done' || imp.state === 'recording' ? 100 : (pct ?? 0)}%`;
   return el('div', { class: `run-import run-import-${imp.state}` },
     el('p', {},
       el('strong', { text: `${words}: ` }),
@@ -76,19 +77,27 @@ export function importBlock(run) {
     imp.state === 'importing'
       ? el('p', { class: 'muted', text: 'The sticks are written as the image arrives; none passes before it is imported and its sha256 known.' })
       : null,
+    // Imported, but the records do not hold it as the run's image yet: the
+    // run still names its provisional digest, and no stick passes until
+    // they do.
+    imp.state === 'recording'
+      ? el('p', { class: 'muted', text: 'Recording the image as the run\'s: no stick passes before the records hold it.' })
+      : null,
     imp.error ? el('p', { class: 'bad run-import-error', text: imp.error }) : null);
 }
 
 export function runDetails(run) {
   const o = run.options || {};
+  // The run names its image once the records hold it as the run's.
+  const pending = run.import && run.import.state === 'recording' ? 'shown once recorded' : 'known when imported';
   const counter = (name, value) => el('div', { class: `counter counter-${name}` },
     el('dt', { text: name }), el('dd', { text: value == null ? '—' : String(value) }));
   return el('div', { class: 'run-details' },
     el('p', { class: 'run-image' },
       el('strong', { text: run.image_name || 'image' }),
-      ` · ${run.import && run.import.state !== 'done' && !run.image_size ? 'size known when imported' : fmtBytes(run.image_size)} · `,
+      ` · ${run.import && run.import.state !== 'done' && !run.image_size ? `size ${pending}` : fmtBytes(run.image_size)} · `,
       run.import && run.import.state !== 'done'
-        ? el('span', { class: 'muted', text: 'sha256 known when imported' })
+        ? el('span', { class: 'muted', text: `sha256 ${pending}` })
         : el('code', { text: shortSha(run.image_sha256), title: run.image_sha256 || '' }),
       ` · run #${run.id}`),
     el('p', { class: 'muted', text: `${o.audit ? 'audit (nothing written) · ' : ''}verify: ${o.verify || '?'}`

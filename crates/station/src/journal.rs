@@ -279,7 +279,7 @@ pub struct MemoryJournal {
 
 impl MemoryJournal {
     /// Makes the journal refuse (`true`) or take again (`false`) the start and
-    /// the verdict of attempts and the start and stop of runs, as records
+    /// the verdict of attempts and the start, image and stop of runs, as records
     /// another process holds locked, or on a full disk, do: what the station
     /// shows when its records fail.
     pub fn refuse_writes(&self, refuse: bool) {
@@ -333,7 +333,8 @@ impl MemoryJournal {
     }
 
     /// Makes the journal slow for runs: the start of every run (also one
-    /// that follows its import) and the stop of every run wait, neither
+    /// that follows its import), the image a followed run's import names
+    /// and the stop of every run wait, neither
     /// refused nor taken, until [`release_runs`](Self::release_runs), as
     /// they wait on records another process holds locked.
     pub fn hold_runs(&self) {
@@ -437,6 +438,8 @@ impl Journal for MemoryJournal {
         _provisional: Sha256Digest,
         image: &RunStart,
     ) -> Result<(), JournalError> {
+        self.hold_run().await;
+        self.refused()?;
         let mut r = self.lock();
         if let Some(run) = r.runs.iter_mut().find(|(id, ..)| *id == run_id) {
             run.1 = image.image_name.clone();

@@ -380,8 +380,10 @@ pub struct RunImport {
     /// Where the image comes from: the URL or the file, as the operator
     /// named it.
     pub source: String,
-    /// `importing` (downloading, decompressing, hashing), `done` (the image
-    /// is in the cache and named by the run) or `failed` (see `error`).
+    /// `importing` (downloading, decompressing, hashing), `recording` (the
+    /// image is in the cache and the records are taking it as the run's: no
+    /// stick passes before they hold it), `done` (the records hold it; the
+    /// run names it) or `failed` (see `error`).
     pub state: RunImportState,
     /// Bytes received so far: of the download for a URL, of the image
     /// stored for a file.
@@ -406,7 +408,11 @@ pub struct RunImport {
 pub enum RunImportState {
     /// Still arriving.
     Importing,
-    /// In the cache; the run names its image.
+    /// In the cache; the records are taking it as the run's image (the
+    /// run's view still names the provisional digest, and the import's
+    /// feed has not ended: no stick passes meanwhile).
+    Recording,
+    /// In the cache and in the records; the run names its image.
     Done,
     /// Failed: every attempt of the run failed as a source failure.
     Failed,

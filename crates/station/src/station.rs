@@ -2060,7 +2060,11 @@ impl Station {
                     options: run.view.options.clone(),
                 };
                 // Recorded before the feed ends: no verdict comes before the
-                // run names its image.
+                // run names its image. Shown meanwhile: imported, not yet
+                // recorded.
+                if let Some(import) = run.view.import.as_mut() {
+                    import.state = RunImportState::Recording;
+                }
                 let provisional = followed.provisional;
                 run.naming = Some(Naming {
                     followed,
@@ -2076,6 +2080,7 @@ impl Station {
                         let _ = answers.send(Recorded::ImageKnown { run_id, result });
                     })
                     .await;
+                self.publish_run();
             }
         }
     }
@@ -2099,9 +2104,15 @@ impl Station {
             return;
         };
         if let Err(error) = result {
-            followed
-                .feed
-                .fail(format!("the image could not be recorded: {error}"));
+            let reason = format!("the image could not be recorded: {error}");
+            followed.feed.fail(reason.clone());
+            // Shown as it is: the import's image is not the run's in the
+            // records, and its sticks fail as source failures.
+            if let Some(import) = run.view.import.as_mut() {
+                import.state = RunImportState::Failed;
+                import.error = Some(reason);
+            }
+            self.publish_run();
             let _ = reply.send(Err(error.into()));
             return;
         }

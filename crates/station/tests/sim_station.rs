@@ -3420,3 +3420,135 @@ async fn a_ports_start_and_a_retry_while_a_run_is_being_stopped_are_refused_unle
     };
     rig.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_import_reads_recording_until_the_records_hold_its_image_and_failed_if_they_refuse_it(
+) {
+    use flashrack_core::Sha256Digest;
+    use flashrack_station::{FollowRequest, ImportEnd, RunImportState};
+
+    let rig = Arc::new(rig(2, GuardPolicy::default()).await);
+    let bytes = flashrack_testkit::image_bytes(4 * MIB as usize, 37, 256 * 1024);
+    let sha = Sha256Digest::of(&bytes);
+    rig.plug(1, "SER-1", healthy());
+    rig.until("detected", |s| state(s, "A1") == PortState::Detected)
+        .await;
+    let follow =
+        |feed: &Arc<flashrack_engine::ImageFeed>, provisional: Sha256Digest| FollowRequest {
+            feed: feed.clone(),
+            size: Some(bytes.len() as u64),
+            provisional,
+            source: "https://images.example/os.img".into(),
+            total: None,
+            image_name: "os.img".into(),
+            options: RunOptions::default(),
+            sparse: None,
+        };
+    let cached = tempfile::tempdir().unwrap();
+    let (path, manifest) =
+        flashrack_testkit::image_from_bytes(cached.path(), &bytes, FEED_CHUNK as u32);
+    let imported = ImportEnd::Imported {
+        image: SourceImage::cached(path, manifest),
+        name: "os.img".into(),
+    };
+
+    let first = tempfile::tempdir().unwrap();
+    let mut importer = Importer::begin(first.path(), bytes.clone());
+    let provisional = Sha256Digest::of(b"provisional 1");
+    let run = rig
+        .handle
+        .arm_following(follow(&importer.feed, provisional))
+        .await
+        .unwrap();
+    importer.produce(4);
+    rig.until("A1 has written the whole image", |s| {
+        port(s, "A1")
+            .progress
+            .as_ref()
+            .is_some_and(|p| p.done == bytes.len() as u64)
+            || matches!(state(s, "A1"), PortState::Flushing | PortState::Verifying)
+    })
+    .await;
+    // The import has ended; the records take its image as the run's.
+    rig.journal.hold_runs();
+    let ending = tokio::spawn({
+        let rig = rig.clone();
+        let imported = imported.clone();
+        async move { rig.handle.import_ended(run.id, imported).await }
+    });
+    until_run_held(&rig, "the run's image").await;
+    let snap = rig
+        .until("the import shown recording", |s| {
+            s.run
+                .as_ref()
+                .and_then(|r| r.import.as_ref())
+                .is_some_and(|i| i.state == RunImportState::Recording)
+        })
+        .await;
+    // Not shown done, nor named, while the records do not hold it; no
+    // stick passes meanwhile.
+    let view = snap.run.clone().unwrap();
+    assert_eq!(view.image_sha256, provisional, "{view:?}");
+    assert_ne!(state(&snap, "A1"), PortState::Passed);
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(json["import"]["state"], "recording", "{json}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!ending.is_finished());
+    assert!(rig.journal.records().attempts[0].verdict.is_none());
+    rig.journal.release_runs();
+    tokio::time::timeout(WAIT, ending)
+        .await
+        .expect("the import's end is answered once the records hold the image")
+        .unwrap()
+        .unwrap();
+    let snap = rig
+        .until("A1 passed", |s| state(s, "A1") == PortState::Passed)
+        .await;
+    let view = snap.run.clone().unwrap();
+    assert_eq!(view.image_sha256, sha);
+    assert_eq!(view.import.unwrap().state, RunImportState::Done);
+    rig.handle.stop_run("next").await.unwrap();
+
+    // The records refuse the image: the import reads failed, saying why,
+    // not importing.
+    let second = tempfile::tempdir().unwrap();
+    let mut importer = Importer::begin(second.path(), bytes.clone());
+    let run = rig
+        .handle
+        .arm_following(follow(&importer.feed, Sha256Digest::of(b"provisional 2")))
+        .await
+        .unwrap();
+    importer.produce(4);
+    rig.until("A1 has written the whole image again", |s| {
+        s.run.as_ref().is_some_and(|r| r.id == run.id)
+            && (port(s, "A1")
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.done == bytes.len() as u64)
+                || matches!(state(s, "A1"), PortState::Flushing | PortState::Verifying))
+    })
+    .await;
+    rig.journal.refuse_writes(true);
+    let refused = tokio::time::timeout(WAIT, rig.handle.import_ended(run.id, imported))
+        .await
+        .expect("answered");
+    assert!(
+        matches!(refused, Err(StationError::Journal(_))),
+        "{refused:?}"
+    );
+    let view = rig.handle.snapshot().run.unwrap();
+    let import = view.import.clone().unwrap();
+    assert_eq!(import.state, RunImportState::Failed, "{view:?}");
+    assert!(
+        import
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("could not be recorded")),
+        "{import:?}"
+    );
+    rig.journal.refuse_writes(false);
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}
