@@ -1239,6 +1239,14 @@ def main() -> int:
     ap.add_argument("--rss-n", type=int, default=4, help="targets for the 4 GiB RSS check (default 4; 2 is faster)")
     ap.add_argument("--no-sim", action="store_true", help="skip the simulated-rack cases")
     ap.add_argument("--sim-image-size", type=parse_size, default=None, help="image for the simulated rack (default 256MiB)")
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="flashrack's data dir (image cache, database) for the flashrack cases (default WORKDIR/data, "
+        "on the loop devices' disk; a station's cache is on a disk of its own, never a stick's: "
+        "e.g. /dev/shm/flashrack-bench takes the cache's writes off the sticks' disk)",
+    )
     ap.add_argument("--sim-data-dir", type=Path, default=None, help="flashrack data dir for the sim cases, where the sticks' backing files live (default: WORKDIR/data; e.g. a tmpfs to take the disk out)")
     ap.add_argument("--scribble-mib", type=int, default=192, help="MiB of random-offset scribbles per target per run (plus 3 x 64 MiB fixed)")
     ap.add_argument("--verify", choices=("compare", "hash", "none"), default=None, help="flashrack --verify mode (default: its own)")
@@ -1322,7 +1330,7 @@ def bench(args, loops: Loops, problems: list[str]) -> int:
     disk = disk_stat_path(args.workdir)
     started = _dt.datetime.now()
     fr = None if args.reference_only else build_flashrack(args.skip_build, args.flashrack)
-    data_dir = args.workdir / "data"
+    data_dir = args.data_dir or args.workdir / "data"
     out = sys.stdout
     results: dict = {
         "started": started.isoformat(timespec="seconds"),

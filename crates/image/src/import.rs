@@ -876,9 +876,9 @@ fn decode(
                 zip_entry: None,
             })
         }
-        // Three threads: the file read and hashed ahead ([`ReadAhead`]),
-        // the decoder (this one), and the pass's worker, which stores and
-        // digests the raw chunks (see `pass`).
+        // The file read ahead and hashed behind the decoder on two threads
+        // ([`ReadAhead`]), the decoder (this one), and the pass's worker,
+        // which stores and digests the raw chunks (see `pass`).
         ImageFormat::Gzip | ImageFormat::Xz | ImageFormat::Zstd | ImageFormat::Bzip2 => {
             let file: &File = file;
             thread::scope(|scope| {

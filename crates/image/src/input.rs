@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, Scope, ScopedJoinHandle};
 
 use sha2::{Digest, Sha256};
@@ -194,91 +194,131 @@ pub(crate) fn stream_decoder<'a, R: BufRead + 'a>(
     })
 }
 
-/// Blocks of the file a [`ReadAhead`] holds: one the decoder reads, one
-/// queued, one being read from the file.
-const READ_AHEAD_BLOCKS: usize = 3;
+/// Blocks of the file a [`ReadAhead`] holds: the one the decoder reads, the
+/// ones read ahead of it, the one being read and the one being hashed.
+///
+/// Why this many: a cold `.xz` flash traced with `perf sched` (bench/README.md,
+/// session 29) had the decoder asleep for 2.4 of its 4.1 s waiting for input,
+/// while the reading thread slept 1.4 s waiting for a free block: with three
+/// blocks and one read at a time, each of the disk's slower moments starved
+/// the decoder, and each of the decoder's busier ones stopped the reads. Eight
+/// blocks of [`INPUT_BUFFER`] (8 MiB) let the reads run ahead through both.
+const READ_AHEAD_BLOCKS: usize = 8;
 
-/// The file being imported, read and hashed on a thread of its own ahead of
-/// the decoder that consumes it (a `BufRead` over blocks of
-/// [`INPUT_BUFFER`] bytes).
+/// The file being imported, read on a thread of its own ahead of the decoder
+/// that consumes it (a `BufRead` over blocks of [`INPUT_BUFFER`] bytes), and
+/// hashed on a third once the decoder is done with each block.
 ///
 /// Why: decompressing is the bulk of a compressed import's CPU work, and the
 /// file's own sha256 (the digest an operator may give for the file as
 /// downloaded, and what recognises a copy of it later) was computed on the
-/// decoder's thread as it read: on a `.xz` of a GiB, 0.6 of 3 CPU s. Here
-/// it runs beside the decoder, on the other core. The file is read with
-/// `O_DIRECT` where its file system allows (see [`direct_reader`]): the
-/// compressed file is read once, front to back, and filling the page cache
-/// with it costs this VM more than reading it (15 % of a cold `.xz` flash).
+/// decoder's thread as it read: on a `.xz` of a GiB, 0.6 of 3 CPU s. It runs
+/// beside the decoder, on the other core, and not on the reading thread
+/// either: there it held the next read back by the time it took to hash a
+/// block, and the decoder waited for input. The file is read through the
+/// page cache's read-ahead and its pages let go behind the reads (see
+/// [`read_ahead`] for why not past the page cache).
 ///
-/// The thread reads the whole file, past the end of the compressed data
-/// too, so that [`finish`](Self::finish) has the digest and size of all of
-/// it. Memory: [`READ_AHEAD_BLOCKS`] blocks. If the decoder stops (an error),
-/// dropping the reader stops the thread at its next hand-over.
+/// The reading thread reads the whole file, past the end of the compressed
+/// data too, so that [`finish`](Self::finish) has the digest and size of all
+/// of it. A block goes from the reading thread to the decoder, from the
+/// decoder (or [`finish`](Self::finish), for bytes no decoder wanted) to the
+/// hashing thread in file order, and from there back to the reading thread.
+/// Memory: [`READ_AHEAD_BLOCKS`] blocks. If the decoder stops (an error),
+/// dropping the reader stops both threads at their next hand-over.
 pub(crate) struct ReadAhead<'scope> {
     /// Filled blocks in file order (the bytes and how many are valid); a
-    /// read error ends them, the thread's end closes the channel.
+    /// read error ends them, the reading thread's end closes the channel.
     filled: Receiver<io::Result<(ChunkBuf, usize)>>,
-    /// Blocks the decoder is done with, back to be filled again.
-    free: Sender<ChunkBuf>,
+    /// Blocks the decoder is done with, in file order, to be hashed and
+    /// then filled again.
+    consumed: Sender<(ChunkBuf, usize)>,
     /// The block being consumed, and how many of its bytes are valid.
     current: Option<(ChunkBuf, usize)>,
     /// Bytes of `current` consumed.
     pos: usize,
     /// The file ended (or failed): nothing more will come.
     done: bool,
-    /// The reading thread: the file's digest and size once it has read it all.
-    thread: ScopedJoinHandle<'scope, (Sha256, u64)>,
+    /// The reading thread: the file's size once it has read it all.
+    reader: ScopedJoinHandle<'scope, u64>,
+    /// The hashing thread: the digest of every block handed to it.
+    hasher: ScopedJoinHandle<'scope, Sha256>,
 }
 
 impl<'scope> ReadAhead<'scope> {
     /// Starts reading `file` from its start on a thread of `scope`.
     pub(crate) fn start<'env>(scope: &'scope Scope<'scope, 'env>, file: &'env File) -> Self {
-        let (filled_tx, filled) = mpsc::sync_channel(1);
+        // Unbounded: the blocks themselves bound what is in flight.
+        let (filled_tx, filled) = mpsc::channel();
         let (free, free_rx) = mpsc::channel();
-        let thread = thread::Builder::new()
+        let (consumed, consumed_rx) = mpsc::channel::<(ChunkBuf, usize)>();
+        let reader = thread::Builder::new()
             .name("import read".into())
-            .spawn_scoped(scope, move || match direct_reader(file) {
-                Some(direct) => read_ahead(&direct, filled_tx, free_rx),
-                None => {
-                    let mut file = file;
-                    match file.seek(SeekFrom::Start(0)) {
-                        Ok(_) => read_ahead(file, filled_tx, free_rx),
-                        Err(error) => {
-                            let _ = filled_tx.send(Err(error));
-                            (Sha256::new(), 0)
-                        }
+            .spawn_scoped(scope, move || {
+                let mut reading = file;
+                match reading.seek(SeekFrom::Start(0)) {
+                    Ok(_) => read_ahead(file, filled_tx, free_rx),
+                    Err(error) => {
+                        let _ = filled_tx.send(Err(error));
+                        0
                     }
                 }
             })
             .expect("a thread can be started for the import's reads");
+        let hasher = thread::Builder::new()
+            .name("import file hash".into())
+            .spawn_scoped(scope, move || {
+                let mut hasher = Sha256::new();
+                for (buf, len) in consumed_rx {
+                    hasher.update(&buf.data()[..len]);
+                    // The reading thread may have stopped (the end, an
+                    // error): then nobody wants the block back.
+                    let _ = free.send(buf);
+                }
+                hasher
+            })
+            .expect("a thread can be started for the import's file hash");
         Self {
             filled,
-            free,
+            consumed,
             current: None,
             pos: 0,
             done: false,
-            thread,
+            reader,
+            hasher,
         }
     }
 
     /// Reads the rest of the file (bytes after the compressed data that no
     /// decoder wanted) and returns the digest and size of all of it.
     pub(crate) fn finish(mut self) -> io::Result<(Sha256, u64)> {
-        if let Some((buf, _)) = self.current.take() {
-            let _ = self.free.send(buf);
+        if let Some(block) = self.current.take() {
+            let _ = self.consumed.send(block);
         }
         while !self.done {
             match self.filled.recv() {
-                Ok(Ok((buf, _))) => {
-                    let _ = self.free.send(buf);
+                Ok(Ok(block)) => {
+                    let _ = self.consumed.send(block);
                 }
                 Ok(Err(error)) => return Err(mark(error)),
                 Err(_) => self.done = true,
             }
         }
-        match self.thread.join() {
-            Ok(digest) => Ok(digest),
+        // Every block is with the hashing thread: closing its channel lets
+        // it finish.
+        let Self {
+            consumed,
+            reader,
+            hasher,
+            ..
+        } = self;
+        drop(consumed);
+        let size = match reader.join() {
+            Ok(size) => size,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match hasher.join() {
+            Ok(digest) => Ok((digest, size)),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
@@ -301,8 +341,9 @@ impl BufRead for ReadAhead<'_> {
             .as_ref()
             .is_none_or(|(_, len)| self.pos >= *len);
         if exhausted {
-            if let Some((buf, _)) = self.current.take() {
-                let _ = self.free.send(buf);
+            if let Some(block) = self.current.take() {
+                // The hashing thread stops only when this reader is dropped.
+                let _ = self.consumed.send(block);
             }
             if !self.done {
                 match self.filled.recv() {
@@ -331,16 +372,48 @@ impl BufRead for ReadAhead<'_> {
     }
 }
 
-/// The reading thread of a [`ReadAhead`]: fills free blocks from `file` in
-/// order, hashing each, until the end of the file, a read error (handed
-/// over, then the thread stops) or the reader being dropped.
+/// How much of the file a [`ReadAhead`] lets go of at once, behind its reads:
+/// a multiple of the page cache's largest folio (2 MiB on x86-64), since the
+/// kernel drops only folios wholly inside the range advised. Dropping each
+/// 1 MiB block as it was read left every page of an 8 MiB file cached here
+/// (Linux 6.18: its read-ahead fills 2 MiB folios).
+const DROP_BEHIND: u64 = 4 << 20;
+
+/// The reading thread of a [`ReadAhead`]: fills free blocks from `file` (from
+/// its cursor, at its start) in order, as far ahead as there are blocks,
+/// until the end of the file, a read error (handed over, then the thread
+/// stops) or the reader being dropped. Returns the bytes read.
+///
+/// The file is read through the page cache, told it is read front to back
+/// (the kernel then reads ahead of the thread, several requests at once),
+/// and its pages are let go behind the reads ([`DROP_BEHIND`]: the file is
+/// read once and need not stay cached, as with `dd iflag=nocache`).
+/// Why not `O_DIRECT`, as before session 29: one direct read at a time
+/// read a cold 627 MiB `.xz` here in 1.3 s (median of 6; four at once,
+/// 1.2 s), the page cache's read-ahead in 0.8 s, for 0.2 s more system time
+/// on this thread; the decoder, which needs about 440 MB/s, waited for input
+/// with the direct reads (bench/README.md, session 29).
 fn read_ahead(
-    mut file: impl Read,
-    filled: SyncSender<io::Result<(ChunkBuf, usize)>>,
+    file: &File,
+    filled: Sender<io::Result<(ChunkBuf, usize)>>,
     free: Receiver<ChunkBuf>,
-) -> (Sha256, u64) {
-    let mut hasher = Sha256::new();
+) -> u64 {
+    // Advice only: a file system that ignores it is read all the same.
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
+    let mut reading = file;
     let mut total = 0u64;
+    // Where the pages let go so far end.
+    let mut dropped = 0u64;
+    let drop_behind = |from: u64, to: Option<u64>| {
+        let len = to.map(|to| to - from);
+        // Advice only: pages still in use stay.
+        let _ = rustix::fs::fadvise(
+            file,
+            from,
+            len.and_then(std::num::NonZeroU64::new),
+            rustix::fs::Advice::DontNeed,
+        );
+    };
     let mut allocated = 0;
     loop {
         let buf = match free.try_recv() {
@@ -353,20 +426,32 @@ fn read_ahead(
         };
         let Some(mut buf) = buf else {
             // The reader was dropped.
-            return (hasher, total);
+            return total;
         };
-        match read_full(&mut file, buf.data_mut()) {
-            Ok(0) => return (hasher, total),
+        match read_full(&mut reading, buf.data_mut()) {
+            Ok(0) => {
+                drop_behind(dropped, None);
+                return total;
+            }
             Ok(n) => {
-                hasher.update(&buf.data()[..n]);
                 total += n as u64;
+                // The bytes are in `buf`: their pages may go, in whole
+                // ranges of DROP_BEHIND.
+                let upto = total - total % DROP_BEHIND;
+                if upto > dropped {
+                    drop_behind(dropped, Some(upto));
+                    dropped = upto;
+                }
+                if n < INPUT_BUFFER {
+                    drop_behind(dropped, None);
+                }
                 if filled.send(Ok((buf, n))).is_err() || n < INPUT_BUFFER {
-                    return (hasher, total);
+                    return total;
                 }
             }
             Err(error) => {
                 let _ = filled.send(Err(error));
-                return (hasher, total);
+                return total;
             }
         }
     }
@@ -477,6 +562,118 @@ mod tests {
             Sha256Digest::from_hasher(hasher.unwrap()),
             Sha256Digest::of(&bytes)
         );
+    }
+
+    /// A file of `len` bytes of [`data`] in a temporary directory.
+    fn file_of(len: usize) -> (tempfile::TempDir, File, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        let bytes = data(len);
+        std::fs::write(&path, &bytes).unwrap();
+        (dir, File::open(&path).unwrap(), bytes)
+    }
+
+    #[test]
+    fn a_read_ahead_gives_every_byte_in_order_and_hashes_the_whole_file() {
+        // Sizes around the block and the number of blocks that circulate
+        // (the hashing thread gives them back to be read into again): a
+        // short file, an exact multiple of the block, and one that wraps
+        // the blocks several times with a short last block.
+        for len in [
+            10,
+            INPUT_BUFFER,
+            3 * INPUT_BUFFER,
+            (READ_AHEAD_BLOCKS * 3 + 1) * INPUT_BUFFER + 12_345,
+        ] {
+            let (_dir, file, bytes) = file_of(len);
+            // The decoder takes only the first part, in odd pieces, as a
+            // decoder stops at the end of its compressed data: the rest is
+            // still read and hashed by `finish`.
+            let wanted = len * 2 / 3;
+            let got = thread::scope(|scope| {
+                let mut input = ReadAhead::start(scope, &file);
+                let mut got = Vec::new();
+                let mut piece = vec![0u8; 99_991];
+                while got.len() < wanted {
+                    let n = input
+                        .read(&mut piece[..(wanted - got.len()).min(99_991)])
+                        .unwrap();
+                    assert_ne!(n, 0, "the file ended early at {} of {len}", got.len());
+                    got.extend_from_slice(&piece[..n]);
+                }
+                let (hasher, size) = input.finish().unwrap();
+                assert_eq!(size, len as u64);
+                assert_eq!(Sha256Digest::from_hasher(hasher), Sha256Digest::of(&bytes));
+                got
+            });
+            assert!(
+                got == bytes[..wanted],
+                "bytes out of order for a file of {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_read_ahead_read_to_its_end_answers_end_and_a_dropped_one_stops_its_threads() {
+        let (_dir, file, bytes) = file_of(2 * INPUT_BUFFER + 7);
+        thread::scope(|scope| {
+            let mut input = ReadAhead::start(scope, &file);
+            let mut all = Vec::new();
+            input.read_to_end(&mut all).unwrap();
+            assert!(all == bytes);
+            assert_eq!(input.read(&mut [0u8; 16]).unwrap(), 0);
+            let (hasher, size) = input.finish().unwrap();
+            assert_eq!(
+                (Sha256Digest::from_hasher(hasher), size),
+                (Sha256Digest::of(&bytes), bytes.len() as u64)
+            );
+        });
+        // A decoder that fails after its first bytes drops the reader: both
+        // threads stop (the scope joins them; a hang fails the test by its
+        // timeout) although the file is far from read.
+        let (_dir, file, _) = file_of((READ_AHEAD_BLOCKS * 4) * INPUT_BUFFER);
+        thread::scope(|scope| {
+            let mut input = ReadAhead::start(scope, &file);
+            input.read_exact(&mut [0u8; 1000]).unwrap();
+            drop(input);
+        });
+    }
+
+    #[test]
+    fn a_read_ahead_lets_the_pages_it_read_go() {
+        // The file is written (so cached) and read: what the reads passed is
+        // no longer in the page cache, as `dd iflag=nocache` leaves it. A
+        // file system that ignores the advice (tmpfs keeps its pages) is not
+        // what this checks.
+        let (dir, file, _) = file_of(8 * INPUT_BUFFER);
+        if rustix::fs::statfs(dir.path()).unwrap().f_type == 0x0102_1994 {
+            eprintln!("tmpfs keeps its pages: skipped");
+            return;
+        }
+        file.sync_all().unwrap();
+        // util-linux's `fincore` (essential on Debian) counts the file's
+        // pages in the page cache, without unsafe code here.
+        let path = dir.path().join("input");
+        let resident = |_: &File| {
+            let out = std::process::Command::new("fincore")
+                .args(["--bytes", "--noheadings", "--output", "RES"])
+                .arg(&path)
+                .output()
+                .expect("fincore (util-linux) runs");
+            assert!(out.status.success(), "fincore: {out:?}");
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert!(resident(&file) > 0, "the file just written is cached");
+        thread::scope(|scope| {
+            let mut input = ReadAhead::start(scope, &file);
+            std::io::copy(&mut input, &mut io::sink()).unwrap();
+            input.finish().unwrap();
+        });
+        assert_eq!(resident(&file), 0, "pages of the read file stayed cached");
     }
 
     #[test]
