@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::{compressed_formats, sample_image, zip};
 use flashrack_core::{DigestSource, Provenance, Sha256Digest};
 use flashrack_image::{ImageCache, ImageError, ImportObserver, ImportOptions, StreamSource};
-use flashrack_testkit::zips::{data_descriptor, descriptor_and_directory, streamed_zip};
+use flashrack_testkit::zips::{
+    data_descriptor, descriptor_and_directory, streamed_zip, streamed_zip64,
+};
 
 fn source(name: &str) -> (StreamSource, Arc<OnceLock<Provenance>>) {
     let slot = Arc::new(OnceLock::new());
@@ -445,17 +447,7 @@ fn a_deflated_entry_whose_sizes_follow_its_data_is_imported_as_it_arrives() {
     // Zip64 (as `zip` writes a file from a pipe, of a size it cannot know):
     // a zip64 field in the local header, and so 8-byte sizes in the
     // descriptor.
-    let zip64 = {
-        use std::io::Write;
-        let mut writer = zip::ZipWriter::new_stream(Vec::new());
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .large_file(true);
-        writer.start_file("large.img", options).unwrap();
-        writer.write_all(&raw).unwrap();
-        writer.finish().unwrap().into_inner()
-    };
-    assert_ne!(zip64[6] & 0x08, 0, "a data descriptor");
+    let zip64 = streamed_zip64("large.img", &raw, zip::CompressionMethod::Deflated);
     let name_len = usize::from(u16::from_le_bytes([zip64[26], zip64[27]]));
     assert_eq!(
         &zip64[30 + name_len..32 + name_len],
@@ -609,17 +601,7 @@ fn a_stored_entry_whose_sizes_follow_its_data_is_found_in_the_stream_and_importe
         zip::CompressionMethod::Stored,
     ));
     // Zip64: 8-byte sizes in the descriptor.
-    let zip64 = {
-        use std::io::Write;
-        let mut writer = zip::ZipWriter::new_stream(Vec::new());
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .large_file(true);
-        writer.start_file("large.img", options).unwrap();
-        writer.write_all(&raw).unwrap();
-        writer.finish().unwrap().into_inner()
-    };
-    assert_ne!(zip64[6] & 0x08, 0, "a data descriptor");
+    let zip64 = streamed_zip64("large.img", &raw, zip::CompressionMethod::Stored);
     let (descriptor, directory) = descriptor_and_directory(&zip64);
     assert_eq!(directory - descriptor, 4 + 4 + 8 + 8, "8-byte sizes");
     for (archive, entry, name) in [

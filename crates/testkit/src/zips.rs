@@ -37,6 +37,21 @@ pub fn streamed_zip(entries: &[(&str, Option<&[u8]>)], method: zip::CompressionM
     archive
 }
 
+/// One file `name` written to a stream as zip64 (as `zip` writes a file from
+/// a pipe, of a size it cannot know): a zip64 field in its local header, and
+/// so 8-byte sizes in its data descriptor. Panics unless it has bit 3 set.
+pub fn streamed_zip64(name: &str, data: &[u8], method: zip::CompressionMethod) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new_stream(Vec::new());
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(method)
+        .large_file(true);
+    writer.start_file(name, options).unwrap();
+    writer.write_all(data).unwrap();
+    let archive = writer.finish().unwrap().into_inner();
+    assert_ne!(archive[6] & 0x08, 0, "{name} has a data descriptor");
+    archive
+}
+
 /// Where the last data descriptor of `archive` starts (its signature), and
 /// its central directory's first header.
 pub fn descriptor_and_directory(archive: &[u8]) -> (usize, usize) {
