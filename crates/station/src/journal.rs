@@ -239,6 +239,8 @@ pub struct AttemptStartRecord {
 pub struct MemoryRecords {
     /// Runs: id, image name, stop reason.
     pub runs: Vec<(RunId, String, Option<StopReason>)>,
+    /// Runs' stops as recorded: id, reason and note, in the order they came.
+    pub stops: Vec<(RunId, StopReason, Option<String>)>,
     /// Device keys by id (id = index + 1).
     pub devices: Vec<String>,
     /// Attempts by id (id = index + 1).
@@ -257,6 +259,9 @@ pub struct MemoryJournal {
     /// Set while the journal refuses to record attempts' starts and verdicts
     /// ([`MemoryJournal::refuse_writes`]).
     refusing: std::sync::atomic::AtomicBool,
+    /// Set while the journal refuses only followed runs' images
+    /// ([`MemoryJournal::refuse_run_images`]).
+    refusing_images: std::sync::atomic::AtomicBool,
     /// The port whose attempts' verdicts are held, while they are
     /// ([`MemoryJournal::hold_verdicts_at`]). A `std` mutex: never held
     /// across an await.
@@ -284,6 +289,15 @@ impl MemoryJournal {
     /// shows when its records fail.
     pub fn refuse_writes(&self, refuse: bool) {
         self.refusing
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes the journal refuse (`true`) or take again (`false`) only the
+    /// image a followed run's import names ([`Journal::run_image_known`]),
+    /// everything else going through: the run whose image the records
+    /// refuse, with its stop still recorded.
+    pub fn refuse_run_images(&self, refuse: bool) {
+        self.refusing_images
             .store(refuse, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -440,6 +454,12 @@ impl Journal for MemoryJournal {
     ) -> Result<(), JournalError> {
         self.hold_run().await;
         self.refused()?;
+        if self
+            .refusing_images
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(JournalError("the records refuse the run's image".into()));
+        }
         let mut r = self.lock();
         if let Some(run) = r.runs.iter_mut().find(|(id, ..)| *id == run_id) {
             run.1 = image.image_name.clone();
@@ -451,11 +471,12 @@ impl Journal for MemoryJournal {
         &self,
         run_id: RunId,
         reason: StopReason,
-        _note: Option<&str>,
+        note: Option<&str>,
     ) -> Result<(), JournalError> {
         self.hold_run().await;
         self.refused()?;
         let mut r = self.lock();
+        r.stops.push((run_id, reason, note.map(str::to_string)));
         if let Some(run) = r.runs.iter_mut().find(|(id, ..)| *id == run_id) {
             run.2 = Some(reason);
         }

@@ -301,8 +301,10 @@ impl StationHandle {
     /// image. Failed: the feed fails (every attempt following it fails as a
     /// source failure, before any verdict of a pass) and the run, if still
     /// armed, stops as `source_failed` with the reason. Answers once done;
-    /// an error if the image could not be recorded (the feed is failed then
-    /// too).
+    /// an error if the image could not be recorded: that ends the run as a
+    /// failed import does (the feed fails, the run stops as `source_failed`
+    /// with "the image could not be recorded: ..."), and the error comes
+    /// once its stop is recorded.
     pub async fn import_ended(&self, run_id: RunId, end: ImportEnd) -> Result<(), StationError> {
         self.ask(|tx| Command::ImportEnded(run_id, Box::new(end), tx))
             .await
@@ -2088,8 +2090,10 @@ impl Station {
     /// The records answered whether they hold a followed run's image as
     /// the run's ([`Naming`]): if they do, the run's view names it, sticks
     /// started from now on read the cached image and the import's feed
-    /// ends; if not, the feed fails (every attempt following it fails as a
-    /// source failure). The importer hears which.
+    /// ends; if not, the run ends as a failed import ends it (its feed
+    /// fails, every attempt following it fails as a source failure, and it
+    /// stops as `source_failed` with the records' refusal). The importer
+    /// hears which.
     async fn on_image_known(&mut self, run_id: RunId, result: Result<(), JournalError>) {
         let Some(run) = self.run.as_mut().filter(|r| r.view.id == run_id) else {
             return;
@@ -2110,10 +2114,30 @@ impl Station {
             // records, and its sticks fail as source failures.
             if let Some(import) = run.view.import.as_mut() {
                 import.state = RunImportState::Failed;
-                import.error = Some(reason);
+                import.error = Some(reason.clone());
             }
-            self.publish_run();
-            let _ = reply.send(Err(error.into()));
+            if !run.live() {
+                // Stopped meanwhile: its end is recorded already.
+                self.publish_run();
+                let _ = reply.send(Err(error.into()));
+                return;
+            }
+            // Ended as a failed import ends its run (see `import_ended`):
+            // the station's failure, not the sticks'. The attempts see the
+            // failed feed and end as source failures; the run stops as
+            // `source_failed` with the records' refusal as its reason. The
+            // importer hears the refusal once the stop is recorded.
+            for slot in self.slots.values() {
+                slot.cancel();
+            }
+            let (stopped_tx, stopped) = oneshot::channel();
+            self.stop(StopReason::SourceFailed, Some(reason), Some(stopped_tx))
+                .await;
+            let refused = StationError::from(error);
+            tokio::spawn(async move {
+                let _ = stopped.await;
+                let _ = reply.send(Err(refused));
+            });
             return;
         }
         if !run.live() {

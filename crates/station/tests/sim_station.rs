@@ -3552,3 +3552,197 @@ async fn a_followed_import_reads_recording_until_the_records_hold_its_image_and_
     };
     rig.shutdown().await;
 }
+
+/// A followed run whose image the records refuse ends as a failed import
+/// ends its run: the station's failure, not the sticks'. Its sticks, written
+/// whole and waiting for the import's end, are interrupted (not failed, not
+/// passed), the run stops as `source_failed` with the records' refusal as
+/// its reason, and the view and the records agree; the importer hears the
+/// refusal once the stop is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_run_whose_image_the_records_refuse_stops_as_source_failed_like_a_failed_import()
+{
+    use flashrack_core::Sha256Digest;
+    use flashrack_station::{FollowRequest, ImportEnd, RunImportState};
+
+    let rig = rig(2, GuardPolicy::default()).await;
+    let bytes = flashrack_testkit::image_bytes(4 * MIB as usize, 41, 256 * 1024);
+    rig.plug(1, "SER-1", healthy());
+    rig.plug(2, "SER-2", healthy());
+    rig.until("both detected", |s| {
+        ["A1", "A2"]
+            .iter()
+            .all(|l| state(s, l) == PortState::Detected)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut importer = Importer::begin(dir.path(), bytes.clone());
+    let run = rig
+        .handle
+        .arm_following(FollowRequest {
+            feed: importer.feed.clone(),
+            size: Some(bytes.len() as u64),
+            provisional: Sha256Digest::of(b"provisional"),
+            source: "https://images.example/os.img".into(),
+            total: None,
+            image_name: "os.img".into(),
+            options: RunOptions::default(),
+            sparse: None,
+        })
+        .await
+        .unwrap();
+    importer.produce(4);
+    rig.until("both have written the whole image", |s| {
+        ["A1", "A2"].iter().all(|l| {
+            port(s, l)
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.done == bytes.len() as u64)
+                || matches!(state(s, l), PortState::Flushing | PortState::Verifying)
+        })
+    })
+    .await;
+    let cached = tempfile::tempdir().unwrap();
+    let (path, manifest) =
+        flashrack_testkit::image_from_bytes(cached.path(), &bytes, FEED_CHUNK as u32);
+    rig.journal.refuse_run_images(true);
+    let refused = tokio::time::timeout(
+        WAIT,
+        rig.handle.import_ended(
+            run.id,
+            ImportEnd::Imported {
+                image: SourceImage::cached(path, manifest),
+                name: "os.img".into(),
+            },
+        ),
+    )
+    .await
+    .expect("the import's end is answered");
+    assert!(
+        matches!(refused, Err(StationError::Journal(_))),
+        "{refused:?}"
+    );
+    // Answered once the stop is recorded: the view says it at once.
+    let view = rig.handle.snapshot().run.unwrap();
+    assert!(!view.armed, "{view:?}");
+    assert!(!view.recording, "{view:?}");
+    assert_eq!(view.stop_reason, Some(StopReason::SourceFailed), "{view:?}");
+    let import = view.import.clone().unwrap();
+    assert_eq!(import.state, RunImportState::Failed, "{view:?}");
+    let why = import.error.clone().unwrap();
+    assert!(
+        why.starts_with("the image could not be recorded: ")
+            && why.contains("refuse the run's image"),
+        "{why}"
+    );
+    let snap = rig
+        .until("both interrupted", |s| {
+            s.run.as_ref().is_some_and(|r| r.interrupted == 2)
+        })
+        .await;
+    let view = snap.run.clone().unwrap();
+    assert_eq!((view.passed, view.failed), (0, 0), "{view:?}");
+    for label in ["A1", "A2"] {
+        assert_eq!(reason(&snap, label), Some(&FailReason::Interrupted));
+    }
+    // Nothing more starts under it: another stop hears no run is armed.
+    assert!(matches!(
+        rig.handle.stop_run("again").await,
+        Err(StationError::NotArmed)
+    ));
+    let records = rig.journal.records();
+    assert_eq!(records.runs[0].2, Some(StopReason::SourceFailed));
+    assert_eq!(
+        records.stops,
+        vec![(run.id, StopReason::SourceFailed, Some(why))]
+    );
+    let verdicts: Vec<_> = records
+        .attempts
+        .iter()
+        .map(|a| reason_of(&a.verdict).cloned())
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![Some(FailReason::Interrupted), Some(FailReason::Interrupted)],
+        "{records:?}"
+    );
+    rig.journal.refuse_run_images(false);
+    rig.shutdown().await;
+}
+
+/// With no stick under way to fail on the feed, a followed run whose image
+/// the records refuse is not left armed over a failed import: it stops as
+/// `source_failed` with the refusal (as a failed import stops it), and a
+/// stick plugged then is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_run_with_no_stick_whose_image_the_records_refuse_is_not_left_armed() {
+    use flashrack_core::Sha256Digest;
+    use flashrack_station::{FollowRequest, ImportEnd, RunImportState};
+
+    let rig = rig(2, GuardPolicy::default()).await;
+    let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 43, 256 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let mut importer = Importer::begin(dir.path(), bytes.clone());
+    let run = rig
+        .handle
+        .arm_following(FollowRequest {
+            feed: importer.feed.clone(),
+            size: Some(bytes.len() as u64),
+            provisional: Sha256Digest::of(b"provisional"),
+            source: "/srv/images/os.img".into(),
+            total: None,
+            image_name: "os.img".into(),
+            options: RunOptions::default(),
+            sparse: None,
+        })
+        .await
+        .unwrap();
+    importer.produce(2);
+    let cached = tempfile::tempdir().unwrap();
+    let (path, manifest) =
+        flashrack_testkit::image_from_bytes(cached.path(), &bytes, FEED_CHUNK as u32);
+    rig.journal.refuse_run_images(true);
+    let refused = tokio::time::timeout(
+        WAIT,
+        rig.handle.import_ended(
+            run.id,
+            ImportEnd::Imported {
+                image: SourceImage::cached(path, manifest),
+                name: "os.img".into(),
+            },
+        ),
+    )
+    .await
+    .expect("the import's end is answered");
+    assert!(
+        matches!(refused, Err(StationError::Journal(_))),
+        "{refused:?}"
+    );
+    let view = rig.handle.snapshot().run.unwrap();
+    assert!(!view.armed && !view.recording, "{view:?}");
+    assert_eq!(view.stop_reason, Some(StopReason::SourceFailed), "{view:?}");
+    assert_eq!(
+        view.import.as_ref().map(|i| i.state),
+        Some(RunImportState::Failed)
+    );
+    let records = rig.journal.records();
+    assert_eq!(records.stops.len(), 1, "{records:?}");
+    let (id, why, note) = records.stops[0].clone();
+    assert_eq!((id, why), (run.id, StopReason::SourceFailed));
+    assert!(
+        note.as_deref()
+            .is_some_and(|n| n.starts_with("the image could not be recorded: ")),
+        "{note:?}"
+    );
+    // Nothing is written under it.
+    rig.plug(1, "LATE", healthy());
+    rig.until("the late stick detected", |s| {
+        state(s, "A1") == PortState::Detected
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state(&rig.handle.snapshot(), "A1"), PortState::Detected);
+    assert!(rig.journal.records().attempts.is_empty());
+    rig.journal.refuse_run_images(false);
+    rig.shutdown().await;
+}

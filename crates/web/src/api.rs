@@ -433,8 +433,8 @@ pub async fn arm(
 }
 
 /// Arms a run whose image is imported from `source` (see [`crate::follow`]):
-/// refused when a run is armed already (before anything is downloaded; one
-/// being stopped waits for its stop's record instead), and
+/// refused when a run is armed already or being armed (before anything is
+/// downloaded; one being stopped waits for its stop's record instead), and
 /// when the station offers no such import. A sparse run follows with the
 /// block map that comes with the image (the application refuses one
 /// without); an audit reads its sticks back once the image is whole.
@@ -457,6 +457,13 @@ async fn follow(
         .filter(|r| r.armed && !r.recording)
     {
         return Err(station_error(StationError::AlreadyArmed(run.id)));
+    }
+    // A run being armed (its start being recorded) is in the way too: the
+    // station refuses a second arm then (`StationError::Arming`), so the
+    // follow is refused here, before anything is downloaded or imported,
+    // rather than once its import has begun.
+    if state.station.snapshot().arming.is_some() {
+        return Err(station_error(StationError::Arming));
     }
     runs.arm(FollowArm { source, options }).await
 }

@@ -21,6 +21,7 @@ use common::{start_station, TestStation, MIB};
 struct Rig {
     state: WebState,
     control: SimRackControl,
+    journal: std::sync::Arc<flashrack_station::MemoryJournal>,
     image_sha: String,
     image_file: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -37,6 +38,7 @@ async fn rig(access: AccessPolicy) -> Rig {
         image_sha,
         station: handle,
         control,
+        journal,
         stop,
     } = start_station(dir.path(), &image_file);
     let state = WebState {
@@ -60,6 +62,7 @@ async fn rig(access: AccessPolicy) -> Rig {
     Rig {
         state,
         control,
+        journal,
         image_sha,
         image_file,
         stop: Some(stop),
@@ -1460,4 +1463,81 @@ async fn a_capture_with_a_bad_name_is_refused_and_one_on_a_station_that_does_not
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, body) = get(&rig, "/api/v1/images/captures").await;
     assert_eq!((status, body), (StatusCode::OK, json!([])));
+}
+
+/// The application's side of followed runs, counting what it is asked: a
+/// follow that reached it would have begun its download.
+#[derive(Default)]
+struct CountedImports {
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl flashrack_web::FollowedRuns for CountedImports {
+    fn arm(
+        &self,
+        _request: flashrack_web::FollowArm,
+    ) -> futures::future::BoxFuture<'_, Result<flashrack_web::Followed, flashrack_web::AppError>>
+    {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Err(flashrack_web::AppError::unprocessable("not served here")) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_while_a_run_is_being_armed_is_refused_409_before_its_import_begins() {
+    let mut rig = rig(AccessPolicy::default()).await;
+    let imports = std::sync::Arc::new(CountedImports::default());
+    rig.state.followed_runs = Some(imports.clone());
+    // The records take the run's start slowly: it is being armed.
+    rig.journal.hold_runs();
+    let arming = tokio::spawn(call(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs",
+        Some(json!({ "image": rig.image_sha })),
+        None,
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.station().snapshot().arming.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never shown arming");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for body in [
+        json!({ "download": { "url": "http://127.0.0.1:9/os.img" } }),
+        json!({ "file": { "path": rig.image_file.with_file_name("other.img") } }),
+    ] {
+        let (status, reply) = post(&rig, "/api/v1/runs", body.clone()).await;
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::CONFLICT, "conflict"),
+            "{body}: {reply}"
+        );
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("being armed")),
+            "{reply}"
+        );
+    }
+    assert_eq!(
+        imports.asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a refused follow began its import"
+    );
+    rig.journal.release_runs();
+    let (status, run) = tokio::time::timeout(Duration::from_secs(10), arming)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    // Once armed, a follow is refused as before (AlreadyArmed), still
+    // before its import.
+    let (status, _) = post(
+        &rig,
+        "/api/v1/runs",
+        json!({ "download": { "url": "http://127.0.0.1:9/os.img" } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(imports.asked.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -39,6 +39,8 @@ pub struct TestStation {
     pub image_sha: String,
     pub station: StationHandle,
     pub control: SimRackControl,
+    /// The station's records, in memory (its hooks hold or refuse writes).
+    pub journal: Arc<MemoryJournal>,
     /// Stops the station when sent or dropped.
     pub stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -70,11 +72,8 @@ pub fn start_station(dir: &Path, image_file: &Path) -> TestStation {
         removal_grace: Duration::from_millis(300),
         heartbeat: Duration::from_secs(2),
     };
-    let (station, handle) = Station::new(
-        settings,
-        Arc::new(access),
-        Arc::new(MemoryJournal::default()),
-    );
+    let journal = Arc::new(MemoryJournal::default());
+    let (station, handle) = Station::new(settings, Arc::new(access), journal.clone());
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(station.run_until_stopped(Box::new(source), async {
         let _ = stop_rx.await;
@@ -84,6 +83,7 @@ pub fn start_station(dir: &Path, image_file: &Path) -> TestStation {
         image_sha: image.sha256().to_hex(),
         station: handle,
         control,
+        journal,
         stop,
     }
 }
@@ -106,6 +106,7 @@ impl Served {
             station: handle,
             control,
             stop: stop_station,
+            ..
         } = start_station(dir.path(), &dir.path().join("test.img"));
         let state = WebState {
             station: handle.clone(),
