@@ -1236,3 +1236,41 @@ async fn a_run_of_a_file_asked_while_the_last_run_is_being_stopped_is_armed_once
     assert_eq!(stick_bytes(&app, 2, raw.len()), raw);
     app.stop().await.unwrap();
 }
+
+/// A run of a URL asked while another run's start waits for the records
+/// (another process holds their write lock) is refused as the station
+/// refuses a second arm then (409, "being armed"), before anything is
+/// downloaded: the server is never asked, and no import is listed. The run
+/// being armed is armed once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_url_asked_while_another_is_being_armed_downloads_nothing_and_gets_409() {
+    let raw = image_bytes(4 * MIB, 91, MIB);
+    let server = FileServer::start().await;
+    server.serve("/os.img", Served::new(raw, "arming-1"));
+    let app = spawn_app().await;
+    let lock = WriteLockHolder::take(&app.database());
+    let follow = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app.station.snapshot().arming.is_none() {
+            assert!(std::time::Instant::now() < deadline, "never shown arming");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let refused = app
+            .post(
+                "/api/v1/runs",
+                Some(json!({ "download": { "url": server.url("/os.img") } })),
+            )
+            .await;
+        assert_eq!(refused.status, 409, "{}", refused.body);
+        assert!(refused.body.contains("being armed"), "{}", refused.body);
+        assert!(server.requests().is_empty(), "{:?}", server.requests());
+        assert_eq!(downloads_left(&app), 0);
+        drop(lock);
+    };
+    let (armed, ()) = tokio::join!(app.arm(), follow);
+    let run = app.station.snapshot().run.unwrap();
+    assert_eq!(run.id.0 as u64, armed);
+    assert!(run.armed && run.import.is_none(), "{run:?}");
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    app.stop().await.unwrap();
+}
