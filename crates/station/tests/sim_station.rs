@@ -2429,16 +2429,12 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
     let provisional = Sha256Digest::of(b"provisional 1");
     let run = rig
         .handle
-        .arm_following(FollowRequest {
-            feed: importer.feed.clone(),
-            size: Some(bytes.len() as u64),
+        .arm_following(follow_request(
+            &importer.feed,
+            bytes.len() as u64,
             provisional,
-            source: "https://images.example/os.img".into(),
-            total: None,
-            image_name: "os.img".into(),
-            options: RunOptions::default(),
-            sparse: None,
-        })
+            OS_URL,
+        ))
         .await
         .unwrap();
     assert_eq!(run.image_sha256, provisional);
@@ -2457,16 +2453,8 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
     assert!(rig.journal.records().attempts[0].verdict.is_none());
     // The import ends: the image is named, then the feed ends.
     let cached = tempfile::tempdir().unwrap();
-    let (path, manifest) =
-        flashrack_testkit::image_from_bytes(cached.path(), &bytes, FEED_CHUNK as u32);
     rig.handle
-        .import_ended(
-            run.id,
-            ImportEnd::Imported {
-                image: SourceImage::cached(path, manifest),
-                name: "os.img".into(),
-            },
-        )
+        .import_ended(run.id, imported(cached.path(), &bytes))
         .await
         .unwrap();
     let snap = rig
@@ -2499,16 +2487,12 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
     let mut importer = Importer::begin(second.path(), bytes.clone());
     let run = rig
         .handle
-        .arm_following(FollowRequest {
-            feed: importer.feed.clone(),
-            size: Some(bytes.len() as u64),
-            provisional: Sha256Digest::of(b"provisional 2"),
-            source: "https://images.example/os.img".into(),
-            total: None,
-            image_name: "os.img".into(),
-            options: RunOptions::default(),
-            sparse: None,
-        })
+        .arm_following(follow_request(
+            &importer.feed,
+            bytes.len() as u64,
+            Sha256Digest::of(b"provisional 2"),
+            OS_URL,
+        ))
         .await
         .unwrap();
     importer.produce(3);
@@ -2571,18 +2555,10 @@ async fn a_run_following_an_import_names_its_image_before_any_verdict_and_a_fail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_following_an_import_with_no_stick_to_start_lets_the_import_go_on() {
     use flashrack_core::Sha256Digest;
-    use flashrack_station::FollowRequest;
 
     let rig = rig(2, GuardPolicy::default()).await;
-    let follow = |feed: &Arc<flashrack_engine::ImageFeed>, n: u8| FollowRequest {
-        feed: feed.clone(),
-        size: Some(64 * MIB),
-        provisional: Sha256Digest::of(&[n]),
-        source: "https://images.example/os.img".into(),
-        total: None,
-        image_name: "os.img".into(),
-        options: RunOptions::default(),
-        sparse: None,
+    let follow = |feed: &Arc<flashrack_engine::ImageFeed>, n: u8| {
+        follow_request(feed, 64 * MIB, Sha256Digest::of(&[n]), OS_URL)
     };
     // No stick at all.
     let feed = flashrack_engine::ImageFeed::new();
@@ -2896,6 +2872,85 @@ async fn until_run_held(rig: &Rig, what: &str) {
     }
 }
 
+/// Runs `command` (a call on the station's handle) as a task, its command
+/// sent before this returns: its future is polled once here, which sends the
+/// command, so that commands started one after the other reach the station in
+/// that order (a spawned task's first poll may come after a later one's).
+async fn sent<F>(command: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut command = Box::pin(command);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(command.as_mut(), cx))
+    })
+    .await;
+    match first {
+        std::task::Poll::Ready(answer) => tokio::spawn(async move { answer }),
+        std::task::Poll::Pending => tokio::spawn(command),
+    }
+}
+
+/// Arms a run while the records hold runs' starts (`hold_runs`), once its
+/// start has reached them: the arm's answer comes when they are released.
+async fn arm_held(
+    rig: &Arc<Rig>,
+) -> tokio::task::JoinHandle<Result<flashrack_station::RunView, StationError>> {
+    rig.journal.hold_runs();
+    let arming = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.arm(RunOptions::default()).await }
+    });
+    until_run_held(rig, "the run's start").await;
+    arming
+}
+
+/// Stops the run while the records hold runs' ends (`hold_runs`), once its
+/// end has reached them: the stop's answer comes when they are released.
+async fn stop_held(rig: &Arc<Rig>) -> tokio::task::JoinHandle<Result<(), StationError>> {
+    rig.journal.hold_runs();
+    let stopping = tokio::spawn({
+        let rig = rig.clone();
+        async move { rig.handle.stop_run("end of the batch").await }
+    });
+    until_run_held(rig, "the run's stop").await;
+    stopping
+}
+
+/// Where the followed runs' images come from.
+const OS_URL: &str = "https://images.example/os.img";
+
+/// A run following `feed`, an import of `size` bytes from `source` named
+/// `os.img`, shown under `provisional` until it ends.
+fn follow_request(
+    feed: &Arc<flashrack_engine::ImageFeed>,
+    size: u64,
+    provisional: flashrack_core::Sha256Digest,
+    source: &str,
+) -> flashrack_station::FollowRequest {
+    flashrack_station::FollowRequest {
+        feed: feed.clone(),
+        size: Some(size),
+        provisional,
+        source: source.into(),
+        total: None,
+        image_name: "os.img".into(),
+        options: RunOptions::default(),
+        sparse: None,
+    }
+}
+
+/// The end of an import of `bytes` as the application tells it: the image,
+/// cached under `dir`, named `os.img`.
+fn imported(dir: &std::path::Path, bytes: &[u8]) -> flashrack_station::ImportEnd {
+    let (path, manifest) = flashrack_testkit::image_from_bytes(dir, bytes, FEED_CHUNK as u32);
+    flashrack_station::ImportEnd::Imported {
+        image: SourceImage::cached(path, manifest),
+        name: "os.img".into(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_records_take_a_runs_start_the_station_goes_on_and_nothing_is_armed_or_written() {
     let rig = Arc::new(rig(3, GuardPolicy::default()).await);
@@ -2905,12 +2960,7 @@ async fn while_the_records_take_a_runs_start_the_station_goes_on_and_nothing_is_
 
     // The records hold the run's start: the arm's caller waits, the
     // station does not.
-    rig.journal.hold_runs();
-    let arming = tokio::spawn({
-        let rig = rig.clone();
-        async move { rig.arm(RunOptions::default()).await }
-    });
-    until_run_held(&rig, "the run's start").await;
+    let arming = arm_held(&rig).await;
     tokio::time::timeout(WAIT, rig.round_trip())
         .await
         .expect("the station answers while a run's start is being recorded");
@@ -3017,12 +3067,7 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
     rig.until("A1 writing", |s| state(s, "A1") == PortState::Writing)
         .await;
 
-    rig.journal.hold_runs();
-    let stopping = tokio::spawn({
-        let rig = rig.clone();
-        async move { rig.handle.stop_run("end of the batch").await }
-    });
-    until_run_held(&rig, "the run's stop").await;
+    let stopping = stop_held(&rig).await;
     tokio::time::timeout(WAIT, rig.round_trip())
         .await
         .expect("the station answers while a run's stop is being recorded");
@@ -3077,14 +3122,30 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
         "armed before the last run's stop is recorded"
     );
 
-    // Once they hold it: shown ended, the operator answered.
+    // Once they hold it: shown ended, the operator answered. Read from the
+    // event stream: the arm that waited follows at once, and a snapshot
+    // taken after the answer could already show its run (1 run in 24).
+    let mut events = rig.handle.subscribe();
     rig.journal.release_runs();
     tokio::time::timeout(WAIT, stopping)
         .await
         .expect("the stop is answered once the records hold it")
         .unwrap()
         .unwrap();
-    let shown = rig.handle.snapshot().run.unwrap();
+    let shown = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.unwrap() {
+                StationEvent::Run { run: Some(shown) }
+                    if shown.id == run.id && shown.stop_reason.is_some() =>
+                {
+                    break shown;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("an event shows the run ended");
     assert!(!shown.armed && !shown.recording, "{shown:?}");
     assert_eq!(shown.stop_reason, Some(StopReason::Operator));
     assert_eq!(shown.interrupted, 1, "{shown:?}");
@@ -3127,12 +3188,7 @@ async fn a_stop_asked_while_a_run_is_being_armed_waits_for_its_record_and_stops_
     rig.plug(1, "PRESENT", healthy());
     rig.until("A1 detected", |s| state(s, "A1") == PortState::Detected)
         .await;
-    rig.journal.hold_runs();
-    let arming = tokio::spawn({
-        let rig = rig.clone();
-        async move { rig.arm(RunOptions::default()).await }
-    });
-    until_run_held(&rig, "the run's start").await;
+    let arming = arm_held(&rig).await;
     let stopping = tokio::spawn({
         let rig = rig.clone();
         async move { rig.handle.stop_run("changed my mind").await }
@@ -3193,24 +3249,21 @@ async fn a_ports_start_and_a_retry_asked_while_a_run_is_being_armed_wait_for_its
     rig.plug(1, "PRESENT", healthy());
     rig.until("A1 detected", |s| state(s, "A1") == PortState::Detected)
         .await;
-    rig.journal.hold_runs();
-    let arming = tokio::spawn({
-        let rig = rig.clone();
-        async move { rig.arm(RunOptions::default()).await }
-    });
-    until_run_held(&rig, "the run's start").await;
+    let arming = arm_held(&rig).await;
     rig.until("the run shown being armed", |s| s.arming.is_some())
         .await;
     // The screen says "Arming…": the operator's start and retry are for
     // the run being armed, not refused as if none were.
-    let starting = tokio::spawn({
+    let starting = sent({
         let rig = rig.clone();
         async move { rig.handle.start_port("A1").await }
-    });
-    let retrying = tokio::spawn({
+    })
+    .await;
+    let retrying = sent({
         let rig = rig.clone();
         async move { rig.handle.retry_failed().await }
-    });
+    })
+    .await;
     // The station goes on meanwhile (an unknown port is answered at once,
     // whatever the run).
     tokio::time::timeout(WAIT, rig.round_trip())
@@ -3280,16 +3333,12 @@ async fn a_ports_start_waiting_for_a_run_the_records_refuse_hears_that_no_run_is
     rig.plug(1, "PRESENT", healthy());
     rig.until("A1 detected", |s| state(s, "A1") == PortState::Detected)
         .await;
-    rig.journal.hold_runs();
-    let arming = tokio::spawn({
-        let rig = rig.clone();
-        async move { rig.arm(RunOptions::default()).await }
-    });
-    until_run_held(&rig, "the run's start").await;
-    let starting = tokio::spawn({
+    let arming = arm_held(&rig).await;
+    let starting = sent({
         let rig = rig.clone();
         async move { rig.handle.start_port("A1").await }
-    });
+    })
+    .await;
     tokio::time::timeout(WAIT, rig.round_trip())
         .await
         .expect("the station answers while a run's start is being recorded");
@@ -3338,12 +3387,7 @@ async fn a_ports_start_and_a_retry_while_a_run_is_being_stopped_are_refused_unle
     rig.plug(1, "SLOW", healthy().write_speed(MIB));
     rig.until("A1 writing", |s| state(s, "A1") == PortState::Writing)
         .await;
-    rig.journal.hold_runs();
-    let stopping = tokio::spawn({
-        let rig = rig.clone();
-        async move { rig.handle.stop_run("end of the batch").await }
-    });
-    until_run_held(&rig, "the run's stop").await;
+    let stopping = stop_held(&rig).await;
     rig.until("A1 interrupted", |s| state(s, "A1") == PortState::Failed)
         .await;
     rig.plug(2, "LATE", healthy());
@@ -3370,20 +3414,35 @@ async fn a_ports_start_and_a_retry_while_a_run_is_being_stopped_are_refused_unle
     assert_eq!(state(&rig.handle.snapshot(), "A2"), PortState::Detected);
 
     // An arm waits for the stop's record; a start asked after it waits
-    // behind it, in order, and is for the run it arms.
-    let next = tokio::spawn({
+    // behind it, in order, and is for the run it arms. (Sent in order: with
+    // two spawned tasks the start came first 1 run in 6, and was refused as
+    // Stopping.)
+    let next = sent({
         let rig = rig.clone();
         async move { rig.arm(RunOptions::default()).await }
-    });
+    })
+    .await;
     tokio::time::timeout(WAIT, rig.round_trip())
         .await
         .expect("the station answers while a run's stop is being recorded");
-    let starting = tokio::spawn({
+    let starting = sent({
         let rig = rig.clone();
         async move { rig.handle.start_port("A2").await }
-    });
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!next.is_finished() && !starting.is_finished());
+    if next.is_finished() {
+        panic!(
+            "the arm was answered before the stop was recorded: {:?}",
+            next.await
+        );
+    }
+    if starting.is_finished() {
+        panic!(
+            "the start was answered before the stop was recorded: {:?}",
+            starting.await
+        );
+    }
     assert_eq!(late.counters().bytes_written, 0);
     rig.journal.release_runs();
     tokio::time::timeout(WAIT, stopping)
@@ -3425,7 +3484,7 @@ async fn a_ports_start_and_a_retry_while_a_run_is_being_stopped_are_refused_unle
 async fn a_followed_import_reads_recording_until_the_records_hold_its_image_and_failed_if_they_refuse_it(
 ) {
     use flashrack_core::Sha256Digest;
-    use flashrack_station::{FollowRequest, ImportEnd, RunImportState};
+    use flashrack_station::RunImportState;
 
     let rig = Arc::new(rig(2, GuardPolicy::default()).await);
     let bytes = flashrack_testkit::image_bytes(4 * MIB as usize, 37, 256 * 1024);
@@ -3433,24 +3492,11 @@ async fn a_followed_import_reads_recording_until_the_records_hold_its_image_and_
     rig.plug(1, "SER-1", healthy());
     rig.until("detected", |s| state(s, "A1") == PortState::Detected)
         .await;
-    let follow =
-        |feed: &Arc<flashrack_engine::ImageFeed>, provisional: Sha256Digest| FollowRequest {
-            feed: feed.clone(),
-            size: Some(bytes.len() as u64),
-            provisional,
-            source: "https://images.example/os.img".into(),
-            total: None,
-            image_name: "os.img".into(),
-            options: RunOptions::default(),
-            sparse: None,
-        };
-    let cached = tempfile::tempdir().unwrap();
-    let (path, manifest) =
-        flashrack_testkit::image_from_bytes(cached.path(), &bytes, FEED_CHUNK as u32);
-    let imported = ImportEnd::Imported {
-        image: SourceImage::cached(path, manifest),
-        name: "os.img".into(),
+    let follow = |feed: &Arc<flashrack_engine::ImageFeed>, provisional: Sha256Digest| {
+        follow_request(feed, bytes.len() as u64, provisional, OS_URL)
     };
+    let cached = tempfile::tempdir().unwrap();
+    let imported = imported(cached.path(), &bytes);
 
     let first = tempfile::tempdir().unwrap();
     let mut importer = Importer::begin(first.path(), bytes.clone());
@@ -3563,7 +3609,7 @@ async fn a_followed_import_reads_recording_until_the_records_hold_its_image_and_
 async fn a_followed_run_whose_image_the_records_refuse_stops_as_source_failed_like_a_failed_import()
 {
     use flashrack_core::Sha256Digest;
-    use flashrack_station::{FollowRequest, ImportEnd, RunImportState};
+    use flashrack_station::RunImportState;
 
     let rig = rig(2, GuardPolicy::default()).await;
     let bytes = flashrack_testkit::image_bytes(4 * MIB as usize, 41, 256 * 1024);
@@ -3579,16 +3625,12 @@ async fn a_followed_run_whose_image_the_records_refuse_stops_as_source_failed_li
     let mut importer = Importer::begin(dir.path(), bytes.clone());
     let run = rig
         .handle
-        .arm_following(FollowRequest {
-            feed: importer.feed.clone(),
-            size: Some(bytes.len() as u64),
-            provisional: Sha256Digest::of(b"provisional"),
-            source: "https://images.example/os.img".into(),
-            total: None,
-            image_name: "os.img".into(),
-            options: RunOptions::default(),
-            sparse: None,
-        })
+        .arm_following(follow_request(
+            &importer.feed,
+            bytes.len() as u64,
+            Sha256Digest::of(b"provisional"),
+            OS_URL,
+        ))
         .await
         .unwrap();
     importer.produce(4);
@@ -3603,18 +3645,11 @@ async fn a_followed_run_whose_image_the_records_refuse_stops_as_source_failed_li
     })
     .await;
     let cached = tempfile::tempdir().unwrap();
-    let (path, manifest) =
-        flashrack_testkit::image_from_bytes(cached.path(), &bytes, FEED_CHUNK as u32);
     rig.journal.refuse_run_images(true);
     let refused = tokio::time::timeout(
         WAIT,
-        rig.handle.import_ended(
-            run.id,
-            ImportEnd::Imported {
-                image: SourceImage::cached(path, manifest),
-                name: "os.img".into(),
-            },
-        ),
+        rig.handle
+            .import_ended(run.id, imported(cached.path(), &bytes)),
     )
     .await
     .expect("the import's end is answered");
@@ -3677,7 +3712,7 @@ async fn a_followed_run_whose_image_the_records_refuse_stops_as_source_failed_li
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followed_run_with_no_stick_whose_image_the_records_refuse_is_not_left_armed() {
     use flashrack_core::Sha256Digest;
-    use flashrack_station::{FollowRequest, ImportEnd, RunImportState};
+    use flashrack_station::RunImportState;
 
     let rig = rig(2, GuardPolicy::default()).await;
     let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 43, 256 * 1024);
@@ -3685,32 +3720,21 @@ async fn a_followed_run_with_no_stick_whose_image_the_records_refuse_is_not_left
     let mut importer = Importer::begin(dir.path(), bytes.clone());
     let run = rig
         .handle
-        .arm_following(FollowRequest {
-            feed: importer.feed.clone(),
-            size: Some(bytes.len() as u64),
-            provisional: Sha256Digest::of(b"provisional"),
-            source: "/srv/images/os.img".into(),
-            total: None,
-            image_name: "os.img".into(),
-            options: RunOptions::default(),
-            sparse: None,
-        })
+        .arm_following(follow_request(
+            &importer.feed,
+            bytes.len() as u64,
+            Sha256Digest::of(b"provisional"),
+            "/srv/images/os.img",
+        ))
         .await
         .unwrap();
     importer.produce(2);
     let cached = tempfile::tempdir().unwrap();
-    let (path, manifest) =
-        flashrack_testkit::image_from_bytes(cached.path(), &bytes, FEED_CHUNK as u32);
     rig.journal.refuse_run_images(true);
     let refused = tokio::time::timeout(
         WAIT,
-        rig.handle.import_ended(
-            run.id,
-            ImportEnd::Imported {
-                image: SourceImage::cached(path, manifest),
-                name: "os.img".into(),
-            },
-        ),
+        rig.handle
+            .import_ended(run.id, imported(cached.path(), &bytes)),
     )
     .await
     .expect("the import's end is answered");
