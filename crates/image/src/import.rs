@@ -26,7 +26,7 @@ use crate::fsutil::{write_json_atomic, TempFile};
 use crate::index::{FileIdentity, SourceEntry};
 use crate::input::{
     direct_reader, hash_all, read_full, stream_decoder, InputError, InputReader, ReadAhead,
-    INPUT_BUFFER,
+    ReadOnce, INPUT_BUFFER,
 };
 use crate::observe::ImportObserver;
 use crate::pass::{digest_and_store, ChunkHashing, PassError, RawDigests, Watch};
@@ -329,16 +329,26 @@ impl ImageCache {
             };
             observer.began(raw, chunk_size, size);
         }
-        // A raw file is read past the page cache (see `direct_reader`) unless
-        // an observer needs its chunks there: one that takes their bytes as
-        // they are announced does not (a flash following the import).
-        let mut direct = (format == ImageFormat::Raw && observer.is_none_or(|o| o.takes_bytes()))
+        // A raw file imported alone is read past the page cache (see
+        // `direct_reader`: the least CPU). One a flash follows, whose
+        // observer takes each chunk's bytes as it is announced, is read
+        // through the page cache's read-ahead and its pages let go behind
+        // the reads (`decode`, `input::ReadOnce`: the sticks wait for those
+        // reads, and one direct read at a time was the slower here). An
+        // observer that reads the chunks from the file itself needs them in
+        // the page cache.
+        let mut direct = (format == ImageFormat::Raw && observer.is_none())
             .then(|| direct_reader(&file))
             .flatten();
-        // The observer's file is the one read so only when it is referenced
-        // in place (a copy or a clone is written through the page cache).
-        if let (Some(observer), Some(_), Placement::Reference(_)) = (observer, &direct, &placement)
-        {
+        // Either way the observer's file is the one read past the page cache
+        // only when it is referenced in place (a copy or a clone is written
+        // through the page cache).
+        let takes_bytes = observer.is_some_and(|o| o.takes_bytes());
+        if let (Some(observer), true, Placement::Reference(_)) = (
+            observer,
+            format == ImageFormat::Raw && takes_bytes,
+            &placement,
+        ) {
             observer.reads_past_page_cache();
         }
         let input = match &mut direct {
@@ -832,6 +842,11 @@ fn check_opened_within(path: &Path, file: &File, dirs: &[PathBuf]) -> Result<(),
     }
 }
 
+/// Whether `file` was opened with `O_DIRECT`.
+fn opened_direct(file: &File) -> bool {
+    rustix::fs::fcntl_getfl(file).is_ok_and(|flags| flags.contains(rustix::fs::OFlags::DIRECT))
+}
+
 /// Decompresses `file` into `out` in one pass, digesting both; `watch` sees
 /// the raw size before each chunk is stored and may stop the pass;
 /// `observer` hears of each chunk once stored; `check` (a bmap's) sees every
@@ -864,8 +879,24 @@ fn decode(
     };
     match format {
         ImageFormat::Raw => {
-            // The file is the image: its digest is the raw digest.
-            let mut input = InputReader::new(file, false);
+            // The file is the image: its digest is the raw digest. Read once
+            // through the page cache's read-ahead for an observer that takes
+            // the chunks' bytes (see `import`), unless it came opened past
+            // the page cache.
+            let read_once = observer.is_some_and(|o| o.takes_bytes()) && !opened_direct(file);
+            let mut once;
+            let mut plain;
+            let reading: &mut dyn Read = if read_once {
+                let start = file
+                    .stream_position()
+                    .map_err(|e| input_error(path, format, e))?;
+                once = ReadOnce::at(file, start);
+                &mut once
+            } else {
+                plain = &mut *file;
+                &mut plain
+            };
+            let mut input = InputReader::new(reading, false);
             let mut input = Checked::new(&mut input, check.as_deref_mut());
             let raw = digest_and_store(&mut input, out, chunk_size, hashing, watch, observer)
                 .map_err(pass_error)?;

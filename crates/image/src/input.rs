@@ -8,7 +8,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, Scope, ScopedJoinHandle};
 
@@ -254,16 +254,7 @@ impl<'scope> ReadAhead<'scope> {
         let (consumed, consumed_rx) = mpsc::channel::<(ChunkBuf, usize)>();
         let reader = thread::Builder::new()
             .name("import read".into())
-            .spawn_scoped(scope, move || {
-                let mut reading = file;
-                match reading.seek(SeekFrom::Start(0)) {
-                    Ok(_) => read_ahead(file, filled_tx, free_rx),
-                    Err(error) => {
-                        let _ = filled_tx.send(Err(error));
-                        0
-                    }
-                }
-            })
+            .spawn_scoped(scope, move || read_ahead(file, filled_tx, free_rx))
             .expect("a thread can be started for the import's reads");
         let hasher = thread::Builder::new()
             .name("import file hash".into())
@@ -379,16 +370,79 @@ impl BufRead for ReadAhead<'_> {
 /// (Linux 6.18: its read-ahead fills 2 MiB folios).
 const DROP_BEHIND: u64 = 4 << 20;
 
+/// A file read once, front to back, from its start, through the page cache:
+/// the kernel is told so (`POSIX_FADV_SEQUENTIAL`: it reads ahead, several
+/// requests at once) and the pages read are let go behind the reads, in
+/// whole ranges of [`DROP_BEHIND`], and the rest when it is dropped (the
+/// file need not stay cached, as with `dd iflag=nocache`). Reads are
+/// positioned (`pread`): the file's cursor is left alone.
+pub(crate) struct ReadOnce<'f> {
+    file: &'f File,
+    /// Where the next read starts.
+    pos: u64,
+    /// Where the pages let go so far end.
+    dropped: u64,
+}
+
+impl<'f> ReadOnce<'f> {
+    /// `file` read from its start.
+    pub(crate) fn new(file: &'f File) -> Self {
+        Self::at(file, 0)
+    }
+
+    /// `file` read from `start`; the pages before it are let go with the
+    /// first ones read.
+    pub(crate) fn at(file: &'f File, start: u64) -> Self {
+        // Advice only: a file system that ignores it is read all the same.
+        let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
+        Self {
+            file,
+            pos: start,
+            dropped: 0,
+        }
+    }
+
+    /// Lets the pages from `self.dropped` to `to` (the end: `None`) go.
+    fn drop_behind(&mut self, to: Option<u64>) {
+        let len = to.map(|to| to - self.dropped);
+        // Advice only: pages still in use stay.
+        let _ = rustix::fs::fadvise(
+            self.file,
+            self.dropped,
+            len.and_then(std::num::NonZeroU64::new),
+            rustix::fs::Advice::DontNeed,
+        );
+        if let Some(to) = to {
+            self.dropped = to;
+        }
+    }
+}
+
+impl Read for ReadOnce<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        let upto = self.pos - self.pos % DROP_BEHIND;
+        if upto > self.dropped {
+            self.drop_behind(Some(upto));
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for ReadOnce<'_> {
+    fn drop(&mut self) {
+        self.drop_behind(None);
+    }
+}
+
 /// The reading thread of a [`ReadAhead`]: fills free blocks from `file` (from
-/// its cursor, at its start) in order, as far ahead as there are blocks,
-/// until the end of the file, a read error (handed over, then the thread
-/// stops) or the reader being dropped. Returns the bytes read.
+/// its start) in order, as far ahead as there are blocks, until the end of
+/// the file, a read error (handed over, then the thread stops) or the reader
+/// being dropped. Returns the bytes read.
 ///
-/// The file is read through the page cache, told it is read front to back
-/// (the kernel then reads ahead of the thread, several requests at once),
-/// and its pages are let go behind the reads ([`DROP_BEHIND`]: the file is
-/// read once and need not stay cached, as with `dd iflag=nocache`).
-/// Why not `O_DIRECT`, as before session 29: one direct read at a time
+/// The file is read as a [`ReadOnce`]: through the page cache's read-ahead,
+/// its pages let go behind the reads. Why not `O_DIRECT`, as before session 29: one direct read at a time
 /// read a cold 627 MiB `.xz` here in 1.3 s (median of 6; four at once,
 /// 1.2 s), the page cache's read-ahead in 0.8 s, for 0.2 s more system time
 /// on this thread; the decoder, which needs about 440 MB/s, waited for input
@@ -398,22 +452,8 @@ fn read_ahead(
     filled: Sender<io::Result<(ChunkBuf, usize)>>,
     free: Receiver<ChunkBuf>,
 ) -> u64 {
-    // Advice only: a file system that ignores it is read all the same.
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
-    let mut reading = file;
+    let mut reading = ReadOnce::new(file);
     let mut total = 0u64;
-    // Where the pages let go so far end.
-    let mut dropped = 0u64;
-    let drop_behind = |from: u64, to: Option<u64>| {
-        let len = to.map(|to| to - from);
-        // Advice only: pages still in use stay.
-        let _ = rustix::fs::fadvise(
-            file,
-            from,
-            len.and_then(std::num::NonZeroU64::new),
-            rustix::fs::Advice::DontNeed,
-        );
-    };
     let mut allocated = 0;
     loop {
         let buf = match free.try_recv() {
@@ -429,22 +469,9 @@ fn read_ahead(
             return total;
         };
         match read_full(&mut reading, buf.data_mut()) {
-            Ok(0) => {
-                drop_behind(dropped, None);
-                return total;
-            }
+            Ok(0) => return total,
             Ok(n) => {
                 total += n as u64;
-                // The bytes are in `buf`: their pages may go, in whole
-                // ranges of DROP_BEHIND.
-                let upto = total - total % DROP_BEHIND;
-                if upto > dropped {
-                    drop_behind(dropped, Some(upto));
-                    dropped = upto;
-                }
-                if n < INPUT_BUFFER {
-                    drop_behind(dropped, None);
-                }
                 if filled.send(Ok((buf, n))).is_err() || n < INPUT_BUFFER {
                     return total;
                 }
