@@ -885,7 +885,6 @@ fn decode(
             // the page cache.
             let read_once = observer.is_some_and(|o| o.takes_bytes()) && !opened_direct(file);
             let mut once;
-            let mut plain;
             let reading: &mut dyn Read = if read_once {
                 let start = file
                     .stream_position()
@@ -893,8 +892,7 @@ fn decode(
                 once = ReadOnce::at(file, start);
                 &mut once
             } else {
-                plain = &mut *file;
-                &mut plain
+                file
             };
             let mut input = InputReader::new(reading, false);
             let mut input = Checked::new(&mut input, check.as_deref_mut());

@@ -2918,6 +2918,24 @@ async fn stop_held(rig: &Arc<Rig>) -> tokio::task::JoinHandle<Result<(), Station
     stopping
 }
 
+/// Ends run `run`'s import of `bytes` while the records refuse runs' images
+/// (`refuse_run_images`, left on): the station answers with the records'
+/// error.
+async fn end_import_refused(rig: &Rig, run: RunId, bytes: &[u8]) {
+    let cached = tempfile::tempdir().unwrap();
+    rig.journal.refuse_run_images(true);
+    let refused = tokio::time::timeout(
+        WAIT,
+        rig.handle.import_ended(run, imported(cached.path(), bytes)),
+    )
+    .await
+    .expect("the import's end is answered");
+    assert!(
+        matches!(refused, Err(StationError::Journal(_))),
+        "{refused:?}"
+    );
+}
+
 /// Where the followed runs' images come from.
 const OS_URL: &str = "https://images.example/os.img";
 
@@ -3644,19 +3662,7 @@ async fn a_followed_run_whose_image_the_records_refuse_stops_as_source_failed_li
         })
     })
     .await;
-    let cached = tempfile::tempdir().unwrap();
-    rig.journal.refuse_run_images(true);
-    let refused = tokio::time::timeout(
-        WAIT,
-        rig.handle
-            .import_ended(run.id, imported(cached.path(), &bytes)),
-    )
-    .await
-    .expect("the import's end is answered");
-    assert!(
-        matches!(refused, Err(StationError::Journal(_))),
-        "{refused:?}"
-    );
+    end_import_refused(&rig, run.id, &bytes).await;
     // Answered once the stop is recorded: the view says it at once.
     let view = rig.handle.snapshot().run.unwrap();
     assert!(!view.armed, "{view:?}");
@@ -3729,19 +3735,7 @@ async fn a_followed_run_with_no_stick_whose_image_the_records_refuse_is_not_left
         .await
         .unwrap();
     importer.produce(2);
-    let cached = tempfile::tempdir().unwrap();
-    rig.journal.refuse_run_images(true);
-    let refused = tokio::time::timeout(
-        WAIT,
-        rig.handle
-            .import_ended(run.id, imported(cached.path(), &bytes)),
-    )
-    .await
-    .expect("the import's end is answered");
-    assert!(
-        matches!(refused, Err(StationError::Journal(_))),
-        "{refused:?}"
-    );
+    end_import_refused(&rig, run.id, &bytes).await;
     let view = rig.handle.snapshot().run.unwrap();
     assert!(!view.armed && !view.recording, "{view:?}");
     assert_eq!(view.stop_reason, Some(StopReason::SourceFailed), "{view:?}");
