@@ -108,6 +108,45 @@ fn a_file_target_in_the_data_directory_is_refused_however_it_is_spelled() {
 }
 
 #[test]
+fn a_file_of_proc_or_sys_is_never_written_as_a_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path());
+    // /proc and /sys hold "regular" files that a write as root turns into an
+    // action on the running system (/proc/sysrq-trigger, /proc/sys/…). The
+    // ones named here are harmless if written (the flashrack process's own
+    // name, which refuses a write at offset 0 anyway; a link to it; a file
+    // sysfs would not create), which is what this test guards against.
+    symlink("/proc/self/comm", dir.path().join("comm.img")).unwrap();
+    for (target, what) in [
+        (
+            "/proc/self/comm".to_string(),
+            "the kernel's proc file system",
+        ),
+        (
+            text(&dir.path().join("comm.img")).to_string(),
+            "the kernel's proc file system",
+        ),
+        (
+            "/sys/flashrack-test.img".to_string(),
+            "the kernel's sysfs file system",
+        ),
+    ] {
+        let out = flashrack(&data, &["flash", text(&image), &target, "-q", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{target}: {}", stderr(&out));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let row = &summary["targets"][0];
+        assert_eq!(row["stage"], "preparing", "{target}: {row:#}");
+        assert_eq!(row["bytes_written"], 0, "{target}: {row:#}");
+        let detail = row["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(what) && detail.contains("not a medium: refusing to write it"),
+            "{target}: {row:#}"
+        );
+    }
+}
+
+#[test]
 fn one_file_named_twice_in_a_command_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -496,6 +496,52 @@ fn open_error(path: &Path, error: io::Error, device: bool) -> TargetError {
     }
 }
 
+/// The kernel's own file systems, by `statfs` magic: their "regular" files
+/// are the running system's controls and views (`/proc/sysrq-trigger`,
+/// `/proc/sys/…`, `/sys/power/state`), never a medium.
+const KERNEL_FILE_SYSTEMS: [(u64, &str); 11] = [
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x6265_6570, "configfs"),
+    (0xde5e_81e4, "efivarfs"),
+    (0xcafe_4a11, "bpf"),
+    (0x6165_676c, "pstore"),
+];
+
+/// Refuses a file target on one of the kernel's own file systems (for one
+/// not created yet, its directory's): a write there as root is an action on
+/// the running system, whatever the image holds. Checked before the file is
+/// sized and again before it is opened; nothing is written.
+fn refuse_kernel_file(path: &Path) -> Result<(), TargetError> {
+    let existing = if path.exists() {
+        path
+    } else {
+        match path.parent() {
+            Some(dir) => dir,
+            None => return Ok(()),
+        }
+    };
+    let Ok(stat) = rustix::fs::statfs(existing) else {
+        // Nothing to judge by: the open says what is wrong.
+        return Ok(());
+    };
+    match KERNEL_FILE_SYSTEMS
+        .iter()
+        .find(|(magic, _)| *magic == stat.f_type as u64)
+    {
+        Some((_, name)) => Err(TargetError::Open(format!(
+            "{} is a file of the kernel's {name} file system, not a medium: refusing to write it",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// File systems without `O_DIRECT` answer `EINVAL` at open.
 fn is_direct_io_unsupported(error: &io::Error) -> bool {
     error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
@@ -515,7 +561,10 @@ impl Target for PathTarget {
             PathKind::Block { .. } => block_geometry(&self.path, path_rdev(&self.path)?),
             PathKind::File { min_size } => {
                 let len = match std::fs::metadata(&self.path) {
-                    Ok(meta) if meta.is_file() => meta.len(),
+                    Ok(meta) if meta.is_file() => {
+                        refuse_kernel_file(&self.path)?;
+                        meta.len()
+                    }
                     Ok(_) => {
                         return Err(TargetError::Open(format!(
                             "{} is neither a regular file nor a block device",
@@ -557,6 +606,7 @@ impl Target for PathTarget {
                 before_open,
             } => self.open_block_writer(guard, pin, before_open.as_ref()),
             PathKind::File { min_size } => {
+                refuse_kernel_file(&self.path)?;
                 let open = |flags: OFlags| {
                     OpenOptions::new()
                         .read(true)
