@@ -344,7 +344,7 @@ impl Default for RawEngine {
 #[serde(deny_unknown_fields)]
 struct RawWeb {
     listen: Option<Spanned<String>>,
-    token: Option<String>,
+    token: Option<Spanned<String>>,
     #[serde(default)]
     public_read: bool,
     allowed_hosts: Option<Spanned<Vec<String>>>,
@@ -558,7 +558,13 @@ impl StationConfig {
                 format!("listen {listen_text:?} is not an address like 127.0.0.1:8080"),
             )
         })?;
-        let token = raw.web.token.filter(|t| !t.trim().is_empty());
+        // Where the token is written: a token too short is refused at its line.
+        let token_at = raw.web.token.as_ref().map_or(0, |t| t.span().start);
+        let token = raw
+            .web
+            .token
+            .map(Spanned::into_inner)
+            .filter(|t| !t.trim().is_empty());
         let operators = parse_operators(&raw.web.operators, token.as_deref(), &invalid)?;
         if !listen.ip().is_loopback() && token.is_none() && operators.is_empty() {
             return Err(invalid(
@@ -571,8 +577,8 @@ impl StationConfig {
         if let Some(token) = &token {
             if token.len() < 12 {
                 return Err(invalid(
-                    raw.web.listen.as_ref().map_or(0, |l| l.span().start),
-                    "the operator token must be at least 12 characters".into(),
+                    token_at,
+                    "[web] token: the operator token must be at least 12 characters".into(),
                 ));
             }
         }

@@ -84,7 +84,8 @@ fn malformed_files_name_the_line_and_the_reason() {
         ),
         ("[web]\nlisten = \"localhost\"\n", 2, "not an address"),
         ("[web]\nlisten = \"0.0.0.0:8080\"\n", 2, "needs an operator token"),
-        ("[web]\nlisten = \"0.0.0.0:8080\"\ntoken = \"short\"\n", 2, "at least 12"),
+        ("[web]\nlisten = \"0.0.0.0:8080\"\ntoken = \"short\"\n", 3, "token: the operator token must be at least 12"),
+        ("[web]\ntoken = \"short\"\n", 2, "at least 12"),
     ];
     for (text, line, reason) in cases {
         let (got_line, got_reason) = error_of(text);
