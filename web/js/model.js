@@ -23,7 +23,7 @@ export const model = {
   staleSince: null, // Date: when the view stopped being live
   ports: new Map(), // label -> PortView, in the station's order
   run: null,
-  arming: null, // a run whose start the records are taking: { image_name, image_sha256, source }
+  arming: null, // a run being armed: { state: 'claimed' (its import starting) | 'recording' (its start), image_name, image_sha256 (not while claimed), source }
   images: [],
   runs: [],
   devices: [],

@@ -15,8 +15,11 @@ export function renderRun() {
     state.textContent = `? Run state unknown: the station is unreachable${run ? ` (last known: run #${run.id} ${run.armed ? 'armed' : 'stopped'})` : ''}`;
     state.className = 'run-state run-unknown';
   } else if (model.arming && !armed) {
-    // Nothing is armed, nor written, until the records hold the run.
-    state.textContent = `◌ Arming ${model.arming.image_name}: recording the run before any stick is written`;
+    // Nothing is armed, nor written, until the records hold the run; a
+    // claimed run waits for its import to begin before it is recorded.
+    state.textContent = model.arming.state === 'claimed'
+      ? `◌ Arming ${model.arming.image_name}: its import from ${model.arming.source} is starting; the run is recorded once the first bytes are in`
+      : `◌ Arming ${model.arming.image_name}: recording the run before any stick is written`;
     state.className = 'run-state run-recording';
   } else if (!run) {
     state.textContent = 'No run';

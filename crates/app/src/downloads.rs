@@ -273,31 +273,9 @@ pub enum UrlProgress {
     Downloading(Progress),
 }
 
-/// The name of the file a URL names: its last path segment, decoded.
-pub fn file_name_of(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    let last = parsed.path_segments()?.next_back()?.to_string();
-    let decoded = percent_decode(&last);
-    (!decoded.is_empty()).then_some(decoded)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// The name of the file a URL names (the web side's: a followed run's
+/// claim is shown under it before the download begins).
+pub use flashrack_web::file_name_of;
 
 fn download_error(url: &str, source: DownloadError) -> AppError {
     AppError::Download {
@@ -638,28 +616,6 @@ impl Read for DownloadReader {
         buf[..n].copy_from_slice(&self.piece[..n]);
         self.piece.advance(n);
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_file_name_of_a_url_is_its_last_segment_decoded() {
-        assert_eq!(
-            file_name_of("https://example.invalid/releases/24.04/ubuntu-24.04.iso?x=1").as_deref(),
-            Some("ubuntu-24.04.iso")
-        );
-        assert_eq!(
-            file_name_of("https://example.invalid/a%20b.img.xz").as_deref(),
-            Some("a b.img.xz")
-        );
-        assert_eq!(file_name_of("https://example.invalid/"), None);
-        assert_eq!(
-            file_name_of("https://example.invalid/100%"),
-            Some("100%".into())
-        );
     }
 }
 

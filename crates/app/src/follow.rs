@@ -43,8 +43,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{oneshot, watch};
 
 use crate::downloads::{
-    block_map_of, error_chain, file_name_of, url_import_of, FollowedImport, Following,
-    StartRefusal, UrlImportService, UrlProgress,
+    block_map_of, error_chain, url_import_of, FollowedImport, Following, StartRefusal,
+    UrlImportService, UrlProgress,
 };
 use crate::flash::{import_reason, provisional_digest, CancelOnDrop, FeedObserver};
 use crate::images::bmap_beside;
@@ -157,6 +157,11 @@ const ARMING_PATIENCE: Duration = Duration::from_secs(10);
 
 impl FollowService {
     async fn follow(&self, request: FollowArm) -> Result<Followed, flashrack_web::AppError> {
+        // The station's claim to arm the run, taken by the web side before
+        // this began: held while the import reaches its first chunk, handed
+        // in with the arm; dropped on any error (or with this future, when
+        // the client leaves), which frees the station.
+        let claim = request.claim;
         let feed = ImageFeed::new();
         // The run's sticks start only once the station has armed it (its
         // records, the guard's checks): the import keeps its first chunks for
@@ -178,7 +183,10 @@ impl FollowService {
         let mut listed = None;
         // A sparse run's ranges, from the bmap that comes with the image.
         let mut sparse = None;
-        let (label, name, mut import) = match request.source {
+        // The URL or file, and the image's name until it is known, as the
+        // claim shows them.
+        let (label, name) = request.source.describe();
+        let mut import = match request.source {
             FollowSource::Download(body) => {
                 let bmap = match request.options.sparse {
                     true => {
@@ -199,7 +207,7 @@ impl FollowService {
                         received.send_replace((p.held, p.total));
                     }
                 });
-                let (id, import, task) = self
+                let (id, _, task) = self
                     .downloads
                     .start_followed(body, FollowedImport { following, told })
                     .map_err(|refusal| match refusal {
@@ -209,20 +217,13 @@ impl FollowService {
                         }
                     })?;
                 listed = Some(id);
-                let label = import.url.clone();
-                let name = file_name_of(&label).unwrap_or_else(|| label.clone());
-                (label, name, task)
+                task
             }
             FollowSource::File {
                 path,
                 expected,
                 allowed_dirs,
             } => {
-                let label = path.display().to_string();
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| label.clone());
                 let bmap = match request.options.sparse {
                     true => file_block_map(&path, &allowed_dirs).await?,
                     false => None,
@@ -256,7 +257,7 @@ impl FollowService {
                             source: Box::new(source),
                         })
                 });
-                (label, name, task)
+                task
             }
         };
         // `Some(size)`: the pass began (of `size` bytes if known then);
@@ -267,13 +268,13 @@ impl FollowService {
             result = &mut import => {
                 let outcome = joined(result).map_err(request_error)?;
                 abandon.disarm();
-                return Ok(Followed::Cached(Box::new(outcome.image)));
+                return Ok(Followed::Cached(Box::new(outcome.image), claim));
             }
         };
         let Some(size) = began else {
             let outcome = joined(import.await).map_err(request_error)?;
             abandon.disarm();
-            return Ok(Followed::Cached(Box::new(outcome.image)));
+            return Ok(Followed::Cached(Box::new(outcome.image), claim));
         };
         let provisional = provisional_digest(&label);
         let options = request.options;
@@ -281,8 +282,7 @@ impl FollowService {
         // may still be compared with sticks written otherwise.
         let force_raw = options.force_raw || options.audit;
         let total = received_rx.borrow().1;
-        let armed = self
-            .station
+        let armed = claim
             .arm_following(FollowRequest {
                 feed: feed.clone(),
                 size,

@@ -1274,3 +1274,222 @@ async fn a_run_of_a_url_asked_while_another_is_being_armed_downloads_nothing_and
     assert!(server.requests().is_empty(), "{:?}", server.requests());
     app.stop().await.unwrap();
 }
+
+/// Runs `command` (a call on the station's handle) as a task, its command
+/// sent before this returns: its future is polled once here, which sends it,
+/// so that it reaches the station before whatever the test asks next.
+async fn sent<F>(command: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut command = Box::pin(command);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(command.as_mut(), cx))
+    })
+    .await;
+    match first {
+        std::task::Poll::Ready(answer) => tokio::spawn(async move { answer }),
+        std::task::Poll::Pending => tokio::spawn(command),
+    }
+}
+
+/// A plain arm of the app's cached image, as the station's handle takes it.
+fn arm_request(app: &TestApp) -> flashrack_station::ArmRequest {
+    flashrack_station::ArmRequest {
+        image: flashrack_engine::SourceImage {
+            path: app.image.path.clone(),
+            manifest: app.image.manifest.clone(),
+            referenced: app.image.meta.reference.is_some(),
+        },
+        image_name: app.image.meta.original_name.clone(),
+        options: flashrack_station::RunOptions::default(),
+        sparse: None,
+    }
+}
+
+/// Waits (at most 10 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A run of a URL asked while a plain arm waits for the last run's stop to
+/// be recorded (another process holds the records' write lock) is refused
+/// as the station refuses a second arm (409, "being armed"), at once and
+/// before anything is downloaded: the server is never asked, no import is
+/// listed. The waiting arm is armed once the records hold the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_url_asked_while_an_arm_waits_for_the_last_runs_stop_downloads_nothing_and_gets_409(
+) {
+    let raw = image_bytes(4 * MIB, 93, MIB);
+    let server = FileServer::start().await;
+    server.serve("/os.img", Served::new(raw, "held-arm-1"));
+    let app = spawn_app().await;
+    let first = app.arm().await;
+    let lock = WriteLockHolder::take(&app.database());
+    let stopping = tokio::spawn({
+        let station = app.station.clone();
+        async move { station.stop_run("end of the batch").await }
+    });
+    eventually("shown stopping", || {
+        app.station
+            .snapshot()
+            .run
+            .is_some_and(|r| r.armed && r.recording)
+    })
+    .await;
+    // A plain arm waits for the stop's record; it reaches the station
+    // before the follow.
+    let waiting = sent({
+        let station = app.station.clone();
+        let request = arm_request(&app);
+        async move { station.arm(request).await }
+    })
+    .await;
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        assert!(!waiting.is_finished(), "armed before the stop's record");
+        drop(lock);
+    };
+    let (refused, ()) = tokio::join!(
+        app.post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": server.url("/os.img") } })),
+        ),
+        release
+    );
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    assert!(refused.body.contains("being armed"), "{}", refused.body);
+    assert_eq!(downloads_left(&app), 0);
+    let list = app.get("/api/v1/images/downloads").await.json();
+    assert_eq!(list, json!([]), "{list}");
+    let next = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting arm is answered")
+        .unwrap()
+        .unwrap();
+    assert_ne!(next.id.0 as u64, first);
+    assert!(next.import.is_none(), "{next:?}");
+    tokio::time::timeout(std::time::Duration::from_secs(30), stopping)
+        .await
+        .expect("the stop is answered")
+        .unwrap()
+        .unwrap();
+    let shown = app.station.snapshot().run.unwrap();
+    assert_eq!(shown.id, next.id, "{shown:?}");
+    app.stop().await.unwrap();
+}
+
+/// A run armed (a plain arm over the API) while a run of a URL waits for
+/// its download's first bytes is refused (409, "being armed"): the station
+/// holds the right to arm for the follow, whose download has begun, and its
+/// snapshot says which run is being armed. The follow is armed once its
+/// bytes come; the server is asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arm_asked_while_a_run_of_a_url_waits_for_its_first_bytes_gets_409_and_the_follow_is_armed(
+) {
+    let raw = image_bytes(4 * MIB, 95, MIB);
+    let sha = Sha256Digest::of(&raw);
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img",
+        Served::new(raw.clone(), "claimed-1").behaving(Behaviour::GatedAt(0)),
+    );
+    let app = spawn_app().await;
+    let url = server.url("/os.img");
+    let meanwhile = async {
+        eventually("asked for the download", || {
+            !server.requests_for("/os.img").is_empty()
+        })
+        .await;
+        let refused = app
+            .post(
+                "/api/v1/runs",
+                Some(json!({ "image": app.image.sha256().to_hex() })),
+            )
+            .await;
+        assert_eq!(refused.status, 409, "{}", refused.body);
+        assert!(refused.body.contains("being armed"), "{}", refused.body);
+        // The dashboard's snapshot says which run is being armed, and
+        // that nothing is recorded yet.
+        let station = app.get("/api/v1/station").await.json();
+        assert_eq!(station["arming"]["state"], "claimed", "{station}");
+        assert_eq!(station["arming"]["source"], url.as_str(), "{station}");
+        assert_eq!(station["arming"]["image_name"], "os.img", "{station}");
+        assert!(station["arming"].get("image_sha256").is_none(), "{station}");
+        assert!(station["run"].is_null(), "{station}");
+        server.open_gate();
+    };
+    let (armed, ()) = tokio::join!(
+        app.post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": url, "sha256": sha.to_hex() } })),
+        ),
+        meanwhile
+    );
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run = armed.json();
+    assert_eq!(run["import"]["source"], url.as_str(), "{run}");
+    let shown = app.station.snapshot();
+    assert_eq!(
+        shown.run.as_ref().map(|r| r.id.0 as u64),
+        run["id"].as_u64(),
+        "{shown:?}"
+    );
+    assert!(shown.arming.is_none(), "{shown:?}");
+    assert_eq!(server.requests_for("/os.img").len(), 1);
+    app.stop().await.unwrap();
+}
+
+/// A run of a URL whose client leaves while its download waits for its
+/// first bytes lets the station go: its claim to arm is released, nothing
+/// is shown being armed, and a plain arm is armed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_url_whose_client_leaves_before_its_first_bytes_leaves_the_station_free() {
+    use tokio::io::AsyncWriteExt;
+    let raw = image_bytes(4 * MIB, 97, MIB);
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img",
+        Served::new(raw, "left-1").behaving(Behaviour::GatedAt(0)),
+    );
+    let app = spawn_app().await;
+    let body = json!({ "download": { "url": server.url("/os.img") } }).to_string();
+    let mut client = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                app.address,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    eventually("asked for the download", || {
+        !server.requests_for("/os.img").is_empty()
+    })
+    .await;
+    assert!(
+        app.station.snapshot().arming.is_some(),
+        "the follow's run is shown being armed"
+    );
+    drop(client);
+    eventually("the claim released", || {
+        app.station.snapshot().arming.is_none()
+    })
+    .await;
+    let armed = app.arm().await;
+    let run = app.station.snapshot().run.unwrap();
+    assert_eq!(run.id.0 as u64, armed);
+    assert!(run.import.is_none(), "{run:?}");
+    server.open_gate();
+    app.stop().await.unwrap();
+}

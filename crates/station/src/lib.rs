@@ -33,10 +33,10 @@ pub use journal::{
     RunRefusal, RunStart,
 };
 pub use model::{
-    ArmingView, DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions,
-    RunView, Snapshot, StationEvent, VerdictRun,
+    ArmingState, ArmingView, DeviceView, PortState, PortView, Progress, RunImport, RunImportState,
+    RunOptions, RunView, Snapshot, StationEvent, VerdictRun,
 };
 pub use station::{
-    ArmRequest, FollowRequest, ImportEnd, MasterStick, PortSpec, Station, StationError,
+    ArmClaim, ArmRequest, FollowRequest, ImportEnd, MasterStick, PortSpec, Station, StationError,
     StationHandle, StationSettings,
 };

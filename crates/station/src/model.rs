@@ -358,20 +358,41 @@ pub struct RunView {
     pub recording: bool,
 }
 
-/// A run being armed: the records are taking its start
-/// ([`Snapshot::arming`]). Nothing is written under it, and it is not
-/// shown as the run, until they hold it; if they refuse it, it is gone and
-/// the caller hears why.
+/// A run being armed ([`Snapshot::arming`]): the station holds the right
+/// to arm it for a caller who readies its image first (`claimed`), or the
+/// records are taking its start (`recording`). Nothing is written under
+/// it, and it is not shown as the run, until the records hold it; another
+/// arm is refused meanwhile. If the records refuse it, or its caller gives
+/// up (an import that fails or is abandoned), it is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArmingView {
+    /// Which step it is at.
+    #[serde(default)]
+    pub state: ArmingState,
     /// The image's sha256 (a provisional digest for an image still being
-    /// imported, see [`RunView::import`]).
-    pub image_sha256: Sha256Digest,
+    /// imported, see [`RunView::import`]); `None` while `claimed`: no
+    /// digest names it before its import begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<Sha256Digest>,
     /// The image's name.
     pub image_name: String,
     /// Where the image comes from, for a run that follows its import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+}
+
+/// Which step a run being armed is at ([`ArmingView::state`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArmingState {
+    /// The station holds the right to arm it ([`crate::ArmClaim`]) while
+    /// its caller readies the image: a followed run's import, until its
+    /// first chunk (or until the last run's stop is recorded). Nothing is
+    /// recorded yet.
+    Claimed,
+    /// The records are taking its start.
+    #[default]
+    Recording,
 }
 
 /// The import a run follows ([`RunView::import`]).
@@ -427,8 +448,8 @@ pub struct Snapshot {
     pub ports: Vec<PortView>,
     /// The current (or last) run.
     pub run: Option<RunView>,
-    /// A run being armed, while the records take its start (`run` is still
-    /// the last one meanwhile).
+    /// A run being armed: claimed for a caller readying its image, or its
+    /// start being recorded (`run` is still the last one meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arming: Option<ArmingView>,
 }
@@ -453,9 +474,10 @@ pub enum StationEvent {
         /// The run as it is now.
         run: Option<RunView>,
     },
-    /// A run began or ended being armed ([`Snapshot::arming`]): its start
-    /// is being recorded (`Some`), or no longer (`None`: a `run` event
-    /// follows if the records took it).
+    /// A run began or ended being armed, or went on to its next step
+    /// ([`Snapshot::arming`]): claimed or its start being recorded
+    /// (`Some`), or no longer (`None`: a `run` event follows if the records
+    /// took it).
     Arming {
         /// The run being armed, if one is.
         arming: Option<ArmingView>,

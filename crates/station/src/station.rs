@@ -31,8 +31,8 @@ use crate::journal::{
     RunStart,
 };
 use crate::model::{
-    ArmingView, DeviceView, PortState, PortView, Progress, RunImport, RunImportState, RunOptions,
-    RunView, Snapshot, StationEvent, VerdictRun,
+    ArmingState, ArmingView, DeviceView, PortState, PortView, Progress, RunImport, RunImportState,
+    RunOptions, RunView, Snapshot, StationEvent, VerdictRun,
 };
 use crate::recorder::{Recorder, PORT_LANES, STATION_LANE};
 
@@ -202,11 +202,94 @@ pub struct MasterStick {
     pub device: PluggedDevice,
 }
 
+/// The right to arm the station's next run, held by a caller who has
+/// something to do first ([`StationHandle::claim_arm`]): a followed run's
+/// import, until its first chunk. While it is held the snapshot shows the
+/// run being armed ([`ArmingState::Claimed`]), another arm or claim is
+/// refused ([`StationError::Arming`]), and a stop, a port's start and a
+/// retry wait, as while a run's start is being recorded. It is handed in
+/// with the arm ([`ArmClaim::arm`], [`ArmClaim::arm_following`]), which
+/// no other arm can then be ahead of; dropped instead (the caller gave up:
+/// its client left, its import failed), it is released and the station is
+/// free again.
+pub struct ArmClaim {
+    /// Which claim ([`Claim::id`]).
+    id: u64,
+    /// The station's commands, for the arm it is handed in with.
+    commands: mpsc::Sender<Command>,
+    /// Where a claim dropped without arming says so: unbounded, so that
+    /// `drop` never waits nor fails while the station runs.
+    released: mpsc::UnboundedSender<u64>,
+    /// Set once the station has taken it with its arm: nothing to release.
+    handed: bool,
+}
+
+impl std::fmt::Debug for ArmClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmClaim").field("id", &self.id).finish()
+    }
+}
+
+impl ArmClaim {
+    /// Arms the run it was claimed for with a cached image (the import
+    /// found the image in the cache): as [`StationHandle::arm`], but no
+    /// other arm can come first.
+    pub async fn arm(self, request: ArmRequest) -> Result<RunView, StationError> {
+        let commands = self.commands.clone();
+        ask(&commands, |tx| {
+            Command::Arm(Box::new(request), Some(self), tx)
+        })
+        .await
+    }
+
+    /// Arms the run it was claimed for over its import: as
+    /// [`StationHandle::arm_following`], but no other arm can come first.
+    pub async fn arm_following(self, request: FollowRequest) -> Result<RunView, StationError> {
+        let commands = self.commands.clone();
+        ask(&commands, |tx| {
+            Command::ArmFollowing(Box::new(request), Some(self), tx)
+        })
+        .await
+    }
+
+    /// The station has taken it with its arm: `drop` releases nothing.
+    fn taken(mut self) {
+        self.handed = true;
+    }
+}
+
+impl Drop for ArmClaim {
+    fn drop(&mut self) {
+        if !self.handed {
+            // The station may have stopped: then nothing waits for it.
+            let _ = self.released.send(self.id);
+        }
+    }
+}
+
+/// Sends the command `make` builds and waits for its answer.
+async fn ask<T>(
+    commands: &mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<Result<T, StationError>>) -> Command,
+) -> Result<T, StationError> {
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(make(tx))
+        .await
+        .map_err(|_| StationError::Stopped)?;
+    rx.await.map_err(|_| StationError::Stopped)?
+}
+
 enum Command {
+    /// An arm, with the claim it was granted (if any).
     Arm(
         Box<ArmRequest>,
+        Option<ArmClaim>,
         oneshot::Sender<Result<RunView, StationError>>,
     ),
+    /// A claim to arm ([`StationHandle::claim_arm`]): what it is for, as
+    /// the snapshot shows it.
+    Claim(ArmingView, oneshot::Sender<Result<ArmClaim, StationError>>),
     Stop(String, oneshot::Sender<Result<(), StationError>>),
     StartPort(String, oneshot::Sender<Result<(), StationError>>),
     RunRefused(Box<RunRefusal>, oneshot::Sender<Result<(), StationError>>),
@@ -222,6 +305,7 @@ enum Command {
     },
     ArmFollowing(
         Box<FollowRequest>,
+        Option<ArmClaim>,
         oneshot::Sender<Result<RunView, StationError>>,
     ),
     ImportProgress {
@@ -249,12 +333,7 @@ impl StationHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StationError>>) -> Command,
     ) -> Result<T, StationError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| StationError::Stopped)?;
-        rx.await.map_err(|_| StationError::Stopped)?
+        ask(&self.commands, make).await
     }
 
     /// Arms a run: every accepted stick present or inserted from now on is written.
@@ -263,9 +342,34 @@ impl StationHandle {
     /// [`StationError::Arming`], a stop waits for the record and stops the
     /// run then) and its present sticks were
     /// guarded; with the records' error if they refuse it (nothing is
-    /// armed then).
+    /// armed then). Refused with [`StationError::Arming`] too while a claim
+    /// to arm is held ([`claim_arm`](Self::claim_arm)).
     pub async fn arm(&self, request: ArmRequest) -> Result<RunView, StationError> {
-        self.ask(|tx| Command::Arm(Box::new(request), tx)).await
+        self.ask(|tx| Command::Arm(Box::new(request), None, tx))
+            .await
+    }
+
+    /// Claims the right to arm the next run ([`ArmClaim`]) for a run of
+    /// `image_name` from `source` whose image must be readied first (a
+    /// followed run's import, until its first chunk): refused as an arm
+    /// would be now ([`StationError::AlreadyArmed`], [`StationError::Arming`]
+    /// also while another claim is held or an arm waits for a run's stop to
+    /// be recorded); granted while a run is being stopped (its arm is armed
+    /// once the stop is recorded, as an arm's). So a caller learns whether
+    /// its run can be armed before it downloads or imports anything, and
+    /// nothing comes in between.
+    pub async fn claim_arm(
+        &self,
+        image_name: &str,
+        source: &str,
+    ) -> Result<ArmClaim, StationError> {
+        let view = ArmingView {
+            state: ArmingState::Claimed,
+            image_sha256: None,
+            image_name: image_name.to_string(),
+            source: Some(source.to_string()),
+        };
+        self.ask(|tx| Command::Claim(view, tx)).await
     }
 
     /// Arms a run whose image is still being imported: as
@@ -275,7 +379,7 @@ impl StationHandle {
     /// the image. A sparse run or an audit is refused: both need the whole
     /// image first.
     pub async fn arm_following(&self, request: FollowRequest) -> Result<RunView, StationError> {
-        self.ask(|tx| Command::ArmFollowing(Box::new(request), tx))
+        self.ask(|tx| Command::ArmFollowing(Box::new(request), None, tx))
             .await
     }
 
@@ -317,7 +421,10 @@ impl StationHandle {
     /// [`RunView::recording`]; another stop is refused with
     /// [`StationError::Stopping`], an arm waits for the record and is armed
     /// then). Refused by the records, it is stopped
-    /// all the same and this answers their error.
+    /// all the same and this answers their error. While a run is being
+    /// armed (or claimed, [`claim_arm`](Self::claim_arm)) it waits for
+    /// that run and stops it ([`StationError::NotArmed`] if it is not
+    /// armed after all).
     pub async fn stop_run(&self, note: &str) -> Result<(), StationError> {
         self.ask(|tx| Command::Stop(note.to_string(), tx)).await
     }
@@ -588,6 +695,16 @@ struct Arming {
     /// The caller's, answered once the run is armed and its present sticks
     /// guarded (as [`Reply::Arm`]), or with the records' error.
     reply: oneshot::Sender<Result<RunView, StationError>>,
+}
+
+/// The right to arm the next run, held for a caller ([`ArmClaim`],
+/// [`Station::claim`]).
+struct Claim {
+    /// Numbers claims ([`Station::claim_seq`]): a release names the one it
+    /// is for.
+    id: u64,
+    /// What the snapshot shows meanwhile ([`ArmingState::Claimed`]).
+    view: ArmingView,
 }
 
 /// A run's stop that the records are taking ([`ActiveRun::stopping`]):
@@ -862,8 +979,20 @@ pub struct Station {
     retrying: bool,
     /// A run whose start the records are taking (see [`Arming`]).
     arming: Option<Arming>,
-    /// Commands waiting for the records' answer to a run's start or stop
-    /// (see [`Station::on_command`]), in the order they came.
+    /// The right to arm the next run, while a caller holds it (see
+    /// [`ArmClaim`]); never beside `arming` (its own arm hands it in).
+    claim: Option<Claim>,
+    /// Numbers claims ([`Claim::id`]).
+    claim_seq: u64,
+    /// The station's commands, for the claims it grants (weak: the loop's
+    /// commands end when the last handle goes).
+    claim_commands: mpsc::WeakSender<Command>,
+    /// Claims dropped without their arm ([`ArmClaim`]'s `drop`).
+    claims_released_tx: mpsc::UnboundedSender<u64>,
+    claims_released_rx: mpsc::UnboundedReceiver<u64>,
+    /// Commands waiting for the records' answer to a run's start or stop,
+    /// or for a claim's run (see [`Station::on_command`]), in the order
+    /// they came.
     held_commands: Vec<Command>,
     /// Numbers operators' actions written ([`DeferredReply::action`]).
     action_seq: u64,
@@ -958,6 +1087,8 @@ impl Station {
         let (reset_over_tx, reset_over_rx) = mpsc::unbounded_channel();
         let (inspected_tx, inspected_rx) = mpsc::unbounded_channel();
         let (recorded_tx, recorded_rx) = mpsc::unbounded_channel();
+        let (claims_released_tx, claims_released_rx) = mpsc::unbounded_channel();
+        let claim_commands = commands_tx.downgrade();
         let handle = StationHandle {
             commands: commands_tx,
             events: events.clone(),
@@ -975,6 +1106,11 @@ impl Station {
             queued_starts: Vec::new(),
             retrying: false,
             arming: None,
+            claim: None,
+            claim_seq: 0,
+            claim_commands,
+            claims_released_tx,
+            claims_released_rx,
             held_commands: Vec::new(),
             action_seq: 0,
             actions_in_flight: HashSet::new(),
@@ -1042,6 +1178,7 @@ impl Station {
                 Some((target, reset)) = self.reset_over_rx.recv() => self.on_reset_over(target, reset),
                 Some(inspected) = self.inspected_rx.recv() => self.on_inspected(inspected).await,
                 Some(recorded) = self.recorded_rx.recv() => self.on_recorded(recorded).await,
+                Some(claim) = self.claims_released_rx.recv() => self.on_claim_released(claim).await,
             }
         }
         self.shut_down().await;
@@ -1122,7 +1259,7 @@ impl Station {
     }
 
     /// Handles the commands that waited for a run's start or stop to be
-    /// recorded, in the order they came (one may wait again: an arm behind
+    /// recorded (or for a claim's run), in the order they came (one may wait again: an arm behind
     /// the stop of the run just armed). At shutdown they are dropped: their
     /// callers hear that the station has stopped.
     async fn handle_held_commands(&mut self) {
@@ -1551,17 +1688,25 @@ impl Station {
         // give then). One that comes while a run is being stopped, with
         // nothing waiting, is refused (`StationError::Stopping`): no stick
         // starts under a run that is ending. A port that is unknown or a
-        // master port is answered at once, whatever the run.
+        // master port is answered at once, whatever the run. While a claim
+        // to arm is held (`ArmClaim`) the station is as while a run is
+        // being armed: the claim's own arm is the only one taken (and
+        // waits for a stop's record as any arm), and a stop, a port's
+        // start and a retry wait for the run it arms.
+        let claimed = self.claim.is_some();
         let waits = match &command {
-            Command::Stop(..) => self.arming.is_some(),
-            Command::Arm(..) | Command::ArmFollowing(..) => {
-                self.run.as_ref().is_some_and(|r| r.stopping.is_some())
+            Command::Stop(..) => self.arming.is_some() || claimed,
+            Command::Arm(_, claim, _) | Command::ArmFollowing(_, claim, _) => {
+                (!claimed || self.holds(claim.as_ref()))
+                    && self.run.as_ref().is_some_and(|r| r.stopping.is_some())
             }
             Command::StartPort(label, _) => {
                 self.writable_port(label).is_ok()
-                    && (self.arming.is_some() || !self.held_commands.is_empty())
+                    && (self.arming.is_some() || claimed || !self.held_commands.is_empty())
             }
-            Command::RetryFailed(_) => self.arming.is_some() || !self.held_commands.is_empty(),
+            Command::RetryFailed(_) => {
+                self.arming.is_some() || claimed || !self.held_commands.is_empty()
+            }
             _ => false,
         };
         if waits {
@@ -1569,10 +1714,42 @@ impl Station {
             return;
         }
         match command {
-            Command::Arm(request, reply) => match self.arm(*request).await {
-                Ok((start, fanout)) => {
-                    self.record_run_start(start, fanout, None, None, reply)
-                        .await
+            Command::Arm(request, claim, reply) => {
+                let handed = self.hand_in(claim);
+                match self.arm(*request).await {
+                    Ok((start, fanout)) => {
+                        self.record_run_start(start, fanout, None, None, reply)
+                            .await
+                    }
+                    Err(error) => {
+                        // The snapshot no longer shows the claim once its
+                        // caller hears.
+                        if handed {
+                            self.claim_ended().await;
+                        }
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Command::Claim(view, reply) => match self.may_claim() {
+                Ok(()) => {
+                    // The caller holds a handle: its commands are open
+                    // (if not, it hears that the station has stopped).
+                    let Some(commands) = self.claim_commands.upgrade() else {
+                        return;
+                    };
+                    self.claim_seq += 1;
+                    let id = self.claim_seq;
+                    self.claim = Some(Claim { id, view });
+                    self.publish_arming();
+                    // A caller gone before the answer drops the claim,
+                    // which releases it.
+                    let _ = reply.send(Ok(ArmClaim {
+                        id,
+                        commands,
+                        released: self.claims_released_tx.clone(),
+                        handed: false,
+                    }));
                 }
                 Err(error) => {
                     let _ = reply.send(Err(error));
@@ -1630,15 +1807,23 @@ impl Station {
                 device_key,
                 progress,
             } => self.capture_progress(&label, &device_key, progress),
-            Command::ArmFollowing(request, reply) => match self.arm_following(*request) {
-                Ok((start, fanout, followed, import)) => {
-                    self.record_run_start(start, fanout, Some(followed), Some(import), reply)
-                        .await
+            Command::ArmFollowing(request, claim, reply) => {
+                let handed = self.hand_in(claim);
+                match self.arm_following(*request) {
+                    Ok((start, fanout, followed, import)) => {
+                        self.record_run_start(start, fanout, Some(followed), Some(import), reply)
+                            .await
+                    }
+                    Err(error) => {
+                        // The snapshot no longer shows the claim once its
+                        // caller hears.
+                        if handed {
+                            self.claim_ended().await;
+                        }
+                        let _ = reply.send(Err(error));
+                    }
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                }
-            },
+            }
             Command::ImportProgress {
                 run_id,
                 done,
@@ -1721,10 +1906,67 @@ impl Station {
         }
     }
 
-    /// Whether a run may be armed now: none is armed, being armed or
-    /// being stopped.
+    /// Whether `claim` is the claim the station holds for its caller.
+    fn holds(&self, claim: Option<&ArmClaim>) -> bool {
+        claim.is_some_and(|c| self.claim.as_ref().is_some_and(|held| held.id == c.id))
+    }
+
+    /// Takes the claim an arm comes with: if it is the one the station
+    /// holds, it is spent (nothing else was armed since it was granted, and
+    /// the arm is judged as any). Answers whether it was. One the station
+    /// does not hold (none should come: a claim not yet dropped is the one
+    /// it holds) is let go without a release, its arm judged as any.
+    fn hand_in(&mut self, claim: Option<ArmClaim>) -> bool {
+        let Some(claim) = claim else {
+            return false;
+        };
+        let held = self.holds(Some(&claim));
+        claim.taken();
+        if held {
+            self.claim = None;
+        }
+        held
+    }
+
+    /// A claim ended without a run being armed (its arm failed before the
+    /// records were asked, or its caller dropped it): the snapshot no
+    /// longer shows it, and the commands that waited for its run are
+    /// handled now (a stop hears that no run is armed).
+    async fn claim_ended(&mut self) {
+        self.publish_arming();
+        Box::pin(self.handle_held_commands()).await;
+    }
+
+    /// A claim was dropped by its caller without its arm ([`ArmClaim`]).
+    async fn on_claim_released(&mut self, id: u64) {
+        if self.claim.as_ref().is_some_and(|c| c.id == id) {
+            self.claim = None;
+            self.claim_ended().await;
+        }
+    }
+
+    /// Whether a claim to arm may be granted now: as an arm
+    /// ([`Self::may_arm`]), except that a run being stopped is no
+    /// obstacle (its arm waits for the stop's record, as an arm does),
+    /// unless an arm already waits for it: that one is armed first.
+    fn may_claim(&self) -> Result<(), StationError> {
+        let arm_waits = self
+            .held_commands
+            .iter()
+            .any(|c| matches!(c, Command::Arm(..) | Command::ArmFollowing(..)));
+        if arm_waits {
+            return Err(StationError::Arming);
+        }
+        match self.may_arm() {
+            Err(StationError::Stopping(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Whether a run may be armed now: none is armed, being armed (or
+    /// claimed) or being stopped.
     fn may_arm(&self) -> Result<(), StationError> {
-        if self.arming.is_some() {
+        if self.arming.is_some() || self.claim.is_some() {
             return Err(StationError::Arming);
         }
         match self.run.as_ref() {
@@ -1835,7 +2077,8 @@ impl Station {
         let following = followed.is_some();
         let source = import.as_ref().map(|i| i.source.clone());
         let view = ArmingView {
-            image_sha256: start.image_sha256,
+            state: ArmingState::Recording,
+            image_sha256: Some(start.image_sha256),
             image_name: start.image_name.clone(),
             source: source.clone(),
         };
@@ -3553,8 +3796,17 @@ impl Station {
     fn publish_arming(&mut self) {
         self.publish_snapshot();
         let _ = self.events.send(StationEvent::Arming {
-            arming: self.arming.as_ref().map(|a| a.view.clone()),
+            arming: self.arming_view(),
         });
+    }
+
+    /// The run being armed, as the snapshot shows it: its start being
+    /// recorded, or claimed.
+    fn arming_view(&self) -> Option<ArmingView> {
+        self.arming
+            .as_ref()
+            .map(|a| a.view.clone())
+            .or_else(|| self.claim.as_ref().map(|c| c.view.clone()))
     }
 
     fn publish_snapshot(&mut self) {
@@ -3562,7 +3814,7 @@ impl Station {
             station_id: self.settings.station_id.clone(),
             ports: self.ports.iter().map(|p| p.view.clone()).collect(),
             run: self.run.as_ref().map(|r| r.view.clone()),
-            arming: self.arming.as_ref().map(|a| a.view.clone()),
+            arming: self.arming_view(),
         };
         self.snapshot.send_replace(snapshot);
     }

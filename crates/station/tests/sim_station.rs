@@ -3764,3 +3764,258 @@ async fn a_followed_run_with_no_stick_whose_image_the_records_refuse_is_not_left
     rig.journal.refuse_run_images(false);
     rig.shutdown().await;
 }
+
+/// A plain arm of the rig's image.
+fn cached_request(rig: &Rig) -> ArmRequest {
+    ArmRequest {
+        image: rig.image.clone(),
+        image_name: "test.img".into(),
+        options: RunOptions::default(),
+        sparse: None,
+    }
+}
+
+/// Asserts that `answer` is the refusal of a run being armed.
+fn refused_arming<T: std::fmt::Debug>(what: &str, answer: Result<T, StationError>) {
+    assert!(
+        matches!(answer, Err(StationError::Arming)),
+        "{what}: {answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_claim_to_arm_is_held_no_other_arm_comes_first_and_the_snapshot_says_whose_it_is() {
+    use flashrack_core::Sha256Digest;
+    use flashrack_station::ArmingState;
+
+    let rig = Arc::new(rig(2, GuardPolicy::default()).await);
+    let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();
+    let snap = rig.until("the claim shown", |s| s.arming.is_some()).await;
+    let shown = snap.arming.clone().unwrap();
+    assert_eq!(shown.state, ArmingState::Claimed);
+    assert_eq!(shown.image_name, "os.img");
+    assert_eq!(shown.source.as_deref(), Some(OS_URL));
+    assert_eq!(shown.image_sha256, None, "no digest names it yet");
+    assert!(snap.run.is_none());
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(json["arming"]["state"], "claimed", "{json}");
+    assert!(json["arming"].get("image_sha256").is_none(), "{json}");
+    // Every other arm, or claim, is refused at once, as while a run's
+    // start is being recorded.
+    refused_arming("a plain arm", rig.arm(RunOptions::default()).await);
+    refused_arming(
+        "a second claim",
+        rig.handle.claim_arm("other.img", "/srv/other.img").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = flashrack_testkit::image_bytes(2 * MIB as usize, 47, 256 * 1024);
+    let mut importer = Importer::begin(dir.path(), bytes.clone());
+    let request = follow_request(
+        &importer.feed,
+        bytes.len() as u64,
+        Sha256Digest::of(b"provisional claimed"),
+        OS_URL,
+    );
+    refused_arming(
+        "an unclaimed followed arm",
+        rig.handle.arm_following(request.clone()).await,
+    );
+    // A port's start waits for the run the claim arms (and is refused
+    // then for what the port is: empty, not for want of a run).
+    let starting = sent({
+        let rig = rig.clone();
+        async move { rig.handle.start_port("A1").await }
+    })
+    .await;
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a claim is held");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!starting.is_finished(), "answered before the claim's run");
+    assert!(rig.journal.records().runs.is_empty());
+
+    // Handed in, the claim's own arm is armed.
+    let run = tokio::time::timeout(WAIT, claim.arm_following(request))
+        .await
+        .expect("the claim's arm is answered")
+        .unwrap();
+    assert_eq!(run.import.as_ref().unwrap().source, OS_URL);
+    let started = tokio::time::timeout(WAIT, starting)
+        .await
+        .expect("the start is answered once the run is armed")
+        .unwrap();
+    assert!(
+        matches!(
+            started,
+            Err(StationError::PortNotReady {
+                state: PortState::Empty,
+                ..
+            })
+        ),
+        "{started:?}"
+    );
+    let snap = rig.handle.snapshot();
+    assert!(snap.arming.is_none(), "{:?}", snap.arming);
+    assert_eq!(snap.run.as_ref().map(|r| r.id), Some(run.id));
+    assert_eq!(rig.journal.records().runs.len(), 1);
+    importer.produce(2);
+    rig.handle
+        .import_ended(
+            run.id,
+            flashrack_station::ImportEnd::Failed("the test is over".into()),
+        )
+        .await
+        .unwrap();
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_refused_behind_an_arm_waiting_for_a_stop_and_one_granted_during_a_stop_arms_after_it(
+) {
+    let rig = Arc::new(rig(2, GuardPolicy::default()).await);
+    let first = rig.arm(RunOptions::default()).await.unwrap();
+
+    // An arm waits for the stop's record: a claim asked after it is
+    // refused at once (that arm is armed first), as its arm would be then.
+    let stopping = stop_held(&rig).await;
+    let waiting = sent({
+        let rig = rig.clone();
+        async move { rig.arm(RunOptions::default()).await }
+    })
+    .await;
+    let claimed = tokio::time::timeout(WAIT, rig.handle.claim_arm("os.img", OS_URL))
+        .await
+        .expect("answered at once");
+    refused_arming("a claim behind a waiting arm", claimed);
+    assert!(!waiting.is_finished());
+    rig.journal.release_runs();
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the stop is answered")
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the waiting arm is answered once the stop is recorded")
+        .unwrap()
+        .unwrap();
+    assert_ne!(second.id, first.id);
+
+    // With nothing waiting, a claim is granted while a run is being
+    // stopped; an arm asked after it is refused at once (not held), and the
+    // claim's arm is armed once the stop is recorded.
+    let stopping = stop_held(&rig).await;
+    let claim = tokio::time::timeout(WAIT, rig.handle.claim_arm("os.img", OS_URL))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let snap = rig.handle.snapshot();
+    assert!(
+        snap.run.as_ref().is_some_and(|r| r.armed && r.recording),
+        "{:?}",
+        snap.run
+    );
+    assert!(snap.arming.is_some(), "the claim is shown");
+    let refused = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
+        .await
+        .expect("answered at once");
+    refused_arming("an arm behind a claim", refused);
+    let claimed_arm = sent({
+        let request = cached_request(&rig);
+        async move { claim.arm(request).await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!claimed_arm.is_finished(), "armed before the stop's record");
+    rig.journal.release_runs();
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the stop is answered")
+        .unwrap()
+        .unwrap();
+    let third = tokio::time::timeout(WAIT, claimed_arm)
+        .await
+        .expect("the claim's arm is answered once the stop is recorded")
+        .unwrap()
+        .unwrap();
+    assert!(third.id != second.id && third.armed, "{third:?}");
+    let records = rig.journal.records();
+    assert_eq!(records.runs.len(), 3, "{:?}", records.runs);
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_dropped_or_whose_arm_fails_frees_the_station() {
+    let rig = Arc::new(rig(2, GuardPolicy::default()).await);
+    // Dropped (its caller gave up): released, and a stop that waited for
+    // its run hears that none is armed.
+    let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();
+    let stopping = sent({
+        let rig = rig.clone();
+        async move { rig.handle.stop_run("changed my mind").await }
+    })
+    .await;
+    tokio::time::timeout(WAIT, rig.round_trip())
+        .await
+        .expect("the station answers while a claim is held");
+    assert!(
+        !stopping.is_finished(),
+        "the stop waits for the claim's run"
+    );
+    drop(claim);
+    let stopped = tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the stop is answered once the claim is released")
+        .unwrap();
+    assert!(
+        matches!(stopped, Err(StationError::NotArmed)),
+        "{stopped:?}"
+    );
+    rig.until("the claim no longer shown", |s| s.arming.is_none())
+        .await;
+    // Its arm refused before anything is recorded (a sparse run without a
+    // block map): released with it.
+    let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();
+    let mut request = cached_request(&rig);
+    request.options.sparse = true;
+    let refused = tokio::time::timeout(WAIT, claim.arm(request))
+        .await
+        .expect("answered");
+    assert!(
+        matches!(refused, Err(StationError::Source(_))),
+        "{refused:?}"
+    );
+    assert!(rig.handle.snapshot().arming.is_none());
+    // Its run's start refused by the records: released too.
+    let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();
+    rig.journal.refuse_writes(true);
+    let refused = tokio::time::timeout(WAIT, claim.arm(cached_request(&rig)))
+        .await
+        .expect("answered");
+    assert!(
+        matches!(refused, Err(StationError::Journal(_))),
+        "{refused:?}"
+    );
+    rig.journal.refuse_writes(false);
+    assert!(rig.handle.snapshot().arming.is_none());
+    // The station is free: a claim, and a plain arm, are granted.
+    drop(rig.handle.claim_arm("os.img", OS_URL).await.unwrap());
+    rig.until("the claim no longer shown", |s| s.arming.is_none())
+        .await;
+    let run = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(run.armed);
+    assert_eq!(rig.journal.records().runs.len(), 1);
+    let Ok(rig) = Arc::try_unwrap(rig) else {
+        panic!("the rig is still shared");
+    };
+    rig.shutdown().await;
+}

@@ -346,18 +346,21 @@ pub async fn arm(
         audit: body.audit,
         retries: body.retries,
     };
-    let image = match (body.image, body.download, body.file) {
+    // A followed run whose image the cache knew comes with its claim to
+    // arm: armed with it (no other arm can have come in between).
+    let (image, claim) = match (body.image, body.download, body.file) {
         (Some(query), None, None) => {
             let cache = state.images.clone();
-            tokio::task::spawn_blocking(move || cache.find(&query))
+            let image = tokio::task::spawn_blocking(move || cache.find(&query))
                 .await
                 .map_err(AppError::internal)?
-                .map_err(image_error)?
+                .map_err(image_error)?;
+            (image, None)
         }
         (None, Some(download), None) => {
             match follow(&state, FollowSource::Download(download), options.clone()).await? {
                 Followed::Armed(run) => return Ok((StatusCode::CREATED, Json(*run))),
-                Followed::Cached(image) => *image,
+                Followed::Cached(image, claim) => (*image, Some(claim)),
             }
         }
         (None, None, Some(file)) => {
@@ -374,7 +377,7 @@ pub async fn arm(
             };
             match follow(&state, source, options.clone()).await? {
                 Followed::Armed(run) => return Ok((StatusCode::CREATED, Json(*run))),
-                Followed::Cached(image) => *image,
+                Followed::Cached(image, claim) => (*image, Some(claim)),
             }
         }
         _ => {
@@ -415,27 +418,31 @@ pub async fn arm(
         false => None,
         true => Some(Arc::new(sparse_ranges(&state.images, &image).await?)),
     };
-    let run = state
-        .station
-        .arm(ArmRequest {
-            image: SourceImage {
-                path: image.path.clone(),
-                manifest: image.manifest.clone(),
-                referenced: image.meta.reference.is_some(),
-            },
-            image_name: image.meta.original_name.clone(),
-            options,
-            sparse,
-        })
-        .await
-        .map_err(station_error)?;
+    let request = ArmRequest {
+        image: SourceImage {
+            path: image.path.clone(),
+            manifest: image.manifest.clone(),
+            referenced: image.meta.reference.is_some(),
+        },
+        image_name: image.meta.original_name.clone(),
+        options,
+        sparse,
+    };
+    let run = match claim {
+        Some(claim) => claim.arm(request).await,
+        None => state.station.arm(request).await,
+    }
+    .map_err(station_error)?;
     Ok((StatusCode::CREATED, Json(run)))
 }
 
 /// Arms a run whose image is imported from `source` (see [`crate::follow`]):
-/// refused when a run is armed already or being armed (before anything is
-/// downloaded; one being stopped waits for its stop's record instead), and
-/// when the station offers no such import. A sparse run follows with the
+/// refused when the station offers no such import, and, before anything is
+/// downloaded or imported, when the station refuses to claim the arm for it
+/// ([`StationHandle::claim_arm`](flashrack_station::StationHandle::claim_arm):
+/// a run armed, or being armed or claimed, or an arm waiting for a run's
+/// stop; a run being stopped is no obstacle, the run is armed once its stop
+/// is recorded). A sparse run follows with the
 /// block map that comes with the image (the application refuses one
 /// without); an audit reads its sticks back once the image is whole.
 async fn follow(
@@ -447,25 +454,21 @@ async fn follow(
         .followed_runs
         .as_ref()
         .ok_or_else(|| AppError::not_found("this station does not import images for runs"))?;
-    // A run stopping (armed, its end being recorded) is not in the way: the
-    // import starts, and the station arms the run once the stop is recorded,
-    // as it does a plain arm that comes then.
-    if let Some(run) = state
+    // Decided on the station's loop, with every other arm: a follow that
+    // would be refused once its import has begun is refused now, and no
+    // arm asked after this one comes before it.
+    let (label, name) = source.describe();
+    let claim = state
         .station
-        .snapshot()
-        .run
-        .filter(|r| r.armed && !r.recording)
-    {
-        return Err(station_error(StationError::AlreadyArmed(run.id)));
-    }
-    // A run being armed (its start being recorded) is in the way too: the
-    // station refuses a second arm then (`StationError::Arming`), so the
-    // follow is refused here, before anything is downloaded or imported,
-    // rather than once its import has begun.
-    if state.station.snapshot().arming.is_some() {
-        return Err(station_error(StationError::Arming));
-    }
-    runs.arm(FollowArm { source, options }).await
+        .claim_arm(&name, &label)
+        .await
+        .map_err(station_error)?;
+    runs.arm(FollowArm {
+        source,
+        options,
+        claim,
+    })
+    .await
 }
 
 /// `GET /api/v1/runs/current`

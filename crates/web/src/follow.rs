@@ -6,12 +6,19 @@
 //! import's pass begins: the sticks follow the import, as `flashrack flash
 //! FILE|URL` does, and the run shows the import's progress
 //! (`RunView::import`) on the event stream.
+//!
+//! Before anything is downloaded or imported, the route claims the right to
+//! arm the run from the station ([`ArmClaim`]): refused there as an arm
+//! would be (a run armed, or being armed), the request is answered 409 at
+//! once; granted, no other arm can come before the run's, and the claim
+//! goes with the request ([`FollowArm::claim`]) until it is handed in with
+//! the arm (or dropped, which frees the station).
 
 use std::path::PathBuf;
 
 use flashrack_core::Sha256Digest;
 use flashrack_image::CachedImage;
-use flashrack_station::{RunOptions, RunView};
+use flashrack_station::{ArmClaim, RunOptions, RunView};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
@@ -47,8 +54,59 @@ pub enum FollowSource {
     },
 }
 
+impl FollowSource {
+    /// Where the image comes from, as the operator named it (the URL, the
+    /// file), and the image's name for people until it is known (the
+    /// file's name).
+    pub fn describe(&self) -> (String, String) {
+        match self {
+            Self::Download(body) => {
+                let name = file_name_of(&body.url).unwrap_or_else(|| body.url.clone());
+                (body.url.clone(), name)
+            }
+            Self::File { path, .. } => {
+                let label = path.display().to_string();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| label.clone());
+                (label, name)
+            }
+        }
+    }
+}
+
+/// The name of the file a URL names: its path's last segment, decoded;
+/// `None` when it has none (`https://host/`) or is no URL.
+pub fn file_name_of(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let last = parsed.path_segments()?.next_back()?.to_string();
+    let decoded = percent_decode(&last);
+    (!decoded.is_empty()).then_some(decoded)
+}
+
+/// `text` with its `%XX` escapes decoded (bytes that are no UTF-8 become
+/// U+FFFD); a `%` not followed by two hex digits is kept.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A run to arm with an image being imported.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FollowArm {
     /// Where the image comes from.
     pub source: FollowSource,
@@ -57,6 +115,11 @@ pub struct FollowArm {
     /// or found beside the image or the station file): none is the
     /// request's 422.
     pub options: RunOptions,
+    /// The station's claim to arm the run, taken before anything is
+    /// imported: handed in with the arm ([`ArmClaim::arm_following`], or
+    /// [`Followed::Cached`]'s), dropped (released) if the run is not
+    /// armed.
+    pub claim: ArmClaim,
 }
 
 /// What became of a [`FollowArm`].
@@ -66,8 +129,8 @@ pub enum Followed {
     Armed(Box<RunView>),
     /// The image was in the cache already (the import found it without a
     /// pass): the web side arms it as any cached image (inspection and
-    /// all).
-    Cached(Box<CachedImage>),
+    /// all), with the request's claim.
+    Cached(Box<CachedImage>, ArmClaim),
 }
 
 /// The application's side of runs that follow an import.
@@ -78,4 +141,26 @@ pub trait FollowedRuns: Send + Sync {
     /// the request's error, and no run is recorded. Dropping the future
     /// before it answers abandons the import.
     fn arm(&self, request: FollowArm) -> BoxFuture<'_, Result<Followed, AppError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_name_of;
+
+    #[test]
+    fn the_file_name_of_a_url_is_its_last_segment_decoded() {
+        assert_eq!(
+            file_name_of("https://example.invalid/releases/24.04/ubuntu-24.04.iso?x=1").as_deref(),
+            Some("ubuntu-24.04.iso")
+        );
+        assert_eq!(
+            file_name_of("https://example.invalid/a%20b.img.xz").as_deref(),
+            Some("a b.img.xz")
+        );
+        assert_eq!(file_name_of("https://example.invalid/"), None);
+        assert_eq!(
+            file_name_of("https://example.invalid/100%"),
+            Some("100%".into())
+        );
+    }
 }

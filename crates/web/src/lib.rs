@@ -63,7 +63,7 @@ pub use builds::{BuildBody, BuildStart, Builds, CancelRefusal};
 pub use captures::{CaptureBody, CaptureStart, Captures};
 pub use downloads::{ResumeError, UrlImportRequest, UrlImports};
 pub use error::AppError;
-pub use follow::{FileSource, FollowArm, FollowSource, Followed, FollowedRuns};
+pub use follow::{file_name_of, FileSource, FollowArm, FollowSource, Followed, FollowedRuns};
 
 /// Reports for the web side, provided by whoever owns the records (the store),
 /// so this crate needs no SQL.

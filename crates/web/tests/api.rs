@@ -1541,3 +1541,197 @@ async fn a_follow_while_a_run_is_being_armed_is_refused_409_before_its_import_be
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(imports.asked.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// A plain arm of the rig's cached image, as the station's handle takes it.
+fn arm_request(rig: &Rig) -> flashrack_station::ArmRequest {
+    let image = rig.state.images.find(&rig.image_sha).unwrap();
+    flashrack_station::ArmRequest {
+        image: flashrack_engine::SourceImage {
+            path: image.path.clone(),
+            manifest: image.manifest.clone(),
+            referenced: image.meta.reference.is_some(),
+        },
+        image_name: image.meta.original_name.clone(),
+        options: flashrack_station::RunOptions::default(),
+        sparse: None,
+    }
+}
+
+/// Waits until the records hold a run's start or stop (`hold_runs`).
+async fn until_run_held(rig: &Rig) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.journal.runs_held() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_while_an_arm_waits_for_a_runs_stop_is_refused_409_before_its_import_begins() {
+    let mut rig = rig(AccessPolicy::default()).await;
+    let imports = std::sync::Arc::new(CountedImports::default());
+    rig.state.followed_runs = Some(imports.clone());
+    let (status, first) = post(&rig, "/api/v1/runs", json!({ "image": rig.image_sha })).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    // The records take the run's stop slowly: it is being stopped.
+    rig.journal.hold_runs();
+    let stopping = tokio::spawn(call(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs/current/stop",
+        None,
+        None,
+    ));
+    until_run_held(&rig).await;
+    // A plain arm waits for the stop's record (its command sent before the
+    // follow is asked).
+    let waiting = {
+        let station = rig.station().clone();
+        let request = arm_request(&rig);
+        let mut arm = Box::pin(async move { station.arm(request).await });
+        let first_poll = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(arm.as_mut(), cx))
+        })
+        .await;
+        assert!(first_poll.is_pending(), "answered before the stop's record");
+        tokio::spawn(arm)
+    };
+    // The follow would be refused once its import has begun (the waiting
+    // arm is armed first): it is refused now, before anything is imported.
+    for body in [
+        json!({ "download": { "url": "http://127.0.0.1:9/os.img" } }),
+        json!({ "file": { "path": rig.image_file.with_file_name("other.img") } }),
+    ] {
+        let (status, reply) = tokio::time::timeout(
+            Duration::from_secs(10),
+            post(&rig, "/api/v1/runs", body.clone()),
+        )
+        .await
+        .expect("answered while the stop is being recorded");
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::CONFLICT, "conflict"),
+            "{body}: {reply}"
+        );
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("being armed")),
+            "{reply}"
+        );
+    }
+    assert_eq!(
+        imports.asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a refused follow began its import"
+    );
+    rig.journal.release_runs();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let next = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_ne!(next.id.0, first["id"].as_i64().unwrap());
+}
+
+/// The application's side of followed runs, held by the test: once let go
+/// (one permit each), it answers that the cache knew the image (the rig's),
+/// with the request's claim, as the application does.
+struct FoundCached {
+    image: flashrack_image::CachedImage,
+    asked: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl flashrack_web::FollowedRuns for FoundCached {
+    fn arm(
+        &self,
+        request: flashrack_web::FollowArm,
+    ) -> futures::future::BoxFuture<'_, Result<flashrack_web::Followed, flashrack_web::AppError>>
+    {
+        Box::pin(async move {
+            self.asked.notify_one();
+            self.release.acquire().await.unwrap().forget();
+            Ok(flashrack_web::Followed::Cached(
+                Box::new(self.image.clone()),
+                request.claim,
+            ))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follows_claim_is_shown_refuses_other_arms_arms_its_run_and_is_released_when_dropped() {
+    let mut rig = rig(AccessPolicy::default()).await;
+    let found = std::sync::Arc::new(FoundCached {
+        image: rig.state.images.find(&rig.image_sha).unwrap(),
+        asked: tokio::sync::Notify::new(),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    rig.state.followed_runs = Some(found.clone());
+    let url = "http://127.0.0.1:9/images/os%20v2.img";
+    let follow = tokio::spawn(call(
+        rig.app(),
+        Method::POST,
+        "/api/v1/runs",
+        Some(json!({ "download": { "url": url } })),
+        None,
+    ));
+    tokio::time::timeout(Duration::from_secs(10), found.asked.notified())
+        .await
+        .expect("the follow reaches the application");
+    // The station holds the right to arm for it: the snapshot says which
+    // run is being armed, and another arm is refused.
+    let (_, station) = get(&rig, "/api/v1/station").await;
+    assert_eq!(station["arming"]["state"], "claimed", "{station}");
+    assert_eq!(station["arming"]["source"], url, "{station}");
+    assert_eq!(station["arming"]["image_name"], "os v2.img", "{station}");
+    assert!(station["run"].is_null(), "{station}");
+    let (status, reply) = post(&rig, "/api/v1/runs", json!({ "image": rig.image_sha })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("being armed")),
+        "{reply}"
+    );
+    found.release.add_permits(1);
+    let (status, run) = tokio::time::timeout(Duration::from_secs(10), follow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["image_sha256"], rig.image_sha.as_str(), "{run}");
+    let (_, station) = get(&rig, "/api/v1/station").await;
+    assert!(station.get("arming").is_none(), "{station}");
+    assert_eq!(station["run"]["id"], run["id"], "{station}");
+
+    // A follow whose request is dropped (its client left) while the
+    // application holds it lets its claim go: the station is free.
+    let (status, _) = post(&rig, "/api/v1/runs/current/stop", json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let left = tokio::time::timeout(
+        Duration::from_millis(300),
+        call(
+            rig.app(),
+            Method::POST,
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": url } })),
+            None,
+        ),
+    )
+    .await;
+    assert!(left.is_err(), "answered: {left:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.station().snapshot().arming.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, again) = post(&rig, "/api/v1/runs", json!({ "image": rig.image_sha })).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+}
