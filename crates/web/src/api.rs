@@ -491,6 +491,9 @@ pub struct StopBody {
     pub reason: Option<String>,
 }
 
+/// The longest stop reason accepted, in characters.
+const MAX_STOP_REASON: usize = 500;
+
 /// `POST /api/v1/runs/current/stop`
 pub async fn stop_run(
     State(state): State<WebState>,
@@ -503,13 +506,18 @@ pub async fn stop_run(
         serde_json::from_slice(&body)
             .map_err(|e| AppError::bad_request(format!("malformed JSON body: {e}")))?
     };
+    // The reason is kept in the records and printed by every report, the
+    // command line's included: as an operator name, no control characters
+    // (a newline, or an escape sequence for the terminal that prints it).
     let reason = body
         .reason
+        .map(|reason| reason.trim().to_string())
+        .filter(|reason| !reason.is_empty())
         .unwrap_or_else(|| "stopped by the operator".into());
-    if reason.len() > 500 {
-        return Err(AppError::bad_request(
-            "reason is longer than 500 characters",
-        ));
+    if reason.chars().count() > MAX_STOP_REASON || reason.chars().any(char::is_control) {
+        return Err(AppError::bad_request(format!(
+            "reason must be at most {MAX_STOP_REASON} characters, without control characters"
+        )));
     }
     state
         .station

@@ -263,15 +263,42 @@ async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = call(
+    // A reason goes into the records and every report, printed on
+    // terminals too: no control characters (an escape sequence, a NUL, a
+    // newline), and at most 500 characters, counted as characters.
+    for reason in [
+        "bad\u{1b}[31m red".to_string(),
+        "bad\nreason".to_string(),
+        "nul\u{0}".to_string(),
+        "é".repeat(501),
+    ] {
+        let (status, body) = call(
+            rig.app(),
+            Method::POST,
+            "/api/v1/runs/current/stop",
+            Some(json!({ "reason": reason })),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{reason:?}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("without control characters")),
+            "{body}"
+        );
+    }
+    let (_, run) = get(&rig, "/api/v1/runs/current").await;
+    assert_eq!(run["armed"], true, "refused stops stop nothing");
+    let (status, body) = call(
         rig.app(),
         Method::POST,
         "/api/v1/runs/current/stop",
-        None,
+        Some(json!({ "reason": "é".repeat(300) })),
         None,
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, _) = call(
         rig.app(),
         Method::POST,
