@@ -2,14 +2,19 @@
 // until they hold it, in Debian's chromium against `flashrack demo --by-hand
 // --no-arm`: the test holds the station's database locked with Debian's
 // `sqlite3` (`SQLITE3_PATH`), as an operator's manual edit left open would,
-// while a stick finishes its read-back.
+// while a stick finishes its read-back. The same lock holds a run's start
+// and stop, and a followed run's image (its import ended, the records not
+// yet holding it as the run's: "Imported, being recorded"); before that the
+// run waits for its download's first bytes, claimed, shown being armed.
 //
 //   cargo build -p flashrack-cli && npm ci --prefix tests/e2e
 //   FLASHRACK_BIN=$PWD/target/debug/flashrack node --test tests/e2e/recording.test.mjs
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
 import path from 'node:path';
 
 import { ARTIFACTS, withDashboard } from './demo.mjs';
@@ -164,4 +169,129 @@ test('a run armed or stopped while the records are locked is shown arming or sto
     assert.equal(run.recording, undefined, JSON.stringify(run));
     assert.equal(run.stop_reason, 'operator', JSON.stringify(run));
   });
+});
+
+const SIZE = 8 << 20;
+const HALF = SIZE / 2;
+
+/** 8 MiB of bytes that depend on their offset (no zero chunk): a raw image. */
+function imageBytes() {
+  const data = Buffer.alloc(SIZE);
+  for (let i = 0; i < data.length; i += 1) data[i] = ((i * 131 + (i >> 11)) & 0xff) | 1;
+  return data;
+}
+
+/**
+ * Serves `body` at /os.img: nothing of it until `begin()`, then its first
+ * half, the rest at `release()` (until then the response is held open).
+ * Counts the requests for it.
+ */
+function serveHeld(body) {
+  const held = [];
+  let step = 0;
+  const seen = { requests: 0 };
+  const send = (res) => {
+    if (step >= 1 && !res.sentHalf) { res.write(body.subarray(0, HALF)); res.sentHalf = true; }
+    if (step >= 2) res.end(body.subarray(HALF));
+    else held.push(res);
+  };
+  const server = createServer((req, res) => {
+    if (req.url !== '/os.img') { res.writeHead(404); res.end('not found'); return; }
+    seen.requests += 1;
+    res.writeHead(200, { 'content-length': SIZE });
+    send(res);
+  });
+  const next = () => { step += 1; for (const res of held.splice(0)) send(res); };
+  return new Promise((resolve) => server.listen(0, '127.0.0.1',
+    () => resolve({ server, seen, begin: next, release: next })));
+}
+
+test('a run of a URL is shown being armed until its first bytes, and its image being recorded until the records hold it', { timeout: 300_000 }, async () => {
+  const body = imageBytes();
+  const sha = createHash('sha256').update(body).digest('hex');
+  const { server, seen, begin, release } = await serveHeld(body);
+  const imageUrl = `http://127.0.0.1:${server.address().port}/os.img`;
+  try {
+    await withDashboard({
+      name: 'recording-import',
+      args: ['--by-hand', '--no-arm'],
+      needs: [[SQLITE3, 'install it with `apt-get install -y sqlite3` or set SQLITE3_PATH']],
+    }, async ({ child, api, page, url, dataDir }) => {
+      await page.goto(url);
+      await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
+      const runState = () => page.evaluate(() => document.getElementById('run-state')?.textContent || '');
+      const panel = () => page.evaluate(() => document.getElementById('run-view')?.textContent || '');
+      const shows = (pattern, timeout = 30_000) => page.waitForFunction((source) => new RegExp(source).test(
+        document.getElementById('run-state')?.textContent || ''), pattern.source, { timeout, polling: 100 })
+        .catch(async () => assert.fail(`the run panel never said ${pattern}: ${await runState()}`));
+
+      // Asked for while its server sends nothing yet: the station holds the
+      // arm for it (another arm is refused) and the panel says which run is
+      // being armed, with no control.
+      const following = page.request.post(api('/runs'), { data: { download: { url: imageUrl, sha256: sha } } });
+      // Awaited below; a failure before then is the test's, not this.
+      following.catch(() => {});
+      await shows(/Arming os\.img: its import from .* is starting/);
+      for (let waited = 0; seen.requests === 0; waited += 50) {
+        assert.ok(waited < 10_000, 'its download never began');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      const images = await (await page.request.get(api('/images'))).json();
+      const other = await page.request.post(api('/runs'), { data: { image: images[0].sha256 } });
+      assert.equal(other.status(), 409, await other.text());
+      assert.match(await other.text(), /being armed/);
+      const station = await (await page.request.get(api('/station'))).json();
+      assert.equal(station.arming.state, 'claimed', JSON.stringify(station.arming));
+      assert.equal(station.arming.source, imageUrl);
+      assert.equal(station.run ?? null, null, JSON.stringify(station.run));
+      const controls = await page.evaluate(() => ({
+        arm: document.getElementById('arm-form').hidden,
+        stop: document.getElementById('stop-form').hidden,
+      }));
+      assert.deepEqual(controls, { arm: true, stop: true });
+      await page.screenshot({ path: path.join(ARTIFACTS, 'recording-claimed.png'), fullPage: true });
+      begin();
+      const armed = await following;
+      assert.equal(armed.status(), 201, await armed.text());
+      await shows(/Armed/);
+
+      // A stick follows the import; the records are locked before its end:
+      // the import is in the cache, but its image is not the run's in the
+      // records, and the panel says so; no stick passes meanwhile.
+      assert.match(await child.command('plug A1 first'), /^plugged /);
+      await page.waitForFunction(() => document.querySelector('.tile[data-label="A1"]')?.dataset.state === 'writing',
+        null, { timeout: 60_000, polling: 100 });
+      const lock = await holdWriteLock(path.join(dataDir, 'flashrack.db'));
+      try {
+        release();
+        // The download's own records wait on the lock first (the store's
+        // busy timeout, 10 s each): the run's image is asked for after.
+        await page.waitForFunction(() => /Imported, being recorded/.test(
+          document.getElementById('run-view')?.textContent || ''), null, { timeout: 90_000, polling: 100 })
+          .catch(async () => assert.fail(`the run panel never said the image was being recorded: ${await panel()}`));
+        const run = await (await page.request.get(api('/runs/current'))).json();
+        assert.equal(run.import.state, 'recording', JSON.stringify(run.import));
+        assert.notEqual(run.image_sha256, sha, 'the run does not name the image yet');
+        assert.match(await panel(), /no stick passes before the records hold it/);
+        const a1 = await page.evaluate(() => document.querySelector('.tile[data-label="A1"]')?.dataset.state);
+        assert.notEqual(a1, 'passed');
+        await page.screenshot({ path: path.join(ARTIFACTS, 'recording-import.png'), fullPage: true });
+      } finally {
+        lock.kill('SIGKILL');
+      }
+      // The lock let go: the records hold the image, the run names it, and
+      // the stick passes.
+      await page.waitForFunction(() => /Imported:/.test(document.getElementById('run-view')?.textContent || ''),
+        null, { timeout: 30_000, polling: 100 })
+        .catch(async () => assert.fail(`the run panel never said imported: ${await panel()}`));
+      await page.waitForFunction(() => document.querySelector('.tile[data-label="A1"]')?.dataset.state === 'passed',
+        null, { timeout: 60_000, polling: 100 });
+      const run = await (await page.request.get(api('/runs/current'))).json();
+      assert.equal(run.import.state, 'done', JSON.stringify(run.import));
+      assert.equal(run.image_sha256, sha);
+      assert.equal(seen.requests, 1, 'downloaded once');
+    });
+  } finally {
+    server.close();
+  }
 });
