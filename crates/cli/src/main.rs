@@ -50,10 +50,29 @@ fn main() -> ExitCode {
         // more to say, and nowhere to say it.
         Err(error) if out::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            errln!("flashrack: {error:#}");
+            errln!("flashrack: {}", message(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, `: `-separated as `{:#}` prints them, each
+/// cause once: many errors already end with their source's words (the API
+/// shows them alone), which the chain would say again ("cannot read x: No
+/// such file or directory (os error 2): No such file or directory (os error
+/// 2)").
+fn message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let words = cause.to_string();
+        if text.is_empty() {
+            text = words;
+        } else if !text.contains(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
+    }
+    text
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level chosen by `-v`.
@@ -65,9 +84,13 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours for a terminal only: a station's log goes to the journal (the
+    // packaged service) or a file, where escape sequences are noise.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
 

@@ -142,6 +142,53 @@ fn bad_input_exits_2_with_a_clear_message_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn logs_to_a_pipe_carry_no_terminal_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path());
+    let data = dir.path().join("data");
+    // A checksum that does not hold fails the image source: logged as an
+    // error while the target is stopped. Stderr is a pipe here, as it is
+    // for the station's service (the journal) or a log file.
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            image.to_str().unwrap(),
+            "sim:a",
+            "--sha256",
+            &"cd".repeat(32),
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ERROR"),
+        "a log line: {}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains('\u{1b}'),
+        "no escape sequences: {:?}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let missing = dir.path().join("missing.img.xz");
+    let out = flashrack(&data, &["image", "import", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("No such file or directory").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn each_target_that_cannot_be_written_fails_with_its_real_cause() {
     let dir = tempfile::tempdir().unwrap();
     let image = write_image(dir.path());
