@@ -399,9 +399,23 @@ impl StationConfig {
             line: line_of(text, offset),
             reason,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let raw: RawConfig = toml::from_str(text).map_err(|mut e| {
             let offset = e.span().map_or(0, |s| s.start);
-            invalid(offset, e.message().trim().to_string())
+            let message = e.message().trim().to_string();
+            // The field a wrong value was given for ("invalid value: integer
+            // `-1`, expected u64" alone does not say which): toml names it
+            // only in its display without the input.
+            e.set_input(None);
+            let shown = e.to_string();
+            let field = shown
+                .lines()
+                .find_map(|line| line.strip_prefix("in `")?.strip_suffix('`'))
+                .filter(|field| !message.contains(&format!("`{field}`")));
+            let reason = match field {
+                Some(field) => format!("{field}: {message}"),
+                None => message,
+            };
+            invalid(offset, reason)
         })?;
 
         let check_id = |id: &Spanned<String>| {

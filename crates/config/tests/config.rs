@@ -58,6 +58,28 @@ fn malformed_files_name_the_line_and_the_reason() {
         ("station_id = \"a\"\nsurprise = 1\n", 2, "unknown field"),
         ("[guard]\nmax_size = \"12 parsecs\"\n", 2, "byte size"),
         ("[guard]\nmax_size = 0\n", 2, "more than 0"),
+        (
+            "[guard]\nmax_size = -5\n",
+            2,
+            "guard.max_size: invalid value: integer `-5`, expected a size",
+        ),
+        ("[guard]\nmax_size = 1.5\n", 2, "guard.max_size: invalid type"),
+        (
+            "[engine]\nstall_timeout_secs = -1\n",
+            2,
+            "engine.stall_timeout_secs: invalid value",
+        ),
+        (
+            "[engine]\nstall_timeout_secs = \"60\"\n",
+            2,
+            "engine.stall_timeout_secs: invalid type",
+        ),
+        ("[web]\npublic_read = \"yes\"\n", 2, "web.public_read: invalid type"),
+        (
+            "[[port]]\nlabel = \"A1\"\npath = \"p\"\nrow = -1\ncolumn = 0\n",
+            4,
+            "port",
+        ),
         ("[guard]\nallowed_buses = []\n", 2, "empty"),
         ("[guard]\nallowed_buses = [\"us b\"]\n", 2, "not a bus"),
         ("[engine]\nstall_timeout_secs = 0\n", 2, "1 to 3600"),
