@@ -285,7 +285,7 @@ pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     station_id: Option<Spanned<String>>,
-    data_dir: Option<PathBuf>,
+    data_dir: Option<Spanned<PathBuf>>,
     #[serde(default)]
     guard: RawGuard,
     #[serde(default)]
@@ -661,6 +661,23 @@ impl StationConfig {
             None => DEFAULT_MAX_CONNECTIONS,
         };
 
+        // The records and the image cache: an absolute path, never one that
+        // depends on the directory the station happens to start in ("" is
+        // the current directory: `/` under systemd).
+        let data_dir = match raw.data_dir {
+            Some(dir) if !dir.get_ref().is_absolute() => {
+                return Err(invalid(
+                    dir.span().start,
+                    format!(
+                        "data_dir {:?} is not an absolute path (like \"/var/lib/flashrack\")",
+                        dir.get_ref()
+                    ),
+                ))
+            }
+            Some(dir) => dir.into_inner(),
+            None => PathBuf::from("/var/lib/flashrack"),
+        };
+
         let fleet = match &raw.fleet {
             Some(fleet) => Some(parse_fleet(fleet, &station_id, &invalid)?),
             None => None,
@@ -669,9 +686,7 @@ impl StationConfig {
         Ok(Self {
             fleet,
             station_id,
-            data_dir: raw
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from("/var/lib/flashrack")),
+            data_dir,
             allowed_buses,
             max_size,
             allow_unmapped_ports: raw.guard.allow_unmapped_ports,

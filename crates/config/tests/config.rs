@@ -58,6 +58,8 @@ fn malformed_files_name_the_line_and_the_reason() {
         ("station_id = \"a\"\nsurprise = 1\n", 2, "unknown field"),
         ("[guard]\nmax_size = \"12 parsecs\"\n", 2, "byte size"),
         ("[guard]\nmax_size = 0\n", 2, "more than 0"),
+        ("station_id = \"a\"\ndata_dir = \"\"\n", 2, "data_dir \"\" is not an absolute path"),
+        ("data_dir = \"var/lib/flashrack\"\n", 1, "not an absolute path"),
         (
             "[guard]\nmax_size = -5\n",
             2,
