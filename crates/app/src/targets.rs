@@ -230,6 +230,7 @@ pub fn parse_targets(
         .iter()
         .filter_map(|name| file_key(&own_dir.join(name)))
         .collect();
+    remove_stale_sim_dirs(&own_dir);
     let guard = Arc::new(guard);
     for spec in specs {
         if !seen.insert(spec.as_str()) {
@@ -345,6 +346,32 @@ pub fn parse_targets(
         identities,
         _sim_dir: sim_dir,
     })
+}
+
+/// Removes the simulated sticks' media that a flash killed before its end
+/// (`kill -9`, a power cut) left in the data directory: each flash keeps
+/// its sticks in a temporary `sim-XXXXXX` directory there and removes it
+/// however it ends, short of being killed. Whoever parses targets holds the
+/// data directory's lock (see [`crate::lock`]), so no other flash is using
+/// one; the demo's `sim-rack` is the demo's own.
+fn remove_stale_sim_dirs(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        // `tempfile`'s names: the prefix and six random letters or digits.
+        let stale = name.to_str().is_some_and(|name| {
+            name.strip_prefix("sim-").is_some_and(|suffix| {
+                suffix.len() == 6 && suffix.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+        });
+        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), %error, "cannot remove a killed flash's simulated sticks");
+            }
+        }
+    }
 }
 
 /// The files of the records in the data directory (a hard link to one of them

@@ -191,6 +191,26 @@ fn a_verdict_is_in_the_records_as_soon_as_it_is_shown() {
         "running",
         "{report:#}"
     );
+    // Nothing ran to remove the killed flash's simulated sticks (a sparse
+    // file each, as large as its stick): the next flash on the data
+    // directory does.
+    let killed: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("sim-"))
+        .collect();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    let next = finish(start(
+        &data,
+        &["flash", image.to_str().unwrap(), "sim:next", "-q"],
+    ));
+    assert_eq!(
+        code(next.status),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert_no_sim_dirs(&data);
 }
 
 #[test]
