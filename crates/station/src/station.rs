@@ -1677,6 +1677,13 @@ impl Station {
     // ----- commands ----------------------------------------------------------
 
     async fn on_command(&mut self, command: Command) {
+        // Claims dropped before this command was sent are let go first: a
+        // caller that heard its follow refused (its claim dropped before
+        // the answer) and asks again finds the station free, whichever of
+        // the loop's inputs it would have taken first.
+        while let Ok(id) = self.claims_released_rx.try_recv() {
+            self.on_claim_released(id).await;
+        }
         // A stop that comes while the records take a run's start, or an arm
         // while they take its stop, waits for their answer and is handled
         // then, in the order they came: as when the loop awaited those
