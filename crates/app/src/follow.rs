@@ -282,43 +282,62 @@ impl FollowService {
         // may still be compared with sticks written otherwise.
         let force_raw = options.force_raw || options.audit;
         let total = received_rx.borrow().1;
-        let armed = claim
-            .arm_following(FollowRequest {
-                feed: feed.clone(),
-                size,
-                provisional,
-                source: label.clone(),
-                total,
-                image_name: name,
-                options: options.clone(),
-                sparse,
-            })
-            .await;
-        let run = match armed {
-            Ok(run) => run,
-            Err(error) => {
-                // Dropping `abandon` cancels the import, which keeps nothing.
-                feed.fail("the run was not armed");
-                return Err(station_error(error));
+        // Once its arm is sent the run is the station's, whoever waits for
+        // the answer (a run's start may wait for the records): the arm and
+        // what follows it run on a task of their own, which a client
+        // leaving (this future dropped) does not stop, as it stops no
+        // plain arm. (Abandoned there, the import left its run armed and
+        // shown importing for good.)
+        let (station, cache, downloads) = (
+            self.station.clone(),
+            self.cache.clone(),
+            self.downloads.clone(),
+        );
+        let arming = tokio::spawn(async move {
+            let armed = claim
+                .arm_following(FollowRequest {
+                    feed: feed.clone(),
+                    size,
+                    provisional,
+                    source: label.clone(),
+                    total,
+                    image_name: name,
+                    options: options.clone(),
+                    sparse,
+                })
+                .await;
+            let run = match armed {
+                Ok(run) => run,
+                Err(error) => {
+                    // Dropping `abandon` cancels the import, which keeps
+                    // nothing.
+                    feed.fail("the run was not armed");
+                    return Err(error);
+                }
+            };
+            abandon.disarm();
+            if let Some(id) = listed {
+                downloads.followed_by(id, run.id).await;
             }
-        };
-        abandon.disarm();
-        if let Some(id) = listed {
-            self.downloads.followed_by(id, run.id).await;
-        }
-        tokio::spawn(finish(
-            Finishing {
-                station: self.station.clone(),
-                cache: self.cache.clone(),
-                run_id: run.id,
-                label,
-                force_raw,
-                options,
-                cancel,
-                received: received_rx,
-            },
-            import,
-        ));
+            tokio::spawn(finish(
+                Finishing {
+                    station,
+                    cache,
+                    run_id: run.id,
+                    label,
+                    force_raw,
+                    options,
+                    cancel,
+                    received: received_rx,
+                },
+                import,
+            ));
+            Ok(run)
+        });
+        let run = arming
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+            .map_err(station_error)?;
         Ok(Followed::Armed(Box::new(run)))
     }
 }

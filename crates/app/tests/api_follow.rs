@@ -1493,3 +1493,62 @@ async fn a_run_of_a_url_whose_client_leaves_before_its_first_bytes_leaves_the_st
     server.open_gate();
     app.stop().await.unwrap();
 }
+
+/// A run of a station file whose client leaves once its arm has reached the
+/// station (the records, locked by another process, taking its start) is
+/// armed all the same, as any arm whose caller left: and its import goes on
+/// to its end, the run naming the image, instead of being abandoned under a
+/// run shown importing for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_file_whose_client_leaves_while_its_start_is_recorded_is_imported_to_its_end() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().to_path_buf();
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    let raw = image_bytes(8 * MIB, 99, MIB);
+    let sha = Sha256Digest::of(&raw);
+    let path = dir.path().join("left.img");
+    std::fs::write(&path, &raw).unwrap();
+    let lock = WriteLockHolder::take(&app.database());
+    let body = json!({ "file": { "path": path } }).to_string();
+    let mut client = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                app.address,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Its import has begun and its arm reached the station: the records
+    // take the run's start.
+    eventually("the run's start being recorded", || {
+        app.station
+            .snapshot()
+            .arming
+            .is_some_and(|a| a.state == flashrack_station::ArmingState::Recording)
+    })
+    .await;
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(lock);
+    let mut events = app.events().await;
+    let done = events
+        .until("the run's import ends", |v| {
+            v.run["import"]["state"] == "done" || v.run["import"]["state"] == "failed"
+        })
+        .await;
+    assert_eq!(done.run["import"]["state"], "done", "{:?}", done.run);
+    assert_eq!(
+        done.run["image_sha256"],
+        sha.to_hex().as_str(),
+        "{:?}",
+        done.run
+    );
+    assert_eq!(done.run["armed"], true, "{:?}", done.run);
+    app.stop().await.unwrap();
+}
