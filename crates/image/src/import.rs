@@ -426,6 +426,19 @@ impl ImageCache {
                 });
             }
         }
+        // A file written to while it was read (still being downloaded or
+        // copied when the import began) gave whatever had arrived: refused
+        // however its bytes were kept, as a referenced one is above.
+        let still = file.metadata().is_ok_and(|after| {
+            after.len() == metadata.len()
+                && after.mtime() == metadata.mtime()
+                && after.mtime_nsec() == metadata.mtime_nsec()
+        });
+        if !still {
+            return Err(ImageError::ChangedWhileImported {
+                path: path.to_path_buf(),
+            });
+        }
         let raw = decoded.raw.sha256;
         if decoded.raw.size == 0 {
             return Err(ImageError::EmptyImage {

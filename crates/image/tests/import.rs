@@ -530,3 +530,52 @@ fn a_compressed_file_is_read_past_the_page_cache_with_the_digest_of_all_of_it() 
         }
     }
 }
+
+/// Appends to the file being imported when the first chunk is announced: a
+/// file still being written (downloaded, copied) while it is imported.
+#[derive(Debug)]
+struct Grower {
+    path: std::path::PathBuf,
+    grown: std::sync::atomic::AtomicBool,
+}
+
+impl flashrack_image::ImportObserver for Grower {
+    fn began(&self, _: &std::fs::File, _: u32, _: Option<u64>) {}
+
+    fn chunk(&self, _: usize, _: bool, _: u128) {
+        if !self.grown.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            use std::io::Write;
+            let mut file = fs::OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .unwrap();
+            file.write_all(&noise(CHUNK as usize * 3, 99)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_file_that_grows_while_it_is_imported_is_refused_and_nothing_is_kept() {
+    let fx = Fixture::new();
+    // Just written: not settled, so its bytes are copied into the cache (a
+    // settled one is referenced in place and was checked already).
+    let path = fx.input("growing.img", &image(4, 0, &[], 17));
+    let grower = std::sync::Arc::new(Grower {
+        path: path.clone(),
+        grown: Default::default(),
+    });
+    let result = fx.cache.import(
+        &path,
+        ImportOptions {
+            observer: Some(grower.clone()),
+            ..options()
+        },
+    );
+    assert!(grower.grown.load(std::sync::atomic::Ordering::SeqCst));
+    match result {
+        Err(ImageError::ChangedWhileImported { path: named }) => assert_eq!(named, path),
+        other => panic!("expected the import refused, got {other:?}"),
+    }
+    assert!(fx.cache.list().unwrap().is_empty());
+    fx.assert_cache_empty();
+}
