@@ -19,6 +19,7 @@ use flashrack_core::Sha256Digest;
 use flashrack_simrack::sim::SimStickSpec;
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use flashrack_testkit::image_bytes;
+use flashrack_testkit::tasks::sent;
 use flashrack_testkit::zips::streamed_zip;
 use serde_json::{json, Value};
 
@@ -1273,25 +1274,6 @@ async fn a_run_of_a_url_asked_while_another_is_being_armed_downloads_nothing_and
     assert!(run.armed && run.import.is_none(), "{run:?}");
     assert!(server.requests().is_empty(), "{:?}", server.requests());
     app.stop().await.unwrap();
-}
-
-/// Runs `command` (a call on the station's handle) as a task, its command
-/// sent before this returns: its future is polled once here, which sends it,
-/// so that it reaches the station before whatever the test asks next.
-async fn sent<F>(command: F) -> tokio::task::JoinHandle<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let mut command = Box::pin(command);
-    let first = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(std::future::Future::poll(command.as_mut(), cx))
-    })
-    .await;
-    match first {
-        std::task::Poll::Ready(answer) => tokio::spawn(async move { answer }),
-        std::task::Poll::Pending => tokio::spawn(command),
-    }
 }
 
 /// A plain arm of the app's cached image, as the station's handle takes it.

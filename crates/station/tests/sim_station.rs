@@ -14,6 +14,7 @@ use flashrack_station::{
     ArmRequest, JournalEvent, MemoryJournal, PortSpec, PortState, RunOptions, Snapshot, Station,
     StationError, StationEvent, StationHandle, StationSettings, VerdictRun,
 };
+use flashrack_testkit::tasks::sent;
 use tokio::sync::oneshot;
 
 const MIB: u64 = 1 << 20;
@@ -2869,26 +2870,6 @@ async fn until_run_held(rig: &Rig, what: &str) {
             "{what} never reached the records"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Runs `command` (a call on the station's handle) as a task, its command
-/// sent before this returns: its future is polled once here, which sends the
-/// command, so that commands started one after the other reach the station in
-/// that order (a spawned task's first poll may come after a later one's).
-async fn sent<F>(command: F) -> tokio::task::JoinHandle<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let mut command = Box::pin(command);
-    let first = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(std::future::Future::poll(command.as_mut(), cx))
-    })
-    .await;
-    match first {
-        std::task::Poll::Ready(answer) => tokio::spawn(async move { answer }),
-        std::task::Poll::Pending => tokio::spawn(command),
     }
 }
 

@@ -29,13 +29,16 @@
 //! - [`zips`]: zip archives written to a stream, with data descriptors, and
 //!   where an archive's last descriptor and its central directory begin, and
 //!   a descriptor for given data (to plant in an image);
-//! - [`page_cache_bytes`]: how much of a file is in the page cache (`fincore`).
+//! - [`page_cache_bytes`]: how much of a file is in the page cache (`fincore`);
+//! - [`tasks::sent`]: a command run as a task once it has reached the
+//!   station (commands asked one after the other arrive in that order).
 #![deny(missing_docs)]
 
 pub mod bmap;
 pub mod http_files;
 pub mod iso;
 pub mod pg;
+pub mod tasks;
 pub mod udev_stick;
 pub mod udf;
 pub mod zips;

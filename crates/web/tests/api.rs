@@ -1612,17 +1612,14 @@ async fn a_follow_while_an_arm_waits_for_a_runs_stop_is_refused_409_before_its_i
     until_run_held(&rig).await;
     // A plain arm waits for the stop's record (its command sent before the
     // follow is asked).
-    let waiting = {
+    let waiting = flashrack_testkit::tasks::sent({
         let station = rig.station().clone();
         let request = arm_request(&rig);
-        let mut arm = Box::pin(async move { station.arm(request).await });
-        let first_poll = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(std::future::Future::poll(arm.as_mut(), cx))
-        })
-        .await;
-        assert!(first_poll.is_pending(), "answered before the stop's record");
-        tokio::spawn(arm)
-    };
+        async move { station.arm(request).await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "answered before the stop's record");
     // The follow would be refused once its import has begun (the waiting
     // arm is armed first): it is refused now, before anything is imported.
     for body in [
