@@ -159,6 +159,31 @@ impl DataDirLock {
     }
 }
 
+/// Whether a flashrack holds the lock of `data_dir` now, read from the
+/// kernel's table of locks (`/proc/locks`) without taking it: a reader that
+/// took it even for a moment could turn away a flashrack starting then.
+/// `None` when that cannot be told: no lock file (records copied elsewhere,
+/// or written by a process that never took the lock, as tests' stations),
+/// or no `/proc/locks`. A lock held from another PID namespace is not
+/// listed there.
+pub fn in_use(data_dir: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(data_dir.join(LOCK_FILE)).ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // "1: FLOCK  ADVISORY  WRITE 6688 fe:00:5775412 0 EOF" (the device's
+    // major and minor in hex, the inode in decimal).
+    let wanted = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(meta.dev()),
+        rustix::fs::minor(meta.dev()),
+        meta.ino()
+    );
+    Some(locks.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.any(|w| w == "FLOCK") && line.split_whitespace().any(|w| w == wanted)
+    }))
+}
+
 /// Who holds the lock, as the holder wrote it: its pid.
 fn holder(file: &mut File) -> LockHolder {
     let mut text = String::new();

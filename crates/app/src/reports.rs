@@ -87,12 +87,48 @@ fn reader_id(station: Option<&str>) -> &str {
     station.unwrap_or("station-1")
 }
 
+/// What a report says of an attempt the records hold as running while no
+/// flashrack holds their data directory (see [`cut_short`]).
+pub const CUT_SHORT: &str = "interrupted: the flashrack that recorded it is no longer running \
+     (a crash, a kill or a power cut); the next flashrack to open these records closes it";
+
+/// Whether the records of `data_dir` may hold attempts cut short: nothing
+/// holds the data directory's lock (see [`crate::lock::in_use`]), so an
+/// attempt they hold as running is no longer running. A report opens them
+/// read-only and cannot close them (the next flashrack to open them for
+/// writing does, as `interrupted`); it says so instead of `running`.
+pub fn cut_short(data_dir: &Path) -> bool {
+    crate::lock::in_use(data_dir) == Some(false)
+}
+
+/// A row the records hold as running, as a report shows it when its
+/// flashrack is gone: interrupted, saying why.
+fn close_row(row: &mut report::ReportRow) {
+    if row.verdict == report::ReportVerdict::Running {
+        row.verdict = report::ReportVerdict::Interrupted;
+        row.reason_code = Some("interrupted".into());
+        row.reason_detail = Some(CUT_SHORT.into());
+    }
+}
+
+/// Counts with the running ones counted as interrupted.
+fn close_counts(counts: &mut report::Counts) {
+    counts.interrupted += counts.running;
+    counts.running = 0;
+}
+
 /// Every run in the records, oldest first; with `station`, only its runs.
+/// Attempts cut short (see [`cut_short`]) are counted as interrupted.
 pub async fn runs(data_dir: &Path, station: Option<&str>) -> Result<Vec<RunSummary>, AppError> {
     let store = open_read_only(data_dir, reader_id(station)).await?;
     let mut runs = store.list_runs().await?;
     if let Some(station) = station {
         runs.retain(|r| r.run.station_id == station);
+    }
+    if cut_short(data_dir) {
+        for run in &mut runs {
+            close_counts(&mut run.counts);
+        }
     }
     Ok(runs)
 }
@@ -105,7 +141,11 @@ pub async fn run_report(
     format: ReportFormat,
 ) -> Result<Rendered, AppError> {
     let store = open_read_only(data_dir, reader_id(station)).await?;
-    let run = store.run_report(id).await?.ok_or(AppError::NoSuchRun(id))?;
+    let mut run = store.run_report(id).await?.ok_or(AppError::NoSuchRun(id))?;
+    if cut_short(data_dir) {
+        run.rows.iter_mut().for_each(close_row);
+        close_counts(&mut run.run.counts);
+    }
     if let Some(station) = station {
         if run.run.run.station_id != station {
             return Err(AppError::RunOfAnotherStation {
@@ -131,6 +171,10 @@ pub async fn device_report(
         .device_report(key)
         .await?
         .ok_or_else(|| AppError::NoSuchDevice(key.to_string()))?;
+    if cut_short(data_dir) {
+        device.rows.iter_mut().for_each(close_row);
+        device.counts = report::Counts::of(&device.rows);
+    }
     if let Some(station) = station {
         device.rows.retain(|row| row.station_id == station);
         device.counts = report::Counts::of(&device.rows);

@@ -46,6 +46,9 @@ pub async fn run(data_dir: &Path, named: bool, command: ReportCommand) -> Result
     match command {
         ReportCommand::Runs { station } => {
             let runs = reports::runs(data_dir, station.as_deref()).await?;
+            // A run the records hold as armed while no flashrack holds the
+            // data directory was cut short (a crash, a kill, a power cut).
+            let cut_short = reports::cut_short(data_dir);
             outln!(
                 "{:>5}  {:<20}  {:<24}  {:>6}  {:>6}  {:>7}  {:>6}  {:>11}  STATUS",
                 "RUN",
@@ -62,6 +65,7 @@ pub async fn run(data_dir: &Path, named: bool, command: ReportCommand) -> Result
                 let status = match (&run.stop_reason, run.stopped_at) {
                     (Some(reason), _) => format!("stopped ({reason})"),
                     (None, Some(_)) => "stopped".into(),
+                    (None, None) if cut_short => "cut short (not closed yet)".into(),
                     (None, None) => "armed".into(),
                 };
                 outln!(

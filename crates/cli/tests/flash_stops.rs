@@ -176,21 +176,41 @@ fn a_verdict_is_in_the_records_as_soon_as_it_is_shown() {
     read_until(&mut lines, &mut seen, |line| {
         line.starts_with("sim:fast: pass")
     });
+    // While the flash runs, the other one is running.
+    let report = run_report(&data, 1);
+    assert_eq!(
+        attempt(&report, "sim:slow")["verdict"],
+        "running",
+        "{report:#}"
+    );
     // Killed at once, as a power cut would: no chance to record anything more.
     child.kill().unwrap();
     child.wait().unwrap();
-    // The pass shown is in the records; the other was still running.
+    // The pass shown is in the records. The other is still running in them
+    // (nothing closed it), but no flashrack runs it: a report says it was
+    // interrupted, and the run cut short.
     let report = run_report(&data, 1);
     assert_eq!(
         attempt(&report, "sim:fast")["verdict"],
         "pass",
         "{report:#}"
     );
-    assert_eq!(
-        attempt(&report, "sim:slow")["verdict"],
-        "running",
+    let slow = attempt(&report, "sim:slow");
+    assert_eq!(slow["verdict"], "interrupted", "{report:#}");
+    assert!(
+        slow["reason_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no longer running")),
         "{report:#}"
     );
+    assert_eq!(
+        (&report["run"]["running"], &report["run"]["interrupted"]),
+        (&Value::from(0), &Value::from(1)),
+        "{report:#}"
+    );
+    let runs = finish(start(&data, &["report", "runs"]));
+    let runs = String::from_utf8_lossy(&runs.stdout).into_owned();
+    assert!(runs.contains("cut short"), "{runs}");
     // Nothing ran to remove the killed flash's simulated sticks (a sparse
     // file each, as large as its stick): the next flash on the data
     // directory does.
