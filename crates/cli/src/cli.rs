@@ -535,8 +535,10 @@ pub struct FlashArgs {
     /// and an image larger than this (it could never be written).
     #[arg(long, default_value = "256G", value_name = "SIZE")]
     pub max_size: ByteSize,
-    /// Seconds without progress before a target fails as stalled.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    /// Seconds without progress before a target fails as stalled (1 to
+    /// 3600, as a station's `stall_timeout_secs`).
+    #[arg(long, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_timeout: u64,
     /// Skip the capacity probe of sticks (fake-capacity detection).
     #[arg(long)]
@@ -622,8 +624,10 @@ pub struct VerifyArgs {
     /// Refuse an image larger than this.
     #[arg(long, default_value = "256G", value_name = "SIZE")]
     pub max_size: ByteSize,
-    /// Seconds without progress before a target fails as stalled.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    /// Seconds without progress before a target fails as stalled (1 to
+    /// 3600, as a station's `stall_timeout_secs`).
+    #[arg(long, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_timeout: u64,
     /// Read back only this share of each stick, in percent (see `flash
     /// --sample`). Default: every byte.

@@ -174,6 +174,42 @@ fn logs_to_a_pipe_carry_no_terminal_colour_codes() {
 }
 
 #[test]
+fn a_stall_timeout_out_of_range_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path());
+    let data = dir.path().join("data");
+    // 0 stalled a stick at once ("no progress for 1 s"); u64::MAX overflowed
+    // an Instant, a panic in the attempt's supervisor.
+    for command in ["flash", "verify"] {
+        for secs in ["0", "3601", "18446744073709551615"] {
+            let out = flashrack(
+                &data,
+                &[
+                    command,
+                    image.to_str().unwrap(),
+                    "sim:a",
+                    "--stall-timeout",
+                    secs,
+                    "-q",
+                ],
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} {secs}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains("--stall-timeout") && !stderr(&out).contains("panicked"),
+                "{command} {secs}: {}",
+                stderr(&out)
+            );
+        }
+    }
+    assert!(!data.join("flashrack.db").exists(), "nothing ran");
+}
+
+#[test]
 fn an_error_names_its_cause_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
