@@ -21,6 +21,29 @@ use tokio::io::AsyncWriteExt;
 use crate::follow::{FollowArm, FollowSource, Followed};
 use crate::{AppError, ReportFormat, WebState};
 
+/// Query strings whose rejections (a number that is none, a field twice)
+/// become [`AppError`]s: a JSON error like every other answer of the API,
+/// not axum's plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(AppError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
 /// JSON bodies whose rejections (malformed JSON, wrong fields, wrong content
 /// type) become [`AppError`]s with a clear message.
 pub struct ApiJson<T>(pub T);
@@ -564,7 +587,7 @@ fn parse_format(query: &FormatQuery) -> Result<ReportFormat, AppError> {
 pub async fn run_report(
     State(state): State<WebState>,
     UrlPath(id): UrlPath<String>,
-    Query(query): Query<FormatQuery>,
+    ApiQuery(query): ApiQuery<FormatQuery>,
 ) -> Result<Response, AppError> {
     let id = flashrack_core::RunId::parse(&id).map_err(|e| AppError::bad_request(e.to_string()))?;
     let format = parse_format(&query)?;
@@ -613,7 +636,7 @@ pub const MAX_PORT_HISTORY: u32 = 50;
 /// whether the port is suspect (`check_port`).
 pub async fn port_history(
     State(state): State<WebState>,
-    Query(query): Query<HistoryQuery>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Value>, AppError> {
     let last = query.last.unwrap_or(8);
     if !(1..=MAX_PORT_HISTORY).contains(&last) {
@@ -636,7 +659,7 @@ pub async fn port_history(
 pub async fn device_report(
     State(state): State<WebState>,
     UrlPath(key): UrlPath<String>,
-    Query(query): Query<FormatQuery>,
+    ApiQuery(query): ApiQuery<FormatQuery>,
 ) -> Result<Response, AppError> {
     if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
         return Err(AppError::bad_request(
@@ -867,7 +890,7 @@ fn safe_file_name(name: &str) -> Result<String, AppError> {
 /// and removed; an upload larger than the limit is refused as it arrives.
 pub async fn upload(
     State(state): State<WebState>,
-    Query(query): Query<UploadQuery>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let name = safe_file_name(query.name.as_deref().unwrap_or("upload.img"))?;

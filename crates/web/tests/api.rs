@@ -469,6 +469,27 @@ async fn reports_without_records_and_with_bad_parameters() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = get(&rig, "/api/v1/devices").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // A query string that does not parse is answered as every error is: a
+    // JSON body saying what is wrong (it was axum's plain text).
+    for uri in [
+        "/api/v1/port-history?last=-1",
+        "/api/v1/port-history?last=many",
+        "/api/v1/runs/1/report?format=csv&format=json",
+        "/api/v1/devices/SER-1/report?format=csv&format=html",
+    ] {
+        let (status, body) = get(&rig, uri).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{uri}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("query string")),
+            "{uri}: {body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
