@@ -52,6 +52,14 @@ const REMOVAL_GRACE: Duration = Duration::from_millis(300);
 /// never a synchronization.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// What `answer` comes to, which must come within [`WAIT`]: a test that
+/// waits longer fails, naming what it waited for (`what`).
+async fn within<T>(what: &str, answer: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, answer)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
 async fn rig(ports: usize, policy: GuardPolicy) -> Rig {
     rig_with(ports, policy, |_| {}).await
 }
@@ -202,10 +210,7 @@ impl Rig {
 
     /// Waits for the station to stop.
     async fn stopped(mut self) -> Arc<MemoryJournal> {
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("the station stops")
-            .unwrap();
+        within("the station stops", &mut self.task).await.unwrap();
         self.journal.clone()
     }
 }
@@ -720,9 +725,11 @@ async fn a_passed_stick_is_ejected_when_the_run_asks() {
             }
         }
     };
-    tokio::time::timeout(WAIT, handled_removal)
-        .await
-        .expect("the removal of the ejected stick is handled");
+    within(
+        "the removal of the ejected stick is handled",
+        handled_removal,
+    )
+    .await;
     // The event log is written beside the screen, not before it.
     rig.until_recorded("the removal in the event log", |r| {
         r.events
@@ -981,9 +988,8 @@ async fn a_stick_stuck_in_the_kernel_never_blocks_a_run_stop_another_port_or_a_s
     let stuck = until_stuck(&rig, 1).await;
     // The operator stops the run: it is closed at once, though the stuck
     // attempt cannot reach a safe point.
-    tokio::time::timeout(WAIT, rig.handle.stop_run("operator stop"))
+    within("the stop returns", rig.handle.stop_run("operator stop"))
         .await
-        .expect("the stop returns")
         .unwrap();
     let snap = rig
         .until("disarmed", |s| s.run.as_ref().is_some_and(|r| !r.armed))
@@ -1247,13 +1253,12 @@ async fn a_running_attempts_acknowledged_bytes_are_recorded_with_the_heartbeat()
     let stick = until_stuck(&rig, 1).await;
     // The journal tells no one when it changes: poll it (for the state, not
     // for time) until a heartbeat has recorded a figure.
-    tokio::time::timeout(WAIT, async {
+    within("a figure recorded while writing", async {
         while recorded() == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
-    .await
-    .expect("a figure recorded while writing");
+    .await;
     // Recorded while the attempt still runs, and never more than reached the
     // stick.
     assert!(recorded() <= stick.counters().bytes_written);
@@ -1433,9 +1438,7 @@ async fn states_until_verdict(
             }
         }
     };
-    let view = tokio::time::timeout(WAIT, wait)
-        .await
-        .expect("a verdict in time");
+    let view = within("a verdict in time", wait).await;
     (states, view)
 }
 
@@ -1603,7 +1606,7 @@ async fn a_stick_that_does_not_come_back_from_its_reset_fails_as_lost_after_the_
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(WAIT, wait).await.expect("away");
+    within("away", wait).await;
     clock.advance(RESET_TIMEOUT);
     let (_, view) = states_until_verdict(&mut events, "A1").await;
     assert_eq!(
@@ -1714,7 +1717,7 @@ async fn a_stick_pulled_while_away_in_its_reset_fails_as_removed() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(WAIT, wait).await.expect("away");
+    within("away", wait).await;
     rig.control.pull_held(&port_path(1)).unwrap();
     let (_, view) = states_until_verdict(&mut events, "A1").await;
     assert!(
@@ -1752,7 +1755,7 @@ async fn a_stick_held_away_in_its_reset_continues_when_it_comes_back() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(WAIT, wait).await.expect("away");
+    within("away", wait).await;
     rig.until("resetting, no device node", |s| {
         state(s, "A1") == PortState::Resetting
     })
@@ -2735,9 +2738,7 @@ async fn while_the_records_hold_one_ports_verdict_the_rest_of_the_rack_goes_on_a
             }
         }
     };
-    tokio::time::timeout(WAIT, watched)
-        .await
-        .expect("A2 passes while A1's verdict is held");
+    within("A2 passes while A1's verdict is held", watched).await;
     let verifying: Vec<u64> = a2_progress
         .iter()
         .filter(|(state, _)| *state == PortState::Verifying)
@@ -2805,9 +2806,11 @@ async fn a_stick_is_written_only_once_its_start_is_recorded_and_one_pulled_befor
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The station answers meanwhile (its loop does not wait on the start).
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a start is being recorded");
+    within(
+        "the station answers while a start is being recorded",
+        rig.round_trip(),
+    )
+    .await;
     let snap = rig.handle.snapshot();
     let a1 = port(&snap, "A1");
     assert_eq!(a1.state, PortState::Preparing, "{a1:?}");
@@ -2960,9 +2963,11 @@ async fn while_the_records_take_a_runs_start_the_station_goes_on_and_nothing_is_
     // The records hold the run's start: the arm's caller waits, the
     // station does not.
     let arming = arm_held(&rig).await;
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a run's start is being recorded");
+    within(
+        "the station answers while a run's start is being recorded",
+        rig.round_trip(),
+    )
+    .await;
     let snap = rig
         .until("the run shown being armed", |s| s.arming.is_some())
         .await;
@@ -2979,9 +2984,7 @@ async fn while_the_records_take_a_runs_start_the_station_goes_on_and_nothing_is_
         assert_eq!(stick.counters().bytes_written, 0, "A{n}");
     }
     // A second arm meanwhile is refused, and said why.
-    let second = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
-        .await
-        .expect("answered at once");
+    let second = within("answered at once", rig.arm(RunOptions::default())).await;
     assert!(matches!(second, Err(StationError::Arming)), "{second:?}");
     assert!(!arming.is_finished(), "answered before the records hold it");
     assert!(rig.journal.records().runs.is_empty());
@@ -2989,9 +2992,8 @@ async fn while_the_records_take_a_runs_start_the_station_goes_on_and_nothing_is_
     // Once they hold it, the run is armed (once), its caller answered, and
     // the sticks present are written.
     rig.journal.release_runs();
-    let run = tokio::time::timeout(WAIT, arming)
+    let run = within("the arm is answered once the records hold the run", arming)
         .await
-        .expect("the arm is answered once the records hold the run")
         .unwrap()
         .unwrap();
     assert!(run.armed, "{run:?}");
@@ -3067,9 +3069,11 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
         .await;
 
     let stopping = stop_held(&rig).await;
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a run's stop is being recorded");
+    within(
+        "the station answers while a run's stop is being recorded",
+        rig.round_trip(),
+    )
+    .await;
     // The stick stops being written at once: its attempt ends interrupted,
     // recorded and shown, while the run's stop is still being recorded.
     let snap = rig
@@ -3097,9 +3101,7 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
         .await;
     // Another stop is refused meanwhile, and said why; an arm waits for
     // the stop's record.
-    let again = tokio::time::timeout(WAIT, rig.handle.stop_run("again"))
-        .await
-        .expect("answered at once");
+    let again = within("answered at once", rig.handle.stop_run("again")).await;
     assert!(
         matches!(again, Err(StationError::Stopping(id)) if id == run.id),
         "{again:?}"
@@ -3126,12 +3128,11 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
     // taken after the answer could already show its run (1 run in 24).
     let mut events = rig.handle.subscribe();
     rig.journal.release_runs();
-    tokio::time::timeout(WAIT, stopping)
+    within("the stop is answered once the records hold it", stopping)
         .await
-        .expect("the stop is answered once the records hold it")
         .unwrap()
         .unwrap();
-    let shown = tokio::time::timeout(WAIT, async {
+    let shown = within("an event shows the run ended", async {
         loop {
             match events.recv().await.unwrap() {
                 StationEvent::Run { run: Some(shown) }
@@ -3143,8 +3144,7 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
             }
         }
     })
-    .await
-    .expect("an event shows the run ended");
+    .await;
     assert!(!shown.armed && !shown.recording, "{shown:?}");
     assert_eq!(shown.stop_reason, Some(StopReason::Operator));
     assert_eq!(shown.interrupted, 1, "{shown:?}");
@@ -3166,9 +3166,8 @@ async fn while_the_records_take_a_runs_stop_its_sticks_stop_at_once_and_it_is_sh
     );
 
     // The arm that waited is armed then, and writes the stick that waited.
-    let next = tokio::time::timeout(WAIT, next)
+    let next = within("the arm is answered once the stop is recorded", next)
         .await
-        .expect("the arm is answered once the stop is recorded")
         .unwrap()
         .unwrap();
     assert!(next.armed && next.id != run.id, "{next:?}");
@@ -3193,22 +3192,25 @@ async fn a_stop_asked_while_a_run_is_being_armed_waits_for_its_record_and_stops_
         async move { rig.handle.stop_run("changed my mind").await }
     });
     // The stop waits for the run's record; the station does not.
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a run's start is being recorded");
+    within(
+        "the station answers while a run's start is being recorded",
+        rig.round_trip(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!stopping.is_finished() && !arming.is_finished());
     rig.journal.release_runs();
-    let run = tokio::time::timeout(WAIT, arming)
+    let run = within("the arm is answered", arming)
         .await
-        .expect("the arm is answered")
         .unwrap()
         .unwrap();
-    tokio::time::timeout(WAIT, stopping)
-        .await
-        .expect("the stop is answered once the run's stop is recorded")
-        .unwrap()
-        .unwrap();
+    within(
+        "the stop is answered once the run's stop is recorded",
+        stopping,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let shown = rig.handle.snapshot().run.unwrap();
     assert_eq!(shown.id, run.id);
     assert!(!shown.armed && !shown.recording, "{shown:?}");
@@ -3265,9 +3267,11 @@ async fn a_ports_start_and_a_retry_asked_while_a_run_is_being_armed_wait_for_its
     .await;
     // The station goes on meanwhile (an unknown port is answered at once,
     // whatever the run).
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a run's start is being recorded");
+    within(
+        "the station answers while a run's start is being recorded",
+        rig.round_trip(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !starting.is_finished() && !retrying.is_finished(),
@@ -3282,19 +3286,16 @@ async fn a_ports_start_and_a_retry_asked_while_a_run_is_being_armed_wait_for_its
     // Once the records hold the run: armed, then the start and the retry
     // are handled in the order they came, under it.
     rig.journal.release_runs();
-    let run = tokio::time::timeout(WAIT, arming)
+    let run = within("the arm is answered", arming)
         .await
-        .expect("the arm is answered")
         .unwrap()
         .unwrap();
-    tokio::time::timeout(WAIT, starting)
+    within("the start is answered once the run is armed", starting)
         .await
-        .expect("the start is answered once the run is armed")
         .unwrap()
         .unwrap();
-    let retried = tokio::time::timeout(WAIT, retrying)
+    let retried = within("the retry is answered once the run is armed", retrying)
         .await
-        .expect("the retry is answered once the run is armed")
         .unwrap()
         .unwrap();
     assert!(
@@ -3338,26 +3339,24 @@ async fn a_ports_start_waiting_for_a_run_the_records_refuse_hears_that_no_run_is
         async move { rig.handle.start_port("A1").await }
     })
     .await;
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a run's start is being recorded");
+    within(
+        "the station answers while a run's start is being recorded",
+        rig.round_trip(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!starting.is_finished(), "answered before the records did");
     // The records refuse the run's start: no run, and the start waiting for
     // it hears so then.
     rig.journal.refuse_writes(true);
     rig.journal.release_runs();
-    let refused = tokio::time::timeout(WAIT, arming)
-        .await
-        .expect("the arm is answered")
-        .unwrap();
+    let refused = within("the arm is answered", arming).await.unwrap();
     assert!(
         matches!(refused, Err(StationError::Journal(_))),
         "{refused:?}"
     );
-    let started = tokio::time::timeout(WAIT, starting)
+    let started = within("the start is answered once the arm is", starting)
         .await
-        .expect("the start is answered once the arm is")
         .unwrap();
     assert!(
         matches!(started, Err(StationError::NotArmed)),
@@ -3394,16 +3393,12 @@ async fn a_ports_start_and_a_retry_while_a_run_is_being_stopped_are_refused_unle
         .await;
     // The run is ending: no stick starts under it, and the operator hears
     // why at once.
-    let started = tokio::time::timeout(WAIT, rig.handle.start_port("A2"))
-        .await
-        .expect("answered at once");
+    let started = within("answered at once", rig.handle.start_port("A2")).await;
     assert!(
         matches!(started, Err(StationError::Stopping(id)) if id == run.id),
         "{started:?}"
     );
-    let retried = tokio::time::timeout(WAIT, rig.handle.retry_failed())
-        .await
-        .expect("answered at once");
+    let retried = within("answered at once", rig.handle.retry_failed()).await;
     assert!(
         matches!(retried, Err(StationError::Stopping(id)) if id == run.id),
         "{retried:?}"
@@ -3421,9 +3416,11 @@ async fn a_ports_start_and_a_retry_while_a_run_is_being_stopped_are_refused_unle
         async move { rig.arm(RunOptions::default()).await }
     })
     .await;
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a run's stop is being recorded");
+    within(
+        "the station answers while a run's stop is being recorded",
+        rig.round_trip(),
+    )
+    .await;
     let starting = sent({
         let rig = rig.clone();
         async move { rig.handle.start_port("A2").await }
@@ -3444,20 +3441,17 @@ async fn a_ports_start_and_a_retry_while_a_run_is_being_stopped_are_refused_unle
     }
     assert_eq!(late.counters().bytes_written, 0);
     rig.journal.release_runs();
-    tokio::time::timeout(WAIT, stopping)
+    within("the stop is answered", stopping)
         .await
-        .expect("the stop is answered")
         .unwrap()
         .unwrap();
-    let next = tokio::time::timeout(WAIT, next)
+    let next = within("the arm is answered once the stop is recorded", next)
         .await
-        .expect("the arm is answered once the stop is recorded")
         .unwrap()
         .unwrap();
     assert_ne!(next.id, run.id);
-    tokio::time::timeout(WAIT, starting)
+    within("the start is answered once the next run is armed", starting)
         .await
-        .expect("the start is answered once the next run is armed")
         .unwrap()
         .unwrap();
     rig.until("A2 passed", |s| state(s, "A2") == PortState::Passed)
@@ -3541,11 +3535,13 @@ async fn a_followed_import_reads_recording_until_the_records_hold_its_image_and_
     assert!(!ending.is_finished());
     assert!(rig.journal.records().attempts[0].verdict.is_none());
     rig.journal.release_runs();
-    tokio::time::timeout(WAIT, ending)
-        .await
-        .expect("the import's end is answered once the records hold the image")
-        .unwrap()
-        .unwrap();
+    within(
+        "the import's end is answered once the records hold the image",
+        ending,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let snap = rig
         .until("A1 passed", |s| state(s, "A1") == PortState::Passed)
         .await;
@@ -3574,9 +3570,7 @@ async fn a_followed_import_reads_recording_until_the_records_hold_its_image_and_
     })
     .await;
     rig.journal.refuse_writes(true);
-    let refused = tokio::time::timeout(WAIT, rig.handle.import_ended(run.id, imported))
-        .await
-        .expect("answered");
+    let refused = within("answered", rig.handle.import_ended(run.id, imported)).await;
     assert!(
         matches!(refused, Err(StationError::Journal(_))),
         "{refused:?}"
@@ -3808,22 +3802,22 @@ async fn while_a_claim_to_arm_is_held_no_other_arm_comes_first_and_the_snapshot_
         async move { rig.handle.start_port("A1").await }
     })
     .await;
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a claim is held");
+    within(
+        "the station answers while a claim is held",
+        rig.round_trip(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!starting.is_finished(), "answered before the claim's run");
     assert!(rig.journal.records().runs.is_empty());
 
     // Handed in, the claim's own arm is armed.
-    let run = tokio::time::timeout(WAIT, claim.arm_following(request))
+    let run = within("the claim's arm is answered", claim.arm_following(request))
         .await
-        .expect("the claim's arm is answered")
         .unwrap();
     assert_eq!(run.import.as_ref().unwrap().source, OS_URL);
-    let started = tokio::time::timeout(WAIT, starting)
+    let started = within("the start is answered once the run is armed", starting)
         .await
-        .expect("the start is answered once the run is armed")
         .unwrap();
     assert!(
         matches!(
@@ -3867,31 +3861,29 @@ async fn a_claim_is_refused_behind_an_arm_waiting_for_a_stop_and_one_granted_dur
         async move { rig.arm(RunOptions::default()).await }
     })
     .await;
-    let claimed = tokio::time::timeout(WAIT, rig.handle.claim_arm("os.img", OS_URL))
-        .await
-        .expect("answered at once");
+    let claimed = within("answered at once", rig.handle.claim_arm("os.img", OS_URL)).await;
     refused_arming("a claim behind a waiting arm", claimed);
     assert!(!waiting.is_finished());
     rig.journal.release_runs();
-    tokio::time::timeout(WAIT, stopping)
+    within("the stop is answered", stopping)
         .await
-        .expect("the stop is answered")
         .unwrap()
         .unwrap();
-    let second = tokio::time::timeout(WAIT, waiting)
-        .await
-        .expect("the waiting arm is answered once the stop is recorded")
-        .unwrap()
-        .unwrap();
+    let second = within(
+        "the waiting arm is answered once the stop is recorded",
+        waiting,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_ne!(second.id, first.id);
 
     // With nothing waiting, a claim is granted while a run is being
     // stopped; an arm asked after it is refused at once (not held), and the
     // claim's arm is armed once the stop is recorded.
     let stopping = stop_held(&rig).await;
-    let claim = tokio::time::timeout(WAIT, rig.handle.claim_arm("os.img", OS_URL))
+    let claim = within("answered at once", rig.handle.claim_arm("os.img", OS_URL))
         .await
-        .expect("answered at once")
         .unwrap();
     let snap = rig.handle.snapshot();
     assert!(
@@ -3900,9 +3892,7 @@ async fn a_claim_is_refused_behind_an_arm_waiting_for_a_stop_and_one_granted_dur
         snap.run
     );
     assert!(snap.arming.is_some(), "the claim is shown");
-    let refused = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
-        .await
-        .expect("answered at once");
+    let refused = within("answered at once", rig.arm(RunOptions::default())).await;
     refused_arming("an arm behind a claim", refused);
     let claimed_arm = sent({
         let request = cached_request(&rig);
@@ -3912,16 +3902,17 @@ async fn a_claim_is_refused_behind_an_arm_waiting_for_a_stop_and_one_granted_dur
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!claimed_arm.is_finished(), "armed before the stop's record");
     rig.journal.release_runs();
-    tokio::time::timeout(WAIT, stopping)
+    within("the stop is answered", stopping)
         .await
-        .expect("the stop is answered")
         .unwrap()
         .unwrap();
-    let third = tokio::time::timeout(WAIT, claimed_arm)
-        .await
-        .expect("the claim's arm is answered once the stop is recorded")
-        .unwrap()
-        .unwrap();
+    let third = within(
+        "the claim's arm is answered once the stop is recorded",
+        claimed_arm,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(third.id != second.id && third.armed, "{third:?}");
     let records = rig.journal.records();
     assert_eq!(records.runs.len(), 3, "{:?}", records.runs);
@@ -3942,17 +3933,18 @@ async fn a_claim_dropped_or_whose_arm_fails_frees_the_station() {
         async move { rig.handle.stop_run("changed my mind").await }
     })
     .await;
-    tokio::time::timeout(WAIT, rig.round_trip())
-        .await
-        .expect("the station answers while a claim is held");
+    within(
+        "the station answers while a claim is held",
+        rig.round_trip(),
+    )
+    .await;
     assert!(
         !stopping.is_finished(),
         "the stop waits for the claim's run"
     );
     drop(claim);
-    let stopped = tokio::time::timeout(WAIT, stopping)
+    let stopped = within("the stop is answered once the claim is released", stopping)
         .await
-        .expect("the stop is answered once the claim is released")
         .unwrap();
     assert!(
         matches!(stopped, Err(StationError::NotArmed)),
@@ -3965,9 +3957,7 @@ async fn a_claim_dropped_or_whose_arm_fails_frees_the_station() {
     let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();
     let mut request = cached_request(&rig);
     request.options.sparse = true;
-    let refused = tokio::time::timeout(WAIT, claim.arm(request))
-        .await
-        .expect("answered");
+    let refused = within("answered", claim.arm(request)).await;
     assert!(
         matches!(refused, Err(StationError::Source(_))),
         "{refused:?}"
@@ -3976,9 +3966,7 @@ async fn a_claim_dropped_or_whose_arm_fails_frees_the_station() {
     // Its run's start refused by the records: released too.
     let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();
     rig.journal.refuse_writes(true);
-    let refused = tokio::time::timeout(WAIT, claim.arm(cached_request(&rig)))
-        .await
-        .expect("answered");
+    let refused = within("answered", claim.arm(cached_request(&rig))).await;
     assert!(
         matches!(refused, Err(StationError::Journal(_))),
         "{refused:?}"
@@ -3993,9 +3981,8 @@ async fn a_claim_dropped_or_whose_arm_fails_frees_the_station() {
         drop(claim.expect("granted right after the last was dropped"));
     }
     // The station is free: a plain arm is granted.
-    let run = tokio::time::timeout(WAIT, rig.arm(RunOptions::default()))
+    let run = within("answered", rig.arm(RunOptions::default()))
         .await
-        .expect("answered")
         .unwrap();
     assert!(run.armed);
     assert_eq!(rig.journal.records().runs.len(), 1);
