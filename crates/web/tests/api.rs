@@ -126,6 +126,22 @@ fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// Asserts the answer is the station's 409 for a run being armed
+/// (`StationError::Arming`); `asked` names the request in the failure.
+fn refused_being_armed(asked: &str, status: StatusCode, reply: &Value) {
+    assert_eq!(
+        (status, error_code(reply)),
+        (StatusCode::CONFLICT, "conflict"),
+        "{asked}: {reply}"
+    );
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("being armed")),
+        "{asked}: {reply}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_the_station_ports_and_health() {
     let rig = rig(AccessPolicy::default()).await;
@@ -1555,17 +1571,7 @@ async fn a_follow_while_a_run_is_being_armed_is_refused_409_before_its_import_be
         json!({ "file": { "path": rig.image_file.with_file_name("other.img") } }),
     ] {
         let (status, reply) = post(&rig, "/api/v1/runs", body.clone()).await;
-        assert_eq!(
-            (status, error_code(&reply)),
-            (StatusCode::CONFLICT, "conflict"),
-            "{body}: {reply}"
-        );
-        assert!(
-            reply["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("being armed")),
-            "{reply}"
-        );
+        refused_being_armed(&body.to_string(), status, &reply);
     }
     assert_eq!(
         imports.asked.load(std::sync::atomic::Ordering::SeqCst),
@@ -1653,17 +1659,7 @@ async fn a_follow_while_an_arm_waits_for_a_runs_stop_is_refused_409_before_its_i
         )
         .await
         .expect("answered while the stop is being recorded");
-        assert_eq!(
-            (status, error_code(&reply)),
-            (StatusCode::CONFLICT, "conflict"),
-            "{body}: {reply}"
-        );
-        assert!(
-            reply["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("being armed")),
-            "{reply}"
-        );
+        refused_being_armed(&body.to_string(), status, &reply);
     }
     assert_eq!(
         imports.asked.load(std::sync::atomic::Ordering::SeqCst),
@@ -1738,13 +1734,7 @@ async fn a_follows_claim_is_shown_refuses_other_arms_arms_its_run_and_is_release
     assert_eq!(station["arming"]["image_name"], "os v2.img", "{station}");
     assert!(station["run"].is_null(), "{station}");
     let (status, reply) = post(&rig, "/api/v1/runs", json!({ "image": rig.image_sha })).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{reply}");
-    assert!(
-        reply["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("being armed")),
-        "{reply}"
-    );
+    refused_being_armed("a plain arm while a claim is held", status, &reply);
     found.release.add_permits(1);
     let (status, run) = tokio::time::timeout(Duration::from_secs(10), follow)
         .await
