@@ -743,7 +743,10 @@ def check_flash_output(res: RunResult, r: Reaped, image: Image, targets: list[st
         res.problems.append(f"flashrack image_sha256 {summary.get('image_sha256')} != {image.sha256}")
     if summary.get("failed", 1) != 0 or summary.get("passed") != len(targets):
         res.ok = False
-        res.problems.append(f"flashrack: passed {summary.get('passed')}, failed {summary.get('failed')}")
+        res.problems.append(
+            f"flashrack: passed {summary.get('passed')}, failed {summary.get('failed')}, "
+            f"refused {summary.get('refused')}, interrupted {summary.get('interrupted')}"
+        )
     tlist = summary.get("targets") or []
     for t in tlist:
         if t.get("verdict") != "pass":

@@ -10,22 +10,26 @@ use serde::Serialize;
 pub enum TargetVerdict {
     /// Written and verified.
     Pass,
-    /// The stick failed (or the guard refused it).
+    /// The stick failed.
     Fail,
-    /// Stopped by a signal or a failure of the source: says nothing about the
-    /// stick.
+    /// The target guard refused it at the moment of opening: nothing was
+    /// written, and the records count it as a refusal, not as a failure.
+    Refused,
+    /// Stopped by a signal or a failure of the source, or the station's own
+    /// shortage (a station error): says nothing about the stick.
     Interrupted,
 }
 
 impl TargetVerdict {
-    /// What the summary says of `verdict`.
+    /// What the summary says of `verdict`, as the records count it (an
+    /// attempt refused by the guard is a refusal, an interruption or a
+    /// station error is interrupted: neither is a failure of the stick).
     pub fn of(verdict: &Verdict) -> Self {
-        if verdict.is_pass() {
-            Self::Pass
-        } else if is_interrupted(verdict) {
-            Self::Interrupted
-        } else {
-            Self::Fail
+        match verdict.failure() {
+            None => Self::Pass,
+            Some(f) if f.reason.is_station_side() => Self::Interrupted,
+            Some(f) if matches!(f.reason, FailReason::Refused { .. }) => Self::Refused,
+            Some(_) => Self::Fail,
         }
     }
 
@@ -34,6 +38,7 @@ impl TargetVerdict {
         match self {
             Self::Pass => "pass",
             Self::Fail => "fail",
+            Self::Refused => "refused",
             Self::Interrupted => "interrupted",
         }
     }
@@ -51,8 +56,9 @@ pub fn is_interrupted(verdict: &Verdict) -> bool {
 pub struct Row {
     /// The target as given.
     pub target: TargetId,
-    /// `pass`, `fail`, or `interrupted` (stopped by a signal or a failure of
-    /// the source: says nothing about the stick).
+    /// `pass`, `fail`, `refused` (by the target guard: nothing written), or
+    /// `interrupted` (stopped by a signal or a failure of the source, or the
+    /// station's own shortage: says nothing about the stick).
     pub verdict: TargetVerdict,
     /// For a pass, what it proved: `pass`, `sampled (5 %)`, `audit pass`,
     /// `written, not verified` (a weaker proof is never a plain `pass`).
@@ -91,9 +97,13 @@ pub struct Summary {
     pub image_size: u64,
     /// Targets that passed.
     pub passed: usize,
-    /// Targets that failed.
+    /// Targets that failed (refusals and interruptions not counted).
     pub failed: usize,
-    /// Targets interrupted (by a signal, or a failure of the source).
+    /// Targets the target guard refused at the moment of opening (nothing
+    /// written), counted as the records count them: apart from failures.
+    pub refused: usize,
+    /// Targets interrupted (by a signal, a failure of the source, or the
+    /// station's own shortage of descriptors, memory or threads).
     pub interrupted: usize,
     /// Wall-clock seconds of the whole fan-out.
     pub elapsed_secs: f64,
@@ -150,16 +160,13 @@ impl Summary {
             })
             .collect();
         let count = |verdict| targets.iter().filter(|r| r.verdict == verdict).count();
-        let (passed, interrupted) = (
-            count(TargetVerdict::Pass),
-            count(TargetVerdict::Interrupted),
-        );
         Self {
             image_sha256,
             image_size,
-            passed,
-            failed: targets.len() - passed - interrupted,
-            interrupted,
+            passed: count(TargetVerdict::Pass),
+            failed: count(TargetVerdict::Fail),
+            refused: count(TargetVerdict::Refused),
+            interrupted: count(TargetVerdict::Interrupted),
             elapsed_secs,
             targets,
         }
@@ -176,5 +183,79 @@ fn allow_bus_hint(target: &TargetId) -> String {
     match bus {
         Some(bus) => format!(" (to write it anyway: --allow-bus {bus})"),
         None => " (to write it anyway: --allow-bus <bus>)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use flashrack_core::{Failure, Stage};
+
+    use super::*;
+
+    fn failed(reason: FailReason) -> Verdict {
+        Verdict::Fail(Failure {
+            stage: Stage::Preparing,
+            reason,
+        })
+    }
+
+    #[test]
+    fn refusals_and_station_errors_are_counted_as_the_records_count_them() {
+        let results = [
+            ("a", Verdict::Pass),
+            (
+                "b",
+                failed(FailReason::WriteError {
+                    offset: 0,
+                    detail: "Input/output error".into(),
+                }),
+            ),
+            (
+                "c",
+                failed(FailReason::Refused {
+                    code: Some(RefusalCode::Mounted),
+                    detail: "c is mounted at /mnt".into(),
+                }),
+            ),
+            (
+                "d",
+                failed(FailReason::StationError {
+                    detail: "Too many open files".into(),
+                }),
+            ),
+            ("e", failed(FailReason::Interrupted)),
+        ]
+        .into_iter()
+        .map(|(t, v)| (TargetId(t.into()), v, AttemptFigures::default()))
+        .collect();
+        let summary = Summary::new(
+            Sha256Digest::of(b""),
+            0,
+            1.0,
+            results,
+            &HashMap::new(),
+            &HashMap::new(),
+        );
+        assert_eq!(
+            (
+                summary.passed,
+                summary.failed,
+                summary.refused,
+                summary.interrupted
+            ),
+            (1, 1, 1, 2),
+            "{summary:?}"
+        );
+        let verdicts: Vec<_> = summary.targets.iter().map(|r| r.verdict.as_str()).collect();
+        assert_eq!(
+            verdicts,
+            ["pass", "fail", "refused", "interrupted", "interrupted"]
+        );
+        let json = serde_json::to_value(&summary).unwrap();
+        assert_eq!(json["refused"], 1, "{json:#}");
+        assert_eq!(json["targets"][2]["verdict"], "refused", "{json:#}");
+        assert_eq!(json["targets"][2]["refusal"], "mounted", "{json:#}");
     }
 }

@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 use crate::cli::FlashArgs;
 
 /// Runs the command; the exit status says whether every target passed: 0 all
-/// passed, 1 at least one failed, 130/143 stopped by SIGINT/SIGTERM (an error,
-/// exit 2, is returned as `Err`).
+/// passed, 1 at least one did not (failed, refused by the guard, or
+/// interrupted), 130/143 stopped by SIGINT/SIGTERM (an error, exit 2, is
+/// returned as `Err`).
 ///
 /// With `audit`, nothing is written (`flashrack verify`): each target is read
 /// back and compared with the image.
@@ -227,7 +228,8 @@ fn finish(outcome: FlashOutcome, args: &FlashArgs) -> Result<ExitCode> {
     }
     Ok(match stopped_by {
         Some(signal) => ExitCode::from(128 + signal.number()),
-        None if summary.failed == 0 && summary.interrupted == 0 => ExitCode::SUCCESS,
+        // Every target passed; a refusal or an interruption is no pass.
+        None if summary.passed == summary.targets.len() => ExitCode::SUCCESS,
         None => ExitCode::from(1),
     })
 }

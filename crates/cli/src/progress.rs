@@ -6,7 +6,10 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use flashrack_app::flash::{FlashEvent, Notice};
-use flashrack_core::{ByteSize, EngineEvent, EngineEventKind, Stage, TargetId, Verdict};
+use flashrack_app::summary::TargetVerdict;
+use flashrack_core::{
+    ByteSize, EngineEvent, EngineEventKind, FailReason, Stage, TargetId, Verdict,
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -171,15 +174,29 @@ pub fn rate_words(bytes_per_sec: f64) -> String {
     format!("{:.1} MB/s", bytes_per_sec / 1e6)
 }
 
-/// What a finished target's line says: `passed`, `interrupted: …` or
-/// `FAILED: <reason>`.
+/// What a finished target's line says: `passed`, `interrupted (…)`,
+/// `REFUSED …` or `FAILED while …: <reason>`, as the summary counts it.
 pub fn verdict_words(verdict: &Verdict) -> String {
-    match verdict.failure() {
-        None => "passed".to_string(),
-        Some(failure) if flashrack_app::summary::is_interrupted(verdict) => {
+    let Some(failure) = verdict.failure() else {
+        return "passed".to_string();
+    };
+    match TargetVerdict::of(verdict) {
+        TargetVerdict::Interrupted if flashrack_app::summary::is_interrupted(verdict) => {
             format!("interrupted ({})", failure.stage)
         }
-        Some(failure) => format!("FAILED while {}: {}", failure.stage, failure.reason),
+        // The station's own shortage: not judged, and not a failure.
+        TargetVerdict::Interrupted => {
+            format!("not judged while {}: {}", failure.stage, failure.reason)
+        }
+        TargetVerdict::Refused => match &failure.reason {
+            FailReason::Refused { detail, .. } => {
+                format!("REFUSED by the target guard, nothing written: {detail}")
+            }
+            other => format!("REFUSED, nothing written: {other}"),
+        },
+        TargetVerdict::Pass | TargetVerdict::Fail => {
+            format!("FAILED while {}: {}", failure.stage, failure.reason)
+        }
     }
 }
 
@@ -289,7 +306,7 @@ impl View for Lines {
 
 #[cfg(test)]
 mod tests {
-    use flashrack_core::{FailReason, Failure};
+    use flashrack_core::Failure;
 
     use super::*;
 

@@ -53,15 +53,19 @@ pub fn table(summary: &Summary) -> String {
     }
     // Within 120 columns: the reason and the target wrap, never the table.
     let mut out = crate::table::render_within(&rows, crate::table::MAX_WIDTH, &[3, 0]);
-    let interrupted = if summary.interrupted > 0 {
-        format!(", {} interrupted", summary.interrupted)
-    } else {
-        String::new()
-    };
+    // Counted as the records count them (`report runs`): a refusal and an
+    // interruption are not failures, and each is named when there is one.
+    let mut counts = format!("{} passed, {} failed", summary.passed, summary.failed);
+    for (n, word) in [
+        (summary.refused, "refused"),
+        (summary.interrupted, "interrupted"),
+    ] {
+        if n > 0 {
+            counts.push_str(&format!(", {n} {word}"));
+        }
+    }
     out.push_str(&format!(
-        "{} passed, {} failed{interrupted} in {:.1} s (image {}, {})\n",
-        summary.passed,
-        summary.failed,
+        "{counts} in {:.1} s (image {}, {})\n",
         summary.elapsed_secs,
         summary.image_sha256.short(),
         ByteSize(summary.image_size)

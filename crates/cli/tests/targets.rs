@@ -233,6 +233,92 @@ fn a_block_device_is_written_through_the_guard_once_and_never_through_two_names(
     assert_eq!(&medium[..1 << 20], &std::fs::read(&image).unwrap()[..]);
 }
 
+/// The counts of run `id` as `report runs` prints them: passed, failed,
+/// refused and interrupted, read under their header's right-aligned titles.
+fn report_runs_counts(data: &Path, id: u64) -> [String; 4] {
+    let out = flashrack(data, &["report", "runs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let header = table.lines().next().unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
+        .unwrap_or_else(|| panic!("run {id}: {table}"));
+    ["PASSED", "FAILED", "REFUSED", "INTR"].map(|title| {
+        let end = header.find(title).unwrap() + title.len();
+        row[end - 6..end].trim().to_string()
+    })
+}
+
+#[test]
+fn a_refused_target_is_counted_as_a_refusal_alike_by_the_summary_its_json_and_the_records() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path());
+    let device = LoopDevice::new(8 << 20);
+    let dev = text(device.path());
+
+    // Its only target refused (a loop device, not allowed by --allow-bus):
+    // no pass, and no failure either.
+    let out = flashrack(&data, &["flash", text(&image), dev]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last = table.lines().last().unwrap();
+    assert!(
+        last.starts_with("0 passed, 0 failed, 1 refused in "),
+        "{table}"
+    );
+    assert!(
+        stderr(&out).contains(&format!(
+            "{dev}: REFUSED by the target guard, nothing written: "
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(report_runs_counts(&data, 1), ["0", "0", "1", "0"]);
+
+    // Beside a pass and a failure, in JSON.
+    let file = dir.path().join("out.img");
+    let out = flashrack(
+        &data,
+        &[
+            "flash",
+            text(&image),
+            text(&file),
+            dev,
+            "sim:bad:fail_after=64KiB",
+            "--json",
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        ["passed", "failed", "refused", "interrupted"].map(|k| summary[k].as_u64()),
+        [Some(1), Some(1), Some(1), Some(0)],
+        "{summary:#}"
+    );
+    let verdicts: Vec<_> = summary["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["pass", "refused", "fail"], "{summary:#}");
+    assert_eq!(summary["targets"][1]["refusal"], "bus_not_allowed");
+    assert_eq!(report_runs_counts(&data, 2), ["1", "1", "1", "0"]);
+    assert!(
+        std::fs::read(device.backing())
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0),
+        "a refused device is not written"
+    );
+}
+
 /// A loop device this test attaches over a file of its own choosing.
 struct LoopOver(PathBuf);
 
