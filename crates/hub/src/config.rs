@@ -4,7 +4,7 @@
 //! listen = "127.0.0.1:8090"          # beyond loopback only with an operator token
 //! database_url = "postgres:///flashrack?host=/run/postgresql"
 //! database_connections = 16
-//! data_dir = "/var/lib/flashrack-hub" # the hub's image cache
+//! data_dir = "/var/lib/flashrack-hub" # the hub's image cache (an absolute path)
 //! allowed_hosts = ["hub.lab"]         # names the hub answers to (besides addresses)
 //! max_connections = 1024
 //! silent_after_secs = 10              # a station not heard from that long is silent
@@ -153,8 +153,17 @@ impl HubConfig {
             config.database_connections = *n.get_ref();
         }
         if let Some(dir) = raw.data_dir {
-            if dir.get_ref().as_os_str().is_empty() {
-                return Err(invalid(dir.span().start, "data_dir is empty".to_string()));
+            // The hub's image cache: an absolute path, never one that depends
+            // on the directory the hub happens to start in ("" is the current
+            // directory: `/` under systemd), as the station's `data_dir`.
+            if !dir.get_ref().is_absolute() {
+                return Err(invalid(
+                    dir.span().start,
+                    format!(
+                        "data_dir {:?} is not an absolute path (like \"/var/lib/flashrack-hub\")",
+                        dir.get_ref()
+                    ),
+                ));
             }
             config.data_dir = dir.into_inner();
         }
@@ -251,6 +260,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("postgres://"), "{error}");
+    }
+
+    #[test]
+    fn a_data_dir_that_is_not_an_absolute_path_is_refused_at_its_line() {
+        for (value, words) in [
+            ("", "data_dir \"\" is not an absolute path"),
+            ("var/lib/flashrack-hub", "not an absolute path"),
+            ("./hub", "not an absolute path"),
+        ] {
+            let error = parse(&format!(
+                "database_url = \"postgres://h/db\"\ndata_dir = \"{value}\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(error.starts_with("hub.toml:2:"), "{value:?}: {error}");
+            assert!(error.contains(words), "{value:?}: {error}");
+        }
+        let config =
+            parse("database_url = \"postgres://h/db\"\ndata_dir = \"/srv/hub\"\n").unwrap();
+        assert_eq!(config.data_dir, Path::new("/srv/hub"));
     }
 
     #[test]
