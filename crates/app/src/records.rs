@@ -91,8 +91,12 @@ impl StoreRecords {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(store.clone());
+        // The caller holds the data directory's lock (see `crate::lock`): no
+        // other flashrack records here, so whatever runs under any station id
+        // was left by one that ended (a `flash` killed, then `serve` under
+        // the configured id).
         let recovery = store
-            .recover_interrupted()
+            .recover_interrupted_of_every_station()
             .await
             .map_err(AppError::Recover)?;
         let recovered = Recovered {

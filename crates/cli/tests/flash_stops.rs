@@ -217,9 +217,41 @@ fn a_verdict_is_in_the_records_as_soon_as_it_is_shown() {
     let killed: Vec<_> = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("sim-"))
+        .filter(|name| name.starts_with("sim-") && name != "sim-rack")
         .collect();
     assert_eq!(killed.len(), 1, "{killed:?}");
+    // The demo (records as `demo`, not the flash's `station-1`) holds the
+    // data directory next: it closes the flash's work in the records, with
+    // the recovery's words, as it would its own.
+    let demo = finish(start(
+        &data,
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--image-size",
+            "1MiB",
+            "--burst",
+            "1",
+            "--exit-when-done",
+        ],
+    ));
+    assert_eq!(
+        code(demo.status),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    let report = run_report(&data, 1);
+    let slow = attempt(&report, "sim:slow");
+    assert_eq!(slow["verdict"], "interrupted", "{report:#}");
+    assert!(
+        slow["reason_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("stopped unexpectedly")),
+        "closed in the records by the demo, not only shown so: {report:#}"
+    );
+    assert_eq!(report["run"]["stop_reason"], "interrupted", "{report:#}");
     let next = finish(start(
         &data,
         &["flash", image.to_str().unwrap(), "sim:next", "-q"],
@@ -346,11 +378,13 @@ fn a_sim_stick_claiming_more_than_a_file_can_hold_is_refused_at_once_and_clearly
     assert!(stderr.contains("at most 8 EiB"), "{stderr}");
 }
 
+/// No flash's simulated sticks are left in `data` (the demo's rack,
+/// `sim-rack`, is the demo's own and stays).
 fn assert_no_sim_dirs(data: &Path) {
     let left: Vec<_> = std::fs::read_dir(data)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("sim-"))
+        .filter(|name| name.starts_with("sim-") && name != "sim-rack")
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }

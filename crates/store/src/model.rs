@@ -339,8 +339,10 @@ pub struct Recovery {
     pub attempts: Vec<AttemptId>,
     /// The runs that were left open and are now stopped with reason `interrupted`.
     pub runs: Vec<RunId>,
-    /// The time recorded as their end: the last moment the station was known to be
-    /// alive before this start-up. `None` when there was nothing to recover.
+    /// The time recorded as their end: the last moment the station that left
+    /// them was known to be alive before this start-up (the latest of those
+    /// when work of more than one station id was left). `None` when there was
+    /// nothing to recover.
     pub presumed_crash_at: Option<i64>,
 }
 

@@ -756,6 +756,90 @@ async fn recovery_interrupts_what_the_last_session_left_running_and_nothing_else
     assert_eq!(restarted.health().await.unwrap().integrity, "ok");
 }
 
+/// A one-shot `flash` (station id `station-1`) killed, then a station
+/// configured as `rack-1` opening the same data directory: whoever holds the
+/// data directory's lock closes every station id's unfinished work, each at
+/// the moment that station was last known alive, instead of leaving the
+/// flash's run `running` for good.
+#[tokio::test]
+async fn recovery_of_every_station_closes_another_ids_work_at_its_own_last_moment() {
+    let t = TestStore::new("station-1").await;
+    let img = image();
+    let no_options = json!({});
+    t.store
+        .write(|b| Box::pin(b.record_image(&img)))
+        .await
+        .unwrap();
+    let killed_run = t
+        .store
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    let dev = t.stick("AA01").await;
+    let killed_attempt = t
+        .store
+        .write(|b| Box::pin(b.start_attempt(killed_run, dev, "loop0", "/dev/loop0")))
+        .await
+        .unwrap();
+    t.clock.advance(5_000);
+    t.store.write(|b| Box::pin(b.heartbeat())).await.unwrap();
+    let flash_last_alive = t.store.now();
+
+    // Later, rack-1 runs (and leaves work of its own) ...
+    t.clock.advance(600_000);
+    let rack = t.reopen("rack-1").await;
+    let rack_run = rack
+        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
+        .await
+        .unwrap();
+    t.clock.advance(2_000);
+    rack.write(|b| Box::pin(b.heartbeat())).await.unwrap();
+    let rack_last_alive = rack.now();
+
+    // ... and is started again. Its own recovery leaves station-1's alone.
+    t.clock.advance(600_000);
+    let restarted = t.reopen("rack-1").await;
+    let own = restarted.recover_interrupted().await.unwrap();
+    assert_eq!(own.runs, vec![rack_run]);
+    assert!(own.attempts.is_empty());
+    assert_eq!(
+        restarted
+            .attempt(killed_attempt)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        AttemptState::Running
+    );
+
+    // Holding the data directory, it closes every station's.
+    let again = t.reopen("rack-1").await;
+    let every = again.recover_interrupted_of_every_station().await.unwrap();
+    assert_eq!(every.attempts, vec![killed_attempt]);
+    assert_eq!(every.runs, vec![killed_run]);
+    assert_eq!(every.presumed_crash_at, Some(flash_last_alive));
+    let attempt = again.attempt(killed_attempt).await.unwrap().unwrap();
+    assert_eq!(attempt.state, AttemptState::Interrupted);
+    assert_eq!(
+        attempt.finished_at,
+        Some(flash_last_alive),
+        "ended when the flash was last known alive, not when rack-1 was"
+    );
+    let run = again.run(killed_run).await.unwrap().unwrap();
+    assert_eq!(run.run.stop_reason, Some(StopReason::Interrupted));
+    assert_eq!(run.run.stopped_at, Some(flash_last_alive));
+    assert_eq!(
+        again.run(rack_run).await.unwrap().unwrap().run.stopped_at,
+        Some(rack_last_alive)
+    );
+    assert!(again.active_run().await.unwrap().is_none());
+    assert_eq!(
+        again.recover_interrupted_of_every_station().await.unwrap(),
+        flashrack_store::Recovery::default(),
+        "nothing left the second time"
+    );
+}
+
 #[tokio::test]
 async fn without_a_heartbeat_the_crash_time_is_the_last_record() {
     let t = TestStore::new("rack-1").await;

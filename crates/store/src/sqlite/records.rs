@@ -84,6 +84,39 @@ pub(super) const EVENT: &str =
         detail
     FROM events";
 
+impl Store {
+    /// [`Records::recover_interrupted`] for every station id whose work the
+    /// database holds unfinished, not only this store's: for a caller that
+    /// holds the data directory's lock, so that no other process records in
+    /// this database. A one-shot `flash` records as `station-1`, the demo as
+    /// `demo`, a station as its configured id; whichever of them opens the
+    /// data directory next closes what a killed one left, instead of leaving
+    /// it `running` for good when that id never comes back. Each station's
+    /// work ends when that station was last known alive.
+    pub async fn recover_interrupted_of_every_station(&self) -> Result<Recovery, StoreError> {
+        self.recover(self.previous.clone()).await
+    }
+
+    /// Closes the unfinished work of the stations in `previous`.
+    async fn recover(
+        &self,
+        previous: Vec<(String, super::store::PreviousSession)>,
+    ) -> Result<Recovery, StoreError> {
+        let recovery = self
+            .write(|batch| Box::pin(batch.recover(previous)))
+            .await?;
+        if !recovery.attempts.is_empty() || !recovery.runs.is_empty() {
+            tracing::warn!(
+                attempts = recovery.attempts.len(),
+                runs = recovery.runs.len(),
+                presumed_crash_at = recovery.presumed_crash_at,
+                "recorded work left unfinished by the previous session as interrupted"
+            );
+        }
+        Ok(recovery)
+    }
+}
+
 impl Records for Store {
     type Writes = SqliteWrites;
 
@@ -117,19 +150,13 @@ impl Records for Store {
     }
 
     async fn recover_interrupted(&self) -> Result<Recovery, StoreError> {
-        let previous = self.previous;
-        let recovery = self
-            .write(|batch| Box::pin(batch.recover(previous)))
-            .await?;
-        if !recovery.attempts.is_empty() || !recovery.runs.is_empty() {
-            tracing::warn!(
-                attempts = recovery.attempts.len(),
-                runs = recovery.runs.len(),
-                presumed_crash_at = recovery.presumed_crash_at,
-                "recorded work left unfinished by the previous session as interrupted"
-            );
-        }
-        Ok(recovery)
+        let own = self
+            .previous
+            .iter()
+            .filter(|(station, _)| *station == self.station.as_str())
+            .cloned()
+            .collect();
+        self.recover(own).await
     }
 
     async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError> {

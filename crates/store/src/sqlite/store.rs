@@ -52,9 +52,12 @@ pub struct Store {
     /// commit and never block the writer, so exporting a long report does not delay
     /// a verdict.
     pub(crate) reader: SqlitePool,
-    /// What the previous session of this station left behind, measured at open
-    /// before this session wrote anything. Recovery touches only those records.
-    pub(crate) previous: PreviousSession,
+    /// What the previous sessions left behind, measured at open before this
+    /// session wrote anything: each station id whose runs or attempts the
+    /// database holds unfinished (this station's, and another's that used the
+    /// same data directory: a one-shot `flash` records as `station-1`, the
+    /// demo as `demo`). Recovery touches only those records.
+    pub(crate) previous: Vec<(String, PreviousSession)>,
     /// Opened with [`open_read_only`](Store::open_read_only): `writer` is a
     /// read-only pool too, and nothing is ever written.
     pub(crate) read_only: bool,
@@ -175,7 +178,7 @@ impl Store {
             .map_err(|err| open_error(path, err))?;
 
         let mut conn = writer.acquire().await?;
-        let previous = previous_session(&mut conn, station.as_str()).await?;
+        let previous = previous_sessions(&mut conn).await?;
         let outbox = super::outbox::outbox_enabled(&mut conn).await?;
         drop(conn);
 
@@ -331,11 +334,7 @@ impl Store {
             // Every write through a read-only connection fails (`SQLITE_READONLY`).
             writer: reader.clone(),
             reader,
-            previous: PreviousSession {
-                last_attempt: 0,
-                last_run: 0,
-                last_alive: None,
-            },
+            previous: Vec::new(),
             read_only: true,
             outbox: Arc::new(AtomicBool::new(false)),
         })
@@ -473,6 +472,28 @@ fn open_error(path: &Path, err: sqlx::Error) -> StoreError {
             err => StoreError::Database(err),
         },
     }
+}
+
+/// Measures what each station's previous session left unfinished, before
+/// this one writes. Whoever opens the records for writing holds the data
+/// directory's lock, so no other flashrack is recording there: whatever is
+/// still running, under any station id, was left by one that ended.
+async fn previous_sessions(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(String, PreviousSession)>, StoreError> {
+    let stations: Vec<String> = sqlx::query_scalar(
+        "SELECT station_id FROM attempts WHERE state = 'running'
+         UNION SELECT station_id FROM runs WHERE stopped_at IS NULL
+         ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut previous = Vec::with_capacity(stations.len());
+    for station in stations {
+        let session = previous_session(conn, &station).await?;
+        previous.push((station, session));
+    }
+    Ok(previous)
 }
 
 /// Measures what the station's previous session left, before this one writes.

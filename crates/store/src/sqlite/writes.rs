@@ -115,21 +115,38 @@ impl SqliteWrites {
         Ok(id)
     }
 
-    /// Turns what the previous session left running into `interrupted`: see
+    /// Turns what the previous sessions left running into `interrupted`,
+    /// each station's (`previous`, measured at open) at the last moment that
+    /// station was known alive: see
     /// [`Records::recover_interrupted`](crate::Records::recover_interrupted).
     pub(super) async fn recover(
         &mut self,
-        previous: PreviousSession,
+        previous: Vec<(String, PreviousSession)>,
     ) -> Result<Recovery, StoreError> {
+        let mut recovery = Recovery::default();
+        for (station, session) in previous {
+            self.recover_station(&station, session, &mut recovery)
+                .await?;
+        }
+        Ok(recovery)
+    }
+
+    /// [`Self::recover`] for the work station `station` left.
+    async fn recover_station(
+        &mut self,
+        station: &str,
+        previous: PreviousSession,
+        recovery: &mut Recovery,
+    ) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let crash_at = previous.last_alive.unwrap_or(now);
-        let mut recovery = Recovery::default();
+        let before = (recovery.attempts.len(), recovery.runs.len());
 
         let rows = sqlx::query(
             "SELECT id, stage, run_id, device_id, port_label, started_at FROM attempts
              WHERE station_id = ? AND state = 'running' AND id <= ? ORDER BY id",
         )
-        .bind(self.station.as_str())
+        .bind(station)
         .bind(previous.last_attempt)
         .fetch_all(&mut *self.tx)
         .await?;
@@ -180,7 +197,7 @@ impl SqliteWrites {
             "SELECT id, started_at FROM runs
              WHERE station_id = ? AND stopped_at IS NULL AND id <= ? ORDER BY id",
         )
-        .bind(self.station.as_str())
+        .bind(station)
         .bind(previous.last_run)
         .fetch_all(&mut *self.tx)
         .await?;
@@ -203,10 +220,10 @@ impl SqliteWrites {
             recovery.runs.push(run);
         }
 
-        if !recovery.attempts.is_empty() || !recovery.runs.is_empty() {
-            recovery.presumed_crash_at = Some(crash_at);
+        if (recovery.attempts.len(), recovery.runs.len()) != before {
+            recovery.presumed_crash_at = recovery.presumed_crash_at.max(Some(crash_at));
         }
-        Ok(recovery)
+        Ok(())
     }
 }
 
