@@ -84,14 +84,23 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colours for a terminal only: a station's log goes to the journal (the
-    // packaged service) or a file, where escape sequences are noise.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let colour = log_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR"),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
+}
+
+/// Whether the log has colours: for a terminal only (a station's log goes to
+/// the journal or a file, where escape sequences are noise), and never when
+/// `NO_COLOR` is set to anything but nothing (<https://no-color.org>; the VM
+/// suite's station logs to a serial console, a terminal, and reads its lines).
+fn log_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// Keeps glibc from holding on to freed chunk buffers. The engine reads a
@@ -116,3 +125,17 @@ fn fix_malloc_mmap_threshold() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn fix_malloc_mmap_threshold() {}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colour;
+
+    #[test]
+    fn the_log_has_colours_on_a_terminal_unless_no_color_is_set() {
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some("".into())), "empty: not set");
+        assert!(!log_colour(true, Some("1".into())));
+        assert!(!log_colour(false, None));
+        assert!(!log_colour(false, Some("1".into())));
+    }
+}
