@@ -99,26 +99,33 @@ pub fn status_table(snapshot: &Snapshot) -> String {
     }
     let mut out = crate::table::render(&rows);
     match &snapshot.run {
-        Some(run) => out.push_str(&format!(
-            "run {}: {} ({}), {} — {} passed, {} failed, {} interrupted, {} active{}\n",
-            run.id,
-            run.image_name,
-            run.image_sha256.short(),
-            if run.armed {
-                "armed".to_string()
-            } else {
-                format!("stopped: {}", run.stop_reason.map_or("", |r| r.describe()))
-            },
-            run.passed,
-            run.failed,
-            run.interrupted,
-            run.active,
-            run.remaining
-                .map_or(String::new(), |r| format!(", {r} to go")),
-        )),
+        Some(run) => out.push_str(&run_line(run)),
         None => out.push_str("no run armed\n"),
     }
     out
+}
+
+/// The run's line under the ports: its counts as the records keep them, a
+/// refusal and an interruption apart from a failure.
+fn run_line(run: &flashrack_station::RunView) -> String {
+    format!(
+        "run {}: {} ({}), {} — {} passed, {} failed, {} refused, {} interrupted, {} active{}\n",
+        run.id,
+        run.image_name,
+        run.image_sha256.short(),
+        if run.armed {
+            "armed".to_string()
+        } else {
+            format!("stopped: {}", run.stop_reason.map_or("", |r| r.describe()))
+        },
+        run.passed,
+        run.failed,
+        run.refused,
+        run.interrupted,
+        run.active,
+        run.remaining
+            .map_or(String::new(), |r| format!(", {r} to go")),
+    )
 }
 
 /// `flashrack run start|stop` (blocking: call it off the async workers).
@@ -215,4 +222,38 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use flashrack_station::RunView;
+
+    #[test]
+    fn the_run_line_counts_refusals_and_interruptions_apart_from_failures() {
+        let run = RunView {
+            id: flashrack_core::RunId(7),
+            image_sha256: flashrack_core::Sha256Digest::of(b"os"),
+            image_name: "os.img".into(),
+            image_size: 2,
+            options: Default::default(),
+            armed: true,
+            passed: 5,
+            failed: 1,
+            interrupted: 2,
+            refused: 3,
+            active: 4,
+            bytes_written: 0,
+            remaining: Some(6),
+            stop_reason: None,
+            import: None,
+            recording: false,
+        };
+        let line = super::run_line(&run);
+        assert!(
+            line.ends_with(
+                "armed — 5 passed, 1 failed, 3 refused, 2 interrupted, 4 active, 6 to go\n"
+            ),
+            "{line}"
+        );
+    }
 }
