@@ -73,6 +73,32 @@ fn downloads_left(app: &TestApp) -> usize {
     std::fs::read_dir(downloads_dir(&app.data_dir)).map_or(0, |d| d.count())
 }
 
+/// A station whose import directory (a new one, which lives as long as the
+/// `TempDir` returned) holds `name`, a raw image of `size` bytes
+/// (`image_bytes(size, seed, max_run)`): the station, the directory, the
+/// file, its bytes and their digest.
+async fn station_with_file(
+    name: &str,
+    size: usize,
+    seed: u64,
+    max_run: usize,
+) -> (
+    TestApp,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Vec<u8>,
+    Sha256Digest,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let import_dir = dir.path().to_path_buf();
+    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
+    let raw = image_bytes(size, seed, max_run);
+    let sha = Sha256Digest::of(&raw);
+    let path = dir.path().join(name);
+    std::fs::write(&path, &raw).unwrap();
+    (app, dir, path, raw, sha)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_armed_with_a_url_follows_the_download_and_records_the_image_as_flash_url_does() {
     let raw = image_bytes(24 * MIB, 81, 64 << 10);
@@ -265,13 +291,7 @@ async fn a_wrong_digest_fails_every_stick_of_an_api_run_before_any_verdict_and_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_armed_with_a_file_on_the_station_follows_its_import_and_refuses_a_stick_too_small() {
-    let dir = tempfile::tempdir().unwrap();
-    let import_dir = dir.path().to_path_buf();
-    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
-    let raw = image_bytes(20 * MIB, 83, MIB);
-    let sha = Sha256Digest::of(&raw);
-    let path = dir.path().join("station.img");
-    std::fs::write(&path, &raw).unwrap();
+    let (app, _dir, path, raw, sha) = station_with_file("station.img", 20 * MIB, 83, MIB).await;
     let mut events = app.events().await;
     plug(&app, 1, 32 * MIB);
     plug(&app, 2, 16 * MIB);
@@ -338,13 +358,7 @@ async fn a_run_armed_with_a_file_on_the_station_follows_its_import_and_refuses_a
 /// finds its chunks held too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sticks_of_a_run_armed_with_a_file_read_nothing_again_while_the_station_arms_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let import_dir = dir.path().to_path_buf();
-    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
-    let raw = image_bytes(40 * MIB, 85, MIB);
-    let sha = Sha256Digest::of(&raw);
-    let path = dir.path().join("station.img");
-    std::fs::write(&path, &raw).unwrap();
+    let (app, _dir, path, raw, sha) = station_with_file("station.img", 40 * MIB, 85, MIB).await;
     let mut events = app.events().await;
     plug(&app, 1, 64 * MIB);
     app.rack
@@ -1163,13 +1177,7 @@ async fn a_station_file_is_referenced_in_place_not_copied_and_a_change_after_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_file_asked_while_the_last_run_is_being_stopped_is_armed_once_its_stop_is_recorded(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let import_dir = dir.path().to_path_buf();
-    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
-    let raw = image_bytes(8 * MIB, 89, MIB);
-    let sha = Sha256Digest::of(&raw);
-    let path = dir.path().join("next.img");
-    std::fs::write(&path, &raw).unwrap();
+    let (app, _dir, path, raw, sha) = station_with_file("next.img", 8 * MIB, 89, MIB).await;
     let mut events = app.events().await;
     let first = app.arm().await;
     // A slow stick is being written when the run is stopped.
@@ -1484,13 +1492,7 @@ async fn a_run_of_a_url_whose_client_leaves_before_its_first_bytes_leaves_the_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_file_whose_client_leaves_while_its_start_is_recorded_is_imported_to_its_end() {
     use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().unwrap();
-    let import_dir = dir.path().to_path_buf();
-    let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
-    let raw = image_bytes(8 * MIB, 99, MIB);
-    let sha = Sha256Digest::of(&raw);
-    let path = dir.path().join("left.img");
-    std::fs::write(&path, &raw).unwrap();
+    let (app, _dir, path, _raw, sha) = station_with_file("left.img", 8 * MIB, 99, MIB).await;
     let lock = WriteLockHolder::take(&app.database());
     let body = json!({ "file": { "path": path } }).to_string();
     let mut client = tokio::net::TcpStream::connect(app.address).await.unwrap();
