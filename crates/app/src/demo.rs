@@ -239,6 +239,10 @@ impl Demo {
             fleet: options.fleet.clone(),
             ports: ports.clone(),
         };
+        // What a flash killed on this data directory left (its records are
+        // closed when they are opened): the demo holds the directory's lock,
+        // as the next flash would.
+        crate::targets::remove_stale_sim_dirs(data_dir);
         let (source, rack, access) = sim_rack(data_dir.join("sim-rack"));
         let (extra, extra_events) = std::sync::mpsc::channel();
         let source = WithExtra {

@@ -353,8 +353,8 @@ pub fn parse_targets(
 /// its sticks in a temporary `sim-XXXXXX` directory there and removes it
 /// however it ends, short of being killed. Whoever parses targets holds the
 /// data directory's lock (see [`crate::lock`]), so no other flash is using
-/// one; the demo's `sim-rack` is the demo's own.
-fn remove_stale_sim_dirs(data_dir: &Path) {
+/// one; the demo's `sim-rack` is the demo's own. The demo calls it too.
+pub(crate) fn remove_stale_sim_dirs(data_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return;
     };

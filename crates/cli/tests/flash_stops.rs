@@ -212,8 +212,8 @@ fn a_verdict_is_in_the_records_as_soon_as_it_is_shown() {
     let runs = String::from_utf8_lossy(&runs.stdout).into_owned();
     assert!(runs.contains("cut short"), "{runs}");
     // Nothing ran to remove the killed flash's simulated sticks (a sparse
-    // file each, as large as its stick): the next flash on the data
-    // directory does.
+    // file each, as large as its stick): the next flashrack to hold the
+    // data directory does (the demo here, or a flash).
     let killed: Vec<_> = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -252,6 +252,9 @@ fn a_verdict_is_in_the_records_as_soon_as_it_is_shown() {
         "closed in the records by the demo, not only shown so: {report:#}"
     );
     assert_eq!(report["run"]["stop_reason"], "interrupted", "{report:#}");
+    // And it removed the killed flash's simulated sticks, as the next flash
+    // on the data directory would.
+    assert_no_sim_dirs(&data);
     let next = finish(start(
         &data,
         &["flash", image.to_str().unwrap(), "sim:next", "-q"],
