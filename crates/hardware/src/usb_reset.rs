@@ -128,6 +128,23 @@ impl UsbDevice {
             && read_number(&self.dir.join("busnum")) == Some(self.busnum)
     }
 
+    /// Whether the device is gone, or goes within `grace`: asked after a
+    /// reset failed. A stick pulled while it resets makes the reset's write
+    /// fail (`ENODEV`: no longer attached) a moment before the kernel has
+    /// torn its directory down, so a look at once can still find it there.
+    pub fn gone_within(&self, grace: Duration) -> bool {
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            if !self.is_present() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its usbfs node, `/dev/bus/usb/BBB/DDD` under `dev_root` (`/dev`).
     pub fn usbfs_node(&self, dev_root: &Path) -> PathBuf {
         dev_root.join(format!("bus/usb/{:03}/{:03}", self.busnum, self.devnum))
@@ -297,6 +314,12 @@ fn read_marker(target: &dyn Target) -> Result<(u64, Vec<u8>), TargetError> {
     Ok((offset, buf.to_vec()))
 }
 
+/// How long a failed reset waits for its stick to leave before calling the
+/// failure the stick's own (see [`UsbDevice::gone_within`]): the kernel
+/// removes a pulled device's directory within milliseconds; the station's
+/// removal grace is of the same order.
+const PULLED_DURING_RESET_GRACE: Duration = Duration::from_secs(2);
+
 impl Target for UsbStickTarget {
     fn name(&self) -> String {
         self.current().1.name()
@@ -325,7 +348,7 @@ impl Target for UsbStickTarget {
         self.link.begin();
         if let Err(error) = usb.reset(self.method, &self.dev_root) {
             self.link.end();
-            if !usb.is_present() {
+            if usb.gone_within(PULLED_DURING_RESET_GRACE) {
                 return Err(TargetError::Removed);
             }
             return Err(TargetError::Open(format!(
@@ -436,6 +459,29 @@ mod tests {
         assert!(!found.is_present());
         fs::remove_dir_all(&usb).unwrap();
         assert!(!found.is_present());
+    }
+
+    #[test]
+    fn a_reset_that_fails_as_its_stick_is_pulled_is_a_removal_once_the_device_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let usb = fake_sysfs(dir.path());
+        let found = UsbDevice::of_block(dir.path(), "sdb").unwrap();
+        // Still there and staying: not gone, after the grace.
+        let began = std::time::Instant::now();
+        assert!(!found.gone_within(Duration::from_millis(100)));
+        assert!(began.elapsed() >= Duration::from_millis(100));
+        // Torn down a moment after the failure: gone within the grace.
+        let leaving = usb.clone();
+        let pull = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            fs::remove_dir_all(&leaving).unwrap();
+        });
+        assert!(found.gone_within(Duration::from_secs(10)));
+        pull.join().unwrap();
+        // Gone already: answered at once.
+        let began = std::time::Instant::now();
+        assert!(found.gone_within(Duration::from_secs(10)));
+        assert!(began.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
