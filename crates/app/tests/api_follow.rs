@@ -73,6 +73,26 @@ fn downloads_left(app: &TestApp) -> usize {
     std::fs::read_dir(downloads_dir(&app.data_dir)).map_or(0, |d| d.count())
 }
 
+/// Sends `POST /api/v1/runs` with `body` on a connection of its own and
+/// returns it unanswered: dropping it is the client leaving.
+async fn post_run_on_a_connection(app: &TestApp, body: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut client = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                app.address,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    client
+}
+
 /// A station whose import directory (a new one, which lives as long as the
 /// `TempDir` returned) holds `name`, a raw image of `size` bytes
 /// (`image_bytes(size, seed, max_run)`): the station, the directory, the
@@ -1441,7 +1461,6 @@ async fn an_arm_asked_while_a_run_of_a_url_waits_for_its_first_bytes_gets_409_an
 /// is shown being armed, and a plain arm is armed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_url_whose_client_leaves_before_its_first_bytes_leaves_the_station_free() {
-    use tokio::io::AsyncWriteExt;
     let raw = image_bytes(4 * MIB, 97, MIB);
     let server = FileServer::start().await;
     server.serve(
@@ -1450,19 +1469,7 @@ async fn a_run_of_a_url_whose_client_leaves_before_its_first_bytes_leaves_the_st
     );
     let app = spawn_app().await;
     let body = json!({ "download": { "url": server.url("/os.img") } }).to_string();
-    let mut client = tokio::net::TcpStream::connect(app.address).await.unwrap();
-    client
-        .write_all(
-            format!(
-                "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
-                app.address,
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let client = post_run_on_a_connection(&app, &body).await;
     eventually("asked for the download", || {
         !server.requests_for("/os.img").is_empty()
     })
@@ -1491,23 +1498,10 @@ async fn a_run_of_a_url_whose_client_leaves_before_its_first_bytes_leaves_the_st
 /// run shown importing for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_file_whose_client_leaves_while_its_start_is_recorded_is_imported_to_its_end() {
-    use tokio::io::AsyncWriteExt;
     let (app, _dir, path, _raw, sha) = station_with_file("left.img", 8 * MIB, 99, MIB).await;
     let lock = WriteLockHolder::take(&app.database());
     let body = json!({ "file": { "path": path } }).to_string();
-    let mut client = tokio::net::TcpStream::connect(app.address).await.unwrap();
-    client
-        .write_all(
-            format!(
-                "POST /api/v1/runs HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
-                app.address,
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let client = post_run_on_a_connection(&app, &body).await;
     // Its import has begun and its arm reached the station: the records
     // take the run's start.
     eventually("the run's start being recorded", || {

@@ -766,21 +766,9 @@ async fn recovery_of_every_station_closes_another_ids_work_at_its_own_last_momen
     let t = TestStore::new("station-1").await;
     let img = image();
     let no_options = json!({});
-    t.store
-        .write(|b| Box::pin(b.record_image(&img)))
-        .await
-        .unwrap();
-    let killed_run = t
-        .store
-        .write(|b| Box::pin(b.start_run(img.sha256, &img.name, &no_options)))
-        .await
-        .unwrap();
+    let killed_run = t.run_of(&img).await;
     let dev = t.stick("AA01").await;
-    let killed_attempt = t
-        .store
-        .write(|b| Box::pin(b.start_attempt(killed_run, dev, "loop0", "/dev/loop0")))
-        .await
-        .unwrap();
+    let killed_attempt = t.start(killed_run, dev, "loop0").await;
     t.clock.advance(5_000);
     t.store.write(|b| Box::pin(b.heartbeat())).await.unwrap();
     let flash_last_alive = t.store.now();
