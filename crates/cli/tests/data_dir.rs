@@ -265,3 +265,73 @@ impl Drop for ReadOnlyBind {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// A report run in a PID namespace of its own (a container sharing the data
+/// directory with a station in another) tells the flashrack that holds the
+/// data directory there from one that was killed: its running attempt is
+/// shown running while it runs, and interrupted once it is gone. The flash
+/// runs in a new PID namespace, the report in another with its own
+/// `/proc`, which lists none of the flash's locks.
+#[test]
+fn a_report_in_another_pid_namespace_tells_a_running_flashrack_from_a_killed_one() {
+    if !require_root(&["unshare"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path(), "image.img", 10);
+    let mut flash = Command::new("unshare")
+        // When unshare is killed, so is the flash (the namespace's init).
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "flash",
+            text(&image),
+            "sim:slow:stall_after=1MiB",
+            "--stall-timeout",
+            "3600",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start flashrack in a PID namespace of its own");
+    let mut lines = BufReader::new(flash.stderr.take().unwrap()).lines();
+    let mut flash = KillOnDrop(flash);
+    read_until_all(&mut lines, &["sim:slow: writing", "imported "]);
+    let report = || {
+        let out = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(env!("CARGO_BIN_EXE_flashrack"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["report", "run", "1", "--format", "json"])
+            .output()
+            .expect("run a report in a PID namespace of its own");
+        json(&out)
+    };
+    let running = report();
+    assert_eq!(running["attempts"][0]["verdict"], "running", "{running:#}");
+    assert_eq!(running["run"]["running"], 1, "{running:#}");
+
+    // Killed (unshare, and with it the flash): the same report, from the
+    // same kind of namespace, tells it is gone once the kernel has dropped
+    // its lock.
+    flash.0.kill().unwrap();
+    flash.0.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let after = report();
+        if after["attempts"][0]["verdict"] == "interrupted" {
+            assert_eq!(after["run"]["running"], 0, "{after:#}");
+            break;
+        }
+        assert_eq!(after["attempts"][0]["verdict"], "running", "{after:#}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 30 s after the kill: {after:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
