@@ -47,6 +47,15 @@ pub enum DownloadError {
         /// Why.
         reason: String,
     },
+    /// The server's redirects lead nowhere (a loop, too many of them, a
+    /// `Location` that is no URL): asking again would go the same way.
+    #[error("{url}: the server's redirects lead nowhere: {reason}")]
+    Redirects {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The transfer stopped before the end; what arrived is kept and the
     /// next try resumes from it.
     #[error("{url}: the transfer stopped at {held} of {} bytes: {reason}", total.map_or_else(|| "?".to_string(), |t| t.to_string()))]

@@ -154,6 +154,13 @@ impl Partial {
         Ok(())
     }
 
+    /// Whether its file holds no byte (or is not there).
+    async fn holds_nothing(&self) -> bool {
+        tokio::fs::metadata(&self.data)
+            .await
+            .map_or(true, |meta| meta.len() == 0)
+    }
+
     async fn load(&self, url: &str) -> Option<State> {
         let bytes = tokio::fs::read(&self.state).await.ok()?;
         serde_json::from_slice::<State>(&bytes)
@@ -300,8 +307,26 @@ impl Downloader {
     /// reader of `sink` knows it from its first byte on). On
     /// an error the partial download is kept (resumable), except that
     /// [`DownloadError::Changed`] means it is worthless: the caller discards
-    /// it and starts again. See the [module](self) for the rules.
+    /// it and starts again. A download that fails holding no byte (a 404,
+    /// a server that cannot be reached) keeps nothing: there is nothing to
+    /// resume. See the [module](self) for the rules.
     pub async fn download(
+        &self,
+        url: &str,
+        partial: &Partial,
+        sink: &mpsc::Sender<Bytes>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Downloaded, DownloadError> {
+        let result = self.download_into(url, partial, sink, progress).await;
+        if result.is_err() && partial.holds_nothing().await {
+            if let Err(error) = partial.discard().await {
+                tracing::warn!(%error, url, "cannot remove an empty partial download");
+            }
+        }
+        result
+    }
+
+    async fn download_into(
         &self,
         url: &str,
         partial: &Partial,
@@ -562,7 +587,10 @@ impl Downloader {
                 if start != Some(held) {
                     return Err(DownloadError::BadRange {
                         url: url.into(),
-                        reason: format!("asked from byte {held}, got from {start:?}"),
+                        reason: match start {
+                            Some(start) => format!("asked from byte {held}, got from byte {start}"),
+                            None => format!("asked from byte {held}, got no start"),
+                        },
                     });
                 }
                 if let (Some(ours), Some(theirs)) = (&t.state.etag, &etag) {
@@ -844,6 +872,12 @@ fn classify(url: &str, held: u64, error: &reqwest::Error) -> DownloadError {
     }
     if error.is_body() || error.is_decode() {
         return cut(url, held, None, error);
+    }
+    if error.is_redirect() {
+        return DownloadError::Redirects {
+            url: url.into(),
+            reason: chain(error),
+        };
     }
     DownloadError::Unreachable {
         url: url.into(),

@@ -257,6 +257,11 @@ async fn a_missing_file_is_not_found_at_once() {
         "{error}"
     );
     assert_eq!(server.requests().len(), 1, "a 404 is not tried again");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "nothing to resume is kept: {left:?}");
 }
 
 #[tokio::test]
@@ -367,4 +372,107 @@ async fn a_kept_whole_file_is_revalidated_by_a_server_that_ignores_ranges_withou
     );
     let error = download(policy(1), &url, &partial).await.0.unwrap_err();
     assert!(matches!(error, DownloadError::Changed { .. }), "{error}");
+}
+
+/// A server on loopback that answers the `n`-th request (from 0) with
+/// `answer(n)`'s head and body, then closes the connection. Returns its
+/// address and a count of the requests it answered.
+async fn raw_server(
+    answer: fn(usize) -> (String, Vec<u8>),
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            // The request's head, up to its blank line.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let (answer_head, body) = answer(n);
+            let _ = socket.write_all(answer_head.as_bytes()).await;
+            let _ = socket.write_all(&body).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    (address, count)
+}
+
+#[tokio::test]
+async fn a_redirect_loop_is_given_up_at_once_and_named() {
+    let (address, count) = raw_server(|_| {
+        (
+            "HTTP/1.1 302 Found\r\nLocation: /loop.img\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .to_string(),
+            Vec::new(),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{address}/loop.img");
+    let (result, _) = download(policy(5), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let error = result.unwrap_err();
+    assert!(matches!(error, DownloadError::Redirects { .. }), "{error}");
+    assert!(
+        error.to_string().contains("redirects lead nowhere"),
+        "{error}"
+    );
+    // reqwest follows 10 redirects: one try is 11 requests, not 5 tries.
+    let asked = count.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(asked <= 11, "the loop is not tried again: {asked} requests");
+}
+
+#[tokio::test]
+async fn a_resumed_range_that_starts_elsewhere_is_refused_in_words() {
+    const LEN: usize = 64 << 10;
+    let (address, _) = raw_server(|n| {
+        let body = image_bytes(LEN, 9, 4096);
+        match n {
+            // Half the file, then the connection closes.
+            0 => (
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\nETag: \"r1\"\r\nConnection: close\r\n\r\n"),
+                body[..LEN / 2].to_vec(),
+            ),
+            // The rest, said to start 7 bytes later than asked.
+            _ => {
+                let start = LEN / 2 + 7;
+                (
+                    format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{LEN}\r\nETag: \"r1\"\r\nConnection: close\r\n\r\n",
+                        LEN - start,
+                        LEN - 1
+                    ),
+                    body[start..].to_vec(),
+                )
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{address}/r.img");
+    let (result, _) = download(policy(3), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let error = result.unwrap_err();
+    assert!(matches!(error, DownloadError::BadRange { .. }), "{error}");
+    let words = error.to_string();
+    assert!(
+        words.contains(&format!(
+            "asked from byte {}, got from byte {}",
+            LEN / 2,
+            LEN / 2 + 7
+        )),
+        "{words}"
+    );
+    assert!(!words.contains("Some("), "{words}");
 }
