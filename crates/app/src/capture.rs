@@ -136,6 +136,17 @@ pub enum CaptureError {
         /// The device.
         device: PathBuf,
     },
+    /// Without `--whole`, a partition table that cannot say where the
+    /// master's data ends: a GPT read from its backup (a capture up to the
+    /// last partition would leave out the only good copy of the table), a
+    /// partition that ends past the device's end.
+    #[error("{} has a damaged partition table: {reason}: give --whole to capture all of it", device.display())]
+    DamagedPartitionTable {
+        /// The device.
+        device: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn device_error(device: &Path, what: &str, source: io::Error) -> AppError {
@@ -223,11 +234,17 @@ pub fn capture_with(
     let (extent, length) = if request.whole {
         (Extent::Whole, device_size)
     } else {
-        match partitions_end(&mut file) {
-            Some((extent, end)) => (extent, end.min(device_size)),
-            None => {
+        match partitions_end(&mut file, device_size) {
+            Ok(Some((extent, end))) => (extent, end),
+            Ok(None) => {
                 return Err(AppError::Capture(CaptureError::NoPartitionTable {
                     device: device.clone(),
+                }))
+            }
+            Err(reason) => {
+                return Err(AppError::Capture(CaptureError::DamagedPartitionTable {
+                    device: device.clone(),
+                    reason,
                 }))
             }
         }
@@ -326,20 +343,41 @@ impl<R: Read> Read for Exactly<'_, R> {
     }
 }
 
-/// Where the last partition ends, in bytes, from a GPT (first) or an MBR.
-fn partitions_end(file: &mut File) -> Option<(Extent, u64)> {
-    if file.seek(SeekFrom::Start(0)).is_ok() {
-        if let Ok(gpt) = gptman::GPT::find_from(file) {
-            let end = gpt
-                .iter()
-                .filter(|(_, p)| p.is_used())
-                .map(|(_, p)| (p.ending_lba + 1) * gpt.sector_size)
-                .max();
-            if let Some(end) = end {
-                return Some((Extent::Gpt, end));
-            }
-        }
+/// Where the last partition ends, in bytes, from a GPT (first) or an MBR
+/// of a device of `device_size` bytes: `Ok(None)` without a table with a
+/// partition, `Err` with the reason when the table cannot say it (read from
+/// the GPT's backup header, or a partition past the device's end).
+fn partitions_end(file: &mut File, device_size: u64) -> Result<Option<(Extent, u64)>, String> {
+    let found = gpt_end(file)?.or_else(|| mbr_end(file));
+    match found {
+        Some((_, end)) if end > device_size => Err(format!(
+            "its last partition ends at byte {end}, past the device's end ({device_size} bytes)"
+        )),
+        found => Ok(found),
     }
+}
+
+fn gpt_end(file: &mut File) -> Result<Option<(Extent, u64)>, String> {
+    if file.seek(SeekFrom::Start(0)).is_err() {
+        return Ok(None);
+    }
+    let Ok(gpt) = gptman::GPT::find_from(file) else {
+        return Ok(None);
+    };
+    if gpt.header.is_backup() {
+        // The copy at the device's end is the only good one: the image up to
+        // the last partition would hold no usable table.
+        return Err("its primary GPT header is damaged (the table is read from the backup header at the device's end, which a capture up to the last partition leaves out)".into());
+    }
+    let end = gpt
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(_, p)| (p.ending_lba + 1) * gpt.sector_size)
+        .max();
+    Ok(end.map(|end| (Extent::Gpt, end)))
+}
+
+fn mbr_end(file: &mut File) -> Option<(Extent, u64)> {
     file.seek(SeekFrom::Start(0)).ok()?;
     let mbr = mbrman::MBR::read_from(file, 512).ok()?;
     let primary = mbr

@@ -152,6 +152,84 @@ fn a_gpt_master_is_captured_up_to_the_end_of_its_last_partition() {
     );
 }
 
+/// A table that cannot say where the master's data ends needs `whole`: a
+/// GPT whose primary header is damaged (read from its backup at the
+/// device's end, which a capture up to the last partition would leave out:
+/// the image would hold no usable table), and an MBR whose partition ends
+/// past the device's end (a device smaller than the one it was written
+/// for). Before, the first was captured without its only good table and
+/// the second as the whole device said to end at its last partition.
+#[test]
+fn a_master_whose_table_cannot_say_where_it_ends_needs_whole() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open_cache(dir.path()).unwrap();
+
+    let gpt_device = LoopDevice::new(32 * MIB);
+    {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(gpt_device.path())
+            .unwrap();
+        let mut gpt = gptman::GPT::new_from(&mut file, 512, [5; 16]).unwrap();
+        gpt[1] = gptman::GPTPartitionEntry {
+            partition_type_guid: [1; 16],
+            unique_partition_guid: [3; 16],
+            starting_lba: 2048,
+            ending_lba: 2048 + 8 * 2048 - 1,
+            attribute_bits: 0,
+            partition_name: "master".into(),
+        };
+        gpt.write_into(&mut file).unwrap();
+        gptman::GPT::write_protective_mbr_into(&mut file, 512).unwrap();
+        file.sync_all().unwrap();
+    }
+    // The primary header (LBA 1) torn: only the backup at the end is good.
+    write_at(&gpt_device, 512, &[0u8; 512]);
+    let error = capture(&cache, &request(&gpt_device, false)).unwrap_err();
+    match &error {
+        AppError::Capture(CaptureError::DamagedPartitionTable { reason, .. }) => {
+            assert!(reason.contains("primary GPT header"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(error.to_string().contains("--whole"), "{error}");
+    let whole = capture(&cache, &request(&gpt_device, true)).unwrap();
+    assert_eq!(whole.outcome.image.size(), 32 * MIB);
+
+    let mbr_device = LoopDevice::new(16 * MIB);
+    {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mbr_device.path())
+            .unwrap();
+        let mut mbr = mbrman::MBR::new_from(&mut file, 512, [4, 3, 2, 1]).unwrap();
+        mbr[1] = mbrman::MBRPartitionEntry {
+            boot: mbrman::BOOT_INACTIVE,
+            first_chs: mbrman::CHS::empty(),
+            sys: 0x83,
+            last_chs: mbrman::CHS::empty(),
+            starting_lba: 2048,
+            // 24 MiB from 1 MiB on a 16 MiB device.
+            sectors: 24 * 2048,
+        };
+        mbr.write_into(&mut file).unwrap();
+        file.sync_all().unwrap();
+    }
+    let error = capture(&cache, &request(&mbr_device, false)).unwrap_err();
+    match &error {
+        AppError::Capture(CaptureError::DamagedPartitionTable { reason, .. }) => {
+            assert!(reason.contains("past the device's end"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(cache.list().unwrap().len(), 1, "only the whole GPT capture");
+}
+
 #[test]
 fn a_mounted_master_is_refused_and_a_bare_one_needs_whole() {
     if !require_root(&["losetup", "mkfs.ext4", "mount"]) {
