@@ -45,7 +45,9 @@ use crate::AppError;
 
 mod streaming;
 pub use streaming::{flash_file, flash_url};
-pub(crate) use streaming::{import_reason, provisional_digest, CancelOnDrop, FeedObserver};
+pub(crate) use streaming::{
+    import_reason, provisional_digest, raw_file_refusal, CancelOnDrop, FeedObserver,
+};
 
 /// One-shot flashes are recorded under this station id.
 const STATION_ID: &str = "station-1";

@@ -46,7 +46,9 @@ use crate::downloads::{
     block_map_of, error_chain, url_import_of, FollowedImport, Following, StartRefusal,
     UrlImportService, UrlProgress,
 };
-use crate::flash::{import_reason, provisional_digest, CancelOnDrop, FeedObserver};
+use crate::flash::{
+    import_reason, provisional_digest, raw_file_refusal, CancelOnDrop, FeedObserver,
+};
 use crate::images::bmap_beside;
 use crate::AppError;
 
@@ -186,6 +188,12 @@ impl FollowService {
         // The URL or file, and the image's name until it is known, as the
         // claim shows them.
         let (label, name) = request.source.describe();
+        // A station file, looked at as it is once its import began (so
+        // inside the import directories).
+        let station_file = match &request.source {
+            FollowSource::File { path, .. } => Some(path.clone()),
+            FollowSource::Download(_) => None,
+        };
         let mut import = match request.source {
             FollowSource::Download(body) => {
                 let bmap = match request.options.sparse {
@@ -276,6 +284,19 @@ impl FollowService {
             abandon.disarm();
             return Ok(Followed::Cached(Box::new(outcome.image), claim));
         };
+        // A raw station file is the image itself: one that would not boot
+        // written raw is known now, before a stick is written. Its import
+        // ends, and the arm refuses it as it refuses any cached image (422,
+        // in the event log); a download is known only at its import's end.
+        if let Some(path) = &station_file {
+            let forced = request.options.force_raw || request.options.audit;
+            if !forced && raw_file_refusal(path).await.is_some() {
+                feed.unreserve();
+                let outcome = joined(import.await).map_err(request_error)?;
+                abandon.disarm();
+                return Ok(Followed::Cached(Box::new(outcome.image), claim));
+            }
+        }
         let provisional = provisional_digest(&label);
         let options = request.options;
         // An audit writes nothing: an image that would not boot written raw

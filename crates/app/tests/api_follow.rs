@@ -975,16 +975,38 @@ async fn bad_requests_for_a_run_of_an_image_not_cached_get_a_clear_4xx_and_recor
     app.stop().await.unwrap();
 }
 
+/// The refused raw runs in the station's event log, oldest first.
+async fn run_refusals(app: &TestApp) -> Vec<Value> {
+    use flashrack_store::{EventKind, Records, Store};
+    let store = Store::open_read_only(&app.database(), "test-station")
+        .await
+        .unwrap();
+    let refusals = store
+        .recent_events(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.row.kind == EventKind::RunRefused)
+        .map(|e| e.row.detail)
+        .collect();
+    store.close().await;
+    refusals
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_installer_iso_followed_without_force_raw_fails_every_stick_and_is_in_the_event_log() {
-    use flashrack_store::{EventKind, Records, Store};
-
     let dir = tempfile::tempdir().unwrap();
     let import_dir = dir.path().to_path_buf();
     let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
-    // An innocent name: the refusal goes by content, known once imported.
+    // An innocent name: the refusal goes by content. A download is known
+    // once imported: its sticks fail then.
     let iso = dir.path().join("team-photos.img");
     flashrack_testkit::iso::windows_like_iso(&iso);
+    let server = FileServer::start().await;
+    server.serve(
+        "/team-photos.img",
+        Served::new(std::fs::read(&iso).unwrap(), "iso"),
+    );
     let mut events = app.events().await;
     plug(&app, 1, 64 * MIB);
     events
@@ -993,7 +1015,10 @@ async fn an_installer_iso_followed_without_force_raw_fails_every_stick_and_is_in
     let armed = app
         .post(
             "/api/v1/runs",
-            Some(json!({ "file": { "path": iso }, "operator": "Ada" })),
+            Some(json!({
+                "download": { "url": server.url("/team-photos.img") },
+                "operator": "Ada"
+            })),
         )
         .await;
     assert_eq!(armed.status, 201, "{}", armed.body);
@@ -1007,23 +1032,64 @@ async fn an_installer_iso_followed_without_force_raw_fails_every_stick_and_is_in
     assert!(error.contains("would not boot written raw"), "{error}");
     assert_eq!(stopped.ports["A1"]["verdict"]["reason"], "interrupted");
     assert_eq!(stopped.run["passed"], 0);
-    let store = Store::open_read_only(&app.database(), "test-station")
-        .await
-        .unwrap();
-    let refusals: Vec<_> = store
-        .recent_events(100)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.row.kind == EventKind::RunRefused)
-        .collect();
+    let refusals = run_refusals(&app).await;
     assert_eq!(refusals.len(), 1);
-    assert_eq!(refusals[0].row.detail["image_name"], "team-photos.img");
-    assert_eq!(refusals[0].row.detail["options"]["operator"], "Ada");
+    assert_eq!(refusals[0]["image_name"], "team-photos.img");
+    assert_eq!(refusals[0]["options"]["operator"], "Ada");
     let report = run_report(&app, run_id).await;
     assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
     let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
     assert!(detail.contains("would not boot written raw"), "{report}");
+
+    // A raw file on the station is the image itself: it is known before a
+    // stick is written, and refused as a cached image is (another ISO than
+    // the cached one, so that its import has a pass to follow).
+    let second = dir.path().join("holiday.img");
+    let mut bytes = std::fs::read(&iso).unwrap();
+    bytes.extend_from_slice(&[0u8; 2048]);
+    std::fs::write(&second, &bytes).unwrap();
+    plug(&app, 2, 64 * MIB);
+    events
+        .until("the second stick is detected", |v| {
+            v.state("A2") == "detected"
+        })
+        .await;
+    let refused = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "file": { "path": second }, "operator": "Bea" })),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("refused for a raw run"),
+        "{}",
+        refused.body
+    );
+    let station = app.get("/api/v1/station").await.json();
+    let a2 = station["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "A2")
+        .unwrap()
+        .clone();
+    assert_eq!(a2["state"], "detected", "never written: {a2}");
+    assert_eq!(
+        stick_bytes(&app, 2, bytes.len()),
+        vec![0u8; bytes.len()],
+        "not a byte of the ISO on the stick"
+    );
+    let refusals = run_refusals(&app).await;
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert_eq!(refusals[1]["image_name"], "holiday.img");
+    assert_eq!(refusals[1]["options"]["operator"], "Bea");
+    let runs = app.get("/api/v1/runs").await.json();
+    assert_eq!(
+        runs.as_array().map(Vec::len),
+        Some(1),
+        "no run armed: {runs}"
+    );
 
     // Forced, the same image is written and passes (the cache knows it now:
     // armed as a cached image, with the force in its options).

@@ -85,6 +85,51 @@ fn a_windows_like_iso_is_shown_and_refused_by_flash_unless_forced_and_the_force_
     );
 }
 
+/// A Windows-like ISO the cache has not seen, flashed from its file: the
+/// raw file is the image, so it is refused before a target is opened (not
+/// written while it is imported, then failed), as a cached one is; the
+/// refusal is in the event log and no run was started.
+#[test]
+fn a_new_windows_like_iso_file_is_refused_by_flash_before_any_target_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let iso = dir.path().join("ubuntu-24.04-desktop-amd64.iso");
+    flashrack_testkit::iso::windows_like_iso(&iso);
+    let target = dir.path().join("stick.img");
+    let refused = flashrack(
+        &data,
+        &[
+            "flash",
+            iso.to_str().unwrap(),
+            target.to_str().unwrap(),
+            "--quiet",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    let error = text(&refused.stderr);
+    assert!(
+        error.contains("refused for a raw run") && error.contains("Windows installer ISO"),
+        "{error}"
+    );
+    assert!(!target.exists(), "nothing was written: {error}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use flashrack_store::{EventKind, Records, Store};
+        let store = Store::open_read_only(&data.join("flashrack.db"), "station-1")
+            .await
+            .unwrap();
+        let events = store.recent_events(100).await.unwrap();
+        let refused = events
+            .iter()
+            .filter(|e| e.row.kind == EventKind::RunRefused)
+            .count();
+        assert_eq!(refused, 1, "{events:#?}");
+        let runs = store.list_runs().await.unwrap();
+        assert!(runs.is_empty(), "{runs:#?}");
+        store.close().await;
+    });
+}
+
 /// A Windows-like UDF 2.50 volume whose tree is in a metadata partition
 /// (written byte by byte by `flashrack_testkit::udf`) is known for what it
 /// is; one whose metadata file and mirror are both torn is still imported,

@@ -15,6 +15,9 @@
 //! a source failure (recorded `interrupted`, the run stopped as
 //! `source_failed`) before any of them can pass, and the import leaves
 //! nothing in the cache.
+//! A raw file that would not boot written raw is known before its import
+//! ends ([`raw_file_refusal`]: the file is the image) and is not followed:
+//! its import ends and [`super::flash`] refuses it before a target is opened.
 //!
 //! The targets follow the import when its size is known as it begins: a raw
 //! file's, or the size a plain `.xz` stream declares in its index (checked
@@ -377,8 +380,20 @@ async fn follow_or_wait(
             return super::flash(data_dir, outcome.image, request, view, stops).await;
         }
     };
+    // A raw file is the image itself: what it is (an installer ISO that
+    // would not boot written raw) is known before its import ends. Such a
+    // file is not followed: the import ends first and the flash of the
+    // cached image refuses it before a target is opened, as for an image
+    // the cache knew. (A compressed file or a download is known only at
+    // its import's end: its refusal fails the targets then.)
+    let refused = match (&began, origin) {
+        (Some(_), Origin::File(path)) if !request.force_raw => {
+            raw_file_refusal(path).await.is_some()
+        }
+        _ => false,
+    };
     let size = match began {
-        Some(Some(size)) => Some(size),
+        Some(Some(size)) if !refused => Some(size),
         // A download whose image's size is not known before its end (a
         // compressed file, a server that states no length) is followed by
         // sticks, which fail as too small when the write passes their end;
@@ -409,6 +424,23 @@ async fn follow_or_wait(
     .await;
     abandon.disarm();
     outcome
+}
+
+/// Why the image in the file `path` would not be written raw, read from the
+/// file as it is: a raw file's inspection, the one its import will store.
+/// `None` for an image that may be written raw, for a compressed file (its
+/// image is not known before it is decompressed) and for a file that cannot
+/// be read here (its import says why).
+pub(crate) async fn raw_file_refusal(path: &Path) -> Option<flashrack_image::RawWriteRefusal> {
+    let path = path.to_path_buf();
+    // A few reads of descriptors and directories, off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).ok()?;
+        flashrack_inspect::inspect(&file).raw_write_refusal()
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Whether every target named is a block device (no file, no simulated
