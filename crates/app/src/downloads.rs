@@ -1122,9 +1122,35 @@ pub fn error_chain(error: &AppError) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let words = cause.to_string();
+        // A message whose words end with its cause's (an image error that
+        // prints its I/O error) says it already: once is enough.
+        if !text.ends_with(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let error = AppError::Import {
+            name: "http://example.invalid/os.img".into(),
+            source: Box::new(ImageError::ReadInput {
+                path: "http://example.invalid/os.img".into(),
+                source: io::Error::other("the download stopped before the end"),
+            }),
+        };
+        assert_eq!(
+            error_chain(&error),
+            "cannot import http://example.invalid/os.img: cannot read \
+             http://example.invalid/os.img: the download stopped before the end"
+        );
+    }
 }
