@@ -121,7 +121,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         bmap,
                         zip_entry,
                     };
-                    let mut shown = DownloadView::new(json);
+                    let mut shown = DownloadView::new(json, checking_words(&request.check));
                     let outcome =
                         import_url(&cache, data_dir, &request, RetryPolicy::default(), |p| {
                             shown.update(&p)
@@ -497,16 +497,34 @@ struct DownloadView {
     quiet: bool,
     last_tenth: u64,
     said_resume: bool,
+    /// What the checking before the download is said to do: `None` when
+    /// there is no checksum list to fetch (nothing is said then).
+    checking: Option<&'static str>,
+}
+
+/// What an import's checking before its download does, in words (see
+/// [`DownloadView::checking`]).
+fn checking_words(check: &DigestCheck) -> Option<&'static str> {
+    match check {
+        DigestCheck::Sums {
+            signature: Some(_), ..
+        } => Some("checking the checksum list and its signature"),
+        DigestCheck::Sums {
+            signature: None, ..
+        } => Some("fetching the checksum list"),
+        DigestCheck::None | DigestCheck::Sha256(_) => None,
+    }
 }
 
 impl DownloadView {
-    fn new(json: bool) -> Self {
+    fn new(json: bool, checking: Option<&'static str>) -> Self {
         Self {
             bar: None,
             lines: !std::io::stderr().is_terminal(),
             quiet: json,
             last_tenth: 0,
             said_resume: false,
+            checking,
         }
     }
 
@@ -515,7 +533,9 @@ impl DownloadView {
             return;
         }
         let UrlProgress::Downloading(p) = progress else {
-            errln!("checking the checksum list and its signature");
+            if let Some(words) = self.checking {
+                errln!("{words}");
+            }
             return;
         };
         if p.resumed_from > 0 && !self.said_resume {

@@ -56,6 +56,8 @@ async fn a_zip_from_a_url_is_imported_and_flashed_by_the_file_it_names() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("(a.img, b.img)"), "{stderr}");
+    // No checksum list was given: none is said to be checked.
+    assert!(!stderr.contains("checksum list"), "{stderr}");
     let list = run(&data, &["image", "list", "--json"]).await;
     let images: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert!(images.as_array().unwrap().is_empty(), "{images}");
