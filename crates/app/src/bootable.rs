@@ -656,6 +656,10 @@ impl flashrack_image::ImportObserver for HashProgress {
     fn takes_bytes(&self) -> bool {
         true
     }
+
+    /// Never said of a file's import (only of a zip read as it arrives);
+    /// the count would only be of bytes hashed, nothing written from them.
+    fn abandoned(&self, _reason: &str) {}
 }
 
 /// The items `mcopy -s` copies from `entries`, in the order it names them

@@ -76,6 +76,23 @@ pub enum AppError {
         /// Which validator changed.
         reason: String,
     },
+    /// A flash wrote its sticks from an import as it arrived, and the
+    /// import abandoned what it had told them
+    /// ([`flashrack_image::ImportObserver::abandoned`]: a zip's stored file
+    /// that went on past the end found in its data) and read the image
+    /// again from the downloaded archive: every target failed before any
+    /// verdict, and the image is in the cache.
+    #[error(
+        "the sticks followed {name} as it arrived, but {reason}: no stick holds a whole image; the image is now in the cache ({sha256}): flash it again to write it whole"
+    )]
+    FollowAbandoned {
+        /// The file or URL.
+        name: String,
+        /// Why the import abandoned what it had told.
+        reason: String,
+        /// The image, now in the cache.
+        sha256: flashrack_core::Sha256Digest,
+    },
     /// A master could not be captured.
     #[error(transparent)]
     Capture(#[from] crate::capture::CaptureError),

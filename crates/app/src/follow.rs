@@ -113,6 +113,10 @@ impl ImportObserver for Counting {
         self.received.send_modify(|r| r.0 += len as u64);
     }
 
+    fn abandoned(&self, reason: &str) {
+        self.inner.abandoned(reason);
+    }
+
     fn takes_bytes(&self) -> bool {
         self.inner.takes_bytes()
     }
@@ -181,6 +185,7 @@ impl FollowService {
         let mut abandon = CancelOnDrop(Some(cancel.clone()));
         let (received, received_rx) = watch::channel((0u64, None));
         let observer = FeedObserver::new(feed.clone(), began_tx);
+        let abandoned = observer.abandonment();
         // The list's id of the run's download (a file's import is not listed).
         let mut listed = None;
         // A sparse run's ranges, from the bmap that comes with the image.
@@ -350,6 +355,7 @@ impl FollowService {
                     options,
                     cancel,
                     received: received_rx,
+                    abandoned,
                 },
                 import,
             ));
@@ -448,6 +454,9 @@ struct Finishing {
     options: flashrack_station::RunOptions,
     cancel: Arc<AtomicBool>,
     received: watch::Receiver<(u64, Option<u64>)>,
+    /// The reason, if the import abandoned what it told the run's sticks
+    /// (they failed with it), though the import itself ends well.
+    abandoned: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Follows the import of run `f.run_id` to its end: its progress to the
@@ -477,8 +486,14 @@ async fn finish(
                         .is_some_and(|r| r.id == f.run_id && r.armed);
                 if !still_armed {
                     // Stopped (or the station is): nobody follows the
-                    // import any more.
-                    f.cancel.store(true, Ordering::Relaxed);
+                    // import any more. Unless it abandoned what it told
+                    // the sticks (which stopped the run: they failed with
+                    // the reason, set before the feed failed): then it
+                    // reads the downloaded archive again, and its image
+                    // is for the next run.
+                    if f.abandoned.get().is_none() {
+                        f.cancel.store(true, Ordering::Relaxed);
+                    }
                     watching = false;
                 }
             }
@@ -497,6 +512,16 @@ async fn finish(
             "the import of {} failed: {}",
             f.label,
             import_reason(&error)
+        )),
+        // The sticks that followed it failed with the reason; the run stops
+        // as a failed import's does, and the image is in the cache for the
+        // next.
+        Ok(outcome) if f.abandoned.get().is_some() => ImportEnd::Failed(format!(
+            "the sticks followed {} as it arrived, but {}: the image is now in the cache ({}): \
+             arm a run of it to write it whole",
+            f.label,
+            f.abandoned.get().cloned().unwrap_or_default(),
+            outcome.image.sha256()
         )),
         Ok(outcome) => {
             let image = outcome.image;

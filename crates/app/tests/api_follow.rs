@@ -20,7 +20,7 @@ use flashrack_simrack::sim::SimStickSpec;
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use flashrack_testkit::image_bytes;
 use flashrack_testkit::tasks::sent;
-use flashrack_testkit::zips::streamed_zip;
+use flashrack_testkit::zips::{data_descriptor, streamed_zip};
 use serde_json::{json, Value};
 
 const MIB: usize = 1 << 20;
@@ -684,6 +684,87 @@ async fn a_run_armed_with_a_zip_written_to_a_stream_writes_its_sticks_while_it_d
         zip::CompressionMethod::Deflated,
     );
     sticks_follow_a_zip_run(&raw, archive, 0).await;
+}
+
+/// A run of a zip whose stored file's data holds what reads as its data
+/// descriptor: its sticks follow the file up to that false end; once the
+/// archive is whole its central directory lists the file longer, so both
+/// sticks fail with the reason before any verdict, the run stops as a
+/// failed import's does, saying so, and the import, read again from the
+/// downloaded archive, leaves the image in the cache for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_stored_zip_made_to_seem_to_end_early_fails_its_sticks_and_caches_the_image() {
+    let image = image_bytes(16 * MIB, 90, 64 << 10);
+    let mut raw = image[..MIB].to_vec();
+    raw.extend_from_slice(&data_descriptor(&raw.clone()));
+    raw.extend_from_slice(b"PK\x03\x04");
+    raw.extend_from_slice(&image[MIB..]);
+    let sha = Sha256Digest::of(&raw);
+    let archive = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
+    let gate = archive.len() / 2;
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.zip",
+        Served::new(archive, "zip-made-2").behaving(Behaviour::GatedAt(gate)),
+    );
+    let app = spawn_app().await;
+    let mut events = app.events().await;
+    plug(&app, 1, 32 * MIB);
+    plug(&app, 2, 32 * MIB);
+    events
+        .until("both sticks detected", |v| {
+            v.state("A1") == "detected" && v.state("A2") == "detected"
+        })
+        .await;
+    let armed = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": server.url("/os.zip"), "sha256": sha.to_hex() } })),
+        )
+        .await;
+    assert_eq!(armed.status, 201, "{}", armed.body);
+    let run_id = armed.json()["id"].as_u64().unwrap();
+    events
+        .until("both sticks write while the archive is held", both_writing)
+        .await;
+    server.open_gate();
+    let stopped = events
+        .until("the run stops, its import shown failed", |v| {
+            v.run["stop_reason"] == "source_failed"
+                && v.run["import"]["state"] == "failed"
+                && v.run["active"] == 0
+                && ["A1", "A2"].iter().all(|l| v.state(l) == "failed")
+        })
+        .await;
+    assert_eq!(stopped.run["passed"], 0, "{:?}", stopped.run);
+    assert_eq!(stopped.run["interrupted"], 2, "{:?}", stopped.run);
+    assert_eq!(stopped.run["import"]["state"], "failed");
+    let error = stopped.run["import"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("seemed to end after {MIB} bytes"))
+            && error.contains("arm a run of it to write it whole"),
+        "{error}"
+    );
+    for label in ["A1", "A2"] {
+        assert_eq!(
+            stopped.ports[label]["verdict"]["reason"], "interrupted",
+            "{}",
+            stopped.ports[label]
+        );
+    }
+    let cached = open_cache(&app.data_dir)
+        .unwrap()
+        .get(&sha)
+        .unwrap()
+        .expect("the image is cached");
+    assert_eq!(std::fs::read(&cached.path).unwrap(), raw);
+    assert_eq!(downloads_left(&app), 0);
+    let report = run_report(&app, run_id).await;
+    assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
+    let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("seemed to end after"), "{report}");
+    assert_eq!(server.requests_for("/os.zip").len(), 1);
+    app.stop().await.unwrap();
 }
 
 /// Arms a run with `archive` (holding `raw` as `disk.img`) from a URL,

@@ -7,7 +7,9 @@
 //! fails every target before any verdict and caches nothing; so do they
 //! follow a zip whose file's sizes follow its data (a data descriptor),
 //! deflated or stored (its end found in the stream, past descriptor patterns
-//! in its data), and a descriptor that lies fails them all the same; a stick too
+//! in its data), and a descriptor that lies fails them all the same, as
+//! does data made to seem to end early, whose image the import then reads
+//! from the downloaded archive into the cache; a stick too
 //! small fails with its reason when the write passes its end while the other
 //! passes, and the run names the real image. And a file that changes on the
 //! server while a flash follows it (§3; file targets, no root): every target
@@ -232,6 +234,79 @@ async fn lying_descriptor_fails_every_stick(method: zip::CompressionMethod, says
     assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
     assert_eq!(report["run"]["passed"], 0);
     assert_eq!(report["run"]["interrupted"], 2);
+}
+
+/// A stored file whose data holds what reads as its data descriptor seems
+/// to end there as it arrives, and the sticks are given that much; once the
+/// archive is whole its central directory lists the file longer. Every
+/// stick fails with the reason before any verdict (none holds the image),
+/// the import reads the file again from the downloaded archive, as from a
+/// file, and the image is in the cache for the next flash, which writes it
+/// whole from there without downloading it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticks_that_followed_a_stored_zip_made_to_seem_to_end_early_fail_and_the_image_is_cached()
+{
+    if !flashrack_testkit::require_root(&["losetup"]) {
+        return;
+    }
+    let image = image_bytes(16 * MIB, 78, 64 << 10);
+    let mut raw = image[..MIB].to_vec();
+    raw.extend_from_slice(&data_descriptor(&raw.clone()));
+    raw.extend_from_slice(b"PK\x03\x04");
+    raw.extend_from_slice(&image[MIB..]);
+    let sha = Sha256Digest::of(&raw);
+    let file = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
+    let server = FileServer::start().await;
+    let gate = file.len() / 2;
+    server.serve(
+        "/os.zip",
+        Served::new(file, "zip-made-1").behaving(Behaviour::GatedAt(gate)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let devices = [LoopDevice::new(32 << 20), LoopDevice::new(32 << 20)];
+    let targets: Vec<&Path> = devices.iter().map(|d| d.path()).collect();
+    let held = server.clone();
+    let (events, outcome) = flash_watching(
+        &data_dir,
+        import(&server, "/os.zip", DigestCheck::Sha256(sha)),
+        3,
+        request(&targets),
+        |events| written_before_the_gate(events, 2, &held, gate as u64, || held.open_gate()),
+    )
+    .await;
+    let error = outcome.expect_err("the flash fails");
+    assert!(
+        matches!(&error, AppError::FollowAbandoned { sha256, .. } if *sha256 == sha),
+        "{error:?}"
+    );
+    let words = flashrack_app::downloads::error_chain(&error);
+    assert!(
+        words.contains(&format!("seemed to end after {MIB} bytes"))
+            && words.contains(&format!("lists {} bytes", raw.len()))
+            && words.contains("flash it again to write it whole"),
+        "{words}"
+    );
+    let ended = verdicts(&events);
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    for (target, verdict) in &ended {
+        let failure = verdict.failure().expect("failed");
+        assert_eq!(
+            failure.reason,
+            FailReason::Interrupted,
+            "{target}: {verdict:?}"
+        );
+    }
+    let cache = open_cache(&data_dir).unwrap();
+    let cached = cache.get(&sha).unwrap().expect("the image is cached");
+    assert_eq!(std::fs::read(&cached.path).unwrap(), raw);
+    let report = run_report(&data_dir).await;
+    assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
+    assert_eq!(report["run"]["passed"], 0);
+    assert_eq!(report["run"]["interrupted"], 2);
+    let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("seemed to end after"), "{report}");
+    assert_eq!(server.requests_for("/os.zip").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,10 @@
 //! with the names of its files and keeps its download (a second try with the
 //! right name downloads nothing again); a truncated archive and an entry
 //! whose CRC-32 does not match its bytes leave nothing in the cache and no
-//! partial download. Over the API too, with its bad requests.
+//! partial download. A stored file made to seem to end early (what reads as
+//! its data descriptor inside its data) imports as from a file, through the
+//! central directory of the downloaded archive. Over the API too, with its
+//! bad requests.
 
 use std::io::{Cursor, Write};
 use std::path::Path;
@@ -21,7 +24,7 @@ use flashrack_app::downloads::{downloads_dir, import_url, DigestCheck, RetryPoli
 use flashrack_app::images::open_cache;
 use flashrack_app::AppError;
 use flashrack_core::{ByteSize, Sha256Digest};
-use flashrack_image::{ImageError, ImageFormat};
+use flashrack_image::{ImageError, ImageFormat, ImportOptions};
 use flashrack_testkit::http_files::{Behaviour, FileServer, Served};
 use flashrack_testkit::image_bytes;
 use flashrack_testkit::zips::{data_descriptor, descriptor_and_directory, streamed_zip};
@@ -507,6 +510,54 @@ async fn a_descriptor_or_a_directory_that_lies_about_an_entry_with_sizes_after_i
     }
     assert!(cache.list().unwrap().is_empty());
     assert_eq!(downloads_left(&data_dir), 0);
+}
+
+/// A stored file whose data holds what reads as its data descriptor (the
+/// CRC-32 and sizes of the data before it, then a local header's
+/// signature) seems to end there as it arrives; the central directory
+/// lists it longer, so the downloaded archive is read through that
+/// directory, as a file is: the image is the one the same archive gives
+/// imported from a file, downloaded once, and nothing is left behind.
+#[tokio::test]
+async fn a_stored_file_made_to_seem_to_end_early_imports_from_a_url_as_from_a_file() {
+    let image = image_bytes(2 * MIB, 69, 64 << 10);
+    let mut raw = image[..MIB].to_vec();
+    raw.extend_from_slice(&data_descriptor(&raw.clone()));
+    raw.extend_from_slice(b"PK\x03\x04");
+    raw.extend_from_slice(&image[MIB..]);
+    let archive = streamed_zip(&[("disk.img", Some(&raw))], zip::CompressionMethod::Stored);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("made.zip");
+    std::fs::write(&file, &archive).unwrap();
+    let from_file = open_cache(&dir.path().join("file"))
+        .unwrap()
+        .import(&file, ImportOptions::default())
+        .unwrap()
+        .image;
+    assert_eq!(from_file.sha256(), Sha256Digest::of(&raw));
+
+    let server = FileServer::start().await;
+    server.serve("/made.zip", Served::new(archive.clone(), "made-1"));
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    let outcome = import_url(
+        &cache,
+        &data_dir,
+        &request(&server, "/made.zip", None),
+        policy(),
+        |_| {},
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(outcome.hit.is_none());
+    assert_eq!(outcome.image.sha256(), from_file.sha256());
+    assert_eq!(outcome.image.manifest, from_file.manifest);
+    assert_eq!(std::fs::read(&outcome.image.path).unwrap(), raw);
+    assert_eq!(outcome.image.meta.zip_entry.as_deref(), Some("disk.img"));
+    assert_eq!(outcome.image.meta.input_sha256, Sha256Digest::of(&archive));
+    assert_eq!(server.requests_for("/made.zip").len(), 1);
+    assert_eq!(downloads_left(&data_dir), 0);
+    assert_eq!(cache.list().unwrap().len(), 1);
 }
 
 /// An entry read as it arrived is checked against the central directory

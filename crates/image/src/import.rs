@@ -1034,6 +1034,11 @@ pub(crate) struct StreamedEntry {
     pub(crate) compressed_size: u64,
     /// Its size.
     pub(crate) size: u64,
+    /// Stored with its sizes after its data: its end was found in the
+    /// stream (the first data descriptor that agreed with the data before
+    /// it), which data made to look so can put too early
+    /// ([`StreamedCheck::EndedEarly`]).
+    pub(crate) end_in_data: bool,
 }
 
 /// Imports one file of the zip archive arriving on `input` as it arrives,
@@ -1125,6 +1130,7 @@ pub(crate) fn stream_zip_entry<R: Read>(
                 crc32,
                 compressed_size,
                 size,
+                end_in_data: header.method == METHOD_STORED,
             };
             return Ok(Some((raw, facts)));
         }
@@ -1150,6 +1156,7 @@ pub(crate) fn stream_zip_entry<R: Read>(
             crc32: entry.crc32(),
             compressed_size: entry.compressed_size(),
             size: entry.size(),
+            end_in_data: false,
         };
         before(Some(facts.size));
         let raw = pass.digest_and_store(&mut entry).map_err(pass_error)?;
@@ -1426,19 +1433,41 @@ fn choose_zip_entry<R: Read + Seek>(
     })
 }
 
+/// What the central directory says of an entry imported as it arrived
+/// ([`check_streamed_zip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamedCheck {
+    /// It lists the entry as it was streamed.
+    Agrees,
+    /// It lists the entry (the one streamed, by its name) as stored, with
+    /// `listed` bytes, more than were streamed up to the end found in its
+    /// data ([`StreamedEntry::end_in_data`]): that end was data that reads
+    /// as a data descriptor agreeing with the bytes before it. What was
+    /// streamed is the entry's first bytes, not the entry; the stream could
+    /// not tell where it ends, and its archive must be read from its
+    /// central directory, as a file's is.
+    EndedEarly {
+        /// The entry's size as the directory lists it.
+        listed: u64,
+    },
+}
+
 /// Checks an entry imported as it arrived ([`stream_zip_entry`]) against
 /// the archive's central directory, now that the archive (`archive`, read
 /// from its file) is whole: the entry the directory chooses (the one named
 /// `wanted`, or the only file) must be the one streamed, with the same
-/// CRC-32 and sizes. Otherwise the import fails as it would have before a
-/// byte was imported (a name missing, several files and none named) or as a
-/// corrupt archive (a directory that disagrees with the local header).
+/// CRC-32 and sizes ([`StreamedCheck::Agrees`]), or the same stored entry,
+/// longer than the end found in its data made it
+/// ([`StreamedCheck::EndedEarly`]). Otherwise the import fails as it would
+/// have before a byte was imported (a name missing, several files and none
+/// named) or as a corrupt archive (a directory that disagrees with the
+/// local header).
 pub(crate) fn check_streamed_zip<R: Read + Seek>(
     path: &Path,
     archive: R,
     wanted: Option<&str>,
     streamed: &StreamedEntry,
-) -> Result<(), ImageError> {
+) -> Result<StreamedCheck, ImageError> {
     let mut archive = ZipArchive::new(archive).map_err(|e| zip_error(path, e))?;
     let (index, name) = choose_zip_entry(path, &mut archive, wanted)?;
     let entry = archive
@@ -1446,19 +1475,28 @@ pub(crate) fn check_streamed_zip<R: Read + Seek>(
         .map_err(|e| zip_error(path, e))?;
     let listed = (entry.crc32(), entry.compressed_size(), entry.size());
     let local = (streamed.crc32, streamed.compressed_size, streamed.size);
-    if name != streamed.name || listed != local {
-        return Err(ImageError::Corrupt {
-            path: path.to_path_buf(),
-            format: ImageFormat::Zip,
-            reason: format!(
-                "its central directory lists {name} (CRC-32 {:08x}, {} bytes compressed, {} \
-                 bytes), but the entry read as it arrived was {} (CRC-32 {:08x}, {} bytes \
-                 compressed, {} bytes)",
-                listed.0, listed.1, listed.2, streamed.name, local.0, local.1, local.2
-            ),
-        });
+    if name == streamed.name && listed == local {
+        return Ok(StreamedCheck::Agrees);
     }
-    Ok(())
+    let stored = entry.compression() == zip::CompressionMethod::Stored;
+    if name == streamed.name
+        && streamed.end_in_data
+        && stored
+        && listed.1 == listed.2
+        && listed.2 > streamed.size
+    {
+        return Ok(StreamedCheck::EndedEarly { listed: listed.2 });
+    }
+    Err(ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: ImageFormat::Zip,
+        reason: format!(
+            "its central directory lists {name} (CRC-32 {:08x}, {} bytes compressed, {} \
+             bytes), but the entry read as it arrived was {} (CRC-32 {:08x}, {} bytes \
+             compressed, {} bytes)",
+            listed.0, listed.1, listed.2, streamed.name, local.0, local.1, local.2
+        ),
+    })
 }
 
 /// The raw bytes on their way into the pass, shown to a bmap's check: a

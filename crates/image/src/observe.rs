@@ -16,7 +16,9 @@ use crate::pass::ChunkBuf;
 /// image without a pass (a known file); the import's result says how it
 /// ended, and only an `Ok` means the chunks heard of are the image named by
 /// its sha256 (a digest that does not match what the operator expected, a
-/// corrupt or truncated archive or a read error come after chunks).
+/// corrupt or truncated archive or a read error come after chunks), unless
+/// [`abandoned`](Self::abandoned) was called: then nothing heard of is
+/// the image, whatever the result.
 pub trait ImportObserver: Send + Sync + fmt::Debug {
     /// The pass starts: chunk `i` (of `chunk_size` bytes, the last one
     /// shorter) will be at offset `i × chunk_size` of `raw` before
@@ -29,6 +31,18 @@ pub trait ImportObserver: Send + Sync + fmt::Debug {
     /// The next chunk is stored: `len` bytes, all zero or not, with its
     /// XXH3-128 fingerprint (as the manifest will have it).
     fn chunk(&self, len: usize, zero: bool, fingerprint: u128);
+
+    /// The chunks heard of since [`began`](Self::began) are not the image,
+    /// and none will follow: `reason` says why. A zip's stored file read as
+    /// it arrived ([`crate::StreamSource::spooled`]) whose end had to be
+    /// found in its data was found, once the archive was whole, to go on
+    /// past the end found there (data made to read as its data descriptor):
+    /// the import reads the file again from the downloaded archive, through
+    /// its central directory, as it reads a file, without this observer,
+    /// and may still succeed (the image is then in the cache). Whatever was
+    /// written from the chunks heard of must be failed with `reason`.
+    /// Every observer must say what it does with this: there is no default.
+    fn abandoned(&self, reason: &str);
 
     /// Whether the observer takes each data chunk's bytes as it is announced
     /// ([`chunk_data`](Self::chunk_data)) instead of reading them from `raw`.

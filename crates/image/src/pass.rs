@@ -823,6 +823,10 @@ mod tests {
             panic!("a worker pass hands its buffers over instead of lending them");
         }
 
+        fn abandoned(&self, reason: &str) {
+            panic!("a pass over a file is never abandoned: {reason}");
+        }
+
         fn chunk_owned(&self, data: ChunkData, fingerprint: u128) {
             let mut told = self.told.lock().unwrap();
             let index = told.len();

@@ -18,7 +18,14 @@
 //! against the central directory once the stream has ended. An entry that
 //! cannot be streamed (encrypted, another method) is read from the spool
 //! file once the stream has ended (the archive's sha256 computed as it
-//! arrives either way). Without a spool file a zip is
+//! arrives either way). So is a stored entry whose end, found in its data,
+//! was not its end (data made to read as its data descriptor): the central
+//! directory lists it longer than the stream made it, and the stream alone
+//! cannot tell where it ends, so the archive is read as a file is, and
+//! imports as it would from a file. An observer that heard of the streamed
+//! pass is told it was abandoned ([`ImportObserver::abandoned`]: the chunks
+//! it heard of were the entry's first bytes only) and hears nothing of the
+//! second. Without a spool file a zip is
 //! refused with [`ImageError::Unsupported`]. The stream formats and raw images are
 //! imported as they come.
 
@@ -37,7 +44,7 @@ use crate::error::ImageError;
 use crate::fsutil::{write_json_atomic, TempFile};
 use crate::import::{
     check_expected, check_size, check_streamed_zip, decode_zip, input_error, stream_zip_entry,
-    CacheHit, Checked, ImportOptions, ImportOutcome, ZipPass, MAX_CHUNK_SIZE,
+    CacheHit, Checked, ImportOptions, ImportOutcome, StreamedCheck, ZipPass, MAX_CHUNK_SIZE,
 };
 use crate::input::{read_full, stream_decoder, InputReader, INPUT_BUFFER};
 use crate::pass::{digest_and_store, ChunkHashing, PassError};
@@ -195,8 +202,13 @@ impl ImageCache {
                     path: out_path.clone(),
                     source,
                 })?;
+            // Whether the observer heard of the streamed pass, and whether
+            // that pass was abandoned (the observer hears nothing more).
+            let told = std::cell::Cell::new(false);
+            let abandoned = std::cell::Cell::new(false);
             let mut tell = |size: Option<u64>| {
-                if let Some(observer) = observer {
+                if let Some(observer) = observer.filter(|_| !abandoned.get()) {
+                    told.set(true);
                     observer.began(&raw_file, chunk_size, size);
                 }
             };
@@ -235,14 +247,43 @@ impl ImageCache {
                 }
                 let file_sha256 = Sha256Digest::from_hasher(hasher);
                 if let Some((raw, entry)) = streamed {
-                    check_streamed_zip(
+                    let checked = check_streamed_zip(
                         &label,
                         InputReader::new(&file, false),
                         options.zip_entry.as_deref(),
                         &entry,
                     )?;
-                    zip_entry = Some(entry.name);
-                    return Ok((raw, file_sha256, input_size));
+                    let StreamedCheck::EndedEarly { listed } = checked else {
+                        zip_entry = Some(entry.name);
+                        return Ok((raw, file_sha256, input_size));
+                    };
+                    // What was stored and told is the entry's first bytes:
+                    // dropped, and the entry read again below, through the
+                    // central directory, as from a file.
+                    let reason = format!(
+                        "{} in {} seemed to end after {} bytes, where its data holds \
+                         what reads as its data descriptor, but the archive's central \
+                         directory lists {listed} bytes: the bytes read as it arrived were \
+                         its first ones only, and it is read again from the downloaded \
+                         archive",
+                        entry.name, source.label, entry.size
+                    );
+                    tracing::warn!(image = %source.label, entry = %entry.name, %reason, "a stored zip entry ended early");
+                    if told.get() {
+                        if let Some(observer) = observer {
+                            observer.abandoned(&reason);
+                        }
+                        abandoned.set(true);
+                    }
+                    temp.file_mut()
+                        .set_len(0)
+                        .map_err(|source| ImageError::CacheIo {
+                            action: "write",
+                            path: out_path.clone(),
+                            source,
+                        })?;
+                    // The map's check starts again with the raw bytes.
+                    check = options.bmap.as_ref().map(BmapInput::check);
                 }
                 let mut archive = InputReader::new(&file, false);
                 decode_zip(
@@ -255,7 +296,7 @@ impl ImageCache {
                         chunk_size: chunk_size as usize,
                         hashing,
                         watch: &mut watch,
-                        observer,
+                        observer: observer.filter(|_| !abandoned.get()),
                         check: check.as_mut(),
                     },
                     &pass_error,

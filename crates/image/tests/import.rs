@@ -552,6 +552,10 @@ impl flashrack_image::ImportObserver for Grower {
             file.write_all(&noise(CHUNK as usize * 3, 99)).unwrap();
         }
     }
+
+    fn abandoned(&self, reason: &str) {
+        panic!("a file's pass is never abandoned: {reason}");
+    }
 }
 
 #[test]

@@ -44,6 +44,10 @@ impl ImportObserver for Taker {
         self.heard.lock().unwrap().push((len, zero, fingerprint));
     }
 
+    fn abandoned(&self, reason: &str) {
+        panic!("a file's pass is never abandoned: {reason}");
+    }
+
     fn takes_bytes(&self) -> bool {
         true
     }
@@ -131,6 +135,10 @@ impl ImportObserver for Recorder {
             heard.wrong.push(index);
         }
         heard.chunks.push((len, zero, fingerprint));
+    }
+
+    fn abandoned(&self, reason: &str) {
+        panic!("a file's pass is never abandoned: {reason}");
     }
 }
 

@@ -36,7 +36,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashrack_core::{RunId, Sha256Digest, StopReason};
@@ -63,6 +63,12 @@ use crate::AppError;
 #[derive(Debug)]
 pub(crate) struct FeedObserver {
     feed: Arc<ImageFeed>,
+    /// Set (once) with the reason when the import abandons what it told
+    /// ([`ImportObserver::abandoned`]): the feed failed then, though the
+    /// import may end well; read by whoever waits for the import's end
+    /// ([`FeedObserver::abandonment`]). Not read off the feed, which fails
+    /// for other reasons too (a stopped flash or run).
+    abandoned: Arc<OnceLock<String>>,
     /// Taken by the first `began`; dropped with the observer when the import
     /// ends without a pass (a known file, an early error), which the waiting
     /// side sees as a closed channel.
@@ -96,6 +102,14 @@ impl ImportObserver for FeedObserver {
         self.pushed(self.feed.push(len, zero, fingerprint));
     }
 
+    /// Every target following the feed fails with `reason` (a source
+    /// failure), before any verdict; whoever waits for the import's end
+    /// finds the reason ([`FeedObserver::abandonment`]).
+    fn abandoned(&self, reason: &str) {
+        let _ = self.abandoned.set(reason.to_string());
+        self.feed.fail(reason);
+    }
+
     /// The targets take the chunks from the feed while it holds them (the
     /// import's own buffers, handed over; or copied once, where the import
     /// lends them), and the import reads a raw file past the page cache.
@@ -120,7 +134,14 @@ impl FeedObserver {
         Self {
             feed,
             began: Mutex::new(Some(began)),
+            abandoned: Arc::default(),
         }
+    }
+
+    /// Where the reason is kept if the import abandons what it told this
+    /// observer (see [`ImportObserver::abandoned`]).
+    pub(crate) fn abandonment(&self) -> Arc<OnceLock<String>> {
+        self.abandoned.clone()
     }
 
     /// Logs a chunk the feed refused.
@@ -180,6 +201,7 @@ pub async fn flash_file(
     let (began_tx, began_rx) = oneshot::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let abandon = CancelOnDrop(Some(cancel.clone()));
+    let abandoned = Arc::new(OnceLock::new());
     let follow = !request.sparse && !request.audit;
     if follow {
         // The targets start only after the checks and the records: the
@@ -195,6 +217,7 @@ pub async fn flash_file(
             Arc::new(FeedObserver {
                 feed: feed.clone(),
                 began: Mutex::new(Some(began_tx)),
+                abandoned: abandoned.clone(),
             }) as Arc<dyn ImportObserver>
         }),
         ..ImportOptions::default()
@@ -207,6 +230,7 @@ pub async fn flash_file(
         import,
         began: began_rx,
         feed,
+        abandoned,
         cancel,
         abandon,
     };
@@ -254,6 +278,7 @@ pub async fn flash_url(
     let (began_tx, began_rx) = oneshot::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let abandon = CancelOnDrop(Some(cancel.clone()));
+    let abandoned = Arc::new(OnceLock::new());
     let follow = !request.sparse && !request.audit;
     if follow {
         // The targets start only after the checks and the records: the
@@ -265,6 +290,7 @@ pub async fn flash_url(
             Arc::new(FeedObserver {
                 feed: feed.clone(),
                 began: Mutex::new(Some(began_tx)),
+                abandoned: abandoned.clone(),
             }) as Arc<dyn ImportObserver>
         }),
         raw_size: None,
@@ -293,6 +319,7 @@ pub async fn flash_url(
         import: task,
         began: began_rx,
         feed,
+        abandoned,
         cancel,
         abandon,
     };
@@ -345,6 +372,8 @@ struct Importing {
     /// closed when the import ends without a pass.
     began: oneshot::Receiver<Option<u64>>,
     feed: Arc<ImageFeed>,
+    /// The reason, if the import abandons what it told the feed.
+    abandoned: Arc<OnceLock<String>>,
     cancel: Arc<AtomicBool>,
     /// Abandons the import if the flash returns early.
     abandon: CancelOnDrop,
@@ -365,6 +394,7 @@ async fn follow_or_wait(
         mut import,
         began,
         feed,
+        abandoned,
         cancel,
         mut abandon,
     } = importing;
@@ -420,6 +450,7 @@ async fn follow_or_wait(
         view,
         stops,
         cancel.clone(),
+        abandoned,
     )
     .await;
     abandon.disarm();
@@ -475,6 +506,7 @@ async fn follow_import(
     view: mpsc::UnboundedSender<FlashEvent>,
     mut stops: mpsc::UnboundedReceiver<StopSignal>,
     cancel: Arc<AtomicBool>,
+    abandoned: Arc<OnceLock<String>>,
 ) -> Result<FlashOutcome, AppError> {
     // An early return abandons the import, and fails the feed (nobody
     // follows it yet).
@@ -555,6 +587,7 @@ async fn follow_import(
     let finisher = tokio::spawn(finish_import(
         import,
         feed.clone(),
+        abandoned.clone(),
         records.clone(),
         RunImage {
             run_id,
@@ -570,8 +603,12 @@ async fn follow_import(
     let ended = flash
         .drive(fanout, &targets.list, events_rx, &mut stops, grace)
         .await;
-    if !matches!(ended, Ok(Ended::Completed)) {
-        // A stop (or a failure) abandons the import too.
+    // A stop (or a failure) abandons the import too; but not the failure
+    // of every target the import itself caused by abandoning what it told
+    // them: it reads the downloaded archive again, and its image is kept
+    // for the next flash.
+    let caused_by_import = matches!(ended, Ok(Ended::SourceFailed(_))) && abandoned.get().is_some();
+    if !matches!(ended, Ok(Ended::Completed)) && !caused_by_import {
         cancel.store(true, Ordering::Relaxed);
     }
     let imported = match finisher.await {
@@ -639,6 +676,7 @@ struct RunImage {
 async fn finish_import(
     import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
     feed: Arc<ImageFeed>,
+    abandoned: Arc<OnceLock<String>>,
     records: StoreRecords,
     run: RunImage,
     view: mpsc::UnboundedSender<FlashEvent>,
@@ -661,6 +699,15 @@ async fn finish_import(
             return Err(error);
         }
     };
+    // The targets were failed with the reason when the import abandoned
+    // what it had told them: the image is in the cache, not on them.
+    if let Some(reason) = abandoned.get() {
+        return Err(AppError::FollowAbandoned {
+            name: run.label.clone(),
+            reason: reason.clone(),
+            sha256: image.sha256(),
+        });
+    }
     if let Some(refusal) = image.raw_write_refusal().filter(|_| !run.force_raw) {
         feed.fail(format!(
             "the image would not boot written raw: {}",
