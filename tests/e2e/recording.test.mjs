@@ -5,7 +5,10 @@
 // while a stick finishes its read-back. The same lock holds a run's start
 // and stop, and a followed run's image (its import ended, the records not
 // yet holding it as the run's: "Imported, being recorded"); before that the
-// run waits for its download's first bytes, claimed, shown being armed.
+// run waits for its download's first bytes, claimed, shown being armed; and
+// a run of a station file asked while the last run's stop waits on the lock
+// is shown claimed until its import begins, then waiting for that stop
+// (beside "Stopping"), never claimed once its import has begun.
 //
 //   cargo build -p flashrack-cli && npm ci --prefix tests/e2e
 //   FLASHRACK_BIN=$PWD/target/debug/flashrack node --test tests/e2e/recording.test.mjs
@@ -14,6 +17,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import path from 'node:path';
 
@@ -295,3 +299,70 @@ test('a run of a URL is shown being armed until its first bytes, and its image b
     server.close();
   }
 });
+
+test('a run of a file asked while the last run is stopping is shown waiting for that stop once its import has begun', { timeout: 300_000 }, async () => {
+  await withDashboard({
+    name: 'recording-waiting',
+    args: ['--by-hand', '--no-arm'],
+    needs: [[SQLITE3, 'install it with `apt-get install -y sqlite3` or set SQLITE3_PATH']],
+  }, async ({ child, api, page, url, dataDir }) => {
+    await page.goto(url);
+    await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
+    const runState = () => page.evaluate(() => document.getElementById('run-state')?.textContent || '');
+    const shows = (pattern, timeout = 8_000) => page.waitForFunction((source) => new RegExp(source).test(
+      document.getElementById('run-state')?.textContent || ''), pattern.source, { timeout, polling: 100 })
+      .catch(async () => assert.fail(`the run panel never said ${pattern}: ${await runState()}`));
+    const images = await (await page.request.get(api('/images'))).json();
+    const armed = await page.request.post(api('/runs'), { data: { image: images[0].sha256 } });
+    assert.equal(armed.status(), 201, await armed.text());
+    const first = (await armed.json()).id;
+    await shows(/Armed/);
+    assert.match(await child.command('plug A1 slow:write=1MB'), /^plugged /);
+    await page.waitForFunction(() => document.querySelector('.tile[data-label="A1"]')?.dataset.state === 'writing',
+      null, { timeout: 60_000, polling: 100 });
+    const uploads = path.join(dataDir, 'uploads');
+    mkdirSync(uploads, { recursive: true });
+    const file = path.join(uploads, 'next.img');
+    writeFileSync(file, imageBytes());
+
+    // The stop waits on the lock; the run of a file asked meanwhile is
+    // claimed, its import begins (it needs no record), and its arm waits
+    // for the stop: the API and the panel say so, beside "Stopping".
+    const lock = await holdWriteLock(path.join(dataDir, 'flashrack.db'));
+    let stopping;
+    let following;
+    try {
+      stopping = page.request.post(api('/runs/current/stop'), { data: { reason: 'end of the batch' } });
+      stopping.catch(() => {});
+      await shows(/Stopping/);
+      following = page.request.post(api('/runs'), { data: { file: { path: file } } });
+      following.catch(() => {});
+      let station;
+      for (let waited = 0; ; waited += 100) {
+        station = await (await page.request.get(api('/station'))).json();
+        if (station.arming?.state === 'waiting_for_stop') break;
+        assert.ok(waited < 8_000, `never shown waiting for the stop: ${JSON.stringify(station.arming)}`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.equal(station.arming.image_name, 'next.img', JSON.stringify(station.arming));
+      assert.equal(station.arming.source, file, JSON.stringify(station.arming));
+      assert.equal(station.run.id, first, JSON.stringify(station.run));
+      assert.equal(station.run.recording, true, JSON.stringify(station.run));
+      await shows(/Stopping: .*Next: Arming next\.img: its import from .* has begun; the run is armed once the last run's stop is recorded/);
+      assert.doesNotMatch(await runState(), /is starting/);
+      await page.screenshot({ path: path.join(ARTIFACTS, 'recording-waiting-for-stop.png'), fullPage: true });
+    } finally {
+      lock.kill('SIGKILL');
+    }
+    const stopped = await stopping;
+    assert.ok(stopped.ok(), `${stopped.status()} ${await stopped.text()}`);
+    const next = await following;
+    assert.equal(next.status(), 201, await next.text());
+    await shows(/Armed/, 30_000);
+    assert.doesNotMatch(await runState(), /Arming/);
+    const station = await (await page.request.get(api('/station'))).json();
+    assert.equal(station.arming ?? null, null, JSON.stringify(station.arming));
+    assert.notEqual(station.run.id, first);
+  });
+});
+

@@ -23,7 +23,7 @@ export const model = {
   staleSince: null, // Date: when the view stopped being live
   ports: new Map(), // label -> PortView, in the station's order
   run: null,
-  arming: null, // a run being armed: { state: 'claimed' (its import starting) | 'recording' (its start), image_name, image_sha256 (not while claimed), source }
+  arming: null, // a run being armed: { state: 'claimed' (its import starting) | 'waiting_for_stop' (its import begun, the last run's stop being recorded) | 'recording' (its start), image_name, image_sha256 (not while claimed), source }
   images: [],
   runs: [],
   devices: [],

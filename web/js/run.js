@@ -6,6 +6,22 @@ import { api } from './api.js';
 import { setRun } from './live.js';
 import { renderSummary } from './rack.js';
 
+/**
+ * What the run being armed is at, in words (the station's `arming.state`):
+ * claimed (its import starting), waiting for the last run's stop to be
+ * recorded (its import begun), or its start being recorded.
+ */
+export function armingText(arming) {
+  const from = arming.source ? ` from ${arming.source}` : '';
+  switch (arming.state) {
+    case 'claimed':
+      return `Arming ${arming.image_name}: its import${from} is starting; the run is recorded once the first bytes are in`;
+    case 'waiting_for_stop':
+      return `Arming ${arming.image_name}: its import${from} has begun; the run is armed once the last run's stop is recorded`;
+    default:
+      return `Arming ${arming.image_name}: recording the run before any stick is written`;
+  }
+}
 export function renderRun() {
   const run = model.run;
   const armed = Boolean(run && run.armed);
@@ -17,16 +33,17 @@ export function renderRun() {
   } else if (model.arming && !armed) {
     // Nothing is armed, nor written, until the records hold the run; a
     // claimed run waits for its import to begin before it is recorded.
-    state.textContent = model.arming.state === 'claimed'
-      ? `◌ Arming ${model.arming.image_name}: its import from ${model.arming.source} is starting; the run is recorded once the first bytes are in`
-      : `◌ Arming ${model.arming.image_name}: recording the run before any stick is written`;
+    state.textContent = `◌ ${armingText(model.arming)}`;
     state.className = 'run-state run-recording';
   } else if (!run) {
     state.textContent = 'No run';
     state.className = 'run-state run-none';
   } else if (armed && run.recording) {
     // Its sticks were stopped at once; it is over once the records say so.
-    state.textContent = '◌ Stopping: the sticks were stopped; recording the run\'s end';
+    // A run waiting to be armed after it says so too: the station shows
+    // both, and the screen must not hide the one behind the other.
+    state.textContent = '◌ Stopping: the sticks were stopped; recording the run\'s end'
+      + (model.arming ? `. Next: ${armingText(model.arming)}` : '');
     state.className = 'run-state run-recording';
   } else if (armed) {
     state.textContent = '● Armed: sticks plugged into mapped ports are written';

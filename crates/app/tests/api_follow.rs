@@ -1340,7 +1340,8 @@ async fn a_station_file_is_referenced_in_place_not_copied_and_a_change_after_the
 /// A run armed with a file not cached yet while the last run's stop is
 /// being recorded (the records locked by another process) is not refused:
 /// as a plain arm then, it waits for the stop's record and is armed once
-/// the records hold it, its import started meanwhile.
+/// the records hold it, its import started meanwhile (and the station says
+/// so: `waiting_for_stop`, no longer `claimed`, once the import has begun).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_file_asked_while_the_last_run_is_being_stopped_is_armed_once_its_stop_is_recorded(
 ) {
@@ -1371,6 +1372,31 @@ async fn a_run_of_a_file_asked_while_the_last_run_is_being_stopped_is_armed_once
     // The follow waits for the stop's record (not a 409); the lock goes a
     // moment later.
     let release = async {
+        // Its import begun, its arm waits for the stop's record: the API
+        // says so (claimed only until then), as the dashboard shows it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let station = app.get("/api/v1/station").await.json();
+            let arming = &station["arming"];
+            if arming["state"] == "waiting_for_stop" {
+                assert_eq!(arming["image_name"], "next.img", "{station}");
+                assert!(
+                    arming["source"]
+                        .as_str()
+                        .is_some_and(|s| s.ends_with("next.img")),
+                    "{station}"
+                );
+                assert!(arming["image_sha256"].is_string(), "{station}");
+                assert_eq!(station["run"]["id"], first, "{station}");
+                break;
+            }
+            assert_eq!(arming["state"], "claimed", "{station}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never shown waiting for the stop: {station}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(800)).await;
         let shown = app.station.snapshot().run.unwrap();
         assert!(

@@ -359,8 +359,9 @@ pub struct RunView {
 }
 
 /// A run being armed ([`Snapshot::arming`]): the station holds the right
-/// to arm it for a caller who readies its image first (`claimed`), or the
-/// records are taking its start (`recording`). Nothing is written under
+/// to arm it for a caller who readies its image first (`claimed`), its arm
+/// waits for the last run's stop to be recorded (`waiting_for_stop`), or
+/// the records are taking its start (`recording`). Nothing is written under
 /// it, and it is not shown as the run, until the records hold it; another
 /// arm is refused meanwhile. If the records refuse it, or its caller gives
 /// up (an import that fails or is abandoned), it is gone.
@@ -387,9 +388,13 @@ pub struct ArmingView {
 pub enum ArmingState {
     /// The station holds the right to arm it ([`crate::ArmClaim`]) while
     /// its caller readies the image: a followed run's import, until its
-    /// first chunk (or until the last run's stop is recorded). Nothing is
-    /// recorded yet.
+    /// first chunk. Nothing is recorded yet.
     Claimed,
+    /// Its image is ready (a followed run's import has begun, and goes on)
+    /// and its arm was asked, but the last run's stop is still being
+    /// recorded: it is armed once the records hold that stop. Nothing of
+    /// it is recorded yet.
+    WaitingForStop,
     /// The records are taking its start.
     #[default]
     Recording,

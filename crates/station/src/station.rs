@@ -703,7 +703,8 @@ struct Claim {
     /// Numbers claims ([`Station::claim_seq`]): a release names the one it
     /// is for.
     id: u64,
-    /// What the snapshot shows meanwhile ([`ArmingState::Claimed`]).
+    /// What the snapshot shows meanwhile ([`ArmingState::Claimed`], then
+    /// [`ArmingState::WaitingForStop`] once its arm waits for a stop).
     view: ArmingView,
 }
 
@@ -1717,6 +1718,24 @@ impl Station {
             _ => false,
         };
         if waits {
+            // The claim's own arm, waiting for the last run's stop to be
+            // recorded: its caller has readied the image (a followed run's
+            // import has begun), so the snapshot no longer says it is
+            // claimed but what it waits for.
+            if let Command::Arm(_, claim, _) | Command::ArmFollowing(_, claim, _) = &command {
+                if self.holds(claim.as_ref()) {
+                    let image_sha256 = match &command {
+                        Command::Arm(request, ..) => Some(request.image.manifest.sha256()),
+                        Command::ArmFollowing(request, ..) => Some(request.provisional),
+                        _ => None,
+                    };
+                    if let Some(held) = self.claim.as_mut() {
+                        held.view.state = ArmingState::WaitingForStop;
+                        held.view.image_sha256 = image_sha256;
+                    }
+                    self.publish_arming();
+                }
+            }
             self.held_commands.push(command);
             return;
         }

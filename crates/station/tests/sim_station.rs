@@ -3901,6 +3901,14 @@ async fn a_claim_is_refused_behind_an_arm_waiting_for_a_stop_and_one_granted_dur
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!claimed_arm.is_finished(), "armed before the stop's record");
+    // Its image is ready and its arm asked: shown waiting for the stop, no
+    // longer as claimed (its caller readying the image).
+    let snap = rig.handle.snapshot();
+    let shown = snap.arming.clone().expect("the claim's arm is shown");
+    assert_eq!(shown.state, flashrack_station::ArmingState::WaitingForStop);
+    assert_eq!(shown.image_sha256, Some(rig.image.manifest.sha256()));
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(json["arming"]["state"], "waiting_for_stop", "{json}");
     rig.journal.release_runs();
     within("the stop is answered", stopping)
         .await
