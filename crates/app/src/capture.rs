@@ -129,6 +129,15 @@ pub enum CaptureError {
         /// The device.
         device: PathBuf,
     },
+    /// The name asked for is not a plain file name (the API's rule,
+    /// `flashrack_web::captures::check_name`).
+    #[error("cannot capture {}: {reason}", device.display())]
+    BadName {
+        /// The device.
+        device: PathBuf,
+        /// Why the name is refused.
+        reason: String,
+    },
     /// Without `--whole`, a partition table is needed to know where the
     /// master's data ends.
     #[error("{} has no partition table (MBR or GPT) with a partition: give --whole to capture all of it", device.display())]
@@ -202,6 +211,16 @@ pub fn capture_with(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Captured, AppError> {
     let device = &request.device;
+    // The name goes wherever images are shown (a terminal, the dashboard,
+    // reports): a plain file name, as the API asks, from every caller.
+    if let Some(name) = &request.name {
+        flashrack_web::captures::check_name(name).map_err(|reason| {
+            AppError::Capture(CaptureError::BadName {
+                device: device.clone(),
+                reason,
+            })
+        })?;
+    }
     let facts = check(request)?;
     // Read-only, exclusive: the kernel refuses it if anything mounted it
     // meanwhile, and lets nobody mount it while it is open.

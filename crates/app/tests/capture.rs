@@ -230,6 +230,38 @@ fn a_master_whose_table_cannot_say_where_it_ends_needs_whole() {
     assert_eq!(cache.list().unwrap().len(), 1, "only the whole GPT capture");
 }
 
+/// The name a capture is kept under is a plain file name whoever asks (the
+/// API's rule): a path, a name starting with a dot, a terminal's escape
+/// sequence are refused before the device is opened. Before, `image capture
+/// --name ../../etc/evil` (or `a/b`, or one holding ESC) kept the image
+/// under that name, printed as it was by `image list`.
+#[test]
+fn a_capture_name_that_is_not_a_plain_file_name_is_refused() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let device = LoopDevice::new(8 * MIB);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open_cache(dir.path()).unwrap();
+    for name in ["../../etc/evil", "a/b", ".hidden", "red\u{1b}[31m", ""] {
+        let request = CaptureRequest {
+            name: Some(name.into()),
+            ..request(&device, true)
+        };
+        let error = capture(&cache, &request).unwrap_err();
+        assert!(
+            matches!(error, AppError::Capture(CaptureError::BadName { .. })),
+            "{name:?}: {error}"
+        );
+    }
+    assert!(cache.list().unwrap().is_empty());
+    let plain = CaptureRequest {
+        name: Some("golden-v3.img".into()),
+        ..request(&device, true)
+    };
+    capture(&cache, &plain).unwrap();
+}
+
 #[test]
 fn a_mounted_master_is_refused_and_a_bare_one_needs_whole() {
     if !require_root(&["losetup", "mkfs.ext4", "mount"]) {
