@@ -37,6 +37,27 @@ fn import(data: &Path, file: &Path) {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// A file whose name holds ESC or a newline (a name from outside: a
+/// vendor's archive, an upload) is kept and listed with U+FFFD in their
+/// place: `image list` does not drive the terminal, and its image is on one
+/// line. Before, the name was printed as it was.
+#[test]
+fn an_image_name_holding_control_characters_is_listed_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = image_file(dir.path(), "red\u{1b}[31mX\nsecond line.img", 61);
+    import(&data, &file);
+    let out = flashrack(&data, &["image", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(!listed.contains('\u{1b}'), "{listed:?}");
+    assert_eq!(listed.lines().count(), 1, "{listed:?}");
+    assert!(
+        listed.contains("red\u{FFFD}[31mX\u{FFFD}second line.img"),
+        "{listed:?}"
+    );
+}
+
 #[test]
 fn flash_takes_a_unique_beginning_of_an_image_name_as_the_readme_shows() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,7 @@ pub mod build;
 pub mod digest;
 pub mod event;
 pub mod manifest;
+mod name;
 pub mod provenance;
 pub mod ranges;
 pub mod record;
@@ -39,6 +40,7 @@ pub use build::{BuildStage, BuildState};
 pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
+pub use name::printable_name;
 pub use provenance::{BuildOrigin, CaptureOrigin, DigestSource, Provenance, SignatureCheck};
 pub use ranges::{DataRanges, RangesError};
 pub use record::{

@@ -496,7 +496,7 @@ impl ImageCache {
         let meta = ImportMeta {
             original_name: path
                 .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
+                .map(|n| flashrack_core::printable_name(&n.to_string_lossy()))
                 .unwrap_or_default(),
             zip_entry: decoded.zip_entry,
             format,

@@ -372,7 +372,7 @@ impl ImageCache {
         };
         let provenance = source.provenance.get().cloned();
         let meta = ImportMeta {
-            original_name: source.name.clone(),
+            original_name: flashrack_core::printable_name(&source.name),
             zip_entry,
             format,
             input_size,

@@ -81,7 +81,8 @@ impl FollowSource {
 pub fn file_name_of(url: &str) -> Option<String> {
     let parsed = url::Url::parse(url).ok()?;
     let last = parsed.path_segments()?.next_back()?.to_string();
-    let decoded = percent_decode(&last);
+    // Decoded, a name may hold ESC or a newline (`%1B`, `%0A`).
+    let decoded = flashrack_core::printable_name(&percent_decode(&last));
     (!decoded.is_empty()).then_some(decoded)
 }
 
@@ -161,6 +162,11 @@ mod tests {
         assert_eq!(
             file_name_of("https://example.invalid/100%"),
             Some("100%".into())
+        );
+        // ESC and a newline decoded would drive a terminal and break a list.
+        assert_eq!(
+            file_name_of("https://example.invalid/%1B%5B31mred%0Anl.img").as_deref(),
+            Some("\u{FFFD}[31mred\u{FFFD}nl.img")
         );
     }
 }

@@ -357,7 +357,7 @@ impl Origin<'_> {
         match self {
             Origin::File(path) => path
                 .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
+                .map(|n| flashrack_core::printable_name(&n.to_string_lossy()))
                 .unwrap_or_default(),
             Origin::Url(url) => file_name_of(url).unwrap_or_else(|| (*url).to_string()),
         }
