@@ -1061,7 +1061,12 @@ pub(crate) struct StreamedEntry {
 /// or encrypted, or such an entry before it, or a record this reader does
 /// not know), decided before any of its bytes is decoded, so the caller
 /// reads the archive from its end instead. `before` is called before the
-/// entry's first byte is decoded.
+/// entry's first byte is decoded. `read_past_in_data` is set once an entry
+/// before the chosen one was read past to an end found in its stored data,
+/// which may have been false (data that reads as its descriptor): what
+/// follows it was then read from the middle of that data, and whatever
+/// fails or disagrees after it says nothing of the archive (the caller
+/// reads it from its end instead, see [`crate::stream`]).
 pub(crate) fn stream_zip_entry<R: Read>(
     path: &Path,
     input: &mut InputReader<R>,
@@ -1069,6 +1074,7 @@ pub(crate) fn stream_zip_entry<R: Read>(
     before: &mut dyn FnMut(Option<u64>),
     pass: ZipPass<'_, '_>,
     pass_error: &dyn Fn(PassError) -> ImageError,
+    read_past_in_data: &mut bool,
 ) -> Result<Option<(RawDigests, StreamedEntry)>, ImageError> {
     // Buffered, so that a deflate decoder takes from the buffer only the
     // bytes of its stream and leaves the data descriptor after it there;
@@ -1109,6 +1115,7 @@ pub(crate) fn stream_zip_entry<R: Read>(
                     io::copy(&mut entry, &mut io::sink()).map_err(io_error)?;
                     entry.finish()
                 };
+                *read_past_in_data |= header.method == METHOD_STORED;
                 check_descriptor(path, &mut input, &header, &name, found)?;
                 continue;
             }

@@ -22,7 +22,9 @@
 //! was not its end (data made to read as its data descriptor): the central
 //! directory lists it longer than the stream made it, and the stream alone
 //! cannot tell where it ends, so the archive is read as a file is, and
-//! imports as it would from a file. An observer that heard of the streamed
+//! imports as it would from a file; so is an archive whose records, read
+//! past such a false end in an earlier stored entry, did not parse or
+//! disagree with its directory. An observer that heard of the streamed
 //! pass is told it was abandoned ([`ImportObserver::abandoned`]: the chunks
 //! it heard of were the entry's first bytes only) and hears nothing of the
 //! second. Without a spool file a zip is
@@ -212,6 +214,7 @@ impl ImageCache {
                     observer.began(&raw_file, chunk_size, size);
                 }
             };
+            let mut read_past_in_data = false;
             let streamed = stream_zip_entry(
                 &label,
                 &mut reader,
@@ -226,7 +229,20 @@ impl ImageCache {
                     check: check.as_mut(),
                 },
                 &pass_error,
+                &mut read_past_in_data,
             );
+            // Past an end found in an earlier entry's stored data, a record
+            // that does not parse was read from the middle of that data:
+            // it says nothing of the archive, which is read from its end
+            // (the stream drained to it first, below).
+            let mut misread = None;
+            let streamed = match streamed {
+                Err(error @ ImageError::Corrupt { .. }) if read_past_in_data => {
+                    misread = Some(error);
+                    Ok(None)
+                }
+                other => other,
+            };
             let finished = streamed.and_then(|streamed| {
                 let (hasher, input_size) = reader
                     .finish_stream()
@@ -246,29 +262,47 @@ impl ImageCache {
                     ))));
                 }
                 let file_sha256 = Sha256Digest::from_hasher(hasher);
-                if let Some((raw, entry)) = streamed {
-                    let checked = check_streamed_zip(
+                let past_false_end = |error: &ImageError| {
+                    format!(
+                        "an entry before the one imported from {} seemed to end where its \
+                         stored data holds what reads as its data descriptor, and what \
+                         followed, read from the middle of that data, was not the archive \
+                         ({error}): it is read again from the downloaded archive",
+                        source.label
+                    )
+                };
+                let again = match streamed {
+                    Some((raw, entry)) => match check_streamed_zip(
                         &label,
                         InputReader::new(&file, false),
                         options.zip_entry.as_deref(),
                         &entry,
-                    )?;
-                    let StreamedCheck::EndedEarly { listed } = checked else {
-                        zip_entry = Some(entry.name);
-                        return Ok((raw, file_sha256, input_size));
-                    };
-                    // What was stored and told is the entry's first bytes:
-                    // dropped, and the entry read again below, through the
-                    // central directory, as from a file.
-                    let reason = format!(
-                        "{} in {} seemed to end after {} bytes, where its data holds \
-                         what reads as its data descriptor, but the archive's central \
-                         directory lists {listed} bytes: the bytes read as it arrived were \
-                         its first ones only, and it is read again from the downloaded \
-                         archive",
-                        entry.name, source.label, entry.size
-                    );
-                    tracing::warn!(image = %source.label, entry = %entry.name, %reason, "a stored zip entry ended early");
+                    ) {
+                        Ok(StreamedCheck::Agrees) => {
+                            zip_entry = Some(entry.name);
+                            return Ok((raw, file_sha256, input_size));
+                        }
+                        // What was stored and told is the entry's first
+                        // bytes.
+                        Ok(StreamedCheck::EndedEarly { listed }) => Some(format!(
+                            "{} in {} seemed to end after {} bytes, where its data holds \
+                             what reads as its data descriptor, but the archive's central \
+                             directory lists {listed} bytes: the bytes read as it arrived \
+                             were its first ones only, and it is read again from the \
+                             downloaded archive",
+                            entry.name, source.label, entry.size
+                        )),
+                        Err(error @ ImageError::Corrupt { .. }) if read_past_in_data => {
+                            Some(past_false_end(&error))
+                        }
+                        Err(error) => return Err(error),
+                    },
+                    None => misread.as_ref().map(past_false_end),
+                };
+                // What was streamed is dropped, and the entry read again
+                // below, through the central directory, as from a file.
+                if let Some(reason) = again {
+                    tracing::warn!(image = %source.label, %reason, "a zip read as it arrived is read again from its file");
                     if told.get() {
                         if let Some(observer) = observer {
                             observer.abandoned(&reason);

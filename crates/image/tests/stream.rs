@@ -704,3 +704,55 @@ fn data_made_to_end_a_stored_entry_early_is_read_again_from_the_spool_as_a_file_
         300_000usize.div_ceil(common::CHUNK as usize)
     );
 }
+
+/// The same made data in a stored file before the one imported: it is read
+/// past to the false end, and what follows, read from the middle of its
+/// data, is not the archive's next record. The archive is read from the
+/// spool file through its central directory, as from a file: the named
+/// file's image, the same a file import gives.
+#[test]
+fn data_made_to_end_an_earlier_stored_entry_early_is_read_again_from_the_spool_as_a_file_is() {
+    let other = common::image(6, 1000, &[], 37);
+    let mut readme = other[..100_000].to_vec();
+    readme.extend_from_slice(&data_descriptor(&readme.clone()));
+    readme.extend_from_slice(b"PK\x03\x04");
+    readme.extend_from_slice(&other[100_000..]);
+    let raw = common::image(12, 1000, &[2], 38);
+    let archive = streamed_zip(
+        &[("readme.txt", Some(&readme)), ("disk.img", Some(&raw))],
+        zip::CompressionMethod::Stored,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.zip");
+    std::fs::write(&file, &archive).unwrap();
+    let options = || ImportOptions {
+        zip_entry: Some("disk.img".into()),
+        ..common::options()
+    };
+    let from_file = ImageCache::open(dir.path().join("file"))
+        .unwrap()
+        .import(&file, options())
+        .unwrap()
+        .image;
+    assert_eq!(from_file.sha256(), Sha256Digest::of(&raw));
+
+    let spool = dir.path().join("disk.zip.part");
+    let cache = ImageCache::open(dir.path().join("followed")).unwrap();
+    let (outcome, follower) = import_streamed(&cache, &spool, &archive, Some("disk.img"));
+    let image = outcome.unwrap_or_else(|e| panic!("{e:?}")).image;
+    assert_eq!(image.manifest, from_file.manifest);
+    assert_eq!(std::fs::read(&image.path).unwrap(), raw);
+    assert_eq!(image.meta.zip_entry.as_deref(), Some("disk.img"));
+    assert_eq!(image.meta.input_sha256, Sha256Digest::of(&archive));
+    // Nothing of it was told before the archive was whole: the follower
+    // heard of the second pass alone, with the directory's size.
+    assert_eq!(
+        *follower.began.lock().unwrap(),
+        Some(Some(raw.len() as u64))
+    );
+    assert!(follower.abandoned.lock().unwrap().is_none());
+    assert_eq!(
+        follower.chunks_at.lock().unwrap().len(),
+        raw.len().div_ceil(common::CHUNK as usize)
+    );
+}
