@@ -21,7 +21,9 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey, SignedPublicSubKey};
+use pgp::composed::{
+    Deserializable, DetachedSignature, SignedPublicKey, SignedPublicSubKey, SignedSecretKey,
+};
 use pgp::packet::{RevocationCode, Signature, SignatureType};
 use pgp::types::KeyDetails;
 
@@ -36,6 +38,20 @@ pub struct SignerCheck {
     pub signing_key_fingerprint: Option<String>,
 }
 
+/// Why a keyring with no public key is refused (`parse_error`: why it
+/// could not be read at all, if so): a secret key given where its public key
+/// belongs (`gpg --export-secret-keys`) is named as such.
+fn no_public_key(keyring: &[u8], parse_error: Option<String>) -> String {
+    let secret = SignedSecretKey::from_reader_many(Cursor::new(keyring))
+        .map(|(keys, _)| keys.filter_map(Result::ok).count() > 0)
+        .unwrap_or(false);
+    match (secret, parse_error) {
+        (true, _) => "it holds a secret key, not public keys: give the signer's public keys (gpg --export KEY), and keep secret keys off the station".into(),
+        (false, Some(error)) => error,
+        (false, None) => "it holds no OpenPGP public key".into(),
+    }
+}
+
 /// The keyring `keyring` (read from `keyring_path`: armored or binary, as
 /// `gpg --export [--armor]` writes it) as armored text, for a request that
 /// carries keys as text (a run armed over a station's API). Armored text is
@@ -48,10 +64,10 @@ pub fn armored_keyring(keyring_path: &Path, keyring: &[u8]) -> Result<String, Do
         reason,
     };
     let (keys, _) = SignedPublicKey::from_reader_many(Cursor::new(keyring))
-        .map_err(|e| bad_keyring(e.to_string()))?;
+        .map_err(|e| bad_keyring(no_public_key(keyring, Some(e.to_string()))))?;
     let keys: Vec<SignedPublicKey> = keys.filter_map(Result::ok).collect();
     if keys.is_empty() {
-        return Err(bad_keyring("it holds no OpenPGP public key".into()));
+        return Err(bad_keyring(no_public_key(keyring, None)));
     }
     if let Ok(text) = std::str::from_utf8(keyring) {
         if text.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
@@ -86,7 +102,7 @@ pub fn verify_detached(
         reason,
     };
     let (keys, _) = SignedPublicKey::from_reader_many(Cursor::new(keyring))
-        .map_err(|e| bad_keyring(e.to_string()))?;
+        .map_err(|e| bad_keyring(no_public_key(keyring, Some(e.to_string()))))?;
     let mut certificates = Vec::new();
     for key in keys {
         match key {
@@ -97,7 +113,7 @@ pub fn verify_detached(
         }
     }
     if certificates.is_empty() {
-        return Err(bad_keyring("it holds no OpenPGP public key".into()));
+        return Err(bad_keyring(no_public_key(keyring, None)));
     }
     let (signature, _) =
         DetachedSignature::from_reader_single(Cursor::new(signature)).map_err(|e| {

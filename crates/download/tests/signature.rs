@@ -161,6 +161,24 @@ fn a_damaged_signature_or_an_empty_keyring_is_refused_with_its_own_error() {
     let signature = sign_with_primary(&key, SUMS).to_bytes().unwrap();
     let error = check(b"", &signature, SUMS).unwrap_err();
     assert!(matches!(error, DownloadError::BadKeyring { .. }), "{error}");
+    // A secret key where the public keys belong (gpg --export-secret-keys)
+    // is named as such, armored or binary, by both readers of a keyring.
+    for secret in [
+        key.to_armored_bytes(ArmorOptions::default()).unwrap(),
+        key.to_bytes().unwrap(),
+    ] {
+        let error = check(&secret, &signature, SUMS).unwrap_err();
+        assert!(
+            matches!(error, DownloadError::BadKeyring { .. })
+                && error.to_string().contains("it holds a secret key"),
+            "{error}"
+        );
+        let error = armored_keyring(Path::new("/keys/secret.asc"), &secret).unwrap_err();
+        assert!(
+            error.to_string().contains("it holds a secret key"),
+            "{error}"
+        );
+    }
 }
 
 #[test]
