@@ -156,9 +156,10 @@ pub enum UrlBmap {
     /// Beside the image on its server, if one is there, as bmaptool looks
     /// for it: `URL.bmap`, then the file name with one extension after
     /// another replaced by `.bmap` (`disk.img.xz` → `disk.img.bmap`,
-    /// `disk.bmap`). None there (404, 410, or the 403 that object stores
-    /// answer for a missing file) is no error: the image gets a generated
-    /// map afterwards, if it can have one.
+    /// `disk.bmap`). None there (404, 410, the 403 that object stores
+    /// answer for a missing file, or a page that is no bmap at all, as
+    /// servers answer 200 for a missing file) is no error: the image gets a
+    /// generated map afterwards, if it can have one.
     #[default]
     Beside,
     /// A bmap file on the station.
@@ -253,6 +254,13 @@ async fn bmap_for(
                     .fetch_small(&url, "block map", MAX_BMAP_SIZE)
                     .await
                 {
+                    // What is not a bmap at all (no `<bmap` element: the
+                    // page a server answers for a missing file, a "soft
+                    // 404") is no map beside the image; a bmap that is
+                    // malformed or lies is refused.
+                    Ok(small) if !is_bmap_text(&small.bytes) => {
+                        tracing::warn!(url, "not a bmap file beside the image: ignored");
+                    }
                     Ok(small) => return fetched(&url, small.bytes).map(Some),
                     Err(DownloadError::NotFound { .. })
                     | Err(DownloadError::Status { status: 403, .. }) => {}
@@ -262,6 +270,11 @@ async fn bmap_for(
             Ok(None)
         }
     }
+}
+
+/// Whether `bytes` could be a bmap file: text with a `<bmap` element.
+fn is_bmap_text(bytes: &[u8]) -> bool {
+    bytes.windows(5).any(|w| w == b"<bmap")
 }
 
 /// What an import from a URL is doing.

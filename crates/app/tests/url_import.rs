@@ -579,7 +579,7 @@ async fn a_bmap_beside_a_url_or_at_its_own_url_is_checked_in_the_one_pass_and_a_
     // No map anywhere: no error, no map from the pass.
     let data_dir = dir.path().join("data-none");
     let cache = open_cache(&data_dir).unwrap();
-    server.serve("/plain/disk.img", Served::new(raw, "p"));
+    server.serve("/plain/disk.img", Served::new(raw.clone(), "p"));
     let outcome = import_url(
         &cache,
         &data_dir,
@@ -589,6 +589,28 @@ async fn a_bmap_beside_a_url_or_at_its_own_url_is_checked_in_the_one_pass_and_a_
     )
     .await
     .unwrap();
+    assert!(outcome.map.is_none());
+
+    // A server that answers a missing file with a page of its own (200 and
+    // HTML, a "soft 404") has no map beside the image either: the image is
+    // imported, no map from the pass. Before, the page was refused as a
+    // malformed bmap and the image could not be imported from that server.
+    let data_dir = dir.path().join("data-soft-404");
+    let cache = open_cache(&data_dir).unwrap();
+    server.serve("/soft/disk.img", Served::new(raw.clone(), "s"));
+    let page = b"<!doctype html><html><body><h1>Not found</h1></body></html>".to_vec();
+    server.serve("/soft/disk.img.bmap", Served::new(page.clone(), "p1"));
+    server.serve("/soft/disk.bmap", Served::new(page, "p2"));
+    let outcome = import_url(
+        &cache,
+        &data_dir,
+        &request("/soft/disk.img", UrlBmap::Beside),
+        policy(1),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
     assert!(outcome.map.is_none());
 }
 
