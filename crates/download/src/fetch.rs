@@ -14,7 +14,9 @@
 //! whole new file (`200`), which is [`DownloadError::Changed`] (the caller
 //! starts afresh); a server that ignores ranges answers `200` with the same
 //! strong `ETag`, and the bytes already held are skipped as they come again.
-//! A `206` must start exactly at the held length and declare the same total.
+//! A `206` must start exactly at the held length and declare the same total;
+//! a `206` answered to the first request (for the whole file) declares the
+//! file's length, and the rest is asked for after it.
 //! A server that declared more bytes than it has is caught when it is asked
 //! for the rest (`416` with its real length, or the same early end twice).
 //!
@@ -601,13 +603,27 @@ impl Downloader {
                         });
                     }
                 }
-                if let Some(declared) = t.state.total {
-                    if declared != total {
+                match t.state.total {
+                    Some(declared) if declared != total => {
                         return Err(DownloadError::WrongLength {
                             url: url.into(),
                             declared,
                             actual: format!("then {total} bytes"),
                         });
+                    }
+                    Some(_) => {}
+                    // A first answer that is a part (asked for the whole
+                    // file, a server or proxy sent `206`): the file's length
+                    // is its `Content-Range`'s, and the rest is asked for
+                    // after this part, not taken for the end of the file.
+                    None => {
+                        *t.state = State {
+                            url: url.to_string(),
+                            etag,
+                            last_modified,
+                            total: Some(total),
+                        };
+                        t.partial.save(t.state).await?;
                     }
                 }
             }

@@ -476,3 +476,37 @@ async fn a_resumed_range_that_starts_elsewhere_is_refused_in_words() {
     );
     assert!(!words.contains("Some("), "{words}");
 }
+
+#[tokio::test]
+async fn a_part_answered_for_the_whole_file_is_not_taken_for_the_whole_file() {
+    const LEN: usize = 64 << 10;
+    let (address, count) = raw_server(|n| {
+        let body = image_bytes(LEN, 10, 4096);
+        // Asked for the whole file, the first answer is its first half as a
+        // part; the rest is answered to the range asked for it.
+        let start = if n == 0 { 0 } else { LEN / 2 };
+        let end = if n == 0 { LEN / 2 } else { LEN };
+        (
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{LEN}\r\nETag: \"p1\"\r\nConnection: close\r\n\r\n",
+                end - start,
+                end - 1
+            ),
+            body[start..end].to_vec(),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{address}/part.img");
+    let (result, got) = download(policy(3), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let done = result.unwrap();
+    assert_eq!(
+        done.size, LEN as u64,
+        "the length the Content-Range declares"
+    );
+    assert!(
+        got == image_bytes(LEN, 10, 4096),
+        "the whole file, in order"
+    );
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
