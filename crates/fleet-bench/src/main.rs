@@ -48,6 +48,8 @@ struct Args {
     flashrack: PathBuf,
     /// Where the stations' data directories and the hub's go (removed at
     /// the end); a tmpfs keeps the stations' disk writes out of the figures.
+    /// A relative path is taken from the current directory; a directory that
+    /// exists must be empty or one this benchmark made (see [`work_dir`]).
     #[arg(long, default_value = "/var/tmp/flashrack-fleet-bench")]
     workdir: PathBuf,
     /// PostgreSQL without durable commits (`fsync=off`), as the tests run it.
@@ -97,15 +99,11 @@ enum What {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.workdir = work_dir(&args.workdir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    if args.workdir.exists() {
-        std::fs::remove_dir_all(&args.workdir)
-            .with_context(|| format!("clearing {}", args.workdir.display()))?;
-    }
-    std::fs::create_dir_all(&args.workdir)?;
     let pg = PgCluster::start_with(if args.no_fsync { "-c fsync=off" } else { "" });
     let result = runtime.block_on(async {
         match &args.command {
@@ -119,6 +117,54 @@ fn main() -> Result<()> {
     result
 }
 
+/// The file that marks a work directory as this benchmark's: only such a
+/// directory (or an empty one) is cleared at the start.
+const WORKDIR_MARK: &str = ".flashrack-fleet-bench";
+
+/// Makes `given` the benchmark's fresh, empty work directory and returns it
+/// as an absolute path: the stations' and the hub's directories are named
+/// from it, and the hub refuses a relative `data_dir` (its image cache would
+/// depend on the directory it was started in). A directory that exists is
+/// cleared only when it is empty or holds [`WORKDIR_MARK`]: the whole tree is
+/// removed, so `--workdir .` or a home directory is refused, not wiped.
+fn work_dir(given: &Path) -> Result<PathBuf> {
+    let dir = std::path::absolute(given)
+        .with_context(|| format!("--workdir {}: cannot make it absolute", given.display()))?;
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(&dir)
+            .with_context(|| format!("--workdir {}: cannot read it", dir.display()))?;
+        // An empty directory is used as it is (it may be a mount point).
+        if entries.next().is_some() {
+            if !dir.join(WORKDIR_MARK).exists() {
+                bail!(
+                    "--workdir {}: refusing to clear a directory this benchmark did not make \
+                     (it is not empty and holds no {WORKDIR_MARK}); name a new or empty \
+                     directory",
+                    dir.display()
+                );
+            }
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(WORKDIR_MARK),
+        "made by flashrack-fleet-bench; removed at its end\n",
+    )
+    .with_context(|| format!("marking {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The hub's configuration in `workdir`: listening on `port`, over
+/// `database_url`, its directory `workdir/hub`.
+fn hub_toml(workdir: &Path, database_url: &str, port: u16) -> String {
+    format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"{database_url}\"\n\
+         data_dir = \"{}\"\ndatabase_connections = 16\n",
+        workdir.join("hub").display()
+    )
+}
+
 /// A `flashrack hub` process and how to find it.
 struct HubProcess {
     child: Child,
@@ -129,14 +175,7 @@ impl HubProcess {
     /// Starts `flashrack hub` on `port`; waits for its address line.
     fn start(args: &Args, database_url: &str, port: u16) -> Result<Self> {
         let config = args.workdir.join("hub.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"{database_url}\"\n\
-                 data_dir = \"{}\"\ndatabase_connections = 16\n",
-                args.workdir.join("hub").display()
-            ),
-        )?;
+        std::fs::write(&config, hub_toml(&args.workdir, database_url, port))?;
         let mut child = Command::new(&args.flashrack)
             .args(["hub", "--config"])
             .arg(&config)
@@ -884,4 +923,48 @@ async fn fleet(args: &Args, pg: &PgCluster) -> Result<()> {
     }
     println!("no loss, no duplicates");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_workdir_is_made_absolute_and_the_hub_takes_its_configuration() {
+        let parent = tempfile::tempdir().unwrap();
+        let relative = Path::new("target-of-a-test").join("bench");
+        // The only test here that depends on the current directory.
+        std::env::set_current_dir(parent.path()).unwrap();
+        let dir = work_dir(&relative).unwrap();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert!(dir.ends_with(&relative), "{}", dir.display());
+        assert!(dir.join(WORKDIR_MARK).exists());
+        // The configuration fleet-bench writes for its hub is one the hub
+        // takes: before, a relative workdir made a relative data_dir, which
+        // the hub refused ("data_dir ... is not an absolute path").
+        let text = hub_toml(&dir, "postgres://postgres@127.0.0.1:5432/flashrack", 8090);
+        let config = flashrack_hub::HubConfig::parse(&text, Path::new("hub.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.data_dir, dir.join("hub"));
+    }
+
+    #[test]
+    fn a_workdir_it_did_not_make_is_refused_not_cleared() {
+        let parent = tempfile::tempdir().unwrap();
+        let someones = parent.path().join("someones");
+        std::fs::create_dir(&someones).unwrap();
+        std::fs::write(someones.join("thesis.tex"), "years of work").unwrap();
+        let error = work_dir(&someones).unwrap_err().to_string();
+        assert!(error.contains("refusing to clear"), "{error}");
+        assert!(someones.join("thesis.tex").exists());
+        // An empty directory, and one a run left (marked), are taken and
+        // cleared.
+        let empty = parent.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(work_dir(&empty).unwrap(), empty);
+        std::fs::write(empty.join("stale"), "a crashed run's").unwrap();
+        assert_eq!(work_dir(&empty).unwrap(), empty);
+        assert!(!empty.join("stale").exists());
+        assert!(empty.join(WORKDIR_MARK).exists());
+    }
 }
