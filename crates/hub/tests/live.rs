@@ -204,8 +204,24 @@ async fn a_live_report_is_taken_only_under_the_tokens_own_station() {
     assert_eq!(answer.status, 403);
     let answer = post_json(hub.url(paths::LIVE), None, &live_report("lab-a", 0, "x")).await;
     assert_eq!(answer.status, 401);
-    let answer = post_raw(hub.url(paths::LIVE), Some(token), "{}".into()).await;
+    let answer = post_raw(hub.url(paths::LIVE), Some(token.clone()), "{}".into()).await;
     assert_eq!(answer.status, 400);
+    // A clock gone wild: refused as the sender's fault (it was a 500, the
+    // database's "interval out of range").
+    for sent_at in [i64::MAX, i64::MIN] {
+        let mut report = live_report("lab-a", 0, "writing");
+        report.sent_at = sent_at;
+        let answer = post_json(hub.url(paths::LIVE), Some(&token), &report).await;
+        assert_eq!(answer.status, 400, "{sent_at}: {:?}", answer.body);
+        assert!(answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the years 0 to 9999"));
+    }
+    let mut report = live_report("lab-a", 0, "writing");
+    report.snapshot["ports"][0]["serial"] = "S\u{0}1".into();
+    let answer = post_json(hub.url(paths::LIVE), Some(&token), &report).await;
+    assert_eq!(answer.status, 400, "{:?}", answer.body);
     assert!(hub.db.station_ids().await.unwrap().is_empty());
     hub.stop().await;
 }

@@ -387,5 +387,59 @@ async fn bad_lot_requests_get_a_clear_error_and_arm_nothing() {
         assert_eq!(got, status, "{path}: {:?}", answer.body);
         assert!(error.contains(says), "{path}: {error:?}");
     }
+    // Query strings and paths that do not parse, and paths that name
+    // nothing: the hub's JSON error, not axum's plain text (or an empty
+    // 404), for operators and stations alike.
+    for (path, token, status, says) in [
+        (
+            "/api/v1/lots/1/report?format=csv&format=json",
+            None,
+            400,
+            "duplicate field `format`",
+        ),
+        ("/api/v1/devices/%FF", None, 400, "UTF-8"),
+        (
+            "/api/v1/devices/S1?format=csv&format=csv",
+            None,
+            400,
+            "duplicate field `format`",
+        ),
+        (
+            "/api/v1/fleet/orders?after=soon",
+            Some(a.clone()),
+            400,
+            "after: invalid digit",
+        ),
+        (
+            "/api/v1/fleet/orders?wait=-1",
+            Some(a.clone()),
+            400,
+            "wait: invalid digit",
+        ),
+        ("/api/v1/lotz", None, 404, "no such endpoint"),
+        (
+            "/api/v1/fleet/nothing",
+            Some(a.clone()),
+            404,
+            "no such endpoint",
+        ),
+    ] {
+        let answer = get(hub.url(path), token).await;
+        let (got, error) = refused(answer.status, &answer.body);
+        assert_eq!(got, status, "{path}: {:?}", answer.body);
+        assert!(
+            error.contains(says),
+            "{path}: {error:?} should say {says:?}"
+        );
+    }
+    let answer = post_bytes(
+        hub.url("/api/v1/images?name=a.img&name=b.img"),
+        None,
+        b"x".to_vec(),
+    )
+    .await;
+    let (got, error) = refused(answer.status, &answer.body);
+    assert_eq!(got, 400, "{:?}", answer.body);
+    assert!(error.contains("duplicate field `name`"), "{error:?}");
     hub.stop().await;
 }

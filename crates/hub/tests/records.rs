@@ -218,6 +218,73 @@ async fn a_station_cannot_write_under_another_stations_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_station_under_an_id_in_use_is_refused_not_counted_as_duplicates() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let first = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    // A second station configured with the same station_id, with a token
+    // made for it (or a copy of the first's).
+    let second = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let shipped = batch("lab-a", entries(1, first_records()), 0);
+    ack(&post_json(hub.url(paths::RECORDS), Some(&first), &shipped).await);
+    let before = hub.db.station_records("lab-a").await.unwrap();
+
+    // Its own history numbers its entries from 1 as well: other records,
+    // written at other times. Acknowledged as duplicates, the second
+    // station marked them shipped and they were lost.
+    let mut other = entries(
+        1,
+        vec![
+            device("S9", 70_000),
+            run(1, Some(80_000)),
+            event(1, "device_added"),
+        ],
+    );
+    // The same kinds in the same order, written at other times: another
+    // history too.
+    let mut same_kinds = shipped.entries.clone();
+    for entry in other.iter_mut().chain(&mut same_kinds) {
+        entry.at += 60_000;
+    }
+    // One entry beyond what the first shipped does not carry the rest.
+    let mut overlapping = other.clone();
+    overlapping.extend(entries(9, vec![event(9, "device_added")]));
+    for (token, sent) in [
+        (&second, other),
+        (&second, same_kinds),
+        (&first, overlapping),
+    ] {
+        let answer = post_json(
+            hub.url(paths::RECORDS),
+            Some(token),
+            &batch("lab-a", sent, 0),
+        )
+        .await;
+        assert_eq!(answer.status, 409, "{:?}", answer.body);
+        assert_eq!(answer.body["error"]["code"], "conflict");
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("already shipped another entry 1")
+                && message.contains("another station uses the station_id \"lab-a\""),
+            "{message}"
+        );
+    }
+    assert_eq!(hub.db.station_records("lab-a").await.unwrap(), before);
+    assert_eq!(hub.db.received_of("lab-a").await.unwrap(), (8, 8));
+
+    // The first station's own replay is still a duplicate, and what it
+    // ships next is applied.
+    let again = ack(&post_json(hub.url(paths::RECORDS), Some(&first), &shipped).await);
+    assert_eq!((again.applied, again.duplicates), (0, 8));
+    let next = batch("lab-a", entries(9, vec![event(3, "run_stopped")]), 0);
+    assert_eq!(
+        ack(&post_json(hub.url(paths::RECORDS), Some(&first), &next).await).applied,
+        1
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_unknown_revoked_or_operator_token_cannot_ship_records() {
     let pg = PgCluster::start();
     let hub = spawn_hub(&pg.url()).await;
@@ -267,10 +334,52 @@ async fn a_malformed_batch_is_refused_and_stores_nothing() {
     if let FleetRecord::Device(d) = &mut too_big.entries[1].record {
         d.capacity = u64::MAX;
     }
-    let mut bodies: Vec<String> = [wrong_protocol, unordered, zero, huge, too_big]
-        .iter()
-        .map(|b| serde_json::to_string(b).unwrap())
-        .collect();
+    // Times beyond the years 0 to 9999 (a station's clock gone wild):
+    // PostgreSQL failed the statement (interval or timestamp out of range),
+    // a 500 the station would have retried for ever.
+    let mut far_future = good.clone();
+    if let FleetRecord::Event(e) = &mut far_future.entries[4].record {
+        e.at = i64::MAX;
+    }
+    let mut far_past = good.clone();
+    if let FleetRecord::Device(d) = &mut far_past.entries[1].record {
+        d.first_seen = i64::MIN;
+    }
+    let mut year_300000 = good.clone();
+    if let FleetRecord::Attempt(a) = &mut year_300000.entries[6].record {
+        a.finished_at = Some(9_404_006_400_000_000);
+    }
+    // A NUL in a text (a serial, an event's detail, one of its keys):
+    // PostgreSQL's text and jsonb cannot hold it, the statement failed (a
+    // 500).
+    let mut nul_serial = good.clone();
+    if let FleetRecord::Device(d) = &mut nul_serial.entries[1].record {
+        d.serial = Some("S\u{0}1".into());
+    }
+    let mut nul_detail = good.clone();
+    if let FleetRecord::Event(e) = &mut nul_detail.entries[7].record {
+        e.detail = serde_json::json!({ "words": ["fine", "not\u{0}fine"] });
+    }
+    let mut nul_key = good.clone();
+    if let FleetRecord::Event(e) = &mut nul_key.entries[7].record {
+        e.detail = serde_json::json!({ "k\u{0}": 1 });
+    }
+    let mut bodies: Vec<String> = [
+        wrong_protocol,
+        unordered,
+        zero,
+        huge,
+        too_big,
+        far_future,
+        far_past,
+        year_300000,
+        nul_serial,
+        nul_detail,
+        nul_key,
+    ]
+    .iter()
+    .map(|b| serde_json::to_string(b).unwrap())
+    .collect();
     bodies.push("{not json".into());
     bodies.push(r#"{"protocol":1,"station_id":"lab-a","entries":[{"seq":1,"at":0,"record":{"type":"bogus"}}],"backlog":0}"#.into());
     for body in bodies {

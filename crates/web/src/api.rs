@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
+use axum::extract::{FromRequest, Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,27 +22,8 @@ use crate::follow::{FollowArm, FollowSource, Followed};
 use crate::{AppError, ReportFormat, WebState};
 
 /// Query strings whose rejections (a number that is none, a field twice)
-/// become [`AppError`]s: a JSON error like every other answer of the API,
-/// not axum's plain text.
-pub struct ApiQuery<T>(pub T);
-
-impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = AppError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(value)) => Ok(Self(value)),
-            Err(rejection) => Err(AppError::bad_request(rejection.body_text())),
-        }
-    }
-}
+/// become [`AppError`]s: shared with the hub, in `flashrack-http`.
+pub use flashrack_http::ApiQuery;
 
 /// JSON bodies whose rejections (malformed JSON, wrong fields, wrong content
 /// type) become [`AppError`]s with a clear message.

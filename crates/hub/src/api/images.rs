@@ -9,12 +9,12 @@
 use std::io::SeekFrom;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flashrack_core::Sha256Digest;
-use flashrack_http::AppError;
+use flashrack_http::{ApiPath, ApiQuery, AppError};
 use flashrack_image::{CachedImage, ImportOptions};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -91,7 +91,7 @@ pub fn requested_range(
 /// resumed fetch can ask `If-Range`. A station token or an operator's.
 pub(super) async fn get(
     State(state): State<HubState>,
-    Path(sha256): Path<String>,
+    ApiPath(sha256): ApiPath<String>,
     request: Request,
 ) -> Result<Response, AppError> {
     let headers = request.headers();
@@ -173,7 +173,7 @@ pub(super) struct UploadQuery {
 /// compressed), imported into the hub's cache once it is whole.
 pub(super) async fn upload(
     State(state): State<HubState>,
-    Query(query): Query<UploadQuery>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: Body,
 ) -> Result<Json<ImageInfo>, AppError> {
     let expected = query

@@ -1,12 +1,11 @@
 //! `POST` [`paths::LIVE`](flashrack_fleet::paths::LIVE): a station's live
 //! report, answered with its orders.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use flashrack_fleet::{LiveReport, Orders, PROTOCOL_VERSION};
-use flashrack_http::AppError;
+use flashrack_http::{ApiBytes, AppError};
 
 use super::{internal, station_of, HubState};
 
@@ -15,7 +14,7 @@ use super::{internal, station_of, HubState};
 pub(super) async fn post(
     State(state): State<HubState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<Orders>, AppError> {
     let station = station_of(&state, &headers).await?;
     let report: LiveReport = serde_json::from_slice(&body)

@@ -91,6 +91,7 @@ pub fn router(state: HubState) -> Router {
         .route("/", get(page))
         .route("/hub.js", get(script))
         .merge(operator)
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), origin))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -103,6 +104,11 @@ async fn health(State(state): State<HubState>) -> Result<&'static str, AppError>
         .await
         .map_err(AppError::internal)?;
     Ok("ok\n")
+}
+
+/// Any other path: a JSON 404, as every refusal of the API.
+async fn not_found() -> AppError {
+    AppError::not_found("no such endpoint")
 }
 
 /// `GET /`: the dashboard (it asks for the operator token when the API
@@ -149,10 +155,12 @@ pub(crate) async fn station_of(state: &HubState, headers: &HeaderMap) -> Result<
     }
 }
 
-/// A database failure as a 500, or a refused request as a 400.
+/// A database failure as a 500, or a refused request as a 400 (malformed)
+/// or a 409 (contradicts what the hub holds).
 pub(crate) fn internal(error: PgError) -> AppError {
     match error {
         PgError::Invalid(reason) => AppError::bad_request(reason),
+        PgError::Conflict(reason) => AppError::conflict(reason),
         other => AppError::internal(other),
     }
 }

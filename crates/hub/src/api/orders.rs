@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use flashrack_core::Sha256Digest;
 use flashrack_fleet::Orders;
-use flashrack_http::AppError;
+use flashrack_http::{ApiBytes, ApiPath, ApiQuery, AppError};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -36,7 +35,7 @@ pub(super) struct OrdersQuery {
 pub(super) async fn get(
     State(state): State<HubState>,
     headers: HeaderMap,
-    Query(query): Query<OrdersQuery>,
+    ApiQuery(query): ApiQuery<OrdersQuery>,
 ) -> Result<Json<Orders>, AppError> {
     let station = station_of(&state, &headers).await?;
     if query.station.as_ref().is_some_and(|s| *s != station) {
@@ -95,7 +94,7 @@ pub(super) struct ArmRequest {
 pub(super) async fn arm(
     State(state): State<HubState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<LotView>, AppError> {
     let request: ArmRequest = serde_json::from_slice(&body)
         .map_err(|e| AppError::bad_request(format!("malformed request: {e}")))?;
@@ -152,7 +151,7 @@ pub(super) fn lot_id(text: &str) -> Result<i64, AppError> {
 /// `POST /api/v1/lots/{id}/stop`.
 pub(super) async fn stop(
     State(state): State<HubState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<LotView>, AppError> {
     let id = lot_id(&id)?;
     if !state.db.stop_lot(id).await.map_err(internal)? {

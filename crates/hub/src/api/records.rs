@@ -2,12 +2,11 @@
 //! batch of outbox entries, answered with a [`BatchAck`] once it is durably
 //! stored.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use flashrack_fleet::{BatchAck, RecordBatch};
-use flashrack_http::AppError;
+use flashrack_http::{ApiBytes, AppError};
 
 use super::{internal, station_of, HubState};
 
@@ -16,7 +15,7 @@ use super::{internal, station_of, HubState};
 pub(super) async fn post(
     State(state): State<HubState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<BatchAck>, AppError> {
     let station = station_of(&state, &headers).await?;
     let batch: RecordBatch = serde_json::from_slice(&body)

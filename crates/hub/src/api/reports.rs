@@ -2,10 +2,10 @@
 //! (`GET /api/v1/lots/{id}/report?format=csv|json|html`) and a stick's
 //! history (`GET /api/v1/devices/{key}?format=…`).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use flashrack_http::AppError;
+use flashrack_http::{ApiPath, ApiQuery, AppError};
 use serde::Deserialize;
 
 use super::{internal, HubState};
@@ -78,8 +78,8 @@ pub(super) async fn image_origins(
 /// A lot's report, across its stations.
 pub(super) async fn lot(
     State(state): State<HubState>,
-    Path(id): Path<String>,
-    Query(query): Query<FormatQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<FormatQuery>,
 ) -> Result<Response, AppError> {
     let id = super::orders::lot_id(&id)?;
     let format = query.format.as_deref().unwrap_or("json");
@@ -100,8 +100,8 @@ pub(super) async fn lot(
 /// A stick's history at every station.
 pub(super) async fn device(
     State(state): State<HubState>,
-    Path(key): Path<String>,
-    Query(query): Query<FormatQuery>,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(query): ApiQuery<FormatQuery>,
 ) -> Result<Response, AppError> {
     let format = query.format.as_deref().unwrap_or("json");
     let report = state

@@ -70,24 +70,30 @@ impl HubDb {
             .map_err(sql("locking a station"))?;
         let mut seqs = Vec::with_capacity(batch.entries.len());
         let mut kinds = Vec::with_capacity(batch.entries.len());
+        let mut ats = Vec::with_capacity(batch.entries.len());
         for entry in &batch.entries {
             seqs.push(big("seq", entry.seq)?);
             kinds.push(entry.record.kind());
+            ats.push(entry.at);
         }
         let new: HashSet<i64> = sqlx::query_scalar(
-            "INSERT INTO received (station_id, seq, kind)
-             SELECT $1, s, k FROM unnest($2::bigint[], $3::text[]) AS u (s, k)
+            "INSERT INTO received (station_id, seq, kind, at)
+             SELECT $1, s, k, a FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u (s, k, a)
              ON CONFLICT (station_id, seq) DO NOTHING
              RETURNING seq",
         )
         .bind(station)
         .bind(&seqs)
         .bind(&kinds)
+        .bind(&ats)
         .fetch_all(&mut *tx)
         .await
         .map_err(sql("recording received entries"))?
         .into_iter()
         .collect();
+        if new.len() < seqs.len() {
+            refuse_another_history(&mut tx, station, &seqs, &kinds, &ats).await?;
+        }
         let rows = Rows::of(
             batch
                 .entries
@@ -125,6 +131,51 @@ impl HubDb {
     }
 }
 
+/// Refuses (rolling the batch back) entries the hub already holds under the
+/// same (station, seq) with another kind or another time: not a replay, but
+/// another history under this station id (a second station configured with
+/// it, or this station's records started afresh). Counted as duplicates,
+/// they would be acknowledged and the station would mark them shipped:
+/// lost, silently. Entries received before their time was kept (`at` NULL)
+/// are compared by kind alone.
+async fn refuse_another_history(
+    tx: &mut PgConnection,
+    station: &str,
+    seqs: &[i64],
+    kinds: &[&str],
+    ats: &[i64],
+) -> Result<(), PgError> {
+    let clash: Option<(i64, String, Option<i64>, String, i64)> = sqlx::query_as(
+        "SELECT r.seq, r.kind, r.at, u.k, u.a
+         FROM received r
+         JOIN unnest($2::bigint[], $3::text[], $4::bigint[]) AS u (s, k, a) ON r.seq = u.s
+         WHERE r.station_id = $1 AND (r.kind <> u.k OR r.at <> u.a)
+         ORDER BY r.seq
+         LIMIT 1",
+    )
+    .bind(station)
+    .bind(seqs)
+    .bind(kinds)
+    .bind(ats)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(sql("comparing received entries"))?;
+    match clash {
+        None => Ok(()),
+        Some((seq, kind, at, sent_kind, sent_at)) => Err(PgError::Conflict(format!(
+            "station {station:?} already shipped another entry {seq} (a {kind} written {}, \
+             not this {sent_kind} written at {}): another station uses the station_id \
+             {station:?}, or this station's records were started afresh; give each station \
+             a station_id of its own, with a token made for it",
+            at.map_or_else(
+                || "before the hub kept times".to_string(),
+                |at| format!("at {}", flashrack_report::format_time(at))
+            ),
+            flashrack_report::format_time(sent_at),
+        ))),
+    }
+}
+
 /// Refuses a batch the hub cannot take: another protocol version, too many
 /// entries, sequence numbers not increasing or out of range.
 pub fn check_batch(batch: &RecordBatch) -> Result<(), PgError> {
@@ -150,8 +201,66 @@ pub fn check_batch(batch: &RecordBatch) -> Result<(), PgError> {
             )));
         }
         previous = entry.seq;
+        if let Some(at) = times(&entry.record)
+            .into_iter()
+            .flatten()
+            .find(|at| !storable_time(*at))
+        {
+            return Err(PgError::Invalid(format!(
+                "entry {}: the time {at} (unix milliseconds) is not in the years 0 to 9999",
+                entry.seq
+            )));
+        }
+        // PostgreSQL's text and jsonb hold no NUL character: the statement
+        // failed (a 500 the station retried for ever).
+        if serde_json::to_value(&entry.record).is_ok_and(|value| holds_nul(&value)) {
+            return Err(PgError::Invalid(format!(
+                "entry {}: a text holds a NUL character (\\u0000), which the hub cannot store",
+                entry.seq
+            )));
+        }
     }
     Ok(())
+}
+
+/// Whether any string of `value` (or any key of its objects) holds a NUL.
+pub(super) fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || holds_nul(item)),
+        _ => false,
+    }
+}
+
+/// The earliest time a record may carry: the year 0, as the reports write
+/// times (`flashrack_report::format_time`). PostgreSQL's `timestamptz`
+/// reaches further, but a time far beyond fails the statement (an interval
+/// or a timestamp out of range): a 500, which the station would retry for
+/// ever, where a malformed batch is a 400.
+const EARLIEST_MS: i64 = -62_167_219_200_000;
+
+/// The latest time a record may carry: the last millisecond of the year 9999.
+const LATEST_MS: i64 = 253_402_300_799_999;
+
+/// Whether `ms` (unix milliseconds) is a time the hub stores: in the years
+/// 0 to 9999.
+pub(super) fn storable_time(ms: i64) -> bool {
+    (EARLIEST_MS..=LATEST_MS).contains(&ms)
+}
+
+/// Every time a record carries (stored as `timestamptz`).
+fn times(record: &FleetRecord) -> [Option<i64>; 2] {
+    match record {
+        FleetRecord::Image(r) => [Some(r.imported_at), None],
+        FleetRecord::Device(r) => [Some(r.first_seen), Some(r.last_seen)],
+        FleetRecord::Run(r) => [Some(r.started_at), r.stopped_at],
+        FleetRecord::Attempt(r) => [Some(r.started_at), r.finished_at],
+        FleetRecord::Refusal(r) => [Some(r.at), None],
+        FleetRecord::Event(r) => [Some(r.at), None],
+    }
 }
 
 /// Sends a change notice on [`CHANNEL`], delivered when `tx` commits:

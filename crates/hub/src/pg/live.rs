@@ -90,6 +90,20 @@ impl HubDb {
     pub async fn record_live(&self, station: &str, report: &LiveReport) -> Result<(), PgError> {
         let backlog = i64::try_from(report.backlog)
             .map_err(|_| PgError::Invalid(format!("backlog {} is out of range", report.backlog)))?;
+        if !super::ingest::storable_time(report.sent_at) {
+            return Err(PgError::Invalid(format!(
+                "sent_at {} (unix milliseconds) is not in the years 0 to 9999",
+                report.sent_at
+            )));
+        }
+        let order_nul = report.order.as_ref().and_then(|o| o.detail.as_deref());
+        if super::ingest::holds_nul(&report.snapshot) || order_nul.is_some_and(|d| d.contains('\0'))
+        {
+            return Err(PgError::Invalid(
+                "a text of the report holds a NUL character (\\u0000), which the hub cannot store"
+                    .to_string(),
+            ));
+        }
         let order = report
             .order
             .as_ref()

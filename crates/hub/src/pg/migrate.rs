@@ -36,6 +36,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run stop detail",
         include_str!("../../../../migrations/postgres/0005_run_stop_detail.sql"),
     ),
+    (
+        6,
+        "received at",
+        include_str!("../../../../migrations/postgres/0006_received_at.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -63,6 +63,11 @@ pub enum PgError {
     /// order): the sender's fault, not the database's.
     #[error("{0}")]
     Invalid(String),
+    /// What was sent contradicts what the hub holds (another entry under a
+    /// sequence number the station already shipped): refused, never
+    /// counted as a duplicate.
+    #[error("{0}")]
+    Conflict(String),
     /// A value read back is not what the hub wrote (a row edited by hand).
     #[error("database holds an unreadable {what}: {reason}")]
     Corrupt {
