@@ -113,10 +113,18 @@ impl HubConfig {
             reason,
         };
         let raw: Raw = toml::from_str(text).map_err(|e| {
-            invalid(
-                e.span().map_or(0, |s| s.start),
-                e.message().trim().to_string(),
-            )
+            let at = e.span().map_or(0, |s| s.start);
+            let message = e.message().trim();
+            // The parser's words name the type it expected, not the field
+            // ("invalid type: string \"many\", expected u32"): the field is
+            // the key of the line the error is on, when it does not name it.
+            let reason = match key_of_line(text, at) {
+                Some(key) if !message.contains(&format!("`{key}`")) => {
+                    format!("{key}: {message}")
+                }
+                _ => message.to_string(),
+            };
+            invalid(at, reason)
         })?;
         let mut config = Self::new(String::new(), "/var/lib/flashrack-hub");
         match raw.database_url {
@@ -206,6 +214,15 @@ impl HubConfig {
     }
 }
 
+/// The key of the `key = value` line that holds byte `offset` of `text`.
+fn key_of_line(text: &str, offset: usize) -> Option<&str> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    (!key.is_empty() && !key.starts_with('#')).then_some(key)
+}
+
 /// The file as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,6 +277,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("postgres://"), "{error}");
+    }
+
+    #[test]
+    fn a_value_the_parser_refuses_is_named_by_its_field_and_line() {
+        for (line, field) in [
+            (
+                "database_connections = \"many\"",
+                "database_connections: invalid type",
+            ),
+            ("max_connections = -5", "max_connections: invalid value"),
+            ("allowed_hosts = \"hub.lab\"", "allowed_hosts: invalid type"),
+            ("silent_after_secs = 1e3", "silent_after_secs: invalid type"),
+            (
+                "database_url = \"postgres://x/db\"",
+                "database_url: duplicate key",
+            ),
+        ] {
+            let error = parse(&format!("database_url = \"postgres://h/db\"\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!("hub.toml:2: {field}")),
+                "{line}: {error}"
+            );
+        }
+        // A message that names its field already is left as it is.
+        let error = parse("database_url = \"postgres://h/db\"\ntokenz = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("hub.toml:2: unknown field `tokenz`"),
+            "{error}"
+        );
     }
 
     #[test]
