@@ -9,8 +9,10 @@
 //! Beside the partial file a small state file keeps the URL, the server's
 //! validators (`ETag`, `Last-Modified`) and the length it declared.
 //!
-//! A resumed request asks for the rest (`Range: bytes=<held>-`) with
-//! `If-Range` set to the validator: a server whose file changed answers the
+//! A partial file from an earlier run of a server that gave no validator is
+//! not resumed (nothing shows it is the file the server has now): it is
+//! downloaded again. A resumed request asks for the rest (`Range:
+//! bytes=<held>-`) with `If-Range` set to the validator: a server whose file changed answers the
 //! whole new file (`200`), which is [`DownloadError::Changed`] (the caller
 //! starts afresh); a server that ignores ranges answers `200` with the same
 //! strong `ETag`, and the bytes already held are skipped as they come again.
@@ -357,6 +359,18 @@ impl Downloader {
                 held,
                 url,
                 "a partial download longer than the file: starting afresh"
+            );
+            held = 0;
+        }
+        // Bytes held from an earlier run of a server that gave no validator
+        // (no strong ETag, no Last-Modified) cannot be shown to be the
+        // file's it serves now: resumed, a file changed meanwhile would be
+        // imported half old, half new. They are downloaded again.
+        if held > 0 && state.as_ref().is_some_and(|s| s.validator().is_none()) {
+            tracing::warn!(
+                held,
+                url,
+                "a partial download from a server that gave no validator: starting afresh"
             );
             held = 0;
         }

@@ -111,6 +111,43 @@ async fn a_download_stopped_by_a_restart_resumes_from_its_partial_file() {
     assert_eq!(server.body_bytes_sent(), SIZE as u64);
 }
 
+/// A server that gives no validator (no `ETag`, no `Last-Modified`): what
+/// a run held is not resumed by the next, since nothing says the server's
+/// file is still the same; the file changed meanwhile is downloaded whole,
+/// never half old and half new. Before, the second run resumed with a bare
+/// `Range` and the result was the old file's first third and the new file's
+/// rest.
+#[tokio::test]
+async fn a_partial_download_without_validators_is_not_resumed_after_a_restart() {
+    let old = image_bytes(SIZE, 11, 4096);
+    let new = image_bytes(SIZE, 12, 4096);
+    let bare = |body: Vec<u8>| Served {
+        etag: None,
+        last_modified: None,
+        ..Served::new(body, "unused")
+    };
+    let server = FileServer::start().await;
+    server.serve(
+        "/nv.img",
+        bare(old.clone()).behaving(Behaviour::CutFirstAfter(SIZE / 3)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/nv.img");
+    let (result, _) = download(policy(1), &url, &Partial::in_dir(dir.path(), &url)).await;
+    assert!(
+        matches!(result, Err(DownloadError::Cut { .. })),
+        "{result:?}"
+    );
+    // The file changes on the server; flashrack starts again.
+    server.serve("/nv.img", bare(new.clone()));
+    let (result, got) = download(policy(1), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let done = result.unwrap();
+    assert!(got == new, "the new file whole, nothing of the old one");
+    assert_eq!(done.resumed_from, 0);
+    let requests = server.requests_for("/nv.img");
+    assert_eq!(requests.last().unwrap().range, None, "{requests:?}");
+}
+
 #[tokio::test]
 async fn a_file_that_changed_on_the_server_is_not_resumed() {
     let old = image_bytes(SIZE, 3, 4096);
