@@ -308,7 +308,20 @@ fn list_names(names: &[String]) -> String {
     if names.is_empty() {
         " (none)".to_string()
     } else {
+        let names: Vec<String> = names.iter().map(|name| escaped(name)).collect();
         format!(" ({})", names.join(", "))
+    }
+}
+
+/// A name from inside an archive as it may be printed: as it is, or, when
+/// it holds a control character (ESC, a newline), quoted with its escapes
+/// (`"a\u{1b}[31m.img"`), so that the operator can still name it exactly
+/// and the terminal is not driven by it.
+fn escaped(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        format!("{name:?}")
+    } else {
+        name.to_string()
     }
 }
 
@@ -361,5 +374,17 @@ mod tests {
             files: vec!["a.img".into(), "b.img".into()],
         };
         assert!(zip.to_string().contains("holds 2 (a.img, b.img)"), "{zip}");
+        // An archive's names are the archive maker's: ESC or a newline in
+        // one is shown escaped, never sent to the terminal.
+        let zip = ImageError::ZipFileCount {
+            path: "/x/a.zip".into(),
+            files: vec!["a\u{1b}[31mred\n.img".into(), "b.img".into()],
+        };
+        let text = zip.to_string();
+        assert!(!text.contains(['\u{1b}', '\n']), "{text:?}");
+        assert!(
+            text.contains(r#"holds 2 ("a\u{1b}[31mred\n.img", b.img)"#),
+            "{text}"
+        );
     }
 }
