@@ -27,6 +27,10 @@ use crate::cache::{CachedImage, ImageCache};
 use crate::error::ImageError;
 use crate::fsutil::write_json_atomic;
 
+/// The largest bmap file read from the station (as from a URL: a map of a
+/// badly fragmented image of a few hundred GB is a few MiB).
+const MAX_BMAP_FILE: u64 = 16 << 20;
+
 /// Where a block map came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -188,9 +192,34 @@ impl BmapInput {
     /// [`BmapInput::parse`] names it) and its text. A file that cannot be
     /// read or is not UTF-8 text is [`ImageError::ReadInput`].
     pub fn read_text(path: &std::path::Path) -> Result<(String, String), ImageError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ImageError::ReadInput {
+        use std::io::Read;
+        let error = |source| ImageError::ReadInput {
             path: path.to_path_buf(),
             source,
+        };
+        // At most MAX_BMAP_FILE bytes are read: a huge file, or a device
+        // that never ends (`--bmap /dev/zero`), is refused, not held in
+        // memory.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(error)?
+            .take(MAX_BMAP_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(error)?;
+        if bytes.len() as u64 > MAX_BMAP_FILE {
+            return Err(error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "larger than {} MiB, more than any block map",
+                    MAX_BMAP_FILE >> 20
+                ),
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| {
+            error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ))
         })?;
         let name = path
             .file_name()

@@ -112,6 +112,31 @@ fn a_matching_bmap_is_kept_and_a_lying_one_is_refused() {
     assert_eq!(cache.block_map(&again.sha256()).unwrap(), None);
 }
 
+/// A bmap file is read up to 16 MiB: a larger one, or a device that never
+/// ends, is refused with its reason instead of being held in memory whole.
+/// Before, `--bmap /dev/zero` read until memory ran out, and a 127 MB file
+/// of ranges took 390 MB to be refused.
+#[test]
+fn a_bmap_file_larger_than_any_map_or_without_an_end_is_refused() {
+    use flashrack_image::BmapInput;
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.bmap");
+    let mut text = String::from("<bmap version=\"2.0\">\n");
+    while text.len() <= 16 << 20 {
+        text.push_str("<Range chksum=\"00\"> 1 </Range>\n");
+    }
+    fs::write(&huge, &text).unwrap();
+    for path in [huge.as_path(), std::path::Path::new("/dev/zero")] {
+        let error = BmapInput::read(path).unwrap_err();
+        assert!(
+            matches!(error, ImageError::ReadInput { .. })
+                && error.to_string().contains("larger than 16 MiB"),
+            "{}: {error}",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn a_map_is_generated_from_an_ext4_image_and_none_from_a_broken_one() {
     let dir = tempfile::tempdir().unwrap();
