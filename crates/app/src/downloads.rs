@@ -89,16 +89,45 @@ impl Keyring {
     async fn bytes(&self) -> Result<Vec<u8>, AppError> {
         match self {
             Keyring::File(path) => {
-                tokio::fs::read(path)
+                let path = path.clone();
+                // A small file, read off the async workers.
+                tokio::task::spawn_blocking(move || read_keyring(&path))
                     .await
-                    .map_err(|source| AppError::ReadKeyring {
-                        path: path.clone(),
-                        source,
-                    })
+                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
             }
             Keyring::Armored(text) => Ok(text.as_bytes().to_vec()),
         }
     }
+}
+
+/// The largest keyring file read (a distribution's archive keyring is a
+/// few hundred KiB).
+const MAX_KEYRING_SIZE: u64 = 16 << 20;
+
+/// The keyring file at `path`, at most [`MAX_KEYRING_SIZE`] bytes: a larger
+/// file, or a device that never ends (`--keyring /dev/zero`), is refused
+/// rather than held in memory whole.
+fn read_keyring(path: &Path) -> Result<Vec<u8>, AppError> {
+    let error = |source| AppError::ReadKeyring {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(error)?
+        .take(MAX_KEYRING_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(error)?;
+    if bytes.len() as u64 > MAX_KEYRING_SIZE {
+        return Err(error(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB, more than any keyring",
+                MAX_KEYRING_SIZE >> 20
+            ),
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The keyring file at `path` (armored or binary, as `gpg --export` writes
@@ -107,10 +136,7 @@ impl Keyring {
 /// here and refused here when it holds no OpenPGP public key, before the
 /// station is asked anything. A small file, read blocking.
 pub fn keyring_text(path: &Path) -> Result<String, AppError> {
-    let bytes = std::fs::read(path).map_err(|source| AppError::ReadKeyring {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_keyring(path)?;
     flashrack_download::armored_keyring(path, &bytes)
         .map_err(|source| AppError::BadKeyring(Box::new(source)))
 }
@@ -1150,6 +1176,23 @@ pub fn error_chain(error: &AppError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keyring_larger_than_any_or_without_an_end_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge.gpg");
+        std::fs::write(&huge, vec![0x99u8; (16 << 20) + 1]).unwrap();
+        for path in [huge.as_path(), Path::new("/dev/zero")] {
+            let error = keyring_text(path).unwrap_err();
+            assert!(
+                matches!(error, AppError::ReadKeyring { .. })
+                    && error_chain(&error).contains("larger than 16 MiB"),
+                "{}: {}",
+                path.display(),
+                error_chain(&error)
+            );
+        }
+    }
 
     #[test]
     fn an_error_chain_names_each_cause_once() {
