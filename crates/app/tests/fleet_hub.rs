@@ -155,6 +155,51 @@ async fn the_records_of_three_stations_arrive_at_the_hub_as_each_holds_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_refused_for_an_id_in_use_keeps_the_hubs_words_as_its_last_error() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let first = station(hub.address, "lab-a", &token, &first_dir).await;
+    flash_three(&first, 0).await;
+    let before = assert_hub_matches(&hub, &first, "lab-a").await;
+    // A second station configured with the same id (a copied station.toml
+    // and token): the hub refuses its history (409).
+    let second = station(hub.address, "lab-a", &token, &second_dir).await;
+    flash_three(&second, 1).await;
+    let refused = |view: &serde_json::Value| {
+        view["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("another station uses the station_id \"lab-a\""))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !refused(&second.get("/api/v1/fleet").await.json()) {
+        assert!(
+            Instant::now() < deadline,
+            "the second station was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its live reports and orders' polls reach the hub meanwhile: they do
+    // not hide that its records are refused (the link showed a connected
+    // hub, a growing backlog and no error).
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(8) {
+        let view = second.get("/api/v1/fleet").await.json();
+        assert!(refused(&view), "after {:?}: {view}", watched.elapsed());
+        assert!(view["backlog"].as_u64().unwrap() > 0, "{view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing of it reached the hub: the first station's records are whole.
+    assert_eq!(
+        hub.db.station_records("lab-a").await.unwrap().counts(),
+        before
+    );
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_written_while_the_hub_is_away_arrive_once_in_order_when_it_is_back() {
     let pg = PgCluster::start();
     let hub = spawn_hub(&pg.url()).await;

@@ -21,6 +21,7 @@ pub mod live;
 pub mod orders;
 pub mod shipper;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,13 @@ pub struct Fleet {
     pub client: HubClient,
     /// The station's link to the hub, as shown at `GET /api/v1/fleet`.
     pub view: Arc<watch::Sender<FleetView>>,
+    /// Whether the shipper's last batch failed: its error then stays the
+    /// view's `last_error` until a batch is acknowledged, whatever the live
+    /// reports and orders' polls meet. The hub may answer those and refuse
+    /// every batch (another station ships under this station's id): their
+    /// success must not hide why the backlog only grows. An atomic: set by
+    /// the shipper, read by every task's `contact`.
+    batch_failed: Arc<AtomicBool>,
 }
 
 impl Fleet {
@@ -44,18 +52,38 @@ impl Fleet {
         Self {
             client,
             view: Arc::new(watch::channel(view).0),
+            batch_failed: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Records an exchange with the hub that succeeded.
+    /// A batch refused or lost stays the `last_error` (see
+    /// [`shipped`](Self::shipped)).
     pub(crate) fn contact(&self) {
+        let keep_error = self.batch_failed.load(Ordering::Relaxed);
         self.view.send_if_modified(|view| {
-            let changed = !view.connected || view.last_error.is_some();
+            let changed = !view.connected || (!keep_error && view.last_error.is_some());
             view.connected = true;
-            view.last_error = None;
+            if !keep_error {
+                view.last_error = None;
+            }
             view.last_contact_at = Some(now_ms());
             changed
         });
+    }
+
+    /// Records a batch the hub acknowledged: the shipper's error, if any,
+    /// is over.
+    pub(crate) fn shipped(&self) {
+        self.batch_failed.store(false, Ordering::Relaxed);
+        self.contact();
+    }
+
+    /// Records a batch that failed (the hub unreachable, or refusing it):
+    /// its error stays the `last_error` until a batch is acknowledged.
+    pub(crate) fn ship_failed(&self, error: &str) {
+        self.batch_failed.store(true, Ordering::Relaxed);
+        self.lost(error);
     }
 
     /// Records a failed request of the live reporter or the orders' poller:

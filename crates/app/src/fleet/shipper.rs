@@ -133,20 +133,20 @@ async fn drain(fleet: &Fleet, store: &Store, shutdown: &ShutdownSignal) -> Resul
             Ok(ack) => ack,
             Err(error) => {
                 tracing::warn!(%error, backlog, "cannot ship records to the hub; they wait in the outbox");
-                fleet.lost(&error.to_string());
+                fleet.ship_failed(&error.to_string());
                 return Err(());
             }
         };
-        fleet.contact();
         if ack.acked_through < first {
             tracing::error!(
                 acked_through = ack.acked_through,
                 first,
                 "the hub acknowledged none of the batch"
             );
-            fleet.lost("the hub acknowledged none of the batch");
+            fleet.ship_failed("the hub acknowledged none of the batch");
             return Err(());
         }
+        fleet.shipped();
         // Never more than was sent, whatever the hub says.
         let through = ack.acked_through.min(last);
         let marked = match store.mark_shipped(through).await {
