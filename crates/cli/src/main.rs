@@ -75,11 +75,15 @@ fn message(error: &anyhow::Error) -> String {
     text
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the level chosen by `-v`.
+/// Logs go to stderr; `RUST_LOG` overrides the level chosen by `-v`. rPGP's
+/// own warnings (a packet of a keyring or a signature it skips) are left out
+/// below `-vv`: they carry its errors' debug form, with a backtrace of a
+/// hundred frames when RUST_BACKTRACE is set, and flashrack says what they
+/// mean in its own words (a key skipped, a signature that fails).
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,pgp=error",
+        1 => "info,pgp=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

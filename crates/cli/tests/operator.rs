@@ -715,6 +715,74 @@ fn sign(key: &pgp::composed::SignedSecretKey, data: &[u8]) -> Vec<u8> {
     .unwrap()
 }
 
+/// A keyring holding a good key and a damaged one (a truncated export):
+/// the good key checks the signature, and the damaged one is named in one
+/// short warning, even with RUST_BACKTRACE set. Before, the warning carried
+/// rPGP's error in its debug form, with a backtrace of about a hundred
+/// frames on one line.
+#[test]
+fn a_damaged_key_in_a_keyring_is_one_short_warning() {
+    use pgp::ser::Serialize;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = flashrack_testkit::image_bytes(1 << 20, 93, 1 << 16);
+    let sha = flashrack_core::Sha256Digest::of(&raw).to_hex();
+    let vendor = key_pair("Vendor <release@example.invalid>");
+    let other = key_pair("Other <other@example.invalid>");
+    let sums = format!("{sha}  os.img\n");
+    let server = runtime.block_on(flashrack_testkit::http_files::FileServer::start());
+    let served = |path: &str, body: Vec<u8>| {
+        server.serve(
+            path,
+            flashrack_testkit::http_files::Served::new(body, &format!("{path}-1")),
+        )
+    };
+    served("/os.img", raw);
+    served("/SHA256SUMS", sums.clone().into_bytes());
+    served("/SHA256SUMS.gpg", sign(&vendor, sums.as_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keys.gpg");
+    let mut bytes = pgp::composed::SignedPublicKey::from(vendor)
+        .to_bytes()
+        .unwrap();
+    let damaged = pgp::composed::SignedPublicKey::from(other)
+        .to_bytes()
+        .unwrap();
+    bytes.extend_from_slice(&damaged[..damaged.len() / 2]);
+    std::fs::write(&keyring, bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .args([
+            "--data-dir",
+            text(&dir.path().join("data")),
+            "image",
+            "import",
+            &server.url("/os.img"),
+            "--sha256sums",
+            &server.url("/SHA256SUMS"),
+            "--signature",
+            &server.url("/SHA256SUMS.gpg"),
+            "--keyring",
+            text(&keyring),
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("a key of the keyring cannot be read"),
+        "{said}"
+    );
+    assert!(!said.to_lowercase().contains("backtrace"), "{said}");
+    assert!(said.lines().all(|line| line.len() < 400), "{said}");
+    drop(server);
+}
+
 /// `flashrack run start URL --sha256sums --signature --keyring` (the
 /// options of `image import URL`, and the API's `download`): a signature by
 /// a key outside the keyring exits non-zero with the station's reason and

@@ -108,7 +108,12 @@ pub fn verify_detached(
         match key {
             Ok(key) => certificates.push(key),
             Err(error) => {
-                tracing::warn!(%error, keyring = %keyring_path.display(), "a key of the keyring cannot be read: skipped")
+                // rPGP's words for a damaged packet carry its I/O error's
+                // debug form, with a backtrace when RUST_BACKTRACE is set
+                // (a hundred lines): the operator is told which keyring,
+                // and the details are there at debug level.
+                tracing::warn!(keyring = %keyring_path.display(), "a key of the keyring cannot be read (damaged, or of a kind rPGP does not read): skipped");
+                tracing::debug!(%error, "the key that cannot be read");
             }
         }
     }
