@@ -90,6 +90,7 @@ impl Hub {
             path: config.data_dir.clone(),
             source,
         })?;
+        api::remove_stale_uploads(&config.data_dir.join("uploads"));
         let images = flashrack_image::ImageCache::open(config.data_dir.join("cache"))
             .map_err(HubError::Images)?;
         let db = HubDb::connect(&config.database_url, config.database_connections).await?;

@@ -291,6 +291,48 @@ async fn an_image_is_served_whole_and_by_range_so_that_a_fetch_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_a_killed_hub_left_is_removed_when_a_hub_starts_over_its_directory() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let uploads = dir.path().join("hub").join("uploads");
+    // What a hub killed (kill -9) mid-upload left: its staging directory
+    // with the bytes received so far, named after its process, now gone.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let left = uploads.join(format!(".upload-{dead}-aB3dE9"));
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("os.img"), vec![7u8; 1 << 20]).unwrap();
+    // Another hub process's upload under way (its process runs), and a
+    // directory not named after a process: left alone.
+    let running = uploads.join(".upload-1-Zq7Xw2");
+    let unnamed = uploads.join(".upload-Yu55aU");
+    for kept in [&running, &unnamed] {
+        std::fs::create_dir_all(kept).unwrap();
+    }
+    let config = flashrack_hub::HubConfig::new(pg.url(), dir.path().join("hub"));
+    let hub = flashrack_hub::testing::spawn_hub_with(
+        flashrack_hub::HubConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..config
+        },
+        dir,
+    )
+    .await;
+    assert!(!left.exists(), "the killed hub's upload is still there");
+    assert!(running.exists() && unnamed.exists());
+    // An upload this hub staged is gone once imported.
+    upload(&hub, image_bytes()).await;
+    let staged: Vec<_> = std::fs::read_dir(&uploads)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(staged.len(), 2, "{staged:?}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lot_requests_get_a_clear_error_and_arm_nothing() {
     let pg = PgCluster::start();
     let hub = spawn_hub(&pg.url()).await;

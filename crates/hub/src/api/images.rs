@@ -160,6 +160,44 @@ pub(super) async fn get(
     Ok(response)
 }
 
+/// How an upload's staging directory under `<data_dir>/uploads` starts; the
+/// staging process's id and a `-` follow.
+const UPLOAD_PREFIX: &str = ".upload-";
+
+/// Removes the staging directories of uploads whose hub process is gone: a
+/// hub killed mid-upload left the bytes received so far (a process that
+/// lives removes its own). A directory whose process still runs (another hub
+/// process sharing this data directory) is left alone, and so is one not
+/// named after a process (staged by a hub older than this naming).
+pub(crate) fn remove_stale_uploads(uploads: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(uploads) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(UPLOAD_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new("/proc").join(pid.to_string()).exists()
+        {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!(path = %entry.path().display(), "removed an upload a stopped hub left")
+            }
+            Err(error) => {
+                tracing::warn!(path = %entry.path().display(), %error, "cannot remove an upload a stopped hub left")
+            }
+        }
+    }
+}
+
 /// `?name=&sha256=` of an upload.
 #[derive(Debug, Deserialize)]
 pub(super) struct UploadQuery {
@@ -194,8 +232,10 @@ pub(super) async fn upload(
     tokio::fs::create_dir_all(&uploads)
         .await
         .map_err(AppError::internal)?;
+    // Named after this process, so that a hub starting after it was killed
+    // mid-upload removes what it left (`remove_stale_uploads`).
     let staging = tempfile::Builder::new()
-        .prefix(".upload-")
+        .prefix(&format!("{UPLOAD_PREFIX}{}-", std::process::id()))
         .tempdir_in(&uploads)
         .map_err(AppError::internal)?;
     let path = staging.path().join(&name);

@@ -28,6 +28,7 @@ use flashrack_http::AppError;
 use flashrack_image::ImageCache;
 use tower_http::trace::TraceLayer;
 
+pub(crate) use images::remove_stale_uploads;
 pub use images::{requested_range, ImageInfo};
 pub use orders::MAX_WAIT;
 
