@@ -232,6 +232,37 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
         history.body
     );
     assert_eq!(get(hub.url("/api/v1/devices/NOPE"), None).await.status, 404);
+
+    // A download is named after its lot or stick, with nothing of the name
+    // that could break the header or name a path: the lot's name "a\"b/../x
+    // <newline> y" gave `filename="lot-a"b/../x` (broken quoting), and one
+    // with a line break no Content-Disposition at all.
+    let odd = post_json(
+        hub.url("/api/v1/lots"),
+        None,
+        &json!({ "name": "a\"b/../x\ny", "image_sha256": sha, "stations": ["lab-a"] }),
+    )
+    .await;
+    assert_eq!(odd.status, 200, "{:?}", odd.body);
+    for (path, file) in [
+        (
+            format!("/api/v1/lots/{}/report?format=csv", odd.body["id"]),
+            "lot-a_b____x_y.csv",
+        ),
+        (
+            format!("/api/v1/lots/{id}/report?format=csv"),
+            "lot-lot-42.csv",
+        ),
+        ("/api/v1/devices/S2?format=csv".to_string(), "device-S2.csv"),
+    ] {
+        let (status, headers, _) = get_bytes(hub.url(&path), Vec::new()).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            headers.get("content-disposition").map(String::as_str),
+            Some(format!("attachment; filename=\"{file}\"").as_str()),
+            "{path}"
+        );
+    }
     hub.stop().await;
 }
 

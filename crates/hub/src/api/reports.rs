@@ -94,7 +94,7 @@ pub(super) async fn lot(
         "html" => flashrack_report::lot_html(&report, now_ms()),
         _ => flashrack_report::lot_json(&report),
     };
-    answer(format, body, &format!("lot-{}", report.lot.name))
+    answer(format, body, &file_name("lot", &report.lot.name))
 }
 
 /// A stick's history at every station.
@@ -115,9 +115,24 @@ pub(super) async fn device(
         "html" => flashrack_report::device_html(&report, now_ms()),
         _ => flashrack_report::device_json(&report),
     };
-    let file: String = key
+    answer(format, body, &file_name("device", &key))
+}
+
+/// A download's file name (without its extension): `prefix-` and `name` with
+/// every character but ASCII letters, digits, `-` and `_` made `_`. A lot's
+/// name is an operator's words and a device key a stick's: a quote in it
+/// ended the `Content-Disposition` header's file name early, a line break
+/// dropped the header, and `/` offered a path.
+fn file_name(prefix: &str, name: &str) -> String {
+    let name: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    answer(format, body, &format!("device-{file}"))
+    format!("{prefix}-{name}")
 }

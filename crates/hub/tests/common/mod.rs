@@ -318,7 +318,13 @@ pub async fn get_bytes(
         };
         let status = response.status();
         let mut seen = std::collections::HashMap::new();
-        for name in ["content-range", "etag", "accept-ranges", "content-length"] {
+        for name in [
+            "content-range",
+            "etag",
+            "accept-ranges",
+            "content-length",
+            "content-disposition",
+        ] {
             if let Some(value) = response.header(name) {
                 seen.insert(name.to_string(), value.to_string());
             }
