@@ -79,12 +79,14 @@ pub enum ImageError {
     },
     /// The cache's file system has too little free space left to go on: the
     /// import stops before the space the station needs (for its records) is used
-    /// up, and removes what it wrote.
+    /// up, and removes what it wrote. The message says how far the import got,
+    /// or what it needed, so the operator knows how much room to make.
     #[error(
-        "image cache: not enough free space in {}: {} available, {} must stay free",
+        "image cache: not enough free space in {}: {} available, {} must stay free{}",
         path.display(),
         flashrack_core::ByteSize(*.available),
-        flashrack_core::ByteSize(*.reserve)
+        flashrack_core::ByteSize(*.reserve),
+        shortfall(*.needed, *.stored)
     )]
     CacheFull {
         /// The cache directory.
@@ -93,6 +95,10 @@ pub enum ImageError {
         available: u64,
         /// Bytes the import leaves free.
         reserve: u64,
+        /// Bytes the image still needed, when known before they were written.
+        needed: Option<u64>,
+        /// Bytes of the image stored before the import stopped (removed since).
+        stored: u64,
     },
     /// The import was cancelled (the station is shutting down); nothing was kept.
     #[error("{}: import cancelled", path.display())]
@@ -340,6 +346,21 @@ fn did_you_mean(names: &[String]) -> String {
         [] => String::new(),
         [one] => format!("; did you mean {one}?"),
         many => format!("; did you mean one of: {}?", many.join(", ")),
+    }
+}
+
+/// The end of a [`ImageError::CacheFull`] message: what the image needed, or
+/// how much of it had been stored when the space ran out.
+fn shortfall(needed: Option<u64>, stored: u64) -> String {
+    match (needed, stored) {
+        (Some(needed), _) if needed > 0 => {
+            format!("; the image needs {}", flashrack_core::ByteSize(needed))
+        }
+        (_, 0) => String::new(),
+        (_, stored) => format!(
+            "; stopped after {} of the image (removed again)",
+            flashrack_core::ByteSize(stored)
+        ),
     }
 }
 

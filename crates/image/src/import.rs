@@ -300,7 +300,7 @@ impl ImageCache {
             }
             _ => 0,
         };
-        self.check_space(needed, options.min_free_space)?;
+        self.check_space(needed, 0, options.min_free_space)?;
         let copying = matches!(placement, Placement::Copy(_));
         let mut watch = |raw_size: u64| -> Result<(), ImageError> {
             if options.cancelled() {
@@ -310,7 +310,7 @@ impl ImageCache {
             }
             check_size(path, raw_size, &options)?;
             if copying {
-                self.check_space(u64::from(chunk_size), options.min_free_space)?;
+                self.check_space(u64::from(chunk_size), raw_size, options.min_free_space)?;
             }
             Ok(())
         };
@@ -640,14 +640,23 @@ impl ImageCache {
     }
 
     /// Free space left in the cache's file system, checked against `needed`
-    /// more bytes plus the `reserve` that must stay free.
-    pub(crate) fn check_space(&self, needed: u64, reserve: u64) -> Result<(), ImageError> {
+    /// more bytes plus the `reserve` that must stay free; `stored` is what the
+    /// import has stored so far (0 before it writes).
+    pub(crate) fn check_space(
+        &self,
+        needed: u64,
+        stored: u64,
+        reserve: u64,
+    ) -> Result<(), ImageError> {
         let available = self.available_space()?;
         if available < needed.saturating_add(reserve) {
             return Err(ImageError::CacheFull {
                 path: self.root.clone(),
                 available,
                 reserve,
+                // A chunk's worth is no figure the operator can act on.
+                needed: (stored == 0 && needed > 0).then_some(needed),
+                stored,
             });
         }
         Ok(())
@@ -677,6 +686,8 @@ impl ImageCache {
                     path: self.root.clone(),
                     available: self.available_space().unwrap_or(0),
                     reserve,
+                    needed: None,
+                    stored: 0,
                 }
             }
             _ => error,

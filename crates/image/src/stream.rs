@@ -146,7 +146,7 @@ impl ImageCache {
             (ImageFormat::Zip, Some(path)) => Some(path.clone()),
             _ => None,
         };
-        self.check_space(0, options.min_free_space)?;
+        self.check_space(0, 0, options.min_free_space)?;
         let mut temp = TempFile::create_in(&self.tmp, "img")?;
         let out_path = temp.path().to_path_buf();
         // Whoever follows the import hears of it from here on, as of a
@@ -168,7 +168,7 @@ impl ImageCache {
                 });
             }
             check_size(&label, raw_size, &options)?;
-            self.check_space(u64::from(chunk_size), options.min_free_space)
+            self.check_space(u64::from(chunk_size), raw_size, options.min_free_space)
         };
         let pass_error = |error: PassError| match error {
             PassError::Input(e) => input_error(&label, format, e),

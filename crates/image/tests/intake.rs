@@ -208,10 +208,18 @@ fn decompressing_stops_before_the_cache_file_system_is_full() {
     let error = import_bounded(&small.cache, &input, reserve(2 * MIB)).unwrap_err();
     match &error {
         ImageError::CacheFull {
-            available, reserve, ..
+            available,
+            reserve,
+            needed,
+            stored,
+            ..
         } => {
             assert_eq!(*reserve, 2 * MIB);
             assert!(*available < 2 * MIB + u64::from(CHUNK), "{error}");
+            // How far it got: about what the file system had room for.
+            assert_eq!(*needed, None, "{error}");
+            assert!(*stored > 8 * MIB && *stored < 16 * MIB, "{error}");
+            assert!(error.to_string().contains("stopped after"), "{error}");
         }
         other => panic!("expected the cache to be full, got {other:?}"),
     }
@@ -231,7 +239,16 @@ fn an_import_that_cannot_fit_is_refused_before_it_writes() {
     // A raw image whose data is larger than the free space.
     let input = small.input("big.img", &noise(20 * MIB as usize, 3));
     let error = import_bounded(&small.cache, &input, reserve(MIB)).unwrap_err();
-    assert!(matches!(error, ImageError::CacheFull { .. }), "{error:?}");
+    // What the image needs is in the words, so the operator knows how much
+    // room to make.
+    assert!(
+        matches!(error, ImageError::CacheFull { needed: Some(n), stored: 0, .. } if n == 20 * MIB),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().ends_with("; the image needs 21 MB"),
+        "{error}"
+    );
     assert!(small.temp_files().is_empty());
 
     // A file system already below the reserve takes nothing at all.
