@@ -272,7 +272,13 @@ impl Application {
                 if queued > 0 {
                     tracing::info!(queued, hub = %fleet.hub, "joined the fleet: the station's records are queued for the hub");
                 }
-                Some(Fleet::new(client))
+                let instance = crate::fleet::instance_id(&data_dir).map_err(|source| {
+                    AppError::FleetInstance {
+                        path: data_dir.join(crate::fleet::INSTANCE_FILE),
+                        source,
+                    }
+                })?;
+                Some(Fleet::new(client, instance))
             }
             None => None,
         };

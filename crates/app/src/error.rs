@@ -229,6 +229,16 @@ pub enum AppError {
     /// The hub's client cannot be set up.
     #[error("cannot join the fleet")]
     FleetClient(#[source] flashrack_fleet_client::ClientError),
+    /// The station's instance id (`fleet-instance` in the data directory)
+    /// cannot be read or made.
+    #[error("cannot read or make the station's fleet instance id {}", path.display())]
+    FleetInstance {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A fleet station keeps its records (they are what it ships).
     #[error("a station in a fleet must keep its records (not in memory only)")]
     FleetWithoutRecords,

@@ -180,9 +180,10 @@ async fn a_station_refused_for_an_id_in_use_keeps_the_hubs_words_as_its_last_err
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Its live reports and orders' polls reach the hub meanwhile: they do
-    // not hide that its records are refused (the link showed a connected
-    // hub, a growing backlog and no error).
+    // Its orders' polls reach the hub meanwhile: they do not hide that its
+    // records are refused (the link showed a connected hub, a growing
+    // backlog and no error). Its live reports are refused too, in words
+    // that say the same.
     let watched = Instant::now();
     while watched.elapsed() < Duration::from_secs(8) {
         let view = second.get("/api/v1/fleet").await.json();
@@ -197,6 +198,96 @@ async fn a_station_refused_for_an_id_in_use_keeps_the_hubs_words_as_its_last_err
     );
     second.stop().await.unwrap();
     first.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_whose_id_reports_live_from_another_instance_shows_the_refusal_until_it_is_taken()
+{
+    let pg = PgCluster::start();
+    // A station is silent after 6 s without a report (the least allowed).
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut config = flashrack_hub::HubConfig::new(pg.url(), hub_dir.path().join("hub"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database_connections = 4;
+    config.silent_after = Duration::from_secs(6);
+    let hub = spawn_hub_with(config, hub_dir).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    // Another station reports live under lab-a (it ships no records, so
+    // this station's batches are taken: only its live reports clash), and
+    // goes on reporting every 500 ms until told to stop.
+    let other = |state: &str| flashrack_fleet::LiveReport {
+        protocol: flashrack_fleet::PROTOCOL_VERSION,
+        station_id: "lab-a".into(),
+        instance: Some("0123456789abcdef0123456789abcdef".into()),
+        sent_at: 1_700_000_000_000,
+        snapshot: serde_json::json!({ "ports": [{ "label": "Z9", "state": state }] }),
+        backlog: 0,
+        order: None,
+    };
+    hub.db
+        .record_live("lab-a", &other("writing"), 6_000)
+        .await
+        .unwrap();
+    let (quiet, mut told) = tokio::sync::watch::channel(false);
+    let db = hub.db.clone();
+    let reporting = tokio::spawn(async move {
+        while !*told.borrow_and_update() {
+            db.record_live("lab-a", &other("writing"), 6_000)
+                .await
+                .unwrap();
+            let _ = tokio::time::timeout(Duration::from_millis(500), told.changed()).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let app = station(hub.address, "lab-a", &token, &dir).await;
+    let refused = |view: &serde_json::Value| {
+        view["last_error"].as_str().is_some_and(|e| {
+            e.contains("the hub answered 409")
+                && e.contains("reports live from another instance (instance 0123456789ab…")
+                && e.contains("another station uses the station_id \"lab-a\"")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !refused(&app.get("/api/v1/fleet").await.json()) {
+        assert!(
+            Instant::now() < deadline,
+            "the station never showed the refusal: {}",
+            app.get("/api/v1/fleet").await.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its records are taken meanwhile, and its orders' polls answered:
+    // neither hides that its live reports are refused.
+    until_shipped(&app, "lab-a").await;
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(7) {
+        let view = app.get("/api/v1/fleet").await.json();
+        assert!(refused(&view), "after {:?}: {view}", watched.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The hub's view of lab-a is the other station's, not a mix.
+    let view = &hub.db.station_views(Some("lab-a"), 6_000).await.unwrap()[0];
+    let snapshot = view.snapshot.as_ref().unwrap();
+    assert_eq!(snapshot["ports"][0]["label"], "Z9", "{snapshot}");
+
+    // The other station goes away and falls silent: this one's next report
+    // is taken and its error is over.
+    quiet.send(true).unwrap();
+    reporting.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = app.get("/api/v1/fleet").await.json();
+        if view["last_error"].is_null() && view["connected"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = &hub.db.station_views(Some("lab-a"), 6_000).await.unwrap()[0];
+    let snapshot = view.snapshot.as_ref().unwrap();
+    assert_ne!(snapshot["ports"][0]["label"], "Z9", "{snapshot}");
+    app.stop().await.unwrap();
+    hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -306,6 +306,16 @@ pub struct LiveReport {
     pub protocol: u32,
     /// The sending station.
     pub station_id: String,
+    /// Which station reports under `station_id`: an id the station makes
+    /// once for its data directory and keeps (see the station's
+    /// `fleet::instance_id`). The hub's live view of a station is one
+    /// instance's: while one reports, a second instance of the id (another
+    /// station configured with it) is refused with a 409, as its records
+    /// are. A restarted station keeps its instance. Absent from a station
+    /// older than this field: the hub cannot tell two such stations apart,
+    /// and one that names its instance replaces one that does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// When the station made the report, by its clock.
     pub sent_at: i64,
     /// The station's snapshot (ports, run), as its own API serves it.

@@ -227,6 +227,97 @@ async fn a_live_report_is_taken_only_under_the_tokens_own_station() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_of_a_station_id_in_use_is_refused_and_the_view_stays_the_firsts() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let first = "1111111111111111aaaaaaaaaaaaaaaa";
+    let second = "2222222222222222bbbbbbbbbbbbbbbb";
+    let from = |instance: Option<&str>, state: &str| {
+        let mut report = live_report("lab-a", 0, state);
+        report.instance = instance.map(str::to_string);
+        report
+    };
+    let view = |views: Answer| station(&views.body, "lab-a").unwrap().clone();
+    // A station older than the instance field holds the view: one that
+    // names its instance replaces it (it cannot be told from a restart).
+    let answer = post_json(hub.url(paths::LIVE), Some(&token), &from(None, "empty")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let answer = post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &from(Some(first), "writing"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+
+    // Another station configured with lab-a (its token copied): refused
+    // while the first reports, named or not, and the view stays the first's
+    // (it was the last report's, flipping between the two).
+    for (instance, words) in [
+        (Some(second), "not this one (instance 222222222222…)"),
+        (None, "not this one (one without a name)"),
+    ] {
+        let answer = post_json(hub.url(paths::LIVE), Some(&token), &from(instance, "empty")).await;
+        assert_eq!(answer.status, 409, "{:?}", answer.body);
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        for said in [
+            "station \"lab-a\" reports live from another instance (instance 111111111111…, heard from",
+            words,
+            "another station uses the station_id \"lab-a\"; give each station a station_id of its own",
+        ] {
+            assert!(message.contains(said), "{said:?} in {message:?}");
+        }
+    }
+    let seen = view(get(hub.url("/api/v1/stations"), None).await);
+    assert_eq!(seen["snapshot"]["ports"][0]["state"], "writing", "{seen}");
+    assert_eq!(seen["live_version"], 2, "{seen}");
+    // The first goes on (a restart keeps its instance).
+    let answer = post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &from(Some(first), "verifying"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+
+    // Once the first is silent (not heard from for an hour, the database's
+    // clock moved back by hand), the second takes its place: a station
+    // replaced under its id; then the first is the one refused.
+    sqlx::query("UPDATE live SET received_at = now() - interval '1 hour'")
+        .execute(hub.db.pool())
+        .await
+        .unwrap();
+    let answer = post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &from(Some(second), "passed"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let answer = post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &from(Some(first), "writing"),
+    )
+    .await;
+    assert_eq!(answer.status, 409, "{:?}", answer.body);
+    let seen = view(get(hub.url("/api/v1/stations"), None).await);
+    assert_eq!(seen["snapshot"]["ports"][0]["state"], "passed", "{seen}");
+    assert_eq!(seen["status"], "connected", "{seen}");
+
+    // An instance id that is not one is refused as malformed.
+    let answer = post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &from(Some("a b\u{1b}"), "writing"),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{:?}", answer.body);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_api_needs_an_operator_token_once_one_exists() {
     let pg = PgCluster::start();
     let hub = spawn_hub(&pg.url()).await;

@@ -46,6 +46,7 @@ pub async fn run(
         let report = LiveReport {
             protocol: PROTOCOL_VERSION,
             station_id: fleet.client.station_id().to_string(),
+            instance: Some(fleet.instance.clone()),
             sent_at: now_ms(),
             snapshot: serde_json::to_value(&*snapshots.borrow()).unwrap_or(serde_json::Value::Null),
             backlog,
@@ -57,7 +58,7 @@ pub async fn run(
         };
         let (pause, sent) = match answer {
             Ok(answer) => {
-                fleet.contact();
+                fleet.reported();
                 backoff.reset();
                 orders.send_if_modified(|held| {
                     let newer = held.as_ref().is_none_or(|h| answer.version > h.version);
@@ -70,7 +71,7 @@ pub async fn run(
             }
             Err(error) => {
                 tracing::debug!(%error, "cannot report the live rack to the hub");
-                fleet.failed(&error);
+                fleet.report_failed(&error);
                 // Try again later, with whatever the rack is then.
                 (backoff.next_wait(), false)
             }

@@ -29,11 +29,61 @@ use flashrack_fleet_client::HubClient;
 use flashrack_web::FleetView;
 use tokio::sync::watch;
 
+/// The file in a data directory holding the station's instance id.
+pub const INSTANCE_FILE: &str = "fleet-instance";
+
+/// The station's instance id at the hub ([`LiveReport::instance`](flashrack_fleet::LiveReport::instance)),
+/// kept in `data_dir`'s [`INSTANCE_FILE`]; made (32 random hex digits) the
+/// first time.
+///
+/// One per data directory, not per process: two stations running under one
+/// station id have two data directories (one flashrack process holds a data
+/// directory), so they have two instances and the hub refuses the second's
+/// live reports, while a station restarted (an upgrade, a crash) is the same
+/// instance and is taken at once, not refused until the hub calls its last
+/// process silent. A station whose data directory is started afresh is a new
+/// instance, as its records are a new history.
+pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if valid_instance(id) {
+                return Ok(id.to_string());
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("it holds {:?}, not an instance id (32 hex digits); remove it to have a new one made", text.chars().take(80).collect::<String>()),
+            ));
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Written whole or not at all: a crash leaves no half id.
+    let mut staged = tempfile::NamedTempFile::new_in(data_dir)?;
+    std::io::Write::write_all(&mut staged, format!("{id}\n").as_bytes())?;
+    staged.as_file().sync_all()?;
+    staged.persist(&path).map_err(|e| e.error)?;
+    Ok(id)
+}
+
+/// Whether `id` is an instance id as [`instance_id`] makes them.
+fn valid_instance(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The fleet's shared state: the client, and the view the web side shows.
 #[derive(Clone)]
 pub struct Fleet {
     /// The hub's client.
     pub client: HubClient,
+    /// The station's instance id ([`instance_id`]), sent with every live
+    /// report.
+    pub instance: String,
     /// The station's link to the hub, as shown at `GET /api/v1/fleet`.
     pub view: Arc<watch::Sender<FleetView>>,
     /// Whether the shipper's last batch failed: its error then stays the
@@ -43,24 +93,35 @@ pub struct Fleet {
     /// success must not hide why the backlog only grows. An atomic: set by
     /// the shipper, read by every task's `contact`.
     batch_failed: Arc<AtomicBool>,
+    /// Whether the hub refused the live reporter's last report with a 409
+    /// (another instance reports under this station's id): its words stay
+    /// the view's `last_error` until a report is taken, whatever the
+    /// batches and the orders' polls meet, for the reason above. An atomic:
+    /// set by the live reporter, read by every task's `contact`.
+    live_refused: Arc<AtomicBool>,
 }
 
 impl Fleet {
-    /// A fleet link over `client`, not yet connected.
-    pub fn new(client: HubClient) -> Self {
+    /// A fleet link over `client`, as the station `instance`, not yet
+    /// connected.
+    pub fn new(client: HubClient, instance: String) -> Self {
         let view = FleetView::new(client.hub(), client.station_id());
         Self {
             client,
+            instance,
             view: Arc::new(watch::channel(view).0),
             batch_failed: Arc::new(AtomicBool::new(false)),
+            live_refused: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Records an exchange with the hub that succeeded.
-    /// A batch refused or lost stays the `last_error` (see
-    /// [`shipped`](Self::shipped)).
+    /// A batch refused or lost, or a live report refused, stays the
+    /// `last_error` (see [`shipped`](Self::shipped) and
+    /// [`reported`](Self::reported)).
     pub(crate) fn contact(&self) {
-        let keep_error = self.batch_failed.load(Ordering::Relaxed);
+        let keep_error =
+            self.batch_failed.load(Ordering::Relaxed) || self.live_refused.load(Ordering::Relaxed);
         self.view.send_if_modified(|view| {
             let changed = !view.connected || (!keep_error && view.last_error.is_some());
             view.connected = true;
@@ -84,6 +145,27 @@ impl Fleet {
     pub(crate) fn ship_failed(&self, error: &str) {
         self.batch_failed.store(true, Ordering::Relaxed);
         self.lost(error);
+    }
+
+    /// Records a live report the hub took: a refusal of the reports, if
+    /// any, is over.
+    pub(crate) fn reported(&self) {
+        self.live_refused.store(false, Ordering::Relaxed);
+        self.contact();
+    }
+
+    /// Records a live report that failed. A 409 (the hub's view of this
+    /// station id is another instance's) stays the `last_error` until a
+    /// report is taken; any other failure is as [`failed`](Self::failed).
+    pub(crate) fn report_failed(&self, error: &flashrack_fleet_client::ClientError) {
+        use flashrack_fleet_client::ClientError;
+        if let ClientError::Status { status: 409, .. } = error {
+            tracing::warn!(%error, "the hub refuses this station's live reports");
+            self.live_refused.store(true, Ordering::Relaxed);
+            self.lost(&error.to_string());
+        } else {
+            self.failed(error);
+        }
     }
 
     /// Records a failed request of the live reporter or the orders' poller:
@@ -170,5 +252,28 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_wait() <= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn an_instance_id_is_made_once_per_data_directory_and_a_damaged_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = super::instance_id(dir.path()).unwrap();
+        assert_eq!(made.len(), 32, "{made}");
+        assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+        // A restart reads the same id: the hub takes it as the same station.
+        assert_eq!(super::instance_id(dir.path()).unwrap(), made);
+        // Another data directory is another station.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(super::instance_id(other.path()).unwrap(), made);
+        // A file that holds no id is refused, not replaced: a new id would
+        // make the station another one at the hub.
+        std::fs::write(dir.path().join(super::INSTANCE_FILE), "half").unwrap();
+        let error = super::instance_id(dir.path()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("holds \"half\", not an instance id"),
+            "{error}"
+        );
     }
 }

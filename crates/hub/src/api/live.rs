@@ -10,7 +10,8 @@ use flashrack_http::{ApiBytes, AppError};
 use super::{internal, station_of, HubState};
 
 /// Takes a live report (the token first, then the report, which must be the
-/// token's station's) and answers the station's orders.
+/// token's station's, from the instance the hub's view of the station is,
+/// else a 409) and answers the station's orders.
 pub(super) async fn post(
     State(state): State<HubState>,
     headers: HeaderMap,
@@ -33,7 +34,7 @@ pub(super) async fn post(
     }
     state
         .db
-        .record_live(&station, &report)
+        .record_live(&station, &report, state.silent_after_ms)
         .await
         .map_err(internal)?;
     let orders = state.db.orders_for(&station).await.map_err(internal)?;

@@ -87,7 +87,19 @@ pub struct StationView {
 impl HubDb {
     /// Stores `report` as `station`'s live state (replacing the one before)
     /// and wakes every hub process.
-    pub async fn record_live(&self, station: &str, report: &LiveReport) -> Result<(), PgError> {
+    ///
+    /// The live view of a station is one instance's
+    /// ([`LiveReport::instance`]): while the instance held reports (heard
+    /// from within `silent_after_ms`), a report from another instance of the
+    /// same station id is refused ([`PgError::Conflict`]) and changes
+    /// nothing. A silent holder, or one that named no instance (a station
+    /// older than the field), is replaced.
+    pub async fn record_live(
+        &self,
+        station: &str,
+        report: &LiveReport,
+        silent_after_ms: i64,
+    ) -> Result<(), PgError> {
         let backlog = i64::try_from(report.backlog)
             .map_err(|_| PgError::Invalid(format!("backlog {} is out of range", report.backlog)))?;
         if !super::ingest::storable_time(report.sent_at) {
@@ -95,6 +107,14 @@ impl HubDb {
                 "sent_at {} (unix milliseconds) is not in the years 0 to 9999",
                 report.sent_at
             )));
+        }
+        if let Some(instance) = report.instance.as_deref() {
+            if !super::tokens::valid_name(instance) {
+                return Err(PgError::Invalid(format!(
+                    "instance {:?} is not an instance id: 1-64 letters, digits, '-', '_' or '.'",
+                    instance.chars().take(80).collect::<String>()
+                )));
+            }
         }
         let order_nul = report.order.as_ref().and_then(|o| o.detail.as_deref());
         if super::ingest::holds_nul(&report.snapshot) || order_nul.is_some_and(|d| d.contains('\0'))
@@ -118,20 +138,54 @@ impl HubDb {
             .execute(&mut *tx)
             .await
             .map_err(sql("adding a station"))?;
+        // The station's row locked: two instances' first reports, or two
+        // hub processes taking them, are judged one after the other.
+        sqlx::query("SELECT 1 FROM stations WHERE id = $1 FOR UPDATE")
+            .bind(station)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("locking a station"))?;
+        let held: Option<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT instance, ts_to_ms(now()) - ts_to_ms(received_at) FROM live
+             WHERE station_id = $1",
+        )
+        .bind(station)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql("reading a station's live instance"))?;
+        if let Some((Some(holder), heard_ms)) = held {
+            let other = report.instance.as_deref() != Some(holder.as_str());
+            if other && heard_ms <= silent_after_ms {
+                return Err(PgError::Conflict(format!(
+                    "station {station:?} reports live from another instance ({}, heard from \
+                     {:.1} s ago), not this one ({}): another station uses the station_id \
+                     {station:?}; give each station a station_id of its own, with a token \
+                     made for it",
+                    short_instance(&holder),
+                    heard_ms.max(0) as f64 / 1000.0,
+                    report
+                        .instance
+                        .as_deref()
+                        .map_or_else(|| "one without a name".to_string(), short_instance),
+                )));
+            }
+        }
         sqlx::query(
             "INSERT INTO live (station_id, snapshot, sent_at, received_at, backlog,
-                               order_progress, version)
-             VALUES ($1, $2, ms_to_ts($3), now(), $4, $5, 1)
+                               order_progress, version, instance)
+             VALUES ($1, $2, ms_to_ts($3), now(), $4, $5, 1, $6)
              ON CONFLICT (station_id) DO UPDATE SET
                 snapshot = EXCLUDED.snapshot, sent_at = EXCLUDED.sent_at,
                 received_at = EXCLUDED.received_at, backlog = EXCLUDED.backlog,
-                order_progress = EXCLUDED.order_progress, version = live.version + 1",
+                order_progress = EXCLUDED.order_progress, version = live.version + 1,
+                instance = EXCLUDED.instance",
         )
         .bind(station)
         .bind(&report.snapshot)
         .bind(report.sent_at)
         .bind(backlog)
         .bind(order)
+        .bind(report.instance.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(sql("storing a live report"))?;
@@ -219,6 +273,17 @@ impl HubDb {
                 })
             })
             .collect()
+    }
+}
+
+/// An instance id as the hub's words show it: its first 12 characters,
+/// enough to tell two apart (a station's is 32 hex digits).
+fn short_instance(instance: &str) -> String {
+    let short: String = instance.chars().take(12).collect();
+    if instance.chars().count() > 12 {
+        format!("instance {short}…")
+    } else {
+        format!("instance {short}")
     }
 }
 

@@ -41,6 +41,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "received at",
         include_str!("../../../../migrations/postgres/0006_received_at.sql"),
     ),
+    (
+        7,
+        "live instance",
+        include_str!("../../../../migrations/postgres/0007_live_instance.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -266,6 +266,7 @@ pub fn live_report(station: &str, backlog: u64, port_state: &str) -> flashrack_f
     flashrack_fleet::LiveReport {
         protocol: PROTOCOL_VERSION,
         station_id: station.into(),
+        instance: None,
         sent_at: 1_700_000_000_000,
         snapshot: json!({ "ports": [{ "label": "A1", "state": port_state }] }),
         backlog,

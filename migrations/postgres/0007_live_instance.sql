@@ -1,0 +1,13 @@
+-- Which station instance the live row is from (`LiveReport::instance`: an
+-- id each station makes once for its data directory). The hub's live view of
+-- a station is one instance's: while the instance held here reports (heard
+-- from within the hub's `silent_after`), a report of the same station_id
+-- from another instance (a second station configured with that id) is
+-- refused with a 409 and changes nothing, as its records are refused. Once
+-- the held instance is silent, another takes its place (a station replaced).
+-- NULL for a report from a station older than the field (and for rows from
+-- before this column): such a holder is replaced by an instance that names
+-- itself.
+--
+-- Append-only, as every migration (see 0001_hub_records.sql).
+ALTER TABLE live ADD COLUMN instance text;
