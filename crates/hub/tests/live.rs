@@ -346,3 +346,75 @@ async fn the_operator_api_needs_an_operator_token_once_one_exists() {
     assert_eq!(post_raw(url, None, String::new()).await.status, 401);
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgresql_is_down_the_api_answers_503_at_once_and_serves_again_after() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let report = live_report("lab-a", 0, "writing");
+    let answer = post_json(hub.url(paths::LIVE), Some(&token), &report).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+
+    tokio::task::block_in_place(|| pg.stop());
+    // The stations' side and the operators' side alike: a JSON 503 within
+    // about 2 s (each waited for the pool's 10 s, then answered 500).
+    let sent = batch("lab-a", entries(1, vec![run(1, None)]), 0);
+    let lot = serde_json::json!({ "image_sha256": image_digest().to_hex(), "stations": ["lab-a"] });
+    for (what, call) in [
+        ("a live report", 0),
+        ("a batch", 1),
+        ("the orders", 2),
+        ("the stations", 3),
+        ("a lot", 4),
+        ("the health check", 5),
+    ] {
+        let asked = std::time::Instant::now();
+        let answer = match call {
+            0 => post_json(hub.url(paths::LIVE), Some(&token), &report).await,
+            1 => post_json(hub.url(paths::RECORDS), Some(&token), &sent).await,
+            2 => get(hub.url(paths::ORDERS), Some(token.clone())).await,
+            3 => get(hub.url("/api/v1/stations"), None).await,
+            4 => post_json(hub.url("/api/v1/lots"), None, &lot).await,
+            _ => get(hub.url("/api/v1/health"), None).await,
+        };
+        let took = asked.elapsed();
+        assert_eq!(
+            answer.status, 503,
+            "{what}: {:?} after {took:?}",
+            answer.body
+        );
+        assert_eq!(
+            answer.body["error"]["code"], "unavailable",
+            "{what}: {:?}",
+            answer.body
+        );
+        assert_eq!(
+            answer.body["error"]["message"], "the hub's database is unavailable: try again later",
+            "{what}"
+        );
+        assert!(
+            took < std::time::Duration::from_millis(3000),
+            "{what}: answered after {took:?}"
+        );
+    }
+
+    // PostgreSQL back: the hub serves again, without a restart.
+    tokio::task::block_in_place(|| pg.start_again());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answer = post_json(hub.url(paths::LIVE), Some(&token), &report).await;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not served again: {:?}",
+            answer
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let answer = post_json(hub.url(paths::RECORDS), Some(&token), &sent).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    hub.stop().await;
+}

@@ -19,6 +19,8 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// The server's options (`pg_ctl -o`), kept to start it again.
+    options: String,
 }
 
 impl PgCluster {
@@ -63,27 +65,17 @@ impl PgCluster {
             ],
         );
         let port = free_port();
-        let cluster = Self { dir, bin, port };
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {settings}",
-            cluster.dir.path().display()
+            dir.path().display()
         );
-        as_postgres(
-            &cluster.bin.join("pg_ctl"),
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-l",
-                &cluster.dir.path().join("log").to_string_lossy(),
-                "-o",
-                &options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
-        cluster.wait_ready();
+        let cluster = Self {
+            dir,
+            bin,
+            port,
+            options,
+        };
+        cluster.start_again();
         as_postgres(
             &cluster.bin.join("createdb"),
             &[
@@ -97,6 +89,46 @@ impl PgCluster {
             ],
         );
         cluster
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: sessions are ended, as when
+    /// an administrator stops the service); its port refuses connections
+    /// until [`start_again`](Self::start_again). Its data stays.
+    pub fn stop(&self) {
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                &self.data_dir().to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+        );
+    }
+
+    /// Starts the server (again, after [`stop`](Self::stop)) on the same
+    /// port, and waits until it accepts connections.
+    pub fn start_again(&self) {
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                &self.data_dir().to_string_lossy(),
+                "-l",
+                &self.dir.path().join("log").to_string_lossy(),
+                "-o",
+                &self.options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        self.wait_ready();
     }
 
     /// The connection URL of the `flashrack` database.

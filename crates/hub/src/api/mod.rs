@@ -98,12 +98,13 @@ pub fn router(state: HubState) -> Router {
         .with_state(state)
 }
 
-/// `GET /api/v1/health`: 200 while the database answers.
+/// `GET /api/v1/health`: 200 while the database answers, else 503.
 async fn health(State(state): State<HubState>) -> Result<&'static str, AppError> {
     sqlx::query("SELECT 1")
         .execute(state.db.pool())
         .await
-        .map_err(AppError::internal)?;
+        .map_err(crate::pg::sql("checking the database"))
+        .map_err(internal)?;
     Ok("ok\n")
 }
 
@@ -156,12 +157,18 @@ pub(crate) async fn station_of(state: &HubState, headers: &HeaderMap) -> Result<
     }
 }
 
-/// A database failure as a 500, or a refused request as a 400 (malformed)
-/// or a 409 (contradicts what the hub holds).
+/// A database failure as a 500, a database out of reach as a 503 (at once:
+/// within [`ACQUIRE_TIMEOUT`](crate::pg::ACQUIRE_TIMEOUT), never a hang), or
+/// a refused request as a 400 (malformed) or a 409 (contradicts what the hub
+/// holds).
 pub(crate) fn internal(error: PgError) -> AppError {
     match error {
         PgError::Invalid(reason) => AppError::bad_request(reason),
         PgError::Conflict(reason) => AppError::conflict(reason),
+        other if other.is_unavailable() => {
+            tracing::warn!(error = %other, "the database is unavailable");
+            AppError::unavailable("the hub's database is unavailable: try again later")
+        }
         other => AppError::internal(other),
     }
 }

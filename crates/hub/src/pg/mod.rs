@@ -78,6 +78,50 @@ pub enum PgError {
     },
 }
 
+impl PgError {
+    /// Whether the database cannot be reached now (down, restarting, every
+    /// connection refused or lost, none free within [`ACQUIRE_TIMEOUT`]),
+    /// rather than a statement failing: the request may be sent again
+    /// later, unchanged. The API answers it with a 503.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgError::Sql { source, .. } => unreachable(source),
+            PgError::Migrate(sqlx::migrate::MigrateError::Execute(source)) => unreachable(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `error` says the server is out of reach, not that a statement
+/// failed: no connection (refused, lost, timed out, the pool closed), or
+/// PostgreSQL's classes 08 (connection exception) and 57P01–57P03 (shutting
+/// down, crashed, starting up).
+fn unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// How long a request waits for a connection of the pool before the hub
+/// answers that its database is unavailable (503). While PostgreSQL is down
+/// every request waits this long (the pool tries to connect again until
+/// then), so it is short: a station or a browser hears at once that the
+/// hub cannot serve now, and tries again. A pool busy for that long (every
+/// connection held by a long statement) is answered the same way.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`HubDb::connect`] waits for a database that is not up yet (a
+/// hub started with PostgreSQL, before it accepts connections).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Wraps a driver error with what the hub was doing.
 pub(crate) fn sql(what: &'static str) -> impl FnOnce(sqlx::Error) -> PgError {
     move |source| PgError::Sql { what, source }
@@ -97,10 +141,28 @@ impl HubDb {
         let options: PgConnectOptions = url.parse().map_err(sql("parsing database_url"))?;
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.application_name("flashrack-hub"))
-            .await
-            .map_err(sql("connecting"))?;
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.application_name("flashrack-hub"));
+        // A database still starting is waited for, a while: each try gives
+        // up after ACQUIRE_TIMEOUT, which is short for the requests' sake.
+        let started = std::time::Instant::now();
+        loop {
+            let connected = sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map_err(sql("connecting"));
+            match connected {
+                Ok(_) => break,
+                Err(error) if error.is_unavailable() && started.elapsed() < CONNECT_PATIENCE => {
+                    tracing::debug!(%error, "the database is not up yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => {
+                    pool.close().await;
+                    return Err(error);
+                }
+            }
+        }
         migrate::migrator().await?.run(&pool).await?;
         Ok(Self { pool })
     }
