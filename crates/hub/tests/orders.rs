@@ -41,6 +41,7 @@ async fn an_armed_lot_reaches_its_stations_and_a_stop_disarms_it() {
     let pg = PgCluster::start();
     let hub = spawn_hub(&pg.url()).await;
     let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    hub.db.add_token(Role::Station, "lab-b").await.unwrap();
     let c = hub.db.add_token(Role::Station, "lab-c").await.unwrap();
     let sha = upload(&hub, image_bytes()).await;
     assert_eq!(sha, Sha256Digest::of(&image_bytes()).to_hex());
@@ -130,6 +131,7 @@ async fn a_lot_shows_desired_and_actual_state_per_station() {
     let pg = PgCluster::start();
     let hub = spawn_hub(&pg.url()).await;
     let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    hub.db.add_token(Role::Station, "lab-b").await.unwrap();
     let sha = upload(&hub, image_bytes()).await;
     let lot = post_json(
         hub.url("/api/v1/lots"),
@@ -483,5 +485,122 @@ async fn bad_lot_requests_get_a_clear_error_and_arm_nothing() {
     let (got, error) = refused(answer.status, &answer.body);
     assert_eq!(got, 400, "{:?}", answer.body);
     assert!(error.contains("duplicate field `name`"), "{error:?}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lot_named_as_another_is_refused_with_409_and_an_unnamed_lot_takes_a_free_name() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let sha = upload(&hub, image_bytes()).await;
+    let lots = hub.url("/api/v1/lots");
+    let arm = |name: Option<&str>| {
+        let mut body = json!({ "image_sha256": sha, "stations": ["lab-a"] });
+        if let Some(name) = name {
+            body["name"] = json!(name);
+        }
+        post_raw(lots.clone(), None, body.to_string())
+    };
+    let first = arm(Some("batch-7")).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let first_id = first.body["id"].as_i64().unwrap();
+    // The same name again: a 409 naming the lot that has it (was a 400,
+    // "a lot of that name exists already", naming neither).
+    let again = arm(Some("batch-7")).await;
+    assert_eq!(again.status, 409, "{:?}", again.body);
+    assert_eq!(again.body["error"]["code"], "conflict", "{:?}", again.body);
+    let words = again.body["error"]["message"].as_str().unwrap();
+    assert!(
+        words.contains(&format!(
+            "a lot named \"batch-7\" exists already (lot {first_id}): give this one another name"
+        )),
+        "{words:?}"
+    );
+
+    // An operator names a lot as the hub names the next unnamed one
+    // ("lot-<id>"): the unnamed lot takes "lot-<id>-2" (its rename was
+    // refused by the unique name, a 500, and the lot not armed).
+    let next: i64 = sqlx::query_scalar("SELECT last_value + 1 FROM lots_id_seq")
+        .fetch_one(hub.db.pool())
+        .await
+        .unwrap();
+    let named = arm(Some(&format!("lot-{}", next + 1))).await;
+    assert_eq!(named.status, 200, "{:?}", named.body);
+    assert_eq!(named.body["id"], next, "{:?}", named.body);
+    let unnamed = arm(None).await;
+    assert_eq!(unnamed.status, 200, "{:?}", unnamed.body);
+    assert_eq!(unnamed.body["id"], next + 1, "{:?}", unnamed.body);
+    assert_eq!(unnamed.body["name"], format!("lot-{}-2", next + 1));
+    // The one after is plain "lot-<id>" again.
+    let plain = arm(None).await;
+    assert_eq!(plain.status, 200, "{:?}", plain.body);
+    assert_eq!(plain.body["name"], format!("lot-{}", next + 2));
+
+    // Four lots, each named once; the refused one armed nothing.
+    let listed = get(lots.clone(), None).await;
+    let names: Vec<&str> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    let expected = [
+        format!("lot-{}", next + 2),
+        format!("lot-{}-2", next + 1),
+        format!("lot-{}", next + 1),
+        "batch-7".to_string(),
+    ];
+    assert_eq!(names, expected, "{:?}", listed.body);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lot_for_a_station_without_a_token_is_refused_naming_it_and_arms_nothing() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let a = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let sha = upload(&hub, image_bytes()).await;
+    let lots = hub.url("/api/v1/lots");
+    let arm = |stations: &[&str]| {
+        post_raw(
+            lots.clone(),
+            None,
+            json!({ "image_sha256": sha, "stations": stations }).to_string(),
+        )
+    };
+    // lab-b never joined: its order would wait, armed, for good (it was
+    // armed, 200, and the lot showed no progress for it, ever).
+    for (stations, says) in [
+        (
+            &["lab-a", "lab-b"][..],
+            "station \"lab-b\" has no station token (never joined this hub, or its token was \
+             revoked), so an order would wait for it forever: make one with `flashrack hub token \
+             add lab-b`, put it in the station's token_file and restart the station, or arm the \
+             lot without it",
+        ),
+        (
+            &["lab-c", "lab-a", "lab-b"][..],
+            "stations \"lab-c\", \"lab-b\" have no station token",
+        ),
+    ] {
+        let answer = arm(stations).await;
+        assert_eq!(answer.status, 409, "{stations:?}: {:?}", answer.body);
+        let words = answer.body["error"]["message"].as_str().unwrap();
+        assert!(words.contains(says), "{stations:?}: {words:?}");
+    }
+    // Nothing was armed, not even for lab-a.
+    assert_eq!(get(lots.clone(), None).await.body, json!([]));
+    assert_eq!(orders(&hub, &a, "").await.run, None);
+
+    // A revoked token is no token; a token made, the lot is armed.
+    hub.db.revoke_tokens(Role::Station, "lab-a").await.unwrap();
+    let answer = arm(&["lab-a"]).await;
+    assert_eq!(answer.status, 409, "{:?}", answer.body);
+    let b = hub.db.add_token(Role::Station, "lab-b").await.unwrap();
+    let answer = arm(&["lab-b"]).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert!(orders(&hub, &b, "").await.run.unwrap().armed);
     hub.stop().await;
 }

@@ -74,9 +74,41 @@ pub struct OrderView {
     pub failed: u64,
 }
 
+/// The hub's words for a lot name in use (by lot `held`, when known).
+fn name_taken(name: &str, held: Option<i64>) -> String {
+    let which = held.map_or_else(String::new, |id| format!(" (lot {id})"));
+    format!("a lot named {name:?} exists already{which}: give this one another name")
+}
+
+/// The hub's words for stations that have no station token.
+fn no_token(stations: &[String]) -> String {
+    let names = stations
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (whose, make) = match stations {
+        [one] => (
+            format!("station {names} has no station token"),
+            format!("`flashrack hub token add {one}`"),
+        ),
+        _ => (
+            format!("stations {names} have no station token"),
+            "`flashrack hub token add <station>` for each".to_string(),
+        ),
+    };
+    format!(
+        "{whose} (never joined this hub, or its token was revoked), so an order would wait \
+         for it forever: make one with {make}, put it in the station's token_file and restart \
+         the station, or arm the lot without it"
+    )
+}
+
 impl HubDb {
     /// Arms a lot: an order per station (disarming any order the station had
     /// armed), each station's orders version raised, every hub process woken.
+    /// Refused ([`PgError::Conflict`], nothing armed) when the name is
+    /// another lot's or a station holds no station token.
     pub async fn arm_lot(&self, lot: &NewLot) -> Result<i64, PgError> {
         if lot.stations.is_empty() {
             return Err(PgError::Invalid("a lot needs at least one station".into()));
@@ -100,6 +132,31 @@ impl HubDb {
             .begin()
             .await
             .map_err(sql("opening a transaction"))?;
+        // A station without a token never asks for its orders: its order
+        // would wait, armed, for good, and the lot show nothing about why.
+        let tokenless: Vec<String> = sqlx::query_scalar(
+            "SELECT s FROM unnest($1::text[]) WITH ORDINALITY AS given (s, n)
+             WHERE NOT EXISTS (SELECT 1 FROM tokens
+                               WHERE role = 'station' AND name = s AND revoked_at IS NULL)
+             ORDER BY n",
+        )
+        .bind(&lot.stations)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(sql("reading station tokens"))?;
+        if !tokenless.is_empty() {
+            return Err(PgError::Conflict(no_token(&tokenless)));
+        }
+        if let Some(name) = &lot.name {
+            let held: Option<i64> = sqlx::query_scalar("SELECT id FROM lots WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql("reading lots"))?;
+            if let Some(held) = held {
+                return Err(PgError::Conflict(name_taken(name, Some(held))));
+            }
+        }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO lots (name, image_sha256, image_name, image_size, options, stations,
                                created_by)
@@ -115,9 +172,10 @@ impl HubDb {
         .bind(&lot.created_by)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                PgError::Invalid("a lot of that name exists already".into())
+        .map_err(|e| match (&e, &lot.name) {
+            // Another operator's lot of that name, committed meanwhile.
+            (sqlx::Error::Database(d), Some(name)) if d.is_unique_violation() => {
+                PgError::Conflict(name_taken(name, None))
             }
             _ => PgError::Sql {
                 what: "storing a lot",
@@ -125,11 +183,31 @@ impl HubDb {
             },
         })?;
         if lot.name.is_none() {
-            sqlx::query("UPDATE lots SET name = 'lot-' || id WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("naming a lot"))?;
+            // `lot-<id>`, or `lot-<id>-2`, `-3` … when an operator gave a
+            // lot that name already (a lot named "lot-5" before lot 5 was
+            // made: the plain rename failed, a 500).
+            sqlx::query(
+                "UPDATE lots SET name = (
+                     SELECT c.name FROM generate_series(1, 1000) AS g (n),
+                         LATERAL (SELECT 'lot-' || $1::bigint
+                                         || CASE WHEN g.n = 1 THEN '' ELSE '-' || g.n END
+                                  AS name) AS c
+                     WHERE NOT EXISTS (SELECT 1 FROM lots WHERE lots.name = c.name)
+                     ORDER BY g.n LIMIT 1)
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => PgError::Conflict(
+                    "another lot took this lot's name meanwhile: arm it again".into(),
+                ),
+                _ => PgError::Sql {
+                    what: "naming a lot",
+                    source: e,
+                },
+            })?;
         }
         for station in &lot.stations {
             sqlx::query("INSERT INTO stations (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
