@@ -195,6 +195,7 @@ export async function importUrl(event) {
     signature: value('url-sig'),
     keyring: value('url-keyring'),
     bmap: value('url-bmap'),
+    no_bmap: $('url-no-bmap').checked,
     zip_entry: value('url-zip-entry'),
   };
   try {
@@ -218,6 +219,8 @@ function downloadRow(d) {
   } else if (d.state === 'done') {
     const signer = d.provenance && d.provenance.digest_source && d.provenance.digest_source.signature;
     words = `imported ${shortSha(d.image)}${signer ? ` · signed by ${signer.signer_fingerprint}` : ''}`;
+    const lookup = d.provenance && d.provenance.bmap_lookup_failed;
+    if (lookup) words += ` · no block map from beside it: the lookup failed (${lookup})`;
   } else if (d.state === 'interrupted') {
     words = `interrupted by a stop of the station at ${fmtBytes(d.held)}${d.total ? ` of ${fmtBytes(d.total)}` : ''}`;
   } else words = `failed: ${d.error}`;

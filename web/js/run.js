@@ -214,6 +214,8 @@ export function armSource() {
         signature: optional('arm-url-sig'),
         keyring: optional('arm-url-keyring'),
         bmap: optional('arm-url-bmap'),
+        // Sent only when ticked (the filter below drops undefined).
+        no_bmap: $('arm-url-no-bmap').checked || undefined,
         zip_entry: optional('arm-url-zip-entry'),
       };
       return { download: Object.fromEntries(Object.entries(download).filter(([, v]) => v !== undefined)) };

@@ -71,6 +71,9 @@ pub enum RunImage {
         keyring: Option<String>,
         /// The image's block map (bmaptool's XML) at its own URL.
         bmap: Option<String>,
+        /// Look for no block map beside the image on its server (the
+        /// API's `no_bmap`; not with `bmap`).
+        no_bmap: bool,
         /// The file to take from a zip archive of several.
         zip_entry: Option<String>,
     },
@@ -191,9 +194,15 @@ impl StationClient {
                 signature,
                 keyring,
                 bmap,
+                no_bmap,
                 zip_entry,
             } => {
                 let mut download = json!({ "url": url });
+                if *no_bmap {
+                    // Only when asked: a station from before it refuses
+                    // fields it does not know.
+                    download["no_bmap"] = json!(true);
+                }
                 for (key, value) in [
                     ("sha256", sha256),
                     ("sha256sums", sha256sums),

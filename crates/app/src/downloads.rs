@@ -12,6 +12,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use flashrack_core::{ByteSize, DigestSource, Provenance, Sha256Digest, SignatureCheck};
@@ -185,14 +186,17 @@ pub enum UrlBmap {
     /// `disk.bmap`). None there (404, 410, the 403 that object stores
     /// answer for a missing file, or a page that is no bmap at all, as
     /// servers answer 200 for a missing file) is no error: the image gets a
-    /// generated map afterwards, if it can have one.
+    /// generated map afterwards, if it can have one. The lookup is
+    /// optional: a server error or a timeout (tried once more, quickly) is
+    /// a warning, and the image is imported without that map, its
+    /// provenance saying why ([`flashrack_core::Provenance::bmap_lookup_failed`]).
     #[default]
     Beside,
     /// A bmap file on the station.
     File(PathBuf),
     /// A bmap at its own URL (it must be there).
     Url(String),
-    /// No map is looked for.
+    /// No map is looked for (`--no-bmap`, the API's `no_bmap`).
     NotWanted,
 }
 
@@ -228,12 +232,38 @@ pub fn bmap_urls_beside(url: &str) -> Vec<String> {
         .collect()
 }
 
+/// What the lookup of an image's block map found.
+#[derive(Debug, Default)]
+pub(crate) struct BmapLookup {
+    /// The map, fetched and parsed; `None` when none is wanted or none
+    /// could be had beside the image.
+    pub input: Option<BmapInput>,
+    /// Why the lookup beside the image failed (the URL and the error), when
+    /// it did: it is optional, so the import goes on without that map.
+    pub failed: Option<String>,
+}
+
+/// How the optional lookup of a block map beside an image is retried: once
+/// more at most, soon, and given up sooner than a download (`policy`'s
+/// figures where they are smaller): a server answering 5xx for it costs
+/// a second or two, not a download's ~31 s of back-off.
+fn lookup_policy(policy: &RetryPolicy) -> RetryPolicy {
+    RetryPolicy {
+        tries: policy.tries.min(2),
+        first_backoff: policy.first_backoff.min(Duration::from_secs(1)),
+        max_backoff: policy.max_backoff.min(Duration::from_secs(1)),
+        stall_timeout: policy.stall_timeout.min(Duration::from_secs(15)),
+        connect_timeout: policy.connect_timeout.min(Duration::from_secs(10)),
+    }
+}
+
 /// Fetches and parses the block map `request` names (see [`UrlBmap`]):
-/// `None` when none is wanted or none is beside the image.
-async fn bmap_for(
-    downloader: &Downloader,
-    request: &UrlImport,
-) -> Result<Option<BmapInput>, AppError> {
+/// none when none is wanted or none is beside the image. A map the
+/// operator named must be there; the lookup beside the image is optional:
+/// one that meets a server error or a timeout (tried once more, quickly)
+/// is a warning naming the URL and the error, and the lookup says why it
+/// failed ([`BmapLookup::failed`], kept in the image's provenance).
+async fn bmap_for(downloader: &Downloader, request: &UrlImport) -> Result<BmapLookup, AppError> {
     let refused = |path: PathBuf, source: ImageError| AppError::Bmap {
         path,
         source: Box::new(source),
@@ -251,8 +281,12 @@ async fn bmap_for(
         })?;
         BmapInput::parse(&name, &text).map_err(|e| refused(url.into(), e))
     };
+    let found = |input: BmapInput| BmapLookup {
+        input: Some(input),
+        failed: None,
+    };
     match &request.bmap {
-        UrlBmap::NotWanted => Ok(None),
+        UrlBmap::NotWanted => Ok(BmapLookup::default()),
         UrlBmap::File(path) => {
             // A small file, read off the async workers.
             let read = path.clone();
@@ -264,7 +298,7 @@ async fn bmap_for(
                         source: io::Error::other(join.to_string()),
                     })
                 })
-                .map(|(input, _text)| Some(input))
+                .map(|(input, _text)| found(input))
                 .map_err(|e| refused(path.clone(), e))
         }
         UrlBmap::Url(url) => {
@@ -272,14 +306,13 @@ async fn bmap_for(
                 .fetch_small(url, "block map", MAX_BMAP_SIZE)
                 .await
                 .map_err(|e| download_error(url, e))?;
-            fetched(url, small.bytes).map(Some)
+            fetched(url, small.bytes).map(found)
         }
         UrlBmap::Beside => {
+            let lookup = Downloader::new(lookup_policy(downloader.policy()))
+                .map_err(|e| download_error(&request.url, e))?;
             for url in bmap_urls_beside(&request.url) {
-                match downloader
-                    .fetch_small(&url, "block map", MAX_BMAP_SIZE)
-                    .await
-                {
+                match lookup.fetch_small(&url, "block map", MAX_BMAP_SIZE).await {
                     // What is not a bmap at all (no `<bmap` element: the
                     // page a server answers for a missing file, a "soft
                     // 404") is no map beside the image; a bmap that is
@@ -287,13 +320,30 @@ async fn bmap_for(
                     Ok(small) if !is_bmap_text(&small.bytes) => {
                         tracing::warn!(url, "not a bmap file beside the image: ignored");
                     }
-                    Ok(small) => return fetched(&url, small.bytes).map(Some),
+                    Ok(small) => return fetched(&url, small.bytes).map(found),
                     Err(DownloadError::NotFound { .. })
                     | Err(DownloadError::Status { status: 403, .. }) => {}
+                    // A server error or a timeout: the server cannot say
+                    // now whether a map is there, and the image need not
+                    // wait for one (nor is the next name likelier to
+                    // answer).
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(
+                            url,
+                            %error,
+                            "the lookup of a block map beside the image failed: importing the \
+                             image without it (give --bmap to name one, or --no-bmap to look \
+                             for none)"
+                        );
+                        return Ok(BmapLookup {
+                            input: None,
+                            failed: Some(format!("{url}: {error}")),
+                        });
+                    }
                     Err(error) => return Err(download_error(&url, error)),
                 }
             }
-            Ok(None)
+            Ok(BmapLookup::default())
         }
     }
 }
@@ -429,8 +479,9 @@ pub(crate) struct Following {
 
 /// The block map `request` names or finds beside its image (see
 /// [`UrlBmap`]), fetched and parsed before anything of the image is
-/// downloaded: `None` when none is wanted or none is beside the image.
-pub(crate) async fn block_map_of(request: &UrlImport) -> Result<Option<BmapInput>, AppError> {
+/// downloaded: none when none is wanted or none could be had beside the
+/// image (with why, if the lookup failed).
+pub(crate) async fn block_map_of(request: &UrlImport) -> Result<BmapLookup, AppError> {
     let downloader =
         Downloader::new(RetryPolicy::default()).map_err(|e| download_error(&request.url, e))?;
     bmap_for(&downloader, request).await
@@ -453,8 +504,14 @@ pub(crate) async fn import_url_following(
     let source = digest_source(&downloader, url, &request.check).await?;
     // The map is fetched and parsed before the image: a malformed one, or
     // one whose own checksum fails, downloads nothing.
-    let bmap = match following.bmap.clone() {
-        Some(given) => Some(given),
+    let BmapLookup {
+        input: bmap,
+        failed: bmap_lookup_failed,
+    } = match following.bmap.clone() {
+        Some(given) => BmapLookup {
+            input: Some(given),
+            failed: None,
+        },
         None => bmap_for(&downloader, request).await?,
     };
     let partial = Partial::in_dir(&downloads_dir(data_dir), url);
@@ -527,6 +584,7 @@ pub(crate) async fn import_url_following(
                 digest_source: source.clone(),
                 captured: None,
                 built: None,
+                bmap_lookup_failed: bmap_lookup_failed.clone(),
             });
         }
         drop(tx);
@@ -689,10 +747,14 @@ pub fn url_import_of(
         }
         (None, None) => DigestCheck::None,
     };
-    let bmap = match body.bmap {
-        None => UrlBmap::Beside,
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => UrlBmap::Url(url),
-        Some(_) => return Err("bmap must be an http or https URL".into()),
+    let bmap = match (body.bmap, body.no_bmap) {
+        (Some(_), true) => return Err("give bmap or no_bmap, not both".into()),
+        (None, true) => UrlBmap::NotWanted,
+        (None, false) => UrlBmap::Beside,
+        (Some(url), false) if url.starts_with("http://") || url.starts_with("https://") => {
+            UrlBmap::Url(url)
+        }
+        (Some(_), false) => return Err("bmap must be an http or https URL".into()),
     };
     if body.zip_entry.as_deref().is_some_and(|e| e.is_empty()) {
         return Err("zip_entry must name a file in the archive".into());

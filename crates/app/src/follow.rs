@@ -380,14 +380,19 @@ impl FollowService {
     ) -> Result<BmapInput, flashrack_web::AppError> {
         let request = url_import_of(body.clone(), self.max_size)
             .map_err(flashrack_web::AppError::bad_request)?;
-        match block_map_of(&request).await.map_err(request_error)? {
+        let lookup = block_map_of(&request).await.map_err(request_error)?;
+        match lookup.input {
             Some(input) => Ok(input),
             None => Err(flashrack_web::AppError::unprocessable(format!(
-                "a sparse run of {} needs its block map before the download: give \"bmap\" \
+                "a sparse run of {} needs its block map before the download{}: give \"bmap\" \
                  with the download or put one beside the image on its server (bmaptool's \
                  names), or import the image first (a map is generated from its file \
                  systems where flashrack reads them), then arm it by its sha256",
-                request.url
+                request.url,
+                lookup
+                    .failed
+                    .map(|why| format!(" (the lookup beside it failed: {why})"))
+                    .unwrap_or_default()
             ))),
         }
     }

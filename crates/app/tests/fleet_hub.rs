@@ -342,6 +342,7 @@ fn downloaded(sha256: flashrack_core::Sha256Digest) -> flashrack_core::Provenanc
         },
         captured: None,
         built: None,
+        bmap_lookup_failed: None,
     }
 }
 

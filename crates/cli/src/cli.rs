@@ -212,6 +212,11 @@ pub enum RunCommand {
         /// server is used if there is one.
         #[arg(long, value_name = "URL")]
         bmap: Option<String>,
+        /// For a URL: look for no block map beside the image on its server
+        /// (a lookup there that meets a server error or a timeout is only a
+        /// warning anyway).
+        #[arg(long, conflicts_with = "bmap")]
+        no_bmap: bool,
         /// For a URL of a zip archive of several files: the one to write.
         #[arg(long, value_name = "NAME")]
         zip_entry: Option<String>,
@@ -366,9 +371,14 @@ pub enum ImageCommand {
         /// Without it, FILE.bmap beside the image (for a URL: beside it on
         /// its server, by bmaptool's names) is used, checked in the same
         /// pass, else a map is generated from the image's file systems where
-        /// they can be read.
+        /// they can be read. A lookup beside a URL that meets a server
+        /// error or a timeout is a warning: the image is imported without
+        /// that map (its provenance says so).
         #[arg(long, value_name = "FILE|URL")]
         bmap: Option<PathBuf>,
+        /// For a URL: look for no block map beside the image on its server.
+        #[arg(long, conflicts_with = "bmap")]
+        no_bmap: bool,
         /// For a zip archive holding more than one file: the one to import
         /// (its name in the archive). Without it such an archive is refused
         /// with the names of its files. A zip from a URL is downloaded
@@ -567,6 +577,11 @@ pub struct FlashArgs {
     /// cache; a map that does not match is refused.
     #[arg(long, value_name = "FILE")]
     pub bmap: Option<PathBuf>,
+    /// For a URL: look for no block map beside the image on its server (a
+    /// lookup there that meets a server error or a timeout is only a
+    /// warning anyway).
+    #[arg(long, conflicts_with = "bmap")]
+    pub no_bmap: bool,
     /// For an image in a zip archive holding more than one file (a file or
     /// a URL): the one to write (its name in the archive). Without it such
     /// an archive is refused with the names of its files.
@@ -662,6 +677,7 @@ impl From<VerifyArgs> for FlashArgs {
             force_raw: false,
             sparse: false,
             bmap: None,
+            no_bmap: false,
             zip_entry: None,
             sample: args.sample,
             // Nothing is written: nothing to write again.

@@ -140,6 +140,7 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
             signature,
             keyring,
             bmap,
+            no_bmap,
             zip_entry,
             target_count,
             verify,
@@ -155,11 +156,11 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
             let verify = if no_verify { VerifyMode::None } else { verify };
             // Options only a download takes (--signature needs --sha256sums
             // and --keyring: clap enforces it).
-            let url_only = sha256sums.is_some() || bmap.is_some() || zip_entry.is_some();
+            let url_only = sha256sums.is_some() || bmap.is_some() || no_bmap || zip_entry.is_some();
             let image = match (image, station_file) {
                 (_, Some(path)) => {
                     if url_only {
-                        bail!("--sha256sums, --signature, --keyring, --bmap and --zip-entry are for a URL, not --station-file");
+                        bail!("--sha256sums, --signature, --keyring, --bmap, --no-bmap and --zip-entry are for a URL, not --station-file");
                     }
                     RunImage::StationFile { path, sha256 }
                 }
@@ -178,12 +179,13 @@ pub fn run(command: RunCommand) -> Result<ExitCode> {
                         signature,
                         keyring,
                         bmap,
+                        no_bmap,
                         zip_entry,
                     }
                 }
                 (Some(image), None) => {
                     if sha256.is_some() || url_only {
-                        bail!("--sha256, --sha256sums, --signature, --keyring, --bmap and --zip-entry are for a URL or --station-file, not a cached image");
+                        bail!("--sha256, --sha256sums, --signature, --keyring, --bmap, --no-bmap and --zip-entry are for a URL or --station-file, not a cached image");
                     }
                     RunImage::Cached(image)
                 }

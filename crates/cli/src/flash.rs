@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use flashrack_app::downloads::{
-    DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlBmap, UrlImport,
-};
+use flashrack_app::downloads::{DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport};
 use flashrack_app::flash::{FlashOutcome, FlashRequest};
 use flashrack_app::images::{bmap_beside, import_with_map, map_image, open_cache, resolve_image};
 use flashrack_core::Sha256Digest;
@@ -37,6 +35,9 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
     }
     if args.sha256sums.is_some() {
         anyhow::bail!("--sha256sums is for URLs: for a file, give --sha256");
+    }
+    if args.no_bmap {
+        anyhow::bail!("{}", crate::image_cmd::NO_BMAP_FOR_A_FILE);
     }
     // A file is written while it is imported (the targets follow the import;
     // see `flashrack_app::flash::flash_file`), unless the run needs its block
@@ -145,15 +146,9 @@ async fn flash_url(
             (None, None) => DigestCheck::None,
         };
     // A bmap given (a file on the station or a URL), else one beside the
-    // image on its server, is checked in the import's one pass, as `image
+    // image on its server (unless --no-bmap), is checked in the import's one pass, as `image
     // import URL` does: a map that lies fails the import, so every target.
-    let bmap = match args.bmap.as_deref().map(|b| (b, b.to_str())) {
-        Some((_, Some(b))) if b.starts_with("http://") || b.starts_with("https://") => {
-            UrlBmap::Url(b.to_string())
-        }
-        Some((path, _)) => UrlBmap::File(path.to_path_buf()),
-        None => UrlBmap::Beside,
-    };
+    let bmap = crate::image_cmd::url_bmap(args.bmap.as_deref(), args.no_bmap);
     let import = UrlImport {
         url: args.image.clone(),
         check,

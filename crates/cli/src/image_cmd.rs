@@ -78,6 +78,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             keyring,
             max_size,
             bmap,
+            no_bmap,
             zip_entry,
             json,
         } => {
@@ -103,17 +104,9 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         (None, None) => DigestCheck::None,
                     };
                     // A bmap given (a URL or a file on the station), else
-                    // one beside the image on its server, is checked in
-                    // the import's one pass.
-                    let bmap = match bmap.as_deref().map(|b| (b, b.to_str())) {
-                        Some((_, Some(b)))
-                            if b.starts_with("http://") || b.starts_with("https://") =>
-                        {
-                            UrlBmap::Url(b.to_string())
-                        }
-                        Some((path, _)) => UrlBmap::File(path.to_path_buf()),
-                        None => UrlBmap::Beside,
-                    };
+                    // one beside the image on its server (unless
+                    // --no-bmap), is checked in the import's one pass.
+                    let bmap = url_bmap(bmap.as_deref(), no_bmap);
                     let request = UrlImport {
                         url: url.to_string(),
                         check,
@@ -138,6 +131,9 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 None => {
                     if sha256sums.is_some() {
                         bail!("--sha256sums is for URLs: for a file, give --sha256");
+                    }
+                    if no_bmap {
+                        bail!("{NO_BMAP_FOR_A_FILE}");
                     }
                     // The bmap (given or beside the file) is checked in the
                     // import's pass; one that lies leaves nothing cached.
@@ -314,11 +310,15 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         "inspection": i.meta.inspection,
                         "raw_write_refusal": i.raw_write_refusal(),
                         "block_map": kept_map_json(&map),
+                        "provenance": i.meta.provenance,
                     }))?
                 )?;
             } else {
                 outln!("{}  {}", i.sha256(), i.meta.original_name)?;
                 outln!("size: {} ({} bytes)", ByteSize(i.size()), i.size())?;
+                if let Some(provenance) = &i.meta.provenance {
+                    outln!("from {provenance}")?;
+                }
                 match &i.meta.inspection {
                     Some(info) => {
                         for line in info.details() {
@@ -500,6 +500,25 @@ struct DownloadView {
     /// What the checking before the download is said to do: `None` when
     /// there is no checksum list to fetch (nothing is said then).
     checking: Option<&'static str>,
+}
+
+/// Why `--no-bmap` is refused for a file or a cached image: it says to look
+/// for no map on a URL's server, and a file's own map beside it
+/// (`FILE.bmap`) costs no lookup (move it away to import without it).
+pub(crate) const NO_BMAP_FOR_A_FILE: &str = "--no-bmap is for a URL (it skips the lookup of a block map beside the image on its server); a file's map is the FILE.bmap beside it, if any";
+
+/// The block map of a URL's import: the one given (an http(s) URL, else a
+/// file on the station), none with `--no-bmap` (clap refuses both), else
+/// one looked for beside the image on its server.
+pub(crate) fn url_bmap(given: Option<&Path>, no_bmap: bool) -> UrlBmap {
+    match given.map(|b| (b, b.to_str())) {
+        Some((_, Some(b))) if b.starts_with("http://") || b.starts_with("https://") => {
+            UrlBmap::Url(b.to_string())
+        }
+        Some((path, _)) => UrlBmap::File(path.to_path_buf()),
+        None if no_bmap => UrlBmap::NotWanted,
+        None => UrlBmap::Beside,
+    }
 }
 
 /// What an import's checking before its download does, in words (see

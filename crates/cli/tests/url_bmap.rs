@@ -91,3 +91,69 @@ async fn image_import_of_a_url_checks_the_bmap_beside_it_and_refuses_one_that_li
     assert_eq!(server.requests_for("/good/disk.img").len(), 2);
     assert_eq!(server.requests_for("/bad/disk.img").len(), 1);
 }
+
+/// A server that answers 503 for the names a bmap beside the image would
+/// have: the lookup is optional, so it is a warning that names the URL and
+/// the error, tried once more at most (not the ~31 s of a download's
+/// retries), and the image is imported without that map. `--no-bmap` looks
+/// for none: not one request for a bmap name. Before, the import failed
+/// with the 503 after the download's retries, and nothing could skip the
+/// lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bmap_lookup_that_meets_a_server_error_is_a_warning_and_no_bmap_skips_it() {
+    use flashrack_testkit::http_files::Behaviour;
+    let dir = tempfile::tempdir().unwrap();
+    let raw_path = dir.path().join("disk.img");
+    let raw = flashrack_testkit::bmap::sparse_image(&raw_path);
+    let server = FileServer::start().await;
+    server.serve("/os/disk.img", Served::new(raw, "d"));
+    let trouble = || Served::new(Vec::new(), "t").behaving(Behaviour::Status(503));
+    server.serve("/os/disk.img.bmap", trouble());
+    server.serve("/os/disk.bmap", trouble());
+    let url = server.url("/os/disk.img");
+    let bmap_requests = || {
+        server.requests_for("/os/disk.img.bmap").len() + server.requests_for("/os/disk.bmap").len()
+    };
+
+    let data = dir.path().join("data");
+    let started = std::time::Instant::now();
+    let out = flashrack_async(&data, &["image", "import", &url, "--json"]).await;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&server.url("/os/disk.img.bmap")) && stderr.contains("503"),
+        "the warning names the URL and the error: {stderr}"
+    );
+    let asked = bmap_requests();
+    assert!(asked <= 2, "one quick retry at most: {asked}");
+    let imported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sha = imported["sha256"].as_str().unwrap();
+    let shown = flashrack_async(&data, &["image", "show", sha, "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let failed = shown["provenance"]["bmap_lookup_failed"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        failed.contains("disk.img.bmap") && failed.contains("503"),
+        "the provenance says the lookup failed: {shown}"
+    );
+
+    // --no-bmap: no lookup at all.
+    let before = bmap_requests();
+    let data = dir.path().join("data-no-bmap");
+    let out = flashrack_async(&data, &["image", "import", &url, "--no-bmap", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(bmap_requests(), before, "no bmap name asked for");
+    // It says what it says: not with --bmap.
+    let out = flashrack_async(
+        &data,
+        &["image", "import", &url, "--no-bmap", "--bmap", "x.bmap"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

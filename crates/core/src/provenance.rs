@@ -150,6 +150,14 @@ pub struct Provenance {
     /// layout of an installer ISO); `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub built: Option<BuildOrigin>,
+    /// Why the lookup of a block map beside a downloaded image on its
+    /// server failed, when it did (the URL asked and the error: a server
+    /// error, a timeout): the image was imported without that map, and
+    /// gets one generated from its file systems where they can be read, as
+    /// when none is there. `None` when the lookup found a map or none, or
+    /// was not made (a map named by the operator, `--no-bmap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmap_lookup_failed: Option<String>,
 }
 
 impl Provenance {
@@ -162,6 +170,7 @@ impl Provenance {
             digest_source: DigestSource::Unchecked,
             captured: Some(origin),
             built: None,
+            bmap_lookup_failed: None,
         }
     }
 
@@ -176,6 +185,7 @@ impl Provenance {
             digest_source: DigestSource::Unchecked,
             captured: None,
             built: Some(origin),
+            bmap_lookup_failed: None,
         }
     }
 }
@@ -222,8 +232,15 @@ impl fmt::Display for Provenance {
             (None, None) => {}
         }
         match &self.digest_source {
-            DigestSource::Unchecked => f.write_str("; digest not checked"),
-            source => write!(f, "; digest {source}"),
+            DigestSource::Unchecked => f.write_str("; digest not checked")?,
+            source => write!(f, "; digest {source}")?,
+        }
+        match &self.bmap_lookup_failed {
+            Some(why) => write!(
+                f,
+                "; no block map from beside it: the lookup failed ({why})"
+            ),
+            None => Ok(()),
         }
     }
 }
@@ -251,6 +268,7 @@ mod tests {
             },
             captured: None,
             built: None,
+            bmap_lookup_failed: None,
         };
         assert_eq!(
             p.to_string(),

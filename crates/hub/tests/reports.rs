@@ -39,6 +39,7 @@ fn downloaded() -> Provenance {
         },
         captured: None,
         built: None,
+        bmap_lookup_failed: None,
     }
 }
 

@@ -38,6 +38,7 @@ fn provenance(name: &str) -> Provenance {
         digest_source: DigestSource::Unchecked,
         captured: None,
         built: None,
+        bmap_lookup_failed: None,
     }
 }
 

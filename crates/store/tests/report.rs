@@ -406,6 +406,7 @@ async fn a_downloaded_images_provenance_is_in_its_run_and_device_reports() {
             },
             captured: None,
             built: None,
+            bmap_lookup_failed: None,
         }),
         ..image()
     };

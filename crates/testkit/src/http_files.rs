@@ -1,8 +1,8 @@
 //! A small HTTP/1.1 file server on loopback for download tests: each file
 //! with its `ETag` and `Last-Modified`, `Range` and `If-Range` honoured (or
 //! not), and the ways real servers fail: a connection cut halfway, a length
-//! declared longer than the file, a slow trickle, a stall, a 404 for any
-//! path it does not serve. It records every request it answered, and the
+//! declared longer than the file, a slow trickle, a stall, a status of
+//! the test's choosing (a 503), a 404 for any path it does not serve. It records every request it answered, and the
 //! body bytes it sent, so a test can check that a download resumed rather
 //! than started again.
 //!
@@ -48,6 +48,9 @@ pub enum Behaviour {
     /// the test opens the gate, then closes the connection (a cut the test
     /// times: it may change the file first); later answers are honest.
     CutAtGate(usize),
+    /// Every answer is this status (a `503` of an overloaded server), with
+    /// a short text body and no validators.
+    Status(u16),
 }
 
 /// A file the server serves.
@@ -219,6 +222,18 @@ impl FileServer {
                 .await;
             return;
         };
+        if let Behaviour::Status(status) = file.behaviour {
+            self.record(&path, &range, &if_range, status);
+            let _ = socket
+                .write_all(
+                    format!(
+                        "HTTP/1.1 {status} Server Trouble\r\ncontent-length: 7\r\nconnection: close\r\n\r\ntrouble"
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            return;
+        }
         let real = file.body.len() as u64;
         let declared = match file.behaviour {
             Behaviour::DeclaresMore(more) => real + more,

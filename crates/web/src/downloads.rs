@@ -39,6 +39,12 @@ pub struct UrlImportRequest {
     /// one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmap: Option<String>,
+    /// `true`: look for no block map beside the image (none is fetched; the
+    /// image gets one generated from its file systems afterwards where
+    /// flashrack reads them). Not with `bmap`. A lookup beside the image
+    /// that meets a server error or a timeout is only a warning anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_bmap: bool,
     /// The file to import from a zip archive that holds more than one (its
     /// name in the archive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +61,7 @@ impl UrlImportRequest {
             signature: None,
             keyring: None,
             bmap: None,
+            no_bmap: false,
             zip_entry: None,
         }
     }
