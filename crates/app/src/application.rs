@@ -244,6 +244,9 @@ impl Application {
         }
         let data_dir = parts.data_dir;
         let images = crate::images::open_cache(&data_dir)?;
+        for left in crate::fleet::orders::remove_stale_fetches(&data_dir, &images) {
+            tracing::info!(path = %left.display(), "removed an image fetch a stopped station left behind");
+        }
         let records = match parts.recording {
             Recording::Store => {
                 Some(StoreRecords::open(&data_dir, &config.station_id, images.clone()).await?)

@@ -174,3 +174,55 @@ async fn a_station_in_no_fleet_says_so() {
     assert_eq!(app.get("/api/v1/fleet").await.status, 404);
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_a_stopped_station_left_are_removed_at_its_start_but_a_resumable_part_is_kept() {
+    use flashrack_app::fleet::orders::{fetch_dir, partial_path};
+    use flashrack_core::Sha256Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let app = station_of_hub("http://127.0.0.1:9/", &dir).await;
+    // What a station stopped while following orders leaves (as a kill -9
+    // would): a verified image under its import name (renamed from its
+    // .part, removed once imported: kept whole, for good, when the import
+    // was cut), the .part of an image its cache holds (never fetched
+    // again), and the .part of one it lacks (resumed by the next fetch).
+    let fetches = fetch_dir(&app.data_dir);
+    std::fs::create_dir_all(&fetches).unwrap();
+    let lacking = Sha256Digest::of(b"an image the cache lacks");
+    let importing = fetches.join(format!("{}-os.img", lacking.short()));
+    let importing_part = fetches.join(format!("{}-backup.part", lacking.short()));
+    let of_cached = partial_path(&app.data_dir, &app.image.sha256());
+    let resumable = partial_path(&app.data_dir, &lacking);
+    // Not the follower's: left alone.
+    let foreign = fetches.join("notes.txt");
+    let uppercase = fetches.join(format!(
+        "{}.part",
+        app.image.sha256().to_hex().to_uppercase()
+    ));
+    for (path, size) in [
+        (&importing, 3 * MIB),
+        (&importing_part, MIB),
+        (&of_cached, MIB),
+        (&resumable, 2 * MIB),
+        (&foreign, 10),
+        (&uppercase, 10),
+    ] {
+        std::fs::write(path, vec![7u8; size as usize]).unwrap();
+    }
+    let app = app.restart().await;
+    assert!(!importing.exists(), "the cut import's image is still there");
+    assert!(
+        !importing_part.exists(),
+        "the cut import of backup.part is still there"
+    );
+    assert!(
+        !of_cached.exists(),
+        "the cached image's .part is still there"
+    );
+    assert_eq!(
+        std::fs::read(&resumable).unwrap(),
+        vec![7u8; 2 * MIB as usize]
+    );
+    assert!(foreign.exists() && uppercase.exists());
+    app.stop().await.unwrap();
+}

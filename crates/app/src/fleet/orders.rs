@@ -62,6 +62,57 @@ pub fn partial_path(data_dir: &Path, sha256: &Sha256Digest) -> PathBuf {
     fetch_dir(data_dir).join(format!("{}.part", sha256.to_hex()))
 }
 
+/// Removes what a station process stopped while following an order (killed,
+/// a power cut) left in [`fetch_dir`] that nothing will resume, and says
+/// what it removed:
+/// - a fetched image under its import name (`<short sha256>-<name>`): the
+///   verified `.part` is renamed so before the import and removed after it,
+///   so a stop during the import (minutes for a large image) kept the whole
+///   image there for good; the next try fetches it afresh into a `.part`
+///   (the short name cannot say which image it is);
+/// - the `.part` of an image the cache holds: the follower takes the cached
+///   image and never fetches it again.
+///
+/// The `.part` of an image the cache lacks is kept: a fetch of that image
+/// (the same order after a restart, or a later one) resumes from it. Any
+/// other file is not the follower's and is left alone. Called at start-up,
+/// before the follower runs, by the process holding the data directory.
+pub fn remove_stale_fetches(data_dir: &Path, images: &ImageCache) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(fetch_dir(data_dir)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `<sha256>.part` holds no '-'; an import name may end in ".part"
+        // (an image named so).
+        let cached_part = name.strip_suffix(".part").is_some_and(|hex| {
+            Sha256Digest::parse(hex)
+                .ok()
+                .filter(|sha| sha.to_hex() == hex)
+                .is_some_and(|sha| images.get(&sha).ok().flatten().is_some())
+        });
+        let import_name = name.split_once('-').is_some_and(|(short, _)| {
+            short.len() == 12
+                && short
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        let stale = cached_part || import_name;
+        if !stale || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a fetch left behind");
+            }
+        }
+    }
+    removed
+}
+
 /// Long-polls the hub's orders into `orders` until `shutdown`.
 pub async fn poll(fleet: Fleet, orders: watch::Sender<Option<Orders>>, shutdown: ShutdownSignal) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
