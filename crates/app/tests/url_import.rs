@@ -362,6 +362,81 @@ async fn a_file_changed_on_the_server_is_imported_again_from_the_start() {
     assert_eq!(requests[2].range, None);
 }
 
+/// A server without validators (no `ETag`, no `Last-Modified`) cuts the
+/// connection halfway, and its file changes before the next request: the
+/// import gets the new file whole, never the old file's first half and the
+/// new one's second (what resuming with a bare `Range` gave), and with the
+/// old file's digest expected it fails on the digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_from_a_server_without_validators_never_imports_two_files_mixed() {
+    let old = image_bytes(SIZE, 15, 64 << 10);
+    let new = image_bytes(SIZE, 16, 64 << 10);
+    let bare = |body: Vec<u8>| Served {
+        etag: None,
+        last_modified: None,
+        ..Served::new(body, "unused")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    for (name, check) in [
+        ("/nv.img", DigestCheck::None),
+        (
+            "/nv-digest.img",
+            DigestCheck::Sha256(Sha256Digest::of(&old)),
+        ),
+    ] {
+        let server = FileServer::start().await;
+        server.serve(
+            name,
+            bare(old.clone()).behaving(Behaviour::CutAtGate(SIZE / 2)),
+        );
+        let request = UrlImport {
+            check,
+            ..UrlImport::new(server.url(name), ByteSize(1 << 40))
+        };
+        let importing = tokio::spawn({
+            let (cache, data_dir, request) = (cache.clone(), data_dir.clone(), request.clone());
+            async move { import_url(&cache, &data_dir, &request, policy(3), |_| {}).await }
+        });
+        // Half of the old file is out; the file changes; the cut.
+        while server.body_bytes_sent() < (SIZE / 2) as u64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.serve(name, bare(new.clone()));
+        server.open_gate();
+        let imported = importing.await.unwrap();
+        let mixed = [&old[..SIZE / 2], &new[SIZE / 2..]].concat();
+        match &request.check {
+            DigestCheck::None => {
+                let outcome = imported.unwrap();
+                assert_ne!(outcome.image.sha256(), Sha256Digest::of(&mixed), "a mix");
+                assert_eq!(outcome.image.sha256(), Sha256Digest::of(&new));
+            }
+            _ => {
+                // The new file whole, checked against the old one's digest.
+                let error = imported.unwrap_err();
+                let AppError::Import { source, .. } = &error else {
+                    panic!("{error:#}");
+                };
+                assert!(
+                    matches!(
+                        **source,
+                        flashrack_image::ImageError::ChecksumMismatch { .. }
+                    ),
+                    "{source}"
+                );
+            }
+        }
+        let requests = server.requests_for(name);
+        assert!(
+            requests[1..].iter().all(|r| r.range.is_none()),
+            "never resumed with a bare Range: {requests:?}"
+        );
+    }
+    assert_eq!(cache.list().unwrap().len(), 1, "the new file, once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_imports_a_url_in_the_background_and_shows_its_progress_and_provenance() {
     let key = key_pair("Vendor <release@example.invalid>");

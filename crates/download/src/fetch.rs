@@ -16,6 +16,13 @@
 //! whole new file (`200`), which is [`DownloadError::Changed`] (the caller
 //! starts afresh); a server that ignores ranges answers `200` with the same
 //! strong `ETag`, and the bytes already held are skipped as they come again.
+//! A cut within one run from a server that gave no validator is not resumed
+//! with a bare `Range` either (its file may have changed meanwhile: the old
+//! file's first part and the new one's rest): the whole file is asked for
+//! again from byte 0, and the bytes held are compared with what comes
+//! (neither written nor sent on again). Bytes that differ, or another
+//! length, are [`DownloadError::Changed`]; the same bytes are passed and the
+//! download goes on after them.
 //! A `206` must start exactly at the held length and declare the same total;
 //! a `206` answered to the first request (for the whole file) declares the
 //! file's length, and the rest is asked for after it.
@@ -421,8 +428,11 @@ impl Downloader {
                 sink,
                 progress: &mut *progress,
                 resumed_from,
+                at: before,
             };
-            match self.request(&parsed, &mut transfer).await {
+            let result = self.request(&parsed, &mut transfer).await;
+            let at = transfer.at;
+            match result {
                 Ok(()) => break,
                 Err(error) if error.is_transient() => {
                     if held > before {
@@ -430,15 +440,17 @@ impl Downloader {
                     }
                     if let (DownloadError::Cut { .. }, Some(total)) = (&error, state.total) {
                         // The same early end twice, the second time without
-                        // a new byte: the server does not have what it declared.
-                        if held == before && last_cut == Some(held) {
+                        // a new byte: the server does not have what it
+                        // declared. (An answer from byte 0 cut while it was
+                        // compared with the bytes held ended before them.)
+                        if held == before && at == held && last_cut == Some(held) {
                             return Err(DownloadError::WrongLength {
                                 url: url.into(),
                                 declared: total,
                                 actual: format!("but ends at byte {held} every time"),
                             });
                         }
-                        last_cut = Some(held);
+                        last_cut = Some(at);
                     }
                     failures += 1;
                     if failures >= self.policy.tries {
@@ -581,19 +593,58 @@ impl Downloader {
         let url = t.url;
         let held = *t.held;
         let mut request = self.http.get(parsed.clone());
-        if held > 0 {
-            request = request.header(RANGE, format!("bytes={held}-"));
-            match t.state.validator() {
-                Some(validator) => request = request.header(IF_RANGE, validator),
-                None => tracing::warn!(url, "the server gave no validator: resuming without If-Range; the digest check is the only guard"),
-            }
+        // Without a validator nothing tells whether the server's file is
+        // still the one the bytes held came from: it is asked for whole, and
+        // those bytes are compared with the answer's first ones.
+        let compare_held = held > 0 && t.state.validator().is_none();
+        if compare_held {
+            tracing::info!(
+                url,
+                held,
+                "the server gave no validator: asking for the whole file again and comparing \
+                 the bytes held with it"
+            );
+        } else if let Some(validator) = t.state.validator().filter(|_| held > 0) {
+            request = request
+                .header(RANGE, format!("bytes={held}-"))
+                .header(IF_RANGE, validator);
         }
+        let from = if compare_held { 0 } else { held };
+        t.at = from;
         let response = self.send(request, url, held).await?;
         let status = response.status().as_u16();
         let etag = header(response.headers(), ETAG);
         let last_modified = header(response.headers(), LAST_MODIFIED);
         let mut skip = 0u64;
+        // Bytes of the answer to compare with the bytes held (an answer
+        // from byte 0 to a download without a validator).
+        let mut compare = 0u64;
+        let changed_length = |declared: Option<u64>, length: Option<u64>| match (declared, length) {
+            (Some(declared), Some(length)) if declared != length => Some(DownloadError::Changed {
+                url: url.into(),
+                reason: format!(
+                    "the server gave no validator, and the file's length is now {length}, \
+                         was {declared} bytes"
+                ),
+            }),
+            _ => None,
+        };
         match status {
+            // A part of the whole file asked for again (a server or proxy
+            // that answers `206` unasked): from byte 0, or it is no answer.
+            206 if compare_held => {
+                let (start, total) = content_range(&response, url)?;
+                if start != Some(0) {
+                    return Err(DownloadError::BadRange {
+                        url: url.into(),
+                        reason: format!("asked for the whole file, got from byte {start:?}"),
+                    });
+                }
+                if let Some(error) = changed_length(t.state.total, total) {
+                    return Err(error);
+                }
+                compare = held;
+            }
             206 => {
                 let (start, total) = content_range(&response, url)?;
                 let total = total.ok_or_else(|| DownloadError::BadRange {
@@ -640,6 +691,12 @@ impl Downloader {
                         t.partial.save(t.state).await?;
                     }
                 }
+            }
+            200 if compare_held => {
+                if let Some(error) = changed_length(t.state.total, response.content_length()) {
+                    return Err(error);
+                }
+                compare = held;
             }
             200 if held > 0 => {
                 if !t.state.same_file(etag.as_deref(), last_modified.as_deref()) {
@@ -707,6 +764,14 @@ impl Downloader {
             path: t.partial.data.clone(),
             source,
         };
+        // The bytes held, read again to be compared with the answer's.
+        let mut held_bytes = match compare {
+            0 => None,
+            _ => {
+                t.file.flush().await.map_err(io)?;
+                Some(tokio::fs::File::open(&t.partial.data).await.map_err(io)?)
+            }
+        };
         let mut body = response.bytes_stream();
         loop {
             let mut chunk = match tokio::time::timeout(self.policy.stall_timeout, body.next()).await
@@ -716,6 +781,27 @@ impl Downloader {
                 Ok(Some(Err(error))) => return Err(cut(url, *t.held, t.state.total, &error)),
                 Ok(Some(Ok(chunk))) => chunk,
             };
+            if let Some(held_file) = held_bytes.as_mut().filter(|_| compare > 0) {
+                let n = (compare.min(chunk.len() as u64)) as usize;
+                let mut ours = vec![0u8; n];
+                held_file.read_exact(&mut ours).await.map_err(io)?;
+                if let Some(i) = ours.iter().zip(&chunk[..n]).position(|(a, b)| a != b) {
+                    return Err(DownloadError::Changed {
+                        url: url.into(),
+                        reason: format!(
+                            "the server gave no validator, and byte {} of the file is not the \
+                             one held",
+                            t.at + i as u64
+                        ),
+                    });
+                }
+                chunk.advance(n);
+                compare -= n as u64;
+                t.at += n as u64;
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
             if skip > 0 {
                 let n = (skip.min(chunk.len() as u64)) as usize;
                 chunk.advance(n);
@@ -741,13 +827,14 @@ impl Downloader {
                 .await
                 .map_err(|_| DownloadError::SinkClosed)?;
             *t.held += len;
+            t.at = *t.held;
             (t.progress)(Progress {
                 held: *t.held,
                 total: t.state.total,
                 resumed_from: t.resumed_from,
             });
         }
-        if skip > 0 || t.state.total.is_some_and(|total| *t.held < total) {
+        if skip > 0 || compare > 0 || t.state.total.is_some_and(|total| *t.held < total) {
             return Err(DownloadError::Cut {
                 url: url.into(),
                 held: *t.held,
@@ -773,6 +860,10 @@ struct Transfer<'a> {
     sink: &'a mpsc::Sender<Bytes>,
     progress: &'a mut (dyn FnMut(Progress) + Send),
     resumed_from: u64,
+    /// How far into the file the answer being read has got (its start,
+    /// then byte by byte): below `held` while an answer from byte 0 is
+    /// compared with the bytes held.
+    at: u64,
 }
 
 /// Sends the first `len` bytes of the partial file to the sink again.

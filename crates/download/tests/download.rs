@@ -148,6 +148,75 @@ async fn a_partial_download_without_validators_is_not_resumed_after_a_restart() 
     assert_eq!(requests.last().unwrap().range, None, "{requests:?}");
 }
 
+/// A server that gives no validator cuts the connection halfway and has
+/// another file by the next request: the cut is not resumed with a bare
+/// `Range` (the old file's first half and the new file's second), but the
+/// whole file is asked for again from byte 0, and the bytes held are found
+/// to differ from what comes: the file changed ([`DownloadError::Changed`],
+/// which the caller answers by starting afresh), and not a byte of the new
+/// file was sent on after the old one's. An unchanged file is read again
+/// past the bytes held and whole. Before, the second request was a bare
+/// `Range: bytes=<half>-` and the download ended with a mix.
+#[tokio::test]
+async fn a_cut_without_validators_is_asked_again_from_byte_0_and_never_mixes_two_files() {
+    let old = image_bytes(SIZE, 13, 4096);
+    let new = image_bytes(SIZE, 14, 4096);
+    let bare = |body: Vec<u8>| Served {
+        etag: None,
+        last_modified: None,
+        ..Served::new(body, "unused")
+    };
+    let server = FileServer::start().await;
+    server.serve(
+        "/cut.img",
+        bare(old.clone()).behaving(Behaviour::CutAtGate(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/cut.img");
+    let partial = Partial::in_dir(dir.path(), &url);
+    let downloading = tokio::spawn({
+        let (url, partial) = (url.clone(), partial.clone());
+        async move { download(policy(3), &url, &partial).await }
+    });
+    // The first half is out; the file changes on the server; the
+    // connection is cut.
+    while server.body_bytes_sent() < (SIZE / 2) as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.serve("/cut.img", bare(new.clone()));
+    server.open_gate();
+    let (result, got) = downloading.await.unwrap();
+    let error = result.unwrap_err();
+    assert!(matches!(error, DownloadError::Changed { .. }), "{error}");
+    assert!(
+        got == old[..SIZE / 2],
+        "nothing of the new file after the old one's half"
+    );
+    let requests = server.requests_for("/cut.img");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        requests[1].range, None,
+        "asked again from byte 0: {requests:?}"
+    );
+    assert_eq!(requests[1].if_range, None);
+
+    // The same file, cut and asked for again: read past the bytes held,
+    // and whole.
+    let body = image_bytes(SIZE, 15, 4096);
+    server.serve(
+        "/same.img",
+        bare(body.clone()).behaving(Behaviour::CutFirstAfter(SIZE / 2)),
+    );
+    let url = server.url("/same.img");
+    let (result, got) = download(policy(3), &url, &Partial::in_dir(dir.path(), &url)).await;
+    let done = result.unwrap();
+    assert!(got == body, "the file whole, once");
+    assert_eq!(done.size, SIZE as u64);
+    let requests = server.requests_for("/same.img");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1].range, None, "{requests:?}");
+}
+
 #[tokio::test]
 async fn a_file_that_changed_on_the_server_is_not_resumed() {
     let old = image_bytes(SIZE, 3, 4096);
