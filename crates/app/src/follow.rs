@@ -17,7 +17,10 @@
 //! image refused for a raw run fails the feed, which fails every attempt as
 //! a source failure before any verdict of a pass, and stops the run as
 //! `source_failed` with the reason; the cache keeps nothing of a failed
-//! import. While it runs, the import's bytes go to the run's view
+//! import. A download or a compressed file whose head (its first 64 KiB)
+//! shows an El Torito-only ISO fails the feed before the run is armed, so
+//! no stick gets a byte, and its import is abandoned at once. While it
+//! runs, the import's bytes go to the run's view
 //! (`RunView::import`, at most 4 times a second) and a stop of the run
 //! abandons the import (a download's partial file is kept, resumable).
 //!
@@ -186,6 +189,7 @@ impl FollowService {
         let (received, received_rx) = watch::channel((0u64, None));
         let observer = FeedObserver::new(feed.clone(), began_tx);
         let abandoned = observer.abandonment();
+        let head = observer.head();
         // The list's id of the run's download (a file's import is not listed).
         let mut listed = None;
         // A sparse run's ranges, from the bmap that comes with the image.
@@ -292,7 +296,8 @@ impl FollowService {
         // A raw station file is the image itself: one that would not boot
         // written raw is known now, before a stick is written. Its import
         // ends, and the arm refuses it as it refuses any cached image (422,
-        // in the event log); a download is known only at its import's end.
+        // in the event log); a download or a compressed file is judged by its
+        // head below.
         if let Some(path) = &station_file {
             let forced = request.options.force_raw || request.options.audit;
             if !forced && raw_file_refusal(path).await.is_some() {
@@ -307,6 +312,34 @@ impl FollowService {
         // An audit writes nothing: an image that would not boot written raw
         // may still be compared with sticks written otherwise.
         let force_raw = options.force_raw || options.audit;
+        // A download or a compressed file is judged by its head, the first
+        // bytes the import stores (kept for the sticks meanwhile): one that
+        // would not boot written raw (an El Torito-only ISO) fails the feed
+        // before the run is armed, so that no stick gets a byte; the run's
+        // sticks fail as source failures, and `finish` abandons the import,
+        // records the refusal and stops the run.
+        let mut head_refusal = None;
+        if !force_raw {
+            tokio::select! {
+                biased;
+                head = head => {
+                    head_refusal = head
+                        .ok()
+                        .and_then(|head| flashrack_inspect::head_raw_write_refusal(&head));
+                }
+                result = &mut import => {
+                    // Ended before its head was told (an image that short):
+                    // armed as a cached image, whose inspection decides.
+                    feed.unreserve();
+                    let outcome = joined(result).map_err(request_error)?;
+                    abandon.disarm();
+                    return Ok(Followed::Cached(Box::new(outcome.image), claim));
+                }
+            }
+        }
+        if let Some(refusal) = &head_refusal {
+            feed.fail(would_not_boot(refusal));
+        }
         let total = received_rx.borrow().1;
         // Once its arm is sent the run is the station's, whoever waits for
         // the answer (a run's start may wait for the records): the arm and
@@ -356,6 +389,9 @@ impl FollowService {
                     cancel,
                     received: received_rx,
                     abandoned,
+                    name: run.image_name.clone(),
+                    provisional,
+                    head_refusal,
                 },
                 import,
             ));
@@ -462,6 +498,23 @@ struct Finishing {
     /// The reason, if the import abandoned what it told the run's sticks
     /// (they failed with it), though the import itself ends well.
     abandoned: Arc<std::sync::OnceLock<String>>,
+    /// The run's image name until the import names the image.
+    name: String,
+    /// The run's provisional digest until the import names the image.
+    provisional: flashrack_core::Sha256Digest,
+    /// Why the image was refused by its head (the feed failed with it
+    /// before the run was armed): the import is abandoned at once, and the
+    /// refusal is the import's end.
+    head_refusal: Option<flashrack_image::RawWriteRefusal>,
+}
+
+/// What the sticks of an image refused for a raw run are failed with, and
+/// the run's import error.
+fn would_not_boot(refusal: &flashrack_image::RawWriteRefusal) -> String {
+    format!(
+        "the image would not boot written raw: {} (\"force_raw\": true)",
+        refusal.reason
+    )
 }
 
 /// Follows the import of run `f.run_id` to its end: its progress to the
@@ -471,6 +524,33 @@ async fn finish(
     f: Finishing,
     mut import: tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
 ) {
+    if let Some(refusal) = f.head_refusal.clone() {
+        // Nothing of it is written: the import is not waited for (a
+        // download's partial file is kept, resumable by an import of the
+        // URL), nor held against the station's next run.
+        f.cancel.store(true, Ordering::Relaxed);
+        let image_sha256 = match joined(import.await) {
+            Ok(outcome) => outcome.image.sha256(),
+            Err(_) => f.provisional,
+        };
+        let refused = RunRefusal {
+            image_sha256,
+            image_name: f.name.clone(),
+            reason: refusal.reason.clone(),
+            advice: refusal.advice.clone(),
+            options: f.options.clone(),
+        };
+        if let Err(error) = f.station.record_run_refused(refused).await {
+            tracing::error!(%error, "cannot record a refused run");
+        }
+        let (done, total) = *f.received.borrow();
+        f.station.import_progress(f.run_id, done, total).await;
+        let end = ImportEnd::Failed(would_not_boot(&refusal));
+        if let Err(error) = f.station.import_ended(f.run_id, end).await {
+            tracing::warn!(%error, run = %f.run_id, "the followed import's end");
+        }
+        return;
+    }
     let mut runs = f.station.watch();
     let mut watching = true;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -532,10 +612,7 @@ async fn finish(
             let image = outcome.image;
             match image.raw_write_refusal().filter(|_| !f.force_raw) {
                 Some(refusal) => {
-                    let reason = format!(
-                        "the image would not boot written raw: {} (\"force_raw\": true)",
-                        refusal.reason
-                    );
+                    let reason = would_not_boot(&refusal);
                     let refused = RunRefusal {
                         image_sha256: image.sha256(),
                         image_name: image.meta.original_name.clone(),

@@ -1079,14 +1079,22 @@ async fn an_installer_iso_followed_without_force_raw_fails_every_stick_and_is_in
     let dir = tempfile::tempdir().unwrap();
     let import_dir = dir.path().to_path_buf();
     let app = spawn_app_with(|c| c.web.import_dirs = vec![import_dir.clone()]).await;
-    // An innocent name: the refusal goes by content. A download is known
-    // once imported: its sticks fail then.
+    // An innocent name: the refusal goes by content. A download is judged
+    // by its head (no MBR, no GPT, an El Torito boot record) before a
+    // stick gets a byte: its sticks fail then, and the import's end
+    // records the refusal.
     let iso = dir.path().join("team-photos.img");
     flashrack_testkit::iso::windows_like_iso(&iso);
+    // Padded to three of the import's 4 MiB chunks, the rest held at the
+    // server's gate after the second (never opened): a stick that followed
+    // the download would hold the first chunk, the ISO's data, and the run
+    // would wait at the gate.
+    let mut padded = std::fs::read(&iso).unwrap();
+    padded.resize(10 << 20, 0);
     let server = FileServer::start().await;
     server.serve(
         "/team-photos.img",
-        Served::new(std::fs::read(&iso).unwrap(), "iso"),
+        Served::new(padded, "iso").behaving(Behaviour::GatedAt(8 << 20)),
     );
     let mut events = app.events().await;
     plug(&app, 1, 64 * MIB);
@@ -1106,13 +1114,32 @@ async fn an_installer_iso_followed_without_force_raw_fails_every_stick_and_is_in
     let run_id = armed.json()["id"].as_u64().unwrap();
     let stopped = events
         .until("the run stops: the image would not boot written raw", |v| {
-            v.run["stop_reason"] == "source_failed" && v.state("A1") == "failed"
+            v.run["stop_reason"] == "source_failed"
+                && v.state("A1") == "failed"
+                && v.run["import"]["state"] == "failed"
         })
         .await;
     let error = stopped.run["import"]["error"].as_str().unwrap_or_default();
     assert!(error.contains("would not boot written raw"), "{error}");
     assert_eq!(stopped.ports["A1"]["verdict"]["reason"], "interrupted");
     assert_eq!(stopped.run["passed"], 0);
+    // Not a sector of the ISO's data on the stick: refused by its head.
+    // (The stick is not all zeros: its attempt's probe marks it before it
+    // follows the image.)
+    let iso_bytes = std::fs::read(&iso).unwrap();
+    let stick = stick_bytes(&app, 1, iso_bytes.len());
+    let written: Vec<usize> = iso_bytes
+        .chunks(2048)
+        .zip(stick.chunks(2048))
+        .enumerate()
+        .filter(|(_, (ours, theirs))| ours.iter().any(|&b| b != 0) && ours == theirs)
+        .map(|(sector, _)| sector)
+        .collect();
+    assert_eq!(
+        written,
+        Vec::<usize>::new(),
+        "sectors of the ISO on the stick"
+    );
     let refusals = run_refusals(&app).await;
     assert_eq!(refusals.len(), 1);
     assert_eq!(refusals[0]["image_name"], "team-photos.img");

@@ -111,6 +111,33 @@ pub(crate) fn inspect(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<
     Some(info)
 }
 
+/// Whether an image's first bytes hold an ISO's volume descriptors (an ISO
+/// 9660 primary volume descriptor or a UDF recognition sequence) with an
+/// El Torito boot record among them, read as far as `head` goes. The boot
+/// catalog the record points to may lie further on: [`inspect`] reads its
+/// entries from the whole image.
+pub(crate) fn boot_record_in_head(head: &[u8]) -> bool {
+    let (mut volume, mut boot_record) = (false, false);
+    for i in 0..MAX_DESCRIPTORS {
+        let at = ((16 + i) * SECTOR) as usize;
+        let Some(vd) = head.get(at..at + SECTOR as usize) else {
+            break;
+        };
+        match &vd[1..6] {
+            b"CD001" => match vd[0] {
+                0 if vd[7..30] == *b"EL TORITO SPECIFICATION" => boot_record = true,
+                1 => volume = true,
+                _ => {}
+            },
+            b"NSR02" | b"NSR03" => volume = true,
+            b"BEA01" | b"TEA01" | b"BOOT2" | b"CDW02" => {}
+            // Anything else ends the descriptors (or there were none).
+            _ => break,
+        }
+    }
+    volume && boot_record
+}
+
 /// The files whose presence in `sources/` makes a Windows installer.
 const INSTALLER_FILES: [&str; 3] = ["install.wim", "install.esd", "install.swm"];
 

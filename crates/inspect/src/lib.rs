@@ -64,6 +64,31 @@ pub fn udf_tree(image: &dyn ReadAt, max_entries: usize) -> Result<Vec<TreeEntry>
     udf::Volume::open(image)?.walk(max_entries)
 }
 
+/// How many bytes of an image's head [`head_raw_write_refusal`] reads: its
+/// boot sector, a GPT header (at 512 or 4096) and the ISO 9660 volume
+/// descriptors from 32 KiB on, the El Torito boot record among them.
+pub const HEAD_LEN: usize = 64 << 10;
+
+/// Why a raw write of the image whose first bytes are `head` (as a download
+/// or a decoder produces them, at most [`HEAD_LEN`] of them read) would give
+/// a stick that does not boot, judged before the rest of the image is
+/// there: an ISO (an ISO 9660 primary volume descriptor or a UDF
+/// recognition sequence) with an El Torito boot record and neither an MBR
+/// boot signature nor a GPT header, the layout of a Windows installer and
+/// of any ISO made for optical media only. Such an image's full inspection
+/// refuses it as well ([`ImageInfo::raw_write_refusal`], with its El Torito
+/// entries or as a Windows installer). `None` when the head shows anything
+/// else, or is too short to show it: an image with a partition table
+/// (hybrid, or not an ISO at all) is left to the full inspection, which
+/// only refuses more.
+pub fn head_raw_write_refusal(head: &[u8]) -> Option<RawWriteRefusal> {
+    let head = &head[..head.len().min(HEAD_LEN)];
+    if table::signature_in_head(head) {
+        return None;
+    }
+    iso::boot_record_in_head(head).then(RawWriteRefusal::el_torito_only)
+}
+
 /// Inspects an image: its partition table, file systems, ISO structure and OS.
 ///
 /// Reads at most a few hundred KiB at known offsets (and the directories it

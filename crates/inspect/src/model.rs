@@ -207,6 +207,18 @@ pub struct RawWriteRefusal {
     pub advice: String,
 }
 
+impl RawWriteRefusal {
+    /// The refusal of an ISO that boots from optical media only: El Torito
+    /// entries (or, seen in an image's head, its boot record), no MBR or
+    /// GPT inside.
+    pub(crate) fn el_torito_only() -> Self {
+        Self {
+            reason: "this ISO boots from optical media only (El Torito, no MBR or GPT inside): written raw, the stick will not boot".into(),
+            advice: "use the distribution's USB image or a hybrid ISO (xorriso -as mkisofs -isohybrid-mbr …), or force a raw run if a byte-for-byte copy is really wanted".into(),
+        }
+    }
+}
+
 impl fmt::Display for RawWriteRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}; {}", self.reason, self.advice)
@@ -230,10 +242,7 @@ impl ImageInfo {
             });
         }
         if !iso.el_torito.is_empty() {
-            return Some(RawWriteRefusal {
-                reason: "this ISO boots from optical media only (El Torito, no MBR or GPT inside): written raw, the stick will not boot".into(),
-                advice: "use the distribution's USB image or a hybrid ISO (xorriso -as mkisofs -isohybrid-mbr …), or force a raw run if a byte-for-byte copy is really wanted".into(),
-            });
+            return Some(RawWriteRefusal::el_torito_only());
         }
         None
     }

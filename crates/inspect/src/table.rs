@@ -3,6 +3,15 @@
 use crate::model::{Partition, PartitionTable, TableKind};
 use crate::read::{bytes, le32, le64, ReadAt};
 
+/// Whether an image's first bytes carry the sign of a partition table: an
+/// MBR boot signature (`55 AA` at 510) or a GPT header (`EFI PART` at 512,
+/// or at 4096 for 4 KiB sectors). Only a sign: [`read`] decides whether a
+/// table is there.
+pub(crate) fn signature_in_head(head: &[u8]) -> bool {
+    let at = |offset: usize, sign: &[u8]| head.get(offset..offset + sign.len()) == Some(sign);
+    at(510, &[0x55, 0xAA]) || at(512, b"EFI PART") || at(4096, b"EFI PART")
+}
+
 /// The partition table, if the image has a valid one. Damage is noted in
 /// `problems`: a GPT whose primary header is damaged is read from its backup
 /// (and said so); one with both copies damaged is no table.

@@ -511,3 +511,51 @@ fn a_gpt_entry_with_absurd_lbas_is_a_problem_not_a_crash() {
         info.problems
     );
 }
+
+/// The head of an image (its first 64 KiB, as a download or a decoder
+/// produces them) is enough to refuse an ISO laid out as a Windows
+/// installer (no MBR, no GPT, an El Torito boot record at 32 KiB on) before
+/// the rest of it is there, with the words the full inspection gives an
+/// El Torito-only ISO; a hybrid ISO's head (an MBR at 0) and a data ISO
+/// without a boot record are not refused, nor is a head too short to hold
+/// the volume descriptors.
+#[test]
+fn the_head_of_an_el_torito_only_iso_is_enough_to_refuse_it_and_a_hybrids_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = |path: &Path| {
+        let mut bytes = fs::read(path).unwrap();
+        bytes.truncate(flashrack_inspect::HEAD_LEN);
+        bytes
+    };
+    let windows = dir.path().join("photos.bin");
+    flashrack_testkit::iso::windows_like_iso(&windows);
+    let refused = flashrack_inspect::head_raw_write_refusal(&head(&windows))
+        .expect("an El Torito-only ISO's head is refused");
+    assert!(refused.reason.contains("optical media only"), "{refused:?}");
+    // The full inspection refuses it too (as a Windows installer).
+    assert!(inspect_file(&windows).raw_write_refusal().is_some());
+    // Too short to hold the descriptors: not judged.
+    assert_eq!(
+        flashrack_inspect::head_raw_write_refusal(&head(&windows)[..33 << 10]),
+        None
+    );
+
+    let hybrid = dir.path().join("live.bin");
+    flashrack_testkit::iso::hybrid_linux_iso(&hybrid);
+    assert_eq!(
+        flashrack_inspect::head_raw_write_refusal(&head(&hybrid)),
+        None
+    );
+    assert_eq!(inspect_file(&hybrid).raw_write_refusal(), None);
+
+    let root = tree(dir.path(), &[("notes.txt", b"data only\n")]);
+    let data = dir.path().join("data.bin");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-V", "DATA", "-o"])
+        .arg(&data)
+        .arg(&root));
+    assert_eq!(
+        flashrack_inspect::head_raw_write_refusal(&head(&data)),
+        None
+    );
+}

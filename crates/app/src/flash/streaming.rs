@@ -18,6 +18,11 @@
 //! A raw file that would not boot written raw is known before its import
 //! ends ([`raw_file_refusal`]: the file is the image) and is not followed:
 //! its import ends and [`super::flash`] refuses it before a target is opened.
+//! A download or a compressed file is judged by its head, the first bytes
+//! the import stores ([`FeedObserver::head`]), before the targets start: an
+//! El Torito-only ISO fails the feed at once, so no target gets a byte; the
+//! run is recorded and stops as `source_failed`, the import is abandoned,
+//! and the refusal is in the event log.
 //!
 //! The targets follow the import when its size is known as it begins: a raw
 //! file's, or the size a plain `.xz` stream declares in its index (checked
@@ -41,7 +46,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashrack_core::{RunId, Sha256Digest, StopReason};
 use flashrack_engine::{Fanout, ImageFeed};
-use flashrack_image::{CachedImage, ImageError, ImportObserver, ImportOptions, ImportOutcome};
+use flashrack_image::{
+    CachedImage, ImageError, ImportObserver, ImportOptions, ImportOutcome, RawWriteRefusal,
+};
 
 use crate::downloads::{
     error_chain, file_name_of, import_url_following, Following, RetryPolicy, UrlImport, UrlProgress,
@@ -73,6 +80,20 @@ pub(crate) struct FeedObserver {
     /// ends without a pass (a known file, an early error), which the waiting
     /// side sees as a closed channel.
     began: Mutex<Option<oneshot::Sender<Option<u64>>>>,
+    /// The image's first bytes, gathered from the chunks as they are
+    /// stored, and where they go once there are
+    /// [`flashrack_inspect::HEAD_LEN`] of them ([`FeedObserver::head`]):
+    /// enough to refuse an image that would not boot written raw before a
+    /// target gets a byte. Dropped (the channel closed) when the import
+    /// ends first, or tells a data chunk without its bytes.
+    head: Mutex<Option<Head>>,
+}
+
+/// An import's head being gathered (see [`FeedObserver::head`]).
+#[derive(Debug)]
+struct Head {
+    bytes: Vec<u8>,
+    to: oneshot::Sender<Vec<u8>>,
 }
 
 impl ImportObserver for FeedObserver {
@@ -99,6 +120,7 @@ impl ImportObserver for FeedObserver {
     }
 
     fn chunk(&self, len: usize, zero: bool, fingerprint: u128) {
+        self.gather(zero.then_some(&[][..]), len);
         self.pushed(self.feed.push(len, zero, fingerprint));
     }
 
@@ -118,11 +140,13 @@ impl ImportObserver for FeedObserver {
     }
 
     fn chunk_data(&self, data: &[u8], fingerprint: u128) {
+        self.gather(Some(data), data.len());
         self.pushed(self.feed.push_data(data, fingerprint));
     }
 
     /// The import's own buffer, kept by the feed without a copy.
     fn chunk_owned(&self, data: flashrack_image::ChunkData, fingerprint: u128) {
+        self.gather(Some(&data), data.len());
         self.pushed(self.feed.push_owned(Box::new(data), fingerprint));
     }
 }
@@ -135,6 +159,44 @@ impl FeedObserver {
             feed,
             began: Mutex::new(Some(began)),
             abandoned: Arc::default(),
+            head: Mutex::new(None),
+        }
+    }
+
+    /// The image's first [`flashrack_inspect::HEAD_LEN`] bytes, as the
+    /// import stores them, before the feed hears of the chunk that completes
+    /// them. The channel closes without them when the import ends first (an
+    /// image shorter than that, an import that ends before its pass) or
+    /// tells a data chunk without its bytes.
+    pub(crate) fn head(&self) -> oneshot::Receiver<Vec<u8>> {
+        let (to, head) = oneshot::channel();
+        *self.head.lock().unwrap_or_else(PoisonError::into_inner) = Some(Head {
+            bytes: Vec::with_capacity(flashrack_inspect::HEAD_LEN),
+            to,
+        });
+        head
+    }
+
+    /// Adds a chunk of `len` bytes to the head being gathered: `data` its
+    /// bytes (empty for an all-zero chunk), `None` when they are not told.
+    fn gather(&self, data: Option<&[u8]>, len: usize) {
+        let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(gathering) = head.as_mut() else {
+            return;
+        };
+        let Some(data) = data else {
+            *head = None;
+            return;
+        };
+        let want = (flashrack_inspect::HEAD_LEN - gathering.bytes.len()).min(len);
+        match data.is_empty() {
+            true => gathering.bytes.resize(gathering.bytes.len() + want, 0),
+            false => gathering.bytes.extend_from_slice(&data[..want]),
+        }
+        if gathering.bytes.len() == flashrack_inspect::HEAD_LEN {
+            if let Some(done) = head.take() {
+                let _ = done.to.send(done.bytes);
+            }
         }
     }
 
@@ -201,25 +263,27 @@ pub async fn flash_file(
     let (began_tx, began_rx) = oneshot::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let abandon = CancelOnDrop(Some(cancel.clone()));
-    let abandoned = Arc::new(OnceLock::new());
     let follow = !request.sparse && !request.audit;
     if follow {
         // The targets start only after the checks and the records: the
         // import keeps its first chunks for them (see `ImageFeed::reserve`).
         feed.reserve();
     }
+    let observer = follow.then(|| FeedObserver::new(feed.clone(), began_tx));
+    let abandoned = observer
+        .as_ref()
+        .map_or_else(Arc::default, FeedObserver::abandonment);
+    // Closed at once when nothing follows the import.
+    let head = match &observer {
+        Some(observer) => observer.head(),
+        None => oneshot::channel().1,
+    };
     let options = ImportOptions {
         expected_sha256: expected,
         max_image_size: request.max_size.bytes(),
         reference_raw: true,
         cancel: Some(cancel.clone()),
-        observer: follow.then(|| {
-            Arc::new(FeedObserver {
-                feed: feed.clone(),
-                began: Mutex::new(Some(began_tx)),
-                abandoned: abandoned.clone(),
-            }) as Arc<dyn ImportObserver>
-        }),
+        observer: observer.map(|o| Arc::new(o) as Arc<dyn ImportObserver>),
         ..ImportOptions::default()
     };
     let import_path = path.to_path_buf();
@@ -229,6 +293,7 @@ pub async fn flash_file(
     let importing = Importing {
         import,
         began: began_rx,
+        head,
         feed,
         abandoned,
         cancel,
@@ -278,21 +343,23 @@ pub async fn flash_url(
     let (began_tx, began_rx) = oneshot::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let abandon = CancelOnDrop(Some(cancel.clone()));
-    let abandoned = Arc::new(OnceLock::new());
     let follow = !request.sparse && !request.audit;
     if follow {
         // The targets start only after the checks and the records: the
         // import keeps its first chunks for them (see `ImageFeed::reserve`).
         feed.reserve();
     }
+    let observer = follow.then(|| FeedObserver::new(feed.clone(), began_tx));
+    let abandoned = observer
+        .as_ref()
+        .map_or_else(Arc::default, FeedObserver::abandonment);
+    // Closed at once when nothing follows the import.
+    let head = match &observer {
+        Some(observer) => observer.head(),
+        None => oneshot::channel().1,
+    };
     let following = Following {
-        observer: follow.then(|| {
-            Arc::new(FeedObserver {
-                feed: feed.clone(),
-                began: Mutex::new(Some(began_tx)),
-                abandoned: abandoned.clone(),
-            }) as Arc<dyn ImportObserver>
-        }),
+        observer: observer.map(|o| Arc::new(o) as Arc<dyn ImportObserver>),
         raw_size: None,
         cancel: Some(cancel.clone()),
         bmap: None,
@@ -318,6 +385,7 @@ pub async fn flash_url(
     let importing = Importing {
         import: task,
         began: began_rx,
+        head,
         feed,
         abandoned,
         cancel,
@@ -371,6 +439,9 @@ struct Importing {
     /// Told when the pass begins, with the image's size if known then;
     /// closed when the import ends without a pass.
     began: oneshot::Receiver<Option<u64>>,
+    /// The image's head, once the import has stored it
+    /// ([`FeedObserver::head`]).
+    head: oneshot::Receiver<Vec<u8>>,
     feed: Arc<ImageFeed>,
     /// The reason, if the import abandons what it told the feed.
     abandoned: Arc<OnceLock<String>>,
@@ -393,6 +464,7 @@ async fn follow_or_wait(
     let Importing {
         mut import,
         began,
+        head,
         feed,
         abandoned,
         cancel,
@@ -414,31 +486,58 @@ async fn follow_or_wait(
     // would not boot written raw) is known before its import ends. Such a
     // file is not followed: the import ends first and the flash of the
     // cached image refuses it before a target is opened, as for an image
-    // the cache knew. (A compressed file or a download is known only at
-    // its import's end: its refusal fails the targets then.)
+    // the cache knew. (A compressed file or a download is judged by its
+    // head below.)
     let refused = match (&began, origin) {
         (Some(_), Origin::File(path)) if !request.force_raw => {
             raw_file_refusal(path).await.is_some()
         }
         _ => false,
     };
+    // Whether the targets follow the import: of known size, or a download
+    // of unknown size (a compressed file, a server that states no length)
+    // when every target is a block device (they fail as too small when the
+    // write passes their end; a file or a simulated stick is sized by the
+    // image, so it waits).
     let size = match began {
-        Some(Some(size)) if !refused => Some(size),
-        // A download whose image's size is not known before its end (a
-        // compressed file, a server that states no length) is followed by
-        // sticks, which fail as too small when the write passes their end;
-        // a file or a simulated stick is sized by the image, so it waits.
+        Some(Some(size)) if !refused => Some(Some(size)),
         Some(None) if matches!(origin, Origin::Url(_)) && all_block_devices(&request.targets) => {
-            None
+            Some(None)
         }
-        _ => {
-            // Flashed once imported: nothing to keep for the targets.
-            feed.unreserve();
-            let outcome = join(import).await?;
-            abandon.disarm();
-            return super::flash(data_dir, outcome.image, request, view, stops).await;
-        }
+        _ => None,
     };
+    let Some(size) = size else {
+        // Flashed once imported: nothing to keep for the targets.
+        feed.unreserve();
+        let outcome = join(import).await?;
+        abandon.disarm();
+        return super::flash(data_dir, outcome.image, request, view, stops).await;
+    };
+    // A download or a compressed file is judged by its head, the first
+    // bytes the import stores (which the feed keeps for the targets
+    // meanwhile): one that would not boot written raw (an El Torito-only
+    // ISO) is refused before a target gets a byte, its run stopped as a
+    // source failure at once ([`follow_import`]).
+    let mut head_refusal = None;
+    if !request.force_raw {
+        tokio::select! {
+            biased;
+            head = head => {
+                head_refusal = head
+                    .ok()
+                    .and_then(|head| flashrack_inspect::head_raw_write_refusal(&head));
+            }
+            result = &mut import => {
+                // Ended before its head was told (an image that short): the
+                // cached image's inspection decides.
+                feed.unreserve();
+                let outcome = result
+                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+                abandon.disarm();
+                return super::flash(data_dir, outcome.image, request, view, stops).await;
+            }
+        }
+    }
     tracing::debug!(image = %origin.label(), ?size, "writing while importing");
     let outcome = follow_import(
         data_dir,
@@ -451,6 +550,7 @@ async fn follow_or_wait(
         stops,
         cancel.clone(),
         abandoned,
+        head_refusal,
     )
     .await;
     abandon.disarm();
@@ -507,10 +607,18 @@ async fn follow_import(
     mut stops: mpsc::UnboundedReceiver<StopSignal>,
     cancel: Arc<AtomicBool>,
     abandoned: Arc<OnceLock<String>>,
+    head_refusal: Option<RawWriteRefusal>,
 ) -> Result<FlashOutcome, AppError> {
     // An early return abandons the import, and fails the feed (nobody
     // follows it yet).
     let mut abandon = CancelOnDrop(Some(cancel.clone()));
+    // Refused by its head: the feed fails before any target follows it, so
+    // not a byte is written; the run is recorded, each target's attempt
+    // fails as a source failure, the import is abandoned, and
+    // [`finish_import`] records the refusal.
+    if let Some(refusal) = &head_refusal {
+        feed.fail(would_not_boot(refusal));
+    }
     // A file being imported is read for the whole run: never a target (a
     // download goes to the cache's temporary file, in the data directory,
     // which the guard protects anyway).
@@ -596,6 +704,7 @@ async fn follow_import(
             label: origin.label(),
             force_raw: request.force_raw,
             options: run_options,
+            head_refusal,
         },
         view.clone(),
     ));
@@ -626,9 +735,14 @@ async fn follow_import(
         }
         (_, Err(error)) => {
             // The note says why, with the causes (the digest expected, the
-            // server's lie), not only what was imported.
+            // server's lie), not only what was imported; a refusal as the
+            // targets were failed with it.
+            let note = match &error {
+                AppError::RawWriteRefused { refusal, .. } => would_not_boot(refusal),
+                _ => error_chain(&error),
+            };
             let _ = records
-                .run_stopped(run_id, StopReason::SourceFailed, Some(&error_chain(&error)))
+                .run_stopped(run_id, StopReason::SourceFailed, Some(&note))
                 .await;
             return Err(error);
         }
@@ -668,6 +782,14 @@ struct RunImage {
     label: String,
     force_raw: bool,
     options: RunOptions,
+    /// Why the image was refused by its head, before any target got a byte
+    /// (the feed failed with it; the import is abandoned).
+    head_refusal: Option<RawWriteRefusal>,
+}
+
+/// What the targets of an image refused for a raw run are failed with.
+fn would_not_boot(refusal: &RawWriteRefusal) -> String {
+    format!("the image would not boot written raw: {}", refusal.reason)
 }
 
 /// Waits for the import to end and ends the feed: with the image's sha256
@@ -688,6 +810,28 @@ async fn finish_import(
             std::panic::resume_unwind(join.into_panic());
         }
     };
+    if let Some(refusal) = run.head_refusal {
+        // Abandoned (its error is its cancellation), or ended first: the
+        // refusal is the outcome, recorded as a cached image's is, under
+        // the name the run has; the digest is the image's if the import
+        // ended (then it is in the cache), else the run's provisional one.
+        let image_sha256 = outcome
+            .as_ref()
+            .map_or(run.provisional, |outcome| outcome.image.sha256());
+        records
+            .event(&JournalEvent::RunRefused(RunRefusal {
+                image_sha256,
+                image_name: run.name.clone(),
+                reason: refusal.reason.clone(),
+                advice: refusal.advice.clone(),
+                options: run.options,
+            }))
+            .await?;
+        return Err(AppError::RawWriteRefused {
+            name: run.name,
+            refusal,
+        });
+    }
     let image = match outcome {
         Ok(outcome) => outcome.image,
         Err(error) => {
