@@ -43,7 +43,7 @@ use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, R
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::DownloadError;
@@ -392,6 +392,12 @@ impl Downloader {
             .await
             .map_err(io)?;
         file.set_len(held).await.map_err(io)?;
+        // The bytes that come go after the ones held (a file opened for
+        // writing starts at 0: a resumed run wrote its first byte over the
+        // partial file's first, and a later restart sent that mix again).
+        file.seek(std::io::SeekFrom::Start(held))
+            .await
+            .map_err(io)?;
         let resumed_from = held;
         let mut state = state.unwrap_or_else(|| State {
             url: url.to_string(),

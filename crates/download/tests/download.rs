@@ -616,3 +616,46 @@ async fn a_part_answered_for_the_whole_file_is_not_taken_for_the_whole_file() {
     );
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// A download cut by a restart twice: the second run appends what it gets
+/// after the bytes the first held, so the third sends the file whole. The
+/// partial file is what a restart trusts: a byte of it out of place is a
+/// wrong image (without a digest to check it, imported as such).
+#[tokio::test]
+async fn a_download_resumed_across_two_restarts_keeps_its_partial_file_in_order() {
+    let body = image_bytes(SIZE, 21, 4096);
+    let third = SIZE / 3;
+    let server = FileServer::start().await;
+    server.serve(
+        "/r.img",
+        Served::new(body.clone(), "r1").behaving(Behaviour::CutFirstAfter(third)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/r.img");
+    let (result, _) = download(policy(1), &url, &Partial::in_dir(dir.path(), &url)).await;
+    assert!(matches!(result, Err(DownloadError::Cut { .. })));
+    // The second run gets another third, and stalls there.
+    server.serve(
+        "/r.img",
+        Served::new(body.clone(), "r1").behaving(Behaviour::StallAt(2 * third)),
+    );
+    let stalling = RetryPolicy {
+        stall_timeout: Duration::from_millis(300),
+        ..policy(1)
+    };
+    let (result, second) = download(stalling, &url, &Partial::in_dir(dir.path(), &url)).await;
+    assert!(
+        matches!(result, Err(DownloadError::Stalled { held, .. }) if held == (2 * third) as u64),
+        "{result:?}"
+    );
+    server.serve("/r.img", Served::new(body.clone(), "r1"));
+    assert!(second == body[..2 * third]);
+    let partial = Partial::in_dir(dir.path(), &url);
+    assert!(
+        std::fs::read(partial.data_path()).unwrap() == body[..2 * third],
+        "the partial file holds the file's first two thirds, in order"
+    );
+    let (result, last) = download(policy(1), &url, &partial).await;
+    result.unwrap();
+    assert!(last == body, "the file whole");
+}
