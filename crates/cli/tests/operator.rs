@@ -607,7 +607,8 @@ fn ports_learn_suggests_labels_by_physical_port_and_writes_them_in_label_order()
 
 /// `flashrack run start URL` arms a run on the running station whose sticks
 /// follow the download (the station's `POST /runs` with `download`); the
-/// demo's own sticks then pass with the image once it is imported. Bad
+/// demo's own sticks then pass with the image once it is imported, and
+/// with `--no-bmap` no bmap is looked for beside the image. Bad
 /// combinations are refused before anything is asked, and the station's
 /// refusals (a file that is not there, a URL its server does not have) are
 /// printed with its words.
@@ -656,7 +657,8 @@ fn run_start_of_a_url_arms_a_run_that_follows_the_download() {
     );
 
     let url = server.url("/os.img");
-    let out = demo.run(&["run", "start", &url, "--sha256", &sha]);
+    // --no-bmap goes to the station: it looks for no bmap beside the image.
+    let out = demo.run(&["run", "start", &url, "--sha256", &sha, "--no-bmap"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let said = stdout(&out);
     assert!(
@@ -683,6 +685,9 @@ fn run_start_of_a_url_arms_a_run_that_follows_the_download() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(server.requests_for("/os.img").len(), 1);
+    for name in ["/os.img.bmap", "/os.bmap"] {
+        assert_eq!(server.requests_for(name).len(), 0, "{name} asked for");
+    }
 }
 
 /// A key pair made for the test (ed25519: quick to make).
