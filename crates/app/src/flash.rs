@@ -208,7 +208,7 @@ pub async fn flash(
         let records = StoreRecords::open(data_dir, STATION_ID, open_cache(data_dir)?).await?;
         records
             .event(&JournalEvent::RunRefused(RunRefusal {
-                image_sha256: image.manifest.sha256(),
+                image_sha256: Some(image.manifest.sha256()),
                 image_name: image.meta.original_name.clone(),
                 reason: refusal.reason.clone(),
                 advice: refusal.advice.clone(),

@@ -390,7 +390,6 @@ impl FollowService {
                     received: received_rx,
                     abandoned,
                     name: run.image_name.clone(),
-                    provisional,
                     head_refusal,
                 },
                 import,
@@ -500,8 +499,6 @@ struct Finishing {
     abandoned: Arc<std::sync::OnceLock<String>>,
     /// The run's image name until the import names the image.
     name: String,
-    /// The run's provisional digest until the import names the image.
-    provisional: flashrack_core::Sha256Digest,
     /// Why the image was refused by its head (the feed failed with it
     /// before the run was armed): the import is abandoned at once, and the
     /// refusal is the import's end.
@@ -529,10 +526,11 @@ async fn finish(
         // download's partial file is kept, resumable by an import of the
         // URL), nor held against the station's next run.
         f.cancel.store(true, Ordering::Relaxed);
-        let image_sha256 = match joined(import.await) {
-            Ok(outcome) => outcome.image.sha256(),
-            Err(_) => f.provisional,
-        };
+        // The image's digest if its import ended first (it is in the
+        // cache), else none: the provisional digest is no image's.
+        let image_sha256 = joined(import.await)
+            .ok()
+            .map(|outcome| outcome.image.sha256());
         let refused = RunRefusal {
             image_sha256,
             image_name: f.name.clone(),
@@ -614,7 +612,7 @@ async fn finish(
                 Some(refusal) => {
                     let reason = would_not_boot(&refusal);
                     let refused = RunRefusal {
-                        image_sha256: image.sha256(),
+                        image_sha256: Some(image.sha256()),
                         image_name: image.meta.original_name.clone(),
                         reason: refusal.reason,
                         advice: refusal.advice,

@@ -1144,6 +1144,13 @@ async fn an_installer_iso_followed_without_force_raw_fails_every_stick_and_is_in
     assert_eq!(refusals.len(), 1);
     assert_eq!(refusals[0]["image_name"], "team-photos.img");
     assert_eq!(refusals[0]["options"]["operator"], "Ada");
+    // Refused by its head, its import abandoned: no digest is known, and
+    // the record names none (not the run's provisional one, no image's).
+    assert!(
+        refusals[0].get("image_sha256").is_none(),
+        "{:?}",
+        refusals[0]
+    );
     let report = run_report(&app, run_id).await;
     assert_eq!(report["run"]["stop_reason"], "source_failed", "{report}");
     let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
@@ -1191,6 +1198,7 @@ async fn an_installer_iso_followed_without_force_raw_fails_every_stick_and_is_in
     let refusals = run_refusals(&app).await;
     assert_eq!(refusals.len(), 2, "{refusals:?}");
     assert_eq!(refusals[1]["image_name"], "holiday.img");
+    assert!(refusals[1]["image_sha256"].is_string(), "{:?}", refusals[1]);
     assert_eq!(refusals[1]["options"]["operator"], "Bea");
     let runs = app.get("/api/v1/runs").await.json();
     assert_eq!(

@@ -151,6 +151,23 @@ async fn refused_runs(data: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The digests the event log's refused runs give, oldest first: `None`
+/// where a refusal names none (the image refused by its head, its import
+/// abandoned before its digest was known).
+async fn refused_digests(data: &Path) -> Vec<Option<String>> {
+    use flashrack_store::{EventKind, Records, Store};
+    let store = Store::open_read_only(&data.join("flashrack.db"), "station-1")
+        .await
+        .unwrap();
+    let events = store.recent_events(100).await.unwrap();
+    store.close().await;
+    events
+        .iter()
+        .filter(|e| e.row.kind == EventKind::RunRefused)
+        .map(|e| e.row.detail["image_sha256"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// An El Torito-only ISO (laid out as a Windows installer: no MBR, no GPT,
 /// an innocent name) the cache has not seen, flashed from its URL and from
 /// an `.xz` of it, is judged by its head (the first 64 KiB the download or
@@ -243,6 +260,18 @@ async fn an_el_torito_only_iso_from_a_url_or_an_xz_file_is_refused_before_a_targ
         refused_runs(&data).await,
         ["family-album.img", "scans.img.xz"]
     );
+    // A refusal names the image's digest, or none where the import was
+    // abandoned before it was known: never the run's provisional digest,
+    // which is no image's.
+    let digests = refused_digests(&data).await;
+    let images = [Sha256Digest::of(&bytes), Sha256Digest::of(&other_bytes)];
+    for (digest, image) in digests.iter().zip(images) {
+        assert!(
+            digest.as_deref().is_none_or(|d| d == image.to_hex()),
+            "a digest of no image: {digests:?}"
+        );
+    }
+    assert_eq!(digests[0], None, "the download was held at the gate");
 
     // A hybrid ISO (an MBR at 0): written as it arrives, and it passes.
     let hybrid = dir.path().join("live.img");

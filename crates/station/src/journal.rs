@@ -109,8 +109,12 @@ pub enum JournalEvent {
 /// A run refused before it was armed ([`JournalEvent::RunRefused`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunRefusal {
-    /// The image's sha256.
-    pub image_sha256: Sha256Digest,
+    /// The image's sha256; `None` when the image was refused by its head
+    /// (the first bytes of a download or of a decoder's output) and its
+    /// import abandoned before its digest was known: the record names no
+    /// digest rather than the run's provisional one, which is no image's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<Sha256Digest>,
     /// Its name.
     pub image_name: String,
     /// Why a raw copy would not boot, in one sentence.

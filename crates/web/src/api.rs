@@ -406,7 +406,7 @@ pub async fn arm(
         if let Err(error) = state
             .station
             .record_run_refused(RunRefusal {
-                image_sha256: image.manifest.sha256(),
+                image_sha256: Some(image.manifest.sha256()),
                 image_name: image.meta.original_name.clone(),
                 reason: refusal.reason,
                 advice: refusal.advice,

@@ -814,10 +814,9 @@ async fn finish_import(
         // Abandoned (its error is its cancellation), or ended first: the
         // refusal is the outcome, recorded as a cached image's is, under
         // the name the run has; the digest is the image's if the import
-        // ended (then it is in the cache), else the run's provisional one.
-        let image_sha256 = outcome
-            .as_ref()
-            .map_or(run.provisional, |outcome| outcome.image.sha256());
+        // ended (then it is in the cache), else none: the run's provisional
+        // digest is no image's.
+        let image_sha256 = outcome.as_ref().ok().map(|outcome| outcome.image.sha256());
         records
             .event(&JournalEvent::RunRefused(RunRefusal {
                 image_sha256,
@@ -859,7 +858,7 @@ async fn finish_import(
         ));
         records
             .event(&JournalEvent::RunRefused(RunRefusal {
-                image_sha256: image.sha256(),
+                image_sha256: Some(image.sha256()),
                 image_name: image.meta.original_name.clone(),
                 reason: refusal.reason.clone(),
                 advice: refusal.advice.clone(),

@@ -371,7 +371,7 @@ impl Follower {
             if let Err(error) = self
                 .station
                 .record_run_refused(RunRefusal {
-                    image_sha256: image.manifest.sha256(),
+                    image_sha256: Some(image.manifest.sha256()),
                     image_name: order.image_name.clone(),
                     reason: refusal.reason,
                     advice: refusal.advice,
