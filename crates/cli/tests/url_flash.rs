@@ -130,9 +130,8 @@ fn holds_nothing(target: &Path) -> bool {
     }
 }
 
-/// The event log's refused runs, oldest first, and the image names they
-/// give.
-async fn refused_runs(data: &Path) -> Vec<String> {
+/// The details of the event log's refused runs, oldest first.
+async fn refusals(data: &Path) -> Vec<serde_json::Value> {
     use flashrack_store::{EventKind, Records, Store};
     let store = Store::open_read_only(&data.join("flashrack.db"), "station-1")
         .await
@@ -140,14 +139,18 @@ async fn refused_runs(data: &Path) -> Vec<String> {
     let events = store.recent_events(100).await.unwrap();
     store.close().await;
     events
-        .iter()
+        .into_iter()
         .filter(|e| e.row.kind == EventKind::RunRefused)
-        .map(|e| {
-            e.row.detail["image_name"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
+        .map(|e| e.row.detail)
+        .collect()
+}
+
+/// The image names the event log's refused runs give, oldest first.
+async fn refused_runs(data: &Path) -> Vec<String> {
+    refusals(data)
+        .await
+        .iter()
+        .map(|d| d["image_name"].as_str().unwrap_or("").to_string())
         .collect()
 }
 
@@ -155,16 +158,10 @@ async fn refused_runs(data: &Path) -> Vec<String> {
 /// where a refusal names none (the image refused by its head, its import
 /// abandoned before its digest was known).
 async fn refused_digests(data: &Path) -> Vec<Option<String>> {
-    use flashrack_store::{EventKind, Records, Store};
-    let store = Store::open_read_only(&data.join("flashrack.db"), "station-1")
+    refusals(data)
         .await
-        .unwrap();
-    let events = store.recent_events(100).await.unwrap();
-    store.close().await;
-    events
         .iter()
-        .filter(|e| e.row.kind == EventKind::RunRefused)
-        .map(|e| e.row.detail["image_sha256"].as_str().map(str::to_string))
+        .map(|d| d["image_sha256"].as_str().map(str::to_string))
         .collect()
 }
 
