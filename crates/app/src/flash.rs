@@ -46,7 +46,8 @@ use crate::AppError;
 mod streaming;
 pub use streaming::{flash_file, flash_url};
 pub(crate) use streaming::{
-    import_reason, provisional_digest, raw_file_refusal, CancelOnDrop, FeedObserver,
+    head_or_end, import_reason, provisional_digest, raw_file_refusal, CancelOnDrop, FeedObserver,
+    HeadOrEnd,
 };
 
 /// One-shot flashes are recorded under this station id.

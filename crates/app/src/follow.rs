@@ -50,7 +50,8 @@ use crate::downloads::{
     UrlImportService, UrlProgress,
 };
 use crate::flash::{
-    import_reason, provisional_digest, raw_file_refusal, CancelOnDrop, FeedObserver,
+    head_or_end, import_reason, provisional_digest, raw_file_refusal, CancelOnDrop, FeedObserver,
+    HeadOrEnd,
 };
 use crate::images::bmap_beside;
 use crate::AppError;
@@ -320,18 +321,12 @@ impl FollowService {
         // records the refusal and stops the run.
         let mut head_refusal = None;
         if !force_raw {
-            tokio::select! {
-                biased;
-                head = head => {
-                    head_refusal = head
-                        .ok()
-                        .and_then(|head| flashrack_inspect::head_raw_write_refusal(&head));
-                }
-                result = &mut import => {
-                    // Ended before its head was told (an image that short):
-                    // armed as a cached image, whose inspection decides.
+            match head_or_end(head, &mut import).await {
+                HeadOrEnd::Head(refusal) => head_refusal = refusal,
+                HeadOrEnd::Ended(result) => {
+                    // Armed as a cached image, whose inspection decides.
                     feed.unreserve();
-                    let outcome = joined(result).map_err(request_error)?;
+                    let outcome = (*result).map_err(request_error)?;
                     abandon.disarm();
                     return Ok(Followed::Cached(Box::new(outcome.image), claim));
                 }

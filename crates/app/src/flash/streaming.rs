@@ -269,15 +269,7 @@ pub async fn flash_file(
         // import keeps its first chunks for them (see `ImageFeed::reserve`).
         feed.reserve();
     }
-    let observer = follow.then(|| FeedObserver::new(feed.clone(), began_tx));
-    let abandoned = observer
-        .as_ref()
-        .map_or_else(Arc::default, FeedObserver::abandonment);
-    // Closed at once when nothing follows the import.
-    let head = match &observer {
-        Some(observer) => observer.head(),
-        None => oneshot::channel().1,
-    };
+    let (observer, abandoned, head) = observe_if_following(&feed, began_tx, follow);
     let options = ImportOptions {
         expected_sha256: expected,
         max_image_size: request.max_size.bytes(),
@@ -349,15 +341,7 @@ pub async fn flash_url(
         // import keeps its first chunks for them (see `ImageFeed::reserve`).
         feed.reserve();
     }
-    let observer = follow.then(|| FeedObserver::new(feed.clone(), began_tx));
-    let abandoned = observer
-        .as_ref()
-        .map_or_else(Arc::default, FeedObserver::abandonment);
-    // Closed at once when nothing follows the import.
-    let head = match &observer {
-        Some(observer) => observer.head(),
-        None => oneshot::channel().1,
-    };
+    let (observer, abandoned, head) = observe_if_following(&feed, began_tx, follow);
     let following = Following {
         observer: observer.map(|o| Arc::new(o) as Arc<dyn ImportObserver>),
         raw_size: None,
@@ -520,19 +504,11 @@ async fn follow_or_wait(
     // source failure at once ([`follow_import`]).
     let mut head_refusal = None;
     if !request.force_raw {
-        tokio::select! {
-            biased;
-            head = head => {
-                head_refusal = head
-                    .ok()
-                    .and_then(|head| flashrack_inspect::head_raw_write_refusal(&head));
-            }
-            result = &mut import => {
-                // Ended before its head was told (an image that short): the
-                // cached image's inspection decides.
+        match head_or_end(head, &mut import).await {
+            HeadOrEnd::Head(refusal) => head_refusal = refusal,
+            HeadOrEnd::Ended(result) => {
                 feed.unreserve();
-                let outcome = result
-                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+                let outcome = (*result)?;
                 abandon.disarm();
                 return super::flash(data_dir, outcome.image, request, view, stops).await;
             }
@@ -785,6 +761,60 @@ struct RunImage {
     /// Why the image was refused by its head, before any target got a byte
     /// (the feed failed with it; the import is abandoned).
     head_refusal: Option<RawWriteRefusal>,
+}
+
+/// The observer of an import the targets follow (`None` when nothing
+/// follows it: a sparse run, an audit), where it keeps what it abandoned,
+/// and the receiver of its head (closed at once when nothing follows).
+fn observe_if_following(
+    feed: &Arc<ImageFeed>,
+    began: oneshot::Sender<Option<u64>>,
+    follow: bool,
+) -> (
+    Option<FeedObserver>,
+    Arc<OnceLock<String>>,
+    oneshot::Receiver<Vec<u8>>,
+) {
+    let observer = follow.then(|| FeedObserver::new(feed.clone(), began));
+    let abandoned = observer
+        .as_ref()
+        .map_or_else(Arc::default, FeedObserver::abandonment);
+    let head = match &observer {
+        Some(observer) => observer.head(),
+        None => oneshot::channel().1,
+    };
+    (observer, abandoned, head)
+}
+
+/// What came first of an import that targets follow: its head, or its end.
+pub(crate) enum HeadOrEnd {
+    /// The head was judged: the refusal of an image that would not boot
+    /// written raw (an El Torito-only ISO), else `None` (also when no head
+    /// was told: the observer gone with a failed import, whose end says why).
+    Head(Option<RawWriteRefusal>),
+    /// The import ended before its head was told (an image that short): the
+    /// cached image's inspection decides.
+    Ended(Box<Result<ImportOutcome, AppError>>),
+}
+
+/// Waits for the head of an import ([`FeedObserver::head`]) or its end,
+/// whichever comes first, and judges the head
+/// ([`flashrack_inspect::head_raw_write_refusal`]). The import is polled,
+/// not consumed: after a head it goes on.
+pub(crate) async fn head_or_end(
+    head: oneshot::Receiver<Vec<u8>>,
+    import: &mut tokio::task::JoinHandle<Result<ImportOutcome, AppError>>,
+) -> HeadOrEnd {
+    tokio::select! {
+        biased;
+        head = head => HeadOrEnd::Head(
+            head.ok()
+                .and_then(|head| flashrack_inspect::head_raw_write_refusal(&head)),
+        ),
+        result = import => HeadOrEnd::Ended(Box::new(
+            result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic())),
+        )),
+    }
 }
 
 /// What the targets of an image refused for a raw run are failed with.
