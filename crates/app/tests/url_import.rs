@@ -739,6 +739,25 @@ async fn the_api_takes_a_bmap_url_checks_it_in_the_one_pass_and_refuses_a_lie() 
             );
         }
     }
+    // A map and no map at once, or a no_bmap that is not a boolean: 400,
+    // nothing started.
+    for (no_bmap, said) in [
+        (serde_json::json!(true), "give bmap or no_bmap, not both"),
+        (serde_json::json!("yes"), "no_bmap"),
+    ] {
+        let answer = app
+            .post(
+                "/api/v1/images/import-url",
+                Some(serde_json::json!({
+                    "url": server.url("/disk.img"),
+                    "bmap": server.url("/maps/truth.bmap"),
+                    "no_bmap": no_bmap,
+                })),
+            )
+            .await;
+        assert_eq!(answer.status, 400, "{no_bmap}: {}", answer.body);
+        assert!(answer.body.contains(said), "{said:?} in {}", answer.body);
+    }
     assert_eq!(
         app.get("/api/v1/images/downloads").await.json(),
         serde_json::json!([])
