@@ -50,6 +50,12 @@ pub struct AttemptProgress {
     /// ([`request_cancel`](Self::request_cancel) notifies it; the thread
     /// itself polls `cancel`).
     stop: tokio::sync::Notify,
+    /// The verdict's reason when the attempt was given up on without its
+    /// thread ([`abandon`](Self::abandon)); a `std` mutex, held only to read
+    /// or set it.
+    abandoned: std::sync::Mutex<Option<FailReason>>,
+    /// Wakes the supervisor when the attempt is abandoned.
+    abandon_notify: tokio::sync::Notify,
     /// The capacity the target reported, once known.
     capacity: AtomicU64,
     /// Bytes of the image the target has acknowledged (the write pass's
@@ -73,6 +79,8 @@ impl AttemptProgress {
             done: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
+            abandoned: std::sync::Mutex::new(None),
+            abandon_notify: tokio::sync::Notify::new(),
             capacity: AtomicU64::new(0),
             written: AtomicU64::new(0),
             verified: AtomicU64::new(0),
@@ -146,6 +154,42 @@ impl AttemptProgress {
             notified.as_mut().enable();
             if self.cancel.load(Ordering::Relaxed) {
                 return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Gives up on the attempt with `reason` (the first reason given
+    /// stands): its thread is told to stop, and its supervisor gives the
+    /// verdict without it unless it answers within
+    /// [`ABANDON_GRACE`](crate::fanout::ABANDON_GRACE) (a thread stuck in the
+    /// kernel is abandoned as a stalled one is).
+    pub fn abandon(&self, reason: FailReason) {
+        {
+            let mut abandoned = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+            if abandoned.is_none() {
+                *abandoned = Some(reason);
+            }
+        }
+        self.cancel.store(true, Ordering::Relaxed);
+        self.abandon_notify.notify_waiters();
+    }
+
+    /// Ends with the reason once [`abandon`](Self::abandon) has been called.
+    pub(crate) async fn abandoned(&self) -> FailReason {
+        loop {
+            let notified = self.abandon_notify.notified();
+            tokio::pin!(notified);
+            // Registered before the reason is read: an abandonment between
+            // the two is not missed.
+            notified.as_mut().enable();
+            if let Some(reason) = self
+                .abandoned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return reason;
             }
             notified.await;
         }

@@ -339,7 +339,24 @@ impl Canceller {
     pub fn cancel(&self) {
         self.0.request_cancel();
     }
+
+    /// Gives up on the attempt: its verdict is a failure for `reason`, in the
+    /// stage it is in, given by its supervisor without waiting for its thread
+    /// longer than [`ABANDON_GRACE`]. For a wait the caller bounds itself (the
+    /// station's reset timeout), so that a thread stuck in the kernel (a
+    /// reset whose stick was pulled while the kernel synced its cache) does
+    /// not hold the verdict until the stall timeout. A thread that answers
+    /// within the grace gives its own verdict; an abandoned one keeps its
+    /// [`Hold`] on the stick until it comes back.
+    pub fn abandon(&self, reason: FailReason) {
+        self.0.abandon(reason);
+    }
 }
+
+/// How long an abandoned attempt's thread ([`Canceller::abandon`]) is given,
+/// on the engine's clock, to answer with its own verdict before it is given
+/// without it.
+pub const ABANDON_GRACE: Duration = Duration::from_secs(2);
 
 /// What a supervisor watches, and where it reports.
 struct Supervised {
@@ -475,14 +492,37 @@ async fn watch_thread(
     stall_timeout: Duration,
     clock: &Clock,
 ) -> Result<(Verdict, AttemptFigures), EngineError> {
+    let answered = |result: Result<_, oneshot::error::RecvError>| {
+        result.unwrap_or_else(|_| {
+            Ok(failed(
+                FailReason::Unavailable {
+                    detail: "the attempt's thread died".into(),
+                },
+                progress.stage(),
+            ))
+        })
+    };
     let mut watchdog = clock.sleep_until(progress.last_beat() + stall_timeout);
     loop {
         tokio::select! {
-            result = &mut *result_rx => {
-                return result.unwrap_or_else(|_| Ok(failed(
-                    FailReason::Unavailable { detail: "the attempt's thread died".into() },
-                    progress.stage(),
-                )));
+            result = &mut *result_rx => return answered(result),
+            reason = progress.abandoned() => {
+                // A thread waiting where the giving up reaches it (a reset's
+                // link) answers at once, with its own figures; one stuck in
+                // the kernel is left behind after the grace.
+                let grace = clock.sleep_until(clock.now() + ABANDON_GRACE);
+                tokio::select! {
+                    biased;
+                    result = &mut *result_rx => return answered(result),
+                    _ = grace => {}
+                }
+                let stage = progress.stage();
+                tracing::warn!(target = %id, %stage, reason = reason.code(),
+                    "given up on; its thread is left behind");
+                return Ok((
+                    Verdict::Fail(Failure { reason, stage }),
+                    progress.figures_so_far(),
+                ));
             }
             _ = &mut watchdog => {
                 let deadline = progress.last_beat() + stall_timeout;

@@ -51,7 +51,9 @@ use std::time::Duration;
 use flashrack_core::{DataRanges, ImageManifest, VerifyMode};
 
 pub use clock::{Clock, ManualClock};
-pub use fanout::{flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout, Hold};
+pub use fanout::{
+    flash_all, AttemptHandle, AttemptOutcome, Canceller, Fanout, Hold, ABANDON_GRACE,
+};
 pub use feed::{FeedError, Follower, ImageFeed};
 pub use source::SharedSource;
 

@@ -15,6 +15,7 @@ use flashrack_core::{
 };
 use flashrack_engine::{
     flash_all, AttemptHandle, Clock, EngineError, EngineOptions, Fanout, ManualClock, SourceImage,
+    ABANDON_GRACE,
 };
 use flashrack_simrack::sim::{CacheMode, FakeMode, SimRack, SimStick, SimStickSpec};
 use flashrack_target::Target;
@@ -1763,6 +1764,61 @@ async fn stalled_first_attempt(
         .expect("the stalled verdict")
         .unwrap();
     (fanout, clock, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_given_up_on_while_stuck_in_the_kernel_gets_its_verdict_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 43);
+    let rack = SimRack::create(
+        dir.path().join("rack"),
+        [SimStickSpec::new("stuck", 8 * MIB).hang_after_written(MIB)],
+    )
+    .unwrap();
+    let stick = rack.stick("stuck").unwrap();
+    let clock = ManualClock::new();
+    let options = EngineOptions {
+        stall_timeout: STALL_TIMEOUT,
+        clock: Clock::Manual(clock.clone()),
+        ..options()
+    };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let fanout = Fanout::new(&image, options, tx).unwrap();
+    let target: Arc<dyn Target> = Arc::new(stick.clone());
+    let handle = fanout.start(TargetId::new("stuck#1"), target);
+    let canceller = handle.canceller();
+    let attempt = tokio::spawn(handle.finish());
+    until_stuck(stick).await;
+    let reason = FailReason::LostAfterReset { after_secs: 7 };
+    canceller.abandon(reason.clone());
+    // Its thread does not answer: the verdict waits for the grace only (the
+    // clock is never moved to the stall timeout).
+    let grace_over = clock.now() + ABANDON_GRACE;
+    tokio::time::timeout(WAIT, clock.until_sleeps(|s| s.contains(&grace_over)))
+        .await
+        .expect("the grace is armed");
+    assert!(!attempt.is_finished());
+    clock.advance(ABANDON_GRACE);
+    let outcome = tokio::time::timeout(WAIT, attempt)
+        .await
+        .expect("the verdict once the grace is over")
+        .unwrap();
+    let (verdict, figures) = outcome.result.unwrap();
+    assert_eq!(
+        verdict,
+        Verdict::Fail(flashrack_core::Failure {
+            reason,
+            stage: Stage::Writing,
+        })
+    );
+    assert_eq!(figures.bytes_written_bound, Bound::LowerBound);
+    // Left behind, its thread holds the stick until the kernel lets go.
+    assert!(!outcome.hold.is_released());
+    stick.release();
+    let mut hold = outcome.hold.clone();
+    tokio::time::timeout(WAIT, hold.released())
+        .await
+        .expect("the stuck thread lets go once its write returns");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

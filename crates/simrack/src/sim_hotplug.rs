@@ -101,6 +101,12 @@ pub enum ResetReturn {
     /// kernel name (a real stick re-enumerates in about half a second), unless
     /// it was pulled meanwhile ([`SimRackControl::pull_held`]).
     After(Duration),
+    /// It leaves the system, and the reset itself does not return (a reset
+    /// stuck in the kernel: a real stick pulled while its de-authorization
+    /// syncs its cache keeps the sysfs write blocked for a minute) until the
+    /// test pulls it ([`SimRackControl::pull_held`]); the target then fails
+    /// as removed, never having waited for the station's answer.
+    Stuck,
 }
 
 enum Command {
@@ -478,9 +484,10 @@ impl ReenumeratingReset {
             return Err(error);
         }
         let port = device.port_path.clone().unwrap_or_default();
-        {
+        let plan_is_stuck = {
             let mut rack = self.rack.lock().unwrap_or_else(|p| p.into_inner());
             let plan = rack.reset_plans.get(&port).cloned().unwrap_or_default();
+            let stuck = plan == ResetReturn::Stuck;
             let Some(mut present) = rack.present.remove(&device.kernel_name) else {
                 self.link.end();
                 return Err(TargetError::Removed);
@@ -499,7 +506,7 @@ impl ReenumeratingReset {
                     rack.present.insert(kernel_name, present);
                     let _ = self.commands.send(Command::Plug(back));
                 }
-                ResetReturn::Never | ResetReturn::Held => {
+                ResetReturn::Never | ResetReturn::Held | ResetReturn::Stuck => {
                     rack.away.insert(port, present);
                 }
                 ResetReturn::After(delay) => {
@@ -514,6 +521,14 @@ impl ReenumeratingReset {
                     });
                 }
             }
+            stuck
+        };
+        if plan_is_stuck {
+            while !self.stick.is_removed() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.link.end();
+            return Err(TargetError::Removed);
         }
         let stick = self.stick.clone();
         self.link

@@ -3309,6 +3309,12 @@ impl Station {
         let after_secs = self.settings.engine.reset_timeout.as_secs();
         tracing::warn!(kernel_name = %slot.kernel_name, after_secs, "not back from its reset; given up");
         slot.reset.fail(ResetFailure::Lost { after_secs });
+        // The verdict follows now even if the attempt's thread never reads the
+        // answer: a reset stuck in the kernel (seen in the VM suite: a stick
+        // pulled while its de-authorization synced its cache kept the sysfs
+        // write blocked past the stall timeout) would otherwise leave the
+        // port showing `resetting` after the station gave up.
+        slot.canceller.abandon(FailReason::LostAfterReset { after_secs });
     }
 
     /// The grace of a waiting verdict is over: settle it, unless a removal

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{Bound, FailReason, Failure, RefusalCode, RunId, Stage, StopReason, Verdict};
-use flashrack_engine::{Clock, EngineOptions, ManualClock, SourceImage};
+use flashrack_engine::{Clock, EngineOptions, ManualClock, SourceImage, ABANDON_GRACE};
 use flashrack_guard::GuardPolicy;
 use flashrack_simrack::sim::{FakeMode, SimStickSpec};
 use flashrack_simrack::sim_hotplug::{sim_rack, ResetReturn, SimRackControl};
@@ -1646,6 +1646,83 @@ async fn a_stick_that_does_not_come_back_from_its_reset_fails_as_lost_after_the_
             .map(|f| f.stage),
         Some(Stage::Resetting),
         "{lost:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_stuck_in_the_kernel_fails_as_lost_when_the_station_gives_up_not_at_the_stall() {
+    // Seen in the VM suite: a stick pulled while its de-authorization synced
+    // its cache left the attempt's thread in the sysfs write past the stall
+    // timeout; the station gave up on it at its reset timeout, but the port
+    // showed `resetting` until the engine's stall 40 s later.
+    let clock = ManualClock::new();
+    let rig = resetting_rig(1, Clock::Manual(clock.clone())).await;
+    rig.control.on_reset(&port_path(1), ResetReturn::Stuck);
+    rig.arm(RunOptions::default()).await.unwrap();
+    let mut events = rig.handle.subscribe();
+    rig.plug(1, "STUCK", healthy());
+    let gives_up = clock.now() + RESET_TIMEOUT;
+    until_sleeping(&clock, "the reset timeout", |d| d.contains(&gives_up)).await;
+    let wait = async {
+        while !rig.control.is_away(&port_path(1)) {
+            tokio::task::yield_now().await;
+        }
+    };
+    within("away", wait).await;
+    clock.advance(RESET_TIMEOUT);
+    // The thread never reads the station's answer: its verdict is given
+    // without it once the grace is over, long before the stall timeout.
+    let abandoned = clock.now() + ABANDON_GRACE;
+    until_sleeping(&clock, "the abandoned attempt's grace", |d| {
+        d.contains(&abandoned)
+    })
+    .await;
+    clock.advance(ABANDON_GRACE);
+    let (_, view) = states_until_verdict(&mut events, "A1").await;
+    assert_eq!(
+        view_reason(&view),
+        Some(&FailReason::LostAfterReset {
+            after_secs: RESET_TIMEOUT.as_secs()
+        }),
+        "{view:?}"
+    );
+    assert_eq!(view.state, PortState::Failed);
+    rig.until("no stick in A1", |s| {
+        state(s, "A1") == PortState::Failed && port(s, "A1").device.is_none()
+    })
+    .await;
+    // The kernel lets go at last (the stick was pulled): the thread's late
+    // answer changes nothing, and the port takes the next stick.
+    rig.control.pull_held(&port_path(1)).unwrap();
+    rig.control.on_reset(&port_path(1), ResetReturn::Same);
+    rig.plug(1, "NEXT", healthy());
+    rig.until("the next stick passed", |s| {
+        state(s, "A1") == PortState::Passed
+            && port(s, "A1")
+                .device
+                .as_ref()
+                .and_then(|d| d.serial.as_deref())
+                == Some("NEXT")
+    })
+    .await;
+    let journal = rig.shutdown().await;
+    let records = journal.records();
+    assert_eq!(records.attempts.len(), 2, "{:?}", records.attempts);
+    let failures: Vec<_> = records
+        .attempts
+        .iter()
+        .filter_map(|a| a.verdict.as_ref().and_then(|v| v.failure()))
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        matches!(
+            failures[0],
+            Failure {
+                reason: FailReason::LostAfterReset { .. },
+                stage: Stage::Resetting,
+            }
+        ),
+        "{failures:?}"
     );
 }
 
