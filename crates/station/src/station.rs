@@ -3314,7 +3314,8 @@ impl Station {
         // pulled while its de-authorization synced its cache kept the sysfs
         // write blocked past the stall timeout) would otherwise leave the
         // port showing `resetting` after the station gave up.
-        slot.canceller.abandon(FailReason::LostAfterReset { after_secs });
+        slot.canceller
+            .abandon(FailReason::LostAfterReset { after_secs });
     }
 
     /// The grace of a waiting verdict is over: settle it, unless a removal

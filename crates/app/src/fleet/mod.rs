@@ -43,18 +43,37 @@ pub const INSTANCE_FILE: &str = "fleet-instance";
 /// instance and is taken at once, not refused until the hub calls its last
 /// process silent. A station whose data directory is started afresh is a new
 /// instance, as its records are a new history.
+///
+/// The file also names the directory it was made for ([`Binding`]: the
+/// machine's id and the directory's inode). A data directory copied to make
+/// another station (`cp -a`, a restored backup, on this machine or another)
+/// does not match it, and gets a new id: two stations started from copies of
+/// one directory are two instances, not one the hub cannot tell apart. A file
+/// of an older flashrack (the id alone) keeps its id and gets the binding.
 pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     let path = data_dir.join(INSTANCE_FILE);
+    let here = Binding::of(data_dir)?;
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let id = text.trim();
-            if valid_instance(id) {
-                return Ok(id.to_string());
+            let mut lines = text.lines();
+            let id = lines.next().unwrap_or("").trim();
+            if !valid_instance(id) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("it holds {:?}, not an instance id (32 hex digits); remove it to have a new one made", text.chars().take(80).collect::<String>()),
+                ));
             }
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("it holds {:?}, not an instance id (32 hex digits); remove it to have a new one made", text.chars().take(80).collect::<String>()),
-            ));
+            match lines.next().map(str::trim).filter(|l| !l.is_empty()) {
+                Some(made_for) if made_for == here.to_string() => return Ok(id.to_string()),
+                Some(made_for) => {
+                    tracing::warn!(file = %path.display(), %made_for, here = %here,
+                        "the data directory is a copy of another station's: this station is a new instance at the hub");
+                }
+                None => {
+                    write_instance(data_dir, &path, id, &here)?;
+                    return Ok(id.to_string());
+                }
+            }
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(error),
@@ -63,12 +82,53 @@ pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    // Written whole or not at all: a crash leaves no half id.
-    let mut staged = tempfile::NamedTempFile::new_in(data_dir)?;
-    std::io::Write::write_all(&mut staged, format!("{id}\n").as_bytes())?;
-    staged.as_file().sync_all()?;
-    staged.persist(&path).map_err(|e| e.error)?;
+    write_instance(data_dir, &path, &id, &here)?;
     Ok(id)
+}
+
+/// Writes the instance file: the id, and the directory it is for. Written
+/// whole or not at all: a crash leaves no half id.
+fn write_instance(
+    data_dir: &std::path::Path,
+    path: &std::path::Path,
+    id: &str,
+    binding: &Binding,
+) -> std::io::Result<()> {
+    let mut staged = tempfile::NamedTempFile::new_in(data_dir)?;
+    std::io::Write::write_all(&mut staged, format!("{id}\n{binding}\n").as_bytes())?;
+    staged.as_file().sync_all()?;
+    staged.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The data directory an instance id was made for: the machine's id
+/// (`/etc/machine-id`, empty where there is none) and the directory's inode
+/// number. A copy of the directory has another inode; a copy on another
+/// machine, another machine id. The device number is left out: it may change
+/// from one boot to the next (a btrfs subvolume's), the inode does not.
+#[derive(Debug, PartialEq, Eq)]
+struct Binding {
+    machine: String,
+    inode: u64,
+}
+
+impl Binding {
+    fn of(data_dir: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let machine = std::fs::read_to_string("/etc/machine-id")
+            .map(|m| m.trim().to_string())
+            .unwrap_or_default();
+        Ok(Self {
+            machine,
+            inode: std::fs::metadata(data_dir)?.ino(),
+        })
+    }
+}
+
+impl std::fmt::Display for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "for machine={} dir-inode={}", self.machine, self.inode)
+    }
 }
 
 /// Whether `id` is an instance id as [`instance_id`] makes them.
@@ -265,6 +325,38 @@ mod tests {
         // Another data directory is another station.
         let other = tempfile::tempdir().unwrap();
         assert_ne!(super::instance_id(other.path()).unwrap(), made);
+        // The file names the directory it was made for.
+        let text = std::fs::read_to_string(dir.path().join(super::INSTANCE_FILE)).unwrap();
+        assert!(text.starts_with(&format!("{made}\nfor machine=")), "{text}");
+        // A copy of the data directory (`cp -a`) is another station: the file
+        // came along, but was made for the original.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join(super::INSTANCE_FILE),
+            copy.path().join(super::INSTANCE_FILE),
+        )
+        .unwrap();
+        let copied = super::instance_id(copy.path()).unwrap();
+        assert_ne!(copied, made);
+        assert_eq!(super::instance_id(copy.path()).unwrap(), copied);
+        // The original is still itself.
+        assert_eq!(super::instance_id(dir.path()).unwrap(), made);
+        // A file an older flashrack wrote (the id alone) keeps its id, and
+        // is bound to its directory from now on.
+        let older = tempfile::tempdir().unwrap();
+        let old_id = "0123456789abcdef0123456789abcdef";
+        std::fs::write(
+            older.path().join(super::INSTANCE_FILE),
+            format!("{old_id}\n"),
+        )
+        .unwrap();
+        assert_eq!(super::instance_id(older.path()).unwrap(), old_id);
+        let text = std::fs::read_to_string(older.path().join(super::INSTANCE_FILE)).unwrap();
+        assert!(
+            text.starts_with(&format!("{old_id}\nfor machine=")),
+            "{text}"
+        );
+        assert_eq!(super::instance_id(older.path()).unwrap(), old_id);
         // A file that holds no id is refused, not replaced: a new id would
         // make the station another one at the hub.
         std::fs::write(dir.path().join(super::INSTANCE_FILE), "half").unwrap();
