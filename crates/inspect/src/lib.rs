@@ -73,17 +73,20 @@ pub const HEAD_LEN: usize = 64 << 10;
 /// or a decoder produces them, at most [`HEAD_LEN`] of them read) would give
 /// a stick that does not boot, judged before the rest of the image is
 /// there: an ISO (an ISO 9660 primary volume descriptor or a UDF
-/// recognition sequence) with an El Torito boot record and neither an MBR
-/// boot signature nor a GPT header, the layout of a Windows installer and
-/// of any ISO made for optical media only. Such an image's full inspection
-/// refuses it as well ([`ImageInfo::raw_write_refusal`], with its El Torito
-/// entries or as a Windows installer). `None` when the head shows anything
-/// else, or is too short to show it: an image with a partition table
-/// (hybrid, or not an ISO at all) is left to the full inspection, which
-/// only refuses more.
+/// recognition sequence) with an El Torito boot record and no partition
+/// table, the layout of a Windows installer and of any ISO made for optical
+/// media only. No table means neither an MBR nor a GPT header, or an MBR
+/// boot signature over boot code or four empty entries (as some ISO
+/// makers write their system area), judged as the full inspection judges
+/// it. Such an image's full inspection refuses it as well
+/// ([`ImageInfo::raw_write_refusal`], with its El Torito entries or as a
+/// Windows installer). `None` when the head shows anything else, or is too
+/// short to show it: an image that may have a partition table (hybrid, a
+/// GPT, or not an ISO at all) is left to the full inspection, which only
+/// refuses more.
 pub fn head_raw_write_refusal(head: &[u8]) -> Option<RawWriteRefusal> {
     let head = &head[..head.len().min(HEAD_LEN)];
-    if table::signature_in_head(head) {
+    if !table::no_table_in_head(head) {
         return None;
     }
     iso::boot_record_in_head(head).then(RawWriteRefusal::el_torito_only)

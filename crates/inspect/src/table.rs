@@ -3,13 +3,52 @@
 use crate::model::{Partition, PartitionTable, TableKind};
 use crate::read::{bytes, le32, le64, ReadAt};
 
-/// Whether an image's first bytes carry the sign of a partition table: an
-/// MBR boot signature (`55 AA` at 510) or a GPT header (`EFI PART` at 512,
-/// or at 4096 for 4 KiB sectors). Only a sign: [`read`] decides whether a
-/// table is there.
-pub(crate) fn signature_in_head(head: &[u8]) -> bool {
+/// Whether an image's first bytes settle that [`read`] finds no partition
+/// table in it: no sign of one (no MBR boot signature `55 AA` at 510, no GPT
+/// header `EFI PART` at 512 or 4096), or a boot signature over a sector that
+/// [`read`] does not take for a table (boot code where the entries would be,
+/// or four empty entries) with no GPT header and no protective entry. `false`
+/// whenever a table may be there: a GPT is left to [`read`], which may find
+/// it from its backup at the image's end.
+pub(crate) fn no_table_in_head(head: &[u8]) -> bool {
     let at = |offset: usize, sign: &[u8]| head.get(offset..offset + sign.len()) == Some(sign);
-    at(510, &[0x55, 0xAA]) || at(512, b"EFI PART") || at(4096, b"EFI PART")
+    if at(512, b"EFI PART") || at(4096, b"EFI PART") {
+        return false;
+    }
+    if !at(510, &[0x55, 0xAA]) {
+        return true;
+    }
+    match mbr_entries(&head[..512]) {
+        MbrEntries::BootCode | MbrEntries::Empty => true,
+        MbrEntries::Protective | MbrEntries::Partitions => false,
+    }
+}
+
+/// What the four entries of a sector with an MBR boot signature hold, as
+/// [`read`] judges them.
+enum MbrEntries {
+    /// A boot flag other than 0 or 0x80: boot code, not a table.
+    BootCode,
+    /// A protective entry (type 0xEE): the GPT is the table.
+    Protective,
+    /// No entry with a type and a length.
+    Empty,
+    /// At least one partition.
+    Partitions,
+}
+
+fn mbr_entries(mbr: &[u8]) -> MbrEntries {
+    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
+    if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
+        return MbrEntries::BootCode;
+    }
+    if entries.iter().any(|e| e[4] == 0xEE) {
+        return MbrEntries::Protective;
+    }
+    if entries.iter().all(|e| e[4] == 0 || le32(e, 12) == 0) {
+        return MbrEntries::Empty;
+    }
+    MbrEntries::Partitions
 }
 
 /// The partition table, if the image has a valid one. Damage is noted in
@@ -27,15 +66,14 @@ pub(crate) fn read(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<Par
         }
         return None;
     }
-    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
-    if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
+    match mbr_entries(&mbr) {
         // A boot sector with code where a table would be: no table.
-        return None;
-    }
-    if entries.iter().any(|e| e[4] == 0xEE) {
+        MbrEntries::BootCode | MbrEntries::Empty => return None,
         // A protective MBR: the GPT is the table (its damage is noted there).
-        return gpt(image, problems, true);
+        MbrEntries::Protective => return gpt(image, problems, true),
+        MbrEntries::Partitions => {}
     }
+    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
     let mut partitions = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let kind = e[4];
