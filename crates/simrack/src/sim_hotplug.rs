@@ -48,11 +48,25 @@ struct Rack {
     reset_plans: HashMap<String, ResetReturn>,
     /// Sticks away from the system after a reset, by port path.
     away: HashMap<String, Present>,
+    /// Whether a new stick takes the lowest kernel name no stick in the
+    /// system has, as the kernel's `sdX` names are reused
+    /// ([`SimRackControl::reuse_kernel_names`]).
+    reuse_names: bool,
+    /// Media files made so far: each stick's file has a name of its own,
+    /// whatever its kernel name.
+    media: u32,
 }
 
 impl Rack {
-    /// A new kernel name (never reused, as on the simulated rack names are not).
+    /// A new kernel name: never reused unless the rack was told to
+    /// ([`SimRackControl::reuse_kernel_names`]).
     fn next_name(&mut self) -> String {
+        if self.reuse_names {
+            return (1..)
+                .map(|n| format!("sim{n}"))
+                .find(|name| !self.present.contains_key(name))
+                .expect("a free name");
+        }
         self.next_index += 1;
         format!("sim{}", self.next_index)
     }
@@ -217,7 +231,8 @@ impl SimRackControl {
         }
         let kernel_name = rack.next_name();
         std::fs::create_dir_all(&self.dir)?;
-        let backing = self.dir.join(format!("{kernel_name}.img"));
+        rack.media += 1;
+        let backing = self.dir.join(format!("stick{}.img", rack.media));
         let read_only = spec.read_only;
         let capacity = spec.capacity;
         let stick = SimStick::create(spec.name(kernel_name.clone()), &backing)?;
@@ -272,6 +287,17 @@ impl SimRackControl {
             .unwrap_or_else(|p| p.into_inner())
             .reset_plans
             .insert(port_path.to_string(), plan);
+    }
+
+    /// From now on a new stick (plugged, or back from a reset) takes the
+    /// lowest kernel name no stick in the system has, as a real kernel gives
+    /// a new disk the first free `sdX`: a name may then be that of a stick
+    /// that left the system while something of it was still held.
+    pub fn reuse_kernel_names(&self) {
+        self.rack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reuse_names = true;
     }
 
     /// Whether the stick of the port with `port_path` is away from the system
@@ -449,7 +475,7 @@ impl DeviceAccess for SimAccess {
 
 /// A target that runs the guard before every open for writing, for targets that
 /// do not do so themselves. A simulated stick is bound to its target when the
-/// target is made (kernel names are never reused on the simulated rack), so the
+/// target is made (and keeps that stick when its kernel name is reused), so the
 /// facts judged are those of the stick that will be written; after a reset,
 /// those of the stick as it came back.
 pub struct GuardedTarget {

@@ -3425,8 +3425,13 @@ impl Station {
         let Some(slot) = self.slots.remove(&done.target) else {
             return;
         };
-        if !done.outcome.hold.is_released() {
-            // Abandoned after a stall, its I/O stuck in the kernel.
+        // Abandoned after a stall or a give-up, its I/O stuck in the kernel:
+        // the stick's next attempt waits for it to let go. Not when its disk
+        // has left the system (pulled, or away in a reset that never came
+        // back): the kernel gives its name to the next disk that arrives,
+        // which is another stick, and a stuck handle on the disk that left
+        // holds nothing of it.
+        if !done.outcome.hold.is_released() && !slot.away && slot.removed_during.is_none() {
             self.held
                 .insert(slot.kernel_name.clone(), done.outcome.hold.clone());
         }
