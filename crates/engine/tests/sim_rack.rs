@@ -1724,6 +1724,22 @@ async fn an_audit_reads_back_without_writing_and_says_so() {
     assert_eq!(figures.pass_words(), "sampled (5 %)");
 }
 
+/// A 2 MiB image made from `seed` (and its bytes), and a rack of one 8 MiB
+/// stick, `stuck`, whose writes hang once 1 MiB is written, until it is
+/// released or removed.
+fn image_and_a_stick_that_hangs(
+    dir: &std::path::Path,
+    seed: u64,
+) -> (SourceImage, Vec<u8>, SimRack) {
+    let (image, bytes) = common::make_image(dir, 2 * MIB as usize, seed);
+    let rack = SimRack::create(
+        dir.join("rack"),
+        [SimStickSpec::new("stuck", 8 * MIB).hang_after_written(MIB)],
+    )
+    .unwrap();
+    (image, bytes, rack)
+}
+
 /// How long a retry waits for a stalled attempt's stuck I/O to let go of the
 /// stick, in the retry tests (on the manual clock).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -1769,12 +1785,7 @@ async fn stalled_first_attempt(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_given_up_on_while_stuck_in_the_kernel_gets_its_verdict_after_the_grace() {
     let dir = tempfile::tempdir().unwrap();
-    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 43);
-    let rack = SimRack::create(
-        dir.path().join("rack"),
-        [SimStickSpec::new("stuck", 8 * MIB).hang_after_written(MIB)],
-    )
-    .unwrap();
+    let (image, _, rack) = image_and_a_stick_that_hangs(dir.path(), 43);
     let stick = rack.stick("stuck").unwrap();
     let clock = ManualClock::new();
     let options = EngineOptions {
@@ -1824,12 +1835,7 @@ async fn an_attempt_given_up_on_while_stuck_in_the_kernel_gets_its_verdict_after
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_a_stall_waits_for_the_stuck_write_to_let_go_then_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let (image, bytes) = common::make_image(dir.path(), 2 * MIB as usize, 41);
-    let rack = SimRack::create(
-        dir.path().join("rack"),
-        [SimStickSpec::new("stuck", 8 * MIB).hang_after_written(MIB)],
-    )
-    .unwrap();
+    let (image, bytes, rack) = image_and_a_stick_that_hangs(dir.path(), 41);
     let stick = rack.stick("stuck").unwrap();
     let (fanout, clock, first) = stalled_first_attempt(&image, stick).await;
     assert!(
@@ -1883,12 +1889,7 @@ async fn a_retry_after_a_stall_waits_for_the_stuck_write_to_let_go_then_passes()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_of_a_stick_stuck_for_good_ends_held_by_stuck_io_without_opening_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (image, _) = common::make_image(dir.path(), 2 * MIB as usize, 42);
-    let rack = SimRack::create(
-        dir.path().join("rack"),
-        [SimStickSpec::new("stuck", 8 * MIB).hang_after_written(MIB)],
-    )
-    .unwrap();
+    let (image, _, rack) = image_and_a_stick_that_hangs(dir.path(), 42);
     let stick = rack.stick("stuck").unwrap();
     let (fanout, clock, first) = stalled_first_attempt(&image, stick).await;
     let written = stick.counters().bytes_written;

@@ -542,40 +542,44 @@ fn the_head_of_an_el_torito_only_iso_is_enough_to_refuse_it_and_a_hybrids_is_not
     );
 
     // A boot signature over an empty table, or over boot code, is no table
-    // (as some ISO makers write the system area): the head is enough.
+    // (as some ISO makers write the system area): the head is enough. Each
+    // layout: whether its head is refused, and whether its full inspection
+    // refuses it.
+    let refusals = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        fs::write(&path, bytes).unwrap();
+        (
+            flashrack_inspect::head_raw_write_refusal(&head(&path)).is_some(),
+            inspect_file(&path).raw_write_refusal().is_some(),
+        )
+    };
     let mut signed = fs::read(&windows).unwrap();
     signed[510] = 0x55;
     signed[511] = 0xAA;
-    let empty_table = dir.path().join("signed.bin");
-    fs::write(&empty_table, &signed).unwrap();
-    assert!(
-        flashrack_inspect::head_raw_write_refusal(&head(&empty_table)).is_some(),
+    assert_eq!(
+        refusals("signed.bin", &signed),
+        (true, true),
         "a boot signature over four empty entries"
     );
-    assert!(inspect_file(&empty_table).raw_write_refusal().is_some());
     for (i, byte) in signed[446..510].iter_mut().enumerate() {
         *byte = 0x31 + (i % 7) as u8;
     }
-    let boot_code = dir.path().join("bootcode.bin");
-    fs::write(&boot_code, &signed).unwrap();
-    assert!(
-        flashrack_inspect::head_raw_write_refusal(&head(&boot_code)).is_some(),
+    assert_eq!(
+        refusals("bootcode.bin", &signed),
+        (true, true),
         "a boot signature over boot code"
     );
-    assert!(inspect_file(&boot_code).raw_write_refusal().is_some());
     // One real entry (type 0x83, 1 MiB from sector 2048): a table, left to
     // the full inspection, which takes the ISO for a hybrid.
     signed[446..510].fill(0);
     signed[446 + 4] = 0x83;
     signed[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
     signed[446 + 12..446 + 16].copy_from_slice(&2048u32.to_le_bytes());
-    let one_entry = dir.path().join("entry.bin");
-    fs::write(&one_entry, &signed).unwrap();
     assert_eq!(
-        flashrack_inspect::head_raw_write_refusal(&head(&one_entry)),
-        None
+        refusals("entry.bin", &signed),
+        (false, false),
+        "one real entry"
     );
-    assert_eq!(inspect_file(&one_entry).raw_write_refusal(), None);
 
     let hybrid = dir.path().join("live.bin");
     flashrack_testkit::iso::hybrid_linux_iso(&hybrid);

@@ -1442,6 +1442,54 @@ async fn states_until_verdict(
     (states, view)
 }
 
+/// Waits until the stick in port `n` is away from the system in its reset.
+async fn until_away(rig: &Rig, n: usize) {
+    let wait = async {
+        while !rig.control.is_away(&port_path(n)) {
+            tokio::task::yield_now().await;
+        }
+    };
+    within("away", wait).await;
+}
+
+/// Waits for A1's verdict, which must be `lost_after_reset` after the reset
+/// timeout, shown as failed.
+async fn a1_lost_after_reset(events: &mut tokio::sync::broadcast::Receiver<StationEvent>) {
+    let (_, view) = states_until_verdict(events, "A1").await;
+    assert_eq!(
+        view_reason(&view),
+        Some(&FailReason::LostAfterReset {
+            after_secs: RESET_TIMEOUT.as_secs()
+        }),
+        "{view:?}"
+    );
+    assert_eq!(view.state, PortState::Failed);
+}
+
+/// Plugs a stick `NEXT` that resets as a stick should into A1 and waits
+/// until it has passed there: the port took it as a new stick.
+async fn next_stick_passes_in_a1(rig: &Rig) {
+    rig.control.on_reset(&port_path(1), ResetReturn::Same);
+    rig.plug(1, "NEXT", healthy());
+    rig.until("the next stick passed", |s| {
+        state(s, "A1") == PortState::Passed
+            && port(s, "A1")
+                .device
+                .as_ref()
+                .and_then(|d| d.serial.as_deref())
+                == Some("NEXT")
+    })
+    .await;
+}
+
+/// Waits until A1 shows its failure and no stick.
+async fn until_no_stick_in_a1(rig: &Rig) {
+    rig.until("no stick in A1", |s| {
+        state(s, "A1") == PortState::Failed && port(s, "A1").device.is_none()
+    })
+    .await;
+}
+
 fn view_reason(view: &flashrack_station::PortView) -> Option<&FailReason> {
     view.verdict
         .as_ref()
@@ -1601,28 +1649,12 @@ async fn a_stick_that_does_not_come_back_from_its_reset_fails_as_lost_after_the_
     // The station gives up on it after its timeout, on its clock.
     let gives_up = clock.now() + RESET_TIMEOUT;
     until_sleeping(&clock, "the reset timeout", |d| d.contains(&gives_up)).await;
-    let wait = async {
-        while !rig.control.is_away(&port_path(1)) {
-            tokio::task::yield_now().await;
-        }
-    };
-    within("away", wait).await;
+    until_away(&rig, 1).await;
     clock.advance(RESET_TIMEOUT);
-    let (_, view) = states_until_verdict(&mut events, "A1").await;
-    assert_eq!(
-        view_reason(&view),
-        Some(&FailReason::LostAfterReset {
-            after_secs: RESET_TIMEOUT.as_secs()
-        }),
-        "{view:?}"
-    );
-    assert_eq!(view.state, PortState::Failed);
+    a1_lost_after_reset(&mut events).await;
     // No stick in the port (once the station has also seen it leave: the
     // target may give up before the removal event is handled).
-    rig.until("no stick in A1", |s| {
-        state(s, "A1") == PortState::Failed && port(s, "A1").device.is_none()
-    })
-    .await;
+    until_no_stick_in_a1(&rig).await;
     let journal = rig.shutdown().await;
     let records = journal.records();
     assert_eq!(records.attempts.len(), 2);
@@ -1665,12 +1697,7 @@ async fn a_reset_stuck_in_the_kernel_fails_as_lost_when_the_station_gives_up_not
     let stuck_name = rig.plug(1, "STUCK", healthy());
     let gives_up = clock.now() + RESET_TIMEOUT;
     until_sleeping(&clock, "the reset timeout", |d| d.contains(&gives_up)).await;
-    let wait = async {
-        while !rig.control.is_away(&port_path(1)) {
-            tokio::task::yield_now().await;
-        }
-    };
-    within("away", wait).await;
+    until_away(&rig, 1).await;
     // Time for the station to hear the stick leave (the simulated udev
     // forwards it within 10 ms) before it gives up, as in the VM suite: then
     // its verdict, not the removal, is the last it hears of the attempt.
@@ -1686,19 +1713,8 @@ async fn a_reset_stuck_in_the_kernel_fails_as_lost_when_the_station_gives_up_not
     })
     .await;
     clock.advance(ABANDON_GRACE);
-    let (_, view) = states_until_verdict(&mut events, "A1").await;
-    assert_eq!(
-        view_reason(&view),
-        Some(&FailReason::LostAfterReset {
-            after_secs: RESET_TIMEOUT.as_secs()
-        }),
-        "{view:?}"
-    );
-    assert_eq!(view.state, PortState::Failed);
-    rig.until("no stick in A1", |s| {
-        state(s, "A1") == PortState::Failed && port(s, "A1").device.is_none()
-    })
-    .await;
+    a1_lost_after_reset(&mut events).await;
+    until_no_stick_in_a1(&rig).await;
     // While the thread is still stuck, another stick arrives under the name
     // the lost one had: it is another disk, written at once, not made to
     // wait for the stuck handle on the disk that left (which would end, on
@@ -1712,17 +1728,7 @@ async fn a_reset_stuck_in_the_kernel_fails_as_lost_when_the_station_gives_up_not
     // The kernel lets go at last (the stick was pulled): the thread's late
     // answer changes nothing, and the port takes the next stick.
     rig.control.pull_held(&port_path(1)).unwrap();
-    rig.control.on_reset(&port_path(1), ResetReturn::Same);
-    rig.plug(1, "NEXT", healthy());
-    rig.until("the next stick passed", |s| {
-        state(s, "A1") == PortState::Passed
-            && port(s, "A1")
-                .device
-                .as_ref()
-                .and_then(|d| d.serial.as_deref())
-                == Some("NEXT")
-    })
-    .await;
+    next_stick_passes_in_a1(&rig).await;
     let journal = rig.shutdown().await;
     let records = journal.records();
     assert_eq!(records.attempts.len(), 3, "{:?}", records.attempts);
@@ -1807,34 +1813,16 @@ async fn a_stick_pulled_while_away_in_its_reset_fails_as_removed() {
     rig.plug(1, "PULLED", healthy());
     rig.until("resetting", |s| state(s, "A1") == PortState::Resetting)
         .await;
-    let wait = async {
-        while !rig.control.is_away(&port_path(1)) {
-            tokio::task::yield_now().await;
-        }
-    };
-    within("away", wait).await;
+    until_away(&rig, 1).await;
     rig.control.pull_held(&port_path(1)).unwrap();
     let (_, view) = states_until_verdict(&mut events, "A1").await;
     assert!(
         matches!(view_reason(&view), Some(FailReason::Removed { .. })),
         "{view:?}"
     );
-    rig.until("no stick in A1", |s| {
-        state(s, "A1") == PortState::Failed && port(s, "A1").device.is_none()
-    })
-    .await;
+    until_no_stick_in_a1(&rig).await;
     // The port takes the next stick as a new one.
-    rig.control.on_reset(&port_path(1), ResetReturn::Same);
-    rig.plug(1, "NEXT", healthy());
-    rig.until("the next stick passed", |s| {
-        state(s, "A1") == PortState::Passed
-            && port(s, "A1")
-                .device
-                .as_ref()
-                .and_then(|d| d.serial.as_deref())
-                == Some("NEXT")
-    })
-    .await;
+    next_stick_passes_in_a1(&rig).await;
     let journal = rig.shutdown().await;
     assert_eq!(journal.records().attempts.len(), 2);
 }
@@ -1845,12 +1833,7 @@ async fn a_stick_held_away_in_its_reset_continues_when_it_comes_back() {
     rig.control.on_reset(&port_path(1), ResetReturn::Held);
     rig.arm(RunOptions::default()).await.unwrap();
     rig.plug(1, "SLOW-BACK", healthy());
-    let wait = async {
-        while !rig.control.is_away(&port_path(1)) {
-            tokio::task::yield_now().await;
-        }
-    };
-    within("away", wait).await;
+    until_away(&rig, 1).await;
     rig.until("resetting, no device node", |s| {
         state(s, "A1") == PortState::Resetting
     })
