@@ -44,33 +44,40 @@ pub const INSTANCE_FILE: &str = "fleet-instance";
 /// process silent. A station whose data directory is started afresh is a new
 /// instance, as its records are a new history.
 ///
-/// The file also names the directory it was made for ([`Binding`]: the
-/// machine's id and the directory's inode). A data directory copied to make
-/// another station (`cp -a`, a restored backup, on this machine or another)
-/// does not match it, and gets a new id: two stations started from copies of
-/// one directory are two instances, not one the hub cannot tell apart. A file
-/// of an older flashrack (the id alone) keeps its id and gets the binding.
+/// [`BINDING_FILE`] beside it names the directory the id was made for
+/// ([`Binding`]: the machine's id and the directory's inode). A data
+/// directory copied to make another station (`cp -a`, a restored backup, on
+/// this machine or another) does not match it, and gets a new id: two
+/// stations started from copies of one directory are two instances, not one
+/// the hub cannot tell apart. An id without a binding (made by an older
+/// flashrack) is kept and bound. The id file keeps its format, so that an
+/// older flashrack started on the directory (a rollback) still reads it.
 pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     let path = data_dir.join(INSTANCE_FILE);
+    let binding_path = data_dir.join(BINDING_FILE);
     let here = Binding::of(data_dir)?;
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let mut lines = text.lines();
-            let id = lines.next().unwrap_or("").trim();
+            let id = text.trim();
             if !valid_instance(id) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("it holds {:?}, not an instance id (32 hex digits); remove it to have a new one made", text.chars().take(80).collect::<String>()),
                 ));
             }
-            match lines.next().map(str::trim).filter(|l| !l.is_empty()) {
+            let made_for = match std::fs::read_to_string(&binding_path) {
+                Ok(made_for) => Some(made_for.trim().to_string()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(error) => return Err(error),
+            };
+            match made_for {
                 Some(made_for) if made_for == here.to_string() => return Ok(id.to_string()),
                 Some(made_for) => {
-                    tracing::warn!(file = %path.display(), %made_for, here = %here,
+                    tracing::warn!(file = %binding_path.display(), %made_for, here = %here,
                         "the data directory is a copy of another station's: this station is a new instance at the hub");
                 }
                 None => {
-                    write_instance(data_dir, &path, id, &here)?;
+                    write_whole(data_dir, &binding_path, &here.to_string())?;
                     return Ok(id.to_string());
                 }
             }
@@ -82,20 +89,27 @@ pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_instance(data_dir, &path, &id, &here)?;
+    // The id first: a crash before the binding is written leaves an id bound
+    // to nothing or to the original, which the next start replaces again,
+    // never the original's id bound here.
+    write_whole(data_dir, &path, &id)?;
+    write_whole(data_dir, &binding_path, &here.to_string())?;
     Ok(id)
 }
 
-/// Writes the instance file: the id, and the directory it is for. Written
-/// whole or not at all: a crash leaves no half id.
-fn write_instance(
+/// The file beside [`INSTANCE_FILE`] naming the data directory its id was
+/// made for ([`instance_id`]).
+pub const BINDING_FILE: &str = "fleet-instance.for";
+
+/// Writes `line` as the whole of the file at `path`, whole or not at all: a
+/// crash leaves no half line.
+fn write_whole(
     data_dir: &std::path::Path,
     path: &std::path::Path,
-    id: &str,
-    binding: &Binding,
+    line: &str,
 ) -> std::io::Result<()> {
     let mut staged = tempfile::NamedTempFile::new_in(data_dir)?;
-    std::io::Write::write_all(&mut staged, format!("{id}\n{binding}\n").as_bytes())?;
+    std::io::Write::write_all(&mut staged, format!("{line}\n").as_bytes())?;
     staged.as_file().sync_all()?;
     staged.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -325,24 +339,25 @@ mod tests {
         // Another data directory is another station.
         let other = tempfile::tempdir().unwrap();
         assert_ne!(super::instance_id(other.path()).unwrap(), made);
-        // The file names the directory it was made for.
+        // The id file holds the id alone (an older flashrack reads it);
+        // the file beside it names the directory it was made for.
         let text = std::fs::read_to_string(dir.path().join(super::INSTANCE_FILE)).unwrap();
-        assert!(text.starts_with(&format!("{made}\nfor machine=")), "{text}");
-        // A copy of the data directory (`cp -a`) is another station: the file
-        // came along, but was made for the original.
+        assert_eq!(text, format!("{made}\n"));
+        let bound = std::fs::read_to_string(dir.path().join(super::BINDING_FILE)).unwrap();
+        assert!(bound.starts_with("for machine="), "{bound}");
+        // A copy of the data directory (`cp -a`) is another station: the
+        // files came along, but were made for the original.
         let copy = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            dir.path().join(super::INSTANCE_FILE),
-            copy.path().join(super::INSTANCE_FILE),
-        )
-        .unwrap();
+        for file in [super::INSTANCE_FILE, super::BINDING_FILE] {
+            std::fs::copy(dir.path().join(file), copy.path().join(file)).unwrap();
+        }
         let copied = super::instance_id(copy.path()).unwrap();
         assert_ne!(copied, made);
         assert_eq!(super::instance_id(copy.path()).unwrap(), copied);
         // The original is still itself.
         assert_eq!(super::instance_id(dir.path()).unwrap(), made);
-        // A file an older flashrack wrote (the id alone) keeps its id, and
-        // is bound to its directory from now on.
+        // An id an older flashrack made (no binding) keeps its id, and is
+        // bound to its directory from now on.
         let older = tempfile::tempdir().unwrap();
         let old_id = "0123456789abcdef0123456789abcdef";
         std::fs::write(
@@ -351,12 +366,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(super::instance_id(older.path()).unwrap(), old_id);
-        let text = std::fs::read_to_string(older.path().join(super::INSTANCE_FILE)).unwrap();
-        assert!(
-            text.starts_with(&format!("{old_id}\nfor machine=")),
-            "{text}"
-        );
+        assert!(older.path().join(super::BINDING_FILE).exists());
         assert_eq!(super::instance_id(older.path()).unwrap(), old_id);
+        assert_eq!(
+            std::fs::read_to_string(older.path().join(super::INSTANCE_FILE)).unwrap(),
+            format!("{old_id}\n"),
+            "the id file is as an older flashrack reads it"
+        );
         // A file that holds no id is refused, not replaced: a new id would
         // make the station another one at the hub.
         std::fs::write(dir.path().join(super::INSTANCE_FILE), "half").unwrap();
