@@ -171,7 +171,9 @@ impl AttemptProgress {
                 *abandoned = Some(reason);
             }
         }
-        self.cancel.store(true, Ordering::Relaxed);
+        // Its thread stops at its next safe point, and a supervisor still
+        // waiting for the stick's release before starting it stops waiting.
+        self.request_cancel();
         self.abandon_notify.notify_waiters();
     }
 

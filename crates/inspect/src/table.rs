@@ -18,7 +18,7 @@ pub(crate) fn no_table_in_head(head: &[u8]) -> bool {
     if !at(510, &[0x55, 0xAA]) {
         return true;
     }
-    match mbr_entries(&head[..512]) {
+    match mbr_entries(&entry_slots(&head[..512])) {
         MbrEntries::BootCode | MbrEntries::Empty => true,
         MbrEntries::Protective | MbrEntries::Partitions => false,
     }
@@ -37,8 +37,12 @@ enum MbrEntries {
     Partitions,
 }
 
-fn mbr_entries(mbr: &[u8]) -> MbrEntries {
-    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
+/// The four 16-byte partition entries of an MBR sector.
+fn entry_slots(mbr: &[u8]) -> [&[u8]; 4] {
+    std::array::from_fn(|i| &mbr[446 + 16 * i..462 + 16 * i])
+}
+
+fn mbr_entries(entries: &[&[u8]; 4]) -> MbrEntries {
     if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
         return MbrEntries::BootCode;
     }
@@ -66,14 +70,14 @@ pub(crate) fn read(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<Par
         }
         return None;
     }
-    match mbr_entries(&mbr) {
+    let entries = entry_slots(&mbr);
+    match mbr_entries(&entries) {
         // A boot sector with code where a table would be: no table.
         MbrEntries::BootCode | MbrEntries::Empty => return None,
         // A protective MBR: the GPT is the table (its damage is noted there).
         MbrEntries::Protective => return gpt(image, problems, true),
         MbrEntries::Partitions => {}
     }
-    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
     let mut partitions = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let kind = e[4];

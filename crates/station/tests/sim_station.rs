@@ -232,6 +232,14 @@ fn port<'a>(snapshot: &'a Snapshot, label: &str) -> &'a flashrack_station::PortV
     snapshot.ports.iter().find(|p| p.label == label).unwrap()
 }
 
+/// The serial of the stick the port `label` shows, if any.
+fn serial_in<'a>(snapshot: &'a Snapshot, label: &str) -> Option<&'a str> {
+    port(snapshot, label)
+        .device
+        .as_ref()
+        .and_then(|d| d.serial.as_deref())
+}
+
 fn state(snapshot: &Snapshot, label: &str) -> PortState {
     port(snapshot, label).state
 }
@@ -744,12 +752,7 @@ async fn a_passed_stick_is_ejected_when_the_run_asks() {
     rig.control.pull(&kernel_name).unwrap();
     rig.plug(1, "S2", healthy());
     rig.until("the next stick written", |s| {
-        state(s, "A1") == PortState::Passed
-            && port(s, "A1")
-                .device
-                .as_ref()
-                .and_then(|d| d.serial.as_deref())
-                == Some("S2")
+        state(s, "A1") == PortState::Passed && serial_in(s, "A1") == Some("S2")
     })
     .await;
     rig.shutdown().await;
@@ -1472,12 +1475,7 @@ async fn next_stick_passes_in_a1(rig: &Rig) {
     rig.control.on_reset(&port_path(1), ResetReturn::Same);
     rig.plug(1, "NEXT", healthy());
     rig.until("the next stick passed", |s| {
-        state(s, "A1") == PortState::Passed
-            && port(s, "A1")
-                .device
-                .as_ref()
-                .and_then(|d| d.serial.as_deref())
-                == Some("NEXT")
+        state(s, "A1") == PortState::Passed && serial_in(s, "A1") == Some("NEXT")
     })
     .await;
 }

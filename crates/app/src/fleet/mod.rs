@@ -45,7 +45,7 @@ pub const INSTANCE_FILE: &str = "fleet-instance";
 /// instance, as its records are a new history.
 ///
 /// [`BINDING_FILE`] beside it names the directory the id was made for
-/// ([`Binding`]: the machine's id and the directory's inode). A data
+/// ([`made_for`]: the machine's id and the directory's inode). A data
 /// directory copied to make another station (`cp -a`, a restored backup, on
 /// this machine or another) does not match it, and gets a new id: two
 /// stations started from copies of one directory are two instances, not one
@@ -55,7 +55,7 @@ pub const INSTANCE_FILE: &str = "fleet-instance";
 pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     let path = data_dir.join(INSTANCE_FILE);
     let binding_path = data_dir.join(BINDING_FILE);
-    let here = Binding::of(data_dir)?;
+    let here = made_for(data_dir)?;
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let id = text.trim();
@@ -65,19 +65,19 @@ pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
                     format!("it holds {:?}, not an instance id (32 hex digits); remove it to have a new one made", text.chars().take(80).collect::<String>()),
                 ));
             }
-            let made_for = match std::fs::read_to_string(&binding_path) {
-                Ok(made_for) => Some(made_for.trim().to_string()),
+            let bound = match std::fs::read_to_string(&binding_path) {
+                Ok(bound) => Some(bound.trim().to_string()),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
                 Err(error) => return Err(error),
             };
-            match made_for {
-                Some(made_for) if made_for == here.to_string() => return Ok(id.to_string()),
-                Some(made_for) => {
-                    tracing::warn!(file = %binding_path.display(), %made_for, here = %here,
+            match bound {
+                Some(bound) if bound == here => return Ok(id.to_string()),
+                Some(bound) => {
+                    tracing::warn!(file = %binding_path.display(), made_for = %bound, %here,
                         "the data directory is a copy of another station's: this station is a new instance at the hub");
                 }
                 None => {
-                    write_whole(data_dir, &binding_path, &here.to_string())?;
+                    write_whole(data_dir, &binding_path, &here)?;
                     return Ok(id.to_string());
                 }
             }
@@ -93,7 +93,7 @@ pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     // to nothing or to the original, which the next start replaces again,
     // never the original's id bound here.
     write_whole(data_dir, &path, &id)?;
-    write_whole(data_dir, &binding_path, &here.to_string())?;
+    write_whole(data_dir, &binding_path, &here)?;
     Ok(id)
 }
 
@@ -115,34 +115,17 @@ fn write_whole(
     Ok(())
 }
 
-/// The data directory an instance id was made for: the machine's id
-/// (`/etc/machine-id`, empty where there is none) and the directory's inode
-/// number. A copy of the directory has another inode; a copy on another
-/// machine, another machine id. The device number is left out: it may change
-/// from one boot to the next (a btrfs subvolume's), the inode does not.
-#[derive(Debug, PartialEq, Eq)]
-struct Binding {
-    machine: String,
-    inode: u64,
-}
-
-impl Binding {
-    fn of(data_dir: &std::path::Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let machine = std::fs::read_to_string("/etc/machine-id")
-            .map(|m| m.trim().to_string())
-            .unwrap_or_default();
-        Ok(Self {
-            machine,
-            inode: std::fs::metadata(data_dir)?.ino(),
-        })
-    }
-}
-
-impl std::fmt::Display for Binding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "for machine={} dir-inode={}", self.machine, self.inode)
-    }
+/// The line naming the data directory an instance id is made for: the
+/// machine's id (`/etc/machine-id`, empty where there is none) and the
+/// directory's inode number. A copy of the directory has another inode; a
+/// copy on another machine, another machine id. The device number is left
+/// out: it may change from one boot to the next (a btrfs subvolume's), the
+/// inode does not.
+fn made_for(data_dir: &std::path::Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let inode = std::fs::metadata(data_dir)?.ino();
+    Ok(format!("for machine={} dir-inode={inode}", machine.trim()))
 }
 
 /// Whether `id` is an instance id as [`instance_id`] makes them.
