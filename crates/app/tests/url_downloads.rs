@@ -223,6 +223,18 @@ async fn the_api_resumes_an_import_by_id_and_says_why_not() {
     let app = flashrack_app::testing::spawn_app().await;
     let missing = app.post("/api/v1/images/downloads/7/resume", None).await;
     assert_eq!(missing.status, 404, "{}", missing.body);
+    // An id that is not a number is the API's own JSON error, as every
+    // error is, not the router's plain text.
+    let not_an_id = app
+        .post("/api/v1/images/downloads/first/resume", None)
+        .await;
+    assert_eq!(not_an_id.status, 400, "{}", not_an_id.body);
+    assert_eq!(
+        not_an_id.json()["error"]["message"],
+        "\"first\" is not an import id (a number)",
+        "{}",
+        not_an_id.body
+    );
     let answer = app
         .post(
             "/api/v1/images/import-url",

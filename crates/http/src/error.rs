@@ -49,6 +49,14 @@ impl AppError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+    /// 405: the path is known, the method is not one it takes.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        )
+    }
     /// 409: not possible in the current state.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
@@ -97,4 +105,18 @@ impl IntoResponse for AppError {
         )
             .into_response()
     }
+}
+
+/// The answer to a method a known path does not take (the router's
+/// `method_not_allowed_fallback`): 405 as JSON, like every other error; the
+/// router adds the `Allow` header. The path is the one the client asked for,
+/// also under a nested router.
+pub async fn method_not_allowed(
+    method: axum::http::Method,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+) -> AppError {
+    AppError::method_not_allowed(format!(
+        "{method} {} is not an endpoint: the Allow header lists the methods it takes",
+        uri.path()
+    ))
 }

@@ -485,6 +485,16 @@ async fn bad_lot_requests_get_a_clear_error_and_arm_nothing() {
     let (got, error) = refused(answer.status, &answer.body);
     assert_eq!(got, 400, "{:?}", answer.body);
     assert!(error.contains("duplicate field `name`"), "{error:?}");
+    // A method a path does not take (a GET of the stations' POST-only
+    // records): 405, the hub's JSON error too.
+    let answer = get(hub.url("/api/v1/fleet/records"), Some(a.clone())).await;
+    let (got, error) = refused(answer.status, &answer.body);
+    assert_eq!(got, 405, "{:?}", answer.body);
+    assert_eq!(answer.body["error"]["code"], "method_not_allowed");
+    assert!(
+        error.contains("GET /api/v1/fleet/records is not an endpoint"),
+        "{error:?}"
+    );
     hub.stop().await;
 }
 

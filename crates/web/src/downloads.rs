@@ -106,11 +106,16 @@ pub enum ResumeError {
     Conflict(String),
 }
 
-/// `POST /api/v1/images/downloads/{id}/resume`
+/// `POST /api/v1/images/downloads/{id}/resume`: 202 with the import's view;
+/// 400 for an id that is not a number, 404 for no such import, 409 for one
+/// running or done.
 pub async fn resume(
     State(state): State<WebState>,
-    axum::extract::Path(id): axum::extract::Path<u64>,
+    axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| AppError::bad_request(format!("{id:?} is not an import id (a number)")))?;
     let imports = state
         .url_imports
         .as_ref()

@@ -297,14 +297,16 @@ pub fn router(state: WebState) -> Router {
                 max_upload.min(usize::MAX as u64) as usize
             )),
         )
-        .fallback(api::not_found);
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(flashrack_http::error::method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
         .merge(
             Router::new()
                 .route("/metrics", get(metrics::metrics))
                 .merge(assets::routes())
-                .route_layer(timeout),
+                .route_layer(timeout)
+                .method_not_allowed_fallback(flashrack_http::error::method_not_allowed),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -186,6 +186,46 @@ async fn reading_the_station_ports_and_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_path_does_not_take_is_405_as_json_with_the_allowed_methods() {
+    let rig = rig(AccessPolicy::default()).await;
+    for (method, uri, allowed) in [
+        (Method::PUT, "/api/v1/runs", "GET,HEAD,POST"),
+        (Method::DELETE, "/api/v1/station", "GET,HEAD"),
+        (Method::GET, "/api/v1/runs/current/stop", "POST"),
+        (Method::POST, "/metrics", "GET,HEAD"),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let response = rig.app().oneshot(request).await.unwrap();
+        let status = response.status();
+        let allow = response
+            .headers()
+            .get(header::ALLOW)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{method} {uri}: not JSON: {bytes:?}"));
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            "{method} {uri}: {body}"
+        );
+        assert_eq!(allow.as_deref(), Some(allowed), "{method} {uri}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("{method} {uri}"))),
+            "{body}"
+        );
+    }
+    // The run was not touched by the refused requests.
+    assert_eq!(get(&rig, "/api/v1/station").await.1["run"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
     let rig = rig(AccessPolicy::default()).await;
     // Malformed and wrong bodies.

@@ -93,6 +93,7 @@ pub fn router(state: HubState) -> Router {
         .route("/hub.js", get(script))
         .merge(operator)
         .fallback(not_found)
+        .method_not_allowed_fallback(flashrack_http::error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), origin))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
