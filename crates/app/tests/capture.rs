@@ -114,42 +114,185 @@ fn an_mbr_master_is_captured_up_to_the_end_of_its_last_partition() {
     );
 }
 
+/// Writes a GPT with one partition from sector `first` to `last` (both
+/// included) on `device`, of `sector`-byte sectors, and its protective MBR.
+fn gpt_master(device: &LoopDevice, sector: u64, first: u64, last: u64) {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device.path())
+        .unwrap();
+    let mut gpt = gptman::GPT::new_from(&mut file, sector, [7; 16]).unwrap();
+    gpt[1] = gptman::GPTPartitionEntry {
+        partition_type_guid: [1; 16],
+        unique_partition_guid: [2; 16],
+        starting_lba: first,
+        ending_lba: last,
+        attribute_bits: 0,
+        partition_name: "master".into(),
+    };
+    gpt.write_into(&mut file).unwrap();
+    gptman::GPT::write_protective_mbr_into(&mut file, sector).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// Checks that the image file at `path` is a GPT disk of its own with
+/// `sector`-byte sectors: its primary header and, read alone (the primary
+/// torn in a copy), its backup at its last sector both give the one
+/// partition from `first` to `last`; and, for 512-byte sectors, that
+/// `sfdisk` reads it as GPT without a word of complaint.
+fn assert_whole_gpt(path: &std::path::Path, sector: u64, first: u64, last: u64) {
+    let bytes = std::fs::read(path).unwrap();
+    let last_lba = bytes.len() as u64 / sector - 1;
+    let primary = gptman::GPT::read_from(&mut std::io::Cursor::new(&bytes), sector).unwrap();
+    assert!(primary.header.is_primary());
+    assert_eq!(primary.header.backup_lba, last_lba);
+    assert_eq!(primary.header.last_usable_lba, last);
+    assert_eq!(
+        (primary[1].starting_lba, primary[1].ending_lba),
+        (first, last)
+    );
+    let mut torn = bytes.clone();
+    torn[sector as usize..2 * sector as usize].fill(0);
+    let backup = gptman::GPT::read_from(&mut std::io::Cursor::new(&torn), sector).unwrap();
+    assert!(backup.header.is_backup(), "read from the backup");
+    assert_eq!(backup.header.primary_lba, last_lba);
+    assert_eq!(
+        (backup[1].starting_lba, backup[1].ending_lba),
+        (first, last)
+    );
+    assert_eq!(backup[1].partition_name.as_str(), "master");
+    if sector == 512 {
+        let out = std::process::Command::new("sfdisk")
+            .arg("--dump")
+            .arg(path)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("label: gpt"), "{stdout}");
+        assert!(stdout.contains(&format!("start={first:>12}")), "{stdout}");
+        assert!(stderr.trim().is_empty(), "sfdisk complains: {stderr}");
+    }
+}
+
+/// A GPT master is read up to the end of its last partition, and the
+/// image gets the GPT's backup copy right after that (its primary header
+/// pointing there, the protective MBR spanning the image): a disk of its
+/// own. Before, the image ended at the partition and its primary header
+/// pointed at a backup past its end: `sfdisk` read it as a plain MBR disk
+/// and `sgdisk -v` said "Backup header: ERROR", on every stick written
+/// from it.
 #[test]
-fn a_gpt_master_is_captured_up_to_the_end_of_its_last_partition() {
-    if !require_root(&["losetup"]) {
+fn a_gpt_master_is_captured_up_to_the_end_of_its_last_partition_with_its_backup_rebuilt() {
+    if !require_root(&["losetup", "sfdisk"]) {
         return;
     }
     let device = LoopDevice::new(64 * MIB);
-    {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(device.path())
-            .unwrap();
-        let mut gpt = gptman::GPT::new_from(&mut file, 512, [7; 16]).unwrap();
-        gpt[1] = gptman::GPTPartitionEntry {
-            partition_type_guid: [1; 16],
-            unique_partition_guid: [2; 16],
-            starting_lba: 2048,
-            ending_lba: 2048 + 24 * 2048 - 1,
-            attribute_bits: 0,
-            partition_name: "master".into(),
-        };
-        gpt.write_into(&mut file).unwrap();
-        gptman::GPT::write_protective_mbr_into(&mut file, 512).unwrap();
-        file.sync_all().unwrap();
-    }
+    gpt_master(&device, 512, 2048, 2048 + 24 * 2048 - 1);
     write_at(&device, MIB, &image_bytes(24 * MIB as usize, 24, 4096));
     let before = device_bytes(&device);
     let dir = tempfile::tempdir().unwrap();
     let cache = open_cache(dir.path()).unwrap();
     let captured = capture(&cache, &request(&device, false)).unwrap();
     assert_eq!(captured.extent, Extent::Gpt);
-    assert_eq!(captured.outcome.image.size(), 25 * MIB);
+    assert_eq!(captured.sector_size, 512);
+    // The data, then the 128 entries (32 sectors) and the header.
+    let image = &captured.outcome.image;
+    assert_eq!(image.size(), 25 * MIB + 33 * 512);
+    let bytes = std::fs::read(&image.path).unwrap();
+    assert_eq!(image.sha256(), Sha256Digest::of(&bytes));
+    // Past the protective MBR and the primary header, the device's bytes.
+    assert!(bytes[1024..25 * MIB as usize] == before[1024..25 * MIB as usize]);
+    assert!(
+        bytes[..446] == before[..446],
+        "the boot code is the master's"
+    );
+    assert_whole_gpt(&image.path, 512, 2048, 2048 + 24 * 2048 - 1);
+    let origin = image
+        .meta
+        .provenance
+        .as_ref()
+        .unwrap()
+        .captured
+        .clone()
+        .unwrap();
+    assert!(
+        origin.extent.contains("backup copy rebuilt"),
+        "{}",
+        origin.extent
+    );
+    assert_eq!(origin.sector_size, None);
+    assert!(
+        device_bytes(&device) == before,
+        "nothing was written to the master"
+    );
+}
+
+/// A master of 4096-byte logical sectors (some USB disks report them): its
+/// MBR and its GPT count in those sectors, so it is read to the real end of
+/// its last partition, and the image says its sector size. Before, the
+/// MBR's sectors were taken as 512 bytes: the image stopped at an eighth of
+/// the data, with no warning.
+#[test]
+fn a_master_of_4096_byte_sectors_is_read_in_its_own_sectors() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open_cache(dir.path()).unwrap();
+
+    let mbr_device = LoopDevice::with_sector_size(64 * MIB, 4096);
+    {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mbr_device.path())
+            .unwrap();
+        let mut mbr = mbrman::MBR::new_from(&mut file, 4096, [1, 2, 3, 4]).unwrap();
+        for (slot, start, sectors) in [(1, 256, 2048), (2, 4096, 2048)] {
+            mbr[slot] = mbrman::MBRPartitionEntry {
+                boot: mbrman::BOOT_INACTIVE,
+                first_chs: mbrman::CHS::empty(),
+                sys: 0x83,
+                last_chs: mbrman::CHS::empty(),
+                starting_lba: start,
+                sectors,
+            };
+        }
+        mbr.write_into(&mut file).unwrap();
+        file.sync_all().unwrap();
+    }
+    // The second partition: 16 MiB to 24 MiB.
+    write_at(
+        &mbr_device,
+        16 * MIB,
+        &image_bytes(8 * MIB as usize, 31, 4096),
+    );
+    let before = device_bytes(&mbr_device);
+    let captured = capture(&cache, &request(&mbr_device, false)).unwrap();
+    assert_eq!(captured.extent, Extent::Mbr);
+    assert_eq!(captured.sector_size, 4096);
+    assert_eq!(captured.outcome.image.size(), 24 * MIB);
     assert_eq!(
         captured.outcome.image.sha256(),
-        Sha256Digest::of(&before[..25 * MIB as usize])
+        Sha256Digest::of(&before[..24 * MIB as usize])
     );
+    let origin = captured.outcome.image.meta.provenance.as_ref().unwrap();
+    assert_eq!(origin.captured.as_ref().unwrap().sector_size, Some(4096));
+    assert!(origin.to_string().contains("4096-byte sectors"), "{origin}");
+
+    let gpt_device = LoopDevice::with_sector_size(64 * MIB, 4096);
+    // 1 MiB to 17 MiB in 4096-byte sectors.
+    gpt_master(&gpt_device, 4096, 256, 256 + 4096 - 1);
+    let captured = capture(&cache, &request(&gpt_device, false)).unwrap();
+    assert_eq!((captured.extent, captured.sector_size), (Extent::Gpt, 4096));
+    // The data, then the 128 entries (4 sectors) and the header.
+    assert_eq!(captured.outcome.image.size(), 17 * MIB + 5 * 4096);
+    assert_whole_gpt(&captured.outcome.image.path, 4096, 256, 256 + 4096 - 1);
 }
 
 /// A table that cannot say where the master's data ends needs `whole`: a
@@ -224,6 +367,25 @@ fn a_master_whose_table_cannot_say_where_it_ends_needs_whole() {
     match &error {
         AppError::Capture(CaptureError::DamagedPartitionTable { reason, .. }) => {
             assert!(reason.contains("past the device's end"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    // A protective MBR whose GPT is gone (both headers): its partition is
+    // the GPT's placeholder over the whole disk, not where data ends.
+    // Before, it was captured as an MBR master up to the device's end.
+    let protective = LoopDevice::new(16 * MIB);
+    {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(protective.path())
+            .unwrap();
+        gptman::GPT::write_protective_mbr_into(&mut file, 512).unwrap();
+        file.sync_all().unwrap();
+    }
+    let error = capture(&cache, &request(&protective, false)).unwrap_err();
+    match &error {
+        AppError::Capture(CaptureError::DamagedPartitionTable { reason, .. }) => {
+            assert!(reason.contains("protects a GPT"), "{reason}");
         }
         other => panic!("{other}"),
     }

@@ -221,6 +221,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         "sha256": image.sha256(),
                         "size": image.size(),
                         "device_size": captured.device_size,
+                        "sector_size": captured.sector_size,
                         "extent": captured.extent.describe(),
                         "already_cached": captured.outcome.already_cached(),
                         "smallest_stick": smallest.map(|s| s.bytes()),
@@ -238,6 +239,12 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     image.meta.original_name,
                     ByteSize(image.manifest.zero_bytes()),
                 );
+                if captured.sector_size != 512 {
+                    errln!(
+                        "note: the master has {}-byte sectors; a partition table on it counts in them, so sticks with 512-byte sectors (most) will not see its partitions",
+                        captured.sector_size
+                    );
+                }
                 match smallest {
                     Some(smallest) if image.size() <= smallest.bytes() => errln!(
                         "it fits the smallest stick the records know ({})",

@@ -108,6 +108,11 @@ pub struct CaptureOrigin {
     /// How much of it was read, in words ("up to the end of the last MBR
     /// partition", "the whole device").
     pub extent: String,
+    /// The device's logical sector size when it is not 512 bytes: its
+    /// partition table counts in it, and reads right only on disks of that
+    /// sector size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sector_size: Option<u64>,
 }
 
 impl fmt::Display for CaptureOrigin {
@@ -124,7 +129,14 @@ impl fmt::Display for CaptureOrigin {
             f,
             " ({}, {} bytes), {}",
             self.device, self.device_size, self.extent
-        )
+        )?;
+        if let Some(sector_size) = self.sector_size {
+            write!(
+                f,
+                "; {sector_size}-byte sectors: its partitions are found only on disks of {sector_size}-byte sectors"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -288,6 +300,7 @@ mod tests {
             device: "/dev/sdc".into(),
             device_size: 64 << 20,
             extent: "up to the end of the last MBR partition".into(),
+            sector_size: None,
         });
         assert_eq!(
             p.to_string(),
@@ -295,6 +308,15 @@ mod tests {
         );
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["captured"]["port"], "M1");
+        // A 512-byte-sector master's, as before the sector size was kept.
+        assert!(json["captured"].get("sector_size").is_none());
+        let mut four_k = p.clone();
+        if let Some(origin) = four_k.captured.as_mut() {
+            origin.sector_size = Some(4096);
+        }
+        assert!(four_k.to_string().ends_with(
+            "partition; 4096-byte sectors: its partitions are found only on disks of 4096-byte sectors"
+        ));
         assert_eq!(json["url"], "/dev/sdc");
         assert_eq!(serde_json::from_value::<Provenance>(json).unwrap(), p);
         // A download's provenance has no `captured` key, as before captures.

@@ -50,6 +50,7 @@ fn captured() -> Provenance {
         device: "/dev/sdz".into(),
         device_size: 2 << 30,
         extent: "up to the end of the last MBR partition".into(),
+        sector_size: None,
     })
 }
 

@@ -458,6 +458,7 @@ async fn a_captured_images_origin_is_in_its_run_and_device_json_reports() {
             device: "/dev/sdz".into(),
             device_size: 32_000_000_000,
             extent: "up to the end of the last MBR partition".into(),
+            sector_size: None,
         })),
         ..image()
     };

@@ -191,7 +191,14 @@ impl LoopDevice {
     /// of zero gives a block device of zero bytes, as a card reader without a
     /// card reports.
     pub fn new(size: u64) -> Self {
-        Self::attach(size, false)
+        Self::attach(size, false, None)
+    }
+
+    /// Attaches a new loop device of `sector_size`-byte logical sectors
+    /// (`losetup --sector-size`, e.g. 4096, as some USB disks report) over
+    /// a fresh `size`-byte backing file.
+    pub fn with_sector_size(size: u64, sector_size: u32) -> Self {
+        Self::attach(size, false, Some(sector_size))
     }
 
     /// Attaches a new read-only loop device (`losetup -r`) over a fresh
@@ -199,10 +206,10 @@ impl LoopDevice {
     /// it for writing and refuses every write with `EPERM`, as it does for a
     /// stick whose write-protect switch is on.
     pub fn new_read_only(size: u64) -> Self {
-        Self::attach(size, true)
+        Self::attach(size, true, None)
     }
 
-    fn attach(size: u64, read_only: bool) -> Self {
+    fn attach(size: u64, read_only: bool, sector_size: Option<u32>) -> Self {
         assert_root(&["losetup"]);
         let dir = tempfile::tempdir_in(scratch_dir()).expect("temporary directory");
         let backing = dir.path().join("backing.img");
@@ -212,6 +219,10 @@ impl LoopDevice {
         let mut args = vec!["--find", "--show"];
         if read_only {
             args.push("--read-only");
+        }
+        let sector_size = sector_size.map(|s| s.to_string());
+        if let Some(sector_size) = &sector_size {
+            args.extend(["--sector-size", sector_size]);
         }
         args.push(backing.to_str().unwrap());
         let out = run("losetup", &args);

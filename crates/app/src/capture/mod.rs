@@ -16,7 +16,7 @@
 //! before anything starts), then captured in the background with its
 //! progress kept for `GET /api/v1/images/captures`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,9 @@ use flashrack_image::{ImageCache, ImportOptions, ImportOutcome, StreamSource};
 use flashrack_station::{Progress, StationHandle};
 
 use crate::downloads::error_chain;
+use layout::{Layout, Rebuilt};
+
+mod layout;
 use crate::images::{map_image, MapNote};
 use crate::AppError;
 
@@ -61,7 +64,8 @@ pub struct CaptureRequest {
 pub enum Extent {
     /// All of it (`--whole`).
     Whole,
-    /// Up to the end of the last partition of its GPT.
+    /// Up to the end of the last partition of its GPT, with the GPT's
+    /// backup copy rebuilt after it (`layout`'s docs).
     Gpt,
     /// Up to the end of the last partition of its MBR.
     Mbr,
@@ -72,7 +76,9 @@ impl Extent {
     pub fn describe(self) -> &'static str {
         match self {
             Extent::Whole => "the whole device",
-            Extent::Gpt => "up to the end of the last GPT partition",
+            Extent::Gpt => {
+                "up to the end of the last GPT partition, the GPT's backup copy rebuilt after it"
+            }
             Extent::Mbr => "up to the end of the last MBR partition",
         }
     }
@@ -85,6 +91,10 @@ pub struct Captured {
     pub outcome: ImportOutcome,
     /// The device's size.
     pub device_size: u64,
+    /// Its logical sector size: the unit of its partition table, so a
+    /// layout captured from a disk of 4096-byte sectors reads right only on
+    /// disks of 4096-byte sectors.
+    pub sector_size: u64,
     /// How much of it was read.
     pub extent: Extent,
     /// Its block map: generated from its file systems, or why there is none.
@@ -250,11 +260,16 @@ pub fn capture_with(
     let device_size = file
         .seek(SeekFrom::End(0))
         .map_err(|e| device_error(device, "cannot find its size", e))?;
-    let (extent, length) = if request.whole {
-        (Extent::Whole, device_size)
+    let sector_size = layout::sector_size(&file);
+    let layout = if request.whole {
+        Layout {
+            extent: Extent::Whole,
+            data_end: device_size,
+            rebuilt: None,
+        }
     } else {
-        match partitions_end(&mut file, device_size) {
-            Ok(Some((extent, end))) => (extent, end),
+        match layout::read_layout(&mut file, device_size, sector_size) {
+            Ok(Some(layout)) => layout,
             Ok(None) => {
                 return Err(AppError::Capture(CaptureError::NoPartitionTable {
                     device: device.clone(),
@@ -283,12 +298,19 @@ pub fn capture_with(
         serial: request.serial.clone(),
         device: device.display().to_string(),
         device_size,
-        extent: extent.describe().to_string(),
+        extent: layout.extent.describe().to_string(),
+        sector_size: (sector_size != 512).then_some(sector_size),
     };
     let provenance = Arc::new(OnceLock::new());
     let _ = provenance.set(Provenance::captured(origin));
+    let length = layout.image_size();
+    let device_part = file.take(layout.data_end);
+    let mut source: Box<dyn Read + '_> = match &layout.rebuilt {
+        Some(gpt) => Box::new(Rebuilt::new(device_part, layout.data_end, gpt)),
+        None => Box::new(device_part),
+    };
     let mut reader = Exactly {
-        inner: file.take(length),
+        inner: &mut source,
         left: length,
         total: length,
         told: 0,
@@ -325,7 +347,8 @@ pub fn capture_with(
     Ok(Captured {
         outcome,
         device_size,
-        extent,
+        sector_size,
+        extent: layout.extent,
         map,
     })
 }
@@ -360,54 +383,6 @@ impl<R: Read> Read for Exactly<'_, R> {
         }
         Ok(n)
     }
-}
-
-/// Where the last partition ends, in bytes, from a GPT (first) or an MBR
-/// of a device of `device_size` bytes: `Ok(None)` without a table with a
-/// partition, `Err` with the reason when the table cannot say it (read from
-/// the GPT's backup header, or a partition past the device's end).
-fn partitions_end(file: &mut File, device_size: u64) -> Result<Option<(Extent, u64)>, String> {
-    let found = gpt_end(file)?.or_else(|| mbr_end(file));
-    match found {
-        Some((_, end)) if end > device_size => Err(format!(
-            "its last partition ends at byte {end}, past the device's end ({device_size} bytes)"
-        )),
-        found => Ok(found),
-    }
-}
-
-fn gpt_end(file: &mut File) -> Result<Option<(Extent, u64)>, String> {
-    if file.seek(SeekFrom::Start(0)).is_err() {
-        return Ok(None);
-    }
-    let Ok(gpt) = gptman::GPT::find_from(file) else {
-        return Ok(None);
-    };
-    if gpt.header.is_backup() {
-        // The copy at the device's end is the only good one: the image up to
-        // the last partition would hold no usable table.
-        return Err("its primary GPT header is damaged (the table is read from the backup header at the device's end, which a capture up to the last partition leaves out)".into());
-    }
-    let end = gpt
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(_, p)| (p.ending_lba + 1) * gpt.sector_size)
-        .max();
-    Ok(end.map(|end| (Extent::Gpt, end)))
-}
-
-fn mbr_end(file: &mut File) -> Option<(Extent, u64)> {
-    file.seek(SeekFrom::Start(0)).ok()?;
-    let mbr = mbrman::MBR::read_from(file, 512).ok()?;
-    let primary = mbr
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(_, p)| (u64::from(p.starting_lba) + u64::from(p.sectors)) * 512);
-    let logical = mbr
-        .logical_partitions
-        .iter()
-        .map(|l| (u64::from(l.partition.starting_lba) + u64::from(l.partition.sectors)) * 512);
-    primary.chain(logical).max().map(|end| (Extent::Mbr, end))
 }
 
 /// The smallest capacity among the sticks the records know, if any (to
@@ -470,6 +445,7 @@ struct CaptureView {
     image: Option<Sha256Digest>,
     size: Option<u64>,
     device_size: Option<u64>,
+    sector_size: Option<u64>,
     extent: Option<&'static str>,
     already_cached: Option<bool>,
     smallest_stick: Option<u64>,
@@ -588,6 +564,7 @@ impl CaptureService {
                 image: None,
                 size: None,
                 device_size: None,
+                sector_size: None,
                 extent: None,
                 already_cached: None,
                 smallest_stick: None,
@@ -658,6 +635,7 @@ impl CaptureService {
                         view.read = view.total.unwrap_or(image.size());
                         view.eta_secs = None;
                         view.device_size = Some(captured.device_size);
+                        view.sector_size = Some(captured.sector_size);
                         view.extent = Some(captured.extent.describe());
                         view.already_cached = Some(captured.outcome.already_cached());
                         view.smallest_stick = smallest.map(|s| s.bytes());
