@@ -728,6 +728,13 @@ pub fn url_import_of(
     }
     let check = match (body.sha256, body.sha256sums) {
         (Some(_), Some(_)) => return Err("give sha256 or sha256sums, not both".into()),
+        // A signature given beside a digest would be checked by nobody.
+        (Some(_), None) if body.signature.is_some() || body.keyring.is_some() => {
+            return Err(
+                "a signature is checked on a sha256sums list, not with sha256: give sha256sums with signature and keyring, or sha256 alone"
+                    .into(),
+            )
+        }
         (Some(hex), None) => {
             DigestCheck::Sha256(Sha256Digest::parse(&hex).map_err(|e| format!("sha256: {e}"))?)
         }
@@ -742,7 +749,7 @@ pub fn url_import_of(
                 _ => return Err("a signature needs a keyring, and a keyring a signature".into()),
             },
         },
-        (None, None) if body.signature.is_some() => {
+        (None, None) if body.signature.is_some() || body.keyring.is_some() => {
             return Err("a signature is checked on a sha256sums list: give sha256sums".into())
         }
         (None, None) => DigestCheck::None,
@@ -1238,6 +1245,43 @@ pub fn error_chain(error: &AppError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A signature is checked on a checksum list; given beside a digest
+    /// (`sha256`), or a keyring alone, it would be checked by nobody, so the
+    /// request is refused. Before, `{"url", "sha256", "signature",
+    /// "keyring"}` was imported (and a run armed with it) with the signature
+    /// never fetched, even a bad one.
+    #[test]
+    fn a_signature_or_keyring_without_a_checksum_list_is_refused() {
+        let digest = "ab".repeat(32);
+        let request =
+            |sha256: bool, signature: bool, keyring: bool| flashrack_web::UrlImportRequest {
+                url: "https://example.org/os.img".into(),
+                sha256: sha256.then(|| digest.clone()),
+                sha256sums: None,
+                signature: signature.then(|| "https://example.org/SHA256SUMS.gpg".into()),
+                keyring: keyring.then(|| "-----BEGIN PGP PUBLIC KEY BLOCK-----".into()),
+                bmap: None,
+                no_bmap: true,
+                zip_entry: None,
+            };
+        for (sha256, signature, keyring, says) in [
+            (true, true, true, "not with sha256"),
+            (true, true, false, "not with sha256"),
+            (true, false, true, "not with sha256"),
+            (false, false, true, "give sha256sums"),
+            (false, true, false, "give sha256sums"),
+        ] {
+            let error = url_import_of(request(sha256, signature, keyring), ByteSize(1 << 30))
+                .map(|_| ())
+                .unwrap_err();
+            assert!(
+                error.contains(says),
+                "{sha256} {signature} {keyring}: {error}"
+            );
+        }
+        assert!(url_import_of(request(true, false, false), ByteSize(1 << 30)).is_ok());
+    }
 
     #[test]
     fn a_keyring_larger_than_any_or_without_an_end_is_refused() {

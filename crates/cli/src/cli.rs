@@ -199,7 +199,12 @@ pub enum RunCommand {
         /// (SHA256SUMS.gpg), checked by the station against --keyring before
         /// anything else is downloaded; a signature that does not hold arms
         /// nothing.
-        #[arg(long, value_name = "URL", requires_all = ["sha256sums", "keyring"])]
+        #[arg(
+            long,
+            value_name = "URL",
+            requires_all = ["sha256sums", "keyring"],
+            conflicts_with = "sha256"
+        )]
         signature: Option<String>,
         /// The public keys to trust for --signature (armored or binary, as
         /// `gpg --export` writes them): read here and sent to the station.
@@ -353,7 +358,12 @@ pub enum ImageCommand {
         sha256sums: Option<String>,
         /// The checksum list's detached OpenPGP signature (SHA256SUMS.gpg),
         /// checked against --keyring before anything else is downloaded.
-        #[arg(long, value_name = "URL", requires_all = ["sha256sums", "keyring"])]
+        #[arg(
+            long,
+            value_name = "URL",
+            requires_all = ["sha256sums", "keyring"],
+            conflicts_with = "sha256"
+        )]
         signature: Option<String>,
         /// The public keys to trust for --signature (armored or binary, as
         /// `gpg --export` writes them).
@@ -528,7 +538,12 @@ pub struct FlashArgs {
     pub sha256sums: Option<String>,
     /// The checksum list's detached OpenPGP signature (SHA256SUMS.gpg),
     /// checked against --keyring before anything else is downloaded.
-    #[arg(long, value_name = "URL", requires_all = ["sha256sums", "keyring"])]
+    #[arg(
+        long,
+        value_name = "URL",
+        requires_all = ["sha256sums", "keyring"],
+        conflicts_with = "sha256"
+    )]
     pub signature: Option<String>,
     /// The public keys to trust for --signature (armored or binary, as
     /// `gpg --export` writes them).
@@ -626,7 +641,12 @@ pub struct VerifyArgs {
     pub sha256sums: Option<String>,
     /// The checksum list's detached OpenPGP signature (SHA256SUMS.gpg),
     /// checked against --keyring before anything else is downloaded.
-    #[arg(long, value_name = "URL", requires_all = ["sha256sums", "keyring"])]
+    #[arg(
+        long,
+        value_name = "URL",
+        requires_all = ["sha256sums", "keyring"],
+        conflicts_with = "sha256"
+    )]
     pub signature: Option<String>,
     /// The public keys to trust for --signature (armored or binary, as
     /// `gpg --export` writes them).

@@ -209,6 +209,45 @@ fn a_stall_timeout_out_of_range_is_refused_before_anything_runs() {
     assert!(!data.join("flashrack.db").exists(), "nothing ran");
 }
 
+/// A signature is checked on a checksum list: beside `--sha256` it would be
+/// checked by nobody, so every command that takes one refuses the pair
+/// before it reaches for the network or the station. Before, `image import
+/// URL --sha256 … --signature … --keyring …` downloaded and cached the image
+/// with the signature never fetched (and `run start` armed a run with it).
+#[test]
+fn a_signature_beside_a_digest_is_a_usage_error_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let keyring = dir.path().join("vendor.gpg");
+    std::fs::write(&keyring, b"not read").unwrap();
+    let digest = "ab".repeat(32);
+    // Port 9 (discard): nothing listens; a request would fail differently.
+    let url = "http://127.0.0.1:9/os.img";
+    let pair = [
+        "--sha256",
+        digest.as_str(),
+        "--signature",
+        "http://127.0.0.1:9/SHA256SUMS.gpg",
+        "--keyring",
+        keyring.to_str().unwrap(),
+    ];
+    for command in [
+        vec!["image", "import", url],
+        vec!["flash", url, "sim:a"],
+        vec!["run", "start", url, "--server", "http://127.0.0.1:9"],
+    ] {
+        let args: Vec<&str> = command.iter().copied().chain(pair).collect();
+        let out = flashrack(&data, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cannot be used with"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!data.join("flashrack.db").exists(), "nothing ran");
+}
+
 #[test]
 fn an_error_names_its_cause_once() {
     let dir = tempfile::tempdir().unwrap();
