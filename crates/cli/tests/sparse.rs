@@ -83,6 +83,12 @@ fn a_sparse_flash_writes_only_the_map_and_the_stick_holds_a_clean_file_system() 
         "{summary}"
     );
     assert!(row["read_back_sha256"].is_null(), "{summary}");
+    // Never a plain pass: what it proved, with its share of the image.
+    let proof = row["proof"].as_str().unwrap();
+    assert!(
+        proof.starts_with("sparse (") && proof.ends_with(" % checked)"),
+        "{summary}"
+    );
 
     // The stick: garbage where the file system has nothing, and a file
     // system e2fsck finds clean with every file whole.
@@ -127,6 +133,14 @@ fn a_sparse_flash_writes_only_the_map_and_the_stick_holds_a_clean_file_system() 
         report["attempts"][0]["bytes_skipped"].as_u64(),
         Some(32 * MIB - mapped),
         "{report}"
+    );
+    assert_eq!(report["attempts"][0]["verdict_words"], proof, "{report}");
+    let labels = flashrack(&data_dir, &["report", "run", "1", "--format", "labels"]);
+    assert!(labels.status.success(), "{}", text(&labels.stderr));
+    assert!(
+        text(&labels.stdout).contains("verdict=sparse")
+            && !text(&labels.stdout).contains("verdict=pass"),
+        "the labels' references say sparse"
     );
     assert!(
         report["run"]["options_words"]

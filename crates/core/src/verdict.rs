@@ -625,13 +625,22 @@ impl AttemptFigures {
     /// What a verdict of these figures proved, in the words every view and
     /// report uses for a pass: `pass` (every byte read back and checked),
     /// `sampled (5 %)`, `audit pass` (read back without writing), `written,
-    /// not verified`. A weaker proof is never a plain `pass`.
+    /// not verified`, `sparse (15.2 % checked)` (the block map's ranges
+    /// written and read back, the rest of the image neither). A weaker proof
+    /// is never a plain `pass`.
     pub fn pass_words(&self) -> String {
         match (self.verify_method, &self.sample) {
             (Some(VerifyMethod::Sampled), Some(sample)) => sample.words(),
             (Some(VerifyMethod::Sampled), None) => "sampled".into(),
             (Some(VerifyMethod::Audit), _) => "audit pass".into(),
             (Some(VerifyMethod::None), _) => "written, not verified".into(),
+            _ if self.bytes_skipped > 0 => {
+                let covered = self.bytes_verified + self.bytes_skipped;
+                // Rounded down: never more than was checked.
+                let percent =
+                    (self.bytes_verified as f64 * 10_000.0 / covered as f64).floor() / 100.0;
+                format!("sparse ({} % checked)", trim_percent(percent))
+            }
             _ => "pass".into(),
         }
     }
@@ -942,6 +951,21 @@ mod tests {
         };
         assert_eq!(full.pass_words(), "pass");
         assert!(!serde_json::to_string(&full).unwrap().contains("sample"));
+        // A sparse pass proved its map's ranges only: its share, rounded
+        // down. Before, it was a plain `pass` in every report and label.
+        let sparse = AttemptFigures {
+            verify_method: Some(VerifyMethod::Compare),
+            bytes_verified: 40_853_504,
+            bytes_skipped: 227_581_952,
+            ..AttemptFigures::default()
+        };
+        assert_eq!(sparse.pass_words(), "sparse (15.21 % checked)");
+        let almost = AttemptFigures {
+            bytes_verified: 999_999,
+            bytes_skipped: 1,
+            ..sparse
+        };
+        assert_eq!(almost.pass_words(), "sparse (99.99 % checked)");
     }
 
     #[test]

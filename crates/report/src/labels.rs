@@ -30,7 +30,8 @@ const REFERENCE_SHA256_DIGITS: usize = 16;
 /// plain `pass` for a weaker proof (as every other view of it):
 /// `verdict=sampled&sample=5` for a sampled verify of 5 % of the chunks,
 /// `verdict=audit_pass` for an audit, `verdict=unverified` for a stick written
-/// and not read back. Text that is not a letter, a digit or one of `-._~` is
+/// and not read back, `verdict=sparse` for a sparse run's pass (its block
+/// map's ranges written and read back, the rest of the image neither). Text that is not a letter, a digit or one of `-._~` is
 /// percent-encoded (UTF-8). `None` for a row without an attempt (a refusal
 /// before any attempt is no stick's record).
 pub fn record_reference(row: &ReportRow) -> Option<String> {
@@ -65,6 +66,7 @@ fn pass_token(figures: &flashrack_core::AttemptFigures) -> String {
         (Some(VerifyMethod::Sampled), None) => "sampled".into(),
         (Some(VerifyMethod::Audit), _) => "audit_pass".into(),
         (Some(VerifyMethod::None), _) => "unverified".into(),
+        _ if figures.bytes_skipped > 0 => "sparse".into(),
         _ => "pass".into(),
     }
 }
@@ -233,6 +235,12 @@ mod tests {
         );
         assert_eq!(pass_token(&with(VerifyMethod::Audit, None)), "audit_pass");
         assert_eq!(pass_token(&with(VerifyMethod::None, None)), "unverified");
+        let sparse = flashrack_core::AttemptFigures {
+            bytes_verified: 4096,
+            bytes_skipped: 8192,
+            ..with(VerifyMethod::Compare, None)
+        };
+        assert_eq!(pass_token(&sparse), "sparse");
     }
 
     #[test]
