@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, ByteSize, DataRanges, EngineEvent, EngineEventKind, FailReason,
-    Failure, RunId, SamplePercent, Sha256Digest, Stage, StopReason, TargetId, Verdict, VerifyMode,
+    AttemptFigures, AttemptId, Bound, ByteSize, DataRanges, EngineEvent, EngineEventKind,
+    FailReason, Failure, RunId, SamplePercent, Sha256Digest, Stage, StopReason, TargetId, Verdict,
+    VerifyMode,
 };
 use flashrack_engine::{AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage};
 use flashrack_guard::GuardPolicy;
@@ -136,6 +137,11 @@ pub enum FlashEvent {
     /// How far the download of the image has got (a flash of a URL): bytes
     /// held and the length declared, after every piece.
     Download(crate::downloads::Progress),
+    /// The flash ends with an error after its attempts were recorded (the
+    /// image source failed, its import was refused): the verdicts as the
+    /// records hold them, sent just before the error is returned, so that
+    /// what is shown agrees with the records.
+    Unfinished(Box<Summary>),
 }
 
 /// What a flash has to say besides progress.
@@ -290,7 +296,7 @@ pub async fn flash(
             },
         })
         .await?;
-    let (attempts, starts) = start_attempts(&records, run_id, &targets).await?;
+    let started = start_attempts(&records, run_id, &targets).await?;
 
     let _ = view.send(FlashEvent::Targets(
         targets.list.iter().map(|(id, _)| id.clone()).collect(),
@@ -298,8 +304,8 @@ pub async fn flash(
     let (events_tx, events_rx) = mpsc::unbounded_channel::<EngineEvent>();
     let mut flash = Flash::new(
         records,
-        attempts,
-        starts,
+        &targets,
+        started,
         // An audit writes nothing: nothing to write again.
         if request.audit { 0 } else { request.retries },
         view,
@@ -320,6 +326,7 @@ pub async fn flash(
             let _ = records
                 .run_stopped(run_id, StopReason::SourceFailed, Some(&error.to_string()))
                 .await;
+            flash.unfinished(&targets.list, Some(manifest.sha256()), manifest.size());
             return Err(AppError::SourceFailed(error));
         }
         Ended::Signal(signal) => {
@@ -335,7 +342,7 @@ pub async fn flash(
             None
         }
     };
-    let summary = flash.into_summary(&targets.list, manifest.sha256(), manifest.size());
+    let summary = flash.into_summary(&targets.list, Some(manifest.sha256()), manifest.size());
     // Removes the simulated sticks' files (a stuck thread may still hold one
     // open; the directory goes anyway).
     drop(targets);
@@ -445,6 +452,11 @@ struct Flash {
     attempts_made: HashMap<TargetId, u32>,
     /// The last stage each target entered.
     stages: HashMap<TargetId, Stage>,
+    /// The bytes each target's write pass had acknowledged, as its progress
+    /// last said (an attempt without its own figures is given these).
+    written: HashMap<TargetId, u64>,
+    /// Each target's capacity as recorded at its start.
+    capacities: HashMap<TargetId, ByteSize>,
     /// Verdicts given (and committed) so far.
     verdicts: HashMap<TargetId, (Verdict, AttemptFigures)>,
     /// When each verdict was given, in seconds after `started`.
@@ -460,11 +472,17 @@ impl Flash {
     /// started in the records; its fan-out starts now.
     fn new(
         records: StoreRecords,
-        attempts: HashMap<TargetId, AttemptId>,
-        starts: HashMap<TargetId, AttemptStart>,
+        targets: &Targets,
+        (attempts, starts): Started,
         retries: u32,
         view: mpsc::UnboundedSender<FlashEvent>,
     ) -> Self {
+        let capacities = targets
+            .list
+            .iter()
+            .zip(&targets.identities)
+            .map(|((id, _), (identity, _))| (id.clone(), ByteSize(identity.capacity)))
+            .collect();
         Flash {
             records,
             attempts,
@@ -472,6 +490,8 @@ impl Flash {
             retries,
             attempts_made: HashMap::new(),
             stages: HashMap::new(),
+            written: HashMap::new(),
+            capacities,
             verdicts: HashMap::new(),
             finished_after: HashMap::new(),
             started: Instant::now(),
@@ -479,12 +499,13 @@ impl Flash {
         }
     }
 
-    /// The run's summary of the image `sha256` (`size` bytes): the verdicts
-    /// given, in the targets' order.
+    /// The run's summary of the image `sha256` (`size` bytes; `None`: never
+    /// known, the flash stopped before its import ended): the verdicts given,
+    /// in the targets' order.
     fn into_summary(
         mut self,
         targets: &[(TargetId, Arc<dyn Target>)],
-        sha256: Sha256Digest,
+        sha256: Option<Sha256Digest>,
         size: u64,
     ) -> Summary {
         let results = targets
@@ -502,6 +523,19 @@ impl Flash {
             &self.finished_after,
             &self.attempts_made,
         )
+    }
+
+    /// Sends the view the summary of a flash that ends with an error after
+    /// its attempts were recorded ([`FlashEvent::Unfinished`]).
+    fn unfinished(
+        self,
+        targets: &[(TargetId, Arc<dyn Target>)],
+        sha256: Option<Sha256Digest>,
+        size: u64,
+    ) {
+        let view = self.view.clone();
+        let summary = self.into_summary(targets, sha256, size);
+        let _ = view.send(FlashEvent::Unfinished(Box::new(summary)));
     }
 
     /// Commits a verdict to the records (to the target's latest attempt, if
@@ -619,6 +653,15 @@ impl Flash {
                 }
                 let _ = self.view.send(FlashEvent::Engine(event));
             }
+            EngineEventKind::Progress {
+                stage: Stage::Writing,
+                done,
+                ..
+            } => {
+                let written = self.written.entry(event.target.clone()).or_default();
+                *written = (*written).max(done);
+                let _ = self.view.send(FlashEvent::Engine(event));
+            }
             EngineEventKind::Progress { .. } | EngineEventKind::Resetting => {
                 let _ = self.view.send(FlashEvent::Engine(event));
             }
@@ -662,8 +705,8 @@ impl Flash {
                     reason: FailReason::Interrupted,
                     stage,
                 });
-                self.settle(outcome.id, interrupted, AttemptFigures::default())
-                    .await?;
+                let figures = self.figures_so_far(&outcome.id);
+                self.settle(outcome.id, interrupted, figures).await?;
                 Ok(Some(Ended::SourceFailed(error)))
             }
         }
@@ -732,11 +775,33 @@ impl Flash {
                     reason: FailReason::Interrupted,
                     stage,
                 });
-                self.settle(id.clone(), interrupted, AttemptFigures::default())
-                    .await?;
+                let figures = self.figures_so_far(id);
+                self.settle(id.clone(), interrupted, figures).await?;
             }
         }
         Ok(())
+    }
+
+    /// The figures of an attempt that ends without its own (abandoned at a
+    /// stop, or its source failed): its capacity, and the bytes its progress
+    /// last said were written, a lower bound once its write pass began (a
+    /// write in flight may still land; its thread may go on until it reaches
+    /// a safe point). Nothing of the image is written while it prepares.
+    fn figures_so_far(&self, id: &TargetId) -> AttemptFigures {
+        let began_writing = self
+            .stages
+            .get(id)
+            .is_some_and(|stage| *stage != Stage::Preparing);
+        AttemptFigures {
+            capacity: self.capacities.get(id).copied().unwrap_or_default(),
+            bytes_written: self.written.get(id).copied().unwrap_or(0),
+            bytes_written_bound: if began_writing {
+                Bound::LowerBound
+            } else {
+                Bound::Exact
+            },
+            ..AttemptFigures::default()
+        }
     }
 
     fn notice(&self, notice: Notice) {

@@ -52,7 +52,7 @@ pub fn is_interrupted(verdict: &Verdict) -> bool {
 }
 
 /// One row of the summary.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Row {
     /// The target as given.
     pub target: TargetId,
@@ -89,10 +89,11 @@ pub struct Row {
 }
 
 /// What `flash --json` prints.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// The image's sha256.
-    pub image_sha256: Sha256Digest,
+    /// The image's sha256; `null` when the flash stopped before its import
+    /// ended (the image was never known).
+    pub image_sha256: Option<Sha256Digest>,
     /// Image size in bytes.
     pub image_size: u64,
     /// Targets that passed.
@@ -115,7 +116,7 @@ impl Summary {
     /// Builds the summary from the engine's verdicts (each target's last),
     /// with the retries made per target.
     pub fn new(
-        image_sha256: Sha256Digest,
+        image_sha256: Option<Sha256Digest>,
         image_size: u64,
         elapsed_secs: f64,
         results: Vec<(TargetId, Verdict, AttemptFigures)>,
@@ -231,7 +232,7 @@ mod tests {
         .map(|(t, v)| (TargetId(t.into()), v, AttemptFigures::default()))
         .collect();
         let summary = Summary::new(
-            Sha256Digest::of(b""),
+            Some(Sha256Digest::of(b"")),
             0,
             1.0,
             results,

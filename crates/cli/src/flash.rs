@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use flashrack_app::downloads::{DigestCheck, Keyring, RetryPolicy, SignatureSpec, UrlImport};
 use flashrack_app::flash::{FlashOutcome, FlashRequest};
 use flashrack_app::images::{bmap_beside, import_with_map, map_image, open_cache, resolve_image};
+use flashrack_app::summary::Summary;
 use flashrack_core::Sha256Digest;
 use tokio::sync::mpsc;
 
@@ -60,11 +61,13 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
         let outcome =
             flashrack_app::flash::flash_file(data_dir, file, expected, request, view_tx, stops)
                 .await;
-        let _ = view.await;
-        let outcome = outcome?;
+        let outcome = with_unfinished(outcome, view.await, &args)?;
         // The file just imported gets its block map (found beside it or
         // generated) for later sparse runs; the run's summary comes first.
-        let image = cache.get(&outcome.summary.image_sha256);
+        let image = match &outcome.summary.image_sha256 {
+            Some(sha256) => cache.get(sha256),
+            None => Ok(None),
+        };
         let status = finish(outcome, &args);
         if let Ok(Some(image)) = image {
             match map_image(&cache, &image, Some(file), None) {
@@ -117,8 +120,7 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
     let view = tokio::spawn(crate::progress::show(view_rx, args.quiet));
     let outcome = flashrack_app::flash::flash(data_dir, image, request, view_tx, stops).await;
     // Everything shown (and the bars cleared) before the summary or the error.
-    let _ = view.await;
-    finish(outcome?, &args)
+    finish(with_unfinished(outcome, view.await, &args)?, &args)
 }
 
 /// `flash URL TARGETS…`: the targets are written while the image downloads
@@ -172,10 +174,12 @@ async fn flash_url(
         stops,
     )
     .await;
-    let _ = view.await;
-    let outcome = outcome?;
+    let outcome = with_unfinished(outcome, view.await, &args)?;
     let cache = open_cache(data_dir)?;
-    let image = cache.get(&outcome.summary.image_sha256);
+    let image = match &outcome.summary.image_sha256 {
+        Some(sha256) => cache.get(sha256),
+        None => Ok(None),
+    };
     let status = finish(outcome, &args);
     if let Ok(Some(image)) = image {
         match map_image(&cache, &image, None, None) {
@@ -202,6 +206,35 @@ fn request(args: &FlashArgs, audit: bool) -> FlashRequest {
         audit,
         retries: args.retries,
     }
+}
+
+/// The flash's outcome; when it ended with an error after its attempts
+/// were recorded, the summary the view was given (`unfinished`) is printed
+/// first, as `finish` prints one (the JSON with the `error`), so that what
+/// the command prints agrees with the records, and the error is returned.
+fn with_unfinished(
+    outcome: Result<FlashOutcome, flashrack_app::AppError>,
+    unfinished: Result<Option<Box<Summary>>, tokio::task::JoinError>,
+    args: &FlashArgs,
+) -> Result<FlashOutcome> {
+    let error = match outcome {
+        Ok(outcome) => return Ok(outcome),
+        Err(error) => error,
+    };
+    if let Ok(Some(summary)) = unfinished {
+        let printed = if args.json {
+            let mut json = serde_json::to_value(&*summary)?;
+            json["error"] = flashrack_app::downloads::error_chain(&error).into();
+            outln!("{}", serde_json::to_string_pretty(&json)?)
+        } else {
+            out!("{}", crate::summary::table(&summary))
+        };
+        match printed {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other?,
+        }
+    }
+    Err(error.into())
 }
 
 /// Prints the summary; the exit status says whether every target passed.

@@ -6,15 +6,17 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use flashrack_app::flash::{FlashEvent, Notice};
-use flashrack_app::summary::TargetVerdict;
+use flashrack_app::summary::{Summary, TargetVerdict};
 use flashrack_core::{
     ByteSize, EngineEvent, EngineEventKind, FailReason, Stage, TargetId, Verdict,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// Shows what a flash sends on stderr until the channel closes.
-pub async fn show(mut events: UnboundedReceiver<FlashEvent>, quiet: bool) {
+/// Shows what a flash sends on stderr until the channel closes; gives the
+/// summary of a flash that ended with an error after its attempts were
+/// recorded ([`FlashEvent::Unfinished`]), for the caller to print.
+pub async fn show(mut events: UnboundedReceiver<FlashEvent>, quiet: bool) -> Option<Box<Summary>> {
     let mut view: Box<dyn View> = if quiet || !std::io::stderr().is_terminal() {
         Box::new(Lines {
             quiet,
@@ -24,8 +26,10 @@ pub async fn show(mut events: UnboundedReceiver<FlashEvent>, quiet: bool) {
         Box::new(Bars::default())
     };
     let mut download = DownloadLines::default();
+    let mut unfinished = None;
     while let Some(event) = events.recv().await {
         match event {
+            FlashEvent::Unfinished(summary) => unfinished = Some(summary),
             FlashEvent::Download(progress) => {
                 if let Some(line) = download.line(&progress).filter(|_| !quiet) {
                     view.notice(&line);
@@ -40,6 +44,7 @@ pub async fn show(mut events: UnboundedReceiver<FlashEvent>, quiet: bool) {
         }
     }
     view.finish();
+    unfinished
 }
 
 /// The download of a flash of a URL in a few lines: where a resumed one

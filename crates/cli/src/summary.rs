@@ -46,7 +46,7 @@ pub fn table(summary: &Summary) -> String {
                     ByteSize(r.figures.bytes_skipped)
                 ),
                 None => "-".to_string(),
-                Some(d) if d == summary.image_sha256 => "= image".to_string(),
+                Some(d) if Some(d) == summary.image_sha256 => "= image".to_string(),
                 Some(d) => d.short(),
             },
         ]);
@@ -64,11 +64,13 @@ pub fn table(summary: &Summary) -> String {
             counts.push_str(&format!(", {n} {word}"));
         }
     }
+    let image = match &summary.image_sha256 {
+        Some(sha256) => format!("image {}, {}", sha256.short(), ByteSize(summary.image_size)),
+        None => "image not known: stopped before its import ended".to_string(),
+    };
     out.push_str(&format!(
-        "{counts} in {:.1} s (image {}, {})\n",
-        summary.elapsed_secs,
-        summary.image_sha256.short(),
-        ByteSize(summary.image_size)
+        "{counts} in {:.1} s ({image})\n",
+        summary.elapsed_secs
     ));
     out
 }

@@ -363,6 +363,75 @@ fn a_second_signal_abandons_a_stick_stuck_in_the_kernel_at_once() {
     assert_no_sim_dirs(&data);
 }
 
+/// A stick abandoned by a second signal in the middle of its write pass is
+/// recorded with what its progress said was written, as a lower bound (its
+/// thread may write on until it reaches a safe point), and its capacity:
+/// the summary and the report agree. Before, it was recorded as 0 bytes
+/// written, "exact", with a capacity of 0 in the summary, while megabytes of
+/// the image were on the stick.
+#[test]
+fn a_stick_abandoned_mid_write_is_recorded_with_at_least_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = image(dir.path(), 16 << 20);
+    let data = dir.path().join("data");
+    let mut child = start(
+        &data,
+        &[
+            "flash",
+            image.to_str().unwrap(),
+            "sim:slow:write=2MB,capacity=64MiB",
+            "--json",
+        ],
+    );
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    read_until(&mut lines, &mut seen, |l| l == "sim:slow: writing");
+    // A couple of megabytes at 2 MB/s, each reported as it is acknowledged.
+    std::thread::sleep(Duration::from_millis(2500));
+    signal(&child, Signal::TERM);
+    read_until(&mut lines, &mut seen, |l| {
+        l.contains("stopping every target")
+    });
+    signal(&child, Signal::INT);
+    for line in lines {
+        seen.push_str(&line.unwrap());
+        seen.push('\n');
+    }
+    let out = finish(child);
+    assert_eq!(code(out.status), Some(143), "{seen}");
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let row = &summary["targets"][0];
+    assert_eq!(row["verdict"], "interrupted", "{row:#}");
+    assert_eq!(row["stage"], "writing", "{row:#}");
+    assert_eq!(row["capacity"], 64 << 20, "{row:#}");
+    assert_eq!(row["bytes_written_bound"], "lower_bound", "{row:#}");
+    let written = row["bytes_written"].as_u64().unwrap();
+    assert!(written >= 1 << 20, "{row:#}");
+    let report = run_report(&data, 1);
+    // The file was new to the cache, its import following the slow stick:
+    // stopped before it ended, the image was never known, and the summary
+    // says so as the records do. Before, it printed the run's provisional
+    // digest, a digest of no image, different on every run.
+    let real = flashrack_core::Sha256Digest::of(&std::fs::read(&image).unwrap()).to_hex();
+    assert_eq!(
+        summary["image_sha256"], report["run"]["image_sha256"],
+        "{report:#}"
+    );
+    assert!(
+        summary["image_sha256"].is_null() || summary["image_sha256"] == real.as_str(),
+        "{summary:#}"
+    );
+    let recorded = attempt(&report, "sim:slow");
+    assert_eq!(recorded["verdict"], "interrupted", "{recorded:#}");
+    assert_eq!(recorded["bytes_written"], written, "{recorded:#}");
+    assert_eq!(
+        recorded["bytes_written_bound"], "lower_bound",
+        "{recorded:#}"
+    );
+    assert_no_sim_dirs(&data);
+}
+
 #[test]
 fn a_sim_stick_claiming_more_than_a_file_can_hold_is_refused_at_once_and_clearly() {
     let dir = tempfile::tempdir().unwrap();

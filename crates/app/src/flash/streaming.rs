@@ -652,15 +652,15 @@ async fn follow_import(
             },
         )
         .await?;
-    let (attempts, starts) = start_attempts(&records, run_id, &targets).await?;
+    let started = start_attempts(&records, run_id, &targets).await?;
     let _ = view.send(FlashEvent::Targets(
         targets.list.iter().map(|(id, _)| id.clone()).collect(),
     ));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let mut flash = Flash::new(
         records.clone(),
-        attempts,
-        starts,
+        &targets,
+        started,
         request.retries,
         view.clone(),
     );
@@ -720,12 +720,14 @@ async fn follow_import(
             let _ = records
                 .run_stopped(run_id, StopReason::SourceFailed, Some(&note))
                 .await;
+            flash.unfinished(&targets.list, None, known);
             return Err(error);
         }
-        (Ended::SourceFailed(error), Ok(_)) => {
+        (Ended::SourceFailed(error), Ok(image)) => {
             let _ = records
                 .run_stopped(run_id, StopReason::SourceFailed, Some(&error.to_string()))
                 .await;
+            flash.unfinished(&targets.list, Some(image.sha256()), image.size());
             return Err(AppError::SourceFailed(error));
         }
         (Ended::Completed, Ok(image)) => {
@@ -738,8 +740,8 @@ async fn follow_import(
     let (stopped_by, image) = stopped_by;
     // Stopped before the import ended: the image was never known.
     let (sha256, size) = match &image {
-        Some(image) => (image.sha256(), image.size()),
-        None => (provisional, known),
+        Some(image) => (Some(image.sha256()), image.size()),
+        None => (None, known),
     };
     let summary = flash.into_summary(&targets.list, sha256, size);
     drop(targets);
