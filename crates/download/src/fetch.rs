@@ -51,6 +51,10 @@ use crate::DownloadError;
 /// Pieces in which the bytes of a partial file are sent again after a restart.
 const REPLAY_PIECE: usize = 1 << 20;
 
+/// Answers in a row that end at the same byte before the declared length,
+/// without a new byte after the first, that make the length a lie.
+const SAME_END_IS_A_LIE: u32 = 3;
+
 /// When to try again and when to give up.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -422,7 +426,8 @@ impl Downloader {
             replay(&partial.data, held, sink).await?;
         }
         let mut failures = 0u32;
-        let mut last_cut: Option<u64> = None;
+        // Where the last cuts ended, and how many in a row ended there.
+        let mut last_cut: Option<(u64, u32)> = None;
         while state.total.is_none_or(|total| held < total) {
             let before = held;
             let mut transfer = Transfer {
@@ -445,18 +450,29 @@ impl Downloader {
                         failures = 0;
                     }
                     if let (DownloadError::Cut { .. }, Some(total)) = (&error, state.total) {
-                        // The same early end twice, the second time without
-                        // a new byte: the server does not have what it
-                        // declared. (An answer from byte 0 cut while it was
-                        // compared with the bytes held ended before them.)
-                        if held == before && at == held && last_cut == Some(held) {
+                        // The same early end again and again, without a new
+                        // byte: the server does not have what it declared.
+                        // One answer cut right after its headers is a cut
+                        // like any other (a flaky link does that too), so
+                        // it takes the same end three times in a row. (An
+                        // answer from byte 0 cut while it was compared with
+                        // the bytes held ended before them.)
+                        let same = match last_cut {
+                            Some((end, times)) if end == at && held == before && at == held => {
+                                times + 1
+                            }
+                            _ => 1,
+                        };
+                        if same >= SAME_END_IS_A_LIE {
                             return Err(DownloadError::WrongLength {
                                 url: url.into(),
                                 declared: total,
-                                actual: format!("but ends at byte {held} every time"),
+                                actual: format!(
+                                    "but ends at byte {held} every time ({same} answers in a row)"
+                                ),
                             });
                         }
-                        last_cut = Some(at);
+                        last_cut = Some((at, same));
                     }
                     failures += 1;
                     if failures >= self.policy.tries {

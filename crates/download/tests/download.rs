@@ -271,6 +271,32 @@ async fn a_server_that_ignores_ranges_is_read_past_the_bytes_held() {
     assert_eq!(server.requests_for("/d.img")[1].status, 200);
 }
 
+/// A resume cut right after its headers (no body byte) is a cut like any
+/// other: tried again, and the download ends whole. Before, that second
+/// answer ending where the first was cut made the server a liar ("ends at
+/// byte N every time") after two answers, and the partial download was
+/// thrown away.
+#[tokio::test]
+async fn a_resume_cut_before_its_first_byte_is_tried_again_not_called_a_lie() {
+    let body = image_bytes(SIZE, 8, 4096);
+    let server = FileServer::start().await;
+    server.serve(
+        "/g.img",
+        Served::new(body.clone(), "v1").behaving(Behaviour::CutThenEmpty(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/g.img");
+    let (result, got) = download(policy(4), &url, &Partial::in_dir(dir.path(), &url)).await;
+    result.unwrap();
+    assert!(got == body);
+    let seen = server.requests_for("/g.img");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(
+        seen[2].range.as_deref(),
+        Some(format!("bytes={}-", SIZE / 2).as_str())
+    );
+}
+
 #[tokio::test]
 async fn a_server_that_declares_more_than_it_has_is_caught_lying() {
     let body = image_bytes(SIZE, 6, 4096);

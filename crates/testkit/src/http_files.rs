@@ -26,6 +26,10 @@ pub enum Behaviour {
     /// The first answer for the file stops after this many body bytes and
     /// closes the connection; later answers are honest.
     CutFirstAfter(usize),
+    /// The first answer stops after this many body bytes and closes the
+    /// connection; the second (the resume) closes right after its headers,
+    /// without a body byte (a flaky link); later answers are honest.
+    CutThenEmpty(usize),
     /// Declares the file this many bytes longer than it is (in
     /// `Content-Length` and `Content-Range`), sends what it has and closes;
     /// a range from the real end on is answered `416` with the real length.
@@ -111,7 +115,7 @@ pub struct SeenRequest {
 #[derive(Default)]
 struct Shared {
     files: HashMap<String, Served>,
-    /// Answers given per path (for `CutFirstAfter`).
+    /// Answers given per path (for `CutFirstAfter`, `CutThenEmpty`).
     answered: HashMap<String, usize>,
     seen: Vec<SeenRequest>,
     body_bytes: u64,
@@ -290,7 +294,10 @@ impl FileServer {
         }
         let from = from as usize;
         let end = match file.behaviour {
-            Behaviour::CutFirstAfter(n) if nth == 1 => n.clamp(from, file.body.len()),
+            Behaviour::CutFirstAfter(n) | Behaviour::CutThenEmpty(n) if nth == 1 => {
+                n.clamp(from, file.body.len())
+            }
+            Behaviour::CutThenEmpty(_) if nth == 2 => from,
             Behaviour::StallAt(n) => n.clamp(from, file.body.len()),
             _ => file.body.len(),
         };
