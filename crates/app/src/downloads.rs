@@ -608,6 +608,17 @@ pub(crate) async fn import_url_following(
                 discard(&partial).await;
                 restarted = true;
             }
+            // A resume answered from another byte than asked: the server's
+            // ranges cannot be trusted, so the bytes held are not resumed;
+            // the whole file is asked for again, without a range.
+            (Err(DownloadError::BadRange { .. }), _) if !restarted => {
+                tracing::warn!(
+                    url,
+                    "the server answered the resume with the wrong range: downloading it again from the start"
+                );
+                discard(&partial).await;
+                restarted = true;
+            }
             // The import's error says why it stopped reading.
             (Err(DownloadError::SinkClosed), Err(error)) | (Ok(_), Err(error)) => {
                 if wrong_bytes(&error) {
@@ -628,9 +639,14 @@ pub(crate) async fn import_url_following(
                 });
             }
             (Err(error), _) => {
+                // Nothing to resume from: a changed file, a length that lies,
+                // ranges that cannot be trusted (a later import would resume
+                // and fail the same way).
                 if matches!(
                     error,
-                    DownloadError::Changed { .. } | DownloadError::WrongLength { .. }
+                    DownloadError::Changed { .. }
+                        | DownloadError::WrongLength { .. }
+                        | DownloadError::BadRange { .. }
                 ) {
                     discard(&partial).await;
                 }

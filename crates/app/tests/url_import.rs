@@ -362,6 +362,38 @@ async fn a_file_changed_on_the_server_is_imported_again_from_the_start() {
     assert_eq!(requests[2].range, None);
 }
 
+/// A server whose answer to the resume starts at another byte than asked
+/// cannot be resumed from: the bytes held are thrown away and the whole file
+/// asked for again, without a range, in the same import. Before, the import
+/// failed with the partial download kept, so that every later import
+/// resumed it and failed the same way, for good.
+#[tokio::test]
+async fn a_server_that_answers_a_resume_with_the_wrong_range_is_downloaded_again_whole() {
+    let raw = image_bytes(SIZE, 16, 64 << 10);
+    let server = FileServer::start().await;
+    server.serve(
+        "/m.img",
+        Served::new(raw.clone(), "m1").behaving(Behaviour::MisalignedResume(SIZE / 2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    let request = UrlImport {
+        check: DigestCheck::Sha256(Sha256Digest::of(&raw)),
+        ..UrlImport::new(server.url("/m.img"), ByteSize(1 << 40))
+    };
+    let outcome = import_url(&cache, &data_dir, &request, policy(3), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
+    let requests = server.requests_for("/m.img");
+    // The cut, the resume answered from the wrong byte, then afresh.
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(requests[1].range.is_some(), "{requests:?}");
+    assert_eq!(requests[2].range, None, "{requests:?}");
+    assert_eq!(downloads_left(&data_dir), 0);
+}
+
 /// A server without validators (no `ETag`, no `Last-Modified`) cuts the
 /// connection halfway, and its file changes before the next request: the
 /// import gets the new file whole, never the old file's first half and the

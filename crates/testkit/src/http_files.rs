@@ -30,6 +30,11 @@ pub enum Behaviour {
     /// connection; the second (the resume) closes right after its headers,
     /// without a body byte (a flaky link); later answers are honest.
     CutThenEmpty(usize),
+    /// The first answer stops after this many body bytes and closes the
+    /// connection; every answer to a range then starts 4096 bytes before
+    /// the byte asked for (its `Content-Range` says so); a request without
+    /// a range is answered whole.
+    MisalignedResume(usize),
     /// Declares the file this many bytes longer than it is (in
     /// `Content-Length` and `Content-Range`), sends what it has and closes;
     /// a range from the real end on is answered `416` with the real length.
@@ -115,7 +120,7 @@ pub struct SeenRequest {
 #[derive(Default)]
 struct Shared {
     files: HashMap<String, Served>,
-    /// Answers given per path (for `CutFirstAfter`, `CutThenEmpty`).
+    /// Answers given per path (for the behaviours of the first answers).
     answered: HashMap<String, usize>,
     seen: Vec<SeenRequest>,
     body_bytes: u64,
@@ -270,6 +275,10 @@ impl FileServer {
                 (416, head, real)
             }
             Some(start) => {
+                let start = match file.behaviour {
+                    Behaviour::MisalignedResume(_) => start.saturating_sub(4096),
+                    _ => start,
+                };
                 let head = format!(
                     "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {start}-{}/{declared}\r\ncontent-length: {}\r\naccept-ranges: bytes\r\n{validators}connection: close\r\n\r\n",
                     declared - 1,
@@ -294,7 +303,11 @@ impl FileServer {
         }
         let from = from as usize;
         let end = match file.behaviour {
-            Behaviour::CutFirstAfter(n) | Behaviour::CutThenEmpty(n) if nth == 1 => {
+            Behaviour::CutFirstAfter(n)
+            | Behaviour::CutThenEmpty(n)
+            | Behaviour::MisalignedResume(n)
+                if nth == 1 =>
+            {
                 n.clamp(from, file.body.len())
             }
             Behaviour::CutThenEmpty(_) if nth == 2 => from,
