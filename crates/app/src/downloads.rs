@@ -732,6 +732,10 @@ impl Read for DownloadReader {
     }
 }
 
+fn is_http(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 /// The import an API request asks for (`POST /images/import-url`, and a
 /// run's `download`), images up to `max_size`; a request that cannot be
 /// followed gets the reason.
@@ -739,7 +743,7 @@ pub fn url_import_of(
     body: flashrack_web::UrlImportRequest,
     max_size: ByteSize,
 ) -> Result<UrlImport, String> {
-    if !(body.url.starts_with("http://") || body.url.starts_with("https://")) {
+    if !is_http(&body.url) {
         return Err("url must be an http or https URL".into());
     }
     let check = match (body.sha256, body.sha256sums) {
@@ -753,6 +757,12 @@ pub fn url_import_of(
         }
         (Some(hex), None) => {
             DigestCheck::Sha256(Sha256Digest::parse(&hex).map_err(|e| format!("sha256: {e}"))?)
+        }
+        (None, Some(sums)) if !is_http(&sums) => {
+            return Err("sha256sums must be an http or https URL".into())
+        }
+        (None, Some(_)) if body.signature.as_deref().is_some_and(|s| !is_http(s)) => {
+            return Err("signature must be an http or https URL".into())
         }
         (None, Some(sums)) => DigestCheck::Sums {
             url: sums,
@@ -1154,21 +1164,18 @@ pub(crate) enum StartRefusal {
     Running(String),
 }
 
-impl StartRefusal {
-    /// The reason, in words.
-    pub(crate) fn into_message(self) -> String {
-        match self {
-            StartRefusal::Bad(message) | StartRefusal::Running(message) => message,
-        }
-    }
-}
-
 impl flashrack_web::UrlImports for UrlImportService {
-    fn start(&self, body: flashrack_web::UrlImportRequest) -> Result<serde_json::Value, String> {
-        let (request, view) = self.register(&body).map_err(StartRefusal::into_message)?;
+    fn start(
+        &self,
+        body: flashrack_web::UrlImportRequest,
+    ) -> Result<serde_json::Value, flashrack_web::StartError> {
+        let (request, view) = self.register(&body).map_err(|refusal| match refusal {
+            StartRefusal::Bad(reason) => flashrack_web::StartError::Bad(reason),
+            StartRefusal::Running(reason) => flashrack_web::StartError::Running(reason),
+        })?;
         // Runs on by itself: its end is in the list and the records.
         drop(self.launch(view.id, request, body, None));
-        serde_json::to_value(&view).map_err(|e| e.to_string())
+        serde_json::to_value(&view).map_err(|e| flashrack_web::StartError::Bad(e.to_string()))
     }
 
     fn list(&self) -> serde_json::Value {

@@ -258,3 +258,72 @@ async fn the_api_resumes_an_import_by_id_and_says_why_not() {
     assert!(done.body.contains("is done"), "{}", done.body);
     app.stop().await.unwrap();
 }
+
+/// A URL being imported already is the API's 409 (a conflict with what runs),
+/// as arming a run with it is; a checksum list or a signature that is not at
+/// an http(s) URL is 400 at once, not a failure found in the background.
+/// Before, the first was 400 and the second answered 202.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_imported_already_is_409_and_a_checksum_list_not_over_http_is_400() {
+    let bytes = flashrack_testkit::image_bytes(2 * MIB, 84, MIB);
+    let sha = Sha256Digest::of(&bytes);
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img",
+        Served::new(bytes, "os-1").behaving(Behaviour::GatedAt(MIB)),
+    );
+    let app = flashrack_app::testing::spawn_app().await;
+    let body = serde_json::json!({ "url": server.url("/os.img"), "sha256": sha.to_hex() });
+    let first = app
+        .post("/api/v1/images/import-url", Some(body.clone()))
+        .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let again = app.post("/api/v1/images/import-url", Some(body)).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(
+        again.body.contains("is being imported already"),
+        "{}",
+        again.body
+    );
+    for (field, url) in [
+        ("sha256sums", "file:///etc/passwd"),
+        ("signature", "ftp://example.org/SHA256SUMS.gpg"),
+    ] {
+        let mut request = serde_json::json!({
+            "url": server.url("/other.img"),
+            "sha256sums": server.url("/SHA256SUMS"),
+            "signature": server.url("/SHA256SUMS.gpg"),
+            "keyring": "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+        });
+        request[field] = url.into();
+        let answer = app.post("/api/v1/images/import-url", Some(request)).await;
+        assert_eq!(answer.status, 400, "{field}: {}", answer.body);
+        assert!(
+            answer
+                .body
+                .contains(&format!("{field} must be an http or https URL")),
+            "{}",
+            answer.body
+        );
+    }
+    server.open_gate();
+    loop {
+        let list = app.get("/api/v1/images/downloads").await.json();
+        match list[0]["state"].as_str() {
+            Some("done") => break,
+            Some("failed") => panic!("{list}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(
+        app.get("/api/v1/images/downloads")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the refused requests started nothing"
+    );
+    app.stop().await.unwrap();
+}

@@ -79,8 +79,8 @@ impl UrlImportRequest {
 /// The application's side of URL imports.
 pub trait UrlImports: Send + Sync {
     /// Checks the request and starts the import in the background; answers
-    /// with its view (`{"id", …}`) or a reason for the operator.
-    fn start(&self, request: UrlImportRequest) -> Result<Value, String>;
+    /// with its view (`{"id", …}`) or why not.
+    fn start(&self, request: UrlImportRequest) -> Result<Value, StartError>;
     /// Every import this station started (kept across restarts where the
     /// station keeps records), newest first: `{"id", "url", "state",
     /// "held", "total", "rate_bytes_per_sec", "eta_secs", "error", "image",
@@ -95,6 +95,15 @@ pub trait UrlImports: Send + Sync {
             "no import {id} to resume on this station"
         )))
     }
+}
+
+/// Why an import was not started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// The request cannot be followed (400): the reason.
+    Bad(String),
+    /// Its URL is being imported already (409).
+    Running(String),
 }
 
 /// Why an import cannot be resumed.
@@ -136,8 +145,11 @@ pub async fn import_url(
         .url_imports
         .as_ref()
         .ok_or_else(|| AppError::not_found("this station does not import from URLs"))?;
-    let view = imports.start(body).map_err(AppError::bad_request)?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    match imports.start(body) {
+        Ok(view) => Ok((StatusCode::ACCEPTED, Json(view))),
+        Err(StartError::Bad(reason)) => Err(AppError::bad_request(reason)),
+        Err(StartError::Running(reason)) => Err(AppError::conflict(reason)),
+    }
 }
 
 /// `GET /api/v1/images/downloads`

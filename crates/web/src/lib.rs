@@ -61,7 +61,7 @@ use tower_http::trace::TraceLayer;
 
 pub use builds::{BuildBody, BuildStart, Builds, CancelRefusal};
 pub use captures::{CaptureBody, CaptureStart, Captures};
-pub use downloads::{ResumeError, UrlImportRequest, UrlImports};
+pub use downloads::{ResumeError, StartError, UrlImportRequest, UrlImports};
 pub use error::AppError;
 pub use follow::{file_name_of, FileSource, FollowArm, FollowSource, Followed, FollowedRuns};
 
