@@ -22,6 +22,14 @@ pub enum DownloadError {
         /// The HTTP status.
         status: u16,
     },
+    /// The server answered with a web page (`Content-Type: text/html`), as
+    /// a login page, a portal or a "file moved" page does with status 200:
+    /// no image, checksum list, signature or block map is one.
+    #[error("{url}: the server answered with a web page (text/html), not the file: is the URL the file's own link?")]
+    WebPage {
+        /// The URL.
+        url: String,
+    },
     /// The server answered another error status.
     #[error("{url}: the server answered {status}")]
     Status {

@@ -39,7 +39,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use reqwest::header::{
+    HeaderMap, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE,
+};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -47,6 +49,16 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::DownloadError;
+
+/// A web page answered for a file ([`DownloadError::WebPage`]).
+fn refuse_web_page(response: &reqwest::Response, url: &str) -> Result<(), DownloadError> {
+    let html = header(response.headers(), CONTENT_TYPE)
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/html"));
+    if html {
+        return Err(DownloadError::WebPage { url: url.into() });
+    }
+    Ok(())
+}
 
 /// Pieces in which the bytes of a partial file are sent again after a restart.
 const REPLAY_PIECE: usize = 1 << 20;
@@ -289,6 +301,7 @@ impl Downloader {
             200 => {}
             _ => return Err(DownloadError::unexpected_status(url, status)),
         }
+        refuse_web_page(&response, url)?;
         let too_large = || DownloadError::TooLarge {
             url: url.into(),
             what,
@@ -634,6 +647,7 @@ impl Downloader {
         let from = if compare_held { 0 } else { held };
         t.at = from;
         let response = self.send(request, url, held).await?;
+        refuse_web_page(&response, url)?;
         let status = response.status().as_u16();
         let etag = header(response.headers(), ETAG);
         let last_modified = header(response.headers(), LAST_MODIFIED);

@@ -685,3 +685,37 @@ async fn a_download_resumed_across_two_restarts_keeps_its_partial_file_in_order(
     result.unwrap();
     assert!(last == body, "the file whole");
 }
+
+/// A web page answered for a file (`Content-Type: text/html` with status
+/// 200: a portal, a login page, a "file moved" page) is no image, checksum
+/// list or signature: refused at once, with nothing kept. Before, an image
+/// URL answered so was imported as a raw image of the page's bytes when no
+/// digest was given, even under a `.xz` name.
+#[tokio::test]
+async fn a_web_page_answered_for_a_file_is_refused() {
+    let page = b"<!doctype html><title>Sign in</title><p>Please sign in".to_vec();
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img.xz",
+        Served::new(page.clone(), "p1").typed("text/html; charset=utf-8"),
+    );
+    server.serve("/SHA256SUMS", Served::new(page, "p2").typed("TEXT/HTML"));
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/os.img.xz");
+    let partial = Partial::in_dir(dir.path(), &url);
+    let (result, got) = download(policy(3), &url, &partial).await;
+    let error = result.unwrap_err();
+    assert!(matches!(error, DownloadError::WebPage { .. }), "{error}");
+    assert!(error.to_string().contains("web page"), "{error}");
+    assert!(got.is_empty(), "no byte of the page was passed on");
+    assert!(!partial.data_path().exists(), "nothing is kept");
+    let downloader = Downloader::new(policy(3)).unwrap();
+    let error = downloader
+        .fetch_small(&server.url("/SHA256SUMS"), "checksum list", 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DownloadError::WebPage { .. }), "{error}");
+    // One request each: a web page is not tried again.
+    assert_eq!(server.requests_for("/os.img.xz").len(), 1);
+    assert_eq!(server.requests_for("/SHA256SUMS").len(), 1);
+}

@@ -77,6 +77,8 @@ pub struct Served {
     /// has no `Content-Length` (the body ends when the connection closes)
     /// and ranges are ignored.
     pub states_length: bool,
+    /// Its `Content-Type`, if the server sends one.
+    pub content_type: Option<String>,
 }
 
 impl Served {
@@ -88,7 +90,15 @@ impl Served {
             last_modified: Some("Tue, 01 Dec 2026 06:00:00 GMT".to_string()),
             behaviour: Behaviour::Honest,
             states_length: true,
+            content_type: None,
         }
+    }
+
+    /// The same file sent with this `Content-Type` (`text/html`: a web
+    /// page, as a portal or a login page answers).
+    pub fn typed(mut self, content_type: &str) -> Self {
+        self.content_type = Some(content_type.to_string());
+        self
     }
 
     /// The same file, its length not stated (see [`Served::states_length`]).
@@ -266,6 +276,9 @@ impl FileServer {
         }
         if let Some(modified) = &file.last_modified {
             validators.push_str(&format!("last-modified: {modified}\r\n"));
+        }
+        if let Some(content_type) = &file.content_type {
+            validators.push_str(&format!("content-type: {content_type}\r\n"));
         }
         let (status, head_out, from) = match start {
             Some(start) if start >= real => {
