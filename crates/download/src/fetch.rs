@@ -280,7 +280,13 @@ impl Downloader {
                 Err(error) if error.is_transient() && failures + 1 < self.policy.tries => {
                     failures += 1;
                     let wait = self.policy.backoff(failures);
-                    tracing::info!(%error, ?wait, "fetching {what} again");
+                    tracing::warn!(
+                        %error,
+                        ?wait,
+                        "fetching {what} again (try {} of {})",
+                        failures + 1,
+                        self.policy.tries
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 Err(error) => return Err(error),
@@ -492,7 +498,16 @@ impl Downloader {
                         return Err(error);
                     }
                     let wait = self.policy.backoff(failures);
-                    tracing::info!(%error, held, ?wait, "download interrupted: trying again");
+                    // A warning, shown without -v: a server that stalls or
+                    // fails is tried for minutes, and the operator sees why.
+                    tracing::warn!(
+                        %error,
+                        held,
+                        ?wait,
+                        "download interrupted: trying again (try {} of {})",
+                        failures + 1,
+                        self.policy.tries
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 Err(error) => return Err(error),
