@@ -198,8 +198,21 @@ async fn a_signed_import_cut_by_a_restart_resumes_and_keeps_its_provenance() {
     }
     // The provenance is kept with the image, and read back.
     let again = cache.get(&image.sha256()).unwrap().unwrap();
-    assert_eq!(again.meta.provenance, Some(provenance));
+    assert_eq!(again.meta.provenance, Some(provenance.clone()));
     assert_eq!(downloads_left(&data_dir), 0, "the partial download is gone");
+
+    // The same image imported again from a mirror, unchecked, proves less:
+    // the image keeps saying it was checked against the signed list.
+    // Before, the unchecked import's provenance replaced it.
+    v.server
+        .serve("/mirror/image.img", Served::new(v.raw.clone(), "m-1"));
+    let mirror = UrlImport::new(v.server.url("/mirror/image.img"), ByteSize(1 << 40));
+    let outcome = import_url(&cache, &data_dir, &mirror, policy(1), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.image.meta.provenance, Some(provenance.clone()));
+    let kept = cache.get(&image.sha256()).unwrap().unwrap();
+    assert_eq!(kept.meta.provenance, Some(provenance));
 }
 
 #[tokio::test]

@@ -50,6 +50,20 @@ pub struct SignatureCheck {
 }
 
 impl DigestSource {
+    /// How much the check proved, to compare two imports of one image:
+    /// nothing (0), a digest the operator gave (1), a checksum list's (2),
+    /// a list whose signature was checked (3).
+    pub fn strength(&self) -> u8 {
+        match self {
+            DigestSource::Unchecked => 0,
+            DigestSource::Operator { .. } => 1,
+            DigestSource::Sums {
+                signature: None, ..
+            } => 2,
+            DigestSource::Sums { .. } => 3,
+        }
+    }
+
     /// The digest the import was checked against, if any.
     pub fn sha256(&self) -> Option<Sha256Digest> {
         match self {

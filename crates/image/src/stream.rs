@@ -494,12 +494,26 @@ impl ImageCache {
     }
 
     /// Records `provenance` with a cached image (best effort, as the
-    /// fingerprint upgrade: on failure the image keeps its old entry).
+    /// fingerprint upgrade: on failure the image keeps its old entry), unless
+    /// the one it has proved more: an image once checked against a signed
+    /// checksum list keeps saying so when it is imported again unchecked.
     fn with_provenance(&self, image: CachedImage, provenance: Option<Provenance>) -> CachedImage {
         let Some(provenance) = provenance else {
             return image;
         };
         if image.meta.provenance.as_ref() == Some(&provenance) {
+            return image;
+        }
+        if image
+            .meta
+            .provenance
+            .as_ref()
+            .is_some_and(|kept| kept.digest_source.strength() > provenance.digest_source.strength())
+        {
+            tracing::info!(
+                image = %image.sha256().short(),
+                "imported again with less proof: its provenance stays the one that proved more"
+            );
             return image;
         }
         let meta = ImportMeta {
