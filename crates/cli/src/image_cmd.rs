@@ -66,6 +66,39 @@ async fn build_cancellable(
     }
 }
 
+/// Captures a master on a blocking thread; SIGINT or SIGTERM cancels it:
+/// it stops at once and keeps nothing in the cache (its partial file is
+/// removed), as a build does.
+async fn capture_cancellable(
+    cache: &flashrack_app::images::ImageCache,
+    request: flashrack_app::capture::CaptureRequest,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<flashrack_app::capture::Captured> {
+    let mut stops = crate::signals::stops()?;
+    let capture = tokio::task::spawn_blocking({
+        let cache = cache.clone();
+        move || flashrack_app::capture::capture(&cache, &request)
+    });
+    tokio::pin!(capture);
+    loop {
+        tokio::select! {
+            captured = &mut capture => {
+                return match captured.context("the capture's thread")? {
+                    Ok(captured) => Ok(captured),
+                    Err(_) if cancel.load(std::sync::atomic::Ordering::Relaxed) => {
+                        bail!("the capture was cancelled: nothing of it was kept")
+                    }
+                    Err(error) => Err(error.into()),
+                };
+            }
+            Some(_) = stops.recv() => {
+                errln!("stopping the capture …");
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Runs an `image` subcommand.
 pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
     let cache = open_cache(data_dir)?;
@@ -199,18 +232,16 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
             policy
                 .allowed_buses
                 .extend(allow_buses.iter().map(|b| b.to_ascii_lowercase()));
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let request = flashrack_app::capture::CaptureRequest {
                 device,
                 name,
                 whole,
                 policy,
+                cancel: Some(cancel.clone()),
                 ..Default::default()
             };
-            let captured = tokio::task::spawn_blocking({
-                let cache = cache.clone();
-                move || flashrack_app::capture::capture(&cache, &request)
-            })
-            .await??;
+            let captured = capture_cancellable(&cache, request, &cancel).await?;
             let image = &captured.outcome.image;
             let smallest = flashrack_app::capture::smallest_stick(data_dir, None).await;
             let fits = smallest.map(|s| image.size() <= s.bytes());

@@ -118,3 +118,72 @@ fn a_capture_says_whether_it_fits_the_smallest_stick_in_the_records() {
         stderr(&out)
     );
 }
+
+/// The files in the cache's temporary directory (`<data>/cache/tmp`).
+fn cache_tmp(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data.join("cache").join("tmp"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ctrl-C (SIGINT) during a capture stops it, says so, exits non-zero and
+/// keeps nothing: no image, no partial file. Before, the process died
+/// without a word and left its partial file (up to the image's size) in the
+/// cache until the next command cleaned it.
+#[test]
+fn a_capture_interrupted_by_ctrl_c_says_so_and_keeps_nothing() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Sparse: long enough to read that the signal lands mid-capture.
+    let master = LoopDevice::new(16 << 30);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "image",
+            "capture",
+            master.path().to_str().unwrap(),
+            "--whole",
+            "--allow-bus",
+            "loop",
+            "--name",
+            "master.img",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The capture has begun once its partial file is in the cache.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cache_tmp(&data).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never began"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "it ended first");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the capture was cancelled: nothing of it was kept"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(cache_tmp(&data).is_empty(), "{:?}", cache_tmp(&data));
+    let list = flashrack(&data, &["image", "list", "--json"]);
+    let images: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(images, serde_json::json!([]), "{}", stderr(&list));
+}
