@@ -89,7 +89,7 @@ pub fn head_raw_write_refusal(head: &[u8]) -> Option<RawWriteRefusal> {
     if !table::no_table_in_head(head) {
         return None;
     }
-    iso::boot_record_in_head(head).then(RawWriteRefusal::el_torito_only)
+    iso::boot_record_in_head(head).then(RawWriteRefusal::el_torito_only_from_head)
 }
 
 /// Inspects an image: its partition table, file systems, ISO structure and OS.

@@ -217,6 +217,16 @@ impl RawWriteRefusal {
             advice: "use the distribution's USB image or a hybrid ISO (xorriso -as mkisofs -isohybrid-mbr …), or force a raw run if a byte-for-byte copy is really wanted".into(),
         }
     }
+
+    /// The refusal of an ISO seen only in its head (a download, a
+    /// compressed file): its boot record, no MBR or GPT. Whether it is a
+    /// Windows installer is not known yet, so the advice names both ways.
+    pub(crate) fn el_torito_only_from_head() -> Self {
+        Self {
+            advice: "use the distribution's USB image or a hybrid ISO (xorriso -as mkisofs -isohybrid-mbr …); for a Windows installer ISO, import it and build a bootable USB layout from it (flashrack image build-bootable); or force a raw run if a byte-for-byte copy is really wanted".into(),
+            ..Self::el_torito_only()
+        }
+    }
 }
 
 impl fmt::Display for RawWriteRefusal {
@@ -236,9 +246,20 @@ impl ImageInfo {
             return None;
         }
         if iso.windows_installer {
-            return Some(RawWriteRefusal {
-                reason: "this is a Windows installer ISO (it holds sources/install.wim or install.esd) without a partition table: written raw, the stick will not boot".into(),
-                advice: "build a bootable USB layout from it (GPT with a FAT32 partition holding the ISO's files: flashrack image build-bootable), or force a raw run if a byte-for-byte copy is really wanted".into(),
+            let reason = "this is a Windows installer ISO (it holds sources/install.wim or install.esd) without a partition table: written raw, the stick will not boot".to_string();
+            // flashrack builds UEFI layouts: an ISO whose boot record offers
+            // BIOS only has no UEFI loader to build one from.
+            let bios_only = !iso.el_torito.is_empty() && !iso.el_torito.contains(&Boot::Uefi);
+            return Some(if bios_only {
+                RawWriteRefusal {
+                    reason,
+                    advice: "it boots by BIOS only (no UEFI entry in its boot record), and flashrack builds UEFI layouts only: make the stick with a tool that builds a BIOS-bootable Windows stick (an MBR and an NTFS partition, as Rufus or WoeUSB do), or force a raw run if a byte-for-byte copy is really wanted".into(),
+                }
+            } else {
+                RawWriteRefusal {
+                    reason,
+                    advice: "build a bootable USB layout from it (GPT with a FAT32 partition holding the ISO's files: flashrack image build-bootable), or force a raw run if a byte-for-byte copy is really wanted".into(),
+                }
             });
         }
         if !iso.el_torito.is_empty() {

@@ -188,6 +188,30 @@ fn a_windows_like_installer_iso_named_innocently_is_refused_for_a_raw_write() {
     let refusal = info.raw_write_refusal().expect("refused");
     assert!(refusal.reason.contains("Windows installer"), "{refusal}");
     assert!(refusal.advice.contains("force"), "{refusal}");
+    assert!(refusal.advice.contains("build-bootable"), "{refusal}");
+
+    // The same installer booting by BIOS only (a 32-bit Windows 7 ISO): no
+    // UEFI loader to build a layout from, so the advice does not send the
+    // operator to build-bootable, which would refuse it. Before, it did.
+    let bios_only = dir.path().join("bios-only.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-J", "-V", "PHOTOS_2023"])
+        .args([
+            "-b",
+            "boot/etfsboot.com",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+        ])
+        .arg("-o")
+        .arg(&bios_only)
+        .arg(&root));
+    let info = inspect_file(&bios_only);
+    assert_eq!(info.iso.as_ref().unwrap().el_torito, vec![Boot::Bios]);
+    let refusal = info.raw_write_refusal().expect("refused");
+    assert!(refusal.reason.contains("Windows installer"), "{refusal}");
+    assert!(!refusal.advice.contains("build-bootable"), "{refusal}");
+    assert!(refusal.advice.contains("BIOS only"), "{refusal}");
 }
 
 #[test]
@@ -533,6 +557,10 @@ fn the_head_of_an_el_torito_only_iso_is_enough_to_refuse_it_and_a_hybrids_is_not
     let refused = flashrack_inspect::head_raw_write_refusal(&head(&windows))
         .expect("an El Torito-only ISO's head is refused");
     assert!(refused.reason.contains("optical media only"), "{refused:?}");
+    // Its head cannot tell a Windows installer from another ISO: the advice
+    // names the way for each (before, only the Linux one).
+    assert!(refused.advice.contains("build-bootable"), "{refused:?}");
+    assert!(refused.advice.contains("hybrid ISO"), "{refused:?}");
     // The full inspection refuses it too (as a Windows installer).
     assert!(inspect_file(&windows).raw_write_refusal().is_some());
     // Too short to hold the descriptors: not judged.
