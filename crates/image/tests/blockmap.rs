@@ -322,6 +322,97 @@ fn a_bmap_given_to_an_import_is_checked_in_its_pass_and_a_lie_keeps_nothing() {
     }
 }
 
+/// `text` without its ranges' checksums (as a map of format 1.0, or one
+/// whose maker left them out), resealed.
+fn without_range_checksums(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(" chksum=\"") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + " chksum=\"".len()..];
+        rest = &after[after.find('"').unwrap() + 1..];
+    }
+    out.push_str(rest);
+    reseal(&out)
+}
+
+/// `text` without its range of blocks 100-101 (the image's second run of
+/// data), its mapped count made to agree, resealed.
+fn leaving_out_blocks_100_101(text: &str) -> String {
+    let line_start = text.find("> 100-101 <").unwrap();
+    let start = text[..line_start].rfind("<Range").unwrap();
+    let end = line_start + text[line_start..].find("</Range>").unwrap() + "</Range>".len();
+    let mut out = text.to_string();
+    out.replace_range(start..end, "");
+    // The element, not the comment at the top that names it.
+    let count_end = out.find("</MappedBlocksCount>").unwrap();
+    let count = out[..count_end].rfind("<MappedBlocksCount>").unwrap();
+    out.replace_range(count..count_end, "<MappedBlocksCount> 10 ");
+    reseal(&out)
+}
+
+/// A map with no checksum for some of its ranges is tied to the image by
+/// nothing but its size: the bytes it leaves out must be zeros, or it is
+/// refused (when attached to a cached image, and in an import's pass). A
+/// map whose every range has a checksum may leave out data (free blocks of
+/// a file system). Before, a checksum-less map that left out data was
+/// trusted: a sparse run passed sticks that lacked it.
+#[test]
+fn a_map_without_checksums_that_leaves_out_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    sparse_image(&path);
+    let good = bmaptool_create(&path);
+    let cache = ImageCache::open(dir.path().join("cache")).unwrap();
+    let image = cache.import(&path, ImportOptions::default()).unwrap().image;
+
+    let bare = without_range_checksums(&good);
+    assert!(!bare.contains("chksum="), "{bare}");
+    let lying = leaving_out_blocks_100_101(&bare);
+    let is_unmapped_data =
+        |e: &BmapError| matches!(e, BmapError::UnmappedData { offset } if *offset == 100 * 4096);
+    let error = cache.attach_bmap(&image, "bare.bmap", &lying).unwrap_err();
+    assert!(
+        matches!(&error, ImageError::BmapRefused { source, .. } if is_unmapped_data(source)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("not zeros"), "{error}");
+    assert_eq!(cache.block_map(&image.sha256()).unwrap(), None);
+
+    // In an import's pass, from a fresh cache.
+    let other = ImageCache::open(dir.path().join("other")).unwrap();
+    let bmap = flashrack_image::BmapInput::parse("bare.bmap", &lying).unwrap();
+    let error = other
+        .import(
+            &path,
+            ImportOptions {
+                bmap: Some(bmap),
+                ..ImportOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&error, ImageError::BmapRefused { source, .. } if is_unmapped_data(source)),
+        "{error}"
+    );
+    assert!(other.list().unwrap().is_empty());
+
+    // Without checksums but leaving out only zeros: kept.
+    let kept = cache.attach_bmap(&image, "bare.bmap", &bare).unwrap();
+    assert!(matches!(
+        &kept.origin,
+        MapOrigin::Bmap {
+            range_checksums: false,
+            ..
+        }
+    ));
+    // With a checksum for every range, leaving out data is the map's
+    // right (its ranges are proven the image's).
+    let checked = leaving_out_blocks_100_101(&good);
+    let kept = cache.attach_bmap(&image, "checked.bmap", &checked).unwrap();
+    assert_eq!(kept.ranges.ranges(), &[(0, 10 * 4096)]);
+}
+
 /// Every file under `dir`, as paths relative to it.
 fn walk(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();

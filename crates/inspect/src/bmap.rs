@@ -43,6 +43,14 @@ pub enum BmapError {
         /// The range's last block.
         last: u64,
     },
+    /// A map without checksums for all its ranges leaves out bytes that are
+    /// not zeros: nothing ties it to this image, and a sparse run would
+    /// leave those bytes off the stick.
+    #[error("the bmap carries no checksum for some of its ranges, so nothing ties it to this image, and it leaves out data that is not zeros (at byte {offset}): it is another image's map, or one that cannot be trusted to skip bytes")]
+    UnmappedData {
+        /// The first byte outside the map that is not zero.
+        offset: u64,
+    },
     /// The image could not be read.
     #[error("cannot read the image at byte {offset}: {reason}")]
     Read {
@@ -254,8 +262,17 @@ impl BlockMap {
             .collect()
     }
 
-    /// Checks `image` against the map: its size, and every range's checksum.
-    /// Reads every mapped byte once.
+    /// Whether every range carries a checksum: otherwise nothing but the
+    /// image's size ties the map to the image, and the bytes it leaves out
+    /// must be zeros.
+    pub fn fully_checksummed(&self) -> bool {
+        self.checksum.is_some() && self.ranges.iter().all(|r| r.checksum.is_some())
+    }
+
+    /// Checks `image` against the map: its size, and every range's checksum;
+    /// for a map without a checksum for every range, that the bytes it
+    /// leaves out are zeros. Reads every mapped byte once (and then the
+    /// unmapped ones).
     pub fn check_image(&self, image: &dyn ReadAt) -> Result<(), BmapError> {
         let actual = image.size();
         if actual != self.image_size {
@@ -263,6 +280,9 @@ impl BlockMap {
                 expected: self.image_size,
                 actual,
             });
+        }
+        if !self.fully_checksummed() {
+            self.check_unmapped_zeros(image)?;
         }
         let Some(kind) = self.checksum else {
             return Ok(());
@@ -303,6 +323,50 @@ impl BlockMap {
     }
 }
 
+impl BlockMap {
+    /// Reads the bytes of `image` the map leaves out: each must be zero
+    /// ([`BmapError::UnmappedData`] names the first that is not).
+    fn check_unmapped_zeros(&self, image: &dyn ReadAt) -> Result<(), BmapError> {
+        let mut gaps = Vec::new();
+        let mut at = 0;
+        for (start, len) in self.byte_ranges() {
+            if start > at {
+                gaps.push((at, start));
+            }
+            at = at.max(start + len);
+        }
+        if at < self.image_size {
+            gaps.push((at, self.image_size));
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        for (start, end) in gaps {
+            let mut done = start;
+            while done < end {
+                let n = (end - done).min(buf.len() as u64) as usize;
+                let got = image
+                    .read_at(done, &mut buf[..n])
+                    .map_err(|e| BmapError::Read {
+                        offset: done,
+                        reason: e.to_string(),
+                    })?;
+                if got != n {
+                    return Err(BmapError::Read {
+                        offset: done + got as u64,
+                        reason: "the image ends early".into(),
+                    });
+                }
+                if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                    return Err(BmapError::UnmappedData {
+                        offset: done + i as u64,
+                    });
+                }
+                done += n as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks an image against a [`BlockMap`] as its bytes go past, in order and
 /// once: for an import, which reads every byte of the image anyway
 /// ([`BlockMap::check_image`] reads the mapped bytes of a stored image
@@ -321,6 +385,11 @@ pub struct StreamCheck {
     hasher: Option<Hasher>,
     /// Bytes seen so far.
     seen: u64,
+    /// Whether the bytes outside the map must be zeros: a map without a
+    /// checksum for every range (nothing else ties it to the image).
+    unmapped_zero: bool,
+    /// The first span not yet behind the bytes seen (for that check).
+    gap_next: usize,
     /// The first failure: every later call answers it again.
     failed: Option<BmapError>,
 }
@@ -329,14 +398,49 @@ impl StreamCheck {
     /// A check of the image that is about to go past against `map`.
     pub fn new(map: BlockMap) -> Self {
         let spans = map.byte_ranges().map(|(o, l)| (o, o + l)).collect();
+        let unmapped_zero = !map.fully_checksummed();
         Self {
             map,
             spans,
             next: 0,
             hasher: None,
             seen: 0,
+            unmapped_zero,
+            gap_next: 0,
             failed: None,
         }
+    }
+
+    /// Checks that the bytes of `bytes` (from image offset `start`) outside
+    /// the map's spans are zeros.
+    fn check_unmapped(&mut self, start: u64, bytes: &[u8]) -> Result<(), BmapError> {
+        let end = start + bytes.len() as u64;
+        let mut at = start;
+        while at < end {
+            // Spans wholly behind `at` are done with.
+            while self
+                .spans
+                .get(self.gap_next)
+                .is_some_and(|&(_, span_end)| span_end <= at)
+            {
+                self.gap_next += 1;
+            }
+            let (gap_end, next_at) = match self.spans.get(self.gap_next) {
+                Some(&(span_start, span_end)) if span_start <= at => (at, span_end.min(end)),
+                Some(&(span_start, _)) => (span_start.min(end), span_start.min(end)),
+                None => (end, end),
+            };
+            if gap_end > at {
+                let gap = &bytes[(at - start) as usize..(gap_end - start) as usize];
+                if let Some(i) = gap.iter().position(|&b| b != 0) {
+                    return Err(BmapError::UnmappedData {
+                        offset: at + i as u64,
+                    });
+                }
+            }
+            at = next_at.max(gap_end);
+        }
+        Ok(())
     }
 
     /// The map being checked.
@@ -352,6 +456,12 @@ impl StreamCheck {
         let start = self.seen;
         let end = start + bytes.len() as u64;
         self.seen = end;
+        if self.unmapped_zero {
+            if let Err(error) = self.check_unmapped(start, bytes) {
+                self.failed = Some(error.clone());
+                return Err(error);
+            }
+        }
         let Some(kind) = self.map.checksum else {
             return Ok(());
         };
