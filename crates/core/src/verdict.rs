@@ -601,7 +601,8 @@ pub struct AttemptFigures {
     #[serde(default)]
     pub verified_after_reset: bool,
     /// Bytes of the image a sparse attempt neither wrote nor read back (outside
-    /// its block map's ranges: the stick holds there whatever it held before).
+    /// its block map's ranges: the stick holds there whatever it held before,
+    /// but for the capacity probe's markers).
     /// Zero for a full attempt. `bytes_verified` is the coverage of the rest.
     #[serde(default)]
     pub bytes_skipped: u64,
