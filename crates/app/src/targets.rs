@@ -95,6 +95,17 @@ pub enum TargetsError {
         /// The second.
         second: String,
     },
+    /// A loop device and its file, or two loop devices over one file: one
+    /// medium, named twice.
+    #[error("{first} and {second} write the same file ({}), named twice", backing.display())]
+    SameStorage {
+        /// The first name.
+        first: String,
+        /// The second.
+        second: String,
+        /// The file behind the loop device(s).
+        backing: PathBuf,
+    },
     /// Two names of one file.
     #[error("{first} and {second} are the same file, named twice")]
     SameFile {
@@ -220,6 +231,8 @@ pub fn parse_targets(
     // Two names of one disk or one file (a symlink, `..`, /dev/disk/by-id/…).
     let mut seen_devices = BTreeMap::new();
     let mut seen_files = BTreeMap::new();
+    // The files behind the loop devices named: (the loop device, its file).
+    let mut loop_backings: BTreeMap<FileKey, (String, PathBuf)> = BTreeMap::new();
     // The data directory as the kernel resolves it, and its records' files by
     // inode (a hard link to the database elsewhere is the database).
     std::fs::create_dir_all(data_dir)
@@ -279,6 +292,22 @@ pub fn parse_targets(
                             data_dir: own_dir,
                         });
                     }
+                    // Its file named too, or another loop device over it:
+                    // one medium written twice at once.
+                    if let Some(key) = file_key(&backing) {
+                        let other = seen_files
+                            .get(&key)
+                            .cloned()
+                            .or_else(|| loop_backings.get(&key).map(|(o, _)| o.clone()));
+                        if let Some(other) = other {
+                            return Err(TargetsError::SameStorage {
+                                first: other,
+                                second: spec.clone(),
+                                backing,
+                            });
+                        }
+                        loop_backings.insert(key, (spec.clone(), backing));
+                    }
                 }
                 let guard = guard.clone();
                 let check: GuardCheck = Arc::new(move |facts: &DiskFacts| {
@@ -318,6 +347,13 @@ pub fn parse_targets(
                 }
                 let mut keys = vec![FileKey::Path(resolved.clone())];
                 keys.extend(file_key(&resolved));
+                if let Some((other, backing)) = keys.iter().find_map(|k| loop_backings.get(k)) {
+                    return Err(TargetsError::SameStorage {
+                        first: other.clone(),
+                        second: spec.clone(),
+                        backing: backing.clone(),
+                    });
+                }
                 for key in keys {
                     if let Some(other) = seen_files.insert(key, spec.clone()) {
                         return Err(TargetsError::SameFile {

@@ -177,6 +177,55 @@ fn one_file_named_twice_in_a_command_is_refused() {
     );
 }
 
+/// A second loop device attached over a file (`losetup`), detached on drop.
+struct SecondLoop(String);
+
+impl Drop for SecondLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// A loop device and its own file, or two loop devices over one file, are
+/// one medium: named together in one command they are refused before
+/// anything is written. Before, the first pair was written twice at once
+/// and recorded as two passes of one medium, and the second failed both as
+/// `capacity_lie`, a good medium accused of lying.
+#[test]
+fn a_loop_device_and_its_file_or_two_loops_over_one_file_are_one_medium() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = write_image(dir.path());
+    let device = LoopDevice::new(8 << 20);
+    let second = SecondLoop(
+        run("losetup", &["--find", "--show", text(device.backing())])
+            .trim()
+            .to_string(),
+    );
+    assert!(second.0.starts_with("/dev/loop"), "{}", second.0);
+    for (a, b) in [
+        (text(device.path()), text(device.backing())),
+        (text(device.backing()), text(device.path())),
+        (text(device.path()), second.0.as_str()),
+    ] {
+        let out = flashrack(
+            &data,
+            &["flash", text(&image), a, b, "--allow-bus", "loop", "-q"],
+        );
+        assert_eq!(out.status.code(), Some(2), "{a} {b}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("write the same file"),
+            "{a} {b}: {}",
+            stderr(&out)
+        );
+    }
+    let medium = std::fs::read(device.backing()).unwrap();
+    assert!(medium.iter().all(|&b| b == 0), "nothing was written");
+}
+
 #[test]
 fn a_block_device_is_written_through_the_guard_once_and_never_through_two_names() {
     if !require_root(&["losetup"]) {
