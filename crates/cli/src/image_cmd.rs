@@ -209,7 +209,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     ByteSize(image.manifest.zero_bytes()),
                 );
                 if let Some(provenance) = &image.meta.provenance {
-                    errln!("from {provenance}");
+                    errln!("origin: {provenance}");
                 }
                 if let Some(reference) = &image.meta.reference {
                     errln!(
@@ -355,7 +355,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 outln!("{}  {}", i.sha256(), i.meta.original_name)?;
                 outln!("size: {} ({} bytes)", ByteSize(i.size()), i.size())?;
                 if let Some(provenance) = &i.meta.provenance {
-                    outln!("from {provenance}")?;
+                    outln!("origin: {provenance}")?;
                 }
                 match &i.meta.inspection {
                     Some(info) => {
