@@ -293,6 +293,21 @@ fn a_master_of_4096_byte_sectors_is_read_in_its_own_sectors() {
     // The data, then the 128 entries (4 sectors) and the header.
     assert_eq!(captured.outcome.image.size(), 17 * MIB + 5 * 4096);
     assert_whole_gpt(&captured.outcome.image.path, 4096, 256, 256 + 4096 - 1);
+    // Its inspection reads the GPT in 4096-byte sectors and says what that
+    // means for sticks (before: "partition table: none, GPT damaged").
+    let info = captured.outcome.image.meta.inspection.as_ref().unwrap();
+    let table = info.table.as_ref().expect("a partition table");
+    assert_eq!(
+        (table.partitions[0].start, table.partitions[0].size),
+        (MIB, 16 * MIB)
+    );
+    assert!(
+        info.problems
+            .iter()
+            .any(|p| p.contains("4096-byte sectors")),
+        "{:?}",
+        info.problems
+    );
 }
 
 /// A table that cannot say where the master's data ends needs `whole`: a

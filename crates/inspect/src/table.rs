@@ -230,16 +230,37 @@ fn mbr_type_name(kind: u8) -> Option<&'static str> {
     })
 }
 
-/// The GPT: the primary header at LBA 1, else the backup at the last LBA.
+/// The GPT: the primary header at LBA 1, else the backup at the last LBA,
+/// in 512-byte sectors; or, with no header at byte 512 but a good one at
+/// byte 4096, in 4096-byte sectors (the image of a disk of 4096-byte
+/// sectors, as a capture of one gives), which is said as a problem: written
+/// to a stick of 512-byte sectors, that stick sees no partition.
 fn gpt(image: &dyn ReadAt, problems: &mut Vec<String>, expected: bool) -> Option<PartitionTable> {
+    if header(image, 1, 512).is_err() && header(image, 1, 4096).is_ok() {
+        problems.push(
+            "GPT of 4096-byte sectors: its partitions are found only on a disk of 4096-byte sectors, not on a stick of 512-byte sectors"
+                .into(),
+        );
+        return gpt_in(image, problems, expected, 4096);
+    }
+    gpt_in(image, problems, expected, 512)
+}
+
+/// [`gpt`] in sectors of `sector` bytes.
+fn gpt_in(
+    image: &dyn ReadAt,
+    problems: &mut Vec<String>,
+    expected: bool,
+    sector: u64,
+) -> Option<PartitionTable> {
     let size = image.size();
-    let sectors = size / 512;
-    let primary = header(image, 1);
+    let sectors = size / sector;
+    let primary = header(image, 1, sector);
     let (header, entries) = match primary {
         Ok(found) => found,
         Err(why) => {
             let backup = if sectors > 1 {
-                header(image, sectors - 1)
+                header(image, sectors - 1, sector)
             } else {
                 Err("no room for a backup header".into())
             };
@@ -276,8 +297,8 @@ fn gpt(image: &dyn ReadAt, problems: &mut Vec<String>, expected: bool) -> Option
         }
         // Sizes from the table are checked, never wrapped: a damaged entry may
         // hold any number.
-        let start = first.saturating_mul(512);
-        let len = (last - first).saturating_add(1).saturating_mul(512);
+        let start = first.saturating_mul(sector);
+        let len = (last - first).saturating_add(1).saturating_mul(sector);
         if start.saturating_add(len) > size {
             problems.push(format!(
                 "GPT partition {} ends at byte {} but the image has {} bytes: truncated image or damaged table",
@@ -310,9 +331,10 @@ fn gpt(image: &dyn ReadAt, problems: &mut Vec<String>, expected: bool) -> Option
     })
 }
 
-/// A GPT header at `lba` and its entry array, both CRCs checked.
-fn header(image: &dyn ReadAt, lba: u64) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let h = bytes(image, lba * 512, 512).ok_or("cannot be read (image too short)")?;
+/// A GPT header at `lba` (of `sector`-byte sectors) and its entry array,
+/// both CRCs checked.
+fn header(image: &dyn ReadAt, lba: u64, sector: u64) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let h = bytes(image, lba * sector, 512).ok_or("cannot be read (image too short)")?;
     if h[0..8] != *b"EFI PART" {
         return Err("has no \"EFI PART\" signature".into());
     }
@@ -331,8 +353,12 @@ fn header(image: &dyn ReadAt, lba: u64) -> Result<(Vec<u8>, Vec<u8>), String> {
     if !(128..=4096).contains(&entry_size) || count > 16384 || count * entry_size > 4 << 20 {
         return Err(format!("describes {count} entries of {entry_size} bytes"));
     }
-    let entries = bytes(image, entries_lba.saturating_mul(512), count * entry_size)
-        .ok_or("points at entries past the end of the image")?;
+    let entries = bytes(
+        image,
+        entries_lba.saturating_mul(sector),
+        count * entry_size,
+    )
+    .ok_or("points at entries past the end of the image")?;
     if crc32fast::hash(&entries) != le32(&h, 88) {
         return Err("has a partition entry array that fails its CRC32".into());
     }
