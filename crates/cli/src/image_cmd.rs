@@ -233,6 +233,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 .allowed_buses
                 .extend(allow_buses.iter().map(|b| b.to_ascii_lowercase()));
             let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let asked_name = name.clone();
             let request = flashrack_app::capture::CaptureRequest {
                 device,
                 name,
@@ -270,6 +271,16 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     image.meta.original_name,
                     ByteSize(image.manifest.zero_bytes()),
                 );
+                if captured.outcome.already_cached()
+                    && asked_name
+                        .as_ref()
+                        .is_some_and(|asked| *asked != image.meta.original_name)
+                {
+                    errln!(
+                        "note: the same bytes were cached already, as {}: the image keeps that name (name it by it or by its sha256)",
+                        image.meta.original_name
+                    );
+                }
                 if captured.sector_size != 512 {
                     errln!(
                         "note: the master has {}-byte sectors; a partition table on it counts in them, so sticks with 512-byte sectors (most) will not see its partitions",

@@ -98,6 +98,26 @@ fn a_capture_says_whether_it_fits_the_smallest_stick_in_the_records() {
     assert_eq!(json["smallest_stick"], 4 * MIB);
     assert_eq!(json["fits_smallest_stick"], false);
     assert_eq!(json["already_cached"], true);
+    // The same bytes asked for under another name: said to keep the first.
+    let out = flashrack(
+        &data,
+        &[
+            "image",
+            "capture",
+            master.path().to_str().unwrap(),
+            "--whole",
+            "--allow-bus",
+            "loop",
+            "--name",
+            "golden-v4.img",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the same bytes were cached already, as master.img"),
+        "{}",
+        stderr(&out)
+    );
 
     // Captured only up to what fits (a smaller master): it fits.
     let small_master = LoopDevice::new(2 * MIB);
