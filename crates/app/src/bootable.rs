@@ -261,9 +261,17 @@ fn tool_with_lines(
 }
 
 /// Where built layouts are remembered: `<data_dir>/bootable/<iso sha256>`
-/// holds the layout's sha256.
-fn memo(data_dir: &Path, iso: Sha256Digest) -> PathBuf {
-    data_dir.join("bootable").join(iso.to_hex())
+/// holds the layout's sha256 (`<iso sha256>-split-<bytes>` for a layout
+/// whose files were split above another size than FAT32's limit: a build
+/// asked with another size is built, not answered with the other layout).
+fn memo(data_dir: &Path, iso: Sha256Digest, max_file_size: u64) -> PathBuf {
+    let dir = data_dir.join("bootable");
+    if max_file_size == FAT32_MAX_FILE {
+        dir.join(iso.to_hex())
+    } else {
+        // Another split size is another layout: remembered apart.
+        dir.join(format!("{}-split-{max_file_size}", iso.to_hex()))
+    }
 }
 
 /// Builds (or finds, when built before) the bootable layout of `iso`.
@@ -320,7 +328,7 @@ pub fn build_bootable_with(
     if info.table.is_some() || iso_info.hybrid {
         return Err(BuildError::AlreadyBootable(name).into());
     }
-    let remembered = memo(data_dir, iso.sha256());
+    let remembered = memo(data_dir, iso.sha256(), request.max_file_size);
     if let Ok(text) = fs::read_to_string(&remembered) {
         if let Ok(image) = cache.find(text.trim()) {
             return Ok(Built {

@@ -163,7 +163,7 @@ fn an_installer_iso_becomes_a_gpt_fat32_layout_once_with_its_wim_split_and_flash
         );
     }
 
-    // Built once: asked again, the cached layout is the answer.
+    // Built once: asked again alike, the cached layout is the answer.
     let again = ok(flashrack(
         &data,
         &[
@@ -172,12 +172,33 @@ fn an_installer_iso_becomes_a_gpt_fat32_layout_once_with_its_wim_split_and_flash
             iso,
             "--name",
             "other-name.img",
+            "--split-above",
+            "2MiB",
             "--json",
         ],
     ));
     let again: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(again["reused"], true);
     assert_eq!(again["sha256"], sha.as_str());
+    // Asked with another split size (here FAT32's own limit), another
+    // layout: built, with nothing split. Before, the layout split at 2 MiB
+    // was the answer, the size asked for ignored.
+    let unsplit = ok(flashrack(
+        &data,
+        &[
+            "image",
+            "build-bootable",
+            iso,
+            "--name",
+            "unsplit-usb.img",
+            "--json",
+        ],
+    ));
+    let unsplit: serde_json::Value = serde_json::from_str(&unsplit).unwrap();
+    assert_eq!(unsplit["reused"], false, "{unsplit}");
+    assert_eq!(unsplit["name"], "unsplit-usb.img", "{unsplit}");
+    assert_eq!(unsplit["split"], serde_json::json!([]), "{unsplit}");
+    assert_ne!(unsplit["sha256"], sha.as_str());
 }
 
 #[test]
