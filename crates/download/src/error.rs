@@ -154,6 +154,17 @@ pub enum DownloadError {
         /// Some names it does list.
         listed: Vec<String>,
     },
+    /// The checksum list names the file on a line that gives no sha256 of
+    /// it (a digest cut short or too long, another form).
+    #[error("{sums_url} names {file_name} on line {line}, but gives no sha256 of it there (not 64 hex digits in a form flashrack reads)")]
+    MalformedEntry {
+        /// The list's URL.
+        sums_url: String,
+        /// The name looked for.
+        file_name: String,
+        /// The line (from 1).
+        line: usize,
+    },
     /// The checksum list gives the file two different digests.
     #[error("{sums_url} lists {file_name} twice with different digests")]
     ListedTwice {
