@@ -200,6 +200,18 @@ pub enum DownloadError {
         /// The key ids or fingerprints the signature names as its issuer.
         issuers: Vec<String>,
     },
+    /// The signature names a key of the keyring as its maker, but does not
+    /// hold for the checksum list: the list or the signature was changed
+    /// after signing.
+    #[error("{sums_url}: the signature {signature_url} names {signer}, a key of the keyring, as its maker, but does not hold for this checksum list: the list (or the signature) was changed after it was signed")]
+    AlteredAfterSigning {
+        /// The checksum list's URL.
+        sums_url: String,
+        /// The signature's URL.
+        signature_url: String,
+        /// The fingerprint of the keyring's certificate the signature names.
+        signer: String,
+    },
     /// The key that made the signature had expired when it signed (its
     /// newest self-signature's key expiration time had passed).
     #[error(

@@ -170,6 +170,29 @@ pub fn verify_detached(
             .into_iter()
             .map(|id| hex_upper(AsRef::<[u8]>::as_ref(id))),
     );
+    // Made by a key the operator trusts, yet it does not hold: the list (or
+    // the signature) was changed after signing, not signed by a stranger.
+    let trusted_issuer = certificates.iter().find_map(|certificate| {
+        let mut names = vec![
+            fingerprint_hex(&certificate.fingerprint()),
+            hex_upper(AsRef::<[u8]>::as_ref(&certificate.legacy_key_id())),
+        ];
+        for subkey in &certificate.public_subkeys {
+            names.push(fingerprint_hex(&subkey.fingerprint()));
+            names.push(hex_upper(AsRef::<[u8]>::as_ref(&subkey.legacy_key_id())));
+        }
+        issuers
+            .iter()
+            .any(|issuer| names.contains(issuer))
+            .then(|| fingerprint_hex(&certificate.fingerprint()))
+    });
+    if let Some(signer) = trusted_issuer {
+        return Err(DownloadError::AlteredAfterSigning {
+            sums_url: data_url.to_string(),
+            signature_url: signature_url.to_string(),
+            signer,
+        });
+    }
     Err(DownloadError::BadSignature {
         sums_url: data_url.to_string(),
         signature_url: signature_url.to_string(),
