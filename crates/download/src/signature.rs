@@ -47,7 +47,12 @@ fn no_public_key(keyring: &[u8], parse_error: Option<String>) -> String {
         .unwrap_or(false);
     match (secret, parse_error) {
         (true, _) => "it holds a secret key, not public keys: give the signer's public keys (gpg --export KEY), and keep secret keys off the station".into(),
-        (false, Some(error)) => error,
+        (false, Some(error)) => {
+            // rPGP's words are its parser's ("not enough bytes in buffer:
+            // armor header"); the operator is told what the file is not.
+            tracing::debug!(%error, "the keyring cannot be parsed");
+            "it is not an OpenPGP keyring (neither armored nor binary keys, as gpg --export [--armor] writes them)".into()
+        }
         (false, None) => "it holds no OpenPGP public key".into(),
     }
 }

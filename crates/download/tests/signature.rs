@@ -168,6 +168,16 @@ fn a_damaged_signature_or_an_empty_keyring_is_refused_with_its_own_error() {
     let signature = sign_with_primary(&key, SUMS).to_bytes().unwrap();
     let error = check(b"", &signature, SUMS).unwrap_err();
     assert!(matches!(error, DownloadError::BadKeyring { .. }), "{error}");
+    // Text that is no keyring at all: said so, not in the parser's words.
+    for garbage in [&b"hello, these are my keys"[..], b"-----BEGIN PGP"] {
+        let error = armored_keyring(Path::new("/keys/notes.txt"), garbage).unwrap_err();
+        assert!(
+            error.to_string().contains("is not an OpenPGP keyring")
+                || error.to_string().contains("holds no OpenPGP public key"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("buffer"), "{error}");
+    }
     // A secret key where the public keys belong (gpg --export-secret-keys)
     // is named as such, armored or binary, by both readers of a keyring.
     for secret in [
