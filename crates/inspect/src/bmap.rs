@@ -118,7 +118,15 @@ impl BlockMap {
         let body = strip_comments(text);
         let (version, _) = element_with_attrs(&body, "bmap")
             .and_then(|(attrs, _)| attr(attrs, "version").map(|v| (v, ())))
-            .ok_or_else(|| BmapError::Malformed("no <bmap version=…> element".into()))?;
+            .ok_or_else(|| {
+                BmapError::Malformed(
+                    if text.trim_start().starts_with("<?xml") || text.contains("<bmap") {
+                        "no complete <bmap version=…> element (a file cut short?)".into()
+                    } else {
+                        "no <bmap version=…> element: not a bmap file".into()
+                    },
+                )
+            })?;
         let major = version.split('.').next().unwrap_or_default();
         if major != "1" && major != "2" {
             return Err(BmapError::Version(version.to_string()));
@@ -187,7 +195,12 @@ impl BlockMap {
                     .map_err(|_| BmapError::Malformed(format!("range {span:?}")))
             };
             let (first, last) = (parse(first)?, parse(last)?);
-            if last < first || last >= blocks_count {
+            if last < first {
+                return Err(BmapError::Malformed(format!(
+                    "range {first}-{last} ends before it starts"
+                )));
+            }
+            if last >= blocks_count {
                 return Err(BmapError::Malformed(format!(
                     "range {first}-{last} outside the image's {blocks_count} blocks"
                 )));

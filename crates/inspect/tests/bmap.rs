@@ -165,6 +165,8 @@ fn a_map_whose_block_size_disagrees_with_its_counts_is_refused() {
     let cut = reseal(&text[..text.find("<BlockMap>").unwrap() + 40]);
     assert_eq!(
         BlockMap::parse(&cut),
-        Err(BmapError::Malformed("no <bmap version=…> element".into()))
+        Err(BmapError::Malformed(
+            "no complete <bmap version=…> element (a file cut short?)".into()
+        ))
     );
 }
