@@ -236,7 +236,10 @@ fn mbr_type_name(kind: u8) -> Option<&'static str> {
 /// sectors, as a capture of one gives), which is said as a problem: written
 /// to a stick of 512-byte sectors, that stick sees no partition.
 fn gpt(image: &dyn ReadAt, problems: &mut Vec<String>, expected: bool) -> Option<PartitionTable> {
-    if header(image, 1, 512).is_err() && header(image, 1, 4096).is_ok() {
+    // Only behind a protective MBR (`expected`), which such an image has at
+    // byte 0 as any GPT disk: any other image is not read at byte 4096 for
+    // it (its head is read as little as can be, through the page cache).
+    if expected && header(image, 1, 512).is_err() && header(image, 1, 4096).is_ok() {
         problems.push(
             "GPT of 4096-byte sectors: its partitions are found only on a disk of 4096-byte sectors, not on a stick of 512-byte sectors"
                 .into(),
