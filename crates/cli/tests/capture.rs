@@ -25,8 +25,9 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn capture(data: &Path, master: &LoopDevice, json: bool) -> Output {
-    let mut args = vec![
+/// `image capture MASTER --whole --allow-bus loop --name NAME`.
+fn capture_args<'a>(master: &'a LoopDevice, name: &'a str) -> Vec<&'a str> {
+    vec![
         "image",
         "capture",
         master.path().to_str().unwrap(),
@@ -34,8 +35,12 @@ fn capture(data: &Path, master: &LoopDevice, json: bool) -> Output {
         "--allow-bus",
         "loop",
         "--name",
-        "master.img",
-    ];
+        name,
+    ]
+}
+
+fn capture(data: &Path, master: &LoopDevice, json: bool) -> Output {
+    let mut args = capture_args(master, "master.img");
     if json {
         args.push("--json");
     }
@@ -99,19 +104,7 @@ fn a_capture_says_whether_it_fits_the_smallest_stick_in_the_records() {
     assert_eq!(json["fits_smallest_stick"], false);
     assert_eq!(json["already_cached"], true);
     // The same bytes asked for under another name: said to keep the first.
-    let out = flashrack(
-        &data,
-        &[
-            "image",
-            "capture",
-            master.path().to_str().unwrap(),
-            "--whole",
-            "--allow-bus",
-            "loop",
-            "--name",
-            "golden-v4.img",
-        ],
-    );
+    let out = flashrack(&data, &capture_args(&master, "golden-v4.img"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("the same bytes were cached already, as master.img"),
@@ -165,16 +158,7 @@ fn a_capture_interrupted_by_ctrl_c_says_so_and_keeps_nothing() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
         .arg("--data-dir")
         .arg(&data)
-        .args([
-            "image",
-            "capture",
-            master.path().to_str().unwrap(),
-            "--whole",
-            "--allow-bus",
-            "loop",
-            "--name",
-            "master.img",
-        ])
+        .args(capture_args(&master, "master.img"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -158,25 +158,23 @@ fn a_windows_like_installer_iso_named_innocently_is_refused_for_a_raw_write() {
     fs::copy(&efi, root.join("efi/microsoft/boot/efisys.bin")).unwrap();
     // Joliet only, no Rock Ridge, as Microsoft's ISOs: the plain ISO 9660
     // names (SOURCES/INSTALL.WIM;1) are what the lookup reads.
-    let iso = dir.path().join("holiday-photos-2023.iso");
-    run(Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-J", "-V", "PHOTOS_2023"])
-        .args([
-            "-b",
-            "boot/etfsboot.com",
-            "-no-emul-boot",
-            "-boot-load-size",
-            "4",
-        ])
-        .args([
-            "-eltorito-alt-boot",
-            "-e",
-            "efi/microsoft/boot/efisys.bin",
-            "-no-emul-boot",
-        ])
-        .arg("-o")
-        .arg(&iso)
-        .arg(&root));
+    // A Windows installer's ISO of `root`, booting by BIOS and (with
+    // `uefi`) by UEFI.
+    let windows_iso = |name: &str, uefi: bool| {
+        let iso = dir.path().join(name);
+        let mut xorriso = Command::new("xorriso");
+        xorriso
+            .args(["-as", "mkisofs", "-quiet", "-J", "-V", "PHOTOS_2023"])
+            .args(["-b", "boot/etfsboot.com", "-no-emul-boot"])
+            .args(["-boot-load-size", "4"]);
+        if uefi {
+            xorriso.args(["-eltorito-alt-boot", "-e", "efi/microsoft/boot/efisys.bin"]);
+            xorriso.arg("-no-emul-boot");
+        }
+        run(xorriso.arg("-o").arg(&iso).arg(&root));
+        iso
+    };
+    let iso = windows_iso("holiday-photos-2023.iso", true);
 
     let info = inspect_file(&iso);
     let iso_info = info.iso.as_ref().expect("an ISO");
@@ -193,19 +191,7 @@ fn a_windows_like_installer_iso_named_innocently_is_refused_for_a_raw_write() {
     // The same installer booting by BIOS only (a 32-bit Windows 7 ISO): no
     // UEFI loader to build a layout from, so the advice does not send the
     // operator to build-bootable, which would refuse it. Before, it did.
-    let bios_only = dir.path().join("bios-only.iso");
-    run(Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-J", "-V", "PHOTOS_2023"])
-        .args([
-            "-b",
-            "boot/etfsboot.com",
-            "-no-emul-boot",
-            "-boot-load-size",
-            "4",
-        ])
-        .arg("-o")
-        .arg(&bios_only)
-        .arg(&root));
+    let bios_only = windows_iso("bios-only.iso", false);
     let info = inspect_file(&bios_only);
     assert_eq!(info.iso.as_ref().unwrap().el_torito, vec![Boot::Bios]);
     let refusal = info.raw_write_refusal().expect("refused");
