@@ -19,7 +19,8 @@ use flashrack_core::{ByteSize, DigestSource, Provenance, Sha256Digest, Signature
 use flashrack_download::{DownloadError, Downloader, Partial};
 pub use flashrack_download::{Progress, RetryPolicy};
 use flashrack_image::{
-    BmapInput, ImageCache, ImageError, ImportObserver, ImportOptions, ImportOutcome, StreamSource,
+    BmapInput, CacheHit, ImageCache, ImageError, ImportObserver, ImportOptions, ImportOutcome,
+    StreamSource,
 };
 use tokio::sync::mpsc;
 
@@ -502,6 +503,37 @@ pub(crate) async fn import_url_following(
     let downloader = Downloader::new(policy).map_err(|e| download_error(url, e))?;
     progress(UrlProgress::Checking);
     let source = digest_source(&downloader, url, &request.check).await?;
+    // The image the expected digest names is cached already (the same
+    // release asked for again): nothing is downloaded. Not for an import a
+    // flash follows (it writes the bytes as they arrive), a zip's file (the
+    // digest may be the archive's), or a block map given to check against
+    // the image (its check rides on the download's pass).
+    let may_skip = following.observer.is_none()
+        && request.zip_entry.is_none()
+        && following.bmap.is_none()
+        && !matches!(request.bmap, UrlBmap::Url(_) | UrlBmap::File(_));
+    if let (Some(expected), true) = (source.sha256(), may_skip) {
+        let cached = {
+            let cache = cache.clone();
+            tokio::task::spawn_blocking(move || cache.by_digest(&expected))
+                .await
+                .map_err(|e| AppError::Import {
+                    name: url.to_string(),
+                    source: Box::new(ImageError::ReadInput {
+                        path: url.into(),
+                        source: io::Error::other(e.to_string()),
+                    }),
+                })?
+        };
+        if let Ok(Some(image)) = cached {
+            tracing::info!(url, image = %image.sha256().short(), "the image this digest names is cached already: not downloaded");
+            return Ok(ImportOutcome {
+                image,
+                hit: Some(CacheHit::SameImage),
+                map: None,
+            });
+        }
+    }
     // The map is fetched and parsed before the image: a malformed one, or
     // one whose own checksum fails, downloads nothing.
     let BmapLookup {

@@ -870,3 +870,41 @@ fn bmap_urls_beside_follow_bmaptools_convention() {
     );
     assert!(flashrack_app::downloads::bmap_urls_beside("https://h.invalid/").is_empty());
 }
+
+/// An import whose expected digest names an image the cache holds (its raw
+/// sha256, or the sha256 of the compressed file it was imported from) asks
+/// the server for nothing. Before, the whole file was downloaded again to
+/// find it was cached already.
+#[tokio::test]
+async fn an_image_the_expected_digest_names_in_the_cache_is_not_downloaded_again() {
+    let raw = image_bytes(SIZE, 17, 64 << 10);
+    let file = gzip(&raw);
+    let server = FileServer::start().await;
+    server.serve("/os.img.gz", Served::new(file.clone(), "g1"));
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cache = open_cache(&data_dir).unwrap();
+    let first = UrlImport {
+        check: DigestCheck::Sha256(Sha256Digest::of(&file)),
+        ..UrlImport::new(server.url("/os.img.gz"), ByteSize(1 << 40))
+    };
+    let outcome = import_url(&cache, &data_dir, &first, policy(1), |_| {})
+        .await
+        .unwrap();
+    assert!(!outcome.already_cached());
+    // Asked again, from a mirror that would answer 404, by either digest.
+    for expected in [Sha256Digest::of(&file), Sha256Digest::of(&raw)] {
+        let again = UrlImport {
+            check: DigestCheck::Sha256(expected),
+            bmap: flashrack_app::downloads::UrlBmap::NotWanted,
+            ..UrlImport::new(server.url("/mirror/os.img.gz"), ByteSize(1 << 40))
+        };
+        let outcome = import_url(&cache, &data_dir, &again, policy(1), |_| {})
+            .await
+            .unwrap();
+        assert!(outcome.already_cached());
+        assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
+    }
+    assert!(server.requests_for("/mirror/os.img.gz").is_empty());
+    assert_eq!(server.requests_for("/os.img.gz").len(), 1);
+}

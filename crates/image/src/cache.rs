@@ -322,6 +322,26 @@ impl ImageCache {
         Ok(images)
     }
 
+    /// The cached image whose raw sha256 is `digest`, or that was imported
+    /// from a file (a compressed one) whose sha256 is `digest`: what a
+    /// digest an operator gives may name.
+    pub fn by_digest(&self, digest: &Sha256Digest) -> Result<Option<CachedImage>, ImageError> {
+        if let Some(image) = self.get(digest)? {
+            return Ok(Some(image));
+        }
+        for raw in self.index.aliases_of_file(digest) {
+            if let Some(image) = self.get(&raw)? {
+                return Ok(Some(image));
+            }
+        }
+        // A file imported from a stream (a download) has no alias: its
+        // digest is in the entry.
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|image| image.meta.input_sha256 == *digest))
+    }
+
     /// Finds one image by what a person would type: a hex prefix of its raw
     /// digest (at least [`MIN_PREFIX`] digits), the full sha256 of the file it
     /// was imported from, that file's name (or the name inside its zip), or a
