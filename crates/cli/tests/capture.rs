@@ -191,3 +191,50 @@ fn a_capture_interrupted_by_ctrl_c_says_so_and_keeps_nothing() {
     let images: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(images, serde_json::json!([]), "{}", stderr(&list));
 }
+
+/// A master that shrinks (or is pulled) while it is captured fails the
+/// capture with the reason, keeps nothing, and says "cannot capture".
+/// Before, it said "cannot import /dev/loopN".
+#[test]
+fn a_master_that_ends_early_fails_its_capture_and_keeps_nothing() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let master = LoopDevice::new(1 << 30);
+    let child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(capture_args(&master, "master.img"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cache_tmp(&data).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Three quarters of it gone, far ahead of the read.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(master.backing())
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    master.refresh_capacity();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot capture {}", master.path().display()))
+            && stderr(&out).contains("bytes early"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(cache_tmp(&data).is_empty(), "{:?}", cache_tmp(&data));
+}

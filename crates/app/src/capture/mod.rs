@@ -133,6 +133,17 @@ pub enum CaptureError {
         #[source]
         source: io::Error,
     },
+    /// Reading the device into the cache failed: the device ended early
+    /// (pulled, shrunk), a read error, the cache's own trouble (no room),
+    /// or the capture was cancelled. Nothing is kept.
+    #[error("cannot capture {}", device.display())]
+    Read {
+        /// The device.
+        device: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<flashrack_image::ImageError>,
+    },
     /// Another disk answers under the name than the one judged.
     #[error("{} changed between the check and the open: not captured", device.display())]
     IdentityChanged {
@@ -332,9 +343,11 @@ pub fn capture_with(
                 ..ImportOptions::default()
             },
         )
-        .map_err(|source| AppError::Import {
-            name: device.display().to_string(),
-            source: Box::new(source),
+        .map_err(|source| {
+            AppError::Capture(CaptureError::Read {
+                device: device.clone(),
+                source: Box::new(source),
+            })
         })?;
     // Like an import: a block map from its file systems, where flashrack
     // reads them (a capture it cannot map is still kept, and written whole).
