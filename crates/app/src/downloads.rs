@@ -376,6 +376,7 @@ fn download_error(url: &str, source: DownloadError) -> AppError {
 
 /// The digest to expect and where it came from: the checksum list (and its
 /// signature, checked before anything else is downloaded) fetched if asked.
+/// Their failures are the import of `url`'s (each names its own URL).
 pub async fn digest_source(
     downloader: &Downloader,
     url: &str,
@@ -391,14 +392,14 @@ pub async fn digest_source(
             let sums = downloader
                 .fetch_small(sums_url, "checksum list", MAX_SUMS_SIZE)
                 .await
-                .map_err(|e| download_error(sums_url, e))?;
+                .map_err(|e| download_error(url, e))?;
             let checked = match signature {
                 Some(spec) => {
                     let keyring = spec.keyring.bytes().await?;
                     let signature = downloader
                         .fetch_small(&spec.url, "signature", MAX_SIGNATURE_SIZE)
                         .await
-                        .map_err(|e| download_error(&spec.url, e))?;
+                        .map_err(|e| download_error(url, e))?;
                     let signer = flashrack_download::verify_detached(
                         &spec.keyring.label(),
                         &keyring,
@@ -407,7 +408,7 @@ pub async fn digest_source(
                         sums_url,
                         &sums.bytes,
                     )
-                    .map_err(|e| download_error(sums_url, e))?;
+                    .map_err(|e| download_error(url, e))?;
                     Some(SignatureCheck {
                         url: spec.url.clone(),
                         signer_fingerprint: signer.signer_fingerprint,
@@ -427,7 +428,7 @@ pub async fn digest_source(
             })?;
             let text = String::from_utf8_lossy(&sums.bytes);
             let sha256 = flashrack_download::lookup(&text, &file_name, sums_url)
-                .map_err(|e| download_error(sums_url, e))?;
+                .map_err(|e| download_error(url, e))?;
             Ok(DigestSource::Sums {
                 url: sums_url.clone(),
                 file_name,

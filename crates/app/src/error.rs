@@ -56,8 +56,8 @@ pub enum AppError {
     /// did not hold.
     #[error("cannot import {url}")]
     Download {
-        /// The URL concerned (the image's, the checksum list's or the
-        /// signature's).
+        /// The image's URL (a failure of its checksum list or signature
+        /// names theirs).
         url: String,
         /// Why.
         #[source]
