@@ -514,19 +514,11 @@ pub(crate) async fn import_url_following(
         && following.bmap.is_none()
         && !matches!(request.bmap, UrlBmap::Url(_) | UrlBmap::File(_));
     if let (Some(expected), true) = (source.sha256(), may_skip) {
-        let cached = {
-            let cache = cache.clone();
-            tokio::task::spawn_blocking(move || cache.by_digest(&expected))
-                .await
-                .map_err(|e| AppError::Import {
-                    name: url.to_string(),
-                    source: Box::new(ImageError::ReadInput {
-                        path: url.into(),
-                        source: io::Error::other(e.to_string()),
-                    }),
-                })?
-        };
-        if let Ok(Some(image)) = cached {
+        // A lookup that fails (an entry it cannot read) only means the
+        // image is downloaded, as without it.
+        let cache_lookup = cache.clone();
+        let cached = tokio::task::spawn_blocking(move || cache_lookup.by_digest(&expected)).await;
+        if let Ok(Ok(Some(image))) = cached {
             tracing::info!(url, image = %image.sha256().short(), "the image this digest names is cached already: not downloaded");
             return Ok(ImportOutcome {
                 image,

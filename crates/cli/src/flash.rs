@@ -64,10 +64,10 @@ pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCo
         let outcome = with_unfinished(outcome, view.await, &args)?;
         // The file just imported gets its block map (found beside it or
         // generated) for later sparse runs; the run's summary comes first.
-        let image = match &outcome.summary.image_sha256 {
-            Some(sha256) => cache.get(sha256),
-            None => Ok(None),
-        };
+        let image = outcome
+            .summary
+            .image_sha256
+            .map_or(Ok(None), |sha256| cache.get(&sha256));
         let status = finish(outcome, &args);
         if let Ok(Some(image)) = image {
             match map_image(&cache, &image, Some(file), None) {
@@ -176,10 +176,10 @@ async fn flash_url(
     .await;
     let outcome = with_unfinished(outcome, view.await, &args)?;
     let cache = open_cache(data_dir)?;
-    let image = match &outcome.summary.image_sha256 {
-        Some(sha256) => cache.get(sha256),
-        None => Ok(None),
-    };
+    let image = outcome
+        .summary
+        .image_sha256
+        .map_or(Ok(None), |sha256| cache.get(&sha256));
     let status = finish(outcome, &args);
     if let Ok(Some(image)) = image {
         match map_image(&cache, &image, None, None) {
@@ -222,19 +222,29 @@ fn with_unfinished(
         Err(error) => error,
     };
     if let Ok(Some(summary)) = unfinished {
-        let printed = if args.json {
-            let mut json = serde_json::to_value(&*summary)?;
-            json["error"] = flashrack_app::downloads::error_chain(&error).into();
-            outln!("{}", serde_json::to_string_pretty(&json)?)
-        } else {
-            out!("{}", crate::summary::table(&summary))
-        };
-        match printed {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            other => other?,
-        }
+        let words = flashrack_app::downloads::error_chain(&error);
+        print_summary(&summary, Some(&words), args)?;
     }
     Err(error.into())
+}
+
+/// Prints `summary` on stdout, as JSON (with `error` when the flash failed)
+/// or as the table. A summary nobody reads (`| head -3`) changes nothing of
+/// what happened: the exit status still says it.
+fn print_summary(summary: &Summary, error: Option<&str>, args: &FlashArgs) -> Result<()> {
+    let printed = if args.json {
+        let mut json = serde_json::to_value(summary)?;
+        if let Some(error) = error {
+            json["error"] = error.into();
+        }
+        outln!("{}", serde_json::to_string_pretty(&json)?)
+    } else {
+        out!("{}", crate::summary::table(summary))
+    };
+    match printed {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// Prints the summary; the exit status says whether every target passed.
@@ -243,17 +253,7 @@ fn finish(outcome: FlashOutcome, args: &FlashArgs) -> Result<ExitCode> {
         summary,
         stopped_by,
     } = outcome;
-    let printed = if args.json {
-        outln!("{}", serde_json::to_string_pretty(&summary)?)
-    } else {
-        out!("{}", crate::summary::table(&summary))
-    };
-    // A summary nobody reads (`| head -3`) changes nothing of what happened:
-    // the exit status still says it.
-    match printed {
-        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
-        other => other?,
-    }
+    print_summary(&summary, None, args)?;
     Ok(match stopped_by {
         Some(signal) => ExitCode::from(128 + signal.number()),
         // Every target passed; a refusal or an interruption is no pass.

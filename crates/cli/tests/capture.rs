@@ -142,6 +142,31 @@ fn cache_tmp(data: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Starts `image capture` of `master` (whole) into `data` and returns once
+/// it has begun: its partial file is in the cache. Fails if it never
+/// begins, or ends first.
+fn capture_begun(data: &Path, master: &LoopDevice) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(capture_args(master, "master.img"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cache_tmp(data).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never began"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "it ended first");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
+}
+
 /// Ctrl-C (SIGINT) during a capture stops it, says so, exits non-zero and
 /// keeps nothing: no image, no partial file. Before, the process died
 /// without a word and left its partial file (up to the image's size) in the
@@ -155,25 +180,7 @@ fn a_capture_interrupted_by_ctrl_c_says_so_and_keeps_nothing() {
     let data = dir.path().join("data");
     // Sparse: long enough to read that the signal lands mid-capture.
     let master = LoopDevice::new(16 << 30);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(capture_args(&master, "master.img"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The capture has begun once its partial file is in the cache.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while cache_tmp(&data).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the capture never began"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "it ended first");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let child = capture_begun(&data, &master);
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&child),
         rustix::process::Signal::INT,
@@ -203,23 +210,7 @@ fn a_master_that_ends_early_fails_its_capture_and_keeps_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let master = LoopDevice::new(1 << 30);
-    let child = Command::new(env!("CARGO_BIN_EXE_flashrack"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(capture_args(&master, "master.img"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while cache_tmp(&data).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the capture never began"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let child = capture_begun(&data, &master);
     // Three quarters of it gone, far ahead of the read.
     std::fs::OpenOptions::new()
         .write(true)

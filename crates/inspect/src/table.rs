@@ -239,26 +239,30 @@ fn gpt(image: &dyn ReadAt, problems: &mut Vec<String>, expected: bool) -> Option
     // Only behind a protective MBR (`expected`), which such an image has at
     // byte 0 as any GPT disk: any other image is not read at byte 4096 for
     // it (its head is read as little as can be, through the page cache).
-    if expected && header(image, 1, 512).is_err() && header(image, 1, 4096).is_ok() {
-        problems.push(
-            "GPT of 4096-byte sectors: its partitions are found only on a disk of 4096-byte sectors, not on a stick of 512-byte sectors"
-                .into(),
-        );
-        return gpt_in(image, problems, expected, 4096);
+    let primary = header(image, 1, 512);
+    if expected && primary.is_err() {
+        if let Ok(found) = header(image, 1, 4096) {
+            problems.push(
+                "GPT of 4096-byte sectors: its partitions are found only on a disk of 4096-byte sectors, not on a stick of 512-byte sectors"
+                    .into(),
+            );
+            return gpt_in(image, problems, expected, 4096, Ok(found));
+        }
     }
-    gpt_in(image, problems, expected, 512)
+    gpt_in(image, problems, expected, 512, primary)
 }
 
-/// [`gpt`] in sectors of `sector` bytes.
+/// [`gpt`] in sectors of `sector` bytes, its primary header (with its
+/// entries) read already.
 fn gpt_in(
     image: &dyn ReadAt,
     problems: &mut Vec<String>,
     expected: bool,
     sector: u64,
+    primary: Result<(Vec<u8>, Vec<u8>), String>,
 ) -> Option<PartitionTable> {
     let size = image.size();
     let sectors = size / sector;
-    let primary = header(image, 1, sector);
     let (header, entries) = match primary {
         Ok(found) => found,
         Err(why) => {
