@@ -216,6 +216,11 @@ function downloadRow(d) {
     if (d.rate_bytes_per_sec) words += ` · ${fmtBytes(d.rate_bytes_per_sec)}/s`;
     if (d.eta_secs != null) words += ` · ${d.eta_secs} s left`;
     if (d.resumed_from) words += ` · resumed at ${fmtBytes(d.resumed_from)}`;
+    // A failed try the download waits to make again: why, and which try.
+    if (d.retrying) {
+      const r = d.retrying;
+      words += ` · interrupted: trying again (try ${r.next_try} of ${r.tries}): ${r.error}`;
+    }
   } else if (d.state === 'done') {
     const signer = d.provenance && d.provenance.digest_source && d.provenance.digest_source.signature;
     words = `imported ${shortSha(d.image)}${signer ? ` · signed by ${signer.signer_fingerprint}` : ''}`;

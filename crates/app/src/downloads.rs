@@ -861,6 +861,10 @@ struct ImportView {
     rate_bytes_per_sec: Option<u64>,
     eta_secs: Option<u64>,
     error: Option<String>,
+    /// While a download waits to try again after a failed try (a cut, a
+    /// stall, a server error), why and which try comes next: shown until
+    /// bytes arrive again. `error` is only the import's final failure.
+    retrying: Option<RetryView>,
     image: Option<Sha256Digest>,
     provenance: Option<Provenance>,
     /// The run it is (or was) the download of: a run armed with its URL
@@ -885,6 +889,7 @@ impl ImportView {
             rate_bytes_per_sec: None,
             eta_secs: None,
             error: None,
+            retrying: None,
             image: None,
             provenance: None,
             run_id: None,
@@ -1091,7 +1096,7 @@ impl UrlImportService {
                     });
                     if due {
                         persisted = Some((std::time::Instant::now(), progress.total));
-                        let _ = persist_tx.send(*progress);
+                        let _ = persist_tx.send(progress.clone());
                     }
                 }
                 if let Some(told) = told.as_mut() {
@@ -1154,6 +1159,7 @@ impl UrlImportService {
             }
             update(&mut |view| match &result {
                 Ok(outcome) => {
+                    view.retrying = None;
                     view.state = "done";
                     view.image = Some(outcome.image.sha256());
                     view.provenance = outcome.image.meta.provenance.clone();
@@ -1161,6 +1167,7 @@ impl UrlImportService {
                 }
                 Err(_) => {
                     view.state = "failed";
+                    view.retrying = None;
                     view.error = failure.clone();
                 }
             });
@@ -1257,6 +1264,22 @@ impl ImportView {
             return;
         };
         self.state = "downloading";
+        match &p.retrying {
+            Some(retry) => {
+                self.retrying = Some(RetryView {
+                    next_try: retry.next_try,
+                    tries: retry.tries,
+                    wait_secs: retry.wait.as_secs_f64(),
+                    error: retry.error.clone(),
+                    held: p.held,
+                })
+            }
+            // Bytes arrive again: the retry worked.
+            None if self.retrying.as_ref().is_some_and(|r| p.held > r.held) => {
+                self.retrying = None;
+            }
+            None => {}
+        }
         self.held = p.held;
         self.total = p.total;
         self.resumed_from = p.resumed_from;
@@ -1271,6 +1294,22 @@ impl ImportView {
                 .map(|total| (total.saturating_sub(p.held) as f64 / rate).ceil() as u64);
         }
     }
+}
+
+/// A download waiting to try again, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RetryView {
+    /// The try that comes next (2 for the first retry).
+    next_try: u32,
+    /// The tries made in all before the import fails.
+    tries: u32,
+    /// The wait before that try.
+    wait_secs: f64,
+    /// Why the last try failed.
+    error: String,
+    /// The bytes held when it failed: later bytes end the retry's view.
+    #[serde(skip)]
+    held: u64,
 }
 
 /// An error with its causes, as the operator reads it.

@@ -62,7 +62,7 @@ async fn loop_devices_are_written_while_the_url_downloads_and_the_run_names_the_
         .iter()
         .rev()
         .find_map(|e| match e {
-            FlashEvent::Download(p) => Some(*p),
+            FlashEvent::Download(p) => Some(p.clone()),
             _ => None,
         })
         .unwrap();

@@ -539,6 +539,65 @@ async fn the_api_imports_a_url_in_the_background_and_shows_its_progress_and_prov
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_why_a_download_waits_to_try_again_until_bytes_arrive() {
+    // The first answer is cut a quarter in: the import waits a second and
+    // resumes. While it waits, its view says why and which try comes next
+    // (its `error` stays the import's final failure: none); once bytes
+    // arrive again, and when it is done, the retry is no longer shown.
+    let raw = image_bytes(SIZE, 13, 64 << 10);
+    let server = FileServer::start().await;
+    server.serve(
+        "/raw.img",
+        Served::new(raw.clone(), "c1").behaving(Behaviour::CutFirstAfter(SIZE / 4)),
+    );
+    let app = flashrack_app::testing::spawn_app().await;
+    let answer = app
+        .post(
+            "/api/v1/images/import-url",
+            Some(serde_json::json!({ "url": server.url("/raw.img") })),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut waiting = None;
+    let done = loop {
+        let import = app.get("/api/v1/images/downloads").await.json()[0].clone();
+        match import["state"].as_str() {
+            Some("done") => break import,
+            Some("failed") => panic!("{import}"),
+            _ => {}
+        }
+        if !import["retrying"].is_null() && waiting.is_none() {
+            waiting = Some(import.clone());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ended: {import}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let waiting = waiting.expect("the wait before the second try is shown");
+    assert_eq!(waiting["state"], "downloading", "{waiting}");
+    assert!(waiting["error"].is_null(), "{waiting}");
+    let retry = &waiting["retrying"];
+    assert_eq!(retry["next_try"], 2, "{waiting}");
+    assert_eq!(retry["tries"], 6, "{waiting}");
+    assert_eq!(retry["wait_secs"], 1.0, "{waiting}");
+    assert!(
+        retry["error"]
+            .as_str()
+            .unwrap()
+            .contains("the transfer stopped at 1572864 of"),
+        "{waiting}"
+    );
+    assert_eq!(waiting["held"], (SIZE / 4) as u64, "{waiting}");
+    assert!(done["retrying"].is_null(), "{done}");
+    assert!(done["error"].is_null(), "{done}");
+    assert_eq!(done["image"], Sha256Digest::of(&raw).to_hex());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_imported_from_a_url_over_the_api_gets_a_block_map_like_a_file() {
     // An ext4 file system with a file in it: flashrack reads its block
     // bitmaps and maps what it allocates.

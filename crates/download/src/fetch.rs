@@ -106,7 +106,7 @@ impl RetryPolicy {
 }
 
 /// How far a download has got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     /// Bytes held (sent on to the reader).
     pub held: u64,
@@ -114,6 +114,23 @@ pub struct Progress {
     pub total: Option<u64>,
     /// Bytes that were held from an earlier run when this one began.
     pub resumed_from: u64,
+    /// Set when a try has just failed and the download waits to try again
+    /// (`None` in the progress of an answer being received).
+    pub retrying: Option<Retrying>,
+}
+
+/// A try of a download that failed with a transient error, and the wait
+/// before the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retrying {
+    /// The number of the try that comes next (2 for the first retry).
+    pub next_try: u32,
+    /// How many tries are made in all before the download fails.
+    pub tries: u32,
+    /// The wait before the next try.
+    pub wait: Duration,
+    /// Why the last try failed (the error's words).
+    pub error: String,
 }
 
 /// A finished download.
@@ -439,6 +456,7 @@ impl Downloader {
             held,
             total: state.total,
             resumed_from,
+            retrying: None,
         });
         if held > 0 {
             tracing::info!(url, held, "resuming a partial download");
@@ -498,6 +516,19 @@ impl Downloader {
                         return Err(error);
                     }
                     let wait = self.policy.backoff(failures);
+                    // Told to the progress as well: a download's view says
+                    // why it waits (its error stays empty until it fails).
+                    progress(Progress {
+                        held,
+                        total: state.total,
+                        resumed_from,
+                        retrying: Some(Retrying {
+                            next_try: failures + 1,
+                            tries: self.policy.tries,
+                            wait,
+                            error: error.to_string(),
+                        }),
+                    });
                     // A warning, shown without -v: a server that stalls or
                     // fails is tried for minutes, and the operator sees why.
                     tracing::warn!(
@@ -810,6 +841,7 @@ impl Downloader {
             held: *t.held,
             total: t.state.total,
             resumed_from: t.resumed_from,
+            retrying: None,
         });
         let io = |source| DownloadError::Io {
             path: t.partial.data.clone(),
@@ -883,6 +915,7 @@ impl Downloader {
                 held: *t.held,
                 total: t.state.total,
                 resumed_from: t.resumed_from,
+                retrying: None,
             });
         }
         if skip > 0 || compare > 0 || t.state.total.is_some_and(|total| *t.held < total) {

@@ -34,6 +34,6 @@ pub mod signature;
 pub mod sums;
 
 pub use error::DownloadError;
-pub use fetch::{Downloaded, Downloader, Partial, Progress, RetryPolicy, Small};
+pub use fetch::{Downloaded, Downloader, Partial, Progress, RetryPolicy, Retrying, Small};
 pub use signature::{armored_keyring, verify_detached, SignerCheck};
 pub use sums::lookup;

@@ -121,7 +121,7 @@ pub async fn written_before_the_gate(
             }) if *done > 0 => {
                 writing.insert(target.clone());
             }
-            FlashEvent::Download(progress) => downloaded = Some(*progress),
+            FlashEvent::Download(progress) => downloaded = Some(progress.clone()),
             FlashEvent::Engine(EngineEvent {
                 kind: EngineEventKind::Finished { verdict, .. },
                 target,
