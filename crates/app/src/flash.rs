@@ -455,6 +455,10 @@ struct Flash {
     /// The bytes each target's write pass had acknowledged, as its progress
     /// last said (an attempt without its own figures is given these).
     written: HashMap<TargetId, u64>,
+    /// When each target's write pass began, and when it ended (the stage
+    /// after the writing and flushing), for an attempt without figures of
+    /// its own.
+    write_times: HashMap<TargetId, (Instant, Option<Instant>)>,
     /// Each target's capacity as recorded at its start.
     capacities: HashMap<TargetId, ByteSize>,
     /// Verdicts given (and committed) so far.
@@ -491,6 +495,7 @@ impl Flash {
             attempts_made: HashMap::new(),
             stages: HashMap::new(),
             written: HashMap::new(),
+            write_times: HashMap::new(),
             capacities,
             verdicts: HashMap::new(),
             finished_after: HashMap::new(),
@@ -646,6 +651,18 @@ impl Flash {
         match event.kind {
             EngineEventKind::Stage { stage } => {
                 self.stages.insert(event.target.clone(), stage);
+                match stage {
+                    Stage::Writing => {
+                        self.write_times
+                            .insert(event.target.clone(), (Instant::now(), None));
+                    }
+                    Stage::Preparing | Stage::Flushing => {}
+                    Stage::Resetting | Stage::Verifying => {
+                        if let Some((_, ended @ None)) = self.write_times.get_mut(&event.target) {
+                            *ended = Some(Instant::now());
+                        }
+                    }
+                }
                 if let Some(&attempt) = self.attempts.get(&event.target) {
                     if let Err(error) = self.records.attempt_stage(attempt, stage).await {
                         tracing::error!(%error, "cannot record a stage");
@@ -727,7 +744,10 @@ impl Flash {
             self.attempts.insert(id.clone(), attempt);
         }
         self.attempts_made.insert(id.clone(), retry);
+        // The new attempt starts with nothing of its own written.
         self.stages.remove(&id);
+        self.written.remove(&id);
+        self.write_times.remove(&id);
         tracing::info!(device = %id, %verdict, retry, "writing it again after a failure that may pass");
         self.notice(Notice::Retrying {
             target: id,
@@ -786,7 +806,8 @@ impl Flash {
     /// stop, or its source failed): its capacity, and the bytes its progress
     /// last said were written, a lower bound once its write pass began (a
     /// write in flight may still land; its thread may go on until it reaches
-    /// a safe point). Nothing of the image is written while it prepares.
+    /// a safe point), and the time its write pass took (until now if it was
+    /// writing). Nothing of the image is written while it prepares.
     fn figures_so_far(&self, id: &TargetId) -> AttemptFigures {
         let began_writing = self
             .stages
@@ -800,6 +821,12 @@ impl Flash {
             } else {
                 Bound::Exact
             },
+            write_secs: self.write_times.get(id).map_or(0.0, |(began, ended)| {
+                ended
+                    .unwrap_or_else(Instant::now)
+                    .duration_since(*began)
+                    .as_secs_f64()
+            }),
             ..AttemptFigures::default()
         }
     }

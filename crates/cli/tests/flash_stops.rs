@@ -408,6 +408,10 @@ fn a_stick_abandoned_mid_write_is_recorded_with_at_least_what_it_wrote() {
     assert_eq!(row["bytes_written_bound"], "lower_bound", "{row:#}");
     let written = row["bytes_written"].as_u64().unwrap();
     assert!(written >= 1 << 20, "{row:#}");
+    // Its write pass ran from "writing" until the stop (2.5 s and more):
+    // the time it took is recorded, not 0 with megabytes written.
+    let write_secs = row["write_secs"].as_f64().unwrap();
+    assert!(write_secs >= 2.0, "{row:#}");
     let report = run_report(&data, 1);
     // The file was new to the cache, its import following the slow stick:
     // stopped before it ended, the image was never known, and the summary
@@ -425,6 +429,11 @@ fn a_stick_abandoned_mid_write_is_recorded_with_at_least_what_it_wrote() {
     let recorded = attempt(&report, "sim:slow");
     assert_eq!(recorded["verdict"], "interrupted", "{recorded:#}");
     assert_eq!(recorded["bytes_written"], written, "{recorded:#}");
+    let recorded_secs = recorded["write_secs"].as_f64().unwrap();
+    assert!(
+        (recorded_secs - write_secs).abs() < 0.01,
+        "{recorded:#} {row:#}"
+    );
     assert_eq!(
         recorded["bytes_written_bound"], "lower_bound",
         "{recorded:#}"

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashrack_core::{
-    AttemptFigures, AttemptId, Bound, DataRanges, DeviceId, EngineEvent, EngineEventKind,
+    AttemptFigures, AttemptId, Bound, ByteSize, DataRanges, DeviceId, EngineEvent, EngineEventKind,
     FailReason, Failure, GuardRefusal, RunId, SamplePercent, Sha256Digest, Stage, StopReason,
     TargetId, Verdict,
 };
@@ -880,6 +880,10 @@ struct Slot {
     written: u64,
     /// Bytes read back and checked, from the engine's verify progress.
     verified: u64,
+    /// When its write pass began and ended, and when its read-back began
+    /// (from the stages it entered): the times of an attempt whose thread's
+    /// own figures are lost.
+    timeline: StageTimeline,
     /// The records' lane of its port: its stages and verdict follow its
     /// start there.
     lane: usize,
@@ -906,12 +910,53 @@ impl Slot {
     /// bound of what reached the stick (progress is reported now and then, and
     /// a write in flight may still land).
     fn figures_so_far(&self) -> AttemptFigures {
+        let (write_secs, verify_secs) = self.timeline.secs(std::time::Instant::now());
         AttemptFigures {
+            capacity: ByteSize(self.identity.capacity),
             bytes_written: self.written,
             bytes_verified: self.verified,
             bytes_written_bound: Bound::LowerBound,
+            write_secs,
+            verify_secs,
             ..AttemptFigures::default()
         }
+    }
+}
+
+/// When an attempt's write pass and read-back ran, from its stages.
+#[derive(Debug, Default, Clone, Copy)]
+struct StageTimeline {
+    writing: Option<std::time::Instant>,
+    written: Option<std::time::Instant>,
+    verifying: Option<std::time::Instant>,
+}
+
+impl StageTimeline {
+    /// Notes that the attempt entered `stage` `at`.
+    fn enter(&mut self, stage: Stage, at: std::time::Instant) {
+        match stage {
+            Stage::Writing => self.writing = Some(at),
+            Stage::Preparing | Stage::Flushing => {}
+            Stage::Resetting | Stage::Verifying => {
+                if self.writing.is_some() && self.written.is_none() {
+                    self.written = Some(at);
+                }
+                if stage == Stage::Verifying {
+                    self.verifying = Some(at);
+                }
+            }
+        }
+    }
+
+    /// The seconds spent writing (flush included) and reading back, until
+    /// `now` for the pass that has not ended.
+    fn secs(&self, now: std::time::Instant) -> (f64, f64) {
+        let span = |from: Option<std::time::Instant>, to: Option<std::time::Instant>| {
+            from.map_or(0.0, |from| {
+                to.unwrap_or(now).duration_since(from).as_secs_f64()
+            })
+        };
+        (span(self.writing, self.written), span(self.verifying, None))
     }
 }
 
@@ -3128,6 +3173,7 @@ impl Station {
                 removed_during: None,
                 written: 0,
                 verified: 0,
+                timeline: StageTimeline::default(),
                 lane,
             },
         );
@@ -3189,6 +3235,7 @@ impl Station {
         match event.kind {
             EngineEventKind::Stage { stage } => {
                 slot.stage = stage;
+                slot.timeline.enter(stage, std::time::Instant::now());
                 let so_far = slot.so_far();
                 let lane = slot.lane;
                 let journal = self.recorder.journal();

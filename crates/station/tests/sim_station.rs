@@ -1360,6 +1360,10 @@ async fn an_attempt_stuck_at_shutdown_is_recorded_with_the_bytes_known_to_have_r
     let figures = attempt.figures.clone().unwrap();
     assert!(figures.bytes_written >= MIB, "{figures:?}");
     assert!(figures.bytes_written <= stick.counters().bytes_written);
+    // Its capacity and the time its write pass ran (2 MiB at 4 MiB/s, then
+    // stuck until the grace ran out) are recorded, not 0.
+    assert!(figures.capacity.0 > 0, "{figures:?}");
+    assert!(figures.write_secs >= 0.5, "{figures:?}");
     assert_eq!(
         figures.bytes_written_bound,
         Bound::LowerBound,
