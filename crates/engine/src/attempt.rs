@@ -526,6 +526,16 @@ fn pipeline(
     ctx.progress
         .capacity
         .store(geometry.capacity, Ordering::Relaxed);
+    let block = geometry.logical_block_size.max(1) as usize;
+    // Direct I/O writes and reads whole logical blocks: the map's ranges are
+    // widened to them (a map's blocks are 4 KiB as a rule, so this changes
+    // nothing but on a device with larger blocks). A sparse attempt says
+    // what it leaves out from here on, whatever ends it (a stick too small,
+    // read-only or without a medium as well as one written).
+    let ranges = ctx.sparse.as_ref().map(|r| r.aligned_to(block as u64));
+    if let Some(ranges) = &ranges {
+        figures.bytes_skipped = ranges.skipped_bytes();
+    }
     // A card reader without a card (or a stick whose controller lost its
     // flash) reports zero bytes: that is no medium, not a small one.
     if geometry.capacity == 0 {
@@ -539,14 +549,6 @@ fn pipeline(
                 needed: ByteSize(image_size),
             },
         ));
-    }
-    let block = geometry.logical_block_size.max(1) as usize;
-    // Direct I/O writes and reads whole logical blocks: the map's ranges are
-    // widened to them (a map's blocks are 4 KiB as a rule, so this changes
-    // nothing but on a device with larger blocks).
-    let ranges = ctx.sparse.as_ref().map(|r| r.aligned_to(block as u64));
-    if let Some(ranges) = &ranges {
-        figures.bytes_skipped = ranges.skipped_bytes();
     }
     let ranges = ranges.as_ref();
     if ctx.audit {

@@ -212,3 +212,41 @@ async fn a_map_of_another_image_size_is_a_source_error() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_attempt_refused_while_it_prepares_says_what_it_would_have_skipped() {
+    // A stick too small and a read-only one both fail before a byte is
+    // written: each record says it was a sparse attempt, with the same
+    // bytes skipped as the stick that passes, whatever ended it.
+    let dir = tempfile::tempdir().unwrap();
+    let size = 2 * MIB as usize;
+    let (image, _) = common::make_image(dir.path(), size, 35);
+    let ranges = test_ranges(size as u64);
+    let rack = filled_rack(
+        dir.path(),
+        vec![
+            SimStickSpec::new("small", MIB),
+            SimStickSpec::new("ro", 4 * MIB).read_only(),
+            SimStickSpec::new("good", 4 * MIB),
+        ],
+    );
+    let results = flash(&image, &rack, options(&ranges)).await;
+    let reasons: Vec<_> = results
+        .iter()
+        .map(|(_, verdict, _)| verdict.failure().map(|f| f.reason.clone()))
+        .collect();
+    assert!(
+        matches!(reasons[0], Some(FailReason::TooSmall { .. })),
+        "{reasons:?}"
+    );
+    assert!(
+        matches!(reasons[1], Some(FailReason::ReadOnly)),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[2], None);
+    for (id, _, figures) in &results {
+        assert_eq!(figures.bytes_skipped, ranges.skipped_bytes(), "{id}");
+    }
+    assert_eq!(results[0].2.bytes_written, 0);
+    assert_eq!(results[1].2.bytes_written, 0);
+}
