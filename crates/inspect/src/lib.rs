@@ -92,6 +92,64 @@ pub fn head_raw_write_refusal(head: &[u8]) -> Option<RawWriteRefusal> {
     iso::boot_record_in_head(head).then(RawWriteRefusal::el_torito_only_from_head)
 }
 
+/// The sector size an MBR counts in, when it is not 512: an MBR does not
+/// say it. The image of a disk of 4096-byte sectors (a capture of one) has
+/// entries that point at its file systems only when counted in 4096-byte
+/// sectors. When no partition holds a file system where its entry points in
+/// 512-byte sectors and one does in 4096-byte sectors, `table` is read in
+/// them (its partitions' offsets, sizes and file systems), and a problem
+/// says what that means for sticks, as for a GPT of 4096-byte sectors.
+/// A table with an extended partition is left as read (its chain of logical
+/// partitions counts in the same unknown sectors; such images are rare).
+fn mbr_of_4096_byte_sectors(
+    image: &dyn ReadAt,
+    table: &mut PartitionTable,
+    problems: &mut Vec<String>,
+) {
+    const SCALE: u64 = 4096 / 512;
+    let size = image.size();
+    let extended = |p: &Partition| matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85");
+    if table.kind != TableKind::Mbr
+        || table
+            .partitions
+            .iter()
+            .any(|p| extended(p) || p.filesystem.is_some())
+    {
+        return;
+    }
+    let scaled = |p: &Partition| (p.start.saturating_mul(SCALE), p.size.saturating_mul(SCALE));
+    let found: Vec<Option<FileSystem>> = table
+        .partitions
+        .iter()
+        .map(|p| {
+            let (start, len) = scaled(p);
+            (start.saturating_add(len) <= size)
+                .then(|| fs::detect(image, start, len))
+                .flatten()
+        })
+        .collect();
+    if found.iter().all(Option::is_none) {
+        return;
+    }
+    // The entries' ends were judged in 512-byte sectors: judged again.
+    problems.retain(|p| !(p.starts_with("MBR partition ") && p.contains(" ends at byte ")));
+    for (p, filesystem) in table.partitions.iter_mut().zip(found) {
+        (p.start, p.size) = scaled(p);
+        p.filesystem = filesystem;
+        if p.start.saturating_add(p.size) > size {
+            problems.push(format!(
+                "MBR partition {} ends at byte {} but the image has {size} bytes: truncated image or damaged table",
+                p.number,
+                p.start.saturating_add(p.size),
+            ));
+        }
+    }
+    problems.push(
+        "MBR of 4096-byte sectors (its entries point at file systems only when counted in them): its partitions are found only on a disk of 4096-byte sectors, not on a stick of 512-byte sectors"
+            .into(),
+    );
+}
+
 /// Inspects an image: its partition table, file systems, ISO structure and OS.
 ///
 /// Reads at most a few hundred KiB at known offsets (and the directories it
@@ -129,6 +187,9 @@ pub fn inspect(image: &dyn ReadAt) -> ImageInfo {
                 p.filesystem = fs::detect(image, p.start, p.size);
             }
         }
+    }
+    if let Some(t) = &mut table {
+        mbr_of_4096_byte_sectors(image, t, &mut problems);
     }
     let mut whole_fs = whole_fs;
     if let (Some(fs), Some(iso)) = (&mut whole_fs, &iso) {

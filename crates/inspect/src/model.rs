@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 /// version is recomputed when the cache reads it. Version 2 reads UDF trees,
 /// NTFS and exFAT labels, logical MBR partitions and ext file systems'
 /// `os-release`; version 3 reads UDF 2.50+ metadata partitions and names the
-/// UDF revision.
-pub const INSPECTION_VERSION: u32 = 3;
+/// UDF revision; version 4 reads the tables of disks of 4096-byte sectors (a
+/// GPT behind a protective MBR, an MBR whose file systems are found only in
+/// them).
+pub const INSPECTION_VERSION: u32 = 4;
 
 /// Everything known about an image from its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

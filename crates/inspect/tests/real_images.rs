@@ -348,6 +348,89 @@ fn an_mbr_disk_with_fat16_and_ext4_is_read_with_the_active_flag() {
 }
 
 #[test]
+fn an_mbr_of_4096_byte_sectors_is_read_in_them_and_said_to_need_such_a_disk() {
+    // The image of a disk of 4096-byte sectors (as a capture of one gives):
+    // its MBR's entries count in them, which the MBR does not say. Read in
+    // 512-byte sectors it pointed at no file system; its file systems show
+    // where its sectors are.
+    // (sfdisk converts a script's sectors to a file's 512-byte ones: the
+    // entries are written here.)
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("mbr4k.raw");
+    let mut mbr = vec![0u8; 512];
+    for (slot, (kind, first, count)) in [(0x0eu8, 256u32, 4096u32), (0x83, 4352, 8192)]
+        .into_iter()
+        .enumerate()
+    {
+        let entry = &mut mbr[446 + 16 * slot..462 + 16 * slot];
+        entry[4] = kind;
+        entry[8..12].copy_from_slice(&first.to_le_bytes());
+        entry[12..16].copy_from_slice(&count.to_le_bytes());
+    }
+    mbr[510..].copy_from_slice(&[0x55, 0xAA]);
+    fs::write(&image, &mbr).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    // 1 MiB to 17 MiB, and 17 MiB to 49 MiB.
+    mkfs_vfat(&image, 256 * 8, 4096 * 8, "16", "BOOT4K");
+    mkfs_ext4(&image, 17 << 20, 32 << 20, "root4k");
+    let info = inspect_file(&image);
+    let table = info.table.as_ref().expect("MBR");
+    assert_eq!(table.kind, TableKind::Mbr);
+    let (boot, root) = (&table.partitions[0], &table.partitions[1]);
+    assert_eq!((boot.start, boot.size), (1 << 20, 16 << 20));
+    assert_eq!((root.start, root.size), (17 << 20, 32 << 20));
+    let fat = boot.filesystem.as_ref().expect("the FAT at 1 MiB");
+    assert_eq!(
+        (fat.kind, fat.label.as_deref()),
+        (FsKind::Fat16, Some("BOOT4K"))
+    );
+    let ext = root.filesystem.as_ref().expect("the ext4 at 17 MiB");
+    assert_eq!(
+        (ext.kind, ext.label.as_deref()),
+        (FsKind::Ext4, Some("root4k"))
+    );
+    assert_eq!(info.problems.len(), 1, "{:?}", info.problems);
+    assert!(
+        info.problems[0].contains("MBR of 4096-byte sectors")
+            && info.problems[0].contains("not on a stick of 512-byte sectors"),
+        "{:?}",
+        info.problems
+    );
+    // Cut inside its second partition: the end is judged in its sectors.
+    let f = fs::OpenOptions::new().write(true).open(&image).unwrap();
+    f.set_len(40 << 20).unwrap();
+    let info = inspect_file(&image);
+    let table = info.table.as_ref().expect("MBR");
+    assert_eq!(table.partitions[0].start, 1 << 20);
+    assert!(
+        info.problems
+            .iter()
+            .any(|p| p.starts_with("MBR partition 2 ends at byte 51380224")),
+        "{:?}",
+        info.problems
+    );
+    // An MBR of 512-byte sectors whose partitions hold no file system is
+    // left as read (the MBR test above reads one that does).
+    let plain = disk(
+        dir.path(),
+        "mbr512.raw",
+        "label: dos\nstart=256, size=4096, type=83\n",
+    );
+    let info = inspect_file(&plain);
+    let table = info.table.as_ref().expect("MBR");
+    assert_eq!(
+        (table.partitions[0].start, table.partitions[0].size),
+        (256 * 512, 4096 * 512)
+    );
+    assert!(info.problems.is_empty(), "{:?}", info.problems);
+}
+
+#[test]
 fn a_whole_disk_fat_file_system_is_not_mistaken_for_a_partition_table() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("floppy");
