@@ -150,6 +150,34 @@ fn mbr_of_4096_byte_sectors(
     );
 }
 
+/// Partitions that share bytes, each pair in words: a damaged or
+/// hand-made table (a write to one overwrites the other). An extended MBR
+/// partition holds its logical ones by design and is left out (as is the
+/// table of a hybrid ISO, by the caller).
+fn overlaps(table: &PartitionTable) -> Vec<String> {
+    let mut spans: Vec<&Partition> = table
+        .partitions
+        .iter()
+        .filter(|p| !matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85") && p.size > 0)
+        .collect();
+    spans.sort_by_key(|p| (p.start, p.number));
+    let mut found = Vec::new();
+    for (i, a) in spans.iter().enumerate() {
+        let a_end = a.start.saturating_add(a.size);
+        for b in spans[i + 1..].iter().take_while(|b| b.start < a_end) {
+            let (first, second) = if a.number < b.number { (a, b) } else { (b, a) };
+            found.push(format!(
+                "partitions {} and {} overlap (bytes {} to {}): a write to one overwrites the other",
+                first.number,
+                second.number,
+                b.start,
+                a_end.min(b.start.saturating_add(b.size)),
+            ));
+        }
+    }
+    found
+}
+
 /// Inspects an image: its partition table, file systems, ISO structure and OS.
 ///
 /// Reads at most a few hundred KiB at known offsets (and the directories it
@@ -190,6 +218,11 @@ pub fn inspect(image: &dyn ReadAt) -> ImageInfo {
     }
     if let Some(t) = &mut table {
         mbr_of_4096_byte_sectors(image, t, &mut problems);
+        // A hybrid ISO's MBR overlaps by design: a partition over the
+        // whole ISO, and its EFI image's inside it.
+        if iso.is_none() {
+            problems.extend(overlaps(t));
+        }
     }
     let mut whole_fs = whole_fs;
     if let (Some(fs), Some(iso)) = (&mut whole_fs, &iso) {

@@ -431,6 +431,52 @@ fn an_mbr_of_4096_byte_sectors_is_read_in_them_and_said_to_need_such_a_disk() {
 }
 
 #[test]
+fn overlapping_partitions_are_a_problem_named_by_their_numbers() {
+    // sfdisk refuses to write overlapping partitions: a table made by hand
+    // (or damaged) is written here, with one partition inside another.
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("overlap.raw");
+    let mut mbr = vec![0u8; 512];
+    for (slot, (first, count)) in [(2048u32, 8192u32), (6144, 8192), (20480, 2048)]
+        .into_iter()
+        .enumerate()
+    {
+        let entry = &mut mbr[446 + 16 * slot..462 + 16 * slot];
+        entry[4] = 0x83;
+        entry[8..12].copy_from_slice(&first.to_le_bytes());
+        entry[12..16].copy_from_slice(&count.to_le_bytes());
+    }
+    mbr[510..].copy_from_slice(&[0x55, 0xAA]);
+    fs::write(&image, &mbr).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let info = inspect_file(&image);
+    assert_eq!(info.table_kind(), Some(TableKind::Mbr));
+    assert_eq!(
+        info.problems,
+        ["partitions 1 and 2 overlap (bytes 3145728 to 5242880): a write to one overwrites the other"]
+    );
+    // The same table in a hybrid ISO (an ISO 9660 volume descriptor at
+    // 32 KiB) is not flagged: a hybrid ISO's MBR overlaps by design (a
+    // partition over the whole ISO, its EFI image's inside it).
+    let file = fs::OpenOptions::new().write(true).open(&image).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(b"\x01CD001\x01", 32768).unwrap();
+    file.write_all_at(b"\xffCD001\x01", 34816).unwrap();
+    let info = inspect_file(&image);
+    assert!(info.iso.is_some(), "{info:?}");
+    assert!(
+        !info.problems.iter().any(|p| p.contains("overlap")),
+        "{:?}",
+        info.problems
+    );
+}
+
+#[test]
 fn a_whole_disk_fat_file_system_is_not_mistaken_for_a_partition_table() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("floppy");
