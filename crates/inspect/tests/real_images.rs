@@ -347,34 +347,37 @@ fn an_mbr_disk_with_fat16_and_ext4_is_read_with_the_active_flag() {
     );
 }
 
-#[test]
-fn an_mbr_of_4096_byte_sectors_is_read_in_them_and_said_to_need_such_a_disk() {
-    // The image of a disk of 4096-byte sectors (as a capture of one gives):
-    // its MBR's entries count in them, which the MBR does not say. Read in
-    // 512-byte sectors it pointed at no file system; its file systems show
-    // where its sectors are.
-    // (sfdisk converts a script's sectors to a file's 512-byte ones: the
-    // entries are written here.)
-    let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("mbr4k.raw");
+/// An image of `len` bytes whose MBR holds `entries` (type, first sector,
+/// sectors) as given: tables sfdisk will not write (sectors of another
+/// size, overlapping partitions).
+fn mbr_by_hand(image: &Path, entries: &[(u8, u32, u32)], len: u64) {
     let mut mbr = vec![0u8; 512];
-    for (slot, (kind, first, count)) in [(0x0eu8, 256u32, 4096u32), (0x83, 4352, 8192)]
-        .into_iter()
-        .enumerate()
-    {
+    for (slot, &(kind, first, count)) in entries.iter().enumerate() {
         let entry = &mut mbr[446 + 16 * slot..462 + 16 * slot];
         entry[4] = kind;
         entry[8..12].copy_from_slice(&first.to_le_bytes());
         entry[12..16].copy_from_slice(&count.to_le_bytes());
     }
     mbr[510..].copy_from_slice(&[0x55, 0xAA]);
-    fs::write(&image, &mbr).unwrap();
+    fs::write(image, &mbr).unwrap();
     fs::OpenOptions::new()
         .write(true)
-        .open(&image)
+        .open(image)
         .unwrap()
-        .set_len(64 << 20)
+        .set_len(len)
         .unwrap();
+}
+
+#[test]
+fn an_mbr_of_4096_byte_sectors_is_read_in_them_and_said_to_need_such_a_disk() {
+    // The image of a disk of 4096-byte sectors (as a capture of one gives):
+    // its MBR's entries count in them, which the MBR does not say. Read in
+    // 512-byte sectors it pointed at no file system; its file systems show
+    // where its sectors are.
+    // (sfdisk converts a script's sectors to a file's 512-byte ones.)
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("mbr4k.raw");
+    mbr_by_hand(&image, &[(0x0e, 256, 4096), (0x83, 4352, 8192)], 64 << 20);
     // 1 MiB to 17 MiB, and 17 MiB to 49 MiB.
     mkfs_vfat(&image, 256 * 8, 4096 * 8, "16", "BOOT4K");
     mkfs_ext4(&image, 17 << 20, 32 << 20, "root4k");
@@ -436,24 +439,11 @@ fn overlapping_partitions_are_a_problem_named_by_their_numbers() {
     // (or damaged) is written here, with one partition inside another.
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("overlap.raw");
-    let mut mbr = vec![0u8; 512];
-    for (slot, (first, count)) in [(2048u32, 8192u32), (6144, 8192), (20480, 2048)]
-        .into_iter()
-        .enumerate()
-    {
-        let entry = &mut mbr[446 + 16 * slot..462 + 16 * slot];
-        entry[4] = 0x83;
-        entry[8..12].copy_from_slice(&first.to_le_bytes());
-        entry[12..16].copy_from_slice(&count.to_le_bytes());
-    }
-    mbr[510..].copy_from_slice(&[0x55, 0xAA]);
-    fs::write(&image, &mbr).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&image)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    mbr_by_hand(
+        &image,
+        &[(0x83, 2048, 8192), (0x83, 6144, 8192), (0x83, 20480, 2048)],
+        16 << 20,
+    );
     let info = inspect_file(&image);
     assert_eq!(info.table_kind(), Some(TableKind::Mbr));
     assert_eq!(
