@@ -255,7 +255,7 @@ pub fn map_words(map: &StoredMap) -> String {
         MapOrigin::Bmap { file, version, .. } => {
             format!("bmap {version} ({file})")
         }
-        MapOrigin::Generated { sources } => {
+        MapOrigin::Generated { sources, .. } => {
             format!("generated from {}", sources.join("; "))
         }
     };

@@ -532,7 +532,7 @@ fn a_capture_gets_a_block_map_from_its_file_systems_and_says_where_it_came_from(
         panic!("no map generated: {}", captured.map.summary());
     };
     assert!(
-        matches!(&map.origin, MapOrigin::Generated { sources } if sources.iter().any(|s| s.contains("ext4"))),
+        matches!(&map.origin, MapOrigin::Generated { sources, .. } if sources.iter().any(|s| s.contains("ext4"))),
         "{:?}",
         map.origin
     );

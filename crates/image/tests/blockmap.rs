@@ -160,7 +160,7 @@ fn a_map_is_generated_from_an_ext4_image_and_none_from_a_broken_one() {
     let image = cache.import(&path, ImportOptions::default()).unwrap().image;
     let map = cache.generate_map(&image).unwrap();
     assert!(
-        matches!(&map.origin, MapOrigin::Generated { sources } if sources[0].starts_with("ext4 at the image's start"))
+        matches!(&map.origin, MapOrigin::Generated { sources, .. } if sources[0].starts_with("ext4 at the image's start"))
     );
     assert!(map.ranges.mapped_bytes() > 2 << 20);
     // Its metadata (journal, inode tables) and the file: well under half.
@@ -589,5 +589,79 @@ fn an_image_whose_table_is_broken_is_imported_and_gets_a_reason_instead_of_a_map
         // written whole.
         assert!(cache.get(&image.sha256()).unwrap().is_some(), "{name}");
         assert_eq!(cache.block_map(&image.sha256()).unwrap(), None, "{name}");
+    }
+}
+
+#[test]
+fn a_map_generated_by_older_rules_is_generated_again_when_read() {
+    // A 32 MiB ext4 in a 48 MiB image with data 5 MiB past its end: the
+    // rules of version 1 mapped only the file system's allocation, and a
+    // sparse run left that data off the stick. A map kept by them (here
+    // written as they left it: no `rules`, the tail unmapped) is not used:
+    // reading it generates it again, tail included.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tail.img");
+    fs::File::create(&path).unwrap().set_len(48 << 20).unwrap();
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&path)
+        .arg("32768k")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[37 << 20..38 << 20].fill(0x5a);
+    fs::write(&path, &bytes).unwrap();
+    let cache = ImageCache::open(dir.path().join("cache")).unwrap();
+    let image = cache.import(&path, ImportOptions::default()).unwrap().image;
+    let map = cache.generate_map(&image).unwrap();
+    let tail = [(32u64 << 20, 16u64 << 20)];
+    let covers_tail = |ranges: &flashrack_core::DataRanges| {
+        ranges
+            .ranges()
+            .iter()
+            .any(|&(o, l)| o <= tail[0].0 && o + l >= tail[0].0 + tail[0].1)
+    };
+    assert!(covers_tail(&map.ranges), "{}", map.summary());
+
+    let cache_dir = dir.path().join("cache");
+    let kept = walk(&cache_dir)
+        .into_iter()
+        .find(|p| p.ends_with(".bmap.json"))
+        .map(|p| cache_dir.join(p))
+        .expect("the kept map");
+    let old = flashrack_image::StoredMap {
+        origin: MapOrigin::Generated {
+            sources: vec!["ext4 at the image's start: by the old rules".into()],
+            rules: 0,
+        },
+        ranges: flashrack_core::DataRanges::new(48 << 20, [(0, 32 << 20)]).unwrap(),
+    };
+    let mut json = serde_json::to_value(&old).unwrap();
+    remove_key(&mut json, "rules");
+    fs::write(&kept, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let read = cache.block_map(&image.sha256()).unwrap().expect("a map");
+    assert!(covers_tail(&read.ranges), "{}", read.summary());
+    assert!(
+        matches!(&read.origin, MapOrigin::Generated { rules, .. } if *rules == flashrack_inspect::alloc::ALLOCATION_RULES)
+    );
+    // And kept so: read again, the same map without generating it.
+    assert_eq!(cache.block_map(&image.sha256()).unwrap(), Some(read));
+}
+
+/// Removes every `key` in a JSON value.
+fn remove_key(value: &mut serde_json::Value, key: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove(key);
+            map.values_mut().for_each(|v| remove_key(v, key));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| remove_key(v, key)),
+        _ => {}
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! [`allocation_map`] answers the byte ranges a sparse write must carry:
 //! everything outside the file systems it can read (partition tables, boot
-//! code, gaps, partitions of other kinds) and, inside each ext2/3/4, FAT,
+//! code, gaps, partitions of other kinds, what lies past a file system's own
+//! end in its partition or image) and, inside each ext2/3/4, FAT,
 //! NTFS or exFAT file system, its metadata (always, whatever its bitmap says)
 //! and the blocks or clusters it has allocated.
 //! Free blocks are left out because the file system says they are free,
@@ -30,6 +31,12 @@ use crate::read::ReadAt;
 /// The granularity of the map: ranges are widened to whole 4 KiB blocks of
 /// the image (what a sparse write writes and a device reads at least).
 pub const MAP_BLOCK: u64 = 4096;
+
+/// The version of the rules [`allocation_map`] follows: a map kept by older
+/// rules is generated again. Version 2 maps what lies past a file system's
+/// own end in its partition or image (version 1 left it out for ext2/3/4
+/// and FAT, and a sparse write left data there off the stick).
+pub const ALLOCATION_RULES: u32 = 2;
 
 /// Why no map can be made from an image's file systems.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,6 +189,10 @@ pub fn allocation_map(image: &dyn ReadAt, info: &ImageInfo) -> Result<Allocation
             _ => fat_allocation(&region, &mut ranges),
         }
         .map_err(broken)?;
+        // What lies past the file system's own end, in its partition (or
+        // the image, for a file system at its start): not the file
+        // system's, so not known to be free (data may be there).
+        ranges.add(start + used.1, len - used.1);
         sources.push(format!(
             "{kind} {place}: {} of {} bytes in use",
             used.0, used.1

@@ -1276,3 +1276,44 @@ fn an_ntfs_whose_bitmap_has_an_attribute_list_is_mapped_through_it() {
         assert!(error.to_string().contains(expected), "{expected}: {error}");
     }
 }
+
+#[test]
+fn what_lies_past_a_file_systems_end_in_its_image_is_mapped() {
+    // A file system at the image's start smaller than the image (an image
+    // grown after its file system was made, or with data put after it): the
+    // bytes past the file system's own end are not its free blocks, and
+    // data there must reach the stick. Before, only the file system's
+    // allocation was mapped, and a sparse run left that data off the stick
+    // and still passed.
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, image_len, fs_len) in [("ext4", 48 * MIB, 32 * MIB), ("fat16", 32 * MIB, 20 * MIB)] {
+        let path = dir.path().join(format!("{kind}-tail.img"));
+        fs::File::create(&path).unwrap().set_len(image_len).unwrap();
+        let blocks_of_1k = (fs_len / 1024).to_string();
+        match kind {
+            "ext4" => run(Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&path)
+                .arg(format!("{}k", fs_len / 1024))),
+            _ => run(Command::new("mkfs.vfat")
+                .args(["-F", "16"])
+                .arg(&path)
+                .arg(&blocks_of_1k)),
+        };
+        let mut bytes = fs::read(&path).unwrap();
+        let at = (fs_len + 5 * MIB) as usize;
+        bytes[at..at + 2 * MIB as usize].copy_from_slice(&data(2 * MIB as usize, 9));
+        let map = map_of(&bytes);
+        assert_eq!(
+            window(&map, fs_len, image_len - fs_len),
+            [(0, image_len - fs_len)],
+            "{kind}: {:?}",
+            map.sources
+        );
+        let stick = sparse_copy(&bytes, &map);
+        assert!(
+            stick[fs_len as usize..] == bytes[fs_len as usize..],
+            "{kind}"
+        );
+    }
+}
