@@ -269,16 +269,30 @@ pub fn map_words(map: &StoredMap) -> String {
 }
 
 /// The bmap file bmaptool's conventions put beside an image file:
-/// `IMAGE.bmap`, or the name with one extension after another replaced by
-/// `.bmap` (`disk.img.xz` → `disk.img.bmap`, `disk.bmap`).
+/// `IMAGE.bmap`, or `.bmap` after the name with one extension after another
+/// taken off (`disk.img.xz` → `disk.img.xz.bmap`, `disk.img.bmap`,
+/// `disk.bmap`), the first that is a regular file. One of those names that
+/// is something else (a FIFO, a device, a directory) is not read (a FIFO
+/// would hold the import until someone writes to it) and is warned of.
 pub fn bmap_beside(file: &Path) -> Option<PathBuf> {
-    let mut candidates = vec![PathBuf::from(format!("{}.bmap", file.display()))];
     let mut stem = file.to_path_buf();
-    while stem.extension().is_some() {
+    loop {
+        let mut name = stem.clone().into_os_string();
+        name.push(".bmap");
+        let candidate = PathBuf::from(name);
+        match std::fs::metadata(&candidate) {
+            Ok(meta) if meta.is_file() => return Some(candidate),
+            Ok(_) => tracing::warn!(
+                bmap = %candidate.display(),
+                "a bmap beside the image that is not a regular file: not read"
+            ),
+            Err(_) => {}
+        }
+        if stem.extension().is_none() {
+            return None;
+        }
         stem = stem.with_extension("");
-        candidates.push(stem.with_extension("bmap"));
     }
-    candidates.into_iter().find(|c| c.is_file())
 }
 
 /// Gives an imported image its block map: the bmap file `bmap` (refused
@@ -346,4 +360,40 @@ pub fn sparse_map(cache: &ImageCache, image: &CachedImage) -> Result<StoredMap, 
         },
         other => other.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bmap_beside;
+
+    #[test]
+    fn the_bmap_beside_a_compressed_image_is_found_by_every_name_bmaptool_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img.xz");
+        std::fs::write(&image, b"xz").unwrap();
+        assert_eq!(bmap_beside(&image), None);
+        // Each name, alone, is found; with several, the most specific.
+        for name in ["disk.bmap", "disk.img.bmap", "disk.img.xz.bmap"] {
+            std::fs::write(dir.path().join(name), b"<bmap").unwrap();
+            assert_eq!(bmap_beside(&image), Some(dir.path().join(name)), "{name}");
+        }
+        for name in ["disk.img.xz.bmap", "disk.img.bmap"] {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        assert_eq!(bmap_beside(&image), Some(dir.path().join("disk.bmap")));
+        // A FIFO under the most specific name is not read (it would hold
+        // the import): the next name is used.
+        let fifo = dir.path().join("disk.img.xz.bmap");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(bmap_beside(&image), Some(dir.path().join("disk.bmap")));
+        // A raw image: IMAGE.bmap, then the stem's.
+        let raw = dir.path().join("disk.img");
+        assert_eq!(bmap_beside(&raw), Some(dir.path().join("disk.bmap")));
+        std::fs::write(dir.path().join("disk.img.bmap"), b"<bmap").unwrap();
+        assert_eq!(bmap_beside(&raw), Some(dir.path().join("disk.img.bmap")));
+    }
 }

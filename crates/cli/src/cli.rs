@@ -582,8 +582,9 @@ pub struct FlashArgs {
     /// Sparse run: write only the ranges of the image's block map and read
     /// back exactly those (the rest of each stick is left as it was and not
     /// checked; the summary and the records say how much). The map is the
-    /// one given with --bmap, found beside the image (IMAGE.bmap), kept in
-    /// the cache, or generated from the image's ext2/3/4 and FAT file
+    /// one given with --bmap, found beside the image (IMAGE.bmap, or
+    /// disk.img.bmap, disk.bmap beside disk.img.xz), kept in the cache, or
+    /// generated from the image's ext2/3/4, FAT, NTFS and exFAT file
     /// systems.
     #[arg(long)]
     pub sparse: bool,
