@@ -288,9 +288,7 @@ pub fn bmap_beside(file: &Path) -> Option<PathBuf> {
             ),
             Err(_) => {}
         }
-        if stem.extension().is_none() {
-            return None;
-        }
+        stem.extension()?;
         stem = stem.with_extension("");
     }
 }
