@@ -627,12 +627,19 @@ impl AttemptFigures {
     /// report uses for a pass: `pass` (every byte read back and checked),
     /// `sampled (5 %)`, `audit pass` (read back without writing), `written,
     /// not verified`, `sparse (15.2 % checked)` (the block map's ranges
-    /// written and read back, the rest of the image neither). A weaker proof
+    /// written and read back, the rest of the image neither), `sparse,
+    /// sampled (5 %)` (a sample of those ranges read back). A weaker proof
     /// is never a plain `pass`.
     pub fn pass_words(&self) -> String {
+        // A sample of a sparse run's ranges says both.
+        let sparse = if self.bytes_skipped > 0 {
+            "sparse, "
+        } else {
+            ""
+        };
         match (self.verify_method, &self.sample) {
-            (Some(VerifyMethod::Sampled), Some(sample)) => sample.words(),
-            (Some(VerifyMethod::Sampled), None) => "sampled".into(),
+            (Some(VerifyMethod::Sampled), Some(sample)) => format!("{sparse}{}", sample.words()),
+            (Some(VerifyMethod::Sampled), None) => format!("{sparse}sampled"),
             (Some(VerifyMethod::Audit), _) => "audit pass".into(),
             (Some(VerifyMethod::None), _) => "written, not verified".into(),
             _ if self.bytes_skipped > 0 => {
@@ -967,6 +974,13 @@ mod tests {
             ..sparse
         };
         assert_eq!(almost.pass_words(), "sparse (99.99 % checked)");
+        // A sample of a sparse run's ranges says both (before: "sampled
+        // (5 %)", the map's skipped bytes said nowhere in the words).
+        let sparse_sample = AttemptFigures {
+            bytes_skipped: 55_021_568,
+            ..sampled
+        };
+        assert_eq!(sparse_sample.pass_words(), "sparse, sampled (5 %)");
     }
 
     #[test]

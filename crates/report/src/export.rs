@@ -195,9 +195,15 @@ pub(crate) fn options_words(options: &serde_json::Value) -> String {
     if options.get("audit").and_then(|v| v.as_bool()) == Some(true) {
         words.push("audit: nothing written, each stick read back and compared".to_string());
     }
+    // A sampled read-back reads its chunks, not every byte: said below.
+    let every = if options.get("sample").is_some_and(|v| !v.is_null()) {
+        "the sampled chunks"
+    } else {
+        "every byte"
+    };
     match options.get("verify").and_then(|v| v.as_str()) {
-        Some("compare") => words.push("verify by comparing every byte read back".to_string()),
-        Some("hash") => words.push("verify by hashing every byte read back (sha256)".to_string()),
+        Some("compare") => words.push(format!("verify by comparing {every} read back")),
+        Some("hash") => words.push(format!("verify by hashing {every} read back (sha256)")),
         Some("none") => words.push("no verification (written only)".to_string()),
         Some(other) => words.push(format!("verify: {other}")),
         None => {}
@@ -338,5 +344,23 @@ mod tests {
         keys.sort_unstable();
         fields.sort_unstable();
         assert_eq!(keys, fields);
+    }
+
+    #[test]
+    fn a_sampled_runs_options_never_claim_every_byte() {
+        let sampled = options_words(&serde_json::json!({
+            "verify": "compare", "sample": 5.0, "sparse": true
+        }));
+        assert!(!sampled.contains("comparing every byte"), "{sampled}");
+        assert!(
+            sampled.starts_with("verify by comparing the sampled chunks read back;"),
+            "{sampled}"
+        );
+        assert!(sampled.contains("sparse:"), "{sampled}");
+        let full = options_words(&serde_json::json!({ "verify": "hash", "sample": null }));
+        assert!(
+            full.starts_with("verify by hashing every byte read back"),
+            "{full}"
+        );
     }
 }

@@ -31,7 +31,8 @@ const REFERENCE_SHA256_DIGITS: usize = 16;
 /// `verdict=sampled&sample=5` for a sampled verify of 5 % of the chunks,
 /// `verdict=audit_pass` for an audit, `verdict=unverified` for a stick written
 /// and not read back, `verdict=sparse` for a sparse run's pass (its block
-/// map's ranges written and read back, the rest of the image neither). Text that is not a letter, a digit or one of `-._~` is
+/// map's ranges written and read back, the rest of the image neither),
+/// `verdict=sparse_sampled&sample=5` for a sample of those ranges. Text that is not a letter, a digit or one of `-._~` is
 /// percent-encoded (UTF-8). `None` for a row without an attempt (a refusal
 /// before any attempt is no stick's record).
 pub fn record_reference(row: &ReportRow) -> Option<String> {
@@ -59,11 +60,17 @@ pub fn record_reference(row: &ReportRow) -> Option<String> {
 /// What a pass proved, as a reference's `verdict` (and `sample`) value.
 fn pass_token(figures: &flashrack_core::AttemptFigures) -> String {
     use flashrack_core::VerifyMethod;
+    let sparse = if figures.bytes_skipped > 0 {
+        "sparse_"
+    } else {
+        ""
+    };
     match (figures.verify_method, &figures.sample) {
-        (Some(VerifyMethod::Sampled), Some(sample)) => {
-            format!("sampled&sample={}", percent(&trim_percent(sample.percent)))
-        }
-        (Some(VerifyMethod::Sampled), None) => "sampled".into(),
+        (Some(VerifyMethod::Sampled), Some(sample)) => format!(
+            "{sparse}sampled&sample={}",
+            percent(&trim_percent(sample.percent))
+        ),
+        (Some(VerifyMethod::Sampled), None) => format!("{sparse}sampled"),
         (Some(VerifyMethod::Audit), _) => "audit_pass".into(),
         (Some(VerifyMethod::None), _) => "unverified".into(),
         _ if figures.bytes_skipped > 0 => "sparse".into(),
@@ -241,6 +248,12 @@ mod tests {
             ..with(VerifyMethod::Compare, None)
         };
         assert_eq!(pass_token(&sparse), "sparse");
+        // A sample of a sparse run's ranges: both.
+        let sparse_sample = flashrack_core::AttemptFigures {
+            bytes_skipped: 8192,
+            ..with(VerifyMethod::Sampled, sample(5.0))
+        };
+        assert_eq!(pass_token(&sparse_sample), "sparse_sampled&sample=5");
     }
 
     #[test]
