@@ -33,7 +33,9 @@ use flashrack_core::{
 use flashrack_engine::{AttemptOutcome, EngineError, EngineOptions, Fanout, SourceImage};
 use flashrack_guard::GuardPolicy;
 use flashrack_image::CachedImage;
-use flashrack_station::{AttemptStart, Journal, JournalEvent, RunOptions, RunRefusal, RunStart};
+use flashrack_station::{
+    AttemptSoFar, AttemptStart, Journal, JournalEvent, RunOptions, RunRefusal, RunStart,
+};
 use flashrack_target::Target;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -455,6 +457,14 @@ struct Flash {
     /// The bytes each target's write pass had acknowledged, as its progress
     /// last said (an attempt without its own figures is given these).
     written: HashMap<TargetId, u64>,
+    /// The bytes each target's read-back had checked, as its progress last
+    /// said.
+    verified: HashMap<TargetId, u64>,
+    /// The attempts' progress, for the records: a task writes the latest at
+    /// most every [`PROGRESS_EVERY`], so that a flash killed outright (no
+    /// signal handler runs) leaves each attempt's bytes as a lower bound.
+    /// `None` once the attempts are settled.
+    progress: Option<ProgressWriter>,
     /// When each target's write pass began, and when it ended (the stage
     /// after the writing and flushing), for an attempt without figures of
     /// its own.
@@ -469,6 +479,54 @@ struct Flash {
     started: Instant,
     /// To the live view.
     view: mpsc::UnboundedSender<FlashEvent>,
+}
+
+/// How often a flash's progress is written to the records, at most.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// A task that writes the attempts' progress it is sent to the records: the
+/// latest of it (a newer value replaces one not written yet), at most every
+/// [`PROGRESS_EVERY`]. The records keep only the highest counts of a running
+/// attempt, so a write that comes late changes nothing once a verdict is
+/// recorded.
+struct ProgressWriter {
+    latest: tokio::sync::watch::Sender<Vec<AttemptSoFar>>,
+    /// Dropped to end the task (between two writes, at once).
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressWriter {
+    fn start(records: StoreRecords) -> Self {
+        let (latest, mut rx) = tokio::sync::watch::channel(Vec::new());
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => return,
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+                let running = rx.borrow_and_update().clone();
+                if let Err(error) = records.heartbeat(&running).await {
+                    tracing::warn!(%error, "cannot record the attempts' progress");
+                }
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+                }
+            }
+        });
+        ProgressWriter { latest, stop, task }
+    }
+
+    /// Ends the task, once a write it is making is done (the records are
+    /// then the flash's alone to write).
+    async fn finish(self) {
+        drop(self.stop);
+        drop(self.latest);
+        let _ = self.task.await;
+    }
 }
 
 impl Flash {
@@ -487,6 +545,7 @@ impl Flash {
             .zip(&targets.identities)
             .map(|((id, _), (identity, _))| (id.clone(), ByteSize(identity.capacity)))
             .collect();
+        let progress = Some(ProgressWriter::start(records.clone()));
         Flash {
             records,
             attempts,
@@ -495,6 +554,8 @@ impl Flash {
             attempts_made: HashMap::new(),
             stages: HashMap::new(),
             written: HashMap::new(),
+            verified: HashMap::new(),
+            progress,
             write_times: HashMap::new(),
             capacities,
             verdicts: HashMap::new(),
@@ -671,12 +732,19 @@ impl Flash {
                 let _ = self.view.send(FlashEvent::Engine(event));
             }
             EngineEventKind::Progress {
-                stage: Stage::Writing,
+                stage: stage @ (Stage::Writing | Stage::Verifying),
                 done,
                 ..
             } => {
-                let written = self.written.entry(event.target.clone()).or_default();
-                *written = (*written).max(done);
+                let counted = match stage {
+                    Stage::Writing => &mut self.written,
+                    _ => &mut self.verified,
+                };
+                let count = counted.entry(event.target.clone()).or_default();
+                *count = (*count).max(done);
+                if let Some(writer) = &self.progress {
+                    writer.latest.send_replace(self.so_far());
+                }
                 let _ = self.view.send(FlashEvent::Engine(event));
             }
             EngineEventKind::Progress { .. } | EngineEventKind::Resetting => {
@@ -747,6 +815,7 @@ impl Flash {
         // The new attempt starts with nothing of its own written.
         self.stages.remove(&id);
         self.written.remove(&id);
+        self.verified.remove(&id);
         self.write_times.remove(&id);
         tracing::info!(device = %id, %verdict, retry, "writing it again after a failure that may pass");
         self.notice(Notice::Retrying {
@@ -783,11 +852,15 @@ impl Flash {
     }
 
     /// Attempts without a verdict (never started, or abandoned at a safe
-    /// point they never reached) were interrupted.
+    /// point they never reached) were interrupted. The progress writer ends
+    /// first: the verdicts are the last word.
     async fn settle_unfinished(
         &mut self,
         targets: &[(TargetId, Arc<dyn Target>)],
     ) -> Result<(), AppError> {
+        if let Some(writer) = self.progress.take() {
+            writer.finish().await;
+        }
         for (id, _) in targets {
             if !self.verdicts.contains_key(id) {
                 let stage = self.stages.get(id).copied().unwrap_or(Stage::Preparing);
@@ -829,6 +902,19 @@ impl Flash {
             }),
             ..AttemptFigures::default()
         }
+    }
+
+    /// How far each attempt without a verdict has got.
+    fn so_far(&self) -> Vec<AttemptSoFar> {
+        self.attempts
+            .iter()
+            .filter(|(id, _)| !self.verdicts.contains_key(*id))
+            .map(|(id, &attempt_id)| AttemptSoFar {
+                attempt_id,
+                bytes_written: self.written.get(id).copied().unwrap_or(0),
+                bytes_verified: self.verified.get(id).copied().unwrap_or(0),
+            })
+            .collect()
     }
 
     fn notice(&self, notice: Notice) {

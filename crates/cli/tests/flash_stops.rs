@@ -4,6 +4,7 @@
 //! simulated sticks, with the records read back through `flashrack report`.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -439,6 +440,45 @@ fn a_stick_abandoned_mid_write_is_recorded_with_at_least_what_it_wrote() {
         "{recorded:#}"
     );
     assert_no_sim_dirs(&data);
+}
+
+#[test]
+fn a_flash_killed_outright_leaves_the_bytes_it_had_written_in_the_records() {
+    // SIGKILL: no handler runs, nothing is settled. The records hold what
+    // the flash's progress last wrote there (every second while it runs),
+    // and the next command finds the attempt interrupted with at least
+    // that. Before, a killed one-shot flash left 0 bytes written on a stick
+    // it had half overwritten.
+    let dir = tempfile::tempdir().unwrap();
+    let image = image(dir.path(), 16 << 20);
+    let data = dir.path().join("data");
+    let mut child = start(
+        &data,
+        &[
+            "flash",
+            image.to_str().unwrap(),
+            "sim:slow:write=2MB,capacity=64MiB",
+        ],
+    );
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    read_until(&mut lines, &mut seen, |l| l == "sim:slow: writing");
+    // About 5 MB at 2 MB/s, the progress written at least twice meanwhile.
+    std::thread::sleep(Duration::from_millis(2500));
+    signal(&child, Signal::KILL);
+    let out = finish(child);
+    assert_eq!(out.status.signal(), Some(9), "{seen}");
+    let report = run_report(&data, 1);
+    let recorded = attempt(&report, "sim:slow");
+    assert_eq!(recorded["verdict"], "interrupted", "{recorded:#}");
+    assert!(
+        recorded["bytes_written"].as_u64().unwrap() >= 1 << 20,
+        "{recorded:#}"
+    );
+    assert_eq!(
+        recorded["bytes_written_bound"], "lower_bound",
+        "{recorded:#}"
+    );
 }
 
 #[test]
