@@ -233,6 +233,11 @@ impl BmapInput {
         Ok((name, text))
     }
 
+    /// The size of the image the map describes (its `ImageSize`).
+    pub(crate) fn image_size(&self) -> u64 {
+        self.map.image_size
+    }
+
     /// The check an import's pass feeds.
     pub(crate) fn check(&self) -> StreamCheck {
         StreamCheck::new(self.map.clone())

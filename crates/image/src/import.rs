@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashrack_core::{ImageManifest, Sha256Digest};
-use flashrack_inspect::bmap::StreamCheck;
+use flashrack_inspect::bmap::{BmapError, StreamCheck};
 use zip::result::ZipError;
 use zip::ZipArchive;
 
@@ -356,6 +356,18 @@ impl ImageCache {
             None => &mut file,
         };
         // The bmap's check rides on the pass: the raw bytes go past it once.
+        // A raw file's size is the image's, known now: a map of another
+        // size is refused for that (its last range's checksum would fail
+        // first, and say less), before a byte is read.
+        if let (Some(bmap), ImageFormat::Raw) = (&options.bmap, format) {
+            let expected = bmap.image_size();
+            if metadata.len() != expected {
+                return Err(bmap.refused(BmapError::ImageSize {
+                    expected,
+                    actual: metadata.len(),
+                }));
+            }
+        }
         let mut check = options.bmap.as_ref().map(BmapInput::check);
         let decoded = match &mut placement {
             Placement::Copy(temp) => {

@@ -212,6 +212,12 @@ fn a_bmap_given_to_an_import_is_checked_in_its_pass_and_a_lie_keeps_nothing() {
     let mut more = bytes.clone();
     more.extend_from_slice(&[5u8; 8192]);
     fs::write(&longer, &more).unwrap();
+    // The longer image's own map with an `ImageSize` 100 bytes short of it:
+    // its last range (the tail of 5s) ends at the image's end.
+    let short_size = reseal(&bmaptool_create(&longer).replace(
+        "<ImageSize> 1056768 </ImageSize>",
+        "<ImageSize> 1056668 </ImageSize>",
+    ));
 
     // Refused when the map is read, before the image is: the map's own flaws.
     let parse_cases: Vec<(&str, String, Expected)> = vec![
@@ -274,6 +280,22 @@ fn a_bmap_given_to_an_import_is_checked_in_its_pass_and_a_lie_keeps_nothing() {
                 }
             )
         }),
+        // Said as the size it is, not as its last range's checksum (which
+        // fails too: it is taken over the map's size).
+        (
+            "a map whose last range ends short of the image",
+            &longer,
+            short_size,
+            |e| {
+                matches!(
+                    e,
+                    BmapError::ImageSize {
+                        expected: 1_056_668,
+                        actual: 1_056_768
+                    }
+                )
+            },
+        ),
     ];
     for (name, input, text, expected) in pass_cases {
         let bmap = flashrack_image::BmapInput::parse("disk.bmap", &text).unwrap();
