@@ -23,7 +23,32 @@ use crate::cli::FlashArgs;
 ///
 /// With `audit`, nothing is written (`flashrack verify`): each target is read
 /// back and compared with the image.
+///
+/// With `--json`, stdout is one JSON object whatever happens: the summary
+/// (with `error` when the flash failed), or, for a failure before any
+/// target's attempt was recorded (a file that cannot be read or decoded, a
+/// bad argument), `{"error": "...", "targets": []}`.
 pub async fn run(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCode> {
+    let json = args.json;
+    let result = run_flash(data_dir, args, audit).await;
+    if let (Err(error), true) = (&result, json) {
+        if !SUMMARY_PRINTED.load(std::sync::atomic::Ordering::Relaxed) {
+            let failure = serde_json::json!({
+                "error": format!("{error:#}"),
+                "targets": [],
+            });
+            // Nobody reading stdout changes nothing: the error is on
+            // stderr and in the exit status.
+            let _ = outln!("{}", serde_json::to_string_pretty(&failure)?);
+        }
+    }
+    result
+}
+
+/// Whether a summary was printed (`--json`: its object is stdout's only one).
+static SUMMARY_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+async fn run_flash(data_dir: &Path, args: FlashArgs, audit: bool) -> Result<ExitCode> {
     let expected = args
         .sha256
         .as_deref()
@@ -232,6 +257,7 @@ fn with_unfinished(
 /// or as the table. A summary nobody reads (`| head -3`) changes nothing of
 /// what happened: the exit status still says it.
 fn print_summary(summary: &Summary, error: Option<&str>, args: &FlashArgs) -> Result<()> {
+    SUMMARY_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
     let printed = if args.json {
         let mut json = serde_json::to_value(summary)?;
         if let Some(error) = error {

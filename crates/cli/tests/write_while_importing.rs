@@ -238,6 +238,26 @@ fn a_good_xz_file_is_written_while_imported_and_a_truncated_one_leaves_nothing()
     assert!(stderr.contains("corrupt xz data"), "{stderr}");
     assert!(cached_images(&other.path().join("data")).is_empty());
     assert!(!b.exists(), "nothing was written");
+    // With --json, stdout is still one JSON object: the error, no target
+    // (before, it was empty, and a script had only stderr's words).
+    let failure: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", text(&out.stdout)));
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt xz data"),
+        "{failure}"
+    );
+    assert_eq!(failure["targets"], serde_json::json!([]), "{failure}");
+    // So for a file that is not there, and a directory.
+    for image in [other.path().join("missing.img"), other.path().to_path_buf()] {
+        let out = flash(&other.path().join("data"), &image, &[&b], &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let failure: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", text(&out.stdout)));
+        assert!(failure["error"].is_string(), "{failure}");
+    }
 }
 
 /// `text` without the terminal's colour codes a log may carry.
