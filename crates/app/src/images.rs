@@ -176,6 +176,19 @@ pub fn resolve_image(
     if path.exists() {
         return Ok(import_in_place(cache, path, expected, max_size)?.image);
     }
+    // A symbolic link that leads nowhere (dangling, or a loop): the file
+    // was meant, and why it cannot be opened is the answer, not the cache's.
+    if path.symlink_metadata().is_ok() {
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(AppError::Import {
+                name: name.to_string(),
+                source: Box::new(flashrack_image::ImageError::ReadInput {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            });
+        }
+    }
     let image = cache.find(name).map_err(|source| AppError::UnknownImage {
         name: name.to_string(),
         source: Box::new(source),
@@ -362,7 +375,30 @@ pub fn sparse_map(cache: &ImageCache, image: &CachedImage) -> Result<StoredMap, 
 
 #[cfg(test)]
 mod tests {
-    use super::bmap_beside;
+    use super::{bmap_beside, open_cache, resolve_image};
+
+    #[test]
+    fn a_link_that_leads_nowhere_says_why_it_cannot_be_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open_cache(&dir.path().join("data")).unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        let dangling = dir.path().join("dangling.img");
+        std::os::unix::fs::symlink(dir.path().join("gone.img"), &dangling).unwrap();
+        for (link, why) in [(&a, "symbolic links"), (&dangling, "No such file")] {
+            let error = resolve_image(
+                &cache,
+                link.to_str().unwrap(),
+                None,
+                flashrack_core::ByteSize(1 << 40),
+            )
+            .unwrap_err();
+            let words = crate::downloads::error_chain(&error);
+            assert!(words.starts_with("cannot import"), "{words}");
+            assert!(words.contains(why), "{words}");
+        }
+    }
 
     #[test]
     fn the_bmap_beside_a_compressed_image_is_found_by_every_name_bmaptool_uses() {

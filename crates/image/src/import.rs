@@ -1565,7 +1565,17 @@ pub(crate) fn input_error(path: &Path, format: ImageFormat, error: io::Error) ->
         InputError::Corrupt(reason) => ImageError::Corrupt {
             path: path.to_path_buf(),
             format,
-            reason,
+            reason: match format {
+                // A damaged header, or bytes after the last member that
+                // are not another (which `gzip -d` ignores with a warning;
+                // refused here, where what was downloaded or copied is not
+                // known to be whole): the decoder says the same of both.
+                ImageFormat::Gzip if reason == "invalid gzip header" => format!(
+                    "{reason} (a damaged file, or data after the end of its last member \
+                     that is not another member)"
+                ),
+                _ => reason,
+            },
         },
     }
 }

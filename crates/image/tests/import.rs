@@ -295,6 +295,15 @@ fn a_damaged_header_is_rejected() {
     let mut gz = gzip(b"hello");
     gz[2] = 0x63; // The compression method must be 8 (deflate).
     assert_rejected_as_corrupt(&gz, ImageFormat::Gzip, "with a bad header");
+    // Bytes after the last member that are not another one (`gzip -d`
+    // ignores them with a warning): refused, and said so.
+    let mut trailing = gzip(b"hello");
+    trailing.extend_from_slice(b"garbage after the member");
+    let message = assert_rejected_as_corrupt(&trailing, ImageFormat::Gzip, "with trailing data");
+    assert!(
+        message.contains("data after the end of its last member"),
+        "{message}"
+    );
     let mut bz = bzip2(b"hello");
     bz[4] = b'X'; // Block magic.
     assert_rejected_as_corrupt(&bz, ImageFormat::Bzip2, "with a bad header");

@@ -143,7 +143,9 @@ impl BlockMap {
         let blocks_count = number("BlocksCount")?;
         let mapped_count = number("MappedBlocksCount")?;
         if block_size == 0 || !block_size.is_power_of_two() {
-            return Err(BmapError::Malformed(format!("block size {block_size}")));
+            return Err(BmapError::Malformed(format!(
+                "block size {block_size} (a block size is a power of two)"
+            )));
         }
         if blocks_count != image_size.div_ceil(block_size) {
             return Err(BmapError::Malformed(format!(

@@ -143,8 +143,8 @@ fn a_map_whose_block_size_disagrees_with_its_counts_is_refused() {
     // Resealed, so that only the numbers are wrong.
     for (size, reason) in [
         ("8192", "256 blocks of 8192 bytes cannot hold 1048576 bytes"),
-        ("3000", "block size 3000"),
-        ("0", "block size 0"),
+        ("3000", "block size 3000 (a block size is a power of two)"),
+        ("0", "block size 0 (a block size is a power of two)"),
     ] {
         let forged = reseal(&text.replace(
             "<BlockSize> 4096 </BlockSize>",
