@@ -131,6 +131,26 @@ impl BlockMap {
         if major != "1" && major != "2" {
             return Err(BmapError::Version(version.to_string()));
         }
+        // Each of its elements once: a second <BlockSize> (say) is a map
+        // that says two things, and bmaptool refuses it too.
+        for tag in [
+            "ImageSize",
+            "BlockSize",
+            "BlocksCount",
+            "MappedBlocksCount",
+            "ChecksumType",
+            "BmapFileChecksum",
+            "BmapFileSHA1",
+            "BlockMap",
+        ] {
+            let opened = body.matches(&format!("<{tag}>")).count()
+                + body.matches(&format!("<{tag} ")).count();
+            if opened > 1 {
+                return Err(BmapError::Malformed(format!(
+                    "<{tag}> given {opened} times"
+                )));
+            }
+        }
         let number = |tag: &str| -> Result<u64, BmapError> {
             let text = element_text(&body, tag)
                 .ok_or_else(|| BmapError::Malformed(format!("no <{tag}>")))?;
@@ -161,6 +181,22 @@ impl BlockMap {
             None if major == "1" => Some(ChecksumKind::Sha1),
             None => None,
         };
+        // From format 1.3 on a map carries its own checksum (BmapFileSHA1,
+        // then BmapFileChecksum): one without it has lost what ties it
+        // together, as bmaptool holds.
+        let minor: u32 = version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.trim().parse().ok())
+            .unwrap_or(0);
+        if (major == "2" || minor >= 3)
+            && element_text(text, "BmapFileChecksum").is_none()
+            && element_text(text, "BmapFileSHA1").is_none()
+        {
+            return Err(BmapError::Malformed(format!(
+                "no <BmapFileChecksum>: a map of format {version} carries its own checksum"
+            )));
+        }
         // The file's own checksum, computed with its value replaced by zeros.
         for (tag, kind) in [
             ("BmapFileChecksum", checksum.unwrap_or(ChecksumKind::Sha256)),

@@ -156,6 +156,25 @@ fn a_map_whose_block_size_disagrees_with_its_counts_is_refused() {
             "{size}"
         );
     }
+    // A second <BlockSize> (bmaptool refuses it; the first was used).
+    let twice = reseal(&text.replace(
+        "<BlockSize> 4096 </BlockSize>",
+        "<BlockSize> 4096 </BlockSize>\n    <BlockSize> 512 </BlockSize>",
+    ));
+    assert_eq!(
+        BlockMap::parse(&twice),
+        Err(BmapError::Malformed("<BlockSize> given 2 times".into()))
+    );
+    // A map of format 2.0 without its own checksum: refused (a 1.0 map has
+    // none to carry).
+    let start = text.find("<BmapFileChecksum>").unwrap();
+    let end = text.find("</BmapFileChecksum>").unwrap() + "</BmapFileChecksum>".len();
+    let unsealed = format!("{}{}", &text[..start], &text[end..]);
+    assert!(matches!(
+        BlockMap::parse(&unsealed),
+        Err(BmapError::Malformed(m)) if m.contains("no <BmapFileChecksum>")
+    ));
+    assert!(BlockMap::parse(&unsealed.replace("version=\"2.0\"", "version=\"1.0\"")).is_ok());
     // Not XML at all, and a map cut short.
     assert!(matches!(
         BlockMap::parse("ceci n'est pas une bmap"),
