@@ -232,11 +232,12 @@ pub async fn flash(
             refusal,
         });
     }
-    let sparse = match request.sparse {
-        true => Some(Arc::new(
-            crate::images::sparse_map(&open_cache(data_dir)?, &image)?.ranges,
-        )),
-        false => None,
+    let (sparse, sparse_map) = match request.sparse {
+        true => {
+            let map = crate::images::sparse_map(&open_cache(data_dir)?, &image)?;
+            (Some(Arc::new(map.ranges.clone())), Some(map.source()))
+        }
+        false => (None, None),
     };
     let manifest = image.manifest.clone();
     let policy = guard_policy(&request, data_dir, None)?;
@@ -291,6 +292,7 @@ pub async fn flash(
                 target_count: None,
                 force_raw: request.force_raw,
                 sparse: request.sparse,
+                sparse_map,
                 sample: request.sample,
                 audit: request.audit,
                 retries: request.retries,

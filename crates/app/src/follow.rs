@@ -193,8 +193,10 @@ impl FollowService {
         let head = observer.head();
         // The list's id of the run's download (a file's import is not listed).
         let mut listed = None;
-        // A sparse run's ranges, from the bmap that comes with the image.
+        // A sparse run's ranges, from the bmap that comes with the image,
+        // and where the map came from, in words.
         let mut sparse = None;
+        let mut sparse_map = None;
         // The URL or file, and the image's name until it is known, as the
         // claim shows them.
         let (label, name) = request.source.describe();
@@ -210,6 +212,7 @@ impl FollowService {
                     true => {
                         let input = self.url_block_map(&body).await?;
                         sparse = Some(Arc::new(input.ranges().map_err(image_error)?));
+                        sparse_map = Some(input.source());
                         Some(input)
                     }
                     false => None,
@@ -248,6 +251,7 @@ impl FollowService {
                 };
                 if let Some(input) = &bmap {
                     sparse = Some(Arc::new(input.ranges().map_err(image_error)?));
+                    sparse_map = Some(input.source());
                 }
                 let options = ImportOptions {
                     bmap,
@@ -309,7 +313,10 @@ impl FollowService {
             }
         }
         let provisional = provisional_digest(&label);
-        let options = request.options;
+        let options = flashrack_station::RunOptions {
+            sparse_map,
+            ..request.options
+        };
         // An audit writes nothing: an image that would not boot written raw
         // may still be compared with sticks written otherwise.
         let force_raw = options.force_raw || options.audit;

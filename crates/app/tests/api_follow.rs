@@ -562,6 +562,11 @@ async fn a_sparse_run_of_a_url_follows_the_download_with_the_bmap_beside_it() {
     assert_eq!(armed.status, 201, "{}", armed.body);
     let run = armed.json();
     assert_eq!(run["options"]["sparse"], true, "{run}");
+    // The run says which map its sticks are written by.
+    assert_eq!(
+        run["options"]["sparse_map"], "bmap file disk.img.bmap (format 2.0)",
+        "{run}"
+    );
     assert_eq!(run["import"]["state"], "importing", "{run}");
     let done = events
         .until("A1 passes", |v| {

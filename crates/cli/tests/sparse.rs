@@ -149,6 +149,21 @@ fn a_sparse_flash_writes_only_the_map_and_the_stick_holds_a_clean_file_system() 
             .contains("sparse: only the image's block map written and read back"),
         "{report}"
     );
+    // Which map the sticks were written by: the records keep it with the
+    // run (a later map of the image may be another).
+    assert!(
+        report["run"]["options"]["sparse_map"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("generated from ext4")),
+        "{report}"
+    );
+    assert!(
+        report["run"]["options_words"]
+            .as_str()
+            .unwrap()
+            .contains("(map: generated from ext4"),
+        "{report}"
+    );
 }
 
 #[test]

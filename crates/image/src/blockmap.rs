@@ -256,6 +256,12 @@ impl BmapInput {
         stored_bmap(&self.file, &self.map)
     }
 
+    /// Where the map comes from, in words, as a kept map says it
+    /// ([`StoredMap::source`]): "bmap file disk.bmap (format 2.0)".
+    pub fn source(&self) -> String {
+        format!("bmap file {} (format {})", self.file, self.map.version)
+    }
+
     /// The refusal of this map for `source`.
     pub(crate) fn refused(&self, source: BmapError) -> ImageError {
         ImageError::BmapRefused {

@@ -225,10 +225,14 @@ pub(crate) fn options_words(options: &serde_json::Value) -> String {
         None => words.push("no target count".to_string()),
     }
     if options.get("sparse").and_then(|v| v.as_bool()) == Some(true) {
-        words.push(
-            "sparse: only the image's block map written and read back, the rest of each stick not checked"
-                .to_string(),
-        );
+        let map = options
+            .get("sparse_map")
+            .and_then(|v| v.as_str())
+            .map(|source| format!(" (map: {source})"))
+            .unwrap_or_default();
+        words.push(format!(
+            "sparse: only the image's block map written and read back{map}, the rest of each stick not checked"
+        ));
     }
     if options.get("force_raw").and_then(|v| v.as_bool()) == Some(true) {
         words.push("raw run forced by the operator despite the image's inspection".to_string());
@@ -357,6 +361,15 @@ mod tests {
             "{sampled}"
         );
         assert!(sampled.contains("sparse:"), "{sampled}");
+        // Which map a sparse run was written by.
+        let mapped = options_words(&serde_json::json!({
+            "verify": "compare", "sparse": true,
+            "sparse_map": "bmap file disk.img.bmap (format 2.0)"
+        }));
+        assert!(
+            mapped.contains("read back (map: bmap file disk.img.bmap (format 2.0)), the rest"),
+            "{mapped}"
+        );
         let full = options_words(&serde_json::json!({ "verify": "hash", "sample": null }));
         assert!(
             full.starts_with("verify by hashing every byte read back"),

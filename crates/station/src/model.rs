@@ -264,6 +264,13 @@ pub struct RunOptions {
     /// (the attempts' figures say how many bytes were skipped).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sparse: bool,
+    /// Where a sparse run's block map came from, in words ("bmap file
+    /// disk.bmap (format 2.0)", "generated from ext4 …"): set by the station
+    /// when it takes the map, so that the run's records and reports say
+    /// which map its sticks were written by (a later map of the image may
+    /// be another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_map: Option<String>,
     /// Check only this share of each stick's chunks after writing (a sampled
     /// verify: every verdict says `sampled (x %)`); `None` checks every byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,6 +302,7 @@ impl Default for RunOptions {
             order_id: None,
             force_raw: false,
             sparse: false,
+            sparse_map: None,
             sample: None,
             audit: false,
             retries: 0,

@@ -9,9 +9,9 @@ use axum::extract::{FromRequest, Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flashrack_core::{DataRanges, SamplePercent, Sha256Digest, VerifyMode};
+use flashrack_core::{SamplePercent, Sha256Digest, VerifyMode};
 use flashrack_engine::SourceImage;
-use flashrack_image::{CachedImage, ImageCache, ImageError, ImportOptions};
+use flashrack_image::{CachedImage, ImageCache, ImageError, ImportOptions, StoredMap};
 use flashrack_station::{ArmRequest, RunOptions, RunRefusal, StationError};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -87,9 +87,9 @@ pub fn image_error(error: ImageError) -> AppError {
     }
 }
 
-/// The ranges a sparse run of `image` writes: its kept block map, or one
+/// The block map a sparse run of `image` writes by: its kept one, or one
 /// generated from its file systems now; none is a 422 that says why.
-async fn sparse_ranges(cache: &ImageCache, image: &CachedImage) -> Result<DataRanges, AppError> {
+async fn sparse_map(cache: &ImageCache, image: &CachedImage) -> Result<StoredMap, AppError> {
     let (cache, image) = (cache.clone(), image.clone());
     let map = tokio::task::spawn_blocking(move || match cache.block_map(&image.sha256()) {
         Ok(Some(map)) => Ok(map),
@@ -99,7 +99,7 @@ async fn sparse_ranges(cache: &ImageCache, image: &CachedImage) -> Result<DataRa
     .await
     .map_err(AppError::internal)?;
     match map {
-        Ok(map) => Ok(map.ranges),
+        Ok(map) => Ok(map),
         Err(ImageError::NoBlockMap { reason }) => Err(AppError::unprocessable(format!(
             "the image has no block map, so it can only be written whole (without \"sparse\"): {reason}"
         ))),
@@ -346,6 +346,8 @@ pub async fn arm(
         order_id: None,
         force_raw: body.force_raw,
         sparse: body.sparse,
+        // Set when the map is taken (below, or by a followed run's import).
+        sparse_map: None,
         sample: body.sample,
         audit: body.audit,
         retries: body.retries,
@@ -418,9 +420,14 @@ pub async fn arm(
         }
         return Err(AppError::unprocessable(message));
     }
+    let mut options = options;
     let sparse = match body.sparse {
         false => None,
-        true => Some(Arc::new(sparse_ranges(&state.images, &image).await?)),
+        true => {
+            let map = sparse_map(&state.images, &image).await?;
+            options.sparse_map = Some(map.source());
+            Some(Arc::new(map.ranges))
+        }
     };
     let request = ArmRequest {
         image: SourceImage {

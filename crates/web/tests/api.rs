@@ -1538,6 +1538,12 @@ async fn sparse_runs_are_armed_for_an_image_with_a_block_map_and_refused_otherwi
     let (status, run) = post(&rig, "/api/v1/runs", json!({"image": sha, "sparse": true})).await;
     assert_eq!(status, StatusCode::CREATED, "{run}");
     assert_eq!(run["options"]["sparse"], true, "{run}");
+    assert!(
+        run["options"]["sparse_map"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("generated from") || m.starts_with("bmap file")),
+        "the run says which map: {run}"
+    );
     rig.control
         .plug("p1", "SER-1", SimStickSpec::new("", 8 * MIB))
         .unwrap();

@@ -767,11 +767,15 @@ mod tests {
             order_id: Some(1),
             force_raw: true,
             sparse: true,
+            sparse_map: Some("bmap file x.bmap (format 2.0)".into()),
             sample: Some(flashrack_core::SamplePercent::from_percent(5.0).unwrap()),
             audit: true,
             retries: 1,
         };
-        let json = serde_json::to_value(&every).unwrap();
+        let mut json = serde_json::to_value(&every).unwrap();
+        // Where a sparse run's map came from is the station's to say when
+        // it takes the map, not an order's.
+        assert!(json.as_object_mut().unwrap().remove("sparse_map").is_some());
         let mut names: Vec<&str> = json
             .as_object()
             .unwrap()
