@@ -735,7 +735,7 @@ struct Naming {
 /// A reply held back ([`DeferredReply`]).
 enum Reply {
     /// To `arm`: the run's view once its present sticks are started.
-    Arm(RunView, oneshot::Sender<Result<RunView, StationError>>),
+    Arm(Box<RunView>, oneshot::Sender<Result<RunView, StationError>>),
     /// To `start_port`.
     StartPort(oneshot::Sender<Result<(), StationError>>),
     /// To `retry_failed`: the ports started again.
@@ -2205,7 +2205,7 @@ impl Station {
                     )
                     .await;
                 self.publish_arming();
-                self.defer(Reply::Arm(view, arming.reply), None);
+                self.defer(Reply::Arm(Box::new(view), arming.reply), None);
             }
             Err(error) => {
                 tracing::error!(%error, image = %arming.view.image_name, "cannot record a run's start; not armed");
@@ -2847,7 +2847,7 @@ impl Station {
                         .run
                         .as_ref()
                         .filter(|r| r.view.id == view.id)
-                        .map_or(view, |r| r.view.clone());
+                        .map_or(*view, |r| r.view.clone());
                     let _ = reply.send(Ok(view));
                 }
                 Reply::StartPort(reply) => {
