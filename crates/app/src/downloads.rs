@@ -322,6 +322,16 @@ async fn bmap_for(downloader: &Downloader, request: &UrlImport) -> Result<BmapLo
                         tracing::warn!(url, "not a bmap file beside the image: ignored");
                     }
                     Ok(small) => return fetched(&url, small.bytes).map(found),
+                    // The same page sent as `text/html`, refused as a web
+                    // page by the downloader: no map there either (the
+                    // operator named no map; only a map they name is
+                    // refused for being a page).
+                    Err(DownloadError::WebPage { .. }) => {
+                        tracing::warn!(
+                            url,
+                            "a web page, not a bmap file, beside the image: ignored"
+                        );
+                    }
                     Err(DownloadError::NotFound { .. })
                     | Err(DownloadError::Status { status: 403, .. }) => {}
                     // A server error or a timeout: the server cannot say

@@ -791,6 +791,33 @@ async fn a_bmap_beside_a_url_or_at_its_own_url_is_checked_in_the_one_pass_and_a_
     .unwrap();
     assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
     assert!(outcome.map.is_none());
+
+    // The same page sent as `text/html` (as most servers send it): no map
+    // there either. Before, the downloader's refusal of a web page failed
+    // the whole import, for a map the operator never named.
+    let data_dir = dir.path().join("data-soft-404-html");
+    let cache = open_cache(&data_dir).unwrap();
+    server.serve("/html/disk.img", Served::new(raw.clone(), "h"));
+    let page = b"<!doctype html><html><body><h1>Not found</h1></body></html>".to_vec();
+    server.serve(
+        "/html/disk.img.bmap",
+        Served::new(page.clone(), "h1").typed("text/html; charset=utf-8"),
+    );
+    server.serve(
+        "/html/disk.bmap",
+        Served::new(page, "h2").typed("text/html"),
+    );
+    let outcome = import_url(
+        &cache,
+        &data_dir,
+        &request("/html/disk.img", UrlBmap::Beside),
+        policy(1),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
+    assert!(outcome.map.is_none());
 }
 
 /// Follows import `index` of the station's download list until it ends;
