@@ -389,7 +389,16 @@ async function readCaptures() {
   captures = list;
   $('capture-list').replaceChildren(...list.map(captureRow));
   if (list.some((c) => c.state === 'done' && !model.images.some((i) => i.sha256 === c.image))) loadImages();
+  // A capture still running is read again until it ends: its port may have
+  // left `capturing` before it did (its master pulled, the port's stick
+  // replaced), and then no port change says when it ends.
+  if (list.some((c) => c.state === 'capturing') && !capturesTimer) {
+    capturesTimer = setTimeout(() => { capturesTimer = null; loadCaptures(); }, 1000);
+  }
 }
+
+/** The next read of a list that still has a capture running. */
+let capturesTimer = null;
 
 // Bootable builds: an installer ISO refused for a raw run offers "Build a
 // bootable stick image"; POST /images/{sha256}/bootable starts one, followed

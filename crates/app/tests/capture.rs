@@ -772,3 +772,52 @@ async fn a_station_without_a_master_port_says_so() {
     assert!(answer.body.contains("no master port"), "{}", answer.body);
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_pulled_during_its_capture_fails_it_and_nothing_is_kept() {
+    if !require_root(&["losetup"]) {
+        return;
+    }
+    // 2 GiB read whole: a capture of a second or more, pulled as it begins.
+    // The loop device stays readable after the station hears of the pull
+    // (a real stick would not): the capture must stop because the station
+    // saw its master go, not because a read failed. Before, it was read to
+    // the end and cached as `done`.
+    let device = LoopDevice::new(2048 * MIB);
+    let app = station_with_a_master_port().await;
+    let mut events = app.events().await;
+    app.hotplug(Hotplug::Added(plugged(&device, "t-3", "GOLD-P")));
+    events
+        .until("the master in A3", |v| v.state("A3") == "master")
+        .await;
+    let started = app
+        .post(
+            "/api/v1/images/capture",
+            Some(json!({ "name": "pulled-master", "whole": true })),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    app.hotplug(Hotplug::Removed {
+        kernel_name: device.kernel_name(),
+    });
+    let ended = capture_ended(&app, started.json()["id"].as_u64().unwrap()).await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .unwrap()
+            .contains("the master was pulled from port A3 during its capture"),
+        "{ended}"
+    );
+    assert!(ended["read"].as_u64().unwrap() < 2048 * MIB, "{ended}");
+    let images = app.get("/api/v1/images").await.json();
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "pulled-master"),
+        "nothing of it cached: {images}"
+    );
+    app.stop().await.unwrap();
+}

@@ -524,6 +524,10 @@ impl CaptureService {
     ) -> Result<serde_json::Value, String> {
         let device = start.master.device;
         let label = start.master.label;
+        // This capture's own stop: raised at shutdown, or when its master
+        // leaves the port (pulled mid-capture: a stick that is gone is not
+        // read to the end, whatever its device node still answers).
+        let stop = Arc::new(AtomicBool::new(false));
         let request = CaptureRequest {
             device: device.dev_path.clone(),
             name: Some(start.name.clone()),
@@ -537,7 +541,7 @@ impl CaptureService {
             port: Some(label.clone()),
             serial: device.identity.serial.clone(),
             expected: device.disk,
-            cancel: Some(self.cancel.clone()),
+            cancel: Some(stop.clone()),
         };
         if self.cancel.load(Ordering::Relaxed) {
             return Err("the station is shutting down".into());
@@ -602,6 +606,8 @@ impl CaptureService {
             .capture_progress(&port, &master_key, Some(Progress::default()))
             .await;
         let runtime = self.runtime.clone();
+        let shutdown = self.cancel.clone();
+        let pulled = Arc::new(AtomicBool::new(false));
         self.runtime.spawn(async move {
             let captured = tokio::task::spawn_blocking({
                 let (views, station, port, key) = (
@@ -610,9 +616,13 @@ impl CaptureService {
                     port.clone(),
                     master_key.clone(),
                 );
+                let (stop, pulled) = (stop.clone(), pulled.clone());
                 move || {
                     let mut last_sent: Option<std::time::Instant> = None;
                     capture_with(&cache, &request, &mut |read, total| {
+                        if shutdown.load(Ordering::Relaxed) {
+                            stop.store(true, Ordering::Relaxed);
+                        }
                         let mut progress = Progress::default();
                         Self::update(&views, id, |view| {
                             view.follow(read, total);
@@ -626,6 +636,15 @@ impl CaptureService {
                         let due = last_sent.is_none_or(|at| at.elapsed() >= STATION_PROGRESS_EVERY);
                         if due || read >= total {
                             last_sent = Some(std::time::Instant::now());
+                            // The master still in its port? The station
+                            // saw it go (a pull): stopped, nothing kept.
+                            let present = station.snapshot().ports.iter().any(|p| {
+                                p.label == port && p.device.as_ref().is_some_and(|d| d.key == key)
+                            });
+                            if !present {
+                                pulled.store(true, Ordering::Relaxed);
+                                stop.store(true, Ordering::Relaxed);
+                            }
                             runtime.block_on(station.capture_progress(&port, &key, Some(progress)));
                         }
                     })
@@ -633,6 +652,11 @@ impl CaptureService {
             })
             .await;
             let captured = match captured {
+                // (Read whole before the pull was seen, it is whole: kept.)
+                Ok(Err(_)) if pulled.load(Ordering::Relaxed) => Err(format!(
+                    "the master was pulled from port {port} during its capture: nothing of it \
+                     was kept"
+                )),
                 Ok(result) => result.map_err(|error| error_chain(&error)),
                 Err(join) => Err(format!("the capture stopped: {join}")),
             };
