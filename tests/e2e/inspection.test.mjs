@@ -53,6 +53,17 @@ test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps
   name: 'inspection',
   needs: [[SQLITE, 'install it with `apt-get install -y sqlite3` or set SQLITE3_PATH']],
   prepare: ({ work, dataDir }) => {
+    // An MBR disk cut short: its partition ends past the image's end, a
+    // problem the library shows as `image show` does.
+    const cut = path.join(work, 'cut-disk.img');
+    const fd = openSync(cut, 'w');
+    ftruncateSync(fd, 32 << 20);
+    closeSync(fd);
+    execFileSync('sfdisk', ['--quiet', cut], { input: 'label: dos\nstart=2048, size=40000, type=83\n' });
+    const shorter = openSync(cut, 'r+');
+    ftruncateSync(shorter, 8 << 20);
+    closeSync(shorter);
+    importImage(dataDir, cut);
     const iso = path.join(work, 'holiday-videos.bin');
     windowsLikeIso(work, iso);
     return importImage(dataDir, iso);
@@ -65,7 +76,13 @@ test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps
   const row = page.locator('#image-list li', { hasText: 'holiday-videos.bin' });
   await row.waitFor({ timeout: 15_000 });
   assert.match(await row.locator('.image-summary').textContent(), /not hybrid.*Windows installer/);
-  assert.match(await row.locator('.image-refusal').textContent(), /Raw run refused: this is a Windows installer ISO/);
+  const refusal = await row.locator('.image-refusal').textContent();
+  assert.match(refusal, /Raw run refused: this is a Windows installer ISO/);
+  // Its advice is a sentence of its own (it read "…will not boot. build a …").
+  assert.doesNotMatch(refusal, /\. [a-z]/, refusal);
+  const cutRow = page.locator('#image-list li', { hasText: 'cut-disk.img' });
+  assert.match(await cutRow.locator('.image-problem').first().textContent(),
+    /^Problem: MBR partition 1 ends at byte 21528576 but the image has 8388608 bytes: truncated image or damaged table$/);
   await page.waitForFunction((value) => document.querySelector(`#arm-image option[value="${value}"]`), sha, { timeout: 15_000 });
   await page.selectOption('#arm-image', sha);
 
@@ -83,7 +100,7 @@ test('a non-hybrid installer ISO asks before a forced raw run, and the log keeps
     .catch(async () => assert.fail(`no refusal shown: ${await page.locator('#arm-status').textContent()}`));
   assert.equal(asked?.type, 'confirm');
   assert.match(asked.message, /Windows installer ISO .* will not boot/);
-  assert.match(asked.message, /build a bootable USB layout/);
+  assert.match(asked.message, /\n\nBuild a bootable USB layout/);
   assert.match(asked.message, /Force a raw run anyway\? \(recorded in the run\)/);
   const idle = (await (await page.request.get(api('/station'))).json()).run;
   assert.ok(!idle || !idle.armed, 'cancelled: nothing armed');

@@ -113,8 +113,13 @@ test('a download cut by a restart is shown interrupted and Resume completes it i
     await row.getByRole('button', { name: `Resume the download of ${imageUrl}` }).click();
     await page.locator('#download-list li[data-state="done"]', { hasText: 'os.img' })
       .filter({ hasText: `imported ${sha.slice(0, 12)}` }).waitFor({ timeout: 60_000 });
-    await page.locator('#image-list li', { hasText: 'os.img' }).waitFor({ timeout: 15_000 });
+    const libraryRow = page.locator('#image-list li', { hasText: 'os.img' });
+    await libraryRow.waitFor({ timeout: 15_000 });
     await page.screenshot({ path: path.join(ARTIFACTS, 'resume-done.png'), fullPage: true });
+    // The library says where it came from, as `image show` does: its URL
+    // and ETag (before, a download's row said nothing of its origin).
+    const origin = await libraryRow.locator('.image-provenance').textContent();
+    assert.ok(origin.startsWith(`Downloaded from ${imageUrl} (ETag ${ETAG})`), origin);
 
     const resumed = seen.filter((r) => r.url === '/os.img');
     assert.equal(resumed.length, 2, JSON.stringify(resumed));

@@ -34,10 +34,14 @@ export function imageRow(image) {
       // What the image is (inspected at import), and whether a raw run of it
       // is refused (a non-hybrid installer ISO: the stick would not boot).
       image.summary ? el('div', { class: 'muted small-text image-summary', text: image.summary }) : null,
+      // What the inspection found wrong (a truncated image, a GPT read from
+      // its backup, overlapping partitions), as `image show` says it.
+      ...((image.inspection && image.inspection.problems) || []).map((problem) =>
+        el('div', { class: 'bad small-text image-problem', text: `Problem: ${problem}` })),
       image.raw_write_refusal
-        ? el('div', { class: 'bad small-text image-refusal', text: `Raw run refused: ${image.raw_write_refusal.reason}. ${image.raw_write_refusal.advice}.` })
+        ? el('div', { class: 'bad small-text image-refusal', text: `Raw run refused: ${image.raw_write_refusal.reason}. ${sentence(image.raw_write_refusal.advice)}.` })
         : null,
-      provenanceLine(image.provenance),
+      provenanceLine(image),
       blockMapLine(image.block_map)),
     // Where a raw run is refused (an installer ISO that would not boot
     // written raw), the way that works: a bootable layout built once.
@@ -57,14 +61,27 @@ export function imageRow(image) {
     }, 'Delete'));
 }
 
-/** Where a captured or built image came from (a download's is in the downloads list). */
-function provenanceLine(provenance) {
+/** Text that starts a sentence: its first letter upper case. */
+const sentence = (text) => (text ? text.charAt(0).toUpperCase() + text.slice(1) : '');
+
+/**
+ * Where an image came from: built from another, captured from a master, or
+ * downloaded (the URL, its validators, where its digest came from and who
+ * signed it: the station's words, `origin`, as `image show` and the
+ * reports say it).
+ */
+function provenanceLine(image) {
+  const provenance = image.provenance;
   const b = provenance && provenance.built;
   if (b) {
     return el('div', { class: 'muted small-text image-provenance', text: `Built from ${b.from_name} (${shortSha(b.from_sha256)}) as a ${b.method}, ${fmtTime(b.built_at)}` });
   }
   const c = provenance && provenance.captured;
-  if (!c) return null;
+  if (!c) {
+    return provenance && image.origin
+      ? el('div', { class: 'muted small-text image-provenance', text: `Downloaded from ${image.origin}` })
+      : null;
+  }
   const where = [c.port ? `port ${c.port}` : null, c.serial ? `serial ${c.serial}` : 'no serial', c.device].filter(Boolean).join(', ');
   return el('div', { class: 'muted small-text image-provenance', text: `Captured from ${where}: ${c.extent} of ${fmtBytes(c.device_size)}` });
 }

@@ -296,7 +296,8 @@ export async function armRun(event) {
         if (error.status !== 422) throw error;
       }
       const refusal = chosen.raw_write_refusal;
-      const force = window.confirm(`${refusal.reason}.\n\n${refusal.advice}.\n\nForce a raw run anyway? (recorded in the run)`);
+      const advice = refusal.advice ? refusal.advice.charAt(0).toUpperCase() + refusal.advice.slice(1) : '';
+      const force = window.confirm(`${refusal.reason}.\n\n${advice}.\n\nForce a raw run anyway? (recorded in the run)`);
       if (!force) {
         setStatus('arm-status', `Not armed: ${refusal.reason}. Nothing was forced; the refusal is in the station's event log.`, 'bad');
         return;

@@ -302,15 +302,13 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
             Item::text("Imported from", image_source_words(run)),
         ]
         .into_iter()
-        .chain(report.image_provenance.as_ref().map(|p| {
-            // A built image's origin is no download.
-            let label = if p.built.is_some() {
-                "Origin"
-            } else {
-                "Downloaded from"
-            };
-            Item::text(label, p.to_string())
-        }))
+        // A built image's origin is no download, nor is a captured one's.
+        .chain(
+            report
+                .image_provenance
+                .as_ref()
+                .map(|p| Item::text(origin_label(p), p.to_string())),
+        )
         .chain([
             Item::text("Options", options_words(&run.options)),
             Item::text("Started", format_time_short(run.started_at)),

@@ -484,6 +484,11 @@ async fn a_captured_images_origin_is_in_its_run_and_device_json_reports() {
         json["image_provenance"]["digest_source"]["kind"],
         "unchecked"
     );
+    // The printable report calls it captured, never downloaded (before, its
+    // run report said "Downloaded from captured from port M1 …").
+    let html = flashrack_report::run_html(&report, common::T0);
+    assert!(html.contains("Captured"), "{html}");
+    assert!(!html.contains("Downloaded from"), "{html}");
     let device = s.device_report("SER1").await.unwrap().unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&flashrack_report::device_json(&device)).unwrap();

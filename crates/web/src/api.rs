@@ -148,6 +148,8 @@ fn image_json(cache: &ImageCache, image: &CachedImage) -> Value {
         "summary": image.meta.inspection.as_ref().map(|i| i.summary()),
         "raw_write_refusal": image.raw_write_refusal(),
         "provenance": image.meta.provenance,
+        // Where it came from in words, as `image show` and the reports say it.
+        "origin": image.meta.provenance.as_ref().map(|p| p.to_string()),
     })
 }
 
