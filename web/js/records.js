@@ -20,6 +20,9 @@ function fresh(kind, number) {
   return true;
 }
 
+/** Reads of the runs list made again because the records lagged the run. */
+let lagging = 0;
+
 export async function loadRuns() {
   const number = ++loads.runs;
   try {
@@ -27,6 +30,19 @@ export async function loadRuns() {
     if (!fresh('runs', number)) return;
     model.runs = Array.isArray(rows) ? rows : [];
     renderRuns();
+    // The run counts an attempt as active once it starts, and the records
+    // once its start is written, a moment later (behind a busy database,
+    // longer): while they differ the list is read again, for a while, so
+    // that it never stays behind the run with nothing left to refresh it.
+    const current = model.run && model.runs.find((r) => (r.id ?? r.run_id) === model.run.id);
+    const behind = current && model.run.armed && current.running != null
+      && model.run.active != null && current.running !== model.run.active;
+    if (behind && lagging < 20) {
+      lagging += 1;
+      setTimeout(refreshRunsSoon, 500);
+    } else if (!behind) {
+      lagging = 0;
+    }
   } catch (error) {
     $('run-list').replaceChildren(el('li', { class: 'muted', text: `Runs: ${error.message}` }));
   }
