@@ -415,7 +415,16 @@ impl Reports for StoreRecords {
     fn runs(&self) -> BoxFuture<'_, Result<serde_json::Value, String>> {
         async move {
             let runs = self.store.list_runs().await.map_err(|e| e.to_string())?;
-            serde_json::to_value(runs).map_err(|e| e.to_string())
+            let mut json = serde_json::to_value(runs).map_err(|e| e.to_string())?;
+            // A run whose image was never imported (its import failed, was
+            // refused or stopped) names no image, as its reports say: its
+            // digest is a placeholder, the digest of no image.
+            for run in json.as_array_mut().into_iter().flatten() {
+                if run["image_imported"] == serde_json::Value::Bool(false) {
+                    run["image_sha256"] = serde_json::Value::Null;
+                }
+            }
+            Ok(json)
         }
         .boxed()
     }

@@ -306,6 +306,19 @@ async fn a_wrong_digest_fails_every_stick_of_an_api_run_before_any_verdict_and_c
     assert_eq!(report["run"]["interrupted"], 2);
     let detail = report["run"]["stop_detail"].as_str().unwrap_or_default();
     assert!(detail.contains(&wrong.to_hex()), "{report}");
+    // The runs list names no image either (it gave the run's placeholder
+    // digest, the digest of no image, where the report said null).
+    assert!(report["run"]["image_sha256"].is_null(), "{report}");
+    let runs = app.get("/api/v1/runs").await.json();
+    let listed = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == run_id)
+        .cloned()
+        .expect("the run is listed");
+    assert!(listed["image_sha256"].is_null(), "{listed}");
+    assert_eq!(listed["image_imported"], false, "{listed}");
     app.stop().await.unwrap();
 }
 
