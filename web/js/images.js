@@ -227,7 +227,12 @@ export async function importUrl(event) {
 function downloadRow(d) {
   const pct = d.total ? Math.floor((d.held / d.total) * 100) : null;
   let words;
-  if (d.state === 'checking') words = 'checking the checksum list and its signature…';
+  if (d.state === 'checking') {
+    words = {
+      signed_list: 'checking the checksum list and its signature…',
+      list: 'fetching the checksum list…',
+    }[d.checks_first] || 'connecting…';
+  }
   else if (d.state === 'downloading') {
     words = `${fmtBytes(d.held)}${d.total ? ` of ${fmtBytes(d.total)} (${pct}%)` : ''}`;
     if (d.rate_bytes_per_sec) words += ` · ${fmtBytes(d.rate_bytes_per_sec)}/s`;
@@ -236,7 +241,7 @@ function downloadRow(d) {
     // A failed try the download waits to make again: why, and which try.
     if (d.retrying) {
       const r = d.retrying;
-      words += ` · interrupted: trying again (try ${r.next_try} of ${r.tries}): ${r.error}`;
+      words += ` · trying again (try ${r.next_try} of ${r.tries}) after: ${r.error}`;
     }
   } else if (d.state === 'done') {
     const signer = d.provenance && d.provenance.digest_source && d.provenance.digest_source.signature;
@@ -281,12 +286,19 @@ function downloadRow(d) {
   return row;
 }
 
+/** Downloads whose resume is being asked for: a second click asks nothing. */
+const resumesAsked = new Set();
+
 async function resumeDownload(d) {
+  if (resumesAsked.has(d.id)) return;
+  resumesAsked.add(d.id);
   try {
     await api('POST', `/images/downloads/${encodeURIComponent(d.id)}/resume`);
     setStatus('url-status', 'Resumed: the download goes on from its partial file', 'good');
   } catch (error) {
     setStatus('url-status', error.message, 'bad');
+  } finally {
+    resumesAsked.delete(d.id);
   }
   loadDownloads();
 }
@@ -335,13 +347,18 @@ export function openCapture(label) {
   $('capture-name').focus();
 }
 
+/** A capture being asked for: a second click meanwhile asks nothing. */
+let captureAsked = false;
+
 export async function captureMaster(event) {
   event.preventDefault();
+  if (captureAsked) return;
   const body = {
     port: $('capture-port').value || null,
     name: $('capture-name').value.trim(),
     whole: $('capture-whole').checked,
   };
+  captureAsked = true;
   try {
     const view = await api('POST', '/images/capture', body);
     setStatus('capture-status', `Capturing port ${view.port} (nothing is written to it)…`, 'good');
@@ -350,6 +367,8 @@ export async function captureMaster(event) {
     loadCaptures();
   } catch (error) {
     setStatus('capture-status', error.message, 'bad');
+  } finally {
+    captureAsked = false;
   }
 }
 
@@ -370,6 +389,14 @@ function captureRow(c) {
     if (c.eta_secs != null) words += ` · ${c.eta_secs} s left`;
   } else if (c.state === 'done') {
     words = `captured ${fmtBytes(c.size)} of ${fmtBytes(c.device_size)} (${c.extent}) · ${shortSha(c.image)} · ${fitText(c)}`;
+    // The same bytes cached before keep their name: said, so that the
+    // operator looks for the image under it (as `image capture` says).
+    if (c.already_cached) {
+      const kept = model.images.find((i) => i.sha256 === c.image);
+      words += kept && kept.name !== c.name
+        ? ` · the same bytes were cached already, as ${kept.name}: the image keeps that name`
+        : ' · the same bytes were cached already';
+    }
     if (!c.fits_smallest_stick && c.smallest_stick != null) cls = 'bad';
   } else {
     words = `failed: ${c.error}`;

@@ -877,6 +877,10 @@ struct ImportView {
     retrying: Option<RetryView>,
     image: Option<Sha256Digest>,
     provenance: Option<Provenance>,
+    /// What is checked before the image is downloaded: `signed_list` (a
+    /// checksum list and its signature), `list`, or `none` (an expected
+    /// digest given, or nothing to check first).
+    checks_first: &'static str,
     /// The run it is (or was) the download of: a run armed with its URL
     /// (`POST /api/v1/runs` with `download`), once armed.
     run_id: Option<flashrack_core::RunId>,
@@ -889,8 +893,14 @@ struct ImportView {
 
 impl ImportView {
     fn new(id: u64, request: flashrack_web::UrlImportRequest) -> Self {
+        let checks_first = match (&request.sha256sums, &request.signature) {
+            (Some(_), Some(_)) => "signed_list",
+            (Some(_), None) => "list",
+            (None, _) => "none",
+        };
         Self {
             id,
+            checks_first,
             url: request.url.clone(),
             state: "checking",
             held: 0,

@@ -525,6 +525,7 @@ async fn the_api_imports_a_url_in_the_background_and_shows_its_progress_and_prov
         }
     };
     assert_eq!(done["held"], v.file.len() as u64);
+    assert_eq!(done["checks_first"], "signed_list", "{done}");
     assert_eq!(done["image"], Sha256Digest::of(&v.raw).to_hex());
     assert_eq!(
         done["provenance"]["digest_source"]["signature"]["signer_fingerprint"],
@@ -578,6 +579,7 @@ async fn the_api_shows_why_a_download_waits_to_try_again_until_bytes_arrive() {
     };
     let waiting = waiting.expect("the wait before the second try is shown");
     assert_eq!(waiting["state"], "downloading", "{waiting}");
+    assert_eq!(waiting["checks_first"], "none", "{waiting}");
     assert!(waiting["error"].is_null(), "{waiting}");
     let retry = &waiting["retrying"];
     assert_eq!(retry["next_try"], 2, "{waiting}");
