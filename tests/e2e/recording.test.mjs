@@ -248,11 +248,14 @@ test('a run of a URL is shown being armed until its first bytes, and its image b
       assert.equal(station.arming.state, 'claimed', JSON.stringify(station.arming));
       assert.equal(station.arming.source, imageUrl);
       assert.equal(station.run ?? null, null, JSON.stringify(station.run));
+      // No arm while one is being armed; its stop is offered (a server that
+      // sends nothing would hold the run for minutes: the station drops it
+      // at once when stopped).
       const controls = await page.evaluate(() => ({
         arm: document.getElementById('arm-form').hidden,
         stop: document.getElementById('stop-form').hidden,
       }));
-      assert.deepEqual(controls, { arm: true, stop: true });
+      assert.deepEqual(controls, { arm: true, stop: false });
       await page.screenshot({ path: path.join(ARTIFACTS, 'recording-claimed.png'), fullPage: true });
       begin();
       const armed = await following;

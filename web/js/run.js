@@ -56,8 +56,11 @@ export function renderRun() {
   const recording = Boolean(model.arming) || Boolean(armed && run.recording);
   $('run-view').replaceChildren(run ? runDetails(run) : '');
   // Controls that cannot work are not offered: no stop without an armed
-  // run, nothing at all while the station cannot be reached.
-  $('stop-form').hidden = !armed || recording || model.stale;
+  // run, nothing at all while the station cannot be reached. A run only
+  // claimed (its import not begun: a server that sends nothing) can be
+  // stopped: the station drops it at once.
+  const claimedOnly = Boolean(model.arming && model.arming.state === 'claimed' && !armed);
+  $('stop-form').hidden = !(claimedOnly || (armed && !recording)) || model.stale;
   $('arm-form').hidden = armed || recording || model.stale;
   $('retry-row').hidden = !armed || recording || model.stale;
   renderSummary();

@@ -284,8 +284,25 @@ impl FollowService {
         };
         // `Some(size)`: the pass began (of `size` bytes if known then);
         // `None`: the import ended without one (the cache knew the image).
+        // The operator may stop the run meanwhile (the station answers the
+        // stop at once and tells this to give up: a stalled or failing
+        // server may take minutes to send a first byte, or never will).
+        let mut stop_asked = claim.stop_asked();
+        let stopped = async {
+            // A station gone (the sender dropped) is no stop.
+            if stop_asked.wait_for(|asked| *asked).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         let began = tokio::select! {
             biased;
+            () = stopped => {
+                // Dropping `abandon` cancels the import (a download keeps
+                // its partial file, to be resumed from the list).
+                return Err(flashrack_web::AppError::conflict(
+                    flashrack_station::StationError::ArmStopped.to_string(),
+                ));
+            }
             began = began => began.ok(),
             result = &mut import => {
                 let outcome = joined(result).map_err(request_error)?;

@@ -1764,3 +1764,72 @@ async fn a_run_of_a_file_whose_client_leaves_while_its_start_is_recorded_is_impo
     assert_eq!(done.run["armed"], true, "{:?}", done.run);
     app.stop().await.unwrap();
 }
+
+/// The operator stops a run of a URL whose server has sent nothing yet (a
+/// stall, a server that fails): the stop is answered at once (204), the run
+/// being armed is dropped (its arm answered 409, nothing recorded, nothing
+/// shown being armed), and bytes that come later arm nothing. Before, the
+/// stop waited for that run (minutes, for a stalled server: the API gave
+/// up with 408) and was applied to it once armed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_a_run_of_a_url_waits_for_its_first_bytes_stops_the_arming_at_once() {
+    let raw = image_bytes(4 * MIB, 96, MIB);
+    let sha = Sha256Digest::of(&raw);
+    let server = FileServer::start().await;
+    server.serve(
+        "/os.img",
+        Served::new(raw.clone(), "stopped-1").behaving(Behaviour::GatedAt(0)),
+    );
+    let app = spawn_app().await;
+    let url = server.url("/os.img");
+    let meanwhile = async {
+        eventually("asked for the download", || {
+            !server.requests_for("/os.img").is_empty()
+        })
+        .await;
+        let station = app.get("/api/v1/station").await.json();
+        assert_eq!(station["arming"]["state"], "claimed", "{station}");
+        let stopped = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            app.post(
+                "/api/v1/runs/current/stop",
+                Some(json!({ "reason": "wrong image" })),
+            ),
+        )
+        .await
+        .expect("the stop is answered at once");
+        assert_eq!(stopped.status, 204, "{}", stopped.body);
+    };
+    let (armed, ()) = tokio::join!(
+        app.post(
+            "/api/v1/runs",
+            Some(json!({ "download": { "url": url, "sha256": sha.to_hex() } })),
+        ),
+        meanwhile
+    );
+    assert_eq!(armed.status, 409, "{}", armed.body);
+    assert!(
+        armed
+            .body
+            .contains("stopped by the operator while it was being armed"),
+        "{}",
+        armed.body
+    );
+    let station = app.get("/api/v1/station").await.json();
+    assert!(station["arming"].is_null(), "{station}");
+    assert!(station["run"].is_null(), "{station}");
+    // The bytes come after all: nothing is armed by them.
+    server.open_gate();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(app.station.snapshot().run.is_none());
+    assert_eq!(app.get("/api/v1/runs").await.json(), json!([]));
+    // The station is free: a plain arm is armed.
+    let plain = app
+        .post(
+            "/api/v1/runs",
+            Some(json!({ "image": app.image.sha256().to_hex() })),
+        )
+        .await;
+    assert_eq!(plain.status, 201, "{}", plain.body);
+    app.stop().await.unwrap();
+}

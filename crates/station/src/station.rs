@@ -190,6 +190,10 @@ pub enum StationError {
     /// The master port holds no stick.
     #[error("there is no stick in master port {0}")]
     NoStick(String),
+    /// The operator stopped the run while it was being armed (its claim
+    /// held, its image not started yet): nothing was armed.
+    #[error("the run was stopped by the operator while it was being armed: nothing was armed")]
+    ArmStopped,
 }
 
 /// The stick in a master port, for a capture.
@@ -206,8 +210,9 @@ pub struct MasterStick {
 /// something to do first ([`StationHandle::claim_arm`]): a followed run's
 /// import, until its first chunk. While it is held the snapshot shows the
 /// run being armed ([`ArmingState::Claimed`]), another arm or claim is
-/// refused ([`StationError::Arming`]), and a stop, a port's start and a
-/// retry wait, as while a run's start is being recorded. It is handed in
+/// refused ([`StationError::Arming`]), a port's start and a retry wait, as
+/// while a run's start is being recorded, and an operator's stop stops the
+/// arming at once ([`ArmClaim::stop_asked`]). It is handed in
 /// with the arm ([`ArmClaim::arm`], [`ArmClaim::arm_following`]), which
 /// no other arm can then be ahead of; dropped instead (the caller gave up:
 /// its client left, its import failed), it is released and the station is
@@ -222,6 +227,9 @@ pub struct ArmClaim {
     released: mpsc::UnboundedSender<u64>,
     /// Set once the station has taken it with its arm: nothing to release.
     handed: bool,
+    /// Becomes `true` when the operator stops the run before it is armed
+    /// ([`ArmClaim::stop_asked`]).
+    stop: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for ArmClaim {
@@ -255,6 +263,15 @@ impl ArmClaim {
     /// The station has taken it with its arm: `drop` releases nothing.
     fn taken(mut self) {
         self.handed = true;
+    }
+
+    /// Turns `true` when the operator stops the run while the caller still
+    /// readies it (its import has not begun): the caller gives up (drops
+    /// the claim, abandons what it started), and its arm, if it comes all
+    /// the same, is refused ([`StationError::ArmStopped`]). The operator's
+    /// stop is answered at once.
+    pub fn stop_asked(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
     }
 }
 
@@ -421,10 +438,13 @@ impl StationHandle {
     /// [`RunView::recording`]; another stop is refused with
     /// [`StationError::Stopping`], an arm waits for the record and is armed
     /// then). Refused by the records, it is stopped
-    /// all the same and this answers their error. While a run is being
-    /// armed (or claimed, [`claim_arm`](Self::claim_arm)) it waits for
-    /// that run and stops it ([`StationError::NotArmed`] if it is not
-    /// armed after all).
+    /// all the same and this answers their error. While a run's start is
+    /// being recorded it waits for that run and stops it
+    /// ([`StationError::NotArmed`] if it is not armed after all). While a
+    /// run is only claimed ([`claim_arm`](Self::claim_arm): its caller
+    /// readies the image, a download that has sent nothing yet) the
+    /// arming is stopped at once: the caller is told
+    /// ([`ArmClaim::stop_asked`]) and its arm refused.
     pub async fn stop_run(&self, note: &str) -> Result<(), StationError> {
         self.ask(|tx| Command::Stop(note.to_string(), tx)).await
     }
@@ -703,6 +723,8 @@ struct Claim {
     /// Numbers claims ([`Station::claim_seq`]): a release names the one it
     /// is for.
     id: u64,
+    /// Tells its caller that the operator stopped the run.
+    stop: watch::Sender<bool>,
     /// What the snapshot shows meanwhile ([`ArmingState::Claimed`], then
     /// [`ArmingState::WaitingForStop`] once its arm waits for a stop).
     view: ArmingView,
@@ -1028,6 +1050,9 @@ pub struct Station {
     /// The right to arm the next run, while a caller holds it (see
     /// [`ArmClaim`]); never beside `arming` (its own arm hands it in).
     claim: Option<Claim>,
+    /// The last claim the operator stopped before its arm: an arm that
+    /// comes with it all the same is refused.
+    stopped_claim: Option<u64>,
     /// Numbers claims ([`Claim::id`]).
     claim_seq: u64,
     /// The station's commands, for the claims it grants (weak: the loop's
@@ -1153,6 +1178,7 @@ impl Station {
             retrying: false,
             arming: None,
             claim: None,
+            stopped_claim: None,
             claim_seq: 0,
             claim_commands,
             claims_released_tx,
@@ -1746,6 +1772,30 @@ impl Station {
         // being armed: the claim's own arm is the only one taken (and
         // waits for a stop's record as any arm), and a stop, a port's
         // start and a retry wait for the run it arms.
+        // A stop while a run is only claimed (its caller readies the image:
+        // a followed download waits for its first bytes, which a stalled
+        // or failing server may never send) stops the arming itself, at
+        // once: the caller is told to give up, and its arm is refused if
+        // it comes all the same. (Waiting for that run would hold the
+        // operator's stop for as long as the server takes.)
+        let only_claimed = self.arming.is_none()
+            && self
+                .claim
+                .as_ref()
+                .is_some_and(|c| c.view.state == ArmingState::Claimed);
+        if let (Command::Stop(..), true) = (&command, only_claimed) {
+            let Command::Stop(note, reply) = command else {
+                unreachable!("matched just above")
+            };
+            let claim = self.claim.take().expect("checked just above");
+            let _ = claim.stop.send(true);
+            self.stopped_claim = Some(claim.id);
+            tracing::info!(image = %claim.view.image_name, "the run being armed was stopped by the operator");
+            self.log_action(OperatorAction::Stop, note).await;
+            let _ = reply.send(Ok(()));
+            self.claim_ended().await;
+            return;
+        }
         let claimed = self.claim.is_some();
         let waits = match &command {
             Command::Stop(..) => self.arming.is_some() || claimed,
@@ -1784,6 +1834,23 @@ impl Station {
             self.held_commands.push(command);
             return;
         }
+        // The arm of a claim the operator stopped: refused.
+        if let Command::Arm(_, Some(claim), _) | Command::ArmFollowing(_, Some(claim), _) = &command
+        {
+            if self.stopped_claim == Some(claim.id) {
+                let (claim, reply) = match command {
+                    Command::Arm(_, claim, reply) | Command::ArmFollowing(_, claim, reply) => {
+                        (claim, reply)
+                    }
+                    _ => unreachable!("matched just above"),
+                };
+                if let Some(claim) = claim {
+                    claim.taken();
+                }
+                let _ = reply.send(Err(StationError::ArmStopped));
+                return;
+            }
+        }
         match command {
             Command::Arm(request, claim, reply) => {
                 let handed = self.hand_in(claim);
@@ -1811,7 +1878,8 @@ impl Station {
                     };
                     self.claim_seq += 1;
                     let id = self.claim_seq;
-                    self.claim = Some(Claim { id, view });
+                    let (stop, stop_rx) = watch::channel(false);
+                    self.claim = Some(Claim { id, stop, view });
                     self.publish_arming();
                     // A caller gone before the answer drops the claim,
                     // which releases it.
@@ -1820,6 +1888,7 @@ impl Station {
                         commands,
                         released: self.claims_released_tx.clone(),
                         handed: false,
+                        stop: stop_rx,
                     }));
                 }
                 Err(error) => {

@@ -4013,33 +4013,31 @@ async fn a_claim_is_refused_behind_an_arm_waiting_for_a_stop_and_one_granted_dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_dropped_or_whose_arm_fails_frees_the_station() {
     let rig = Arc::new(rig(2, GuardPolicy::default()).await);
-    // Dropped (its caller gave up): released, and a stop that waited for
-    // its run hears that none is armed.
+    // Dropped (its caller gave up): released, the station free again.
     let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();
-    let stopping = sent({
-        let rig = rig.clone();
-        async move { rig.handle.stop_run("changed my mind").await }
-    })
-    .await;
-    within(
-        "the station answers while a claim is held",
-        rig.round_trip(),
-    )
-    .await;
-    assert!(
-        !stopping.is_finished(),
-        "the stop waits for the claim's run"
-    );
     drop(claim);
-    let stopped = within("the stop is answered once the claim is released", stopping)
-        .await
-        .unwrap();
-    assert!(
-        matches!(stopped, Err(StationError::NotArmed)),
-        "{stopped:?}"
-    );
     rig.until("the claim no longer shown", |s| s.arming.is_none())
         .await;
+    // Stopped by the operator while its caller still readies the run (a
+    // download that has sent nothing): the stop is answered at once, the
+    // caller told to give up, the claim no longer shown, and its arm, if
+    // it comes all the same, refused.
+    let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();
+    let mut asked = claim.stop_asked();
+    assert!(!*asked.borrow());
+    let stopped = within(
+        "the stop is answered at once",
+        rig.handle.stop_run("changed my mind"),
+    )
+    .await;
+    assert!(stopped.is_ok(), "{stopped:?}");
+    within("the caller is told", asked.wait_for(|a| *a))
+        .await
+        .unwrap();
+    assert!(rig.handle.snapshot().arming.is_none());
+    let late = within("answered", claim.arm(cached_request(&rig))).await;
+    assert!(matches!(late, Err(StationError::ArmStopped)), "{late:?}");
+    assert!(rig.handle.snapshot().run.is_none());
     // Its arm refused before anything is recorded (a sparse run without a
     // block map): released with it.
     let claim = rig.handle.claim_arm("os.img", OS_URL).await.unwrap();

@@ -54,7 +54,8 @@ pub fn station_error(error: StationError) -> AppError {
         | StationError::PortNotReady { .. }
         | StationError::MasterPort(_)
         | StationError::NotMaster(_)
-        | StationError::NoStick(_) => AppError::conflict(error.to_string()),
+        | StationError::NoStick(_)
+        | StationError::ArmStopped => AppError::conflict(error.to_string()),
         StationError::UnknownPort(_) | StationError::NoMasterPort => {
             AppError::not_found(error.to_string())
         }
