@@ -530,6 +530,23 @@ pub(crate) async fn import_url_following(
         let cached = tokio::task::spawn_blocking(move || cache_lookup.by_digest(&expected)).await;
         if let Ok(Ok(Some(image))) = cached {
             tracing::info!(url, image = %image.sha256().short(), "the image this digest names is cached already: not downloaded");
+            // What this import proved of it (its digest from the operator or
+            // a signed list) is kept with it, unless it had proved more:
+            // the list shows where it came from and who signed it.
+            let provenance = Provenance {
+                url: url.to_string(),
+                etag: None,
+                last_modified: None,
+                digest_source: source.clone(),
+                captured: None,
+                built: None,
+                bmap_lookup_failed: None,
+            };
+            let found = cache.clone();
+            let image =
+                tokio::task::spawn_blocking(move || found.found_with_provenance(image, provenance))
+                    .await
+                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
             return Ok(ImportOutcome {
                 image,
                 hit: Some(CacheHit::SameImage),

@@ -995,4 +995,37 @@ async fn an_image_the_expected_digest_names_in_the_cache_is_not_downloaded_again
     }
     assert!(server.requests_for("/mirror/os.img.gz").is_empty());
     assert_eq!(server.requests_for("/os.img.gz").len(), 1);
+    // The provenance that proved as much is kept: the download the bytes
+    // came from, with its ETag (not a mirror never asked).
+    let kept = cache.get(&Sha256Digest::of(&raw)).unwrap().unwrap();
+    let provenance = kept.meta.provenance.unwrap();
+    assert_eq!(provenance.url, server.url("/os.img.gz"));
+    assert_eq!(provenance.etag.as_deref(), Some("\"g1\""), "{provenance:?}");
+
+    // An image imported from a file (no provenance), asked for by a URL
+    // whose expected digest names it: not downloaded, and what that import
+    // proved of it is kept with it (before: nothing, and the downloads
+    // list showed no origin).
+    let other = image_bytes(SIZE, 18, 64 << 10);
+    let local = dir.path().join("local.img");
+    std::fs::write(&local, &other).unwrap();
+    cache
+        .import(&local, flashrack_image::ImportOptions::default())
+        .unwrap();
+    let by_url = UrlImport {
+        check: DigestCheck::Sha256(Sha256Digest::of(&other)),
+        bmap: flashrack_app::downloads::UrlBmap::NotWanted,
+        ..UrlImport::new(server.url("/vendor/local.img"), ByteSize(1 << 40))
+    };
+    let outcome = import_url(&cache, &data_dir, &by_url, policy(1), |_| {})
+        .await
+        .unwrap();
+    assert!(outcome.already_cached());
+    let provenance = outcome.image.meta.provenance.expect("recorded");
+    assert_eq!(provenance.url, server.url("/vendor/local.img"));
+    assert!(
+        matches!(provenance.digest_source, DigestSource::Operator { .. }),
+        "{provenance:?}"
+    );
+    assert!(server.requests_for("/vendor/local.img").is_empty());
 }

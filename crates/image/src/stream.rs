@@ -493,6 +493,23 @@ impl ImageCache {
         Ok(CachedImage { meta, ..image })
     }
 
+    /// Records `provenance` with a cached image found by its digest instead
+    /// of being downloaded (a URL import whose expected digest names it),
+    /// if it had none or this one proves more (a signed list's digest for
+    /// an image imported from a file): its bytes came from elsewhere, so a
+    /// provenance that proves as much (the download they came from, with
+    /// its validators) is kept.
+    pub fn found_with_provenance(&self, image: CachedImage, provenance: Provenance) -> CachedImage {
+        let proves_more =
+            image.meta.provenance.as_ref().is_none_or(|kept| {
+                provenance.digest_source.strength() > kept.digest_source.strength()
+            });
+        if !proves_more {
+            return image;
+        }
+        self.with_provenance(image, Some(provenance))
+    }
+
     /// Records `provenance` with a cached image (best effort, as the
     /// fingerprint upgrade: on failure the image keeps its old entry), unless
     /// the one it has proved more: an image once checked against a signed
