@@ -202,6 +202,25 @@ export async function uploadImage(event) {
 
 let downloadsTimer = null;
 
+/** The downloads list as last read. */
+let lastDownloads = [];
+/** When the run panel last asked for the list. */
+let downloadsAskedAt = 0;
+
+/**
+ * The running download of `url`, as last read; the list is read (and then
+ * followed while a download runs) if it is not followed already.
+ */
+export function runningDownloadOf(url) {
+  // At most a read a second (each read that finds a download running
+  // renders the run panel again, which asks again).
+  if (!downloadsTimer && Date.now() - downloadsAskedAt > 1000) {
+    downloadsAskedAt = Date.now();
+    loadDownloads();
+  }
+  return lastDownloads.find((d) => d.url === url && (d.state === 'checking' || d.state === 'downloading'));
+}
+
 export async function importUrl(event) {
   event.preventDefault();
   const value = (id) => $(id).value.trim() || null;
@@ -305,15 +324,19 @@ async function resumeDownload(d) {
 
 export async function loadDownloads() {
   clearTimeout(downloadsTimer);
+  downloadsTimer = null;
   let list;
   try {
     list = (await api('GET', '/images/downloads')) || [];
   } catch (error) {
     return;
   }
+  lastDownloads = list;
   $('download-list').replaceChildren(...list.map(downloadRow));
   const busy = list.some((d) => d.state === 'checking' || d.state === 'downloading');
   if (busy) downloadsTimer = setTimeout(loadDownloads, 1000);
+  // The run panel says how a run being armed from a URL is getting on.
+  if (model.arming && busy) document.dispatchEvent(new Event('flashrack:downloads'));
   if (list.some((d) => d.state === 'done' && !model.images.some((i) => i.sha256 === d.image))) loadImages();
 }
 

@@ -5,6 +5,10 @@ import { model, BUSY } from './model.js';
 import { api } from './api.js';
 import { setRun } from './live.js';
 import { renderSummary } from './rack.js';
+import { runningDownloadOf } from './images.js';
+
+// A run being armed from a URL says how its download is getting on.
+document.addEventListener('flashrack:downloads', () => renderRun());
 
 /**
  * What the run being armed is at, in words (the station's `arming.state`):
@@ -14,8 +18,15 @@ import { renderSummary } from './rack.js';
 export function armingText(arming) {
   const from = arming.source ? ` from ${arming.source}` : '';
   switch (arming.state) {
-    case 'claimed':
-      return `Arming ${arming.image_name}: its import${from} is starting; the run is recorded once the first bytes are in`;
+    case 'claimed': {
+      // A server that fails or stalls: the download's retries, said here
+      // too (the run waits for its first bytes meanwhile).
+      const download = /^https?:\/\//.test(arming.source || '') ? runningDownloadOf(arming.source) : null;
+      const retry = download && download.retrying
+        ? `; trying again (try ${download.retrying.next_try} of ${download.retrying.tries}) after: ${download.retrying.error}`
+        : '';
+      return `Arming ${arming.image_name}: its import${from} is starting; the run is recorded once the first bytes are in${retry}`;
+    }
     case 'waiting_for_stop':
       return `Arming ${arming.image_name}: its import${from} has begun; the run is armed once the last run's stop is recorded`;
     default:
