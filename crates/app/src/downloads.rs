@@ -1355,6 +1355,13 @@ pub fn error_chain(error: &AppError) -> String {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         let words = cause.to_string();
+        // A cause that begins with what the message ends with ("cannot
+        // import URL" and "URL: the server answered 503") names it once.
+        let last = text.rsplit(' ').next().unwrap_or_default();
+        let words = match words.strip_prefix(last).and_then(|w| w.strip_prefix(": ")) {
+            Some(rest) if !last.is_empty() => rest.to_string(),
+            _ => words,
+        };
         // A message whose words end with its cause's (an image error that
         // prints its I/O error) says it already: once is enough.
         if !text.ends_with(&words) {
@@ -1369,6 +1376,36 @@ pub fn error_chain(error: &AppError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_names_the_url_once() {
+        let error = download_error(
+            "http://h/os.img",
+            DownloadError::Status {
+                url: "http://h/os.img".into(),
+                status: 503,
+            },
+        );
+        let words = error_chain(&error);
+        assert_eq!(words.matches("http://h/os.img").count(), 1, "{words}");
+        assert!(
+            words.starts_with("cannot import http://h/os.img: "),
+            "{words}"
+        );
+        // A list's failure still names the list after the image.
+        let error = download_error(
+            "http://h/os.img",
+            DownloadError::Status {
+                url: "http://h/SHA256SUMS".into(),
+                status: 404,
+            },
+        );
+        let words = error_chain(&error);
+        assert!(
+            words.starts_with("cannot import http://h/os.img: http://h/SHA256SUMS"),
+            "{words}"
+        );
+    }
 
     /// A signature is checked on a checksum list; given beside a digest
     /// (`sha256`), or a keyring alone, it would be checked by nobody, so the
