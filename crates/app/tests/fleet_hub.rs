@@ -588,3 +588,64 @@ async fn an_order_waits_for_the_operators_own_run_and_is_armed_once_it_stops_nev
     app.stop().await.unwrap();
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_order_is_armed_with_the_images_block_map_and_says_which() {
+    // An ext4 image, whose map the station generates from its allocation.
+    let dir = tempfile::tempdir().unwrap();
+    let ext4 = dir.path().join("lot.img");
+    std::fs::File::create(&ext4)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&ext4)
+        .status()
+        .expect("mkfs.ext4 (scripts/setup installs e2fsprogs)");
+    assert!(made.success());
+    let bytes = std::fs::read(&ext4).unwrap();
+    let sha = flashrack_core::Sha256Digest::of(&bytes).to_hex();
+
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-s").await.unwrap();
+    let app = station(hub.address, "lab-s", &token, &dir).await;
+    let (status, _) = hub_call(
+        "POST",
+        hub.url("/api/v1/images?name=lot.img"),
+        Some(Err(bytes)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, lot) = hub_call(
+        "POST",
+        hub.url("/api/v1/lots"),
+        Some(Ok(serde_json::json!({
+            "name": "lot-s", "image_sha256": sha, "stations": ["lab-s"],
+            "options": { "sparse": true }
+        }))),
+    )
+    .await;
+    assert_eq!(status, 200, "{lot}");
+    // Armed sparse, by the map generated from its ext4, which the run
+    // names. Before, the order armed no map and the station refused it.
+    let order = until_order(
+        &hub,
+        "armed with its run",
+        &["no report", "fetching", "armed"],
+        |o| o["progress"]["state"] == "armed" && !o["run_id"].is_null(),
+    )
+    .await;
+    let current = app.get("/api/v1/runs/current").await.json();
+    assert_eq!(current["id"], order["run_id"]);
+    assert_eq!(current["options"]["sparse"], true, "{current:#}");
+    assert!(
+        current["options"]["sparse_map"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("generated from ext4")),
+        "{current:#}"
+    );
+    app.stop().await.unwrap();
+    hub.stop().await;
+}

@@ -383,6 +383,29 @@ impl Follower {
             }
             return self.give_up(state, id, why).await;
         }
+        // A sparse order is written by the image's block map (kept, or
+        // generated now), as a sparse run of the dashboard's; none is a
+        // reason the order cannot be followed.
+        let mut options = options;
+        let sparse = if options.sparse {
+            let (images, found) = (self.images.clone(), image.clone());
+            let map =
+                tokio::task::spawn_blocking(move || crate::images::sparse_map(&images, &found))
+                    .await
+                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+            match map {
+                Ok(map) => {
+                    options.sparse_map = Some(map.source());
+                    Some(std::sync::Arc::new(map.ranges))
+                }
+                Err(error) => {
+                    let why = crate::downloads::error_chain(&error);
+                    return self.give_up(state, id, why).await;
+                }
+            }
+        } else {
+            None
+        };
         let request = ArmRequest {
             image: SourceImage {
                 path: image.path.clone(),
@@ -391,7 +414,7 @@ impl Follower {
             },
             image_name: order.image_name.clone(),
             options,
-            sparse: None,
+            sparse,
         };
         match self.station.arm(request).await {
             Ok(run) => {
