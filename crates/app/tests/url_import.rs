@@ -776,50 +776,37 @@ async fn a_bmap_beside_a_url_or_at_its_own_url_is_checked_in_the_one_pass_and_a_
     // HTML, a "soft 404") has no map beside the image either: the image is
     // imported, no map from the pass. Before, the page was refused as a
     // malformed bmap and the image could not be imported from that server.
-    let data_dir = dir.path().join("data-soft-404");
-    let cache = open_cache(&data_dir).unwrap();
-    server.serve("/soft/disk.img", Served::new(raw.clone(), "s"));
-    let page = b"<!doctype html><html><body><h1>Not found</h1></body></html>".to_vec();
-    server.serve("/soft/disk.img.bmap", Served::new(page.clone(), "p1"));
-    server.serve("/soft/disk.bmap", Served::new(page, "p2"));
-    let outcome = import_url(
-        &cache,
-        &data_dir,
-        &request("/soft/disk.img", UrlBmap::Beside),
-        policy(1),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
-    assert!(outcome.map.is_none());
-
-    // The same page sent as `text/html` (as most servers send it): no map
-    // there either. Before, the downloader's refusal of a web page failed
+    // The same page sent as `text/html` (as most servers send it) is no map
+    // there either: before, the downloader's refusal of a web page failed
     // the whole import, for a map the operator never named.
-    let data_dir = dir.path().join("data-soft-404-html");
-    let cache = open_cache(&data_dir).unwrap();
-    server.serve("/html/disk.img", Served::new(raw.clone(), "h"));
-    let page = b"<!doctype html><html><body><h1>Not found</h1></body></html>".to_vec();
-    server.serve(
-        "/html/disk.img.bmap",
-        Served::new(page.clone(), "h1").typed("text/html; charset=utf-8"),
-    );
-    server.serve(
-        "/html/disk.bmap",
-        Served::new(page, "h2").typed("text/html"),
-    );
-    let outcome = import_url(
-        &cache,
-        &data_dir,
-        &request("/html/disk.img", UrlBmap::Beside),
-        policy(1),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw));
-    assert!(outcome.map.is_none());
+    for (dir_name, content_type) in [("soft", None), ("html", Some("text/html; charset=utf-8"))] {
+        let data_dir = dir.path().join(format!("data-{dir_name}"));
+        let cache = open_cache(&data_dir).unwrap();
+        server.serve(
+            &format!("/{dir_name}/disk.img"),
+            Served::new(raw.clone(), dir_name),
+        );
+        let page = b"<!doctype html><html><body><h1>Not found</h1></body></html>".to_vec();
+        for (at, name) in [("p1", "disk.img.bmap"), ("p2", "disk.bmap")] {
+            let served = Served::new(page.clone(), at);
+            let served = match content_type {
+                Some(kind) => served.typed(kind),
+                None => served,
+            };
+            server.serve(&format!("/{dir_name}/{name}"), served);
+        }
+        let outcome = import_url(
+            &cache,
+            &data_dir,
+            &request(&format!("/{dir_name}/disk.img"), UrlBmap::Beside),
+            policy(1),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.image.sha256(), Sha256Digest::of(&raw), "{dir_name}");
+        assert!(outcome.map.is_none(), "{dir_name}");
+    }
 }
 
 /// Follows import `index` of the station's download list until it ends;

@@ -370,25 +370,37 @@ fn a_second_signal_abandons_a_stick_stuck_in_the_kernel_at_once() {
 /// the summary and the report agree. Before, it was recorded as 0 bytes
 /// written, "exact", with a capacity of 0 in the summary, while megabytes of
 /// the image were on the stick.
+/// A flash of a new 16 MiB image to `sim:slow` (2 MB/s, 64 MiB) with
+/// `--json` or not, 2.5 s into its write pass: a few megabytes written,
+/// each reported as it is acknowledged. Answers the child, its stderr's
+/// lines and what was read of them.
+fn slow_flash_writing(
+    data: &Path,
+    image: &Path,
+    json: bool,
+) -> (Child, std::io::Lines<BufReader<ChildStderr>>, String) {
+    let mut args = vec![
+        "flash",
+        image.to_str().unwrap(),
+        "sim:slow:write=2MB,capacity=64MiB",
+    ];
+    if json {
+        args.push("--json");
+    }
+    let mut child = start(data, &args);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    read_until(&mut lines, &mut seen, |l| l == "sim:slow: writing");
+    std::thread::sleep(Duration::from_millis(2500));
+    (child, lines, seen)
+}
+
 #[test]
 fn a_stick_abandoned_mid_write_is_recorded_with_at_least_what_it_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let image = image(dir.path(), 16 << 20);
     let data = dir.path().join("data");
-    let mut child = start(
-        &data,
-        &[
-            "flash",
-            image.to_str().unwrap(),
-            "sim:slow:write=2MB,capacity=64MiB",
-            "--json",
-        ],
-    );
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    read_until(&mut lines, &mut seen, |l| l == "sim:slow: writing");
-    // A couple of megabytes at 2 MB/s, each reported as it is acknowledged.
-    std::thread::sleep(Duration::from_millis(2500));
+    let (child, mut lines, mut seen) = slow_flash_writing(&data, &image, true);
     signal(&child, Signal::TERM);
     read_until(&mut lines, &mut seen, |l| {
         l.contains("stopping every target")
@@ -452,19 +464,8 @@ fn a_flash_killed_outright_leaves_the_bytes_it_had_written_in_the_records() {
     let dir = tempfile::tempdir().unwrap();
     let image = image(dir.path(), 16 << 20);
     let data = dir.path().join("data");
-    let mut child = start(
-        &data,
-        &[
-            "flash",
-            image.to_str().unwrap(),
-            "sim:slow:write=2MB,capacity=64MiB",
-        ],
-    );
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    read_until(&mut lines, &mut seen, |l| l == "sim:slow: writing");
     // About 5 MB at 2 MB/s, the progress written at least twice meanwhile.
-    std::thread::sleep(Duration::from_millis(2500));
+    let (child, _lines, seen) = slow_flash_writing(&data, &image, false);
     signal(&child, Signal::KILL);
     let out = finish(child);
     assert_eq!(out.status.signal(), Some(9), "{seen}");
