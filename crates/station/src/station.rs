@@ -1792,8 +1792,10 @@ impl Station {
             self.stopped_claim = Some(claim.id);
             tracing::info!(image = %claim.view.image_name, "the run being armed was stopped by the operator");
             self.log_action(OperatorAction::Stop, note).await;
-            let _ = reply.send(Ok(()));
+            // Answered once the snapshot no longer shows the run being
+            // armed (and what waited for it has heard).
             self.claim_ended().await;
+            let _ = reply.send(Ok(()));
             return;
         }
         let claimed = self.claim.is_some();
