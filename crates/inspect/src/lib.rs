@@ -108,12 +108,11 @@ fn mbr_of_4096_byte_sectors(
 ) {
     const SCALE: u64 = 4096 / 512;
     let size = image.size();
-    let extended = |p: &Partition| matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85");
     if table.kind != TableKind::Mbr
         || table
             .partitions
             .iter()
-            .any(|p| extended(p) || p.filesystem.is_some())
+            .any(|p| p.is_extended() || p.filesystem.is_some())
     {
         return;
     }
@@ -158,7 +157,7 @@ fn overlaps(table: &PartitionTable) -> Vec<String> {
     let mut spans: Vec<&Partition> = table
         .partitions
         .iter()
-        .filter(|p| !matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85") && p.size > 0)
+        .filter(|p| !p.is_extended() && p.size > 0)
         .collect();
     spans.sort_by_key(|p| (p.start, p.number));
     let mut found = Vec::new();
@@ -208,10 +207,7 @@ pub fn inspect(image: &dyn ReadAt) -> ImageInfo {
     }
     if let Some(t) = &mut table {
         for p in &mut t.partitions {
-            // An extended partition holds the chain of logical ones, not a
-            // file system.
-            let extended = matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85");
-            if !extended && p.start.saturating_add(p.size) <= size {
+            if !p.is_extended() && p.start.saturating_add(p.size) <= size {
                 p.filesystem = fs::detect(image, p.start, p.size);
             }
         }

@@ -90,6 +90,14 @@ pub struct Partition {
     pub filesystem: Option<FileSystem>,
 }
 
+impl Partition {
+    /// An extended MBR partition (types 0x05, 0x0f, 0x85): it holds the
+    /// chain of logical partitions, not a file system.
+    pub fn is_extended(&self) -> bool {
+        matches!(self.type_id.as_str(), "0x05" | "0x0f" | "0x85")
+    }
+}
+
 /// A file system recognised by its signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSystem {

@@ -111,7 +111,7 @@ pub(crate) fn read(image: &dyn ReadAt, problems: &mut Vec<String>) -> Option<Par
     }
     let extended: Vec<(u64, u64)> = partitions
         .iter()
-        .filter(|p| matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85"))
+        .filter(|p| p.is_extended())
         .map(|p| (p.start, p.size))
         .collect();
     if let Some(&(start, len)) = extended.first() {
