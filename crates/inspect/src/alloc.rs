@@ -143,7 +143,14 @@ pub fn allocation_map(image: &dyn ReadAt, info: &ImageInfo) -> Result<Allocation
                 size,
             });
         }
-        let mut parts: Vec<_> = table.partitions.iter().collect();
+        // An extended MBR partition holds its logical ones by design: only
+        // the partitions themselves may not share bytes (the extended
+        // one's boot records, outside every file system, are mapped).
+        let mut parts: Vec<_> = table
+            .partitions
+            .iter()
+            .filter(|p| !p.is_extended())
+            .collect();
         parts.sort_by_key(|p| p.start);
         for pair in parts.windows(2) {
             if pair[0].start + pair[0].size > pair[1].start {

@@ -280,6 +280,53 @@ fn a_partitioned_image_maps_its_table_gaps_and_each_file_system() {
 }
 
 #[test]
+fn a_logical_partition_inside_an_extended_one_is_mapped_with_its_boot_record() {
+    // An extended partition holds its logical ones by design: before, it
+    // was taken for a partition overlapping them, and the image got no map.
+    let dir = tempfile::tempdir().unwrap();
+    let (ext, ext_files) = make_ext4(dir.path(), 16 * MIB, &[]);
+    let disk = dir.path().join("logical.img");
+    fs::File::create(&disk).unwrap().set_len(40 * MIB).unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["--no-reread", "--no-tell-kernel", "-q"])
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, size=4096, type=83\nstart=8192, size=65536, type=5\nstart=10240, size=32768, type=83\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut bytes = fs::read(&disk).unwrap();
+    let at = 10240 * 512;
+    let fs_bytes = fs::read(&ext).unwrap();
+    bytes[at..at + fs_bytes.len()].copy_from_slice(&fs_bytes);
+    let info = inspect(&bytes);
+    let parts = &info.table.as_ref().unwrap().partitions;
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    assert_eq!(parts[2].number, 5);
+    assert_eq!(parts[2].filesystem.as_ref().unwrap().kind, FsKind::Ext4);
+    let map = map_of(&bytes);
+    assert_eq!(map.sources.len(), 1, "{map}");
+    assert!(map.sources[0].contains("partition 5"), "{map}");
+    // The extended partition's boot record (its first sector) is carried.
+    let ebr = 8192 * 512;
+    assert!(
+        map.ranges.iter().any(|&(o, l)| o <= ebr && ebr < o + l),
+        "{map}"
+    );
+    let copy = sparse_copy(&bytes, &map);
+    assert!(copy[ebr as usize..ebr as usize + 512] == bytes[ebr as usize..ebr as usize + 512]);
+    let ext_copy = dir.path().join("p5.img");
+    fs::write(&ext_copy, &copy[at..at + 16 * MIB as usize]).unwrap();
+    assert_ext_intact(&ext_copy, &ext_files);
+}
+
+#[test]
 fn a_broken_file_system_gives_a_reason_and_no_map() {
     let dir = tempfile::tempdir().unwrap();
     let (ext, _) = make_ext4(dir.path(), 16 * MIB, &[]);
