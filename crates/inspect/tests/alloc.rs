@@ -324,6 +324,15 @@ fn a_logical_partition_inside_an_extended_one_is_mapped_with_its_boot_record() {
     let ext_copy = dir.path().join("p5.img");
     fs::write(&ext_copy, &copy[at..at + 16 * MIB as usize]).unwrap();
     assert_ext_intact(&ext_copy, &ext_files);
+
+    // Partition 1 grown into the logical one: partitions that do share
+    // bytes still give no map, and say which.
+    bytes[446 + 12..446 + 16].copy_from_slice(&20_000u32.to_le_bytes());
+    let info = inspect(&bytes);
+    assert_eq!(
+        allocation_map(&bytes, &info).unwrap_err(),
+        AllocError::Overlap(1, 5)
+    );
 }
 
 #[test]
