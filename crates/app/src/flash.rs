@@ -35,6 +35,7 @@ use flashrack_guard::GuardPolicy;
 use flashrack_image::CachedImage;
 use flashrack_station::{
     AttemptSoFar, AttemptStart, Journal, JournalEvent, RunOptions, RunRefusal, RunStart,
+    StageTimeline,
 };
 use flashrack_target::Target;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -467,10 +468,9 @@ struct Flash {
     /// signal handler runs) leaves each attempt's bytes as a lower bound.
     /// `None` once the attempts are settled.
     progress: Option<ProgressWriter>,
-    /// When each target's write pass began, and when it ended (the stage
-    /// after the writing and flushing), for an attempt without figures of
-    /// its own.
-    write_times: HashMap<TargetId, (Instant, Option<Instant>)>,
+    /// When each target's write pass and read-back ran, for an attempt
+    /// without figures of its own.
+    timelines: HashMap<TargetId, StageTimeline>,
     /// Each target's capacity as recorded at its start.
     capacities: HashMap<TargetId, ByteSize>,
     /// Verdicts given (and committed) so far.
@@ -558,7 +558,7 @@ impl Flash {
             written: HashMap::new(),
             verified: HashMap::new(),
             progress,
-            write_times: HashMap::new(),
+            timelines: HashMap::new(),
             capacities,
             verdicts: HashMap::new(),
             finished_after: HashMap::new(),
@@ -714,18 +714,10 @@ impl Flash {
         match event.kind {
             EngineEventKind::Stage { stage } => {
                 self.stages.insert(event.target.clone(), stage);
-                match stage {
-                    Stage::Writing => {
-                        self.write_times
-                            .insert(event.target.clone(), (Instant::now(), None));
-                    }
-                    Stage::Preparing | Stage::Flushing => {}
-                    Stage::Resetting | Stage::Verifying => {
-                        if let Some((_, ended @ None)) = self.write_times.get_mut(&event.target) {
-                            *ended = Some(Instant::now());
-                        }
-                    }
-                }
+                self.timelines
+                    .entry(event.target.clone())
+                    .or_default()
+                    .enter(stage, Instant::now());
                 if let Some(&attempt) = self.attempts.get(&event.target) {
                     if let Err(error) = self.records.attempt_stage(attempt, stage).await {
                         tracing::error!(%error, "cannot record a stage");
@@ -818,7 +810,7 @@ impl Flash {
         self.stages.remove(&id);
         self.written.remove(&id);
         self.verified.remove(&id);
-        self.write_times.remove(&id);
+        self.timelines.remove(&id);
         tracing::info!(device = %id, %verdict, retry, "writing it again after a failure that may pass");
         self.notice(Notice::Retrying {
             target: id,
@@ -881,9 +873,14 @@ impl Flash {
     /// stop, or its source failed): its capacity, and the bytes its progress
     /// last said were written, a lower bound once its write pass began (a
     /// write in flight may still land; its thread may go on until it reaches
-    /// a safe point), and the time its write pass took (until now if it was
-    /// writing). Nothing of the image is written while it prepares.
+    /// a safe point), and the times its write pass and read-back took
+    /// (until now for the one under way). Nothing of the image is written
+    /// while it prepares.
     fn figures_so_far(&self, id: &TargetId) -> AttemptFigures {
+        let (write_secs, verify_secs) = self
+            .timelines
+            .get(id)
+            .map_or((0.0, 0.0), |timeline| timeline.secs(Instant::now()));
         let began_writing = self
             .stages
             .get(id)
@@ -891,17 +888,14 @@ impl Flash {
         AttemptFigures {
             capacity: self.capacities.get(id).copied().unwrap_or_default(),
             bytes_written: self.written.get(id).copied().unwrap_or(0),
+            bytes_verified: self.verified.get(id).copied().unwrap_or(0),
             bytes_written_bound: if began_writing {
                 Bound::LowerBound
             } else {
                 Bound::Exact
             },
-            write_secs: self.write_times.get(id).map_or(0.0, |(began, ended)| {
-                ended
-                    .unwrap_or_else(Instant::now)
-                    .duration_since(*began)
-                    .as_secs_f64()
-            }),
+            write_secs,
+            verify_secs,
             ..AttemptFigures::default()
         }
     }

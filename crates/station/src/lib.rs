@@ -34,7 +34,7 @@ pub use journal::{
 };
 pub use model::{
     ArmingState, ArmingView, DeviceView, PortState, PortView, Progress, RunImport, RunImportState,
-    RunOptions, RunView, Snapshot, StationEvent, VerdictRun,
+    RunOptions, RunView, Snapshot, StageTimeline, StationEvent, VerdictRun,
 };
 pub use station::{
     ArmClaim, ArmRequest, FollowRequest, ImportEnd, MasterStick, PortSpec, Station, StationError,

@@ -496,3 +496,65 @@ pub enum StationEvent {
         arming: Option<ArmingView>,
     },
 }
+
+/// When an attempt's write pass and read-back ran, from the stages it
+/// entered: the times recorded for an attempt whose thread's own figures
+/// are lost (abandoned at a stop, stuck, its source failed).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StageTimeline {
+    writing: Option<std::time::Instant>,
+    written: Option<std::time::Instant>,
+    verifying: Option<std::time::Instant>,
+}
+
+impl StageTimeline {
+    /// Notes that the attempt entered `stage` `at`.
+    pub fn enter(&mut self, stage: Stage, at: std::time::Instant) {
+        match stage {
+            Stage::Writing => self.writing = Some(at),
+            Stage::Preparing | Stage::Flushing => {}
+            Stage::Resetting | Stage::Verifying => {
+                if self.writing.is_some() && self.written.is_none() {
+                    self.written = Some(at);
+                }
+                if stage == Stage::Verifying {
+                    self.verifying = Some(at);
+                }
+            }
+        }
+    }
+
+    /// The seconds spent writing (flush included) and reading back, until
+    /// `now` for the pass that has not ended.
+    pub fn secs(&self, now: std::time::Instant) -> (f64, f64) {
+        let span = |from: Option<std::time::Instant>, to: Option<std::time::Instant>| {
+            from.map_or(0.0, |from| {
+                to.unwrap_or(now).duration_since(from).as_secs_f64()
+            })
+        };
+        (span(self.writing, self.written), span(self.verifying, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_timeline_times_the_write_pass_to_the_read_back_and_that_to_now() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut timeline = StageTimeline::default();
+        assert_eq!(timeline.secs(at(5_000)), (0.0, 0.0));
+        timeline.enter(Stage::Preparing, at(0));
+        timeline.enter(Stage::Writing, at(1_000));
+        // Writing, so far.
+        assert_eq!(timeline.secs(at(3_000)), (2.0, 0.0));
+        // The flush counts as writing; a reset ends it.
+        timeline.enter(Stage::Flushing, at(4_000));
+        timeline.enter(Stage::Resetting, at(5_000));
+        timeline.enter(Stage::Verifying, at(6_000));
+        assert_eq!(timeline.secs(at(8_500)), (4.0, 2.5));
+    }
+}

@@ -32,7 +32,7 @@ use crate::journal::{
 };
 use crate::model::{
     ArmingState, ArmingView, DeviceView, PortState, PortView, Progress, RunImport, RunImportState,
-    RunOptions, RunView, Snapshot, StationEvent, VerdictRun,
+    RunOptions, RunView, Snapshot, StageTimeline, StationEvent, VerdictRun,
 };
 use crate::recorder::{Recorder, PORT_LANES, STATION_LANE};
 
@@ -942,43 +942,6 @@ impl Slot {
             verify_secs,
             ..AttemptFigures::default()
         }
-    }
-}
-
-/// When an attempt's write pass and read-back ran, from its stages.
-#[derive(Debug, Default, Clone, Copy)]
-struct StageTimeline {
-    writing: Option<std::time::Instant>,
-    written: Option<std::time::Instant>,
-    verifying: Option<std::time::Instant>,
-}
-
-impl StageTimeline {
-    /// Notes that the attempt entered `stage` `at`.
-    fn enter(&mut self, stage: Stage, at: std::time::Instant) {
-        match stage {
-            Stage::Writing => self.writing = Some(at),
-            Stage::Preparing | Stage::Flushing => {}
-            Stage::Resetting | Stage::Verifying => {
-                if self.writing.is_some() && self.written.is_none() {
-                    self.written = Some(at);
-                }
-                if stage == Stage::Verifying {
-                    self.verifying = Some(at);
-                }
-            }
-        }
-    }
-
-    /// The seconds spent writing (flush included) and reading back, until
-    /// `now` for the pass that has not ended.
-    fn secs(&self, now: std::time::Instant) -> (f64, f64) {
-        let span = |from: Option<std::time::Instant>, to: Option<std::time::Instant>| {
-            from.map_or(0.0, |from| {
-                to.unwrap_or(now).duration_since(from).as_secs_f64()
-            })
-        };
-        (span(self.writing, self.written), span(self.verifying, None))
     }
 }
 
