@@ -97,9 +97,7 @@ impl StoredMap {
     /// 2.0)" or "generated from ext4 …".
     pub fn source(&self) -> String {
         match &self.origin {
-            MapOrigin::Bmap { file, version, .. } => {
-                format!("bmap file {file} (format {version})")
-            }
+            MapOrigin::Bmap { file, version, .. } => bmap_file_words(file, version),
             MapOrigin::Generated { sources, .. } => {
                 format!("generated from {}", sources.join("; "))
             }
@@ -259,7 +257,7 @@ impl BmapInput {
     /// Where the map comes from, in words, as a kept map says it
     /// ([`StoredMap::source`]): "bmap file disk.bmap (format 2.0)".
     pub fn source(&self) -> String {
-        format!("bmap file {} (format {})", self.file, self.map.version)
+        bmap_file_words(&self.file, &self.map.version)
     }
 
     /// The refusal of this map for `source`.
@@ -272,6 +270,11 @@ impl BmapInput {
 }
 
 /// A checked bmap as the cache keeps it.
+/// A bmap file as a map's source says it: "bmap file disk.bmap (format 2.0)".
+fn bmap_file_words(file: &str, version: &str) -> String {
+    format!("bmap file {file} (format {version})")
+}
+
 fn stored_bmap(file: &str, map: &BlockMap) -> Result<StoredMap, ImageError> {
     let ranges = DataRanges::new(map.image_size, map.byte_ranges()).map_err(|e| {
         ImageError::BmapRefused {
