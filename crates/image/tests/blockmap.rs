@@ -145,17 +145,7 @@ fn a_map_is_generated_from_an_ext4_image_and_none_from_a_broken_one() {
     fs::write(root.join("file"), vec![7u8; 2 << 20]).unwrap();
     let path = dir.path().join("ext4.img");
     fs::File::create(&path).unwrap().set_len(32 << 20).unwrap();
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mkfs_ext4(&path, &["-d".as_ref(), root.as_os_str()], None);
     let cache = ImageCache::open(dir.path().join("cache")).unwrap();
     let image = cache.import(&path, ImportOptions::default()).unwrap().image;
     let map = cache.generate_map(&image).unwrap();
@@ -624,17 +614,7 @@ fn a_map_generated_by_older_rules_is_generated_again_when_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tail.img");
     fs::File::create(&path).unwrap().set_len(48 << 20).unwrap();
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&path)
-        .arg("32768k")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mkfs_ext4(&path, &[], Some("32768k"));
     let mut bytes = fs::read(&path).unwrap();
     bytes[37 << 20..38 << 20].fill(0x5a);
     fs::write(&path, &bytes).unwrap();
@@ -674,6 +654,23 @@ fn a_map_generated_by_older_rules_is_generated_again_when_read() {
     );
     // And kept so: read again, the same map without generating it.
     assert_eq!(cache.block_map(&image.sha256()).unwrap(), Some(read));
+}
+
+/// Makes an ext4 file system in the file at `path` with `options`, of
+/// `size` (mkfs's blocks-count argument, `32768k`) or the whole file.
+fn mkfs_ext4(path: &std::path::Path, options: &[&std::ffi::OsStr], size: Option<&str>) {
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .args(options)
+        .arg(path)
+        .args(size)
+        .output()
+        .expect("mkfs.ext4 (scripts/setup installs e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Removes every `key` in a JSON value.
