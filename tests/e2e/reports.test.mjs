@@ -57,7 +57,7 @@ test('the arm form records the operator and lot, and the label sheet scans back 
   let report;
   await page.request.post(api('/runs/current/stop'), { data: {} });
   report = await runJson();
-  assert.equal(report.format, 'flashrack-report/11');
+  assert.equal(report.format, 'flashrack-report/12');
   assert.equal(report.run.operator, 'Grace Hopper');
   assert.equal(report.run.lot, 'LOT-E2E-1');
   assert.ok(report.run.image_source && report.run.image_source.file_name, `the image's source: ${JSON.stringify(report.run.image_source)}`);

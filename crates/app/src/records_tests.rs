@@ -408,7 +408,7 @@ async fn every_report_format_of_a_run_comes_through_reports_with_its_content_typ
         .unwrap();
     assert_eq!(kind, "application/json");
     let json: Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(json["format"], "flashrack-report/11");
+    assert_eq!(json["format"], "flashrack-report/12");
     assert_eq!(json["kind"], "run");
     assert_eq!(json["run"]["image_source"]["file_name"], "image.img.gz");
     assert_eq!(json["run"]["image_size_bytes"], rig.image.size());

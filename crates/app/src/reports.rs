@@ -52,7 +52,7 @@ pub fn render_device(device: &DeviceReport, format: ReportFormat, generated_at: 
     Rendered {
         content_type: content_type(format),
         body: match format {
-            ReportFormat::Csv => report::csv(&device.rows),
+            ReportFormat::Csv => report::csv(&device.rows, &device.image_origins),
             ReportFormat::Json => report::device_json(device),
             ReportFormat::Html => report::device_html(device, generated_at),
             ReportFormat::Labels => report::device_labels_html(device, generated_at),

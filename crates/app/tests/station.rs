@@ -202,7 +202,7 @@ async fn verdicts_the_api_shows_are_the_ones_its_reports_give_in_every_format() 
         (200, "application/json")
     );
     let report = json.json();
-    assert_eq!(report["format"], "flashrack-report/11");
+    assert_eq!(report["format"], "flashrack-report/12");
     assert_eq!(report["kind"], "run");
     assert_eq!(counts(&report["run"]), counts(&run), "{report}");
     let rows = report["attempts"].as_array().unwrap();

@@ -102,7 +102,7 @@ pub enum Command {
 pub enum ReportFormatArg {
     /// Comma-separated values, one row per attempt.
     Csv,
-    /// JSON (format "flashrack-report/11").
+    /// JSON (format "flashrack-report/12").
     Json,
     /// Printable HTML.
     Html,

@@ -64,7 +64,7 @@ fn a_sampled_flash_and_its_report_agree_on_the_share_and_the_seed() {
     let report = flashrack(&data_dir, &["report", "run", "1", "--format", "json"]);
     assert!(report.status.success(), "{}", text(&report.stderr));
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
-    assert_eq!(report["format"], "flashrack-report/11");
+    assert_eq!(report["format"], "flashrack-report/12");
     let attempt = &report["attempts"][0];
     assert_eq!(attempt["verdict"], "pass", "{report}");
     assert_eq!(attempt["verdict_words"], "sampled (5 %)", "{report}");

@@ -127,7 +127,7 @@ fn a_sparse_flash_writes_only_the_map_and_the_stick_holds_a_clean_file_system() 
     let report = flashrack(&data_dir, &["report", "run", "1", "--format", "json"]);
     assert!(report.status.success(), "{}", text(&report.stderr));
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
-    assert_eq!(report["format"], "flashrack-report/11");
+    assert_eq!(report["format"], "flashrack-report/12");
     assert_eq!(report["run"]["options"]["sparse"], true, "{report}");
     assert_eq!(
         report["attempts"][0]["bytes_skipped"].as_u64(),

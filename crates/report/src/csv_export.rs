@@ -4,22 +4,49 @@
 use std::borrow::Cow;
 
 use crate::export::{float, ExportRow, CSV_EXTRA_FIELDS, FIELDS, FORMAT, VERSION};
-use crate::{ReportRow, RunReport};
+use crate::html::origin_label;
+use crate::{ImageOrigin, ReportRow, RunReport};
 
 /// The records as CSV, in the order given: a header line of [`FIELDS`] and
 /// [`CSV_EXTRA_FIELDS`], then a line per row, `\n` line ends. A device's
-/// report uses it as it is (its records oldest first).
-pub fn csv(rows: &[ReportRow]) -> String {
-    write_csv(rows.iter())
+/// report (its records oldest first) and a fleet hub's lot report use it as
+/// it is, with their `origins`: each line's `image_origin` is where its
+/// image came from, among them (empty for an image imported from a file or
+/// uploaded).
+pub fn csv(rows: &[ReportRow], origins: &[ImageOrigin]) -> String {
+    write_csv(rows.iter(), |row| {
+        let mut words: Vec<String> = origins
+            .iter()
+            .filter(|origin| row.image_sha256 == Some(origin.sha256))
+            .map(|origin| origin_words(&origin.provenance))
+            .collect();
+        words.dedup();
+        words.join(" | ")
+    })
 }
 
 /// A run's records as CSV, by port as the printed report lists them (A2
-/// before A10; each port's records in the order they were made).
+/// before A10; each port's records in the order they were made), each line's
+/// `image_origin` the run's image's.
 pub fn run_csv(report: &RunReport) -> String {
-    write_csv(report.rows_by_port().into_iter())
+    let origin = report
+        .image_provenance
+        .as_ref()
+        .map(origin_words)
+        .unwrap_or_default();
+    write_csv(report.rows_by_port().into_iter(), |_| origin.clone())
 }
 
-fn write_csv<'a>(rows: impl Iterator<Item = &'a ReportRow>) -> String {
+/// An image's origin as one CSV cell: the printed report's label and words
+/// (`Downloaded from: https://… (ETag …); digest …, signed by …`).
+fn origin_words(provenance: &flashrack_core::Provenance) -> String {
+    format!("{}: {provenance}", origin_label(provenance))
+}
+
+fn write_csv<'a>(
+    rows: impl Iterator<Item = &'a ReportRow>,
+    origin_of: impl Fn(&ReportRow) -> String,
+) -> String {
     let mut out = csv::WriterBuilder::new()
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(Vec::new());
@@ -29,7 +56,8 @@ fn write_csv<'a>(rows: impl Iterator<Item = &'a ReportRow>) -> String {
         .expect("csv header");
     for row in rows {
         let export = ExportRow::new(row);
-        let extra = [FORMAT, VERSION];
+        let origin = origin_of(row);
+        let extra = [FORMAT, VERSION, &formula_guard(&origin)];
         out.write_record(
             cells(&export)
                 .iter()

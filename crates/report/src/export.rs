@@ -10,14 +10,16 @@ use crate::{Counts, ReportRow, LOT_OPTION, OPERATOR_OPTION};
 
 /// The version tag of every export: the JSON's `format`, the CSV's
 /// `report_format` column, the HTML's generator and footer.
-pub const FORMAT: &str = "flashrack-report/11";
+pub const FORMAT: &str = "flashrack-report/12";
 
 /// The version of flashrack printed on every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The columns the CSV adds after [`FIELDS`] on every line: the export's
-/// format and the flashrack that made it (the JSON has them once, at the top).
-pub const CSV_EXTRA_FIELDS: [&str; 2] = ["report_format", "flashrack_version"];
+/// format and the flashrack that made it (the JSON has them once, at the
+/// top), and where the line's image came from (the JSON's
+/// `image_provenance` or `image_origins`, in the printed report's words).
+pub const CSV_EXTRA_FIELDS: [&str; 3] = ["report_format", "flashrack_version", "image_origin"];
 
 /// The record fields, in CSV column order.
 pub const FIELDS: [&str; 44] = [

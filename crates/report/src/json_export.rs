@@ -1,4 +1,4 @@
-//! The JSON export (`flashrack-report/11`): one object with the run or the device,
+//! The JSON export (`flashrack-report/12`): one object with the run or the device,
 //! its counts, and the records.
 
 use serde::Serialize;

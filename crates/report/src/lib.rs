@@ -83,7 +83,7 @@
 //!
 //! # JSON
 //!
-//! One object: `"format": "flashrack-report/11"`, `"flashrack_version"`,
+//! One object: `"format": "flashrack-report/12"`, `"flashrack_version"`,
 //! `"kind": "run"`, `"device"` or `"lot"`, then `"run"` (fields `run_id`,
 //! `station_id`, `operator`, `lot`, `image_name`, `image_sha256`,
 //! `image_size_bytes`, `image_source` (`file_name`, `sha256`, `size_bytes`, or
@@ -119,6 +119,13 @@
 //! `fingerprint` in any format: a compare of a target that followed the
 //! import of a new file, each chunk read back checked against the import's
 //! XXH3-128 fingerprint of it (a plain `pass`, as proven as `compare`).
+//!
+//! Format 12 (from format 11): the CSV's `image_origin`, after
+//! `flashrack_version`: where the line's image came from, in the printed
+//! report's words (`Downloaded from: https://… (ETag …); digest …, signed by
+//! …`, `Captured: …`, `Origin: …`), from the JSON's `image_provenance` or
+//! `image_origins` (a lot's several, joined by ` | `); empty for an image
+//! imported from a file or uploaded. The JSON and HTML are unchanged.
 //!
 //! Format 11 (from format 10): a run that wrote while its image was being
 //! imported (it followed a download or a file import, from the CLI's
@@ -189,7 +196,7 @@
 //!
 //! RFC 4180 with `\n` line ends: a header line, then a line per record (a run's
 //! by port, a device's oldest first). After the record fields come two columns
-//! that say what made the file: `report_format` (`flashrack-report/11`) and
+//! that say what made the file: `report_format` (`flashrack-report/12`) and
 //! `flashrack_version`. The run's totals (counts, yield, failures by reason)
 //! are not repeated on every line: they are in the JSON and the printed
 //! report, and a spreadsheet gets them from the `verdict` column. A text field

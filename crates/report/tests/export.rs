@@ -85,7 +85,7 @@ fn check_golden(name: &str, actual: &str) {
 #[test]
 fn run_exports_match_the_golden_files() {
     let run = run();
-    check_golden("run.csv", &flashrack_report::csv(&run.rows));
+    check_golden("run.csv", &flashrack_report::csv(&run.rows, &[]));
     check_golden("run.json", &flashrack_report::run_json(&run));
     check_golden("run.html", &flashrack_report::run_html(&run, GENERATED_AT));
     check_golden(
@@ -97,7 +97,10 @@ fn run_exports_match_the_golden_files() {
 #[test]
 fn device_exports_match_the_golden_files() {
     let device = device();
-    check_golden("device.csv", &flashrack_report::csv(&device.rows));
+    check_golden(
+        "device.csv",
+        &flashrack_report::csv(&device.rows, &device.image_origins),
+    );
     check_golden("device.json", &flashrack_report::device_json(&device));
     check_golden(
         "device.html",
@@ -109,7 +112,7 @@ fn device_exports_match_the_golden_files() {
 fn the_json_export_is_versioned_and_parses_back() {
     let run = run();
     let value: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
-    assert_eq!(value["format"], "flashrack-report/11");
+    assert_eq!(value["format"], "flashrack-report/12");
     assert_eq!(value["flashrack_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["kind"], "run");
     assert_eq!(value["run"]["attempts"], 7);
@@ -133,7 +136,7 @@ fn the_json_export_is_versioned_and_parses_back() {
 #[test]
 fn the_csv_export_has_a_line_per_attempt_and_defuses_formulas() {
     let run = run();
-    let csv = flashrack_report::csv(&run.rows);
+    let csv = flashrack_report::csv(&run.rows, &[]);
     let header: Vec<&str> = flashrack_report::FIELDS
         .iter()
         .chain(flashrack_report::CSV_EXTRA_FIELDS.iter())
@@ -448,9 +451,22 @@ fn the_json_run_carries_who_what_from_where_and_how_it_went() {
     );
 }
 
+fn downloaded_from(url: &str) -> flashrack_core::Provenance {
+    flashrack_core::Provenance {
+        url: url.into(),
+        etag: Some("\"e1\"".into()),
+        last_modified: None,
+        digest_source: flashrack_core::DigestSource::Unchecked,
+        captured: None,
+        built: None,
+        bmap_lookup_failed: None,
+    }
+}
+
 #[test]
 fn every_csv_line_says_who_armed_its_run_and_where_the_image_came_from() {
-    let run = run();
+    let mut run = run();
+    run.image_provenance = Some(downloaded_from("https://example.invalid/debian.img.xz"));
     let csv = flashrack_report::run_csv(&run);
     let mut reader = csv::ReaderBuilder::new().from_reader(csv.as_bytes());
     let headers = reader.headers().unwrap().clone();
@@ -463,9 +479,55 @@ fn every_csv_line_says_who_armed_its_run_and_where_the_image_came_from() {
         assert_eq!(&record[at("image_size_bytes")], "629145600");
         assert_eq!(&record[at("image_source_name")], "debian-12.5-amd64.img.xz");
         assert!(record[at("run_options")].starts_with("verify by hashing"));
-        assert_eq!(&record[at("report_format")], "flashrack-report/11");
+        assert_eq!(&record[at("report_format")], "flashrack-report/12");
         assert_eq!(&record[at("flashrack_version")], env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            &record[at("image_origin")],
+            "Downloaded from: https://example.invalid/debian.img.xz (ETag \"e1\"); digest not checked"
+        );
     }
+}
+
+#[test]
+fn a_devices_csv_line_names_the_origin_of_its_own_image_only() {
+    let mut device = device();
+    let images: Vec<flashrack_core::Sha256Digest> = device
+        .rows
+        .iter()
+        .filter_map(|row| row.image_sha256)
+        .collect();
+    let first = images[0];
+    device.image_origins = vec![
+        flashrack_report::ImageOrigin {
+            sha256: first,
+            name: "debian.img.xz".into(),
+            provenance: downloaded_from("https://a.invalid/debian.img.xz"),
+        },
+        // Another image's origin is no line's here but its own image's.
+        flashrack_report::ImageOrigin {
+            sha256: flashrack_core::Sha256Digest::of(b"another image"),
+            name: "other.img".into(),
+            provenance: downloaded_from("=HYPERLINK(\"https://evil.invalid\")"),
+        },
+    ];
+    let csv = flashrack_report::csv(&device.rows, &device.image_origins);
+    let mut reader = csv::ReaderBuilder::new().from_reader(csv.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let mut named = 0;
+    for record in reader.records().map(Result::unwrap) {
+        let origin = &record[at("image_origin")];
+        if record[at("image_sha256")] == first.to_hex() {
+            assert!(
+                origin.starts_with("Downloaded from: https://a.invalid/"),
+                "{origin}"
+            );
+            named += 1;
+        } else {
+            assert_eq!(origin, "", "{record:?}");
+        }
+    }
+    assert!(named > 0, "{csv}");
 }
 
 #[test]
@@ -597,7 +659,7 @@ fn a_sampled_pass_says_sampled_with_its_share_in_every_format() {
     let run = sampled_run();
 
     let json: serde_json::Value = serde_json::from_str(&flashrack_report::run_json(&run)).unwrap();
-    assert_eq!(json["format"], "flashrack-report/11");
+    assert_eq!(json["format"], "flashrack-report/12");
     let a1 = &json["attempts"][0];
     assert_eq!(a1["port_label"], "A1");
     assert_eq!(a1["verdict"], "pass");

@@ -127,7 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = store.run_report(run).await?.expect("the run exists");
     let now = store.now();
     let exports: [(&str, &dyn Fn() -> String); 3] = [
-        ("csv", &|| flashrack_report::csv(&report.rows)),
+        ("csv", &|| flashrack_report::run_csv(&report)),
         ("json", &|| flashrack_report::run_json(&report)),
         ("html", &|| flashrack_report::run_html(&report, now)),
     ];

@@ -1239,7 +1239,7 @@ async fn recovery_keeps_the_bytes_last_recorded_as_a_lower_bound_or_says_they_ar
 
     // The report says so: a lower bound, and an unknown count left empty.
     let report = restarted.run_report(run).await.unwrap().unwrap();
-    let csv = flashrack_report::csv(&report.rows);
+    let csv = flashrack_report::csv(&report.rows, &[]);
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[1].contains(",20971520,lower_bound,"), "{csv}");
     assert!(lines[2].contains(",,unknown,"), "{csv}");

@@ -470,7 +470,7 @@ async fn a_captured_images_origin_is_in_its_run_and_device_json_reports() {
     let report = s.run_report(run).await.unwrap().unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&flashrack_report::run_json(&report)).unwrap();
-    assert_eq!(json["format"], "flashrack-report/11");
+    assert_eq!(json["format"], "flashrack-report/12");
     let want = serde_json::json!({
         "port": "M1",
         "serial": "GOLD-1",

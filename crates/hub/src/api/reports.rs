@@ -90,7 +90,7 @@ pub(super) async fn lot(
         .map_err(internal)?
         .ok_or_else(|| AppError::not_found(format!("no lot {id}")))?;
     let body = match format {
-        "csv" => flashrack_report::csv(&report.rows),
+        "csv" => flashrack_report::csv(&report.rows, &report.image_origins),
         "html" => flashrack_report::lot_html(&report, now_ms()),
         _ => flashrack_report::lot_json(&report),
     };
@@ -111,7 +111,7 @@ pub(super) async fn device(
         .map_err(internal)?
         .ok_or_else(|| AppError::not_found(format!("no station has seen a device {key:?}")))?;
     let body = match format {
-        "csv" => flashrack_report::csv(&report.rows),
+        "csv" => flashrack_report::csv(&report.rows, &report.image_origins),
         "html" => flashrack_report::device_html(&report, now_ms()),
         _ => flashrack_report::device_json(&report),
     };
