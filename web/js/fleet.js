@@ -1,6 +1,8 @@
 // The station's link to its fleet hub (GET /api/v1/fleet), in the top bar:
 // connected or not, the backlog of records not yet acknowledged, and when
-// records were last shipped. Hidden for a station in no fleet (404).
+// records were last shipped. Hidden for a station in no fleet (GET
+// /api/v1/health says `fleet: false`; /api/v1/fleet is never asked, so the
+// browser logs no 404 on every page load).
 
 import { $, fmtTime } from './util.js';
 import { api } from './api.js';
@@ -27,6 +29,18 @@ function render(view) {
 
 /** Polls the fleet view while the station is in a fleet. */
 export async function startFleet() {
+  for (;;) {
+    try {
+      if (!(await api('GET', '/health')).fleet) {
+        $('fleet-link').hidden = true;
+        return;
+      }
+      break;
+    } catch {
+      // The station is away: ask again.
+      await new Promise((resolve) => { setTimeout(resolve, EVERY_MS); });
+    }
+  }
   for (;;) {
     try {
       render(await api('GET', '/fleet'));

@@ -146,6 +146,7 @@ async fn the_records_of_three_stations_arrive_at_the_hub_as_each_holds_them() {
         let counts = assert_hub_matches(&hub, app, name).await;
         eprintln!("{name}: images, devices, runs, attempts, refusals, events = {counts:?}");
         let fleet = app.get("/api/v1/fleet").await.json();
+        assert_eq!(app.get("/api/v1/health").await.json()["fleet"], true);
         assert_eq!(fleet["connected"], true, "{fleet}");
         assert_eq!(fleet["backlog"], 0, "{fleet}");
     }

@@ -128,7 +128,7 @@ pub struct WebConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct OperatorToken {
     /// The holder's name, as reports print it: at most 100 characters,
-    /// without control characters.
+    /// without control characters or invisible formatting characters.
     pub name: String,
     /// The token: at least 12 characters, unlike every other token of the
     /// station.
@@ -709,7 +709,7 @@ impl StationConfig {
 }
 
 /// Validates `[[web.operators]]`: a name of at most 100 characters without
-/// control characters, a token of at least 12, names and tokens all
+/// control or invisible formatting characters, a token of at least 12, names and tokens all
 /// different (and unlike the shared token).
 fn parse_operators(
     raw: &[Spanned<RawOperator>],
@@ -721,10 +721,12 @@ fn parse_operators(
         let at = entry.span().start;
         let RawOperator { name, token } = entry.get_ref();
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        if name.is_empty() || name.chars().count() > 100 || flashrack_core::has_unprintable(name) {
             return Err(invalid(
                 at,
-                "an operator's name must be 1 to 100 characters, without control characters".into(),
+                "an operator's name must be 1 to 100 characters, without control characters or \
+                 invisible formatting characters (such as U+202E)"
+                    .into(),
             ));
         }
         if token.trim() != token || token.len() < 12 {

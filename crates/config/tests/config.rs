@@ -467,6 +467,12 @@ fn malformed_operator_tokens_name_the_line_and_the_reason() {
             op("A\\u0007da", "long-enough-token-1"),
             "control characters",
         ),
+        // A right-to-left override would print the name reversed on
+        // every report that names the operator.
+        (
+            op("Ada\\u202Eecalevol", "long-enough-token-1"),
+            "invisible formatting characters",
+        ),
         (
             op(&"A".repeat(101), "long-enough-token-1"),
             "1 to 100 characters",

@@ -40,7 +40,7 @@ pub use build::{BuildStage, BuildState};
 pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
-pub use name::printable_name;
+pub use name::{has_unprintable, is_unprintable, printable_name};
 pub use provenance::{BuildOrigin, CaptureOrigin, DigestSource, Provenance, SignatureCheck};
 pub use ranges::{DataRanges, RangesError};
 pub use record::{

@@ -324,7 +324,7 @@ fn list_names(names: &[String]) -> String {
 /// (`"a\u{1b}[31m.img"`), so that the operator can still name it exactly
 /// and the terminal is not driven by it.
 fn escaped(name: &str) -> String {
-    if name.chars().any(char::is_control) {
+    if flashrack_core::has_unprintable(name) {
         format!("{name:?}")
     } else {
         name.to_string()

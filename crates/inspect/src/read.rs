@@ -91,7 +91,7 @@ pub(crate) fn label(b: &[u8]) -> Option<String> {
         .trim_end_matches(['\0', ' '])
         .trim_start()
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|&c| !flashrack_core::is_unprintable(c))
         .collect();
     (!text.is_empty()).then_some(text)
 }

@@ -73,7 +73,8 @@ pub enum StoreError {
         /// What the migrator said.
         source: sqlx::migrate::MigrateError,
     },
-    /// The station id is empty, too long or holds control characters.
+    /// The station id is empty, too long or holds control characters or
+    /// invisible formatting characters.
     #[error("invalid station id {got:?}: {why}")]
     InvalidStationId {
         /// The rejected id.

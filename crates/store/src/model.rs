@@ -127,7 +127,8 @@ impl StationId {
     /// The longest id accepted.
     pub const MAX_LEN: usize = 64;
 
-    /// Accepts 1 to 64 characters without control characters or surrounding spaces.
+    /// Accepts 1 to 64 characters without control characters, invisible
+    /// formatting characters or surrounding spaces.
     pub fn parse(text: &str) -> Result<Self, StoreError> {
         let err = |why| StoreError::InvalidStationId {
             got: text.chars().take(80).collect(),
@@ -142,8 +143,10 @@ impl StationId {
         if text.trim() != text {
             return Err(err("it starts or ends with white space"));
         }
-        if text.chars().any(char::is_control) {
-            return Err(err("it holds control characters"));
+        if flashrack_core::has_unprintable(text) {
+            return Err(err(
+                "it holds control characters or invisible formatting characters (such as U+202E)",
+            ));
         }
         Ok(Self(text.to_string()))
     }

@@ -154,9 +154,14 @@ fn image_json(cache: &ImageCache, image: &CachedImage) -> Value {
     })
 }
 
-/// `GET /api/v1/health`
+/// `GET /api/v1/health`: `ok`, the station's id, and whether it has joined a
+/// fleet (`fleet: true`: `GET /api/v1/fleet` describes its link to the hub).
 pub async fn health(State(state): State<WebState>) -> Json<Value> {
-    Json(json!({ "status": "ok", "station_id": state.station.snapshot().station_id }))
+    Json(json!({
+        "status": "ok",
+        "station_id": state.station.snapshot().station_id,
+        "fleet": state.fleet.is_some(),
+    }))
 }
 
 /// `GET /api/v1/station`: every port and the run.
@@ -276,9 +281,10 @@ fn run_label(what: &str, value: Option<String>) -> Result<Option<String>, AppErr
     else {
         return Ok(None);
     };
-    if value.chars().count() > MAX_LABEL || value.chars().any(char::is_control) {
+    if value.chars().count() > MAX_LABEL || flashrack_core::has_unprintable(&value) {
         return Err(AppError::bad_request(format!(
-            "{what} must be at most {MAX_LABEL} characters, without control characters"
+            "{what} must be at most {MAX_LABEL} characters, without control characters or \
+             invisible formatting characters (such as U+202E)"
         )));
     }
     Ok(Some(value))
@@ -528,9 +534,10 @@ pub async fn stop_run(
         .map(|reason| reason.trim().to_string())
         .filter(|reason| !reason.is_empty())
         .unwrap_or_else(|| "stopped by the operator".into());
-    if reason.chars().count() > MAX_STOP_REASON || reason.chars().any(char::is_control) {
+    if reason.chars().count() > MAX_STOP_REASON || flashrack_core::has_unprintable(&reason) {
         return Err(AppError::bad_request(format!(
-            "reason must be at most {MAX_STOP_REASON} characters, without control characters"
+            "reason must be at most {MAX_STOP_REASON} characters, without control characters or \
+             invisible formatting characters (such as U+202E)"
         )));
     }
     state

@@ -90,7 +90,7 @@ pub async fn capture(
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     check_name(&body.name).map_err(AppError::bad_request)?;
     if let Some(port) = &body.port {
-        if port.is_empty() || port.len() > 64 || port.chars().any(char::is_control) {
+        if port.is_empty() || port.len() > 64 || flashrack_core::has_unprintable(port) {
             return Err(AppError::bad_request(
                 "port must be a port's label (1-64 characters)",
             ));

@@ -256,6 +256,10 @@ async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
             StatusCode::BAD_REQUEST,
         ),
         (
+            json!({"image": rig.image_sha, "operator": "Ada\u{202E}ecalevoL"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
             json!({"image": rig.image_sha, "lot": "L".repeat(101)}),
             StatusCode::BAD_REQUEST,
         ),
@@ -326,6 +330,8 @@ async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
         "bad\u{1b}[31m red".to_string(),
         "bad\nreason".to_string(),
         "nul\u{0}".to_string(),
+        "spoof\u{202E}gnitirw".to_string(),
+        "zero\u{200B}width".to_string(),
         "é".repeat(501),
     ] {
         let (status, body) = call(
