@@ -1168,22 +1168,8 @@ fn volume_label(volume_id: Option<&str>) -> String {
 /// A file name for the layout from the name asked for (no directories,
 /// nothing hidden).
 fn file_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.').to_string();
-    if cleaned.is_empty() {
-        "bootable.img".into()
-    } else {
-        cleaned
-    }
+    flashrack_core::file_name_from(name, flashrack_core::MAX_FILE_NAME_BYTES)
+        .unwrap_or_else(|| "bootable.img".into())
 }
 
 /// Every regular file under `root`: its path relative to `root` (with `/`)

@@ -40,7 +40,10 @@ pub use build::{BuildStage, BuildState};
 pub use digest::{DigestParseError, Sha256Digest};
 pub use event::{EngineEvent, EngineEventKind, TargetId};
 pub use manifest::{ChunkKind, ImageManifest, ManifestError};
-pub use name::{has_unprintable, is_unprintable, printable_name};
+pub use name::{
+    file_name_from, has_unprintable, is_file_name_char, is_unprintable, printable_name,
+    MAX_FILE_NAME_BYTES,
+};
 pub use provenance::{BuildOrigin, CaptureOrigin, DigestSource, Provenance, SignatureCheck};
 pub use ranges::{DataRanges, RangesError};
 pub use record::{

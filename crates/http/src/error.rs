@@ -95,6 +95,16 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The same error with every `from` in its message said as `to` (a
+    /// server's own path, such as an upload's temporary file, said as what the
+    /// client knows it by).
+    pub fn with_message_naming(mut self, from: &str, to: &str) -> Self {
+        if !from.is_empty() {
+            self.message = self.message.replace(from, to);
+        }
+        self
+    }
 }
 
 impl IntoResponse for AppError {

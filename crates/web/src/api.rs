@@ -858,29 +858,20 @@ pub struct UploadQuery {
     sha256: Option<String>,
 }
 
-/// A file name safe to create: its last component, only `[A-Za-z0-9._-]`.
+/// A file name safe to create: the name's last component, letters and digits
+/// of any script, `.`, `-`, `_` and `+` kept, every other character made `_`,
+/// at most 128 characters (cut in the stem: `.img.xz` is kept).
 fn safe_file_name(name: &str) -> Result<String, AppError> {
     let last = Path::new(name)
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("");
-    let cleaned: String = last
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(128)
-        .collect();
-    if cleaned.is_empty() || cleaned.starts_with('.') {
-        return Err(AppError::bad_request(format!(
-            "{name:?} is not a usable file name"
-        )));
-    }
-    Ok(cleaned)
+    flashrack_core::file_name_from(last, 128).ok_or_else(|| {
+        AppError::bad_request(format!(
+            "{:?} is not a usable file name",
+            flashrack_core::printable_name(name)
+        ))
+    })
 }
 
 /// `POST /api/v1/images/upload?name=ubuntu.iso.xz[&sha256=…]`: the body is the
@@ -957,7 +948,11 @@ pub async fn upload(
     if received == 0 {
         return Err(AppError::bad_request("the upload is empty"));
     }
-    let result = import_file(&state, path, query.sha256, None).await;
+    // Its errors name the upload, not the station's temporary file.
+    let temporary = path.display().to_string();
+    let result = import_file(&state, path, query.sha256, None)
+        .await
+        .map_err(|error| error.with_message_naming(&temporary, &format!("the upload {name}")));
     drop(dir);
     result
 }

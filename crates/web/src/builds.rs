@@ -25,8 +25,8 @@ use crate::{AppError, WebState};
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildBody {
-    /// The name the built image is kept under (letters, digits, `.`, `-`,
-    /// `_`; see [`check_name`]); the ISO's name with `-usb.img` when absent.
+    /// The name the built image is kept under (letters or digits of any
+    /// script, `.`, `-`, `_`, `+`; see [`check_name`]); the ISO's name with `-usb.img` when absent.
     #[serde(default)]
     pub name: Option<String>,
 }
@@ -98,20 +98,9 @@ pub fn refusal(iso: &CachedImage) -> Option<(StatusCode, String)> {
 /// instead of its extension, kept to the characters [`check_name`] takes.
 pub fn default_name(iso_name: &str) -> String {
     let stem = iso_name.rsplit_once('.').map_or(iso_name, |(stem, _)| stem);
-    let clean: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let clean = clean.trim_start_matches('.');
-    let clean = if clean.is_empty() { "image" } else { clean };
     let max = crate::captures::MAX_NAME - "-usb.img".len();
-    format!("{}-usb.img", &clean[..clean.len().min(max)])
+    let clean = flashrack_core::file_name_from(stem, max).unwrap_or_else(|| "image".into());
+    format!("{clean}-usb.img")
 }
 
 /// `POST /api/v1/images/{sha256}/bootable`: 202 with the build's view; 400
@@ -193,7 +182,8 @@ mod tests {
         assert_eq!(default_name("Win11_24H2.iso"), "Win11_24H2-usb.img");
         assert_eq!(default_name("holiday videos.bin"), "holiday_videos-usb.img");
         assert_eq!(default_name(".iso"), "image-usb.img");
-        assert_eq!(default_name("é.iso"), "_-usb.img");
+        assert_eq!(default_name("é.iso"), "é-usb.img");
+        assert_eq!(default_name("Win \"11\"\u{202E}.iso"), "Win__11__-usb.img");
         let long = default_name(&format!("{}.iso", "x".repeat(300)));
         assert!(check_name(&long).is_ok(), "{long}");
     }

@@ -25,8 +25,8 @@ pub struct CaptureBody {
     /// absent.
     #[serde(default)]
     pub port: Option<String>,
-    /// The name the image is kept under: 1 to [`MAX_NAME`] letters, digits,
-    /// `.`, `-` or `_`, not starting with a dot.
+    /// The name the image is kept under: 1 to [`MAX_NAME`] letters or digits
+    /// (of any script), `.`, `-`, `_` or `+`, not starting with a dot.
     pub name: String,
     /// Read the whole stick rather than up to the end of its last partition.
     #[serde(default)]
@@ -65,17 +65,14 @@ pub trait Captures: Send + Sync {
 
 /// Checks a capture's image name (see [`CaptureBody::name`]).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if valid {
+    // A name the file-name rules keep as it is: nothing to clean, nothing cut.
+    if flashrack_core::file_name_from(name, MAX_NAME).as_deref() == Some(name) {
         Ok(())
     } else {
         Err(format!(
-            "name {name:?} must be 1-{MAX_NAME} letters, digits, '.', '-' or '_', not starting with '.'"
+            "name {name:?} must be 1-{MAX_NAME} letters or digits (of any script), '.', '-', '_' \
+             or '+', not starting with '.' (at most {} bytes)",
+            flashrack_core::MAX_FILE_NAME_BYTES
         ))
     }
 }
@@ -134,14 +131,16 @@ mod tests {
     fn a_capture_name_is_a_plain_file_name() {
         assert!(check_name("golden-v3.img").is_ok());
         assert!(check_name("a_b.C-1").is_ok());
+        assert!(check_name("gölden-映像+1.img").is_ok());
         for bad in [
             "",
             ".hidden",
             "a/b",
             "../x",
             "a b",
-            "é",
+            "ab\u{202E}c",
             &"x".repeat(MAX_NAME + 1),
+            &"映".repeat(MAX_NAME),
         ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }

@@ -475,6 +475,46 @@ async fn images_import_upload_lookup_and_delete() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // A name in another script is kept as it is (it was `_n_code-__.img`);
+    // a name that could spoof the reports loses its override.
+    for (seed, name, kept) in [
+        (
+            10,
+            "%C3%BCn%C3%AFcode-%E6%98%A0%E5%83%8F.img",
+            "ünïcode-映像.img",
+        ),
+        (12, "photo%E2%80%AEgpj.img", "photo_gpj.img"),
+    ] {
+        let response = rig
+            .app()
+            .oneshot(upload(
+                &format!("/api/v1/images/upload?name={name}"),
+                flashrack_testkit::image_bytes(MIB as usize, seed, 64 * 1024),
+            ))
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{name}");
+        let body: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(body["name"], kept, "{name}: {body}");
+    }
+    // A wrong digest names the upload, not the station's temporary file.
+    let wrong = flashrack_core::Sha256Digest::of(b"not this").to_hex();
+    let response = rig
+        .app()
+        .oneshot(upload(
+            &format!("/api/v1/images/upload?name=wrongsha.img&sha256={wrong}"),
+            flashrack_testkit::image_bytes(MIB as usize, 11, 64 * 1024),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("the upload wrongsha.img"), "{message}");
+    assert!(!message.contains("upload-"), "{message}");
     // Nothing is left behind in the upload directory.
     let leftovers = std::fs::read_dir(rig.dir.path().join("uploads"))
         .map(|d| d.count())

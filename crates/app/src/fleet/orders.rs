@@ -713,22 +713,7 @@ fn run_options(order: &RunOrder) -> Result<RunOptions, String> {
 
 /// A name for a file, from an image's name (no directories, nothing hidden).
 fn file_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.');
-    if cleaned.is_empty() {
-        "image".into()
-    } else {
-        cleaned.chars().take(100).collect()
-    }
+    flashrack_core::file_name_from(name, 100).unwrap_or_else(|| "image".into())
 }
 
 #[cfg(test)]
