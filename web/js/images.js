@@ -31,6 +31,11 @@ export function imageRow(image) {
       el('span', { class: 'muted' }, ` ${fmtBytes(image.size)} · ${image.format || ''} · `,
         el('code', { text: shortSha(image.sha256), title: image.sha256 || '' })),
       image.imported_at ? el('span', { class: 'muted small-text', text: ` imported ${fmtTime(image.imported_at)}` }) : null,
+      // The names it was imported or captured under again: it is found by
+      // them too (`image show`, a run armed by name).
+      image.also_known_as && image.also_known_as.length
+        ? el('div', { class: 'muted small-text image-aliases', text: `Also known as ${image.also_known_as.join(', ')}` })
+        : null,
       // What the image is (inspected at import), and whether a raw run of it
       // is refused (a non-hybrid installer ISO: the stick would not boot).
       image.summary ? el('div', { class: 'muted small-text image-summary', text: image.summary }) : null,
@@ -412,12 +417,12 @@ function captureRow(c) {
     if (c.eta_secs != null) words += ` · ${c.eta_secs} s left`;
   } else if (c.state === 'done') {
     words = `captured ${fmtBytes(c.size)} of ${fmtBytes(c.device_size)} (${c.extent}) · ${shortSha(c.image)} · ${fitText(c)}`;
-    // The same bytes cached before keep their name: said, so that the
-    // operator looks for the image under it (as `image capture` says).
+    // The same bytes cached before keep their name, and are known by the
+    // capture's too: said, as `image capture` says it.
     if (c.already_cached) {
       const kept = model.images.find((i) => i.sha256 === c.image);
       words += kept && kept.name !== c.name
-        ? ` · the same bytes were cached already, as ${kept.name}: the image keeps that name`
+        ? ` · the same bytes were cached already, as ${kept.name}: the image keeps that name, and is known as ${c.name} too`
         : ' · the same bytes were cached already';
     }
     if (!c.fits_smallest_stick && c.smallest_stick != null) cls = 'bad';

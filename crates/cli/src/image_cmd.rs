@@ -277,8 +277,9 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         .is_some_and(|asked| *asked != image.meta.original_name)
                 {
                     errln!(
-                        "note: the same bytes were cached already, as {}: the image keeps that name (name it by it or by its sha256)",
-                        image.meta.original_name
+                        "note: the same bytes were cached already, as {}: the image keeps that name, and is known as {} too",
+                        image.meta.original_name,
+                        asked_name.as_deref().unwrap_or_default()
                     );
                 }
                 if captured.sector_size != 512 {
@@ -312,6 +313,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                         serde_json::json!({
                             "sha256": i.sha256(), "size": i.size(),
                             "name": i.meta.original_name, "format": i.meta.format.name(),
+                            "also_known_as": i.meta.also_known_as,
                             "imported_at": i.meta.imported_at,
                             "inspection": i.meta.inspection,
                             "raw_write_refusal": i.raw_write_refusal(),
@@ -355,6 +357,7 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                     serde_json::to_string_pretty(&serde_json::json!({
                         "sha256": i.sha256(), "size": i.size(),
                         "name": i.meta.original_name, "format": i.meta.format.name(),
+                        "also_known_as": i.meta.also_known_as,
                         "imported_at": i.meta.imported_at,
                         "inspection": i.meta.inspection,
                         "raw_write_refusal": i.raw_write_refusal(),
@@ -364,6 +367,9 @@ pub async fn run(data_dir: &Path, command: ImageCommand) -> Result<()> {
                 )?;
             } else {
                 outln!("{}  {}", i.sha256(), i.meta.original_name)?;
+                if !i.meta.also_known_as.is_empty() {
+                    outln!("also known as: {}", i.meta.also_known_as.join(", "))?;
+                }
                 outln!("size: {} ({} bytes)", ByteSize(i.size()), i.size())?;
                 if let Some(provenance) = &i.meta.provenance {
                     outln!("origin: {provenance}")?;

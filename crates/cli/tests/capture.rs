@@ -103,14 +103,23 @@ fn a_capture_says_whether_it_fits_the_smallest_stick_in_the_records() {
     assert_eq!(json["smallest_stick"], 4 * MIB);
     assert_eq!(json["fits_smallest_stick"], false);
     assert_eq!(json["already_cached"], true);
-    // The same bytes asked for under another name: said to keep the first.
+    // The same bytes asked for under another name: said to keep the first,
+    // and found by the second (it was "no cached image matches").
     let out = flashrack(&data, &capture_args(&master, "golden-v4.img"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("the same bytes were cached already, as master.img"),
+        stderr(&out).contains(
+            "the same bytes were cached already, as master.img: the image keeps that name, \
+             and is known as golden-v4.img too"
+        ),
         "{}",
         stderr(&out)
     );
+    let out = flashrack(&data, &["image", "show", "golden-v4.img", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["name"], "master.img");
+    assert_eq!(shown["also_known_as"], serde_json::json!(["golden-v4.img"]));
 
     // Captured only up to what fits (a smaller master): it fits.
     let small_master = LoopDevice::new(2 * MIB);

@@ -18,6 +18,11 @@ use crate::index::{FileIdentity, Index};
 /// The fewest hex digits [`ImageCache::find`] accepts as a prefix.
 pub const MIN_PREFIX: usize = 6;
 
+/// The most other names an image keeps ([`ImportMeta::also_known_as`]): a
+/// file downloaded again and again under new names does not grow its entry
+/// without end.
+pub const MAX_OTHER_NAMES: usize = 16;
+
 /// How an image came into the cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportMeta {
@@ -26,6 +31,12 @@ pub struct ImportMeta {
     /// The name of the file inside the zip archive, for a zip import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zip_entry: Option<String>,
+    /// Other names it was imported or captured under since, its bytes found
+    /// cached already (`golden-v2` for a master captured again): it is
+    /// found by them as by [`original_name`](Self::original_name). At most
+    /// [`MAX_OTHER_NAMES`], the oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_known_as: Vec<String>,
     /// The detected format of the imported file.
     pub format: ImageFormat,
     /// Size in bytes of the imported file as given (compressed size).
@@ -344,8 +355,9 @@ impl ImageCache {
 
     /// Finds one image by what a person would type: a hex prefix of its raw
     /// digest (at least [`MIN_PREFIX`] digits), the full sha256 of the file it
-    /// was imported from, that file's name (or the name inside its zip), or a
-    /// unique beginning of that name (case aside). More than one match is
+    /// was imported from, that file's name (or the name inside its zip, or a
+    /// name it was found under again: [`ImportMeta::also_known_as`]), or a
+    /// unique beginning of one of those (case aside). More than one match is
     /// [`ImageError::Ambiguous`]; none is [`ImageError::NotFound`] with the
     /// names that look like the query.
     pub fn find(&self, query: &str) -> Result<CachedImage, ImageError> {
@@ -378,7 +390,9 @@ impl ImageCache {
         }
         let images = self.list()?;
         let names = |i: &CachedImage| {
-            std::iter::once(i.meta.original_name.clone()).chain(i.meta.zip_entry.clone())
+            std::iter::once(i.meta.original_name.clone())
+                .chain(i.meta.zip_entry.clone())
+                .chain(i.meta.also_known_as.clone())
         };
         let by_name: Vec<_> = images
             .iter()
@@ -410,6 +424,37 @@ impl ImageCache {
             query: query.to_string(),
             suggestions: suggestions(&wanted, &images),
         })
+    }
+
+    /// Records `name` as another name of a cached image that an import or a
+    /// capture under that name found cached already, so that it is found by
+    /// it ([`find`](Self::find)). Best effort, as the provenance of a found
+    /// image: on failure the image keeps its entry. Nothing changes for its
+    /// own name, a name it has, an empty name, or once it has
+    /// [`MAX_OTHER_NAMES`].
+    pub(crate) fn also_named(&self, image: CachedImage, name: &str) -> CachedImage {
+        let meta = &image.meta;
+        if name.is_empty()
+            || name == meta.original_name
+            || meta.zip_entry.as_deref() == Some(name)
+            || meta.also_known_as.iter().any(|known| known == name)
+            || meta.also_known_as.len() >= MAX_OTHER_NAMES
+        {
+            return image;
+        }
+        let mut meta = meta.clone();
+        meta.also_known_as.push(name.to_string());
+        let entry = EntryFile {
+            manifest: image.manifest.clone(),
+            import: meta.clone(),
+        };
+        match fsutil::write_json_atomic(&self.tmp, &self.entry_path(&image.sha256()), &entry) {
+            Ok(()) => CachedImage { meta, ..image },
+            Err(error) => {
+                tracing::warn!(%error, image = %image.sha256().short(), name, "cannot record the image's other name");
+                image
+            }
+        }
     }
 
     /// Removes an image: its entry first (so it stops counting as present), then

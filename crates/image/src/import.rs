@@ -231,6 +231,7 @@ impl ImageCache {
                     .filter(|i| entry_fits(i, &options))
                 {
                     tracing::debug!(path = %path.display(), image = %image.sha256().short(), "known file");
+                    let image = self.also_named(image, &file_name_of(path));
                     check_size(path, image.size(), &options)?;
                     check_expected(path, &options, source.raw_sha256, source.file_sha256)?;
                     return Ok(ImportOutcome {
@@ -273,6 +274,7 @@ impl ImageCache {
                         .filter(|i| entry_fits(i, &options))
                     {
                         tracing::debug!(path = %path.display(), image = %raw.short(), "known file digest");
+                        let image = self.also_named(image, &file_name_of(path));
                         check_size(path, image.size(), &options)?;
                         check_expected(path, &options, raw, file_sha256)?;
                         self.remember(identity, settled, &file, file_sha256, raw, size);
@@ -486,6 +488,7 @@ impl ImageCache {
         if let Some(image) = self.get(&raw)? {
             tracing::debug!(path = %path.display(), image = %raw.short(), "image already cached");
             let image = self.add_fingerprints(image, &decoded.raw);
+            let image = self.also_named(image, &file_name_of(path));
             if let Some(map) = &map {
                 self.keep_map(&raw, map)?;
             }
@@ -506,11 +509,9 @@ impl ImageCache {
         )
         .expect("the pass yields one fingerprint and zero flag per chunk of a valid size");
         let meta = ImportMeta {
-            original_name: path
-                .file_name()
-                .map(|n| flashrack_core::printable_name(&n.to_string_lossy()))
-                .unwrap_or_default(),
+            original_name: file_name_of(path),
             zip_entry: decoded.zip_entry,
+            also_known_as: Vec::new(),
             format,
             input_size: decoded.input_size,
             input_sha256: decoded.file_sha256,
@@ -1613,4 +1614,12 @@ pub(crate) fn lowercase_first(text: &str) -> String {
         Some(first) => first.to_lowercase().chain(chars).collect(),
         None => String::new(),
     }
+}
+
+/// The name an image imported from `path` is known by: the file's name, a
+/// control character in it made U+FFFD.
+fn file_name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| flashrack_core::printable_name(&n.to_string_lossy()))
+        .unwrap_or_default()
 }

@@ -85,7 +85,9 @@ mod input;
 mod pass;
 
 pub use blockmap::{BmapCheck, BmapInput, MapInfo, MapOrigin, StoredMap};
-pub use cache::{CachedImage, ImageCache, ImportMeta, SourceReference, MIN_PREFIX};
+pub use cache::{
+    CachedImage, ImageCache, ImportMeta, SourceReference, MAX_OTHER_NAMES, MIN_PREFIX,
+};
 pub use detect::ImageFormat;
 pub use error::{FileKind, ImageError};
 pub use import::{

@@ -408,6 +408,7 @@ impl ImageCache {
         let meta = ImportMeta {
             original_name: flashrack_core::printable_name(&source.name),
             zip_entry,
+            also_known_as: Vec::new(),
             format,
             input_size,
             input_sha256: file_sha256,
@@ -423,6 +424,7 @@ impl ImageCache {
         if let Some(image) = self.get(&raw.sha256)? {
             let image = self.add_fingerprints(image, &raw);
             let image = self.with_provenance(image, provenance);
+            let image = self.also_named(image, &meta.original_name);
             if let Some(map) = &map {
                 self.keep_map(&raw.sha256, map)?;
             }

@@ -294,3 +294,46 @@ fn an_unknown_name_is_answered_with_the_names_that_look_like_it() {
         "{error}"
     );
 }
+
+#[test]
+fn an_image_imported_again_under_another_name_is_found_by_it_too() {
+    let fx = Fixture::new();
+    let bytes = sample_image();
+    let first = fx
+        .cache
+        .import(fx.input("golden-v1.img", &bytes), options())
+        .unwrap()
+        .image;
+    // The same bytes under another name: the image keeps its name, and is
+    // found by the new one (it was "no cached image matches").
+    let again = fx
+        .cache
+        .import(fx.input("golden-v2.img", &bytes), options())
+        .unwrap();
+    assert!(again.already_cached());
+    assert_eq!(again.image.meta.original_name, "golden-v1.img");
+    assert_eq!(again.image.meta.also_known_as, ["golden-v2.img"]);
+    let found = fx.cache.find("golden-v2.img").unwrap();
+    assert_eq!(found.sha256(), first.sha256());
+    assert_eq!(found.meta.also_known_as, ["golden-v2.img"]);
+    // Kept across a new cache over the same directory, once per name.
+    fx.cache
+        .import(fx.input("golden-v2.img", &bytes), options())
+        .unwrap();
+    let reopened = ImageCache::open(fx.cache_dir.path()).unwrap();
+    assert_eq!(
+        reopened.find("golden-v2").unwrap().meta.also_known_as,
+        ["golden-v2.img"]
+    );
+    // Never without end: at most MAX_OTHER_NAMES.
+    for n in 0..flashrack_image::MAX_OTHER_NAMES + 4 {
+        fx.cache
+            .import(fx.input(&format!("copy-{n}.img"), &bytes), options())
+            .unwrap();
+    }
+    let image = fx.cache.find(&first.sha256().to_hex()).unwrap();
+    assert_eq!(
+        image.meta.also_known_as.len(),
+        flashrack_image::MAX_OTHER_NAMES
+    );
+}

@@ -141,6 +141,7 @@ fn image_json(cache: &ImageCache, image: &CachedImage) -> Value {
         "sha256": image.sha256(),
         "size": image.size(),
         "name": image.meta.original_name,
+        "also_known_as": image.meta.also_known_as,
         "format": image.meta.format.name(),
         "file_sha256": image.meta.input_sha256,
         "zero_bytes": image.manifest.zero_bytes(),
