@@ -35,8 +35,12 @@ pub const MAP_BLOCK: u64 = 4096;
 /// The version of the rules [`allocation_map`] follows: a map kept by older
 /// rules is generated again. Version 2 maps what lies past a file system's
 /// own end in its partition or image (version 1 left it out for ext2/3/4
-/// and FAT, and a sparse write left data there off the stick).
-pub const ALLOCATION_RULES: u32 = 2;
+/// and FAT, and a sparse write left data there off the stick). Version 3
+/// places the metadata of an ext4 group whose bitmap was never written when
+/// the file system keeps its superblock backups in the two groups it names
+/// (`sparse_super2`); version 2 mapped such groups whole (safe, but a sparse
+/// run then wrote them whole).
+pub const ALLOCATION_RULES: u32 = 3;
 
 /// Why no map can be made from an image's file systems.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -370,9 +374,13 @@ fn ext_allocation(fs: &Region<'_>, ranges: &mut Ranges) -> Result<(u64, u64), St
     fs.read(gdt_offset, &mut gdt)?;
     let lazy_ok = ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) != 0;
     // Group descriptors and the layout of uninitialised groups are only
-    // computed for the classic layout; with META_BG or SPARSE_SUPER2 an
-    // uninitialised group is carried whole.
-    let classic = incompat & INCOMPAT_META_BG == 0 && compat & COMPAT_SPARSE_SUPER2 == 0;
+    // computed without META_BG (descriptors spread over the groups); with
+    // it an uninitialised group is carried whole.
+    let classic = incompat & INCOMPAT_META_BG == 0;
+    // SPARSE_SUPER2: superblock backups in at most two groups, which the
+    // superblock names (`s_backup_bgs`, 0 for none).
+    let sparse_super2 = compat & COMPAT_SPARSE_SUPER2 != 0;
+    let backup_groups = [le32(&sb, 0x24C), le32(&sb, 0x250)];
     let desc = |g: u64| &gdt[(g * desc_size) as usize..((g + 1) * desc_size) as usize];
     let location = |d: &[u8], lo: usize, hi: usize| {
         le32(d, lo)
@@ -401,7 +409,11 @@ fn ext_allocation(fs: &Region<'_>, ranges: &mut Ranges) -> Result<(u64, u64), St
         }
     }
     metadata.sort_unstable();
+    // As the kernel's ext4_bg_has_super.
     let has_super = |g: u64| {
+        if sparse_super2 {
+            return g == 0 || backup_groups.contains(&g);
+        }
         g == 0
             || ro_compat & RO_COMPAT_SPARSE_SUPER == 0
             || [3u64, 5, 7].iter().any(|&base| {
