@@ -224,11 +224,7 @@ impl BmapInput {
                 "stream did not contain valid UTF-8",
             ))
         })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok((name, text))
+        Ok((bmap_name(path), text))
     }
 
     /// The size of the image the map describes (its `ImageSize`).
@@ -271,6 +267,22 @@ impl BmapInput {
 
 /// A checked bmap as the cache keeps it.
 /// A bmap file as a map's source says it: "bmap file disk.bmap (format 2.0)".
+/// What a map read from `path` is called in the records and reports: its
+/// file name, or "from a pipe" for a descriptor the shell made
+/// (`--bmap <(curl …)` is `/dev/fd/63`: its number names nothing).
+fn bmap_name(path: &std::path::Path) -> String {
+    let text = path.to_string_lossy();
+    let descriptor = text.starts_with("/dev/fd/")
+        || text.starts_with("/dev/stdin")
+        || (text.starts_with("/proc/") && text.contains("/fd/"));
+    if descriptor {
+        return "from a pipe".into();
+    }
+    path.file_name()
+        .map(|n| flashrack_core::printable_name(&n.to_string_lossy()))
+        .unwrap_or_default()
+}
+
 fn bmap_file_words(file: &str, version: &str) -> String {
     format!("bmap file {file} (format {version})")
 }
@@ -522,4 +534,27 @@ fn digest_size(cache: &ImageCache, digest: &Sha256Digest) -> Result<u64, ImageEr
             query: digest.to_hex(),
             suggestions: Vec::new(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_map_from_a_descriptor_the_shell_made_is_not_named_by_its_number() {
+        for path in [
+            "/dev/fd/63",
+            "/proc/self/fd/5",
+            "/proc/4242/fd/0",
+            "/dev/stdin",
+        ] {
+            assert_eq!(bmap_name(Path::new(path)), "from a pipe", "{path}");
+        }
+        assert_eq!(bmap_name(Path::new("/srv/disk.img.bmap")), "disk.img.bmap");
+        assert_eq!(
+            bmap_name(Path::new("/srv/a\u{1b}[31m.bmap")),
+            "a\u{FFFD}[31m.bmap"
+        );
+    }
 }
