@@ -39,9 +39,34 @@ where
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(AppError::bad_request(rejection.body_text())),
+            Err(rejection) => Err(AppError::bad_request(json_rejection_words(
+                &rejection.body_text(),
+            ))),
         }
     }
+}
+
+/// A JSON body's rejection in words for people: serde's type names said as
+/// the numbers they take (`expected u32` is "expected a whole number from 0
+/// to 4294967295"), after what axum says of the body.
+fn json_rejection_words(text: &str) -> String {
+    let mut words = text.to_string();
+    for (serde, people) in [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+        ("i64", "a whole number"),
+        ("f64", "a number"),
+    ] {
+        for end in [" at line", ""] {
+            let from = format!("expected {serde}{end}");
+            if words.contains(&from) {
+                words = words.replace(&from, &format!("expected {people}{end}"));
+            }
+        }
+    }
+    words
 }
 
 /// A station command's error as the API answers it.

@@ -263,6 +263,10 @@ async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
             json!({"image": rig.image_sha, "lot": "L".repeat(101)}),
             StatusCode::BAD_REQUEST,
         ),
+        (
+            json!({"image": rig.image_sha, "target_count": 1e20}),
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let (status, reply) = post(&rig, "/api/v1/runs", body.clone()).await;
         assert_eq!(status, code, "{body}: {reply}");
@@ -272,6 +276,18 @@ async fn arming_stopping_and_starting_ports_with_good_and_bad_input() {
                 .is_some_and(|m| !m.is_empty()),
             "{reply}"
         );
+        // A number out of range is said in numbers, not serde's type names.
+        if body
+            .get("target_count")
+            .is_some_and(|n| n.as_f64() > Some(1e9))
+        {
+            let message = reply["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("target_count")
+                    && message.contains("expected a whole number from 0 to 4294967295"),
+                "{message}"
+            );
+        }
     }
     let (status, body) = post(&rig, "/api/v1/ports/A1/start", json!({})).await;
     assert_eq!(
