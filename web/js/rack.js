@@ -163,6 +163,12 @@ export function buildTile(port) {
   (busy || port.state === 'capturing') && !model.stale ? progressBlock(port) : null,
   (busy || port.state === 'capturing') && model.stale ? el('p', { class: 'stale-note', text: `last known: ${port.state}; progress unknown` }) : null,
   port.state === 'waiting' ? el('p', { class: 'waiting-note', text: 'waiting: target nearly reached (starts if a stick in flight fails)' }) : null,
+  // A stick with the serial of one that passed in this run: that stick put
+  // in again, or another of its batch. Nothing of it was read, so no pass
+  // is shown; it is written only if the operator asks.
+  port.state === 'detected' && port.passed_before != null
+    ? el('p', { class: 'passed-before-note', text: `a stick with this serial passed in this run (attempt ${port.passed_before}); this one is not written unless you ask` })
+    : null,
   // The records are taking the attempt's start (nothing written yet) or its
   // verdict (shown once they hold it).
   busy && port.recording && !model.stale
@@ -345,7 +351,8 @@ export function actionsBlock(port) {
         onclick: () => openCapture(port.label),
       }, 'Capture…'));
   }
-  if ((port.state !== 'passed' && port.state !== 'failed') || port.ejected || !port.device
+  const mayRepeat = port.state === 'detected' && port.passed_before != null;
+  if ((port.state !== 'passed' && port.state !== 'failed' && !mayRepeat) || port.ejected || !port.device
     || model.stale || !model.run || !model.run.armed) {
     return ack ? el('div', { class: 'tile-actions' }, ack) : null;
   }
@@ -354,9 +361,9 @@ export function actionsBlock(port) {
       type: 'button',
       class: 'small',
       'data-action': 'again',
-      'aria-label': `Write port ${port.label} again`,
+      'aria-label': `Write port ${port.label} ${mayRepeat ? 'now' : 'again'}`,
       onclick: (event) => writeAgain(port.label, event.currentTarget),
-    }, 'Write again'));
+    }, mayRepeat ? 'Write it' : 'Write again'));
 }
 
 export async function writeAgain(label, button) {

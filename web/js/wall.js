@@ -53,6 +53,8 @@ export function wallFace(port, stale) {
     else detail = 'stick out';
   } else if (port.state === 'refused') {
     detail = port.refusal ? shortCode(port.refusal.code) : shortReason(port.verdict);
+  } else if (port.state === 'detected' && port.passed_before != null) {
+    detail = 'serial passed before: write?';
   }
   if (stale) word = `${word}?`;
   return { glyph, word, pct, detail };

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use flashrack_app::client::{ArmRun, RunImage, StationClient};
-use flashrack_core::{ByteSize, VerifyMode};
+use flashrack_core::{ByteSize, Verdict, VerifyMode};
 use flashrack_station::{PortState, Snapshot};
 
 use crate::cli::{ClientArgs, RunCommand};
@@ -69,7 +69,13 @@ pub fn status_table(snapshot: &Snapshot) -> String {
         let verdict = match (&port.verdict, &port.refusal, port.state) {
             (_, Some(refusal), PortState::Refused) => format!("refused: {refusal}"),
             (Some(verdict), _, _) => {
-                let mut text = verdict.to_string();
+                // A pass in the words of what it proved, as the records and
+                // the dashboard say it: never a plain "pass" for a sampled,
+                // sparse or unverified one.
+                let mut text = match (verdict, &port.figures) {
+                    (Verdict::Pass, Some(figures)) => figures.pass_words(),
+                    _ => verdict.to_string(),
+                };
                 // A verdict always says which run (and image) it is about; one
                 // of another run is not a verdict of the current one.
                 if let Some(of) = &port.verdict_run {
@@ -87,6 +93,10 @@ pub fn status_table(snapshot: &Snapshot) -> String {
                 }
                 text
             }
+            (None, _, PortState::Detected) if port.passed_before.is_some() => format!(
+                "a stick with its serial passed in this run (attempt {}): not written unless asked",
+                port.passed_before.expect("checked")
+            ),
             _ => "-".into(),
         };
         rows.push([
@@ -256,6 +266,42 @@ mod tests {
                 "armed — 5 passed, 1 failed, 3 refused, 2 interrupted, 4 active, 6 to go\n"
             ),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn the_status_table_says_what_a_pass_proved_and_names_a_pass_it_may_repeat() {
+        use flashrack_core::{AttemptFigures, AttemptId, Verdict, VerifyMethod};
+        use flashrack_station::{PortState, PortView, Snapshot};
+        let port = |label: &str| PortView::empty(label.into(), None, true, None);
+        let mut unverified = port("A1");
+        unverified.state = PortState::Passed;
+        unverified.verdict = Some(Verdict::Pass);
+        unverified.figures = Some(AttemptFigures {
+            verify_method: Some(VerifyMethod::None),
+            ..AttemptFigures::default()
+        });
+        let mut again = port("A2");
+        again.state = PortState::Detected;
+        again.passed_before = Some(AttemptId(12));
+        let snapshot = Snapshot {
+            station_id: "s".into(),
+            ports: vec![unverified, again],
+            run: None,
+            arming: None,
+        };
+        let table = super::status_table(&snapshot);
+        let line = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("A1").ends_with("written, not verified"), "{table}");
+        assert!(
+            line("A2").contains("passed in this run (attempt 12): not written unless asked"),
+            "{table}"
         );
     }
 }

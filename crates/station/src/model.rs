@@ -182,6 +182,14 @@ pub struct PortView {
     /// no progress, and no verdict.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recording: bool,
+    /// Set while the stick in it shows the serial (and vendor, model and
+    /// size) of a stick that passed in the armed run: the attempt that
+    /// passed. It may be that stick put in again, or another stick with the
+    /// same serial (cheap sticks share them), which nothing but a read-back
+    /// tells apart: it is neither written nor shown as passed until the
+    /// operator asks (`start_port`, "write it").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed_before: Option<AttemptId>,
 }
 
 impl PortView {
@@ -208,6 +216,7 @@ impl PortView {
             ejected: false,
             attempt_id: None,
             recording: false,
+            passed_before: None,
         }
     }
 

@@ -573,6 +573,8 @@ struct Finishing {
     port: usize,
     kernel_name: String,
     device_key: String,
+    /// Who its stick is (a pass is kept with it: see [`PassedAttempt`]).
+    identity: DeviceIdentity,
     /// Gone in its reset and not back.
     away: bool,
     /// Its stick was pulled while it ran.
@@ -796,12 +798,14 @@ struct Followed {
     engine: EngineOptions,
 }
 
-/// The attempt in which a stick passed in the armed run: what its port shows
-/// when the stick is put in again (see [`ActiveRun::is_reinsertion_of_a_pass`]).
+/// The attempt in which a stick passed in the armed run: what its port names
+/// when a stick that may be it is put in ([`ActiveRun::pass_it_may_repeat`]).
 #[derive(Debug, Clone)]
 struct PassedAttempt {
     attempt_id: AttemptId,
-    figures: AttemptFigures,
+    /// The stick that passed: one with its serial but another vendor, model
+    /// or size is another stick.
+    identity: DeviceIdentity,
 }
 
 /// The armed (or last) run.
@@ -811,9 +815,10 @@ struct ActiveRun {
     /// The import it follows, until that ends (`None`: a cached image).
     followed: Option<Followed>,
     image_size: u64,
-    /// The sticks that passed in this run, by key: not written again on
-    /// re-insertion unless the operator asks, when the key can tell one
-    /// stick from another (see [`ActiveRun::is_reinsertion_of_a_pass`]).
+    /// The sticks that passed in this run, by key: a stick that may be one of
+    /// them put in again is not written unless the operator asks, when the
+    /// key can tell one stick from another (see
+    /// [`ActiveRun::pass_it_may_repeat`]).
     passed: HashMap<String, PassedAttempt>,
     /// Serials seen on two sticks present at once in this run: they do not
     /// tell sticks apart (cheap sticks often share one), so a stick with
@@ -842,17 +847,22 @@ impl ActiveRun {
             .map(|f| &f.feed)
     }
 
-    /// Whether a stick arriving is one that passed in this run, put in again:
-    /// a stick with a serial of its own that passed, a serial no other stick
-    /// present at the same time has shown. A stick without a serial is never
-    /// taken for one that passed: its key (vendor, model and size) is shared by
-    /// every stick of its batch, and taking it so would leave a new stick
-    /// unwritten and shown as passed.
-    fn is_reinsertion_of_a_pass(&self, identity: &DeviceIdentity) -> bool {
+    /// The pass in this run of a stick the arriving one may be, put in
+    /// again: a stick with a serial of its own, the same vendor, model and
+    /// size, and a serial no other stick present at the same time has shown.
+    /// Only "may be": another stick of the batch may show the same serial,
+    /// so the station neither writes it nor shows it as passed until the
+    /// operator asks ([`PortView::passed_before`]). A stick without a
+    /// serial is never taken for one that passed: its key (vendor, model and
+    /// size) is shared by every stick of its batch.
+    fn pass_it_may_repeat(&self, identity: &DeviceIdentity) -> Option<&PassedAttempt> {
         let key = identity.key();
-        identity.has_serial()
-            && self.passed.contains_key(&key)
-            && !self.shared_serials.contains(&key)
+        if !identity.has_serial() || self.shared_serials.contains(&key) {
+            return None;
+        }
+        self.passed
+            .get(&key)
+            .filter(|pass| pass.identity == *identity)
     }
 
     /// Whether the passes so far plus the attempts in flight reach the target
@@ -1416,21 +1426,22 @@ impl Station {
         if let Some(run) = self.run.as_mut().filter(|r| r.live() && shared_now) {
             run.shared_serials.insert(key.clone());
         }
-        if let Some(run) = self.run.as_ref().filter(|r| r.live()) {
-            if run.is_reinsertion_of_a_pass(&identity) {
-                let verdict_run = VerdictRun::of(&run.view);
-                let earlier = run.passed.get(&key).cloned();
+        if let Some(run) = self.run.as_mut().filter(|r| r.live()) {
+            if let Some(earlier) = run.pass_it_may_repeat(&identity) {
+                // Not shown as passed: this insertion proved nothing (it may
+                // be another stick with the serial, blank or too small).
+                let attempt = earlier.attempt_id;
                 let view = &mut self.ports[port].view;
-                view.state = PortState::Passed;
-                view.verdict = Some(Verdict::Pass);
-                view.verdict_run = Some(verdict_run);
-                // The pass shown is that attempt's, with what it proved (a
-                // sampled or sparse pass is never shown as a plain one).
-                view.attempt_id = earlier.as_ref().map(|e| e.attempt_id);
-                view.figures = earlier.map(|e| e.figures);
+                view.state = PortState::Detected;
+                view.passed_before = Some(attempt);
                 self.publish_port(port);
-                tracing::info!(port = %label, device = %key, "already passed in this run; not rewritten");
+                tracing::info!(port = %label, device = %key, %attempt, "a stick with the serial of a pass in this run: not written unless the operator asks");
                 return;
+            }
+            // Its serial with another vendor, model or size: another stick,
+            // and a serial that tells no stick apart for the rest of the run.
+            if identity.has_serial() && run.passed.contains_key(&key) {
+                run.shared_serials.insert(key.clone());
             }
             self.try_start(port, false).await;
         }
@@ -2965,6 +2976,7 @@ impl Station {
         view.progress = None;
         view.ejected = false;
         view.attempt_id = None;
+        view.passed_before = None;
         if let Some(run) = self.run.as_mut() {
             run.view.active += 1;
         }
@@ -3132,6 +3144,8 @@ impl Station {
                     port,
                     kernel_name,
                     device_key,
+                    // Refused: never a pass, whoever it was.
+                    identity: DeviceIdentity::default(),
                     away: false,
                     removed,
                     stage: Stage::Preparing,
@@ -3576,6 +3590,7 @@ impl Station {
                 port: slot.port,
                 kernel_name: slot.kernel_name,
                 device_key: slot.device_key,
+                identity: slot.identity,
                 away: slot.away,
                 removed: slot.removed_during.is_some(),
                 stage: slot.stage,
@@ -3682,7 +3697,7 @@ impl Station {
                     slot.device_key.clone(),
                     PassedAttempt {
                         attempt_id: slot.attempt_id,
-                        figures: figures.clone(),
+                        identity: slot.identity.clone(),
                     },
                 );
             } else if interrupted {

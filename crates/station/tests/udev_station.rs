@@ -134,16 +134,25 @@ async fn the_station_writes_sticks_that_real_udev_announces_and_does_not_rewrite
         );
     }
 
-    // Pulled, the port empties; re-inserted, the passed stick is not rewritten.
+    // Pulled, the port empties; a stick with its serial put in (here blanked
+    // meanwhile, as another stick of a batch sharing serials would be) is
+    // neither written nor shown as passed: the port names the earlier pass,
+    // and the operator decides.
+    let earlier = snap_attempt(&handle, "T1");
     sticks[0].pull();
     until(&handle, "T1 empty", |s| state(s, "T1") == PortState::Empty).await;
     std::fs::write(&sticks[0].backing, vec![0u8; STICK_SIZE as usize]).unwrap();
     sticks[0].plug();
-    let snap = until(&handle, "T1 shown as passed", |s| {
-        state(s, "T1") == PortState::Passed
+    let snap = until(&handle, "T1 named with the earlier pass", |s| {
+        s.ports[0].passed_before.is_some()
     })
     .await;
-    assert_eq!(snap.ports[0].verdict, Some(Verdict::Pass));
+    assert_eq!(snap.ports[0].state, PortState::Detected);
+    assert_eq!(
+        snap.ports[0].verdict, None,
+        "no pass shown for a blank stick"
+    );
+    assert_eq!(snap.ports[0].passed_before, earlier);
     // An attempt would have been recorded when the stick was handled; a
     // command's answer comes after the events the station had already taken.
     assert!(matches!(
@@ -155,7 +164,7 @@ async fn the_station_writes_sticks_that_real_udev_announces_and_does_not_rewrite
             .unwrap()
             .iter()
             .all(|&b| b == 0),
-        "a stick that passed in this run is not written again"
+        "a stick with the serial of a pass in this run is not written unless asked"
     );
     let records = journal.records();
     assert_eq!(records.attempts.len(), 3);
@@ -391,4 +400,17 @@ async fn a_stick_whose_name_went_to_another_disk_before_the_open_is_not_written(
 
     let _ = stop.send(());
     task.await.unwrap();
+}
+
+/// The attempt the port labelled `label` shows now.
+fn snap_attempt(
+    handle: &flashrack_station::StationHandle,
+    label: &str,
+) -> Option<flashrack_core::AttemptId> {
+    handle
+        .snapshot()
+        .ports
+        .iter()
+        .find(|p| p.label == label)
+        .and_then(|p| p.attempt_id)
 }
