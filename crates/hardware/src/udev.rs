@@ -370,6 +370,32 @@ impl Present {
     }
 }
 
+/// Gives each device below a loop device in `facts` (a loop device over a
+/// block device, followed down) the port path udev knows for it: sysfs does
+/// not know it, and without it the guard judged the device below as in an
+/// unknown port, which named the wrong reason first (a stick in a mapped
+/// port, mounted, refused as "the device's port is unknown").
+fn fill_ports_below(facts: &mut DiskFacts) {
+    for backing in &mut facts.loop_backings {
+        if let Some(below) = backing.below.as_deref_mut() {
+            if below.port_path.is_none() {
+                below.port_path = udev_port_path(&below.kernel_name);
+            }
+            fill_ports_below(below);
+        }
+    }
+}
+
+/// The port path (`ID_PATH`) udev's database holds for block device
+/// `kernel_name`, if any.
+fn udev_port_path(kernel_name: &str) -> Option<String> {
+    let device = ::udev::Device::from_subsystem_sysname("block".into(), kernel_name.into()).ok()?;
+    device
+        .property_value("ID_PATH")
+        .map(|v| v.to_string_lossy().trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// Whether a block device of this `devtype` named `name` can be a stick at all.
 fn is_candidate(devtype: Option<&str>, name: &str) -> bool {
     devtype == Some("disk")
@@ -524,6 +550,7 @@ impl DeviceAccess for UdevAccess {
             }
         }
         facts.port_path = device.port_path.clone();
+        fill_ports_below(&mut facts);
         Ok(facts)
     }
 

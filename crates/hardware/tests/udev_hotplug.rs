@@ -392,3 +392,73 @@ fn ejecting_a_mounted_stick_is_refused_and_leaves_it_attached() {
     assert!(matches!(err, TargetError::Busy(_)), "{err}");
     assert_eq!(stick.sectors() * 512, STICK_SIZE);
 }
+
+#[test]
+fn a_loop_device_over_a_mounted_stick_in_a_mapped_port_is_refused_as_mounted_not_as_unmapped() {
+    if !require_root(&["losetup", "udevadm", "mkfs.ext4", "mount", "umount"]) {
+        return;
+    }
+    let stick = TestStick::create();
+    stick.plug();
+    settle();
+    run("mkfs.ext4", &["-q", "-F", stick.dev.to_str().unwrap()]);
+    let mountpoint = tempfile::tempdir().unwrap();
+    run(
+        "mount",
+        &[
+            stick.dev.to_str().unwrap(),
+            mountpoint.path().to_str().unwrap(),
+        ],
+    );
+    // Unmounted and detached whatever the assertions say.
+    struct Undo(String, std::path::PathBuf);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+            let _ = Command::new("umount").arg(&self.1).status();
+        }
+    }
+    let over = run(
+        "losetup",
+        &["--find", "--show", stick.dev.to_str().unwrap()],
+    )
+    .trim()
+    .to_string();
+    let _undo = Undo(over.clone(), mountpoint.path().to_path_buf());
+    settle();
+    let kernel_name = over.trim_start_matches("/dev/").to_string();
+    let device = PluggedDevice {
+        kernel_name: kernel_name.clone(),
+        dev_path: over.clone().into(),
+        port_path: Some("flashrack-test-port-above".to_owned()),
+        bus: Some("loop".to_owned()),
+        identity: DeviceIdentity::default(),
+        removable: false,
+        read_only: false,
+        disk: None,
+    };
+    let facts = UdevAccess::new().facts(&device).expect("facts");
+    let below = facts
+        .loop_backings
+        .iter()
+        .find_map(|b| b.below.as_deref())
+        .expect("the stick below");
+    // Its port is udev's, as for the stick itself.
+    assert_eq!(below.port_path, Some(stick.port_path()));
+    let policy = GuardPolicy {
+        allowed_buses: BTreeSet::from(["loop".to_owned(), "usb".to_owned()]),
+        mapped_ports: BTreeSet::from(["flashrack-test-port-above".to_owned(), stick.port_path()]),
+        ..GuardPolicy::default()
+    };
+    let request = GuardRequest {
+        image_size: 1024 * 1024,
+        armed_run: true,
+        explicit_operator_request: false,
+    };
+    let refusal = evaluate(&facts, &policy, &request).unwrap_err();
+    // The true reason first: the stick below is mounted (it was "the device's
+    // port is unknown", of a stick in a mapped port).
+    let words = refusal.to_string();
+    assert!(words.contains("mounted"), "{words}");
+    assert!(!words.contains("port is unknown"), "{words}");
+}
