@@ -433,6 +433,21 @@ impl Application {
             .unwrap_or_default()
     }
 
+    /// [`run_until_stopped`](Self::run_until_stopped) by a signal: its name
+    /// (`SIGTERM`), which `shutdown` answers, is kept as the detail of the
+    /// stop of a run the shutdown ends.
+    pub async fn run_until_signalled(
+        self,
+        shutdown: impl Future<Output = &'static str> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let station = self.handle.clone();
+        self.run_until_stopped(async move {
+            let signal = shutdown.await;
+            station.note_shutdown(signal);
+        })
+        .await
+    }
+
     /// Runs the station, its web side and the background tasks until
     /// `shutdown` completes or a task asks to stop; then stops the station
     /// (running attempts end `interrupted` at a safe point, or are recorded so

@@ -55,7 +55,7 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         "records: {dir} (flashrack --data-dir {dir} report runs)",
         dir = data_dir.display()
     );
-    let shutdown = crate::signals::shutdown()?;
+    let shutdown = crate::signals::named_shutdown()?;
     let app = Application::build(config, parts).await?;
     crate::cli::say_recovered(app.recovered());
     // A demo whose stdout is closed carries on (its address was not wanted).
@@ -72,7 +72,7 @@ pub async fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     if let Some(hand) = hand {
         by_hand(hand);
     }
-    let result = app.run_until_stopped(shutdown).await;
+    let result = app.run_until_signalled(shutdown).await;
     // Printed by now, or never will be (the demo stopped before the burst
     // was over: its sender is gone).
     if let Some(printed) = printed {

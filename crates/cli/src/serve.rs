@@ -35,12 +35,12 @@ pub async fn run(data_dir_flag: Option<PathBuf>, wait: bool, args: ServeArgs) ->
     // The flag wins over the configuration.
     let data_dir = data_dir_flag.unwrap_or_else(|| config.data_dir.clone());
     let _lock = crate::cli::lock(&data_dir, wait)?;
-    let shutdown = crate::signals::shutdown()?;
+    let shutdown = crate::signals::named_shutdown()?;
     let parts = Parts::udev_with_reset(&data_dir, config.web.listen, config.usb_reset);
     let app = Application::build(config, parts).await?;
     crate::cli::say_recovered(app.recovered());
     let _ = outln!("dashboard: http://{}/", app.address());
-    app.run_until_stopped(shutdown).await?;
+    app.run_until_signalled(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

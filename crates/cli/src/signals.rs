@@ -16,6 +16,19 @@ pub fn shutdown() -> Result<impl std::future::Future<Output = ()> + Send + 'stat
     })
 }
 
+/// As [`shutdown`], the future answering the signal's name (`SIGTERM`), for
+/// the records of a run the shutdown stops.
+pub fn named_shutdown() -> Result<impl std::future::Future<Output = &'static str> + Send + 'static>
+{
+    let mut stops = stops()?;
+    Ok(async move {
+        match stops.recv().await {
+            Some(signal) => signal.name(),
+            None => "the signal handler ended",
+        }
+    })
+}
+
 /// Catches SIGTERM and SIGINT now; every one that arrives from now on is sent
 /// on the returned channel.
 pub fn stops() -> Result<mpsc::UnboundedReceiver<StopSignal>> {

@@ -189,6 +189,34 @@ fn run_start_takes_a_unique_beginning_of_an_image_name_and_suggests_on_a_miss() 
     );
 }
 
+#[test]
+fn a_stop_without_a_reason_records_no_detail_and_a_sigterm_names_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demo = Demo::start(&data);
+    let stop_of = |run: &str| -> serde_json::Value {
+        let report = flashrack(&data, &["report", "run", run, "--format", "json"]);
+        assert_eq!(report.status.code(), Some(0), "{}", stderr(&report));
+        let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+        json["run"].clone()
+    };
+    // The demo arms run 1 by itself; stopped with no reason, its stop says
+    // "operator" and nothing beside (it said "stopped by the operator"
+    // twice in the printed report).
+    let out = demo.run(&["run", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = stop_of("1");
+    assert_eq!(run["stop_reason"], "operator", "{run:#}");
+    assert_eq!(run["stop_detail"], serde_json::Value::Null, "{run:#}");
+    let out = demo.run(&["run", "start", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Shut down by SIGTERM with the run armed: the signal is the detail.
+    drop(demo);
+    let run = stop_of("2");
+    assert_eq!(run["stop_reason"], "shutdown", "{run:#}");
+    assert_eq!(run["stop_detail"], "SIGTERM", "{run:#}");
+}
+
 /// Runs `flashrack` with its stdout on a pipe whose reading end is already
 /// closed: its first write fails with `EPIPE`, as under `| head -1` once
 /// `head` has its line.

@@ -343,6 +343,9 @@ pub struct StationHandle {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<StationEvent>,
     snapshot: watch::Receiver<Snapshot>,
+    /// Why the station is being shut down, when its caller says it
+    /// ([`note_shutdown`](Self::note_shutdown)).
+    shutdown_note: Arc<std::sync::OnceLock<String>>,
 }
 
 impl StationHandle {
@@ -447,6 +450,12 @@ impl StationHandle {
     /// ([`ArmClaim::stop_asked`]) and its arm refused.
     pub async fn stop_run(&self, note: &str) -> Result<(), StationError> {
         self.ask(|tx| Command::Stop(note.to_string(), tx)).await
+    }
+
+    /// Says why the station is about to be shut down (`SIGTERM`): a run it
+    /// stops then keeps it as its stop's detail. The first note stands.
+    pub fn note_shutdown(&self, why: impl Into<String>) {
+        let _ = self.shutdown_note.set(why.into());
     }
 
     /// Writes the stick in `label` now, as the operator's explicit request (also a
@@ -995,6 +1004,9 @@ struct Done {
 /// The station. Build it with [`Station::new`], then run
 /// [`Station::run_until_stopped`] on a task.
 pub struct Station {
+    /// Why it is being shut down, if its caller said it
+    /// ([`StationHandle::note_shutdown`]).
+    shutdown_note: Arc<std::sync::OnceLock<String>>,
     settings: StationSettings,
     access: Arc<dyn DeviceAccess>,
     /// The records' writers: every journal write goes through them, in
@@ -1133,12 +1145,15 @@ impl Station {
         let (recorded_tx, recorded_rx) = mpsc::unbounded_channel();
         let (claims_released_tx, claims_released_rx) = mpsc::unbounded_channel();
         let claim_commands = commands_tx.downgrade();
+        let shutdown_note = Arc::new(std::sync::OnceLock::new());
         let handle = StationHandle {
             commands: commands_tx,
             events: events.clone(),
             snapshot: snapshot_rx,
+            shutdown_note: Arc::clone(&shutdown_note),
         };
         let station = Self {
+            shutdown_note,
             settings,
             access,
             recorder: Recorder::new(journal),
@@ -1276,7 +1291,8 @@ impl Station {
             }
         }
         if self.run.as_ref().is_some_and(ActiveRun::live) {
-            self.stop(StopReason::Shutdown, None, None).await;
+            let note = self.shutdown_note.get().cloned();
+            self.stop(StopReason::Shutdown, note, None).await;
             while self.runs_recording() {
                 match self.recorded_rx.recv().await {
                     Some(recorded) => self.on_recorded(recorded).await,
@@ -1888,8 +1904,9 @@ impl Station {
                     slot.cancel();
                 }
                 self.log_action(OperatorAction::Stop, note.clone()).await;
-                self.stop(StopReason::Operator, Some(note), Some(reply))
-                    .await;
+                // No note is no detail: the reason says "operator" already.
+                let detail = (!note.trim().is_empty()).then_some(note);
+                self.stop(StopReason::Operator, detail, Some(reply)).await;
             }
             Command::StartPort(label, reply) => match self.start_port(&label).await {
                 Ok(action) => self.defer(Reply::StartPort(reply), Some(action)),

@@ -545,7 +545,8 @@ pub async fn stop_run(
     State(state): State<WebState>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, AppError> {
-    // The body is optional: none means "stopped by the operator".
+    // The body is optional: none (or no reason) records no detail beside
+    // the stop's reason, `operator`.
     let body: StopBody = if body.iter().all(u8::is_ascii_whitespace) {
         StopBody::default()
     } else {
@@ -558,8 +559,7 @@ pub async fn stop_run(
     let reason = body
         .reason
         .map(|reason| reason.trim().to_string())
-        .filter(|reason| !reason.is_empty())
-        .unwrap_or_else(|| "stopped by the operator".into());
+        .unwrap_or_default();
     if reason.chars().count() > MAX_STOP_REASON || flashrack_core::has_unprintable(&reason) {
         return Err(AppError::bad_request(format!(
             "reason must be at most {MAX_STOP_REASON} characters, without control characters or \
