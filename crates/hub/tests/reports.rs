@@ -72,7 +72,7 @@ fn provisional(removed: bool) -> FleetRecord {
 fn ordered_run(order_id: i64) -> FleetRecord {
     let mut record = run(1, None);
     if let FleetRecord::Run(r) = &mut record {
-        r.options = json!({ ORDER_ID_OPTION: order_id, "verify": "full" });
+        r.options = json!({ ORDER_ID_OPTION: order_id, "verify": "full", "operator": "Zoë", "lot": "LOT-42" });
     }
     record
 }
@@ -170,6 +170,18 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
     let failed = &body["attempts"][1];
     assert_eq!(failed["reason_detail"], "verify mismatch at byte 4096");
     assert_eq!(failed["serial"], "S2");
+    // Each row carries its run's facts as the station's rows do (they were
+    // all empty at the hub): who armed it, its lot and options, its image's
+    // size.
+    for row in body["attempts"].as_array().unwrap() {
+        assert_eq!(row["operator"], "Zoë", "{row:#}");
+        assert_eq!(row["lot"], "LOT-42", "{row:#}");
+        assert!(
+            row["run_options"].as_str().is_some_and(|o| !o.is_empty()),
+            "{row:#}"
+        );
+    }
+    assert_eq!(failed["image_size_bytes"], 8u64 << 30, "{failed:#}");
     // Where the lot's image came from, as each station recorded it.
     let origins: Vec<Provenance> = body["image_origins"]
         .as_array()

@@ -24,25 +24,49 @@ fn digest(text: &str) -> Result<Sha256Digest, PgError> {
     })
 }
 
-/// The columns `attempt_row` reads: an attempt joined with its run and its
-/// station's device row.
+/// The columns `attempt_row` reads: an attempt joined with its run, the
+/// run's image at its station and its station's device row.
 const ATTEMPT_ROWS: &str = "
     SELECT a.station_id, a.id, a.run_id, a.port_label, a.port_path, a.device_key,
            d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
+           r.options AS run_options, r.stop_reason AS run_stop_reason,
+           r.stop_detail AS run_stop_detail, si.size AS image_size,
            ts_to_ms(a.started_at) AS started_at, ts_to_ms(a.finished_at) AS finished_at,
            a.state, a.stage, a.verdict, a.reason_detail, a.figures
     FROM attempts a
     LEFT JOIN runs r ON r.station_id = a.station_id AND r.id = a.run_id
+    LEFT JOIN station_images si ON si.station_id = r.station_id AND si.sha256 = r.image_sha256
     LEFT JOIN devices d ON d.station_id = a.station_id AND d.key = a.device_key";
 
 /// The columns `refusal_row` reads.
 const REFUSAL_ROWS: &str = "
     SELECT f.station_id, f.id, f.run_id, f.port_label, f.port_path, f.device_key,
            d.serial, d.vendor, d.model, r.image_name, r.image_sha256,
+           r.options AS run_options, r.stop_reason AS run_stop_reason,
+           r.stop_detail AS run_stop_detail, si.size AS image_size,
            ts_to_ms(f.at) AS at, f.capacity, f.refusal
     FROM refusals f
     LEFT JOIN runs r ON r.station_id = f.station_id AND r.id = f.run_id
+    LEFT JOIN station_images si ON si.station_id = r.station_id AND si.sha256 = r.image_sha256
     LEFT JOIN devices d ON d.station_id = f.station_id AND d.key = f.device_key";
+
+/// What a row's run says about it (who armed it, its lot and options, how it
+/// stopped, its image's size), as a station's own rows carry it. The file the
+/// image was imported from is the station's alone: the hub is not sent it.
+fn run_facts(row: &PgRow) -> Result<RunFacts, PgError> {
+    Ok(RunFacts {
+        options: row.get::<Option<serde_json::Value>, _>("run_options"),
+        stop_reason: row
+            .get::<Option<String>, _>("run_stop_reason")
+            .map(|text| enum_from("stop reason", text))
+            .transpose()?,
+        stop_detail: row.get("run_stop_detail"),
+        image_size: row
+            .get::<Option<i64>, _>("image_size")
+            .map(|size| ByteSize(size.max(0) as u64)),
+        image_source: None,
+    })
+}
 
 fn attempt_row(row: &PgRow) -> Result<ReportRow, PgError> {
     let state: AttemptState = enum_from("attempt state", row.get("state"))?;
@@ -92,9 +116,7 @@ fn attempt_row(row: &PgRow) -> Result<ReportRow, PgError> {
         reason_detail: row.get("reason_detail"),
         fail_offset: failure.and_then(|f| f.reason.offset()),
         figures: json_from::<AttemptFigures>("figures", row.get("figures"))?,
-        // The hub does not join its rows' runs yet: no operator, lot or image
-        // source on a hub's rows.
-        run_facts: RunFacts::default(),
+        run_facts: run_facts(row)?,
     })
 }
 
@@ -128,7 +150,7 @@ fn refusal_row(row: &PgRow) -> Result<ReportRow, PgError> {
             bytes_written_bound: Bound::Exact,
             ..AttemptFigures::default()
         },
-        run_facts: RunFacts::default(),
+        run_facts: run_facts(row)?,
     })
 }
 
