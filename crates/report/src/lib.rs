@@ -72,9 +72,9 @@
 //! | `lot` | the run's lot or batch id (the `lot` run option), if given |
 //! | `run_options` | the run's options in words (`verify by comparing every byte read back; stop after 40 passes`) |
 //! | `run_stop_reason` | why the run stopped (`operator`, `completed`, `shutdown`, `interrupted`, `source_failed`); absent while it runs |
-//! | `run_stop_detail` | what the station said of the stop beside its reason: for `source_failed` the source's failure with its causes (a digest that did not match, a file that changed on the server, a server that lied about its length), for `shutdown` the signal, an operator's note; absent when nothing was said (and in a fleet hub's reports) |
+//! | `run_stop_detail` | what the station said of the stop beside its reason: for `source_failed` the source's failure with its causes (a digest that did not match, a file that changed on the server, a server that lied about its length), for `shutdown` the signal, an operator's note; absent when nothing was said |
 //! | `image_size_bytes` | the raw image's size in bytes, where recorded |
-//! | `image_source_name` | the file the image was imported from (`debian.img.xz`), where recorded |
+//! | `image_source_name` | the file the image was imported from (`debian.img.xz`), where recorded (a station's own reports: a fleet hub is not sent it) |
 //! | `image_source_sha256` | that file's sha256 as given (the raw image's for a raw import), where recorded |
 //!
 //! The last eight are the record's run's facts (absent for a refusal while no
