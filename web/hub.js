@@ -76,12 +76,36 @@
     return '';
   }
 
-  function portHtml(p) {
+  // What a pass proved, as the station's dashboard and the records say it
+  // (AttemptFigures::pass_words): never a plain "passed" for a stick written
+  // without a read-back, a sampled one or a sparse one.
+  function passWords(f) {
+    if (!f) return 'passed';
+    const method = f.verify_method;
+    if (!method || method === 'none') return 'written, not verified';
+    const sparse = f.bytes_skipped > 0 ? 'sparse, ' : '';
+    if (method === 'sampled') return `${sparse}${f.sample ? `sampled (${+f.sample.percent.toFixed(2)} %)` : 'sampled'}`;
+    if (method === 'audit') return 'audit pass';
+    return f.bytes_skipped > 0 ? 'sparse pass' : 'passed';
+  }
+
+  // A verdict given under another run (or image) than the station's current
+  // one says nothing about the current run, as the station's dashboard says.
+  function ofAnotherRun(p, run) {
+    const of = p.verdict_run;
+    return Boolean(of && run && (of.run_id !== run.id || of.image_sha256 !== run.image_sha256));
+  }
+
+  function portHtml(p, run) {
     const progress = p.progress && p.progress.total ? ` ${Math.floor((100 * p.progress.done) / p.progress.total)}%` : '';
     const serial = p.device && p.device.serial ? `<br><span class="muted">${esc(p.device.serial)}</span>` : '';
     const reason = String(reasonOf(p)).replace(/_/g, ' ');
     const why = reason ? `<br><span class="reason">${esc(reason)}</span>` : '';
-    return `<div class="port ${esc(p.state)}" title="${esc(reason || p.state)}">${esc(p.label)}<br>${esc(p.state)}${progress}${why}${serial}</div>`;
+    let state = p.state === 'passed' ? passWords(p.figures) : p.state;
+    const old = ofAnotherRun(p, run);
+    if (old) state += ` in run ${p.verdict_run.run_id}, not this run`;
+    const classes = `port ${p.state}${old ? ' old-run' : ''}${state === 'written, not verified' ? ' unverified' : ''}`;
+    return `<div class="${esc(classes)}" title="${esc(reason || state)}">${esc(p.label)}<br>${esc(state)}${progress}${why}${serial}</div>`;
   }
 
   const COUNTERS = ['passed', 'failed', 'refused', 'interrupted', 'running'];
@@ -96,8 +120,8 @@
       byStatus[status] += 1;
       const counts = s.counts || {};
       for (const k of COUNTERS) total[k] += counts[k] || 0;
-      const ports = ((s.snapshot && s.snapshot.ports) || []).map(portHtml).join('');
       const run = s.snapshot && s.snapshot.run;
+      const ports = ((s.snapshot && s.snapshot.ports) || []).map((p) => portHtml(p, run)).join('');
       const runText = run ? `${esc(run.image_name)} ${run.armed ? '(armed)' : '(stopped)'}` : 'no run';
       const runOrigin = run ? originsOf(run.image_sha256, s.id) : [];
       // A silent station's rack is what it last reported, not what it does.

@@ -189,6 +189,30 @@ test('the hub dashboard shows three stations live, their counters, a silent stat
     };
     await meet('while all three work');
 
+    // A run written without a read-back at lab-b: its passes are never shown
+    // as a plain "passed" (the hub said "passed" where the station said
+    // "written, not verified"), and the last run's verdicts say they are not
+    // this run's.
+    const labB = await stations['lab-b'].url;
+    const current = await (await fetch(`${labB}api/v1/runs/current`)).json();
+    assert.equal((await fetch(`${labB}api/v1/runs/current/stop`, { method: 'POST' })).status, 204);
+    const armed = await fetch(`${labB}api/v1/runs`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ image: current.image_sha256, verify: 'none' }),
+    });
+    assert.equal(armed.status, 201, await armed.text());
+    await page.waitForFunction(() => [...document.querySelectorAll('.station[data-station="lab-b"] .port.passed')]
+      .some((port) => /written, not verified/.test(port.textContent)), null, { timeout: 120_000, polling: 250 });
+    const tiles = await page.evaluate(() => [...document.querySelectorAll('.station[data-station="lab-b"] .port')]
+      .map((port) => ({ text: port.textContent, classes: port.className })));
+    for (const tile of tiles) {
+      if (/\bpassed\b/.test(tile.classes) && !/old-run/.test(tile.classes)) {
+        assert.match(tile.text, /written, not verified/, JSON.stringify(tile));
+      }
+      if (/old-run/.test(tile.classes)) assert.match(tile.text, /not this run/, JSON.stringify(tile));
+    }
+
     // A station killed (SIGKILL: nothing said to the hub) turns silent, its
     // stale view marked; the others stay connected.
     const victim = stations['lab-c'].child;
