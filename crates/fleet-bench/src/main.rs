@@ -446,6 +446,7 @@ async fn ingest(args: &Args, pg: &PgCluster, records: u64, batch: u64) -> Result
                 station_id: "bench-ingest".into(),
                 entries: chunk.to_vec(),
                 backlog: left,
+                instance: None,
             })
             .await?;
         applied += ack.applied;

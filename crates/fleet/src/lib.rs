@@ -283,6 +283,13 @@ pub struct RecordBatch {
     pub entries: Vec<OutboxEntry>,
     /// How many entries the station still has to ship after this batch.
     pub backlog: u64,
+    /// The sending instance of the station ([`LiveReport::instance`]): while
+    /// another instance of the station id holds its live view, the hub
+    /// refuses the batch, so that a copy of a station's data directory
+    /// started beside it never writes its records into the station's
+    /// history. `None` from a station older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The hub's answer to a [`RecordBatch`]: everything up to `acked_through` is

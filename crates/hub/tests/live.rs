@@ -318,6 +318,75 @@ async fn a_second_instance_of_a_station_id_in_use_is_refused_and_the_view_stays_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_another_instance_than_the_live_one_are_refused_and_change_nothing() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let first = "1111111111111111aaaaaaaaaaaaaaaa";
+    let second = "2222222222222222bbbbbbbbbbbbbbbb";
+    let mut report = live_report("lab-a", 0, "writing");
+    report.instance = Some(first.to_string());
+    let answer = post_json(hub.url(paths::LIVE), Some(&token), &report).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let from = |instance: Option<&str>, entries| {
+        let mut batch = batch("lab-a", entries, 0);
+        batch.instance = instance.map(str::to_string);
+        batch
+    };
+    // A copy of the station's data directory (another instance) ships the
+    // first sequence numbers before the station does: refused, nothing kept
+    // (its records took the station's history over, and the station's own
+    // were refused for good).
+    let copy = from(
+        Some(second),
+        entries(1, vec![image(), device("COPY", 2_000)]),
+    );
+    let answer = post_json(hub.url(paths::RECORDS), Some(&token), &copy).await;
+    assert_eq!(answer.status, 409, "{:?}", answer.body);
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("is live from another instance (instance 111111111111…")
+            && message.contains("its records are refused"),
+        "{message}"
+    );
+    assert!(hub
+        .db
+        .station_records("lab-a")
+        .await
+        .unwrap()
+        .devices
+        .is_empty());
+    // The station's own instance ships them, and so does one that names
+    // none (a station older than the field).
+    let own = from(Some(first), entries(1, vec![image(), device("OWN", 2_000)]));
+    let answer = post_json(hub.url(paths::RECORDS), Some(&token), &own).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let unnamed = from(None, entries(3, vec![device("OLD", 2_000)]));
+    let answer = post_json(hub.url(paths::RECORDS), Some(&token), &unnamed).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let keys: Vec<String> = hub
+        .db
+        .station_records("lab-a")
+        .await
+        .unwrap()
+        .devices
+        .iter()
+        .map(|d| d.key.clone())
+        .collect();
+    assert_eq!(keys, ["OLD", "OWN"]);
+    // Once the live instance is silent, another takes the station over (a
+    // station replaced under its id), its records too.
+    sqlx::query("UPDATE live SET received_at = now() - interval '1 hour'")
+        .execute(hub.db.pool())
+        .await
+        .unwrap();
+    let after = from(Some(second), entries(4, vec![device("NEW", 3_000)]));
+    let answer = post_json(hub.url(paths::RECORDS), Some(&token), &after).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_api_needs_an_operator_token_once_one_exists() {
     let pg = PgCluster::start();
     let hub = spawn_hub(&pg.url()).await;

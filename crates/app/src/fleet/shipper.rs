@@ -128,6 +128,7 @@ async fn drain(fleet: &Fleet, store: &Store, shutdown: &ShutdownSignal) -> Resul
             station_id: fleet.client.station_id().to_string(),
             backlog: backlog.saturating_sub(count),
             entries,
+            instance: Some(fleet.instance.clone()),
         };
         let ack = match fleet.client.ship(&batch).await {
             Ok(ack) => ack,

@@ -26,7 +26,11 @@ pub(super) async fn post(
             batch.station_id
         )));
     }
-    let ack = state.db.ingest(&station, &batch).await.map_err(internal)?;
+    let ack = state
+        .db
+        .ingest(&station, &batch, state.silent_after_ms)
+        .await
+        .map_err(internal)?;
     tracing::debug!(
         station,
         acked_through = ack.acked_through,

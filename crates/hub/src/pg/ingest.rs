@@ -42,7 +42,12 @@ impl HubDb {
     /// [`check_batch`]); its entries that the hub already holds count as
     /// duplicates and change nothing. A change wakes every hub process
     /// (`NOTIFY`) once the transaction commits.
-    pub async fn ingest(&self, station: &str, batch: &RecordBatch) -> Result<BatchAck, PgError> {
+    pub async fn ingest(
+        &self,
+        station: &str,
+        batch: &RecordBatch,
+        silent_after_ms: i64,
+    ) -> Result<BatchAck, PgError> {
         check_batch(batch)?;
         let Some(last) = batch.entries.last() else {
             return Ok(BatchAck {
@@ -68,6 +73,35 @@ impl HubDb {
             .execute(&mut *tx)
             .await
             .map_err(sql("locking a station"))?;
+        // Records come from the instance that holds the station's live view,
+        // as its live reports do: a copy of the station's data directory
+        // started beside it (another instance) shipped its own history under
+        // the same sequence numbers first, and the station's own was refused
+        // for good.
+        if let Some(instance) = batch.instance.as_deref() {
+            let held: Option<(Option<String>, i64)> = sqlx::query_as(
+                "SELECT instance, ts_to_ms(now()) - ts_to_ms(received_at) FROM live
+                 WHERE station_id = $1",
+            )
+            .bind(station)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sql("reading a station's live instance"))?;
+            if let Some((Some(holder), heard_ms)) = held {
+                if holder != instance && heard_ms <= silent_after_ms {
+                    return Err(PgError::Conflict(format!(
+                        "station {station:?} is live from another instance ({}, heard from \
+                         {:.1} s ago), not this one ({}): its records are refused, so that \
+                         they never mix into that station's history; another station uses \
+                         the station_id {station:?} (a copy of its data directory?): give \
+                         each station a station_id of its own, with a token made for it",
+                        super::live::short_instance(&holder),
+                        heard_ms.max(0) as f64 / 1000.0,
+                        super::live::short_instance(instance),
+                    )));
+                }
+            }
+        }
         let mut seqs = Vec::with_capacity(batch.entries.len());
         let mut kinds = Vec::with_capacity(batch.entries.len());
         let mut ats = Vec::with_capacity(batch.entries.len());

@@ -278,7 +278,7 @@ impl HubDb {
 
 /// An instance id as the hub's words show it: its first 12 characters,
 /// enough to tell two apart (a station's is 32 hex digits).
-fn short_instance(instance: &str) -> String {
+pub(super) fn short_instance(instance: &str) -> String {
     let short: String = instance.chars().take(12).collect();
     if instance.chars().count() > 12 {
         format!("instance {short}…")

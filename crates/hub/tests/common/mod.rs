@@ -145,6 +145,7 @@ pub fn batch(station: &str, entries: Vec<OutboxEntry>, backlog: u64) -> RecordBa
         station_id: station.into(),
         entries,
         backlog,
+        instance: None,
     }
 }
 
