@@ -213,9 +213,10 @@ async fn a_station_whose_id_reports_live_from_another_instance_shows_the_refusal
     config.silent_after = Duration::from_secs(6);
     let hub = spawn_hub_with(config, hub_dir).await;
     let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
-    // Another station reports live under lab-a (it ships no records, so
-    // this station's batches are taken: only its live reports clash), and
-    // goes on reporting every 500 ms until told to stop.
+    // Another station reports live under lab-a and goes on reporting every
+    // 500 ms until told to stop: this one's live reports and its records
+    // are refused meanwhile (records of another instance than the live one
+    // never mix into the station's history).
     let other = |state: &str| flashrack_fleet::LiveReport {
         protocol: flashrack_fleet::PROTOCOL_VERSION,
         station_id: "lab-a".into(),
@@ -257,9 +258,15 @@ async fn a_station_whose_id_reports_live_from_another_instance_shows_the_refusal
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Its records are taken meanwhile, and its orders' polls answered:
-    // neither hides that its live reports are refused.
-    until_shipped(&app, "lab-a").await;
+    // Its records wait, none of them at the hub, and the refusal stays
+    // shown.
+    flash_three(&app, 0).await;
+    let store = open_records(&app, "lab-a").await;
+    assert!(store.outbox_backlog().await.unwrap() > 0);
+    assert_eq!(
+        hub.db.station_records("lab-a").await.unwrap().counts(),
+        [0; 6]
+    );
     let watched = Instant::now();
     while watched.elapsed() < Duration::from_secs(7) {
         let view = app.get("/api/v1/fleet").await.json();
@@ -287,6 +294,8 @@ async fn a_station_whose_id_reports_live_from_another_instance_shows_the_refusal
     let view = &hub.db.station_views(Some("lab-a"), 6_000).await.unwrap()[0];
     let snapshot = view.snapshot.as_ref().unwrap();
     assert_ne!(snapshot["ports"][0]["label"], "Z9", "{snapshot}");
+    // Its records follow, whole.
+    assert_hub_matches(&hub, &app, "lab-a").await;
     app.stop().await.unwrap();
     hub.stop().await;
 }

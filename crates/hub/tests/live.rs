@@ -345,7 +345,7 @@ async fn records_from_another_instance_than_the_live_one_are_refused_and_change_
     assert_eq!(answer.status, 409, "{:?}", answer.body);
     let message = answer.body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("is live from another instance (instance 111111111111…")
+        message.contains("reports live from another instance (instance 111111111111…")
             && message.contains("its records are refused"),
         "{message}"
     );

@@ -388,6 +388,18 @@ async fn bad_lot_requests_get_a_clear_error_and_arm_nothing() {
             json!({ "image_sha256": sha, "stations": [] }).to_string(),
             "a lot needs at least one station",
         ),
+        // A name every report of the lot prints (it was stored with its
+        // override, and a 1.5 MB one was a 500).
+        (
+            json!({ "name": "lot\u{202E}24", "image_sha256": sha, "stations": ["lab-a"] })
+                .to_string(),
+            "a lot's name must be at most 200 characters",
+        ),
+        (
+            json!({ "name": "x".repeat(201), "image_sha256": sha, "stations": ["lab-a"] })
+                .to_string(),
+            "a lot's name must be at most 200 characters",
+        ),
     ] {
         let answer = post_raw(lots.clone(), None, body.clone()).await;
         let (status, error) = refused(answer.status, &answer.body);
@@ -612,5 +624,36 @@ async fn a_lot_for_a_station_without_a_token_is_refused_naming_it_and_arms_nothi
     let answer = arm(&["lab-b"]).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert!(orders(&hub, &b, "").await.run.unwrap().armed);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lots_armed_at_once_on_a_station_are_armed_in_turn_and_the_replaced_ones_stopped() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    hub.db.add_token(Role::Station, "lab-b").await.unwrap();
+    let sha = upload(&hub, image_bytes()).await;
+    // Ten at once on the same two stations: 6 of 10 were a 500 (the
+    // one-armed-order index), and the replaced lots "still armed".
+    let body = json!({ "image_sha256": sha, "stations": ["lab-b", "lab-a"], "name": "" });
+    let arms = (0..10).map(|_| post_json(hub.url("/api/v1/lots"), None, &body));
+    let answers = futures::future::join_all(arms).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+    }
+    let lots = get(hub.url("/api/v1/lots"), None).await;
+    let lots = lots.body.as_array().unwrap().clone();
+    assert_eq!(lots.len(), 10);
+    let still_armed: Vec<&serde_json::Value> =
+        lots.iter().filter(|l| l["stopped_at"].is_null()).collect();
+    assert_eq!(still_armed.len(), 1, "{lots:#?}");
+    // An empty name is no name: one is made up.
+    for lot in &lots {
+        assert!(
+            lot["name"].as_str().is_some_and(|n| n.starts_with("lot-")),
+            "{lot}"
+        );
+    }
     hub.stop().await;
 }

@@ -254,7 +254,7 @@ async fn a_lot_report_spans_stations_and_a_stick_has_one_history() {
     let odd = post_json(
         hub.url("/api/v1/lots"),
         None,
-        &json!({ "name": "a\"b/../x\ny", "image_sha256": sha, "stations": ["lab-a"] }),
+        &json!({ "name": "a\"b/../x y", "image_sha256": sha, "stations": ["lab-a"] }),
     )
     .await;
     assert_eq!(odd.status, 200, "{:?}", odd.body);

@@ -90,14 +90,36 @@ pub(super) struct ArmRequest {
     stations: Vec<String>,
 }
 
+/// The longest lot name taken, in characters.
+const MAX_LOT_NAME: usize = 200;
+
+/// A lot's name as given: trimmed, none when empty (the hub makes one up:
+/// `lot-<id>`); refused when longer than [`MAX_LOT_NAME`] characters or
+/// holding control or invisible formatting characters (it is printed on
+/// every report of the lot, and names its files).
+fn lot_name(name: Option<String>) -> Result<Option<String>, AppError> {
+    let Some(name) = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    if name.chars().count() > MAX_LOT_NAME || flashrack_core::has_unprintable(&name) {
+        return Err(AppError::bad_request(format!(
+            "a lot's name must be at most {MAX_LOT_NAME} characters, without control \
+             characters or invisible formatting characters (such as U+202E); got {:?}",
+            flashrack_core::printable_name(&name.chars().take(80).collect::<String>())
+        )));
+    }
+    Ok(Some(name))
+}
+
 /// `POST /api/v1/lots`: arms a lot; answers it as listed.
 pub(super) async fn arm(
     State(state): State<HubState>,
     headers: HeaderMap,
     ApiBytes(body): ApiBytes,
 ) -> Result<Json<LotView>, AppError> {
-    let request: ArmRequest = serde_json::from_slice(&body)
+    let mut request: ArmRequest = serde_json::from_slice(&body)
         .map_err(|e| AppError::bad_request(format!("malformed request: {e}")))?;
+    request.name = lot_name(request.name)?;
     let digest = Sha256Digest::parse(&request.image_sha256)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     let cache = state.images.clone();

@@ -90,7 +90,7 @@ impl HubDb {
             if let Some((Some(holder), heard_ms)) = held {
                 if holder != instance && heard_ms <= silent_after_ms {
                     return Err(PgError::Conflict(format!(
-                        "station {station:?} is live from another instance ({}, heard from \
+                        "station {station:?} reports live from another instance ({}, heard from \
                          {:.1} s ago), not this one ({}): its records are refused, so that \
                          they never mix into that station's history; another station uses \
                          the station_id {station:?} (a copy of its data directory?): give \

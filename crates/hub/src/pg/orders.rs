@@ -215,6 +215,18 @@ impl HubDb {
                 .execute(&mut *tx)
                 .await
                 .map_err(sql("adding a station"))?;
+        }
+        // The stations' rows locked, in one order: lots armed at once on a
+        // station are armed one after the other (each disarming the one
+        // before), not refused by the one-armed-order index with a 500.
+        let mut locked = lot.stations.clone();
+        locked.sort();
+        sqlx::query("SELECT 1 FROM stations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&locked)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("locking the lot's stations"))?;
+        for station in &lot.stations {
             sqlx::query(
                 "UPDATE orders SET armed = false, stopped_at = now()
                  WHERE station_id = $1 AND armed",
@@ -236,6 +248,17 @@ impl HubDb {
                 .map_err(sql("raising an orders version"))?;
             notify(&mut tx, "orders", station).await?;
         }
+        // A lot this one replaced on its last station is armed nowhere any
+        // more: stopped now (its report said "still armed").
+        sqlx::query(
+            "UPDATE lots l SET stopped_at = now()
+             WHERE l.stopped_at IS NULL AND l.id <> $1
+               AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.lot_id = l.id AND o.armed)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("stopping the lots replaced"))?;
         tx.commit().await.map_err(sql("committing a lot"))?;
         Ok(id)
     }
