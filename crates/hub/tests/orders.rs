@@ -657,3 +657,31 @@ async fn lots_armed_at_once_on_a_station_are_armed_in_turn_and_the_replaced_ones
     }
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_and_device_keys_get_a_clear_error_not_a_500_nor_the_hubs_paths() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    // A name too long for a file system: cut, keeping its extension (a 500).
+    let long = format!("{}.img", "n".repeat(5000));
+    let answer = post_bytes(
+        hub.url(&format!("/api/v1/images?name={long}")),
+        None,
+        image_bytes(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let name = answer.body["name"].as_str().unwrap();
+    assert!(name.len() <= 200 && name.ends_with(".img"), "{name}");
+    // An empty upload is refused naming the upload, not the hub's own
+    // temporary file.
+    let answer = post_bytes(hub.url("/api/v1/images?name=empty.img"), None, Vec::new()).await;
+    assert_eq!(answer.status, 422, "{:?}", answer.body);
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("the upload empty.img"), "{message}");
+    assert!(!message.contains("uploads/"), "{message}");
+    // A device key with a NUL (PostgreSQL's text holds none: a 500).
+    let answer = get(hub.url("/api/v1/devices/DEMO-0001%00"), None).await;
+    assert_eq!(answer.status, 400, "{:?}", answer.body);
+    hub.stop().await;
+}

@@ -220,14 +220,15 @@ pub(super) async fn upload(
         .map(Sha256Digest::parse)
         .transpose()
         .map_err(|e| AppError::bad_request(e.to_string()))?;
+    // Its last component, made a file name as a station makes an upload's
+    // (a name too long for the file system was a 500).
     let name = query
         .name
         .as_deref()
         .and_then(|n| std::path::Path::new(n).file_name())
         .and_then(|n| n.to_str())
-        .filter(|n| !n.is_empty() && !n.starts_with('.'))
-        .unwrap_or("upload.img")
-        .to_string();
+        .and_then(|n| flashrack_core::file_name_from(n, 128))
+        .unwrap_or_else(|| "upload.img".to_string());
     let uploads = state.data_dir.join("uploads");
     tokio::fs::create_dir_all(&uploads)
         .await
@@ -239,6 +240,7 @@ pub(super) async fn upload(
         .tempdir_in(&uploads)
         .map_err(AppError::internal)?;
     let path = staging.path().join(&name);
+    let temporary = path.display().to_string();
     let mut file = tokio::fs::File::create(&path)
         .await
         .map_err(AppError::internal)?;
@@ -263,7 +265,13 @@ pub(super) async fn upload(
     })
     .await
     .map_err(AppError::internal)?
-    .map_err(|e| AppError::unprocessable(e.to_string()))?;
+    // Named as the upload, not as the hub's temporary file.
+    .map_err(|e| {
+        AppError::unprocessable(
+            e.to_string()
+                .replace(&temporary, &format!("the upload {name}")),
+        )
+    })?;
     Ok(Json(ImageInfo::of(&imported.image)))
 }
 

@@ -103,6 +103,13 @@ pub(super) async fn device(
     ApiPath(key): ApiPath<String>,
     ApiQuery(query): ApiQuery<FormatQuery>,
 ) -> Result<Response, AppError> {
+    // PostgreSQL's text holds no NUL (a query with one was a 500); no
+    // device's key has one or a control character.
+    if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+        return Err(AppError::bad_request(
+            "device key is empty, too long or has control characters",
+        ));
+    }
     let format = query.format.as_deref().unwrap_or("json");
     let report = state
         .db
