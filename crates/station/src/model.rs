@@ -300,6 +300,36 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+impl RunOptions {
+    /// The most automatic retries a run may ask for each stick.
+    pub const MAX_RETRIES: u32 = 10;
+
+    /// Whether the options make a run, whoever armed it (an operator at the
+    /// station or a fleet hub's order): the reason in words when they do not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.target_count == Some(0) {
+            return Err("target_count must be at least 1".into());
+        }
+        if self.audit && self.verify == VerifyMode::None {
+            return Err(
+                "an audit reads the sticks back: verify \"none\" would check nothing".into(),
+            );
+        }
+        if self.retries > Self::MAX_RETRIES {
+            return Err(format!("retries must be at most {}", Self::MAX_RETRIES));
+        }
+        if self.audit && self.retries > 0 {
+            return Err("an audit writes nothing: there is no write to retry".into());
+        }
+        if self.sample.is_some() && self.verify == VerifyMode::None {
+            return Err(
+                "a sampled verify needs a verify mode that reads back (compare or hash)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         Self {

@@ -240,7 +240,7 @@ pub async fn retry_failed(
 }
 
 /// The most automatic retries a run may ask for.
-pub const MAX_RETRIES: u32 = 10;
+pub const MAX_RETRIES: u32 = RunOptions::MAX_RETRIES;
 
 /// The body of `POST /api/v1/runs`.
 #[derive(Debug, Deserialize)]
@@ -335,29 +335,6 @@ pub async fn arm(
     holder: Option<axum::Extension<crate::TokenHolder>>,
     ApiJson(body): ApiJson<ArmBody>,
 ) -> Result<(StatusCode, Json<flashrack_station::RunView>), AppError> {
-    if body.target_count == Some(0) {
-        return Err(AppError::bad_request("target_count must be at least 1"));
-    }
-    if body.audit && body.verify == VerifyMode::None {
-        return Err(AppError::bad_request(
-            "an audit reads the sticks back: verify \"none\" would check nothing",
-        ));
-    }
-    if body.retries > MAX_RETRIES {
-        return Err(AppError::bad_request(format!(
-            "retries must be at most {MAX_RETRIES}"
-        )));
-    }
-    if body.audit && body.retries > 0 {
-        return Err(AppError::bad_request(
-            "an audit writes nothing: there is no write to retry",
-        ));
-    }
-    if body.sample.is_some() && body.verify == VerifyMode::None {
-        return Err(AppError::bad_request(
-            "a sampled verify needs a verify mode that reads back (compare or hash)",
-        ));
-    }
     let operator = run_label("operator", body.operator)?;
     // A named token's holder is who armed the run: the body may repeat the
     // name, never give another (see `auth`).
@@ -387,6 +364,7 @@ pub async fn arm(
         audit: body.audit,
         retries: body.retries,
     };
+    options.check().map_err(AppError::bad_request)?;
     // A followed run whose image the cache knew comes with its claim to
     // arm: armed with it (no other arm can have come in between).
     let (image, claim) = match (body.image, body.download, body.file) {

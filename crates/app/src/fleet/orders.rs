@@ -704,10 +704,15 @@ fn run_options(order: &RunOrder) -> Result<RunOptions, String> {
     }
     let mut options: RunOptions = serde_json::from_value(options)
         .map_err(|e| format!("the order's options cannot be used: {e}"))?;
-    if options.target_count == Some(0) {
-        return Err("the order's target_count must be at least 1".into());
-    }
+    // The rules an operator's run is held to at the station (retries at
+    // most 10, no retries of an audit …): an order armed runs they refuse.
+    options
+        .check()
+        .map_err(|why| format!("the order's options cannot be used: {why}"))?;
     options.order_id = Some(order.order_id);
+    // The hub's lot is the run's lot: its records and reports name it as the
+    // hub does (they named none, or a "lot" option of the order's own).
+    options.lot = Some(order.lot.clone());
     Ok(options)
 }
 
@@ -747,12 +752,24 @@ mod tests {
         // An order cannot arm under another order's id.
         let options = run_options(&order(serde_json::json!({ "order_id": 7 }))).unwrap();
         assert_eq!(options.order_id, Some(42));
+        // The run's lot is the hub's lot, whatever the options say (the
+        // station's records named none, or an option's other name).
+        assert_eq!(options.lot.as_deref(), Some("lot-1"));
+        let options = run_options(&order(serde_json::json!({ "lot": "mine" }))).unwrap();
+        assert_eq!(options.lot.as_deref(), Some("lot-1"));
     }
 
     #[test]
     fn unusable_order_options_are_said_not_guessed() {
         assert!(run_options(&order(serde_json::json!({ "verify": "maybe" }))).is_err());
         assert!(run_options(&order(serde_json::json!({ "target_count": 0 }))).is_err());
+        // The station's own rules for a run, as for an operator's (both were
+        // armed through the hub).
+        let why = run_options(&order(serde_json::json!({ "retries": 50 }))).unwrap_err();
+        assert!(why.ends_with("retries must be at most 10"), "{why}");
+        let why =
+            run_options(&order(serde_json::json!({ "audit": true, "retries": 2 }))).unwrap_err();
+        assert!(why.ends_with("there is no write to retry"), "{why}");
         assert!(run_options(&order(serde_json::json!([1, 2]))).is_err());
         assert!(run_options(&order(serde_json::Value::Null)).is_ok());
         // A misspelt option is refused, not dropped for the default.
