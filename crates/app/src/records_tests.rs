@@ -620,3 +620,30 @@ async fn a_followed_run_whose_import_ended_reports_the_image_it_imported() {
     assert_eq!(json["run"]["image_sha256"], rig.image.sha256().to_hex());
     assert_eq!(json["run"]["image_size_bytes"], rig.image.size());
 }
+
+#[test]
+fn a_sticks_live_key_is_the_key_the_records_keep_it_under() {
+    // The live view's key must find the stick's history: it was
+    // `Generic:Flash Disk:268435456` live, `Generic/Flash Disk/268435456` in
+    // the records (a 404 for the report of the key on screen).
+    for (serial, vendor, model) in [
+        (Some("AA01"), Some("Generic"), Some("Flash Disk")),
+        (None, Some("Generic"), Some("Flash Disk")),
+        (None, None, None),
+        (Some("  "), Some(" "), Some("Model")),
+    ] {
+        let identity = DeviceIdentity {
+            serial: serial.map(str::to_string),
+            vendor: vendor.map(str::to_string),
+            model: model.map(str::to_string),
+            capacity: 268_435_456,
+        };
+        let row = DeviceRow {
+            serial: identity.serial.clone(),
+            vendor: identity.vendor.clone(),
+            model: identity.model.clone(),
+            capacity: flashrack_core::ByteSize(identity.capacity),
+        };
+        assert_eq!(identity.key(), row.key(), "{identity:?}");
+    }
+}

@@ -37,16 +37,24 @@ pub struct DeviceIdentity {
 }
 
 impl DeviceIdentity {
-    /// A stable key for the stick: its serial, else vendor, model and size (two
-    /// identical serial-less sticks of one model share a key, as they must: nothing
-    /// tells them apart).
+    /// A stable key for the stick: its serial, else `vendor/model/bytes`
+    /// (`?` for a missing or blank vendor or model; two identical serial-less
+    /// sticks of one model share a key, as they must: nothing tells them
+    /// apart). The key the records keep the stick under, so that the live
+    /// view's key finds its history (`/api/v1/devices/<key>/report`).
     pub fn key(&self) -> String {
-        match &self.serial {
-            Some(serial) if !serial.trim().is_empty() => serial.trim().to_string(),
-            _ => format!(
-                "{}:{}:{}",
-                self.vendor.as_deref().unwrap_or("unknown"),
-                self.model.as_deref().unwrap_or("unknown"),
+        let given = |text: &Option<String>| {
+            text.as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+        };
+        match given(&self.serial) {
+            Some(serial) => serial,
+            None => format!(
+                "{}/{}/{}",
+                given(&self.vendor).unwrap_or_else(|| "?".into()),
+                given(&self.model).unwrap_or_else(|| "?".into()),
                 self.capacity
             ),
         }
