@@ -514,10 +514,18 @@ impl StationConfig {
                     format!("port label {label:?} must be 1-16 letters, digits, '-', '_' or '.'"),
                 ));
             }
-            if labels.insert(label.clone(), ()).is_some() {
+            // Case aside: a rack's printed labels cannot tell `A1` from `a1`.
+            if let Some(other) = labels.insert(label.to_lowercase(), label.clone()) {
                 return Err(invalid(
                     port.label.span().start,
-                    format!("duplicate port label {label:?}"),
+                    if other == label {
+                        format!("duplicate port label {label:?}")
+                    } else {
+                        format!(
+                            "duplicate port label {label:?}: port {other} has it already \
+                             (labels differing only in case are one label on a rack)"
+                        )
+                    },
                 ));
             }
             let port_path = port.path.get_ref().trim().to_string();

@@ -93,6 +93,11 @@ fn malformed_files_name_the_line_and_the_reason() {
             "duplicate port label",
         ),
         (
+            "[[port]]\nlabel = \"A1\"\npath = \"p1\"\n\n[[port]]\nlabel = \"a1\"\npath = \"p2\"\n",
+            6,
+            "duplicate port label \"a1\": port A1 has it already",
+        ),
+        (
             "[[port]]\nlabel = \"A1\"\npath = \"p1\"\n[[port]]\nlabel = \"A2\"\npath = \"p1\"\n",
             6,
             "same path as port A1",
