@@ -100,20 +100,28 @@ pub struct AttachedDevice {
     pub serial: Option<String>,
     /// Its bus (`usb`, `ata`, `nvme`, `loop` …).
     pub bus: Option<String>,
-    /// Every rule it fails, in rule order: empty when a run would write it.
+    /// Every rule it fails, in rule order: empty when the guard accepts it.
     pub refusals: Vec<GuardRefusal>,
+    /// Whether the kernel marks it read-only (its write protection on): not
+    /// a guard rule (a run fails it as `read_only`, which tells the operator
+    /// more), but no run writes it.
+    pub read_only: bool,
 }
 
 impl AttachedDevice {
     /// Whether an armed run would write it.
     pub fn would_write(&self) -> bool {
-        self.refusals.is_empty()
+        self.refusals.is_empty() && !self.read_only
     }
 
-    /// The guard's answer in words: "would write", or "refused: " and the
-    /// first reason (more: "(+N more)").
+    /// The guard's answer in words: "would write", "would fail: read-only …"
+    /// (the guard accepts it, its write protection refuses the write), or
+    /// "refused: " and the first reason (more: "(+N more)").
     pub fn verdict_words(&self) -> String {
         match self.refusals.as_slice() {
+            [] if self.read_only => {
+                "would fail: read-only (its write protection is on)".to_string()
+            }
             [] => "would write".to_string(),
             [one] => format!("refused: {}", one.message),
             [first, rest @ ..] => format!("refused: {} (+{} more)", first.message, rest.len()),
@@ -145,17 +153,19 @@ fn judge(access: &UdevAccess, survey: &Survey, device: PluggedDevice) -> Attache
         explicit_operator_request: false,
     };
     // The bus as the guard sees it (sysfs), when udev has not named it.
-    let (refused, bus) = match access.facts(&device) {
+    let (refused, bus, read_only) = match access.facts(&device) {
         Ok(facts) => (
             refusals(&facts, &survey.policy, &request)
                 .iter()
                 .map(|r| r.to_record())
                 .collect(),
             device.bus.clone().or(facts.bus),
+            facts.read_only || device.read_only,
         ),
         Err(error) => (
             vec![flashrack_guard::Refusal::from(error).to_record()],
             device.bus.clone(),
+            device.read_only,
         ),
     };
     AttachedDevice {
@@ -171,5 +181,6 @@ fn judge(access: &UdevAccess, survey: &Survey, device: PluggedDevice) -> Attache
         serial: device.identity.serial,
         bus,
         refusals: refused,
+        read_only,
     }
 }

@@ -494,6 +494,22 @@ fn devices_lists_attached_disks_with_what_the_guard_would_say() {
         "{line}"
     );
     assert!(table.starts_with("DEVICE"), "{table}");
+
+    // A read-only stick: the guard accepts it, but no run writes it (it said
+    // "would write", and the run then failed it as read_only).
+    let locked = LoopDevice::new_read_only(8 << 20);
+    let row = device_row(&data, locked.path(), &["--allow-bus", "loop"]);
+    assert_eq!(row["read_only"], true, "{row}");
+    let out = flashrack(&data, &["devices", "--allow-bus", "loop"]);
+    let table = stdout(&out);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", text(locked.path()))))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.ends_with("would fail: read-only (its write protection is on)"),
+        "{line}"
+    );
 }
 
 /// `ports learn` on a new configuration, its stdout read line by line.
