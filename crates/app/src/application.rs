@@ -499,6 +499,7 @@ impl Application {
             .map(|task| tokio::spawn(task(context.clone())))
             .collect();
         drop(context);
+        let last_flush = fleet.clone();
         if let (Some(fleet), Some(records)) = (fleet, &records) {
             tasks.extend(spawn_fleet(
                 fleet,
@@ -529,6 +530,16 @@ impl Application {
             }
         }
         if let Some(records) = records {
+            // The records the station's stop wrote last, to the hub (within
+            // a few seconds) before they are closed.
+            if let Some(fleet) = &last_flush {
+                crate::fleet::shipper::flush(
+                    fleet,
+                    records.store(),
+                    crate::fleet::shipper::SHUTDOWN_FLUSH,
+                )
+                .await;
+            }
             records.store().clone().close().await;
         }
         served.map_err(AppError::Web)?;

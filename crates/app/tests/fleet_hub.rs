@@ -301,6 +301,48 @@ async fn a_station_whose_id_reports_live_from_another_instance_shows_the_refusal
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_records_a_station_writes_as_it_shuts_down_reach_the_hub_before_it_ends() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = station(hub.address, "lab-a", &token, &dir).await;
+    let mut events = app.events().await;
+    app.arm().await;
+    // A slow stick, mid-write when the station stops.
+    app.rack
+        .plug(
+            "t-1",
+            "SLOW-1",
+            SimStickSpec::new("", 16 * MIB).write_speed(MIB as u64),
+        )
+        .unwrap();
+    events
+        .until("writing", |v| v.state("A1") == "writing")
+        .await;
+    until_shipped(&app, "lab-a").await;
+    app.stop().await.unwrap();
+    // The attempt interrupted and the run stopped by the shutdown are at
+    // the hub now (they waited in the outbox for the next start: the hub
+    // showed the stick running and the run open).
+    let theirs = hub.db.station_records("lab-a").await.unwrap();
+    assert!(
+        theirs.runs.iter().all(|r| r.stop_reason.is_some()),
+        "{:?}",
+        theirs.runs
+    );
+    assert!(
+        theirs
+            .attempts
+            .iter()
+            .all(|a| a.state != flashrack_core::AttemptState::Running),
+        "{:?}",
+        theirs.attempts
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_written_while_the_hub_is_away_arrive_once_in_order_when_it_is_back() {
     let pg = PgCluster::start();
     let hub = spawn_hub(&pg.url()).await;

@@ -43,6 +43,29 @@ const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// pruned.
 const KEEP_SHIPPED: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a station's shutdown waits for the hub to take its last records
+/// ([`flush`]).
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+
+/// Ships what the outbox holds once more, within `patience`, once the
+/// station has stopped: the records its shutdown wrote last (its attempts
+/// ended `interrupted`, its run's stop) reach the hub now, rather than at
+/// its next start (the hub showed them running, the run open, meanwhile, and
+/// for good for a station retired after). Best effort: what the hub does
+/// not take in time waits in the outbox as before.
+pub async fn flush(fleet: &Fleet, store: &Store, patience: Duration) {
+    match tokio::time::timeout(patience, drain(fleet, store, None)).await {
+        Ok(Ok(())) => tracing::debug!("the last records reached the hub"),
+        Ok(Err(())) => {
+            tracing::info!("the last records wait in the outbox: the hub did not take them")
+        }
+        Err(_) => tracing::info!(
+            secs = patience.as_secs(),
+            "the last records wait in the outbox: the hub did not take them in time"
+        ),
+    }
+}
+
 /// Ships the outbox of `store` until `shutdown`.
 pub async fn run(fleet: Fleet, store: Store, station: StationHandle, shutdown: ShutdownSignal) {
     let mut events = station.subscribe();
@@ -54,7 +77,7 @@ pub async fn run(fleet: Fleet, store: Store, station: StationHandle, shutdown: S
         // A request the hub does not answer never holds up a shutdown: the
         // batch is dropped unacknowledged, and sent again at the next start.
         let drained = tokio::select! {
-            drained = drain(&fleet, &store, &shutdown) => drained,
+            drained = drain(&fleet, &store, Some(&shutdown)) => drained,
             () = &mut stop => return,
         };
         let wait = match drained {
@@ -98,9 +121,9 @@ pub async fn run(fleet: Fleet, store: Store, station: StationHandle, shutdown: S
 
 /// Ships batches until the outbox is empty (`Ok`) or a batch fails (`Err`,
 /// said in the fleet view and the log).
-async fn drain(fleet: &Fleet, store: &Store, shutdown: &ShutdownSignal) -> Result<(), ()> {
+async fn drain(fleet: &Fleet, store: &Store, shutdown: Option<&ShutdownSignal>) -> Result<(), ()> {
     loop {
-        if shutdown.is_raised() {
+        if shutdown.is_some_and(ShutdownSignal::is_raised) {
             return Ok(());
         }
         let entries = match store.outbox_unshipped(BATCH).await {
