@@ -314,7 +314,7 @@ async fn the_records_a_station_writes_as_it_shuts_down_reach_the_hub_before_it_e
         .plug(
             "t-1",
             "SLOW-1",
-            SimStickSpec::new("", 16 * MIB).write_speed(MIB as u64),
+            SimStickSpec::new("", 16 * MIB).write_speed(MIB),
         )
         .unwrap();
     events
