@@ -313,7 +313,7 @@ pub fn run_html(report: &RunReport, generated_at: i64) -> String {
             Item::text("Options", options_words(&run.options)),
             Item::text("Started", format_time_short(run.started_at)),
             Item::text("Stopped", stopped),
-            Item::text("Yield", yield_words(&report.run.counts)),
+            Item::text("Yield", yield_words(&report.run.counts, &report.rows)),
         ])
         .chain(report.image.as_ref().map(|image| {
             // What the image is; a raw write that would not boot is said
@@ -358,7 +358,7 @@ pub fn device_html(report: &DeviceReport, generated_at: i64) -> String {
             Item::text("First seen", format_time_short(d.first_seen)),
             Item::text("Last seen", format_time_short(d.last_seen)),
             Item::text("flashrack", VERSION),
-            Item::text("Yield", yield_words(&report.counts)),
+            Item::text("Yield", yield_words(&report.counts, &report.rows)),
         ]
         .into_iter()
         .chain(report.image_origins.iter().map(origin_item))
@@ -448,7 +448,7 @@ pub fn lot_html(report: &LotReport, generated_at: i64) -> String {
                     .map(format_time_short)
                     .unwrap_or_else(|| "still armed".to_string()),
             ),
-            Item::text("Yield", yield_words(&report.counts)),
+            Item::text("Yield", yield_words(&report.counts, &report.rows)),
         ]
         .into_iter()
         .chain(report.image_origins.iter().map(origin_item))
@@ -495,9 +495,9 @@ mod tests {
             refused: 2,
             ..Counts::default()
         };
-        assert!(yield_words(&counts).starts_with("75.0 % (3 of 4 sticks passed"));
+        assert!(yield_words(&counts, &[]).starts_with("75.0 % (3 of 4 sticks passed"));
         assert_eq!(
-            yield_words(&Counts::default()),
+            yield_words(&Counts::default(), &[]),
             "no stick passed or failed yet"
         );
     }

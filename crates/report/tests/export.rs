@@ -719,3 +719,27 @@ fn a_sampled_pass_says_sampled_with_its_share_in_every_format() {
     );
     assert!(labels.contains("<dd class=\"verdict\">PASS · A10</dd>"));
 }
+
+#[test]
+fn the_printed_yield_says_how_many_passes_were_not_verified() {
+    let mut run = run();
+    for row in &mut run.rows {
+        if row.verdict == flashrack_report::ReportVerdict::Pass {
+            row.figures.verify_method = Some(flashrack_core::VerifyMethod::None);
+        }
+    }
+    let passes = run
+        .rows
+        .iter()
+        .filter(|r| r.verdict == flashrack_report::ReportVerdict::Pass)
+        .count();
+    assert!(passes > 0);
+    let html = flashrack_report::run_html(&run, GENERATED_AT);
+    // It read "100.0 % (6 of 6 sticks passed" for a run that read nothing back.
+    assert!(
+        html.contains(&format!(
+            "sticks passed, {passes} of them written, not verified;"
+        )),
+        "{html}"
+    );
+}
