@@ -314,6 +314,28 @@ async fn a_second_instance_of_a_station_id_in_use_is_refused_and_the_view_stays_
     )
     .await;
     assert_eq!(answer.status, 400, "{:?}", answer.body);
+    // A snapshot no dashboard can draw is refused, and the view stays (it was
+    // stored, and broke the hub's dashboard for every station).
+    for snapshot in [
+        serde_json::json!({ "ports": "garbage", "run": 5 }),
+        serde_json::json!({ "ports": [{ "label": "A1" }] }),
+        serde_json::json!({ "ports": [], "run": 5 }),
+        serde_json::json!([1, 2]),
+    ] {
+        let mut report = from(Some(second), "writing");
+        report.snapshot = snapshot.clone();
+        let answer = post_json(hub.url(paths::LIVE), Some(&token), &report).await;
+        assert_eq!(answer.status, 400, "{snapshot}: {:?}", answer.body);
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the report's snapshot is not a station's")),
+            "{:?}",
+            answer.body
+        );
+    }
+    let seen = view(get(hub.url("/api/v1/stations"), None).await);
+    assert_eq!(seen["snapshot"]["ports"][0]["state"], "passed", "{seen}");
     hub.stop().await;
 }
 

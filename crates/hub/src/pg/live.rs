@@ -116,6 +116,9 @@ impl HubDb {
                 )));
             }
         }
+        check_snapshot(&report.snapshot).map_err(|why| {
+            PgError::Invalid(format!("the report's snapshot is not a station's: {why}"))
+        })?;
         let order_nul = report.order.as_ref().and_then(|o| o.detail.as_deref());
         if super::ingest::holds_nul(&report.snapshot) || order_nul.is_some_and(|d| d.contains('\0'))
         {
@@ -273,6 +276,28 @@ impl HubDb {
                 })
             })
             .collect()
+    }
+}
+
+/// Whether `snapshot` has the shape every dashboard draws a station's rack
+/// from: an object whose `ports` are objects each with a text `label` and
+/// `state`, and whose `run`, if any, is an object or null. Anything else
+/// (`"ports": "garbage"`) was stored and broke the hub's dashboard for every
+/// station until the next report.
+fn check_snapshot(snapshot: &serde_json::Value) -> Result<(), String> {
+    let ports = snapshot
+        .get("ports")
+        .and_then(|p| p.as_array())
+        .ok_or("it has no list of ports")?;
+    for port in ports {
+        let text = |key: &str| port.get(key).is_some_and(serde_json::Value::is_string);
+        if !(text("label") && text("state")) {
+            return Err("a port without a text label and state".into());
+        }
+    }
+    match snapshot.get("run") {
+        None | Some(serde_json::Value::Null | serde_json::Value::Object(_)) => Ok(()),
+        Some(_) => Err("its run is not an object".into()),
     }
 }
 
