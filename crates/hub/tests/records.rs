@@ -441,3 +441,28 @@ async fn the_hub_refuses_to_listen_beyond_loopback_without_an_operator_token() {
     drop(built);
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_be_reached_is_named_with_the_reason() {
+    // A port nothing listens on (taken, then let go).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = flashrack_hub::pg::HubDb::connect(
+        &format!("postgres://postgres@127.0.0.1:{port}/flashrack"),
+        2,
+    )
+    .await
+    .unwrap_err();
+    let words = error.to_string();
+    // It said only "pool timed out while waiting for an open connection".
+    assert!(
+        words.contains(&format!(
+            "cannot connect to 127.0.0.1:{port} (database flashrack)"
+        )),
+        "{words}"
+    );
+    assert!(words.to_lowercase().contains("refused"), "{words}");
+}

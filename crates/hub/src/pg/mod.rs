@@ -68,6 +68,15 @@ pub enum PgError {
     /// counted as a duplicate.
     #[error("{0}")]
     Conflict(String),
+    /// The database could not be reached at start-up: where the hub tried
+    /// it, and why (the connection's own error, not the pool's timeout).
+    #[error("database: cannot connect to {target}: {source}")]
+    Unreachable {
+        /// The host (or socket directory) and port, and the database.
+        target: String,
+        /// The driver's error for one connection tried.
+        source: sqlx::Error,
+    },
     /// A value read back is not what the hub wrote (a row edited by hand).
     #[error("database holds an unreadable {what}: {reason}")]
     Corrupt {
@@ -87,6 +96,7 @@ impl PgError {
         match self {
             PgError::Sql { source, .. } => unreachable(source),
             PgError::Migrate(sqlx::migrate::MigrateError::Execute(source)) => unreachable(source),
+            PgError::Unreachable { .. } => true,
             _ => false,
         }
     }
@@ -139,10 +149,11 @@ impl HubDb {
     /// sqlx's migrator takes an advisory lock).
     pub async fn connect(url: &str, connections: u32) -> Result<Self, PgError> {
         let options: PgConnectOptions = url.parse().map_err(sql("parsing database_url"))?;
+        let options = options.application_name("flashrack-hub");
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(2))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.application_name("flashrack-hub"));
+            .connect_lazy_with(options.clone());
         // A database still starting is waited for, a while: each try gives
         // up after ACQUIRE_TIMEOUT, which is short for the requests' sake.
         let started = std::time::Instant::now();
@@ -159,6 +170,20 @@ impl HubDb {
                 }
                 Err(error) => {
                     pool.close().await;
+                    // The pool says only that it timed out: one connection
+                    // tried says why ("Connection refused"), and where.
+                    if error.is_unavailable() {
+                        use sqlx::Connection;
+                        let target = format!(
+                            "{}:{} (database {})",
+                            options.get_host(),
+                            options.get_port(),
+                            options.get_database().unwrap_or("of the user's name")
+                        );
+                        if let Err(source) = sqlx::PgConnection::connect_with(&options).await {
+                            return Err(PgError::Unreachable { target, source });
+                        }
+                    }
                     return Err(error);
                 }
             }
