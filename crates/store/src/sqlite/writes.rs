@@ -519,7 +519,13 @@ impl Writes for SqliteWrites {
         .bind(state.as_str())
         .bind(stage.as_str())
         .bind(failure.map(|f| f.reason.code()))
-        .bind(failure.map(|f| f.reason.to_string()))
+        .bind(failure.map(|f| match f.reason {
+            // Which stage it was stopped in (the run's stop, beside it in
+            // every report, says who stopped it): a bare "interrupted"
+            // said less than a crash's record does.
+            FailReason::Interrupted => format!("interrupted during {}", f.stage),
+            _ => f.reason.to_string(),
+        }))
         .bind(
             failure
                 .and_then(|f| f.reason.offset())
