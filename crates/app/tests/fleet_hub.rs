@@ -637,6 +637,23 @@ async fn an_order_waits_for_the_operators_own_run_and_is_armed_once_it_stops_nev
     assert_eq!(current["id"], order["run_id"]);
     assert_eq!(current["image_sha256"], sha.as_str(), "{current:#}");
     assert_eq!(current["armed"], true, "{current:#}");
+    // The image fetched from the hub is the station's under its own name
+    // (it was "<sha>-lot.img"), and says where it came from (it said
+    // nothing): the hub's URL of it, its digest given by the hub's operator.
+    let images = app.get("/api/v1/images").await.json();
+    let fetched = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sha256"] == sha.as_str())
+        .unwrap_or_else(|| panic!("{images:#}"));
+    assert_eq!(fetched["name"], "lot.img", "{fetched:#}");
+    let origin = fetched["origin"].as_str().unwrap_or_default();
+    assert!(
+        origin.contains(&format!("/api/v1/fleet/images/{sha}"))
+            && origin.contains("given by the operator"),
+        "{fetched:#}"
+    );
     app.stop().await.unwrap();
     hub.stop().await;
 }

@@ -65,7 +65,8 @@ pub fn partial_path(data_dir: &Path, sha256: &Sha256Digest) -> PathBuf {
 /// Removes what a station process stopped while following an order (killed,
 /// a power cut) left in [`fetch_dir`] that nothing will resume, and says
 /// what it removed:
-/// - a fetched image under its import name (`<short sha256>-<name>`): the
+/// - a fetched image under its import name (`<short sha256>/<name>`, or
+///   `<short sha256>-<name>` from before): the
 ///   verified `.part` is renamed so before the import and removed after it,
 ///   so a stop during the import (minutes for a large image) kept the whole
 ///   image there for good; the next try fetches it afresh into a `.part`
@@ -99,6 +100,19 @@ pub fn remove_stale_fetches(data_dir: &Path, images: &ImageCache) -> Vec<PathBuf
                     .bytes()
                     .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         });
+        // `<short sha256>/`: the directory an import takes its name in.
+        let import_dir = name.len() == 12
+            && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && entry.file_type().is_ok_and(|t| t.is_dir());
+        if import_dir {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => removed.push(path),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove a fetch left behind");
+                }
+            }
+            continue;
+        }
         let stale = cached_part || import_name;
         if !stale || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
@@ -580,17 +594,41 @@ impl Follower {
             received = fetched.received,
             "fetched the order's image; its sha256 matches"
         );
-        // The verified file, under the image's name (the cache keeps the
-        // name it was imported from), imported with its digest expected.
-        let named = dir.join(format!("{}-{}", sha.short(), file_name(&order.image_name)));
+        // The verified file, under the image's own name (the cache keeps
+        // the name it was imported from: it was "<sha>-<name>"), imported
+        // with its digest expected, and kept with where it came from: the
+        // hub, for this order.
+        let own_dir = dir.join(sha.short());
+        let named = own_dir.join(file_name(&order.image_name));
         let images = self.images.clone();
         let max = self.max_image_size;
+        let provenance = flashrack_core::Provenance {
+            url: format!(
+                "{}{}/{}",
+                self.fleet.client.hub().trim_end_matches('/'),
+                flashrack_fleet::paths::IMAGES,
+                sha.to_hex()
+            ),
+            etag: None,
+            last_modified: None,
+            digest_source: flashrack_core::DigestSource::Operator { sha256: sha },
+            captured: None,
+            built: None,
+            bmap_lookup_failed: None,
+        };
         let imported = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&own_dir)?;
             std::fs::rename(&fetched.path, &named)?;
             let outcome =
                 crate::images::import(&images, &named, Some(sha), flashrack_core::ByteSize(max));
             let _ = std::fs::remove_file(&named);
-            outcome.map_err(std::io::Error::other)
+            let _ = std::fs::remove_dir(&own_dir);
+            outcome
+                .map(|mut outcome| {
+                    outcome.image = images.found_with_provenance(outcome.image, provenance);
+                    outcome
+                })
+                .map_err(std::io::Error::other)
         })
         .await;
         match imported {
