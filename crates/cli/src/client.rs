@@ -101,7 +101,7 @@ pub fn status_table(snapshot: &Snapshot) -> String {
         };
         rows.push([
             port.label.clone(),
-            format!("{:?}", port.state).to_lowercase(),
+            port.state.to_string(),
             device,
             progress,
             verdict,

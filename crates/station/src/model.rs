@@ -52,6 +52,27 @@ pub enum PortState {
     Failed,
 }
 
+impl std::fmt::Display for PortState {
+    /// The state as the API names it (`preparing`, `passed`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortState::Empty => "empty",
+            PortState::Detected => "detected",
+            PortState::Master => "master",
+            PortState::Capturing => "capturing",
+            PortState::Refused => "refused",
+            PortState::Waiting => "waiting",
+            PortState::Preparing => "preparing",
+            PortState::Writing => "writing",
+            PortState::Flushing => "flushing",
+            PortState::Resetting => "resetting",
+            PortState::Verifying => "verifying",
+            PortState::Passed => "passed",
+            PortState::Failed => "failed",
+        })
+    }
+}
+
 impl PortState {
     /// The busy state for an engine stage.
     pub fn for_stage(stage: Stage) -> Self {
@@ -579,6 +600,28 @@ impl StageTimeline {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_port_state_is_said_as_the_api_names_it() {
+        for state in [
+            PortState::Empty,
+            PortState::Detected,
+            PortState::Master,
+            PortState::Capturing,
+            PortState::Refused,
+            PortState::Waiting,
+            PortState::Preparing,
+            PortState::Writing,
+            PortState::Flushing,
+            PortState::Resetting,
+            PortState::Verifying,
+            PortState::Passed,
+            PortState::Failed,
+        ] {
+            let api = serde_json::to_value(state).unwrap();
+            assert_eq!(api.as_str(), Some(state.to_string().as_str()));
+        }
+    }
 
     #[test]
     fn a_timeline_times_the_write_pass_to_the_read_back_and_that_to_now() {

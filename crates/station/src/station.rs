@@ -156,7 +156,7 @@ pub enum StationError {
     #[error("no port is labelled {0:?}")]
     UnknownPort(String),
     /// The port cannot start now.
-    #[error("port {label} cannot start: it is {state:?}")]
+    #[error("port {label} cannot start: it is {state}")]
     PortNotReady {
         /// The port.
         label: String,
