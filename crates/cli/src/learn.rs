@@ -91,18 +91,45 @@ pub async fn learn(config_path: &Path) -> Result<ExitCode> {
             }
             Learning::NewPort { path, suggestion } => {
                 out!("stick in {path}\n  label [{suggestion}]: ")?;
-                let line = typed.recv().await.unwrap_or(Typed::End);
-                if finishes(&line) {
-                    outln!()?;
+                // Asked again until a label will do: a label refused left
+                // the stick unmapped, and the next lines typed went to
+                // "waiting for a stick".
+                let mut finished = false;
+                loop {
+                    let line = typed.recv().await.unwrap_or(Typed::End);
+                    if finishes(&line) {
+                        outln!()?;
+                        finished = true;
+                        break;
+                    }
+                    let Typed::Line(line) = line else {
+                        finished = true;
+                        break;
+                    };
+                    let label = if line.is_empty() {
+                        suggestion.clone()
+                    } else {
+                        line
+                    };
+                    let taken = learner
+                        .ports()
+                        .iter()
+                        .find(|p| p.label.eq_ignore_ascii_case(&label))
+                        .map(|p| format!("port {} is labelled so already", p.label));
+                    if let Some(problem) = flashrack_config::port_label_problem(&label).or(taken) {
+                        out!("  {problem}; label [{suggestion}]: ")?;
+                        continue;
+                    }
+                    match learner.map(path.clone(), label.clone()) {
+                        Ok(()) => outln!(
+                            "  mapped {label}; unplug it and plug a stick into the next port"
+                        )?,
+                        Err(error) => outln!("  not mapped: {error}")?,
+                    }
                     break;
                 }
-                let Typed::Line(line) = line else { break };
-                let label = if line.is_empty() { suggestion } else { line };
-                match learner.map(path, label.clone()) {
-                    Ok(()) => {
-                        outln!("  mapped {label}; unplug it and plug a stick into the next port")?
-                    }
-                    Err(error) => outln!("  not mapped: {error}")?,
+                if finished {
+                    break;
                 }
             }
         }

@@ -617,13 +617,18 @@ fn ports_learn_suggests_labels_by_physical_port_and_writes_them_in_label_order()
     );
     first.pull();
 
-    // The next, into port 1: A1, not A5.
+    // The next, into port 1: A1, not A5. A label that will not do (not a
+    // label, then one taken, in another case) is asked again for the same
+    // stick (it was dropped, with a configuration line that does not exist).
     second.plug();
     learn.until(&format!("stick in {}", usb("1.1")));
-    stdin.write_all(b"\n").unwrap();
+    stdin.write_all(b"<x>\na4\n\n").unwrap();
     let answer = learn.lines.next().unwrap().unwrap();
     assert!(
-        answer.starts_with("  label [A1]:   mapped A1"),
+        answer.starts_with("  label [A1]:   port label \"<x>\" must be 1-16 letters")
+            && answer.contains(
+                "; label [A1]:   port A4 is labelled so already; label [A1]:   mapped A1"
+            ),
         "{answer:?}"
     );
     drop(stdin);

@@ -508,11 +508,8 @@ impl StationConfig {
         let mut ports = Vec::new();
         for port in raw.port {
             let label = port.label.get_ref().trim().to_string();
-            if label.is_empty() || label.len() > 16 || !label.chars().all(is_name_char) {
-                return Err(invalid(
-                    port.label.span().start,
-                    format!("port label {label:?} must be 1-16 letters, digits, '-', '_' or '.'"),
-                ));
+            if let Some(problem) = port_label_problem(&label) {
+                return Err(invalid(port.label.span().start, problem));
             }
             // Case aside: a rack's printed labels cannot tell `A1` from `a1`.
             if let Some(other) = labels.insert(label.to_lowercase(), label.clone()) {
@@ -811,6 +808,14 @@ fn parse_fleet(
         station_id: station_id.to_string(),
         token_file,
     })
+}
+
+/// Why `label` cannot label a port, in words; `None` when it can (1-16
+/// letters, digits, `-`, `_` or `.`). Labels differing only in case are one
+/// label on a rack (the configuration refuses the second).
+pub fn port_label_problem(label: &str) -> Option<String> {
+    (label.is_empty() || label.len() > 16 || !label.chars().all(is_name_char))
+        .then(|| format!("port label {label:?} must be 1-16 letters, digits, '-', '_' or '.'"))
 }
 
 fn is_name_char(c: char) -> bool {
