@@ -194,3 +194,28 @@ test('a pulled stick keeps its removed verdict until the next one, counters agre
     .catch(() => assert.fail('"Write again" is still offered with no run armed'));
   await page.screenshot({ path: path.join(ARTIFACTS, 'states-target.png'), fullPage: true });
 }));
+
+test('a stick with the serial of a pass is neither written nor shown passed until the operator asks', { timeout: 180_000 }, () => withDashboard({ name: 'states-serial', args: ['--by-hand', '--no-arm', '--ports', '4', '--image-size', '8MiB'] }, async ({ child, url, page }) => {
+  await page.goto(url);
+  await page.waitForFunction(() => /live/i.test(document.querySelector('#conn')?.textContent || ''), null, { timeout: 15_000 });
+  await armRun(page, url, null);
+  await plug(child, 'A1 SAME-1');
+  await untilTile(page, 'A1', 'passed', { state: 'passed' });
+  const first = await (await page.request.get(`${url}api/v1/ports/A1`)).json();
+  await pull(child, 'A1');
+  // Another stick showing the same serial (or the same one, put in again):
+  // detected, naming the earlier pass, never "passed" (it was shown passed
+  // with nothing of it read).
+  await plug(child, 'A2 SAME-1');
+  await untilTile(page, 'A2', 'named the earlier pass', { state: 'detected', text: /passed in this run \(attempt \d+\)/ });
+  const a2 = await (await page.request.get(`${url}api/v1/ports/A2`)).json();
+  assert.equal(a2.passed_before, first.attempt_id, JSON.stringify(a2));
+  assert.equal(a2.verdict, null, JSON.stringify(a2));
+  await page.screenshot({ path: path.join(ARTIFACTS, 'states-passed-before.png'), fullPage: true });
+  // The operator asks: written and verified, a pass of its own.
+  await page.click('.tile[data-label="A2"] [data-action="again"]');
+  await untilTile(page, 'A2', 'passed once written', { state: 'passed' });
+  const written = await (await page.request.get(`${url}api/v1/ports/A2`)).json();
+  assert.notEqual(written.attempt_id, first.attempt_id, JSON.stringify(written));
+  assert.equal(written.passed_before, undefined, JSON.stringify(written));
+}));
