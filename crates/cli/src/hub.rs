@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use flashrack_hub::pg::Role;
 use flashrack_hub::{Hub, HubConfig, HubDb};
@@ -78,6 +78,15 @@ pub async fn run(args: HubArgs) -> Result<ExitCode> {
                 }
                 TokenCommand::Revoke { name, operator } => {
                     let n = db.revoke_tokens(role(operator), &name).await?;
+                    if n == 0 {
+                        // A typo revoked nothing and said so with success.
+                        db.close().await;
+                        let whose = if operator { "operator" } else { "station" };
+                        bail!(
+                            "no {whose} named {name:?} holds a token that is not revoked: \
+                             nothing revoked (names are exact, case included)"
+                        );
+                    }
                     println!("revoked {n} token(s) of {name}");
                 }
             }

@@ -51,6 +51,14 @@ fn a_station_token_made_by_the_cli_lets_the_station_ship_to_the_running_hub() {
     assert!(made.status.success(), "{made:?}");
     let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
     assert_eq!(token.len(), 64);
+    // Revoking a station that holds no token (a typo) fails and says so (it
+    // said "revoked 0 token(s)" and succeeded).
+    let typo = flashrack(&["hub", "--config", config, "token", "revoke", "lab-A"]);
+    assert_eq!(typo.status.code(), Some(2), "{typo:?}");
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("no station named \"lab-A\" holds a token"),
+        "{typo:?}"
+    );
 
     // Beyond loopback without an operator token: refused, status 2.
     let open = dir.path().join("open.toml");
