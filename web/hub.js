@@ -56,6 +56,10 @@
   }
 
   function statusOf(s) {
+    // Its records refused (another instance under its id, or sequence
+    // numbers that clash, as after a restore from a backup): said, not
+    // "behind", since they will not arrive by waiting.
+    if (s.records_refused) return 'refused';
     if (!s.last_seen) return 'unseen';
     if (Date.now() + skew - s.last_seen > silentAfter) return 'silent';
     return s.backlog > 0 ? 'behind' : 'connected';
@@ -65,6 +69,7 @@
     if (status === 'behind') return `behind (backlog ${s.backlog})`;
     if (status === 'silent') return `silent since ${fmtTime(s.last_seen)}`;
     if (status === 'unseen') return 'never heard from';
+    if (status === 'refused') return `records refused (backlog ${s.backlog})`;
     return 'connected';
   }
 
@@ -114,7 +119,7 @@
   function render() {
     const list = [...stations.values()].sort((a, b) => a.id.localeCompare(b.id));
     const total = Object.fromEntries(COUNTERS.map((k) => [k, 0]));
-    const byStatus = { connected: 0, behind: 0, silent: 0, unseen: 0 };
+    const byStatus = { connected: 0, behind: 0, silent: 0, unseen: 0, refused: 0 };
     const cards = list.map((s) => {
       const status = statusOf(s);
       byStatus[status] += 1;
@@ -128,7 +133,7 @@
       const stale = status === 'silent' && s.snapshot
         ? `<div class="stale">Stale: the rack as last reported at ${esc(fmtTime(s.snapshot_sent_at || s.last_seen))}</div>` : '';
       return `<div class="station ${status}" data-station="${esc(s.id)}">
-        <h3>${esc(s.id)} <span class="badge ${status}">${esc(statusText(s, status))}</span></h3>
+        <h3>${esc(s.id)} <span class="badge ${status}" title="${esc(s.records_refused || '')}">${esc(statusText(s, status))}</span></h3>${s.records_refused ? `<div class="refusal">${esc(s.records_refused)}</div>` : ''}
         <div class="muted">${runText} · ${COUNTERS.map((k) => counter('data-count', k, counts[k])).join(' · ')}</div>
         ${runOrigin.map((o) => `<div class="origin run-origin">${esc(originText(o))}</div>`).join('')}
         ${stale}<div class="ports">${ports || '<span class="muted">no live view yet</span>'}</div></div>`;

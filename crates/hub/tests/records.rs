@@ -271,9 +271,21 @@ async fn a_second_station_under_an_id_in_use_is_refused_not_counted_as_duplicate
     }
     assert_eq!(hub.db.station_records("lab-a").await.unwrap(), before);
     assert_eq!(hub.db.received_of("lab-a").await.unwrap(), (8, 8));
+    // The refusal is shown with the station (it showed only "behind", the
+    // records never arriving: a station restored from a backup).
+    let refused = |views: &serde_json::Value| {
+        views.as_array().unwrap()[0]["records_refused"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let views = get(hub.url("/api/v1/stations"), None).await.body;
+    assert!(
+        refused(&views).is_some_and(|r| r.contains("already shipped another entry 1")),
+        "{views:#}"
+    );
 
     // The first station's own replay is still a duplicate, and what it
-    // ships next is applied.
+    // ships next is applied; the refusal shown is over.
     let again = ack(&post_json(hub.url(paths::RECORDS), Some(&first), &shipped).await);
     assert_eq!((again.applied, again.duplicates), (0, 8));
     let next = batch("lab-a", entries(9, vec![event(3, "run_stopped")]), 0);
@@ -281,6 +293,8 @@ async fn a_second_station_under_an_id_in_use_is_refused_not_counted_as_duplicate
         ack(&post_json(hub.url(paths::RECORDS), Some(&first), &next).await).applied,
         1
     );
+    let views = get(hub.url("/api/v1/stations"), None).await.body;
+    assert_eq!(refused(&views), None, "{views:#}");
     hub.stop().await;
 }
 

@@ -8,6 +8,8 @@ use axum::Json;
 use flashrack_fleet::{BatchAck, RecordBatch};
 use flashrack_http::{ApiBytes, AppError};
 
+use crate::pg::PgError;
+
 use super::{internal, station_of, HubState};
 
 /// Takes a batch: the token first (a stranger's body is never parsed), then
@@ -26,11 +28,20 @@ pub(super) async fn post(
             batch.station_id
         )));
     }
-    let ack = state
+    let ack = match state
         .db
         .ingest(&station, &batch, state.silent_after_ms)
         .await
-        .map_err(internal)?;
+    {
+        Ok(ack) => ack,
+        Err(PgError::Conflict(reason)) => {
+            // Shown with the station until a batch is taken: it was only
+            // "behind", its records never arriving.
+            state.db.note_records_refused(&station, &reason).await;
+            return Err(AppError::conflict(reason));
+        }
+        Err(error) => return Err(internal(error)),
+    };
     tracing::debug!(
         station,
         acked_through = ack.acked_through,

@@ -37,6 +37,21 @@ fn big(what: &str, value: u64) -> Result<i64, PgError> {
 }
 
 impl HubDb {
+    /// Keeps why a batch of `station`'s records was refused (shown with
+    /// the station until a batch is taken). Best effort.
+    pub async fn note_records_refused(&self, station: &str, reason: &str) {
+        let noted = sqlx::query(
+            "UPDATE stations SET records_refused = $2, records_refused_at = now() WHERE id = $1",
+        )
+        .bind(station)
+        .bind(reason)
+        .execute(&self.pool)
+        .await;
+        if let Err(error) = noted {
+            tracing::warn!(%error, station, "cannot note a refused batch");
+        }
+    }
+
     /// Applies `batch` from `station` (the id its token belongs to) and
     /// acknowledges it. The batch must be well formed (see
     /// [`check_batch`]); its entries that the hub already holds count as
@@ -143,7 +158,8 @@ impl HubDb {
             "UPDATE stations SET
                 backlog = CASE WHEN $2 >= acked_through THEN $3 ELSE backlog END,
                 acked_through = GREATEST(acked_through, $2),
-                last_batch_at = now()
+                last_batch_at = now(),
+                records_refused = NULL, records_refused_at = NULL
              WHERE id = $1",
         )
         .bind(station)

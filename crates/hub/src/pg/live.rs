@@ -78,6 +78,11 @@ pub struct StationView {
     pub live_version: i64,
     /// The order it follows and how far it got.
     pub order: Option<OrderProgress>,
+    /// Why the hub refused its last batch of records, while it takes none
+    /// (the station keeps them in its outbox): it would otherwise show only
+    /// "behind", its records never arriving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records_refused: Option<String>,
     /// Its records by state.
     pub counts: StationCounts,
     /// The database's clock when this was read.
@@ -233,6 +238,7 @@ impl HubDb {
                     coalesce(a.refused_at_open, 0) + coalesce(r.refused, 0) AS refused,
                     coalesce(a.interrupted, 0) AS interrupted,
                     coalesce(a.running, 0) AS running,
+                    s.records_refused,
                     ts_to_ms(now()) AS now
              FROM stations s
              LEFT JOIN live l ON l.station_id = s.id
@@ -264,6 +270,7 @@ impl HubDb {
                         .get::<Option<serde_json::Value>, _>("order_progress")
                         .map(|v| json_from("order progress", v))
                         .transpose()?,
+                    records_refused: row.get("records_refused"),
                     counts: StationCounts {
                         attempts: count(row, "attempts"),
                         passed: count(row, "passed"),

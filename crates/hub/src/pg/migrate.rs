@@ -46,6 +46,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "live instance",
         include_str!("../../../../migrations/postgres/0007_live_instance.sql"),
     ),
+    (
+        8,
+        "records refusal",
+        include_str!("../../../../migrations/postgres/0008_records_refusal.sql"),
+    ),
 ];
 
 #[derive(Debug)]
