@@ -765,7 +765,7 @@ fn write_image(
     };
     let capacity = figures.capacity.0;
     let mut report = Reporter::enter(ctx, Stage::Writing, total);
-    thread::scope(|scope| -> Result<(), Stop> {
+    let pass = thread::scope(|scope| -> Result<(), Stop> {
         // A rendezvous channel: the helper holds at most the next chunk while
         // this thread writes one, so an attempt holds at most two chunks. It
         // ends the pass with `None` (past the image's last chunk).
@@ -875,7 +875,13 @@ fn write_image(
             report.advance(figures.bytes_written)?;
         }
         Ok(())
-    })?;
+    });
+    if pass.is_err() {
+        // Ended mid-pass (a write error, a stop, the source's failure): the
+        // time it wrote for, beside the bytes it wrote (it said 0 s).
+        figures.write_secs = started.elapsed().as_secs_f64();
+    }
+    pass?;
     let _ = Reporter::enter(ctx, Stage::Flushing, 0);
     writer
         .flush()

@@ -229,10 +229,15 @@ async fn every_fault_gets_its_own_verdict_and_the_healthy_sticks_still_pass() {
     for healthy in ["healthy-1", "healthy-2", "slow"] {
         assert_eq!(by_name(healthy).0, Verdict::Pass, "{healthy}");
     }
-    let (verdict, _) = by_name("write-error");
+    let (verdict, figures) = by_name("write-error");
     assert!(
         matches!(reason_of(&verdict), Some(FailReason::WriteError { offset, .. }) if *offset > 0 && *offset < image_size as u64),
         "{verdict:?}"
+    );
+    // The time it wrote for is said beside what it wrote (0 s before).
+    assert!(
+        figures.bytes_written > 0 && figures.write_secs > 0.0,
+        "{figures:?}"
     );
     let (verdict, figures) = by_name("corrupt");
     let expected_byte = std::fs::read(&image.path).unwrap()[corrupt_offset as usize];
