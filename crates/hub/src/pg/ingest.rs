@@ -94,14 +94,7 @@ impl HubDb {
         // the same sequence numbers first, and the station's own was refused
         // for good.
         if let Some(instance) = batch.instance.as_deref() {
-            let held: Option<(Option<String>, i64)> = sqlx::query_as(
-                "SELECT instance, ts_to_ms(now()) - ts_to_ms(received_at) FROM live
-                 WHERE station_id = $1",
-            )
-            .bind(station)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(sql("reading a station's live instance"))?;
+            let held = super::live::live_holder(&mut tx, station).await?;
             if let Some((Some(holder), heard_ms)) = held {
                 if holder != instance && heard_ms <= silent_after_ms {
                     return Err(PgError::Conflict(format!(

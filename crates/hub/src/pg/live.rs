@@ -153,15 +153,7 @@ impl HubDb {
             .execute(&mut *tx)
             .await
             .map_err(sql("locking a station"))?;
-        let held: Option<(Option<String>, i64)> = sqlx::query_as(
-            "SELECT instance, ts_to_ms(now()) - ts_to_ms(received_at) FROM live
-             WHERE station_id = $1",
-        )
-        .bind(station)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(sql("reading a station's live instance"))?;
-        if let Some((Some(holder), heard_ms)) = held {
+        if let Some((Some(holder), heard_ms)) = live_holder(&mut tx, station).await? {
             let other = report.instance.as_deref() != Some(holder.as_str());
             if other && heard_ms <= silent_after_ms {
                 return Err(PgError::Conflict(format!(
@@ -306,6 +298,24 @@ fn check_snapshot(snapshot: &serde_json::Value) -> Result<(), String> {
         None | Some(serde_json::Value::Null | serde_json::Value::Object(_)) => Ok(()),
         Some(_) => Err("its run is not an object".into()),
     }
+}
+
+/// The instance that holds `station`'s live view (`None` inside for a
+/// holder that named none) and how long ago the hub heard from it, in
+/// milliseconds; `None` before any live report. Read in `tx`, the station's
+/// row locked.
+pub(super) async fn live_holder(
+    tx: &mut sqlx::PgConnection,
+    station: &str,
+) -> Result<Option<(Option<String>, i64)>, PgError> {
+    sqlx::query_as(
+        "SELECT instance, ts_to_ms(now()) - ts_to_ms(received_at) FROM live
+         WHERE station_id = $1",
+    )
+    .bind(station)
+    .fetch_optional(tx)
+    .await
+    .map_err(sql("reading a station's live instance"))
 }
 
 /// An instance id as the hub's words show it: its first 12 characters,
