@@ -31,6 +31,7 @@ pub mod provenance;
 pub mod ranges;
 pub mod record;
 pub mod refusal;
+pub mod run_options;
 pub mod sample;
 pub mod size;
 mod text;
@@ -51,6 +52,7 @@ pub use record::{
     StopReason, StopReasonParseError,
 };
 pub use refusal::{GuardRefusal, RefusalCode, RefusalCodeParseError};
+pub use run_options::{RunOptions, RUN_OPTION_NAMES};
 pub use sample::{SamplePercent, SamplePercentError};
 pub use size::{ByteSize, ByteSizeParseError};
 pub use verdict::{

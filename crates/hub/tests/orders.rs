@@ -50,7 +50,7 @@ async fn an_armed_lot_reaches_its_stations_and_a_stop_disarms_it() {
         hub.url("/api/v1/lots"),
         None,
         &json!({ "name": "batch-7", "image_sha256": sha, "stations": ["lab-a", "lab-b"],
-                 "options": { "verify": "full", "target": 20 } }),
+                 "options": { "verify": "hash", "target_count": 20 } }),
     )
     .await;
     assert_eq!(lot.status, 200, "{:?}", lot.body);
@@ -62,7 +62,7 @@ async fn an_armed_lot_reaches_its_stations_and_a_stop_disarms_it() {
     assert_eq!(run.lot, "batch-7");
     assert_eq!(run.image_sha256.to_hex(), sha);
     assert_eq!(run.image_size, image_bytes().len() as u64);
-    assert_eq!(run.options["target"], 20);
+    assert_eq!(run.options["target_count"], 20);
     // A station not in the lot has nothing to do.
     assert_eq!(
         orders(&hub, &c, "").await,
@@ -387,6 +387,24 @@ async fn bad_lot_requests_get_a_clear_error_and_arm_nothing() {
         (
             json!({ "image_sha256": sha, "stations": [] }).to_string(),
             "a lot needs at least one station",
+        ),
+        // Options no station can use, judged before anything is disarmed
+        // (the stations' working lot runs were stopped, then the order
+        // failed there).
+        (
+            json!({ "image_sha256": sha, "stations": ["lab-a"], "options": { "retries": 50 } })
+                .to_string(),
+            "retries must be at most 10",
+        ),
+        (
+            json!({ "image_sha256": sha, "stations": ["lab-a"], "options": { "target": 5 } })
+                .to_string(),
+            "the order's options name no option \"target\"",
+        ),
+        (
+            json!({ "image_sha256": sha, "stations": ["lab-a"], "options": { "verify": "bogus" } })
+                .to_string(),
+            "the order's options cannot be used",
         ),
         // A name every report of the lot prints (it was stored with its
         // override, and a 1.5 MB one was a 500).

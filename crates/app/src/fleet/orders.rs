@@ -704,52 +704,13 @@ fn stop_reason_text(reason: StopReason) -> String {
         .unwrap_or_else(|| format!("{reason:?}"))
 }
 
-/// The names of a run's options ([`RunOptions`]' fields as JSON names
-/// them): what an order may set.
-const RUN_OPTION_NAMES: &[&str] = &[
-    "verify",
-    "eject_on_pass",
-    "target_count",
-    "operator",
-    "lot",
-    "order_id",
-    "force_raw",
-    "sparse",
-    "sample",
-    "audit",
-    "retries",
-];
-
-/// The run options of an order: the station's defaults, what the order says,
-/// and the order's id.
+/// The run options of an order ([`RunOptions::of_order`], the rules the
+/// hub judged the lot by too), with the order's id, and the hub's lot as the
+/// run's lot: its records and reports name it as the hub does (they named
+/// none, or a "lot" option of the order's own).
 fn run_options(order: &RunOrder) -> Result<RunOptions, String> {
-    let mut options = serde_json::to_value(RunOptions::default()).map_err(|e| e.to_string())?;
-    if let (Some(base), Some(given)) = (options.as_object_mut(), order.options.as_object()) {
-        for (key, value) in given {
-            // A misspelt option would be dropped by the run's options and
-            // the run armed with the default in its place (a lot's
-            // `"target": 5` armed a run without a target count).
-            if !RUN_OPTION_NAMES.contains(&key.as_str()) {
-                return Err(format!(
-                    "the order's options name no option {key:?} (known: {})",
-                    RUN_OPTION_NAMES.join(", ")
-                ));
-            }
-            base.insert(key.clone(), value.clone());
-        }
-    } else if !order.options.is_null() {
-        return Err("the order's options are not a JSON object".into());
-    }
-    let mut options: RunOptions = serde_json::from_value(options)
-        .map_err(|e| format!("the order's options cannot be used: {e}"))?;
-    // The rules an operator's run is held to at the station (retries at
-    // most 10, no retries of an audit …): an order armed runs they refuse.
-    options
-        .check()
-        .map_err(|why| format!("the order's options cannot be used: {why}"))?;
+    let mut options = RunOptions::of_order(&order.options)?;
     options.order_id = Some(order.order_id);
-    // The hub's lot is the run's lot: its records and reports name it as the
-    // hub does (they named none, or a "lot" option of the order's own).
     options.lot = Some(order.lot.clone());
     Ok(options)
 }
@@ -846,7 +807,7 @@ mod tests {
             .map(String::as_str)
             .collect();
         names.sort_unstable();
-        let mut known = RUN_OPTION_NAMES.to_vec();
+        let mut known = flashrack_core::RUN_OPTION_NAMES.to_vec();
         known.sort_unstable();
         assert_eq!(names, known);
     }

@@ -120,6 +120,11 @@ pub(super) async fn arm(
     let mut request: ArmRequest = serde_json::from_slice(&body)
         .map_err(|e| AppError::bad_request(format!("malformed request: {e}")))?;
     request.name = lot_name(request.name)?;
+    // Judged as each station will judge its order, before anything is
+    // disarmed: options no station can use stopped the stations' working
+    // lot runs, then failed there.
+    flashrack_core::RunOptions::of_order(&serde_json::Value::Object(request.options.clone()))
+        .map_err(AppError::bad_request)?;
     let digest = Sha256Digest::parse(&request.image_sha256)
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     let cache = state.images.clone();
