@@ -108,6 +108,20 @@ async fn a_station_whose_hub_takes_connections_and_never_answers_flashes_and_rep
     let fleet = app.get("/api/v1/fleet").await.json();
     assert_eq!(fleet["connected"], false, "{fleet}");
     assert_eq!(fleet["shipped"], 0, "{fleet}");
+    // The backlog shown follows the outbox while a batch hangs (it stayed
+    // at what it was when the batch left, until the request timed out).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = app.get("/api/v1/fleet").await.json()["backlog"].clone();
+        if shown == backlog {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backlog shown ({shown}) never followed the outbox ({backlog})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Stopping does not wait for the hub either (well within the 30 s the
     // hanging requests would take).

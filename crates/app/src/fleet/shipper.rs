@@ -35,6 +35,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest the shipper sleeps without looking at the outbox.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// How often the backlog shown is read again while a batch waits for the
+/// hub's answer.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
 /// The least time between two looks at the outbox, so that a flood of
 /// progress events costs a few queries a second, not one per event.
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -153,7 +157,26 @@ async fn drain(fleet: &Fleet, store: &Store, shutdown: Option<&ShutdownSignal>) 
             entries,
             instance: Some(fleet.instance.clone()),
         };
-        let ack = match fleet.client.ship(&batch).await {
+        // While the hub takes its time answering (up to the request's
+        // timeout), the backlog shown follows the outbox every second: it
+        // stayed at what it was when the batch left (29 shown, 603 waiting).
+        let ship = fleet.client.ship(&batch);
+        tokio::pin!(ship);
+        let answer = loop {
+            tokio::select! {
+                answer = &mut ship => break answer,
+                () = tokio::time::sleep(BACKLOG_EVERY) => {
+                    if let Ok(waiting) = store.outbox_backlog().await {
+                        fleet.view.send_if_modified(|view| {
+                            let changed = view.backlog != waiting;
+                            view.backlog = waiting;
+                            changed
+                        });
+                    }
+                }
+            }
+        };
+        let ack = match answer {
             Ok(ack) => ack,
             Err(error) => {
                 tracing::warn!(%error, backlog, "cannot ship records to the hub; they wait in the outbox");
