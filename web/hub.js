@@ -59,6 +59,7 @@
     // Its records refused (another instance under its id, or sequence
     // numbers that clash, as after a restore from a backup): said, not
     // "behind", since they will not arrive by waiting.
+    if (s.token_revoked) return 'revoked';
     if (s.records_refused) return 'refused';
     if (!s.last_seen) return 'unseen';
     if (Date.now() + skew - s.last_seen > silentAfter) return 'silent';
@@ -70,6 +71,7 @@
     if (status === 'silent') return `silent since ${fmtTime(s.last_seen)}`;
     if (status === 'unseen') return 'never heard from';
     if (status === 'refused') return `records refused (backlog ${s.backlog})`;
+    if (status === 'revoked') return 'token revoked: it can neither report nor ship';
     return 'connected';
   }
 
@@ -119,7 +121,7 @@
   function render() {
     const list = [...stations.values()].sort((a, b) => a.id.localeCompare(b.id));
     const total = Object.fromEntries(COUNTERS.map((k) => [k, 0]));
-    const byStatus = { connected: 0, behind: 0, silent: 0, unseen: 0, refused: 0 };
+    const byStatus = { connected: 0, behind: 0, silent: 0, unseen: 0, refused: 0, revoked: 0 };
     const cards = list.map((s) => {
       const status = statusOf(s);
       byStatus[status] += 1;

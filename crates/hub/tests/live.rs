@@ -509,3 +509,24 @@ async fn while_postgresql_is_down_the_api_answers_503_at_once_and_serves_again_a
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_whose_token_is_revoked_is_shown_so_not_as_silent() {
+    let pg = PgCluster::start();
+    let hub = spawn_hub(&pg.url()).await;
+    let token = hub.db.add_token(Role::Station, "lab-a").await.unwrap();
+    let answer = post_json(
+        hub.url(paths::LIVE),
+        Some(&token),
+        &live_report("lab-a", 0, "empty"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let revoked = |views: &serde_json::Value| views[0]["token_revoked"].clone();
+    let views = get(hub.url("/api/v1/stations"), None).await.body;
+    assert_eq!(revoked(&views), false, "{views:#}");
+    hub.db.revoke_tokens(Role::Station, "lab-a").await.unwrap();
+    let views = get(hub.url("/api/v1/stations"), None).await.body;
+    assert_eq!(revoked(&views), true, "{views:#}");
+    hub.stop().await;
+}

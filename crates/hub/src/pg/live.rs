@@ -83,6 +83,9 @@ pub struct StationView {
     /// "behind", its records never arriving.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub records_refused: Option<String>,
+    /// Whether it holds no station token any more (every one revoked): it
+    /// cannot report or ship, and is shown so rather than as "silent".
+    pub token_revoked: bool,
     /// Its records by state.
     pub counts: StationCounts,
     /// The database's clock when this was read.
@@ -231,6 +234,9 @@ impl HubDb {
                     coalesce(a.interrupted, 0) AS interrupted,
                     coalesce(a.running, 0) AS running,
                     s.records_refused,
+                    NOT EXISTS (SELECT 1 FROM tokens t
+                                WHERE t.role = 'station' AND t.name = s.id
+                                  AND t.revoked_at IS NULL) AS token_revoked,
                     ts_to_ms(now()) AS now
              FROM stations s
              LEFT JOIN live l ON l.station_id = s.id
@@ -263,6 +269,7 @@ impl HubDb {
                         .map(|v| json_from("order progress", v))
                         .transpose()?,
                     records_refused: row.get("records_refused"),
+                    token_revoked: row.get("token_revoked"),
                     counts: StationCounts {
                         attempts: count(row, "attempts"),
                         passed: count(row, "passed"),
