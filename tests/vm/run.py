@@ -846,6 +846,16 @@ class Suite:
         check(p["verdict"] == {"verdict": "pass"}, f"A2 (VMRESET8) passed: {json.dumps(p['verdict'])}")
         check((p.get("figures") or {}).get("verified_after_reset") is True,
               "A2's pass says its read-back followed a reset (verified_after_reset: true)")
+        # The API can show the verdict a moment before the event stream
+        # delivers it: the states are read once the stream has it too (they
+        # once ended at "verifying", the pass on its way).
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with self.events.lock:
+                if any(n == "port" and v["port"]["label"] == "A2" and v["port"]["state"] == "passed"
+                       and at >= t for at, n, v in self.events.events):
+                    break
+            time.sleep(0.1)
         with self.events.lock:
             timed = [(at, v["port"]) for at, n, v in self.events.events
                      if n == "port" and v["port"]["label"] == "A2" and at >= t]
