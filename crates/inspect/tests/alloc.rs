@@ -291,26 +291,14 @@ fn a_logical_partition_inside_an_extended_one_is_mapped_with_its_boot_record() {
     // was taken for a partition overlapping them, and the image got no map.
     let dir = tempfile::tempdir().unwrap();
     let (ext, ext_files) = make_ext4(dir.path(), 16 * MIB, &[]);
-    let disk = dir.path().join("logical.img");
-    fs::File::create(&disk).unwrap().set_len(40 * MIB).unwrap();
-    let mut child = Command::new("sfdisk")
-        .args(["--no-reread", "--no-tell-kernel", "-q"])
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: dos\nstart=2048, size=4096, type=83\nstart=8192, size=65536, type=5\nstart=10240, size=32768, type=83\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let mut bytes = fs::read(&disk).unwrap();
     let at = 10240 * 512;
-    let fs_bytes = fs::read(&ext).unwrap();
-    bytes[at..at + fs_bytes.len()].copy_from_slice(&fs_bytes);
+    let mut bytes = partitioned(
+        dir.path(),
+        40 * MIB,
+        "label: dos\nstart=2048, size=4096, type=83\nstart=8192, size=65536, type=5\nstart=10240, size=32768, type=83\n",
+        &fs::read(&ext).unwrap(),
+        at as u64,
+    );
     let info = inspect(&bytes);
     let parts = &info.table.as_ref().unwrap().partitions;
     assert_eq!(parts.len(), 3, "{parts:?}");
