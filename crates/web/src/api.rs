@@ -59,12 +59,7 @@ fn json_rejection_words(text: &str) -> String {
         ("i64", "a whole number"),
         ("f64", "a number"),
     ] {
-        for end in [" at line", ""] {
-            let from = format!("expected {serde}{end}");
-            if words.contains(&from) {
-                words = words.replace(&from, &format!("expected {people}{end}"));
-            }
-        }
+        words = words.replace(&format!("expected {serde}"), &format!("expected {people}"));
     }
     words
 }
